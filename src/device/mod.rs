@@ -1,0 +1,65 @@
+//! Positioned I/O on one device. A device knows nothing of stripes, checksums or other devices.
+//!
+//! The trait is deliberately small and synchronous (`read_at`, `write_at`, `flush`, `size`) so that
+//! behaviour can be stacked as decorators: [`FaultyDevice`] wraps any device to inject faults,
+//! [`MemDevice`] simulates power loss. A device says "I am gone" with [`DeviceError::Gone`],
+//! which the pool treats as a whole-device failure rather than a sector error.
+
+mod faulty;
+mod file;
+mod memory;
+
+pub use faulty::{FaultKind, FaultPlan, FaultyDevice, InjectedFault};
+pub use file::FileDevice;
+pub use memory::MemDevice;
+
+use std::fmt;
+use std::sync::Arc;
+
+/// Why a device operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// The device has vanished (unplugged, ENODEV, removed by a test). Fault it as a whole.
+    #[error("device is gone: {0}")]
+    Gone(String),
+    /// An I/O error on some range; the device may still work elsewhere.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl DeviceError {
+    /// Convert into a `std::io::Error` for contexts that need one.
+    #[must_use]
+    pub fn into_io(self) -> std::io::Error {
+        match self {
+            DeviceError::Gone(why) => std::io::Error::new(std::io::ErrorKind::NotConnected, why),
+            DeviceError::Io(err) => err,
+        }
+    }
+}
+
+/// Positioned block I/O on one device. Implementations must be safe to call from many threads.
+pub trait Device: Send + Sync + fmt::Debug {
+    /// Fill `buf` from the device starting at byte `offset`.
+    ///
+    /// # Errors
+    /// [`DeviceError::Io`] for an I/O error on the range, [`DeviceError::Gone`] if the device vanished.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError>;
+    /// Write all of `buf` at byte `offset`. Not durable until [`Device::flush`] returns.
+    ///
+    /// # Errors
+    /// As for `read_at`.
+    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), DeviceError>;
+    /// Barrier: every write that completed before this call is durable when it returns `Ok`.
+    ///
+    /// # Errors
+    /// As for `read_at`; a failed flush means durability of earlier writes is unknown.
+    fn flush(&self) -> Result<(), DeviceError>;
+    /// Size in bytes.
+    fn size(&self) -> u64;
+    /// A name for messages and the pool's member list: the path, or e.g. `mem2`.
+    fn name(&self) -> String;
+}
+
+/// A shared device handle, as held by the pool.
+pub type SharedDevice = Arc<dyn Device>;

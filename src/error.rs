@@ -1,0 +1,131 @@
+//! The crate's error type. Every variant says which device, which offset and what happened;
+//! corruption is kept apart from I/O failure. This module never logs and never decides retries.
+
+use std::path::PathBuf;
+
+/// Result alias for the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong, with enough context to act on it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An I/O call on a member device failed and redundancy could not hide it.
+    #[error("device {device}: I/O error at byte offset {offset}: {source}")]
+    Io {
+        /// The device's name (its path, or `mem3` for an in-memory device).
+        device: String,
+        /// Byte offset on that device.
+        offset: u64,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A path could not be opened or created.
+    #[error("cannot open {}: {source}", .path.display())]
+    Open {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The layout string could not be understood.
+    #[error("invalid layout {input:?}: {reason} (expected mirror:N, raid10:N or rs:K+M)")]
+    InvalidLayout {
+        /// What the user gave.
+        input: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Options that cannot work together (device count, sizes, chunk size ...).
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    /// `create` found a stripestore superblock on a device and `force` was not set.
+    #[error("{device} already holds a superblock of pool {pool}; refusing to overwrite it without --force")]
+    DeviceInUse {
+        /// The device.
+        device: String,
+        /// The pool UUID found there.
+        pool: String,
+    },
+    /// No valid superblock copy on a device given to `open`.
+    #[error("{device} is not a stripestore device: {reason}")]
+    NotAMember {
+        /// The device.
+        device: String,
+        /// What was found instead.
+        reason: String,
+    },
+    /// Devices given to `open` belong to different pools.
+    #[error("{device} belongs to pool {found}, but {other} belongs to pool {expected}; refusing to mix pools")]
+    MixedPools {
+        /// The odd device out.
+        device: String,
+        /// Its pool.
+        found: String,
+        /// A device of the pool being opened.
+        other: String,
+        /// The pool being opened.
+        expected: String,
+    },
+    /// A device given to `open` was faulted out of its pool and holds outdated data.
+    #[error("{device} is a stale member of pool {pool}: it was marked faulted at pool generation {pool_generation} (its own superblock is at generation {device_generation}) and holds outdated data")]
+    StaleMember {
+        /// The device.
+        device: String,
+        /// The pool.
+        pool: String,
+        /// The device's superblock generation.
+        device_generation: u64,
+        /// The pool's newest superblock generation.
+        pool_generation: u64,
+    },
+    /// A device is too small for the layout and chunk size.
+    #[error("{device} is too small: {size} bytes, need at least {needed}")]
+    DeviceTooSmall {
+        /// The device.
+        device: String,
+        /// Its size.
+        size: u64,
+        /// What is needed.
+        needed: u64,
+    },
+    /// A request reaches outside the volume.
+    #[error("request out of range: offset {offset} + length {length} exceeds the volume size {volume_bytes}")]
+    OutOfRange {
+        /// Requested offset.
+        offset: u64,
+        /// Requested length.
+        length: u64,
+        /// Volume size.
+        volume_bytes: u64,
+    },
+    /// Too many shards of a stripe are lost or corrupt: the data cannot be returned.
+    #[error("unrecoverable data in stripe {stripe} (volume offset {volume_offset}): {good} good shards, {needed} needed; lost or corrupt on: {}", .lost_devices.join(", "))]
+    Unrecoverable {
+        /// Logical stripe.
+        stripe: u64,
+        /// First volume byte of that stripe.
+        volume_offset: u64,
+        /// Shards that verified.
+        good: usize,
+        /// Shards needed.
+        needed: usize,
+        /// Devices whose shard was missing, unreadable or corrupt.
+        lost_devices: Vec<String>,
+    },
+    /// More devices are faulted than the layout tolerates; writes and commits stop.
+    #[error("pool unavailable: layout {layout} tolerates {tolerated} lost devices, but these are lost: {}", .lost_devices.join(", "))]
+    PoolUnavailable {
+        /// The layout.
+        layout: String,
+        /// How many device losses it tolerates.
+        tolerated: usize,
+        /// The lost devices.
+        lost_devices: Vec<String>,
+    },
+    /// Pool metadata (superblocks or stripe map) is unusable on every device.
+    #[error("corrupt metadata: {0}")]
+    CorruptMetadata(String),
+}

@@ -1,0 +1,13 @@
+//! On-disk bytes: superblocks and the stripe map (checkpoints and log records).
+//! Explicit little-endian encodings, each with a magic, a version and a crc32c. No I/O here.
+//! The byte-by-byte description, and why it is shaped this way, is in `docs/FORMAT.md`.
+
+mod map;
+mod superblock;
+
+pub use map::{
+    decode_checkpoint, decode_log_record, encode_checkpoint, encode_log_record, log_record_bytes,
+    CheckpointHeader,
+    LogRecord, MapEntry, StripeMap,
+};
+pub use superblock::{Member, MemberState, PoolUuid, Role, Superblock, FORMAT_VERSION};

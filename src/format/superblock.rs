@@ -1,0 +1,215 @@
+//! The superblock: who this device is and what pool it belongs to. Two copies per device (first
+//! and last 64 KiB); the newest valid copy wins, so one torn or rotten copy is survivable.
+//!
+//! Encoding: `magic(8) version(u32) json_len(u32) crc32c(u32) zero(12) json`, where the crc
+//! covers every byte of header and JSON except the crc field itself. JSON (through serde) keeps it inspectable with `head -c`.
+
+use crate::geometry::SUPERBLOCK_BYTES;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+const MAGIC: &[u8; 8] = b"STRIPSB\0";
+const HEADER_BYTES: usize = 32;
+/// Version of the on-disk format written by this build.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// A 128-bit random identifier for pools and devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PoolUuid(pub [u8; 16]);
+
+impl PoolUuid {
+    /// A fresh random identifier from the operating system's generator.
+    #[must_use]
+    pub fn random() -> Self {
+        use rand::RngCore;
+        let mut bytes = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        Self(bytes)
+    }
+}
+
+impl fmt::Display for PoolUuid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, byte) in self.0.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                write!(f, "-")?;
+            }
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A device's role in the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Data member at this position in the layout.
+    Data {
+        /// Position (0-based).
+        index: usize,
+    },
+    /// A spare: holds a superblock, no data, until a rebuild uses it.
+    Spare,
+}
+
+/// What the pool last knew about a member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberState {
+    /// In use.
+    Online,
+    /// Taken out of service; its data is outdated from this superblock generation on.
+    Faulted {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One entry of the member list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Device UUID.
+    pub uuid: PoolUuid,
+    /// Role.
+    pub role: Role,
+    /// Last known state.
+    pub state: MemberState,
+    /// Last known path (a hint for finding it again; identity is the UUID).
+    pub path: String,
+}
+
+/// The superblock contents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Superblock {
+    /// Format version.
+    pub format_version: u32,
+    /// The pool.
+    pub pool_uuid: PoolUuid,
+    /// This device.
+    pub device_uuid: PoolUuid,
+    /// Bumped on every membership or state change; the newest copy wins.
+    pub generation: u64,
+    /// Layout text, e.g. `rs:4+2`.
+    pub layout: String,
+    /// Chunk size.
+    pub chunk_bytes: u64,
+    /// Bytes used on each device.
+    pub device_bytes: u64,
+    /// Logical volume size.
+    pub volume_bytes: u64,
+    /// Every member, data and spare.
+    pub members: Vec<Member>,
+    /// Creation time, seconds since the Unix epoch.
+    pub created_unix_secs: u64,
+}
+
+/// crc32c of a superblock's header and JSON, skipping the crc field itself (bytes 16..20).
+fn checksum(header_and_json: &[u8]) -> u32 {
+    let head = crc32c::crc32c(&header_and_json[..16]);
+    crc32c::crc32c_append(head, &header_and_json[20..])
+}
+
+impl Superblock {
+    /// This device's own entry in the member list.
+    #[must_use]
+    pub fn own_member(&self) -> Option<&Member> {
+        self.members.iter().find(|m| m.uuid == self.device_uuid)
+    }
+
+    /// Encode into exactly `SUPERBLOCK_BYTES` bytes.
+    ///
+    /// # Errors
+    /// A message if the JSON does not fit (too many members or very long paths).
+    pub fn encode(&self) -> Result<Vec<u8>, String> {
+        let json = serde_json::to_vec(self).map_err(|e| e.to_string())?;
+        let capacity = usize::try_from(SUPERBLOCK_BYTES).unwrap_or(0) - HEADER_BYTES;
+        if json.len() > capacity {
+            return Err(format!(
+                "superblock is {} bytes, more than the {capacity} available",
+                json.len()
+            ));
+        }
+        let mut out = vec![0u8; usize::try_from(SUPERBLOCK_BYTES).unwrap_or(0)];
+        out[..8].copy_from_slice(MAGIC);
+        out[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out[12..16].copy_from_slice(&u32::try_from(json.len()).unwrap_or(0).to_le_bytes());
+        out[HEADER_BYTES..HEADER_BYTES + json.len()].copy_from_slice(&json);
+        let crc = checksum(&out[..HEADER_BYTES + json.len()]);
+        out[16..20].copy_from_slice(&crc.to_le_bytes());
+        Ok(out)
+    }
+
+    /// Decode one copy.
+    ///
+    /// # Errors
+    /// A message saying what is wrong: no magic, unknown version, bad length, crc mismatch, bad JSON.
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        if bytes.len() < HEADER_BYTES || &bytes[..8] != MAGIC {
+            return Err("no stripestore superblock magic".into());
+        }
+        let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+        if version != FORMAT_VERSION {
+            return Err(format!(
+                "format version {version}, this build reads {FORMAT_VERSION}"
+            ));
+        }
+        let len = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]) as usize;
+        if HEADER_BYTES + len > bytes.len() {
+            return Err(format!("superblock length {len} is out of range"));
+        }
+        let json = &bytes[HEADER_BYTES..HEADER_BYTES + len];
+        let stored = u32::from_le_bytes([bytes[16], bytes[17], bytes[18], bytes[19]]);
+        let actual = checksum(&bytes[..HEADER_BYTES + len]);
+        if stored != actual {
+            return Err(format!(
+                "superblock checksum mismatch (stored {stored:#010x}, computed {actual:#010x})"
+            ));
+        }
+        serde_json::from_slice(json).map_err(|e| format!("superblock JSON: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Superblock {
+        Superblock {
+            format_version: FORMAT_VERSION,
+            pool_uuid: PoolUuid([1; 16]),
+            device_uuid: PoolUuid([2; 16]),
+            generation: 5,
+            layout: "rs:4+2".into(),
+            chunk_bytes: 16384,
+            device_bytes: 1 << 30,
+            volume_bytes: 1 << 31,
+            members: vec![Member {
+                uuid: PoolUuid([2; 16]),
+                role: Role::Data { index: 0 },
+                state: MemberState::Online,
+                path: "/dev/x".into(),
+            }],
+            created_unix_secs: 1,
+        }
+    }
+
+    #[test]
+    fn roundtrip_and_every_corruption_is_detected() {
+        let sb = sample();
+        let bytes = sb.encode().unwrap();
+        assert_eq!(Superblock::decode(&bytes).unwrap(), sb);
+        let json_end = 32 + u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
+        for position in (0..json_end).step_by(7) {
+            let mut bad = bytes.clone();
+            bad[position] ^= 0x10;
+            assert!(Superblock::decode(&bad).is_err(), "flip at {position} undetected");
+        }
+        assert!(Superblock::decode(&[0u8; 100]).is_err());
+        assert_eq!(sb.own_member().unwrap().role, Role::Data { index: 0 });
+        assert_eq!(
+            PoolUuid([0xab; 16]).to_string(),
+            "abababab-abab-abab-abab-abababababab"
+        );
+    }
+}

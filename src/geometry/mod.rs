@@ -1,0 +1,264 @@
+//! Placement arithmetic: where every superblock, map and chunk byte lives on every device.
+//! Pure functions, no I/O, no mutable state.
+//!
+//! Device layout (all offsets 4 KiB aligned, see `docs/FORMAT.md`):
+//! ```text
+//! [superblock A 64K][checkpoint 0][checkpoint 1][map log][data rows ...][superblock B 64K]
+//! ```
+//! The data area is cut into *cells* of `chunk_bytes`. Physical slot `s` of a stripe of width
+//! `W` uses cells `s*W .. s*W+W` of a virtual row-major grid over the `D` devices; for Reed-Solomon
+//! each row is rotated by its row number so parity moves across devices. Mirror and raid10 use
+//! one row per slot without rotation so raid10's mirror groups stay fixed pairs of devices.
+
+mod layout;
+
+pub use layout::Layout;
+
+use crate::error::{Error, Result};
+use crate::types::{round_up, DeviceIndex, ShardIndex, SlotId, SECTOR_BYTES};
+
+/// Bytes reserved for each superblock copy.
+pub const SUPERBLOCK_BYTES: u64 = 64 * 1024;
+/// Bytes of the header that starts a checkpoint.
+pub const CHECKPOINT_HEADER_BYTES: u64 = SECTOR_BYTES;
+/// Smallest and largest map log.
+const LOG_BYTES_MIN: u64 = 64 * 1024;
+const LOG_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
+/// The pool's complete placement description, derived from layout, device count, chunk size
+/// and device size. Two pools with the same inputs have the same geometry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Geometry {
+    /// Redundancy scheme.
+    pub layout: Layout,
+    /// Number of data member devices (spares excluded).
+    pub devices: usize,
+    /// Bytes per chunk (one shard of one stripe on one device).
+    pub chunk_bytes: u64,
+    /// Bytes used on each device (the smallest member's size).
+    pub device_bytes: u64,
+    /// Offsets of the two checkpoint areas.
+    pub checkpoint_offsets: [u64; 2],
+    /// Bytes of one checkpoint area.
+    pub checkpoint_bytes: u64,
+    /// Offset of the map log.
+    pub log_offset: u64,
+    /// Bytes of the map log.
+    pub log_bytes: u64,
+    /// Offset of the first data row.
+    pub data_offset: u64,
+    /// Chunk rows per device.
+    pub rows: u64,
+    /// Physical stripe slots.
+    pub slots: u64,
+    /// Logical stripes (slots minus the copy-on-write reserve).
+    pub stripes: u64,
+}
+
+impl Geometry {
+    /// Compute the geometry.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for a bad chunk size or device count for the layout,
+    /// [`Error::DeviceTooSmall`] when not even one stripe fits.
+    pub fn new(layout: Layout, devices: usize, chunk_bytes: u64, device_bytes: u64) -> Result<Self> {
+        layout.check_device_count(devices)?;
+        if chunk_bytes < SECTOR_BYTES
+            || chunk_bytes % SECTOR_BYTES != 0
+            || chunk_bytes > 16 * 1024 * 1024
+        {
+            return Err(Error::InvalidConfig(format!(
+                "chunk size {chunk_bytes} must be a multiple of 4096 between 4 KiB and 16 MiB"
+            )));
+        }
+        let device_bytes = device_bytes - device_bytes % SECTOR_BYTES;
+        let width = layout.width(devices) as u64;
+        let entry_bytes = Self::entry_bytes_for(layout.width(devices));
+        // Upper bound on stripes, ignoring metadata: sizes the checkpoint generously.
+        let raw_rows = device_bytes.saturating_sub(2 * SUPERBLOCK_BYTES) / chunk_bytes;
+        let stripes_upper = raw_rows * devices as u64 / width;
+        let checkpoint_bytes = round_up(CHECKPOINT_HEADER_BYTES + stripes_upper * entry_bytes, SECTOR_BYTES);
+        let log_bytes = round_up(checkpoint_bytes / 2, SECTOR_BYTES).clamp(LOG_BYTES_MIN, LOG_BYTES_MAX);
+        let checkpoint_offsets = [SUPERBLOCK_BYTES, SUPERBLOCK_BYTES + checkpoint_bytes];
+        let log_offset = SUPERBLOCK_BYTES + 2 * checkpoint_bytes;
+        let data_offset = round_up(log_offset + log_bytes, SUPERBLOCK_BYTES);
+        let data_end = device_bytes.saturating_sub(SUPERBLOCK_BYTES);
+        let rows = data_end.saturating_sub(data_offset) / chunk_bytes;
+        let slots = rows * devices as u64 / width;
+        // Copy-on-write needs free slots to write into before the old ones are released.
+        let reserve = (slots / 32).max(8).min(slots / 2);
+        let stripes = slots - reserve;
+        if stripes == 0 {
+            let needed = data_offset + SUPERBLOCK_BYTES + 16 * width * chunk_bytes;
+            return Err(Error::DeviceTooSmall {
+                device: "smallest member".into(),
+                size: device_bytes,
+                needed,
+            });
+        }
+        let geometry = Self {
+            layout,
+            devices,
+            chunk_bytes,
+            device_bytes,
+            checkpoint_offsets,
+            checkpoint_bytes,
+            log_offset,
+            log_bytes,
+            data_offset,
+            rows,
+            slots,
+            stripes,
+        };
+        assert!(
+            CHECKPOINT_HEADER_BYTES + stripes * geometry.entry_bytes() <= checkpoint_bytes,
+            "checkpoint area must hold every map entry"
+        );
+        Ok(geometry)
+    }
+
+    fn entry_bytes_for(width: usize) -> u64 {
+        16 + 4 * width as u64
+    }
+
+    /// Shards per stripe.
+    #[must_use]
+    pub fn width(&self) -> usize {
+        self.layout.width(self.devices)
+    }
+    /// Data chunks per stripe.
+    #[must_use]
+    pub fn data_chunks(&self) -> usize {
+        self.layout.data_chunks(self.devices)
+    }
+    /// Device losses the layout always survives.
+    #[must_use]
+    pub fn tolerance(&self) -> usize {
+        self.layout.tolerance()
+    }
+    /// Bytes of user data per stripe.
+    #[must_use]
+    pub fn stripe_data_bytes(&self) -> u64 {
+        self.data_chunks() as u64 * self.chunk_bytes
+    }
+    /// Bytes of the logical volume.
+    #[must_use]
+    pub fn volume_bytes(&self) -> u64 {
+        self.stripes * self.stripe_data_bytes()
+    }
+    /// Bytes of one encoded map entry: slot, generation and one crc per shard.
+    #[must_use]
+    pub fn entry_bytes(&self) -> u64 {
+        Self::entry_bytes_for(self.width())
+    }
+    /// End of the data area (the last 64 KiB of `device_bytes` are kept for superblock B).
+    #[must_use]
+    pub fn data_end(&self) -> u64 {
+        self.device_bytes - SUPERBLOCK_BYTES
+    }
+
+    /// Which data chunk a shard carries (`None` for a parity shard).
+    #[must_use]
+    pub fn shard_data_chunk(&self, shard: ShardIndex) -> Option<usize> {
+        match self.layout {
+            Layout::Mirror { copies } | Layout::Raid10 { copies } => Some(shard.0 / copies),
+            Layout::ReedSolomon { data, .. } => (shard.0 < data).then_some(shard.0),
+        }
+    }
+
+    /// Device and byte offset of one shard of one physical slot.
+    #[must_use]
+    pub fn shard_location(&self, slot: SlotId, shard: ShardIndex) -> (DeviceIndex, u64) {
+        let width = self.width() as u64;
+        assert!(slot.0 < self.slots, "slot {slot} out of range");
+        assert!((shard.0 as u64) < width, "shard out of range");
+        let devices = self.devices as u64;
+        let (device, row) = match self.layout {
+            Layout::Mirror { .. } | Layout::Raid10 { .. } => (shard.0 as u64, slot.0),
+            Layout::ReedSolomon { .. } => {
+                // Widen to u128: slot * width can exceed u64 only for absurd sizes, but be exact.
+                let cell = u128::from(slot.0) * u128::from(width) + shard.0 as u128;
+                let row = cell / u128::from(devices);
+                let device = (cell + row) % u128::from(devices);
+                (
+                    u64::try_from(device).unwrap_or(0),
+                    u64::try_from(row).unwrap_or(u64::MAX),
+                )
+            }
+        };
+        assert!(row < self.rows, "row beyond the data area");
+        (
+            DeviceIndex(usize::try_from(device).unwrap_or(0)),
+            self.data_offset + row * self.chunk_bytes,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn all_layouts() -> Vec<(Layout, usize)> {
+        vec![
+            ("mirror:2".parse().unwrap(), 2),
+            ("mirror:3".parse().unwrap(), 3),
+            ("raid10:2".parse().unwrap(), 4),
+            ("raid10:2".parse().unwrap(), 6),
+            ("rs:4+2".parse().unwrap(), 6),
+            ("rs:4+2".parse().unwrap(), 7),
+            ("rs:2+1".parse().unwrap(), 5),
+            ("rs:8+3".parse().unwrap(), 11),
+        ]
+    }
+
+    #[test]
+    fn shards_of_a_slot_are_on_distinct_devices_and_cells_never_overlap() {
+        for (layout, devices) in all_layouts() {
+            let geometry = Geometry::new(layout, devices, 4096, 8 << 20).unwrap();
+            let mut cells = HashSet::new();
+            for slot in 0..geometry.slots {
+                let mut used = HashSet::new();
+                for shard in 0..geometry.width() {
+                    let (device, offset) = geometry.shard_location(SlotId(slot), ShardIndex(shard));
+                    assert!(used.insert(device), "{layout} slot {slot}: device reused");
+                    assert!(cells.insert((device, offset)), "{layout}: cell used twice");
+                    assert!(offset >= geometry.data_offset);
+                    assert!(offset + geometry.chunk_bytes <= geometry.data_end());
+                    assert_eq!(offset % 4096, 0);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn reed_solomon_parity_rotates() {
+        let geometry = Geometry::new("rs:4+2".parse().unwrap(), 6, 4096, 8 << 20).unwrap();
+        let mut parity_devices = HashSet::new();
+        for slot in 0..12 {
+            parity_devices.insert(geometry.shard_location(SlotId(slot), ShardIndex(4)).0);
+        }
+        assert_eq!(parity_devices.len(), 6);
+    }
+
+    #[test]
+    fn raid10_keeps_mirror_groups_fixed() {
+        let geometry = Geometry::new("raid10:2".parse().unwrap(), 4, 4096, 8 << 20).unwrap();
+        for slot in 0..geometry.slots {
+            assert_eq!(geometry.shard_location(SlotId(slot), ShardIndex(3)).0, DeviceIndex(3));
+        }
+        assert_eq!(geometry.shard_data_chunk(ShardIndex(3)), Some(1));
+        assert_eq!(geometry.data_chunks(), 2);
+    }
+
+    #[test]
+    fn bad_configurations_are_errors() {
+        let rs: Layout = "rs:4+2".parse().unwrap();
+        assert!(Geometry::new(rs, 5, 4096, 8 << 20).is_err());
+        assert!(Geometry::new(rs, 6, 1000, 8 << 20).is_err());
+        assert!(matches!(
+            Geometry::new(rs, 6, 4096, 200 * 1024),
+            Err(Error::DeviceTooSmall { .. })
+        ));
+    }
+}

@@ -1,0 +1,30 @@
+//! # stripestore
+//!
+//! A storage redundancy layer: one logical volume striped across several devices with
+//! mirroring (`mirror:N`, `raid10:N`) or Reed-Solomon erasure coding (`rs:K+M`).
+//!
+//! * Every chunk has a crc32c that lives in the pool's **stripe map**, apart from the chunk, and is
+//!   bound to the chunk's physical slot, shard index and write generation. Every read verifies it;
+//!   a failure is reconstructed from redundancy, returned correct, and healed in place.
+//! * Writes are **copy-on-write at stripe granularity**: a stripe is always written whole into a
+//!   free physical slot, and the map is switched to it only by a commit (`flush`). This removes
+//!   the RAID write hole for every layout. See `docs/FORMAT.md` for the on-disk format and why.
+//!
+//! Layering (dependencies point down only):
+//! `pool` (public API) → `format`, `codec`, `geometry`, `device` → `types`, `error`.
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod codec;
+pub mod device;
+pub mod error;
+pub mod format;
+pub mod geometry;
+pub mod pool;
+pub mod testing;
+pub mod types;
+
+pub use error::{Error, Result};
+pub use geometry::Layout;
+pub use pool::{CreateOptions, OpenOptions, Pool, PoolStatus};

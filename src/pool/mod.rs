@@ -1,0 +1,310 @@
+//! The pool: the public API, and the only module that combines devices, geometry, format and
+//! codec.
+//!
+//! Concurrency: each logical stripe has a lock (hashed into a fixed table) held across its
+//! read or its read-modify-write, so a stripe's slot cannot change under a reader. Writers hold
+//! the commit lock shared; a commit (`flush`) holds it exclusively, so it sees a quiescent map.
+//! Lock order: commit lock → stripe lock → map mutex → meta mutex. Device I/O is never done
+//! under the map mutex.
+
+mod commit;
+mod io;
+mod members;
+mod open;
+mod status;
+
+pub use members::{ErrorCounters, ErrorKind, MemberDevice, Members};
+pub use status::{DeviceStatus, PoolHealth, PoolStatus};
+
+use crate::codec::Codec;
+use crate::device::SharedDevice;
+use crate::error::{Error, Result};
+use crate::format::{PoolUuid, StripeMap};
+use crate::geometry::{Geometry, Layout};
+use parking_lot::{Mutex, RwLock};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Default chunk size: small enough that a 4 KiB overwrite does not rewrite megabytes, large
+/// enough that sequential I/O issues big requests.
+pub const DEFAULT_CHUNK_BYTES: u64 = 16 * 1024;
+/// Default number of read/checksum errors after which a device is faulted.
+pub const DEFAULT_ERROR_THRESHOLD: u64 = 50;
+const STRIPE_LOCKS: usize = 256;
+
+/// Options for [`Pool::create`].
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    /// Redundancy layout.
+    pub layout: Layout,
+    /// Chunk size (multiple of 4 KiB).
+    pub chunk_bytes: u64,
+    /// Use at most this many bytes of each device (default: the smallest device's size).
+    pub device_bytes: Option<u64>,
+    /// Overwrite devices that hold another pool's superblock.
+    pub force: bool,
+    /// Options that also apply when opening.
+    pub open: OpenOptions,
+}
+
+impl CreateOptions {
+    /// Defaults for `layout`.
+    #[must_use]
+    pub fn new(layout: Layout) -> Self {
+        Self {
+            layout,
+            chunk_bytes: DEFAULT_CHUNK_BYTES,
+            device_bytes: None,
+            force: false,
+            open: OpenOptions::default(),
+        }
+    }
+}
+
+/// Options for [`Pool::open`].
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// Read/checksum errors after which a device is faulted.
+    pub error_threshold: u64,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        Self {
+            error_threshold: DEFAULT_ERROR_THRESHOLD,
+        }
+    }
+}
+
+/// Mutable map state, behind one mutex.
+#[derive(Debug)]
+pub(crate) struct MapState {
+    pub(crate) map: StripeMap,
+    pub(crate) next_generation: u64,
+    /// Slots that hold nothing the durable map references: free to write.
+    pub(crate) free: Vec<u64>,
+    /// Stripes changed since the last commit, with the slot the durable map still points at.
+    /// That slot is released only once the commit that stops referencing it is durable.
+    pub(crate) dirty: BTreeMap<u64, Option<u64>>,
+}
+
+/// Where the next metadata record goes.
+#[derive(Debug)]
+pub(crate) struct MetaCursor {
+    /// Sequence number of the last durable commit.
+    pub(crate) sequence: u64,
+    /// Bytes of the log used since the last checkpoint.
+    pub(crate) log_used: u64,
+    /// Per data device: which checkpoint area to write next (the one not holding the newest).
+    pub(crate) next_checkpoint: Vec<usize>,
+}
+
+pub(crate) struct PoolInner {
+    pub(crate) geometry: Geometry,
+    pub(crate) codec: Codec,
+    pub(crate) uuid: PoolUuid,
+    pub(crate) members: Members,
+    pub(crate) map: Mutex<MapState>,
+    pub(crate) meta: Mutex<MetaCursor>,
+    pub(crate) commit_lock: RwLock<()>,
+    stripe_locks: Vec<Mutex<()>>,
+}
+
+impl PoolInner {
+    fn stripe_lock(&self, stripe: u64) -> &Mutex<()> {
+        &self.stripe_locks[usize::try_from(stripe % STRIPE_LOCKS as u64).unwrap_or(0)]
+    }
+}
+
+/// A redundant block volume over several devices. `Send + Sync`: share it with `Arc` and do
+/// I/O from many threads.
+///
+/// Dropping a pool flushes it (best effort, errors are logged); call [`Pool::close`] to see
+/// the result.
+pub struct Pool {
+    inner: PoolInner,
+    flush_on_drop: AtomicBool,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The map can be millions of entries; print what identifies the pool.
+        f.debug_struct("Pool")
+            .field("uuid", &self.inner.uuid.to_string())
+            .field("layout", &self.inner.geometry.layout.to_string())
+            .field("volume_bytes", &self.inner.geometry.volume_bytes())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pool {
+    /// Create a new pool on `devices` (data members, in layout order) and `spares`.
+    ///
+    /// # Errors
+    /// [`Error::DeviceInUse`] if a device holds a stripestore superblock and `force` is not set;
+    /// [`Error::InvalidConfig`]/[`Error::DeviceTooSmall`] for an impossible geometry;
+    /// [`Error::Io`] if the initial metadata cannot be written.
+    pub fn create(
+        devices: Vec<SharedDevice>,
+        spares: Vec<SharedDevice>,
+        options: &CreateOptions,
+    ) -> Result<Self> {
+        Ok(Self::wrap(open::create(devices, spares, options)?))
+    }
+
+    /// Create a pool on files or block devices (files are created when `device_bytes` is set).
+    ///
+    /// # Errors
+    /// As [`Pool::create`], plus [`Error::Open`].
+    pub fn create_paths(
+        paths: &[PathBuf],
+        spares: &[PathBuf],
+        options: &CreateOptions,
+    ) -> Result<Self> {
+        let open = |path: &PathBuf| -> Result<SharedDevice> {
+            Ok(std::sync::Arc::new(crate::device::FileDevice::open_or_create(
+                path,
+                options.device_bytes,
+            )?))
+        };
+        let devices = paths.iter().map(open).collect::<Result<Vec<_>>>()?;
+        let spares = spares.iter().map(open).collect::<Result<Vec<_>>>()?;
+        Self::create(devices, spares, options)
+    }
+
+    /// Open a pool from the given member devices only (missing members are faulted).
+    ///
+    /// # Errors
+    /// [`Error::NotAMember`], [`Error::MixedPools`], [`Error::StaleMember`] for bad device sets;
+    /// [`Error::CorruptMetadata`] if no device has a usable stripe map.
+    pub fn open(devices: Vec<SharedDevice>, options: &OpenOptions) -> Result<Self> {
+        Ok(Self::wrap(open::open(devices, false, options)?))
+    }
+
+    /// Open a pool from one or more member paths; the other members are found through the
+    /// paths recorded in the superblock.
+    ///
+    /// # Errors
+    /// As [`Pool::open`], plus [`Error::Open`] for a given path that cannot be opened.
+    pub fn open_paths(paths: &[PathBuf], options: &OpenOptions) -> Result<Self> {
+        let devices = paths
+            .iter()
+            .map(|path| -> Result<SharedDevice> {
+                Ok(std::sync::Arc::new(crate::device::FileDevice::open(path)?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self::wrap(open::open(devices, true, options)?))
+    }
+
+    fn wrap(inner: PoolInner) -> Self {
+        Self {
+            inner,
+            flush_on_drop: AtomicBool::new(true),
+        }
+    }
+
+    /// Size of the logical volume in bytes.
+    #[must_use]
+    pub fn size(&self) -> u64 {
+        self.inner.geometry.volume_bytes()
+    }
+
+    /// The pool's geometry.
+    #[must_use]
+    pub fn geometry(&self) -> &Geometry {
+        &self.inner.geometry
+    }
+
+    /// Read `buf.len()` bytes at volume offset `offset`. Every byte returned was verified
+    /// against its checksum; damaged copies are reconstructed and healed on the way.
+    ///
+    /// # Errors
+    /// [`Error::OutOfRange`]; [`Error::Unrecoverable`] when too many shards of a stripe are lost.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.inner.read_at(offset, buf)
+    }
+
+    /// Write `data` at volume offset `offset`. Not durable until [`Pool::flush`] returns; until
+    /// then a crash leaves each stripe either old or new.
+    ///
+    /// # Errors
+    /// [`Error::OutOfRange`]; [`Error::PoolUnavailable`] when too many devices are lost;
+    /// [`Error::Unrecoverable`] when a partial write needs old data that is lost.
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.inner.write_at(offset, data)
+    }
+
+    /// Barrier: every write completed before this call survives power loss once it returns.
+    ///
+    /// # Errors
+    /// [`Error::PoolUnavailable`] when too few devices are left to make the data durable with
+    /// the layout; [`Error::CorruptMetadata`] if the map cannot be written anywhere.
+    pub fn flush(&self) -> Result<()> {
+        self.inner.commit()
+    }
+
+    /// Health, devices and counters.
+    #[must_use]
+    pub fn status(&self) -> PoolStatus {
+        self.inner.status()
+    }
+
+    /// Flush and close.
+    ///
+    /// # Errors
+    /// As [`Pool::flush`].
+    pub fn close(self) -> Result<()> {
+        self.flush_on_drop.store(false, Ordering::Relaxed);
+        self.inner.commit()
+    }
+
+    /// Take a data member out of service (as if it had failed), recording it on disk.
+    pub fn fault_device(&self, index: usize, reason: &str) {
+        if index < self.inner.members.data.len() {
+            self.inner
+                .members
+                .fault(crate::types::DeviceIndex(index), reason);
+        }
+    }
+
+    /// Drop the pool *without* flushing, as a power cut would: for crash tests.
+    #[doc(hidden)]
+    pub fn simulate_power_loss(self) {
+        self.flush_on_drop.store(false, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        if self.flush_on_drop.load(Ordering::Relaxed) {
+            if let Err(err) = self.inner.commit() {
+                tracing::error!(%err, "flush on drop failed");
+            }
+        }
+    }
+}
+
+/// Error helper: a request outside the volume.
+fn check_range(offset: u64, length: usize, volume_bytes: u64) -> Result<()> {
+    let end = offset.checked_add(length as u64);
+    match end {
+        Some(end) if end <= volume_bytes => Ok(()),
+        _ => Err(Error::OutOfRange {
+            offset,
+            length: length as u64,
+            volume_bytes,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Pool>();
+    }
+}

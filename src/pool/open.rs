@@ -1,0 +1,406 @@
+//! Creating and opening pools: superblock discovery and validation, and map recovery.
+
+use super::{MapState, MetaCursor, OpenOptions, PoolInner, CreateOptions, STRIPE_LOCKS};
+use crate::codec::Codec;
+use crate::device::{Device, SharedDevice};
+use crate::error::{Error, Result};
+use crate::format::{
+    decode_checkpoint, decode_log_record, Member, MemberState, PoolUuid, Role, StripeMap,
+    Superblock, FORMAT_VERSION,
+};
+use crate::geometry::{Geometry, Layout, SUPERBLOCK_BYTES};
+use crate::pool::{MemberDevice, Members};
+use crate::types::SECTOR_BYTES;
+use parking_lot::{Mutex, RwLock};
+use std::collections::BTreeMap;
+
+/// Offset of the second superblock copy: the last 64 KiB of the device, wherever the data ends,
+/// so it can be found without trusting the first copy.
+pub(crate) fn superblock_b_offset(device: &dyn Device) -> u64 {
+    (device.size() - device.size() % SECTOR_BYTES).saturating_sub(SUPERBLOCK_BYTES)
+}
+
+/// Read both superblock copies and return the newest valid one.
+pub(crate) fn read_superblock(device: &dyn Device) -> std::result::Result<Superblock, String> {
+    let mut best: Option<Superblock> = None;
+    let mut reasons = Vec::new();
+    if device.size() < 2 * SUPERBLOCK_BYTES {
+        return Err(format!("device is only {} bytes", device.size()));
+    }
+    for offset in [0, superblock_b_offset(device)] {
+        let mut bytes = vec![0u8; usize::try_from(SUPERBLOCK_BYTES).unwrap_or(0)];
+        let decoded = device
+            .read_at(offset, &mut bytes)
+            .map_err(|e| format!("read at {offset}: {e}"))
+            .and_then(|()| Superblock::decode(&bytes));
+        match decoded {
+            Ok(sb) if best.as_ref().is_none_or(|b| sb.generation > b.generation) => best = Some(sb),
+            Ok(_) => {}
+            Err(reason) => reasons.push(format!("copy at {offset}: {reason}")),
+        }
+    }
+    best.ok_or_else(|| reasons.join("; "))
+}
+
+fn now_unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn new_inner(
+    geometry: Geometry,
+    uuid: PoolUuid,
+    members: Members,
+    state: MapState,
+    meta: MetaCursor,
+) -> Result<PoolInner> {
+    Ok(PoolInner {
+        codec: Codec::new(geometry.layout, geometry.devices)?,
+        geometry,
+        uuid,
+        members,
+        map: Mutex::new(state),
+        meta: Mutex::new(meta),
+        commit_lock: RwLock::new(()),
+        stripe_locks: (0..STRIPE_LOCKS).map(|_| Mutex::new(())).collect(),
+    })
+}
+
+pub(super) fn create(
+    devices: Vec<SharedDevice>,
+    spares: Vec<SharedDevice>,
+    options: &CreateOptions,
+) -> Result<PoolInner> {
+    let all: Vec<&SharedDevice> = devices.iter().chain(&spares).collect();
+    let mut names: Vec<String> = all.iter().map(|d| d.name()).collect();
+    names.sort();
+    if let Some(pair) = names.windows(2).find(|w| w[0] == w[1]) {
+        return Err(Error::InvalidConfig(format!("{} is given twice", pair[0])));
+    }
+    if !options.force {
+        for device in &all {
+            if let Ok(sb) = read_superblock(device.as_ref()) {
+                return Err(Error::DeviceInUse {
+                    device: device.name(),
+                    pool: sb.pool_uuid.to_string(),
+                });
+            }
+        }
+    }
+    let smallest = devices.iter().map(|d| d.size()).min().ok_or_else(|| {
+        Error::InvalidConfig("a pool needs at least one data device".into())
+    })?;
+    let device_bytes = options.device_bytes.unwrap_or(smallest);
+    for device in &all {
+        if device.size() < device_bytes {
+            return Err(Error::DeviceTooSmall {
+                device: device.name(),
+                size: device.size(),
+                needed: device_bytes,
+            });
+        }
+    }
+    let geometry = Geometry::new(options.layout, devices.len(), options.chunk_bytes, device_bytes)?;
+    let uuid = PoolUuid::random();
+    let member_records: Vec<Member> = devices
+        .iter()
+        .enumerate()
+        .map(|(index, d)| (Role::Data { index }, d))
+        .chain(spares.iter().map(|d| (Role::Spare, d)))
+        .map(|(role, device)| Member {
+            uuid: PoolUuid::random(),
+            role,
+            state: MemberState::Online,
+            path: device.name(),
+        })
+        .collect();
+    let template = Superblock {
+        format_version: FORMAT_VERSION,
+        pool_uuid: uuid,
+        device_uuid: uuid,
+        generation: 0,
+        layout: options.layout.to_string(),
+        chunk_bytes: geometry.chunk_bytes,
+        device_bytes: geometry.device_bytes,
+        volume_bytes: geometry.volume_bytes(),
+        members: member_records.clone(),
+        created_unix_secs: now_unix_secs(),
+    };
+    let handles: Vec<SharedDevice> = devices.into_iter().chain(spares).collect();
+    let mut data = Vec::new();
+    let mut spare_members = Vec::new();
+    for (record, device) in member_records.iter().zip(handles) {
+        let member = MemberDevice::new(record, Some(device));
+        match record.role {
+            Role::Data { .. } => data.push(member),
+            Role::Spare => spare_members.push(member),
+        }
+    }
+    let members = Members::new(data, spare_members, template, options.open.error_threshold);
+    let failures = members.write_superblocks()?;
+    if let Some((device, err)) = failures.into_iter().next() {
+        return Err(Error::Io {
+            device,
+            offset: 0,
+            source: err.into_io(),
+        });
+    }
+    let width = geometry.width();
+    let state = MapState {
+        map: StripeMap::new(geometry.stripes, width),
+        next_generation: 0,
+        free: (0..geometry.slots).rev().collect(),
+        dirty: BTreeMap::new(),
+    };
+    let meta = MetaCursor {
+        sequence: 0,
+        log_used: 0,
+        next_checkpoint: vec![0; geometry.devices],
+    };
+    let inner = new_inner(geometry, uuid, members, state, meta)?;
+    {
+        let mut meta = inner.meta.lock();
+        inner.write_checkpoint(&mut meta, 0)?;
+    }
+    tracing::info!(pool = %uuid, layout = %options.layout, volume_bytes = inner.geometry.volume_bytes(), "pool created");
+    Ok(inner)
+}
+
+struct Found {
+    device: SharedDevice,
+    superblock: Superblock,
+}
+
+pub(super) fn open(
+    devices: Vec<SharedDevice>,
+    discover: bool,
+    options: &OpenOptions,
+) -> Result<PoolInner> {
+    let mut found = Vec::new();
+    for device in devices {
+        let superblock = read_superblock(device.as_ref()).map_err(|reason| Error::NotAMember {
+            device: device.name(),
+            reason,
+        })?;
+        found.push(Found { device, superblock });
+    }
+    let newest = found
+        .iter()
+        .max_by_key(|f| f.superblock.generation)
+        .map(|f| f.superblock.clone())
+        .ok_or_else(|| Error::InvalidConfig("no devices given".into()))?;
+    let reference = found
+        .iter()
+        .find(|f| f.superblock.generation == newest.generation)
+        .map(|f| f.device.name())
+        .unwrap_or_default();
+    for f in &found {
+        if f.superblock.pool_uuid != newest.pool_uuid {
+            return Err(Error::MixedPools {
+                device: f.device.name(),
+                found: f.superblock.pool_uuid.to_string(),
+                other: reference.clone(),
+                expected: newest.pool_uuid.to_string(),
+            });
+        }
+    }
+    // Each given device must be a current member of the newest membership.
+    let mut by_uuid: BTreeMap<[u8; 16], SharedDevice> = BTreeMap::new();
+    for f in found {
+        let Some(member) = newest.members.iter().find(|m| m.uuid == f.superblock.device_uuid) else {
+            return Err(Error::NotAMember {
+                device: f.device.name(),
+                reason: format!("not in the member list of pool {}", newest.pool_uuid),
+            });
+        };
+        if let MemberState::Faulted { .. } = member.state {
+            return Err(Error::StaleMember {
+                device: f.device.name(),
+                pool: newest.pool_uuid.to_string(),
+                device_generation: f.superblock.generation,
+                pool_generation: newest.generation,
+            });
+        }
+        if by_uuid.insert(member.uuid.0, f.device).is_some() {
+            return Err(Error::InvalidConfig(format!(
+                "member {} is given twice",
+                member.path
+            )));
+        }
+    }
+    if discover {
+        discover_members(&newest, &mut by_uuid);
+    }
+    let layout: Layout = newest.layout.parse()?;
+    let data_count = newest
+        .members
+        .iter()
+        .filter(|m| matches!(m.role, Role::Data { .. }))
+        .count();
+    let geometry = Geometry::new(layout, data_count, newest.chunk_bytes, newest.device_bytes)?;
+    if geometry.volume_bytes() != newest.volume_bytes {
+        return Err(Error::CorruptMetadata(format!(
+            "superblock says volume is {} bytes but its geometry gives {}",
+            newest.volume_bytes,
+            geometry.volume_bytes()
+        )));
+    }
+    let mut data: Vec<Option<MemberDevice>> = (0..data_count).map(|_| None).collect();
+    let mut spares = Vec::new();
+    let mut newly_missing = false;
+    for record in &newest.members {
+        let device = by_uuid.remove(&record.uuid.0);
+        newly_missing |= device.is_none() && record.state == MemberState::Online;
+        let member = MemberDevice::new(record, device);
+        match record.role {
+            Role::Data { index } if index < data_count && data[index].is_none() => {
+                data[index] = Some(member);
+            }
+            Role::Data { index } => {
+                return Err(Error::CorruptMetadata(format!(
+                    "member list has a bad or repeated data index {index}"
+                )))
+            }
+            Role::Spare => spares.push(member),
+        }
+    }
+    let data: Vec<MemberDevice> = data.into_iter().flatten().collect();
+    let members = Members::new(data, spares, newest.clone(), options.error_threshold);
+    let (state, meta) = recover_map(&geometry, newest.pool_uuid, &members)?;
+    let inner = new_inner(geometry, newest.pool_uuid, members, state, meta)?;
+    if newly_missing {
+        for (i, member) in inner.members.data.iter().enumerate() {
+            if !member.is_online() {
+                tracing::warn!(device = %member.path, index = i, "member missing at open; marked faulted");
+            }
+        }
+        inner.members.write_superblocks()?;
+    }
+    // Re-replicate the recovered map to every online device as a fresh checkpoint, so that
+    // devices that missed the last commits agree again, and restart the log.
+    {
+        let mut meta = inner.meta.lock();
+        let sequence = meta.sequence + 1;
+        inner.write_checkpoint(&mut meta, sequence)?;
+        meta.sequence = sequence;
+    }
+    Ok(inner)
+}
+
+/// Find members that were not given, by the paths recorded in the superblock.
+fn discover_members(newest: &Superblock, by_uuid: &mut BTreeMap<[u8; 16], SharedDevice>) {
+    for member in &newest.members {
+        if by_uuid.contains_key(&member.uuid.0) || member.state != MemberState::Online {
+            continue;
+        }
+        let path = std::path::Path::new(&member.path);
+        let Ok(device) = crate::device::FileDevice::open(path) else {
+            tracing::warn!(path = %member.path, "recorded member path cannot be opened");
+            continue;
+        };
+        match read_superblock(&device) {
+            Ok(sb) if sb.pool_uuid == newest.pool_uuid && sb.device_uuid == member.uuid => {
+                by_uuid.insert(member.uuid.0, std::sync::Arc::new(device));
+            }
+            Ok(_) => tracing::warn!(path = %member.path, "recorded path now holds a different device"),
+            Err(reason) => tracing::warn!(path = %member.path, %reason, "recorded path has no valid superblock"),
+        }
+    }
+}
+
+/// The newest map state one device holds: best checkpoint plus its log.
+struct DeviceMap {
+    sequence: u64,
+    next_generation: u64,
+    map: StripeMap,
+    newest_area: usize,
+}
+
+fn load_device_map(geometry: &Geometry, pool: PoolUuid, device: &dyn Device) -> Option<DeviceMap> {
+    let mut best: Option<DeviceMap> = None;
+    for (area, offset) in geometry.checkpoint_offsets.iter().enumerate() {
+        let mut bytes = vec![0u8; usize::try_from(geometry.checkpoint_bytes).ok()?];
+        if device.read_at(*offset, &mut bytes).is_err() {
+            continue;
+        }
+        let mut map = StripeMap::new(geometry.stripes, geometry.width());
+        match decode_checkpoint(pool, &bytes, &mut map) {
+            Ok(header) if best.as_ref().is_none_or(|b| header.sequence > b.sequence) => {
+                best = Some(DeviceMap {
+                    sequence: header.sequence,
+                    next_generation: header.next_generation,
+                    map,
+                    newest_area: area,
+                });
+            }
+            Ok(_) => {}
+            Err(reason) => tracing::debug!(device = %device.name(), area, %reason, "checkpoint unusable"),
+        }
+    }
+    let mut best = best?;
+    let mut log = vec![0u8; usize::try_from(geometry.log_bytes).ok()?];
+    if device.read_at(geometry.log_offset, &mut log).is_err() {
+        return Some(best);
+    }
+    let mut position = 0usize;
+    while position < log.len() {
+        match decode_log_record(pool, best.sequence + 1, &log[position..], &mut best.map) {
+            Ok(Some(record)) => {
+                best.sequence = record.sequence;
+                best.next_generation = record.next_generation;
+                position += usize::try_from(record.padded_bytes).unwrap_or(log.len());
+            }
+            Ok(None) => break,
+            Err(reason) => {
+                tracing::warn!(device = %device.name(), %reason, "log replay stopped");
+                break;
+            }
+        }
+    }
+    Some(best)
+}
+
+fn recover_map(geometry: &Geometry, pool: PoolUuid, members: &Members) -> Result<(MapState, MetaCursor)> {
+    let mut best: Option<DeviceMap> = None;
+    let mut next_checkpoint = vec![0; geometry.devices];
+    for (i, member) in members.data.iter().enumerate() {
+        let Some(device) = member.device() else { continue };
+        let Some(loaded) = load_device_map(geometry, pool, device.as_ref()) else {
+            tracing::warn!(device = %member.path, "no usable stripe map on this device");
+            continue;
+        };
+        next_checkpoint[i] = 1 - loaded.newest_area;
+        if best.as_ref().is_none_or(|b| loaded.sequence > b.sequence) {
+            best = Some(loaded);
+        }
+    }
+    let best = best.ok_or_else(|| {
+        Error::CorruptMetadata("no online device holds a valid stripe map checkpoint".into())
+    })?;
+    let mut used = vec![false; usize::try_from(geometry.slots).unwrap_or(0)];
+    for slot in best.map.used_slots() {
+        let Some(flag) = used.get_mut(usize::try_from(slot.0).unwrap_or(usize::MAX)) else {
+            return Err(Error::CorruptMetadata(format!("map references slot {slot} beyond the pool")));
+        };
+        if *flag {
+            return Err(Error::CorruptMetadata(format!("map references slot {slot} twice")));
+        }
+        *flag = true;
+    }
+    let free: Vec<u64> = (0..geometry.slots).rev().filter(|s| !used[usize::try_from(*s).unwrap_or(0)]).collect();
+    let next_generation = best.next_generation.max(best.map.max_generation());
+    Ok((
+        MapState {
+            map: best.map,
+            next_generation,
+            free,
+            dirty: BTreeMap::new(),
+        },
+        MetaCursor {
+            sequence: best.sequence,
+            log_used: 0,
+            next_checkpoint,
+        },
+    ))
+}

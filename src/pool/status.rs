@@ -1,0 +1,197 @@
+//! `status`: a snapshot of health, devices and counters, printable like `zpool status` and
+//! serialisable as JSON.
+
+use super::PoolInner;
+use crate::types::human_bytes;
+use serde::Serialize;
+use std::fmt;
+use std::sync::atomic::Ordering;
+
+/// Overall health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PoolHealth {
+    /// Every data member online.
+    Online,
+    /// Some members lost, data still fully available.
+    Degraded,
+    /// More members lost than the layout tolerates.
+    Unavailable,
+}
+
+/// One device's line in the status.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceStatus {
+    /// Layout position (`None` for a spare).
+    pub index: Option<usize>,
+    /// Last known path.
+    pub path: String,
+    /// Device UUID.
+    pub uuid: String,
+    /// `ONLINE`, `FAULTED` or `AVAIL` (spare).
+    pub state: String,
+    /// Why it is faulted.
+    pub reason: Option<String>,
+    /// Read I/O errors.
+    pub read_errors: u64,
+    /// Write/flush errors.
+    pub write_errors: u64,
+    /// Checksum mismatches.
+    pub checksum_errors: u64,
+    /// Chunks healed on this device.
+    pub repaired_chunks: u64,
+}
+
+/// A snapshot of the pool.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolStatus {
+    /// Pool UUID.
+    pub pool: String,
+    /// Health.
+    pub health: PoolHealth,
+    /// Layout.
+    pub layout: String,
+    /// Volume size.
+    pub volume_bytes: u64,
+    /// Bytes of the volume that have been written (stripe granularity).
+    pub allocated_bytes: u64,
+    /// Chunk size.
+    pub chunk_bytes: u64,
+    /// Device losses tolerated.
+    pub tolerance: usize,
+    /// Last durable commit sequence.
+    pub commit_sequence: u64,
+    /// Superblock generation.
+    pub superblock_generation: u64,
+    /// Data members.
+    pub devices: Vec<DeviceStatus>,
+    /// Spares.
+    pub spares: Vec<DeviceStatus>,
+}
+
+impl PoolStatus {
+    /// Sum of checksum errors over all devices.
+    #[must_use]
+    pub fn total_checksum_errors(&self) -> u64 {
+        self.devices.iter().map(|d| d.checksum_errors).sum()
+    }
+    /// Sum of healed chunks over all devices.
+    #[must_use]
+    pub fn total_repaired(&self) -> u64 {
+        self.devices.iter().map(|d| d.repaired_chunks).sum()
+    }
+}
+
+impl PoolInner {
+    pub(crate) fn status(&self) -> PoolStatus {
+        let describe = |member: &super::MemberDevice, spare: bool| {
+            let reason = member.fault_reason();
+            DeviceStatus {
+                index: match member.role {
+                    crate::format::Role::Data { index } => Some(index),
+                    crate::format::Role::Spare => None,
+                },
+                path: member.path.clone(),
+                uuid: member.uuid.to_string(),
+                state: match (&reason, spare) {
+                    (Some(_), _) => "FAULTED",
+                    (None, true) => "AVAIL",
+                    (None, false) => "ONLINE",
+                }
+                .to_string(),
+                reason,
+                read_errors: member.errors.read.load(Ordering::Relaxed),
+                write_errors: member.errors.write.load(Ordering::Relaxed),
+                checksum_errors: member.errors.checksum.load(Ordering::Relaxed),
+                repaired_chunks: member.errors.repaired.load(Ordering::Relaxed),
+            }
+        };
+        let devices: Vec<DeviceStatus> =
+            self.members.data.iter().map(|m| describe(m, false)).collect();
+        let health = if self.check_available().is_err() {
+            PoolHealth::Unavailable
+        } else if devices.iter().any(|d| d.reason.is_some()) {
+            PoolHealth::Degraded
+        } else {
+            PoolHealth::Online
+        };
+        let written = self.map.lock().map.written_stripes().count() as u64;
+        PoolStatus {
+            pool: self.uuid.to_string(),
+            health,
+            layout: self.geometry.layout.to_string(),
+            volume_bytes: self.geometry.volume_bytes(),
+            allocated_bytes: written * self.geometry.stripe_data_bytes(),
+            chunk_bytes: self.geometry.chunk_bytes,
+            tolerance: self.geometry.tolerance(),
+            commit_sequence: self.meta.lock().sequence,
+            superblock_generation: self.members.generation(),
+            devices,
+            spares: self.members.spares.iter().map(|m| describe(m, true)).collect(),
+        }
+    }
+}
+
+impl fmt::Display for PoolStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "  pool: {}", self.pool)?;
+        writeln!(f, " state: {:?}", self.health)?;
+        let note = match self.health {
+            PoolHealth::Online => "all devices online; data fully redundant.".to_string(),
+            PoolHealth::Degraded => "one or more devices are faulted; reads reconstruct from redundancy. Replace the faulted devices.".to_string(),
+            PoolHealth::Unavailable => format!("more devices lost than {} tolerates ({}); affected data cannot be read.", self.layout, self.tolerance),
+        };
+        writeln!(f, "status: {note}")?;
+        writeln!(
+            f,
+            "layout: {} (survives {} lost device{}), chunk {}",
+            self.layout,
+            self.tolerance,
+            if self.tolerance == 1 { "" } else { "s" },
+            human_bytes(self.chunk_bytes)
+        )?;
+        writeln!(
+            f,
+            "  size: {} volume, {} written, commit {}, generation {}",
+            human_bytes(self.volume_bytes),
+            human_bytes(self.allocated_bytes),
+            self.commit_sequence,
+            self.superblock_generation
+        )?;
+        writeln!(f, "config:\n")?;
+        writeln!(f, "\t{:<40} {:<8} {:>5} {:>5} {:>5} {:>8}", "NAME", "STATE", "READ", "WRITE", "CKSUM", "REPAIRED")?;
+        writeln!(f, "\t{:<40} {:<8}", self.layout, format!("{:?}", self.health).to_uppercase())?;
+        let line = |f: &mut fmt::Formatter<'_>, d: &DeviceStatus| {
+            writeln!(
+                f,
+                "\t  {:<38} {:<8} {:>5} {:>5} {:>5} {:>8}{}",
+                d.path,
+                d.state,
+                d.read_errors,
+                d.write_errors,
+                d.checksum_errors,
+                d.repaired_chunks,
+                d.reason.as_ref().map(|r| format!("  ({r})")).unwrap_or_default()
+            )
+        };
+        for device in &self.devices {
+            line(f, device)?;
+        }
+        if !self.spares.is_empty() {
+            writeln!(f, "\tspares")?;
+            for device in &self.spares {
+                line(f, device)?;
+            }
+        }
+        let errors: u64 = self
+            .devices
+            .iter()
+            .map(|d| d.read_errors + d.write_errors + d.checksum_errors)
+            .sum();
+        if errors == 0 {
+            writeln!(f, "\nerrors: No known data errors")
+        } else {
+            writeln!(f, "\nerrors: {errors} device errors seen, {} chunks repaired", self.total_repaired())
+        }
+    }
+}

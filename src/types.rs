@@ -1,0 +1,110 @@
+//! Units and indices as newtypes, so a stripe number is never mistaken for a slot number.
+//! Nothing here does I/O; conversions are checked.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Bytes in a sector: the unit of atomicity we assume nowhere, but the unit of alignment everywhere.
+pub const SECTOR_BYTES: u64 = 4096;
+
+/// Index of a logical stripe: logical byte offset / stripe data bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct StripeId(pub u64);
+
+/// Index of a physical slot: a place on the devices that can hold one whole stripe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SlotId(pub u64);
+
+/// Index of a data member device within the pool (0-based, position in the layout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DeviceIndex(pub usize);
+
+/// Index of a shard within a stripe (0..width).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ShardIndex(pub usize);
+
+/// Monotonic write generation: every stripe write gets a fresh one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Generation(pub u64);
+
+impl fmt::Display for StripeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+impl fmt::Display for SlotId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+impl fmt::Display for DeviceIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Round `value` up to a multiple of `align` (which must be non-zero).
+#[must_use]
+pub fn round_up(value: u64, align: u64) -> u64 {
+    assert!(align > 0, "alignment must be non-zero");
+    value.div_ceil(align) * align
+}
+
+/// Parse a size such as `64M`, `1GiB`, `4096`, `16k`.
+///
+/// # Errors
+/// Returns a message naming the input when it is not a number with an optional binary suffix.
+pub fn parse_size(input: &str) -> std::result::Result<u64, String> {
+    let text = input.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, suffix) = text.split_at(split);
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("invalid size {input:?}: expected a number like 64M or 1G"))?;
+    let multiplier: u64 = match suffix.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        other => return Err(format!("invalid size {input:?}: unknown suffix {other:?}")),
+    };
+    number
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("invalid size {input:?}: too large"))
+}
+
+/// Human-readable binary size (`1.5 GiB`).
+#[must_use]
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    #[allow(clippy::cast_precision_loss)]
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999999999999T").is_err());
+    }
+}

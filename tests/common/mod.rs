@@ -1,0 +1,90 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use std::sync::Arc;
+use stripestore::device::MemDevice;
+use stripestore::testing::{mem_devices, random_bytes, shared, Model};
+use stripestore::{CreateOptions, Layout, OpenOptions, Pool};
+
+/// Every layout the issue names, with a device count that suits it.
+pub fn layouts() -> Vec<(&'static str, usize)> {
+    vec![
+        ("mirror:2", 2),
+        ("mirror:3", 3),
+        ("raid10:2", 4),
+        ("rs:2+1", 3),
+        ("rs:4+2", 6),
+        ("rs:4+2", 7),
+        ("rs:3+3", 6),
+    ]
+}
+
+pub const DEVICE_BYTES: u64 = 4 << 20;
+pub const CHUNK_BYTES: u64 = 4096;
+
+pub fn options(layout: &str) -> CreateOptions {
+    let layout: Layout = layout.parse().unwrap();
+    let mut options = CreateOptions::new(layout);
+    options.chunk_bytes = CHUNK_BYTES;
+    options
+}
+
+/// A fresh pool on in-memory devices.
+pub fn mem_pool(layout: &str, devices: usize) -> (Pool, Vec<Arc<MemDevice>>) {
+    let mems = mem_devices(devices, DEVICE_BYTES);
+    let pool = Pool::create(shared(&mems), vec![], &options(layout)).unwrap();
+    (pool, mems)
+}
+
+pub fn reopen(mems: &[Arc<MemDevice>]) -> Pool {
+    Pool::open(shared(mems), &OpenOptions::default()).unwrap()
+}
+
+/// Random writes of random sizes and offsets, mirrored into the model.
+pub fn random_writes(pool: &Pool, model: &mut Model, rng: &mut ChaCha8Rng, count: usize) {
+    let size = pool.size();
+    for _ in 0..count {
+        let len = match rng.gen_range(0..4) {
+            0 => rng.gen_range(1..512),
+            1 => rng.gen_range(1..20_000),
+            2 => pool.geometry().stripe_data_bytes() as usize,
+            _ => rng.gen_range(1..100_000),
+        };
+        let len = len.min(size as usize);
+        let offset = if rng.gen_bool(0.3) {
+            // stripe-aligned, to exercise the full-stripe path
+            let stripe = pool.geometry().stripe_data_bytes();
+            rng.gen_range(0..=(size - len as u64) / stripe) * stripe
+        } else {
+            rng.gen_range(0..=size - len as u64)
+        };
+        let offset = offset.min(size - len as u64);
+        let data = random_bytes(rng, len);
+        pool.write_at(offset, &data).unwrap();
+        model.write(offset, &data);
+    }
+}
+
+/// Read the whole volume and compare with the model, in pieces so a mismatch is located.
+pub fn verify(pool: &Pool, model: &Model) {
+    let size = pool.size();
+    let piece = 256 * 1024;
+    let mut offset = 0;
+    while offset < size {
+        let len = piece.min(size - offset) as usize;
+        let mut buf = vec![0u8; len];
+        pool.read_at(offset, &mut buf)
+            .unwrap_or_else(|e| panic!("read at {offset} failed: {e}"));
+        if buf != model.read(offset, len) {
+            let first = buf
+                .iter()
+                .zip(model.read(offset, len))
+                .position(|(a, b)| a != b)
+                .unwrap();
+            panic!("volume differs from the model at byte {}", offset + first as u64);
+        }
+        offset += len as u64;
+    }
+}
