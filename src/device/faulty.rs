@@ -5,7 +5,6 @@
 //! misdirected write still returns `Ok`, which is exactly what checksums must catch.
 
 use super::{Device, DeviceError};
-use crate::types::SECTOR_BYTES;
 use parking_lot::Mutex;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -13,12 +12,15 @@ use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::Arc;
 
+/// Granularity at which a torn write tears.
+const TEAR_BYTES: usize = 512;
+
 /// A kind of fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FaultKind {
     /// The write is acknowledged but never reaches the medium.
     LostWrite,
-    /// Only the first half (rounded down to whole sectors, at least one) of the write lands.
+    /// Only the first half (rounded down to 512-byte sectors, at least one) of the write lands.
     TornWrite,
     /// The write lands at another offset inside the fault region instead of its own.
     MisdirectedWrite,
@@ -185,10 +187,9 @@ impl Device for FaultyDevice {
             FaultKind::LostWrite => Ok(()),
             FaultKind::WriteError | FaultKind::ReadError => Err(eio("write", offset)),
             FaultKind::TornWrite => {
-                let sectors = (buf.len() as u64 / SECTOR_BYTES / 2).max(1);
-                let keep = usize::try_from(sectors * SECTOR_BYTES)
-                    .unwrap_or(buf.len())
-                    .min(buf.len());
+                // Disks tear at their physical sector size, often 512 bytes.
+                let keep = (buf.len() / 2 / TEAR_BYTES).max(1) * TEAR_BYTES;
+                let keep = keep.min(buf.len());
                 self.inner.write_at(offset, &buf[..keep])
             }
             FaultKind::MisdirectedWrite => {
@@ -242,6 +243,7 @@ mod tests {
         plan.lock().arm(FaultKind::TornWrite, 1);
         dev.write_at(0, &[2; 8192]).unwrap();
         assert_eq!(mem.peek(0, 1)[0], 2);
+        assert_eq!(mem.peek(4095, 1)[0], 2);
         assert_eq!(mem.peek(4096, 1)[0], 0);
 
         plan.lock().arm(FaultKind::MisdirectedWrite, 1);

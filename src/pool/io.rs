@@ -19,7 +19,7 @@ use rayon::prelude::*;
 use std::borrow::Cow;
 
 /// Outcome of fetching one shard.
-enum Fetch {
+pub(crate) enum Fetch {
     Good(Vec<u8>),
     Bad,
 }
@@ -69,20 +69,24 @@ impl PoolInner {
         let first_chunk = usize::try_from(within / chunk).unwrap_or(0);
         let last_chunk = usize::try_from((within + out.len() as u64 - 1) / chunk).unwrap_or(0);
         // Fast path: one verified shard per needed data chunk, fetched in parallel.
-        let fetched: Vec<Option<Vec<u8>>> = (first_chunk..=last_chunk)
+        let fetched: Vec<(usize, Fetch)> = (first_chunk..=last_chunk)
             .into_par_iter()
             .map(|data_chunk| {
-                let shard = self.preferred_shard(stripe, data_chunk)?;
-                match self.fetch_shard(slot, shard, &entry) {
-                    Fetch::Good(bytes) => Some(bytes),
-                    Fetch::Bad => None,
-                }
+                let shard = self.preferred_shard(data_chunk);
+                (shard.0, self.fetch_shard(slot, shard, &entry))
             })
             .collect();
-        let chunks: Vec<Vec<u8>> = if fetched.iter().all(Option::is_some) {
-            fetched.into_iter().flatten().collect()
+        let chunks: Vec<Vec<u8>> = if fetched.iter().all(|(_, f)| matches!(f, Fetch::Good(_))) {
+            fetched
+                .into_iter()
+                .filter_map(|(_, f)| match f {
+                    Fetch::Good(bytes) => Some(bytes),
+                    Fetch::Bad => None,
+                })
+                .collect()
         } else {
-            let shards = self.recover_stripe(stripe, slot, &entry)?;
+            // Slow path; shards already fetched are reused, so no error is counted twice.
+            let (shards, _) = self.recover_stripe(stripe, slot, &entry, fetched)?;
             (first_chunk..=last_chunk)
                 .map(|c| shards[self.first_shard_of(c)].clone())
                 .collect()
@@ -108,28 +112,17 @@ impl PoolInner {
             .unwrap_or(0)
     }
 
-    /// An online shard carrying `data_chunk`; for mirrors, rotate by stripe to spread reads.
-    fn preferred_shard(&self, stripe: u64, data_chunk: usize) -> Option<ShardIndex> {
-        let width = self.geometry.width();
-        let candidates: Vec<usize> = (0..width)
-            .filter(|s| self.geometry.shard_data_chunk(ShardIndex(*s)) == Some(data_chunk))
-            .collect();
-        let start = usize::try_from(stripe % candidates.len().max(1) as u64).unwrap_or(0);
-        (0..candidates.len())
-            .map(|i| candidates[(start + i) % candidates.len()])
-            .find(|s| self.shard_device_online(stripe, *s))
-            .map(ShardIndex)
-    }
-
-    fn shard_device_online(&self, stripe: u64, shard: usize) -> bool {
-        // The device of a shard depends on the slot, not the stripe, for Reed-Solomon; the fast
-        // path only asks for mirror/raid10 candidates, where it is the shard index itself. For
-        // Reed-Solomon there is exactly one candidate and `fetch_shard` checks the device.
-        let _ = stripe;
-        match self.geometry.layout {
+    /// A shard carrying `data_chunk`, preferring one on an online device. For Reed-Solomon
+    /// there is exactly one; for mirrors, the first online copy.
+    fn preferred_shard(&self, data_chunk: usize) -> ShardIndex {
+        let mut candidates = (0..self.geometry.width())
+            .filter(|s| self.geometry.shard_data_chunk(ShardIndex(*s)) == Some(data_chunk));
+        let first = candidates.clone().next().unwrap_or(0);
+        let online = |s: &usize| match self.geometry.layout {
             crate::geometry::Layout::ReedSolomon { .. } => true,
-            _ => self.members.get(DeviceIndex(shard)).is_online(),
-        }
+            _ => self.members.get(DeviceIndex(*s)).is_online(),
+        };
+        ShardIndex(candidates.find(online).unwrap_or(first))
     }
 
     /// Read one shard and verify it against the map. Errors are counted against the device.
@@ -156,13 +149,32 @@ impl PoolInner {
     }
 
     /// Slow path: fetch every shard, reconstruct the missing ones, verify them, heal the bad
-    /// ones on online devices. Returns all shards, each verified.
-    fn recover_stripe(&self, stripe: u64, slot: SlotId, entry: &MapEntry) -> Result<Vec<Vec<u8>>> {
+    /// ones on online devices. Returns all shards, each verified, and how many were bad.
+    /// `known` holds shards the caller already fetched (and counted).
+    pub(crate) fn recover_stripe(
+        &self,
+        stripe: u64,
+        slot: SlotId,
+        entry: &MapEntry,
+        known: Vec<(usize, Fetch)>,
+    ) -> Result<(Vec<Vec<u8>>, usize)> {
         let width = self.geometry.width();
         let chunk = usize::try_from(self.geometry.chunk_bytes).unwrap_or(0);
-        let fetched: Vec<Fetch> = (0..width)
-            .into_par_iter()
-            .map(|shard| self.fetch_shard(slot, ShardIndex(shard), entry))
+        let mut known: Vec<Option<Fetch>> = {
+            let mut slots: Vec<Option<Fetch>> = (0..width).map(|_| None).collect();
+            for (shard, fetch) in known {
+                slots[shard] = Some(fetch);
+            }
+            slots
+        };
+        let fetched: Vec<Fetch> = known
+            .par_iter_mut()
+            .enumerate()
+            .map(|(shard, prior)| {
+                prior
+                    .take()
+                    .unwrap_or_else(|| self.fetch_shard(slot, ShardIndex(shard), entry))
+            })
             .collect();
         let mut present: Vec<bool> = fetched.iter().map(|f| matches!(f, Fetch::Good(_))).collect();
         let bad: Vec<usize> = (0..width).filter(|s| !present[*s]).collect();
@@ -196,7 +208,7 @@ impl PoolInner {
             });
         }
         bad.par_iter().for_each(|shard| self.heal_shard(slot, ShardIndex(*shard), &shards[*shard]));
-        Ok(shards)
+        Ok((shards, bad.len()))
     }
 
     /// Rewrite a verified shard in place. Safe without a commit: the bytes are exactly what the

@@ -11,9 +11,11 @@ mod commit;
 mod io;
 mod members;
 mod open;
+mod scrub;
 mod status;
 
 pub use members::{ErrorCounters, ErrorKind, MemberDevice, Members};
+pub use scrub::{ScrubReport, ShardLocation};
 pub use status::{DeviceStatus, PoolHealth, PoolStatus};
 
 use crate::codec::Codec;
@@ -112,7 +114,7 @@ pub(crate) struct PoolInner {
 }
 
 impl PoolInner {
-    fn stripe_lock(&self, stripe: u64) -> &Mutex<()> {
+    pub(crate) fn stripe_lock(&self, stripe: u64) -> &Mutex<()> {
         &self.stripe_locks[usize::try_from(stripe % STRIPE_LOCKS as u64).unwrap_or(0)]
     }
 }
@@ -257,6 +259,20 @@ impl Pool {
     pub fn close(self) -> Result<()> {
         self.flush_on_drop.store(false, Ordering::Relaxed);
         self.inner.commit()
+    }
+
+    /// Verify every shard of every written stripe (data and parity, all copies), heal what
+    /// fails, and report. Foreground I/O may continue meanwhile.
+    #[must_use]
+    pub fn scrub(&self) -> ScrubReport {
+        self.inner.scrub()
+    }
+
+    /// Where the shards of logical stripe `stripe` live (empty if never written or out of
+    /// range): for diagnostics, tools and fault-injection tests.
+    #[must_use]
+    pub fn shard_locations(&self, stripe: u64) -> Vec<ShardLocation> {
+        self.inner.shard_locations(stripe)
     }
 
     /// Take a data member out of service (as if it had failed), recording it on disk.

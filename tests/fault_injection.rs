@@ -1,0 +1,243 @@
+//! Silent and loud device faults: bit rot, torn writes, lost writes, misdirected writes, read
+//! errors on some sectors, a device that vanishes. Every read must return the model's bytes,
+//! the damage must be counted and healed on disk.
+
+mod common;
+
+use common::*;
+use parking_lot::Mutex;
+use rand::Rng;
+use std::sync::Arc;
+use stripestore::device::{FaultKind, FaultPlan, FaultyDevice, MemDevice, SharedDevice};
+use stripestore::testing::{mem_devices, random_bytes, rng, seed, shared, Model, SeedGuard};
+use stripestore::{OpenOptions, Pool};
+
+fn no_threshold() -> OpenOptions {
+    OpenOptions { error_threshold: u64::MAX }
+}
+
+/// Fill the whole volume with random data through the pool and the model.
+fn fill(pool: &Pool, model: &mut Model, rng: &mut rand_chacha::ChaCha8Rng) {
+    let data = random_bytes(rng, pool.size() as usize);
+    pool.write_at(0, &data).unwrap();
+    model.write(0, &data);
+    pool.flush().unwrap();
+}
+
+#[test]
+fn bit_rot_is_detected_healed_on_disk_and_counted_exactly() {
+    for (i, (layout, devices)) in layouts().into_iter().enumerate() {
+        let seed = seed(3000 + i as u64);
+        let _guard = SeedGuard { seed, name: "bit_rot_is_detected_healed_on_disk_and_counted_exactly" };
+        let mut rng = rng(seed);
+        let mems = mem_devices(devices, DEVICE_BYTES);
+        let pool = Pool::create(shared(&mems), vec![], &options(layout)).unwrap();
+        let mut model = Model::new(pool.size());
+        fill(&pool, &mut model, &mut rng);
+        let tolerance = pool.geometry().tolerance();
+        let stripes = pool.geometry().stripes;
+        // Corrupt up to `tolerance` shards in a third of the stripes, remembering the good bytes.
+        let mut damaged = Vec::new();
+        for stripe in 0..stripes {
+            if !rng.gen_bool(0.33) {
+                continue;
+            }
+            let mut shards = pool.shard_locations(stripe);
+            assert!(!shards.is_empty());
+            let count = rng.gen_range(1..=tolerance);
+            for _ in 0..count {
+                let shard = shards.remove(rng.gen_range(0..shards.len()));
+                let at = shard.offset + rng.gen_range(0..CHUNK_BYTES);
+                let original = mems[shard.device].peek(shard.offset, CHUNK_BYTES as usize);
+                mems[shard.device].flip_bit(at, rng.gen());
+                damaged.push((shard.device, shard.offset, original));
+            }
+        }
+        assert!(!damaged.is_empty());
+        drop(pool);
+        let pool = Pool::open(shared(&mems), &no_threshold()).unwrap();
+        verify(&pool, &model);
+        let report = pool.scrub();
+        assert!(report.unrecoverable_stripes.is_empty(), "{layout}: {report:?}");
+        let status = pool.status();
+        assert_eq!(
+            status.total_checksum_errors(),
+            damaged.len() as u64,
+            "{layout}: every damaged chunk is counted once (read or scrub), none twice"
+        );
+        assert_eq!(status.total_repaired(), damaged.len() as u64, "{layout}");
+        for (device, offset, original) in &damaged {
+            assert_eq!(
+                &mems[*device].peek(*offset, CHUNK_BYTES as usize),
+                original,
+                "{layout}: chunk at device {device} offset {offset} not healed on disk"
+            );
+        }
+        assert_eq!(pool.scrub().bad_shards, 0, "{layout}: second scrub must be clean");
+        verify(&pool, &model);
+    }
+}
+
+/// Build a pool whose devices are wrapped in fault injectors.
+fn faulty_pool(
+    layout: &str,
+    devices: usize,
+    seed: u64,
+) -> (Pool, Vec<Arc<MemDevice>>, Vec<Arc<Mutex<FaultPlan>>>) {
+    let mems = mem_devices(devices, DEVICE_BYTES);
+    let mut plans = Vec::new();
+    let wrapped: Vec<SharedDevice> = mems
+        .iter()
+        .enumerate()
+        .map(|(i, mem)| {
+            let (dev, plan) = FaultyDevice::new(mem.clone() as SharedDevice, seed + i as u64);
+            plans.push(plan);
+            Arc::new(dev) as SharedDevice
+        })
+        .collect();
+    let mut opts = options(layout);
+    opts.open = no_threshold();
+    let pool = Pool::create(wrapped, vec![], &opts).unwrap();
+    let data_region = pool.geometry().data_offset..pool.geometry().data_end();
+    for plan in &plans {
+        plan.lock().set_region(data_region.clone());
+    }
+    (pool, mems, plans)
+}
+
+/// Silent write faults on `tolerance` devices during a random workload: the data must read
+/// back exactly, faults must be detected, and after a scrub the pool is clean on disk, proven
+/// by losing the *other* devices and reading everything from the once-faulty ones.
+fn silent_write_faults(kind: FaultKind, base_seed: u64, name: &'static str) {
+    for (i, (layout, devices)) in layouts().into_iter().enumerate() {
+        let seed = seed(base_seed + i as u64);
+        let _guard = SeedGuard { seed, name };
+        let mut rng = rng(seed);
+        let (pool, mems, plans) = faulty_pool(layout, devices, seed);
+        let tolerance = pool.geometry().tolerance();
+        let mut model = Model::new(pool.size());
+        for plan in plans.iter().take(tolerance) {
+            plan.lock().set_random(0.2, &[kind]);
+        }
+        random_writes(&pool, &mut model, &mut rng, 150);
+        pool.flush().unwrap();
+        let injected: usize = plans.iter().map(|p| p.lock().count(kind)).sum();
+        assert!(injected > 0, "{layout}: no {kind:?} was injected");
+        for plan in &plans {
+            plan.lock().clear();
+        }
+        verify(&pool, &model);
+        let report = pool.scrub();
+        assert!(report.unrecoverable_stripes.is_empty(), "{layout}: {report:?}");
+        let status = pool.status();
+        assert!(status.total_checksum_errors() > 0, "{layout}: {kind:?} went unnoticed");
+        assert_eq!(status.total_checksum_errors(), status.total_repaired(), "{layout}: every detected error healed");
+        assert_eq!(pool.scrub().bad_shards, 0, "{layout}: healed on disk");
+        // Independent check of the healing: lose every device that never had a fault (as many
+        // as tolerated) and read everything from the rest.
+        for mem in mems.iter().skip(tolerance).take(tolerance) {
+            mem.set_gone(true);
+        }
+        verify(&pool, &model);
+        pool.simulate_power_loss();
+    }
+}
+
+#[test]
+fn lost_writes_are_caught_by_the_map_checksum() {
+    silent_write_faults(FaultKind::LostWrite, 4000, "lost_writes_are_caught_by_the_map_checksum");
+}
+
+#[test]
+fn torn_writes_are_detected_and_healed() {
+    silent_write_faults(FaultKind::TornWrite, 5000, "torn_writes_are_detected_and_healed");
+}
+
+#[test]
+fn misdirected_writes_are_detected_at_both_ends() {
+    silent_write_faults(FaultKind::MisdirectedWrite, 6000, "misdirected_writes_are_detected_at_both_ends");
+}
+
+#[test]
+fn sector_read_errors_are_reconstructed_and_counted() {
+    for (i, (layout, devices)) in layouts().into_iter().enumerate() {
+        let seed = seed(7000 + i as u64);
+        let _guard = SeedGuard { seed, name: "sector_read_errors_are_reconstructed_and_counted" };
+        let mut rng = rng(seed);
+        let (pool, _mems, plans) = faulty_pool(layout, devices, seed);
+        let mut model = Model::new(pool.size());
+        fill(&pool, &mut model, &mut rng);
+        // Bad sectors on device 0 over a part of the data area.
+        let start = pool.geometry().data_offset + 8 * CHUNK_BYTES;
+        plans[0].lock().add_bad_read_range(start..start + 64 * CHUNK_BYTES);
+        verify(&pool, &model);
+        let report = pool.scrub();
+        assert!(report.unrecoverable_stripes.is_empty());
+        let status = pool.status();
+        assert!(status.devices[0].read_errors > 0, "{layout}: read errors counted");
+        assert_eq!(status.devices[0].state, "ONLINE", "{layout}: below threshold stays online");
+        verify(&pool, &model);
+    }
+}
+
+#[test]
+fn error_threshold_faults_a_device_and_data_stays_available() {
+    let (layout, devices) = ("rs:4+2", 6);
+    let mems = mem_devices(devices, DEVICE_BYTES);
+    let mut opts = options(layout);
+    opts.open.error_threshold = 5;
+    let pool = Pool::create(shared(&mems), vec![], &opts).unwrap();
+    let mut rng = rng(seed(8000));
+    let mut model = Model::new(pool.size());
+    fill(&pool, &mut model, &mut rng);
+    // Rot every chunk of device 3.
+    for stripe in 0..pool.geometry().stripes {
+        for shard in pool.shard_locations(stripe) {
+            if shard.device == 3 {
+                mems[3].flip_bit(shard.offset + 5, 1);
+            }
+        }
+    }
+    verify(&pool, &model);
+    let status = pool.status();
+    assert_eq!(status.devices[3].state, "FAULTED");
+    assert!(status.devices[3].reason.as_deref().unwrap().contains("too many errors"));
+    assert_eq!(status.devices[3].checksum_errors, 5, "faulted exactly at the threshold");
+    // The fault is persisted: after reopen the device is refused as stale.
+    pool.close().unwrap();
+    let err = Pool::open(shared(&mems), &OpenOptions::default()).unwrap_err();
+    assert!(matches!(err, stripestore::Error::StaleMember { .. }), "{err}");
+    let mut survivors = mems.clone();
+    survivors.remove(3);
+    let pool = Pool::open(shared(&survivors), &OpenOptions::default()).unwrap();
+    verify(&pool, &model);
+}
+
+#[test]
+fn a_device_vanishing_mid_workload_is_faulted_and_io_continues() {
+    for (i, (layout, devices)) in layouts().into_iter().enumerate() {
+        let seed = seed(9000 + i as u64);
+        let _guard = SeedGuard { seed, name: "a_device_vanishing_mid_workload_is_faulted_and_io_continues" };
+        let mut rng = rng(seed);
+        let mems = mem_devices(devices, DEVICE_BYTES);
+        let pool = Pool::create(shared(&mems), vec![], &options(layout)).unwrap();
+        let mut model = Model::new(pool.size());
+        random_writes(&pool, &mut model, &mut rng, 40);
+        let victim = rng.gen_range(0..devices);
+        mems[victim].set_gone(true);
+        random_writes(&pool, &mut model, &mut rng, 40);
+        pool.flush().unwrap();
+        verify(&pool, &model);
+        let status = pool.status();
+        assert_eq!(status.devices[victim].state, "FAULTED", "{layout}");
+        assert_eq!(format!("{:?}", status.health), "Degraded");
+        drop(pool);
+        let pool = reopen_without(&mems, victim);
+        verify(&pool, &model);
+    }
+}
+
+fn reopen_without(mems: &[Arc<MemDevice>], victim: usize) -> Pool {
+    let rest: Vec<_> = mems.iter().enumerate().filter(|(i, _)| *i != victim).map(|(_, m)| m.clone()).collect();
+    Pool::open(shared(&rest), &OpenOptions::default()).unwrap()
+}
