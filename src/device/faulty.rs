@@ -260,3 +260,52 @@ mod tests {
         assert_eq!(plan.lock().count(FaultKind::ReadError), 1);
     }
 }
+
+/// Simulates a power cut at an exact point: after `countdown` more writes or flushes (counted
+/// across every device sharing the counter), all writes and flushes are silently dropped, as if
+/// the machine had stopped there. Combine with [`super::MemDevice::crash`] to also lose the
+/// unflushed writes issued before the cut.
+#[derive(Debug)]
+pub struct PowerCut {
+    inner: Arc<dyn Device>,
+    countdown: Arc<std::sync::atomic::AtomicI64>,
+}
+
+impl PowerCut {
+    /// Wrap `inner`, sharing `countdown` with the other devices of the machine.
+    #[must_use]
+    pub fn new(inner: Arc<dyn Device>, countdown: Arc<std::sync::atomic::AtomicI64>) -> Self {
+        Self { inner, countdown }
+    }
+
+    /// True once power is off (the operation must be dropped).
+    fn power_is_off(&self) -> bool {
+        self.countdown
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+            <= 0
+    }
+}
+
+impl Device for PowerCut {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
+        self.inner.read_at(offset, buf)
+    }
+    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), DeviceError> {
+        if self.power_is_off() {
+            return Ok(());
+        }
+        self.inner.write_at(offset, buf)
+    }
+    fn flush(&self) -> Result<(), DeviceError> {
+        if self.power_is_off() {
+            return Ok(());
+        }
+        self.inner.flush()
+    }
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+}
