@@ -170,6 +170,8 @@ pub(super) fn create(
 struct Found {
     device: SharedDevice,
     superblock: Superblock,
+    /// Named by the caller (errors are fatal) rather than found by a recorded path.
+    given: bool,
 }
 
 pub(super) fn open(
@@ -183,54 +185,62 @@ pub(super) fn open(
             device: device.name(),
             reason,
         })?;
-        found.push(Found { device, superblock });
+        found.push(Found { device, superblock, given: true });
     }
-    let newest = found
-        .iter()
-        .max_by_key(|f| f.superblock.generation)
-        .map(|f| f.superblock.clone())
+    // The pool being opened is the first given device's; every other must belong to it.
+    let first = found
+        .first()
         .ok_or_else(|| Error::InvalidConfig("no devices given".into()))?;
-    let reference = found
-        .iter()
-        .find(|f| f.superblock.generation == newest.generation)
-        .map(|f| f.device.name())
-        .unwrap_or_default();
+    let (pool_uuid, reference) = (first.superblock.pool_uuid, first.device.name());
     for f in &found {
-        if f.superblock.pool_uuid != newest.pool_uuid {
+        if f.superblock.pool_uuid != pool_uuid {
             return Err(Error::MixedPools {
                 device: f.device.name(),
                 found: f.superblock.pool_uuid.to_string(),
                 other: reference.clone(),
-                expected: newest.pool_uuid.to_string(),
+                expected: pool_uuid.to_string(),
             });
         }
     }
-    // Each given device must be a current member of the newest membership.
+    if discover {
+        discover_members(&mut found);
+    }
+    // The newest superblock among everything found decides membership and staleness, so a
+    // stale device cannot vouch for itself with its own outdated member list.
+    let newest = found
+        .iter()
+        .map(|f| &f.superblock)
+        .max_by_key(|sb| sb.generation)
+        .cloned()
+        .ok_or_else(|| Error::InvalidConfig("no devices given".into()))?;
     let mut by_uuid: BTreeMap<[u8; 16], SharedDevice> = BTreeMap::new();
     for f in found {
-        let Some(member) = newest.members.iter().find(|m| m.uuid == f.superblock.device_uuid) else {
-            return Err(Error::NotAMember {
+        let member = newest.members.iter().find(|m| m.uuid == f.superblock.device_uuid);
+        let problem = match member {
+            None => Some(Error::NotAMember {
                 device: f.device.name(),
                 reason: format!("not in the member list of pool {}", newest.pool_uuid),
-            });
-        };
-        if let MemberState::Faulted { .. } = member.state {
-            return Err(Error::StaleMember {
+            }),
+            Some(m) if matches!(m.state, MemberState::Faulted { .. }) => Some(Error::StaleMember {
                 device: f.device.name(),
                 pool: newest.pool_uuid.to_string(),
                 device_generation: f.superblock.generation,
                 pool_generation: newest.generation,
-            });
+            }),
+            Some(_) => None,
+        };
+        match (problem, f.given) {
+            (Some(err), true) => return Err(err),
+            (Some(err), false) => tracing::warn!(%err, "recorded member not used"),
+            (None, _) => {
+                if by_uuid.insert(f.superblock.device_uuid.0, f.device).is_some() {
+                    return Err(Error::InvalidConfig(format!(
+                        "device {} is given twice",
+                        f.superblock.device_uuid
+                    )));
+                }
+            }
         }
-        if by_uuid.insert(member.uuid.0, f.device).is_some() {
-            return Err(Error::InvalidConfig(format!(
-                "member {} is given twice",
-                member.path
-            )));
-        }
-    }
-    if discover {
-        discover_members(&newest, &mut by_uuid);
     }
     let layout: Layout = newest.layout.parse()?;
     let data_count = newest
@@ -269,6 +279,9 @@ pub(super) fn open(
     let members = Members::new(data, spares, newest.clone(), options.error_threshold);
     let (state, meta) = recover_map(&geometry, newest.pool_uuid, &members)?;
     let inner = new_inner(geometry, newest.pool_uuid, members, state, meta)?;
+    // Refuse before writing anything: a pool missing more than it tolerates stays untouched,
+    // so putting the missing device back later is all it takes.
+    inner.check_available()?;
     if newly_missing {
         for (i, member) in inner.members.data.iter().enumerate() {
             if !member.is_online() {
@@ -288,10 +301,16 @@ pub(super) fn open(
     Ok(inner)
 }
 
-/// Find members that were not given, by the paths recorded in the superblock.
-fn discover_members(newest: &Superblock, by_uuid: &mut BTreeMap<[u8; 16], SharedDevice>) {
-    for member in &newest.members {
-        if by_uuid.contains_key(&member.uuid.0) || member.state != MemberState::Online {
+/// Find members that were not given, through the paths recorded in the given superblocks.
+fn discover_members(found: &mut Vec<Found>) {
+    let pool = found[0].superblock.pool_uuid;
+    let mut known: Vec<PoolUuid> = found.iter().map(|f| f.superblock.device_uuid).collect();
+    let recorded: Vec<Member> = found
+        .iter()
+        .flat_map(|f| f.superblock.members.clone())
+        .collect();
+    for member in recorded {
+        if known.contains(&member.uuid) {
             continue;
         }
         let path = std::path::Path::new(&member.path);
@@ -300,8 +319,13 @@ fn discover_members(newest: &Superblock, by_uuid: &mut BTreeMap<[u8; 16], Shared
             continue;
         };
         match read_superblock(&device) {
-            Ok(sb) if sb.pool_uuid == newest.pool_uuid && sb.device_uuid == member.uuid => {
-                by_uuid.insert(member.uuid.0, std::sync::Arc::new(device));
+            Ok(sb) if sb.pool_uuid == pool && sb.device_uuid == member.uuid => {
+                known.push(member.uuid);
+                found.push(Found {
+                    device: std::sync::Arc::new(device),
+                    superblock: sb,
+                    given: false,
+                });
             }
             Ok(_) => tracing::warn!(path = %member.path, "recorded path now holds a different device"),
             Err(reason) => tracing::warn!(path = %member.path, %reason, "recorded path has no valid superblock"),

@@ -1,0 +1,206 @@
+//! Bad input gets a clear error and loses nothing: foreign devices, mixed pools, missing
+//! members, corrupt superblocks and maps, out-of-range I/O, unknown layouts.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use stripestore::device::{Device, FileDevice};
+use stripestore::testing::{random_bytes, rng, Model};
+use stripestore::{CreateOptions, Error, OpenOptions, Pool};
+
+fn paths(dir: &Path, prefix: &str, count: usize) -> Vec<PathBuf> {
+    (0..count).map(|i| dir.join(format!("{prefix}{i}.img"))).collect()
+}
+
+fn file_options(layout: &str) -> CreateOptions {
+    let mut opts = options(layout);
+    opts.device_bytes = Some(DEVICE_BYTES);
+    opts
+}
+
+fn snapshot(paths: &[PathBuf]) -> Vec<Vec<u8>> {
+    paths.iter().map(|p| std::fs::read(p).unwrap()).collect()
+}
+
+/// A file pool with some data, closed; returns the model.
+fn file_pool(paths: &[PathBuf], layout: &str, seed: u64) -> Model {
+    let pool = Pool::create_paths(paths, &[], &file_options(layout)).unwrap();
+    let mut model = Model::new(pool.size());
+    let mut rng = rng(seed);
+    random_writes(&pool, &mut model, &mut rng, 20);
+    pool.close().unwrap();
+    model
+}
+
+#[test]
+fn create_refuses_a_device_of_another_pool_without_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = paths(dir.path(), "a", 3);
+    let model = file_pool(&a, "rs:2+1", 1);
+    let before = snapshot(&a);
+    let b = vec![dir.path().join("b0.img"), dir.path().join("b1.img"), a[1].clone()];
+    let err = Pool::create_paths(&b, &[], &file_options("rs:2+1")).unwrap_err();
+    assert!(matches!(err, Error::DeviceInUse { .. }), "{err}");
+    assert!(err.to_string().contains("a1.img") && err.to_string().contains("--force"), "{err}");
+    assert_eq!(snapshot(&a), before, "nothing of pool A was touched");
+    let pool = Pool::open_paths(&a[..1], &OpenOptions::default()).unwrap();
+    verify(&pool, &model);
+    drop(pool);
+    // With force it is allowed.
+    let mut forced = file_options("rs:2+1");
+    forced.force = true;
+    Pool::create_paths(&b, &[], &forced).unwrap().close().unwrap();
+}
+
+#[test]
+fn open_refuses_mixed_pools_and_foreign_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = paths(dir.path(), "a", 2);
+    let b = paths(dir.path(), "b", 2);
+    file_pool(&a, "mirror:2", 2);
+    file_pool(&b, "mirror:2", 3);
+    let (before_a, before_b) = (snapshot(&a), snapshot(&b));
+    let err = Pool::open_paths(&[a[0].clone(), b[1].clone()], &OpenOptions::default()).unwrap_err();
+    assert!(matches!(err, Error::MixedPools { .. }), "{err}");
+    assert!(err.to_string().contains("b1.img"), "{err}");
+    // A file that was never a member.
+    let stranger = dir.path().join("stranger.img");
+    std::fs::write(&stranger, vec![0x5a; 1 << 20]).unwrap();
+    let err = Pool::open_paths(&[stranger.clone()], &OpenOptions::default()).unwrap_err();
+    assert!(matches!(err, Error::NotAMember { .. }), "{err}");
+    assert!(err.to_string().contains("stranger.img"), "{err}");
+    // A path that does not exist.
+    let err = Pool::open_paths(&[dir.path().join("nope.img")], &OpenOptions::default()).unwrap_err();
+    assert!(matches!(err, Error::Open { .. }), "{err}");
+    assert_eq!(snapshot(&a), before_a);
+    assert_eq!(snapshot(&b), before_b);
+    assert_eq!(std::fs::read(&stranger).unwrap(), vec![0x5a; 1 << 20]);
+}
+
+#[test]
+fn missing_members_degrade_within_tolerance_and_refuse_beyond_without_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = paths(dir.path(), "a", 6);
+    let model = file_pool(&a, "rs:4+2", 4);
+    // Two members missing: opens degraded through the recorded paths, data intact.
+    let hidden: Vec<PathBuf> = a[..3].iter().map(|p| p.with_extension("hidden")).collect();
+    std::fs::rename(&a[0], &hidden[0]).unwrap();
+    std::fs::rename(&a[1], &hidden[1]).unwrap();
+    {
+        let pool = Pool::open_paths(&a[2..3], &OpenOptions::default()).unwrap();
+        verify(&pool, &model);
+        let status = pool.status();
+        assert_eq!(status.devices[0].state, "FAULTED");
+        assert!(status.devices[0].reason.as_deref().unwrap().contains("missing"), "{status}");
+        pool.close().unwrap();
+    }
+    // A third one missing: a clear error, and nothing is written to the survivors.
+    std::fs::rename(&a[2], &hidden[2]).unwrap();
+    let before = snapshot(&a[3..]);
+    let err = Pool::open_paths(&a[3..4], &OpenOptions::default()).unwrap_err();
+    assert!(matches!(err, Error::PoolUnavailable { .. }), "{err}");
+    for name in ["a0.img", "a1.img", "a2.img"] {
+        assert!(err.to_string().contains(name), "error names {name}: {err}");
+    }
+    assert_eq!(snapshot(&a[3..]), before, "a refused open writes nothing");
+    // The two first-missing devices come back: they are stale (faulted while away).
+    std::fs::rename(&hidden[0], &a[0]).unwrap();
+    std::fs::rename(&hidden[2], &a[2]).unwrap();
+    let err = Pool::open_paths(&[a[0].clone(), a[3].clone()], &OpenOptions::default()).unwrap_err();
+    assert!(matches!(err, Error::StaleMember { .. }), "{err}");
+    assert!(err.to_string().contains("a0.img") && err.to_string().contains("stale"), "{err}");
+    // Naming only a stale device: its own outdated member list must not vouch for it.
+    let err = Pool::open_paths(&a[0..1], &OpenOptions::default()).unwrap_err();
+    assert!(matches!(err, Error::StaleMember { .. }), "{err}");
+    // Without naming the stale one, the pool opens degraded and correct.
+    let pool = Pool::open_paths(&a[3..4], &OpenOptions::default()).unwrap();
+    verify(&pool, &model);
+}
+
+#[test]
+fn corrupt_superblock_copies_and_maps_are_survived_or_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = paths(dir.path(), "a", 3);
+    let model = file_pool(&a, "rs:2+1", 5);
+    let rot = |path: &Path, offset: u64, len: usize| {
+        let dev = FileDevice::open(path).unwrap();
+        let mut rng = rng(offset);
+        dev.write_at(offset, &random_bytes(&mut rng, len)).unwrap();
+    };
+    let size = std::fs::metadata(&a[0]).unwrap().len();
+    // Copy A torn on every device, copy B on one: still opens.
+    for path in &a {
+        rot(path, 100, 300);
+    }
+    rot(&a[1], size - 64 * 1024 + 40, 100);
+    let pool = Pool::open_paths(&a, &OpenOptions::default()).unwrap_err();
+    assert!(matches!(pool, Error::NotAMember { .. }), "both copies bad on a1 given explicitly: {pool}");
+    assert!(pool.to_string().contains("checksum") || pool.to_string().contains("magic"), "{pool}");
+    let pool = Pool::open_paths(&[a[0].clone(), a[2].clone()], &OpenOptions::default()).unwrap();
+    verify(&pool, &model);
+    drop(pool);
+
+    // Stripe map: a checkpoint corrupted on one device is survived from the others.
+    let dir2 = tempfile::tempdir().unwrap();
+    let b = paths(dir2.path(), "b", 3);
+    let model = file_pool(&b, "rs:2+1", 6);
+    let geometry = {
+        let pool = Pool::open_paths(&b, &OpenOptions::default()).unwrap();
+        pool.geometry().clone()
+    };
+    for offset in geometry.checkpoint_offsets {
+        rot(&b[0], offset + 10, 4000);
+    }
+    let pool = Pool::open_paths(&b, &OpenOptions::default()).unwrap();
+    verify(&pool, &model);
+    drop(pool);
+    // On every device: refused with a clear error.
+    for path in &b {
+        for offset in geometry.checkpoint_offsets {
+            rot(path, offset + 10, 4000);
+        }
+    }
+    let err = Pool::open_paths(&b, &OpenOptions::default()).unwrap_err();
+    assert!(matches!(err, Error::CorruptMetadata(_)), "{err}");
+}
+
+#[test]
+fn out_of_range_io_is_refused_and_changes_nothing() {
+    let (pool, _mems) = mem_pool("rs:4+2", 6);
+    let size = pool.size();
+    let mut model = Model::new(size);
+    let mut rng = rng(11);
+    random_writes(&pool, &mut model, &mut rng, 10);
+    for (offset, len) in [(size, 1usize), (size - 10, 11), (u64::MAX - 2, 5), (size + 4096, 0)] {
+        let err = pool.write_at(offset, &vec![0xff; len]).unwrap_err();
+        assert!(matches!(err, Error::OutOfRange { .. }), "{err}");
+        let mut buf = vec![0u8; len];
+        let err = pool.read_at(offset, &mut buf).unwrap_err();
+        assert!(matches!(err, Error::OutOfRange { .. }), "{err}");
+        assert!(err.to_string().contains("exceeds the volume size"), "{err}");
+    }
+    // Zero-length I/O at the very end is fine.
+    pool.write_at(size, &[]).unwrap();
+    verify(&pool, &model);
+}
+
+#[test]
+fn unknown_layouts_and_bad_configurations_are_clear_errors() {
+    for text in ["raid5:3", "rs:4", "rs:4+9", "mirror:1", "mirror:x", ""] {
+        let err = text.parse::<stripestore::Layout>().unwrap_err();
+        assert!(matches!(err, Error::InvalidLayout { .. }), "{text}: {err}");
+        assert!(err.to_string().contains("expected mirror:N"), "{err}");
+    }
+    let mems = stripestore::testing::mem_devices(5, DEVICE_BYTES);
+    let err = Pool::create(stripestore::testing::shared(&mems), vec![], &options("rs:4+2")).unwrap_err();
+    assert!(matches!(err, Error::InvalidConfig(_)), "{err}");
+    let err = Pool::create(stripestore::testing::shared(&mems[..3]), vec![], &options("mirror:2")).unwrap_err();
+    assert!(err.to_string().contains("exactly 2 devices"), "{err}");
+    let mut small = options("mirror:2");
+    small.chunk_bytes = 1000;
+    let err = Pool::create(stripestore::testing::shared(&mems[..2]), vec![], &small).unwrap_err();
+    assert!(matches!(err, Error::InvalidConfig(_)), "{err}");
+    // Nothing was written to the devices by the refused creates.
+    assert!(mems.iter().all(|m| m.image().iter().all(|b| *b == 0)));
+}
