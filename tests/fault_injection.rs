@@ -230,7 +230,7 @@ fn a_device_vanishing_mid_workload_is_faulted_and_io_continues() {
         verify(&pool, &model);
         let status = pool.status();
         assert_eq!(status.devices[victim].state, "FAULTED", "{layout}");
-        assert_eq!(format!("{:?}", status.health), "Degraded");
+        assert_eq!(status.health, stripestore::pool::PoolHealth::Degraded);
         drop(pool);
         let pool = reopen_without(&mems, victim);
         verify(&pool, &model);

@@ -20,8 +20,12 @@ use std::borrow::Cow;
 
 /// Outcome of fetching one shard.
 pub(crate) enum Fetch {
+    /// Read and verified.
     Good(Vec<u8>),
+    /// Read error or checksum mismatch on an online device (counted; healable).
     Bad,
+    /// The device is out of service.
+    Missing,
 }
 
 impl PoolInner {
@@ -81,7 +85,7 @@ impl PoolInner {
                 .into_iter()
                 .filter_map(|(_, f)| match f {
                     Fetch::Good(bytes) => Some(bytes),
-                    Fetch::Bad => None,
+                    Fetch::Bad | Fetch::Missing => None,
                 })
                 .collect()
         } else {
@@ -129,7 +133,7 @@ impl PoolInner {
     fn fetch_shard(&self, slot: SlotId, shard: ShardIndex, entry: &MapEntry) -> Fetch {
         let (index, offset) = self.geometry.shard_location(slot, shard);
         let Some(device) = self.members.get(index).device() else {
-            return Fetch::Bad;
+            return Fetch::Missing;
         };
         let mut bytes = vec![0u8; usize::try_from(self.geometry.chunk_bytes).unwrap_or(0)];
         if let Err(err) = device.read_at(offset, &mut bytes) {
@@ -149,7 +153,8 @@ impl PoolInner {
     }
 
     /// Slow path: fetch every shard, reconstruct the missing ones, verify them, heal the bad
-    /// ones on online devices. Returns all shards, each verified, and how many were bad.
+    /// ones on online devices. Returns all shards, each verified, and how many shards on
+    /// online devices were damaged (shards of out-of-service devices are not counted).
     /// `known` holds shards the caller already fetched (and counted).
     pub(crate) fn recover_stripe(
         &self,
@@ -177,12 +182,13 @@ impl PoolInner {
             })
             .collect();
         let mut present: Vec<bool> = fetched.iter().map(|f| matches!(f, Fetch::Good(_))).collect();
+        let damaged = fetched.iter().filter(|f| matches!(f, Fetch::Bad)).count();
         let bad: Vec<usize> = (0..width).filter(|s| !present[*s]).collect();
         let mut shards: Vec<Vec<u8>> = fetched
             .into_iter()
             .map(|f| match f {
                 Fetch::Good(bytes) => bytes,
-                Fetch::Bad => vec![0u8; chunk],
+                Fetch::Bad | Fetch::Missing => vec![0u8; chunk],
             })
             .collect();
         let good = width - bad.len();
@@ -208,7 +214,7 @@ impl PoolInner {
             });
         }
         bad.par_iter().for_each(|shard| self.heal_shard(slot, ShardIndex(*shard), &shards[*shard]));
-        Ok((shards, bad.len()))
+        Ok((shards, damaged))
     }
 
     /// Rewrite a verified shard in place. Safe without a commit: the bytes are exactly what the

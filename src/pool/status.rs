@@ -132,10 +132,20 @@ impl PoolInner {
     }
 }
 
+impl fmt::Display for PoolHealth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PoolHealth::Online => "ONLINE",
+            PoolHealth::Degraded => "DEGRADED",
+            PoolHealth::Unavailable => "UNAVAILABLE",
+        })
+    }
+}
+
 impl fmt::Display for PoolStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "  pool: {}", self.pool)?;
-        writeln!(f, " state: {:?}", self.health)?;
+        writeln!(f, " state: {}", self.health)?;
         let note = match self.health {
             PoolHealth::Online => "all devices online; data fully redundant.".to_string(),
             PoolHealth::Degraded => "one or more devices are faulted; reads reconstruct from redundancy. Replace the faulted devices.".to_string(),
@@ -160,7 +170,7 @@ impl fmt::Display for PoolStatus {
         )?;
         writeln!(f, "config:\n")?;
         writeln!(f, "\t{:<40} {:<8} {:>5} {:>5} {:>5} {:>8}", "NAME", "STATE", "READ", "WRITE", "CKSUM", "REPAIRED")?;
-        writeln!(f, "\t{:<40} {:<8}", self.layout, format!("{:?}", self.health).to_uppercase())?;
+        writeln!(f, "\t{:<40} {:<8}", self.layout, self.health.to_string())?;
         let line = |f: &mut fmt::Formatter<'_>, d: &DeviceStatus| {
             writeln!(
                 f,

@@ -1,0 +1,65 @@
+//! A minimal progress line on stderr: a redrawn bar on a terminal, a line every 25% otherwise
+//! (so logs of CI runs stay short).
+
+use std::io::{IsTerminal, Write};
+use std::time::Instant;
+use stripestore::types::human_bytes;
+
+/// Progress of one long operation measured in bytes.
+pub struct Progress {
+    label: String,
+    total: u64,
+    done: u64,
+    started: Instant,
+    tty: bool,
+    last_quarter: u64,
+}
+
+impl Progress {
+    /// Start tracking `total` bytes of work.
+    pub fn new(label: &str, total: u64) -> Self {
+        Self {
+            label: label.to_string(),
+            total: total.max(1),
+            done: 0,
+            started: Instant::now(),
+            tty: std::io::stderr().is_terminal(),
+            last_quarter: 0,
+        }
+    }
+
+    /// Add `bytes` of finished work and redraw.
+    pub fn advance(&mut self, bytes: u64) {
+        self.done = (self.done + bytes).min(self.total);
+        let quarter = self.done * 4 / self.total;
+        if self.tty {
+            let width = 30;
+            let filled = usize::try_from(self.done * width / self.total).unwrap_or(0);
+            let bar: String = "#".repeat(filled) + &"-".repeat(usize::try_from(width).unwrap_or(0) - filled);
+            eprint!("\r  {:<22} [{bar}] {:>5.1}%  {}/s  ", self.label, self.percent(), human_bytes(self.rate()));
+            let _ = std::io::stderr().flush();
+        } else if quarter > self.last_quarter {
+            self.last_quarter = quarter;
+            eprintln!("  {:<22} {:>5.1}%  {}/s", self.label, self.percent(), human_bytes(self.rate()));
+        }
+    }
+
+    /// Finish the line; returns bytes per second over the whole operation.
+    pub fn finish(self) -> u64 {
+        if self.tty {
+            eprintln!();
+        }
+        self.rate()
+    }
+
+    #[allow(clippy::cast_precision_loss)]
+    fn percent(&self) -> f64 {
+        self.done as f64 * 100.0 / self.total as f64
+    }
+
+    #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    fn rate(&self) -> u64 {
+        let secs = self.started.elapsed().as_secs_f64().max(1e-6);
+        (self.done as f64 / secs) as u64
+    }
+}
