@@ -10,7 +10,9 @@ use stripestore::testing::{random_bytes, rng, Model};
 use stripestore::{CreateOptions, Error, OpenOptions, Pool};
 
 fn paths(dir: &Path, prefix: &str, count: usize) -> Vec<PathBuf> {
-    (0..count).map(|i| dir.join(format!("{prefix}{i}.img"))).collect()
+    (0..count)
+        .map(|i| dir.join(format!("{prefix}{i}.img")))
+        .collect()
 }
 
 fn file_options(layout: &str) -> CreateOptions {
@@ -39,10 +41,17 @@ fn create_refuses_a_device_of_another_pool_without_force() {
     let a = paths(dir.path(), "a", 3);
     let model = file_pool(&a, "rs:2+1", 1);
     let before = snapshot(&a);
-    let b = vec![dir.path().join("b0.img"), dir.path().join("b1.img"), a[1].clone()];
+    let b = vec![
+        dir.path().join("b0.img"),
+        dir.path().join("b1.img"),
+        a[1].clone(),
+    ];
     let err = Pool::create_paths(&b, &[], &file_options("rs:2+1")).unwrap_err();
     assert!(matches!(err, Error::DeviceInUse { .. }), "{err}");
-    assert!(err.to_string().contains("a1.img") && err.to_string().contains("--force"), "{err}");
+    assert!(
+        err.to_string().contains("a1.img") && err.to_string().contains("--force"),
+        "{err}"
+    );
     assert_eq!(snapshot(&a), before, "nothing of pool A was touched");
     let pool = Pool::open_paths(&a[..1], &OpenOptions::default()).unwrap();
     verify(&pool, &model);
@@ -50,7 +59,10 @@ fn create_refuses_a_device_of_another_pool_without_force() {
     // With force it is allowed.
     let mut forced = file_options("rs:2+1");
     forced.force = true;
-    Pool::create_paths(&b, &[], &forced).unwrap().close().unwrap();
+    Pool::create_paths(&b, &[], &forced)
+        .unwrap()
+        .close()
+        .unwrap();
 }
 
 #[test]
@@ -67,11 +79,13 @@ fn open_refuses_mixed_pools_and_foreign_devices() {
     // A file that was never a member.
     let stranger = dir.path().join("stranger.img");
     std::fs::write(&stranger, vec![0x5a; 1 << 20]).unwrap();
-    let err = Pool::open_paths(&[stranger.clone()], &OpenOptions::default()).unwrap_err();
+    let err =
+        Pool::open_paths(std::slice::from_ref(&stranger), &OpenOptions::default()).unwrap_err();
     assert!(matches!(err, Error::NotAMember { .. }), "{err}");
     assert!(err.to_string().contains("stranger.img"), "{err}");
     // A path that does not exist.
-    let err = Pool::open_paths(&[dir.path().join("nope.img")], &OpenOptions::default()).unwrap_err();
+    let err =
+        Pool::open_paths(&[dir.path().join("nope.img")], &OpenOptions::default()).unwrap_err();
     assert!(matches!(err, Error::Open { .. }), "{err}");
     assert_eq!(snapshot(&a), before_a);
     assert_eq!(snapshot(&b), before_b);
@@ -92,7 +106,14 @@ fn missing_members_degrade_within_tolerance_and_refuse_beyond_without_writing() 
         verify(&pool, &model);
         let status = pool.status();
         assert_eq!(status.devices[0].state, "FAULTED");
-        assert!(status.devices[0].reason.as_deref().unwrap().contains("missing"), "{status}");
+        assert!(
+            status.devices[0]
+                .reason
+                .as_deref()
+                .unwrap()
+                .contains("missing"),
+            "{status}"
+        );
         pool.close().unwrap();
     }
     // A third one missing: a clear error, and nothing is written to the survivors.
@@ -109,7 +130,10 @@ fn missing_members_degrade_within_tolerance_and_refuse_beyond_without_writing() 
     std::fs::rename(&hidden[2], &a[2]).unwrap();
     let err = Pool::open_paths(&[a[0].clone(), a[3].clone()], &OpenOptions::default()).unwrap_err();
     assert!(matches!(err, Error::StaleMember { .. }), "{err}");
-    assert!(err.to_string().contains("a0.img") && err.to_string().contains("stale"), "{err}");
+    assert!(
+        err.to_string().contains("a0.img") && err.to_string().contains("stale"),
+        "{err}"
+    );
     // Naming only a stale device: its own outdated member list must not vouch for it.
     let err = Pool::open_paths(&a[0..1], &OpenOptions::default()).unwrap_err();
     assert!(matches!(err, Error::StaleMember { .. }), "{err}");
@@ -135,8 +159,14 @@ fn corrupt_superblock_copies_and_maps_are_survived_or_refused_clearly() {
     }
     rot(&a[1], size - 64 * 1024 + 40, 100);
     let pool = Pool::open_paths(&a, &OpenOptions::default()).unwrap_err();
-    assert!(matches!(pool, Error::NotAMember { .. }), "both copies bad on a1 given explicitly: {pool}");
-    assert!(pool.to_string().contains("checksum") || pool.to_string().contains("magic"), "{pool}");
+    assert!(
+        matches!(pool, Error::NotAMember { .. }),
+        "both copies bad on a1 given explicitly: {pool}"
+    );
+    assert!(
+        pool.to_string().contains("checksum") || pool.to_string().contains("magic"),
+        "{pool}"
+    );
     let pool = Pool::open_paths(&[a[0].clone(), a[2].clone()], &OpenOptions::default()).unwrap();
     verify(&pool, &model);
     drop(pool);
@@ -172,7 +202,12 @@ fn out_of_range_io_is_refused_and_changes_nothing() {
     let mut model = Model::new(size);
     let mut rng = rng(11);
     random_writes(&pool, &mut model, &mut rng, 10);
-    for (offset, len) in [(size, 1usize), (size - 10, 11), (u64::MAX - 2, 5), (size + 4096, 0)] {
+    for (offset, len) in [
+        (size, 1usize),
+        (size - 10, 11),
+        (u64::MAX - 2, 5),
+        (size + 4096, 0),
+    ] {
         let err = pool.write_at(offset, &vec![0xff; len]).unwrap_err();
         assert!(matches!(err, Error::OutOfRange { .. }), "{err}");
         let mut buf = vec![0u8; len];
@@ -193,9 +228,19 @@ fn unknown_layouts_and_bad_configurations_are_clear_errors() {
         assert!(err.to_string().contains("expected mirror:N"), "{err}");
     }
     let mems = stripestore::testing::mem_devices(5, DEVICE_BYTES);
-    let err = Pool::create(stripestore::testing::shared(&mems), vec![], &options("rs:4+2")).unwrap_err();
+    let err = Pool::create(
+        stripestore::testing::shared(&mems),
+        vec![],
+        &options("rs:4+2"),
+    )
+    .unwrap_err();
     assert!(matches!(err, Error::InvalidConfig(_)), "{err}");
-    let err = Pool::create(stripestore::testing::shared(&mems[..3]), vec![], &options("mirror:2")).unwrap_err();
+    let err = Pool::create(
+        stripestore::testing::shared(&mems[..3]),
+        vec![],
+        &options("mirror:2"),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("exactly 2 devices"), "{err}");
     let mut small = options("mirror:2");
     small.chunk_bytes = 1000;

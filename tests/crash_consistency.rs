@@ -25,13 +25,21 @@ fn iterations() -> u64 {
 
 fn wrap(mems: &[Arc<MemDevice>], countdown: &Arc<AtomicI64>) -> Vec<SharedDevice> {
     mems.iter()
-        .map(|m| Arc::new(PowerCut::new(m.clone() as SharedDevice, countdown.clone())) as SharedDevice)
+        .map(|m| {
+            Arc::new(PowerCut::new(m.clone() as SharedDevice, countdown.clone())) as SharedDevice
+        })
         .collect()
 }
 
 /// Random writes until power goes off or `count` are done; the model learns each write that
 /// was issued with power on, and each flush that completed with power on.
-fn workload(pool: &Pool, model: &mut CrashModel, rng: &mut rand_chacha::ChaCha8Rng, countdown: &AtomicI64, count: usize) {
+fn workload(
+    pool: &Pool,
+    model: &mut CrashModel,
+    rng: &mut rand_chacha::ChaCha8Rng,
+    countdown: &AtomicI64,
+    count: usize,
+) {
     let size = pool.size();
     let stripe = pool.geometry().stripe_data_bytes();
     for _ in 0..count {
@@ -45,7 +53,11 @@ fn workload(pool: &Pool, model: &mut CrashModel, rng: &mut rand_chacha::ChaCha8R
             }
             continue;
         }
-        let len = if rng.gen_bool(0.3) { stripe as usize } else { rng.gen_range(1..3 * stripe as usize) };
+        let len = if rng.gen_bool(0.3) {
+            stripe as usize
+        } else {
+            rng.gen_range(1..3 * stripe as usize)
+        };
         let offset = rng.gen_range(0..=size - len as u64);
         let data = random_bytes(rng, len);
         model.write(offset, &data);
@@ -57,7 +69,8 @@ fn workload(pool: &Pool, model: &mut CrashModel, rng: &mut rand_chacha::ChaCha8R
 
 fn read_all(pool: &Pool) -> Vec<u8> {
     let mut buf = vec![0u8; pool.size() as usize];
-    pool.read_at(0, &mut buf).expect("after a crash every block must be readable");
+    pool.read_at(0, &mut buf)
+        .expect("after a crash every block must be readable");
     buf
 }
 
@@ -66,7 +79,11 @@ fn power_loss_at_random_points_never_loses_flushed_data_even_with_a_device_lost(
     for (l, (layout, devices)) in layouts().into_iter().enumerate() {
         for iteration in 0..iterations() {
             let seed = seed(10_000 + l as u64 * 1000 + iteration);
-            let _guard = SeedGuard { seed, name: "power_loss_at_random_points_never_loses_flushed_data_even_with_a_device_lost" };
+            let _guard = SeedGuard {
+                seed,
+                name:
+                    "power_loss_at_random_points_never_loses_flushed_data_even_with_a_device_lost",
+            };
             let mut rng = rng(seed);
             let mems = mem_devices(devices, DEVICE_BYTES);
             let countdown = Arc::new(AtomicI64::new(POWER_ON));
@@ -87,19 +104,32 @@ fn power_loss_at_random_points_never_loses_flushed_data_even_with_a_device_lost(
                 }
                 // Power back on; maybe cut it again while the pool recovers.
                 let cut_during_recovery = rng.gen_bool(0.3);
-                countdown.store(if cut_during_recovery { rng.gen_range(1..20) } else { POWER_ON }, Ordering::SeqCst);
-                let reopened = Pool::open(wrap(&mems, &countdown), &OpenOptions::default()).unwrap();
+                countdown.store(
+                    if cut_during_recovery {
+                        rng.gen_range(1..20)
+                    } else {
+                        POWER_ON
+                    },
+                    Ordering::SeqCst,
+                );
+                let reopened =
+                    Pool::open(wrap(&mems, &countdown), &OpenOptions::default()).unwrap();
                 if cut_during_recovery {
                     reopened.simulate_power_loss();
                     for (i, mem) in mems.iter().enumerate() {
                         mem.crash(seed ^ (round << 40) ^ i as u64);
                     }
                     countdown.store(POWER_ON, Ordering::SeqCst);
-                    let again = Pool::open(wrap(&mems, &countdown), &OpenOptions::default()).unwrap();
-                    model.check_after_crash(&read_all(&again)).unwrap_or_else(|e| panic!("{layout} round {round}: {e}"));
+                    let again =
+                        Pool::open(wrap(&mems, &countdown), &OpenOptions::default()).unwrap();
+                    model
+                        .check_after_crash(&read_all(&again))
+                        .unwrap_or_else(|e| panic!("{layout} round {round}: {e}"));
                     pool = Some(again);
                 } else {
-                    model.check_after_crash(&read_all(&reopened)).unwrap_or_else(|e| panic!("{layout} round {round}: {e}"));
+                    model
+                        .check_after_crash(&read_all(&reopened))
+                        .unwrap_or_else(|e| panic!("{layout} round {round}: {e}"));
                     pool = Some(reopened);
                 }
             }
@@ -114,7 +144,12 @@ fn power_loss_at_random_points_never_loses_flushed_data_even_with_a_device_lost(
             }
             countdown.store(POWER_ON, Ordering::SeqCst);
             let victim = rng.gen_range(0..devices);
-            let survivors: Vec<Arc<MemDevice>> = mems.iter().enumerate().filter(|(i, _)| *i != victim).map(|(_, m)| m.clone()).collect();
+            let survivors: Vec<Arc<MemDevice>> = mems
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != victim)
+                .map(|(_, m)| m.clone())
+                .collect();
             let pool = Pool::open(wrap(&survivors, &countdown), &OpenOptions::default()).unwrap();
             model
                 .check_after_crash(&read_all(&pool))

@@ -13,7 +13,9 @@ use stripestore::testing::{mem_devices, random_bytes, rng, seed, shared, Model, 
 use stripestore::{OpenOptions, Pool};
 
 fn no_threshold() -> OpenOptions {
-    OpenOptions { error_threshold: u64::MAX }
+    OpenOptions {
+        error_threshold: u64::MAX,
+    }
 }
 
 /// Fill the whole volume with random data through the pool and the model.
@@ -28,7 +30,10 @@ fn fill(pool: &Pool, model: &mut Model, rng: &mut rand_chacha::ChaCha8Rng) {
 fn bit_rot_is_detected_healed_on_disk_and_counted_exactly() {
     for (i, (layout, devices)) in layouts().into_iter().enumerate() {
         let seed = seed(3000 + i as u64);
-        let _guard = SeedGuard { seed, name: "bit_rot_is_detected_healed_on_disk_and_counted_exactly" };
+        let _guard = SeedGuard {
+            seed,
+            name: "bit_rot_is_detected_healed_on_disk_and_counted_exactly",
+        };
         let mut rng = rng(seed);
         let mems = mem_devices(devices, DEVICE_BYTES);
         let pool = Pool::create(shared(&mems), vec![], &options(layout)).unwrap();
@@ -58,7 +63,10 @@ fn bit_rot_is_detected_healed_on_disk_and_counted_exactly() {
         let pool = Pool::open(shared(&mems), &no_threshold()).unwrap();
         verify(&pool, &model);
         let report = pool.scrub();
-        assert!(report.unrecoverable_stripes.is_empty(), "{layout}: {report:?}");
+        assert!(
+            report.unrecoverable_stripes.is_empty(),
+            "{layout}: {report:?}"
+        );
         let status = pool.status();
         assert_eq!(
             status.total_checksum_errors(),
@@ -73,17 +81,19 @@ fn bit_rot_is_detected_healed_on_disk_and_counted_exactly() {
                 "{layout}: chunk at device {device} offset {offset} not healed on disk"
             );
         }
-        assert_eq!(pool.scrub().bad_shards, 0, "{layout}: second scrub must be clean");
+        assert_eq!(
+            pool.scrub().bad_shards,
+            0,
+            "{layout}: second scrub must be clean"
+        );
         verify(&pool, &model);
     }
 }
 
+type Plan = Arc<Mutex<FaultPlan>>;
+
 /// Build a pool whose devices are wrapped in fault injectors.
-fn faulty_pool(
-    layout: &str,
-    devices: usize,
-    seed: u64,
-) -> (Pool, Vec<Arc<MemDevice>>, Vec<Arc<Mutex<FaultPlan>>>) {
+fn faulty_pool(layout: &str, devices: usize, seed: u64) -> (Pool, Vec<Arc<MemDevice>>, Vec<Plan>) {
     let mems = mem_devices(devices, DEVICE_BYTES);
     let mut plans = Vec::new();
     let wrapped: Vec<SharedDevice> = mems
@@ -128,10 +138,20 @@ fn silent_write_faults(kind: FaultKind, base_seed: u64, name: &'static str) {
         }
         verify(&pool, &model);
         let report = pool.scrub();
-        assert!(report.unrecoverable_stripes.is_empty(), "{layout}: {report:?}");
+        assert!(
+            report.unrecoverable_stripes.is_empty(),
+            "{layout}: {report:?}"
+        );
         let status = pool.status();
-        assert!(status.total_checksum_errors() > 0, "{layout}: {kind:?} went unnoticed");
-        assert_eq!(status.total_checksum_errors(), status.total_repaired(), "{layout}: every detected error healed");
+        assert!(
+            status.total_checksum_errors() > 0,
+            "{layout}: {kind:?} went unnoticed"
+        );
+        assert_eq!(
+            status.total_checksum_errors(),
+            status.total_repaired(),
+            "{layout}: every detected error healed"
+        );
         assert_eq!(pool.scrub().bad_shards, 0, "{layout}: healed on disk");
         // Independent check of the healing: lose every device that never had a fault (as many
         // as tolerated) and read everything from the rest.
@@ -145,37 +165,60 @@ fn silent_write_faults(kind: FaultKind, base_seed: u64, name: &'static str) {
 
 #[test]
 fn lost_writes_are_caught_by_the_map_checksum() {
-    silent_write_faults(FaultKind::LostWrite, 4000, "lost_writes_are_caught_by_the_map_checksum");
+    silent_write_faults(
+        FaultKind::LostWrite,
+        4000,
+        "lost_writes_are_caught_by_the_map_checksum",
+    );
 }
 
 #[test]
 fn torn_writes_are_detected_and_healed() {
-    silent_write_faults(FaultKind::TornWrite, 5000, "torn_writes_are_detected_and_healed");
+    silent_write_faults(
+        FaultKind::TornWrite,
+        5000,
+        "torn_writes_are_detected_and_healed",
+    );
 }
 
 #[test]
 fn misdirected_writes_are_detected_at_both_ends() {
-    silent_write_faults(FaultKind::MisdirectedWrite, 6000, "misdirected_writes_are_detected_at_both_ends");
+    silent_write_faults(
+        FaultKind::MisdirectedWrite,
+        6000,
+        "misdirected_writes_are_detected_at_both_ends",
+    );
 }
 
 #[test]
 fn sector_read_errors_are_reconstructed_and_counted() {
     for (i, (layout, devices)) in layouts().into_iter().enumerate() {
         let seed = seed(7000 + i as u64);
-        let _guard = SeedGuard { seed, name: "sector_read_errors_are_reconstructed_and_counted" };
+        let _guard = SeedGuard {
+            seed,
+            name: "sector_read_errors_are_reconstructed_and_counted",
+        };
         let mut rng = rng(seed);
         let (pool, _mems, plans) = faulty_pool(layout, devices, seed);
         let mut model = Model::new(pool.size());
         fill(&pool, &mut model, &mut rng);
         // Bad sectors on device 0 over a part of the data area.
         let start = pool.geometry().data_offset + 8 * CHUNK_BYTES;
-        plans[0].lock().add_bad_read_range(start..start + 64 * CHUNK_BYTES);
+        plans[0]
+            .lock()
+            .add_bad_read_range(start..start + 64 * CHUNK_BYTES);
         verify(&pool, &model);
         let report = pool.scrub();
         assert!(report.unrecoverable_stripes.is_empty());
         let status = pool.status();
-        assert!(status.devices[0].read_errors > 0, "{layout}: read errors counted");
-        assert_eq!(status.devices[0].state, "ONLINE", "{layout}: below threshold stays online");
+        assert!(
+            status.devices[0].read_errors > 0,
+            "{layout}: read errors counted"
+        );
+        assert_eq!(
+            status.devices[0].state, "ONLINE",
+            "{layout}: below threshold stays online"
+        );
         verify(&pool, &model);
     }
 }
@@ -201,12 +244,22 @@ fn error_threshold_faults_a_device_and_data_stays_available() {
     verify(&pool, &model);
     let status = pool.status();
     assert_eq!(status.devices[3].state, "FAULTED");
-    assert!(status.devices[3].reason.as_deref().unwrap().contains("too many errors"));
-    assert_eq!(status.devices[3].checksum_errors, 5, "faulted exactly at the threshold");
+    assert!(status.devices[3]
+        .reason
+        .as_deref()
+        .unwrap()
+        .contains("too many errors"));
+    assert_eq!(
+        status.devices[3].checksum_errors, 5,
+        "faulted exactly at the threshold"
+    );
     // The fault is persisted: after reopen the device is refused as stale.
     pool.close().unwrap();
     let err = Pool::open(shared(&mems), &OpenOptions::default()).unwrap_err();
-    assert!(matches!(err, stripestore::Error::StaleMember { .. }), "{err}");
+    assert!(
+        matches!(err, stripestore::Error::StaleMember { .. }),
+        "{err}"
+    );
     let mut survivors = mems.clone();
     survivors.remove(3);
     let pool = Pool::open(shared(&survivors), &OpenOptions::default()).unwrap();
@@ -217,7 +270,10 @@ fn error_threshold_faults_a_device_and_data_stays_available() {
 fn a_device_vanishing_mid_workload_is_faulted_and_io_continues() {
     for (i, (layout, devices)) in layouts().into_iter().enumerate() {
         let seed = seed(9000 + i as u64);
-        let _guard = SeedGuard { seed, name: "a_device_vanishing_mid_workload_is_faulted_and_io_continues" };
+        let _guard = SeedGuard {
+            seed,
+            name: "a_device_vanishing_mid_workload_is_faulted_and_io_continues",
+        };
         let mut rng = rng(seed);
         let mems = mem_devices(devices, DEVICE_BYTES);
         let pool = Pool::create(shared(&mems), vec![], &options(layout)).unwrap();
@@ -238,6 +294,11 @@ fn a_device_vanishing_mid_workload_is_faulted_and_io_continues() {
 }
 
 fn reopen_without(mems: &[Arc<MemDevice>], victim: usize) -> Pool {
-    let rest: Vec<_> = mems.iter().enumerate().filter(|(i, _)| *i != victim).map(|(_, m)| m.clone()).collect();
+    let rest: Vec<_> = mems
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != victim)
+        .map(|(_, m)| m.clone())
+        .collect();
     Pool::open(shared(&rest), &OpenOptions::default()).unwrap()
 }

@@ -12,7 +12,10 @@ use stripestore::{Error, OpenOptions, Pool};
 fn random_writes_match_model_across_reopen_for_every_layout() {
     for (i, (layout, devices)) in layouts().into_iter().enumerate() {
         let seed = seed(1000 + i as u64);
-        let _guard = SeedGuard { seed, name: "random_writes_match_model_across_reopen_for_every_layout" };
+        let _guard = SeedGuard {
+            seed,
+            name: "random_writes_match_model_across_reopen_for_every_layout",
+        };
         let mut rng = rng(seed);
         let (pool, mems) = mem_pool(layout, devices);
         let mut model = Model::new(pool.size());
@@ -27,7 +30,11 @@ fn random_writes_match_model_across_reopen_for_every_layout() {
         drop(pool); // drop flushes
         let pool = reopen(&mems);
         verify(&pool, &model);
-        assert_eq!(pool.status().total_checksum_errors(), 0, "{layout}: clean pool reported errors");
+        assert_eq!(
+            pool.status().total_checksum_errors(),
+            0,
+            "{layout}: clean pool reported errors"
+        );
     }
 }
 
@@ -35,7 +42,10 @@ fn random_writes_match_model_across_reopen_for_every_layout() {
 fn survives_losing_tolerated_devices_and_fails_clearly_beyond() {
     for (i, (layout, devices)) in layouts().into_iter().enumerate() {
         let seed = seed(2000 + i as u64);
-        let _guard = SeedGuard { seed, name: "survives_losing_tolerated_devices_and_fails_clearly_beyond" };
+        let _guard = SeedGuard {
+            seed,
+            name: "survives_losing_tolerated_devices_and_fails_clearly_beyond",
+        };
         let mut rng = rng(seed);
         let (pool, mems) = mem_pool(layout, devices);
         let tolerance = pool.geometry().tolerance();
@@ -46,8 +56,8 @@ fn survives_losing_tolerated_devices_and_fails_clearly_beyond() {
         // Lose `tolerance` devices (for raid10, one whole mirror group minus one copy): they
         // vanish while the pool is open, and the pool reconstructs.
         let pool = reopen(&mems);
-        for lost in 0..tolerance {
-            mems[lost].set_gone(true);
+        for mem in mems.iter().take(tolerance) {
+            mem.set_gone(true);
         }
         verify(&pool, &model);
         // Writes continue degraded and read back too.
@@ -55,7 +65,11 @@ fn survives_losing_tolerated_devices_and_fails_clearly_beyond() {
         verify(&pool, &model);
         let status = pool.status();
         assert_eq!(
-            status.devices.iter().filter(|d| d.state == "FAULTED").count(),
+            status
+                .devices
+                .iter()
+                .filter(|d| d.state == "FAULTED")
+                .count(),
             tolerance.min(devices),
             "{layout}: lost devices must be faulted"
         );
@@ -70,7 +84,9 @@ fn survives_losing_tolerated_devices_and_fails_clearly_beyond() {
         // first mirror group, so that group's data is gone.
         mems[tolerance].set_gone(true);
         let mut buf = vec![0u8; pool.size() as usize];
-        let err = pool.read_at(0, &mut buf).expect_err("must not read beyond tolerance");
+        let err = pool
+            .read_at(0, &mut buf)
+            .expect_err("must not read beyond tolerance");
         match &err {
             Error::Unrecoverable { lost_devices, .. } => {
                 assert!(lost_devices.iter().any(|d| d == "mem0"), "{layout}: {err}");
@@ -78,9 +94,15 @@ fn survives_losing_tolerated_devices_and_fails_clearly_beyond() {
             other => panic!("{layout}: expected Unrecoverable, got {other}"),
         }
         let message = err.to_string();
-        assert!(message.contains("mem0"), "error must name lost devices: {message}");
+        assert!(
+            message.contains("mem0"),
+            "error must name lost devices: {message}"
+        );
         let err = pool.write_at(0, &[1u8; 10]).expect_err("writes must stop");
-        assert!(matches!(err, Error::PoolUnavailable { .. }), "{layout}: {err}");
+        assert!(
+            matches!(err, Error::PoolUnavailable { .. }),
+            "{layout}: {err}"
+        );
         // No byte of `buf` was handed out as data: the read failed as a whole.
         pool.simulate_power_loss();
     }

@@ -22,7 +22,11 @@ fn piece_content(index: u64, len: usize) -> Vec<u8> {
 fn pieces(size: u64) -> impl Iterator<Item = (u64, u64, usize)> {
     (0..size.div_ceil(PIECE_BYTES)).map(move |i| {
         let offset = i * PIECE_BYTES;
-        (i, offset, usize::try_from(PIECE_BYTES.min(size - offset)).unwrap_or(0))
+        (
+            i,
+            offset,
+            usize::try_from(PIECE_BYTES.min(size - offset)).unwrap_or(0),
+        )
     })
 }
 
@@ -34,7 +38,11 @@ fn write_all(pool: &Pool) -> CliResult {
     }
     pool.flush()?;
     let rate = progress.finish();
-    println!("   wrote {} of seeded random data and flushed ({}/s)", human_bytes(pool.size()), human_bytes(rate));
+    println!(
+        "   wrote {} of seeded random data and flushed ({}/s)",
+        human_bytes(pool.size()),
+        human_bytes(rate)
+    );
     Ok(())
 }
 
@@ -44,18 +52,30 @@ fn verify_all(pool: &Pool, label: &str) -> CliResult {
     for (index, offset, len) in pieces(pool.size()) {
         pool.read_at(offset, &mut buf[..len])?;
         if buf[..len] != piece_content(index, len)[..] {
-            return Err(format!("data mismatch in the piece at volume offset {offset}: this is a bug").into());
+            return Err(format!(
+                "data mismatch in the piece at volume offset {offset}: this is a bug"
+            )
+            .into());
         }
         progress.advance(len as u64);
     }
     let rate = progress.finish();
-    println!("   all {} read back byte-exact ({}/s)", human_bytes(pool.size()), human_bytes(rate));
+    println!(
+        "   all {} read back byte-exact ({}/s)",
+        human_bytes(pool.size()),
+        human_bytes(rate)
+    );
     Ok(())
 }
 
 /// Flip one bit in `count` data chunks spread over the online members (never `skip`), at most
 /// one per stripe so that every stripe stays within its redundancy even with a device lost.
-fn rot_chunks(pool: &Pool, paths: &[PathBuf], skip: usize, count: usize) -> Result<usize, Box<dyn std::error::Error>> {
+fn rot_chunks(
+    pool: &Pool,
+    paths: &[PathBuf],
+    skip: usize,
+    count: usize,
+) -> Result<usize, Box<dyn std::error::Error>> {
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let chunk = pool.geometry().chunk_bytes;
     let stripes = pool.geometry().stripes;
@@ -70,7 +90,11 @@ fn rot_chunks(pool: &Pool, paths: &[PathBuf], skip: usize, count: usize) -> Resu
             continue;
         }
         let stripe = rng.gen_range(0..stripes);
-        let Some(shard) = pool.shard_locations(stripe).into_iter().find(|s| s.device == device && s.data_chunk.is_some()) else {
+        let Some(shard) = pool
+            .shard_locations(stripe)
+            .into_iter()
+            .find(|s| s.device == device && s.data_chunk.is_some())
+        else {
             continue;
         };
         if !used.insert(stripe) {
@@ -107,10 +131,16 @@ pub fn run(layout: &str, device_bytes: u64, dir: Option<&Path>) -> CliResult {
         temp.path().to_path_buf()
     };
     let count = device_count(layout);
-    let paths: Vec<PathBuf> = (0..count).map(|i| dir.join(format!("dev{i}.img"))).collect();
+    let paths: Vec<PathBuf> = (0..count)
+        .map(|i| dir.join(format!("dev{i}.img")))
+        .collect();
     let spare = dir.join("spare0.img");
 
-    println!("== 1. create a {layout} pool on {count} files of {} plus one spare, in {}", human_bytes(device_bytes), dir.display());
+    println!(
+        "== 1. create a {layout} pool on {count} files of {} plus one spare, in {}",
+        human_bytes(device_bytes),
+        dir.display()
+    );
     let mut options = CreateOptions::new(layout);
     options.device_bytes = Some(device_bytes);
     options.force = true;
@@ -129,7 +159,10 @@ pub fn run(layout: &str, device_bytes: u64, dir: Option<&Path>) -> CliResult {
 
     let victim = 1;
     let destroy = |paths: &[PathBuf]| -> CliResult {
-        println!("== destroy device {victim} ({}): the file is deleted", paths[victim].display());
+        println!(
+            "== destroy device {victim} ({}): the file is deleted",
+            paths[victim].display()
+        );
         std::fs::remove_file(&paths[victim])?;
         Ok(())
     };
@@ -140,7 +173,10 @@ pub fn run(layout: &str, device_bytes: u64, dir: Option<&Path>) -> CliResult {
     }
     let pool = Pool::open_paths(&paths[..1], &OpenOptions::default())?;
     if destroy_first {
-        println!("   reopened from {} alone; the rest were found by their recorded paths", paths[0].display());
+        println!(
+            "   reopened from {} alone; the rest were found by their recorded paths",
+            paths[0].display()
+        );
         println!("== read everything back with a device missing");
         verify_all(&pool, "degraded read")?;
     }
@@ -163,7 +199,10 @@ pub fn run(layout: &str, device_bytes: u64, dir: Option<&Path>) -> CliResult {
         scrub.stripes_checked, scrub.bad_shards
     );
     let again = pool.scrub();
-    println!("   second scrub: {} bad shards (the damage is healed on disk)", again.bad_shards);
+    println!(
+        "   second scrub: {} bad shards (the damage is healed on disk)",
+        again.bad_shards
+    );
     if again.bad_shards != 0 || !again.unrecoverable_stripes.is_empty() {
         return Err("the second scrub still found damage: this is a bug".into());
     }

@@ -14,7 +14,11 @@ use stripestore::{CreateOptions, Layout, OpenOptions, Pool};
 pub use progress::Progress;
 
 #[derive(Parser, Debug)]
-#[command(name = "stripestore", version, about = "Redundant block storage: mirror and Reed-Solomon striping with checksummed, self-healing reads")]
+#[command(
+    name = "stripestore",
+    version,
+    about = "Redundant block storage: mirror and Reed-Solomon striping with checksummed, self-healing reads"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -132,7 +136,14 @@ type CliResult = Result<(), Box<dyn std::error::Error>>;
 
 fn execute(command: Command) -> CliResult {
     match command {
-        Command::Create { layout, spares, device_size, chunk_size, force, paths } => {
+        Command::Create {
+            layout,
+            spares,
+            device_size,
+            chunk_size,
+            force,
+            paths,
+        } => {
             let layout: Layout = layout.parse()?;
             let mut options = CreateOptions::new(layout);
             options.chunk_bytes = chunk_size;
@@ -162,10 +173,16 @@ fn execute(command: Command) -> CliResult {
             pool.close()?;
             Ok(())
         }
-        Command::Write { pool, offset, input } => {
+        Command::Write {
+            pool,
+            offset,
+            input,
+        } => {
             let pool = Pool::open_paths(&pool, &OpenOptions::default())?;
             let mut reader: Box<dyn Read> = match &input {
-                Some(path) => Box::new(std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?),
+                Some(path) => Box::new(
+                    std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?,
+                ),
                 None => Box::new(std::io::stdin().lock()),
             };
             let mut buf = vec![0u8; 8 << 20];
@@ -182,10 +199,17 @@ fn execute(command: Command) -> CliResult {
             eprintln!("wrote {written} bytes at offset {offset} (flushed)");
             Ok(())
         }
-        Command::Read { pool, offset, length, output } => {
+        Command::Read {
+            pool,
+            offset,
+            length,
+            output,
+        } => {
             let pool = Pool::open_paths(&pool, &OpenOptions::default())?;
             let mut writer: Box<dyn Write> = match &output {
-                Some(path) => Box::new(std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?),
+                Some(path) => Box::new(
+                    std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?,
+                ),
                 None => Box::new(std::io::stdout().lock()),
             };
             let piece = 8u64 << 20;
@@ -218,11 +242,19 @@ fn execute(command: Command) -> CliResult {
             let failed = !report.unrecoverable_stripes.is_empty();
             pool.close()?;
             if failed {
-                return Err(format!("{} stripes are unrecoverable", report.unrecoverable_stripes.len()).into());
+                return Err(format!(
+                    "{} stripes are unrecoverable",
+                    report.unrecoverable_stripes.len()
+                )
+                .into());
             }
             Ok(())
         }
-        Command::Demo { layout, device_size, dir } => demo::run(&layout, device_size, dir.as_deref()),
+        Command::Demo {
+            layout,
+            device_size,
+            dir,
+        } => demo::run(&layout, device_size, dir.as_deref()),
     }
 }
 

@@ -35,12 +35,23 @@ impl Progress {
         if self.tty {
             let width = 30;
             let filled = usize::try_from(self.done * width / self.total).unwrap_or(0);
-            let bar: String = "#".repeat(filled) + &"-".repeat(usize::try_from(width).unwrap_or(0) - filled);
-            eprint!("\r  {:<22} [{bar}] {:>5.1}%  {}/s  ", self.label, self.percent(), human_bytes(self.rate()));
+            let bar: String =
+                "#".repeat(filled) + &"-".repeat(usize::try_from(width).unwrap_or(0) - filled);
+            eprint!(
+                "\r  {:<22} [{bar}] {:>5.1}%  {}/s  ",
+                self.label,
+                self.percent(),
+                human_bytes(self.rate())
+            );
             let _ = std::io::stderr().flush();
         } else if quarter > self.last_quarter {
             self.last_quarter = quarter;
-            eprintln!("  {:<22} {:>5.1}%  {}/s", self.label, self.percent(), human_bytes(self.rate()));
+            eprintln!(
+                "  {:<22} {:>5.1}%  {}/s",
+                self.label,
+                self.percent(),
+                human_bytes(self.rate())
+            );
         }
     }
 
@@ -57,7 +68,11 @@ impl Progress {
         self.done as f64 * 100.0 / self.total as f64
     }
 
-    #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    #[allow(
+        clippy::cast_precision_loss,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss
+    )]
     fn rate(&self) -> u64 {
         let secs = self.started.elapsed().as_secs_f64().max(1e-6);
         (self.done as f64 / secs) as u64

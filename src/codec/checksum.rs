@@ -9,7 +9,12 @@ use crate::types::{Generation, ShardIndex, SlotId};
 
 /// crc32c of `bytes`, seeded with where and when they were written.
 #[must_use]
-pub fn shard_checksum(slot: SlotId, shard: ShardIndex, generation: Generation, bytes: &[u8]) -> u32 {
+pub fn shard_checksum(
+    slot: SlotId,
+    shard: ShardIndex,
+    generation: Generation,
+    bytes: &[u8],
+) -> u32 {
     let mut seed = [0u8; 24];
     seed[..8].copy_from_slice(&slot.0.to_le_bytes());
     seed[8..16].copy_from_slice(&(shard.0 as u64).to_le_bytes());
@@ -32,9 +37,21 @@ mod tests {
     fn checksum_binds_address_and_generation() {
         let data = [7u8; 4096];
         let base = shard_checksum(SlotId(1), ShardIndex(2), Generation(3), &data);
-        assert_ne!(base, shard_checksum(SlotId(2), ShardIndex(2), Generation(3), &data));
-        assert_ne!(base, shard_checksum(SlotId(1), ShardIndex(3), Generation(3), &data));
-        assert_ne!(base, shard_checksum(SlotId(1), ShardIndex(2), Generation(4), &data));
-        assert_eq!(base, shard_checksum(SlotId(1), ShardIndex(2), Generation(3), &data));
+        assert_ne!(
+            base,
+            shard_checksum(SlotId(2), ShardIndex(2), Generation(3), &data)
+        );
+        assert_ne!(
+            base,
+            shard_checksum(SlotId(1), ShardIndex(3), Generation(3), &data)
+        );
+        assert_ne!(
+            base,
+            shard_checksum(SlotId(1), ShardIndex(2), Generation(4), &data)
+        );
+        assert_eq!(
+            base,
+            shard_checksum(SlotId(1), ShardIndex(2), Generation(3), &data)
+        );
     }
 }

@@ -34,12 +34,14 @@ impl Codec {
                 copies,
                 data_chunks: layout.data_chunks(devices),
             },
-            Layout::ReedSolomon { data, parity } => Codec::ReedSolomon(Box::new(
-                ReedSolomon::new(data, parity).map_err(|err| Error::InvalidLayout {
-                    input: layout.to_string(),
-                    reason: format!("{err:?}"),
-                })?,
-            )),
+            Layout::ReedSolomon { data, parity } => {
+                Codec::ReedSolomon(Box::new(ReedSolomon::new(data, parity).map_err(|err| {
+                    Error::InvalidLayout {
+                        input: layout.to_string(),
+                        reason: format!("{err:?}"),
+                    }
+                })?))
+            }
         })
     }
 
@@ -73,8 +75,7 @@ impl Codec {
                         continue;
                     }
                     let group = missing / copies;
-                    let Some(source) =
-                        (group * copies..(group + 1) * copies).find(|j| present[*j])
+                    let Some(source) = (group * copies..(group + 1) * copies).find(|j| present[*j])
                     else {
                         return false;
                     };
@@ -135,7 +136,11 @@ mod tests {
             assert_eq!(xor, pab[i]);
         }
         // Every pair of losses is recoverable; three are not.
-        let full: Vec<Vec<u8>> = a.chunks(chunk).map(<[u8]>::to_vec).chain(pa.clone()).collect();
+        let full: Vec<Vec<u8>> = a
+            .chunks(chunk)
+            .map(<[u8]>::to_vec)
+            .chain(pa.clone())
+            .collect();
         for lost1 in 0..6 {
             for lost2 in lost1..6 {
                 let mut shards = full.clone();

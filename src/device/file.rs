@@ -55,7 +55,10 @@ impl FileDevice {
         if let Some(size) = size {
             match std::fs::metadata(path) {
                 Ok(meta) if meta.is_file() && meta.len() < size => {
-                    let file = OpenOptions::new().write(true).open(path).map_err(open_err)?;
+                    let file = OpenOptions::new()
+                        .write(true)
+                        .open(path)
+                        .map_err(open_err)?;
                     file.set_len(size).map_err(open_err)?;
                 }
                 Ok(_) => {}

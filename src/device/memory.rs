@@ -105,7 +105,9 @@ impl MemDevice {
     }
 
     fn range(&self, offset: u64, len: usize) -> Result<std::ops::Range<usize>, DeviceError> {
-        let end = offset.checked_add(len as u64).filter(|end| *end <= self.size);
+        let end = offset
+            .checked_add(len as u64)
+            .filter(|end| *end <= self.size);
         match end {
             Some(end) => Ok(usize::try_from(offset).unwrap_or(usize::MAX)
                 ..usize::try_from(end).unwrap_or(usize::MAX)),
@@ -190,9 +192,15 @@ mod tests {
     fn gone_and_out_of_range_are_errors() {
         let dev = MemDevice::new("m", 4096);
         let mut buf = [0u8; 8];
-        assert!(matches!(dev.read_at(4090, &mut buf), Err(DeviceError::Io(_))));
+        assert!(matches!(
+            dev.read_at(4090, &mut buf),
+            Err(DeviceError::Io(_))
+        ));
         dev.set_gone(true);
-        assert!(matches!(dev.read_at(0, &mut buf), Err(DeviceError::Gone(_))));
+        assert!(matches!(
+            dev.read_at(0, &mut buf),
+            Err(DeviceError::Gone(_))
+        ));
         assert!(matches!(dev.flush(), Err(DeviceError::Gone(_))));
     }
 }

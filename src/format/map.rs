@@ -89,7 +89,10 @@ impl StripeMap {
     }
     /// Slots referenced by the map.
     pub fn used_slots(&self) -> impl Iterator<Item = SlotId> + '_ {
-        self.slots.iter().filter(|s| **s != UNWRITTEN).map(|s| SlotId(*s))
+        self.slots
+            .iter()
+            .filter(|s| **s != UNWRITTEN)
+            .map(|s| SlotId(*s))
     }
     /// Stripes that hold data.
     pub fn written_stripes(&self) -> impl Iterator<Item = u64> + '_ {
@@ -313,7 +316,9 @@ mod tests {
         MapEntry {
             slot: Some(SlotId(slot)),
             generation: Generation(generation),
-            crcs: (0..width as u32).map(|i| i * 7 + generation as u32).collect(),
+            crcs: (0..width as u32)
+                .map(|i| i * 7 + generation as u32)
+                .collect(),
         }
     }
 
@@ -323,7 +328,10 @@ mod tests {
         let mut map = StripeMap::new(100, 6);
         map.set(3, &entry(50, 2, 6));
         map.set(99, &entry(7, 9, 6));
-        let header = CheckpointHeader { sequence: 4, next_generation: 10 };
+        let header = CheckpointHeader {
+            sequence: 4,
+            next_generation: 10,
+        };
         let bytes = encode_checkpoint(pool, header, &map);
         let mut decoded = StripeMap::new(100, 6);
         assert_eq!(decode_checkpoint(pool, &bytes, &mut decoded), Ok(header));
@@ -345,12 +353,17 @@ mod tests {
         let bytes = encode_log_record(pool, 7, 3, &map, &[1, 8]);
         assert_eq!(bytes.len() as u64, log_record_bytes(2, 3));
         let mut replay = StripeMap::new(10, 3);
-        let record = decode_log_record(pool, 7, &bytes, &mut replay).unwrap().unwrap();
+        let record = decode_log_record(pool, 7, &bytes, &mut replay)
+            .unwrap()
+            .unwrap();
         assert_eq!(record.next_generation, 3);
         assert_eq!(replay, map);
         assert_eq!(decode_log_record(pool, 8, &bytes, &mut replay), Ok(None));
         let mut torn = bytes.clone();
         torn[70] ^= 0xff;
-        assert_eq!(decode_log_record(pool, 7, &torn, &mut StripeMap::new(10, 3)), Ok(None));
+        assert_eq!(
+            decode_log_record(pool, 7, &torn, &mut StripeMap::new(10, 3)),
+            Ok(None)
+        );
     }
 }

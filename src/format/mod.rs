@@ -7,7 +7,6 @@ mod superblock;
 
 pub use map::{
     decode_checkpoint, decode_log_record, encode_checkpoint, encode_log_record, log_record_bytes,
-    CheckpointHeader,
-    LogRecord, MapEntry, StripeMap,
+    CheckpointHeader, LogRecord, MapEntry, StripeMap,
 };
 pub use superblock::{Member, MemberState, PoolUuid, Role, Superblock, FORMAT_VERSION};

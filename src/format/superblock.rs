@@ -203,7 +203,10 @@ mod tests {
         for position in (0..json_end).step_by(7) {
             let mut bad = bytes.clone();
             bad[position] ^= 0x10;
-            assert!(Superblock::decode(&bad).is_err(), "flip at {position} undetected");
+            assert!(
+                Superblock::decode(&bad).is_err(),
+                "flip at {position} undetected"
+            );
         }
         assert!(Superblock::decode(&[0u8; 100]).is_err());
         assert_eq!(sb.own_member().unwrap().role, Role::Data { index: 0 });

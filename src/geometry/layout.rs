@@ -61,15 +61,19 @@ impl Layout {
     /// [`Error::InvalidConfig`] naming the rule that is broken.
     pub fn check_device_count(&self, devices: usize) -> Result<()> {
         let problem = match *self {
-            Layout::Mirror { copies } if devices != copies => {
-                Some(format!("{self} needs exactly {copies} devices, got {devices}"))
+            Layout::Mirror { copies } if devices != copies => Some(format!(
+                "{self} needs exactly {copies} devices, got {devices}"
+            )),
+            Layout::Raid10 { copies } if devices % copies != 0 || devices < 2 * copies => {
+                Some(format!(
+                    "{self} needs a multiple of {copies} devices, at least {}, got {devices}",
+                    2 * copies
+                ))
             }
-            Layout::Raid10 { copies } if devices % copies != 0 || devices < 2 * copies => Some(
-                format!("{self} needs a multiple of {copies} devices, at least {}, got {devices}", 2 * copies),
-            ),
-            Layout::ReedSolomon { data, parity } if devices < data + parity => {
-                Some(format!("{self} needs at least {} devices, got {devices}", data + parity))
-            }
+            Layout::ReedSolomon { data, parity } if devices < data + parity => Some(format!(
+                "{self} needs at least {} devices, got {devices}",
+                data + parity
+            )),
             _ => None,
         };
         match problem {
@@ -144,7 +148,9 @@ mod tests {
 
     #[test]
     fn parse_and_print_roundtrip() {
-        for text in ["mirror:2", "mirror:8", "raid10:2", "rs:4+2", "rs:10+4", "rs:1+1"] {
+        for text in [
+            "mirror:2", "mirror:8", "raid10:2", "rs:4+2", "rs:10+4", "rs:1+1",
+        ] {
             let layout: Layout = text.parse().unwrap();
             assert_eq!(layout.to_string(), text);
         }
@@ -152,8 +158,14 @@ mod tests {
 
     #[test]
     fn bad_strings_are_rejected() {
-        for text in ["", "mirror", "mirror:1", "mirror:9", "rs:4", "rs:0+2", "rs:4+5", "rs:4+0", "raid5:3", "rs:a+b"] {
-            assert!(matches!(text.parse::<Layout>(), Err(Error::InvalidLayout { .. })), "{text}");
+        for text in [
+            "", "mirror", "mirror:1", "mirror:9", "rs:4", "rs:0+2", "rs:4+5", "rs:4+0", "raid5:3",
+            "rs:a+b",
+        ] {
+            assert!(
+                matches!(text.parse::<Layout>(), Err(Error::InvalidLayout { .. })),
+                "{text}"
+            );
         }
     }
 }

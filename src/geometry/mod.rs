@@ -61,7 +61,12 @@ impl Geometry {
     /// # Errors
     /// [`Error::InvalidConfig`] for a bad chunk size or device count for the layout,
     /// [`Error::DeviceTooSmall`] when not even one stripe fits.
-    pub fn new(layout: Layout, devices: usize, chunk_bytes: u64, device_bytes: u64) -> Result<Self> {
+    pub fn new(
+        layout: Layout,
+        devices: usize,
+        chunk_bytes: u64,
+        device_bytes: u64,
+    ) -> Result<Self> {
         layout.check_device_count(devices)?;
         if chunk_bytes < SECTOR_BYTES
             || chunk_bytes % SECTOR_BYTES != 0
@@ -77,8 +82,12 @@ impl Geometry {
         // Upper bound on stripes, ignoring metadata: sizes the checkpoint generously.
         let raw_rows = device_bytes.saturating_sub(2 * SUPERBLOCK_BYTES) / chunk_bytes;
         let stripes_upper = raw_rows * devices as u64 / width;
-        let checkpoint_bytes = round_up(CHECKPOINT_HEADER_BYTES + stripes_upper * entry_bytes, SECTOR_BYTES);
-        let log_bytes = round_up(checkpoint_bytes / 2, SECTOR_BYTES).clamp(LOG_BYTES_MIN, LOG_BYTES_MAX);
+        let checkpoint_bytes = round_up(
+            CHECKPOINT_HEADER_BYTES + stripes_upper * entry_bytes,
+            SECTOR_BYTES,
+        );
+        let log_bytes =
+            round_up(checkpoint_bytes / 2, SECTOR_BYTES).clamp(LOG_BYTES_MIN, LOG_BYTES_MAX);
         let checkpoint_offsets = [SUPERBLOCK_BYTES, SUPERBLOCK_BYTES + checkpoint_bytes];
         let log_offset = SUPERBLOCK_BYTES + 2 * checkpoint_bytes;
         let data_offset = round_up(log_offset + log_bytes, SUPERBLOCK_BYTES);
@@ -245,7 +254,10 @@ mod tests {
     fn raid10_keeps_mirror_groups_fixed() {
         let geometry = Geometry::new("raid10:2".parse().unwrap(), 4, 4096, 8 << 20).unwrap();
         for slot in 0..geometry.slots {
-            assert_eq!(geometry.shard_location(SlotId(slot), ShardIndex(3)).0, DeviceIndex(3));
+            assert_eq!(
+                geometry.shard_location(SlotId(slot), ShardIndex(3)).0,
+                DeviceIndex(3)
+            );
         }
         assert_eq!(geometry.shard_data_chunk(ShardIndex(3)), Some(1));
         assert_eq!(geometry.data_chunks(), 2);

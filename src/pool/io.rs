@@ -146,7 +146,8 @@ impl PoolInner {
                 "checksum mismatch at offset {offset} (slot {slot}, shard {}): expected {:#010x}, found {actual:#010x}",
                 shard.0, entry.crcs[shard.0]
             )));
-            self.members.record_error(index, ErrorKind::Checksum, &detail);
+            self.members
+                .record_error(index, ErrorKind::Checksum, &detail);
             return Fetch::Bad;
         }
         Fetch::Good(bytes)
@@ -181,7 +182,10 @@ impl PoolInner {
                     .unwrap_or_else(|| self.fetch_shard(slot, ShardIndex(shard), entry))
             })
             .collect();
-        let mut present: Vec<bool> = fetched.iter().map(|f| matches!(f, Fetch::Good(_))).collect();
+        let mut present: Vec<bool> = fetched
+            .iter()
+            .map(|f| matches!(f, Fetch::Good(_)))
+            .collect();
         let damaged = fetched.iter().filter(|f| matches!(f, Fetch::Bad)).count();
         let bad: Vec<usize> = (0..width).filter(|s| !present[*s]).collect();
         let mut shards: Vec<Vec<u8>> = fetched
@@ -196,7 +200,8 @@ impl PoolInner {
         // Pair assertion: everything we rebuilt must match the map's checksum, or we refuse.
         let verified = reconstructed
             && bad.iter().all(|s| {
-                shard_checksum(slot, ShardIndex(*s), entry.generation, &shards[*s]) == entry.crcs[*s]
+                shard_checksum(slot, ShardIndex(*s), entry.generation, &shards[*s])
+                    == entry.crcs[*s]
             });
         if !bad.is_empty() && !verified {
             return Err(Error::Unrecoverable {
@@ -213,7 +218,8 @@ impl PoolInner {
                     .collect(),
             });
         }
-        bad.par_iter().for_each(|shard| self.heal_shard(slot, ShardIndex(*shard), &shards[*shard]));
+        bad.par_iter()
+            .for_each(|shard| self.heal_shard(slot, ShardIndex(*shard), &shards[*shard]));
         Ok((shards, damaged))
     }
 
@@ -244,7 +250,8 @@ impl PoolInner {
             crate::geometry::Layout::ReedSolomon { parity, .. } => {
                 online.iter().filter(|o| !**o).count() <= parity
             }
-            crate::geometry::Layout::Mirror { copies } | crate::geometry::Layout::Raid10 { copies } => {
+            crate::geometry::Layout::Mirror { copies }
+            | crate::geometry::Layout::Raid10 { copies } => {
                 online.chunks(copies).all(|group| group.iter().any(|o| *o))
             }
         };

@@ -175,7 +175,10 @@ impl Members {
         } else if total >= self.error_threshold {
             self.fault(
                 index,
-                &format!("too many errors ({total} read/checksum errors, threshold {})", self.error_threshold),
+                &format!(
+                    "too many errors ({total} read/checksum errors, threshold {})",
+                    self.error_threshold
+                ),
             );
         } else {
             tracing::info!(device = %member.path, ?kind, count, %detail, "device error");

@@ -165,10 +165,9 @@ impl Pool {
         options: &CreateOptions,
     ) -> Result<Self> {
         let open = |path: &PathBuf| -> Result<SharedDevice> {
-            Ok(std::sync::Arc::new(crate::device::FileDevice::open_or_create(
-                path,
-                options.device_bytes,
-            )?))
+            Ok(std::sync::Arc::new(
+                crate::device::FileDevice::open_or_create(path, options.device_bytes)?,
+            ))
         };
         let devices = paths.iter().map(open).collect::<Result<Vec<_>>>()?;
         let spares = spares.iter().map(open).collect::<Result<Vec<_>>>()?;

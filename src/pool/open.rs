@@ -1,6 +1,6 @@
 //! Creating and opening pools: superblock discovery and validation, and map recovery.
 
-use super::{MapState, MetaCursor, OpenOptions, PoolInner, CreateOptions, STRIPE_LOCKS};
+use super::{CreateOptions, MapState, MetaCursor, OpenOptions, PoolInner, STRIPE_LOCKS};
 use crate::codec::Codec;
 use crate::device::{Device, SharedDevice};
 use crate::error::{Error, Result};
@@ -88,9 +88,11 @@ pub(super) fn create(
             }
         }
     }
-    let smallest = devices.iter().map(|d| d.size()).min().ok_or_else(|| {
-        Error::InvalidConfig("a pool needs at least one data device".into())
-    })?;
+    let smallest = devices
+        .iter()
+        .map(|d| d.size())
+        .min()
+        .ok_or_else(|| Error::InvalidConfig("a pool needs at least one data device".into()))?;
     let device_bytes = options.device_bytes.unwrap_or(smallest);
     for device in &all {
         if device.size() < device_bytes {
@@ -101,7 +103,12 @@ pub(super) fn create(
             });
         }
     }
-    let geometry = Geometry::new(options.layout, devices.len(), options.chunk_bytes, device_bytes)?;
+    let geometry = Geometry::new(
+        options.layout,
+        devices.len(),
+        options.chunk_bytes,
+        device_bytes,
+    )?;
     let uuid = PoolUuid::random();
     let member_records: Vec<Member> = devices
         .iter()
@@ -185,7 +192,11 @@ pub(super) fn open(
             device: device.name(),
             reason,
         })?;
-        found.push(Found { device, superblock, given: true });
+        found.push(Found {
+            device,
+            superblock,
+            given: true,
+        });
     }
     // The pool being opened is the first given device's; every other must belong to it.
     let first = found
@@ -215,7 +226,10 @@ pub(super) fn open(
         .ok_or_else(|| Error::InvalidConfig("no devices given".into()))?;
     let mut by_uuid: BTreeMap<[u8; 16], SharedDevice> = BTreeMap::new();
     for f in found {
-        let member = newest.members.iter().find(|m| m.uuid == f.superblock.device_uuid);
+        let member = newest
+            .members
+            .iter()
+            .find(|m| m.uuid == f.superblock.device_uuid);
         let problem = match member {
             None => Some(Error::NotAMember {
                 device: f.device.name(),
@@ -233,7 +247,10 @@ pub(super) fn open(
             (Some(err), true) => return Err(err),
             (Some(err), false) => tracing::warn!(%err, "recorded member not used"),
             (None, _) => {
-                if by_uuid.insert(f.superblock.device_uuid.0, f.device).is_some() {
+                if by_uuid
+                    .insert(f.superblock.device_uuid.0, f.device)
+                    .is_some()
+                {
                     return Err(Error::InvalidConfig(format!(
                         "device {} is given twice",
                         f.superblock.device_uuid
@@ -327,8 +344,12 @@ fn discover_members(found: &mut Vec<Found>) {
                     given: false,
                 });
             }
-            Ok(_) => tracing::warn!(path = %member.path, "recorded path now holds a different device"),
-            Err(reason) => tracing::warn!(path = %member.path, %reason, "recorded path has no valid superblock"),
+            Ok(_) => {
+                tracing::warn!(path = %member.path, "recorded path now holds a different device")
+            }
+            Err(reason) => {
+                tracing::warn!(path = %member.path, %reason, "recorded path has no valid superblock")
+            }
         }
     }
 }
@@ -359,7 +380,9 @@ fn load_device_map(geometry: &Geometry, pool: PoolUuid, device: &dyn Device) -> 
                 });
             }
             Ok(_) => {}
-            Err(reason) => tracing::debug!(device = %device.name(), area, %reason, "checkpoint unusable"),
+            Err(reason) => {
+                tracing::debug!(device = %device.name(), area, %reason, "checkpoint unusable")
+            }
         }
     }
     let mut best = best?;
@@ -385,11 +408,17 @@ fn load_device_map(geometry: &Geometry, pool: PoolUuid, device: &dyn Device) -> 
     Some(best)
 }
 
-fn recover_map(geometry: &Geometry, pool: PoolUuid, members: &Members) -> Result<(MapState, MetaCursor)> {
+fn recover_map(
+    geometry: &Geometry,
+    pool: PoolUuid,
+    members: &Members,
+) -> Result<(MapState, MetaCursor)> {
     let mut best: Option<DeviceMap> = None;
     let mut next_checkpoint = vec![0; geometry.devices];
     for (i, member) in members.data.iter().enumerate() {
-        let Some(device) = member.device() else { continue };
+        let Some(device) = member.device() else {
+            continue;
+        };
         let Some(loaded) = load_device_map(geometry, pool, device.as_ref()) else {
             tracing::warn!(device = %member.path, "no usable stripe map on this device");
             continue;
@@ -405,14 +434,21 @@ fn recover_map(geometry: &Geometry, pool: PoolUuid, members: &Members) -> Result
     let mut used = vec![false; usize::try_from(geometry.slots).unwrap_or(0)];
     for slot in best.map.used_slots() {
         let Some(flag) = used.get_mut(usize::try_from(slot.0).unwrap_or(usize::MAX)) else {
-            return Err(Error::CorruptMetadata(format!("map references slot {slot} beyond the pool")));
+            return Err(Error::CorruptMetadata(format!(
+                "map references slot {slot} beyond the pool"
+            )));
         };
         if *flag {
-            return Err(Error::CorruptMetadata(format!("map references slot {slot} twice")));
+            return Err(Error::CorruptMetadata(format!(
+                "map references slot {slot} twice"
+            )));
         }
         *flag = true;
     }
-    let free: Vec<u64> = (0..geometry.slots).rev().filter(|s| !used[usize::try_from(*s).unwrap_or(0)]).collect();
+    let free: Vec<u64> = (0..geometry.slots)
+        .rev()
+        .filter(|s| !used[usize::try_from(*s).unwrap_or(0)])
+        .collect();
     let next_generation = best.next_generation.max(best.map.max_generation());
     Ok((
         MapState {

@@ -106,8 +106,12 @@ impl PoolInner {
                 repaired_chunks: member.errors.repaired.load(Ordering::Relaxed),
             }
         };
-        let devices: Vec<DeviceStatus> =
-            self.members.data.iter().map(|m| describe(m, false)).collect();
+        let devices: Vec<DeviceStatus> = self
+            .members
+            .data
+            .iter()
+            .map(|m| describe(m, false))
+            .collect();
         let health = if self.check_available().is_err() {
             PoolHealth::Unavailable
         } else if devices.iter().any(|d| d.reason.is_some()) {
@@ -127,7 +131,12 @@ impl PoolInner {
             commit_sequence: self.meta.lock().sequence,
             superblock_generation: self.members.generation(),
             devices,
-            spares: self.members.spares.iter().map(|m| describe(m, true)).collect(),
+            spares: self
+                .members
+                .spares
+                .iter()
+                .map(|m| describe(m, true))
+                .collect(),
         }
     }
 }
@@ -169,7 +178,11 @@ impl fmt::Display for PoolStatus {
             self.superblock_generation
         )?;
         writeln!(f, "config:\n")?;
-        writeln!(f, "\t{:<40} {:<8} {:>5} {:>5} {:>5} {:>8}", "NAME", "STATE", "READ", "WRITE", "CKSUM", "REPAIRED")?;
+        writeln!(
+            f,
+            "\t{:<40} {:<8} {:>5} {:>5} {:>5} {:>8}",
+            "NAME", "STATE", "READ", "WRITE", "CKSUM", "REPAIRED"
+        )?;
         writeln!(f, "\t{:<40} {:<8}", self.layout, self.health.to_string())?;
         let line = |f: &mut fmt::Formatter<'_>, d: &DeviceStatus| {
             writeln!(
@@ -181,7 +194,10 @@ impl fmt::Display for PoolStatus {
                 d.write_errors,
                 d.checksum_errors,
                 d.repaired_chunks,
-                d.reason.as_ref().map(|r| format!("  ({r})")).unwrap_or_default()
+                d.reason
+                    .as_ref()
+                    .map(|r| format!("  ({r})"))
+                    .unwrap_or_default()
             )
         };
         for device in &self.devices {
@@ -201,7 +217,11 @@ impl fmt::Display for PoolStatus {
         if errors == 0 {
             writeln!(f, "\nerrors: No known data errors")
         } else {
-            writeln!(f, "\nerrors: {errors} device errors seen, {} chunks repaired", self.total_repaired())
+            writeln!(
+                f,
+                "\nerrors: {errors} device errors seen, {} chunks repaired",
+                self.total_repaired()
+            )
         }
     }
 }

@@ -79,12 +79,18 @@ impl CrashModel {
         let first = offset / CRASH_BLOCK_BYTES;
         let last = (offset + data.len() as u64 - 1) / CRASH_BLOCK_BYTES;
         for block in first..=last {
-            let before = hash_block(self.latest.read(block * CRASH_BLOCK_BYTES, CRASH_BLOCK_BYTES as usize));
+            let before = hash_block(
+                self.latest
+                    .read(block * CRASH_BLOCK_BYTES, CRASH_BLOCK_BYTES as usize),
+            );
             self.allowed.entry(block).or_insert_with(|| vec![before]);
         }
         self.latest.write(offset, data);
         for block in first..=last {
-            let after = hash_block(self.latest.read(block * CRASH_BLOCK_BYTES, CRASH_BLOCK_BYTES as usize));
+            let after = hash_block(
+                self.latest
+                    .read(block * CRASH_BLOCK_BYTES, CRASH_BLOCK_BYTES as usize),
+            );
             if let Some(versions) = self.allowed.get_mut(&block) {
                 versions.push(after);
             }

@@ -83,7 +83,10 @@ pub fn verify(pool: &Pool, model: &Model) {
                 .zip(model.read(offset, len))
                 .position(|(a, b)| a != b)
                 .unwrap();
-            panic!("volume differs from the model at byte {}", offset + first as u64);
+            panic!(
+                "volume differs from the model at byte {}",
+                offset + first as u64
+            );
         }
         offset += len as u64;
     }
