@@ -20,7 +20,7 @@ fn iterations() -> u64 {
     std::env::var("STRIPESTORE_CRASH_ITERATIONS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(12)
+        .unwrap_or(30)
 }
 
 fn wrap(mems: &[Arc<MemDevice>], countdown: &Arc<AtomicI64>) -> Vec<SharedDevice> {
@@ -74,9 +74,32 @@ fn read_all(pool: &Pool) -> Vec<u8> {
     buf
 }
 
-#[test]
-fn power_loss_at_random_points_never_loses_flushed_data_even_with_a_device_lost() {
-    for (l, (layout, devices)) in layouts().into_iter().enumerate() {
+/// One test per layout so they run in parallel; each runs many seeded iterations.
+macro_rules! crash_tests {
+    ($($name:ident: $index:expr,)*) => {$(
+        #[test]
+        fn $name() {
+            power_loss_at_random_points_never_loses_flushed_data_even_with_a_device_lost($index, stringify!($name));
+        }
+    )*};
+}
+
+crash_tests! {
+    crash_mirror2: 0,
+    crash_mirror3: 1,
+    crash_raid10: 2,
+    crash_rs2p1: 3,
+    crash_rs4p2: 4,
+    crash_rs4p2_on_7: 5,
+    crash_rs3p3: 6,
+}
+
+fn power_loss_at_random_points_never_loses_flushed_data_even_with_a_device_lost(
+    l: usize,
+    name: &'static str,
+) {
+    let (layout, devices) = layouts()[l];
+    {
         for iteration in 0..iterations() {
             let seed = seed(10_000 + l as u64 * 1000 + iteration);
             let _guard = SeedGuard {
