@@ -32,34 +32,44 @@ impl PoolInner {
     pub(crate) fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         check_range(offset, buf.len(), self.geometry.volume_bytes())?;
         let stripe_bytes = self.geometry.stripe_data_bytes();
-        let mut done = 0usize;
-        while done < buf.len() {
-            let position = offset + done as u64;
-            let stripe = position / stripe_bytes;
+        let mut pieces = Vec::new();
+        let mut rest = buf;
+        let mut position = offset;
+        while !rest.is_empty() {
             let within = position % stripe_bytes;
-            let take = usize::try_from((stripe_bytes - within).min((buf.len() - done) as u64))
+            let take = usize::try_from((stripe_bytes - within).min(rest.len() as u64))
                 .unwrap_or(usize::MAX);
-            let _stripe_guard = self.stripe_lock(stripe).lock();
-            self.read_stripe_locked(stripe, within, &mut buf[done..done + take])?;
-            done += take;
+            let (piece, tail) = rest.split_at_mut(take);
+            pieces.push((position / stripe_bytes, within, piece));
+            position += take as u64;
+            rest = tail;
         }
-        Ok(())
+        pieces
+            .into_par_iter()
+            .try_for_each(|(stripe, within, piece)| {
+                let _stripe_guard = self.stripe_lock(stripe).lock();
+                self.read_stripe_locked(stripe, within, piece)
+            })
     }
 
     pub(crate) fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
         check_range(offset, data.len(), self.geometry.volume_bytes())?;
         let stripe_bytes = self.geometry.stripe_data_bytes();
+        let mut pieces = Vec::new();
         let mut done = 0usize;
         while done < data.len() {
             let position = offset + done as u64;
-            let stripe = position / stripe_bytes;
             let within = position % stripe_bytes;
             let take = usize::try_from((stripe_bytes - within).min((data.len() - done) as u64))
                 .unwrap_or(usize::MAX);
-            self.write_stripe(stripe, within, &data[done..done + take])?;
+            pieces.push((position / stripe_bytes, within, done..done + take));
             done += take;
         }
-        Ok(())
+        // Stripes are independent: write them in parallel (each also writes its shards in
+        // parallel). Not atomic across stripes, like any block device.
+        pieces
+            .into_par_iter()
+            .try_for_each(|(stripe, within, range)| self.write_stripe(stripe, within, &data[range]))
     }
 
     /// Read part of one stripe; the caller holds the stripe's lock.
