@@ -102,11 +102,7 @@ fn power_loss_at_random_points_never_loses_flushed_data_even_with_a_device_lost(
     {
         for iteration in 0..iterations() {
             let seed = seed(10_000 + l as u64 * 1000 + iteration);
-            let _guard = SeedGuard {
-                seed,
-                name:
-                    "power_loss_at_random_points_never_loses_flushed_data_even_with_a_device_lost",
-            };
+            let _guard = SeedGuard { seed, name };
             let mut rng = rng(seed);
             let mems = mem_devices(devices, DEVICE_BYTES);
             let countdown = Arc::new(AtomicI64::new(POWER_ON));
