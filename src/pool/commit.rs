@@ -1,83 +1,141 @@
 //! Commits: making the map durable, which is what `flush` means.
 //!
-//! 1. flush every data device: the new stripes' shards are durable;
-//! 2. append one log record with the changed map entries to every data device (or, when the log
-//!    is full, write a whole checkpoint to each device's older checkpoint area and restart the
-//!    log), then flush again;
-//! 3. only now release the slots the old entries pointed at.
+//! 1. under the map mutex, snapshot the dirty entries (encoded as a log record, or as a whole
+//!    checkpoint when the log is full) and start a new epoch; writers continue meanwhile;
+//! 2. flush every data device: the snapshot's stripes were fully written before they were
+//!    installed in the map, so their shards are durable now;
+//! 3. write the record (or checkpoint, into each device's older checkpoint area) to every data
+//!    device and flush again;
+//! 4. only now release the slots the snapshot's entries replaced.
 //!
-//! A crash before step 2 completes leaves the old map, whose slots were never touched; after it,
-//! the new map, whose data was already durable. Recovery replays at most one log's worth of
+//! A crash before step 3 completes leaves the previous map, whose slots were never touched; after
+//! it, the new map, whose data was already durable. Recovery replays at most one log's worth of
 //! records after the newest checkpoint, so it is bounded by the log size, not the pool size.
+//!
+//! Epochs: a stripe rewritten after the snapshot is in the *new* dirty set, so the slot the
+//! in-flight commit points it at is kept until the *next* commit, never freed early.
 
-use super::PoolInner;
+use super::{MapState, PoolInner};
 use crate::error::{Error, Result};
 use crate::format::{encode_checkpoint, encode_log_record, log_record_bytes, CheckpointHeader};
 use crate::pool::ErrorKind;
 use crate::types::DeviceIndex;
 use rayon::prelude::*;
+use std::collections::BTreeMap;
+
+/// What one commit writes, taken atomically from the map.
+struct Snapshot {
+    /// Stripe → slot its previous entry pointed at.
+    replaced: BTreeMap<u64, Option<u64>>,
+    /// Orphans of earlier failed commits.
+    orphans: Vec<u64>,
+    /// The encoded metadata and whether it is a checkpoint (else a log record).
+    bytes: Vec<u8>,
+    checkpoint: bool,
+}
 
 impl PoolInner {
     /// Make every completed write durable (see module docs).
     pub(crate) fn commit(&self) -> Result<()> {
-        let _exclusive = self.commit_lock.write();
-        self.members.flush_all();
-        let (stripes, next_generation) = {
-            let state = self.map.lock();
+        let mut meta = self.meta.lock();
+        let sequence = meta.sequence + 1;
+        let snapshot = {
+            let mut state = self.map.lock();
             if state.dirty.is_empty() {
+                drop(state);
+                drop(meta);
+                self.members.flush_all();
                 return Ok(());
             }
             let stripes: Vec<u64> = state.dirty.keys().copied().collect();
-            (stripes, state.next_generation)
-        };
-        self.check_available()?;
-        let width = self.geometry.width();
-        let mut meta = self.meta.lock();
-        let sequence = meta.sequence + 1;
-        let record_bytes = log_record_bytes(stripes.len(), width);
-        if meta.log_used + record_bytes <= self.geometry.log_bytes {
-            let bytes = {
-                let state = self.map.lock();
-                encode_log_record(self.uuid, sequence, next_generation, &state.map, &stripes)
+            let record_bytes = log_record_bytes(stripes.len(), self.geometry.width());
+            let checkpoint = meta.log_used + record_bytes > self.geometry.log_bytes;
+            let bytes = if checkpoint {
+                self.encode_checkpoint(&state, sequence)
+            } else {
+                encode_log_record(
+                    self.uuid,
+                    sequence,
+                    state.next_generation,
+                    &state.map,
+                    &stripes,
+                )
             };
-            let offset = self.geometry.log_offset + meta.log_used;
-            self.write_metadata_everywhere(|_| (offset, &bytes))?;
-            meta.log_used += record_bytes;
-        } else {
-            self.write_checkpoint(&mut meta, sequence)?;
-        }
-        meta.sequence = sequence;
+            Snapshot {
+                replaced: std::mem::take(&mut state.dirty),
+                orphans: std::mem::take(&mut state.orphans),
+                bytes,
+                checkpoint,
+            }
+        };
+        let started = std::time::Instant::now();
+        let result = self.write_snapshot(&mut meta, &snapshot);
+        tracing::debug!(
+            sequence,
+            stripes = snapshot.replaced.len(),
+            checkpoint = snapshot.checkpoint,
+            elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            ok = result.is_ok(),
+            "commit"
+        );
+        meta.sequence += u64::from(result.is_ok());
         drop(meta);
         let mut state = self.map.lock();
-        let released: Vec<u64> = std::mem::take(&mut state.dirty)
-            .into_values()
-            .flatten()
-            .collect();
-        state.free.extend(released);
-        Ok(())
+        match result {
+            Ok(()) => {
+                let released = snapshot.replaced.into_values().flatten();
+                state.free.extend(released.chain(snapshot.orphans));
+                // Hand out the lowest slots first, so a sequential overwrite lands as ascending
+                // device offsets (friendlier to write-back and disks) instead of in reverse.
+                state.free.sort_unstable_by(|a, b| b.cmp(a));
+                Ok(())
+            }
+            Err(err) => {
+                restore_after_failed_commit(&mut state, snapshot);
+                Err(err)
+            }
+        }
+    }
+
+    fn write_snapshot(&self, meta: &mut super::MetaCursor, snapshot: &Snapshot) -> Result<()> {
+        self.members.flush_all();
+        self.check_available()?;
+        if snapshot.checkpoint {
+            self.write_checkpoint_bytes(meta, &snapshot.bytes)
+        } else {
+            let offset = self.geometry.log_offset + meta.log_used;
+            self.write_metadata_everywhere(|_| (offset, &snapshot.bytes))?;
+            meta.log_used += snapshot.bytes.len() as u64;
+            Ok(())
+        }
+    }
+
+    fn encode_checkpoint(&self, state: &MapState, sequence: u64) -> Vec<u8> {
+        encode_checkpoint(
+            self.uuid,
+            CheckpointHeader {
+                sequence,
+                next_generation: state.next_generation,
+            },
+            &state.map,
+        )
     }
 
     /// Write the whole map as checkpoint `sequence` into each device's older checkpoint area,
-    /// then restart the log. The caller holds the commit lock (or is opening the pool).
+    /// then restart the log. Used at create and open, when no writer runs.
     pub(crate) fn write_checkpoint(
         &self,
         meta: &mut super::MetaCursor,
         sequence: u64,
     ) -> Result<()> {
-        let bytes = {
-            let state = self.map.lock();
-            encode_checkpoint(
-                self.uuid,
-                CheckpointHeader {
-                    sequence,
-                    next_generation: state.next_generation,
-                },
-                &state.map,
-            )
-        };
+        let bytes = self.encode_checkpoint(&self.map.lock(), sequence);
+        self.write_checkpoint_bytes(meta, &bytes)
+    }
+
+    fn write_checkpoint_bytes(&self, meta: &mut super::MetaCursor, bytes: &[u8]) -> Result<()> {
         let offsets = self.geometry.checkpoint_offsets;
         let targets = meta.next_checkpoint.clone();
-        self.write_metadata_everywhere(|index| (offsets[targets[index.0]], &bytes))?;
+        self.write_metadata_everywhere(|index| (offsets[targets[index.0]], bytes))?;
         for area in &mut meta.next_checkpoint {
             *area = 1 - *area;
         }
@@ -117,5 +175,26 @@ impl PoolInner {
             ));
         }
         self.check_available()
+    }
+}
+
+/// A commit failed part-way: its record may be on some devices. Put its entries back in the
+/// dirty set so the next commit covers them, and keep every slot it may reference out of reuse.
+fn restore_after_failed_commit(state: &mut MapState, snapshot: Snapshot) {
+    state.orphans.extend(snapshot.orphans);
+    for (stripe, previous) in snapshot.replaced {
+        match state.dirty.get(&stripe) {
+            // Rewritten since the snapshot: the slot the failed record named is now only
+            // referenced by that (possibly partial) record: keep it until a commit succeeds.
+            Some(after_snapshot) => {
+                if let Some(slot) = *after_snapshot {
+                    state.orphans.push(slot);
+                }
+                state.dirty.insert(stripe, previous);
+            }
+            None => {
+                state.dirty.insert(stripe, previous);
+            }
+        }
     }
 }

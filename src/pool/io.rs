@@ -280,13 +280,13 @@ impl PoolInner {
     fn write_stripe(&self, stripe: u64, within: u64, data: &[u8]) -> Result<()> {
         loop {
             self.check_available()?;
-            let commit_guard = self.commit_lock.read();
             let stripe_guard = self.stripe_lock(stripe).lock();
             let Some(slot) = self.map.lock().free.pop() else {
                 // No free slot: a commit releases the slots that overwrites made obsolete.
+                // (Other writers may hold the rest of the reserve for a moment; let them finish.)
                 drop(stripe_guard);
-                drop(commit_guard);
                 self.commit()?;
+                std::thread::yield_now();
                 continue;
             };
             let result = self.write_stripe_into(stripe, within, data, SlotId(slot));

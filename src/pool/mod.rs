@@ -2,10 +2,11 @@
 //! codec.
 //!
 //! Concurrency: each logical stripe has a lock (hashed into a fixed table) held across its
-//! read or its read-modify-write, so a stripe's slot cannot change under a reader. Writers hold
-//! the commit lock shared; a commit (`flush`) holds it exclusively, so it sees a quiescent map.
-//! Lock order: commit lock → stripe lock → map mutex → meta mutex. Device I/O is never done
-//! under the map mutex.
+//! read or its read-modify-write, so a stripe's slot cannot change under a reader. A commit
+//! (`flush`) takes the meta mutex (one commit at a time), snapshots the dirty map entries under
+//! the map mutex, and then does its device I/O while writers go on filling the next epoch.
+//! Lock order: meta mutex → map mutex; stripe lock → map mutex. Device I/O is never done under
+//! the map mutex.
 
 mod commit;
 mod io;
@@ -23,7 +24,7 @@ use crate::device::SharedDevice;
 use crate::error::{Error, Result};
 use crate::format::{PoolUuid, StripeMap};
 use crate::geometry::{Geometry, Layout};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -86,9 +87,13 @@ pub(crate) struct MapState {
     pub(crate) next_generation: u64,
     /// Slots that hold nothing the durable map references: free to write.
     pub(crate) free: Vec<u64>,
-    /// Stripes changed since the last commit, with the slot the durable map still points at.
-    /// That slot is released only once the commit that stops referencing it is durable.
+    /// Stripes changed since the last commit snapshot, with the slot the previous map still
+    /// points at. That slot is released only once the commit that stops referencing it is
+    /// durable.
     pub(crate) dirty: BTreeMap<u64, Option<u64>>,
+    /// Slots that a failed commit may have referenced on some device: released only after the
+    /// next successful commit.
+    pub(crate) orphans: Vec<u64>,
 }
 
 /// Where the next metadata record goes.
@@ -109,7 +114,6 @@ pub(crate) struct PoolInner {
     pub(crate) members: Members,
     pub(crate) map: Mutex<MapState>,
     pub(crate) meta: Mutex<MetaCursor>,
-    pub(crate) commit_lock: RwLock<()>,
     stripe_locks: Vec<Mutex<()>>,
 }
 

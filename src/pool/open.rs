@@ -11,7 +11,7 @@ use crate::format::{
 use crate::geometry::{Geometry, Layout, SUPERBLOCK_BYTES};
 use crate::pool::{MemberDevice, Members};
 use crate::types::SECTOR_BYTES;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
 
 /// Offset of the second superblock copy: the last 64 KiB of the device, wherever the data ends,
@@ -62,7 +62,6 @@ fn new_inner(
         members,
         map: Mutex::new(state),
         meta: Mutex::new(meta),
-        commit_lock: RwLock::new(()),
         stripe_locks: (0..STRIPE_LOCKS).map(|_| Mutex::new(())).collect(),
     })
 }
@@ -159,6 +158,7 @@ pub(super) fn create(
         next_generation: 0,
         free: (0..geometry.slots).rev().collect(),
         dirty: BTreeMap::new(),
+        orphans: Vec::new(),
     };
     let meta = MetaCursor {
         sequence: 0,
@@ -456,6 +456,7 @@ fn recover_map(
             next_generation,
             free,
             dirty: BTreeMap::new(),
+            orphans: Vec::new(),
         },
         MetaCursor {
             sequence: best.sequence,
