@@ -97,6 +97,9 @@ pub struct Members {
     /// Spares.
     pub spares: Vec<MemberDevice>,
     superblock: Mutex<Superblock>,
+    /// Serialises whole superblock updates, so a later generation can never be overwritten by
+    /// an earlier one that was still being written.
+    superblock_writer: Mutex<()>,
     error_threshold: u64,
 }
 
@@ -111,6 +114,7 @@ impl Members {
             data,
             spares,
             superblock: Mutex::new(superblock),
+            superblock_writer: Mutex::new(()),
             error_threshold,
         }
     }
@@ -203,6 +207,7 @@ impl Members {
     /// # Errors
     /// [`Error::CorruptMetadata`] if the superblock cannot be encoded.
     pub fn write_superblocks(&self) -> Result<Vec<(String, DeviceError)>> {
+        let _writer = self.superblock_writer.lock();
         let mut template = self.superblock.lock();
         template.generation += 1;
         template.members = self
