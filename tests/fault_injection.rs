@@ -28,66 +28,64 @@ fn fill(pool: &Pool, model: &mut Model, rng: &mut rand_chacha::ChaCha8Rng) {
 
 #[test]
 fn bit_rot_is_detected_healed_on_disk_and_counted_exactly() {
-    for (i, (layout, devices)) in layouts().into_iter().enumerate() {
-        let seed = seed(3000 + i as u64);
-        let _guard = SeedGuard {
-            seed,
-            name: "bit_rot_is_detected_healed_on_disk_and_counted_exactly",
-        };
-        let mut rng = rng(seed);
-        let mems = mem_devices(devices, DEVICE_BYTES);
-        let pool = Pool::create(shared(&mems), vec![], &options(layout)).unwrap();
-        let mut model = Model::new(pool.size());
-        fill(&pool, &mut model, &mut rng);
-        let tolerance = pool.geometry().tolerance();
-        let stripes = pool.geometry().stripes;
-        // Corrupt up to `tolerance` shards in a third of the stripes, remembering the good bytes.
-        let mut damaged = Vec::new();
-        for stripe in 0..stripes {
-            if !rng.gen_bool(0.33) {
-                continue;
+    each_layout(
+        3000,
+        "bit_rot_is_detected_healed_on_disk_and_counted_exactly",
+        |layout, devices, rng, _seed| {
+            let mems = mem_devices(devices, DEVICE_BYTES);
+            let pool = Pool::create(shared(&mems), vec![], &options(layout)).unwrap();
+            let mut model = Model::new(pool.size());
+            fill(&pool, &mut model, rng);
+            let tolerance = pool.geometry().tolerance();
+            let stripes = pool.geometry().stripes;
+            // Corrupt up to `tolerance` shards in a third of the stripes, remembering the good bytes.
+            let mut damaged = Vec::new();
+            for stripe in 0..stripes {
+                if !rng.gen_bool(0.33) {
+                    continue;
+                }
+                let mut shards = pool.shard_locations(stripe);
+                assert!(!shards.is_empty());
+                let count = rng.gen_range(1..=tolerance);
+                for _ in 0..count {
+                    let shard = shards.remove(rng.gen_range(0..shards.len()));
+                    let at = shard.offset + rng.gen_range(0..CHUNK_BYTES);
+                    let original = mems[shard.device].peek(shard.offset, CHUNK_BYTES as usize);
+                    mems[shard.device].flip_bit(at, rng.gen());
+                    damaged.push((shard.device, shard.offset, original));
+                }
             }
-            let mut shards = pool.shard_locations(stripe);
-            assert!(!shards.is_empty());
-            let count = rng.gen_range(1..=tolerance);
-            for _ in 0..count {
-                let shard = shards.remove(rng.gen_range(0..shards.len()));
-                let at = shard.offset + rng.gen_range(0..CHUNK_BYTES);
-                let original = mems[shard.device].peek(shard.offset, CHUNK_BYTES as usize);
-                mems[shard.device].flip_bit(at, rng.gen());
-                damaged.push((shard.device, shard.offset, original));
-            }
-        }
-        assert!(!damaged.is_empty());
-        drop(pool);
-        let pool = Pool::open(shared(&mems), &no_threshold()).unwrap();
-        verify(&pool, &model);
-        let report = pool.scrub();
-        assert!(
-            report.unrecoverable_stripes.is_empty(),
-            "{layout}: {report:?}"
-        );
-        let status = pool.status();
-        assert_eq!(
-            status.total_checksum_errors(),
-            damaged.len() as u64,
-            "{layout}: every damaged chunk is counted once (read or scrub), none twice"
-        );
-        assert_eq!(status.total_repaired(), damaged.len() as u64, "{layout}");
-        for (device, offset, original) in &damaged {
-            assert_eq!(
-                &mems[*device].peek(*offset, CHUNK_BYTES as usize),
-                original,
-                "{layout}: chunk at device {device} offset {offset} not healed on disk"
+            assert!(!damaged.is_empty());
+            drop(pool);
+            let pool = Pool::open(shared(&mems), &no_threshold()).unwrap();
+            verify(&pool, &model);
+            let report = pool.scrub();
+            assert!(
+                report.unrecoverable_stripes.is_empty(),
+                "{layout}: {report:?}"
             );
-        }
-        assert_eq!(
-            pool.scrub().bad_shards,
-            0,
-            "{layout}: second scrub must be clean"
-        );
-        verify(&pool, &model);
-    }
+            let status = pool.status();
+            assert_eq!(
+                status.total_checksum_errors(),
+                damaged.len() as u64,
+                "{layout}: every damaged chunk is counted once (read or scrub), none twice"
+            );
+            assert_eq!(status.total_repaired(), damaged.len() as u64, "{layout}");
+            for (device, offset, original) in &damaged {
+                assert_eq!(
+                    &mems[*device].peek(*offset, CHUNK_BYTES as usize),
+                    original,
+                    "{layout}: chunk at device {device} offset {offset} not healed on disk"
+                );
+            }
+            assert_eq!(
+                pool.scrub().bad_shards,
+                0,
+                "{layout}: second scrub must be clean"
+            );
+            verify(&pool, &model);
+        },
+    );
 }
 
 type Plan = Arc<Mutex<FaultPlan>>;
@@ -192,35 +190,33 @@ fn misdirected_writes_are_detected_at_both_ends() {
 
 #[test]
 fn sector_read_errors_are_reconstructed_and_counted() {
-    for (i, (layout, devices)) in layouts().into_iter().enumerate() {
-        let seed = seed(7000 + i as u64);
-        let _guard = SeedGuard {
-            seed,
-            name: "sector_read_errors_are_reconstructed_and_counted",
-        };
-        let mut rng = rng(seed);
-        let (pool, _mems, plans) = faulty_pool(layout, devices, seed);
-        let mut model = Model::new(pool.size());
-        fill(&pool, &mut model, &mut rng);
-        // Bad sectors on device 0 over a part of the data area.
-        let start = pool.geometry().data_offset + 8 * CHUNK_BYTES;
-        plans[0]
-            .lock()
-            .add_bad_read_range(start..start + 64 * CHUNK_BYTES);
-        verify(&pool, &model);
-        let report = pool.scrub();
-        assert!(report.unrecoverable_stripes.is_empty());
-        let status = pool.status();
-        assert!(
-            status.devices[0].read_errors > 0,
-            "{layout}: read errors counted"
-        );
-        assert_eq!(
-            status.devices[0].state, "ONLINE",
-            "{layout}: below threshold stays online"
-        );
-        verify(&pool, &model);
-    }
+    each_layout(
+        7000,
+        "sector_read_errors_are_reconstructed_and_counted",
+        |layout, devices, rng, seed| {
+            let (pool, _mems, plans) = faulty_pool(layout, devices, seed);
+            let mut model = Model::new(pool.size());
+            fill(&pool, &mut model, rng);
+            // Bad sectors on device 0 over a part of the data area.
+            let start = pool.geometry().data_offset + 8 * CHUNK_BYTES;
+            plans[0]
+                .lock()
+                .add_bad_read_range(start..start + 64 * CHUNK_BYTES);
+            verify(&pool, &model);
+            let report = pool.scrub();
+            assert!(report.unrecoverable_stripes.is_empty());
+            let status = pool.status();
+            assert!(
+                status.devices[0].read_errors > 0,
+                "{layout}: read errors counted"
+            );
+            assert_eq!(
+                status.devices[0].state, "ONLINE",
+                "{layout}: below threshold stays online"
+            );
+            verify(&pool, &model);
+        },
+    );
 }
 
 #[test]
@@ -277,29 +273,27 @@ fn error_threshold_faults_a_device_and_data_stays_available() {
 
 #[test]
 fn a_device_vanishing_mid_workload_is_faulted_and_io_continues() {
-    for (i, (layout, devices)) in layouts().into_iter().enumerate() {
-        let seed = seed(9000 + i as u64);
-        let _guard = SeedGuard {
-            seed,
-            name: "a_device_vanishing_mid_workload_is_faulted_and_io_continues",
-        };
-        let mut rng = rng(seed);
-        let mems = mem_devices(devices, DEVICE_BYTES);
-        let pool = Pool::create(shared(&mems), vec![], &options(layout)).unwrap();
-        let mut model = Model::new(pool.size());
-        random_writes(&pool, &mut model, &mut rng, 40);
-        let victim = rng.gen_range(0..devices);
-        mems[victim].set_gone(true);
-        random_writes(&pool, &mut model, &mut rng, 40);
-        pool.flush().unwrap();
-        verify(&pool, &model);
-        let status = pool.status();
-        assert_eq!(status.devices[victim].state, "FAULTED", "{layout}");
-        assert_eq!(status.health, stripestore::pool::PoolHealth::Degraded);
-        drop(pool);
-        let pool = reopen_without(&mems, victim);
-        verify(&pool, &model);
-    }
+    each_layout(
+        9000,
+        "a_device_vanishing_mid_workload_is_faulted_and_io_continues",
+        |layout, devices, rng, _seed| {
+            let mems = mem_devices(devices, DEVICE_BYTES);
+            let pool = Pool::create(shared(&mems), vec![], &options(layout)).unwrap();
+            let mut model = Model::new(pool.size());
+            random_writes(&pool, &mut model, rng, 40);
+            let victim = rng.gen_range(0..devices);
+            mems[victim].set_gone(true);
+            random_writes(&pool, &mut model, rng, 40);
+            pool.flush().unwrap();
+            verify(&pool, &model);
+            let status = pool.status();
+            assert_eq!(status.devices[victim].state, "FAULTED", "{layout}");
+            assert_eq!(status.health, stripestore::pool::PoolHealth::Degraded);
+            drop(pool);
+            let pool = reopen_without(&mems, victim);
+            verify(&pool, &model);
+        },
+    );
 }
 
 fn reopen_without(mems: &[Arc<MemDevice>], victim: usize) -> Pool {

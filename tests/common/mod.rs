@@ -21,6 +21,21 @@ pub fn layouts() -> Vec<(&'static str, usize)> {
     ]
 }
 
+/// Run `body` once per layout, each with its own seed (`base + index`, or `STRIPESTORE_SEED`),
+/// printing how to replay it if the body panics.
+pub fn each_layout(
+    base: u64,
+    name: &'static str,
+    mut body: impl FnMut(&'static str, usize, &mut ChaCha8Rng, u64),
+) {
+    for (i, (layout, devices)) in layouts().into_iter().enumerate() {
+        let seed = stripestore::testing::seed(base + i as u64);
+        let _guard = stripestore::testing::SeedGuard { seed, name };
+        let mut rng = stripestore::testing::rng(seed);
+        body(layout, devices, &mut rng, seed);
+    }
+}
+
 pub const DEVICE_BYTES: u64 = 4 << 20;
 pub const CHUNK_BYTES: u64 = 4096;
 
