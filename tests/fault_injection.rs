@@ -15,6 +15,7 @@ use stripestore::{OpenOptions, Pool};
 fn no_threshold() -> OpenOptions {
     OpenOptions {
         error_threshold: u64::MAX,
+        ..OpenOptions::default()
     }
 }
 

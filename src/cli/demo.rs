@@ -112,7 +112,7 @@ fn rot_chunks(
     Ok(rotted)
 }
 
-fn device_count(layout: Layout) -> usize {
+pub(crate) fn device_count(layout: Layout) -> usize {
     match layout {
         Layout::Mirror { copies } => copies,
         Layout::Raid10 { copies } => 2 * copies,

@@ -1,12 +1,15 @@
 //! Command-line front end: argument parsing, logging setup, output formats and exit codes.
 //! Exit codes: 0 success, 1 operation failed (message on stderr), 2 bad usage.
 
+mod bench;
 mod demo;
 mod progress;
 
 use clap::{Parser, Subcommand};
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use stripestore::device::FileDevice;
 use std::process::ExitCode;
 use stripestore::types::{human_bytes, parse_size};
 use stripestore::{CreateOptions, Layout, OpenOptions, Pool};
@@ -22,6 +25,22 @@ pub use progress::Progress;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum SpareAction {
+    /// Add a spare device (a file is created at the pool's device size).
+    Add {
+        /// One or more member paths.
+        #[arg(required = true)]
+        pool: Vec<PathBuf>,
+        /// The new spare.
+        #[arg(long = "device")]
+        device: PathBuf,
+        /// Use it even if it holds a stripestore superblock.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -88,6 +107,81 @@ enum Command {
         /// One or more member paths.
         #[arg(required = true)]
         pool: Vec<PathBuf>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace a data member (by last known path, index or UUID) with a spare of the pool or a
+    /// new device, and rebuild onto it with a progress bar. Works for a healthy member too
+    /// (copy, then swap).
+    Replace {
+        /// One or more member paths.
+        #[arg(required = true)]
+        pool: Vec<PathBuf>,
+        /// The member to replace: last known path, index or UUID.
+        #[arg(long)]
+        old: String,
+        /// A spare of the pool, or a new device (a file is created at the pool's device size).
+        #[arg(long)]
+        new: PathBuf,
+        /// Use a new device even if it holds a stripestore superblock.
+        #[arg(long)]
+        force: bool,
+        /// Rebuild rate limit, e.g. 200MiB (per second).
+        #[arg(long, value_parser = parse_size)]
+        rebuild_rate: Option<u64>,
+    },
+    /// Take a data member out of service on purpose.
+    Offline {
+        /// One or more member paths.
+        #[arg(required = true)]
+        pool: Vec<PathBuf>,
+        /// The member: last known path, index or UUID.
+        device: String,
+    },
+    /// Bring an offline or faulted member back (it is rebuilt, then swapped in).
+    Online {
+        /// One or more member paths.
+        #[arg(required = true)]
+        pool: Vec<PathBuf>,
+        /// The member: last known path, index or UUID.
+        device: String,
+        /// Where the device is now (default: its last known path).
+        #[arg(long)]
+        path: Option<PathBuf>,
+        /// Rebuild rate limit, e.g. 200MiB (per second).
+        #[arg(long, value_parser = parse_size)]
+        rebuild_rate: Option<u64>,
+    },
+    /// Manage spares.
+    Spare {
+        #[command(subcommand)]
+        action: SpareAction,
+    },
+    /// Attach spares to faulted members and run every pending rebuild (also resumes an
+    /// interrupted one from its checkpoint), with a progress bar.
+    Rebuild {
+        /// One or more member paths.
+        #[arg(required = true)]
+        pool: Vec<PathBuf>,
+        /// Rebuild rate limit, e.g. 200MiB (per second).
+        #[arg(long, value_parser = parse_size)]
+        rebuild_rate: Option<u64>,
+    },
+    /// Measure rebuild throughput against the spare device's raw write throughput, on files.
+    BenchRebuild {
+        /// Layout.
+        #[arg(long, default_value = "rs:4+2")]
+        layout: String,
+        /// Size of each device.
+        #[arg(long, value_parser = parse_size, default_value = "256M")]
+        device_size: u64,
+        /// Runs (median and spread are reported).
+        #[arg(long, default_value = "5")]
+        runs: usize,
+        /// Directory for the device files (default: a temporary directory under /var/tmp).
+        #[arg(long)]
+        dir: Option<PathBuf>,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -163,7 +257,7 @@ fn execute(command: Command) -> CliResult {
             Ok(())
         }
         Command::Status { pool, json } => {
-            let pool = Pool::open_paths(&pool, &OpenOptions::default())?;
+            let pool = open_pool(&pool)?;
             let status = pool.status();
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
@@ -178,7 +272,7 @@ fn execute(command: Command) -> CliResult {
             offset,
             input,
         } => {
-            let pool = Pool::open_paths(&pool, &OpenOptions::default())?;
+            let pool = open_pool(&pool)?;
             let mut reader: Box<dyn Read> = match &input {
                 Some(path) => Box::new(
                     std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?,
@@ -205,7 +299,7 @@ fn execute(command: Command) -> CliResult {
             length,
             output,
         } => {
-            let pool = Pool::open_paths(&pool, &OpenOptions::default())?;
+            let pool = open_pool(&pool)?;
             let mut writer: Box<dyn Write> = match &output {
                 Some(path) => Box::new(
                     std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?,
@@ -226,7 +320,7 @@ fn execute(command: Command) -> CliResult {
             Ok(())
         }
         Command::Scrub { pool, json } => {
-            let pool = Pool::open_paths(&pool, &OpenOptions::default())?;
+            let pool = open_pool(&pool)?;
             let report = pool.scrub();
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -250,12 +344,111 @@ fn execute(command: Command) -> CliResult {
             }
             Ok(())
         }
-        Command::Demo {
-            layout,
-            device_size,
-            dir,
-        } => demo::run(&layout, device_size, dir.as_deref()),
+        Command::Replace { pool, old, new, force, rebuild_rate } => {
+            let pool = open_pool(&pool)?;
+            pool.set_rebuild_rate(rebuild_rate);
+            let is_spare = pool.status().spares.iter().any(|s| Path::new(&s.path) == new);
+            if is_spare {
+                pool.replace_with_spare(&old, &new.display().to_string())?;
+            } else {
+                let device = FileDevice::open_or_create(&new, Some(pool.geometry().device_bytes))?;
+                pool.replace(&old, Arc::new(device), force)?;
+            }
+            run_rebuilds_with_progress(&pool)?;
+            print!("{}", pool.status());
+            pool.close()?;
+            Ok(())
+        }
+        Command::Offline { pool, device } => {
+            let pool = open_pool(&pool)?;
+            pool.offline(&device)?;
+            print!("{}", pool.status());
+            pool.close()?;
+            Ok(())
+        }
+        Command::Online { pool, device, path, rebuild_rate } => {
+            let pool = open_pool(&pool)?;
+            pool.set_rebuild_rate(rebuild_rate);
+            let path = match path {
+                Some(path) => path,
+                None => {
+                    let status = pool.status();
+                    let member = status
+                        .devices
+                        .iter()
+                        .find(|d| {
+                            d.path == device
+                                || d.uuid == device
+                                || d.index.map(|i| i.to_string()) == Some(device.clone())
+                        })
+                        .ok_or_else(|| format!("no data member {device:?}"))?;
+                    PathBuf::from(&member.path)
+                }
+            };
+            let handle = FileDevice::open(&path)?;
+            pool.online(&device, Arc::new(handle))?;
+            run_rebuilds_with_progress(&pool)?;
+            print!("{}", pool.status());
+            pool.close()?;
+            Ok(())
+        }
+        Command::Spare { action: SpareAction::Add { pool, device, force } } => {
+            let pool = open_pool(&pool)?;
+            let handle = FileDevice::open_or_create(&device, Some(pool.geometry().device_bytes))?;
+            pool.add_spare(Arc::new(handle), force)?;
+            print!("{}", pool.status());
+            pool.close()?;
+            Ok(())
+        }
+        Command::Rebuild { pool, rebuild_rate } => {
+            let options = OpenOptions {
+                background_rebuild: false,
+                auto_replace: true,
+                rebuild_rate_bytes_per_s: rebuild_rate,
+                ..OpenOptions::default()
+            };
+            let pool = Pool::open_paths(&pool, &options)?;
+            pool.attach_spares();
+            run_rebuilds_with_progress(&pool)?;
+            print!("{}", pool.status());
+            pool.close()?;
+            Ok(())
+        }
+        Command::BenchRebuild { layout, device_size, runs, dir, json } => {
+            bench::run(&layout, device_size, runs, dir.as_deref(), json)
+        }
+        Command::Demo { layout, device_size, dir } => demo::run(&layout, device_size, dir.as_deref()),
     }
+}
+
+/// Open a pool for one command: no background thread, no automatic spare attachment (the
+/// `rebuild` command does that, in the foreground, with progress).
+fn open_pool(paths: &[PathBuf]) -> Result<Pool, stripestore::Error> {
+    let options = OpenOptions {
+        background_rebuild: false,
+        auto_replace: false,
+        ..OpenOptions::default()
+    };
+    Pool::open_paths(paths, &options)
+}
+
+/// Run pending rebuilds on this thread with a progress bar.
+pub(crate) fn run_rebuilds_with_progress(pool: &Pool) -> CliResult {
+    let total: u64 = pool.rebuild_progress().iter().map(|r| r.total_bytes).sum();
+    if total == 0 && pool.rebuild_progress().is_empty() {
+        return Ok(());
+    }
+    let mut progress = Progress::new("rebuilding", total);
+    let mut shown = 0;
+    pool.run_rebuilds(|rebuilds| {
+        let done: u64 = rebuilds.iter().map(|r| r.done_bytes).sum();
+        progress.advance(done.saturating_sub(shown));
+        shown = shown.max(done);
+    })?;
+    progress.advance(total.saturating_sub(shown));
+    let rate = progress.finish();
+    eprintln!("  rebuild complete ({}/s)", human_bytes(rate));
+    Ok(())
 }
 
 /// Read until `buf` is full or input ends.

@@ -64,6 +64,15 @@ pub enum MemberState {
         /// Why.
         reason: String,
     },
+    /// Being filled to take over its data position (a rebuild in progress).
+    Rebuilding {
+        /// Rebuild watermark: every stripe below it is on the device.
+        next_stripe: u64,
+        /// Stripes written before this generation were already on the device.
+        since_generation: u64,
+        /// Stripes written at or after this generation were written to it directly.
+        start_generation: u64,
+    },
 }
 
 /// One entry of the member list.

@@ -37,11 +37,17 @@ struct Snapshot {
 impl PoolInner {
     /// Make every completed write durable (see module docs).
     pub(crate) fn commit(&self) -> Result<()> {
+        self.commit_with(false)
+    }
+
+    /// A commit that writes a whole checkpoint even if the log has room: used when a new
+    /// member joins, so it holds the map like every other member.
+    pub(crate) fn commit_with(&self, force_checkpoint: bool) -> Result<()> {
         let mut meta = self.meta.lock();
         let sequence = meta.sequence + 1;
         let snapshot = {
             let mut state = self.map.lock();
-            if state.dirty.is_empty() {
+            if state.dirty.is_empty() && !force_checkpoint {
                 drop(state);
                 drop(meta);
                 self.members.flush_all();
@@ -49,7 +55,8 @@ impl PoolInner {
             }
             let stripes: Vec<u64> = state.dirty.keys().copied().collect();
             let record_bytes = log_record_bytes(stripes.len(), self.geometry.width());
-            let checkpoint = meta.log_used + record_bytes > self.geometry.log_bytes;
+            let checkpoint =
+                force_checkpoint || meta.log_used + record_bytes > self.geometry.log_bytes;
             let bytes = if checkpoint {
                 self.encode_checkpoint(&state, sequence)
             } else {

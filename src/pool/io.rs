@@ -31,6 +31,7 @@ pub(crate) enum Fetch {
 impl PoolInner {
     pub(crate) fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         check_range(offset, buf.len(), self.geometry.volume_bytes())?;
+        self.rebuild.foreground();
         let stripe_bytes = self.geometry.stripe_data_bytes();
         let mut pieces = Vec::new();
         let mut rest = buf;
@@ -54,6 +55,7 @@ impl PoolInner {
 
     pub(crate) fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
         check_range(offset, data.len(), self.geometry.volume_bytes())?;
+        self.rebuild.foreground();
         let stripe_bytes = self.geometry.stripe_data_bytes();
         let mut pieces = Vec::new();
         let mut done = 0usize;
@@ -223,7 +225,7 @@ impl PoolInner {
                     .iter()
                     .map(|s| {
                         let (index, _) = self.geometry.shard_location(slot, ShardIndex(*s));
-                        self.members.get(index).path.clone()
+                        self.members.get(index).path()
                     })
                     .collect(),
             });
@@ -247,25 +249,33 @@ impl PoolInner {
                     .errors
                     .repaired
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::info!(device = %member.path, offset, slot = slot.0, shard = shard.0, "healed shard");
+                tracing::info!(device = %member.path(), offset, slot = slot.0, shard = shard.0, "healed shard");
             }
             Err(err) => self.members.record_error(index, ErrorKind::Write, &err),
         }
     }
 
-    /// Check that enough devices remain for new data to be written with the layout.
-    pub(crate) fn check_available(&self) -> Result<()> {
-        let online: Vec<bool> = self.members.data.iter().map(|m| m.is_online()).collect();
-        let available = match self.geometry.layout {
+    /// Whether the layout can still serve every stripe with the devices online, less `extra`.
+    pub(crate) fn available_without(&self, extra: Option<DeviceIndex>) -> bool {
+        let online: Vec<bool> = self
+            .members
+            .data
+            .iter()
+            .map(|m| m.is_online() && Some(m.index) != extra)
+            .collect();
+        match self.geometry.layout {
             crate::geometry::Layout::ReedSolomon { parity, .. } => {
                 online.iter().filter(|o| !**o).count() <= parity
             }
-            crate::geometry::Layout::Mirror { copies }
-            | crate::geometry::Layout::Raid10 { copies } => {
+            crate::geometry::Layout::Mirror { copies } | crate::geometry::Layout::Raid10 { copies } => {
                 online.chunks(copies).all(|group| group.iter().any(|o| *o))
             }
-        };
-        if available {
+        }
+    }
+
+    /// Check that enough devices remain for new data to be written with the layout.
+    pub(crate) fn check_available(&self) -> Result<()> {
+        if self.available_without(None) {
             Ok(())
         } else {
             Err(Error::PoolUnavailable {
@@ -330,16 +340,7 @@ impl PoolInner {
             .into_par_iter()
             .map(|shard| {
                 let (index, offset) = self.geometry.shard_location(slot, ShardIndex(shard));
-                let Some(device) = self.members.get(index).device() else {
-                    return false;
-                };
-                match device.write_at(offset, shard_bytes(shard)) {
-                    Ok(()) => true,
-                    Err(err) => {
-                        self.members.record_error(index, ErrorKind::Write, &err);
-                        false
-                    }
-                }
+                self.members.write_shard(index, offset, shard_bytes(shard))
             })
             .collect();
         let lost: Vec<usize> = (0..width).filter(|s| !written[*s]).collect();

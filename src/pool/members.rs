@@ -1,7 +1,11 @@
-//! The device state table: which member devices are online, their error counters, and the
-//! superblock that records it all. Faulting a device is persisted at once (superblock
-//! generation + 1 on every remaining member), so a faulted device that comes back later is
-//! recognised as stale and never trusted for data again.
+//! The device state table: which member devices are online, which are being replaced, the
+//! spares, their error counters, and the superblock that records it all.
+//!
+//! Faulting a device is persisted at once (superblock generation + 1 on every remaining member),
+//! so a faulted device that comes back later is recognised as stale and never trusted for data.
+//! A data position can have a *replacement* being filled (from a spare, a new device, or the same
+//! device coming back online): it receives every new write at once, and is read from only after
+//! the rebuild has filled it and swapped it in.
 
 use crate::device::{DeviceError, SharedDevice};
 use crate::error::{Error, Result};
@@ -10,6 +14,8 @@ use crate::types::DeviceIndex;
 use parking_lot::{Mutex, RwLock};
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
 
 /// Error counters of one device, as shown by `status`.
 #[derive(Debug, Default)]
@@ -24,37 +30,107 @@ pub struct ErrorCounters {
     pub repaired: AtomicU64,
 }
 
-/// One data member or spare.
-#[derive(Debug)]
-pub struct MemberDevice {
-    /// Device UUID (its identity; the path is only a hint).
+impl ErrorCounters {
+    fn reset(&self) {
+        for counter in [&self.read, &self.write, &self.checksum, &self.repaired] {
+            counter.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Who a device is: its UUID (identity) and last known path (a hint).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Device UUID.
     pub uuid: PoolUuid,
-    /// Role in the pool.
-    pub role: Role,
     /// Last known path or name.
     pub path: String,
+}
+
+/// A device being filled to take over a data position.
+#[derive(Debug)]
+pub struct Replacement {
+    /// The new device's identity.
+    pub identity: Identity,
+    /// The device.
+    pub device: SharedDevice,
+    /// Rebuild watermark: every stripe below it is on the device.
+    pub next_stripe: AtomicU64,
+    /// Stripes written before this generation are already on the device (a device coming back
+    /// online after an administrative offline); 0 for a new device.
+    pub since_generation: u64,
+    /// Stripes written at or after this generation were written with the replacement attached.
+    pub start_generation: u64,
+    /// Bytes read from other devices by the rebuild (this run).
+    pub bytes_read: AtomicU64,
+    /// Bytes written to the replacement by the rebuild (this run).
+    pub bytes_written: AtomicU64,
+    /// Bytes the rebuild has to write in this run (computed when it starts or resumes).
+    pub total_bytes: AtomicU64,
+    /// When this run started.
+    pub started: Instant,
+    /// The spare it came from, to put back in the spare list if the rebuild is abandoned.
+    pub from_spare: bool,
+}
+
+impl Replacement {
+    /// A replacement whose rebuild starts (or resumes) at `next_stripe`.
+    #[must_use]
+    pub fn new(
+        identity: Identity,
+        device: SharedDevice,
+        next_stripe: u64,
+        since_generation: u64,
+        start_generation: u64,
+        from_spare: bool,
+    ) -> Self {
+        Self {
+            identity,
+            device,
+            next_stripe: AtomicU64::new(next_stripe),
+            since_generation,
+            start_generation,
+            bytes_read: AtomicU64::new(0),
+            bytes_written: AtomicU64::new(0),
+            total_bytes: AtomicU64::new(0),
+            started: Instant::now(),
+            from_spare,
+        }
+    }
+}
+
+/// One data position of the layout.
+#[derive(Debug)]
+pub struct MemberDevice {
+    /// Layout position.
+    pub index: DeviceIndex,
+    identity: RwLock<Identity>,
     device: RwLock<Option<SharedDevice>>,
     online: AtomicBool,
     fault_reason: Mutex<Option<String>>,
     /// Error counters.
     pub errors: ErrorCounters,
+    replacement: RwLock<Option<Arc<Replacement>>>,
 }
 
 impl MemberDevice {
-    pub(crate) fn new(member: &Member, device: Option<SharedDevice>) -> Self {
+    pub(crate) fn new(index: usize, member: &Member, device: Option<SharedDevice>) -> Self {
         let reason = match (&member.state, &device) {
             (MemberState::Faulted { reason }, _) => Some(reason.clone()),
-            (MemberState::Online, None) => Some("missing: device not found at open".into()),
-            (MemberState::Online, Some(_)) => None,
+            (_, None) => Some("missing: device not found at open".into()),
+            (_, Some(_)) => None,
         };
         Self {
-            uuid: member.uuid,
-            role: member.role,
-            path: member.path.clone(),
+            index: DeviceIndex(index),
+            identity: RwLock::new(Identity {
+                uuid: member.uuid,
+                path: member.path.clone(),
+            }),
             online: AtomicBool::new(reason.is_none()),
             device: RwLock::new(if reason.is_none() { device } else { None }),
             fault_reason: Mutex::new(reason),
             errors: ErrorCounters::default(),
+            replacement: RwLock::new(None),
         }
     }
     /// Whether the device is in service.
@@ -76,26 +152,66 @@ impl MemberDevice {
             None
         }
     }
-    fn member_record(&self) -> Member {
-        Member {
-            uuid: self.uuid,
-            role: self.role,
+    /// Its identity.
+    #[must_use]
+    pub fn identity(&self) -> Identity {
+        self.identity.read().clone()
+    }
+    /// Its last known path.
+    #[must_use]
+    pub fn path(&self) -> String {
+        self.identity.read().path.clone()
+    }
+    /// The replacement being filled, if any.
+    #[must_use]
+    pub fn replacement(&self) -> Option<Arc<Replacement>> {
+        self.replacement.read().clone()
+    }
+
+    fn member_records(&self) -> Vec<Member> {
+        let identity = self.identity();
+        let mut records = vec![Member {
+            uuid: identity.uuid,
+            role: Role::Data { index: self.index.0 },
             state: match self.fault_reason() {
                 Some(reason) => MemberState::Faulted { reason },
                 None => MemberState::Online,
             },
-            path: self.path.clone(),
+            path: identity.path,
+        }];
+        if let Some(replacement) = self.replacement() {
+            records.push(Member {
+                uuid: replacement.identity.uuid,
+                role: Role::Data { index: self.index.0 },
+                state: MemberState::Rebuilding {
+                    next_stripe: replacement.next_stripe.load(Ordering::Acquire),
+                    since_generation: replacement.since_generation,
+                    start_generation: replacement.start_generation,
+                },
+                path: replacement.identity.path.clone(),
+            });
         }
+        records
     }
+}
+
+/// A spare: recorded in the pool, holding no data until a rebuild uses it.
+#[derive(Debug, Clone)]
+pub struct Spare {
+    /// Identity.
+    pub identity: Identity,
+    /// The device, if it was found.
+    pub device: Option<SharedDevice>,
+    /// Why it cannot be used, if it cannot.
+    pub fault: Option<String>,
 }
 
 /// All members plus the superblock template.
 #[derive(Debug)]
 pub struct Members {
-    /// Data members, by layout position.
+    /// Data positions, in layout order.
     pub data: Vec<MemberDevice>,
-    /// Spares.
-    pub spares: Vec<MemberDevice>,
+    spares: Mutex<Vec<Spare>>,
     superblock: Mutex<Superblock>,
     /// Serialises whole superblock updates, so a later generation can never be overwritten by
     /// an earlier one that was still being written.
@@ -106,13 +222,13 @@ pub struct Members {
 impl Members {
     pub(crate) fn new(
         data: Vec<MemberDevice>,
-        spares: Vec<MemberDevice>,
+        spares: Vec<Spare>,
         superblock: Superblock,
         error_threshold: u64,
     ) -> Self {
         Self {
             data,
-            spares,
+            spares: Mutex::new(spares),
             superblock: Mutex::new(superblock),
             superblock_writer: Mutex::new(()),
             error_threshold,
@@ -131,14 +247,58 @@ impl Members {
         self.superblock.lock().generation
     }
 
+    /// A copy of the spare list.
+    #[must_use]
+    pub fn spares(&self) -> Vec<Spare> {
+        self.spares.lock().clone()
+    }
+
+    /// Take the first usable spare out of the spare list.
+    pub(crate) fn take_spare(&self) -> Option<(Identity, SharedDevice)> {
+        let mut spares = self.spares.lock();
+        let position = spares
+            .iter()
+            .position(|s| s.fault.is_none() && s.device.is_some())?;
+        let spare = spares.remove(position);
+        Some((spare.identity, spare.device?))
+    }
+
+    /// Take the spare with this identity out of the spare list, if it is there and usable.
+    pub(crate) fn take_spare_by(&self, matches: impl Fn(&Identity) -> bool) -> Option<(Identity, SharedDevice)> {
+        let mut spares = self.spares.lock();
+        let position = spares.iter().position(|s| matches(&s.identity) && s.fault.is_none())?;
+        let spare = spares.remove(position);
+        Some((spare.identity, spare.device?))
+    }
+
+    /// Add a spare (already labelled) to the list.
+    pub(crate) fn push_spare(&self, spare: Spare) {
+        self.spares.lock().push(spare);
+    }
+
     /// Names of data members that are out of service.
     #[must_use]
     pub fn lost(&self) -> Vec<String> {
         self.data
             .iter()
             .filter(|m| !m.is_online())
-            .map(|m| m.path.clone())
+            .map(MemberDevice::path)
             .collect()
+    }
+
+    /// Find a data member by path, layout index or UUID.
+    #[must_use]
+    pub fn find(&self, name: &str) -> Option<DeviceIndex> {
+        if let Ok(index) = name.parse::<usize>() {
+            return (index < self.data.len()).then_some(DeviceIndex(index));
+        }
+        self.data
+            .iter()
+            .find(|m| {
+                let identity = m.identity();
+                identity.path == name || identity.uuid.to_string() == name
+            })
+            .map(|m| m.index)
     }
 
     /// Take `index` out of service for `reason` and persist that in the superblocks.
@@ -153,7 +313,7 @@ impl Members {
             *current = Some(reason.to_string());
             member.online.store(false, Ordering::Release);
         }
-        tracing::warn!(device = %member.path, index = index.0, reason, "device faulted");
+        tracing::warn!(device = %member.path(), index = index.0, reason, "device faulted");
         *member.device.write() = None;
         if let Err(err) = self.write_superblocks() {
             tracing::error!(%err, "could not record the fault in the superblocks");
@@ -185,11 +345,69 @@ impl Members {
                 ),
             );
         } else {
-            tracing::info!(device = %member.path, ?kind, count, %detail, "device error");
+            tracing::info!(device = %member.path(), ?kind, count, %detail, "device error");
         }
     }
 
-    /// Flush every online data member in parallel; a failed flush faults the device.
+    /// Write a shard to position `index`: to the device in service and to a replacement being
+    /// filled. Returns whether the device in service took it (the replacement does not count
+    /// towards redundancy until it is swapped in). A failing replacement is abandoned.
+    pub(crate) fn write_shard(&self, index: DeviceIndex, offset: u64, bytes: &[u8]) -> bool {
+        let member = self.get(index);
+        if let Some(replacement) = member.replacement() {
+            if let Err(err) = replacement.device.write_at(offset, bytes) {
+                self.abandon_replacement(index, &format!("write failed: {err}"));
+            }
+        }
+        let Some(device) = member.device() else {
+            return false;
+        };
+        match device.write_at(offset, bytes) {
+            Ok(()) => true,
+            Err(err) => {
+                self.record_error(index, ErrorKind::Write, &err);
+                false
+            }
+        }
+    }
+
+    /// Attach `replacement` to position `index` and record it in the superblocks.
+    pub(crate) fn attach_replacement(&self, index: DeviceIndex, replacement: Arc<Replacement>) {
+        *self.get(index).replacement.write() = Some(replacement);
+    }
+
+    /// Give up on the replacement of `index` (its device failed): it is recorded as a faulted
+    /// spare, and the position stays as it was.
+    pub(crate) fn abandon_replacement(&self, index: DeviceIndex, reason: &str) {
+        let Some(replacement) = self.get(index).replacement.write().take() else {
+            return;
+        };
+        tracing::error!(device = %replacement.identity.path, reason, "replacement abandoned");
+        self.push_spare(Spare {
+            identity: replacement.identity.clone(),
+            device: None,
+            fault: Some(format!("abandoned during rebuild: {reason}")),
+        });
+        if let Err(err) = self.write_superblocks() {
+            tracing::error!(%err, "could not record the abandoned replacement");
+        }
+    }
+
+    /// The rebuild of `index` is complete and flushed: the replacement becomes the member.
+    pub(crate) fn swap_in_replacement(&self, index: DeviceIndex) -> Option<Identity> {
+        let member = self.get(index);
+        let replacement = member.replacement.write().take()?;
+        let old = member.identity();
+        *member.identity.write() = replacement.identity.clone();
+        *member.device.write() = Some(Arc::clone(&replacement.device));
+        *member.fault_reason.lock() = None;
+        member.errors.reset();
+        member.online.store(true, Ordering::Release);
+        Some(old)
+    }
+
+    /// Flush every online data member and replacement in parallel; a failed flush faults the
+    /// device (or abandons the replacement).
     pub fn flush_all(&self) {
         self.data.par_iter().enumerate().for_each(|(i, member)| {
             if let Some(device) = member.device() {
@@ -197,34 +415,62 @@ impl Members {
                     self.record_error(DeviceIndex(i), ErrorKind::Write, &err);
                 }
             }
+            if let Some(replacement) = member.replacement() {
+                if let Err(err) = replacement.device.flush() {
+                    self.abandon_replacement(DeviceIndex(i), &format!("flush failed: {err}"));
+                }
+            }
         });
     }
 
-    /// Write the superblock (generation + 1) to every online member and spare: copy A on all,
-    /// flush, then copy B on all, flush. A crash at any point leaves one valid copy per device.
-    /// Returns the devices where a write failed (their other copy may still be valid).
+    /// Write the superblock (generation + 1) to every online member, replacement and spare:
+    /// copy A on all, flush, then copy B on all, flush. A crash at any point leaves one valid
+    /// copy per device. Returns the devices where a write failed (their other copy may still
+    /// be valid).
     ///
     /// # Errors
     /// [`Error::CorruptMetadata`] if the superblock cannot be encoded.
     pub fn write_superblocks(&self) -> Result<Vec<(String, DeviceError)>> {
         let _writer = self.superblock_writer.lock();
+        let spares = self.spares();
         let mut template = self.superblock.lock();
         template.generation += 1;
         template.members = self
             .data
             .iter()
-            .chain(&self.spares)
-            .map(MemberDevice::member_record)
+            .flat_map(MemberDevice::member_records)
+            .chain(spares.iter().map(|s| Member {
+                uuid: s.identity.uuid,
+                role: Role::Spare,
+                state: match &s.fault {
+                    Some(reason) => MemberState::Faulted {
+                        reason: reason.clone(),
+                    },
+                    None => MemberState::Online,
+                },
+                path: s.identity.path.clone(),
+            }))
             .collect();
-        let targets: Vec<(SharedDevice, Vec<u8>)> = self
-            .data
-            .iter()
-            .chain(&self.spares)
-            .filter_map(|member| {
-                let device = member.device()?;
+        let mut devices: Vec<(PoolUuid, SharedDevice)> = Vec::new();
+        for member in &self.data {
+            if let Some(device) = member.device() {
+                devices.push((member.identity().uuid, device));
+            }
+            if let Some(replacement) = member.replacement() {
+                devices.push((replacement.identity.uuid, Arc::clone(&replacement.device)));
+            }
+        }
+        for spare in &spares {
+            if let (Some(device), None) = (&spare.device, &spare.fault) {
+                devices.push((spare.identity.uuid, Arc::clone(device)));
+            }
+        }
+        let targets: Vec<(SharedDevice, Vec<u8>)> = devices
+            .into_iter()
+            .map(|(uuid, device)| {
                 let mut superblock = template.clone();
-                superblock.device_uuid = member.uuid;
-                Some(superblock.encode().map(|bytes| (device, bytes)))
+                superblock.device_uuid = uuid;
+                superblock.encode().map(|bytes| (device, bytes))
             })
             .collect::<std::result::Result<_, String>>()
             .map_err(Error::CorruptMetadata)?;

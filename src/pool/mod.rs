@@ -11,11 +11,14 @@
 mod commit;
 mod io;
 mod members;
+mod admin;
 mod open;
+mod rebuild;
 mod scrub;
 mod status;
 
-pub use members::{ErrorCounters, ErrorKind, MemberDevice, Members};
+pub use members::{ErrorCounters, ErrorKind, Identity, MemberDevice, Members, Replacement, Spare};
+pub use rebuild::{RebuildProgress, StepOutcome};
 pub use scrub::{ScrubReport, ShardLocation};
 pub use status::{DeviceStatus, PoolHealth, PoolStatus};
 
@@ -28,6 +31,7 @@ use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// Default chunk size: small enough that a 4 KiB overwrite does not rewrite megabytes, large
 /// enough that sequential I/O issues big requests.
@@ -70,12 +74,23 @@ impl CreateOptions {
 pub struct OpenOptions {
     /// Read/checksum errors after which a device is faulted.
     pub error_threshold: u64,
+    /// Run rebuilds in a background thread while the pool is open. Off: call
+    /// [`Pool::rebuild_step`] or [`Pool::run_rebuilds`] yourself (tests, the CLI).
+    pub background_rebuild: bool,
+    /// Attach an available spare to a faulted position automatically.
+    pub auto_replace: bool,
+    /// Rebuild rate limit in bytes per second (`None`: as fast as the devices allow, still
+    /// yielding to foreground I/O).
+    pub rebuild_rate_bytes_per_s: Option<u64>,
 }
 
 impl Default for OpenOptions {
     fn default() -> Self {
         Self {
             error_threshold: DEFAULT_ERROR_THRESHOLD,
+            background_rebuild: true,
+            auto_replace: true,
+            rebuild_rate_bytes_per_s: None,
         }
     }
 }
@@ -115,6 +130,8 @@ pub(crate) struct PoolInner {
     pub(crate) map: Mutex<MapState>,
     pub(crate) meta: Mutex<MetaCursor>,
     stripe_locks: Vec<Mutex<()>>,
+    /// Rebuild pacing and policy, shared with the background driver.
+    pub(crate) rebuild: crate::rebuild::RebuildControl,
 }
 
 impl PoolInner {
@@ -129,7 +146,8 @@ impl PoolInner {
 /// Dropping a pool flushes it (best effort, errors are logged); call [`Pool::close`] to see
 /// the result.
 pub struct Pool {
-    inner: PoolInner,
+    inner: Arc<PoolInner>,
+    background: Mutex<Option<crate::rebuild::Background>>,
     flush_on_drop: AtomicBool,
 }
 
@@ -203,9 +221,21 @@ impl Pool {
     }
 
     fn wrap(inner: PoolInner) -> Self {
+        let inner = Arc::new(inner);
+        let background = inner
+            .rebuild
+            .background_enabled()
+            .then(|| crate::rebuild::Background::start(Arc::clone(&inner)));
         Self {
             inner,
+            background: Mutex::new(background),
             flush_on_drop: AtomicBool::new(true),
+        }
+    }
+
+    fn stop_background(&self) {
+        if let Some(background) = self.background.lock().take() {
+            background.stop();
         }
     }
 
@@ -261,7 +291,12 @@ impl Pool {
     /// As [`Pool::flush`].
     pub fn close(self) -> Result<()> {
         self.flush_on_drop.store(false, Ordering::Relaxed);
-        self.inner.commit()
+        self.stop_background();
+        self.inner.commit()?;
+        if !self.inner.rebuild_progress().is_empty() {
+            self.inner.checkpoint_rebuilds()?;
+        }
+        Ok(())
     }
 
     /// Verify every shard of every written stripe (data and parity, all copies), heal what
@@ -291,11 +326,13 @@ impl Pool {
     #[doc(hidden)]
     pub fn simulate_power_loss(self) {
         self.flush_on_drop.store(false, Ordering::Relaxed);
+        self.stop_background();
     }
 }
 
 impl Drop for Pool {
     fn drop(&mut self) {
+        self.stop_background();
         if self.flush_on_drop.load(Ordering::Relaxed) {
             if let Err(err) = self.inner.commit() {
                 tracing::error!(%err, "flush on drop failed");

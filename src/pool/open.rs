@@ -9,7 +9,7 @@ use crate::format::{
     Superblock, FORMAT_VERSION,
 };
 use crate::geometry::{Geometry, Layout, SUPERBLOCK_BYTES};
-use crate::pool::{MemberDevice, Members};
+use crate::pool::{Identity, MemberDevice, Members, Replacement, Spare};
 use crate::types::SECTOR_BYTES;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
@@ -54,6 +54,7 @@ fn new_inner(
     members: Members,
     state: MapState,
     meta: MetaCursor,
+    options: &OpenOptions,
 ) -> Result<PoolInner> {
     Ok(PoolInner {
         codec: Codec::new(geometry.layout, geometry.devices)?,
@@ -63,6 +64,7 @@ fn new_inner(
         map: Mutex::new(state),
         meta: Mutex::new(meta),
         stripe_locks: (0..STRIPE_LOCKS).map(|_| Mutex::new(())).collect(),
+        rebuild: crate::rebuild::RebuildControl::new(options),
     })
 }
 
@@ -137,10 +139,16 @@ pub(super) fn create(
     let mut data = Vec::new();
     let mut spare_members = Vec::new();
     for (record, device) in member_records.iter().zip(handles) {
-        let member = MemberDevice::new(record, Some(device));
         match record.role {
-            Role::Data { .. } => data.push(member),
-            Role::Spare => spare_members.push(member),
+            Role::Data { index } => data.push(MemberDevice::new(index, record, Some(device))),
+            Role::Spare => spare_members.push(Spare {
+                identity: Identity {
+                    uuid: record.uuid,
+                    path: record.path.clone(),
+                },
+                device: Some(device),
+                fault: None,
+            }),
         }
     }
     let members = Members::new(data, spare_members, template, options.open.error_threshold);
@@ -165,7 +173,7 @@ pub(super) fn create(
         log_used: 0,
         next_checkpoint: vec![0; geometry.devices],
     };
-    let inner = new_inner(geometry, uuid, members, state, meta)?;
+    let inner = new_inner(geometry, uuid, members, state, meta, &options.open)?;
     {
         let mut meta = inner.meta.lock();
         inner.write_checkpoint(&mut meta, 0)?;
@@ -263,7 +271,10 @@ pub(super) fn open(
     let data_count = newest
         .members
         .iter()
-        .filter(|m| matches!(m.role, Role::Data { .. }))
+        .filter(|m| {
+            matches!(m.role, Role::Data { .. })
+                && !matches!(m.state, MemberState::Rebuilding { .. })
+        })
         .count();
     let geometry = Geometry::new(layout, data_count, newest.chunk_bytes, newest.device_bytes)?;
     if geometry.volume_bytes() != newest.volume_bytes {
@@ -274,35 +285,73 @@ pub(super) fn open(
         )));
     }
     let mut data: Vec<Option<MemberDevice>> = (0..data_count).map(|_| None).collect();
+    let mut replacements = Vec::new();
     let mut spares = Vec::new();
     let mut newly_missing = false;
     for record in &newest.members {
         let device = by_uuid.remove(&record.uuid.0);
-        newly_missing |= device.is_none() && record.state == MemberState::Online;
-        let member = MemberDevice::new(record, device);
-        match record.role {
-            Role::Data { index } if index < data_count && data[index].is_none() => {
-                data[index] = Some(member);
+        let identity = Identity {
+            uuid: record.uuid,
+            path: record.path.clone(),
+        };
+        match (record.role, &record.state) {
+            (Role::Data { index }, MemberState::Rebuilding { .. }) => {
+                replacements.push((index, record.state.clone(), identity, device));
             }
-            Role::Data { index } => {
+            (Role::Data { index }, _) if index < data_count && data[index].is_none() => {
+                newly_missing |= device.is_none() && record.state == MemberState::Online;
+                data[index] = Some(MemberDevice::new(index, record, device));
+            }
+            (Role::Data { index }, _) => {
                 return Err(Error::CorruptMetadata(format!(
                     "member list has a bad or repeated data index {index}"
                 )))
             }
-            Role::Spare => spares.push(member),
+            (Role::Spare, state) => {
+                let fault = match (state, &device) {
+                    (MemberState::Faulted { reason }, _) => Some(reason.clone()),
+                    (_, None) => Some("missing: device not found at open".into()),
+                    _ => None,
+                };
+                spares.push(Spare { identity, device, fault });
+            }
         }
     }
     let data: Vec<MemberDevice> = data.into_iter().flatten().collect();
+    if data.len() != data_count {
+        return Err(Error::CorruptMetadata(
+            "member list lacks a data position".into(),
+        ));
+    }
     let members = Members::new(data, spares, newest.clone(), options.error_threshold);
+    for (index, state, identity, device) in replacements {
+        let MemberState::Rebuilding { next_stripe, since_generation, start_generation } = state else {
+            continue;
+        };
+        match device {
+            Some(device) if index < data_count => {
+                tracing::info!(device = %identity.path, index, next_stripe, "resuming rebuild from its checkpoint");
+                members.attach_replacement(
+                    crate::types::DeviceIndex(index),
+                    std::sync::Arc::new(Replacement::new(identity, device, next_stripe, since_generation, start_generation, false)),
+                );
+                newly_missing = true; // rewrite superblocks so every member agrees
+            }
+            _ => {
+                tracing::warn!(device = %identity.path, "replacement in progress not found; its rebuild will start over");
+                newly_missing = true;
+            }
+        }
+    }
     let (state, meta) = recover_map(&geometry, newest.pool_uuid, &members)?;
-    let inner = new_inner(geometry, newest.pool_uuid, members, state, meta)?;
+    let inner = new_inner(geometry, newest.pool_uuid, members, state, meta, options)?;
     // Refuse before writing anything: a pool missing more than it tolerates stays untouched,
     // so putting the missing device back later is all it takes.
     inner.check_available()?;
     if newly_missing {
         for (i, member) in inner.members.data.iter().enumerate() {
             if !member.is_online() {
-                tracing::warn!(device = %member.path, index = i, "member missing at open; marked faulted");
+                tracing::warn!(device = %member.path(), index = i, "member missing at open; marked faulted");
             }
         }
         inner.members.write_superblocks()?;
@@ -420,7 +469,7 @@ fn recover_map(
             continue;
         };
         let Some(loaded) = load_device_map(geometry, pool, device.as_ref()) else {
-            tracing::warn!(device = %member.path, "no usable stripe map on this device");
+            tracing::warn!(device = %member.path(), "no usable stripe map on this device");
             continue;
         };
         next_checkpoint[i] = 1 - loaded.newest_area;

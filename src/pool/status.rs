@@ -40,6 +40,8 @@ pub struct DeviceStatus {
     pub checksum_errors: u64,
     /// Chunks healed on this device.
     pub repaired_chunks: u64,
+    /// For a device being rebuilt: the device it replaces.
+    pub replacing: Option<String>,
 }
 
 /// A snapshot of the pool.
@@ -67,6 +69,8 @@ pub struct PoolStatus {
     pub devices: Vec<DeviceStatus>,
     /// Spares.
     pub spares: Vec<DeviceStatus>,
+    /// Rebuilds in progress.
+    pub rebuilds: Vec<super::RebuildProgress>,
 }
 
 impl PoolStatus {
@@ -84,41 +88,69 @@ impl PoolStatus {
 
 impl PoolInner {
     pub(crate) fn status(&self) -> PoolStatus {
-        let describe = |member: &super::MemberDevice, spare: bool| {
-            let reason = member.fault_reason();
-            DeviceStatus {
-                index: match member.role {
-                    crate::format::Role::Data { index } => Some(index),
-                    crate::format::Role::Spare => None,
-                },
-                path: member.path.clone(),
-                uuid: member.uuid.to_string(),
-                state: match (&reason, spare) {
-                    (Some(_), _) => "FAULTED",
-                    (None, true) => "AVAIL",
-                    (None, false) => "ONLINE",
-                }
-                .to_string(),
-                reason,
-                read_errors: member.errors.read.load(Ordering::Relaxed),
-                write_errors: member.errors.write.load(Ordering::Relaxed),
-                checksum_errors: member.errors.checksum.load(Ordering::Relaxed),
-                repaired_chunks: member.errors.repaired.load(Ordering::Relaxed),
-            }
+        let counters = |errors: Option<&super::ErrorCounters>| {
+            let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+            errors.map_or((0, 0, 0, 0), |e| {
+                (load(&e.read), load(&e.write), load(&e.checksum), load(&e.repaired))
+            })
         };
-        let devices: Vec<DeviceStatus> = self
-            .members
-            .data
-            .iter()
-            .map(|m| describe(m, false))
-            .collect();
+        let mut devices = Vec::new();
+        for member in &self.members.data {
+            let identity = member.identity();
+            let reason = member.fault_reason();
+            let (read_errors, write_errors, checksum_errors, repaired_chunks) =
+                counters(Some(&member.errors));
+            devices.push(DeviceStatus {
+                index: Some(member.index.0),
+                path: identity.path,
+                uuid: identity.uuid.to_string(),
+                state: if reason.is_some() { "FAULTED" } else { "ONLINE" }.to_string(),
+                reason,
+                read_errors,
+                write_errors,
+                checksum_errors,
+                repaired_chunks,
+                replacing: None,
+            });
+            if let Some(replacement) = member.replacement() {
+                devices.push(DeviceStatus {
+                    index: Some(member.index.0),
+                    path: replacement.identity.path.clone(),
+                    uuid: replacement.identity.uuid.to_string(),
+                    state: "REBUILDING".to_string(),
+                    reason: None,
+                    read_errors: 0,
+                    write_errors: 0,
+                    checksum_errors: 0,
+                    repaired_chunks: 0,
+                    replacing: Some(member.path()),
+                });
+            }
+        }
         let health = if self.check_available().is_err() {
             PoolHealth::Unavailable
-        } else if devices.iter().any(|d| d.reason.is_some()) {
+        } else if self.members.data.iter().any(|m| !m.is_online()) {
             PoolHealth::Degraded
         } else {
             PoolHealth::Online
         };
+        let spares = self
+            .members
+            .spares()
+            .into_iter()
+            .map(|spare| DeviceStatus {
+                index: None,
+                path: spare.identity.path,
+                uuid: spare.identity.uuid.to_string(),
+                state: if spare.fault.is_some() { "FAULTED" } else { "AVAIL" }.to_string(),
+                reason: spare.fault,
+                read_errors: 0,
+                write_errors: 0,
+                checksum_errors: 0,
+                repaired_chunks: 0,
+                replacing: None,
+            })
+            .collect();
         let written = self.map.lock().map.written_stripes().count() as u64;
         PoolStatus {
             pool: self.uuid.to_string(),
@@ -131,12 +163,8 @@ impl PoolInner {
             commit_sequence: self.meta.lock().sequence,
             superblock_generation: self.members.generation(),
             devices,
-            spares: self
-                .members
-                .spares
-                .iter()
-                .map(|m| describe(m, true))
-                .collect(),
+            spares,
+            rebuilds: self.rebuild_progress(),
         }
     }
 }
@@ -177,6 +205,26 @@ impl fmt::Display for PoolStatus {
             self.commit_sequence,
             self.superblock_generation
         )?;
+        for rebuild in &self.rebuilds {
+            #[allow(clippy::cast_precision_loss)]
+            let percent = if rebuild.total_bytes == 0 {
+                100.0
+            } else {
+                rebuild.done_bytes as f64 * 100.0 / rebuild.total_bytes as f64
+            };
+            writeln!(
+                f,
+                "  scan: rebuild of {} onto {} in progress: {} of {} ({percent:.1}%), {}/s, {} to go",
+                rebuild.replacing,
+                rebuild.device,
+                human_bytes(rebuild.done_bytes),
+                human_bytes(rebuild.total_bytes),
+                human_bytes(rebuild.rate_bytes_per_s),
+                rebuild
+                    .eta_secs
+                    .map_or_else(|| "unknown time".to_string(), |s| format!("{s}s"))
+            )?;
+        }
         writeln!(f, "config:\n")?;
         writeln!(
             f,
@@ -185,10 +233,15 @@ impl fmt::Display for PoolStatus {
         )?;
         writeln!(f, "\t{:<40} {:<8}", self.layout, self.health.to_string())?;
         let line = |f: &mut fmt::Formatter<'_>, d: &DeviceStatus| {
+            let name = if d.replacing.is_some() {
+                format!("  {}", d.path)
+            } else {
+                d.path.clone()
+            };
             writeln!(
                 f,
-                "\t  {:<38} {:<8} {:>5} {:>5} {:>5} {:>8}{}",
-                d.path,
+                "\t  {:<38} {:<10} {:>5} {:>5} {:>5} {:>8}{}",
+                name,
                 d.state,
                 d.read_errors,
                 d.write_errors,

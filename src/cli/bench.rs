@@ -1,0 +1,176 @@
+//! `stripestore bench-rebuild`: rebuild throughput as a ratio of the spare device's raw write
+//! throughput, both measured in the same run on the same filesystem.
+//!
+//! Each run: create a pool on files, fill the whole volume, lose one device; write the same
+//! number of bytes the rebuild will write to a fresh file sequentially and fdatasync it (the raw
+//! baseline); then rebuild onto the spare, timed to the final flush. Caches are dropped before
+//! each timed part when running as root, so both read from and write to the disk alike.
+
+use super::CliResult;
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use stripestore::types::human_bytes;
+use stripestore::{CreateOptions, Layout, OpenOptions, Pool};
+
+#[derive(Debug, Serialize)]
+struct Run {
+    rebuilt_bytes: u64,
+    read_bytes: u64,
+    raw_bytes_per_s: f64,
+    rebuild_bytes_per_s: f64,
+    ratio: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    layout: String,
+    device_bytes: u64,
+    runs: Vec<Run>,
+    median_ratio: f64,
+    min_ratio: f64,
+    max_ratio: f64,
+}
+
+fn drop_caches() {
+    // Root only; harmless to fail (then both parts see a warm cache alike).
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", b"3\n");
+}
+
+fn raw_write(path: &Path, bytes: u64) -> Result<f64, Box<dyn std::error::Error>> {
+    let file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
+    let mut buf = vec![0u8; 4 << 20];
+    ChaCha8Rng::seed_from_u64(1).fill_bytes(&mut buf);
+    drop_caches();
+    let started = Instant::now();
+    let mut offset = 0;
+    while offset < bytes {
+        let n = usize::try_from((bytes - offset).min(buf.len() as u64))?;
+        file.write_all_at(&buf[..n], offset)?;
+        offset += n as u64;
+    }
+    file.sync_data()?;
+    #[allow(clippy::cast_precision_loss)]
+    Ok(bytes as f64 / started.elapsed().as_secs_f64())
+}
+
+fn one_run(layout: Layout, device_bytes: u64, dir: &Path) -> Result<Run, Box<dyn std::error::Error>> {
+    let count = super::demo::device_count(layout);
+    let paths: Vec<PathBuf> = (0..count).map(|i| dir.join(format!("bench{i}.img"))).collect();
+    let spare = dir.join("bench-spare.img");
+    for path in paths.iter().chain([&spare]) {
+        let _ = std::fs::remove_file(path);
+    }
+    let mut options = CreateOptions::new(layout);
+    options.device_bytes = Some(device_bytes);
+    options.open.background_rebuild = false;
+    let pool = Pool::create_paths(&paths, std::slice::from_ref(&spare), &options)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let mut buf = vec![0u8; 8 << 20];
+    let mut offset = 0;
+    while offset < pool.size() {
+        let n = usize::try_from((pool.size() - offset).min(buf.len() as u64))?;
+        rng.fill_bytes(&mut buf[..n]);
+        pool.write_at(offset, &buf[..n])?;
+        offset += n as u64;
+    }
+    pool.close()?;
+    std::fs::remove_file(&paths[1])?;
+    let open = OpenOptions {
+        background_rebuild: false,
+        auto_replace: true,
+        ..OpenOptions::default()
+    };
+    let pool = Pool::open_paths(&paths[..1], &open)?;
+    // Attach the spare (no stripes yet), so the total is known before timing.
+    pool.rebuild_step(false).ok();
+    let total = pool.rebuild_progress().first().map_or(0, |p| p.total_bytes + p.done_bytes);
+    drop(pool);
+    let raw = raw_write(&dir.join("bench-raw.img"), total)?;
+    std::fs::remove_file(dir.join("bench-raw.img"))?;
+    let pool = Pool::open_paths(&paths[..1], &open)?;
+    drop_caches();
+    let started = Instant::now();
+    let mut last = None;
+    pool.run_rebuilds(|progress| {
+        if let Some(p) = progress.first() {
+            last = Some((p.done_bytes, p.read_bytes));
+        }
+    })?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let (rebuilt, read) = last.unwrap_or((total, 0));
+    pool.close()?;
+    for path in paths.iter().chain([&spare]) {
+        let _ = std::fs::remove_file(path);
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let rate = rebuilt.max(total) as f64 / elapsed;
+    Ok(Run {
+        rebuilt_bytes: rebuilt.max(total),
+        read_bytes: read,
+        raw_bytes_per_s: raw,
+        rebuild_bytes_per_s: rate,
+        ratio: rate / raw,
+    })
+}
+
+pub fn run(layout: &str, device_bytes: u64, runs: usize, dir: Option<&Path>, json: bool) -> CliResult {
+    let layout: Layout = layout.parse()?;
+    let temp;
+    let dir: PathBuf = if let Some(dir) = dir {
+        std::fs::create_dir_all(dir)?;
+        dir.to_path_buf()
+    } else {
+        temp = tempfile::Builder::new().prefix("stripestore-bench").tempdir_in("/var/tmp")?;
+        temp.path().to_path_buf()
+    };
+    let mut results = Vec::new();
+    for run in 0..runs.max(1) {
+        let result = one_run(layout, device_bytes, &dir)?;
+        if !json {
+            println!(
+                "run {}: rebuilt {} at {}/s; raw write of the same bytes {}/s; ratio {:.2}",
+                run + 1,
+                human_bytes(result.rebuilt_bytes),
+                human_bytes(result.rebuild_bytes_per_s as u64),
+                human_bytes(result.raw_bytes_per_s as u64),
+                result.ratio
+            );
+            std::io::stdout().flush()?;
+        }
+        results.push(result);
+    }
+    let mut ratios: Vec<f64> = results.iter().map(|r| r.ratio).collect();
+    ratios.sort_by(f64::total_cmp);
+    let median = if ratios.len() % 2 == 1 {
+        ratios[ratios.len() / 2]
+    } else {
+        (ratios[ratios.len() / 2 - 1] + ratios[ratios.len() / 2]) / 2.0
+    };
+    let report = Report {
+        layout: layout.to_string(),
+        device_bytes,
+        median_ratio: median,
+        min_ratio: ratios[0],
+        max_ratio: ratios[ratios.len() - 1],
+        runs: results,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "rebuild / raw write throughput: median {:.2} (min {:.2}, max {:.2}) over {} runs, {} on {} devices",
+            report.median_ratio,
+            report.min_ratio,
+            report.max_ratio,
+            report.runs.len(),
+            report.layout,
+            human_bytes(device_bytes)
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,194 @@
+//! Administration: replacing, offlining and onlining members, adding spares, and driving
+//! rebuilds from the caller's thread. Every change is recorded in the superblocks.
+
+use super::{Identity, Pool, PoolInner, RebuildProgress, Spare, StepOutcome};
+use crate::device::SharedDevice;
+use crate::error::{Error, Result};
+use crate::format::PoolUuid;
+use crate::rebuild::Pacer;
+use crate::types::DeviceIndex;
+
+impl PoolInner {
+    fn member_index(&self, name: &str) -> Result<DeviceIndex> {
+        self.members.find(name).ok_or_else(|| {
+            Error::InvalidConfig(format!(
+                "no data member {name:?} in this pool (give its last known path, its index or its UUID)"
+            ))
+        })
+    }
+
+    /// Refuse a device that carries a stripestore superblock, unless forced.
+    fn check_unlabelled(device: &SharedDevice, force: bool) -> Result<()> {
+        if force {
+            return Ok(());
+        }
+        match super::open::read_superblock(device.as_ref()) {
+            Ok(sb) => Err(Error::DeviceInUse {
+                device: device.name(),
+                pool: sb.pool_uuid.to_string(),
+            }),
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+impl Pool {
+    /// Replace data member `old` (last known path, index or UUID) with a new `device`. Works for
+    /// a healthy member too: the new device is filled while the old one keeps serving, then
+    /// swapped in, so redundancy is kept throughout. The copy runs in the background thread, or
+    /// through [`Pool::run_rebuilds`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for an unknown member or one already being replaced;
+    /// [`Error::DeviceInUse`] if `device` holds a stripestore superblock and `force` is false;
+    /// [`Error::DeviceTooSmall`].
+    pub fn replace(&self, old: &str, device: SharedDevice, force: bool) -> Result<()> {
+        let index = self.inner.member_index(old)?;
+        PoolInner::check_unlabelled(&device, force)?;
+        let identity = Identity {
+            uuid: PoolUuid::random(),
+            path: device.name(),
+        };
+        self.inner.attach_replacement(index, identity, device, 0, false)
+    }
+
+    /// Replace data member `old` with the pool's spare named `spare` (path or UUID).
+    ///
+    /// # Errors
+    /// As [`Pool::replace`], and [`Error::InvalidConfig`] if there is no such usable spare.
+    pub fn replace_with_spare(&self, old: &str, spare: &str) -> Result<()> {
+        let index = self.inner.member_index(old)?;
+        let (identity, device) = self
+            .inner
+            .members
+            .take_spare_by(|id| id.path == spare || id.uuid.to_string() == spare)
+            .ok_or_else(|| Error::InvalidConfig(format!("no usable spare {spare:?} in this pool")))?;
+        let result = self
+            .inner
+            .attach_replacement(index, identity.clone(), device.clone(), 0, true);
+        if result.is_err() {
+            self.inner.members.push_spare(Spare {
+                identity,
+                device: Some(device),
+                fault: None,
+            });
+        }
+        result
+    }
+
+    /// Take data member `name` out of service on purpose (recorded on disk). Refused if the pool
+    /// would then lose data availability.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for an unknown member; [`Error::PoolUnavailable`] if taking it
+    /// out would leave too few devices.
+    pub fn offline(&self, name: &str) -> Result<()> {
+        let index = self.inner.member_index(name)?;
+        if !self.inner.available_without(Some(index)) {
+            return Err(Error::PoolUnavailable {
+                layout: self.inner.geometry.layout.to_string(),
+                tolerated: self.inner.geometry.tolerance(),
+                lost_devices: {
+                    let mut lost = self.inner.members.lost();
+                    lost.push(self.inner.members.get(index).path());
+                    lost
+                },
+            });
+        }
+        self.inner.members.fault(index, "offline by administrator");
+        Ok(())
+    }
+
+    /// Bring faulted member `name` back with `device` (normally the same disk): its content is
+    /// outdated, so it is relabelled and rebuilt like a new device, then swapped in.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] if the member is not faulted or already being replaced.
+    pub fn online(&self, name: &str, device: SharedDevice) -> Result<()> {
+        let index = self.inner.member_index(name)?;
+        let member = self.inner.members.get(index);
+        if member.is_online() {
+            return Err(Error::InvalidConfig(format!("{name} is already online")));
+        }
+        let identity = Identity {
+            uuid: PoolUuid::random(),
+            path: device.name(),
+        };
+        self.inner.attach_replacement(index, identity, device, 0, false)
+    }
+
+    /// Add a spare device to the pool.
+    ///
+    /// # Errors
+    /// [`Error::DeviceInUse`] if it holds a stripestore superblock and `force` is false;
+    /// [`Error::DeviceTooSmall`].
+    pub fn add_spare(&self, device: SharedDevice, force: bool) -> Result<()> {
+        PoolInner::check_unlabelled(&device, force)?;
+        if device.size() < self.inner.geometry.device_bytes {
+            return Err(Error::DeviceTooSmall {
+                device: device.name(),
+                size: device.size(),
+                needed: self.inner.geometry.device_bytes,
+            });
+        }
+        self.inner.members.push_spare(Spare {
+            identity: Identity {
+                uuid: PoolUuid::random(),
+                path: device.name(),
+            },
+            device: Some(device),
+            fault: None,
+        });
+        self.inner.members.write_superblocks()?;
+        Ok(())
+    }
+
+    /// Attach an available spare to every faulted position that has none yet (what
+    /// auto-replace does on its own).
+    pub fn attach_spares(&self) {
+        self.inner.assign_spares();
+    }
+
+    /// Progress of every rebuild in progress.
+    #[must_use]
+    pub fn rebuild_progress(&self) -> Vec<RebuildProgress> {
+        self.inner.rebuild_progress()
+    }
+
+    /// Set the rebuild rate limit in bytes per second (`None`: unlimited).
+    pub fn set_rebuild_rate(&self, bytes_per_s: Option<u64>) {
+        self.inner.rebuild.set_rate(bytes_per_s);
+    }
+
+    /// One deterministic rebuild step from the caller's thread: attach spares to faulted
+    /// positions (if auto-replace is on), then rebuild the next batch of stripes of every running
+    /// rebuild. `checkpoint` persists the watermarks afterwards.
+    ///
+    /// # Errors
+    /// [`Error::Unrecoverable`] if a stripe cannot be reconstructed; [`Error::Io`] if the new
+    /// device fails (the rebuild is then abandoned).
+    pub fn rebuild_step(&self, checkpoint: bool) -> Result<StepOutcome> {
+        if self.inner.rebuild.auto_replace() {
+            self.inner.assign_spares();
+        }
+        self.inner.rebuild_step(checkpoint)
+    }
+
+    /// Run every pending rebuild to completion on the caller's thread, honouring the rate limit
+    /// and checkpointing about once a second; `on_progress` is called after every step.
+    ///
+    /// # Errors
+    /// As [`Pool::rebuild_step`].
+    pub fn run_rebuilds(&self, mut on_progress: impl FnMut(&[RebuildProgress])) -> Result<()> {
+        let mut pacer = Pacer::default();
+        loop {
+            let checkpoint = pacer.checkpoint_due();
+            let outcome = self.rebuild_step(checkpoint)?;
+            on_progress(&self.inner.rebuild_progress());
+            if outcome.running == 0 {
+                return Ok(());
+            }
+            std::thread::sleep(pacer.after_step(&self.inner.rebuild, outcome.written_bytes));
+        }
+    }
+}
