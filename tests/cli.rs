@@ -234,5 +234,6 @@ fn demo_runs_the_whole_story() {
     );
     assert!(stdout.contains("read back byte-exact"), "{stdout}");
     assert!(stdout.contains("second scrub: 0 bad shards"), "{stdout}");
-    assert!(stdout.contains("DEGRADED"), "{stdout}");
+    assert!(stdout.contains("pool is ONLINE again"), "{stdout}");
+    assert!(stdout.contains("lose device 0 too"), "{stdout}");
 }

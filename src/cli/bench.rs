@@ -42,7 +42,11 @@ fn drop_caches() {
 }
 
 fn raw_write(path: &Path, bytes: u64) -> Result<f64, Box<dyn std::error::Error>> {
-    let file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
     let mut buf = vec![0u8; 4 << 20];
     ChaCha8Rng::seed_from_u64(1).fill_bytes(&mut buf);
     drop_caches();
@@ -58,9 +62,15 @@ fn raw_write(path: &Path, bytes: u64) -> Result<f64, Box<dyn std::error::Error>>
     Ok(bytes as f64 / started.elapsed().as_secs_f64())
 }
 
-fn one_run(layout: Layout, device_bytes: u64, dir: &Path) -> Result<Run, Box<dyn std::error::Error>> {
+fn one_run(
+    layout: Layout,
+    device_bytes: u64,
+    dir: &Path,
+) -> Result<Run, Box<dyn std::error::Error>> {
     let count = super::demo::device_count(layout);
-    let paths: Vec<PathBuf> = (0..count).map(|i| dir.join(format!("bench{i}.img"))).collect();
+    let paths: Vec<PathBuf> = (0..count)
+        .map(|i| dir.join(format!("bench{i}.img")))
+        .collect();
     let spare = dir.join("bench-spare.img");
     for path in paths.iter().chain([&spare]) {
         let _ = std::fs::remove_file(path);
@@ -88,7 +98,10 @@ fn one_run(layout: Layout, device_bytes: u64, dir: &Path) -> Result<Run, Box<dyn
     let pool = Pool::open_paths(&paths[..1], &open)?;
     // Attach the spare (no stripes yet), so the total is known before timing.
     pool.rebuild_step(false).ok();
-    let total = pool.rebuild_progress().first().map_or(0, |p| p.total_bytes + p.done_bytes);
+    let total = pool
+        .rebuild_progress()
+        .first()
+        .map_or(0, |p| p.total_bytes + p.done_bytes);
     drop(pool);
     let raw = raw_write(&dir.join("bench-raw.img"), total)?;
     std::fs::remove_file(dir.join("bench-raw.img"))?;
@@ -118,14 +131,22 @@ fn one_run(layout: Layout, device_bytes: u64, dir: &Path) -> Result<Run, Box<dyn
     })
 }
 
-pub fn run(layout: &str, device_bytes: u64, runs: usize, dir: Option<&Path>, json: bool) -> CliResult {
+pub fn run(
+    layout: &str,
+    device_bytes: u64,
+    runs: usize,
+    dir: Option<&Path>,
+    json: bool,
+) -> CliResult {
     let layout: Layout = layout.parse()?;
     let temp;
     let dir: PathBuf = if let Some(dir) = dir {
         std::fs::create_dir_all(dir)?;
         dir.to_path_buf()
     } else {
-        temp = tempfile::Builder::new().prefix("stripestore-bench").tempdir_in("/var/tmp")?;
+        temp = tempfile::Builder::new()
+            .prefix("stripestore-bench")
+            .tempdir_in("/var/tmp")?;
         temp.path().to_path_buf()
     };
     let mut results = Vec::new();

@@ -135,6 +135,12 @@ pub fn run(layout: &str, device_bytes: u64, dir: Option<&Path>) -> CliResult {
         .map(|i| dir.join(format!("dev{i}.img")))
         .collect();
     let spare = dir.join("spare0.img");
+    // The demo drives every step itself, so it can narrate them.
+    let manual = OpenOptions {
+        background_rebuild: false,
+        auto_replace: false,
+        ..OpenOptions::default()
+    };
 
     println!(
         "== 1. create a {layout} pool on {count} files of {} plus one spare, in {}",
@@ -144,7 +150,8 @@ pub fn run(layout: &str, device_bytes: u64, dir: Option<&Path>) -> CliResult {
     let mut options = CreateOptions::new(layout);
     options.device_bytes = Some(device_bytes);
     options.force = true;
-    let pool = Pool::create_paths(&paths, &[spare], &options)?;
+    options.open = manual.clone();
+    let pool = Pool::create_paths(&paths, std::slice::from_ref(&spare), &options)?;
     let tolerance = pool.geometry().tolerance();
     println!(
         "   volume {} (chunk {}, {} data chunks per stripe, survives {tolerance} lost device(s))",
@@ -155,75 +162,80 @@ pub fn run(layout: &str, device_bytes: u64, dir: Option<&Path>) -> CliResult {
 
     println!("== 2. write the whole volume");
     write_all(&pool)?;
-    pool.close()?;
 
     let victim = 1;
-    let destroy = |paths: &[PathBuf]| -> CliResult {
-        println!(
-            "== destroy device {victim} ({}): the file is deleted",
-            paths[victim].display()
-        );
-        std::fs::remove_file(&paths[victim])?;
-        Ok(())
-    };
-    // With only one device of redundancy, healing needs it intact: rot first, destroy after.
+    // With one device of redundancy, healing needs it intact: rot first, destroy after.
     let destroy_first = tolerance >= 2;
-    if destroy_first {
-        destroy(&paths)?;
-    }
-    let pool = Pool::open_paths(&paths[..1], &OpenOptions::default())?;
-    if destroy_first {
-        println!(
-            "   reopened from {} alone; the rest were found by their recorded paths",
-            paths[0].display()
-        );
-        println!("== read everything back with a device missing");
-        verify_all(&pool, "degraded read")?;
+    let mut pool = pool;
+    let mut step = 3;
+    let mut rotted = 0;
+    for phase in 0..2 {
+        if (phase == 0) == destroy_first {
+            println!(
+                "== {step}. destroy device {victim} ({}): the file is deleted",
+                paths[victim].display()
+            );
+            pool.close()?;
+            std::fs::remove_file(&paths[victim])?;
+            pool = Pool::open_paths(&paths[..1], &manual)?;
+            println!(
+                "   reopened from {} alone; the others were found by their recorded paths",
+                paths[0].display()
+            );
+            verify_all(&pool, "degraded read")?;
+        } else {
+            // Stay well below the error threshold per device, so no device is faulted for it.
+            let to_rot = (20 * (count - 1)).min(100);
+            println!("== {step}. corrupt blocks: flip one bit in {to_rot} data chunks across the other devices, behind the pool's back");
+            rotted = rot_chunks(&pool, &paths, victim, to_rot)?;
+            verify_all(&pool, "read with bit rot")?;
+            let status = pool.status();
+            println!(
+                "   checksum errors detected: {}, chunks healed in place: {}",
+                status.total_checksum_errors(),
+                status.total_repaired()
+            );
+            let scrub = pool.scrub();
+            println!(
+                "   scrub: every shard of {} stripes verified; {} more bad shards found in copies or parity that no read touched, repaired",
+                scrub.stripes_checked, scrub.bad_shards
+            );
+            let again = pool.scrub();
+            println!(
+                "   second scrub: {} bad shards (the damage is healed on disk)",
+                again.bad_shards
+            );
+            if again.bad_shards != 0 || !again.unrecoverable_stripes.is_empty() {
+                return Err("the second scrub still found damage: this is a bug".into());
+            }
+        }
+        step += 1;
     }
 
-    // Stay well below the error threshold per device, so no device is faulted for it.
-    let to_rot = (20 * (count - 1)).min(100);
-    println!("== corrupt blocks: flip one bit in {to_rot} data chunks across the other devices, behind the pool's back");
-    let rotted = rot_chunks(&pool, &paths, victim, to_rot)?;
-    println!("   {rotted} chunks corrupted");
-    verify_all(&pool, "read with bit rot")?;
+    println!("== {step}. rebuild onto the spare (only stripes that hold data are copied)");
+    pool.attach_spares();
+    super::run_rebuilds_with_progress(&pool)?;
     let status = pool.status();
     println!(
-        "   checksum errors detected: {}, chunks healed in place: {}",
-        status.total_checksum_errors(),
-        status.total_repaired()
+        "   pool is {} again; {} now holds position {victim}",
+        status.health, status.devices[victim].path
     );
-    let scrub = pool.scrub();
-    println!(
-        "   scrub: every shard of {} stripes verified; {} more bad shards found in copies or parity that no read touched, repaired",
-        scrub.stripes_checked, scrub.bad_shards
-    );
-    let again = pool.scrub();
-    println!(
-        "   second scrub: {} bad shards (the damage is healed on disk)",
-        again.bad_shards
-    );
-    if again.bad_shards != 0 || !again.unrecoverable_stripes.is_empty() {
-        return Err("the second scrub still found damage: this is a bug".into());
-    }
-    let pool = if destroy_first {
-        pool
-    } else {
-        pool.close()?;
-        destroy(&paths)?;
-        let pool = Pool::open_paths(&paths[..1], &OpenOptions::default())?;
-        println!("== read everything back with a device missing");
-        verify_all(&pool, "degraded read")?;
-        pool
-    };
+    pool.close()?;
+    step += 1;
+
+    let second = if victim == 0 { 2 } else { 0 };
+    println!("== {step}. lose device {second} too: the rebuilt spare must now serve its share");
+    std::fs::rename(&paths[second], dir.join("set-aside.img"))?;
+    let pool = Pool::open_paths(std::slice::from_ref(&spare), &manual)?;
+    println!("   reopened from the rebuilt spare alone");
+    verify_all(&pool, "read with spare")?;
 
     println!("== summary\n");
     print!("{}", pool.status());
     println!(
-        "\n   {rotted} corrupted chunks healed, device {victim} lost, {} verified byte-exact after both.",
+        "\n   {rotted} corrupted chunks healed, device {victim} lost and rebuilt onto the spare, device {second} lost; {} verified byte-exact at every step.",
         human_bytes(pool.size())
     );
-    println!("   (rebuild onto the spare is not part of this build yet; the pool stays degraded.)");
     pool.close()?;
     Ok(())
 }

@@ -8,9 +8,9 @@ mod progress;
 use clap::{Parser, Subcommand};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::Arc;
 use stripestore::device::FileDevice;
-use std::process::ExitCode;
 use stripestore::types::{human_bytes, parse_size};
 use stripestore::{CreateOptions, Layout, OpenOptions, Pool};
 
@@ -344,10 +344,20 @@ fn execute(command: Command) -> CliResult {
             }
             Ok(())
         }
-        Command::Replace { pool, old, new, force, rebuild_rate } => {
+        Command::Replace {
+            pool,
+            old,
+            new,
+            force,
+            rebuild_rate,
+        } => {
             let pool = open_pool(&pool)?;
             pool.set_rebuild_rate(rebuild_rate);
-            let is_spare = pool.status().spares.iter().any(|s| Path::new(&s.path) == new);
+            let is_spare = pool
+                .status()
+                .spares
+                .iter()
+                .any(|s| Path::new(&s.path) == new);
             if is_spare {
                 pool.replace_with_spare(&old, &new.display().to_string())?;
             } else {
@@ -366,7 +376,12 @@ fn execute(command: Command) -> CliResult {
             pool.close()?;
             Ok(())
         }
-        Command::Online { pool, device, path, rebuild_rate } => {
+        Command::Online {
+            pool,
+            device,
+            path,
+            rebuild_rate,
+        } => {
             let pool = open_pool(&pool)?;
             pool.set_rebuild_rate(rebuild_rate);
             let path = match path {
@@ -392,7 +407,14 @@ fn execute(command: Command) -> CliResult {
             pool.close()?;
             Ok(())
         }
-        Command::Spare { action: SpareAction::Add { pool, device, force } } => {
+        Command::Spare {
+            action:
+                SpareAction::Add {
+                    pool,
+                    device,
+                    force,
+                },
+        } => {
             let pool = open_pool(&pool)?;
             let handle = FileDevice::open_or_create(&device, Some(pool.geometry().device_bytes))?;
             pool.add_spare(Arc::new(handle), force)?;
@@ -414,10 +436,18 @@ fn execute(command: Command) -> CliResult {
             pool.close()?;
             Ok(())
         }
-        Command::BenchRebuild { layout, device_size, runs, dir, json } => {
-            bench::run(&layout, device_size, runs, dir.as_deref(), json)
-        }
-        Command::Demo { layout, device_size, dir } => demo::run(&layout, device_size, dir.as_deref()),
+        Command::BenchRebuild {
+            layout,
+            device_size,
+            runs,
+            dir,
+            json,
+        } => bench::run(&layout, device_size, runs, dir.as_deref(), json),
+        Command::Demo {
+            layout,
+            device_size,
+            dir,
+        } => demo::run(&layout, device_size, dir.as_deref()),
     }
 }
 

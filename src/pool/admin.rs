@@ -49,7 +49,8 @@ impl Pool {
             uuid: PoolUuid::random(),
             path: device.name(),
         };
-        self.inner.attach_replacement(index, identity, device, 0, false)
+        self.inner
+            .attach_replacement(index, identity, device, 0, false)
     }
 
     /// Replace data member `old` with the pool's spare named `spare` (path or UUID).
@@ -62,10 +63,12 @@ impl Pool {
             .inner
             .members
             .take_spare_by(|id| id.path == spare || id.uuid.to_string() == spare)
-            .ok_or_else(|| Error::InvalidConfig(format!("no usable spare {spare:?} in this pool")))?;
-        let result = self
-            .inner
-            .attach_replacement(index, identity.clone(), device.clone(), 0, true);
+            .ok_or_else(|| {
+                Error::InvalidConfig(format!("no usable spare {spare:?} in this pool"))
+            })?;
+        let result =
+            self.inner
+                .attach_replacement(index, identity.clone(), device.clone(), 0, true);
         if result.is_err() {
             self.inner.members.push_spare(Spare {
                 identity,
@@ -114,7 +117,8 @@ impl Pool {
             uuid: PoolUuid::random(),
             path: device.name(),
         };
-        self.inner.attach_replacement(index, identity, device, 0, false)
+        self.inner
+            .attach_replacement(index, identity, device, 0, false)
     }
 
     /// Add a spare device to the pool.

@@ -267,7 +267,8 @@ impl PoolInner {
             crate::geometry::Layout::ReedSolomon { parity, .. } => {
                 online.iter().filter(|o| !**o).count() <= parity
             }
-            crate::geometry::Layout::Mirror { copies } | crate::geometry::Layout::Raid10 { copies } => {
+            crate::geometry::Layout::Mirror { copies }
+            | crate::geometry::Layout::Raid10 { copies } => {
                 online.chunks(copies).all(|group| group.iter().any(|o| *o))
             }
         }

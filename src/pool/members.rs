@@ -172,7 +172,9 @@ impl MemberDevice {
         let identity = self.identity();
         let mut records = vec![Member {
             uuid: identity.uuid,
-            role: Role::Data { index: self.index.0 },
+            role: Role::Data {
+                index: self.index.0,
+            },
             state: match self.fault_reason() {
                 Some(reason) => MemberState::Faulted { reason },
                 None => MemberState::Online,
@@ -182,7 +184,9 @@ impl MemberDevice {
         if let Some(replacement) = self.replacement() {
             records.push(Member {
                 uuid: replacement.identity.uuid,
-                role: Role::Data { index: self.index.0 },
+                role: Role::Data {
+                    index: self.index.0,
+                },
                 state: MemberState::Rebuilding {
                     next_stripe: replacement.next_stripe.load(Ordering::Acquire),
                     since_generation: replacement.since_generation,
@@ -264,9 +268,14 @@ impl Members {
     }
 
     /// Take the spare with this identity out of the spare list, if it is there and usable.
-    pub(crate) fn take_spare_by(&self, matches: impl Fn(&Identity) -> bool) -> Option<(Identity, SharedDevice)> {
+    pub(crate) fn take_spare_by(
+        &self,
+        matches: impl Fn(&Identity) -> bool,
+    ) -> Option<(Identity, SharedDevice)> {
         let mut spares = self.spares.lock();
-        let position = spares.iter().position(|s| matches(&s.identity) && s.fault.is_none())?;
+        let position = spares
+            .iter()
+            .position(|s| matches(&s.identity) && s.fault.is_none())?;
         let spare = spares.remove(position);
         Some((spare.identity, spare.device?))
     }

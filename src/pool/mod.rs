@@ -8,10 +8,10 @@
 //! Lock order: meta mutex → map mutex; stripe lock → map mutex. Device I/O is never done under
 //! the map mutex.
 
+mod admin;
 mod commit;
 mod io;
 mod members;
-mod admin;
 mod open;
 mod rebuild;
 mod scrub;

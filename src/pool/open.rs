@@ -313,7 +313,11 @@ pub(super) fn open(
                     (_, None) => Some("missing: device not found at open".into()),
                     _ => None,
                 };
-                spares.push(Spare { identity, device, fault });
+                spares.push(Spare {
+                    identity,
+                    device,
+                    fault,
+                });
             }
         }
     }
@@ -325,7 +329,12 @@ pub(super) fn open(
     }
     let members = Members::new(data, spares, newest.clone(), options.error_threshold);
     for (index, state, identity, device) in replacements {
-        let MemberState::Rebuilding { next_stripe, since_generation, start_generation } = state else {
+        let MemberState::Rebuilding {
+            next_stripe,
+            since_generation,
+            start_generation,
+        } = state
+        else {
             continue;
         };
         match device {
@@ -333,7 +342,14 @@ pub(super) fn open(
                 tracing::info!(device = %identity.path, index, next_stripe, "resuming rebuild from its checkpoint");
                 members.attach_replacement(
                     crate::types::DeviceIndex(index),
-                    std::sync::Arc::new(Replacement::new(identity, device, next_stripe, since_generation, start_generation, false)),
+                    std::sync::Arc::new(Replacement::new(
+                        identity,
+                        device,
+                        next_stripe,
+                        since_generation,
+                        start_generation,
+                        false,
+                    )),
                 );
                 newly_missing = true; // rewrite superblocks so every member agrees
             }
@@ -348,6 +364,11 @@ pub(super) fn open(
     // Refuse before writing anything: a pool missing more than it tolerates stays untouched,
     // so putting the missing device back later is all it takes.
     inner.check_available()?;
+    for member in &inner.members.data {
+        if let Some(replacement) = member.replacement() {
+            inner.estimate_total(member.index, &replacement);
+        }
+    }
     if newly_missing {
         for (i, member) in inner.members.data.iter().enumerate() {
             if !member.is_online() {

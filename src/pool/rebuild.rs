@@ -72,7 +72,10 @@ impl PoolInner {
         from_spare: bool,
     ) -> Result<()> {
         if index.0 >= self.members.data.len() {
-            return Err(Error::InvalidConfig(format!("no data position {}", index.0)));
+            return Err(Error::InvalidConfig(format!(
+                "no data position {}",
+                index.0
+            )));
         }
         if device.size() < self.geometry.device_bytes {
             return Err(Error::DeviceTooSmall {
@@ -99,7 +102,8 @@ impl PoolInner {
                 state.next_generation + 1,
                 from_spare,
             );
-            self.members.attach_replacement(index, Arc::new(replacement));
+            self.members
+                .attach_replacement(index, Arc::new(replacement));
         }
         if let Some(replacement) = self.members.get(index).replacement() {
             self.estimate_total(index, &replacement);
@@ -142,7 +146,9 @@ impl PoolInner {
                 return;
             };
             let path = identity.path.clone();
-            if let Err(err) = self.attach_replacement(member.index, identity.clone(), device.clone(), 0, true) {
+            if let Err(err) =
+                self.attach_replacement(member.index, identity.clone(), device.clone(), 0, true)
+            {
                 tracing::error!(%err, spare = %path, "could not start a rebuild onto the spare");
                 self.members.push_spare(super::Spare {
                     identity,
@@ -160,7 +166,9 @@ impl PoolInner {
     pub(crate) fn rebuild_step(&self, checkpoint: bool) -> Result<StepOutcome> {
         let mut outcome = StepOutcome::default();
         for member in &self.members.data {
-            let Some(replacement) = member.replacement() else { continue };
+            let Some(replacement) = member.replacement() else {
+                continue;
+            };
             let from = replacement.next_stripe.load(Ordering::Acquire);
             let to = (from + STRIPES_PER_STEP).min(self.geometry.stripes);
             for stripe in from..to {
@@ -187,7 +195,12 @@ impl PoolInner {
         Ok(())
     }
 
-    fn rebuild_stripe(&self, index: DeviceIndex, replacement: &Replacement, stripe: u64) -> Result<u64> {
+    fn rebuild_stripe(
+        &self,
+        index: DeviceIndex,
+        replacement: &Replacement,
+        stripe: u64,
+    ) -> Result<u64> {
         let _guard = self.stripe_lock(stripe).lock();
         let entry = self.map.lock().map.get(stripe);
         let Some(slot) = entry.slot else { return Ok(0) };
@@ -222,7 +235,9 @@ impl PoolInner {
             }
             written += self.geometry.chunk_bytes;
         }
-        replacement.bytes_written.fetch_add(written, Ordering::Relaxed);
+        replacement
+            .bytes_written
+            .fetch_add(written, Ordering::Relaxed);
         Ok(written)
     }
 
@@ -255,8 +270,16 @@ impl PoolInner {
                 let done = replacement.bytes_written.load(Ordering::Relaxed);
                 let total = replacement.total_bytes.load(Ordering::Relaxed).max(done);
                 let secs = replacement.started.elapsed().as_secs_f64();
-                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
-                let rate = if secs > 0.0 { (done as f64 / secs) as u64 } else { 0 };
+                #[allow(
+                    clippy::cast_possible_truncation,
+                    clippy::cast_sign_loss,
+                    clippy::cast_precision_loss
+                )]
+                let rate = if secs > 0.0 {
+                    (done as f64 / secs) as u64
+                } else {
+                    0
+                };
                 Some(RebuildProgress {
                     index: member.index.0,
                     replacing: member.path(),

@@ -91,7 +91,12 @@ impl PoolInner {
         let counters = |errors: Option<&super::ErrorCounters>| {
             let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
             errors.map_or((0, 0, 0, 0), |e| {
-                (load(&e.read), load(&e.write), load(&e.checksum), load(&e.repaired))
+                (
+                    load(&e.read),
+                    load(&e.write),
+                    load(&e.checksum),
+                    load(&e.repaired),
+                )
             })
         };
         let mut devices = Vec::new();
@@ -104,7 +109,12 @@ impl PoolInner {
                 index: Some(member.index.0),
                 path: identity.path,
                 uuid: identity.uuid.to_string(),
-                state: if reason.is_some() { "FAULTED" } else { "ONLINE" }.to_string(),
+                state: if reason.is_some() {
+                    "FAULTED"
+                } else {
+                    "ONLINE"
+                }
+                .to_string(),
                 reason,
                 read_errors,
                 write_errors,
@@ -142,7 +152,12 @@ impl PoolInner {
                 index: None,
                 path: spare.identity.path,
                 uuid: spare.identity.uuid.to_string(),
-                state: if spare.fault.is_some() { "FAULTED" } else { "AVAIL" }.to_string(),
+                state: if spare.fault.is_some() {
+                    "FAULTED"
+                } else {
+                    "AVAIL"
+                }
+                .to_string(),
                 reason: spare.fault,
                 read_errors: 0,
                 write_errors: 0,

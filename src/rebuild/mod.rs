@@ -54,7 +54,8 @@ impl RebuildControl {
         }
     }
     pub(crate) fn set_rate(&self, rate: Option<u64>) {
-        self.rate_bytes_per_s.store(rate.unwrap_or(0), Ordering::Relaxed);
+        self.rate_bytes_per_s
+            .store(rate.unwrap_or(0), Ordering::Relaxed);
     }
     pub(crate) fn auto_replace(&self) -> bool {
         self.auto_replace.load(Ordering::Relaxed)

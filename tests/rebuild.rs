@@ -1,0 +1,397 @@
+//! Rebuild onto spares and replacements: in the background under a live workload, resumed after
+//! crashes, proportional to live data, surviving a second failure, and the device lifecycle
+//! (replace, offline, online, spare add). Every test ends by checking the bytes against the
+//! model, and the rebuilt device alone (other devices removed within tolerance) serving them.
+
+mod common;
+
+use common::*;
+use rand::Rng;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use stripestore::device::{MemDevice, PowerCut, SharedDevice};
+use stripestore::pool::PoolHealth;
+use stripestore::testing::{mem_devices, random_bytes, rng, seed, shared, Model, SeedGuard};
+use stripestore::{CreateOptions, OpenOptions, Pool};
+
+fn manual() -> OpenOptions {
+    OpenOptions {
+        background_rebuild: false,
+        ..OpenOptions::default()
+    }
+}
+
+fn create_with_spares(
+    layout: &str,
+    devices: usize,
+    spares: usize,
+    open: OpenOptions,
+) -> (Pool, Vec<Arc<MemDevice>>, Vec<Arc<MemDevice>>) {
+    let mems = mem_devices(devices, DEVICE_BYTES);
+    let spare_mems: Vec<Arc<MemDevice>> = (0..spares)
+        .map(|i| Arc::new(MemDevice::new(format!("spare{i}"), DEVICE_BYTES)))
+        .collect();
+    let mut opts: CreateOptions = options(layout);
+    opts.open = open;
+    let pool = Pool::create(shared(&mems), shared(&spare_mems), &opts).unwrap();
+    (pool, mems, spare_mems)
+}
+
+/// With every device in `keep` present and all others gone, the volume reads back exactly.
+fn verify_with_only(all: &[Arc<MemDevice>], keep: &[usize], model: &Model) {
+    let devices: Vec<Arc<MemDevice>> = keep.iter().map(|i| all[*i].clone()).collect();
+    let pool = Pool::open(shared(&devices), &manual()).unwrap();
+    verify(&pool, model);
+    pool.simulate_power_loss();
+}
+
+#[test]
+fn background_rebuild_onto_spare_under_a_live_workload() {
+    for (layout, devices) in [
+        ("rs:4+2", 6),
+        ("mirror:2", 2),
+        ("raid10:2", 4),
+        ("rs:2+1", 3),
+    ] {
+        let seed = seed(20_000 + devices as u64);
+        let _guard = SeedGuard {
+            seed,
+            name: "background_rebuild_onto_spare_under_a_live_workload",
+        };
+        let mut rng = rng(seed);
+        let (pool, mems, spares) = create_with_spares(layout, devices, 1, OpenOptions::default());
+        let mut model = Model::new(pool.size());
+        random_writes(&pool, &mut model, &mut rng, 60);
+        pool.flush().unwrap();
+        let victim = rng.gen_range(0..devices);
+        mems[victim].set_gone(true);
+        // Keep writing and reading while the background thread notices, attaches the spare and
+        // rebuilds; writes landing during the rebuild must reach the spare too.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut rounds = 0;
+        while rounds < 30
+            || !pool.rebuild_progress().is_empty()
+            || pool.status().health != PoolHealth::Online
+        {
+            random_writes(&pool, &mut model, &mut rng, 3);
+            let offset = rng.gen_range(0..pool.size() - 4096);
+            let mut buf = vec![0u8; 4096];
+            pool.read_at(offset, &mut buf).unwrap();
+            assert_eq!(
+                buf,
+                model.read(offset, 4096),
+                "{layout}: read during rebuild"
+            );
+            rounds += 1;
+            assert!(
+                Instant::now() < deadline,
+                "{layout}: rebuild did not finish: {}",
+                pool.status()
+            );
+        }
+        verify(&pool, &model);
+        let status = pool.status();
+        assert_eq!(
+            status.devices[victim].path, "spare0",
+            "{layout}: the spare took the position"
+        );
+        assert!(
+            status.spares.is_empty(),
+            "{layout}: the spare left the spare list"
+        );
+        pool.close().unwrap();
+        // The rebuilt device is needed: drop `tolerance` other devices.
+        let tolerance = match layout {
+            "raid10:2" => 1,
+            l if l.starts_with("mirror") => devices - 1,
+            "rs:4+2" => 2,
+            _ => 1,
+        };
+        let mut all = mems.clone();
+        all[victim] = spares[0].clone();
+        let keep: Vec<usize> = if layout == "raid10:2" {
+            // keep the rebuilt device and one copy of every other group
+            (0..devices)
+                .filter(|i| *i == victim || (*i / 2 != victim / 2 && i % 2 == 0))
+                .collect()
+        } else {
+            let mut others: Vec<usize> = (0..devices).filter(|i| *i != victim).collect();
+            others.truncate(others.len() - tolerance);
+            others.push(victim);
+            others
+        };
+        verify_with_only(&all, &keep, &model);
+    }
+}
+
+#[test]
+fn rebuild_cost_is_proportional_to_live_data() {
+    let measure = |fraction: f64| -> (u64, u64) {
+        let (pool, _mems, _spares) = create_with_spares("rs:4+2", 6, 1, manual());
+        let stripe = pool.geometry().stripe_data_bytes();
+        let stripes = pool.geometry().stripes;
+        let used = ((stripes as f64) * fraction).round() as u64;
+        let mut rng = rng(7);
+        pool.write_at(0, &random_bytes(&mut rng, (used * stripe) as usize))
+            .unwrap();
+        pool.flush().unwrap();
+        pool.fault_device(3, "test: lost");
+        pool.attach_spares();
+        let progress = pool.rebuild_progress();
+        assert_eq!(progress.len(), 1);
+        let mut last = progress[0].clone();
+        pool.run_rebuilds(|p| {
+            if let Some(p) = p.first() {
+                last = p.clone();
+            }
+        })
+        .unwrap();
+        assert!(pool.rebuild_progress().is_empty());
+        pool.simulate_power_loss();
+        (last.done_bytes, last.read_bytes)
+    };
+    let (full_written, full_read) = measure(1.0);
+    let (tenth_written, tenth_read) = measure(0.1);
+    let written = tenth_written as f64 / full_written as f64;
+    let read = tenth_read as f64 / full_read as f64;
+    assert!(
+        (0.09..=0.11).contains(&written),
+        "written ratio {written} ({tenth_written} / {full_written})"
+    );
+    assert!(
+        (0.09..=0.11).contains(&read),
+        "read ratio {read} ({tenth_read} / {full_read})"
+    );
+    assert!(
+        full_written > 0 && full_read >= 4 * full_written,
+        "reads K shards per rebuilt one"
+    );
+}
+
+#[test]
+fn crash_during_rebuild_resumes_from_its_checkpoint() {
+    for iteration in 0..8u64 {
+        let seed = seed(21_000 + iteration);
+        let _guard = SeedGuard {
+            seed,
+            name: "crash_during_rebuild_resumes_from_its_checkpoint",
+        };
+        let mut rng = rng(seed);
+        let mems = mem_devices(6, DEVICE_BYTES);
+        let spare = Arc::new(MemDevice::new("spare0", DEVICE_BYTES));
+        let countdown = Arc::new(AtomicI64::new(i64::MAX / 2));
+        let wrap = |list: &[Arc<MemDevice>]| -> Vec<SharedDevice> {
+            list.iter()
+                .map(|m| {
+                    Arc::new(PowerCut::new(m.clone() as SharedDevice, countdown.clone()))
+                        as SharedDevice
+                })
+                .collect()
+        };
+        let mut opts = options("rs:4+2");
+        opts.open = manual();
+        let pool = Pool::create(wrap(&mems), wrap(std::slice::from_ref(&spare)), &opts).unwrap();
+        let mut model = Model::new(pool.size());
+        let data = random_bytes(&mut rng, pool.size() as usize);
+        pool.write_at(0, &data).unwrap();
+        model.write(0, &data);
+        pool.flush().unwrap();
+        let victim = rng.gen_range(0..6);
+        mems[victim].set_gone(true);
+        pool.attach_spares();
+        // Rebuild a while, checkpointing every few steps, with flushed writes in between; then
+        // cut the power at a random operation.
+        let steps = rng.gen_range(2..12);
+        for step in 0..steps {
+            pool.rebuild_step(step % 3 == 2).unwrap();
+            let len = rng.gen_range(1..50_000);
+            let offset = rng.gen_range(0..pool.size() - len as u64);
+            let data = random_bytes(&mut rng, len);
+            pool.write_at(offset, &data).unwrap();
+            pool.flush().unwrap();
+            model.write(offset, &data);
+        }
+        countdown.store(rng.gen_range(1..200), Ordering::SeqCst);
+        let _ = pool.rebuild_step(true);
+        let _ = pool.rebuild_step(true);
+        pool.simulate_power_loss();
+        for (i, mem) in mems.iter().chain([&spare]).enumerate() {
+            mem.crash(seed ^ i as u64);
+        }
+        countdown.store(i64::MAX / 2, Ordering::SeqCst);
+        // Reopen without the dead device: the rebuild resumes from its checkpoint.
+        let mut present: Vec<Arc<MemDevice>> = mems
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != victim)
+            .map(|(_, m)| m.clone())
+            .collect();
+        present.push(spare.clone());
+        let pool = Pool::open(shared(&present), &manual()).unwrap();
+        verify(&pool, &model);
+        let resumed = pool.rebuild_progress();
+        if let Some(progress) = resumed.first() {
+            // The resumed run has only what was left after the checkpoint to do.
+            let full = pool.geometry().stripes * pool.geometry().chunk_bytes;
+            assert!(progress.total_bytes <= full, "{progress:?}");
+        }
+        pool.attach_spares();
+        pool.run_rebuilds(|_| {}).unwrap();
+        assert_eq!(
+            pool.status().health,
+            PoolHealth::Online,
+            "{}",
+            pool.status()
+        );
+        verify(&pool, &model);
+        pool.close().unwrap();
+        // The rebuilt spare alone (with two other devices gone) serves everything.
+        let mut all = mems.clone();
+        all[victim] = spare.clone();
+        let keep: Vec<usize> = (0..6)
+            .filter(|i| *i == victim || (*i != (victim + 1) % 6 && *i != (victim + 2) % 6))
+            .collect();
+        verify_with_only(&all, &keep, &model);
+    }
+}
+
+#[test]
+fn resumed_rebuild_does_not_start_over() {
+    let (pool, mems, spares) = create_with_spares("rs:4+2", 6, 1, manual());
+    let mut rng = rng(seed(22_000));
+    let mut model = Model::new(pool.size());
+    let data = random_bytes(&mut rng, pool.size() as usize);
+    pool.write_at(0, &data).unwrap();
+    model.write(0, &data);
+    pool.flush().unwrap();
+    mems[0].set_gone(true);
+    verify(&pool, &model); // the reads notice the loss
+    pool.attach_spares();
+    let total = pool.rebuild_progress()[0].total_bytes;
+    for _ in 0..4 {
+        pool.rebuild_step(false).unwrap();
+    }
+    pool.rebuild_step(true).unwrap(); // checkpoint after five steps
+    let done_before = pool.rebuild_progress()[0].done_bytes;
+    pool.rebuild_step(false).unwrap(); // not checkpointed: redone after the restart
+    pool.simulate_power_loss();
+    let mut present: Vec<Arc<MemDevice>> = mems[1..].to_vec();
+    present.push(spares[0].clone());
+    let pool = Pool::open(shared(&present), &manual()).unwrap();
+    let resumed = pool.rebuild_progress();
+    assert_eq!(resumed.len(), 1);
+    assert_eq!(
+        resumed[0].total_bytes,
+        total - done_before,
+        "resumes at the checkpoint"
+    );
+    pool.run_rebuilds(|_| {}).unwrap();
+    verify(&pool, &model);
+}
+
+#[test]
+fn second_failure_during_rebuild_is_survived_by_rs_k_plus_2() {
+    let (pool, mems, spares) = create_with_spares("rs:4+2", 6, 2, manual());
+    let mut rng = rng(seed(23_000));
+    let mut model = Model::new(pool.size());
+    random_writes(&pool, &mut model, &mut rng, 80);
+    pool.flush().unwrap();
+    mems[1].set_gone(true);
+    pool.attach_spares();
+    for _ in 0..5 {
+        pool.rebuild_step(true).unwrap();
+    }
+    mems[4].set_gone(true);
+    random_writes(&pool, &mut model, &mut rng, 20);
+    verify(&pool, &model);
+    pool.attach_spares();
+    assert_eq!(
+        pool.rebuild_progress().len(),
+        2,
+        "both positions rebuilding"
+    );
+    pool.run_rebuilds(|_| {}).unwrap();
+    assert_eq!(
+        pool.status().health,
+        PoolHealth::Online,
+        "{}",
+        pool.status()
+    );
+    verify(&pool, &model);
+    pool.close().unwrap();
+    let mut all = mems.clone();
+    all[1] = spares[0].clone();
+    all[4] = spares[1].clone();
+    // Only the two rebuilt devices plus two originals.
+    verify_with_only(&all, &[0, 1, 4, 5], &model);
+}
+
+#[test]
+fn replacing_a_healthy_member_keeps_redundancy_during_the_copy() {
+    let (pool, mems, _) = create_with_spares("rs:2+1", 3, 0, manual());
+    let mut rng = rng(seed(24_000));
+    let mut model = Model::new(pool.size());
+    random_writes(&pool, &mut model, &mut rng, 60);
+    pool.flush().unwrap();
+    let new = Arc::new(MemDevice::new("new0", DEVICE_BYTES));
+    pool.replace("mem1", new.clone(), false).unwrap();
+    pool.rebuild_step(true).unwrap();
+    // Mid-copy, another member dies: the old mem1 is still serving, so nothing is lost.
+    mems[2].set_gone(true);
+    verify(&pool, &model);
+    random_writes(&pool, &mut model, &mut rng, 10);
+    pool.run_rebuilds(|_| {}).unwrap();
+    let status = pool.status();
+    assert_eq!(status.devices[1].path, "new0");
+    verify(&pool, &model);
+    pool.close().unwrap();
+    // The old mem1 is detached: it is no longer accepted as a member.
+    let err = Pool::open(shared(&[mems[0].clone(), mems[1].clone()]), &manual()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            stripestore::Error::NotAMember { .. } | stripestore::Error::PoolUnavailable { .. }
+        ),
+        "{err}"
+    );
+    verify_with_only(&[mems[0].clone(), new.clone()], &[0, 1], &model);
+}
+
+#[test]
+fn offline_then_online_rebuilds_the_device_and_spare_add_is_used_automatically() {
+    let (pool, mems, _) = create_with_spares("mirror:2", 2, 0, manual());
+    let mut rng = rng(seed(25_000));
+    let mut model = Model::new(pool.size());
+    random_writes(&pool, &mut model, &mut rng, 40);
+    pool.offline("mem0").unwrap();
+    assert!(
+        pool.offline("mem1").is_err(),
+        "offlining the last copy is refused"
+    );
+    random_writes(&pool, &mut model, &mut rng, 40);
+    assert_eq!(pool.status().health, PoolHealth::Degraded);
+    pool.online("mem0", mems[0].clone()).unwrap();
+    pool.run_rebuilds(|_| {}).unwrap();
+    assert_eq!(
+        pool.status().health,
+        PoolHealth::Online,
+        "{}",
+        pool.status()
+    );
+    verify(&pool, &model);
+    // A spare added later is picked up when a device fails.
+    let spare = Arc::new(MemDevice::new("late-spare", DEVICE_BYTES));
+    pool.add_spare(spare.clone(), false).unwrap();
+    assert_eq!(pool.status().spares.len(), 1);
+    mems[1].set_gone(true);
+    // Mirror reads use the first copy; the next write notices mem1 is gone.
+    random_writes(&pool, &mut model, &mut rng, 5);
+    verify(&pool, &model);
+    pool.rebuild_step(true).unwrap();
+    pool.run_rebuilds(|_| {}).unwrap();
+    assert_eq!(pool.status().devices[1].path, "late-spare");
+    pool.close().unwrap();
+    verify_with_only(&[mems[0].clone(), spare.clone()], &[1], &model);
+    verify_with_only(&[mems[0].clone(), spare], &[0], &model);
+}
