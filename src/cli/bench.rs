@@ -38,7 +38,9 @@ struct Report {
 
 fn drop_caches() {
     // Root only; harmless to fail (then both parts see a warm cache alike).
-    let _ = std::fs::write("/proc/sys/vm/drop_caches", b"3\n");
+    if std::env::var_os("STRIPESTORE_BENCH_WARM").is_none() {
+        let _ = std::fs::write("/proc/sys/vm/drop_caches", b"3\n");
+    }
 }
 
 fn raw_write(path: &Path, bytes: u64) -> Result<f64, Box<dyn std::error::Error>> {

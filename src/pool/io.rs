@@ -142,7 +142,7 @@ impl PoolInner {
     }
 
     /// Read one shard and verify it against the map. Errors are counted against the device.
-    fn fetch_shard(&self, slot: SlotId, shard: ShardIndex, entry: &MapEntry) -> Fetch {
+    pub(crate) fn fetch_shard(&self, slot: SlotId, shard: ShardIndex, entry: &MapEntry) -> Fetch {
         let (index, offset) = self.geometry.shard_location(slot, shard);
         let Some(device) = self.members.get(index).device() else {
             return Fetch::Missing;

@@ -22,7 +22,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// Stripes per rebuild step.
-const STRIPES_PER_STEP: u64 = 64;
+const STRIPES_PER_STEP: u64 = 128;
 
 /// Progress of one rebuild, for `status` and the API.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -171,9 +171,15 @@ impl PoolInner {
             };
             let from = replacement.next_stripe.load(Ordering::Acquire);
             let to = (from + STRIPES_PER_STEP).min(self.geometry.stripes);
-            for stripe in from..to {
-                outcome.written_bytes += self.rebuild_stripe(member.index, &replacement, stripe)?;
-            }
+            // Stripes are independent: rebuild the batch in parallel for queue depth.
+            let written: Vec<u64> = {
+                use rayon::prelude::*;
+                (from..to)
+                    .into_par_iter()
+                    .map(|stripe| self.rebuild_stripe(member.index, &replacement, stripe))
+                    .collect::<Result<_>>()?
+            };
+            outcome.written_bytes += written.iter().sum::<u64>();
             replacement.next_stripe.store(to, Ordering::Release);
             if to >= self.geometry.stripes {
                 self.finish_rebuild(member.index, &replacement)?;
@@ -211,16 +217,8 @@ impl PoolInner {
         if targets.is_empty() {
             return Ok(0);
         }
-        let sources = (0..self.geometry.width())
-            .filter(|s| {
-                let (device, _) = self.geometry.shard_location(slot, ShardIndex(*s));
-                self.members.get(device).is_online()
-            })
-            .count() as u64;
-        let (shards, _) = self.recover_stripe(stripe, slot, &entry, Vec::new())?;
-        replacement
-            .bytes_read
-            .fetch_add(sources * self.geometry.chunk_bytes, Ordering::Relaxed);
+        let (shards, read) = self.shards_for_rebuild(stripe, slot, &entry, &targets)?;
+        replacement.bytes_read.fetch_add(read, Ordering::Relaxed);
         let mut written = 0;
         for shard in targets {
             let (_, offset) = self.geometry.shard_location(slot, shard);
@@ -239,6 +237,77 @@ impl PoolInner {
             .bytes_written
             .fetch_add(written, Ordering::Relaxed);
         Ok(written)
+    }
+
+    /// Fetch just enough shards to produce `targets` (the device being replaced itself if it is
+    /// still healthy, else K shards or one other copy), verify, reconstruct. Any failure falls
+    /// back to the full recovery path, which also heals what it finds. Returns every shard (at
+    /// least the targets filled and verified) and the bytes read.
+    fn shards_for_rebuild(
+        &self,
+        stripe: u64,
+        slot: SlotId,
+        entry: &crate::format::MapEntry,
+        targets: &[ShardIndex],
+    ) -> Result<(Vec<Vec<u8>>, u64)> {
+        use super::io::Fetch;
+        use rayon::prelude::*;
+        let width = self.geometry.width();
+        let chunk = usize::try_from(self.geometry.chunk_bytes).unwrap_or(0);
+        let online = |shard: usize| {
+            let (device, _) = self.geometry.shard_location(slot, ShardIndex(shard));
+            self.members.get(device).is_online()
+        };
+        let is_target = |shard: usize| targets.contains(&ShardIndex(shard));
+        let sources: Vec<usize> = if targets.iter().all(|t| online(t.0)) {
+            targets.iter().map(|t| t.0).collect()
+        } else {
+            match self.geometry.layout {
+                crate::geometry::Layout::ReedSolomon { .. } => (0..width)
+                    .filter(|s| !is_target(*s) && online(*s))
+                    .take(self.codec.shards_needed())
+                    .collect(),
+                crate::geometry::Layout::Mirror { .. } | crate::geometry::Layout::Raid10 { .. } => targets
+                    .iter()
+                    .filter_map(|t| {
+                        let group = self.geometry.shard_data_chunk(*t);
+                        (0..width).find(|s| {
+                            !is_target(*s)
+                                && online(*s)
+                                && self.geometry.shard_data_chunk(ShardIndex(*s)) == group
+                        })
+                    })
+                    .collect(),
+            }
+        };
+        let fetched: Vec<(usize, Fetch)> = sources
+            .par_iter()
+            .map(|s| (*s, self.fetch_shard(slot, ShardIndex(*s), entry)))
+            .collect();
+        let mut read = fetched.len() as u64 * self.geometry.chunk_bytes;
+        if fetched.iter().all(|(_, f)| matches!(f, Fetch::Good(_))) {
+            let mut shards = vec![vec![0u8; chunk]; width];
+            let mut present = vec![false; width];
+            for (shard, fetch) in &fetched {
+                if let Fetch::Good(bytes) = fetch {
+                    shards[*shard].copy_from_slice(bytes);
+                    present[*shard] = true;
+                }
+            }
+            let complete = targets.iter().all(|t| present[t.0])
+                || self.codec.reconstruct(&mut shards, &mut present);
+            let verified = complete
+                && targets.iter().all(|t| {
+                    crate::codec::shard_checksum(slot, *t, entry.generation, &shards[t.0])
+                        == entry.crcs[t.0]
+                });
+            if verified {
+                return Ok((shards, read));
+            }
+        }
+        read += (width - fetched.len()) as u64 * self.geometry.chunk_bytes;
+        let (shards, _) = self.recover_stripe(stripe, slot, entry, fetched)?;
+        Ok((shards, read))
     }
 
     fn finish_rebuild(&self, index: DeviceIndex, replacement: &Replacement) -> Result<()> {
