@@ -125,6 +125,17 @@ pub enum Error {
         /// The lost devices.
         lost_devices: Vec<String>,
     },
+    /// Members are missing, and the ones present might all be outdated: a missing member may
+    /// have been written after them. Opening anyway could roll back flushed writes.
+    #[error("only {present} of {total} data members are present and they cannot prove they hold the newest data: a missing member ({}) may have been written after them; find the missing devices, or open with force to accept the risk", .missing.join(", "))]
+    CannotProveCurrent {
+        /// Data members present.
+        present: usize,
+        /// Data members in the layout.
+        total: usize,
+        /// Members recorded as online but not found.
+        missing: Vec<String>,
+    },
     /// Pool metadata (superblocks or stripe map) is unusable on every device.
     #[error("corrupt metadata: {0}")]
     CorruptMetadata(String),

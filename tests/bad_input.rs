@@ -249,3 +249,48 @@ fn unknown_layouts_and_bad_configurations_are_clear_errors() {
     // Nothing was written to the devices by the refused creates.
     assert!(mems.iter().all(|m| m.image().iter().all(|b| *b == 0)));
 }
+
+#[test]
+fn a_stale_member_alone_cannot_roll_back_flushed_data() {
+    // mirror:2 on A and B. B is faulted while A carries on; then B alone is offered.
+    let mems = stripestore::testing::mem_devices(2, DEVICE_BYTES);
+    let (a, b) = (mems[0].clone(), mems[1].clone());
+    let pool = Pool::create(
+        stripestore::testing::shared(&mems),
+        vec![],
+        &options("mirror:2"),
+    )
+    .unwrap();
+    pool.write_at(0, &[1u8; 4096]).unwrap();
+    pool.flush().unwrap();
+    pool.fault_device(1, "test: unplugged");
+    pool.write_at(0, &[2u8; 4096]).unwrap();
+    pool.close().unwrap();
+    // B's own superblock still says both are online; it cannot know A went on without it.
+    let err = Pool::open(vec![b.clone()], &OpenOptions::default()).unwrap_err();
+    assert!(matches!(err, Error::CannotProveCurrent { .. }), "{err}");
+    assert!(
+        err.to_string().contains("mem0") && err.to_string().contains("force"),
+        "{err}"
+    );
+    // With A present, B is recognised as stale and A's data is served.
+    let err = Pool::open(vec![a.clone(), b.clone()], &OpenOptions::default()).unwrap_err();
+    assert!(matches!(err, Error::StaleMember { .. }), "{err}");
+    let pool = Pool::open(vec![a.clone()], &OpenOptions::default()).unwrap();
+    let mut buf = [0u8; 4096];
+    pool.read_at(0, &mut buf).unwrap();
+    assert_eq!(buf, [2u8; 4096]);
+    drop(pool);
+    // Forcing B alone is the operator's explicit choice; afterwards the two disagree at the same
+    // generation, and opening both is refused as a split brain instead of picking one silently.
+    let forced = OpenOptions {
+        force: true,
+        ..OpenOptions::default()
+    };
+    drop(Pool::open(vec![b.clone()], &forced).unwrap());
+    let err = Pool::open(vec![a, b], &OpenOptions::default()).unwrap_err();
+    assert!(
+        err.to_string().contains("split brain") || matches!(err, Error::StaleMember { .. }),
+        "{err}"
+    );
+}

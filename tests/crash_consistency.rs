@@ -169,7 +169,13 @@ fn power_loss_at_random_points_never_loses_flushed_data_even_with_a_device_lost(
                 .filter(|(i, _)| *i != victim)
                 .map(|(_, m)| m.clone())
                 .collect();
-            let pool = Pool::open(wrap(&survivors, &countdown), &OpenOptions::default()).unwrap();
+            // The operator knows the victim is dead: for mirrors, the survivors alone cannot prove
+            // they are current (see `Error::CannotProveCurrent`), so this open is forced.
+            let forced = OpenOptions {
+                force: true,
+                ..OpenOptions::default()
+            };
+            let pool = Pool::open(wrap(&survivors, &countdown), &forced).unwrap();
             model
                 .check_after_crash(&read_all(&pool))
                 .unwrap_or_else(|e| panic!("{layout} after crash and losing device {victim}: {e}"));

@@ -136,9 +136,12 @@ pub fn run(layout: &str, device_bytes: u64, dir: Option<&Path>) -> CliResult {
         .collect();
     let spare = dir.join("spare0.img");
     // The demo drives every step itself, so it can narrate them.
+    // Forced: the demo deletes devices on purpose, so a degraded mirror needs no proof that
+    // the survivor is current.
     let manual = OpenOptions {
         background_rebuild: false,
         auto_replace: false,
+        force: true,
         ..OpenOptions::default()
     };
 

@@ -23,6 +23,11 @@ pub use progress::Progress;
     about = "Redundant block storage: mirror and Reed-Solomon striping with checksummed, self-healing reads"
 )]
 struct Cli {
+    /// Open a pool even when members are missing and the ones present cannot prove they hold
+    /// the newest data (a degraded mirror, typically). You accept that a missing member may
+    /// have newer data.
+    #[arg(long, global = true)]
+    force_degraded: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -212,6 +217,7 @@ pub fn run() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    FORCE_DEGRADED.store(cli.force_degraded, std::sync::atomic::Ordering::Relaxed);
     match execute(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -227,6 +233,9 @@ pub fn run() -> ExitCode {
 }
 
 type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+/// `--force-degraded`, set once from the command line.
+static FORCE_DEGRADED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 fn execute(command: Command) -> CliResult {
     match command {
@@ -427,6 +436,7 @@ fn execute(command: Command) -> CliResult {
                 background_rebuild: false,
                 auto_replace: true,
                 rebuild_rate_bytes_per_s: rebuild_rate,
+                force: FORCE_DEGRADED.load(std::sync::atomic::Ordering::Relaxed),
                 ..OpenOptions::default()
             };
             let pool = Pool::open_paths(&pool, &options)?;
@@ -457,6 +467,7 @@ fn open_pool(paths: &[PathBuf]) -> Result<Pool, stripestore::Error> {
     let options = OpenOptions {
         background_rebuild: false,
         auto_replace: false,
+        force: FORCE_DEGRADED.load(std::sync::atomic::Ordering::Relaxed),
         ..OpenOptions::default()
     };
     Pool::open_paths(paths, &options)

@@ -66,8 +66,8 @@ pub enum MemberState {
     },
     /// Being filled to take over its data position (a rebuild in progress).
     Rebuilding {
-        /// Rebuild watermark: every stripe below it is on the device.
-        next_stripe: u64,
+        /// Rebuild watermark: every live physical slot below it is on the device.
+        next_slot: u64,
         /// Stripes written before this generation were already on the device.
         since_generation: u64,
         /// Stripes written at or after this generation were written to it directly.

@@ -183,14 +183,22 @@ impl Pool {
     ///
     /// # Errors
     /// As [`Pool::rebuild_step`].
-    pub fn run_rebuilds(&self, mut on_progress: impl FnMut(&[RebuildProgress])) -> Result<()> {
+    /// Returns the final progress of every rebuild it completed.
+    pub fn run_rebuilds(
+        &self,
+        mut on_progress: impl FnMut(&[RebuildProgress]),
+    ) -> Result<Vec<RebuildProgress>> {
         let mut pacer = Pacer::default();
+        let mut completed = Vec::new();
         loop {
             let checkpoint = pacer.checkpoint_due();
             let outcome = self.rebuild_step(checkpoint)?;
-            on_progress(&self.inner.rebuild_progress());
+            completed.extend(outcome.completed.iter().cloned());
+            let mut progress = self.inner.rebuild_progress();
+            progress.extend(outcome.completed);
+            on_progress(&progress);
             if outcome.running == 0 {
-                return Ok(());
+                return Ok(completed);
             }
             std::thread::sleep(pacer.after_step(&self.inner.rebuild, outcome.written_bytes));
         }

@@ -20,7 +20,6 @@ use crate::error::{Error, Result};
 use crate::format::{encode_checkpoint, encode_log_record, log_record_bytes, CheckpointHeader};
 use crate::pool::ErrorKind;
 use crate::types::DeviceIndex;
-use rayon::prelude::*;
 use std::collections::BTreeMap;
 
 /// What one commit writes, taken atomically from the map.
@@ -86,12 +85,15 @@ impl PoolInner {
             "commit"
         );
         meta.sequence += u64::from(result.is_ok());
-        drop(meta);
+        // Still under the meta mutex: a concurrent flush must not see an empty dirty set while a
+        // failed commit's entries are being put back.
         let mut state = self.map.lock();
-        match result {
+        let result = match result {
             Ok(()) => {
                 let released = snapshot.replaced.into_values().flatten();
                 state.free.extend(released.chain(snapshot.orphans));
+                // The committed record supersedes any failed one at this log position.
+                state.held.retain(|_| false);
                 // Hand out the lowest slots first, so a sequential overwrite lands as ascending
                 // device offsets (friendlier to write-back and disks) instead of in reverse.
                 state.free.sort_unstable_by(|a, b| b.cmp(a));
@@ -101,7 +103,10 @@ impl PoolInner {
                 restore_after_failed_commit(&mut state, snapshot);
                 Err(err)
             }
-        }
+        };
+        drop(state);
+        drop(meta);
+        result
     }
 
     fn write_snapshot(&self, meta: &mut super::MetaCursor, snapshot: &Snapshot) -> Result<()> {
@@ -156,26 +161,22 @@ impl PoolInner {
         &self,
         place: impl Fn(DeviceIndex) -> (u64, &'a [u8]) + Sync,
     ) -> Result<()> {
-        let landed: usize = self
-            .members
-            .data
-            .par_iter()
-            .enumerate()
-            .map(|(i, member)| {
-                let index = DeviceIndex(i);
-                let Some(device) = member.device() else {
-                    return 0;
-                };
-                let (offset, bytes) = place(index);
-                match device.write_at(offset, bytes).and_then(|()| device.flush()) {
-                    Ok(()) => 1,
-                    Err(err) => {
-                        self.members.record_error(index, ErrorKind::Write, &err);
-                        0
-                    }
+        let landed: usize = super::parallel::each(&self.members.data, |member| {
+            let index = member.index;
+            let Some(device) = member.device() else {
+                return 0;
+            };
+            let (offset, bytes) = place(index);
+            match device.write_at(offset, bytes).and_then(|()| device.flush()) {
+                Ok(()) => 1,
+                Err(err) => {
+                    self.members.record_error(index, ErrorKind::Write, &err);
+                    0
                 }
-            })
-            .sum();
+            }
+        })
+        .into_iter()
+        .sum();
         if landed == 0 {
             return Err(Error::CorruptMetadata(
                 "the stripe map could not be written to any device".into(),
@@ -199,7 +200,13 @@ fn restore_after_failed_commit(state: &mut MapState, snapshot: Snapshot) {
                 }
                 state.dirty.insert(stripe, previous);
             }
+            // Not rewritten since: the map still names the slot the failed record named.
+            // Should the stripe be rewritten before a commit succeeds, that slot must not be
+            // reused at once: the partial record may name it on some device.
             None => {
+                if let Some(slot) = state.map.slot(stripe) {
+                    state.held.insert(slot.0);
+                }
                 state.dirty.insert(stripe, previous);
             }
         }

@@ -67,8 +67,9 @@ impl PoolInner {
             pieces.push((position / stripe_bytes, within, done..done + take));
             done += take;
         }
-        // Stripes are independent: write them in parallel (each also writes its shards in
-        // parallel). Not atomic across stripes, like any block device.
+        // Stripes are independent: write them in parallel. Each task takes one stripe lock and
+        // never waits on other pool work while holding it. Not atomic across stripes, like any
+        // block device.
         pieces
             .into_par_iter()
             .try_for_each(|(stripe, within, range)| self.write_stripe(stripe, within, &data[range]))
@@ -84,9 +85,10 @@ impl PoolInner {
         let chunk = self.geometry.chunk_bytes;
         let first_chunk = usize::try_from(within / chunk).unwrap_or(0);
         let last_chunk = usize::try_from((within + out.len() as u64 - 1) / chunk).unwrap_or(0);
-        // Fast path: one verified shard per needed data chunk, fetched in parallel.
+        // Fast path: one verified shard per needed data chunk. Sequential on purpose: this runs
+        // under the stripe lock, and waiting on pool work while holding a lock can deadlock
+        // (a waiting rayon worker runs other queued work, which may need the same lock).
         let fetched: Vec<(usize, Fetch)> = (first_chunk..=last_chunk)
-            .into_par_iter()
             .map(|data_chunk| {
                 let shard = self.preferred_shard(data_chunk);
                 (shard.0, self.fetch_shard(slot, shard, &entry))
@@ -186,7 +188,7 @@ impl PoolInner {
             slots
         };
         let fetched: Vec<Fetch> = known
-            .par_iter_mut()
+            .iter_mut()
             .enumerate()
             .map(|(shard, prior)| {
                 prior
@@ -230,8 +232,9 @@ impl PoolInner {
                     .collect(),
             });
         }
-        bad.par_iter()
-            .for_each(|shard| self.heal_shard(slot, ShardIndex(*shard), &shards[*shard]));
+        for shard in &bad {
+            self.heal_shard(slot, ShardIndex(*shard), &shards[*shard]);
+        }
         Ok((shards, damaged))
     }
 
@@ -328,17 +331,22 @@ impl PoolInner {
                 None => &parity[shard - self.geometry.data_chunks()],
             }
         };
+        // Held from taking a generation until the entry is installed: attaching a replacement
+        // waits for such writes, so every stripe with a generation below the replacement's
+        // start is visible in the map by then (and gets rebuilt), and every later one writes the
+        // replacement itself.
+        let _attach_guard = self.attach_lock.read();
         let generation = {
             let mut state = self.map.lock();
             state.next_generation += 1;
             Generation(state.next_generation)
         };
+        // Sequential under the stripe lock (see `read_stripe_locked`); requests spanning several
+        // stripes get their parallelism across stripes instead.
         let crcs: Vec<u32> = (0..width)
-            .into_par_iter()
             .map(|s| shard_checksum(slot, ShardIndex(s), generation, shard_bytes(s)))
             .collect();
         let mut written: Vec<bool> = (0..width)
-            .into_par_iter()
             .map(|shard| {
                 let (index, offset) = self.geometry.shard_location(slot, ShardIndex(shard));
                 self.members.write_shard(index, offset, shard_bytes(shard))
@@ -373,12 +381,20 @@ impl PoolInner {
 fn install(state: &mut MapState, stripe: u64, entry: &MapEntry) {
     let previous = state.map.slot(stripe).map(|s| s.0);
     state.map.set(stripe, entry);
+    if let Some(slot) = entry.slot {
+        state.set_owner(slot.0, stripe);
+    }
     match state.dirty.get(&stripe) {
         // Already rewritten since the last commit: the previous slot was never durable-
         // referenced, so it is free right away.
+        // (Unless something else may still point at it: then it waits for the next commit.)
         Some(_) => {
             if let Some(slot) = previous {
-                state.free.push(slot);
+                if state.held.contains(&slot) {
+                    state.orphans.push(slot);
+                } else {
+                    state.free.push(slot);
+                }
             }
         }
         // First change since the last commit: the durable map still points at `previous`;

@@ -12,7 +12,6 @@ use crate::error::{Error, Result};
 use crate::format::{Member, MemberState, PoolUuid, Role, Superblock};
 use crate::types::DeviceIndex;
 use parking_lot::{Mutex, RwLock};
-use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -54,8 +53,10 @@ pub struct Replacement {
     pub identity: Identity,
     /// The device.
     pub device: SharedDevice,
-    /// Rebuild watermark: every stripe below it is on the device.
-    pub next_stripe: AtomicU64,
+    /// Rebuild watermark: every live physical slot below it is on the device. (Slot order,
+    /// not stripe order, so the rebuild reads and writes each device sequentially however
+    /// copy-on-write has scattered the stripes.)
+    pub next_slot: AtomicU64,
     /// Stripes written before this generation are already on the device (a device coming back
     /// online after an administrative offline); 0 for a new device.
     pub since_generation: u64,
@@ -74,12 +75,12 @@ pub struct Replacement {
 }
 
 impl Replacement {
-    /// A replacement whose rebuild starts (or resumes) at `next_stripe`.
+    /// A replacement whose rebuild starts (or resumes) at `next_slot`.
     #[must_use]
     pub fn new(
         identity: Identity,
         device: SharedDevice,
-        next_stripe: u64,
+        next_slot: u64,
         since_generation: u64,
         start_generation: u64,
         from_spare: bool,
@@ -87,7 +88,7 @@ impl Replacement {
         Self {
             identity,
             device,
-            next_stripe: AtomicU64::new(next_stripe),
+            next_slot: AtomicU64::new(next_slot),
             since_generation,
             start_generation,
             bytes_read: AtomicU64::new(0),
@@ -188,7 +189,7 @@ impl MemberDevice {
                     index: self.index.0,
                 },
                 state: MemberState::Rebuilding {
-                    next_stripe: replacement.next_stripe.load(Ordering::Acquire),
+                    next_slot: replacement.next_slot.load(Ordering::Acquire),
                     since_generation: replacement.since_generation,
                     start_generation: replacement.start_generation,
                 },
@@ -418,7 +419,8 @@ impl Members {
     /// Flush every online data member and replacement in parallel; a failed flush faults the
     /// device (or abandons the replacement).
     pub fn flush_all(&self) {
-        self.data.par_iter().enumerate().for_each(|(i, member)| {
+        super::parallel::each(&self.data, |member| {
+            let i = member.index.0;
             if let Some(device) = member.device() {
                 if let Err(err) = device.flush() {
                     self.record_error(DeviceIndex(i), ErrorKind::Write, &err);
@@ -486,9 +488,8 @@ impl Members {
         drop(template);
         let mut failures = Vec::new();
         for copy in 0..2 {
-            let failed: Vec<(String, DeviceError)> = targets
-                .par_iter()
-                .filter_map(|(device, bytes)| {
+            let failed: Vec<(String, DeviceError)> =
+                super::parallel::each(&targets, |(device, bytes)| {
                     let offset = if copy == 0 {
                         0
                     } else {
@@ -497,6 +498,8 @@ impl Members {
                     let result = device.write_at(offset, bytes).and_then(|()| device.flush());
                     result.err().map(|err| (device.name(), err))
                 })
+                .into_iter()
+                .flatten()
                 .collect();
             failures.extend(failed);
         }

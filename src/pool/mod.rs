@@ -13,6 +13,7 @@ mod commit;
 mod io;
 mod members;
 mod open;
+mod parallel;
 mod rebuild;
 mod scrub;
 mod status;
@@ -82,6 +83,9 @@ pub struct OpenOptions {
     /// Rebuild rate limit in bytes per second (`None`: as fast as the devices allow, still
     /// yielding to foreground I/O).
     pub rebuild_rate_bytes_per_s: Option<u64>,
+    /// Open even when members are missing and the ones present cannot prove they hold the
+    /// newest data (see [`Error::CannotProveCurrent`]).
+    pub force: bool,
 }
 
 impl Default for OpenOptions {
@@ -91,6 +95,7 @@ impl Default for OpenOptions {
             background_rebuild: true,
             auto_replace: true,
             rebuild_rate_bytes_per_s: None,
+            force: false,
         }
     }
 }
@@ -109,6 +114,50 @@ pub(crate) struct MapState {
     /// Slots that a failed commit may have referenced on some device: released only after the
     /// next successful commit.
     pub(crate) orphans: Vec<u64>,
+    /// Physical slot → the stripe last installed there (a hint: valid only where that stripe's
+    /// entry still names the slot). Lets a rebuild walk the devices in slot order.
+    pub(crate) owner: Vec<u64>,
+    /// Slots that must not be handed out again before the next commit even if their stripe is
+    /// rewritten: slots a rebuild batch is copying, and slots a failed commit may have recorded.
+    pub(crate) held: std::collections::HashSet<u64>,
+}
+
+impl MapState {
+    /// A map state for `map`, with the reverse index built from it.
+    pub(crate) fn new(map: StripeMap, slots: u64, next_generation: u64, free: Vec<u64>) -> Self {
+        let mut owner = vec![u64::MAX; usize::try_from(slots).unwrap_or(0)];
+        for stripe in map.written_stripes() {
+            if let Some(slot) = map.slot(stripe) {
+                if let Some(o) = owner.get_mut(usize::try_from(slot.0).unwrap_or(usize::MAX)) {
+                    *o = stripe;
+                }
+            }
+        }
+        Self {
+            map,
+            next_generation,
+            free,
+            dirty: BTreeMap::new(),
+            orphans: Vec::new(),
+            owner,
+            held: std::collections::HashSet::new(),
+        }
+    }
+
+    pub(crate) fn set_owner(&mut self, slot: u64, stripe: u64) {
+        if let Some(o) = self
+            .owner
+            .get_mut(usize::try_from(slot).unwrap_or(usize::MAX))
+        {
+            *o = stripe;
+        }
+    }
+
+    /// The stripe whose current entry lives in `slot`, if any.
+    pub(crate) fn stripe_in(&self, slot: u64) -> Option<u64> {
+        let stripe = *self.owner.get(usize::try_from(slot).ok()?)?;
+        (stripe != u64::MAX && self.map.slot(stripe).map(|s| s.0) == Some(slot)).then_some(stripe)
+    }
 }
 
 /// Where the next metadata record goes.
@@ -132,6 +181,9 @@ pub(crate) struct PoolInner {
     stripe_locks: Vec<Mutex<()>>,
     /// Rebuild pacing and policy, shared with the background driver.
     pub(crate) rebuild: crate::rebuild::RebuildControl,
+    /// Writes hold it shared from taking a generation to installing their entry; attaching a
+    /// replacement takes it exclusively (see `io::write_stripe_into`).
+    pub(crate) attach_lock: parking_lot::RwLock<()>,
 }
 
 impl PoolInner {

@@ -65,6 +65,7 @@ fn new_inner(
         meta: Mutex::new(meta),
         stripe_locks: (0..STRIPE_LOCKS).map(|_| Mutex::new(())).collect(),
         rebuild: crate::rebuild::RebuildControl::new(options),
+        attach_lock: parking_lot::RwLock::new(()),
     })
 }
 
@@ -161,13 +162,12 @@ pub(super) fn create(
         });
     }
     let width = geometry.width();
-    let state = MapState {
-        map: StripeMap::new(geometry.stripes, width),
-        next_generation: 0,
-        free: (0..geometry.slots).rev().collect(),
-        dirty: BTreeMap::new(),
-        orphans: Vec::new(),
-    };
+    let state = MapState::new(
+        StripeMap::new(geometry.stripes, width),
+        geometry.slots,
+        0,
+        (0..geometry.slots).rev().collect(),
+    );
     let meta = MetaCursor {
         sequence: 0,
         log_used: 0,
@@ -232,6 +232,18 @@ pub(super) fn open(
         .max_by_key(|sb| sb.generation)
         .cloned()
         .ok_or_else(|| Error::InvalidConfig("no devices given".into()))?;
+    // Two devices at the same generation with different member lists: each was written by a
+    // process that had faulted the other (a split brain). Neither can be trusted blindly.
+    let conflict = found.iter().find(|f| {
+        f.superblock.generation == newest.generation && f.superblock.members != newest.members
+    });
+    if let (Some(conflict), false) = (conflict, options.force) {
+        return Err(Error::CorruptMetadata(format!(
+            "split brain: {} and another member both claim superblock generation {} with different member states; open with only the devices you trust, with force",
+            conflict.device.name(),
+            newest.generation
+        )));
+    }
     let mut by_uuid: BTreeMap<[u8; 16], SharedDevice> = BTreeMap::new();
     for f in found {
         let member = newest
@@ -288,6 +300,7 @@ pub(super) fn open(
     let mut replacements = Vec::new();
     let mut spares = Vec::new();
     let mut newly_missing = false;
+    let mut suspects = Vec::new();
     for record in &newest.members {
         let device = by_uuid.remove(&record.uuid.0);
         let identity = Identity {
@@ -299,7 +312,10 @@ pub(super) fn open(
                 replacements.push((index, record.state.clone(), identity, device));
             }
             (Role::Data { index }, _) if index < data_count && data[index].is_none() => {
-                newly_missing |= device.is_none() && record.state == MemberState::Online;
+                if device.is_none() && record.state == MemberState::Online {
+                    newly_missing = true;
+                    suspects.push(record.path.clone());
+                }
                 data[index] = Some(MemberDevice::new(index, record, device));
             }
             (Role::Data { index }, _) => {
@@ -330,7 +346,7 @@ pub(super) fn open(
     let members = Members::new(data, spares, newest.clone(), options.error_threshold);
     for (index, state, identity, device) in replacements {
         let MemberState::Rebuilding {
-            next_stripe,
+            next_slot,
             since_generation,
             start_generation,
         } = state
@@ -339,13 +355,13 @@ pub(super) fn open(
         };
         match device {
             Some(device) if index < data_count => {
-                tracing::info!(device = %identity.path, index, next_stripe, "resuming rebuild from its checkpoint");
+                tracing::info!(device = %identity.path, index, next_slot, "resuming rebuild from its checkpoint");
                 members.attach_replacement(
                     crate::types::DeviceIndex(index),
                     std::sync::Arc::new(Replacement::new(
                         identity,
                         device,
-                        next_stripe,
+                        next_slot,
                         since_generation,
                         start_generation,
                         false,
@@ -364,6 +380,20 @@ pub(super) fn open(
     // Refuse before writing anything: a pool missing more than it tolerates stays untouched,
     // so putting the missing device back later is all it takes.
     inner.check_available()?;
+    // A member the newest superblock found calls online is missing. If the members present
+    // could all be ones that were faulted while the missing ones went on without them, their
+    // newest superblock cannot show it, and opening would roll back flushed writes. That is
+    // impossible when the present members plus the shards a stripe needs outnumber the layout:
+    // any set of members able to write would have included one of them.
+    let present = inner.members.data.iter().filter(|m| m.is_online()).count();
+    let needed = inner.codec.shards_needed();
+    if !suspects.is_empty() && present + needed <= inner.geometry.devices && !options.force {
+        return Err(Error::CannotProveCurrent {
+            present,
+            total: inner.geometry.devices,
+            missing: suspects,
+        });
+    }
     for member in &inner.members.data {
         if let Some(replacement) = member.replacement() {
             inner.estimate_total(member.index, &replacement);
@@ -521,13 +551,7 @@ fn recover_map(
         .collect();
     let next_generation = best.next_generation.max(best.map.max_generation());
     Ok((
-        MapState {
-            map: best.map,
-            next_generation,
-            free,
-            dirty: BTreeMap::new(),
-            orphans: Vec::new(),
-        },
+        MapState::new(best.map, geometry.slots, next_generation, free),
         MetaCursor {
             sequence: best.sequence,
             log_used: 0,

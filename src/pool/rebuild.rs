@@ -9,20 +9,23 @@
 //!
 //! Writes that land during the rebuild go to the replacement directly (see `Members::write_shard`):
 //! a stripe whose generation is at least the replacement's `start_generation` is skipped. The
-//! watermark (`next_stripe`) is checkpointed in the superblocks after the replacement is flushed,
+//! watermark (`next_slot`) is checkpointed in the superblocks after the replacement is flushed,
 //! so a crash resumes from the last checkpoint. When the watermark reaches the end, the
 //! replacement is flushed and swapped in, and the superblocks record it as the member.
 
 use super::{Identity, PoolInner, Replacement};
+use crate::codec::shard_checksum;
 use crate::device::SharedDevice;
 use crate::error::{Error, Result};
+use crate::format::MapEntry;
 use crate::types::{DeviceIndex, ShardIndex, SlotId};
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-/// Stripes per rebuild step.
-const STRIPES_PER_STEP: u64 = 128;
+/// Physical slots per rebuild step: 256 slots of 16 KiB chunks are 4 MiB per device per step.
+const SLOTS_PER_STEP: u64 = 256;
 
 /// Progress of one rebuild, for `status` and the API.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -39,10 +42,10 @@ pub struct RebuildProgress {
     pub total_bytes: u64,
     /// Bytes read from the other devices in this run.
     pub read_bytes: u64,
-    /// Stripes below this are done.
-    pub next_stripe: u64,
-    /// Stripes in the pool.
-    pub stripes: u64,
+    /// Physical slots below this are done.
+    pub next_slot: u64,
+    /// Physical slots in the pool.
+    pub slots: u64,
     /// Average rate of this run, bytes per second.
     pub rate_bytes_per_s: u64,
     /// Estimated seconds to go.
@@ -50,12 +53,12 @@ pub struct RebuildProgress {
 }
 
 /// What one rebuild step did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct StepOutcome {
     /// Bytes written to replacements.
     pub written_bytes: u64,
-    /// Rebuilds that completed in this step.
-    pub completed: usize,
+    /// Final progress of the rebuilds that completed in this step.
+    pub completed: Vec<RebuildProgress>,
     /// Rebuilds still running after this step.
     pub running: usize,
 }
@@ -91,8 +94,10 @@ impl PoolInner {
             )));
         }
         {
-            // Under the map lock, so every generation handed out after this point belongs to a
-            // write that will see the replacement attached.
+            // Wait for writes that hold a generation but have not installed their entry yet;
+            // then, under the map lock, every generation handed out after this point belongs
+            // to a write that sees the replacement attached.
+            let _no_writes_in_flight = self.attach_lock.write();
             let state = self.map.lock();
             let replacement = Replacement::new(
                 identity,
@@ -115,12 +120,12 @@ impl PoolInner {
 
     /// Count the bytes the rebuild of `index` will write from its watermark on.
     pub(crate) fn estimate_total(&self, index: DeviceIndex, replacement: &Replacement) {
-        let from = replacement.next_stripe.load(Ordering::Acquire);
+        let from = replacement.next_slot.load(Ordering::Acquire);
         let state = self.map.lock();
         let mut total = 0u64;
-        for stripe in state.map.written_stripes().filter(|s| *s >= from) {
+        for stripe in state.map.written_stripes() {
             let entry = state.map.get(stripe);
-            if let Some(slot) = entry.slot {
+            if let Some(slot) = entry.slot.filter(|s| s.0 >= from) {
                 if needs_rebuild(replacement, entry.generation.0) {
                     total += self.shards_on(slot, index).len() as u64 * self.geometry.chunk_bytes;
                 }
@@ -169,21 +174,14 @@ impl PoolInner {
             let Some(replacement) = member.replacement() else {
                 continue;
             };
-            let from = replacement.next_stripe.load(Ordering::Acquire);
-            let to = (from + STRIPES_PER_STEP).min(self.geometry.stripes);
-            // Stripes are independent: rebuild the batch in parallel for queue depth.
-            let written: Vec<u64> = {
-                use rayon::prelude::*;
-                (from..to)
-                    .into_par_iter()
-                    .map(|stripe| self.rebuild_stripe(member.index, &replacement, stripe))
-                    .collect::<Result<_>>()?
-            };
-            outcome.written_bytes += written.iter().sum::<u64>();
-            replacement.next_stripe.store(to, Ordering::Release);
-            if to >= self.geometry.stripes {
+            let from = replacement.next_slot.load(Ordering::Acquire);
+            let to = (from + SLOTS_PER_STEP).min(self.geometry.slots);
+            outcome.written_bytes += self.rebuild_slots(member.index, &replacement, from, to)?;
+            replacement.next_slot.store(to, Ordering::Release);
+            if to >= self.geometry.slots {
+                let last = self.progress_of(member, &replacement);
                 self.finish_rebuild(member.index, &replacement)?;
-                outcome.completed += 1;
+                outcome.completed.push(last);
             } else {
                 outcome.running += 1;
             }
@@ -192,6 +190,237 @@ impl PoolInner {
             self.checkpoint_rebuilds()?;
         }
         Ok(outcome)
+    }
+
+    /// Rebuild the live slots in `from..to` onto the replacement of `index`, with one read per
+    /// run of adjacent source chunks on each device and one write per run on the replacement.
+    ///
+    /// The meta mutex is held throughout: no commit can complete, so no slot that is live now
+    /// can be freed and reused by a foreground write before this batch has written it. Slot
+    /// contents never change while live (copy-on-write), so no stripe lock is needed; anything
+    /// that fails verification goes through the per-stripe path, which takes the lock.
+    fn rebuild_slots(
+        &self,
+        index: DeviceIndex,
+        replacement: &Replacement,
+        from: u64,
+        to: u64,
+    ) -> Result<u64> {
+        let _no_commit = self.meta.lock();
+        // Work: every live slot in range whose stripe still needs copying, with its sources.
+        let items: Vec<BatchItem> = {
+            let mut state = self.map.lock();
+            let items: Vec<BatchItem> = (from..to)
+                .filter_map(|slot| {
+                    let stripe = state.stripe_in(slot)?;
+                    let entry = state.map.get(stripe);
+                    if !needs_rebuild(replacement, entry.generation.0) {
+                        return None;
+                    }
+                    let targets = self.shards_on(SlotId(slot), index);
+                    if targets.is_empty() {
+                        return None;
+                    }
+                    let sources = self.rebuild_sources(SlotId(slot), &targets);
+                    Some(BatchItem {
+                        stripe,
+                        slot: SlotId(slot),
+                        entry,
+                        targets,
+                        sources,
+                    })
+                })
+                .collect();
+            // A stripe rewritten twice within one epoch frees its previous slot at once; hold
+            // these so none is handed out (and its cell on the replacement overwritten by a new
+            // stripe) before this batch has written it.
+            state.held.extend(items.iter().map(|item| item.slot.0));
+            items
+        };
+        if items.is_empty() {
+            return Ok(0);
+        }
+        let result = self.rebuild_items(index, replacement, &items);
+        let mut state = self.map.lock();
+        for item in &items {
+            state.held.remove(&item.slot.0);
+        }
+        result
+    }
+
+    /// The I/O of one rebuild batch (see `rebuild_slots`).
+    fn rebuild_items(
+        &self,
+        index: DeviceIndex,
+        replacement: &Replacement,
+        items: &[BatchItem],
+    ) -> Result<u64> {
+        let chunk = usize::try_from(self.geometry.chunk_bytes).unwrap_or(0);
+        // Read every source chunk, coalesced into runs per device, in parallel across devices.
+        let mut wanted: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
+        for item in items {
+            for shard in &item.sources {
+                let (device, offset) = self.geometry.shard_location(item.slot, *shard);
+                wanted.entry(device.0).or_default().push(offset);
+            }
+        }
+        let wanted: Vec<(usize, Vec<u64>)> = wanted.into_iter().collect();
+        let cells: BTreeMap<(usize, u64), Vec<u8>> =
+            super::parallel::each(&wanted, |(device, offsets)| {
+                let device = *device;
+                let mut offsets = offsets.clone();
+                offsets.sort_unstable();
+                offsets.dedup();
+                let member = self.members.get(DeviceIndex(device));
+                let mut out = Vec::new();
+                let Some(handle) = member.device() else {
+                    return out;
+                };
+                for run in runs(&offsets, self.geometry.chunk_bytes) {
+                    let mut buf = vec![0u8; run.len() * chunk];
+                    if let Err(err) = handle.read_at(run[0], &mut buf) {
+                        // Leave the cells out: the items fall back to the per-stripe path,
+                        // which reads shard by shard and counts the error exactly.
+                        tracing::debug!(device, offset = run[0], %err, "rebuild run read failed");
+                        continue;
+                    }
+                    for (i, offset) in run.iter().enumerate() {
+                        out.push(((device, *offset), buf[i * chunk..(i + 1) * chunk].to_vec()));
+                    }
+                }
+                out
+            })
+            .into_iter()
+            .flatten()
+            .collect();
+        let read: u64 = cells.len() as u64 * self.geometry.chunk_bytes;
+        replacement.bytes_read.fetch_add(read, Ordering::Relaxed);
+        // Verify, reconstruct and verify again, per slot, split over the cores.
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+        let parts: Vec<&[BatchItem]> = items.chunks(items.len().div_ceil(cores).max(1)).collect();
+        let produced: Vec<std::result::Result<Vec<Cell>, u64>> =
+            super::parallel::each(&parts, |part| {
+                part.iter()
+                    .map(|item| self.rebuild_from_cells(item, &cells).ok_or(item.stripe))
+                    .collect::<Vec<_>>()
+            })
+            .into_iter()
+            .flatten()
+            .collect();
+        let mut outputs: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut fallback = Vec::new();
+        for result in produced {
+            match result {
+                Ok(cells) => outputs.extend(cells),
+                Err(stripe) => fallback.push(stripe),
+            }
+        }
+        outputs.sort_unstable_by_key(|(offset, _)| *offset);
+        let mut written = 0u64;
+        let offsets: Vec<u64> = outputs.iter().map(|(o, _)| *o).collect();
+        let mut position = 0;
+        for run in runs(&offsets, self.geometry.chunk_bytes) {
+            let mut buf = Vec::with_capacity(run.len() * chunk);
+            for (_, bytes) in &outputs[position..position + run.len()] {
+                buf.extend_from_slice(bytes);
+            }
+            position += run.len();
+            if let Err(err) = replacement.device.write_at(run[0], &buf) {
+                self.members
+                    .abandon_replacement(index, &format!("write failed: {err}"));
+                return Err(Error::Io {
+                    device: replacement.identity.path.clone(),
+                    offset: run[0],
+                    source: err.into_io(),
+                });
+            }
+            written += buf.len() as u64;
+        }
+        replacement
+            .bytes_written
+            .fetch_add(written, Ordering::Relaxed);
+        for stripe in fallback {
+            written += self.rebuild_stripe(index, replacement, stripe)?;
+        }
+        Ok(written)
+    }
+
+    /// Which shards to read to produce `targets`: the targets themselves if the device being
+    /// replaced is still healthy, else K online shards (Reed-Solomon) or one online copy each.
+    fn rebuild_sources(&self, slot: SlotId, targets: &[ShardIndex]) -> Vec<ShardIndex> {
+        let width = self.geometry.width();
+        let online = |shard: usize| {
+            let (device, _) = self.geometry.shard_location(slot, ShardIndex(shard));
+            self.members.get(device).is_online()
+        };
+        let is_target = |shard: usize| targets.contains(&ShardIndex(shard));
+        if targets.iter().all(|t| online(t.0)) {
+            return targets.to_vec();
+        }
+        match self.geometry.layout {
+            crate::geometry::Layout::ReedSolomon { .. } => (0..width)
+                .filter(|s| !is_target(*s) && online(*s))
+                .take(self.codec.shards_needed())
+                .map(ShardIndex)
+                .collect(),
+            crate::geometry::Layout::Mirror { .. } | crate::geometry::Layout::Raid10 { .. } => {
+                targets
+                    .iter()
+                    .filter_map(|t| {
+                        let group = self.geometry.shard_data_chunk(*t);
+                        (0..width)
+                            .find(|s| {
+                                !is_target(*s)
+                                    && online(*s)
+                                    && self.geometry.shard_data_chunk(ShardIndex(*s)) == group
+                            })
+                            .map(ShardIndex)
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// Produce the target shards of one batch item from the cells read, or `None` if anything
+    /// is missing or fails verification (the caller then takes the per-stripe path).
+    fn rebuild_from_cells(
+        &self,
+        item: &BatchItem,
+        cells: &BTreeMap<(usize, u64), Vec<u8>>,
+    ) -> Option<Vec<(u64, Vec<u8>)>> {
+        let width = self.geometry.width();
+        let chunk = usize::try_from(self.geometry.chunk_bytes).ok()?;
+        let mut shards = vec![vec![0u8; chunk]; width];
+        let mut present = vec![false; width];
+        for shard in &item.sources {
+            let (device, offset) = self.geometry.shard_location(item.slot, *shard);
+            let bytes = cells.get(&(device.0, offset))?;
+            if shard_checksum(item.slot, *shard, item.entry.generation, bytes)
+                != item.entry.crcs[shard.0]
+            {
+                return None;
+            }
+            shards[shard.0].copy_from_slice(bytes);
+            present[shard.0] = true;
+        }
+        if !item.targets.iter().all(|t| present[t.0])
+            && !self.codec.reconstruct(&mut shards, &mut present)
+        {
+            return None;
+        }
+        item.targets
+            .iter()
+            .map(|t| {
+                let verified = shard_checksum(item.slot, *t, item.entry.generation, &shards[t.0])
+                    == item.entry.crcs[t.0];
+                verified.then(|| {
+                    (
+                        self.geometry.shard_location(item.slot, *t).1,
+                        shards[t.0].clone(),
+                    )
+                })
+            })
+            .collect()
     }
 
     /// Persist the rebuild watermarks: replacements flushed first, then the superblocks.
@@ -217,8 +446,13 @@ impl PoolInner {
         if targets.is_empty() {
             return Ok(0);
         }
-        let (shards, read) = self.shards_for_rebuild(stripe, slot, &entry, &targets)?;
-        replacement.bytes_read.fetch_add(read, Ordering::Relaxed);
+        // The slow, careful path (a batch item failed verification): read every shard, heal
+        // what is bad, reconstruct.
+        let (shards, _) = self.recover_stripe(stripe, slot, &entry, Vec::new())?;
+        replacement.bytes_read.fetch_add(
+            self.geometry.width() as u64 * self.geometry.chunk_bytes,
+            Ordering::Relaxed,
+        );
         let mut written = 0;
         for shard in targets {
             let (_, offset) = self.geometry.shard_location(slot, shard);
@@ -237,77 +471,6 @@ impl PoolInner {
             .bytes_written
             .fetch_add(written, Ordering::Relaxed);
         Ok(written)
-    }
-
-    /// Fetch just enough shards to produce `targets` (the device being replaced itself if it is
-    /// still healthy, else K shards or one other copy), verify, reconstruct. Any failure falls
-    /// back to the full recovery path, which also heals what it finds. Returns every shard (at
-    /// least the targets filled and verified) and the bytes read.
-    fn shards_for_rebuild(
-        &self,
-        stripe: u64,
-        slot: SlotId,
-        entry: &crate::format::MapEntry,
-        targets: &[ShardIndex],
-    ) -> Result<(Vec<Vec<u8>>, u64)> {
-        use super::io::Fetch;
-        use rayon::prelude::*;
-        let width = self.geometry.width();
-        let chunk = usize::try_from(self.geometry.chunk_bytes).unwrap_or(0);
-        let online = |shard: usize| {
-            let (device, _) = self.geometry.shard_location(slot, ShardIndex(shard));
-            self.members.get(device).is_online()
-        };
-        let is_target = |shard: usize| targets.contains(&ShardIndex(shard));
-        let sources: Vec<usize> = if targets.iter().all(|t| online(t.0)) {
-            targets.iter().map(|t| t.0).collect()
-        } else {
-            match self.geometry.layout {
-                crate::geometry::Layout::ReedSolomon { .. } => (0..width)
-                    .filter(|s| !is_target(*s) && online(*s))
-                    .take(self.codec.shards_needed())
-                    .collect(),
-                crate::geometry::Layout::Mirror { .. } | crate::geometry::Layout::Raid10 { .. } => targets
-                    .iter()
-                    .filter_map(|t| {
-                        let group = self.geometry.shard_data_chunk(*t);
-                        (0..width).find(|s| {
-                            !is_target(*s)
-                                && online(*s)
-                                && self.geometry.shard_data_chunk(ShardIndex(*s)) == group
-                        })
-                    })
-                    .collect(),
-            }
-        };
-        let fetched: Vec<(usize, Fetch)> = sources
-            .par_iter()
-            .map(|s| (*s, self.fetch_shard(slot, ShardIndex(*s), entry)))
-            .collect();
-        let mut read = fetched.len() as u64 * self.geometry.chunk_bytes;
-        if fetched.iter().all(|(_, f)| matches!(f, Fetch::Good(_))) {
-            let mut shards = vec![vec![0u8; chunk]; width];
-            let mut present = vec![false; width];
-            for (shard, fetch) in &fetched {
-                if let Fetch::Good(bytes) = fetch {
-                    shards[*shard].copy_from_slice(bytes);
-                    present[*shard] = true;
-                }
-            }
-            let complete = targets.iter().all(|t| present[t.0])
-                || self.codec.reconstruct(&mut shards, &mut present);
-            let verified = complete
-                && targets.iter().all(|t| {
-                    crate::codec::shard_checksum(slot, *t, entry.generation, &shards[t.0])
-                        == entry.crcs[t.0]
-                });
-            if verified {
-                return Ok((shards, read));
-            }
-        }
-        read += (width - fetched.len()) as u64 * self.geometry.chunk_bytes;
-        let (shards, _) = self.recover_stripe(stripe, slot, entry, fetched)?;
-        Ok((shards, read))
     }
 
     fn finish_rebuild(&self, index: DeviceIndex, replacement: &Replacement) -> Result<()> {
@@ -334,36 +497,68 @@ impl PoolInner {
         self.members
             .data
             .iter()
-            .filter_map(|member| {
-                let replacement = member.replacement()?;
-                let done = replacement.bytes_written.load(Ordering::Relaxed);
-                let total = replacement.total_bytes.load(Ordering::Relaxed).max(done);
-                let secs = replacement.started.elapsed().as_secs_f64();
-                #[allow(
-                    clippy::cast_possible_truncation,
-                    clippy::cast_sign_loss,
-                    clippy::cast_precision_loss
-                )]
-                let rate = if secs > 0.0 {
-                    (done as f64 / secs) as u64
-                } else {
-                    0
-                };
-                Some(RebuildProgress {
-                    index: member.index.0,
-                    replacing: member.path(),
-                    device: replacement.identity.path.clone(),
-                    done_bytes: done,
-                    total_bytes: total,
-                    read_bytes: replacement.bytes_read.load(Ordering::Relaxed),
-                    next_stripe: replacement.next_stripe.load(Ordering::Relaxed),
-                    stripes: self.geometry.stripes,
-                    rate_bytes_per_s: rate,
-                    eta_secs: (rate > 0).then(|| (total - done) / rate),
-                })
-            })
+            .filter_map(|member| member.replacement().map(|r| self.progress_of(member, &r)))
             .collect()
     }
+
+    fn progress_of(
+        &self,
+        member: &super::MemberDevice,
+        replacement: &Replacement,
+    ) -> RebuildProgress {
+        let done = replacement.bytes_written.load(Ordering::Relaxed);
+        let total = replacement.total_bytes.load(Ordering::Relaxed).max(done);
+        let secs = replacement.started.elapsed().as_secs_f64();
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
+        let rate = if secs > 0.0 {
+            (done as f64 / secs) as u64
+        } else {
+            0
+        };
+        RebuildProgress {
+            index: member.index.0,
+            replacing: member.path(),
+            device: replacement.identity.path.clone(),
+            done_bytes: done,
+            total_bytes: total,
+            read_bytes: replacement.bytes_read.load(Ordering::Relaxed),
+            next_slot: replacement.next_slot.load(Ordering::Relaxed),
+            slots: self.geometry.slots,
+            rate_bytes_per_s: rate,
+            eta_secs: (rate > 0).then(|| (total - done) / rate),
+        }
+    }
+}
+
+/// A chunk to write to the replacement: device offset and bytes.
+type Cell = (u64, Vec<u8>);
+
+/// One live slot of a rebuild batch.
+struct BatchItem {
+    stripe: u64,
+    slot: SlotId,
+    entry: MapEntry,
+    targets: Vec<ShardIndex>,
+    sources: Vec<ShardIndex>,
+}
+
+/// Split sorted chunk offsets into runs of adjacent chunks.
+fn runs(offsets: &[u64], chunk_bytes: u64) -> Vec<&[u64]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for i in 1..=offsets.len() {
+        if i == offsets.len() || offsets[i] != offsets[i - 1] + chunk_bytes {
+            if start < i {
+                out.push(&offsets[start..i]);
+            }
+            start = i;
+        }
+    }
+    out
 }
 
 /// Whether a stripe written at `generation` still has to be copied to the replacement.
