@@ -237,3 +237,125 @@ fn demo_runs_the_whole_story() {
     assert!(stdout.contains("pool is ONLINE again"), "{stdout}");
     assert!(stdout.contains("lose device 0 too"), "{stdout}");
 }
+
+#[test]
+fn lifecycle_commands_offline_online_replace_spare_add_rebuild() {
+    let dir = tempfile::tempdir().unwrap();
+    let devs = devices(dir.path(), 3);
+    let mut args = vec!["create", "--layout", "rs:2+1", "--device-size", "8M"];
+    args.extend(devs.iter().map(|d| p(d)));
+    assert!(run(&args, None).status.success());
+    let payload: Vec<u8> = (0..2_000_000u32).map(|i| (i * 7 % 253) as u8).collect();
+    assert!(
+        run(&["write", p(&devs[0]), "--offset", "0"], Some(&payload))
+            .status
+            .success()
+    );
+    let read_back = |from: &Path| {
+        let out = run(
+            &[
+                "read",
+                p(from),
+                "--offset",
+                "0",
+                "--length",
+                &payload.len().to_string(),
+            ],
+            None,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.stdout == payload, "payload differs");
+    };
+    let json = |from: &Path| -> serde_json::Value {
+        serde_json::from_slice(&run(&["status", p(from), "--json"], None).stdout).unwrap()
+    };
+
+    // offline, then online: rebuilt and back in service.
+    let out = run(&["offline", p(&devs[0]), "1"], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(json(&devs[0])["devices"][1]["state"], "FAULTED");
+    let out = run(&["offline", p(&devs[0]), "2"], None);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a second offline would lose data"
+    );
+    let out = run(&["online", p(&devs[0]), p(&devs[1])], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(json(&devs[0])["health"], "ONLINE");
+    read_back(&devs[0]);
+
+    // replace a healthy member with a new file.
+    let new = dir.path().join("new.img");
+    let out = run(
+        &[
+            "replace",
+            p(&devs[0]),
+            "--old",
+            p(&devs[2]),
+            "--new",
+            p(&new),
+            "--rebuild-rate",
+            "1G",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = json(&devs[0]);
+    assert_eq!(status["devices"][2]["path"], p(&new));
+    assert_eq!(status["health"], "ONLINE");
+    read_back(&new);
+
+    // spare add, lose a member, rebuild onto the spare.
+    let spare = dir.path().join("spare.img");
+    let out = run(&["spare", "add", p(&devs[0]), "--device", p(&spare)], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(json(&devs[0])["spares"][0]["state"], "AVAIL");
+    std::fs::remove_file(&new).unwrap();
+    let out = run(&["rebuild", p(&devs[0])], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = json(&devs[0]);
+    assert_eq!(status["devices"][2]["path"], p(&spare));
+    assert_eq!(status["health"], "ONLINE");
+    assert_eq!(status["spares"].as_array().unwrap().len(), 0);
+    read_back(&spare);
+
+    // Errors name what is wrong.
+    let out = run(
+        &[
+            "replace",
+            p(&devs[0]),
+            "--old",
+            "nosuch",
+            "--new",
+            p(&dir.path().join("x.img")),
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no data member \"nosuch\""));
+}

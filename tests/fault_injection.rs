@@ -212,9 +212,10 @@ fn sector_read_errors_are_reconstructed_and_counted() {
                 "{layout}: read errors counted"
             );
             assert_eq!(
-                status.devices[0].state, "ONLINE",
-                "{layout}: below threshold stays online"
+                status.devices[0].state, "DEGRADED",
+                "{layout}: below the threshold it stays in service, marked as having errors"
             );
+            assert!(status.devices[0].reason.is_none(), "{layout}: not faulted");
             verify(&pool, &model);
         },
     );

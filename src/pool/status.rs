@@ -28,7 +28,8 @@ pub struct DeviceStatus {
     pub path: String,
     /// Device UUID.
     pub uuid: String,
-    /// `ONLINE`, `FAULTED` or `AVAIL` (spare).
+    /// `ONLINE`, `DEGRADED` (in service, has returned errors), `FAULTED`, `REBUILDING`, or for
+    /// spares `AVAIL` / `FAULTED`.
     pub state: String,
     /// Why it is faulted.
     pub reason: Option<String>,
@@ -109,10 +110,11 @@ impl PoolInner {
                 index: Some(member.index.0),
                 path: identity.path,
                 uuid: identity.uuid.to_string(),
-                state: if reason.is_some() {
-                    "FAULTED"
-                } else {
-                    "ONLINE"
+                // DEGRADED: in service, but it has returned errors (healed so far).
+                state: match (&reason, read_errors + checksum_errors) {
+                    (Some(_), _) => "FAULTED",
+                    (None, 0) => "ONLINE",
+                    (None, _) => "DEGRADED",
                 }
                 .to_string(),
                 reason,

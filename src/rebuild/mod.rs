@@ -7,7 +7,7 @@
 //! in the last 20 ms, the rebuild sleeps 2 ms before its next step, so a busy volume keeps most
 //! of the devices' bandwidth while the rebuild still makes steady progress between requests.
 
-use crate::pool::{OpenOptions, PoolInner, RebuildProgress};
+use crate::pool::{OpenOptions, PoolInner};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -193,11 +193,28 @@ fn drive(pool: &PoolInner, stop: &AtomicBool) {
     }
 }
 
-/// Render progress for logs.
-#[must_use]
-pub fn describe(progress: &RebuildProgress) -> String {
-    format!(
-        "position {}: {} of {} bytes onto {}",
-        progress.index, progress.done_bytes, progress.total_bytes, progress.device
-    )
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pacer_holds_the_rate_and_yields_to_foreground() {
+        let options = OpenOptions {
+            rebuild_rate_bytes_per_s: Some(100 << 20),
+            ..OpenOptions::default()
+        };
+        let control = RebuildControl::new(&options);
+        let mut pacer = Pacer::default();
+        // 50 MiB at 100 MiB/s must take about half a second from the start.
+        let wait = pacer.after_step(&control, 50 << 20);
+        assert!(
+            wait > Duration::from_millis(400) && wait <= Duration::from_millis(500),
+            "{wait:?}"
+        );
+        // Unlimited and idle: no wait; right after foreground I/O: a short yield.
+        control.set_rate(None);
+        assert_eq!(pacer.after_step(&control, 1 << 20), Duration::ZERO);
+        control.foreground();
+        assert_eq!(pacer.after_step(&control, 1 << 20), YIELD);
+    }
 }
