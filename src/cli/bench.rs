@@ -92,9 +92,11 @@ fn one_run(
     }
     pool.close()?;
     std::fs::remove_file(&paths[1])?;
+    // Forced: the benchmark deleted the device itself.
     let open = OpenOptions {
         background_rebuild: false,
         auto_replace: true,
+        force: true,
         ..OpenOptions::default()
     };
     let pool = Pool::open_paths(&paths[..1], &open)?;

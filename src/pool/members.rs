@@ -189,6 +189,9 @@ impl MemberDevice {
                     index: self.index.0,
                 },
                 state: MemberState::Rebuilding {
+                    // Safe to record the live watermark: every write below it has completed,
+                    // and `write_superblocks` flushes the replacement after reading it and
+                    // before its new superblock can be valid.
                     next_slot: replacement.next_slot.load(Ordering::Acquire),
                     since_generation: replacement.since_generation,
                     start_generation: replacement.start_generation,
