@@ -57,6 +57,9 @@ pub struct Replacement {
     /// not stripe order, so the rebuild reads and writes each device sequentially however
     /// copy-on-write has scattered the stripes.)
     pub next_slot: AtomicU64,
+    /// The watermark as last made durable (the replacement flushed up to it); this is what the
+    /// superblocks record.
+    pub durable_slot: AtomicU64,
     /// Stripes written before this generation are already on the device (a device coming back
     /// online after an administrative offline); 0 for a new device.
     pub since_generation: u64,
@@ -89,6 +92,7 @@ impl Replacement {
             identity,
             device,
             next_slot: AtomicU64::new(next_slot),
+            durable_slot: AtomicU64::new(next_slot),
             since_generation,
             start_generation,
             bytes_read: AtomicU64::new(0),
@@ -189,10 +193,10 @@ impl MemberDevice {
                     index: self.index.0,
                 },
                 state: MemberState::Rebuilding {
-                    // Safe to record the live watermark: every write below it has completed,
-                    // and `write_superblocks` flushes the replacement after reading it and
-                    // before its new superblock can be valid.
-                    next_slot: replacement.next_slot.load(Ordering::Acquire),
+                    // Only progress already flushed: a superblock written for any reason (a
+                    // fault, a spare added) may land on other devices before the replacement's
+                    // own data is durable.
+                    next_slot: replacement.durable_slot.load(Ordering::Acquire),
                     since_generation: replacement.since_generation,
                     start_generation: replacement.start_generation,
                 },

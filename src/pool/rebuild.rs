@@ -425,7 +425,19 @@ impl PoolInner {
 
     /// Persist the rebuild watermarks: replacements flushed first, then the superblocks.
     pub(crate) fn checkpoint_rebuilds(&self) -> Result<()> {
-        self.members.flush_all();
+        for member in &self.members.data {
+            let Some(replacement) = member.replacement() else {
+                continue;
+            };
+            // Capture the watermark first: everything below it was written before the flush.
+            let watermark = replacement.next_slot.load(Ordering::Acquire);
+            if let Err(err) = replacement.device.flush() {
+                self.members
+                    .abandon_replacement(member.index, &format!("flush failed: {err}"));
+                continue;
+            }
+            replacement.durable_slot.store(watermark, Ordering::Release);
+        }
         self.members.write_superblocks()?;
         Ok(())
     }
