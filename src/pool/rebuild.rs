@@ -25,7 +25,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// Physical slots per rebuild step: 256 slots of 16 KiB chunks are 4 MiB per device per step.
-const SLOTS_PER_STEP: u64 = 256;
+const SLOTS_PER_STEP: u64 = 1024;
 
 /// Progress of one rebuild, for `status` and the API.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -339,6 +339,9 @@ impl PoolInner {
         replacement
             .bytes_written
             .fetch_add(written, Ordering::Relaxed);
+        if !fallback.is_empty() {
+            tracing::info!(stripes = fallback.len(), "rebuild: batch items that failed verification go the per-stripe way");
+        }
         for stripe in fallback {
             written += self.rebuild_stripe(index, replacement, stripe)?;
         }
