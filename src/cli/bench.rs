@@ -143,16 +143,8 @@ pub fn run(
     json: bool,
 ) -> CliResult {
     let layout: Layout = layout.parse()?;
-    let temp;
-    let dir: PathBuf = if let Some(dir) = dir {
-        std::fs::create_dir_all(dir)?;
-        dir.to_path_buf()
-    } else {
-        temp = tempfile::Builder::new()
-            .prefix("stripestore-bench")
-            .tempdir_in("/var/tmp")?;
-        temp.path().to_path_buf()
-    };
+    // /var/tmp: on disk, where /tmp may be a RAM filesystem.
+    let (dir, _temp) = super::work_dir(dir, Path::new("/var/tmp"))?;
     let mut results = Vec::new();
     for run in 0..runs.max(1) {
         let result = one_run(layout, device_bytes, &dir)?;

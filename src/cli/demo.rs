@@ -122,14 +122,7 @@ pub(crate) fn device_count(layout: Layout) -> usize {
 
 pub fn run(layout: &str, device_bytes: u64, dir: Option<&Path>) -> CliResult {
     let layout: Layout = layout.parse()?;
-    let temp;
-    let dir: PathBuf = if let Some(dir) = dir {
-        std::fs::create_dir_all(dir)?;
-        dir.to_path_buf()
-    } else {
-        temp = tempfile::tempdir()?;
-        temp.path().to_path_buf()
-    };
+    let (dir, _temp) = super::work_dir(dir, &std::env::temp_dir())?;
     let count = device_count(layout);
     let paths: Vec<PathBuf> = (0..count)
         .map(|i| dir.join(format!("dev{i}.img")))

@@ -492,6 +492,26 @@ pub(crate) fn run_rebuilds_with_progress(pool: &Pool) -> CliResult {
     Ok(())
 }
 
+/// The directory to work in: `dir` if given (created if needed), else a new temporary directory
+/// under `parent` that is removed when the returned guard drops.
+pub(crate) fn work_dir(
+    dir: Option<&Path>,
+    parent: &Path,
+) -> std::io::Result<(PathBuf, Option<tempfile::TempDir>)> {
+    match dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            Ok((dir.to_path_buf(), None))
+        }
+        None => {
+            let temp = tempfile::Builder::new()
+                .prefix("stripestore")
+                .tempdir_in(parent)?;
+            Ok((temp.path().to_path_buf(), Some(temp)))
+        }
+    }
+}
+
 /// Read until `buf` is full or input ends.
 fn read_full(reader: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut filled = 0;

@@ -340,7 +340,10 @@ impl PoolInner {
             .bytes_written
             .fetch_add(written, Ordering::Relaxed);
         if !fallback.is_empty() {
-            tracing::info!(stripes = fallback.len(), "rebuild: batch items that failed verification go the per-stripe way");
+            tracing::info!(
+                stripes = fallback.len(),
+                "rebuild: batch items that failed verification go the per-stripe way"
+            );
         }
         for stripe in fallback {
             written += self.rebuild_stripe(index, replacement, stripe)?;
