@@ -100,12 +100,9 @@ fn one_run(
         ..OpenOptions::default()
     };
     let pool = Pool::open_paths(&paths[..1], &open)?;
-    // Attach the spare (no stripes yet), so the total is known before timing.
-    pool.rebuild_step(false).ok();
-    let total = pool
-        .rebuild_progress()
-        .first()
-        .map_or(0, |p| p.total_bytes + p.done_bytes);
+    // Attach the spare (nothing copied yet), so the total is known before timing.
+    pool.attach_spares();
+    let total = pool.rebuild_progress().first().map_or(0, |p| p.total_bytes);
     drop(pool);
     let raw = raw_write(&dir.join("bench-raw.img"), total)?;
     std::fs::remove_file(dir.join("bench-raw.img"))?;
