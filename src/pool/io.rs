@@ -390,7 +390,7 @@ fn install(state: &mut MapState, stripe: u64, entry: &MapEntry) {
         // (Unless something else may still point at it: then it waits for the next commit.)
         Some(_) => {
             if let Some(slot) = previous {
-                if state.held.contains(&slot) {
+                if state.held.contains(&slot) || state.held_for_rebuild.contains(&slot) {
                     state.orphans.push(slot);
                 } else {
                     state.free.push(slot);

@@ -118,8 +118,11 @@ pub(crate) struct MapState {
     /// entry still names the slot). Lets a rebuild walk the devices in slot order.
     pub(crate) owner: Vec<u64>,
     /// Slots that must not be handed out again before the next commit even if their stripe is
-    /// rewritten: slots a rebuild batch is copying, and slots a failed commit may have recorded.
+    /// rewritten, because a failed commit may have recorded them on some device.
     pub(crate) held: std::collections::HashSet<u64>,
+    /// The same, for slots a rebuild batch is copying (kept apart so the batch's cleanup cannot
+    /// release a failed commit's hold).
+    pub(crate) held_for_rebuild: std::collections::HashSet<u64>,
 }
 
 impl MapState {
@@ -141,6 +144,7 @@ impl MapState {
             orphans: Vec::new(),
             owner,
             held: std::collections::HashSet::new(),
+            held_for_rebuild: std::collections::HashSet::new(),
         }
     }
 

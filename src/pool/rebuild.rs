@@ -234,7 +234,9 @@ impl PoolInner {
             // A stripe rewritten twice within one epoch frees its previous slot at once; hold
             // these so none is handed out (and its cell on the replacement overwritten by a new
             // stripe) before this batch has written it.
-            state.held.extend(items.iter().map(|item| item.slot.0));
+            state
+                .held_for_rebuild
+                .extend(items.iter().map(|item| item.slot.0));
             items
         };
         if items.is_empty() {
@@ -243,7 +245,7 @@ impl PoolInner {
         let result = self.rebuild_items(index, replacement, &items);
         let mut state = self.map.lock();
         for item in &items {
-            state.held.remove(&item.slot.0);
+            state.held_for_rebuild.remove(&item.slot.0);
         }
         result
     }
@@ -431,6 +433,7 @@ impl PoolInner {
 
     /// Persist the rebuild watermarks: replacements flushed first, then the superblocks.
     pub(crate) fn checkpoint_rebuilds(&self) -> Result<()> {
+        let mut watermarks = Vec::new();
         for member in &self.members.data {
             let Some(replacement) = member.replacement() else {
                 continue;
@@ -442,6 +445,13 @@ impl PoolInner {
                     .abandon_replacement(member.index, &format!("flush failed: {err}"));
                 continue;
             }
+            watermarks.push((replacement, watermark));
+        }
+        // The batches skipped slots the in-memory map had already moved away from; the durable
+        // map must not still point at one of them, or a crash would resume past a slot that was
+        // never copied. A commit makes the durable map at least as new as every batch saw.
+        self.commit()?;
+        for (replacement, watermark) in watermarks {
             replacement.durable_slot.store(watermark, Ordering::Release);
         }
         self.members.write_superblocks()?;
