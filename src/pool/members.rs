@@ -73,7 +73,7 @@ pub struct Replacement {
     pub total_bytes: AtomicU64,
     /// When this run started.
     pub started: Instant,
-    /// The spare it came from, to put back in the spare list if the rebuild is abandoned.
+    /// Whether it came from the spare list (it goes back there, marked faulted, if abandoned).
     pub from_spare: bool,
 }
 
@@ -393,18 +393,21 @@ impl Members {
         *self.get(index).replacement.write() = Some(replacement);
     }
 
-    /// Give up on the replacement of `index` (its device failed): it is recorded as a faulted
-    /// spare, and the position stays as it was.
+    /// Give up on the replacement of `index` (its device failed); the position stays as it was.
     pub(crate) fn abandon_replacement(&self, index: DeviceIndex, reason: &str) {
         let Some(replacement) = self.get(index).replacement.write().take() else {
             return;
         };
         tracing::error!(device = %replacement.identity.path, reason, "replacement abandoned");
-        self.push_spare(Spare {
-            identity: replacement.identity.clone(),
-            device: None,
-            fault: Some(format!("abandoned during rebuild: {reason}")),
-        });
+        // A spare stays on record as a faulted spare, so the operator sees it; a device given
+        // for a replace or online is simply dropped (the command reported the error).
+        if replacement.from_spare {
+            self.push_spare(Spare {
+                identity: replacement.identity.clone(),
+                device: None,
+                fault: Some(format!("abandoned during rebuild: {reason}")),
+            });
+        }
         if let Err(err) = self.write_superblocks() {
             tracing::error!(%err, "could not record the abandoned replacement");
         }
