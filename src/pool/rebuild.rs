@@ -210,27 +210,7 @@ impl PoolInner {
         // Work: every live slot in range whose stripe still needs copying, with its sources.
         let items: Vec<BatchItem> = {
             let mut state = self.map.lock();
-            let items: Vec<BatchItem> = (from..to)
-                .filter_map(|slot| {
-                    let stripe = state.stripe_in(slot)?;
-                    let entry = state.map.get(stripe);
-                    if !needs_rebuild(replacement, entry.generation.0) {
-                        return None;
-                    }
-                    let targets = self.shards_on(SlotId(slot), index);
-                    if targets.is_empty() {
-                        return None;
-                    }
-                    let sources = self.rebuild_sources(SlotId(slot), &targets);
-                    Some(BatchItem {
-                        stripe,
-                        slot: SlotId(slot),
-                        entry,
-                        targets,
-                        sources,
-                    })
-                })
-                .collect();
+            let items = self.batch_items(&state, index, replacement, from, to);
             // A stripe rewritten twice within one epoch frees its previous slot at once; hold
             // these so none is handed out (and its cell on the replacement overwritten by a new
             // stripe) before this batch has written it.
@@ -250,6 +230,58 @@ impl PoolInner {
         result
     }
 
+    /// The live slots in `from..to` that the replacement of `index` still needs, with the
+    /// shards to read for each.
+    fn batch_items(
+        &self,
+        state: &super::MapState,
+        index: DeviceIndex,
+        replacement: &Replacement,
+        from: u64,
+        to: u64,
+    ) -> Vec<BatchItem> {
+        (from..to)
+            .filter_map(|slot| {
+                let stripe = state.stripe_in(slot)?;
+                let entry = state.map.get(stripe);
+                if !needs_rebuild(replacement, entry.generation.0) {
+                    return None;
+                }
+                let targets = self.shards_on(SlotId(slot), index);
+                if targets.is_empty() {
+                    return None;
+                }
+                let sources = self.rebuild_sources(SlotId(slot), &targets);
+                Some(BatchItem {
+                    stripe,
+                    slot: SlotId(slot),
+                    entry,
+                    targets,
+                    sources,
+                })
+            })
+            .collect()
+    }
+
+    /// Device → sorted, distinct offsets of every source chunk of `items`.
+    fn source_offsets(&self, items: &[BatchItem]) -> Vec<(usize, Vec<u64>)> {
+        let mut wanted: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
+        for item in items {
+            for shard in &item.sources {
+                let (device, offset) = self.geometry.shard_location(item.slot, *shard);
+                wanted.entry(device.0).or_default().push(offset);
+            }
+        }
+        wanted
+            .into_iter()
+            .map(|(device, mut offsets)| {
+                offsets.sort_unstable();
+                offsets.dedup();
+                (device, offsets)
+            })
+            .collect()
+    }
+
     /// The I/O of one rebuild batch (see `rebuild_slots`).
     fn rebuild_items(
         &self,
@@ -259,26 +291,16 @@ impl PoolInner {
     ) -> Result<u64> {
         let chunk = usize::try_from(self.geometry.chunk_bytes).unwrap_or(0);
         // Read every source chunk, coalesced into runs per device, in parallel across devices.
-        let mut wanted: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
-        for item in items {
-            for shard in &item.sources {
-                let (device, offset) = self.geometry.shard_location(item.slot, *shard);
-                wanted.entry(device.0).or_default().push(offset);
-            }
-        }
-        let wanted: Vec<(usize, Vec<u64>)> = wanted.into_iter().collect();
+        let wanted = self.source_offsets(items);
         let cells: BTreeMap<(usize, u64), Vec<u8>> =
             super::parallel::each(&wanted, |(device, offsets)| {
                 let device = *device;
-                let mut offsets = offsets.clone();
-                offsets.sort_unstable();
-                offsets.dedup();
                 let member = self.members.get(DeviceIndex(device));
                 let mut out = Vec::new();
                 let Some(handle) = member.device() else {
                     return out;
                 };
-                for run in runs(&offsets, self.geometry.chunk_bytes) {
+                for run in runs(offsets, self.geometry.chunk_bytes) {
                     let mut buf = vec![0u8; run.len() * chunk];
                     if let Err(err) = handle.read_at(run[0], &mut buf) {
                         // Leave the cells out: the items fall back to the per-stripe path,
