@@ -24,8 +24,12 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-/// Physical slots per rebuild step: 256 slots of 16 KiB chunks are 4 MiB per device per step.
-const SLOTS_PER_STEP: u64 = 1024;
+/// Physical slots per rebuild step: 512 slots of 16 KiB chunks are 8 MiB per device. A step
+/// holds the meta mutex (commits wait), so it is kept short; measured on this machine, 1024 and
+/// 2048 were no faster.
+const SLOTS_PER_STEP: u64 = 512;
+/// Sub-batches of a step processed concurrently.
+const SUB_BATCHES: usize = 4;
 
 /// Progress of one rebuild, for `status` and the API.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -222,7 +226,14 @@ impl PoolInner {
         if items.is_empty() {
             return Ok(0);
         }
-        let result = self.rebuild_items(index, replacement, &items);
+        // A few sub-batches at once, so one's reads overlap another's reconstruction and writes.
+        let parts: Vec<&[BatchItem]> = items
+            .chunks(items.len().div_ceil(SUB_BATCHES).max(1))
+            .collect();
+        let result =
+            super::parallel::each(&parts, |part| self.rebuild_items(index, replacement, part))
+                .into_iter()
+                .sum::<Result<u64>>();
         let mut state = self.map.lock();
         for item in &items {
             state.held_for_rebuild.remove(&item.slot.0);
