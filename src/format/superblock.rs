@@ -68,8 +68,6 @@ pub enum MemberState {
     Rebuilding {
         /// Rebuild watermark: every live physical slot below it is on the device.
         next_slot: u64,
-        /// Stripes written before this generation were already on the device.
-        since_generation: u64,
         /// Stripes written at or after this generation were written to it directly.
         start_generation: u64,
     },

@@ -50,7 +50,7 @@ impl Pool {
             path: device.name(),
         };
         self.inner
-            .attach_replacement(index, identity, device, 0, false)
+            .attach_replacement(index, identity, device, false)
     }
 
     /// Replace data member `old` with the pool's spare named `spare` (path or UUID).
@@ -66,9 +66,9 @@ impl Pool {
             .ok_or_else(|| {
                 Error::InvalidConfig(format!("no usable spare {spare:?} in this pool"))
             })?;
-        let result =
-            self.inner
-                .attach_replacement(index, identity.clone(), device.clone(), 0, true);
+        let result = self
+            .inner
+            .attach_replacement(index, identity.clone(), device.clone(), true);
         if result.is_err() {
             self.inner.members.push_spare(Spare {
                 identity,
@@ -118,7 +118,7 @@ impl Pool {
             path: device.name(),
         };
         self.inner
-            .attach_replacement(index, identity, device, 0, false)
+            .attach_replacement(index, identity, device, false)
     }
 
     /// Add a spare device to the pool.

@@ -60,9 +60,6 @@ pub struct Replacement {
     /// The watermark as last made durable (the replacement flushed up to it); this is what the
     /// superblocks record.
     pub durable_slot: AtomicU64,
-    /// Stripes written before this generation are already on the device (a device coming back
-    /// online after an administrative offline); 0 for a new device.
-    pub since_generation: u64,
     /// Stripes written at or after this generation were written with the replacement attached.
     pub start_generation: u64,
     /// Bytes read from other devices by the rebuild (this run).
@@ -84,7 +81,6 @@ impl Replacement {
         identity: Identity,
         device: SharedDevice,
         next_slot: u64,
-        since_generation: u64,
         start_generation: u64,
         from_spare: bool,
     ) -> Self {
@@ -93,7 +89,6 @@ impl Replacement {
             device,
             next_slot: AtomicU64::new(next_slot),
             durable_slot: AtomicU64::new(next_slot),
-            since_generation,
             start_generation,
             bytes_read: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
@@ -197,7 +192,6 @@ impl MemberDevice {
                     // fault, a spare added) may land on other devices before the replacement's
                     // own data is durable.
                     next_slot: replacement.durable_slot.load(Ordering::Acquire),
-                    since_generation: replacement.since_generation,
                     start_generation: replacement.start_generation,
                 },
                 path: replacement.identity.path.clone(),

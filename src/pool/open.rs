@@ -347,7 +347,6 @@ pub(super) fn open(
     for (index, state, identity, device) in replacements {
         let MemberState::Rebuilding {
             next_slot,
-            since_generation,
             start_generation,
         } = state
         else {
@@ -362,7 +361,6 @@ pub(super) fn open(
                         identity,
                         device,
                         next_slot,
-                        since_generation,
                         start_generation,
                         false,
                     )),

@@ -69,13 +69,12 @@ pub struct StepOutcome {
 
 impl PoolInner {
     /// Start replacing position `index` with `device` (already labelled as a member of this pool
-    /// by the caller's superblock write). `since_generation` is 0 for a new device.
+    /// by the caller's superblock write).
     pub(crate) fn attach_replacement(
         &self,
         index: DeviceIndex,
         identity: Identity,
         device: SharedDevice,
-        since_generation: u64,
         from_spare: bool,
     ) -> Result<()> {
         if index.0 >= self.members.data.len() {
@@ -103,14 +102,8 @@ impl PoolInner {
             // to a write that sees the replacement attached.
             let _no_writes_in_flight = self.attach_lock.write();
             let state = self.map.lock();
-            let replacement = Replacement::new(
-                identity,
-                device,
-                0,
-                since_generation,
-                state.next_generation + 1,
-                from_spare,
-            );
+            let replacement =
+                Replacement::new(identity, device, 0, state.next_generation + 1, from_spare);
             self.members
                 .attach_replacement(index, Arc::new(replacement));
         }
@@ -156,7 +149,7 @@ impl PoolInner {
             };
             let path = identity.path.clone();
             if let Err(err) =
-                self.attach_replacement(member.index, identity.clone(), device.clone(), 0, true)
+                self.attach_replacement(member.index, identity.clone(), device.clone(), true)
             {
                 tracing::error!(%err, spare = %path, "could not start a rebuild onto the spare");
                 self.members.push_spare(super::Spare {
@@ -624,5 +617,5 @@ fn runs(offsets: &[u64], chunk_bytes: u64) -> Vec<&[u64]> {
 
 /// Whether a stripe written at `generation` still has to be copied to the replacement.
 fn needs_rebuild(replacement: &Replacement, generation: u64) -> bool {
-    generation >= replacement.since_generation && generation < replacement.start_generation
+    generation < replacement.start_generation
 }
