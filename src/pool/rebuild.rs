@@ -459,20 +459,18 @@ impl PoolInner {
 
     /// Persist the rebuild watermarks: replacements flushed first, then the superblocks.
     pub(crate) fn checkpoint_rebuilds(&self) -> Result<()> {
-        let mut watermarks = Vec::new();
-        for member in &self.members.data {
-            let Some(replacement) = member.replacement() else {
-                continue;
-            };
-            // Capture the watermark first: everything below it was written before the flush.
-            let watermark = replacement.next_slot.load(Ordering::Acquire);
-            if let Err(err) = replacement.device.flush() {
-                self.members
-                    .abandon_replacement(member.index, &format!("flush failed: {err}"));
-                continue;
-            }
-            watermarks.push((replacement, watermark));
-        }
+        // Capture the watermarks first: everything below them was written before the commit's
+        // flush (which covers replacements, and abandons one whose flush fails).
+        let watermarks: Vec<(Arc<Replacement>, u64)> = self
+            .members
+            .data
+            .iter()
+            .filter_map(|member| member.replacement())
+            .map(|r| {
+                let watermark = r.next_slot.load(Ordering::Acquire);
+                (r, watermark)
+            })
+            .collect();
         // The batches skipped slots the in-memory map had already moved away from; the durable
         // map must not still point at one of them, or a crash would resume past a slot that was
         // never copied. A commit makes the durable map at least as new as every batch saw.
