@@ -2,12 +2,13 @@
 //! The codec never touches a device and never decides which shards to fetch.
 
 mod checksum;
+mod erasure;
 
 pub use checksum::shard_checksum;
+pub use erasure::{CodecError, ErasureCoder, RseCoder, RssCoder, MAX_SHARDS};
 
 use crate::error::{Error, Result};
 use crate::geometry::Layout;
-use reed_solomon_erasure::galois_8::ReedSolomon;
 
 /// Encoder/decoder for one pool's layout.
 #[derive(Debug)]
@@ -19,8 +20,8 @@ pub enum Codec {
         /// Data chunks per stripe.
         data_chunks: usize,
     },
-    /// Reed-Solomon over GF(2^8); shards `0..k` are data, `k..k+m` parity.
-    ReedSolomon(Box<ReedSolomon>),
+    /// Reed-Solomon; shards `0..k` are data, `k..k+m` parity.
+    ReedSolomon(Box<dyn ErasureCoder>),
 }
 
 impl Codec {
@@ -35,10 +36,10 @@ impl Codec {
                 data_chunks: layout.data_chunks(devices),
             },
             Layout::ReedSolomon { data, parity } => {
-                Codec::ReedSolomon(Box::new(ReedSolomon::new(data, parity).map_err(|err| {
+                Codec::ReedSolomon(Box::new(RseCoder::new(data, parity).map_err(|err| {
                     Error::InvalidLayout {
                         input: layout.to_string(),
-                        reason: format!("{err:?}"),
+                        reason: err.to_string(),
                     }
                 })?))
             }
@@ -49,18 +50,43 @@ impl Codec {
     /// each `chunk_bytes` long). Replicated layouts have no parity and return an empty vector.
     #[must_use]
     pub fn encode_parity(&self, data: &[u8], chunk_bytes: usize) -> Vec<Vec<u8>> {
+        let mut parity = vec![0u8; self.parity_chunks() * chunk_bytes];
+        self.encode_parity_into(data, chunk_bytes, &mut parity);
+        parity.chunks(chunk_bytes).map(<[u8]>::to_vec).collect()
+    }
+
+    /// Parity chunks per stripe (0 for replicated layouts).
+    #[must_use]
+    pub fn parity_chunks(&self) -> usize {
         match self {
-            Codec::Replicated { .. } => Vec::new(),
-            Codec::ReedSolomon(rs) => {
-                let inputs: Vec<&[u8]> = data.chunks(chunk_bytes).collect();
-                assert_eq!(inputs.len(), rs.data_shard_count(), "stripe data size");
-                let mut parity = vec![vec![0u8; chunk_bytes]; rs.parity_shard_count()];
-                // Cannot fail: shard counts and sizes were checked just above.
-                let encoded = rs.encode_sep(&inputs, &mut parity);
-                assert!(encoded.is_ok(), "encode with checked shapes: {encoded:?}");
-                parity
-            }
+            Codec::Replicated { .. } => 0,
+            Codec::ReedSolomon(rs) => rs.parity_shards(),
         }
+    }
+
+    /// Compute the parity of one stripe into `parity` (`parity_chunks() * chunk_bytes` bytes,
+    /// chunk after chunk) without allocating.
+    ///
+    /// # Panics
+    /// If `data` or `parity` do not have the stripe's shape (a programming error).
+    pub fn encode_parity_into(&self, data: &[u8], chunk_bytes: usize, parity: &mut [u8]) {
+        let Codec::ReedSolomon(rs) = self else {
+            return;
+        };
+        let (k, m) = (rs.data_shards(), rs.parity_shards());
+        assert_eq!(data.len(), k * chunk_bytes, "stripe data size");
+        assert_eq!(parity.len(), m * chunk_bytes, "stripe parity size");
+        let mut inputs: [&[u8]; MAX_SHARDS] = [&[]; MAX_SHARDS];
+        for (input, chunk) in inputs.iter_mut().zip(data.chunks(chunk_bytes)) {
+            *input = chunk;
+        }
+        let mut outputs: [&mut [u8]; MAX_SHARDS] = std::array::from_fn(|_| &mut [][..]);
+        for (output, chunk) in outputs.iter_mut().zip(parity.chunks_mut(chunk_bytes)) {
+            *output = chunk;
+        }
+        // Cannot fail: shard counts and sizes were checked just above.
+        let encoded = rs.encode(&inputs[..k], &mut outputs[..m]);
+        assert!(encoded.is_ok(), "encode with checked shapes: {encoded:?}");
     }
 
     /// Rebuild every shard whose `present` flag is false from the present ones, in place.
@@ -86,12 +112,17 @@ impl Codec {
                 true
             }
             Codec::ReedSolomon(rs) => {
-                if present.iter().filter(|p| **p).count() < rs.data_shard_count() {
+                if shards.len() > MAX_SHARDS {
                     return false;
                 }
-                let mut pairs: Vec<(&mut Vec<u8>, bool)> =
-                    shards.iter_mut().zip(present.iter().copied()).collect();
-                if rs.reconstruct(&mut pairs).is_err() {
+                let mut views: [&mut [u8]; MAX_SHARDS] = std::array::from_fn(|_| &mut [][..]);
+                for (view, shard) in views.iter_mut().zip(shards.iter_mut()) {
+                    *view = shard.as_mut_slice();
+                }
+                if rs
+                    .reconstruct(&mut views[..present.len()], present)
+                    .is_err()
+                {
                     return false;
                 }
                 present.iter_mut().for_each(|p| *p = true);
@@ -105,7 +136,7 @@ impl Codec {
     pub fn shards_needed(&self) -> usize {
         match self {
             Codec::Replicated { data_chunks, .. } => *data_chunks,
-            Codec::ReedSolomon(rs) => rs.data_shard_count(),
+            Codec::ReedSolomon(rs) => rs.data_shards(),
         }
     }
 }

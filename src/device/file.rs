@@ -77,11 +77,18 @@ impl FileDevice {
     }
 }
 
-fn classify(err: std::io::Error) -> DeviceError {
+pub(crate) fn classify(err: std::io::Error) -> DeviceError {
     // ENODEV / ENXIO mean the device itself is gone, not a bad sector.
     match err.raw_os_error() {
         Some(19 | 6) => DeviceError::Gone(err.to_string()),
         _ => DeviceError::Io(err),
+    }
+}
+
+impl FileDevice {
+    /// The open file (for the io_uring backend, which shares it).
+    pub(crate) fn file(&self) -> &File {
+        &self.file
     }
 }
 
@@ -100,6 +107,9 @@ impl Device for FileDevice {
     }
     fn name(&self) -> String {
         self.path.display().to_string()
+    }
+    fn io_backend(&self) -> &'static str {
+        "pread"
     }
 }
 

@@ -160,6 +160,9 @@ impl Device for MemDevice {
     fn name(&self) -> String {
         self.name.clone()
     }
+    fn io_backend(&self) -> &'static str {
+        "memory"
+    }
 }
 
 #[cfg(test)]

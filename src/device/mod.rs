@@ -8,10 +8,15 @@
 mod faulty;
 mod file;
 mod memory;
+mod uring;
 
 pub use faulty::{FaultKind, FaultPlan, FaultyDevice, InjectedFault, PowerCut};
 pub use file::FileDevice;
 pub use memory::MemDevice;
+pub use uring::{
+    open_device, open_device_with, run_batch, AlignedBuf, Backend, BatchOp, IoBuf, UringDevice,
+    DIRECT_ALIGN,
+};
 
 use std::fmt;
 use std::sync::Arc;
@@ -59,6 +64,16 @@ pub trait Device: Send + Sync + fmt::Debug {
     fn size(&self) -> u64;
     /// A name for messages and the pool's member list: the path, or e.g. `mem2`.
     fn name(&self) -> String;
+    /// The I/O backend, for `status`: `io_uring+O_DIRECT`, `io_uring`, `pread`, `memory`, ...
+    fn io_backend(&self) -> &'static str {
+        "other"
+    }
+    /// This device as an io_uring device, so [`run_batch`] can submit its requests together
+    /// with other devices'. Decorators must keep the default (`None`): their requests have to go
+    /// through their own `read_at`/`write_at`.
+    fn as_uring(&self) -> Option<&UringDevice> {
+        None
+    }
 }
 
 /// A shared device handle, as held by the pool.

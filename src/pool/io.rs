@@ -8,15 +8,15 @@
 //! read path) → encode → write all shards into a *free* slot in parallel → switch the in-memory
 //! map entry. The old slot stays intact until a commit makes the switch durable.
 
+use super::batch::{with_scratch, Got, Scratch};
 use super::{check_range, MapState, PoolInner};
 use crate::codec::shard_checksum;
-use crate::device::DeviceError;
+use crate::device::DIRECT_ALIGN;
 use crate::error::{Error, Result};
 use crate::format::MapEntry;
 use crate::pool::ErrorKind;
 use crate::types::{DeviceIndex, Generation, ShardIndex, SlotId};
 use rayon::prelude::*;
-use std::borrow::Cow;
 
 /// Outcome of fetching one shard.
 pub(crate) enum Fetch {
@@ -85,34 +85,46 @@ impl PoolInner {
         let chunk = self.geometry.chunk_bytes;
         let first_chunk = usize::try_from(within / chunk).unwrap_or(0);
         let last_chunk = usize::try_from((within + out.len() as u64 - 1) / chunk).unwrap_or(0);
-        // Fast path: one verified shard per needed data chunk. Sequential on purpose: this runs
-        // under the stripe lock, and waiting on pool work while holding a lock can deadlock
-        // (a waiting rayon worker runs other queued work, which may need the same lock).
-        let fetched: Vec<(usize, Fetch)> = (first_chunk..=last_chunk)
-            .map(|data_chunk| {
-                let shard = self.preferred_shard(data_chunk);
-                (shard.0, self.fetch_shard(slot, shard, &entry))
-            })
+        // Fast path: one verified shard per needed data chunk, read as one batch into this
+        // thread's scratch buffer. The batch waits only for the kernel, never for other pool
+        // work, so it is safe under the stripe lock (see `parallel.rs`).
+        let shards: Vec<usize> = (first_chunk..=last_chunk)
+            .map(|data_chunk| self.preferred_shard(data_chunk).0)
             .collect();
-        let chunks: Vec<Vec<u8>> = if fetched.iter().all(|(_, f)| matches!(f, Fetch::Good(_))) {
-            fetched
-                .into_iter()
-                .filter_map(|(_, f)| match f {
-                    Fetch::Good(bytes) => Some(bytes),
-                    Fetch::Bad | Fetch::Missing => None,
-                })
-                .collect()
-        } else {
-            // Slow path; shards already fetched are reused, so no error is counted twice.
-            let (shards, _) = self.recover_stripe(stripe, slot, &entry, fetched)?;
-            (first_chunk..=last_chunk)
-                .map(|c| shards[self.first_shard_of(c)].clone())
-                .collect()
-        };
         let start = usize::try_from(within - first_chunk as u64 * chunk).unwrap_or(0);
+        let chunk_len = usize::try_from(chunk).unwrap_or(0);
+        let failed = with_scratch(Scratch::Read, shards.len() * chunk_len, |buf| {
+            let got = self.fetch_batch(slot, &entry, &shards, buf.chunks_mut(chunk_len).collect());
+            if got.iter().all(|g| *g == Got::Good) {
+                out.copy_from_slice(&buf[start..start + out.len()]);
+                return None;
+            }
+            let fetched: Vec<(usize, Fetch)> = shards
+                .iter()
+                .zip(got)
+                .zip(buf.chunks(chunk_len))
+                .map(|((shard, got), bytes)| {
+                    let fetch = match got {
+                        Got::Good => Fetch::Good(bytes.to_vec()),
+                        Got::Bad => Fetch::Bad,
+                        Got::Missing => Fetch::Missing,
+                    };
+                    (*shard, fetch)
+                })
+                .collect();
+            Some(fetched)
+        });
+        let Some(fetched) = failed else {
+            return Ok(());
+        };
+        // Slow path; shards already fetched are reused, so no error is counted twice.
+        let (shards, _) = self.recover_stripe(stripe, slot, &entry, fetched)?;
+        let chunks: Vec<&Vec<u8>> = (first_chunk..=last_chunk)
+            .map(|c| &shards[self.first_shard_of(c)])
+            .collect();
         let mut copied = 0;
         let mut skip = start;
-        for bytes in &chunks {
+        for bytes in chunks {
             let piece = &bytes[skip..];
             let n = piece.len().min(out.len() - copied);
             out[copied..copied + n].copy_from_slice(&piece[..n]);
@@ -143,30 +155,6 @@ impl PoolInner {
         ShardIndex(candidates.find(online).unwrap_or(first))
     }
 
-    /// Read one shard and verify it against the map. Errors are counted against the device.
-    pub(crate) fn fetch_shard(&self, slot: SlotId, shard: ShardIndex, entry: &MapEntry) -> Fetch {
-        let (index, offset) = self.geometry.shard_location(slot, shard);
-        let Some(device) = self.members.get(index).device() else {
-            return Fetch::Missing;
-        };
-        let mut bytes = vec![0u8; usize::try_from(self.geometry.chunk_bytes).unwrap_or(0)];
-        if let Err(err) = device.read_at(offset, &mut bytes) {
-            self.members.record_error(index, ErrorKind::Read, &err);
-            return Fetch::Bad;
-        }
-        let actual = shard_checksum(slot, shard, entry.generation, &bytes);
-        if actual != entry.crcs[shard.0] {
-            let detail = DeviceError::Io(std::io::Error::other(format!(
-                "checksum mismatch at offset {offset} (slot {slot}, shard {}): expected {:#010x}, found {actual:#010x}",
-                shard.0, entry.crcs[shard.0]
-            )));
-            self.members
-                .record_error(index, ErrorKind::Checksum, &detail);
-            return Fetch::Bad;
-        }
-        Fetch::Good(bytes)
-    }
-
     /// Slow path: fetch every shard, reconstruct the missing ones, verify them, heal the bad
     /// ones on online devices. Returns all shards, each verified, and how many shards on
     /// online devices were damaged (shards of out-of-service devices are not counted).
@@ -187,14 +175,25 @@ impl PoolInner {
             }
             slots
         };
+        // Everything not fetched yet, as one batch.
+        let wanted: Vec<usize> = (0..width).filter(|s| known[*s].is_none()).collect();
+        let mut buffers: Vec<Vec<u8>> = vec![vec![0u8; chunk]; wanted.len()];
+        let got = self.fetch_batch(
+            slot,
+            entry,
+            &wanted,
+            buffers.iter_mut().map(Vec::as_mut_slice).collect(),
+        );
+        for ((shard, got), bytes) in wanted.into_iter().zip(got).zip(buffers) {
+            known[shard] = Some(match got {
+                Got::Good => Fetch::Good(bytes),
+                Got::Bad => Fetch::Bad,
+                Got::Missing => Fetch::Missing,
+            });
+        }
         let fetched: Vec<Fetch> = known
             .iter_mut()
-            .enumerate()
-            .map(|(shard, prior)| {
-                prior
-                    .take()
-                    .unwrap_or_else(|| self.fetch_shard(slot, ShardIndex(shard), entry))
-            })
+            .map(|prior| prior.take().unwrap_or(Fetch::Missing))
             .collect();
         let mut present: Vec<bool> = fetched
             .iter()
@@ -314,21 +313,50 @@ impl PoolInner {
     fn write_stripe_into(&self, stripe: u64, within: u64, data: &[u8], slot: SlotId) -> Result<()> {
         let stripe_bytes = usize::try_from(self.geometry.stripe_data_bytes()).unwrap_or(0);
         let chunk = usize::try_from(self.geometry.chunk_bytes).unwrap_or(0);
-        let content: Cow<'_, [u8]> = if within == 0 && data.len() == stripe_bytes {
-            Cow::Borrowed(data) // full-stripe write: no read-modify-write
-        } else {
-            let mut whole = vec![0u8; stripe_bytes];
-            self.read_stripe_locked(stripe, 0, &mut whole)?;
-            let start = usize::try_from(within).unwrap_or(0);
-            whole[start..start + data.len()].copy_from_slice(data);
-            Cow::Owned(whole)
-        };
-        let parity = self.codec.encode_parity(&content, chunk);
+        let full = within == 0 && data.len() == stripe_bytes;
+        // Use the caller's bytes in place for a full-stripe write unless O_DIRECT wants an
+        // aligned copy; otherwise build the stripe in this thread's scratch buffer.
+        let in_place =
+            full && (data.as_ptr().align_offset(DIRECT_ALIGN) == 0 || !self.any_direct());
+        let scratch_bytes = if in_place { 0 } else { stripe_bytes };
+        with_scratch(Scratch::Stripe, scratch_bytes, |whole| {
+            let content: &[u8] = if in_place {
+                data
+            } else if full {
+                whole.copy_from_slice(data);
+                whole
+            } else {
+                // Read-modify-write through the verified read path.
+                self.read_stripe_locked(stripe, 0, whole)?;
+                let start = usize::try_from(within).unwrap_or(0);
+                whole[start..start + data.len()].copy_from_slice(data);
+                whole
+            };
+            let parity_bytes = self.codec.parity_chunks() * chunk;
+            with_scratch(Scratch::Parity, parity_bytes, |parity| {
+                self.codec.encode_parity_into(content, chunk, parity);
+                self.write_encoded(stripe, slot, content, parity)
+            })
+        })
+    }
+
+    /// Write an encoded stripe to `slot` and install it in the map.
+    fn write_encoded(
+        &self,
+        stripe: u64,
+        slot: SlotId,
+        content: &[u8],
+        parity: &[u8],
+    ) -> Result<()> {
+        let chunk = usize::try_from(self.geometry.chunk_bytes).unwrap_or(0);
         let width = self.geometry.width();
         let shard_bytes = |shard: usize| -> &[u8] {
             match self.geometry.shard_data_chunk(ShardIndex(shard)) {
                 Some(c) => &content[c * chunk..(c + 1) * chunk],
-                None => &parity[shard - self.geometry.data_chunks()],
+                None => {
+                    let p = shard - self.geometry.data_chunks();
+                    &parity[p * chunk..(p + 1) * chunk]
+                }
             }
         };
         // Held from taking a generation until the entry is installed: attaching a replacement
@@ -341,17 +369,12 @@ impl PoolInner {
             state.next_generation += 1;
             Generation(state.next_generation)
         };
-        // Sequential under the stripe lock (see `read_stripe_locked`); requests spanning several
-        // stripes get their parallelism across stripes instead.
         let crcs: Vec<u32> = (0..width)
             .map(|s| shard_checksum(slot, ShardIndex(s), generation, shard_bytes(s)))
             .collect();
-        let mut written: Vec<bool> = (0..width)
-            .map(|shard| {
-                let (index, offset) = self.geometry.shard_location(slot, ShardIndex(shard));
-                self.members.write_shard(index, offset, shard_bytes(shard))
-            })
-            .collect();
+        // All shards as one batch: the members work in parallel when they are io_uring devices
+        // (the thread waits only for the kernel, so this is safe under the stripe lock).
+        let mut written = self.write_batch(slot, width, shard_bytes);
         let lost: Vec<usize> = (0..width).filter(|s| !written[*s]).collect();
         if !lost.is_empty() {
             // Enough shards must have landed for the stripe to be readable; otherwise refuse

@@ -360,28 +360,6 @@ impl Members {
         }
     }
 
-    /// Write a shard to position `index`: to the device in service and to a replacement being
-    /// filled. Returns whether the device in service took it (the replacement does not count
-    /// towards redundancy until it is swapped in). A failing replacement is abandoned.
-    pub(crate) fn write_shard(&self, index: DeviceIndex, offset: u64, bytes: &[u8]) -> bool {
-        let member = self.get(index);
-        if let Some(replacement) = member.replacement() {
-            if let Err(err) = replacement.device.write_at(offset, bytes) {
-                self.abandon_replacement(index, &format!("write failed: {err}"));
-            }
-        }
-        let Some(device) = member.device() else {
-            return false;
-        };
-        match device.write_at(offset, bytes) {
-            Ok(()) => true,
-            Err(err) => {
-                self.record_error(index, ErrorKind::Write, &err);
-                false
-            }
-        }
-    }
-
     /// Attach `replacement` to position `index` and record it in the superblocks.
     pub(crate) fn attach_replacement(&self, index: DeviceIndex, replacement: Arc<Replacement>) {
         *self.get(index).replacement.write() = Some(replacement);

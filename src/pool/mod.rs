@@ -9,6 +9,7 @@
 //! the map mutex.
 
 mod admin;
+mod batch;
 mod commit;
 mod io;
 mod members;
@@ -242,11 +243,7 @@ impl Pool {
         spares: &[PathBuf],
         options: &CreateOptions,
     ) -> Result<Self> {
-        let open = |path: &PathBuf| -> Result<SharedDevice> {
-            Ok(std::sync::Arc::new(
-                crate::device::FileDevice::open_or_create(path, options.device_bytes)?,
-            ))
-        };
+        let open = |path: &PathBuf| crate::device::open_device(path, options.device_bytes);
         let devices = paths.iter().map(open).collect::<Result<Vec<_>>>()?;
         let spares = spares.iter().map(open).collect::<Result<Vec<_>>>()?;
         Self::create(devices, spares, options)
@@ -269,9 +266,7 @@ impl Pool {
     pub fn open_paths(paths: &[PathBuf], options: &OpenOptions) -> Result<Self> {
         let devices = paths
             .iter()
-            .map(|path| -> Result<SharedDevice> {
-                Ok(std::sync::Arc::new(crate::device::FileDevice::open(path)?))
-            })
+            .map(|path| crate::device::open_device(path, None))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self::wrap(open::open(devices, true, options)?))
     }

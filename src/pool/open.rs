@@ -429,15 +429,15 @@ fn discover_members(found: &mut Vec<Found>) {
             continue;
         }
         let path = std::path::Path::new(&member.path);
-        let Ok(device) = crate::device::FileDevice::open(path) else {
+        let Ok(device) = crate::device::open_device(path, None) else {
             tracing::warn!(path = %member.path, "recorded member path cannot be opened");
             continue;
         };
-        match read_superblock(&device) {
+        match read_superblock(device.as_ref()) {
             Ok(sb) if sb.pool_uuid == pool && sb.device_uuid == member.uuid => {
                 known.push(member.uuid);
                 found.push(Found {
-                    device: std::sync::Arc::new(device),
+                    device,
                     superblock: sb,
                     given: false,
                 });

@@ -7,7 +7,7 @@
 //! still healthy, otherwise reconstructed from the others, verified against the map, and written
 //! to the replacement at the same offset.
 //!
-//! Writes that land during the rebuild go to the replacement directly (see `Members::write_shard`):
+//! Writes that land during the rebuild go to the replacement directly (see `PoolInner::write_batch`):
 //! a stripe whose generation is at least the replacement's `start_generation` is skipped. The
 //! watermark (`next_slot`) is checkpointed in the superblocks after the replacement is flushed,
 //! so a crash resumes from the last checkpoint. When the watermark reaches the end, the

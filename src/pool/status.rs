@@ -72,6 +72,8 @@ pub struct PoolStatus {
     pub spares: Vec<DeviceStatus>,
     /// Rebuilds in progress.
     pub rebuilds: Vec<super::RebuildProgress>,
+    /// I/O backends of the members in service (`io_uring+O_DIRECT`, `io_uring`, `pread`, ...).
+    pub io_backend: String,
 }
 
 impl PoolStatus {
@@ -182,6 +184,7 @@ impl PoolInner {
             devices,
             spares,
             rebuilds: self.rebuild_progress(),
+            io_backend: self.io_backends(),
         }
     }
 }
@@ -222,6 +225,7 @@ impl fmt::Display for PoolStatus {
             self.commit_sequence,
             self.superblock_generation
         )?;
+        writeln!(f, "    io: {}", self.io_backend)?;
         for rebuild in &self.rebuilds {
             #[allow(clippy::cast_precision_loss)]
             let percent = if rebuild.total_bytes == 0 {

@@ -1,0 +1,533 @@
+//! An io_uring device backend, and batched submission across devices.
+//!
+//! [`UringDevice`] is a file or block device driven through io_uring. It opens the path twice:
+//! with `O_DIRECT` where the filesystem allows it (probed with an aligned read at open; tmpfs,
+//! for one, refuses), and buffered. Requests whose offset and length are 4 KiB multiples go
+//! through the direct descriptor; the caller's buffer is used as it is when its address is
+//! 4 KiB aligned too (see [`AlignedBuf`]), else through an aligned bounce buffer. Anything
+//! unaligned uses the buffered descriptor with plain `pread`/`pwrite` (the pool never issues such
+//! requests: its whole format is 4 KiB aligned). `flush` is `fdatasync`.
+//!
+//! [`run_batch`] issues many requests on many devices with one `io_uring_enter`: the pool gives
+//! it every shard of a stripe, so the members work in parallel without a thread per device (and
+//! without a thread waiting on other pool work while it holds a stripe lock). Requests on devices
+//! that are not io_uring devices (memory devices, fault-injection decorators) run one after
+//! another through the [`Device`] trait while the kernel works on the rest.
+//!
+//! Each thread has its own ring, made on first use; io_uring unavailable → [`open_device`] picks
+//! [`FileDevice`] instead ([`Backend::Auto`]), and a ring that cannot be made later makes the
+//! batch fall back to `pread`/`pwrite`. Registered buffers are not used: buffers belong to the
+//! callers and change per request, so registering them would cost more than it saves.
+#![allow(unsafe_code)]
+
+use super::{Device, DeviceError, FileDevice, SharedDevice};
+use crate::error::Result;
+use io_uring::{opcode, types, IoUring};
+use std::cell::RefCell;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Alignment of offsets, lengths and buffer addresses for `O_DIRECT`.
+pub const DIRECT_ALIGN: usize = 4096;
+/// Entries of each thread's ring: the most requests in flight per batch round.
+const RING_ENTRIES: u32 = 64;
+
+/// Which I/O backend to use for file and block devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// io_uring when the kernel offers it, else `pread`/`pwrite`.
+    #[default]
+    Auto,
+    /// Always `pread`/`pwrite` ([`FileDevice`]).
+    Pread,
+}
+
+impl Backend {
+    /// The backend from `STRIPESTORE_IO` (`pread` forces the fallback; anything else: auto).
+    #[must_use]
+    pub fn from_env() -> Self {
+        match std::env::var("STRIPESTORE_IO").as_deref() {
+            Ok("pread") => Backend::Pread,
+            _ => Backend::Auto,
+        }
+    }
+}
+
+/// Open (creating a regular file of `size` bytes if needed, see
+/// [`FileDevice::open_or_create`]) a file or block device with the best backend `backend`
+/// allows: io_uring if `probe_uring` says the kernel offers it, else `pread`/`pwrite`.
+///
+/// # Errors
+/// [`crate::Error::Open`] if the path cannot be opened at all.
+pub fn open_device_with(
+    path: &Path,
+    size: Option<u64>,
+    backend: Backend,
+    probe_uring: impl FnOnce() -> std::io::Result<()>,
+) -> Result<SharedDevice> {
+    let file = FileDevice::open_or_create(path, size)?;
+    if backend == Backend::Pread {
+        return Ok(Arc::new(file));
+    }
+    if let Err(err) = probe_uring() {
+        tracing::info!(device = %path.display(), %err, "io_uring unavailable; using pread/pwrite");
+        return Ok(Arc::new(file));
+    }
+    Ok(Arc::new(UringDevice::new(file, path)))
+}
+
+/// [`open_device_with`] with the real probe (making a small ring) and `STRIPESTORE_IO`.
+///
+/// # Errors
+/// As for [`open_device_with`].
+pub fn open_device(path: &Path, size: Option<u64>) -> Result<SharedDevice> {
+    open_device_with(path, size, Backend::from_env(), || {
+        IoUring::new(2).map(drop)
+    })
+}
+
+/// A file or block device driven through io_uring (see the module docs).
+#[derive(Debug)]
+pub struct UringDevice {
+    buffered: FileDevice,
+    direct: Option<File>,
+}
+
+impl UringDevice {
+    fn new(buffered: FileDevice, path: &Path) -> Self {
+        let direct = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+            .ok()
+            .filter(|file| {
+                // Some filesystems accept the flag at open and refuse the I/O: probe it.
+                buffered.size() < DIRECT_ALIGN as u64 || {
+                    let mut probe = AlignedBuf::zeroed(DIRECT_ALIGN);
+                    file.read_exact_at(&mut probe, 0).is_ok()
+                }
+            });
+        Self { buffered, direct }
+    }
+
+    /// Whether `O_DIRECT` is in use.
+    #[must_use]
+    pub fn is_direct(&self) -> bool {
+        self.direct.is_some()
+    }
+
+    /// The descriptor for a request at `offset` of `len` bytes, and whether it is the direct one.
+    fn descriptor(&self, offset: u64, len: usize) -> Option<(i32, bool)> {
+        let aligned = offset % DIRECT_ALIGN as u64 == 0 && len % DIRECT_ALIGN == 0;
+        match &self.direct {
+            Some(file) if aligned => Some((file.as_raw_fd(), true)),
+            Some(_) => None, // unaligned on a direct device: plain pread/pwrite, buffered
+            None => Some((self.buffered.file().as_raw_fd(), false)),
+        }
+    }
+}
+
+impl Device for UringDevice {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::result::Result<(), DeviceError> {
+        let mut ops = [BatchOp::read(self, offset, buf)];
+        run_batch(&mut ops);
+        let [op] = ops;
+        op.result
+    }
+    fn write_at(&self, offset: u64, buf: &[u8]) -> std::result::Result<(), DeviceError> {
+        let mut ops = [BatchOp::write(self, offset, buf)];
+        run_batch(&mut ops);
+        let [op] = ops;
+        op.result
+    }
+    fn flush(&self) -> std::result::Result<(), DeviceError> {
+        self.buffered.flush()
+    }
+    fn size(&self) -> u64 {
+        self.buffered.size()
+    }
+    fn name(&self) -> String {
+        self.buffered.name()
+    }
+    fn io_backend(&self) -> &'static str {
+        if self.is_direct() {
+            "io_uring+O_DIRECT"
+        } else {
+            "io_uring"
+        }
+    }
+    fn as_uring(&self) -> Option<&UringDevice> {
+        Some(self)
+    }
+}
+
+/// A byte buffer whose start is [`DIRECT_ALIGN`]-aligned, so `O_DIRECT` can use it in place.
+/// Safe code only: it over-allocates a `Vec` and starts at the first aligned byte.
+#[derive(Clone)]
+pub struct AlignedBuf {
+    backing: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl std::fmt::Debug for AlignedBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AlignedBuf({} bytes)", self.len)
+    }
+}
+
+impl AlignedBuf {
+    /// `len` zero bytes.
+    #[must_use]
+    pub fn zeroed(len: usize) -> Self {
+        let backing = vec![0u8; len + DIRECT_ALIGN];
+        let start = backing.as_ptr().align_offset(DIRECT_ALIGN);
+        Self {
+            backing,
+            start,
+            len,
+        }
+    }
+}
+
+impl std::ops::Deref for AlignedBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.backing[self.start..self.start + self.len]
+    }
+}
+
+impl std::ops::DerefMut for AlignedBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.backing[self.start..self.start + self.len]
+    }
+}
+
+/// The buffer of one batched request.
+#[derive(Debug)]
+pub enum IoBuf<'a> {
+    /// Fill this buffer.
+    Read(&'a mut [u8]),
+    /// Write this buffer.
+    Write(&'a [u8]),
+}
+
+/// One request of a batch; `result` holds its outcome after [`run_batch`].
+#[derive(Debug)]
+pub struct BatchOp<'a> {
+    /// The device.
+    pub device: &'a dyn Device,
+    /// Byte offset on the device.
+    pub offset: u64,
+    /// What to read into or write from.
+    pub buf: IoBuf<'a>,
+    /// The outcome (`Ok` until run).
+    pub result: std::result::Result<(), DeviceError>,
+}
+
+impl<'a> BatchOp<'a> {
+    /// A read of `buf.len()` bytes at `offset`.
+    pub fn read(device: &'a dyn Device, offset: u64, buf: &'a mut [u8]) -> Self {
+        Self {
+            device,
+            offset,
+            buf: IoBuf::Read(buf),
+            result: Ok(()),
+        }
+    }
+    /// A write of `buf` at `offset`.
+    pub fn write(device: &'a dyn Device, offset: u64, buf: &'a [u8]) -> Self {
+        Self {
+            device,
+            offset,
+            buf: IoBuf::Write(buf),
+            result: Ok(()),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match &self.buf {
+            IoBuf::Read(b) => b.len(),
+            IoBuf::Write(b) => b.len(),
+        }
+    }
+
+    /// Run this request synchronously through the `Device` trait (or the buffered descriptor).
+    fn run_sync(&mut self) {
+        self.result = match (&mut self.buf, self.device.as_uring()) {
+            (IoBuf::Read(buf), Some(uring)) => uring.buffered.read_at(self.offset, buf),
+            (IoBuf::Write(buf), Some(uring)) => uring.buffered.write_at(self.offset, buf),
+            (IoBuf::Read(buf), None) => self.device.read_at(self.offset, buf),
+            (IoBuf::Write(buf), None) => self.device.write_at(self.offset, buf),
+        };
+    }
+}
+
+thread_local! {
+    /// This thread's ring (`None` until first use, or if it could not be made).
+    static RING: RefCell<Option<IoUring>> = const { RefCell::new(None) };
+}
+
+/// A request handed to the kernel: which op, and the bounce buffer if one is used.
+struct InFlight {
+    op: usize,
+    bounce: Option<AlignedBuf>,
+    len: usize,
+}
+
+/// Run every request of `ops`: those on io_uring devices together through this thread's ring,
+/// the others one after another through the `Device` trait meanwhile. Each op's `result` says
+/// how it went; one failing does not stop the others.
+pub fn run_batch(ops: &mut [BatchOp<'_>]) {
+    let uring: Vec<usize> = (0..ops.len())
+        .filter(|i| {
+            let op = &ops[*i];
+            op.device
+                .as_uring()
+                .is_some_and(|u| u.descriptor(op.offset, op.len()).is_some())
+        })
+        .collect();
+    if uring.is_empty() {
+        ops.iter_mut().for_each(BatchOp::run_sync);
+        return;
+    }
+    let done = RING.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = IoUring::new(RING_ENTRIES).ok();
+        }
+        let Some(ring) = slot.as_mut() else {
+            return false;
+        };
+        for round in uring.chunks(RING_ENTRIES as usize) {
+            submit_round(ring, ops, round);
+        }
+        true
+    });
+    // Requests io_uring could not take (no ring) and those on other devices, synchronously.
+    for (index, op) in ops.iter_mut().enumerate() {
+        if !done || uring.binary_search(&index).is_err() {
+            op.run_sync();
+        }
+    }
+}
+
+/// Submit the requests `round` (at most the ring's size) and reap all of them.
+fn submit_round(ring: &mut IoUring, ops: &mut [BatchOp<'_>], round: &[usize]) {
+    let mut flights: Vec<InFlight> = Vec::with_capacity(round.len());
+    for &index in round {
+        let op = &mut ops[index];
+        let len = op.len();
+        let Some(device) = op.device.as_uring() else {
+            continue;
+        };
+        let Some((fd, direct)) = device.descriptor(op.offset, len) else {
+            continue;
+        };
+        let Ok(len32) = u32::try_from(len) else {
+            op.run_sync();
+            continue;
+        };
+        // O_DIRECT needs an aligned address: bounce through an aligned copy otherwise.
+        let mut bounce = None;
+        let pointer: *mut u8 = match &mut op.buf {
+            IoBuf::Read(buf) if !direct || (buf.as_ptr() as usize) % DIRECT_ALIGN == 0 => {
+                buf.as_mut_ptr()
+            }
+            IoBuf::Write(buf) if !direct || (buf.as_ptr() as usize) % DIRECT_ALIGN == 0 => {
+                buf.as_ptr().cast_mut()
+            }
+            IoBuf::Read(_) => bounce.insert(AlignedBuf::zeroed(len)).as_mut_ptr(),
+            IoBuf::Write(buf) => {
+                let copy = bounce.insert(AlignedBuf::zeroed(len));
+                copy.copy_from_slice(buf);
+                copy.as_mut_ptr()
+            }
+        };
+        let user_data = flights.len() as u64;
+        let entry = match op.buf {
+            IoBuf::Read(_) => opcode::Read::new(types::Fd(fd), pointer, len32)
+                .offset(op.offset)
+                .build(),
+            IoBuf::Write(_) => opcode::Write::new(types::Fd(fd), pointer, len32)
+                .offset(op.offset)
+                .build(),
+        }
+        .user_data(user_data);
+        // SAFETY: `pointer` is valid for `len` bytes (a live borrow in `ops`, or a bounce buffer
+        // kept in `flights`), for reads exclusively borrowed. Both outlive the request: this
+        // function does not return before every pushed entry has completed (see below), and
+        // `ops` and `flights` are not touched in between. The descriptor belongs to a device
+        // that `ops` borrows, so it stays open. The queue has room: a round is at most
+        // RING_ENTRIES long and every earlier round was reaped completely.
+        let pushed = unsafe { ring.submission().push(&entry) };
+        if pushed.is_err() {
+            op.run_sync();
+            continue;
+        }
+        flights.push(InFlight {
+            op: index,
+            bounce,
+            len,
+        });
+    }
+    let mut pending = flights.len();
+    let mut results: Vec<Option<i32>> = vec![None; flights.len()];
+    while pending > 0 {
+        match ring.submit_and_wait(1) {
+            Ok(_) => {}
+            Err(err)
+                if matches!(
+                    err.raw_os_error(),
+                    Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+                ) => {}
+            Err(err) => {
+                // The kernel may still own the buffers of requests in flight; returning now
+                // would let the caller free or reuse memory the kernel writes to. This cannot
+                // happen with a valid ring and descriptors, so stop the process.
+                tracing::error!(%err, pending, "io_uring_enter failed with requests in flight");
+                std::process::abort();
+            }
+        }
+        for completion in ring.completion() {
+            let Ok(slot) = usize::try_from(completion.user_data()) else {
+                continue;
+            };
+            if let Some(result) = results.get_mut(slot) {
+                if result.is_none() {
+                    *result = Some(completion.result());
+                    pending -= 1;
+                }
+            }
+        }
+    }
+    for (flight, result) in flights.into_iter().zip(results) {
+        finish(&mut ops[flight.op], flight, result.unwrap_or(-libc::EIO));
+    }
+}
+
+/// Turn one completion into the op's result; copy a bounced read back; finish a short transfer
+/// (or a retryable failure) synchronously through the buffered descriptor.
+fn finish(op: &mut BatchOp<'_>, flight: InFlight, result: i32) {
+    if result < 0 {
+        if matches!(-result, libc::EINTR | libc::EAGAIN) {
+            op.run_sync();
+        } else {
+            op.result = Err(classify(std::io::Error::from_raw_os_error(-result)));
+        }
+        return;
+    }
+    let done = usize::try_from(result).unwrap_or(0).min(flight.len);
+    if let (IoBuf::Read(buf), Some(bounce)) = (&mut op.buf, &flight.bounce) {
+        buf[..done].copy_from_slice(&bounce[..done]);
+    }
+    if done < flight.len {
+        let offset = op.offset + done as u64;
+        let Some(uring) = op.device.as_uring() else {
+            return;
+        };
+        op.result = match &mut op.buf {
+            IoBuf::Read(buf) => uring.buffered.read_at(offset, &mut buf[done..]),
+            IoBuf::Write(buf) => uring.buffered.write_at(offset, &buf[done..]),
+        };
+    } else {
+        op.result = Ok(());
+    }
+}
+
+fn classify(err: std::io::Error) -> DeviceError {
+    super::file::classify(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_uring() -> std::io::Result<()> {
+        Err(std::io::Error::other("io_uring disabled (test)"))
+    }
+
+    #[test]
+    fn fallback_is_chosen_when_io_uring_is_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dev");
+        let dev = open_device_with(&path, Some(1 << 20), Backend::Auto, no_uring).unwrap();
+        assert_eq!(dev.io_backend(), "pread");
+        assert!(dev.as_uring().is_none());
+        let forced = open_device_with(&path, None, Backend::Pread, || Ok(())).unwrap();
+        assert_eq!(forced.io_backend(), "pread");
+    }
+
+    #[test]
+    fn uring_device_roundtrips_aligned_unaligned_and_batched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dev");
+        let dev = open_device_with(&path, Some(1 << 20), Backend::Auto, || Ok(())).unwrap();
+        let Some(uring) = dev.as_uring() else {
+            panic!("expected an io_uring device")
+        };
+        eprintln!("backend: {}", dev.io_backend());
+        // Aligned offset and length, unaligned memory (bounce path when direct).
+        let data: Vec<u8> = (0..8192u32).map(|i| (i * 7 % 251) as u8).collect();
+        dev.write_at(4096, &data).unwrap();
+        let mut back = vec![0u8; 8192];
+        dev.read_at(4096, &mut back).unwrap();
+        assert_eq!(back, data);
+        // Aligned memory: used in place.
+        let mut aligned = AlignedBuf::zeroed(4096);
+        aligned.fill(0x5A);
+        dev.write_at(65536, &aligned).unwrap();
+        let mut read_back = AlignedBuf::zeroed(4096);
+        dev.read_at(65536, &mut read_back).unwrap();
+        assert!(read_back.iter().all(|b| *b == 0x5A));
+        // Unaligned offset: the buffered path, coherent with the direct one.
+        dev.write_at(4100, b"hello").unwrap();
+        let mut page = vec![0u8; 4096];
+        dev.read_at(4096, &mut page).unwrap();
+        assert_eq!(&page[4..9], b"hello");
+        assert_eq!(page[0..4], data[0..4]);
+        // A batch across two devices and a memory device, more ops than the ring holds.
+        let other = open_device_with(
+            &dir.path().join("dev2"),
+            Some(1 << 20),
+            Backend::Auto,
+            || Ok(()),
+        )
+        .unwrap();
+        let mem = crate::device::MemDevice::new("mem", 1 << 20);
+        let devices: [&dyn Device; 3] = [uring, other.as_ref(), &mem];
+        let blocks: Vec<Vec<u8>> = (0..150u8).map(|i| vec![i; 4096]).collect();
+        let mut ops: Vec<BatchOp<'_>> = blocks
+            .iter()
+            .enumerate()
+            .map(|(i, b)| BatchOp::write(devices[i % 3], (i / 3) as u64 * 4096, b))
+            .collect();
+        run_batch(&mut ops);
+        assert!(ops.iter().all(|op| op.result.is_ok()));
+        let mut outs: Vec<Vec<u8>> = vec![vec![0u8; 4096]; 150];
+        let mut ops: Vec<BatchOp<'_>> = outs
+            .iter_mut()
+            .enumerate()
+            .map(|(i, b)| BatchOp::read(devices[i % 3], (i / 3) as u64 * 4096, b))
+            .collect();
+        run_batch(&mut ops);
+        assert!(ops.iter().all(|op| op.result.is_ok()));
+        drop(ops);
+        assert_eq!(outs, blocks);
+        // Past the end: an error, not a panic, and the other requests still succeed.
+        let mut past = vec![0u8; 4096];
+        let mut fine = vec![0u8; 4096];
+        let mut ops = [
+            BatchOp::read(uring, 1 << 20, &mut past),
+            BatchOp::read(uring, 0, &mut fine),
+        ];
+        run_batch(&mut ops);
+        assert!(ops[0].result.is_err());
+        assert!(ops[1].result.is_ok());
+        dev.flush().unwrap();
+    }
+}

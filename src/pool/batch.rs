@@ -1,0 +1,193 @@
+//! A stripe's shard I/O as one batch across its members, and reusable per-thread buffers.
+//!
+//! The shards of one stripe are read or written with one [`run_batch`] call: on io_uring
+//! devices the kernel works on every member at once, and the calling thread waits only for the
+//! kernel, never for other pool work (so holding the stripe lock meanwhile cannot deadlock, see
+//! `parallel.rs`). Devices without io_uring (memory devices, fault decorators) are served one
+//! after another, as before.
+//!
+//! Buffers: each thread keeps aligned scratch buffers (one for reads, one for a stripe being
+//! written, one for parity) that grow to the largest stripe seen and are then reused, so a
+//! healthy read or a write allocates no data buffers in steady state, and `O_DIRECT` can use
+//! them in place. A re-entrant use (never expected) falls back to a fresh buffer.
+
+use super::PoolInner;
+use crate::codec::shard_checksum;
+use crate::device::{run_batch, AlignedBuf, BatchOp, DeviceError, SharedDevice};
+use crate::format::MapEntry;
+use crate::pool::ErrorKind;
+use crate::types::{DeviceIndex, ShardIndex, SlotId};
+use std::cell::RefCell;
+
+/// What became of one shard of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Got {
+    /// Read and verified against the map.
+    Good,
+    /// Read error or checksum mismatch (counted against the device).
+    Bad,
+    /// The device is out of service.
+    Missing,
+}
+
+/// Which per-thread scratch buffer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Scratch {
+    /// Shards read for a request.
+    Read,
+    /// A whole stripe being written.
+    Stripe,
+    /// The parity of a stripe being written.
+    Parity,
+}
+
+thread_local! {
+    static SCRATCH: [RefCell<AlignedBuf>; 3] = [
+        RefCell::new(AlignedBuf::zeroed(0)),
+        RefCell::new(AlignedBuf::zeroed(0)),
+        RefCell::new(AlignedBuf::zeroed(0)),
+    ];
+}
+
+/// Run `work` with this thread's `which` scratch buffer, at least `len` bytes long (contents
+/// unspecified; `work` gets exactly `len` bytes).
+pub(crate) fn with_scratch<R>(which: Scratch, len: usize, work: impl FnOnce(&mut [u8]) -> R) -> R {
+    SCRATCH.with(|cells| {
+        let cell = &cells[which as usize];
+        if let Ok(mut buf) = cell.try_borrow_mut() {
+            if buf.len() < len {
+                *buf = AlignedBuf::zeroed(len);
+            }
+            work(&mut buf[..len])
+        } else {
+            work(&mut AlignedBuf::zeroed(len))
+        }
+    })
+}
+
+impl PoolInner {
+    /// Read `shards` of `slot` in one batch, shard `shards[i]` into `bufs[i]` (one chunk each),
+    /// and verify each against `entry`. Errors are counted against their devices.
+    pub(crate) fn fetch_batch(
+        &self,
+        slot: SlotId,
+        entry: &MapEntry,
+        shards: &[usize],
+        bufs: Vec<&mut [u8]>,
+    ) -> Vec<Got> {
+        let located: Vec<(DeviceIndex, u64, Option<SharedDevice>)> = shards
+            .iter()
+            .map(|shard| {
+                let (index, offset) = self.geometry.shard_location(slot, ShardIndex(*shard));
+                (index, offset, self.members.get(index).device())
+            })
+            .collect();
+        let mut ops: Vec<BatchOp<'_>> = Vec::with_capacity(shards.len());
+        let mut which: Vec<usize> = Vec::with_capacity(shards.len());
+        let mut got = vec![Got::Missing; shards.len()];
+        for (i, ((_, offset, device), buf)) in located.iter().zip(bufs).enumerate() {
+            if let Some(device) = device {
+                ops.push(BatchOp::read(device.as_ref(), *offset, buf));
+                which.push(i);
+            }
+        }
+        run_batch(&mut ops);
+        for (op, i) in ops.into_iter().zip(which) {
+            let (index, offset, _) = &located[i];
+            let shard = shards[i];
+            got[i] = match (op.result, op.buf) {
+                (Err(err), _) => {
+                    self.members.record_error(*index, ErrorKind::Read, &err);
+                    Got::Bad
+                }
+                (Ok(()), crate::device::IoBuf::Read(bytes)) => {
+                    let actual = shard_checksum(slot, ShardIndex(shard), entry.generation, bytes);
+                    if actual == entry.crcs[shard] {
+                        Got::Good
+                    } else {
+                        let detail = DeviceError::Io(std::io::Error::other(format!(
+                            "checksum mismatch at offset {offset} (slot {slot}, shard {shard}): expected {:#010x}, found {actual:#010x}",
+                            entry.crcs[shard]
+                        )));
+                        self.members
+                            .record_error(*index, ErrorKind::Checksum, &detail);
+                        Got::Bad
+                    }
+                }
+                (Ok(()), crate::device::IoBuf::Write(_)) => Got::Bad,
+            };
+        }
+        got
+    }
+
+    /// Write shard `s` (bytes `shard_bytes(s)`) of `slot` on every position, in one batch, to
+    /// the device in service and to a replacement being filled (rebuild.rs relies on it).
+    /// Returns per shard whether the device in service took it. A failing replacement is
+    /// abandoned; a failing device has the error recorded.
+    pub(crate) fn write_batch<'a>(
+        &self,
+        slot: SlotId,
+        width: usize,
+        shard_bytes: impl Fn(usize) -> &'a [u8],
+    ) -> Vec<bool> {
+        // (shard, is the replacement, device, offset)
+        let mut targets: Vec<(usize, bool, SharedDevice, u64)> = Vec::with_capacity(width + 1);
+        for shard in 0..width {
+            let (index, offset) = self.geometry.shard_location(slot, ShardIndex(shard));
+            let member = self.members.get(index);
+            if let Some(replacement) = member.replacement() {
+                targets.push((shard, true, replacement.device.clone(), offset));
+            }
+            if let Some(device) = member.device() {
+                targets.push((shard, false, device, offset));
+            }
+        }
+        let mut ops: Vec<BatchOp<'_>> = targets
+            .iter()
+            .map(|(shard, _, device, offset)| {
+                BatchOp::write(device.as_ref(), *offset, shard_bytes(*shard))
+            })
+            .collect();
+        run_batch(&mut ops);
+        let mut written = vec![false; width];
+        for (op, (shard, replacement, _, _)) in ops.into_iter().zip(&targets) {
+            let (index, _) = self.geometry.shard_location(slot, ShardIndex(*shard));
+            match (op.result, replacement) {
+                (Ok(()), false) => written[*shard] = true,
+                (Ok(()), true) => {}
+                (Err(err), false) => self.members.record_error(index, ErrorKind::Write, &err),
+                (Err(err), true) => self
+                    .members
+                    .abandon_replacement(index, &format!("write failed: {err}")),
+            }
+        }
+        written
+    }
+
+    /// Whether any member in service uses `O_DIRECT` (then buffers should be aligned).
+    pub(crate) fn any_direct(&self) -> bool {
+        self.members.data.iter().any(|m| {
+            m.device().is_some_and(|d| {
+                d.as_uring()
+                    .is_some_and(crate::device::UringDevice::is_direct)
+            })
+        })
+    }
+
+    /// The distinct I/O backends of the members in service, e.g. `io_uring+O_DIRECT`.
+    pub(crate) fn io_backends(&self) -> String {
+        let mut names: Vec<&'static str> = self
+            .members
+            .data
+            .iter()
+            .filter_map(|m| m.device().map(|d| d.io_backend()))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        if names.is_empty() {
+            "none".to_string()
+        } else {
+            names.join(", ")
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! The io_uring backend under the pool: every layout on files, random writes against the model,
+//! reopen, lose a device, corrupt chunks behind the pool's back; the same workload with the
+//! fallback forced; and `status` naming the backend in use.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use stripestore::device::{open_device_with, Backend, SharedDevice};
+use stripestore::testing::Model;
+use stripestore::{OpenOptions, Pool};
+
+fn real_probe() -> std::io::Result<()> {
+    io_uring::IoUring::new(2).map(drop)
+}
+
+/// Whether io_uring works here; if not, print SKIPPED (or fail under STRIPESTORE_REQUIRE_TOOLS).
+fn uring_available(test: &str) -> bool {
+    match real_probe() {
+        Ok(()) => true,
+        Err(err) if std::env::var("STRIPESTORE_REQUIRE_TOOLS").as_deref() == Ok("1") => {
+            panic!("{test}: io_uring unavailable ({err}) and STRIPESTORE_REQUIRE_TOOLS=1")
+        }
+        Err(err) => {
+            println!("SKIPPED {test}: io_uring unavailable ({err})");
+            false
+        }
+    }
+}
+
+fn file_devices(
+    dir: &Path,
+    count: usize,
+    backend: Backend,
+    probe: fn() -> std::io::Result<()>,
+) -> (Vec<PathBuf>, Vec<SharedDevice>) {
+    let paths: Vec<PathBuf> = (0..count).map(|i| dir.join(format!("d{i}.img"))).collect();
+    let devices = paths
+        .iter()
+        .map(|p| open_device_with(p, Some(DEVICE_BYTES), backend, probe).unwrap())
+        .collect();
+    (paths, devices)
+}
+
+/// Random writes, verify; reopen by path, overwrite the first member's whole data region with
+/// garbage behind the pool's back and verify (detected through the batched reads, healed,
+/// counted), scrub; delete the second member's file, reopen without it and verify (reconstruction).
+fn workload(
+    layout: &str,
+    devices: Vec<SharedDevice>,
+    paths: &[PathBuf],
+    rng: &mut rand_chacha::ChaCha8Rng,
+    backend: &str,
+) {
+    let pool = Pool::create(devices, vec![], &options(layout)).unwrap();
+    assert_eq!(pool.status().io_backend, backend, "{layout}");
+    assert!(
+        pool.status()
+            .to_string()
+            .contains(&format!("io: {backend}")),
+        "{layout}: status must show the backend"
+    );
+    let mut model = Model::new(pool.size());
+    random_writes(&pool, &mut model, rng, 40);
+    verify(&pool, &model);
+    pool.close().unwrap();
+
+    let open = OpenOptions {
+        background_rebuild: false,
+        force: true,
+        // Every chunk of one device is damaged on purpose: heal it, do not fault it.
+        error_threshold: u64::MAX,
+        ..OpenOptions::default()
+    };
+    let pool = Pool::open_paths(&paths[..1], &open).unwrap();
+    verify(&pool, &model);
+    let data_offset = pool.geometry().data_offset;
+    {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&paths[0])
+            .unwrap();
+        let garbage = vec![0xA5u8; (DEVICE_BYTES - data_offset) as usize];
+        file.write_all_at(&garbage, data_offset).unwrap();
+        file.sync_data().unwrap();
+    }
+    verify(&pool, &model);
+    let status = pool.status();
+    assert!(
+        status.total_checksum_errors() > 0,
+        "{layout}: damage unseen"
+    );
+    assert!(status.total_repaired() > 0, "{layout}: damage not healed");
+    // Parity and second copies no read touched: scrub heals them, and a second scrub is clean.
+    let scrub = pool.scrub();
+    assert!(
+        scrub.unrecoverable_stripes.is_empty(),
+        "{layout}: {scrub:?}"
+    );
+    let again = pool.scrub();
+    assert_eq!(again.bad_shards, 0, "{layout}: {again:?}");
+    verify(&pool, &model);
+    pool.close().unwrap();
+
+    std::fs::remove_file(&paths[1]).unwrap();
+    let pool = Pool::open_paths(&paths[..1], &open).unwrap();
+    verify(&pool, &model);
+    random_writes(&pool, &mut model, rng, 10);
+    verify(&pool, &model);
+    pool.close().unwrap();
+}
+
+#[test]
+fn every_layout_on_io_uring_files_matches_the_model() {
+    if !uring_available("every_layout_on_io_uring_files_matches_the_model") {
+        return;
+    }
+    each_layout(
+        7000,
+        "every_layout_on_io_uring_files_matches_the_model",
+        |layout, count, rng, _seed| {
+            let dir = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+            let (paths, devices) = file_devices(dir.path(), count, Backend::Auto, real_probe);
+            let backend = devices[0].io_backend();
+            assert!(backend.starts_with("io_uring"), "{backend}");
+            workload(layout, devices, &paths, rng, backend);
+        },
+    );
+}
+
+#[test]
+fn forced_fallback_runs_the_same_workload_on_pread() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = stripestore::testing::rng(stripestore::testing::seed(7100));
+    let no_uring = || -> std::io::Result<()> { Err(std::io::Error::other("disabled by the test")) };
+    let (paths, devices) = file_devices(dir.path(), 6, Backend::Auto, no_uring);
+    assert!(devices.iter().all(|d| d.as_uring().is_none()));
+    workload("rs:4+2", devices, &paths, &mut rng, "pread");
+}
+
+#[test]
+fn mixed_backends_in_one_pool_are_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = stripestore::testing::rng(stripestore::testing::seed(7200));
+    let mut devices: Vec<SharedDevice> = file_devices(dir.path(), 2, Backend::Pread, real_probe).1;
+    devices.push(Arc::new(stripestore::device::MemDevice::new(
+        "mem",
+        DEVICE_BYTES,
+    )));
+    let pool = Pool::create(devices, vec![], &options("mirror:3")).unwrap();
+    assert_eq!(pool.status().io_backend, "memory, pread");
+    let mut model = Model::new(pool.size());
+    random_writes(&pool, &mut model, &mut rng, 20);
+    verify(&pool, &model);
+}
