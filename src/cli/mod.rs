@@ -2,6 +2,7 @@
 //! Exit codes: 0 success, 1 operation failed (message on stderr), 2 bad usage.
 
 mod bench;
+mod bench_pool;
 mod demo;
 mod progress;
 
@@ -172,6 +173,41 @@ enum Command {
         /// Rebuild rate limit, e.g. 200MiB (per second).
         #[arg(long, value_parser = parse_size)]
         rebuild_rate: Option<u64>,
+    },
+    /// Measure the pool against the raw devices under it, in one run: raw sequential write and
+    /// read and random 4 KiB reads, then the pool's sequential write, sequential read, random
+    /// read, degraded read, rebuild and scrub, for each layout, as MiB/s and ratios.
+    Bench {
+        /// Layouts, comma-separated.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "mirror:2,raid10:2,rs:4+2,rs:8+3"
+        )]
+        layouts: Vec<String>,
+        /// Size of each device file (larger: closer to the disk's steady state, slower).
+        #[arg(long, value_parser = parse_size, default_value = "64M")]
+        device_size: u64,
+        /// Chunk size of the pools.
+        #[arg(long, value_parser = parse_size, default_value = "64K")]
+        chunk_size: u64,
+        /// Directory for the device files (default: a temporary directory under /var/tmp;
+        /// /dev/shm measures the CPU cost on memory-backed files).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Use these devices instead of files (each layout uses as many as it needs plus one
+        /// spare). THEIR CONTENTS ARE DESTROYED.
+        #[arg(long = "device")]
+        devices: Vec<PathBuf>,
+        /// Threads issuing random 4 KiB reads (raw and pool alike).
+        #[arg(long, default_value = "16")]
+        threads: usize,
+        /// Seconds each random-read phase runs.
+        #[arg(long, default_value = "1.5")]
+        random_seconds: f64,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
     },
     /// Measure rebuild throughput against the spare device's raw write throughput, on files.
     BenchRebuild {
@@ -446,6 +482,25 @@ fn execute(command: Command) -> CliResult {
             pool.close()?;
             Ok(())
         }
+        Command::Bench {
+            layouts,
+            device_size,
+            chunk_size,
+            dir,
+            devices,
+            threads,
+            random_seconds,
+            json,
+        } => bench_pool::run(&bench_pool::BenchArgs {
+            layouts,
+            device_bytes: device_size,
+            chunk_bytes: chunk_size,
+            dir,
+            devices,
+            threads,
+            random_seconds,
+            json,
+        }),
         Command::BenchRebuild {
             layout,
             device_size,

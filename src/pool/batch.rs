@@ -66,25 +66,24 @@ pub(crate) fn with_scratch<R>(which: Scratch, len: usize, work: impl FnOnce(&mut
 }
 
 impl PoolInner {
-    /// Read `shards` of `slot` in one batch, shard `shards[i]` into `bufs[i]` (one chunk each),
-    /// and verify each against `entry`. Errors are counted against their devices.
+    /// Read the shards `items` (slot, its map entry, shard index) in one batch, item `i` into
+    /// `bufs[i]` (one chunk each), and verify each against its entry. Errors are counted
+    /// against their devices.
     pub(crate) fn fetch_batch(
         &self,
-        slot: SlotId,
-        entry: &MapEntry,
-        shards: &[usize],
+        items: &[(SlotId, &MapEntry, usize)],
         bufs: Vec<&mut [u8]>,
     ) -> Vec<Got> {
-        let located: Vec<(DeviceIndex, u64, Option<SharedDevice>)> = shards
+        let located: Vec<(DeviceIndex, u64, Option<SharedDevice>)> = items
             .iter()
-            .map(|shard| {
-                let (index, offset) = self.geometry.shard_location(slot, ShardIndex(*shard));
+            .map(|(slot, _, shard)| {
+                let (index, offset) = self.geometry.shard_location(*slot, ShardIndex(*shard));
                 (index, offset, self.members.get(index).device())
             })
             .collect();
-        let mut ops: Vec<BatchOp<'_>> = Vec::with_capacity(shards.len());
-        let mut which: Vec<usize> = Vec::with_capacity(shards.len());
-        let mut got = vec![Got::Missing; shards.len()];
+        let mut ops: Vec<BatchOp<'_>> = Vec::with_capacity(items.len());
+        let mut which: Vec<usize> = Vec::with_capacity(items.len());
+        let mut got = vec![Got::Missing; items.len()];
         for (i, ((_, offset, device), buf)) in located.iter().zip(bufs).enumerate() {
             if let Some(device) = device {
                 ops.push(BatchOp::read(device.as_ref(), *offset, buf));
@@ -94,7 +93,7 @@ impl PoolInner {
         run_batch(&mut ops);
         for (op, i) in ops.into_iter().zip(which) {
             let (index, offset, _) = &located[i];
-            let shard = shards[i];
+            let (slot, entry, shard) = items[i];
             got[i] = match (op.result, op.buf) {
                 (Err(err), _) => {
                     self.members.record_error(*index, ErrorKind::Read, &err);

@@ -183,7 +183,7 @@ pub(crate) struct PoolInner {
     pub(crate) members: Members,
     pub(crate) map: Mutex<MapState>,
     pub(crate) meta: Mutex<MetaCursor>,
-    stripe_locks: Vec<Mutex<()>>,
+    pub(crate) stripe_locks: Vec<Mutex<()>>,
     /// Rebuild pacing and policy, shared with the background driver.
     pub(crate) rebuild: crate::rebuild::RebuildControl,
     /// Writes hold it shared from taking a generation to installing their entry; attaching a
@@ -193,7 +193,13 @@ pub(crate) struct PoolInner {
 
 impl PoolInner {
     pub(crate) fn stripe_lock(&self, stripe: u64) -> &Mutex<()> {
-        &self.stripe_locks[usize::try_from(stripe % STRIPE_LOCKS as u64).unwrap_or(0)]
+        &self.stripe_locks[self.stripe_lock_index(stripe)]
+    }
+
+    /// Which lock of the table guards `stripe` (locks are taken in ascending index order when
+    /// several are held).
+    pub(crate) fn stripe_lock_index(&self, stripe: u64) -> usize {
+        usize::try_from(stripe % STRIPE_LOCKS as u64).unwrap_or(0)
     }
 }
 
