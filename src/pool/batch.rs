@@ -119,40 +119,42 @@ impl PoolInner {
         got
     }
 
-    /// Write shard `s` (bytes `shard_bytes(s)`) of `slot` on every position, in one batch, to
-    /// the device in service and to a replacement being filled (rebuild.rs relies on it).
-    /// Returns per shard whether the device in service took it. A failing replacement is
-    /// abandoned; a failing device has the error recorded.
-    pub(crate) fn write_batch<'a>(
-        &self,
-        slot: SlotId,
-        width: usize,
-        shard_bytes: impl Fn(usize) -> &'a [u8],
-    ) -> Vec<bool> {
-        // (shard, is the replacement, device, offset)
-        let mut targets: Vec<(usize, bool, SharedDevice, u64)> = Vec::with_capacity(width + 1);
-        for shard in 0..width {
-            let (index, offset) = self.geometry.shard_location(slot, ShardIndex(shard));
-            let member = self.members.get(index);
-            if let Some(replacement) = member.replacement() {
-                targets.push((shard, true, replacement.device.clone(), offset));
-            }
-            if let Some(device) = member.device() {
-                targets.push((shard, false, device, offset));
+    /// Write every shard of every stripe in `stripes` (slot, shard bytes by shard index), in
+    /// one batch, to the device in service and to a replacement being filled (rebuild.rs
+    /// relies on it). Returns per stripe and shard whether the device in service took it. A
+    /// failing replacement is abandoned; a failing device has the error recorded.
+    pub(crate) fn write_batch(&self, stripes: &[(SlotId, Vec<&[u8]>)]) -> Vec<Vec<bool>> {
+        // (stripe, shard, is the replacement, device, offset)
+        let mut targets: Vec<(usize, usize, bool, SharedDevice, u64)> = Vec::new();
+        for (i, (slot, shards)) in stripes.iter().enumerate() {
+            for shard in 0..shards.len() {
+                let (index, offset) = self.geometry.shard_location(*slot, ShardIndex(shard));
+                let member = self.members.get(index);
+                if let Some(replacement) = member.replacement() {
+                    targets.push((i, shard, true, replacement.device.clone(), offset));
+                }
+                if let Some(device) = member.device() {
+                    targets.push((i, shard, false, device, offset));
+                }
             }
         }
         let mut ops: Vec<BatchOp<'_>> = targets
             .iter()
-            .map(|(shard, _, device, offset)| {
-                BatchOp::write(device.as_ref(), *offset, shard_bytes(*shard))
+            .map(|(i, shard, _, device, offset)| {
+                BatchOp::write(device.as_ref(), *offset, stripes[*i].1[*shard])
             })
             .collect();
         run_batch(&mut ops);
-        let mut written = vec![false; width];
-        for (op, (shard, replacement, _, _)) in ops.into_iter().zip(&targets) {
-            let (index, _) = self.geometry.shard_location(slot, ShardIndex(*shard));
+        let mut written: Vec<Vec<bool>> = stripes
+            .iter()
+            .map(|(_, shards)| vec![false; shards.len()])
+            .collect();
+        for (op, (i, shard, replacement, _, _)) in ops.into_iter().zip(&targets) {
+            let (index, _) = self
+                .geometry
+                .shard_location(stripes[*i].0, ShardIndex(*shard));
             match (op.result, replacement) {
-                (Ok(()), false) => written[*shard] = true,
+                (Ok(()), false) => written[*i][*shard] = true,
                 (Ok(()), true) => {}
                 (Err(err), false) => self.members.record_error(index, ErrorKind::Write, &err),
                 (Err(err), true) => self

@@ -87,16 +87,107 @@ impl PoolInner {
             pieces.push((position / stripe_bytes, within, done..done + take));
             done += take;
         }
-        // Stripes are independent: write them in parallel. Each task takes one stripe lock and
-        // never waits on other pool work while holding it. Not atomic across stripes, like any
-        // block device.
-        let write_piece = |(stripe, within, range): (u64, u64, std::ops::Range<usize>)| {
-            self.write_stripe(stripe, within, &data[range])
+        // Stripes are independent: write them in parallel. Whole stripes go in groups (as for
+        // reads) whose shard writes are one io_uring batch; partial stripes one at a time. A
+        // task never waits on other pool work while holding stripe locks. Not atomic across
+        // stripes, like any block device.
+        let full = usize::try_from(stripe_bytes).unwrap_or(usize::MAX);
+        let (whole, partial): (Vec<_>, Vec<_>) = pieces
+            .into_iter()
+            .partition(|(_, within, range)| *within == 0 && range.len() == full);
+        let per_group = (64 / self.geometry.width().max(1)).clamp(1, 32);
+        let groups: Vec<Vec<(u64, &[u8])>> = whole
+            .chunks(per_group)
+            .map(|g| {
+                g.iter()
+                    .map(|(stripe, _, range)| (*stripe, &data[range.clone()]))
+                    .collect()
+            })
+            .collect();
+        let mut tasks: Vec<WriteTask<'_>> = groups.into_iter().map(WriteTask::Whole).collect();
+        tasks.extend(
+            partial
+                .into_iter()
+                .map(|(stripe, within, range)| WriteTask::Part(stripe, within, &data[range])),
+        );
+        let run = |task: WriteTask<'_>| match task {
+            WriteTask::Whole(group) => self.write_group(&group),
+            WriteTask::Part(stripe, within, bytes) => self.write_stripe(stripe, within, bytes),
         };
-        if pieces.len() == 1 {
-            return pieces.into_iter().try_for_each(write_piece);
+        if tasks.len() == 1 {
+            return tasks.into_iter().try_for_each(run);
         }
-        pieces.into_par_iter().try_for_each(write_piece)
+        tasks.into_par_iter().try_for_each(run)
+    }
+
+    /// Write whole stripes `group` (stripe, its data) copy-on-write with one batch of shard
+    /// writes. Falls back to one stripe at a time when free slots run short.
+    fn write_group(&self, group: &[(u64, &[u8])]) -> Result<()> {
+        self.check_available()?;
+        let mut locks: Vec<usize> = group
+            .iter()
+            .map(|(s, _)| self.stripe_lock_index(*s))
+            .collect();
+        locks.sort_unstable();
+        locks.dedup();
+        let guards: Vec<_> = locks.iter().map(|i| self.stripe_locks[*i].lock()).collect();
+        let slots: Option<Vec<u64>> = {
+            let mut state = self.map.lock();
+            (state.free.len() >= group.len())
+                .then(|| (0..group.len()).filter_map(|_| state.free.pop()).collect())
+        };
+        let Some(slots) = slots else {
+            drop(guards);
+            return group
+                .iter()
+                .try_for_each(|(stripe, bytes)| self.write_stripe(*stripe, 0, bytes));
+        };
+        let stripe_bytes = usize::try_from(self.geometry.stripe_data_bytes()).unwrap_or(0);
+        let chunk = usize::try_from(self.geometry.chunk_bytes).unwrap_or(0);
+        let parity_bytes = self.codec.parity_chunks() * chunk;
+        // O_DIRECT wants aligned buffers: copy the caller's bytes into this thread's aligned
+        // scratch buffer if they are not (cheaper than a bounce buffer per shard).
+        let copy = self.any_direct()
+            && group
+                .iter()
+                .any(|(_, bytes)| bytes.as_ptr().align_offset(DIRECT_ALIGN) != 0);
+        let scratch_bytes = if copy { group.len() * stripe_bytes } else { 0 };
+        let results = with_scratch(Scratch::Stripe, scratch_bytes, |aligned| {
+            let contents: Vec<&[u8]> = if copy {
+                for (i, (_, bytes)) in group.iter().enumerate() {
+                    aligned[i * stripe_bytes..(i + 1) * stripe_bytes].copy_from_slice(bytes);
+                }
+                aligned.chunks(stripe_bytes.max(1)).collect()
+            } else {
+                group.iter().map(|(_, bytes)| *bytes).collect()
+            };
+            with_scratch(Scratch::Parity, group.len() * parity_bytes, |parity| {
+                for (i, content) in contents.iter().enumerate() {
+                    let range = i * parity_bytes..(i + 1) * parity_bytes;
+                    self.codec
+                        .encode_parity_into(content, chunk, &mut parity[range]);
+                }
+                let encoded: Vec<Encoded<'_>> = group
+                    .iter()
+                    .zip(&slots)
+                    .zip(&contents)
+                    .enumerate()
+                    .map(|(i, (((stripe, _), slot), content))| {
+                        let range = i * parity_bytes..(i + 1) * parity_bytes;
+                        (*stripe, SlotId(*slot), *content, &parity[range])
+                    })
+                    .collect();
+                self.write_encoded(&encoded)
+            })
+        });
+        let mut first_error = None;
+        for (result, slot) in results.into_iter().zip(slots) {
+            if let Err(err) = result {
+                self.map.lock().free.push(slot);
+                first_error.get_or_insert(err);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Read part of one stripe; the caller holds the stripe's lock.
@@ -497,69 +588,108 @@ impl PoolInner {
             let parity_bytes = self.codec.parity_chunks() * chunk;
             with_scratch(Scratch::Parity, parity_bytes, |parity| {
                 self.codec.encode_parity_into(content, chunk, parity);
-                self.write_encoded(stripe, slot, content, parity)
+                let mut results = self.write_encoded(&[(stripe, slot, content, parity)]);
+                results.pop().unwrap_or(Ok(()))
             })
         })
     }
 
-    /// Write an encoded stripe to `slot` and install it in the map.
-    fn write_encoded(
-        &self,
-        stripe: u64,
-        slot: SlotId,
-        content: &[u8],
-        parity: &[u8],
-    ) -> Result<()> {
+    /// Write encoded stripes, each to its slot, with one batch of shard writes, and install
+    /// them in the map. One result per stripe.
+    fn write_encoded(&self, stripes: &[Encoded<'_>]) -> Vec<Result<()>> {
         let chunk = usize::try_from(self.geometry.chunk_bytes).unwrap_or(0);
         let width = self.geometry.width();
-        let shard_bytes = |shard: usize| -> &[u8] {
-            match self.geometry.shard_data_chunk(ShardIndex(shard)) {
-                Some(c) => &content[c * chunk..(c + 1) * chunk],
-                None => {
-                    let p = shard - self.geometry.data_chunks();
-                    &parity[p * chunk..(p + 1) * chunk]
-                }
-            }
-        };
+        let lists: Vec<(SlotId, Vec<&[u8]>)> = stripes
+            .iter()
+            .map(|(_, slot, content, parity)| {
+                let shards = (0..width)
+                    .map(
+                        |shard| match self.geometry.shard_data_chunk(ShardIndex(shard)) {
+                            Some(c) => &content[c * chunk..(c + 1) * chunk],
+                            None => {
+                                let p = shard - self.geometry.data_chunks();
+                                &parity[p * chunk..(p + 1) * chunk]
+                            }
+                        },
+                    )
+                    .collect();
+                (*slot, shards)
+            })
+            .collect();
         // Held from taking a generation until the entry is installed: attaching a replacement
         // waits for such writes, so every stripe with a generation below the replacement's
         // start is visible in the map by then (and gets rebuilt), and every later one writes the
         // replacement itself.
         let _attach_guard = self.attach_lock.read();
-        let generation = {
+        let generations: Vec<Generation> = {
             let mut state = self.map.lock();
-            state.next_generation += 1;
-            Generation(state.next_generation)
+            stripes
+                .iter()
+                .map(|_| {
+                    state.next_generation += 1;
+                    Generation(state.next_generation)
+                })
+                .collect()
         };
-        let crcs: Vec<u32> = (0..width)
-            .map(|s| shard_checksum(slot, ShardIndex(s), generation, shard_bytes(s)))
+        let crcs: Vec<Vec<u32>> = lists
+            .iter()
+            .zip(&generations)
+            .map(|((slot, shards), generation)| {
+                shards
+                    .iter()
+                    .enumerate()
+                    .map(|(s, bytes)| shard_checksum(*slot, ShardIndex(s), *generation, bytes))
+                    .collect()
+            })
             .collect();
-        // All shards as one batch: the members work in parallel when they are io_uring devices
-        // (the thread waits only for the kernel, so this is safe under the stripe lock).
-        let mut written = self.write_batch(slot, width, shard_bytes);
-        let lost: Vec<usize> = (0..width).filter(|s| !written[*s]).collect();
-        if !lost.is_empty() {
-            // Enough shards must have landed for the stripe to be readable; otherwise refuse
-            // the write and keep the old stripe (its slot was not touched).
-            let mut scratch: Vec<Vec<u8>> = (0..width).map(|s| shard_bytes(s).to_vec()).collect();
-            if !self.codec.reconstruct(&mut scratch, &mut written) {
-                self.check_available()?;
-                return Err(Error::PoolUnavailable {
-                    layout: self.geometry.layout.to_string(),
-                    tolerated: self.geometry.tolerance(),
-                    lost_devices: self.members.lost(),
-                });
+        // All shards of all stripes as one batch: the members work in parallel when they are
+        // io_uring devices (the thread waits only for the kernel, so this is safe under the
+        // stripe locks).
+        let written = self.write_batch(&lists);
+        let mut results = Vec::with_capacity(stripes.len());
+        let mut installs = Vec::with_capacity(stripes.len());
+        for ((((stripe, slot, _, _), (_, shards)), mut written), (generation, crcs)) in stripes
+            .iter()
+            .zip(&lists)
+            .zip(written)
+            .zip(generations.into_iter().zip(crcs))
+        {
+            if written.iter().any(|w| !*w) {
+                // Enough shards must have landed for the stripe to be readable; otherwise
+                // refuse the write and keep the old stripe (its slot was not touched).
+                let mut scratch: Vec<Vec<u8>> = shards.iter().map(|s| s.to_vec()).collect();
+                if !self.codec.reconstruct(&mut scratch, &mut written) {
+                    results.push(self.check_available().and(Err(Error::PoolUnavailable {
+                        layout: self.geometry.layout.to_string(),
+                        tolerated: self.geometry.tolerance(),
+                        lost_devices: self.members.lost(),
+                    })));
+                    continue;
+                }
             }
+            let entry = MapEntry {
+                slot: Some(*slot),
+                generation,
+                crcs,
+            };
+            installs.push((*stripe, entry));
+            results.push(Ok(()));
         }
-        let entry = MapEntry {
-            slot: Some(slot),
-            generation,
-            crcs,
-        };
         let mut state = self.map.lock();
-        install(&mut state, stripe, &entry);
-        Ok(())
+        for (stripe, entry) in &installs {
+            install(&mut state, *stripe, entry);
+        }
+        results
     }
+}
+
+/// One encoded stripe ready to write: (stripe, slot, its data, its parity).
+type Encoded<'a> = (u64, SlotId, &'a [u8], &'a [u8]);
+
+/// Work of a write request: a group of whole stripes, or part of one stripe.
+enum WriteTask<'a> {
+    Whole(Vec<(u64, &'a [u8])>),
+    Part(u64, u64, &'a [u8]),
 }
 
 /// Part of a request within one stripe: (stripe, byte offset within its data, the bytes).
