@@ -374,123 +374,58 @@ fn bench_layout(
     let volume = pool.size() / request as u64 * request as u64;
     let (share, share_name) = data_share(layout);
     let mut figures = Vec::new();
+    let mut record = |metric: &'static str, value: f64, bound: (f64, String), cpu, bytes| {
+        let unit = if bytes == 0 { "IOPS" } else { "MiB/s" };
+        progress(args.json, &format!("{layout}: {metric} {value:.0} {unit}"));
+        figures.push(figure(metric, value, unit, bound.0, bound.1, cpu, bytes));
+    };
+    let sequential = |write: bool| -> Result<(f64, Option<f64>), Box<dyn std::error::Error>> {
+        let (result, elapsed, cpu) = timed(|| pool_sequential(&pool, volume, request, write));
+        result?;
+        Ok((mib_s(volume, elapsed), cpu))
+    };
+    let raw_read = || (raw.seq_read_mib_s, "raw read".to_string());
 
-    let (result, elapsed, cpu) = timed(|| pool_sequential(&pool, volume, request, true));
-    result?;
-    let value = mib_s(volume, elapsed);
-    progress(
-        args.json,
-        &format!("{layout}: sequential write {value:.0} MiB/s"),
-    );
-    figures.push(figure(
+    let (value, cpu) = sequential(true)?;
+    let bound = raw.seq_write_mib_s * share;
+    record(
         "seq_write",
         value,
-        "MiB/s",
-        raw.seq_write_mib_s * share,
-        format!("raw write x {share_name}"),
+        (bound, format!("raw write x {share_name}")),
         cpu,
         volume,
-    ));
-
-    let (result, elapsed, cpu) = timed(|| pool_sequential(&pool, volume, request, false));
-    result?;
-    let value = mib_s(volume, elapsed);
-    progress(
-        args.json,
-        &format!("{layout}: sequential read {value:.0} MiB/s"),
     );
-    figures.push(figure(
-        "seq_read",
-        value,
-        "MiB/s",
-        raw.seq_read_mib_s,
-        "raw read".into(),
-        cpu,
-        volume,
-    ));
+    let (value, cpu) = sequential(false)?;
+    record("seq_read", value, raw_read(), cpu, volume);
 
     let blocks = volume / RANDOM_REQUEST as u64;
     let iops = random_reads(args, |rng, buf| {
         let offset = rng.gen_range(0..blocks) * RANDOM_REQUEST as u64;
         pool.read_at(offset, buf).map_err(|e| e.to_string())
     })?;
-    progress(
-        args.json,
-        &format!("{layout}: random 4 KiB read {iops:.0} IOPS"),
-    );
-    figures.push(figure(
-        "random_read_4k",
-        iops,
-        "IOPS",
-        raw.random_read_iops,
-        "raw random read".into(),
-        None,
-        0,
-    ));
+    let bound = (raw.random_read_iops, "raw random read".to_string());
+    record("random_read_4k", iops, bound, None, 0);
 
     pool.offline(&members[0].display().to_string())?;
-    let (result, elapsed, cpu) = timed(|| pool_sequential(&pool, volume, request, false));
-    result?;
-    let value = mib_s(volume, elapsed);
-    progress(
-        args.json,
-        &format!("{layout}: degraded read (one device offline) {value:.0} MiB/s"),
-    );
-    figures.push(figure(
-        "degraded_read",
-        value,
-        "MiB/s",
-        raw.seq_read_mib_s,
-        "raw read".into(),
-        cpu,
-        volume,
-    ));
+    let (value, cpu) = sequential(false)?;
+    record("degraded_read", value, raw_read(), cpu, volume);
 
-    pool.replace_with_spare(
-        &members[0].display().to_string(),
-        &spare[0].display().to_string(),
-    )?;
+    let old = members[0].display().to_string();
+    pool.replace_with_spare(&old, &spare[0].display().to_string())?;
     let (rebuilt, elapsed, cpu) = timed(|| pool.run_rebuilds(|_| {}));
     let total = rebuilt?.first().map_or(0, |p| p.done_bytes);
     #[allow(clippy::cast_precision_loss)]
     let per_device = raw.seq_write_mib_s / count as f64;
-    let value = mib_s(total, elapsed);
-    progress(
-        args.json,
-        &format!("{layout}: rebuild {value:.0} MiB/s ({} MiB)", total >> 20),
-    );
-    figures.push(figure(
-        "rebuild",
-        value,
-        "MiB/s",
-        per_device,
-        "raw write of one device".into(),
-        cpu,
-        total,
-    ));
+    let bound = (per_device, "raw write of one device".to_string());
+    record("rebuild", mib_s(total, elapsed), bound, cpu, total);
 
+    // Scrub reads every shard: its rate is in bytes read from the devices.
     let width = pool.geometry().width() as u64;
     let data_chunks = pool.geometry().data_chunks() as u64;
     let (report, elapsed, cpu) = timed(|| pool.scrub());
     let physical =
         report.stripes_checked * pool.geometry().stripe_data_bytes() / data_chunks * width;
-    let value = mib_s(physical, elapsed);
-    progress(
-        args.json,
-        &format!(
-            "{layout}: scrub {value:.0} MiB/s of shards read ({} bad)",
-            report.bad_shards
-        ),
-    );
-    figures.push(figure(
-        "scrub",
-        value,
-        "MiB/s",
-        raw.seq_read_mib_s,
-        "raw read".into(),
-        cpu,
-        physical,
-    ));
+    record("scrub", mib_s(physical, elapsed), raw_read(), cpu, physical);
     let volume_bytes = pool.size();
     pool.close()?;
     if args.devices.is_empty() {

@@ -419,7 +419,7 @@ mod tests {
         // Both are non-trivial (not all zero).
         assert!(parities.iter().all(|p| p.iter().any(|b| *b != 0)));
         let bad = RseCoder::new(2, 1).unwrap();
-        let mut short = vec![0u8; 32];
+        let mut short = [0u8; 32];
         assert!(bad.encode(&inputs, &mut [&mut short[..]]).is_err());
     }
 }
