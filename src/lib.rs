@@ -28,4 +28,7 @@ pub mod types;
 
 pub use error::{Error, Result};
 pub use geometry::Layout;
-pub use pool::{CreateOptions, OpenOptions, Pool, PoolStatus};
+pub use pool::{
+    CreateOptions, OpenOptions, Pool, PoolStatus, ScrubEnd, ScrubOptions, ScrubProgress,
+    ScrubReport,
+};

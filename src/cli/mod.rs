@@ -4,6 +4,7 @@
 mod bench;
 mod demo;
 mod progress;
+mod scrub;
 
 use clap::{Parser, Subcommand};
 use std::io::{Read, Write};
@@ -107,12 +108,30 @@ enum Command {
         #[arg(long)]
         output: Option<PathBuf>,
     },
-    /// Verify every shard of every written stripe and heal what fails.
+    /// Verify every chunk of every written stripe (data, parity, all copies), check that
+    /// parity and copies agree, and repair what fails. Exit code: 0 clean, 1 damage found and
+    /// repaired (or repairable, with --check-only), 2 unrepairable data, 3 could not run.
     Scrub {
         /// One or more member paths.
         #[arg(required = true)]
         pool: Vec<PathBuf>,
-        /// Machine-readable output.
+        /// Repair what fails verification (the default).
+        #[arg(long, conflicts_with = "check_only")]
+        repair: bool,
+        /// Only count damage; write nothing but the scrub's own progress records.
+        #[arg(long)]
+        check_only: bool,
+        /// Read rate limit, e.g. 200M (per second; default: as fast as the devices allow,
+        /// yielding to other I/O).
+        #[arg(long, value_parser = parse_size)]
+        rate: Option<u64>,
+        /// Continue the interrupted scrub recorded in the pool instead of starting over.
+        #[arg(long, conflicts_with = "cancel")]
+        resume: bool,
+        /// Discard the interrupted scrub recorded in the pool.
+        #[arg(long)]
+        cancel: bool,
+        /// Machine-readable final report.
         #[arg(long)]
         json: bool,
     },
@@ -216,10 +235,28 @@ pub fn run() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return if err.use_stderr() {
+                ExitCode::from(usage_exit_code())
+            } else {
+                ExitCode::SUCCESS // --help, --version
+            };
+        }
+    };
     FORCE_DEGRADED.store(cli.force_degraded, std::sync::atomic::Ordering::Relaxed);
+    // `scrub` and `check` promise their own codes to scripts and monitoring: 3 = could not run.
+    let failure = match &cli.command {
+        Command::Scrub { .. } => scrub::exit::FAILED,
+        _ => 1,
+    };
     match execute(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.downcast_ref::<Exit>().is_some() => {
+            ExitCode::from(err.downcast_ref::<Exit>().map_or(1, |exit| exit.0))
+        }
         Err(err) => {
             eprintln!("stripestore: error: {err}");
             let mut source = std::error::Error::source(err.as_ref());
@@ -227,8 +264,29 @@ pub fn run() -> ExitCode {
                 eprintln!("  caused by: {cause}");
                 source = cause.source();
             }
-            ExitCode::FAILURE
+            ExitCode::from(failure)
         }
+    }
+}
+
+/// A command finished and wants this exit code (its output says why).
+#[derive(Debug)]
+struct Exit(u8);
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit code {}", self.0)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+/// Exit code for bad usage: 2, except for commands whose codes 0-2 mean findings.
+fn usage_exit_code() -> u8 {
+    let subcommand = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
+    match subcommand.as_deref() {
+        Some("scrub") => scrub::exit::FAILED,
+        _ => 2,
     }
 }
 
@@ -328,30 +386,28 @@ fn execute(command: Command) -> CliResult {
             pool.close()?;
             Ok(())
         }
-        Command::Scrub { pool, json } => {
-            let pool = open_pool(&pool)?;
-            let report = pool.scrub();
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+        Command::Scrub {
+            pool,
+            repair: _,
+            check_only,
+            rate,
+            resume,
+            cancel,
+            json,
+        } => {
+            let code = scrub::run(&scrub::ScrubArgs {
+                pool,
+                check_only,
+                rate,
+                resume,
+                cancel,
+                json,
+            })?;
+            if code == scrub::exit::CLEAN {
+                Ok(())
             } else {
-                println!(
-                    "scrub: {} stripes checked, {} bad shards found, {} stripes unrecoverable",
-                    report.stripes_checked,
-                    report.bad_shards,
-                    report.unrecoverable_stripes.len()
-                );
-                print!("{}", pool.status());
+                Err(Box::new(Exit(code)))
             }
-            let failed = !report.unrecoverable_stripes.is_empty();
-            pool.close()?;
-            if failed {
-                return Err(format!(
-                    "{} stripes are unrecoverable",
-                    report.unrecoverable_stripes.len()
-                )
-                .into());
-            }
-            Ok(())
         }
         Command::Replace {
             pool,

@@ -253,6 +253,16 @@ impl Members {
         self.superblock.lock().generation
     }
 
+    /// The scrub state as recorded (or to be recorded by the next superblock write).
+    pub(crate) fn scrub_record(&self) -> crate::format::ScrubRecord {
+        self.superblock.lock().scrub.clone()
+    }
+
+    /// Change the scrub state; the next [`Members::write_superblocks`] persists it.
+    pub(crate) fn update_scrub_record(&self, change: impl FnOnce(&mut crate::format::ScrubRecord)) {
+        change(&mut self.superblock.lock().scrub);
+    }
+
     /// A copy of the spare list.
     #[must_use]
     pub fn spares(&self) -> Vec<Spare> {
