@@ -111,6 +111,7 @@ fn render(report: &ScrubReport) -> String {
         ScrubEnd::Completed => "completed",
         ScrubEnd::Paused => "paused (resume with --resume)",
         ScrubEnd::Canceled => "canceled",
+        ScrubEnd::Interrupted => "interrupted (resume with --resume)",
     };
     let _ = writeln!(
         out,

@@ -320,7 +320,7 @@ impl Pool {
             background.stop();
         }
         if let Some(thread) = self.scrub_thread.lock().take() {
-            self.inner.scrub.request(true);
+            self.inner.scrub.request(scrub::ScrubRequest::Stop);
             if thread.join().is_err() {
                 tracing::error!("the scrub thread panicked");
             }
@@ -455,7 +455,7 @@ impl Pool {
     /// Pause the running scrub after its current step; its checkpoint is kept (resume with
     /// [`ScrubOptions::resume`]). Returns whether a scrub was running.
     pub fn pause_scrub(&self) -> bool {
-        self.inner.scrub.request(true)
+        self.inner.scrub.request(scrub::ScrubRequest::Pause)
     }
 
     /// Cancel the running scrub after its current step, or discard the checkpoint of an
@@ -465,7 +465,7 @@ impl Pool {
     /// # Errors
     /// [`Error::Io`] if the superblocks cannot be written.
     pub fn cancel_scrub(&self) -> Result<bool> {
-        if self.inner.scrub.request(false) {
+        if self.inner.scrub.request(scrub::ScrubRequest::Cancel) {
             return Ok(true);
         }
         self.inner.discard_scrub_checkpoint()

@@ -55,6 +55,9 @@ pub enum ScrubEnd {
     Paused,
     /// Canceled on request; the checkpoint is discarded.
     Canceled,
+    /// Stopped because the pool closed; resumed when it opens with background work on (or
+    /// with `resume`).
+    Interrupted,
 }
 
 /// One device's line of a scrub report.
@@ -143,6 +146,18 @@ pub struct ScrubProgress {
 const RUN: u8 = 0;
 const PAUSE: u8 = 1;
 const CANCEL: u8 = 2;
+const STOP: u8 = 3;
+
+/// What another thread asks of a running scrub.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ScrubRequest {
+    /// Stop and keep the checkpoint, marked paused (not resumed automatically).
+    Pause,
+    /// Stop and discard the checkpoint.
+    Cancel,
+    /// Stop and keep the checkpoint for the next open (the pool is closing).
+    Stop,
+}
 
 /// The pool's scrub state: at most one scrub runs at a time; any thread can pause or cancel it.
 #[derive(Debug, Default)]
@@ -154,9 +169,14 @@ pub(crate) struct ScrubControl {
 }
 
 impl ScrubControl {
-    pub(crate) fn request(&self, pause: bool) -> bool {
-        self.command
-            .store(if pause { PAUSE } else { CANCEL }, Ordering::Release);
+    /// Ask the running scrub to stop after its current step; returns whether one is running.
+    pub(crate) fn request(&self, request: ScrubRequest) -> bool {
+        let command = match request {
+            ScrubRequest::Pause => PAUSE,
+            ScrubRequest::Cancel => CANCEL,
+            ScrubRequest::Stop => STOP,
+        };
+        self.command.store(command, Ordering::Release);
         self.active.load(Ordering::Acquire)
     }
     pub(crate) fn set_rate(&self, rate: Option<u64>) {
@@ -300,6 +320,7 @@ impl PoolInner {
             match self.scrub.command.load(Ordering::Acquire) {
                 PAUSE => break ScrubEnd::Paused,
                 CANCEL => break ScrubEnd::Canceled,
+                STOP => break ScrubEnd::Interrupted,
                 _ => {}
             }
             if checkpoint.next_slot >= self.geometry.slots {
@@ -332,8 +353,14 @@ impl PoolInner {
                 rate => Some(rate),
             };
             let wait = pacer.after_step(rate, &self.rebuild, step.bytes_read);
-            if !wait.is_zero() {
-                std::thread::sleep(wait);
+            // In slices, so a pause or cancel is honoured promptly even at a low rate.
+            let until = Instant::now() + wait;
+            while self.scrub.command.load(Ordering::Acquire) == RUN {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                std::thread::sleep(left.min(std::time::Duration::from_millis(20)));
             }
         };
         if rewrote {
@@ -341,8 +368,8 @@ impl PoolInner {
         }
         checkpoint.scan_secs = previous_secs + started.elapsed().as_secs();
         match end {
-            ScrubEnd::Paused => {
-                checkpoint.paused = true;
+            ScrubEnd::Paused | ScrubEnd::Interrupted => {
+                checkpoint.paused = end == ScrubEnd::Paused;
                 self.persist_scrub(|record| record.in_progress = Some(checkpoint.clone()))?;
             }
             ScrubEnd::Completed | ScrubEnd::Canceled => {
@@ -736,4 +763,59 @@ fn summary_of(checkpoint: &ScrubCheckpoint, outcome: ScrubOutcome) -> ScrubSumma
 struct StepResult {
     bytes_read: u64,
     rewrote: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::codec::shard_checksum;
+    use crate::testing::{mem_devices, shared};
+    use crate::types::{ShardIndex, SlotId};
+    use crate::{CreateOptions, Pool};
+
+    /// A parity shard or second copy that matches its checksum but disagrees with the data (as
+    /// if the encoder had been wrong when it was written) is caught by the consistency check and the
+    /// stripe is rewritten from its verified data.
+    fn inconsistent_stripe_is_found_and_rewritten(layout: &str, devices: usize, shard: usize) {
+        let mems = mem_devices(devices, 4 << 20);
+        let mut options = CreateOptions::new(layout.parse().unwrap());
+        options.chunk_bytes = 4096;
+        let pool = Pool::create(shared(&mems), vec![], &options).unwrap();
+        let stripe_bytes = pool.geometry().stripe_data_bytes() as usize;
+        let data: Vec<u8> = (0..stripe_bytes * 3).map(|i| (i * 7 % 251) as u8).collect();
+        pool.write_at(0, &data).unwrap();
+        pool.flush().unwrap();
+        // Stripe 1: replace one shard with other bytes *and* make the map's checksum agree.
+        let location = pool.shard_locations(1)[shard];
+        let forged = vec![0x5a; 4096];
+        mems[location.device].poke(location.offset, &forged);
+        {
+            let mut state = pool.inner.map.lock();
+            let mut entry = state.map.get(1);
+            let slot: SlotId = entry.slot.unwrap();
+            entry.crcs[shard] = shard_checksum(slot, ShardIndex(shard), entry.generation, &forged);
+            state.map.set(1, &entry);
+        }
+        let report = pool.scrub().unwrap();
+        assert_eq!(report.inconsistent_stripes, 1, "{layout}: {report:?}");
+        assert_eq!(
+            report.bad_shards, 0,
+            "{layout}: every chunk matched its checksum"
+        );
+        assert!(report.found_damage());
+        let again = pool.scrub().unwrap();
+        assert!(!again.found_damage(), "{layout}: rewritten: {again:?}");
+        let mut back = vec![0u8; data.len()];
+        pool.read_at(0, &mut back).unwrap();
+        assert_eq!(back, data, "{layout}: data unchanged by the rewrite");
+    }
+
+    #[test]
+    fn inconsistent_parity_is_found_and_the_stripe_rewritten() {
+        inconsistent_stripe_is_found_and_rewritten("rs:4+2", 6, 5);
+    }
+
+    #[test]
+    fn disagreeing_mirror_copies_are_found_and_the_stripe_rewritten() {
+        inconsistent_stripe_is_found_and_rewritten("mirror:2", 2, 1);
+    }
 }
