@@ -3,6 +3,7 @@
 
 mod bench;
 mod demo;
+mod monitor;
 mod progress;
 mod scrub;
 
@@ -135,6 +136,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Monitoring plugin (Nagios/Icinga/Zabbix style): one status line with performance data.
+    /// Exit code: 0 OK, 1 WARNING (degraded, rebuilding, errors repaired), 2 CRITICAL
+    /// (redundancy exhausted, pool faulted, unrepairable data), 3 UNKNOWN (cannot tell).
+    Check {
+        /// One or more member paths.
+        #[arg(required = true)]
+        pool: Vec<PathBuf>,
+        /// WARNING when the last scrub is older than this many days (or there was none).
+        #[arg(long)]
+        scrub_max_age_days: Option<u64>,
+    },
+    /// Prometheus metrics (text exposition format): printed once, or served over HTTP with
+    /// --listen.
+    Metrics {
+        /// One or more member paths.
+        #[arg(required = true)]
+        pool: Vec<PathBuf>,
+        /// Serve at this address (e.g. 127.0.0.1:9640) until killed, instead of printing once.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
     /// Replace a data member (by last known path, index or UUID) with a spare of the pool or a
     /// new device, and rebuild onto it with a progress bar. Works for a healthy member too
     /// (copy, then swap).
@@ -229,7 +251,10 @@ enum Command {
 pub fn run() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
+            // STRIPESTORE_LOG, else RUST_LOG (same syntax: `info`, `stripestore::pool=debug`);
+            // quiet by default: warnings and errors only.
             tracing_subscriber::EnvFilter::try_from_env("STRIPESTORE_LOG")
+                .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
@@ -250,6 +275,7 @@ pub fn run() -> ExitCode {
     // `scrub` and `check` promise their own codes to scripts and monitoring: 3 = could not run.
     let failure = match &cli.command {
         Command::Scrub { .. } => scrub::exit::FAILED,
+        Command::Check { .. } => monitor::Level::Unknown as u8,
         _ => 1,
     };
     match execute(cli.command) {
@@ -286,6 +312,7 @@ fn usage_exit_code() -> u8 {
     let subcommand = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
     match subcommand.as_deref() {
         Some("scrub") => scrub::exit::FAILED,
+        Some("check") => monitor::Level::Unknown as u8,
         _ => 2,
     }
 }
@@ -409,6 +436,14 @@ fn execute(command: Command) -> CliResult {
                 Err(Box::new(Exit(code)))
             }
         }
+        Command::Check {
+            pool,
+            scrub_max_age_days,
+        } => match monitor::check(&pool, scrub_max_age_days) {
+            monitor::Level::Ok => Ok(()),
+            level => Err(Box::new(Exit(level as u8))),
+        },
+        Command::Metrics { pool, listen } => monitor::metrics(&pool, listen),
         Command::Replace {
             pool,
             old,

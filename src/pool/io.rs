@@ -321,6 +321,22 @@ impl PoolInner {
         }
     }
 
+    /// How many more devices could fail, now, without losing data.
+    pub(crate) fn remaining_tolerance(&self) -> usize {
+        let online: Vec<bool> = self.members.data.iter().map(|m| m.is_online()).collect();
+        match self.geometry.layout {
+            crate::geometry::Layout::ReedSolomon { parity, .. } => {
+                parity.saturating_sub(online.iter().filter(|o| !**o).count())
+            }
+            crate::geometry::Layout::Mirror { copies }
+            | crate::geometry::Layout::Raid10 { copies } => online
+                .chunks(copies)
+                .map(|group| group.iter().filter(|o| **o).count().saturating_sub(1))
+                .min()
+                .unwrap_or(0),
+        }
+    }
+
     /// Check that enough devices remain for new data to be written with the layout.
     pub(crate) fn check_available(&self) -> Result<()> {
         if self.available_without(None) {

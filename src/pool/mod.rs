@@ -30,6 +30,7 @@ use crate::device::SharedDevice;
 use crate::error::{Error, Result};
 use crate::format::{PoolUuid, StripeMap};
 use crate::geometry::{Geometry, Layout};
+use crate::metrics::Request;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -193,9 +194,21 @@ pub(crate) struct PoolInner {
     pub(crate) attach_lock: parking_lot::RwLock<()>,
     /// The running scrub, if any (one at a time).
     pub(crate) scrub: scrub::ScrubControl,
+    /// Latency and byte counters of the volume's requests.
+    pub(crate) requests: crate::metrics::RequestMetrics,
 }
 
 impl PoolInner {
+    pub(crate) fn metrics_text(&self) -> String {
+        let devices: Vec<(String, Arc<crate::metrics::DeviceIo>)> = self
+            .members
+            .data
+            .iter()
+            .map(|m| (m.path(), Arc::clone(&m.io)))
+            .collect();
+        crate::metrics::render(&self.status(), &devices, &self.requests)
+    }
+
     pub(crate) fn stripe_lock(&self, stripe: u64) -> &Mutex<()> {
         &self.stripe_locks[usize::try_from(stripe % STRIPE_LOCKS as u64).unwrap_or(0)]
     }
@@ -345,7 +358,10 @@ impl Pool {
     /// # Errors
     /// [`Error::OutOfRange`]; [`Error::Unrecoverable`] when too many shards of a stripe are lost.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        self.inner.read_at(offset, buf)
+        let bytes = buf.len();
+        self.inner
+            .requests
+            .measure(Request::Read, bytes, || self.inner.read_at(offset, buf))
     }
 
     /// Write `data` at volume offset `offset`. Not durable until [`Pool::flush`] returns; until
@@ -355,7 +371,9 @@ impl Pool {
     /// [`Error::OutOfRange`]; [`Error::PoolUnavailable`] when too many devices are lost;
     /// [`Error::Unrecoverable`] when a partial write needs old data that is lost.
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
-        self.inner.write_at(offset, data)
+        self.inner.requests.measure(Request::Write, data.len(), || {
+            self.inner.write_at(offset, data)
+        })
     }
 
     /// Barrier: every write completed before this call survives power loss once it returns.
@@ -364,7 +382,33 @@ impl Pool {
     /// [`Error::PoolUnavailable`] when too few devices are left to make the data durable with
     /// the layout; [`Error::CorruptMetadata`] if the map cannot be written anywhere.
     pub fn flush(&self) -> Result<()> {
-        self.inner.commit()
+        self.inner
+            .requests
+            .measure(Request::Flush, 0, || self.inner.commit())
+    }
+
+    /// The pool's metrics in the Prometheus text exposition format.
+    #[must_use]
+    pub fn metrics_text(&self) -> String {
+        self.inner.metrics_text()
+    }
+
+    /// Serve [`Pool::metrics_text`] over HTTP at `address` (`GET /metrics`) until the returned
+    /// server is dropped. Use a loopback address unless the network is trusted.
+    ///
+    /// # Errors
+    /// The address cannot be bound.
+    pub fn serve_metrics(
+        &self,
+        address: std::net::SocketAddr,
+    ) -> std::io::Result<crate::metrics::MetricsServer> {
+        let pool = Arc::downgrade(&self.inner);
+        crate::metrics::MetricsServer::start(address, move || {
+            pool.upgrade().map_or_else(
+                || "# the pool is closed\n".to_string(),
+                |p| p.metrics_text(),
+            )
+        })
     }
 
     /// Health, devices and counters.

@@ -665,7 +665,7 @@ impl PoolInner {
                         counters.unrepairable += 1;
                     }
                     let path = self.members.get(device).path();
-                    tracing::warn!(device = %path, offset, stripe = item.stripe, ?kind, repaired = exam.healed[shard], "scrub: damaged chunk");
+                    tracing::info!(device = %path, offset, stripe = item.stripe, ?kind, repaired = exam.healed[shard], "scrub: damaged chunk");
                     damaged_devices.push(path);
                 }
             }

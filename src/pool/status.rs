@@ -60,8 +60,10 @@ pub struct PoolStatus {
     pub allocated_bytes: u64,
     /// Chunk size.
     pub chunk_bytes: u64,
-    /// Device losses tolerated.
+    /// Device losses the layout tolerates.
     pub tolerance: usize,
+    /// Further device losses the pool survives in its current state (0: redundancy exhausted).
+    pub remaining_tolerance: usize,
     /// Last durable commit sequence.
     pub commit_sequence: u64,
     /// Superblock generation.
@@ -181,6 +183,7 @@ impl PoolInner {
             allocated_bytes: written * self.geometry.stripe_data_bytes(),
             chunk_bytes: self.geometry.chunk_bytes,
             tolerance: self.geometry.tolerance(),
+            remaining_tolerance: self.remaining_tolerance(),
             commit_sequence: self.meta.lock().sequence,
             superblock_generation: self.members.generation(),
             devices,
