@@ -94,13 +94,10 @@ fn workload(
     );
     assert!(status.total_repaired() > 0, "{layout}: damage not healed");
     // Parity and second copies no read touched: scrub heals them, and a second scrub is clean.
-    let scrub = pool.scrub();
-    assert!(
-        scrub.unrecoverable_stripes.is_empty(),
-        "{layout}: {scrub:?}"
-    );
-    let again = pool.scrub();
-    assert_eq!(again.bad_shards, 0, "{layout}: {again:?}");
+    let scrub = pool.scrub().unwrap();
+    assert!(scrub.unrepairable_stripes == 0, "{layout}: {scrub:?}");
+    let again = pool.scrub().unwrap();
+    assert!(!again.found_damage(), "{layout}: {again:?}");
     verify(&pool, &model);
     pool.close().unwrap();
 

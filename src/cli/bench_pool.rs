@@ -420,11 +420,8 @@ fn bench_layout(
     record("rebuild", mib_s(total, elapsed), bound, cpu, total);
 
     // Scrub reads every shard: its rate is in bytes read from the devices.
-    let width = pool.geometry().width() as u64;
-    let data_chunks = pool.geometry().data_chunks() as u64;
     let (report, elapsed, cpu) = timed(|| pool.scrub());
-    let physical =
-        report.stripes_checked * pool.geometry().stripe_data_bytes() / data_chunks * width;
+    let physical = report?.bytes_read_this_run;
     record("scrub", mib_s(physical, elapsed), raw_read(), cpu, physical);
     let volume_bytes = pool.size();
     pool.close()?;

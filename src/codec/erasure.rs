@@ -58,6 +58,21 @@ pub trait ErasureCoder: Send + Sync + fmt::Debug {
     /// # Errors
     /// [`CodecError::TooFewShards`] with fewer than `k` shards present; `Shape` on a mismatch.
     fn reconstruct(&self, shards: &mut [&mut [u8]], present: &[bool]) -> Result<(), CodecError>;
+    /// Whether the parity shards of `shards` (all k + m) are what the data encodes to.
+    ///
+    /// # Errors
+    /// [`CodecError::Shape`] if the counts or lengths do not match.
+    fn verify(&self, shards: &[&[u8]]) -> Result<bool, CodecError> {
+        let (k, m) = (self.data_shards(), self.parity_shards());
+        let len = shards.first().map_or(0, |s| s.len());
+        if shards.len() != k + m || len == 0 {
+            return Err(CodecError::Shape("expected k + m non-empty shards"));
+        }
+        let mut parity = vec![0u8; m * len];
+        let mut outputs: Vec<&mut [u8]> = parity.chunks_mut(len).collect();
+        self.encode(&shards[..k], &mut outputs)?;
+        Ok(outputs.iter().zip(&shards[k..]).all(|(a, b)| **a == **b))
+    }
 }
 
 fn check_shape(
@@ -163,6 +178,11 @@ impl ErasureCoder for RseCoder {
     fn encode(&self, data: &[&[u8]], parity: &mut [&mut [u8]]) -> Result<(), CodecError> {
         self.inner
             .encode_sep(data, parity)
+            .map_err(|e| CodecError::Library(format!("{e:?}")))
+    }
+    fn verify(&self, shards: &[&[u8]]) -> Result<bool, CodecError> {
+        self.inner
+            .verify(shards)
             .map_err(|e| CodecError::Library(format!("{e:?}")))
     }
     fn reconstruct(&self, shards: &mut [&mut [u8]], present: &[bool]) -> Result<(), CodecError> {

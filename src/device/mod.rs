@@ -74,6 +74,22 @@ pub trait Device: Send + Sync + fmt::Debug {
     fn as_uring(&self) -> Option<&UringDevice> {
         None
     }
+    /// Told by [`run_batch`] about each request it sent straight to [`Device::as_uring`]'s
+    /// device: a decorator that only observes (metrics) delegates `as_uring` and counts here.
+    fn batched(&self, _request: Batched) {}
+}
+
+/// One request [`run_batch`] completed on a device's io_uring device (see [`Device::batched`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Batched {
+    /// A write (else a read).
+    pub write: bool,
+    /// Bytes requested.
+    pub bytes: u64,
+    /// From submission to completion.
+    pub latency: std::time::Duration,
+    /// Whether it succeeded.
+    pub ok: bool,
 }
 
 /// A shared device handle, as held by the pool.

@@ -20,7 +20,7 @@
 //! callers and change per request, so registering them would cost more than it saves.
 #![allow(unsafe_code)]
 
-use super::{Device, DeviceError, FileDevice, SharedDevice};
+use super::{Batched, Device, DeviceError, FileDevice, SharedDevice};
 use crate::error::Result;
 use io_uring::{opcode, types, IoUring};
 use std::cell::RefCell;
@@ -277,6 +277,7 @@ struct InFlight {
     op: usize,
     bounce: Option<AlignedBuf>,
     len: usize,
+    submitted: std::time::Instant,
 }
 
 /// Run every request of `ops`: those on io_uring devices together through this thread's ring,
@@ -373,10 +374,11 @@ fn submit_round(ring: &mut IoUring, ops: &mut [BatchOp<'_>], round: &[usize]) {
             op: index,
             bounce,
             len,
+            submitted: std::time::Instant::now(),
         });
     }
     let mut pending = flights.len();
-    let mut results: Vec<Option<i32>> = vec![None; flights.len()];
+    let mut results: Vec<Option<(i32, std::time::Instant)>> = vec![None; flights.len()];
     while pending > 0 {
         match ring.submit_and_wait(1) {
             Ok(_) => {}
@@ -399,14 +401,23 @@ fn submit_round(ring: &mut IoUring, ops: &mut [BatchOp<'_>], round: &[usize]) {
             };
             if let Some(result) = results.get_mut(slot) {
                 if result.is_none() {
-                    *result = Some(completion.result());
+                    *result = Some((completion.result(), std::time::Instant::now()));
                     pending -= 1;
                 }
             }
         }
     }
     for (flight, result) in flights.into_iter().zip(results) {
-        finish(&mut ops[flight.op], flight, result.unwrap_or(-libc::EIO));
+        let (result, done) = result.unwrap_or((-libc::EIO, std::time::Instant::now()));
+        let latency = done.saturating_duration_since(flight.submitted);
+        let op = &mut ops[flight.op];
+        finish(op, flight, result);
+        op.device.batched(Batched {
+            write: matches!(op.buf, IoBuf::Write(_)),
+            bytes: op.len() as u64,
+            latency,
+            ok: op.result.is_ok(),
+        });
     }
 }
 

@@ -11,6 +11,7 @@
 //! healthy read or a write allocates no data buffers in steady state, and `O_DIRECT` can use
 //! them in place. A re-entrant use (never expected) falls back to a fresh buffer.
 
+use super::io::Fetch;
 use super::PoolInner;
 use crate::codec::shard_checksum;
 use crate::device::{run_batch, AlignedBuf, BatchOp, DeviceError, SharedDevice};
@@ -25,9 +26,29 @@ pub(crate) enum Got {
     /// Read and verified against the map.
     Good,
     /// Read error or checksum mismatch (counted against the device).
-    Bad,
+    Bad(ErrorKind),
     /// The device is out of service.
     Missing,
+}
+
+impl Got {
+    /// As the read path's `Fetch`, owning `bytes` if good.
+    pub(crate) fn into_fetch(self, bytes: Vec<u8>) -> Fetch {
+        match self {
+            Got::Good => Fetch::Good(bytes),
+            Got::Bad(kind) => Fetch::Bad(kind),
+            Got::Missing => Fetch::Missing,
+        }
+    }
+
+    /// As the read path's `Fetch`, with a copy of `bytes` if good.
+    pub(crate) fn into_fetch_copied(self, bytes: &[u8]) -> Fetch {
+        match self {
+            Got::Good => Fetch::Good(bytes.to_vec()),
+            Got::Bad(kind) => Fetch::Bad(kind),
+            Got::Missing => Fetch::Missing,
+        }
+    }
 }
 
 /// Which per-thread scratch buffer.
@@ -97,7 +118,7 @@ impl PoolInner {
             got[i] = match (op.result, op.buf) {
                 (Err(err), _) => {
                     self.members.record_error(*index, ErrorKind::Read, &err);
-                    Got::Bad
+                    Got::Bad(ErrorKind::Read)
                 }
                 (Ok(()), crate::device::IoBuf::Read(bytes)) => {
                     let actual = shard_checksum(slot, ShardIndex(shard), entry.generation, bytes);
@@ -110,10 +131,10 @@ impl PoolInner {
                         )));
                         self.members
                             .record_error(*index, ErrorKind::Checksum, &detail);
-                        Got::Bad
+                        Got::Bad(ErrorKind::Checksum)
                     }
                 }
-                (Ok(()), crate::device::IoBuf::Write(_)) => Got::Bad,
+                (Ok(()), crate::device::IoBuf::Write(_)) => Got::Bad(ErrorKind::Read),
             };
         }
         got

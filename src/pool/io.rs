@@ -23,7 +23,7 @@ pub(crate) enum Fetch {
     /// Read and verified.
     Good(Vec<u8>),
     /// Read error or checksum mismatch on an online device (counted; healable).
-    Bad,
+    Bad(ErrorKind),
     /// The device is out of service.
     Missing,
 }
@@ -62,7 +62,7 @@ impl PoolInner {
             locks.sort_unstable();
             locks.dedup();
             let _guards: Vec<_> = locks.iter().map(|i| self.stripe_locks[*i].lock()).collect();
-            self.read_stripes_locked(&mut group)
+            self.read_stripes_locked(&mut group, true)
         };
         // One group: on the caller's thread. Handing it to rayon would funnel every caller's
         // small reads through rayon's few workers (measured: a quarter of the raw random-read
@@ -191,16 +191,23 @@ impl PoolInner {
     }
 
     /// Read part of one stripe; the caller holds the stripe's lock.
-    fn read_stripe_locked(&self, stripe: u64, within: u64, out: &mut [u8]) -> Result<()> {
-        self.read_stripes_locked(&mut [(stripe, within, out)])
+    pub(crate) fn read_stripe_locked(
+        &self,
+        stripe: u64,
+        within: u64,
+        out: &mut [u8],
+    ) -> Result<()> {
+        self.read_stripes_locked(&mut [(stripe, within, out)], false)
     }
 
     /// Read parts of several stripes; the caller holds their locks. Fast path: one verified
     /// shard per needed data chunk, all stripes' shards as one batch into this thread's scratch
     /// buffer (the batch waits only for the kernel, never for other pool work, so it is safe
     /// under the stripe locks; see `parallel.rs`). A stripe with a needed device out of service
-    /// reads k shards and reconstructs; one with a bad shard takes the slow path.
-    fn read_stripes_locked(&self, pieces: &mut [Piece<'_>]) -> Result<()> {
+    /// reads k shards and reconstructs; one with a bad shard takes the slow path. `balance`:
+    /// mirror copies take turns (else the first copy in service is read, which scrub's rewrite
+    /// of disagreeing copies relies on).
+    fn read_stripes_locked(&self, pieces: &mut [Piece<'_>], balance: bool) -> Result<()> {
         let chunk = self.geometry.chunk_bytes;
         let chunk_len = usize::try_from(chunk).unwrap_or(0);
         let entries: Vec<MapEntry> = {
@@ -219,7 +226,7 @@ impl PoolInner {
             };
             let (chunks, _) = chunk_span(*within, out.len(), chunk);
             let shards: Vec<usize> = chunks
-                .map(|data_chunk| self.preferred_shard(data_chunk, *stripe).0)
+                .map(|data_chunk| self.preferred_shard(data_chunk, *stripe, balance).0)
                 .collect();
             if let Some(sources) = self.degraded_sources(slot, &shards) {
                 degraded.push((i, sources));
@@ -244,14 +251,8 @@ impl PoolInner {
                     }
                     let fetched: Vec<(usize, Fetch)> = (first..first + count)
                         .map(|item| {
-                            let fetch = match got[item] {
-                                Got::Good => Fetch::Good(
-                                    buf[item * chunk_len..(item + 1) * chunk_len].to_vec(),
-                                ),
-                                Got::Bad => Fetch::Bad,
-                                Got::Missing => Fetch::Missing,
-                            };
-                            (items[item].2, fetch)
+                            let bytes = &buf[item * chunk_len..(item + 1) * chunk_len];
+                            (items[item].2, got[item].into_fetch_copied(bytes))
                         })
                         .collect();
                     slow.push((i, fetched));
@@ -339,14 +340,7 @@ impl PoolInner {
         let known: Vec<(usize, Fetch)> = sources
             .iter()
             .zip(got)
-            .map(|(shard, got)| {
-                let fetch = match got {
-                    Got::Good => Fetch::Good(shards[*shard].clone()),
-                    Got::Bad => Fetch::Bad,
-                    Got::Missing => Fetch::Missing,
-                };
-                (*shard, fetch)
-            })
+            .map(|(shard, got)| (*shard, got.into_fetch_copied(&shards[*shard])))
             .collect();
         let (all, _) = self.recover_stripe(stripe, slot, entry, known)?;
         self.copy_out(&all, chunks, start, out);
@@ -383,9 +377,9 @@ impl PoolInner {
     }
 
     /// A shard carrying `data_chunk`, on an online device if there is one. For Reed-Solomon
-    /// there is exactly one; for mirrors, the online copies take turns by stripe, so
-    /// sequential reads use every copy's device.
-    fn preferred_shard(&self, data_chunk: usize, stripe: u64) -> ShardIndex {
+    /// there is exactly one; for mirrors, with `balance` the online copies take turns by
+    /// stripe, so sequential reads use every copy's device; else the first online copy.
+    fn preferred_shard(&self, data_chunk: usize, stripe: u64, balance: bool) -> ShardIndex {
         let width = self.geometry.width();
         let carries =
             |s: &usize| self.geometry.shard_data_chunk(ShardIndex(*s)) == Some(data_chunk);
@@ -401,7 +395,11 @@ impl PoolInner {
         if copies == 0 {
             return ShardIndex(first);
         }
-        let turn = usize::try_from(stripe % copies).unwrap_or(0);
+        let turn = if balance {
+            usize::try_from(stripe % copies).unwrap_or(0)
+        } else {
+            0
+        };
         ShardIndex(
             (0..width)
                 .filter(carries)
@@ -422,81 +420,114 @@ impl PoolInner {
         entry: &MapEntry,
         known: Vec<(usize, Fetch)>,
     ) -> Result<(Vec<Vec<u8>>, usize)> {
+        let exam = self.examine_stripe(slot, entry, known, true);
+        if !exam.recovered {
+            return Err(self.unrecoverable(stripe, slot, &exam));
+        }
+        let damaged = exam.damaged().count();
+        Ok((exam.shards, damaged))
+    }
+
+    /// The error for a stripe `exam` could not recover.
+    pub(crate) fn unrecoverable(&self, stripe: u64, slot: SlotId, exam: &Examination) -> Error {
+        let failed: Vec<usize> = (0..exam.outcomes.len())
+            .filter(|s| !matches!(exam.outcomes[*s], ShardOutcome::Good))
+            .collect();
+        Error::Unrecoverable {
+            stripe,
+            volume_offset: stripe * self.geometry.stripe_data_bytes(),
+            good: exam.outcomes.len() - failed.len(),
+            needed: self.codec.shards_needed(),
+            lost_devices: failed
+                .iter()
+                .map(|s| {
+                    let (index, _) = self.geometry.shard_location(slot, ShardIndex(*s));
+                    self.members.get(index).path()
+                })
+                .collect(),
+        }
+    }
+
+    /// The careful path: fetch every shard not in `known`, reconstruct what is missing or bad,
+    /// verify the result against the map, and (if `heal`) rewrite the damaged shards on their
+    /// devices. Reports what happened to each shard, for reads and for scrub's accounting.
+    pub(crate) fn examine_stripe(
+        &self,
+        slot: SlotId,
+        entry: &MapEntry,
+        known: Vec<(usize, Fetch)>,
+        heal: bool,
+    ) -> Examination {
         let width = self.geometry.width();
         let chunk = usize::try_from(self.geometry.chunk_bytes).unwrap_or(0);
-        let mut known: Vec<Option<Fetch>> = {
-            let mut slots: Vec<Option<Fetch>> = (0..width).map(|_| None).collect();
-            for (shard, fetch) in known {
-                slots[shard] = Some(fetch);
-            }
-            slots
-        };
+        let mut prior: Vec<Option<Fetch>> = (0..width).map(|_| None).collect();
+        for (shard, fetch) in known {
+            prior[shard] = Some(fetch);
+        }
         // Everything not fetched yet, as one batch.
-        let wanted: Vec<usize> = (0..width).filter(|s| known[*s].is_none()).collect();
+        let wanted: Vec<usize> = (0..width).filter(|s| prior[*s].is_none()).collect();
         let mut buffers: Vec<Vec<u8>> = vec![vec![0u8; chunk]; wanted.len()];
         let items: Vec<(SlotId, &MapEntry, usize)> =
             wanted.iter().map(|s| (slot, entry, *s)).collect();
         let got = self.fetch_batch(&items, buffers.iter_mut().map(Vec::as_mut_slice).collect());
         for ((shard, got), bytes) in wanted.into_iter().zip(got).zip(buffers) {
-            known[shard] = Some(match got {
-                Got::Good => Fetch::Good(bytes),
-                Got::Bad => Fetch::Bad,
-                Got::Missing => Fetch::Missing,
-            });
+            prior[shard] = Some(got.into_fetch(bytes));
         }
-        let fetched: Vec<Fetch> = known
-            .iter_mut()
-            .map(|prior| prior.take().unwrap_or(Fetch::Missing))
+        let fetched: Vec<Fetch> = prior
+            .into_iter()
+            .map(|prior| prior.unwrap_or(Fetch::Missing))
+            .collect();
+        let outcomes: Vec<ShardOutcome> = fetched
+            .iter()
+            .map(|f| match f {
+                Fetch::Good(_) => ShardOutcome::Good,
+                Fetch::Bad(kind) => ShardOutcome::Damaged(*kind),
+                Fetch::Missing => ShardOutcome::Missing,
+            })
             .collect();
         let mut present: Vec<bool> = fetched
             .iter()
             .map(|f| matches!(f, Fetch::Good(_)))
             .collect();
-        let damaged = fetched.iter().filter(|f| matches!(f, Fetch::Bad)).count();
         let bad: Vec<usize> = (0..width).filter(|s| !present[*s]).collect();
         let mut shards: Vec<Vec<u8>> = fetched
             .into_iter()
             .map(|f| match f {
                 Fetch::Good(bytes) => bytes,
-                Fetch::Bad | Fetch::Missing => vec![0u8; chunk],
+                Fetch::Bad(_) | Fetch::Missing => vec![0u8; chunk],
             })
             .collect();
-        let good = width - bad.len();
         let reconstructed = !bad.is_empty() && self.codec.reconstruct(&mut shards, &mut present);
         // Pair assertion: everything we rebuilt must match the map's checksum, or we refuse.
-        let verified = reconstructed
-            && bad.iter().all(|s| {
-                shard_checksum(slot, ShardIndex(*s), entry.generation, &shards[*s])
-                    == entry.crcs[*s]
-            });
-        if !bad.is_empty() && !verified {
-            return Err(Error::Unrecoverable {
-                stripe,
-                volume_offset: stripe * self.geometry.stripe_data_bytes(),
-                good,
-                needed: self.codec.shards_needed(),
-                lost_devices: bad
-                    .iter()
-                    .map(|s| {
-                        let (index, _) = self.geometry.shard_location(slot, ShardIndex(*s));
-                        self.members.get(index).path()
-                    })
-                    .collect(),
-            });
+        let recovered = bad.is_empty()
+            || (reconstructed
+                && bad.iter().all(|s| {
+                    shard_checksum(slot, ShardIndex(*s), entry.generation, &shards[*s])
+                        == entry.crcs[*s]
+                }));
+        let mut healed = vec![false; width];
+        if recovered && heal {
+            for shard in &bad {
+                if matches!(outcomes[*shard], ShardOutcome::Damaged(_)) {
+                    healed[*shard] = self.heal_shard(slot, ShardIndex(*shard), &shards[*shard]);
+                }
+            }
         }
-        for shard in &bad {
-            self.heal_shard(slot, ShardIndex(*shard), &shards[*shard]);
+        Examination {
+            shards,
+            outcomes,
+            recovered,
+            healed,
         }
-        Ok((shards, damaged))
     }
 
     /// Rewrite a verified shard in place. Safe without a commit: the bytes are exactly what the
     /// durable map already says is there.
-    fn heal_shard(&self, slot: SlotId, shard: ShardIndex, bytes: &[u8]) {
+    fn heal_shard(&self, slot: SlotId, shard: ShardIndex, bytes: &[u8]) -> bool {
         let (index, offset) = self.geometry.shard_location(slot, shard);
         let member = self.members.get(index);
         let Some(device) = member.device() else {
-            return;
+            return false;
         };
         match device.write_at(offset, bytes) {
             Ok(()) => {
@@ -505,8 +536,12 @@ impl PoolInner {
                     .repaired
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!(device = %member.path(), offset, slot = slot.0, shard = shard.0, "healed shard");
+                true
             }
-            Err(err) => self.members.record_error(index, ErrorKind::Write, &err),
+            Err(err) => {
+                self.members.record_error(index, ErrorKind::Write, &err);
+                false
+            }
         }
     }
 
@@ -526,6 +561,22 @@ impl PoolInner {
             | crate::geometry::Layout::Raid10 { copies } => {
                 online.chunks(copies).all(|group| group.iter().any(|o| *o))
             }
+        }
+    }
+
+    /// How many more devices could fail, now, without losing data.
+    pub(crate) fn remaining_tolerance(&self) -> usize {
+        let online: Vec<bool> = self.members.data.iter().map(|m| m.is_online()).collect();
+        match self.geometry.layout {
+            crate::geometry::Layout::ReedSolomon { parity, .. } => {
+                parity.saturating_sub(online.iter().filter(|o| !**o).count())
+            }
+            crate::geometry::Layout::Mirror { copies }
+            | crate::geometry::Layout::Raid10 { copies } => online
+                .chunks(copies)
+                .map(|group| group.iter().filter(|o| **o).count().saturating_sub(1))
+                .min()
+                .unwrap_or(0),
         }
     }
 
@@ -563,7 +614,13 @@ impl PoolInner {
         }
     }
 
-    fn write_stripe_into(&self, stripe: u64, within: u64, data: &[u8], slot: SlotId) -> Result<()> {
+    pub(crate) fn write_stripe_into(
+        &self,
+        stripe: u64,
+        within: u64,
+        data: &[u8],
+        slot: SlotId,
+    ) -> Result<()> {
         let stripe_bytes = usize::try_from(self.geometry.stripe_data_bytes()).unwrap_or(0);
         let chunk = usize::try_from(self.geometry.chunk_bytes).unwrap_or(0);
         let full = within == 0 && data.len() == stripe_bytes;
@@ -680,6 +737,42 @@ impl PoolInner {
             install(&mut state, *stripe, entry);
         }
         results
+    }
+}
+
+/// What the careful path found for one shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ShardOutcome {
+    /// Read and verified.
+    Good,
+    /// Its device is out of service.
+    Missing,
+    /// Read error or checksum mismatch (counted against the device).
+    Damaged(ErrorKind),
+}
+
+/// The result of [`PoolInner::examine_stripe`].
+pub(crate) struct Examination {
+    /// Every shard's content; all verified when `recovered`.
+    pub(crate) shards: Vec<Vec<u8>>,
+    /// Per shard, what the fetch found.
+    pub(crate) outcomes: Vec<ShardOutcome>,
+    /// Whether every shard is now known and verified.
+    pub(crate) recovered: bool,
+    /// Per shard, whether it was rewritten on its device.
+    pub(crate) healed: Vec<bool>,
+}
+
+impl Examination {
+    /// Shards that failed on an online device, with the kind of failure.
+    pub(crate) fn damaged(&self) -> impl Iterator<Item = (usize, ErrorKind)> + '_ {
+        self.outcomes
+            .iter()
+            .enumerate()
+            .filter_map(|(shard, outcome)| match outcome {
+                ShardOutcome::Damaged(kind) => Some((shard, *kind)),
+                ShardOutcome::Good | ShardOutcome::Missing => None,
+            })
     }
 }
 
