@@ -415,12 +415,13 @@ impl PoolInner {
             );
         } else if report.found_damage() {
             tracing::warn!(
+                repair = report.repair,
                 ?end,
                 checksum_errors = totals.checksum_errors,
                 io_errors = totals.io_errors,
                 repaired = totals.repaired,
                 inconsistent = report.inconsistent_stripes,
-                "scrub repaired damage"
+                "scrub found damage; repaired unless check-only"
             );
         } else {
             tracing::info!(?end, bytes = totals.bytes_scanned, "scrub finished clean");
