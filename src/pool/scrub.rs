@@ -286,7 +286,22 @@ impl PoolInner {
         options: &ScrubOptions,
         observe: &mut dyn FnMut(&ScrubProgress),
     ) -> Result<ScrubReport> {
-        let recorded = self.members.scrub_record().in_progress;
+        let devices = self.members.data.len();
+        let recorded = self
+            .members
+            .scrub_record()
+            .in_progress
+            .filter(|checkpoint| {
+                // A checkpoint that does not fit this pool cannot be resumed (never index by it).
+                let fits = checkpoint.tally.devices.len() == devices
+                    && checkpoint.next_slot <= self.geometry.slots;
+                if !fits {
+                    tracing::warn!(
+                        "ignoring a scrub checkpoint that does not match the pool's shape"
+                    );
+                }
+                fits
+            });
         let mut checkpoint = match recorded.filter(|_| options.resume) {
             Some(mut checkpoint) => {
                 checkpoint.paused = false;
@@ -302,7 +317,7 @@ impl PoolInner {
                 paused: false,
                 next_slot: 0,
                 scan_secs: 0,
-                tally: ScrubTally::new(self.members.data.len()),
+                tally: ScrubTally::new(devices),
             },
         };
         let span = tracing::info_span!("scrub", pool = %self.uuid, repair = checkpoint.repair);
