@@ -469,6 +469,7 @@ mod tests {
         let dev = open_device_with(&path, Some(1 << 20), Backend::Auto, no_uring).unwrap();
         assert_eq!(dev.io_backend(), "pread");
         assert!(dev.as_uring().is_none());
+        drop(dev); // the device lock is held while it is open
         let forced = open_device_with(&path, None, Backend::Pread, || Ok(())).unwrap();
         assert_eq!(forced.io_backend(), "pread");
     }

@@ -117,7 +117,8 @@ impl PoolInner {
             let (slot, entry, shard) = items[i];
             got[i] = match (op.result, op.buf) {
                 (Err(err), _) => {
-                    self.members.record_error(*index, ErrorKind::Read, &err);
+                    self.members
+                        .record_error(*index, ErrorKind::Read, Some(*offset), &err);
                     Got::Bad(ErrorKind::Read)
                 }
                 (Ok(()), crate::device::IoBuf::Read(bytes)) => {
@@ -129,8 +130,12 @@ impl PoolInner {
                             "checksum mismatch at offset {offset} (slot {slot}, shard {shard}): expected {:#010x}, found {actual:#010x}",
                             entry.crcs[shard]
                         )));
-                        self.members
-                            .record_error(*index, ErrorKind::Checksum, &detail);
+                        self.members.record_error(
+                            *index,
+                            ErrorKind::Checksum,
+                            Some(*offset),
+                            &detail,
+                        );
                         Got::Bad(ErrorKind::Checksum)
                     }
                 }
@@ -170,14 +175,17 @@ impl PoolInner {
             .iter()
             .map(|(_, shards)| vec![false; shards.len()])
             .collect();
-        for (op, (i, shard, replacement, _, _)) in ops.into_iter().zip(&targets) {
+        for (op, (i, shard, replacement, _, offset)) in ops.into_iter().zip(&targets) {
             let (index, _) = self
                 .geometry
                 .shard_location(stripes[*i].0, ShardIndex(*shard));
             match (op.result, replacement) {
                 (Ok(()), false) => written[*i][*shard] = true,
                 (Ok(()), true) => {}
-                (Err(err), false) => self.members.record_error(index, ErrorKind::Write, &err),
+                (Err(err), false) => {
+                    self.members
+                        .record_error(index, ErrorKind::Write, Some(*offset), &err);
+                }
                 (Err(err), true) => self
                     .members
                     .abandon_replacement(index, &format!("write failed: {err}")),

@@ -539,7 +539,8 @@ impl PoolInner {
                 true
             }
             Err(err) => {
-                self.members.record_error(index, ErrorKind::Write, &err);
+                self.members
+                    .record_error(index, ErrorKind::Write, Some(offset), &err);
                 false
             }
         }
