@@ -122,7 +122,8 @@ impl UringDevice {
 
     /// The descriptor for a request at `offset` of `len` bytes, and whether it is the direct one.
     fn descriptor(&self, offset: u64, len: usize) -> Option<(i32, bool)> {
-        let aligned = offset % DIRECT_ALIGN as u64 == 0 && len % DIRECT_ALIGN == 0;
+        let aligned =
+            offset.is_multiple_of(DIRECT_ALIGN as u64) && len.is_multiple_of(DIRECT_ALIGN);
         match &self.direct {
             Some(file) if aligned => Some((file.as_raw_fd(), true)),
             Some(_) => None, // unaligned on a direct device: plain pread/pwrite, buffered
@@ -336,10 +337,10 @@ fn submit_round(ring: &mut IoUring, ops: &mut [BatchOp<'_>], round: &[usize]) {
         // O_DIRECT needs an aligned address: bounce through an aligned copy otherwise.
         let mut bounce = None;
         let pointer: *mut u8 = match &mut op.buf {
-            IoBuf::Read(buf) if !direct || (buf.as_ptr() as usize) % DIRECT_ALIGN == 0 => {
+            IoBuf::Read(buf) if !direct || buf.as_ptr().align_offset(DIRECT_ALIGN) == 0 => {
                 buf.as_mut_ptr()
             }
-            IoBuf::Write(buf) if !direct || (buf.as_ptr() as usize) % DIRECT_ALIGN == 0 => {
+            IoBuf::Write(buf) if !direct || buf.as_ptr().align_offset(DIRECT_ALIGN) == 0 => {
                 buf.as_ptr().cast_mut()
             }
             IoBuf::Read(_) => bounce.insert(AlignedBuf::zeroed(len)).as_mut_ptr(),
