@@ -49,7 +49,7 @@ impl PoolInner {
         // large request keeps every member busy with many requests in flight, not just one
         // stripe per rayon worker. A group takes its stripe locks in ascending lock order (so two
         // groups cannot deadlock) and never waits on other pool work while holding them.
-        let per_group = (64 / self.geometry.data_chunks().max(1)).clamp(1, 32);
+        let per_group = self.stripes_per_group(self.geometry.data_chunks());
         let mut groups: Vec<Vec<Piece<'_>>> = Vec::new();
         for piece in pieces {
             match groups.last_mut() {
@@ -95,7 +95,7 @@ impl PoolInner {
         let (whole, partial): (Vec<_>, Vec<_>) = pieces
             .into_iter()
             .partition(|(_, within, range)| *within == 0 && range.len() == full);
-        let per_group = (64 / self.geometry.width().max(1)).clamp(1, 32);
+        let per_group = self.stripes_per_group(self.geometry.width());
         let groups: Vec<Vec<(u64, &[u8])>> = whole
             .chunks(per_group)
             .map(|g| {
@@ -118,6 +118,16 @@ impl PoolInner {
             return tasks.into_iter().try_for_each(run);
         }
         tasks.into_par_iter().try_for_each(run)
+    }
+
+    /// How many stripes go in one batch when each needs `requests` device requests: about one
+    /// ring's worth (64), and at most 8 MiB of data so the per-thread scratch buffers stay small.
+    fn stripes_per_group(&self, requests: usize) -> usize {
+        let by_ring = 64 / requests.max(1);
+        let by_bytes = (8 << 20) / self.geometry.stripe_data_bytes().max(1);
+        by_ring
+            .min(usize::try_from(by_bytes).unwrap_or(usize::MAX))
+            .clamp(1, 32)
     }
 
     /// Write whole stripes `group` (stripe, its data) copy-on-write with one batch of shard
