@@ -21,6 +21,7 @@ pub mod device;
 pub mod error;
 pub mod format;
 pub mod geometry;
+pub mod nbd;
 pub mod pool;
 pub mod rebuild;
 pub mod testing;
