@@ -371,13 +371,7 @@ fn transmission<R: Read, W: Write + Send>(
             }
             Action::Read { offset, length } => {
                 let permit = in_flight.acquire(u64::from(length));
-                let what = Job {
-                    what: "read",
-                    offset,
-                    length,
-                    cookie,
-                };
-                run(scope, &replies, permit, what, move || {
+                run(scope, &replies, permit, ("read", &request), move || {
                     let length = usize::try_from(length).unwrap_or(0);
                     let mut message = vec![0u8; proto::REPLY_BYTES + length];
                     pool.read_at(offset, &mut message[proto::REPLY_BYTES..])?;
@@ -398,13 +392,7 @@ fn transmission<R: Read, W: Write + Send>(
                     Ok(false) => return ConnectionEnd::Eof,
                     Err(err) => return ConnectionEnd::ProtocolError(err.to_string()),
                 }
-                let what = Job {
-                    what: "write",
-                    offset,
-                    length,
-                    cookie,
-                };
-                run(scope, &replies, permit, what, move || {
+                run(scope, &replies, permit, ("write", &request), move || {
                     pool.write_at(offset, &payload)?;
                     if fua {
                         pool.flush()?;
@@ -418,43 +406,29 @@ fn transmission<R: Read, W: Write + Send>(
                 fua,
             } => {
                 let permit = in_flight.acquire(ZERO_PIECE_BYTES.min(u64::from(length)));
-                let what = Job {
-                    what: "write-zeroes",
-                    offset,
-                    length,
-                    cookie,
-                };
-                run(scope, &replies, permit, what, move || {
-                    write_zeroes(pool, offset, u64::from(length))?;
-                    if fua {
-                        pool.flush()?;
-                    }
-                    Ok(None)
-                });
+                run(
+                    scope,
+                    &replies,
+                    permit,
+                    ("write-zeroes", &request),
+                    move || {
+                        write_zeroes(pool, offset, u64::from(length))?;
+                        if fua {
+                            pool.flush()?;
+                        }
+                        Ok(None)
+                    },
+                );
             }
             Action::Flush => {
                 let permit = in_flight.acquire(0);
-                let what = Job {
-                    what: "flush",
-                    offset: 0,
-                    length: 0,
-                    cookie,
-                };
-                run(scope, &replies, permit, what, move || {
+                run(scope, &replies, permit, ("flush", &request), move || {
                     pool.flush()?;
                     Ok(None)
                 });
             }
         }
     })
-}
-
-/// What a request is, for its reply and for the log line when it fails.
-struct Job {
-    what: &'static str,
-    offset: u64,
-    length: u32,
-    cookie: u64,
 }
 
 /// Run one accepted request on its own thread and answer it: `Ok(Some(message))` is sent as is
@@ -464,20 +438,20 @@ fn run<'scope, 'env: 'scope, W: Write + Send>(
     scope: &'scope std::thread::Scope<'scope, 'env>,
     replies: &'env Replies<W>,
     permit: Permit<'env>,
-    job: Job,
+    (what, request): (&'static str, &proto::Request),
     work: impl FnOnce() -> crate::Result<Option<Vec<u8>>> + Send + 'scope,
 ) {
-    let cookie = job.cookie;
+    let (cookie, offset, length) = (request.cookie, request.offset, request.length);
     let spawned = std::thread::Builder::new()
-        .name(format!("nbd-{}", job.what))
+        .name(format!("nbd-{what}"))
         .spawn_scoped(scope, move || {
             let _permit = permit;
             match work() {
                 Ok(Some(message)) => replies.send(&message),
                 Ok(None) => replies.status(0, cookie),
                 Err(err) => {
-                    tracing::warn!(%err, offset = job.offset, length = job.length,
-                        "NBD {} failed; replying with an error", job.what);
+                    tracing::warn!(%err, offset, length,
+                        "NBD {what} failed; replying with an error");
                     replies.status(errno_for(&err), cookie);
                 }
             }
