@@ -21,6 +21,7 @@ pub mod device;
 pub mod error;
 pub mod format;
 pub mod geometry;
+pub mod metrics;
 pub mod nbd;
 pub mod pool;
 pub mod rebuild;
@@ -29,4 +30,7 @@ pub mod types;
 
 pub use error::{Error, Result};
 pub use geometry::Layout;
-pub use pool::{CreateOptions, OpenOptions, Pool, PoolStatus};
+pub use pool::{
+    CreateOptions, OpenOptions, Pool, PoolStatus, ScrubEnd, ScrubOptions, ScrubProgress,
+    ScrubReport,
+};
