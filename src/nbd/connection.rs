@@ -22,6 +22,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The largest request payload (and read reply) the server accepts: 32 MiB, as most servers.
 pub const MAX_REQUEST_BYTES: u32 = 32 << 20;
+/// Worker threads per connection at most (requests beyond wait in the queue, still counted
+/// in flight).
+const MAX_WORKERS: usize = 16;
 /// A bound on negotiation round trips before the client must pick an export.
 const MAX_OPTIONS: usize = 4096;
 /// `WRITE_ZEROES` writes at most this much per pool call.
@@ -258,6 +261,11 @@ impl InFlight {
         }
     }
 
+    /// Requests in flight now.
+    fn count(&self) -> usize {
+        self.state.lock().0
+    }
+
     /// Wait until one more request of `bytes` fits (a request larger than the byte budget
     /// runs alone).
     fn acquire(&self, bytes: u64) -> Permit<'_> {
@@ -329,122 +337,152 @@ fn transmission<R: Read, W: Write + Send>(
         broken: AtomicBool::new(false),
     };
     let in_flight = InFlight::new(config);
-    std::thread::scope(|scope| loop {
-        if replies.broken.load(Ordering::Relaxed) {
-            return ConnectionEnd::Eof;
-        }
-        let mut header = [0u8; proto::REQUEST_BYTES];
-        match read_exact_or_eof(&mut reader, &mut header) {
-            Ok(true) => {}
-            Ok(false) => return ConnectionEnd::Eof,
-            Err(err) => return ConnectionEnd::ProtocolError(err.to_string()),
-        }
-        let request = match proto::decode_request(&header) {
-            Ok(request) => request,
-            Err(err) => return ConnectionEnd::ProtocolError(err.to_string()),
+    let (queue, jobs) = std::sync::mpsc::channel::<Job<'_>>();
+    let jobs = Mutex::new(jobs);
+    let max_workers = config.max_requests_in_flight.clamp(1, MAX_WORKERS);
+    std::thread::scope(|scope| {
+        // Owned by this closure: dropping it when the loop ends lets the workers run out of
+        // jobs and exit before the scope joins them.
+        let mut workers = Workers {
+            scope,
+            queue,
+            jobs: &jobs,
+            replies: &replies,
+            started: 0,
+            max: max_workers,
         };
-        let cookie = request.cookie;
-        match proto::classify(&request, &config.export) {
-            Action::Disconnect => return ConnectionEnd::Disconnected,
-            Action::Reject {
-                error,
-                payload_readable,
-            } => {
-                if request.has_payload() {
-                    if !payload_readable {
-                        replies.status(error, cookie);
-                        return ConnectionEnd::ProtocolError(format!(
-                            "write of {} bytes exceeds the maximum request size",
-                            request.length
-                        ));
+        loop {
+            if replies.broken.load(Ordering::Relaxed) {
+                return ConnectionEnd::Eof;
+            }
+            let mut header = [0u8; proto::REQUEST_BYTES];
+            match read_exact_or_eof(&mut reader, &mut header) {
+                Ok(true) => {}
+                Ok(false) => return ConnectionEnd::Eof,
+                Err(err) => return ConnectionEnd::ProtocolError(err.to_string()),
+            }
+            let request = match proto::decode_request(&header) {
+                Ok(request) => request,
+                Err(err) => return ConnectionEnd::ProtocolError(err.to_string()),
+            };
+            let cookie = request.cookie;
+            match proto::classify(&request, &config.export) {
+                Action::Disconnect => return ConnectionEnd::Disconnected,
+                Action::Reject {
+                    error,
+                    payload_readable,
+                } => {
+                    if request.has_payload() {
+                        if !payload_readable {
+                            replies.status(error, cookie);
+                            return ConnectionEnd::ProtocolError(format!(
+                                "write of {} bytes exceeds the maximum request size",
+                                request.length
+                            ));
+                        }
+                        let mut sink = io::sink();
+                        let copied = io::copy(
+                            &mut (&mut reader).take(u64::from(request.length)),
+                            &mut sink,
+                        );
+                        if copied.ok() != Some(u64::from(request.length)) {
+                            return ConnectionEnd::Eof;
+                        }
                     }
-                    let mut sink = io::sink();
-                    let copied = io::copy(
-                        &mut (&mut reader).take(u64::from(request.length)),
-                        &mut sink,
-                    );
-                    if copied.ok() != Some(u64::from(request.length)) {
-                        return ConnectionEnd::Eof;
-                    }
+                    replies.status(error, cookie);
                 }
-                replies.status(error, cookie);
-            }
-            Action::Read { offset, length } => {
-                let permit = in_flight.acquire(u64::from(length));
-                run(scope, &replies, permit, ("read", &request), move || {
-                    let length = usize::try_from(length).unwrap_or(0);
-                    let mut message = vec![0u8; proto::REPLY_BYTES + length];
-                    pool.read_at(offset, &mut message[proto::REPLY_BYTES..])?;
-                    message[..proto::REPLY_BYTES].copy_from_slice(&proto::encode_reply(0, cookie));
-                    Ok(Some(message))
-                });
-            }
-            Action::Write {
-                offset,
-                length,
-                fua,
-            } => {
-                let permit = in_flight.acquire(u64::from(length));
-                let mut payload = vec![0u8; usize::try_from(length).unwrap_or(0)];
-                match read_exact_or_eof(&mut reader, &mut payload) {
-                    Ok(true) => {}
-                    // A payload cut short is dropped whole: nothing of it reaches the pool.
-                    Ok(false) => return ConnectionEnd::Eof,
-                    Err(err) => return ConnectionEnd::ProtocolError(err.to_string()),
+                Action::Read { offset, length } => {
+                    let permit = in_flight.acquire(u64::from(length));
+                    workers.submit(permit, ("read", &request), move || {
+                        let length = usize::try_from(length).unwrap_or(0);
+                        let mut message = vec![0u8; proto::REPLY_BYTES + length];
+                        pool.read_at(offset, &mut message[proto::REPLY_BYTES..])?;
+                        message[..proto::REPLY_BYTES]
+                            .copy_from_slice(&proto::encode_reply(0, cookie));
+                        Ok(Some(message))
+                    });
                 }
-                run(scope, &replies, permit, ("write", &request), move || {
-                    pool.write_at(offset, &payload)?;
-                    if fua {
-                        pool.flush()?;
+                Action::Write {
+                    offset,
+                    length,
+                    fua,
+                } => {
+                    let permit = in_flight.acquire(u64::from(length));
+                    let mut payload = vec![0u8; usize::try_from(length).unwrap_or(0)];
+                    match read_exact_or_eof(&mut reader, &mut payload) {
+                        Ok(true) => {}
+                        // A payload cut short is dropped whole: nothing of it reaches the pool.
+                        Ok(false) => return ConnectionEnd::Eof,
+                        Err(err) => return ConnectionEnd::ProtocolError(err.to_string()),
                     }
-                    Ok(None)
-                });
-            }
-            Action::WriteZeroes {
-                offset,
-                length,
-                fua,
-            } => {
-                let permit = in_flight.acquire(ZERO_PIECE_BYTES.min(u64::from(length)));
-                run(
-                    scope,
-                    &replies,
-                    permit,
-                    ("write-zeroes", &request),
-                    move || {
+                    workers.submit(permit, ("write", &request), move || {
+                        pool.write_at(offset, &payload)?;
+                        if fua {
+                            pool.flush()?;
+                        }
+                        Ok(None)
+                    });
+                }
+                Action::WriteZeroes {
+                    offset,
+                    length,
+                    fua,
+                } => {
+                    let permit = in_flight.acquire(ZERO_PIECE_BYTES.min(u64::from(length)));
+                    workers.submit(permit, ("write-zeroes", &request), move || {
                         write_zeroes(pool, offset, u64::from(length))?;
                         if fua {
                             pool.flush()?;
                         }
                         Ok(None)
-                    },
-                );
-            }
-            Action::Flush => {
-                let permit = in_flight.acquire(0);
-                run(scope, &replies, permit, ("flush", &request), move || {
-                    pool.flush()?;
-                    Ok(None)
-                });
+                    });
+                }
+                Action::Flush => {
+                    let permit = in_flight.acquire(0);
+                    workers.submit(permit, ("flush", &request), move || {
+                        pool.flush()?;
+                        Ok(None)
+                    });
+                }
             }
         }
     })
 }
 
-/// Run one accepted request on its own thread and answer it: `Ok(Some(message))` is sent as is
-/// (a read's header and data), `Ok(None)` as a success status, an error as its `NBD_E*` with no
-/// data. If no thread can be started the request is answered with `ENOMEM`.
-fn run<'scope, 'env: 'scope, W: Write + Send>(
+/// A request's work, as queued for a worker.
+type Job<'env> = Box<dyn FnOnce() + Send + 'env>;
+
+/// The connection's worker threads: started on demand, one more whenever more requests are in
+/// flight than workers exist (up to `max`), so a client with one request at a time costs one
+/// thread and a deep queue gets parallelism. They take jobs from one queue and exit when the
+/// connection's reader drops the sending side.
+///
+/// Lifetimes: `'data` is what jobs borrow (the pool, the replies, the in-flight counter), which
+/// outlives `'env`, the borrow of the job queue itself, so the queue can be dropped after the
+/// scope that borrowed it.
+struct Workers<'scope, 'env, 'data, W> {
     scope: &'scope std::thread::Scope<'scope, 'env>,
-    replies: &'env Replies<W>,
-    permit: Permit<'env>,
-    (what, request): (&'static str, &proto::Request),
-    work: impl FnOnce() -> crate::Result<Option<Vec<u8>>> + Send + 'scope,
-) {
-    let (cookie, offset, length) = (request.cookie, request.offset, request.length);
-    let spawned = std::thread::Builder::new()
-        .name(format!("nbd-{what}"))
-        .spawn_scoped(scope, move || {
+    queue: std::sync::mpsc::Sender<Job<'data>>,
+    jobs: &'env Mutex<std::sync::mpsc::Receiver<Job<'data>>>,
+    replies: &'data Replies<W>,
+    started: usize,
+    max: usize,
+}
+
+impl<'scope, 'env, 'data: 'env, W: Write + Send> Workers<'scope, 'env, 'data, W> {
+    /// Queue one accepted request and answer it when done: `Ok(Some(message))` is sent as is (a
+    /// read's header and data), `Ok(None)` as a success status, an error as its `NBD_E*` with
+    /// no data.
+    fn submit(
+        &mut self,
+        permit: Permit<'data>,
+        (what, request): (&'static str, &proto::Request),
+        work: impl FnOnce() -> crate::Result<Option<Vec<u8>>> + Send + 'data,
+    ) {
+        let in_flight = permit.in_flight.count();
+        let (cookie, offset, length) = (request.cookie, request.offset, request.length);
+        let replies = self.replies;
+        let job: Job<'data> = Box::new(move || {
             let _permit = permit;
             match work() {
                 Ok(Some(message)) => replies.send(&message),
@@ -456,8 +494,32 @@ fn run<'scope, 'env: 'scope, W: Write + Send>(
                 }
             }
         });
-    if spawned.is_err() {
-        replies.status(errno::ENOMEM, cookie);
+        if self.started < in_flight.min(self.max) {
+            let jobs = self.jobs;
+            let spawned = std::thread::Builder::new()
+                .name("nbd-worker".into())
+                .spawn_scoped(self.scope, move || loop {
+                    // The guard is a temporary: the lock is released before the job runs.
+                    let next = jobs.lock().recv();
+                    match next {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                });
+            match spawned {
+                Ok(_) => self.started += 1,
+                Err(err) => tracing::warn!(%err, "NBD worker thread could not be started"),
+            }
+        }
+        if self.started == 0 {
+            // No worker at all: do the work on the reader's thread rather than never.
+            job();
+            return;
+        }
+        if let Err(std::sync::mpsc::SendError(job)) = self.queue.send(job) {
+            // The receiver lives as long as the connection; run it here if it ever does not.
+            job();
+        }
     }
 }
 

@@ -5,10 +5,10 @@
 //! * [`proto`]: the wire format, pure (no I/O, no state). The fuzz target and the
 //!   malformed-request tests call it directly.
 //! * `connection`: one client, from the greeting to the last reply. The negotiation runs on
-//!   the connection's thread; in the transmission phase that thread only reads requests, each
-//!   accepted request runs on a thread of its own (so many are in flight; the pool is
-//!   internally parallel), and replies are serialised through a mutex on the socket's write
-//!   half. A write is acknowledged only once [`Pool::write_at`](crate::Pool::write_at) has
+//!   the connection's thread; in the transmission phase that thread only reads requests and
+//!   queues them to the connection's workers (started on demand, up to 16, so many requests
+//!   are in flight; the pool is internally parallel), and replies are serialised through a
+//!   mutex on the socket's write half, in completion order. A write is acknowledged only once [`Pool::write_at`](crate::Pool::write_at) has
 //!   returned (and, with `FUA`, once [`Pool::flush`](crate::Pool::flush) has).
 //! * `server`: the listener (TCP or Unix socket), the connection threads and graceful
 //!   shutdown: new connections stop, every socket's read side is shut so its reader sees end
