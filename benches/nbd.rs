@@ -12,7 +12,8 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use stripestore::nbd::client::Client;
 use stripestore::nbd::proto::cmd;
-use stripestore::nbd::{Listen, ServeOptions, Server};
+use stripestore::nbd::ServeOptions;
+use stripestore::testing::nbd::BackgroundServer;
 use stripestore::testing::{mem_devices, random_bytes, rng, shared};
 use stripestore::{CreateOptions, Layout, Pool};
 
@@ -91,14 +92,8 @@ fn nbd_vs_direct(c: &mut Criterion) {
     let mut options = CreateOptions::new(layout);
     options.open.background_rebuild = false;
     let pool = Arc::new(Pool::create(shared(&mems), vec![], &options).unwrap());
-    let listen = Listen::Tcp("127.0.0.1:0".parse().unwrap());
-    let server = Server::bind(&listen, Arc::clone(&pool), ServeOptions::default()).unwrap();
-    let Listen::Tcp(addr) = server.local_addr().unwrap() else {
-        unreachable!()
-    };
-    let stop = server.stop_handle();
-    let thread = std::thread::spawn(move || server.run().unwrap());
-    let stream = TcpStream::connect(addr).unwrap();
+    let server = BackgroundServer::start(Arc::clone(&pool), ServeOptions::default()).unwrap();
+    let stream = TcpStream::connect(server.addr).unwrap();
     let mut client = Client::connect(stream, "").unwrap();
 
     let data = random_bytes(&mut rng(1), 1 << 20);
@@ -126,8 +121,7 @@ fn nbd_vs_direct(c: &mut Criterion) {
         group.finish();
     }
     drop(client);
-    stop.stop();
-    thread.join().unwrap();
+    server.stop().unwrap();
 }
 
 criterion_group!(benches, nbd_vs_direct);

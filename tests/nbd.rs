@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use stripestore::device::MemDevice;
 use stripestore::nbd::client::{Client, ClientError};
 use stripestore::nbd::proto::{self, cmd, cmd_flag, errno, opt, rep};
-use stripestore::nbd::{Listen, ServeOptions, Server, StopHandle};
+use stripestore::nbd::ServeOptions;
+use stripestore::testing::nbd::BackgroundServer;
 use stripestore::testing::{mem_devices, random_bytes, shared, Model};
 use stripestore::{CreateOptions, Layout, OpenOptions, Pool};
 
@@ -79,9 +80,7 @@ fn pool_options(layout: &str, chunk_bytes: u64) -> CreateOptions {
 struct InProcess {
     pool: Arc<Pool>,
     mems: Vec<Arc<MemDevice>>,
-    addr: SocketAddr,
-    stop: StopHandle,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: BackgroundServer,
 }
 
 impl InProcess {
@@ -89,22 +88,8 @@ impl InProcess {
         let mems = mem_devices(devices, device_bytes);
         let pool = Pool::create(shared(&mems), vec![], &pool_options(layout, 16 * 1024)).unwrap();
         let pool = Arc::new(pool);
-        let listen = Listen::Tcp("127.0.0.1:0".parse().unwrap());
-        let server = Server::bind(&listen, Arc::clone(&pool), options).unwrap();
-        let Listen::Tcp(addr) = server.local_addr().unwrap() else {
-            unreachable!()
-        };
-        let stop = server.stop_handle();
-        let thread = std::thread::spawn(move || {
-            server.run().unwrap();
-        });
-        Self {
-            pool,
-            mems,
-            addr,
-            stop,
-            thread: Some(thread),
-        }
+        let server = BackgroundServer::start(Arc::clone(&pool), options).unwrap();
+        Self { pool, mems, server }
     }
 
     fn default(layout: &str, devices: usize, device_bytes: u64) -> Self {
@@ -112,7 +97,7 @@ impl InProcess {
     }
 
     fn uri(&self) -> String {
-        format!("nbd://{}", self.addr)
+        self.server.uri()
     }
 
     fn client(&self) -> Client<TcpStream> {
@@ -120,7 +105,7 @@ impl InProcess {
     }
 
     fn stream(&self) -> TcpStream {
-        let stream = TcpStream::connect(self.addr).unwrap();
+        let stream = TcpStream::connect(self.server.addr).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(60)))
             .unwrap();
@@ -131,18 +116,6 @@ impl InProcess {
         let mut buf = vec![0u8; len];
         self.pool.read_at(offset, &mut buf).unwrap();
         buf
-    }
-}
-
-impl Drop for InProcess {
-    fn drop(&mut self) {
-        self.stop.stop();
-        if let Some(thread) = self.thread.take() {
-            let joined = thread.join();
-            if !std::thread::panicking() {
-                joined.unwrap();
-            }
-        }
     }
 }
 
@@ -994,18 +967,11 @@ fn serve_then_power_cut(seed: u64, client_work: impl FnOnce(&mut Client<TcpStrea
     let pool = Pool::create(shared(&mems), vec![], &pool_options("rs:4+2", 16 * 1024)).unwrap();
     pool.flush().unwrap();
     let pool = Arc::new(pool);
-    let listen = Listen::Tcp("127.0.0.1:0".parse().unwrap());
-    let server = Server::bind(&listen, Arc::clone(&pool), ServeOptions::default()).unwrap();
-    let Listen::Tcp(addr) = server.local_addr().unwrap() else {
-        unreachable!()
-    };
-    let stop = server.stop_handle();
-    let thread = std::thread::spawn(move || server.run().unwrap());
-    let mut client = Client::connect(TcpStream::connect(addr).unwrap(), "").unwrap();
+    let server = BackgroundServer::start(Arc::clone(&pool), ServeOptions::default()).unwrap();
+    let mut client = Client::connect(TcpStream::connect(server.addr).unwrap(), "").unwrap();
     client_work(&mut client);
     drop(client);
-    stop.stop();
-    thread.join().unwrap();
+    server.stop().unwrap();
     Arc::try_unwrap(pool).unwrap().simulate_power_loss();
     for (i, mem) in mems.iter().enumerate() {
         mem.crash(seed + i as u64);

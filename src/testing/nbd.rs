@@ -141,3 +141,73 @@ fn write_ranges(mut stream: &[u8]) -> Vec<std::ops::Range<u64>> {
     }
     ranges
 }
+
+/// An NBD server on 127.0.0.1 (a free port), running on a thread of its own: for tests and
+/// benchmarks. Stopped and joined by [`BackgroundServer::stop`] or on drop.
+#[derive(Debug)]
+pub struct BackgroundServer {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    stop: crate::nbd::StopHandle,
+    thread: Option<std::thread::JoinHandle<std::io::Result<crate::nbd::ServeReport>>>,
+}
+
+impl BackgroundServer {
+    /// Bind and start serving `pool`.
+    ///
+    /// # Errors
+    /// Binding or starting the thread failed.
+    pub fn start(
+        pool: std::sync::Arc<Pool>,
+        options: crate::nbd::ServeOptions,
+    ) -> std::io::Result<Self> {
+        use crate::nbd::{Listen, Server};
+        let any_port = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let server = Server::bind(&Listen::Tcp(any_port), pool, options)?;
+        let addr = match server.local_addr()? {
+            Listen::Tcp(addr) => addr,
+            Listen::Unix(_) => any_port,
+        };
+        let stop = server.stop_handle();
+        let thread = std::thread::Builder::new()
+            .name("nbd-server".into())
+            .spawn(move || server.run())?;
+        Ok(Self {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// `nbd://ADDR`.
+    #[must_use]
+    pub fn uri(&self) -> String {
+        format!("nbd://{}", self.addr)
+    }
+
+    /// Stop, wait for every connection to finish, and return what the server reported.
+    ///
+    /// # Errors
+    /// The server failed, or its thread panicked.
+    pub fn stop(mut self) -> std::io::Result<crate::nbd::ServeReport> {
+        self.join()
+    }
+
+    fn join(&mut self) -> std::io::Result<crate::nbd::ServeReport> {
+        self.stop.stop();
+        match self.thread.take() {
+            Some(thread) => thread
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("the NBD server thread panicked"))),
+            None => Ok(crate::nbd::ServeReport::default()),
+        }
+    }
+}
+
+impl Drop for BackgroundServer {
+    fn drop(&mut self) {
+        if let Err(err) = self.join() {
+            tracing::error!(%err, "NBD test server failed");
+        }
+    }
+}
