@@ -389,6 +389,8 @@ fn fio_mixed_random_workload_verifies_crc32c() {
         "--verify=crc32c",
         "--verify_fatal=1",
         "--randseed=6002",
+        // No verify-state file left in the working directory.
+        "--verify_state_save=0",
     ]));
     assert!(out.contains("err= 0"), "{out}");
     assert!(!out.contains("verify:"), "{out}");
