@@ -60,6 +60,13 @@ pub fn run(args: ServeArgs) -> CliResult {
         Some(path) => Listen::Unix(path),
         None => Listen::Tcp(args.listen),
     };
+    if !args.listen.ip().is_loopback() && matches!(listen, Listen::Tcp(_)) {
+        eprintln!(
+            "warning: serving {} to the network: NBD has no authentication here and no TLS; \
+             anyone who can reach this address can read and write the volume",
+            args.listen
+        );
+    }
     let serve = ServeOptions {
         export_name: args.export,
         read_only: args.read_only,

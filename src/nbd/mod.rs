@@ -24,5 +24,5 @@ mod connection;
 pub mod proto;
 mod server;
 
-pub use connection::{serve_stream, ConnectionEnd, ExportConfig};
+pub use connection::{serve_stream, ConnectionEnd, ExportConfig, MAX_REQUEST_BYTES};
 pub use server::{Listen, ServeOptions, ServeReport, Server, StopHandle};
