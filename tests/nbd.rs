@@ -1011,3 +1011,49 @@ fn fua_and_flush_writes_survive_a_power_cut_right_after_the_reply() {
         }
     }
 }
+
+#[test]
+fn serve_with_metrics_exposes_the_clients_traffic_over_http() {
+    let (dir, paths) = Served::create_pool("rs:4+2", 6);
+    // A free port for the metrics endpoint (released just before serve binds it).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics = format!("127.0.0.1:{port}");
+    let served = Served::start(
+        dir,
+        paths,
+        &["--listen", "127.0.0.1:0", "--metrics", &metrics],
+    );
+    let stream = TcpStream::connect(served.tcp_addr()).unwrap();
+    let mut client = Client::connect(stream, "").unwrap();
+    let data = vec![0x3cu8; 128 << 10];
+    let cookie = client
+        .send(cmd::WRITE, 0, 4096, data.len() as u32, &data)
+        .unwrap();
+    let reply = client.receive().unwrap();
+    assert_eq!((reply.cookie, reply.errno), (cookie, 0));
+    let mut http = TcpStream::connect(&metrics).unwrap();
+    http.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut response = String::new();
+    http.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.0 200 OK"), "{response}");
+    let written = response
+        .lines()
+        .find(|l| l.starts_with("stripestore_written_bytes_total{"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap();
+    assert_eq!(written, data.len() as u64, "the client's write is counted");
+    assert!(response.contains("state=\"online\"} 1"));
+    drop(client);
+    served.signal("-TERM");
+    let (ok, stderr, _dir, _paths) = served.wait();
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains(&format!("metrics at http://{metrics}/metrics")),
+        "{stderr}"
+    );
+}

@@ -38,6 +38,9 @@ pub struct ServeArgs {
     /// Clients served at once.
     #[arg(long, default_value = "64")]
     max_connections: usize,
+    /// Also serve Prometheus metrics at this address (`GET /metrics`), e.g. 127.0.0.1:9640.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
 }
 
 /// Open the pool (background rebuild on), serve it until a signal, then flush and close it.
@@ -56,6 +59,20 @@ pub fn run(args: ServeArgs) -> CliResult {
         ..OpenOptions::default()
     };
     let pool = Arc::new(Pool::open_paths(&args.pool, &options)?);
+    let metrics = match args.metrics {
+        Some(address) => {
+            let server = pool
+                .serve_metrics(address)
+                .map_err(|e| format!("cannot serve metrics on {address}: {e}"))?;
+            if !address.ip().is_loopback() {
+                eprintln!("warning: metrics are served to the network at {address}");
+            }
+            // On stderr: stdout carries the one line scripts parse for the NBD address.
+            eprintln!("metrics at http://{}/metrics", server.address());
+            Some(server)
+        }
+        None => None,
+    };
     let listen = match args.socket {
         Some(path) => Listen::Unix(path),
         None => Listen::Tcp(args.listen),
@@ -93,6 +110,7 @@ pub fn run(args: ServeArgs) -> CliResult {
         server.local_addr()?
     );
     let report = server.run()?;
+    drop(metrics);
     eprintln!(
         "stopping: {} clients served; flushing and closing the pool",
         report.connections
