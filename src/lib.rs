@@ -22,6 +22,7 @@ pub mod error;
 pub mod format;
 pub mod geometry;
 pub mod metrics;
+pub mod nbd;
 pub mod pool;
 pub mod rebuild;
 pub mod testing;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Run one fuzz target for a while: tools/fuzz.sh format_decode|pool_ops [SECONDS]
+# Run one fuzz target for a while: tools/fuzz.sh format_decode|pool_ops|nbd_request [SECONDS]
 set -euo pipefail
-target=${1:?usage: tools/fuzz.sh format_decode|pool_ops [SECONDS]}
+target=${1:?usage: tools/fuzz.sh format_decode|pool_ops|nbd_request [SECONDS]}
 seconds=${2:-60}
 cd "$(dirname "$0")/../fuzz"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz

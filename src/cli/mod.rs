@@ -8,6 +8,7 @@ mod demo;
 mod monitor;
 mod progress;
 mod scrub;
+mod serve;
 
 use clap::{Parser, Subcommand};
 use std::io::{Read, Write};
@@ -288,6 +289,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Export a pool over NBD (nbdinfo, qemu, nbdcopy, nbdfuse, fio, nbd-client) until SIGINT
+    /// or SIGTERM; then finish requests in flight, flush and close.
+    Serve(serve::ServeArgs),
     /// Run the whole story on temporary files: create, write, lose a device, read back,
     /// corrupt blocks, heal, report.
     Demo {
@@ -631,6 +635,7 @@ fn execute(command: Command) -> CliResult {
             device_size,
             dir,
         } => demo::run(&layout, device_size, dir.as_deref()),
+        Command::Serve(args) => serve::run(args),
     }
 }
 

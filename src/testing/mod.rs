@@ -3,6 +3,8 @@
 //!
 //! Nothing here is used by the pool itself.
 
+pub mod nbd;
+
 use crate::device::{MemDevice, SharedDevice};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
