@@ -152,3 +152,62 @@ fn mixed_backends_in_one_pool_are_listed() {
     random_writes(&pool, &mut model, &mut rng, 20);
     verify(&pool, &model);
 }
+
+/// `stripestore bench` runs end to end and reports every figure with its bound (a smoke test
+/// of the command and its JSON, on tiny devices; no timing is checked).
+#[test]
+fn bench_command_reports_every_figure_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_stripestore"))
+        .args([
+            "bench",
+            "--layouts",
+            "mirror:2,rs:2+1",
+            "--device-size",
+            "8M",
+        ])
+        .args([
+            "--random-seconds",
+            "0.1",
+            "--threads",
+            "2",
+            "--json",
+            "--dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let layouts = report["layouts"].as_array().unwrap();
+    assert_eq!(layouts.len(), 2);
+    for layout in layouts {
+        let metrics: Vec<&str> = layout["pool"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["metric"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            metrics,
+            [
+                "seq_write",
+                "seq_read",
+                "random_read_4k",
+                "degraded_read",
+                "rebuild",
+                "scrub"
+            ]
+        );
+        for figure in layout["pool"].as_array().unwrap() {
+            assert!(figure["value"].as_f64().unwrap() > 0.0, "{figure}");
+            assert!(figure["bound"].as_f64().unwrap() > 0.0, "{figure}");
+        }
+    }
+    // Progress went to stderr while it ran.
+    assert!(String::from_utf8_lossy(&output.stderr).contains("seq_write"));
+}
