@@ -9,7 +9,7 @@ mod faulty;
 mod file;
 mod memory;
 
-pub use faulty::{FaultKind, FaultPlan, FaultyDevice, InjectedFault, PowerCut};
+pub use faulty::{FaultConfig, FaultKind, FaultPlan, FaultyDevice, InjectedFault, PowerCut};
 pub use file::FileDevice;
 pub use memory::MemDevice;
 
