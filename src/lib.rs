@@ -20,6 +20,8 @@ pub mod codec;
 pub mod device;
 pub mod error;
 pub mod format;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod geometry;
 pub mod pool;
 pub mod rebuild;
