@@ -105,13 +105,18 @@ pub fn format_decode(data: &[u8]) {
     let record = encode_log_record(pool, 5, 77, &map, &touched);
     let mut replayed = StripeMap::new(stripes, width);
     let decoded = decode_log_record(pool, 5, &record, &mut replayed);
-    assert!(matches!(decoded, Ok(Some(r)) if r.next_generation == 77 && r.padded_bytes == record.len() as u64));
+    assert!(
+        matches!(decoded, Ok(Some(r)) if r.next_generation == 77 && r.padded_bytes == record.len() as u64)
+    );
     assert_eq!(replayed, map, "log record round trip");
     let mut bad = record.clone();
     flip_bit(&mut bad, flip);
     let mut replayed = StripeMap::new(stripes, width);
     if let Ok(Some(found)) = decode_log_record(pool, 5, &bad, &mut replayed) {
-        assert_eq!(found.next_generation, 77, "a corrupt log header was accepted");
+        assert_eq!(
+            found.next_generation, 77,
+            "a corrupt log header was accepted"
+        );
         assert_eq!(replayed, map, "a corrupt log record was accepted");
     }
 }
@@ -143,7 +148,10 @@ pub fn codec_roundtrip(data: &[u8]) {
         }
         _ => {
             let copies = 2 + usize::from(shape % 2);
-            (Layout::Raid10 { copies }, copies * (2 + usize::from((shape / 2) % 2)))
+            (
+                Layout::Raid10 { copies },
+                copies * (2 + usize::from((shape / 2) % 2)),
+            )
         }
     };
     let Ok(codec) = Codec::new(layout, devices) else {
@@ -178,7 +186,9 @@ pub fn codec_roundtrip(data: &[u8]) {
     let mut damaged = shards.clone();
     for (shard, ok) in damaged.iter_mut().zip(&present) {
         if !ok {
-            shard.iter_mut().for_each(|b| *b = b.wrapping_mul(31).wrapping_add(7));
+            shard
+                .iter_mut()
+                .for_each(|b| *b = b.wrapping_mul(31).wrapping_add(7));
         }
     }
     let mut flags = present.clone();
@@ -187,7 +197,10 @@ pub fn codec_roundtrip(data: &[u8]) {
         "{layout}: reconstruction refused with {} erasures",
         present.iter().filter(|p| !**p).count()
     );
-    assert_eq!(damaged, shards, "{layout}: reconstruction returned wrong bytes");
+    assert_eq!(
+        damaged, shards,
+        "{layout}: reconstruction returned wrong bytes"
+    );
 
     // One erasure too many: every copy of one chunk, or parity + 1 shards.
     let mut too_many = vec![true; shards.len()];

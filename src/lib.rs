@@ -25,6 +25,7 @@ pub mod fuzzing;
 pub mod geometry;
 pub mod pool;
 pub mod rebuild;
+pub mod sim;
 pub mod testing;
 pub mod types;
 

@@ -4,6 +4,7 @@
 mod bench;
 mod demo;
 mod progress;
+mod simulate;
 
 use clap::{Parser, Subcommand};
 use std::io::{Read, Write};
@@ -191,6 +192,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run deterministic disk-failure simulations: seeded workloads with injected faults and
+    /// crashes, checked against a model after every step.
+    Simulate(simulate::SimulateArgs),
     /// Run the whole story on temporary files: create, write, lose a device, read back,
     /// corrupt blocks, heal, report.
     Demo {
@@ -208,15 +212,18 @@ enum Command {
 
 /// Parse arguments, run, and map the outcome to an exit code.
 pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    // A simulation injects thousands of faults on purpose: warnings would drown its progress.
+    let quiet = matches!(cli.command, Command::Simulate(_));
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("STRIPESTORE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_env("STRIPESTORE_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(if quiet { "error" } else { "warn" })
+            }),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
     FORCE_DEGRADED.store(cli.force_degraded, std::sync::atomic::Ordering::Relaxed);
     match execute(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
@@ -458,6 +465,7 @@ fn execute(command: Command) -> CliResult {
             device_size,
             dir,
         } => demo::run(&layout, device_size, dir.as_deref()),
+        Command::Simulate(args) => simulate::run(&args),
     }
 }
 

@@ -19,9 +19,10 @@
 //! [`PowerCut`] stops the machine at an exact operation.
 //!
 //! Random decisions are *keyed*: each is drawn from the plan's seed, the current epoch (set by
-//! the caller, e.g. a simulation step), the request (offset, length, a checksum of written
-//! bytes) and how many identical requests came before in the epoch. So the outcome does not
-//! depend on how threads interleave requests to one device, and a seeded run replays exactly.
+//! the caller, e.g. a simulation step), the request's offset and length, and how many requests
+//! with that offset and length came before in the epoch. So the outcome does not depend on how
+//! threads interleave requests to different places, and a seeded run replays exactly. (The
+//! bytes written are deliberately not part of the key: metadata holds random UUIDs.)
 
 use super::{Device, DeviceError};
 use parking_lot::Mutex;
@@ -284,7 +285,8 @@ impl FaultPlan {
                 break;
             };
             let sectors = self.rng.gen_range(1..=max_sectors.max(1));
-            let start = span.start + self.rng.gen_range(0..(span.end - span.start) / sector) * sector;
+            let start =
+                span.start + self.rng.gen_range(0..(span.end - span.start) / sector) * sector;
             let range = start..(start + sectors * sector).min(span.end);
             self.bad_read_ranges.push(range.clone());
             added.push(range);
@@ -380,9 +382,15 @@ impl FaultPlan {
 
     /// A generator for one decision about one request, independent of request order.
     fn keyed(&mut self, salt: Salt, offset: u64, len: usize, content: u32) -> ChaCha8Rng {
-        let key = [self.epoch, salt as u64, offset, len as u64, u64::from(content)]
-            .into_iter()
-            .fold(self.seed, mix);
+        let key = [
+            self.epoch,
+            salt as u64,
+            offset,
+            len as u64,
+            u64::from(content),
+        ]
+        .into_iter()
+        .fold(self.seed, mix);
         let nth = self.seen.entry(key).or_insert(0);
         *nth += 1;
         ChaCha8Rng::seed_from_u64(mix(key, u64::from(*nth)))
@@ -426,7 +434,7 @@ impl FaultPlan {
         }
     }
 
-    fn next_write_fault(&mut self, offset: u64, buf: &[u8]) -> Option<FaultKind> {
+    fn next_write_fault(&mut self, offset: u64, len: usize) -> Option<FaultKind> {
         if !self.region.contains(&offset) {
             return None;
         }
@@ -434,7 +442,7 @@ impl FaultPlan {
             return Some(kind);
         }
         if self.random_probability > 0.0 && !self.random_kinds.is_empty() {
-            let mut rng = self.keyed(Salt::Write, offset, buf.len(), crc32c::crc32c(buf));
+            let mut rng = self.keyed(Salt::Write, offset, len, 0);
             if rng.gen_bool(self.random_probability.min(1.0)) {
                 let pick = rng.gen_range(0..self.random_kinds.len());
                 return Some(self.random_kinds[pick]);
@@ -545,7 +553,7 @@ impl Device for FaultyDevice {
         plan.admit(&self.inner.name())?;
         let delay = plan.delay(offset, buf.len());
         let end = offset + buf.len() as u64;
-        let Some(kind) = plan.next_write_fault(offset, buf) else {
+        let Some(kind) = plan.next_write_fault(offset, buf.len()) else {
             let result = self.inner.write_at(offset, buf);
             if result.is_ok() {
                 plan.landed(offset..end);
@@ -687,7 +695,10 @@ mod tests {
         plan.lock().fail_after(2);
         dev.read_at(0, &mut buf).unwrap();
         dev.read_at(0, &mut buf).unwrap();
-        assert!(matches!(dev.read_at(0, &mut buf), Err(DeviceError::Gone(_))));
+        assert!(matches!(
+            dev.read_at(0, &mut buf),
+            Err(DeviceError::Gone(_))
+        ));
         assert!(matches!(dev.flush(), Err(DeviceError::Gone(_))));
         assert_eq!(plan.lock().count(FaultKind::FailStop), 1);
     }

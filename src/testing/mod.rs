@@ -3,6 +3,9 @@
 //!
 //! Nothing here is used by the pool itself.
 
+#[doc(hidden)]
+pub mod planted;
+
 use crate::device::{MemDevice, SharedDevice};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

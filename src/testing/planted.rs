@@ -1,0 +1,21 @@
+//! Test-only switches that disable one protection, so the simulation can prove it notices
+//! (`tests/simulation_planted.rs`). Each is one relaxed atomic load on the hot path, false in
+//! every production run: nothing in the crate ever sets it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static SKIP_CHECKSUM_VERIFICATION: AtomicBool = AtomicBool::new(false);
+
+/// Plant a bug: shard reads stop verifying checksums (process-wide). For tests only.
+#[doc(hidden)]
+pub fn plant_skip_checksum_verification(on: bool) {
+    SKIP_CHECKSUM_VERIFICATION.store(on, Ordering::Relaxed);
+}
+
+/// True while the planted bug is active (read by the pool's shard read path).
+#[doc(hidden)]
+#[inline]
+#[must_use]
+pub fn checksum_verification_skipped() -> bool {
+    SKIP_CHECKSUM_VERIFICATION.load(Ordering::Relaxed)
+}
