@@ -1,16 +1,25 @@
 //! The simulation can fail: with one protection switched off through a test-only switch
-//! (`testing::planted`: shard reads stop verifying checksums), a bounded set of seeds must
-//! catch wrong bytes being returned. Its own test binary, because the switch is process-wide.
+//! (`testing::planted`), a bounded set of seeds must catch the damage. Its own test binary,
+//! because the switches are process-wide (and the tests here take turns).
 
+use parking_lot::Mutex;
 use std::time::Duration;
 use stripestore::sim::{self, SimConfig, LAYOUTS};
-use stripestore::testing::planted::plant_skip_checksum_verification;
+use stripestore::testing::planted::{
+    plant_skip_checksum_verification, plant_skip_commit_data_flush,
+};
 
 /// How many seeds the simulation may need to notice.
 const SEEDS_MAX: u64 = 20;
 
+/// One planted bug at a time.
+static TURN: Mutex<()> = Mutex::new(());
+
+/// Shard reads that skip checksum verification must be caught returning wrong bytes, and the
+/// failure must shrink to a short replay.
 #[test]
 fn skipping_checksum_verification_is_caught_within_a_few_seeds() {
+    let _turn = TURN.lock();
     plant_skip_checksum_verification(true);
     let mut caught = None;
     for seed in 0..SEEDS_MAX {
@@ -50,4 +59,32 @@ fn skipping_checksum_verification_is_caught_within_a_few_seeds() {
     // And with the protection back on, the same workload passes.
     plant_skip_checksum_verification(false);
     assert!(sim::run(&config, &ops).unwrap().violation.is_none());
+}
+
+/// A commit that writes the map before the data it names is durable must be caught losing
+/// flushed data at a power cut (with crashes as the only fault).
+#[test]
+fn skipping_the_data_flush_before_commit_is_caught_within_a_few_seeds() {
+    let _turn = TURN.lock();
+    plant_skip_commit_data_flush(true);
+    let mut caught = None;
+    for seed in 0..SEEDS_MAX {
+        let (layout, devices) = LAYOUTS[(seed as usize) % LAYOUTS.len()];
+        let mut config = SimConfig::new(seed, layout.parse().unwrap(), devices);
+        config.ops = 300;
+        config.faults = "crash".parse().unwrap();
+        if let Some(violation) = sim::run_seed(&config).unwrap().violation {
+            caught = Some((config, violation));
+            break;
+        }
+    }
+    plant_skip_commit_data_flush(false);
+    let (config, violation) = caught
+        .unwrap_or_else(|| panic!("{SEEDS_MAX} seeds missed commits that skip the data flush"));
+    eprintln!("caught with {}: {violation}", config.command_line());
+    assert!(
+        violation.message.contains("after a crash"),
+        "caught, but not at a crash: {violation}"
+    );
+    assert!(sim::run_seed(&config).unwrap().violation.is_none());
 }

@@ -38,6 +38,9 @@ pub struct SimulateArgs {
     /// Never go beyond the layout's tolerance (skip the final over-tolerance check).
     #[arg(long)]
     within_tolerance: bool,
+    /// Inject faults only into the data area (not superblocks, map checkpoints and log).
+    #[arg(long)]
+    data_faults_only: bool,
     /// Size of each simulated device.
     #[arg(long, value_parser = parse_size, default_value = "1M")]
     device_size: u64,
@@ -100,6 +103,7 @@ fn config_for(
     config.faults = faults.clone();
     config.device_bytes = args.device_size;
     config.beyond_tolerance = !args.within_tolerance;
+    config.metadata_faults = !args.data_faults_only;
     Ok(config)
 }
 

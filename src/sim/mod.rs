@@ -140,6 +140,9 @@ pub struct SimConfig {
     /// End with one failed position more than the layout tolerates, and check that errors are
     /// clear and unaffected stripes still read.
     pub beyond_tolerance: bool,
+    /// Let faults land anywhere on a device (superblocks, map checkpoints and log), not only
+    /// in the data area.
+    pub metadata_faults: bool,
 }
 
 impl SimConfig {
@@ -155,6 +158,7 @@ impl SimConfig {
             device_bytes: 1 << 20,
             chunk_bytes: 4096,
             beyond_tolerance: true,
+            metadata_faults: true,
         }
     }
 
@@ -162,7 +166,7 @@ impl SimConfig {
     #[must_use]
     pub fn command_line(&self) -> String {
         format!(
-            "stripestore simulate --seed {} --ops {} --layout {} --devices {} --faults {}{}",
+            "stripestore simulate --seed {} --ops {} --layout {} --devices {} --faults {}{}{}",
             self.seed,
             self.ops,
             self.layout,
@@ -172,6 +176,11 @@ impl SimConfig {
                 ""
             } else {
                 " --within-tolerance"
+            },
+            if self.metadata_faults {
+                ""
+            } else {
+                " --data-faults-only"
             }
         )
     }
@@ -550,6 +559,9 @@ pub struct Replay {
     pub device_bytes: u64,
     /// Chunk size.
     pub chunk_bytes: u64,
+    /// Faults may land on metadata too.
+    #[serde(default)]
+    pub metadata_faults: bool,
     /// The ops.
     pub ops: Vec<Op>,
 }
@@ -565,6 +577,7 @@ impl Replay {
             faults: config.faults.to_string(),
             device_bytes: config.device_bytes,
             chunk_bytes: config.chunk_bytes,
+            metadata_faults: config.metadata_faults,
             ops: ops.to_vec(),
         }
     }
@@ -577,6 +590,7 @@ impl Replay {
         config.faults = self.faults.parse()?;
         config.device_bytes = self.device_bytes;
         config.chunk_bytes = self.chunk_bytes;
+        config.metadata_faults = self.metadata_faults;
         config.ops = self.ops.len();
         Ok(config)
     }

@@ -115,7 +115,11 @@ impl<'a> World<'a> {
         options.open = Self::open_options(false);
         let pool = Pool::create(handles, vec![], &options)?;
         let geometry = pool.geometry();
-        world.region = geometry.data_offset..geometry.data_end();
+        world.region = if config.metadata_faults {
+            0..geometry.device_bytes
+        } else {
+            geometry.data_offset..geometry.data_end()
+        };
         for disk in &world.disks {
             disk.plan.lock().set_region(world.region.clone());
         }
