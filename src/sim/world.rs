@@ -41,6 +41,8 @@ struct World<'a> {
     tolerance: usize,
     stats: Stats,
     spares_made: usize,
+    /// The range of the latest write, read back after every step.
+    last_write: Option<(u64, usize)>,
 }
 
 type Check = std::result::Result<(), String>;
@@ -55,7 +57,8 @@ pub(super) fn run(config: &SimConfig, ops: &[Op]) -> Result<RunReport> {
         *world.stats.ops.entry(op.name().to_string()).or_default() += 1;
         let outcome = world
             .step(step, op)
-            .and_then(|()| world.check_no_spontaneous_faults());
+            .and_then(|()| world.check_no_spontaneous_faults())
+            .and_then(|()| world.spot_check(op));
         if let Err(message) = outcome {
             violation = Some(Violation {
                 step,
@@ -106,6 +109,7 @@ impl<'a> World<'a> {
             tolerance: config.layout.tolerance(),
             stats: Stats::default(),
             spares_made: 0,
+            last_write: None,
         };
         let handles: Vec<SharedDevice> = (0..config.devices)
             .map(|i| world.new_disk(format!("d{i}")))
@@ -353,6 +357,17 @@ impl<'a> World<'a> {
         }
     }
 
+    /// After every step (but the last, which leaves the pool beyond repair), read back what the
+    /// latest write touched.
+    fn spot_check(&mut self, op: &Op) -> Check {
+        match (self.last_write, op) {
+            (_, Op::BeyondTolerance { .. }) | (None, _) => Ok(()),
+            (Some((offset, len)), _) => self
+                .read_and_compare(offset, len)
+                .map_err(|e| format!("read-back of the latest write: {e}")),
+        }
+    }
+
     fn within_tolerance_of(&self, pool: &Pool) -> bool {
         self.damaged_positions(&pool.status()).len() <= self.tolerance
     }
@@ -370,6 +385,7 @@ impl<'a> World<'a> {
     fn write(&mut self, offset: u64, data: &[u8]) -> Check {
         let within = self.within_tolerance();
         self.model.write(offset, data);
+        self.last_write = Some((offset, data.len()));
         match self.pool()?.write_at(offset, data) {
             Ok(()) => Ok(()),
             Err(err) if within => Err(format!(
