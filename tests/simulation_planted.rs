@@ -12,27 +12,47 @@ use stripestore::testing::planted::{
 /// How many seeds the simulation may need to notice.
 const SEEDS_MAX: u64 = 20;
 
+/// The first of seeds `0..SEEDS_MAX` (cycling through the layouts) whose run breaks a rule.
+fn first_violation(ops: usize, faults: &str) -> Option<(SimConfig, Vec<sim::Op>, sim::Violation)> {
+    (0..SEEDS_MAX).find_map(|seed| {
+        let (layout, devices) = LAYOUTS[(seed as usize) % LAYOUTS.len()];
+        let mut config = SimConfig::new(seed, layout.parse().unwrap(), devices);
+        config.ops = ops;
+        config.faults = faults.parse().unwrap();
+        let workload = sim::generate(&config);
+        let report = sim::run(&config, &workload).unwrap();
+        report
+            .violation
+            .map(|violation| (config, workload, violation))
+    })
+}
+
 /// One planted bug at a time.
 static TURN: Mutex<()> = Mutex::new(());
+
+/// Switches a planted bug on, and off again when dropped (even if the test panics).
+struct Planted(fn(bool));
+
+impl Planted {
+    fn new(switch: fn(bool)) -> Self {
+        switch(true);
+        Self(switch)
+    }
+}
+
+impl Drop for Planted {
+    fn drop(&mut self) {
+        (self.0)(false);
+    }
+}
 
 /// Shard reads that skip checksum verification must be caught returning wrong bytes, and the
 /// failure must shrink to a short replay.
 #[test]
 fn skipping_checksum_verification_is_caught_within_a_few_seeds() {
     let _turn = TURN.lock();
-    plant_skip_checksum_verification(true);
-    let mut caught = None;
-    for seed in 0..SEEDS_MAX {
-        let (layout, devices) = LAYOUTS[(seed as usize) % LAYOUTS.len()];
-        let mut config = SimConfig::new(seed, layout.parse().unwrap(), devices);
-        config.ops = 200;
-        let ops = sim::generate(&config);
-        let report = sim::run(&config, &ops).unwrap();
-        if let Some(violation) = report.violation {
-            caught = Some((config, ops, violation));
-            break;
-        }
-    }
+    let planted = Planted::new(plant_skip_checksum_verification);
+    let caught = first_violation(200, "all");
     let (config, ops, violation) = caught
         .unwrap_or_else(|| panic!("{SEEDS_MAX} seeds missed a read path that skips checksums"));
     assert!(
@@ -57,7 +77,7 @@ fn skipping_checksum_verification_is_caught_within_a_few_seeds() {
     assert!(found.message.contains("WRONG BYTES"));
     assert!(shrunk.len() < ops.len());
     // And with the protection back on, the same workload passes.
-    plant_skip_checksum_verification(false);
+    drop(planted);
     assert!(sim::run(&config, &ops).unwrap().violation.is_none());
 }
 
@@ -66,20 +86,10 @@ fn skipping_checksum_verification_is_caught_within_a_few_seeds() {
 #[test]
 fn skipping_the_data_flush_before_commit_is_caught_within_a_few_seeds() {
     let _turn = TURN.lock();
-    plant_skip_commit_data_flush(true);
-    let mut caught = None;
-    for seed in 0..SEEDS_MAX {
-        let (layout, devices) = LAYOUTS[(seed as usize) % LAYOUTS.len()];
-        let mut config = SimConfig::new(seed, layout.parse().unwrap(), devices);
-        config.ops = 300;
-        config.faults = "crash".parse().unwrap();
-        if let Some(violation) = sim::run_seed(&config).unwrap().violation {
-            caught = Some((config, violation));
-            break;
-        }
-    }
-    plant_skip_commit_data_flush(false);
-    let (config, violation) = caught
+    let planted = Planted::new(plant_skip_commit_data_flush);
+    let caught = first_violation(300, "crash");
+    drop(planted);
+    let (config, _, violation) = caught
         .unwrap_or_else(|| panic!("{SEEDS_MAX} seeds missed commits that skip the data flush"));
     eprintln!("caught with {}: {violation}", config.command_line());
     assert!(
