@@ -23,6 +23,7 @@ pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod geometry;
+pub mod metrics;
 pub mod pool;
 pub mod rebuild;
 pub mod sim;
@@ -31,4 +32,7 @@ pub mod types;
 
 pub use error::{Error, Result};
 pub use geometry::Layout;
-pub use pool::{CreateOptions, OpenOptions, Pool, PoolStatus};
+pub use pool::{
+    CreateOptions, OpenOptions, Pool, PoolStatus, ScrubEnd, ScrubOptions, ScrubProgress,
+    ScrubReport,
+};

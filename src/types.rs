@@ -94,9 +94,42 @@ pub fn human_bytes(bytes: u64) -> String {
     }
 }
 
+/// A Unix time as `2026-11-26 09:17:59 UTC` (no time-zone database needed).
+#[must_use]
+pub fn utc_time(unix_secs: u64) -> String {
+    let days = unix_secs / 86_400;
+    let rest = unix_secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm, in unsigned form:
+    // shift the epoch to 0000-03-01 so leap days fall at the end of each era's year).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z % 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn utc_time_matches_known_dates() {
+        assert_eq!(utc_time(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc_time(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc_time(1_795_685_879), "2026-11-26 09:37:59 UTC");
+        assert_eq!(utc_time(4_107_542_399), "2100-02-28 23:59:59 UTC");
+    }
 
     #[test]
     fn sizes_parse() {

@@ -60,11 +60,8 @@ fn bit_rot_is_detected_healed_on_disk_and_counted_exactly() {
             drop(pool);
             let pool = Pool::open(shared(&mems), &no_threshold()).unwrap();
             verify(&pool, &model);
-            let report = pool.scrub();
-            assert!(
-                report.unrecoverable_stripes.is_empty(),
-                "{layout}: {report:?}"
-            );
+            let report = pool.scrub().unwrap();
+            assert!(report.unrepairable_stripes == 0, "{layout}: {report:?}");
             let status = pool.status();
             assert_eq!(
                 status.total_checksum_errors(),
@@ -80,7 +77,7 @@ fn bit_rot_is_detected_healed_on_disk_and_counted_exactly() {
                 );
             }
             assert_eq!(
-                pool.scrub().bad_shards,
+                pool.scrub().unwrap().bad_shards,
                 0,
                 "{layout}: second scrub must be clean"
             );
@@ -136,11 +133,8 @@ fn silent_write_faults(kind: FaultKind, base_seed: u64, name: &'static str) {
             plan.lock().clear();
         }
         verify(&pool, &model);
-        let report = pool.scrub();
-        assert!(
-            report.unrecoverable_stripes.is_empty(),
-            "{layout}: {report:?}"
-        );
+        let report = pool.scrub().unwrap();
+        assert!(report.unrepairable_stripes == 0, "{layout}: {report:?}");
         let status = pool.status();
         assert!(
             status.total_checksum_errors() > 0,
@@ -151,7 +145,11 @@ fn silent_write_faults(kind: FaultKind, base_seed: u64, name: &'static str) {
             status.total_repaired(),
             "{layout}: every detected error healed"
         );
-        assert_eq!(pool.scrub().bad_shards, 0, "{layout}: healed on disk");
+        assert_eq!(
+            pool.scrub().unwrap().bad_shards,
+            0,
+            "{layout}: healed on disk"
+        );
         // Independent check of the healing: lose every device that never had a fault (as many
         // as tolerated) and read everything from the rest.
         for mem in mems.iter().skip(tolerance).take(tolerance) {
@@ -204,8 +202,8 @@ fn sector_read_errors_are_reconstructed_and_counted() {
                 .lock()
                 .add_bad_read_range(start..start + 64 * CHUNK_BYTES);
             verify(&pool, &model);
-            let report = pool.scrub();
-            assert!(report.unrecoverable_stripes.is_empty());
+            let report = pool.scrub().unwrap();
+            assert!(report.unrepairable_stripes == 0);
             let status = pool.status();
             assert!(
                 status.devices[0].read_errors > 0,

@@ -191,17 +191,17 @@ pub fn run(layout: &str, device_bytes: u64, dir: Option<&Path>) -> CliResult {
                 status.total_checksum_errors(),
                 status.total_repaired()
             );
-            let scrub = pool.scrub();
+            let scrub = pool.scrub()?;
             println!(
                 "   scrub: every shard of {} stripes verified; {} more bad shards found in copies or parity that no read touched, repaired",
                 scrub.stripes_checked, scrub.bad_shards
             );
-            let again = pool.scrub();
+            let again = pool.scrub()?;
             println!(
                 "   second scrub: {} bad shards (the damage is healed on disk)",
                 again.bad_shards
             );
-            if again.bad_shards != 0 || !again.unrecoverable_stripes.is_empty() {
+            if again.found_damage() {
                 return Err("the second scrub still found damage: this is a bug".into());
             }
         }

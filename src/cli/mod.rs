@@ -3,7 +3,9 @@
 
 mod bench;
 mod demo;
+mod monitor;
 mod progress;
+mod scrub;
 mod simulate;
 
 use clap::{Parser, Subcommand};
@@ -108,14 +110,53 @@ enum Command {
         #[arg(long)]
         output: Option<PathBuf>,
     },
-    /// Verify every shard of every written stripe and heal what fails.
+    /// Verify every chunk of every written stripe (data, parity, all copies), check that
+    /// parity and copies agree, and repair what fails. Exit code: 0 clean, 1 damage found and
+    /// repaired (or repairable, with --check-only), 2 unrepairable data, 3 could not run.
     Scrub {
         /// One or more member paths.
         #[arg(required = true)]
         pool: Vec<PathBuf>,
-        /// Machine-readable output.
+        /// Repair what fails verification (the default).
+        #[arg(long, conflicts_with = "check_only")]
+        repair: bool,
+        /// Only count damage; write nothing but the scrub's own progress records.
+        #[arg(long)]
+        check_only: bool,
+        /// Read rate limit, e.g. 200M (per second; default: as fast as the devices allow,
+        /// yielding to other I/O).
+        #[arg(long, value_parser = parse_size)]
+        rate: Option<u64>,
+        /// Continue the interrupted scrub recorded in the pool instead of starting over.
+        #[arg(long, conflicts_with = "cancel")]
+        resume: bool,
+        /// Discard the interrupted scrub recorded in the pool.
+        #[arg(long)]
+        cancel: bool,
+        /// Machine-readable final report.
         #[arg(long)]
         json: bool,
+    },
+    /// Monitoring plugin (Nagios/Icinga/Zabbix style): one status line with performance data.
+    /// Exit code: 0 OK, 1 WARNING (degraded, rebuilding, errors repaired), 2 CRITICAL
+    /// (redundancy exhausted, pool faulted, unrepairable data), 3 UNKNOWN (cannot tell).
+    Check {
+        /// One or more member paths.
+        #[arg(required = true)]
+        pool: Vec<PathBuf>,
+        /// WARNING when the last scrub is older than this many days (or there was none).
+        #[arg(long)]
+        scrub_max_age_days: Option<u64>,
+    },
+    /// Prometheus metrics (text exposition format): printed once, or served over HTTP with
+    /// --listen.
+    Metrics {
+        /// One or more member paths.
+        #[arg(required = true)]
+        pool: Vec<PathBuf>,
+        /// Serve at this address (e.g. 127.0.0.1:9640) until killed, instead of printing once.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
     },
     /// Replace a data member (by last known path, index or UUID) with a spare of the pool or a
     /// new device, and rebuild onto it with a progress bar. Works for a healthy member too
@@ -212,21 +253,44 @@ enum Command {
 
 /// Parse arguments, run, and map the outcome to an exit code.
 pub fn run() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return if err.use_stderr() {
+                ExitCode::from(usage_exit_code())
+            } else {
+                ExitCode::SUCCESS // --help, --version
+            };
+        }
+    };
     // A simulation injects thousands of faults on purpose: warnings would drown its progress.
     let quiet = matches!(cli.command, Command::Simulate(_));
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("STRIPESTORE_LOG").unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new(if quiet { "error" } else { "warn" })
-            }),
+            // STRIPESTORE_LOG, else RUST_LOG (same syntax: `info`, `stripestore::pool=debug`);
+            // quiet by default: warnings and errors only.
+            tracing_subscriber::EnvFilter::try_from_env("STRIPESTORE_LOG")
+                .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new(if quiet { "error" } else { "warn" })
+                }),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     FORCE_DEGRADED.store(cli.force_degraded, std::sync::atomic::Ordering::Relaxed);
+    // `scrub` and `check` promise their own codes to scripts and monitoring: 3 = could not run.
+    let failure = match &cli.command {
+        Command::Scrub { .. } => scrub::exit::FAILED,
+        Command::Check { .. } => monitor::Level::Unknown as u8,
+        _ => 1,
+    };
     match execute(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.downcast_ref::<Exit>().is_some() => {
+            ExitCode::from(err.downcast_ref::<Exit>().map_or(1, |exit| exit.0))
+        }
         Err(err) => {
             eprintln!("stripestore: error: {err}");
             let mut source = std::error::Error::source(err.as_ref());
@@ -234,8 +298,30 @@ pub fn run() -> ExitCode {
                 eprintln!("  caused by: {cause}");
                 source = cause.source();
             }
-            ExitCode::FAILURE
+            ExitCode::from(failure)
         }
+    }
+}
+
+/// A command finished and wants this exit code (its output says why).
+#[derive(Debug)]
+struct Exit(u8);
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit code {}", self.0)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+/// Exit code for bad usage: 2, except for commands whose codes 0-2 mean findings.
+fn usage_exit_code() -> u8 {
+    let subcommand = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
+    match subcommand.as_deref() {
+        Some("scrub") => scrub::exit::FAILED,
+        Some("check") => monitor::Level::Unknown as u8,
+        _ => 2,
     }
 }
 
@@ -335,31 +421,37 @@ fn execute(command: Command) -> CliResult {
             pool.close()?;
             Ok(())
         }
-        Command::Scrub { pool, json } => {
-            let pool = open_pool(&pool)?;
-            let report = pool.scrub();
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+        Command::Scrub {
+            pool,
+            repair: _,
+            check_only,
+            rate,
+            resume,
+            cancel,
+            json,
+        } => {
+            let code = scrub::run(&scrub::ScrubArgs {
+                pool,
+                check_only,
+                rate,
+                resume,
+                cancel,
+                json,
+            })?;
+            if code == scrub::exit::CLEAN {
+                Ok(())
             } else {
-                println!(
-                    "scrub: {} stripes checked, {} bad shards found, {} stripes unrecoverable",
-                    report.stripes_checked,
-                    report.bad_shards,
-                    report.unrecoverable_stripes.len()
-                );
-                print!("{}", pool.status());
+                Err(Box::new(Exit(code)))
             }
-            let failed = !report.unrecoverable_stripes.is_empty();
-            pool.close()?;
-            if failed {
-                return Err(format!(
-                    "{} stripes are unrecoverable",
-                    report.unrecoverable_stripes.len()
-                )
-                .into());
-            }
-            Ok(())
         }
+        Command::Check {
+            pool,
+            scrub_max_age_days,
+        } => match monitor::check(&pool, scrub_max_age_days) {
+            monitor::Level::Ok => Ok(()),
+            level => Err(Box::new(Exit(level as u8))),
+        },
+        Command::Metrics { pool, listen } => monitor::metrics(&pool, listen),
         Command::Replace {
             pool,
             old,

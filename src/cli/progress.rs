@@ -10,6 +10,8 @@ pub struct Progress {
     label: String,
     total: u64,
     done: u64,
+    /// Work already done when tracking started (a resumed operation): not part of the rate.
+    initial: Option<u64>,
     started: Instant,
     tty: bool,
     last_quarter: u64,
@@ -22,10 +24,26 @@ impl Progress {
             label: label.to_string(),
             total: total.max(1),
             done: 0,
+            initial: None,
             started: Instant::now(),
             tty: std::io::stderr().is_terminal(),
             last_quarter: 0,
         }
+    }
+
+    /// Change the amount of work (an estimate that was refined).
+    pub fn set_total(&mut self, total: u64) {
+        self.total = total.max(self.done).max(1);
+    }
+
+    /// Set the finished work to `done` bytes and redraw. The first call sets the starting
+    /// point (work done before, e.g. by an interrupted run), which the rate does not count.
+    pub fn set_done(&mut self, done: u64) {
+        if self.initial.is_none() {
+            self.initial = Some(done);
+            self.last_quarter = done * 4 / self.total;
+        }
+        self.advance(done.saturating_sub(self.done));
     }
 
     /// Add `bytes` of finished work and redraw.
@@ -38,19 +56,21 @@ impl Progress {
             let bar: String =
                 "#".repeat(filled) + &"-".repeat(usize::try_from(width).unwrap_or(0) - filled);
             eprint!(
-                "\r  {:<22} [{bar}] {:>5.1}%  {}/s  ",
+                "\r  {:<22} [{bar}] {:>5.1}%  {}/s  {}  ",
                 self.label,
                 self.percent(),
-                human_bytes(self.rate())
+                human_bytes(self.rate()),
+                self.eta()
             );
             let _ = std::io::stderr().flush();
         } else if quarter > self.last_quarter {
             self.last_quarter = quarter;
             eprintln!(
-                "  {:<22} {:>5.1}%  {}/s",
+                "  {:<22} {:>5.1}%  {}/s  {}",
                 self.label,
                 self.percent(),
-                human_bytes(self.rate())
+                human_bytes(self.rate()),
+                self.eta()
             );
         }
     }
@@ -75,6 +95,16 @@ impl Progress {
     )]
     fn rate(&self) -> u64 {
         let secs = self.started.elapsed().as_secs_f64().max(1e-6);
-        (self.done as f64 / secs) as u64
+        (self.done.saturating_sub(self.initial.unwrap_or(0)) as f64 / secs) as u64
+    }
+
+    /// "ETA 1m23s", or empty when there is no rate yet.
+    fn eta(&self) -> String {
+        let rate = self.rate();
+        if rate == 0 || self.done >= self.total {
+            return String::new();
+        }
+        let secs = (self.total - self.done) / rate;
+        format!("ETA {}m{:02}s", secs / 60, secs % 60)
     }
 }

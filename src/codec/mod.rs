@@ -100,6 +100,19 @@ impl Codec {
         }
     }
 
+    /// Whether a stripe's shards agree: every copy equals its chunk's first copy, or the
+    /// parity is what the data encodes to. Scrub uses it to catch shards that each match their
+    /// checksum but were computed wrongly when written.
+    #[must_use]
+    pub fn consistent(&self, shards: &[&[u8]]) -> bool {
+        match self {
+            Codec::Replicated { copies, .. } => shards
+                .chunks(*copies)
+                .all(|group| group.iter().all(|copy| *copy == group[0])),
+            Codec::ReedSolomon(rs) => rs.verify(shards).unwrap_or(false),
+        }
+    }
+
     /// How many good shards a stripe needs at the least (for error messages).
     #[must_use]
     pub fn shards_needed(&self) -> usize {

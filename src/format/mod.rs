@@ -3,10 +3,15 @@
 //! The byte-by-byte description, and why it is shaped this way, is in `docs/FORMAT.md`.
 
 mod map;
+mod scrub;
 mod superblock;
 
 pub use map::{
     decode_checkpoint, decode_log_record, encode_checkpoint, encode_log_record, log_record_bytes,
     CheckpointHeader, LogRecord, MapEntry, StripeMap,
+};
+pub use scrub::{
+    DamagedRange, DeviceScrubCounters, ScrubCheckpoint, ScrubOutcome, ScrubRecord, ScrubSummary,
+    ScrubTally, MAX_RECORDED_RANGES,
 };
 pub use superblock::{Member, MemberState, PoolUuid, Role, Superblock, FORMAT_VERSION};

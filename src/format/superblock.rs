@@ -109,6 +109,10 @@ pub struct Superblock {
     pub members: Vec<Member>,
     /// Creation time, seconds since the Unix epoch.
     pub created_unix_secs: u64,
+    /// Scrub checkpoint and last result (absent in superblocks written before scrubs were
+    /// recorded).
+    #[serde(default)]
+    pub scrub: super::ScrubRecord,
 }
 
 /// crc32c of a superblock's header and JSON, skipping the crc field itself (bytes 16..20).
@@ -198,6 +202,7 @@ mod tests {
                 path: "/dev/x".into(),
             }],
             created_unix_secs: 1,
+            scrub: super::super::ScrubRecord::default(),
         }
     }
 

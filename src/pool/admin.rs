@@ -200,7 +200,11 @@ impl Pool {
             if outcome.running == 0 {
                 return Ok(completed);
             }
-            std::thread::sleep(pacer.after_step(&self.inner.rebuild, outcome.written_bytes));
+            std::thread::sleep(pacer.after_step(
+                self.inner.rebuild.rate(),
+                &self.inner.rebuild,
+                outcome.written_bytes,
+            ));
         }
     }
 }

@@ -23,7 +23,7 @@ pub(crate) enum Fetch {
     /// Read and verified.
     Good(Vec<u8>),
     /// Read error or checksum mismatch on an online device (counted; healable).
-    Bad,
+    Bad(ErrorKind),
     /// The device is out of service.
     Missing,
 }
@@ -76,7 +76,12 @@ impl PoolInner {
     }
 
     /// Read part of one stripe; the caller holds the stripe's lock.
-    fn read_stripe_locked(&self, stripe: u64, within: u64, out: &mut [u8]) -> Result<()> {
+    pub(crate) fn read_stripe_locked(
+        &self,
+        stripe: u64,
+        within: u64,
+        out: &mut [u8],
+    ) -> Result<()> {
         let entry = self.map.lock().map.get(stripe);
         let Some(slot) = entry.slot else {
             out.fill(0); // never written: the volume starts zeroed
@@ -99,7 +104,7 @@ impl PoolInner {
                 .into_iter()
                 .filter_map(|(_, f)| match f {
                     Fetch::Good(bytes) => Some(bytes),
-                    Fetch::Bad | Fetch::Missing => None,
+                    Fetch::Bad(_) | Fetch::Missing => None,
                 })
                 .collect()
         } else {
@@ -152,7 +157,7 @@ impl PoolInner {
         let mut bytes = vec![0u8; usize::try_from(self.geometry.chunk_bytes).unwrap_or(0)];
         if let Err(err) = device.read_at(offset, &mut bytes) {
             self.members.record_error(index, ErrorKind::Read, &err);
-            return Fetch::Bad;
+            return Fetch::Bad(ErrorKind::Read);
         }
         let actual = shard_checksum(slot, shard, entry.generation, &bytes);
         if actual != entry.crcs[shard.0]
@@ -164,7 +169,7 @@ impl PoolInner {
             )));
             self.members
                 .record_error(index, ErrorKind::Checksum, &detail);
-            return Fetch::Bad;
+            return Fetch::Bad(ErrorKind::Checksum);
         }
         Fetch::Good(bytes)
     }
@@ -180,73 +185,108 @@ impl PoolInner {
         entry: &MapEntry,
         known: Vec<(usize, Fetch)>,
     ) -> Result<(Vec<Vec<u8>>, usize)> {
+        let exam = self.examine_stripe(slot, entry, known, true);
+        if !exam.recovered {
+            return Err(self.unrecoverable(stripe, slot, &exam));
+        }
+        let damaged = exam.damaged().count();
+        Ok((exam.shards, damaged))
+    }
+
+    /// The error for a stripe `exam` could not recover.
+    pub(crate) fn unrecoverable(&self, stripe: u64, slot: SlotId, exam: &Examination) -> Error {
+        let failed: Vec<usize> = (0..exam.outcomes.len())
+            .filter(|s| !matches!(exam.outcomes[*s], ShardOutcome::Good))
+            .collect();
+        Error::Unrecoverable {
+            stripe,
+            volume_offset: stripe * self.geometry.stripe_data_bytes(),
+            good: exam.outcomes.len() - failed.len(),
+            needed: self.codec.shards_needed(),
+            lost_devices: failed
+                .iter()
+                .map(|s| {
+                    let (index, _) = self.geometry.shard_location(slot, ShardIndex(*s));
+                    self.members.get(index).path()
+                })
+                .collect(),
+        }
+    }
+
+    /// The careful path: fetch every shard not in `known`, reconstruct what is missing or bad,
+    /// verify the result against the map, and (if `heal`) rewrite the damaged shards on their
+    /// devices. Reports what happened to each shard, for reads and for scrub's accounting.
+    pub(crate) fn examine_stripe(
+        &self,
+        slot: SlotId,
+        entry: &MapEntry,
+        known: Vec<(usize, Fetch)>,
+        heal: bool,
+    ) -> Examination {
         let width = self.geometry.width();
         let chunk = usize::try_from(self.geometry.chunk_bytes).unwrap_or(0);
-        let mut known: Vec<Option<Fetch>> = {
-            let mut slots: Vec<Option<Fetch>> = (0..width).map(|_| None).collect();
-            for (shard, fetch) in known {
-                slots[shard] = Some(fetch);
-            }
-            slots
-        };
-        let fetched: Vec<Fetch> = known
-            .iter_mut()
+        let mut prior: Vec<Option<Fetch>> = (0..width).map(|_| None).collect();
+        for (shard, fetch) in known {
+            prior[shard] = Some(fetch);
+        }
+        let fetched: Vec<Fetch> = prior
+            .into_iter()
             .enumerate()
             .map(|(shard, prior)| {
-                prior
-                    .take()
-                    .unwrap_or_else(|| self.fetch_shard(slot, ShardIndex(shard), entry))
+                prior.unwrap_or_else(|| self.fetch_shard(slot, ShardIndex(shard), entry))
+            })
+            .collect();
+        let outcomes: Vec<ShardOutcome> = fetched
+            .iter()
+            .map(|f| match f {
+                Fetch::Good(_) => ShardOutcome::Good,
+                Fetch::Bad(kind) => ShardOutcome::Damaged(*kind),
+                Fetch::Missing => ShardOutcome::Missing,
             })
             .collect();
         let mut present: Vec<bool> = fetched
             .iter()
             .map(|f| matches!(f, Fetch::Good(_)))
             .collect();
-        let damaged = fetched.iter().filter(|f| matches!(f, Fetch::Bad)).count();
         let bad: Vec<usize> = (0..width).filter(|s| !present[*s]).collect();
         let mut shards: Vec<Vec<u8>> = fetched
             .into_iter()
             .map(|f| match f {
                 Fetch::Good(bytes) => bytes,
-                Fetch::Bad | Fetch::Missing => vec![0u8; chunk],
+                Fetch::Bad(_) | Fetch::Missing => vec![0u8; chunk],
             })
             .collect();
-        let good = width - bad.len();
         let reconstructed = !bad.is_empty() && self.codec.reconstruct(&mut shards, &mut present);
         // Pair assertion: everything we rebuilt must match the map's checksum, or we refuse.
-        let verified = reconstructed
-            && bad.iter().all(|s| {
-                shard_checksum(slot, ShardIndex(*s), entry.generation, &shards[*s])
-                    == entry.crcs[*s]
-            });
-        if !bad.is_empty() && !verified {
-            return Err(Error::Unrecoverable {
-                stripe,
-                volume_offset: stripe * self.geometry.stripe_data_bytes(),
-                good,
-                needed: self.codec.shards_needed(),
-                lost_devices: bad
-                    .iter()
-                    .map(|s| {
-                        let (index, _) = self.geometry.shard_location(slot, ShardIndex(*s));
-                        self.members.get(index).path()
-                    })
-                    .collect(),
-            });
+        let recovered = bad.is_empty()
+            || (reconstructed
+                && bad.iter().all(|s| {
+                    shard_checksum(slot, ShardIndex(*s), entry.generation, &shards[*s])
+                        == entry.crcs[*s]
+                }));
+        let mut healed = vec![false; width];
+        if recovered && heal {
+            for shard in &bad {
+                if matches!(outcomes[*shard], ShardOutcome::Damaged(_)) {
+                    healed[*shard] = self.heal_shard(slot, ShardIndex(*shard), &shards[*shard]);
+                }
+            }
         }
-        for shard in &bad {
-            self.heal_shard(slot, ShardIndex(*shard), &shards[*shard]);
+        Examination {
+            shards,
+            outcomes,
+            recovered,
+            healed,
         }
-        Ok((shards, damaged))
     }
 
     /// Rewrite a verified shard in place. Safe without a commit: the bytes are exactly what the
     /// durable map already says is there.
-    fn heal_shard(&self, slot: SlotId, shard: ShardIndex, bytes: &[u8]) {
+    fn heal_shard(&self, slot: SlotId, shard: ShardIndex, bytes: &[u8]) -> bool {
         let (index, offset) = self.geometry.shard_location(slot, shard);
         let member = self.members.get(index);
         let Some(device) = member.device() else {
-            return;
+            return false;
         };
         match device.write_at(offset, bytes) {
             Ok(()) => {
@@ -255,8 +295,12 @@ impl PoolInner {
                     .repaired
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!(device = %member.path(), offset, slot = slot.0, shard = shard.0, "healed shard");
+                true
             }
-            Err(err) => self.members.record_error(index, ErrorKind::Write, &err),
+            Err(err) => {
+                self.members.record_error(index, ErrorKind::Write, &err);
+                false
+            }
         }
     }
 
@@ -276,6 +320,22 @@ impl PoolInner {
             | crate::geometry::Layout::Raid10 { copies } => {
                 online.chunks(copies).all(|group| group.iter().any(|o| *o))
             }
+        }
+    }
+
+    /// How many more devices could fail, now, without losing data.
+    pub(crate) fn remaining_tolerance(&self) -> usize {
+        let online: Vec<bool> = self.members.data.iter().map(|m| m.is_online()).collect();
+        match self.geometry.layout {
+            crate::geometry::Layout::ReedSolomon { parity, .. } => {
+                parity.saturating_sub(online.iter().filter(|o| !**o).count())
+            }
+            crate::geometry::Layout::Mirror { copies }
+            | crate::geometry::Layout::Raid10 { copies } => online
+                .chunks(copies)
+                .map(|group| group.iter().filter(|o| **o).count().saturating_sub(1))
+                .min()
+                .unwrap_or(0),
         }
     }
 
@@ -313,7 +373,13 @@ impl PoolInner {
         }
     }
 
-    fn write_stripe_into(&self, stripe: u64, within: u64, data: &[u8], slot: SlotId) -> Result<()> {
+    pub(crate) fn write_stripe_into(
+        &self,
+        stripe: u64,
+        within: u64,
+        data: &[u8],
+        slot: SlotId,
+    ) -> Result<()> {
         let stripe_bytes = usize::try_from(self.geometry.stripe_data_bytes()).unwrap_or(0);
         let chunk = usize::try_from(self.geometry.chunk_bytes).unwrap_or(0);
         let content: Cow<'_, [u8]> = if within == 0 && data.len() == stripe_bytes {
@@ -376,6 +442,42 @@ impl PoolInner {
         let mut state = self.map.lock();
         install(&mut state, stripe, &entry);
         Ok(())
+    }
+}
+
+/// What the careful path found for one shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ShardOutcome {
+    /// Read and verified.
+    Good,
+    /// Its device is out of service.
+    Missing,
+    /// Read error or checksum mismatch (counted against the device).
+    Damaged(ErrorKind),
+}
+
+/// The result of [`PoolInner::examine_stripe`].
+pub(crate) struct Examination {
+    /// Every shard's content; all verified when `recovered`.
+    pub(crate) shards: Vec<Vec<u8>>,
+    /// Per shard, what the fetch found.
+    pub(crate) outcomes: Vec<ShardOutcome>,
+    /// Whether every shard is now known and verified.
+    pub(crate) recovered: bool,
+    /// Per shard, whether it was rewritten on its device.
+    pub(crate) healed: Vec<bool>,
+}
+
+impl Examination {
+    /// Shards that failed on an online device, with the kind of failure.
+    pub(crate) fn damaged(&self) -> impl Iterator<Item = (usize, ErrorKind)> + '_ {
+        self.outcomes
+            .iter()
+            .enumerate()
+            .filter_map(|(shard, outcome)| match outcome {
+                ShardOutcome::Damaged(kind) => Some((shard, *kind)),
+                ShardOutcome::Good | ShardOutcome::Missing => None,
+            })
     }
 }
 

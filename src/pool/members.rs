@@ -110,6 +110,8 @@ pub struct MemberDevice {
     fault_reason: Mutex<Option<String>>,
     /// Error counters.
     pub errors: ErrorCounters,
+    /// I/O counters and latencies of whichever device serves this position.
+    pub io: Arc<crate::metrics::DeviceIo>,
     replacement: RwLock<Option<Arc<Replacement>>>,
 }
 
@@ -120,6 +122,8 @@ impl MemberDevice {
             (_, None) => Some("missing: device not found at open".into()),
             (_, Some(_)) => None,
         };
+        let io = Arc::new(crate::metrics::DeviceIo::default());
+        let device = device.map(|device| crate::metrics::Metered::wrap(device, &io));
         Self {
             index: DeviceIndex(index),
             identity: RwLock::new(Identity {
@@ -130,6 +134,7 @@ impl MemberDevice {
             device: RwLock::new(if reason.is_none() { device } else { None }),
             fault_reason: Mutex::new(reason),
             errors: ErrorCounters::default(),
+            io,
             replacement: RwLock::new(None),
         }
     }
@@ -251,6 +256,16 @@ impl Members {
     #[must_use]
     pub fn generation(&self) -> u64 {
         self.superblock.lock().generation
+    }
+
+    /// The scrub state as recorded (or to be recorded by the next superblock write).
+    pub(crate) fn scrub_record(&self) -> crate::format::ScrubRecord {
+        self.superblock.lock().scrub.clone()
+    }
+
+    /// Change the scrub state; the next [`Members::write_superblocks`] persists it.
+    pub(crate) fn update_scrub_record(&self, change: impl FnOnce(&mut crate::format::ScrubRecord)) {
+        change(&mut self.superblock.lock().scrub);
     }
 
     /// A copy of the spare list.
@@ -413,7 +428,10 @@ impl Members {
         let replacement = member.replacement.write().take()?;
         let old = member.identity();
         *member.identity.write() = replacement.identity.clone();
-        *member.device.write() = Some(Arc::clone(&replacement.device));
+        *member.device.write() = Some(crate::metrics::Metered::wrap(
+            Arc::clone(&replacement.device),
+            &member.io,
+        ));
         *member.fault_reason.lock() = None;
         member.errors.reset();
         member.online.store(true, Ordering::Release);

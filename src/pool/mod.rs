@@ -20,7 +20,9 @@ mod status;
 
 pub use members::{ErrorCounters, ErrorKind, Identity, MemberDevice, Members, Replacement, Spare};
 pub use rebuild::{RebuildProgress, StepOutcome};
-pub use scrub::{ScrubReport, ShardLocation};
+pub use scrub::{
+    DeviceScrubReport, ScrubEnd, ScrubOptions, ScrubProgress, ScrubReport, ShardLocation,
+};
 pub use status::{DeviceStatus, PoolHealth, PoolStatus};
 
 use crate::codec::Codec;
@@ -28,6 +30,7 @@ use crate::device::SharedDevice;
 use crate::error::{Error, Result};
 use crate::format::{PoolUuid, StripeMap};
 use crate::geometry::{Geometry, Layout};
+use crate::metrics::Request;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -75,8 +78,9 @@ impl CreateOptions {
 pub struct OpenOptions {
     /// Read/checksum errors after which a device is faulted.
     pub error_threshold: u64,
-    /// Run rebuilds in a background thread while the pool is open. Off: call
-    /// [`Pool::rebuild_step`] or [`Pool::run_rebuilds`] yourself (tests, the CLI).
+    /// Run rebuilds in a background thread while the pool is open, and resume a scrub that was
+    /// interrupted (not paused) when the pool was last open. Off: call [`Pool::rebuild_step`]
+    /// or [`Pool::run_rebuilds`] and [`Pool::scrub_with`] yourself (tests, the CLI).
     pub background_rebuild: bool,
     /// Attach an available spare to a faulted position automatically.
     pub auto_replace: bool,
@@ -188,9 +192,23 @@ pub(crate) struct PoolInner {
     /// Writes hold it shared from taking a generation to installing their entry; attaching a
     /// replacement takes it exclusively (see `io::write_stripe_into`).
     pub(crate) attach_lock: parking_lot::RwLock<()>,
+    /// The running scrub, if any (one at a time).
+    pub(crate) scrub: scrub::ScrubControl,
+    /// Latency and byte counters of the volume's requests.
+    pub(crate) requests: crate::metrics::RequestMetrics,
 }
 
 impl PoolInner {
+    pub(crate) fn metrics_text(&self) -> String {
+        let devices: Vec<(String, Arc<crate::metrics::DeviceIo>)> = self
+            .members
+            .data
+            .iter()
+            .map(|m| (m.path(), Arc::clone(&m.io)))
+            .collect();
+        crate::metrics::render(&self.status(), &devices, &self.requests)
+    }
+
     pub(crate) fn stripe_lock(&self, stripe: u64) -> &Mutex<()> {
         &self.stripe_locks[usize::try_from(stripe % STRIPE_LOCKS as u64).unwrap_or(0)]
     }
@@ -204,6 +222,8 @@ impl PoolInner {
 pub struct Pool {
     inner: Arc<PoolInner>,
     background: Mutex<Option<crate::rebuild::Background>>,
+    /// A scrub started with [`Pool::start_scrub`] (or resumed at open).
+    scrub_thread: Mutex<Option<std::thread::JoinHandle<Result<ScrubReport>>>>,
     flush_on_drop: AtomicBool,
 }
 
@@ -282,16 +302,41 @@ impl Pool {
             .rebuild
             .background_enabled()
             .then(|| crate::rebuild::Background::start(Arc::clone(&inner)));
-        Self {
+        let resume_scrub = inner.rebuild.background_enabled()
+            && inner
+                .members
+                .scrub_record()
+                .in_progress
+                .is_some_and(|checkpoint| !checkpoint.paused);
+        let pool = Self {
             inner,
             background: Mutex::new(background),
+            scrub_thread: Mutex::new(None),
             flush_on_drop: AtomicBool::new(true),
+        };
+        if resume_scrub {
+            let options = ScrubOptions {
+                resume: true,
+                ..ScrubOptions::default()
+            };
+            if let Err(err) = pool.start_scrub(&options) {
+                tracing::error!(%err, "could not resume the interrupted scrub");
+            }
         }
+        pool
     }
 
+    /// Stop background work: the rebuild driver, and a background scrub (paused, so its
+    /// checkpoint survives and it resumes next time).
     fn stop_background(&self) {
         if let Some(background) = self.background.lock().take() {
             background.stop();
+        }
+        if let Some(thread) = self.scrub_thread.lock().take() {
+            self.inner.scrub.request(scrub::ScrubRequest::Stop);
+            if thread.join().is_err() {
+                tracing::error!("the scrub thread panicked");
+            }
         }
     }
 
@@ -313,7 +358,10 @@ impl Pool {
     /// # Errors
     /// [`Error::OutOfRange`]; [`Error::Unrecoverable`] when too many shards of a stripe are lost.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        self.inner.read_at(offset, buf)
+        let bytes = buf.len();
+        self.inner
+            .requests
+            .measure(Request::Read, bytes, || self.inner.read_at(offset, buf))
     }
 
     /// Write `data` at volume offset `offset`. Not durable until [`Pool::flush`] returns; until
@@ -323,7 +371,9 @@ impl Pool {
     /// [`Error::OutOfRange`]; [`Error::PoolUnavailable`] when too many devices are lost;
     /// [`Error::Unrecoverable`] when a partial write needs old data that is lost.
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
-        self.inner.write_at(offset, data)
+        self.inner.requests.measure(Request::Write, data.len(), || {
+            self.inner.write_at(offset, data)
+        })
     }
 
     /// Barrier: every write completed before this call survives power loss once it returns.
@@ -332,7 +382,33 @@ impl Pool {
     /// [`Error::PoolUnavailable`] when too few devices are left to make the data durable with
     /// the layout; [`Error::CorruptMetadata`] if the map cannot be written anywhere.
     pub fn flush(&self) -> Result<()> {
-        self.inner.commit()
+        self.inner
+            .requests
+            .measure(Request::Flush, 0, || self.inner.commit())
+    }
+
+    /// The pool's metrics in the Prometheus text exposition format.
+    #[must_use]
+    pub fn metrics_text(&self) -> String {
+        self.inner.metrics_text()
+    }
+
+    /// Serve [`Pool::metrics_text`] over HTTP at `address` (`GET /metrics`) until the returned
+    /// server is dropped. Use a loopback address unless the network is trusted.
+    ///
+    /// # Errors
+    /// The address cannot be bound.
+    pub fn serve_metrics(
+        &self,
+        address: std::net::SocketAddr,
+    ) -> std::io::Result<crate::metrics::MetricsServer> {
+        let pool = Arc::downgrade(&self.inner);
+        crate::metrics::MetricsServer::start(address, move || {
+            pool.upgrade().map_or_else(
+                || "# the pool is closed\n".to_string(),
+                |p| p.metrics_text(),
+            )
+        })
     }
 
     /// Health, devices and counters.
@@ -355,11 +431,102 @@ impl Pool {
         Ok(())
     }
 
-    /// Verify every shard of every written stripe (data and parity, all copies), heal what
-    /// fails, and report. Foreground I/O may continue meanwhile.
+    /// Verify every chunk of every written stripe (data, parity, all copies) and that parity
+    /// and copies agree with the data, repair what fails, and report, in the calling thread.
+    /// Foreground I/O may continue meanwhile. Same as [`Pool::scrub_with`] with defaults.
+    ///
+    /// # Errors
+    /// As [`Pool::scrub_with`].
+    pub fn scrub(&self) -> Result<ScrubReport> {
+        self.scrub_with(&ScrubOptions::default(), |_| {})
+    }
+
+    /// Run a scrub in the calling thread until it completes or another thread pauses or
+    /// cancels it ([`Pool::pause_scrub`], [`Pool::cancel_scrub`]). `observe` sees the progress
+    /// after every step. Progress is checkpointed in the superblocks about once a second.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] if a scrub is already running; [`Error::Io`] if the checkpoint
+    /// cannot be written. Damage found is in the report, not an error.
+    pub fn scrub_with(
+        &self,
+        options: &ScrubOptions,
+        mut observe: impl FnMut(&ScrubProgress),
+    ) -> Result<ScrubReport> {
+        self.inner.scrub_begin(options)?;
+        self.inner.scrub_body(options, &mut observe)
+    }
+
+    /// Start a scrub in a background thread (see [`Pool::scrub_with`]); follow it with
+    /// [`Pool::scrub_progress`], stop it with [`Pool::pause_scrub`] / [`Pool::cancel_scrub`],
+    /// collect its report with [`Pool::wait_scrub`]. Closing the pool pauses it; with
+    /// background work enabled, opening the pool again resumes it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] if a scrub is already running.
+    pub fn start_scrub(&self, options: &ScrubOptions) -> Result<()> {
+        let mut slot = self.scrub_thread.lock();
+        self.inner.scrub_begin(options)?;
+        let inner = Arc::clone(&self.inner);
+        let options = options.clone();
+        let spawned = std::thread::Builder::new()
+            .name("stripestore-scrub".into())
+            .spawn(move || inner.scrub_body(&options, &mut |_| {}));
+        match spawned {
+            Ok(handle) => {
+                *slot = Some(handle);
+                Ok(())
+            }
+            Err(err) => {
+                self.inner.scrub_abort_begin();
+                Err(Error::InvalidConfig(format!(
+                    "cannot start the scrub thread: {err}"
+                )))
+            }
+        }
+    }
+
+    /// Wait for the background scrub to end; `None` if none was started.
+    pub fn wait_scrub(&self) -> Option<Result<ScrubReport>> {
+        let thread = self.scrub_thread.lock().take()?;
+        Some(
+            thread
+                .join()
+                .unwrap_or_else(|_| Err(Error::InvalidConfig("the scrub thread panicked".into()))),
+        )
+    }
+
+    /// Pause the running scrub after its current step; its checkpoint is kept (resume with
+    /// [`ScrubOptions::resume`]). Returns whether a scrub was running.
+    pub fn pause_scrub(&self) -> bool {
+        self.inner.scrub.request(scrub::ScrubRequest::Pause)
+    }
+
+    /// Cancel the running scrub after its current step, or discard the checkpoint of an
+    /// interrupted one; either way the last-scrub record says "canceled". Returns whether there
+    /// was a scrub to cancel.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the superblocks cannot be written.
+    pub fn cancel_scrub(&self) -> Result<bool> {
+        if self.inner.scrub.request(scrub::ScrubRequest::Cancel) {
+            return Ok(true);
+        }
+        self.inner.discard_scrub_checkpoint()
+    }
+
+    /// Change the running scrub's rate limit (bytes per second, `None`: unlimited).
+    pub fn set_scrub_rate(&self, bytes_per_s: Option<u64>) {
+        self.inner.scrub.set_rate(bytes_per_s);
+    }
+
+    /// Progress of the running scrub, or of an interrupted or paused one as recorded on disk.
     #[must_use]
-    pub fn scrub(&self) -> ScrubReport {
-        self.inner.scrub()
+    pub fn scrub_progress(&self) -> Option<ScrubProgress> {
+        self.inner
+            .scrub
+            .live_progress()
+            .or_else(|| self.inner.recorded_scrub_progress())
     }
 
     /// Where the shards of logical stripe `stripe` live (empty if never written or out of

@@ -42,7 +42,7 @@ pub(crate) fn read_superblock(device: &dyn Device) -> std::result::Result<Superb
     best.ok_or_else(|| reasons.join("; "))
 }
 
-fn now_unix_secs() -> u64 {
+pub(crate) fn now_unix_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -66,6 +66,8 @@ fn new_inner(
         stripe_locks: (0..STRIPE_LOCKS).map(|_| Mutex::new(())).collect(),
         rebuild: crate::rebuild::RebuildControl::new(options),
         attach_lock: parking_lot::RwLock::new(()),
+        scrub: super::scrub::ScrubControl::default(),
+        requests: crate::metrics::RequestMetrics::default(),
     })
 }
 
@@ -135,6 +137,7 @@ pub(super) fn create(
         volume_bytes: geometry.volume_bytes(),
         members: member_records.clone(),
         created_unix_secs: now_unix_secs(),
+        scrub: crate::format::ScrubRecord::default(),
     };
     let handles: Vec<SharedDevice> = devices.into_iter().chain(spares).collect();
     let mut data = Vec::new();

@@ -599,7 +599,7 @@ struct BatchItem {
 }
 
 /// Split sorted chunk offsets into runs of adjacent chunks.
-fn runs(offsets: &[u64], chunk_bytes: u64) -> Vec<&[u64]> {
+pub(crate) fn runs(offsets: &[u64], chunk_bytes: u64) -> Vec<&[u64]> {
     let mut out = Vec::new();
     let mut start = 0;
     for i in 1..=offsets.len() {

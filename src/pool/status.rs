@@ -2,7 +2,7 @@
 //! serialisable as JSON.
 
 use super::PoolInner;
-use crate::types::human_bytes;
+use crate::types::{human_bytes, utc_time};
 use serde::Serialize;
 use std::fmt;
 use std::sync::atomic::Ordering;
@@ -15,8 +15,8 @@ pub enum PoolHealth {
     Online,
     /// Some members lost, data still fully available.
     Degraded,
-    /// More members lost than the layout tolerates.
-    Unavailable,
+    /// More members lost than the layout tolerates: some data cannot be read.
+    Faulted,
 }
 
 /// One device's line in the status.
@@ -60,8 +60,10 @@ pub struct PoolStatus {
     pub allocated_bytes: u64,
     /// Chunk size.
     pub chunk_bytes: u64,
-    /// Device losses tolerated.
+    /// Device losses the layout tolerates.
     pub tolerance: usize,
+    /// Further device losses the pool survives in its current state (0: redundancy exhausted).
+    pub remaining_tolerance: usize,
     /// Last durable commit sequence.
     pub commit_sequence: u64,
     /// Superblock generation.
@@ -72,6 +74,10 @@ pub struct PoolStatus {
     pub spares: Vec<DeviceStatus>,
     /// Rebuilds in progress.
     pub rebuilds: Vec<super::RebuildProgress>,
+    /// A scrub running, paused or interrupted.
+    pub scrub: Option<super::ScrubProgress>,
+    /// The last scrub that finished or was canceled.
+    pub last_scrub: Option<crate::format::ScrubSummary>,
 }
 
 impl PoolStatus {
@@ -140,7 +146,7 @@ impl PoolInner {
             }
         }
         let health = if self.check_available().is_err() {
-            PoolHealth::Unavailable
+            PoolHealth::Faulted
         } else if self.members.data.iter().any(|m| !m.is_online()) {
             PoolHealth::Degraded
         } else {
@@ -177,11 +183,17 @@ impl PoolInner {
             allocated_bytes: written * self.geometry.stripe_data_bytes(),
             chunk_bytes: self.geometry.chunk_bytes,
             tolerance: self.geometry.tolerance(),
+            remaining_tolerance: self.remaining_tolerance(),
             commit_sequence: self.meta.lock().sequence,
             superblock_generation: self.members.generation(),
             devices,
             spares,
             rebuilds: self.rebuild_progress(),
+            scrub: self
+                .scrub
+                .live_progress()
+                .or_else(|| self.recorded_scrub_progress()),
+            last_scrub: self.members.scrub_record().last,
         }
     }
 }
@@ -191,7 +203,7 @@ impl fmt::Display for PoolHealth {
         f.write_str(match self {
             PoolHealth::Online => "ONLINE",
             PoolHealth::Degraded => "DEGRADED",
-            PoolHealth::Unavailable => "UNAVAILABLE",
+            PoolHealth::Faulted => "FAULTED",
         })
     }
 }
@@ -203,7 +215,7 @@ impl fmt::Display for PoolStatus {
         let note = match self.health {
             PoolHealth::Online => "all devices online; data fully redundant.".to_string(),
             PoolHealth::Degraded => "one or more devices are faulted; reads reconstruct from redundancy. Replace the faulted devices.".to_string(),
-            PoolHealth::Unavailable => format!("more devices lost than {} tolerates ({}); affected data cannot be read.", self.layout, self.tolerance),
+            PoolHealth::Faulted => format!("more devices lost than {} tolerates ({}); affected data cannot be read.", self.layout, self.tolerance),
         };
         writeln!(f, "status: {note}")?;
         writeln!(
@@ -241,6 +253,11 @@ impl fmt::Display for PoolStatus {
                     .eta_secs
                     .map_or_else(|| "unknown time".to_string(), |s| format!("{s}s"))
             )?;
+        }
+        if let Some(scrub) = &self.scrub {
+            write_scrub_progress(f, scrub)?;
+        } else if let Some(last) = &self.last_scrub {
+            write_last_scrub(f, last)?;
         }
         writeln!(f, "config:\n")?;
         writeln!(
@@ -294,4 +311,73 @@ impl fmt::Display for PoolStatus {
             )
         }
     }
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn percent(done: u64, total: u64) -> f64 {
+    if total == 0 {
+        100.0
+    } else {
+        done as f64 * 100.0 / total as f64
+    }
+}
+
+/// `scan:` lines for a scrub running, paused or interrupted.
+fn write_scrub_progress(f: &mut fmt::Formatter<'_>, scrub: &super::ScrubProgress) -> fmt::Result {
+    let what = if scrub.running {
+        "in progress"
+    } else if scrub.paused {
+        "paused"
+    } else {
+        "interrupted (resume with `scrub --resume`)"
+    };
+    let totals = scrub.tally.totals();
+    writeln!(
+        f,
+        "  scan: scrub {what} since {}\n\t{} of {} verified ({:.1}%){}, {} repaired, {} errors",
+        utc_time(scrub.started_unix_secs),
+        human_bytes(scrub.scanned_bytes),
+        human_bytes(scrub.total_bytes),
+        percent(scrub.scanned_bytes, scrub.total_bytes),
+        if scrub.running {
+            format!(
+                " at {}/s, {} to go",
+                human_bytes(scrub.rate_bytes_per_s),
+                scrub
+                    .eta_secs
+                    .map_or_else(|| "unknown time".to_string(), |s| format!("{s}s"))
+            )
+        } else {
+            String::new()
+        },
+        totals.repaired,
+        totals.checksum_errors + totals.io_errors
+    )
+}
+
+/// `scan:` line for the last finished scrub, like zpool's "scrub repaired 0B in ... with 0 errors".
+fn write_last_scrub(f: &mut fmt::Formatter<'_>, last: &crate::format::ScrubSummary) -> fmt::Result {
+    let totals = last.tally.totals();
+    let outcome = match last.outcome {
+        crate::format::ScrubOutcome::Completed => "scrub",
+        crate::format::ScrubOutcome::Canceled => "scrub canceled;",
+    };
+    writeln!(
+        f,
+        "  scan: {outcome} {} {} chunks in {}s with {} errors ({} unrepairable stripes) on {}",
+        if last.repair {
+            "repaired"
+        } else {
+            "found (check only)"
+        },
+        if last.repair {
+            totals.repaired
+        } else {
+            totals.checksum_errors + totals.io_errors
+        },
+        last.scan_secs,
+        totals.checksum_errors + totals.io_errors,
+        last.tally.unrepairable_stripes,
+        utc_time(last.finished_unix_secs)
+    )
 }

@@ -100,10 +100,15 @@ impl Pacer {
         }
     }
     /// How long to wait after a step that wrote `bytes`.
-    pub(crate) fn after_step(&mut self, control: &RebuildControl, bytes: u64) -> Duration {
+    pub(crate) fn after_step(
+        &mut self,
+        rate: Option<u64>,
+        control: &RebuildControl,
+        bytes: u64,
+    ) -> Duration {
         self.bytes += bytes;
         let mut wait = Duration::ZERO;
-        if let Some(rate) = control.rate() {
+        if let Some(rate) = rate {
             #[allow(clippy::cast_precision_loss)]
             let due = Duration::from_secs_f64(self.bytes as f64 / rate as f64);
             wait = due.saturating_sub(self.started.elapsed());
@@ -182,7 +187,8 @@ fn drive(pool: &PoolInner, stop: &AtomicBool) {
         let checkpoint = pacer.checkpoint_due();
         match pool.rebuild_step(checkpoint) {
             Ok(outcome) => {
-                let wait = pacer.after_step(&pool.rebuild, outcome.written_bytes);
+                let wait =
+                    pacer.after_step(pool.rebuild.rate(), &pool.rebuild, outcome.written_bytes);
                 sleep_unless_stopped(stop, wait);
             }
             Err(err) => {
@@ -206,15 +212,18 @@ mod tests {
         let control = RebuildControl::new(&options);
         let mut pacer = Pacer::default();
         // 50 MiB at 100 MiB/s must take about half a second from the start.
-        let wait = pacer.after_step(&control, 50 << 20);
+        let wait = pacer.after_step(control.rate(), &control, 50 << 20);
         assert!(
             wait > Duration::from_millis(400) && wait <= Duration::from_millis(500),
             "{wait:?}"
         );
         // Unlimited and idle: no wait; right after foreground I/O: a short yield.
         control.set_rate(None);
-        assert_eq!(pacer.after_step(&control, 1 << 20), Duration::ZERO);
+        assert_eq!(
+            pacer.after_step(control.rate(), &control, 1 << 20),
+            Duration::ZERO
+        );
         control.foreground();
-        assert_eq!(pacer.after_step(&control, 1 << 20), YIELD);
+        assert_eq!(pacer.after_step(control.rate(), &control, 1 << 20), YIELD);
     }
 }

@@ -343,13 +343,20 @@ impl<'a> World<'a> {
             }
             Op::Scrub => {
                 let within = self.within_tolerance();
-                let report = self.pool()?.scrub();
-                self.stats.scrub_bad_shards += report.bad_shards;
-                if within && !report.unrecoverable_stripes.is_empty() {
-                    return Err(format!(
-                        "scrub found unrecoverable stripes within tolerance: {:?}",
-                        report.unrecoverable_stripes
-                    ));
+                match self.pool()?.scrub() {
+                    Ok(report) => {
+                        self.stats.scrub_bad_shards += report.bad_shards;
+                        if within && report.unrepairable_stripes > 0 {
+                            return Err(format!(
+                                "scrub found {} unrepairable stripes within tolerance",
+                                report.unrepairable_stripes
+                            ));
+                        }
+                    }
+                    Err(err) if within => {
+                        return Err(format!("scrub failed within tolerance: {err}"))
+                    }
+                    Err(_) => {}
                 }
                 self.verify("after scrub")
             }

@@ -1,0 +1,205 @@
+//! Monitoring front ends: `check` (a Nagios/Icinga/Zabbix-style plugin: one line, performance
+//! data, exit 0 OK / 1 WARNING / 2 CRITICAL / 3 UNKNOWN) and `metrics` (Prometheus text, once
+//! or served over HTTP).
+
+use super::open_pool;
+use std::path::PathBuf;
+use stripestore::pool::PoolHealth;
+use stripestore::PoolStatus;
+
+/// Plugin states, as exit codes (the Nagios plugin convention).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Ok = 0,
+    Warning = 1,
+    Critical = 2,
+    Unknown = 3,
+}
+
+impl Level {
+    fn name(self) -> &'static str {
+        match self {
+            Level::Ok => "OK",
+            Level::Warning => "WARNING",
+            Level::Critical => "CRITICAL",
+            Level::Unknown => "UNKNOWN",
+        }
+    }
+}
+
+/// Run `check`: print the status line and return the plugin state.
+pub fn check(pool: &[PathBuf], scrub_max_age_days: Option<u64>) -> Level {
+    let (level, line) = match open_pool(pool) {
+        Ok(pool) => {
+            let status = pool.status();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let verdict = judge(&status, now, scrub_max_age_days);
+            if let Err(err) = pool.close() {
+                (
+                    Level::Unknown,
+                    format!("pool opened but could not be closed cleanly: {err}"),
+                )
+            } else {
+                verdict
+            }
+        }
+        Err(err) => {
+            // Errors that mean "data is at risk or unreachable" are critical; anything else
+            // (wrong path, not a pool, corrupt metadata everywhere) means we cannot tell.
+            let level = match err {
+                stripestore::Error::PoolUnavailable { .. }
+                | stripestore::Error::CannotProveCurrent { .. }
+                | stripestore::Error::Unrecoverable { .. } => Level::Critical,
+                _ => Level::Unknown,
+            };
+            (level, format!("cannot open the pool: {err}"))
+        }
+    };
+    println!("STRIPESTORE {} - {line}", level.name());
+    level
+}
+
+/// The plugin state and line (with performance data) for a status snapshot.
+pub fn judge(
+    status: &PoolStatus,
+    now_unix_secs: u64,
+    scrub_max_age_days: Option<u64>,
+) -> (Level, String) {
+    let online = status
+        .devices
+        .iter()
+        .filter(|d| d.replacing.is_none() && d.state != "FAULTED")
+        .count();
+    let members = status
+        .devices
+        .iter()
+        .filter(|d| d.replacing.is_none())
+        .count();
+    let device_errors: u64 = status
+        .devices
+        .iter()
+        .map(|d| d.read_errors + d.write_errors + d.checksum_errors)
+        .sum();
+    let (last_damage, last_unrepairable, last_age) =
+        status.last_scrub.as_ref().map_or((0, 0, None), |last| {
+            let totals = last.tally.totals();
+            (
+                totals.checksum_errors + totals.io_errors + last.tally.inconsistent_stripes,
+                last.tally.unrepairable_stripes,
+                Some(now_unix_secs.saturating_sub(last.finished_unix_secs)),
+            )
+        });
+    let mut reasons: Vec<(Level, String)> = Vec::new();
+    match status.health {
+        PoolHealth::Faulted => reasons.push((
+            Level::Critical,
+            format!(
+                "pool FAULTED: more devices lost than {} tolerates",
+                status.layout
+            ),
+        )),
+        PoolHealth::Degraded if status.remaining_tolerance == 0 => reasons.push((
+            Level::Critical,
+            "redundancy exhausted: one more device failure loses data".to_string(),
+        )),
+        PoolHealth::Degraded => reasons.push((
+            Level::Warning,
+            format!(
+                "{} device(s) out of service, survives {} more",
+                members - online,
+                status.remaining_tolerance
+            ),
+        )),
+        PoolHealth::Online => {}
+    }
+    if last_unrepairable > 0 {
+        reasons.push((
+            Level::Critical,
+            format!("last scrub found {last_unrepairable} unrepairable stripe(s)"),
+        ));
+    } else if last_damage > 0 {
+        reasons.push((
+            Level::Warning,
+            format!("last scrub found and repaired {last_damage} damaged chunk(s)"),
+        ));
+    }
+    if device_errors > 0 {
+        reasons.push((
+            Level::Warning,
+            format!("{device_errors} device error(s) since open"),
+        ));
+    }
+    for rebuild in &status.rebuilds {
+        reasons.push((
+            Level::Warning,
+            format!("rebuilding {} onto {}", rebuild.replacing, rebuild.device),
+        ));
+    }
+    if let (Some(max_days), age) = (scrub_max_age_days, last_age) {
+        match age {
+            Some(age) if age <= max_days * 86_400 => {}
+            Some(age) => reasons.push((
+                Level::Warning,
+                format!("last scrub {} days ago (limit {max_days})", age / 86_400),
+            )),
+            None => reasons.push((Level::Warning, "never scrubbed".to_string())),
+        }
+    }
+    let level = reasons.iter().map(|(l, _)| *l).max().unwrap_or(Level::Ok);
+    let summary = if reasons.is_empty() {
+        format!(
+            "{} {}: {online}/{members} devices online, survives {} more loss(es){}",
+            status.layout,
+            status.health,
+            status.remaining_tolerance,
+            if status.last_scrub.is_some() {
+                ", last scrub clean"
+            } else {
+                ""
+            }
+        )
+    } else {
+        let mut sorted = reasons;
+        sorted.sort_by_key(|reason| std::cmp::Reverse(reason.0));
+        format!(
+            "{} {}: {}",
+            status.layout,
+            status.health,
+            sorted
+                .into_iter()
+                .map(|(_, reason)| reason)
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    };
+    let perfdata = format!(
+        "devices_online={online};;;0;{members} remaining_tolerance={};;1:;0;{} device_errors={device_errors}c last_scrub_damaged={last_damage};;;0; last_scrub_unrepairable={last_unrepairable};;0;0; last_scrub_age={}s",
+        status.remaining_tolerance,
+        status.tolerance,
+        last_age.map_or_else(|| "U".to_string(), |a| a.to_string()),
+    );
+    (level, format!("{summary} | {perfdata}"))
+}
+
+/// Run `metrics`: print the exposition once, or serve it until killed.
+pub fn metrics(
+    pool: &[PathBuf],
+    listen: Option<std::net::SocketAddr>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let pool = open_pool(pool)?;
+    let Some(address) = listen else {
+        print!("{}", pool.metrics_text());
+        pool.close()?;
+        return Ok(());
+    };
+    let server = pool.serve_metrics(address)?;
+    eprintln!(
+        "serving metrics at http://{}/metrics (Ctrl-C to stop)",
+        server.address()
+    );
+    loop {
+        std::thread::park();
+    }
+}

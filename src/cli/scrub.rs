@@ -1,0 +1,171 @@
+//! `stripestore scrub`: run (or resume) a scrub with a progress bar, print a per-device report,
+//! and exit with a code a script can act on.
+
+use super::{open_pool, Progress};
+use std::path::PathBuf;
+use stripestore::types::human_bytes;
+use stripestore::{ScrubEnd, ScrubOptions, ScrubReport};
+
+/// Exit codes of `scrub` (documented in the README).
+pub mod exit {
+    /// Nothing wrong.
+    pub const CLEAN: u8 = 0;
+    /// Damage found; all of it repaired (or repairable, with `--check-only`).
+    pub const REPAIRED: u8 = 1;
+    /// Data that redundancy could not reconstruct.
+    pub const UNREPAIRABLE: u8 = 2;
+    /// The scrub could not run (bad arguments, pool cannot be opened, I/O failure on metadata).
+    pub const FAILED: u8 = 3;
+}
+
+/// Arguments of `scrub`.
+pub struct ScrubArgs {
+    pub pool: Vec<PathBuf>,
+    pub check_only: bool,
+    pub rate: Option<u64>,
+    pub resume: bool,
+    pub cancel: bool,
+    pub json: bool,
+}
+
+/// Run the command; returns the exit code (failures to run are errors, mapped to 3 by the caller).
+pub fn run(args: &ScrubArgs) -> Result<u8, Box<dyn std::error::Error>> {
+    let pool = open_pool(&args.pool)?;
+    if args.cancel {
+        let had = pool.cancel_scrub()?;
+        eprintln!(
+            "{}",
+            if had {
+                "scrub: the interrupted scrub was canceled"
+            } else {
+                "scrub: no interrupted scrub to cancel"
+            }
+        );
+        pool.close()?;
+        return Ok(exit::CLEAN);
+    }
+    let recorded = pool.scrub_progress();
+    match (&recorded, args.resume) {
+        (Some(p), true) => eprintln!(
+            "scrub: resuming at {:.1}% ({} of {} verified before)",
+            percent(p.scanned_bytes, p.total_bytes),
+            human_bytes(p.scanned_bytes),
+            human_bytes(p.total_bytes)
+        ),
+        (Some(p), false) => eprintln!(
+            "scrub: an interrupted scrub ({:.1}% done) is replaced by a new one; use --resume to continue it instead",
+            percent(p.scanned_bytes, p.total_bytes)
+        ),
+        (None, true) => eprintln!("scrub: nothing to resume; starting a new scrub"),
+        (None, false) => {}
+    }
+    let options = ScrubOptions {
+        check_only: args.check_only,
+        rate_bytes_per_s: args.rate,
+        resume: args.resume,
+    };
+    let mut bar: Option<Progress> = None;
+    let report = pool.scrub_with(&options, |progress| {
+        let bar = bar.get_or_insert_with(|| {
+            let mut bar = Progress::new("scrubbing", progress.total_bytes);
+            bar.set_done(progress.scanned_bytes);
+            bar
+        });
+        bar.set_total(progress.total_bytes);
+        bar.set_done(progress.scanned_bytes);
+    })?;
+    if let Some(bar) = bar {
+        bar.finish();
+    }
+    pool.close()?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(exit_code(&report))
+}
+
+/// The exit code for a finished report.
+pub fn exit_code(report: &ScrubReport) -> u8 {
+    if report.found_data_loss() {
+        exit::UNREPAIRABLE
+    } else if report.found_damage() {
+        exit::REPAIRED
+    } else {
+        exit::CLEAN
+    }
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn percent(done: u64, total: u64) -> f64 {
+    done as f64 * 100.0 / total.max(1) as f64
+}
+
+/// The human report, in the style of `zpool status`'s scan section.
+fn render(report: &ScrubReport) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let totals = &report.totals;
+    let verb = match report.end {
+        ScrubEnd::Completed => "completed",
+        ScrubEnd::Paused => "paused (resume with --resume)",
+        ScrubEnd::Canceled => "canceled",
+        ScrubEnd::Interrupted => "interrupted (resume with --resume)",
+    };
+    let _ = writeln!(
+        out,
+        "scrub {verb}: {} in {} stripes verified in {}s{}",
+        human_bytes(totals.bytes_scanned),
+        report.stripes_checked,
+        report.scan_secs,
+        if report.repair { "" } else { " (check only)" }
+    );
+    let _ = writeln!(
+        out,
+        "  {} checksum errors, {} I/O errors, {} chunks repaired, {} inconsistent stripes, {} stripes unrepairable",
+        totals.checksum_errors,
+        totals.io_errors,
+        totals.repaired,
+        report.inconsistent_stripes,
+        report.unrepairable_stripes
+    );
+    let _ = writeln!(
+        out,
+        "\n  {:<40} {:>10} {:>6} {:>6} {:>9} {:>12}",
+        "DEVICE", "SCANNED", "CKSUM", "IO", "REPAIRED", "UNREPAIRABLE"
+    );
+    for device in &report.devices {
+        let c = &device.counters;
+        let _ = writeln!(
+            out,
+            "  {:<40} {:>10} {:>6} {:>6} {:>9} {:>12}",
+            device.path,
+            human_bytes(c.bytes_scanned),
+            c.checksum_errors,
+            c.io_errors,
+            c.repaired,
+            c.unrepairable
+        );
+    }
+    if !report.damaged.is_empty() {
+        let _ = writeln!(out, "\nunrepairable data (volume byte ranges):");
+        for range in &report.damaged {
+            let _ = writeln!(
+                out,
+                "  offset {} length {} (damaged on {})",
+                range.volume_offset,
+                range.length,
+                range.devices.join(", ")
+            );
+        }
+        if report.unrepairable_stripes > report.damaged.len() as u64 {
+            let _ = writeln!(
+                out,
+                "  ... and {} more stripes",
+                report.unrepairable_stripes - report.damaged.len() as u64
+            );
+        }
+    }
+    out
+}
