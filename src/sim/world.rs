@@ -56,7 +56,7 @@ pub(super) fn run(config: &SimConfig, ops: &[Op]) -> Result<RunReport> {
         }
         *world.stats.ops.entry(op.name().to_string()).or_default() += 1;
         let outcome = world
-            .step(step, op)
+            .step(op)
             .and_then(|()| world.check_no_spontaneous_faults())
             .and_then(|()| world.spot_check(op));
         if let Err(message) = outcome {
@@ -248,7 +248,7 @@ impl<'a> World<'a> {
         (offset, usize::try_from(len).unwrap_or(1))
     }
 
-    fn step(&mut self, step: usize, op: &Op) -> Check {
+    fn step(&mut self, op: &Op) -> Check {
         match op {
             Op::Write {
                 offset,
@@ -360,7 +360,7 @@ impl<'a> World<'a> {
                 }
                 self.verify("after scrub")
             }
-            Op::BeyondTolerance { seed } => self.beyond_tolerance(step, *seed),
+            Op::BeyondTolerance { seed } => self.beyond_tolerance(*seed),
         }
     }
 
@@ -608,7 +608,7 @@ impl<'a> World<'a> {
     /// Fail positions until one more than the tolerance is damaged; then every stripe with at
     /// most `tolerance` shards on damaged positions must read back exactly, the others must
     /// read exactly or fail clearly, and writes and flushes must succeed or fail clearly.
-    fn beyond_tolerance(&mut self, _step: usize, seed: u64) -> Check {
+    fn beyond_tolerance(&mut self, seed: u64) -> Check {
         let mut rng = rng(seed);
         for _ in 0..64 {
             let status = self.pool()?.status();
