@@ -180,6 +180,7 @@ impl PoolInner {
         .into_iter()
         .sum();
         if landed == 0 {
+            self.check_available()?; // every device failed just now: say so (PoolUnavailable)
             return Err(Error::CorruptMetadata(
                 "the stripe map could not be written to any device".into(),
             ));
