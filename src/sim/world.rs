@@ -11,7 +11,7 @@ use crate::testing::{random_bytes, rng, CrashModel};
 use crate::{CreateOptions, OpenOptions, Pool, PoolStatus};
 use parking_lot::Mutex;
 use rand::Rng;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::ops::Range;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -50,9 +50,16 @@ type Check = std::result::Result<(), String>;
 pub(super) fn run(config: &SimConfig, ops: &[Op]) -> Result<RunReport> {
     let mut world = World::create(config)?;
     let mut violation = None;
+    let mut seen: HashMap<u32, u64> = HashMap::new();
     for (step, op) in ops.iter().enumerate() {
+        // Fault decisions are keyed on the op itself (and how many identical ops came before),
+        // not on its index: dropping unrelated ops while shrinking leaves them unchanged.
+        let key = crc32c::crc32c(format!("{op:?}").as_bytes());
+        let nth = seen.entry(key).or_insert(0);
+        *nth += 1;
+        let epoch = (u64::from(key) << 32) | *nth;
         for disk in &world.disks {
-            disk.plan.lock().set_epoch(step as u64);
+            disk.plan.lock().set_epoch(epoch);
         }
         *world.stats.ops.entry(op.name().to_string()).or_default() += 1;
         let outcome = world
