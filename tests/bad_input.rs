@@ -294,3 +294,37 @@ fn a_stale_member_alone_cannot_roll_back_flushed_data() {
         "{err}"
     );
 }
+
+#[test]
+fn a_pool_in_use_is_refused_to_a_second_opener_and_keeps_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = paths(dir.path(), "busy", 3);
+    let mut model = file_pool(&paths, "rs:2+1", 77);
+    let options = OpenOptions {
+        background_rebuild: false,
+        ..OpenOptions::default()
+    };
+    let first = Pool::open_paths(&paths[..1], &options).unwrap();
+    let before = snapshot(&paths);
+    // Another opener (here the same process; another process is refused the same way).
+    let err = Pool::open_paths(&paths[..1], &options).unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, Error::Open { .. }), "{err:?}");
+    let cause = std::error::Error::source(&err).unwrap().to_string();
+    assert!(cause.contains("in use"), "{message}: {cause}");
+    assert_eq!(snapshot(&paths), before, "the refused open wrote nothing");
+    // The CLI says so too, with a failure exit code.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stripestore"))
+        .args(["status", paths[0].to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use"));
+    // The first keeps working, and once closed the pool opens again.
+    let data = vec![0xa5u8; 10_000];
+    first.write_at(1234, &data).unwrap();
+    model.write(1234, &data);
+    first.close().unwrap();
+    let again = Pool::open_paths(&paths[..1], &options).unwrap();
+    verify(&again, &model);
+}

@@ -343,3 +343,43 @@ fn prometheus_metrics_are_valid_and_served_over_http() {
     drop(server);
     pool.close().unwrap();
 }
+
+#[test]
+fn logging_is_quiet_by_default_and_rust_log_shows_faults_and_repairs_with_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = file_pool(dir.path(), 8 << 20, 4 << 20);
+    rot_stripe(&paths, 2, 1);
+    let quiet = bin()
+        .env_remove("STRIPESTORE_LOG")
+        .env_remove("RUST_LOG")
+        .args(["scrub", p(&paths[0]), "--check-only"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&quiet), 1);
+    let stderr = String::from_utf8_lossy(&quiet.stderr);
+    assert!(!stderr.contains("INFO"), "quiet by default: {stderr}");
+    assert!(
+        stderr.contains("WARN") && stderr.contains("scrub found damage"),
+        "{stderr}"
+    );
+
+    let verbose = bin()
+        .env_remove("STRIPESTORE_LOG")
+        .env("RUST_LOG", "stripestore=info")
+        .args(["scrub", p(&paths[0])])
+        .output()
+        .unwrap();
+    assert_eq!(code(&verbose), 1);
+    let stderr = String::from_utf8_lossy(&verbose.stderr);
+    for needed in [
+        "device error",
+        "kind=Checksum",
+        "offset=",
+        "healed shard",
+        "scrub: damaged chunk",
+        "scrub started",
+        "scrub{",
+    ] {
+        assert!(stderr.contains(needed), "{needed} missing: {stderr}");
+    }
+}

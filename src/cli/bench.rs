@@ -36,7 +36,7 @@ struct Report {
     max_ratio: f64,
 }
 
-fn drop_caches() {
+pub(crate) fn drop_caches() {
     // Root only; harmless to fail (then both parts see a warm cache alike).
     if std::env::var_os("STRIPESTORE_BENCH_WARM").is_none() {
         let _ = std::fs::write("/proc/sys/vm/drop_caches", b"3\n");
@@ -81,15 +81,7 @@ fn one_run(
     options.device_bytes = Some(device_bytes);
     options.open.background_rebuild = false;
     let pool = Pool::create_paths(&paths, std::slice::from_ref(&spare), &options)?;
-    let mut rng = ChaCha8Rng::seed_from_u64(2);
-    let mut buf = vec![0u8; 8 << 20];
-    let mut offset = 0;
-    while offset < pool.size() {
-        let n = usize::try_from((pool.size() - offset).min(buf.len() as u64))?;
-        rng.fill_bytes(&mut buf[..n]);
-        pool.write_at(offset, &buf[..n])?;
-        offset += n as u64;
-    }
+    fill(&pool)?;
     pool.close()?;
     std::fs::remove_file(&paths[1])?;
     // Forced: the benchmark deleted the device itself.
@@ -132,6 +124,36 @@ fn one_run(
     })
 }
 
+/// Write the whole volume with seeded random data.
+pub(crate) fn fill(pool: &Pool) -> CliResult {
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let mut buf = vec![0u8; 8 << 20];
+    let mut offset = 0;
+    while offset < pool.size() {
+        let n = usize::try_from((pool.size() - offset).min(buf.len() as u64))?;
+        rng.fill_bytes(&mut buf[..n]);
+        pool.write_at(offset, &buf[..n])?;
+        offset += n as u64;
+    }
+    Ok(())
+}
+
+/// Median, min and max of `values`.
+pub(crate) fn spread(values: &[f64]) -> (f64, f64, f64) {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    if sorted.is_empty() {
+        return (0.0, 0.0, 0.0);
+    }
+    let n = sorted.len();
+    let median = if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+    };
+    (median, sorted[0], sorted[n - 1])
+}
+
 pub fn run(
     layout: &str,
     device_bytes: u64,
@@ -158,19 +180,14 @@ pub fn run(
         }
         results.push(result);
     }
-    let mut ratios: Vec<f64> = results.iter().map(|r| r.ratio).collect();
-    ratios.sort_by(f64::total_cmp);
-    let median = if ratios.len() % 2 == 1 {
-        ratios[ratios.len() / 2]
-    } else {
-        (ratios[ratios.len() / 2 - 1] + ratios[ratios.len() / 2]) / 2.0
-    };
+    let ratios: Vec<f64> = results.iter().map(|r| r.ratio).collect();
+    let (median, min, max) = spread(&ratios);
     let report = Report {
         layout: layout.to_string(),
         device_bytes,
         median_ratio: median,
-        min_ratio: ratios[0],
-        max_ratio: ratios[ratios.len() - 1],
+        min_ratio: min,
+        max_ratio: max,
         runs: results,
     };
     if json {

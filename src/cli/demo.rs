@@ -3,8 +3,8 @@
 use super::{CliResult, Progress};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use stripestore::device::{Device, DeviceError, FileDevice};
 use stripestore::types::human_bytes;
 use stripestore::{CreateOptions, Layout, OpenOptions, Pool};
 
@@ -100,13 +100,17 @@ fn rot_chunks(
         if !used.insert(stripe) {
             continue;
         }
-        let file = FileDevice::open(&paths[device])?;
+        // Behind the pool's back: a plain file handle, not a (locked) device.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&paths[device])?;
         let at = shard.offset + rng.gen_range(0..chunk);
         let mut byte = [0u8; 1];
-        file.read_at(at, &mut byte).map_err(DeviceError::into_io)?;
+        file.read_exact_at(&mut byte, at)?;
         byte[0] ^= 1 << rng.gen_range(0..8);
-        file.write_at(at, &byte).map_err(DeviceError::into_io)?;
-        file.flush().map_err(DeviceError::into_io)?;
+        file.write_all_at(&byte, at)?;
+        file.sync_data()?;
         rotted += 1;
     }
     Ok(rotted)

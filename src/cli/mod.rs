@@ -2,6 +2,7 @@
 //! Exit codes: 0 success, 1 operation failed (message on stderr), 2 bad usage.
 
 mod bench;
+mod bench_scrub;
 mod demo;
 mod monitor;
 mod progress;
@@ -217,6 +218,25 @@ enum Command {
     },
     /// Measure rebuild throughput against the spare device's raw write throughput, on files.
     BenchRebuild {
+        /// Layout.
+        #[arg(long, default_value = "rs:4+2")]
+        layout: String,
+        /// Size of each device.
+        #[arg(long, value_parser = parse_size, default_value = "256M")]
+        device_size: u64,
+        /// Runs (median and spread are reported).
+        #[arg(long, default_value = "5")]
+        runs: usize,
+        /// Directory for the device files (default: a temporary directory under /var/tmp).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure scrub throughput against the devices' aggregate raw read throughput, in the
+    /// same run, on files.
+    BenchScrub {
         /// Layout.
         #[arg(long, default_value = "rs:4+2")]
         layout: String,
@@ -552,6 +572,13 @@ fn execute(command: Command) -> CliResult {
             dir,
             json,
         } => bench::run(&layout, device_size, runs, dir.as_deref(), json),
+        Command::BenchScrub {
+            layout,
+            device_size,
+            runs,
+            dir,
+            json,
+        } => bench_scrub::run(&layout, device_size, runs, dir.as_deref(), json),
         Command::Demo {
             layout,
             device_size,

@@ -17,10 +17,13 @@ pub struct FileDevice {
 }
 
 impl FileDevice {
-    /// Open an existing file or block device read-write.
+    /// Open an existing file or block device read-write, and take an exclusive advisory lock
+    /// (`flock`) on it for as long as it stays open: two processes writing one pool would
+    /// corrupt it (each keeps its own map), so the second is refused instead.
     ///
     /// # Errors
-    /// [`Error::Open`] if it does not exist or cannot be opened read-write.
+    /// [`Error::Open`] if it does not exist, cannot be opened read-write, or another open
+    /// file description (another process, or this one) holds it.
     pub fn open(path: &Path) -> Result<Self> {
         let mut file = OpenOptions::new()
             .read(true)
@@ -30,6 +33,24 @@ impl FileDevice {
                 path: path.to_path_buf(),
                 source,
             })?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::Open {
+                    path: path.to_path_buf(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::ResourceBusy,
+                        "in use: another stripestore pool holds this device open (stop it first; monitor a running pool through its metrics endpoint)",
+                    ),
+                });
+            }
+            Err(std::fs::TryLockError::Error(source)) => {
+                return Err(Error::Open {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        }
         // Block devices report a zero metadata length; seeking to the end works for both kinds.
         let size = file.seek(SeekFrom::End(0)).map_err(|source| Error::Open {
             path: path.to_path_buf(),

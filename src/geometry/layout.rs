@@ -64,7 +64,9 @@ impl Layout {
             Layout::Mirror { copies } if devices != copies => Some(format!(
                 "{self} needs exactly {copies} devices, got {devices}"
             )),
-            Layout::Raid10 { copies } if devices % copies != 0 || devices < 2 * copies => {
+            Layout::Raid10 { copies }
+                if !devices.is_multiple_of(copies) || devices < 2 * copies =>
+            {
                 Some(format!(
                     "{self} needs a multiple of {copies} devices, at least {}, got {devices}",
                     2 * copies

@@ -69,7 +69,7 @@ impl Geometry {
     ) -> Result<Self> {
         layout.check_device_count(devices)?;
         if chunk_bytes < SECTOR_BYTES
-            || chunk_bytes % SECTOR_BYTES != 0
+            || !chunk_bytes.is_multiple_of(SECTOR_BYTES)
             || chunk_bytes > 16 * 1024 * 1024
         {
             return Err(Error::InvalidConfig(format!(

@@ -172,7 +172,8 @@ impl PoolInner {
             match device.write_at(offset, bytes).and_then(|()| device.flush()) {
                 Ok(()) => 1,
                 Err(err) => {
-                    self.members.record_error(index, ErrorKind::Write, &err);
+                    self.members
+                        .record_error(index, ErrorKind::Write, Some(offset), &err);
                     0
                 }
             }

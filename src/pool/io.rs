@@ -156,7 +156,8 @@ impl PoolInner {
         };
         let mut bytes = vec![0u8; usize::try_from(self.geometry.chunk_bytes).unwrap_or(0)];
         if let Err(err) = device.read_at(offset, &mut bytes) {
-            self.members.record_error(index, ErrorKind::Read, &err);
+            self.members
+                .record_error(index, ErrorKind::Read, Some(offset), &err);
             return Fetch::Bad(ErrorKind::Read);
         }
         let actual = shard_checksum(slot, shard, entry.generation, &bytes);
@@ -168,7 +169,7 @@ impl PoolInner {
                 shard.0, entry.crcs[shard.0]
             )));
             self.members
-                .record_error(index, ErrorKind::Checksum, &detail);
+                .record_error(index, ErrorKind::Checksum, Some(offset), &detail);
             return Fetch::Bad(ErrorKind::Checksum);
         }
         Fetch::Good(bytes)
@@ -298,7 +299,8 @@ impl PoolInner {
                 true
             }
             Err(err) => {
-                self.members.record_error(index, ErrorKind::Write, &err);
+                self.members
+                    .record_error(index, ErrorKind::Write, Some(offset), &err);
                 false
             }
         }

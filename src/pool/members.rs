@@ -348,8 +348,17 @@ impl Members {
 
     /// Count an I/O or checksum error against a device; fault it past the threshold, or at
     /// once if the device is gone or a write failed (its content is then unknown).
-    pub fn record_error(&self, index: DeviceIndex, kind: ErrorKind, detail: &DeviceError) {
+    /// `offset` is the device byte offset of the failed request (`None` for a flush).
+    pub fn record_error(
+        &self,
+        index: DeviceIndex,
+        kind: ErrorKind,
+        offset: Option<u64>,
+        detail: &DeviceError,
+    ) {
         let member = self.get(index);
+        // Every error is an event with its device and offset; faults are warnings (below).
+        tracing::info!(device = %member.path(), index = index.0, ?kind, offset, %detail, "device error");
         let counter = match kind {
             ErrorKind::Read => &member.errors.read,
             ErrorKind::Write => &member.errors.write,
@@ -371,7 +380,7 @@ impl Members {
                 ),
             );
         } else {
-            tracing::info!(device = %member.path(), ?kind, count, %detail, "device error");
+            tracing::debug!(device = %member.path(), ?kind, count, "device error counted");
         }
     }
 
@@ -391,7 +400,7 @@ impl Members {
         match device.write_at(offset, bytes) {
             Ok(()) => true,
             Err(err) => {
-                self.record_error(index, ErrorKind::Write, &err);
+                self.record_error(index, ErrorKind::Write, Some(offset), &err);
                 false
             }
         }
@@ -445,7 +454,7 @@ impl Members {
             let i = member.index.0;
             if let Some(device) = member.device() {
                 if let Err(err) = device.flush() {
-                    self.record_error(DeviceIndex(i), ErrorKind::Write, &err);
+                    self.record_error(DeviceIndex(i), ErrorKind::Write, None, &err);
                 }
             }
             if let Some(replacement) = member.replacement() {

@@ -173,7 +173,10 @@ impl PoolInner {
             };
             let from = replacement.next_slot.load(Ordering::Acquire);
             let to = (from + SLOTS_PER_STEP).min(self.geometry.slots);
-            outcome.written_bytes += self.rebuild_slots(member.index, &replacement, from, to)?;
+            let _span = tracing::debug_span!("rebuild_step", index = member.index.0, device = %replacement.identity.path, from, to).entered();
+            let written = self.rebuild_slots(member.index, &replacement, from, to)?;
+            tracing::debug!(written, "rebuild step done");
+            outcome.written_bytes += written;
             replacement.next_slot.store(to, Ordering::Release);
             if to >= self.geometry.slots {
                 let last = self.progress_of(member, &replacement);

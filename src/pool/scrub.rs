@@ -29,8 +29,13 @@ use serde::Serialize;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::time::Instant;
 
-/// Physical slots examined per step (512 slots of 16 KiB chunks: 8 MiB per device).
-const SLOTS_PER_STEP: u64 = 512;
+/// While foreground I/O is active, a scrub waits this many times as long as its last step took
+/// before the next: it then uses at most a quarter of the time, and requests keep most of the
+/// devices and cores (measured by `bench-scrub`).
+const FOREGROUND_BACKOFF: u32 = 3;
+/// Physical slots examined per step (256 slots of 16 KiB chunks: 4 MiB per device). Up to
+/// three steps are in memory at once (verifying, queued, being read).
+const SLOTS_PER_STEP: u64 = 256;
 
 /// How to run a scrub.
 #[derive(Debug, Clone, Default)]
@@ -281,7 +286,22 @@ impl PoolInner {
         options: &ScrubOptions,
         observe: &mut dyn FnMut(&ScrubProgress),
     ) -> Result<ScrubReport> {
-        let recorded = self.members.scrub_record().in_progress;
+        let devices = self.members.data.len();
+        let recorded = self
+            .members
+            .scrub_record()
+            .in_progress
+            .filter(|checkpoint| {
+                // A checkpoint that does not fit this pool cannot be resumed (never index by it).
+                let fits = checkpoint.tally.devices.len() == devices
+                    && checkpoint.next_slot <= self.geometry.slots;
+                if !fits {
+                    tracing::warn!(
+                        "ignoring a scrub checkpoint that does not match the pool's shape"
+                    );
+                }
+                fits
+            });
         let mut checkpoint = match recorded.filter(|_| options.resume) {
             Some(mut checkpoint) => {
                 checkpoint.paused = false;
@@ -297,7 +317,7 @@ impl PoolInner {
                 paused: false,
                 next_slot: 0,
                 scan_secs: 0,
-                tally: ScrubTally::new(self.members.data.len()),
+                tally: ScrubTally::new(devices),
             },
         };
         let span = tracing::info_span!("scrub", pool = %self.uuid, repair = checkpoint.repair);
@@ -316,53 +336,73 @@ impl PoolInner {
         let mut pacer = Pacer::default();
         let mut read_this_run = 0u64;
         let mut rewrote = false;
-        let end = loop {
-            match self.scrub.command.load(Ordering::Acquire) {
-                PAUSE => break ScrubEnd::Paused,
-                CANCEL => break ScrubEnd::Canceled,
-                STOP => break ScrubEnd::Interrupted,
-                _ => {}
-            }
-            if checkpoint.next_slot >= self.geometry.slots {
-                break ScrubEnd::Completed;
-            }
-            let from = checkpoint.next_slot;
-            let to = (from + SLOTS_PER_STEP).min(self.geometry.slots);
-            let step = self.scrub_slots(from, to, checkpoint.repair, &mut checkpoint.tally);
-            read_this_run += step.bytes_read;
-            rewrote |= step.rewrote;
-            checkpoint.next_slot = to;
-            checkpoint.scan_secs = previous_secs + started.elapsed().as_secs();
-            let progress = self.scrub_progress_of(
-                &checkpoint,
-                previously_scanned + remaining,
-                checkpoint.tally.totals().bytes_scanned - previously_scanned,
-                started,
-            );
-            *self.scrub.progress.lock() = Some(progress.clone());
-            observe(&progress);
-            if pacer.checkpoint_due() {
-                if rewrote {
-                    // Rewritten stripes must be durable before the watermark passes them.
-                    self.commit()?;
+        // One thread reads ahead (a step in the channel, one being read) while this one
+        // verifies, so the devices are never idle waiting for checksums. Dropping the receiver
+        // stops the reader at its next step.
+        let slots = self.geometry.slots;
+        let first = checkpoint.next_slot;
+        let end = std::thread::scope(|scope| -> Result<ScrubEnd> {
+            let (sender, receiver) = std::sync::mpsc::sync_channel::<ReadStep>(1);
+            scope.spawn(move || {
+                let mut from = first;
+                while from < slots {
+                    let to = (from + SLOTS_PER_STEP).min(slots);
+                    if sender.send(self.read_step(from, to)).is_err() {
+                        return;
+                    }
+                    from = to;
                 }
-                self.persist_scrub(|record| record.in_progress = Some(checkpoint.clone()))?;
-            }
-            let rate = match self.scrub.rate_bytes_per_s.load(Ordering::Relaxed) {
-                0 => None,
-                rate => Some(rate),
-            };
-            let wait = pacer.after_step(rate, &self.rebuild, step.bytes_read);
-            // In slices, so a pause or cancel is honoured promptly even at a low rate.
-            let until = Instant::now() + wait;
-            while self.scrub.command.load(Ordering::Acquire) == RUN {
-                let left = until.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break;
+            });
+            loop {
+                match self.scrub.command.load(Ordering::Acquire) {
+                    PAUSE => return Ok(ScrubEnd::Paused),
+                    CANCEL => return Ok(ScrubEnd::Canceled),
+                    STOP => return Ok(ScrubEnd::Interrupted),
+                    _ => {}
                 }
-                std::thread::sleep(left.min(std::time::Duration::from_millis(20)));
+                let step_started = Instant::now();
+                let Ok(read) = receiver.recv() else {
+                    return Ok(ScrubEnd::Completed);
+                };
+                let step = self.verify_step(&read, checkpoint.repair, &mut checkpoint.tally);
+                read_this_run += step.bytes_read;
+                rewrote |= step.rewrote;
+                checkpoint.next_slot = read.to;
+                checkpoint.scan_secs = previous_secs + started.elapsed().as_secs();
+                let progress = self.scrub_progress_of(
+                    &checkpoint,
+                    previously_scanned + remaining,
+                    checkpoint.tally.totals().bytes_scanned - previously_scanned,
+                    started,
+                );
+                *self.scrub.progress.lock() = Some(progress.clone());
+                observe(&progress);
+                if pacer.checkpoint_due() {
+                    if rewrote {
+                        // Rewritten stripes must be durable before the watermark passes them.
+                        self.commit()?;
+                    }
+                    self.persist_scrub(|record| record.in_progress = Some(checkpoint.clone()))?;
+                }
+                let rate = match self.scrub.rate_bytes_per_s.load(Ordering::Relaxed) {
+                    0 => None,
+                    rate => Some(rate),
+                };
+                let mut wait = pacer.after_step(rate, &self.rebuild, step.bytes_read);
+                if self.rebuild.foreground_recent() {
+                    wait = wait.max(step_started.elapsed() * FOREGROUND_BACKOFF);
+                }
+                // In slices, so a pause or cancel is honoured promptly even at a low rate.
+                let until = Instant::now() + wait;
+                while self.scrub.command.load(Ordering::Acquire) == RUN {
+                    let left = until.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    std::thread::sleep(left.min(std::time::Duration::from_millis(20)));
+                }
             }
-        };
+        })?;
         if rewrote {
             self.commit()?;
         }
@@ -398,12 +438,13 @@ impl PoolInner {
             );
         } else if report.found_damage() {
             tracing::warn!(
+                repair = report.repair,
                 ?end,
                 checksum_errors = totals.checksum_errors,
                 io_errors = totals.io_errors,
                 repaired = totals.repaired,
                 inconsistent = report.inconsistent_stripes,
-                "scrub repaired damage"
+                "scrub found damage; repaired unless check-only"
             );
         } else {
             tracing::info!(?end, bytes = totals.bytes_scanned, "scrub finished clean");
@@ -516,8 +557,8 @@ impl PoolInner {
         }
     }
 
-    /// Verify the live slots in `from..to`.
-    fn scrub_slots(&self, from: u64, to: u64, repair: bool, tally: &mut ScrubTally) -> StepResult {
+    /// Snapshot the live slots in `from..to` and read all their chunks.
+    fn read_step(&self, from: u64, to: u64) -> ReadStep {
         let items: Vec<Item> = {
             let state = self.map.lock();
             (from..to)
@@ -531,12 +572,22 @@ impl PoolInner {
                 })
                 .collect()
         };
+        let devices = if items.is_empty() {
+            Vec::new()
+        } else {
+            self.read_items(&items)
+        };
+        ReadStep { to, items, devices }
+    }
+
+    /// Verify what one step read; re-examine anything suspect.
+    fn verify_step(&self, read: &ReadStep, repair: bool, tally: &mut ScrubTally) -> StepResult {
+        let (items, devices) = (&read.items, &read.devices);
         let mut result = StepResult::default();
         if items.is_empty() {
             return result;
         }
         let chunk = usize::try_from(self.geometry.chunk_bytes).unwrap_or(0);
-        let devices = self.read_step(&items);
         result.bytes_read = devices
             .iter()
             .flat_map(|d| d.runs.iter().map(|(_, bytes)| bytes.len() as u64))
@@ -546,7 +597,7 @@ impl PoolInner {
         let parts: Vec<&[Item]> = items.chunks(items.len().div_ceil(cores).max(1)).collect();
         let verdicts: Vec<Verdict> = super::parallel::each(&parts, |part| {
             part.iter()
-                .map(|item| self.judge(item, &devices, chunk))
+                .map(|item| self.judge(item, devices, chunk))
                 .collect::<Vec<_>>()
         })
         .into_iter()
@@ -576,7 +627,7 @@ impl PoolInner {
     /// Read every chunk of `items` from every online device, one read per run of adjacent
     /// chunks, all devices in parallel. A run that fails to read is left out (its items are
     /// then re-examined chunk by chunk, which counts the error exactly).
-    fn read_step(&self, items: &[Item]) -> Vec<DeviceRuns> {
+    fn read_items(&self, items: &[Item]) -> Vec<DeviceRuns> {
         let devices = self.members.data.len();
         let mut offsets: Vec<Vec<u64>> = vec![Vec::new(); devices];
         for item in items {
@@ -756,6 +807,14 @@ fn summary_of(checkpoint: &ScrubCheckpoint, outcome: ScrubOutcome) -> ScrubSumma
         scan_secs: checkpoint.scan_secs,
         tally: checkpoint.tally.clone(),
     }
+}
+
+/// The live slots of one step and what was read of them.
+struct ReadStep {
+    /// End of the step's slot range.
+    to: u64,
+    items: Vec<Item>,
+    devices: Vec<DeviceRuns>,
 }
 
 /// What one scrub step did.

@@ -65,7 +65,7 @@ impl RebuildControl {
         let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.last_foreground_ns.store(now, Ordering::Relaxed);
     }
-    fn foreground_recent(&self) -> bool {
+    pub(crate) fn foreground_recent(&self) -> bool {
         let last = Duration::from_nanos(self.last_foreground_ns.load(Ordering::Relaxed));
         last > Duration::ZERO && self.epoch.elapsed().saturating_sub(last) < FOREGROUND_WINDOW
     }
