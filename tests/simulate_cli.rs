@@ -8,20 +8,23 @@ fn stripestore() -> Command {
     Command::new(env!("CARGO_BIN_EXE_stripestore"))
 }
 
-#[test]
-fn short_campaign_reports_json_summary() {
-    let output = stripestore()
-        .args([
-            "simulate", "--seed", "3", "--runs", "7", "--ops", "60", "--json",
-        ])
-        .output()
-        .unwrap();
+/// Run `stripestore ARGS...`, require success, return stdout.
+fn succeed<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> String {
+    let output = stripestore().args(args).output().unwrap();
     assert!(
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn short_campaign_reports_json_summary() {
+    let stdout = succeed([
+        "simulate", "--seed", "3", "--runs", "7", "--ops", "60", "--json",
+    ]);
+    let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(summary["total"]["runs"], 7);
     assert_eq!(summary["total"]["violations"], 0);
     assert_eq!(summary["by_layout"].as_object().unwrap().len(), 7);
@@ -68,15 +71,10 @@ fn saved_workload_replays() {
         serde_json::to_string(&Replay::new(&config, &ops)).unwrap(),
     )
     .unwrap();
-    let output = stripestore()
-        .args(["simulate", "--replay"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(String::from_utf8_lossy(&output.stdout).contains("no violation"));
+    let stdout = succeed(&[
+        std::ffi::OsStr::new("simulate"),
+        "--replay".as_ref(),
+        path.as_os_str(),
+    ]);
+    assert!(stdout.contains("no violation"));
 }
