@@ -71,7 +71,7 @@ fn saved_workload_replays() {
         serde_json::to_string(&Replay::new(&config, &ops)).unwrap(),
     )
     .unwrap();
-    let stdout = succeed(&[
+    let stdout = succeed([
         std::ffi::OsStr::new("simulate"),
         "--replay".as_ref(),
         path.as_os_str(),
