@@ -24,6 +24,7 @@ pub mod format;
 pub mod fuzzing;
 pub mod geometry;
 pub mod metrics;
+pub mod nbd;
 pub mod pool;
 pub mod rebuild;
 pub mod sim;

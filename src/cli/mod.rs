@@ -7,6 +7,7 @@ mod demo;
 mod monitor;
 mod progress;
 mod scrub;
+mod serve;
 mod simulate;
 
 use clap::{Parser, Subcommand};
@@ -256,6 +257,9 @@ enum Command {
     /// Run deterministic disk-failure simulations: seeded workloads with injected faults and
     /// crashes, checked against a model after every step.
     Simulate(simulate::SimulateArgs),
+    /// Export a pool over NBD (nbdinfo, qemu, nbdcopy, nbdfuse, fio, nbd-client) until SIGINT
+    /// or SIGTERM; then finish requests in flight, flush and close.
+    Serve(serve::ServeArgs),
     /// Run the whole story on temporary files: create, write, lose a device, read back,
     /// corrupt blocks, heal, report.
     Demo {
@@ -585,6 +589,7 @@ fn execute(command: Command) -> CliResult {
             dir,
         } => demo::run(&layout, device_size, dir.as_deref()),
         Command::Simulate(args) => simulate::run(&args),
+        Command::Serve(args) => serve::run(args),
     }
 }
 

@@ -3,6 +3,7 @@
 //!
 //! Nothing here is used by the pool itself.
 
+pub mod nbd;
 #[doc(hidden)]
 pub mod planted;
 

@@ -1,0 +1,126 @@
+//! `stripestore serve`: export a pool over NBD until SIGINT or SIGTERM.
+//!
+//! Signals: `signal-hook` sets an atomic flag that the server's accept loop watches (no code
+//! runs inside the handler, which is the one async-signal-safe way to react, and the crate
+//! does the `sigaction` registration so this crate stays free of `unsafe`). `ctrlc` would
+//! also do, but it covers SIGTERM only behind a feature and offers no second-signal exit. A
+//! second SIGINT/SIGTERM while the first shutdown is still draining exits at once (status 1);
+//! writes not yet flushed are then lost, as after a crash, but nothing flushed is.
+
+use super::{CliResult, FORCE_DEGRADED};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use stripestore::nbd::{Listen, ServeOptions, Server};
+use stripestore::types::human_bytes;
+use stripestore::{OpenOptions, Pool};
+
+/// Arguments of `serve` (new flags, such as a metrics address, belong here).
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// One or more member paths.
+    #[arg(required = true)]
+    pool: Vec<PathBuf>,
+    /// TCP address to listen on (loopback by default; give 0.0.0.0:10809 to serve other
+    /// machines).
+    #[arg(long, default_value = "127.0.0.1:10809", conflicts_with = "socket")]
+    listen: SocketAddr,
+    /// Listen on a Unix socket instead of TCP.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Export name (the empty name, the default export, selects it too).
+    #[arg(long, default_value = "")]
+    export: String,
+    /// Refuse writes.
+    #[arg(long)]
+    read_only: bool,
+    /// Clients served at once.
+    #[arg(long, default_value = "64")]
+    max_connections: usize,
+    /// Also serve Prometheus metrics at this address (`GET /metrics`), e.g. 127.0.0.1:9640.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+}
+
+/// Open the pool (background rebuild on), serve it until a signal, then flush and close it.
+pub fn run(args: ServeArgs) -> CliResult {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // Order matters: the conditional exit is armed first, so it sees the flag as it was
+        // before this signal (set only by an earlier one).
+        signal_hook::flag::register_conditional_shutdown(signal, 1, Arc::clone(&stop))?;
+        signal_hook::flag::register(signal, Arc::clone(&stop))?;
+    }
+    let options = OpenOptions {
+        background_rebuild: true,
+        auto_replace: true,
+        force: FORCE_DEGRADED.load(Ordering::Relaxed),
+        ..OpenOptions::default()
+    };
+    let pool = Arc::new(Pool::open_paths(&args.pool, &options)?);
+    let metrics = match args.metrics {
+        Some(address) => {
+            let server = pool
+                .serve_metrics(address)
+                .map_err(|e| format!("cannot serve metrics on {address}: {e}"))?;
+            if !address.ip().is_loopback() {
+                eprintln!("warning: metrics are served to the network at {address}");
+            }
+            // On stderr: stdout carries the one line scripts parse for the NBD address.
+            eprintln!("metrics at http://{}/metrics", server.address());
+            Some(server)
+        }
+        None => None,
+    };
+    let listen = match args.socket {
+        Some(path) => Listen::Unix(path),
+        None => Listen::Tcp(args.listen),
+    };
+    if !args.listen.ip().is_loopback() && matches!(listen, Listen::Tcp(_)) {
+        eprintln!(
+            "warning: serving {} to the network: NBD has no authentication here and no TLS; \
+             anyone who can reach this address can read and write the volume",
+            args.listen
+        );
+    }
+    let serve = ServeOptions {
+        export_name: args.export,
+        read_only: args.read_only,
+        max_connections: args.max_connections,
+    };
+    let server = Server::bind(&listen, Arc::clone(&pool), serve)
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?
+        .with_stop_flag(stop);
+    let export = server.export().clone();
+    // One parseable line on stdout (tests and scripts read the address from it).
+    println!(
+        "serving {} ({}{}) at {}",
+        if export.name.is_empty() {
+            "the default export"
+        } else {
+            &export.name
+        },
+        human_bytes(export.size_bytes),
+        if export.read_only() {
+            ", read-only"
+        } else {
+            ""
+        },
+        server.local_addr()?
+    );
+    let report = server.run()?;
+    drop(metrics);
+    eprintln!(
+        "stopping: {} clients served; flushing and closing the pool",
+        report.connections
+    );
+    match Arc::try_unwrap(pool) {
+        Ok(pool) => pool.close()?,
+        // Every connection thread has been joined, so this does not happen; dropping the
+        // last reference would flush anyway.
+        Err(pool) => pool.flush()?,
+    }
+    eprintln!("pool closed cleanly");
+    Ok(())
+}

@@ -1,0 +1,542 @@
+//! One NBD client: fixed newstyle negotiation, then the transmission phase.
+//!
+//! Invariants:
+//! * A write reaches the pool only after its whole payload has arrived, and only inside the
+//!   range the request names (checked by [`proto::classify`] before anything is read). A client
+//!   that disconnects mid-payload leaves nothing written.
+//! * A write is acknowledged only after `Pool::write_at` returned; with `FUA` only after
+//!   `Pool::flush` returned too. `FLUSH` commits every write acknowledged before it, on every
+//!   connection (the pool is shared), which is why the export announces `CAN_MULTI_CONN`.
+//! * A read that the pool cannot verify is answered with `EIO` and no data; never with bytes
+//!   the pool did not return.
+//! * Requests in flight are bounded in number and in bytes; the reader waits for room before
+//!   it reads the next payload, so a client cannot make the server buffer without limit.
+//! * Errors on the socket end the connection; they never panic and never touch the pool.
+
+use super::proto::{self, errno, info, opt, rep, Action, ExportInfo};
+use crate::error::Error;
+use crate::pool::Pool;
+use parking_lot::{Condvar, Mutex};
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The largest request payload (and read reply) the server accepts: 32 MiB, as most servers.
+pub const MAX_REQUEST_BYTES: u32 = 32 << 20;
+/// Worker threads per connection at most (requests beyond wait in the queue, still counted
+/// in flight).
+const MAX_WORKERS: usize = 16;
+/// A bound on negotiation round trips before the client must pick an export.
+const MAX_OPTIONS: usize = 4096;
+/// `WRITE_ZEROES` writes at most this much per pool call.
+const ZERO_PIECE_BYTES: u64 = 1 << 20;
+
+/// What one connection serves, and how much it may have in flight.
+#[derive(Debug, Clone)]
+pub struct ExportConfig {
+    /// Name, size, flags and block sizes as announced.
+    pub export: ExportInfo,
+    /// Requests executing at once on one connection.
+    pub max_requests_in_flight: usize,
+    /// Payload and reply bytes buffered at once on one connection.
+    pub max_bytes_in_flight: u64,
+}
+
+impl ExportConfig {
+    /// The export of `pool` under `name`: flush, FUA and write-zeroes supported, multi-conn
+    /// (a flush covers every connection's completed writes), read-only if asked. Block sizes:
+    /// any byte granularity is accepted (the pool does read-modify-write), the preferred size
+    /// is the largest power of two dividing the stripe's data bytes (whole-stripe writes skip
+    /// the read), at most [`MAX_REQUEST_BYTES`] per request.
+    #[must_use]
+    pub fn for_pool(pool: &Pool, name: &str, read_only: bool) -> Self {
+        let mut flags = proto::flag::HAS_FLAGS
+            | proto::flag::SEND_FLUSH
+            | proto::flag::SEND_FUA
+            | proto::flag::CAN_MULTI_CONN;
+        if read_only {
+            flags |= proto::flag::READ_ONLY;
+        } else {
+            flags |= proto::flag::SEND_WRITE_ZEROES;
+        }
+        let stripe = pool.geometry().stripe_data_bytes();
+        let preferred =
+            (1u64 << stripe.trailing_zeros().min(31)).clamp(4096, u64::from(MAX_REQUEST_BYTES));
+        Self {
+            export: ExportInfo {
+                name: name.to_string(),
+                size_bytes: pool.size(),
+                flags,
+                block_min_bytes: 1,
+                block_preferred_bytes: u32::try_from(preferred).unwrap_or(4096),
+                block_max_bytes: MAX_REQUEST_BYTES,
+            },
+            max_requests_in_flight: 64,
+            max_bytes_in_flight: 256 << 20,
+        }
+    }
+
+    /// Whether a client's export name picks this export (the empty name is the default
+    /// export, as in other servers).
+    fn matches(&self, name: &[u8]) -> bool {
+        name.is_empty() || name == self.export.name.as_bytes()
+    }
+}
+
+/// How a connection ended (for logs and tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectionEnd {
+    /// The client aborted the negotiation or sent `DISC`.
+    Disconnected,
+    /// The input ended (the client went away, or the server shut the read side to stop).
+    Eof,
+    /// The server was stopping during negotiation.
+    ShuttingDown,
+    /// The client broke the protocol; the connection was closed.
+    ProtocolError(String),
+}
+
+/// Serve one client on `reader`/`writer` (the two halves of one socket, or anything else that
+/// carries bytes: the fuzz target uses a byte slice and a sink) until it disconnects, breaks
+/// the protocol or input ends. Returns after every accepted request has been answered.
+///
+/// `stop` set during negotiation refuses the client with `NBD_REP_ERR_SHUTDOWN`.
+///
+/// # Errors
+/// Only an I/O error of the transport during negotiation; errors of the transmission phase
+/// end the connection and are reported as [`ConnectionEnd`].
+pub fn serve_stream<R: Read, W: Write + Send>(
+    mut reader: R,
+    mut writer: W,
+    pool: &Pool,
+    config: &ExportConfig,
+    stop: &AtomicBool,
+) -> io::Result<ConnectionEnd> {
+    match negotiate(&mut reader, &mut writer, config, stop)? {
+        Negotiated::Transmission => Ok(transmission(reader, writer, pool, config)),
+        Negotiated::End(end) => Ok(end),
+    }
+}
+
+enum Negotiated {
+    Transmission,
+    End(ConnectionEnd),
+}
+
+/// Read exactly `buf.len()` bytes; `Ok(false)` if the input ended first (at any point).
+fn read_exact_or_eof(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
+    match reader.read_exact(buf) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn negotiate<R: Read, W: Write>(
+    reader: &mut R,
+    writer: &mut W,
+    config: &ExportConfig,
+    stop: &AtomicBool,
+) -> io::Result<Negotiated> {
+    let export = &config.export;
+    writer.write_all(&proto::encode_greeting(
+        proto::HANDSHAKE_FIXED_NEWSTYLE | proto::HANDSHAKE_NO_ZEROES,
+    ))?;
+    writer.flush()?;
+    let mut client_flags = [0u8; 4];
+    if !read_exact_or_eof(reader, &mut client_flags)? {
+        return Ok(Negotiated::End(ConnectionEnd::Eof));
+    }
+    let client_flags = u32::from_be_bytes(client_flags);
+    if client_flags & !(proto::CLIENT_FIXED_NEWSTYLE | proto::CLIENT_NO_ZEROES) != 0 {
+        return Ok(Negotiated::End(ConnectionEnd::ProtocolError(format!(
+            "unknown client flags {client_flags:#x}"
+        ))));
+    }
+    let no_zeroes = client_flags & proto::CLIENT_NO_ZEROES != 0;
+    for _ in 0..MAX_OPTIONS {
+        let mut header = [0u8; proto::OPTION_HEADER_BYTES];
+        if !read_exact_or_eof(reader, &mut header)? {
+            return Ok(Negotiated::End(ConnectionEnd::Eof));
+        }
+        let header = match proto::decode_option_header(&header) {
+            Ok(header) => header,
+            Err(err) => {
+                return Ok(Negotiated::End(ConnectionEnd::ProtocolError(
+                    err.to_string(),
+                )))
+            }
+        };
+        // The length was bounded by decode_option_header (64 KiB).
+        let mut data = vec![0u8; usize::try_from(header.length).unwrap_or(0)];
+        if !read_exact_or_eof(reader, &mut data)? {
+            return Ok(Negotiated::End(ConnectionEnd::Eof));
+        }
+        let reply = |writer: &mut W, kind: u32, payload: &[u8]| -> io::Result<()> {
+            writer.write_all(&proto::encode_option_reply(header.option, kind, payload))
+        };
+        if stop.load(Ordering::Relaxed) && header.option != opt::ABORT {
+            reply(writer, rep::ERR_SHUTDOWN, &[])?;
+            writer.flush()?;
+            return Ok(Negotiated::End(ConnectionEnd::ShuttingDown));
+        }
+        match header.option {
+            opt::EXPORT_NAME => {
+                // No error path in this option: an unknown name closes the connection.
+                if !config.matches(&data) {
+                    return Ok(Negotiated::End(ConnectionEnd::ProtocolError(format!(
+                        "unknown export {:?}",
+                        String::from_utf8_lossy(&data)
+                    ))));
+                }
+                writer.write_all(&proto::encode_export_name_reply(export, no_zeroes))?;
+                writer.flush()?;
+                return Ok(Negotiated::Transmission);
+            }
+            opt::ABORT => {
+                // The client may already have closed; the acknowledgement is best effort.
+                let _ = reply(writer, rep::ACK, &[]).and_then(|()| writer.flush());
+                return Ok(Negotiated::End(ConnectionEnd::Disconnected));
+            }
+            opt::LIST => {
+                if data.is_empty() {
+                    reply(writer, rep::SERVER, &proto::encode_list_entry(&export.name))?;
+                    reply(writer, rep::ACK, &[])?;
+                } else {
+                    reply(writer, rep::ERR_INVALID, &[])?;
+                }
+            }
+            opt::INFO | opt::GO => match proto::decode_info_request(&data) {
+                Err(_) => reply(writer, rep::ERR_INVALID, &[])?,
+                Ok(request) if !config.matches(&request.name) => {
+                    reply(writer, rep::ERR_UNKNOWN, &[])?;
+                }
+                Ok(request) => {
+                    reply(writer, rep::INFO, &proto::encode_info_export(export))?;
+                    // Block sizes are sent even unrequested: the minimum is 1, so a client
+                    // that ignores them breaks no constraint.
+                    reply(writer, rep::INFO, &proto::encode_info_block_size(export))?;
+                    if request.requests.contains(&info::NAME) {
+                        let name = proto::encode_info_text(info::NAME, &export.name);
+                        reply(writer, rep::INFO, &name)?;
+                    }
+                    reply(writer, rep::ACK, &[])?;
+                    if header.option == opt::GO {
+                        writer.flush()?;
+                        return Ok(Negotiated::Transmission);
+                    }
+                }
+            },
+            // STARTTLS, STRUCTURED_REPLY, meta contexts, extended headers and anything
+            // unknown: not supported, the client falls back or gives up.
+            _ => reply(writer, rep::ERR_UNSUP, &[])?,
+        }
+        writer.flush()?;
+    }
+    Ok(Negotiated::End(ConnectionEnd::ProtocolError(format!(
+        "more than {MAX_OPTIONS} options without choosing an export"
+    ))))
+}
+
+/// Counts requests and bytes in flight; the reader waits for room.
+struct InFlight {
+    state: Mutex<(usize, u64)>,
+    freed: Condvar,
+    max_requests: usize,
+    max_bytes: u64,
+}
+
+struct Permit<'a> {
+    in_flight: &'a InFlight,
+    bytes: u64,
+}
+
+impl InFlight {
+    fn new(config: &ExportConfig) -> Self {
+        Self {
+            state: Mutex::new((0, 0)),
+            freed: Condvar::new(),
+            max_requests: config.max_requests_in_flight.max(1),
+            max_bytes: config.max_bytes_in_flight.max(1),
+        }
+    }
+
+    /// Requests in flight now.
+    fn count(&self) -> usize {
+        self.state.lock().0
+    }
+
+    /// Wait until one more request of `bytes` fits (a request larger than the byte budget
+    /// runs alone).
+    fn acquire(&self, bytes: u64) -> Permit<'_> {
+        let mut state = self.state.lock();
+        while state.0 >= self.max_requests || (state.0 > 0 && state.1 + bytes > self.max_bytes) {
+            self.freed.wait(&mut state);
+        }
+        state.0 += 1;
+        state.1 += bytes;
+        Permit {
+            in_flight: self,
+            bytes,
+        }
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        let mut state = self.in_flight.state.lock();
+        state.0 -= 1;
+        state.1 -= self.bytes;
+        self.in_flight.freed.notify_all();
+    }
+}
+
+/// The reply side: one writer, replies whole.
+struct Replies<W> {
+    writer: Mutex<W>,
+    broken: AtomicBool,
+}
+
+impl<W: Write> Replies<W> {
+    /// Send a reply header and, for a successful read, its data (already placed after the
+    /// header in `message`). After a failed send the connection is dead: later replies are
+    /// dropped.
+    fn send(&self, message: &[u8]) {
+        if self.broken.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut writer = self.writer.lock();
+        if let Err(err) = writer.write_all(message).and_then(|()| writer.flush()) {
+            tracing::debug!(%err, "NBD reply could not be sent; the client is gone");
+            self.broken.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn status(&self, error: u32, cookie: u64) {
+        self.send(&proto::encode_reply(error, cookie));
+    }
+}
+
+/// The NBD error for a pool error: everything the pool cannot do is an I/O error to the
+/// client, except a range error (the server checks ranges first, so that one is a bug guard).
+fn errno_for(err: &Error) -> u32 {
+    match err {
+        Error::OutOfRange { .. } => errno::EINVAL,
+        _ => errno::EIO,
+    }
+}
+
+fn transmission<R: Read, W: Write + Send>(
+    mut reader: R,
+    writer: W,
+    pool: &Pool,
+    config: &ExportConfig,
+) -> ConnectionEnd {
+    let replies = Replies {
+        writer: Mutex::new(writer),
+        broken: AtomicBool::new(false),
+    };
+    let in_flight = InFlight::new(config);
+    let (queue, jobs) = std::sync::mpsc::channel::<Job<'_>>();
+    let jobs = Mutex::new(jobs);
+    let max_workers = config.max_requests_in_flight.clamp(1, MAX_WORKERS);
+    std::thread::scope(|scope| {
+        // Owned by this closure: dropping it when the loop ends lets the workers run out of
+        // jobs and exit before the scope joins them.
+        let mut workers = Workers {
+            scope,
+            queue,
+            jobs: &jobs,
+            replies: &replies,
+            started: 0,
+            max: max_workers,
+        };
+        loop {
+            if replies.broken.load(Ordering::Relaxed) {
+                return ConnectionEnd::Eof;
+            }
+            let mut header = [0u8; proto::REQUEST_BYTES];
+            match read_exact_or_eof(&mut reader, &mut header) {
+                Ok(true) => {}
+                Ok(false) => return ConnectionEnd::Eof,
+                Err(err) => return ConnectionEnd::ProtocolError(err.to_string()),
+            }
+            let request = match proto::decode_request(&header) {
+                Ok(request) => request,
+                Err(err) => return ConnectionEnd::ProtocolError(err.to_string()),
+            };
+            let cookie = request.cookie;
+            match proto::classify(&request, &config.export) {
+                Action::Disconnect => return ConnectionEnd::Disconnected,
+                Action::Reject {
+                    error,
+                    payload_readable,
+                } => {
+                    if request.has_payload() {
+                        if !payload_readable {
+                            replies.status(error, cookie);
+                            return ConnectionEnd::ProtocolError(format!(
+                                "write of {} bytes exceeds the maximum request size",
+                                request.length
+                            ));
+                        }
+                        let mut sink = io::sink();
+                        let copied = io::copy(
+                            &mut (&mut reader).take(u64::from(request.length)),
+                            &mut sink,
+                        );
+                        if copied.ok() != Some(u64::from(request.length)) {
+                            return ConnectionEnd::Eof;
+                        }
+                    }
+                    replies.status(error, cookie);
+                }
+                Action::Read { offset, length } => {
+                    let permit = in_flight.acquire(u64::from(length));
+                    workers.submit(permit, ("read", &request), move || {
+                        let length = usize::try_from(length).unwrap_or(0);
+                        let mut message = vec![0u8; proto::REPLY_BYTES + length];
+                        pool.read_at(offset, &mut message[proto::REPLY_BYTES..])?;
+                        message[..proto::REPLY_BYTES]
+                            .copy_from_slice(&proto::encode_reply(0, cookie));
+                        Ok(Some(message))
+                    });
+                }
+                Action::Write {
+                    offset,
+                    length,
+                    fua,
+                } => {
+                    let permit = in_flight.acquire(u64::from(length));
+                    let mut payload = vec![0u8; usize::try_from(length).unwrap_or(0)];
+                    match read_exact_or_eof(&mut reader, &mut payload) {
+                        Ok(true) => {}
+                        // A payload cut short is dropped whole: nothing of it reaches the pool.
+                        Ok(false) => return ConnectionEnd::Eof,
+                        Err(err) => return ConnectionEnd::ProtocolError(err.to_string()),
+                    }
+                    workers.submit(permit, ("write", &request), move || {
+                        pool.write_at(offset, &payload)?;
+                        if fua {
+                            pool.flush()?;
+                        }
+                        Ok(None)
+                    });
+                }
+                Action::WriteZeroes {
+                    offset,
+                    length,
+                    fua,
+                } => {
+                    let permit = in_flight.acquire(ZERO_PIECE_BYTES.min(u64::from(length)));
+                    workers.submit(permit, ("write-zeroes", &request), move || {
+                        write_zeroes(pool, offset, u64::from(length))?;
+                        if fua {
+                            pool.flush()?;
+                        }
+                        Ok(None)
+                    });
+                }
+                Action::Flush => {
+                    let permit = in_flight.acquire(0);
+                    workers.submit(permit, ("flush", &request), move || {
+                        pool.flush()?;
+                        Ok(None)
+                    });
+                }
+            }
+        }
+    })
+}
+
+/// A request's work, as queued for a worker.
+type Job<'env> = Box<dyn FnOnce() + Send + 'env>;
+
+/// The connection's worker threads: started on demand, one more whenever more requests are in
+/// flight than workers exist (up to `max`), so a client with one request at a time costs one
+/// thread and a deep queue gets parallelism. They take jobs from one queue and exit when the
+/// connection's reader drops the sending side.
+///
+/// Lifetimes: `'data` is what jobs borrow (the pool, the replies, the in-flight counter), which
+/// outlives `'env`, the borrow of the job queue itself, so the queue can be dropped after the
+/// scope that borrowed it.
+struct Workers<'scope, 'env, 'data, W> {
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    queue: std::sync::mpsc::Sender<Job<'data>>,
+    jobs: &'env Mutex<std::sync::mpsc::Receiver<Job<'data>>>,
+    replies: &'data Replies<W>,
+    started: usize,
+    max: usize,
+}
+
+impl<'scope, 'env, 'data: 'env, W: Write + Send> Workers<'scope, 'env, 'data, W> {
+    /// Queue one accepted request and answer it when done: `Ok(Some(message))` is sent as is (a
+    /// read's header and data), `Ok(None)` as a success status, an error as its `NBD_E*` with
+    /// no data.
+    fn submit(
+        &mut self,
+        permit: Permit<'data>,
+        (what, request): (&'static str, &proto::Request),
+        work: impl FnOnce() -> crate::Result<Option<Vec<u8>>> + Send + 'data,
+    ) {
+        let in_flight = permit.in_flight.count();
+        let (cookie, offset, length) = (request.cookie, request.offset, request.length);
+        let replies = self.replies;
+        let job: Job<'data> = Box::new(move || {
+            let _permit = permit;
+            match work() {
+                Ok(Some(message)) => replies.send(&message),
+                Ok(None) => replies.status(0, cookie),
+                Err(err) => {
+                    tracing::warn!(%err, offset, length,
+                        "NBD {what} failed; replying with an error");
+                    replies.status(errno_for(&err), cookie);
+                }
+            }
+        });
+        if self.started < in_flight.min(self.max) {
+            let jobs = self.jobs;
+            let spawned = std::thread::Builder::new()
+                .name("nbd-worker".into())
+                .spawn_scoped(self.scope, move || loop {
+                    // The guard is a temporary: the lock is released before the job runs.
+                    let next = jobs.lock().recv();
+                    match next {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                });
+            match spawned {
+                Ok(_) => self.started += 1,
+                Err(err) => tracing::warn!(%err, "NBD worker thread could not be started"),
+            }
+        }
+        if self.started == 0 {
+            // No worker at all: do the work on the reader's thread rather than never.
+            job();
+            return;
+        }
+        if let Err(std::sync::mpsc::SendError(job)) = self.queue.send(job) {
+            // The receiver lives as long as the connection; run it here if it ever does not.
+            job();
+        }
+    }
+}
+
+/// Write zeroes over `[offset, offset + length)` in pieces aligned to whole stripes where the
+/// range allows (so the pool skips read-modify-write), never more than 1 MiB (rounded to
+/// stripes) per call.
+fn write_zeroes(pool: &Pool, offset: u64, length: u64) -> crate::Result<()> {
+    let stripe = pool.geometry().stripe_data_bytes().max(1);
+    let piece = (ZERO_PIECE_BYTES / stripe).max(1) * stripe;
+    let zeroes = vec![0u8; usize::try_from(piece).unwrap_or(1 << 20)];
+    let end = offset.saturating_add(length);
+    let mut at = offset;
+    while at < end {
+        let next = ((at / piece + 1) * piece).min(end);
+        let len = usize::try_from(next - at).unwrap_or(0);
+        pool.write_at(at, &zeroes[..len])?;
+        at = next;
+    }
+    Ok(())
+}
