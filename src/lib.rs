@@ -20,11 +20,14 @@ pub mod codec;
 pub mod device;
 pub mod error;
 pub mod format;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod geometry;
 pub mod metrics;
 pub mod nbd;
 pub mod pool;
 pub mod rebuild;
+pub mod sim;
 pub mod testing;
 pub mod types;
 

@@ -9,6 +9,7 @@ mod monitor;
 mod progress;
 mod scrub;
 mod serve;
+mod simulate;
 
 use clap::{Parser, Subcommand};
 use std::io::{Read, Write};
@@ -289,6 +290,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run deterministic disk-failure simulations: seeded workloads with injected faults and
+    /// crashes, checked against a model after every step.
+    Simulate(simulate::SimulateArgs),
     /// Export a pool over NBD (nbdinfo, qemu, nbdcopy, nbdfuse, fio, nbd-client) until SIGINT
     /// or SIGTERM; then finish requests in flight, flush and close.
     Serve(serve::ServeArgs),
@@ -309,17 +313,6 @@ enum Command {
 
 /// Parse arguments, run, and map the outcome to an exit code.
 pub fn run() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            // STRIPESTORE_LOG, else RUST_LOG (same syntax: `info`, `stripestore::pool=debug`);
-            // quiet by default: warnings and errors only.
-            tracing_subscriber::EnvFilter::try_from_env("STRIPESTORE_LOG")
-                .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {
@@ -331,6 +324,21 @@ pub fn run() -> ExitCode {
             };
         }
     };
+    // A simulation injects thousands of faults on purpose: warnings would drown its progress.
+    let quiet = matches!(cli.command, Command::Simulate(_));
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            // STRIPESTORE_LOG, else RUST_LOG (same syntax: `info`, `stripestore::pool=debug`);
+            // quiet by default: warnings and errors only.
+            tracing_subscriber::EnvFilter::try_from_env("STRIPESTORE_LOG")
+                .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new(if quiet { "error" } else { "warn" })
+                }),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     FORCE_DEGRADED.store(cli.force_degraded, std::sync::atomic::Ordering::Relaxed);
     // `scrub` and `check` promise their own codes to scripts and monitoring: 3 = could not run.
     let failure = match &cli.command {
@@ -635,6 +643,7 @@ fn execute(command: Command) -> CliResult {
             device_size,
             dir,
         } => demo::run(&layout, device_size, dir.as_deref()),
+        Command::Simulate(args) => simulate::run(&args),
         Command::Serve(args) => serve::run(args),
     }
 }

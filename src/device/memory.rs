@@ -47,8 +47,12 @@ impl MemDevice {
 
     /// Simulate power loss: each sector of each unflushed write survives with probability 1/2
     /// (decided by `seed`), then the live image becomes the durable one.
+    ///
+    /// Each decision is keyed on the sector and how many unflushed writes touched it before, not
+    /// on the order of writes to other sectors, so threads writing different places in any
+    /// order leave the same image for the same seed.
     pub fn crash(&self, seed: u64) {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut touched: std::collections::HashMap<usize, u64> = std::collections::HashMap::new();
         let mut images = self.images.lock();
         let unflushed = std::mem::take(&mut images.unflushed);
         for (offset, bytes) in unflushed {
@@ -59,7 +63,10 @@ impl MemDevice {
                 // Sector-aligned pieces, so a sector is either old or new (torn across sectors).
                 let abs = start + pos;
                 let piece = (sector - abs % sector).min(bytes.len() - pos);
-                if rng.gen_bool(0.5) {
+                let nth = touched.entry(abs / sector).or_insert(0);
+                *nth += 1;
+                let key = seed ^ ((abs / sector) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                if ChaCha8Rng::seed_from_u64(key ^ nth.rotate_left(40)).gen_bool(0.5) {
                     images.durable[abs..abs + piece].copy_from_slice(&bytes[pos..pos + piece]);
                 }
                 pos += piece;

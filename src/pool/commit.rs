@@ -110,7 +110,9 @@ impl PoolInner {
     }
 
     fn write_snapshot(&self, meta: &mut super::MetaCursor, snapshot: &Snapshot) -> Result<()> {
-        self.members.flush_all();
+        if !crate::testing::planted::commit_data_flush_skipped() {
+            self.members.flush_all();
+        }
         self.check_available()?;
         if snapshot.checkpoint {
             self.write_checkpoint_bytes(meta, &snapshot.bytes)
@@ -179,6 +181,7 @@ impl PoolInner {
         .into_iter()
         .sum();
         if landed == 0 {
+            self.check_available()?; // every device failed just now: say so (PoolUnavailable)
             return Err(Error::CorruptMetadata(
                 "the stripe map could not be written to any device".into(),
             ));

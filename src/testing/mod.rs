@@ -4,6 +4,8 @@
 //! Nothing here is used by the pool itself.
 
 pub mod nbd;
+#[doc(hidden)]
+pub mod planted;
 
 use crate::device::{MemDevice, SharedDevice};
 use rand::{Rng, SeedableRng};

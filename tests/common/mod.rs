@@ -8,17 +8,9 @@ use stripestore::device::MemDevice;
 use stripestore::testing::{mem_devices, random_bytes, shared, Model};
 use stripestore::{CreateOptions, Layout, OpenOptions, Pool};
 
-/// Every layout the issue names, with a device count that suits it.
+/// Every layout the issue names, with a device count that suits it (the simulation's list).
 pub fn layouts() -> Vec<(&'static str, usize)> {
-    vec![
-        ("mirror:2", 2),
-        ("mirror:3", 3),
-        ("raid10:2", 4),
-        ("rs:2+1", 3),
-        ("rs:4+2", 6),
-        ("rs:4+2", 7),
-        ("rs:3+3", 6),
-    ]
+    stripestore::sim::LAYOUTS.to_vec()
 }
 
 /// Run `body` once per layout, each with its own seed (`base + index`, or `STRIPESTORE_SEED`),

@@ -1,0 +1,381 @@
+//! The bodies of the fuzz targets in `fuzz/`, kept in the library so that `cargo test` can
+//! replay the committed seed inputs (`fuzz/seeds/<target>/`) on the stable toolchain, and the
+//! fuzzers and the tests check exactly the same properties.
+//!
+//! Each function takes arbitrary bytes and panics only when a property is broken (which is
+//! what a fuzzer reports as a crash). Not part of the stable API.
+
+use crate::codec::Codec;
+use crate::device::{MemDevice, SharedDevice};
+use crate::format::{
+    decode_checkpoint, decode_log_record, encode_checkpoint, encode_log_record, CheckpointHeader,
+    MapEntry, PoolUuid, StripeMap, Superblock,
+};
+use crate::geometry::{Geometry, Layout};
+use crate::types::{Generation, SlotId};
+use crate::{CreateOptions, Error, OpenOptions, Pool};
+use std::sync::{Arc, OnceLock};
+
+/// Reads little-endian integers from the fuzz input, yielding zeros once it runs out.
+struct Input<'a> {
+    bytes: &'a [u8],
+}
+
+impl Input<'_> {
+    fn byte(&mut self) -> u8 {
+        match self.bytes.split_first() {
+            Some((first, rest)) => {
+                self.bytes = rest;
+                *first
+            }
+            None => 0,
+        }
+    }
+    fn u16(&mut self) -> u16 {
+        u16::from_le_bytes([self.byte(), self.byte()])
+    }
+    fn u32(&mut self) -> u32 {
+        u32::from_le_bytes([self.byte(), self.byte(), self.byte(), self.byte()])
+    }
+    fn u64(&mut self) -> u64 {
+        u64::from(self.u32()) | (u64::from(self.u32()) << 32)
+    }
+    fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+}
+
+/// Target `format_decode`: arbitrary bytes as a superblock, a checkpoint and a log record must
+/// never panic the decoders; whatever decodes re-encodes to the same thing. Then a map built
+/// from the input is encoded, one input-chosen bit of the encoding is flipped, and the decoders
+/// must either refuse it or return exactly the original map (a flip in padding): a corrupt
+/// record is never accepted.
+pub fn format_decode(data: &[u8]) {
+    if let Ok(superblock) = Superblock::decode(data) {
+        if let Ok(bytes) = superblock.encode() {
+            assert_eq!(Superblock::decode(&bytes).ok(), Some(superblock));
+        }
+    }
+    let pool = PoolUuid([7; 16]);
+    let _ = decode_checkpoint(pool, data, &mut StripeMap::new(64, 6));
+    let sequence = data.get(24..32).map_or(0, |b| {
+        u64::from_le_bytes(<[u8; 8]>::try_from(b).unwrap_or([0; 8]))
+    });
+    let _ = decode_log_record(pool, sequence, data, &mut StripeMap::new(64, 6));
+
+    // Structured half: a map from the input, encoded, corrupted by one bit.
+    let mut input = Input { bytes: data };
+    let width = 1 + usize::from(input.byte() % 8);
+    let stripes = 1 + u64::from(input.byte() % 48);
+    let mut map = StripeMap::new(stripes, width);
+    let mut touched = Vec::new();
+    while !input.is_empty() && touched.len() < 64 {
+        let stripe = u64::from(input.byte()) % stripes;
+        let entry = MapEntry {
+            slot: Some(SlotId(u64::from(input.u32()))),
+            generation: Generation(input.u64()),
+            crcs: (0..width).map(|_| input.u32()).collect(),
+        };
+        map.set(stripe, &entry);
+        touched.push(stripe);
+    }
+    let flip = u64::from(input.u32());
+    let header = CheckpointHeader {
+        sequence: 3,
+        next_generation: 99,
+    };
+
+    let checkpoint = encode_checkpoint(pool, header, &map);
+    let mut decoded = StripeMap::new(stripes, width);
+    assert_eq!(
+        decode_checkpoint(pool, &checkpoint, &mut decoded),
+        Ok(header)
+    );
+    assert_eq!(decoded, map, "checkpoint round trip");
+    let mut bad = checkpoint.clone();
+    flip_bit(&mut bad, flip);
+    let mut decoded = StripeMap::new(stripes, width);
+    if let Ok(found) = decode_checkpoint(pool, &bad, &mut decoded) {
+        assert_eq!(found, header, "a corrupt checkpoint header was accepted");
+        assert_eq!(decoded, map, "a corrupt checkpoint body was accepted");
+    }
+
+    touched.sort_unstable();
+    touched.dedup();
+    let record = encode_log_record(pool, 5, 77, &map, &touched);
+    let mut replayed = StripeMap::new(stripes, width);
+    let decoded = decode_log_record(pool, 5, &record, &mut replayed);
+    assert!(
+        matches!(decoded, Ok(Some(r)) if r.next_generation == 77 && r.padded_bytes == record.len() as u64)
+    );
+    assert_eq!(replayed, map, "log record round trip");
+    let mut bad = record.clone();
+    flip_bit(&mut bad, flip);
+    let mut replayed = StripeMap::new(stripes, width);
+    if let Ok(Some(found)) = decode_log_record(pool, 5, &bad, &mut replayed) {
+        assert_eq!(
+            found.next_generation, 77,
+            "a corrupt log header was accepted"
+        );
+        assert_eq!(replayed, map, "a corrupt log record was accepted");
+    }
+}
+
+fn flip_bit(bytes: &mut [u8], bit: u64) {
+    let len = bytes.len() as u64;
+    if len > 0 {
+        let at = (bit / 8) % len;
+        bytes[usize::try_from(at).unwrap_or(0)] ^= 1 << (bit % 8);
+    }
+}
+
+/// Target `codec_roundtrip`: a layout, a chunk size and data from the input; any erasure of at
+/// most the layout's tolerance (erased shards filled with garbage) must reconstruct to exactly
+/// the encoded shards, and one erasure more than the code can bear must be refused.
+pub fn codec_roundtrip(data: &[u8]) {
+    let mut input = Input { bytes: data };
+    let pick = input.byte();
+    let shape = input.byte();
+    let (layout, devices) = match pick % 3 {
+        0 => {
+            let data = 1 + usize::from(shape % 10);
+            let parity = 1 + usize::from((shape / 10) % 4);
+            (Layout::ReedSolomon { data, parity }, data + parity)
+        }
+        1 => {
+            let copies = 2 + usize::from(shape % 3);
+            (Layout::Mirror { copies }, copies)
+        }
+        _ => {
+            let copies = 2 + usize::from(shape % 2);
+            (
+                Layout::Raid10 { copies },
+                copies * (2 + usize::from((shape / 2) % 2)),
+            )
+        }
+    };
+    let Ok(codec) = Codec::new(layout, devices) else {
+        return;
+    };
+    let chunk = 64 * (1 + usize::from(input.byte() % 8));
+    let data_chunks = layout.data_chunks(devices);
+    let fill = input.bytes.to_vec();
+    let stripe: Vec<u8> = (0..data_chunks * chunk)
+        .map(|i| fill.get(i % fill.len().max(1)).copied().unwrap_or(0) ^ (i as u8))
+        .collect();
+    let shards: Vec<Vec<u8>> = match layout {
+        Layout::ReedSolomon { .. } => stripe
+            .chunks(chunk)
+            .map(<[u8]>::to_vec)
+            .chain(codec.encode_parity(&stripe, chunk))
+            .collect(),
+        Layout::Mirror { copies } | Layout::Raid10 { copies } => (0..devices)
+            .map(|shard| stripe[(shard / copies) * chunk..(shard / copies + 1) * chunk].to_vec())
+            .collect(),
+    };
+    assert_eq!(shards.len(), layout.width(devices));
+
+    // Erase up to `tolerance` shards chosen by the input.
+    let tolerance = layout.tolerance();
+    let mut present = vec![true; shards.len()];
+    let erasures = usize::from(input.byte()) % (tolerance + 1);
+    for _ in 0..erasures {
+        let at = usize::from(input.byte()) % shards.len();
+        present[at] = false;
+    }
+    let mut damaged = shards.clone();
+    for (shard, ok) in damaged.iter_mut().zip(&present) {
+        if !ok {
+            shard
+                .iter_mut()
+                .for_each(|b| *b = b.wrapping_mul(31).wrapping_add(7));
+        }
+    }
+    let mut flags = present.clone();
+    assert!(
+        codec.reconstruct(&mut damaged, &mut flags),
+        "{layout}: reconstruction refused with {} erasures",
+        present.iter().filter(|p| !**p).count()
+    );
+    assert_eq!(
+        damaged, shards,
+        "{layout}: reconstruction returned wrong bytes"
+    );
+
+    // One erasure too many: every copy of one chunk, or parity + 1 shards.
+    let mut too_many = vec![true; shards.len()];
+    match layout {
+        Layout::ReedSolomon { parity, .. } => {
+            let first = usize::from(input.byte()) % shards.len();
+            for i in 0..=parity {
+                too_many[(first + i) % shards.len()] = false;
+            }
+        }
+        Layout::Mirror { copies } | Layout::Raid10 { copies } => {
+            let group = usize::from(input.byte()) % data_chunks;
+            too_many[group * copies..(group + 1) * copies].fill(false);
+        }
+    }
+    let mut lost = shards.clone();
+    assert!(
+        !codec.reconstruct(&mut lost, &mut too_many),
+        "{layout}: reconstruction claimed success beyond the tolerance"
+    );
+}
+
+/// A small pool after a few commits: the device images, and the volume after each commit.
+struct LogFixture {
+    geometry: Geometry,
+    images: Vec<Vec<u8>>,
+    /// The volume after create (all zeros) and after each flush, in order.
+    snapshots: Vec<Vec<u8>>,
+}
+
+const FIXTURE_DEVICES: usize = 3;
+const FIXTURE_DEVICE_BYTES: u64 = 512 * 1024;
+
+fn log_fixture() -> Option<&'static LogFixture> {
+    static FIXTURE: OnceLock<Option<LogFixture>> = OnceLock::new();
+    FIXTURE
+        .get_or_init(|| {
+            let mems: Vec<Arc<MemDevice>> = (0..FIXTURE_DEVICES)
+                .map(|i| Arc::new(MemDevice::new(format!("fuzz{i}"), FIXTURE_DEVICE_BYTES)))
+                .collect();
+            let mut options = CreateOptions::new(Layout::ReedSolomon { data: 2, parity: 1 });
+            options.chunk_bytes = 4096;
+            options.open.background_rebuild = false;
+            let shared: Vec<SharedDevice> =
+                mems.iter().map(|m| Arc::clone(m) as SharedDevice).collect();
+            let pool = Pool::create(shared, vec![], &options).ok()?;
+            let size = pool.size();
+            let stripe = pool.geometry().stripe_data_bytes();
+            let mut volume = vec![0u8; usize::try_from(size).ok()?];
+            let mut snapshots = vec![volume.clone()];
+            for commit in 0..6u64 {
+                for k in 0..3u64 {
+                    let offset = ((commit * 7 + k * 5) % (size / stripe)) * stripe + commit * 100;
+                    let len = usize::try_from(stripe).ok()? + 300;
+                    let len = len.min(usize::try_from(size - offset).ok()?);
+                    let bytes: Vec<u8> = (0..len)
+                        .map(|i| (i as u64 * 13 + commit * 31 + k) as u8)
+                        .collect();
+                    pool.write_at(offset, &bytes).ok()?;
+                    let at = usize::try_from(offset).ok()?;
+                    volume[at..at + len].copy_from_slice(&bytes);
+                }
+                pool.flush().ok()?;
+                snapshots.push(volume.clone());
+            }
+            let geometry = pool.geometry().clone();
+            pool.simulate_power_loss();
+            Some(LogFixture {
+                geometry,
+                images: mems.iter().map(|m| m.image()).collect(),
+                snapshots,
+            })
+        })
+        .as_ref()
+}
+
+/// Target `log_replay`: the stripe-map log and checkpoints of a real pool, overwritten or
+/// XOR-corrupted by the input on one device or on all of them, then the pool is opened (which
+/// replays the log). Opening must not panic. Corruption on one device must not change anything
+/// (the others hold the map). Corruption everywhere may roll the pool back to an earlier commit
+/// or fail cleanly, but every stripe that reads must match one and the same commit: a corrupt
+/// record is never applied.
+///
+/// # Panics
+/// When a property is broken, or the fixture pool cannot be built.
+pub fn log_replay(data: &[u8]) {
+    let Some(fixture) = log_fixture() else {
+        panic!("the log replay fixture pool could not be built");
+    };
+    let geometry = &fixture.geometry;
+    let mut input = Input { bytes: data };
+    let control = input.byte();
+    let target = usize::from(control % 4); // 0..3: one device; 3: all of them
+    let overwrite = control & 4 != 0;
+    let areas = [
+        (geometry.log_offset, geometry.log_bytes),
+        (geometry.checkpoint_offsets[0], geometry.checkpoint_bytes),
+        (geometry.checkpoint_offsets[1], geometry.checkpoint_bytes),
+    ];
+    let (area_offset, area_bytes) = areas[usize::from((control >> 3) % 3)];
+    let mut images = fixture.images.clone();
+    let start = u64::from(input.u16()) % area_bytes;
+    let edits: Vec<(u64, u8)> = if overwrite {
+        let mut edits = Vec::new();
+        let mut at = start;
+        while !input.is_empty() && at < area_bytes {
+            edits.push((at, input.byte()));
+            at += 1;
+        }
+        edits
+    } else {
+        let mut edits = Vec::new();
+        while !input.is_empty() {
+            let at = (start + u64::from(input.u16())) % area_bytes;
+            edits.push((at, input.byte().max(1)));
+        }
+        edits
+    };
+    for (index, image) in images.iter_mut().enumerate() {
+        if target != FIXTURE_DEVICES && index != target {
+            continue;
+        }
+        for (at, value) in &edits {
+            let Ok(at) = usize::try_from(area_offset + at) else {
+                continue;
+            };
+            if let Some(byte) = image.get_mut(at) {
+                *byte = if overwrite { *value } else { *byte ^ *value };
+            }
+        }
+    }
+    let devices: Vec<SharedDevice> = images
+        .iter()
+        .enumerate()
+        .map(|(i, image)| {
+            let mem = MemDevice::new(format!("fuzz{i}"), FIXTURE_DEVICE_BYTES);
+            mem.poke(0, image);
+            Arc::new(mem) as SharedDevice
+        })
+        .collect();
+    let options = OpenOptions {
+        background_rebuild: false,
+        ..OpenOptions::default()
+    };
+    let pool = match Pool::open(devices, &options) {
+        Ok(pool) => pool,
+        Err(err) => {
+            assert!(
+                target == FIXTURE_DEVICES,
+                "corrupt metadata on one device only made open fail: {err}"
+            );
+            return;
+        }
+    };
+    let stripe = usize::try_from(geometry.stripe_data_bytes()).unwrap_or(1);
+    let final_state = fixture.snapshots.len() - 1;
+    // Commits every readable stripe so far agrees with.
+    let mut candidates: Vec<usize> = if target == FIXTURE_DEVICES {
+        (0..fixture.snapshots.len()).collect()
+    } else {
+        vec![final_state]
+    };
+    let mut buf = vec![0u8; stripe];
+    for (index, start) in (0..fixture.snapshots[0].len()).step_by(stripe).enumerate() {
+        match pool.read_at(start as u64, &mut buf) {
+            Ok(()) => {
+                candidates.retain(|k| fixture.snapshots[*k][start..start + stripe] == buf[..]);
+                assert!(
+                    !candidates.is_empty(),
+                    "stripe {index} reads as no committed version (corrupt metadata applied)"
+                );
+            }
+            Err(Error::Unrecoverable { .. }) if target == FIXTURE_DEVICES => {}
+            Err(err) => panic!("stripe {index}: unexpected error {err}"),
+        }
+    }
+    pool.simulate_power_loss();
+}

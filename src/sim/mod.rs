@@ -1,0 +1,597 @@
+//! Deterministic disk-failure simulation.
+//!
+//! Given a seed, [`generate`] draws a workload — writes, reads, flushes, reopens, power cuts,
+//! device failures and silent corruption, spares, rebuilds and scrubs — and [`run`] plays it
+//! against a pool on fault-injecting in-memory devices, checking after every step against the
+//! reference model ([`crate::testing::CrashModel`]):
+//!
+//! * no read ever returns bytes the model does not hold (at any damage level);
+//! * while at most `tolerance` member positions are damaged, every operation succeeds and
+//!   nothing flushed is lost, across crashes and reopens; after a crash, every block holds one
+//!   of the versions written to it since the last flush;
+//! * beyond the tolerance (the optional last step fails one position too many), errors are the
+//!   clear ones (`Unrecoverable`, `PoolUnavailable`), and every stripe with at most
+//!   `tolerance` shards on damaged positions still reads back exactly.
+//!
+//! Faults are injected only where the budget allows (like TigerBeetle's fault atlas): a device
+//! counts as damaged from its first injected fault until a rebuild replaces it, and no fault is
+//! placed on a new device while `tolerance` positions are damaged. So any data loss within the
+//! tolerance is a bug, not bad luck.
+//!
+//! The same seed gives the same workload and the same faults (decisions are keyed on the
+//! request, not on thread timing; see [`crate::device::FaultPlan`]). A failure reports the
+//! seed, the step and, after [`shrink`], a short op list that still fails, which
+//! `stripestore simulate --replay FILE` runs again.
+
+mod world;
+
+use crate::device::FaultKind;
+use crate::error::{Error, Result};
+use crate::geometry::Layout;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+/// The layouts a campaign cycles through, with a device count for each.
+pub const LAYOUTS: [(&str, usize); 7] = [
+    ("mirror:2", 2),
+    ("mirror:3", 3),
+    ("raid10:2", 4),
+    ("rs:2+1", 3),
+    ("rs:4+2", 6),
+    ("rs:4+2", 7),
+    ("rs:3+3", 6),
+];
+
+/// Which faults a simulation may inject: device fault kinds, plus power cuts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FaultSet {
+    /// Device fault kinds.
+    pub kinds: Vec<FaultKind>,
+    /// Power cuts (crashes with unflushed writes dropped).
+    pub crash: bool,
+}
+
+impl FaultSet {
+    /// Every fault kind and crashes.
+    #[must_use]
+    pub fn all() -> Self {
+        Self {
+            kinds: FaultKind::ALL.to_vec(),
+            crash: true,
+        }
+    }
+    /// Nothing at all (the workload alone).
+    #[must_use]
+    pub fn none() -> Self {
+        Self {
+            kinds: Vec::new(),
+            crash: false,
+        }
+    }
+    fn has(&self, kind: FaultKind) -> bool {
+        self.kinds.contains(&kind)
+    }
+}
+
+impl fmt::Display for FaultSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if *self == Self::all() {
+            return f.write_str("all");
+        }
+        let mut names: Vec<&str> = self.kinds.iter().map(|k| k.name()).collect();
+        if self.crash {
+            names.push("crash");
+        }
+        if names.is_empty() {
+            return f.write_str("none");
+        }
+        f.write_str(&names.join(","))
+    }
+}
+
+impl std::str::FromStr for FaultSet {
+    type Err = Error;
+    fn from_str(input: &str) -> Result<Self> {
+        match input {
+            "all" => return Ok(Self::all()),
+            "none" | "" => return Ok(Self::none()),
+            _ => {}
+        }
+        let mut set = Self::none();
+        for name in input.split(',').map(str::trim) {
+            if name == "crash" {
+                set.crash = true;
+            } else if let Some(kind) = FaultKind::from_name(name) {
+                if !set.kinds.contains(&kind) {
+                    set.kinds.push(kind);
+                }
+            } else {
+                let known: Vec<&str> = FaultKind::ALL.iter().map(|k| k.name()).collect();
+                return Err(Error::InvalidConfig(format!(
+                    "unknown fault {name:?}; known: all, none, crash, {}",
+                    known.join(", ")
+                )));
+            }
+        }
+        Ok(set)
+    }
+}
+
+/// One simulation run's parameters.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Seed of the workload and of every fault.
+    pub seed: u64,
+    /// Number of operations to generate.
+    pub ops: usize,
+    /// Redundancy layout.
+    pub layout: Layout,
+    /// Data devices.
+    pub devices: usize,
+    /// Faults allowed.
+    pub faults: FaultSet,
+    /// Size of each simulated device.
+    pub device_bytes: u64,
+    /// Chunk size of the pool.
+    pub chunk_bytes: u64,
+    /// End with one failed position more than the layout tolerates, and check that errors are
+    /// clear and unaffected stripes still read.
+    pub beyond_tolerance: bool,
+    /// Let faults land anywhere on a device (superblocks, map checkpoints and log), not only
+    /// in the data area.
+    pub metadata_faults: bool,
+}
+
+impl SimConfig {
+    /// Defaults for one seed and layout: 1 MiB devices, 4 KiB chunks, every fault.
+    #[must_use]
+    pub fn new(seed: u64, layout: Layout, devices: usize) -> Self {
+        Self {
+            seed,
+            ops: 200,
+            layout,
+            devices,
+            faults: FaultSet::all(),
+            device_bytes: 1 << 20,
+            chunk_bytes: 4096,
+            beyond_tolerance: true,
+            metadata_faults: true,
+        }
+    }
+
+    /// The command line that replays this run.
+    #[must_use]
+    pub fn command_line(&self) -> String {
+        format!(
+            "stripestore simulate --seed {} --ops {} --layout {} --devices {} --faults {}{}{}",
+            self.seed,
+            self.ops,
+            self.layout,
+            self.devices,
+            self.faults,
+            if self.beyond_tolerance {
+                ""
+            } else {
+                " --within-tolerance"
+            },
+            if self.metadata_faults {
+                ""
+            } else {
+                " --data-faults-only"
+            }
+        )
+    }
+}
+
+/// One step of a workload. Device numbers are taken modulo the layout's positions; a step the
+/// current state does not allow (a fault beyond the damage budget, a rebuild with no spare) is
+/// skipped, so any subsequence of a workload is itself a valid workload (which [`shrink`] needs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    /// Write `len` bytes drawn from `data_seed` at `offset` (both wrapped into the volume).
+    Write {
+        /// Volume offset.
+        offset: u64,
+        /// Length.
+        len: u32,
+        /// Seed of the bytes.
+        data_seed: u64,
+    },
+    /// Read a range and compare it with the model.
+    Read {
+        /// Volume offset.
+        offset: u64,
+        /// Length.
+        len: u32,
+    },
+    /// Flush (commit).
+    Flush,
+    /// Read the whole volume and compare it with the model.
+    Verify,
+    /// Close the pool cleanly and open it again.
+    Reopen,
+    /// Power cut: optionally a burst of writes and flushes with the power failing after
+    /// `cut_after` device requests, then every device loses a seeded subset of its unflushed
+    /// writes, and the pool is opened again.
+    Crash {
+        /// Seed of the burst and of what the devices lose.
+        seed: u64,
+        /// Device requests before the power fails inside the burst (`None`: no burst).
+        cut_after: Option<u32>,
+    },
+    /// The device at this position vanishes.
+    FailStop {
+        /// Position.
+        device: u8,
+    },
+    /// Flip random bits at rest on the device at this position.
+    Rot {
+        /// Position.
+        device: u8,
+        /// Bits.
+        count: u8,
+    },
+    /// Place latent sector errors at random on the device at this position.
+    LatentErrors {
+        /// Position.
+        device: u8,
+        /// Ranges.
+        count: u8,
+    },
+    /// Give the device at this position a random fault configuration (silent write faults,
+    /// read flips, latency, maybe a delayed fail-stop) drawn from `seed`.
+    Configure {
+        /// Position.
+        device: u8,
+        /// Seed of the configuration.
+        seed: u64,
+    },
+    /// Add a fresh spare.
+    AddSpare,
+    /// Replace the device at this position (a damaged one first, if any) with a spare.
+    ReplaceWithSpare {
+        /// Position.
+        device: u8,
+    },
+    /// One rebuild step (attaches spares to faulted positions first).
+    RebuildStep,
+    /// Run every rebuild to completion, then verify.
+    Rebuild,
+    /// Scrub, then verify.
+    Scrub,
+    /// Last step: fail positions until one more than the tolerance is damaged, then check that
+    /// errors are clear and unaffected stripes are intact.
+    BeyondTolerance {
+        /// Seed of the positions to fail.
+        seed: u64,
+    },
+}
+
+impl Op {
+    /// A short name, for statistics.
+    #[must_use]
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Write { .. } => "write",
+            Op::Read { .. } => "read",
+            Op::Flush => "flush",
+            Op::Verify => "verify",
+            Op::Reopen => "reopen",
+            Op::Crash { .. } => "crash",
+            Op::FailStop { .. } => "fail-stop",
+            Op::Rot { .. } => "rot",
+            Op::LatentErrors { .. } => "latent-errors",
+            Op::Configure { .. } => "configure-faults",
+            Op::AddSpare => "add-spare",
+            Op::ReplaceWithSpare { .. } => "replace",
+            Op::RebuildStep => "rebuild-step",
+            Op::Rebuild => "rebuild",
+            Op::Scrub => "scrub",
+            Op::BeyondTolerance { .. } => "beyond-tolerance",
+        }
+    }
+}
+
+/// Draw the workload of `config.seed`.
+#[must_use]
+pub fn generate(config: &SimConfig) -> Vec<Op> {
+    let mut rng = crate::testing::rng(config.seed ^ 0x5157_0001);
+    let faults = &config.faults;
+    // (weight, enabled) per op family, in a fixed order.
+    let table: [(u32, bool); 15] = [
+        (300, true),                            // write
+        (220, true),                            // read
+        (100, true),                            // flush
+        (20, true),                             // verify
+        (15, true),                             // reopen
+        (30, faults.crash),                     // crash
+        (12, faults.has(FaultKind::FailStop)),  // fail-stop
+        (25, faults.has(FaultKind::RotAtRest)), // rot
+        (20, faults.has(FaultKind::ReadError)), // latent errors
+        (30, !faults.kinds.is_empty()),         // configure
+        (20, true),                             // add spare
+        (20, true),                             // replace
+        (30, true),                             // rebuild step
+        (20, true),                             // rebuild
+        (20, true),                             // scrub
+    ];
+    let total: u32 = table.iter().filter(|(_, on)| *on).map(|(w, _)| w).sum();
+    let stripe = config.chunk_bytes * config.layout.data_chunks(config.devices) as u64;
+    let mut ops = Vec::with_capacity(config.ops);
+    while ops.len() < config.ops {
+        let mut pick = rng.gen_range(0..total);
+        let mut family = 0;
+        for (i, (weight, on)) in table.iter().enumerate() {
+            if !on {
+                continue;
+            }
+            if pick < *weight {
+                family = i;
+                break;
+            }
+            pick -= weight;
+        }
+        let device = rng.gen_range(0..=u8::MAX);
+        let op = match family {
+            0 => Op::Write {
+                offset: rng.gen_range(0..u64::from(u32::MAX)),
+                len: match rng.gen_range(0..4) {
+                    0 => rng.gen_range(1..512),
+                    1 => rng.gen_range(1..3 * stripe as u32),
+                    2 => stripe as u32,
+                    _ => rng.gen_range(1..64 * 1024),
+                },
+                data_seed: rng.gen(),
+            },
+            1 => Op::Read {
+                offset: rng.gen_range(0..u64::from(u32::MAX)),
+                len: rng.gen_range(1..3 * stripe as u32),
+            },
+            2 => Op::Flush,
+            3 => Op::Verify,
+            4 => Op::Reopen,
+            5 => Op::Crash {
+                seed: rng.gen(),
+                cut_after: rng.gen_bool(0.7).then(|| rng.gen_range(1..300)),
+            },
+            6 => Op::FailStop { device },
+            7 => Op::Rot {
+                device,
+                count: rng.gen_range(1..8),
+            },
+            8 => Op::LatentErrors {
+                device,
+                count: rng.gen_range(1..4),
+            },
+            9 => Op::Configure {
+                device,
+                seed: rng.gen(),
+            },
+            10 => Op::AddSpare,
+            11 => Op::ReplaceWithSpare { device },
+            12 => Op::RebuildStep,
+            13 => Op::Rebuild,
+            _ => Op::Scrub,
+        };
+        ops.push(op);
+    }
+    if config.beyond_tolerance && faults.has(FaultKind::FailStop) {
+        if let Some(last) = ops.last_mut() {
+            *last = Op::BeyondTolerance { seed: rng.gen() };
+        }
+    }
+    ops
+}
+
+/// A broken rule: where and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// Index of the failing op.
+    pub step: usize,
+    /// The op.
+    pub op: Op,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "step {} ({:?}): {}", self.step, self.op, self.message)
+    }
+}
+
+/// Counters of one run, or of many added together.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Stats {
+    /// Runs.
+    pub runs: u64,
+    /// Operations executed, by op name.
+    pub ops: BTreeMap<String, u64>,
+    /// Operations skipped because the state did not allow them (damage budget, no spare).
+    pub skipped: u64,
+    /// Faults injected, by kind name (from the devices' records), plus `crash` and
+    /// `power-cut` (a crash that cut power inside a burst of writes).
+    pub faults: BTreeMap<String, u64>,
+    /// Opens that needed `force` (members missing that might be newer).
+    pub forced_opens: u64,
+    /// Damaged devices the pool refused at open and the simulator left out.
+    pub refused_at_open: u64,
+    /// Rebuilds completed.
+    pub rebuilds_completed: u64,
+    /// Bad shards found (and healed) by scrubs.
+    pub scrub_bad_shards: u64,
+    /// Reads and verifications whose bytes were checked.
+    pub checked_reads: u64,
+    /// Beyond-tolerance phase: stripes checked that must read, and did.
+    pub unaffected_stripes_ok: u64,
+    /// Beyond-tolerance phase: stripes that failed with a clear error.
+    pub affected_stripes_failed_clearly: u64,
+    /// Runs with a violation.
+    pub violations: u64,
+}
+
+impl Stats {
+    /// Add another run's counters.
+    pub fn merge(&mut self, other: &Stats) {
+        self.runs += other.runs;
+        for (k, v) in &other.ops {
+            *self.ops.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &other.faults {
+            *self.faults.entry(k.clone()).or_default() += v;
+        }
+        self.skipped += other.skipped;
+        self.forced_opens += other.forced_opens;
+        self.refused_at_open += other.refused_at_open;
+        self.rebuilds_completed += other.rebuilds_completed;
+        self.scrub_bad_shards += other.scrub_bad_shards;
+        self.checked_reads += other.checked_reads;
+        self.unaffected_stripes_ok += other.unaffected_stripes_ok;
+        self.affected_stripes_failed_clearly += other.affected_stripes_failed_clearly;
+        self.violations += other.violations;
+    }
+    /// Operations executed in total.
+    #[must_use]
+    pub fn total_ops(&self) -> u64 {
+        self.ops.values().sum()
+    }
+    /// Faults injected in total.
+    #[must_use]
+    pub fn total_faults(&self) -> u64 {
+        self.faults.values().sum()
+    }
+}
+
+/// What one run found.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    /// Counters.
+    pub stats: Stats,
+    /// The first broken rule, if any (the run stops there).
+    pub violation: Option<Violation>,
+}
+
+/// Play `ops` under `config` and check every step.
+///
+/// # Errors
+/// Only when the simulation cannot be set up (an impossible layout or device size); broken
+/// rules are reported in [`RunReport::violation`].
+pub fn run(config: &SimConfig, ops: &[Op]) -> Result<RunReport> {
+    // One worker thread: the pool's parallel paths then run in a fixed order.
+    let threads = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .map_err(|err| {
+            Error::InvalidConfig(format!("cannot start the simulation thread: {err}"))
+        })?;
+    threads.install(|| world::run(config, ops))
+}
+
+/// Generate and run `config.seed`'s workload.
+///
+/// # Errors
+/// As [`run`].
+pub fn run_seed(config: &SimConfig) -> Result<RunReport> {
+    run(config, &generate(config))
+}
+
+/// Shrink a failing workload: drop ever smaller chunks of ops while the run still fails,
+/// within `budget` of time. Returns the shortest failing workload found and its violation.
+#[must_use]
+pub fn shrink(config: &SimConfig, ops: &[Op], budget: Duration) -> (Vec<Op>, Option<Violation>) {
+    let started = Instant::now();
+    let fails = |candidate: &[Op]| -> Option<Violation> {
+        run(config, candidate)
+            .ok()
+            .and_then(|report| report.violation)
+    };
+    let mut current = ops.to_vec();
+    let Some(mut violation) = fails(&current) else {
+        return (current, None);
+    };
+    // Nothing after the failing step matters.
+    current.truncate(violation.step + 1);
+    let mut chunk = current.len().div_ceil(2).max(1);
+    while chunk >= 1 && started.elapsed() < budget {
+        let mut start = 0;
+        let mut removed_any = false;
+        while start < current.len() && started.elapsed() < budget {
+            let end = (start + chunk).min(current.len());
+            let candidate: Vec<Op> = current[..start]
+                .iter()
+                .chain(&current[end..])
+                .cloned()
+                .collect();
+            match fails(&candidate) {
+                Some(found) if !candidate.is_empty() => {
+                    current = candidate;
+                    current.truncate(found.step + 1);
+                    violation = found;
+                    removed_any = true;
+                }
+                _ => start += chunk,
+            }
+        }
+        if chunk == 1 && !removed_any {
+            break;
+        }
+        chunk = (chunk / 2).max(1);
+    }
+    (current, Some(violation))
+}
+
+/// A workload saved for replay: the run's parameters and its ops.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Replay {
+    /// Seed (of the original run: faults not yet drawn still come from it).
+    pub seed: u64,
+    /// Layout.
+    pub layout: String,
+    /// Data devices.
+    pub devices: usize,
+    /// Fault set, as on the command line.
+    pub faults: String,
+    /// Device size.
+    pub device_bytes: u64,
+    /// Chunk size.
+    pub chunk_bytes: u64,
+    /// Faults may land on metadata too.
+    #[serde(default)]
+    pub metadata_faults: bool,
+    /// The ops.
+    pub ops: Vec<Op>,
+}
+
+impl Replay {
+    /// Record `ops` run under `config`.
+    #[must_use]
+    pub fn new(config: &SimConfig, ops: &[Op]) -> Self {
+        Self {
+            seed: config.seed,
+            layout: config.layout.to_string(),
+            devices: config.devices,
+            faults: config.faults.to_string(),
+            device_bytes: config.device_bytes,
+            chunk_bytes: config.chunk_bytes,
+            metadata_faults: config.metadata_faults,
+            ops: ops.to_vec(),
+        }
+    }
+    /// The configuration to run the ops under.
+    ///
+    /// # Errors
+    /// [`Error::InvalidLayout`]/[`Error::InvalidConfig`] for a bad layout or fault list.
+    pub fn config(&self) -> Result<SimConfig> {
+        let mut config = SimConfig::new(self.seed, self.layout.parse()?, self.devices);
+        config.faults = self.faults.parse()?;
+        config.device_bytes = self.device_bytes;
+        config.chunk_bytes = self.chunk_bytes;
+        config.metadata_faults = self.metadata_faults;
+        config.ops = self.ops.len();
+        Ok(config)
+    }
+}

@@ -1,0 +1,714 @@
+//! The simulated machine: devices (in-memory medium → fault injector → power switch), the
+//! pool, the model, and the step executor with its checks.
+
+use super::{Op, RunReport, SimConfig, Stats, Violation};
+use crate::device::{
+    FaultConfig, FaultKind, FaultPlan, FaultyDevice, MemDevice, PowerCut, SharedDevice,
+};
+use crate::error::{Error, Result};
+use crate::geometry::Layout;
+use crate::testing::{random_bytes, rng, CrashModel};
+use crate::{CreateOptions, OpenOptions, Pool, PoolStatus};
+use parking_lot::Mutex;
+use rand::Rng;
+use std::collections::{BTreeSet, HashMap};
+use std::ops::Range;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+const POWER_ON: i64 = i64::MAX / 2;
+/// Spares kept available at most (each costs a device image).
+const SPARES_MAX: usize = 2;
+
+/// One simulated disk.
+struct Disk {
+    name: String,
+    mem: Arc<MemDevice>,
+    plan: Arc<Mutex<FaultPlan>>,
+    handle: SharedDevice,
+    /// A fault was injected into it (it counts against the damage budget while a member).
+    damaged: bool,
+}
+
+struct World<'a> {
+    config: &'a SimConfig,
+    disks: Vec<Disk>,
+    pool: Option<Pool>,
+    model: CrashModel,
+    countdown: Arc<AtomicI64>,
+    /// Where injected faults may land on each device.
+    region: Range<u64>,
+    tolerance: usize,
+    stats: Stats,
+    spares_made: usize,
+    /// The range of the latest write, read back after every step.
+    last_write: Option<(u64, usize)>,
+}
+
+type Check = std::result::Result<(), String>;
+
+pub(super) fn run(config: &SimConfig, ops: &[Op]) -> Result<RunReport> {
+    let mut world = World::create(config)?;
+    let mut violation = None;
+    let mut seen: HashMap<u32, u64> = HashMap::new();
+    for (step, op) in ops.iter().enumerate() {
+        // Fault decisions are keyed on the op itself (and how many identical ops came before),
+        // not on its index: dropping unrelated ops while shrinking leaves them unchanged.
+        let key = crc32c::crc32c(format!("{op:?}").as_bytes());
+        let nth = seen.entry(key).or_insert(0);
+        *nth += 1;
+        let epoch = (u64::from(key) << 32) | *nth;
+        for disk in &world.disks {
+            disk.plan.lock().set_epoch(epoch);
+        }
+        *world.stats.ops.entry(op.name().to_string()).or_default() += 1;
+        let outcome = world
+            .step(op)
+            .and_then(|()| world.check_no_spontaneous_faults())
+            .and_then(|()| world.spot_check(op));
+        if let Err(message) = outcome {
+            violation = Some(Violation {
+                step,
+                op: op.clone(),
+                message,
+            });
+            break;
+        }
+        if matches!(op, Op::BeyondTolerance { .. }) {
+            break;
+        }
+    }
+    if let Some(pool) = world.pool.take() {
+        pool.simulate_power_loss();
+    }
+    let mut stats = std::mem::take(&mut world.stats);
+    stats.runs = 1;
+    stats.violations = u64::from(violation.is_some());
+    for disk in &world.disks {
+        let plan = disk.plan.lock();
+        for kind in FaultKind::ALL {
+            let count = plan.count(kind) as u64;
+            if count > 0 {
+                *stats.faults.entry(kind.name().to_string()).or_default() += count;
+            }
+        }
+    }
+    Ok(RunReport { stats, violation })
+}
+
+fn is_clear(err: &Error) -> bool {
+    matches!(
+        err,
+        Error::Unrecoverable { .. } | Error::PoolUnavailable { .. }
+    )
+}
+
+impl<'a> World<'a> {
+    fn create(config: &'a SimConfig) -> Result<Self> {
+        let countdown = Arc::new(AtomicI64::new(POWER_ON));
+        let mut world = Self {
+            config,
+            disks: Vec::new(),
+            pool: None,
+            model: CrashModel::new(0),
+            countdown,
+            region: 0..u64::MAX,
+            tolerance: config.layout.tolerance(),
+            stats: Stats::default(),
+            spares_made: 0,
+            last_write: None,
+        };
+        let handles: Vec<SharedDevice> = (0..config.devices)
+            .map(|i| world.new_disk(format!("d{i}")))
+            .collect();
+        let mut options = CreateOptions::new(config.layout);
+        options.chunk_bytes = config.chunk_bytes;
+        options.open = Self::open_options(false);
+        let pool = Pool::create(handles, vec![], &options)?;
+        let geometry = pool.geometry();
+        world.region = if config.metadata_faults {
+            0..geometry.device_bytes
+        } else {
+            geometry.data_offset..geometry.data_end()
+        };
+        for disk in &world.disks {
+            disk.plan.lock().set_region(world.region.clone());
+        }
+        world.model = CrashModel::new(pool.size());
+        world.pool = Some(pool);
+        Ok(world)
+    }
+
+    fn open_options(force: bool) -> OpenOptions {
+        OpenOptions {
+            // Heal single errors; a damaged device is faulted only if it keeps failing.
+            error_threshold: crate::pool::DEFAULT_ERROR_THRESHOLD,
+            background_rebuild: false,
+            auto_replace: true,
+            rebuild_rate_bytes_per_s: None,
+            force,
+        }
+    }
+
+    fn new_disk(&mut self, name: String) -> SharedDevice {
+        let index = self.disks.len() as u64;
+        let mem = Arc::new(MemDevice::new(name.clone(), self.config.device_bytes));
+        let (faulty, plan) = FaultyDevice::new(
+            Arc::clone(&mem) as SharedDevice,
+            self.config.seed ^ (index + 1).wrapping_mul(0x2545_F491_4F6C_DD1D),
+        );
+        plan.lock().set_region(self.region.clone());
+        let handle: SharedDevice = Arc::new(PowerCut::new(
+            Arc::new(faulty) as SharedDevice,
+            Arc::clone(&self.countdown),
+        ));
+        self.disks.push(Disk {
+            name,
+            mem,
+            plan,
+            handle: Arc::clone(&handle),
+            damaged: false,
+        });
+        handle
+    }
+
+    fn pool(&self) -> std::result::Result<&Pool, String> {
+        self.pool
+            .as_ref()
+            .ok_or_else(|| "the pool is not open".to_string())
+    }
+
+    fn disk(&self, name: &str) -> Option<usize> {
+        self.disks.iter().position(|d| d.name == name)
+    }
+
+    /// Positions that may hold bad data: faulted, or served by a device with injected faults.
+    fn damaged_positions(&self, status: &PoolStatus) -> BTreeSet<usize> {
+        let mut damaged = BTreeSet::new();
+        for device in &status.devices {
+            let Some(position) = device.index else {
+                continue;
+            };
+            let injected = self
+                .disk(&device.path)
+                .is_some_and(|d| self.disks[d].damaged);
+            let faulted = device.replacing.is_none() && device.state == "FAULTED";
+            if injected || faulted {
+                damaged.insert(position);
+            }
+        }
+        damaged
+    }
+
+    fn within_tolerance(&self) -> bool {
+        self.pool
+            .as_ref()
+            .is_some_and(|pool| self.damaged_positions(&pool.status()).len() <= self.tolerance)
+    }
+
+    /// The device in service at `position` that a new fault may hit, if the budget allows.
+    fn fault_target(&self, position: u8) -> Option<usize> {
+        let status = self.pool.as_ref()?.status();
+        let position = usize::from(position) % self.config.devices;
+        let member = status
+            .devices
+            .iter()
+            .find(|d| d.index == Some(position) && d.replacing.is_none())?;
+        if member.state == "FAULTED" {
+            return None;
+        }
+        let disk = self.disk(&member.path)?;
+        if self.disks[disk].plan.lock().is_gone() {
+            return None;
+        }
+        let damaged = self.damaged_positions(&status);
+        (self.disks[disk].damaged || damaged.len() < self.tolerance).then_some(disk)
+    }
+
+    /// A faulted position whose device the harness did not damage means the pool gave up on a
+    /// healthy device: a bug.
+    fn check_no_spontaneous_faults(&self) -> Check {
+        let Some(pool) = self.pool.as_ref() else {
+            return Ok(());
+        };
+        for device in pool.status().devices {
+            if device.state != "FAULTED" || device.replacing.is_some() {
+                continue;
+            }
+            if let Some(disk) = self.disk(&device.path) {
+                if !self.disks[disk].damaged {
+                    return Err(format!(
+                        "the pool faulted {} although no fault was injected into it: {}",
+                        device.path,
+                        device.reason.unwrap_or_default()
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn clamp(&self, offset: u64, len: u32) -> (u64, usize) {
+        let size = self.model.latest.len();
+        let offset = offset % size;
+        let len = u64::from(len).clamp(1, size - offset);
+        (offset, usize::try_from(len).unwrap_or(1))
+    }
+
+    fn step(&mut self, op: &Op) -> Check {
+        match op {
+            Op::Write {
+                offset,
+                len,
+                data_seed,
+            } => {
+                let (offset, len) = self.clamp(*offset, *len);
+                let data = random_bytes(&mut rng(*data_seed), len);
+                self.write(offset, &data)
+            }
+            Op::Read { offset, len } => {
+                let (offset, len) = self.clamp(*offset, *len);
+                self.read_and_compare(offset, len)
+            }
+            Op::Flush => self.flush(),
+            Op::Verify => self.verify("verify"),
+            Op::Reopen => {
+                let pool = self.pool.take().ok_or("the pool is not open")?;
+                let status = pool.status();
+                let within = self.within_tolerance_of(&pool);
+                match pool.close() {
+                    Ok(()) => self.model.flushed(),
+                    Err(err) if within => {
+                        return Err(format!("close failed within tolerance: {err}"))
+                    }
+                    Err(_) => {}
+                }
+                self.open(&status)?;
+                self.verify("after reopen")
+            }
+            Op::Crash { seed, cut_after } => self.crash(*seed, *cut_after),
+            Op::FailStop { device } => self.inject(*device, |plan| plan.fail_stop()),
+            Op::Rot { device, count } => self.inject(*device, |plan| {
+                plan.rot_random(usize::from(*count));
+            }),
+            Op::LatentErrors { device, count } => self.inject(*device, |plan| {
+                plan.add_random_bad_ranges(usize::from(*count), 16);
+            }),
+            Op::Configure { device, seed } => {
+                let mut allowed = self.config.faults.kinds.clone();
+                // Rot and latent errors have their own ops; keep the configuration to the rest.
+                allowed.retain(|k| !matches!(k, FaultKind::RotAtRest | FaultKind::ReadError));
+                let config = FaultConfig::random(*seed, &allowed);
+                self.inject(*device, |plan| plan.configure(&config))
+            }
+            Op::AddSpare => {
+                let pool = self.pool()?;
+                if pool.status().spares.len() >= SPARES_MAX {
+                    self.stats.skipped += 1;
+                    return Ok(());
+                }
+                let within = self.within_tolerance();
+                self.spares_made += 1;
+                let handle = self.new_disk(format!("s{}", self.spares_made));
+                match self.pool()?.add_spare(handle, false) {
+                    Ok(()) => Ok(()),
+                    Err(err) if within => Err(format!("add spare failed within tolerance: {err}")),
+                    Err(_) => Ok(()),
+                }
+            }
+            Op::ReplaceWithSpare { device } => self.replace(*device),
+            Op::RebuildStep => {
+                let within = self.within_tolerance();
+                match self.pool()?.rebuild_step(true) {
+                    Ok(outcome) => {
+                        self.stats.rebuilds_completed += outcome.completed.len() as u64;
+                        Ok(())
+                    }
+                    Err(err) if within => {
+                        Err(format!("rebuild step failed within tolerance: {err}"))
+                    }
+                    Err(_) => Ok(()),
+                }
+            }
+            Op::Rebuild => {
+                let within = self.within_tolerance();
+                for _ in 0..100_000 {
+                    match self.pool()?.rebuild_step(true) {
+                        Ok(outcome) => {
+                            self.stats.rebuilds_completed += outcome.completed.len() as u64;
+                            if outcome.running == 0 {
+                                break;
+                            }
+                        }
+                        Err(err) if within => {
+                            return Err(format!("rebuild failed within tolerance: {err}"))
+                        }
+                        Err(_) => break,
+                    }
+                }
+                self.verify("after rebuild")
+            }
+            Op::Scrub => {
+                let within = self.within_tolerance();
+                match self.pool()?.scrub() {
+                    Ok(report) => {
+                        self.stats.scrub_bad_shards += report.bad_shards;
+                        if within && report.unrepairable_stripes > 0 {
+                            return Err(format!(
+                                "scrub found {} unrepairable stripes within tolerance",
+                                report.unrepairable_stripes
+                            ));
+                        }
+                    }
+                    Err(err) if within => {
+                        return Err(format!("scrub failed within tolerance: {err}"))
+                    }
+                    Err(_) => {}
+                }
+                self.verify("after scrub")
+            }
+            Op::BeyondTolerance { seed } => self.beyond_tolerance(*seed),
+        }
+    }
+
+    /// After every step (but the last, which leaves the pool beyond repair), read back what the
+    /// latest write touched.
+    fn spot_check(&mut self, op: &Op) -> Check {
+        match (self.last_write, op) {
+            (_, Op::BeyondTolerance { .. }) | (None, _) => Ok(()),
+            (Some((offset, len)), _) => self
+                .read_and_compare(offset, len)
+                .map_err(|e| format!("read-back of the latest write: {e}")),
+        }
+    }
+
+    fn within_tolerance_of(&self, pool: &Pool) -> bool {
+        self.damaged_positions(&pool.status()).len() <= self.tolerance
+    }
+
+    fn inject(&mut self, position: u8, fault: impl FnOnce(&mut FaultPlan)) -> Check {
+        let Some(disk) = self.fault_target(position) else {
+            self.stats.skipped += 1;
+            return Ok(());
+        };
+        self.disks[disk].damaged = true;
+        fault(&mut self.disks[disk].plan.lock());
+        Ok(())
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> Check {
+        let within = self.within_tolerance();
+        self.model.write(offset, data);
+        self.last_write = Some((offset, data.len()));
+        match self.pool()?.write_at(offset, data) {
+            Ok(()) => Ok(()),
+            Err(err) if within => Err(format!(
+                "write of {} bytes at {offset} failed within tolerance: {err}",
+                data.len()
+            )),
+            Err(err) if is_clear(&err) => Ok(()),
+            Err(err) => Err(format!("write failed with an unclear error: {err}")),
+        }
+    }
+
+    fn flush(&mut self) -> Check {
+        let within = self.within_tolerance();
+        match self.pool()?.flush() {
+            Ok(()) => {
+                self.model.flushed();
+                Ok(())
+            }
+            Err(err) if within => Err(format!("flush failed within tolerance: {err}")),
+            Err(_) => Ok(()),
+        }
+    }
+
+    fn read_and_compare(&mut self, offset: u64, len: usize) -> Check {
+        let within = self.within_tolerance();
+        let mut buf = vec![0u8; len];
+        match self.pool()?.read_at(offset, &mut buf) {
+            Ok(()) => {
+                self.stats.checked_reads += 1;
+                let expected = self.model.latest.read(offset, len);
+                match buf.iter().zip(expected).position(|(a, b)| a != b) {
+                    None => Ok(()),
+                    Some(at) => Err(format!(
+                        "WRONG BYTES: read of {len} bytes at {offset} differs from the model at volume byte {}",
+                        offset + at as u64
+                    )),
+                }
+            }
+            Err(err) if within => Err(format!(
+                "read of {len} bytes at {offset} failed within tolerance: {err}"
+            )),
+            Err(err) if is_clear(&err) => Ok(()),
+            Err(err) => Err(format!("read failed with an unclear error: {err}")),
+        }
+    }
+
+    fn verify(&mut self, when: &str) -> Check {
+        let size = self.model.latest.len();
+        let piece = 256 * 1024;
+        let mut offset = 0;
+        while offset < size {
+            let len = usize::try_from(piece.min(size - offset)).unwrap_or(0);
+            self.read_and_compare(offset, len)
+                .map_err(|e| format!("{when}: {e}"))?;
+            offset += len as u64;
+        }
+        Ok(())
+    }
+
+    /// The devices to open the pool with: members and spares in service, not vanished.
+    fn open_candidates(&self, status: Option<&PoolStatus>) -> Vec<usize> {
+        let mut names: Vec<String> = match status {
+            Some(status) => status
+                .devices
+                .iter()
+                .filter(|d| d.replacing.is_some() || d.state != "FAULTED")
+                .chain(status.spares.iter().filter(|s| s.state != "FAULTED"))
+                .map(|d| d.path.clone())
+                .collect(),
+            None => self.disks.iter().map(|d| d.name.clone()).collect(),
+        };
+        names.dedup();
+        names
+            .iter()
+            .filter_map(|name| self.disk(name))
+            .filter(|d| !self.disks[*d].plan.lock().is_gone())
+            .collect()
+    }
+
+    /// Open the pool again, as an operator would: leave out devices the pool refuses as stale
+    /// or foreign (only acceptable for damaged ones), force when the present members cannot
+    /// prove they are current.
+    fn open_with(&mut self, mut candidates: Vec<usize>) -> Check {
+        let mut force = false;
+        for _ in 0..16 {
+            let handles: Vec<SharedDevice> = candidates
+                .iter()
+                .map(|d| Arc::clone(&self.disks[*d].handle))
+                .collect();
+            match Pool::open(handles, &Self::open_options(force)) {
+                Ok(pool) => {
+                    self.pool = Some(pool);
+                    return Ok(());
+                }
+                Err(Error::CannotProveCurrent { .. }) if !force => {
+                    self.stats.forced_opens += 1;
+                    force = true;
+                }
+                Err(Error::StaleMember { device, .. } | Error::NotAMember { device, .. }) => {
+                    match self.disk(&device) {
+                        Some(d) if self.disks[d].damaged => {
+                            self.stats.refused_at_open += 1;
+                            candidates.retain(|c| *c != d);
+                        }
+                        _ => return Err(format!("open refused healthy device {device}")),
+                    }
+                }
+                Err(err) => return Err(format!("open failed: {err}")),
+            }
+        }
+        Err("open kept refusing devices".into())
+    }
+
+    fn open(&mut self, status: &PoolStatus) -> Check {
+        let candidates = self.open_candidates(Some(status));
+        self.open_with(candidates)
+    }
+
+    fn crash(&mut self, seed: u64, cut_after: Option<u32>) -> Check {
+        let mut rng = rng(seed);
+        let status = self.pool()?.status();
+        *self.stats.faults.entry("crash".into()).or_default() += 1;
+        if let Some(cut) = cut_after {
+            // A burst of writes and flushes; the power fails after `cut` device requests.
+            *self.stats.faults.entry("power-cut".into()).or_default() += 1;
+            self.countdown.store(i64::from(cut), Ordering::SeqCst);
+            let stripe = self.pool()?.geometry().stripe_data_bytes();
+            for _ in 0..12 {
+                if self.countdown.load(Ordering::SeqCst) <= 0 {
+                    break;
+                }
+                if rng.gen_bool(0.25) {
+                    let flushed = self.pool()?.flush().is_ok();
+                    if flushed && self.countdown.load(Ordering::SeqCst) > 0 {
+                        self.model.flushed();
+                    }
+                    continue;
+                }
+                let len = rng.gen_range(1..3 * stripe) as u32;
+                let (offset, len) = self.clamp(rng.gen(), len);
+                let data = random_bytes(&mut rng, len);
+                self.write(offset, &data)?;
+            }
+        }
+        if let Some(pool) = self.pool.take() {
+            pool.simulate_power_loss();
+        }
+        for (i, disk) in self.disks.iter().enumerate() {
+            disk.mem
+                .crash(seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9));
+        }
+        self.countdown.store(POWER_ON, Ordering::SeqCst);
+        self.open(&status)?;
+        let within = self.within_tolerance();
+        let mut volume = vec![0u8; usize::try_from(self.model.latest.len()).unwrap_or(0)];
+        match self.pool()?.read_at(0, &mut volume) {
+            Ok(()) => {}
+            Err(err) if within => {
+                return Err(format!(
+                    "after a crash, the volume does not read within tolerance: {err}"
+                ))
+            }
+            Err(err) if is_clear(&err) => return Ok(()),
+            Err(err) => return Err(format!("after a crash, an unclear error: {err}")),
+        }
+        self.stats.checked_reads += 1;
+        self.model
+            .check_after_crash(&volume)
+            .map_err(|e| format!("after a crash: {e}"))
+    }
+
+    fn replace(&mut self, position: u8) -> Check {
+        let pool = self.pool()?;
+        let status = pool.status();
+        let Some(spare) = status.spares.iter().find(|s| s.state == "AVAIL") else {
+            self.stats.skipped += 1;
+            return Ok(());
+        };
+        let busy: BTreeSet<usize> = status
+            .devices
+            .iter()
+            .filter(|d| d.replacing.is_some())
+            .filter_map(|d| d.index)
+            .collect();
+        let damaged = self.damaged_positions(&status);
+        let target = damaged
+            .iter()
+            .copied()
+            .find(|p| !busy.contains(p))
+            .unwrap_or(usize::from(position) % self.config.devices);
+        if busy.contains(&target) {
+            self.stats.skipped += 1;
+            return Ok(());
+        }
+        let Some(member) = status
+            .devices
+            .iter()
+            .find(|d| d.index == Some(target) && d.replacing.is_none())
+        else {
+            return Err(format!("no member at position {target}"));
+        };
+        let within = damaged.len() <= self.tolerance;
+        match pool.replace_with_spare(&member.path, &spare.path) {
+            Ok(()) => Ok(()),
+            Err(err) if within => Err(format!(
+                "replacing {} with spare {} failed within tolerance: {err}",
+                member.path, spare.path
+            )),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Fail positions until one more than the tolerance is damaged; then every stripe with at
+    /// most `tolerance` shards on damaged positions must read back exactly, the others must
+    /// read exactly or fail clearly, and writes and flushes must succeed or fail clearly.
+    fn beyond_tolerance(&mut self, seed: u64) -> Check {
+        let mut rng = rng(seed);
+        for _ in 0..64 {
+            let status = self.pool()?.status();
+            let damaged = self.damaged_positions(&status);
+            if damaged.len() > self.tolerance {
+                break;
+            }
+            let healthy: Vec<usize> = (0..self.config.devices)
+                .filter(|p| !damaged.contains(p))
+                .collect();
+            let Some(position) = healthy.get(rng.gen_range(0..healthy.len().max(1))) else {
+                break;
+            };
+            let Some(member) = status
+                .devices
+                .iter()
+                .find(|d| d.index == Some(*position) && d.replacing.is_none())
+            else {
+                break;
+            };
+            let Some(disk) = self.disk(&member.path) else {
+                break;
+            };
+            self.disks[disk].damaged = true;
+            self.disks[disk].plan.lock().fail_stop();
+        }
+        let status = self.pool()?.status();
+        let damaged = self.damaged_positions(&status);
+        if damaged.len() <= self.tolerance {
+            self.stats.skipped += 1;
+            return Ok(());
+        }
+        let pool = self.pool()?;
+        let geometry = pool.geometry().clone();
+        let stripe_bytes = geometry.stripe_data_bytes();
+        let mut unaffected_ok = 0;
+        let mut failed_clearly = 0;
+        for stripe in 0..geometry.stripes {
+            let locations = pool.shard_locations(stripe);
+            let affected = match geometry.layout {
+                Layout::ReedSolomon { parity, .. } => {
+                    locations
+                        .iter()
+                        .filter(|l| damaged.contains(&l.device))
+                        .count()
+                        > parity
+                }
+                Layout::Mirror { .. } | Layout::Raid10 { .. } => {
+                    // Some data chunk with no copy on an undamaged position.
+                    (0..geometry.data_chunks()).any(|chunk| {
+                        !locations
+                            .iter()
+                            .any(|l| l.data_chunk == Some(chunk) && !damaged.contains(&l.device))
+                    }) && !locations.is_empty()
+                }
+            };
+            let offset = stripe * stripe_bytes;
+            let len = usize::try_from(stripe_bytes).unwrap_or(0);
+            let mut buf = vec![0u8; len];
+            match pool.read_at(offset, &mut buf) {
+                Ok(()) => {
+                    if buf != self.model.latest.read(offset, len) {
+                        return Err(format!(
+                            "WRONG BYTES beyond tolerance: stripe {stripe} (damaged positions {damaged:?})"
+                        ));
+                    }
+                    if !affected {
+                        unaffected_ok += 1;
+                    }
+                }
+                Err(err) if !affected => {
+                    return Err(format!(
+                        "stripe {stripe} has at most {} shards on damaged positions {damaged:?} but failed: {err}",
+                        self.tolerance
+                    ))
+                }
+                Err(err) if is_clear(&err) => failed_clearly += 1,
+                Err(err) => return Err(format!("stripe {stripe}: unclear error: {err}")),
+            }
+        }
+        let data = random_bytes(&mut rng, usize::try_from(stripe_bytes).unwrap_or(0));
+        match pool.write_at(0, &data) {
+            Ok(()) => {}
+            Err(err) if is_clear(&err) => {}
+            Err(err) => return Err(format!("write beyond tolerance: unclear error: {err}")),
+        }
+        let flushed = pool.flush();
+        self.stats.unaffected_stripes_ok += unaffected_ok;
+        self.stats.affected_stripes_failed_clearly += failed_clearly;
+        match flushed {
+            Ok(()) => Ok(()),
+            Err(err) if is_clear(&err) => Ok(()),
+            Err(err) => Err(format!("flush beyond tolerance: unclear error: {err}")),
+        }
+    }
+}
