@@ -6,10 +6,11 @@
 //! then (caches dropped again) scrub, and divide the bytes it read by its time.
 //!
 //! Last, the cost to foreground I/O: random 64 KiB reads through the pool from four threads for
-//! two seconds, alone and then beside scrubs running back to back. This part runs on in-memory
-//! devices of the same size: on files the scrub fills the page cache and the foreground reads
+//! two seconds, alone and then beside scrubs running back to back. This part runs on files in
+//! `/dev/shm` (memory): on disk files the scrub fills the page cache and the foreground reads
 //! get *faster* beside it, which measures the cache, not the throttle. In memory, scrub and
 //! foreground compete for the two cores and memory bandwidth, as they would on fast disks.
+//! (`MemDevice` is not used: its per-device lock would make them compete for that instead.)
 
 use super::bench::{drop_caches, fill, spread};
 use super::CliResult;
@@ -91,10 +92,12 @@ fn foreground_cost(
     device_bytes: u64,
     count: usize,
 ) -> Result<(f64, f64), Box<dyn std::error::Error>> {
-    let devices = stripestore::testing::mem_devices(count, device_bytes);
+    let (dir, _temp) = super::work_dir(None, Path::new("/dev/shm"))?;
+    let paths: Vec<PathBuf> = (0..count).map(|i| dir.join(format!("fg{i}.img"))).collect();
     let mut options = CreateOptions::new(layout);
+    options.device_bytes = Some(device_bytes);
     options.open.background_rebuild = false;
-    let pool = Pool::create(stripestore::testing::shared(&devices), vec![], &options)?;
+    let pool = Pool::create_paths(&paths, &[], &options)?;
     fill(&pool)?;
     let alone = foreground_reads(&pool)?;
     let stop = std::sync::atomic::AtomicBool::new(false);
