@@ -94,6 +94,23 @@ pub fn human_bytes(bytes: u64) -> String {
     }
 }
 
+/// Average rate of `bytes` over `elapsed`, in bytes per second (0 before any time passed).
+#[must_use]
+pub fn bytes_per_s(bytes: u64, elapsed: std::time::Duration) -> u64 {
+    let secs = elapsed.as_secs_f64();
+    if secs > 0.0 {
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
+        let rate = (bytes as f64 / secs) as u64;
+        rate
+    } else {
+        0
+    }
+}
+
 /// A Unix time as `2026-11-26 09:17:59 UTC` (no time-zone database needed).
 #[must_use]
 pub fn utc_time(unix_secs: u64) -> String {

@@ -88,14 +88,11 @@ impl Progress {
         self.done as f64 * 100.0 / self.total as f64
     }
 
-    #[allow(
-        clippy::cast_precision_loss,
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss
-    )]
     fn rate(&self) -> u64 {
-        let secs = self.started.elapsed().as_secs_f64().max(1e-6);
-        (self.done.saturating_sub(self.initial.unwrap_or(0)) as f64 / secs) as u64
+        stripestore::types::bytes_per_s(
+            self.done.saturating_sub(self.initial.unwrap_or(0)),
+            self.started.elapsed(),
+        )
     }
 
     /// "ETA 1m23s", or empty when there is no rate yet.

@@ -563,17 +563,7 @@ impl PoolInner {
     ) -> RebuildProgress {
         let done = replacement.bytes_written.load(Ordering::Relaxed);
         let total = replacement.total_bytes.load(Ordering::Relaxed).max(done);
-        let secs = replacement.started.elapsed().as_secs_f64();
-        #[allow(
-            clippy::cast_possible_truncation,
-            clippy::cast_sign_loss,
-            clippy::cast_precision_loss
-        )]
-        let rate = if secs > 0.0 {
-            (done as f64 / secs) as u64
-        } else {
-            0
-        };
+        let rate = crate::types::bytes_per_s(done, replacement.started.elapsed());
         RebuildProgress {
             index: member.index.0,
             replacing: member.path(),

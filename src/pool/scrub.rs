@@ -476,17 +476,7 @@ impl PoolInner {
         started: Instant,
     ) -> ScrubProgress {
         let scanned = checkpoint.tally.totals().bytes_scanned;
-        let secs = started.elapsed().as_secs_f64();
-        #[allow(
-            clippy::cast_possible_truncation,
-            clippy::cast_sign_loss,
-            clippy::cast_precision_loss
-        )]
-        let rate = if secs > 0.0 {
-            (scanned_this_run as f64 / secs) as u64
-        } else {
-            0
-        };
+        let rate = crate::types::bytes_per_s(scanned_this_run, started.elapsed());
         let total = total.max(scanned);
         ScrubProgress {
             running: true,
