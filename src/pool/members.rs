@@ -409,10 +409,25 @@ impl Members {
         }
     }
 
-    /// The rebuild of `index` is complete and flushed: the replacement becomes the member.
-    pub(crate) fn swap_in_replacement(&self, index: DeviceIndex) -> Option<Identity> {
+    /// The rebuild of `index` onto `rebuilt` is complete and flushed: it becomes the member.
+    /// `None` (nothing changes) if `rebuilt` is no longer the attached replacement: it was
+    /// abandoned meanwhile, and another one, not yet filled, may have been attached since.
+    pub(crate) fn swap_in_replacement(
+        &self,
+        index: DeviceIndex,
+        rebuilt: &Replacement,
+    ) -> Option<Identity> {
         let member = self.get(index);
-        let replacement = member.replacement.write().take()?;
+        let replacement = {
+            let mut attached = member.replacement.write();
+            if !attached
+                .as_deref()
+                .is_some_and(|current| std::ptr::eq(current, rebuilt))
+            {
+                return None;
+            }
+            attached.take()?
+        };
         let old = member.identity();
         *member.identity.write() = replacement.identity.clone();
         *member.device.write() = Some(crate::metrics::Metered::wrap(

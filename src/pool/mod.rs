@@ -16,6 +16,8 @@ mod members;
 mod open;
 mod parallel;
 mod rebuild;
+#[cfg(test)]
+mod rebuild_race_tests;
 mod scrub;
 mod status;
 

@@ -180,8 +180,11 @@ impl PoolInner {
             replacement.next_slot.store(to, Ordering::Release);
             if to >= self.geometry.slots {
                 let last = self.progress_of(member, &replacement);
-                self.finish_rebuild(member.index, &replacement)?;
-                outcome.completed.push(last);
+                if self.finish_rebuild(member.index, &replacement)? {
+                    outcome.completed.push(last);
+                } else if member.replacement().is_some() {
+                    outcome.running += 1; // another replacement took its place; it starts next step
+                }
             } else {
                 outcome.running += 1;
             }
@@ -528,24 +531,28 @@ impl PoolInner {
         Ok(written)
     }
 
-    fn finish_rebuild(&self, index: DeviceIndex, replacement: &Replacement) -> Result<()> {
+    /// Swap the rebuilt replacement in; `false` if it was abandoned during the last step.
+    fn finish_rebuild(&self, index: DeviceIndex, replacement: &Replacement) -> Result<bool> {
         replacement.device.flush().map_err(|err| Error::Io {
             device: replacement.identity.path.clone(),
             offset: 0,
             source: err.into_io(),
         })?;
-        let old = self.members.swap_in_replacement(index);
+        let Some(old) = self.members.swap_in_replacement(index, replacement) else {
+            tracing::warn!(index = index.0, device = %replacement.identity.path, "rebuild target was abandoned during its last step; not swapped in");
+            return Ok(false);
+        };
         // The new member must hold the map too before anything relies on it.
         self.commit_with(true)?;
         self.members.write_superblocks()?;
         tracing::warn!(
             index = index.0,
             device = %replacement.identity.path,
-            replaced = old.map(|o| o.path).unwrap_or_default(),
+            replaced = old.path,
             bytes = replacement.bytes_written.load(Ordering::Relaxed),
             "rebuild complete; the new device is a full member"
         );
-        Ok(())
+        Ok(true)
     }
 
     pub(crate) fn rebuild_progress(&self) -> Vec<RebuildProgress> {
