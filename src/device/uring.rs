@@ -79,14 +79,29 @@ pub fn open_device_with(
     Ok(Arc::new(UringDevice::new(file, path)))
 }
 
-/// [`open_device_with`] with the real probe (making a small ring) and `STRIPESTORE_IO`.
+/// [`open_device_with`] with the real probe and `STRIPESTORE_IO`.
 ///
 /// # Errors
 /// As for [`open_device_with`].
 pub fn open_device(path: &Path, size: Option<u64>) -> Result<SharedDevice> {
-    open_device_with(path, size, Backend::from_env(), || {
-        IoUring::new(2).map(drop)
-    })
+    open_device_with(path, size, Backend::from_env(), probe_read_write)
+}
+
+/// Make a small ring and ask the kernel whether it supports the Read and Write opcodes used
+/// here: kernels 5.1–5.5 create rings but would fail every such request with EINVAL (and the
+/// pool would fault healthy devices). Kernels without the probe call lack the opcodes too.
+fn probe_read_write() -> std::io::Result<()> {
+    let ring = IoUring::new(2)?;
+    let mut probe = io_uring::Probe::new();
+    ring.submitter().register_probe(&mut probe)?;
+    if probe.is_supported(opcode::Read::CODE) && probe.is_supported(opcode::Write::CODE) {
+        Ok(())
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "the kernel's io_uring lacks the Read/Write opcodes",
+        ))
+    }
 }
 
 /// A file or block device driven through io_uring (see the module docs).
