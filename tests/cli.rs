@@ -359,3 +359,31 @@ fn lifecycle_commands_offline_online_replace_spare_add_rebuild() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no data member \"nosuch\""));
 }
+
+#[test]
+fn a_pool_created_with_relative_paths_opens_from_another_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let names: Vec<String> = (0..3).map(|i| format!("r{i}.img")).collect();
+    let mut create = bin();
+    create
+        .current_dir(dir.path())
+        .args(["create", "--layout", "rs:2+1", "--device-size", "4M"])
+        .args(&names);
+    let out = create.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // From elsewhere, naming one member: the others are found by their recorded paths.
+    let out = run(&["status", p(&dir.path().join("r0.img")), "--json"], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["health"], "ONLINE");
+    let recorded = status["devices"][1]["path"].as_str().unwrap();
+    assert!(Path::new(recorded).is_absolute(), "{recorded}");
+}

@@ -58,7 +58,9 @@ impl FileDevice {
         })?;
         Ok(Self {
             file,
-            path: path.to_path_buf(),
+            // Absolute: the name is recorded in the superblocks as where to find this member
+            // again, and the next command may run from another directory.
+            path: std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
             size,
         })
     }
