@@ -387,3 +387,22 @@ fn a_pool_created_with_relative_paths_opens_from_another_directory() {
     let recorded = status["devices"][1]["path"].as_str().unwrap();
     assert!(Path::new(recorded).is_absolute(), "{recorded}");
 }
+
+#[test]
+fn bench_refuses_to_overwrite_given_devices_without_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let precious = dir.path().join("precious.img");
+    let content: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&precious, &content).unwrap();
+    let out = run(
+        &["bench", "--layouts", "mirror:2", "--device", p(&precious)],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--force") && stderr.contains("nothing was written"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(&precious).unwrap(), content);
+}

@@ -39,6 +39,8 @@ pub struct BenchArgs {
     pub dir: Option<PathBuf>,
     /// Existing devices to use instead of files (their contents are destroyed).
     pub devices: Vec<PathBuf>,
+    /// The user confirmed that `devices` may be overwritten.
+    pub force: bool,
     /// Threads issuing random reads (raw and pool alike).
     pub threads: usize,
     /// Seconds each random-read phase runs.
@@ -446,6 +448,18 @@ fn bench_layout(
 
 /// `stripestore bench`.
 pub fn run(args: &BenchArgs) -> CliResult {
+    if !args.devices.is_empty() && !args.force {
+        let names: Vec<String> = args
+            .devices
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
+        return Err(format!(
+            "bench --device overwrites {} (raw writes, then pools); nothing was written. Add --force if their contents may be destroyed",
+            names.join(", ")
+        )
+        .into());
+    }
     let layouts: Vec<Layout> = args
         .layouts
         .iter()

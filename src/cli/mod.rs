@@ -243,6 +243,9 @@ enum Command {
         /// spare). THEIR CONTENTS ARE DESTROYED.
         #[arg(long = "device")]
         devices: Vec<PathBuf>,
+        /// Required with --device: confirms that their contents may be destroyed.
+        #[arg(long, requires = "devices")]
+        force: bool,
         /// Threads issuing random 4 KiB reads (raw and pool alike).
         #[arg(long, default_value = "16")]
         threads: usize,
@@ -611,6 +614,7 @@ fn execute(command: Command) -> CliResult {
             chunk_size,
             dir,
             devices,
+            force,
             threads,
             random_seconds,
             json,
@@ -620,6 +624,7 @@ fn execute(command: Command) -> CliResult {
             chunk_bytes: chunk_size,
             dir,
             devices,
+            force,
             threads,
             random_seconds,
             json,
