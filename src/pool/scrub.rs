@@ -727,9 +727,12 @@ impl PoolInner {
     /// A stripe whose chunks verify but disagree: the data chunks are what was written (their
     /// checksums say so), so the stripe is rewritten from them. Returns whether it was.
     fn scrub_inconsistent(&self, item: &Item, repair: bool, tally: &mut ScrubTally) -> bool {
-        let guard = self.stripe_lock(item.stripe).lock();
-        let entry = self.map.lock().map.get(item.stripe);
-        if entry.slot != Some(item.slot) || entry.generation != item.entry.generation {
+        let unchanged = || {
+            let entry = self.map.lock().map.get(item.stripe);
+            entry.slot == Some(item.slot) && entry.generation == item.entry.generation
+        };
+        let mut guard = self.stripe_lock(item.stripe).lock();
+        if !unchanged() {
             return false;
         }
         tally.stripes_checked += 1;
@@ -743,18 +746,37 @@ impl PoolInner {
             return false;
         }
         let mut data = vec![0u8; usize::try_from(self.geometry.stripe_data_bytes()).unwrap_or(0)];
-        let rewritten = self
-            .read_stripe_locked(item.stripe, 0, &mut data)
-            .and_then(|()| {
-                let slot = self.map.lock().free.pop().ok_or_else(|| {
-                    Error::InvalidConfig("no free slot to rewrite an inconsistent stripe".into())
-                })?;
-                let result = self.write_stripe_into(item.stripe, 0, &data, SlotId(slot));
-                if result.is_err() {
-                    self.map.lock().free.push(slot);
+        let mut commits = 0;
+        let rewritten = loop {
+            if let Err(err) = self.read_stripe_locked(item.stripe, 0, &mut data) {
+                break Err(err);
+            }
+            let Some(slot) = self.map.lock().free.pop() else {
+                // No free slot: a commit releases obsolete ones. It must not run under the
+                // stripe lock; afterwards, a stripe rewritten meanwhile is fresh and done.
+                if commits == 2 {
+                    break Err(Error::InvalidConfig(
+                        "no free slot to rewrite an inconsistent stripe".into(),
+                    ));
                 }
-                result
-            });
+                commits += 1;
+                drop(guard);
+                if let Err(err) = self.commit() {
+                    tracing::error!(%err, stripe = item.stripe, "scrub: could not rewrite the inconsistent stripe");
+                    return false;
+                }
+                guard = self.stripe_lock(item.stripe).lock();
+                if !unchanged() {
+                    return false;
+                }
+                continue;
+            };
+            let result = self.write_stripe_into(item.stripe, 0, &data, SlotId(slot));
+            if result.is_err() {
+                self.map.lock().free.push(slot);
+            }
+            break result;
+        };
         drop(guard);
         match rewritten {
             Ok(()) => true,
@@ -866,5 +888,47 @@ mod tests {
     #[test]
     fn disagreeing_mirror_copies_are_found_and_the_stripe_rewritten() {
         inconsistent_stripe_is_found_and_rewritten("mirror:2", 2, 1);
+    }
+}
+
+#[cfg(test)]
+mod no_free_slot_tests {
+    use crate::codec::shard_checksum;
+    use crate::testing::{mem_devices, shared};
+    use crate::types::ShardIndex;
+    use crate::{CreateOptions, Pool};
+
+    /// With every free slot taken, the rewrite of an inconsistent stripe commits to free some;
+    /// when none come free it gives up with a log line instead of spinning, and the stripe is
+    /// still reported.
+    #[test]
+    fn an_inconsistent_stripe_with_no_free_slot_is_reported_not_spun_on() {
+        let mems = mem_devices(6, 4 << 20);
+        let mut options = CreateOptions::new("rs:4+2".parse().unwrap());
+        options.chunk_bytes = 4096;
+        let pool = Pool::create(shared(&mems), vec![], &options).unwrap();
+        pool.write_at(0, &vec![0x11; 3 * 16384]).unwrap();
+        pool.flush().unwrap();
+        let location = pool.shard_locations(1)[5];
+        let forged = vec![0x5a; 4096];
+        mems[location.device].poke(location.offset, &forged);
+        let taken: Vec<u64> = {
+            let mut state = pool.inner.map.lock();
+            let mut entry = state.map.get(1);
+            entry.crcs[5] = shard_checksum(
+                entry.slot.unwrap(),
+                ShardIndex(5),
+                entry.generation,
+                &forged,
+            );
+            state.map.set(1, &entry);
+            std::mem::take(&mut state.free)
+        };
+        let report = pool.scrub().unwrap();
+        assert_eq!(report.inconsistent_stripes, 1, "{report:?}");
+        // Give the slots back: the next scrub rewrites it.
+        pool.inner.map.lock().free = taken;
+        assert_eq!(pool.scrub().unwrap().inconsistent_stripes, 1);
+        assert!(!pool.scrub().unwrap().found_damage());
     }
 }
