@@ -257,42 +257,10 @@ enum Command {
         json: bool,
     },
     /// Measure rebuild throughput against the spare device's raw write throughput, on files.
-    BenchRebuild {
-        /// Layout.
-        #[arg(long, default_value = "rs:4+2")]
-        layout: String,
-        /// Size of each device.
-        #[arg(long, value_parser = parse_size, default_value = "256M")]
-        device_size: u64,
-        /// Runs (median and spread are reported).
-        #[arg(long, default_value = "5")]
-        runs: usize,
-        /// Directory for the device files (default: a temporary directory under /var/tmp).
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-    },
+    BenchRebuild(RepeatedBench),
     /// Measure scrub throughput against the devices' aggregate raw read throughput, in the
     /// same run, on files.
-    BenchScrub {
-        /// Layout.
-        #[arg(long, default_value = "rs:4+2")]
-        layout: String,
-        /// Size of each device.
-        #[arg(long, value_parser = parse_size, default_value = "256M")]
-        device_size: u64,
-        /// Runs (median and spread are reported).
-        #[arg(long, default_value = "5")]
-        runs: usize,
-        /// Directory for the device files (default: a temporary directory under /var/tmp).
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-    },
+    BenchScrub(RepeatedBench),
     /// Run deterministic disk-failure simulations: seeded workloads with injected faults and
     /// crashes, checked against a model after every step.
     Simulate(simulate::SimulateArgs),
@@ -312,6 +280,26 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+}
+
+/// Arguments of the benchmarks that repeat one measurement on files and report the spread.
+#[derive(clap::Args, Debug)]
+struct RepeatedBench {
+    /// Layout.
+    #[arg(long, default_value = "rs:4+2")]
+    layout: String,
+    /// Size of each device.
+    #[arg(long, value_parser = parse_size, default_value = "256M")]
+    device_size: u64,
+    /// Runs (median and spread are reported).
+    #[arg(long, default_value = "5")]
+    runs: usize,
+    /// Directory for the device files (default: a temporary directory under /var/tmp).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Parse arguments, run, and map the outcome to an exit code.
@@ -629,20 +617,12 @@ fn execute(command: Command) -> CliResult {
             random_seconds,
             json,
         }),
-        Command::BenchRebuild {
-            layout,
-            device_size,
-            runs,
-            dir,
-            json,
-        } => bench::run(&layout, device_size, runs, dir.as_deref(), json),
-        Command::BenchScrub {
-            layout,
-            device_size,
-            runs,
-            dir,
-            json,
-        } => bench_scrub::run(&layout, device_size, runs, dir.as_deref(), json),
+        Command::BenchRebuild(b) => {
+            bench::run(&b.layout, b.device_size, b.runs, b.dir.as_deref(), b.json)
+        }
+        Command::BenchScrub(b) => {
+            bench_scrub::run(&b.layout, b.device_size, b.runs, b.dir.as_deref(), b.json)
+        }
         Command::Demo {
             layout,
             device_size,
