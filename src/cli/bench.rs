@@ -154,6 +154,31 @@ pub(crate) fn spread(values: &[f64]) -> (f64, f64, f64) {
     (median, sorted[0], sorted[n - 1])
 }
 
+/// The work shared by the repeated benchmarks: parse the layout, make the work directory (under
+/// /var/tmp: on disk, where /tmp may be a RAM filesystem), and run `one_run` `runs` times in it,
+/// printing `describe(result)` after each run unless `json`.
+pub(crate) fn repeat<R>(
+    layout: &str,
+    dir: Option<&Path>,
+    runs: usize,
+    json: bool,
+    one_run: impl Fn(Layout, &Path) -> Result<R, Box<dyn std::error::Error>>,
+    describe: impl Fn(&R) -> String,
+) -> Result<(Layout, Vec<R>), Box<dyn std::error::Error>> {
+    let layout: Layout = layout.parse()?;
+    let (dir, _temp) = super::work_dir(dir, Path::new("/var/tmp"))?;
+    let mut results = Vec::new();
+    for run in 0..runs.max(1) {
+        let result = one_run(layout, &dir)?;
+        if !json {
+            println!("run {}: {}", run + 1, describe(&result));
+            std::io::stdout().flush()?;
+        }
+        results.push(result);
+    }
+    Ok((layout, results))
+}
+
 pub fn run(
     layout: &str,
     device_bytes: u64,
@@ -161,25 +186,22 @@ pub fn run(
     dir: Option<&Path>,
     json: bool,
 ) -> CliResult {
-    let layout: Layout = layout.parse()?;
-    // /var/tmp: on disk, where /tmp may be a RAM filesystem.
-    let (dir, _temp) = super::work_dir(dir, Path::new("/var/tmp"))?;
-    let mut results = Vec::new();
-    for run in 0..runs.max(1) {
-        let result = one_run(layout, device_bytes, &dir)?;
-        if !json {
-            println!(
-                "run {}: rebuilt {} at {}/s; raw write of the same bytes {}/s; ratio {:.2}",
-                run + 1,
+    let (layout, results) = repeat(
+        layout,
+        dir,
+        runs,
+        json,
+        |layout, dir| one_run(layout, device_bytes, dir),
+        |result| {
+            format!(
+                "rebuilt {} at {}/s; raw write of the same bytes {}/s; ratio {:.2}",
                 human_bytes(result.rebuilt_bytes),
                 human_bytes(result.rebuild_bytes_per_s as u64),
                 human_bytes(result.raw_bytes_per_s as u64),
                 result.ratio
-            );
-            std::io::stdout().flush()?;
-        }
-        results.push(result);
-    }
+            )
+        },
+    )?;
     let ratios: Vec<f64> = results.iter().map(|r| r.ratio).collect();
     let (median, min, max) = spread(&ratios);
     let report = Report {

@@ -12,10 +12,9 @@
 //! foreground compete for the two cores and memory bandwidth, as they would on fast disks.
 //! (`MemDevice` is not used: its per-device lock would make them compete for that instead.)
 
-use super::bench::{drop_caches, fill, spread};
+use super::bench::{drop_caches, fill, repeat, spread};
 use super::CliResult;
 use serde::Serialize;
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -216,37 +215,27 @@ pub fn run(
     dir: Option<&Path>,
     json: bool,
 ) -> CliResult {
-    let layout: Layout = layout.parse()?;
-    let (dir, _temp) = super::work_dir(dir, Path::new("/var/tmp"))?;
-    let mut results = Vec::new();
-    for run in 0..runs.max(1) {
-        let result = one_run(layout, device_bytes, &dir)?;
-        if !json {
+    let (layout, results) = repeat(
+        layout,
+        dir,
+        runs,
+        json,
+        |layout, dir| one_run(layout, device_bytes, dir),
+        |result| {
             #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-            let (scrub, raw) = (
-                result.scrub_bytes_per_s as u64,
-                result.raw_bytes_per_s as u64,
-            );
-            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-            let (alone, beside) = (
-                result.foreground_alone_bytes_per_s as u64,
-                result.foreground_beside_scrub_bytes_per_s as u64,
-            );
-            println!(
-                "run {}: scrub read {} at {}/s; raw read of all devices at once {}/s; ratio {:.2}; foreground reads {}/s alone, {}/s beside a scrub ({:.2} kept)",
-                run + 1,
+            let rate = |bytes_per_s: f64| human_bytes(bytes_per_s as u64);
+            format!(
+                "scrub read {} at {}/s; raw read of all devices at once {}/s; ratio {:.2}; foreground reads {}/s alone, {}/s beside a scrub ({:.2} kept)",
                 human_bytes(result.scrub_read_bytes),
-                human_bytes(scrub),
-                human_bytes(raw),
+                rate(result.scrub_bytes_per_s),
+                rate(result.raw_bytes_per_s),
                 result.ratio,
-                human_bytes(alone),
-                human_bytes(beside),
+                rate(result.foreground_alone_bytes_per_s),
+                rate(result.foreground_beside_scrub_bytes_per_s),
                 result.foreground_kept
-            );
-            std::io::stdout().flush()?;
-        }
-        results.push(result);
-    }
+            )
+        },
+    )?;
     let ratios: Vec<f64> = results.iter().map(|r| r.ratio).collect();
     let (median, min, max) = spread(&ratios);
     let kept: Vec<f64> = results.iter().map(|r| r.foreground_kept).collect();
