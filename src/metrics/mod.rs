@@ -29,7 +29,6 @@ pub struct Histogram {
     /// Observations per bucket (not cumulative); the last one is +Inf.
     buckets: [AtomicU64; BUCKETS_SECS.len() + 1],
     sum_nanos: AtomicU64,
-    count: AtomicU64,
 }
 
 impl Histogram {
@@ -43,13 +42,12 @@ impl Histogram {
         self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Observations so far.
     #[must_use]
     pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
     }
 
     /// `_bucket`, `_sum` and `_count` lines for one label set.
