@@ -7,6 +7,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// A file or block device.
 #[derive(Debug)]
@@ -33,24 +34,7 @@ impl FileDevice {
                 path: path.to_path_buf(),
                 source,
             })?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(Error::Open {
-                    path: path.to_path_buf(),
-                    source: std::io::Error::new(
-                        std::io::ErrorKind::ResourceBusy,
-                        "in use: another stripestore pool holds this device open (stop it first; monitor a running pool through its metrics endpoint)",
-                    ),
-                });
-            }
-            Err(std::fs::TryLockError::Error(source)) => {
-                return Err(Error::Open {
-                    path: path.to_path_buf(),
-                    source,
-                });
-            }
-        }
+        lock_exclusive(&file, path)?;
         // Block devices report a zero metadata length; seeking to the end works for both kinds.
         let size = file.seek(SeekFrom::End(0)).map_err(|source| Error::Open {
             path: path.to_path_buf(),
@@ -97,6 +81,43 @@ impl FileDevice {
             }
         }
         Self::open(path)
+    }
+}
+
+/// How long [`lock_exclusive`] keeps trying before it calls a device "in use".
+///
+/// `flock` belongs to the open file description, and a child forked by any thread of this
+/// process shares our descriptors until it `exec`s (close-on-exec only acts then). So a pool
+/// closed just as another thread spawns a process stays "locked" for that short window, and
+/// opening it again at once would be refused though nobody uses it. A genuine holder keeps the
+/// lock far longer than this, so the grace costs only a slower "in use" error.
+const LOCK_GRACE: Duration = Duration::from_secs(2);
+
+/// Take the exclusive advisory lock on `file`, retrying for [`LOCK_GRACE`] (see there).
+fn lock_exclusive(file: &File, path: &Path) -> Result<()> {
+    let deadline = Instant::now() + LOCK_GRACE;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::Open {
+                    path: path.to_path_buf(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::ResourceBusy,
+                        "in use: another stripestore pool holds this device open (stop it first; monitor a running pool through its metrics endpoint)",
+                    ),
+                });
+            }
+            Err(std::fs::TryLockError::Error(source)) => {
+                return Err(Error::Open {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        }
     }
 }
 
@@ -155,5 +176,30 @@ mod tests {
         let mut big = vec![0u8; 10];
         assert!(dev.read_at((1 << 20) - 5, &mut big).is_err());
         assert!(FileDevice::open(&dir.path().join("missing")).is_err());
+    }
+
+    /// A holder that lets go within the grace (as a forked child does when it execs) does not
+    /// make the open fail; one that keeps the lock does, with "in use".
+    #[test]
+    fn a_lock_released_within_the_grace_is_taken_and_a_kept_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dev0");
+        drop(FileDevice::open_or_create(&path, Some(1 << 16)).unwrap());
+        let holder = FileDevice::open(&path).unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            drop(holder);
+        });
+        let started = Instant::now();
+        let reopened = FileDevice::open(&path).unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(150));
+        release.join().unwrap();
+
+        let started = Instant::now();
+        let err = FileDevice::open(&path).unwrap_err();
+        assert!(started.elapsed() >= LOCK_GRACE);
+        assert!(err.to_string().contains("in use") || format!("{err:?}").contains("in use"));
+        drop(reopened);
+        FileDevice::open(&path).unwrap();
     }
 }
