@@ -10,35 +10,9 @@ use rand::Rng;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use stripestore::device::{Device, DeviceError, FaultPlan, FaultyDevice, MemDevice, SharedDevice};
+use stripestore::device::{Device, FaultPlan, FaultyDevice, MemDevice, SharedDevice};
 use stripestore::testing::{mem_devices, random_bytes, shared, Model};
 use stripestore::{OpenOptions, Pool, ScrubEnd, ScrubOptions};
-
-/// Counts the bytes read through it (to prove a resumed scrub skips verified work).
-#[derive(Debug)]
-struct CountingDevice {
-    inner: SharedDevice,
-    read: Arc<AtomicU64>,
-}
-
-impl Device for CountingDevice {
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
-        self.read.fetch_add(buf.len() as u64, Ordering::Relaxed);
-        self.inner.read_at(offset, buf)
-    }
-    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), DeviceError> {
-        self.inner.write_at(offset, buf)
-    }
-    fn flush(&self) -> Result<(), DeviceError> {
-        self.inner.flush()
-    }
-    fn size(&self) -> u64 {
-        self.inner.size()
-    }
-    fn name(&self) -> String {
-        self.inner.name()
-    }
-}
 
 fn quiet() -> OpenOptions {
     OpenOptions {

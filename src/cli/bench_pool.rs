@@ -35,6 +35,8 @@ pub struct BenchArgs {
     pub device_bytes: u64,
     /// Chunk size of the pools.
     pub chunk_bytes: u64,
+    /// Checksum block of the pools.
+    pub checksum_bytes: u64,
     /// Directory for the device files (default: a temporary directory under /var/tmp).
     pub dir: Option<PathBuf>,
     /// Existing devices to use instead of files (their contents are destroyed).
@@ -91,6 +93,7 @@ struct Report {
     dir: String,
     device_bytes: u64,
     chunk_bytes: u64,
+    checksum_bytes: u64,
     threads: usize,
     memcpy_mib_s: f64,
     layouts: Vec<LayoutReport>,
@@ -371,6 +374,7 @@ fn bench_layout(
 
     let mut options = CreateOptions::new(layout);
     options.chunk_bytes = args.chunk_bytes;
+    options.checksum_bytes = args.checksum_bytes;
     options.device_bytes = Some(device_bytes);
     options.force = true;
     options.open.background_rebuild = false;
@@ -477,6 +481,7 @@ pub fn run(args: &BenchArgs) -> CliResult {
         dir: dir.display().to_string(),
         device_bytes: args.device_bytes,
         chunk_bytes: args.chunk_bytes,
+        checksum_bytes: args.checksum_bytes,
         threads: args.threads,
         memcpy_mib_s: memcpy,
         layouts: reports,
@@ -486,10 +491,11 @@ pub fn run(args: &BenchArgs) -> CliResult {
         return Ok(());
     }
     println!(
-        "\nmemcpy {:.0} MiB/s (one core); random reads with {} threads; chunk {} KiB\n",
+        "\nmemcpy {:.0} MiB/s (one core); random reads with {} threads; chunk {} KiB, checksum per {} KiB\n",
         report.memcpy_mib_s,
         report.threads,
-        report.chunk_bytes >> 10
+        report.chunk_bytes >> 10,
+        report.checksum_bytes >> 10
     );
     println!(
         "{:<9} {:<15} {:>10} {:>6} {:>10}  {:<26} {:>6} {:>12}",

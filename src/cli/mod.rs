@@ -70,6 +70,10 @@ enum Command {
         /// Chunk size (multiple of 4K).
         #[arg(long, value_parser = parse_size, default_value = "16K")]
         chunk_size: u64,
+        /// Checksum block: a multiple of 4K dividing the chunk size. The smallest piece a read
+        /// fetches and verifies on its own; map memory is 4 bytes per block of every device.
+        #[arg(long, value_parser = parse_size, default_value = "4K")]
+        checksum_size: u64,
         /// Overwrite devices that hold another pool's superblock.
         #[arg(long)]
         force: bool,
@@ -235,6 +239,10 @@ enum Command {
         /// Chunk size of the pools.
         #[arg(long, value_parser = parse_size, default_value = "64K")]
         chunk_size: u64,
+        /// Checksum block of the pools (the chunk size: one checksum per chunk, as before 4K
+        /// blocks).
+        #[arg(long, value_parser = parse_size, default_value = "4K")]
+        checksum_size: u64,
         /// Directory for the device files (default: a temporary directory under /var/tmp;
         /// /dev/shm measures the CPU cost on memory-backed files).
         #[arg(long)]
@@ -388,12 +396,14 @@ fn execute(command: Command) -> CliResult {
             spares,
             device_size,
             chunk_size,
+            checksum_size,
             force,
             paths,
         } => {
             let layout: Layout = layout.parse()?;
             let mut options = CreateOptions::new(layout);
             options.chunk_bytes = chunk_size;
+            options.checksum_bytes = checksum_size;
             options.device_bytes = device_size;
             options.force = force;
             let pool = Pool::create_paths(&paths, &spares, &options)?;
@@ -600,6 +610,7 @@ fn execute(command: Command) -> CliResult {
             layouts,
             device_size,
             chunk_size,
+            checksum_size,
             dir,
             devices,
             force,
@@ -610,6 +621,7 @@ fn execute(command: Command) -> CliResult {
             layouts,
             device_bytes: device_size,
             chunk_bytes: chunk_size,
+            checksum_bytes: checksum_size,
             dir,
             devices,
             force,

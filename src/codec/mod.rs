@@ -4,7 +4,7 @@
 mod checksum;
 mod erasure;
 
-pub use checksum::shard_checksum;
+pub use checksum::{block_checksum, ShardSums, SumMismatch};
 pub use erasure::{CodecError, ErasureCoder, RseCoder, RssCoder, MAX_SHARDS};
 
 use crate::error::{Error, Result};

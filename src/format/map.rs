@@ -1,5 +1,5 @@
 //! The stripe map: for each logical stripe, the physical slot holding it, the generation it was
-//! written at, and one crc32c per shard. It is the only source of truth for what is on the disks.
+//! written at, and one crc32c per checksum block of every shard (see `codec::ShardSums`). It is the only source of truth for what is on the disks.
 //!
 //! Persisted on every data device as two alternating **checkpoints** (the whole table) plus a
 //! **log** of commit records since the newest checkpoint. A checkpoint is
@@ -22,12 +22,12 @@ pub struct MapEntry {
     pub slot: Option<SlotId>,
     /// Generation it was written at.
     pub generation: Generation,
-    /// Expected checksum of every shard.
+    /// Expected checksum of every checksum block of every shard, shard by shard.
     pub crcs: Vec<u32>,
 }
 
 /// The in-memory stripe map, stored flat (three vectors) to keep it small: 16 + 4*width bytes
-/// per stripe.
+/// per stripe, where `width` is the number of checksums per entry (shards × blocks per shard).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StripeMap {
     width: usize,
@@ -37,7 +37,7 @@ pub struct StripeMap {
 }
 
 impl StripeMap {
-    /// A map of `stripes` unwritten stripes of `width` shards.
+    /// A map of `stripes` unwritten stripes of `width` checksums each.
     #[must_use]
     pub fn new(stripes: u64, width: usize) -> Self {
         let count = usize::try_from(stripes).unwrap_or(0);
@@ -58,7 +58,7 @@ impl StripeMap {
     pub fn is_empty(&self) -> bool {
         self.slots.is_empty()
     }
-    /// Shards per stripe.
+    /// Checksums per entry.
     #[must_use]
     pub fn width(&self) -> usize {
         self.width
@@ -81,7 +81,7 @@ impl StripeMap {
     }
     /// Replace the entry of `stripe`.
     pub fn set(&mut self, stripe: u64, entry: &MapEntry) {
-        assert_eq!(entry.crcs.len(), self.width, "one crc per shard");
+        assert_eq!(entry.crcs.len(), self.width, "one crc per checksum block");
         let i = usize::try_from(stripe).unwrap_or(usize::MAX);
         self.slots[i] = entry.slot.map_or(UNWRITTEN, |s| s.0);
         self.generations[i] = entry.generation.0;

@@ -101,6 +101,10 @@ pub struct Superblock {
     pub layout: String,
     /// Chunk size.
     pub chunk_bytes: u64,
+    /// Bytes per checksum block (absent in pools made before per-block checksums: one
+    /// checksum per chunk). See [`Superblock::checksum_block_bytes`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum_bytes: Option<u64>,
     /// Bytes used on each device.
     pub device_bytes: u64,
     /// Logical volume size.
@@ -122,6 +126,11 @@ fn checksum(header_and_json: &[u8]) -> u32 {
 }
 
 impl Superblock {
+    /// Bytes per checksum block: the recorded value, or the chunk for older pools.
+    #[must_use]
+    pub fn checksum_block_bytes(&self) -> u64 {
+        self.checksum_bytes.unwrap_or(self.chunk_bytes)
+    }
     /// This device's own entry in the member list.
     #[must_use]
     pub fn own_member(&self) -> Option<&Member> {
@@ -193,6 +202,7 @@ mod tests {
             generation: 5,
             layout: "rs:4+2".into(),
             chunk_bytes: 16384,
+            checksum_bytes: Some(4096),
             device_bytes: 1 << 30,
             volume_bytes: 1 << 31,
             members: vec![Member {
@@ -204,6 +214,18 @@ mod tests {
             created_unix_secs: 1,
             scrub: super::super::ScrubRecord::default(),
         }
+    }
+
+    /// Pools made before checksum blocks have no `checksum_bytes`: one checksum per chunk.
+    #[test]
+    fn a_superblock_without_checksum_bytes_means_one_checksum_per_chunk() {
+        let mut old = sample();
+        old.checksum_bytes = None;
+        let bytes = old.encode().unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains("checksum_bytes"));
+        let decoded = Superblock::decode(&bytes).unwrap();
+        assert_eq!(decoded.checksum_block_bytes(), 16384);
+        assert_eq!(sample().checksum_block_bytes(), 4096);
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub struct Geometry {
     pub devices: usize,
     /// Bytes per chunk (one shard of one stripe on one device).
     pub chunk_bytes: u64,
+    /// Bytes per checksum block: each shard has one crc32c per block (divides the chunk).
+    pub checksum_bytes: u64,
     /// Bytes used on each device (the smallest member's size).
     pub device_bytes: u64,
     /// Offsets of the two checkpoint areas.
@@ -59,12 +61,13 @@ impl Geometry {
     /// Compute the geometry.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] for a bad chunk size or device count for the layout,
-    /// [`Error::DeviceTooSmall`] when not even one stripe fits.
+    /// [`Error::InvalidConfig`] for a bad chunk or checksum block size or device count for the
+    /// layout, [`Error::DeviceTooSmall`] when not even one stripe fits.
     pub fn new(
         layout: Layout,
         devices: usize,
         chunk_bytes: u64,
+        checksum_bytes: u64,
         device_bytes: u64,
     ) -> Result<Self> {
         layout.check_device_count(devices)?;
@@ -76,9 +79,19 @@ impl Geometry {
                 "chunk size {chunk_bytes} must be a multiple of 4096 between 4 KiB and 16 MiB"
             )));
         }
+        if checksum_bytes < SECTOR_BYTES
+            || !checksum_bytes.is_multiple_of(SECTOR_BYTES)
+            || !chunk_bytes.is_multiple_of(checksum_bytes)
+        {
+            return Err(Error::InvalidConfig(format!(
+                "checksum block {checksum_bytes} must be a multiple of 4096 that divides the chunk size {chunk_bytes}"
+            )));
+        }
         let device_bytes = device_bytes - device_bytes % SECTOR_BYTES;
         let width = layout.width(devices) as u64;
-        let entry_bytes = Self::entry_bytes_for(layout.width(devices));
+        let crcs_per_entry =
+            layout.width(devices) * usize::try_from(chunk_bytes / checksum_bytes).unwrap_or(0);
+        let entry_bytes = Self::entry_bytes_for(crcs_per_entry);
         // Upper bound on stripes, ignoring metadata: sizes the checkpoint generously.
         let raw_rows = device_bytes.saturating_sub(2 * SUPERBLOCK_BYTES) / chunk_bytes;
         let stripes_upper = raw_rows * devices as u64 / width;
@@ -109,6 +122,7 @@ impl Geometry {
             layout,
             devices,
             chunk_bytes,
+            checksum_bytes,
             device_bytes,
             checkpoint_offsets,
             checkpoint_bytes,
@@ -126,8 +140,8 @@ impl Geometry {
         Ok(geometry)
     }
 
-    fn entry_bytes_for(width: usize) -> u64 {
-        16 + 4 * width as u64
+    fn entry_bytes_for(crcs: usize) -> u64 {
+        16 + 4 * crcs as u64
     }
 
     /// Shards per stripe.
@@ -155,10 +169,24 @@ impl Geometry {
     pub fn volume_bytes(&self) -> u64 {
         self.stripes * self.stripe_data_bytes()
     }
-    /// Bytes of one encoded map entry: slot, generation and one crc per shard.
+    /// Bytes of one encoded map entry: slot, generation and one crc per checksum block of
+    /// every shard.
     #[must_use]
     pub fn entry_bytes(&self) -> u64 {
-        Self::entry_bytes_for(self.width())
+        Self::entry_bytes_for(self.crcs_per_entry())
+    }
+    /// Checksums in one map entry: one per checksum block of every shard.
+    #[must_use]
+    pub fn crcs_per_entry(&self) -> usize {
+        self.width() * self.sums().per_shard()
+    }
+    /// How shards are checksummed.
+    #[must_use]
+    pub fn sums(&self) -> crate::codec::ShardSums {
+        crate::codec::ShardSums::new(
+            usize::try_from(self.chunk_bytes).unwrap_or(0),
+            usize::try_from(self.checksum_bytes).unwrap_or(0),
+        )
     }
     /// End of the data area (the last 64 KiB of `device_bytes` are kept for superblock B).
     #[must_use]
@@ -224,7 +252,7 @@ mod tests {
     #[test]
     fn shards_of_a_slot_are_on_distinct_devices_and_cells_never_overlap() {
         for (layout, devices) in all_layouts() {
-            let geometry = Geometry::new(layout, devices, 4096, 8 << 20).unwrap();
+            let geometry = Geometry::new(layout, devices, 4096, 4096, 8 << 20).unwrap();
             let mut cells = HashSet::new();
             for slot in 0..geometry.slots {
                 let mut used = HashSet::new();
@@ -242,7 +270,7 @@ mod tests {
 
     #[test]
     fn reed_solomon_parity_rotates() {
-        let geometry = Geometry::new("rs:4+2".parse().unwrap(), 6, 4096, 8 << 20).unwrap();
+        let geometry = Geometry::new("rs:4+2".parse().unwrap(), 6, 4096, 4096, 8 << 20).unwrap();
         let mut parity_devices = HashSet::new();
         for slot in 0..12 {
             parity_devices.insert(geometry.shard_location(SlotId(slot), ShardIndex(4)).0);
@@ -252,7 +280,7 @@ mod tests {
 
     #[test]
     fn raid10_keeps_mirror_groups_fixed() {
-        let geometry = Geometry::new("raid10:2".parse().unwrap(), 4, 4096, 8 << 20).unwrap();
+        let geometry = Geometry::new("raid10:2".parse().unwrap(), 4, 4096, 4096, 8 << 20).unwrap();
         for slot in 0..geometry.slots {
             assert_eq!(
                 geometry.shard_location(SlotId(slot), ShardIndex(3)).0,
@@ -266,11 +294,18 @@ mod tests {
     #[test]
     fn bad_configurations_are_errors() {
         let rs: Layout = "rs:4+2".parse().unwrap();
-        assert!(Geometry::new(rs, 5, 4096, 8 << 20).is_err());
-        assert!(Geometry::new(rs, 6, 1000, 8 << 20).is_err());
+        assert!(Geometry::new(rs, 5, 4096, 4096, 8 << 20).is_err());
+        assert!(Geometry::new(rs, 6, 1000, 4096, 8 << 20).is_err());
         assert!(matches!(
-            Geometry::new(rs, 6, 4096, 200 * 1024),
+            Geometry::new(rs, 6, 4096, 4096, 200 * 1024),
             Err(Error::DeviceTooSmall { .. })
         ));
+        // The checksum block must divide the chunk and be whole sectors.
+        assert!(Geometry::new(rs, 6, 16384, 8192 + 4096, 8 << 20).is_err());
+        assert!(Geometry::new(rs, 6, 16384, 2048, 8 << 20).is_err());
+        assert!(Geometry::new(rs, 6, 16384, 32768, 8 << 20).is_err());
+        let geometry = Geometry::new(rs, 6, 16384, 4096, 8 << 20).unwrap();
+        assert_eq!(geometry.crcs_per_entry(), 24);
+        assert_eq!(geometry.entry_bytes(), 16 + 4 * 24);
     }
 }

@@ -13,7 +13,6 @@
 
 use super::io::Fetch;
 use super::PoolInner;
-use crate::codec::shard_checksum;
 use crate::device::{run_batch, AlignedBuf, BatchOp, DeviceError, SharedDevice};
 use crate::format::MapEntry;
 use crate::pool::ErrorKind;
@@ -47,6 +46,32 @@ impl Got {
             Got::Good => Fetch::Good(bytes.to_vec()),
             Got::Bad(kind) => Fetch::Bad(kind),
             Got::Missing => Fetch::Missing,
+        }
+    }
+}
+
+/// One shard, or a part of it, to read and verify.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ShardRead<'a> {
+    /// The stripe's physical slot.
+    pub slot: SlotId,
+    /// Its map entry (generation and checksums).
+    pub entry: &'a MapEntry,
+    /// Which shard.
+    pub shard: usize,
+    /// Where in the shard the read starts: a checksum block boundary. The buffer given with
+    /// it says how many bytes (whole checksum blocks).
+    pub start: usize,
+}
+
+impl<'a> ShardRead<'a> {
+    /// The whole of `shard`.
+    pub(crate) fn whole(slot: SlotId, entry: &'a MapEntry, shard: usize) -> Self {
+        Self {
+            slot,
+            entry,
+            shard,
+            start: 0,
         }
     }
 }
@@ -87,58 +112,77 @@ pub(crate) fn with_scratch<R>(which: Scratch, len: usize, work: impl FnOnce(&mut
 }
 
 impl PoolInner {
-    /// Read the shards `items` (slot, its map entry, shard index) in one batch, item `i` into
-    /// `bufs[i]` (one chunk each), and verify each against its entry. Errors are counted
-    /// against their devices.
-    pub(crate) fn fetch_batch(
-        &self,
-        items: &[(SlotId, &MapEntry, usize)],
-        bufs: Vec<&mut [u8]>,
-    ) -> Vec<Got> {
+    /// Read `items` in one batch, item `i` into `bufs[i]` (as many bytes as the buffer holds,
+    /// from the item's start), and verify each against its map entry's checksums. Errors are
+    /// counted against their devices.
+    pub(crate) fn fetch_batch(&self, items: &[ShardRead<'_>], bufs: Vec<&mut [u8]>) -> Vec<Got> {
         let located: Vec<(DeviceIndex, u64, Option<SharedDevice>)> = items
             .iter()
-            .map(|(slot, _, shard)| {
-                let (index, offset) = self.geometry.shard_location(*slot, ShardIndex(*shard));
+            .map(|item| {
+                let (index, offset) = self
+                    .geometry
+                    .shard_location(item.slot, ShardIndex(item.shard));
                 (index, offset, self.members.get(index).device())
             })
             .collect();
         let mut ops: Vec<BatchOp<'_>> = Vec::with_capacity(items.len());
         let mut which: Vec<usize> = Vec::with_capacity(items.len());
         let mut got = vec![Got::Missing; items.len()];
-        for (i, ((_, offset, device), buf)) in located.iter().zip(bufs).enumerate() {
+        for (i, (((_, offset, device), buf), item)) in
+            located.iter().zip(bufs).zip(items).enumerate()
+        {
             if let Some(device) = device {
-                ops.push(BatchOp::read(device.as_ref(), *offset, buf));
+                ops.push(BatchOp::read(
+                    device.as_ref(),
+                    *offset + item.start as u64,
+                    buf,
+                ));
                 which.push(i);
             }
         }
         run_batch(&mut ops);
+        let sums = self.geometry.sums();
         for (op, i) in ops.into_iter().zip(which) {
             let (index, offset, _) = &located[i];
-            let (slot, entry, shard) = items[i];
+            let item = &items[i];
+            let at = *offset + item.start as u64;
             got[i] = match (op.result, op.buf) {
                 (Err(err), _) => {
                     self.members
-                        .record_error(*index, ErrorKind::Read, Some(*offset), &err);
+                        .record_error(*index, ErrorKind::Read, Some(at), &err);
                     Got::Bad(ErrorKind::Read)
                 }
                 (Ok(()), crate::device::IoBuf::Read(bytes)) => {
-                    let actual = shard_checksum(slot, ShardIndex(shard), entry.generation, bytes);
-                    if actual == entry.crcs[shard]
-                        || crate::testing::planted::checksum_verification_skipped()
-                    {
-                        Got::Good
-                    } else {
-                        let detail = DeviceError::Io(std::io::Error::other(format!(
-                            "checksum mismatch at offset {offset} (slot {slot}, shard {shard}): expected {:#010x}, found {actual:#010x}",
-                            entry.crcs[shard]
-                        )));
-                        self.members.record_error(
-                            *index,
-                            ErrorKind::Checksum,
-                            Some(*offset),
-                            &detail,
-                        );
-                        Got::Bad(ErrorKind::Checksum)
+                    let verified = sums.verify(
+                        item.slot,
+                        ShardIndex(item.shard),
+                        item.entry.generation,
+                        item.start,
+                        bytes,
+                        sums.of(&item.entry.crcs, item.shard),
+                    );
+                    match verified {
+                        Ok(()) => Got::Good,
+                        Err(_) if crate::testing::planted::checksum_verification_skipped() => {
+                            Got::Good
+                        }
+                        Err(bad) => {
+                            let detail = DeviceError::Io(std::io::Error::other(format!(
+                                "checksum mismatch at offset {} (slot {}, shard {}): expected {:#010x}, found {:#010x}",
+                                *offset + bad.offset as u64,
+                                item.slot,
+                                item.shard,
+                                bad.expected,
+                                bad.found
+                            )));
+                            self.members.record_error(
+                                *index,
+                                ErrorKind::Checksum,
+                                Some(*offset + bad.offset as u64),
+                                &detail,
+                            );
+                            Got::Bad(ErrorKind::Checksum)
+                        }
                     }
                 }
                 (Ok(()), crate::device::IoBuf::Write(_)) => Got::Bad(ErrorKind::Read),

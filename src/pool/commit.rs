@@ -53,7 +53,7 @@ impl PoolInner {
                 return Ok(());
             }
             let stripes: Vec<u64> = state.dirty.keys().copied().collect();
-            let record_bytes = log_record_bytes(stripes.len(), self.geometry.width());
+            let record_bytes = log_record_bytes(stripes.len(), self.geometry.crcs_per_entry());
             let checkpoint =
                 force_checkpoint || meta.log_used + record_bytes > self.geometry.log_bytes;
             let bytes = if checkpoint {

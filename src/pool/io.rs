@@ -8,9 +8,8 @@
 //! read path) → encode → write all shards into a *free* slot in parallel → switch the in-memory
 //! map entry. The old slot stays intact until a commit makes the switch durable.
 
-use super::batch::{with_scratch, Got, Scratch};
+use super::batch::{with_scratch, Got, Scratch, ShardRead};
 use super::{check_range, MapState, PoolInner};
-use crate::codec::shard_checksum;
 use crate::device::DIRECT_ALIGN;
 use crate::error::{Error, Result};
 use crate::format::MapEntry;
@@ -210,23 +209,29 @@ impl PoolInner {
         self.read_stripes_locked(&mut [(stripe, within, out)], false)
     }
 
-    /// Read parts of several stripes; the caller holds their locks. Fast path: one verified
-    /// shard per needed data chunk, all stripes' shards as one batch into this thread's scratch
-    /// buffer (the batch waits only for the kernel, never for other pool work, so it is safe
-    /// under the stripe locks; see `parallel.rs`). A stripe with a needed device out of service
-    /// reads k shards and reconstructs; one with a bad shard takes the slow path. `balance`:
-    /// mirror copies take turns (else the first copy in service is read, which scrub's rewrite
-    /// of disagreeing copies relies on).
+    /// Read parts of several stripes; the caller holds their locks. Fast path: for each needed
+    /// data chunk, only the checksum blocks covering the requested bytes, verified, all
+    /// stripes' reads as one batch into this thread's scratch buffer (the batch waits only for
+    /// the kernel, never for other pool work, so it is safe under the stripe locks; see
+    /// `parallel.rs`). A stripe with a needed device out of service reads k shards and
+    /// reconstructs; one with a bad block takes the slow path. `balance`: mirror copies take
+    /// turns (else the first copy in service is read, which scrub's rewrite of disagreeing
+    /// copies relies on).
     fn read_stripes_locked(&self, pieces: &mut [Piece<'_>], balance: bool) -> Result<()> {
         let chunk = self.geometry.chunk_bytes;
         let chunk_len = usize::try_from(chunk).unwrap_or(0);
+        let sums = self.geometry.sums();
         let entries: Vec<MapEntry> = {
             let state = self.map.lock();
             pieces.iter().map(|p| state.map.get(p.0)).collect()
         };
-        let mut items: Vec<(SlotId, &MapEntry, usize)> = Vec::new();
-        // Per piece: where its shards start in `items` (None: not on the fast path).
-        let mut fast: Vec<Option<usize>> = vec![None; pieces.len()];
+        let mut items: Vec<ShardRead<'_>> = Vec::new();
+        // Per item: where its bytes are in the scratch buffer (offset, length), and which of
+        // them the caller asked for (skip, take).
+        let mut placed: Vec<(usize, usize, usize, usize)> = Vec::new();
+        let mut scratch_len = 0usize;
+        // Per piece: its items in `items` (None: not on the fast path).
+        let mut fast: Vec<Option<std::ops::Range<usize>>> = vec![None; pieces.len()];
         let mut degraded: Vec<(usize, Vec<usize>)> = Vec::new();
         for (i, (stripe, within, out)) in pieces.iter_mut().enumerate() {
             let entry = &entries[i];
@@ -236,33 +241,69 @@ impl PoolInner {
             };
             let (chunks, _) = chunk_span(*within, out.len(), chunk);
             let shards: Vec<usize> = chunks
+                .clone()
                 .map(|data_chunk| self.preferred_shard(data_chunk, *stripe, balance).0)
                 .collect();
             if let Some(sources) = self.degraded_sources(slot, &shards) {
                 degraded.push((i, sources));
                 continue;
             }
-            fast[i] = Some(items.len());
-            items.extend(shards.into_iter().map(|shard| (slot, entry, shard)));
+            let first = items.len();
+            let wanted = usize::try_from(*within).unwrap_or(0)
+                ..usize::try_from(*within).unwrap_or(0) + out.len();
+            for (data_chunk, shard) in chunks.zip(shards) {
+                let chunk_start = data_chunk * chunk_len;
+                let from = wanted.start.max(chunk_start) - chunk_start;
+                let to = wanted.end.min(chunk_start + chunk_len) - chunk_start;
+                let blocks = sums.covering(from, to - from);
+                items.push(ShardRead {
+                    slot,
+                    entry,
+                    shard,
+                    start: blocks.start,
+                });
+                placed.push((scratch_len, blocks.len(), from - blocks.start, to - from));
+                scratch_len += blocks.len();
+            }
+            fast[i] = Some(first..items.len());
         }
         let slow: Vec<(usize, Vec<(usize, Fetch)>)> =
-            with_scratch(Scratch::Read, items.len() * chunk_len, |buf| {
-                let got = self.fetch_batch(&items, buf.chunks_mut(chunk_len).collect());
+            with_scratch(Scratch::Read, scratch_len, |buf| {
+                let mut views: Vec<&mut [u8]> = Vec::with_capacity(items.len());
+                let mut rest = &mut buf[..];
+                for (_, len, _, _) in &placed {
+                    let (view, tail) = rest.split_at_mut(*len);
+                    views.push(view);
+                    rest = tail;
+                }
+                let got = self.fetch_batch(&items, views);
                 let mut slow = Vec::new();
-                for (i, (_, within, out)) in pieces.iter_mut().enumerate() {
-                    let Some(first) = fast[i] else { continue };
-                    let (chunks, start) = chunk_span(*within, out.len(), chunk);
-                    let count = chunks.count();
-                    let mine = &got[first..first + count];
-                    if mine.iter().all(|g| *g == Got::Good) {
-                        let from = first * chunk_len + start;
-                        out.copy_from_slice(&buf[from..from + out.len()]);
+                for (i, (_, _, out)) in pieces.iter_mut().enumerate() {
+                    let Some(mine) = fast[i].clone() else {
+                        continue;
+                    };
+                    if got[mine.clone()].iter().all(|g| *g == Got::Good) {
+                        let mut copied = 0;
+                        for (offset, _, skip, take) in &placed[mine] {
+                            let from = offset + skip;
+                            out[copied..copied + take].copy_from_slice(&buf[from..from + take]);
+                            copied += take;
+                        }
+                        debug_assert_eq!(copied, out.len(), "copied every requested byte");
                         continue;
                     }
-                    let fetched: Vec<(usize, Fetch)> = (first..first + count)
-                        .map(|item| {
-                            let bytes = &buf[item * chunk_len..(item + 1) * chunk_len];
-                            (items[item].2, got[item].into_fetch_copied(bytes))
+                    // Whole shards already read are handed on; a part read good is read again
+                    // whole; a bad one is handed on as bad (its error is counted once).
+                    let fetched: Vec<(usize, Fetch)> = mine
+                        .filter_map(|item| {
+                            let (offset, len, _, _) = placed[item];
+                            match got[item] {
+                                Got::Good if len != chunk_len => None,
+                                got => Some((
+                                    items[item].shard,
+                                    got.into_fetch_copied(&buf[offset..offset + len]),
+                                )),
+                            }
                         })
                         .collect();
                     slow.push((i, fetched));
@@ -329,8 +370,10 @@ impl PoolInner {
                     views.push(bytes);
                 }
             }
-            let items: Vec<(SlotId, &MapEntry, usize)> =
-                sources.iter().map(|s| (slot, entry, *s)).collect();
+            let items: Vec<ShardRead<'_>> = sources
+                .iter()
+                .map(|s| ShardRead::whole(slot, entry, *s))
+                .collect();
             self.fetch_batch(&items, views)
         };
         if got.iter().all(|g| *g == Got::Good) {
@@ -338,8 +381,7 @@ impl PoolInner {
             if self.codec.reconstruct(&mut shards, &mut present) {
                 let verified = chunks.clone().all(|c| {
                     let s = self.first_shard_of(c);
-                    shard_checksum(slot, ShardIndex(s), entry.generation, &shards[s])
-                        == entry.crcs[s]
+                    self.shard_verifies(slot, entry, s, &shards[s])
                 });
                 if verified {
                     self.copy_out(&shards, chunks, start, out);
@@ -477,8 +519,10 @@ impl PoolInner {
         // Everything not fetched yet, as one batch.
         let wanted: Vec<usize> = (0..width).filter(|s| prior[*s].is_none()).collect();
         let mut buffers: Vec<Vec<u8>> = vec![vec![0u8; chunk]; wanted.len()];
-        let items: Vec<(SlotId, &MapEntry, usize)> =
-            wanted.iter().map(|s| (slot, entry, *s)).collect();
+        let items: Vec<ShardRead<'_>> = wanted
+            .iter()
+            .map(|s| ShardRead::whole(slot, entry, *s))
+            .collect();
         let got = self.fetch_batch(&items, buffers.iter_mut().map(Vec::as_mut_slice).collect());
         for ((shard, got), bytes) in wanted.into_iter().zip(got).zip(buffers) {
             prior[shard] = Some(got.into_fetch(bytes));
@@ -511,10 +555,9 @@ impl PoolInner {
         // Pair assertion: everything we rebuilt must match the map's checksum, or we refuse.
         let recovered = bad.is_empty()
             || (reconstructed
-                && bad.iter().all(|s| {
-                    shard_checksum(slot, ShardIndex(*s), entry.generation, &shards[*s])
-                        == entry.crcs[*s]
-                }));
+                && bad
+                    .iter()
+                    .all(|s| self.shard_verifies(slot, entry, *s, &shards[*s])));
         let mut healed = vec![false; width];
         if recovered && heal {
             for shard in &bad {
@@ -529,6 +572,24 @@ impl PoolInner {
             recovered,
             healed,
         }
+    }
+
+    /// Whether a whole `shard` of the stripe in `slot` matches the checksums of `entry`.
+    pub(crate) fn shard_verifies(
+        &self,
+        slot: SlotId,
+        entry: &MapEntry,
+        shard: usize,
+        bytes: &[u8],
+    ) -> bool {
+        let sums = self.geometry.sums();
+        sums.matches(
+            slot,
+            ShardIndex(shard),
+            entry.generation,
+            bytes,
+            sums.of(&entry.crcs, shard),
+        )
     }
 
     /// Rewrite a verified shard in place. Safe without a commit: the bytes are exactly what the
@@ -699,15 +760,16 @@ impl PoolInner {
                 })
                 .collect()
         };
+        let sums = self.geometry.sums();
         let crcs: Vec<Vec<u32>> = lists
             .iter()
             .zip(&generations)
             .map(|((slot, shards), generation)| {
-                shards
-                    .iter()
-                    .enumerate()
-                    .map(|(s, bytes)| shard_checksum(*slot, ShardIndex(s), *generation, bytes))
-                    .collect()
+                let mut crcs = Vec::with_capacity(self.geometry.crcs_per_entry());
+                for (s, bytes) in shards.iter().enumerate() {
+                    sums.compute_into(*slot, ShardIndex(s), *generation, bytes, &mut crcs);
+                }
+                crcs
             })
             .collect();
         // All shards of all stripes as one batch: the members work in parallel when they are

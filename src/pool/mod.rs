@@ -43,6 +43,9 @@ use std::sync::Arc;
 /// Default chunk size: small enough that a 4 KiB overwrite does not rewrite megabytes, large
 /// enough that sequential I/O issues big requests.
 pub const DEFAULT_CHUNK_BYTES: u64 = 16 * 1024;
+/// Default checksum block: one crc32c per 4 KiB of every shard, so a 4 KiB read fetches and
+/// verifies 4 KiB, not a whole chunk (costs 4 bytes of map memory per 4 KiB of device).
+pub const DEFAULT_CHECKSUM_BYTES: u64 = 4096;
 /// Default number of read/checksum errors after which a device is faulted.
 pub const DEFAULT_ERROR_THRESHOLD: u64 = 50;
 const STRIPE_LOCKS: usize = 256;
@@ -54,6 +57,9 @@ pub struct CreateOptions {
     pub layout: Layout,
     /// Chunk size (multiple of 4 KiB).
     pub chunk_bytes: u64,
+    /// Checksum block size (multiple of 4 KiB dividing the chunk size): the smallest piece a
+    /// read can fetch and verify on its own. Equal to the chunk: least map memory.
+    pub checksum_bytes: u64,
     /// Use at most this many bytes of each device (default: the smallest device's size).
     pub device_bytes: Option<u64>,
     /// Overwrite devices that hold another pool's superblock.
@@ -69,6 +75,7 @@ impl CreateOptions {
         Self {
             layout,
             chunk_bytes: DEFAULT_CHUNK_BYTES,
+            checksum_bytes: DEFAULT_CHECKSUM_BYTES,
             device_bytes: None,
             force: false,
             open: OpenOptions::default(),

@@ -111,6 +111,7 @@ pub(super) fn create(
         options.layout,
         devices.len(),
         options.chunk_bytes,
+        options.checksum_bytes,
         device_bytes,
     )?;
     let uuid = PoolUuid::random();
@@ -133,6 +134,7 @@ pub(super) fn create(
         generation: 0,
         layout: options.layout.to_string(),
         chunk_bytes: geometry.chunk_bytes,
+        checksum_bytes: Some(geometry.checksum_bytes),
         device_bytes: geometry.device_bytes,
         volume_bytes: geometry.volume_bytes(),
         members: member_records.clone(),
@@ -164,9 +166,8 @@ pub(super) fn create(
             source: err.into_io(),
         });
     }
-    let width = geometry.width();
     let state = MapState::new(
-        StripeMap::new(geometry.stripes, width),
+        StripeMap::new(geometry.stripes, geometry.crcs_per_entry()),
         geometry.slots,
         0,
         (0..geometry.slots).rev().collect(),
@@ -291,7 +292,13 @@ pub(super) fn open(
                 && !matches!(m.state, MemberState::Rebuilding { .. })
         })
         .count();
-    let geometry = Geometry::new(layout, data_count, newest.chunk_bytes, newest.device_bytes)?;
+    let geometry = Geometry::new(
+        layout,
+        data_count,
+        newest.chunk_bytes,
+        newest.checksum_block_bytes(),
+        newest.device_bytes,
+    )?;
     if geometry.volume_bytes() != newest.volume_bytes {
         return Err(Error::CorruptMetadata(format!(
             "superblock says volume is {} bytes but its geometry gives {}",
@@ -470,7 +477,7 @@ fn load_device_map(geometry: &Geometry, pool: PoolUuid, device: &dyn Device) -> 
         if device.read_at(*offset, &mut bytes).is_err() {
             continue;
         }
-        let mut map = StripeMap::new(geometry.stripes, geometry.width());
+        let mut map = StripeMap::new(geometry.stripes, geometry.crcs_per_entry());
         match decode_checkpoint(pool, &bytes, &mut map) {
             Ok(header) if best.as_ref().is_none_or(|b| header.sequence > b.sequence) => {
                 best = Some(DeviceMap {

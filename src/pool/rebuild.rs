@@ -14,7 +14,6 @@
 //! replacement is flushed and swapped in, and the superblocks record it as the member.
 
 use super::{Identity, PoolInner, Replacement};
-use crate::codec::shard_checksum;
 use crate::device::SharedDevice;
 use crate::error::{Error, Result};
 use crate::format::MapEntry;
@@ -435,9 +434,7 @@ impl PoolInner {
         for shard in &item.sources {
             let (device, offset) = self.geometry.shard_location(item.slot, *shard);
             let bytes = cells.get(&(device.0, offset))?;
-            if shard_checksum(item.slot, *shard, item.entry.generation, bytes)
-                != item.entry.crcs[shard.0]
-            {
+            if !self.shard_verifies(item.slot, &item.entry, shard.0, bytes) {
                 return None;
             }
             shards[shard.0].copy_from_slice(bytes);
@@ -451,8 +448,7 @@ impl PoolInner {
         item.targets
             .iter()
             .map(|t| {
-                let verified = shard_checksum(item.slot, *t, item.entry.generation, &shards[t.0])
-                    == item.entry.crcs[t.0];
+                let verified = self.shard_verifies(item.slot, &item.entry, t.0, &shards[t.0]);
                 verified.then(|| {
                     (
                         self.geometry.shard_location(item.slot, *t).1,

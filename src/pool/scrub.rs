@@ -661,13 +661,7 @@ impl PoolInner {
             let Some(bytes) = devices[device.0].chunk(offset, chunk) else {
                 return Verdict::Suspect;
             };
-            let crc = crate::codec::shard_checksum(
-                item.slot,
-                ShardIndex(shard),
-                item.entry.generation,
-                bytes,
-            );
-            if crc != item.entry.crcs[shard] {
+            if !self.shard_verifies(item.slot, &item.entry, shard, bytes) {
                 return Verdict::Suspect;
             }
             shards.push(bytes);
@@ -838,7 +832,7 @@ struct StepResult {
 
 #[cfg(test)]
 mod tests {
-    use crate::codec::shard_checksum;
+    use crate::codec::block_checksum;
     use crate::testing::{mem_devices, shared};
     use crate::types::{ShardIndex, SlotId};
     use crate::{CreateOptions, Pool};
@@ -855,7 +849,8 @@ mod tests {
         let data: Vec<u8> = (0..stripe_bytes * 3).map(|i| (i * 7 % 251) as u8).collect();
         pool.write_at(0, &data).unwrap();
         pool.flush().unwrap();
-        // Stripe 1: replace one shard with other bytes *and* make the map's checksum agree.
+        // Stripe 1: replace one shard with other bytes *and* make the map's checksum agree
+        // (a 4 KiB chunk is one checksum block, so the shard's checksum is `crcs[shard]`).
         let location = pool.shard_locations(1)[shard];
         let forged = vec![0x5a; 4096];
         mems[location.device].poke(location.offset, &forged);
@@ -863,7 +858,8 @@ mod tests {
             let mut state = pool.inner.map.lock();
             let mut entry = state.map.get(1);
             let slot: SlotId = entry.slot.unwrap();
-            entry.crcs[shard] = shard_checksum(slot, ShardIndex(shard), entry.generation, &forged);
+            entry.crcs[shard] =
+                block_checksum(slot, ShardIndex(shard), 0, entry.generation, &forged);
             state.map.set(1, &entry);
         }
         let report = pool.scrub().unwrap();
@@ -893,7 +889,7 @@ mod tests {
 
 #[cfg(test)]
 mod no_free_slot_tests {
-    use crate::codec::shard_checksum;
+    use crate::codec::block_checksum;
     use crate::testing::{mem_devices, shared};
     use crate::types::ShardIndex;
     use crate::{CreateOptions, Pool};
@@ -915,9 +911,10 @@ mod no_free_slot_tests {
         let taken: Vec<u64> = {
             let mut state = pool.inner.map.lock();
             let mut entry = state.map.get(1);
-            entry.crcs[5] = shard_checksum(
+            entry.crcs[5] = block_checksum(
                 entry.slot.unwrap(),
                 ShardIndex(5),
+                0,
                 entry.generation,
                 &forged,
             );

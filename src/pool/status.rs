@@ -60,6 +60,8 @@ pub struct PoolStatus {
     pub allocated_bytes: u64,
     /// Chunk size.
     pub chunk_bytes: u64,
+    /// Checksum block size (what one crc32c covers).
+    pub checksum_bytes: u64,
     /// Device losses the layout tolerates.
     pub tolerance: usize,
     /// Further device losses the pool survives in its current state (0: redundancy exhausted).
@@ -184,6 +186,7 @@ impl PoolInner {
             volume_bytes: self.geometry.volume_bytes(),
             allocated_bytes: written * self.geometry.stripe_data_bytes(),
             chunk_bytes: self.geometry.chunk_bytes,
+            checksum_bytes: self.geometry.checksum_bytes,
             tolerance: self.geometry.tolerance(),
             remaining_tolerance: self.remaining_tolerance(),
             commit_sequence: self.meta.lock().sequence,
@@ -223,11 +226,12 @@ impl fmt::Display for PoolStatus {
         writeln!(f, "status: {note}")?;
         writeln!(
             f,
-            "layout: {} (survives {} lost device{}), chunk {}",
+            "layout: {} (survives {} lost device{}), chunk {}, checksum per {}",
             self.layout,
             self.tolerance,
             if self.tolerance == 1 { "" } else { "s" },
-            human_bytes(self.chunk_bytes)
+            human_bytes(self.chunk_bytes),
+            human_bytes(self.checksum_bytes)
         )?;
         writeln!(
             f,

@@ -3,8 +3,9 @@
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use stripestore::device::MemDevice;
+use stripestore::device::{Device, DeviceError, MemDevice};
 use stripestore::testing::{mem_devices, random_bytes, shared, Model};
 use stripestore::{CreateOptions, Layout, OpenOptions, Pool};
 
@@ -96,5 +97,31 @@ pub fn verify(pool: &Pool, model: &Model) {
             );
         }
         offset += len as u64;
+    }
+}
+
+/// Counts the bytes read through it (to prove what a read or a resumed scrub fetches).
+#[derive(Debug)]
+pub struct CountingDevice {
+    pub inner: stripestore::device::SharedDevice,
+    pub read: Arc<AtomicU64>,
+}
+
+impl Device for CountingDevice {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
+        self.read.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        self.inner.read_at(offset, buf)
+    }
+    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), DeviceError> {
+        self.inner.write_at(offset, buf)
+    }
+    fn flush(&self) -> Result<(), DeviceError> {
+        self.inner.flush()
+    }
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn name(&self) -> String {
+        self.inner.name()
     }
 }
