@@ -1,4 +1,4 @@
-//! Redundancy math over in-memory buffers: replication, Reed-Solomon, and the chunk checksum.
+//! Redundancy math over in-memory buffers: replication, Reed-Solomon, and the block checksums.
 //! The codec never touches a device and never decides which shards to fetch.
 
 mod checksum;
