@@ -214,3 +214,59 @@ fn a_checksum_block_that_does_not_divide_the_chunk_is_refused_and_writes_nothing
         assert!(before == after, "{checksum}: devices untouched");
     }
 }
+
+/// With a device out of service, a Reed-Solomon read within one chunk fetches only the needed
+/// blocks of k other shards and reconstructs just those; rot in one of them sends the read to
+/// the careful path, which still returns the right bytes and heals the rotten shard.
+#[test]
+fn degraded_small_reads_reconstruct_only_their_blocks() {
+    let (pool, mems, counter, model) = filled_pool("rs:4+2", 6, BLOCK, 7);
+    let stripe = 5u64;
+    let stripe_bytes = pool.geometry().stripe_data_bytes();
+    let locations = pool.shard_locations(stripe);
+    let lost = locations
+        .iter()
+        .find(|l| l.data_chunk == Some(2))
+        .unwrap()
+        .device;
+    pool.fault_device(lost, "test: taken out of service");
+    let chunk_start = stripe * stripe_bytes + 2 * CHUNK;
+    for block in [0u64, 7, 15] {
+        assert_eq!(
+            read_cost(&pool, &counter, &model, chunk_start + block * BLOCK, 4096),
+            4 * BLOCK,
+            "k = 4 sources, one block each"
+        );
+    }
+    assert_eq!(
+        read_cost(&pool, &counter, &model, chunk_start + 4000, 200),
+        4 * 2 * BLOCK
+    );
+    // A read spanning two chunks reconstructs whole shards.
+    assert_eq!(
+        read_cost(&pool, &counter, &model, chunk_start - 100, 200),
+        4 * CHUNK
+    );
+    assert_eq!(pool.status().total_checksum_errors(), 0);
+
+    // Rot block 7 of another data shard of the stripe: the degraded read of block 7 needs it.
+    let source = locations.iter().find(|l| l.data_chunk == Some(0)).unwrap();
+    let original = mems[source.device].peek(source.offset, CHUNK as usize);
+    let at = source.offset + 7 * BLOCK + 11;
+    let mut byte = mems[source.device].peek(at, 1);
+    byte[0] ^= 0x04;
+    mems[source.device].poke(at, &byte);
+    read_cost(&pool, &counter, &model, chunk_start + 7 * BLOCK, 4096);
+    let status = pool.status();
+    assert_eq!(status.total_checksum_errors(), 1, "{status}");
+    assert_eq!(status.devices[source.device].checksum_errors, 1);
+    assert_eq!(status.total_repaired(), 1);
+    assert_eq!(
+        mems[source.device].peek(source.offset, CHUNK as usize),
+        original,
+        "healed on disk"
+    );
+    let mut all = vec![0u8; pool.size() as usize];
+    pool.read_at(0, &mut all).unwrap();
+    assert!(all == model.read(0, all.len()), "whole volume, degraded");
+}

@@ -322,7 +322,7 @@ impl PoolInner {
             let slot = entries[i].slot.unwrap_or(SlotId(0));
             // Slow path; shards already fetched are reused, so no error is counted twice.
             let (shards, _) = self.recover_stripe(*stripe, slot, &entries[i], fetched)?;
-            self.copy_out(&shards, chunks, start, out);
+            self.copy_out(&shards, 0, chunks, start, out);
         }
         Ok(())
     }
@@ -348,7 +348,9 @@ impl PoolInner {
     }
 
     /// Degraded read: fetch exactly `sources` (k shards) in one batch and reconstruct the rest.
-    /// Anything bad among them goes to the full slow path, which reads the others and heals.
+    /// Reed-Solomon works byte by byte, so a read within one chunk fetches and reconstructs
+    /// only the checksum blocks it needs from each source. Anything bad among them goes to the
+    /// full slow path, which reads whole shards and heals.
     #[allow(clippy::too_many_arguments)]
     fn read_degraded(
         &self,
@@ -362,7 +364,15 @@ impl PoolInner {
     ) -> Result<()> {
         let width = self.geometry.width();
         let chunk = usize::try_from(self.geometry.chunk_bytes).unwrap_or(0);
-        let mut shards: Vec<Vec<u8>> = vec![vec![0u8; chunk]; width];
+        let sums = self.geometry.sums();
+        // The part of every shard to work on: the blocks covering the request if it lies in
+        // one chunk, else whole shards.
+        let part = if chunks.start() == chunks.end() {
+            sums.covering(start, out.len())
+        } else {
+            0..chunk
+        };
+        let mut shards: Vec<Vec<u8>> = vec![vec![0u8; part.len()]; width];
         let got = {
             let mut views: Vec<&mut [u8]> = Vec::with_capacity(sources.len());
             for (shard, bytes) in shards.iter_mut().enumerate() {
@@ -372,7 +382,12 @@ impl PoolInner {
             }
             let items: Vec<ShardRead<'_>> = sources
                 .iter()
-                .map(|s| ShardRead::whole(slot, entry, *s))
+                .map(|s| ShardRead {
+                    slot,
+                    entry,
+                    shard: *s,
+                    start: part.start,
+                })
                 .collect();
             self.fetch_batch(&items, views)
         };
@@ -381,36 +396,48 @@ impl PoolInner {
             if self.codec.reconstruct(&mut shards, &mut present) {
                 let verified = chunks.clone().all(|c| {
                     let s = self.first_shard_of(c);
-                    self.shard_verifies(slot, entry, s, &shards[s])
+                    sums.verify(
+                        slot,
+                        ShardIndex(s),
+                        entry.generation,
+                        part.start,
+                        &shards[s],
+                        sums.of(&entry.crcs, s),
+                    )
+                    .is_ok()
                 });
                 if verified {
-                    self.copy_out(&shards, chunks, start, out);
+                    self.copy_out(&shards, part.start, chunks, start, out);
                     return Ok(());
                 }
             }
         }
+        // Whole shards read are handed on; a part read good is read again whole.
         let known: Vec<(usize, Fetch)> = sources
             .iter()
             .zip(got)
+            .filter(|(_, got)| part.len() == chunk || *got != Got::Good)
             .map(|(shard, got)| (*shard, got.into_fetch_copied(&shards[*shard])))
             .collect();
         let (all, _) = self.recover_stripe(stripe, slot, entry, known)?;
-        self.copy_out(&all, chunks, start, out);
+        self.copy_out(&all, 0, chunks, start, out);
         Ok(())
     }
 
-    /// Copy the requested range out of whole shards: data chunks `chunks`, from byte `start`
-    /// of the first.
+    /// Copy the requested range out of shards that each hold their shard's bytes from `base`
+    /// on: data chunks `chunks`, from byte `start` of the first (`start >= base`).
     fn copy_out(
         &self,
         shards: &[Vec<u8>],
+        base: usize,
         chunks: std::ops::RangeInclusive<usize>,
         start: usize,
         out: &mut [u8],
     ) {
+        debug_assert!(start >= base, "the shards hold the requested bytes");
         let chunks: Vec<&Vec<u8>> = chunks.map(|c| &shards[self.first_shard_of(c)]).collect();
         let mut copied = 0;
-        let mut skip = start;
+        let mut skip = start - base;
         for bytes in chunks {
             let piece = &bytes[skip..];
             let n = piece.len().min(out.len() - copied);
