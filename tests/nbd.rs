@@ -1057,3 +1057,115 @@ fn serve_with_metrics_exposes_the_clients_traffic_over_http() {
         "{stderr}"
     );
 }
+
+/// The pool a server holds open (its devices locked against a second process) is watched and
+/// scrubbed through the server's endpoint: `status --url`, `check --url`, and `scrub --url`
+/// with `--control`, which finds exactly the chunks rotted on disk, repairs them, and exits 1;
+/// a second scrub exits 0; the data is intact afterwards.
+#[test]
+fn a_served_pool_is_watched_and_scrubbed_through_its_endpoint() {
+    use std::os::unix::fs::FileExt;
+    let (dir, paths) = Served::create_pool("rs:4+2", 6);
+    let (model, rotted) = {
+        let pool = Pool::open_paths(&paths[..1], &OpenOptions::default()).unwrap();
+        let mut rng = stripestore::testing::rng(77);
+        let data = random_bytes(&mut rng, 4 << 20);
+        pool.write_at(0, &data).unwrap();
+        let mut model = Model::new(pool.size());
+        model.write(0, &data);
+        // One chunk of stripes 1, 4 and 9 each, on chosen shards.
+        let rotted: Vec<(usize, u64)> = [(1u64, 0usize), (4, 3), (9, 5)]
+            .iter()
+            .map(|(stripe, shard)| {
+                let l = pool.shard_locations(*stripe)[*shard];
+                (l.device, l.offset)
+            })
+            .collect();
+        pool.close().unwrap();
+        (model, rotted)
+    };
+    for (device, offset) in &rotted {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&paths[*device])
+            .unwrap();
+        file.write_all_at(&[0xa5; 64], offset + 1000).unwrap();
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics = format!("127.0.0.1:{port}");
+    let url = format!("http://{metrics}");
+    let served = Served::start(
+        dir,
+        paths.clone(),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics",
+            &metrics,
+            "--control",
+        ],
+    );
+    let cli = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_stripestore"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // The devices are held: opening the pool from here is refused, the endpoint answers.
+    let refused = cli(&["status", paths[0].to_str().unwrap()]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("in use"));
+    let status = cli(&["status", "--url", &url]);
+    assert!(status.status.success(), "{status:?}");
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("ONLINE") && text.contains("rs:4+2"), "{text}");
+    let json = cli(&["status", "--url", &url, "--json"]);
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(value["health"], "ONLINE");
+
+    let scrub = cli(&["scrub", "--url", &url]);
+    let report = String::from_utf8_lossy(&scrub.stdout).into_owned();
+    assert_eq!(scrub.status.code(), Some(1), "repaired: {scrub:?}");
+    assert!(report.contains("3 checksum errors"), "{report}");
+    assert!(report.contains("3 chunks repaired"), "{report}");
+    for (device, path) in paths.iter().enumerate() {
+        let expected = rotted.iter().filter(|(d, _)| *d == device).count();
+        let line = report
+            .lines()
+            .find(|l| l.trim_start().starts_with(path.to_str().unwrap()))
+            .unwrap_or_else(|| panic!("device {device} in {report}"));
+        let counts: Vec<&str> = line.split_whitespace().collect();
+        // ... CKSUM IO REPAIRED UNREPAIRABLE
+        let n = counts.len();
+        assert_eq!(counts[n - 4], expected.to_string(), "CKSUM of {line}");
+        assert_eq!(counts[n - 2], expected.to_string(), "REPAIRED of {line}");
+    }
+    let check = cli(&["check", "--url", &url]);
+    let line = String::from_utf8_lossy(&check.stdout).into_owned();
+    assert_eq!(check.status.code(), Some(1), "{line}");
+    assert!(line.starts_with("STRIPESTORE WARNING"), "{line}");
+    let again = cli(&["scrub", "--url", &url, "--json"]);
+    assert_eq!(again.status.code(), Some(0), "{again:?}");
+    let again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(again["end"], "completed");
+    assert_eq!(again["bad_shards"], 0);
+
+    served.signal("-TERM");
+    let (ok, stderr, _dir, paths) = served.wait();
+    assert!(ok, "{stderr}");
+    let pool = Pool::open_paths(&paths[..1], &OpenOptions::default()).unwrap();
+    let mut back = vec![0u8; 4 << 20];
+    pool.read_at(0, &mut back).unwrap();
+    assert!(back == model.read(0, back.len()), "data intact");
+    assert_eq!(pool.status().total_checksum_errors(), 0);
+    pool.close().unwrap();
+    // Without a server, --url reports a clear failure: UNKNOWN for check, 3 for scrub.
+    let check = cli(&["check", "--url", &url]);
+    assert_eq!(check.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&check.stdout).starts_with("STRIPESTORE UNKNOWN"));
+    assert_eq!(cli(&["scrub", "--url", &url]).status.code(), Some(3));
+}

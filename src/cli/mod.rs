@@ -7,6 +7,7 @@ mod bench_scrub;
 mod demo;
 mod monitor;
 mod progress;
+mod remote;
 mod scrub;
 mod serve;
 mod simulate;
@@ -84,8 +85,12 @@ enum Command {
     /// Show pool health, devices and error counters.
     Status {
         /// One or more member paths (the others are found through the recorded paths).
-        #[arg(required = true)]
+        #[arg(required_unless_present = "url", conflicts_with = "url")]
         pool: Vec<PathBuf>,
+        /// Ask the process serving the pool instead (its `serve --metrics` address, e.g.
+        /// http://127.0.0.1:9640).
+        #[arg(long)]
+        url: Option<String>,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -122,8 +127,12 @@ enum Command {
     /// repaired (or repairable, with --check-only), 2 unrepairable data, 3 could not run.
     Scrub {
         /// One or more member paths.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "url", conflicts_with = "url")]
         pool: Vec<PathBuf>,
+        /// Scrub through the process serving the pool (`serve --metrics ADDR --control`), e.g.
+        /// http://127.0.0.1:9640.
+        #[arg(long)]
+        url: Option<String>,
         /// Repair what fails verification (the default).
         #[arg(long, conflicts_with = "check_only")]
         repair: bool,
@@ -149,8 +158,11 @@ enum Command {
     /// (redundancy exhausted, pool faulted, unrepairable data), 3 UNKNOWN (cannot tell).
     Check {
         /// One or more member paths.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "url", conflicts_with = "url")]
         pool: Vec<PathBuf>,
+        /// Ask the process serving the pool instead (its `serve --metrics` address).
+        #[arg(long)]
+        url: Option<String>,
         /// WARNING when the last scrub is older than this many days (or there was none).
         #[arg(long)]
         scrub_max_age_days: Option<u64>,
@@ -419,7 +431,15 @@ fn execute(command: Command) -> CliResult {
             );
             Ok(())
         }
-        Command::Status { pool, json } => {
+        Command::Status {
+            url: Some(url),
+            json,
+            ..
+        } => {
+            print!("{}", remote::Endpoint::parse(&url)?.status_text(json)?);
+            Ok(())
+        }
+        Command::Status { pool, json, .. } => {
             let pool = open_pool(&pool)?;
             let status = pool.status();
             if json {
@@ -484,6 +504,7 @@ fn execute(command: Command) -> CliResult {
         }
         Command::Scrub {
             pool,
+            url,
             repair: _,
             check_only,
             rate,
@@ -491,14 +512,18 @@ fn execute(command: Command) -> CliResult {
             cancel,
             json,
         } => {
-            let code = scrub::run(&scrub::ScrubArgs {
+            let args = scrub::ScrubArgs {
                 pool,
                 check_only,
                 rate,
                 resume,
                 cancel,
                 json,
-            })?;
+            };
+            let code = match url {
+                Some(url) => remote::scrub(&remote::Endpoint::parse(&url)?, &args)?,
+                None => scrub::run(&args)?,
+            };
             if code == scrub::exit::CLEAN {
                 Ok(())
             } else {
@@ -507,8 +532,9 @@ fn execute(command: Command) -> CliResult {
         }
         Command::Check {
             pool,
+            url,
             scrub_max_age_days,
-        } => match monitor::check(&pool, scrub_max_age_days) {
+        } => match monitor::check(&pool, url.as_deref(), scrub_max_age_days) {
             monitor::Level::Ok => Ok(()),
             level => Err(Box::new(Exit(level as u8))),
         },

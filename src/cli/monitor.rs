@@ -27,14 +27,34 @@ impl Level {
     }
 }
 
-/// Run `check`: print the status line and return the plugin state.
-pub fn check(pool: &[PathBuf], scrub_max_age_days: Option<u64>) -> Level {
-    let (level, line) = match open_pool(pool) {
+/// Run `check` on the pool at `pool`, or on the one served at `url`: print the status line
+/// and return the plugin state.
+pub fn check(pool: &[PathBuf], url: Option<&str>, scrub_max_age_days: Option<u64>) -> Level {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (level, line) = match url {
+        Some(url) => match super::remote::Endpoint::parse(url)
+            .map_err(Into::into)
+            .and_then(|e| e.status())
+        {
+            Ok(status) => judge(&status, now, scrub_max_age_days),
+            Err(err) => (
+                Level::Unknown,
+                format!("cannot ask the serving process: {err}"),
+            ),
+        },
+        None => check_local(pool, now, scrub_max_age_days),
+    };
+    println!("STRIPESTORE {} - {line}", level.name());
+    level
+}
+
+/// The verdict for a pool this process opens itself.
+fn check_local(pool: &[PathBuf], now: u64, scrub_max_age_days: Option<u64>) -> (Level, String) {
+    match open_pool(pool) {
         Ok(pool) => {
             let status = pool.status();
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
             let verdict = judge(&status, now, scrub_max_age_days);
             if let Err(err) = pool.close() {
                 (
@@ -56,9 +76,7 @@ pub fn check(pool: &[PathBuf], scrub_max_age_days: Option<u64>) -> Level {
             };
             (level, format!("cannot open the pool: {err}"))
         }
-    };
-    println!("STRIPESTORE {} - {line}", level.name());
-    level
+    }
 }
 
 /// The plugin state and line (with performance data) for a status snapshot.

@@ -103,7 +103,7 @@ fn percent(done: u64, total: u64) -> f64 {
 }
 
 /// The human report, in the style of `zpool status`'s scan section.
-fn render(report: &ScrubReport) -> String {
+pub fn render(report: &ScrubReport) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let totals = &report.totals;

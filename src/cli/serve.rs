@@ -38,9 +38,14 @@ pub struct ServeArgs {
     /// Clients served at once.
     #[arg(long, default_value = "64")]
     max_connections: usize,
-    /// Also serve Prometheus metrics at this address (`GET /metrics`), e.g. 127.0.0.1:9640.
+    /// Also serve Prometheus metrics (`GET /metrics`) and the pool's status (`GET /status`,
+    /// `/status.json`; what `status --url` and `check --url` read) at this address, e.g.
+    /// 127.0.0.1:9640.
     #[arg(long)]
     metrics: Option<SocketAddr>,
+    /// Accept scrub control on the --metrics address (`scrub --url`): start, pause, cancel.
+    #[arg(long, requires = "metrics")]
+    control: bool,
 }
 
 /// Open the pool (background rebuild on), serve it until a signal, then flush and close it.
@@ -62,10 +67,17 @@ pub fn run(args: ServeArgs) -> CliResult {
     let metrics = match args.metrics {
         Some(address) => {
             let server = pool
-                .serve_metrics(address)
+                .serve_http(address, args.control)
                 .map_err(|e| format!("cannot serve metrics on {address}: {e}"))?;
             if !address.ip().is_loopback() {
-                eprintln!("warning: metrics are served to the network at {address}");
+                eprintln!(
+                    "warning: metrics and status are served to the network at {address}{}",
+                    if args.control {
+                        ", and anyone who can reach it can start and stop scrubs"
+                    } else {
+                        ""
+                    }
+                );
             }
             // On stderr: stdout carries the one line scripts parse for the NBD address.
             eprintln!("metrics at http://{}/metrics", server.address());

@@ -1,6 +1,7 @@
-//! A tiny HTTP/1.0 endpoint for Prometheus scrapes: `GET /metrics` answers the exposition text,
-//! anything else a short 404 (or 405 for other methods). One thread, one connection at a time:
-//! a scrape every few seconds needs nothing more, and nothing here touches the devices.
+//! A tiny HTTP/1.0 endpoint: Prometheus scrapes (`GET /metrics`), and whatever else the handler
+//! given to [`MetricsServer::start`] answers (the pool's status and, when enabled, scrub
+//! control; see `pool::endpoint`). One thread, one connection at a time: a scrape or a status
+//! query every few seconds needs nothing more. Request bodies are not read.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -22,14 +23,91 @@ pub struct MetricsServer {
     thread: Option<JoinHandle<()>>,
 }
 
+/// One request, as a handler sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request<'a> {
+    /// `GET`, `POST`, ... (anything the client sent; garbage included).
+    pub method: &'a str,
+    /// The path, without the query.
+    pub path: &'a str,
+    /// What follows `?`, or empty.
+    pub query: &'a str,
+}
+
+impl Request<'_> {
+    /// The value of `name` in the query (`name=value`), or `Some("")` for a bare `name`.
+    #[must_use]
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.query.split('&').find_map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (key == name).then_some(value)
+        })
+    }
+}
+
+/// A handler's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// HTTP status code.
+    pub status: u16,
+    /// Content type.
+    pub content_type: &'static str,
+    /// Body.
+    pub body: String,
+}
+
+impl Response {
+    /// A plain-text answer.
+    #[must_use]
+    pub fn text(status: u16, body: impl Into<String>) -> Self {
+        Self {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: body.into(),
+        }
+    }
+    /// A JSON answer.
+    #[must_use]
+    pub fn json(status: u16, body: impl Into<String>) -> Self {
+        Self {
+            status,
+            content_type: "application/json",
+            body: body.into(),
+        }
+    }
+    /// The Prometheus text exposition.
+    #[must_use]
+    pub fn metrics(body: String) -> Self {
+        Self {
+            status: 200,
+            content_type: "text/plain; version=0.0.4; charset=utf-8",
+            body,
+        }
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        202 => "Accepted",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        503 => "Service Unavailable",
+        _ => "Internal Server Error",
+    }
+}
+
 impl MetricsServer {
-    /// Listen on `address` and answer scrapes with `render()`.
+    /// Listen on `address` and answer every request with `handler`.
     ///
     /// # Errors
     /// The address cannot be bound.
     pub fn start(
         address: SocketAddr,
-        render: impl Fn() -> String + Send + 'static,
+        handler: impl Fn(&Request<'_>) -> Response + Send + 'static,
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(address)?;
         let address = listener.local_addr()?;
@@ -44,7 +122,7 @@ impl MetricsServer {
                     }
                     match stream {
                         Ok(stream) => {
-                            if let Err(err) = answer(stream, &render) {
+                            if let Err(err) = answer(stream, &handler) {
                                 tracing::debug!(%err, "metrics client");
                             }
                         }
@@ -78,7 +156,7 @@ impl Drop for MetricsServer {
     }
 }
 
-fn answer(stream: TcpStream, render: &dyn Fn() -> String) -> std::io::Result<()> {
+fn answer(stream: TcpStream, handler: &dyn Fn(&Request<'_>) -> Response) -> std::io::Result<()> {
     stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
     stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
     let mut reader = BufReader::new(stream.try_clone()?);
@@ -102,30 +180,22 @@ fn answer(stream: TcpStream, render: &dyn Fn() -> String) -> std::io::Result<()>
     }
     let mut parts = request_line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let (status, content_type, body) = match (method, path.split('?').next().unwrap_or("")) {
-        ("GET", "/metrics") => (
-            "200 OK",
-            "text/plain; version=0.0.4; charset=utf-8",
-            render(),
-        ),
-        ("GET", _) => (
-            "404 Not Found",
-            "text/plain; charset=utf-8",
-            "not found; metrics are at /metrics\n".to_string(),
-        ),
-        _ => (
-            "405 Method Not Allowed",
-            "text/plain; charset=utf-8",
-            "only GET is supported\n".to_string(),
-        ),
-    };
+    let (path, query) = path.split_once('?').unwrap_or((path, ""));
+    let response = handler(&Request {
+        method,
+        path,
+        query,
+    });
     let mut stream = stream;
     write!(
         stream,
-        "HTTP/1.0 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
+        "HTTP/1.0 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        response.status,
+        reason(response.status),
+        response.content_type,
+        response.body.len()
     )?;
-    stream.write_all(body.as_bytes())?;
+    stream.write_all(response.body.as_bytes())?;
     stream.flush()
 }
 
@@ -144,8 +214,14 @@ mod tests {
 
     #[test]
     fn serves_metrics_and_refuses_the_rest() {
-        let server =
-            MetricsServer::start("127.0.0.1:0".parse().unwrap(), || "up 1\n".to_string()).unwrap();
+        let server = MetricsServer::start("127.0.0.1:0".parse().unwrap(), |request| {
+            match (request.method, request.path) {
+                ("GET", "/metrics") => Response::metrics("up 1\n".to_string()),
+                ("GET", _) => Response::text(404, "not found\n"),
+                _ => Response::text(405, "only GET\n"),
+            }
+        })
+        .unwrap();
         let address = server.address();
         let ok = get(address, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
         assert!(ok.starts_with("HTTP/1.0 200 OK\r\n"), "{ok}");
@@ -157,5 +233,18 @@ mod tests {
         drop(TcpStream::connect(address).unwrap());
         assert!(get(address, "GET /metrics HTTP/1.0\r\n\r\n").contains("up 1"));
         drop(server);
+    }
+
+    #[test]
+    fn query_parameters() {
+        let request = Request {
+            method: "POST",
+            path: "/scrub",
+            query: "check-only&rate=100&x=",
+        };
+        assert_eq!(request.param("check-only"), Some(""));
+        assert_eq!(request.param("rate"), Some("100"));
+        assert_eq!(request.param("x"), Some(""));
+        assert_eq!(request.param("y"), None);
     }
 }

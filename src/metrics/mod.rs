@@ -5,9 +5,9 @@
 //! metrics cost nothing measurable and need no background thread. Rendering takes a status
 //! snapshot; a scrape does no device I/O.
 
-mod http;
+pub mod http;
 
-pub use http::MetricsServer;
+pub use http::{MetricsServer, Request as HttpRequest, Response as HttpResponse};
 
 use crate::device::{Device, DeviceError, SharedDevice};
 use crate::pool::{PoolHealth, PoolStatus};

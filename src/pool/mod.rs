@@ -11,6 +11,7 @@
 mod admin;
 mod batch;
 mod commit;
+mod endpoint;
 mod io;
 mod members;
 mod open;
@@ -238,8 +239,8 @@ impl PoolInner {
 pub struct Pool {
     inner: Arc<PoolInner>,
     background: Mutex<Option<crate::rebuild::Background>>,
-    /// A scrub started with [`Pool::start_scrub`] (or resumed at open).
-    scrub_thread: Mutex<Option<std::thread::JoinHandle<Result<ScrubReport>>>>,
+    /// A scrub started with [`Pool::start_scrub`] (or resumed at open, or started over HTTP).
+    scrub_thread: endpoint::ScrubThread,
     flush_on_drop: AtomicBool,
 }
 
@@ -321,7 +322,7 @@ impl Pool {
         let pool = Self {
             inner,
             background: Mutex::new(background),
-            scrub_thread: Mutex::new(None),
+            scrub_thread: Arc::new(Mutex::new(None)),
             flush_on_drop: AtomicBool::new(true),
         };
         if resume_scrub {
@@ -403,8 +404,9 @@ impl Pool {
         self.inner.metrics_text()
     }
 
-    /// Serve [`Pool::metrics_text`] over HTTP at `address` (`GET /metrics`) until the returned
-    /// server is dropped. Use a loopback address unless the network is trusted.
+    /// Serve [`Pool::metrics_text`] (`GET /metrics`) and the status (`GET /status`,
+    /// `GET /status.json`) over HTTP at `address` until the returned server is dropped. Use a
+    /// loopback address unless the network is trusted.
     ///
     /// # Errors
     /// The address cannot be bound.
@@ -412,12 +414,25 @@ impl Pool {
         &self,
         address: std::net::SocketAddr,
     ) -> std::io::Result<crate::metrics::MetricsServer> {
+        self.serve_http(address, false)
+    }
+
+    /// As [`Pool::serve_metrics`], and with `control` also scrub control: `POST /scrub`
+    /// (`?check-only`, `?rate=BYTES_PER_S`, `?resume`), `POST /scrub/pause`,
+    /// `POST /scrub/cancel`. Anyone who can reach the address can then start and stop scrubs
+    /// (no data is readable or writable through it).
+    ///
+    /// # Errors
+    /// The address cannot be bound.
+    pub fn serve_http(
+        &self,
+        address: std::net::SocketAddr,
+        control: bool,
+    ) -> std::io::Result<crate::metrics::MetricsServer> {
         let pool = Arc::downgrade(&self.inner);
-        crate::metrics::MetricsServer::start(address, move || {
-            pool.upgrade().map_or_else(
-                || "# the pool is closed\n".to_string(),
-                |p| p.metrics_text(),
-            )
+        let scrub_thread = Arc::clone(&self.scrub_thread);
+        crate::metrics::MetricsServer::start(address, move |request| {
+            endpoint::answer(&pool, &scrub_thread, control, request)
         })
     }
 
@@ -475,25 +490,7 @@ impl Pool {
     /// # Errors
     /// [`Error::InvalidConfig`] if a scrub is already running.
     pub fn start_scrub(&self, options: &ScrubOptions) -> Result<()> {
-        let mut slot = self.scrub_thread.lock();
-        self.inner.scrub_begin(options)?;
-        let inner = Arc::clone(&self.inner);
-        let options = options.clone();
-        let spawned = std::thread::Builder::new()
-            .name("stripestore-scrub".into())
-            .spawn(move || inner.scrub_body(&options, &mut |_| {}));
-        match spawned {
-            Ok(handle) => {
-                *slot = Some(handle);
-                Ok(())
-            }
-            Err(err) => {
-                self.inner.scrub_abort_begin();
-                Err(Error::InvalidConfig(format!(
-                    "cannot start the scrub thread: {err}"
-                )))
-            }
-        }
+        endpoint::start_scrub(&self.inner, &self.scrub_thread, options)
     }
 
     /// Wait for the background scrub to end; `None` if none was started.
@@ -519,10 +516,7 @@ impl Pool {
     /// # Errors
     /// [`Error::Io`] if the superblocks cannot be written.
     pub fn cancel_scrub(&self) -> Result<bool> {
-        if self.inner.scrub.request(scrub::ScrubRequest::Cancel) {
-            return Ok(true);
-        }
-        self.inner.discard_scrub_checkpoint()
+        self.inner.cancel_scrub()
     }
 
     /// Change the running scrub's rate limit (bytes per second, `None`: unlimited).
@@ -533,10 +527,7 @@ impl Pool {
     /// Progress of the running scrub, or of an interrupted or paused one as recorded on disk.
     #[must_use]
     pub fn scrub_progress(&self) -> Option<ScrubProgress> {
-        self.inner
-            .scrub
-            .live_progress()
-            .or_else(|| self.inner.recorded_scrub_progress())
+        self.inner.scrub_progress()
     }
 
     /// Where the shards of logical stripe `stripe` live (empty if never written or out of

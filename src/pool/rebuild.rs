@@ -18,7 +18,7 @@ use crate::device::SharedDevice;
 use crate::error::{Error, Result};
 use crate::format::MapEntry;
 use crate::types::{DeviceIndex, ShardIndex, SlotId};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -31,7 +31,7 @@ const SLOTS_PER_STEP: u64 = 512;
 const SUB_BATCHES: usize = 4;
 
 /// Progress of one rebuild, for `status` and the API.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RebuildProgress {
     /// Data position being rebuilt.
     pub index: usize,

@@ -25,7 +25,7 @@ use crate::format::{
 use crate::rebuild::Pacer;
 use crate::types::{DeviceIndex, ShardIndex, SlotId};
 use parking_lot::Mutex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::time::Instant;
 
@@ -107,6 +107,43 @@ pub struct ScrubReport {
 }
 
 impl ScrubReport {
+    /// The report of a scrub that found `tally` (the paths of data positions from `path`), with
+    /// nothing known about this run's own reads (`resumed_from_slot`, `bytes_read_this_run`
+    /// zero): also how a client rebuilds a report from a pool's recorded summary.
+    #[must_use]
+    pub fn from_tally(
+        end: ScrubEnd,
+        repair: bool,
+        scan_secs: u64,
+        tally: &ScrubTally,
+        path: impl Fn(usize) -> String,
+    ) -> Self {
+        let totals = tally.totals();
+        Self {
+            end,
+            repair,
+            resumed_from_slot: 0,
+            bytes_read_this_run: 0,
+            scan_secs,
+            stripes_checked: tally.stripes_checked,
+            bad_shards: totals.checksum_errors + totals.io_errors,
+            inconsistent_stripes: tally.inconsistent_stripes,
+            unrepairable_stripes: tally.unrepairable_stripes,
+            damaged: tally.damaged.clone(),
+            devices: tally
+                .devices
+                .iter()
+                .enumerate()
+                .map(|(index, counters)| DeviceScrubReport {
+                    index,
+                    path: path(index),
+                    counters: counters.clone(),
+                })
+                .collect(),
+            totals,
+        }
+    }
+
     /// Whether anything was wrong at all.
     #[must_use]
     pub fn found_damage(&self) -> bool {
@@ -121,7 +158,7 @@ impl ScrubReport {
 }
 
 /// A scrub's progress, for `status`, progress bars and metrics.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScrubProgress {
     /// Running now in this process (`false`: interrupted or paused, as recorded on disk).
     pub running: bool,
@@ -265,6 +302,22 @@ impl PoolInner {
         *self.scrub.progress.lock() = None;
         self.scrub.active.store(false, Ordering::Release);
         result
+    }
+
+    /// Cancel the running scrub after its current step, or discard the checkpoint of an
+    /// interrupted one (see `Pool::cancel_scrub`).
+    pub(crate) fn cancel_scrub(&self) -> Result<bool> {
+        if self.scrub.request(ScrubRequest::Cancel) {
+            return Ok(true);
+        }
+        self.discard_scrub_checkpoint()
+    }
+
+    /// The running scrub's progress, else the recorded one of an interrupted or paused scrub.
+    pub(crate) fn scrub_progress(&self) -> Option<ScrubProgress> {
+        self.scrub
+            .live_progress()
+            .or_else(|| self.recorded_scrub_progress())
     }
 
     /// Drop the checkpoint of an interrupted scrub, recording it as canceled. Returns whether
@@ -520,31 +573,16 @@ impl PoolInner {
         resumed_from_slot: u64,
         bytes_read_this_run: u64,
     ) -> ScrubReport {
-        let tally = &checkpoint.tally;
-        let totals = tally.totals();
-        ScrubReport {
+        let mut report = ScrubReport::from_tally(
             end,
-            repair: checkpoint.repair,
-            resumed_from_slot,
-            bytes_read_this_run,
-            scan_secs: checkpoint.scan_secs,
-            stripes_checked: tally.stripes_checked,
-            bad_shards: totals.checksum_errors + totals.io_errors,
-            inconsistent_stripes: tally.inconsistent_stripes,
-            unrepairable_stripes: tally.unrepairable_stripes,
-            damaged: tally.damaged.clone(),
-            devices: tally
-                .devices
-                .iter()
-                .enumerate()
-                .map(|(index, counters)| DeviceScrubReport {
-                    index,
-                    path: self.members.get(DeviceIndex(index)).path(),
-                    counters: counters.clone(),
-                })
-                .collect(),
-            totals,
-        }
+            checkpoint.repair,
+            checkpoint.scan_secs,
+            &checkpoint.tally,
+            |index| self.members.get(DeviceIndex(index)).path(),
+        );
+        report.resumed_from_slot = resumed_from_slot;
+        report.bytes_read_this_run = bytes_read_this_run;
+        report
     }
 
     /// Snapshot the live slots in `from..to` and read all their chunks.

@@ -3,12 +3,12 @@
 
 use super::PoolInner;
 use crate::types::{human_bytes, utc_time};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::sync::atomic::Ordering;
 
 /// Overall health.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum PoolHealth {
     /// Every data member online.
@@ -20,7 +20,7 @@ pub enum PoolHealth {
 }
 
 /// One device's line in the status.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeviceStatus {
     /// Layout position (`None` for a spare).
     pub index: Option<usize>,
@@ -46,7 +46,7 @@ pub struct DeviceStatus {
 }
 
 /// A snapshot of the pool.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PoolStatus {
     /// Pool UUID.
     pub pool: String,

@@ -1,0 +1,187 @@
+//! What a pool answers over HTTP (see [`crate::metrics::MetricsServer`]): its metrics and
+//! status for anyone who can reach the address, and, when the operator turns it on, scrub
+//! control. This is how a pool held open by a long-running process (`stripestore serve`) is
+//! watched and scrubbed: the device locks keep a second process from opening it.
+
+use super::scrub::{ScrubOptions, ScrubReport, ScrubRequest};
+use super::PoolInner;
+use crate::error::{Error, Result};
+use crate::metrics::http::{Request, Response};
+use parking_lot::Mutex;
+use std::sync::{Arc, Weak};
+
+/// The background scrub thread of a pool, shared by the pool and its HTTP endpoint.
+pub(crate) type ScrubThread = Arc<Mutex<Option<std::thread::JoinHandle<Result<ScrubReport>>>>>;
+
+/// Start a scrub of `inner` in a background thread kept in `thread`.
+pub(crate) fn start_scrub(
+    inner: &Arc<PoolInner>,
+    thread: &ScrubThread,
+    options: &ScrubOptions,
+) -> Result<()> {
+    let mut slot = thread.lock();
+    inner.scrub_begin(options)?;
+    let pool = Arc::clone(inner);
+    let options = options.clone();
+    let spawned = std::thread::Builder::new()
+        .name("stripestore-scrub".into())
+        .spawn(move || pool.scrub_body(&options, &mut |_| {}));
+    match spawned {
+        Ok(handle) => {
+            // A handle left by an earlier scrub belongs to a finished thread (scrub_begin
+            // refuses while one runs); dropping it detaches nothing that still runs.
+            *slot = Some(handle);
+            Ok(())
+        }
+        Err(err) => {
+            inner.scrub_abort_begin();
+            Err(Error::InvalidConfig(format!(
+                "cannot start the scrub thread: {err}"
+            )))
+        }
+    }
+}
+
+const ROUTES: &str = "GET /metrics, GET /status, GET /status.json; with control on: \
+POST /scrub[?check-only][&rate=BYTES_PER_S][&resume], POST /scrub/pause, POST /scrub/cancel\n";
+
+/// Answer one request.
+pub(crate) fn answer(
+    pool: &Weak<PoolInner>,
+    thread: &ScrubThread,
+    control: bool,
+    request: &Request<'_>,
+) -> Response {
+    let Some(inner) = pool.upgrade() else {
+        return Response::text(503, "the pool is closed\n");
+    };
+    match (request.method, request.path) {
+        ("GET", "/metrics") => Response::metrics(inner.metrics_text()),
+        ("GET", "/status") => Response::text(200, inner.status().to_string()),
+        ("GET", "/status.json") => json(200, &inner.status()),
+        ("POST", "/scrub" | "/scrub/pause" | "/scrub/cancel") if !control => Response::text(
+            403,
+            "scrub control is off here (stripestore serve --control turns it on)\n",
+        ),
+        ("POST", "/scrub") => {
+            let rate = match request.param("rate").map(str::parse::<u64>) {
+                None => None,
+                Some(Ok(rate)) if rate > 0 => Some(rate),
+                Some(_) => {
+                    return Response::text(400, "rate must be a positive number of bytes/s\n")
+                }
+            };
+            let options = ScrubOptions {
+                check_only: request.param("check-only").is_some(),
+                rate_bytes_per_s: rate,
+                resume: request.param("resume").is_some(),
+            };
+            match start_scrub(&inner, thread, &options) {
+                Ok(()) => json(202, &inner.scrub_progress()),
+                Err(err) => Response::text(409, format!("{err}\n")),
+            }
+        }
+        ("POST", "/scrub/pause") => {
+            if inner.scrub.request(ScrubRequest::Pause) {
+                json(200, &inner.scrub_progress())
+            } else {
+                Response::text(409, "no scrub is running\n")
+            }
+        }
+        ("POST", "/scrub/cancel") => match inner.cancel_scrub() {
+            Ok(true) => Response::text(200, "canceled\n"),
+            Ok(false) => Response::text(409, "no scrub to cancel\n"),
+            Err(err) => Response::text(500, format!("{err}\n")),
+        },
+        ("GET" | "POST", _) => Response::text(404, format!("not found; routes: {ROUTES}")),
+        _ => Response::text(405, format!("method not allowed; routes: {ROUTES}")),
+    }
+}
+
+fn json(status: u16, value: &impl serde::Serialize) -> Response {
+    match serde_json::to_string_pretty(value) {
+        Ok(body) => Response::json(status, body + "\n"),
+        Err(err) => Response::text(500, format!("cannot encode: {err}\n")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{mem_devices, shared};
+    use crate::{CreateOptions, Pool, PoolStatus};
+
+    fn request<'a>(method: &'a str, path: &'a str, query: &'a str) -> Request<'a> {
+        Request {
+            method,
+            path,
+            query,
+        }
+    }
+
+    fn pool() -> Pool {
+        let mems = mem_devices(6, 4 << 20);
+        let mut options = CreateOptions::new("rs:4+2".parse().unwrap());
+        options.chunk_bytes = 4096;
+        options.open.background_rebuild = false;
+        let pool = Pool::create(shared(&mems), vec![], &options).unwrap();
+        pool.write_at(0, &vec![0x42; pool.size() as usize]).unwrap();
+        pool.flush().unwrap();
+        pool
+    }
+
+    #[test]
+    fn status_for_everyone_control_only_when_enabled() {
+        let pool = pool();
+        let weak = Arc::downgrade(&pool.inner);
+        let ask = |control, method, path, query| {
+            answer(
+                &weak,
+                &pool.scrub_thread,
+                control,
+                &request(method, path, query),
+            )
+        };
+        let status = ask(false, "GET", "/status.json", "");
+        assert_eq!(status.status, 200);
+        let parsed: PoolStatus = serde_json::from_str(&status.body).unwrap();
+        assert_eq!(parsed.layout, "rs:4+2");
+        let text = ask(false, "GET", "/status", "");
+        assert!(text.body.contains("ONLINE"), "{}", text.body);
+        assert!(ask(false, "GET", "/metrics", "")
+            .body
+            .contains("stripestore_"));
+        assert_eq!(ask(false, "POST", "/scrub", "").status, 403);
+        assert_eq!(ask(false, "POST", "/scrub/cancel", "").status, 403);
+        assert!(pool.scrub_progress().is_none(), "nothing started");
+        assert_eq!(ask(false, "GET", "/nothing", "").status, 404);
+        assert_eq!(ask(false, "DELETE", "/status", "").status, 405);
+
+        assert_eq!(ask(true, "POST", "/scrub", "rate=fast").status, 400);
+        assert_eq!(ask(true, "POST", "/scrub", "rate=0").status, 400);
+        assert_eq!(ask(true, "POST", "/scrub/pause", "").status, 409);
+        let started = ask(true, "POST", "/scrub", "check-only&rate=1048576");
+        assert_eq!(started.status, 202, "{}", started.body);
+        assert_eq!(
+            ask(true, "POST", "/scrub", "").status,
+            409,
+            "one scrub at a time"
+        );
+        assert_eq!(ask(true, "POST", "/scrub/pause", "").status, 200);
+        let report = pool.wait_scrub().unwrap().unwrap();
+        assert_eq!(report.end, crate::ScrubEnd::Paused);
+        assert!(!report.repair, "check-only was passed on");
+        assert!(pool.scrub_progress().is_some_and(|p| p.paused));
+        assert_eq!(ask(true, "POST", "/scrub/cancel", "").status, 200);
+        assert!(pool.scrub_progress().is_none());
+        assert_eq!(ask(true, "POST", "/scrub/cancel", "").status, 409);
+        drop(pool);
+        let closed = answer(
+            &weak,
+            &Arc::new(Mutex::new(None)),
+            true,
+            &request("GET", "/status", ""),
+        );
+        assert_eq!(closed.status, 503);
+    }
+}
