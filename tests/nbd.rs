@@ -219,6 +219,17 @@ impl Drop for Served {
     }
 }
 
+/// A free loopback address for a server's metrics endpoint (the port is released just before
+/// the server binds it).
+fn free_loopback_address() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
 fn nbd_errno(result: Result<impl Sized, ClientError>) -> u32 {
     match result {
         Err(ClientError::Request { errno }) => errno,
@@ -1015,13 +1026,7 @@ fn fua_and_flush_writes_survive_a_power_cut_right_after_the_reply() {
 #[test]
 fn serve_with_metrics_exposes_the_clients_traffic_over_http() {
     let (dir, paths) = Served::create_pool("rs:4+2", 6);
-    // A free port for the metrics endpoint (released just before serve binds it).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let metrics = format!("127.0.0.1:{port}");
+    let metrics = free_loopback_address();
     let served = Served::start(
         dir,
         paths,
@@ -1091,12 +1096,7 @@ fn a_served_pool_is_watched_and_scrubbed_through_its_endpoint() {
             .unwrap();
         file.write_all_at(&[0xa5; 64], offset + 1000).unwrap();
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let metrics = format!("127.0.0.1:{port}");
+    let metrics = free_loopback_address();
     let url = format!("http://{metrics}");
     let served = Served::start(
         dir,
