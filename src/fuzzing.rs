@@ -242,7 +242,9 @@ fn log_fixture() -> Option<&'static LogFixture> {
                 .map(|i| Arc::new(MemDevice::new(format!("fuzz{i}"), FIXTURE_DEVICE_BYTES)))
                 .collect();
             let mut options = CreateOptions::new(Layout::ReedSolomon { data: 2, parity: 1 });
-            options.chunk_bytes = 4096;
+            // Two 4 KiB checksum blocks per chunk: map entries carry several crcs per shard.
+            options.chunk_bytes = 8192;
+            options.checksum_bytes = 4096;
             options.open.background_rebuild = false;
             let shared: Vec<SharedDevice> =
                 mems.iter().map(|m| Arc::clone(m) as SharedDevice).collect();
