@@ -3,9 +3,10 @@
 //! A storage redundancy layer: one logical volume striped across several devices with
 //! mirroring (`mirror:N`, `raid10:N`) or Reed-Solomon erasure coding (`rs:K+M`).
 //!
-//! * Every chunk has a crc32c that lives in the pool's **stripe map**, apart from the chunk, and is
-//!   bound to the chunk's physical slot, shard index and write generation. Every read verifies it;
-//!   a failure is reconstructed from redundancy, returned correct, and healed in place.
+//! * Every checksum block (4 KiB by default) of every chunk has a crc32c that lives in the pool's
+//!   **stripe map**, apart from the data, and is bound to the chunk's physical slot, shard index,
+//!   block index and write generation. Every read verifies the blocks it returns; a failure is
+//!   reconstructed from redundancy, returned correct, and healed in place.
 //! * Writes are **copy-on-write at stripe granularity**: a stripe is always written whole into a
 //!   free physical slot, and the map is switched to it only by a commit (`flush`). This removes
 //!   the RAID write hole for every layout. See `docs/FORMAT.md` for the on-disk format and why.

@@ -270,3 +270,172 @@ fn degraded_small_reads_reconstruct_only_their_blocks() {
     pool.read_at(0, &mut all).unwrap();
     assert!(all == model.read(0, all.len()), "whole volume, degraded");
 }
+
+/// Rewrite both superblock copies of every device with `checksum_bytes` set to `value`.
+fn set_superblock_checksum_bytes(mems: &[Arc<MemDevice>], value: Option<u64>) {
+    use stripestore::device::Device;
+    use stripestore::format::Superblock;
+    for mem in mems {
+        let copy_b = mem.size() - 64 * 1024;
+        for at in [0, copy_b] {
+            let mut superblock = Superblock::decode(&mem.peek(at, 64 * 1024)).unwrap();
+            superblock.checksum_bytes = value;
+            mem.poke(at, &superblock.encode().unwrap());
+        }
+    }
+}
+
+/// A pool made before checksum blocks has no `checksum_bytes` in its superblock (and one crc
+/// per chunk, which is what a pool made with `checksum_bytes` = chunk has): it opens, reads,
+/// takes partial writes, scrubs clean and heals rot, and keeps its superblock without the
+/// field, so the older build that made it can still open it.
+#[test]
+fn a_pool_without_checksum_bytes_in_its_superblock_works_the_old_way() {
+    let (pool, mems, counter, mut model) = filled_pool("rs:4+2", 6, CHUNK, 7);
+    pool.close().unwrap();
+    drop(counter);
+    set_superblock_checksum_bytes(&mems, None);
+    let open = OpenOptions {
+        background_rebuild: false,
+        error_threshold: u64::MAX,
+        ..OpenOptions::default()
+    };
+    let pool = Pool::open(shared(&mems), &open).unwrap();
+    assert_eq!(pool.status().checksum_bytes, CHUNK);
+    common::verify(&pool, &model);
+    let mut rng = stripestore::testing::rng(8);
+    common::random_writes(&pool, &mut model, &mut rng, 20);
+    pool.flush().unwrap();
+    // Rot in one block of a data chunk: found by a small read elsewhere in the chunk (the
+    // checksum covers the whole chunk), healed.
+    let location = pool.shard_locations(2)[0];
+    let mut byte = mems[location.device].peek(location.offset + 40_000, 1);
+    byte[0] ^= 0x80;
+    mems[location.device].poke(location.offset + 40_000, &byte);
+    let stripe_bytes = pool.geometry().stripe_data_bytes();
+    let mut buf = vec![0u8; 100];
+    pool.read_at(2 * stripe_bytes + 10, &mut buf).unwrap();
+    assert!(buf == model.read(2 * stripe_bytes + 10, 100));
+    assert_eq!(pool.status().total_checksum_errors(), 1);
+    assert!(!pool.scrub().unwrap().found_damage());
+    pool.close().unwrap();
+    let pool = Pool::open(shared(&mems), &open).unwrap();
+    common::verify(&pool, &model);
+    pool.close().unwrap();
+    for mem in &mems {
+        let superblock = stripestore::format::Superblock::decode(&mem.peek(0, 64 * 1024)).unwrap();
+        assert_eq!(
+            superblock.checksum_bytes, None,
+            "still an old-format superblock"
+        );
+    }
+}
+
+/// A superblock whose `checksum_bytes` is nonsense (zero, not whole sectors, not dividing the
+/// chunk, huge) or merely not the pool's (another valid block size gives another map layout)
+/// is refused at open with an error, never a panic, and nothing is written.
+#[test]
+fn a_bad_checksum_bytes_in_the_superblock_is_refused_at_open() {
+    for value in [
+        0,
+        1,
+        2048,
+        12 * 1024,
+        2 * CHUNK,
+        1 << 63,
+        u64::MAX,
+        8192,
+        CHUNK,
+    ] {
+        let (pool, mems, _counter, _model) = filled_pool("rs:4+2", 6, BLOCK, 9);
+        pool.close().unwrap();
+        set_superblock_checksum_bytes(&mems, Some(value));
+        let before: Vec<Vec<u8>> = mems.iter().map(|m| m.peek(0, 8 << 20)).collect();
+        let err = Pool::open(shared(&mems), &OpenOptions::default()).unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidConfig(_) | Error::CorruptMetadata(_)),
+            "{value}: {err:?}"
+        );
+        let after: Vec<Vec<u8>> = mems.iter().map(|m| m.peek(0, 8 << 20)).collect();
+        assert!(before == after, "{value}: devices untouched");
+    }
+}
+
+/// Random rot (up to the layout's tolerance of shards per stripe, one or two blocks each),
+/// then random reads of every size: every read returns the model's bytes, and each damaged
+/// shard is counted exactly once, by the read that found it (which heals it) or by the scrub
+/// afterwards, however the reads cut across checksum blocks and chunks.
+#[test]
+fn every_damaged_shard_is_counted_once_by_reads_and_scrub() {
+    const SMALL_CHUNK: u64 = 16 * 1024;
+    for (layout, devices) in [
+        ("rs:4+2", 6),
+        ("rs:2+1", 3),
+        ("mirror:2", 2),
+        ("raid10:2", 4),
+    ] {
+        for seed in 0..3u64 {
+            let mems = mem_devices(devices, 4 << 20);
+            let mut options = CreateOptions::new(layout.parse().unwrap());
+            options.chunk_bytes = SMALL_CHUNK;
+            options.checksum_bytes = BLOCK;
+            options.open.background_rebuild = false;
+            let pool = Pool::create(shared(&mems), vec![], &options).unwrap();
+            let mut rng = stripestore::testing::rng(100 + seed);
+            let mut model = Model::new(pool.size());
+            let data = random_bytes(&mut rng, pool.size() as usize);
+            pool.write_at(0, &data).unwrap();
+            model.write(0, &data);
+            pool.close().unwrap();
+            let open = OpenOptions {
+                background_rebuild: false,
+                error_threshold: u64::MAX,
+                ..OpenOptions::default()
+            };
+            let pool = Pool::open(shared(&mems), &open).unwrap();
+            let mut damaged = std::collections::BTreeSet::new();
+            for stripe in 0..pool.geometry().stripes {
+                let locations = pool.shard_locations(stripe);
+                let mut shards: Vec<usize> = (0..locations.len()).collect();
+                for _ in 0..rng.gen_range(0..=pool.geometry().tolerance()) {
+                    let location = locations[shards.swap_remove(rng.gen_range(0..shards.len()))];
+                    for _ in 0..rng.gen_range(1..=2) {
+                        let at = location.offset + rng.gen_range(0..SMALL_CHUNK);
+                        let mut byte = mems[location.device].peek(at, 1);
+                        byte[0] ^= 0x10;
+                        mems[location.device].poke(at, &byte);
+                    }
+                    damaged.insert((location.device, location.offset));
+                }
+            }
+            for _ in 0..300 {
+                let len = match rng.gen_range(0..3) {
+                    0 => rng.gen_range(1..5000),
+                    1 => rng.gen_range(1..40_000),
+                    _ => rng.gen_range(1..200_000),
+                }
+                .min(pool.size() as usize);
+                let offset = rng.gen_range(0..=pool.size() - len as u64);
+                let mut buf = vec![0u8; len];
+                pool.read_at(offset, &mut buf).unwrap();
+                assert!(
+                    buf == model.read(offset, len),
+                    "{layout} seed {seed}: wrong bytes at {offset}+{len}"
+                );
+            }
+            let by_reads = pool.status().total_checksum_errors();
+            let report = pool.scrub().unwrap();
+            assert_eq!(
+                by_reads + report.bad_shards,
+                damaged.len() as u64,
+                "{layout} seed {seed}: {by_reads} by reads + {} by scrub",
+                report.bad_shards
+            );
+            assert!(
+                !pool.scrub().unwrap().found_damage(),
+                "{layout} seed {seed}"
+            );
+            common::verify(&pool, &model);
+        }
+    }
+}

@@ -251,8 +251,8 @@ enum Command {
         /// Chunk size of the pools.
         #[arg(long, value_parser = parse_size, default_value = "64K")]
         chunk_size: u64,
-        /// Checksum block of the pools (the chunk size: one checksum per chunk, as before 4K
-        /// blocks).
+        /// Checksum block of the pools (the chunk size gives one checksum per chunk, as before
+        /// 4K blocks).
         #[arg(long, value_parser = parse_size, default_value = "4K")]
         checksum_size: u64,
         /// Directory for the device files (default: a temporary directory under /var/tmp;
