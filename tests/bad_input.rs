@@ -65,6 +65,41 @@ fn create_refuses_a_device_of_another_pool_without_force() {
         .unwrap();
 }
 
+/// A superblock this build cannot read (both copies damaged, or written by a newer format)
+/// still marks the device as another pool's: `create` refuses it without force.
+#[test]
+fn create_refuses_a_device_with_an_unreadable_superblock_without_force() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let a = paths(dir.path(), "a", 3);
+    file_pool(&a, "rs:2+1", 2);
+    let size = std::fs::metadata(&a[2]).unwrap().len();
+    let file = std::fs::OpenOptions::new().write(true).open(&a[2]).unwrap();
+    // A newer format version in copy A, a damaged JSON in copy B.
+    file.write_all_at(&99u32.to_le_bytes(), 8).unwrap();
+    file.write_all_at(b"#", size - 64 * 1024 + 40).unwrap();
+    drop(file);
+    let before = snapshot(&a);
+    let b = vec![
+        dir.path().join("b0.img"),
+        dir.path().join("b1.img"),
+        a[2].clone(),
+    ];
+    let err = Pool::create_paths(&b, &[], &file_options("rs:2+1")).unwrap_err();
+    assert!(matches!(err, Error::DeviceInUse { .. }), "{err}");
+    assert!(
+        err.to_string().contains("a2.img") && err.to_string().contains("cannot be read"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&a), before, "nothing was touched");
+    let mut forced = file_options("rs:2+1");
+    forced.force = true;
+    Pool::create_paths(&b, &[], &forced)
+        .unwrap()
+        .close()
+        .unwrap();
+}
+
 #[test]
 fn open_refuses_mixed_pools_and_foreign_devices() {
     let dir = tempfile::tempdir().unwrap();

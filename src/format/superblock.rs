@@ -10,8 +10,11 @@ use std::fmt;
 
 const MAGIC: &[u8; 8] = b"STRIPSB\0";
 const HEADER_BYTES: usize = 32;
-/// Version of the on-disk format written by this build.
-pub const FORMAT_VERSION: u32 = 1;
+/// Newest on-disk format version this build reads and writes. A superblock says 1 when the pool
+/// has one checksum per chunk (what every build reads) and 2 when its checksum blocks are
+/// smaller than the chunk, so a build that predates checksum blocks refuses the pool with
+/// "format version 2" instead of misreading it.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// A 128-bit random identifier for pools and devices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -126,6 +129,23 @@ fn checksum(header_and_json: &[u8]) -> u32 {
 }
 
 impl Superblock {
+    /// The format version this superblock needs (see [`FORMAT_VERSION`]).
+    #[must_use]
+    pub fn required_version(&self) -> u32 {
+        if self.checksum_block_bytes() == self.chunk_bytes {
+            1
+        } else {
+            2
+        }
+    }
+
+    /// Whether `bytes` start with a stripestore superblock's magic, readable or not (a
+    /// damaged copy, or one from a newer format): `create` must not overwrite such a device
+    /// without force.
+    #[must_use]
+    pub fn has_magic(bytes: &[u8]) -> bool {
+        bytes.len() >= MAGIC.len() && &bytes[..MAGIC.len()] == MAGIC
+    }
     /// Bytes per checksum block: the recorded value, or the chunk for older pools.
     #[must_use]
     pub fn checksum_block_bytes(&self) -> u64 {
@@ -142,7 +162,16 @@ impl Superblock {
     /// # Errors
     /// A message if the JSON does not fit (too many members or very long paths).
     pub fn encode(&self) -> Result<Vec<u8>, String> {
-        let json = serde_json::to_vec(self).map_err(|e| e.to_string())?;
+        let version = self.required_version();
+        let json = if self.format_version == version {
+            serde_json::to_vec(self)
+        } else {
+            serde_json::to_vec(&Self {
+                format_version: version,
+                ..self.clone()
+            })
+        }
+        .map_err(|e| e.to_string())?;
         let capacity = usize::try_from(SUPERBLOCK_BYTES).unwrap_or(0) - HEADER_BYTES;
         if json.len() > capacity {
             return Err(format!(
@@ -152,7 +181,7 @@ impl Superblock {
         }
         let mut out = vec![0u8; usize::try_from(SUPERBLOCK_BYTES).unwrap_or(0)];
         out[..8].copy_from_slice(MAGIC);
-        out[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out[8..12].copy_from_slice(&version.to_le_bytes());
         out[12..16].copy_from_slice(&u32::try_from(json.len()).unwrap_or(0).to_le_bytes());
         out[HEADER_BYTES..HEADER_BYTES + json.len()].copy_from_slice(&json);
         let crc = checksum(&out[..HEADER_BYTES + json.len()]);
@@ -169,9 +198,9 @@ impl Superblock {
             return Err("no stripestore superblock magic".into());
         }
         let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
-        if version != FORMAT_VERSION {
+        if version == 0 || version > FORMAT_VERSION {
             return Err(format!(
-                "format version {version}, this build reads {FORMAT_VERSION}"
+                "format version {version}, this build reads versions 1 to {FORMAT_VERSION} (a newer stripestore made this pool?)"
             ));
         }
         let len = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]) as usize;
@@ -186,7 +215,16 @@ impl Superblock {
                 "superblock checksum mismatch (stored {stored:#010x}, computed {actual:#010x})"
             ));
         }
-        serde_json::from_slice(json).map_err(|e| format!("superblock JSON: {e}"))
+        let superblock: Self =
+            serde_json::from_slice(json).map_err(|e| format!("superblock JSON: {e}"))?;
+        if superblock.required_version() != version {
+            return Err(format!(
+                "format version {version} does not match a checksum block of {} bytes with {}-byte chunks",
+                superblock.checksum_block_bytes(),
+                superblock.chunk_bytes
+            ));
+        }
+        Ok(superblock)
     }
 }
 
@@ -214,6 +252,35 @@ mod tests {
             created_unix_secs: 1,
             scrub: super::super::ScrubRecord::default(),
         }
+    }
+
+    /// One checksum per chunk is version 1 (readable by builds before checksum blocks); smaller
+    /// blocks are version 2; versions outside 1..=2, or one that does not match the blocks,
+    /// are refused with the version in the message.
+    #[test]
+    fn the_version_follows_the_checksum_block() {
+        let mut per_chunk = sample();
+        per_chunk.checksum_bytes = Some(16384);
+        let bytes = per_chunk.encode().unwrap();
+        assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 1);
+        assert_eq!(Superblock::decode(&bytes).unwrap().format_version, 1);
+        let bytes = sample().encode().unwrap();
+        assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 2);
+        assert_eq!(Superblock::decode(&bytes).unwrap().format_version, 2);
+        let with_version = |version: u32| {
+            let mut bytes = sample().encode().unwrap();
+            bytes[8..12].copy_from_slice(&version.to_le_bytes());
+            let len = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
+            let crc = checksum(&bytes[..32 + len]);
+            bytes[16..20].copy_from_slice(&crc.to_le_bytes());
+            bytes
+        };
+        for version in [0, 1, 3, u32::MAX] {
+            let err = Superblock::decode(&with_version(version)).unwrap_err();
+            assert!(err.contains(&format!("format version {version}")), "{err}");
+        }
+        assert!(Superblock::has_magic(&with_version(3)));
+        assert!(!Superblock::has_magic(&[0u8; 64]));
     }
 
     /// Pools made before checksum blocks have no `checksum_bytes`: one checksum per chunk.

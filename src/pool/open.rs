@@ -42,6 +42,24 @@ pub(crate) fn read_superblock(device: &dyn Device) -> std::result::Result<Superb
     best.ok_or_else(|| reasons.join("; "))
 }
 
+/// The pool a device's superblock names, if it has one; a superblock that cannot be read (damaged
+/// copies, or a newer format) still counts, as an unknown pool.
+fn superblock_owner(device: &dyn Device) -> Option<String> {
+    if let Ok(superblock) = read_superblock(device) {
+        return Some(superblock.pool_uuid.to_string());
+    }
+    if device.size() < 2 * SUPERBLOCK_BYTES {
+        return None;
+    }
+    [0, superblock_b_offset(device)].into_iter().find_map(|offset| {
+        let mut magic = [0u8; 8];
+        device.read_at(offset, &mut magic).ok()?;
+        Superblock::has_magic(&magic).then(|| {
+            format!("unknown (a stripestore superblock at byte {offset} that cannot be read: damaged, or from a newer format)")
+        })
+    })
+}
+
 pub(crate) fn now_unix_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -84,10 +102,10 @@ pub(super) fn create(
     }
     if !options.force {
         for device in &all {
-            if let Ok(sb) = read_superblock(device.as_ref()) {
+            if let Some(pool) = superblock_owner(device.as_ref()) {
                 return Err(Error::DeviceInUse {
                     device: device.name(),
-                    pool: sb.pool_uuid.to_string(),
+                    pool,
                 });
             }
         }
