@@ -120,10 +120,12 @@ fn rot_in_one_block_is_caught_by_the_reads_that_touch_it_and_healed() {
         let (pool, mems, counter, model) = filled_pool(layout, devices, BLOCK, 4);
         let stripe = 5u64;
         let stripe_bytes = pool.geometry().stripe_data_bytes();
-        // For mirrors, damage the copy the read will use: balanced reads take copy
-        // `stripe % copies` (in service). For rs:4+2, the one shard of data chunk 1.
+        // For mirrors, damage the copy the read will use: copies take turns by runs of 1 MiB
+        // of stripes, so copy `stripe / run % copies` serves it. For rs:4+2, the one shard of
+        // data chunk 1.
         let location = if layout.starts_with("mirror") {
-            pool.shard_locations(stripe)[(stripe % 2) as usize]
+            let run = ((1 << 20) / stripe_bytes).max(1);
+            pool.shard_locations(stripe)[(stripe / run % 2) as usize]
         } else {
             pool.shard_locations(stripe)
                 .into_iter()

@@ -63,6 +63,7 @@ pub fn run(args: &ScrubArgs) -> Result<u8, Box<dyn std::error::Error>> {
         check_only: args.check_only,
         rate_bytes_per_s: args.rate,
         resume: args.resume,
+        ..ScrubOptions::default()
     };
     let mut bar: Option<Progress> = None;
     let report = pool.scrub_with(&options, |progress| {

@@ -75,6 +75,7 @@ pub(crate) fn answer(
                 check_only: request.param("check-only").is_some(),
                 rate_bytes_per_s: rate,
                 resume: request.param("resume").is_some(),
+                ..ScrubOptions::default()
             };
             match start_scrub(&inner, thread, &options) {
                 Ok(()) => json(202, &inner.scrub_progress()),

@@ -17,6 +17,9 @@ use crate::pool::ErrorKind;
 use crate::types::{DeviceIndex, Generation, ShardIndex, SlotId};
 use rayon::prelude::*;
 
+/// Mirror copies take turns serving reads by runs of this many bytes of volume.
+const BALANCE_RUN_BYTES: u64 = 1 << 20;
+
 /// Outcome of fetching one shard.
 pub(crate) enum Fetch {
     /// Read and verified.
@@ -474,8 +477,11 @@ impl PoolInner {
         if copies == 0 {
             return ShardIndex(first);
         }
+        // Copies take turns by runs of about 1 MiB of stripes, not stripe by stripe: each
+        // device then reads contiguous runs rather than every other chunk.
+        let run = (BALANCE_RUN_BYTES / self.geometry.stripe_data_bytes().max(1)).max(1);
         let turn = if balance {
-            usize::try_from(stripe % copies).unwrap_or(0)
+            usize::try_from(stripe / run % copies).unwrap_or(0)
         } else {
             0
         };

@@ -29,6 +29,16 @@ pub use scrub::{
 };
 pub use status::{DeviceStatus, PoolHealth, PoolStatus};
 
+/// Run `work` with the pool's device-parallel work on this thread done one device after
+/// another, in order (what a deterministic simulation needs); restored afterwards.
+pub(crate) fn run_sequentially<R>(work: impl FnOnce() -> R) -> R {
+    let before = parallel::is_sequential();
+    parallel::set_sequential(true);
+    let result = work();
+    parallel::set_sequential(before);
+    result
+}
+
 use crate::codec::Codec;
 use crate::device::SharedDevice;
 use crate::error::{Error, Result};

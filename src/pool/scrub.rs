@@ -48,6 +48,10 @@ pub struct ScrubOptions {
     /// Continue the interrupted scrub recorded in the superblocks, if there is one (its mode
     /// wins over `check_only`). Otherwise a new scrub starts and replaces any checkpoint.
     pub resume: bool,
+    /// How often progress is checkpointed (`None`: about once a second). `Some(ZERO)`
+    /// checkpoints after every step, which makes the scrub's writes independent of timing (the
+    /// simulation needs that to replay a seed exactly).
+    pub checkpoint_interval: Option<std::time::Duration>,
 }
 
 /// Where a scrub run stopped.
@@ -396,7 +400,9 @@ impl PoolInner {
         let first = checkpoint.next_slot;
         let end = std::thread::scope(|scope| -> Result<ScrubEnd> {
             let (sender, receiver) = std::sync::mpsc::sync_channel::<ReadStep>(1);
+            let sequential = super::parallel::is_sequential();
             scope.spawn(move || {
+                super::parallel::set_sequential(sequential);
                 let mut from = first;
                 while from < slots {
                     let to = (from + SLOTS_PER_STEP).min(slots);
@@ -430,7 +436,11 @@ impl PoolInner {
                 );
                 *self.scrub.progress.lock() = Some(progress.clone());
                 observe(&progress);
-                if pacer.checkpoint_due() {
+                if pacer.checkpoint_due_every(
+                    options
+                        .checkpoint_interval
+                        .unwrap_or(crate::rebuild::CHECKPOINT_INTERVAL),
+                ) {
                     if rewrote {
                         // Rewritten stripes must be durable before the watermark passes them.
                         self.commit()?;

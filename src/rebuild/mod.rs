@@ -90,9 +90,13 @@ impl Default for Pacer {
 }
 
 impl Pacer {
-    /// Whether the next step should checkpoint.
+    /// Whether the next step should checkpoint (about once a second).
     pub fn checkpoint_due(&mut self) -> bool {
-        if self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
+        self.checkpoint_due_every(CHECKPOINT_INTERVAL)
+    }
+    /// Whether the next step should checkpoint, at most every `interval`.
+    pub fn checkpoint_due_every(&mut self, interval: Duration) -> bool {
+        if self.last_checkpoint.elapsed() >= interval {
             self.last_checkpoint = Instant::now();
             true
         } else {

@@ -490,7 +490,10 @@ pub fn run(config: &SimConfig, ops: &[Op]) -> Result<RunReport> {
         .map_err(|err| {
             Error::InvalidConfig(format!("cannot start the simulation thread: {err}"))
         })?;
-    threads.install(|| world::run(config, ops))
+    // Device-parallel work (commits, superblock writes, rebuild and scrub reads) runs in order
+    // too: the devices share one power-cut countdown, so the interleaving of their requests
+    // decides what a power cut keeps.
+    threads.install(|| crate::pool::run_sequentially(|| world::run(config, ops)))
 }
 
 /// Generate and run `config.seed`'s workload.

@@ -350,7 +350,13 @@ impl<'a> World<'a> {
             }
             Op::Scrub => {
                 let within = self.within_tolerance();
-                match self.pool()?.scrub() {
+                // Checkpoints after every step, not every second: the writes a scrub makes
+                // must not depend on how fast this machine is, or a seed would not replay.
+                let options = crate::ScrubOptions {
+                    checkpoint_interval: Some(std::time::Duration::ZERO),
+                    ..crate::ScrubOptions::default()
+                };
+                match self.pool()?.scrub_with(&options, |_| {}) {
                     Ok(report) => {
                         self.stats.scrub_bad_shards += report.bad_shards;
                         if within && report.unrepairable_stripes > 0 {
