@@ -162,6 +162,22 @@ pub fn scrub(endpoint: &Endpoint, args: &ScrubArgs) -> Result<u8, Failure> {
     if let Some(bar) = bar {
         bar.finish();
     }
+    let report = report_of(&status, started_at)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(exit_code(&report))
+}
+
+/// The report of the scrub that started at `started_at`, from the status once it stopped
+/// running: paused, or finished (completed or canceled) with its summary recorded.
+///
+/// # Errors
+/// It stopped without being paused (an error in the serving process, or the pool closing):
+/// the tally is only part of the pool, so no report stands for it.
+fn report_of(status: &PoolStatus, started_at: u64) -> Result<ScrubReport, Failure> {
     let path = |index: usize| {
         status
             .devices
@@ -169,9 +185,16 @@ pub fn scrub(endpoint: &Endpoint, args: &ScrubArgs) -> Result<u8, Failure> {
             .find(|d| d.index == Some(index) && d.replacing.is_none())
             .map_or_else(|| format!("position {index}"), |d| d.path.clone())
     };
-    let report = match (&status.scrub, &status.last_scrub) {
-        (Some(paused), _) => {
+    Ok(match (&status.scrub, &status.last_scrub) {
+        (Some(paused), _) if paused.paused => {
             ScrubReport::from_tally(ScrubEnd::Paused, paused.repair, 0, &paused.tally, path)
+        }
+        (Some(stopped), _) => {
+            return Err(format!(
+                "scrub: stopped at {} of {} bytes without finishing (see the serving process's log); `scrub --url ... --resume` continues it",
+                stopped.scanned_bytes, stopped.total_bytes
+            )
+            .into())
         }
         (None, Some(last)) if last.started_unix_secs >= started_at => ScrubReport::from_tally(
             match last.outcome {
@@ -184,13 +207,7 @@ pub fn scrub(endpoint: &Endpoint, args: &ScrubArgs) -> Result<u8, Failure> {
             path,
         ),
         _ => return Err("scrub: it ended but the pool recorded no result".into()),
-    };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", render(&report));
-    }
-    Ok(exit_code(&report))
+    })
 }
 
 #[cfg(test)]
@@ -211,5 +228,32 @@ mod tests {
         );
         assert!(Endpoint::parse("https://x:1").is_err());
         assert!(Endpoint::parse("http://x").is_err());
+    }
+
+    /// A scrub that stopped without a pause (an error in the serving process, or the pool
+    /// closing) has verified only part of the pool: no clean report (exit 0) for it.
+    #[test]
+    fn a_scrub_stopped_without_a_pause_is_not_reported_clean() {
+        let mems = stripestore::testing::mem_devices(3, 4 << 20);
+        let mut options = stripestore::CreateOptions::new("mirror:3".parse().unwrap());
+        options.open.background_rebuild = false;
+        let pool = stripestore::Pool::create(stripestore::testing::shared(&mems), vec![], &options)
+            .unwrap();
+        pool.write_at(0, &[7; 4096]).unwrap();
+        pool.flush().unwrap();
+        pool.start_scrub(&stripestore::ScrubOptions::default())
+            .unwrap();
+        let mut progress = pool.scrub_progress().unwrap();
+        pool.wait_scrub().unwrap().unwrap();
+        let mut status = pool.status();
+        status.last_scrub = None;
+        progress.running = false;
+        progress.paused = false;
+        status.scrub = Some(progress.clone());
+        assert!(report_of(&status, progress.started_unix_secs).is_err());
+        progress.paused = true;
+        status.scrub = Some(progress.clone());
+        let paused = report_of(&status, progress.started_unix_secs).unwrap();
+        assert_eq!(paused.end, ScrubEnd::Paused);
     }
 }

@@ -11,7 +11,15 @@ use parking_lot::Mutex;
 use std::sync::{Arc, Weak};
 
 /// The background scrub thread of a pool, shared by the pool and its HTTP endpoint.
-pub(crate) type ScrubThread = Arc<Mutex<Option<std::thread::JoinHandle<Result<ScrubReport>>>>>;
+pub(crate) type ScrubThread = Arc<Mutex<ScrubSlot>>;
+
+/// A pool's background scrub thread, and whether the pool is closing (then no scrub starts: the
+/// HTTP thread can still hold the pool for a moment after the pool joined its scrub).
+#[derive(Debug, Default)]
+pub(crate) struct ScrubSlot {
+    pub(crate) handle: Option<std::thread::JoinHandle<Result<ScrubReport>>>,
+    pub(crate) closed: bool,
+}
 
 /// Start a scrub of `inner` in a background thread kept in `thread`.
 pub(crate) fn start_scrub(
@@ -20,6 +28,9 @@ pub(crate) fn start_scrub(
     options: &ScrubOptions,
 ) -> Result<()> {
     let mut slot = thread.lock();
+    if slot.closed {
+        return Err(Error::InvalidConfig("the pool is closing".into()));
+    }
     inner.scrub_begin(options)?;
     let pool = Arc::clone(inner);
     let options = options.clone();
@@ -30,7 +41,7 @@ pub(crate) fn start_scrub(
         Ok(handle) => {
             // A handle left by an earlier scrub belongs to a finished thread (scrub_begin
             // refuses while one runs); dropping it detaches nothing that still runs.
-            *slot = Some(handle);
+            slot.handle = Some(handle);
             Ok(())
         }
         Err(err) => {
@@ -79,6 +90,7 @@ pub(crate) fn answer(
             };
             match start_scrub(&inner, thread, &options) {
                 Ok(()) => json(202, &inner.scrub_progress()),
+                Err(_) if thread.lock().closed => Response::text(503, "the pool is closing\n"),
                 Err(err) => Response::text(409, format!("{err}\n")),
             }
         }
@@ -179,10 +191,130 @@ mod tests {
         drop(pool);
         let closed = answer(
             &weak,
-            &Arc::new(Mutex::new(None)),
+            &Arc::new(Mutex::new(ScrubSlot::default())),
             true,
             &request("GET", "/status", ""),
         );
         assert_eq!(closed.status, 503);
+    }
+
+    /// A device whose reads wait while its gate is closed (writes go through).
+    #[derive(Debug)]
+    struct Gated {
+        inner: Arc<crate::device::MemDevice>,
+        closed: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl crate::device::Device for Gated {
+        fn read_at(
+            &self,
+            offset: u64,
+            buf: &mut [u8],
+        ) -> std::result::Result<(), crate::device::DeviceError> {
+            while self.closed.load(std::sync::atomic::Ordering::Acquire) {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            self.inner.read_at(offset, buf)
+        }
+        fn write_at(
+            &self,
+            offset: u64,
+            buf: &[u8],
+        ) -> std::result::Result<(), crate::device::DeviceError> {
+            self.inner.write_at(offset, buf)
+        }
+        fn flush(&self) -> std::result::Result<(), crate::device::DeviceError> {
+            self.inner.flush()
+        }
+        fn size(&self) -> u64 {
+            self.inner.size()
+        }
+        fn name(&self) -> String {
+            self.inner.name()
+        }
+    }
+
+    /// Opens the gate when dropped, so a failing assertion cannot leave the scrub thread (and
+    /// the pool's close, which joins it) waiting forever.
+    struct OpenOnDrop(Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for OpenOnDrop {
+        fn drop(&mut self) {
+            self.0.store(false, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// `scrub --url` decides the scrub ended when the status stops saying `running`: a scrub
+    /// must be reported running from the moment `POST /scrub` answers, not only after its
+    /// first step (256 slots of every device, seconds on a large pool).
+    #[test]
+    fn a_scrub_started_over_http_is_running_before_its_first_step_is_read() {
+        let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let devices: Vec<crate::device::SharedDevice> = mem_devices(6, 4 << 20)
+            .into_iter()
+            .map(|inner| {
+                Arc::new(Gated {
+                    inner,
+                    closed: Arc::clone(&closed),
+                }) as crate::device::SharedDevice
+            })
+            .collect();
+        let mut options = CreateOptions::new("rs:4+2".parse().unwrap());
+        options.chunk_bytes = 4096;
+        options.open.background_rebuild = false;
+        let pool = Pool::create(devices, vec![], &options).unwrap();
+        pool.write_at(0, &vec![0x42; pool.size() as usize]).unwrap();
+        pool.flush().unwrap();
+        let gate = OpenOnDrop(Arc::clone(&closed));
+        closed.store(true, std::sync::atomic::Ordering::Release);
+        let weak = Arc::downgrade(&pool.inner);
+        let ask =
+            |method, path| answer(&weak, &pool.scrub_thread, true, &request(method, path, ""));
+
+        let started = ask("POST", "/scrub");
+        assert_eq!(started.status, 202, "{}", started.body);
+        let progress: Option<crate::ScrubProgress> = serde_json::from_str(&started.body).unwrap();
+        assert!(
+            progress.as_ref().is_some_and(|p| p.running && !p.paused),
+            "the answer to POST /scrub shows the scrub it started: {progress:?}"
+        );
+        let status: PoolStatus = serde_json::from_str(&ask("GET", "/status.json").body).unwrap();
+        assert!(
+            status
+                .scrub
+                .as_ref()
+                .is_some_and(|p| p.running && !p.paused),
+            "running while its first step is read: {:?}",
+            status.scrub
+        );
+        assert_eq!(
+            progress.map(|p| p.started_unix_secs),
+            status.scrub.map(|p| p.started_unix_secs)
+        );
+
+        drop(gate);
+        let report = pool.wait_scrub().unwrap().unwrap();
+        assert_eq!(report.end, crate::ScrubEnd::Completed);
+        let status: PoolStatus = serde_json::from_str(&ask("GET", "/status.json").body).unwrap();
+        assert!(status.scrub.is_none() && status.last_scrub.is_some());
+    }
+
+    /// The HTTP thread may hold the pool (an upgraded `Weak`) while the pool is closed: a
+    /// `POST /scrub` answered then must not start a scrub thread nobody joins, writing the
+    /// superblocks of a closed pool and keeping its devices open.
+    #[test]
+    fn no_scrub_starts_over_http_once_the_pool_is_closed() {
+        let pool = pool();
+        let weak = Arc::downgrade(&pool.inner);
+        let thread = Arc::clone(&pool.scrub_thread);
+        let held = Arc::clone(&pool.inner); // as the HTTP thread's upgrade would
+        pool.close().unwrap();
+        let late = answer(&weak, &thread, true, &request("POST", "/scrub", ""));
+        let leaked = thread.lock().handle.take();
+        if let Some(leaked) = leaked {
+            let _ = leaked.join();
+        }
+        assert_ne!(late.status, 202, "{}", late.body);
+        assert!(held.scrub.live_progress().is_none());
+        drop(held);
     }
 }

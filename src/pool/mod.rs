@@ -332,7 +332,7 @@ impl Pool {
         let pool = Self {
             inner,
             background: Mutex::new(background),
-            scrub_thread: Arc::new(Mutex::new(None)),
+            scrub_thread: Arc::new(Mutex::new(endpoint::ScrubSlot::default())),
             flush_on_drop: AtomicBool::new(true),
         };
         if resume_scrub {
@@ -353,7 +353,14 @@ impl Pool {
         if let Some(background) = self.background.lock().take() {
             background.stop();
         }
-        if let Some(thread) = self.scrub_thread.lock().take() {
+        // Closed under the lock, so the HTTP endpoint (which may still hold the pool for a
+        // moment) starts no scrub after this one is joined.
+        let thread = {
+            let mut slot = self.scrub_thread.lock();
+            slot.closed = true;
+            slot.handle.take()
+        };
+        if let Some(thread) = thread {
             self.inner.scrub.request(scrub::ScrubRequest::Stop);
             if thread.join().is_err() {
                 tracing::error!("the scrub thread panicked");
@@ -505,7 +512,7 @@ impl Pool {
 
     /// Wait for the background scrub to end; `None` if none was started.
     pub fn wait_scrub(&self) -> Option<Result<ScrubReport>> {
-        let thread = self.scrub_thread.lock().take()?;
+        let thread = self.scrub_thread.lock().handle.take()?;
         Some(
             thread
                 .join()

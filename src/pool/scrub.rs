@@ -212,6 +212,9 @@ pub(crate) struct ScrubControl {
     command: AtomicU8,
     rate_bytes_per_s: AtomicU64,
     progress: Mutex<Option<ScrubProgress>>,
+    /// The checkpoint `scrub_begin` chose for the claimed scrub (its progress is shown from
+    /// the claim on), taken by the run.
+    claimed: Mutex<Option<ScrubCheckpoint>>,
 }
 
 impl ScrubControl {
@@ -287,12 +290,61 @@ impl PoolInner {
         }
         self.scrub.command.store(RUN, Ordering::Release);
         self.scrub.set_rate(options.rate_bytes_per_s);
+        // Shown as running from now on, not only after the first step (which can take
+        // seconds): `scrub --url` takes a scrub that is not running for one that ended.
+        let checkpoint = self.scrub_checkpoint(options);
+        let total =
+            checkpoint.tally.totals().bytes_scanned + self.live_bytes_from(checkpoint.next_slot);
+        *self.scrub.progress.lock() =
+            Some(self.scrub_progress_of(&checkpoint, total, 0, Instant::now()));
+        *self.scrub.claimed.lock() = Some(checkpoint);
         Ok(())
     }
 
     /// Release the slot claimed by `scrub_begin` without running.
     pub(crate) fn scrub_abort_begin(&self) {
+        self.scrub.claimed.lock().take();
+        *self.scrub.progress.lock() = None;
         self.scrub.active.store(false, Ordering::Release);
+    }
+
+    /// Where a scrub with `options` starts: the recorded checkpoint if resuming one that fits
+    /// this pool, else a new scrub.
+    fn scrub_checkpoint(&self, options: &ScrubOptions) -> ScrubCheckpoint {
+        let devices = self.members.data.len();
+        let recorded = self
+            .members
+            .scrub_record()
+            .in_progress
+            .filter(|checkpoint| {
+                // A checkpoint that does not fit this pool cannot be resumed (never index by it).
+                let fits = checkpoint.tally.devices.len() == devices
+                    && checkpoint.next_slot <= self.geometry.slots;
+                if !fits {
+                    tracing::warn!(
+                        "ignoring a scrub checkpoint that does not match the pool's shape"
+                    );
+                }
+                fits
+            });
+        match recorded.filter(|_| options.resume) {
+            Some(mut checkpoint) => {
+                checkpoint.paused = false;
+                tracing::info!(
+                    next_slot = checkpoint.next_slot,
+                    "resuming the scrub from its checkpoint"
+                );
+                checkpoint
+            }
+            None => ScrubCheckpoint {
+                started_unix_secs: super::open::now_unix_secs(),
+                repair: !options.check_only,
+                paused: false,
+                next_slot: 0,
+                scan_secs: 0,
+                tally: ScrubTally::new(devices),
+            },
+        }
     }
 
     /// Run a claimed scrub to its end (or until paused/canceled). `observe` is called after
@@ -303,6 +355,7 @@ impl PoolInner {
         observe: &mut dyn FnMut(&ScrubProgress),
     ) -> Result<ScrubReport> {
         let result = self.scrub_run(options, observe);
+        self.scrub.claimed.lock().take();
         *self.scrub.progress.lock() = None;
         self.scrub.active.store(false, Ordering::Release);
         result
@@ -343,40 +396,12 @@ impl PoolInner {
         options: &ScrubOptions,
         observe: &mut dyn FnMut(&ScrubProgress),
     ) -> Result<ScrubReport> {
-        let devices = self.members.data.len();
-        let recorded = self
-            .members
-            .scrub_record()
-            .in_progress
-            .filter(|checkpoint| {
-                // A checkpoint that does not fit this pool cannot be resumed (never index by it).
-                let fits = checkpoint.tally.devices.len() == devices
-                    && checkpoint.next_slot <= self.geometry.slots;
-                if !fits {
-                    tracing::warn!(
-                        "ignoring a scrub checkpoint that does not match the pool's shape"
-                    );
-                }
-                fits
-            });
-        let mut checkpoint = match recorded.filter(|_| options.resume) {
-            Some(mut checkpoint) => {
-                checkpoint.paused = false;
-                tracing::info!(
-                    next_slot = checkpoint.next_slot,
-                    "resuming the scrub from its checkpoint"
-                );
-                checkpoint
-            }
-            None => ScrubCheckpoint {
-                started_unix_secs: super::open::now_unix_secs(),
-                repair: !options.check_only,
-                paused: false,
-                next_slot: 0,
-                scan_secs: 0,
-                tally: ScrubTally::new(devices),
-            },
-        };
+        let mut checkpoint = self
+            .scrub
+            .claimed
+            .lock()
+            .take()
+            .unwrap_or_else(|| self.scrub_checkpoint(options));
         let span = tracing::info_span!("scrub", pool = %self.uuid, repair = checkpoint.repair);
         let _span = span.enter();
         let resumed_from_slot = checkpoint.next_slot;
