@@ -83,9 +83,9 @@ pub(crate) fn answer(
                 }
             };
             let options = ScrubOptions {
-                check_only: request.param("check-only").is_some(),
+                check_only: flag(request, "check-only"),
                 rate_bytes_per_s: rate,
-                resume: request.param("resume").is_some(),
+                resume: flag(request, "resume"),
                 ..ScrubOptions::default()
             };
             match start_scrub(&inner, thread, &options) {
@@ -109,6 +109,13 @@ pub(crate) fn answer(
         ("GET" | "POST", _) => Response::text(404, format!("not found; routes: {ROUTES}")),
         _ => Response::text(405, format!("method not allowed; routes: {ROUTES}")),
     }
+}
+
+/// A boolean query parameter: present (bare, or with any value but `false` or `0`).
+fn flag(request: &Request<'_>, name: &str) -> bool {
+    request
+        .param(name)
+        .is_some_and(|value| value != "false" && value != "0")
 }
 
 fn json(status: u16, value: &impl serde::Serialize) -> Response {
@@ -170,6 +177,19 @@ mod tests {
         assert_eq!(ask(false, "GET", "/nothing", "").status, 404);
         assert_eq!(ask(false, "DELETE", "/status", "").status, 405);
 
+        for (query, set) in [
+            ("check-only", true),
+            ("check-only=1", true),
+            ("check-only=false", false),
+            ("check-only=0", false),
+            ("", false),
+        ] {
+            assert_eq!(
+                flag(&request("POST", "/scrub", query), "check-only"),
+                set,
+                "{query}"
+            );
+        }
         assert_eq!(ask(true, "POST", "/scrub", "rate=fast").status, 400);
         assert_eq!(ask(true, "POST", "/scrub", "rate=0").status, 400);
         assert_eq!(ask(true, "POST", "/scrub/pause", "").status, 409);
