@@ -146,14 +146,23 @@ fn scrub_exit_codes_clean_repaired_unrepairable_and_cannot_run() {
 fn a_killed_scrub_resumes_without_rereading_what_it_verified() {
     let dir = tempfile::tempdir().unwrap();
     let paths = file_pool(dir.path(), 48 << 20, 150 << 20);
-    // Slow enough to be killed midway; checkpoints land about once a second.
+    // Slow enough to be killed midway; checkpoints land about once a second. Kill it 1.2 s
+    // after its first progress line (25%, about 1.4 s in), not at a fixed time after the
+    // start: opening the pool can take a while on a loaded machine.
     let mut child = bin()
         .args(["scrub", p(&paths[0]), "--rate", "40M"])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(2600));
+    let mut progress = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains('%') {
+        line.clear();
+        let read = std::io::BufRead::read_line(&mut progress, &mut line).unwrap();
+        assert!(read > 0, "the scrub ended without a progress line");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1200));
     child.kill().unwrap();
     child.wait().unwrap();
 
