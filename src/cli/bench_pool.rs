@@ -26,28 +26,45 @@ const SEQ_REQUEST: usize = 1 << 20;
 /// Bytes per random read.
 const RANDOM_REQUEST: usize = 4096;
 
-/// What `stripestore bench` was asked to do.
-#[derive(Debug, Clone)]
+/// What `stripestore bench` was asked to do (its command-line arguments).
+#[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// Layouts to measure.
+    /// Layouts, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "mirror:2,raid10:2,rs:4+2,rs:8+3"
+    )]
     pub layouts: Vec<String>,
-    /// Size of each device file.
+    /// Size of each device file (larger: closer to the disk's steady state, slower).
+    #[arg(long = "device-size", value_name = "SIZE", value_parser = super::parse_size, default_value = "64M")]
     pub device_bytes: u64,
     /// Chunk size of the pools.
+    #[arg(long = "chunk-size", value_name = "SIZE", value_parser = super::parse_size, default_value = "64K")]
     pub chunk_bytes: u64,
-    /// Checksum block of the pools.
+    /// Checksum block of the pools (the chunk size gives one checksum per chunk, as before
+    /// 4K blocks).
+    #[arg(long = "checksum-size", value_name = "SIZE", value_parser = super::parse_size, default_value = "4K")]
     pub checksum_bytes: u64,
-    /// Directory for the device files (default: a temporary directory under /var/tmp).
+    /// Directory for the device files (default: a temporary directory under /var/tmp;
+    /// /dev/shm measures the CPU cost on memory-backed files).
+    #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// Existing devices to use instead of files (their contents are destroyed).
+    /// Use these devices instead of files (each layout uses as many as it needs plus one
+    /// spare). THEIR CONTENTS ARE DESTROYED.
+    #[arg(long = "device")]
     pub devices: Vec<PathBuf>,
-    /// The user confirmed that `devices` may be overwritten.
+    /// Required with --device: confirms that their contents may be destroyed.
+    #[arg(long, requires = "devices")]
     pub force: bool,
-    /// Threads issuing random reads (raw and pool alike).
+    /// Threads issuing random 4 KiB reads (raw and pool alike).
+    #[arg(long, default_value = "16")]
     pub threads: usize,
     /// Seconds each random-read phase runs.
+    #[arg(long, default_value = "1.5")]
     pub random_seconds: f64,
     /// Machine-readable output.
+    #[arg(long)]
     pub json: bool,
 }
 

@@ -237,45 +237,7 @@ enum Command {
     /// Measure the pool against the raw devices under it, in one run: raw sequential write and
     /// read and random 4 KiB reads, then the pool's sequential write, sequential read, random
     /// read, degraded read, rebuild and scrub, for each layout, as MiB/s and ratios.
-    Bench {
-        /// Layouts, comma-separated.
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "mirror:2,raid10:2,rs:4+2,rs:8+3"
-        )]
-        layouts: Vec<String>,
-        /// Size of each device file (larger: closer to the disk's steady state, slower).
-        #[arg(long, value_parser = parse_size, default_value = "64M")]
-        device_size: u64,
-        /// Chunk size of the pools.
-        #[arg(long, value_parser = parse_size, default_value = "64K")]
-        chunk_size: u64,
-        /// Checksum block of the pools (the chunk size gives one checksum per chunk, as before
-        /// 4K blocks).
-        #[arg(long, value_parser = parse_size, default_value = "4K")]
-        checksum_size: u64,
-        /// Directory for the device files (default: a temporary directory under /var/tmp;
-        /// /dev/shm measures the CPU cost on memory-backed files).
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// Use these devices instead of files (each layout uses as many as it needs plus one
-        /// spare). THEIR CONTENTS ARE DESTROYED.
-        #[arg(long = "device")]
-        devices: Vec<PathBuf>,
-        /// Required with --device: confirms that their contents may be destroyed.
-        #[arg(long, requires = "devices")]
-        force: bool,
-        /// Threads issuing random 4 KiB reads (raw and pool alike).
-        #[arg(long, default_value = "16")]
-        threads: usize,
-        /// Seconds each random-read phase runs.
-        #[arg(long, default_value = "1.5")]
-        random_seconds: f64,
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-    },
+    Bench(bench_pool::BenchArgs),
     /// Measure rebuild throughput against the spare device's raw write throughput, on files.
     BenchRebuild(RepeatedBench),
     /// Measure scrub throughput against the devices' aggregate raw read throughput, in the
@@ -632,29 +594,7 @@ fn execute(command: Command) -> CliResult {
             pool.close()?;
             Ok(())
         }
-        Command::Bench {
-            layouts,
-            device_size,
-            chunk_size,
-            checksum_size,
-            dir,
-            devices,
-            force,
-            threads,
-            random_seconds,
-            json,
-        } => bench_pool::run(&bench_pool::BenchArgs {
-            layouts,
-            device_bytes: device_size,
-            chunk_bytes: chunk_size,
-            checksum_bytes: checksum_size,
-            dir,
-            devices,
-            force,
-            threads,
-            random_seconds,
-            json,
-        }),
+        Command::Bench(args) => bench_pool::run(&args),
         Command::BenchRebuild(b) => {
             bench::run(&b.layout, b.device_size, b.runs, b.dir.as_deref(), b.json)
         }
