@@ -40,26 +40,32 @@ fn create_refuses_a_device_of_another_pool_without_force() {
     let dir = tempfile::tempdir().unwrap();
     let a = paths(dir.path(), "a", 3);
     let model = file_pool(&a, "rs:2+1", 1);
-    let before = snapshot(&a);
-    let b = vec![
-        dir.path().join("b0.img"),
-        dir.path().join("b1.img"),
-        a[1].clone(),
-    ];
-    let err = Pool::create_paths(&b, &[], &file_options("rs:2+1")).unwrap_err();
-    assert!(matches!(err, Error::DeviceInUse { .. }), "{err}");
-    assert!(
-        err.to_string().contains("a1.img") && err.to_string().contains("--force"),
-        "{err}"
-    );
-    assert_eq!(snapshot(&a), before, "nothing of pool A was touched");
+    let b = create_is_refused(dir.path(), &a, 1, &["a1.img", "--force"]);
     let pool = Pool::open_paths(&a[..1], &OpenOptions::default()).unwrap();
     verify(&pool, &model);
     drop(pool);
-    // With force it is allowed.
+    create_forced(&b);
+}
+
+/// `create` of a new pool on two fresh files and `a[victim]` is refused with `DeviceInUse`
+/// naming every piece of `expect`, and none of `a` is touched. Returns the new pool's paths.
+fn create_is_refused(dir: &Path, a: &[PathBuf], victim: usize, expect: &[&str]) -> Vec<PathBuf> {
+    let before = snapshot(a);
+    let b = vec![dir.join("b0.img"), dir.join("b1.img"), a[victim].clone()];
+    let err = Pool::create_paths(&b, &[], &file_options("rs:2+1")).unwrap_err();
+    assert!(matches!(err, Error::DeviceInUse { .. }), "{err}");
+    for piece in expect {
+        assert!(err.to_string().contains(piece), "{piece} in: {err}");
+    }
+    assert_eq!(snapshot(a), before, "nothing of the other pool was touched");
+    b
+}
+
+/// With force, `create` on `paths` is allowed.
+fn create_forced(paths: &[PathBuf]) {
     let mut forced = file_options("rs:2+1");
     forced.force = true;
-    Pool::create_paths(&b, &[], &forced)
+    Pool::create_paths(paths, &[], &forced)
         .unwrap()
         .close()
         .unwrap();
@@ -79,25 +85,8 @@ fn create_refuses_a_device_with_an_unreadable_superblock_without_force() {
     file.write_all_at(&99u32.to_le_bytes(), 8).unwrap();
     file.write_all_at(b"#", size - 64 * 1024 + 40).unwrap();
     drop(file);
-    let before = snapshot(&a);
-    let b = vec![
-        dir.path().join("b0.img"),
-        dir.path().join("b1.img"),
-        a[2].clone(),
-    ];
-    let err = Pool::create_paths(&b, &[], &file_options("rs:2+1")).unwrap_err();
-    assert!(matches!(err, Error::DeviceInUse { .. }), "{err}");
-    assert!(
-        err.to_string().contains("a2.img") && err.to_string().contains("cannot be read"),
-        "{err}"
-    );
-    assert_eq!(snapshot(&a), before, "nothing was touched");
-    let mut forced = file_options("rs:2+1");
-    forced.force = true;
-    Pool::create_paths(&b, &[], &forced)
-        .unwrap()
-        .close()
-        .unwrap();
+    let b = create_is_refused(dir.path(), &a, 2, &["a2.img", "cannot be read"]);
+    create_forced(&b);
 }
 
 #[test]
