@@ -136,6 +136,12 @@ pub enum Error {
         /// Members recorded as online but not found.
         missing: Vec<String>,
     },
+    /// The pool was opened read-only (to look, never to change a byte) and was asked to change.
+    #[error("the pool is open read-only: {operation} needs a read-write open")]
+    ReadOnly {
+        /// What was asked.
+        operation: &'static str,
+    },
     /// Pool metadata (superblocks or stripe map) is unusable on every device.
     #[error("corrupt metadata: {0}")]
     CorruptMetadata(String),

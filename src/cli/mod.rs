@@ -402,7 +402,7 @@ fn execute(command: Command) -> CliResult {
             Ok(())
         }
         Command::Status { pool, json, .. } => {
-            let pool = open_pool(&pool)?;
+            let pool = open_pool_to_look(&pool)?;
             let status = pool.status();
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
@@ -418,12 +418,11 @@ fn execute(command: Command) -> CliResult {
             input,
         } => {
             let pool = open_pool(&pool)?;
-            let mut reader: Box<dyn Read> = match &input {
-                Some(path) => Box::new(
-                    std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?,
-                ),
-                None => Box::new(std::io::stdin().lock()),
-            };
+            // The whole request is checked against the volume before any byte is written, so
+            // the input's length must be known first: a file's from its metadata; standard
+            // input is spooled to a temporary file when it is not a regular file itself.
+            let (mut reader, length) = input_with_length(input.as_deref())?;
+            check_request(offset, length, pool.size())?;
             let mut buf = vec![0u8; 8 << 20];
             let mut written = 0u64;
             loop {
@@ -444,7 +443,8 @@ fn execute(command: Command) -> CliResult {
             length,
             output,
         } => {
-            let pool = open_pool(&pool)?;
+            let pool = open_pool_to_look(&pool)?;
+            check_request(offset, length, pool.size())?;
             let mut writer: Box<dyn Write> = match &output {
                 Some(path) => Box::new(
                     std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?,
@@ -609,6 +609,54 @@ fn execute(command: Command) -> CliResult {
         Command::Simulate(args) => simulate::run(&args),
         Command::Serve(args) => serve::run(args),
     }
+}
+
+/// Open a pool to look at it (status, check, metrics, read, check-only scrub): read-only, so
+/// not one byte of any member changes, and a write-protected member can still be examined.
+pub(crate) fn open_pool_to_look(paths: &[PathBuf]) -> Result<Pool, stripestore::Error> {
+    let options = OpenOptions {
+        background_rebuild: false,
+        auto_replace: false,
+        read_only: true,
+        force: FORCE_DEGRADED.load(std::sync::atomic::Ordering::Relaxed),
+        ..OpenOptions::default()
+    };
+    Pool::open_paths(paths, &options)
+}
+
+/// Refuse a request that reaches past the volume, naming the user's offset and length.
+fn check_request(offset: u64, length: u64, volume_bytes: u64) -> CliResult {
+    if offset.checked_add(length).is_none_or(|end| end > volume_bytes) {
+        return Err(format!(
+            "offset {offset} + length {length} runs past the end of the volume ({volume_bytes} bytes); nothing was done"
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// The input of `write` (a file, else standard input) and its length in bytes. Standard input
+/// that is not a regular file (a pipe, a terminal) is first copied to a temporary file.
+fn input_with_length(input: Option<&Path>) -> Result<(Box<dyn Read>, u64), Box<dyn std::error::Error>> {
+    use std::os::fd::AsFd;
+    let name = |path: &Path| path.display().to_string();
+    if let Some(path) = input {
+        let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", name(path)))?;
+        let length = file.metadata().map_err(|e| format!("{}: {e}", name(path)))?.len();
+        return Ok((Box::new(file), length));
+    }
+    let stdin = std::io::stdin();
+    let duplicate = stdin.as_fd().try_clone_to_owned()?;
+    let file = std::fs::File::from(duplicate);
+    if file.metadata().is_ok_and(|m| m.is_file()) {
+        let position = std::io::Seek::stream_position(&mut &file).unwrap_or(0);
+        let length = file.metadata()?.len().saturating_sub(position);
+        return Ok((Box::new(file), length));
+    }
+    let mut spool = tempfile::tempfile()?;
+    let length = std::io::copy(&mut stdin.lock(), &mut spool)?;
+    std::io::Seek::rewind(&mut spool)?;
+    Ok((Box::new(spool), length))
 }
 
 /// Open a pool for one command: no background thread, no automatic spare attachment (the

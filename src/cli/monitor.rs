@@ -2,7 +2,7 @@
 //! data, exit 0 OK / 1 WARNING / 2 CRITICAL / 3 UNKNOWN) and `metrics` (Prometheus text, once
 //! or served over HTTP).
 
-use super::open_pool;
+use super::open_pool_to_look;
 use std::path::PathBuf;
 use stripestore::pool::PoolHealth;
 use stripestore::PoolStatus;
@@ -52,7 +52,7 @@ pub fn check(pool: &[PathBuf], url: Option<&str>, scrub_max_age_days: Option<u64
 
 /// The verdict for a pool this process opens itself.
 fn check_local(pool: &[PathBuf], now: u64, scrub_max_age_days: Option<u64>) -> (Level, String) {
-    match open_pool(pool) {
+    match open_pool_to_look(pool) {
         Ok(pool) => {
             let status = pool.status();
             let verdict = judge(&status, now, scrub_max_age_days);
@@ -206,7 +206,7 @@ pub fn metrics(
     pool: &[PathBuf],
     listen: Option<std::net::SocketAddr>,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let pool = open_pool(pool)?;
+    let pool = open_pool_to_look(pool)?;
     let Some(address) = listen else {
         print!("{}", pool.metrics_text());
         pool.close()?;

@@ -1,7 +1,7 @@
 //! `stripestore scrub`: run (or resume) a scrub with a progress bar, print a per-device report,
 //! and exit with a code a script can act on.
 
-use super::{open_pool, Progress};
+use super::{open_pool, open_pool_to_look, Progress};
 use std::path::PathBuf;
 use stripestore::types::human_bytes;
 use stripestore::{ScrubEnd, ScrubOptions, ScrubReport};
@@ -30,7 +30,13 @@ pub struct ScrubArgs {
 
 /// Run the command; returns the exit code (failures to run are errors, mapped to 3 by the caller).
 pub fn run(args: &ScrubArgs) -> Result<u8, Box<dyn std::error::Error>> {
-    let pool = open_pool(&args.pool)?;
+    // A check-only scrub only looks: read-only, so it writes no byte (and so keeps no
+    // checkpoint: an interrupted one starts over).
+    let pool = if args.check_only && !args.cancel && !args.resume {
+        open_pool_to_look(&args.pool)?
+    } else {
+        open_pool(&args.pool)?
+    };
     if args.cancel {
         let had = pool.cancel_scrub()?;
         eprintln!(
@@ -109,6 +115,7 @@ pub fn render(report: &ScrubReport) -> String {
     let mut out = String::new();
     let totals = &report.totals;
     let verb = match report.end {
+        ScrubEnd::Completed if totals.bytes_skipped > 0 => "completed, NOT all verified",
         ScrubEnd::Completed => "completed",
         ScrubEnd::Paused => "paused (resume with --resume)",
         ScrubEnd::Canceled => "canceled",
@@ -131,18 +138,44 @@ pub fn render(report: &ScrubReport) -> String {
         report.inconsistent_stripes,
         report.unrepairable_stripes
     );
+    if totals.not_rewritten > 0 {
+        let _ = writeln!(
+            out,
+            "  {} damaged chunks were reconstructed but not rewritten ({})",
+            totals.not_rewritten,
+            if report.repair {
+                "their rewrite failed"
+            } else {
+                "check only"
+            }
+        );
+    }
+    if totals.bytes_skipped > 0 {
+        let skipped: Vec<String> = report
+            .devices
+            .iter()
+            .filter(|d| d.counters.bytes_skipped > 0)
+            .map(|d| format!("{} on {}", human_bytes(d.counters.bytes_skipped), d.path))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  NOT VERIFIED: {} (device out of service when the scrub reached it)",
+            skipped.join(", ")
+        );
+    }
     let _ = writeln!(
         out,
-        "\n  {:<40} {:>10} {:>6} {:>6} {:>9} {:>12}",
-        "DEVICE", "SCANNED", "CKSUM", "IO", "REPAIRED", "UNREPAIRABLE"
+        "\n  {:<40} {:>10} {:>10} {:>6} {:>6} {:>9} {:>12}",
+        "DEVICE", "SCANNED", "SKIPPED", "CKSUM", "IO", "REPAIRED", "UNREPAIRABLE"
     );
     for device in &report.devices {
         let c = &device.counters;
         let _ = writeln!(
             out,
-            "  {:<40} {:>10} {:>6} {:>6} {:>9} {:>12}",
+            "  {:<40} {:>10} {:>10} {:>6} {:>6} {:>9} {:>12}",
             device.path,
             human_bytes(c.bytes_scanned),
+            human_bytes(c.bytes_skipped),
             c.checksum_errors,
             c.io_errors,
             c.repaired,

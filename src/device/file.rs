@@ -15,6 +15,7 @@ pub struct FileDevice {
     file: File,
     path: PathBuf,
     size: u64,
+    read_only: bool,
 }
 
 impl FileDevice {
@@ -26,15 +27,26 @@ impl FileDevice {
     /// [`Error::Open`] if it does not exist, cannot be opened read-write, or another open
     /// file description (another process, or this one) holds it.
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with(path, Access::ReadWrite)
+    }
+
+    /// Open an existing file or block device for `access`. Read-only opens use `O_RDONLY`
+    /// (so a write-protected member, an immutable file or a `losetup -r` device can still be
+    /// examined) and take a *shared* lock: several lookers at once, never beside a writer.
+    ///
+    /// # Errors
+    /// As [`FileDevice::open`].
+    pub fn open_with(path: &Path, access: Access) -> Result<Self> {
+        let read_only = access == Access::ReadOnly;
         let mut file = OpenOptions::new()
             .read(true)
-            .write(true)
+            .write(!read_only)
             .open(path)
             .map_err(|source| Error::Open {
                 path: path.to_path_buf(),
                 source,
             })?;
-        lock_exclusive(&file, path)?;
+        lock(&file, path, read_only)?;
         // Block devices report a zero metadata length; seeking to the end works for both kinds.
         let size = file.seek(SeekFrom::End(0)).map_err(|source| Error::Open {
             path: path.to_path_buf(),
@@ -46,7 +58,14 @@ impl FileDevice {
             // again, and the next command may run from another directory.
             path: std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
             size,
+            read_only,
         })
+    }
+
+    /// Whether it was opened read-only.
+    #[must_use]
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
     }
 
     /// Open `path`, creating a regular file of `size` bytes if it does not exist, or growing a
@@ -84,7 +103,17 @@ impl FileDevice {
     }
 }
 
-/// How long [`lock_exclusive`] keeps trying before it calls a device "in use".
+/// How a device is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Access {
+    /// Read and write, with an exclusive lock (a pool that may change).
+    #[default]
+    ReadWrite,
+    /// Read only, with a shared lock (status, check, metrics, read, check-only scrub).
+    ReadOnly,
+}
+
+/// How long [`lock`] keeps trying before it calls a device "in use".
 ///
 /// `flock` belongs to the open file description, and a child forked by any thread of this
 /// process shares our descriptors until it `exec`s (close-on-exec only acts then). So a pool
@@ -93,11 +122,17 @@ impl FileDevice {
 /// lock far longer than this, so the grace costs only a slower "in use" error.
 const LOCK_GRACE: Duration = Duration::from_secs(2);
 
-/// Take the exclusive advisory lock on `file`, retrying for [`LOCK_GRACE`] (see there).
-fn lock_exclusive(file: &File, path: &Path) -> Result<()> {
+/// Take the advisory lock on `file` (shared for a read-only open, else exclusive), retrying
+/// for [`LOCK_GRACE`] (see there).
+fn lock(file: &File, path: &Path, shared: bool) -> Result<()> {
     let deadline = Instant::now() + LOCK_GRACE;
     loop {
-        match file.try_lock() {
+        let attempt = if shared {
+            file.try_lock_shared()
+        } else {
+            file.try_lock()
+        };
+        match attempt {
             Ok(()) => return Ok(()),
             Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(5));

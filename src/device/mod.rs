@@ -11,10 +11,10 @@ mod memory;
 mod uring;
 
 pub use faulty::{FaultConfig, FaultKind, FaultPlan, FaultyDevice, InjectedFault, PowerCut};
-pub use file::FileDevice;
+pub use file::{Access, FileDevice};
 pub use memory::MemDevice;
 pub use uring::{
-    open_device, open_device_with, run_batch, AlignedBuf, Backend, BatchOp, IoBuf, UringDevice,
+    open_device, open_device_for, open_device_with, run_batch, AlignedBuf, Backend, BatchOp, IoBuf, UringDevice,
     DIRECT_ALIGN,
 };
 

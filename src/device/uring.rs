@@ -20,7 +20,7 @@
 //! callers and change per request, so registering them would cost more than it saves.
 #![allow(unsafe_code)]
 
-use super::{Batched, Device, DeviceError, FileDevice, SharedDevice};
+use super::{Access, Batched, Device, DeviceError, FileDevice, SharedDevice};
 use crate::error::Result;
 use io_uring::{opcode, types, IoUring};
 use std::cell::RefCell;
@@ -69,6 +69,15 @@ pub fn open_device_with(
     probe_uring: impl FnOnce() -> std::io::Result<()>,
 ) -> Result<SharedDevice> {
     let file = FileDevice::open_or_create(path, size)?;
+    with_backend(file, path, backend, probe_uring)
+}
+
+fn with_backend(
+    file: FileDevice,
+    path: &Path,
+    backend: Backend,
+    probe_uring: impl FnOnce() -> std::io::Result<()>,
+) -> Result<SharedDevice> {
     if backend == Backend::Pread {
         return Ok(Arc::new(file));
     }
@@ -85,6 +94,16 @@ pub fn open_device_with(
 /// As for [`open_device_with`].
 pub fn open_device(path: &Path, size: Option<u64>) -> Result<SharedDevice> {
     open_device_with(path, size, Backend::from_env(), probe_read_write)
+}
+
+/// Open an existing file or block device for `access` (see [`FileDevice::open_with`]) with
+/// the best backend; a read-only device refuses writes in the kernel (`O_RDONLY`).
+///
+/// # Errors
+/// [`crate::Error::Open`] if the path cannot be opened so.
+pub fn open_device_for(path: &Path, access: Access) -> Result<SharedDevice> {
+    let file = FileDevice::open_with(path, access)?;
+    with_backend(file, path, Backend::from_env(), probe_read_write)
 }
 
 /// Make a small ring and ask the kernel whether it supports the Read and Write opcodes used
@@ -115,7 +134,7 @@ impl UringDevice {
     fn new(buffered: FileDevice, path: &Path) -> Self {
         let direct = OpenOptions::new()
             .read(true)
-            .write(true)
+            .write(!buffered.is_read_only())
             .custom_flags(libc::O_DIRECT)
             .open(path)
             .ok()

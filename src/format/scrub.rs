@@ -24,6 +24,16 @@ pub struct DeviceScrubCounters {
     pub repaired: u64,
     /// Damaged chunks in stripes that could not be reconstructed (more damage than redundancy).
     pub unrepairable: u64,
+    /// Damaged chunks that were reconstructed but could not be rewritten (the write failed,
+    /// or the scrub only checks or the pool is read-only). With `repaired` and
+    /// `unrepairable`, every error is accounted for exactly once:
+    /// `checksum_errors + io_errors == repaired + unrepairable + not_rewritten`.
+    #[serde(default)]
+    pub not_rewritten: u64,
+    /// Bytes of chunks this device should have been verified for but could not be, because it
+    /// was out of service (faulted, missing, offline) when the scrub reached them.
+    #[serde(default)]
+    pub bytes_skipped: u64,
 }
 
 impl DeviceScrubCounters {
@@ -34,6 +44,8 @@ impl DeviceScrubCounters {
         self.io_errors += other.io_errors;
         self.repaired += other.repaired;
         self.unrepairable += other.unrepairable;
+        self.not_rewritten += other.not_rewritten;
+        self.bytes_skipped += other.bytes_skipped;
     }
 }
 
@@ -84,12 +96,107 @@ impl ScrubTally {
         total
     }
 
-    /// Record a stripe whose data is lost.
+    /// Record a stripe whose data is lost. Ranges stay sorted by offset, and a range that
+    /// touches or overlaps one already listed is merged into it (its devices joined), so damage
+    /// over many adjacent stripes reads as one range.
     pub fn add_damaged(&mut self, range: DamagedRange) {
         self.unrepairable_stripes += 1;
-        if self.damaged.len() < MAX_RECORDED_RANGES {
-            self.damaged.push(range);
+        let end = |r: &DamagedRange| r.volume_offset + r.length;
+        let at = self
+            .damaged
+            .partition_point(|r| end(r) < range.volume_offset);
+        let overlaps = self
+            .damaged
+            .get(at)
+            .is_some_and(|next| next.volume_offset <= end(&range));
+        if overlaps {
+            {
+                let next = &mut self.damaged[at];
+                let merged_end = end(next).max(end(&range));
+                next.volume_offset = next.volume_offset.min(range.volume_offset);
+                next.length = merged_end - next.volume_offset;
+                for device in range.devices {
+                    if !next.devices.contains(&device) {
+                        next.devices.push(device);
+                    }
+                }
+                next.devices.sort();
+            }
+            {
+                // It may now reach the range after it.
+                while at + 1 < self.damaged.len()
+                    && self.damaged[at + 1].volume_offset <= end(&self.damaged[at])
+                {
+                    let following = self.damaged.remove(at + 1);
+                    let current = &mut self.damaged[at];
+                    let merged_end = end(current).max(end(&following));
+                    current.length = merged_end - current.volume_offset;
+                    for device in following.devices {
+                        if !current.devices.contains(&device) {
+                            current.devices.push(device);
+                        }
+                    }
+                    current.devices.sort();
+                }
+            }
+        } else if self.damaged.len() < MAX_RECORDED_RANGES {
+            let mut range = range;
+            range.devices.sort();
+            range.devices.dedup();
+            self.damaged.insert(at, range);
         }
+        // (Beyond the cap: counted in `unrepairable_stripes`, not listed.)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(offset: u64, length: u64, devices: &[&str]) -> DamagedRange {
+        DamagedRange {
+            volume_offset: offset,
+            length,
+            devices: devices.iter().map(|d| (*d).to_string()).collect(),
+        }
+    }
+
+    /// Stripes found out of order, adjacent ones and repeats: sorted, merged, devices joined,
+    /// and every stripe still counted.
+    #[test]
+    fn damaged_ranges_are_sorted_and_merged() {
+        let mut tally = ScrubTally::new(3);
+        tally.add_damaged(range(300, 100, &["b"]));
+        tally.add_damaged(range(100, 100, &["a", "b"]));
+        tally.add_damaged(range(1000, 100, &["c"]));
+        tally.add_damaged(range(200, 100, &["c", "a"]));
+        tally.add_damaged(range(0, 50, &["a"]));
+        assert_eq!(tally.unrepairable_stripes, 5);
+        assert_eq!(
+            tally.damaged,
+            vec![
+                range(0, 50, &["a"]),
+                range(100, 300, &["a", "b", "c"]),
+                range(1000, 100, &["c"]),
+            ]
+        );
+        // A range bridging two listed ones merges all three.
+        tally.add_damaged(range(50, 50, &["d"]));
+        assert_eq!(tally.damaged[0], range(0, 400, &["a", "b", "c", "d"]));
+        assert_eq!(tally.damaged.len(), 2);
+    }
+
+    /// Past the cap, ranges are counted but not listed; merging still works.
+    #[test]
+    fn the_list_is_capped_and_the_count_exact() {
+        let mut tally = ScrubTally::new(1);
+        for i in 0..(MAX_RECORDED_RANGES as u64 + 10) {
+            tally.add_damaged(range(i * 1000, 10, &["a"]));
+        }
+        assert_eq!(tally.damaged.len(), MAX_RECORDED_RANGES);
+        assert_eq!(tally.unrepairable_stripes, MAX_RECORDED_RANGES as u64 + 10);
+        tally.add_damaged(range(10, 10, &["b"]));
+        assert_eq!(tally.damaged[0], range(0, 20, &["a", "b"]));
     }
 }
 

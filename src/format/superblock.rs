@@ -13,8 +13,9 @@ const HEADER_BYTES: usize = 32;
 /// Newest on-disk format version this build reads and writes. A superblock says 1 when the pool
 /// has one checksum per chunk (what every build reads) and 2 when its checksum blocks are
 /// smaller than the chunk, so a build that predates checksum blocks refuses the pool with
-/// "format version 2" instead of misreading it.
-pub const FORMAT_VERSION: u32 = 2;
+/// "format version 2" instead of misreading it; 3 while a member is recorded `Degraded` (a
+/// state older builds do not know), back to 1 or 2 once it is cleared or replaced.
+pub const FORMAT_VERSION: u32 = 3;
 
 /// A 128-bit random identifier for pools and devices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -64,6 +65,13 @@ pub enum MemberState {
     Online,
     /// Taken out of service; its data is outdated from this superblock generation on.
     Faulted {
+        /// Why.
+        reason: String,
+    },
+    /// In service, but it had too many errors (or a write failed while the pool could not lose
+    /// it): kept because it still serves what it holds correctly, shown until `clear`.
+    /// Needs format version 3.
+    Degraded {
         /// Why.
         reason: String,
     },
@@ -132,7 +140,13 @@ impl Superblock {
     /// The format version this superblock needs (see [`FORMAT_VERSION`]).
     #[must_use]
     pub fn required_version(&self) -> u32 {
-        if self.checksum_block_bytes() == self.chunk_bytes {
+        if self
+            .members
+            .iter()
+            .any(|m| matches!(m.state, MemberState::Degraded { .. }))
+        {
+            3
+        } else if self.checksum_block_bytes() == self.chunk_bytes {
             1
         } else {
             2
@@ -219,9 +233,11 @@ impl Superblock {
             serde_json::from_slice(json).map_err(|e| format!("superblock JSON: {e}"))?;
         if superblock.required_version() != version {
             return Err(format!(
-                "format version {version} does not match a checksum block of {} bytes with {}-byte chunks",
+                "format version {version} does not match its content (needs version {}: a checksum block of {} bytes with {}-byte chunks{})",
+                superblock.required_version(),
                 superblock.checksum_block_bytes(),
-                superblock.chunk_bytes
+                superblock.chunk_bytes,
+                if superblock.required_version() == 3 { ", a degraded member" } else { "" }
             ));
         }
         Ok(superblock)
@@ -275,11 +291,23 @@ mod tests {
             bytes[16..20].copy_from_slice(&crc.to_le_bytes());
             bytes
         };
-        for version in [0, 1, 3, u32::MAX] {
+        for version in [0, 1, 3, 4, u32::MAX] {
             let err = Superblock::decode(&with_version(version)).unwrap_err();
             assert!(err.contains(&format!("format version {version}")), "{err}");
         }
-        assert!(Superblock::has_magic(&with_version(3)));
+        assert!(Superblock::has_magic(&with_version(4)));
+        // A degraded member needs version 3 (older builds do not know the state), and the
+        // version goes back down once no member is degraded.
+        let mut degraded = sample();
+        degraded.members[0].state = MemberState::Degraded {
+            reason: "too many errors".into(),
+        };
+        let bytes = degraded.encode().unwrap();
+        assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 3);
+        assert_eq!(Superblock::decode(&bytes).unwrap().members, degraded.members);
+        degraded.members[0].state = MemberState::Online;
+        let bytes = degraded.encode().unwrap();
+        assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 2);
         assert!(!Superblock::has_magic(&[0u8; 64]));
     }
 

@@ -55,6 +55,36 @@ impl Layout {
         }
     }
 
+    /// Whether every stripe can still be served (and written) with the data positions that are
+    /// `in_service`, given in layout order.
+    #[must_use]
+    pub fn available_with(&self, in_service: &[bool]) -> bool {
+        match *self {
+            Layout::ReedSolomon { parity, .. } => {
+                in_service.iter().filter(|o| !**o).count() <= parity
+            }
+            Layout::Mirror { copies } | Layout::Raid10 { copies } => in_service
+                .chunks(copies)
+                .all(|group| group.iter().any(|o| *o)),
+        }
+    }
+
+    /// How many more positions could go out of service without losing data, when those
+    /// `in_service` (layout order) are.
+    #[must_use]
+    pub fn remaining_tolerance_with(&self, in_service: &[bool]) -> usize {
+        match *self {
+            Layout::ReedSolomon { parity, .. } => {
+                parity.saturating_sub(in_service.iter().filter(|o| !**o).count())
+            }
+            Layout::Mirror { copies } | Layout::Raid10 { copies } => in_service
+                .chunks(copies)
+                .map(|group| group.iter().filter(|o| **o).count().saturating_sub(1))
+                .min()
+                .unwrap_or(0),
+        }
+    }
+
     /// Check that `devices` data devices suit this layout.
     ///
     /// # Errors

@@ -43,6 +43,7 @@ impl Pool {
     /// [`Error::DeviceInUse`] if `device` holds a stripestore superblock and `force` is false;
     /// [`Error::DeviceTooSmall`].
     pub fn replace(&self, old: &str, device: SharedDevice, force: bool) -> Result<()> {
+        self.inner.writable("replace")?;
         let index = self.inner.member_index(old)?;
         PoolInner::check_unlabelled(&device, force)?;
         let identity = Identity {
@@ -58,6 +59,7 @@ impl Pool {
     /// # Errors
     /// As [`Pool::replace`], and [`Error::InvalidConfig`] if there is no such usable spare.
     pub fn replace_with_spare(&self, old: &str, spare: &str) -> Result<()> {
+        self.inner.writable("replace")?;
         let index = self.inner.member_index(old)?;
         let (identity, device) = self
             .inner
@@ -86,6 +88,7 @@ impl Pool {
     /// [`Error::InvalidConfig`] for an unknown member; [`Error::PoolUnavailable`] if taking it
     /// out would leave too few devices.
     pub fn offline(&self, name: &str) -> Result<()> {
+        self.inner.writable("offline")?;
         let index = self.inner.member_index(name)?;
         if !self.inner.available_without(Some(index)) {
             return Err(Error::PoolUnavailable {
@@ -98,7 +101,7 @@ impl Pool {
                 },
             });
         }
-        self.inner.members.fault(index, "offline by administrator");
+        self.inner.members.fault(index, OFFLINE_REASON);
         Ok(())
     }
 
@@ -108,6 +111,7 @@ impl Pool {
     /// # Errors
     /// [`Error::InvalidConfig`] if the member is not faulted or already being replaced.
     pub fn online(&self, name: &str, device: SharedDevice) -> Result<()> {
+        self.inner.writable("online")?;
         let index = self.inner.member_index(name)?;
         let member = self.inner.members.get(index);
         if member.is_online() {
@@ -127,6 +131,7 @@ impl Pool {
     /// [`Error::DeviceInUse`] if it holds a stripestore superblock and `force` is false;
     /// [`Error::DeviceTooSmall`].
     pub fn add_spare(&self, device: SharedDevice, force: bool) -> Result<()> {
+        self.inner.writable("spare add")?;
         PoolInner::check_unlabelled(&device, force)?;
         if device.size() < self.inner.geometry.device_bytes {
             return Err(Error::DeviceTooSmall {
@@ -135,15 +140,24 @@ impl Pool {
                 needed: self.inner.geometry.device_bytes,
             });
         }
+        let identity = Identity {
+            uuid: PoolUuid::random(),
+            path: device.name(),
+        };
         self.inner.members.push_spare(Spare {
-            identity: Identity {
-                uuid: PoolUuid::random(),
-                path: device.name(),
-            },
+            identity: identity.clone(),
             device: Some(device),
             fault: None,
         });
-        self.inner.members.write_superblocks()?;
+        if let Err(err) = self.inner.members.write_superblocks() {
+            // Not recorded anywhere (the superblock could not be encoded, e.g. paths too long
+            // for its 64 KiB): keeping it in memory would make every later superblock write
+            // fail too, so faults would stop being recorded.
+            self.inner
+                .members
+                .take_spare_by(|id| id.uuid == identity.uuid);
+            return Err(err);
+        }
         Ok(())
     }
 
@@ -172,6 +186,7 @@ impl Pool {
     /// [`Error::Unrecoverable`] if a stripe cannot be reconstructed; [`Error::Io`] if the new
     /// device fails (the rebuild is then abandoned).
     pub fn rebuild_step(&self, checkpoint: bool) -> Result<StepOutcome> {
+        self.inner.writable("rebuild")?;
         if self.inner.rebuild.auto_replace() {
             self.inner.assign_spares();
         }
@@ -207,4 +222,117 @@ impl Pool {
             ));
         }
     }
+
+    /// `zpool clear`: forget the errors of member `name` (every member if `None`). A degraded
+    /// member (in service) is back to online at once: every read it serves is verified anyway.
+    /// A member faulted by errors or a transient failure is not trusted blindly: give its
+    /// device (normally the same disk, back again) with [`Pool::clear_with`], which resyncs it.
+    /// Members taken offline on purpose stay offline (use [`Pool::online`]).
+    ///
+    /// # Errors
+    /// [`Error::ReadOnly`]; [`Error::InvalidConfig`] for an unknown member;
+    /// [`Error::CorruptMetadata`] if the superblocks cannot be written.
+    pub fn clear(&self, name: Option<&str>) -> Result<Vec<Cleared>> {
+        self.inner.writable("clear")?;
+        let indexes = match name {
+            Some(name) => vec![self.inner.member_index(name)?],
+            None => self.inner.members.data.iter().map(|m| m.index).collect(),
+        };
+        let mut cleared = Vec::new();
+        for index in indexes {
+            let member = self.inner.members.get(index);
+            let was_degraded = self.inner.members.clear_degraded(index);
+            let state = match member.fault_reason() {
+                None if was_degraded => ClearedState::Online,
+                None => continue,
+                Some(reason) if reason == OFFLINE_REASON => ClearedState::StillOffline,
+                Some(reason) => ClearedState::NeedsDevice { reason },
+            };
+            cleared.push(Cleared {
+                index: index.0,
+                path: member.path(),
+                state,
+            });
+        }
+        if cleared.iter().any(|c| c.state == ClearedState::Online) {
+            self.inner.members.write_superblocks()?;
+        }
+        Ok(cleared)
+    }
+
+    /// Clear faulted member `name` by resyncing it from `device`, which must be that member
+    /// itself (this pool's superblock, with the member's own device UUID) come back: it is
+    /// rebuilt in place from redundancy (only live data is copied), then swapped back in.
+    ///
+    /// # Errors
+    /// [`Error::ReadOnly`]; [`Error::InvalidConfig`] if `name` is not faulted or `device` is not
+    /// that member; as [`Pool::online`].
+    pub fn clear_with(&self, name: &str, device: SharedDevice) -> Result<()> {
+        self.inner.writable("clear")?;
+        let index = self.inner.member_index(name)?;
+        let member = self.inner.members.get(index);
+        if member.is_online() {
+            self.clear(Some(name))?;
+            return Ok(());
+        }
+        let identity = member.identity();
+        match super::open::read_superblock(device.as_ref()) {
+            Ok(sb) if sb.pool_uuid == self.inner.uuid && sb.device_uuid == identity.uuid => {}
+            Ok(sb) => {
+                return Err(Error::InvalidConfig(format!(
+                    "{} is not member {} of this pool (its superblock names device {} of pool {}); use replace for another device",
+                    device.name(),
+                    identity.path,
+                    sb.device_uuid,
+                    sb.pool_uuid
+                )))
+            }
+            Err(reason) => {
+                return Err(Error::InvalidConfig(format!(
+                    "{} is not member {} of this pool: {reason}; use replace for another device",
+                    device.name(),
+                    identity.path
+                )))
+            }
+        }
+        self.inner.members.clear_degraded(index);
+        tracing::warn!(device = %device.name(), index = index.0, "clearing a faulted member: it is resynced from redundancy before it serves again");
+        self.inner.attach_replacement(
+            index,
+            Identity {
+                uuid: PoolUuid::random(),
+                path: device.name(),
+            },
+            device,
+            false,
+        )
+    }
+}
+
+/// The reason recorded for a member taken out of service with [`Pool::offline`].
+pub(crate) const OFFLINE_REASON: &str = "offline by administrator";
+
+/// What [`Pool::clear`] did for one member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cleared {
+    /// Its position.
+    pub index: usize,
+    /// Its last known path.
+    pub path: String,
+    /// What it is now.
+    pub state: ClearedState,
+}
+
+/// See [`Cleared`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClearedState {
+    /// It was degraded and is online again (its errors forgotten).
+    Online,
+    /// It is faulted: its device must be given back ([`Pool::clear_with`]) to be resynced.
+    NeedsDevice {
+        /// Why it was faulted.
+        reason: String,
+    },
+    /// Taken offline on purpose: `online` brings it back.
+    StillOffline,
 }

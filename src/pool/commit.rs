@@ -42,6 +42,10 @@ impl PoolInner {
     /// A commit that writes a whole checkpoint even if the log has room: used when a new
     /// member joins, so it holds the map like every other member.
     pub(crate) fn commit_with(&self, force_checkpoint: bool) -> Result<()> {
+        if self.members.read_only() {
+            // Nothing can be dirty (writes are refused), and nothing is ever written.
+            return Ok(());
+        }
         let mut meta = self.meta.lock();
         let sequence = meta.sequence + 1;
         let snapshot = {
@@ -165,10 +169,22 @@ impl PoolInner {
     ) -> Result<()> {
         let landed: usize = super::parallel::each(&self.members.data, |member| {
             let index = member.index;
+            let (offset, bytes) = place(index);
+            // A replacement that is complete is about to be (or already is, on disk) the
+            // member: it must hold every map the members hold (see `finish_rebuild`).
+            if let Some(replacement) = member
+                .replacement()
+                .filter(|r| r.complete.load(std::sync::atomic::Ordering::Acquire))
+            {
+                let device = &replacement.device;
+                if let Err(err) = device.write_at(offset, bytes).and_then(|()| device.flush()) {
+                    self.members
+                        .abandon_replacement(index, &format!("metadata write failed: {err}"));
+                }
+            }
             let Some(device) = member.device() else {
                 return 0;
             };
-            let (offset, bytes) = place(index);
             match device.write_at(offset, bytes).and_then(|()| device.flush()) {
                 Ok(()) => 1,
                 Err(err) => {

@@ -628,6 +628,9 @@ impl PoolInner {
     /// Rewrite a verified shard in place. Safe without a commit: the bytes are exactly what the
     /// durable map already says is there.
     fn heal_shard(&self, slot: SlotId, shard: ShardIndex, bytes: &[u8]) -> bool {
+        if self.members.read_only() {
+            return false; // looking never writes: the damage is counted, and healed next time
+        }
         let (index, offset) = self.geometry.shard_location(slot, shard);
         let member = self.members.get(index);
         let Some(device) = member.device() else {
@@ -652,37 +655,13 @@ impl PoolInner {
 
     /// Whether the layout can still serve every stripe with the devices online, less `extra`.
     pub(crate) fn available_without(&self, extra: Option<DeviceIndex>) -> bool {
-        let online: Vec<bool> = self
-            .members
-            .data
-            .iter()
-            .map(|m| m.is_online() && Some(m.index) != extra)
-            .collect();
-        match self.geometry.layout {
-            crate::geometry::Layout::ReedSolomon { parity, .. } => {
-                online.iter().filter(|o| !**o).count() <= parity
-            }
-            crate::geometry::Layout::Mirror { copies }
-            | crate::geometry::Layout::Raid10 { copies } => {
-                online.chunks(copies).all(|group| group.iter().any(|o| *o))
-            }
-        }
+        self.members.available_without(extra)
     }
 
     /// How many more devices could fail, now, without losing data.
     pub(crate) fn remaining_tolerance(&self) -> usize {
         let online: Vec<bool> = self.members.data.iter().map(|m| m.is_online()).collect();
-        match self.geometry.layout {
-            crate::geometry::Layout::ReedSolomon { parity, .. } => {
-                parity.saturating_sub(online.iter().filter(|o| !**o).count())
-            }
-            crate::geometry::Layout::Mirror { copies }
-            | crate::geometry::Layout::Raid10 { copies } => online
-                .chunks(copies)
-                .map(|group| group.iter().filter(|o| **o).count().saturating_sub(1))
-                .min()
-                .unwrap_or(0),
-        }
+        self.geometry.layout.remaining_tolerance_with(&online)
     }
 
     /// Check that enough devices remain for new data to be written with the layout.

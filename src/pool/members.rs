@@ -1,8 +1,18 @@
 //! The device state table: which member devices are online, which are being replaced, the
 //! spares, their error counters, and the superblock that records it all.
 //!
-//! Faulting a device is persisted at once (superblock generation + 1 on every remaining member),
-//! so a faulted device that comes back later is recognised as stale and never trusted for data.
+//! The fault policy lives here (see the README's "Fault policy" for the reasons):
+//! * a device that is **gone**, or whose **write or flush failed** (its content is then unknown),
+//!   is *faulted*: taken out of service, and the fault persisted at once (superblock generation
+//!   + 1 on every remaining member), so when it comes back it is recognised as stale and never
+//!   trusted for data. A write failure faults only while the pool stays available without the
+//!   device; otherwise the device is *degraded* instead and keeps serving what it holds;
+//! * **read and checksum errors** never fault: past `error_threshold` of them within
+//!   `error_window` the device is *degraded* ("too many errors"), stays in service (every read
+//!   it serves is verified, so it cannot return wrong bytes) and is replaced by a spare if there
+//!   is one. Damage is then exactly what it destroyed, never a whole member;
+//! * a **read-only** open (status, check, metrics, read, check-only scrub) records nothing:
+//!   states change in memory for this process, and no byte is written.
 //! A data position can have a *replacement* being filled (from a spare, a new device, or the same
 //! device coming back online): it receives every new write at once, and is read from only after
 //! the rebuild has filled it and swapped it in.
@@ -11,10 +21,23 @@ use crate::device::{DeviceError, SharedDevice};
 use crate::error::{Error, Result};
 use crate::format::{Member, MemberState, PoolUuid, Role, Superblock};
 use crate::types::DeviceIndex;
+use crate::geometry::Layout;
 use parking_lot::{Mutex, RwLock};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// When errors change a device's state (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FaultPolicy {
+    /// Read/checksum errors within `error_window` that mark a device degraded.
+    pub error_threshold: u64,
+    /// The window of that rate (ZFS's `checksum_t`).
+    pub error_window: Duration,
+    /// Record nothing on the devices (a read-only open).
+    pub read_only: bool,
+}
 
 /// Error counters of one device, as shown by `status`.
 #[derive(Debug, Default)]
@@ -72,6 +95,10 @@ pub struct Replacement {
     pub started: Instant,
     /// Whether it came from the spare list (it goes back there, marked faulted, if abandoned).
     pub from_spare: bool,
+    /// Filled, flushed and holding the map: the superblocks name it the member from now on.
+    pub complete: AtomicBool,
+    /// Chunks it could not be given because their stripe is beyond repair (this run).
+    pub lost_chunks: AtomicU64,
 }
 
 impl Replacement {
@@ -95,6 +122,8 @@ impl Replacement {
             total_bytes: AtomicU64::new(0),
             started: Instant::now(),
             from_spare,
+            complete: AtomicBool::new(false),
+            lost_chunks: AtomicU64::new(0),
         }
     }
 }
@@ -108,6 +137,10 @@ pub struct MemberDevice {
     device: RwLock<Option<SharedDevice>>,
     online: AtomicBool,
     fault_reason: Mutex<Option<String>>,
+    /// Why it is degraded (in service, but with too many errors), if it is.
+    degraded: Mutex<Option<String>>,
+    /// When its recent read/checksum errors happened (at most `error_threshold` kept).
+    recent_errors: Mutex<VecDeque<Instant>>,
     /// Error counters.
     pub errors: ErrorCounters,
     /// I/O counters and latencies of whichever device serves this position.
@@ -116,11 +149,22 @@ pub struct MemberDevice {
 }
 
 impl MemberDevice {
-    pub(crate) fn new(index: usize, member: &Member, device: Option<SharedDevice>) -> Self {
+    /// Position `index` as recorded in `member`, served by `device` if it was found (else
+    /// out of service for `missing`: why it could not be opened).
+    pub(crate) fn new(
+        index: usize,
+        member: &Member,
+        device: Option<SharedDevice>,
+        missing: &str,
+    ) -> Self {
         let reason = match (&member.state, &device) {
             (MemberState::Faulted { reason }, _) => Some(reason.clone()),
-            (_, None) => Some("missing: device not found at open".into()),
+            (_, None) => Some(format!("missing: {missing}")),
             (_, Some(_)) => None,
+        };
+        let degraded = match &member.state {
+            MemberState::Degraded { reason } => Some(reason.clone()),
+            _ => None,
         };
         let io = Arc::new(crate::metrics::DeviceIo::default());
         let device = device.map(|device| crate::metrics::Metered::wrap(device, &io));
@@ -133,6 +177,8 @@ impl MemberDevice {
             online: AtomicBool::new(reason.is_none()),
             device: RwLock::new(if reason.is_none() { device } else { None }),
             fault_reason: Mutex::new(reason),
+            degraded: Mutex::new(degraded),
+            recent_errors: Mutex::new(VecDeque::new()),
             errors: ErrorCounters::default(),
             io,
             replacement: RwLock::new(None),
@@ -147,6 +193,11 @@ impl MemberDevice {
     #[must_use]
     pub fn fault_reason(&self) -> Option<String> {
         self.fault_reason.lock().clone()
+    }
+    /// Why it is degraded (in service with too many errors), if it is.
+    #[must_use]
+    pub fn degraded_reason(&self) -> Option<String> {
+        self.degraded.lock().clone()
     }
     /// The device handle, if online.
     #[must_use]
@@ -180,13 +231,27 @@ impl MemberDevice {
             role: Role::Data {
                 index: self.index.0,
             },
-            state: match self.fault_reason() {
-                Some(reason) => MemberState::Faulted { reason },
-                None => MemberState::Online,
+            state: match (self.fault_reason(), self.degraded_reason()) {
+                (Some(reason), _) => MemberState::Faulted { reason },
+                (None, Some(reason)) => MemberState::Degraded { reason },
+                (None, None) => MemberState::Online,
             },
             path: identity.path,
         }];
         if let Some(replacement) = self.replacement() {
+            if replacement.complete.load(Ordering::Acquire) {
+                // Filled and flushed, with the map on it: it is recorded as the member before
+                // it takes over in memory, so a crash in between keeps it (see
+                // `PoolInner::finish_rebuild`).
+                return vec![Member {
+                    uuid: replacement.identity.uuid,
+                    role: Role::Data {
+                        index: self.index.0,
+                    },
+                    state: MemberState::Online,
+                    path: replacement.identity.path.clone(),
+                }];
+            }
             records.push(Member {
                 uuid: replacement.identity.uuid,
                 role: Role::Data {
@@ -227,7 +292,11 @@ pub struct Members {
     /// Serialises whole superblock updates, so a later generation can never be overwritten by
     /// an earlier one that was still being written.
     superblock_writer: Mutex<()>,
-    error_threshold: u64,
+    layout: Layout,
+    policy: FaultPolicy,
+    /// Held while deciding whether an error takes a device out of service, so two devices
+    /// failing at once cannot both be faulted past the layout's tolerance.
+    deciding: Mutex<()>,
 }
 
 impl Members {
@@ -235,15 +304,35 @@ impl Members {
         data: Vec<MemberDevice>,
         spares: Vec<Spare>,
         superblock: Superblock,
-        error_threshold: u64,
+        layout: Layout,
+        policy: FaultPolicy,
     ) -> Self {
         Self {
             data,
             spares: Mutex::new(spares),
             superblock: Mutex::new(superblock),
             superblock_writer: Mutex::new(()),
-            error_threshold,
+            layout,
+            policy,
+            deciding: Mutex::new(()),
         }
+    }
+
+    /// Whether this is a read-only open (nothing is ever written).
+    #[must_use]
+    pub fn read_only(&self) -> bool {
+        self.policy.read_only
+    }
+
+    /// Whether every stripe stays available with the members in service, less `extra`.
+    #[must_use]
+    pub fn available_without(&self, extra: Option<DeviceIndex>) -> bool {
+        let in_service: Vec<bool> = self
+            .data
+            .iter()
+            .map(|m| m.is_online() && Some(m.index) != extra)
+            .collect();
+        self.layout.available_with(&in_service)
     }
 
     /// The member at `index`.
@@ -330,25 +419,58 @@ impl Members {
     /// Take `index` out of service for `reason` and persist that in the superblocks.
     /// Idempotent: a device already faulted stays faulted with its first reason.
     pub fn fault(&self, index: DeviceIndex, reason: &str) {
+        if self.mark_faulted(index, reason) {
+            self.persist("the fault");
+        }
+    }
+
+    /// Take `index` out of service in memory; `false` if it already was.
+    fn mark_faulted(&self, index: DeviceIndex, reason: &str) -> bool {
         let member = self.get(index);
         {
             let mut current = member.fault_reason.lock();
             if current.is_some() {
-                return;
+                return false;
             }
             *current = Some(reason.to_string());
             member.online.store(false, Ordering::Release);
         }
         tracing::warn!(device = %member.path(), index = index.0, reason, "device faulted");
         *member.device.write() = None;
+        true
+    }
+
+    /// Mark `index` degraded (in service, not trusted to stay healthy) and persist it.
+    fn degrade(&self, index: DeviceIndex, reason: &str) {
+        let member = self.get(index);
+        {
+            let mut current = member.degraded.lock();
+            if current.is_some() || member.fault_reason.lock().is_some() {
+                return;
+            }
+            *current = Some(reason.to_string());
+        }
+        tracing::warn!(device = %member.path(), index = index.0, reason, "device degraded; it stays in service");
+        self.persist("the degraded state");
+    }
+
+    /// Write the superblocks after a state change, logging (not returning) a failure.
+    fn persist(&self, what: &str) {
         if let Err(err) = self.write_superblocks() {
-            tracing::error!(%err, "could not record the fault in the superblocks");
+            tracing::error!(%err, "could not record {what} in the superblocks");
         }
     }
 
-    /// Count an I/O or checksum error against a device; fault it past the threshold, or at
-    /// once if the device is gone or a write failed (its content is then unknown).
-    /// `offset` is the device byte offset of the failed request (`None` for a flush).
+    /// Forget `index`'s degraded state and its recent errors (the lifetime counters stay):
+    /// `clear` for a member that is in service. Returns whether it was degraded.
+    pub(crate) fn clear_degraded(&self, index: DeviceIndex) -> bool {
+        let member = self.get(index);
+        member.recent_errors.lock().clear();
+        member.degraded.lock().take().is_some()
+    }
+
+    /// Count an I/O or checksum error against a device and apply the fault policy (module
+    /// docs). `offset` is the device byte offset of the failed request (`None` for a flush).
     pub fn record_error(
         &self,
         index: DeviceIndex,
@@ -357,31 +479,61 @@ impl Members {
         detail: &DeviceError,
     ) {
         let member = self.get(index);
-        // Every error is an event with its device and offset; faults are warnings (below).
+        // Every error is an event with its device and offset; state changes are warnings.
         tracing::info!(device = %member.path(), index = index.0, ?kind, offset, %detail, "device error");
         let counter = match kind {
             ErrorKind::Read => &member.errors.read,
             ErrorKind::Write => &member.errors.write,
             ErrorKind::Checksum => &member.errors.checksum,
         };
-        let count = counter.fetch_add(1, Ordering::Relaxed) + 1;
-        let total = member.errors.read.load(Ordering::Relaxed)
-            + member.errors.checksum.load(Ordering::Relaxed);
+        counter.fetch_add(1, Ordering::Relaxed);
         if matches!(detail, DeviceError::Gone(_)) {
+            // It cannot serve anything any more: out of service, whatever the layout says.
             self.fault(index, &format!("device gone: {detail}"));
         } else if kind == ErrorKind::Write {
-            self.fault(index, &format!("write failed: {detail}"));
-        } else if total >= self.error_threshold {
-            self.fault(
+            let decision = self.deciding.lock();
+            if self.available_without(Some(index)) {
+                let changed = self.mark_faulted(index, &format!("write failed: {detail}"));
+                drop(decision);
+                if changed {
+                    self.persist("the fault");
+                }
+            } else {
+                drop(decision);
+                self.degrade(
+                    index,
+                    &format!("write errors ({detail}); kept in service because the pool cannot lose it"),
+                );
+            }
+        } else if let Some(within) = self.errors_within_window(member) {
+            self.degrade(
                 index,
                 &format!(
-                    "too many errors ({total} read/checksum errors, threshold {})",
-                    self.error_threshold
+                    "too many errors ({} read/checksum errors within {} s)",
+                    within,
+                    self.policy.error_window.as_secs()
                 ),
             );
-        } else {
-            tracing::debug!(device = %member.path(), ?kind, count, "device error counted");
         }
+    }
+
+    /// Note one read/checksum error of `member`; `Some(count)` once `error_threshold` of them
+    /// fall within `error_window`.
+    fn errors_within_window(&self, member: &MemberDevice) -> Option<u64> {
+        let now = Instant::now();
+        let mut recent = member.recent_errors.lock();
+        recent.push_back(now);
+        while recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > self.policy.error_window)
+        {
+            recent.pop_front();
+        }
+        let threshold = usize::try_from(self.policy.error_threshold).unwrap_or(usize::MAX);
+        while recent.len() > threshold.max(1) {
+            recent.pop_front();
+        }
+        (recent.len() >= threshold).then_some(recent.len() as u64)
     }
 
     /// Attach `replacement` to position `index` and record it in the superblocks.
@@ -435,6 +587,8 @@ impl Members {
             &member.io,
         ));
         *member.fault_reason.lock() = None;
+        *member.degraded.lock() = None;
+        member.recent_errors.lock().clear();
         member.errors.reset();
         member.online.store(true, Ordering::Release);
         Some(old)
@@ -443,6 +597,9 @@ impl Members {
     /// Flush every online data member and replacement in parallel; a failed flush faults the
     /// device (or abandons the replacement).
     pub fn flush_all(&self) {
+        if self.policy.read_only {
+            return;
+        }
         super::parallel::each(&self.data, |member| {
             let i = member.index.0;
             if let Some(device) = member.device() {
@@ -466,6 +623,9 @@ impl Members {
     /// # Errors
     /// [`Error::CorruptMetadata`] if the superblock cannot be encoded.
     pub fn write_superblocks(&self) -> Result<Vec<(String, DeviceError)>> {
+        if self.policy.read_only {
+            return Ok(Vec::new()); // a read-only open records nothing
+        }
         let _writer = self.superblock_writer.lock();
         let spares = self.spares();
         let mut template = self.superblock.lock();

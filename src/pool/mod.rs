@@ -22,7 +22,10 @@ mod rebuild_race_tests;
 mod scrub;
 mod status;
 
-pub use members::{ErrorCounters, ErrorKind, Identity, MemberDevice, Members, Replacement, Spare};
+pub use admin::{Cleared, ClearedState};
+pub use members::{
+    ErrorCounters, ErrorKind, FaultPolicy, Identity, MemberDevice, Members, Replacement, Spare,
+};
 pub use rebuild::{RebuildProgress, StepOutcome};
 pub use scrub::{
     DeviceScrubReport, ScrubEnd, ScrubOptions, ScrubProgress, ScrubReport, ShardLocation,
@@ -57,8 +60,11 @@ pub const DEFAULT_CHUNK_BYTES: u64 = 16 * 1024;
 /// Default checksum block: one crc32c per 4 KiB of every shard, so a 4 KiB read fetches and
 /// verifies 4 KiB, not a whole chunk (costs 4 bytes of map memory per 4 KiB of device).
 pub const DEFAULT_CHECKSUM_BYTES: u64 = 4096;
-/// Default number of read/checksum errors after which a device is faulted.
-pub const DEFAULT_ERROR_THRESHOLD: u64 = 50;
+/// Default number of read/checksum errors within [`DEFAULT_ERROR_WINDOW`] after which a device
+/// is marked degraded (ZFS's `checksum_n`).
+pub const DEFAULT_ERROR_THRESHOLD: u64 = 10;
+/// Default window of that error rate (ZFS's `checksum_t`).
+pub const DEFAULT_ERROR_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
 const STRIPE_LOCKS: usize = 256;
 
 /// Options for [`Pool::create`].
@@ -97,8 +103,16 @@ impl CreateOptions {
 /// Options for [`Pool::open`].
 #[derive(Debug, Clone)]
 pub struct OpenOptions {
-    /// Read/checksum errors after which a device is faulted.
+    /// Read/checksum errors within `error_window` after which a device is marked degraded (it
+    /// stays in service; see [`FaultPolicy`]).
     pub error_threshold: u64,
+    /// The window of that error rate.
+    pub error_window: std::time::Duration,
+    /// Look, never change: open the members `O_RDONLY` with a shared lock, write no byte (no
+    /// commit, no superblock, no fault record, no heal), refuse writes with
+    /// [`Error::ReadOnly`], run no background work. What `status`, `check`, `metrics`, `read`
+    /// and `scrub --check-only` use.
+    pub read_only: bool,
     /// Run rebuilds in a background thread while the pool is open, and resume a scrub that was
     /// interrupted (not paused) when the pool was last open. Off: call [`Pool::rebuild_step`]
     /// or [`Pool::run_rebuilds`] and [`Pool::scrub_with`] yourself (tests, the CLI).
@@ -113,10 +127,34 @@ pub struct OpenOptions {
     pub force: bool,
 }
 
+impl OpenOptions {
+    /// How member devices are opened for these options.
+    #[must_use]
+    pub fn access(&self) -> crate::device::Access {
+        if self.read_only {
+            crate::device::Access::ReadOnly
+        } else {
+            crate::device::Access::ReadWrite
+        }
+    }
+
+    /// The fault policy these options give.
+    #[must_use]
+    pub fn fault_policy(&self) -> FaultPolicy {
+        FaultPolicy {
+            error_threshold: self.error_threshold,
+            error_window: self.error_window,
+            read_only: self.read_only,
+        }
+    }
+}
+
 impl Default for OpenOptions {
     fn default() -> Self {
         Self {
             error_threshold: DEFAULT_ERROR_THRESHOLD,
+            error_window: DEFAULT_ERROR_WINDOW,
+            read_only: false,
             background_rebuild: true,
             auto_replace: true,
             rebuild_rate_bytes_per_s: None,
@@ -230,6 +268,15 @@ impl PoolInner {
         crate::metrics::render(&self.status(), &devices, &self.requests)
     }
 
+    /// Refuse `operation` on a read-only open.
+    pub(crate) fn writable(&self, operation: &'static str) -> Result<()> {
+        if self.members.read_only() {
+            Err(Error::ReadOnly { operation })
+        } else {
+            Ok(())
+        }
+    }
+
     pub(crate) fn stripe_lock(&self, stripe: u64) -> &Mutex<()> {
         &self.stripe_locks[self.stripe_lock_index(stripe)]
     }
@@ -310,9 +357,10 @@ impl Pool {
     /// # Errors
     /// As [`Pool::open`], plus [`Error::Open`] for a given path that cannot be opened.
     pub fn open_paths(paths: &[PathBuf], options: &OpenOptions) -> Result<Self> {
+        let access = options.access();
         let devices = paths
             .iter()
-            .map(|path| crate::device::open_device(path, None))
+            .map(|path| crate::device::open_device_for(path, access))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self::wrap(open::open(devices, true, options)?))
     }
@@ -399,6 +447,8 @@ impl Pool {
     /// [`Error::OutOfRange`]; [`Error::PoolUnavailable`] when too many devices are lost;
     /// [`Error::Unrecoverable`] when a partial write needs old data that is lost.
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
+        check_range(offset, data.len(), self.size())?;
+        self.inner.writable("write")?;
         self.inner.requests.measure(Request::Write, data.len(), || {
             self.inner.write_at(offset, data)
         })
@@ -556,6 +606,7 @@ impl Pool {
 
     /// Take a data member out of service (as if it had failed), recording it on disk.
     pub fn fault_device(&self, index: usize, reason: &str) {
+        // (On a read-only open the fault holds for this process only: nothing is recorded.)
         if index < self.inner.members.data.len() {
             self.inner
                 .members

@@ -164,7 +164,7 @@ pub(super) fn create(
     let mut spare_members = Vec::new();
     for (record, device) in member_records.iter().zip(handles) {
         match record.role {
-            Role::Data { index } => data.push(MemberDevice::new(index, record, Some(device))),
+            Role::Data { index } => data.push(MemberDevice::new(index, record, Some(device), "")),
             Role::Spare => spare_members.push(Spare {
                 identity: Identity {
                     uuid: record.uuid,
@@ -175,7 +175,13 @@ pub(super) fn create(
             }),
         }
     }
-    let members = Members::new(data, spare_members, template, options.open.error_threshold);
+    let members = Members::new(
+        data,
+        spare_members,
+        template,
+        options.layout,
+        options.open.fault_policy(),
+    );
     let failures = members.write_superblocks()?;
     if let Some((device, err)) = failures.into_iter().next() {
         return Err(Error::Io {
@@ -202,6 +208,16 @@ pub(super) fn create(
     }
     tracing::info!(pool = %uuid, layout = %options.layout, volume_bytes = inner.geometry.volume_bytes(), "pool created");
     Ok(inner)
+}
+
+/// What to do with a found device, judged against the newest superblock.
+enum Problem {
+    /// Use it.
+    None,
+    /// Leave it out, with a warning saying why and what to do (stale, faulted, detached).
+    Left(String),
+    /// Unusable: an error if the caller named it, a warning if it was found by its path.
+    Refused(Error),
 }
 
 struct Found {
@@ -243,8 +259,10 @@ pub(super) fn open(
             });
         }
     }
+    // Why recorded members could not be opened (the real error, for status).
+    let mut unopened: BTreeMap<[u8; 16], String> = BTreeMap::new();
     if discover {
-        discover_members(&mut found);
+        discover_members(&mut found, options.access(), &mut unopened);
     }
     // The newest superblock among everything found decides membership and staleness, so a
     // stale device cannot vouch for itself with its own outdated member list.
@@ -273,22 +291,43 @@ pub(super) fn open(
             .iter()
             .find(|m| m.uuid == f.superblock.device_uuid);
         let problem = match member {
-            None => Some(Error::NotAMember {
+            // Same pool, but no longer in its member list: replaced or detached earlier.
+            None => Problem::Left(format!(
+                "{} is a former member of pool {}: it is no longer in the member list (replaced or detached); opened without it",
+                f.device.name(),
+                newest.pool_uuid
+            )),
+            // Faulted (or offline) while the pool went on: it holds outdated data. Named on
+            // the command line, it is what a user always types: open without it and say so.
+            Some(m) if matches!(m.state, MemberState::Faulted { .. }) => {
+                let reason = match &m.state {
+                    MemberState::Faulted { reason } => reason.clone(),
+                    _ => String::new(),
+                };
+                Problem::Left(format!(
+                    "{} is faulted in pool {} ({reason}; its superblock is at generation {}, the pool's at {}): it holds outdated data and is not used. Bring it back with `stripestore clear POOL {}` (resynced before use), or replace it",
+                    f.device.name(),
+                    newest.pool_uuid,
+                    f.superblock.generation,
+                    newest.generation,
+                    m.path
+                ))
+            }
+            Some(_) if f.device.size() < newest.device_bytes => Problem::Refused(Error::DeviceTooSmall {
                 device: f.device.name(),
-                reason: format!("not in the member list of pool {}", newest.pool_uuid),
+                size: f.device.size(),
+                needed: newest.device_bytes,
             }),
-            Some(m) if matches!(m.state, MemberState::Faulted { .. }) => Some(Error::StaleMember {
-                device: f.device.name(),
-                pool: newest.pool_uuid.to_string(),
-                device_generation: f.superblock.generation,
-                pool_generation: newest.generation,
-            }),
-            Some(_) => None,
+            Some(_) => Problem::None,
         };
         match (problem, f.given) {
-            (Some(err), true) => return Err(err),
-            (Some(err), false) => tracing::warn!(%err, "recorded member not used"),
-            (None, _) => {
+            (Problem::Refused(err), true) => return Err(err),
+            (Problem::Refused(err), false) => {
+                tracing::warn!(%err, "recorded member not used");
+                unopened.insert(f.superblock.device_uuid.0, err.to_string());
+            }
+            (Problem::Left(warning), _) => tracing::warn!("{warning}"),
+            (Problem::None, _) => {
                 if by_uuid
                     .insert(f.superblock.device_uuid.0, f.device)
                     .is_some()
@@ -344,7 +383,10 @@ pub(super) fn open(
                     newly_missing = true;
                     suspects.push(record.path.clone());
                 }
-                data[index] = Some(MemberDevice::new(index, record, device));
+                let missing = unopened
+                    .get(&record.uuid.0)
+                    .map_or("device not found at open", String::as_str);
+                data[index] = Some(MemberDevice::new(index, record, device, missing));
             }
             (Role::Data { index }, _) => {
                 return Err(Error::CorruptMetadata(format!(
@@ -354,7 +396,12 @@ pub(super) fn open(
             (Role::Spare, state) => {
                 let fault = match (state, &device) {
                     (MemberState::Faulted { reason }, _) => Some(reason.clone()),
-                    (_, None) => Some("missing: device not found at open".into()),
+                    (_, None) => Some(format!(
+                        "missing: {}",
+                        unopened
+                            .get(&record.uuid.0)
+                            .map_or("device not found at open", String::as_str)
+                    )),
                     _ => None,
                 };
                 spares.push(Spare {
@@ -371,7 +418,7 @@ pub(super) fn open(
             "member list lacks a data position".into(),
         ));
     }
-    let members = Members::new(data, spares, newest.clone(), options.error_threshold);
+    let members = Members::new(data, spares, newest.clone(), layout, options.fault_policy());
     for (index, state, identity, device) in replacements {
         let MemberState::Rebuilding {
             next_slot,
@@ -425,6 +472,15 @@ pub(super) fn open(
             inner.estimate_total(member.index, &replacement);
         }
     }
+    if options.read_only {
+        // Looking never writes: the state found is shown as it is, and nothing is recorded.
+        for member in inner.members.data.iter().filter(|m| !m.is_online()) {
+            if let Some(reason) = member.fault_reason() {
+                tracing::info!(device = %member.path(), %reason, "member out of service (read-only open: nothing recorded)");
+            }
+        }
+        return Ok(inner);
+    }
     if newly_missing {
         for (i, member) in inner.members.data.iter().enumerate() {
             if !member.is_online() {
@@ -445,7 +501,11 @@ pub(super) fn open(
 }
 
 /// Find members that were not given, through the paths recorded in the given superblocks.
-fn discover_members(found: &mut Vec<Found>) {
+fn discover_members(
+    found: &mut Vec<Found>,
+    access: crate::device::Access,
+    unopened: &mut BTreeMap<[u8; 16], String>,
+) {
     let pool = found[0].superblock.pool_uuid;
     let mut known: Vec<PoolUuid> = found.iter().map(|f| f.superblock.device_uuid).collect();
     let recorded: Vec<Member> = found
@@ -457,9 +517,17 @@ fn discover_members(found: &mut Vec<Found>) {
             continue;
         }
         let path = std::path::Path::new(&member.path);
-        let Ok(device) = crate::device::open_device(path, None) else {
-            tracing::warn!(path = %member.path, "recorded member path cannot be opened");
-            continue;
+        let device = match crate::device::open_device_for(path, access) {
+            Ok(device) => device,
+            Err(err) => {
+                tracing::warn!(path = %member.path, %err, "recorded member path cannot be opened");
+                let reason = match &err {
+                    Error::Open { source, .. } => format!("cannot open {}: {source}", member.path),
+                    other => other.to_string(),
+                };
+                unopened.insert(member.uuid.0, reason);
+                continue;
+            }
         };
         match read_superblock(device.as_ref()) {
             Ok(sb) if sb.pool_uuid == pool && sb.device_uuid == member.uuid => {

@@ -53,6 +53,9 @@ pub struct RebuildProgress {
     pub rate_bytes_per_s: u64,
     /// Estimated seconds to go.
     pub eta_secs: Option<u64>,
+    /// Chunks that could not be rebuilt (their stripe had more damage than redundancy): the
+    /// same data is already lost on the pool; the rebuild goes on past it.
+    pub lost_chunks: u64,
 }
 
 /// What one rebuild step did.
@@ -137,10 +140,16 @@ impl PoolInner {
             .collect()
     }
 
-    /// Attach an available spare to every faulted position that has no replacement yet.
+    /// Attach an available spare to every faulted or degraded position that has no
+    /// replacement yet (a degraded member keeps serving while the spare is filled, so
+    /// redundancy never drops).
     pub(crate) fn assign_spares(&self) {
+        if self.members.read_only() {
+            return;
+        }
         for member in &self.members.data {
-            if member.is_online() || member.replacement().is_some() {
+            let wanted = !member.is_online() || member.degraded_reason().is_some();
+            if !wanted || member.replacement().is_some() {
                 continue;
             }
             let Some((identity, device)) = self.members.take_spare() else {
@@ -501,14 +510,24 @@ impl PoolInner {
             return Ok(0);
         }
         // The slow, careful path (a batch item failed verification): read every shard, heal
-        // what is bad, reconstruct.
-        let (shards, _) = self.recover_stripe(stripe, slot, &entry, Vec::new())?;
+        // what is bad, reconstruct. A stripe beyond repair does not stop the rebuild: a target
+        // shard that still verifies on the old member is copied (the new member keeps all the
+        // stripe still has), one that does not is counted lost, and the rebuild goes on.
+        let exam = self.examine_stripe(slot, &entry, Vec::new(), true);
         replacement.bytes_read.fetch_add(
             self.geometry.width() as u64 * self.geometry.chunk_bytes,
             Ordering::Relaxed,
         );
+        if !exam.recovered {
+            tracing::info!(error = %self.unrecoverable(stripe, slot, &exam), "rebuild: stripe beyond repair; copying what still verifies");
+        }
+        let shards = exam.shards;
         let mut written = 0;
         for shard in targets {
+            if !exam.recovered && exam.outcomes[shard.0] != super::io::ShardOutcome::Good {
+                replacement.lost_chunks.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             let (_, offset) = self.geometry.shard_location(slot, shard);
             if let Err(err) = replacement.device.write_at(offset, &shards[shard.0]) {
                 self.members
@@ -528,19 +547,39 @@ impl PoolInner {
     }
 
     /// Swap the rebuilt replacement in; `false` if it was abandoned during the last step.
+    ///
+    /// Order, so that a crash at any point leaves a pool that knows where every flushed byte
+    /// is: (1) flush the new device; (2) mark it complete and commit a checkpoint, which now
+    /// goes to the new device too; (3) write the superblocks naming it the member; (4) only
+    /// then swap it in memory. Until (4) every write still goes to both the old member and the
+    /// replacement, so whichever one the superblocks name after a crash holds it.
     fn finish_rebuild(&self, index: DeviceIndex, replacement: &Replacement) -> Result<bool> {
         replacement.device.flush().map_err(|err| Error::Io {
             device: replacement.identity.path.clone(),
             offset: 0,
             source: err.into_io(),
         })?;
-        let Some(old) = self.members.swap_in_replacement(index, replacement) else {
+        let still_attached = |member: &super::MemberDevice| {
+            member
+                .replacement()
+                .is_some_and(|current| std::ptr::eq(current.as_ref(), replacement))
+        };
+        if !still_attached(self.members.get(index)) {
             tracing::warn!(index = index.0, device = %replacement.identity.path, "rebuild target was abandoned during its last step; not swapped in");
             return Ok(false);
+        }
+        replacement.complete.store(true, Ordering::Release);
+        let recorded = self
+            .commit_with(true)
+            .and_then(|()| self.members.write_superblocks().map(drop));
+        if let Err(err) = recorded {
+            replacement.complete.store(false, Ordering::Release);
+            return Err(err);
+        }
+        let Some(old) = self.members.swap_in_replacement(index, replacement) else {
+            tracing::warn!(index = index.0, device = %replacement.identity.path, "rebuild target was abandoned while it was recorded; not swapped in");
+            return Ok(false);
         };
-        // The new member must hold the map too before anything relies on it.
-        self.commit_with(true)?;
-        self.members.write_superblocks()?;
         tracing::warn!(
             index = index.0,
             device = %replacement.identity.path,
@@ -578,6 +617,7 @@ impl PoolInner {
             slots: self.geometry.slots,
             rate_bytes_per_s: rate,
             eta_secs: (rate > 0).then(|| (total - done) / rate),
+            lost_chunks: replacement.lost_chunks.load(Ordering::Relaxed),
         }
     }
 }

@@ -148,10 +148,14 @@ impl ScrubReport {
         }
     }
 
-    /// Whether anything was wrong at all.
+    /// Whether anything was wrong at all, including chunks that could not be verified because
+    /// their device was out of service (the scrub did not prove them).
     #[must_use]
     pub fn found_damage(&self) -> bool {
-        self.bad_shards > 0 || self.inconsistent_stripes > 0 || self.unrepairable_stripes > 0
+        self.bad_shards > 0
+            || self.inconsistent_stripes > 0
+            || self.unrepairable_stripes > 0
+            || self.totals.bytes_skipped > 0
     }
 
     /// Whether some data could not be reconstructed.
@@ -293,6 +297,12 @@ impl PoolInner {
         // Shown as running from now on, not only after the first step (which can take
         // seconds): `scrub --url` takes a scrub that is not running for one that ended.
         let checkpoint = self.scrub_checkpoint(options);
+        if checkpoint.repair {
+            if let Err(err) = self.writable("scrub (with repair; --check-only only looks)") {
+                self.scrub.active.store(false, Ordering::Release);
+                return Err(err);
+            }
+        }
         let total =
             checkpoint.tally.totals().bytes_scanned + self.live_bytes_from(checkpoint.next_slot);
         *self.scrub.progress.lock() =
@@ -673,8 +683,11 @@ impl PoolInner {
                     for shard in 0..self.geometry.width() {
                         let (device, _) =
                             self.geometry.shard_location(item.slot, ShardIndex(shard));
+                        let counters = &mut tally.devices[device.0];
                         if self.members.get(device).is_online() {
-                            tally.devices[device.0].bytes_scanned += self.geometry.chunk_bytes;
+                            counters.bytes_scanned += self.geometry.chunk_bytes;
+                        } else {
+                            counters.bytes_skipped += self.geometry.chunk_bytes;
                         }
                     }
                 }
@@ -759,7 +772,15 @@ impl PoolInner {
             let (device, offset) = self.geometry.shard_location(item.slot, ShardIndex(shard));
             let counters = &mut tally.devices[device.0];
             match outcome {
-                ShardOutcome::Missing => continue,
+                ShardOutcome::Missing => {
+                    // Out of service: not verified, and part of the loss if the stripe is lost.
+                    counters.bytes_skipped += self.geometry.chunk_bytes;
+                    damaged_devices.push(format!(
+                        "{} (out of service)",
+                        self.members.get(device).path()
+                    ));
+                    continue;
+                }
                 ShardOutcome::Good => {}
                 ShardOutcome::Damaged(kind) => {
                     if *kind == ErrorKind::Read {
@@ -767,10 +788,13 @@ impl PoolInner {
                     } else {
                         counters.checksum_errors += 1;
                     }
+                    // Each error lands in exactly one of these.
                     if exam.healed[shard] {
                         counters.repaired += 1;
                     } else if !exam.recovered {
                         counters.unrepairable += 1;
+                    } else {
+                        counters.not_rewritten += 1;
                     }
                     let path = self.members.get(device).path();
                     tracing::info!(device = %path, offset, stripe = item.stripe, ?kind, repaired = exam.healed[shard], "scrub: damaged chunk");
@@ -780,8 +804,11 @@ impl PoolInner {
             counters.bytes_scanned += self.geometry.chunk_bytes;
         }
         if !exam.recovered {
+            // One event per stripe at info (the report lists the merged ranges; the summary at
+            // the end is the error).
             let error = self.unrecoverable(item.stripe, item.slot, &exam);
-            tracing::error!(%error, "scrub: stripe unrecoverable");
+            tracing::info!(%error, "scrub: stripe unrecoverable");
+            damaged_devices.sort();
             damaged_devices.dedup();
             tally.add_damaged(DamagedRange {
                 volume_offset: item.stripe * self.geometry.stripe_data_bytes(),

@@ -28,10 +28,11 @@ pub struct DeviceStatus {
     pub path: String,
     /// Device UUID.
     pub uuid: String,
-    /// `ONLINE`, `DEGRADED` (in service, has returned errors), `FAULTED`, `REBUILDING`, or for
-    /// spares `AVAIL` / `FAULTED`.
+    /// `ONLINE`, `DEGRADED` (in service, but too many errors: see the fault policy),
+    /// `FAULTED`, `OFFLINE` (taken out on purpose), `REBUILDING`, or for spares `AVAIL` /
+    /// `FAULTED`.
     pub state: String,
-    /// Why it is faulted.
+    /// Why it is faulted, offline or degraded.
     pub reason: Option<String>,
     /// Read I/O errors.
     pub read_errors: u64,
@@ -113,20 +114,23 @@ impl PoolInner {
         let mut devices = Vec::new();
         for member in &self.members.data {
             let identity = member.identity();
-            let reason = member.fault_reason();
+            let (state, reason) = match (member.fault_reason(), member.degraded_reason()) {
+                (Some(reason), _) if reason == super::admin::OFFLINE_REASON => {
+                    ("OFFLINE", Some(reason))
+                }
+                (Some(reason), _) => ("FAULTED", Some(reason)),
+                // In service, but with too many errors: shown until `clear` or replacement.
+                (None, Some(reason)) => ("DEGRADED", Some(reason)),
+                // In service; errors it returned (and were healed) show in its counters.
+                (None, None) => ("ONLINE", None),
+            };
             let (read_errors, write_errors, checksum_errors, repaired_chunks) =
                 counters(Some(&member.errors));
             devices.push(DeviceStatus {
                 index: Some(member.index.0),
                 path: identity.path,
                 uuid: identity.uuid.to_string(),
-                // DEGRADED: in service, but it has returned errors (healed so far).
-                state: match (&reason, read_errors + checksum_errors) {
-                    (Some(_), _) => "FAULTED",
-                    (None, 0) => "ONLINE",
-                    (None, _) => "DEGRADED",
-                }
-                .to_string(),
+                state: state.to_string(),
                 reason,
                 read_errors,
                 write_errors,
@@ -151,7 +155,12 @@ impl PoolInner {
         }
         let health = if self.check_available().is_err() {
             PoolHealth::Faulted
-        } else if self.members.data.iter().any(|m| !m.is_online()) {
+        } else if self
+            .members
+            .data
+            .iter()
+            .any(|m| !m.is_online() || m.degraded_reason().is_some())
+        {
             PoolHealth::Degraded
         } else {
             PoolHealth::Online
@@ -220,7 +229,7 @@ impl fmt::Display for PoolStatus {
         writeln!(f, " state: {}", self.health)?;
         let note = match self.health {
             PoolHealth::Online => "all devices online; data fully redundant.".to_string(),
-            PoolHealth::Degraded => "one or more devices are faulted; reads reconstruct from redundancy. Replace the faulted devices.".to_string(),
+            PoolHealth::Degraded => "one or more devices are faulted, offline or degraded; reads reconstruct from redundancy. Replace a faulted device (`replace`), bring an offline one back (`online`), and `clear` a degraded one once its cause is fixed (or replace it).".to_string(),
             PoolHealth::Faulted => format!("more devices lost than {} tolerates ({}); affected data cannot be read.", self.layout, self.tolerance),
         };
         writeln!(f, "status: {note}")?;

@@ -37,7 +37,7 @@ impl RebuildControl {
         Self {
             rate_bytes_per_s: AtomicU64::new(options.rebuild_rate_bytes_per_s.unwrap_or(0)),
             auto_replace: AtomicBool::new(options.auto_replace),
-            background: options.background_rebuild,
+            background: options.background_rebuild && !options.read_only,
             epoch: Instant::now(),
             last_foreground_ns: AtomicU64::new(0),
         }

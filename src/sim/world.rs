@@ -141,12 +141,13 @@ impl<'a> World<'a> {
 
     fn open_options(force: bool) -> OpenOptions {
         OpenOptions {
-            // Heal single errors; a damaged device is faulted only if it keeps failing.
+            // Heal single errors; a device that keeps failing is marked degraded.
             error_threshold: crate::pool::DEFAULT_ERROR_THRESHOLD,
             background_rebuild: false,
             auto_replace: true,
             rebuild_rate_bytes_per_s: None,
             force,
+            ..OpenOptions::default()
         }
     }
 
