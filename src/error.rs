@@ -69,18 +69,6 @@ pub enum Error {
         /// The pool being opened.
         expected: String,
     },
-    /// A device given to `open` was faulted out of its pool and holds outdated data.
-    #[error("{device} is a stale member of pool {pool}: it was marked faulted at pool generation {pool_generation} (its own superblock is at generation {device_generation}) and holds outdated data")]
-    StaleMember {
-        /// The device.
-        device: String,
-        /// The pool.
-        pool: String,
-        /// The device's superblock generation.
-        device_generation: u64,
-        /// The pool's newest superblock generation.
-        pool_generation: u64,
-    },
     /// A device is too small for the layout and chunk size.
     #[error("{device} is too small: {size} bytes, need at least {needed}")]
     DeviceTooSmall {

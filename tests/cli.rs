@@ -281,7 +281,7 @@ fn lifecycle_commands_offline_online_replace_spare_add_rebuild() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(json(&devs[0])["devices"][1]["state"], "FAULTED");
+    assert_eq!(json(&devs[0])["devices"][1]["state"], "OFFLINE");
     let out = run(&["offline", p(&devs[0]), "2"], None);
     assert_eq!(
         out.status.code(),

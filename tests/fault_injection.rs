@@ -210,8 +210,8 @@ fn sector_read_errors_are_reconstructed_and_counted() {
                 "{layout}: read errors counted"
             );
             assert_eq!(
-                status.devices[0].state, "DEGRADED",
-                "{layout}: below the threshold it stays in service, marked as having errors"
+                status.devices[0].state, "ONLINE",
+                "{layout}: data errors below the rate keep it in service; its counters show them"
             );
             assert!(status.devices[0].reason.is_none(), "{layout}: not faulted");
             verify(&pool, &model);
@@ -219,8 +219,10 @@ fn sector_read_errors_are_reconstructed_and_counted() {
     );
 }
 
+/// Errors past the rate mark the device DEGRADED, never FAULTED: it keeps serving (every
+/// read it returns is verified), the state survives a reopen, and the data stays exact.
 #[test]
-fn error_threshold_faults_a_device_and_data_stays_available() {
+fn error_rate_degrades_a_device_that_keeps_serving() {
     let (layout, devices) = ("rs:4+2", 6);
     let mems = mem_devices(devices, DEVICE_BYTES);
     let mut opts = options(layout);
@@ -239,35 +241,22 @@ fn error_threshold_faults_a_device_and_data_stays_available() {
     }
     verify(&pool, &model);
     let status = pool.status();
-    assert_eq!(status.devices[3].state, "FAULTED");
+    assert_eq!(status.devices[3].state, "DEGRADED");
     assert!(status.devices[3]
         .reason
         .as_deref()
         .unwrap()
         .contains("too many errors"));
-    // Reads run in parallel, so a few checks already in flight when the threshold is reached
-    // still count; once faulted, the device is not read again.
-    let at_fault = status.devices[3].checksum_errors;
-    assert!(
-        at_fault >= 5,
-        "faulted at the threshold, not before: {at_fault}"
-    );
+    assert_eq!(status.remaining_tolerance, 2, "still counted as redundancy");
+    // Every rotten chunk was healed on the way: reading again finds nothing more.
+    let healed = status.devices[3].repaired_chunks;
+    assert_eq!(healed, status.devices[3].checksum_errors);
     verify(&pool, &model);
-    assert_eq!(
-        pool.status().devices[3].checksum_errors,
-        at_fault,
-        "a faulted device is not read"
-    );
-    // The fault is persisted: after reopen the device is refused as stale.
+    assert_eq!(pool.status().devices[3].checksum_errors, healed);
+    // Persisted: after a reopen it is still degraded, still a member, still serving.
     pool.close().unwrap();
-    let err = Pool::open(shared(&mems), &OpenOptions::default()).unwrap_err();
-    assert!(
-        matches!(err, stripestore::Error::StaleMember { .. }),
-        "{err}"
-    );
-    let mut survivors = mems.clone();
-    survivors.remove(3);
-    let pool = Pool::open(shared(&survivors), &OpenOptions::default()).unwrap();
+    let pool = Pool::open(shared(&mems), &OpenOptions::default()).unwrap();
+    assert_eq!(pool.status().devices[3].state, "DEGRADED");
     verify(&pool, &model);
 }
 

@@ -626,9 +626,12 @@ pub(crate) fn open_pool_to_look(paths: &[PathBuf]) -> Result<Pool, stripestore::
 
 /// Refuse a request that reaches past the volume, naming the user's offset and length.
 fn check_request(offset: u64, length: u64, volume_bytes: u64) -> CliResult {
-    if offset.checked_add(length).is_none_or(|end| end > volume_bytes) {
+    if offset
+        .checked_add(length)
+        .is_none_or(|end| end > volume_bytes)
+    {
         return Err(format!(
-            "offset {offset} + length {length} runs past the end of the volume ({volume_bytes} bytes); nothing was done"
+            "request out of range: offset {offset} + length {length} runs past the end of the volume ({volume_bytes} bytes); nothing was done"
         )
         .into());
     }
@@ -637,12 +640,17 @@ fn check_request(offset: u64, length: u64, volume_bytes: u64) -> CliResult {
 
 /// The input of `write` (a file, else standard input) and its length in bytes. Standard input
 /// that is not a regular file (a pipe, a terminal) is first copied to a temporary file.
-fn input_with_length(input: Option<&Path>) -> Result<(Box<dyn Read>, u64), Box<dyn std::error::Error>> {
+fn input_with_length(
+    input: Option<&Path>,
+) -> Result<(Box<dyn Read>, u64), Box<dyn std::error::Error>> {
     use std::os::fd::AsFd;
     let name = |path: &Path| path.display().to_string();
     if let Some(path) = input {
         let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", name(path)))?;
-        let length = file.metadata().map_err(|e| format!("{}: {e}", name(path)))?.len();
+        let length = file
+            .metadata()
+            .map_err(|e| format!("{}: {e}", name(path)))?
+            .len();
         return Ok((Box::new(file), length));
     }
     let stdin = std::io::stdin();

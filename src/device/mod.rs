@@ -14,8 +14,8 @@ pub use faulty::{FaultConfig, FaultKind, FaultPlan, FaultyDevice, InjectedFault,
 pub use file::{Access, FileDevice};
 pub use memory::MemDevice;
 pub use uring::{
-    open_device, open_device_for, open_device_with, run_batch, AlignedBuf, Backend, BatchOp, IoBuf, UringDevice,
-    DIRECT_ALIGN,
+    open_device, open_device_for, open_device_with, run_batch, AlignedBuf, Backend, BatchOp, IoBuf,
+    UringDevice, DIRECT_ALIGN,
 };
 
 use std::fmt;

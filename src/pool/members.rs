@@ -20,8 +20,8 @@
 use crate::device::{DeviceError, SharedDevice};
 use crate::error::{Error, Result};
 use crate::format::{Member, MemberState, PoolUuid, Role, Superblock};
-use crate::types::DeviceIndex;
 use crate::geometry::Layout;
+use crate::types::DeviceIndex;
 use parking_lot::{Mutex, RwLock};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -502,7 +502,9 @@ impl Members {
                 drop(decision);
                 self.degrade(
                     index,
-                    &format!("write errors ({detail}); kept in service because the pool cannot lose it"),
+                    &format!(
+                        "write errors ({detail}); kept in service because the pool cannot lose it"
+                    ),
                 );
             }
         } else if let Some(within) = self.errors_within_window(member) {

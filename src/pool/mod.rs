@@ -345,7 +345,8 @@ impl Pool {
     /// Open a pool from the given member devices only (missing members are faulted).
     ///
     /// # Errors
-    /// [`Error::NotAMember`], [`Error::MixedPools`], [`Error::StaleMember`] for bad device sets;
+    /// [`Error::NotAMember`], [`Error::MixedPools`] for bad device sets (a faulted or
+    /// stale member is left out with a warning, not refused);
     /// [`Error::CorruptMetadata`] if no device has a usable stripe map.
     pub fn open(devices: Vec<SharedDevice>, options: &OpenOptions) -> Result<Self> {
         Ok(Self::wrap(open::open(devices, false, options)?))

@@ -147,9 +147,15 @@ impl PoolInner {
         if self.members.read_only() {
             return;
         }
-        for member in &self.members.data {
-            let wanted = !member.is_online() || member.degraded_reason().is_some();
-            if !wanted || member.replacement().is_some() {
+        // Faulted positions first (they have lost their redundancy), then degraded ones.
+        let faulted = self.members.data.iter().filter(|m| !m.is_online());
+        let degraded = self
+            .members
+            .data
+            .iter()
+            .filter(|m| m.is_online() && m.degraded_reason().is_some());
+        for member in faulted.chain(degraded) {
+            if member.replacement().is_some() {
                 continue;
             }
             let Some((identity, device)) = self.members.take_spare() else {

@@ -148,14 +148,12 @@ impl ScrubReport {
         }
     }
 
-    /// Whether anything was wrong at all, including chunks that could not be verified because
-    /// their device was out of service (the scrub did not prove them).
+    /// Whether anything was wrong at all. (Chunks on members out of service are not damage
+    /// the scrub found: they are counted in `bytes_skipped` and the report says they were not
+    /// verified; the pool's state already shows those members.)
     #[must_use]
     pub fn found_damage(&self) -> bool {
-        self.bad_shards > 0
-            || self.inconsistent_stripes > 0
-            || self.unrepairable_stripes > 0
-            || self.totals.bytes_skipped > 0
+        self.bad_shards > 0 || self.inconsistent_stripes > 0 || self.unrepairable_stripes > 0
     }
 
     /// Whether some data could not be reconstructed.

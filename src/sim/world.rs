@@ -505,15 +505,13 @@ impl<'a> World<'a> {
                     self.stats.forced_opens += 1;
                     force = true;
                 }
-                Err(Error::StaleMember { device, .. } | Error::NotAMember { device, .. }) => {
-                    match self.disk(&device) {
-                        Some(d) if self.disks[d].damaged => {
-                            self.stats.refused_at_open += 1;
-                            candidates.retain(|c| *c != d);
-                        }
-                        _ => return Err(format!("open refused healthy device {device}")),
+                Err(Error::NotAMember { device, .. }) => match self.disk(&device) {
+                    Some(d) if self.disks[d].damaged => {
+                        self.stats.refused_at_open += 1;
+                        candidates.retain(|c| *c != d);
                     }
-                }
+                    _ => return Err(format!("open refused healthy device {device}")),
+                },
                 Err(err) => return Err(format!("open failed: {err}")),
             }
         }
