@@ -205,6 +205,23 @@ enum Command {
         /// The member: last known path, index or UUID.
         device: String,
     },
+    /// Forget members' errors (`zpool clear`): a DEGRADED member is ONLINE again at once; a
+    /// member FAULTED by errors or a transient failure is resynced from redundancy (only live
+    /// data is copied) before it serves again. OFFLINE members stay offline (use `online`).
+    Clear {
+        /// One or more member paths.
+        #[arg(required = true)]
+        pool: Vec<PathBuf>,
+        /// Only this member (last known path, index or UUID); default: every member.
+        #[arg(long)]
+        device: Option<String>,
+        /// Where that faulted member's device is now (default: its last known path).
+        #[arg(long, requires = "device")]
+        path: Option<PathBuf>,
+        /// Rebuild rate limit for the resync, e.g. 200MiB (per second).
+        #[arg(long, value_parser = parse_size)]
+        rebuild_rate: Option<u64>,
+    },
     /// Bring an offline or faulted member back (it is rebuilt, then swapped in).
     Online {
         /// One or more member paths.
@@ -526,6 +543,20 @@ fn execute(command: Command) -> CliResult {
             pool.close()?;
             Ok(())
         }
+        Command::Clear {
+            pool,
+            device,
+            path,
+            rebuild_rate,
+        } => {
+            let pool = open_pool(&pool)?;
+            pool.set_rebuild_rate(rebuild_rate);
+            clear_members(&pool, device.as_deref(), path)?;
+            run_rebuilds_with_progress(&pool)?;
+            print!("{}", pool.status());
+            pool.close()?;
+            Ok(())
+        }
         Command::Offline { pool, device } => {
             let pool = open_pool(&pool)?;
             pool.offline(&device)?;
@@ -609,6 +640,39 @@ fn execute(command: Command) -> CliResult {
         Command::Simulate(args) => simulate::run(&args),
         Command::Serve(args) => serve::run(args),
     }
+}
+
+/// `clear`: degraded members back to online; faulted ones resynced from their device (found at
+/// `path`, else their last known path), each said on stderr.
+fn clear_members(pool: &Pool, device: Option<&str>, path: Option<PathBuf>) -> CliResult {
+    use stripestore::pool::ClearedState;
+    for cleared in pool.clear(device)? {
+        match cleared.state {
+            ClearedState::Online => eprintln!("{}: errors cleared; ONLINE", cleared.path),
+            ClearedState::StillOffline => eprintln!(
+                "{}: offline by administrator; left offline (bring it back with `online`)",
+                cleared.path
+            ),
+            ClearedState::NeedsDevice { reason } => {
+                let at = path.clone().unwrap_or_else(|| PathBuf::from(&cleared.path));
+                match FileDevice::open(&at) {
+                    Ok(handle) => {
+                        pool.clear_with(&cleared.index.to_string(), Arc::new(handle))?;
+                        eprintln!(
+                            "{}: was faulted ({reason}); resyncing it from redundancy",
+                            at.display()
+                        );
+                    }
+                    Err(err) if device.is_some() => return Err(err.into()),
+                    Err(err) => eprintln!(
+                        "{}: faulted ({reason}) and its device cannot be opened ({err}); give it with --device {} --path PATH, or replace it",
+                        cleared.path, cleared.index
+                    ),
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Open a pool to look at it (status, check, metrics, read, check-only scrub): read-only, so
