@@ -85,11 +85,18 @@ pub fn judge(
     now_unix_secs: u64,
     scrub_max_age_days: Option<u64>,
 ) -> (Level, String) {
+    // In service: ONLINE, or DEGRADED (too many errors, still serving).
     let online = status
         .devices
         .iter()
-        .filter(|d| d.replacing.is_none() && d.state != "FAULTED")
+        .filter(|d| d.replacing.is_none() && (d.state == "ONLINE" || d.state == "DEGRADED"))
         .count();
+    let degraded: Vec<&str> = status
+        .devices
+        .iter()
+        .filter(|d| d.replacing.is_none() && d.state == "DEGRADED")
+        .map(|d| d.path.as_str())
+        .collect();
     let members = status
         .devices
         .iter()
@@ -122,7 +129,7 @@ pub fn judge(
             Level::Critical,
             "redundancy exhausted: one more device failure loses data".to_string(),
         )),
-        PoolHealth::Degraded => reasons.push((
+        PoolHealth::Degraded if members > online => reasons.push((
             Level::Warning,
             format!(
                 "{} device(s) out of service, survives {} more",
@@ -130,7 +137,16 @@ pub fn judge(
                 status.remaining_tolerance
             ),
         )),
-        PoolHealth::Online => {}
+        PoolHealth::Degraded | PoolHealth::Online => {}
+    }
+    if !degraded.is_empty() {
+        reasons.push((
+            Level::Warning,
+            format!(
+                "{} DEGRADED (too many errors; still serving; `clear` or replace)",
+                degraded.join(", ")
+            ),
+        ));
     }
     if last_unrepairable > 0 {
         reasons.push((

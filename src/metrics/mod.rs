@@ -337,7 +337,13 @@ pub fn render(
         "stripestore_device_online",
         "gauge",
         "1 if the device is in service.",
-        &column(&|d| u64::from(d.state != "FAULTED")),
+        &column(&|d| u64::from(d.state == "ONLINE" || d.state == "DEGRADED")),
+    );
+    e.per_device(
+        "stripestore_device_degraded",
+        "gauge",
+        "1 if the device is in service but marked DEGRADED (too many errors within the window).",
+        &column(&|d| u64::from(d.state == "DEGRADED")),
     );
     e.family(
         "stripestore_device_errors_total",
