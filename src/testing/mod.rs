@@ -179,6 +179,24 @@ impl Drop for SeedGuard {
     }
 }
 
+/// Run `work` with the pool's device-parallel paths (commits, superblock writes, multi-stripe
+/// writes, rebuild batches) issued one request after another in a fixed order on one worker
+/// thread, as the simulation does. For tests that cut power at an exact device operation
+/// ([`crate::device::PowerCut`]): without it, which device's request is the k-th depends on
+/// thread scheduling, and a failing window could not be replayed.
+///
+/// A panic in `work` is passed on. If the worker thread cannot be started, `work` runs on the
+/// calling thread with only the device-parallel paths in order (a warning is logged).
+pub fn deterministic<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+    match rayon::ThreadPoolBuilder::new().num_threads(1).build() {
+        Ok(threads) => threads.install(|| crate::pool::run_sequentially(work)),
+        Err(err) => {
+            tracing::warn!(%err, "no worker thread for a deterministic run; multi-stripe writes may interleave");
+            crate::pool::run_sequentially(work)
+        }
+    }
+}
+
 /// A seeded generator.
 #[must_use]
 pub fn rng(seed: u64) -> ChaCha8Rng {

@@ -125,3 +125,199 @@ impl Device for CountingDevice {
         self.inner.name()
     }
 }
+
+/// How a device's volatile cache fares when power is lost (see [`Volatile::lose_power`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheLoss {
+    /// Every write since the device's last flush is lost.
+    DropAll,
+    /// Every write since the last flush had reached the medium.
+    KeepAll,
+    /// [`MemDevice::crash`] with this seed: each 4 KiB sector of each unflushed write survives
+    /// with probability 1/2.
+    Seeded(u64),
+}
+
+impl std::fmt::Display for CacheLoss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CacheLoss::DropAll => write!(f, "unflushed writes dropped"),
+            CacheLoss::KeepAll => write!(f, "unflushed writes kept"),
+            CacheLoss::Seeded(seed) => write!(f, "unflushed writes kept at random (seed {seed})"),
+        }
+    }
+}
+
+/// A [`MemDevice`] that remembers what each unflushed write overwrote, so a power loss can
+/// drop *all* unflushed writes (not only the random half [`MemDevice::crash`] drops).
+#[derive(Debug)]
+pub struct Volatile {
+    pub mem: Arc<MemDevice>,
+    undo: std::sync::Mutex<Vec<(u64, Vec<u8>)>>,
+}
+
+impl Volatile {
+    pub fn new(mem: Arc<MemDevice>) -> Self {
+        Self {
+            mem,
+            undo: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Power is lost: the unflushed writes fare as `loss` says; afterwards the live image is
+    /// the durable one.
+    pub fn lose_power(&self, loss: CacheLoss) {
+        let mut undo = self.undo.lock().unwrap();
+        match loss {
+            CacheLoss::DropAll => {
+                self.mem.crash(0);
+                for (offset, old) in undo.drain(..).rev() {
+                    self.mem.poke(offset, &old);
+                }
+            }
+            CacheLoss::KeepAll => {
+                self.mem.flush().unwrap();
+                undo.clear();
+            }
+            CacheLoss::Seeded(seed) => {
+                self.mem.crash(seed);
+                undo.clear();
+            }
+        }
+    }
+}
+
+impl Device for Volatile {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
+        self.mem.read_at(offset, buf)
+    }
+    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), DeviceError> {
+        let mut undo = self.undo.lock().unwrap();
+        if offset
+            .checked_add(buf.len() as u64)
+            .is_some_and(|end| end <= self.mem.size())
+        {
+            undo.push((offset, self.mem.peek(offset, buf.len())));
+        }
+        self.mem.write_at(offset, buf)
+    }
+    fn flush(&self) -> Result<(), DeviceError> {
+        let mut undo = self.undo.lock().unwrap();
+        self.mem.flush()?;
+        undo.clear();
+        Ok(())
+    }
+    fn size(&self) -> u64 {
+        self.mem.size()
+    }
+    fn name(&self) -> String {
+        self.mem.name()
+    }
+}
+
+/// A copy-on-write view of a device image: reads see the image plus this view's own writes,
+/// which never reach the image. Cheap to make many of (one per member subset checked).
+#[derive(Debug)]
+pub struct Snapshot {
+    name: String,
+    base: Arc<Vec<u8>>,
+    pages: std::sync::Mutex<std::collections::HashMap<u64, Vec<u8>>>,
+}
+
+const SNAPSHOT_PAGE: u64 = 4096;
+
+impl Snapshot {
+    pub fn new(name: String, base: Arc<Vec<u8>>) -> Self {
+        Self {
+            name,
+            base,
+            pages: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    fn check(&self, offset: u64, len: usize) -> Result<(), DeviceError> {
+        match offset.checked_add(len as u64) {
+            Some(end) if end <= self.base.len() as u64 => Ok(()),
+            _ => Err(DeviceError::Io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("{}: range {offset}+{len} beyond the device", self.name),
+            ))),
+        }
+    }
+
+    /// Each page-aligned piece of `offset..offset+len`: (page, offset in page, offset in the
+    /// request, length).
+    fn pieces(offset: u64, len: usize) -> Vec<(u64, usize, usize, usize)> {
+        let mut out = Vec::new();
+        let mut done = 0usize;
+        while done < len {
+            let at = offset + done as u64;
+            let page = at / SNAPSHOT_PAGE;
+            let within = (at % SNAPSHOT_PAGE) as usize;
+            let take = (SNAPSHOT_PAGE as usize - within).min(len - done);
+            out.push((page, within, done, take));
+            done += take;
+        }
+        out
+    }
+}
+
+impl Device for Snapshot {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
+        self.check(offset, buf.len())?;
+        let pages = self.pages.lock().unwrap();
+        for (page, within, at, take) in Self::pieces(offset, buf.len()) {
+            let dst = &mut buf[at..at + take];
+            match pages.get(&page) {
+                Some(bytes) => dst.copy_from_slice(&bytes[within..within + take]),
+                None => {
+                    let start = (page * SNAPSHOT_PAGE) as usize + within;
+                    dst.copy_from_slice(&self.base[start..start + take]);
+                }
+            }
+        }
+        Ok(())
+    }
+    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), DeviceError> {
+        self.check(offset, buf.len())?;
+        let mut pages = self.pages.lock().unwrap();
+        for (page, within, at, take) in Self::pieces(offset, buf.len()) {
+            let bytes = pages.entry(page).or_insert_with(|| {
+                let start = (page * SNAPSHOT_PAGE) as usize;
+                let end = (start + SNAPSHOT_PAGE as usize).min(self.base.len());
+                let mut bytes = self.base[start..end].to_vec();
+                bytes.resize(SNAPSHOT_PAGE as usize, 0);
+                bytes
+            });
+            bytes[within..within + take].copy_from_slice(&buf[at..at + take]);
+        }
+        Ok(())
+    }
+    fn flush(&self) -> Result<(), DeviceError> {
+        Ok(())
+    }
+    fn size(&self) -> u64 {
+        self.base.len() as u64
+    }
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+}
+
+/// Every subset of `items` with exactly `size` elements, in lexicographic order.
+pub fn subsets<T: Clone>(items: &[T], size: usize) -> Vec<Vec<T>> {
+    if size == 0 {
+        return vec![Vec::new()];
+    }
+    if items.len() < size {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for (i, first) in items.iter().enumerate() {
+        for mut rest in subsets(&items[i + 1..], size - 1) {
+            rest.insert(0, first.clone());
+            out.push(rest);
+        }
+    }
+    out
+}
