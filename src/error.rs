@@ -147,7 +147,7 @@ pub enum Error {
     },
     /// Members are missing, and the ones present might all be outdated: a missing member may
     /// have been written after them. Opening anyway could roll back flushed writes.
-    #[error("only {present} of {total} data members are present and they cannot prove they hold the newest data: a missing member ({}) may have been written after them; find the missing devices, or open with force to accept the risk", .missing.join(", "))]
+    #[error("only {present} of {total} data members are present and they cannot prove they hold the newest data: a missing member ({}) may have been written after them; find the missing devices, or open with --force-degraded (CLI) or OpenOptions::force (library) to accept the risk", .missing.join(", "))]
     CannotProveCurrent {
         /// Data members present.
         present: usize,

@@ -558,7 +558,7 @@ fn execute(command: Command) -> CliResult {
                 }
             };
             let handle = FileDevice::open(&path)?;
-            pool.online(&device, Arc::new(handle))?;
+            pool.online(&device, Arc::new(handle), false)?;
             run_rebuilds_with_progress(&pool)?;
             print!("{}", pool.status());
             pool.close()?;

@@ -12,7 +12,7 @@ mod signature;
 mod uring;
 
 pub use faulty::{FaultConfig, FaultKind, FaultPlan, FaultyDevice, InjectedFault, PowerCut};
-pub use file::FileDevice;
+pub use file::{canonical_path, refuse_duplicate_paths, CreatedFiles, FileDevice};
 pub use memory::MemDevice;
 pub use signature::{probe as probe_signature, refuse_signature, Signature};
 pub use uring::{
