@@ -89,13 +89,16 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// What one format's probe found.
+type Probed = Result<Option<Signature>, DeviceError>;
+
 /// The first known signature on `device`, if any. Reads, never writes.
 ///
 /// # Errors
 /// A read of the device failed.
 pub fn probe(device: &dyn Device) -> Result<Option<Signature>, DeviceError> {
     let reader = Reader::new(device)?;
-    let probes: [fn(&Reader<'_>) -> Result<Option<Signature>, DeviceError>; 14] = [
+    let probes: [fn(&Reader<'_>) -> Probed; 14] = [
         stripestore,
         luks,
         xfs,
@@ -139,8 +142,6 @@ pub fn refuse_signature(device: &dyn Device) -> Result<()> {
         }),
     }
 }
-
-type Probed = Result<Option<Signature>, DeviceError>;
 
 fn found_if(condition: bool, what: &str, offset: u64) -> Probed {
     Ok(condition.then(|| Signature::new(what, offset)))

@@ -270,6 +270,8 @@ impl Pool {
     ///
     /// # Errors
     /// [`Error::DeviceInUse`] if a device holds a stripestore superblock and `force` is not set;
+    /// [`Error::ForeignSignature`] if one holds a filesystem, partition table or another known
+    /// signature and `force` is not set (nothing is written to any device then);
     /// [`Error::InvalidConfig`]/[`Error::DeviceTooSmall`] for an impossible geometry;
     /// [`Error::Io`] if the initial metadata cannot be written.
     pub fn create(
