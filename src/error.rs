@@ -49,6 +49,26 @@ pub enum Error {
         /// The pool UUID found there.
         pool: String,
     },
+    /// A device about to be labelled carries a known signature (a filesystem, swap, an
+    /// encrypted volume, a volume manager's label, a partition table) and force was not given.
+    #[error("{device} holds {found} (magic at byte {offset}); use --force to overwrite")]
+    ForeignSignature {
+        /// The device.
+        device: String,
+        /// What was found: `an ext4 filesystem`.
+        found: String,
+        /// Byte offset of the magic that identified it.
+        offset: u64,
+    },
+    /// A device given as a new member, spare or returning member already serves this pool in
+    /// another role; force cannot override this (it would destroy the pool's own data).
+    #[error("{device} is already {role} of this pool")]
+    AlreadyMember {
+        /// The device.
+        device: String,
+        /// What it is in this pool: `a member (data position 1)`, `a spare`.
+        role: String,
+    },
     /// No valid superblock copy on a device given to `open`.
     #[error("{device} is not a stripestore device: {reason}")]
     NotAMember {
@@ -115,7 +135,7 @@ pub enum Error {
     },
     /// Members are missing, and the ones present might all be outdated: a missing member may
     /// have been written after them. Opening anyway could roll back flushed writes.
-    #[error("only {present} of {total} data members are present and they cannot prove they hold the newest data: a missing member ({}) may have been written after them; find the missing devices, or open with force to accept the risk", .missing.join(", "))]
+    #[error("only {present} of {total} data members are present and they cannot prove they hold the newest data: a missing member ({}) may have been written after them; find the missing devices, or open with --force-degraded (CLI) or OpenOptions::force (library) to accept the risk", .missing.join(", "))]
     CannotProveCurrent {
         /// Data members present.
         present: usize,

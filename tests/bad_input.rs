@@ -301,7 +301,9 @@ fn a_stale_member_alone_cannot_roll_back_flushed_data() {
     let err = Pool::open(vec![b.clone()], &OpenOptions::default()).unwrap_err();
     assert!(matches!(err, Error::CannotProveCurrent { .. }), "{err}");
     assert!(
-        err.to_string().contains("mem0") && err.to_string().contains("force"),
+        err.to_string().contains("mem0")
+            && err.to_string().contains("--force-degraded")
+            && err.to_string().contains("OpenOptions::force"),
         "{err}"
     );
     // With A present, B is recognised as stale and A's data is served.
@@ -363,4 +365,207 @@ fn a_pool_in_use_is_refused_to_a_second_opener_and_keeps_working() {
     first.close().unwrap();
     let again = Pool::open_paths(&paths[..1], &options).unwrap();
     verify(&again, &model);
+}
+
+/// A pool on memory devices that attaches no spare and rebuilds nothing on its own.
+fn manual_pool(
+    layout: &str,
+    devices: usize,
+) -> (Pool, Vec<std::sync::Arc<stripestore::device::MemDevice>>) {
+    let mems = stripestore::testing::mem_devices(devices, DEVICE_BYTES);
+    let mut opts = options(layout);
+    opts.open.background_rebuild = false;
+    opts.open.auto_replace = false;
+    let pool = Pool::create(stripestore::testing::shared(&mems), vec![], &opts).unwrap();
+    (pool, mems)
+}
+
+/// A memory device carrying a hand-built ext4 superblock magic (and nothing else).
+fn ext4_lookalike(name: &str) -> std::sync::Arc<stripestore::device::MemDevice> {
+    let device = stripestore::device::MemDevice::new(name, DEVICE_BYTES);
+    device.write_at(1080, &0xEF53u16.to_le_bytes()).unwrap();
+    device
+        .write_at(1024 + 0x60, &0x40u32.to_le_bytes())
+        .unwrap();
+    std::sync::Arc::new(device)
+}
+
+/// `online` takes back the member itself or an unlabelled device; another pool's member, a
+/// spare or an active member of this pool, or a device with a filesystem are refused, and not
+/// one byte of them changes. Force overrides a foreign pool or signature, never this pool's own
+/// devices.
+#[test]
+fn online_accepts_only_the_returning_member_or_an_unlabelled_device() {
+    use stripestore::device::SharedDevice;
+    let (pool, mems) = manual_pool("rs:2+1", 3);
+    let mut model = Model::new(pool.size());
+    let mut rng = rng(61);
+    random_writes(&pool, &mut model, &mut rng, 20);
+    let spare = std::sync::Arc::new(stripestore::device::MemDevice::new("spare", DEVICE_BYTES));
+    pool.add_spare(spare.clone(), false).unwrap();
+    // Another pool, with data of its own.
+    let (other, other_mems) = mem_pool("mirror:2", 2);
+    let mut other_model = Model::new(other.size());
+    random_writes(&other, &mut other_model, &mut rng, 10);
+    other.close().unwrap();
+    pool.offline("mem1").unwrap();
+    pool.flush().unwrap();
+
+    let ext4 = ext4_lookalike("e0");
+    let refused: Vec<(SharedDevice, bool, &str)> = vec![
+        (
+            other_mems[0].clone(),
+            false,
+            "already holds a superblock of pool",
+        ),
+        (spare.clone(), true, "spare is already a spare of this pool"),
+        (
+            mems[0].clone(),
+            true,
+            "mem0 is already a member (data position 0) of this pool",
+        ),
+        (
+            mems[2].clone(),
+            true,
+            "mem2 is already a member (data position 2) of this pool",
+        ),
+        (
+            ext4.clone(),
+            false,
+            "e0 holds an ext4 filesystem (magic at byte 1080); use --force",
+        ),
+    ];
+    for (device, force, expect) in refused {
+        let name = device.name();
+        let before = snapshot_mem(&device);
+        let err = pool.online("mem1", device.clone(), force).unwrap_err();
+        assert!(err.to_string().contains(expect), "{name}: {err}");
+        assert_eq!(snapshot_mem(&device), before, "{name} was not touched");
+        assert!(pool.rebuild_progress().is_empty(), "nothing is rebuilding");
+    }
+    // The other pool still opens, with its data.
+    let reopened = Pool::open(
+        stripestore::testing::shared(&other_mems),
+        &OpenOptions::default(),
+    )
+    .unwrap();
+    verify(&reopened, &other_model);
+    assert_eq!(
+        reopened.status().health,
+        stripestore::pool::PoolHealth::Online
+    );
+    reopened.close().unwrap();
+    // The member itself comes back: accepted without force, rebuilt.
+    pool.online("mem1", mems[1].clone(), false).unwrap();
+    pool.run_rebuilds(|_| {}).unwrap();
+    assert_eq!(pool.status().health, stripestore::pool::PoolHealth::Online);
+    verify(&pool, &model);
+    // Force takes a device with a filesystem.
+    pool.offline("mem1").unwrap();
+    pool.online("mem1", ext4.clone(), true).unwrap();
+    pool.run_rebuilds(|_| {}).unwrap();
+    assert_eq!(pool.status().health, stripestore::pool::PoolHealth::Online);
+    random_writes(&pool, &mut model, &mut rng, 5);
+    verify(&pool, &model);
+}
+
+fn snapshot_mem(device: &stripestore::device::SharedDevice) -> Vec<u8> {
+    let mut bytes = vec![0u8; device.size() as usize];
+    device.read_at(0, &mut bytes).unwrap();
+    bytes
+}
+
+/// `replace` and `spare add` refuse this pool's own members and spares even with force, and a
+/// device with a foreign signature unless forced.
+#[test]
+fn replace_and_spare_add_refuse_own_devices_always_and_signatures_unless_forced() {
+    let (pool, mems) = manual_pool("rs:2+1", 3);
+    let spare = std::sync::Arc::new(stripestore::device::MemDevice::new("spare", DEVICE_BYTES));
+    pool.add_spare(spare.clone(), false).unwrap();
+    for force in [false, true] {
+        let err = pool.add_spare(mems[1].clone(), force).unwrap_err();
+        assert!(matches!(err, Error::AlreadyMember { .. }), "{err}");
+        assert!(
+            err.to_string().contains("mem1 is already a member"),
+            "{err}"
+        );
+        let err = pool.add_spare(spare.clone(), force).unwrap_err();
+        assert!(
+            err.to_string().contains("spare is already a spare"),
+            "{err}"
+        );
+        let err = pool.replace("mem0", mems[2].clone(), force).unwrap_err();
+        assert!(matches!(err, Error::AlreadyMember { .. }), "{err}");
+    }
+    let ext4 = ext4_lookalike("e1");
+    let before = ext4.image();
+    let err = pool.add_spare(ext4.clone(), false).unwrap_err();
+    assert!(matches!(err, Error::ForeignSignature { .. }), "{err}");
+    let err = pool.replace("mem0", ext4.clone(), false).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("e1 holds an ext4 filesystem (magic at byte 1080)"),
+        "{err}"
+    );
+    assert_eq!(ext4.image(), before);
+    assert_eq!(pool.status().spares.len(), 1);
+    pool.add_spare(ext4, true).unwrap();
+    assert_eq!(pool.status().spares.len(), 2);
+}
+
+/// `create` refuses a device with a foreign signature and writes nothing to any device.
+#[test]
+fn create_refuses_a_foreign_signature_without_force() {
+    let ext4 = ext4_lookalike("e0");
+    let blank = std::sync::Arc::new(stripestore::device::MemDevice::new("b0", DEVICE_BYTES));
+    let before = ext4.image();
+    let devices: Vec<stripestore::device::SharedDevice> = vec![blank.clone(), ext4.clone()];
+    let err = Pool::create(devices.clone(), vec![], &options("mirror:2")).unwrap_err();
+    assert!(matches!(err, Error::ForeignSignature { .. }), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "e0 holds an ext4 filesystem (magic at byte 1080); use --force to overwrite"
+    );
+    assert_eq!(ext4.image(), before);
+    assert!(blank.image().iter().all(|b| *b == 0));
+    let mut forced = options("mirror:2");
+    forced.force = true;
+    Pool::create(devices, vec![], &forced)
+        .unwrap()
+        .close()
+        .unwrap();
+}
+
+/// A failed `create` removes the files it created and cuts back the one it grew; it never
+/// removes a file that was there before. Paths given twice are refused before anything is
+/// opened or created.
+#[test]
+fn a_failed_create_leaves_no_file_behind_and_duplicates_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let new = paths(dir.path(), "n", 2);
+    let old = dir.path().join("old.img");
+    let content: Vec<u8> = (0..100_000u32).map(|i| (i % 249) as u8).collect();
+    std::fs::write(&old, &content).unwrap();
+    let given = vec![new[0].clone(), new[1].clone(), old.clone()];
+    // rs:4+2 needs six devices: refused after the files were opened (and created).
+    let err = Pool::create_paths(&given, &[], &file_options("rs:4+2")).unwrap_err();
+    assert!(matches!(err, Error::InvalidConfig(_)), "{err}");
+    assert!(
+        !new[0].exists() && !new[1].exists(),
+        "created files removed"
+    );
+    assert_eq!(std::fs::read(&old).unwrap(), content, "old file as it was");
+
+    let twice = vec![new[0].clone(), dir.path().join(".").join("n0.img")];
+    let err = Pool::create_paths(&twice, &[], &file_options("mirror:2")).unwrap_err();
+    assert!(err.to_string().contains("n0.img is given twice"), "{err}");
+    assert!(!new[0].exists(), "nothing created");
+    let err = Pool::create_paths(&new, &[new[1].clone()], &file_options("rs:2+1")).unwrap_err();
+    assert!(err.to_string().contains("n1.img is given twice"), "{err}");
+
+    let a = paths(dir.path(), "a", 3);
+    file_pool(&a, "rs:2+1", 8);
+    let err = Pool::open_paths(&[a[0].clone(), a[0].clone()], &OpenOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("a0.img is given twice"), "{err}");
+    assert!(!err.to_string().contains("in use"), "{err}");
 }

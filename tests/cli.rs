@@ -166,7 +166,7 @@ fn bad_input_fails_with_clear_messages_and_exit_codes() {
         ],
         None,
     );
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2), "a bad layout is a usage error");
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid layout \"raid5:3\""));
 
     let out = run(
@@ -405,4 +405,254 @@ fn bench_refuses_to_overwrite_given_devices_without_force() {
         "{stderr}"
     );
     assert_eq!(std::fs::read(&precious).unwrap(), content);
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn create_args<'a>(layout: &'a str, extra: &[&'a str], paths: &'a [PathBuf]) -> Vec<&'a str> {
+    let mut args = vec!["create", "--layout", layout, "--device-size", "8M"];
+    args.extend(extra);
+    args.extend(paths.iter().map(|d| p(d)));
+    args
+}
+
+/// Bad --layout, --chunk-size and --checksum-size are usage errors (exit 2, as the README
+/// says), caught before any file is created; a create that fails later removes its files.
+#[test]
+fn bad_layout_and_sizes_exit_2_and_a_failed_create_leaves_no_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let devs = devices(dir.path(), 3);
+    for extra in [
+        &["--chunk-size", "1000"][..],
+        &["--chunk-size", "6K"],
+        &["--chunk-size", "32M"],
+        &["--checksum-size", "5K"],
+        &["--checksum-size", "32K"],
+        &["--chunk-size", "12K", "--checksum-size", "8K"],
+    ] {
+        let out = run(&create_args("rs:2+1", extra, &devs), None);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("size"), "{extra:?}: {}", stderr(&out));
+    }
+    let out = run(&create_args("rs:4", &[], &devs), None);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(devs.iter().all(|d| !d.exists()), "no file created");
+    // rs:4+2 on three devices: refused after the files were created; they are removed again.
+    let out = run(&create_args("rs:4+2", &[], &devs), None);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("needs at least 6 devices"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(devs.iter().all(|d| !d.exists()), "created files removed");
+}
+
+/// An error's cause is printed once, not as the error and again as "caused by".
+#[test]
+fn an_error_prints_its_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.img");
+    let out = run(&["status", p(&missing)], None);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("missing.img") && err.contains("No such file"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("caused by"),
+        "the cause is already in the message: {err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+/// Paths given twice and devices the pool already uses get a clear error, not "in use"; a
+/// refused replace leaves no file behind and restores a file it grew.
+#[test]
+fn duplicate_paths_and_the_pools_own_devices_get_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let devs = devices(dir.path(), 3);
+    let twice = [devs[0].clone(), devs[1].clone(), devs[1].clone()];
+    let out = run(&create_args("rs:2+1", &[], &twice), None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("d1.img is given twice"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!devs[0].exists() && !devs[1].exists(), "nothing created");
+
+    assert!(run(&create_args("rs:2+1", &[], &devs), None)
+        .status
+        .success());
+    let out = run(&["status", p(&devs[0]), p(&devs[0])], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("d0.img is given twice"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("in use"), "{}", stderr(&out));
+
+    let out = run(
+        &["spare", "add", p(&devs[0]), "--device", p(&devs[1])],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("d1.img is already a member (data position 1) of this pool"),
+        "{err}"
+    );
+    assert!(!err.contains("in use"), "{err}");
+    let spare = dir.path().join("s0.img");
+    assert!(
+        run(&["spare", "add", p(&devs[0]), "--device", p(&spare)], None)
+            .status
+            .success()
+    );
+    let out = run(
+        &[
+            "spare",
+            "add",
+            p(&devs[0]),
+            "--device",
+            p(&spare),
+            "--force",
+        ],
+        None,
+    );
+    assert!(
+        stderr(&out).contains("s0.img is already a spare of this pool"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(
+        &[
+            "replace",
+            p(&devs[0]),
+            "--old",
+            "0",
+            "--new",
+            p(&devs[2]),
+            "--force",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("d2.img is already a member (data position 2)"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A replace refused after its new file was created removes it; one it grew is cut back.
+    let new = dir.path().join("new.img");
+    let out = run(
+        &["replace", p(&devs[0]), "--old", "nosuch", "--new", p(&new)],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!new.exists(), "the file replace created is removed");
+    let small = dir.path().join("small.img");
+    std::fs::write(&small, b"precious").unwrap();
+    let out = run(
+        &[
+            "replace",
+            p(&devs[0]),
+            "--old",
+            "nosuch",
+            "--new",
+            p(&small),
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(std::fs::read(&small).unwrap(), b"precious");
+}
+
+/// `online --path` takes the member itself back, and refuses another pool's member (which
+/// keeps working), a spare or an active member of this pool, and a device with a filesystem,
+/// without changing a byte of them.
+#[test]
+fn online_refuses_other_pools_spares_active_members_and_filesystems() {
+    let dir = tempfile::tempdir().unwrap();
+    let devs = devices(dir.path(), 3);
+    assert!(run(&create_args("rs:2+1", &[], &devs), None)
+        .status
+        .success());
+    let spare = dir.path().join("s0.img");
+    assert!(
+        run(&["spare", "add", p(&devs[0]), "--device", p(&spare)], None)
+            .status
+            .success()
+    );
+    let other = [dir.path().join("o0.img"), dir.path().join("o1.img")];
+    assert!(run(&create_args("mirror:2", &[], &other), None)
+        .status
+        .success());
+    let payload: Vec<u8> = (0..100_000u32).map(|i| (i % 247) as u8).collect();
+    assert!(
+        run(&["write", p(&other[0]), "--offset", "0"], Some(&payload))
+            .status
+            .success()
+    );
+    let ext4 = dir.path().join("e0.img");
+    let mut image = vec![0u8; 8 << 20];
+    image[1080..1082].copy_from_slice(&0xEF53u16.to_le_bytes());
+    image[1024 + 0x60] = 0x40;
+    std::fs::write(&ext4, &image).unwrap();
+    assert!(run(&["offline", p(&devs[0]), "1"], None).status.success());
+
+    // (Opening the pool writes to its own members and spares, so only the devices outside
+    // it are compared byte for byte.)
+    for (path, force, expect) in [
+        (&other[0], false, "already holds a superblock of pool"),
+        (&spare, true, "s0.img is already a spare of this pool"),
+        (
+            &devs[2],
+            true,
+            "d2.img is already a member (data position 2) of this pool",
+        ),
+        (
+            &ext4,
+            false,
+            "e0.img holds an ext4 filesystem (magic at byte 1080); use --force",
+        ),
+    ] {
+        let outside = path == &other[0] || path == &ext4;
+        let before = std::fs::read(path).unwrap();
+        let mut args = vec!["online", p(&devs[0]), "1", "--path", p(path)];
+        if force {
+            args.push("--force");
+        }
+        let out = run(&args, None);
+        assert_eq!(out.status.code(), Some(1), "{path:?}");
+        assert!(stderr(&out).contains(expect), "{expect}: {}", stderr(&out));
+        assert!(
+            !outside || std::fs::read(path).unwrap() == before,
+            "{path:?} unchanged"
+        );
+    }
+    let out = run(
+        &["read", p(&other[1]), "--offset", "0", "--length", "100000"],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.stdout == payload, "the other pool still reads back");
+
+    let out = run(&["online", p(&devs[0]), "1"], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(&["status", p(&devs[0]), "--json"], None);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["health"], "ONLINE");
+    let out = run(&["online", p(&devs[0]), "1"], None);
+    assert!(
+        stderr(&out).contains("1 is already online"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -1,6 +1,6 @@
 //! Exhaustive crash-point sweep over the pool's multi-step metadata transitions (issue 11):
 //! swap-in of a healthy `replace`, fault recording (by the administrator and by a write error),
-//! spare attach, replace start, offline/online (and `clear`, once it exists).
+//! spare attach, replace start, offline/online, and `clear` (the resync of a member faulted by errors).
 //!
 //! For each transition and layout, [`sweep`] first runs the transition once with power on and
 //! counts its device writes and flushes (N). Then for **every** k in 0..=N it rebuilds the same
@@ -420,32 +420,33 @@ fn offline_online(r: &mut Rig) {
     let result = r.pool().offline(VICTIM_NAME);
     r.ok(result, "offline");
     r.write_flush();
-    let result = r.pool().online(VICTIM_NAME, r.dev(VICTIM_NAME));
+    let result = r.pool().online(VICTIM_NAME, r.dev(VICTIM_NAME), false);
     r.ok(result, "online");
     r.write_flush();
 }
 
-// `clear` (issue 11: a member faulted or degraded by errors comes back after being verified or
-// resynced) is being added as `Pool::clear(name: &str)` by another engineer and does not exist
-// in this tree yet. When it lands, uncomment this and the `clear` line in `crash_sweep_tests!`:
-//
-// /// The victim is faulted by a write error, and a write lands while the pool is degraded.
-// fn setup_faulted_by_errors(r: &mut Rig) {
-//     r.plan.as_ref().expect("the victim has a fault plan").lock().arm(FaultKind::WriteError, 1);
-//     r.write_flush();
-//     assert_eq!(r.member_state(VICTIM), "FAULTED");
-//     r.write_flush();
-// }
-//
-// /// `clear` brings the victim back (verified/resynced), then a write + flush.
-// fn clear(r: &mut Rig) {
-//     let result = r.pool().clear(VICTIM_NAME);
-//     r.ok(result, "clear");
-//     // If clear starts a resync that runs in steps, finish it here so the swept sequence
-//     // covers its metadata writes too:
-//     // let result = r.pool().run_rebuilds(|_| {}); r.ok(result, "resync");
-//     r.write_flush();
-// }
+/// The victim is faulted by a write error (a transient failure), and a write lands while the
+/// pool is degraded, so its copy is outdated.
+fn setup_faulted_by_errors(r: &mut Rig) {
+    r.plan
+        .as_ref()
+        .expect("the victim has a fault plan")
+        .lock()
+        .arm(FaultKind::WriteError, 1);
+    r.write_flush();
+    assert_eq!(r.member_state(VICTIM), "FAULTED");
+    r.write_flush();
+}
+
+/// `clear` brings the victim back: resynced from redundancy through its own device (not
+/// trusted), swapped back in, then a write + flush.
+fn clear(r: &mut Rig) {
+    let result = r.pool().clear_with(VICTIM_NAME, r.dev(VICTIM_NAME));
+    r.ok(result, "clear");
+    let result = r.pool().run_rebuilds(|_| {}).map(drop);
+    r.ok(result, "resync");
+    r.write_flush();
+}
 
 // ---- The driver ---------------------------------------------------------------------------
 
@@ -633,9 +634,7 @@ fn run_window(
             .collect();
         match Pool::open(devices, &quiet(false)) {
             Ok(pool) => break pool,
-            Err(Error::NotAMember { device, .. } | Error::StaleMember { device, .. })
-                if given.contains(&device) =>
-            {
+            Err(Error::NotAMember { device, .. }) if given.contains(&device) => {
                 given.retain(|name| *name != device);
             }
             Err(err) => {
@@ -811,6 +810,13 @@ const REPLACE_START: Case = Case {
     faulty_victim: false,
     extras: &[NEW_DEVICE],
 };
+const CLEAR: Case = Case {
+    name: "clear (resync of a member faulted by a write error)",
+    setup: setup_faulted_by_errors,
+    transition: clear,
+    faulty_victim: true,
+    extras: &[],
+};
 const OFFLINE_ONLINE: Case = Case {
     name: "offline/online",
     setup: no_setup,
@@ -847,30 +853,20 @@ crash_sweep_tests! {
     offline_online_mirror2: OFFLINE_ONLINE, "mirror:2", 2;
     offline_online_rs4p2: OFFLINE_ONLINE, "rs:4+2", 6;
     offline_online_raid10: OFFLINE_ONLINE, "raid10:2", 4;
-    // clear_mirror2: CLEAR, "mirror:2", 2;  (see `clear` above: Pool::clear does not exist yet)
+    clear_mirror2: CLEAR, "mirror:2", 2;
+    clear_rs4p2: CLEAR, "rs:4+2", 6;
+    clear_raid10: CLEAR, "raid10:2", 4;
 }
 
-// The review's swap-in window (issue 11, item 6): `finish_rebuild` swaps the new device in
-// memory and commits the map before the superblocks say so; a write + flush landing in between
-// reaches the new device but not the old member, and after a power cut there the reopened pool
-// trusts the old member again (status ONLINE, full tolerance) while the new device, demoted to
-// a replacement being rebuilt, is the only holder of that write's shard. Fixed in parallel in
-// src/pool/rebuild.rs; drop the `ignore` once that lands.
-
-#[test]
-#[ignore = "fails on main: swap-in window k=18..20 of 37: after reopen, losing mem1 leaves the flushed interleaved write only on new0 (a replacement), Unrecoverable"]
-fn swap_in_interleaved_mirror2() {
-    assert_sweep(SWAP_IN_INTERLEAVED, "mirror:2", 2);
-}
-
-#[test]
-#[ignore = "fails on main: swap-in window k=40..50 of 103: after reopen, losing mem1+mem2 leaves 3 good shards (mem0 lacks the flushed interleaved write), Unrecoverable"]
-fn swap_in_interleaved_rs4p2() {
-    assert_sweep(SWAP_IN_INTERLEAVED, "rs:4+2", 6);
-}
-
-#[test]
-#[ignore = "fails on main: swap-in window k=24..30 of 69: after reopen, losing mem1 leaves the flushed interleaved write only on new0 (a replacement), Unrecoverable"]
-fn swap_in_interleaved_raid10() {
-    assert_sweep(SWAP_IN_INTERLEAVED, "raid10:2", 4);
+// The review's swap-in window (issue 11, item 6): `finish_rebuild` used to swap the new device
+// in memory and commit the map before the superblocks said so; a write + flush landing in
+// between reached the new device but not the old member, and after a power cut there the
+// reopened pool trusted the old member again (status ONLINE, full tolerance) while the new
+// device, demoted to a replacement being rebuilt, was the only holder of that write's shard.
+// These failed on the old order (windows k=18..20 of 37 on mirror:2, 40..50 of 103 on rs:4+2,
+// 24..30 of 69 on raid10:2); the swap-in is now recorded before it happens in memory.
+crash_sweep_tests! {
+    swap_in_interleaved_mirror2: SWAP_IN_INTERLEAVED, "mirror:2", 2;
+    swap_in_interleaved_rs4p2: SWAP_IN_INTERLEAVED, "rs:4+2", 6;
+    swap_in_interleaved_raid10: SWAP_IN_INTERLEAVED, "raid10:2", 4;
 }

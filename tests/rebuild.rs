@@ -377,7 +377,7 @@ fn offline_then_online_rebuilds_the_device_and_spare_add_is_used_automatically()
     );
     random_writes(&pool, &mut model, &mut rng, 40);
     assert_eq!(pool.status().health, PoolHealth::Degraded);
-    pool.online("mem0", mems[0].clone()).unwrap();
+    pool.online("mem0", mems[0].clone(), false).unwrap();
     pool.run_rebuilds(|_| {}).unwrap();
     assert_eq!(
         pool.status().health,

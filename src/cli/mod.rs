@@ -17,7 +17,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use stripestore::device::FileDevice;
+use stripestore::device::{canonical_path, CreatedFiles, FileDevice};
 use stripestore::types::{human_bytes, parse_size};
 use stripestore::{CreateOptions, Layout, OpenOptions, Pool};
 
@@ -49,7 +49,8 @@ enum SpareAction {
         /// The new spare.
         #[arg(long = "device")]
         device: PathBuf,
-        /// Use it even if it holds a stripestore superblock.
+        /// Use it even if it holds another pool's superblock, a filesystem, a partition table
+        /// or another known signature.
         #[arg(long)]
         force: bool,
     },
@@ -60,22 +61,23 @@ enum Command {
     /// Create a pool on files or block devices (files are created with --device-size).
     Create {
         /// Layout: mirror:N, raid10:N or rs:K+M.
-        #[arg(long)]
-        layout: String,
+        #[arg(long, value_parser = layout_arg)]
+        layout: Layout,
         /// A spare device (repeatable).
         #[arg(long = "spare")]
         spares: Vec<PathBuf>,
         /// Size of each device; files that do not exist are created at this size.
         #[arg(long, value_parser = parse_size)]
         device_size: Option<u64>,
-        /// Chunk size (multiple of 4K).
-        #[arg(long, value_parser = parse_size, default_value = "16K")]
+        /// Chunk size (multiple of 4K, at most 16M).
+        #[arg(long, value_parser = chunk_size_arg, default_value = "16K")]
         chunk_size: u64,
         /// Checksum block: a multiple of 4K dividing the chunk size. The smallest piece a read
         /// fetches and verifies on its own; map memory is 4 bytes per block of every device.
-        #[arg(long, value_parser = parse_size, default_value = "4K")]
+        #[arg(long, value_parser = checksum_size_arg, default_value = "4K")]
         checksum_size: u64,
-        /// Overwrite devices that hold another pool's superblock.
+        /// Overwrite devices that hold another pool's superblock, a filesystem, a partition
+        /// table or another known signature.
         #[arg(long)]
         force: bool,
         /// Data devices, in layout order.
@@ -190,7 +192,8 @@ enum Command {
         /// A spare of the pool, or a new device (a file is created at the pool's device size).
         #[arg(long)]
         new: PathBuf,
-        /// Use a new device even if it holds a stripestore superblock.
+        /// Use a new device even if it holds another pool's superblock, a filesystem, a
+        /// partition table or another known signature.
         #[arg(long)]
         force: bool,
         /// Rebuild rate limit, e.g. 200MiB (per second).
@@ -229,9 +232,14 @@ enum Command {
         pool: Vec<PathBuf>,
         /// The member: last known path, index or UUID.
         device: String,
-        /// Where the device is now (default: its last known path).
+        /// Where the device is now (default: its last known path). It must be the member
+        /// itself coming back, or a device without a signature.
         #[arg(long)]
         path: Option<PathBuf>,
+        /// Use a device that holds another pool's superblock, a filesystem, a partition table
+        /// or another known signature (never one of this pool's members or spares).
+        #[arg(long)]
+        force: bool,
         /// Rebuild rate limit, e.g. 200MiB (per second).
         #[arg(long, value_parser = parse_size)]
         rebuild_rate: Option<u64>,
@@ -270,7 +278,7 @@ enum Command {
     /// corrupt blocks, heal, report.
     Demo {
         /// Layout to demonstrate.
-        #[arg(long, default_value = "rs:4+2")]
+        #[arg(long, default_value = "rs:4+2", value_parser = layout_text_arg)]
         layout: String,
         /// Size of each of the temporary devices.
         #[arg(long, value_parser = parse_size, default_value = "64M")]
@@ -285,7 +293,7 @@ enum Command {
 #[derive(clap::Args, Debug)]
 struct RepeatedBench {
     /// Layout.
-    #[arg(long, default_value = "rs:4+2")]
+    #[arg(long, default_value = "rs:4+2", value_parser = layout_text_arg)]
     layout: String,
     /// Size of each device.
     #[arg(long, value_parser = parse_size, default_value = "256M")]
@@ -343,9 +351,15 @@ pub fn run() -> ExitCode {
         }
         Err(err) => {
             eprintln!("stripestore: error: {err}");
+            // Most errors already quote their cause: print a cause only if it says more.
+            let mut shown = err.to_string();
             let mut source = std::error::Error::source(err.as_ref());
             while let Some(cause) = source {
-                eprintln!("  caused by: {cause}");
+                let text = cause.to_string();
+                if !shown.contains(&text) {
+                    eprintln!("  caused by: {text}");
+                    shown.push_str(&text);
+                }
                 source = cause.source();
             }
             ExitCode::from(failure)
@@ -391,7 +405,13 @@ fn execute(command: Command) -> CliResult {
             force,
             paths,
         } => {
-            let layout: Layout = layout.parse()?;
+            if !chunk_size.is_multiple_of(checksum_size) {
+                return Err(usage_error(&format!(
+                    "--checksum-size {} does not divide --chunk-size {}",
+                    human_bytes(checksum_size),
+                    human_bytes(chunk_size)
+                )));
+            }
             let mut options = CreateOptions::new(layout);
             options.chunk_bytes = chunk_size;
             options.checksum_bytes = checksum_size;
@@ -527,16 +547,21 @@ fn execute(command: Command) -> CliResult {
         } => {
             let pool = open_pool(&pool)?;
             pool.set_rebuild_rate(rebuild_rate);
-            let is_spare = pool
+            let target = canonical_path(&new);
+            let spare = pool
                 .status()
                 .spares
-                .iter()
-                .any(|s| Path::new(&s.path) == new);
-            if is_spare {
-                pool.replace_with_spare(&old, &new.display().to_string())?;
+                .into_iter()
+                .find(|s| canonical_path(Path::new(&s.path)) == target);
+            if let Some(spare) = spare {
+                pool.replace_with_spare(&old, &spare.path)?;
             } else {
-                let device = FileDevice::open_or_create(&new, Some(pool.geometry().device_bytes))?;
+                refuse_pool_device(&pool, &new)?;
+                // A refused replace leaves no file it created behind.
+                let mut files = CreatedFiles::new();
+                let device = files.open_file(&new, Some(pool.geometry().device_bytes))?;
                 pool.replace(&old, Arc::new(device), force)?;
+                files.keep();
             }
             run_rebuilds_with_progress(&pool)?;
             print!("{}", pool.status());
@@ -568,28 +593,30 @@ fn execute(command: Command) -> CliResult {
             pool,
             device,
             path,
+            force,
             rebuild_rate,
         } => {
             let pool = open_pool(&pool)?;
             pool.set_rebuild_rate(rebuild_rate);
-            let path = match path {
-                Some(path) => path,
-                None => {
-                    let status = pool.status();
-                    let member = status
-                        .devices
-                        .iter()
-                        .find(|d| {
-                            d.path == device
-                                || d.uuid == device
-                                || d.index.map(|i| i.to_string()) == Some(device.clone())
-                        })
-                        .ok_or_else(|| format!("no data member {device:?}"))?;
-                    PathBuf::from(&member.path)
-                }
-            };
+            let status = pool.status();
+            let member = status
+                .devices
+                .iter()
+                .find(|d| {
+                    d.path == device
+                        || d.uuid == device
+                        || d.index.map(|i| i.to_string()) == Some(device.clone())
+                })
+                .ok_or_else(|| {
+                    format!("no data member {device:?} in this pool (give its last known path, its index or its UUID)")
+                })?;
+            if member.state != "FAULTED" {
+                return Err(format!("{device} is already online").into());
+            }
+            let path = path.unwrap_or_else(|| PathBuf::from(&member.path));
+            refuse_pool_device(&pool, &path)?;
             let handle = FileDevice::open(&path)?;
-            pool.online(&device, Arc::new(handle))?;
+            pool.online(&device, Arc::new(handle), force)?;
             run_rebuilds_with_progress(&pool)?;
             print!("{}", pool.status());
             pool.close()?;
@@ -604,8 +631,11 @@ fn execute(command: Command) -> CliResult {
                 },
         } => {
             let pool = open_pool(&pool)?;
-            let handle = FileDevice::open_or_create(&device, Some(pool.geometry().device_bytes))?;
+            refuse_pool_device(&pool, &device)?;
+            let mut files = CreatedFiles::new();
+            let handle = files.open_file(&device, Some(pool.geometry().device_bytes))?;
             pool.add_spare(Arc::new(handle), force)?;
+            files.keep();
             print!("{}", pool.status());
             pool.close()?;
             Ok(())
@@ -729,6 +759,76 @@ fn input_with_length(
     let length = std::io::copy(&mut stdin.lock(), &mut spool)?;
     std::io::Seek::rewind(&mut spool)?;
     Ok((Box::new(spool), length))
+}
+
+/// `--layout`: a usage error (exit 2) if it cannot be understood.
+fn layout_arg(text: &str) -> Result<Layout, String> {
+    text.parse()
+        .map_err(|err: stripestore::Error| err.to_string())
+}
+
+/// `--layout` kept as text (for commands that pass it on), checked the same way.
+fn layout_text_arg(text: &str) -> Result<String, String> {
+    layout_arg(text).map(|_| text.to_string())
+}
+
+/// `--chunk-size`: a size, a multiple of 4K from 4K to 16M.
+fn chunk_size_arg(text: &str) -> Result<u64, String> {
+    let bytes = parse_size(text)?;
+    if bytes < 4096 || !bytes.is_multiple_of(4096) || bytes > 16 << 20 {
+        return Err(format!(
+            "chunk size {bytes} must be a multiple of 4K between 4K and 16M"
+        ));
+    }
+    Ok(bytes)
+}
+
+/// `--checksum-size`: a size, a multiple of 4K (that it divides the chunk is checked after).
+fn checksum_size_arg(text: &str) -> Result<u64, String> {
+    let bytes = parse_size(text)?;
+    if bytes < 4096 || !bytes.is_multiple_of(4096) {
+        return Err(format!("checksum block {bytes} must be a multiple of 4K"));
+    }
+    Ok(bytes)
+}
+
+/// A usage error found after parsing (options that do not fit together): printed the way
+/// clap prints its own, and the usage exit code.
+fn usage_error(message: &str) -> Box<dyn std::error::Error> {
+    let _ = <Cli as clap::CommandFactory>::command()
+        .error(clap::error::ErrorKind::ArgumentConflict, message)
+        .print();
+    Box::new(Exit(usage_exit_code()))
+}
+
+/// Refuse `path` if the open pool already uses it (a member in service, a replacement being
+/// rebuilt, an available spare), comparing canonical paths before it is opened: the pool holds
+/// such a device open, so opening it again would only say "in use".
+fn refuse_pool_device(pool: &Pool, path: &Path) -> Result<(), stripestore::Error> {
+    let target = canonical_path(path);
+    let same = |recorded: &str| canonical_path(Path::new(recorded)) == target;
+    let status = pool.status();
+    let data = status
+        .devices
+        .iter()
+        .filter(|d| d.state != "FAULTED" && d.state != "OFFLINE" && same(&d.path))
+        .map(|d| match (d.index, &d.replacing) {
+            (Some(i), Some(_)) => format!("the replacement being rebuilt for data position {i}"),
+            (Some(i), None) => format!("a member (data position {i})"),
+            (None, _) => "a member".to_string(),
+        });
+    let spares = status
+        .spares
+        .iter()
+        .filter(|s| s.state == "AVAIL" && same(&s.path))
+        .map(|_| "a spare".to_string());
+    match data.chain(spares).next() {
+        Some(role) => Err(stripestore::Error::AlreadyMember {
+            device: path.display().to_string(),
+            role,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Open a pool for one command: no background thread, no automatic spare attachment (the

@@ -103,6 +103,122 @@ impl FileDevice {
     }
 }
 
+/// A path's identity, for spotting one device named twice: the canonical path if it exists
+/// (symbolic links and `..` resolved), else its directory's canonical path joined with its name.
+#[must_use]
+pub fn canonical_path(path: &Path) -> PathBuf {
+    if let Ok(canonical) = std::fs::canonicalize(path) {
+        return canonical;
+    }
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    match (absolute.parent(), absolute.file_name()) {
+        (Some(dir), Some(name)) => {
+            std::fs::canonicalize(dir).map_or_else(|_| absolute.clone(), |dir| dir.join(name))
+        }
+        _ => absolute,
+    }
+}
+
+/// Refuse a list of paths that names one device twice, before anything is opened (opening
+/// it twice would only report the second open as "in use").
+///
+/// # Errors
+/// [`Error::InvalidConfig`] naming the path given twice.
+pub fn refuse_duplicate_paths<'a>(paths: impl IntoIterator<Item = &'a Path>) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for path in paths {
+        if !seen.insert(canonical_path(path)) {
+            return Err(Error::InvalidConfig(format!(
+                "{} is given twice",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Files a command creates or grows while opening its devices, put back as they were when it
+/// fails (dropped without [`CreatedFiles::keep`]): a created file is removed, a grown one is
+/// cut back to its old length. A file that existed before is never removed.
+#[derive(Debug, Default)]
+pub struct CreatedFiles {
+    created: Vec<PathBuf>,
+    grown: Vec<(PathBuf, u64)>,
+}
+
+impl CreatedFiles {
+    /// Nothing tracked yet.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// [`super::open_device`], remembering what it creates or grows.
+    ///
+    /// # Errors
+    /// As [`super::open_device`].
+    pub fn open_device(&mut self, path: &Path, size: Option<u64>) -> Result<super::SharedDevice> {
+        self.track(path, size, || super::open_device(path, size))
+    }
+
+    /// [`FileDevice::open_or_create`], remembering what it creates or grows.
+    ///
+    /// # Errors
+    /// As [`FileDevice::open_or_create`].
+    pub fn open_file(&mut self, path: &Path, size: Option<u64>) -> Result<FileDevice> {
+        self.track(path, size, || FileDevice::open_or_create(path, size))
+    }
+
+    fn track<T>(
+        &mut self,
+        path: &Path,
+        size: Option<u64>,
+        open: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        let before = match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.is_file() => Some(Some(meta.len())),
+            Ok(_) => Some(None), // a block device or a link: never resized, never removed
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+            Err(_) => Some(None),
+        };
+        let result = open();
+        let after = std::fs::symlink_metadata(path).ok().map(|meta| meta.len());
+        match (size, before, after) {
+            (Some(_), None, Some(_)) => self.created.push(path.to_path_buf()),
+            (Some(_), Some(Some(old)), Some(new)) if new > old => {
+                self.grown.push((path.to_path_buf(), old));
+            }
+            _ => {}
+        }
+        result
+    }
+
+    /// The command succeeded: keep every file as it is now.
+    pub fn keep(mut self) {
+        self.created.clear();
+        self.grown.clear();
+    }
+}
+
+impl Drop for CreatedFiles {
+    fn drop(&mut self) {
+        for path in &self.created {
+            if let Err(err) = std::fs::remove_file(path) {
+                tracing::warn!(path = %path.display(), %err, "could not remove a file this command created");
+            }
+        }
+        for (path, len) in &self.grown {
+            let shrunk = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .and_then(|file| file.set_len(*len));
+            if let Err(err) = shrunk {
+                tracing::warn!(path = %path.display(), %err, "could not restore the length of a file this command grew");
+            }
+        }
+    }
+}
+
 /// How a device is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Access {

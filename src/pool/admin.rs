@@ -17,18 +17,54 @@ impl PoolInner {
         })
     }
 
-    /// Refuse a device that carries a stripestore superblock, unless forced.
-    fn check_unlabelled(device: &SharedDevice, force: bool) -> Result<()> {
+    /// What the device with UUID `uuid` is in this pool, if anything: a data member (in
+    /// service or not), a replacement being rebuilt, or a spare.
+    fn role_of(&self, uuid: PoolUuid) -> Option<String> {
+        for member in &self.members.data {
+            if member.identity().uuid == uuid {
+                return Some(format!("a member (data position {})", member.index.0));
+            }
+            if member
+                .replacement()
+                .is_some_and(|r| r.identity.uuid == uuid)
+            {
+                return Some(format!(
+                    "the replacement being rebuilt for data position {}",
+                    member.index.0
+                ));
+            }
+        }
+        self.members
+            .spares()
+            .iter()
+            .any(|s| s.identity.uuid == uuid)
+            .then(|| "a spare".to_string())
+    }
+
+    /// Check a device about to be labelled as a new member, spare or relabelled member: one
+    /// that serves this pool in any role is refused always; another pool's superblock or a
+    /// foreign signature (filesystem, partition table ...) is refused unless forced.
+    fn check_new_device(&self, device: &SharedDevice, force: bool) -> Result<()> {
+        if let Ok(sb) = super::open::read_superblock(device.as_ref()) {
+            if sb.pool_uuid == self.uuid {
+                if let Some(role) = self.role_of(sb.device_uuid) {
+                    return Err(Error::AlreadyMember {
+                        device: device.name(),
+                        role,
+                    });
+                }
+            }
+        }
         if force {
             return Ok(());
         }
-        match super::open::read_superblock(device.as_ref()) {
-            Ok(sb) => Err(Error::DeviceInUse {
+        if let Some(pool) = super::open::superblock_owner(device.as_ref()) {
+            return Err(Error::DeviceInUse {
                 device: device.name(),
-                pool: sb.pool_uuid.to_string(),
-            }),
-            Err(_) => Ok(()),
+                pool,
+            });
         }
+        crate::device::refuse_signature(device.as_ref())
     }
 }
 
@@ -40,12 +76,14 @@ impl Pool {
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] for an unknown member or one already being replaced;
+    /// [`Error::AlreadyMember`] if `device` serves this pool already (even with `force`);
     /// [`Error::DeviceInUse`] if `device` holds a stripestore superblock and `force` is false;
-    /// [`Error::DeviceTooSmall`].
+    /// [`Error::ForeignSignature`] if it holds a filesystem, partition table or another known
+    /// signature and `force` is false; [`Error::DeviceTooSmall`].
     pub fn replace(&self, old: &str, device: SharedDevice, force: bool) -> Result<()> {
         self.inner.writable("replace")?;
         let index = self.inner.member_index(old)?;
-        PoolInner::check_unlabelled(&device, force)?;
+        self.inner.check_new_device(&device, force)?;
         let identity = Identity {
             uuid: PoolUuid::random(),
             path: device.name(),
@@ -105,17 +143,28 @@ impl Pool {
         Ok(())
     }
 
-    /// Bring faulted member `name` back with `device` (normally the same disk): its content is
-    /// outdated, so it is relabelled and rebuilt like a new device, then swapped in.
+    /// Bring faulted member `name` back with `device`: the same disk coming back (its
+    /// superblock names this pool and this position's device), or an unlabelled one. Its
+    /// content is outdated either way, so it is relabelled and rebuilt like a new device, then
+    /// swapped in.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] if the member is not faulted or already being replaced.
-    pub fn online(&self, name: &str, device: SharedDevice) -> Result<()> {
+    /// [`Error::InvalidConfig`] if the member is not faulted or already being replaced;
+    /// [`Error::AlreadyMember`] if `device` serves this pool in another role (even with
+    /// `force`); [`Error::DeviceInUse`] / [`Error::ForeignSignature`] for another pool's
+    /// device or a known signature, unless `force`; [`Error::DeviceTooSmall`].
+    pub fn online(&self, name: &str, device: SharedDevice, force: bool) -> Result<()> {
         self.inner.writable("online")?;
         let index = self.inner.member_index(name)?;
         let member = self.inner.members.get(index);
         if member.is_online() {
             return Err(Error::InvalidConfig(format!("{name} is already online")));
+        }
+        let returning = super::open::read_superblock(device.as_ref()).is_ok_and(|sb| {
+            sb.pool_uuid == self.inner.uuid && sb.device_uuid == member.identity().uuid
+        });
+        if !returning {
+            self.inner.check_new_device(&device, force)?;
         }
         let identity = Identity {
             uuid: PoolUuid::random(),
@@ -128,11 +177,12 @@ impl Pool {
     /// Add a spare device to the pool.
     ///
     /// # Errors
-    /// [`Error::DeviceInUse`] if it holds a stripestore superblock and `force` is false;
-    /// [`Error::DeviceTooSmall`].
+    /// [`Error::AlreadyMember`] if it serves this pool already (even with `force`);
+    /// [`Error::DeviceInUse`] / [`Error::ForeignSignature`] if it holds a stripestore
+    /// superblock or another known signature and `force` is false; [`Error::DeviceTooSmall`].
     pub fn add_spare(&self, device: SharedDevice, force: bool) -> Result<()> {
         self.inner.writable("spare add")?;
-        PoolInner::check_unlabelled(&device, force)?;
+        self.inner.check_new_device(&device, force)?;
         if device.size() < self.inner.geometry.device_bytes {
             return Err(Error::DeviceTooSmall {
                 device: device.name(),

@@ -317,6 +317,8 @@ impl Pool {
     ///
     /// # Errors
     /// [`Error::DeviceInUse`] if a device holds a stripestore superblock and `force` is not set;
+    /// [`Error::ForeignSignature`] if one holds a filesystem, partition table or another known
+    /// signature and `force` is not set (nothing is written to any device then);
     /// [`Error::InvalidConfig`]/[`Error::DeviceTooSmall`] for an impossible geometry;
     /// [`Error::Io`] if the initial metadata cannot be written.
     pub fn create(
@@ -328,18 +330,25 @@ impl Pool {
     }
 
     /// Create a pool on files or block devices (files are created when `device_bytes` is set).
+    /// If it fails, files it created are removed again and files it grew are cut back.
     ///
     /// # Errors
-    /// As [`Pool::create`], plus [`Error::Open`].
+    /// As [`Pool::create`], plus [`Error::Open`]; [`Error::InvalidConfig`] if a path is given
+    /// twice (checked before anything is opened).
     pub fn create_paths(
         paths: &[PathBuf],
         spares: &[PathBuf],
         options: &CreateOptions,
     ) -> Result<Self> {
-        let open = |path: &PathBuf| crate::device::open_device(path, options.device_bytes);
-        let devices = paths.iter().map(open).collect::<Result<Vec<_>>>()?;
-        let spares = spares.iter().map(open).collect::<Result<Vec<_>>>()?;
-        Self::create(devices, spares, options)
+        crate::device::refuse_duplicate_paths(paths.iter().chain(spares).map(PathBuf::as_path))?;
+        // A failed create leaves no file it created behind (nor one it grew, grown).
+        let mut files = crate::device::CreatedFiles::new();
+        let mut open = |path: &PathBuf| files.open_device(path, options.device_bytes);
+        let devices = paths.iter().map(&mut open).collect::<Result<Vec<_>>>()?;
+        let spares = spares.iter().map(&mut open).collect::<Result<Vec<_>>>()?;
+        let pool = Self::create(devices, spares, options)?;
+        files.keep();
+        Ok(pool)
     }
 
     /// Open a pool from the given member devices only (missing members are faulted).
@@ -356,8 +365,10 @@ impl Pool {
     /// paths recorded in the superblock.
     ///
     /// # Errors
-    /// As [`Pool::open`], plus [`Error::Open`] for a given path that cannot be opened.
+    /// As [`Pool::open`], plus [`Error::Open`] for a given path that cannot be opened;
+    /// [`Error::InvalidConfig`] if a path is given twice (checked before anything is opened).
     pub fn open_paths(paths: &[PathBuf], options: &OpenOptions) -> Result<Self> {
+        crate::device::refuse_duplicate_paths(paths.iter().map(PathBuf::as_path))?;
         let access = options.access();
         let devices = paths
             .iter()

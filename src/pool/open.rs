@@ -44,7 +44,7 @@ pub(crate) fn read_superblock(device: &dyn Device) -> std::result::Result<Superb
 
 /// The pool a device's superblock names, if it has one; a superblock that cannot be read (damaged
 /// copies, or a newer format) still counts, as an unknown pool.
-fn superblock_owner(device: &dyn Device) -> Option<String> {
+pub(super) fn superblock_owner(device: &dyn Device) -> Option<String> {
     if let Ok(superblock) = read_superblock(device) {
         return Some(superblock.pool_uuid.to_string());
     }
@@ -108,6 +108,7 @@ pub(super) fn create(
                     pool,
                 });
             }
+            crate::device::refuse_signature(device.as_ref())?;
         }
     }
     let smallest = devices

@@ -321,3 +321,34 @@ pub fn subsets<T: Clone>(items: &[T], size: usize) -> Vec<Vec<T>> {
     }
     out
 }
+
+/// Where `tool` is installed: on `PATH`, or in /usr/sbin or /sbin (not on every user's PATH).
+pub fn find_tool(tool: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|dir| dir.join(tool))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Whether `test` can go on: every tool is installed, or a test that needs it prints a
+/// `SKIPPED` line and returns. With `STRIPESTORE_REQUIRE_TOOLS=1` (CI, which installs them all)
+/// a missing tool fails the test instead.
+pub fn tools_or_skip(test: &str, tools: &[&str]) -> bool {
+    match tools.iter().find(|tool| find_tool(tool).is_none()) {
+        None => true,
+        Some(missing) => {
+            skip_or_fail(test, &format!("{missing} is not installed"));
+            false
+        }
+    }
+}
+
+/// Print `SKIPPED test: why`, or fail with it under `STRIPESTORE_REQUIRE_TOOLS=1`.
+pub fn skip_or_fail(test: &str, why: &str) {
+    assert!(
+        std::env::var("STRIPESTORE_REQUIRE_TOOLS").as_deref() != Ok("1"),
+        "{test}: {why}, and STRIPESTORE_REQUIRE_TOOLS=1"
+    );
+    println!("SKIPPED {test}: {why}");
+}
