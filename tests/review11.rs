@@ -54,7 +54,9 @@ impl Device for Hook {
             return Ok(());
         }
         if self.fail_writes_at.lock().contains(&offset) {
-            return Err(DeviceError::Io(std::io::Error::other("injected write error")));
+            return Err(DeviceError::Io(std::io::Error::other(
+                "injected write error",
+            )));
         }
         self.pending
             .lock()
@@ -75,7 +77,9 @@ impl Device for Hook {
             for (offset, old) in pending.drain(..).rev() {
                 self.inner.poke(offset, &old);
             }
-            return Err(DeviceError::Io(std::io::Error::other("injected flush error")));
+            return Err(DeviceError::Io(std::io::Error::other(
+                "injected flush error",
+            )));
         }
         pending.clear();
         self.inner.flush()
@@ -143,7 +147,10 @@ fn flush_failure_on_an_indispensable_member_is_not_acknowledged() {
     let flushed = pool.flush();
     let status = pool.status();
     let back = read(&pool, 0, stripe);
-    eprintln!("flush: {flushed:?}; member 0: {:?}", status.devices[0].state);
+    eprintln!(
+        "flush: {flushed:?}; member 0: {:?}",
+        status.devices[0].state
+    );
     if flushed.is_ok() {
         assert_eq!(
             back.as_deref().map(|b| b[0]).map_err(ToString::to_string),
@@ -182,12 +189,22 @@ fn lazy_checkpoint_lets_a_write_reuse_a_slot_an_older_durable_map_names() {
     h[2].drop_writes.store(false, Ordering::SeqCst);
 
     let pool = Pool::open(as_shared(&[&h[0], &h[1], &h[2]]), &manual()).unwrap();
-    assert_eq!(read(&pool, 0, stripe).unwrap()[0], 0xB2, "recovered B from member 0");
+    assert_eq!(
+        read(&pool, 0, stripe).unwrap()[0],
+        0xB2,
+        "recovered B from member 0"
+    );
     pool.write_at(stripe as u64, &vec![0xC3; stripe]).unwrap();
     let y_slots = pool.shard_locations(1);
     assert_eq!(
-        a_slots.iter().map(|s| (s.device, s.offset)).collect::<Vec<_>>(),
-        y_slots.iter().map(|s| (s.device, s.offset)).collect::<Vec<_>>(),
+        a_slots
+            .iter()
+            .map(|s| (s.device, s.offset))
+            .collect::<Vec<_>>(),
+        y_slots
+            .iter()
+            .map(|s| (s.device, s.offset))
+            .collect::<Vec<_>>(),
         "precondition: Y reuses A's old slot"
     );
     pool.simulate_power_loss(); // Y's shards reached the media; no commit ran
@@ -237,7 +254,10 @@ fn superblock_written_during_swap_in_names_a_replacement_without_the_map() {
             }
         }
     }
-    assert!(power.load(Ordering::SeqCst), "precondition: the cut happened");
+    assert!(
+        power.load(Ordering::SeqCst),
+        "precondition: the cut happened"
+    );
     pool.simulate_power_loss();
     power.store(false, Ordering::SeqCst);
     h[2].cut_at.lock().clear();

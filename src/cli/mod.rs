@@ -454,12 +454,13 @@ fn execute(command: Command) -> CliResult {
             offset,
             input,
         } => {
-            let pool = open_pool(&pool)?;
-            // The whole request is checked against the volume before any byte is written, so
-            // the input's length must be known first: a file's from its metadata; standard
-            // input is spooled to a temporary file when it is not a regular file itself.
+            // The whole request is checked against the volume before any byte is written (the
+            // pool is looked at read-only first: a read-write open writes a checkpoint), so the
+            // input's length must be known first: a file's from its metadata; standard input is
+            // spooled to a temporary file when it is not a regular file itself.
             let (mut reader, length) = input_with_length(input.as_deref())?;
-            check_request(offset, length, pool.size())?;
+            check_request(offset, length, open_pool_to_look(&pool)?.size())?;
+            let pool = open_pool(&pool)?;
             let mut buf = vec![0u8; 8 << 20];
             let mut written = 0u64;
             loop {

@@ -53,8 +53,14 @@ impl PoolInner {
             if state.dirty.is_empty() && !force_checkpoint {
                 drop(state);
                 drop(meta);
-                self.members.flush_all();
-                return Ok(());
+                return match self.members.flush_all().into_iter().next() {
+                    Some((device, err)) => Err(Error::Io {
+                        device,
+                        offset: 0,
+                        source: err.into_io(),
+                    }),
+                    None => Ok(()),
+                };
             }
             let stripes: Vec<u64> = state.dirty.keys().copied().collect();
             let record_bytes = log_record_bytes(stripes.len(), self.geometry.crcs_per_entry());
@@ -115,7 +121,16 @@ impl PoolInner {
 
     fn write_snapshot(&self, meta: &mut super::MetaCursor, snapshot: &Snapshot) -> Result<()> {
         if !crate::testing::planted::commit_data_flush_skipped() {
-            self.members.flush_all();
+            // A member still in service whose flush failed may not hold the snapshot's
+            // stripes durably, and the pool cannot do without it: the commit fails (its
+            // entries go back to the dirty set), rather than acknowledge what may be lost.
+            if let Some((device, err)) = self.members.flush_all().into_iter().next() {
+                return Err(Error::Io {
+                    device,
+                    offset: 0,
+                    source: err.into_io(),
+                });
+            }
         }
         self.check_available()?;
         if snapshot.checkpoint {
@@ -172,10 +187,10 @@ impl PoolInner {
             let (offset, bytes) = place(index);
             // A replacement that is complete is about to be (or already is, on disk) the
             // member: it must hold every map the members hold (see `finish_rebuild`).
-            if let Some(replacement) = member
-                .replacement()
-                .filter(|r| r.complete.load(std::sync::atomic::Ordering::Acquire))
-            {
+            if let Some(replacement) = member.replacement().filter(|r| {
+                r.receives_metadata
+                    .load(std::sync::atomic::Ordering::Acquire)
+            }) {
                 let device = &replacement.device;
                 if let Err(err) = device.write_at(offset, bytes).and_then(|()| device.flush()) {
                     self.members

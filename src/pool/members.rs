@@ -95,7 +95,10 @@ pub struct Replacement {
     pub started: Instant,
     /// Whether it came from the spare list (it goes back there, marked faulted, if abandoned).
     pub from_spare: bool,
-    /// Filled, flushed and holding the map: the superblocks name it the member from now on.
+    /// Filled and flushed: every metadata write (checkpoint, log record) goes to it too, so
+    /// that it holds the map before it is named the member.
+    pub receives_metadata: AtomicBool,
+    /// Holding the map as well: the superblocks name it the member from now on.
     pub complete: AtomicBool,
     /// Chunks it could not be given because their stripe is beyond repair (this run).
     pub lost_chunks: AtomicU64,
@@ -122,6 +125,7 @@ impl Replacement {
             total_bytes: AtomicU64::new(0),
             started: Instant::now(),
             from_spare,
+            receives_metadata: AtomicBool::new(false),
             complete: AtomicBool::new(false),
             lost_chunks: AtomicU64::new(0),
         }
@@ -572,6 +576,8 @@ impl Members {
         rebuilt: &Replacement,
     ) -> Option<Identity> {
         let member = self.get(index);
+        // (The caller holds the meta mutex and the attach lock: no write or commit can look at
+        // this position while it changes hands.)
         let replacement = {
             let mut attached = member.replacement.write();
             if !attached
@@ -597,16 +603,22 @@ impl Members {
     }
 
     /// Flush every online data member and replacement in parallel; a failed flush faults the
-    /// device (or abandons the replacement).
-    pub fn flush_all(&self) {
+    /// device (or abandons the replacement). Returns the members whose flush failed but that
+    /// are still in service (the pool could not lose them, so they were only degraded): what
+    /// they were sent may not be durable, so a commit must not count on it.
+    pub fn flush_all(&self) -> Vec<(String, DeviceError)> {
         if self.policy.read_only {
-            return;
+            return Vec::new();
         }
         super::parallel::each(&self.data, |member| {
             let i = member.index.0;
+            let mut failed = None;
             if let Some(device) = member.device() {
                 if let Err(err) = device.flush() {
                     self.record_error(DeviceIndex(i), ErrorKind::Write, None, &err);
+                    if member.is_online() {
+                        failed = Some((member.path(), err));
+                    }
                 }
             }
             if let Some(replacement) = member.replacement() {
@@ -614,7 +626,11 @@ impl Members {
                     self.abandon_replacement(DeviceIndex(i), &format!("flush failed: {err}"));
                 }
             }
-        });
+            failed
+        })
+        .into_iter()
+        .flatten()
+        .collect()
     }
 
     /// Write the superblock (generation + 1) to every online member, replacement and spare:

@@ -490,12 +490,15 @@ pub(super) fn open(
         }
         inner.members.write_superblocks()?;
     }
-    // The log's tail position is not known after recovery, so the next commit must be a
-    // whole checkpoint (which also makes members that missed the last commits agree again):
-    // mark the log full. Until something changes, opening writes nothing, so a command
-    // refused after opening (say, a write past the end) has changed no byte, and a crash
-    // before the first commit recovers exactly what this open recovered.
-    inner.meta.lock().log_used = inner.geometry.log_bytes;
+    // Re-replicate the recovered map to every online device as a fresh checkpoint, so that
+    // devices that missed the last commits agree again (and none of them can later bring back
+    // an older map that names slots this open considers free), and restart the log.
+    {
+        let mut meta = inner.meta.lock();
+        let sequence = meta.sequence + 1;
+        inner.write_checkpoint(&mut meta, sequence)?;
+        meta.sequence = sequence;
+    }
     Ok(inner)
 }
 

@@ -574,15 +574,44 @@ impl PoolInner {
             tracing::warn!(index = index.0, device = %replacement.identity.path, "rebuild target was abandoned during its last step; not swapped in");
             return Ok(false);
         }
-        replacement.complete.store(true, Ordering::Release);
-        let recorded = self
-            .commit_with(true)
-            .and_then(|()| self.members.write_superblocks().map(drop));
-        if let Err(err) = recorded {
-            replacement.complete.store(false, Ordering::Release);
+        // (2) the map onto it: from here every metadata write goes to it too.
+        replacement.receives_metadata.store(true, Ordering::Release);
+        if let Err(err) = self.commit_with(true) {
+            replacement
+                .receives_metadata
+                .store(false, Ordering::Release);
             return Err(err);
         }
-        let Some(old) = self.members.swap_in_replacement(index, replacement) else {
+        // (3) it holds the map: name it the member. The superblock must land on it (and the
+        // write must not have been refused), or the old member stays.
+        replacement.complete.store(true, Ordering::Release);
+        let landed = self.members.write_superblocks().and_then(|failures| {
+            match failures
+                .into_iter()
+                .find(|(device, _)| *device == replacement.device.name())
+            {
+                Some((device, err)) => Err(Error::Io {
+                    device,
+                    offset: 0,
+                    source: err.into_io(),
+                }),
+                None => Ok(()),
+            }
+        });
+        if let Err(err) = landed {
+            replacement.complete.store(false, Ordering::Release);
+            replacement
+                .receives_metadata
+                .store(false, Ordering::Release);
+            return Err(err);
+        }
+        // (4) in memory, with no write or commit in flight.
+        let swapped = {
+            let _no_commit = self.meta.lock();
+            let _no_writes = self.attach_lock.write();
+            self.members.swap_in_replacement(index, replacement)
+        };
+        let Some(old) = swapped else {
             tracing::warn!(index = index.0, device = %replacement.identity.path, "rebuild target was abandoned while it was recorded; not swapped in");
             return Ok(false);
         };
