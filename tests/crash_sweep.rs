@@ -537,7 +537,7 @@ fn capture(rig: &Rig, pool: &Pool, given: &[String], phase: &str) -> Result<Capt
     let in_use: Vec<String> = status
         .devices
         .iter()
-        .filter(|d| d.state != "FAULTED")
+        .filter(|d| d.state != "FAULTED" && d.state != "OFFLINE")
         .chain(status.spares.iter().filter(|s| s.state == "AVAIL"))
         .map(|d| d.path.clone())
         .collect();

@@ -265,6 +265,9 @@ pub(super) fn open(
     if discover {
         discover_members(&mut found, options.access(), &mut unopened);
     }
+    // Members whose own superblock is older than the newest found (a superblock update cut
+    // short by a crash): rewritten below so that each could vouch for the pool on its own.
+    let mut members_disagree = false;
     // The newest superblock among everything found decides membership and staleness, so a
     // stale device cannot vouch for itself with its own outdated member list.
     let newest = found
@@ -319,7 +322,10 @@ pub(super) fn open(
                 size: f.device.size(),
                 needed: newest.device_bytes,
             }),
-            Some(_) => Problem::None,
+            Some(_) => {
+                members_disagree |= f.superblock.generation != newest.generation;
+                Problem::None
+            }
         };
         match (problem, f.given) {
             (Problem::Refused(err), true) => return Err(err),
@@ -481,6 +487,10 @@ pub(super) fn open(
             }
         }
         return Ok(inner);
+    }
+    if members_disagree && !newly_missing {
+        tracing::info!("members' superblocks disagree (an update was cut short); rewriting them");
+        inner.members.write_superblocks()?;
     }
     if newly_missing {
         for (i, member) in inner.members.data.iter().enumerate() {
