@@ -611,7 +611,7 @@ fn execute(command: Command) -> CliResult {
                 .ok_or_else(|| {
                     format!("no data member {device:?} in this pool (give its last known path, its index or its UUID)")
                 })?;
-            if member.state != "FAULTED" {
+            if member.state != "FAULTED" && member.state != "OFFLINE" {
                 return Err(format!("{device} is already online").into());
             }
             let path = path.unwrap_or_else(|| PathBuf::from(&member.path));

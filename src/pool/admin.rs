@@ -128,7 +128,7 @@ impl Pool {
     pub fn offline(&self, name: &str) -> Result<()> {
         self.inner.writable("offline")?;
         let index = self.inner.member_index(name)?;
-        if !self.inner.available_without(Some(index)) {
+        if !self.inner.members.fault_if_available(index, OFFLINE_REASON) {
             return Err(Error::PoolUnavailable {
                 layout: self.inner.geometry.layout.to_string(),
                 tolerated: self.inner.geometry.tolerance(),
@@ -139,7 +139,6 @@ impl Pool {
                 },
             });
         }
-        self.inner.members.fault(index, OFFLINE_REASON);
         Ok(())
     }
 
@@ -325,6 +324,11 @@ impl Pool {
             self.clear(Some(name))?;
             return Ok(());
         }
+        if member.fault_reason().as_deref() == Some(OFFLINE_REASON) {
+            return Err(Error::InvalidConfig(format!(
+                "{name} was taken offline on purpose; bring it back with `online`"
+            )));
+        }
         let identity = member.identity();
         match super::open::read_superblock(device.as_ref()) {
             Ok(sb) if sb.pool_uuid == self.inner.uuid && sb.device_uuid == identity.uuid => {}
@@ -345,7 +349,6 @@ impl Pool {
                 )))
             }
         }
-        self.inner.members.clear_degraded(index);
         tracing::warn!(device = %device.name(), index = index.0, "clearing a faulted member: it is resynced from redundancy before it serves again");
         self.inner.attach_replacement(
             index,
@@ -355,7 +358,9 @@ impl Pool {
             },
             device,
             false,
-        )
+        )?;
+        self.inner.members.clear_degraded(index);
+        Ok(())
     }
 }
 

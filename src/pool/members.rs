@@ -428,6 +428,22 @@ impl Members {
         }
     }
 
+    /// Take `index` out of service for `reason` only if every stripe stays available without
+    /// it, deciding under the same lock as the fault policy (so a write fault elsewhere cannot
+    /// slip in between the check and the fault). Returns whether it was taken out.
+    pub(crate) fn fault_if_available(&self, index: DeviceIndex, reason: &str) -> bool {
+        let decision = self.deciding.lock();
+        if !self.available_without(Some(index)) {
+            return false;
+        }
+        let changed = self.mark_faulted(index, reason);
+        drop(decision);
+        if changed {
+            self.persist("the fault");
+        }
+        true
+    }
+
     /// Take `index` out of service in memory; `false` if it already was.
     fn mark_faulted(&self, index: DeviceIndex, reason: &str) -> bool {
         let member = self.get(index);

@@ -297,7 +297,7 @@ pub(super) fn open(
         let problem = match member {
             // Same pool, but no longer in its member list: replaced or detached earlier.
             None => Problem::Left(format!(
-                "{} is a former member of pool {}: it is no longer in the member list (replaced or detached); opened without it",
+                "{} is a former member of pool {}: it is no longer in the member list (replaced or detached); opened without it. To use it again, add it as a new device (`spare add --force`, or `replace ... --force`)",
                 f.device.name(),
                 newest.pool_uuid
             )),
@@ -308,13 +308,17 @@ pub(super) fn open(
                     MemberState::Faulted { reason } => reason.clone(),
                     _ => String::new(),
                 };
+                let back = if reason == super::admin::OFFLINE_REASON {
+                    format!("`stripestore online POOL {}`", m.path)
+                } else {
+                    format!("`stripestore clear POOL --device {}`", m.path)
+                };
                 Problem::Left(format!(
-                    "{} is faulted in pool {} ({reason}; its superblock is at generation {}, the pool's at {}): it holds outdated data and is not used. Bring it back with `stripestore clear POOL {}` (resynced before use), or replace it",
+                    "{} is out of service in pool {} ({reason}; its superblock is at generation {}, the pool's at {}): it holds outdated data and is not used. Bring it back with {back} (resynced before use), or replace it",
                     f.device.name(),
                     newest.pool_uuid,
                     f.superblock.generation,
                     newest.generation,
-                    m.path
                 ))
             }
             Some(_) if f.device.size() < newest.device_bytes => Problem::Refused(Error::DeviceTooSmall {
