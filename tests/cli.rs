@@ -1,29 +1,16 @@
 //! The `stripestore` command end to end: create, write, read, status (text and JSON), scrub,
 //! the demo, and clear failures for bad input.
 
-use std::io::Write;
+mod common;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 fn bin() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stripestore"));
-    cmd.env("STRIPESTORE_LOG", "error");
-    cmd
+    common::stripestore_command("error")
 }
 
 fn run(args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut child = bin()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(data) = stdin {
-        child.stdin.take().unwrap().write_all(data).unwrap();
-    }
-    drop(child.stdin.take());
-    child.wait_with_output().unwrap()
+    common::run_program(bin(), args, stdin)
 }
 
 fn p(path: &Path) -> &str {

@@ -219,12 +219,7 @@ impl Rig {
     /// another thread had issued them then. Call [`Rig::take_interleaved`] afterwards to tell
     /// the model.
     fn interleave_write_flush(&mut self) -> Interleaved {
-        let size = self.pool().size();
-        let stripe = self.pool().geometry().stripe_data_bytes() as usize;
-        let len = self.rng.gen_range(1..=2 * stripe);
-        let offset = self.rng.gen_range(0..=size - len as u64);
-        let data = random_bytes(&mut self.rng, len);
-        self.touch(offset, len);
+        let (offset, data) = self.random_write();
         let done: Interleaved = Arc::new(Mutex::new(None));
         let pool = Arc::downgrade(self.pool.as_ref().expect("the pool is open"));
         let countdown = Arc::clone(&self.countdown);
@@ -265,14 +260,20 @@ impl Rig {
         }
     }
 
-    /// A random write (up to two stripes), recorded in the model as issued.
-    fn write(&mut self) -> bool {
+    /// Where and what a random write (up to two stripes) puts; its stripes count as touched.
+    fn random_write(&mut self) -> (u64, Vec<u8>) {
         let size = self.pool().size();
         let stripe = self.pool().geometry().stripe_data_bytes() as usize;
         let len = self.rng.gen_range(1..=2 * stripe);
         let offset = self.rng.gen_range(0..=size - len as u64);
         let data = random_bytes(&mut self.rng, len);
         self.touch(offset, len);
+        (offset, data)
+    }
+
+    /// A random write (up to two stripes), recorded in the model as issued.
+    fn write(&mut self) -> bool {
+        let (offset, data) = self.random_write();
         self.model.write(offset, &data);
         let result = self.pool().write_at(offset, &data);
         let ok = result.is_ok();

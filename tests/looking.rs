@@ -6,29 +6,16 @@
 //!   (what a user always types), opens the pool degraded with a warning saying what to do, for
 //!   `status`, `check`, `read` and `serve`; `clear` resyncs it and it serves again.
 
-use std::io::Write;
+mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 fn bin() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stripestore"));
-    cmd.env("STRIPESTORE_LOG", "warn");
-    cmd
+    common::stripestore_command("warn")
 }
 
 fn run(args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut child = bin()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(data) = stdin {
-        child.stdin.take().unwrap().write_all(data).unwrap();
-    }
-    drop(child.stdin.take());
-    child.wait_with_output().unwrap()
+    common::run_program(bin(), args, stdin)
 }
 
 fn p(path: &Path) -> &str {

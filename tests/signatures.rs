@@ -9,15 +9,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 fn stripestore(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_stripestore"))
-        .env("STRIPESTORE_LOG", "error")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+    common::run_program(common::stripestore_command("error"), args, None)
 }
 
 fn p(path: &Path) -> &str {
@@ -26,20 +21,8 @@ fn p(path: &Path) -> &str {
 
 /// Run a tool, failing the test with its output if it fails.
 fn tool(program: &str, args: &[&str], stdin: Option<&[u8]>) {
-    use std::io::Write;
     let path = common::find_tool(program).unwrap();
-    let mut child = Command::new(path)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(input) = stdin {
-        child.stdin.take().unwrap().write_all(input).unwrap();
-    }
-    drop(child.stdin.take());
-    let out = child.wait_with_output().unwrap();
+    let out = common::run_program(Command::new(path), args, stdin);
     assert!(
         out.status.success(),
         "{program} {args:?}: {}{}",

@@ -352,3 +352,32 @@ pub fn skip_or_fail(test: &str, why: &str) {
     );
     println!("SKIPPED {test}: {why}");
 }
+
+/// Run `program` with `args`, feeding it `stdin` (or nothing), and collect its output.
+pub fn run_program(
+    mut command: std::process::Command,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = command
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(data) = stdin {
+        child.stdin.take().unwrap().write_all(data).unwrap();
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().unwrap()
+}
+
+/// The `stripestore` command, logging at `log` (`error`, `warn`, ...).
+pub fn stripestore_command(log: &str) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_stripestore"));
+    command.env("STRIPESTORE_LOG", log);
+    command
+}
