@@ -1,5 +1,8 @@
-//! Adversarial review of issue 11 (fault policy, lazy checkpoint, swap-in order, read-only
-//! opens). Each test here FAILS on the reviewed commit and names the defect it proves.
+//! Flushed data must survive three ways the fault-policy work once lost it (found by an
+//! adversarial review; each test failed then): a failed device flush on a member the pool
+//! cannot lose was acknowledged; a checkpoint deferred past open let an older map on another
+//! member name slots that were reused; and the swap-in of a finished rebuild named the new
+//! device in the superblocks before it held the map.
 
 mod common;
 
