@@ -283,7 +283,7 @@ pub(super) fn open(
     });
     if let (Some(conflict), false) = (conflict, options.force) {
         return Err(Error::CorruptMetadata(format!(
-            "split brain: {} and another member both claim superblock generation {} with different member states; open with only the devices you trust, with force",
+            "split brain: {} and another member both claim superblock generation {} with different member states; open with only the devices you trust, forced (--force-degraded, or OpenOptions::force)",
             conflict.device.name(),
             newest.generation
         )));
