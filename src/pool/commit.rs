@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::format::{encode_checkpoint, encode_log_record, log_record_bytes, CheckpointHeader};
 use crate::pool::ErrorKind;
 use crate::types::DeviceIndex;
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
 
 /// What one commit writes, taken atomically from the map.
@@ -53,13 +54,11 @@ impl PoolInner {
             if state.dirty.is_empty() && !force_checkpoint {
                 drop(state);
                 drop(meta);
-                return match self.members.flush_all().into_iter().next() {
-                    Some((device, err)) => Err(Error::Io {
-                        device,
-                        offset: 0,
-                        source: err.into_io(),
-                    }),
-                    None => Ok(()),
+                let failed = self.members.flush_all();
+                return if failed.is_empty() {
+                    Ok(())
+                } else {
+                    Err(self.unavailable_with(failed.into_iter().map(|(device, _)| device)))
                 };
             }
             let stripes: Vec<u64> = state.dirty.keys().copied().collect();
@@ -124,12 +123,9 @@ impl PoolInner {
             // A member still in service whose flush failed may not hold the snapshot's
             // stripes durably, and the pool cannot do without it: the commit fails (its
             // entries go back to the dirty set), rather than acknowledge what may be lost.
-            if let Some((device, err)) = self.members.flush_all().into_iter().next() {
-                return Err(Error::Io {
-                    device,
-                    offset: 0,
-                    source: err.into_io(),
-                });
+            let failed = self.members.flush_all();
+            if !failed.is_empty() {
+                return Err(self.unavailable_with(failed.into_iter().map(|(device, _)| device)));
             }
         }
         self.check_available()?;
@@ -182,6 +178,7 @@ impl PoolInner {
         &self,
         place: impl Fn(DeviceIndex) -> (u64, &'a [u8]) + Sync,
     ) -> Result<()> {
+        let failed: Mutex<Vec<String>> = Mutex::new(Vec::new());
         let landed: usize = super::parallel::each(&self.members.data, |member| {
             let index = member.index;
             let (offset, bytes) = place(index);
@@ -205,6 +202,7 @@ impl PoolInner {
                 Err(err) => {
                     self.members
                         .record_error(index, ErrorKind::Write, Some(offset), &err);
+                    failed.lock().push(member.path());
                     0
                 }
             }
@@ -212,12 +210,29 @@ impl PoolInner {
         .into_iter()
         .sum();
         if landed == 0 {
-            self.check_available()?; // every device failed just now: say so (PoolUnavailable)
-            return Err(Error::CorruptMetadata(
-                "the stripe map could not be written to any device".into(),
-            ));
+            // Every member failed the write just now (faulted, or degraded where the pool could
+            // not lose them): the pool cannot make anything durable.
+            return Err(self.unavailable_with(failed.into_inner()));
         }
         self.check_available()
+    }
+}
+
+impl PoolInner {
+    /// `PoolUnavailable` naming the members out of service and `failing` (members still in
+    /// service whose writes or flushes just failed, so nothing durable can be made with them).
+    fn unavailable_with(&self, failing: impl IntoIterator<Item = String>) -> Error {
+        let mut lost = self.members.lost();
+        for device in failing {
+            if !lost.contains(&device) {
+                lost.push(device);
+            }
+        }
+        Error::PoolUnavailable {
+            layout: self.geometry.layout.to_string(),
+            tolerated: self.geometry.tolerance(),
+            lost_devices: lost,
+        }
     }
 }
 
