@@ -3,8 +3,8 @@
 //!
 //! The fault policy lives here (see the README's "Fault policy" for the reasons):
 //! * a device that is **gone**, or whose **write or flush failed** (its content is then unknown),
-//!   is *faulted*: taken out of service, and the fault persisted at once (superblock generation
-//!   + 1 on every remaining member), so when it comes back it is recognised as stale and never
+//!   is *faulted*: taken out of service, and the fault persisted at once (superblock generation + 1
+//!   on every remaining member), so when it comes back it is recognised as stale and never
 //!   trusted for data. A write failure faults only while the pool stays available without the
 //!   device; otherwise the device is *degraded* instead and keeps serving what it holds;
 //! * **read and checksum errors** never fault: past `error_threshold` of them within
@@ -13,6 +13,7 @@
 //!   is one. Damage is then exactly what it destroyed, never a whole member;
 //! * a **read-only** open (status, check, metrics, read, check-only scrub) records nothing:
 //!   states change in memory for this process, and no byte is written.
+//!
 //! A data position can have a *replacement* being filled (from a spare, a new device, or the same
 //! device coming back online): it receives every new write at once, and is read from only after
 //! the rebuild has filled it and swapped it in.
@@ -508,6 +509,11 @@ impl Members {
                 );
             }
         } else if let Some(within) = self.errors_within_window(member) {
+            if crate::testing::planted::data_errors_fault() {
+                // Planted bug (tests only): the old policy, faulting for data errors.
+                self.fault(index, &format!("too many errors ({within})"));
+                return;
+            }
             self.degrade(
                 index,
                 &format!(

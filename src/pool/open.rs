@@ -285,6 +285,11 @@ pub(super) fn open(
         )));
     }
     let mut by_uuid: BTreeMap<[u8; 16], SharedDevice> = BTreeMap::new();
+    // A device used below whose own superblock is older than the newest missed the last
+    // superblock update (a crash part-way through it): rewrite them all, so that each device
+    // alone still names the current members (a swap-in recorded on some devices only would
+    // otherwise leave the new member unable to open the pool without the others).
+    let mut behind = false;
     for f in found {
         let member = newest
             .members
@@ -328,6 +333,7 @@ pub(super) fn open(
             }
             (Problem::Left(warning), _) => tracing::warn!("{warning}"),
             (Problem::None, _) => {
+                behind |= f.superblock.generation < newest.generation;
                 if by_uuid
                     .insert(f.superblock.device_uuid.0, f.device)
                     .is_some()
@@ -481,7 +487,7 @@ pub(super) fn open(
         }
         return Ok(inner);
     }
-    if newly_missing {
+    if newly_missing || behind {
         for (i, member) in inner.members.data.iter().enumerate() {
             if !member.is_online() {
                 tracing::warn!(device = %member.path(), index = i, "member missing at open; marked faulted");
