@@ -96,6 +96,23 @@ fn every_fault_kind_is_injected_across_the_seed_set() {
         );
     }
     assert!(total.faults.get("power-cut").copied().unwrap_or(0) > 0);
+    eprintln!("fault classes: {:?}", total.classes);
+    // The fault classes of issue 11 ran their checks, not only their preconditions.
+    for class in [
+        "local-damage",
+        "replace-healthy",
+        "lost-members-check",
+        "read-only-look",
+    ] {
+        assert!(
+            total.classes.get(class).copied().unwrap_or(0) > 0,
+            "{class} never checked: {:?}",
+            total.classes
+        );
+    }
+    assert!(total.faults.get("swap-in-power-cut").copied().unwrap_or(0) > 0);
+    assert!(total.classes.keys().any(|c| c.starts_with("refused-")));
+    assert!(total.classes.keys().any(|c| c.starts_with("open-")));
 }
 
 #[test]

@@ -6,7 +6,7 @@ use parking_lot::Mutex;
 use std::time::Duration;
 use stripestore::sim::{self, SimConfig, LAYOUTS};
 use stripestore::testing::planted::{
-    plant_skip_checksum_verification, plant_skip_commit_data_flush,
+    plant_fault_on_data_errors, plant_skip_checksum_verification, plant_skip_commit_data_flush,
 };
 
 /// How many seeds the simulation may need to notice.
@@ -92,9 +92,29 @@ fn skipping_the_data_flush_before_commit_is_caught_within_a_few_seeds() {
     let (config, _, violation) = caught
         .unwrap_or_else(|| panic!("{SEEDS_MAX} seeds missed commits that skip the data flush"));
     eprintln!("caught with {}: {violation}", config.command_line());
+    // Seen at the crash itself, or by a later open (a read-only look) reading what it lost.
     assert!(
-        violation.message.contains("after a crash"),
+        violation.message.contains("after a crash") || violation.message.contains("read-only"),
         "caught, but not at a crash: {violation}"
+    );
+    assert!(sim::run_seed(&config).unwrap().violation.is_none());
+}
+
+/// The fault policy before issue 11 (data errors past the threshold fault the device) must be
+/// caught by the localized-damage op: damage beyond the tolerance on a few stripes would then
+/// fault healthy members instead of costing those stripes only.
+#[test]
+fn faulting_on_data_errors_is_caught_within_a_few_seeds() {
+    let _turn = TURN.lock();
+    let planted = Planted::new(plant_fault_on_data_errors);
+    let caught = first_violation(200, "all");
+    drop(planted);
+    let (config, _, violation) =
+        caught.unwrap_or_else(|| panic!("{SEEDS_MAX} seeds missed data errors faulting members"));
+    eprintln!("caught with {}: {violation}", config.command_line());
+    assert!(
+        violation.message.contains("faulted"),
+        "caught, but not as a fault: {violation}"
     );
     assert!(sim::run_seed(&config).unwrap().violation.is_none());
 }

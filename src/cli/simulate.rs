@@ -291,6 +291,13 @@ fn print_summary(by_layout: &BTreeMap<String, Stats>, total: &Stats, elapsed: Du
     for (op, count) in &total.ops {
         println!("{op:<16} {count:>10}");
     }
+    if !total.classes.is_empty() {
+        println!();
+        println!("{:<34} {:>10}", "fault-class check", "count");
+        for (class, count) in &total.classes {
+            println!("{class:<34} {count:>10}");
+        }
+    }
     println!();
     println!(
         "checked reads {}, scrub bad shards healed {}, skipped ops (budget) {}, forced opens {}, damaged devices refused at open {}",

@@ -529,6 +529,11 @@ impl Members {
                 );
             }
         } else if let Some(within) = self.errors_within_window(member) {
+            if crate::testing::planted::data_errors_fault() {
+                // Planted bug (tests only): the old policy, faulting for data errors.
+                self.fault(index, &format!("too many errors ({within})"));
+                return;
+            }
             self.degrade(
                 index,
                 &format!(

@@ -271,6 +271,57 @@ pub enum Op {
         /// Seed of the positions to fail.
         seed: u64,
     },
+    /// Localized damage beyond the tolerance: overwrite the chunks of a few adjacent stripes on
+    /// more members than the layout tolerates (bypassing the pool), so exactly those stripes
+    /// are lost. Reads there fail with `Unrecoverable` (never bytes), everything else stays
+    /// exact (also across a reopen), no member is faulted for it, a scrub lists exactly those
+    /// stripes as damaged ranges (merged, with device names, tallies adding up); then the
+    /// stripes are rewritten and read back.
+    LocalDamage {
+        /// First stripe (wrapped into the volume).
+        stripe: u64,
+        /// Adjacent stripes (1..=3).
+        count: u8,
+        /// Seed of the victims and of the new content.
+        seed: u64,
+    },
+    /// Replace a healthy member with a fresh device, rebuild, and cut the power `cut_after`
+    /// device requests into the last rebuild step (the swap-in: flush, commit, superblocks,
+    /// swap) or the write and flush right after it; reopen and check every flushed byte, also
+    /// with `tolerance` members lost.
+    ReplaceHealthy {
+        /// Position to replace.
+        device: u8,
+        /// Requests that still land once the swap-in has started (`None`: no cut there, a
+        /// crash after the next write).
+        cut_after: Option<u32>,
+        /// Seed of the post-swap write, the crash and the members lost afterwards.
+        seed: u64,
+    },
+    /// `online`, `replace` or `spare add` given a device the pool must refuse: another pool's
+    /// member, a spare of this pool, an active member of this pool, or a device too small. The
+    /// call must fail and change no byte of that device nor of the pool's devices.
+    AdminWithBadDevice {
+        /// 0: online, 1: replace, 2: spare add (modulo 3).
+        action: u8,
+        /// 0: foreign, 1: spare, 2: active member, 3: too small (modulo 4).
+        kind: u8,
+        /// Position the action names (and the active member given, one further).
+        device: u8,
+    },
+    /// Close and reopen with the devices given in a seeded order and as a seeded subset: faulted,
+    /// stale and former members thrown in, healthy members left out within the damage budget
+    /// (or, sometimes, too many, which must be refused without changing a byte).
+    OpenSubset {
+        /// Seed of the order and the subset.
+        seed: u64,
+    },
+    /// Close, open the same devices read-only, look (verify, status, a refused write, a
+    /// check-only scrub), close, compare every device byte for byte with before, reopen.
+    ReadOnlyLook {
+        /// Seed of the device order.
+        seed: u64,
+    },
 }
 
 impl Op {
@@ -294,6 +345,11 @@ impl Op {
             Op::Rebuild => "rebuild",
             Op::Scrub => "scrub",
             Op::BeyondTolerance { .. } => "beyond-tolerance",
+            Op::LocalDamage { .. } => "local-damage",
+            Op::ReplaceHealthy { .. } => "replace-healthy",
+            Op::AdminWithBadDevice { .. } => "admin-bad-device",
+            Op::OpenSubset { .. } => "open-subset",
+            Op::ReadOnlyLook { .. } => "read-only-look",
         }
     }
 }
@@ -304,7 +360,7 @@ pub fn generate(config: &SimConfig) -> Vec<Op> {
     let mut rng = crate::testing::rng(config.seed ^ 0x5157_0001);
     let faults = &config.faults;
     // (weight, enabled) per op family, in a fixed order.
-    let table: [(u32, bool); 15] = [
+    let table: [(u32, bool); 20] = [
         (300, true),                            // write
         (220, true),                            // read
         (100, true),                            // flush
@@ -320,6 +376,11 @@ pub fn generate(config: &SimConfig) -> Vec<Op> {
         (30, true),                             // rebuild step
         (20, true),                             // rebuild
         (20, true),                             // scrub
+        (8, true),                              // local damage
+        (8, true),                              // replace healthy (power cut if crashes on)
+        (10, true),                             // admin with a bad device
+        (8, true),                              // open with a subset, in any order
+        (8, true),                              // read-only look
     ];
     let total: u32 = table.iter().filter(|(_, on)| *on).map(|(w, _)| w).sum();
     let stripe = config.chunk_bytes * config.layout.data_chunks(config.devices) as u64;
@@ -377,7 +438,24 @@ pub fn generate(config: &SimConfig) -> Vec<Op> {
             11 => Op::ReplaceWithSpare { device },
             12 => Op::RebuildStep,
             13 => Op::Rebuild,
-            _ => Op::Scrub,
+            14 => Op::Scrub,
+            15 => Op::LocalDamage {
+                stripe: rng.gen_range(0..u64::from(u32::MAX)),
+                count: rng.gen_range(1..=3),
+                seed: rng.gen(),
+            },
+            16 => Op::ReplaceHealthy {
+                device,
+                cut_after: (faults.crash && rng.gen_bool(0.8)).then(|| rng.gen_range(0..160)),
+                seed: rng.gen(),
+            },
+            17 => Op::AdminWithBadDevice {
+                action: rng.gen_range(0..3),
+                kind: rng.gen_range(0..4),
+                device,
+            },
+            18 => Op::OpenSubset { seed: rng.gen() },
+            _ => Op::ReadOnlyLook { seed: rng.gen() },
         };
         ops.push(op);
     }
@@ -432,6 +510,9 @@ pub struct Stats {
     pub unaffected_stripes_ok: u64,
     /// Beyond-tolerance phase: stripes that failed with a clear error.
     pub affected_stripes_failed_clearly: u64,
+    /// Checks of the fault classes (local damage, swap-in cuts, refused devices, subset and
+    /// read-only opens), by name: how often each was exercised.
+    pub classes: BTreeMap<String, u64>,
     /// Runs with a violation.
     pub violations: u64,
 }
@@ -445,6 +526,9 @@ impl Stats {
         }
         for (k, v) in &other.faults {
             *self.faults.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &other.classes {
+            *self.classes.entry(k.clone()).or_default() += v;
         }
         self.skipped += other.skipped;
         self.forced_opens += other.forced_opens;

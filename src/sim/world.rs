@@ -16,6 +16,8 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
+mod classes;
+
 const POWER_ON: i64 = i64::MAX / 2;
 /// Spares kept available at most (each costs a device image).
 const SPARES_MAX: usize = 2;
@@ -43,6 +45,13 @@ struct World<'a> {
     spares_made: usize,
     /// The range of the latest write, read back after every step.
     last_write: Option<(u64, usize)>,
+    /// Another pool's members (made on first use), for devices the pool must refuse.
+    foreign: Vec<Arc<MemDevice>>,
+    /// Fresh devices made for healthy replaces.
+    fresh_made: usize,
+    /// Armed by a healthy replace: the power-cut countdown the replacement's next flush (the
+    /// first request of the swap-in) sets; [`classes::DISARMED`] otherwise.
+    swap_in_cut: Arc<AtomicI64>,
 }
 
 type Check = std::result::Result<(), String>;
@@ -117,13 +126,16 @@ impl<'a> World<'a> {
             stats: Stats::default(),
             spares_made: 0,
             last_write: None,
+            foreign: Vec::new(),
+            fresh_made: 0,
+            swap_in_cut: Arc::new(AtomicI64::new(classes::DISARMED)),
         };
         let handles: Vec<SharedDevice> = (0..config.devices)
             .map(|i| world.new_disk(format!("d{i}")))
             .collect();
         let mut options = CreateOptions::new(config.layout);
         options.chunk_bytes = config.chunk_bytes;
-        options.open = Self::open_options(false);
+        options.open = Self::open_options(false, false);
         let pool = Pool::create(handles, vec![], &options)?;
         let geometry = pool.geometry();
         world.region = if config.metadata_faults {
@@ -139,19 +151,28 @@ impl<'a> World<'a> {
         Ok(world)
     }
 
-    fn open_options(force: bool) -> OpenOptions {
+    fn open_options(force: bool, read_only: bool) -> OpenOptions {
         OpenOptions {
             // Heal single errors; a device that keeps failing is marked degraded.
             error_threshold: crate::pool::DEFAULT_ERROR_THRESHOLD,
+            // A window no run outlasts: whether errors degrade a device must not depend on
+            // how fast this machine is, or a seed would not replay.
+            error_window: std::time::Duration::from_secs(24 * 3600),
+            read_only,
             background_rebuild: false,
             auto_replace: true,
             rebuild_rate_bytes_per_s: None,
             force,
-            ..OpenOptions::default()
         }
     }
 
     fn new_disk(&mut self, name: String) -> SharedDevice {
+        self.new_disk_with(name, false)
+    }
+
+    /// A new disk; with `swap_in_trigger`, its flushes can start a power-cut countdown (see
+    /// [`World::swap_in_cut`]).
+    fn new_disk_with(&mut self, name: String, swap_in_trigger: bool) -> SharedDevice {
         let index = self.disks.len() as u64;
         let mem = Arc::new(MemDevice::new(name.clone(), self.config.device_bytes));
         let (faulty, plan) = FaultyDevice::new(
@@ -159,10 +180,17 @@ impl<'a> World<'a> {
             self.config.seed ^ (index + 1).wrapping_mul(0x2545_F491_4F6C_DD1D),
         );
         plan.lock().set_region(self.region.clone());
-        let handle: SharedDevice = Arc::new(PowerCut::new(
+        let mut handle: SharedDevice = Arc::new(PowerCut::new(
             Arc::new(faulty) as SharedDevice,
             Arc::clone(&self.countdown),
         ));
+        if swap_in_trigger {
+            handle = Arc::new(classes::SwapInTrigger {
+                inner: handle,
+                armed: Arc::clone(&self.swap_in_cut),
+                countdown: Arc::clone(&self.countdown),
+            });
+        }
         self.disks.push(Disk {
             name,
             mem,
@@ -375,6 +403,23 @@ impl<'a> World<'a> {
                 self.verify("after scrub")
             }
             Op::BeyondTolerance { seed } => self.beyond_tolerance(*seed),
+            Op::LocalDamage {
+                stripe,
+                count,
+                seed,
+            } => self.local_damage(*stripe, *count, *seed),
+            Op::ReplaceHealthy {
+                device,
+                cut_after,
+                seed,
+            } => self.replace_healthy(*device, *cut_after, *seed),
+            Op::AdminWithBadDevice {
+                action,
+                kind,
+                device,
+            } => self.admin_with_bad_device(*action, *kind, *device),
+            Op::OpenSubset { seed } => self.open_subset(*seed),
+            Op::ReadOnlyLook { seed } => self.read_only_look(*seed),
         }
     }
 
@@ -489,14 +534,29 @@ impl<'a> World<'a> {
     /// Open the pool again, as an operator would: leave out devices the pool refuses as stale
     /// or foreign (only acceptable for damaged ones), force when the present members cannot
     /// prove they are current.
-    fn open_with(&mut self, mut candidates: Vec<usize>) -> Check {
+    fn open_with(&mut self, candidates: Vec<usize>) -> Check {
+        self.open_with_mode(candidates, false)
+    }
+
+    /// As [`World::open_with`], read-only if asked.
+    fn open_with_mode(&mut self, candidates: Vec<usize>, read_only: bool) -> Check {
+        self.open_refusing(candidates, read_only, &BTreeSet::new())
+    }
+
+    /// As [`World::open_with_mode`]; the pool may also refuse the devices in `refusable`.
+    fn open_refusing(
+        &mut self,
+        mut candidates: Vec<usize>,
+        read_only: bool,
+        refusable: &BTreeSet<usize>,
+    ) -> Check {
         let mut force = false;
-        for _ in 0..16 {
+        for _ in 0..64 {
             let handles: Vec<SharedDevice> = candidates
                 .iter()
                 .map(|d| Arc::clone(&self.disks[*d].handle))
                 .collect();
-            match Pool::open(handles, &Self::open_options(force)) {
+            match Pool::open(handles, &Self::open_options(force, read_only)) {
                 Ok(pool) => {
                     self.pool = Some(pool);
                     return Ok(());
@@ -506,7 +566,7 @@ impl<'a> World<'a> {
                     force = true;
                 }
                 Err(Error::NotAMember { device, .. }) => match self.disk(&device) {
-                    Some(d) if self.disks[d].damaged => {
+                    Some(d) if self.disks[d].damaged || refusable.contains(&d) => {
                         self.stats.refused_at_open += 1;
                         candidates.retain(|c| *c != d);
                     }
@@ -558,6 +618,12 @@ impl<'a> World<'a> {
         }
         self.countdown.store(POWER_ON, Ordering::SeqCst);
         self.open(&status)?;
+        self.check_after_crash()
+    }
+
+    /// After a crash and a reopen: the whole volume reads (within the tolerance) and every
+    /// block holds a version written since the last flush.
+    fn check_after_crash(&mut self) -> Check {
         let within = self.within_tolerance();
         let mut volume = vec![0u8; usize::try_from(self.model.latest.len()).unwrap_or(0)];
         match self.pool()?.read_at(0, &mut volume) {

@@ -36,3 +36,20 @@ pub fn plant_skip_commit_data_flush(on: bool) {
 pub fn commit_data_flush_skipped() -> bool {
     SKIP_COMMIT_DATA_FLUSH.load(Ordering::Relaxed)
 }
+
+static FAULT_ON_DATA_ERRORS: AtomicBool = AtomicBool::new(false);
+
+/// Plant a bug: read and checksum errors past the threshold fault the device (the policy before
+/// issue 11) instead of marking it degraded (process-wide). For tests only.
+#[doc(hidden)]
+pub fn plant_fault_on_data_errors(on: bool) {
+    FAULT_ON_DATA_ERRORS.store(on, Ordering::Relaxed);
+}
+
+/// True while that planted bug is active (read by the fault policy, `Members::record_error`).
+#[doc(hidden)]
+#[inline]
+#[must_use]
+pub fn data_errors_fault() -> bool {
+    FAULT_ON_DATA_ERRORS.load(Ordering::Relaxed)
+}
