@@ -428,15 +428,9 @@ fn offline_online(r: &mut Rig) {
 
 /// The victim is faulted by a write error (a transient failure), and a write lands while the
 /// pool is degraded, so its copy is outdated.
+/// (The transition of the write-error case, run as setup, where the rig is always strict.)
 fn setup_faulted_by_errors(r: &mut Rig) {
-    r.plan
-        .as_ref()
-        .expect("the victim has a fault plan")
-        .lock()
-        .arm(FaultKind::WriteError, 1);
-    r.write_flush();
-    assert_eq!(r.member_state(VICTIM), "FAULTED");
-    r.write_flush();
+    fault_by_write_error(r);
 }
 
 /// `clear` brings the victim back: resynced from redundancy through its own device (not

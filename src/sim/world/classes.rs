@@ -455,9 +455,7 @@ impl World<'_> {
                 }
                 for device in &report.devices {
                     let c = &device.counters;
-                    if c.checksum_errors + c.io_errors
-                        != c.repaired + c.unrepairable + c.not_rewritten
-                    {
+                    if !c.errors_accounted() {
                         return Err(format!(
                             "scrub tallies do not add up for {}: {c:?}",
                             device.path
