@@ -21,6 +21,7 @@ pub mod codec;
 pub mod device;
 pub mod error;
 pub mod format;
+#[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod geometry;
@@ -28,7 +29,9 @@ pub mod metrics;
 pub mod nbd;
 pub mod pool;
 pub mod rebuild;
+#[cfg(feature = "testing")]
 pub mod sim;
+#[cfg(feature = "testing")]
 pub mod testing;
 pub mod types;
 

@@ -1,24 +1,26 @@
-//! The simulation can fail: with one protection switched off through a test-only switch
-//! (`testing::planted`), a bounded set of seeds must catch the damage. Its own test binary,
-//! because the switches are process-wide (and the tests here take turns).
+//! The simulation can fail: with one protection switched off in the simulated pool
+//! (`OpenOptions::planted`, feature `testing`), a bounded set of seeds must catch the damage.
+//! The switches belong to one pool, so these tests run side by side with everything else.
 
-use parking_lot::Mutex;
 use std::time::Duration;
 use stripestore::sim::{self, SimConfig, LAYOUTS};
-use stripestore::testing::planted::{
-    plant_fault_on_data_errors, plant_skip_checksum_verification, plant_skip_commit_data_flush,
-};
+use stripestore::testing::PlantedBugs;
 
 /// How many seeds the simulation may need to notice.
 const SEEDS_MAX: u64 = 20;
 
 /// The first of seeds `0..SEEDS_MAX` (cycling through the layouts) whose run breaks a rule.
-fn first_violation(ops: usize, faults: &str) -> Option<(SimConfig, Vec<sim::Op>, sim::Violation)> {
+fn first_violation(
+    planted: PlantedBugs,
+    ops: usize,
+    faults: &str,
+) -> Option<(SimConfig, Vec<sim::Op>, sim::Violation)> {
     (0..SEEDS_MAX).find_map(|seed| {
         let (layout, devices) = LAYOUTS[(seed as usize) % LAYOUTS.len()];
         let mut config = SimConfig::new(seed, layout.parse().unwrap(), devices);
         config.ops = ops;
         config.faults = faults.parse().unwrap();
+        config.planted = planted;
         let workload = sim::generate(&config);
         let report = sim::run(&config, &workload).unwrap();
         report
@@ -27,33 +29,16 @@ fn first_violation(ops: usize, faults: &str) -> Option<(SimConfig, Vec<sim::Op>,
     })
 }
 
-/// One planted bug at a time.
-static TURN: Mutex<()> = Mutex::new(());
-
-/// Switches a planted bug on, and off again when dropped (even if the test panics).
-struct Planted(fn(bool));
-
-impl Planted {
-    fn new(switch: fn(bool)) -> Self {
-        switch(true);
-        Self(switch)
-    }
-}
-
-impl Drop for Planted {
-    fn drop(&mut self) {
-        (self.0)(false);
-    }
-}
-
 /// Shard reads that skip checksum verification must be caught returning wrong bytes, and the
 /// failure must shrink to a short replay.
 #[test]
 fn skipping_checksum_verification_is_caught_within_a_few_seeds() {
-    let _turn = TURN.lock();
-    let planted = Planted::new(plant_skip_checksum_verification);
-    let caught = first_violation(200, "all");
-    let (config, ops, violation) = caught
+    let planted = PlantedBugs {
+        skip_checksum_verification: true,
+        ..PlantedBugs::default()
+    };
+    let caught = first_violation(planted, 200, "all");
+    let (mut config, ops, violation) = caught
         .unwrap_or_else(|| panic!("{SEEDS_MAX} seeds missed a read path that skips checksums"));
     assert!(
         violation.message.contains("WRONG BYTES"),
@@ -77,7 +62,7 @@ fn skipping_checksum_verification_is_caught_within_a_few_seeds() {
     assert!(found.message.contains("WRONG BYTES"));
     assert!(shrunk.len() < ops.len());
     // And with the protection back on, the same workload passes.
-    drop(planted);
+    config.planted = PlantedBugs::default();
     assert!(sim::run(&config, &ops).unwrap().violation.is_none());
 }
 
@@ -85,11 +70,12 @@ fn skipping_checksum_verification_is_caught_within_a_few_seeds() {
 /// flushed data at a power cut (with crashes as the only fault).
 #[test]
 fn skipping_the_data_flush_before_commit_is_caught_within_a_few_seeds() {
-    let _turn = TURN.lock();
-    let planted = Planted::new(plant_skip_commit_data_flush);
-    let caught = first_violation(300, "crash");
-    drop(planted);
-    let (config, _, violation) = caught
+    let planted = PlantedBugs {
+        skip_commit_data_flush: true,
+        ..PlantedBugs::default()
+    };
+    let caught = first_violation(planted, 300, "crash");
+    let (mut config, _, violation) = caught
         .unwrap_or_else(|| panic!("{SEEDS_MAX} seeds missed commits that skip the data flush"));
     eprintln!("caught with {}: {violation}", config.command_line());
     // Seen at the crash itself, or by a later open (a read-only look) reading what it lost.
@@ -97,6 +83,7 @@ fn skipping_the_data_flush_before_commit_is_caught_within_a_few_seeds() {
         violation.message.contains("after a crash") || violation.message.contains("read-only"),
         "caught, but not at a crash: {violation}"
     );
+    config.planted = PlantedBugs::default();
     assert!(sim::run_seed(&config).unwrap().violation.is_none());
 }
 
@@ -105,16 +92,18 @@ fn skipping_the_data_flush_before_commit_is_caught_within_a_few_seeds() {
 /// fault healthy members instead of costing those stripes only.
 #[test]
 fn faulting_on_data_errors_is_caught_within_a_few_seeds() {
-    let _turn = TURN.lock();
-    let planted = Planted::new(plant_fault_on_data_errors);
-    let caught = first_violation(200, "all");
-    drop(planted);
-    let (config, _, violation) =
+    let planted = PlantedBugs {
+        fault_on_data_errors: true,
+        ..PlantedBugs::default()
+    };
+    let caught = first_violation(planted, 200, "all");
+    let (mut config, _, violation) =
         caught.unwrap_or_else(|| panic!("{SEEDS_MAX} seeds missed data errors faulting members"));
     eprintln!("caught with {}: {violation}", config.command_line());
     assert!(
         violation.message.contains("faulted"),
         "caught, but not as a fault: {violation}"
     );
+    config.planted = PlantedBugs::default();
     assert!(sim::run_seed(&config).unwrap().violation.is_none());
 }

@@ -14,11 +14,12 @@
 //!   shutdown: new connections stop, every socket's read side is shut so its reader sees end
 //!   of input, requests already read finish and are answered, then [`Server::run`] returns and
 //!   the caller closes (flushes) the pool.
-//! * [`client`]: a minimal client (handshake, one request at a time or pipelined) for the
+//! * [`client`] (feature `testing`): a minimal client (handshake, one request at a time or pipelined) for the
 //!   tests and the benchmark.
 //!
 //! This module never sees devices or stripes: it maps requests to `Pool` calls only.
 
+#[cfg(feature = "testing")]
 pub mod client;
 mod connection;
 pub mod proto;

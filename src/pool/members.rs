@@ -38,6 +38,9 @@ pub struct FaultPolicy {
     pub error_window: Duration,
     /// Record nothing on the devices (a read-only open).
     pub read_only: bool,
+    /// Protections switched off by a test (feature `testing`).
+    #[cfg(feature = "testing")]
+    pub planted: crate::testing::PlantedBugs,
 }
 
 /// Error counters of one device, as shown by `status`.
@@ -329,6 +332,12 @@ impl Members {
         self.policy.read_only
     }
 
+    /// Protections a test switched off in this pool.
+    #[cfg(feature = "testing")]
+    pub(crate) fn planted(&self) -> crate::testing::PlantedBugs {
+        self.policy.planted
+    }
+
     /// Whether every stripe stays available with the members in service, less `extra`.
     #[must_use]
     pub fn available_without(&self, extra: Option<DeviceIndex>) -> bool {
@@ -529,7 +538,8 @@ impl Members {
                 );
             }
         } else if let Some(within) = self.errors_within_window(member) {
-            if crate::testing::planted::data_errors_fault() {
+            #[cfg(feature = "testing")]
+            if self.policy.planted.fault_on_data_errors {
                 // Planted bug (tests only): the old policy, faulting for data errors.
                 self.fault(index, &format!("too many errors ({within})"));
                 return;

@@ -125,6 +125,9 @@ pub struct OpenOptions {
     /// Open even when members are missing and the ones present cannot prove they hold the
     /// newest data (see [`Error::CannotProveCurrent`]).
     pub force: bool,
+    /// Protections a test switches off in this pool (feature `testing` only).
+    #[cfg(feature = "testing")]
+    pub planted: crate::testing::PlantedBugs,
 }
 
 impl OpenOptions {
@@ -145,6 +148,8 @@ impl OpenOptions {
             error_threshold: self.error_threshold,
             error_window: self.error_window,
             read_only: self.read_only,
+            #[cfg(feature = "testing")]
+            planted: self.planted,
         }
     }
 }
@@ -159,6 +164,8 @@ impl Default for OpenOptions {
             auto_replace: true,
             rebuild_rate_bytes_per_s: None,
             force: false,
+            #[cfg(feature = "testing")]
+            planted: crate::testing::PlantedBugs::default(),
         }
     }
 }

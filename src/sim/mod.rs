@@ -143,6 +143,8 @@ pub struct SimConfig {
     /// Let faults land anywhere on a device (superblocks, map checkpoints and log), not only
     /// in the data area.
     pub metadata_faults: bool,
+    /// Protections switched off in the pool under test, to prove the simulation notices.
+    pub planted: crate::testing::PlantedBugs,
 }
 
 impl SimConfig {
@@ -161,6 +163,7 @@ impl SimConfig {
             chunk_bytes: if seed.is_multiple_of(2) { 4096 } else { 16384 },
             beyond_tolerance: true,
             metadata_faults: true,
+            planted: crate::testing::PlantedBugs::default(),
         }
     }
 
@@ -168,7 +171,7 @@ impl SimConfig {
     #[must_use]
     pub fn command_line(&self) -> String {
         format!(
-            "stripestore simulate --seed {} --ops {} --layout {} --devices {} --faults {}{}{}",
+            "stripestore simulate --seed {} --ops {} --layout {} --devices {} --faults {}{}{}{}",
             self.seed,
             self.ops,
             self.layout,
@@ -183,9 +186,60 @@ impl SimConfig {
                 ""
             } else {
                 " --data-faults-only"
-            }
+            },
+            planted_flags(&self.planted)
         )
     }
+}
+
+/// The names `simulate --plant` takes, each with the protection it switches off.
+pub const PLANTABLE: [&str; 3] = [
+    "skip-checksum-verification",
+    "skip-commit-data-flush",
+    "fault-on-data-errors",
+];
+
+/// Switch on the planted bug called `name` (one of [`PLANTABLE`]).
+///
+/// # Errors
+/// An unknown name.
+pub fn plant(
+    bugs: &mut crate::testing::PlantedBugs,
+    name: &str,
+) -> std::result::Result<(), String> {
+    match name {
+        "skip-checksum-verification" => bugs.skip_checksum_verification = true,
+        "skip-commit-data-flush" => bugs.skip_commit_data_flush = true,
+        "fault-on-data-errors" => bugs.fault_on_data_errors = true,
+        other => {
+            return Err(format!(
+                "unknown planted bug '{other}' (one of: {})",
+                PLANTABLE.join(", ")
+            ))
+        }
+    }
+    Ok(())
+}
+
+fn planted_names(bugs: &crate::testing::PlantedBugs) -> Vec<String> {
+    let on = [
+        bugs.skip_checksum_verification,
+        bugs.skip_commit_data_flush,
+        bugs.fault_on_data_errors,
+    ];
+    PLANTABLE
+        .iter()
+        .zip(on)
+        .filter(|(_, on)| *on)
+        .map(|(name, _)| (*name).to_string())
+        .collect()
+}
+
+fn planted_flags(bugs: &crate::testing::PlantedBugs) -> String {
+    planted_names(bugs)
+        .iter()
+        .map(|name| format!(" --plant {name}"))
+        .collect()
 }
 
 /// One step of a workload. Device numbers are taken modulo the layout's positions; a step the
@@ -651,6 +705,9 @@ pub struct Replay {
     /// Faults may land on metadata too.
     #[serde(default)]
     pub metadata_faults: bool,
+    /// Planted bugs, by their `--plant` names.
+    #[serde(default)]
+    pub planted: Vec<String>,
     /// The ops.
     pub ops: Vec<Op>,
 }
@@ -667,6 +724,7 @@ impl Replay {
             device_bytes: config.device_bytes,
             chunk_bytes: config.chunk_bytes,
             metadata_faults: config.metadata_faults,
+            planted: planted_names(&config.planted),
             ops: ops.to_vec(),
         }
     }
@@ -681,6 +739,9 @@ impl Replay {
         config.chunk_bytes = self.chunk_bytes;
         config.metadata_faults = self.metadata_faults;
         config.ops = self.ops.len();
+        for name in &self.planted {
+            plant(&mut config.planted, name).map_err(Error::InvalidConfig)?;
+        }
         Ok(config)
     }
 }

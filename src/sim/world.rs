@@ -135,7 +135,7 @@ impl<'a> World<'a> {
             .collect();
         let mut options = CreateOptions::new(config.layout);
         options.chunk_bytes = config.chunk_bytes;
-        options.open = Self::open_options(false, false);
+        options.open = Self::open_options(config, false, false);
         let pool = Pool::create(handles, vec![], &options)?;
         let geometry = pool.geometry();
         world.region = if config.metadata_faults {
@@ -151,7 +151,7 @@ impl<'a> World<'a> {
         Ok(world)
     }
 
-    fn open_options(force: bool, read_only: bool) -> OpenOptions {
+    fn open_options(config: &SimConfig, force: bool, read_only: bool) -> OpenOptions {
         OpenOptions {
             // Heal single errors; a device that keeps failing is marked degraded.
             error_threshold: crate::pool::DEFAULT_ERROR_THRESHOLD,
@@ -163,6 +163,7 @@ impl<'a> World<'a> {
             auto_replace: true,
             rebuild_rate_bytes_per_s: None,
             force,
+            planted: config.planted,
         }
     }
 
@@ -556,7 +557,7 @@ impl<'a> World<'a> {
                 .iter()
                 .map(|d| Arc::clone(&self.disks[*d].handle))
                 .collect();
-            match Pool::open(handles, &Self::open_options(force, read_only)) {
+            match Pool::open(handles, &Self::open_options(self.config, force, read_only)) {
                 Ok(pool) => {
                     self.pool = Some(pool);
                     return Ok(());

@@ -1,11 +1,13 @@
-//! Test support shared by `tests/`, `benches/` and the demo: a reference model of the volume,
-//! in-memory device sets, and seeds that are printed on failure so any run can be replayed.
+//! Test support shared by `tests/`, `benches/`, the fuzz targets and the `simulate` command
+//! (feature `testing`): a reference model of the volume, in-memory device sets, seeds that are
+//! printed on failure so any run can be replayed, and the bugs a test may plant in one pool.
 //!
-//! Nothing here is used by the pool itself.
+//! The pool reads only [`PlantedBugs`], and only in a build with the feature.
 
 pub mod nbd;
-#[doc(hidden)]
-pub mod planted;
+mod planted;
+
+pub use planted::PlantedBugs;
 
 use crate::device::{MemDevice, SharedDevice};
 use rand::{Rng, SeedableRng};

@@ -1,55 +1,27 @@
-//! Test-only switches that disable one protection, so the simulation can prove it notices
-//! (`tests/simulation_planted.rs`). Each is one relaxed atomic load on the hot path, false in
-//! every production run: nothing in the crate ever sets it.
+//! Bugs a test can plant in one pool, so the simulation can prove it notices
+//! (`tests/simulation_planted.rs`). They travel in [`crate::OpenOptions::planted`] and so belong
+//! to one pool instance, never to the process. The whole module, and every place that reads a
+//! switch, exists only with the `testing` feature: a default build of the library has no code
+//! that can turn a protection off.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
-static SKIP_CHECKSUM_VERIFICATION: AtomicBool = AtomicBool::new(false);
-
-/// Plant a bug: shard reads stop verifying checksums (process-wide). For tests only.
-#[doc(hidden)]
-pub fn plant_skip_checksum_verification(on: bool) {
-    SKIP_CHECKSUM_VERIFICATION.store(on, Ordering::Relaxed);
+/// Protections a test may switch off in one pool. All off by default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PlantedBugs {
+    /// Shard reads stop verifying checksums (read by the pool's shard read path).
+    pub skip_checksum_verification: bool,
+    /// A commit writes the map without first flushing the stripes it names (read by the
+    /// commit path).
+    pub skip_commit_data_flush: bool,
+    /// Read and checksum errors past the threshold fault the device (the policy before the
+    /// degraded state existed) instead of marking it degraded (read by the fault policy,
+    /// `Members::record_error`).
+    pub fault_on_data_errors: bool,
 }
 
-/// True while the planted bug is active (read by the pool's shard read path).
-#[doc(hidden)]
-#[inline]
-#[must_use]
-pub fn checksum_verification_skipped() -> bool {
-    SKIP_CHECKSUM_VERIFICATION.load(Ordering::Relaxed)
-}
-
-static SKIP_COMMIT_DATA_FLUSH: AtomicBool = AtomicBool::new(false);
-
-/// Plant a bug: a commit writes the map without first flushing the stripes it names
-/// (process-wide). For tests only.
-#[doc(hidden)]
-pub fn plant_skip_commit_data_flush(on: bool) {
-    SKIP_COMMIT_DATA_FLUSH.store(on, Ordering::Relaxed);
-}
-
-/// True while that planted bug is active (read by the pool's commit path).
-#[doc(hidden)]
-#[inline]
-#[must_use]
-pub fn commit_data_flush_skipped() -> bool {
-    SKIP_COMMIT_DATA_FLUSH.load(Ordering::Relaxed)
-}
-
-static FAULT_ON_DATA_ERRORS: AtomicBool = AtomicBool::new(false);
-
-/// Plant a bug: read and checksum errors past the threshold fault the device (the policy before
-/// issue 11) instead of marking it degraded (process-wide). For tests only.
-#[doc(hidden)]
-pub fn plant_fault_on_data_errors(on: bool) {
-    FAULT_ON_DATA_ERRORS.store(on, Ordering::Relaxed);
-}
-
-/// True while that planted bug is active (read by the fault policy, `Members::record_error`).
-#[doc(hidden)]
-#[inline]
-#[must_use]
-pub fn data_errors_fault() -> bool {
-    FAULT_ON_DATA_ERRORS.load(Ordering::Relaxed)
+impl PlantedBugs {
+    /// True when any protection is switched off.
+    #[must_use]
+    pub fn any(&self) -> bool {
+        self.skip_checksum_verification || self.skip_commit_data_flush || self.fault_on_data_errors
+    }
 }

@@ -375,9 +375,13 @@ pub fn run_program(
     child.wait_with_output().unwrap()
 }
 
-/// The `stripestore` command, logging at `log` (`error`, `warn`, ...).
+/// The `stripestore` command, logging at `log` (`error`, `warn`, ...). Cargo builds the binary
+/// for the command's own tests only: those in `tests/command/`.
 pub fn stripestore_command(log: &str) -> std::process::Command {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_stripestore"));
+    let Some(program) = option_env!("CARGO_BIN_EXE_stripestore") else {
+        panic!("the stripestore binary is there for the tests in tests/command/ only");
+    };
+    let mut command = std::process::Command::new(program);
     command.env("STRIPESTORE_LOG", log);
     command
 }

@@ -839,7 +839,7 @@ impl World<'_> {
                         .iter()
                         .map(|d| Arc::clone(&self.disks[*d].handle))
                         .collect();
-                    match Pool::open(handles, &Self::open_options(force, false)) {
+                    match Pool::open(handles, &Self::open_options(self.config, force, false)) {
                         Ok(pool) => {
                             pool.simulate_power_loss();
                             return Err(format!(

@@ -5,6 +5,7 @@
 //! parallel. A test that needs a missing tool (or root, for loop devices and mounts) prints a
 //! SKIPPED line and returns, unless `STRIPESTORE_REQUIRE_TOOLS=1`, where it fails.
 
+#[path = "../common/mod.rs"]
 mod common;
 
 use rand::Rng;

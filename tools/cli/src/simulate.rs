@@ -41,6 +41,10 @@ pub struct SimulateArgs {
     /// Inject faults only into the data area (not superblocks, map checkpoints and log).
     #[arg(long)]
     data_faults_only: bool,
+    /// Switch one protection off in the simulated pool, to watch the simulation catch it:
+    /// skip-checksum-verification, skip-commit-data-flush, fault-on-data-errors (repeatable).
+    #[arg(long, value_name = "BUG")]
+    plant: Vec<String>,
     /// Size of each simulated device.
     #[arg(long, value_parser = parse_size, default_value = "1M")]
     device_size: u64,
@@ -104,6 +108,9 @@ fn config_for(
     config.device_bytes = args.device_size;
     config.beyond_tolerance = !args.within_tolerance;
     config.metadata_faults = !args.data_faults_only;
+    for name in &args.plant {
+        sim::plant(&mut config.planted, name).map_err(stripestore::Error::InvalidConfig)?;
+    }
     Ok(config)
 }
 

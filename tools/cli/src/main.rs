@@ -896,3 +896,7 @@ fn read_full(reader: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
     }
     Ok(filled)
 }
+
+fn main() -> ExitCode {
+    run()
+}

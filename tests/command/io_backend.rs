@@ -2,6 +2,7 @@
 //! reopen, lose a device, corrupt chunks behind the pool's back; the same workload with the
 //! fallback forced; and `status` naming the backend in use.
 
+#[path = "../common/mod.rs"]
 mod common;
 
 use common::*;
