@@ -1,5 +1,8 @@
-//! The crate's error type. Every variant says which device, which offset and what happened;
-//! corruption is kept apart from I/O failure. This module never logs and never decides retries.
+//! The crate's error type. A variant about a device names it, and the byte offset where there
+//! is one (`None` where there is none: a flush has no offset); corruption (a checksum that did
+//! not match, [`Corruption`]) is kept apart from I/O failure; a runtime state that refuses a
+//! request (busy, closing) is a variant of its own, not a configuration error. This module
+//! never logs and never decides retries.
 
 use std::path::PathBuf;
 
@@ -11,12 +14,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum Error {
     /// An I/O call on a member device failed and redundancy could not hide it.
-    #[error("device {device}: I/O error at byte offset {offset}: {source}")]
+    #[error("device {device}: I/O error{}: {source}", at_offset(*.offset))]
     Io {
         /// The device's name (its path, or `mem3` for an in-memory device).
         device: String,
-        /// Byte offset on that device.
-        offset: u64,
+        /// Byte offset on that device (`None` for a flush, which has none).
+        offset: Option<u64>,
         /// The underlying error.
         #[source]
         source: std::io::Error,
@@ -41,6 +44,39 @@ pub enum Error {
     /// Options that cannot work together (device count, sizes, chunk size ...).
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
+    /// A member or spare named in a request is not in this pool.
+    #[error("no {role} {name:?} in this pool (give its last known path, its index or its UUID)")]
+    NotInPool {
+        /// What the request named.
+        name: String,
+        /// `data member` or `usable spare`.
+        role: &'static str,
+    },
+    /// A member is not in the state the request needs (already online, offline on purpose,
+    /// not the member it is said to be).
+    #[error("{device} is {reason}")]
+    WrongState {
+        /// The member or device.
+        device: String,
+        /// Its state, and why the request does not apply to it: `already online`.
+        reason: String,
+    },
+    /// Another operation holds what this one needs (a scrub is running, a position is being
+    /// replaced). Retry when it is done.
+    #[error("busy: {0}")]
+    Busy(String),
+    /// The pool is closing: no new work starts.
+    #[error("the pool is closing")]
+    Closing,
+    /// A worker thread of the pool (scrub, rebuild) panicked; its work was not finished.
+    #[error("the {thread} thread panicked; its work was not finished")]
+    ThreadPanicked {
+        /// Which thread.
+        thread: &'static str,
+    },
+    /// No free slot to write into, after commits released what they could.
+    #[error("no free slot: {0}")]
+    NoFreeSlot(String),
     /// `create` found a stripestore superblock on a device and `force` was not set.
     #[error("{device} already holds a superblock of pool {pool}; refusing to overwrite it without --force")]
     DeviceInUse {
@@ -150,7 +186,63 @@ pub enum Error {
         /// What was asked.
         operation: &'static str,
     },
-    /// Pool metadata (superblocks or stripe map) is unusable on every device.
-    #[error("corrupt metadata: {0}")]
-    CorruptMetadata(String),
+    /// Pool metadata (superblocks or stripe map) is unusable, or contradicts itself.
+    #[error("corrupt metadata{}{}: {reason}", on_device(.device.as_deref()), at_offset(*.offset))]
+    CorruptMetadata {
+        /// The device the metadata was read from, where one is to blame.
+        device: Option<String>,
+        /// Byte offset of that metadata on the device, where known.
+        offset: Option<u64>,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Two members claim the same superblock generation with different member states: each was
+    /// written by a process that faulted the other. Neither can be trusted blindly.
+    #[error("split brain: {device} and another member both claim superblock generation {generation} with different member states; open with only the devices you trust, forced (--force-degraded, or OpenOptions::force)")]
+    SplitBrain {
+        /// One of the members in conflict.
+        device: String,
+        /// The generation both claim.
+        generation: u64,
+    },
+}
+
+impl Error {
+    /// Corrupt metadata that no single device is to blame for (it contradicts itself, or every
+    /// copy is bad).
+    #[must_use]
+    pub fn corrupt_metadata(reason: impl Into<String>) -> Self {
+        Self::CorruptMetadata {
+            device: None,
+            offset: None,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A checksum that did not match: which device, where, and what was expected and found. Kept
+/// apart from I/O errors: the device answered, but with the wrong bytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("device {device}: checksum mismatch at byte offset {offset} (slot {slot}, shard {shard}): expected {expected:#010x}, found {found:#010x}")]
+pub struct Corruption {
+    /// The device.
+    pub device: String,
+    /// Byte offset on the device of the checksum block that failed.
+    pub offset: u64,
+    /// The physical stripe slot.
+    pub slot: u64,
+    /// The shard of the stripe.
+    pub shard: usize,
+    /// The crc32c the map records.
+    pub expected: u32,
+    /// The crc32c of what the device returned.
+    pub found: u32,
+}
+
+fn at_offset(offset: Option<u64>) -> String {
+    offset.map_or_else(String::new, |offset| format!(" at byte offset {offset}"))
+}
+
+fn on_device(device: Option<&str>) -> String {
+    device.map_or_else(String::new, |device| format!(" on {device}"))
 }

@@ -35,7 +35,7 @@ pub mod sim;
 pub mod testing;
 pub mod types;
 
-pub use error::{Error, Result};
+pub use error::{Corruption, Error, Result};
 pub use geometry::Layout;
 pub use pool::{
     CreateOptions, OpenOptions, Pool, PoolStatus, ScrubEnd, ScrubOptions, ScrubProgress,

@@ -355,7 +355,7 @@ fn a_bad_checksum_bytes_in_the_superblock_is_refused_at_open() {
         let before: Vec<Vec<u8>> = mems.iter().map(|m| m.peek(0, 8 << 20)).collect();
         let err = Pool::open(shared(&mems), &OpenOptions::default()).unwrap_err();
         assert!(
-            matches!(err, Error::InvalidConfig(_) | Error::CorruptMetadata(_)),
+            matches!(err, Error::InvalidConfig(_) | Error::CorruptMetadata { .. }),
             "{value}: {err:?}"
         );
         let after: Vec<Vec<u8>> = mems.iter().map(|m| m.peek(0, 8 << 20)).collect();

@@ -51,6 +51,15 @@ pub struct ShardSums {
 }
 
 impl ShardSums {
+    /// How the shards of `geometry` are checksummed.
+    #[must_use]
+    pub fn of_geometry(geometry: &crate::geometry::Geometry) -> Self {
+        Self::new(
+            usize::try_from(geometry.chunk_bytes).unwrap_or(0),
+            usize::try_from(geometry.checksum_bytes).unwrap_or(0),
+        )
+    }
+
     /// Shards of `chunk_bytes`, one checksum per `block_bytes` (which divides the chunk).
     #[must_use]
     pub fn new(chunk_bytes: usize, block_bytes: usize) -> Self {

@@ -137,7 +137,7 @@ pub fn refuse_signature(device: &dyn Device) -> Result<()> {
         }),
         Err(err) => Err(Error::Io {
             device: device.name(),
-            offset: 0,
+            offset: None,
             source: err.into_io(),
         }),
     }

@@ -178,15 +178,12 @@ impl Geometry {
     /// Checksums in one map entry: one per checksum block of every shard.
     #[must_use]
     pub fn crcs_per_entry(&self) -> usize {
-        self.width() * self.sums().per_shard()
+        self.width() * self.checksum_blocks_per_chunk()
     }
-    /// How shards are checksummed.
+    /// Checksum blocks in one chunk (one shard).
     #[must_use]
-    pub fn sums(&self) -> crate::codec::ShardSums {
-        crate::codec::ShardSums::new(
-            usize::try_from(self.chunk_bytes).unwrap_or(0),
-            usize::try_from(self.checksum_bytes).unwrap_or(0),
-        )
+    pub fn checksum_blocks_per_chunk(&self) -> usize {
+        usize::try_from(self.chunk_bytes / self.checksum_bytes.max(1)).unwrap_or(0)
     }
     /// End of the data area (the last 64 KiB of `device_bytes` are kept for superblock B).
     #[must_use]

@@ -10,10 +10,9 @@ use crate::types::DeviceIndex;
 
 impl PoolInner {
     fn member_index(&self, name: &str) -> Result<DeviceIndex> {
-        self.members.find(name).ok_or_else(|| {
-            Error::InvalidConfig(format!(
-                "no data member {name:?} in this pool (give its last known path, its index or its UUID)"
-            ))
+        self.members.find(name).ok_or_else(|| Error::NotInPool {
+            name: name.to_string(),
+            role: "data member",
         })
     }
 
@@ -103,8 +102,9 @@ impl Pool {
             .inner
             .members
             .take_spare_by(|id| id.path == spare || id.uuid.to_string() == spare)
-            .ok_or_else(|| {
-                Error::InvalidConfig(format!("no usable spare {spare:?} in this pool"))
+            .ok_or_else(|| Error::NotInPool {
+                name: spare.to_string(),
+                role: "usable spare",
             })?;
         let result = self
             .inner
@@ -157,7 +157,10 @@ impl Pool {
         let index = self.inner.member_index(name)?;
         let member = self.inner.members.get(index);
         if member.is_online() {
-            return Err(Error::InvalidConfig(format!("{name} is already online")));
+            return Err(Error::WrongState {
+                device: name.to_string(),
+                reason: "already online".into(),
+            });
         }
         let returning = super::open::read_superblock(device.as_ref()).is_ok_and(|sb| {
             sb.pool_uuid == self.inner.uuid && sb.device_uuid == member.identity().uuid
@@ -325,28 +328,31 @@ impl Pool {
             return Ok(());
         }
         if member.fault_reason().as_deref() == Some(OFFLINE_REASON) {
-            return Err(Error::InvalidConfig(format!(
-                "{name} was taken offline on purpose; bring it back with `online`"
-            )));
+            return Err(Error::WrongState {
+                device: name.to_string(),
+                reason: "offline on purpose; bring it back with `online`".into(),
+            });
         }
         let identity = member.identity();
         match super::open::read_superblock(device.as_ref()) {
             Ok(sb) if sb.pool_uuid == self.inner.uuid && sb.device_uuid == identity.uuid => {}
             Ok(sb) => {
-                return Err(Error::InvalidConfig(format!(
-                    "{} is not member {} of this pool (its superblock names device {} of pool {}); use replace for another device",
-                    device.name(),
-                    identity.path,
-                    sb.device_uuid,
-                    sb.pool_uuid
-                )))
+                return Err(Error::WrongState {
+                    device: device.name(),
+                    reason: format!(
+                        "not member {} of this pool (its superblock names device {} of pool {}); use replace for another device",
+                        identity.path, sb.device_uuid, sb.pool_uuid
+                    ),
+                })
             }
             Err(reason) => {
-                return Err(Error::InvalidConfig(format!(
-                    "{} is not member {} of this pool: {reason}; use replace for another device",
-                    device.name(),
-                    identity.path
-                )))
+                return Err(Error::WrongState {
+                    device: device.name(),
+                    reason: format!(
+                        "not member {} of this pool: {reason}; use replace for another device",
+                        identity.path
+                    ),
+                })
             }
         }
         tracing::warn!(device = %device.name(), index = index.0, "clearing a faulted member: it is resynced from redundancy before it serves again");

@@ -13,9 +13,10 @@
 
 use super::io::Fetch;
 use super::PoolInner;
-use crate::device::{run_batch, AlignedBuf, BatchOp, DeviceError, SharedDevice};
+use crate::device::{run_batch, AlignedBuf, BatchOp, SharedDevice};
+use crate::error::Corruption;
 use crate::format::MapEntry;
-use crate::pool::ErrorKind;
+use crate::pool::{DeviceFault, ErrorKind};
 use crate::types::{DeviceIndex, ShardIndex, SlotId};
 use std::cell::RefCell;
 
@@ -141,7 +142,7 @@ impl PoolInner {
             }
         }
         run_batch(&mut ops);
-        let sums = self.geometry.sums();
+        let sums = crate::codec::ShardSums::of_geometry(&self.geometry);
         for (op, i) in ops.into_iter().zip(which) {
             let (index, offset, _) = &located[i];
             let item = &items[i];
@@ -149,7 +150,7 @@ impl PoolInner {
             got[i] = match (op.result, op.buf) {
                 (Err(err), _) => {
                     self.members
-                        .record_error(*index, ErrorKind::Read, Some(at), &err);
+                        .record_error(*index, Some(at), DeviceFault::Read(&err));
                     Got::Bad(ErrorKind::Read)
                 }
                 (Ok(()), crate::device::IoBuf::Read(bytes)) => {
@@ -166,19 +167,19 @@ impl PoolInner {
                         #[cfg(feature = "testing")]
                         Err(_) if self.members.planted().skip_checksum_verification => Got::Good,
                         Err(bad) => {
-                            let detail = DeviceError::Io(std::io::Error::other(format!(
-                                "checksum mismatch at offset {} (slot {}, shard {}): expected {:#010x}, found {:#010x}",
-                                *offset + bad.offset as u64,
-                                item.slot,
-                                item.shard,
-                                bad.expected,
-                                bad.found
-                            )));
+                            let at = *offset + bad.offset as u64;
+                            let corruption = Corruption {
+                                device: self.members.get(*index).path(),
+                                offset: at,
+                                slot: item.slot.0,
+                                shard: item.shard,
+                                expected: bad.expected,
+                                found: bad.found,
+                            };
                             self.members.record_error(
                                 *index,
-                                ErrorKind::Checksum,
-                                Some(*offset + bad.offset as u64),
-                                &detail,
+                                Some(at),
+                                DeviceFault::Checksum(&corruption),
                             );
                             Got::Bad(ErrorKind::Checksum)
                         }
@@ -229,7 +230,7 @@ impl PoolInner {
                 (Ok(()), true) => {}
                 (Err(err), false) => {
                     self.members
-                        .record_error(index, ErrorKind::Write, Some(*offset), &err);
+                        .record_error(index, Some(*offset), DeviceFault::Write(&err));
                 }
                 (Err(err), true) => self
                     .members

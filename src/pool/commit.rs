@@ -18,7 +18,7 @@
 use super::{MapState, PoolInner};
 use crate::error::{Error, Result};
 use crate::format::{encode_checkpoint, encode_log_record, log_record_bytes, CheckpointHeader};
-use crate::pool::ErrorKind;
+use crate::pool::DeviceFault;
 use crate::types::DeviceIndex;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
@@ -205,7 +205,7 @@ impl PoolInner {
                 Ok(()) => 1,
                 Err(err) => {
                     self.members
-                        .record_error(index, ErrorKind::Write, Some(offset), &err);
+                        .record_error(index, Some(offset), DeviceFault::Write(&err));
                     failed.lock().push(member.path());
                     0
                 }

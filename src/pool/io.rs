@@ -13,7 +13,7 @@ use super::{check_range, MapState, PoolInner};
 use crate::device::DIRECT_ALIGN;
 use crate::error::{Error, Result};
 use crate::format::MapEntry;
-use crate::pool::ErrorKind;
+use crate::pool::{DeviceFault, ErrorKind};
 use crate::types::{DeviceIndex, Generation, ShardIndex, SlotId};
 use rayon::prelude::*;
 
@@ -223,7 +223,7 @@ impl PoolInner {
     fn read_stripes_locked(&self, pieces: &mut [Piece<'_>], balance: bool) -> Result<()> {
         let chunk = self.geometry.chunk_bytes;
         let chunk_len = usize::try_from(chunk).unwrap_or(0);
-        let sums = self.geometry.sums();
+        let sums = crate::codec::ShardSums::of_geometry(&self.geometry);
         let entries: Vec<MapEntry> = {
             let state = self.map.lock();
             pieces.iter().map(|p| state.map.get(p.0)).collect()
@@ -367,7 +367,7 @@ impl PoolInner {
     ) -> Result<()> {
         let width = self.geometry.width();
         let chunk = usize::try_from(self.geometry.chunk_bytes).unwrap_or(0);
-        let sums = self.geometry.sums();
+        let sums = crate::codec::ShardSums::of_geometry(&self.geometry);
         // The part of every shard to work on: the blocks covering the request if it lies in
         // one chunk, else whole shards.
         let part = if chunks.start() == chunks.end() {
@@ -615,7 +615,7 @@ impl PoolInner {
         shard: usize,
         bytes: &[u8],
     ) -> bool {
-        let sums = self.geometry.sums();
+        let sums = crate::codec::ShardSums::of_geometry(&self.geometry);
         sums.matches(
             slot,
             ShardIndex(shard),
@@ -647,7 +647,7 @@ impl PoolInner {
             }
             Err(err) => {
                 self.members
-                    .record_error(index, ErrorKind::Write, Some(offset), &err);
+                    .record_error(index, Some(offset), DeviceFault::Write(&err));
                 false
             }
         }
@@ -772,7 +772,7 @@ impl PoolInner {
                 })
                 .collect()
         };
-        let sums = self.geometry.sums();
+        let sums = crate::codec::ShardSums::of_geometry(&self.geometry);
         let crcs: Vec<Vec<u32>> = lists
             .iter()
             .zip(&generations)

@@ -501,13 +501,8 @@ impl Members {
 
     /// Count an I/O or checksum error against a device and apply the fault policy (module
     /// docs). `offset` is the device byte offset of the failed request (`None` for a flush).
-    pub fn record_error(
-        &self,
-        index: DeviceIndex,
-        kind: ErrorKind,
-        offset: Option<u64>,
-        detail: &DeviceError,
-    ) {
+    pub fn record_error(&self, index: DeviceIndex, offset: Option<u64>, detail: DeviceFault<'_>) {
+        let kind = detail.kind();
         let member = self.get(index);
         // Every error is an event with its device and offset; state changes are warnings.
         tracing::info!(device = %member.path(), index = index.0, ?kind, offset, %detail, "device error");
@@ -517,7 +512,7 @@ impl Members {
             ErrorKind::Checksum => &member.errors.checksum,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        if matches!(detail, DeviceError::Gone(_)) {
+        if detail.is_gone() {
             // It cannot serve anything any more: out of service, whatever the layout says.
             self.fault(index, &format!("device gone: {detail}"));
         } else if kind == ErrorKind::Write {
@@ -647,7 +642,7 @@ impl Members {
             let mut failed = None;
             if let Some(device) = member.device() {
                 if let Err(err) = device.flush() {
-                    self.record_error(DeviceIndex(i), ErrorKind::Write, None, &err);
+                    self.record_error(DeviceIndex(i), None, DeviceFault::Write(&err));
                     if member.is_online() {
                         failed = Some((member.path(), err));
                     }
@@ -718,7 +713,7 @@ impl Members {
                 superblock.encode().map(|bytes| (device, bytes))
             })
             .collect::<std::result::Result<_, String>>()
-            .map_err(Error::CorruptMetadata)?;
+            .map_err(Error::corrupt_metadata)?;
         drop(template);
         let mut failures = Vec::new();
         for copy in 0..2 {
@@ -753,4 +748,44 @@ pub enum ErrorKind {
     Write,
     /// Content did not verify.
     Checksum,
+}
+
+/// One error on one device, typed: the device failed a request, or answered with bytes whose
+/// checksum did not match.
+#[derive(Debug, Clone, Copy)]
+pub enum DeviceFault<'a> {
+    /// A read failed.
+    Read(&'a DeviceError),
+    /// A write or flush failed.
+    Write(&'a DeviceError),
+    /// A read returned bytes that did not verify.
+    Checksum(&'a crate::error::Corruption),
+}
+
+impl DeviceFault<'_> {
+    /// The counter it goes to.
+    #[must_use]
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            DeviceFault::Read(_) => ErrorKind::Read,
+            DeviceFault::Write(_) => ErrorKind::Write,
+            DeviceFault::Checksum(_) => ErrorKind::Checksum,
+        }
+    }
+
+    fn is_gone(&self) -> bool {
+        matches!(
+            self,
+            DeviceFault::Read(DeviceError::Gone(_)) | DeviceFault::Write(DeviceError::Gone(_))
+        )
+    }
+}
+
+impl std::fmt::Display for DeviceFault<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceFault::Read(err) | DeviceFault::Write(err) => err.fmt(f),
+            DeviceFault::Checksum(corruption) => corruption.fmt(f),
+        }
+    }
 }

@@ -24,7 +24,8 @@ mod status;
 
 pub use admin::{Cleared, ClearedState};
 pub use members::{
-    ErrorCounters, ErrorKind, FaultPolicy, Identity, MemberDevice, Members, Replacement, Spare,
+    DeviceFault, ErrorCounters, ErrorKind, FaultPolicy, Identity, MemberDevice, Members,
+    Replacement, Spare,
 };
 pub use rebuild::{RebuildProgress, StepOutcome};
 pub use scrub::{
@@ -34,6 +35,7 @@ pub use status::{DeviceStatus, PoolHealth, PoolStatus};
 
 /// Run `work` with the pool's device-parallel work on this thread done one device after
 /// another, in order (what a deterministic simulation needs); restored afterwards.
+#[cfg(feature = "testing")]
 pub(crate) fn run_sequentially<R>(work: impl FnOnce() -> R) -> R {
     let before = parallel::is_sequential();
     parallel::set_sequential(true);
@@ -585,7 +587,7 @@ impl Pool {
         Some(
             thread
                 .join()
-                .unwrap_or_else(|_| Err(Error::InvalidConfig("the scrub thread panicked".into()))),
+                .unwrap_or_else(|_| Err(Error::ThreadPanicked { thread: "scrub" })),
         )
     }
 

@@ -187,7 +187,7 @@ pub(super) fn create(
     if let Some((device, err)) = failures.into_iter().next() {
         return Err(Error::Io {
             device,
-            offset: 0,
+            offset: None,
             source: err.into_io(),
         });
     }
@@ -233,6 +233,52 @@ pub(super) fn open(
     discover: bool,
     options: &OpenOptions,
 ) -> Result<PoolInner> {
+    let mut found = read_given(devices)?;
+    // Why recorded members could not be opened (the real error, for status).
+    let mut unopened: BTreeMap<[u8; 16], String> = BTreeMap::new();
+    if discover {
+        discover_members(&mut found, options.access(), &mut unopened);
+    }
+    // The newest superblock among everything found decides membership and staleness, so a
+    // stale device cannot vouch for itself with its own outdated member list.
+    let (newest, newest_device) = found
+        .iter()
+        .max_by_key(|f| f.superblock.generation)
+        .map(|f| (f.superblock.clone(), f.device.name()))
+        .ok_or_else(|| Error::InvalidConfig("no devices given".into()))?;
+    let sorted = sort_found(found, &newest, options.force, &mut unopened)?;
+    let assembled = assemble(&newest, &newest_device, sorted.by_uuid, &unopened, options)?;
+    let (state, meta) = recover_map(&assembled.geometry, newest.pool_uuid, &assembled.members)?;
+    let inner = new_inner(
+        assembled.geometry,
+        newest.pool_uuid,
+        assembled.members,
+        state,
+        meta,
+        options,
+    )?;
+    check_openable(&inner, assembled.suspects, options)?;
+    for member in &inner.members.data {
+        if let Some(replacement) = member.replacement() {
+            inner.estimate_total(member.index, &replacement);
+        }
+    }
+    if options.read_only {
+        // Looking never writes: the state found is shown as it is, and nothing is recorded.
+        for member in inner.members.data.iter().filter(|m| !m.is_online()) {
+            if let Some(reason) = member.fault_reason() {
+                tracing::info!(device = %member.path(), %reason, "member out of service (read-only open: nothing recorded)");
+            }
+        }
+        return Ok(inner);
+    }
+    record_open(&inner, sorted.members_disagree, assembled.newly_missing)?;
+    Ok(inner)
+}
+
+/// Read the superblock of every device the caller gave; all must belong to the first one's
+/// pool.
+fn read_given(devices: Vec<SharedDevice>) -> Result<Vec<Found>> {
     let mut found = Vec::new();
     for device in devices {
         let superblock = read_superblock(device.as_ref()).map_err(|reason| Error::NotAMember {
@@ -245,7 +291,6 @@ pub(super) fn open(
             given: true,
         });
     }
-    // The pool being opened is the first given device's; every other must belong to it.
     let first = found
         .first()
         .ok_or_else(|| Error::InvalidConfig("no devices given".into()))?;
@@ -260,77 +305,43 @@ pub(super) fn open(
             });
         }
     }
-    // Why recorded members could not be opened (the real error, for status).
-    let mut unopened: BTreeMap<[u8; 16], String> = BTreeMap::new();
-    if discover {
-        discover_members(&mut found, options.access(), &mut unopened);
-    }
-    // Members whose own superblock is older than the newest found (a superblock update cut
-    // short by a crash): rewritten below so that each could vouch for the pool on its own.
-    let mut members_disagree = false;
-    // The newest superblock among everything found decides membership and staleness, so a
-    // stale device cannot vouch for itself with its own outdated member list.
-    let newest = found
-        .iter()
-        .map(|f| &f.superblock)
-        .max_by_key(|sb| sb.generation)
-        .cloned()
-        .ok_or_else(|| Error::InvalidConfig("no devices given".into()))?;
+    Ok(found)
+}
+
+/// The devices found, judged against the newest superblock.
+struct Sorted {
+    /// The devices to use, by device UUID.
+    by_uuid: BTreeMap<[u8; 16], SharedDevice>,
+    /// Members whose own superblock is older than the newest found (a superblock update cut
+    /// short by a crash): rewritten so that each could vouch for the pool on its own.
+    members_disagree: bool,
+}
+
+/// Judge every found device against `newest`: use it, leave it out with a warning (stale,
+/// faulted, detached), or refuse it. Refused devices found by path go into `unopened`.
+fn sort_found(
+    found: Vec<Found>,
+    newest: &Superblock,
+    force: bool,
+    unopened: &mut BTreeMap<[u8; 16], String>,
+) -> Result<Sorted> {
     // Two devices at the same generation with different member lists: each was written by a
     // process that had faulted the other (a split brain). Neither can be trusted blindly.
     let conflict = found.iter().find(|f| {
         f.superblock.generation == newest.generation && f.superblock.members != newest.members
     });
-    if let (Some(conflict), false) = (conflict, options.force) {
-        return Err(Error::CorruptMetadata(format!(
-            "split brain: {} and another member both claim superblock generation {} with different member states; open with only the devices you trust, forced (--force-degraded, or OpenOptions::force)",
-            conflict.device.name(),
-            newest.generation
-        )));
+    if let (Some(conflict), false) = (conflict, force) {
+        return Err(Error::SplitBrain {
+            device: conflict.device.name(),
+            generation: newest.generation,
+        });
     }
-    let mut by_uuid: BTreeMap<[u8; 16], SharedDevice> = BTreeMap::new();
+    let mut sorted = Sorted {
+        by_uuid: BTreeMap::new(),
+        members_disagree: false,
+    };
     for f in found {
-        let member = newest
-            .members
-            .iter()
-            .find(|m| m.uuid == f.superblock.device_uuid);
-        let problem = match member {
-            // Same pool, but no longer in its member list: replaced or detached earlier.
-            None => Problem::Left(format!(
-                "{} is a former member of pool {}: it is no longer in the member list (replaced or detached); opened without it. To use it again, add it as a new device (`spare add --force`, or `replace ... --force`)",
-                f.device.name(),
-                newest.pool_uuid
-            )),
-            // Faulted (or offline) while the pool went on: it holds outdated data. Named on
-            // the command line, it is what a user always types: open without it and say so.
-            Some(m) if matches!(m.state, MemberState::Faulted { .. }) => {
-                let reason = match &m.state {
-                    MemberState::Faulted { reason } => reason.clone(),
-                    _ => String::new(),
-                };
-                let back = if reason == super::admin::OFFLINE_REASON {
-                    format!("`stripestore online POOL {}`", m.path)
-                } else {
-                    format!("`stripestore clear POOL --device {}`", m.path)
-                };
-                Problem::Left(format!(
-                    "{} is out of service in pool {} ({reason}; its superblock is at generation {}, the pool's at {}): it holds outdated data and is not used. Bring it back with {back} (resynced before use), or replace it",
-                    f.device.name(),
-                    newest.pool_uuid,
-                    f.superblock.generation,
-                    newest.generation,
-                ))
-            }
-            Some(_) if f.device.size() < newest.device_bytes => Problem::Refused(Error::DeviceTooSmall {
-                device: f.device.name(),
-                size: f.device.size(),
-                needed: newest.device_bytes,
-            }),
-            Some(_) => {
-                members_disagree |= f.superblock.generation != newest.generation;
-                Problem::None
-            }
-        };
+        let problem = judge(&f, newest, &mut sorted.members_disagree);
         match (problem, f.given) {
             (Problem::Refused(err), true) => return Err(err),
             (Problem::Refused(err), false) => {
@@ -339,7 +350,8 @@ pub(super) fn open(
             }
             (Problem::Left(warning), _) => tracing::warn!("{warning}"),
             (Problem::None, _) => {
-                if by_uuid
+                if sorted
+                    .by_uuid
                     .insert(f.superblock.device_uuid.0, f.device)
                     .is_some()
                 {
@@ -351,6 +363,79 @@ pub(super) fn open(
             }
         }
     }
+    Ok(sorted)
+}
+
+/// What to do with one found device; notes in `disagree` a usable member whose superblock is
+/// behind the newest.
+fn judge(f: &Found, newest: &Superblock, disagree: &mut bool) -> Problem {
+    let member = newest
+        .members
+        .iter()
+        .find(|m| m.uuid == f.superblock.device_uuid);
+    match member {
+        // Same pool, but no longer in its member list: replaced or detached earlier.
+        None => Problem::Left(format!(
+            "{} is a former member of pool {}: it is no longer in the member list (replaced or detached); opened without it. To use it again, add it as a new device (`spare add --force`, or `replace ... --force`)",
+            f.device.name(),
+            newest.pool_uuid
+        )),
+        // Faulted (or offline) while the pool went on: it holds outdated data. Named on the
+        // command line, it is what a user always types: open without it and say so.
+        Some(m) if matches!(m.state, MemberState::Faulted { .. }) => {
+            let reason = match &m.state {
+                MemberState::Faulted { reason } => reason.clone(),
+                _ => String::new(),
+            };
+            let back = if reason == super::admin::OFFLINE_REASON {
+                format!("`stripestore online POOL {}`", m.path)
+            } else {
+                format!("`stripestore clear POOL --device {}`", m.path)
+            };
+            Problem::Left(format!(
+                "{} is out of service in pool {} ({reason}; its superblock is at generation {}, the pool's at {}): it holds outdated data and is not used. Bring it back with {back} (resynced before use), or replace it",
+                f.device.name(),
+                newest.pool_uuid,
+                f.superblock.generation,
+                newest.generation,
+            ))
+        }
+        Some(_) if f.device.size() < newest.device_bytes => Problem::Refused(Error::DeviceTooSmall {
+            device: f.device.name(),
+            size: f.device.size(),
+            needed: newest.device_bytes,
+        }),
+        Some(_) => {
+            *disagree |= f.superblock.generation != newest.generation;
+            Problem::None
+        }
+    }
+}
+
+/// The pool's members as the newest superblock records them, with the devices found.
+struct Assembled {
+    geometry: Geometry,
+    members: Members,
+    /// A member recorded online or a replacement in progress was not found: the superblocks
+    /// are rewritten to record it.
+    newly_missing: bool,
+    /// Members recorded online but not found (they may hold newer data).
+    suspects: Vec<String>,
+}
+
+/// Build the geometry and the member table from `newest` and the devices in `by_uuid`.
+fn assemble(
+    newest: &Superblock,
+    newest_device: &str,
+    mut by_uuid: BTreeMap<[u8; 16], SharedDevice>,
+    unopened: &BTreeMap<[u8; 16], String>,
+    options: &OpenOptions,
+) -> Result<Assembled> {
+    let corrupt = |reason: String| Error::CorruptMetadata {
+        device: Some(newest_device.to_string()),
+        offset: None,
+        reason,
+    };
     let layout: Layout = newest.layout.parse()?;
     let data_count = newest
         .members
@@ -368,7 +453,7 @@ pub(super) fn open(
         newest.device_bytes,
     )?;
     if geometry.volume_bytes() != newest.volume_bytes {
-        return Err(Error::CorruptMetadata(format!(
+        return Err(corrupt(format!(
             "superblock says volume is {} bytes but its geometry gives {}",
             newest.volume_bytes,
             geometry.volume_bytes()
@@ -379,6 +464,12 @@ pub(super) fn open(
     let mut spares = Vec::new();
     let mut newly_missing = false;
     let mut suspects = Vec::new();
+    let why_missing = |uuid: &PoolUuid| {
+        unopened
+            .get(&uuid.0)
+            .map_or("device not found at open", String::as_str)
+            .to_string()
+    };
     for record in &newest.members {
         let device = by_uuid.remove(&record.uuid.0);
         let identity = Identity {
@@ -394,25 +485,18 @@ pub(super) fn open(
                     newly_missing = true;
                     suspects.push(record.path.clone());
                 }
-                let missing = unopened
-                    .get(&record.uuid.0)
-                    .map_or("device not found at open", String::as_str);
-                data[index] = Some(MemberDevice::new(index, record, device, missing));
+                let missing = why_missing(&record.uuid);
+                data[index] = Some(MemberDevice::new(index, record, device, &missing));
             }
             (Role::Data { index }, _) => {
-                return Err(Error::CorruptMetadata(format!(
+                return Err(corrupt(format!(
                     "member list has a bad or repeated data index {index}"
                 )))
             }
             (Role::Spare, state) => {
                 let fault = match (state, &device) {
                     (MemberState::Faulted { reason }, _) => Some(reason.clone()),
-                    (_, None) => Some(format!(
-                        "missing: {}",
-                        unopened
-                            .get(&record.uuid.0)
-                            .map_or("device not found at open", String::as_str)
-                    )),
+                    (_, None) => Some(format!("missing: {}", why_missing(&record.uuid))),
                     _ => None,
                 };
                 spares.push(Spare {
@@ -425,11 +509,27 @@ pub(super) fn open(
     }
     let data: Vec<MemberDevice> = data.into_iter().flatten().collect();
     if data.len() != data_count {
-        return Err(Error::CorruptMetadata(
-            "member list lacks a data position".into(),
-        ));
+        return Err(corrupt("member list lacks a data position".into()));
     }
     let members = Members::new(data, spares, newest.clone(), layout, options.fault_policy());
+    newly_missing |= resume_replacements(&members, replacements, data_count);
+    Ok(Assembled {
+        geometry,
+        members,
+        newly_missing,
+        suspects,
+    })
+}
+
+/// Attach the replacements the superblock records as rebuilding, to resume from their
+/// checkpoints. Returns whether any was recorded (the superblocks are then rewritten, so every
+/// member agrees, or the rebuild starts over).
+fn resume_replacements(
+    members: &Members,
+    replacements: Vec<(usize, MemberState, Identity, Option<SharedDevice>)>,
+    data_count: usize,
+) -> bool {
+    let mut recorded = false;
     for (index, state, identity, device) in replacements {
         let MemberState::Rebuilding {
             next_slot,
@@ -438,6 +538,7 @@ pub(super) fn open(
         else {
             continue;
         };
+        recorded = true;
         match device {
             Some(device) if index < data_count => {
                 tracing::info!(device = %identity.path, index, next_slot, "resuming rebuild from its checkpoint");
@@ -451,18 +552,19 @@ pub(super) fn open(
                         false,
                     )),
                 );
-                newly_missing = true; // rewrite superblocks so every member agrees
             }
             _ => {
                 tracing::warn!(device = %identity.path, "replacement in progress not found; its rebuild will start over");
-                newly_missing = true;
             }
         }
     }
-    let (state, meta) = recover_map(&geometry, newest.pool_uuid, &members)?;
-    let inner = new_inner(geometry, newest.pool_uuid, members, state, meta, options)?;
-    // Refuse before writing anything: a pool missing more than it tolerates stays untouched,
-    // so putting the missing device back later is all it takes.
+    recorded
+}
+
+/// Refuse, before anything is written, a pool that cannot serve or cannot prove it is current.
+fn check_openable(inner: &PoolInner, suspects: Vec<String>, options: &OpenOptions) -> Result<()> {
+    // A pool missing more than it tolerates stays untouched, so putting the missing device
+    // back later is all it takes.
     inner.check_available()?;
     // A member the newest superblock found calls online is missing. If the members present
     // could all be ones that were faulted while the missing ones went on without them, their
@@ -478,20 +580,12 @@ pub(super) fn open(
             missing: suspects,
         });
     }
-    for member in &inner.members.data {
-        if let Some(replacement) = member.replacement() {
-            inner.estimate_total(member.index, &replacement);
-        }
-    }
-    if options.read_only {
-        // Looking never writes: the state found is shown as it is, and nothing is recorded.
-        for member in inner.members.data.iter().filter(|m| !m.is_online()) {
-            if let Some(reason) = member.fault_reason() {
-                tracing::info!(device = %member.path(), %reason, "member out of service (read-only open: nothing recorded)");
-            }
-        }
-        return Ok(inner);
-    }
+    Ok(())
+}
+
+/// A read-write open records what it found: superblocks rewritten where members disagree or
+/// went missing, and the recovered map written as a fresh checkpoint everywhere.
+fn record_open(inner: &PoolInner, members_disagree: bool, newly_missing: bool) -> Result<()> {
     if members_disagree && !newly_missing {
         tracing::info!("members' superblocks disagree (an update was cut short); rewriting them");
         inner.members.write_superblocks()?;
@@ -507,13 +601,11 @@ pub(super) fn open(
     // Re-replicate the recovered map to every online device as a fresh checkpoint, so that
     // devices that missed the last commits agree again (and none of them can later bring back
     // an older map that names slots this open considers free), and restart the log.
-    {
-        let mut meta = inner.meta.lock();
-        let sequence = meta.sequence + 1;
-        inner.write_checkpoint(&mut meta, sequence)?;
-        meta.sequence = sequence;
-    }
-    Ok(inner)
+    let mut meta = inner.meta.lock();
+    let sequence = meta.sequence + 1;
+    inner.write_checkpoint(&mut meta, sequence)?;
+    meta.sequence = sequence;
+    Ok(())
 }
 
 /// Find members that were not given, through the paths recorded in the given superblocks.
@@ -623,7 +715,7 @@ fn recover_map(
     pool: PoolUuid,
     members: &Members,
 ) -> Result<(MapState, MetaCursor)> {
-    let mut best: Option<DeviceMap> = None;
+    let mut best: Option<(DeviceMap, String)> = None;
     let mut next_checkpoint = vec![0; geometry.devices];
     for (i, member) in members.data.iter().enumerate() {
         let Some(device) = member.device() else {
@@ -634,24 +726,31 @@ fn recover_map(
             continue;
         };
         next_checkpoint[i] = 1 - loaded.newest_area;
-        if best.as_ref().is_none_or(|b| loaded.sequence > b.sequence) {
-            best = Some(loaded);
+        if best
+            .as_ref()
+            .is_none_or(|(b, _)| loaded.sequence > b.sequence)
+        {
+            best = Some((loaded, member.path()));
         }
     }
-    let best = best.ok_or_else(|| {
-        Error::CorruptMetadata("no online device holds a valid stripe map checkpoint".into())
+    let (best, source) = best.ok_or_else(|| {
+        Error::corrupt_metadata("no online device holds a valid stripe map checkpoint")
     })?;
+    // The map was read from `source`, starting at this checkpoint (then its log).
+    let corrupt = |reason: String| Error::CorruptMetadata {
+        device: Some(source.clone()),
+        offset: geometry.checkpoint_offsets.get(best.newest_area).copied(),
+        reason,
+    };
     let mut used = vec![false; usize::try_from(geometry.slots).unwrap_or(0)];
     for slot in best.map.used_slots() {
         let Some(flag) = used.get_mut(usize::try_from(slot.0).unwrap_or(usize::MAX)) else {
-            return Err(Error::CorruptMetadata(format!(
+            return Err(corrupt(format!(
                 "map references slot {slot} beyond the pool"
             )));
         };
         if *flag {
-            return Err(Error::CorruptMetadata(format!(
-                "map references slot {slot} twice"
-            )));
+            return Err(corrupt(format!("map references slot {slot} twice")));
         }
         *flag = true;
     }

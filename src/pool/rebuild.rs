@@ -378,7 +378,7 @@ impl PoolInner {
                     .abandon_replacement(index, &format!("write failed: {err}"));
                 return Err(Error::Io {
                     device: replacement.identity.path.clone(),
-                    offset: run[0],
+                    offset: Some(run[0]),
                     source: err.into_io(),
                 });
             }
@@ -540,7 +540,7 @@ impl PoolInner {
                     .abandon_replacement(index, &format!("write failed: {err}"));
                 return Err(Error::Io {
                     device: replacement.identity.path.clone(),
-                    offset,
+                    offset: Some(offset),
                     source: err.into_io(),
                 });
             }
@@ -562,7 +562,7 @@ impl PoolInner {
     fn finish_rebuild(&self, index: DeviceIndex, replacement: &Replacement) -> Result<bool> {
         replacement.device.flush().map_err(|err| Error::Io {
             device: replacement.identity.path.clone(),
-            offset: 0,
+            offset: None,
             source: err.into_io(),
         })?;
         let still_attached = |member: &super::MemberDevice| {
@@ -592,7 +592,7 @@ impl PoolInner {
             {
                 Some((device, err)) => Err(Error::Io {
                     device,
-                    offset: 0,
+                    offset: None,
                     source: err.into_io(),
                 }),
                 None => Ok(()),

@@ -224,7 +224,7 @@ fn corrupt_superblock_copies_and_maps_are_survived_or_refused_clearly() {
         }
     }
     let err = Pool::open_paths(&b, &OpenOptions::default()).unwrap_err();
-    assert!(matches!(err, Error::CorruptMetadata(_)), "{err}");
+    assert!(matches!(err, Error::CorruptMetadata { .. }), "{err}");
 }
 
 #[test]

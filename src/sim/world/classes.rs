@@ -864,7 +864,8 @@ impl World<'_> {
                 Some(
                     Error::PoolUnavailable { .. }
                     | Error::CannotProveCurrent { .. }
-                    | Error::CorruptMetadata(_),
+                    | Error::CorruptMetadata { .. }
+                    | Error::SplitBrain { .. },
                 ) => {}
                 Some(err) => {
                     return Err(format!(

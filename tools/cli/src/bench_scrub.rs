@@ -72,7 +72,7 @@ fn foreground_reads(pool: &Pool) -> Result<f64, Box<dyn std::error::Error>> {
             .into_iter()
             .map(|h| {
                 h.join().unwrap_or_else(|_| {
-                    Err(stripestore::Error::InvalidConfig("reader panicked".into()))
+                    Err(stripestore::Error::ThreadPanicked { thread: "reader" })
                 })
             })
             .collect()
@@ -112,7 +112,7 @@ fn foreground_cost(
         pool.cancel_scrub()?;
         scrubber
             .join()
-            .unwrap_or_else(|_| Err(stripestore::Error::InvalidConfig("scrub panicked".into())))?;
+            .unwrap_or_else(|_| Err(stripestore::Error::ThreadPanicked { thread: "scrub" }))?;
         beside
     })?;
     pool.close()?;
