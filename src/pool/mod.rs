@@ -587,7 +587,7 @@ impl Pool {
         Some(
             thread
                 .join()
-                .unwrap_or_else(|_| Err(Error::ThreadPanicked { thread: "scrub" })),
+                .unwrap_or(Err(Error::ThreadPanicked { thread: "scrub" })),
         )
     }
 

@@ -71,9 +71,8 @@ fn foreground_reads(pool: &Pool) -> Result<f64, Box<dyn std::error::Error>> {
         handles
             .into_iter()
             .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(stripestore::Error::ThreadPanicked { thread: "reader" })
-                })
+                h.join()
+                    .unwrap_or(Err(stripestore::Error::ThreadPanicked { thread: "reader" }))
             })
             .collect()
     });
@@ -112,7 +111,7 @@ fn foreground_cost(
         pool.cancel_scrub()?;
         scrubber
             .join()
-            .unwrap_or_else(|_| Err(stripestore::Error::ThreadPanicked { thread: "scrub" }))?;
+            .unwrap_or(Err(stripestore::Error::ThreadPanicked { thread: "scrub" }))?;
         beside
     })?;
     pool.close()?;
