@@ -285,6 +285,95 @@ impl<'a> World<'a> {
         (offset, usize::try_from(len).unwrap_or(1))
     }
 
+    /// Close the pool (what it flushed is now the model's durable state) and open it again.
+    fn reopen(&mut self) -> Check {
+        let pool = self.pool.take().ok_or("the pool is not open")?;
+        let status = pool.status();
+        let within = self.within_tolerance_of(&pool);
+        match pool.close() {
+            Ok(()) => self.model.flushed(),
+            Err(err) if within => return Err(format!("close failed within tolerance: {err}")),
+            Err(_) => {}
+        }
+        self.open(&status)?;
+        self.verify("after reopen")
+    }
+
+    /// Add a new spare disk (up to `SPARES_MAX`).
+    fn add_spare(&mut self) -> Check {
+        let pool = self.pool()?;
+        if pool.status().spares.len() >= SPARES_MAX {
+            self.stats.skipped += 1;
+            return Ok(());
+        }
+        let within = self.within_tolerance();
+        self.spares_made += 1;
+        let handle = self.new_disk(format!("s{}", self.spares_made));
+        match self.pool()?.add_spare(handle, false) {
+            Ok(()) => Ok(()),
+            Err(err) if within => Err(format!("add spare failed within tolerance: {err}")),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// One rebuild step.
+    fn rebuild_once(&mut self) -> Check {
+        let within = self.within_tolerance();
+        match self.pool()?.rebuild_step(true) {
+            Ok(outcome) => {
+                self.stats.rebuilds_completed += outcome.completed.len() as u64;
+                Ok(())
+            }
+            Err(err) if within => Err(format!("rebuild step failed within tolerance: {err}")),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Rebuild until no rebuild is running, then verify everything.
+    fn rebuild_all(&mut self) -> Check {
+        let within = self.within_tolerance();
+        for _ in 0..100_000 {
+            match self.pool()?.rebuild_step(true) {
+                Ok(outcome) => {
+                    self.stats.rebuilds_completed += outcome.completed.len() as u64;
+                    if outcome.running == 0 {
+                        break;
+                    }
+                }
+                Err(err) if within => {
+                    return Err(format!("rebuild failed within tolerance: {err}"))
+                }
+                Err(_) => break,
+            }
+        }
+        self.verify("after rebuild")
+    }
+
+    /// A whole scrub with repair, then verify everything.
+    fn scrub(&mut self) -> Check {
+        let within = self.within_tolerance();
+        // Checkpoints after every step, not every second: the writes a scrub makes
+        // must not depend on how fast this machine is, or a seed would not replay.
+        let options = crate::ScrubOptions {
+            checkpoint_interval: Some(std::time::Duration::ZERO),
+            ..crate::ScrubOptions::default()
+        };
+        match self.pool()?.scrub_with(&options, |_| {}) {
+            Ok(report) => {
+                self.stats.scrub_bad_shards += report.bad_shards;
+                if within && report.unrepairable_stripes > 0 {
+                    return Err(format!(
+                        "scrub found {} unrepairable stripes within tolerance",
+                        report.unrepairable_stripes
+                    ));
+                }
+            }
+            Err(err) if within => return Err(format!("scrub failed within tolerance: {err}")),
+            Err(_) => {}
+        }
+        self.verify("after scrub")
+    }
+
     fn step(&mut self, op: &Op) -> Check {
         match op {
             Op::Write {
@@ -302,20 +391,7 @@ impl<'a> World<'a> {
             }
             Op::Flush => self.flush(),
             Op::Verify => self.verify("verify"),
-            Op::Reopen => {
-                let pool = self.pool.take().ok_or("the pool is not open")?;
-                let status = pool.status();
-                let within = self.within_tolerance_of(&pool);
-                match pool.close() {
-                    Ok(()) => self.model.flushed(),
-                    Err(err) if within => {
-                        return Err(format!("close failed within tolerance: {err}"))
-                    }
-                    Err(_) => {}
-                }
-                self.open(&status)?;
-                self.verify("after reopen")
-            }
+            Op::Reopen => self.reopen(),
             Op::Crash { seed, cut_after } => self.crash(*seed, *cut_after),
             Op::FailStop { device } => self.inject(*device, |plan| plan.fail_stop()),
             Op::Rot { device, count } => self.inject(*device, |plan| {
@@ -331,78 +407,11 @@ impl<'a> World<'a> {
                 let config = FaultConfig::random(*seed, &allowed);
                 self.inject(*device, |plan| plan.configure(&config))
             }
-            Op::AddSpare => {
-                let pool = self.pool()?;
-                if pool.status().spares.len() >= SPARES_MAX {
-                    self.stats.skipped += 1;
-                    return Ok(());
-                }
-                let within = self.within_tolerance();
-                self.spares_made += 1;
-                let handle = self.new_disk(format!("s{}", self.spares_made));
-                match self.pool()?.add_spare(handle, false) {
-                    Ok(()) => Ok(()),
-                    Err(err) if within => Err(format!("add spare failed within tolerance: {err}")),
-                    Err(_) => Ok(()),
-                }
-            }
+            Op::AddSpare => self.add_spare(),
             Op::ReplaceWithSpare { device } => self.replace(*device),
-            Op::RebuildStep => {
-                let within = self.within_tolerance();
-                match self.pool()?.rebuild_step(true) {
-                    Ok(outcome) => {
-                        self.stats.rebuilds_completed += outcome.completed.len() as u64;
-                        Ok(())
-                    }
-                    Err(err) if within => {
-                        Err(format!("rebuild step failed within tolerance: {err}"))
-                    }
-                    Err(_) => Ok(()),
-                }
-            }
-            Op::Rebuild => {
-                let within = self.within_tolerance();
-                for _ in 0..100_000 {
-                    match self.pool()?.rebuild_step(true) {
-                        Ok(outcome) => {
-                            self.stats.rebuilds_completed += outcome.completed.len() as u64;
-                            if outcome.running == 0 {
-                                break;
-                            }
-                        }
-                        Err(err) if within => {
-                            return Err(format!("rebuild failed within tolerance: {err}"))
-                        }
-                        Err(_) => break,
-                    }
-                }
-                self.verify("after rebuild")
-            }
-            Op::Scrub => {
-                let within = self.within_tolerance();
-                // Checkpoints after every step, not every second: the writes a scrub makes
-                // must not depend on how fast this machine is, or a seed would not replay.
-                let options = crate::ScrubOptions {
-                    checkpoint_interval: Some(std::time::Duration::ZERO),
-                    ..crate::ScrubOptions::default()
-                };
-                match self.pool()?.scrub_with(&options, |_| {}) {
-                    Ok(report) => {
-                        self.stats.scrub_bad_shards += report.bad_shards;
-                        if within && report.unrepairable_stripes > 0 {
-                            return Err(format!(
-                                "scrub found {} unrepairable stripes within tolerance",
-                                report.unrepairable_stripes
-                            ));
-                        }
-                    }
-                    Err(err) if within => {
-                        return Err(format!("scrub failed within tolerance: {err}"))
-                    }
-                    Err(_) => {}
-                }
-                self.verify("after scrub")
-            }
+            Op::RebuildStep => self.rebuild_once(),
+            Op::Rebuild => self.rebuild_all(),
+            Op::Scrub => self.scrub(),
             Op::BeyondTolerance { seed } => self.beyond_tolerance(*seed),
             Op::LocalDamage {
                 stripe,
