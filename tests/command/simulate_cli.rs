@@ -78,3 +78,58 @@ fn saved_workload_replays() {
     ]);
     assert!(stdout.contains("no violation"));
 }
+
+/// `--plant` switches one protection off in the simulated pool: the run fails with the damage
+/// it lets through, the saved replay keeps the planted bug (so it fails again), the same run
+/// without it passes, and an unknown bug name is refused.
+#[test]
+fn a_planted_bug_is_caught_and_its_replay_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str]| {
+        stripestore()
+            .current_dir(dir.path())
+            .args([
+                "simulate",
+                "--seed",
+                "1",
+                "--ops",
+                "200",
+                "--layout",
+                "mirror:2",
+                "--shrink-seconds",
+                "5",
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let caught = run(&["--plant", "skip-checksum-verification"]);
+    let stderr = String::from_utf8_lossy(&caught.stderr);
+    assert!(!caught.status.success(), "{stderr}");
+    assert!(stderr.contains("WRONG BYTES"), "{stderr}");
+    assert!(
+        stderr.contains("--plant skip-checksum-verification"),
+        "{stderr}"
+    );
+    let saved = dir.path().join("stripestore-sim-1.json");
+    let replay: Replay = serde_json::from_str(&std::fs::read_to_string(&saved).unwrap()).unwrap();
+    assert_eq!(replay.planted, ["skip-checksum-verification"]);
+    let again = stripestore()
+        .args(["simulate", "--replay"])
+        .arg(&saved)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        !again.status.success() && stderr.contains("WRONG BYTES"),
+        "{stderr}"
+    );
+    assert!(run(&[]).status.success());
+    let unknown = run(&["--plant", "no-such-bug"]);
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(!unknown.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("unknown planted bug 'no-such-bug'"),
+        "{stderr}"
+    );
+}
