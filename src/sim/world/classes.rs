@@ -325,12 +325,68 @@ impl World<'_> {
         }
         let victims: BTreeMap<usize, usize> = victims.iter().map(|p| (*p, in_service[p])).collect();
         // Damage every stripe of the run the victims put beyond repair, and only those.
+        let mut lost = self.destroy_run(first..last, &victims, &geometry, &mut rng)?;
+        if lost.is_empty() {
+            return self.skip();
+        }
+        *self.stats.faults.entry("local-damage".into()).or_default() += 1;
+        *self
+            .stats
+            .classes
+            .entry("local-damage-lost-stripes".into())
+            .or_default() += lost.len() as u64;
+        // Reads there fail (often enough to pass the error threshold: an application retrying),
+        // everything else is exact; nobody is faulted for it.
+        let repeat = usize::try_from(crate::pool::DEFAULT_ERROR_THRESHOLD).unwrap_or(10) + 1;
+        self.check_lost(&lost, repeat)
+            .map_err(|e| format!("after localized damage: {e}"))?;
+        self.check_victims_not_faulted(&victims)?;
+        if rng.gen_bool(0.5) {
+            let status = self.close_pool()?;
+            self.open(&status)?;
+            self.check_lost(&lost, 1)
+                .map_err(|e| format!("after localized damage and a reopen: {e}"))?;
+            self.check_victims_not_faulted(&victims)?;
+        }
+        // A scrub lists exactly the lost stripes, merged, naming the damaged devices, and its
+        // tallies add up.
+        self.scrub_after_damage(&mut lost, &victims, stripe_bytes)?;
+        self.check_victims_not_faulted(&victims)?;
+        self.check_lost(&lost, 1)
+            .map_err(|e| format!("after localized damage and a scrub: {e}"))?;
+        // Rewritten, the stripes are whole again.
+        for s in lost.keys() {
+            let data = random_bytes(&mut rng, stripe_bytes as usize);
+            self.write(s * stripe_bytes, &data)?;
+        }
+        self.flush()?;
+        self.verify("after rewriting the damaged stripes")?;
+        // And `clear` takes the degraded state away again.
+        if let Err(err) = self.pool()?.clear(None) {
+            if self.within_tolerance() {
+                return Err(format!("clear after localized damage failed: {err}"));
+            }
+        }
+        self.count("local-damage");
+        Ok(())
+    }
+
+    /// Overwrite, on the `victims` (position → disk), the shards of every stripe of `run` that
+    /// they put beyond repair, and only those. Returns those stripes with the data chunks each
+    /// lost.
+    fn destroy_run(
+        &mut self,
+        run: std::ops::Range<u64>,
+        victims: &BTreeMap<usize, usize>,
+        geometry: &crate::geometry::Geometry,
+        rng: &mut rand_chacha::ChaCha8Rng,
+    ) -> Result<BTreeMap<u64, BTreeSet<usize>>, String> {
         let parity = match geometry.layout {
             Layout::ReedSolomon { parity, .. } => parity,
             _ => 0,
         };
         let mut lost: BTreeMap<u64, BTreeSet<usize>> = BTreeMap::new();
-        for s in first..last {
+        for s in run {
             let locations = self.pool()?.shard_locations(s);
             let on_victims: Vec<_> = locations
                 .iter()
@@ -358,37 +414,25 @@ impl World<'_> {
                 continue;
             }
             for location in on_victims {
-                let junk = random_bytes(&mut rng, geometry.chunk_bytes as usize);
+                let junk = random_bytes(rng, geometry.chunk_bytes as usize);
                 self.disks[victims[&location.device]]
                     .mem
                     .poke(location.offset, &junk);
             }
             lost.insert(s, destroyed);
         }
-        if lost.is_empty() {
-            return self.skip();
-        }
-        *self.stats.faults.entry("local-damage".into()).or_default() += 1;
-        *self
-            .stats
-            .classes
-            .entry("local-damage-lost-stripes".into())
-            .or_default() += lost.len() as u64;
-        // Reads there fail (often enough to pass the error threshold: an application retrying),
-        // everything else is exact; nobody is faulted for it.
-        let repeat = usize::try_from(crate::pool::DEFAULT_ERROR_THRESHOLD).unwrap_or(10) + 1;
-        self.check_lost(&lost, repeat)
-            .map_err(|e| format!("after localized damage: {e}"))?;
-        self.check_victims_not_faulted(&victims)?;
-        if rng.gen_bool(0.5) {
-            let status = self.close_pool()?;
-            self.open(&status)?;
-            self.check_lost(&lost, 1)
-                .map_err(|e| format!("after localized damage and a reopen: {e}"))?;
-            self.check_victims_not_faulted(&victims)?;
-        }
-        // A scrub lists exactly the lost stripes, merged, naming the damaged devices, and its
-        // tallies add up.
+        Ok(lost)
+    }
+
+    /// A scrub after localized damage lists exactly the `lost` stripes (less any a misdirected
+    /// write of zeros made whole again, which it removes from `lost`), merged, naming the
+    /// damaged devices, and its tallies add up.
+    fn scrub_after_damage(
+        &mut self,
+        lost: &mut BTreeMap<u64, BTreeSet<usize>>,
+        victims: &BTreeMap<usize, usize>,
+        stripe_bytes: u64,
+    ) -> Check {
         let options = ScrubOptions {
             checkpoint_interval: Some(std::time::Duration::ZERO),
             ..ScrubOptions::default()
@@ -468,23 +512,6 @@ impl World<'_> {
             }
             Err(_) => {}
         }
-        self.check_victims_not_faulted(&victims)?;
-        self.check_lost(&lost, 1)
-            .map_err(|e| format!("after localized damage and a scrub: {e}"))?;
-        // Rewritten, the stripes are whole again.
-        for s in lost.keys() {
-            let data = random_bytes(&mut rng, stripe_bytes as usize);
-            self.write(s * stripe_bytes, &data)?;
-        }
-        self.flush()?;
-        self.verify("after rewriting the damaged stripes")?;
-        // And `clear` takes the degraded state away again.
-        if let Err(err) = self.pool()?.clear(None) {
-            if self.within_tolerance() {
-                return Err(format!("clear after localized damage failed: {err}"));
-            }
-        }
-        self.count("local-damage");
         Ok(())
     }
 
