@@ -89,19 +89,16 @@ fn new_inner(
     })
 }
 
-pub(super) fn create(
-    devices: Vec<SharedDevice>,
-    spares: Vec<SharedDevice>,
-    options: &CreateOptions,
-) -> Result<PoolInner> {
-    let all: Vec<&SharedDevice> = devices.iter().chain(&spares).collect();
+/// Devices `create` must not label: one given twice, and (unless forced) one that holds a
+/// pool's superblock or another known signature. Checked before any byte is written.
+fn refuse_for_create(all: &[&SharedDevice], force: bool) -> Result<()> {
     let mut names: Vec<String> = all.iter().map(|d| d.name()).collect();
     names.sort();
     if let Some(pair) = names.windows(2).find(|w| w[0] == w[1]) {
         return Err(Error::InvalidConfig(format!("{} is given twice", pair[0])));
     }
-    if !options.force {
-        for device in &all {
+    if !force {
+        for device in all {
             if let Some(pool) = superblock_owner(device.as_ref()) {
                 return Err(Error::DeviceInUse {
                     device: device.name(),
@@ -111,6 +108,16 @@ pub(super) fn create(
             crate::device::refuse_signature(device.as_ref())?;
         }
     }
+    Ok(())
+}
+
+pub(super) fn create(
+    devices: Vec<SharedDevice>,
+    spares: Vec<SharedDevice>,
+    options: &CreateOptions,
+) -> Result<PoolInner> {
+    let all: Vec<&SharedDevice> = devices.iter().chain(&spares).collect();
+    refuse_for_create(&all, options.force)?;
     let smallest = devices
         .iter()
         .map(|d| d.size())

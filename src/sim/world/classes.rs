@@ -854,57 +854,7 @@ impl World<'_> {
         }
         given.shuffle(&mut rng);
         if unavailable {
-            // Too few members: refused with a clear error, without writing a byte.
-            let before = self.images();
-            let mut refused = None;
-            let mut candidates = given.clone();
-            // Not forced: forcing is the operator saying the members given are current, which
-            // may then (rightly) open stale members that were faulted while the others went on.
-            for force in [false] {
-                while !candidates.is_empty() {
-                    let handles: Vec<SharedDevice> = candidates
-                        .iter()
-                        .map(|d| Arc::clone(&self.disks[*d].handle))
-                        .collect();
-                    match Pool::open(handles, &Self::open_options(self.config, force, false)) {
-                        Ok(pool) => {
-                            pool.simulate_power_loss();
-                            return Err(format!(
-                                "opened with positions {:?} left out although the layout needs more",
-                                dropped.iter().map(|(p, _)| p).collect::<Vec<_>>()
-                            ));
-                        }
-                        Err(Error::NotAMember { device, .. }) => match self.disk(&device) {
-                            Some(d) if candidates.contains(&d) => {
-                                candidates.retain(|c| *c != d);
-                            }
-                            _ => return Err(format!("open refused {device}, not given")),
-                        },
-                        Err(err) => {
-                            refused = Some(err);
-                            break;
-                        }
-                    }
-                }
-            }
-            match refused {
-                Some(
-                    Error::PoolUnavailable { .. }
-                    | Error::CannotProveCurrent { .. }
-                    | Error::CorruptMetadata { .. }
-                    | Error::SplitBrain { .. },
-                ) => {}
-                Some(err) => {
-                    return Err(format!(
-                        "an open with too few members failed with an unclear error: {err}"
-                    ))
-                }
-                None => {}
-            }
-            Self::same_images(&before, &self.images(), "a refused open")?;
-            self.count("open-subset-refused");
-            self.open(&status)?;
-            return self.verify("after a refused open");
+            return self.open_too_few(given, &dropped, &status);
         }
         // Devices that are not members at all are refused; anything this pool ever had is
         // either used or left out with a warning.
@@ -942,6 +892,67 @@ impl World<'_> {
             "open-subset"
         });
         self.verify("after an open with a subset")
+    }
+
+    /// An open given too few members (`dropped` left out): refused with a clear error, without
+    /// writing a byte; then the pool is opened again as it was (`status`).
+    fn open_too_few(
+        &mut self,
+        given: Vec<usize>,
+        dropped: &[(usize, usize)],
+        status: &PoolStatus,
+    ) -> Check {
+        // Too few members: refused with a clear error, without writing a byte.
+        let before = self.images();
+        let mut refused = None;
+        let mut candidates = given.clone();
+        // Not forced: forcing is the operator saying the members given are current, which
+        // may then (rightly) open stale members that were faulted while the others went on.
+        for force in [false] {
+            while !candidates.is_empty() {
+                let handles: Vec<SharedDevice> = candidates
+                    .iter()
+                    .map(|d| Arc::clone(&self.disks[*d].handle))
+                    .collect();
+                match Pool::open(handles, &Self::open_options(self.config, force, false)) {
+                    Ok(pool) => {
+                        pool.simulate_power_loss();
+                        return Err(format!(
+                            "opened with positions {:?} left out although the layout needs more",
+                            dropped.iter().map(|(p, _)| p).collect::<Vec<_>>()
+                        ));
+                    }
+                    Err(Error::NotAMember { device, .. }) => match self.disk(&device) {
+                        Some(d) if candidates.contains(&d) => {
+                            candidates.retain(|c| *c != d);
+                        }
+                        _ => return Err(format!("open refused {device}, not given")),
+                    },
+                    Err(err) => {
+                        refused = Some(err);
+                        break;
+                    }
+                }
+            }
+        }
+        match refused {
+            Some(
+                Error::PoolUnavailable { .. }
+                | Error::CannotProveCurrent { .. }
+                | Error::CorruptMetadata { .. }
+                | Error::SplitBrain { .. },
+            ) => {}
+            Some(err) => {
+                return Err(format!(
+                    "an open with too few members failed with an unclear error: {err}"
+                ))
+            }
+            None => {}
+        }
+        Self::same_images(&before, &self.images(), "a refused open")?;
+        self.count("open-subset-refused");
+        self.open(status)?;
+        self.verify("after a refused open")
     }
 
     pub(super) fn read_only_look(&mut self, seed: u64) -> Check {
