@@ -266,7 +266,7 @@ impl Pool {
             }
             std::thread::sleep(pacer.after_step(
                 self.inner.rebuild.rate(),
-                &self.inner.rebuild,
+                self.inner.rebuild.foreground_recent(),
                 outcome.written_bytes,
             ));
         }

@@ -13,23 +13,23 @@ mod batch;
 mod commit;
 mod endpoint;
 mod io;
+mod maintenance;
 mod members;
 mod open;
-mod parallel;
 mod rebuild;
 #[cfg(test)]
 mod rebuild_race_tests;
-mod scrub;
+#[cfg(test)]
+mod scrub_tests;
 mod status;
 
+pub use crate::scrub::{DeviceScrubReport, ScrubEnd, ScrubOptions, ScrubProgress, ScrubReport};
 pub use admin::{Cleared, ClearedState};
+pub use maintenance::ShardLocation;
 pub use members::{
     ErrorCounters, ErrorKind, FaultPolicy, Identity, MemberDevice, Members, Replacement, Spare,
 };
 pub use rebuild::{RebuildProgress, StepOutcome};
-pub use scrub::{
-    DeviceScrubReport, ScrubEnd, ScrubOptions, ScrubProgress, ScrubReport, ShardLocation,
-};
 pub use status::{DeviceStatus, PoolHealth, PoolStatus};
 
 /// Run `work` with the pool's device-parallel work on this thread done one device after
@@ -41,6 +41,10 @@ pub(crate) fn run_sequentially<R>(work: impl FnOnce() -> R) -> R {
     parallel::set_sequential(before);
     result
 }
+
+// Lower modules the pool drives (named here so the pool's files reach them as `super::…`).
+use crate::parallel;
+use crate::scrub;
 
 use crate::codec::Codec;
 use crate::device::SharedDevice;

@@ -60,11 +60,7 @@ pub(super) fn superblock_owner(device: &dyn Device) -> Option<String> {
     })
 }
 
-pub(crate) fn now_unix_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+use crate::types::now_unix_secs;
 
 fn new_inner(
     geometry: Geometry,

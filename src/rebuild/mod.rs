@@ -13,12 +13,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// Pacing of rebuild (and scrub) steps.
+pub use crate::maintenance::Pacer;
 /// How often rebuild watermarks are persisted.
-pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+pub use crate::maintenance::CHECKPOINT_INTERVAL;
 /// Foreground I/O this recent makes the rebuild yield.
 const FOREGROUND_WINDOW: Duration = Duration::from_millis(20);
-/// How long the rebuild yields to foreground I/O each time.
-const YIELD: Duration = Duration::from_millis(2);
 /// How often an idle driver looks for work (faulted devices, new spares).
 const IDLE_POLL: Duration = Duration::from_millis(100);
 
@@ -68,59 +68,6 @@ impl RebuildControl {
     pub(crate) fn foreground_recent(&self) -> bool {
         let last = Duration::from_nanos(self.last_foreground_ns.load(Ordering::Relaxed));
         last > Duration::ZERO && self.epoch.elapsed().saturating_sub(last) < FOREGROUND_WINDOW
-    }
-}
-
-/// Paces a sequence of rebuild steps: rate limit, foreground yield, checkpoint cadence.
-#[derive(Debug)]
-pub struct Pacer {
-    started: Instant,
-    bytes: u64,
-    last_checkpoint: Instant,
-}
-
-impl Default for Pacer {
-    fn default() -> Self {
-        Self {
-            started: Instant::now(),
-            bytes: 0,
-            last_checkpoint: Instant::now(),
-        }
-    }
-}
-
-impl Pacer {
-    /// Whether the next step should checkpoint (about once a second).
-    pub fn checkpoint_due(&mut self) -> bool {
-        self.checkpoint_due_every(CHECKPOINT_INTERVAL)
-    }
-    /// Whether the next step should checkpoint, at most every `interval`.
-    pub fn checkpoint_due_every(&mut self, interval: Duration) -> bool {
-        if self.last_checkpoint.elapsed() >= interval {
-            self.last_checkpoint = Instant::now();
-            true
-        } else {
-            false
-        }
-    }
-    /// How long to wait after a step that wrote `bytes`.
-    pub(crate) fn after_step(
-        &mut self,
-        rate: Option<u64>,
-        control: &RebuildControl,
-        bytes: u64,
-    ) -> Duration {
-        self.bytes += bytes;
-        let mut wait = Duration::ZERO;
-        if let Some(rate) = rate {
-            #[allow(clippy::cast_precision_loss)]
-            let due = Duration::from_secs_f64(self.bytes as f64 / rate as f64);
-            wait = due.saturating_sub(self.started.elapsed());
-        }
-        if control.foreground_recent() {
-            wait = wait.max(YIELD);
-        }
-        wait
     }
 }
 
@@ -191,8 +138,11 @@ fn drive(pool: &PoolInner, stop: &AtomicBool) {
         let checkpoint = pacer.checkpoint_due();
         match pool.rebuild_step(checkpoint) {
             Ok(outcome) => {
-                let wait =
-                    pacer.after_step(pool.rebuild.rate(), &pool.rebuild, outcome.written_bytes);
+                let wait = pacer.after_step(
+                    pool.rebuild.rate(),
+                    pool.rebuild.foreground_recent(),
+                    outcome.written_bytes,
+                );
                 sleep_unless_stopped(stop, wait);
             }
             Err(err) => {
@@ -216,7 +166,7 @@ mod tests {
         let control = RebuildControl::new(&options);
         let mut pacer = Pacer::default();
         // 50 MiB at 100 MiB/s must take about half a second from the start.
-        let wait = pacer.after_step(control.rate(), &control, 50 << 20);
+        let wait = pacer.after_step(control.rate(), control.foreground_recent(), 50 << 20);
         assert!(
             wait > Duration::from_millis(400) && wait <= Duration::from_millis(500),
             "{wait:?}"
@@ -224,10 +174,13 @@ mod tests {
         // Unlimited and idle: no wait; right after foreground I/O: a short yield.
         control.set_rate(None);
         assert_eq!(
-            pacer.after_step(control.rate(), &control, 1 << 20),
+            pacer.after_step(control.rate(), control.foreground_recent(), 1 << 20),
             Duration::ZERO
         );
         control.foreground();
-        assert_eq!(pacer.after_step(control.rate(), &control, 1 << 20), YIELD);
+        assert_eq!(
+            pacer.after_step(control.rate(), control.foreground_recent(), 1 << 20),
+            crate::maintenance::YIELD
+        );
     }
 }
