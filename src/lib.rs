@@ -12,9 +12,9 @@
 //!   the RAID write hole for every layout. See `docs/FORMAT.md` for the on-disk format and why.
 //!
 //! Layering (dependencies point down only):
-//! `pool` (public API) → `scrub` (its work, as a step machine over the narrow interface `pool`
-//! implements), `rebuild` → `maintenance` (the shared interface and pacing), `parallel` →
-//! `format`, `codec`, `geometry`, `device` → `types`, `error`.
+//! `pool` (public API) → `scrub`, `rebuild` (their work, as step machines over the narrow
+//! interfaces `pool` implements) → `maintenance` (the shared interface and pacing), `parallel`
+//! → `format`, `codec`, `geometry`, `device` → `types`, `error`.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]

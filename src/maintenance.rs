@@ -101,6 +101,8 @@ pub(crate) enum ShardFinding {
 
 /// The result of [`StripeAccess::examine`].
 pub(crate) struct Examined {
+    /// Every shard's content; all verified when `failure` is `None`.
+    pub(crate) shards: Vec<Vec<u8>>,
     /// Per shard, what the fetch found.
     pub(crate) findings: Vec<ShardFinding>,
     /// Per shard, whether it was rewritten on its device.

@@ -1,24 +1,29 @@
-//! The pool's side of scrub (and, to come, rebuild): `PoolInner` implements the narrow
-//! interfaces those modules drive their work through ([`StripeAccess`], [`ScrubTarget`]), and
-//! the pool's own entry points to a scrub (claim, run, cancel, progress) hand the work to
-//! `crate::scrub`.
+//! The pool's side of scrub and rebuild: `PoolInner` implements the narrow interfaces those
+//! modules drive their work through ([`StripeAccess`], [`ScrubTarget`], [`RebuildTarget`], and
+//! [`Filling`] on a [`Replacement`]), and the pool's own entry points to a scrub (claim, run,
+//! cancel, progress) and to a rebuild step hand the work to `crate::scrub` and
+//! `crate::rebuild`.
 //! Also where a stripe's shards live ([`ShardLocation`]), for diagnostics.
 //!
 //! Owns: the translation from pool internals (map, stripe locks, free list, members, commits,
-//! superblocks) to those interfaces. Must not hold: scrub policy or accounting (it lives in
-//! `crate::scrub`; this file only answers its questions and does its I/O).
+//! superblocks) to those interfaces. Must not hold: scrub or rebuild policy and accounting
+//! (they live in `crate::scrub` and `crate::rebuild`; this file only answers their questions
+//! and does their I/O).
 
 use super::io::ShardOutcome;
-use super::{ErrorKind, PoolInner};
+use super::{ErrorKind, PoolInner, Replacement};
 use crate::codec::Codec;
 use crate::device::SharedDevice;
 use crate::error::{Error, Result};
 use crate::format::{MapEntry, PoolUuid, ScrubRecord};
 use crate::geometry::Geometry;
 use crate::maintenance::{DamageKind, Examined, LiveStripe, ShardFinding, StripeAccess};
+use crate::rebuild::{Filling, RebuildControl, RebuildProgress, RebuildTarget, StepOutcome};
 use crate::scrub::{RecordChange, ScrubOptions, ScrubProgress, ScrubReport, ScrubTarget};
-use crate::types::{DeviceIndex, ShardIndex, SlotId, StripeId};
+use crate::types::{DeviceIndex, Generation, ShardIndex, SlotId, StripeId};
 use serde::Serialize;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 impl StripeAccess for PoolInner {
     fn geometry(&self) -> &Geometry {
@@ -72,6 +77,7 @@ impl StripeAccess for PoolInner {
             })
             .collect();
         Examined {
+            shards: exam.shards,
             findings,
             healed: exam.healed,
             failure,
@@ -178,6 +184,128 @@ impl ScrubTarget for PoolInner {
             .update_scrub_record(|record| change.apply(record));
         self.members.write_superblocks()?;
         Ok(())
+    }
+}
+
+impl RebuildTarget for PoolInner {
+    type Fill = Replacement;
+
+    fn control(&self) -> &RebuildControl {
+        &self.rebuild
+    }
+
+    fn assign_spares(&self) {
+        PoolInner::assign_spares(self);
+    }
+
+    fn fill_of(&self, index: DeviceIndex) -> Option<Arc<Replacement>> {
+        self.members.get(index).replacement()
+    }
+
+    fn progress(&self, index: DeviceIndex, fill: &Replacement) -> RebuildProgress {
+        self.progress_of(self.members.get(index), fill)
+    }
+
+    fn without_commits<R>(&self, work: impl FnOnce() -> R) -> R {
+        let _no_commit = self.meta.lock();
+        work()
+    }
+
+    fn hold_live_stripes(
+        &self,
+        from: SlotId,
+        to: SlotId,
+        mut wanted: impl FnMut(&LiveStripe) -> bool,
+    ) -> Vec<LiveStripe> {
+        let mut state = self.map.lock();
+        let held: Vec<LiveStripe> = (from.0..to.0)
+            .filter_map(|slot| {
+                let stripe = state.stripe_in(slot)?;
+                let live = LiveStripe {
+                    stripe: StripeId(stripe),
+                    slot: SlotId(slot),
+                    entry: state.map.get(stripe),
+                };
+                wanted(&live).then_some(live)
+            })
+            .collect();
+        state
+            .held_for_rebuild
+            .extend(held.iter().map(|live| live.slot.0));
+        held
+    }
+
+    fn release_held(&self, slots: &[SlotId]) {
+        let mut state = self.map.lock();
+        for slot in slots {
+            state.held_for_rebuild.remove(&slot.0);
+        }
+    }
+
+    fn fill_write(
+        &self,
+        index: DeviceIndex,
+        fill: &Replacement,
+        offset: u64,
+        bytes: &[u8],
+    ) -> Result<()> {
+        fill.device.write_at(offset, bytes).map_err(|err| {
+            self.members
+                .abandon_replacement(index, &format!("write failed: {err}"));
+            Error::Io {
+                device: fill.identity.path.clone(),
+                offset,
+                source: err.into_io(),
+            }
+        })
+    }
+
+    fn swap_in(&self, index: DeviceIndex, fill: &Replacement) -> Result<bool> {
+        self.finish_rebuild(index, fill)
+    }
+
+    fn checkpoint(&self) -> Result<()> {
+        self.checkpoint_rebuilds()
+    }
+}
+
+impl Filling for Replacement {
+    fn path(&self) -> &str {
+        &self.identity.path
+    }
+
+    fn watermark(&self) -> SlotId {
+        SlotId(self.next_slot.load(Ordering::Acquire))
+    }
+
+    fn set_watermark(&self, slot: SlotId) {
+        self.next_slot.store(slot.0, Ordering::Release);
+    }
+
+    fn start_generation(&self) -> Generation {
+        Generation(self.start_generation)
+    }
+
+    fn count_read(&self, bytes: u64) {
+        self.bytes_read.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn count_written(&self, bytes: u64) {
+        self.bytes_written.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn count_lost(&self) {
+        self.lost_chunks.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The pool's entry point to a rebuild step (`Pool::rebuild_step` and `run_rebuilds` use it;
+/// the background driver calls `crate::rebuild::step` itself).
+impl PoolInner {
+    /// Rebuild the next batch of stripes of every running rebuild. `checkpoint` persists the
+    /// watermarks (flush the replacements, then write the superblocks) after the batch.
+    pub(crate) fn rebuild_step(&self, checkpoint: bool) -> Result<StepOutcome> {
+        crate::rebuild::step(self, checkpoint)
     }
 }
 

@@ -16,20 +16,20 @@ mod io;
 mod maintenance;
 mod members;
 mod open;
-mod rebuild;
 #[cfg(test)]
 mod rebuild_race_tests;
+mod replacement;
 #[cfg(test)]
 mod scrub_tests;
 mod status;
 
+pub use crate::rebuild::{RebuildProgress, StepOutcome};
 pub use crate::scrub::{DeviceScrubReport, ScrubEnd, ScrubOptions, ScrubProgress, ScrubReport};
 pub use admin::{Cleared, ClearedState};
 pub use maintenance::ShardLocation;
 pub use members::{
     ErrorCounters, ErrorKind, FaultPolicy, Identity, MemberDevice, Members, Replacement, Spare,
 };
-pub use rebuild::{RebuildProgress, StepOutcome};
 pub use status::{DeviceStatus, PoolHealth, PoolStatus};
 
 /// Run `work` with the pool's device-parallel work on this thread done one device after
