@@ -12,7 +12,9 @@
 //!   the RAID write hole for every layout. See `docs/FORMAT.md` for the on-disk format and why.
 //!
 //! Layering (dependencies point down only):
-//! `pool` (public API) → `format`, `codec`, `geometry`, `device` → `types`, `error`.
+//! `pool` (public API) → `scrub`, `rebuild` (their work, as step machines over the narrow
+//! interfaces `pool` implements) → `maintenance` (the shared interface and pacing), `parallel`
+//! → `format`, `codec`, `geometry`, `device` → `types`, `error`.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -25,10 +27,13 @@ pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod geometry;
+pub(crate) mod maintenance;
 pub mod metrics;
 pub mod nbd;
+pub(crate) mod parallel;
 pub mod pool;
 pub mod rebuild;
+pub mod scrub;
 #[cfg(feature = "testing")]
 pub mod sim;
 #[cfg(feature = "testing")]

@@ -111,6 +111,14 @@ pub fn bytes_per_s(bytes: u64, elapsed: std::time::Duration) -> u64 {
     }
 }
 
+/// Seconds since the Unix epoch now (0 if the clock is before it).
+#[must_use]
+pub fn now_unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// A Unix time as `2026-11-26 09:17:59 UTC` (no time-zone database needed).
 #[must_use]
 pub fn utc_time(unix_secs: u64) -> String {

@@ -35,7 +35,7 @@ use stripestore::{Error, OpenOptions, Pool};
 /// A countdown that never reaches zero: power stays on.
 const POWER_ON: i64 = i64::MAX / 2;
 const DEVICE_BYTES: u64 = 4 << 20;
-/// Physical slots one rebuild step copies (`SLOTS_PER_STEP` in src/pool/rebuild.rs): the
+/// Physical slots one rebuild step copies (`SLOTS_PER_STEP` in src/rebuild/step.rs): the
 /// swap-in setup runs the rebuild up to, not including, its last step.
 const SLOTS_PER_STEP: u64 = 512;
 const SEED: u64 = 0x5EE9_0011;

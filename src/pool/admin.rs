@@ -74,7 +74,7 @@ impl Pool {
     /// through [`Pool::run_rebuilds`].
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] for an unknown member or one already being replaced;
+    /// [`Error::NotInPool`] for an unknown member, [`Error::Busy`] for one already being replaced;
     /// [`Error::AlreadyMember`] if `device` serves this pool already (even with `force`);
     /// [`Error::DeviceInUse`] if `device` holds a stripestore superblock and `force` is false;
     /// [`Error::ForeignSignature`] if it holds a filesystem, partition table or another known
@@ -94,7 +94,7 @@ impl Pool {
     /// Replace data member `old` with the pool's spare named `spare` (path or UUID).
     ///
     /// # Errors
-    /// As [`Pool::replace`], and [`Error::InvalidConfig`] if there is no such usable spare.
+    /// As [`Pool::replace`], and [`Error::NotInPool`] if there is no such usable spare.
     pub fn replace_with_spare(&self, old: &str, spare: &str) -> Result<()> {
         self.inner.writable("replace")?;
         let index = self.inner.member_index(old)?;
@@ -123,7 +123,7 @@ impl Pool {
     /// would then lose data availability.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] for an unknown member; [`Error::PoolUnavailable`] if taking it
+    /// [`Error::NotInPool`] for an unknown member; [`Error::PoolUnavailable`] if taking it
     /// out would leave too few devices.
     pub fn offline(&self, name: &str) -> Result<()> {
         self.inner.writable("offline")?;
@@ -148,7 +148,7 @@ impl Pool {
     /// swapped in.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] if the member is not faulted or already being replaced;
+    /// [`Error::WrongState`] if the member is not faulted or the device is not it, [`Error::Busy`] if it is already being replaced;
     /// [`Error::AlreadyMember`] if `device` serves this pool in another role (even with
     /// `force`); [`Error::DeviceInUse`] / [`Error::ForeignSignature`] for another pool's
     /// device or a known signature, unless `force`; [`Error::DeviceTooSmall`].
@@ -269,7 +269,7 @@ impl Pool {
             }
             std::thread::sleep(pacer.after_step(
                 self.inner.rebuild.rate(),
-                &self.inner.rebuild,
+                self.inner.rebuild.foreground_recent(),
                 outcome.written_bytes,
             ));
         }
@@ -282,7 +282,7 @@ impl Pool {
     /// Members taken offline on purpose stay offline (use [`Pool::online`]).
     ///
     /// # Errors
-    /// [`Error::ReadOnly`]; [`Error::InvalidConfig`] for an unknown member;
+    /// [`Error::ReadOnly`]; [`Error::NotInPool`] for an unknown member;
     /// [`Error::CorruptMetadata`] if the superblocks cannot be written.
     pub fn clear(&self, name: Option<&str>) -> Result<Vec<Cleared>> {
         self.inner.writable("clear")?;
@@ -317,7 +317,7 @@ impl Pool {
     /// rebuilt in place from redundancy (only live data is copied), then swapped back in.
     ///
     /// # Errors
-    /// [`Error::ReadOnly`]; [`Error::InvalidConfig`] if `name` is not faulted or `device` is not
+    /// [`Error::ReadOnly`]; [`Error::WrongState`] if `name` is not faulted or `device` is not
     /// that member; as [`Pool::online`].
     pub fn clear_with(&self, name: &str, device: SharedDevice) -> Result<()> {
         self.inner.writable("clear")?;

@@ -13,23 +13,23 @@ mod batch;
 mod commit;
 mod endpoint;
 mod io;
+mod maintenance;
 mod members;
 mod open;
-mod parallel;
-mod rebuild;
 #[cfg(test)]
 mod rebuild_race_tests;
-mod scrub;
+mod replacement;
+#[cfg(test)]
+mod scrub_tests;
 mod status;
 
+pub use crate::rebuild::{RebuildProgress, StepOutcome};
+pub use crate::scrub::{DeviceScrubReport, ScrubEnd, ScrubOptions, ScrubProgress, ScrubReport};
 pub use admin::{Cleared, ClearedState};
+pub use maintenance::ShardLocation;
 pub use members::{
     DeviceFault, ErrorCounters, ErrorKind, FaultPolicy, Identity, MemberDevice, Members,
     Replacement, Spare,
-};
-pub use rebuild::{RebuildProgress, StepOutcome};
-pub use scrub::{
-    DeviceScrubReport, ScrubEnd, ScrubOptions, ScrubProgress, ScrubReport, ShardLocation,
 };
 pub use status::{DeviceStatus, PoolHealth, PoolStatus};
 
@@ -43,6 +43,10 @@ pub(crate) fn run_sequentially<R>(work: impl FnOnce() -> R) -> R {
     parallel::set_sequential(before);
     result
 }
+
+// Lower modules the pool drives (named here so the pool's files reach them as `super::…`).
+use crate::parallel;
+use crate::scrub;
 
 use crate::codec::Codec;
 use crate::device::SharedDevice;
@@ -559,7 +563,7 @@ impl Pool {
     /// after every step. Progress is checkpointed in the superblocks about once a second.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] if a scrub is already running; [`Error::Io`] if the checkpoint
+    /// [`Error::Busy`] if a scrub is already running; [`Error::Io`] if the checkpoint
     /// cannot be written. Damage found is in the report, not an error.
     pub fn scrub_with(
         &self,
@@ -576,7 +580,7 @@ impl Pool {
     /// background work enabled, opening the pool again resumes it.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] if a scrub is already running.
+    /// [`Error::Busy`] if a scrub is already running.
     pub fn start_scrub(&self, options: &ScrubOptions) -> Result<()> {
         endpoint::start_scrub(&self.inner, &self.scrub_thread, options)
     }

@@ -60,11 +60,7 @@ pub(super) fn superblock_owner(device: &dyn Device) -> Option<String> {
     })
 }
 
-pub(crate) fn now_unix_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+use crate::types::now_unix_secs;
 
 fn new_inner(
     geometry: Geometry,
@@ -82,7 +78,11 @@ fn new_inner(
         map: Mutex::new(state),
         meta: Mutex::new(meta),
         stripe_locks: (0..STRIPE_LOCKS).map(|_| Mutex::new(())).collect(),
-        rebuild: crate::rebuild::RebuildControl::new(options),
+        rebuild: crate::rebuild::RebuildControl::new(
+            options.rebuild_rate_bytes_per_s,
+            options.auto_replace,
+            options.background_rebuild && !options.read_only,
+        ),
         attach_lock: parking_lot::RwLock::new(()),
         scrub: super::scrub::ScrubControl::default(),
         requests: crate::metrics::RequestMetrics::default(),

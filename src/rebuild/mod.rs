@@ -1,26 +1,174 @@
-//! The background rebuild driver: a thread that attaches spares to faulted positions and calls
-//! the pool's rebuild step, paced by a rate limit and yielding to foreground I/O, and checkpoints
-//! the watermarks about once a second. The rebuild itself (what to copy, how, and when the new
-//! device becomes a member) lives in the pool; this module owns only pacing and the thread.
+//! Rebuild: filling a replacement device so it can take over a data position, and the
+//! background driver that does it while the pool is open.
 //!
-//! Policy (defaults a user would accept): no fixed rate limit; whenever foreground I/O happened
-//! in the last 20 ms, the rebuild sleeps 2 ms before its next step, so a busy volume keeps most
-//! of the devices' bandwidth while the rebuild still makes steady progress between requests.
+//! The stripe map says exactly which stripes hold data, so a rebuild visits only those, in
+//! slot order, one batch per step (`step::Rebuild`); its cost scales with live data, not with
+//! device size. For each stripe with a shard on the position the shard is fetched from the
+//! device being replaced if that one is still healthy, otherwise reconstructed from the others,
+//! verified against the map, and written to the replacement at the same offset. When the
+//! watermark reaches the end, the replacement is flushed and swapped in.
+//!
+//! The driver is a thread that attaches spares to faulted positions and runs steps, paced by a
+//! rate limit and yielding to foreground I/O, and checkpoints the watermarks about once a
+//! second. Policy (defaults a user would accept): no fixed rate limit; whenever foreground I/O
+//! happened in the last 20 ms, the rebuild sleeps 2 ms before its next step, so a busy volume
+//! keeps most of the devices' bandwidth while the rebuild still makes steady progress between
+//! requests.
+//!
+//! Owns: what to copy and how (the step machine in `step`: batches, sources, reconstruction,
+//! verification, the per-stripe fallback), the rebuild's public types ([`RebuildProgress`],
+//! [`StepOutcome`], re-exported by `pool`), its settings and the foreground clock
+//! ([`RebuildControl`]), and the background thread ([`Background`]).
+//!
+//! Must not touch: the pool's internals. Everything it needs goes through `RebuildTarget`
+//! (and the shared `maintenance::StripeAccess`), which the pool implements: the replacement's
+//! state (watermark, counters: `Filling`) lives with the pool's members, because foreground writes
+//! and commits use it too; attaching a replacement, swapping it in and persisting the
+//! watermarks are the pool's (they change members and superblocks). This module imports
+//! nothing from `crate::pool` (only `maintenance`, `parallel`, `types`, `error`, `format`,
+//! `geometry`, `codec`).
 
-use crate::pool::{OpenOptions, PoolInner};
+mod step;
+
+pub(crate) use step::{needs_rebuild, shards_on, step};
+
+use crate::error::Result;
+use crate::maintenance::{LiveStripe, StripeAccess};
+use crate::types::{DeviceIndex, Generation, SlotId};
+use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// Pacing of rebuild (and scrub) steps.
+pub use crate::maintenance::Pacer;
 /// How often rebuild watermarks are persisted.
-pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+pub use crate::maintenance::CHECKPOINT_INTERVAL;
 /// Foreground I/O this recent makes the rebuild yield.
 const FOREGROUND_WINDOW: Duration = Duration::from_millis(20);
-/// How long the rebuild yields to foreground I/O each time.
-const YIELD: Duration = Duration::from_millis(2);
 /// How often an idle driver looks for work (faulted devices, new spares).
 const IDLE_POLL: Duration = Duration::from_millis(100);
+
+/// What a rebuild needs of a pool beyond [`StripeAccess`]: the replacement attached to a
+/// position, the live slots of a batch (held so none is reused before the batch has copied
+/// it), writing to the replacement, swapping it in, persisting the watermarks. Implemented by
+/// the pool.
+pub(crate) trait RebuildTarget: StripeAccess {
+    /// A replacement being filled.
+    type Fill: Filling;
+    /// The rebuild settings and the foreground clock.
+    fn control(&self) -> &RebuildControl;
+    /// Attach an available spare to every faulted or degraded position without a replacement.
+    fn assign_spares(&self);
+    /// The replacement attached to position `index`, if one is.
+    fn fill_of(&self, index: DeviceIndex) -> Option<Arc<Self::Fill>>;
+    /// The progress of `fill`'s rebuild of position `index`.
+    fn progress(&self, index: DeviceIndex, fill: &Self::Fill) -> RebuildProgress;
+    /// Run `work` with commits held off: no slot live now can be freed and reused meanwhile.
+    fn without_commits<R>(&self, work: impl FnOnce() -> R) -> R;
+    /// The live slots in `from..to` that `wanted` keeps, in slot order, held so that none is
+    /// handed out again (and its cell on the replacement overwritten) until released.
+    fn hold_live_stripes(
+        &self,
+        from: SlotId,
+        to: SlotId,
+        wanted: impl FnMut(&LiveStripe) -> bool,
+    ) -> Vec<LiveStripe>;
+    /// Release slots held by `hold_live_stripes`.
+    fn release_held(&self, slots: &[SlotId]);
+    /// Write `bytes` at `offset` of `fill`, the replacement of `index`.
+    ///
+    /// # Errors
+    /// [`crate::Error::Io`] if the write fails; the replacement is then abandoned.
+    fn fill_write(
+        &self,
+        index: DeviceIndex,
+        fill: &Self::Fill,
+        offset: u64,
+        bytes: &[u8],
+    ) -> Result<()>;
+    /// Flush the filled `fill` and make it the member at `index`; `false` if it was abandoned
+    /// meanwhile.
+    ///
+    /// # Errors
+    /// The flush, the commit or the superblock write failed (the old member stays).
+    fn swap_in(&self, index: DeviceIndex, fill: &Self::Fill) -> Result<bool>;
+    /// Persist every rebuild's watermark (replacements flushed, then the superblocks).
+    ///
+    /// # Errors
+    /// The commit or the superblock write failed.
+    fn checkpoint(&self) -> Result<()>;
+}
+
+/// A replacement's rebuild state: its watermark and counters (kept by the pool's members).
+pub(crate) trait Filling: Send + Sync {
+    /// The replacement's last known path.
+    fn path(&self) -> &str;
+    /// Every live slot below this is on the replacement.
+    fn watermark(&self) -> SlotId;
+    /// Advance the watermark.
+    fn set_watermark(&self, slot: SlotId);
+    /// Stripes written at or after this generation were written with the replacement attached.
+    fn start_generation(&self) -> Generation;
+    /// Count bytes read from the other devices.
+    fn count_read(&self, bytes: u64);
+    /// Count bytes written to the replacement.
+    fn count_written(&self, bytes: u64);
+    /// Count a chunk that could not be rebuilt (its stripe is beyond repair).
+    fn count_lost(&self);
+}
+
+/// The progress of every rebuild in progress, in position order.
+pub(crate) fn progress<T: RebuildTarget>(target: &T) -> Vec<RebuildProgress> {
+    (0..target.geometry().devices)
+        .map(DeviceIndex)
+        .filter_map(|index| {
+            target
+                .fill_of(index)
+                .map(|fill| target.progress(index, &fill))
+        })
+        .collect()
+}
+
+/// Progress of one rebuild, for `status` and the API.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RebuildProgress {
+    /// Data position being rebuilt.
+    pub index: usize,
+    /// The device being replaced.
+    pub replacing: String,
+    /// The device being filled.
+    pub device: String,
+    /// Bytes written to the new device in this run.
+    pub done_bytes: u64,
+    /// Bytes this run has to write in all.
+    pub total_bytes: u64,
+    /// Bytes read from the other devices in this run.
+    pub read_bytes: u64,
+    /// Physical slots below this are done.
+    pub next_slot: u64,
+    /// Physical slots in the pool.
+    pub slots: u64,
+    /// Average rate of this run, bytes per second.
+    pub rate_bytes_per_s: u64,
+    /// Estimated seconds to go.
+    pub eta_secs: Option<u64>,
+    /// Chunks that could not be rebuilt (their stripe had more damage than redundancy): the
+    /// same data is already lost on the pool; the rebuild goes on past it.
+    pub lost_chunks: u64,
+}
+
+/// What one rebuild step did.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct StepOutcome {
+    /// Bytes written to replacements.
+    pub written_bytes: u64,
+    /// Final progress of the rebuilds that completed in this step.
+    pub completed: Vec<RebuildProgress>,
+    /// Rebuilds still running after this step.
+    pub running: usize,
+}
 
 /// Rebuild settings and the foreground activity clock, shared by the pool and the driver.
 #[derive(Debug)]
@@ -33,11 +181,13 @@ pub struct RebuildControl {
 }
 
 impl RebuildControl {
-    pub(crate) fn new(options: &OpenOptions) -> Self {
+    /// Settings: the rate limit (`None`: unlimited), whether spares are attached on their own,
+    /// whether the background driver runs.
+    pub(crate) fn new(rate: Option<u64>, auto_replace: bool, background: bool) -> Self {
         Self {
-            rate_bytes_per_s: AtomicU64::new(options.rebuild_rate_bytes_per_s.unwrap_or(0)),
-            auto_replace: AtomicBool::new(options.auto_replace),
-            background: options.background_rebuild && !options.read_only,
+            rate_bytes_per_s: AtomicU64::new(rate.unwrap_or(0)),
+            auto_replace: AtomicBool::new(auto_replace),
+            background,
             epoch: Instant::now(),
             last_foreground_ns: AtomicU64::new(0),
         }
@@ -71,59 +221,6 @@ impl RebuildControl {
     }
 }
 
-/// Paces a sequence of rebuild steps: rate limit, foreground yield, checkpoint cadence.
-#[derive(Debug)]
-pub struct Pacer {
-    started: Instant,
-    bytes: u64,
-    last_checkpoint: Instant,
-}
-
-impl Default for Pacer {
-    fn default() -> Self {
-        Self {
-            started: Instant::now(),
-            bytes: 0,
-            last_checkpoint: Instant::now(),
-        }
-    }
-}
-
-impl Pacer {
-    /// Whether the next step should checkpoint (about once a second).
-    pub fn checkpoint_due(&mut self) -> bool {
-        self.checkpoint_due_every(CHECKPOINT_INTERVAL)
-    }
-    /// Whether the next step should checkpoint, at most every `interval`.
-    pub fn checkpoint_due_every(&mut self, interval: Duration) -> bool {
-        if self.last_checkpoint.elapsed() >= interval {
-            self.last_checkpoint = Instant::now();
-            true
-        } else {
-            false
-        }
-    }
-    /// How long to wait after a step that wrote `bytes`.
-    pub(crate) fn after_step(
-        &mut self,
-        rate: Option<u64>,
-        control: &RebuildControl,
-        bytes: u64,
-    ) -> Duration {
-        self.bytes += bytes;
-        let mut wait = Duration::ZERO;
-        if let Some(rate) = rate {
-            #[allow(clippy::cast_precision_loss)]
-            let due = Duration::from_secs_f64(self.bytes as f64 / rate as f64);
-            wait = due.saturating_sub(self.started.elapsed());
-        }
-        if control.foreground_recent() {
-            wait = wait.max(YIELD);
-        }
-        wait
-    }
-}
-
 /// The running background thread.
 #[derive(Debug)]
 pub struct Background {
@@ -132,12 +229,12 @@ pub struct Background {
 }
 
 impl Background {
-    pub(crate) fn start(pool: Arc<PoolInner>) -> Self {
+    pub(crate) fn start<T: RebuildTarget + Send + 'static>(pool: Arc<T>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let handle = std::thread::Builder::new()
             .name("stripestore-rebuild".into())
-            .spawn(move || drive(&pool, &flag));
+            .spawn(move || drive(pool.as_ref(), &flag));
         match handle {
             Ok(handle) => Self { stop, handle },
             Err(err) => {
@@ -170,14 +267,14 @@ fn sleep_unless_stopped(stop: &AtomicBool, total: Duration) {
     }
 }
 
-fn drive(pool: &PoolInner, stop: &AtomicBool) {
+fn drive<T: RebuildTarget>(pool: &T, stop: &AtomicBool) {
     let mut pacer = Pacer::default();
     let mut running = false;
     while !stop.load(Ordering::Acquire) {
-        if pool.rebuild.auto_replace() {
+        if pool.control().auto_replace() {
             pool.assign_spares();
         }
-        if pool.rebuild_progress().is_empty() {
+        if progress(pool).is_empty() {
             if running {
                 running = false;
             }
@@ -189,10 +286,14 @@ fn drive(pool: &PoolInner, stop: &AtomicBool) {
             pacer = Pacer::default();
         }
         let checkpoint = pacer.checkpoint_due();
-        match pool.rebuild_step(checkpoint) {
+        match step(pool, checkpoint) {
             Ok(outcome) => {
-                let wait =
-                    pacer.after_step(pool.rebuild.rate(), &pool.rebuild, outcome.written_bytes);
+                let control = pool.control();
+                let wait = pacer.after_step(
+                    control.rate(),
+                    control.foreground_recent(),
+                    outcome.written_bytes,
+                );
                 sleep_unless_stopped(stop, wait);
             }
             Err(err) => {
@@ -209,14 +310,10 @@ mod tests {
 
     #[test]
     fn pacer_holds_the_rate_and_yields_to_foreground() {
-        let options = OpenOptions {
-            rebuild_rate_bytes_per_s: Some(100 << 20),
-            ..OpenOptions::default()
-        };
-        let control = RebuildControl::new(&options);
+        let control = RebuildControl::new(Some(100 << 20), true, true);
         let mut pacer = Pacer::default();
         // 50 MiB at 100 MiB/s must take about half a second from the start.
-        let wait = pacer.after_step(control.rate(), &control, 50 << 20);
+        let wait = pacer.after_step(control.rate(), control.foreground_recent(), 50 << 20);
         assert!(
             wait > Duration::from_millis(400) && wait <= Duration::from_millis(500),
             "{wait:?}"
@@ -224,10 +321,13 @@ mod tests {
         // Unlimited and idle: no wait; right after foreground I/O: a short yield.
         control.set_rate(None);
         assert_eq!(
-            pacer.after_step(control.rate(), &control, 1 << 20),
+            pacer.after_step(control.rate(), control.foreground_recent(), 1 << 20),
             Duration::ZERO
         );
         control.foreground();
-        assert_eq!(pacer.after_step(control.rate(), &control, 1 << 20), YIELD);
+        assert_eq!(
+            pacer.after_step(control.rate(), control.foreground_recent(), 1 << 20),
+            crate::maintenance::YIELD
+        );
     }
 }

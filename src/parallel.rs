@@ -1,7 +1,11 @@
 //! Device-parallel operations that run while a lock is held (commit, superblock writes,
-//! rebuild batches). They use scoped OS threads, never the rayon pool: a rayon worker that
-//! waits for pool work runs other queued tasks meanwhile, and one of those may need the very
-//! lock the waiting worker holds. A scoped thread only ever runs its own closure.
+//! rebuild batches, scrub steps). Owns only the fan-out and the per-thread "sequential" switch;
+//! it knows nothing of pools, stripes or devices (the pool, scrub and rebuild all use it), and
+//! must not import any of them.
+//!
+//! The work runs on scoped OS threads, never the rayon pool: a rayon worker that waits for pool
+//! work runs other queued tasks meanwhile, and one of those may need the very lock the waiting
+//! worker holds. A scoped thread only ever runs its own closure.
 
 use std::cell::Cell;
 
