@@ -12,20 +12,22 @@
 //!   the RAID write hole for every layout. See `docs/FORMAT.md` for the on-disk format and why.
 //!
 //! Layering (dependencies point down only):
-//! `pool` (public API) → `format`, `codec`, `geometry`, `device` → `types`, `error`.
+//! front ends (`nbd`, `endpoint`: HTTP metrics, status and control) → `pool` (public API) →
+//! `format`, `codec`, `geometry`, `device` → `types`, `error`. The pool never depends on a
+//! front end.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod codec;
 pub mod device;
+pub mod endpoint;
 pub mod error;
 pub mod format;
 #[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod geometry;
-pub mod metrics;
 pub mod nbd;
 pub mod pool;
 pub mod rebuild;

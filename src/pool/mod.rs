@@ -11,7 +11,7 @@
 mod admin;
 mod batch;
 mod commit;
-mod endpoint;
+mod handle;
 mod io;
 mod members;
 mod open;
@@ -19,14 +19,17 @@ mod parallel;
 mod rebuild;
 #[cfg(test)]
 mod rebuild_race_tests;
+mod requests;
 mod scrub;
 mod status;
 
 pub use admin::{Cleared, ClearedState};
+pub use handle::{PoolHandle, PoolRef};
 pub use members::{
     ErrorCounters, ErrorKind, FaultPolicy, Identity, MemberDevice, Members, Replacement, Spare,
 };
 pub use rebuild::{RebuildProgress, StepOutcome};
+pub use requests::{Request, RequestMetrics};
 pub use scrub::{
     DeviceScrubReport, ScrubEnd, ScrubOptions, ScrubProgress, ScrubReport, ShardLocation,
 };
@@ -34,6 +37,7 @@ pub use status::{DeviceStatus, PoolHealth, PoolStatus};
 
 /// Run `work` with the pool's device-parallel work on this thread done one device after
 /// another, in order (what a deterministic simulation needs); restored afterwards.
+#[cfg(feature = "testing")]
 pub(crate) fn run_sequentially<R>(work: impl FnOnce() -> R) -> R {
     let before = parallel::is_sequential();
     parallel::set_sequential(true);
@@ -47,7 +51,6 @@ use crate::device::SharedDevice;
 use crate::error::{Error, Result};
 use crate::format::{PoolUuid, StripeMap};
 use crate::geometry::{Geometry, Layout};
-use crate::metrics::Request;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -261,20 +264,10 @@ pub(crate) struct PoolInner {
     /// The running scrub, if any (one at a time).
     pub(crate) scrub: scrub::ScrubControl,
     /// Latency and byte counters of the volume's requests.
-    pub(crate) requests: crate::metrics::RequestMetrics,
+    pub(crate) requests: RequestMetrics,
 }
 
 impl PoolInner {
-    pub(crate) fn metrics_text(&self) -> String {
-        let devices: Vec<(String, Arc<crate::metrics::DeviceIo>)> = self
-            .members
-            .data
-            .iter()
-            .map(|m| (m.path(), Arc::clone(&m.io)))
-            .collect();
-        crate::metrics::render(&self.status(), &devices, &self.requests)
-    }
-
     /// Refuse `operation` on a read-only open.
     pub(crate) fn writable(&self, operation: &'static str) -> Result<()> {
         if self.members.read_only() {
@@ -304,7 +297,7 @@ pub struct Pool {
     inner: Arc<PoolInner>,
     background: Mutex<Option<crate::rebuild::Background>>,
     /// A scrub started with [`Pool::start_scrub`] (or resumed at open, or started over HTTP).
-    scrub_thread: endpoint::ScrubThread,
+    scrub_thread: handle::ScrubThread,
     flush_on_drop: AtomicBool,
 }
 
@@ -399,7 +392,7 @@ impl Pool {
         let pool = Self {
             inner,
             background: Mutex::new(background),
-            scrub_thread: Arc::new(Mutex::new(endpoint::ScrubSlot::default())),
+            scrub_thread: Arc::new(Mutex::new(handle::ScrubSlot::default())),
             flush_on_drop: AtomicBool::new(true),
         };
         if resume_scrub {
@@ -484,42 +477,27 @@ impl Pool {
             .measure(Request::Flush, 0, || self.inner.commit())
     }
 
-    /// The pool's metrics in the Prometheus text exposition format.
+    /// Path and I/O counters (requests, bytes, latency) of every data position, in layout
+    /// order: what a front end renders as per-device metrics.
     #[must_use]
-    pub fn metrics_text(&self) -> String {
-        self.inner.metrics_text()
+    pub fn device_io(&self) -> Vec<(String, Arc<crate::device::DeviceIo>)> {
+        self.inner.device_io()
     }
 
-    /// Serve [`Pool::metrics_text`] (`GET /metrics`) and the status (`GET /status`,
-    /// `GET /status.json`) over HTTP at `address` until the returned server is dropped. Use a
-    /// loopback address unless the network is trusted.
-    ///
-    /// # Errors
-    /// The address cannot be bound.
-    pub fn serve_metrics(
-        &self,
-        address: std::net::SocketAddr,
-    ) -> std::io::Result<crate::metrics::MetricsServer> {
-        self.serve_http(address, false)
+    /// Latency and byte counters of the requests made to the volume.
+    #[must_use]
+    pub fn request_metrics(&self) -> &RequestMetrics {
+        &self.inner.requests
     }
 
-    /// As [`Pool::serve_metrics`], and with `control` also scrub control: `POST /scrub`
-    /// (`?check-only`, `?rate=BYTES_PER_S`, `?resume`), `POST /scrub/pause`,
-    /// `POST /scrub/cancel`. Anyone who can reach the address can then start and stop scrubs
-    /// (no data is readable or writable through it).
-    ///
-    /// # Errors
-    /// The address cannot be bound.
-    pub fn serve_http(
-        &self,
-        address: std::net::SocketAddr,
-        control: bool,
-    ) -> std::io::Result<crate::metrics::MetricsServer> {
-        let pool = Arc::downgrade(&self.inner);
-        let scrub_thread = Arc::clone(&self.scrub_thread);
-        crate::metrics::MetricsServer::start(address, move |request| {
-            endpoint::answer(&pool, &scrub_thread, control, request)
-        })
+    /// A handle that does not keep the pool open, for a front end that outlives a request
+    /// (the HTTP endpoint): see [`PoolHandle`].
+    #[must_use]
+    pub fn handle(&self) -> PoolHandle {
+        PoolHandle {
+            inner: Arc::downgrade(&self.inner),
+            scrub_thread: Arc::clone(&self.scrub_thread),
+        }
     }
 
     /// Health, devices and counters.
@@ -576,7 +554,7 @@ impl Pool {
     /// # Errors
     /// [`Error::InvalidConfig`] if a scrub is already running.
     pub fn start_scrub(&self, options: &ScrubOptions) -> Result<()> {
-        endpoint::start_scrub(&self.inner, &self.scrub_thread, options)
+        handle::start_scrub(&self.inner, &self.scrub_thread, options)
     }
 
     /// Wait for the background scrub to end; `None` if none was started.
