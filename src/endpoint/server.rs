@@ -2,15 +2,21 @@
 //! responses, handing each request to a handler as a plain [`Request`] and sending back its
 //! [`Response`].
 //!
-//! Served by `tiny_http`: the most used synchronous HTTP/1.x server crate for Rust, safe code,
-//! no async runtime, and small enough to read; it parses the untrusted bytes instead of a
-//! hand-written parser. Its limits, accepted for a loopback or trusted-network monitoring
-//! address: every connection gets a thread of its pool, and an HTTP/1.1 connection is kept
-//! alive with no idle timeout until the client closes it (HTTP/1.0 requests, as `status --url`
-//! sends, are answered and closed). Garbage in a request line gets tiny_http's own 400.
+//! Served by `tiny_http` 0.12: the most used synchronous HTTP/1.x server crate for Rust, safe
+//! code, no async runtime, small enough to read, so the untrusted bytes are parsed by a widely
+//! used parser instead of ours. Its limits, accepted for a loopback or trusted-network
+//! monitoring address (`serve` warns when it is not loopback), and weaker than the
+//! hand-written server it replaces (one thread, 8 KiB request heads, 5 s timeouts): every
+//! connection gets a thread of tiny_http's pool; there is no read timeout, so an HTTP/1.1
+//! connection stays open until the client closes it; a request head is not bounded in size
+//! (tiny-http issue #56, pull request #232 still open). HTTP/1.0 requests, as `status --url`
+//! sends, are answered and closed. Garbage in a request line gets tiny_http's own 400.
 //!
-//! Owns: the listening socket and the one thread that answers requests, one at a time. Must not
-//! touch: the pool (the handler given to [`HttpServer::start`] decides every answer), routes.
+//! Owns: the listening socket and the one thread that answers requests, one at a time; each
+//! answer is written by a short-lived thread of its own, so a client that does not read (there
+//! is no write timeout either) holds neither the other clients nor the server's shutdown. Must
+//! not touch: the pool (the handler given to [`HttpServer::start`] decides every answer),
+//! routes.
 
 use super::{Request, Response};
 use std::net::{SocketAddr, TcpListener};
@@ -108,6 +114,7 @@ fn serve(
     }
 }
 
+/// Answer one request: the handler runs here, the reply is written by a thread of its own.
 fn answer(
     request: tiny_http::Request,
     handler: &dyn Fn(&Request<'_>) -> Response,
@@ -128,7 +135,24 @@ fn answer(
             "not a valid header value"
         ),
     }
-    request.respond(reply)
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("stripestore-http-reply".into())
+        .spawn(move || {
+            if let Ok((request, reply)) = receiver.recv() {
+                let request: tiny_http::Request = request;
+                if let Err(err) = request.respond(reply) {
+                    tracing::debug!(%err, "http client");
+                }
+            }
+        });
+    match spawned {
+        Ok(_) => sender
+            .send((request, reply))
+            .map_err(|_| std::io::Error::other("the reply thread ended early")),
+        // No thread: write it here rather than not at all.
+        Err(_) => request.respond(reply),
+    }
 }
 
 #[cfg(test)]
@@ -175,5 +199,25 @@ mod tests {
         drop(TcpStream::connect(address).unwrap());
         assert!(get(address, "GET /metrics HTTP/1.0\r\n\r\n").contains("up 1"));
         drop(server);
+    }
+
+    /// A client that asks and never reads a large answer holds neither the next client nor the
+    /// server's shutdown.
+    #[test]
+    fn a_client_that_does_not_read_blocks_nobody() {
+        let server = HttpServer::start("127.0.0.1:0".parse().unwrap(), |request| {
+            match request.path {
+                "/big" => Response::text(200, "x".repeat(64 << 20)),
+                _ => Response::text(200, "small\n"),
+            }
+        })
+        .unwrap();
+        let address = server.address();
+        let mut stuck = TcpStream::connect(address).unwrap();
+        stuck.write_all(b"GET /big HTTP/1.0\r\n\r\n").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(get(address, "GET /small HTTP/1.0\r\n\r\n").ends_with("small\n"));
+        drop(server);
+        drop(stuck);
     }
 }
