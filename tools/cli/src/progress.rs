@@ -10,8 +10,7 @@ use std::time::Instant;
 use stripestore::types::human_bytes;
 
 /// The bar drawn on a terminal: label, bar, percentage, rate, time left.
-const TEMPLATE: &str =
-    "  {prefix:<22} [{bar:30}] {percent_precise:>5}%  {binary_bytes_per_sec}  ETA {eta}";
+const TEMPLATE: &str = "  {prefix:<22} [{bar:30}] {percent:>3}%  {binary_bytes_per_sec}  ETA {eta}";
 
 /// Progress of one long operation measured in bytes.
 pub struct Progress {
@@ -95,6 +94,8 @@ impl Progress {
     pub fn finish(self) -> u64 {
         if let Some(bar) = &self.bar {
             bar.finish();
+            // indicatif leaves the cursor on the bar's line; what follows starts on its own.
+            eprintln!();
         }
         self.rate()
     }
