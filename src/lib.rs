@@ -12,15 +12,18 @@
 //!   the RAID write hole for every layout. See `docs/FORMAT.md` for the on-disk format and why.
 //!
 //! Layering (dependencies point down only):
-//! `pool` (public API) → `scrub`, `rebuild` (their work, as step machines over the narrow
-//! interfaces `pool` implements) → `maintenance` (the shared interface and pacing), `parallel`
-//! → `format`, `codec`, `geometry`, `device` → `types`, `error`.
+//! front ends (`nbd`, `endpoint`: HTTP metrics, status and control; they use the public `Pool`
+//! API only) → `pool` (public API, I/O, map, commits, members) → `scrub`, `rebuild` (their
+//! work, as step machines over the narrow interfaces `pool` implements) → `maintenance` (the
+//! shared interface and pacing), `parallel` → `format`, `codec`, `geometry`, `device` →
+//! `types`, `error`. No module depends on one above it.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod codec;
 pub mod device;
+pub mod endpoint;
 pub mod error;
 pub mod format;
 #[cfg(feature = "testing")]
@@ -28,7 +31,6 @@ pub mod format;
 pub mod fuzzing;
 pub mod geometry;
 pub(crate) mod maintenance;
-pub mod metrics;
 pub mod nbd;
 pub(crate) mod parallel;
 pub mod pool;

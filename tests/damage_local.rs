@@ -336,7 +336,7 @@ fn a_read_only_open_changes_no_byte() {
         let status = pool.status();
         assert!(status.devices[1].checksum_errors > 0);
         assert_eq!(status.devices[5].state, "FAULTED");
-        let _ = pool.metrics_text();
+        let _ = stripestore::endpoint::metrics_text(&pool);
         let report = pool
             .scrub_with(
                 &ScrubOptions {

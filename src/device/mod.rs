@@ -8,12 +8,14 @@
 mod faulty;
 mod file;
 mod memory;
+mod metered;
 mod signature;
 mod uring;
 
 pub use faulty::{FaultConfig, FaultKind, FaultPlan, FaultyDevice, InjectedFault, PowerCut};
 pub use file::{canonical_path, refuse_duplicate_paths, Access, CreatedFiles, FileDevice};
 pub use memory::MemDevice;
+pub use metered::{DeviceIo, Histogram, Metered, BUCKETS_SECS};
 pub use signature::{probe as probe_signature, refuse_signature, Signature};
 pub use uring::{
     open_device, open_device_for, open_device_with, run_batch, AlignedBuf, Backend, BatchOp, IoBuf,

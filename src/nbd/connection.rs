@@ -1,5 +1,9 @@
 //! One NBD client: fixed newstyle negotiation, then the transmission phase.
 //!
+//! Owns: one connection's protocol state, its worker threads and its in-flight bounds. Uses the
+//! pool only through its public API (`read_at`, `write_at`, `flush`); must not touch pool
+//! internals or other connections (the listener is `server.rs`).
+//!
 //! Invariants:
 //! * A write reaches the pool only after its whole payload has arrived, and only inside the
 //!   range the request names (checked by [`proto::classify`] before anything is read). A client
@@ -355,15 +359,9 @@ fn transmission<R: Read, W: Write + Send>(
             if replies.broken.load(Ordering::Relaxed) {
                 return ConnectionEnd::Eof;
             }
-            let mut header = [0u8; proto::REQUEST_BYTES];
-            match read_exact_or_eof(&mut reader, &mut header) {
-                Ok(true) => {}
-                Ok(false) => return ConnectionEnd::Eof,
-                Err(err) => return ConnectionEnd::ProtocolError(err.to_string()),
-            }
-            let request = match proto::decode_request(&header) {
+            let request = match next_request(&mut reader) {
                 Ok(request) => request,
-                Err(err) => return ConnectionEnd::ProtocolError(err.to_string()),
+                Err(end) => return end,
             };
             let cookie = request.cookie;
             match proto::classify(&request, &config.export) {
@@ -372,24 +370,11 @@ fn transmission<R: Read, W: Write + Send>(
                     error,
                     payload_readable,
                 } => {
-                    if request.has_payload() {
-                        if !payload_readable {
-                            replies.status(error, cookie);
-                            return ConnectionEnd::ProtocolError(format!(
-                                "write of {} bytes exceeds the maximum request size",
-                                request.length
-                            ));
-                        }
-                        let mut sink = io::sink();
-                        let copied = io::copy(
-                            &mut (&mut reader).take(u64::from(request.length)),
-                            &mut sink,
-                        );
-                        if copied.ok() != Some(u64::from(request.length)) {
-                            return ConnectionEnd::Eof;
-                        }
+                    if let Err(end) =
+                        reject(&mut reader, &replies, &request, error, payload_readable)
+                    {
+                        return end;
                     }
-                    replies.status(error, cookie);
                 }
                 Action::Read { offset, length } => {
                     let permit = in_flight.acquire(u64::from(length));
@@ -408,13 +393,10 @@ fn transmission<R: Read, W: Write + Send>(
                     fua,
                 } => {
                     let permit = in_flight.acquire(u64::from(length));
-                    let mut payload = vec![0u8; usize::try_from(length).unwrap_or(0)];
-                    match read_exact_or_eof(&mut reader, &mut payload) {
-                        Ok(true) => {}
-                        // A payload cut short is dropped whole: nothing of it reaches the pool.
-                        Ok(false) => return ConnectionEnd::Eof,
-                        Err(err) => return ConnectionEnd::ProtocolError(err.to_string()),
-                    }
+                    let payload = match read_payload(&mut reader, length) {
+                        Ok(payload) => payload,
+                        Err(end) => return end,
+                    };
                     workers.submit(permit, ("write", &request), move || {
                         pool.write_at(offset, &payload)?;
                         if fua {
@@ -447,6 +429,55 @@ fn transmission<R: Read, W: Write + Send>(
             }
         }
     })
+}
+
+/// Read and decode the next request header; `Err`: how the connection ends.
+fn next_request(reader: &mut impl Read) -> Result<proto::Request, ConnectionEnd> {
+    let mut header = [0u8; proto::REQUEST_BYTES];
+    match read_exact_or_eof(reader, &mut header) {
+        Ok(true) => {}
+        Ok(false) => return Err(ConnectionEnd::Eof),
+        Err(err) => return Err(ConnectionEnd::ProtocolError(err.to_string())),
+    }
+    proto::decode_request(&header).map_err(|err| ConnectionEnd::ProtocolError(err.to_string()))
+}
+
+/// Answer a refused request with `error`, first reading past its payload (if it has one and it
+/// is small enough to read; a larger one ends the connection, as its end cannot be found).
+fn reject<R: Read, W: Write>(
+    reader: &mut R,
+    replies: &Replies<W>,
+    request: &proto::Request,
+    error: u32,
+    payload_readable: bool,
+) -> Result<(), ConnectionEnd> {
+    if request.has_payload() {
+        if !payload_readable {
+            replies.status(error, request.cookie);
+            return Err(ConnectionEnd::ProtocolError(format!(
+                "write of {} bytes exceeds the maximum request size",
+                request.length
+            )));
+        }
+        let mut sink = io::sink();
+        let copied = io::copy(&mut reader.take(u64::from(request.length)), &mut sink);
+        if copied.ok() != Some(u64::from(request.length)) {
+            return Err(ConnectionEnd::Eof);
+        }
+    }
+    replies.status(error, request.cookie);
+    Ok(())
+}
+
+/// Read a write's whole payload. A payload cut short is dropped whole: nothing of it reaches
+/// the pool.
+fn read_payload(reader: &mut impl Read, length: u32) -> Result<Vec<u8>, ConnectionEnd> {
+    let mut payload = vec![0u8; usize::try_from(length).unwrap_or(0)];
+    match read_exact_or_eof(reader, &mut payload) {
+        Ok(true) => Ok(payload),
+        Ok(false) => Err(ConnectionEnd::Eof),
+        Err(err) => Err(ConnectionEnd::ProtocolError(err.to_string())),
+    }
 }
 
 /// A request's work, as queued for a worker.

@@ -152,7 +152,7 @@ pub struct MemberDevice {
     /// Error counters.
     pub errors: ErrorCounters,
     /// I/O counters and latencies of whichever device serves this position.
-    pub io: Arc<crate::metrics::DeviceIo>,
+    pub io: Arc<crate::device::DeviceIo>,
     replacement: RwLock<Option<Arc<Replacement>>>,
 }
 
@@ -174,8 +174,8 @@ impl MemberDevice {
             MemberState::Degraded { reason } => Some(reason.clone()),
             _ => None,
         };
-        let io = Arc::new(crate::metrics::DeviceIo::default());
-        let device = device.map(|device| crate::metrics::Metered::wrap(device, &io));
+        let io = Arc::new(crate::device::DeviceIo::default());
+        let device = device.map(|device| crate::device::Metered::wrap(device, &io));
         Self {
             index: DeviceIndex(index),
             identity: RwLock::new(Identity {
@@ -617,7 +617,7 @@ impl Members {
         };
         let old = member.identity();
         *member.identity.write() = replacement.identity.clone();
-        *member.device.write() = Some(crate::metrics::Metered::wrap(
+        *member.device.write() = Some(crate::device::Metered::wrap(
             Arc::clone(&replacement.device),
             &member.io,
         ));

@@ -11,7 +11,7 @@
 mod admin;
 mod batch;
 mod commit;
-mod endpoint;
+mod handle;
 mod io;
 mod maintenance;
 mod members;
@@ -19,6 +19,7 @@ mod open;
 #[cfg(test)]
 mod rebuild_race_tests;
 mod replacement;
+mod requests;
 #[cfg(test)]
 mod scrub_tests;
 mod status;
@@ -26,11 +27,13 @@ mod status;
 pub use crate::rebuild::{RebuildProgress, StepOutcome};
 pub use crate::scrub::{DeviceScrubReport, ScrubEnd, ScrubOptions, ScrubProgress, ScrubReport};
 pub use admin::{Cleared, ClearedState};
+pub use handle::{PoolHandle, PoolRef};
 pub use maintenance::ShardLocation;
 pub use members::{
     DeviceFault, ErrorCounters, ErrorKind, FaultPolicy, Identity, MemberDevice, Members,
     Replacement, Spare,
 };
+pub use requests::{Request, RequestMetrics};
 pub use status::{DeviceStatus, PoolHealth, PoolStatus};
 
 /// Run `work` with the pool's device-parallel work on this thread done one device after
@@ -53,7 +56,6 @@ use crate::device::SharedDevice;
 use crate::error::{Error, Result};
 use crate::format::{PoolUuid, StripeMap};
 use crate::geometry::{Geometry, Layout};
-use crate::metrics::Request;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -267,20 +269,10 @@ pub(crate) struct PoolInner {
     /// The running scrub, if any (one at a time).
     pub(crate) scrub: scrub::ScrubControl,
     /// Latency and byte counters of the volume's requests.
-    pub(crate) requests: crate::metrics::RequestMetrics,
+    pub(crate) requests: RequestMetrics,
 }
 
 impl PoolInner {
-    pub(crate) fn metrics_text(&self) -> String {
-        let devices: Vec<(String, Arc<crate::metrics::DeviceIo>)> = self
-            .members
-            .data
-            .iter()
-            .map(|m| (m.path(), Arc::clone(&m.io)))
-            .collect();
-        crate::metrics::render(&self.status(), &devices, &self.requests)
-    }
-
     /// Refuse `operation` on a read-only open.
     pub(crate) fn writable(&self, operation: &'static str) -> Result<()> {
         if self.members.read_only() {
@@ -310,7 +302,7 @@ pub struct Pool {
     inner: Arc<PoolInner>,
     background: Mutex<Option<crate::rebuild::Background>>,
     /// A scrub started with [`Pool::start_scrub`] (or resumed at open, or started over HTTP).
-    scrub_thread: endpoint::ScrubThread,
+    scrub_thread: handle::ScrubThread,
     flush_on_drop: AtomicBool,
 }
 
@@ -405,7 +397,7 @@ impl Pool {
         let pool = Self {
             inner,
             background: Mutex::new(background),
-            scrub_thread: Arc::new(Mutex::new(endpoint::ScrubSlot::default())),
+            scrub_thread: Arc::new(Mutex::new(handle::ScrubSlot::default())),
             flush_on_drop: AtomicBool::new(true),
         };
         if resume_scrub {
@@ -490,42 +482,27 @@ impl Pool {
             .measure(Request::Flush, 0, || self.inner.commit())
     }
 
-    /// The pool's metrics in the Prometheus text exposition format.
+    /// Path and I/O counters (requests, bytes, latency) of every data position, in layout
+    /// order: what a front end renders as per-device metrics.
     #[must_use]
-    pub fn metrics_text(&self) -> String {
-        self.inner.metrics_text()
+    pub fn device_io(&self) -> Vec<(String, Arc<crate::device::DeviceIo>)> {
+        self.inner.device_io()
     }
 
-    /// Serve [`Pool::metrics_text`] (`GET /metrics`) and the status (`GET /status`,
-    /// `GET /status.json`) over HTTP at `address` until the returned server is dropped. Use a
-    /// loopback address unless the network is trusted.
-    ///
-    /// # Errors
-    /// The address cannot be bound.
-    pub fn serve_metrics(
-        &self,
-        address: std::net::SocketAddr,
-    ) -> std::io::Result<crate::metrics::MetricsServer> {
-        self.serve_http(address, false)
+    /// Latency and byte counters of the requests made to the volume.
+    #[must_use]
+    pub fn request_metrics(&self) -> &RequestMetrics {
+        &self.inner.requests
     }
 
-    /// As [`Pool::serve_metrics`], and with `control` also scrub control: `POST /scrub`
-    /// (`?check-only`, `?rate=BYTES_PER_S`, `?resume`), `POST /scrub/pause`,
-    /// `POST /scrub/cancel`. Anyone who can reach the address can then start and stop scrubs
-    /// (no data is readable or writable through it).
-    ///
-    /// # Errors
-    /// The address cannot be bound.
-    pub fn serve_http(
-        &self,
-        address: std::net::SocketAddr,
-        control: bool,
-    ) -> std::io::Result<crate::metrics::MetricsServer> {
-        let pool = Arc::downgrade(&self.inner);
-        let scrub_thread = Arc::clone(&self.scrub_thread);
-        crate::metrics::MetricsServer::start(address, move |request| {
-            endpoint::answer(&pool, &scrub_thread, control, request)
-        })
+    /// A handle that does not keep the pool open, for a front end that outlives a request
+    /// (the HTTP endpoint): see [`PoolHandle`].
+    #[must_use]
+    pub fn handle(&self) -> PoolHandle {
+        PoolHandle {
+            inner: Arc::downgrade(&self.inner),
+            scrub_thread: Arc::clone(&self.scrub_thread),
+        }
     }
 
     /// Health, devices and counters.
@@ -582,7 +559,7 @@ impl Pool {
     /// # Errors
     /// [`Error::Busy`] if a scrub is already running.
     pub fn start_scrub(&self, options: &ScrubOptions) -> Result<()> {
-        endpoint::start_scrub(&self.inner, &self.scrub_thread, options)
+        handle::start_scrub(&self.inner, &self.scrub_thread, options)
     }
 
     /// Wait for the background scrub to end; `None` if none was started.

@@ -85,7 +85,7 @@ fn new_inner(
         ),
         attach_lock: parking_lot::RwLock::new(()),
         scrub: super::scrub::ScrubControl::default(),
-        requests: crate::metrics::RequestMetrics::default(),
+        requests: super::RequestMetrics::default(),
     })
 }
 

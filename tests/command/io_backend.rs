@@ -1,6 +1,7 @@
 //! The io_uring backend under the pool: every layout on files, random writes against the model,
 //! reopen, lose a device, corrupt chunks behind the pool's back; the same workload with the
-//! fallback forced; and `status` naming the backend in use.
+//! fallback forced; `status` naming the backend in use; and the devices the command brings into
+//! a pool (`online`, `replace`) opened on the same backend.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -211,4 +212,65 @@ fn bench_command_reports_every_figure_as_json() {
     }
     // Progress went to stderr while it ran.
     assert!(String::from_utf8_lossy(&output.stderr).contains("seq_write"));
+}
+
+/// The command opens every device it brings into a pool through the library's opener, so a
+/// replacement or a member brought back online runs on the same backend as the others (they
+/// ran on `pread` when the command opened them itself). Seen in the status each command
+/// prints while the pool is still open.
+#[test]
+fn devices_the_command_brings_in_run_on_the_chosen_backend() {
+    if !uring_available("devices_the_command_brings_in_run_on_the_chosen_backend") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let devs: Vec<PathBuf> = (0..3)
+        .map(|i| dir.path().join(format!("d{i}.img")))
+        .collect();
+    let new = dir.path().join("new.img");
+    let p = |path: &Path| path.to_str().unwrap().to_string();
+    let run = |args: &[String]| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = common::run_program(common::stripestore_command("error"), &args, None);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let backend_line = |status: &str| {
+        status
+            .lines()
+            .find(|line| line.trim_start().starts_with("io:"))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let mut create: Vec<String> = ["create", "--layout", "mirror:3", "--device-size", "8M"]
+        .map(String::from)
+        .to_vec();
+    create.extend(devs.iter().map(|d| p(d)));
+    run(&create);
+
+    run(&["offline".into(), p(&devs[0]), "1".into()]);
+    let online = run(&["online".into(), p(&devs[0]), p(&devs[1])]);
+    let line = backend_line(&online);
+    assert!(
+        line.contains("io_uring") && !line.contains("pread"),
+        "online: {line}\n{online}"
+    );
+
+    let replaced = run(&[
+        "replace".into(),
+        p(&devs[0]),
+        "--old".into(),
+        p(&devs[2]),
+        "--new".into(),
+        p(&new),
+    ]);
+    let line = backend_line(&replaced);
+    assert!(
+        line.contains("io_uring") && !line.contains("pread"),
+        "replace: {line}\n{replaced}"
+    );
 }

@@ -323,15 +323,17 @@ fn prometheus_metrics_are_valid_and_served_over_http() {
     pool.flush().unwrap();
     pool.fault_device(2, "pulled for the test");
     pool.read_at(0, &mut buf).unwrap();
-    let server = pool.serve_metrics("127.0.0.1:0".parse().unwrap()).unwrap();
+    let server =
+        stripestore::endpoint::serve_metrics(&pool, "127.0.0.1:0".parse().unwrap()).unwrap();
     let mut stream = std::net::TcpStream::connect(server.address()).unwrap();
     stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.0 200 OK"), "{head}");
+    // HTTP/1.1 is answered in HTTP/1.1 (and kept alive unless the client says close).
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
     assert!(head.contains("text/plain; version=0.0.4"), "{head}");
     assert!(body.contains("state=\"degraded\"} 1"), "{body}");
     assert!(body.contains("stripestore_read_bytes_total{"), "{body}");

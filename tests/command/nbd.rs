@@ -884,6 +884,8 @@ fn malformed_requests_get_errors_and_never_write_outside_their_range() {
 
 #[test]
 fn stored_fuzz_inputs_replay_through_the_parser_and_server() {
+    // These tests belong to the command's package (tools/cli); the stored inputs are the
+    // workspace's, two levels up.
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/nbd_request");
     let pool = stripestore::testing::nbd::nbd_fuzz_pool();
     let mut replayed = 0;

@@ -969,7 +969,7 @@ impl World<'_> {
         self.verify("read-only")?;
         let pool = self.pool()?;
         let _ = pool.status();
-        let _ = pool.metrics_text();
+        let _ = crate::endpoint::metrics_text(pool);
         match pool.write_at(0, &[1u8; 512]) {
             Err(Error::ReadOnly { .. }) => {}
             other => return Err(format!("a write to a read-only open gave {other:?}")),

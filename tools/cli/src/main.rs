@@ -1,5 +1,11 @@
 //! Command-line front end: argument parsing, logging setup, output formats and exit codes.
 //! Exit codes: 0 success, 1 operation failed (message on stderr), 2 bad usage.
+//!
+//! Owns: the commands and their dispatch ([`execute`] hands each to a function of its own).
+//! Uses the library's public API only, and opens every member, replacement and spare through
+//! the library's opener (`open_device_for`, `CreatedFiles::open_device`), so the I/O backend
+//! (`STRIPESTORE_IO`, io_uring or pread) is chosen in one place. Must not touch: pool internals,
+//! the on-disk format.
 
 mod bench;
 mod bench_pool;
@@ -16,8 +22,7 @@ use clap::{Parser, Subcommand};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
-use stripestore::device::{canonical_path, CreatedFiles, FileDevice};
+use stripestore::device::{canonical_path, open_device_for, Access, CreatedFiles};
 use stripestore::types::{human_bytes, parse_size};
 use stripestore::{CreateOptions, Layout, OpenOptions, Pool};
 
@@ -404,32 +409,15 @@ fn execute(command: Command) -> CliResult {
             checksum_size,
             force,
             paths,
-        } => {
-            if !chunk_size.is_multiple_of(checksum_size) {
-                return Err(usage_error(&format!(
-                    "--checksum-size {} does not divide --chunk-size {}",
-                    human_bytes(checksum_size),
-                    human_bytes(chunk_size)
-                )));
-            }
-            let mut options = CreateOptions::new(layout);
-            options.chunk_bytes = chunk_size;
-            options.checksum_bytes = checksum_size;
-            options.device_bytes = device_size;
-            options.force = force;
-            let pool = Pool::create_paths(&paths, &spares, &options)?;
-            let status = pool.status();
-            pool.close()?;
-            println!(
-                "created pool {} ({}) on {} devices and {} spares: {} usable",
-                status.pool,
-                status.layout,
-                paths.len(),
-                spares.len(),
-                human_bytes(status.volume_bytes)
-            );
-            Ok(())
-        }
+        } => create(
+            layout,
+            spares,
+            device_size,
+            chunk_size,
+            checksum_size,
+            force,
+            paths,
+        ),
         Command::Status {
             url: Some(url),
             json,
@@ -438,70 +426,18 @@ fn execute(command: Command) -> CliResult {
             print!("{}", remote::Endpoint::parse(&url)?.status_text(json)?);
             Ok(())
         }
-        Command::Status { pool, json, .. } => {
-            let pool = open_pool_to_look(&pool)?;
-            let status = pool.status();
-            if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
-            } else {
-                print!("{status}");
-            }
-            pool.close()?;
-            Ok(())
-        }
+        Command::Status { pool, json, .. } => status(&pool, json),
         Command::Write {
             pool,
             offset,
             input,
-        } => {
-            // The whole request is checked against the volume before any byte is written (the
-            // pool is looked at read-only first: a read-write open writes a checkpoint), so the
-            // input's length must be known first: a file's from its metadata; standard input is
-            // spooled to a temporary file when it is not a regular file itself.
-            let (mut reader, length) = input_with_length(input.as_deref())?;
-            check_request(offset, length, open_pool_to_look(&pool)?.size())?;
-            let pool = open_pool(&pool)?;
-            let mut buf = vec![0u8; 8 << 20];
-            let mut written = 0u64;
-            loop {
-                let n = read_full(&mut reader, &mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                pool.write_at(offset + written, &buf[..n])?;
-                written += n as u64;
-            }
-            pool.close()?;
-            eprintln!("wrote {written} bytes at offset {offset} (flushed)");
-            Ok(())
-        }
+        } => write(&pool, offset, input),
         Command::Read {
             pool,
             offset,
             length,
             output,
-        } => {
-            let pool = open_pool_to_look(&pool)?;
-            check_request(offset, length, pool.size())?;
-            let mut writer: Box<dyn Write> = match &output {
-                Some(path) => Box::new(
-                    std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?,
-                ),
-                None => Box::new(std::io::stdout().lock()),
-            };
-            let piece = 8u64 << 20;
-            let mut done = 0u64;
-            let mut buf = vec![0u8; usize::try_from(piece.min(length))?];
-            while done < length {
-                let n = usize::try_from(piece.min(length - done))?;
-                pool.read_at(offset + done, &mut buf[..n])?;
-                writer.write_all(&buf[..n])?;
-                done += n as u64;
-            }
-            writer.flush()?;
-            pool.close()?;
-            Ok(())
-        }
+        } => read(&pool, offset, length, output),
         Command::Scrub {
             pool,
             url,
@@ -511,25 +447,17 @@ fn execute(command: Command) -> CliResult {
             resume,
             cancel,
             json,
-        } => {
-            let args = scrub::ScrubArgs {
+        } => scrub(
+            url.as_deref(),
+            &scrub::ScrubArgs {
                 pool,
                 check_only,
                 rate,
                 resume,
                 cancel,
                 json,
-            };
-            let code = match url {
-                Some(url) => remote::scrub(&remote::Endpoint::parse(&url)?, &args)?,
-                None => scrub::run(&args)?,
-            };
-            if code == scrub::exit::CLEAN {
-                Ok(())
-            } else {
-                Err(Box::new(Exit(code)))
-            }
-        }
+            },
+        ),
         Command::Check {
             pool,
             url,
@@ -545,84 +473,21 @@ fn execute(command: Command) -> CliResult {
             new,
             force,
             rebuild_rate,
-        } => {
-            let pool = open_pool(&pool)?;
-            pool.set_rebuild_rate(rebuild_rate);
-            let target = canonical_path(&new);
-            let spare = pool
-                .status()
-                .spares
-                .into_iter()
-                .find(|s| canonical_path(Path::new(&s.path)) == target);
-            if let Some(spare) = spare {
-                pool.replace_with_spare(&old, &spare.path)?;
-            } else {
-                refuse_pool_device(&pool, &new)?;
-                // A refused replace leaves no file it created behind.
-                let mut files = CreatedFiles::new();
-                let device = files.open_file(&new, Some(pool.geometry().device_bytes))?;
-                pool.replace(&old, Arc::new(device), force)?;
-                files.keep();
-            }
-            run_rebuilds_with_progress(&pool)?;
-            print!("{}", pool.status());
-            pool.close()?;
-            Ok(())
-        }
+        } => replace(&pool, &old, &new, force, rebuild_rate),
         Command::Clear {
             pool,
             device,
             path,
             rebuild_rate,
-        } => {
-            let pool = open_pool(&pool)?;
-            pool.set_rebuild_rate(rebuild_rate);
-            clear_members(&pool, device.as_deref(), path)?;
-            run_rebuilds_with_progress(&pool)?;
-            print!("{}", pool.status());
-            pool.close()?;
-            Ok(())
-        }
-        Command::Offline { pool, device } => {
-            let pool = open_pool(&pool)?;
-            pool.offline(&device)?;
-            print!("{}", pool.status());
-            pool.close()?;
-            Ok(())
-        }
+        } => clear(&pool, device.as_deref(), path, rebuild_rate),
+        Command::Offline { pool, device } => offline(&pool, &device),
         Command::Online {
             pool,
             device,
             path,
             force,
             rebuild_rate,
-        } => {
-            let pool = open_pool(&pool)?;
-            pool.set_rebuild_rate(rebuild_rate);
-            let status = pool.status();
-            let member = status
-                .devices
-                .iter()
-                .find(|d| {
-                    d.path == device
-                        || d.uuid == device
-                        || d.index.map(|i| i.to_string()) == Some(device.clone())
-                })
-                .ok_or_else(|| {
-                    format!("no data member {device:?} in this pool (give its last known path, its index or its UUID)")
-                })?;
-            if member.state != "FAULTED" && member.state != "OFFLINE" {
-                return Err(format!("{device} is already online").into());
-            }
-            let path = path.unwrap_or_else(|| PathBuf::from(&member.path));
-            refuse_pool_device(&pool, &path)?;
-            let handle = FileDevice::open(&path)?;
-            pool.online(&device, Arc::new(handle), force)?;
-            run_rebuilds_with_progress(&pool)?;
-            print!("{}", pool.status());
-            pool.close()?;
-            Ok(())
-        }
+        } => online(&pool, &device, path, force, rebuild_rate),
         Command::Spare {
             action:
                 SpareAction::Add {
@@ -630,32 +495,8 @@ fn execute(command: Command) -> CliResult {
                     device,
                     force,
                 },
-        } => {
-            let pool = open_pool(&pool)?;
-            refuse_pool_device(&pool, &device)?;
-            let mut files = CreatedFiles::new();
-            let handle = files.open_file(&device, Some(pool.geometry().device_bytes))?;
-            pool.add_spare(Arc::new(handle), force)?;
-            files.keep();
-            print!("{}", pool.status());
-            pool.close()?;
-            Ok(())
-        }
-        Command::Rebuild { pool, rebuild_rate } => {
-            let options = OpenOptions {
-                background_rebuild: false,
-                auto_replace: true,
-                rebuild_rate_bytes_per_s: rebuild_rate,
-                force: FORCE_DEGRADED.load(std::sync::atomic::Ordering::Relaxed),
-                ..OpenOptions::default()
-            };
-            let pool = Pool::open_paths(&pool, &options)?;
-            pool.attach_spares();
-            run_rebuilds_with_progress(&pool)?;
-            print!("{}", pool.status());
-            pool.close()?;
-            Ok(())
-        }
+        } => spare_add(&pool, &device, force),
+        Command::Rebuild { pool, rebuild_rate } => rebuild(&pool, rebuild_rate),
         Command::Bench(args) => bench_pool::run(&args),
         Command::BenchRebuild(b) => {
             bench::run(&b.layout, b.device_size, b.runs, b.dir.as_deref(), b.json)
@@ -673,6 +514,240 @@ fn execute(command: Command) -> CliResult {
     }
 }
 
+/// `status` of a pool opened here (read-only).
+fn status(pool: &[PathBuf], json: bool) -> CliResult {
+    let pool = open_pool_to_look(pool)?;
+    let status = pool.status();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{status}");
+    }
+    pool.close()?;
+    Ok(())
+}
+
+/// `scrub`, here or (with `url`) in the process serving the pool; the exit code says what it
+/// found.
+fn scrub(url: Option<&str>, args: &scrub::ScrubArgs) -> CliResult {
+    let code = match url {
+        Some(url) => remote::scrub(&remote::Endpoint::parse(url)?, args)?,
+        None => scrub::run(args)?,
+    };
+    if code == scrub::exit::CLEAN {
+        Ok(())
+    } else {
+        Err(Box::new(Exit(code)))
+    }
+}
+
+/// `clear`: error counts reset, faulted members resynced (see [`clear_members`]).
+fn clear(
+    pool: &[PathBuf],
+    device: Option<&str>,
+    path: Option<PathBuf>,
+    rebuild_rate: Option<u64>,
+) -> CliResult {
+    let pool = open_pool(pool)?;
+    pool.set_rebuild_rate(rebuild_rate);
+    clear_members(&pool, device, path)?;
+    run_rebuilds_with_progress(&pool)?;
+    print!("{}", pool.status());
+    pool.close()?;
+    Ok(())
+}
+
+/// `offline`: take a member out of service by hand.
+fn offline(pool: &[PathBuf], device: &str) -> CliResult {
+    let pool = open_pool(pool)?;
+    pool.offline(device)?;
+    print!("{}", pool.status());
+    pool.close()?;
+    Ok(())
+}
+
+/// `rebuild`: attach spares to faulted positions and run every rebuild to the end.
+fn rebuild(pool: &[PathBuf], rebuild_rate: Option<u64>) -> CliResult {
+    let options = OpenOptions {
+        background_rebuild: false,
+        auto_replace: true,
+        rebuild_rate_bytes_per_s: rebuild_rate,
+        force: FORCE_DEGRADED.load(std::sync::atomic::Ordering::Relaxed),
+        ..OpenOptions::default()
+    };
+    let pool = Pool::open_paths(pool, &options)?;
+    pool.attach_spares();
+    run_rebuilds_with_progress(&pool)?;
+    print!("{}", pool.status());
+    pool.close()?;
+    Ok(())
+}
+
+/// `create`: a new pool on `paths` (and `spares`).
+fn create(
+    layout: Layout,
+    spares: Vec<PathBuf>,
+    device_size: Option<u64>,
+    chunk_size: u64,
+    checksum_size: u64,
+    force: bool,
+    paths: Vec<PathBuf>,
+) -> CliResult {
+    if !chunk_size.is_multiple_of(checksum_size) {
+        return Err(usage_error(&format!(
+            "--checksum-size {} does not divide --chunk-size {}",
+            human_bytes(checksum_size),
+            human_bytes(chunk_size)
+        )));
+    }
+    let mut options = CreateOptions::new(layout);
+    options.chunk_bytes = chunk_size;
+    options.checksum_bytes = checksum_size;
+    options.device_bytes = device_size;
+    options.force = force;
+    let pool = Pool::create_paths(&paths, &spares, &options)?;
+    let status = pool.status();
+    pool.close()?;
+    println!(
+        "created pool {} ({}) on {} devices and {} spares: {} usable",
+        status.pool,
+        status.layout,
+        paths.len(),
+        spares.len(),
+        human_bytes(status.volume_bytes)
+    );
+    Ok(())
+}
+
+/// `write`: `input` (a file, or standard input) into the volume at `offset`, then flush.
+fn write(pool: &[PathBuf], offset: u64, input: Option<PathBuf>) -> CliResult {
+    // The whole request is checked against the volume before any byte is written (the
+    // pool is looked at read-only first: a read-write open writes a checkpoint), so the
+    // input's length must be known first: a file's from its metadata; standard input is
+    // spooled to a temporary file when it is not a regular file itself.
+    let (mut reader, length) = input_with_length(input.as_deref())?;
+    check_request(offset, length, open_pool_to_look(pool)?.size())?;
+    let pool = open_pool(pool)?;
+    let mut buf = vec![0u8; 8 << 20];
+    let mut written = 0u64;
+    loop {
+        let n = read_full(&mut reader, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        pool.write_at(offset + written, &buf[..n])?;
+        written += n as u64;
+    }
+    pool.close()?;
+    eprintln!("wrote {written} bytes at offset {offset} (flushed)");
+    Ok(())
+}
+
+/// `read`: `length` bytes of the volume at `offset` to `output` (or standard output).
+fn read(pool: &[PathBuf], offset: u64, length: u64, output: Option<PathBuf>) -> CliResult {
+    let pool = open_pool_to_look(pool)?;
+    check_request(offset, length, pool.size())?;
+    let mut writer: Box<dyn Write> = match &output {
+        Some(path) => {
+            Box::new(std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?)
+        }
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let piece = 8u64 << 20;
+    let mut done = 0u64;
+    let mut buf = vec![0u8; usize::try_from(piece.min(length))?];
+    while done < length {
+        let n = usize::try_from(piece.min(length - done))?;
+        pool.read_at(offset + done, &mut buf[..n])?;
+        writer.write_all(&buf[..n])?;
+        done += n as u64;
+    }
+    writer.flush()?;
+    pool.close()?;
+    Ok(())
+}
+
+/// `replace`: `old` by a spare of the pool, or by the device at `new`; then rebuild.
+fn replace(
+    pool: &[PathBuf],
+    old: &str,
+    new: &Path,
+    force: bool,
+    rebuild_rate: Option<u64>,
+) -> CliResult {
+    let pool = open_pool(pool)?;
+    pool.set_rebuild_rate(rebuild_rate);
+    let target = canonical_path(new);
+    let spare = pool
+        .status()
+        .spares
+        .into_iter()
+        .find(|s| canonical_path(Path::new(&s.path)) == target);
+    if let Some(spare) = spare {
+        pool.replace_with_spare(old, &spare.path)?;
+    } else {
+        refuse_pool_device(&pool, new)?;
+        // A refused replace leaves no file it created behind.
+        let mut files = CreatedFiles::new();
+        let device = files.open_device(new, Some(pool.geometry().device_bytes))?;
+        pool.replace(old, device, force)?;
+        files.keep();
+    }
+    run_rebuilds_with_progress(&pool)?;
+    print!("{}", pool.status());
+    pool.close()?;
+    Ok(())
+}
+
+/// `online`: a faulted or offline member back in service from `path` (else its last known
+/// path); then resync it.
+fn online(
+    pool: &[PathBuf],
+    device: &str,
+    path: Option<PathBuf>,
+    force: bool,
+    rebuild_rate: Option<u64>,
+) -> CliResult {
+    let pool = open_pool(pool)?;
+    pool.set_rebuild_rate(rebuild_rate);
+    let status = pool.status();
+    let member = status
+        .devices
+        .iter()
+        .find(|d| {
+            d.path == device
+                || d.uuid == device
+                || d.index.map(|i| i.to_string()) == Some(device.to_string())
+        })
+        .ok_or_else(|| {
+            format!("no data member {device:?} in this pool (give its last known path, its index or its UUID)")
+        })?;
+    if member.state != "FAULTED" && member.state != "OFFLINE" {
+        return Err(format!("{device} is already online").into());
+    }
+    let path = path.unwrap_or_else(|| PathBuf::from(&member.path));
+    refuse_pool_device(&pool, &path)?;
+    let handle = open_device_for(&path, Access::ReadWrite)?;
+    pool.online(device, handle, force)?;
+    run_rebuilds_with_progress(&pool)?;
+    print!("{}", pool.status());
+    pool.close()?;
+    Ok(())
+}
+
+/// `spare add`: the device at `device` as a spare of the pool.
+fn spare_add(pool: &[PathBuf], device: &Path, force: bool) -> CliResult {
+    let pool = open_pool(pool)?;
+    refuse_pool_device(&pool, device)?;
+    let mut files = CreatedFiles::new();
+    let handle = files.open_device(device, Some(pool.geometry().device_bytes))?;
+    pool.add_spare(handle, force)?;
+    files.keep();
+    print!("{}", pool.status());
+    pool.close()?;
+    Ok(())
+}
+
 /// `clear`: degraded members back to online; faulted ones resynced from their device (found at
 /// `path`, else their last known path), each said on stderr.
 fn clear_members(pool: &Pool, device: Option<&str>, path: Option<PathBuf>) -> CliResult {
@@ -686,9 +761,9 @@ fn clear_members(pool: &Pool, device: Option<&str>, path: Option<PathBuf>) -> Cl
             ),
             ClearedState::NeedsDevice { reason } => {
                 let at = path.clone().unwrap_or_else(|| PathBuf::from(&cleared.path));
-                match FileDevice::open(&at) {
+                match open_device_for(&at, Access::ReadWrite) {
                     Ok(handle) => {
-                        pool.clear_with(&cleared.index.to_string(), Arc::new(handle))?;
+                        pool.clear_with(&cleared.index.to_string(), handle)?;
                         eprintln!(
                             "{}: was faulted ({reason}); resyncing it from redundancy",
                             at.display()

@@ -1,6 +1,9 @@
 //! Monitoring front ends: `check` (a Nagios/Icinga/Zabbix-style plugin: one line, performance
 //! data, exit 0 OK / 1 WARNING / 2 CRITICAL / 3 UNKNOWN) and `metrics` (Prometheus text, once
 //! or served over HTTP).
+//!
+//! Owns: the check's levels and its one-line summary. Must not touch: the exposition format and
+//! the HTTP server (the library's `stripestore::endpoint`).
 
 use super::open_pool_to_look;
 use std::path::PathBuf;
@@ -85,103 +88,18 @@ pub fn judge(
     now_unix_secs: u64,
     scrub_max_age_days: Option<u64>,
 ) -> (Level, String) {
-    // In service: ONLINE, or DEGRADED (too many errors, still serving).
-    let online = status
-        .devices
-        .iter()
-        .filter(|d| d.replacing.is_none() && (d.state == "ONLINE" || d.state == "DEGRADED"))
-        .count();
-    let degraded: Vec<&str> = status
-        .devices
-        .iter()
-        .filter(|d| d.replacing.is_none() && d.state == "DEGRADED")
-        .map(|d| d.path.as_str())
-        .collect();
-    let members = status
-        .devices
-        .iter()
-        .filter(|d| d.replacing.is_none())
-        .count();
-    let device_errors: u64 = status
-        .devices
-        .iter()
-        .map(|d| d.read_errors + d.write_errors + d.checksum_errors)
-        .sum();
-    let (last_damage, last_unrepairable, last_age) =
-        status.last_scrub.as_ref().map_or((0, 0, None), |last| {
-            let totals = last.tally.totals();
-            (
-                totals.checksum_errors + totals.io_errors + last.tally.inconsistent_stripes,
-                last.tally.unrepairable_stripes,
-                Some(now_unix_secs.saturating_sub(last.finished_unix_secs)),
-            )
-        });
-    let mut reasons: Vec<(Level, String)> = Vec::new();
-    match status.health {
-        PoolHealth::Faulted => reasons.push((
-            Level::Critical,
-            format!(
-                "pool FAULTED: more devices lost than {} tolerates",
-                status.layout
-            ),
-        )),
-        PoolHealth::Degraded if status.remaining_tolerance == 0 => reasons.push((
-            Level::Critical,
-            "redundancy exhausted: one more device failure loses data".to_string(),
-        )),
-        PoolHealth::Degraded if members > online => reasons.push((
-            Level::Warning,
-            format!(
-                "{} device(s) out of service, survives {} more",
-                members - online,
-                status.remaining_tolerance
-            ),
-        )),
-        PoolHealth::Degraded | PoolHealth::Online => {}
-    }
-    if !degraded.is_empty() {
-        reasons.push((
-            Level::Warning,
-            format!(
-                "{} DEGRADED (too many errors; still serving; `clear` or replace)",
-                degraded.join(", ")
-            ),
-        ));
-    }
-    if last_unrepairable > 0 {
-        reasons.push((
-            Level::Critical,
-            format!("last scrub found {last_unrepairable} unrepairable stripe(s)"),
-        ));
-    } else if last_damage > 0 {
-        reasons.push((
-            Level::Warning,
-            format!("last scrub found and repaired {last_damage} damaged chunk(s)"),
-        ));
-    }
-    if device_errors > 0 {
-        reasons.push((
-            Level::Warning,
-            format!("{device_errors} device error(s) since open"),
-        ));
-    }
-    for rebuild in &status.rebuilds {
-        reasons.push((
-            Level::Warning,
-            format!("rebuilding {} onto {}", rebuild.replacing, rebuild.device),
-        ));
-    }
-    if let (Some(max_days), age) = (scrub_max_age_days, last_age) {
-        match age {
-            Some(age) if age <= max_days * 86_400 => {}
-            Some(age) => reasons.push((
-                Level::Warning,
-                format!("last scrub {} days ago (limit {max_days})", age / 86_400),
-            )),
-            None => reasons.push((Level::Warning, "never scrubbed".to_string())),
-        }
-    }
+    let tally = Tally::of(status, now_unix_secs);
+    let reasons = reasons(status, &tally, scrub_max_age_days);
     let level = reasons.iter().map(|(l, _)| *l).max().unwrap_or(Level::Ok);
+    let Tally {
+        online,
+        members,
+        device_errors,
+        last_damage,
+        last_unrepairable,
+        last_age,
+        ..
+    } = tally;
     let summary = if reasons.is_empty() {
         format!(
             "{} {}: {online}/{members} devices online, survives {} more loss(es){}",
@@ -217,6 +135,145 @@ pub fn judge(
     (level, format!("{summary} | {perfdata}"))
 }
 
+/// What the check counts in a status, before judging it.
+struct Tally<'a> {
+    /// Members in service: ONLINE, or DEGRADED (too many errors, still serving).
+    online: usize,
+    /// Paths of the DEGRADED members.
+    degraded: Vec<&'a str>,
+    /// Members (replacements being rebuilt left out).
+    members: usize,
+    device_errors: u64,
+    last_damage: u64,
+    last_unrepairable: u64,
+    /// Seconds since the last scrub finished, if there was one.
+    last_age: Option<u64>,
+}
+
+impl<'a> Tally<'a> {
+    fn of(status: &'a PoolStatus, now_unix_secs: u64) -> Self {
+        let online = status
+            .devices
+            .iter()
+            .filter(|d| d.replacing.is_none() && (d.state == "ONLINE" || d.state == "DEGRADED"))
+            .count();
+        let degraded: Vec<&str> = status
+            .devices
+            .iter()
+            .filter(|d| d.replacing.is_none() && d.state == "DEGRADED")
+            .map(|d| d.path.as_str())
+            .collect();
+        let members = status
+            .devices
+            .iter()
+            .filter(|d| d.replacing.is_none())
+            .count();
+        let device_errors: u64 = status
+            .devices
+            .iter()
+            .map(|d| d.read_errors + d.write_errors + d.checksum_errors)
+            .sum();
+        let (last_damage, last_unrepairable, last_age) =
+            status.last_scrub.as_ref().map_or((0, 0, None), |last| {
+                let totals = last.tally.totals();
+                (
+                    totals.checksum_errors + totals.io_errors + last.tally.inconsistent_stripes,
+                    last.tally.unrepairable_stripes,
+                    Some(now_unix_secs.saturating_sub(last.finished_unix_secs)),
+                )
+            });
+        Self {
+            online,
+            degraded,
+            members,
+            device_errors,
+            last_damage,
+            last_unrepairable,
+            last_age,
+        }
+    }
+}
+
+/// Everything worth a warning or worse, each with its level.
+fn reasons(
+    status: &PoolStatus,
+    tally: &Tally<'_>,
+    scrub_max_age_days: Option<u64>,
+) -> Vec<(Level, String)> {
+    let mut reasons: Vec<(Level, String)> = Vec::new();
+    match status.health {
+        PoolHealth::Faulted => reasons.push((
+            Level::Critical,
+            format!(
+                "pool FAULTED: more devices lost than {} tolerates",
+                status.layout
+            ),
+        )),
+        PoolHealth::Degraded if status.remaining_tolerance == 0 => reasons.push((
+            Level::Critical,
+            "redundancy exhausted: one more device failure loses data".to_string(),
+        )),
+        PoolHealth::Degraded if tally.members > tally.online => reasons.push((
+            Level::Warning,
+            format!(
+                "{} device(s) out of service, survives {} more",
+                tally.members - tally.online,
+                status.remaining_tolerance
+            ),
+        )),
+        PoolHealth::Degraded | PoolHealth::Online => {}
+    }
+    if !tally.degraded.is_empty() {
+        reasons.push((
+            Level::Warning,
+            format!(
+                "{} DEGRADED (too many errors; still serving; `clear` or replace)",
+                tally.degraded.join(", ")
+            ),
+        ));
+    }
+    if tally.last_unrepairable > 0 {
+        reasons.push((
+            Level::Critical,
+            format!(
+                "last scrub found {} unrepairable stripe(s)",
+                tally.last_unrepairable
+            ),
+        ));
+    } else if tally.last_damage > 0 {
+        reasons.push((
+            Level::Warning,
+            format!(
+                "last scrub found and repaired {} damaged chunk(s)",
+                tally.last_damage
+            ),
+        ));
+    }
+    if tally.device_errors > 0 {
+        reasons.push((
+            Level::Warning,
+            format!("{} device error(s) since open", tally.device_errors),
+        ));
+    }
+    for rebuild in &status.rebuilds {
+        reasons.push((
+            Level::Warning,
+            format!("rebuilding {} onto {}", rebuild.replacing, rebuild.device),
+        ));
+    }
+    if let Some(max_days) = scrub_max_age_days {
+        match tally.last_age {
+            Some(age) if age <= max_days * 86_400 => {}
+            Some(age) => reasons.push((
+                Level::Warning,
+                format!("last scrub {} days ago (limit {max_days})", age / 86_400),
+            )),
+            None => reasons.push((Level::Warning, "never scrubbed".to_string())),
+        }
+    }
+    reasons
+}
+
 /// Run `metrics`: print the exposition once, or serve it until killed.
 pub fn metrics(
     pool: &[PathBuf],
@@ -224,11 +281,11 @@ pub fn metrics(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let pool = open_pool_to_look(pool)?;
     let Some(address) = listen else {
-        print!("{}", pool.metrics_text());
+        print!("{}", stripestore::endpoint::metrics_text(&pool));
         pool.close()?;
         return Ok(());
     };
-    let server = pool.serve_metrics(address)?;
+    let server = stripestore::endpoint::serve_metrics(&pool, address)?;
     eprintln!(
         "serving metrics at http://{}/metrics (Ctrl-C to stop)",
         server.address()

@@ -1,9 +1,16 @@
-//! A minimal progress line on stderr: a redrawn bar on a terminal, a line every 25% otherwise
-//! (so logs of CI runs stay short).
+//! Progress of a long operation on stderr: an `indicatif` bar on a terminal, a plain line every
+//! 25% otherwise (so logs of CI runs and captured output stay short and readable).
+//!
+//! Owns: how progress is shown and the whole-operation rate [`Progress::finish`] returns. Must
+//! not touch: stdout (scripts parse it), the pool (callers pass byte counts).
 
-use std::io::{IsTerminal, Write};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
 use std::time::Instant;
 use stripestore::types::human_bytes;
+
+/// The bar drawn on a terminal: label, bar, percentage, rate, time left.
+const TEMPLATE: &str = "  {prefix:<22} [{bar:30}] {percent:>3}%  {binary_bytes_per_sec}  ETA {eta}";
 
 /// Progress of one long operation measured in bytes.
 pub struct Progress {
@@ -13,20 +20,30 @@ pub struct Progress {
     /// Work already done when tracking started (a resumed operation): not part of the rate.
     initial: Option<u64>,
     started: Instant,
-    tty: bool,
+    /// The bar, on a terminal; `None`: a line every quarter.
+    bar: Option<ProgressBar>,
     last_quarter: u64,
 }
 
 impl Progress {
     /// Start tracking `total` bytes of work.
     pub fn new(label: &str, total: u64) -> Self {
+        let total = total.max(1);
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+            if let Ok(style) = ProgressStyle::with_template(TEMPLATE) {
+                bar.set_style(style.progress_chars("#>-"));
+            }
+            bar.set_prefix(label.to_string());
+            bar
+        });
         Self {
             label: label.to_string(),
-            total: total.max(1),
+            total,
             done: 0,
             initial: None,
             started: Instant::now(),
-            tty: std::io::stderr().is_terminal(),
+            bar,
             last_quarter: 0,
         }
     }
@@ -34,6 +51,9 @@ impl Progress {
     /// Change the amount of work (an estimate that was refined).
     pub fn set_total(&mut self, total: u64) {
         self.total = total.max(self.done).max(1);
+        if let Some(bar) = &self.bar {
+            bar.set_length(self.total);
+        }
     }
 
     /// Set the finished work to `done` bytes and redraw. The first call sets the starting
@@ -42,6 +62,10 @@ impl Progress {
         if self.initial.is_none() {
             self.initial = Some(done);
             self.last_quarter = done * 4 / self.total;
+            if let Some(bar) = &self.bar {
+                bar.set_position(done.min(self.total));
+                bar.reset_eta();
+            }
         }
         self.advance(done.saturating_sub(self.done));
     }
@@ -49,21 +73,12 @@ impl Progress {
     /// Add `bytes` of finished work and redraw.
     pub fn advance(&mut self, bytes: u64) {
         self.done = (self.done + bytes).min(self.total);
+        if let Some(bar) = &self.bar {
+            bar.set_position(self.done);
+            return;
+        }
         let quarter = self.done * 4 / self.total;
-        if self.tty {
-            let width = 30;
-            let filled = usize::try_from(self.done * width / self.total).unwrap_or(0);
-            let bar: String =
-                "#".repeat(filled) + &"-".repeat(usize::try_from(width).unwrap_or(0) - filled);
-            eprint!(
-                "\r  {:<22} [{bar}] {:>5.1}%  {}/s  {}  ",
-                self.label,
-                self.percent(),
-                human_bytes(self.rate()),
-                self.eta()
-            );
-            let _ = std::io::stderr().flush();
-        } else if quarter > self.last_quarter {
+        if quarter > self.last_quarter {
             self.last_quarter = quarter;
             eprintln!(
                 "  {:<22} {:>5.1}%  {}/s  {}",
@@ -77,7 +92,9 @@ impl Progress {
 
     /// Finish the line; returns bytes per second over the whole operation.
     pub fn finish(self) -> u64 {
-        if self.tty {
+        if let Some(bar) = &self.bar {
+            bar.finish();
+            // indicatif leaves the cursor on the bar's line; what follows starts on its own.
             eprintln!();
         }
         self.rate()
@@ -103,5 +120,15 @@ impl Progress {
         }
         let secs = (self.total - self.done) / rate;
         format!("ETA {}m{:02}s", secs / 60, secs % 60)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_template_is_valid() {
+        assert!(ProgressStyle::with_template(TEMPLATE).is_ok());
     }
 }

@@ -66,8 +66,7 @@ pub fn run(args: ServeArgs) -> CliResult {
     let pool = Arc::new(Pool::open_paths(&args.pool, &options)?);
     let metrics = match args.metrics {
         Some(address) => {
-            let server = pool
-                .serve_http(address, args.control)
+            let server = stripestore::endpoint::serve(&pool, address, args.control)
                 .map_err(|e| format!("cannot serve metrics on {address}: {e}"))?;
             if !address.ip().is_loopback() {
                 eprintln!(

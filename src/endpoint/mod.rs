@@ -1,54 +1,119 @@
-//! What a pool answers over HTTP (see [`crate::metrics::MetricsServer`]): its metrics and
-//! status for anyone who can reach the address, and, when the operator turns it on, scrub
-//! control. This is how a pool held open by a long-running process (`stripestore serve`) is
-//! watched and scrubbed: the device locks keep a second process from opening it.
+//! The HTTP front end of a pool: its metrics (`GET /metrics`, the Prometheus exposition of
+//! [`exposition`]), its status (`GET /status`, `GET /status.json`) for anyone who can reach the
+//! address, and, when the operator turns it on, scrub control (`POST /scrub...`). This is how
+//! a pool held open by a long-running process (`stripestore serve`) is watched and scrubbed:
+//! the device locks keep a second process from opening it.
+//!
+//! Owns: the routes and what each answers, [`Request`] and [`Response`]. Built on the public
+//! `Pool` API only ([`Pool::handle`], [`PoolRef`]): it holds a handle that does not keep the
+//! pool open, so a closed pool answers 503. Must not touch: pool internals (the pool never
+//! depends on this module), the HTTP wire format (`server.rs`).
 
-use super::scrub::{ScrubOptions, ScrubReport, ScrubRequest};
-use super::PoolInner;
-use crate::error::{Error, Result};
-use crate::metrics::http::{Request, Response};
-use parking_lot::Mutex;
-use std::sync::{Arc, Weak};
+pub mod exposition;
+mod server;
 
-/// The background scrub thread of a pool, shared by the pool and its HTTP endpoint.
-pub(crate) type ScrubThread = Arc<Mutex<ScrubSlot>>;
+pub use exposition::render;
+pub use server::HttpServer;
 
-/// A pool's background scrub thread, and whether the pool is closing (then no scrub starts: the
-/// HTTP thread can still hold the pool for a moment after the pool joined its scrub).
-#[derive(Debug, Default)]
-pub(crate) struct ScrubSlot {
-    pub(crate) handle: Option<std::thread::JoinHandle<Result<ScrubReport>>>,
-    pub(crate) closed: bool,
+use crate::pool::{PoolHandle, PoolRef};
+use crate::{Pool, ScrubOptions};
+
+/// The pool's metrics in the Prometheus text exposition format (what `GET /metrics` answers).
+#[must_use]
+pub fn metrics_text(pool: &Pool) -> String {
+    render(&pool.status(), &pool.device_io(), pool.request_metrics())
 }
 
-/// Start a scrub of `inner` in a background thread kept in `thread`.
-pub(crate) fn start_scrub(
-    inner: &Arc<PoolInner>,
-    thread: &ScrubThread,
-    options: &ScrubOptions,
-) -> Result<()> {
-    let mut slot = thread.lock();
-    if slot.closed {
-        return Err(Error::InvalidConfig("the pool is closing".into()));
+fn metrics_of(pool: &PoolRef) -> String {
+    render(&pool.status(), &pool.device_io(), pool.request_metrics())
+}
+
+/// Serve [`metrics_text`] (`GET /metrics`) and the status (`GET /status`, `GET /status.json`)
+/// over HTTP at `address` until the returned server is dropped. Use a loopback address unless
+/// the network is trusted.
+///
+/// # Errors
+/// The address cannot be bound.
+pub fn serve_metrics(pool: &Pool, address: std::net::SocketAddr) -> std::io::Result<HttpServer> {
+    serve(pool, address, false)
+}
+
+/// As [`serve_metrics`], and with `control` also scrub control: `POST /scrub`
+/// (`?check-only`, `?rate=BYTES_PER_S`, `?resume`), `POST /scrub/pause`, `POST /scrub/cancel`.
+/// Anyone who can reach the address can then start and stop scrubs (no data is readable or
+/// writable through it). The server does not keep the pool open: once it is closed, every
+/// route answers 503.
+///
+/// # Errors
+/// The address cannot be bound.
+pub fn serve(
+    pool: &Pool,
+    address: std::net::SocketAddr,
+    control: bool,
+) -> std::io::Result<HttpServer> {
+    let pool = pool.handle();
+    HttpServer::start(address, move |request| answer(&pool, control, request))
+}
+
+/// One request, as a route sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request<'a> {
+    /// `GET`, `POST`, ... (anything the client sent; garbage included).
+    pub method: &'a str,
+    /// The path, without the query.
+    pub path: &'a str,
+    /// What follows `?`, or empty.
+    pub query: &'a str,
+}
+
+impl Request<'_> {
+    /// The value of `name` in the query (`name=value`), or `Some("")` for a bare `name`.
+    #[must_use]
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.query.split('&').find_map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (key == name).then_some(value)
+        })
     }
-    inner.scrub_begin(options)?;
-    let pool = Arc::clone(inner);
-    let options = options.clone();
-    let spawned = std::thread::Builder::new()
-        .name("stripestore-scrub".into())
-        .spawn(move || pool.scrub_body(&options, &mut |_| {}));
-    match spawned {
-        Ok(handle) => {
-            // A handle left by an earlier scrub belongs to a finished thread (scrub_begin
-            // refuses while one runs); dropping it detaches nothing that still runs.
-            slot.handle = Some(handle);
-            Ok(())
+}
+
+/// A handler's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// HTTP status code.
+    pub status: u16,
+    /// Content type.
+    pub content_type: &'static str,
+    /// Body.
+    pub body: String,
+}
+
+impl Response {
+    /// A plain-text answer.
+    #[must_use]
+    pub fn text(status: u16, body: impl Into<String>) -> Self {
+        Self {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: body.into(),
         }
-        Err(err) => {
-            inner.scrub_abort_begin();
-            Err(Error::InvalidConfig(format!(
-                "cannot start the scrub thread: {err}"
-            )))
+    }
+    /// A JSON answer.
+    #[must_use]
+    pub fn json(status: u16, body: impl Into<String>) -> Self {
+        Self {
+            status,
+            content_type: "application/json",
+            body: body.into(),
+        }
+    }
+    /// The Prometheus text exposition.
+    #[must_use]
+    pub fn metrics(body: String) -> Self {
+        Self {
+            status: 200,
+            content_type: "text/plain; version=0.0.4; charset=utf-8",
+            body,
         }
     }
 }
@@ -57,57 +122,54 @@ const ROUTES: &str = "GET /metrics, GET /status, GET /status.json; with control 
 POST /scrub[?check-only][&rate=BYTES_PER_S][&resume], POST /scrub/pause, POST /scrub/cancel\n";
 
 /// Answer one request.
-pub(crate) fn answer(
-    pool: &Weak<PoolInner>,
-    thread: &ScrubThread,
-    control: bool,
-    request: &Request<'_>,
-) -> Response {
-    let Some(inner) = pool.upgrade() else {
+#[must_use]
+pub fn answer(pool: &PoolHandle, control: bool, request: &Request<'_>) -> Response {
+    let Some(pool) = pool.upgrade() else {
         return Response::text(503, "the pool is closed\n");
     };
     match (request.method, request.path) {
-        ("GET", "/metrics") => Response::metrics(inner.metrics_text()),
-        ("GET", "/status") => Response::text(200, inner.status().to_string()),
-        ("GET", "/status.json") => json(200, &inner.status()),
+        ("GET", "/metrics") => Response::metrics(metrics_of(&pool)),
+        ("GET", "/status") => Response::text(200, pool.status().to_string()),
+        ("GET", "/status.json") => json(200, &pool.status()),
         ("POST", "/scrub" | "/scrub/pause" | "/scrub/cancel") if !control => Response::text(
             403,
             "scrub control is off here (stripestore serve --control turns it on)\n",
         ),
-        ("POST", "/scrub") => {
-            let rate = match request.param("rate").map(str::parse::<u64>) {
-                None => None,
-                Some(Ok(rate)) if rate > 0 => Some(rate),
-                Some(_) => {
-                    return Response::text(400, "rate must be a positive number of bytes/s\n")
-                }
-            };
-            let options = ScrubOptions {
-                check_only: flag(request, "check-only"),
-                rate_bytes_per_s: rate,
-                resume: flag(request, "resume"),
-                ..ScrubOptions::default()
-            };
-            match start_scrub(&inner, thread, &options) {
-                Ok(()) => json(202, &inner.scrub_progress()),
-                Err(_) if thread.lock().closed => Response::text(503, "the pool is closing\n"),
-                Err(err) => Response::text(409, format!("{err}\n")),
-            }
-        }
+        ("POST", "/scrub") => start_scrub(&pool, request),
         ("POST", "/scrub/pause") => {
-            if inner.scrub.request(ScrubRequest::Pause) {
-                json(200, &inner.scrub_progress())
+            if pool.pause_scrub() {
+                json(200, &pool.scrub_progress())
             } else {
                 Response::text(409, "no scrub is running\n")
             }
         }
-        ("POST", "/scrub/cancel") => match inner.cancel_scrub() {
+        ("POST", "/scrub/cancel") => match pool.cancel_scrub() {
             Ok(true) => Response::text(200, "canceled\n"),
             Ok(false) => Response::text(409, "no scrub to cancel\n"),
             Err(err) => Response::text(500, format!("{err}\n")),
         },
         ("GET" | "POST", _) => Response::text(404, format!("not found; routes: {ROUTES}")),
         _ => Response::text(405, format!("method not allowed; routes: {ROUTES}")),
+    }
+}
+
+/// `POST /scrub[?check-only][&rate=BYTES_PER_S][&resume]`.
+fn start_scrub(pool: &PoolRef, request: &Request<'_>) -> Response {
+    let rate = match request.param("rate").map(str::parse::<u64>) {
+        None => None,
+        Some(Ok(rate)) if rate > 0 => Some(rate),
+        Some(_) => return Response::text(400, "rate must be a positive number of bytes/s\n"),
+    };
+    let options = ScrubOptions {
+        check_only: flag(request, "check-only"),
+        rate_bytes_per_s: rate,
+        resume: flag(request, "resume"),
+        ..ScrubOptions::default()
+    };
+    match pool.start_scrub(&options) {
+        Ok(()) => json(202, &pool.scrub_progress()),
+        Err(_) if pool.is_closing() => Response::text(503, "the pool is closing\n"),
+        Err(err) => Response::text(409, format!("{err}\n")),
     }
 }
 
@@ -129,7 +191,8 @@ fn json(status: u16, value: &impl serde::Serialize) -> Response {
 mod tests {
     use super::*;
     use crate::testing::{mem_devices, shared};
-    use crate::{CreateOptions, Pool, PoolStatus};
+    use crate::{CreateOptions, PoolStatus};
+    use std::sync::Arc;
 
     fn request<'a>(method: &'a str, path: &'a str, query: &'a str) -> Request<'a> {
         Request {
@@ -153,15 +216,9 @@ mod tests {
     #[test]
     fn status_for_everyone_control_only_when_enabled() {
         let pool = pool();
-        let weak = Arc::downgrade(&pool.inner);
-        let ask = |control, method, path, query| {
-            answer(
-                &weak,
-                &pool.scrub_thread,
-                control,
-                &request(method, path, query),
-            )
-        };
+        let handle = pool.handle();
+        let ask =
+            |control, method, path, query| answer(&handle, control, &request(method, path, query));
         let status = ask(false, "GET", "/status.json", "");
         assert_eq!(status.status, 200);
         let parsed: PoolStatus = serde_json::from_str(&status.body).unwrap();
@@ -209,12 +266,7 @@ mod tests {
         assert!(pool.scrub_progress().is_none());
         assert_eq!(ask(true, "POST", "/scrub/cancel", "").status, 409);
         drop(pool);
-        let closed = answer(
-            &weak,
-            &Arc::new(Mutex::new(ScrubSlot::default())),
-            true,
-            &request("GET", "/status", ""),
-        );
+        let closed = answer(&handle, true, &request("GET", "/status", ""));
         assert_eq!(closed.status, 503);
     }
 
@@ -286,9 +338,8 @@ mod tests {
         pool.flush().unwrap();
         let gate = OpenOnDrop(Arc::clone(&closed));
         closed.store(true, std::sync::atomic::Ordering::Release);
-        let weak = Arc::downgrade(&pool.inner);
-        let ask =
-            |method, path| answer(&weak, &pool.scrub_thread, true, &request(method, path, ""));
+        let handle = pool.handle();
+        let ask = |method, path| answer(&handle, true, &request(method, path, ""));
 
         let started = ask("POST", "/scrub");
         assert_eq!(started.status, 202, "{}", started.body);
@@ -318,23 +369,20 @@ mod tests {
         assert!(status.scrub.is_none() && status.last_scrub.is_some());
     }
 
-    /// The HTTP thread may hold the pool (an upgraded `Weak`) while the pool is closed: a
-    /// `POST /scrub` answered then must not start a scrub thread nobody joins, writing the
-    /// superblocks of a closed pool and keeping its devices open.
+    /// The HTTP thread may hold the pool (an upgraded handle) while the pool is closed: a
+    /// `POST /scrub` answered then must not start a scrub (the pool's own test checks no
+    /// thread is left behind).
     #[test]
     fn no_scrub_starts_over_http_once_the_pool_is_closed() {
         let pool = pool();
-        let weak = Arc::downgrade(&pool.inner);
-        let thread = Arc::clone(&pool.scrub_thread);
-        let held = Arc::clone(&pool.inner); // as the HTTP thread's upgrade would
+        let handle = pool.handle();
+        let held = handle.upgrade().unwrap(); // as the HTTP thread's upgrade would
         pool.close().unwrap();
-        let late = answer(&weak, &thread, true, &request("POST", "/scrub", ""));
-        let leaked = thread.lock().handle.take();
-        if let Some(leaked) = leaked {
-            let _ = leaked.join();
-        }
-        assert_ne!(late.status, 202, "{}", late.body);
-        assert!(held.scrub.live_progress().is_none());
+        let late = answer(&handle, true, &request("POST", "/scrub", ""));
+        assert_eq!(late.status, 503, "{}", late.body);
+        assert!(held.scrub_progress().is_none());
         drop(held);
+        let closed = answer(&handle, true, &request("GET", "/metrics", ""));
+        assert_eq!(closed.status, 503, "{}", closed.body);
     }
 }
