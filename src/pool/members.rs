@@ -40,7 +40,7 @@ pub struct FaultPolicy {
     pub read_only: bool,
     /// Protections switched off by a test (feature `testing`).
     #[cfg(feature = "testing")]
-    pub planted: crate::testing::PlantedBugs,
+    pub planted: crate::pool::PlantedBugs,
 }
 
 /// Error counters of one device, as shown by `status`.
@@ -334,7 +334,7 @@ impl Members {
 
     /// Protections a test switched off in this pool.
     #[cfg(feature = "testing")]
-    pub(crate) fn planted(&self) -> crate::testing::PlantedBugs {
+    pub(crate) fn planted(&self) -> crate::pool::PlantedBugs {
         self.policy.planted
     }
 

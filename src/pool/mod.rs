@@ -16,6 +16,8 @@ mod io;
 mod maintenance;
 mod members;
 mod open;
+#[cfg(feature = "testing")]
+mod planted;
 #[cfg(test)]
 mod rebuild_race_tests;
 mod replacement;
@@ -33,6 +35,8 @@ pub use members::{
     DeviceFault, ErrorCounters, ErrorKind, FaultPolicy, Identity, MemberDevice, Members,
     Replacement, Spare,
 };
+#[cfg(feature = "testing")]
+pub use planted::PlantedBugs;
 pub use requests::{Request, RequestMetrics};
 pub use status::{DeviceStatus, PoolHealth, PoolStatus};
 
@@ -135,7 +139,7 @@ pub struct OpenOptions {
     pub force: bool,
     /// Protections a test switches off in this pool (feature `testing` only).
     #[cfg(feature = "testing")]
-    pub planted: crate::testing::PlantedBugs,
+    pub planted: crate::pool::PlantedBugs,
 }
 
 impl OpenOptions {
@@ -173,7 +177,7 @@ impl Default for OpenOptions {
             rebuild_rate_bytes_per_s: None,
             force: false,
             #[cfg(feature = "testing")]
-            planted: crate::testing::PlantedBugs::default(),
+            planted: crate::pool::PlantedBugs::default(),
         }
     }
 }

@@ -5,9 +5,7 @@
 //! The pool reads only [`PlantedBugs`], and only in a build with the feature.
 
 pub mod nbd;
-mod planted;
-
-pub use planted::PlantedBugs;
+pub use crate::pool::PlantedBugs;
 
 use crate::device::{MemDevice, SharedDevice};
 use rand::{Rng, SeedableRng};

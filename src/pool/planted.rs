@@ -1,4 +1,5 @@
-//! Bugs a test can plant in one pool, so the simulation can prove it notices
+//! Bugs a test can plant in one pool (feature `testing`; re-exported as
+//! `stripestore::testing::PlantedBugs`), so the simulation can prove it notices
 //! (`tests/simulation_planted.rs`). They travel in [`crate::OpenOptions::planted`] and so belong
 //! to one pool instance, never to the process. The whole module, and every place that reads a
 //! switch, exists only with the `testing` feature: a default build of the library has no code
