@@ -149,7 +149,7 @@ pub enum Error {
     #[error("unrecoverable data in stripe {stripe} (volume offset {volume_offset}): {good} good shards, {needed} needed; lost or corrupt on: {}", .lost_devices.join(", "))]
     Unrecoverable {
         /// Logical stripe.
-        stripe: u64,
+        stripe: crate::types::StripeId,
         /// First volume byte of that stripe.
         volume_offset: u64,
         /// Shards that verified.

@@ -76,7 +76,7 @@ pub fn format_decode(data: &[u8]) {
             generation: Generation(input.u64()),
             crcs: (0..width).map(|_| input.u32()).collect(),
         };
-        map.set(stripe, &entry);
+        map.set(crate::types::StripeId(stripe), &entry);
         touched.push(stripe);
     }
     let flip = u64::from(input.u32());
@@ -102,6 +102,8 @@ pub fn format_decode(data: &[u8]) {
 
     touched.sort_unstable();
     touched.dedup();
+    let touched: Vec<crate::types::StripeId> =
+        touched.into_iter().map(crate::types::StripeId).collect();
     let record = encode_log_record(pool, 5, 77, &map, &touched);
     let mut replayed = StripeMap::new(stripes, width);
     let decoded = decode_log_record(pool, 5, &record, &mut replayed);

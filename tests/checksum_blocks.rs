@@ -125,9 +125,9 @@ fn rot_in_one_block_is_caught_by_the_reads_that_touch_it_and_healed() {
         // data chunk 1.
         let location = if layout.starts_with("mirror") {
             let run = ((1 << 20) / stripe_bytes).max(1);
-            pool.shard_locations(stripe)[(stripe / run % 2) as usize]
+            pool.shard_locations(stripestore::types::StripeId(stripe))[(stripe / run % 2) as usize]
         } else {
-            pool.shard_locations(stripe)
+            pool.shard_locations(stripestore::types::StripeId(stripe))
                 .into_iter()
                 .find(|l| l.data_chunk == Some(1))
                 .unwrap()
@@ -183,7 +183,7 @@ fn scrub_finds_rot_in_any_block() {
     let mut damaged = std::collections::BTreeSet::new();
     for stripe in [0u64, 3, 7, 11] {
         let shard = rng.gen_range(0..6);
-        let location = pool.shard_locations(stripe)[shard];
+        let location = pool.shard_locations(stripestore::types::StripeId(stripe))[shard];
         let at = location.offset + rng.gen_range(0..CHUNK);
         let mut byte = mems[location.device].peek(at, 1);
         byte[0] ^= 0x01;
@@ -225,7 +225,7 @@ fn degraded_small_reads_reconstruct_only_their_blocks() {
     let (pool, mems, counter, model) = filled_pool("rs:4+2", 6, BLOCK, 7);
     let stripe = 5u64;
     let stripe_bytes = pool.geometry().stripe_data_bytes();
-    let locations = pool.shard_locations(stripe);
+    let locations = pool.shard_locations(stripestore::types::StripeId(stripe));
     let lost = locations
         .iter()
         .find(|l| l.data_chunk == Some(2))
@@ -310,7 +310,7 @@ fn a_pool_without_checksum_bytes_in_its_superblock_works_the_old_way() {
     pool.flush().unwrap();
     // Rot in one block of a data chunk: found by a small read elsewhere in the chunk (the
     // checksum covers the whole chunk), healed.
-    let location = pool.shard_locations(2)[0];
+    let location = pool.shard_locations(stripestore::types::StripeId(2))[0];
     let mut byte = mems[location.device].peek(location.offset + 40_000, 1);
     byte[0] ^= 0x80;
     mems[location.device].poke(location.offset + 40_000, &byte);
@@ -397,7 +397,7 @@ fn every_damaged_shard_is_counted_once_by_reads_and_scrub() {
             let pool = Pool::open(shared(&mems), &open).unwrap();
             let mut damaged = std::collections::BTreeSet::new();
             for stripe in 0..pool.geometry().stripes {
-                let locations = pool.shard_locations(stripe);
+                let locations = pool.shard_locations(stripestore::types::StripeId(stripe));
                 let mut shards: Vec<usize> = (0..locations.len()).collect();
                 for _ in 0..rng.gen_range(0..=pool.geometry().tolerance()) {
                     let location = locations[shards.swap_remove(rng.gen_range(0..shards.len()))];

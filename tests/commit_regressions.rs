@@ -181,7 +181,7 @@ fn lazy_checkpoint_lets_a_write_reuse_a_slot_an_older_durable_map_names() {
     let stripe = pool.geometry().stripe_data_bytes() as usize;
     pool.write_at(0, &vec![0xA1; stripe]).unwrap();
     pool.flush().unwrap();
-    let a_slots = pool.shard_locations(0);
+    let a_slots = pool.shard_locations(stripestore::types::StripeId(0));
     pool.write_at(0, &vec![0xB2; stripe]).unwrap();
     // The commit of B: its record reaches member 0, then the power fails.
     h[1].drop_writes.store(true, Ordering::SeqCst);
@@ -198,7 +198,7 @@ fn lazy_checkpoint_lets_a_write_reuse_a_slot_an_older_durable_map_names() {
         "recovered B from member 0"
     );
     pool.write_at(stripe as u64, &vec![0xC3; stripe]).unwrap();
-    let y_slots = pool.shard_locations(1);
+    let y_slots = pool.shard_locations(stripestore::types::StripeId(1));
     assert_eq!(
         a_slots
             .iter()

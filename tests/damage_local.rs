@@ -47,7 +47,7 @@ fn damage_stripes(
 ) -> Vec<u64> {
     let mut per_device = vec![0u64; mems.len()];
     for stripe in stripes {
-        for shard in pool.shard_locations(stripe) {
+        for shard in pool.shard_locations(stripestore::types::StripeId(stripe)) {
             if devices.contains(&shard.device) {
                 let junk = vec![0xA5u8 ^ (stripe as u8); CHUNK_BYTES as usize];
                 mems[shard.device].poke(shard.offset, &junk);

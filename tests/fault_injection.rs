@@ -45,7 +45,7 @@ fn bit_rot_is_detected_healed_on_disk_and_counted_exactly() {
                 if !rng.gen_bool(0.33) {
                     continue;
                 }
-                let mut shards = pool.shard_locations(stripe);
+                let mut shards = pool.shard_locations(stripestore::types::StripeId(stripe));
                 assert!(!shards.is_empty());
                 let count = rng.gen_range(1..=tolerance);
                 for _ in 0..count {
@@ -233,7 +233,7 @@ fn error_rate_degrades_a_device_that_keeps_serving() {
     fill(&pool, &mut model, &mut rng);
     // Rot every chunk of device 3.
     for stripe in 0..pool.geometry().stripes {
-        for shard in pool.shard_locations(stripe) {
+        for shard in pool.shard_locations(stripestore::types::StripeId(stripe)) {
             if shard.device == 3 {
                 mems[3].flip_bit(shard.offset + 5, 1);
             }

@@ -46,7 +46,7 @@ fn rot(
         if !rng.gen_bool(0.4) {
             continue;
         }
-        let mut shards = pool.shard_locations(stripe);
+        let mut shards = pool.shard_locations(stripestore::types::StripeId(stripe));
         for _ in 0..per_stripe {
             let shard = shards.remove(rng.gen_range(0..shards.len()));
             originals.push((
@@ -76,7 +76,7 @@ fn scrub_finds_exactly_the_damaged_chunks_per_device_repairs_them_and_is_clean_a
             // Live chunks per device: what a scrub must read and verify there.
             let mut live = vec![0u64; devices];
             for stripe in 0..stripes {
-                for shard in pool.shard_locations(stripe) {
+                for shard in pool.shard_locations(stripestore::types::StripeId(stripe)) {
                     live[shard.device] += CHUNK_BYTES;
                 }
             }
@@ -177,7 +177,7 @@ fn sector_errors_are_counted_as_io_errors_and_repaired() {
     for stripe in [0u64, 3, 7, 11] {
         let on = if stripe == 11 { 4 } else { 1 };
         let shard = pool
-            .shard_locations(stripe)
+            .shard_locations(stripestore::types::StripeId(stripe))
             .into_iter()
             .find(|s| s.device == on)
             .unwrap();
@@ -211,12 +211,16 @@ fn damage_beyond_redundancy_is_reported_with_its_offsets_and_the_rest_is_repaire
     let stripe_bytes = pool.geometry().stripe_data_bytes();
     // Stripe 5: three chunks rotten (one more than rs:4+2 survives). Stripe 9: one (repairable).
     for (stripe, count) in [(5u64, 3usize), (9, 1)] {
-        for shard in pool.shard_locations(stripe).into_iter().take(count) {
+        for shard in pool
+            .shard_locations(stripestore::types::StripeId(stripe))
+            .into_iter()
+            .take(count)
+        {
             mems[shard.device].flip_bit(shard.offset + 100, 3);
         }
     }
     let lost_devices: Vec<String> = pool
-        .shard_locations(5)
+        .shard_locations(stripestore::types::StripeId(5))
         .into_iter()
         .take(3)
         .map(|s| mems[s.device].name())
@@ -286,7 +290,7 @@ fn a_paused_scrub_resumes_after_reopen_without_rereading_what_it_verified() {
     );
     // Damage early and late in the volume: counted once across both runs.
     for stripe in [1, stripes - 2] {
-        let shard = pool.shard_locations(stripe)[0];
+        let shard = pool.shard_locations(stripestore::types::StripeId(stripe))[0];
         mems[shard.device].flip_bit(shard.offset + 7, 1);
     }
     drop(pool);

@@ -8,7 +8,7 @@
 //! torn, stale or foreign record is recognised and replay stops there.
 
 use super::PoolUuid;
-use crate::types::{Generation, SlotId};
+use crate::types::{Generation, SlotId, StripeId};
 
 const CHECKPOINT_MAGIC: &[u8; 8] = b"STRIPCK\0";
 const LOG_MAGIC: &[u8; 8] = b"STRIPLG\0";
@@ -65,8 +65,8 @@ impl StripeMap {
     }
     /// The entry of `stripe`.
     #[must_use]
-    pub fn get(&self, stripe: u64) -> MapEntry {
-        let i = usize::try_from(stripe).unwrap_or(usize::MAX);
+    pub fn get(&self, stripe: StripeId) -> MapEntry {
+        let i = usize::try_from(stripe.0).unwrap_or(usize::MAX);
         MapEntry {
             slot: (self.slots[i] != UNWRITTEN).then_some(SlotId(self.slots[i])),
             generation: Generation(self.generations[i]),
@@ -75,14 +75,14 @@ impl StripeMap {
     }
     /// The slot of `stripe`, without copying the checksums.
     #[must_use]
-    pub fn slot(&self, stripe: u64) -> Option<SlotId> {
-        let raw = self.slots[usize::try_from(stripe).unwrap_or(usize::MAX)];
+    pub fn slot(&self, stripe: StripeId) -> Option<SlotId> {
+        let raw = self.slots[usize::try_from(stripe.0).unwrap_or(usize::MAX)];
         (raw != UNWRITTEN).then_some(SlotId(raw))
     }
     /// Replace the entry of `stripe`.
-    pub fn set(&mut self, stripe: u64, entry: &MapEntry) {
+    pub fn set(&mut self, stripe: StripeId, entry: &MapEntry) {
         assert_eq!(entry.crcs.len(), self.width, "one crc per checksum block");
-        let i = usize::try_from(stripe).unwrap_or(usize::MAX);
+        let i = usize::try_from(stripe.0).unwrap_or(usize::MAX);
         self.slots[i] = entry.slot.map_or(UNWRITTEN, |s| s.0);
         self.generations[i] = entry.generation.0;
         self.crcs[i * self.width..(i + 1) * self.width].copy_from_slice(&entry.crcs);
@@ -95,12 +95,12 @@ impl StripeMap {
             .map(|s| SlotId(*s))
     }
     /// Stripes that hold data.
-    pub fn written_stripes(&self) -> impl Iterator<Item = u64> + '_ {
+    pub fn written_stripes(&self) -> impl Iterator<Item = StripeId> + '_ {
         self.slots
             .iter()
             .enumerate()
             .filter(|(_, s)| **s != UNWRITTEN)
-            .map(|(i, _)| i as u64)
+            .map(|(i, _)| StripeId(i as u64))
     }
     /// Largest generation in the map.
     #[must_use]
@@ -239,12 +239,12 @@ pub fn encode_log_record(
     sequence: u64,
     next_generation: u64,
     map: &StripeMap,
-    stripes: &[u64],
+    stripes: &[StripeId],
 ) -> Vec<u8> {
     let mut out = vec![0u8; LOG_HEADER_BYTES];
     for stripe in stripes {
-        out.extend_from_slice(&stripe.to_le_bytes());
-        map.encode_entry(*stripe, &mut out);
+        out.extend_from_slice(&stripe.0.to_le_bytes());
+        map.encode_entry(stripe.0, &mut out);
     }
     let body_len = out.len() - LOG_HEADER_BYTES;
     out[..8].copy_from_slice(LOG_MAGIC);
@@ -326,8 +326,8 @@ mod tests {
     fn checkpoint_roundtrip_and_corruption() {
         let pool = PoolUuid([9; 16]);
         let mut map = StripeMap::new(100, 6);
-        map.set(3, &entry(50, 2, 6));
-        map.set(99, &entry(7, 9, 6));
+        map.set(StripeId(3), &entry(50, 2, 6));
+        map.set(StripeId(99), &entry(7, 9, 6));
         let header = CheckpointHeader {
             sequence: 4,
             next_generation: 10,
@@ -336,7 +336,7 @@ mod tests {
         let mut decoded = StripeMap::new(100, 6);
         assert_eq!(decode_checkpoint(pool, &bytes, &mut decoded), Ok(header));
         assert_eq!(decoded, map);
-        assert_eq!(decoded.get(4).slot, None);
+        assert_eq!(decoded.get(StripeId(4)).slot, None);
         let mut bad = bytes.clone();
         bad[4096 + 30] ^= 1;
         assert!(decode_checkpoint(pool, &bad, &mut StripeMap::new(100, 6)).is_err());
@@ -348,9 +348,9 @@ mod tests {
     fn log_record_roundtrip_sequence_and_torn_detection() {
         let pool = PoolUuid([9; 16]);
         let mut map = StripeMap::new(10, 3);
-        map.set(1, &entry(5, 1, 3));
-        map.set(8, &entry(6, 2, 3));
-        let bytes = encode_log_record(pool, 7, 3, &map, &[1, 8]);
+        map.set(StripeId(1), &entry(5, 1, 3));
+        map.set(StripeId(8), &entry(6, 2, 3));
+        let bytes = encode_log_record(pool, 7, 3, &map, &[StripeId(1), StripeId(8)]);
         assert_eq!(bytes.len() as u64, log_record_bytes(2, 3));
         let mut replay = StripeMap::new(10, 3);
         let record = decode_log_record(pool, 7, &bytes, &mut replay)

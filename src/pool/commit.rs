@@ -19,14 +19,14 @@ use super::{MapState, PoolInner};
 use crate::error::{Error, Result};
 use crate::format::{encode_checkpoint, encode_log_record, log_record_bytes, CheckpointHeader};
 use crate::pool::DeviceFault;
-use crate::types::DeviceIndex;
+use crate::types::{DeviceIndex, StripeId};
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
 
 /// What one commit writes, taken atomically from the map.
 struct Snapshot {
     /// Stripe → slot its previous entry pointed at.
-    replaced: BTreeMap<u64, Option<u64>>,
+    replaced: BTreeMap<StripeId, Option<u64>>,
     /// Orphans of earlier failed commits.
     orphans: Vec<u64>,
     /// The encoded metadata and whether it is a checkpoint (else a log record).
@@ -61,7 +61,7 @@ impl PoolInner {
                     Err(self.unavailable_with(failed.into_iter().map(|(device, _)| device)))
                 };
             }
-            let stripes: Vec<u64> = state.dirty.keys().copied().collect();
+            let stripes: Vec<StripeId> = state.dirty.keys().copied().collect();
             let record_bytes = log_record_bytes(stripes.len(), self.geometry.crcs_per_entry());
             let checkpoint =
                 force_checkpoint || meta.log_used + record_bytes > self.geometry.log_bytes;

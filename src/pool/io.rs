@@ -14,7 +14,7 @@ use crate::device::DIRECT_ALIGN;
 use crate::error::{Error, Result};
 use crate::format::MapEntry;
 use crate::pool::{DeviceFault, ErrorKind};
-use crate::types::{DeviceIndex, Generation, ShardIndex, SlotId};
+use crate::types::{DeviceIndex, Generation, ShardIndex, SlotId, StripeId};
 use rayon::prelude::*;
 
 /// Mirror copies take turns serving reads by runs of this many bytes of volume.
@@ -43,7 +43,7 @@ impl PoolInner {
             let take = usize::try_from((stripe_bytes - within).min(rest.len() as u64))
                 .unwrap_or(usize::MAX);
             let (piece, tail) = rest.split_at_mut(take);
-            pieces.push((position / stripe_bytes, within, piece));
+            pieces.push((StripeId(position / stripe_bytes), within, piece));
             position += take as u64;
             rest = tail;
         }
@@ -86,7 +86,7 @@ impl PoolInner {
             let within = position % stripe_bytes;
             let take = usize::try_from((stripe_bytes - within).min((data.len() - done) as u64))
                 .unwrap_or(usize::MAX);
-            pieces.push((position / stripe_bytes, within, done..done + take));
+            pieces.push((StripeId(position / stripe_bytes), within, done..done + take));
             done += take;
         }
         // Stripes are independent: write them in parallel. Whole stripes go in groups (as for
@@ -98,7 +98,7 @@ impl PoolInner {
             .into_iter()
             .partition(|(_, within, range)| *within == 0 && range.len() == full);
         let per_group = self.stripes_per_group(self.geometry.width());
-        let groups: Vec<Vec<(u64, &[u8])>> = whole
+        let groups: Vec<Vec<(StripeId, &[u8])>> = whole
             .chunks(per_group)
             .map(|g| {
                 g.iter()
@@ -134,7 +134,7 @@ impl PoolInner {
 
     /// Write whole stripes `group` (stripe, its data) copy-on-write with one batch of shard
     /// writes. Falls back to one stripe at a time when free slots run short.
-    fn write_group(&self, group: &[(u64, &[u8])]) -> Result<()> {
+    fn write_group(&self, group: &[(StripeId, &[u8])]) -> Result<()> {
         self.check_available()?;
         let mut locks: Vec<usize> = group
             .iter()
@@ -205,7 +205,7 @@ impl PoolInner {
     /// Read part of one stripe; the caller holds the stripe's lock.
     pub(crate) fn read_stripe_locked(
         &self,
-        stripe: u64,
+        stripe: StripeId,
         within: u64,
         out: &mut [u8],
     ) -> Result<()> {
@@ -357,7 +357,7 @@ impl PoolInner {
     #[allow(clippy::too_many_arguments)]
     fn read_degraded(
         &self,
-        stripe: u64,
+        stripe: StripeId,
         slot: SlotId,
         entry: &MapEntry,
         sources: &[usize],
@@ -461,7 +461,7 @@ impl PoolInner {
     /// A shard carrying `data_chunk`, on an online device if there is one. For Reed-Solomon
     /// there is exactly one; for mirrors, with `balance` the online copies take turns by
     /// stripe, so sequential reads use every copy's device; else the first online copy.
-    fn preferred_shard(&self, data_chunk: usize, stripe: u64, balance: bool) -> ShardIndex {
+    fn preferred_shard(&self, data_chunk: usize, stripe: StripeId, balance: bool) -> ShardIndex {
         let width = self.geometry.width();
         let carries =
             |s: &usize| self.geometry.shard_data_chunk(ShardIndex(*s)) == Some(data_chunk);
@@ -481,7 +481,7 @@ impl PoolInner {
         // device then reads contiguous runs rather than every other chunk.
         let run = (BALANCE_RUN_BYTES / self.geometry.stripe_data_bytes().max(1)).max(1);
         let turn = if balance {
-            usize::try_from(stripe / run % copies).unwrap_or(0)
+            usize::try_from(stripe.0 / run % copies).unwrap_or(0)
         } else {
             0
         };
@@ -500,7 +500,7 @@ impl PoolInner {
     /// `known` holds shards the caller already fetched (and counted).
     pub(crate) fn recover_stripe(
         &self,
-        stripe: u64,
+        stripe: StripeId,
         slot: SlotId,
         entry: &MapEntry,
         known: Vec<(usize, Fetch)>,
@@ -514,13 +514,18 @@ impl PoolInner {
     }
 
     /// The error for a stripe `exam` could not recover.
-    pub(crate) fn unrecoverable(&self, stripe: u64, slot: SlotId, exam: &Examination) -> Error {
+    pub(crate) fn unrecoverable(
+        &self,
+        stripe: StripeId,
+        slot: SlotId,
+        exam: &Examination,
+    ) -> Error {
         let failed: Vec<usize> = (0..exam.outcomes.len())
             .filter(|s| !matches!(exam.outcomes[*s], ShardOutcome::Good))
             .collect();
         Error::Unrecoverable {
             stripe,
-            volume_offset: stripe * self.geometry.stripe_data_bytes(),
+            volume_offset: stripe.0 * self.geometry.stripe_data_bytes(),
             good: exam.outcomes.len() - failed.len(),
             needed: self.codec.shards_needed(),
             lost_devices: failed
@@ -678,7 +683,7 @@ impl PoolInner {
     }
 
     /// Write part of one stripe copy-on-write.
-    fn write_stripe(&self, stripe: u64, within: u64, data: &[u8]) -> Result<()> {
+    fn write_stripe(&self, stripe: StripeId, within: u64, data: &[u8]) -> Result<()> {
         loop {
             self.check_available()?;
             let stripe_guard = self.stripe_lock(stripe).lock();
@@ -700,7 +705,7 @@ impl PoolInner {
 
     pub(crate) fn write_stripe_into(
         &self,
-        stripe: u64,
+        stripe: StripeId,
         within: u64,
         data: &[u8],
         slot: SlotId,
@@ -862,16 +867,16 @@ impl Examination {
 }
 
 /// One encoded stripe ready to write: (stripe, slot, its data, its parity).
-type Encoded<'a> = (u64, SlotId, &'a [u8], &'a [u8]);
+type Encoded<'a> = (StripeId, SlotId, &'a [u8], &'a [u8]);
 
 /// Work of a write request: a group of whole stripes, or part of one stripe.
 enum WriteTask<'a> {
-    Whole(Vec<(u64, &'a [u8])>),
-    Part(u64, u64, &'a [u8]),
+    Whole(Vec<(StripeId, &'a [u8])>),
+    Part(StripeId, u64, &'a [u8]),
 }
 
 /// Part of a request within one stripe: (stripe, byte offset within its data, the bytes).
-type Piece<'a> = (u64, u64, &'a mut [u8]);
+type Piece<'a> = (StripeId, u64, &'a mut [u8]);
 
 /// The data chunks a range of `len` bytes at `within` of a stripe's data covers, and where the
 /// range starts within the first of them.
@@ -883,11 +888,11 @@ fn chunk_span(within: u64, len: usize, chunk: u64) -> (std::ops::RangeInclusive<
 }
 
 /// Point `stripe` at its new entry and account for the slot it leaves.
-fn install(state: &mut MapState, stripe: u64, entry: &MapEntry) {
+fn install(state: &mut MapState, stripe: StripeId, entry: &MapEntry) {
     let previous = state.map.slot(stripe).map(|s| s.0);
     state.map.set(stripe, entry);
     if let Some(slot) = entry.slot {
-        state.set_owner(slot.0, stripe);
+        state.set_owner(slot, stripe);
     }
     match state.dirty.get(&stripe) {
         // Already rewritten since the last commit: the previous slot was never durable-

@@ -55,14 +55,14 @@ impl StripeAccess for PoolInner {
     }
 
     fn with_stripe_locked<R>(&self, stripe: StripeId, work: impl FnOnce(MapEntry) -> R) -> R {
-        let _guard = self.stripe_lock(stripe.0).lock();
-        let entry = self.map.lock().map.get(stripe.0);
+        let _guard = self.stripe_lock(stripe).lock();
+        let entry = self.map.lock().map.get(stripe);
         work(entry)
     }
 
     fn examine(&self, stripe: StripeId, slot: SlotId, entry: &MapEntry, heal: bool) -> Examined {
         let exam = self.examine_stripe(slot, entry, Vec::new(), heal);
-        let failure = (!exam.recovered).then(|| self.unrecoverable(stripe.0, slot, &exam));
+        let failure = (!exam.recovered).then(|| self.unrecoverable(stripe, slot, &exam));
         let findings = exam
             .outcomes
             .iter()
@@ -108,9 +108,9 @@ impl ScrubTarget for PoolInner {
         let state = self.map.lock();
         (from.0..to.0)
             .filter_map(|slot| {
-                let stripe = state.stripe_in(slot)?;
+                let stripe = state.stripe_in(SlotId(slot))?;
                 Some(LiveStripe {
-                    stripe: StripeId(stripe),
+                    stripe,
                     slot: SlotId(slot),
                     entry: state.map.get(stripe),
                 })
@@ -121,7 +121,7 @@ impl ScrubTarget for PoolInner {
     fn live_bytes_from(&self, from: SlotId) -> u64 {
         let state = self.map.lock();
         let live = (from.0..self.geometry.slots)
-            .filter(|slot| state.stripe_in(*slot).is_some())
+            .filter(|slot| state.stripe_in(SlotId(*slot)).is_some())
             .count() as u64;
         live * self.geometry.width() as u64 * self.geometry.chunk_bytes
     }
@@ -132,7 +132,7 @@ impl ScrubTarget for PoolInner {
         repair: bool,
         found: &mut dyn FnMut(),
     ) -> Result<bool> {
-        let stripe = live.stripe.0;
+        let stripe = live.stripe;
         let unchanged = || live.unchanged(&self.map.lock().map.get(stripe));
         let mut guard = self.stripe_lock(stripe).lock();
         if !unchanged() {
@@ -220,9 +220,9 @@ impl RebuildTarget for PoolInner {
         let mut state = self.map.lock();
         let held: Vec<LiveStripe> = (from.0..to.0)
             .filter_map(|slot| {
-                let stripe = state.stripe_in(slot)?;
+                let stripe = state.stripe_in(SlotId(slot))?;
                 let live = LiveStripe {
-                    stripe: StripeId(stripe),
+                    stripe,
                     slot: SlotId(slot),
                     entry: state.map.get(stripe),
                 };
@@ -348,8 +348,8 @@ impl PoolInner {
         crate::scrub::recorded_progress(self)
     }
 
-    pub(crate) fn shard_locations(&self, stripe: u64) -> Vec<ShardLocation> {
-        if stripe >= self.geometry.stripes {
+    pub(crate) fn shard_locations(&self, stripe: StripeId) -> Vec<ShardLocation> {
+        if stripe.0 >= self.geometry.stripes {
             return Vec::new();
         }
         let Some(slot) = self.map.lock().map.slot(stripe) else {

@@ -60,6 +60,7 @@ use crate::device::SharedDevice;
 use crate::error::{Error, Result};
 use crate::format::{PoolUuid, StripeMap};
 use crate::geometry::{Geometry, Layout};
+use crate::types::{SlotId, StripeId};
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -192,7 +193,7 @@ pub(crate) struct MapState {
     /// Stripes changed since the last commit snapshot, with the slot the previous map still
     /// points at. That slot is released only once the commit that stops referencing it is
     /// durable.
-    pub(crate) dirty: BTreeMap<u64, Option<u64>>,
+    pub(crate) dirty: BTreeMap<StripeId, Option<u64>>,
     /// Slots that a failed commit may have referenced on some device: released only after the
     /// next successful commit.
     pub(crate) orphans: Vec<u64>,
@@ -214,7 +215,7 @@ impl MapState {
         for stripe in map.written_stripes() {
             if let Some(slot) = map.slot(stripe) {
                 if let Some(o) = owner.get_mut(usize::try_from(slot.0).unwrap_or(usize::MAX)) {
-                    *o = stripe;
+                    *o = stripe.0;
                 }
             }
         }
@@ -230,19 +231,19 @@ impl MapState {
         }
     }
 
-    pub(crate) fn set_owner(&mut self, slot: u64, stripe: u64) {
+    pub(crate) fn set_owner(&mut self, slot: SlotId, stripe: StripeId) {
         if let Some(o) = self
             .owner
-            .get_mut(usize::try_from(slot).unwrap_or(usize::MAX))
+            .get_mut(usize::try_from(slot.0).unwrap_or(usize::MAX))
         {
-            *o = stripe;
+            *o = stripe.0;
         }
     }
 
     /// The stripe whose current entry lives in `slot`, if any.
-    pub(crate) fn stripe_in(&self, slot: u64) -> Option<u64> {
-        let stripe = *self.owner.get(usize::try_from(slot).ok()?)?;
-        (stripe != u64::MAX && self.map.slot(stripe).map(|s| s.0) == Some(slot)).then_some(stripe)
+    pub(crate) fn stripe_in(&self, slot: SlotId) -> Option<StripeId> {
+        let stripe = StripeId(*self.owner.get(usize::try_from(slot.0).ok()?)?);
+        (stripe.0 != u64::MAX && self.map.slot(stripe) == Some(slot)).then_some(stripe)
     }
 }
 
@@ -286,14 +287,14 @@ impl PoolInner {
         }
     }
 
-    pub(crate) fn stripe_lock(&self, stripe: u64) -> &Mutex<()> {
+    pub(crate) fn stripe_lock(&self, stripe: StripeId) -> &Mutex<()> {
         &self.stripe_locks[self.stripe_lock_index(stripe)]
     }
 
     /// Which lock of the table guards `stripe` (locks are taken in ascending index order when
     /// several are held).
-    pub(crate) fn stripe_lock_index(&self, stripe: u64) -> usize {
-        usize::try_from(stripe % STRIPE_LOCKS as u64).unwrap_or(0)
+    pub(crate) fn stripe_lock_index(&self, stripe: StripeId) -> usize {
+        usize::try_from(stripe.0 % STRIPE_LOCKS as u64).unwrap_or(0)
     }
 }
 
@@ -606,7 +607,7 @@ impl Pool {
     /// Where the shards of logical stripe `stripe` live (empty if never written or out of
     /// range): for diagnostics, tools and fault-injection tests.
     #[must_use]
-    pub fn shard_locations(&self, stripe: u64) -> Vec<ShardLocation> {
+    pub fn shard_locations(&self, stripe: StripeId) -> Vec<ShardLocation> {
         self.inner.shard_locations(stripe)
     }
 

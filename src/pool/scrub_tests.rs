@@ -22,16 +22,16 @@ mod tests {
         pool.flush().unwrap();
         // Stripe 1: replace one shard with other bytes *and* make the map's checksum agree
         // (a 4 KiB chunk is one checksum block, so the shard's checksum is `crcs[shard]`).
-        let location = pool.shard_locations(1)[shard];
+        let location = pool.shard_locations(crate::types::StripeId(1))[shard];
         let forged = vec![0x5a; 4096];
         mems[location.device].poke(location.offset, &forged);
         {
             let mut state = pool.inner.map.lock();
-            let mut entry = state.map.get(1);
+            let mut entry = state.map.get(crate::types::StripeId(1));
             let slot: SlotId = entry.slot.unwrap();
             entry.crcs[shard] =
                 block_checksum(slot, ShardIndex(shard), 0, entry.generation, &forged);
-            state.map.set(1, &entry);
+            state.map.set(crate::types::StripeId(1), &entry);
         }
         let report = pool.scrub().unwrap();
         assert_eq!(report.inconsistent_stripes, 1, "{layout}: {report:?}");
@@ -76,12 +76,12 @@ mod no_free_slot_tests {
         let pool = Pool::create(shared(&mems), vec![], &options).unwrap();
         pool.write_at(0, &vec![0x11; 3 * 16384]).unwrap();
         pool.flush().unwrap();
-        let location = pool.shard_locations(1)[5];
+        let location = pool.shard_locations(crate::types::StripeId(1))[5];
         let forged = vec![0x5a; 4096];
         mems[location.device].poke(location.offset, &forged);
         let taken: Vec<u64> = {
             let mut state = pool.inner.map.lock();
-            let mut entry = state.map.get(1);
+            let mut entry = state.map.get(crate::types::StripeId(1));
             entry.crcs[5] = block_checksum(
                 entry.slot.unwrap(),
                 ShardIndex(5),
@@ -89,7 +89,7 @@ mod no_free_slot_tests {
                 entry.generation,
                 &forged,
             );
-            state.map.set(1, &entry);
+            state.map.set(crate::types::StripeId(1), &entry);
             std::mem::take(&mut state.free)
         };
         let report = pool.scrub().unwrap();

@@ -735,7 +735,7 @@ impl<'a> World<'a> {
         let mut unaffected_ok = 0;
         let mut failed_clearly = 0;
         for stripe in 0..geometry.stripes {
-            let locations = pool.shard_locations(stripe);
+            let locations = pool.shard_locations(crate::types::StripeId(stripe));
             let affected = match geometry.layout {
                 Layout::ReedSolomon { parity, .. } => {
                     locations

@@ -80,7 +80,7 @@ fn rot_stripe(paths: &[PathBuf], stripe: u64, count: usize) {
         ..OpenOptions::default()
     };
     let pool = Pool::open(devices, &options).unwrap();
-    let shards = pool.shard_locations(stripe);
+    let shards = pool.shard_locations(stripestore::types::StripeId(stripe));
     pool.close().unwrap();
     for shard in shards.into_iter().take(count) {
         let mut file = std::fs::OpenOptions::new()

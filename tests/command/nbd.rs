@@ -1085,7 +1085,7 @@ fn a_served_pool_is_watched_and_scrubbed_through_its_endpoint() {
         let rotted: Vec<(usize, u64)> = [(1u64, 0usize), (4, 3), (9, 5)]
             .iter()
             .map(|(stripe, shard)| {
-                let l = pool.shard_locations(*stripe)[*shard];
+                let l = pool.shard_locations(stripestore::types::StripeId(*stripe))[*shard];
                 (l.device, l.offset)
             })
             .collect();

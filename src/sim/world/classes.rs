@@ -277,7 +277,11 @@ impl World<'_> {
         let last = (first + u64::from(count.clamp(1, 3))).min(geometry.stripes);
         // Stripes never written hold nothing to damage: write them first.
         for s in first..last {
-            if self.pool()?.shard_locations(s).is_empty() {
+            if self
+                .pool()?
+                .shard_locations(crate::types::StripeId(s))
+                .is_empty()
+            {
                 let data = random_bytes(&mut rng, stripe_bytes as usize);
                 self.write(s * stripe_bytes, &data)?;
             }
@@ -286,7 +290,7 @@ impl World<'_> {
         let status = self.pool()?.status();
         let in_service = self.in_service(&status);
         let tolerance = self.tolerance;
-        let locations = self.pool()?.shard_locations(first);
+        let locations = self.pool()?.shard_locations(crate::types::StripeId(first));
         // Victims: more than the tolerance of the positions holding the first stripe, chosen so
         // that it is beyond repair (for copies: every copy of one data chunk).
         let mut victims: Vec<usize> = match geometry.layout {
@@ -387,7 +391,7 @@ impl World<'_> {
         };
         let mut lost: BTreeMap<u64, BTreeSet<usize>> = BTreeMap::new();
         for s in run {
-            let locations = self.pool()?.shard_locations(s);
+            let locations = self.pool()?.shard_locations(crate::types::StripeId(s));
             let on_victims: Vec<_> = locations
                 .iter()
                 .filter(|l| victims.contains_key(&l.device))

@@ -91,7 +91,7 @@ fn rot_chunks(
         }
         let stripe = rng.gen_range(0..stripes);
         let Some(shard) = pool
-            .shard_locations(stripe)
+            .shard_locations(stripestore::types::StripeId(stripe))
             .into_iter()
             .find(|s| s.device == device && s.data_chunk.is_some())
         else {
