@@ -287,14 +287,7 @@ impl<'a> World<'a> {
 
     /// Close the pool (what it flushed is now the model's durable state) and open it again.
     fn reopen(&mut self) -> Check {
-        let pool = self.pool.take().ok_or("the pool is not open")?;
-        let status = pool.status();
-        let within = self.within_tolerance_of(&pool);
-        match pool.close() {
-            Ok(()) => self.model.flushed(),
-            Err(err) if within => return Err(format!("close failed within tolerance: {err}")),
-            Err(_) => {}
-        }
+        let status = self.close_pool()?;
         self.open(&status)?;
         self.verify("after reopen")
     }

@@ -138,7 +138,7 @@ impl World<'_> {
     }
 
     /// Close the pool cleanly (a failure is a violation within the tolerance); its last status.
-    fn close_pool(&mut self) -> std::result::Result<PoolStatus, String> {
+    pub(super) fn close_pool(&mut self) -> std::result::Result<PoolStatus, String> {
         let pool = self.pool.take().ok_or("the pool is not open")?;
         let status = pool.status();
         let within = self.within_tolerance_of(&pool);
