@@ -12,8 +12,8 @@
 //!   the RAID write hole for every layout. See `docs/FORMAT.md` for the on-disk format and why.
 //!
 //! Layering (dependencies point down only):
-//! front ends (`nbd`, `endpoint`: HTTP metrics, status and control; they use the public `Pool`
-//! API only) → `pool` (public API, I/O, map, commits, members) → `scrub`, `rebuild` (their
+//! front ends (`nbd`, `endpoint`: HTTP metrics, status and control; `report`: the status text;
+//! they use the public `Pool` API only) → `pool` (public API, I/O, map, commits, members) → `scrub`, `rebuild` (their
 //! work, as step machines over the narrow interfaces `pool` implements) → `maintenance` (the
 //! shared interface and pacing), `parallel` → `format`, `codec`, `geometry`, `device` →
 //! `types`, `error`. No module depends on one above it.
@@ -35,6 +35,7 @@ pub mod nbd;
 pub(crate) mod parallel;
 pub mod pool;
 pub mod rebuild;
+pub mod report;
 pub mod scrub;
 #[cfg(feature = "testing")]
 pub mod sim;

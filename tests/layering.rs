@@ -33,6 +33,7 @@ fn ranks() -> BTreeMap<&'static str, u32> {
         // front ends
         ("nbd", 8),
         ("endpoint", 8),
+        ("report", 8),
         // what the crate root re-exports, by the module that defines it
         ("Result", 1),
         ("Error", 1),
