@@ -184,45 +184,7 @@ pub fn run(layout: &str, device_bytes: u64, dir: Option<&Path>) -> CliResult {
             );
             verify_all(&pool, "degraded read")?;
         } else {
-            let to_rot = (20 * (count - 1)).min(100);
-            println!("== {step}. corrupt blocks: flip one bit in {to_rot} data chunks across the other devices, behind the pool's back");
-            rotted = rot_chunks(&pool, &paths, victim, to_rot)?;
-            verify_all(&pool, "read with bit rot")?;
-            let status = pool.status();
-            println!(
-                "   checksum errors detected: {}, chunks healed in place: {}",
-                status.total_checksum_errors(),
-                status.total_repaired()
-            );
-            let scrub = pool.scrub()?;
-            println!(
-                "   scrub: every shard of {} stripes verified; {} more bad shards found in copies or parity that no read touched, repaired",
-                scrub.stripes_checked, scrub.bad_shards
-            );
-            let again = pool.scrub()?;
-            println!(
-                "   second scrub: {} bad shards (the damage is healed on disk)",
-                again.bad_shards
-            );
-            if again.found_damage() {
-                return Err("the second scrub still found damage: this is a bug".into());
-            }
-            // Rot at this rate marks members DEGRADED (they kept serving throughout); the
-            // operator, knowing the cause, clears them.
-            let degraded: Vec<String> = pool
-                .status()
-                .devices
-                .iter()
-                .filter(|d| d.state == "DEGRADED")
-                .map(|d| d.path.clone())
-                .collect();
-            if !degraded.is_empty() {
-                println!(
-                    "   {} member(s) marked DEGRADED for their error rate, still serving; `clear` once the cause is known",
-                    degraded.len()
-                );
-                pool.clear(None)?;
-            }
+            rotted = rot_scrub_and_clear(&pool, &paths, victim, count, step)?;
         }
         step += 1;
     }
@@ -253,4 +215,56 @@ pub fn run(layout: &str, device_bytes: u64, dir: Option<&Path>) -> CliResult {
     );
     pool.close()?;
     Ok(())
+}
+
+/// Flip a bit in chunks of every device but `victim`, behind the pool's back; read everything
+/// (healing on the way), scrub twice (the second must find nothing), and clear members the
+/// error rate marked degraded. Returns how many chunks were corrupted.
+fn rot_scrub_and_clear(
+    pool: &Pool,
+    paths: &[PathBuf],
+    victim: usize,
+    count: usize,
+    step: usize,
+) -> Result<usize, Box<dyn std::error::Error>> {
+    let to_rot = (20 * (count - 1)).min(100);
+    println!("== {step}. corrupt blocks: flip one bit in {to_rot} data chunks across the other devices, behind the pool's back");
+    let rotted = rot_chunks(pool, paths, victim, to_rot)?;
+    verify_all(pool, "read with bit rot")?;
+    let status = pool.status();
+    println!(
+        "   checksum errors detected: {}, chunks healed in place: {}",
+        status.total_checksum_errors(),
+        status.total_repaired()
+    );
+    let scrub = pool.scrub()?;
+    println!(
+        "   scrub: every shard of {} stripes verified; {} more bad shards found in copies or parity that no read touched, repaired",
+        scrub.stripes_checked, scrub.bad_shards
+    );
+    let again = pool.scrub()?;
+    println!(
+        "   second scrub: {} bad shards (the damage is healed on disk)",
+        again.bad_shards
+    );
+    if again.found_damage() {
+        return Err("the second scrub still found damage: this is a bug".into());
+    }
+    // Rot at this rate marks members DEGRADED (they kept serving throughout); the
+    // operator, knowing the cause, clears them.
+    let degraded: Vec<String> = pool
+        .status()
+        .devices
+        .iter()
+        .filter(|d| d.state == "DEGRADED")
+        .map(|d| d.path.clone())
+        .collect();
+    if !degraded.is_empty() {
+        println!(
+            "   {} member(s) marked DEGRADED for their error rate, still serving; `clear` once the cause is known",
+            degraded.len()
+        );
+        pool.clear(None)?;
+    }
+    Ok(rotted)
 }
