@@ -393,6 +393,120 @@ mod tests {
         );
     }
 
+    /// Request bodies are read up to MAX_BODY_BYTES; beyond, 413 (announced or not).
+    #[test]
+    fn request_bodies_are_bounded() {
+        let server = server(Limits::default());
+        let address = server.address();
+        let small = get(
+            address,
+            "POST /scrub HTTP/1.0\r\nContent-Length: 5\r\n\r\nhello",
+        );
+        assert!(small.starts_with("HTTP/1.0 405"), "{small}");
+        let announced = get(
+            address,
+            "POST /scrub HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n",
+        );
+        assert!(announced.starts_with("HTTP/1.1 413"), "{announced}");
+        let chunk = "x".repeat(MAX_BODY_BYTES + 1);
+        let chunked = get(
+            address,
+            &format!(
+                "POST /scrub HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
+                chunk.len()
+            ),
+        );
+        assert!(chunked.starts_with("HTTP/1.1 413"), "{chunked}");
+    }
+
+    /// A client that sends part of a request head and stalls (slowloris), or sits idle on a
+    /// kept-alive connection, is disconnected after the header timeout, while the others are
+    /// served.
+    #[test]
+    fn a_stalled_request_head_is_cut_off_and_others_are_served() {
+        // The connection timeout far away, so only the header timeout can close them in time.
+        let limits = Limits {
+            connection_timeout: Duration::from_secs(30),
+            ..quick()
+        };
+        let server = server(limits);
+        let address = server.address();
+        let start = Instant::now();
+        let mut stalled = connect(address);
+        stalled
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .unwrap();
+        let mut idle = connect(address);
+        idle.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut silent = connect(address);
+        // Served meanwhile.
+        for _ in 0..3 {
+            assert!(get(address, "GET /metrics HTTP/1.0\r\n\r\n").ends_with("up 1\n"));
+        }
+        let (_, read) = until_closed(&mut stalled);
+        assert!(read.is_empty(), "{}", String::from_utf8_lossy(&read));
+        let (_, read) = until_closed(&mut idle);
+        let read = String::from_utf8(read).unwrap();
+        assert!(
+            read.starts_with("HTTP/1.1 200 OK") && read.ends_with("up 1\n"),
+            "answered, then closed when idle: {read}"
+        );
+        let (_, read) = until_closed(&mut silent);
+        assert!(read.is_empty());
+        let waited = start.elapsed();
+        assert!(
+            waited >= limits.header_read_timeout && waited < Duration::from_secs(5),
+            "all closed after {waited:?}"
+        );
+        assert!(get(address, "GET /metrics HTTP/1.0\r\n\r\n").ends_with("up 1\n"));
+    }
+
+    /// A request head over the cap is refused with 431 and the connection closed; one that
+    /// goes on for ever is cut off at the cap (the server buffers no more of it).
+    #[test]
+    fn an_oversized_request_head_is_refused() {
+        let limits = Limits::default();
+        let server = server(limits);
+        let address = server.address();
+        // Exactly the cap and no end of head: the server reads it all, so its close is clean.
+        let mut head = String::from("GET /metrics HTTP/1.1\r\nHost: x\r\n");
+        while head.len() < limits.max_head_bytes {
+            head.push_str("X-Filler: yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy\r\n");
+        }
+        head.truncate(limits.max_head_bytes);
+        let answer = get(address, &head);
+        assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+        // Too many headers, well under the byte cap.
+        let many = "X-A: b\r\n".repeat(200);
+        let answer = get(address, &format!("GET /metrics HTTP/1.1\r\n{many}\r\n"));
+        assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+        // An endless head: the server closes (or resets) once it has the cap, long before the
+        // writer is done.
+        let mut endless = connect(address);
+        let writer = {
+            let mut endless = endless.try_clone().unwrap();
+            std::thread::spawn(move || {
+                let line = b"X-Filler: yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy\r\n";
+                let mut sent = endless.write_all(b"GET / HTTP/1.1\r\n").map(|()| 0);
+                while let Ok(bytes) = sent {
+                    if bytes >= 256 << 20 {
+                        break;
+                    }
+                    sent = endless.write_all(line).map(|()| bytes + line.len());
+                }
+                sent
+            })
+        };
+        let _ = until_closed(&mut endless);
+        let sent = writer.join().unwrap();
+        assert!(
+            sent.is_err(),
+            "the server took 256 MiB of request head: {sent:?}"
+        );
+        assert!(get(address, "GET /metrics HTTP/1.0\r\n\r\n").ends_with("up 1\n"));
+    }
+
     /// A client that asks and never reads a large answer holds neither the next client nor the
     /// server's shutdown, and is cut off after the connection timeout.
     #[test]
@@ -424,5 +538,44 @@ mod tests {
         );
         let (_, read) = until_closed(&mut stuck);
         assert!(read.len() < 64 << 20);
+    }
+
+    /// Beyond `max_connections`, a client waits for a slot (here freed by the header timeout).
+    #[test]
+    fn connections_beyond_the_cap_wait_for_a_slot() {
+        let limits = Limits {
+            max_connections: 2,
+            ..quick()
+        };
+        let server = server(limits);
+        let address = server.address();
+        let held: Vec<TcpStream> = (0..2).map(|_| connect(address)).collect();
+        std::thread::sleep(Duration::from_millis(50));
+        let start = Instant::now();
+        assert!(get(address, "GET /metrics HTTP/1.0\r\n\r\n").ends_with("up 1\n"));
+        let waited = start.elapsed();
+        assert!(
+            waited >= limits.header_read_timeout / 2 && waited < limits.connection_timeout,
+            "served after {waited:?}"
+        );
+        drop(held);
+    }
+
+    /// Servers start and stop promptly, with connections open or not.
+    #[test]
+    fn servers_stop_promptly() {
+        let start = Instant::now();
+        for _ in 0..50 {
+            let server = server(Limits::default());
+            let _open = connect(server.address());
+            let mut half = connect(server.address());
+            half.write_all(b"GET /metrics HTTP/1.1\r\n").unwrap();
+            drop(server);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            start.elapsed()
+        );
     }
 }
