@@ -149,7 +149,7 @@ fn with_summary(mut status: Value, now: u64) -> Value {
         "rebuild_done_bytes": done,
         "rebuild_total_bytes": total,
         "rebuild_percent": rebuild_percent,
-        "scrub_running": status["scrub"]["running"].as_bool().unwrap_or(false),
+        "scrub_running": u8::from(status["scrub"]["running"].as_bool().unwrap_or(false)),
         "last_scrub_finished_unix_secs": finished.unwrap_or(0),
         // -1: the pool was never scrubbed.
         "last_scrub_age_secs": finished.map_or(-1, |f| i64::try_from(now.saturating_sub(f)).unwrap_or(i64::MAX)),
