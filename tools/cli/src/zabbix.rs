@@ -129,17 +129,16 @@ fn with_summary(mut status: Value, now: u64) -> Value {
     let rebuilds = status["rebuilds"].as_array().cloned().unwrap_or_default();
     let sum = |field: &str| -> u64 { rebuilds.iter().filter_map(|r| r[field].as_u64()).sum() };
     let (done, total) = (sum("done_bytes"), sum("total_bytes"));
-    let rebuild_percent = if rebuilds.is_empty() || total == 0 {
-        if rebuilds.is_empty() {
-            100.0
-        } else {
-            0.0
+    // 100 when nothing is being rebuilt; two decimals.
+    let rebuild_percent = match (rebuilds.is_empty(), total) {
+        (true, _) => 100.0,
+        (false, 0) => 0.0,
+        (false, total) => {
+            // Display only: precision lost above 2^53 bytes does not matter.
+            #[allow(clippy::cast_precision_loss)]
+            let percent = 100.0 * done as f64 / total as f64;
+            (percent * 100.0).round() / 100.0
         }
-    } else {
-        // Display only: precision loss above 2^53 bytes is irrelevant.
-        #[allow(clippy::cast_precision_loss)]
-        let percent = 100.0 * done as f64 / total as f64;
-        (percent * 100.0).round() / 100.0
     };
     let last = &status["last_scrub"];
     let finished = last["finished_unix_secs"].as_u64();
