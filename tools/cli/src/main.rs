@@ -17,6 +17,7 @@ mod remote;
 mod scrub;
 mod serve;
 mod simulate;
+mod zabbix;
 
 use clap::{Parser, Subcommand};
 use std::io::{Read, Write};
@@ -102,6 +103,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Zabbix agent UserParameters: `discovery` (low-level discovery of the devices) and
+    /// `status` (the status JSON for dependent items); see tools/zabbix/.
+    Zabbix(zabbix::ZabbixArgs),
     /// Write stdin (or --input) to the volume at --offset, then flush.
     Write {
         /// One or more member paths.
@@ -427,6 +431,7 @@ fn execute(command: Command) -> CliResult {
             Ok(())
         }
         Command::Status { pool, json, .. } => status(&pool, json),
+        Command::Zabbix(args) => zabbix::run(&args),
         Command::Write {
             pool,
             offset,
