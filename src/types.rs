@@ -50,30 +50,67 @@ pub fn round_up(value: u64, align: u64) -> u64 {
     value.div_ceil(align) * align
 }
 
-/// Parse a size such as `64M`, `1GiB`, `4096`, `16k`.
+/// The size suffixes [`parse_size`] accepts, as said in its errors and the command's help.
+pub const SIZE_UNITS: &str = "a plain number of bytes, or a number with a suffix K, M, G or T \
+(optionally followed by i, B or iB, any case; all binary: K = 1024, M = 1024 K, ...); \
+a decimal fraction is taken if it makes a whole number of bytes (1.5G, 0.5K)";
+
+/// Parse a size such as `64M`, `1GiB`, `4096`, `16k`, `1.5G`. Every suffix is binary
+/// (K = 1024, `64mb` = 64 MiB); see [`SIZE_UNITS`].
 ///
 /// # Errors
-/// Returns a message naming the input when it is not a number with an optional binary suffix.
+/// Returns a message naming the input when it is not a number with an optional binary suffix,
+/// naming the accepted suffixes when the suffix is unknown, and refusing a fraction that is
+/// not a whole number of bytes or a size past `u64`.
 pub fn parse_size(input: &str) -> std::result::Result<u64, String> {
     let text = input.trim();
     let split = text
-        .find(|c: char| !c.is_ascii_digit())
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(text.len());
-    let (digits, suffix) = text.split_at(split);
-    let number: u64 = digits
-        .parse()
-        .map_err(|_| format!("invalid size {input:?}: expected a number like 64M or 1G"))?;
+    let (number, suffix) = text.split_at(split);
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() && fraction.is_empty() || fraction.contains('.') {
+        return Err(format!(
+            "invalid size {input:?}: expected a number like 64M, 1.5G or 4096"
+        ));
+    }
     let multiplier: u64 = match suffix.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        "t" | "tb" | "tib" => 1 << 40,
-        other => return Err(format!("invalid size {input:?}: unknown suffix {other:?}")),
+        "k" | "kb" | "ki" | "kib" => 1 << 10,
+        "m" | "mb" | "mi" | "mib" => 1 << 20,
+        "g" | "gb" | "gi" | "gib" => 1 << 30,
+        "t" | "tb" | "ti" | "tib" => 1 << 40,
+        other => {
+            return Err(format!(
+                "invalid size {input:?}: unknown suffix {other:?}; accepted: K, M, G, T, optionally followed by i, B or iB (binary: K = 1024), e.g. 64M, 1.5GiB, 4096"
+            ))
+        }
     };
-    number
-        .checked_mul(multiplier)
-        .ok_or_else(|| format!("invalid size {input:?}: too large"))
+    let too_large = || format!("invalid size {input:?}: too large");
+    let whole: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| too_large())?
+    };
+    let mut bytes = whole.checked_mul(multiplier).ok_or_else(too_large)?;
+    if !fraction.is_empty() {
+        // fraction / 10^digits of the multiplier, exactly: at most 19 digits keep 10^digits
+        // in u64, and u128 keeps the product.
+        if fraction.len() > 19 {
+            return Err(format!("invalid size {input:?}: too many decimal digits"));
+        }
+        let digits: u128 = fraction.parse().map_err(|_| too_large())?;
+        let scale = 10u128.pow(u32::try_from(fraction.len()).map_err(|_| too_large())?);
+        let part = digits * u128::from(multiplier);
+        if !part.is_multiple_of(scale) {
+            return Err(format!(
+                "invalid size {input:?}: not a whole number of bytes"
+            ));
+        }
+        let part = u64::try_from(part / scale).map_err(|_| too_large())?;
+        bytes = bytes.checked_add(part).ok_or_else(too_large)?;
+    }
+    Ok(bytes)
 }
 
 /// Human-readable binary size (`1.5 GiB`).
@@ -164,5 +201,33 @@ mod tests {
         assert!(parse_size("12Q").is_err());
         assert!(parse_size("").is_err());
         assert!(parse_size("99999999999999999999T").is_err());
+    }
+
+    #[test]
+    fn decimal_sizes_and_binary_suffixes() {
+        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
+        assert_eq!(parse_size("1.5GiB"), Ok(3 << 29));
+        assert_eq!(parse_size("0.5K"), Ok(512));
+        assert_eq!(parse_size(".5k"), Ok(512));
+        assert_eq!(parse_size("2.0M"), Ok(2 << 20));
+        assert_eq!(parse_size("2."), Ok(2));
+        assert_eq!(parse_size("64mb"), Ok(64 << 20), "every suffix is binary");
+        assert_eq!(parse_size("64Mi"), Ok(64 << 20));
+        assert_eq!(parse_size("1T"), Ok(1 << 40));
+        assert_eq!(parse_size("10 MiB"), Ok(10 << 20));
+        for bad in ["1.3K", "0.1", "1.5"] {
+            let err = parse_size(bad).unwrap_err();
+            assert!(err.contains("whole number of bytes"), "{bad}: {err}");
+        }
+        for bad in [".", "1.2.3M", "M", "-1M", "1e3"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+        let err = parse_size("64Q").unwrap_err();
+        assert!(
+            err.contains("unknown suffix \"q\"") && err.contains("K, M, G, T"),
+            "{err}"
+        );
+        assert!(parse_size("16777216.5T").is_err(), "past u64");
+        assert!(parse_size("0.99999999999999999999G").is_err());
     }
 }

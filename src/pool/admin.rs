@@ -213,6 +213,43 @@ impl Pool {
         Ok(())
     }
 
+    /// Remove spare `name` (its recorded path or UUID) from the pool: the superblocks stop
+    /// listing it. Its own label is left as it is (wipe it with `labelclear`); the next open
+    /// sees it as a former device of this pool and leaves it out.
+    ///
+    /// # Errors
+    /// [`Error::Busy`] if a rebuild is filling that spare (it is no longer a spare but a
+    /// replacement; wait for it, or replace the member again); [`Error::NotInPool`] if the pool
+    /// has no such spare; [`Error::ReadOnly`] on a read-only open; the superblock write's error
+    /// (the spare is then kept).
+    pub fn remove_spare(&self, name: &str) -> Result<()> {
+        self.inner.writable("spare remove")?;
+        let named =
+            |identity: &Identity| identity.path == name || identity.uuid.to_string() == name;
+        let Some((position, spare)) = self.inner.members.remove_spare_by(named) else {
+            let rebuilding = self.inner.members.data.iter().find(|member| {
+                member
+                    .replacement()
+                    .is_some_and(|r| r.from_spare && named(&r.identity))
+            });
+            return Err(match rebuilding {
+                Some(member) => Error::Busy(format!(
+                    "spare {name} is being rebuilt onto for data position {}; it can be removed once it is no longer in use",
+                    member.index.0
+                )),
+                None => Error::NotInPool {
+                    name: name.to_string(),
+                    role: "spare",
+                },
+            });
+        };
+        if let Err(err) = self.inner.members.write_superblocks() {
+            self.inner.members.restore_spare(position, spare);
+            return Err(err);
+        }
+        Ok(())
+    }
+
     /// Attach an available spare to every faulted position that has none yet (what
     /// auto-replace does on its own).
     pub fn attach_spares(&self) {
@@ -396,4 +433,87 @@ pub enum ClearedState {
     },
     /// Taken offline on purpose: `online` brings it back.
     StillOffline,
+}
+
+#[cfg(test)]
+mod spare_remove_tests {
+    use crate::device::{MemDevice, SharedDevice};
+    use crate::error::Error;
+    use crate::testing::{mem_devices, shared};
+    use crate::{CreateOptions, OpenOptions, Pool};
+    use std::sync::Arc;
+
+    const DEVICE_BYTES: u64 = 4 << 20;
+
+    fn pool_with_spares() -> (Vec<Arc<MemDevice>>, Vec<Arc<MemDevice>>, Pool) {
+        let mems = mem_devices(2, DEVICE_BYTES);
+        let spares: Vec<Arc<MemDevice>> = ["spare-a", "spare-b"]
+            .iter()
+            .map(|name| Arc::new(MemDevice::new(*name, DEVICE_BYTES)))
+            .collect();
+        let mut options = CreateOptions::new("mirror:2".parse().unwrap());
+        options.chunk_bytes = 4096;
+        let pool = Pool::create(shared(&mems), shared(&spares), &options).unwrap();
+        (mems, spares, pool)
+    }
+
+    #[test]
+    fn a_removed_spare_is_no_longer_listed_even_after_reopening() {
+        let (mems, spares, pool) = pool_with_spares();
+        pool.write_at(0, &[7u8; 8192]).unwrap();
+        let uuid = pool.status().spares[1].uuid.clone();
+        pool.remove_spare("spare-a").unwrap();
+        pool.remove_spare(&uuid).unwrap();
+        assert!(pool.status().spares.is_empty(), "{}", pool.status());
+        pool.close().unwrap();
+        let devices: Vec<SharedDevice> = shared(&mems).into_iter().chain(shared(&spares)).collect();
+        let pool = Pool::open(devices, &OpenOptions::default()).unwrap();
+        assert!(pool.status().spares.is_empty(), "{}", pool.status());
+        let mut back = [0u8; 8192];
+        pool.read_at(0, &mut back).unwrap();
+        assert_eq!(back, [7u8; 8192]);
+        pool.close().unwrap();
+    }
+
+    #[test]
+    fn an_unknown_spare_or_a_data_member_is_not_in_pool() {
+        let (_mems, _spares, pool) = pool_with_spares();
+        for name in ["nonexistent", "mem0", "0"] {
+            let err = pool.remove_spare(name).unwrap_err();
+            assert!(matches!(err, Error::NotInPool { .. }), "{name}: {err}");
+        }
+        assert_eq!(pool.status().spares.len(), 2);
+        pool.close().unwrap();
+    }
+
+    #[test]
+    fn a_spare_being_rebuilt_onto_is_busy() {
+        let (_mems, _spares, pool) = pool_with_spares();
+        pool.write_at(0, &[1u8; 65536]).unwrap();
+        pool.replace_with_spare("mem1", "spare-a").unwrap();
+        let err = pool.remove_spare("spare-a").unwrap_err();
+        assert!(matches!(err, Error::Busy(_)), "{err}");
+        // The other spare is still free to go.
+        pool.remove_spare("spare-b").unwrap();
+        pool.run_rebuilds(|_| {}).unwrap();
+        // Once swapped in it is a data member, not a spare.
+        let err = pool.remove_spare("spare-a").unwrap_err();
+        assert!(matches!(err, Error::NotInPool { .. }), "{err}");
+        pool.close().unwrap();
+    }
+
+    #[test]
+    fn a_read_only_open_refuses() {
+        let (mems, spares, pool) = pool_with_spares();
+        pool.close().unwrap();
+        let devices: Vec<SharedDevice> = shared(&mems).into_iter().chain(shared(&spares)).collect();
+        let options = OpenOptions {
+            read_only: true,
+            ..OpenOptions::default()
+        };
+        let pool = Pool::open(devices, &options).unwrap();
+        let err = pool.remove_spare("spare-a").unwrap_err();
+        assert!(matches!(err, Error::ReadOnly { .. }), "{err}");
+        pool.close().unwrap();
+    }
 }

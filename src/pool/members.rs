@@ -400,6 +400,24 @@ impl Members {
         Some((spare.identity, spare.device?))
     }
 
+    /// Take the spare with this identity out of the spare list, usable or not (a faulted
+    /// spare can be removed too), keeping its place so it can be put back there.
+    pub(crate) fn remove_spare_by(
+        &self,
+        matches: impl Fn(&Identity) -> bool,
+    ) -> Option<(usize, Spare)> {
+        let mut spares = self.spares.lock();
+        let position = spares.iter().position(|s| matches(&s.identity))?;
+        Some((position, spares.remove(position)))
+    }
+
+    /// Put a spare back at `position` of the list (undoing [`Members::remove_spare_by`]).
+    pub(crate) fn restore_spare(&self, position: usize, spare: Spare) {
+        let mut spares = self.spares.lock();
+        let position = position.min(spares.len());
+        spares.insert(position, spare);
+    }
+
     /// Add a spare (already labelled) to the list.
     pub(crate) fn push_spare(&self, spare: Spare) {
         self.spares.lock().push(spare);

@@ -35,6 +35,7 @@ pub use members::{
     DeviceFault, ErrorCounters, ErrorKind, FaultPolicy, Identity, MemberDevice, Members,
     Replacement, Spare,
 };
+pub use open::{clear_label, read_label};
 #[cfg(feature = "testing")]
 pub use planted::PlantedBugs;
 pub use requests::{Request, RequestMetrics};

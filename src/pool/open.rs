@@ -60,6 +60,56 @@ pub(super) fn superblock_owner(device: &dyn Device) -> Option<String> {
     })
 }
 
+/// The stripestore label of a device (its newest valid superblock copy), for tools that look at
+/// a device on its own (`labelclear`): `Ok(None)` if it carries no stripestore superblock at
+/// all.
+///
+/// # Errors
+/// [`Error::NotAMember`] if a superblock is there but no copy can be read (damaged, or from a
+/// newer format).
+pub fn read_label(device: &dyn Device) -> Result<Option<Superblock>> {
+    match read_superblock(device) {
+        Ok(superblock) => Ok(Some(superblock)),
+        Err(reason) => match superblock_owner(device) {
+            Some(_) => Err(Error::NotAMember {
+                device: device.name(),
+                reason,
+            }),
+            None => Ok(None),
+        },
+    }
+}
+
+/// Wipe both stripestore superblock copies of a device (at byte 0 and in its last 64 KiB) with
+/// zeros, then flush: the device no longer names any pool, and `create` or `spare add` take it
+/// without force. Nothing else on the device is touched. Whether the device may be wiped (it
+/// must not be a member in service) is the caller's decision.
+///
+/// # Errors
+/// [`Error::Io`] if a write or the flush fails; [`Error::DeviceTooSmall`] for a device too
+/// small to hold the two copies.
+pub fn clear_label(device: &dyn Device) -> Result<()> {
+    if device.size() < 2 * SUPERBLOCK_BYTES {
+        return Err(Error::DeviceTooSmall {
+            device: device.name(),
+            size: device.size(),
+            needed: 2 * SUPERBLOCK_BYTES,
+        });
+    }
+    let zeros = vec![0u8; usize::try_from(SUPERBLOCK_BYTES).unwrap_or(0)];
+    let io = |offset: Option<u64>| {
+        move |err: crate::device::DeviceError| Error::Io {
+            device: device.name(),
+            offset,
+            source: err.into_io(),
+        }
+    };
+    for offset in [0, superblock_b_offset(device)] {
+        device.write_at(offset, &zeros).map_err(io(Some(offset)))?;
+    }
+    device.flush().map_err(io(None))
+}
+
 use crate::types::now_unix_secs;
 
 fn new_inner(
@@ -774,4 +824,41 @@ fn recover_map(
             next_checkpoint,
         },
     ))
+}
+
+#[cfg(test)]
+mod label_tests {
+    use super::{clear_label, read_label, superblock_owner};
+    use crate::device::SharedDevice;
+    use crate::testing::{mem_devices, shared};
+    use crate::{CreateOptions, Pool};
+
+    #[test]
+    fn a_cleared_label_is_gone_from_both_copies_and_nothing_else_changes() {
+        let mems = mem_devices(2, 4 << 20);
+        let mut options = CreateOptions::new("mirror:2".parse().unwrap());
+        options.chunk_bytes = 4096;
+        let pool = Pool::create(shared(&mems), vec![], &options).unwrap();
+        pool.write_at(0, &[9u8; 65536]).unwrap();
+        let uuid = pool.status().pool;
+        pool.close().unwrap();
+        let device: SharedDevice = mems[1].clone();
+        let label = read_label(device.as_ref()).unwrap().unwrap();
+        assert_eq!(label.pool_uuid.to_string(), uuid);
+        let mut before = vec![0u8; usize::try_from(device.size()).unwrap()];
+        device.read_at(0, &mut before).unwrap();
+        clear_label(device.as_ref()).unwrap();
+        assert!(read_label(device.as_ref()).unwrap().is_none());
+        assert!(superblock_owner(device.as_ref()).is_none());
+        let mut after = vec![0u8; before.len()];
+        device.read_at(0, &mut after).unwrap();
+        let b = usize::try_from(super::superblock_b_offset(device.as_ref())).unwrap();
+        let sb = usize::try_from(crate::geometry::SUPERBLOCK_BYTES).unwrap();
+        assert!(after[..sb].iter().all(|&x| x == 0));
+        assert!(after[b..].iter().all(|&x| x == 0));
+        assert_eq!(before[sb..b], after[sb..b], "only the two copies are wiped");
+        // A device without a label reads as none.
+        let blank = mem_devices(1, 1 << 20);
+        assert!(read_label(blank[0].as_ref()).unwrap().is_none());
+    }
 }

@@ -51,8 +51,9 @@ pub struct BenchArgs {
     #[arg(long)]
     pub dir: Option<PathBuf>,
     /// Use these devices instead of files (each layout uses as many as it needs plus one
-    /// spare). THEIR CONTENTS ARE DESTROYED.
-    #[arg(long = "device")]
+    /// spare). THEIR CONTENTS ARE DESTROYED. Several per flag (`--device A B C`) or the flag
+    /// repeated.
+    #[arg(long = "device", value_name = "PATH", num_args = 1..)]
     pub devices: Vec<PathBuf>,
     /// Required with --device: confirms that their contents may be destroyed.
     #[arg(long, requires = "devices")]

@@ -33,7 +33,8 @@ pub use progress::Progress;
 #[command(
     name = "stripestore",
     version,
-    about = "Redundant block storage: mirror and Reed-Solomon striping with checksummed, self-healing reads"
+    about = "Redundant block storage: mirror and Reed-Solomon striping with checksummed, self-healing reads",
+    after_long_help = "Sizes (--device-size, --offset, --length, rates ...): a plain number of bytes, or a number with a suffix K, M, G or T, optionally followed by i, B or iB, in any case. Every suffix is binary: K = 1024, 64M = 64mb = 64MiB. A decimal fraction is taken when it makes a whole number of bytes: 1.5G, 0.5K."
 )]
 struct Cli {
     /// Open a pool even when members are missing and the ones present cannot prove they hold
@@ -60,6 +61,23 @@ enum SpareAction {
         #[arg(long)]
         force: bool,
     },
+    /// Remove a spare from the pool (refused while a rebuild is filling it). Its own label is
+    /// left; wipe it with `labelclear` to use the device elsewhere without --force.
+    Remove {
+        /// One or more member paths.
+        #[arg(required = true)]
+        pool: Vec<PathBuf>,
+        /// The spare: its path or UUID.
+        spare: String,
+    },
+}
+
+/// Shells `completions` can write a script for.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Subcommand, Debug)]
@@ -177,6 +195,9 @@ enum Command {
         /// WARNING when the last scrub is older than this many days (or there was none).
         #[arg(long)]
         scrub_max_age_days: Option<u64>,
+        /// The same verdict as one JSON object on stdout (the exit code is unchanged).
+        #[arg(long)]
+        json: bool,
     },
     /// Prometheus metrics (text exposition format): printed once, or served over HTTP with
     /// --listen.
@@ -253,6 +274,16 @@ enum Command {
         #[arg(long, value_parser = parse_size)]
         rebuild_rate: Option<u64>,
     },
+    /// Wipe the stripestore label (both superblock copies) of a device that is no longer a
+    /// member of its pool: a replaced or detached member, a removed spare. Refused for a device
+    /// its pool still uses, or whose pool cannot be opened to tell, unless --force.
+    Labelclear {
+        /// The device (or file).
+        device: PathBuf,
+        /// Wipe it even if its pool still uses it or cannot be opened to tell.
+        #[arg(long)]
+        force: bool,
+    },
     /// Manage spares.
     Spare {
         #[command(subcommand)]
@@ -283,6 +314,15 @@ enum Command {
     /// Export a pool over NBD (nbdinfo, qemu, nbdcopy, nbdfuse, fio, nbd-client) until SIGINT
     /// or SIGTERM; then finish requests in flight, flush and close.
     Serve(serve::ServeArgs),
+    /// Print a shell completion script (e.g. `stripestore completions bash >
+    /// /etc/bash_completion.d/stripestore`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Print the manual page (roff; e.g. `stripestore man | man -l -`).
+    Man,
     /// Run the whole story on temporary files: create, write, lose a device, read back,
     /// corrupt blocks, heal, report.
     Demo {
@@ -432,6 +472,9 @@ fn execute(command: Command) -> CliResult {
         }
         Command::Status { pool, json, .. } => status(&pool, json),
         Command::Zabbix(args) => zabbix::run(&args),
+        Command::Labelclear { device, force } => labelclear(&device, force),
+        Command::Completions { shell } => completions(shell),
+        Command::Man => man(),
         Command::Write {
             pool,
             offset,
@@ -467,7 +510,8 @@ fn execute(command: Command) -> CliResult {
             pool,
             url,
             scrub_max_age_days,
-        } => match monitor::check(&pool, url.as_deref(), scrub_max_age_days) {
+            json,
+        } => match monitor::check(&pool, url.as_deref(), scrub_max_age_days, json) {
             monitor::Level::Ok => Ok(()),
             level => Err(Box::new(Exit(level as u8))),
         },
@@ -501,6 +545,9 @@ fn execute(command: Command) -> CliResult {
                     force,
                 },
         } => spare_add(&pool, &device, force),
+        Command::Spare {
+            action: SpareAction::Remove { pool, spare },
+        } => spare_remove(&pool, &spare),
         Command::Rebuild { pool, rebuild_rate } => rebuild(&pool, rebuild_rate),
         Command::Bench(args) => bench_pool::run(&args),
         Command::BenchRebuild(b) => {
@@ -521,7 +568,19 @@ fn execute(command: Command) -> CliResult {
 
 /// `status` of a pool opened here (read-only).
 fn status(pool: &[PathBuf], json: bool) -> CliResult {
-    let pool = open_pool_to_look(pool)?;
+    let pool = match open_pool_to_look(pool) {
+        Ok(pool) => pool,
+        Err(err) if json => {
+            // Scripts asked for JSON: they get an object saying why, and the usual failure.
+            let report = serde_json::json!({
+                "error": { "kind": error_kind(&err), "message": err.to_string() }
+            });
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            eprintln!("stripestore: error: {err}");
+            return Err(Box::new(Exit(1)));
+        }
+        Err(err) => return Err(err.into()),
+    };
     let status = pool.status();
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
@@ -635,6 +694,7 @@ fn write(pool: &[PathBuf], offset: u64, input: Option<PathBuf>) -> CliResult {
     let pool = open_pool(pool)?;
     let mut buf = vec![0u8; 8 << 20];
     let mut written = 0u64;
+    let mut progress = long_transfer_progress("writing", length);
     loop {
         let n = read_full(&mut reader, &mut buf)?;
         if n == 0 {
@@ -642,6 +702,12 @@ fn write(pool: &[PathBuf], offset: u64, input: Option<PathBuf>) -> CliResult {
         }
         pool.write_at(offset + written, &buf[..n])?;
         written += n as u64;
+        if let Some(progress) = &mut progress {
+            progress.advance(n as u64);
+        }
+    }
+    if let Some(progress) = progress {
+        progress.finish();
     }
     pool.close()?;
     eprintln!("wrote {written} bytes at offset {offset} (flushed)");
@@ -661,15 +727,30 @@ fn read(pool: &[PathBuf], offset: u64, length: u64, output: Option<PathBuf>) -> 
     let piece = 8u64 << 20;
     let mut done = 0u64;
     let mut buf = vec![0u8; usize::try_from(piece.min(length))?];
+    let mut progress = long_transfer_progress("reading", length);
     while done < length {
         let n = usize::try_from(piece.min(length - done))?;
         pool.read_at(offset + done, &mut buf[..n])?;
         writer.write_all(&buf[..n])?;
         done += n as u64;
+        if let Some(progress) = &mut progress {
+            progress.advance(n as u64);
+        }
     }
     writer.flush()?;
+    if let Some(progress) = progress {
+        progress.finish();
+    }
     pool.close()?;
     Ok(())
+}
+
+/// A progress bar for a `read` or `write` of `length` bytes: only when stderr is a terminal
+/// and the transfer is long enough to be worth one (more than one 8 MiB piece); otherwise
+/// nothing is printed, as before.
+fn long_transfer_progress(label: &str, length: u64) -> Option<Progress> {
+    (std::io::IsTerminal::is_terminal(&std::io::stderr()) && length > 8 << 20)
+        .then(|| Progress::new(label, length))
 }
 
 /// `replace`: `old` by a spare of the pool, or by the device at `new`; then rebuild.
@@ -751,6 +832,162 @@ fn spare_add(pool: &[PathBuf], device: &Path, force: bool) -> CliResult {
     print!("{}", pool.status());
     pool.close()?;
     Ok(())
+}
+
+/// `spare remove`: the spare named `spare` (its path, as given or canonical, or its UUID) out
+/// of the pool.
+fn spare_remove(pool: &[PathBuf], spare: &str) -> CliResult {
+    let pool = open_pool(pool)?;
+    let target = canonical_path(Path::new(spare));
+    let recorded = pool
+        .status()
+        .spares
+        .into_iter()
+        .find(|s| {
+            s.uuid == spare || s.path == spare || canonical_path(Path::new(&s.path)) == target
+        })
+        .map_or_else(|| spare.to_string(), |s| s.uuid);
+    pool.remove_spare(&recorded)?;
+    eprintln!("{spare}: removed from the pool's spares (its label is left; `labelclear` wipes it)");
+    print!("{}", pool.status());
+    pool.close()?;
+    Ok(())
+}
+
+/// `labelclear`: wipe both superblock copies of `device`, unless its pool (opened read-only
+/// through the member paths its label records) still lists it as a member in service, a
+/// replacement being rebuilt or an available spare; or the pool cannot be opened to tell.
+/// `force` skips the check.
+fn labelclear(device: &Path, force: bool) -> CliResult {
+    let shown = device.display().to_string();
+    let label = {
+        let handle = open_device_for(device, Access::ReadOnly)?;
+        stripestore::pool::read_label(handle.as_ref())
+    };
+    let label = match label {
+        Ok(Some(label)) => Some(label),
+        Ok(None) => {
+            return Err(format!("{shown} holds no stripestore label; nothing to clear").into())
+        }
+        Err(err) if force => {
+            eprintln!("{shown}: {err}; wiping anyway (--force)");
+            None
+        }
+        Err(err) => {
+            return Err(format!(
+                "{err}; cannot tell whether its pool still uses it (use --force to wipe it anyway)"
+            )
+            .into())
+        }
+    };
+    if let (Some(label), false) = (&label, force) {
+        refuse_if_in_use(device, label)?;
+    }
+    let handle = open_device_for(device, Access::ReadWrite)?;
+    stripestore::pool::clear_label(handle.as_ref())?;
+    match &label {
+        Some(label) => eprintln!(
+            "{shown}: label of pool {} (device {}) cleared",
+            label.pool_uuid, label.device_uuid
+        ),
+        None => eprintln!("{shown}: label cleared"),
+    }
+    Ok(())
+}
+
+/// Refuse to clear the label of `device` if its pool, opened read-only through the members its
+/// label records, still uses it (or cannot be opened to tell).
+fn refuse_if_in_use(device: &Path, label: &stripestore::format::Superblock) -> CliResult {
+    let shown = device.display().to_string();
+    let own = canonical_path(device);
+    let mut paths: Vec<PathBuf> = label
+        .members
+        .iter()
+        .map(|m| PathBuf::from(&m.path))
+        .filter(|p| canonical_path(p) != own && p.exists())
+        .collect();
+    if paths.is_empty() {
+        paths.push(device.to_path_buf());
+    }
+    let pool = open_pool_to_look(&paths).map_err(|err| {
+        format!("{shown} belongs to pool {}, which cannot be opened to tell whether it still uses this device ({err}); use --force to wipe it anyway", label.pool_uuid)
+    })?;
+    let status = pool.status();
+    pool.close()?;
+    if status.pool != label.pool_uuid.to_string() {
+        return Err(format!("{shown} belongs to pool {}, but its recorded members now belong to pool {}; cannot tell whether it is in use (use --force to wipe it anyway)", label.pool_uuid, status.pool).into());
+    }
+    let uuid = label.device_uuid.to_string();
+    let role = status
+        .devices
+        .iter()
+        .find(|d| d.uuid == uuid && d.state != "FAULTED" && d.state != "OFFLINE")
+        .map(|d| match (d.index, &d.replacing) {
+            (Some(i), Some(_)) => format!("the replacement being rebuilt for data position {i}"),
+            (Some(i), None) => format!("a member in service (data position {i}, {})", d.state),
+            (None, _) => "a member in service".to_string(),
+        })
+        .or_else(|| {
+            status
+                .spares
+                .iter()
+                .any(|s| s.uuid == uuid)
+                .then(|| "a spare (remove it first with `spare remove`)".to_string())
+        })
+        .or_else(|| {
+            status
+                .devices
+                .iter()
+                .find(|d| d.uuid == uuid)
+                .map(|d| format!("a member out of service ({}; `replace` it first)", d.state))
+        });
+    match role {
+        Some(role) => Err(format!(
+            "{shown} is still {role} of pool {}; refusing to clear its label (use --force to wipe it anyway)",
+            status.pool
+        )
+        .into()),
+        None => Ok(()),
+    }
+}
+
+/// `completions`: a completion script for `shell`, generated from the command definitions.
+fn completions(shell: Shell) -> CliResult {
+    let mut command = <Cli as clap::CommandFactory>::command();
+    let name = command.get_name().to_string();
+    let mut out = std::io::stdout().lock();
+    match shell {
+        Shell::Bash => {
+            clap_complete::generate(clap_complete::Shell::Bash, &mut command, name, &mut out)
+        }
+        Shell::Zsh => {
+            clap_complete::generate(clap_complete::Shell::Zsh, &mut command, name, &mut out)
+        }
+        Shell::Fish => {
+            clap_complete::generate(clap_complete::Shell::Fish, &mut command, name, &mut out)
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// `man`: the manual page (roff), generated from the command definitions.
+fn man() -> CliResult {
+    let command = <Cli as clap::CommandFactory>::command();
+    let mut out = std::io::stdout().lock();
+    clap_mangen::Man::new(command).render(&mut out)?;
+    out.flush()?;
+    Ok(())
+}
+
+/// The name of a library error's variant (`PoolUnavailable`, `NotAMember` ...), for JSON.
+fn error_kind(err: &stripestore::Error) -> String {
+    let debug = format!("{err:?}");
+    debug
+        .split(|c: char| !c.is_alphanumeric() && c != '_')
+        .next()
+        .unwrap_or("Error")
+        .to_string()
 }
 
 /// `clear`: degraded members back to online; faulted ones resynced from their device (found at

@@ -30,37 +30,116 @@ impl Level {
     }
 }
 
+/// A check's verdict: the plugin state, the summary and what led to it.
+#[derive(Debug)]
+pub struct Verdict {
+    pub level: Level,
+    /// The status line's text before the performance data.
+    pub summary: String,
+    /// Every finding worth a warning or worse, the most severe first.
+    pub reasons: Vec<(Level, String)>,
+    /// Nagios performance data (`None` when the pool could not be looked at).
+    pub perfdata: Option<String>,
+    /// The pool's UUID, layout and health, when it could be looked at.
+    pub pool: Option<(String, String, String)>,
+}
+
+impl Verdict {
+    /// A verdict without a pool to look at (it could not be opened or asked).
+    fn cannot_look(level: Level, message: String) -> Self {
+        Self {
+            level,
+            summary: message.clone(),
+            reasons: vec![(level, message)],
+            perfdata: None,
+            pool: None,
+        }
+    }
+
+    /// The plugin's one line: `STRIPESTORE STATE - summary | perfdata`.
+    #[must_use]
+    pub fn line(&self) -> String {
+        match &self.perfdata {
+            Some(perfdata) => format!(
+                "STRIPESTORE {} - {} | {perfdata}",
+                self.level.name(),
+                self.summary
+            ),
+            None => format!("STRIPESTORE {} - {}", self.level.name(), self.summary),
+        }
+    }
+
+    /// The same verdict as JSON: `state` and `exit_code` are the plugin's, `summary` the
+    /// line's text, `reasons` each finding with its level.
+    #[must_use]
+    pub fn json(&self) -> serde_json::Value {
+        let (pool, layout, health) = match &self.pool {
+            Some((pool, layout, health)) => (Some(pool), Some(layout), Some(health)),
+            None => (None, None, None),
+        };
+        serde_json::json!({
+            "state": self.level.name(),
+            "exit_code": self.level as u8,
+            "summary": self.summary,
+            "reasons": self
+                .reasons
+                .iter()
+                .map(|(level, message)| serde_json::json!({ "level": level.name(), "message": message }))
+                .collect::<Vec<_>>(),
+            "perfdata": self.perfdata,
+            "pool": pool,
+            "layout": layout,
+            "health": health,
+        })
+    }
+}
+
 /// Run `check` on the pool at `pool`, or on the one served at `url`: print the status line
-/// and return the plugin state.
-pub fn check(pool: &[PathBuf], url: Option<&str>, scrub_max_age_days: Option<u64>) -> Level {
+/// (or, with `json`, the verdict as a JSON object) and return the plugin state.
+pub fn check(
+    pool: &[PathBuf],
+    url: Option<&str>,
+    scrub_max_age_days: Option<u64>,
+    json: bool,
+) -> Level {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let (level, line) = match url {
+    let verdict = match url {
         Some(url) => match super::remote::Endpoint::parse(url)
             .map_err(Into::into)
             .and_then(|e| e.status())
         {
             Ok(status) => judge(&status, now, scrub_max_age_days),
-            Err(err) => (
+            Err(err) => Verdict::cannot_look(
                 Level::Unknown,
                 format!("cannot ask the serving process: {err}"),
             ),
         },
         None => check_local(pool, now, scrub_max_age_days),
     };
-    println!("STRIPESTORE {} - {line}", level.name());
-    level
+    if json {
+        match serde_json::to_string_pretty(&verdict.json()) {
+            Ok(text) => println!("{text}"),
+            Err(err) => {
+                println!("{}", verdict.line());
+                eprintln!("stripestore: error: cannot encode the verdict as JSON: {err}");
+            }
+        }
+    } else {
+        println!("{}", verdict.line());
+    }
+    verdict.level
 }
 
 /// The verdict for a pool this process opens itself.
-fn check_local(pool: &[PathBuf], now: u64, scrub_max_age_days: Option<u64>) -> (Level, String) {
+fn check_local(pool: &[PathBuf], now: u64, scrub_max_age_days: Option<u64>) -> Verdict {
     match open_pool_to_look(pool) {
         Ok(pool) => {
             let status = pool.status();
             let verdict = judge(&status, now, scrub_max_age_days);
             if let Err(err) = pool.close() {
-                (
+                Verdict::cannot_look(
                     Level::Unknown,
                     format!("pool opened but could not be closed cleanly: {err}"),
                 )
@@ -77,17 +156,13 @@ fn check_local(pool: &[PathBuf], now: u64, scrub_max_age_days: Option<u64>) -> (
                 | stripestore::Error::Unrecoverable { .. } => Level::Critical,
                 _ => Level::Unknown,
             };
-            (level, format!("cannot open the pool: {err}"))
+            Verdict::cannot_look(level, format!("cannot open the pool: {err}"))
         }
     }
 }
 
-/// The plugin state and line (with performance data) for a status snapshot.
-pub fn judge(
-    status: &PoolStatus,
-    now_unix_secs: u64,
-    scrub_max_age_days: Option<u64>,
-) -> (Level, String) {
+/// The plugin state, summary and performance data for a status snapshot.
+pub fn judge(status: &PoolStatus, now_unix_secs: u64, scrub_max_age_days: Option<u64>) -> Verdict {
     let tally = Tally::of(status, now_unix_secs);
     let reasons = reasons(status, &tally, scrub_max_age_days);
     let level = reasons.iter().map(|(l, _)| *l).max().unwrap_or(Level::Ok);
@@ -100,7 +175,9 @@ pub fn judge(
         last_age,
         ..
     } = tally;
-    let summary = if reasons.is_empty() {
+    let mut sorted = reasons;
+    sorted.sort_by_key(|reason| std::cmp::Reverse(reason.0));
+    let summary = if sorted.is_empty() {
         format!(
             "{} {}: {online}/{members} devices online, survives {} more loss(es){}",
             status.layout,
@@ -113,15 +190,13 @@ pub fn judge(
             }
         )
     } else {
-        let mut sorted = reasons;
-        sorted.sort_by_key(|reason| std::cmp::Reverse(reason.0));
         format!(
             "{} {}: {}",
             status.layout,
             status.health,
             sorted
-                .into_iter()
-                .map(|(_, reason)| reason)
+                .iter()
+                .map(|(_, reason)| reason.as_str())
                 .collect::<Vec<_>>()
                 .join("; ")
         )
@@ -132,7 +207,17 @@ pub fn judge(
         status.tolerance,
         last_age.map_or_else(|| "U".to_string(), |a| a.to_string()),
     );
-    (level, format!("{summary} | {perfdata}"))
+    Verdict {
+        level,
+        summary,
+        reasons: sorted,
+        perfdata: Some(perfdata),
+        pool: Some((
+            status.pool.clone(),
+            status.layout.clone(),
+            status.health.to_string(),
+        )),
+    }
 }
 
 /// What the check counts in a status, before judging it.
