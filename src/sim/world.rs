@@ -285,6 +285,19 @@ impl<'a> World<'a> {
         (offset, usize::try_from(len).unwrap_or(1))
     }
 
+    /// Power goes off: the pool is dropped without closing, every disk loses what it had not
+    /// made durable (seeded per disk from `seed`), and the power-cut countdown is disarmed.
+    pub(super) fn power_cut(&mut self, seed: u64) {
+        if let Some(pool) = self.pool.take() {
+            pool.simulate_power_loss();
+        }
+        for (i, disk) in self.disks.iter().enumerate() {
+            disk.mem
+                .crash(seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9));
+        }
+        self.countdown.store(POWER_ON, Ordering::SeqCst);
+    }
+
     /// Close the pool (what it flushed is now the model's durable state) and open it again.
     fn reopen(&mut self) -> Check {
         let status = self.close_pool()?;
@@ -612,14 +625,7 @@ impl<'a> World<'a> {
                 self.write(offset, &data)?;
             }
         }
-        if let Some(pool) = self.pool.take() {
-            pool.simulate_power_loss();
-        }
-        for (i, disk) in self.disks.iter().enumerate() {
-            disk.mem
-                .crash(seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9));
-        }
-        self.countdown.store(POWER_ON, Ordering::SeqCst);
+        self.power_cut(seed);
         self.open(&status)?;
         self.check_after_crash()
     }

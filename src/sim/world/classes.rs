@@ -2,7 +2,7 @@
 //! the swap-in of a healthy replace, administration given devices it must refuse, opens with
 //! member lists in any order and subset, and read-only opens that must change no byte.
 
-use super::{Check, World, POWER_ON};
+use super::{Check, World};
 use crate::device::{Device, DeviceError, MemDevice, SharedDevice};
 use crate::error::Error;
 use crate::geometry::Layout;
@@ -603,14 +603,7 @@ impl World<'_> {
                 }
             }
         }
-        if let Some(pool) = self.pool.take() {
-            pool.simulate_power_loss();
-        }
-        for (i, disk) in self.disks.iter().enumerate() {
-            disk.mem
-                .crash(seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9));
-        }
-        self.countdown.store(POWER_ON, Ordering::SeqCst);
+        self.power_cut(seed);
         *self.stats.faults.entry("crash".into()).or_default() += 1;
         let mut candidates = self.open_candidates(Some(&status));
         if !self.disks[new].plan.lock().is_gone() {
