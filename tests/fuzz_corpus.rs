@@ -35,3 +35,8 @@ fn log_replay_seeds() {
 fn codec_roundtrip_seeds() {
     replay("codec_roundtrip", stripestore::fuzzing::codec_roundtrip);
 }
+
+#[test]
+fn meta_page_seeds() {
+    replay("meta_page", stripestore::fuzzing::meta_page);
+}

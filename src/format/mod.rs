@@ -5,6 +5,7 @@
 mod map;
 mod scrub;
 mod superblock;
+pub mod v4;
 
 pub use map::{
     decode_checkpoint, decode_log_record, encode_checkpoint, encode_log_record, log_record_bytes,
