@@ -196,6 +196,23 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A metadata page (format version 4) failed verification on every copy: exactly the keys
+    /// it covers are unreadable; nothing older is ever returned in its place.
+    #[error("metadata page {mpn} (tree {tree}, level {level}) is lost on every copy ({copies}): keys {first_key}..{} cannot be read", .first_key.saturating_add(*.keys))]
+    MetadataLost {
+        /// Tree id (0 = the map).
+        tree: u8,
+        /// Level of the page (1 = leaf).
+        level: u8,
+        /// First key the page covers.
+        first_key: u64,
+        /// Keys it covers.
+        keys: u64,
+        /// Its metadata page number.
+        mpn: u64,
+        /// What each copy's device said, in copy order.
+        copies: String,
+    },
     /// Two members claim the same superblock generation with different member states: each was
     /// written by a process that faulted the other. Neither can be trusted blindly.
     #[error("split brain: {device} and another member both claim superblock generation {generation} with different member states; open with only the devices you trust, forced (--force-degraded, or OpenOptions::force)")]

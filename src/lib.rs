@@ -31,6 +31,7 @@ pub mod format;
 pub mod fuzzing;
 pub mod geometry;
 pub(crate) mod maintenance;
+pub mod meta;
 pub mod nbd;
 pub(crate) mod parallel;
 pub mod pool;

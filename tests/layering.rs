@@ -25,6 +25,8 @@ fn ranks() -> BTreeMap<&'static str, u32> {
         ("device", 4),
         // shared interface of the maintenance work
         ("maintenance", 5),
+        // the metadata store of format version 4: verified page I/O and the page cache
+        ("meta", 5),
         // maintenance
         ("scrub", 6),
         ("rebuild", 6),

@@ -228,6 +228,59 @@ impl Geometry {
     }
 }
 
+/// Bytes of a metadata page of format version 4.
+pub const META_PAGE_BYTES: u64 = 16 * 1024;
+
+/// Where the copies of metadata pages live in a slot given to metadata (format version 4,
+/// docs/FORMAT.md V4.2): each page is `copies = tolerance + 1` whole copies on distinct members,
+/// never erasure-coded, so reading it is one 16 KiB device read.
+impl Geometry {
+    /// Copies of every metadata page: one more than the devices the layout may lose.
+    #[must_use]
+    pub fn metadata_copies(&self) -> usize {
+        self.tolerance() + 1
+    }
+
+    /// Metadata pages one slot holds (0 when the chunk is not a multiple of 16 KiB, which a
+    /// version-4 pool refuses at create).
+    #[must_use]
+    pub fn pages_per_slot(&self) -> u64 {
+        if !self.chunk_bytes.is_multiple_of(META_PAGE_BYTES) {
+            return 0;
+        }
+        (self.width() / self.metadata_copies()) as u64 * (self.chunk_bytes / META_PAGE_BYTES)
+    }
+
+    /// Metadata page numbers the data area can hold.
+    #[must_use]
+    pub fn metadata_pages(&self) -> u64 {
+        self.slots.saturating_mul(self.pages_per_slot())
+    }
+
+    /// Device and byte offset of every copy of metadata page `mpn`, copy 0 first, or `None`
+    /// when `mpn` is beyond the data area. Page `p` of slot `s` has copy `c` in shard
+    /// `(p div pages-per-chunk) * copies + c` at `(p mod pages-per-chunk) * 16 KiB` into it.
+    #[must_use]
+    pub fn page_copies(&self, mpn: u64) -> Option<Vec<(DeviceIndex, u64)>> {
+        let per_slot = self.pages_per_slot();
+        if per_slot == 0 || mpn >= self.metadata_pages() {
+            return None;
+        }
+        let (slot, page) = (mpn / per_slot, mpn % per_slot);
+        let per_chunk = self.chunk_bytes / META_PAGE_BYTES;
+        let copies = self.metadata_copies() as u64;
+        Some(
+            (0..copies)
+                .map(|copy| {
+                    let shard = usize::try_from((page / per_chunk) * copies + copy).unwrap_or(0);
+                    let (device, offset) = self.shard_location(SlotId(slot), ShardIndex(shard));
+                    (device, offset + (page % per_chunk) * META_PAGE_BYTES)
+                })
+                .collect(),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,5 +357,53 @@ mod tests {
         let geometry = Geometry::new(rs, 6, 16384, 4096, 8 << 20).unwrap();
         assert_eq!(geometry.crcs_per_entry(), 24);
         assert_eq!(geometry.entry_bytes(), 16 + 4 * 24);
+    }
+    #[test]
+    fn metadata_page_copies_are_on_distinct_devices_and_never_overlap() {
+        let mut layouts = all_layouts();
+        layouts.extend([
+            ("raid10:3".parse().unwrap(), 6),
+            ("raid10:4".parse().unwrap(), 8),
+            ("rs:4+2".parse().unwrap(), 9),
+        ]);
+        for (layout, devices) in layouts {
+            for chunk in [16384, 32768] {
+                let geometry = Geometry::new(layout, devices, chunk, 4096, 16 << 20).unwrap();
+                let copies = geometry.metadata_copies();
+                assert_eq!(copies, geometry.tolerance() + 1);
+                assert!(
+                    geometry.pages_per_slot() >= 1,
+                    "{layout}: no page fits a slot"
+                );
+                let mut places = HashSet::new();
+                for mpn in 0..geometry.metadata_pages() {
+                    let found = geometry.page_copies(mpn).unwrap();
+                    assert_eq!(found.len(), copies);
+                    let devices: HashSet<_> = found.iter().map(|(d, _)| *d).collect();
+                    assert_eq!(
+                        devices.len(),
+                        copies,
+                        "{layout} page {mpn}: a device holds two copies"
+                    );
+                    for (device, offset) in found {
+                        assert!(
+                            places.insert((device, offset)),
+                            "{layout}: two pages at one place"
+                        );
+                        assert!(offset >= geometry.data_offset);
+                        assert!(offset + META_PAGE_BYTES <= geometry.data_end());
+                    }
+                }
+                assert_eq!(geometry.page_copies(geometry.metadata_pages()), None);
+            }
+        }
+        let rs42 = Geometry::new("rs:4+2".parse().unwrap(), 6, 16384, 4096, 16 << 20).unwrap();
+        assert_eq!((rs42.metadata_copies(), rs42.pages_per_slot()), (3, 2));
+        let rs83 = Geometry::new("rs:8+3".parse().unwrap(), 11, 16384, 4096, 16 << 20).unwrap();
+        assert_eq!((rs83.metadata_copies(), rs83.pages_per_slot()), (4, 2));
+        let mirror = Geometry::new("mirror:3".parse().unwrap(), 3, 16384, 4096, 16 << 20).unwrap();
+        assert_eq!((mirror.metadata_copies(), mirror.pages_per_slot()), (3, 1));
+        let small = Geometry::new("rs:4+2".parse().unwrap(), 6, 4096, 4096, 16 << 20).unwrap();
+        assert_eq!((small.pages_per_slot(), small.page_copies(0)), (0, None));
     }
 }

@@ -1,0 +1,434 @@
+//! The page cache: every metadata page held in memory — clean (a verified copy of what is on
+//! disk), dirty (changed since the last tree sync) and frozen (being written by a sync) — counted
+//! against one byte cap (docs/FORMAT.md, V4.7, V4.9).
+//!
+//! Only clean pages are evicted, by CLOCK (a page used since the hand last passed gets a second
+//! chance). Dirty pages are limited separately: a writer that would dirty more than the dirty
+//! limit gets [`CacheFull`] and must wait for a sync, so clean pages always keep at least
+//! `cap - 2 × dirty limit`. Frozen pages are shared with the sync that writes them (`Arc`): a
+//! writer that changes a frozen page gets its own copy, which is dirty, while the sync keeps the
+//! frozen bytes until [`PageCache::release_frozen`].
+
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::Arc;
+
+use crate::format::v4::PAGE_BYTES;
+
+/// What a cached page is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageState {
+    /// The same bytes as the copy on disk its parent names.
+    Clean,
+    /// Changed since the last sync froze its pages.
+    Dirty,
+    /// Frozen by a sync in flight: written as it is, never changed in place.
+    Frozen,
+}
+
+/// Adding a dirty page would pass the dirty limit: wait for the sync in flight, then retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheFull;
+
+/// Counters of a cache (pages and events since it was made).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Clean pages held.
+    pub clean: usize,
+    /// Dirty pages held.
+    pub dirty: usize,
+    /// Frozen pages held by syncs (in the cache or only by the sync).
+    pub frozen: usize,
+    /// Lookups that found their page.
+    pub hits: u64,
+    /// Lookups that did not.
+    pub misses: u64,
+    /// Clean pages evicted to make room.
+    pub evictions: u64,
+    /// Clean pages not kept because nothing could be evicted.
+    pub refused: u64,
+}
+
+impl CacheStats {
+    /// Bytes of every page counted against the cap.
+    #[must_use]
+    pub fn bytes(&self) -> usize {
+        (self.clean + self.dirty + self.frozen) * PAGE_BYTES
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    page: Arc<Vec<u8>>,
+    state: PageState,
+    referenced: bool,
+    ring_at: usize,
+}
+
+#[derive(Debug)]
+struct Inner<K> {
+    entries: HashMap<K, Entry>,
+    ring: Vec<Option<K>>,
+    free_ring: Vec<usize>,
+    hand: usize,
+    stats: CacheStats,
+}
+
+/// A capped cache of metadata pages keyed by `K` (the trees key pages by where they are in the
+/// tree).
+#[derive(Debug)]
+pub struct PageCache<K> {
+    cap_pages: usize,
+    dirty_limit: usize,
+    inner: Mutex<Inner<K>>,
+}
+
+impl<K: Hash + Eq + Copy> PageCache<K> {
+    /// A cache of at most `cap_bytes` of pages (at least 4 pages), of which at most a quarter
+    /// may be dirty (and as much again frozen).
+    #[must_use]
+    pub fn new(cap_bytes: usize) -> Self {
+        let cap_pages = (cap_bytes / PAGE_BYTES).max(4);
+        Self {
+            cap_pages,
+            dirty_limit: (cap_pages / 4).max(1),
+            inner: Mutex::new(Inner {
+                entries: HashMap::new(),
+                ring: Vec::new(),
+                free_ring: Vec::new(),
+                hand: 0,
+                stats: CacheStats::default(),
+            }),
+        }
+    }
+
+    /// Pages the cache may hold.
+    #[must_use]
+    pub fn cap_pages(&self) -> usize {
+        self.cap_pages
+    }
+    /// Dirty pages a writer may make before waiting for a sync.
+    #[must_use]
+    pub fn dirty_limit(&self) -> usize {
+        self.dirty_limit
+    }
+    /// Current counters.
+    #[must_use]
+    pub fn stats(&self) -> CacheStats {
+        self.inner.lock().stats
+    }
+
+    /// The page under `key`, if cached, and its state.
+    pub fn get(&self, key: &K) -> Option<(Arc<Vec<u8>>, PageState)> {
+        let mut inner = self.inner.lock();
+        let found = inner.entries.get_mut(key).map(|entry| {
+            entry.referenced = true;
+            (Arc::clone(&entry.page), entry.state)
+        });
+        if found.is_some() {
+            inner.stats.hits += 1;
+        } else {
+            inner.stats.misses += 1;
+        }
+        found
+    }
+
+    /// Keep a clean page (just read and verified). Returns whether it was kept: when every
+    /// page is dirty or frozen nothing can be evicted, and the page is not cached.
+    pub fn insert_clean(&self, key: K, page: Arc<Vec<u8>>) -> bool {
+        let mut inner = self.inner.lock();
+        if let Some(entry) = inner.entries.get_mut(&key) {
+            // Another reader cached it first, or a writer changed it: keep what is there.
+            entry.referenced = true;
+            return true;
+        }
+        if !Self::make_room(&mut inner, self.cap_pages) {
+            inner.stats.refused += 1;
+            return false;
+        }
+        Self::add(&mut inner, key, page, PageState::Clean);
+        true
+    }
+
+    /// Make the page under `key` dirty with `page` as its content (a changed page, or a new
+    /// one). A frozen page stays with its sync; this content is the writer's own copy.
+    ///
+    /// # Errors
+    /// [`CacheFull`] when one more dirty page would pass the dirty limit, or the cap with
+    /// nothing left to evict; nothing changes.
+    pub fn put_dirty(&self, key: K, page: Arc<Vec<u8>>) -> Result<(), CacheFull> {
+        let mut inner = self.inner.lock();
+        let state = inner.entries.get(&key).map(|e| e.state);
+        if state == Some(PageState::Dirty) {
+            if let Some(entry) = inner.entries.get_mut(&key) {
+                entry.page = page;
+                entry.referenced = true;
+            }
+            return Ok(());
+        }
+        if inner.stats.dirty >= self.dirty_limit {
+            return Err(CacheFull);
+        }
+        match state {
+            Some(PageState::Clean) => inner.stats.clean -= 1,
+            // The sync keeps counting its frozen bytes until it releases them.
+            Some(PageState::Frozen) => {}
+            Some(PageState::Dirty) => unreachable!("handled above"),
+            None => {
+                if !Self::make_room(&mut inner, self.cap_pages) {
+                    return Err(CacheFull);
+                }
+                Self::add(&mut inner, key, page, PageState::Dirty);
+                return Ok(());
+            }
+        }
+        inner.stats.dirty += 1;
+        if let Some(entry) = inner.entries.get_mut(&key) {
+            entry.page = page;
+            entry.state = PageState::Dirty;
+            entry.referenced = true;
+        }
+        Ok(())
+    }
+
+    /// Freeze every dirty page for a sync: they become frozen and are returned (the sync writes
+    /// these bytes). Writers may dirty pages again at once.
+    pub fn freeze_dirty(&self) -> Vec<(K, Arc<Vec<u8>>)> {
+        let mut inner = self.inner.lock();
+        let mut frozen = Vec::new();
+        for (key, entry) in &mut inner.entries {
+            if entry.state == PageState::Dirty {
+                entry.state = PageState::Frozen;
+                frozen.push((*key, Arc::clone(&entry.page)));
+            }
+        }
+        inner.stats.dirty -= frozen.len();
+        inner.stats.frozen += frozen.len();
+        frozen
+    }
+
+    /// The sync that froze `frozen` is durable: pages still frozen in the cache become clean
+    /// (they are now what is on disk), and the count of frozen pages drops by all of them.
+    pub fn release_frozen(&self, frozen: &[(K, Arc<Vec<u8>>)]) {
+        let mut inner = self.inner.lock();
+        for (key, _) in frozen {
+            let mut now_clean = false;
+            if let Some(entry) = inner.entries.get_mut(key) {
+                if entry.state == PageState::Frozen {
+                    entry.state = PageState::Clean;
+                    now_clean = true;
+                }
+            }
+            inner.stats.frozen -= 1;
+            if now_clean {
+                inner.stats.clean += 1;
+            }
+        }
+        // Frozen pages that a writer copied were held only by the sync: room may be owed.
+        while inner.stats.clean + inner.stats.dirty + inner.stats.frozen > self.cap_pages {
+            if !Self::evict_one(&mut inner) {
+                break;
+            }
+        }
+    }
+
+    /// Forget a clean page (its content is no longer what its key names). Dirty and frozen
+    /// pages are not dropped this way.
+    pub fn forget_clean(&self, key: &K) {
+        let mut inner = self.inner.lock();
+        if inner
+            .entries
+            .get(key)
+            .is_some_and(|e| e.state == PageState::Clean)
+        {
+            Self::remove(&mut inner, key);
+        }
+    }
+
+    fn add(inner: &mut Inner<K>, key: K, page: Arc<Vec<u8>>, state: PageState) {
+        let ring_at = match inner.free_ring.pop() {
+            Some(at) => {
+                inner.ring[at] = Some(key);
+                at
+            }
+            None => {
+                inner.ring.push(Some(key));
+                inner.ring.len() - 1
+            }
+        };
+        match state {
+            PageState::Clean => inner.stats.clean += 1,
+            PageState::Dirty => inner.stats.dirty += 1,
+            PageState::Frozen => inner.stats.frozen += 1,
+        }
+        inner.entries.insert(
+            key,
+            Entry {
+                page,
+                state,
+                referenced: false,
+                ring_at,
+            },
+        );
+    }
+
+    fn remove(inner: &mut Inner<K>, key: &K) {
+        if let Some(entry) = inner.entries.remove(key) {
+            inner.ring[entry.ring_at] = None;
+            inner.free_ring.push(entry.ring_at);
+            match entry.state {
+                PageState::Clean => inner.stats.clean -= 1,
+                PageState::Dirty => inner.stats.dirty -= 1,
+                // Still counted until the sync releases it.
+                PageState::Frozen => {}
+            }
+        }
+    }
+
+    /// Evict clean pages until one more page fits the cap. False if none can be evicted.
+    fn make_room(inner: &mut Inner<K>, cap_pages: usize) -> bool {
+        while inner.stats.clean + inner.stats.dirty + inner.stats.frozen >= cap_pages {
+            if !Self::evict_one(inner) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// One turn of the CLOCK: evict the first clean page not referenced since the hand last
+    /// passed it. Two full turns find one if any clean page exists.
+    fn evict_one(inner: &mut Inner<K>) -> bool {
+        if inner.stats.clean == 0 || inner.ring.is_empty() {
+            return false;
+        }
+        for _ in 0..2 * inner.ring.len() {
+            let at = inner.hand % inner.ring.len();
+            inner.hand = at + 1;
+            let Some(key) = inner.ring[at] else {
+                continue;
+            };
+            let Some(entry) = inner.entries.get_mut(&key) else {
+                continue;
+            };
+            if entry.state != PageState::Clean {
+                continue;
+            }
+            if entry.referenced {
+                entry.referenced = false;
+                continue;
+            }
+            Self::remove(inner, &key);
+            inner.stats.evictions += 1;
+            return true;
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(fill: u8) -> Arc<Vec<u8>> {
+        Arc::new(vec![fill; PAGE_BYTES])
+    }
+
+    #[test]
+    fn clean_pages_stay_under_the_cap_and_recently_used_ones_survive() {
+        let cache = PageCache::<u64>::new(8 * PAGE_BYTES);
+        for key in 0..8 {
+            assert!(cache.insert_clean(key, page(key as u8)));
+        }
+        // Use page 0 and 1: the next insertions evict others first.
+        assert!(cache.get(&0).is_some());
+        assert!(cache.get(&1).is_some());
+        for key in 8..12 {
+            assert!(cache.insert_clean(key, page(1)));
+        }
+        let stats = cache.stats();
+        assert_eq!(stats.clean, 8);
+        assert_eq!(stats.evictions, 4);
+        assert!(cache.get(&0).is_some() && cache.get(&1).is_some());
+        assert!(stats.bytes() <= 8 * PAGE_BYTES);
+    }
+
+    #[test]
+    fn dirty_pages_are_limited_and_never_evicted() {
+        let cache = PageCache::<u64>::new(8 * PAGE_BYTES);
+        assert_eq!(cache.dirty_limit(), 2);
+        cache.put_dirty(1, page(1)).unwrap();
+        cache.put_dirty(2, page(2)).unwrap();
+        cache.put_dirty(2, page(3)).unwrap(); // re-dirtying costs nothing
+        assert_eq!(cache.put_dirty(3, page(3)), Err(CacheFull));
+        for key in 10..30 {
+            cache.insert_clean(key, page(0));
+        }
+        assert_eq!(
+            cache.get(&1).map(|(p, s)| (p[0], s)),
+            Some((1, PageState::Dirty))
+        );
+        assert_eq!(
+            cache.get(&2).map(|(p, s)| (p[0], s)),
+            Some((3, PageState::Dirty))
+        );
+        assert!(cache.stats().bytes() <= 8 * PAGE_BYTES);
+    }
+
+    #[test]
+    fn a_frozen_page_changed_by_a_writer_keeps_the_frozen_bytes_for_the_sync() {
+        let cache = PageCache::<u64>::new(8 * PAGE_BYTES);
+        cache.put_dirty(1, page(1)).unwrap();
+        let frozen = cache.freeze_dirty();
+        assert_eq!(frozen.len(), 1);
+        assert_eq!(cache.stats().frozen, 1);
+        // The writer's copy is dirty; the sync still holds the frozen bytes.
+        cache.put_dirty(1, page(9)).unwrap();
+        assert_eq!(frozen[0].1[0], 1);
+        let stats = cache.stats();
+        assert_eq!((stats.dirty, stats.frozen), (1, 1));
+        cache.release_frozen(&frozen);
+        let stats = cache.stats();
+        assert_eq!((stats.clean, stats.dirty, stats.frozen), (0, 1, 0));
+        assert_eq!(
+            cache.get(&1).map(|(p, s)| (p[0], s)),
+            Some((9, PageState::Dirty))
+        );
+        // An unchanged frozen page becomes clean when released.
+        cache.put_dirty(2, page(2)).unwrap();
+        let frozen = cache.freeze_dirty();
+        assert_eq!(frozen.len(), 2);
+        cache.release_frozen(&frozen);
+        assert_eq!(cache.get(&2).map(|(_, s)| s), Some(PageState::Clean));
+    }
+
+    #[test]
+    fn with_only_dirty_and_frozen_pages_a_clean_page_is_not_kept() {
+        let cache = PageCache::<u64>::new(4 * PAGE_BYTES);
+        cache.put_dirty(1, page(1)).unwrap();
+        let _frozen = cache.freeze_dirty();
+        cache.put_dirty(2, page(2)).unwrap();
+        let _frozen2 = cache.freeze_dirty();
+        cache.put_dirty(3, page(3)).unwrap();
+        assert!(cache.insert_clean(4, page(4)));
+        assert!(
+            cache.insert_clean(5, page(5)),
+            "the clean page 4 makes room"
+        );
+        assert!(cache.get(&4).is_none());
+        let _frozen3 = cache.freeze_dirty();
+        cache.put_dirty(6, page(6)).unwrap(); // evicts page 5, the last clean one
+        assert!(cache.get(&5).is_none());
+        assert_eq!(
+            cache.put_dirty(7, page(7)),
+            Err(CacheFull),
+            "the dirty limit"
+        );
+        assert!(
+            !cache.insert_clean(7, page(7)),
+            "the cap is full of pages that cannot go"
+        );
+        assert_eq!(cache.stats().refused, 1);
+        assert!(cache.stats().bytes() <= 4 * PAGE_BYTES);
+    }
+}

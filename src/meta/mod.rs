@@ -1,0 +1,17 @@
+//! The metadata store of format version 4 (docs/FORMAT.md, V4.5, V4.9): metadata pages on the
+//! member devices and the capped cache that holds them in memory.
+//!
+//! Owns: reading a page from its `tolerance + 1` copies, verified against the pointer that names
+//! it, healing bad copies from a good one; writing every copy of a page; the page cache (a CLOCK
+//! over clean pages, with dirty and frozen pages counted against the same cap).
+//!
+//! Does not own, and must not touch: which pages exist or what they mean (the trees, above), the
+//! pool's membership and fault policy (the caller gets every bad copy reported and decides), data
+//! rows, superblocks. Placement arithmetic is `geometry::Geometry::page_copies`; encodings are
+//! `format::v4`.
+
+mod cache;
+mod store;
+
+pub use cache::{CacheFull, CacheStats, PageCache, PageState};
+pub use store::{CopyFault, CopyProblem, PageRead, PageStore};

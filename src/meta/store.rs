@@ -1,0 +1,271 @@
+//! Verified page I/O over the members: one 16 KiB read per page when copy 0 is good; the other
+//! copies when it is not; bad copies rewritten from the first copy that verifies.
+//!
+//! Rewriting a bad copy in place is safe without a commit: the bytes written are exactly what
+//! the durable parent names, at the place it names (the caller guarantees, by its epoch pin, that
+//! the page's segment was not reused since it read the parent).
+
+use crate::device::SharedDevice;
+use crate::error::{Error, Result};
+use crate::format::v4::{verify_page, BlockPointer, Tree, PAGE_BYTES};
+use crate::geometry::Geometry;
+use crate::types::DeviceIndex;
+use std::fmt;
+
+/// What was wrong with one copy of a page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CopyProblem {
+    /// Its device is not in service.
+    Missing,
+    /// The device failed the request.
+    Io(String),
+    /// The device returned bytes that do not verify against the parent's pointer.
+    Mismatch {
+        /// The crc the parent holds.
+        expected: u32,
+        /// The crc of the bytes read.
+        found: u32,
+    },
+}
+
+/// One bad copy: which, where, and what was wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyFault {
+    /// Copy number (0 = the one read first).
+    pub copy: usize,
+    /// Its device.
+    pub device: DeviceIndex,
+    /// Its byte offset on the device.
+    pub offset: u64,
+    /// What was wrong.
+    pub problem: CopyProblem,
+}
+
+impl fmt::Display for CopyFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "copy {} on device {} at byte offset {}: ",
+            self.copy, self.device, self.offset
+        )?;
+        match &self.problem {
+            CopyProblem::Missing => write!(f, "device not in service"),
+            CopyProblem::Io(why) => write!(f, "{why}"),
+            CopyProblem::Mismatch { expected, found } => {
+                write!(
+                    f,
+                    "checksum mismatch, expected {expected:#010x}, found {found:#010x}"
+                )
+            }
+        }
+    }
+}
+
+/// A page read: its verified bytes, the copies that were bad, and which of those were rewritten.
+#[derive(Debug)]
+pub struct PageRead {
+    /// The page, verified against the pointer it was read through.
+    pub page: Vec<u8>,
+    /// Every copy read or tried that was bad, in copy order.
+    pub faults: Vec<CopyFault>,
+    /// Bad copies rewritten with the verified bytes.
+    pub healed: Vec<CopyFault>,
+    /// Bad copies whose rewrite failed (with the write's error).
+    pub heal_failed: Vec<CopyFault>,
+}
+
+/// Reads and writes metadata pages of one pool.
+#[derive(Debug, Clone)]
+pub struct PageStore {
+    pool: [u8; 16],
+    geometry: Geometry,
+    verify: bool,
+    heal: bool,
+}
+
+impl PageStore {
+    /// The page store of pool `pool` with `geometry`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when the geometry holds no metadata page (a chunk that is not a
+    /// multiple of 16 KiB).
+    pub fn new(pool: [u8; 16], geometry: Geometry) -> Result<Self> {
+        if geometry.pages_per_slot() == 0 {
+            return Err(Error::InvalidConfig(format!(
+                "format version 4 needs a chunk size that is a multiple of 16 KiB (this pool's is {} bytes)",
+                geometry.chunk_bytes
+            )));
+        }
+        Ok(Self {
+            pool,
+            geometry,
+            verify: true,
+            heal: true,
+        })
+    }
+
+    /// A store that never writes while reading (for a read-only open: looking never writes).
+    /// Bad copies are still reported, and left as they are.
+    #[must_use]
+    pub fn without_healing(mut self) -> Self {
+        self.heal = false;
+        self
+    }
+
+    /// Planted bug `skip_page_checksum_verification`: return the first copy a device returns
+    /// without checking it against its parent. For proving that the tests catch it.
+    #[cfg(feature = "testing")]
+    #[must_use]
+    pub fn with_planted_skip_verification(mut self) -> Self {
+        self.verify = false;
+        self
+    }
+
+    /// The geometry pages are placed by.
+    #[must_use]
+    pub fn geometry(&self) -> &Geometry {
+        &self.geometry
+    }
+
+    fn copies_of(&self, mpn: u64) -> Result<Vec<(DeviceIndex, u64)>> {
+        self.geometry.page_copies(mpn).ok_or_else(|| {
+            Error::corrupt_metadata(format!(
+                "metadata page {mpn} is beyond the data area ({} pages)",
+                self.geometry.metadata_pages()
+            ))
+        })
+    }
+
+    /// Read the page `pointer` names in `tree`, covering `keys` keys from `first_key`: copy 0
+    /// first, then the others until one verifies; then rewrite the bad copies with it.
+    /// `devices[i]` is member `i`, `None` when it is not in service.
+    ///
+    /// # Errors
+    /// [`Error::MetadataLost`] when no copy verifies (exactly the page's keys are lost; no older
+    /// page is ever returned instead); [`Error::CorruptMetadata`] when the pointer names no page
+    /// or a place outside the data area (the parent itself is wrong).
+    pub fn read_page(
+        &self,
+        devices: &[Option<SharedDevice>],
+        pointer: &BlockPointer,
+        tree: Tree,
+        first_key: u64,
+        keys: u64,
+    ) -> Result<PageRead> {
+        let Some(mpn) = pointer.address() else {
+            return Err(Error::corrupt_metadata(format!(
+                "tree {} key {first_key}: a hole names no page to read",
+                tree.id()
+            )));
+        };
+        let copies = self.copies_of(mpn)?;
+        let mut faults = Vec::new();
+        let mut page = vec![0u8; PAGE_BYTES];
+        let mut good = None;
+        for (copy, (device, offset)) in copies.iter().copied().enumerate() {
+            let fault = |problem| CopyFault {
+                copy,
+                device,
+                offset,
+                problem,
+            };
+            let Some(member) = devices.get(device.0).and_then(Option::as_ref) else {
+                faults.push(fault(CopyProblem::Missing));
+                continue;
+            };
+            if let Err(e) = member.read_at(offset, &mut page) {
+                faults.push(fault(CopyProblem::Io(e.to_string())));
+                continue;
+            }
+            if !self.verify {
+                good = Some(copy);
+                break;
+            }
+            match verify_page(self.pool, pointer, tree, first_key, &page) {
+                Ok(()) => {
+                    good = Some(copy);
+                    break;
+                }
+                Err(m) => faults.push(fault(CopyProblem::Mismatch {
+                    expected: m.expected,
+                    found: m.found,
+                })),
+            }
+        }
+        if good.is_none() {
+            return Err(Error::MetadataLost {
+                tree: tree.id(),
+                level: pointer.level(),
+                first_key,
+                keys,
+                mpn,
+                copies: faults
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            });
+        }
+        let mut healed = Vec::new();
+        let mut heal_failed = Vec::new();
+        for fault in faults.iter().filter(|_| self.heal) {
+            if fault.problem == CopyProblem::Missing {
+                continue;
+            }
+            let Some(member) = devices.get(fault.device.0).and_then(Option::as_ref) else {
+                continue;
+            };
+            match member.write_at(fault.offset, &page) {
+                Ok(()) => healed.push(fault.clone()),
+                Err(e) => heal_failed.push(CopyFault {
+                    problem: CopyProblem::Io(format!("rewrite failed: {e}")),
+                    ..fault.clone()
+                }),
+            }
+        }
+        Ok(PageRead {
+            page,
+            faults,
+            healed,
+            heal_failed,
+        })
+    }
+
+    /// Write every copy of page `mpn` (16 KiB). Returns the copies that could not be written
+    /// (device not in service, or a failed write); whether that is acceptable is the caller's
+    /// policy (it faults the device, or fails the sync).
+    ///
+    /// # Errors
+    /// [`Error::CorruptMetadata`] for a page of the wrong size or an `mpn` beyond the data area
+    /// (a caller bug, refused before any write).
+    pub fn write_page(
+        &self,
+        devices: &[Option<SharedDevice>],
+        mpn: u64,
+        page: &[u8],
+    ) -> Result<Vec<CopyFault>> {
+        if page.len() != PAGE_BYTES {
+            return Err(Error::corrupt_metadata(format!(
+                "metadata page {mpn} of {} bytes",
+                page.len()
+            )));
+        }
+        let mut faults = Vec::new();
+        for (copy, (device, offset)) in self.copies_of(mpn)?.into_iter().enumerate() {
+            let problem = match devices.get(device.0).and_then(Option::as_ref) {
+                None => CopyProblem::Missing,
+                Some(member) => match member.write_at(offset, page) {
+                    Ok(()) => continue,
+                    Err(e) => CopyProblem::Io(e.to_string()),
+                },
+            };
+            faults.push(CopyFault {
+                copy,
+                device,
+                offset,
+                problem,
+            });
+        }
+        Ok(faults)
+    }
+}
