@@ -55,7 +55,12 @@ pub struct Geometry {
     pub slots: u64,
     /// Logical stripes (slots minus the copy-on-write reserve).
     pub stripes: u64,
+    /// Format version 4: uberblock slots in each of the two rings (0 for versions 1–3).
+    pub uberblock_slots: u64,
 }
+
+/// Bytes of one uberblock slot (format version 4).
+pub const UBERBLOCK_SLOT_BYTES: u64 = 4096;
 
 impl Geometry {
     /// Compute the geometry.
@@ -132,6 +137,7 @@ impl Geometry {
             rows,
             slots,
             stripes,
+            uberblock_slots: 0,
         };
         assert!(
             CHECKPOINT_HEADER_BYTES + stripes * geometry.entry_bytes() <= checkpoint_bytes,
@@ -185,10 +191,89 @@ impl Geometry {
     pub fn checksum_blocks_per_chunk(&self) -> usize {
         usize::try_from(self.chunk_bytes / self.checksum_bytes.max(1)).unwrap_or(0)
     }
-    /// End of the data area (the last 64 KiB of `device_bytes` are kept for superblock B).
+    /// End of the data area (the last 64 KiB of `device_bytes` are kept for superblock B, and
+    /// in format version 4 uberblock ring B sits just below it).
     #[must_use]
     pub fn data_end(&self) -> u64 {
-        self.device_bytes - SUPERBLOCK_BYTES
+        self.device_bytes - SUPERBLOCK_BYTES - self.uberblock_slots * UBERBLOCK_SLOT_BYTES
+    }
+
+    /// The geometry of a format-version-4 pool (docs/FORMAT.md, V4.2): superblock A, uberblock
+    /// ring A, two intent-log halves of `log_half_bytes`, the data rows, uberblock ring B,
+    /// superblock B. The fixed areas do not grow with the device. `stripes` is the number of
+    /// slots (version 4 sizes the volume by blocks, above this layer).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for a chunk that is not a multiple of 16 KiB, a ring of fewer
+    /// than 4 slots or a log half that is not whole 4 KiB blocks of at least 16 KiB;
+    /// [`Error::DeviceTooSmall`] when fewer than 16 slots fit.
+    pub fn new_v4(
+        layout: Layout,
+        devices: usize,
+        chunk_bytes: u64,
+        device_bytes: u64,
+        uberblock_slots: u64,
+        log_half_bytes: u64,
+    ) -> Result<Self> {
+        layout.check_device_count(devices)?;
+        if chunk_bytes == 0
+            || !chunk_bytes.is_multiple_of(META_PAGE_BYTES)
+            || chunk_bytes > 16 * 1024 * 1024
+        {
+            return Err(Error::InvalidConfig(format!(
+                "chunk size {chunk_bytes} must be a multiple of 16 KiB, at most 16 MiB, for format version 4"
+            )));
+        }
+        if !(4..=4096).contains(&uberblock_slots) {
+            return Err(Error::InvalidConfig(format!(
+                "{uberblock_slots} uberblock slots: between 4 and 4096"
+            )));
+        }
+        if log_half_bytes < 4 * SECTOR_BYTES
+            || !log_half_bytes.is_multiple_of(SECTOR_BYTES)
+            || log_half_bytes > 1 << 30
+        {
+            return Err(Error::InvalidConfig(format!(
+                "log half of {log_half_bytes} bytes: whole 4 KiB blocks, 16 KiB to 1 GiB"
+            )));
+        }
+        let device_bytes = device_bytes - device_bytes % SECTOR_BYTES;
+        let width = layout.width(devices) as u64;
+        let ring_bytes = uberblock_slots * UBERBLOCK_SLOT_BYTES;
+        let log_offset = SUPERBLOCK_BYTES + ring_bytes;
+        let data_offset = round_up(log_offset + 2 * log_half_bytes, SUPERBLOCK_BYTES);
+        let data_end = device_bytes.saturating_sub(SUPERBLOCK_BYTES + ring_bytes);
+        let rows = data_end.saturating_sub(data_offset) / chunk_bytes;
+        let slots = rows * devices as u64 / width;
+        if slots < 16 {
+            return Err(Error::DeviceTooSmall {
+                device: "smallest member".into(),
+                size: device_bytes,
+                needed: data_offset + SUPERBLOCK_BYTES + ring_bytes + 16 * width * chunk_bytes,
+            });
+        }
+        Ok(Self {
+            layout,
+            devices,
+            chunk_bytes,
+            checksum_bytes: SECTOR_BYTES,
+            device_bytes,
+            checkpoint_offsets: [0, 0],
+            checkpoint_bytes: 0,
+            log_offset,
+            log_bytes: 2 * log_half_bytes,
+            data_offset,
+            rows,
+            slots,
+            stripes: slots,
+            uberblock_slots,
+        })
+    }
+
+    /// Byte offsets of uberblock rings A and B (format version 4).
+    #[must_use]
+    pub fn uberblock_rings(&self) -> [u64; 2] {
+        [SUPERBLOCK_BYTES, self.data_end()]
     }
 
     /// Which data chunk a shard carries (`None` for a parity shard).
@@ -358,6 +443,31 @@ mod tests {
         assert_eq!(geometry.crcs_per_entry(), 24);
         assert_eq!(geometry.entry_bytes(), 16 + 4 * 24);
     }
+    #[test]
+    fn version_4_fixed_areas_do_not_grow_with_the_device_and_do_not_overlap() {
+        let rs: Layout = "rs:4+2".parse().unwrap();
+        let small = Geometry::new_v4(rs, 6, 16384, 64 << 20, 128, 8 << 20).unwrap();
+        let big = Geometry::new_v4(rs, 6, 16384, 4 << 40, 128, 8 << 20).unwrap();
+        assert_eq!(small.data_offset, big.data_offset);
+        let fixed = big.data_offset + (big.device_bytes - big.data_end());
+        assert!(fixed < 18 << 20, "fixed areas {fixed}");
+        for g in [&small, &big] {
+            let [a, b] = g.uberblock_rings();
+            assert_eq!(a, SUPERBLOCK_BYTES);
+            assert!(a + 128 * 4096 <= g.log_offset);
+            assert!(g.log_offset + g.log_bytes <= g.data_offset);
+            assert!(g.data_offset + g.rows * g.chunk_bytes <= b);
+            assert_eq!(b + 128 * 4096 + SUPERBLOCK_BYTES, g.device_bytes);
+        }
+        assert!(Geometry::new_v4(rs, 6, 4096, 64 << 20, 128, 8 << 20).is_err());
+        assert!(Geometry::new_v4(rs, 6, 16384, 64 << 20, 2, 8 << 20).is_err());
+        assert!(Geometry::new_v4(rs, 6, 16384, 64 << 20, 4, 1000).is_err());
+        assert!(matches!(
+            Geometry::new_v4(rs, 6, 16384, 256 << 10, 4, 16384),
+            Err(Error::DeviceTooSmall { .. })
+        ));
+    }
+
     #[test]
     fn metadata_page_copies_are_on_distinct_devices_and_never_overlap() {
         let mut layouts = all_layouts();

@@ -195,10 +195,15 @@ impl<K: Hash + Eq + Copy> PageCache<K> {
     /// Freeze every dirty page for a sync: they become frozen and are returned (the sync writes
     /// these bytes). Writers may dirty pages again at once.
     pub fn freeze_dirty(&self) -> Vec<(K, Arc<Vec<u8>>)> {
+        self.freeze_dirty_where(|_| true)
+    }
+
+    /// Freeze the dirty pages whose key `select` picks (one tree's pages).
+    pub fn freeze_dirty_where(&self, select: impl Fn(&K) -> bool) -> Vec<(K, Arc<Vec<u8>>)> {
         let mut inner = self.inner.lock();
         let mut frozen = Vec::new();
         for (key, entry) in &mut inner.entries {
-            if entry.state == PageState::Dirty {
+            if entry.state == PageState::Dirty && select(key) {
                 entry.state = PageState::Frozen;
                 frozen.push((*key, Arc::clone(&entry.page)));
             }
@@ -208,15 +213,17 @@ impl<K: Hash + Eq + Copy> PageCache<K> {
         frozen
     }
 
-    /// The sync that froze `frozen` is durable: pages still frozen in the cache become clean
-    /// (they are now what is on disk), and the count of frozen pages drops by all of them.
-    pub fn release_frozen(&self, frozen: &[(K, Arc<Vec<u8>>)]) {
+    /// The sync that froze these pages wrote them: `written` holds each page as written (the
+    /// frozen bytes with its children's new pointers). Pages still frozen in the cache become
+    /// clean with those bytes, and the count of frozen pages drops by all of them.
+    pub fn release_frozen(&self, written: &[(K, Arc<Vec<u8>>)]) {
         let mut inner = self.inner.lock();
-        for (key, _) in frozen {
+        for (key, page) in written {
             let mut now_clean = false;
             if let Some(entry) = inner.entries.get_mut(key) {
                 if entry.state == PageState::Frozen {
                     entry.state = PageState::Clean;
+                    entry.page = Arc::clone(page);
                     now_clean = true;
                 }
             }

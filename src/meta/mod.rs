@@ -10,8 +10,16 @@
 //! rows, superblocks. Placement arithmetic is `geometry::Geometry::page_copies`; encodings are
 //! `format::v4`.
 
+mod alloc;
 mod cache;
+mod map;
+mod ring;
 mod store;
+mod tree;
 
+pub use alloc::{MpnAllocator, ReleaseRule};
 pub use cache::{CacheFull, CacheStats, PageCache, PageState};
+pub use map::{MapOptions, MapStore, SyncReport};
+pub use ring::{read_newest, uberblock_places, write_uberblock};
 pub use store::{CopyFault, CopyProblem, PageRead, PageStore};
+pub use tree::{PageKey, RadixTree, SetError, SyncOutcome};
