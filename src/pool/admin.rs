@@ -101,7 +101,7 @@ impl Pool {
         let (identity, device) = self
             .inner
             .members
-            .take_spare_by(|id| id.path == spare || id.uuid.to_string() == spare)
+            .take_spare_by(|id| id.is_named(spare))
             .ok_or_else(|| Error::NotInPool {
                 name: spare.to_string(),
                 role: "usable spare",
@@ -224,8 +224,7 @@ impl Pool {
     /// (the spare is then kept).
     pub fn remove_spare(&self, name: &str) -> Result<()> {
         self.inner.writable("spare remove")?;
-        let named =
-            |identity: &Identity| identity.path == name || identity.uuid.to_string() == name;
+        let named = |identity: &Identity| identity.is_named(name);
         let Some((position, spare)) = self.inner.members.remove_spare_by(named) else {
             let rebuilding = self.inner.members.data.iter().find(|member| {
                 member

@@ -73,6 +73,19 @@ pub struct Identity {
     pub path: String,
 }
 
+impl Identity {
+    /// Whether `name` names this device: its UUID, its recorded path as written, or the same
+    /// file as that path (`d4`, `./d4` and `/srv/pool/d4` name one device).
+    #[must_use]
+    pub fn is_named(&self, name: &str) -> bool {
+        if self.path == name || self.uuid.to_string() == name {
+            return true;
+        }
+        let canonical = |path: &str| crate::device::canonical_path(std::path::Path::new(path));
+        !name.is_empty() && canonical(name) == canonical(&self.path)
+    }
+}
+
 /// A device being filled to take over a data position.
 #[derive(Debug)]
 pub struct Replacement {
@@ -433,7 +446,8 @@ impl Members {
             .collect()
     }
 
-    /// Find a data member by path, layout index or UUID.
+    /// Find a data member by path (as recorded, or any path to the same file), layout index
+    /// or UUID.
     #[must_use]
     pub fn find(&self, name: &str) -> Option<DeviceIndex> {
         if let Ok(index) = name.parse::<usize>() {
@@ -441,10 +455,7 @@ impl Members {
         }
         self.data
             .iter()
-            .find(|m| {
-                let identity = m.identity();
-                identity.path == name || identity.uuid.to_string() == name
-            })
+            .find(|m| m.identity().is_named(name))
             .map(|m| m.index)
     }
 

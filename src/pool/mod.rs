@@ -12,6 +12,7 @@ mod admin;
 mod batch;
 mod commit;
 mod handle;
+mod import;
 mod io;
 mod maintenance;
 mod members;
@@ -30,6 +31,7 @@ pub use crate::rebuild::{RebuildProgress, StepOutcome};
 pub use crate::scrub::{DeviceScrubReport, ScrubEnd, ScrubOptions, ScrubProgress, ScrubReport};
 pub use admin::{Cleared, ClearedState};
 pub use handle::{PoolHandle, PoolRef};
+pub use import::{find_pools, FoundDevice, FoundPool};
 pub use maintenance::ShardLocation;
 pub use members::{
     DeviceFault, ErrorCounters, ErrorKind, FaultPolicy, Identity, MemberDevice, Members,
@@ -369,23 +371,48 @@ impl Pool {
     /// stale member is left out with a warning, not refused);
     /// [`Error::CorruptMetadata`] if no device has a usable stripe map.
     pub fn open(devices: Vec<SharedDevice>, options: &OpenOptions) -> Result<Self> {
-        Ok(Self::wrap(open::open(devices, false, options)?))
+        Ok(Self::wrap(open::open(
+            devices,
+            open::Discover::No,
+            options,
+        )?))
     }
 
-    /// Open a pool from one or more member paths; the other members are found through the
-    /// paths recorded in the superblock.
+    /// Open a pool from one or more member paths; the other members are found by identity,
+    /// at their recorded paths or in those paths' directories (see
+    /// [`Pool::open_paths_scanning`]).
     ///
     /// # Errors
     /// As [`Pool::open`], plus [`Error::Open`] for a given path that cannot be opened;
     /// [`Error::InvalidConfig`] if a path is given twice (checked before anything is opened).
     pub fn open_paths(paths: &[PathBuf], options: &OpenOptions) -> Result<Self> {
+        Self::open_paths_scanning(paths, &[], options)
+    }
+
+    /// Open a pool from one or more member paths, finding the other members by identity (pool
+    /// and device UUID), wherever they are now: at their recorded paths, else among the files
+    /// and block devices in the directories of the given and recorded paths and in `scan`
+    /// (directories, or devices). A member found elsewhere is used there; a read-write open
+    /// records its new path in the superblocks (a read-only one only says so).
+    ///
+    /// # Errors
+    /// As [`Pool::open_paths`].
+    pub fn open_paths_scanning(
+        paths: &[PathBuf],
+        scan: &[PathBuf],
+        options: &OpenOptions,
+    ) -> Result<Self> {
         crate::device::refuse_duplicate_paths(paths.iter().map(PathBuf::as_path))?;
         let access = options.access();
         let devices = paths
             .iter()
             .map(|path| crate::device::open_device_for(path, access))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self::wrap(open::open(devices, true, options)?))
+        Ok(Self::wrap(open::open(
+            devices,
+            open::Discover::Scan(scan),
+            options,
+        )?))
     }
 
     fn wrap(inner: PoolInner) -> Self {

@@ -11,6 +11,7 @@ mod bench;
 mod bench_pool;
 mod bench_scrub;
 mod demo;
+mod import;
 mod monitor;
 mod progress;
 mod remote;
@@ -42,6 +43,11 @@ struct Cli {
     /// have newer data.
     #[arg(long, global = true)]
     force_degraded: bool,
+    /// Where else to look for members not at their recorded paths (repeatable): a directory
+    /// (its files and block devices) or a device. The directories of the given and recorded
+    /// paths are always looked in.
+    #[arg(long = "scan", global = true, value_name = "DIR|DEVICE")]
+    scan: Vec<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -323,6 +329,13 @@ enum Command {
     },
     /// Print the manual page (roff; e.g. `stripestore man | man -l -`).
     Man,
+    /// List the pools whose devices are in the --scan locations (default: the current
+    /// directory), with their state and where each member was found. Writes nothing.
+    Import {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the whole story on temporary files: create, write, lose a device, read back,
     /// corrupt blocks, heal, report.
     Demo {
@@ -387,6 +400,7 @@ pub fn run() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     FORCE_DEGRADED.store(cli.force_degraded, std::sync::atomic::Ordering::Relaxed);
+    let _ = SCAN.set(cli.scan);
     // `scrub` and `check` promise their own codes to scripts and monitoring: 3 = could not run.
     let failure = match &cli.command {
         Command::Scrub { .. } => scrub::exit::FAILED,
@@ -443,6 +457,18 @@ type CliResult = Result<(), Box<dyn std::error::Error>>;
 /// `--force-degraded`, set once from the command line.
 static FORCE_DEGRADED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// `--scan` locations, set once from the command line.
+static SCAN: std::sync::OnceLock<Vec<PathBuf>> = std::sync::OnceLock::new();
+
+/// Open a pool from member paths, looking for members elsewhere in the `--scan` locations too.
+pub(crate) fn open_paths(
+    paths: &[PathBuf],
+    options: &OpenOptions,
+) -> Result<Pool, stripestore::Error> {
+    let scan = SCAN.get().map_or(&[][..], Vec::as_slice);
+    Pool::open_paths_scanning(paths, scan, options)
+}
+
 fn execute(command: Command) -> CliResult {
     match command {
         Command::Create {
@@ -475,6 +501,7 @@ fn execute(command: Command) -> CliResult {
         Command::Labelclear { device, force } => labelclear(&device, force),
         Command::Completions { shell } => completions(shell),
         Command::Man => man(),
+        Command::Import { json } => import::run(SCAN.get().map_or(&[][..], Vec::as_slice), json),
         Command::Write {
             pool,
             offset,
@@ -639,7 +666,7 @@ fn rebuild(pool: &[PathBuf], rebuild_rate: Option<u64>) -> CliResult {
         force: FORCE_DEGRADED.load(std::sync::atomic::Ordering::Relaxed),
         ..OpenOptions::default()
     };
-    let pool = Pool::open_paths(pool, &options)?;
+    let pool = open_paths(pool, &options)?;
     pool.attach_spares();
     run_rebuilds_with_progress(&pool)?;
     print!("{}", pool.status());
@@ -801,9 +828,11 @@ fn online(
         .devices
         .iter()
         .find(|d| {
-            d.path == device
-                || d.uuid == device
-                || d.index.map(|i| i.to_string()) == Some(device.to_string())
+            d.replacing.is_none()
+                && (d.path == device
+                    || d.uuid == device
+                    || d.index.map(|i| i.to_string()) == Some(device.to_string())
+                    || canonical_path(Path::new(&d.path)) == canonical_path(Path::new(device)))
         })
         .ok_or_else(|| {
             format!("no data member {device:?} in this pool (give its last known path, its index or its UUID)")
@@ -1033,7 +1062,7 @@ pub(crate) fn open_pool_to_look(paths: &[PathBuf]) -> Result<Pool, stripestore::
         force: FORCE_DEGRADED.load(std::sync::atomic::Ordering::Relaxed),
         ..OpenOptions::default()
     };
-    Pool::open_paths(paths, &options)
+    open_paths(paths, &options)
 }
 
 /// Refuse a request that reaches past the volume, naming the user's offset and length.
@@ -1158,7 +1187,7 @@ fn open_pool(paths: &[PathBuf]) -> Result<Pool, stripestore::Error> {
         force: FORCE_DEGRADED.load(std::sync::atomic::Ordering::Relaxed),
         ..OpenOptions::default()
     };
-    Pool::open_paths(paths, &options)
+    open_paths(paths, &options)
 }
 
 /// Run pending rebuilds on this thread with a progress bar.

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use stripestore::nbd::{Listen, ServeOptions, Server};
 use stripestore::types::human_bytes;
-use stripestore::{OpenOptions, Pool};
+use stripestore::OpenOptions;
 
 /// Arguments of `serve` (new flags, such as a metrics address, belong here).
 #[derive(clap::Args, Debug)]
@@ -63,7 +63,7 @@ pub fn run(args: ServeArgs) -> CliResult {
         force: FORCE_DEGRADED.load(Ordering::Relaxed),
         ..OpenOptions::default()
     };
-    let pool = Arc::new(Pool::open_paths(&args.pool, &options)?);
+    let pool = Arc::new(super::open_paths(&args.pool, &options)?);
     let metrics = match args.metrics {
         Some(address) => {
             let server = stripestore::endpoint::serve(&pool, address, args.control)
