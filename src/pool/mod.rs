@@ -35,13 +35,13 @@ pub use import::{find_pools, FoundDevice, FoundPool};
 pub use maintenance::ShardLocation;
 pub use members::{
     DeviceFault, ErrorCounters, ErrorKind, FaultPolicy, Identity, MemberDevice, Members,
-    Replacement, Spare,
+    Replacement, RetiredDevice, Spare,
 };
 pub use open::{clear_label, read_label};
 #[cfg(feature = "testing")]
 pub use planted::PlantedBugs;
 pub use requests::{Request, RequestMetrics};
-pub use status::{DeviceStatus, PoolHealth, PoolStatus};
+pub use status::{DeviceStatus, PoolHealth, PoolStatus, STATUS_EVENTS};
 
 /// Run `work` with the pool's device-parallel work on this thread done one device after
 /// another, in order (what a deterministic simulation needs); restored afterwards.
@@ -288,6 +288,15 @@ impl PoolInner {
         } else {
             Ok(())
         }
+    }
+
+    /// Write the superblocks if events were logged or counts made since they were last
+    /// written (a clean close): what a crash would lose.
+    pub(crate) fn persist_history(&self) -> Result<()> {
+        if self.members.history_unpersisted() {
+            self.members.write_superblocks()?;
+        }
+        Ok(())
     }
 
     pub(crate) fn stripe_lock(&self, stripe: StripeId) -> &Mutex<()> {
@@ -544,6 +553,13 @@ impl Pool {
         self.inner.status()
     }
 
+    /// The pool's event log (newest last) and cumulative counters, as recorded in its
+    /// superblocks plus what this process has logged and counted since.
+    #[must_use]
+    pub fn history(&self) -> crate::format::History {
+        self.inner.members.history()
+    }
+
     /// Flush and close.
     ///
     /// # Errors
@@ -555,6 +571,7 @@ impl Pool {
         if !self.inner.rebuild_progress().is_empty() {
             self.inner.checkpoint_rebuilds()?;
         }
+        self.inner.persist_history()?;
         Ok(())
     }
 
@@ -663,6 +680,8 @@ impl Drop for Pool {
         if self.flush_on_drop.load(Ordering::Relaxed) {
             if let Err(err) = self.inner.commit() {
                 tracing::error!(%err, "flush on drop failed");
+            } else if let Err(err) = self.inner.persist_history() {
+                tracing::error!(%err, "could not record the pool's events and counters on drop");
             }
         }
     }

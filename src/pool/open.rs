@@ -218,6 +218,7 @@ pub(super) fn create(
         members: member_records.clone(),
         created_unix_secs: now_unix_secs(),
         scrub: crate::format::ScrubRecord::default(),
+        history: crate::format::History::default(),
     };
     let handles: Vec<SharedDevice> = devices.into_iter().chain(spares).collect();
     let mut data = Vec::new();
@@ -276,6 +277,9 @@ enum Problem {
     None,
     /// Leave it out, with a warning saying why and what to do (stale, faulted, detached).
     Left(String),
+    /// Leave it out, saying so only in the debug log: a member an administrator took offline
+    /// (`status` shows it OFFLINE; it is not news on every command).
+    Offline(String),
     /// Unusable: an error if the caller named it, a warning if it was found by its path.
     Refused(Error),
 }
@@ -426,6 +430,7 @@ fn sort_found(
                 unopened.insert(f.superblock.device_uuid.0, err.to_string());
             }
             (Problem::Left(warning), _) => tracing::warn!("{warning}"),
+            (Problem::Offline(note), _) => tracing::debug!("{note}"),
             (Problem::None, _) => {
                 if sorted
                     .by_uuid
@@ -464,11 +469,15 @@ fn judge(f: &Found, newest: &Superblock, disagree: &mut bool) -> Problem {
                 MemberState::Faulted { reason } => reason.clone(),
                 _ => String::new(),
             };
-            let back = if reason == super::admin::OFFLINE_REASON {
-                format!("`stripestore online POOL {}`", m.path)
-            } else {
-                format!("`stripestore clear POOL --device {}`", m.path)
-            };
+            if reason == super::admin::OFFLINE_REASON {
+                return Problem::Offline(format!(
+                    "{} is offline in pool {} (taken out by an administrator); not used until `stripestore online POOL {}`",
+                    f.device.name(),
+                    newest.pool_uuid,
+                    m.path
+                ));
+            }
+            let back = format!("`stripestore clear POOL --device {}`", m.path);
             Problem::Left(format!(
                 "{} is out of service in pool {} ({reason}; its superblock is at generation {}, the pool's at {}): it holds outdated data and is not used. Bring it back with {back} (resynced before use), or replace it",
                 f.device.name(),
@@ -727,8 +736,14 @@ fn record_open(
     newly_missing: bool,
     relocated: &[Relocated],
 ) -> Result<()> {
+    inner.note(crate::format::EventKind::Open, "", "opened read-write");
     for moved in relocated {
         tracing::warn!("{moved}; recorded");
+        inner.note(
+            crate::format::EventKind::MemberMoved,
+            &moved.path,
+            &format!("{} (was {})", moved.what, moved.was),
+        );
     }
     if (members_disagree || !relocated.is_empty()) && !newly_missing {
         tracing::info!("members' superblocks disagree (an update was cut short); rewriting them");

@@ -329,6 +329,16 @@ enum Command {
     },
     /// Print the manual page (roff; e.g. `stripestore man | man -l -`).
     Man,
+    /// The pool's event log (faults, offline/online, spares, rebuilds, replaces, scrubs,
+    /// members found at new paths, opens; the last 64) and its cumulative counters. Only looks.
+    Events {
+        /// One or more member paths.
+        #[arg(required = true)]
+        pool: Vec<PathBuf>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the pools whose devices are in the --scan locations (default: the current
     /// directory), with their state and where each member was found. Writes nothing.
     Import {
@@ -501,6 +511,7 @@ fn execute(command: Command) -> CliResult {
         Command::Labelclear { device, force } => labelclear(&device, force),
         Command::Completions { shell } => completions(shell),
         Command::Man => man(),
+        Command::Events { pool, json } => events(&pool, json),
         Command::Import { json } => import::run(SCAN.get().map_or(&[][..], Vec::as_slice), json),
         Command::Write {
             pool,
@@ -615,6 +626,31 @@ fn status(pool: &[PathBuf], json: bool) -> CliResult {
         print!("{status}");
     }
     pool.close()?;
+    Ok(())
+}
+
+/// `events`: the event log and counters of a pool opened here (read-only).
+fn events(pool: &[PathBuf], json: bool) -> CliResult {
+    let pool = open_pool_to_look(pool)?;
+    let history = pool.history();
+    pool.close()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&history)?);
+        return Ok(());
+    }
+    for event in &history.events {
+        println!("{}", stripestore::report::event_line(event));
+    }
+    let c = history.counters;
+    println!(
+        "counters: {} read, {} write, {} checksum errors; {} chunks repaired; {} rebuilt; {} scrubs",
+        c.read_errors,
+        c.write_errors,
+        c.checksum_errors,
+        c.repaired_chunks,
+        human_bytes(c.rebuilt_bytes),
+        c.scrubs
+    );
     Ok(())
 }
 
