@@ -57,8 +57,12 @@ enum SpareAction {
     /// Add a spare device (a file is created at the pool's device size).
     Add {
         /// One or more member paths.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "url", conflicts_with = "url")]
         pool: Vec<PathBuf>,
+        /// Do it in the process serving the pool (`serve --metrics ADDR --control`), e.g.
+        /// http://127.0.0.1:9640; device paths are then opened by that process.
+        #[arg(long)]
+        url: Option<String>,
         /// The new spare.
         #[arg(long = "device")]
         device: PathBuf,
@@ -70,11 +74,14 @@ enum SpareAction {
     /// Remove a spare from the pool (refused while a rebuild is filling it). Its own label is
     /// left; wipe it with `labelclear` to use the device elsewhere without --force.
     Remove {
-        /// One or more member paths.
-        #[arg(required = true)]
-        pool: Vec<PathBuf>,
-        /// The spare: its path or UUID.
-        spare: String,
+        /// One or more member paths, then the spare: its path (or any path to it) or UUID.
+        /// With --url, the spare only.
+        #[arg(required = true, value_name = "POOL... SPARE")]
+        args: Vec<String>,
+        /// Do it in the process serving the pool (`serve --metrics ADDR --control`), e.g.
+        /// http://127.0.0.1:9640; device paths are then opened by that process.
+        #[arg(long)]
+        url: Option<String>,
     },
 }
 
@@ -220,8 +227,12 @@ enum Command {
     /// (copy, then swap).
     Replace {
         /// One or more member paths.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "url", conflicts_with = "url")]
         pool: Vec<PathBuf>,
+        /// Do it in the process serving the pool (`serve --metrics ADDR --control`), e.g.
+        /// http://127.0.0.1:9640; device paths are then opened by that process.
+        #[arg(long)]
+        url: Option<String>,
         /// The member to replace: last known path, index or UUID.
         #[arg(long)]
         old: String,
@@ -238,19 +249,26 @@ enum Command {
     },
     /// Take a data member out of service on purpose.
     Offline {
-        /// One or more member paths.
-        #[arg(required = true)]
-        pool: Vec<PathBuf>,
-        /// The member: last known path, index or UUID.
-        device: String,
+        /// One or more member paths, then the member: its last known path (or any path to
+        /// it), index or UUID. With --url, the member only.
+        #[arg(required = true, value_name = "POOL... DEVICE")]
+        args: Vec<String>,
+        /// Do it in the process serving the pool (`serve --metrics ADDR --control`), e.g.
+        /// http://127.0.0.1:9640; device paths are then opened by that process.
+        #[arg(long)]
+        url: Option<String>,
     },
     /// Forget members' errors (`zpool clear`): a DEGRADED member is ONLINE again at once; a
     /// member FAULTED by errors or a transient failure is resynced from redundancy (only live
     /// data is copied) before it serves again. OFFLINE members stay offline (use `online`).
     Clear {
         /// One or more member paths.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "url", conflicts_with = "url")]
         pool: Vec<PathBuf>,
+        /// Do it in the process serving the pool (`serve --metrics ADDR --control`), e.g.
+        /// http://127.0.0.1:9640; device paths are then opened by that process.
+        #[arg(long)]
+        url: Option<String>,
         /// Only this member (last known path, index or UUID); default: every member.
         #[arg(long)]
         device: Option<String>,
@@ -263,11 +281,14 @@ enum Command {
     },
     /// Bring an offline or faulted member back (it is rebuilt, then swapped in).
     Online {
-        /// One or more member paths.
-        #[arg(required = true)]
-        pool: Vec<PathBuf>,
-        /// The member: last known path, index or UUID.
-        device: String,
+        /// One or more member paths, then the member: its last known path (or any path to
+        /// it), index or UUID. With --url, the member only.
+        #[arg(required = true, value_name = "POOL... DEVICE")]
+        args: Vec<String>,
+        /// Do it in the process serving the pool (`serve --metrics ADDR --control`), e.g.
+        /// http://127.0.0.1:9640; device paths are then opened by that process.
+        #[arg(long)]
+        url: Option<String>,
         /// Where the device is now (default: its last known path). It must be the member
         /// itself coming back, or a device without a signature.
         #[arg(long)]
@@ -555,37 +576,110 @@ fn execute(command: Command) -> CliResult {
         },
         Command::Metrics { pool, listen } => monitor::metrics(&pool, listen),
         Command::Replace {
+            url: Some(url),
+            old,
+            new,
+            force,
+            ..
+        } => remote::admin(
+            &url,
+            "/replace",
+            &[
+                ("old", Some(remote::name(&old))),
+                ("new", Some(remote::absolute(&new))),
+            ],
+            force,
+        ),
+        Command::Replace {
             pool,
             old,
             new,
             force,
             rebuild_rate,
+            ..
         } => replace(&pool, &old, &new, force, rebuild_rate),
+        Command::Clear {
+            url: Some(url),
+            device,
+            path,
+            ..
+        } => remote::admin(
+            &url,
+            "/clear",
+            &[
+                ("device", device.as_deref().map(remote::name)),
+                ("path", path.as_deref().map(remote::absolute)),
+            ],
+            false,
+        ),
         Command::Clear {
             pool,
             device,
             path,
             rebuild_rate,
+            ..
         } => clear(&pool, device.as_deref(), path, rebuild_rate),
-        Command::Offline { pool, device } => offline(&pool, &device),
+        Command::Offline { args, url } => match (pool_and_name(args, url.is_some())?, url) {
+            ((_, device), Some(url)) => remote::admin(
+                &url,
+                "/offline",
+                &[("device", Some(remote::name(&device)))],
+                false,
+            ),
+            ((pool, device), None) => offline(&pool, &device),
+        },
         Command::Online {
-            pool,
-            device,
+            args,
+            url,
             path,
             force,
             rebuild_rate,
-        } => online(&pool, &device, path, force, rebuild_rate),
+        } => match (pool_and_name(args, url.is_some())?, url) {
+            ((_, device), Some(url)) => remote::admin(
+                &url,
+                "/online",
+                &[
+                    ("device", Some(remote::name(&device))),
+                    ("path", path.as_deref().map(remote::absolute)),
+                ],
+                force,
+            ),
+            ((pool, device), None) => online(&pool, &device, path, force, rebuild_rate),
+        },
+        Command::Spare {
+            action:
+                SpareAction::Add {
+                    url: Some(url),
+                    device,
+                    force,
+                    ..
+                },
+        } => remote::admin(
+            &url,
+            "/spare/add",
+            &[("device", Some(remote::absolute(&device)))],
+            force,
+        ),
         Command::Spare {
             action:
                 SpareAction::Add {
                     pool,
                     device,
                     force,
+                    ..
                 },
         } => spare_add(&pool, &device, force),
         Command::Spare {
-            action: SpareAction::Remove { pool, spare },
-        } => spare_remove(&pool, &spare),
+            action: SpareAction::Remove { args, url },
+        } => match (pool_and_name(args, url.is_some())?, url) {
+            ((_, spare), Some(url)) => remote::admin(
+                &url,
+                "/spare/remove",
+                &[("spare", Some(remote::name(&spare)))],
+                false,
+            ),
+            ((pool, spare), None) => spare_remove(&pool, &spare),
+        },
         Command::Rebuild { pool, rebuild_rate } => rebuild(&pool, rebuild_rate),
         Command::Bench(args) => bench_pool::run(&args),
         Command::BenchRebuild(b) => {
@@ -601,6 +695,26 @@ fn execute(command: Command) -> CliResult {
         } => demo::run(&layout, device_size, dir.as_deref()),
         Command::Simulate(args) => simulate::run(&args),
         Command::Serve(args) => serve::run(args),
+    }
+}
+
+/// Split `POOL... NAME` (a member or spare named last): the member paths and the name. With
+/// `--url` (`url`), only the name is given.
+fn pool_and_name(
+    mut args: Vec<String>,
+    url: bool,
+) -> Result<(Vec<PathBuf>, String), Box<dyn std::error::Error>> {
+    let name = args
+        .pop()
+        .ok_or_else(|| usage_error("give one or more member paths, then the device"))?;
+    match (url, args.is_empty()) {
+        (true, false) => Err(usage_error(
+            "with --url, give only the device: the serving process holds the pool",
+        )),
+        (false, true) => Err(usage_error(
+            "give one or more member paths, then the device (or --url URL and the device)",
+        )),
+        _ => Ok((args.into_iter().map(PathBuf::from).collect(), name)),
     }
 }
 
