@@ -249,7 +249,12 @@ fn prometheus_counters_never_go_down_when_a_member_is_replaced() {
     let mut options = CreateOptions::new("mirror:2".parse().unwrap());
     options.chunk_bytes = 4096;
     options.open.background_rebuild = false;
-    let pool = Pool::create(shared(&mems), shared(&[spare.clone()]), &options).unwrap();
+    let pool = Pool::create(
+        shared(&mems),
+        shared(std::slice::from_ref(&spare)),
+        &options,
+    )
+    .unwrap();
     let data: Vec<u8> = (0..64 << 10).map(|i: u32| (i % 253) as u8).collect();
     pool.write_at(0, &data).unwrap();
     pool.flush().unwrap();
