@@ -445,7 +445,12 @@ impl Members {
         }
         let event = crate::format::Event::new(crate::types::now_unix_secs(), kind, device, detail);
         self.superblock.lock().history.push(event);
-        self.events_unpersisted.store(true, Ordering::Release);
+        // An `open` alone does not make a clean close write the superblocks: it rides with the
+        // next write. (A superblock write per open would move the generation on every open,
+        // and equal generations are how two members that each went on alone are caught.)
+        if kind != crate::format::EventKind::Open {
+            self.events_unpersisted.store(true, Ordering::Release);
+        }
     }
 
     /// The event log and the counters as they stand (the counters include this process's
