@@ -1,4 +1,8 @@
 //! Creating and opening pools: superblock discovery and validation, and map recovery.
+//!
+//! Members are found by identity (pool UUID + device UUID); recorded paths are hints, tried
+//! first, then the directories of the given and recorded paths and any scan locations. A
+//! member found elsewhere is used there; only a read-write open records its new path.
 
 use super::{CreateOptions, MapState, MetaCursor, OpenOptions, PoolInner, STRIPE_LOCKS};
 use crate::codec::Codec;
@@ -891,6 +895,11 @@ fn discover_members(
             Err(err) => {
                 tracing::warn!(path = %candidate.display(), %err, "a member of this pool was found here but cannot be opened");
             }
+        }
+    }
+    for uuid in &missing {
+        if let Some(reason) = unopened.get(&uuid.0) {
+            tracing::warn!(member = %uuid, %reason, "member not found at its recorded path nor in the locations looked in");
         }
     }
 }
