@@ -263,3 +263,37 @@ fn admin_through_the_url_is_refused_without_control() {
     );
     served.stop();
 }
+
+/// A member missing when `serve` opens the pool is faulted: with a spare, the server rebuilds
+/// onto it by itself, unless `--no-auto-replace` leaves that to the operator.
+#[test]
+fn serve_no_auto_replace_leaves_a_faulted_member_to_the_operator() {
+    for auto in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (devs, _) = pool(dir.path());
+        let away = dir.path().join("away");
+        std::fs::create_dir(&away).unwrap();
+        std::fs::rename(&devs[1], away.join("d1")).unwrap();
+        let mut extra = vec!["--force-degraded"];
+        if !auto {
+            extra.push("--no-auto-replace");
+        }
+        let served = Served::start(&devs[0], dir.path(), &extra);
+        if auto {
+            let status = served.wait_for("auto-replace", |s| {
+                s["health"] == "ONLINE" && ends_with(&s["devices"][1]["path"], "/s0")
+            });
+            assert!(status["spares"].as_array().unwrap().is_empty(), "{status}");
+        } else {
+            std::thread::sleep(Duration::from_millis(1500));
+            let status = served.status();
+            assert_eq!(status["devices"][1]["state"], "FAULTED", "{status}");
+            assert_eq!(status["spares"][0]["state"], "AVAIL", "{status}");
+            assert!(
+                status["rebuilds"].as_array().unwrap().is_empty(),
+                "{status}"
+            );
+        }
+        served.stop();
+    }
+}
