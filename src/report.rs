@@ -5,6 +5,7 @@
 //! Owns: the wording and layout of the status text. Must not touch: the pool (it gets a
 //! snapshot, never a pool), devices, anything that writes.
 
+use crate::format::Event;
 use crate::pool::{DeviceStatus, PoolHealth, PoolStatus, ScrubProgress};
 use crate::types::{human_bytes, utc_time};
 use std::fmt;
@@ -62,6 +63,19 @@ impl fmt::Display for PoolStatus {
         } else if let Some(last) = &self.last_scrub {
             write_last_scrub(f, last)?;
         }
+        if let Some(rebuild) = &self.last_rebuild {
+            writeln!(
+                f,
+                "rebuild: last finished {}: {} {}",
+                rebuild.time, rebuild.device, rebuild.detail
+            )?;
+        }
+        if self.no_spare_left {
+            writeln!(
+                f,
+                "  warn: redundancy was restored by the last rebuild, but no spare is left for the next failure: add one (`stripestore spare add`)"
+            )?;
+        }
         writeln!(f, "config:\n")?;
         writeln!(
             f,
@@ -105,15 +119,48 @@ impl fmt::Display for PoolStatus {
             .map(|d| d.read_errors + d.write_errors + d.checksum_errors)
             .sum();
         if errors == 0 {
-            writeln!(f, "\nerrors: No known data errors")
+            writeln!(f, "\nerrors: No known data errors")?;
         } else {
             writeln!(
                 f,
                 "\nerrors: {errors} device errors seen, {} chunks repaired",
                 self.total_repaired()
-            )
+            )?;
         }
+        write_events(f, &self.events)
     }
+}
+
+/// The last events of the log, one per line.
+fn write_events(f: &mut fmt::Formatter<'_>, events: &[Event]) -> fmt::Result {
+    if events.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        f,
+        "events: (the last {}; `stripestore events` lists them all)",
+        events.len()
+    )?;
+    for event in events {
+        writeln!(f, "\t{}", event_line(event))?;
+    }
+    Ok(())
+}
+
+/// One event as a line: time, kind, device, detail (and how often an `open` repeated).
+#[must_use]
+pub fn event_line(event: &Event) -> String {
+    let mut line = format!("{}  {:<14}", event.time, event.kind.name());
+    match (event.device.is_empty(), event.detail.is_empty()) {
+        (false, false) => line.push_str(&format!(" {}: {}", event.device, event.detail)),
+        (false, true) => line.push_str(&format!(" {}", event.device)),
+        (true, false) => line.push_str(&format!(" {}", event.detail)),
+        (true, true) => {}
+    }
+    if event.count > 1 {
+        line.push_str(&format!(" ({} times)", event.count));
+    }
+    line
 }
 
 #[allow(clippy::cast_precision_loss)]

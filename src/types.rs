@@ -181,9 +181,23 @@ pub fn utc_time(unix_secs: u64) -> String {
     )
 }
 
+/// A Unix time as RFC 3339 in UTC, `2026-11-26T09:17:59Z`.
+#[must_use]
+pub fn rfc3339(unix_secs: u64) -> String {
+    let civil = utc_time(unix_secs);
+    let civil = civil.strip_suffix(" UTC").unwrap_or(&civil);
+    format!("{}Z", civil.replacen(' ', "T", 1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_is_utc_with_a_t_and_a_z() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400 + 3661), "2000-02-29T01:01:01Z");
+    }
 
     #[test]
     fn utc_time_matches_known_dates() {

@@ -20,7 +20,7 @@
 //! writes (it parses nothing untrusted).
 
 use crate::device::{DeviceIo, Histogram, BUCKETS_SECS};
-use crate::pool::{DeviceStatus, PoolHealth, PoolStatus, RequestMetrics};
+use crate::pool::{DeviceStatus, PoolHealth, PoolStatus, RequestMetrics, RetiredDevice};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -111,7 +111,8 @@ pub fn render(
     };
     pool_families(&mut e, status);
     device_state_families(&mut e, status);
-    device_io_families(&mut e, devices);
+    pool_counter_families(&mut e, status);
+    device_io_families(&mut e, devices, &status.retired);
     request_families(&mut e, status, requests);
     rebuild_families(&mut e, status);
     scrub_families(&mut e, status);
@@ -190,73 +191,168 @@ fn device_state_families(e: &mut Exposition, status: &PoolStatus) {
         "1 if the device is in service but marked DEGRADED (too many errors within the window).",
         &column(&|d| u64::from(d.state == "DEGRADED")),
     );
-    let errors: Vec<(String, u64)> = members
+    // Counters per device: the members', plus those of devices swapped out of a position in
+    // this process (a device replaced keeps its series at its last value; one that comes back
+    // at the same path and position continues from there), so no series goes down.
+    let mut counted: Vec<(String, [u64; 4])> = members
         .iter()
-        .flat_map(|d| {
-            [
-                ("read", d.read_errors),
-                ("write", d.write_errors),
-                ("checksum", d.checksum_errors),
-            ]
-            .map(|(kind, value)| (format!("{},kind=\"{kind}\"", device_labels(d)), value))
+        .map(|d| {
+            (
+                device_labels(d),
+                [
+                    d.read_errors,
+                    d.write_errors,
+                    d.checksum_errors,
+                    d.repaired_chunks,
+                ],
+            )
+        })
+        .collect();
+    for r in &status.retired {
+        let labels = format!("{pool},device=\"{}\",index=\"{}\"", label(&r.path), r.index);
+        let values = [
+            r.read_errors,
+            r.write_errors,
+            r.checksum_errors,
+            r.repaired_chunks,
+        ];
+        match counted.iter_mut().find(|(l, _)| *l == labels) {
+            Some((_, sum)) => {
+                for (total, value) in sum.iter_mut().zip(values) {
+                    *total += value;
+                }
+            }
+            None => counted.push((labels, values)),
+        }
+    }
+    let errors: Vec<(String, u64)> = counted
+        .iter()
+        .flat_map(|(labels, values)| {
+            ["read", "write", "checksum"]
+                .into_iter()
+                .zip(*values)
+                .map(move |(kind, value)| (format!("{labels},kind=\"{kind}\""), value))
         })
         .collect();
     e.column(
         "stripestore_device_errors_total",
         "counter",
-        "Device errors since the pool was opened, by kind.",
+        "Device errors seen by this process, by kind (a replaced device's series stays at its last value).",
         &errors,
     );
+    let repaired: Vec<(String, u64)> = counted
+        .iter()
+        .map(|(labels, values)| (labels.clone(), values[3]))
+        .collect();
     e.column(
         "stripestore_device_repaired_chunks_total",
         "counter",
         "Chunks rewritten with reconstructed content (self-heal and scrub).",
-        &column(&|d| d.repaired_chunks),
+        &repaired,
+    );
+}
+
+/// The pool's cumulative counters: persisted in its superblocks, so they continue across
+/// restarts and never go down when a member is replaced.
+fn pool_counter_families(e: &mut Exposition, status: &PoolStatus) {
+    let pool = e.pool.clone();
+    let c = &status.counters;
+    e.column(
+        "stripestore_pool_errors_total",
+        "counter",
+        "Device errors of the pool's members since the pool was created, by kind (persisted; increments since the last superblock write are lost in a crash).",
+        &[
+            (format!("{pool},kind=\"read\""), c.read_errors),
+            (format!("{pool},kind=\"write\""), c.write_errors),
+            (format!("{pool},kind=\"checksum\""), c.checksum_errors),
+        ],
+    );
+    e.column(
+        "stripestore_pool_rebuilt_bytes_total",
+        "counter",
+        "Bytes written onto replacements by rebuilds since the pool was created (persisted).",
+        &[(pool.clone(), c.rebuilt_bytes)],
+    );
+    e.column(
+        "stripestore_pool_scrubs_total",
+        "counter",
+        "Scrubs finished since the pool was created (persisted).",
+        &[(pool, c.scrubs)],
     );
 }
 
 /// Per data position: requests, bytes and latency of whichever device serves it.
-fn device_io_families(e: &mut Exposition, devices: &[(String, Arc<DeviceIo>)]) {
+///
+/// A position's counters continue across a replacement under the new device's label; the
+/// replaced device's series stays at its value when it left (`retired`), so no series goes
+/// down. (Latency histograms are not kept for replaced devices.)
+fn device_io_families(
+    e: &mut Exposition,
+    devices: &[(String, Arc<DeviceIo>)],
+    retired: &[RetiredDevice],
+) {
     let labels: Vec<String> = devices
         .iter()
         .enumerate()
         .map(|(i, (name, _))| format!("{},device=\"{}\",index=\"{i}\"", e.pool, label(name)))
         .collect();
-    let column = |f: &dyn Fn(&DeviceIo) -> u64| -> Vec<(String, u64)> {
+    let mut gone: Vec<(String, &RetiredDevice)> = Vec::new();
+    for r in retired {
+        let key = format!(
+            "{},device=\"{}\",index=\"{}\"",
+            e.pool,
+            label(&r.path),
+            r.index
+        );
+        if !labels.contains(&key) {
+            // The last time it left counts (the counters only grew meanwhile).
+            gone.retain(|(k, _)| *k != key);
+            gone.push((key, r));
+        }
+    }
+    let column = |f: &dyn Fn(&DeviceIo) -> u64, g: &dyn Fn(&RetiredDevice) -> u64| {
         labels
             .iter()
             .zip(devices)
             .map(|(labels, (_, io))| (labels.clone(), f(io)))
-            .collect()
+            .chain(gone.iter().map(|(key, r)| (key.clone(), g(r))))
+            .collect::<Vec<(String, u64)>>()
     };
-    for (name, help, counter) in [
+    type Live = fn(&DeviceIo) -> u64;
+    type Gone = fn(&RetiredDevice) -> u64;
+    for (name, help, counter, retired) in [
         (
             "stripestore_device_read_requests_total",
             "Read requests sent to the device.",
-            (|io: &DeviceIo| load(&io.reads)) as fn(&DeviceIo) -> u64,
+            (|io: &DeviceIo| load(&io.reads)) as Live,
+            (|r: &RetiredDevice| r.reads) as Gone,
         ),
         (
             "stripestore_device_read_bytes_total",
             "Bytes read from the device.",
             |io| load(&io.read_bytes),
+            |r| r.read_bytes,
         ),
         (
             "stripestore_device_write_requests_total",
             "Write requests sent to the device.",
             |io| load(&io.writes),
+            |r| r.writes,
         ),
         (
             "stripestore_device_written_bytes_total",
             "Bytes written to the device.",
             |io| load(&io.write_bytes),
+            |r| r.write_bytes,
         ),
         (
             "stripestore_device_flushes_total",
             "Flushes sent to the device.",
             |io| load(&io.flushes),
+            |r| r.flushes,
         ),
     ] {
-        e.column(name, "counter", help, &column(&counter));
+        e.column(name, "counter", help, &column(&counter, &retired));
     }
     for (name, help, histogram) in [
         (
@@ -330,12 +426,12 @@ fn request_families(e: &mut Exposition, status: &PoolStatus, requests: &RequestM
     e.family(
         "stripestore_checksum_repairs_total",
         "counter",
-        "Chunks healed from redundancy since the pool was opened.",
+        "Chunks healed from redundancy (self-heal and scrub) since the pool was created (persisted in the superblocks; never goes down when a member is replaced).",
     );
     e.sample(
         "stripestore_checksum_repairs_total",
         &pool,
-        status.total_repaired(),
+        status.counters.repaired_chunks,
     );
 }
 

@@ -1,6 +1,7 @@
 //! The HTTP front end of a pool: its metrics (`GET /metrics`, the Prometheus exposition of
 //! [`exposition`]), its status (`GET /status`, `GET /status.json`) for anyone who can reach the
-//! address, and, when the operator turns it on, scrub control (`POST /scrub...`). This is how
+//! address, and, when the operator turns it on, control: scrubs (`POST /scrub...`) and the
+//! administration verbs (`admin.rs`: offline, online, replace, clear, spare add/remove). This is how
 //! a pool held open by a long-running process (`stripestore serve`) is watched and scrubbed:
 //! the device locks keep a second process from opening it.
 //!
@@ -9,8 +10,11 @@
 //! pool open, so a closed pool answers 503. Must not touch: pool internals (the pool never
 //! depends on this module), the HTTP wire format (`server.rs`).
 
+mod admin;
 pub mod exposition;
 mod server;
+
+pub use admin::{percent_decode, percent_encode};
 
 pub use exposition::render;
 pub use server::HttpServer;
@@ -119,7 +123,8 @@ impl Response {
 }
 
 const ROUTES: &str = "GET /metrics, GET /status, GET /status.json; with control on: \
-POST /scrub[?check-only][&rate=BYTES_PER_S][&resume], POST /scrub/pause, POST /scrub/cancel\n";
+POST /scrub[?check-only][&rate=BYTES_PER_S][&resume], POST /scrub/pause, POST /scrub/cancel, \
+and the administration routes (see admin.rs)\n";
 
 /// Answer one request.
 #[must_use]
@@ -135,6 +140,11 @@ pub fn answer(pool: &PoolHandle, control: bool, request: &Request<'_>) -> Respon
             403,
             "scrub control is off here (stripestore serve --control turns it on)\n",
         ),
+        ("POST", path) if admin::is_admin_route(path) && !control => Response::text(
+            403,
+            "control is off here: start the server with `stripestore serve --metrics ADDRESS --control` to administer the pool through it\n",
+        ),
+        ("POST", path) if admin::is_admin_route(path) => admin::answer(&pool, request),
         ("POST", "/scrub") => start_scrub(&pool, request),
         ("POST", "/scrub/pause") => {
             if pool.pause_scrub() {

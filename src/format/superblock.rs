@@ -128,6 +128,10 @@ pub struct Superblock {
     /// recorded).
     #[serde(default)]
     pub scrub: super::ScrubRecord,
+    /// Event log and cumulative counters (absent in superblocks written before they were
+    /// kept; older builds ignore the field).
+    #[serde(default, skip_serializing_if = "super::History::is_empty")]
+    pub history: super::History,
 }
 
 /// crc32c of a superblock's header and JSON, skipping the crc field itself (bytes 16..20).
@@ -177,7 +181,7 @@ impl Superblock {
     /// A message if the JSON does not fit (too many members or very long paths).
     pub fn encode(&self) -> Result<Vec<u8>, String> {
         let version = self.required_version();
-        let json = if self.format_version == version {
+        let mut json = if self.format_version == version {
             serde_json::to_vec(self)
         } else {
             serde_json::to_vec(&Self {
@@ -187,6 +191,16 @@ impl Superblock {
         }
         .map_err(|e| e.to_string())?;
         let capacity = usize::try_from(SUPERBLOCK_BYTES).unwrap_or(0) - HEADER_BYTES;
+        if json.len() > capacity && !self.history.events.is_empty() {
+            // The event log gives way (oldest first) before a state change goes unrecorded.
+            let mut smaller = Self {
+                format_version: version,
+                ..self.clone()
+            };
+            while json.len() > capacity && smaller.history.trim_oldest() {
+                json = serde_json::to_vec(&smaller).map_err(|e| e.to_string())?;
+            }
+        }
         if json.len() > capacity {
             return Err(format!(
                 "superblock is {} bytes, more than the {capacity} available",
@@ -267,6 +281,7 @@ mod tests {
             }],
             created_unix_secs: 1,
             scrub: super::super::ScrubRecord::default(),
+            history: super::super::History::default(),
         }
     }
 
@@ -340,6 +355,69 @@ mod tests {
         }
         let bytes = cleared.encode().unwrap();
         assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 2);
+    }
+
+    /// The history rides in the JSON: a full event log with every text at its maximum length
+    /// keeps a pool of 16 members with long paths well under the 64 KiB superblock; an older
+    /// superblock without the field decodes with an empty history; and a superblock that
+    /// would not fit drops its oldest events rather than failing.
+    #[test]
+    fn a_full_event_log_fits_well_under_the_superblock_and_gives_way_first() {
+        use super::super::{Event, EventKind, History, MAX_EVENTS, MAX_TEXT_BYTES};
+        let mut sb = sample();
+        sb.members = (0..16u8)
+            .map(|i| Member {
+                uuid: PoolUuid([i; 16]),
+                role: Role::Data {
+                    index: usize::from(i),
+                },
+                state: MemberState::Faulted {
+                    reason: "r".repeat(200),
+                },
+                path: format!("/dev/disk/by-id/{}-{i}", "x".repeat(120)),
+            })
+            .collect();
+        let without = serde_json::to_vec(&sb).unwrap().len();
+        let full_log = |device: &str, detail: &str| {
+            let mut history = History::default();
+            for i in 0..(MAX_EVENTS as u64 + 10) {
+                history.push(Event::new(
+                    4_000_000_000 + i,
+                    EventKind::RebuildFinish,
+                    &device.repeat(500),
+                    &detail.repeat(500),
+                ));
+            }
+            history.counters.rebuilt_bytes = u64::MAX;
+            history
+        };
+        // Texts at their longest (multi-byte characters), then with every character escaped.
+        for (device, detail, bound) in [("é", "\u{1F4BE}", 24 * 1024), ("\"", "\\", 40 * 1024)] {
+            sb.history = full_log(device, detail);
+            assert_eq!(sb.history.events.len(), MAX_EVENTS);
+            assert!(sb.history.events[0].detail.len() + 3 > MAX_TEXT_BYTES);
+            let json = serde_json::to_vec(&sb).unwrap().len();
+            let log = json - without;
+            assert!(log < bound, "a full log takes {log} bytes of JSON");
+            assert!(json < 56 * 1024, "the superblock JSON is {json} bytes");
+            let decoded = Superblock::decode(&sb.encode().unwrap()).unwrap();
+            assert_eq!(decoded.history, sb.history, "every event kept");
+        }
+        // Written before the history existed: no field, an empty history.
+        let mut old = sample();
+        old.history = History::default();
+        let bytes = old.encode().unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains("history"));
+        assert!(Superblock::decode(&bytes).unwrap().history.is_empty());
+        // Members that leave too little room: the oldest events go, the state change stays.
+        sb.members[0].state = MemberState::Faulted {
+            reason: "y".repeat(30 * 1024),
+        };
+        let decoded = Superblock::decode(&sb.encode().unwrap()).unwrap();
+        assert!(decoded.history.events.len() < MAX_EVENTS);
+        assert!(!decoded.history.events.is_empty());
+        assert_eq!(decoded.history.events.last(), sb.history.events.last());
+        assert_eq!(decoded.members, sb.members);
     }
 
     /// Pools made before checksum blocks have no `checksum_bytes`: one checksum per chunk.

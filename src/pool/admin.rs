@@ -4,11 +4,16 @@
 use super::{Identity, Pool, PoolInner, RebuildProgress, Spare, StepOutcome};
 use crate::device::SharedDevice;
 use crate::error::{Error, Result};
-use crate::format::PoolUuid;
+use crate::format::{EventKind, PoolUuid};
 use crate::rebuild::Pacer;
 use crate::types::DeviceIndex;
 
 impl PoolInner {
+    /// Log an event (persisted with the next superblock write).
+    pub(crate) fn note(&self, kind: EventKind, device: &str, detail: &str) {
+        self.members.record_event(kind, device, detail);
+    }
+
     fn member_index(&self, name: &str) -> Result<DeviceIndex> {
         self.members.find(name).ok_or_else(|| Error::NotInPool {
             name: name.to_string(),
@@ -80,15 +85,7 @@ impl Pool {
     /// [`Error::ForeignSignature`] if it holds a filesystem, partition table or another known
     /// signature and `force` is false; [`Error::DeviceTooSmall`].
     pub fn replace(&self, old: &str, device: SharedDevice, force: bool) -> Result<()> {
-        self.inner.writable("replace")?;
-        let index = self.inner.member_index(old)?;
-        self.inner.check_new_device(&device, force)?;
-        let identity = Identity {
-            uuid: PoolUuid::random(),
-            path: device.name(),
-        };
-        self.inner
-            .attach_replacement(index, identity, device, false)
+        self.inner.replace(old, device, force)
     }
 
     /// Replace data member `old` with the pool's spare named `spare` (path or UUID).
@@ -96,27 +93,7 @@ impl Pool {
     /// # Errors
     /// As [`Pool::replace`], and [`Error::NotInPool`] if there is no such usable spare.
     pub fn replace_with_spare(&self, old: &str, spare: &str) -> Result<()> {
-        self.inner.writable("replace")?;
-        let index = self.inner.member_index(old)?;
-        let (identity, device) = self
-            .inner
-            .members
-            .take_spare_by(|id| id.path == spare || id.uuid.to_string() == spare)
-            .ok_or_else(|| Error::NotInPool {
-                name: spare.to_string(),
-                role: "usable spare",
-            })?;
-        let result = self
-            .inner
-            .attach_replacement(index, identity.clone(), device.clone(), true);
-        if result.is_err() {
-            self.inner.members.push_spare(Spare {
-                identity,
-                device: Some(device),
-                fault: None,
-            });
-        }
-        result
+        self.inner.replace_with_spare(old, spare)
     }
 
     /// Take data member `name` out of service on purpose (recorded on disk). Refused if the pool
@@ -126,20 +103,7 @@ impl Pool {
     /// [`Error::NotInPool`] for an unknown member; [`Error::PoolUnavailable`] if taking it
     /// out would leave too few devices.
     pub fn offline(&self, name: &str) -> Result<()> {
-        self.inner.writable("offline")?;
-        let index = self.inner.member_index(name)?;
-        if !self.inner.members.fault_if_available(index, OFFLINE_REASON) {
-            return Err(Error::PoolUnavailable {
-                layout: self.inner.geometry.layout.to_string(),
-                tolerated: self.inner.geometry.tolerance(),
-                lost_devices: {
-                    let mut lost = self.inner.members.lost();
-                    lost.push(self.inner.members.get(index).path());
-                    lost
-                },
-            });
-        }
-        Ok(())
+        self.inner.offline(name)
     }
 
     /// Bring faulted member `name` back with `device`: the same disk coming back (its
@@ -153,27 +117,7 @@ impl Pool {
     /// `force`); [`Error::DeviceInUse`] / [`Error::ForeignSignature`] for another pool's
     /// device or a known signature, unless `force`; [`Error::DeviceTooSmall`].
     pub fn online(&self, name: &str, device: SharedDevice, force: bool) -> Result<()> {
-        self.inner.writable("online")?;
-        let index = self.inner.member_index(name)?;
-        let member = self.inner.members.get(index);
-        if member.is_online() {
-            return Err(Error::WrongState {
-                device: name.to_string(),
-                reason: "already online".into(),
-            });
-        }
-        let returning = super::open::read_superblock(device.as_ref()).is_ok_and(|sb| {
-            sb.pool_uuid == self.inner.uuid && sb.device_uuid == member.identity().uuid
-        });
-        if !returning {
-            self.inner.check_new_device(&device, force)?;
-        }
-        let identity = Identity {
-            uuid: PoolUuid::random(),
-            path: device.name(),
-        };
-        self.inner
-            .attach_replacement(index, identity, device, false)
+        self.inner.online(name, device, force)
     }
 
     /// Add a spare device to the pool.
@@ -183,34 +127,7 @@ impl Pool {
     /// [`Error::DeviceInUse`] / [`Error::ForeignSignature`] if it holds a stripestore
     /// superblock or another known signature and `force` is false; [`Error::DeviceTooSmall`].
     pub fn add_spare(&self, device: SharedDevice, force: bool) -> Result<()> {
-        self.inner.writable("spare add")?;
-        self.inner.check_new_device(&device, force)?;
-        if device.size() < self.inner.geometry.device_bytes {
-            return Err(Error::DeviceTooSmall {
-                device: device.name(),
-                size: device.size(),
-                needed: self.inner.geometry.device_bytes,
-            });
-        }
-        let identity = Identity {
-            uuid: PoolUuid::random(),
-            path: device.name(),
-        };
-        self.inner.members.push_spare(Spare {
-            identity: identity.clone(),
-            device: Some(device),
-            fault: None,
-        });
-        if let Err(err) = self.inner.members.write_superblocks() {
-            // Not recorded anywhere (the superblock could not be encoded, e.g. paths too long
-            // for its 64 KiB): keeping it in memory would make every later superblock write
-            // fail too, so faults would stop being recorded.
-            self.inner
-                .members
-                .take_spare_by(|id| id.uuid == identity.uuid);
-            return Err(err);
-        }
-        Ok(())
+        self.inner.add_spare(device, force)
     }
 
     /// Remove spare `name` (its recorded path or UUID) from the pool: the superblocks stop
@@ -223,31 +140,7 @@ impl Pool {
     /// has no such spare; [`Error::ReadOnly`] on a read-only open; the superblock write's error
     /// (the spare is then kept).
     pub fn remove_spare(&self, name: &str) -> Result<()> {
-        self.inner.writable("spare remove")?;
-        let named =
-            |identity: &Identity| identity.path == name || identity.uuid.to_string() == name;
-        let Some((position, spare)) = self.inner.members.remove_spare_by(named) else {
-            let rebuilding = self.inner.members.data.iter().find(|member| {
-                member
-                    .replacement()
-                    .is_some_and(|r| r.from_spare && named(&r.identity))
-            });
-            return Err(match rebuilding {
-                Some(member) => Error::Busy(format!(
-                    "spare {name} is being rebuilt onto for data position {}; it can be removed once it is no longer in use",
-                    member.index.0
-                )),
-                None => Error::NotInPool {
-                    name: name.to_string(),
-                    role: "spare",
-                },
-            });
-        };
-        if let Err(err) = self.inner.members.write_superblocks() {
-            self.inner.members.restore_spare(position, spare);
-            return Err(err);
-        }
-        Ok(())
+        self.inner.remove_spare(name)
     }
 
     /// Attach an available spare to every faulted position that has none yet (what
@@ -322,31 +215,7 @@ impl Pool {
     /// [`Error::ReadOnly`]; [`Error::NotInPool`] for an unknown member;
     /// [`Error::CorruptMetadata`] if the superblocks cannot be written.
     pub fn clear(&self, name: Option<&str>) -> Result<Vec<Cleared>> {
-        self.inner.writable("clear")?;
-        let indexes = match name {
-            Some(name) => vec![self.inner.member_index(name)?],
-            None => self.inner.members.data.iter().map(|m| m.index).collect(),
-        };
-        let mut cleared = Vec::new();
-        for index in indexes {
-            let member = self.inner.members.get(index);
-            let was_degraded = self.inner.members.clear_degraded(index);
-            let state = match member.fault_reason() {
-                None if was_degraded => ClearedState::Online,
-                None => continue,
-                Some(reason) if reason == OFFLINE_REASON => ClearedState::StillOffline,
-                Some(reason) => ClearedState::NeedsDevice { reason },
-            };
-            cleared.push(Cleared {
-                index: index.0,
-                path: member.path(),
-                state,
-            });
-        }
-        if cleared.iter().any(|c| c.state == ClearedState::Online) {
-            self.inner.members.write_superblocks()?;
-        }
-        Ok(cleared)
+        self.inner.clear(name)
     }
 
     /// Clear faulted member `name` by resyncing it from `device`, which must be that member
@@ -357,9 +226,206 @@ impl Pool {
     /// [`Error::ReadOnly`]; [`Error::WrongState`] if `name` is not faulted or `device` is not
     /// that member; as [`Pool::online`].
     pub fn clear_with(&self, name: &str, device: SharedDevice) -> Result<()> {
-        self.inner.writable("clear")?;
-        let index = self.inner.member_index(name)?;
-        let member = self.inner.members.get(index);
+        self.inner.clear_with(name, device)
+    }
+}
+
+impl PoolInner {
+    /// See [`Pool::replace`].
+    pub(crate) fn replace(&self, old: &str, device: SharedDevice, force: bool) -> Result<()> {
+        self.writable("replace")?;
+        let index = self.member_index(old)?;
+        self.check_new_device(&device, force)?;
+        let identity = Identity {
+            uuid: PoolUuid::random(),
+            path: device.name(),
+        };
+        self.note(
+            EventKind::Replace,
+            &self.members.get(index).path(),
+            &format!("by new device {}", identity.path),
+        );
+        self.attach_replacement(index, identity, device, false)
+    }
+
+    /// See [`Pool::replace_with_spare`].
+    pub(crate) fn replace_with_spare(&self, old: &str, spare: &str) -> Result<()> {
+        self.writable("replace")?;
+        let index = self.member_index(old)?;
+        let (identity, device) = self
+            .members
+            .take_spare_by(|id| id.is_named(spare))
+            .ok_or_else(|| Error::NotInPool {
+                name: spare.to_string(),
+                role: "usable spare",
+            })?;
+        self.note(
+            EventKind::Replace,
+            &self.members.get(index).path(),
+            &format!("by spare {}", identity.path),
+        );
+        let result = self.attach_replacement(index, identity.clone(), device.clone(), true);
+        if result.is_err() {
+            self.members.push_spare(Spare {
+                identity,
+                device: Some(device),
+                fault: None,
+            });
+        }
+        result
+    }
+
+    /// See [`Pool::offline`].
+    pub(crate) fn offline(&self, name: &str) -> Result<()> {
+        self.writable("offline")?;
+        let index = self.member_index(name)?;
+        if !self.members.fault_if_available(index, OFFLINE_REASON) {
+            return Err(Error::PoolUnavailable {
+                layout: self.geometry.layout.to_string(),
+                tolerated: self.geometry.tolerance(),
+                lost_devices: {
+                    let mut lost = self.members.lost();
+                    lost.push(self.members.get(index).path());
+                    lost
+                },
+            });
+        }
+        Ok(())
+    }
+
+    /// See [`Pool::online`].
+    pub(crate) fn online(&self, name: &str, device: SharedDevice, force: bool) -> Result<()> {
+        self.writable("online")?;
+        let index = self.member_index(name)?;
+        let member = self.members.get(index);
+        if member.is_online() {
+            return Err(Error::WrongState {
+                device: name.to_string(),
+                reason: "already online".into(),
+            });
+        }
+        let returning = super::open::read_superblock(device.as_ref())
+            .is_ok_and(|sb| sb.pool_uuid == self.uuid && sb.device_uuid == member.identity().uuid);
+        if !returning {
+            self.check_new_device(&device, force)?;
+        }
+        let identity = Identity {
+            uuid: PoolUuid::random(),
+            path: device.name(),
+        };
+        self.note(
+            EventKind::Online,
+            &member.path(),
+            &format!("brought back from {}; resynced before use", identity.path),
+        );
+        self.attach_replacement(index, identity, device, false)
+    }
+
+    /// See [`Pool::add_spare`].
+    pub(crate) fn add_spare(&self, device: SharedDevice, force: bool) -> Result<()> {
+        self.writable("spare add")?;
+        self.check_new_device(&device, force)?;
+        if device.size() < self.geometry.device_bytes {
+            return Err(Error::DeviceTooSmall {
+                device: device.name(),
+                size: device.size(),
+                needed: self.geometry.device_bytes,
+            });
+        }
+        let identity = Identity {
+            uuid: PoolUuid::random(),
+            path: device.name(),
+        };
+        self.members.push_spare(Spare {
+            identity: identity.clone(),
+            device: Some(device),
+            fault: None,
+        });
+        self.note(
+            EventKind::SpareAdded,
+            &identity.path,
+            &identity.uuid.to_string(),
+        );
+        if let Err(err) = self.members.write_superblocks() {
+            // Not recorded anywhere (the superblock could not be encoded, e.g. paths too long
+            // for its 64 KiB): keeping it in memory would make every later superblock write
+            // fail too, so faults would stop being recorded.
+            self.members.take_spare_by(|id| id.uuid == identity.uuid);
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    /// See [`Pool::remove_spare`].
+    pub(crate) fn remove_spare(&self, name: &str) -> Result<()> {
+        self.writable("spare remove")?;
+        let named = |identity: &Identity| identity.is_named(name);
+        let Some((position, spare)) = self.members.remove_spare_by(named) else {
+            let rebuilding = self.members.data.iter().find(|member| {
+                member
+                    .replacement()
+                    .is_some_and(|r| r.from_spare && named(&r.identity))
+            });
+            return Err(match rebuilding {
+                Some(member) => Error::Busy(format!(
+                    "spare {name} is being rebuilt onto for data position {}; it can be removed once it is no longer in use",
+                    member.index.0
+                )),
+                None => Error::NotInPool {
+                    name: name.to_string(),
+                    role: "spare",
+                },
+            });
+        };
+        self.note(
+            EventKind::SpareRemoved,
+            &spare.identity.path,
+            &spare.identity.uuid.to_string(),
+        );
+        if let Err(err) = self.members.write_superblocks() {
+            self.members.restore_spare(position, spare);
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    /// See [`Pool::clear`].
+    pub(crate) fn clear(&self, name: Option<&str>) -> Result<Vec<Cleared>> {
+        self.writable("clear")?;
+        let indexes = match name {
+            Some(name) => vec![self.member_index(name)?],
+            None => self.members.data.iter().map(|m| m.index).collect(),
+        };
+        let mut cleared = Vec::new();
+        for index in indexes {
+            let member = self.members.get(index);
+            let was_degraded = self.members.clear_degraded(index);
+            let state = match member.fault_reason() {
+                None if was_degraded => ClearedState::Online,
+                None => continue,
+                Some(reason) if reason == OFFLINE_REASON => ClearedState::StillOffline,
+                Some(reason) => ClearedState::NeedsDevice { reason },
+            };
+            if state == ClearedState::Online {
+                self.note(EventKind::Clear, &member.path(), "errors cleared; online");
+            }
+            cleared.push(Cleared {
+                index: index.0,
+                path: member.path(),
+                state,
+            });
+        }
+        if cleared.iter().any(|c| c.state == ClearedState::Online) {
+            self.members.write_superblocks()?;
+        }
+        Ok(cleared)
+    }
+
+    /// See [`Pool::clear_with`].
+    pub(crate) fn clear_with(&self, name: &str, device: SharedDevice) -> Result<()> {
+        self.writable("clear")?;
+        let index = self.member_index(name)?;
+        let member = self.members.get(index);
         if member.is_online() {
             self.clear(Some(name))?;
             return Ok(());
@@ -372,7 +438,7 @@ impl Pool {
         }
         let identity = member.identity();
         match super::open::read_superblock(device.as_ref()) {
-            Ok(sb) if sb.pool_uuid == self.inner.uuid && sb.device_uuid == identity.uuid => {}
+            Ok(sb) if sb.pool_uuid == self.uuid && sb.device_uuid == identity.uuid => {}
             Ok(sb) => {
                 return Err(Error::WrongState {
                     device: device.name(),
@@ -393,7 +459,12 @@ impl Pool {
             }
         }
         tracing::warn!(device = %device.name(), index = index.0, "clearing a faulted member: it is resynced from redundancy before it serves again");
-        self.inner.attach_replacement(
+        self.note(
+            EventKind::Clear,
+            &identity.path,
+            "faulted member given back; resynced from redundancy before use",
+        );
+        self.attach_replacement(
             index,
             Identity {
                 uuid: PoolUuid::random(),
@@ -402,7 +473,7 @@ impl Pool {
             device,
             false,
         )?;
-        self.inner.members.clear_degraded(index);
+        self.members.clear_degraded(index);
         Ok(())
     }
 }

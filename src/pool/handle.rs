@@ -2,9 +2,10 @@
 //! it open ([`PoolHandle`], upgraded per request to a [`PoolRef`]).
 //!
 //! Owns: the scrub-thread slot shared by [`Pool`](super::Pool) and its handles (one background
-//! scrub at a time; none starts once the pool is closing), and the public read and scrub-control
-//! surface a front end (the HTTP endpoint) needs. Must not touch: HTTP, rendering, or any front
-//! end (they depend on the pool, never the reverse); the scrub itself (`scrub.rs`).
+//! scrub at a time; none starts once the pool is closing), and the public read, scrub-control
+//! and administration surface a front end (the HTTP endpoint) needs. Must not touch: HTTP,
+//! rendering, or any front end (they depend on the pool, never the reverse); the scrub itself
+//! (`scrub.rs`).
 
 use super::scrub::{ScrubOptions, ScrubProgress, ScrubReport, ScrubRequest};
 use super::{PoolInner, PoolStatus, RequestMetrics};
@@ -146,6 +147,86 @@ impl PoolRef {
     #[must_use]
     pub fn scrub_progress(&self) -> Option<ScrubProgress> {
         self.inner.scrub_progress()
+    }
+
+    /// As [`Pool::offline`](super::Pool::offline).
+    ///
+    /// # Errors
+    /// As [`Pool::offline`](super::Pool::offline).
+    pub fn offline(&self, name: &str) -> Result<()> {
+        self.inner.offline(name)
+    }
+
+    /// As [`Pool::online`](super::Pool::online).
+    ///
+    /// # Errors
+    /// As [`Pool::online`](super::Pool::online).
+    pub fn online(
+        &self,
+        name: &str,
+        device: crate::device::SharedDevice,
+        force: bool,
+    ) -> Result<()> {
+        self.inner.online(name, device, force)
+    }
+
+    /// As [`Pool::replace`](super::Pool::replace).
+    ///
+    /// # Errors
+    /// As [`Pool::replace`](super::Pool::replace).
+    pub fn replace(
+        &self,
+        old: &str,
+        device: crate::device::SharedDevice,
+        force: bool,
+    ) -> Result<()> {
+        self.inner.replace(old, device, force)
+    }
+
+    /// As [`Pool::replace_with_spare`](super::Pool::replace_with_spare).
+    ///
+    /// # Errors
+    /// As [`Pool::replace_with_spare`](super::Pool::replace_with_spare).
+    pub fn replace_with_spare(&self, old: &str, spare: &str) -> Result<()> {
+        self.inner.replace_with_spare(old, spare)
+    }
+
+    /// As [`Pool::add_spare`](super::Pool::add_spare).
+    ///
+    /// # Errors
+    /// As [`Pool::add_spare`](super::Pool::add_spare).
+    pub fn add_spare(&self, device: crate::device::SharedDevice, force: bool) -> Result<()> {
+        self.inner.add_spare(device, force)
+    }
+
+    /// As [`Pool::remove_spare`](super::Pool::remove_spare).
+    ///
+    /// # Errors
+    /// As [`Pool::remove_spare`](super::Pool::remove_spare).
+    pub fn remove_spare(&self, name: &str) -> Result<()> {
+        self.inner.remove_spare(name)
+    }
+
+    /// As [`Pool::clear`](super::Pool::clear).
+    ///
+    /// # Errors
+    /// As [`Pool::clear`](super::Pool::clear).
+    pub fn clear(&self, name: Option<&str>) -> Result<Vec<super::Cleared>> {
+        self.inner.clear(name)
+    }
+
+    /// As [`Pool::clear_with`](super::Pool::clear_with).
+    ///
+    /// # Errors
+    /// As [`Pool::clear_with`](super::Pool::clear_with).
+    pub fn clear_with(&self, name: &str, device: crate::device::SharedDevice) -> Result<()> {
+        self.inner.clear_with(name, device)
+    }
+
+    /// The pool's device size: what a new device or spare must hold.
+    #[must_use]
+    pub fn device_bytes(&self) -> u64 {
+        self.inner.geometry.device_bytes
     }
 
     /// Whether the pool is closing (or closed): no scrub starts any more.

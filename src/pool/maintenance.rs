@@ -180,6 +180,29 @@ impl ScrubTarget for PoolInner {
     }
 
     fn persist_scrub(&self, change: RecordChange) -> Result<()> {
+        if let RecordChange::Ended(summary) = &change {
+            let totals = summary.tally.totals();
+            self.members.count_scrub();
+            self.note(
+                crate::format::EventKind::ScrubFinish,
+                "",
+                &format!(
+                    "{} {}: found {} damaged chunks, repaired {}, {} unrepairable stripes",
+                    if summary.repair {
+                        "scrub"
+                    } else {
+                        "check-only scrub"
+                    },
+                    match summary.outcome {
+                        crate::format::ScrubOutcome::Completed => "completed",
+                        crate::format::ScrubOutcome::Canceled => "canceled",
+                    },
+                    totals.checksum_errors + totals.io_errors,
+                    totals.repaired,
+                    summary.tally.unrepairable_stripes
+                ),
+            );
+        }
         self.members
             .update_scrub_record(|record| change.apply(record));
         self.members.write_superblocks()?;

@@ -56,14 +56,6 @@ pub struct ErrorCounters {
     pub repaired: AtomicU64,
 }
 
-impl ErrorCounters {
-    fn reset(&self) {
-        for counter in [&self.read, &self.write, &self.checksum, &self.repaired] {
-            counter.store(0, Ordering::Relaxed);
-        }
-    }
-}
-
 /// Who a device is: its UUID (identity) and last known path (a hint).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -71,6 +63,19 @@ pub struct Identity {
     pub uuid: PoolUuid,
     /// Last known path or name.
     pub path: String,
+}
+
+impl Identity {
+    /// Whether `name` names this device: its UUID, its recorded path as written, or the same
+    /// file as that path (`d4`, `./d4` and `/srv/pool/d4` name one device).
+    #[must_use]
+    pub fn is_named(&self, name: &str) -> bool {
+        if self.path == name || self.uuid.to_string() == name {
+            return true;
+        }
+        let canonical = |path: &str| crate::device::canonical_path(std::path::Path::new(path));
+        !name.is_empty() && canonical(name) == canonical(&self.path)
+    }
 }
 
 /// A device being filled to take over a data position.
@@ -305,6 +310,51 @@ pub struct Members {
     /// Held while deciding whether an error takes a device out of service, so two devices
     /// failing at once cannot both be faulted past the layout's tolerance.
     deciding: Mutex<()>,
+    /// Devices swapped out of a position in this process, with their counters at that moment:
+    /// so the pool's totals (and each device's series) never go down when a member is
+    /// replaced (see [`Members::counters`]).
+    retired: Mutex<Vec<RetiredDevice>>,
+    /// Bytes written by rebuilds of this process that are no longer attached (finished or
+    /// abandoned); the attached ones' are added live.
+    rebuilt_bytes: AtomicU64,
+    /// Scrubs finished in this process.
+    scrubs: AtomicU64,
+    /// The cumulative counters the superblock recorded when the pool was opened.
+    base: crate::format::PoolCounters,
+    /// The cumulative counters as the superblocks last recorded them.
+    persisted: Mutex<crate::format::PoolCounters>,
+    /// Events logged since the superblocks were last written.
+    events_unpersisted: AtomicBool,
+}
+
+/// A device that served a data position in this process and was swapped out (replaced), with
+/// its counters when it left: kept so counters never go down.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RetiredDevice {
+    /// The position it served.
+    pub index: usize,
+    /// Its path then.
+    pub path: String,
+    /// Its UUID.
+    pub uuid: String,
+    /// Read I/O errors.
+    pub read_errors: u64,
+    /// Write/flush errors.
+    pub write_errors: u64,
+    /// Checksum mismatches.
+    pub checksum_errors: u64,
+    /// Chunks healed on it.
+    pub repaired_chunks: u64,
+    /// Read requests of its position until then.
+    pub reads: u64,
+    /// Bytes read.
+    pub read_bytes: u64,
+    /// Write requests.
+    pub writes: u64,
+    /// Bytes written.
+    pub write_bytes: u64,
+    /// Flushes.
+    pub flushes: u64,
 }
 
 impl Members {
@@ -315,6 +365,7 @@ impl Members {
         layout: Layout,
         policy: FaultPolicy,
     ) -> Self {
+        let persisted = superblock.history.counters;
         Self {
             data,
             spares: Mutex::new(spares),
@@ -323,7 +374,100 @@ impl Members {
             layout,
             policy,
             deciding: Mutex::new(()),
+            retired: Mutex::new(Vec::new()),
+            rebuilt_bytes: AtomicU64::new(0),
+            scrubs: AtomicU64::new(0),
+            base: persisted,
+            persisted: Mutex::new(persisted),
+            events_unpersisted: AtomicBool::new(false),
         }
+    }
+
+    /// The pool's cumulative counters: what the superblock recorded at open plus everything
+    /// counted since by this process (members in service, devices swapped out, rebuilds,
+    /// scrubs). Never goes down while the pool is open.
+    #[must_use]
+    pub fn counters(&self) -> crate::format::PoolCounters {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        // Under the retired lock: a swap moves a member's counts into the retired list under
+        // it, so they are never seen twice or not at all.
+        let retired = self.retired.lock();
+        let mut totals = self.base_counters();
+        for member in &self.data {
+            totals.read_errors += load(&member.errors.read);
+            totals.write_errors += load(&member.errors.write);
+            totals.checksum_errors += load(&member.errors.checksum);
+            totals.repaired_chunks += load(&member.errors.repaired);
+            if let Some(replacement) = member.replacement() {
+                totals.rebuilt_bytes += load(&replacement.bytes_written);
+            }
+        }
+        for device in retired.iter() {
+            totals.read_errors += device.read_errors;
+            totals.write_errors += device.write_errors;
+            totals.checksum_errors += device.checksum_errors;
+            totals.repaired_chunks += device.repaired_chunks;
+        }
+        totals.rebuilt_bytes += load(&self.rebuilt_bytes);
+        totals.scrubs += load(&self.scrubs);
+        totals
+    }
+
+    /// The counters as recorded when the pool was opened.
+    fn base_counters(&self) -> crate::format::PoolCounters {
+        self.base
+    }
+
+    /// Devices swapped out of a position in this process.
+    #[must_use]
+    pub fn retired(&self) -> Vec<RetiredDevice> {
+        self.retired.lock().clone()
+    }
+
+    /// Count a finished scrub.
+    pub(crate) fn count_scrub(&self) {
+        self.scrubs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Count the bytes a rebuild wrote once its replacement is no longer attached.
+    pub(crate) fn count_rebuilt(&self, replacement: &Replacement) {
+        self.rebuilt_bytes.fetch_add(
+            replacement.bytes_written.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Add `event` to the log; the next [`Members::write_superblocks`] persists it. Nothing is
+    /// kept on a read-only open (it records nothing).
+    pub(crate) fn record_event(&self, kind: crate::format::EventKind, device: &str, detail: &str) {
+        if self.policy.read_only {
+            return;
+        }
+        let event = crate::format::Event::new(crate::types::now_unix_secs(), kind, device, detail);
+        self.superblock.lock().history.push(event);
+        // An `open` alone does not make a clean close write the superblocks: it rides with the
+        // next write. (A superblock write per open would move the generation on every open,
+        // and equal generations are how two members that each went on alone are caught.)
+        if kind != crate::format::EventKind::Open {
+            self.events_unpersisted.store(true, Ordering::Release);
+        }
+    }
+
+    /// The event log and the counters as they stand (the counters include this process's
+    /// increments not yet persisted).
+    #[must_use]
+    pub fn history(&self) -> crate::format::History {
+        let mut history = self.superblock.lock().history.clone();
+        history.counters = self.counters();
+        history
+    }
+
+    /// Whether events were logged or counts made since the superblocks last recorded them
+    /// (a clean close then writes them).
+    pub(crate) fn history_unpersisted(&self) -> bool {
+        !self.policy.read_only
+            && (self.events_unpersisted.load(Ordering::Acquire)
+                || self.counters() != *self.persisted.lock())
     }
 
     /// Whether this is a read-only open (nothing is ever written).
@@ -433,7 +577,8 @@ impl Members {
             .collect()
     }
 
-    /// Find a data member by path, layout index or UUID.
+    /// Find a data member by path (as recorded, or any path to the same file), layout index
+    /// or UUID.
     #[must_use]
     pub fn find(&self, name: &str) -> Option<DeviceIndex> {
         if let Ok(index) = name.parse::<usize>() {
@@ -441,10 +586,7 @@ impl Members {
         }
         self.data
             .iter()
-            .find(|m| {
-                let identity = m.identity();
-                identity.path == name || identity.uuid.to_string() == name
-            })
+            .find(|m| m.identity().is_named(name))
             .map(|m| m.index)
     }
 
@@ -485,6 +627,12 @@ impl Members {
         }
         tracing::warn!(device = %member.path(), index = index.0, reason, "device faulted");
         *member.device.write() = None;
+        let kind = if reason == super::admin::OFFLINE_REASON {
+            crate::format::EventKind::Offline
+        } else {
+            crate::format::EventKind::Fault
+        };
+        self.record_event(kind, &member.path(), reason);
         true
     }
 
@@ -499,6 +647,7 @@ impl Members {
             *current = Some(reason.to_string());
         }
         tracing::warn!(device = %member.path(), index = index.0, reason, "device degraded; it stays in service");
+        self.record_event(crate::format::EventKind::Degraded, &member.path(), reason);
         self.persist("the degraded state");
     }
 
@@ -594,8 +743,15 @@ impl Members {
 
     /// Give up on the replacement of `index` (its device failed); the position stays as it was.
     pub(crate) fn abandon_replacement(&self, index: DeviceIndex, reason: &str) {
-        let Some(replacement) = self.get(index).replacement.write().take() else {
-            return;
+        let replacement = {
+            // (The retired lock, so `counters` never sees its bytes neither attached nor
+            // counted.)
+            let _counting = self.retired.lock();
+            let Some(replacement) = self.get(index).replacement.write().take() else {
+                return;
+            };
+            self.count_rebuilt(&replacement);
+            replacement
         };
         tracing::error!(device = %replacement.identity.path, reason, "replacement abandoned");
         // A spare stays on record as a faulted spare, so the operator sees it; a device given
@@ -621,6 +777,9 @@ impl Members {
         rebuilt: &Replacement,
     ) -> Option<Identity> {
         let member = self.get(index);
+        // (The retired lock: `counters` sees the position's counts either before or after
+        // they move to the retired list, never twice or not at all.)
+        let mut retired = self.retired.lock();
         // (The caller holds the meta mutex and the attach lock: no write or commit can look at
         // this position while it changes hands.)
         let replacement = {
@@ -634,6 +793,9 @@ impl Members {
             attached.take()?
         };
         let old = member.identity();
+        retired.push(Self::retire(member, &old));
+        self.count_rebuilt(&replacement);
+        drop(retired);
         *member.identity.write() = replacement.identity.clone();
         *member.device.write() = Some(crate::device::Metered::wrap(
             Arc::clone(&replacement.device),
@@ -642,9 +804,30 @@ impl Members {
         *member.fault_reason.lock() = None;
         *member.degraded.lock() = None;
         member.recent_errors.lock().clear();
-        member.errors.reset();
         member.online.store(true, Ordering::Release);
         Some(old)
+    }
+
+    /// Take `member`'s error counters (it is being swapped out; it was `old`), zeroing them
+    /// for the device taking over: the caller puts them in the retired list under the lock
+    /// [`Members::counters`] reads them with.
+    fn retire(member: &MemberDevice, old: &Identity) -> RetiredDevice {
+        let take = |c: &AtomicU64| c.swap(0, Ordering::Relaxed);
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        RetiredDevice {
+            index: member.index.0,
+            path: old.path.clone(),
+            uuid: old.uuid.to_string(),
+            read_errors: take(&member.errors.read),
+            write_errors: take(&member.errors.write),
+            checksum_errors: take(&member.errors.checksum),
+            repaired_chunks: take(&member.errors.repaired),
+            reads: load(&member.io.reads),
+            read_bytes: load(&member.io.read_bytes),
+            writes: load(&member.io.writes),
+            write_bytes: load(&member.io.write_bytes),
+            flushes: load(&member.io.flushes),
+        }
     }
 
     /// Flush every online data member and replacement in parallel; a failed flush faults the
@@ -691,8 +874,11 @@ impl Members {
         }
         let _writer = self.superblock_writer.lock();
         let spares = self.spares();
+        let counters = self.counters();
+        self.events_unpersisted.store(false, Ordering::Release);
         let mut template = self.superblock.lock();
         template.generation += 1;
+        template.history.counters = counters;
         template.members = self
             .data
             .iter()
@@ -753,6 +939,7 @@ impl Members {
         for (device, err) in &failures {
             tracing::warn!(%device, %err, "superblock write failed");
         }
+        *self.persisted.lock() = counters;
         Ok(failures)
     }
 }

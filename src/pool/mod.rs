@@ -12,6 +12,7 @@ mod admin;
 mod batch;
 mod commit;
 mod handle;
+mod import;
 mod io;
 mod maintenance;
 mod members;
@@ -30,16 +31,17 @@ pub use crate::rebuild::{RebuildProgress, StepOutcome};
 pub use crate::scrub::{DeviceScrubReport, ScrubEnd, ScrubOptions, ScrubProgress, ScrubReport};
 pub use admin::{Cleared, ClearedState};
 pub use handle::{PoolHandle, PoolRef};
+pub use import::{find_pools, FoundDevice, FoundPool};
 pub use maintenance::ShardLocation;
 pub use members::{
     DeviceFault, ErrorCounters, ErrorKind, FaultPolicy, Identity, MemberDevice, Members,
-    Replacement, Spare,
+    Replacement, RetiredDevice, Spare,
 };
 pub use open::{clear_label, read_label};
 #[cfg(feature = "testing")]
 pub use planted::PlantedBugs;
 pub use requests::{Request, RequestMetrics};
-pub use status::{DeviceStatus, PoolHealth, PoolStatus};
+pub use status::{DeviceStatus, PoolHealth, PoolStatus, STATUS_EVENTS};
 
 /// Run `work` with the pool's device-parallel work on this thread done one device after
 /// another, in order (what a deterministic simulation needs); restored afterwards.
@@ -288,6 +290,15 @@ impl PoolInner {
         }
     }
 
+    /// Write the superblocks if events were logged or counts made since they were last
+    /// written (a clean close): what a crash would lose.
+    pub(crate) fn persist_history(&self) -> Result<()> {
+        if self.members.history_unpersisted() {
+            self.members.write_superblocks()?;
+        }
+        Ok(())
+    }
+
     pub(crate) fn stripe_lock(&self, stripe: StripeId) -> &Mutex<()> {
         &self.stripe_locks[self.stripe_lock_index(stripe)]
     }
@@ -369,23 +380,48 @@ impl Pool {
     /// stale member is left out with a warning, not refused);
     /// [`Error::CorruptMetadata`] if no device has a usable stripe map.
     pub fn open(devices: Vec<SharedDevice>, options: &OpenOptions) -> Result<Self> {
-        Ok(Self::wrap(open::open(devices, false, options)?))
+        Ok(Self::wrap(open::open(
+            devices,
+            open::Discover::No,
+            options,
+        )?))
     }
 
-    /// Open a pool from one or more member paths; the other members are found through the
-    /// paths recorded in the superblock.
+    /// Open a pool from one or more member paths; the other members are found by identity,
+    /// at their recorded paths or in those paths' directories (see
+    /// [`Pool::open_paths_scanning`]).
     ///
     /// # Errors
     /// As [`Pool::open`], plus [`Error::Open`] for a given path that cannot be opened;
     /// [`Error::InvalidConfig`] if a path is given twice (checked before anything is opened).
     pub fn open_paths(paths: &[PathBuf], options: &OpenOptions) -> Result<Self> {
+        Self::open_paths_scanning(paths, &[], options)
+    }
+
+    /// Open a pool from one or more member paths, finding the other members by identity (pool
+    /// and device UUID), wherever they are now: at their recorded paths, else among the files
+    /// and block devices in the directories of the given and recorded paths and in `scan`
+    /// (directories, or devices). A member found elsewhere is used there; a read-write open
+    /// records its new path in the superblocks (a read-only one only says so).
+    ///
+    /// # Errors
+    /// As [`Pool::open_paths`].
+    pub fn open_paths_scanning(
+        paths: &[PathBuf],
+        scan: &[PathBuf],
+        options: &OpenOptions,
+    ) -> Result<Self> {
         crate::device::refuse_duplicate_paths(paths.iter().map(PathBuf::as_path))?;
         let access = options.access();
         let devices = paths
             .iter()
             .map(|path| crate::device::open_device_for(path, access))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self::wrap(open::open(devices, true, options)?))
+        Ok(Self::wrap(open::open(
+            devices,
+            open::Discover::Scan(scan),
+            options,
+        )?))
     }
 
     fn wrap(inner: PoolInner) -> Self {
@@ -517,6 +553,13 @@ impl Pool {
         self.inner.status()
     }
 
+    /// The pool's event log (newest last) and cumulative counters, as recorded in its
+    /// superblocks plus what this process has logged and counted since.
+    #[must_use]
+    pub fn history(&self) -> crate::format::History {
+        self.inner.members.history()
+    }
+
     /// Flush and close.
     ///
     /// # Errors
@@ -528,6 +571,7 @@ impl Pool {
         if !self.inner.rebuild_progress().is_empty() {
             self.inner.checkpoint_rebuilds()?;
         }
+        self.inner.persist_history()?;
         Ok(())
     }
 
@@ -636,6 +680,8 @@ impl Drop for Pool {
         if self.flush_on_drop.load(Ordering::Relaxed) {
             if let Err(err) = self.inner.commit() {
                 tracing::error!(%err, "flush on drop failed");
+            } else if let Err(err) = self.inner.persist_history() {
+                tracing::error!(%err, "could not record the pool's events and counters on drop");
             }
         }
     }

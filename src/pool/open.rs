@@ -1,7 +1,12 @@
 //! Creating and opening pools: superblock discovery and validation, and map recovery.
+//!
+//! Members are found by identity (pool UUID + device UUID); recorded paths are hints, tried
+//! first, then the directories of the given and recorded paths and any scan locations. A
+//! member found elsewhere is used there; only a read-write open records its new path.
 
 use super::{CreateOptions, MapState, MetaCursor, OpenOptions, PoolInner, STRIPE_LOCKS};
 use crate::codec::Codec;
+use crate::device::canonical_path;
 use crate::device::{Device, SharedDevice};
 use crate::error::{Error, Result};
 use crate::format::{
@@ -12,7 +17,8 @@ use crate::geometry::{Geometry, Layout, SUPERBLOCK_BYTES};
 use crate::pool::{Identity, MemberDevice, Members, Replacement, Spare};
 use crate::types::SECTOR_BYTES;
 use parking_lot::Mutex;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
 
 /// Offset of the second superblock copy: the last 64 KiB of the device, wherever the data ends,
 /// so it can be found without trusting the first copy.
@@ -216,6 +222,7 @@ pub(super) fn create(
         members: member_records.clone(),
         created_unix_secs: now_unix_secs(),
         scrub: crate::format::ScrubRecord::default(),
+        history: crate::format::History::default(),
     };
     let handles: Vec<SharedDevice> = devices.into_iter().chain(spares).collect();
     let mut data = Vec::new();
@@ -274,6 +281,9 @@ enum Problem {
     None,
     /// Leave it out, with a warning saying why and what to do (stale, faulted, detached).
     Left(String),
+    /// Leave it out, saying so only in the debug log: a member an administrator took offline
+    /// (`status` shows it OFFLINE; it is not news on every command).
+    Offline(String),
     /// Unusable: an error if the caller named it, a warning if it was found by its path.
     Refused(Error),
 }
@@ -285,16 +295,24 @@ struct Found {
     given: bool,
 }
 
+/// Where to look for members that were not given (see [`discover_members`]).
+pub(super) enum Discover<'a> {
+    /// Nowhere: the devices given are the pool.
+    No,
+    /// At the recorded paths, then in their directories and in these locations.
+    Scan(&'a [PathBuf]),
+}
+
 pub(super) fn open(
     devices: Vec<SharedDevice>,
-    discover: bool,
+    discover: Discover<'_>,
     options: &OpenOptions,
 ) -> Result<PoolInner> {
     let mut found = read_given(devices)?;
     // Why recorded members could not be opened (the real error, for status).
     let mut unopened: BTreeMap<[u8; 16], String> = BTreeMap::new();
-    if discover {
-        discover_members(&mut found, options.access(), &mut unopened);
+    if let Discover::Scan(scan) = discover {
+        discover_members(&mut found, scan, options.access(), &mut unopened);
     }
     // The newest superblock among everything found decides membership and staleness, so a
     // stale device cannot vouch for itself with its own outdated member list.
@@ -327,9 +345,19 @@ pub(super) fn open(
                 tracing::info!(device = %member.path(), %reason, "member out of service (read-only open: nothing recorded)");
             }
         }
+        for moved in &assembled.relocated {
+            tracing::warn!(
+                "{moved}; used there, not recorded (read-only open: a read-write open records it)"
+            );
+        }
         return Ok(inner);
     }
-    record_open(&inner, sorted.members_disagree, assembled.newly_missing)?;
+    record_open(
+        &inner,
+        sorted.members_disagree,
+        assembled.newly_missing,
+        &assembled.relocated,
+    )?;
     Ok(inner)
 }
 
@@ -406,6 +434,7 @@ fn sort_found(
                 unopened.insert(f.superblock.device_uuid.0, err.to_string());
             }
             (Problem::Left(warning), _) => tracing::warn!("{warning}"),
+            (Problem::Offline(note), _) => tracing::debug!("{note}"),
             (Problem::None, _) => {
                 if sorted
                     .by_uuid
@@ -444,11 +473,15 @@ fn judge(f: &Found, newest: &Superblock, disagree: &mut bool) -> Problem {
                 MemberState::Faulted { reason } => reason.clone(),
                 _ => String::new(),
             };
-            let back = if reason == super::admin::OFFLINE_REASON {
-                format!("`stripestore online POOL {}`", m.path)
-            } else {
-                format!("`stripestore clear POOL --device {}`", m.path)
-            };
+            if reason == super::admin::OFFLINE_REASON {
+                return Problem::Offline(format!(
+                    "{} is offline in pool {} (taken out by an administrator); not used until `stripestore online POOL {}`",
+                    f.device.name(),
+                    newest.pool_uuid,
+                    m.path
+                ));
+            }
+            let back = format!("`stripestore clear POOL --device {}`", m.path);
             Problem::Left(format!(
                 "{} is out of service in pool {} ({reason}; its superblock is at generation {}, the pool's at {}): it holds outdated data and is not used. Bring it back with {back} (resynced before use), or replace it",
                 f.device.name(),
@@ -478,6 +511,62 @@ struct Assembled {
     newly_missing: bool,
     /// Members recorded online but not found (they may hold newer data).
     suspects: Vec<String>,
+    /// Members (and spares, replacements) found at another path than the one recorded.
+    relocated: Vec<Relocated>,
+}
+
+/// A member found at another path than the newest superblock records.
+#[derive(Debug, Clone)]
+pub(super) struct Relocated {
+    /// What it is: `member <uuid> (data position N)`, `spare <uuid>` ...
+    pub(super) what: String,
+    /// Where it is now (canonical).
+    pub(super) path: String,
+    /// Where it was recorded.
+    pub(super) was: String,
+}
+
+impl std::fmt::Display for Relocated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} found at new path {} (was {})",
+            self.what, self.path, self.was
+        )
+    }
+}
+
+/// `record` with its path replaced by where `device` is, if that is elsewhere (noted in
+/// `relocated`).
+fn located(
+    record: &Member,
+    device: Option<&SharedDevice>,
+    relocated: &mut Vec<Relocated>,
+) -> Member {
+    let Some(device) = device else {
+        return record.clone();
+    };
+    let now = canonical_path(Path::new(&device.name()));
+    if now == canonical_path(Path::new(&record.path)) {
+        return record.clone();
+    }
+    let what = match record.role {
+        Role::Data { index } if matches!(record.state, MemberState::Rebuilding { .. }) => {
+            format!("replacement {} (data position {index})", record.uuid)
+        }
+        Role::Data { index } => format!("member {} (data position {index})", record.uuid),
+        Role::Spare => format!("spare {}", record.uuid),
+    };
+    let path = now.display().to_string();
+    relocated.push(Relocated {
+        what,
+        path: path.clone(),
+        was: record.path.clone(),
+    });
+    Member {
+        path,
+        ..record.clone()
+    }
 }
 
 /// Build the geometry and the member table from `newest` and the devices in `by_uuid`.
@@ -527,8 +616,10 @@ fn assemble(
             .map_or("device not found at open", String::as_str)
             .to_string()
     };
+    let mut relocated = Vec::new();
     for record in &newest.members {
         let device = by_uuid.remove(&record.uuid.0);
+        let record = &located(record, device.as_ref(), &mut relocated);
         let identity = Identity {
             uuid: record.uuid,
             path: record.path.clone(),
@@ -575,6 +666,7 @@ fn assemble(
         members,
         newly_missing,
         suspects,
+        relocated,
     })
 }
 
@@ -642,8 +734,22 @@ fn check_openable(inner: &PoolInner, suspects: Vec<String>, options: &OpenOption
 
 /// A read-write open records what it found: superblocks rewritten where members disagree or
 /// went missing, and the recovered map written as a fresh checkpoint everywhere.
-fn record_open(inner: &PoolInner, members_disagree: bool, newly_missing: bool) -> Result<()> {
-    if members_disagree && !newly_missing {
+fn record_open(
+    inner: &PoolInner,
+    members_disagree: bool,
+    newly_missing: bool,
+    relocated: &[Relocated],
+) -> Result<()> {
+    inner.note(crate::format::EventKind::Open, "", "opened read-write");
+    for moved in relocated {
+        tracing::warn!("{moved}; recorded");
+        inner.note(
+            crate::format::EventKind::MemberMoved,
+            &moved.path,
+            &format!("{} (was {})", moved.what, moved.was),
+        );
+    }
+    if (members_disagree || !relocated.is_empty()) && !newly_missing {
         tracing::info!("members' superblocks disagree (an update was cut short); rewriting them");
         inner.members.write_superblocks()?;
     }
@@ -665,27 +771,42 @@ fn record_open(inner: &PoolInner, members_disagree: bool, newly_missing: bool) -
     Ok(())
 }
 
-/// Find members that were not given, through the paths recorded in the given superblocks.
+/// Find members that were not given. Identity is the device UUID; paths are hints. First the
+/// recorded paths (a recorded path holding another member of this pool counts for that
+/// member: disks renamed among themselves), then, for members still missing, every file and
+/// block device in the candidate locations: the directories of the devices found and of the
+/// recorded paths, plus `scan` (directories, or devices named one by one).
 fn discover_members(
     found: &mut Vec<Found>,
+    scan: &[PathBuf],
     access: crate::device::Access,
     unopened: &mut BTreeMap<[u8; 16], String>,
 ) {
     let pool = found[0].superblock.pool_uuid;
-    let mut known: Vec<PoolUuid> = found.iter().map(|f| f.superblock.device_uuid).collect();
+    let mut held: HashSet<PathBuf> = found
+        .iter()
+        .map(|f| canonical_path(Path::new(&f.device.name())))
+        .collect();
     let recorded: Vec<Member> = found
         .iter()
         .flat_map(|f| f.superblock.members.clone())
         .collect();
-    for member in recorded {
-        if known.contains(&member.uuid) {
+    let is_known =
+        |found: &[Found], uuid: PoolUuid| found.iter().any(|f| f.superblock.device_uuid == uuid);
+    for member in &recorded {
+        if is_known(found, member.uuid) {
             continue;
         }
-        let path = std::path::Path::new(&member.path);
+        let path = Path::new(&member.path);
+        let canonical = canonical_path(path);
+        if held.contains(&canonical) {
+            // Another member of this pool is there now; this one is looked for below.
+            continue;
+        }
         let device = match crate::device::open_device_for(path, access) {
             Ok(device) => device,
             Err(err) => {
-                tracing::warn!(path = %member.path, %err, "recorded member path cannot be opened");
+                tracing::info!(path = %member.path, %err, "recorded member path cannot be opened");
                 let reason = match &err {
                     Error::Open { source, .. } => format!("cannot open {}: {source}", member.path),
                     other => other.to_string(),
@@ -695,8 +816,8 @@ fn discover_members(
             }
         };
         match read_superblock(device.as_ref()) {
-            Ok(sb) if sb.pool_uuid == pool && sb.device_uuid == member.uuid => {
-                known.push(member.uuid);
+            Ok(sb) if sb.pool_uuid == pool && !is_known(found, sb.device_uuid) => {
+                held.insert(canonical);
                 found.push(Found {
                     device,
                     superblock: sb,
@@ -704,13 +825,121 @@ fn discover_members(
                 });
             }
             Ok(_) => {
-                tracing::warn!(path = %member.path, "recorded path now holds a different device")
+                tracing::info!(path = %member.path, "recorded path now holds a different device");
+                unopened.insert(
+                    member.uuid.0,
+                    format!("{} now holds a different device", member.path),
+                );
             }
             Err(reason) => {
-                tracing::warn!(path = %member.path, %reason, "recorded path has no valid superblock")
+                tracing::info!(path = %member.path, %reason, "recorded path has no valid superblock");
+                unopened.insert(
+                    member.uuid.0,
+                    format!("{} has no valid superblock: {reason}", member.path),
+                );
             }
         }
     }
+    // Still missing: members the newest superblock found so far does not record as faulted
+    // (a faulted one would be left out anyway), spares included.
+    let newest = found
+        .iter()
+        .max_by_key(|f| f.superblock.generation)
+        .map(|f| f.superblock.members.clone())
+        .unwrap_or_default();
+    let mut missing: Vec<PoolUuid> = newest
+        .iter()
+        .filter(|m| !matches!(m.state, MemberState::Faulted { .. }))
+        .map(|m| m.uuid)
+        .filter(|uuid| !is_known(found, *uuid))
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    let mut locations: Vec<PathBuf> = found
+        .iter()
+        .map(|f| f.device.name())
+        .chain(recorded.iter().map(|m| m.path.clone()))
+        .filter_map(|name| {
+            canonical_path(Path::new(&name))
+                .parent()
+                .map(Path::to_path_buf)
+        })
+        .collect();
+    locations.extend(scan.iter().cloned());
+    for candidate in candidates(&locations) {
+        if missing.is_empty() {
+            break;
+        }
+        let canonical = canonical_path(&candidate);
+        if held.contains(&canonical) {
+            continue;
+        }
+        let Some(superblock) = probe(&candidate) else {
+            continue;
+        };
+        if superblock.pool_uuid != pool || !missing.contains(&superblock.device_uuid) {
+            continue;
+        }
+        match crate::device::open_device_for(&canonical, access) {
+            Ok(device) => {
+                missing.retain(|uuid| *uuid != superblock.device_uuid);
+                unopened.remove(&superblock.device_uuid.0);
+                held.insert(canonical);
+                found.push(Found {
+                    device,
+                    superblock,
+                    given: false,
+                });
+            }
+            Err(err) => {
+                tracing::warn!(path = %candidate.display(), %err, "a member of this pool was found here but cannot be opened");
+            }
+        }
+    }
+    for uuid in &missing {
+        if let Some(reason) = unopened.get(&uuid.0) {
+            tracing::warn!(member = %uuid, %reason, "member not found at its recorded path nor in the locations looked in");
+        }
+    }
+}
+
+/// The files and block devices at `locations`: a directory's entries (not recursively), or
+/// the path itself; in order, each once.
+pub(super) fn candidates(locations: &[PathBuf]) -> Vec<PathBuf> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    let mut add = |path: PathBuf| {
+        let usable = std::fs::metadata(&path).is_ok_and(|m| {
+            (m.is_file() && m.len() >= 2 * SUPERBLOCK_BYTES) || m.file_type().is_block_device()
+        });
+        if usable && seen.insert(canonical_path(&path)) {
+            out.push(path);
+        }
+    };
+    for location in locations {
+        if location.is_dir() {
+            let Ok(entries) = std::fs::read_dir(location) else {
+                continue;
+            };
+            let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+            paths.sort();
+            for path in paths {
+                add(path);
+            }
+        } else {
+            add(location.clone());
+        }
+    }
+    out
+}
+
+/// The superblock of the device at `path`, read through a read-only open; `None` if it cannot
+/// be opened or carries no readable superblock.
+pub(super) fn probe(path: &Path) -> Option<Superblock> {
+    let device = crate::device::open_device_for(path, crate::device::Access::ReadOnly).ok()?;
+    read_superblock(device.as_ref()).ok()
 }
 
 /// The newest map state one device holds: best checkpoint plus its log.

@@ -58,6 +58,21 @@ impl PoolInner {
         if let Some(replacement) = self.members.get(index).replacement() {
             self.estimate_total(index, &replacement);
             tracing::info!(index = index.0, device = %replacement.identity.path, total_bytes = replacement.total_bytes.load(Ordering::Relaxed), "rebuild started");
+            self.note(
+                crate::format::EventKind::RebuildStart,
+                &replacement.identity.path,
+                &format!(
+                    "replacing {} (data position {}){}, {} to copy",
+                    self.members.get(index).path(),
+                    index.0,
+                    if replacement.from_spare {
+                        super::status::FROM_SPARES
+                    } else {
+                        ""
+                    },
+                    crate::types::human_bytes(replacement.total_bytes.load(Ordering::Relaxed))
+                ),
+            );
         }
         self.members.write_superblocks()?;
         Ok(())
@@ -82,13 +97,17 @@ impl PoolInner {
 
     /// Attach an available spare to every faulted or degraded position that has no
     /// replacement yet (a degraded member keeps serving while the spare is filled, so
-    /// redundancy never drops).
+    /// redundancy never drops). Members taken offline by an administrator are left alone.
     pub(crate) fn assign_spares(&self) {
         if self.members.read_only() {
             return;
         }
-        // Faulted positions first (they have lost their redundancy), then degraded ones.
-        let faulted = self.members.data.iter().filter(|m| !m.is_online());
+        // Faulted positions first (they have lost their redundancy), then degraded ones. A
+        // member an administrator took offline is never replaced automatically: it is meant
+        // to come back (`online`), or to be replaced by hand (`replace`).
+        let faulted = self.members.data.iter().filter(|m| {
+            !m.is_online() && m.fault_reason().as_deref() != Some(super::admin::OFFLINE_REASON)
+        });
         let degraded = self
             .members
             .data
@@ -216,6 +235,27 @@ impl PoolInner {
             bytes = replacement.bytes_written.load(Ordering::Relaxed),
             "rebuild complete; the new device is a full member"
         );
+        self.note(
+            crate::format::EventKind::RebuildFinish,
+            &replacement.identity.path,
+            &format!(
+                "replaced {} (data position {}){}: {} written in {}s, {} chunks lost",
+                old.path,
+                index.0,
+                if replacement.from_spare {
+                    super::status::FROM_SPARES
+                } else {
+                    ""
+                },
+                crate::types::human_bytes(replacement.bytes_written.load(Ordering::Relaxed)),
+                replacement.started.elapsed().as_secs(),
+                replacement.lost_chunks.load(Ordering::Relaxed)
+            ),
+        );
+        // The event and the bytes rebuilt, recorded at the rebuild's end.
+        if let Err(err) = self.members.write_superblocks() {
+            tracing::error!(%err, "could not record the finished rebuild in the superblocks");
+        }
         Ok(true)
     }
 

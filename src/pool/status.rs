@@ -82,7 +82,32 @@ pub struct PoolStatus {
     pub scrub: Option<super::ScrubProgress>,
     /// The last scrub that finished or was canceled.
     pub last_scrub: Option<crate::format::ScrubSummary>,
+    /// Cumulative counters since the pool was created (persisted in the superblocks, plus
+    /// this process's counts); they never go down while the pool is open.
+    #[serde(default)]
+    pub counters: crate::format::PoolCounters,
+    /// The last events of the pool's log (up to [`STATUS_EVENTS`]), newest last.
+    #[serde(default)]
+    pub events: Vec<crate::format::Event>,
+    /// The last rebuild that finished, from the event log.
+    #[serde(default)]
+    pub last_rebuild: Option<crate::format::Event>,
+    /// Redundancy was restored by a rebuild onto a spare, and no spare is left for the next
+    /// failure.
+    #[serde(default)]
+    pub no_spare_left: bool,
+    /// Devices swapped out of a position while this process had the pool open, with their
+    /// counters then (so metrics series of replaced devices never go down).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired: Vec<super::RetiredDevice>,
 }
+
+/// Events shown by `status`.
+pub const STATUS_EVENTS: usize = 5;
+
+/// How a finished rebuild's event says it came from the spares (see
+/// [`PoolStatus::no_spare_left`]).
+pub(crate) const FROM_SPARES: &str = " from the spares";
 
 impl PoolStatus {
     /// Sum of checksum errors over all devices.
@@ -164,7 +189,7 @@ impl PoolInner {
         } else {
             PoolHealth::Online
         };
-        let spares = self
+        let spares: Vec<DeviceStatus> = self
             .members
             .spares()
             .into_iter()
@@ -187,6 +212,20 @@ impl PoolInner {
             })
             .collect();
         let written = self.map.lock().map.written_stripes().count() as u64;
+        let history = self.members.history();
+        let last_rebuild = history
+            .events
+            .iter()
+            .rev()
+            .find(|e| e.kind == crate::format::EventKind::RebuildFinish)
+            .cloned();
+        let rebuilding = self.members.data.iter().any(|m| m.replacement().is_some());
+        let no_spare_left = health == PoolHealth::Online
+            && !rebuilding
+            && last_rebuild
+                .as_ref()
+                .is_some_and(|e| e.detail.contains(FROM_SPARES))
+            && !spares.iter().any(|s: &DeviceStatus| s.state == "AVAIL");
         PoolStatus {
             pool: self.uuid.to_string(),
             health,
@@ -208,6 +247,11 @@ impl PoolInner {
                 .live_progress()
                 .or_else(|| self.recorded_scrub_progress()),
             last_scrub: self.members.scrub_record().last,
+            counters: history.counters,
+            events: history.last(STATUS_EVENTS).to_vec(),
+            last_rebuild,
+            no_spare_left,
+            retired: self.members.retired(),
         }
     }
 }

@@ -123,7 +123,12 @@ fn missing_members_degrade_within_tolerance_and_refuse_beyond_without_writing() 
     let a = paths(dir.path(), "a", 6);
     let model = file_pool(&a, "rs:4+2", 4);
     // Two members missing: opens degraded through the recorded paths, data intact.
-    let hidden: Vec<PathBuf> = a[..3].iter().map(|p| p.with_extension("hidden")).collect();
+    // Out of the pool's directory: members moved within it would be found by their identity.
+    std::fs::create_dir(dir.path().join("hidden")).unwrap();
+    let hidden: Vec<PathBuf> = a[..3]
+        .iter()
+        .map(|p| dir.path().join("hidden").join(p.file_name().unwrap()))
+        .collect();
     std::fs::rename(&a[0], &hidden[0]).unwrap();
     std::fs::rename(&a[1], &hidden[1]).unwrap();
     {

@@ -74,7 +74,9 @@ fn commands_that_only_look_write_nothing() {
         *byte ^= 0x5a;
     }
     std::fs::write(&devs[1], d1).unwrap();
-    std::fs::rename(&devs[5], dir.path().join("away")).unwrap();
+    // Out of the pool's directory: a member moved within it would be found by its identity.
+    std::fs::create_dir(dir.path().join("gone")).unwrap();
+    std::fs::rename(&devs[5], dir.path().join("gone").join("away")).unwrap();
     let before = snapshot(&devs[..5]);
     let length = data.len().to_string();
     let runs: Vec<Vec<&str>> = vec![
@@ -162,7 +164,8 @@ fn a_stale_member_named_with_the_others_opens_degraded_and_clear_resyncs_it() {
     let dir = tempfile::tempdir().unwrap();
     let data = payload(4 << 20);
     let devs = pool_with(dir.path(), &data);
-    let away = dir.path().join("away1");
+    std::fs::create_dir(dir.path().join("gone")).unwrap();
+    let away = dir.path().join("gone").join("away1");
     std::fs::rename(&devs[1], &away).unwrap();
     let newer = payload(1 << 20)
         .iter()
@@ -231,7 +234,11 @@ fn a_stale_member_named_with_the_others_opens_degraded_and_clear_resyncs_it() {
         serde_json::from_slice(&run(&["status", p(&devs[0]), "--json"], None).stdout).unwrap();
     assert_eq!(json["health"], "ONLINE", "{json}");
     for gone in [2, 3] {
-        std::fs::rename(&devs[gone], dir.path().join(format!("gone{gone}"))).unwrap();
+        std::fs::rename(
+            &devs[gone],
+            dir.path().join("gone").join(format!("gone{gone}")),
+        )
+        .unwrap();
     }
     let read = run(
         &["read", p(&devs[1]), "--offset", "0", "--length", &length],

@@ -229,8 +229,11 @@ fn check_reports_every_state_with_its_exit_code() {
     let (c, line) = check(&["--scrub-max-age-days", "7"]);
     assert_eq!(c, 0, "clean scrub: {line}");
 
-    // One device gone: degraded, survives one more.
-    std::fs::rename(&paths[5], dir.path().join("away5")).unwrap();
+    // One device gone: degraded, survives one more. (Out of the pool's directory: a member
+    // moved within it would be found there by its identity.)
+    let away = dir.path().join("away");
+    std::fs::create_dir(&away).unwrap();
+    std::fs::rename(&paths[5], away.join("away5")).unwrap();
     let (c, line) = check(&[]);
     assert_eq!(c, 1, "{line}");
     assert!(
@@ -238,7 +241,7 @@ fn check_reports_every_state_with_its_exit_code() {
         "{line}"
     );
     // Two gone: redundancy exhausted.
-    std::fs::rename(&paths[4], dir.path().join("away4")).unwrap();
+    std::fs::rename(&paths[4], away.join("away4")).unwrap();
     let (c, line) = check(&[]);
     assert_eq!(c, 2, "{line}");
     assert!(
@@ -247,8 +250,8 @@ fn check_reports_every_state_with_its_exit_code() {
     );
     // Back: `check` only looks (it recorded nothing and nothing was written while they were
     // away), so they are current members again at once.
-    std::fs::rename(dir.path().join("away4"), &paths[4]).unwrap();
-    std::fs::rename(dir.path().join("away5"), &paths[5]).unwrap();
+    std::fs::rename(away.join("away4"), &paths[4]).unwrap();
+    std::fs::rename(away.join("away5"), &paths[5]).unwrap();
     let (c, line) = check(&[]);
     assert_eq!(c, 0, "whole again: {line}");
     // Then unrepairable damage found by a scrub: critical until dealt with.

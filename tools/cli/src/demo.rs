@@ -202,7 +202,9 @@ pub fn run(layout: &str, device_bytes: u64, dir: Option<&Path>) -> CliResult {
 
     let second = if victim == 0 { 2 } else { 0 };
     println!("== {step}. lose device {second} too: the rebuilt spare must now serve its share");
-    std::fs::rename(&paths[second], dir.join("set-aside.img"))?;
+    // Out of the pool's directory: a member moved within it would be found again there.
+    std::fs::create_dir_all(dir.join("set-aside"))?;
+    std::fs::rename(&paths[second], dir.join("set-aside").join("set-aside.img"))?;
     let pool = Pool::open_paths(std::slice::from_ref(&spare), &manual)?;
     println!("   reopened from the rebuilt spare alone");
     verify_all(&pool, "read with spare")?;

@@ -11,6 +11,7 @@ mod bench;
 mod bench_pool;
 mod bench_scrub;
 mod demo;
+mod import;
 mod monitor;
 mod progress;
 mod remote;
@@ -42,6 +43,11 @@ struct Cli {
     /// have newer data.
     #[arg(long, global = true)]
     force_degraded: bool,
+    /// Where else to look for members not at their recorded paths (repeatable): a directory
+    /// (its files and block devices) or a device. The directories of the given and recorded
+    /// paths are always looked in.
+    #[arg(long = "scan", global = true, value_name = "DIR|DEVICE")]
+    scan: Vec<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -51,8 +57,12 @@ enum SpareAction {
     /// Add a spare device (a file is created at the pool's device size).
     Add {
         /// One or more member paths.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "url", conflicts_with = "url")]
         pool: Vec<PathBuf>,
+        /// Do it in the process serving the pool (`serve --metrics ADDR --control`), e.g.
+        /// http://127.0.0.1:9640; device paths are then opened by that process.
+        #[arg(long)]
+        url: Option<String>,
         /// The new spare.
         #[arg(long = "device")]
         device: PathBuf,
@@ -64,11 +74,14 @@ enum SpareAction {
     /// Remove a spare from the pool (refused while a rebuild is filling it). Its own label is
     /// left; wipe it with `labelclear` to use the device elsewhere without --force.
     Remove {
-        /// One or more member paths.
-        #[arg(required = true)]
-        pool: Vec<PathBuf>,
-        /// The spare: its path or UUID.
-        spare: String,
+        /// One or more member paths, then the spare: its path (or any path to it) or UUID.
+        /// With --url, the spare only.
+        #[arg(required = true, value_name = "POOL... SPARE")]
+        args: Vec<String>,
+        /// Do it in the process serving the pool (`serve --metrics ADDR --control`), e.g.
+        /// http://127.0.0.1:9640; device paths are then opened by that process.
+        #[arg(long)]
+        url: Option<String>,
     },
 }
 
@@ -214,8 +227,12 @@ enum Command {
     /// (copy, then swap).
     Replace {
         /// One or more member paths.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "url", conflicts_with = "url")]
         pool: Vec<PathBuf>,
+        /// Do it in the process serving the pool (`serve --metrics ADDR --control`), e.g.
+        /// http://127.0.0.1:9640; device paths are then opened by that process.
+        #[arg(long)]
+        url: Option<String>,
         /// The member to replace: last known path, index or UUID.
         #[arg(long)]
         old: String,
@@ -232,19 +249,26 @@ enum Command {
     },
     /// Take a data member out of service on purpose.
     Offline {
-        /// One or more member paths.
-        #[arg(required = true)]
-        pool: Vec<PathBuf>,
-        /// The member: last known path, index or UUID.
-        device: String,
+        /// One or more member paths, then the member: its last known path (or any path to
+        /// it), index or UUID. With --url, the member only.
+        #[arg(required = true, value_name = "POOL... DEVICE")]
+        args: Vec<String>,
+        /// Do it in the process serving the pool (`serve --metrics ADDR --control`), e.g.
+        /// http://127.0.0.1:9640; device paths are then opened by that process.
+        #[arg(long)]
+        url: Option<String>,
     },
     /// Forget members' errors (`zpool clear`): a DEGRADED member is ONLINE again at once; a
     /// member FAULTED by errors or a transient failure is resynced from redundancy (only live
     /// data is copied) before it serves again. OFFLINE members stay offline (use `online`).
     Clear {
         /// One or more member paths.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "url", conflicts_with = "url")]
         pool: Vec<PathBuf>,
+        /// Do it in the process serving the pool (`serve --metrics ADDR --control`), e.g.
+        /// http://127.0.0.1:9640; device paths are then opened by that process.
+        #[arg(long)]
+        url: Option<String>,
         /// Only this member (last known path, index or UUID); default: every member.
         #[arg(long)]
         device: Option<String>,
@@ -257,11 +281,14 @@ enum Command {
     },
     /// Bring an offline or faulted member back (it is rebuilt, then swapped in).
     Online {
-        /// One or more member paths.
-        #[arg(required = true)]
-        pool: Vec<PathBuf>,
-        /// The member: last known path, index or UUID.
-        device: String,
+        /// One or more member paths, then the member: its last known path (or any path to
+        /// it), index or UUID. With --url, the member only.
+        #[arg(required = true, value_name = "POOL... DEVICE")]
+        args: Vec<String>,
+        /// Do it in the process serving the pool (`serve --metrics ADDR --control`), e.g.
+        /// http://127.0.0.1:9640; device paths are then opened by that process.
+        #[arg(long)]
+        url: Option<String>,
         /// Where the device is now (default: its last known path). It must be the member
         /// itself coming back, or a device without a signature.
         #[arg(long)]
@@ -323,6 +350,23 @@ enum Command {
     },
     /// Print the manual page (roff; e.g. `stripestore man | man -l -`).
     Man,
+    /// The pool's event log (faults, offline/online, spares, rebuilds, replaces, scrubs,
+    /// members found at new paths, opens; the last 64) and its cumulative counters. Only looks.
+    Events {
+        /// One or more member paths.
+        #[arg(required = true)]
+        pool: Vec<PathBuf>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the pools whose devices are in the --scan locations (default: the current
+    /// directory), with their state and where each member was found. Writes nothing.
+    Import {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the whole story on temporary files: create, write, lose a device, read back,
     /// corrupt blocks, heal, report.
     Demo {
@@ -387,6 +431,7 @@ pub fn run() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     FORCE_DEGRADED.store(cli.force_degraded, std::sync::atomic::Ordering::Relaxed);
+    let _ = SCAN.set(cli.scan);
     // `scrub` and `check` promise their own codes to scripts and monitoring: 3 = could not run.
     let failure = match &cli.command {
         Command::Scrub { .. } => scrub::exit::FAILED,
@@ -443,6 +488,18 @@ type CliResult = Result<(), Box<dyn std::error::Error>>;
 /// `--force-degraded`, set once from the command line.
 static FORCE_DEGRADED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// `--scan` locations, set once from the command line.
+static SCAN: std::sync::OnceLock<Vec<PathBuf>> = std::sync::OnceLock::new();
+
+/// Open a pool from member paths, looking for members elsewhere in the `--scan` locations too.
+pub(crate) fn open_paths(
+    paths: &[PathBuf],
+    options: &OpenOptions,
+) -> Result<Pool, stripestore::Error> {
+    let scan = SCAN.get().map_or(&[][..], Vec::as_slice);
+    Pool::open_paths_scanning(paths, scan, options)
+}
+
 fn execute(command: Command) -> CliResult {
     match command {
         Command::Create {
@@ -475,6 +532,8 @@ fn execute(command: Command) -> CliResult {
         Command::Labelclear { device, force } => labelclear(&device, force),
         Command::Completions { shell } => completions(shell),
         Command::Man => man(),
+        Command::Events { pool, json } => events(&pool, json),
+        Command::Import { json } => import::run(SCAN.get().map_or(&[][..], Vec::as_slice), json),
         Command::Write {
             pool,
             offset,
@@ -517,37 +576,110 @@ fn execute(command: Command) -> CliResult {
         },
         Command::Metrics { pool, listen } => monitor::metrics(&pool, listen),
         Command::Replace {
+            url: Some(url),
+            old,
+            new,
+            force,
+            ..
+        } => remote::admin(
+            &url,
+            "/replace",
+            &[
+                ("old", Some(remote::name(&old))),
+                ("new", Some(remote::absolute(&new))),
+            ],
+            force,
+        ),
+        Command::Replace {
             pool,
             old,
             new,
             force,
             rebuild_rate,
+            ..
         } => replace(&pool, &old, &new, force, rebuild_rate),
+        Command::Clear {
+            url: Some(url),
+            device,
+            path,
+            ..
+        } => remote::admin(
+            &url,
+            "/clear",
+            &[
+                ("device", device.as_deref().map(remote::name)),
+                ("path", path.as_deref().map(remote::absolute)),
+            ],
+            false,
+        ),
         Command::Clear {
             pool,
             device,
             path,
             rebuild_rate,
+            ..
         } => clear(&pool, device.as_deref(), path, rebuild_rate),
-        Command::Offline { pool, device } => offline(&pool, &device),
+        Command::Offline { args, url } => match (pool_and_name(args, url.is_some())?, url) {
+            ((_, device), Some(url)) => remote::admin(
+                &url,
+                "/offline",
+                &[("device", Some(remote::name(&device)))],
+                false,
+            ),
+            ((pool, device), None) => offline(&pool, &device),
+        },
         Command::Online {
-            pool,
-            device,
+            args,
+            url,
             path,
             force,
             rebuild_rate,
-        } => online(&pool, &device, path, force, rebuild_rate),
+        } => match (pool_and_name(args, url.is_some())?, url) {
+            ((_, device), Some(url)) => remote::admin(
+                &url,
+                "/online",
+                &[
+                    ("device", Some(remote::name(&device))),
+                    ("path", path.as_deref().map(remote::absolute)),
+                ],
+                force,
+            ),
+            ((pool, device), None) => online(&pool, &device, path, force, rebuild_rate),
+        },
+        Command::Spare {
+            action:
+                SpareAction::Add {
+                    url: Some(url),
+                    device,
+                    force,
+                    ..
+                },
+        } => remote::admin(
+            &url,
+            "/spare/add",
+            &[("device", Some(remote::absolute(&device)))],
+            force,
+        ),
         Command::Spare {
             action:
                 SpareAction::Add {
                     pool,
                     device,
                     force,
+                    ..
                 },
         } => spare_add(&pool, &device, force),
         Command::Spare {
-            action: SpareAction::Remove { pool, spare },
-        } => spare_remove(&pool, &spare),
+            action: SpareAction::Remove { args, url },
+        } => match (pool_and_name(args, url.is_some())?, url) {
+            ((_, spare), Some(url)) => remote::admin(
+                &url,
+                "/spare/remove",
+                &[("spare", Some(remote::name(&spare)))],
+                false,
+            ),
+            ((pool, spare), None) => spare_remove(&pool, &spare),
+        },
         Command::Rebuild { pool, rebuild_rate } => rebuild(&pool, rebuild_rate),
         Command::Bench(args) => bench_pool::run(&args),
         Command::BenchRebuild(b) => {
@@ -563,6 +695,26 @@ fn execute(command: Command) -> CliResult {
         } => demo::run(&layout, device_size, dir.as_deref()),
         Command::Simulate(args) => simulate::run(&args),
         Command::Serve(args) => serve::run(args),
+    }
+}
+
+/// Split `POOL... NAME` (a member or spare named last): the member paths and the name. With
+/// `--url` (`url`), only the name is given.
+fn pool_and_name(
+    mut args: Vec<String>,
+    url: bool,
+) -> Result<(Vec<PathBuf>, String), Box<dyn std::error::Error>> {
+    let name = args
+        .pop()
+        .ok_or_else(|| usage_error("give one or more member paths, then the device"))?;
+    match (url, args.is_empty()) {
+        (true, false) => Err(usage_error(
+            "with --url, give only the device: the serving process holds the pool",
+        )),
+        (false, true) => Err(usage_error(
+            "give one or more member paths, then the device (or --url URL and the device)",
+        )),
+        _ => Ok((args.into_iter().map(PathBuf::from).collect(), name)),
     }
 }
 
@@ -588,6 +740,31 @@ fn status(pool: &[PathBuf], json: bool) -> CliResult {
         print!("{status}");
     }
     pool.close()?;
+    Ok(())
+}
+
+/// `events`: the event log and counters of a pool opened here (read-only).
+fn events(pool: &[PathBuf], json: bool) -> CliResult {
+    let pool = open_pool_to_look(pool)?;
+    let history = pool.history();
+    pool.close()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&history)?);
+        return Ok(());
+    }
+    for event in &history.events {
+        println!("{}", stripestore::report::event_line(event));
+    }
+    let c = history.counters;
+    println!(
+        "counters: {} read, {} write, {} checksum errors; {} chunks repaired; {} rebuilt; {} scrubs",
+        c.read_errors,
+        c.write_errors,
+        c.checksum_errors,
+        c.repaired_chunks,
+        human_bytes(c.rebuilt_bytes),
+        c.scrubs
+    );
     Ok(())
 }
 
@@ -639,7 +816,7 @@ fn rebuild(pool: &[PathBuf], rebuild_rate: Option<u64>) -> CliResult {
         force: FORCE_DEGRADED.load(std::sync::atomic::Ordering::Relaxed),
         ..OpenOptions::default()
     };
-    let pool = Pool::open_paths(pool, &options)?;
+    let pool = open_paths(pool, &options)?;
     pool.attach_spares();
     run_rebuilds_with_progress(&pool)?;
     print!("{}", pool.status());
@@ -801,9 +978,11 @@ fn online(
         .devices
         .iter()
         .find(|d| {
-            d.path == device
-                || d.uuid == device
-                || d.index.map(|i| i.to_string()) == Some(device.to_string())
+            d.replacing.is_none()
+                && (d.path == device
+                    || d.uuid == device
+                    || d.index.map(|i| i.to_string()) == Some(device.to_string())
+                    || canonical_path(Path::new(&d.path)) == canonical_path(Path::new(device)))
         })
         .ok_or_else(|| {
             format!("no data member {device:?} in this pool (give its last known path, its index or its UUID)")
@@ -1033,7 +1212,7 @@ pub(crate) fn open_pool_to_look(paths: &[PathBuf]) -> Result<Pool, stripestore::
         force: FORCE_DEGRADED.load(std::sync::atomic::Ordering::Relaxed),
         ..OpenOptions::default()
     };
-    Pool::open_paths(paths, &options)
+    open_paths(paths, &options)
 }
 
 /// Refuse a request that reaches past the volume, naming the user's offset and length.
@@ -1158,7 +1337,7 @@ fn open_pool(paths: &[PathBuf]) -> Result<Pool, stripestore::Error> {
         force: FORCE_DEGRADED.load(std::sync::atomic::Ordering::Relaxed),
         ..OpenOptions::default()
     };
-    Pool::open_paths(paths, &options)
+    open_paths(paths, &options)
 }
 
 /// Run pending rebuilds on this thread with a progress bar.

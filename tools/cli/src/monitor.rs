@@ -346,6 +346,15 @@ fn reasons(
             format!("rebuilding {} onto {}", rebuild.replacing, rebuild.device),
         ));
     }
+    if status.no_spare_left {
+        let last = status.last_rebuild.as_ref().map_or_else(String::new, |e| {
+            format!(" (last rebuild {}: {} {})", e.time, e.device, e.detail)
+        });
+        reasons.push((
+            Level::Warning,
+            format!("redundancy restored but no spare is left{last}; add one with `spare add`"),
+        ));
+    }
     if let Some(max_days) = scrub_max_age_days {
         match tally.last_age {
             Some(age) if age <= max_days * 86_400 => {}

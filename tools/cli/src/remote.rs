@@ -107,6 +107,69 @@ impl Endpoint {
     }
 }
 
+/// An administration verb (`offline`, `online`, `replace`, `clear`, `spare add|remove` with
+/// `--url`) done by the process serving the pool: `POST route?name=value...` (values
+/// percent-encoded, `force` added when set); prints the answer (what was done, then the
+/// pool's status).
+///
+/// # Errors
+/// Unreachable endpoint, control not enabled (403, said so), or the pool refused (the
+/// serving process's message).
+pub fn admin(
+    url: &str,
+    route: &str,
+    params: &[(&str, Option<String>)],
+    force: bool,
+) -> Result<(), Failure> {
+    let endpoint = Endpoint::parse(url)?;
+    let mut query: Vec<String> = params
+        .iter()
+        .filter_map(|(name, value)| {
+            value
+                .as_ref()
+                .map(|v| format!("{name}={}", stripestore::endpoint::percent_encode(v)))
+        })
+        .collect();
+    if force {
+        query.push("force".to_string());
+    }
+    let path = if query.is_empty() {
+        route.to_string()
+    } else {
+        format!("{route}?{}", query.join("&"))
+    };
+    let (status, body) = endpoint.request("POST", &path)?;
+    match status {
+        200 => {
+            print!("{body}");
+            Ok(())
+        }
+        403 => Err(format!("{url} refuses administration: {}", body.trim_end()).into()),
+        _ => Err(body.trim_end().to_string().into()),
+    }
+}
+
+/// A member or spare name for the serving process: a path that exists here is sent absolute
+/// (that process may run in another directory); an index, UUID or other name as it is.
+#[must_use]
+pub fn name(name: &str) -> String {
+    let path = std::path::Path::new(name);
+    if path.exists() {
+        absolute(path)
+    } else {
+        name.to_string()
+    }
+}
+
+/// `path` as an absolute path (the serving process may run in another directory).
+#[must_use]
+pub fn absolute(path: &std::path::Path) -> String {
+    std::path::absolute(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
+}
+
 /// `scrub --url`: start a scrub in the serving process (or cancel one), follow it with a
 /// progress bar, print the report and return the exit code, as `scrub` does on a pool it opens.
 ///

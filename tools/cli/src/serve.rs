@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use stripestore::nbd::{Listen, ServeOptions, Server};
 use stripestore::types::human_bytes;
-use stripestore::{OpenOptions, Pool};
+use stripestore::OpenOptions;
 
 /// Arguments of `serve` (new flags, such as a metrics address, belong here).
 #[derive(clap::Args, Debug)]
@@ -43,9 +43,20 @@ pub struct ServeArgs {
     /// 127.0.0.1:9640.
     #[arg(long)]
     metrics: Option<SocketAddr>,
-    /// Accept scrub control on the --metrics address (`scrub --url`): start, pause, cancel.
+    /// Accept control on the --metrics address: scrubs (`scrub --url`: start, pause,
+    /// cancel) and administration (`offline`, `online`, `replace`, `clear`, `spare add|remove`
+    /// with --url). Anyone who can reach the address can then change the pool and make this
+    /// process open or create files at paths it names.
     #[arg(long, requires = "metrics")]
     control: bool,
+    /// Do not rebuild onto a spare by itself when a member faults (rebuilds started by
+    /// `replace`, `online` or `clear` still run).
+    #[arg(long)]
+    no_auto_replace: bool,
+    /// Rebuild rate limit, e.g. 200M (per second; default: as fast as the devices allow,
+    /// yielding to client I/O).
+    #[arg(long, value_parser = stripestore::types::parse_size)]
+    rebuild_rate: Option<u64>,
 }
 
 /// Open the pool (background rebuild on), serve it until a signal, then flush and close it.
@@ -59,11 +70,12 @@ pub fn run(args: ServeArgs) -> CliResult {
     }
     let options = OpenOptions {
         background_rebuild: true,
-        auto_replace: true,
+        auto_replace: !args.no_auto_replace,
+        rebuild_rate_bytes_per_s: args.rebuild_rate,
         force: FORCE_DEGRADED.load(Ordering::Relaxed),
         ..OpenOptions::default()
     };
-    let pool = Arc::new(Pool::open_paths(&args.pool, &options)?);
+    let pool = Arc::new(super::open_paths(&args.pool, &options)?);
     let metrics = match args.metrics {
         Some(address) => {
             let server = stripestore::endpoint::serve(&pool, address, args.control)
@@ -72,7 +84,7 @@ pub fn run(args: ServeArgs) -> CliResult {
                 eprintln!(
                     "warning: metrics and status are served to the network at {address}{}",
                     if args.control {
-                        ", and anyone who can reach it can start and stop scrubs"
+                        ", and anyone who can reach it can start and stop scrubs and administer the pool"
                     } else {
                         ""
                     }
