@@ -25,8 +25,6 @@ use crate::types::{Generation, StripeId};
 const UNMAP_BATCH_STRIPES: u64 = 4096;
 /// Stripes looked at per acquisition of the map mutex by [`PoolInner::allocation`].
 const SCAN_BATCH_STRIPES: u64 = 65536;
-/// Zero bytes written per call at the edges of a discard (at most one stripe each).
-const ZERO_EDGE_BYTES_MAX: u64 = 64 << 20;
 
 /// A run of the volume in one allocation state (what `NBD_CMD_BLOCK_STATUS` reports).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,7 +89,7 @@ impl PoolInner {
             // either side of it, as with any two concurrent requests.)
             return Ok(());
         }
-        let length = length.min(ZERO_EDGE_BYTES_MAX);
+        // Less than one stripe: the write path builds a whole stripe for it anyway.
         let zeros = vec![0u8; usize::try_from(length).unwrap_or(0)];
         self.write_at(offset, &zeros)
     }
