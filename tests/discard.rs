@@ -322,3 +322,22 @@ fn a_discard_racing_partial_writes_on_the_same_stripes_never_brings_old_data_bac
         check(&reopen(&mems), "after a reopen");
     }
 }
+
+#[test]
+fn a_pool_that_lost_too_many_members_refuses_a_discard_and_unmaps_nothing() {
+    let (pool, mems) = mem_pool("rs:2+1", 3);
+    let stripe = pool.geometry().stripe_data_bytes();
+    pool.write_at(0, &vec![9u8; 8 * stripe as usize]).unwrap();
+    pool.flush().unwrap();
+    mems[0].set_gone(true);
+    mems[1].set_gone(true);
+    // The write notices the losses (faulting what it can) and fails.
+    assert!(pool.write_at(0, &[1u8; 10]).is_err());
+    let before = pool.allocation(0, pool.size()).unwrap();
+    match pool.discard(0, 4 * stripe) {
+        Err(Error::PoolUnavailable { .. }) => {}
+        other => panic!("discard on an unavailable pool: {other:?}"),
+    }
+    assert_eq!(pool.allocation(0, pool.size()).unwrap(), before);
+    pool.simulate_power_loss();
+}

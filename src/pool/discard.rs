@@ -44,6 +44,9 @@ impl PoolInner {
         if length == 0 {
             return Ok(());
         }
+        // As a write: with too few members to make the change durable, refuse it before
+        // unmapping anything.
+        self.check_available()?;
         self.rebuild.foreground();
         let stripe_bytes = self.geometry.stripe_data_bytes();
         let end = offset + length;

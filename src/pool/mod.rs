@@ -488,6 +488,7 @@ impl Pool {
     ///
     /// # Errors
     /// [`Error::OutOfRange`] (checked before anything is done); [`Error::ReadOnly`];
+    /// [`Error::PoolUnavailable`] when too many devices are lost (nothing is unmapped then);
     /// as [`Pool::write_at`] for the edges.
     pub fn discard(&self, offset: u64, length: u64) -> Result<()> {
         discard::check_span(offset, length, self.size())?;
