@@ -3,6 +3,8 @@
 //! then every device loses a random subset of its unflushed writes. After reopening (with one
 //! device lost, as well): every flushed block reads back exactly, every unflushed block reads
 //! back as one of the versions written to it since the last flush, and nothing is unreadable.
+//! The `crash_discard_*` tests mix discards (TRIM) into the workload: a discarded block reads as
+//! zeros once flushed, and as its old content or zeros before.
 
 mod common;
 
@@ -31,14 +33,15 @@ fn wrap(mems: &[Arc<MemDevice>], countdown: &Arc<AtomicI64>) -> Vec<SharedDevice
         .collect()
 }
 
-/// Random writes until power goes off or `count` are done; the model learns each write that
-/// was issued with power on, and each flush that completed with power on.
+/// Random writes (and discards, if `discards`) until power goes off or `count` are done; the
+/// model learns each write or discard that was issued with power on (a discard as a write of
+/// zeros), and each flush that completed with power on.
 fn workload(
     pool: &Pool,
     model: &mut CrashModel,
     rng: &mut rand_chacha::ChaCha8Rng,
     countdown: &AtomicI64,
-    count: usize,
+    (count, discards): (usize, bool),
 ) {
     let size = pool.size();
     let stripe = pool.geometry().stripe_data_bytes();
@@ -50,6 +53,15 @@ fn workload(
             let result = pool.flush();
             if result.is_ok() && countdown.load(Ordering::SeqCst) > 0 {
                 model.flushed();
+            }
+            continue;
+        }
+        if discards && rng.gen_bool(0.25) {
+            let len = rng.gen_range(1..4 * stripe);
+            let offset = rng.gen_range(0..=size - len);
+            model.write(offset, &vec![0u8; len as usize]);
+            if pool.discard(offset, len).is_err() {
+                return;
             }
             continue;
         }
@@ -76,39 +88,43 @@ fn read_all(pool: &Pool) -> Vec<u8> {
 
 /// One test per layout so they run in parallel; each runs many seeded iterations.
 macro_rules! crash_tests {
-    ($($name:ident: $index:expr,)*) => {$(
+    ($($name:ident: $index:expr, $discards:expr,)*) => {$(
         #[test]
         fn $name() {
-            power_loss_at_random_points_never_loses_flushed_data_even_with_a_device_lost($index, stringify!($name));
+            power_loss_at_random_points_never_loses_flushed_data_even_with_a_device_lost($index, $discards, stringify!($name));
         }
     )*};
 }
 
 crash_tests! {
-    crash_mirror2: 0,
-    crash_mirror3: 1,
-    crash_raid10: 2,
-    crash_rs2p1: 3,
-    crash_rs4p2: 4,
-    crash_rs4p2_on_7: 5,
-    crash_rs3p3: 6,
+    crash_mirror2: 0, false,
+    crash_mirror3: 1, false,
+    crash_raid10: 2, false,
+    crash_rs2p1: 3, false,
+    crash_rs4p2: 4, false,
+    crash_rs4p2_on_7: 5, false,
+    crash_rs3p3: 6, false,
+    crash_discard_mirror2: 0, true,
+    crash_discard_rs2p1: 3, true,
+    crash_discard_rs4p2: 4, true,
 }
 
 fn power_loss_at_random_points_never_loses_flushed_data_even_with_a_device_lost(
     l: usize,
+    discards: bool,
     name: &'static str,
 ) {
     let (layout, devices) = layouts()[l];
     {
         for iteration in 0..iterations() {
-            let seed = seed(10_000 + l as u64 * 1000 + iteration);
+            let seed = seed(10_000 + l as u64 * 1000 + u64::from(discards) * 500 + iteration);
             let _guard = SeedGuard { seed, name };
             let mut rng = rng(seed);
             let mems = mem_devices(devices, DEVICE_BYTES);
             let countdown = Arc::new(AtomicI64::new(POWER_ON));
             let pool = Pool::create(wrap(&mems, &countdown), vec![], &options(layout)).unwrap();
             let mut model = CrashModel::new(pool.size());
-            workload(&pool, &mut model, &mut rng, &countdown, 30);
+            workload(&pool, &mut model, &mut rng, &countdown, (30, discards));
             pool.flush().unwrap();
             model.flushed();
             let mut pool = Some(pool);
@@ -116,7 +132,7 @@ fn power_loss_at_random_points_never_loses_flushed_data_even_with_a_device_lost(
             for round in 0..3u64 {
                 let current = pool.take().expect("pool is open at the start of a round");
                 countdown.store(rng.gen_range(1..400), Ordering::SeqCst);
-                workload(&current, &mut model, &mut rng, &countdown, 60);
+                workload(&current, &mut model, &mut rng, &countdown, (60, discards));
                 current.simulate_power_loss();
                 for (i, mem) in mems.iter().enumerate() {
                     mem.crash(seed ^ (round << 32) ^ i as u64);
@@ -156,7 +172,7 @@ fn power_loss_at_random_points_never_loses_flushed_data_even_with_a_device_lost(
             // survive both together: this is where a RAID write hole would show.
             let current = pool.take().expect("pool is open");
             countdown.store(rng.gen_range(1..400), Ordering::SeqCst);
-            workload(&current, &mut model, &mut rng, &countdown, 60);
+            workload(&current, &mut model, &mut rng, &countdown, (60, discards));
             current.simulate_power_loss();
             for (i, mem) in mems.iter().enumerate() {
                 mem.crash(seed ^ (9 << 48) ^ i as u64);

@@ -107,3 +107,20 @@ fn faulting_on_data_errors_is_caught_within_a_few_seeds() {
     config.planted = PlantedBugs::default();
     assert!(sim::run_seed(&config).unwrap().violation.is_none());
 }
+
+/// A discard that unmaps stripes without recording the unmapping in the commit must be caught:
+/// after a crash or a reopen the map names the old slots again (the old data back, or slots
+/// reused since that no longer verify).
+#[test]
+fn discards_left_out_of_the_commit_are_caught_within_a_few_seeds() {
+    let planted = PlantedBugs {
+        skip_discard_log: true,
+        ..PlantedBugs::default()
+    };
+    let caught = first_violation(planted, 200, "crash");
+    let (mut config, _, violation) = caught
+        .unwrap_or_else(|| panic!("{SEEDS_MAX} seeds missed discards that are never committed"));
+    eprintln!("caught with {}: {violation}", config.command_line());
+    config.planted = PlantedBugs::default();
+    assert!(sim::run_seed(&config).unwrap().violation.is_none());
+}

@@ -345,6 +345,29 @@ mod tests {
     }
 
     #[test]
+    fn an_unmapped_entry_in_a_log_record_replays_as_never_written() {
+        // What a discard commits (docs/FORMAT.md, "Discard"): the entry with slot u64::MAX.
+        let pool = PoolUuid([4; 16]);
+        let mut live = StripeMap::new(10, 3);
+        live.set(StripeId(2), &entry(5, 1, 3));
+        let mut replay = live.clone();
+        let unmapped = MapEntry {
+            slot: None,
+            generation: Generation(7),
+            crcs: vec![0; 3],
+        };
+        live.set(StripeId(2), &unmapped);
+        let bytes = encode_log_record(pool, 1, 8, &live, &[StripeId(2)]);
+        assert_eq!(&bytes[64 + 8..64 + 16], &u64::MAX.to_le_bytes());
+        decode_log_record(pool, 1, &bytes, &mut replay)
+            .unwrap()
+            .unwrap();
+        assert_eq!(replay.slot(StripeId(2)), None);
+        assert_eq!(replay.used_slots().count(), 0, "its old slot is free again");
+        assert_eq!(replay, live);
+    }
+
+    #[test]
     fn log_record_roundtrip_sequence_and_torn_detection() {
         let pool = PoolUuid([9; 16]);
         let mut map = StripeMap::new(10, 3);

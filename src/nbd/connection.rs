@@ -13,11 +13,18 @@
 //!   connection (the pool is shared), which is why the export announces `CAN_MULTI_CONN`.
 //! * A read that the pool cannot verify is answered with `EIO` and no data; never with bytes
 //!   the pool did not return.
+//! * `TRIM`, and `WRITE_ZEROES` without `NO_HOLE`, discard ([`Pool::discard`](crate::Pool::discard)):
+//!   the range reads as zeros afterwards, whole stripes give their space back. `BLOCK_STATUS`
+//!   answers from [`Pool::allocation`](crate::Pool::allocation) in the `base:allocation`
+//!   context, only after the client negotiated structured replies and selected that context.
+//! * With structured replies negotiated, reads and every error are answered with structured
+//!   chunks (a read must never get a simple reply then); other successes with simple replies,
+//!   which the protocol allows.
 //! * Requests in flight are bounded in number and in bytes; the reader waits for room before
 //!   it reads the next payload, so a client cannot make the server buffer without limit.
 //! * Errors on the socket end the connection; they never panic and never touch the pool.
 
-use super::proto::{self, errno, info, opt, rep, Action, ExportInfo};
+use super::proto::{self, errno, info, opt, rep, Action, ExportInfo, Session};
 use crate::error::Error;
 use crate::pool::Pool;
 use parking_lot::{Condvar, Mutex};
@@ -33,6 +40,9 @@ const MAX_WORKERS: usize = 16;
 const MAX_OPTIONS: usize = 4096;
 /// `WRITE_ZEROES` writes at most this much per pool call.
 const ZERO_PIECE_BYTES: u64 = 1 << 20;
+/// Descriptors in one `BLOCK_STATUS` reply at most (the protocol lets a server return fewer
+/// than the whole range needs; the client asks again for the rest).
+const MAX_STATUS_DESCRIPTORS: usize = 1024;
 
 /// What one connection serves, and how much it may have in flight.
 #[derive(Debug, Clone)]
@@ -46,7 +56,7 @@ pub struct ExportConfig {
 }
 
 impl ExportConfig {
-    /// The export of `pool` under `name`: flush, FUA and write-zeroes supported, multi-conn
+    /// The export of `pool` under `name`: flush, FUA, trim and write-zeroes supported, multi-conn
     /// (a flush covers every connection's completed writes), read-only if asked. Block sizes:
     /// any byte granularity is accepted (the pool does read-modify-write), the preferred size
     /// is the largest power of two dividing the stripe's data bytes (whole-stripe writes skip
@@ -60,7 +70,7 @@ impl ExportConfig {
         if read_only {
             flags |= proto::flag::READ_ONLY;
         } else {
-            flags |= proto::flag::SEND_WRITE_ZEROES;
+            flags |= proto::flag::SEND_WRITE_ZEROES | proto::flag::SEND_TRIM;
         }
         let stripe = pool.geometry().stripe_data_bytes();
         let preferred =
@@ -117,13 +127,15 @@ pub fn serve_stream<R: Read, W: Write + Send>(
     stop: &AtomicBool,
 ) -> io::Result<ConnectionEnd> {
     match negotiate(&mut reader, &mut writer, config, stop)? {
-        Negotiated::Transmission => Ok(transmission(reader, writer, pool, config)),
+        Negotiated::Transmission(session) => {
+            Ok(transmission(reader, writer, pool, config, session))
+        }
         Negotiated::End(end) => Ok(end),
     }
 }
 
 enum Negotiated {
-    Transmission,
+    Transmission(Session),
     End(ConnectionEnd),
 }
 
@@ -158,6 +170,7 @@ fn negotiate<R: Read, W: Write>(
         ))));
     }
     let no_zeroes = client_flags & proto::CLIENT_NO_ZEROES != 0;
+    let mut session = Session::default();
     for _ in 0..MAX_OPTIONS {
         let mut header = [0u8; proto::OPTION_HEADER_BYTES];
         if !read_exact_or_eof(reader, &mut header)? {
@@ -195,7 +208,7 @@ fn negotiate<R: Read, W: Write>(
                 }
                 writer.write_all(&proto::encode_export_name_reply(export, no_zeroes))?;
                 writer.flush()?;
-                return Ok(Negotiated::Transmission);
+                return Ok(Negotiated::Transmission(session));
             }
             opt::ABORT => {
                 // The client may already have closed; the acknowledgement is best effort.
@@ -227,12 +240,23 @@ fn negotiate<R: Read, W: Write>(
                     reply(writer, rep::ACK, &[])?;
                     if header.option == opt::GO {
                         writer.flush()?;
-                        return Ok(Negotiated::Transmission);
+                        return Ok(Negotiated::Transmission(session));
                     }
                 }
             },
-            // STARTTLS, STRUCTURED_REPLY, meta contexts, extended headers and anything
-            // unknown: not supported, the client falls back or gives up.
+            opt::STRUCTURED_REPLY => {
+                if data.is_empty() {
+                    session.structured_replies = true;
+                    reply(writer, rep::ACK, &[])?;
+                } else {
+                    reply(writer, rep::ERR_INVALID, &[])?;
+                }
+            }
+            opt::LIST_META_CONTEXT | opt::SET_META_CONTEXT => {
+                meta_context(writer, header.option, &data, config, &mut session)?;
+            }
+            // STARTTLS, extended headers and anything unknown: not supported, the client
+            // falls back or gives up.
             _ => reply(writer, rep::ERR_UNSUP, &[])?,
         }
         writer.flush()?;
@@ -240,6 +264,56 @@ fn negotiate<R: Read, W: Write>(
     Ok(Negotiated::End(ConnectionEnd::ProtocolError(format!(
         "more than {MAX_OPTIONS} options without choosing an export"
     ))))
+}
+
+/// Answer `NBD_OPT_LIST_META_CONTEXT` or `NBD_OPT_SET_META_CONTEXT`. Only after structured
+/// replies (else `ERR_INVALID`, as the protocol asks); malformed data `ERR_INVALID`; another
+/// export's name `ERR_UNKNOWN`. The one context, `base:allocation`, is listed for an empty
+/// query list or a query naming it or `base:`; `SET` replaces the selection (selecting nothing
+/// is no error, but `BLOCK_STATUS` is then refused).
+fn meta_context<W: Write>(
+    writer: &mut W,
+    option: u32,
+    data: &[u8],
+    config: &ExportConfig,
+    session: &mut Session,
+) -> io::Result<()> {
+    let reply = |writer: &mut W, kind: u32, payload: &[u8]| -> io::Result<()> {
+        writer.write_all(&proto::encode_option_reply(option, kind, payload))
+    };
+    if !session.structured_replies {
+        return reply(writer, rep::ERR_INVALID, &[]);
+    }
+    let request = match proto::decode_meta_context_request(data) {
+        Ok(request) => request,
+        Err(_) => return reply(writer, rep::ERR_INVALID, &[]),
+    };
+    if !config.matches(&request.name) {
+        return reply(writer, rep::ERR_UNKNOWN, &[]);
+    }
+    let set = option == opt::SET_META_CONTEXT;
+    let selected = if set {
+        request
+            .queries
+            .iter()
+            .any(|q| proto::query_selects_allocation(q))
+    } else {
+        request.queries.is_empty()
+            || request
+                .queries
+                .iter()
+                .any(|q| proto::query_selects_allocation(q))
+    };
+    if set {
+        session.allocation_context = selected.then_some(proto::ALLOCATION_CONTEXT_ID);
+    }
+    if selected {
+        // Ids in a list are reserved (zero); a selection names the id requests will carry.
+        let id = if set { proto::ALLOCATION_CONTEXT_ID } else { 0 };
+        let payload = proto::encode_meta_context_reply(id, proto::BASE_ALLOCATION);
+        reply(writer, rep::META_CONTEXT, &payload)?;
+    }
+    reply(writer, rep::ACK, &[])
 }
 
 /// Counts requests and bytes in flight; the reader waits for room.
@@ -299,6 +373,8 @@ impl Drop for Permit<'_> {
 struct Replies<W> {
     writer: Mutex<W>,
     broken: AtomicBool,
+    /// Structured replies were negotiated: errors and reads go as chunks.
+    structured: bool,
 }
 
 impl<W: Write> Replies<W> {
@@ -316,8 +392,61 @@ impl<W: Write> Replies<W> {
         }
     }
 
-    fn status(&self, error: u32, cookie: u64) {
-        self.send(&proto::encode_reply(error, cookie));
+    /// A success without data: a simple reply (allowed with structured replies too, for
+    /// every command but `READ`).
+    fn success(&self, cookie: u64) {
+        self.send(&proto::encode_reply(0, cookie));
+    }
+
+    /// An error: a final error chunk with structured replies (what a `READ` must get then),
+    /// else a simple reply.
+    fn error(&self, error: u32, cookie: u64) {
+        if self.structured {
+            self.send(&proto::encode_error_chunk(cookie, error, errno_name(error)));
+        } else {
+            self.send(&proto::encode_reply(error, cookie));
+        }
+    }
+
+    /// Bytes before a read's data in its reply: the simple reply header, or a chunk header and
+    /// the chunk's offset.
+    fn read_prefix_bytes(&self) -> usize {
+        if self.structured {
+            proto::STRUCTURED_REPLY_BYTES + 8
+        } else {
+            proto::REPLY_BYTES
+        }
+    }
+
+    /// Fill in the header of a successful read's reply whose data follows it in `message`.
+    fn read_header(&self, message: &mut [u8], cookie: u64, offset: u64) {
+        if self.structured {
+            let length = u32::try_from(message.len() - proto::STRUCTURED_REPLY_BYTES).unwrap_or(0);
+            let header = proto::encode_chunk_header(
+                proto::reply_flag::DONE,
+                proto::reply_type::OFFSET_DATA,
+                cookie,
+                length,
+            );
+            message[..proto::STRUCTURED_REPLY_BYTES].copy_from_slice(&header);
+            message[proto::STRUCTURED_REPLY_BYTES..proto::STRUCTURED_REPLY_BYTES + 8]
+                .copy_from_slice(&offset.to_be_bytes());
+        } else {
+            message[..proto::REPLY_BYTES].copy_from_slice(&proto::encode_reply(0, cookie));
+        }
+    }
+}
+
+/// The message sent with an error chunk.
+fn errno_name(error: u32) -> &'static str {
+    match error {
+        errno::EPERM => "read-only export",
+        errno::EIO => "input/output error",
+        errno::EINVAL => "invalid request",
+        errno::ENOSPC => "beyond the end of the export",
+        errno::ENOTSUP => "not supported",
+        errno::ESHUTDOWN => "server shutting down",
+        _ => "error",
     }
 }
 
@@ -335,10 +464,12 @@ fn transmission<R: Read, W: Write + Send>(
     writer: W,
     pool: &Pool,
     config: &ExportConfig,
+    session: Session,
 ) -> ConnectionEnd {
     let replies = Replies {
         writer: Mutex::new(writer),
         broken: AtomicBool::new(false),
+        structured: session.structured_replies,
     };
     let in_flight = InFlight::new(config);
     let (queue, jobs) = std::sync::mpsc::channel::<Job<'_>>();
@@ -364,7 +495,7 @@ fn transmission<R: Read, W: Write + Send>(
                 Err(end) => return end,
             };
             let cookie = request.cookie;
-            match proto::classify(&request, &config.export) {
+            match proto::classify(&request, &config.export, &session) {
                 Action::Disconnect => return ConnectionEnd::Disconnected,
                 Action::Reject {
                     error,
@@ -378,12 +509,13 @@ fn transmission<R: Read, W: Write + Send>(
                 }
                 Action::Read { offset, length } => {
                     let permit = in_flight.acquire(u64::from(length));
+                    let replies = &replies;
                     workers.submit(permit, ("read", &request), move || {
                         let length = usize::try_from(length).unwrap_or(0);
-                        let mut message = vec![0u8; proto::REPLY_BYTES + length];
-                        pool.read_at(offset, &mut message[proto::REPLY_BYTES..])?;
-                        message[..proto::REPLY_BYTES]
-                            .copy_from_slice(&proto::encode_reply(0, cookie));
+                        let prefix = replies.read_prefix_bytes();
+                        let mut message = vec![0u8; prefix + length];
+                        pool.read_at(offset, &mut message[prefix..])?;
+                        replies.read_header(&mut message, cookie, offset);
                         Ok(Some(message))
                     });
                 }
@@ -409,14 +541,62 @@ fn transmission<R: Read, W: Write + Send>(
                     offset,
                     length,
                     fua,
+                    no_hole,
                 } => {
                     let permit = in_flight.acquire(ZERO_PIECE_BYTES.min(u64::from(length)));
                     workers.submit(permit, ("write-zeroes", &request), move || {
-                        write_zeroes(pool, offset, u64::from(length))?;
+                        if no_hole {
+                            write_zeroes(pool, offset, u64::from(length))?;
+                        } else {
+                            pool.discard(offset, u64::from(length))?;
+                        }
                         if fua {
                             pool.flush()?;
                         }
                         Ok(None)
+                    });
+                }
+                Action::Trim {
+                    offset,
+                    length,
+                    fua,
+                } => {
+                    let permit = in_flight.acquire(ZERO_PIECE_BYTES.min(u64::from(length)));
+                    workers.submit(permit, ("trim", &request), move || {
+                        pool.discard(offset, u64::from(length))?;
+                        if fua {
+                            pool.flush()?;
+                        }
+                        Ok(None)
+                    });
+                }
+                Action::BlockStatus {
+                    offset,
+                    length,
+                    context,
+                    req_one,
+                } => {
+                    let permit = in_flight.acquire(0);
+                    workers.submit(permit, ("block-status", &request), move || {
+                        let max = if req_one { 1 } else { MAX_STATUS_DESCRIPTORS };
+                        let extents = pool.allocation_limited(offset, u64::from(length), max)?;
+                        let descriptors: Vec<(u32, u32)> = extents
+                            .iter()
+                            .map(|extent| {
+                                let status = if extent.allocated {
+                                    0
+                                } else {
+                                    proto::state::HOLE | proto::state::ZERO
+                                };
+                                // Within a request of at most 4 GiB - 1 bytes.
+                                (u32::try_from(extent.length).unwrap_or(u32::MAX), status)
+                            })
+                            .collect();
+                        Ok(Some(proto::encode_block_status_chunk(
+                            cookie,
+                            context,
+                            &descriptors,
+                        )))
                     });
                 }
                 Action::Flush => {
@@ -453,7 +633,7 @@ fn reject<R: Read, W: Write>(
 ) -> Result<(), ConnectionEnd> {
     if request.has_payload() {
         if !payload_readable {
-            replies.status(error, request.cookie);
+            replies.error(error, request.cookie);
             return Err(ConnectionEnd::ProtocolError(format!(
                 "write of {} bytes exceeds the maximum request size",
                 request.length
@@ -465,7 +645,7 @@ fn reject<R: Read, W: Write>(
             return Err(ConnectionEnd::Eof);
         }
     }
-    replies.status(error, request.cookie);
+    replies.error(error, request.cookie);
     Ok(())
 }
 
@@ -502,8 +682,8 @@ struct Workers<'scope, 'env, 'data, W> {
 
 impl<'scope, 'env, 'data: 'env, W: Write + Send> Workers<'scope, 'env, 'data, W> {
     /// Queue one accepted request and answer it when done: `Ok(Some(message))` is sent as is (a
-    /// read's header and data), `Ok(None)` as a success status, an error as its `NBD_E*` with
-    /// no data.
+    /// read's header and data, a block status chunk), `Ok(None)` as a success status, an error
+    /// as its `NBD_E*` with no data.
     fn submit(
         &mut self,
         permit: Permit<'data>,
@@ -517,11 +697,11 @@ impl<'scope, 'env, 'data: 'env, W: Write + Send> Workers<'scope, 'env, 'data, W>
             let _permit = permit;
             match work() {
                 Ok(Some(message)) => replies.send(&message),
-                Ok(None) => replies.status(0, cookie),
+                Ok(None) => replies.success(cookie),
                 Err(err) => {
                     tracing::warn!(%err, offset, length,
                         "NBD {what} failed; replying with an error");
-                    replies.status(errno_for(&err), cookie);
+                    replies.error(errno_for(&err), cookie);
                 }
             }
         });

@@ -8,8 +8,10 @@
 //!
 //! Reference: the NBD protocol document (`doc/proto.md` of the NBD project). Only what this
 //! server implements is named here: fixed newstyle negotiation with `NBD_OPT_EXPORT_NAME`,
-//! `ABORT`, `LIST`, `INFO` and `GO`; simple replies (no structured replies); the commands
-//! `READ`, `WRITE`, `DISC`, `FLUSH` and `WRITE_ZEROES`, with `FUA` on writes.
+//! `ABORT`, `LIST`, `INFO`, `GO`, `STRUCTURED_REPLY`, `LIST_META_CONTEXT` and
+//! `SET_META_CONTEXT` (one context: `base:allocation`); simple replies, and structured replies
+//! once negotiated; the commands `READ`, `WRITE`, `DISC`, `FLUSH`, `TRIM`, `WRITE_ZEROES` (with
+//! `NO_HOLE`) and `BLOCK_STATUS` (with `REQ_ONE`), with `FUA` on every command.
 
 /// `NBDMAGIC`: the first eight bytes a server sends.
 pub const NBD_MAGIC: u64 = 0x4e42_444d_4147_4943;
@@ -21,6 +23,12 @@ pub const OPTION_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
 pub const REQUEST_MAGIC: u32 = 0x2560_9513;
 /// Prefix of every simple reply.
 pub const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+/// Prefix of every structured reply chunk.
+pub const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
+/// The one metadata context this server offers: which ranges hold data.
+pub const BASE_ALLOCATION: &str = "base:allocation";
+/// The id this server gives `base:allocation` when a client selects it.
+pub const ALLOCATION_CONTEXT_ID: u32 = 1;
 
 /// Handshake flag: the server speaks fixed newstyle.
 pub const HANDSHAKE_FIXED_NEWSTYLE: u16 = 1;
@@ -45,8 +53,13 @@ pub mod opt {
     pub const INFO: u32 = 6;
     /// Ask about an export and go to transmission.
     pub const GO: u32 = 7;
-    /// Structured replies (not supported: simple replies only).
+    /// Structured replies (needed for `BLOCK_STATUS`).
     pub const STRUCTURED_REPLY: u32 = 8;
+    /// List the metadata contexts a query matches. (An early draft of the protocol had 10
+    /// here; libnbd and qemu use 9.)
+    pub const LIST_META_CONTEXT: u32 = 9;
+    /// Select the metadata contexts `BLOCK_STATUS` reports.
+    pub const SET_META_CONTEXT: u32 = 10;
 }
 
 /// Option reply types (`NBD_REP_*`).
@@ -57,6 +70,8 @@ pub mod rep {
     pub const SERVER: u32 = 2;
     /// Information about the export.
     pub const INFO: u32 = 3;
+    /// One metadata context: its id, its name.
+    pub const META_CONTEXT: u32 = 4;
     /// The option is not known or not supported.
     pub const ERR_UNSUP: u32 = 0x8000_0001;
     /// The option's data is malformed.
@@ -109,18 +124,57 @@ pub mod cmd {
     pub const DISC: u16 = 2;
     /// Make completed writes durable.
     pub const FLUSH: u16 = 3;
-    /// Discard (not supported).
+    /// Discard: the range reads as zeros afterwards (this server's promise; the protocol
+    /// promises nothing).
     pub const TRIM: u16 = 4;
     /// Write zeroes (no payload).
     pub const WRITE_ZEROES: u16 = 6;
+    /// Report the status of a range in the selected metadata contexts.
+    pub const BLOCK_STATUS: u16 = 7;
 }
 
 /// Command flags (`NBD_CMD_FLAG_*`).
 pub mod cmd_flag {
     /// Force unit access: the write is durable when acknowledged.
     pub const FUA: u16 = 1;
-    /// `WRITE_ZEROES` must not punch holes (always true here).
+    /// `WRITE_ZEROES` must not punch holes: the zeros are written (the range stays allocated).
     pub const NO_HOLE: u16 = 1 << 1;
+    /// `READ` must come back in one chunk (not offered: refused).
+    pub const DF: u16 = 1 << 2;
+    /// `BLOCK_STATUS` wants one extent only.
+    pub const REQ_ONE: u16 = 1 << 3;
+    /// `WRITE_ZEROES` must fail rather than be slow (not offered: refused).
+    pub const FAST_ZERO: u16 = 1 << 4;
+}
+
+/// Structured reply chunk types (`NBD_REPLY_TYPE_*`).
+pub mod reply_type {
+    /// No payload; ends a reply.
+    pub const NONE: u16 = 0;
+    /// Read data: offset, bytes.
+    pub const OFFSET_DATA: u16 = 1;
+    /// A hole in read data: offset, length (reads as zeros).
+    pub const OFFSET_HOLE: u16 = 2;
+    /// Block status: context id, descriptors.
+    pub const BLOCK_STATUS: u16 = 5;
+    /// An error: errno, message.
+    pub const ERROR: u16 = 0x8001;
+    /// An error at an offset: errno, message, offset.
+    pub const ERROR_OFFSET: u16 = 0x8002;
+}
+
+/// Structured reply chunk flags (`NBD_REPLY_FLAG_*`).
+pub mod reply_flag {
+    /// The last chunk of a reply.
+    pub const DONE: u16 = 1;
+}
+
+/// Status flags of the `base:allocation` context (`NBD_STATE_*`).
+pub mod state {
+    /// Not allocated: no storage holds the range.
+    pub const HOLE: u32 = 1;
+    /// Reads as zeros.
+    pub const ZERO: u32 = 2;
 }
 
 /// Error numbers carried in replies (`NBD_E*`, the Linux errno values).
@@ -151,6 +205,10 @@ pub const OPTION_HEADER_BYTES: usize = 16;
 pub const REQUEST_BYTES: usize = 28;
 /// Length of a simple reply header.
 pub const REPLY_BYTES: usize = 16;
+/// Length of a structured reply chunk header.
+pub const STRUCTURED_REPLY_BYTES: usize = 20;
+/// The most metadata-context queries one option may carry.
+pub const MAX_META_QUERIES: usize = 64;
 /// The largest option payload this server reads; longer options close the connection (the
 /// longest legitimate one is a 4096-byte export name plus a few info requests).
 pub const MAX_OPTION_BYTES: u32 = 64 * 1024;
@@ -361,6 +419,91 @@ pub fn encode_info_request(name: &[u8], requests: &[u16]) -> Vec<u8> {
     for request in requests {
         out.extend_from_slice(&request.to_be_bytes());
     }
+    out
+}
+
+/// The data of `NBD_OPT_LIST_META_CONTEXT`/`NBD_OPT_SET_META_CONTEXT`: an export name and
+/// queries (context names, or a namespace prefix such as `base:`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaContextRequest {
+    /// The export name (raw bytes).
+    pub name: Vec<u8>,
+    /// The queries (raw bytes; each at most [`MAX_NAME_BYTES`]).
+    pub queries: Vec<Vec<u8>>,
+}
+
+/// Decode the data of a meta-context option: u32 name length, name, u32 query count, then per
+/// query u32 length and bytes. Trailing bytes are an error.
+///
+/// # Errors
+/// [`ProtoError::Malformed`] when the lengths do not add up, or a name or query is too long,
+/// or there are more than [`MAX_META_QUERIES`] queries.
+pub fn decode_meta_context_request(data: &[u8]) -> Result<MetaContextRequest, ProtoError> {
+    let string_at = |at: usize, what: &'static str| -> Result<(Vec<u8>, usize), ProtoError> {
+        let len = be_u32(data, at).ok_or(ProtoError::Malformed(what))?;
+        let len = usize::try_from(len).map_err(|_| ProtoError::Malformed(what))?;
+        if len > MAX_NAME_BYTES {
+            return Err(ProtoError::Malformed(
+                "name or query longer than 4096 bytes",
+            ));
+        }
+        let start = at + 4;
+        let bytes = data
+            .get(start..start + len)
+            .ok_or(ProtoError::Malformed("string runs past the option data"))?;
+        Ok((bytes.to_vec(), start + len))
+    };
+    let (name, mut at) = string_at(0, "no name length")?;
+    let count = be_u32(data, at).ok_or(ProtoError::Malformed("no query count"))?;
+    at += 4;
+    if !usize::try_from(count).is_ok_and(|c| c <= MAX_META_QUERIES) {
+        return Err(ProtoError::Malformed("too many metadata context queries"));
+    }
+    let mut queries = Vec::new();
+    for _ in 0..count {
+        let (query, next) = string_at(at, "no query length")?;
+        queries.push(query);
+        at = next;
+    }
+    if at != data.len() {
+        return Err(ProtoError::Malformed(
+            "metadata context queries do not match the option length",
+        ));
+    }
+    Ok(MetaContextRequest { name, queries })
+}
+
+/// Encode the data of a meta-context option (client side).
+#[must_use]
+pub fn encode_meta_context_request(name: &[u8], queries: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&u32::try_from(name.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(name);
+    out.extend_from_slice(
+        &u32::try_from(queries.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
+    for query in queries {
+        out.extend_from_slice(&u32::try_from(query.len()).unwrap_or(u32::MAX).to_be_bytes());
+        out.extend_from_slice(query);
+    }
+    out
+}
+
+/// Whether a meta-context query selects `base:allocation`: the exact name, or its namespace
+/// alone (`base:`, which selects every context of that namespace).
+#[must_use]
+pub fn query_selects_allocation(query: &[u8]) -> bool {
+    query == BASE_ALLOCATION.as_bytes() || query == b"base:"
+}
+
+/// `NBD_REP_META_CONTEXT` data: context id, name.
+#[must_use]
+pub fn encode_meta_context_reply(id: u32, name: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + name.len());
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(name.as_bytes());
     out
 }
 
@@ -576,6 +719,104 @@ pub fn decode_reply(bytes: &[u8]) -> Result<(u32, u64), ProtoError> {
     Ok((be_u32(bytes, 4).unwrap_or(0), be_u64(bytes, 8).unwrap_or(0)))
 }
 
+/// A structured reply chunk header: magic, flags, type, cookie, payload length.
+#[must_use]
+pub fn encode_chunk_header(
+    flags: u16,
+    kind: u16,
+    cookie: u64,
+    length: u32,
+) -> [u8; STRUCTURED_REPLY_BYTES] {
+    let mut out = [0u8; STRUCTURED_REPLY_BYTES];
+    out[..4].copy_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
+    out[4..6].copy_from_slice(&flags.to_be_bytes());
+    out[6..8].copy_from_slice(&kind.to_be_bytes());
+    out[8..16].copy_from_slice(&cookie.to_be_bytes());
+    out[16..].copy_from_slice(&length.to_be_bytes());
+    out
+}
+
+/// A decoded structured reply chunk header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkHeader {
+    /// `NBD_REPLY_FLAG_*`.
+    pub flags: u16,
+    /// `NBD_REPLY_TYPE_*`.
+    pub kind: u16,
+    /// The request's cookie.
+    pub cookie: u64,
+    /// Payload bytes that follow.
+    pub length: u32,
+}
+
+/// Decode a structured reply chunk header (client side).
+///
+/// # Errors
+/// [`ProtoError::Truncated`] or [`ProtoError::BadMagic`].
+pub fn decode_chunk_header(bytes: &[u8]) -> Result<ChunkHeader, ProtoError> {
+    need("structured reply", bytes, STRUCTURED_REPLY_BYTES)?;
+    let magic = be_u32(bytes, 0).unwrap_or(0);
+    if magic != STRUCTURED_REPLY_MAGIC {
+        return Err(ProtoError::BadMagic {
+            what: "structured reply",
+            found: u64::from(magic),
+        });
+    }
+    Ok(ChunkHeader {
+        flags: be_u16(bytes, 4).unwrap_or(0),
+        kind: be_u16(bytes, 6).unwrap_or(0),
+        cookie: be_u64(bytes, 8).unwrap_or(0),
+        length: be_u32(bytes, 16).unwrap_or(0),
+    })
+}
+
+/// A final `NBD_REPLY_TYPE_ERROR` chunk: errno, message length, message.
+#[must_use]
+pub fn encode_error_chunk(cookie: u64, error: u32, message: &str) -> Vec<u8> {
+    let message = &message.as_bytes()[..message.len().min(1024)];
+    let length = 6 + message.len();
+    let mut out = Vec::with_capacity(STRUCTURED_REPLY_BYTES + length);
+    out.extend_from_slice(&encode_chunk_header(
+        reply_flag::DONE,
+        reply_type::ERROR,
+        cookie,
+        u32::try_from(length).unwrap_or(0),
+    ));
+    out.extend_from_slice(&error.to_be_bytes());
+    out.extend_from_slice(&u16::try_from(message.len()).unwrap_or(0).to_be_bytes());
+    out.extend_from_slice(message);
+    out
+}
+
+/// A final `NBD_REPLY_TYPE_BLOCK_STATUS` chunk: context id, then (length, status flags) per
+/// descriptor.
+#[must_use]
+pub fn encode_block_status_chunk(cookie: u64, context: u32, descriptors: &[(u32, u32)]) -> Vec<u8> {
+    let length = 4 + 8 * descriptors.len();
+    let mut out = Vec::with_capacity(STRUCTURED_REPLY_BYTES + length);
+    out.extend_from_slice(&encode_chunk_header(
+        reply_flag::DONE,
+        reply_type::BLOCK_STATUS,
+        cookie,
+        u32::try_from(length).unwrap_or(0),
+    ));
+    out.extend_from_slice(&context.to_be_bytes());
+    for (length, status) in descriptors {
+        out.extend_from_slice(&length.to_be_bytes());
+        out.extend_from_slice(&status.to_be_bytes());
+    }
+    out
+}
+
+/// What was negotiated on a connection, as far as checking requests goes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Session {
+    /// `NBD_OPT_STRUCTURED_REPLY` was acknowledged.
+    pub structured_replies: bool,
+    /// `base:allocation` was selected with `NBD_OPT_SET_META_CONTEXT` (its id).
+    pub allocation_context: Option<u32>,
+}
+
 /// What the server must do with a decoded request, after checking it against the export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -595,7 +836,8 @@ pub enum Action {
         /// Durable before the reply.
         fua: bool,
     },
-    /// Write `length` zero bytes at `offset`.
+    /// Write `length` zero bytes at `offset`: as zeros written if `no_hole`, else as a discard
+    /// (whole stripes unmapped; they read as zeros).
     WriteZeroes {
         /// Byte offset.
         offset: u64,
@@ -603,6 +845,28 @@ pub enum Action {
         length: u32,
         /// Durable before the reply.
         fua: bool,
+        /// The client asked that no hole be punched.
+        no_hole: bool,
+    },
+    /// Discard `length` bytes at `offset` (they read as zeros afterwards).
+    Trim {
+        /// Byte offset.
+        offset: u64,
+        /// Bytes.
+        length: u32,
+        /// Durable before the reply.
+        fua: bool,
+    },
+    /// Report the allocation of `[offset, offset + length)` in context `context`.
+    BlockStatus {
+        /// Byte offset.
+        offset: u64,
+        /// Bytes (never zero).
+        length: u32,
+        /// The context id to answer with.
+        context: u32,
+        /// One descriptor only.
+        req_one: bool,
     },
     /// Make every completed write durable.
     Flush,
@@ -619,17 +883,30 @@ pub enum Action {
     },
 }
 
-/// Check a request against the export and decide what to do. Pure: the fuzz target and the
-/// malformed-request tests call this exactly as the server does.
+/// The command flags a command accepts here: `FUA` on every command (the protocol asks a
+/// server that offers it to accept it everywhere), `NO_HOLE` on `WRITE_ZEROES`, `REQ_ONE` on
+/// `BLOCK_STATUS`. `DF` and `FAST_ZERO` are not offered, so never valid.
+fn valid_flags(command: u16) -> u16 {
+    match command {
+        cmd::WRITE_ZEROES => cmd_flag::FUA | cmd_flag::NO_HOLE,
+        cmd::BLOCK_STATUS => cmd_flag::FUA | cmd_flag::REQ_ONE,
+        _ => cmd_flag::FUA,
+    }
+}
+
+/// Check a request against the export and what was negotiated, and decide what to do. Pure:
+/// the fuzz target and the malformed-request tests call this exactly as the server does.
 ///
-/// Rules: unknown commands and flags get `EINVAL`; reads past the end `EINVAL`; writes past
-/// the end `ENOSPC` (both per the protocol); writes to a read-only export `EPERM`; requests
-/// longer than the export's maximum `EINVAL` (and a too-long write payload is not read: the
-/// connection is closed after the reply). A zero-length read or write succeeds and does
-/// nothing.
+/// Rules: unknown commands, and flags not valid for the command, get `EINVAL`; reads and block
+/// status past the end `EINVAL`; writes, trims and write-zeroes past the end `ENOSPC` (per the
+/// protocol); writes, trims and write-zeroes to a read-only export `EPERM`; requests longer
+/// than the export's maximum `EINVAL` (and a too-long write payload is not read: the
+/// connection is closed after the reply). `BLOCK_STATUS` without a selected metadata context,
+/// or of zero length, gets `EINVAL`. A zero-length read, write, trim or write-zeroes succeeds
+/// and does nothing.
 #[must_use]
-pub fn classify(request: &Request, export: &ExportInfo) -> Action {
-    let known_flags = cmd_flag::FUA | cmd_flag::NO_HOLE;
+pub fn classify(request: &Request, export: &ExportInfo, session: &Session) -> Action {
+    let known_flags = valid_flags(request.command);
     let length = request.length;
     let too_long = length > export.block_max_bytes;
     let past_end = request
@@ -654,29 +931,49 @@ pub fn classify(request: &Request, export: &ExportInfo) -> Action {
                 length,
             }
         }
-        cmd::WRITE | cmd::WRITE_ZEROES => {
-            let zeroes = request.command == cmd::WRITE_ZEROES;
+        cmd::WRITE | cmd::WRITE_ZEROES | cmd::TRIM => {
+            let payload = request.command == cmd::WRITE;
             if export.read_only() {
                 return reject(errno::EPERM);
             }
-            if too_long && !zeroes {
+            if too_long && payload {
                 return reject(errno::EINVAL);
             }
             if past_end {
                 return reject(errno::ENOSPC);
             }
-            if zeroes {
-                Action::WriteZeroes {
-                    offset: request.offset,
+            let offset = request.offset;
+            match request.command {
+                cmd::WRITE_ZEROES => Action::WriteZeroes {
+                    offset,
                     length,
                     fua,
-                }
-            } else {
-                Action::Write {
-                    offset: request.offset,
+                    no_hole: request.flags & cmd_flag::NO_HOLE != 0,
+                },
+                cmd::TRIM => Action::Trim {
+                    offset,
                     length,
                     fua,
-                }
+                },
+                _ => Action::Write {
+                    offset,
+                    length,
+                    fua,
+                },
+            }
+        }
+        cmd::BLOCK_STATUS => {
+            let Some(context) = session.allocation_context else {
+                return reject(errno::EINVAL);
+            };
+            if past_end || length == 0 {
+                return reject(errno::EINVAL);
+            }
+            Action::BlockStatus {
+                offset: request.offset,
+                length,
+                context,
+                req_one: request.flags & cmd_flag::REQ_ONE != 0,
             }
         }
         cmd::FLUSH => Action::Flush,
@@ -737,81 +1034,263 @@ mod tests {
         let ro = export(true);
         let end = rw.size_bytes;
         assert_eq!(
-            classify(&request(cmd::READ, 0, 0, 4096), &rw),
+            classify(&request(cmd::READ, 0, 0, 4096), &rw, &Session::default()),
             Action::Read {
                 offset: 0,
                 length: 4096
             }
         );
         assert_eq!(
-            classify(&request(cmd::READ, 0, end - 1, 2), &rw),
+            classify(&request(cmd::READ, 0, end - 1, 2), &rw, &Session::default()),
             Action::Reject {
                 error: errno::EINVAL,
                 payload_readable: true
             }
         );
         assert_eq!(
-            classify(&request(cmd::WRITE, 0, end - 1, 2), &rw),
+            classify(
+                &request(cmd::WRITE, 0, end - 1, 2),
+                &rw,
+                &Session::default()
+            ),
             Action::Reject {
                 error: errno::ENOSPC,
                 payload_readable: true
             }
         );
         assert_eq!(
-            classify(&request(cmd::WRITE, 0, u64::MAX, 2), &rw),
+            classify(
+                &request(cmd::WRITE, 0, u64::MAX, 2),
+                &rw,
+                &Session::default()
+            ),
             Action::Reject {
                 error: errno::ENOSPC,
                 payload_readable: true
             }
         );
         assert_eq!(
-            classify(&request(cmd::WRITE, 0, 0, u32::MAX), &rw),
+            classify(
+                &request(cmd::WRITE, 0, 0, u32::MAX),
+                &rw,
+                &Session::default()
+            ),
             Action::Reject {
                 error: errno::EINVAL,
                 payload_readable: false
             }
         );
         assert_eq!(
-            classify(&request(cmd::WRITE, 0, 0, 10), &ro),
+            classify(&request(cmd::WRITE, 0, 0, 10), &ro, &Session::default()),
             Action::Reject {
                 error: errno::EPERM,
                 payload_readable: true
             }
         );
         assert_eq!(
-            classify(&request(cmd::WRITE_ZEROES, 0, 0, 10), &ro),
+            classify(
+                &request(cmd::WRITE_ZEROES, 0, 0, 10),
+                &ro,
+                &Session::default()
+            ),
             Action::Reject {
                 error: errno::EPERM,
                 payload_readable: true
             }
         );
         assert_eq!(
-            classify(&request(cmd::WRITE, 1 << 7, 0, 10), &rw),
+            classify(
+                &request(cmd::WRITE, 1 << 7, 0, 10),
+                &rw,
+                &Session::default()
+            ),
             Action::Reject {
                 error: errno::EINVAL,
                 payload_readable: true
             }
         );
         assert_eq!(
-            classify(&request(cmd::TRIM, 0, 0, 10), &rw),
-            Action::Reject {
-                error: errno::EINVAL,
-                payload_readable: true
+            classify(&request(cmd::TRIM, 0, 0, 10), &rw, &Session::default()),
+            Action::Trim {
+                offset: 0,
+                length: 10,
+                fua: false
             }
         );
         assert_eq!(
-            classify(&request(cmd::WRITE_ZEROES, cmd_flag::FUA, 0, 1 << 20), &rw),
+            classify(
+                &request(cmd::WRITE_ZEROES, cmd_flag::FUA, 0, 1 << 20),
+                &rw,
+                &Session::default()
+            ),
             Action::WriteZeroes {
+                offset: 0,
+                length: 1 << 20,
+                fua: true,
+                no_hole: false
+            }
+        );
+        assert_eq!(
+            classify(&request(cmd::FLUSH, 0, 0, 0), &ro, &Session::default()),
+            Action::Flush
+        );
+        assert_eq!(
+            classify(&request(cmd::DISC, 0, 0, 0), &ro, &Session::default()),
+            Action::Disconnect
+        );
+    }
+
+    #[test]
+    fn trim_zeroes_and_block_status_follow_the_protocol_rules() {
+        let rw = export(false);
+        let ro = export(true);
+        let end = rw.size_bytes;
+        let none = Session::default();
+        let negotiated = Session {
+            structured_replies: true,
+            allocation_context: Some(ALLOCATION_CONTEXT_ID),
+        };
+        let einval = Action::Reject {
+            error: errno::EINVAL,
+            payload_readable: true,
+        };
+        let check = |command, flags, offset, length, session: &Session, export: &ExportInfo| {
+            classify(&request(command, flags, offset, length), export, session)
+        };
+        // TRIM: past the end ENOSPC, read-only EPERM, longer than a payload may be is fine
+        // (no payload), NO_HOLE is a WRITE_ZEROES flag only.
+        assert_eq!(
+            check(cmd::TRIM, 0, end - 1, 2, &none, &rw),
+            Action::Reject {
+                error: errno::ENOSPC,
+                payload_readable: true
+            }
+        );
+        assert_eq!(
+            check(cmd::TRIM, 0, 0, 1, &none, &ro),
+            Action::Reject {
+                error: errno::EPERM,
+                payload_readable: true
+            }
+        );
+        assert_eq!(
+            check(cmd::TRIM, cmd_flag::FUA, 0, 1 << 20, &none, &rw),
+            Action::Trim {
                 offset: 0,
                 length: 1 << 20,
                 fua: true
             }
         );
-        assert_eq!(classify(&request(cmd::FLUSH, 0, 0, 0), &ro), Action::Flush);
         assert_eq!(
-            classify(&request(cmd::DISC, 0, 0, 0), &ro),
-            Action::Disconnect
+            check(cmd::TRIM, cmd_flag::NO_HOLE, 0, 1, &none, &rw),
+            einval
         );
+        assert_eq!(
+            check(cmd::WRITE_ZEROES, cmd_flag::NO_HOLE, 4, 8, &none, &rw),
+            Action::WriteZeroes {
+                offset: 4,
+                length: 8,
+                fua: false,
+                no_hole: true
+            }
+        );
+        assert_eq!(
+            check(cmd::WRITE_ZEROES, cmd_flag::FAST_ZERO, 0, 8, &none, &rw),
+            einval
+        );
+        assert_eq!(
+            check(cmd::WRITE, cmd_flag::NO_HOLE, 0, 8, &none, &rw),
+            einval
+        );
+        assert_eq!(check(cmd::READ, cmd_flag::DF, 0, 8, &none, &rw), einval);
+        assert_eq!(
+            check(cmd::READ, cmd_flag::REQ_ONE, 0, 8, &none, &rw),
+            einval
+        );
+        // BLOCK_STATUS: only with a selected context, inside the export, not empty; fine on a
+        // read-only export; REQ_ONE only here.
+        assert_eq!(check(cmd::BLOCK_STATUS, 0, 0, 4096, &none, &rw), einval);
+        let structured_only = Session {
+            structured_replies: true,
+            allocation_context: None,
+        };
+        assert_eq!(
+            check(cmd::BLOCK_STATUS, 0, 0, 4096, &structured_only, &rw),
+            einval
+        );
+        assert_eq!(
+            check(
+                cmd::BLOCK_STATUS,
+                cmd_flag::REQ_ONE,
+                0,
+                4096,
+                &negotiated,
+                &ro
+            ),
+            Action::BlockStatus {
+                offset: 0,
+                length: 4096,
+                context: ALLOCATION_CONTEXT_ID,
+                req_one: true
+            }
+        );
+        assert_eq!(
+            check(cmd::BLOCK_STATUS, 0, end - 1, 2, &negotiated, &rw),
+            einval
+        );
+        assert_eq!(
+            check(cmd::BLOCK_STATUS, 0, u64::MAX, 2, &negotiated, &rw),
+            einval
+        );
+        assert_eq!(check(cmd::BLOCK_STATUS, 0, 0, 0, &negotiated, &rw), einval);
+        assert_eq!(
+            check(cmd::BLOCK_STATUS, cmd_flag::NO_HOLE, 0, 1, &negotiated, &rw),
+            einval
+        );
+    }
+
+    #[test]
+    fn meta_context_requests_check_every_length_and_chunks_encode() {
+        let data = encode_meta_context_request(b"disk", &[b"base:allocation", b"x-a:b"]);
+        assert_eq!(
+            decode_meta_context_request(&data),
+            Ok(MetaContextRequest {
+                name: b"disk".to_vec(),
+                queries: vec![b"base:allocation".to_vec(), b"x-a:b".to_vec()]
+            })
+        );
+        for cut in 0..data.len() {
+            assert!(
+                decode_meta_context_request(&data[..cut]).is_err(),
+                "cut at {cut}"
+            );
+        }
+        let mut long = data.clone();
+        long.push(0);
+        assert!(decode_meta_context_request(&long).is_err());
+        let mut many = encode_meta_context_request(b"", &[]);
+        many[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(decode_meta_context_request(&many).is_err());
+        assert!(query_selects_allocation(b"base:"));
+        assert!(query_selects_allocation(b"base:allocation"));
+        assert!(!query_selects_allocation(b"base:allocation2"));
+        assert!(!query_selects_allocation(b"qemu:dirty-bitmap:x"));
+        let chunk = encode_block_status_chunk(7, 1, &[(4096, state::HOLE | state::ZERO), (512, 0)]);
+        let header = decode_chunk_header(&chunk).unwrap();
+        assert_eq!(
+            header,
+            ChunkHeader {
+                flags: reply_flag::DONE,
+                kind: reply_type::BLOCK_STATUS,
+                cookie: 7,
+                length: 20
+            }
+        );
+        assert_eq!(chunk.len(), STRUCTURED_REPLY_BYTES + 20);
+        let error = encode_error_chunk(9, errno::EINVAL, "bad");
+        let header = decode_chunk_header(&error).unwrap();
+        assert_eq!((header.kind, header.length), (reply_type::ERROR, 9));
+        assert_eq!(&error[STRUCTURED_REPLY_BYTES..], b"\0\0\0\x16\0\x03bad");
     }
 
     #[test]

@@ -887,8 +887,9 @@ fn chunk_span(within: u64, len: usize, chunk: u64) -> (std::ops::RangeInclusive<
     (first..=last, start)
 }
 
-/// Point `stripe` at its new entry and account for the slot it leaves.
-fn install(state: &mut MapState, stripe: StripeId, entry: &MapEntry) {
+/// Point `stripe` at its new entry (a slot, or none for a discarded stripe) and account for the
+/// slot it leaves.
+pub(super) fn install(state: &mut MapState, stripe: StripeId, entry: &MapEntry) {
     let previous = state.map.slot(stripe).map(|s| s.0);
     state.map.set(stripe, entry);
     if let Some(slot) = entry.slot {

@@ -11,6 +11,7 @@
 mod admin;
 mod batch;
 mod commit;
+mod discard;
 mod handle;
 mod import;
 mod io;
@@ -30,6 +31,7 @@ mod status;
 pub use crate::rebuild::{RebuildProgress, StepOutcome};
 pub use crate::scrub::{DeviceScrubReport, ScrubEnd, ScrubOptions, ScrubProgress, ScrubReport};
 pub use admin::{Cleared, ClearedState};
+pub use discard::Extent;
 pub use handle::{PoolHandle, PoolRef};
 pub use import::{find_pools, FoundDevice, FoundPool};
 pub use maintenance::ShardLocation;
@@ -511,6 +513,48 @@ impl Pool {
         self.inner.requests.measure(Request::Write, data.len(), || {
             self.inner.write_at(offset, data)
         })
+    }
+
+    /// Discard `length` bytes at volume offset `offset` (TRIM): afterwards the range reads as
+    /// zeros. Whole stripes inside the range become unwritten: they hold no slot (their slots
+    /// are released by the next [`Pool::flush`], exactly as an overwrite releases the old slot)
+    /// and rebuild and scrub skip them. Parts of stripes at the edges are written as zeros.
+    /// Like a write, not durable until [`Pool::flush`] returns; until then a crash leaves each
+    /// stripe either as it was or discarded.
+    ///
+    /// # Errors
+    /// [`Error::OutOfRange`] (checked before anything is done); [`Error::ReadOnly`];
+    /// [`Error::PoolUnavailable`] when too many devices are lost (nothing is unmapped then);
+    /// as [`Pool::write_at`] for the edges.
+    pub fn discard(&self, offset: u64, length: u64) -> Result<()> {
+        discard::check_span(offset, length, self.size())?;
+        self.inner.writable("discard")?;
+        self.inner.discard(offset, length)
+    }
+
+    /// Which parts of `[offset, offset + length)` hold written data, as runs in volume order
+    /// covering the range exactly (stripe granularity, clipped to the range). An unallocated
+    /// run reads as zeros. See [`Pool::allocation_limited`] to bound the answer.
+    ///
+    /// # Errors
+    /// [`Error::OutOfRange`].
+    pub fn allocation(&self, offset: u64, length: u64) -> Result<Vec<Extent>> {
+        self.allocation_limited(offset, length, usize::MAX)
+    }
+
+    /// As [`Pool::allocation`], stopping after `max_extents` runs (they then cover a prefix of
+    /// the range, each run whole).
+    ///
+    /// # Errors
+    /// [`Error::OutOfRange`].
+    pub fn allocation_limited(
+        &self,
+        offset: u64,
+        length: u64,
+        max_extents: usize,
+    ) -> Result<Vec<Extent>> {
+        discard::check_span(offset, length, self.size())?;
+        Ok(self.inner.allocation(offset, length, max_extents))
     }
 
     /// Barrier: every write completed before this call survives power loss once it returns.

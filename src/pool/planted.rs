@@ -17,12 +17,19 @@ pub struct PlantedBugs {
     /// degraded state existed) instead of marking it degraded (read by the fault policy,
     /// `Members::record_error`).
     pub fault_on_data_errors: bool,
+    /// A discard unmaps stripes in memory and releases their slots at the next commit, without
+    /// recording the change in it (read by the discard path): after a crash or a reopen the
+    /// map names the old slots again.
+    pub skip_discard_log: bool,
 }
 
 impl PlantedBugs {
     /// True when any protection is switched off.
     #[must_use]
     pub fn any(&self) -> bool {
-        self.skip_checksum_verification || self.skip_commit_data_flush || self.fault_on_data_errors
+        self.skip_checksum_verification
+            || self.skip_commit_data_flush
+            || self.fault_on_data_errors
+            || self.skip_discard_log
     }
 }

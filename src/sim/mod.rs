@@ -1,6 +1,6 @@
 //! Deterministic disk-failure simulation.
 //!
-//! Given a seed, [`generate`] draws a workload — writes, reads, flushes, reopens, power cuts,
+//! Given a seed, [`generate`] draws a workload — writes, discards, reads, flushes, reopens, power cuts,
 //! device failures and silent corruption, spares, rebuilds and scrubs — and [`run`] plays it
 //! against a pool on fault-injecting in-memory devices, checking after every step against the
 //! reference model ([`crate::testing::CrashModel`]):
@@ -193,10 +193,11 @@ impl SimConfig {
 }
 
 /// The names `simulate --plant` takes, each with the protection it switches off.
-pub const PLANTABLE: [&str; 3] = [
+pub const PLANTABLE: [&str; 4] = [
     "skip-checksum-verification",
     "skip-commit-data-flush",
     "fault-on-data-errors",
+    "skip-discard-log",
 ];
 
 /// Switch on the planted bug called `name` (one of [`PLANTABLE`]).
@@ -211,6 +212,7 @@ pub fn plant(
         "skip-checksum-verification" => bugs.skip_checksum_verification = true,
         "skip-commit-data-flush" => bugs.skip_commit_data_flush = true,
         "fault-on-data-errors" => bugs.fault_on_data_errors = true,
+        "skip-discard-log" => bugs.skip_discard_log = true,
         other => {
             return Err(format!(
                 "unknown planted bug '{other}' (one of: {})",
@@ -226,6 +228,7 @@ fn planted_names(bugs: &crate::testing::PlantedBugs) -> Vec<String> {
         bugs.skip_checksum_verification,
         bugs.skip_commit_data_flush,
         bugs.fault_on_data_errors,
+        bugs.skip_discard_log,
     ];
     PLANTABLE
         .iter()
@@ -256,6 +259,14 @@ pub enum Op {
         len: u32,
         /// Seed of the bytes.
         data_seed: u64,
+    },
+    /// Discard (TRIM) `len` bytes at `offset` (both wrapped into the volume): the model reads
+    /// zeros there.
+    Discard {
+        /// Volume offset.
+        offset: u64,
+        /// Length.
+        len: u32,
     },
     /// Read a range and compare it with the model.
     Read {
@@ -384,6 +395,7 @@ impl Op {
     pub fn name(&self) -> &'static str {
         match self {
             Op::Write { .. } => "write",
+            Op::Discard { .. } => "discard",
             Op::Read { .. } => "read",
             Op::Flush => "flush",
             Op::Verify => "verify",
@@ -414,7 +426,7 @@ pub fn generate(config: &SimConfig) -> Vec<Op> {
     let mut rng = crate::testing::rng(config.seed ^ 0x5157_0001);
     let faults = &config.faults;
     // (weight, enabled) per op family, in a fixed order.
-    let table: [(u32, bool); 20] = [
+    let table: [(u32, bool); 21] = [
         (300, true),                            // write
         (220, true),                            // read
         (100, true),                            // flush
@@ -435,6 +447,7 @@ pub fn generate(config: &SimConfig) -> Vec<Op> {
         (10, true),                             // admin with a bad device
         (8, true),                              // open with a subset, in any order
         (8, true),                              // read-only look
+        (60, true),                             // discard
     ];
     let total: u32 = table.iter().filter(|(_, on)| *on).map(|(w, _)| w).sum();
     let stripe = config.chunk_bytes * config.layout.data_chunks(config.devices) as u64;
@@ -509,7 +522,21 @@ pub fn generate(config: &SimConfig) -> Vec<Op> {
                 device,
             },
             18 => Op::OpenSubset { seed: rng.gen() },
-            _ => Op::ReadOnlyLook { seed: rng.gen() },
+            19 => Op::ReadOnlyLook { seed: rng.gen() },
+            _ => Op::Discard {
+                // Half of them stripe-aligned (the volume is whole stripes, so wrapping the
+                // offset into it keeps the alignment): whole stripes unmapped, no edges.
+                offset: if rng.gen_bool(0.5) {
+                    rng.gen_range(0..u64::from(u32::MAX) / stripe) * stripe
+                } else {
+                    rng.gen_range(0..u64::from(u32::MAX))
+                },
+                len: match rng.gen_range(0..3) {
+                    0 => rng.gen_range(1..stripe as u32),
+                    1 => rng.gen_range(1..6 * stripe as u32),
+                    _ => stripe as u32 * rng.gen_range(1..4),
+                },
+            },
         };
         ops.push(op);
     }

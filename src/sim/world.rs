@@ -391,6 +391,10 @@ impl<'a> World<'a> {
                 let data = random_bytes(&mut rng(*data_seed), len);
                 self.write(offset, &data)
             }
+            Op::Discard { offset, len } => {
+                let (offset, len) = self.clamp(*offset, *len);
+                self.discard(offset, len)
+            }
             Op::Read { offset, len } => {
                 let (offset, len) = self.clamp(*offset, *len);
                 self.read_and_compare(offset, len)
@@ -476,6 +480,22 @@ impl<'a> World<'a> {
             )),
             Err(err) if is_clear(&err) => Ok(()),
             Err(err) => Err(format!("write failed with an unclear error: {err}")),
+        }
+    }
+
+    /// Discard a range: the model learns zeros there (a discarded block reads as zeros, and
+    /// after a crash as its old content or zeros).
+    fn discard(&mut self, offset: u64, len: usize) -> Check {
+        let within = self.within_tolerance();
+        self.model.write(offset, &vec![0u8; len]);
+        self.last_write = Some((offset, len));
+        match self.pool()?.discard(offset, len as u64) {
+            Ok(()) => Ok(()),
+            Err(err) if within => Err(format!(
+                "discard of {len} bytes at {offset} failed within tolerance: {err}"
+            )),
+            Err(err) if is_clear(&err) => Ok(()),
+            Err(err) => Err(format!("discard failed with an unclear error: {err}")),
         }
     }
 
@@ -621,6 +641,11 @@ impl<'a> World<'a> {
                 }
                 let len = rng.gen_range(1..3 * stripe) as u32;
                 let (offset, len) = self.clamp(rng.gen(), len);
+                if rng.gen_bool(0.2) {
+                    // Discards race the writes of the burst and the power cut.
+                    self.discard(offset, len)?;
+                    continue;
+                }
                 let data = random_bytes(&mut rng, len);
                 self.write(offset, &data)?;
             }

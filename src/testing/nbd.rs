@@ -31,8 +31,9 @@ pub fn nbd_fuzz_pool() -> Pool {
 /// rest is the whole client stream from the client flags on. Checks:
 /// * decoders never panic, and whatever decodes re-encodes to the same bytes;
 /// * [`proto::classify`] only lets through requests inside the export and within the maximum;
-/// * after the connection, the volume differs from before only inside the ranges of `WRITE`
-///   and `WRITE_ZEROES` requests of the input (no byte is written outside a request's range).
+/// * after the connection, the volume differs from before only inside the ranges of `WRITE`,
+///   `WRITE_ZEROES` and `TRIM` requests of the input (no byte is written outside a request's
+///   range).
 ///
 /// # Panics
 /// When a check fails: that is the finding.
@@ -94,15 +95,20 @@ fn check_decoders(data: &[u8], config: &ExportConfig) {
             &proto::encode_request(&request)[..],
             &data[..proto::REQUEST_BYTES]
         );
-        match proto::classify(&request, &config.export) {
+        // As after a full negotiation, so block status requests get through too.
+        let session = proto::Session {
+            structured_replies: true,
+            allocation_context: Some(proto::ALLOCATION_CONTEXT_ID),
+        };
+        match proto::classify(&request, &config.export, &session) {
             Action::Read { offset, length }
             | Action::Write { offset, length, .. }
-            | Action::WriteZeroes { offset, length, .. } => {
+            | Action::WriteZeroes { offset, length, .. }
+            | Action::Trim { offset, length, .. }
+            | Action::BlockStatus { offset, length, .. } => {
                 let end = offset.checked_add(u64::from(length));
                 assert!(end.is_some_and(|end| end <= config.export.size_bytes));
-                assert!(
-                    request.command == cmd::WRITE_ZEROES || length <= config.export.block_max_bytes
-                );
+                assert!(request.command != cmd::WRITE || length <= config.export.block_max_bytes);
             }
             Action::Flush | Action::Disconnect | Action::Reject { .. } => {}
         }
@@ -116,6 +122,13 @@ fn check_decoders(data: &[u8], config: &ExportConfig) {
             data
         );
     }
+    if let Ok(request) = proto::decode_meta_context_request(data) {
+        let queries: Vec<&[u8]> = request.queries.iter().map(Vec::as_slice).collect();
+        assert_eq!(
+            proto::encode_meta_context_request(&request.name, &queries),
+            data
+        );
+    }
     if let Ok(flags) = proto::decode_greeting(data) {
         assert_eq!(
             &proto::encode_greeting(flags)[..],
@@ -124,13 +137,13 @@ fn check_decoders(data: &[u8], config: &ExportConfig) {
     }
 }
 
-/// The byte ranges named by the `WRITE` and `WRITE_ZEROES` requests of a transmission-phase
+/// The byte ranges named by the `WRITE`, `WRITE_ZEROES` and `TRIM` requests of a transmission-phase
 /// stream (walking headers and skipping write payloads, as the server reads them).
 fn write_ranges(mut stream: &[u8]) -> Vec<std::ops::Range<u64>> {
     let mut ranges = Vec::new();
     while let Ok(request) = proto::decode_request(stream) {
         stream = &stream[proto::REQUEST_BYTES..];
-        if matches!(request.command, cmd::WRITE | cmd::WRITE_ZEROES) {
+        if matches!(request.command, cmd::WRITE | cmd::WRITE_ZEROES | cmd::TRIM) {
             let end = request.offset.saturating_add(u64::from(request.length));
             ranges.push(request.offset..end);
         }

@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stripestore::device::MemDevice;
-use stripestore::nbd::client::{Client, ClientError};
+use stripestore::nbd::client::{Client, ClientError, ConnectOptions};
 use stripestore::nbd::proto::{self, cmd, cmd_flag, errno, opt, rep};
 use stripestore::nbd::ServeOptions;
 use stripestore::testing::nbd::BackgroundServer;
@@ -269,7 +269,7 @@ fn nbdinfo_lists_the_export_with_its_size_and_flags() {
         ("can_fua", true),
         ("can_multi_conn", true),
         ("can_zero", true),
-        ("can_trim", false),
+        ("can_trim", true),
     ] {
         assert_eq!(export[key], value, "{key} in {json}");
     }
@@ -556,6 +556,59 @@ fn ext4_on_nbdfuse_stays_clean_when_a_device_dies_midway() {
     }
 }
 
+#[test]
+fn fstrim_on_ext4_over_nbdfuse_gives_the_space_back_and_the_filesystem_stays_clean() {
+    let test = "fstrim_on_ext4_over_nbdfuse_gives_the_space_back_and_the_filesystem_stays_clean";
+    if !is_root(test)
+        || ![
+            "nbdfuse",
+            "losetup",
+            "mkfs.ext4",
+            "fsck.ext4",
+            "mount",
+            "fstrim",
+        ]
+        .iter()
+        .all(|tool| have(tool, test))
+    {
+        return;
+    }
+    if !Path::new("/dev/fuse").exists() {
+        skip(test, "no /dev/fuse");
+        return;
+    }
+    let seed = stripestore::testing::seed(6005);
+    let _guard = stripestore::testing::SeedGuard { seed, name: test };
+    let mut rng = stripestore::testing::rng(seed);
+    let server = InProcess::default("rs:4+2", 6, 24 << 20);
+    let root = tempfile::tempdir().unwrap();
+    let big = random_bytes(&mut rng, 24 << 20);
+    let small = random_bytes(&mut rng, 100_000);
+    let mut stack = FsStack::attach(&server.uri(), root.path());
+    run(Command::new("mkfs.ext4").args(["-q", "-F", stack.device()]));
+    stack.mount("rw");
+    std::fs::write(stack.mount_dir.join("big"), &big).unwrap();
+    std::fs::write(stack.mount_dir.join("small"), &small).unwrap();
+    run(Command::new("sync").arg("-f").arg(&stack.mount_dir));
+    let with_file = server.pool.status().allocated_bytes;
+    std::fs::remove_file(stack.mount_dir.join("big")).unwrap();
+    run(Command::new("sync").arg("-f").arg(&stack.mount_dir));
+    run(Command::new("fstrim").arg(&stack.mount_dir));
+    let trimmed = server.pool.status().allocated_bytes;
+    assert!(
+        trimmed + (20 << 20) <= with_file,
+        "fstrim gave back {} bytes of a deleted 24 MiB file ({with_file} -> {trimmed})",
+        with_file.saturating_sub(trimmed)
+    );
+    stack.unmount();
+    stack.release();
+    // The trimmed space reads as zeros through the stack; what remains is intact and clean.
+    let mut stack = FsStack::attach(&server.uri(), root.path());
+    run(Command::new("fsck.ext4").args(["-fn", stack.device()]));
+    stack.mount("ro");
+    assert!(std::fs::read(stack.mount_dir.join("small")).unwrap() == small);
+}
+
 // == Faults ==
 
 #[test]
@@ -710,9 +763,16 @@ fn negotiation_rejects_malformed_and_unknown_options() {
     s.write_all(&proto::encode_option(4242, b"whatever"))
         .unwrap();
     assert_eq!(option_reply(&mut s).0, rep::ERR_UNSUP);
-    s.write_all(&proto::encode_option(opt::STRUCTURED_REPLY, &[]))
+    // Structured replies take no data; meta contexts need structured replies first. (Both
+    // refused here, so this session stays with simple replies.)
+    s.write_all(&proto::encode_option(opt::STRUCTURED_REPLY, b"x"))
         .unwrap();
-    assert_eq!(option_reply(&mut s).0, rep::ERR_UNSUP);
+    assert_eq!(option_reply(&mut s).0, rep::ERR_INVALID);
+    let query = proto::encode_meta_context_request(b"", &[b"base:allocation"]);
+    for option in [opt::LIST_META_CONTEXT, opt::SET_META_CONTEXT] {
+        s.write_all(&proto::encode_option(option, &query)).unwrap();
+        assert_eq!(option_reply(&mut s).0, rep::ERR_INVALID);
+    }
     // LIST with data is invalid; LIST without lists the one export.
     s.write_all(&proto::encode_option(opt::LIST, b"x")).unwrap();
     assert_eq!(option_reply(&mut s).0, rep::ERR_INVALID);
@@ -822,9 +882,9 @@ fn malformed_requests_get_errors_and_never_write_outside_their_range() {
     assert_eq!(nbd_errno(client.write_zeroes(size - 10, 20)), errno::ENOSPC);
     // Longer than the maximum read: EINVAL, the connection stays usable.
     assert_eq!(nbd_errno(client.read(0, (32 << 20) + 1)), errno::EINVAL);
-    // Unknown commands (TRIM is not offered) and unknown flags: EINVAL.
+    // Unknown commands, block status without a negotiated context, unknown flags: EINVAL.
     for (command, flags) in [
-        (cmd::TRIM, 0),
+        (cmd::BLOCK_STATUS, 0),
         (77, 0),
         (cmd::READ, 1 << 9),
         (cmd::WRITE, 0x40),
@@ -1171,4 +1231,378 @@ fn a_served_pool_is_watched_and_scrubbed_through_its_endpoint() {
     assert_eq!(check.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&check.stdout).starts_with("STRIPESTORE UNKNOWN"));
     assert_eq!(cli(&["scrub", "--url", &url]).status.code(), Some(3));
+}
+
+// == Thin volumes: trim, write-zeroes, block status ==
+
+/// A client that negotiated structured replies and `base:allocation`.
+fn thin_client(server: &InProcess) -> Client<TcpStream> {
+    let options = ConnectOptions {
+        structured_replies: true,
+        meta_contexts: vec![proto::BASE_ALLOCATION.to_string()],
+    };
+    let client = Client::connect_with(server.stream(), "", &options).unwrap();
+    assert_eq!(
+        client.allocation_context(),
+        Some(proto::ALLOCATION_CONTEXT_ID)
+    );
+    client
+}
+
+const HOLE: u32 = proto::state::HOLE | proto::state::ZERO;
+
+#[test]
+fn trim_write_zeroes_and_block_status_do_what_they_say_and_refuse_bad_requests() {
+    let seed = stripestore::testing::seed(6101);
+    let _guard = stripestore::testing::SeedGuard {
+        seed,
+        name: "trim_write_zeroes_and_block_status",
+    };
+    let server = InProcess::default("rs:4+2", 6, 16 << 20);
+    let size = server.pool.size();
+    let stripe = server.pool.geometry().stripe_data_bytes();
+    let s32 = |n: u64| u32::try_from(n * stripe).unwrap();
+    let mut model = Model::new(size);
+    let mut client = thin_client(&server);
+    let data = random_bytes(&mut stripestore::testing::rng(seed), 16 * stripe as usize);
+    client.write(0, &data, false).unwrap();
+    model.write(0, &data);
+    assert_eq!(
+        client.block_status(0, s32(20), 0).unwrap(),
+        vec![(s32(16), 0), (s32(4), HOLE)]
+    );
+    assert_eq!(
+        client.block_status(0, s32(20), cmd_flag::REQ_ONE).unwrap(),
+        vec![(s32(16), 0)]
+    );
+    // A trim over stripes 2..5 with partial stripes at both edges: the edges stay data
+    // (zeroed), the stripes inside become a hole.
+    client.trim(2 * stripe - 100, s32(3) + 200, false).unwrap();
+    model.write(2 * stripe - 100, &vec![0u8; 3 * stripe as usize + 200]);
+    assert_eq!(
+        client.block_status(0, s32(8), 0).unwrap(),
+        vec![(s32(2), 0), (s32(3), HOLE), (s32(3), 0)]
+    );
+    // WRITE_ZEROES punches a hole unless NO_HOLE; either way the range reads as zeros.
+    client.write_zeroes_with(8 * stripe, s32(1), 0).unwrap();
+    client
+        .write_zeroes_with(10 * stripe, s32(1), cmd_flag::NO_HOLE | cmd_flag::FUA)
+        .unwrap();
+    model.write(8 * stripe, &vec![0u8; stripe as usize]);
+    model.write(10 * stripe, &vec![0u8; stripe as usize]);
+    assert_eq!(
+        client.block_status(8 * stripe, s32(4), 0).unwrap(),
+        vec![(s32(1), HOLE), (s32(3), 0)]
+    );
+    // An unaligned block status is clipped to the request.
+    assert_eq!(
+        client.block_status(3 * stripe + 5, s32(2), 0).unwrap(),
+        vec![(s32(2) - 5, HOLE), (5, 0)]
+    );
+    assert!(client.read(0, s32(16)).unwrap() == model.read(0, 16 * stripe as usize));
+
+    // Bad requests: the right error, as an error chunk (structured replies were negotiated),
+    // and nothing changes.
+    let end = size;
+    for (command, flags, offset, length, expected) in [
+        (cmd::TRIM, 0, end - 10, 20, errno::ENOSPC),
+        (cmd::TRIM, 0, u64::MAX - 5, 20, errno::ENOSPC),
+        (cmd::TRIM, cmd_flag::NO_HOLE, 0, 4096, errno::EINVAL),
+        (cmd::TRIM, cmd_flag::REQ_ONE, 0, 4096, errno::EINVAL),
+        (
+            cmd::WRITE_ZEROES,
+            cmd_flag::FAST_ZERO,
+            0,
+            4096,
+            errno::EINVAL,
+        ),
+        (cmd::WRITE_ZEROES, 0, end - 10, 20, errno::ENOSPC),
+        (cmd::BLOCK_STATUS, 0, end - 10, 20, errno::EINVAL),
+        (cmd::BLOCK_STATUS, 0, u64::MAX - 5, 20, errno::EINVAL),
+        (cmd::BLOCK_STATUS, 0, 0, 0, errno::EINVAL),
+        (cmd::BLOCK_STATUS, cmd_flag::NO_HOLE, 0, 4096, errno::EINVAL),
+        (cmd::READ, cmd_flag::DF, 0, 4096, errno::EINVAL),
+        (cmd::READ, 0, end - 10, 20, errno::EINVAL),
+    ] {
+        client.send(command, flags, offset, length, &[]).unwrap();
+        let reply = client.receive().unwrap();
+        assert_eq!(
+            (reply.errno, reply.structured),
+            (expected, true),
+            "command {command} flags {flags:#x} at {offset}+{length}"
+        );
+    }
+    assert!(
+        server.pool_bytes(0, size as usize) == model.read(0, size as usize),
+        "a refused request changed the volume"
+    );
+    // Without structured replies or without the context, block status is refused (a simple
+    // reply, or an error chunk); trim still works.
+    let mut simple = server.client();
+    assert_eq!(nbd_errno(simple.block_status(0, 4096, 0)), errno::EINVAL);
+    simple.trim(12 * stripe, s32(1), true).unwrap();
+    model.write(12 * stripe, &vec![0u8; stripe as usize]);
+    let options = ConnectOptions {
+        structured_replies: true,
+        meta_contexts: vec![],
+    };
+    let mut no_context = Client::connect_with(server.stream(), "", &options).unwrap();
+    no_context.send(cmd::BLOCK_STATUS, 0, 0, 4096, &[]).unwrap();
+    let reply = no_context.receive().unwrap();
+    assert_eq!((reply.errno, reply.structured), (errno::EINVAL, true));
+    assert!(no_context.read(0, s32(16)).unwrap() == model.read(0, 16 * stripe as usize));
+
+    // A read-only export refuses trims and zeroes with EPERM but answers block status.
+    let options = ServeOptions {
+        read_only: true,
+        ..ServeOptions::default()
+    };
+    let read_only = InProcess::start("mirror:2", 2, 8 << 20, options);
+    read_only.pool.write_at(0, &[5u8; 4096]).unwrap();
+    let mut client = thin_client(&read_only);
+    assert_eq!(nbd_errno(client.trim(0, 4096, false)), errno::EPERM);
+    assert_eq!(nbd_errno(client.write_zeroes(0, 4096)), errno::EPERM);
+    let stripe = read_only.pool.geometry().stripe_data_bytes();
+    assert_eq!(
+        client
+            .block_status(0, u32::try_from(2 * stripe).unwrap(), 0)
+            .unwrap(),
+        vec![
+            (u32::try_from(stripe).unwrap(), 0),
+            (u32::try_from(stripe).unwrap(), HOLE)
+        ]
+    );
+    assert_eq!(read_only.pool_bytes(0, 4096), vec![5u8; 4096]);
+}
+
+/// Read the option replies to one option until `NBD_REP_ACK` or an error: the
+/// `NBD_REP_META_CONTEXT` payloads, and the final reply type.
+fn meta_replies(stream: &mut TcpStream) -> (Vec<(u32, String)>, u32) {
+    let mut contexts = Vec::new();
+    loop {
+        let (kind, data) = option_reply(stream);
+        if kind != rep::META_CONTEXT {
+            return (contexts, kind);
+        }
+        let id = u32::from_be_bytes(data[..4].try_into().unwrap());
+        contexts.push((id, String::from_utf8(data[4..].to_vec()).unwrap()));
+    }
+}
+
+#[test]
+fn meta_context_negotiation_lists_and_selects_base_allocation_only() {
+    let server = InProcess::default("mirror:2", 2, 8 << 20);
+    let mut s = negotiating(&server);
+    s.write_all(&proto::encode_option(opt::STRUCTURED_REPLY, &[]))
+        .unwrap();
+    assert_eq!(option_reply(&mut s).0, rep::ACK);
+    let list = |s: &mut TcpStream, option, name: &[u8], queries: &[&[u8]]| {
+        let data = proto::encode_meta_context_request(name, queries);
+        s.write_all(&proto::encode_option(option, &data)).unwrap();
+        meta_replies(s)
+    };
+    let allocation = vec![(0, proto::BASE_ALLOCATION.to_string())];
+    assert_eq!(
+        list(&mut s, opt::LIST_META_CONTEXT, b"", &[]),
+        (allocation.clone(), rep::ACK)
+    );
+    assert_eq!(
+        list(&mut s, opt::LIST_META_CONTEXT, b"", &[b"base:"]),
+        (allocation.clone(), rep::ACK)
+    );
+    assert_eq!(
+        list(
+            &mut s,
+            opt::LIST_META_CONTEXT,
+            b"",
+            &[b"qemu:dirty-bitmap:x"]
+        ),
+        (vec![], rep::ACK)
+    );
+    assert_eq!(
+        list(&mut s, opt::LIST_META_CONTEXT, b"nope", &[]),
+        (vec![], rep::ERR_UNKNOWN)
+    );
+    let mut bad = proto::encode_meta_context_request(b"", &[b"base:allocation"]);
+    bad.pop();
+    s.write_all(&proto::encode_option(opt::SET_META_CONTEXT, &bad))
+        .unwrap();
+    assert_eq!(meta_replies(&mut s), (vec![], rep::ERR_INVALID));
+    // Selecting, then selecting nothing: block status is refused after GO.
+    assert_eq!(
+        list(&mut s, opt::SET_META_CONTEXT, b"", &[b"base:allocation"]),
+        (
+            vec![(
+                proto::ALLOCATION_CONTEXT_ID,
+                proto::BASE_ALLOCATION.to_string()
+            )],
+            rep::ACK
+        )
+    );
+    assert_eq!(
+        list(&mut s, opt::SET_META_CONTEXT, b"", &[b"x-other:thing"]),
+        (vec![], rep::ACK)
+    );
+    let go = proto::encode_info_request(b"", &[]);
+    s.write_all(&proto::encode_option(opt::GO, &go)).unwrap();
+    loop {
+        if option_reply(&mut s).0 == rep::ACK {
+            break;
+        }
+    }
+    s.write_all(&proto::encode_request(&proto::Request {
+        flags: 0,
+        command: cmd::BLOCK_STATUS,
+        cookie: 3,
+        offset: 0,
+        length: 4096,
+    }))
+    .unwrap();
+    let mut header = [0u8; proto::STRUCTURED_REPLY_BYTES];
+    s.read_exact(&mut header).unwrap();
+    let chunk = proto::decode_chunk_header(&header).unwrap();
+    assert_eq!(
+        (chunk.kind, chunk.cookie, chunk.flags),
+        (proto::reply_type::ERROR, 3, proto::reply_flag::DONE)
+    );
+    let mut payload = vec![0u8; chunk.length as usize];
+    s.read_exact(&mut payload).unwrap();
+    assert_eq!(
+        u32::from_be_bytes(payload[..4].try_into().unwrap()),
+        errno::EINVAL
+    );
+}
+
+/// A served pool of `stripes_written` random stripes, with some discarded: returns the server
+/// and the model of its volume.
+fn sparse_served_pool(seed: u64) -> (InProcess, Model) {
+    let server = InProcess::default("rs:4+2", 6, 16 << 20);
+    let size = server.pool.size();
+    let stripe = server.pool.geometry().stripe_data_bytes();
+    let mut model = Model::new(size);
+    let mut rng = stripestore::testing::rng(seed);
+    let data = random_bytes(&mut rng, 24 * stripe as usize);
+    server.pool.write_at(0, &data).unwrap();
+    model.write(0, &data);
+    let far = size - 3 * stripe - 1000;
+    let data = random_bytes(&mut rng, 2 * stripe as usize);
+    server.pool.write_at(far, &data).unwrap();
+    model.write(far, &data);
+    for (offset, length) in [(4 * stripe, 6 * stripe), (15 * stripe + 77, 3 * stripe)] {
+        server.pool.discard(offset, length).unwrap();
+        model.write(offset, &vec![0u8; length as usize]);
+    }
+    server.pool.flush().unwrap();
+    (server, model)
+}
+
+#[test]
+fn nbdinfo_map_shows_holes_and_data_at_the_right_offsets() {
+    let test = "nbdinfo_map_shows_holes_and_data_at_the_right_offsets";
+    if !have("nbdinfo", test) {
+        return;
+    }
+    let (server, _model) = sparse_served_pool(6201);
+    let json = run(Command::new("nbdinfo").args(["--map", "--json", &server.uri()]));
+    let map: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let got: Vec<(u64, u64, bool)> = map
+        .as_array()
+        .unwrap_or_else(|| panic!("nbdinfo --map --json: {json}"))
+        .iter()
+        .map(|e| {
+            let kind = e["type"].as_u64().unwrap();
+            assert!(kind == 0 || kind == 3, "type {kind} in {json}");
+            (
+                e["offset"].as_u64().unwrap(),
+                e["length"].as_u64().unwrap(),
+                kind == 0,
+            )
+        })
+        .collect();
+    let expected: Vec<(u64, u64, bool)> = server
+        .pool
+        .allocation(0, server.pool.size())
+        .unwrap()
+        .iter()
+        .map(|e| (e.offset, e.length, e.allocated))
+        .collect();
+    let stripe = server.pool.geometry().stripe_data_bytes();
+    // Data, the trimmed hole, data, the unaligned trim's whole stripes, data, the never
+    // written middle, the far data (two stripes' worth crossing three), the end.
+    assert_eq!(
+        expected[..6],
+        [
+            (0, 4 * stripe, true),
+            (4 * stripe, 6 * stripe, false),
+            (10 * stripe, 6 * stripe, true),
+            (16 * stripe, 2 * stripe, false),
+            (18 * stripe, 6 * stripe, true),
+            (24 * stripe, expected[6].0 - 24 * stripe, false),
+        ]
+    );
+    assert_eq!(got, expected, "nbdinfo --map: {json}");
+}
+
+/// Copy the sparse export to a file with `command`; the file is byte-exact against the model,
+/// and the client read (about) only the allocated part: it skipped the holes by block status.
+fn copy_out_skips_holes(test: &str, tool: &str, command: impl FnOnce(&str, &Path) -> Command) {
+    if !have(tool, test) {
+        return;
+    }
+    let (server, model) = sparse_served_pool(6301);
+    let size = server.pool.size();
+    let allocated = server.pool.status().allocated_bytes;
+    assert!(allocated * 4 < size, "the export is mostly holes");
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("out.img");
+    let read_before = server
+        .pool
+        .request_metrics()
+        .read_bytes
+        .load(std::sync::atomic::Ordering::Relaxed);
+    run(&mut command(&server.uri(), &output));
+    let read = server
+        .pool
+        .request_metrics()
+        .read_bytes
+        .load(std::sync::atomic::Ordering::Relaxed)
+        - read_before;
+    let copy = std::fs::read(&output).unwrap();
+    assert_eq!(copy.len() as u64, size);
+    assert!(
+        copy == model.read(0, size as usize),
+        "{tool}: the copy differs"
+    );
+    assert!(
+        read <= allocated + (1 << 20),
+        "{tool} read {read} bytes of a {size}-byte export with {allocated} allocated"
+    );
+}
+
+#[test]
+fn nbdcopy_of_a_sparse_export_is_byte_exact_and_skips_the_holes() {
+    copy_out_skips_holes(
+        "nbdcopy_of_a_sparse_export_is_byte_exact_and_skips_the_holes",
+        "nbdcopy",
+        |uri, out| {
+            let mut command = Command::new("nbdcopy");
+            command.arg(uri).arg(out);
+            command
+        },
+    );
+}
+
+#[test]
+fn qemu_img_convert_of_a_sparse_export_is_byte_exact_and_skips_the_holes() {
+    copy_out_skips_holes(
+        "qemu_img_convert_of_a_sparse_export_is_byte_exact_and_skips_the_holes",
+        "qemu-img",
+        |uri, out| {
+            let mut command = Command::new("qemu-img");
+            command
+                .args(["convert", "-f", "raw", "-O", "raw", uri])
+                .arg(out);
+            command
+        },
+    );
 }

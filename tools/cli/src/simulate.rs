@@ -42,7 +42,8 @@ pub struct SimulateArgs {
     #[arg(long)]
     data_faults_only: bool,
     /// Switch one protection off in the simulated pool, to watch the simulation catch it:
-    /// skip-checksum-verification, skip-commit-data-flush, fault-on-data-errors (repeatable).
+    /// skip-checksum-verification, skip-commit-data-flush, fault-on-data-errors,
+    /// skip-discard-log (repeatable).
     #[arg(long, value_name = "BUG")]
     plant: Vec<String>,
     /// Size of each simulated device.
