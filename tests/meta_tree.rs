@@ -17,6 +17,10 @@ use stripestore::format::v4::BlockPointer;
 use stripestore::geometry::{Geometry, Layout};
 use stripestore::meta::{MapOptions, MapStore, ReleaseRule};
 
+#[path = "common/meta_writer.rs"]
+mod meta_writer;
+use meta_writer::Writer;
+
 const POOL: [u8; 16] = [0x77; 16];
 const TIMELINE: u64 = 0xabc;
 const DEVICE_BYTES: u64 = 16 << 20;
@@ -54,13 +58,16 @@ fn geometry(layout: &str, members: usize) -> Geometry {
     Geometry::new_v4(layout, members, 16384, DEVICE_BYTES, 4, 16384).unwrap()
 }
 
-fn value(key: u64, version: u64) -> BlockPointer {
-    BlockPointer::written(
-        (key * 7 + version) % (1 << 39),
-        version,
-        0,
-        (key ^ version) as u32,
-    )
+/// Rows per 16 KiB chunk.
+const ROWS: u64 = 4;
+
+fn put(
+    writer: &mut Writer,
+    map: &mut MapStore,
+    devices: &[Option<SharedDevice>],
+    key: u64,
+) -> stripestore::Result<BlockPointer> {
+    Ok(writer.write(map, devices, &[key], ROWS)?[0])
 }
 
 fn check(
@@ -125,14 +132,15 @@ fn random_sets_read_back_exactly_through_evictions_syncs_and_reopen() {
         // Keys clustered in the first 4 Mi blocks so that the tree fits the small devices.
         let keys = map.keys().min(1 << 22);
         let mut probes = Vec::new();
+        let mut writer = Writer::new(&geometry);
         for version in 1..=600 {
             let key = rng.next() % keys;
             let pointer = if version % 17 == 0 {
-                BlockPointer::zeroed(0, version)
+                map.trim(&devices, key).unwrap()
             } else {
-                value(key, version)
+                put(&mut writer, &mut map, &devices, key).unwrap()
             };
-            map.set(&devices, key, pointer).unwrap();
+            assert_eq!(pointer.is_zero(), version % 17 == 0);
             model.insert(key, pointer);
             probes.push(rng.next() % keys);
             if version % 97 == 0 {
@@ -173,16 +181,16 @@ fn one_change_and_a_sync_write_the_path_once_per_copy_never_the_map() {
         ..MapOptions::default()
     };
     let mut map = MapStore::create(&devices, POOL, &geometry, TIMELINE, &options).unwrap();
+    let mut writer = Writer::new(&geometry);
     // A map of 300 leaves spread over the key space.
     for i in 0..300u64 {
-        map.set(&devices, i * 3000, value(i, 1)).unwrap();
+        put(&mut writer, &mut map, &devices, i * 3000).unwrap();
     }
     let first = map.sync(&devices).unwrap();
     assert!(first.pages_written > 300);
     for round in 0..3u64 {
         counter.store(0, Ordering::SeqCst);
-        map.set(&devices, 123_456 + round, value(round, 2 + round))
-            .unwrap();
+        put(&mut writer, &mut map, &devices, 123_456 + round).unwrap();
         let report = map.sync(&devices).unwrap();
         assert_eq!(report.pages_written, 3, "depth 3: leaf, level 2, root");
         assert_eq!(
@@ -221,21 +229,20 @@ fn power_cut_run(cut: i64, seed: u64, release: ReleaseRule) -> Result<bool, Stri
     let mut map = MapStore::create(&devices, POOL, &geometry, TIMELINE, &options)
         .map_err(|e| e.to_string())?;
     let mut model = BTreeMap::new();
+    let mut writer = Writer::new(&geometry);
     for round in 1..=4u64 {
         for i in 0..6u64 {
             let key = (i * 1500 + round * 7) % map.keys();
-            map.set(&devices, key, value(key, round))
-                .map_err(|e| e.to_string())?;
-            model.insert(key, value(key, round));
+            let pointer = put(&mut writer, &mut map, &devices, key).map_err(|e| e.to_string())?;
+            model.insert(key, pointer);
         }
         map.sync(&devices).map_err(|e| e.to_string())?;
     }
     let state_a = model.clone();
     for i in 0..6u64 {
         let key = (i * 2500 + 11) % map.keys();
-        map.set(&devices, key, value(key, 9))
-            .map_err(|e| e.to_string())?;
-        model.insert(key, value(key, 9));
+        let pointer = put(&mut writer, &mut map, &devices, key).map_err(|e| e.to_string())?;
+        model.insert(key, pointer);
     }
     let state_b = model;
     countdown.store(cut, Ordering::SeqCst);

@@ -276,6 +276,18 @@ impl Geometry {
         [SUPERBLOCK_BYTES, self.data_end()]
     }
 
+    /// Byte offsets of intent-log halves 0 and 1 (format version 4).
+    #[must_use]
+    pub fn log_halves(&self) -> [u64; 2] {
+        [self.log_offset, self.log_offset + self.log_half_bytes()]
+    }
+
+    /// Bytes of one intent-log half (format version 4).
+    #[must_use]
+    pub fn log_half_bytes(&self) -> u64 {
+        self.log_bytes / 2
+    }
+
     /// Which data chunk a shard carries (`None` for a parity shard).
     #[must_use]
     pub fn shard_data_chunk(&self, shard: ShardIndex) -> Option<usize> {

@@ -1,23 +1,31 @@
-//! The paged map of a pool as one durable state (docs/FORMAT.md, V4.8 "What a tree sync does",
-//! "Recovery at open"): the map tree, the page allocator and the uberblock rings.
+//! The paged map of a pool as one durable state (docs/FORMAT.md, V4.8): the map tree, the
+//! intent log, the page allocator and the uberblock rings.
 //!
-//! A sync writes the dirty pages (copies on distinct members), flushes every member, writes
-//! uberblock `txg + 1` into both rings of every member, flushes again, and only then lets the
-//! allocator release pages, by its rule. Open takes the newest valid uberblock of the timeline.
+//! A commit (`commit`) appends one log record with what changed since the previous one (the
+//! block runs, trims and the rows their pointers come from) and flushes; when it would not fit,
+//! it becomes a tree sync. A sync drains the replay overlay into the tree, writes the dirty
+//! pages (copies on distinct members), flushes every member, writes uberblock `txg + 1` into both
+//! rings of every member with the log switched to the other half, flushes again, and only then
+//! lets the allocator release pages, by its rule. Open takes the newest valid uberblock of the
+//! timeline and replays the log chain after it into an in-memory overlay (no leaf is read).
 //!
-//! Step 3 of the plan: only tree 0 (the map) is kept; the other roots stay holes. The intent log
-//! (step 4), segments and the usage table (step 5) come next; until step 5 the allocator is
-//! rebuilt at open by walking the tree, which is proportional to the map's pages.
+//! Step 4 of the plan: only tree 0 (the map) is kept; the other roots stay holes. Segments and
+//! the usage table are step 5; until then the allocator is rebuilt at open by walking the tree,
+//! which is proportional to the map's pages, and entries of kinds the map does not write yet
+//! (recovery points, segment states, forwarding, subtree trims) are refused at replay.
 
 use super::alloc::{MpnAllocator, ReleaseRule};
 use super::cache::PageCache;
-use super::ring::{read_newest, write_uberblock};
+use super::log::{highest_sequence, replay, IntentLog, LogPosition, Replay};
+use super::ring::{highest_txg, read_newest, read_txg, write_uberblock};
 use super::store::PageStore;
 use super::tree::{PageKey, RadixTree, SetError};
 use crate::device::SharedDevice;
 use crate::error::{Error, Result};
-use crate::format::v4::{BlockPointer, Tree, Uberblock, TREES};
+use crate::format::v4::{BlockPointer, LogEntry, Tree, Uberblock, ADDRESS_HOLE, TREES};
 use crate::geometry::Geometry;
+use crate::types::{DeviceIndex, ShardIndex};
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -32,9 +40,19 @@ pub struct MapOptions {
     pub pages: Option<Range<u64>>,
     /// When freed pages may be reused (planted bugs choose an earlier one).
     pub release: ReleaseRule,
+    /// Largest log record, bytes (`None`: min(1 MiB, half / 8), at least 4 KiB).
+    pub record_max: Option<usize>,
+    /// Open without writing anything (no log re-replication); a sync or commit is refused.
+    pub read_only: bool,
     /// Planted bug `skip_page_checksum_verification`.
     #[cfg(feature = "testing")]
     pub skip_page_verification: bool,
+    /// Planted bug `record_without_fit_check`.
+    #[cfg(feature = "testing")]
+    pub skip_record_fit_check: bool,
+    /// Planted bug `rewind_without_log_invalidation`.
+    #[cfg(feature = "testing")]
+    pub rewind_without_log_invalidation: bool,
 }
 
 impl Default for MapOptions {
@@ -44,9 +62,31 @@ impl Default for MapOptions {
             depth: 4,
             pages: None,
             release: ReleaseRule::AfterTwoSyncs,
+            record_max: None,
+            read_only: false,
             #[cfg(feature = "testing")]
             skip_page_verification: false,
+            #[cfg(feature = "testing")]
+            skip_record_fit_check: false,
+            #[cfg(feature = "testing")]
+            rewind_without_log_invalidation: false,
         }
+    }
+}
+
+impl MapOptions {
+    fn record_max(&self, geometry: &Geometry) -> usize {
+        let half = usize::try_from(geometry.log_half_bytes()).unwrap_or(usize::MAX);
+        self.record_max
+            .unwrap_or_else(|| (1 << 20).min(half / 8))
+            .max(crate::format::v4::LOG_BLOCK_BYTES)
+    }
+
+    fn planted_rewind(&self) -> bool {
+        #[cfg(feature = "testing")]
+        return self.rewind_without_log_invalidation;
+        #[cfg(not(feature = "testing"))]
+        false
     }
 }
 
@@ -61,6 +101,80 @@ pub struct SyncReport {
     pub pages_freed: usize,
 }
 
+/// What one commit did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitReport {
+    /// Nothing changed since the previous commit.
+    Nothing,
+    /// A log record of `bytes` (padded) with sequence `sequence` on every member.
+    Logged {
+        /// The record's sequence.
+        sequence: u64,
+        /// Its bytes in the log.
+        bytes: usize,
+    },
+    /// The record would not fit its half or `record_max`: a tree sync made it durable.
+    Synced(SyncReport),
+}
+
+/// What an open found in the log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    /// The txg of the uberblock opened.
+    pub txg: u64,
+    /// Records replayed into the overlay.
+    pub records_replayed: usize,
+    /// Keys the overlay holds.
+    pub overlay_keys: usize,
+    /// Bytes read from the log areas, per member.
+    pub log_bytes_read: Vec<(DeviceIndex, u64)>,
+    /// Members whose chain was shorter and received the winner's copy.
+    pub rereplicated: Vec<DeviceIndex>,
+}
+
+/// What a rewind will record in the superblocks before it writes (the caller persists it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RewindPlan {
+    /// The timeline rewound from.
+    pub from_timeline: u64,
+    /// The new timeline.
+    pub to_timeline: u64,
+    /// The uberblock rewound to (the newest minus one).
+    pub to_txg: u64,
+    /// Every txg from now on is at least this.
+    pub txg_floor: u64,
+    /// Every sequence from now on is at least this.
+    pub seq_floor: u64,
+}
+
+/// What a rewind did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RewindReport {
+    /// The newest uberblock, abandoned.
+    pub abandoned_txg: u64,
+    /// The plan the superblocks recorded.
+    pub plan: RewindPlan,
+    /// Records replayed onto the older tree (commits kept).
+    pub records_replayed: usize,
+    /// Valid records beyond a break in the chain (commits dropped), by sequence.
+    pub dropped_sequences: Vec<u64>,
+}
+
+/// A change since the previous commit: the pointer as of that commit, and the newest.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    old: BlockPointer,
+    new: BlockPointer,
+}
+
+/// A row of data blocks (a kind-3 entry) the log names pointers by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RowInfo {
+    birth: u64,
+    owners: Vec<u64>,
+    crcs: Vec<u32>,
+}
+
 /// The durable, paged map of one pool.
 #[derive(Debug)]
 pub struct MapStore {
@@ -71,6 +185,15 @@ pub struct MapStore {
     alloc: MpnAllocator,
     txg: u64,
     next_sequence: u64,
+    log: IntentLog,
+    /// Keys changed by replayed records and not yet drained into the tree: the newest pointer,
+    /// and what the tree must hold under it (checked when drained).
+    overlay: BTreeMap<u64, (BlockPointer, BlockPointer)>,
+    pending: BTreeMap<u64, Pending>,
+    rows: BTreeMap<(u64, u16), RowInfo>,
+    read_only: bool,
+    failed: bool,
+    opened: OpenReport,
 }
 
 fn flush_all(devices: &[Option<SharedDevice>]) -> Result<()> {
@@ -84,11 +207,47 @@ fn flush_all(devices: &[Option<SharedDevice>]) -> Result<()> {
     Ok(())
 }
 
+/// Where a data block's row is: `(slot, row, data block j within the row)`.
+fn row_of(geometry: &Geometry, pbn: u64) -> (u64, u16, usize) {
+    let k = geometry.data_chunks() as u64;
+    let rows_per_chunk = (geometry.chunk_bytes / crate::format::v4::LOG_BLOCK_BYTES as u64).max(1);
+    let per_slot = k * rows_per_chunk;
+    let slot = pbn / per_slot;
+    let within = pbn % per_slot;
+    (
+        slot,
+        u16::try_from(within / k).unwrap_or(u16::MAX),
+        (within % k) as usize,
+    )
+}
+
+/// The crc a data block's pointer carries: that of the first shard carrying its data chunk.
+fn pointer_crc(geometry: &Geometry, crcs: &[u32], j: usize) -> Option<u32> {
+    (0..geometry.width())
+        .find(|s| geometry.shard_data_chunk(ShardIndex(*s)) == Some(j))
+        .and_then(|s| crcs.get(s).copied())
+}
+
+/// The `(pbn, birth)` a log entry records for an old pointer (zero and hole both log as a hole).
+fn old_of(pointer: &BlockPointer) -> (u64, u64) {
+    match pointer.address() {
+        Some(pbn) => (pbn, pointer.birth()),
+        None => (ADDRESS_HOLE, 0),
+    }
+}
+
+fn same_old(pointer: &BlockPointer, old: (u64, u64)) -> bool {
+    old_of(pointer) == old
+}
+
 impl MapStore {
     fn store(pool: [u8; 16], geometry: &Geometry, options: &MapOptions) -> Result<PageStore> {
         let store = PageStore::new(pool, geometry.clone())?;
-        #[cfg(not(feature = "testing"))]
-        let _ = options;
+        let store = if options.read_only {
+            store.without_healing()
+        } else {
+            store
+        };
         #[cfg(feature = "testing")]
         let store = if options.skip_page_verification {
             store.with_planted_skip_verification()
@@ -105,7 +264,30 @@ impl MapStore {
             .unwrap_or(0..geometry.metadata_pages())
     }
 
-    fn uberblock(&self, txg: u64, s_sync: u64) -> Uberblock {
+    fn intent_log(
+        pool: [u8; 16],
+        timeline: u64,
+        geometry: &Geometry,
+        options: &MapOptions,
+        position: LogPosition,
+    ) -> IntentLog {
+        let log = IntentLog::new(
+            pool,
+            timeline,
+            geometry,
+            options.record_max(geometry),
+            position,
+        );
+        #[cfg(feature = "testing")]
+        let log = if options.skip_record_fit_check {
+            log.with_planted_skip_fit_check()
+        } else {
+            log
+        };
+        log
+    }
+
+    fn uberblock(&self, txg: u64, s_sync: u64, log_half: u8) -> Uberblock {
         let depths = [self.map_depth(), 1, 1, 1, 1, 1];
         let mut roots = depths.map(BlockPointer::hole);
         roots[0] = self.map.root();
@@ -113,7 +295,7 @@ impl MapStore {
             pool: self.pool,
             txg,
             s_sync,
-            log_half: 0,
+            log_half,
             written_at: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
@@ -157,6 +339,12 @@ impl MapStore {
             cache,
             store,
         )?;
+        // Uberblock 0 has S_sync 1 and names half 0, whose chain starts with prev = 1.
+        let position = LogPosition {
+            half: 0,
+            offset: 0,
+            last: 1,
+        };
         let this = Self {
             pool,
             timeline,
@@ -165,8 +353,15 @@ impl MapStore {
             alloc: MpnAllocator::new(range, options.release),
             txg: 0,
             next_sequence: 2,
+            log: Self::intent_log(pool, timeline, geometry, options, position),
+            overlay: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            rows: BTreeMap::new(),
+            read_only: false,
+            failed: false,
+            opened: OpenReport::default(),
         };
-        let failed = write_uberblock(devices, geometry, &this.uberblock(0, 1));
+        let failed = write_uberblock(devices, geometry, &this.uberblock(0, 1, 0));
         if let Some((device, why)) = failed.first() {
             return Err(Error::corrupt_metadata(format!("member {device}: {why}")));
         }
@@ -174,24 +369,16 @@ impl MapStore {
         Ok(this)
     }
 
-    /// Open the map from the newest valid uberblock of `timeline` on the members.
-    ///
-    /// # Errors
-    /// [`Error::CorruptMetadata`] when no member holds a valid uberblock, two disagree about
-    /// one txg, or a referenced page is named twice; [`Error::MetadataLost`] when the root or
-    /// a page under it is lost on every copy.
-    pub fn open(
+    /// The map of uberblock `uberblock` with the log chain `replay` applied to its overlay.
+    fn assemble(
         devices: &[Option<SharedDevice>],
-        pool: [u8; 16],
         geometry: &Geometry,
         timeline: u64,
         options: &MapOptions,
+        uberblock: &Uberblock,
+        replay: &Replay,
     ) -> Result<Self> {
-        let Some((uberblock, _holders)) = read_newest(devices, geometry, pool, timeline)? else {
-            return Err(Error::corrupt_metadata(
-                "no valid uberblock of this pool on any member",
-            ));
-        };
+        let pool = uberblock.pool;
         let cache = Arc::new(PageCache::<PageKey>::new(options.cache_bytes));
         let store = Self::store(pool, geometry, options)?;
         let depth = uberblock.depths[0];
@@ -205,21 +392,300 @@ impl MapStore {
             }
         }
         debug_assert_eq!(TREES, 6);
-        Ok(Self {
+        let mut this = Self {
             pool,
             timeline,
             geometry: geometry.clone(),
             map,
             alloc,
             txg: uberblock.txg,
-            next_sequence: uberblock.next_sequence,
-        })
+            // `end + 1` may have been taken by a sync whose uberblock never became durable.
+            next_sequence: uberblock.next_sequence.max(replay.end.last + 2),
+            log: Self::intent_log(pool, timeline, geometry, options, replay.end),
+            overlay: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            rows: BTreeMap::new(),
+            read_only: options.read_only,
+            failed: false,
+            opened: OpenReport {
+                txg: uberblock.txg,
+                records_replayed: replay.chain.len(),
+                overlay_keys: 0,
+                log_bytes_read: replay.bytes_read.clone(),
+                rereplicated: Vec::new(),
+            },
+        };
+        this.apply_chain(replay)?;
+        this.opened.overlay_keys = this.overlay.len();
+        Ok(this)
+    }
+
+    /// Apply the records of a chain to the overlay, checking each old pointer against the
+    /// newest one the chain already gave the key.
+    fn apply_chain(&mut self, replay: &Replay) -> Result<()> {
+        let mut rows: HashMap<(u64, u16), RowInfo> = HashMap::new();
+        for link in &replay.chain {
+            let record = &link.record;
+            let refuse = |why: String| Error::CorruptMetadata {
+                device: None,
+                offset: None,
+                reason: format!(
+                    "log record {} (half {}, byte offset {}): {why}",
+                    record.sequence, link.half, link.offset
+                ),
+            };
+            for entry in &record.entries {
+                if let LogEntry::Row {
+                    slot,
+                    row,
+                    birth,
+                    owners,
+                    crcs,
+                } = entry
+                {
+                    rows.insert(
+                        (*slot, *row),
+                        RowInfo {
+                            birth: *birth,
+                            owners: owners.clone(),
+                            crcs: crcs.clone(),
+                        },
+                    );
+                }
+            }
+            let geometry = self.geometry.clone();
+            let pointer_at = |key: u64, pbn: u64| -> Result<BlockPointer> {
+                let (slot, row, j) = row_of(&geometry, pbn);
+                let info = rows
+                    .get(&(slot, row))
+                    .ok_or_else(|| refuse(format!("block {pbn} of a row the log does not name")))?;
+                if info.owners.get(j) != Some(&key) {
+                    return Err(refuse(format!(
+                        "block {pbn} is not owned by logical block {key} in its row"
+                    )));
+                }
+                let crc = pointer_crc(&geometry, &info.crcs, j)
+                    .ok_or_else(|| refuse(format!("no crc for block {pbn}")))?;
+                Ok(BlockPointer::written(pbn, info.birth, 0, crc))
+            };
+            for entry in &record.entries {
+                match entry {
+                    LogEntry::Row { .. } => {}
+                    LogEntry::BlockRun { first, changes } => {
+                        for (i, (new, old_pbn, old_birth)) in changes.iter().enumerate() {
+                            let key = first + i as u64;
+                            let pointer = pointer_at(key, *new)?;
+                            self.replay_change(key, pointer, (*old_pbn, *old_birth))
+                                .map_err(&refuse)?;
+                        }
+                    }
+                    LogEntry::FreshRun {
+                        first,
+                        count,
+                        first_new,
+                    } => {
+                        for i in 0..u64::from(*count) {
+                            let pointer = pointer_at(first + i, first_new + i)?;
+                            self.replay_change(first + i, pointer, (ADDRESS_HOLE, 0))
+                                .map_err(&refuse)?;
+                        }
+                    }
+                    LogEntry::ShortTrim { first, olds } => {
+                        for (i, old) in olds.iter().enumerate() {
+                            let pointer = BlockPointer::zeroed(0, record.sequence);
+                            self.replay_change(first + i as u64, pointer, *old)
+                                .map_err(&refuse)?;
+                        }
+                    }
+                    other => {
+                        return Err(refuse(format!(
+                            "entry {other:?} is of a kind this build does not write"
+                        )))
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn replay_change(
+        &mut self,
+        key: u64,
+        pointer: BlockPointer,
+        old: (u64, u64),
+    ) -> std::result::Result<(), String> {
+        if key >= self.map.keys() {
+            return Err(format!("logical block {key} beyond the map"));
+        }
+        match self.overlay.get_mut(&key) {
+            Some((newest, _)) => {
+                if !same_old(newest, old) {
+                    return Err(format!(
+                        "logical block {key}: old pointer {old:?}, the chain gave {newest:?}"
+                    ));
+                }
+                *newest = pointer;
+            }
+            None => {
+                // What the tree must hold is checked when the key is drained.
+                let expected = if old.0 == ADDRESS_HOLE {
+                    BlockPointer::hole(0)
+                } else {
+                    BlockPointer::written(old.0, old.1.max(1), 0, 0)
+                };
+                self.overlay.insert(key, (pointer, expected));
+            }
+        }
+        Ok(())
+    }
+
+    /// Open the map from the newest valid uberblock of `timeline` on the members and replay
+    /// the log chain after it. A writable open copies the longest chain onto members whose
+    /// chain is shorter; a read-only one writes nothing.
+    ///
+    /// # Errors
+    /// [`Error::CorruptMetadata`] when no member holds a valid uberblock, two disagree about
+    /// one txg, a referenced page is named twice, a replayed record contradicts the chain, or
+    /// a valid record of the timeline lies beyond the chain (a commit that cannot be replayed:
+    /// `open --rewind` decides); [`Error::MetadataLost`] when the root or a page under it is
+    /// lost on every copy.
+    pub fn open(
+        devices: &[Option<SharedDevice>],
+        pool: [u8; 16],
+        geometry: &Geometry,
+        timeline: u64,
+        options: &MapOptions,
+    ) -> Result<Self> {
+        let Some((uberblock, _holders)) = read_newest(devices, geometry, pool, timeline)? else {
+            return Err(Error::corrupt_metadata(
+                "no valid uberblock of this pool on any member",
+            ));
+        };
+        let replay = replay(
+            devices,
+            geometry,
+            pool,
+            timeline,
+            uberblock.log_half,
+            uberblock.s_sync,
+        )?;
+        if let Some((member, half, offset, sequence)) = replay.beyond.first() {
+            return Err(Error::CorruptMetadata {
+                device: devices
+                    .get(member.0)
+                    .and_then(|d| d.as_ref().map(|d| d.name())),
+                offset: Some(geometry.log_halves()[usize::from(*half)] + offset),
+                reason: format!(
+                    "log record {sequence} is valid but does not follow the chain, which ends at \
+                     {} after txg {}: a commit that cannot be replayed; `open --rewind` drops it",
+                    replay.end.last, uberblock.txg
+                ),
+            });
+        }
+        let mut this = Self::assemble(devices, geometry, timeline, options, &uberblock, &replay)?;
+        if !options.read_only {
+            replay.rereplicate(devices, geometry)?;
+            this.opened.rereplicated = replay.lagging.clone();
+        }
+        Ok(this)
+    }
+
+    /// Open the tree before the newest (its pages are intact by the deferred release) with the
+    /// log chain that follows it replayed, in a new timeline (docs/FORMAT.md, "`open
+    /// --rewind`"). `persist` must make the plan durable in the superblocks before anything is
+    /// written; a crash later is recovered by running the same rewind again.
+    ///
+    /// # Errors
+    /// When there is no older uberblock, the older tree is unreadable, `persist` fails, or the
+    /// sync into the new timeline fails.
+    pub fn rewind(
+        devices: &[Option<SharedDevice>],
+        pool: [u8; 16],
+        geometry: &Geometry,
+        from_timeline: u64,
+        to_timeline: u64,
+        options: &MapOptions,
+        persist: &mut dyn FnMut(&RewindPlan) -> Result<()>,
+    ) -> Result<(Self, RewindReport)> {
+        if options.read_only {
+            return Err(Error::InvalidConfig(
+                "a rewind writes: not read-only".into(),
+            ));
+        }
+        let Some((newest, _)) = read_newest(devices, geometry, pool, from_timeline)? else {
+            return Err(Error::corrupt_metadata(
+                "no valid uberblock of the timeline to rewind from",
+            ));
+        };
+        let older = match newest.txg.checked_sub(1) {
+            Some(txg) => read_txg(devices, geometry, pool, from_timeline, txg)?,
+            None => None,
+        };
+        let Some(older) = older else {
+            return Err(Error::corrupt_metadata(format!(
+                "no uberblock before txg {} is left to rewind to",
+                newest.txg
+            )));
+        };
+        let replay = replay(
+            devices,
+            geometry,
+            pool,
+            from_timeline,
+            older.log_half,
+            older.s_sync,
+        )?;
+        let planted = options.planted_rewind();
+        let plan = RewindPlan {
+            from_timeline,
+            to_timeline: if planted { from_timeline } else { to_timeline },
+            to_txg: older.txg,
+            txg_floor: if planted {
+                older.txg + 1
+            } else {
+                highest_txg(devices, geometry, pool)? + 1
+            },
+            seq_floor: if planted {
+                older.next_sequence
+            } else {
+                (highest_sequence(devices, geometry, pool)? + 1)
+                    .max(newest.next_sequence)
+                    .max(replay.end.last + 2)
+            },
+        };
+        let mut dropped: Vec<u64> = replay.beyond.iter().map(|b| b.3).collect();
+        dropped.sort_unstable();
+        dropped.dedup();
+        let mut this = Self::assemble(
+            devices,
+            geometry,
+            plan.to_timeline,
+            options,
+            &older,
+            &replay,
+        )?;
+        persist(&plan)?;
+        this.txg = plan.txg_floor - 1;
+        this.next_sequence = plan.seq_floor;
+        let report = RewindReport {
+            abandoned_txg: newest.txg,
+            plan,
+            records_replayed: replay.chain.len(),
+            dropped_sequences: dropped,
+        };
+        this.sync(devices)?;
+        Ok((this, report))
     }
 
     /// The txg of the newest durable uberblock.
     #[must_use]
     pub fn txg(&self) -> u64 {
         self.txg
+    }
+    /// The sequence the next commit takes: the birth of rows written for it.
+    #[must_use]
+    pub fn next_sequence(&self) -> u64 {
+        self.next_sequence
     }
     /// Logical blocks the map can hold.
     #[must_use]
@@ -231,59 +697,330 @@ impl MapStore {
     pub fn pages_in_use(&self) -> u64 {
         self.alloc.in_use()
     }
+    /// What the open found in the log.
+    #[must_use]
+    pub fn open_report(&self) -> &OpenReport {
+        &self.opened
+    }
+    /// The map tree's root as of the last sync.
+    #[must_use]
+    pub fn root(&self) -> BlockPointer {
+        self.map.root()
+    }
+    /// Where the next log record goes.
+    #[must_use]
+    pub fn log_position(&self) -> LogPosition {
+        self.log.position()
+    }
 
     /// The pointer of logical block `key`.
     ///
     /// # Errors
     /// See [`RadixTree::get`].
     pub fn get(&self, devices: &[Option<SharedDevice>], key: u64) -> Result<BlockPointer> {
+        if let Some((pointer, _)) = self.overlay.get(&key) {
+            return Ok(*pointer);
+        }
         self.map.get(devices, key)
     }
 
-    /// Map logical block `key` to `pointer` (durable at the next sync); when the cache holds
-    /// all the dirty pages it may, sync first, then set.
+    fn usable(&self) -> Result<()> {
+        if self.failed {
+            return Err(Error::corrupt_metadata(
+                "an earlier commit or sync of this map failed: reopen it",
+            ));
+        }
+        if self.read_only {
+            return Err(Error::InvalidConfig("the map was opened read-only".into()));
+        }
+        Ok(())
+    }
+
+    /// Note a row of data blocks written for the next commit (its birth is that commit's
+    /// sequence or, after a sync the row was written before, the sync's). The pointers of
+    /// its blocks may then be set.
     ///
     /// # Errors
-    /// See [`RadixTree::set`] and [`MapStore::sync`].
+    /// A row a correct pool never writes.
+    pub fn note_row(
+        &mut self,
+        slot: u64,
+        row: u16,
+        birth: u64,
+        owners: Vec<u64>,
+        crcs: Vec<u32>,
+    ) -> Result<()> {
+        self.usable()?;
+        if owners.is_empty()
+            || owners.len() > self.geometry.data_chunks()
+            || crcs.len() != self.geometry.width()
+        {
+            return Err(Error::corrupt_metadata(format!(
+                "row {row} of slot {slot}: {} owners and {} crcs",
+                owners.len(),
+                crcs.len()
+            )));
+        }
+        self.rows.insert(
+            (slot, row),
+            RowInfo {
+                birth,
+                owners,
+                crcs,
+            },
+        );
+        Ok(())
+    }
+
+    /// Map logical block `key` to data block `pbn` of a noted row (durable at the next commit).
+    ///
+    /// # Errors
+    /// A block of a row not noted since the last commit, or not owned by `key` in it; see
+    /// [`MapStore::sync`].
     pub fn set(
         &mut self,
         devices: &[Option<SharedDevice>],
         key: u64,
-        pointer: BlockPointer,
-    ) -> Result<()> {
-        match self.map.set(devices, key, pointer) {
-            Ok(()) => Ok(()),
-            Err(SetError::Failed(e)) => Err(e),
-            Err(SetError::NeedsSync(_)) => {
-                self.sync(devices)?;
-                self.map.set(devices, key, pointer).map_err(|e| match e {
-                    SetError::Failed(e) => e,
-                    SetError::NeedsSync(_) => Error::corrupt_metadata(
-                        "the page cache is too small for one path of the map",
-                    ),
-                })
+        pbn: u64,
+    ) -> Result<BlockPointer> {
+        self.usable()?;
+        let (slot, row, j) = row_of(&self.geometry, pbn);
+        let Some(info) = self.rows.get(&(slot, row)) else {
+            return Err(Error::corrupt_metadata(format!(
+                "block {pbn}: row {row} of slot {slot} was not noted"
+            )));
+        };
+        if info.owners.get(j) != Some(&key) {
+            return Err(Error::corrupt_metadata(format!(
+                "block {pbn} is not owned by logical block {key} in its row"
+            )));
+        }
+        let crc = pointer_crc(&self.geometry, &info.crcs, j)
+            .ok_or_else(|| Error::corrupt_metadata(format!("no crc for block {pbn}")))?;
+        let pointer = BlockPointer::written(pbn, info.birth, 0, crc);
+        self.install(devices, key, Some(pointer))
+    }
+
+    /// Make logical block `key` read zeros (a trim; durable at the next commit). `None` in
+    /// `install` stands for this zero pointer, whose birth is known only after any sync.
+    ///
+    /// # Errors
+    /// See [`MapStore::sync`].
+    pub fn trim(&mut self, devices: &[Option<SharedDevice>], key: u64) -> Result<BlockPointer> {
+        self.usable()?;
+        // The birth is the sequence of the record that will carry the trim, read after any
+        // sync `install` runs first.
+        self.install(devices, key, None)
+    }
+
+    fn install(
+        &mut self,
+        devices: &[Option<SharedDevice>],
+        key: u64,
+        written: Option<BlockPointer>,
+    ) -> Result<BlockPointer> {
+        if key >= self.map.keys() {
+            return Err(Error::corrupt_metadata(format!(
+                "logical block {key} beyond the map ({} blocks)",
+                self.map.keys()
+            )));
+        }
+        for attempt in 0..2 {
+            let new = written.unwrap_or_else(|| BlockPointer::zeroed(0, self.next_sequence));
+            let old = self.get(devices, key)?;
+            match self.map.set(devices, key, new) {
+                Ok(()) => {
+                    self.overlay.remove(&key);
+                    self.pending
+                        .entry(key)
+                        .and_modify(|p| p.new = new)
+                        .or_insert(Pending { old, new });
+                    return Ok(new);
+                }
+                Err(SetError::Failed(e)) => return Err(e),
+                Err(SetError::NeedsSync(_)) if attempt == 0 => {
+                    // The sync makes every change so far durable; the rows stay noted for
+                    // the pointers still to come.
+                    self.sync_keeping_rows(devices)?;
+                }
+                Err(SetError::NeedsSync(_)) => break,
+            }
+        }
+        Err(Error::corrupt_metadata(
+            "the page cache is too small for one path of the map",
+        ))
+    }
+
+    /// The log entries of the changes since the previous commit.
+    fn entries(&self) -> Vec<LogEntry> {
+        let mut entries: Vec<LogEntry> = self
+            .rows
+            .iter()
+            .map(|((slot, row), info)| LogEntry::Row {
+                slot: *slot,
+                row: *row,
+                birth: info.birth,
+                owners: info.owners.clone(),
+                crcs: info.crcs.clone(),
+            })
+            .collect();
+        let mut run: Option<LogEntry> = None;
+        let flush_run = |run: &mut Option<LogEntry>, entries: &mut Vec<LogEntry>| {
+            if let Some(entry) = run.take() {
+                entries.push(entry);
+            }
+        };
+        for (key, change) in &self.pending {
+            let old = old_of(&change.old);
+            let extended = match (&mut run, change.new.address()) {
+                (
+                    Some(LogEntry::FreshRun {
+                        first,
+                        count,
+                        first_new,
+                    }),
+                    Some(pbn),
+                ) if old.0 == ADDRESS_HOLE
+                    && *first + u64::from(*count) == *key
+                    && *first_new + u64::from(*count) == pbn
+                    && *count < u32::MAX =>
+                {
+                    *count += 1;
+                    true
+                }
+                (Some(LogEntry::BlockRun { first, changes }), Some(pbn))
+                    if *first + changes.len() as u64 == *key
+                        && changes.len() < usize::from(u16::MAX) =>
+                {
+                    changes.push((pbn, old.0, old.1));
+                    true
+                }
+                (Some(LogEntry::ShortTrim { first, olds }), None)
+                    if *first + olds.len() as u64 == *key && olds.len() < 1023 =>
+                {
+                    olds.push(old);
+                    true
+                }
+                _ => false,
+            };
+            if extended {
+                continue;
+            }
+            flush_run(&mut run, &mut entries);
+            run = Some(match change.new.address() {
+                Some(pbn) if old.0 == ADDRESS_HOLE => LogEntry::FreshRun {
+                    first: *key,
+                    count: 1,
+                    first_new: pbn,
+                },
+                Some(pbn) => LogEntry::BlockRun {
+                    first: *key,
+                    changes: vec![(pbn, old.0, old.1)],
+                },
+                None => LogEntry::ShortTrim {
+                    first: *key,
+                    olds: vec![old],
+                },
+            });
+        }
+        flush_run(&mut run, &mut entries);
+        entries
+    }
+
+    /// Make every change so far durable (a `flush`): one log record on every member when it
+    /// fits, else a tree sync.
+    ///
+    /// # Errors
+    /// When the record or the sync cannot be written; the map must then be reopened.
+    pub fn commit(&mut self, devices: &[Option<SharedDevice>]) -> Result<CommitReport> {
+        self.usable()?;
+        if self.pending.is_empty() && self.rows.is_empty() {
+            return Ok(CommitReport::Nothing);
+        }
+        let sequence = self.next_sequence;
+        // A trim logged in this record reads as zeros born at its sequence.
+        debug_assert!(self
+            .pending
+            .values()
+            .all(|p| !p.new.is_zero() || p.new.birth() == sequence));
+        let entries = self.entries();
+        let before = self.log.position();
+        match self.log.append(devices, sequence, entries) {
+            Ok(true) => {
+                let bytes = (self.log.position().offset - before.offset) as usize;
+                self.next_sequence += 1;
+                self.pending.clear();
+                self.rows.clear();
+                Ok(CommitReport::Logged { sequence, bytes })
+            }
+            Ok(false) => Ok(CommitReport::Synced(self.sync(devices)?)),
+            Err(e) => {
+                self.failed = true;
+                Err(e)
             }
         }
     }
 
-    /// Make every change durable: write the dirty pages, flush, write uberblock `txg + 1` to
-    /// both rings of every member, flush, then release what the older trees no longer need.
+    /// Make every change durable by a tree sync: drain the overlay into the tree, write the
+    /// dirty pages, flush, write uberblock `txg + 1` to both rings of every member with the log
+    /// switched to the other half, flush, then release what the older trees no longer need.
     ///
     /// # Errors
     /// When pages or the uberblock cannot be written or a member cannot be flushed. The
-    /// previous uberblock then stays the newest durable one.
+    /// previous uberblock then stays the newest durable one and the map must be reopened.
     pub fn sync(&mut self, devices: &[Option<SharedDevice>]) -> Result<SyncReport> {
+        let report = self.sync_keeping_rows(devices)?;
+        self.rows.clear();
+        Ok(report)
+    }
+
+    fn sync_keeping_rows(&mut self, devices: &[Option<SharedDevice>]) -> Result<SyncReport> {
+        self.usable()?;
+        let outcome = self.sync_inner(devices);
+        if outcome.is_err() {
+            self.failed = true;
+        }
+        outcome
+    }
+
+    fn sync_inner(&mut self, devices: &[Option<SharedDevice>]) -> Result<SyncReport> {
         let birth = self.next_sequence;
-        let alloc = std::cell::RefCell::new(&mut self.alloc);
-        let outcome = self.map.sync(
-            devices,
-            birth,
-            &mut || alloc.borrow_mut().alloc(),
-            &mut |mpn| alloc.borrow_mut().dropped_in_sync(mpn),
-        )?;
+        let mut pages_written = 0;
+        let mut freed = Vec::new();
+        // Drain the overlay; when the cache cannot take more dirty pages, write the ones it
+        // holds (pages of no durable tree yet) and go on.
+        while let Some((&key, &(pointer, expected))) = self.overlay.iter().next() {
+            let found = self.map.get(devices, key)?;
+            if !same_old(&found, old_of(&expected)) {
+                return Err(Error::corrupt_metadata(format!(
+                    "log replay: logical block {key} holds {found:?} in the tree, the log \
+                     says {expected:?}"
+                )));
+            }
+            match self.map.set(devices, key, pointer) {
+                Ok(()) => {
+                    self.overlay.remove(&key);
+                }
+                Err(SetError::Failed(e)) => return Err(e),
+                Err(SetError::NeedsSync(_)) => {
+                    let part = self.write_pages(devices, birth)?;
+                    if part.0 == 0 {
+                        return Err(Error::corrupt_metadata(
+                            "the page cache is too small for one path of the map",
+                        ));
+                    }
+                    pages_written += part.0;
+                    freed.extend(part.1);
+                }
+            }
+        }
+        let last = self.write_pages(devices, birth)?;
+        pages_written += last.0;
+        freed.extend(last.1);
         flush_all(devices)?;
         let txg = self.txg + 1;
-        let uberblock = self.uberblock(txg, birth);
+        let half = self.log.position().half ^ 1;
+        let uberblock = self.uberblock(txg, birth, half);
         let failed = write_uberblock(devices, &self.geometry, &uberblock);
         let present = devices.iter().flatten().count();
         if failed.len() >= 2 * present {
@@ -297,15 +1034,33 @@ impl MapStore {
             )));
         }
         flush_all(devices)?;
-        let freed = outcome.freed.len();
-        self.alloc.free_after(self.txg, outcome.freed);
+        let pages_freed = freed.len();
+        self.alloc.free_after(self.txg, freed);
         self.txg = txg;
         self.next_sequence = birth + 1;
+        self.log.switch(birth);
+        self.pending.clear();
         self.alloc.durable(txg);
         Ok(SyncReport {
             txg,
-            pages_written: outcome.pages_written,
-            pages_freed: freed,
+            pages_written,
+            pages_freed,
         })
+    }
+
+    /// Write the tree's dirty pages with birth `birth`: `(pages written, pages freed)`.
+    fn write_pages(
+        &mut self,
+        devices: &[Option<SharedDevice>],
+        birth: u64,
+    ) -> Result<(usize, Vec<u64>)> {
+        let alloc = std::cell::RefCell::new(&mut self.alloc);
+        let outcome = self.map.sync(
+            devices,
+            birth,
+            &mut || alloc.borrow_mut().alloc(),
+            &mut |mpn| alloc.borrow_mut().dropped_in_sync(mpn),
+        )?;
+        Ok((outcome.pages_written, outcome.freed))
     }
 }

@@ -12,6 +12,7 @@
 
 mod alloc;
 mod cache;
+mod log;
 mod map;
 mod ring;
 mod store;
@@ -19,7 +20,10 @@ mod tree;
 
 pub use alloc::{MpnAllocator, ReleaseRule};
 pub use cache::{CacheFull, CacheStats, PageCache, PageState};
-pub use map::{MapOptions, MapStore, SyncReport};
-pub use ring::{read_newest, uberblock_places, write_uberblock};
+pub use log::{ChainRecord, IntentLog, LogPosition, Replay};
+pub use map::{
+    CommitReport, MapOptions, MapStore, OpenReport, RewindPlan, RewindReport, SyncReport,
+};
+pub use ring::{highest_txg, read_newest, read_txg, uberblock_places, write_uberblock};
 pub use store::{CopyFault, CopyProblem, PageRead, PageStore};
 pub use tree::{PageKey, RadixTree, SetError, SyncOutcome};

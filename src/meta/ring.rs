@@ -40,6 +40,46 @@ pub fn write_uberblock(
     failed
 }
 
+/// One valid uberblock found: the member, the byte offset, the uberblock and its bytes.
+type Found = (DeviceIndex, u64, Uberblock, Vec<u8>);
+
+/// Every valid uberblock of `pool` in both rings of every member in service (any timeline):
+/// the member, the byte offset, the uberblock and its bytes. Writes nothing.
+///
+/// # Errors
+/// A ring larger than memory.
+fn scan(
+    devices: &[Option<SharedDevice>],
+    geometry: &Geometry,
+    pool: [u8; 16],
+) -> Result<Vec<Found>> {
+    let ring_bytes = usize::try_from(geometry.uberblock_slots * UBERBLOCK_SLOT_BYTES)
+        .map_err(|_| Error::corrupt_metadata("uberblock ring larger than memory"))?;
+    let mut found = Vec::new();
+    let mut ring = vec![0u8; ring_bytes];
+    for (index, device) in devices.iter().enumerate() {
+        let Some(device) = device else { continue };
+        for start in geometry.uberblock_rings() {
+            if device.read_at(start, &mut ring).is_err() {
+                // A ring that cannot be read holds nothing usable; the other ring and the
+                // other members answer.
+                continue;
+            }
+            for (slot, bytes) in ring.chunks_exact(UBERBLOCK_BYTES).enumerate() {
+                let Ok(uberblock) = Uberblock::decode(bytes, pool) else {
+                    continue;
+                };
+                if uberblock.txg % geometry.uberblock_slots != slot as u64 {
+                    continue;
+                }
+                let offset = start + (slot * UBERBLOCK_BYTES) as u64;
+                found.push((DeviceIndex(index), offset, uberblock, bytes.to_vec()));
+            }
+        }
+    }
+    Ok(found)
+}
+
 /// The newest valid uberblock of pool `pool` on timeline `timeline` across both rings of every
 /// member in service, and how many members hold it. `None` when there is none.
 ///
@@ -52,49 +92,65 @@ pub fn read_newest(
     pool: [u8; 16],
     timeline: u64,
 ) -> Result<Option<(Uberblock, usize)>> {
-    let ring_bytes = usize::try_from(geometry.uberblock_slots * UBERBLOCK_SLOT_BYTES)
-        .map_err(|_| Error::corrupt_metadata("uberblock ring larger than memory"))?;
-    let mut newest: Option<(Uberblock, Vec<u8>, usize)> = None;
-    let mut ring = vec![0u8; ring_bytes];
-    for (index, device) in devices.iter().enumerate() {
-        let Some(device) = device else { continue };
-        let mut seen_here: Vec<u64> = Vec::new();
-        for start in geometry.uberblock_rings() {
-            if device.read_at(start, &mut ring).is_err() {
-                // A ring that cannot be read holds nothing usable; the other ring and the
-                // other members answer.
-                continue;
-            }
-            for (slot, bytes) in ring.chunks_exact(UBERBLOCK_BYTES).enumerate() {
-                let Ok(found) = Uberblock::decode(bytes, pool) else {
-                    continue;
-                };
-                if found.timeline != timeline || found.txg % geometry.uberblock_slots != slot as u64
-                {
-                    continue;
+    let mut newest: Option<(Uberblock, Vec<u8>, Vec<DeviceIndex>)> = None;
+    for (index, offset, found, bytes) in scan(devices, geometry, pool)? {
+        if found.timeline != timeline {
+            continue;
+        }
+        match &mut newest {
+            Some((best, best_bytes, holders)) if best.txg == found.txg => {
+                if *best_bytes != bytes {
+                    return Err(Error::CorruptMetadata {
+                        device: devices
+                            .get(index.0)
+                            .and_then(|d| d.as_ref().map(|d| d.name())),
+                        offset: Some(offset),
+                        reason: format!(
+                            "split timeline: two different uberblocks claim txg {} (member {})",
+                            found.txg, index.0
+                        ),
+                    });
                 }
-                match &mut newest {
-                    Some((best, best_bytes, holders)) if best.txg == found.txg => {
-                        if best_bytes.as_slice() != bytes {
-                            return Err(Error::CorruptMetadata {
-                                device: Some(device.name()),
-                                offset: Some(start + (slot * UBERBLOCK_BYTES) as u64),
-                                reason: format!(
-                                    "split timeline: two different uberblocks claim txg {} (member {index})",
-                                    found.txg
-                                ),
-                            });
-                        }
-                        if !seen_here.contains(&found.txg) {
-                            *holders += 1;
-                        }
-                    }
-                    Some((best, _, _)) if best.txg > found.txg => {}
-                    _ => newest = Some((found.clone(), bytes.to_vec(), 1)),
+                if !holders.contains(&index) {
+                    holders.push(index);
                 }
-                seen_here.push(found.txg);
             }
+            Some((best, _, _)) if best.txg > found.txg => {}
+            _ => newest = Some((found, bytes, vec![index])),
         }
     }
-    Ok(newest.map(|(uberblock, _, holders)| (uberblock, holders)))
+    Ok(newest.map(|(uberblock, _, holders)| (uberblock, holders.len())))
+}
+
+/// The valid uberblock `txg` of `timeline`, if any member still holds it (a rewind's target).
+///
+/// # Errors
+/// A ring larger than memory.
+pub fn read_txg(
+    devices: &[Option<SharedDevice>],
+    geometry: &Geometry,
+    pool: [u8; 16],
+    timeline: u64,
+    txg: u64,
+) -> Result<Option<Uberblock>> {
+    Ok(scan(devices, geometry, pool)?
+        .into_iter()
+        .find(|(_, _, u, _)| u.timeline == timeline && u.txg == txg)
+        .map(|(_, _, u, _)| u))
+}
+
+/// The highest txg of any valid uberblock of `pool` in any timeline (a rewind's floor).
+///
+/// # Errors
+/// A ring larger than memory.
+pub fn highest_txg(
+    devices: &[Option<SharedDevice>],
+    geometry: &Geometry,
+    pool: [u8; 16],
+) -> Result<u64> {
+    Ok(scan(devices, geometry, pool)?
+        .iter()
+        .map(|(_, _, u, _)| u.txg)
+        .max()
+        .unwrap_or(0))
 }

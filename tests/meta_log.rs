@@ -1,0 +1,827 @@
+//! The intent log of format version 4 (`stripestore::meta::MapStore::commit`, open's replay,
+//! `MapStore::rewind`), checked against a plain model of what was acknowledged:
+//! * random writes, trims, commits and syncs with a power cut (unflushed writes kept at random)
+//!   before every reopen: every acknowledged commit reads back exactly; a block changed since
+//!   reads one of the versions written since, never anything else; records switch halves and
+//!   commits that do not fit become syncs;
+//! * a power cut at every device operation of a logged commit, of a commit that becomes a sync
+//!   and of a sync (the half switch): the map is exactly as before or exactly as after;
+//! * replay reads each log half of each member once; a member that lost a record gets the
+//!   winner's copy; a valid record the chain cannot reach refuses the open (naming the rewind)
+//!   and the refused open writes nothing;
+//! * a rewind over an unreadable newest tree keeps every commit of an intact log, drops only
+//!   records beyond a break, survives a power cut at every operation (run again), and the
+//!   planted bugs `rewind_without_log_invalidation`, `record_without_fit_check` and
+//!   `release_at_t_plus_1` are each caught.
+
+#[path = "common/meta_writer.rs"]
+mod meta_writer;
+
+use meta_writer::Writer;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use stripestore::device::{Device, DeviceError, MemDevice, PowerCut, SharedDevice};
+use stripestore::format::v4::BlockPointer;
+use stripestore::geometry::{Geometry, Layout};
+use stripestore::meta::{CommitReport, MapOptions, MapStore, ReleaseRule, RewindPlan};
+
+const POOL: [u8; 16] = [0x5a; 16];
+const TIMELINE: u64 = 0x7100;
+const NEW_TIMELINE: u64 = 0x7200;
+const DEVICE_BYTES: u64 = 16 << 20;
+const HALF: u64 = 16384;
+const ROWS: u64 = 4;
+
+fn geometry(layout: &str, members: usize) -> Geometry {
+    let layout: Layout = layout.parse().unwrap();
+    Geometry::new_v4(layout, members, 16384, DEVICE_BYTES, 4, HALF).unwrap()
+}
+
+fn options() -> MapOptions {
+    MapOptions {
+        depth: 2,
+        cache_bytes: 64 * 16384,
+        record_max: Some(4096),
+        ..MapOptions::default()
+    }
+}
+
+/// Members as memory devices, seen through a shared power switch.
+struct Rig {
+    geometry: Geometry,
+    mems: Vec<Arc<MemDevice>>,
+    countdown: Arc<AtomicI64>,
+    devices: Vec<Option<SharedDevice>>,
+}
+
+impl Rig {
+    fn new(layout: &str, members: usize) -> Self {
+        let mems: Vec<Arc<MemDevice>> = (0..members)
+            .map(|i| Arc::new(MemDevice::new(format!("m{i}"), DEVICE_BYTES)))
+            .collect();
+        let countdown = Arc::new(AtomicI64::new(i64::MAX));
+        let devices = mems
+            .iter()
+            .map(|m| Some(Arc::new(PowerCut::new(m.clone(), countdown.clone())) as SharedDevice))
+            .collect();
+        Self {
+            geometry: geometry(layout, members),
+            mems,
+            countdown,
+            devices,
+        }
+    }
+
+    /// Power off now: every member keeps a random part of what it did not flush; power on.
+    fn crash(&self, seed: u64) {
+        for (i, mem) in self.mems.iter().enumerate() {
+            mem.crash(seed.wrapping_mul(31).wrapping_add(i as u64));
+        }
+        self.countdown.store(i64::MAX, Ordering::SeqCst);
+    }
+
+    fn cut_after(&self, operations: i64) {
+        self.countdown.store(operations, Ordering::SeqCst);
+    }
+
+    fn power_was_cut(&self) -> bool {
+        self.countdown.load(Ordering::SeqCst) <= 0
+    }
+
+    fn images(&self) -> Vec<Vec<u8>> {
+        self.mems.iter().map(|m| m.image()).collect()
+    }
+
+    /// Zero the 4 KiB log block at `offset` of `half` on every member.
+    fn destroy_record(&self, half: u8, offset: u64) {
+        let at = self.geometry.log_halves()[usize::from(half)] + offset;
+        for mem in &self.mems {
+            mem.poke(at, &[0u8; 4096]);
+        }
+    }
+
+    /// Destroy every copy of metadata page `mpn`.
+    fn destroy_page(&self, mpn: u64) {
+        for (device, offset) in self.geometry.page_copies(mpn).unwrap() {
+            self.mems[device.0].poke(offset, &[0xee; 16384]);
+        }
+    }
+}
+
+/// What was acknowledged, and every version set since.
+#[derive(Default, Clone)]
+struct Model {
+    acked: BTreeMap<u64, BlockPointer>,
+    since: BTreeMap<u64, Vec<BlockPointer>>,
+}
+
+impl Model {
+    fn set(&mut self, key: u64, pointer: BlockPointer) {
+        self.since.entry(key).or_default().push(pointer);
+    }
+    fn ack(&mut self) {
+        for (key, versions) in std::mem::take(&mut self.since) {
+            if let Some(last) = versions.last() {
+                self.acked.insert(key, *last);
+            }
+        }
+    }
+    /// The map as acknowledged plus everything since (what a clean close would show).
+    fn newest(&self) -> BTreeMap<u64, BlockPointer> {
+        let mut all = self.acked.clone();
+        for (key, versions) in &self.since {
+            if let Some(last) = versions.last() {
+                all.insert(*key, *last);
+            }
+        }
+        all
+    }
+
+    /// Every acknowledged key reads its value or a version set since; every key set since
+    /// reads one of its versions (or the acknowledged one, or a hole if it had none).
+    fn check(&self, map: &MapStore, devices: &[Option<SharedDevice>]) -> Result<(), String> {
+        let keys: std::collections::BTreeSet<u64> = self
+            .acked
+            .keys()
+            .chain(self.since.keys())
+            .copied()
+            .collect();
+        for key in keys {
+            let found = map
+                .get(devices, key)
+                .map_err(|e| format!("key {key}: {e}"))?;
+            let acked = self.acked.get(&key).copied();
+            let later = self.since.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+            let fine = acked.map_or(found.is_hole(), |a| a == found) || later.contains(&found);
+            if !fine {
+                return Err(format!(
+                    "key {key}: {found:?}; acknowledged {acked:?}, set since {later:?}"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn exactly(
+    map: &MapStore,
+    devices: &[Option<SharedDevice>],
+    state: &BTreeMap<u64, BlockPointer>,
+) -> Result<(), String> {
+    for (key, expected) in state {
+        let found = map
+            .get(devices, *key)
+            .map_err(|e| format!("key {key}: {e}"))?;
+        if found != *expected {
+            return Err(format!("key {key}: {found:?}, expected {expected:?}"));
+        }
+    }
+    Ok(())
+}
+
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+}
+
+/// One random step: write or trim a few keys, sometimes commit or sync.
+fn step(
+    rng: &mut Lcg,
+    writer: &mut Writer,
+    map: &mut MapStore,
+    devices: &[Option<SharedDevice>],
+    model: &mut Model,
+    counts: &mut [u64; 4],
+) -> stripestore::Result<()> {
+    let keys = 1u64 << 14;
+    match rng.next() % 10 {
+        0..=5 => {
+            let first = rng.next() % keys;
+            let n = 1 + rng.next() % 6;
+            let chosen: Vec<u64> = (0..n)
+                .map(|i| {
+                    if rng.next().is_multiple_of(2) {
+                        (first + i) % keys
+                    } else {
+                        rng.next() % keys
+                    }
+                })
+                .collect();
+            let pointers = writer.write(map, devices, &chosen, ROWS)?;
+            for (key, pointer) in chosen.iter().zip(pointers) {
+                model.set(*key, pointer);
+            }
+        }
+        6 => {
+            let key = rng.next() % keys;
+            let pointer = map.trim(devices, key)?;
+            model.set(key, pointer);
+        }
+        7 | 8 => {
+            match map.commit(devices)? {
+                CommitReport::Logged { .. } => counts[0] += 1,
+                CommitReport::Synced(_) => counts[1] += 1,
+                CommitReport::Nothing => {}
+            }
+            model.ack();
+        }
+        _ => {
+            if rng.next().is_multiple_of(4) {
+                map.sync(devices)?;
+                counts[2] += 1;
+                model.ack();
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn acknowledged_commits_survive_power_cuts_and_replay_from_the_log() {
+    for (layout, members, seed) in [("rs:4+2", 6, 1u64), ("mirror:2", 2, 2), ("raid10:2", 4, 3)] {
+        let rig = Rig::new(layout, members);
+        let options = options();
+        let mut map =
+            MapStore::create(&rig.devices, POOL, &rig.geometry, TIMELINE, &options).unwrap();
+        let mut writer = Writer::new(&rig.geometry);
+        let mut model = Model::default();
+        let mut rng = Lcg(seed);
+        let mut counts = [0u64; 4];
+        let mut switched = 0;
+        for round in 0..25u64 {
+            for _ in 0..40 {
+                let half = map.log_position().half;
+                step(
+                    &mut rng,
+                    &mut writer,
+                    &mut map,
+                    &rig.devices,
+                    &mut model,
+                    &mut counts,
+                )
+                .unwrap_or_else(|e| panic!("{layout} round {round}: {e}"));
+                if map.log_position().half != half {
+                    switched += 1;
+                }
+            }
+            drop(map);
+            rig.crash(seed * 1000 + round);
+            map = MapStore::open(&rig.devices, POOL, &rig.geometry, TIMELINE, &options)
+                .unwrap_or_else(|e| panic!("{layout} round {round}: open: {e}"));
+            counts[3] += map.open_report().records_replayed as u64;
+            model
+                .check(&map, &rig.devices)
+                .unwrap_or_else(|e| panic!("{layout} round {round}: {e}"));
+            // What survived is now the acknowledged state.
+            let mut survived = Model::default();
+            for key in model.newest().keys().chain(model.acked.keys()) {
+                survived
+                    .acked
+                    .insert(*key, map.get(&rig.devices, *key).unwrap());
+            }
+            model = survived;
+        }
+        let [logged, became_sync, synced, replayed] = counts;
+        assert!(
+            logged > 50 && became_sync > 3 && synced > 3 && replayed > 20 && switched > 10,
+            "{layout}: logged {logged}, became syncs {became_sync}, syncs {synced}, \
+             replayed {replayed}, half switches {switched}"
+        );
+    }
+}
+
+/// Build a map with history, run `operation` with the power cut after `cut` device operations,
+/// crash, reopen: `Ok(finished)` when the map is exactly as before or exactly as after.
+fn cut_run(
+    cut: i64,
+    seed: u64,
+    operation: fn(&mut MapStore, &[Option<SharedDevice>]) -> stripestore::Result<()>,
+    prepare_full_half: bool,
+) -> Result<bool, String> {
+    let rig = Rig::new("rs:4+2", 6);
+    let options = options();
+    let mut map = MapStore::create(&rig.devices, POOL, &rig.geometry, TIMELINE, &options)
+        .map_err(|e| e.to_string())?;
+    let mut writer = Writer::new(&rig.geometry);
+    let mut model = Model::default();
+    for round in 0..3u64 {
+        for i in 0..8u64 {
+            let key = (i * 311 + round * 17) % 8000;
+            let p = writer
+                .write(&mut map, &rig.devices, &[key], ROWS)
+                .map_err(|e| e.to_string())?;
+            model.set(key, p[0]);
+        }
+        map.commit(&rig.devices).map_err(|e| e.to_string())?;
+        model.ack();
+    }
+    if prepare_full_half {
+        // Fill the current half so that the next record does not fit.
+        while map.log_position().offset + 4096 <= HALF {
+            let key = map.log_position().offset / 4096 + 9000;
+            let p = writer
+                .write(&mut map, &rig.devices, &[key], ROWS)
+                .map_err(|e| e.to_string())?;
+            model.set(key, p[0]);
+            map.commit(&rig.devices).map_err(|e| e.to_string())?;
+            model.ack();
+        }
+    }
+    let before = model.acked.clone();
+    for i in 0..5u64 {
+        let key = i * 997 + 5;
+        let p = writer
+            .write(&mut map, &rig.devices, &[key, key + 1], ROWS)
+            .map_err(|e| e.to_string())?;
+        model.set(key, p[0]);
+        model.set(key + 1, p[1]);
+    }
+    let t = map.trim(&rig.devices, 5).map_err(|e| e.to_string())?;
+    model.set(5, t);
+    let after = model.newest();
+    rig.cut_after(cut);
+    let done = operation(&mut map, &rig.devices).is_ok() && !rig.power_was_cut();
+    drop(map);
+    rig.crash(seed);
+    let map = MapStore::open(&rig.devices, POOL, &rig.geometry, TIMELINE, &options)
+        .map_err(|e| format!("open: {e}"))?;
+    let as_before = exactly(&map, &rig.devices, &before);
+    let as_after = exactly(&map, &rig.devices, &after);
+    match (as_before, as_after) {
+        (Err(before), Err(after)) => {
+            return Err(format!(
+                "neither state: as before: {before}; as after: {after}"
+            ))
+        }
+        (_, Err(after)) if done => return Err(format!("acknowledged but lost: {after}")),
+        _ => {}
+    }
+    // The reopened map goes on: one more commit survives another crash.
+    let mut map = map;
+    let p = writer
+        .write(&mut map, &rig.devices, &[77], ROWS)
+        .map_err(|e| e.to_string())?;
+    map.commit(&rig.devices).map_err(|e| e.to_string())?;
+    drop(map);
+    rig.crash(seed + 1);
+    let map = MapStore::open(&rig.devices, POOL, &rig.geometry, TIMELINE, &options)
+        .map_err(|e| format!("second open: {e}"))?;
+    let found = map.get(&rig.devices, 77).map_err(|e| e.to_string())?;
+    if found != p[0] {
+        return Err(format!("the commit after recovery was lost: {found:?}"));
+    }
+    Ok(done)
+}
+
+fn sweep(
+    what: &str,
+    operation: fn(&mut MapStore, &[Option<SharedDevice>]) -> stripestore::Result<()>,
+    full: bool,
+) -> i64 {
+    let mut cut = 0;
+    loop {
+        let mut finished = false;
+        for seed in [1, 2] {
+            finished = cut_run(cut, seed, operation, full)
+                .unwrap_or_else(|e| panic!("{what}: cut at operation {cut}, seed {seed}: {e}"));
+        }
+        if finished {
+            return cut;
+        }
+        cut += 1;
+        assert!(cut < 400, "{what} never finished");
+    }
+}
+
+fn commit_logged(map: &mut MapStore, devices: &[Option<SharedDevice>]) -> stripestore::Result<()> {
+    match map.commit(devices)? {
+        CommitReport::Logged { .. } => Ok(()),
+        other => panic!("expected a logged commit, got {other:?}"),
+    }
+}
+
+fn commit_as_sync(map: &mut MapStore, devices: &[Option<SharedDevice>]) -> stripestore::Result<()> {
+    match map.commit(devices)? {
+        CommitReport::Synced(_) => Ok(()),
+        other => panic!("expected a commit that becomes a sync, got {other:?}"),
+    }
+}
+
+fn sync(map: &mut MapStore, devices: &[Option<SharedDevice>]) -> stripestore::Result<()> {
+    map.sync(devices).map(|_| ())
+}
+
+#[test]
+fn a_power_cut_anywhere_in_a_commit_or_a_sync_leaves_before_or_after() {
+    let logged = sweep("logged commit", commit_logged, false);
+    assert!(
+        logged >= 12,
+        "a logged commit on six members: {logged} operations"
+    );
+    let as_sync = sweep("commit that becomes a sync", commit_as_sync, true);
+    assert!(as_sync > logged, "{as_sync} operations");
+    let synced = sweep("sync (half switch)", sync, false);
+    assert!(synced > logged, "{synced} operations");
+}
+
+/// Counts bytes read inside the log halves.
+#[derive(Debug)]
+struct LogReads {
+    inner: SharedDevice,
+    range: std::ops::Range<u64>,
+    bytes: Arc<AtomicU64>,
+}
+
+impl Device for LogReads {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
+        let end = offset + buf.len() as u64;
+        let overlap = end
+            .min(self.range.end)
+            .saturating_sub(offset.max(self.range.start));
+        self.bytes.fetch_add(overlap, Ordering::SeqCst);
+        self.inner.read_at(offset, buf)
+    }
+    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), DeviceError> {
+        self.inner.write_at(offset, buf)
+    }
+    fn flush(&self) -> Result<(), DeviceError> {
+        self.inner.flush()
+    }
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+}
+
+#[test]
+fn replay_reads_each_half_once_and_a_lagging_member_gets_the_winners_chain() {
+    let rig = Rig::new("rs:4+2", 6);
+    let options = options();
+    let mut map = MapStore::create(&rig.devices, POOL, &rig.geometry, TIMELINE, &options).unwrap();
+    let mut writer = Writer::new(&rig.geometry);
+    let mut expected = BTreeMap::new();
+    let mut last_record = 0;
+    for key in 0..3u64 {
+        let p = writer.write(&mut map, &rig.devices, &[key], ROWS).unwrap();
+        expected.insert(key, p[0]);
+        last_record = map.log_position().offset;
+        commit_logged(&mut map, &rig.devices).unwrap();
+    }
+    drop(map);
+    // Member 0 lost the last record.
+    let half = rig.geometry.log_halves()[0];
+    rig.mems[0].poke(half + last_record, &[0u8; 4096]);
+
+    let start = rig.geometry.log_halves()[0];
+    let bytes = Arc::new(AtomicU64::new(0));
+    let counted: Vec<Option<SharedDevice>> = rig
+        .devices
+        .iter()
+        .map(|d| {
+            Some(Arc::new(LogReads {
+                inner: d.clone().unwrap(),
+                range: start..start + 2 * HALF,
+                bytes: bytes.clone(),
+            }) as SharedDevice)
+        })
+        .collect();
+    let map = MapStore::open(&counted, POOL, &rig.geometry, TIMELINE, &options).unwrap();
+    assert_eq!(
+        bytes.load(Ordering::SeqCst),
+        6 * 2 * HALF,
+        "each member's two halves, read once"
+    );
+    assert_eq!(map.open_report().records_replayed, 3);
+    assert_eq!(
+        map.open_report().rereplicated,
+        vec![stripestore::types::DeviceIndex(0)]
+    );
+    exactly(&map, &rig.devices, &expected).unwrap();
+    drop(map);
+    // Now every other member loses it: member 0's copy, received at open, carries it.
+    for mem in &rig.mems[1..] {
+        mem.poke(half + last_record, &[0u8; 4096]);
+    }
+    let map = MapStore::open(&rig.devices, POOL, &rig.geometry, TIMELINE, &options).unwrap();
+    exactly(&map, &rig.devices, &expected).unwrap();
+}
+
+/// Three syncs and commits around them; returns the map state after all, the records written
+/// after the newest sync as `(half, offset)`, and the map (the newest sync's root is `map.root()`).
+/// What `history` leaves: the map state, the newest round's records, the map and its writer.
+type History = (
+    BTreeMap<u64, BlockPointer>,
+    Vec<(u8, u64)>,
+    MapStore,
+    Writer,
+);
+
+fn history(rig: &Rig, options: &MapOptions) -> History {
+    let mut map = MapStore::create(&rig.devices, POOL, &rig.geometry, TIMELINE, options).unwrap();
+    let mut writer = Writer::new(&rig.geometry);
+    let mut state = BTreeMap::new();
+    let mut records = Vec::new();
+    for round in 0..3u64 {
+        records.clear();
+        for i in 0..3u64 {
+            let key = round * 100 + i * 2000;
+            let p = writer.write(&mut map, &rig.devices, &[key], ROWS).unwrap();
+            state.insert(key, p[0]);
+            let at = map.log_position();
+            commit_logged(&mut map, &rig.devices).unwrap();
+            records.push((at.half, at.offset));
+        }
+        if round < 2 {
+            map.sync(&rig.devices).unwrap();
+        }
+    }
+    (state, records, map, writer)
+}
+
+#[test]
+fn a_record_beyond_a_break_in_the_chain_refuses_the_open_and_writes_nothing() {
+    let rig = Rig::new("mirror:2", 2);
+    let options = options();
+    let (_, records, map, _) = history(&rig, &options);
+    drop(map);
+    let (half, offset) = records[1];
+    rig.destroy_record(half, offset);
+    let before = rig.images();
+    for read_only in [true, false] {
+        let options = MapOptions {
+            read_only,
+            ..options.clone()
+        };
+        let refused = MapStore::open(&rig.devices, POOL, &rig.geometry, TIMELINE, &options)
+            .expect_err("a commit that cannot be replayed was skipped silently");
+        let said = refused.to_string();
+        assert!(
+            said.contains("rewind") && said.contains("does not follow"),
+            "{said}"
+        );
+    }
+    assert!(rig.images() == before, "a refused open wrote");
+}
+
+fn rewind(
+    rig: &Rig,
+    options: &MapOptions,
+    persisted: &mut Option<RewindPlan>,
+) -> stripestore::Result<(MapStore, stripestore::meta::RewindReport)> {
+    MapStore::rewind(
+        &rig.devices,
+        POOL,
+        &rig.geometry,
+        TIMELINE,
+        NEW_TIMELINE,
+        options,
+        &mut |plan| {
+            *persisted = Some(*plan);
+            Ok(())
+        },
+    )
+}
+
+#[test]
+fn a_rewind_over_an_unreadable_newest_tree_keeps_every_commit_of_an_intact_log() {
+    let rig = Rig::new("rs:4+2", 6);
+    let options = options();
+    let (state, _, map, _) = history(&rig, &options);
+    let root = map.root().address().unwrap();
+    drop(map);
+    rig.destroy_page(root);
+    let refused = MapStore::open(&rig.devices, POOL, &rig.geometry, TIMELINE, &options)
+        .expect_err("an unreadable root opened");
+    assert!(refused.to_string().contains("lost"), "{refused}");
+    let mut plan = None;
+    let (map, report) = rewind(&rig, &options, &mut plan).unwrap();
+    assert_eq!(report.dropped_sequences, Vec::<u64>::new());
+    assert!(report.records_replayed >= 6, "{report:?}");
+    let plan = plan.unwrap();
+    assert_eq!(plan.to_timeline, NEW_TIMELINE);
+    assert!(plan.txg_floor > report.abandoned_txg);
+    exactly(&map, &rig.devices, &state).unwrap();
+    drop(map);
+    let map = MapStore::open(&rig.devices, POOL, &rig.geometry, NEW_TIMELINE, &options).unwrap();
+    exactly(&map, &rig.devices, &state).unwrap();
+    assert_eq!(map.txg(), plan.txg_floor);
+}
+
+/// A rewind past a break in the chain: the commits before the break are kept, the ones after
+/// are dropped and reported, and the pool opens normally afterwards. `Err` names a violation.
+fn rewind_past_a_break(options: &MapOptions) -> Result<(), String> {
+    let rig = Rig::new("rs:4+2", 6);
+    let (state, records, map, _) = history(&rig, options);
+    let root = map.root().address().unwrap();
+    drop(map);
+    rig.destroy_page(root);
+    let (half, offset) = records[1];
+    rig.destroy_record(half, offset);
+    let mut kept = state.clone();
+    // Keys of the newest round's second and third commits are lost with the chain.
+    kept.remove(&(200 + 2000));
+    kept.remove(&(200 + 4000));
+    let mut plan = None;
+    let (map, report) = rewind(&rig, options, &mut plan).map_err(|e| e.to_string())?;
+    if report.dropped_sequences.len() != 1 {
+        return Err(format!(
+            "dropped {:?}, expected one record",
+            report.dropped_sequences
+        ));
+    }
+    exactly(&map, &rig.devices, &kept).map_err(|e| format!("after the rewind: {e}"))?;
+    for key in [2200, 4200] {
+        let found = map.get(&rig.devices, key).map_err(|e| e.to_string())?;
+        if !found.is_hole() {
+            return Err(format!("key {key} of a dropped commit reads {found:?}"));
+        }
+    }
+    drop(map);
+    let timeline = plan.map_or(NEW_TIMELINE, |p| p.to_timeline);
+    let map = MapStore::open(&rig.devices, POOL, &rig.geometry, timeline, options)
+        .map_err(|e| format!("reopen after the rewind: {e}"))?;
+    exactly(&map, &rig.devices, &kept).map_err(|e| format!("after reopening: {e}"))
+}
+
+#[test]
+fn a_rewind_past_a_broken_chain_drops_only_what_lies_beyond_and_reopens() {
+    rewind_past_a_break(&options()).unwrap();
+}
+
+#[test]
+fn planted_rewind_without_log_invalidation_is_caught() {
+    let planted = MapOptions {
+        rewind_without_log_invalidation: true,
+        ..options()
+    };
+    let caught = rewind_past_a_break(&planted);
+    assert!(
+        caught.is_err(),
+        "a rewind that kept the old timeline and its sequences went unnoticed"
+    );
+}
+
+#[test]
+fn a_power_cut_anywhere_in_a_rewind_is_recovered_by_running_it_again() {
+    let options = options();
+    let mut cut = 0;
+    loop {
+        let rig = Rig::new("mirror:2", 2);
+        let (state, _, map, _) = history(&rig, &options);
+        let root = map.root().address().unwrap();
+        drop(map);
+        rig.destroy_page(root);
+        let mut plan = None;
+        rig.cut_after(cut);
+        let finished = rewind(&rig, &options, &mut plan).is_ok() && !rig.power_was_cut();
+        rig.crash(cut as u64);
+        // The caller's recovery: open the recorded new timeline; if it has no uberblock yet
+        // (or nothing was recorded), run the same rewind again.
+        let map = match plan.and_then(|p| {
+            MapStore::open(&rig.devices, POOL, &rig.geometry, p.to_timeline, &options).ok()
+        }) {
+            Some(map) => map,
+            None => {
+                let mut again = None;
+                rewind(&rig, &options, &mut again)
+                    .unwrap_or_else(|e| panic!("cut at operation {cut}: the rewind again: {e}"))
+                    .0
+            }
+        };
+        exactly(&map, &rig.devices, &state)
+            .unwrap_or_else(|e| panic!("cut at operation {cut}: {e}"));
+        if finished {
+            assert!(cut > 8, "the sweep covered {cut} operations");
+            break;
+        }
+        cut += 1;
+        assert!(cut < 300, "the rewind never finished");
+    }
+}
+
+#[test]
+fn planted_record_without_fit_check_is_caught() {
+    let run = |options: &MapOptions| -> Result<(), String> {
+        let rig = Rig::new("rs:4+2", 6);
+        let mut map = MapStore::create(&rig.devices, POOL, &rig.geometry, TIMELINE, options)
+            .map_err(|e| e.to_string())?;
+        let mut writer = Writer::new(&rig.geometry);
+        let mut state = BTreeMap::new();
+        for round in 0..12u64 {
+            // Records of 1..3 blocks: some end up not fitting the rest of their half.
+            let keys: Vec<u64> = (0..(round % 3) * 120 + 4)
+                .map(|i| round * 1000 + i)
+                .collect();
+            let set = writer
+                .write(&mut map, &rig.devices, &keys, ROWS)
+                .map_err(|e| e.to_string())?;
+            for (key, pointer) in keys.iter().zip(set) {
+                state.insert(*key, pointer);
+            }
+            map.commit(&rig.devices).map_err(|e| e.to_string())?;
+            drop(map);
+            rig.crash(round);
+            map = MapStore::open(&rig.devices, POOL, &rig.geometry, TIMELINE, options)
+                .map_err(|e| format!("round {round}: open: {e}"))?;
+            exactly(&map, &rig.devices, &state).map_err(|e| format!("round {round}: {e}"))?;
+        }
+        Ok(())
+    };
+    let bigger = MapOptions {
+        record_max: Some(12288),
+        ..options()
+    };
+    run(&bigger).unwrap();
+    let planted = MapOptions {
+        skip_record_fit_check: true,
+        ..bigger
+    };
+    assert!(
+        run(&planted).is_err(),
+        "records written past the end of their half went unnoticed"
+    );
+}
+
+/// Sync T-1 and T, then a sync T+1 cut after `cut` operations; the newest tree's root is then
+/// destroyed and the map rewound. `Err` names a violation.
+fn rewind_after_a_cut_sync(cut: i64, release: ReleaseRule) -> Result<bool, String> {
+    let rig = Rig::new("mirror:2", 2);
+    let options = MapOptions {
+        pages: Some(0..40),
+        release,
+        ..options()
+    };
+    let mut map = MapStore::create(&rig.devices, POOL, &rig.geometry, TIMELINE, &options)
+        .map_err(|e| e.to_string())?;
+    let mut writer = Writer::new(&rig.geometry);
+    let mut state = BTreeMap::new();
+    for round in 0..3u64 {
+        for i in 0..4u64 {
+            let key = round * 3 + i * 1500;
+            let p = writer
+                .write(&mut map, &rig.devices, &[key], ROWS)
+                .map_err(|e| e.to_string())?;
+            state.insert(key, p[0]);
+        }
+        map.commit(&rig.devices).map_err(|e| e.to_string())?;
+        map.sync(&rig.devices).map_err(|e| e.to_string())?;
+    }
+    let newest_root = map.root().address().ok_or("no root")?;
+    let newest_txg = map.txg();
+    for i in 0..4u64 {
+        let key = 7 + i * 1500;
+        writer
+            .write(&mut map, &rig.devices, &[key], ROWS)
+            .map_err(|e| e.to_string())?;
+    }
+    rig.cut_after(cut);
+    let finished = map.sync(&rig.devices).is_ok() && !rig.power_was_cut();
+    drop(map);
+    rig.crash(cut as u64);
+    if finished {
+        return Ok(true);
+    }
+    let look = MapOptions {
+        read_only: true,
+        ..options.clone()
+    };
+    let landed = MapStore::open(&rig.devices, POOL, &rig.geometry, TIMELINE, &look)
+        .map_err(|e| format!("open after the cut: {e}"))?;
+    if landed.txg() > newest_txg {
+        // The cut came after the new uberblock was on a member: nothing to rewind over.
+        return Ok(false);
+    }
+    drop(landed);
+    rig.destroy_page(newest_root);
+    let mut plan = None;
+    let (map, _) = rewind(&rig, &options, &mut plan).map_err(|e| format!("rewind: {e}"))?;
+    exactly(&map, &rig.devices, &state).map_err(|e| format!("after the rewind: {e}"))?;
+    Ok(false)
+}
+
+#[test]
+fn the_tree_before_the_newest_stays_intact_through_a_cut_sync_and_planted_early_release_is_caught()
+{
+    let mut cut = 0;
+    while !rewind_after_a_cut_sync(cut, ReleaseRule::AfterTwoSyncs)
+        .unwrap_or_else(|e| panic!("cut at operation {cut}: {e}"))
+    {
+        cut += 1;
+        assert!(cut < 200, "the sync never finished");
+    }
+    let caught =
+        (0..cut).any(|cut| rewind_after_a_cut_sync(cut, ReleaseRule::AfterOneSync).is_err());
+    assert!(
+        caught,
+        "pages of the tree before the newest were reused one sync early, unnoticed"
+    );
+}
