@@ -548,3 +548,236 @@ pub fn meta_page(data: &[u8]) {
         "a record with a flipped bit decoded"
     );
 }
+
+/// Members of the `meta_recovery` fixture (rs:4+2) and their size.
+const META_MEMBERS: usize = 6;
+const META_DEVICE_BYTES: u64 = 4 << 20;
+
+/// A format-version-4 map with history: member images after the last commit, and the map
+/// after every commit and sync (keys → pointers), oldest first.
+struct MetaFixture {
+    geometry: Geometry,
+    options: crate::meta::MapOptions,
+    images: Vec<Vec<u8>>,
+    states: Vec<std::collections::BTreeMap<u64, crate::format::v4::BlockPointer>>,
+    pages: std::ops::Range<u64>,
+    /// Records after the newest sync (replayed by every open).
+    logged: usize,
+}
+
+const META_POOL: [u8; 16] = [0x3c; 16];
+const META_TIMELINE: u64 = 0x00c0_ffee;
+
+fn meta_fixture() -> Option<&'static MetaFixture> {
+    static FIXTURE: OnceLock<Option<MetaFixture>> = OnceLock::new();
+    FIXTURE
+        .get_or_init(|| {
+            let layout: Layout = "rs:4+2".parse().ok()?;
+            let geometry =
+                Geometry::new_v4(layout, META_MEMBERS, 16384, META_DEVICE_BYTES, 4, 16384).ok()?;
+            let pages = 0..48;
+            let options = crate::meta::MapOptions {
+                depth: 2,
+                cache_bytes: 32 * 16384,
+                pages: Some(pages.clone()),
+                record_max: Some(4096),
+                ..crate::meta::MapOptions::default()
+            };
+            let mems: Vec<Arc<MemDevice>> = (0..META_MEMBERS)
+                .map(|i| Arc::new(MemDevice::new(format!("meta{i}"), META_DEVICE_BYTES)))
+                .collect();
+            let devices: Vec<Option<SharedDevice>> = mems
+                .iter()
+                .map(|m| Some(Arc::clone(m) as SharedDevice))
+                .collect();
+            let mut map = crate::meta::MapStore::create(
+                &devices,
+                META_POOL,
+                &geometry,
+                META_TIMELINE,
+                &options,
+            )
+            .ok()?;
+            let mut writer = crate::testing::MetaWriter::new(&geometry);
+            let mut state = std::collections::BTreeMap::new();
+            let mut states = vec![state.clone()];
+            // Nine rounds of three commits, keys spread over leaves, a sync after rounds 1, 4
+            // and 7 (and whenever a record does not fit its half): the last round's commits
+            // are only in the log.
+            let mut logged = 0;
+            for round in 0..9u64 {
+                for commit in 0..3u64 {
+                    let keys: Vec<u64> = (0..5u64)
+                        .map(|i| (round * 37 + commit * 11 + i * 1031) % 20_000)
+                        .collect();
+                    for (key, pointer) in keys
+                        .iter()
+                        .zip(writer.write(&mut map, &devices, &keys).ok()?)
+                    {
+                        state.insert(*key, pointer);
+                    }
+                    if commit == 2 && round % 3 == 0 {
+                        let key = round * 1031 % 20_000;
+                        state.insert(key, map.trim(&devices, key).ok()?);
+                    }
+                    match map.commit(&devices).ok()? {
+                        crate::meta::CommitReport::Logged { .. } => logged += 1,
+                        _ => logged = 0,
+                    }
+                    states.push(state.clone());
+                }
+                if round % 3 == 1 {
+                    map.sync(&devices).ok()?;
+                    logged = 0;
+                }
+            }
+            drop(map);
+            if logged == 0 {
+                return None;
+            }
+            Some(MetaFixture {
+                geometry,
+                options,
+                images: mems.iter().map(|m| m.image()).collect(),
+                states,
+                pages,
+                logged,
+            })
+        })
+        .as_ref()
+}
+
+/// Target `meta_recovery` (format version 4): the uberblock rings, the log halves or the
+/// metadata pages of a map with history overwritten or XOR-corrupted by the input on one member
+/// or on every member, then the map is opened (which replays the log) and synced (which drains
+/// the replay into the tree). Nothing may panic. Damage on one member changes nothing: the open
+/// and the sync succeed and every key reads exactly as last committed. Damage on every member
+/// may refuse the open, roll back to an earlier commit, or report a page lost, but every key
+/// that reads must agree with one and the same committed state: a corrupt record, uberblock or
+/// page is never applied.
+///
+/// # Panics
+/// When a property is broken, or the fixture cannot be built.
+pub fn meta_recovery(data: &[u8]) {
+    let Some(fixture) = meta_fixture() else {
+        panic!("the meta_recovery fixture map could not be built");
+    };
+    let geometry = &fixture.geometry;
+    let mut input = Input { bytes: data };
+    let control = input.byte();
+    let target = usize::from(control % 8).min(META_MEMBERS); // 6, 7: every member
+    let overwrite = control & 8 != 0;
+    let rings = geometry.uberblock_rings();
+    let ring_bytes = geometry.uberblock_slots * crate::geometry::UBERBLOCK_SLOT_BYTES;
+    let halves = geometry.log_halves();
+    let first_page = geometry
+        .page_copies(fixture.pages.start)
+        .and_then(|copies| copies.iter().map(|(_, offset)| *offset).min())
+        .unwrap_or(geometry.data_offset);
+    let areas = [
+        (rings[0], ring_bytes),
+        (rings[1], ring_bytes),
+        (halves[0], geometry.log_half_bytes()),
+        (halves[1], geometry.log_half_bytes()),
+        (first_page, 16 * 16384),
+    ];
+    let (area_offset, area_bytes) = areas[usize::from((control >> 4) % 5)];
+    let start = u64::from(input.u32()) % area_bytes;
+    let mut edits: Vec<(u64, u8)> = Vec::new();
+    if overwrite {
+        let mut at = start;
+        while !input.is_empty() && at < area_bytes {
+            edits.push((at, input.byte()));
+            at += 1;
+        }
+    } else {
+        while !input.is_empty() {
+            let at = (start + u64::from(input.u16()) * 4) % area_bytes;
+            edits.push((at, input.byte().max(1)));
+        }
+    }
+    let devices: Vec<Option<SharedDevice>> = fixture
+        .images
+        .iter()
+        .enumerate()
+        .map(|(index, image)| {
+            let mem = MemDevice::new(format!("meta{index}"), META_DEVICE_BYTES);
+            mem.poke(0, image);
+            if target == META_MEMBERS || index == target {
+                for (at, value) in &edits {
+                    let at = area_offset + at;
+                    let byte = if overwrite {
+                        *value
+                    } else {
+                        mem.peek(at, 1)[0] ^ *value
+                    };
+                    mem.poke(at, &[byte]);
+                }
+            }
+            Some(Arc::new(mem) as SharedDevice)
+        })
+        .collect();
+    let everywhere = target == META_MEMBERS;
+    let opened = crate::meta::MapStore::open(
+        &devices,
+        META_POOL,
+        geometry,
+        META_TIMELINE,
+        &fixture.options,
+    );
+    let mut map = match opened {
+        Ok(map) => map,
+        Err(err) => {
+            assert!(
+                everywhere,
+                "damage on member {target} only made open fail: {err}"
+            );
+            return;
+        }
+    };
+    let last = fixture.states.len() - 1;
+    let keys: std::collections::BTreeSet<u64> = fixture
+        .states
+        .iter()
+        .flat_map(|state| state.keys().copied())
+        .collect();
+    let check = |map: &crate::meta::MapStore, when: &str| {
+        let mut candidates: Vec<usize> = if everywhere {
+            (0..fixture.states.len()).collect()
+        } else {
+            vec![last]
+        };
+        for key in &keys {
+            match map.get(&devices, *key) {
+                Ok(found) => {
+                    candidates.retain(|k| {
+                        fixture.states[*k]
+                            .get(key)
+                            .copied()
+                            .unwrap_or(crate::format::v4::BlockPointer::hole(0))
+                            == found
+                    });
+                    assert!(
+                        !candidates.is_empty(),
+                        "{when}: key {key} reads {found:?}, in no committed state"
+                    );
+                }
+                Err(Error::MetadataLost { .. }) if everywhere => {}
+                Err(err) => panic!("{when}: key {key}: unexpected error {err}"),
+            }
+        }
+    };
+    assert!(
+        everywhere || map.open_report().records_replayed == fixture.logged,
+        "damage on member {target} only lost log records: {:?}",
+        map.open_report()
+    );
+    check(&map, "after open");
+    match map.sync(&devices) {
+        Ok(_) => check(&map, "after the sync that drains the replay"),
+        Err(err) => assert!(
+            everywhere,
+            "damage on member {target} only: sync failed: {err}"
+        ),
+    }
+}

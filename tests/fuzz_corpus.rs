@@ -40,3 +40,8 @@ fn codec_roundtrip_seeds() {
 fn meta_page_seeds() {
     replay("meta_page", stripestore::fuzzing::meta_page);
 }
+
+#[test]
+fn meta_recovery_seeds() {
+    replay("meta_recovery", stripestore::fuzzing::meta_recovery);
+}

@@ -14,10 +14,6 @@
 //!   planted bugs `rewind_without_log_invalidation`, `record_without_fit_check` and
 //!   `release_at_t_plus_1` are each caught.
 
-#[path = "common/meta_writer.rs"]
-mod meta_writer;
-
-use meta_writer::Writer;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -25,13 +21,13 @@ use stripestore::device::{Device, DeviceError, MemDevice, PowerCut, SharedDevice
 use stripestore::format::v4::BlockPointer;
 use stripestore::geometry::{Geometry, Layout};
 use stripestore::meta::{CommitReport, MapOptions, MapStore, ReleaseRule, RewindPlan};
+use stripestore::testing::MetaWriter as Writer;
 
 const POOL: [u8; 16] = [0x5a; 16];
 const TIMELINE: u64 = 0x7100;
 const NEW_TIMELINE: u64 = 0x7200;
 const DEVICE_BYTES: u64 = 16 << 20;
 const HALF: u64 = 16384;
-const ROWS: u64 = 4;
 
 fn geometry(layout: &str, members: usize) -> Geometry {
     let layout: Layout = layout.parse().unwrap();
@@ -214,7 +210,7 @@ fn step(
                     }
                 })
                 .collect();
-            let pointers = writer.write(map, devices, &chosen, ROWS)?;
+            let pointers = writer.write(map, devices, &chosen)?;
             for (key, pointer) in chosen.iter().zip(pointers) {
                 model.set(*key, pointer);
             }
@@ -315,7 +311,7 @@ fn cut_run(
         for i in 0..8u64 {
             let key = (i * 311 + round * 17) % 8000;
             let p = writer
-                .write(&mut map, &rig.devices, &[key], ROWS)
+                .write(&mut map, &rig.devices, &[key])
                 .map_err(|e| e.to_string())?;
             model.set(key, p[0]);
         }
@@ -327,7 +323,7 @@ fn cut_run(
         while map.log_position().offset + 4096 <= HALF {
             let key = map.log_position().offset / 4096 + 9000;
             let p = writer
-                .write(&mut map, &rig.devices, &[key], ROWS)
+                .write(&mut map, &rig.devices, &[key])
                 .map_err(|e| e.to_string())?;
             model.set(key, p[0]);
             map.commit(&rig.devices).map_err(|e| e.to_string())?;
@@ -338,7 +334,7 @@ fn cut_run(
     for i in 0..5u64 {
         let key = i * 997 + 5;
         let p = writer
-            .write(&mut map, &rig.devices, &[key, key + 1], ROWS)
+            .write(&mut map, &rig.devices, &[key, key + 1])
             .map_err(|e| e.to_string())?;
         model.set(key, p[0]);
         model.set(key + 1, p[1]);
@@ -366,7 +362,7 @@ fn cut_run(
     // The reopened map goes on: one more commit survives another crash.
     let mut map = map;
     let p = writer
-        .write(&mut map, &rig.devices, &[77], ROWS)
+        .write(&mut map, &rig.devices, &[77])
         .map_err(|e| e.to_string())?;
     map.commit(&rig.devices).map_err(|e| e.to_string())?;
     drop(map);
@@ -471,7 +467,7 @@ fn replay_reads_each_half_once_and_a_lagging_member_gets_the_winners_chain() {
     let mut expected = BTreeMap::new();
     let mut last_record = 0;
     for key in 0..3u64 {
-        let p = writer.write(&mut map, &rig.devices, &[key], ROWS).unwrap();
+        let p = writer.write(&mut map, &rig.devices, &[key]).unwrap();
         expected.insert(key, p[0]);
         last_record = map.log_position().offset;
         commit_logged(&mut map, &rig.devices).unwrap();
@@ -534,7 +530,7 @@ fn history(rig: &Rig, options: &MapOptions) -> History {
         records.clear();
         for i in 0..3u64 {
             let key = round * 100 + i * 2000;
-            let p = writer.write(&mut map, &rig.devices, &[key], ROWS).unwrap();
+            let p = writer.write(&mut map, &rig.devices, &[key]).unwrap();
             state.insert(key, p[0]);
             let at = map.log_position();
             commit_logged(&mut map, &rig.devices).unwrap();
@@ -722,7 +718,7 @@ fn planted_record_without_fit_check_is_caught() {
                 .map(|i| round * 1000 + i)
                 .collect();
             let set = writer
-                .write(&mut map, &rig.devices, &keys, ROWS)
+                .write(&mut map, &rig.devices, &keys)
                 .map_err(|e| e.to_string())?;
             for (key, pointer) in keys.iter().zip(set) {
                 state.insert(*key, pointer);
@@ -768,7 +764,7 @@ fn rewind_after_a_cut_sync(cut: i64, release: ReleaseRule) -> Result<bool, Strin
         for i in 0..4u64 {
             let key = round * 3 + i * 1500;
             let p = writer
-                .write(&mut map, &rig.devices, &[key], ROWS)
+                .write(&mut map, &rig.devices, &[key])
                 .map_err(|e| e.to_string())?;
             state.insert(key, p[0]);
         }
@@ -780,7 +776,7 @@ fn rewind_after_a_cut_sync(cut: i64, release: ReleaseRule) -> Result<bool, Strin
     for i in 0..4u64 {
         let key = 7 + i * 1500;
         writer
-            .write(&mut map, &rig.devices, &[key], ROWS)
+            .write(&mut map, &rig.devices, &[key])
             .map_err(|e| e.to_string())?;
     }
     rig.cut_after(cut);

@@ -17,9 +17,7 @@ use stripestore::format::v4::BlockPointer;
 use stripestore::geometry::{Geometry, Layout};
 use stripestore::meta::{MapOptions, MapStore, ReleaseRule};
 
-#[path = "common/meta_writer.rs"]
-mod meta_writer;
-use meta_writer::Writer;
+use stripestore::testing::MetaWriter as Writer;
 
 const POOL: [u8; 16] = [0x77; 16];
 const TIMELINE: u64 = 0xabc;
@@ -58,16 +56,13 @@ fn geometry(layout: &str, members: usize) -> Geometry {
     Geometry::new_v4(layout, members, 16384, DEVICE_BYTES, 4, 16384).unwrap()
 }
 
-/// Rows per 16 KiB chunk.
-const ROWS: u64 = 4;
-
 fn put(
     writer: &mut Writer,
     map: &mut MapStore,
     devices: &[Option<SharedDevice>],
     key: u64,
 ) -> stripestore::Result<BlockPointer> {
-    Ok(writer.write(map, devices, &[key], ROWS)?[0])
+    Ok(writer.write(map, devices, &[key])?[0])
 }
 
 fn check(

@@ -4,8 +4,10 @@
 //!
 //! The pool reads only [`PlantedBugs`], and only in a build with the feature.
 
+mod meta;
 pub mod nbd;
 pub use crate::pool::PlantedBugs;
+pub use meta::MetaWriter;
 
 use crate::device::{MemDevice, SharedDevice};
 use rand::{Rng, SeedableRng};

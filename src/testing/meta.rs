@@ -1,0 +1,60 @@
+//! A stand-in for the data path of format version 4 in the map tests and the `meta_recovery`
+//! fuzz target: each call "writes" rows of data blocks (fresh, consecutive pbns, row-major),
+//! notes them in the map with their birth and shard crcs, and points the keys at them, as the
+//! pool's packer will.
+
+use crate::device::SharedDevice;
+use crate::format::v4::BlockPointer;
+use crate::geometry::Geometry;
+use crate::meta::MapStore;
+
+/// Hands out rows of fresh data blocks.
+#[derive(Debug, Clone)]
+pub struct MetaWriter {
+    next_pbn: u64,
+    k: u64,
+    width: usize,
+    rows_per_chunk: u64,
+}
+
+impl MetaWriter {
+    /// A writer for a map on `geometry`, starting at data block 0.
+    #[must_use]
+    pub fn new(geometry: &Geometry) -> Self {
+        Self {
+            next_pbn: 0,
+            k: geometry.data_chunks() as u64,
+            width: geometry.width(),
+            rows_per_chunk: (geometry.chunk_bytes / 4096).max(1),
+        }
+    }
+
+    /// Point each key at a new data block (rows of up to K keys, in order); the pointers set.
+    ///
+    /// # Errors
+    /// What [`MapStore::note_row`] and [`MapStore::set`] return.
+    pub fn write(
+        &mut self,
+        map: &mut MapStore,
+        devices: &[Option<SharedDevice>],
+        keys: &[u64],
+    ) -> crate::Result<Vec<BlockPointer>> {
+        let mut set = Vec::with_capacity(keys.len());
+        for row_keys in keys.chunks(usize::try_from(self.k).unwrap_or(1)) {
+            let first = self.next_pbn;
+            self.next_pbn += self.k;
+            let per_slot = self.k * self.rows_per_chunk;
+            let slot = first / per_slot;
+            let row = u16::try_from((first % per_slot) / self.k).unwrap_or(u16::MAX);
+            let birth = map.next_sequence();
+            let crcs: Vec<u32> = (0..self.width)
+                .map(|s| (first as u32).wrapping_mul(2_654_435_761) ^ (birth as u32) ^ s as u32)
+                .collect();
+            map.note_row(slot, row, birth, row_keys.to_vec(), crcs)?;
+            for (j, key) in row_keys.iter().enumerate() {
+                set.push(map.set(devices, *key, first + j as u64)?);
+            }
+        }
+        Ok(set)
+    }
+}
