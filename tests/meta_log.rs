@@ -330,7 +330,7 @@ fn cut_run(
             model.ack();
         }
     }
-    let before = model.acked.clone();
+    let mut before = model.acked.clone();
     for i in 0..5u64 {
         let key = i * 997 + 5;
         let p = writer
@@ -342,6 +342,10 @@ fn cut_run(
     let t = map.trim(&rig.devices, 5).map_err(|e| e.to_string())?;
     model.set(5, t);
     let after = model.newest();
+    // Keys the operation touches read as they were (holes if never written) in "before".
+    for key in after.keys() {
+        before.entry(*key).or_insert(BlockPointer::hole(0));
+    }
     rig.cut_after(cut);
     let done = operation(&mut map, &rig.devices).is_ok() && !rig.power_was_cut();
     drop(map);
@@ -682,10 +686,18 @@ fn a_power_cut_anywhere_in_a_rewind_is_recovered_by_running_it_again() {
         rig.crash(cut as u64);
         // The caller's recovery: open the recorded new timeline; if it has no uberblock yet
         // (or nothing was recorded), run the same rewind again.
-        let map = match plan.and_then(|p| {
-            MapStore::open(&rig.devices, POOL, &rig.geometry, p.to_timeline, &options).ok()
-        }) {
-            Some(map) => map,
+        let reopened = plan
+            .map(|p| MapStore::open(&rig.devices, POOL, &rig.geometry, p.to_timeline, &options));
+        let map = match reopened {
+            Some(Ok(map)) => map,
+            // Recorded, but its uberblock never landed: the only acceptable refusal.
+            Some(Err(e)) if e.to_string().contains("no valid uberblock") => {
+                let mut again = None;
+                rewind(&rig, &options, &mut again)
+                    .unwrap_or_else(|e| panic!("cut at operation {cut}: the rewind again: {e}"))
+                    .0
+            }
+            Some(Err(e)) => panic!("cut at operation {cut}: the new timeline: {e}"),
             None => {
                 let mut again = None;
                 rewind(&rig, &options, &mut again)
@@ -695,6 +707,14 @@ fn a_power_cut_anywhere_in_a_rewind_is_recovered_by_running_it_again() {
         };
         exactly(&map, &rig.devices, &state)
             .unwrap_or_else(|e| panic!("cut at operation {cut}: {e}"));
+        drop(map);
+        let opened = [TIMELINE, NEW_TIMELINE]
+            .iter()
+            .filter_map(|t| MapStore::open(&rig.devices, POOL, &rig.geometry, *t, &options).ok())
+            .next()
+            .unwrap_or_else(|| panic!("cut at operation {cut}: no timeline opens after recovery"));
+        exactly(&opened, &rig.devices, &state)
+            .unwrap_or_else(|e| panic!("cut at operation {cut}: after reopening: {e}"));
         if finished {
             assert!(cut > 8, "the sweep covered {cut} operations");
             break;
@@ -749,7 +769,7 @@ fn planted_record_without_fit_check_is_caught() {
 
 /// Sync T-1 and T, then a sync T+1 cut after `cut` operations; the newest tree's root is then
 /// destroyed and the map rewound. `Err` names a violation.
-fn rewind_after_a_cut_sync(cut: i64, release: ReleaseRule) -> Result<bool, String> {
+fn rewind_after_a_cut_sync(cut: i64, release: ReleaseRule, reopen: bool) -> Result<bool, String> {
     let rig = Rig::new("mirror:2", 2);
     let options = MapOptions {
         pages: Some(0..40),
@@ -771,10 +791,20 @@ fn rewind_after_a_cut_sync(cut: i64, release: ReleaseRule) -> Result<bool, Strin
         map.commit(&rig.devices).map_err(|e| e.to_string())?;
         map.sync(&rig.devices).map_err(|e| e.to_string())?;
     }
+    // A clean reopen: the allocator is rebuilt from the disks, and must still hold back the
+    // pages of the tree before the newest.
+    if reopen {
+        drop(map);
+        map = MapStore::open(&rig.devices, POOL, &rig.geometry, TIMELINE, &options)
+            .map_err(|e| format!("reopen: {e}"))?;
+        if map.open_report().previous_tree_pages == 0 {
+            return Err("the reopen held back no page of the tree before the newest".into());
+        }
+    }
     let newest_root = map.root().address().ok_or("no root")?;
     let newest_txg = map.txg();
-    for i in 0..4u64 {
-        let key = 7 + i * 1500;
+    for i in 0..10u64 {
+        let key = 7 + i * 1100;
         writer
             .write(&mut map, &rig.devices, &[key])
             .map_err(|e| e.to_string())?;
@@ -808,16 +838,147 @@ fn rewind_after_a_cut_sync(cut: i64, release: ReleaseRule) -> Result<bool, Strin
 fn the_tree_before_the_newest_stays_intact_through_a_cut_sync_and_planted_early_release_is_caught()
 {
     let mut cut = 0;
-    while !rewind_after_a_cut_sync(cut, ReleaseRule::AfterTwoSyncs)
-        .unwrap_or_else(|e| panic!("cut at operation {cut}: {e}"))
-    {
-        cut += 1;
-        assert!(cut < 200, "the sync never finished");
+    for reopen in [false, true] {
+        cut = 0;
+        while !rewind_after_a_cut_sync(cut, ReleaseRule::AfterTwoSyncs, reopen)
+            .unwrap_or_else(|e| panic!("cut at operation {cut} (reopen {reopen}): {e}"))
+        {
+            cut += 1;
+            assert!(cut < 300, "the sync never finished");
+        }
     }
     let caught =
-        (0..cut).any(|cut| rewind_after_a_cut_sync(cut, ReleaseRule::AfterOneSync).is_err());
+        (0..cut).any(|cut| rewind_after_a_cut_sync(cut, ReleaseRule::AfterOneSync, false).is_err());
     assert!(
         caught,
         "pages of the tree before the newest were reused one sync early, unnoticed"
+    );
+}
+
+/// Destroy the newest tree's root and rewind; the map the rewind opened.
+fn rewind_over_lost_root(rig: &Rig, map: MapStore) -> (MapStore, stripestore::meta::RewindReport) {
+    let root = map.root().address().unwrap();
+    drop(map);
+    rig.destroy_page(root);
+    let mut plan = None;
+    rewind(rig, &options(), &mut plan).unwrap()
+}
+
+#[test]
+fn a_sync_logs_what_no_commit_did_so_a_rewind_over_it_keeps_it() {
+    let rig = Rig::new("rs:4+2", 6);
+    let options = options();
+    let mut map = MapStore::create(&rig.devices, POOL, &rig.geometry, TIMELINE, &options).unwrap();
+    let mut writer = Writer::new(&rig.geometry);
+    let mut state = BTreeMap::new();
+    for round in 0..2u64 {
+        let p = writer.write(&mut map, &rig.devices, &[round]).unwrap();
+        state.insert(round, p[0]);
+        commit_logged(&mut map, &rig.devices).unwrap();
+        map.sync(&rig.devices).unwrap();
+    }
+    // Written, never committed, then synced: the sync is the commit.
+    let p = writer.write(&mut map, &rig.devices, &[500]).unwrap();
+    state.insert(500, p[0]);
+    map.sync(&rig.devices).unwrap();
+    let p = writer.write(&mut map, &rig.devices, &[600]).unwrap();
+    state.insert(600, p[0]);
+    commit_logged(&mut map, &rig.devices).unwrap();
+    let (map, report) = rewind_over_lost_root(&rig, map);
+    assert_eq!(report.dropped_sequences, Vec::<u64>::new(), "{report:?}");
+    exactly(&map, &rig.devices, &state).unwrap();
+}
+
+#[test]
+fn a_rewind_over_a_sync_that_could_not_log_stops_before_it_and_says_what_it_dropped() {
+    let rig = Rig::new("rs:4+2", 6);
+    let options = options();
+    let mut map = MapStore::create(&rig.devices, POOL, &rig.geometry, TIMELINE, &options).unwrap();
+    let mut writer = Writer::new(&rig.geometry);
+    let mut state = BTreeMap::new();
+    let p = writer.write(&mut map, &rig.devices, &[1]).unwrap();
+    state.insert(1, p[0]);
+    commit_logged(&mut map, &rig.devices).unwrap();
+    map.sync(&rig.devices).unwrap();
+    let p = writer.write(&mut map, &rig.devices, &[2]).unwrap();
+    state.insert(2, p[0]);
+    commit_logged(&mut map, &rig.devices).unwrap();
+    let kept = state.clone();
+    // A commit too large for one record becomes the newest sync, and logs nothing.
+    let keys: Vec<u64> = (0..400).map(|i| 3000 + i * 3).collect();
+    writer.write(&mut map, &rig.devices, &keys).unwrap();
+    match map.commit(&rig.devices).unwrap() {
+        CommitReport::Synced(_) => {}
+        other => panic!("expected a sync, got {other:?}"),
+    }
+    // Then the same key again, and another, logged after it.
+    writer.write(&mut map, &rig.devices, &[3000, 9]).unwrap();
+    commit_logged(&mut map, &rig.devices).unwrap();
+    let (map, report) = rewind_over_lost_root(&rig, map);
+    assert_eq!(report.dropped_sequences.len(), 1, "{report:?}");
+    exactly(&map, &rig.devices, &kept).unwrap();
+    for key in [3000, 9] {
+        assert!(map.get(&rig.devices, key).unwrap().is_hole(), "key {key}");
+    }
+    drop(map);
+    let map = MapStore::open(&rig.devices, POOL, &rig.geometry, NEW_TIMELINE, &options).unwrap();
+    exactly(&map, &rig.devices, &kept).unwrap();
+}
+
+/// Fails every write into uberblock ring A.
+#[derive(Debug)]
+struct RingFails {
+    inner: SharedDevice,
+    ring: std::ops::Range<u64>,
+}
+
+impl Device for RingFails {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
+        self.inner.read_at(offset, buf)
+    }
+    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), DeviceError> {
+        if self.ring.contains(&offset) {
+            return Err(DeviceError::Io(std::io::Error::other("injected EIO")));
+        }
+        self.inner.write_at(offset, buf)
+    }
+    fn flush(&self) -> Result<(), DeviceError> {
+        self.inner.flush()
+    }
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+}
+
+#[test]
+fn a_sync_whose_uberblock_misses_a_member_is_not_acknowledged() {
+    let rig = Rig::new("mirror:2", 2);
+    let options = options();
+    let mut map = MapStore::create(&rig.devices, POOL, &rig.geometry, TIMELINE, &options).unwrap();
+    let mut writer = Writer::new(&rig.geometry);
+    writer.write(&mut map, &rig.devices, &[1]).unwrap();
+    commit_logged(&mut map, &rig.devices).unwrap();
+    drop(map);
+    let ring = rig.geometry.uberblock_rings()[0];
+    let mut devices = rig.devices.clone();
+    devices[0] = Some(Arc::new(RingFails {
+        inner: rig.devices[0].clone().unwrap(),
+        ring: ring..ring + 4 * 4096,
+    }));
+    let mut map = MapStore::open(&devices, POOL, &rig.geometry, TIMELINE, &options).unwrap();
+    writer.write(&mut map, &devices, &[2]).unwrap();
+    let refused = map
+        .sync(&devices)
+        .expect_err("a sync missing a member was acknowledged");
+    assert!(
+        refused.to_string().contains("not written on every member"),
+        "{refused}"
+    );
+    assert!(
+        map.commit(&devices).is_err(),
+        "the map went on after a failed sync"
     );
 }

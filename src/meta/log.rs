@@ -191,9 +191,11 @@ fn decode_at(
     LogRecord::decode(bytes.get(start..)?, pool, width).ok()
 }
 
-/// The chain of one member: from `start_half` at offset 0 with `prev` = `s_sync`, then the other
-/// half from offset 0 while it continues (a first record whose `prev` is above the chain's
-/// last sequence: the sync that switched, whose uberblock may not be durable).
+/// The chain of one member: from `start_half` at offset 0 with `prev` = `s_sync`, then, when
+/// `into_other_half`, the other half from offset 0 while it continues (a first record whose
+/// `prev` is above the chain's last sequence: the sync that switched to it). A normal open never
+/// continues: a sync's uberblock is flushed on every member before any record of the new half,
+/// so such records mean that uberblock was lost, and the tree it committed with it.
 fn walk(
     halves: &[Vec<u8>; 2],
     pool: [u8; 16],
@@ -201,6 +203,7 @@ fn walk(
     width: usize,
     start_half: u8,
     s_sync: u64,
+    into_other_half: bool,
 ) -> (Vec<ChainRecord>, LogPosition) {
     let mut chain = Vec::new();
     let mut position = LogPosition {
@@ -208,7 +211,7 @@ fn walk(
         offset: 0,
         last: s_sync,
     };
-    let mut switched = false;
+    let mut switched = !into_other_half;
     loop {
         let here = &halves[usize::from(position.half)];
         let next = decode_at(here, position.offset, pool, width).filter(|(r, _)| {
@@ -295,8 +298,10 @@ fn read_halves(device: &SharedDevice, geometry: &Geometry) -> Result<[Vec<u8>; 2
 }
 
 /// Read both halves of every member in service once and find the chain after the uberblock
-/// that names `start_half` and `s_sync` (docs/FORMAT.md, "Recovery at open", step 3). Reads
-/// exactly `2 × log_half_bytes` per member and writes nothing.
+/// that names `start_half` and `s_sync` (docs/FORMAT.md, "Recovery at open", step 3), going on
+/// into the other half only when `into_other_half` (a rewind over a sync that logged
+/// everything). Reads exactly `2 × log_half_bytes` per member and writes nothing. The longest
+/// chain wins; between equally long ones, the one ending at the higher sequence.
 ///
 /// # Errors
 /// A log half larger than memory.
@@ -307,6 +312,7 @@ pub fn replay(
     timeline: u64,
     start_half: u8,
     s_sync: u64,
+    into_other_half: bool,
 ) -> Result<Replay> {
     let width = geometry.width();
     // The longest chain so far: its member, records, end and the member's halves.
@@ -319,16 +325,24 @@ pub fn replay(
         let Some(device) = device else { continue };
         let halves = read_halves(device, geometry)?;
         bytes_read.push((DeviceIndex(index), 2 * geometry.log_half_bytes()));
-        let (chain, end) = walk(&halves, pool, timeline, width, start_half, s_sync);
+        let (chain, end) = walk(
+            &halves,
+            pool,
+            timeline,
+            width,
+            start_half,
+            s_sync,
+            into_other_half,
+        );
         lengths.push((DeviceIndex(index), chain.len()));
         all_valid.push((
             DeviceIndex(index),
             valid_records(&halves, pool, width, Some(timeline)),
         ));
-        if best
+        let better = best
             .as_ref()
-            .is_none_or(|(_, b, _, _)| chain.len() > b.len())
-        {
+            .is_none_or(|(_, b, e, _)| (chain.len(), end.last) > (b.len(), e.last));
+        if better {
             best = Some((DeviceIndex(index), chain, end, halves));
         }
     }
@@ -376,29 +390,40 @@ impl Replay {
     /// Copy the winner's chain bytes verbatim onto every lagging member (records sit at the same
     /// offsets on every member), then flush them (docs/FORMAT.md, "Recovery at open", step 4).
     ///
-    /// # Errors
-    /// A lagging member that cannot be written or flushed.
-    pub fn rereplicate(&self, devices: &[Option<SharedDevice>], geometry: &Geometry) -> Result<()> {
-        let starts = geometry.log_halves();
+    /// Returns the lagging members that could not be written or flushed, with the error: the
+    /// caller's fault policy decides about them; the others are not held back.
+    pub fn rereplicate(
+        &self,
+        devices: &[Option<SharedDevice>],
+        geometry: &Geometry,
+    ) -> Vec<(DeviceIndex, Error)> {
+        let mut failed = Vec::new();
         for index in &self.lagging {
             let Some(Some(device)) = devices.get(index.0) else {
                 continue;
             };
-            for record in &self.chain {
-                let half = usize::from(record.half);
-                let from = usize::try_from(record.offset).unwrap_or(usize::MAX);
-                let to = from.saturating_add(usize::try_from(record.bytes).unwrap_or(0));
-                let Some(bytes) = self.winner_halves[half].get(from..to) else {
-                    continue;
-                };
-                let at = starts[half] + record.offset;
-                device
-                    .write_at(at, bytes)
-                    .map_err(|e| io_error(device, at, e))?;
+            if let Err(e) = self.copy_chain(device, geometry) {
+                failed.push((*index, e));
             }
-            device.flush().map_err(|e| io_error(device, starts[0], e))?;
         }
-        Ok(())
+        failed
+    }
+
+    fn copy_chain(&self, device: &SharedDevice, geometry: &Geometry) -> Result<()> {
+        let starts = geometry.log_halves();
+        for record in &self.chain {
+            let half = usize::from(record.half);
+            let from = usize::try_from(record.offset).unwrap_or(usize::MAX);
+            let to = from.saturating_add(usize::try_from(record.bytes).unwrap_or(0));
+            let Some(bytes) = self.winner_halves[half].get(from..to) else {
+                continue;
+            };
+            let at = starts[half] + record.offset;
+            device
+                .write_at(at, bytes)
+                .map_err(|e| io_error(device, at, e))?;
+        }
+        device.flush().map_err(|e| io_error(device, starts[0], e))
     }
 }
 

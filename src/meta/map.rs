@@ -130,6 +130,12 @@ pub struct OpenReport {
     pub log_bytes_read: Vec<(DeviceIndex, u64)>,
     /// Members whose chain was shorter and received the winner's copy.
     pub rereplicated: Vec<DeviceIndex>,
+    /// Lagging members the copy could not be written to, with the error (the caller's fault
+    /// policy decides; the open does not fail for them).
+    pub rereplication_failed: Vec<(DeviceIndex, String)>,
+    /// Pages of the tree before the newest held back from reuse until the next sync is durable
+    /// (so a rewind can still open that tree).
+    pub previous_tree_pages: usize,
 }
 
 /// What a rewind will record in the superblocks before it writes (the caller persists it).
@@ -287,7 +293,7 @@ impl MapStore {
         log
     }
 
-    fn uberblock(&self, txg: u64, s_sync: u64, log_half: u8) -> Uberblock {
+    fn uberblock(&self, txg: u64, s_sync: u64, log_half: u8, unlogged: bool) -> Uberblock {
         let depths = [self.map_depth(), 1, 1, 1, 1, 1];
         let mut roots = depths.map(BlockPointer::hole);
         roots[0] = self.map.root();
@@ -304,6 +310,7 @@ impl MapStore {
             timeline: self.timeline,
             depths,
             open_segments: [None; 4],
+            unlogged,
         }
     }
 
@@ -361,7 +368,7 @@ impl MapStore {
             failed: false,
             opened: OpenReport::default(),
         };
-        let failed = write_uberblock(devices, geometry, &this.uberblock(0, 1, 0));
+        let failed = write_uberblock(devices, geometry, &this.uberblock(0, 1, 0, false));
         if let Some((device, why)) = failed.first() {
             return Err(Error::corrupt_metadata(format!("member {device}: {why}")));
         }
@@ -370,12 +377,16 @@ impl MapStore {
     }
 
     /// The map of uberblock `uberblock` with the log chain `replay` applied to its overlay.
+    /// The pages of `previous` (the uberblock before it, when still in the rings) that the
+    /// newest tree no longer uses are held back until the next sync is durable: a rewind may
+    /// need them (released by the same rule as if this process had run that sync).
     fn assemble(
         devices: &[Option<SharedDevice>],
         geometry: &Geometry,
         timeline: u64,
         options: &MapOptions,
         uberblock: &Uberblock,
+        previous: Option<&Uberblock>,
         replay: &Replay,
     ) -> Result<Self> {
         let pool = uberblock.pool;
@@ -390,6 +401,32 @@ impl MapStore {
                     "metadata page {mpn} referenced twice or outside the metadata area"
                 )));
             }
+        }
+        let mut held = Vec::new();
+        if let Some(previous) = previous {
+            // Its own small cache: pages are cached by place in the tree, not by number, so
+            // the newest tree's cached pages must not answer for it.
+            let cache = Arc::new(PageCache::<PageKey>::new(16 * RadixTree::page_bytes()));
+            let store = Self::store(pool, geometry, options)?.without_healing();
+            let older = RadixTree::new(
+                pool,
+                Tree::Map,
+                previous.depths[0],
+                previous.roots[0],
+                cache,
+                store,
+            );
+            // A tree that no longer reads protects nothing; the newest one is what opens.
+            if let Ok(pages) = older.and_then(|tree| tree.referenced_pages(devices)) {
+                held = pages
+                    .into_iter()
+                    .filter(|mpn| alloc.mark_used(*mpn))
+                    .collect();
+            }
+        }
+        let previous_tree_pages = held.len();
+        if let Some(previous) = previous {
+            alloc.free_after(previous.txg, held);
         }
         debug_assert_eq!(TREES, 6);
         let mut this = Self {
@@ -413,8 +450,11 @@ impl MapStore {
                 overlay_keys: 0,
                 log_bytes_read: replay.bytes_read.clone(),
                 rereplicated: Vec::new(),
+                rereplication_failed: Vec::new(),
+                previous_tree_pages: 0,
             },
         };
+        this.opened.previous_tree_pages = previous_tree_pages;
         this.apply_chain(replay)?;
         this.opened.overlay_keys = this.overlay.len();
         Ok(this)
@@ -568,6 +608,7 @@ impl MapStore {
             timeline,
             uberblock.log_half,
             uberblock.s_sync,
+            false,
         )?;
         if let Some((member, half, offset, sequence)) = replay.beyond.first() {
             return Err(Error::CorruptMetadata {
@@ -582,10 +623,31 @@ impl MapStore {
                 ),
             });
         }
-        let mut this = Self::assemble(devices, geometry, timeline, options, &uberblock, &replay)?;
+        let previous = match uberblock.txg.checked_sub(1) {
+            Some(txg) => read_txg(devices, geometry, pool, timeline, txg)?,
+            None => None,
+        };
+        let mut this = Self::assemble(
+            devices,
+            geometry,
+            timeline,
+            options,
+            &uberblock,
+            previous.as_ref(),
+            &replay,
+        )?;
         if !options.read_only {
-            replay.rereplicate(devices, geometry)?;
-            this.opened.rereplicated = replay.lagging.clone();
+            let failed = replay.rereplicate(devices, geometry);
+            this.opened.rereplicated = replay
+                .lagging
+                .iter()
+                .filter(|m| failed.iter().all(|(f, _)| f != *m))
+                .copied()
+                .collect();
+            this.opened.rereplication_failed = failed
+                .into_iter()
+                .map(|(member, e)| (member, e.to_string()))
+                .collect();
         }
         Ok(this)
     }
@@ -634,6 +696,9 @@ impl MapStore {
             from_timeline,
             older.log_half,
             older.s_sync,
+            // The chain after the older tree goes on into the newest's half only when the
+            // newest sync logged every change it made durable; else what follows is dropped.
+            !newest.unlogged,
         )?;
         let planted = options.planted_rewind();
         let plan = RewindPlan {
@@ -662,8 +727,11 @@ impl MapStore {
             plan.to_timeline,
             options,
             &older,
+            None,
             &replay,
         )?;
+        // Every replayed change must fit the older tree before anything is written.
+        this.check_overlay(devices)?;
         persist(&plan)?;
         this.txg = plan.txg_floor - 1;
         this.next_sequence = plan.seq_floor;
@@ -675,6 +743,31 @@ impl MapStore {
         };
         this.sync(devices)?;
         Ok((this, report))
+    }
+
+    /// Check every replayed change against the tree it will be drained into (reads leaves).
+    fn check_overlay(&self, devices: &[Option<SharedDevice>]) -> Result<()> {
+        for (&key, (_, expected)) in &self.overlay {
+            self.check_drain(devices, key, expected)?;
+        }
+        Ok(())
+    }
+
+    fn check_drain(
+        &self,
+        devices: &[Option<SharedDevice>],
+        key: u64,
+        expected: &BlockPointer,
+    ) -> Result<()> {
+        let found = self.map.get(devices, key)?;
+        if same_old(&found, old_of(expected)) {
+            Ok(())
+        } else {
+            Err(Error::corrupt_metadata(format!(
+                "log replay: logical block {key} holds {found:?} in the tree, the log says \
+                 {expected:?}"
+            )))
+        }
     }
 
     /// The txg of the newest durable uberblock.
@@ -984,19 +1077,26 @@ impl MapStore {
     }
 
     fn sync_inner(&mut self, devices: &[Option<SharedDevice>]) -> Result<SyncReport> {
+        // Changes not in any record yet are logged first when they fit, so that the chain
+        // after the previous tree holds everything this sync commits and a rewind over it
+        // loses nothing; if they do not fit, the uberblock says so.
+        let mut unlogged = false;
+        if !self.pending.is_empty() {
+            let sequence = self.next_sequence;
+            if self.log.append(devices, sequence, self.entries())? {
+                self.next_sequence += 1;
+                self.pending.clear();
+            } else {
+                unlogged = true;
+            }
+        }
         let birth = self.next_sequence;
         let mut pages_written = 0;
         let mut freed = Vec::new();
         // Drain the overlay; when the cache cannot take more dirty pages, write the ones it
         // holds (pages of no durable tree yet) and go on.
         while let Some((&key, &(pointer, expected))) = self.overlay.iter().next() {
-            let found = self.map.get(devices, key)?;
-            if !same_old(&found, old_of(&expected)) {
-                return Err(Error::corrupt_metadata(format!(
-                    "log replay: logical block {key} holds {found:?} in the tree, the log \
-                     says {expected:?}"
-                )));
-            }
+            self.check_drain(devices, key, &expected)?;
             match self.map.set(devices, key, pointer) {
                 Ok(()) => {
                     self.overlay.remove(&key);
@@ -1020,12 +1120,14 @@ impl MapStore {
         flush_all(devices)?;
         let txg = self.txg + 1;
         let half = self.log.position().half ^ 1;
-        let uberblock = self.uberblock(txg, birth, half);
+        let uberblock = self.uberblock(txg, birth, half, unlogged);
         let failed = write_uberblock(devices, &self.geometry, &uberblock);
-        let present = devices.iter().flatten().count();
-        if failed.len() >= 2 * present {
+        // Every member in service must hold it: a member without it would, alone, open the
+        // older tree and lose this commit (the caller's fault policy takes such a member out
+        // of service and syncs again).
+        if !failed.is_empty() {
             return Err(Error::corrupt_metadata(format!(
-                "uberblock {txg} written on no member: {}",
+                "uberblock {txg} not written on every member: {}",
                 failed
                     .iter()
                     .map(|(d, why)| format!("member {d}: {why}"))
@@ -1061,6 +1163,13 @@ impl MapStore {
             &mut || alloc.borrow_mut().alloc(),
             &mut |mpn| alloc.borrow_mut().dropped_in_sync(mpn),
         )?;
+        // Every copy on a member in service must be written: a page short of copies would be
+        // lost by fewer failures than the pool tolerates.
+        if let Some(fault) = outcome.copy_faults.first() {
+            return Err(Error::corrupt_metadata(format!(
+                "metadata page copy not written: {fault}"
+            )));
+        }
         Ok((outcome.pages_written, outcome.freed))
     }
 }

@@ -8,7 +8,7 @@
 //! 48        log half u8 (0/1)       49..56  zero                       56..64  written at, unix s
 //! 64..160   root pointers of trees 0..5 (16 B each)
 //! 160..168  next sequence u64       168..176 timeline u64
-//! 176..182  depth of trees 0..5 (u8 each)   182..184 zero
+//! 176..182  depth of trees 0..5 (u8 each)   182 unlogged u8 (0/1)   183 zero
 //! 184..216  open stripe, small-write, cleaner and metadata segments u64 each (hints; u64::MAX none)
 //! 216..4092 zero                    4092..4096 crc32c of bytes 0..4092
 //! ```
@@ -50,6 +50,9 @@ pub struct Uberblock {
     pub depths: [u8; TREES],
     /// Open segments: stripe, small-write, cleaner, metadata (hints; `None` if none).
     pub open_segments: [Option<u64>; 4],
+    /// The sync made durable changes no log record holds (a commit that did not fit the log):
+    /// a rewind to the tree before this one cannot replay past this sync.
+    pub unlogged: bool,
 }
 
 impl Uberblock {
@@ -71,6 +74,7 @@ impl Uberblock {
         le::put(&mut bytes, 160, 8, self.next_sequence);
         le::put(&mut bytes, 168, 8, self.timeline);
         bytes[176..182].copy_from_slice(&self.depths);
+        bytes[182] = u8::from(self.unlogged);
         for (i, segment) in self.open_segments.iter().enumerate() {
             le::put(&mut bytes, 184 + 8 * i, 8, segment.unwrap_or(u64::MAX));
         }
@@ -105,7 +109,7 @@ impl Uberblock {
         if bytes[16..32] != pool {
             return Err("uberblock of another pool".to_string());
         }
-        let zero_ranges = [12..16, 49..56, 182..184, 216..CRC_AT];
+        let zero_ranges = [12..16, 49..56, 183..184, 216..CRC_AT];
         if zero_ranges
             .iter()
             .any(|r| bytes[r.clone()].iter().any(|b| *b != 0))
@@ -114,6 +118,9 @@ impl Uberblock {
         }
         if bytes[48] > 1 {
             return Err(format!("uberblock names log half {}", bytes[48]));
+        }
+        if bytes[182] > 1 {
+            return Err(format!("uberblock unlogged flag {}", bytes[182]));
         }
         let mut depths = [0u8; TREES];
         depths.copy_from_slice(&bytes[176..182]);
@@ -157,6 +164,7 @@ impl Uberblock {
             timeline: le::u64_at(bytes, 168),
             depths,
             open_segments,
+            unlogged: bytes[182] == 1,
         })
     }
 }
@@ -182,6 +190,7 @@ mod tests {
             timeline: 0x0123_4567_89ab_cdef,
             depths,
             open_segments: [Some(3), None, Some(9), Some(0)],
+            unlogged: true,
         }
     }
 
