@@ -17,10 +17,13 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
-use stripestore::device::{Device, DeviceError, MemDevice, PowerCut, SharedDevice};
+use stripestore::device::{DeviceError, MemDevice, PowerCut, SharedDevice};
 use stripestore::format::v4::BlockPointer;
 use stripestore::geometry::{Geometry, Layout};
 use stripestore::meta::{CommitReport, MapOptions, MapStore, ReleaseRule, RewindPlan};
+#[path = "common/meta.rs"]
+mod meta;
+use meta::{Hooked, Lcg};
 use stripestore::testing::MetaWriter as Writer;
 
 const POOL: [u8; 16] = [0x5a; 16];
@@ -174,17 +177,6 @@ fn exactly(
         }
     }
     Ok(())
-}
-
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
 }
 
 /// One random step: write or trim a few keys, sometimes commit or sync.
@@ -431,37 +423,6 @@ fn a_power_cut_anywhere_in_a_commit_or_a_sync_leaves_before_or_after() {
     assert!(synced > logged, "{synced} operations");
 }
 
-/// Counts bytes read inside the log halves.
-#[derive(Debug)]
-struct LogReads {
-    inner: SharedDevice,
-    range: std::ops::Range<u64>,
-    bytes: Arc<AtomicU64>,
-}
-
-impl Device for LogReads {
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
-        let end = offset + buf.len() as u64;
-        let overlap = end
-            .min(self.range.end)
-            .saturating_sub(offset.max(self.range.start));
-        self.bytes.fetch_add(overlap, Ordering::SeqCst);
-        self.inner.read_at(offset, buf)
-    }
-    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), DeviceError> {
-        self.inner.write_at(offset, buf)
-    }
-    fn flush(&self) -> Result<(), DeviceError> {
-        self.inner.flush()
-    }
-    fn size(&self) -> u64 {
-        self.inner.size()
-    }
-    fn name(&self) -> String {
-        self.inner.name()
-    }
-}
-
 #[test]
 fn replay_reads_each_half_once_and_a_lagging_member_gets_the_winners_chain() {
     let rig = Rig::new("rs:4+2", 6);
@@ -487,11 +448,18 @@ fn replay_reads_each_half_once_and_a_lagging_member_gets_the_winners_chain() {
         .devices
         .iter()
         .map(|d| {
-            Some(Arc::new(LogReads {
-                inner: d.clone().unwrap(),
-                range: start..start + 2 * HALF,
-                bytes: bytes.clone(),
-            }) as SharedDevice)
+            let bytes = bytes.clone();
+            let range = start..start + 2 * HALF;
+            Some(Hooked::shared(
+                d.clone().unwrap(),
+                Some(Arc::new(move |offset, len| {
+                    // Counts bytes read inside the log halves.
+                    let end = offset + len as u64;
+                    let overlap = end.min(range.end).saturating_sub(offset.max(range.start));
+                    bytes.fetch_add(overlap, Ordering::SeqCst);
+                })),
+                None,
+            ))
         })
         .collect();
     let map = MapStore::open(&counted, POOL, &rig.geometry, TIMELINE, &options).unwrap();
@@ -925,34 +893,6 @@ fn a_rewind_over_a_sync_that_could_not_log_stops_before_it_and_says_what_it_drop
     exactly(&map, &rig.devices, &kept).unwrap();
 }
 
-/// Fails every write into uberblock ring A.
-#[derive(Debug)]
-struct RingFails {
-    inner: SharedDevice,
-    ring: std::ops::Range<u64>,
-}
-
-impl Device for RingFails {
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
-        self.inner.read_at(offset, buf)
-    }
-    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), DeviceError> {
-        if self.ring.contains(&offset) {
-            return Err(DeviceError::Io(std::io::Error::other("injected EIO")));
-        }
-        self.inner.write_at(offset, buf)
-    }
-    fn flush(&self) -> Result<(), DeviceError> {
-        self.inner.flush()
-    }
-    fn size(&self) -> u64 {
-        self.inner.size()
-    }
-    fn name(&self) -> String {
-        self.inner.name()
-    }
-}
-
 #[test]
 fn a_sync_whose_uberblock_misses_a_member_is_not_acknowledged() {
     let rig = Rig::new("mirror:2", 2);
@@ -964,10 +904,18 @@ fn a_sync_whose_uberblock_misses_a_member_is_not_acknowledged() {
     drop(map);
     let ring = rig.geometry.uberblock_rings()[0];
     let mut devices = rig.devices.clone();
-    devices[0] = Some(Arc::new(RingFails {
-        inner: rig.devices[0].clone().unwrap(),
-        ring: ring..ring + 4 * 4096,
-    }));
+    let ring = ring..ring + 4 * 4096;
+    devices[0] = Some(Hooked::shared(
+        rig.devices[0].clone().unwrap(),
+        None,
+        Some(Arc::new(move |offset, _: &[u8]| {
+            // Every write into uberblock ring A fails.
+            if ring.contains(&offset) {
+                return Err(DeviceError::Io(std::io::Error::other("injected EIO")));
+            }
+            Ok(())
+        })),
+    ));
     let mut map = MapStore::open(&devices, POOL, &rig.geometry, TIMELINE, &options).unwrap();
     writer.write(&mut map, &devices, &[2]).unwrap();
     let refused = map

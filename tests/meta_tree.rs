@@ -12,44 +12,19 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
-use stripestore::device::{Device, DeviceError, MemDevice, PowerCut, SharedDevice};
+use stripestore::device::{MemDevice, PowerCut, SharedDevice};
 use stripestore::format::v4::BlockPointer;
 use stripestore::geometry::{Geometry, Layout};
 use stripestore::meta::{MapOptions, MapStore, ReleaseRule};
 
+#[path = "common/meta.rs"]
+mod meta;
+use meta::{Hooked, Lcg};
 use stripestore::testing::MetaWriter as Writer;
 
 const POOL: [u8; 16] = [0x77; 16];
 const TIMELINE: u64 = 0xabc;
 const DEVICE_BYTES: u64 = 16 << 20;
-
-/// Counts 16 KiB writes (metadata pages) that reach a device.
-#[derive(Debug)]
-struct Counting {
-    inner: SharedDevice,
-    page_writes: Arc<AtomicU64>,
-}
-
-impl Device for Counting {
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
-        self.inner.read_at(offset, buf)
-    }
-    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), DeviceError> {
-        if buf.len() == 16384 {
-            self.page_writes.fetch_add(1, Ordering::SeqCst);
-        }
-        self.inner.write_at(offset, buf)
-    }
-    fn flush(&self) -> Result<(), DeviceError> {
-        self.inner.flush()
-    }
-    fn size(&self) -> u64 {
-        self.inner.size()
-    }
-    fn name(&self) -> String {
-        self.inner.name()
-    }
-}
 
 fn geometry(layout: &str, members: usize) -> Geometry {
     let layout: Layout = layout.parse().unwrap();
@@ -90,17 +65,6 @@ fn check(
         }
     }
     Ok(())
-}
-
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
 }
 
 #[test]
@@ -165,10 +129,18 @@ fn one_change_and_a_sync_write_the_path_once_per_copy_never_the_map() {
     let counter = Arc::new(AtomicU64::new(0));
     let devices: Vec<Option<SharedDevice>> = (0..6)
         .map(|i| {
-            Some(Arc::new(Counting {
-                inner: Arc::new(MemDevice::new(format!("m{i}"), DEVICE_BYTES)),
-                page_writes: counter.clone(),
-            }) as SharedDevice)
+            let counter = counter.clone();
+            Some(Hooked::shared(
+                Arc::new(MemDevice::new(format!("m{i}"), DEVICE_BYTES)),
+                None,
+                Some(Arc::new(move |_, buf: &[u8]| {
+                    // Counts 16 KiB writes: metadata pages.
+                    if buf.len() == 16384 {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(())
+                })),
+            ))
         })
         .collect();
     let options = MapOptions {

@@ -1,0 +1,74 @@
+//! Helpers shared by the format-version-4 map tests (`meta_tree.rs`, `meta_log.rs`): a seeded
+//! generator and a device that lets a test watch or refuse requests on the way to a member.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use stripestore::device::{Device, DeviceError, SharedDevice};
+
+/// A small seeded generator (the same sequence on every machine).
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+}
+
+/// What a [`Hooked`] device hears of each request: `(offset, bytes)`; a write hook may refuse.
+pub type ReadHook = Arc<dyn Fn(u64, usize) + Send + Sync>;
+pub type WriteHook = Arc<dyn Fn(u64, &[u8]) -> Result<(), DeviceError> + Send + Sync>;
+
+/// Passes every request to `inner`, telling the hooks first.
+pub struct Hooked {
+    pub inner: SharedDevice,
+    pub on_read: Option<ReadHook>,
+    pub on_write: Option<WriteHook>,
+}
+
+impl std::fmt::Debug for Hooked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Hooked({})", self.inner.name())
+    }
+}
+
+impl Hooked {
+    pub fn shared(
+        inner: SharedDevice,
+        on_read: Option<ReadHook>,
+        on_write: Option<WriteHook>,
+    ) -> SharedDevice {
+        Arc::new(Self {
+            inner,
+            on_read,
+            on_write,
+        })
+    }
+}
+
+impl Device for Hooked {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
+        if let Some(hook) = &self.on_read {
+            hook(offset, buf.len());
+        }
+        self.inner.read_at(offset, buf)
+    }
+    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), DeviceError> {
+        if let Some(hook) = &self.on_write {
+            hook(offset, buf)?;
+        }
+        self.inner.write_at(offset, buf)
+    }
+    fn flush(&self) -> Result<(), DeviceError> {
+        self.inner.flush()
+    }
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+}
