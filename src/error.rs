@@ -177,7 +177,7 @@ pub enum Error {
         present: usize,
         /// Data members in the layout.
         total: usize,
-        /// Members recorded as online but not found.
+        /// Members recorded in service (online or degraded) but not found.
         missing: Vec<String>,
     },
     /// The pool was opened read-only (to look, never to change a byte) and was asked to change.

@@ -294,3 +294,66 @@ fn reopen_without(mems: &[Arc<MemDevice>], victim: usize) -> Pool {
         .collect();
     Pool::open(shared(&rest), &OpenOptions::default()).unwrap()
 }
+
+/// A degraded member is in service: it receives every write. One missing at open is as
+/// likely to hold newer data as a missing online member, so a stale member alone must not be
+/// able to roll the pool back by recording the others as degraded (simulation seed 1003,
+/// mirror:3: a member faulted after all three were degraded opened alone, from its old map).
+#[test]
+fn a_stale_member_cannot_open_alone_when_the_missing_ones_are_degraded() {
+    let mems = mem_devices(2, DEVICE_BYTES);
+    let mut opts = options("mirror:2");
+    opts.open.error_threshold = 1;
+    let pool = Pool::create(shared(&mems), vec![], &opts).unwrap();
+    let old = vec![1u8; 65536];
+    pool.write_at(0, &old).unwrap();
+    pool.flush().unwrap();
+    // Rot one copy on each member, on different stripes: the scrub heals them from the other
+    // copy and the errors degrade both members (in service, recorded on disk).
+    for stripe in 0..2 {
+        for shard in pool.shard_locations(stripestore::types::StripeId(stripe)) {
+            if shard.device == stripe as usize {
+                mems[shard.device].flip_bit(shard.offset + 5, 1);
+            }
+        }
+    }
+    pool.scrub().unwrap();
+    let status = pool.status();
+    assert!(
+        status.devices.iter().all(|d| d.state == "DEGRADED"),
+        "{status}"
+    );
+    // Member 1 is lost; member 0 goes on alone with newer flushed data.
+    pool.fault_device(1, "test: unplugged");
+    let new = vec![2u8; 65536];
+    pool.write_at(0, &new).unwrap();
+    pool.flush().unwrap();
+    pool.close().unwrap();
+    // Member 1's own superblock records member 0 as degraded, which it cannot tell from
+    // one that went on without it: refused, naming the missing member.
+    let stale: Vec<SharedDevice> = vec![mems[1].clone() as SharedDevice];
+    match Pool::open(stale, &OpenOptions::default()) {
+        Err(err @ stripestore::Error::CannotProveCurrent { .. }) => {
+            assert!(err.to_string().contains("mem0"), "{err}");
+        }
+        Err(err) => panic!("refused with another error: {err}"),
+        Ok(pool) => {
+            let mut buf = vec![0u8; 65536];
+            let read = pool.read_at(0, &mut buf);
+            panic!(
+                "a stale member opened alone (reading {}): flushed data rolled back",
+                match read {
+                    Ok(()) if buf == old => "the old bytes".to_string(),
+                    Ok(()) => "other bytes".to_string(),
+                    Err(err) => format!("an error: {err}"),
+                }
+            );
+        }
+    }
+    // With member 0 present, member 1 is recognised as stale and the newest data is served.
+    let pool = Pool::open(shared(&mems), &OpenOptions::default()).unwrap();
+    assert_eq!(pool.status().devices[1].state, "FAULTED");
+    let mut buf = vec![0u8; 65536];
+    pool.read_at(0, &mut buf).unwrap();
+    assert_eq!(buf, new);
+}

@@ -132,3 +132,14 @@ fn regression_last_device_failing_in_a_commit_reports_pool_unavailable() {
     config.ops = 300;
     run_checked(&config);
 }
+
+/// Found by a simulation campaign (seed 1003, mirror:3): after all three members had been
+/// degraded by errors, one was faulted and the pool went on; that stale member, given alone,
+/// opened from its old superblock, which recorded the missing members as degraded and so not
+/// as possibly newer (only online ones counted). The open must be refused.
+#[test]
+fn regression_stale_member_alone_with_degraded_members_missing_is_refused() {
+    let mut config = SimConfig::new(1003, "mirror:3".parse().unwrap(), 3);
+    config.ops = 300;
+    run_checked(&config);
+}

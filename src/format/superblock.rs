@@ -84,6 +84,16 @@ pub enum MemberState {
     },
 }
 
+impl MemberState {
+    /// Whether a member in this state serves data: `Online`, and `Degraded` (kept in service
+    /// despite its errors). Such a member receives every write, so one missing at open may
+    /// hold newer data than the members present.
+    #[must_use]
+    pub fn in_service(&self) -> bool {
+        matches!(self, Self::Online | Self::Degraded { .. })
+    }
+}
+
 /// One entry of the member list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {

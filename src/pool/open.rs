@@ -506,10 +506,11 @@ fn judge(f: &Found, newest: &Superblock, disagree: &mut bool) -> Problem {
 struct Assembled {
     geometry: Geometry,
     members: Members,
-    /// A member recorded online or a replacement in progress was not found: the superblocks
-    /// are rewritten to record it.
+    /// A member recorded in service (online or degraded) or a replacement in progress was not
+    /// found: the superblocks are rewritten to record it.
     newly_missing: bool,
-    /// Members recorded online but not found (they may hold newer data).
+    /// Members recorded in service (online or degraded) but not found (they may hold newer
+    /// data).
     suspects: Vec<String>,
     /// Members (and spares, replacements) found at another path than the one recorded.
     relocated: Vec<Relocated>,
@@ -629,7 +630,9 @@ fn assemble(
                 replacements.push((index, record.state.clone(), identity, device));
             }
             (Role::Data { index }, _) if index < data_count && data[index].is_none() => {
-                if device.is_none() && record.state == MemberState::Online {
+                // Missing while recorded in service (online or degraded): it may have been
+                // written after every member present, and is recorded faulted from now on.
+                if device.is_none() && record.state.in_service() {
                     newly_missing = true;
                     suspects.push(record.path.clone());
                 }
@@ -715,11 +718,12 @@ fn check_openable(inner: &PoolInner, suspects: Vec<String>, options: &OpenOption
     // A pool missing more than it tolerates stays untouched, so putting the missing device
     // back later is all it takes.
     inner.check_available()?;
-    // A member the newest superblock found calls online is missing. If the members present
-    // could all be ones that were faulted while the missing ones went on without them, their
-    // newest superblock cannot show it, and opening would roll back flushed writes. That is
-    // impossible when the present members plus the shards a stripe needs outnumber the layout:
-    // any set of members able to write would have included one of them.
+    // A member the newest superblock found calls in service (online, or degraded: it still
+    // receives every write) is missing. If the members present could all be ones that were
+    // faulted while the missing ones went on without them, their newest superblock cannot show
+    // it, and opening would roll back flushed writes. That is impossible when the present
+    // members plus the shards a stripe needs outnumber the layout: any set of members able to
+    // write would have included one of them.
     let present = inner.members.data.iter().filter(|m| m.is_online()).count();
     let needed = inner.codec.shards_needed();
     if !suspects.is_empty() && present + needed <= inner.geometry.devices && !options.force {
