@@ -173,6 +173,8 @@ fn bench_command_reports_every_figure_as_json() {
             "0.1",
             "--threads",
             "2",
+            "--runs",
+            "2",
             "--json",
             "--dir",
         ])
@@ -208,8 +210,20 @@ fn bench_command_reports_every_figure_as_json() {
         for figure in layout["pool"].as_array().unwrap() {
             assert!(figure["value"].as_f64().unwrap() > 0.0, "{figure}");
             assert!(figure["bound"].as_f64().unwrap() > 0.0, "{figure}");
+            // Medians with their spread over the two runs.
+            assert!(figure["value_min"].as_f64().unwrap() <= figure["value"].as_f64().unwrap());
+            assert!(figure["ratio_max"].as_f64().unwrap() >= figure["ratio"].as_f64().unwrap());
+            assert_eq!(figure["runs"].as_array().unwrap().len(), 2, "{figure}");
         }
+        assert_eq!(layout["raw"]["runs"].as_array().unwrap().len(), 2);
     }
+    // The baseline says what measured it: fio io_uring, or a labelled weaker fallback.
+    let baseline = report["baseline"].as_str().unwrap();
+    assert!(
+        baseline.contains("io_uring engine") || baseline.contains("WEAKER BASELINE"),
+        "{baseline}"
+    );
+    assert_eq!(report["client"], "library");
     // Progress went to stderr while it ran.
     assert!(String::from_utf8_lossy(&output.stderr).contains("seq_write"));
 }

@@ -1606,3 +1606,82 @@ fn qemu_img_convert_of_a_sparse_export_is_byte_exact_and_skips_the_holes() {
         },
     );
 }
+
+/// `stripestore bench --nbd` runs end to end on tiny files and reports, for a layout, every
+/// mounted-path figure with its raw fio bound and fio's latencies, and the server's per-request
+/// cost against nbdkit's memory plugin (a smoke test of the command and its JSON; no timing
+/// is checked).
+#[test]
+fn bench_nbd_reports_the_mounted_path_against_raw_fio_as_json() {
+    let test = "bench_nbd_reports_the_mounted_path_against_raw_fio_as_json";
+    if !have("fio", test) || !have("nbdkit", test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_stripestore"))
+        .args([
+            "bench",
+            "--nbd",
+            "--layouts",
+            "rs:2+1",
+            "--device-size",
+            "8M",
+        ])
+        .args(["--random-seconds", "0.2", "--runs", "1", "--json", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["client"], "nbd");
+    assert!(
+        report["baseline"]
+            .as_str()
+            .unwrap()
+            .contains("io_uring engine"),
+        "{}",
+        report["baseline"]
+    );
+    let layout = &report["layouts"][0];
+    assert_eq!(layout["layout"], "rs:2+1");
+    let figures = layout["pool"].as_array().unwrap();
+    let metrics: Vec<&str> = figures
+        .iter()
+        .map(|f| f["metric"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        metrics,
+        [
+            "seq_write",
+            "seq_read",
+            "random_read_4k",
+            "degraded_read",
+            "degraded_random_read_4k",
+            "read_during_rebuild",
+            "rebuild"
+        ]
+    );
+    for figure in figures {
+        assert!(figure["value"].as_f64().unwrap() > 0.0, "{figure}");
+        assert!(figure["bound"].as_f64().unwrap() > 0.0, "{figure}");
+        if figure["metric"] != "rebuild" {
+            // fio's completion latencies, ours and the raw bound's.
+            for key in ["p50_us", "p99_us", "bound_p50_us", "bound_p99_us"] {
+                assert!(figure[key].as_f64().unwrap() > 0.0, "{key}: {figure}");
+            }
+            assert!(figure["p99_us"].as_f64() >= figure["p50_us"].as_f64());
+        }
+    }
+    let cost = &report["server_cost"];
+    let rows = cost["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{cost}");
+    for row in rows {
+        assert!(row["ours_iops"][0].as_f64().unwrap() > 0.0, "{row}");
+        assert!(row["nbdkit_iops"][0].as_f64().unwrap() > 0.0, "{row}");
+        assert!(row["ratio"][0].as_f64().unwrap() > 0.0, "{row}");
+    }
+}

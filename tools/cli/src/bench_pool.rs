@@ -1,28 +1,47 @@
-//! `stripestore bench`: the pool against the raw devices it sits on, in one run.
+//! `stripestore bench`: the pool against the raw devices it sits on, in one run; with `--nbd`,
+//! the mounted volume (the pool served over NBD, driven by fio's `nbd` engine) against them.
 //!
-//! For each layout: make (or take) the devices, measure them raw — sequential 1 MiB writes and
-//! reads, then random 4 KiB reads, each run concurrently on all devices — then create a pool on
-//! them (one extra device as the spare) and measure sequential write, sequential read, random
-//! 4 KiB read, degraded read (one device taken offline), rebuild onto the spare, and scrub.
-//! Raw and pool I/O go through the same backend (`open_device`: io_uring with `O_DIRECT` where
-//! the filesystem allows it), so the page cache does not flatter either side.
+//! For each layout and each of `--runs` runs: make (or take) the devices, then alternate raw
+//! and pool figures: raw sequential write (after one unmeasured pass that allocates the
+//! files' blocks) and the spare's raw write alone; create the pool; pool sequential write; raw
+//! sequential read, pool sequential read; raw random 4 KiB read, pool random read; then
+//! degraded (one member offline), rebuild onto the spare and scrub (library) or reads during
+//! the rebuild (NBD).
 //!
-//! Each figure is given as MiB/s (IOPS for random reads), as a ratio to the raw figure that
-//! bounds it (see [`bound`]), and per core: bytes per CPU-second of this process, which on
-//! memory-backed devices (`--dir /dev/shm`) compares with the memcpy figure measured first.
+//! **Baselines.** The raw figures come from fio with the `io_uring` engine, direct I/O where the
+//! filesystem allows it, over each whole device, at the block size and queue depth of the
+//! pool's own run: sequential 1 MiB at depth [`SEQ_DEPTH`] on every device at once (the
+//! aggregate the devices can deliver), random 4 KiB reads at depth `--threads` spread over all
+//! devices. That is what a user measures their disks with; a weaker reader would flatter the
+//! pool. Without fio the command says so and falls back to its own threads of synchronous
+//! requests through the device backend, labelled as the weaker baseline it is.
+//!
+//! **Pool side.** Library: [`SEQ_DEPTH`] threads of 1 MiB requests (rounded to whole stripes)
+//! over the whole volume, `--threads` threads of random 4 KiB reads. NBD (`--nbd`): the pool
+//! served in this process on a Unix socket in the work directory, fio's `nbd` engine at the
+//! same block sizes and depths, with completion latency p50/p99 from fio's report.
+//!
+//! Each figure is the median over the runs with its spread (min–max), as a ratio to the raw
+//! figure that bounds it measured in the same run, and per core for the library (bytes per
+//! CPU-second of this process, which on memory-backed devices compares with memcpy).
 
+use super::fio::{self, Outcome, Pattern, Target};
 use super::CliResult;
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stripestore::device::{open_device, AlignedBuf, SharedDevice};
+use stripestore::nbd::{Listen, ServeOptions, Server};
 use stripestore::{CreateOptions, Layout, Pool};
 
 /// Bytes per sequential request.
 const SEQ_REQUEST: usize = 1 << 20;
+/// Sequential requests in flight (threads of the library client, fio's iodepth).
+pub(crate) const SEQ_DEPTH: u32 = 8;
 /// Bytes per random read.
 const RANDOM_REQUEST: usize = 4096;
 
@@ -58,43 +77,104 @@ pub struct BenchArgs {
     /// Required with --device: confirms that their contents may be destroyed.
     #[arg(long, requires = "devices")]
     pub force: bool,
-    /// Threads issuing random 4 KiB reads (raw and pool alike).
+    /// Random 4 KiB reads in flight: threads of the library client, fio's iodepth for the raw
+    /// devices and over NBD.
     #[arg(long, default_value = "16")]
     pub threads: usize,
-    /// Seconds each random-read phase runs.
+    /// Seconds each time-based phase runs (random reads; reads during a rebuild).
     #[arg(long, default_value = "1.5")]
     pub random_seconds: f64,
+    /// Runs per layout; figures are the median with the min–max spread (raw and pool
+    /// alternate within each run).
+    #[arg(long, default_value = "3")]
+    pub runs: usize,
+    /// Measure the mounted volume: serve each pool over NBD on a Unix socket and drive it
+    /// with fio's nbd engine (needs fio); adds degraded random reads and reads during a
+    /// rebuild, with latency p50/p99, and the server's per-request cost against nbdkit's
+    /// memory plugin when nbdkit is installed.
+    #[arg(long)]
+    pub nbd: bool,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
 }
 
-/// One measured figure.
+/// One measured figure in one run.
 #[derive(Debug, Clone, Serialize)]
-struct Figure {
-    /// What was measured.
+struct Sample {
     metric: &'static str,
     /// MiB/s (IOPS for random reads).
     value: f64,
-    /// `MiB/s` or `IOPS`.
     unit: &'static str,
     /// The raw figure that bounds it, in the same unit.
     bound: f64,
     /// How the bound was derived.
     bound_is: String,
-    /// value / bound.
-    ratio: f64,
     /// MiB per CPU-second of this process (all threads), for throughput figures.
     per_core_mib_s: Option<f64>,
+    /// fio's completion latency (NBD figures), microseconds.
+    p50_us: Option<f64>,
+    p99_us: Option<f64>,
+    /// The same for the bound.
+    bound_p50_us: Option<f64>,
+    bound_p99_us: Option<f64>,
+    /// Anything the reader must know about this figure.
+    note: Option<String>,
+}
+
+/// One figure over all runs: medians, with the spread.
+#[derive(Debug, Clone, Serialize)]
+struct Figure {
+    /// What was measured.
+    metric: &'static str,
+    /// Median over the runs: MiB/s (IOPS for random reads).
+    value: f64,
+    value_min: f64,
+    value_max: f64,
+    /// `MiB/s` or `IOPS`.
+    unit: &'static str,
+    /// Median of the raw figure that bounds it, in the same unit.
+    bound: f64,
+    bound_min: f64,
+    bound_max: f64,
+    /// How the bound was derived.
+    bound_is: String,
+    /// Median of the runs' value / bound, and its spread.
+    ratio: f64,
+    ratio_min: f64,
+    ratio_max: f64,
+    /// MiB per CPU-second of this process (median), for throughput figures.
+    per_core_mib_s: Option<f64>,
+    /// Completion latency medians over the runs, microseconds (NBD and its bound).
+    p50_us: Option<f64>,
+    p99_us: Option<f64>,
+    bound_p50_us: Option<f64>,
+    bound_p99_us: Option<f64>,
+    /// Notes of the runs, if any.
+    notes: Vec<String>,
+    /// Every run's sample.
+    runs: Vec<Sample>,
+}
+
+/// The raw devices' figures of one run.
+#[derive(Debug, Clone, Serialize)]
+struct RawRun {
+    seq_write_mib_s: f64,
+    spare_write_mib_s: f64,
+    seq_read_mib_s: f64,
+    random_read_iops: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
 struct Raw {
     devices: usize,
     backend: String,
+    /// Medians over the runs.
     seq_write_mib_s: f64,
+    spare_write_mib_s: f64,
     seq_read_mib_s: f64,
     random_read_iops: f64,
+    runs: Vec<RawRun>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -113,8 +193,17 @@ struct Report {
     chunk_bytes: u64,
     checksum_bytes: u64,
     threads: usize,
+    seq_depth: u32,
+    runs: usize,
+    /// How the raw figures were measured.
+    baseline: String,
+    /// `library` or `nbd`.
+    client: &'static str,
     memcpy_mib_s: f64,
     layouts: Vec<LayoutReport>,
+    /// `--nbd`: the server's per-request cost on memory-backed members against nbdkit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_cost: Option<super::bench_nbd::ServerCost>,
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -147,7 +236,7 @@ fn timed<R>(work: impl FnOnce() -> R) -> (R, Duration, Option<f64>) {
 }
 
 /// Progress on stderr (also with `--json`, whose report goes to stdout).
-fn progress(_json: bool, message: &str) {
+pub(crate) fn progress(message: &str) {
     eprintln!("  {message}");
 }
 
@@ -166,7 +255,7 @@ fn memcpy_mib_s() -> f64 {
     best[best.len() / 2]
 }
 
-/// Run `work(i)` for every device index on its own thread; all at once.
+/// Run `work(i)` for every index on its own thread; all at once.
 fn on_all<R: Send>(count: usize, work: impl Fn(usize) -> R + Sync) -> Vec<R> {
     std::thread::scope(|scope| {
         let work = &work;
@@ -181,93 +270,185 @@ fn on_all<R: Send>(count: usize, work: impl Fn(usize) -> R + Sync) -> Vec<R> {
     })
 }
 
-/// The raw figures of `devices`, each device used over `bytes`.
-fn measure_raw(
+/// What measures the raw devices.
+#[derive(Debug, Clone)]
+pub(crate) enum Baseline {
+    /// fio (its version) with the io_uring engine.
+    Fio(String),
+    /// This command's own threads of synchronous requests, because fio cannot be used (why).
+    Own(String),
+}
+
+impl Baseline {
+    pub(crate) fn detect() -> Self {
+        match fio::available(&["io_uring"]) {
+            Ok(version) => Baseline::Fio(version),
+            Err(why) => Baseline::Own(why),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Baseline::Fio(version) => format!(
+                "{version}, io_uring engine, each whole device, same block size and queue depth as the pool's run"
+            ),
+            Baseline::Own(why) => format!(
+                "WEAKER BASELINE: {why}; raw figures come from this command's own threads of synchronous requests, below what the devices can do"
+            ),
+        }
+    }
+}
+
+/// The raw devices of one layout: the members and the spare, each used over `span` bytes.
+pub(crate) struct RawDevices<'a> {
+    pub members: &'a [PathBuf],
+    pub spare: &'a Path,
+    pub span: u64,
+    /// `O_DIRECT` works on them (not on tmpfs).
+    pub direct: bool,
+    pub baseline: &'a Baseline,
+    pub scratch: &'a Path,
+    pub random_depth: u32,
+    pub seconds: f64,
+}
+
+impl RawDevices<'_> {
+    fn fio(
+        &self,
+        pattern: Pattern,
+        paths: &[PathBuf],
+    ) -> Result<Outcome, Box<dyn std::error::Error>> {
+        let random = pattern == Pattern::RandRead;
+        let job = fio::Job {
+            pattern,
+            block_bytes: if random { RANDOM_REQUEST } else { SEQ_REQUEST } as u64,
+            queue_depth: if random { self.random_depth } else { SEQ_DEPTH },
+            target: if random {
+                Target::AcrossFiles {
+                    paths: paths.to_vec(),
+                    span_bytes: self.span,
+                    direct: self.direct,
+                }
+            } else {
+                Target::EachFile {
+                    paths: paths.to_vec(),
+                    span_bytes: self.span,
+                    direct: self.direct,
+                }
+            },
+            seconds: random.then_some(self.seconds),
+        };
+        job.run(self.scratch)
+    }
+
+    fn own(
+        &self,
+        pattern: Pattern,
+        paths: &[PathBuf],
+    ) -> Result<Outcome, Box<dyn std::error::Error>> {
+        let devices: Vec<SharedDevice> = paths
+            .iter()
+            .map(|p| open_device(p, None))
+            .collect::<Result<_, _>>()?;
+        own_measure(
+            &devices,
+            self.span,
+            pattern,
+            self.random_depth,
+            self.seconds,
+        )
+    }
+
+    /// Measure `pattern` on the members (or, `spare_only`, on the spare alone).
+    pub(crate) fn measure(
+        &self,
+        pattern: Pattern,
+        spare_only: bool,
+    ) -> Result<Outcome, Box<dyn std::error::Error>> {
+        let spare = [self.spare.to_path_buf()];
+        let paths = if spare_only { &spare[..] } else { self.members };
+        match self.baseline {
+            Baseline::Fio(_) => self.fio(pattern, paths),
+            Baseline::Own(_) => self.own(pattern, paths),
+        }
+    }
+}
+
+/// The fallback raw measurement: one thread per device for sequential 1 MiB requests, or
+/// `depth` threads of random 4 KiB reads across the devices. No latency figures.
+fn own_measure(
     devices: &[SharedDevice],
-    bytes: u64,
-    args: &BenchArgs,
-) -> Result<Raw, Box<dyn std::error::Error>> {
-    let requests = bytes / SEQ_REQUEST as u64;
+    span: u64,
+    pattern: Pattern,
+    depth: u32,
+    seconds: f64,
+) -> Result<Outcome, Box<dyn std::error::Error>> {
+    let requests = span / SEQ_REQUEST as u64;
     let total = requests * SEQ_REQUEST as u64 * devices.len() as u64;
-    let write_all = || {
+    let sequential = |write: bool| {
         on_all(devices.len(), |i| -> Result<(), String> {
             let mut buf = AlignedBuf::zeroed(SEQ_REQUEST);
             ChaCha8Rng::seed_from_u64(i as u64).fill_bytes(&mut buf);
             for r in 0..requests {
-                devices[i]
-                    .write_at(r * SEQ_REQUEST as u64, &buf)
-                    .map_err(|e| e.to_string())?;
+                let offset = r * SEQ_REQUEST as u64;
+                if write {
+                    devices[i]
+                        .write_at(offset, &buf)
+                        .map_err(|e| e.to_string())?;
+                } else {
+                    devices[i]
+                        .read_at(offset, &mut buf)
+                        .map_err(|e| e.to_string())?;
+                }
             }
-            devices[i].flush().map_err(|e| e.to_string())
-        })
-    };
-    // The first pass allocates the files' blocks; the pool overwrites allocated blocks, so the
-    // second pass is the comparable one.
-    write_all()
-        .into_iter()
-        .collect::<Result<Vec<()>, String>>()?;
-    let (written, elapsed, _) = timed(write_all);
-    written.into_iter().collect::<Result<Vec<()>, String>>()?;
-    let seq_write = mib_s(total, elapsed);
-    progress(
-        args.json,
-        &format!(
-            "raw sequential write: {seq_write:.0} MiB/s on {} devices",
-            devices.len()
-        ),
-    );
-    let (read, elapsed, _) = timed(|| {
-        on_all(devices.len(), |i| -> Result<(), String> {
-            let mut buf = AlignedBuf::zeroed(SEQ_REQUEST);
-            for r in 0..requests {
-                devices[i]
-                    .read_at(r * SEQ_REQUEST as u64, &mut buf)
-                    .map_err(|e| e.to_string())?;
+            if write {
+                devices[i].flush().map_err(|e| e.to_string())?;
             }
             Ok(())
         })
-    });
-    read.into_iter().collect::<Result<Vec<()>, String>>()?;
-    let seq_read = mib_s(total, elapsed);
-    progress(
-        args.json,
-        &format!("raw sequential read: {seq_read:.0} MiB/s"),
-    );
-    let blocks = bytes / RANDOM_REQUEST as u64;
-    let iops = random_reads(args, |rng, buf| {
-        let device = &devices[rng.gen_range(0..devices.len())];
-        let offset = rng.gen_range(0..blocks) * RANDOM_REQUEST as u64;
-        device.read_at(offset, buf).map_err(|e| e.to_string())
-    })?;
-    progress(
-        args.json,
-        &format!(
-            "raw random 4 KiB read: {iops:.0} IOPS ({} threads)",
-            args.threads
-        ),
-    );
-    Ok(Raw {
-        devices: devices.len(),
-        backend: devices
-            .first()
-            .map_or("none", |d| d.io_backend())
-            .to_string(),
-        seq_write_mib_s: seq_write,
-        seq_read_mib_s: seq_read,
-        random_read_iops: iops,
-    })
+        .into_iter()
+        .collect::<Result<Vec<()>, String>>()
+    };
+    let bytes_per_s = |elapsed: Duration| mib_s(total, elapsed) * MIB;
+    let outcome = match pattern {
+        Pattern::SeqWrite | Pattern::SeqRead => {
+            let (done, elapsed, _) = timed(|| sequential(pattern == Pattern::SeqWrite));
+            done?;
+            let rate = bytes_per_s(elapsed);
+            Outcome {
+                bytes_per_s: rate,
+                iops: rate / SEQ_REQUEST as f64,
+                ..Outcome::default()
+            }
+        }
+        Pattern::RandRead => {
+            let blocks = span / RANDOM_REQUEST as u64;
+            let iops = random_reads(depth as usize, seconds, |rng, buf| {
+                let device = &devices[rng.gen_range(0..devices.len())];
+                let offset = rng.gen_range(0..blocks) * RANDOM_REQUEST as u64;
+                device.read_at(offset, buf).map_err(|e| e.to_string())
+            })?;
+            Outcome {
+                bytes_per_s: iops * RANDOM_REQUEST as f64,
+                iops,
+                ..Outcome::default()
+            }
+        }
+    };
+    Ok(outcome)
 }
 
-/// `args.threads` threads each doing `read` with its own seeded generator and aligned buffer
-/// for `args.random_seconds`; returns reads per second.
+/// `threads` threads each doing `read` with its own seeded generator and aligned buffer
+/// for `seconds`; returns reads per second.
 fn random_reads(
-    args: &BenchArgs,
+    threads: usize,
+    seconds: f64,
     read: impl Fn(&mut ChaCha8Rng, &mut [u8]) -> Result<(), String> + Sync,
 ) -> Result<f64, Box<dyn std::error::Error>> {
     let done = AtomicU64::new(0);
-    let deadline = Duration::from_secs_f64(args.random_seconds);
+    let deadline = Duration::from_secs_f64(seconds);
     let started = Instant::now();
-    let results = on_all(args.threads.max(1), |t| -> Result<(), String> {
+    let results = on_all(threads.max(1), |t| -> Result<(), String> {
         let mut rng = ChaCha8Rng::seed_from_u64(100 + t as u64);
         let mut buf = AlignedBuf::zeroed(RANDOM_REQUEST);
         while started.elapsed() < deadline {
@@ -282,7 +463,7 @@ fn random_reads(
     Ok(done.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64())
 }
 
-/// Sequential I/O over the first `bytes` of the volume: `threads` threads, each on its own
+/// Sequential I/O over the first `bytes` of the volume: [`SEQ_DEPTH`] threads, each on its own
 /// contiguous part, in requests of `request` bytes.
 fn pool_sequential(
     pool: &Pool,
@@ -290,7 +471,7 @@ fn pool_sequential(
     request: usize,
     write: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let threads = 4usize;
+    let threads = SEQ_DEPTH as usize;
     let requests = bytes / request as u64;
     let per_thread = requests.div_ceil(threads as u64);
     let results = on_all(threads, |t| -> Result<(), String> {
@@ -330,33 +511,158 @@ fn data_share(layout: Layout) -> (f64, String) {
     }
 }
 
-fn figure(
-    metric: &'static str,
+/// How the pool is driven: by threads calling it, or by fio over NBD.
+enum Client<'a> {
+    Library(&'a Pool),
+    Nbd {
+        socket: &'a Path,
+        span: u64,
+        scratch: &'a Path,
+    },
+}
+
+/// A pool measurement: the rate (MiB/s or IOPS), the CPU seconds it used, fio's latencies.
+struct Measured {
     value: f64,
-    unit: &'static str,
-    bound: f64,
-    bound_is: String,
     cpu: Option<f64>,
     bytes: u64,
-) -> Figure {
-    #[allow(clippy::cast_precision_loss)]
-    let per_core = cpu.filter(|c| *c > 0.0).map(|c| bytes as f64 / MIB / c);
-    Figure {
-        metric,
-        value,
-        unit,
-        bound,
-        bound_is,
-        ratio: value / bound.max(1e-9),
-        per_core_mib_s: if unit == "IOPS" { None } else { per_core },
+    latency: Option<(f64, f64)>,
+}
+
+impl Client<'_> {
+    /// Sequential reads over NBD for `seconds` (looping over the volume).
+    fn run_for(
+        &self,
+        pattern: Pattern,
+        request: usize,
+        volume: u64,
+        seconds: f64,
+    ) -> Result<Measured, Box<dyn std::error::Error>> {
+        let Client::Nbd {
+            socket,
+            span,
+            scratch,
+        } = self
+        else {
+            return self.run(pattern, request, volume, 1, seconds);
+        };
+        let job = fio::Job {
+            pattern,
+            block_bytes: SEQ_REQUEST as u64,
+            queue_depth: SEQ_DEPTH,
+            target: Target::Nbd {
+                socket: socket.to_path_buf(),
+                span_bytes: *span,
+                connections: 1,
+            },
+            seconds: Some(seconds),
+        };
+        let outcome = job.run(scratch)?;
+        Ok(Measured {
+            value: outcome.bytes_per_s / MIB,
+            cpu: None,
+            bytes: *span,
+            latency: Some((outcome.p50_us, outcome.p99_us)),
+        })
+    }
+
+    fn run(
+        &self,
+        pattern: Pattern,
+        request: usize,
+        volume: u64,
+        random_depth: usize,
+        seconds: f64,
+    ) -> Result<Measured, Box<dyn std::error::Error>> {
+        match self {
+            Client::Library(pool) => match pattern {
+                Pattern::SeqWrite | Pattern::SeqRead => {
+                    let write = pattern == Pattern::SeqWrite;
+                    let (result, elapsed, cpu) =
+                        timed(|| pool_sequential(pool, volume, request, write));
+                    result?;
+                    Ok(Measured {
+                        value: mib_s(volume, elapsed),
+                        cpu,
+                        bytes: volume,
+                        latency: None,
+                    })
+                }
+                Pattern::RandRead => {
+                    let blocks = volume / RANDOM_REQUEST as u64;
+                    let iops = random_reads(random_depth, seconds, |rng, buf| {
+                        let offset = rng.gen_range(0..blocks) * RANDOM_REQUEST as u64;
+                        pool.read_at(offset, buf).map_err(|e| e.to_string())
+                    })?;
+                    Ok(Measured {
+                        value: iops,
+                        cpu: None,
+                        bytes: 0,
+                        latency: None,
+                    })
+                }
+            },
+            Client::Nbd {
+                socket,
+                span,
+                scratch,
+            } => {
+                let random = pattern == Pattern::RandRead;
+                let job = fio::Job {
+                    pattern,
+                    block_bytes: if random { RANDOM_REQUEST } else { SEQ_REQUEST } as u64,
+                    queue_depth: if random {
+                        u32::try_from(random_depth)?
+                    } else {
+                        SEQ_DEPTH
+                    },
+                    target: Target::Nbd {
+                        socket: socket.to_path_buf(),
+                        span_bytes: *span,
+                        connections: 1,
+                    },
+                    seconds: random.then_some(seconds),
+                };
+                let (outcome, _, cpu) = timed(|| job.run(scratch));
+                let outcome = outcome?;
+                Ok(Measured {
+                    value: if random {
+                        outcome.iops
+                    } else {
+                        outcome.bytes_per_s / MIB
+                    },
+                    cpu,
+                    bytes: if random { 0 } else { *span },
+                    latency: Some((outcome.p50_us, outcome.p99_us)),
+                })
+            }
+        }
     }
 }
 
-fn bench_layout(
+/// A raw outcome as the bound of a figure: the value in the figure's unit, and the latency.
+fn as_bound(outcome: &Outcome, iops: bool) -> (f64, Option<(f64, f64)>) {
+    let value = if iops {
+        outcome.iops
+    } else {
+        outcome.bytes_per_s / MIB
+    };
+    let latency = (outcome.p50_us > 0.0).then_some((outcome.p50_us, outcome.p99_us));
+    (value, latency)
+}
+
+/// One run of one layout: the raw figures, the pool's samples, the devices' backend and the
+/// volume's size.
+type LayoutRun = (RawRun, Vec<Sample>, String, u64);
+
+/// One run of one layout (see the module header for the order of the figures).
+#[allow(clippy::too_many_lines)]
+fn bench_layout_once(
     layout: Layout,
     dir: &Path,
     args: &BenchArgs,
-) -> Result<LayoutReport, Box<dyn std::error::Error>> {
+    baseline: &Baseline,
+) -> Result<LayoutRun, Box<dyn std::error::Error>> {
     let count = super::demo::device_count(layout);
     let paths: Vec<PathBuf> = if args.devices.is_empty() {
         (0..=count)
@@ -374,21 +680,43 @@ fn bench_layout(
     };
     let (members, spare) = paths.split_at(count);
     let size = args.devices.is_empty().then_some(args.device_bytes);
-    let devices: Vec<SharedDevice> = members
+    // Opened once to create the files (and learn the sizes and the backend), then closed:
+    // the raw measurements open them themselves.
+    let devices: Vec<SharedDevice> = paths
         .iter()
         .map(|p| open_device(p, size))
         .collect::<Result<_, _>>()?;
     let device_bytes = devices.iter().map(|d| d.size()).min().unwrap_or(0);
-    progress(
-        args.json,
-        &format!(
-            "{layout}: {count} devices of {} MiB ({})",
-            device_bytes >> 20,
-            devices[0].io_backend()
-        ),
-    );
-    let raw = measure_raw(&devices, device_bytes.min(args.device_bytes), args)?;
+    let backend = devices[0].io_backend().to_string();
     drop(devices);
+    progress(&format!(
+        "{layout}: {count} devices of {} MiB ({backend})",
+        device_bytes >> 20
+    ));
+    let span = device_bytes / SEQ_REQUEST as u64 * SEQ_REQUEST as u64;
+    let random_depth = u32::try_from(args.threads.max(1))?;
+    let raw = RawDevices {
+        members,
+        spare: &spare[0],
+        span,
+        direct: backend.contains("O_DIRECT"),
+        baseline,
+        scratch: dir,
+        random_depth,
+        seconds: args.random_seconds,
+    };
+
+    // Raw writes first (they would destroy a pool): one pass to allocate the blocks (the pool
+    // overwrites allocated blocks, so the second pass is the comparable one).
+    raw.measure(Pattern::SeqWrite, false)?;
+    let raw_write = raw.measure(Pattern::SeqWrite, false)?;
+    raw.measure(Pattern::SeqWrite, true)?;
+    let spare_write = raw.measure(Pattern::SeqWrite, true)?;
+    progress(&format!(
+        "{layout}: raw sequential write {:.0} MiB/s on {count} devices; the spare alone {:.0} MiB/s",
+        raw_write.bytes_per_s / MIB,
+        spare_write.bytes_per_s / MIB
+    ));
 
     let mut options = CreateOptions::new(layout);
     options.chunk_bytes = args.chunk_bytes;
@@ -397,71 +725,312 @@ fn bench_layout(
     options.force = true;
     options.open.background_rebuild = false;
     options.open.auto_replace = false;
-    let pool = Pool::create_paths(members, spare, &options)?;
+    let pool = Arc::new(Pool::create_paths(members, spare, &options)?);
     let stripe = usize::try_from(pool.geometry().stripe_data_bytes())?;
     let request = SEQ_REQUEST.div_ceil(stripe) * stripe;
     let volume = pool.size() / request as u64 * request as u64;
     let (share, share_name) = data_share(layout);
-    let mut figures = Vec::new();
-    let mut record = |metric: &'static str, value: f64, bound: (f64, String), cpu, bytes| {
-        let unit = if bytes == 0 { "IOPS" } else { "MiB/s" };
-        progress(args.json, &format!("{layout}: {metric} {value:.0} {unit}"));
-        figures.push(figure(metric, value, unit, bound.0, bound.1, cpu, bytes));
-    };
-    let sequential = |write: bool| -> Result<(f64, Option<f64>), Box<dyn std::error::Error>> {
-        let (result, elapsed, cpu) = timed(|| pool_sequential(&pool, volume, request, write));
-        result?;
-        Ok((mib_s(volume, elapsed), cpu))
-    };
-    let raw_read = || (raw.seq_read_mib_s, "raw read".to_string());
 
-    let (value, cpu) = sequential(true)?;
-    let bound = raw.seq_write_mib_s * share;
+    let socket = dir.join("bench-nbd.sock");
+    let server = if args.nbd {
+        let server = Server::bind(
+            &Listen::Unix(socket.clone()),
+            Arc::clone(&pool),
+            ServeOptions::default(),
+        )?;
+        let stop = server.stop_handle();
+        let thread = std::thread::Builder::new()
+            .name("bench-nbd-server".into())
+            .spawn(move || server.run())?;
+        Some((stop, thread))
+    } else {
+        None
+    };
+    let client = if args.nbd {
+        Client::Nbd {
+            socket: &socket,
+            span: volume,
+            scratch: dir,
+        }
+    } else {
+        Client::Library(&pool)
+    };
+    let measure =
+        |pattern: Pattern| client.run(pattern, request, volume, args.threads, args.random_seconds);
+    let mut samples = Vec::new();
+    let mut record = |metric: &'static str,
+                      measured: &Measured,
+                      bound: (f64, Option<(f64, f64)>),
+                      bound_is: String,
+                      note: Option<String>| {
+        let unit = if measured.bytes == 0 { "IOPS" } else { "MiB/s" };
+        progress(&format!(
+            "{layout}: {metric} {:.0} {unit} (bound {:.0}: {bound_is})",
+            measured.value, bound.0
+        ));
+        #[allow(clippy::cast_precision_loss)]
+        let per_core = measured
+            .cpu
+            .filter(|c| *c > 0.0 && measured.bytes > 0)
+            .map(|c| measured.bytes as f64 / MIB / c);
+        samples.push(Sample {
+            metric,
+            value: measured.value,
+            unit,
+            bound: bound.0,
+            bound_is,
+            per_core_mib_s: per_core,
+            p50_us: measured.latency.map(|l| l.0),
+            p99_us: measured.latency.map(|l| l.1),
+            bound_p50_us: bound.1.map(|l| l.0),
+            bound_p99_us: bound.1.map(|l| l.1),
+            note,
+        });
+    };
+
+    let written = measure(Pattern::SeqWrite)?;
+    let (bound, latency) = as_bound(&raw_write, false);
     record(
         "seq_write",
-        value,
-        (bound, format!("raw write x {share_name}")),
-        cpu,
-        volume,
+        &written,
+        (bound * share, latency),
+        format!("raw write x {share_name}"),
+        None,
     );
-    let (value, cpu) = sequential(false)?;
-    record("seq_read", value, raw_read(), cpu, volume);
-
-    let blocks = volume / RANDOM_REQUEST as u64;
-    let iops = random_reads(args, |rng, buf| {
-        let offset = rng.gen_range(0..blocks) * RANDOM_REQUEST as u64;
-        pool.read_at(offset, buf).map_err(|e| e.to_string())
-    })?;
-    let bound = (raw.random_read_iops, "raw random read".to_string());
-    record("random_read_4k", iops, bound, None, 0);
+    let raw_read = raw.measure(Pattern::SeqRead, false)?;
+    let read = measure(Pattern::SeqRead)?;
+    record(
+        "seq_read",
+        &read,
+        as_bound(&raw_read, false),
+        "raw read".into(),
+        None,
+    );
+    let raw_random = raw.measure(Pattern::RandRead, false)?;
+    let random = measure(Pattern::RandRead)?;
+    let random_bound_is = format!("raw random read, depth {}", args.threads);
+    record(
+        "random_read_4k",
+        &random,
+        as_bound(&raw_random, true),
+        random_bound_is.clone(),
+        None,
+    );
 
     pool.offline(&members[0].display().to_string())?;
-    let (value, cpu) = sequential(false)?;
-    record("degraded_read", value, raw_read(), cpu, volume);
+    let degraded = measure(Pattern::SeqRead)?;
+    record(
+        "degraded_read",
+        &degraded,
+        as_bound(&raw_read, false),
+        "raw read".into(),
+        None,
+    );
+    if args.nbd {
+        let degraded = measure(Pattern::RandRead)?;
+        record(
+            "degraded_random_read_4k",
+            &degraded,
+            as_bound(&raw_random, true),
+            random_bound_is,
+            None,
+        );
+    }
 
     let old = members[0].display().to_string();
     pool.replace_with_spare(&old, &spare[0].display().to_string())?;
-    let (rebuilt, elapsed, cpu) = timed(|| pool.run_rebuilds(|_| {}));
-    let total = rebuilt?.first().map_or(0, |p| p.done_bytes);
-    #[allow(clippy::cast_precision_loss)]
-    let per_device = raw.seq_write_mib_s / count as f64;
-    let bound = (per_device, "raw write of one device".to_string());
-    record("rebuild", mib_s(total, elapsed), bound, cpu, total);
-
-    // Scrub reads every shard: its rate is in bytes read from the devices.
-    let (report, elapsed, cpu) = timed(|| pool.scrub());
-    let physical = report?.bytes_read_this_run;
-    record("scrub", mib_s(physical, elapsed), raw_read(), cpu, physical);
+    let spare_bound = as_bound(&spare_write, false);
+    let spare_bound_is = "raw write of the spare alone".to_string();
+    if args.nbd {
+        // Reads during the rebuild: the rebuild runs on its own thread while fio reads.
+        let rebuilder = Arc::clone(&pool);
+        let rebuild = std::thread::Builder::new()
+            .name("bench-rebuild".into())
+            .spawn(move || {
+                let started = Instant::now();
+                let done = rebuilder.run_rebuilds(|_| {});
+                (done, started, Instant::now())
+            })?;
+        let read_started = Instant::now();
+        // Time-based (looping over the volume), so the read overlaps the rebuild.
+        let during = client.run_for(Pattern::SeqRead, request, volume, args.random_seconds)?;
+        let read_ended = Instant::now();
+        let (rebuilt, started, ended) = match rebuild.join() {
+            Ok(done) => done,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        let elapsed = ended.duration_since(started);
+        let total = rebuilt?.first().map_or(0, |p| p.done_bytes);
+        let read_for = read_ended.duration_since(read_started).as_secs_f64();
+        let overlapped = ended
+            .min(read_ended)
+            .saturating_duration_since(read_started)
+            .as_secs_f64();
+        let note = (ended < read_ended).then(|| {
+            format!(
+                "the rebuild ended before the read: it ran during {overlapped:.1} of the read's {read_for:.1} s"
+            )
+        });
+        record(
+            "read_during_rebuild",
+            &during,
+            as_bound(&raw_read, false),
+            "raw read".into(),
+            note,
+        );
+        let measured = Measured {
+            value: mib_s(total, elapsed),
+            cpu: None,
+            bytes: total,
+            latency: None,
+        };
+        record(
+            "rebuild",
+            &measured,
+            spare_bound,
+            spare_bound_is,
+            Some("while a client read sequentially".into()),
+        );
+    } else {
+        let (rebuilt, elapsed, cpu) = timed(|| pool.run_rebuilds(|_| {}));
+        let total = rebuilt?.first().map_or(0, |p| p.done_bytes);
+        let measured = Measured {
+            value: mib_s(total, elapsed),
+            cpu,
+            bytes: total,
+            latency: None,
+        };
+        record("rebuild", &measured, spare_bound, spare_bound_is, None);
+        // Scrub reads every shard: its rate is in bytes read from the devices.
+        let (report, elapsed, cpu) = timed(|| pool.scrub());
+        let physical = report?.bytes_read_this_run;
+        let measured = Measured {
+            value: mib_s(physical, elapsed),
+            cpu,
+            bytes: physical,
+            latency: None,
+        };
+        record(
+            "scrub",
+            &measured,
+            as_bound(&raw_read, false),
+            "raw read".into(),
+            None,
+        );
+    }
+    if let Some((stop, thread)) = server {
+        stop.stop();
+        match thread.join() {
+            Ok(report) => {
+                report?;
+            }
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
     let volume_bytes = pool.size();
-    pool.close()?;
+    match Arc::try_unwrap(pool) {
+        Ok(pool) => pool.close()?,
+        Err(_) => return Err("the pool is still shared after the server stopped".into()),
+    }
     if args.devices.is_empty() {
         for path in &paths {
             let _ = std::fs::remove_file(path);
         }
     }
+    let raw_run = RawRun {
+        seq_write_mib_s: raw_write.bytes_per_s / MIB,
+        spare_write_mib_s: spare_write.bytes_per_s / MIB,
+        seq_read_mib_s: raw_read.bytes_per_s / MIB,
+        random_read_iops: raw_random.iops,
+    };
+    Ok((raw_run, samples, backend, volume_bytes))
+}
+
+/// Median, min and max (see `bench::spread`).
+fn spread_of(values: impl Iterator<Item = f64>) -> (f64, f64, f64) {
+    super::bench::spread(&values.collect::<Vec<_>>())
+}
+
+fn median_of(values: impl Iterator<Item = f64>) -> f64 {
+    spread_of(values).0
+}
+
+/// Optional medians: `None` unless every run has the value.
+fn median_opt(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
+    let values: Option<Vec<f64>> = values.collect();
+    values
+        .filter(|v| !v.is_empty())
+        .map(|v| median_of(v.into_iter()))
+}
+
+fn bench_layout(
+    layout: Layout,
+    dir: &Path,
+    args: &BenchArgs,
+    baseline: &Baseline,
+) -> Result<LayoutReport, Box<dyn std::error::Error>> {
+    let mut raw_runs = Vec::new();
+    let mut sample_runs: Vec<Vec<Sample>> = Vec::new();
+    let mut backend = String::new();
+    let mut volume_bytes = 0;
+    for run in 0..args.runs.max(1) {
+        progress(&format!(
+            "{layout}: run {} of {}",
+            run + 1,
+            args.runs.max(1)
+        ));
+        let (raw, samples, used, volume) = bench_layout_once(layout, dir, args, baseline)?;
+        raw_runs.push(raw);
+        sample_runs.push(samples);
+        backend = used;
+        volume_bytes = volume;
+    }
+    let raw = Raw {
+        devices: super::demo::device_count(layout),
+        backend,
+        seq_write_mib_s: median_of(raw_runs.iter().map(|r| r.seq_write_mib_s)),
+        spare_write_mib_s: median_of(raw_runs.iter().map(|r| r.spare_write_mib_s)),
+        seq_read_mib_s: median_of(raw_runs.iter().map(|r| r.seq_read_mib_s)),
+        random_read_iops: median_of(raw_runs.iter().map(|r| r.random_read_iops)),
+        runs: raw_runs,
+    };
+    let metrics = sample_runs.first().map_or(0, Vec::len);
+    let mut figures = Vec::new();
+    for m in 0..metrics {
+        let runs: Vec<Sample> = sample_runs
+            .iter()
+            .filter_map(|r| r.get(m).cloned())
+            .collect();
+        let (value, value_min, value_max) = spread_of(runs.iter().map(|s| s.value));
+        let (bound, bound_min, bound_max) = spread_of(runs.iter().map(|s| s.bound));
+        let (ratio, ratio_min, ratio_max) =
+            spread_of(runs.iter().map(|s| s.value / s.bound.max(1e-9)));
+        let first = &runs[0];
+        figures.push(Figure {
+            metric: first.metric,
+            value,
+            value_min,
+            value_max,
+            unit: first.unit,
+            bound,
+            bound_min,
+            bound_max,
+            bound_is: first.bound_is.clone(),
+            ratio,
+            ratio_min,
+            ratio_max,
+            per_core_mib_s: median_opt(runs.iter().map(|s| s.per_core_mib_s)),
+            p50_us: median_opt(runs.iter().map(|s| s.p50_us)),
+            p99_us: median_opt(runs.iter().map(|s| s.p99_us)),
+            bound_p50_us: median_opt(runs.iter().map(|s| s.bound_p50_us)),
+            bound_p99_us: median_opt(runs.iter().map(|s| s.bound_p99_us)),
+            notes: runs.iter().filter_map(|s| s.note.clone()).collect(),
+            runs,
+        });
+    }
     Ok(LayoutReport {
         layout: layout.to_string(),
-        devices: count,
+        devices: super::demo::device_count(layout),
         volume_bytes,
         raw,
         pool: figures,
@@ -487,44 +1056,81 @@ pub fn run(args: &BenchArgs) -> CliResult {
         .iter()
         .map(|l| l.parse::<Layout>())
         .collect::<Result<_, _>>()?;
-    let (dir, _temp) = super::work_dir(args.dir.as_deref(), Path::new("/var/tmp"))?;
-    progress(args.json, "memcpy baseline (64 MiB, one thread)");
-    let memcpy = memcpy_mib_s();
-    progress(args.json, &format!("memcpy: {memcpy:.0} MiB/s"));
-    let mut reports = Vec::new();
-    for layout in layouts {
-        reports.push(bench_layout(layout, &dir, args)?);
+    if args.nbd {
+        fio::available(&["nbd"])
+            .map_err(|why| format!("bench --nbd drives the export with fio's nbd engine: {why}"))?;
     }
+    let baseline = Baseline::detect();
+    if let Baseline::Own(why) = &baseline {
+        eprintln!(
+            "warning: {why}; the raw baseline falls back to this command's own threads, which is WEAKER than fio io_uring (ratios are flattered)"
+        );
+    }
+    let (dir, _temp) = super::work_dir(args.dir.as_deref(), Path::new("/var/tmp"))?;
+    progress("memcpy baseline (64 MiB, one thread)");
+    let memcpy = memcpy_mib_s();
+    progress(&format!("memcpy: {memcpy:.0} MiB/s"));
+    let mut reports = Vec::new();
+    for layout in &layouts {
+        reports.push(bench_layout(*layout, &dir, args, &baseline)?);
+    }
+    let server_cost = if args.nbd {
+        Some(super::bench_nbd::server_cost(
+            layouts.first().copied(),
+            &dir,
+            args,
+        )?)
+    } else {
+        None
+    };
     let report = Report {
         dir: dir.display().to_string(),
         device_bytes: args.device_bytes,
         chunk_bytes: args.chunk_bytes,
         checksum_bytes: args.checksum_bytes,
         threads: args.threads,
+        seq_depth: SEQ_DEPTH,
+        runs: args.runs.max(1),
+        baseline: baseline.describe(),
+        client: if args.nbd { "nbd" } else { "library" },
         memcpy_mib_s: memcpy,
         layouts: reports,
+        server_cost,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
+    print_report(&report);
+    Ok(())
+}
+
+fn print_report(report: &Report) {
+    let client = if report.client == "nbd" {
+        "over NBD (fio nbd engine, Unix socket)"
+    } else {
+        "through the library"
+    };
     println!(
-        "\nmemcpy {:.0} MiB/s (one core); random reads with {} threads; chunk {} KiB, checksum per {} KiB\n",
-        report.memcpy_mib_s,
+        "\npool {client}; raw: {}\nsequential 1 MiB at depth {}, random 4 KiB reads at depth {}; chunk {} KiB, checksum per {} KiB; {} run(s): median (min-max); memcpy {:.0} MiB/s (one core)\n",
+        report.baseline,
+        report.seq_depth,
         report.threads,
         report.chunk_bytes >> 10,
-        report.checksum_bytes >> 10
+        report.checksum_bytes >> 10,
+        report.runs,
+        report.memcpy_mib_s,
     );
     println!(
-        "{:<9} {:<15} {:>10} {:>6} {:>10}  {:<26} {:>6} {:>12}",
-        "layout", "metric", "value", "unit", "bound", "bound is", "ratio", "MiB/s/core"
+        "{:<9} {:<24} {:>22} {:>6} {:>10}  {:<28} {:>18} {:>16}",
+        "layout", "metric", "value", "unit", "bound", "bound is", "ratio", "p50/p99 us"
     );
     for layout in &report.layouts {
         println!(
-            "{:<9} {:<15} {:>10.0} {:>6} {:>10}  {:<26} {:>6} {:>12}",
+            "{:<9} {:<24} {:>22} {:>6} {:>10}  {:<28} {:>18} {:>16}",
             layout.layout,
-            format!("raw x{}", layout.raw.devices),
-            layout.raw.seq_write_mib_s,
+            format!("raw x{} ({})", layout.raw.devices, layout.raw.backend),
+            format!("{:.0}", layout.raw.seq_write_mib_s),
             "MiB/s",
             "",
             format!(
@@ -532,22 +1138,30 @@ pub fn run(args: &BenchArgs) -> CliResult {
                 layout.raw.seq_read_mib_s, layout.raw.random_read_iops
             ),
             "",
-            layout.raw.backend
+            ""
         );
         for f in &layout.pool {
+            let latency = match (f.p50_us, f.p99_us) {
+                (Some(p50), Some(p99)) => format!("{p50:.0}/{p99:.0}"),
+                _ => String::new(),
+            };
             println!(
-                "{:<9} {:<15} {:>10.0} {:>6} {:>10.0}  {:<26} {:>6.2} {:>12}",
+                "{:<9} {:<24} {:>22} {:>6} {:>10.0}  {:<28} {:>18} {:>16}",
                 layout.layout,
                 f.metric,
-                f.value,
+                format!("{:.0} ({:.0}-{:.0})", f.value, f.value_min, f.value_max),
                 f.unit,
                 f.bound,
                 f.bound_is,
-                f.ratio,
-                f.per_core_mib_s
-                    .map_or_else(String::new, |c| format!("{c:.0}"))
+                format!("{:.2} ({:.2}-{:.2})", f.ratio, f.ratio_min, f.ratio_max),
+                latency
             );
+            for note in &f.notes {
+                println!("{:<9}   note: {note}", "");
+            }
         }
     }
-    Ok(())
+    if let Some(cost) = &report.server_cost {
+        super::bench_nbd::print_server_cost(cost);
+    }
 }

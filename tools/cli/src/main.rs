@@ -8,9 +8,11 @@
 //! the on-disk format.
 
 mod bench;
+mod bench_nbd;
 mod bench_pool;
 mod bench_scrub;
 mod demo;
+mod fio;
 mod import;
 mod monitor;
 mod progress;

@@ -1,0 +1,279 @@
+//! `stripestore bench --nbd`, the server's own cost: small random reads over NBD from a pool
+//! on memory-backed members against nbdkit's `memory` plugin, in the same run, through the
+//! same client (fio's `nbd` engine on a Unix socket).
+//!
+//! Owns: the memory-backed pool and its server, the nbdkit child process (started here,
+//! killed here by its handle), and the alternation of the two per workload and run. With no
+//! disk under either, the figure is what one request costs the server: parsing, dispatch,
+//! the pool's lookup and checksum, the reply. Both volumes are written whole first, so
+//! neither answers reads from holes.
+
+use super::bench_pool::{progress, BenchArgs, SEQ_DEPTH};
+use super::fio::{self, Outcome, Pattern, Target};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use stripestore::device::{MemDevice, SharedDevice};
+use stripestore::nbd::{Listen, ServeOptions, Server};
+use stripestore::{CreateOptions, Layout, Pool};
+
+/// (queue depth per connection, connections) of each workload.
+const WORKLOADS: [(u32, u32); 3] = [(16, 1), (64, 1), (16, 4)];
+
+/// One workload over the runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct CostRow {
+    workload: String,
+    queue_depth: u32,
+    connections: u32,
+    /// IOPS: median, min, max over the runs.
+    ours_iops: (f64, f64, f64),
+    ours_p50_us: f64,
+    ours_p99_us: f64,
+    nbdkit_iops: Option<(f64, f64, f64)>,
+    nbdkit_p50_us: Option<f64>,
+    nbdkit_p99_us: Option<f64>,
+    /// ours / nbdkit per run: median, min, max.
+    ratio: Option<(f64, f64, f64)>,
+}
+
+/// The server-cost section of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerCost {
+    layout: String,
+    members: String,
+    volume_bytes: u64,
+    /// nbdkit's version, or why it was not measured.
+    nbdkit: String,
+    rows: Vec<CostRow>,
+}
+
+/// An nbdkit child serving `memory SIZE` on a Unix socket; killed on drop.
+struct Nbdkit(Child);
+
+impl Nbdkit {
+    fn start(socket: &Path, size: u64) -> Result<Self, Box<dyn std::error::Error>> {
+        let _ = std::fs::remove_file(socket);
+        let child = Command::new("nbdkit")
+            .args(["--exit-with-parent", "-f", "-U"])
+            .arg(socket)
+            .args(["memory", &size.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let kit = Nbdkit(child);
+        let started = Instant::now();
+        while !socket.exists() {
+            if started.elapsed() > Duration::from_secs(10) {
+                return Err("nbdkit did not create its socket within 10 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(kit)
+    }
+}
+
+impl Drop for Nbdkit {
+    fn drop(&mut self) {
+        // Our own child, by its handle; it may have exited already.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn nbdkit_version() -> Result<String, String> {
+    let out = Command::new("nbdkit")
+        .arg("--version")
+        .output()
+        .map_err(|err| format!("nbdkit is not installed ({err})"))?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn fio_job(
+    socket: &Path,
+    span: u64,
+    pattern: Pattern,
+    depth: u32,
+    connections: u32,
+    seconds: Option<f64>,
+) -> fio::Job {
+    let random = pattern == Pattern::RandRead;
+    fio::Job {
+        pattern,
+        block_bytes: if random { 4096 } else { 1 << 20 },
+        queue_depth: depth,
+        target: Target::Nbd {
+            socket: socket.to_path_buf(),
+            span_bytes: span,
+            connections,
+        },
+        seconds,
+    }
+}
+
+/// Measure the server's per-request cost (see the module header). `layout`: the pool's
+/// layout (`rs:4+2` if none).
+///
+/// # Errors
+/// The pool cannot be created or served, or fio fails.
+pub fn server_cost(
+    layout: Option<Layout>,
+    dir: &Path,
+    args: &BenchArgs,
+) -> Result<ServerCost, Box<dyn std::error::Error>> {
+    let layout = match layout {
+        Some(layout) => layout,
+        None => "rs:4+2".parse()?,
+    };
+    let count = super::demo::device_count(layout);
+    let devices: Vec<SharedDevice> = (0..count)
+        .map(|i| Arc::new(MemDevice::new(format!("mem{i}"), args.device_bytes)) as SharedDevice)
+        .collect();
+    let mut options = CreateOptions::new(layout);
+    options.chunk_bytes = args.chunk_bytes;
+    options.checksum_bytes = args.checksum_bytes;
+    options.open.background_rebuild = false;
+    let pool = Arc::new(Pool::create(devices, vec![], &options)?);
+    let span = pool.size() / (1 << 20) * (1 << 20);
+    let ours: PathBuf = dir.join("bench-cost.sock");
+    let server = Server::bind(
+        &Listen::Unix(ours.clone()),
+        Arc::clone(&pool),
+        ServeOptions::default(),
+    )?;
+    let stop = server.stop_handle();
+    let thread = std::thread::Builder::new()
+        .name("bench-cost-server".into())
+        .spawn(move || server.run())?;
+    let theirs = dir.join("bench-nbdkit.sock");
+    let (kit, version) = match nbdkit_version() {
+        Ok(version) => (Some(Nbdkit::start(&theirs, span)?), version),
+        Err(why) => {
+            eprintln!("warning: {why}; the server cost is measured without nbdkit's reference");
+            (None, why)
+        }
+    };
+    progress(&format!(
+        "server cost: {layout} on {count} memory devices of {} MiB, against nbdkit memory ({version})",
+        args.device_bytes >> 20
+    ));
+    let fill =
+        |socket: &Path| fio_job(socket, span, Pattern::SeqWrite, SEQ_DEPTH, 1, None).run(dir);
+    fill(&ours)?;
+    if kit.is_some() {
+        fill(&theirs)?;
+    }
+    let mut results: Vec<(Vec<Outcome>, Vec<Outcome>)> =
+        vec![(Vec::new(), Vec::new()); WORKLOADS.len()];
+    for run in 0..args.runs.max(1) {
+        for (w, &(depth, connections)) in WORKLOADS.iter().enumerate() {
+            let job = |socket: &Path| {
+                fio_job(
+                    socket,
+                    span,
+                    Pattern::RandRead,
+                    depth,
+                    connections,
+                    Some(args.random_seconds),
+                )
+                .run(dir)
+            };
+            let mine = job(&ours)?;
+            progress(&format!(
+                "server cost, run {}: depth {depth} x {connections} connection(s): ours {:.0} IOPS",
+                run + 1,
+                mine.iops
+            ));
+            results[w].0.push(mine);
+            if kit.is_some() {
+                let reference = job(&theirs)?;
+                progress(&format!("  nbdkit memory {:.0} IOPS", reference.iops));
+                results[w].1.push(reference);
+            }
+        }
+    }
+    drop(kit);
+    stop.stop();
+    match thread.join() {
+        Ok(report) => {
+            report?;
+        }
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+    let volume_bytes = pool.size();
+    match Arc::try_unwrap(pool) {
+        Ok(pool) => pool.close()?,
+        Err(_) => return Err("the pool is still shared after the server stopped".into()),
+    }
+    let spread = |values: Vec<f64>| super::bench::spread(&values);
+    let rows = WORKLOADS
+        .iter()
+        .zip(results)
+        .map(|(&(depth, connections), (mine, reference))| {
+            let have_reference = !reference.is_empty();
+            CostRow {
+                workload: format!("4 KiB random read, depth {depth} x {connections} connection(s)"),
+                queue_depth: depth,
+                connections,
+                ours_iops: spread(mine.iter().map(|o| o.iops).collect()),
+                ours_p50_us: spread(mine.iter().map(|o| o.p50_us).collect()).0,
+                ours_p99_us: spread(mine.iter().map(|o| o.p99_us).collect()).0,
+                nbdkit_iops: have_reference
+                    .then(|| spread(reference.iter().map(|o| o.iops).collect())),
+                nbdkit_p50_us: have_reference
+                    .then(|| spread(reference.iter().map(|o| o.p50_us).collect()).0),
+                nbdkit_p99_us: have_reference
+                    .then(|| spread(reference.iter().map(|o| o.p99_us).collect()).0),
+                ratio: have_reference.then(|| {
+                    spread(
+                        mine.iter()
+                            .zip(&reference)
+                            .map(|(m, r)| m.iops / r.iops.max(1e-9))
+                            .collect(),
+                    )
+                }),
+            }
+        })
+        .collect();
+    Ok(ServerCost {
+        layout: layout.to_string(),
+        members: format!(
+            "{count} memory devices (MemDevice) of {} bytes",
+            args.device_bytes
+        ),
+        volume_bytes,
+        nbdkit: version,
+        rows,
+    })
+}
+
+/// The server-cost section as text.
+pub fn print_server_cost(cost: &ServerCost) {
+    println!(
+        "\nserver cost: {} on {}, against nbdkit memory ({})",
+        cost.layout, cost.members, cost.nbdkit
+    );
+    println!(
+        "{:<48} {:>24} {:>12} {:>24} {:>12} {:>18}",
+        "workload", "ours IOPS", "p50/p99 us", "nbdkit IOPS", "p50/p99 us", "ratio"
+    );
+    let cell = |s: (f64, f64, f64)| format!("{:.0} ({:.0}-{:.0})", s.0, s.1, s.2);
+    for row in &cost.rows {
+        println!(
+            "{:<48} {:>24} {:>12} {:>24} {:>12} {:>18}",
+            row.workload,
+            cell(row.ours_iops),
+            format!("{:.0}/{:.0}", row.ours_p50_us, row.ours_p99_us),
+            row.nbdkit_iops.map_or_else(|| "-".into(), cell),
+            row.nbdkit_p50_us
+                .zip(row.nbdkit_p99_us)
+                .map_or_else(|| "-".into(), |(a, b)| format!("{a:.0}/{b:.0}")),
+            row.ratio.map_or_else(
+                || "-".into(),
+                |r| format!("{:.2} ({:.2}-{:.2})", r.0, r.1, r.2)
+            ),
+        );
+    }
+}
