@@ -930,3 +930,39 @@ fn a_sync_whose_uberblock_misses_a_member_is_not_acknowledged() {
         "the map went on after a failed sync"
     );
 }
+
+/// A sync right after an open that replayed a record (so it drains the overlay and has nothing
+/// pending) with the power cut after `cut` device operations: `(the sync's own sequence, the
+/// next sequence after a crash and reopen, operations the sync used)`.
+fn sync_after_open(cut: i64) -> (u64, u64, i64) {
+    let rig = Rig::new("mirror:2", 2);
+    let options = options();
+    let mut map = MapStore::create(&rig.devices, POOL, &rig.geometry, TIMELINE, &options).unwrap();
+    let mut writer = Writer::new(&rig.geometry);
+    writer
+        .write(&mut map, &rig.devices, &[1, 2000, 4000])
+        .unwrap();
+    commit_logged(&mut map, &rig.devices).unwrap();
+    drop(map);
+    let mut map = MapStore::open(&rig.devices, POOL, &rig.geometry, TIMELINE, &options).unwrap();
+    rig.cut_after(cut);
+    map.sync(&rig.devices).unwrap();
+    let own = map.next_sequence() - 1;
+    let used = cut - rig.countdown.load(Ordering::SeqCst);
+    drop(map);
+    rig.crash(3);
+    let map = MapStore::open(&rig.devices, POOL, &rig.geometry, TIMELINE, &options).unwrap();
+    (own, map.next_sequence(), used)
+}
+
+#[test]
+fn a_sync_cut_before_its_uberblock_never_has_its_sequence_reused() {
+    let (_, _, used) = sync_after_open(1 << 20);
+    // Everything but the uberblock (two rings on two members, then a flush of each) landed:
+    // pages born at the sync's sequence are on disk, the uberblock naming them is not.
+    let (own, next, _) = sync_after_open(used - 6);
+    assert!(
+        next > own,
+        "after the cut sync {own}, a reopen hands out {next} again (pages born {own} are on disk)"
+    );
+}

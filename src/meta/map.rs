@@ -1080,15 +1080,16 @@ impl MapStore {
         // Changes not in any record yet are logged first when they fit, so that the chain
         // after the previous tree holds everything this sync commits and a rewind over it
         // loses nothing; if they do not fit, the uberblock says so.
+        // The record goes first even when nothing is pending: it makes the sequence before
+        // the sync's own durable, so a sync cut before its uberblock cannot have its sequence
+        // handed out again after a restart (review finding 5; only a full half skips it).
+        let sequence = self.next_sequence;
         let mut unlogged = false;
-        if !self.pending.is_empty() {
-            let sequence = self.next_sequence;
-            if self.log.append(devices, sequence, self.entries())? {
-                self.next_sequence += 1;
-                self.pending.clear();
-            } else {
-                unlogged = true;
-            }
+        if self.log.append(devices, sequence, self.entries())? {
+            self.next_sequence += 1;
+            self.pending.clear();
+        } else {
+            unlogged = !self.pending.is_empty();
         }
         let birth = self.next_sequence;
         let mut pages_written = 0;
