@@ -177,6 +177,9 @@ pub struct Replay {
     pub beyond: Vec<(DeviceIndex, u8, u64, u64)>,
     /// Bytes read from the log areas, per member in service.
     pub bytes_read: Vec<(DeviceIndex, u64)>,
+    /// The highest sequence of any valid record of the pool in any timeline, on any member (a
+    /// rewind's floor).
+    pub highest_sequence: u64,
     /// The winner's two halves as read (for copying the chain verbatim).
     winner_halves: [Vec<u8>; 2],
 }
@@ -260,14 +263,9 @@ fn walk(
     (chain, position)
 }
 
-/// Every valid record of `pool` in `halves` (any timeline when `timeline` is `None`), as
-/// `(half, offset, sequence)`: records start on 4 KiB boundaries.
-fn valid_records(
-    halves: &[Vec<u8>; 2],
-    pool: [u8; 16],
-    width: usize,
-    timeline: Option<u64>,
-) -> Vec<(u8, u64, u64)> {
+/// Every valid record of `pool` in `halves`, any timeline, as `(half, offset, sequence,
+/// timeline)`: records start on 4 KiB boundaries.
+fn valid_records(halves: &[Vec<u8>; 2], pool: [u8; 16], width: usize) -> Vec<(u8, u64, u64, u64)> {
     let mut found = Vec::new();
     for (half, bytes) in halves.iter().enumerate() {
         for offset in (0..bytes.len()).step_by(LOG_BLOCK_BYTES) {
@@ -275,9 +273,7 @@ fn valid_records(
                 continue;
             }
             if let Some((record, _)) = decode_at(bytes, offset as u64, pool, width) {
-                if timeline.is_none_or(|t| t == record.timeline) {
-                    found.push((half as u8, offset as u64, record.sequence));
-                }
+                found.push((half as u8, offset as u64, record.sequence, record.timeline));
             }
         }
     }
@@ -321,6 +317,7 @@ pub fn replay(
     let mut lengths = Vec::new();
     let mut bytes_read = Vec::new();
     let mut all_valid = Vec::new();
+    let mut highest_sequence = 0;
     for (index, device) in devices.iter().enumerate() {
         let Some(device) = device else { continue };
         let halves = read_halves(device, geometry)?;
@@ -335,10 +332,12 @@ pub fn replay(
             into_other_half,
         );
         lengths.push((DeviceIndex(index), chain.len()));
-        all_valid.push((
-            DeviceIndex(index),
-            valid_records(&halves, pool, width, Some(timeline)),
-        ));
+        let mut valid = valid_records(&halves, pool, width);
+        for (_, _, sequence, _) in &valid {
+            highest_sequence = highest_sequence.max(*sequence);
+        }
+        valid.retain(|(_, _, _, of)| *of == timeline);
+        all_valid.push((DeviceIndex(index), valid));
         let better = best
             .as_ref()
             .is_none_or(|(_, b, e, _)| (chain.len(), end.last) > (b.len(), e.last));
@@ -358,6 +357,7 @@ pub fn replay(
             lagging: Vec::new(),
             beyond: Vec::new(),
             bytes_read,
+            highest_sequence,
             winner_halves: [Vec::new(), Vec::new()],
         });
     };
@@ -371,8 +371,8 @@ pub fn replay(
         .flat_map(|(index, records)| {
             records
                 .into_iter()
-                .filter(|(_, _, sequence)| *sequence > end.last)
-                .map(move |(half, offset, sequence)| (index, half, offset, sequence))
+                .filter(|(_, _, sequence, _)| *sequence > end.last)
+                .map(move |(half, offset, sequence, _)| (index, half, offset, sequence))
         })
         .collect();
     Ok(Replay {
@@ -382,6 +382,7 @@ pub fn replay(
         lagging,
         beyond,
         bytes_read,
+        highest_sequence,
         winner_halves,
     })
 }
@@ -425,24 +426,4 @@ impl Replay {
         }
         device.flush().map_err(|e| io_error(device, starts[0], e))
     }
-}
-
-/// The highest sequence of any valid record of `pool` (any timeline) in either half of any
-/// member in service: the floor of a rewind's sequences. Writes nothing.
-///
-/// # Errors
-/// A log half larger than memory.
-pub fn highest_sequence(
-    devices: &[Option<SharedDevice>],
-    geometry: &Geometry,
-    pool: [u8; 16],
-) -> Result<u64> {
-    let mut highest = 0;
-    for device in devices.iter().flatten() {
-        let halves = read_halves(device, geometry)?;
-        for (_, _, sequence) in valid_records(&halves, pool, geometry.width(), None) {
-            highest = highest.max(sequence);
-        }
-    }
-    Ok(highest)
 }

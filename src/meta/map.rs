@@ -16,8 +16,8 @@
 
 use super::alloc::{MpnAllocator, ReleaseRule};
 use super::cache::PageCache;
-use super::log::{highest_sequence, replay, IntentLog, LogPosition, Replay};
-use super::ring::{highest_txg, read_newest, read_txg, write_uberblock};
+use super::log::{replay, IntentLog, LogPosition, Replay};
+use super::ring::{write_uberblock, Rings};
 use super::store::PageStore;
 use super::tree::{PageKey, RadixTree, SetError};
 use crate::device::SharedDevice;
@@ -596,7 +596,8 @@ impl MapStore {
         timeline: u64,
         options: &MapOptions,
     ) -> Result<Self> {
-        let Some((uberblock, _holders)) = read_newest(devices, geometry, pool, timeline)? else {
+        let rings = Rings::read(devices, geometry, pool)?;
+        let Some((uberblock, _holders)) = rings.newest(timeline)? else {
             return Err(Error::corrupt_metadata(
                 "no valid uberblock of this pool on any member",
             ));
@@ -623,10 +624,10 @@ impl MapStore {
                 ),
             });
         }
-        let previous = match uberblock.txg.checked_sub(1) {
-            Some(txg) => read_txg(devices, geometry, pool, timeline, txg)?,
-            None => None,
-        };
+        let previous = uberblock
+            .txg
+            .checked_sub(1)
+            .and_then(|txg| rings.at(timeline, txg));
         let mut this = Self::assemble(
             devices,
             geometry,
@@ -674,15 +675,16 @@ impl MapStore {
                 "a rewind writes: not read-only".into(),
             ));
         }
-        let Some((newest, _)) = read_newest(devices, geometry, pool, from_timeline)? else {
+        let rings = Rings::read(devices, geometry, pool)?;
+        let Some((newest, _)) = rings.newest(from_timeline)? else {
             return Err(Error::corrupt_metadata(
                 "no valid uberblock of the timeline to rewind from",
             ));
         };
-        let older = match newest.txg.checked_sub(1) {
-            Some(txg) => read_txg(devices, geometry, pool, from_timeline, txg)?,
-            None => None,
-        };
+        let older = newest
+            .txg
+            .checked_sub(1)
+            .and_then(|txg| rings.at(from_timeline, txg));
         let Some(older) = older else {
             return Err(Error::corrupt_metadata(format!(
                 "no uberblock before txg {} is left to rewind to",
@@ -708,12 +710,12 @@ impl MapStore {
             txg_floor: if planted {
                 older.txg + 1
             } else {
-                highest_txg(devices, geometry, pool)? + 1
+                rings.highest_txg() + 1
             },
             seq_floor: if planted {
                 older.next_sequence
             } else {
-                (highest_sequence(devices, geometry, pool)? + 1)
+                (replay.highest_sequence + 1)
                     .max(newest.next_sequence)
                     .max(replay.end.last + 2)
             },

@@ -24,6 +24,6 @@ pub use log::{ChainRecord, IntentLog, LogPosition, Replay};
 pub use map::{
     CommitReport, MapOptions, MapStore, OpenReport, RewindPlan, RewindReport, SyncReport,
 };
-pub use ring::{highest_txg, read_newest, read_txg, uberblock_places, write_uberblock};
+pub use ring::{uberblock_places, write_uberblock, Rings};
 pub use store::{CopyFault, CopyProblem, PageRead, PageStore};
 pub use tree::{PageKey, RadixTree, SetError, SyncOutcome};

@@ -43,114 +43,106 @@ pub fn write_uberblock(
 /// One valid uberblock found: the member, the byte offset, the uberblock and its bytes.
 type Found = (DeviceIndex, u64, Uberblock, Vec<u8>);
 
-/// Every valid uberblock of `pool` in both rings of every member in service (any timeline):
-/// the member, the byte offset, the uberblock and its bytes. Writes nothing.
-///
-/// # Errors
-/// A ring larger than memory.
-fn scan(
-    devices: &[Option<SharedDevice>],
-    geometry: &Geometry,
-    pool: [u8; 16],
-) -> Result<Vec<Found>> {
-    let ring_bytes = usize::try_from(geometry.uberblock_slots * UBERBLOCK_SLOT_BYTES)
-        .map_err(|_| Error::corrupt_metadata("uberblock ring larger than memory"))?;
-    let mut found = Vec::new();
-    let mut ring = vec![0u8; ring_bytes];
-    for (index, device) in devices.iter().enumerate() {
-        let Some(device) = device else { continue };
-        for start in geometry.uberblock_rings() {
-            if device.read_at(start, &mut ring).is_err() {
-                // A ring that cannot be read holds nothing usable; the other ring and the
-                // other members answer.
+/// Every valid uberblock of one pool in both rings of every member in service (any timeline),
+/// read once; open and rewind ask it what they need.
+#[derive(Debug, Clone)]
+pub struct Rings {
+    found: Vec<Found>,
+    names: Vec<Option<String>>,
+}
+
+impl Rings {
+    /// Read both rings of every member in service. Writes nothing.
+    ///
+    /// # Errors
+    /// A ring larger than memory.
+    pub fn read(
+        devices: &[Option<SharedDevice>],
+        geometry: &Geometry,
+        pool: [u8; 16],
+    ) -> Result<Self> {
+        let ring_bytes = usize::try_from(geometry.uberblock_slots * UBERBLOCK_SLOT_BYTES)
+            .map_err(|_| Error::corrupt_metadata("uberblock ring larger than memory"))?;
+        let mut found = Vec::new();
+        let mut ring = vec![0u8; ring_bytes];
+        for (index, device) in devices.iter().enumerate() {
+            let Some(device) = device else { continue };
+            for start in geometry.uberblock_rings() {
+                if device.read_at(start, &mut ring).is_err() {
+                    // A ring that cannot be read holds nothing usable; the other ring and the
+                    // other members answer.
+                    continue;
+                }
+                for (slot, bytes) in ring.chunks_exact(UBERBLOCK_BYTES).enumerate() {
+                    let Ok(uberblock) = Uberblock::decode(bytes, pool) else {
+                        continue;
+                    };
+                    if uberblock.txg % geometry.uberblock_slots != slot as u64 {
+                        continue;
+                    }
+                    let offset = start + (slot * UBERBLOCK_BYTES) as u64;
+                    found.push((DeviceIndex(index), offset, uberblock, bytes.to_vec()));
+                }
+            }
+        }
+        let names = devices
+            .iter()
+            .map(|d| d.as_ref().map(|d| d.name()))
+            .collect();
+        Ok(Self { found, names })
+    }
+
+    /// The newest valid uberblock of `timeline`, and how many members hold it. `None` when
+    /// there is none.
+    ///
+    /// # Errors
+    /// [`Error::CorruptMetadata`] when two valid uberblocks of the timeline carry the same txg
+    /// with different bytes (a split timeline: never picked between silently).
+    pub fn newest(&self, timeline: u64) -> Result<Option<(Uberblock, usize)>> {
+        let mut newest: Option<(&Uberblock, &[u8], Vec<DeviceIndex>)> = None;
+        for (index, offset, found, bytes) in &self.found {
+            if found.timeline != timeline {
                 continue;
             }
-            for (slot, bytes) in ring.chunks_exact(UBERBLOCK_BYTES).enumerate() {
-                let Ok(uberblock) = Uberblock::decode(bytes, pool) else {
-                    continue;
-                };
-                if uberblock.txg % geometry.uberblock_slots != slot as u64 {
-                    continue;
+            match &mut newest {
+                Some((best, best_bytes, holders)) if best.txg == found.txg => {
+                    if *best_bytes != bytes.as_slice() {
+                        return Err(Error::CorruptMetadata {
+                            device: self.names.get(index.0).cloned().flatten(),
+                            offset: Some(*offset),
+                            reason: format!(
+                                "split timeline: two different uberblocks claim txg {} (member {})",
+                                found.txg, index.0
+                            ),
+                        });
+                    }
+                    if !holders.contains(index) {
+                        holders.push(*index);
+                    }
                 }
-                let offset = start + (slot * UBERBLOCK_BYTES) as u64;
-                found.push((DeviceIndex(index), offset, uberblock, bytes.to_vec()));
+                Some((best, _, _)) if best.txg > found.txg => {}
+                _ => newest = Some((found, bytes, vec![*index])),
             }
         }
+        Ok(newest.map(|(uberblock, _, holders)| (uberblock.clone(), holders.len())))
     }
-    Ok(found)
-}
 
-/// The newest valid uberblock of pool `pool` on timeline `timeline` across both rings of every
-/// member in service, and how many members hold it. `None` when there is none.
-///
-/// # Errors
-/// [`Error::CorruptMetadata`] when two valid uberblocks of the timeline carry the same txg with
-/// different bytes (a split timeline: never picked between silently).
-pub fn read_newest(
-    devices: &[Option<SharedDevice>],
-    geometry: &Geometry,
-    pool: [u8; 16],
-    timeline: u64,
-) -> Result<Option<(Uberblock, usize)>> {
-    let mut newest: Option<(Uberblock, Vec<u8>, Vec<DeviceIndex>)> = None;
-    for (index, offset, found, bytes) in scan(devices, geometry, pool)? {
-        if found.timeline != timeline {
-            continue;
-        }
-        match &mut newest {
-            Some((best, best_bytes, holders)) if best.txg == found.txg => {
-                if *best_bytes != bytes {
-                    return Err(Error::CorruptMetadata {
-                        device: devices
-                            .get(index.0)
-                            .and_then(|d| d.as_ref().map(|d| d.name())),
-                        offset: Some(offset),
-                        reason: format!(
-                            "split timeline: two different uberblocks claim txg {} (member {})",
-                            found.txg, index.0
-                        ),
-                    });
-                }
-                if !holders.contains(&index) {
-                    holders.push(index);
-                }
-            }
-            Some((best, _, _)) if best.txg > found.txg => {}
-            _ => newest = Some((found, bytes, vec![index])),
-        }
+    /// The valid uberblock `txg` of `timeline`, if any member still holds it.
+    #[must_use]
+    pub fn at(&self, timeline: u64, txg: u64) -> Option<Uberblock> {
+        self.found
+            .iter()
+            .find(|(_, _, u, _)| u.timeline == timeline && u.txg == txg)
+            .map(|(_, _, u, _)| u.clone())
     }
-    Ok(newest.map(|(uberblock, _, holders)| (uberblock, holders.len())))
-}
 
-/// The valid uberblock `txg` of `timeline`, if any member still holds it (a rewind's target).
-///
-/// # Errors
-/// A ring larger than memory.
-pub fn read_txg(
-    devices: &[Option<SharedDevice>],
-    geometry: &Geometry,
-    pool: [u8; 16],
-    timeline: u64,
-    txg: u64,
-) -> Result<Option<Uberblock>> {
-    Ok(scan(devices, geometry, pool)?
-        .into_iter()
-        .find(|(_, _, u, _)| u.timeline == timeline && u.txg == txg)
-        .map(|(_, _, u, _)| u))
-}
-
-/// The highest txg of any valid uberblock of `pool` in any timeline (a rewind's floor).
-///
-/// # Errors
-/// A ring larger than memory.
-pub fn highest_txg(
-    devices: &[Option<SharedDevice>],
-    geometry: &Geometry,
-    pool: [u8; 16],
-) -> Result<u64> {
-    Ok(scan(devices, geometry, pool)?
-        .iter()
-        .map(|(_, _, u, _)| u.txg)
-        .max()
-        .unwrap_or(0))
+    /// The highest txg of any valid uberblock in any timeline (a rewind's floor).
+    #[must_use]
+    pub fn highest_txg(&self) -> u64 {
+        self.found
+            .iter()
+            .map(|(_, _, u, _)| u.txg)
+            .max()
+            .unwrap_or(0)
+    }
 }
