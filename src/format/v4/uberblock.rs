@@ -222,4 +222,35 @@ mod tests {
         bad.log_half = 2;
         assert!(Uberblock::decode(&bad.encode(), POOL).is_err());
     }
+
+    /// Byte 182 (`unlogged`, added in step 4 before any pool wrote version 4) has one spelling
+    /// per value; byte 183 stays zero; another format version is refused by name.
+    #[test]
+    fn the_unlogged_byte_has_one_spelling_and_other_versions_are_refused() {
+        let reseal = |mut bytes: Vec<u8>| {
+            let crc = crc32c::crc32c(&bytes[..CRC_AT]);
+            bytes[CRC_AT..].copy_from_slice(&crc.to_le_bytes());
+            bytes
+        };
+        for unlogged in [false, true] {
+            let ub = Uberblock {
+                unlogged,
+                ..sample()
+            };
+            let bytes = ub.encode();
+            assert_eq!(bytes[182], u8::from(unlogged));
+            assert_eq!(Uberblock::decode(&bytes, POOL), Ok(ub));
+        }
+        let mut two = sample().encode();
+        two[182] = 2;
+        let said = Uberblock::decode(&reseal(two), POOL).unwrap_err();
+        assert!(said.contains("unlogged"), "{said}");
+        let mut reserved = sample().encode();
+        reserved[183] = 1;
+        assert!(Uberblock::decode(&reseal(reserved), POOL).is_err());
+        let mut v3 = sample().encode();
+        v3[8] = 3;
+        let said = Uberblock::decode(&reseal(v3), POOL).unwrap_err();
+        assert_eq!(said, "uberblock of format version 3");
+    }
 }
