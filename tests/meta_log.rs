@@ -502,8 +502,7 @@ fn history(rig: &Rig, options: &MapOptions) -> History {
         records.clear();
         for i in 0..3u64 {
             let key = round * 100 + i * 2000;
-            let p = writer.write(&mut map, &rig.devices, &[key]).unwrap();
-            state.insert(key, p[0]);
+            record(&mut writer, &mut map, rig, &mut state, key);
             let at = map.log_position();
             commit_logged(&mut map, &rig.devices).unwrap();
             records.push((at.half, at.offset));
@@ -823,6 +822,18 @@ fn the_tree_before_the_newest_stays_intact_through_a_cut_sync_and_planted_early_
     );
 }
 
+/// Point `key` at a new block and note it in `state`.
+fn record(
+    writer: &mut Writer,
+    map: &mut MapStore,
+    rig: &Rig,
+    state: &mut BTreeMap<u64, BlockPointer>,
+    key: u64,
+) {
+    let p = writer.write(map, &rig.devices, &[key]).unwrap();
+    state.insert(key, p[0]);
+}
+
 /// Destroy the newest tree's root and rewind; the map the rewind opened.
 fn rewind_over_lost_root(rig: &Rig, map: MapStore) -> (MapStore, stripestore::meta::RewindReport) {
     let root = map.root().address().unwrap();
@@ -840,17 +851,14 @@ fn a_sync_logs_what_no_commit_did_so_a_rewind_over_it_keeps_it() {
     let mut writer = Writer::new(&rig.geometry);
     let mut state = BTreeMap::new();
     for round in 0..2u64 {
-        let p = writer.write(&mut map, &rig.devices, &[round]).unwrap();
-        state.insert(round, p[0]);
+        record(&mut writer, &mut map, &rig, &mut state, round);
         commit_logged(&mut map, &rig.devices).unwrap();
         map.sync(&rig.devices).unwrap();
     }
     // Written, never committed, then synced: the sync is the commit.
-    let p = writer.write(&mut map, &rig.devices, &[500]).unwrap();
-    state.insert(500, p[0]);
+    record(&mut writer, &mut map, &rig, &mut state, 500);
     map.sync(&rig.devices).unwrap();
-    let p = writer.write(&mut map, &rig.devices, &[600]).unwrap();
-    state.insert(600, p[0]);
+    record(&mut writer, &mut map, &rig, &mut state, 600);
     commit_logged(&mut map, &rig.devices).unwrap();
     let (map, report) = rewind_over_lost_root(&rig, map);
     assert_eq!(report.dropped_sequences, Vec::<u64>::new(), "{report:?}");
@@ -864,12 +872,10 @@ fn a_rewind_over_a_sync_that_could_not_log_stops_before_it_and_says_what_it_drop
     let mut map = MapStore::create(&rig.devices, POOL, &rig.geometry, TIMELINE, &options).unwrap();
     let mut writer = Writer::new(&rig.geometry);
     let mut state = BTreeMap::new();
-    let p = writer.write(&mut map, &rig.devices, &[1]).unwrap();
-    state.insert(1, p[0]);
+    record(&mut writer, &mut map, &rig, &mut state, 1);
     commit_logged(&mut map, &rig.devices).unwrap();
     map.sync(&rig.devices).unwrap();
-    let p = writer.write(&mut map, &rig.devices, &[2]).unwrap();
-    state.insert(2, p[0]);
+    record(&mut writer, &mut map, &rig, &mut state, 2);
     commit_logged(&mut map, &rig.devices).unwrap();
     let kept = state.clone();
     // A commit too large for one record becomes the newest sync, and logs nothing.
