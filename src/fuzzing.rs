@@ -575,11 +575,12 @@ fn meta_fixture() -> Option<&'static MetaFixture> {
             let layout: Layout = "rs:4+2".parse().ok()?;
             let geometry =
                 Geometry::new_v4(layout, META_MEMBERS, 16384, META_DEVICE_BYTES, 4, 16384).ok()?;
+            // The first six segments, where the metadata segments are (taken lowest first).
             let pages = 0..48;
             let options = crate::meta::MapOptions {
                 depth: 2,
                 cache_bytes: 32 * 16384,
-                pages: Some(pages.clone()),
+                segment_slots: 4,
                 record_max: Some(4096),
                 ..crate::meta::MapOptions::default()
             };

@@ -42,6 +42,7 @@ fn options() -> MapOptions {
         depth: 2,
         cache_bytes: 64 * 16384,
         record_max: Some(4096),
+        segment_slots: 4,
         ..MapOptions::default()
     }
 }
@@ -739,7 +740,7 @@ fn planted_record_without_fit_check_is_caught() {
 fn rewind_after_a_cut_sync(cut: i64, release: ReleaseRule, reopen: bool) -> Result<bool, String> {
     let rig = Rig::new("mirror:2", 2);
     let options = MapOptions {
-        pages: Some(0..40),
+        segment_slots: 4,
         release,
         ..options()
     };
@@ -758,14 +759,14 @@ fn rewind_after_a_cut_sync(cut: i64, release: ReleaseRule, reopen: bool) -> Resu
         map.commit(&rig.devices).map_err(|e| e.to_string())?;
         map.sync(&rig.devices).map_err(|e| e.to_string())?;
     }
-    // A clean reopen: the allocator is rebuilt from the disks, and must still hold back the
-    // pages of the tree before the newest.
+    // A clean reopen: allocation comes from the usage table on the disks, which must still
+    // hold back the segments the newest syncs freed (pages of the tree before the newest).
     if reopen {
         drop(map);
         map = MapStore::open(&rig.devices, POOL, &rig.geometry, TIMELINE, &options)
             .map_err(|e| format!("reopen: {e}"))?;
-        if map.open_report().previous_tree_pages == 0 {
-            return Err("the reopen held back no page of the tree before the newest".into());
+        if map.open_report().pending_segments == 0 {
+            return Err("the reopen held back no segment freed by the newest syncs".into());
         }
     }
     let newest_root = map.root().address().ok_or("no root")?;
@@ -970,5 +971,66 @@ fn a_sync_cut_before_its_uberblock_never_has_its_sequence_reused() {
     assert!(
         next > own,
         "after the cut sync {own}, a reopen hands out {next} again (pages born {own} are on disk)"
+    );
+}
+
+/// Write keys `0..64` and commit, overwrite them all (so every block of their segment is dead
+/// in memory, not yet in a durable tree), write 64 more keys, and crash without a commit.
+/// Every write records the birth of the row it wrote (the stand-in for its bytes); after the
+/// reopen each committed key must point into a row whose newest write is the one it names.
+/// `Err` names a key whose row was written over while a durable state referenced it.
+fn rows_survive_a_crash_before_the_sync(planted: bool) -> Result<(), String> {
+    let rig = Rig::new("rs:4+2", 6);
+    let options = MapOptions {
+        sut_decrement_at_write_time: planted,
+        ..options()
+    };
+    let mut map = MapStore::create(&rig.devices, POOL, &rig.geometry, TIMELINE, &options)
+        .map_err(|e| e.to_string())?;
+    let mut writer = Writer::new(&rig.geometry);
+    // (slot, row) -> birth of its newest write; a block's row is pbn / K for K = 4.
+    let mut rows: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut write = |map: &mut MapStore, keys: Vec<u64>| -> Result<Vec<BlockPointer>, String> {
+        let pointers = writer
+            .write(map, &rig.devices, &keys)
+            .map_err(|e| e.to_string())?;
+        for p in &pointers {
+            rows.insert(p.address().ok_or("a hole")? / 4, p.birth());
+        }
+        Ok(pointers)
+    };
+    let committed = write(&mut map, (0..64).collect())?;
+    map.commit(&rig.devices).map_err(|e| e.to_string())?;
+    write(&mut map, (0..64).collect())?;
+    write(&mut map, (64..128).collect())?;
+    drop(map);
+    rig.crash(7);
+    let map = MapStore::open(&rig.devices, POOL, &rig.geometry, TIMELINE, &options)
+        .map_err(|e| format!("open: {e}"))?;
+    for (key, pointer) in committed.iter().enumerate() {
+        let found = map
+            .get(&rig.devices, key as u64)
+            .map_err(|e| e.to_string())?;
+        if found != *pointer {
+            return Err(format!("key {key}: {found:?}, committed {pointer:?}"));
+        }
+        let row = found.address().ok_or("a hole")? / 4;
+        if rows.get(&row) != Some(&found.birth()) {
+            return Err(format!(
+                "key {key}: its row was written again (birth {:?}) while the log named it",
+                rows.get(&row)
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_segment_is_reused_only_after_the_sync_that_frees_it_and_planted_sut_at_write_is_caught() {
+    rows_survive_a_crash_before_the_sync(false).unwrap();
+    let caught = rows_survive_a_crash_before_the_sync(true);
+    assert!(
+        caught.is_err(),
+        "counting a dropped block off at write time freed a segment the log still named"
     );
 }

@@ -6,12 +6,13 @@
 //!   map, however large the map already is;
 //! * a power cut at every device operation of a sync leaves the map exactly as of the previous
 //!   sync or exactly as of this one (never a mix, never an unreadable page);
-//! * the planted bug `release_before_root_durable` (pages of the durable tree reused before the
-//!   new root is durable) is caught by the same power-cut sweep.
+//! * no sync writes over a copy of a page that the durable tree or the tree before it references
+//!   (the planted bugs `release_before_root_durable` and `release_at_t_plus_1` do, and are
+//!   caught), and the usage table equals a recount from the trees after every reopen.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use stripestore::device::{MemDevice, PowerCut, SharedDevice};
 use stripestore::format::v4::BlockPointer;
 use stripestore::geometry::{Geometry, Layout};
@@ -27,8 +28,12 @@ const TIMELINE: u64 = 0xabc;
 const DEVICE_BYTES: u64 = 16 << 20;
 
 fn geometry(layout: &str, members: usize) -> Geometry {
+    sized(layout, members, DEVICE_BYTES)
+}
+
+fn sized(layout: &str, members: usize, bytes: u64) -> Geometry {
     let layout: Layout = layout.parse().unwrap();
-    Geometry::new_v4(layout, members, 16384, DEVICE_BYTES, 4, 16384).unwrap()
+    Geometry::new_v4(layout, members, 16384, bytes, 4, 16384).unwrap()
 }
 
 fn put(
@@ -69,10 +74,14 @@ fn check(
 
 #[test]
 fn random_sets_read_back_exactly_through_evictions_syncs_and_reopen() {
+    // Keys are sparse (600 over 4,096 leaves: a 16 KiB leaf per 4 KiB block), so metadata
+    // outweighs data 4 to 1: members of 32 MiB hold it with room for the segments the cleaner
+    // needs.
+    let bytes = 2 * DEVICE_BYTES;
     for (layout, members, depth) in [("rs:4+2", 6, 2), ("mirror:2", 2, 3), ("raid10:2", 4, 2)] {
-        let geometry = geometry(layout, members);
+        let geometry = sized(layout, members, bytes);
         let mems: Vec<Arc<MemDevice>> = (0..members)
-            .map(|i| Arc::new(MemDevice::new(format!("m{i}"), DEVICE_BYTES)))
+            .map(|i| Arc::new(MemDevice::new(format!("m{i}"), bytes)))
             .collect();
         let devices: Vec<Option<SharedDevice>> = mems
             .iter()
@@ -83,6 +92,7 @@ fn random_sets_read_back_exactly_through_evictions_syncs_and_reopen() {
         let options = MapOptions {
             cache_bytes: 4 * usize::from(depth) * 16384,
             depth,
+            segment_slots: 4,
             ..MapOptions::default()
         };
         let mut map = MapStore::create(&devices, POOL, &geometry, TIMELINE, &options).unwrap();
@@ -109,15 +119,20 @@ fn random_sets_read_back_exactly_through_evictions_syncs_and_reopen() {
         check(&map, &devices, &model, &probes)
             .unwrap_or_else(|e| panic!("{layout} before reopen: {e}"));
         map.sync(&devices).unwrap();
-        let pages = map.pages_in_use();
+        map.check_usage(&devices)
+            .unwrap_or_else(|e| panic!("{layout} before reopen: {e}"));
+        let usage = map.segments().in_use();
         drop(map);
         let map = MapStore::open(&devices, POOL, &geometry, TIMELINE, &options).unwrap();
         check(&map, &devices, &model, &probes)
             .unwrap_or_else(|e| panic!("{layout} after reopen: {e}"));
-        assert!(
-            map.pages_in_use() <= pages,
-            "open found more pages than were in use"
+        assert_eq!(
+            map.segments().in_use(),
+            usage,
+            "open read another usage table than the sync wrote"
         );
+        map.check_usage(&devices)
+            .unwrap_or_else(|e| panic!("{layout} after reopen: {e}"));
         // Another timeline's uberblocks are not this pool's.
         assert!(MapStore::open(&devices, POOL, &geometry, TIMELINE + 1, &options).is_err());
     }
@@ -159,15 +174,24 @@ fn one_change_and_a_sync_write_the_path_once_per_copy_never_the_map() {
         counter.store(0, Ordering::SeqCst);
         put(&mut writer, &mut map, &devices, 123_456 + round).unwrap();
         let report = map.sync(&devices).unwrap();
-        assert_eq!(report.pages_written, 3, "depth 3: leaf, level 2, root");
+        // Σ depth over the trees: the map's path (leaf, level 2, root) and the usage table's
+        // (one page: a tree of depth 1 for this pool's segments).
+        assert_eq!(report.pages_written, 4, "depth 3 map path + the usage leaf");
         assert_eq!(
             counter.load(Ordering::SeqCst),
-            3 * 3,
-            "3 pages × 3 copies (rs:4+2)"
+            4 * 3,
+            "4 pages × 3 copies (rs:4+2)"
         );
-        assert_eq!(report.pages_freed, 3, "the old path");
+        assert_eq!(report.pages_freed, 4, "the old paths");
+        map.check_usage(&devices).unwrap();
     }
-    // A sync with nothing changed writes no page, only the uberblock.
+    // A sync with nothing changed writes at most the usage leaf (segments whose release came
+    // due); the next one writes no page, only the uberblock.
+    let settling = map.sync(&devices).unwrap().pages_written;
+    assert!(
+        settling <= 1,
+        "{settling} pages written with nothing changed"
+    );
     counter.store(0, Ordering::SeqCst);
     assert_eq!(map.sync(&devices).unwrap().pages_written, 0);
     assert_eq!(counter.load(Ordering::SeqCst), 0);
@@ -175,7 +199,7 @@ fn one_change_and_a_sync_write_the_path_once_per_copy_never_the_map() {
 
 /// Build a map, sync it (state A), change it (state B), and cut the power at device operation
 /// `cut` of the second sync; then open and compare with A and B. `Err` names a violation.
-fn power_cut_run(cut: i64, seed: u64, release: ReleaseRule) -> Result<bool, String> {
+fn power_cut_run(cut: i64, seed: u64, release: ReleaseRule, width: u64) -> Result<bool, String> {
     let geometry = geometry("rs:4+2", 6);
     let countdown = Arc::new(AtomicI64::new(i64::MAX));
     let mems: Vec<Arc<MemDevice>> = (0..6)
@@ -185,11 +209,12 @@ fn power_cut_run(cut: i64, seed: u64, release: ReleaseRule) -> Result<bool, Stri
         .iter()
         .map(|m| Some(Arc::new(PowerCut::new(m.clone(), countdown.clone())) as SharedDevice))
         .collect();
-    // A small page range so that freed pages are reused at once under the planted rules.
+    // Small segments, taken lowest first, so that freed ones are reused at once under the
+    // planted rules.
     let options = MapOptions {
         depth: 2,
         cache_bytes: 64 * 16384,
-        pages: Some(0..24),
+        segment_slots: 4,
         release,
         ..MapOptions::default()
     };
@@ -198,7 +223,7 @@ fn power_cut_run(cut: i64, seed: u64, release: ReleaseRule) -> Result<bool, Stri
     let mut model = BTreeMap::new();
     let mut writer = Writer::new(&geometry);
     for round in 1..=4u64 {
-        for i in 0..6u64 {
+        for i in 0..width {
             let key = (i * 1500 + round * 7) % map.keys();
             let pointer = put(&mut writer, &mut map, &devices, key).map_err(|e| e.to_string())?;
             model.insert(key, pointer);
@@ -206,7 +231,13 @@ fn power_cut_run(cut: i64, seed: u64, release: ReleaseRule) -> Result<bool, Stri
         map.sync(&devices).map_err(|e| e.to_string())?;
     }
     let state_a = model.clone();
-    for i in 0..6u64 {
+    // Change every leaf the last sync wrote (their pages die in this sync) and some new ones.
+    for i in 0..width {
+        let key = (i * 1500 + 29) % map.keys();
+        let pointer = put(&mut writer, &mut map, &devices, key).map_err(|e| e.to_string())?;
+        model.insert(key, pointer);
+    }
+    for i in 0..width {
         let key = (i * 2500 + 11) % map.keys();
         let pointer = put(&mut writer, &mut map, &devices, key).map_err(|e| e.to_string())?;
         model.insert(key, pointer);
@@ -239,7 +270,7 @@ fn a_power_cut_anywhere_in_a_sync_leaves_the_previous_or_the_new_map() {
     loop {
         let mut finished = false;
         for seed in [1, 2] {
-            finished = power_cut_run(cut, seed, ReleaseRule::AfterTwoSyncs)
+            finished = power_cut_run(cut, seed, ReleaseRule::AfterTwoSyncs, 6)
                 .unwrap_or_else(|e| panic!("cut at op {cut}, seed {seed}: {e}"));
         }
         if finished {
@@ -251,15 +282,109 @@ fn a_power_cut_anywhere_in_a_sync_leaves_the_previous_or_the_new_map() {
     assert!(cut > 10, "the sweep covered {cut} operations");
 }
 
+/// A random workload of sets, trims and syncs (with reopens) on members that watch every
+/// 16 KiB write: a write over a copy of a page that the durable tree or the tree before it
+/// references, before the next uberblock, is a violation (FORMAT.md V4.8 "Release": the
+/// newest tree must survive a cut sync, and the one before it a rewind). `Err` names the first.
+fn overwrite_watch(release: ReleaseRule, seed: u64) -> Result<(), String> {
+    let geometry = geometry("rs:4+2", 6);
+    let protected: Arc<Mutex<HashSet<(usize, u64)>>> = Arc::default();
+    let violation: Arc<Mutex<Option<String>>> = Arc::default();
+    let devices: Vec<Option<SharedDevice>> = (0..6)
+        .map(|i| {
+            let protected = protected.clone();
+            let violation = violation.clone();
+            Some(Hooked::shared(
+                Arc::new(MemDevice::new(format!("m{i}"), DEVICE_BYTES)),
+                None,
+                Some(Arc::new(move |offset, buf: &[u8]| {
+                    if buf.len() == 16384 && protected.lock().unwrap().contains(&(i, offset)) {
+                        violation.lock().unwrap().get_or_insert_with(|| {
+                            format!(
+                                "member {i}: a page of an openable tree at {offset} overwritten"
+                            )
+                        });
+                    }
+                    Ok(())
+                })),
+            ))
+        })
+        .collect();
+    // A cache large enough that no write forces a sync of its own: the watch learns the
+    // openable trees after each sync the test runs.
+    let options = MapOptions {
+        depth: 2,
+        cache_bytes: 512 * 16384,
+        segment_slots: 4,
+        release,
+        ..MapOptions::default()
+    };
+    let protect = |map: &MapStore, previous: &mut Vec<u64>| -> Result<(), String> {
+        let current = map.referenced_pages(&devices).map_err(|e| e.to_string())?;
+        let mut places = protected.lock().unwrap();
+        places.clear();
+        for mpn in current.iter().chain(previous.iter()) {
+            for (device, offset) in geometry.page_copies(*mpn).unwrap_or_default() {
+                places.insert((device.0, offset));
+            }
+        }
+        *previous = current;
+        Ok(())
+    };
+    let mut map = MapStore::create(&devices, POOL, &geometry, TIMELINE, &options)
+        .map_err(|e| e.to_string())?;
+    let mut writer = Writer::new(&geometry);
+    let mut rng = Lcg(seed);
+    let mut previous = Vec::new();
+    for step in 0..400u64 {
+        let key = rng.next() % 40_000;
+        let txg = map.txg();
+        if step % 13 == 0 {
+            map.trim(&devices, key).map_err(|e| e.to_string())?;
+        } else {
+            let keys: Vec<u64> = (0..1 + rng.next() % 5).map(|i| key + i * 900).collect();
+            writer
+                .write(&mut map, &devices, &keys)
+                .map_err(|e| e.to_string())?;
+        }
+        assert_eq!(
+            map.txg(),
+            txg,
+            "a write synced by itself: the watch would be stale"
+        );
+        if rng.next().is_multiple_of(4) {
+            map.sync(&devices).map_err(|e| e.to_string())?;
+            protect(&map, &mut previous)?;
+        }
+        if step % 97 == 96 {
+            map.sync(&devices).map_err(|e| e.to_string())?;
+            protect(&map, &mut previous)?;
+            drop(map);
+            map = MapStore::open(&devices, POOL, &geometry, TIMELINE, &options)
+                .map_err(|e| e.to_string())?;
+            writer = Writer::new(&geometry);
+            map.check_usage(&devices).map_err(|e| e.to_string())?;
+        }
+        if let Some(found) = violation.lock().unwrap().take() {
+            return Err(format!("step {step}: {found}"));
+        }
+    }
+    map.sync(&devices).map_err(|e| e.to_string())?;
+    map.check_usage(&devices).map_err(|e| e.to_string())
+}
+
 #[test]
-fn planted_release_before_root_durable_is_caught() {
-    let caught = (0..120).any(|cut| {
-        [1, 2]
-            .iter()
-            .any(|seed| power_cut_run(cut, *seed, ReleaseRule::AtOnce).is_err())
-    });
-    assert!(
-        caught,
-        "reusing pages of the durable tree before the new root is durable went unnoticed"
-    );
+fn no_sync_writes_over_a_page_an_openable_tree_references_and_planted_early_releases_do() {
+    for seed in [1, 2, 3] {
+        overwrite_watch(ReleaseRule::AfterTwoSyncs, seed)
+            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    }
+    for planted in [ReleaseRule::AtOnce, ReleaseRule::AfterOneSync] {
+        assert!(
+            [1, 2, 3]
+                .iter()
+                .any(|seed| overwrite_watch(planted, *seed).is_err()),
+            "{planted:?}: pages of an openable tree were overwritten, unnoticed"
+        );
+    }
 }

@@ -192,6 +192,18 @@ impl<K: Hash + Eq + Copy> PageCache<K> {
         Ok(())
     }
 
+    /// The dirty pages whose key `select` picks, without changing them (what a sync would
+    /// write).
+    pub fn dirty_where(&self, select: impl Fn(&K) -> bool) -> Vec<(K, Arc<Vec<u8>>)> {
+        let inner = self.inner.lock();
+        inner
+            .entries
+            .iter()
+            .filter(|(key, entry)| entry.state == PageState::Dirty && select(key))
+            .map(|(key, entry)| (*key, Arc::clone(&entry.page)))
+            .collect()
+    }
+
     /// Freeze every dirty page for a sync: they become frozen and are returned (the sync writes
     /// these bytes). Writers may dirty pages again at once.
     pub fn freeze_dirty(&self) -> Vec<(K, Arc<Vec<u8>>)> {

@@ -14,19 +14,20 @@
 //! which is proportional to the map's pages, and entries of kinds the map does not write yet
 //! (recovery points, segment states, forwarding, subtree trims) are refused at replay.
 
-use super::alloc::{MpnAllocator, ReleaseRule};
 use super::cache::PageCache;
 use super::log::{replay, IntentLog, LogPosition, Replay};
 use super::ring::{write_uberblock, Rings};
+use super::segments::{ReleaseRule, SegmentShape, SegmentTable, SUT_LEAF_BITS};
 use super::store::PageStore;
 use super::tree::{PageKey, RadixTree, SetError};
 use crate::device::SharedDevice;
 use crate::error::{Error, Result};
-use crate::format::v4::{BlockPointer, LogEntry, Tree, Uberblock, ADDRESS_HOLE, TREES};
+use crate::format::v4::{
+    BlockPointer, LogEntry, SegmentState, Tree, Uberblock, ADDRESS_HOLE, TREES,
+};
 use crate::geometry::Geometry;
 use crate::types::{DeviceIndex, ShardIndex};
-use std::collections::{BTreeMap, HashMap};
-use std::ops::Range;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 /// How a map is kept.
@@ -36,8 +37,8 @@ pub struct MapOptions {
     pub cache_bytes: usize,
     /// Depth of the map tree (keys: 1024^depth).
     pub depth: u8,
-    /// The page numbers metadata may use (`None`: the whole data area).
-    pub pages: Option<Range<u64>>,
+    /// Slots per segment (the unit of allocation: 64 by default, 4 at the test minimum).
+    pub segment_slots: u64,
     /// When freed pages may be reused (planted bugs choose an earlier one).
     pub release: ReleaseRule,
     /// Largest log record, bytes (`None`: min(1 MiB, half / 8), at least 4 KiB).
@@ -53,6 +54,11 @@ pub struct MapOptions {
     /// Planted bug `rewind_without_log_invalidation`.
     #[cfg(feature = "testing")]
     pub rewind_without_log_invalidation: bool,
+    /// Planted bug `sut_decrement_at_write_time`: a dropped block's count falls in the
+    /// resident table when the pointer changes (and its segment is freed at 0), not at the
+    /// sync that makes the change durable.
+    #[cfg(feature = "testing")]
+    pub sut_decrement_at_write_time: bool,
 }
 
 impl Default for MapOptions {
@@ -60,7 +66,7 @@ impl Default for MapOptions {
         Self {
             cache_bytes: 512 << 20,
             depth: 4,
-            pages: None,
+            segment_slots: 64,
             release: ReleaseRule::AfterTwoSyncs,
             record_max: None,
             read_only: false,
@@ -70,6 +76,8 @@ impl Default for MapOptions {
             skip_record_fit_check: false,
             #[cfg(feature = "testing")]
             rewind_without_log_invalidation: false,
+            #[cfg(feature = "testing")]
+            sut_decrement_at_write_time: false,
         }
     }
 }
@@ -80,6 +88,13 @@ impl MapOptions {
         self.record_max
             .unwrap_or_else(|| (1 << 20).min(half / 8))
             .max(crate::format::v4::LOG_BLOCK_BYTES)
+    }
+
+    fn planted_sut_at_write(&self) -> bool {
+        #[cfg(feature = "testing")]
+        return self.sut_decrement_at_write_time;
+        #[cfg(not(feature = "testing"))]
+        false
     }
 
     fn planted_rewind(&self) -> bool {
@@ -133,9 +148,11 @@ pub struct OpenReport {
     /// Lagging members the copy could not be written to, with the error (the caller's fault
     /// policy decides; the open does not fail for them).
     pub rereplication_failed: Vec<(DeviceIndex, String)>,
-    /// Pages of the tree before the newest held back from reuse until the next sync is durable
-    /// (so a rewind can still open that tree).
-    pub previous_tree_pages: usize,
+    /// Segments freed by the newest syncs and held back from reuse until two more syncs are
+    /// durable (so a rewind can still open the tree before the newest).
+    pub pending_segments: u64,
+    /// Usage-table leaves read (none for an empty pool: open reads no tree).
+    pub usage_leaves_read: usize,
 }
 
 /// What a rewind will record in the superblocks before it writes (the caller persists it).
@@ -188,7 +205,9 @@ pub struct MapStore {
     timeline: u64,
     geometry: Geometry,
     map: RadixTree,
-    alloc: MpnAllocator,
+    /// Tree 2: the usage table's pages (records resident in `segments`).
+    sut: RadixTree,
+    segments: SegmentTable,
     txg: u64,
     next_sequence: u64,
     log: IntentLog,
@@ -200,6 +219,7 @@ pub struct MapStore {
     read_only: bool,
     failed: bool,
     opened: OpenReport,
+    planted_sut_at_write: bool,
 }
 
 fn flush_all(devices: &[Option<SharedDevice>]) -> Result<()> {
@@ -263,11 +283,41 @@ impl MapStore {
         Ok(store)
     }
 
-    fn page_range(geometry: &Geometry, options: &MapOptions) -> Range<u64> {
-        options
-            .pages
-            .clone()
-            .unwrap_or(0..geometry.metadata_pages())
+    fn shape(geometry: &Geometry, options: &MapOptions) -> Result<SegmentShape> {
+        let shape = SegmentShape::new(geometry, options.segment_slots)?;
+        if shape.pages_per_segment == 0 {
+            return Err(Error::InvalidConfig(format!(
+                "chunks of {} bytes hold no 16 KiB metadata page",
+                geometry.chunk_bytes
+            )));
+        }
+        Ok(shape)
+    }
+
+    /// The usage tree of a pool of `shape` (its own cache: the records are resident in the
+    /// table, so its leaves are held only while dirty).
+    fn usage_tree(
+        pool: [u8; 16],
+        geometry: &Geometry,
+        options: &MapOptions,
+        shape: &SegmentShape,
+        depth: u8,
+        root: BlockPointer,
+    ) -> Result<RadixTree> {
+        let leaves = usize::try_from(shape.segments.div_ceil(1 << SUT_LEAF_BITS)).unwrap_or(0);
+        // Every leaf and its path may be dirty at once in one sync.
+        let cache = Arc::new(PageCache::<PageKey>::new(
+            (leaves + usize::from(depth) + 4) * 4 * RadixTree::page_bytes(),
+        ));
+        RadixTree::with_leaves(
+            pool,
+            Tree::SegmentUsage,
+            SUT_LEAF_BITS,
+            depth,
+            root,
+            cache,
+            Self::store(pool, geometry, options)?,
+        )
     }
 
     fn intent_log(
@@ -294,9 +344,11 @@ impl MapStore {
     }
 
     fn uberblock(&self, txg: u64, s_sync: u64, log_half: u8, unlogged: bool) -> Uberblock {
-        let depths = [self.map_depth(), 1, 1, 1, 1, 1];
+        let depths = [self.map_depth(), 1, self.sut.root().level(), 1, 1, 1];
         let mut roots = depths.map(BlockPointer::hole);
         roots[0] = self.map.root();
+        roots[2] = self.sut.root();
+        let (data, meta) = self.segments.open_segments();
         Uberblock {
             pool: self.pool,
             txg,
@@ -309,7 +361,7 @@ impl MapStore {
             next_sequence: s_sync + 1,
             timeline: self.timeline,
             depths,
-            open_segments: [None; 4],
+            open_segments: [data, None, None, meta],
             unlogged,
         }
     }
@@ -331,13 +383,16 @@ impl MapStore {
     ) -> Result<Self> {
         let cache = Arc::new(PageCache::<PageKey>::new(options.cache_bytes));
         let store = Self::store(pool, geometry, options)?;
-        let range = Self::page_range(geometry, options);
-        if range.is_empty() || range.end > geometry.metadata_pages() {
-            return Err(Error::InvalidConfig(format!(
-                "metadata pages {range:?} outside the data area's {}",
-                geometry.metadata_pages()
-            )));
-        }
+        let shape = Self::shape(geometry, options)?;
+        let sut_depth = RadixTree::depth_for(shape.segments, SUT_LEAF_BITS);
+        let sut = Self::usage_tree(
+            pool,
+            geometry,
+            options,
+            &shape,
+            sut_depth,
+            BlockPointer::hole(sut_depth),
+        )?;
         let map = RadixTree::new(
             pool,
             Tree::Map,
@@ -357,7 +412,8 @@ impl MapStore {
             timeline,
             geometry: geometry.clone(),
             map,
-            alloc: MpnAllocator::new(range, options.release),
+            sut,
+            segments: SegmentTable::new(shape, options.release),
             txg: 0,
             next_sequence: 2,
             log: Self::intent_log(pool, timeline, geometry, options, position),
@@ -367,6 +423,7 @@ impl MapStore {
             read_only: false,
             failed: false,
             opened: OpenReport::default(),
+            planted_sut_at_write: options.planted_sut_at_write(),
         };
         let failed = write_uberblock(devices, geometry, &this.uberblock(0, 1, 0, false));
         if let Some((device, why)) = failed.first() {
@@ -377,16 +434,15 @@ impl MapStore {
     }
 
     /// The map of uberblock `uberblock` with the log chain `replay` applied to its overlay.
-    /// The pages of `previous` (the uberblock before it, when still in the rings) that the
-    /// newest tree no longer uses are held back until the next sync is durable: a rewind may
-    /// need them (released by the same rule as if this process had run that sync).
+    /// Allocation comes from the usage table the uberblock names (its leaves are read; no
+    /// tree is walked): segments the last syncs freed stay held back by the release rule, so
+    /// the tree before the newest stays intact for a rewind.
     fn assemble(
         devices: &[Option<SharedDevice>],
         geometry: &Geometry,
         timeline: u64,
         options: &MapOptions,
         uberblock: &Uberblock,
-        previous: Option<&Uberblock>,
         replay: &Replay,
     ) -> Result<Self> {
         let pool = uberblock.pool;
@@ -394,47 +450,40 @@ impl MapStore {
         let store = Self::store(pool, geometry, options)?;
         let depth = uberblock.depths[0];
         let map = RadixTree::new(pool, Tree::Map, depth, uberblock.roots[0], cache, store)?;
-        let mut alloc = MpnAllocator::new(Self::page_range(geometry, options), options.release);
-        for mpn in map.referenced_pages(devices)? {
-            if !alloc.mark_used(mpn) {
-                return Err(Error::corrupt_metadata(format!(
-                    "metadata page {mpn} referenced twice or outside the metadata area"
-                )));
-            }
+        // A root no copy verifies refuses the open (`open --rewind` decides).
+        map.read_root(devices)?;
+        let shape = Self::shape(geometry, options)?;
+        let sut_depth = RadixTree::depth_for(shape.segments, SUT_LEAF_BITS);
+        if uberblock.depths[2] != sut_depth {
+            return Err(Error::corrupt_metadata(format!(
+                "uberblock {}: usage tree of depth {}, the pool's {} segments need {sut_depth}",
+                uberblock.txg, uberblock.depths[2], shape.segments
+            )));
         }
-        let mut held = Vec::new();
-        if let Some(previous) = previous {
-            // Its own small cache: pages are cached by place in the tree, not by number, so
-            // the newest tree's cached pages must not answer for it.
-            let cache = Arc::new(PageCache::<PageKey>::new(16 * RadixTree::page_bytes()));
-            let store = Self::store(pool, geometry, options)?.without_healing();
-            let older = RadixTree::new(
-                pool,
-                Tree::Map,
-                previous.depths[0],
-                previous.roots[0],
-                cache,
-                store,
-            );
-            // A tree that no longer reads protects nothing; the newest one is what opens.
-            if let Ok(pages) = older.and_then(|tree| tree.referenced_pages(devices)) {
-                held = pages
-                    .into_iter()
-                    .filter(|mpn| alloc.mark_used(*mpn))
-                    .collect();
-            }
-        }
-        let previous_tree_pages = held.len();
-        if let Some(previous) = previous {
-            alloc.free_after(previous.txg, held);
-        }
+        let sut = Self::usage_tree(
+            pool,
+            geometry,
+            options,
+            &shape,
+            sut_depth,
+            uberblock.roots[2],
+        )?;
+        let leaves = sut.leaves(devices)?;
+        let segments = SegmentTable::load(
+            shape,
+            options.release,
+            uberblock.txg,
+            geometry.pages_per_slot(),
+            &leaves,
+        )?;
+        sut.forget_clean_leaves(leaves.iter().map(|(first, _)| *first));
         debug_assert_eq!(TREES, 6);
         let mut this = Self {
             pool,
             timeline,
             geometry: geometry.clone(),
             map,
-            alloc,
+            sut,
             txg: uberblock.txg,
             // `end + 1` may have been taken by a sync whose uberblock never became durable.
             next_sequence: uberblock.next_sequence.max(replay.end.last + 2),
@@ -451,13 +500,59 @@ impl MapStore {
                 log_bytes_read: replay.bytes_read.clone(),
                 rereplicated: Vec::new(),
                 rereplication_failed: Vec::new(),
-                previous_tree_pages: 0,
+                pending_segments: segments.pending_segments(),
+                usage_leaves_read: leaves.len(),
             },
+            segments,
+            planted_sut_at_write: options.planted_sut_at_write(),
         };
-        this.opened.previous_tree_pages = previous_tree_pages;
         this.apply_chain(replay)?;
         this.opened.overlay_keys = this.overlay.len();
+        this.resume_data_segment(uberblock, replay);
         Ok(this)
+    }
+
+    /// Go on filling the data segment that was open: the segment of the newest row the chain
+    /// names (after its highest replayed slot), else the uberblock's open data segment from
+    /// its recorded fill pointer. Rows past that point were never committed.
+    fn resume_data_segment(&mut self, uberblock: &Uberblock, replay: &Replay) {
+        let shape = self.segments.shape();
+        let newest_row = replay
+            .chain
+            .iter()
+            .rev()
+            .flat_map(|link| link.record.entries.iter().rev())
+            .find_map(|entry| match entry {
+                LogEntry::Row { slot, .. } => Some(*slot),
+                _ => None,
+            });
+        if let Some(slot) = newest_row {
+            let segment = slot / shape.segment_slots;
+            let highest = replay
+                .chain
+                .iter()
+                .flat_map(|link| link.record.entries.iter())
+                .filter_map(|entry| match entry {
+                    LogEntry::Row { slot, .. } if slot / shape.segment_slots == segment => {
+                        Some(*slot)
+                    }
+                    _ => None,
+                })
+                .max()
+                .unwrap_or(slot);
+            let recorded = match self.segments.record(segment).state {
+                SegmentState::OpenData => u64::from(self.segments.record(segment).slots_used),
+                _ => 0,
+            };
+            let next = (highest % shape.segment_slots + 1).max(recorded);
+            self.segments.resume_data(segment, next);
+        } else if let Some(segment) = uberblock.open_segments[0] {
+            let record = self.segments.record(segment);
+            if record.state == SegmentState::OpenData {
+                self.segments
+                    .resume_data(segment, u64::from(record.slots_used));
+            }
+        }
     }
 
     /// Apply the records of a chain to the overlay, checking each old pointer against the
@@ -557,6 +652,14 @@ impl MapStore {
         if key >= self.map.keys() {
             return Err(format!("logical block {key} beyond the map"));
         }
+        // The usage journal is re-created from the chain: +1 for each new block, -1 for each
+        // old one (an intermediate version's +1 and -1 cancel).
+        if let Some(pbn) = pointer.address() {
+            self.segments.block_delta(pbn, 1);
+        }
+        if old.0 != ADDRESS_HOLE {
+            self.segments.block_delta(old.0, -1);
+        }
         match self.overlay.get_mut(&key) {
             Some((newest, _)) => {
                 if !same_old(newest, old) {
@@ -624,19 +727,7 @@ impl MapStore {
                 ),
             });
         }
-        let previous = uberblock
-            .txg
-            .checked_sub(1)
-            .and_then(|txg| rings.at(timeline, txg));
-        let mut this = Self::assemble(
-            devices,
-            geometry,
-            timeline,
-            options,
-            &uberblock,
-            previous.as_ref(),
-            &replay,
-        )?;
+        let mut this = Self::assemble(devices, geometry, timeline, options, &uberblock, &replay)?;
         if !options.read_only {
             let failed = replay.rereplicate(devices, geometry);
             this.opened.rereplicated = replay
@@ -729,7 +820,6 @@ impl MapStore {
             plan.to_timeline,
             options,
             &older,
-            None,
             &replay,
         )?;
         // Every replayed change must fit the older tree before anything is written.
@@ -787,10 +877,105 @@ impl MapStore {
     pub fn keys(&self) -> u64 {
         self.map.keys()
     }
-    /// Metadata pages in use or waiting for release.
+    /// The usage table (segments, counts as of the last sync, free segments).
     #[must_use]
-    pub fn pages_in_use(&self) -> u64 {
-        self.alloc.in_use()
+    pub fn segments(&self) -> &SegmentTable {
+        &self.segments
+    }
+
+    /// Recount from the trees of the last sync how many data blocks and metadata pages of
+    /// each segment they reference, and compare with the usage table (FORMAT.md V4.4, "SUT@t =
+    /// f(trees@t)"; `check --deep`). Reads every page of the trees.
+    ///
+    /// # Errors
+    /// A description of the first disagreement; [`Error::InvalidConfig`] when pages are dirty
+    /// (the trees in memory are then newer than the table: sync first).
+    pub fn check_usage(&self, devices: &[Option<SharedDevice>]) -> Result<()> {
+        if self.map.has_dirty() || self.sut.has_dirty() {
+            return Err(Error::InvalidConfig(
+                "pages changed since the last sync: sync before checking usage".into(),
+            ));
+        }
+        let shape = self.segments.shape();
+        let mut counted: BTreeMap<u64, (u32, bool)> = BTreeMap::new();
+        for mpn in self.referenced_pages(devices)? {
+            counted.entry(shape.of_page(mpn)).or_insert((0, true)).0 += 1;
+        }
+        for (_, leaf) in self.map.leaves(devices)? {
+            for index in 0..crate::format::v4::POINTERS_PER_PAGE {
+                let bytes = &leaf[index * BlockPointer::BYTES..(index + 1) * BlockPointer::BYTES];
+                let pointer = BlockPointer::decode(bytes).map_err(Error::corrupt_metadata)?;
+                if let Some(pbn) = pointer.address() {
+                    let entry = counted.entry(shape.of_block(pbn)).or_insert((0, false));
+                    if entry.1 {
+                        return Err(Error::corrupt_metadata(format!(
+                            "segment {} holds metadata pages and data block {pbn}",
+                            shape.of_block(pbn)
+                        )));
+                    }
+                    entry.0 += 1;
+                }
+            }
+        }
+        let table: BTreeMap<u64, (u32, SegmentState)> = self
+            .segments
+            .in_use()
+            .into_iter()
+            .map(|(segment, count, state)| (segment, (count, state)))
+            .collect();
+        for (segment, (count, metadata)) in &counted {
+            let Some((recorded, state)) = table.get(segment) else {
+                return Err(Error::corrupt_metadata(format!(
+                    "segment {segment}: {count} referenced by the trees, free in the usage table"
+                )));
+            };
+            let kind_ok = if *metadata {
+                matches!(
+                    state,
+                    SegmentState::OpenMetadata | SegmentState::FullMetadata
+                )
+            } else {
+                matches!(state, SegmentState::OpenData | SegmentState::FullData)
+            };
+            if recorded != count || !kind_ok {
+                return Err(Error::corrupt_metadata(format!(
+                    "segment {segment}: {count} referenced by the trees (metadata: {metadata}), \
+                     the usage table says {recorded} ({state:?})"
+                )));
+            }
+        }
+        for (segment, (recorded, state)) in &table {
+            if *recorded > 0 && !counted.contains_key(segment) {
+                return Err(Error::corrupt_metadata(format!(
+                    "segment {segment}: the usage table says {recorded} ({state:?}), no tree \
+                     references it"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// A fresh slot of the open data segment for rows of data blocks (the pool's writers take
+    /// their slots here).
+    ///
+    /// # Errors
+    /// [`Error::NoFreeSlot`] when no segment is free.
+    pub fn data_slot(&mut self) -> Result<u64> {
+        self.usable()?;
+        self.segments
+            .data_slot()
+            .ok_or_else(|| Error::NoFreeSlot("no free segment for data".into()))
+    }
+
+    /// Every metadata page the trees of the last sync reference (a walk: for checks and
+    /// tests, never for allocation).
+    ///
+    /// # Errors
+    /// When a page cannot be read.
+    pub fn referenced_pages(&self, devices: &[Option<SharedDevice>]) -> Result<Vec<u64>> {
+        let mut pages = self.map.referenced_pages(devices)?;
+        pages.extend(self.sut.referenced_pages(devices)?);
+        Ok(pages)
     }
     /// What the open found in the log.
     #[must_use]
@@ -925,6 +1110,17 @@ impl MapStore {
             let old = self.get(devices, key)?;
             match self.map.set(devices, key, new) {
                 Ok(()) => {
+                    if let Some(pbn) = new.address() {
+                        self.segments.block_delta(pbn, 1);
+                    }
+                    if let Some(pbn) = old.address() {
+                        if self.planted_sut_at_write {
+                            // Planted bug `sut_decrement_at_write_time`.
+                            self.segments.decrement_now(pbn);
+                        } else {
+                            self.segments.block_delta(pbn, -1);
+                        }
+                    }
                     self.overlay.remove(&key);
                     self.pending
                         .entry(key)
@@ -1094,8 +1290,43 @@ impl MapStore {
             unlogged = !self.pending.is_empty();
         }
         let birth = self.next_sequence;
+        let txg = self.txg + 1;
         let mut pages_written = 0;
-        let mut freed = Vec::new();
+        let mut pages_freed = 0;
+        // Empty mostly dead metadata segments (the metadata part of the cleaner): their live
+        // pages are rewritten by this sync elsewhere, so they reach 0 and are freed. Paced so
+        // that a sync frees one segment more than it fills: victims are taken, emptiest
+        // first, until they outnumber the segments this sync's pages (its own and the moved
+        // ones) take.
+        let per_segment = self.segments.shape().pages_per_segment;
+        let own = self.map.planned_sync()?.0 + usize::from(self.sut.root().level()) + 1;
+        let mut moved = 0u64;
+        let mut victims = Vec::new();
+        for (victim, live) in self.segments.metadata_victims() {
+            if victims.len() as u64 > (own as u64 + moved).div_ceil(per_segment) {
+                break;
+            }
+            moved += live;
+            victims.push(victim);
+        }
+        for victim in victims {
+            // A small cache takes the pages in parts: write what is dirty, walk again.
+            while !self.map.relocate(devices, victim.clone())? {
+                let part = self.write_pages(devices, birth)?;
+                if part.0 == 0 {
+                    return Err(Error::corrupt_metadata(
+                        "the page cache is too small for one path of the map",
+                    ));
+                }
+                pages_written += part.0;
+                pages_freed += part.1;
+            }
+            if !self.sut.relocate(devices, victim)? {
+                return Err(Error::corrupt_metadata(
+                    "the usage tree's cache cannot hold its pages",
+                ));
+            }
+        }
         // Drain the overlay; when the cache cannot take more dirty pages, write the ones it
         // holds (pages of no durable tree yet) and go on.
         while let Some((&key, &(pointer, expected))) = self.overlay.iter().next() {
@@ -1113,15 +1344,17 @@ impl MapStore {
                         ));
                     }
                     pages_written += part.0;
-                    freed.extend(part.1);
+                    pages_freed += part.1;
                 }
             }
         }
         let last = self.write_pages(devices, birth)?;
         pages_written += last.0;
-        freed.extend(last.1);
+        pages_freed += last.1;
+        let usage = self.write_usage(devices, txg, birth)?;
+        pages_written += usage.0;
+        pages_freed += usage.1;
         flush_all(devices)?;
-        let txg = self.txg + 1;
         let half = self.log.position().half ^ 1;
         let uberblock = self.uberblock(txg, birth, half, unlogged);
         let failed = write_uberblock(devices, &self.geometry, &uberblock);
@@ -1139,13 +1372,11 @@ impl MapStore {
             )));
         }
         flush_all(devices)?;
-        let pages_freed = freed.len();
-        self.alloc.free_after(self.txg, freed);
         self.txg = txg;
         self.next_sequence = birth + 1;
         self.log.switch(birth);
         self.pending.clear();
-        self.alloc.durable(txg);
+        self.segments.durable(txg);
         Ok(SyncReport {
             txg,
             pages_written,
@@ -1153,26 +1384,105 @@ impl MapStore {
         })
     }
 
-    /// Write the tree's dirty pages with birth `birth`: `(pages written, pages freed)`.
+    /// Write the map tree's dirty pages with birth `birth`, counting each page written (+1)
+    /// and each replaced (-1) in its segment: `(pages written, pages freed)`.
     fn write_pages(
         &mut self,
         devices: &[Option<SharedDevice>],
         birth: u64,
-    ) -> Result<(usize, Vec<u64>)> {
-        let alloc = std::cell::RefCell::new(&mut self.alloc);
+    ) -> Result<(usize, usize)> {
+        let segments = std::cell::RefCell::new(&mut self.segments);
         let outcome = self.map.sync(
             devices,
             birth,
-            &mut || alloc.borrow_mut().alloc(),
-            &mut |mpn| alloc.borrow_mut().dropped_in_sync(mpn),
+            &mut || {
+                let mut segments = segments.borrow_mut();
+                let mpn = segments.page()?;
+                segments.page_delta(mpn, 1);
+                Some(mpn)
+            },
+            &mut |mpn| segments.borrow_mut().page_delta(mpn, -1),
         )?;
-        // Every copy on a member in service must be written: a page short of copies would be
-        // lost by fewer failures than the pool tolerates.
-        if let Some(fault) = outcome.copy_faults.first() {
-            return Err(Error::corrupt_metadata(format!(
+        Self::all_copies_written(&outcome)?;
+        Ok((outcome.pages_written, outcome.freed.len()))
+    }
+
+    /// Every copy on a member in service must be written: a page short of copies would be lost
+    /// by fewer failures than the pool tolerates.
+    fn all_copies_written(outcome: &super::tree::SyncOutcome) -> Result<()> {
+        match outcome.copy_faults.first() {
+            Some(fault) => Err(Error::corrupt_metadata(format!(
                 "metadata page copy not written: {fault}"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Fold the usage journal at the boundary of sync `txg` and write the usage tree so that
+    /// the records it writes describe the segments its own pages go into and come from (the
+    /// fixed point of FORMAT.md V4.8 step 2): fold, stage the changed leaves, reserve the page
+    /// numbers the usage sync will take and count them with the pages it replaces, and fold
+    /// again until nothing changes; then write with exactly those page numbers.
+    fn write_usage(
+        &mut self,
+        devices: &[Option<SharedDevice>],
+        txg: u64,
+        birth: u64,
+    ) -> Result<(usize, usize)> {
+        let per_slot = self.geometry.pages_per_slot();
+        let mut reserved: VecDeque<u64> = VecDeque::new();
+        let mut replaced: BTreeSet<u64> = BTreeSet::new();
+        let mut staged_leaves = BTreeSet::new();
+        loop {
+            for first in self.segments.fold(txg, per_slot)? {
+                staged_leaves.insert(first);
+                let leaf = self.segments.leaf_page(first);
+                match self.sut.set_leaf(devices, first, &leaf) {
+                    Ok(()) => {}
+                    Err(SetError::Failed(e)) => return Err(e),
+                    Err(SetError::NeedsSync(_)) => {
+                        return Err(Error::corrupt_metadata(
+                            "the usage tree's cache cannot hold its dirty leaves",
+                        ))
+                    }
+                }
+            }
+            let (count, olds) = self.sut.planned_sync()?;
+            let mut changed = false;
+            while reserved.len() < count {
+                let mpn = self
+                    .segments
+                    .page()
+                    .ok_or_else(|| Error::NoFreeSlot("no free segment for metadata".into()))?;
+                self.segments.page_delta(mpn, 1);
+                reserved.push_back(mpn);
+                changed = true;
+            }
+            for old in olds {
+                if replaced.insert(old) {
+                    self.segments.page_delta(old, -1);
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        let staged: Vec<u64> = reserved.iter().copied().collect();
+        let outcome = self
+            .sut
+            .sync(devices, birth, &mut || reserved.pop_front(), &mut |_| {})?;
+        Self::all_copies_written(&outcome)?;
+        let freed: BTreeSet<u64> = outcome.freed.iter().copied().collect();
+        if !reserved.is_empty() || freed != replaced {
+            return Err(Error::corrupt_metadata(format!(
+                "usage sync at txg {txg}: planned pages {staged:?} replacing {replaced:?}, \
+                 wrote {} replacing {freed:?}",
+                outcome.pages_written
             )));
         }
-        Ok((outcome.pages_written, outcome.freed))
+        // Leaves are resident as records; keep only the interior pages cached.
+        self.sut.forget_clean_leaves(staged_leaves);
+        Ok((outcome.pages_written, outcome.freed.len()))
     }
 }

@@ -10,20 +10,20 @@
 //! rows, superblocks. Placement arithmetic is `geometry::Geometry::page_copies`; encodings are
 //! `format::v4`.
 
-mod alloc;
 mod cache;
 mod log;
 mod map;
 mod ring;
+mod segments;
 mod store;
 mod tree;
 
-pub use alloc::{MpnAllocator, ReleaseRule};
 pub use cache::{CacheFull, CacheStats, PageCache, PageState};
 pub use log::{ChainRecord, IntentLog, LogPosition, Replay};
 pub use map::{
     CommitReport, MapOptions, MapStore, OpenReport, RewindPlan, RewindReport, SyncReport,
 };
 pub use ring::{uberblock_places, write_uberblock, Rings};
+pub use segments::{ReleaseRule, SegmentShape, SegmentTable, SUT_LEAF_BITS};
 pub use store::{CopyFault, CopyProblem, PageRead, PageStore};
 pub use tree::{PageKey, RadixTree, SetError, SyncOutcome};

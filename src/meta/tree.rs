@@ -25,19 +25,40 @@ use std::sync::Arc;
 /// Where a page is in a tree: tree id, level, first key.
 pub type PageKey = (u8, u8, u64);
 
+/// Fanout of an interior page (1024 pointers).
 const FANOUT_BITS: u32 = 10;
+/// Fanout of a leaf of block pointers (the map): 1024 records of 16 bytes.
+pub const POINTER_LEAF_BITS: u32 = 10;
 
-/// Keys a page at `level` covers.
-fn span(level: u8) -> u64 {
-    1u64 << (FANOUT_BITS * u32::from(level))
+/// The key arithmetic of a tree whose leaves hold `2^leaf_bits` records of
+/// `PAGE_BYTES >> leaf_bits` bytes (map: 1024 pointers; usage table: 2048 records of 8 bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Shape {
+    leaf_bits: u32,
 }
-/// First key of the page at `level` that covers `key`.
-fn first_of(level: u8, key: u64) -> u64 {
-    key & !(span(level) - 1)
-}
-/// Index of `key`'s entry in its page at `level`.
-fn index_of(level: u8, key: u64) -> usize {
-    ((key >> (FANOUT_BITS * u32::from(level - 1))) & (POINTERS_PER_PAGE as u64 - 1)) as usize
+
+impl Shape {
+    /// Keys a page at `level` covers.
+    fn span(self, level: u8) -> u64 {
+        1u64 << (self.leaf_bits + FANOUT_BITS * u32::from(level - 1))
+    }
+    /// First key of the page at `level` that covers `key`.
+    fn first_of(self, level: u8, key: u64) -> u64 {
+        key & !(self.span(level) - 1)
+    }
+    /// Index of `key`'s entry (a record in a leaf, a pointer above) in its page at `level`.
+    fn index_of(self, level: u8, key: u64) -> usize {
+        if level == 1 {
+            (key & ((1 << self.leaf_bits) - 1)) as usize
+        } else {
+            ((key >> (self.leaf_bits + FANOUT_BITS * u32::from(level - 2)))
+                & (POINTERS_PER_PAGE as u64 - 1)) as usize
+        }
+    }
+    /// Bytes of one leaf record.
+    fn record_bytes(self) -> usize {
+        PAGE_BYTES >> self.leaf_bits
+    }
 }
 
 fn entry(page: &[u8], index: usize) -> Result<BlockPointer> {
@@ -83,6 +104,7 @@ pub struct SyncOutcome {
 pub struct RadixTree {
     pool: [u8; 16],
     tree: Tree,
+    shape: Shape,
     depth: u8,
     root: BlockPointer,
     cache: Arc<PageCache<PageKey>>,
@@ -90,7 +112,8 @@ pub struct RadixTree {
 }
 
 impl RadixTree {
-    /// The tree `tree` of depth `depth` whose durable root is `root`.
+    /// The tree `tree` of depth `depth`, leaves of block pointers, whose durable root is
+    /// `root`.
     ///
     /// # Errors
     /// [`Error::CorruptMetadata`] when the root is not a page at level `depth` (or a hole).
@@ -102,7 +125,30 @@ impl RadixTree {
         cache: Arc<PageCache<PageKey>>,
         store: PageStore,
     ) -> Result<Self> {
-        if !(1..=4).contains(&depth) || root.level() != depth || root.is_zero() {
+        Self::with_leaves(pool, tree, POINTER_LEAF_BITS, depth, root, cache, store)
+    }
+
+    /// The tree `tree` whose leaves hold `2^leaf_bits` records of `16 KiB >> leaf_bits` bytes
+    /// (the usage table: 11, records of 8 bytes).
+    ///
+    /// # Errors
+    /// [`Error::CorruptMetadata`] when the root is not a page at level `depth` (or a hole).
+    pub fn with_leaves(
+        pool: [u8; 16],
+        tree: Tree,
+        leaf_bits: u32,
+        depth: u8,
+        root: BlockPointer,
+        cache: Arc<PageCache<PageKey>>,
+        store: PageStore,
+    ) -> Result<Self> {
+        if !(3..=12).contains(&leaf_bits) {
+            return Err(Error::InvalidConfig(format!(
+                "tree {}: leaves of 2^{leaf_bits} records",
+                tree.id()
+            )));
+        }
+        if !(1..=5).contains(&depth) || root.level() != depth || root.is_zero() {
             return Err(Error::corrupt_metadata(format!(
                 "tree {} root at level {} for depth {depth}",
                 tree.id(),
@@ -112,6 +158,7 @@ impl RadixTree {
         Ok(Self {
             pool,
             tree,
+            shape: Shape { leaf_bits },
             depth,
             root,
             cache,
@@ -127,11 +174,22 @@ impl RadixTree {
     /// Keys this tree can hold.
     #[must_use]
     pub fn keys(&self) -> u64 {
-        span(self.depth)
+        self.shape.span(self.depth)
+    }
+
+    /// The smallest depth whose tree holds `keys` keys with leaves of `2^leaf_bits` records.
+    #[must_use]
+    pub fn depth_for(keys: u64, leaf_bits: u32) -> u8 {
+        let shape = Shape { leaf_bits };
+        let mut depth = 1;
+        while depth < 5 && shape.span(depth) < keys {
+            depth += 1;
+        }
+        depth
     }
 
     fn key_of(&self, level: u8, key: u64) -> PageKey {
-        (self.tree.id(), level, first_of(level, key))
+        (self.tree.id(), level, self.shape.first_of(level, key))
     }
 
     /// The page at `level` covering `key`, read through `pointer` (its parent's entry) when it
@@ -154,8 +212,8 @@ impl RadixTree {
             devices,
             pointer,
             self.tree,
-            first_of(level, key),
-            span(level),
+            self.shape.first_of(level, key),
+            self.shape.span(level),
         )?;
         let page = Arc::new(read.page);
         self.cache.insert_clean(cache_key, Arc::clone(&page));
@@ -168,6 +226,43 @@ impl RadixTree {
     /// [`Error::MetadataLost`] when a page on the way is lost on every copy; corrupt metadata
     /// for a key beyond the tree.
     pub fn get(&self, devices: &[Option<SharedDevice>], key: u64) -> Result<BlockPointer> {
+        self.expect_pointers()?;
+        match self.leaf(devices, key)? {
+            Some(page) => entry(&page, self.shape.index_of(1, key)),
+            None => Ok(BlockPointer::hole(0)),
+        }
+    }
+
+    /// The record `key` holds in its leaf, or `None` when its leaf was never written (every
+    /// record of it zero).
+    ///
+    /// # Errors
+    /// As [`RadixTree::get`].
+    pub fn get_record(
+        &self,
+        devices: &[Option<SharedDevice>],
+        key: u64,
+    ) -> Result<Option<Vec<u8>>> {
+        let size = self.shape.record_bytes();
+        let at = self.shape.index_of(1, key) * size;
+        Ok(self
+            .leaf(devices, key)?
+            .map(|page| page[at..at + size].to_vec()))
+    }
+
+    fn expect_pointers(&self) -> Result<()> {
+        if self.shape.leaf_bits == POINTER_LEAF_BITS {
+            Ok(())
+        } else {
+            Err(Error::corrupt_metadata(format!(
+                "tree {} holds records, not block pointers",
+                self.tree.id()
+            )))
+        }
+    }
+
+    /// The leaf covering `key`, or `None` for a leaf never written.
+    fn leaf(&self, devices: &[Option<SharedDevice>], key: u64) -> Result<Option<Arc<Vec<u8>>>> {
         if key >= self.keys() {
             return Err(Error::corrupt_metadata(format!(
                 "key {key} beyond tree {} ({} keys)",
@@ -176,13 +271,13 @@ impl RadixTree {
             )));
         }
         let mut pointer = self.root;
-        for level in (1..=self.depth).rev() {
+        for level in (2..=self.depth).rev() {
             match self.page(devices, level, key, &pointer)? {
-                Some((page, _)) => pointer = entry(&page, index_of(level, key))?,
-                None => return Ok(BlockPointer::hole(0)),
+                Some((page, _)) => pointer = entry(&page, self.shape.index_of(level, key))?,
+                None => return Ok(None),
             }
         }
-        Ok(pointer)
+        Ok(self.page(devices, 1, key, &pointer)?.map(|(page, _)| page))
     }
 
     /// Map `key` to `pointer` (level 0) in memory; durable at the next sync.
@@ -196,22 +291,87 @@ impl RadixTree {
         key: u64,
         pointer: BlockPointer,
     ) -> std::result::Result<(), SetError> {
-        if key >= self.keys() || pointer.level() != 0 {
+        self.expect_pointers()?;
+        if pointer.level() != 0 {
             return Err(SetError::Failed(Error::corrupt_metadata(format!(
-                "set of key {key} (level {}) beyond tree {}",
+                "set of key {key} to a pointer at level {} in tree {}",
                 pointer.level(),
                 self.tree.id()
             ))));
         }
-        // Read the path top-down; pages never written start empty.
+        self.set_record(devices, key, &pointer.encode())
+    }
+
+    /// Store `record` (exactly one record's bytes) under `key` in memory; durable at the next
+    /// sync.
+    ///
+    /// # Errors
+    /// As [`RadixTree::set`]; a record of the wrong size is refused.
+    pub fn set_record(
+        &mut self,
+        devices: &[Option<SharedDevice>],
+        key: u64,
+        record: &[u8],
+    ) -> std::result::Result<(), SetError> {
+        if record.len() != self.shape.record_bytes() {
+            return Err(SetError::Failed(Error::corrupt_metadata(format!(
+                "a record of {} bytes for tree {}",
+                record.len(),
+                self.tree.id()
+            ))));
+        }
+        let at = self.shape.index_of(1, key) * record.len();
+        self.change_page(devices, key, 1, &mut |leaf| {
+            leaf[at..at + record.len()].copy_from_slice(record);
+        })
+    }
+
+    /// Replace the whole leaf covering `key` (16 KiB); durable at the next sync.
+    ///
+    /// # Errors
+    /// As [`RadixTree::set`].
+    pub fn set_leaf(
+        &mut self,
+        devices: &[Option<SharedDevice>],
+        key: u64,
+        leaf: &[u8],
+    ) -> std::result::Result<(), SetError> {
+        if leaf.len() != PAGE_BYTES {
+            return Err(SetError::Failed(Error::corrupt_metadata(format!(
+                "a leaf of {} bytes for tree {}",
+                leaf.len(),
+                self.tree.id()
+            ))));
+        }
+        self.change_page(devices, key, 1, &mut |bytes| bytes.copy_from_slice(leaf))
+    }
+
+    /// Read the path to `key`'s page at `target` (pages never written start empty), change
+    /// that page with `change`, and make it and every page above it dirty.
+    fn change_page(
+        &mut self,
+        devices: &[Option<SharedDevice>],
+        key: u64,
+        target: u8,
+        change: &mut dyn FnMut(&mut [u8]),
+    ) -> std::result::Result<(), SetError> {
+        if key >= self.keys() {
+            return Err(SetError::Failed(Error::corrupt_metadata(format!(
+                "key {key} beyond tree {} ({} keys)",
+                self.tree.id(),
+                self.keys()
+            ))));
+        }
         let mut path: Vec<(u8, Vec<u8>, bool)> = Vec::with_capacity(usize::from(self.depth));
         let mut parent_entry = self.root;
-        for level in (1..=self.depth).rev() {
+        for level in (target.max(1)..=self.depth).rev() {
             let (bytes, dirty) = match self.page(devices, level, key, &parent_entry)? {
                 Some((page, state)) => (page.as_ref().clone(), state == PageState::Dirty),
                 None => (PointerPage::empty(level).encode(), false),
             };
-            parent_entry = entry(&bytes, index_of(level, key))?;
+            if level > 1 {
+                parent_entry = entry(&bytes, self.shape.index_of(level, key))?;
+            }
             path.push((level, bytes, dirty));
         }
         let needed = path.iter().filter(|(_, _, dirty)| !dirty).count();
@@ -220,8 +380,8 @@ impl RadixTree {
             return Err(SetError::NeedsSync(CacheFull));
         }
         for (level, mut bytes, dirty) in path {
-            if level == 1 {
-                set_entry(&mut bytes, index_of(1, key), &pointer);
+            if level == target {
+                change(&mut bytes);
             } else if dirty {
                 continue;
             }
@@ -230,6 +390,133 @@ impl RadixTree {
                 .map_err(SetError::NeedsSync)?;
         }
         Ok(())
+    }
+
+    /// Make every page of this tree that lives in `mpns` dirty (unchanged), with its
+    /// ancestors, so the next sync writes it elsewhere: how a metadata segment is emptied
+    /// (the pages are found from their parents; a segment has no reverse map). Stops early
+    /// when the cache takes no more dirty pages: `Ok(false)`, and the caller writes the dirty
+    /// pages and calls again. `Ok(true)` when every such page is dirty.
+    ///
+    /// # Errors
+    /// When a page on the way cannot be read.
+    pub fn relocate(
+        &mut self,
+        devices: &[Option<SharedDevice>],
+        mpns: std::ops::Range<u64>,
+    ) -> Result<bool> {
+        let mut found = Vec::new();
+        let mut stack = vec![(self.depth, 0u64, self.root)];
+        while let Some((level, first, pointer)) = stack.pop() {
+            let Some(mpn) = pointer.address() else {
+                continue;
+            };
+            if mpns.contains(&mpn) {
+                found.push((level, first));
+            }
+            if level == 1 {
+                continue;
+            }
+            let Some((page, _)) = self.page(devices, level, first, &pointer)? else {
+                continue;
+            };
+            for index in 0..POINTERS_PER_PAGE {
+                let child = entry(&page, index)?;
+                if child.address().is_some() {
+                    stack.push((
+                        level - 1,
+                        first + index as u64 * self.shape.span(level - 1),
+                        child,
+                    ));
+                }
+            }
+        }
+        for (level, first) in found {
+            if let Some((_, PageState::Dirty)) = self.cache.get(&self.key_of(level, first)) {
+                continue;
+            }
+            match self.change_page(devices, first, level, &mut |_| {}) {
+                Ok(()) => {}
+                Err(SetError::NeedsSync(_)) => return Ok(false),
+                Err(SetError::Failed(e)) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Read and verify the root page into the cache (an open refuses a tree whose root no
+    /// copy verifies).
+    ///
+    /// # Errors
+    /// [`Error::MetadataLost`] when no copy of the root verifies.
+    pub fn read_root(&self, devices: &[Option<SharedDevice>]) -> Result<()> {
+        self.page(devices, self.depth, 0, &self.root).map(|_| ())
+    }
+
+    /// What the next sync of this tree will write and free, computed without writing: the
+    /// number of dirty pages, and the page numbers of the durable pages they replace.
+    ///
+    /// # Errors
+    /// When a dirty page's parent is not dirty in the cache (a broken invariant).
+    pub fn planned_sync(&self) -> Result<(usize, Vec<u64>)> {
+        let tree_id = self.tree.id();
+        let dirty = self.cache.dirty_where(|key| key.0 == tree_id);
+        let mut replaced = Vec::new();
+        for ((_, level, first), _) in &dirty {
+            let old = if *level == self.depth {
+                self.root
+            } else {
+                let parent = self.key_of(level + 1, *first);
+                let Some((page, PageState::Dirty)) = self.cache.get(&parent) else {
+                    return Err(Error::corrupt_metadata(format!(
+                        "tree {tree_id}: dirty page at level {level} under a clean parent"
+                    )));
+                };
+                entry(&page, self.shape.index_of(level + 1, *first))?
+            };
+            if let Some(mpn) = old.address() {
+                replaced.push(mpn);
+            }
+        }
+        Ok((dirty.len(), replaced))
+    }
+
+    /// Drop the clean leaves of this tree from the cache (the usage table keeps its records
+    /// resident elsewhere and needs its leaves only while they are dirty).
+    pub fn forget_clean_leaves(&self, firsts: impl IntoIterator<Item = u64>) {
+        for first in firsts {
+            self.cache.forget_clean(&self.key_of(1, first));
+        }
+    }
+
+    /// Every leaf the tree holds, as `(first key, page)`, in key order (read at open for the
+    /// usage table; a hole below the root is skipped).
+    ///
+    /// # Errors
+    /// When a page cannot be read (lost on every copy, or corrupt).
+    pub fn leaves(&self, devices: &[Option<SharedDevice>]) -> Result<Vec<(u64, Arc<Vec<u8>>)>> {
+        let mut found = Vec::new();
+        let mut stack = vec![(self.depth, 0u64, self.root)];
+        while let Some((level, first, pointer)) = stack.pop() {
+            let Some((page, _)) = self.page(devices, level, first, &pointer)? else {
+                continue;
+            };
+            if level == 1 {
+                found.push((first, page));
+                continue;
+            }
+            for index in (0..POINTERS_PER_PAGE).rev() {
+                let child = entry(&page, index)?;
+                if !child.reads_zeros() {
+                    stack.push((
+                        level - 1,
+                        first + index as u64 * self.shape.span(level - 1),
+                        child,
+                    ));
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// Write every dirty page of this tree bottom-up to fresh page numbers from `alloc`, with
@@ -275,7 +562,7 @@ impl RadixTree {
             // Children written in this sync: their new pointers, and what they replaced.
             if level > 1 {
                 for index in 0..POINTERS_PER_PAGE {
-                    let child_first = first + index as u64 * span(level - 1);
+                    let child_first = first + index as u64 * self.shape.span(level - 1);
                     if let Some(child) = new_pointers.get(&(level - 1, child_first)) {
                         let old = entry(&bytes, index)?;
                         if let Some(mpn) = old.address() {
@@ -356,11 +643,22 @@ impl RadixTree {
             for index in 0..POINTERS_PER_PAGE {
                 let child = entry(&page, index)?;
                 if child.address().is_some() {
-                    stack.push((level - 1, first + index as u64 * span(level - 1), child));
+                    stack.push((
+                        level - 1,
+                        first + index as u64 * self.shape.span(level - 1),
+                        child,
+                    ));
                 }
             }
         }
         Ok(found)
+    }
+
+    /// Whether any page of this tree is dirty (changed since the last sync).
+    #[must_use]
+    pub fn has_dirty(&self) -> bool {
+        let tree_id = self.tree.id();
+        !self.cache.dirty_where(|key| key.0 == tree_id).is_empty()
     }
 
     /// Bytes of one page (for callers that size I/O).
@@ -376,11 +674,27 @@ mod tests {
 
     #[test]
     fn key_arithmetic() {
-        assert_eq!(span(1), 1024);
-        assert_eq!(first_of(1, 5000), 4096);
-        assert_eq!(first_of(2, 5000), 0);
-        assert_eq!(index_of(1, 5000), 5000 - 4096);
-        assert_eq!(index_of(2, 5000), 4);
-        assert_eq!(index_of(3, 3 << 20), 3);
+        let map = Shape {
+            leaf_bits: POINTER_LEAF_BITS,
+        };
+        assert_eq!(map.span(1), 1024);
+        assert_eq!(map.first_of(1, 5000), 4096);
+        assert_eq!(map.first_of(2, 5000), 0);
+        assert_eq!(map.index_of(1, 5000), 5000 - 4096);
+        assert_eq!(map.index_of(2, 5000), 4);
+        assert_eq!(map.index_of(3, 3 << 20), 3);
+        assert_eq!(map.record_bytes(), 16);
+        let sut = Shape { leaf_bits: 11 };
+        assert_eq!(sut.span(1), 2048);
+        assert_eq!(sut.span(2), 2048 * 1024);
+        assert_eq!(sut.index_of(1, 5000), 5000 - 4096);
+        assert_eq!(sut.index_of(2, 5000), 2);
+        assert_eq!(sut.index_of(3, 3 << 21), 3);
+        assert_eq!(sut.record_bytes(), 8);
+        // 16 TiB of rs:4+2 in 4 MiB segments: 2^22 segments, depth 3 (FORMAT.md V4.4).
+        assert_eq!(RadixTree::depth_for(1 << 22, 11), 3);
+        assert_eq!(RadixTree::depth_for(1 << 18, 11), 2);
+        assert_eq!(RadixTree::depth_for(1 << 32, POINTER_LEAF_BITS), 4);
+        assert_eq!(RadixTree::depth_for(5, 11), 1);
     }
 }

@@ -1,7 +1,7 @@
 //! A stand-in for the data path of format version 4 in the map tests and the `meta_recovery`
-//! fuzz target: each call "writes" rows of data blocks (fresh, consecutive pbns, row-major),
-//! notes them in the map with their birth and shard crcs, and points the keys at them, as the
-//! pool's packer will.
+//! fuzz target: each call "writes" rows of data blocks (fresh rows of slots the map's open
+//! data segment hands out, row-major), notes them in the map with their birth and shard crcs,
+//! and points the keys at them, as the pool's packer will. No data bytes are written.
 
 use crate::device::SharedDevice;
 use crate::format::v4::BlockPointer;
@@ -11,18 +11,19 @@ use crate::meta::MapStore;
 /// Hands out rows of fresh data blocks.
 #[derive(Debug, Clone)]
 pub struct MetaWriter {
-    next_pbn: u64,
+    /// The slot being filled and its next row.
+    slot: Option<(u64, u64)>,
     k: u64,
     width: usize,
     rows_per_chunk: u64,
 }
 
 impl MetaWriter {
-    /// A writer for a map on `geometry`, starting at data block 0.
+    /// A writer for a map on `geometry`.
     #[must_use]
     pub fn new(geometry: &Geometry) -> Self {
         Self {
-            next_pbn: 0,
+            slot: None,
             k: geometry.data_chunks() as u64,
             width: geometry.width(),
             rows_per_chunk: (geometry.chunk_bytes / 4096).max(1),
@@ -41,11 +42,13 @@ impl MetaWriter {
     ) -> crate::Result<Vec<BlockPointer>> {
         let mut set = Vec::with_capacity(keys.len());
         for row_keys in keys.chunks(usize::try_from(self.k).unwrap_or(1)) {
-            let first = self.next_pbn;
-            self.next_pbn += self.k;
-            let per_slot = self.k * self.rows_per_chunk;
-            let slot = first / per_slot;
-            let row = u16::try_from((first % per_slot) / self.k).unwrap_or(u16::MAX);
+            let (slot, row) = match self.slot {
+                Some((slot, row)) if row < self.rows_per_chunk => (slot, row),
+                _ => (map.data_slot()?, 0),
+            };
+            self.slot = Some((slot, row + 1));
+            let first = slot * self.k * self.rows_per_chunk + row * self.k;
+            let row = u16::try_from(row).unwrap_or(u16::MAX);
             let birth = map.next_sequence();
             let crcs: Vec<u32> = (0..self.width)
                 .map(|s| (first as u32).wrapping_mul(2_654_435_761) ^ (birth as u32) ^ s as u32)

@@ -1,0 +1,742 @@
+//! Segments and their usage table (docs/FORMAT.md, V4.4 "SUT record", V4.8 "One durable
+//! state"): which segments hold data or metadata, how many of their blocks or pages are still
+//! referenced, which are free, and when a segment no tree references may be written again.
+//!
+//! Owns: the resident usage array (the counts **as of the last tree sync's boundary**, never
+//! later), the delta journal of the changes since that boundary, the fold that applies the
+//! journal at a sync, the free set, the fill pointers of the open data and metadata segments,
+//! and the release of free-pending segments by the rule of [`ReleaseRule`].
+//!
+//! Does not own, and must not touch: the trees (the map store computes which pages a sync
+//! writes and frees and tells this table), devices, encodings other than the SUT record.
+//!
+//! Step 5 of the plan, as implemented: the map store holds its lock through a sync, so the
+//! journal is one delta per segment since the last boundary (the per-sequence journals of
+//! V4.8 come with syncs that overlap writers). Segments opened since the boundary are known
+//! from the journal itself: a segment with a nonzero delta, or opened by this process, is not
+//! free whatever the array says.
+
+use crate::error::{Error, Result};
+use crate::format::v4::{SegmentState, SutRecord, SUT_RECORDS_PER_PAGE};
+use crate::geometry::Geometry;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// When a segment a sync `t` freed may be written again: the correct rule, or a planted bug.
+///
+/// The tree of uberblock `t − 1` still references what sync `t` freed, and `open --rewind`
+/// opens the tree before the newest. So the segment may be reused only when `t + 1` is durable
+/// (then `t − 1` is no longer the one before the newest); FORMAT.md V4.8 step 6 waits one sync
+/// more, `t + 2`, as a margin against a newest uberblock lost with its acknowledgement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseRule {
+    /// Once uberblock `t + 2` is durable (correct).
+    AfterTwoSyncs,
+    /// Planted bug `release_at_t_plus_1`: once the freeing sync's own uberblock `t` (one past
+    /// `t − 1`, the last tree that references it) is durable, while a rewind may still open
+    /// `t − 1`.
+    AfterOneSync,
+    /// Planted bug `release_before_root_durable`: at once, before the new root is durable.
+    AtOnce,
+}
+
+/// Leaf fanout of the usage tree: 2048 records of 8 bytes.
+pub const SUT_LEAF_BITS: u32 = 11;
+const PER_LEAF: u64 = SUT_RECORDS_PER_PAGE as u64;
+
+/// What a segment holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Data,
+    Metadata,
+}
+
+/// A set of segment numbers as one bit each (512 KiB at 2^22 segments), taken lowest first.
+#[derive(Debug, Clone)]
+struct FreeSet {
+    words: Vec<u64>,
+    count: u64,
+    /// No free segment below `lowest_word * 64`.
+    lowest_word: usize,
+}
+
+impl FreeSet {
+    fn full(segments: u64) -> Self {
+        let mut words = vec![u64::MAX; usize::try_from(segments.div_ceil(64)).unwrap_or(0)];
+        if !segments.is_multiple_of(64) {
+            if let Some(last) = words.last_mut() {
+                *last = (1u64 << (segments % 64)) - 1;
+            }
+        }
+        Self {
+            words,
+            count: segments,
+            lowest_word: 0,
+        }
+    }
+
+    fn place(segment: u64) -> (usize, u64) {
+        (
+            usize::try_from(segment / 64).unwrap_or(usize::MAX),
+            1 << (segment % 64),
+        )
+    }
+
+    fn remove(&mut self, segment: u64) {
+        let (word, bit) = Self::place(segment);
+        if let Some(w) = self.words.get_mut(word) {
+            if *w & bit != 0 {
+                *w &= !bit;
+                self.count -= 1;
+            }
+        }
+    }
+
+    fn insert(&mut self, segment: u64) {
+        let (word, bit) = Self::place(segment);
+        if let Some(w) = self.words.get_mut(word) {
+            if *w & bit == 0 {
+                *w |= bit;
+                self.count += 1;
+                self.lowest_word = self.lowest_word.min(word);
+            }
+        }
+    }
+
+    fn pop_first(&mut self) -> Option<u64> {
+        while let Some(&w) = self.words.get(self.lowest_word) {
+            if w != 0 {
+                let segment = self.lowest_word as u64 * 64 + u64::from(w.trailing_zeros());
+                self.remove(segment);
+                return Some(segment);
+            }
+            self.lowest_word += 1;
+        }
+        None
+    }
+}
+
+/// Segment sizes of a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentShape {
+    /// Slots per segment.
+    pub segment_slots: u64,
+    /// Segments in the data area (its tail of fewer than `segment_slots` slots is unused).
+    pub segments: u64,
+    /// Metadata pages per segment.
+    pub pages_per_segment: u64,
+    /// Data blocks (4 KiB) per segment.
+    pub blocks_per_segment: u64,
+}
+
+impl SegmentShape {
+    /// The shape of `geometry` cut into segments of `segment_slots` slots.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for a segment size outside 1..=255 slots or a data area with
+    /// fewer than 4 segments.
+    pub fn new(geometry: &Geometry, segment_slots: u64) -> Result<Self> {
+        if !(1..=255).contains(&segment_slots) {
+            return Err(Error::InvalidConfig(format!(
+                "{segment_slots} slots per segment: between 1 and 255"
+            )));
+        }
+        let segments = geometry.slots / segment_slots;
+        if segments < 4 {
+            return Err(Error::InvalidConfig(format!(
+                "{} slots make {segments} segments of {segment_slots}: at least 4 are needed",
+                geometry.slots
+            )));
+        }
+        let rows = (geometry.chunk_bytes / 4096).max(1);
+        Ok(Self {
+            segment_slots,
+            segments,
+            pages_per_segment: segment_slots * geometry.pages_per_slot(),
+            blocks_per_segment: segment_slots * geometry.data_chunks() as u64 * rows,
+        })
+    }
+
+    /// The segment of data block `pbn`.
+    #[must_use]
+    pub fn of_block(&self, pbn: u64) -> u64 {
+        pbn / self.blocks_per_segment
+    }
+
+    /// The segment of metadata page `mpn`.
+    #[must_use]
+    pub fn of_page(&self, mpn: u64) -> u64 {
+        mpn / self.pages_per_segment
+    }
+}
+
+/// The usage table of one pool.
+#[derive(Debug)]
+pub struct SegmentTable {
+    shape: SegmentShape,
+    rule: ReleaseRule,
+    /// The records as of the last boundary, one box of 2048 per leaf, `None` for a leaf of
+    /// free segments (an empty pool holds nothing).
+    leaves: Vec<Option<Box<[SutRecord]>>>,
+    /// Count changes since the last boundary.
+    journal: BTreeMap<u64, i64>,
+    /// Segments opened since the last boundary, and what for.
+    opened: BTreeMap<u64, Kind>,
+    /// Segments that may be taken: state free in the array, nothing journalled, not opened.
+    free: FreeSet,
+    /// Segments whose record the next fold must settle though nothing was journalled on them
+    /// (closed open segments, segments released from free-pending, an open data segment
+    /// found at load).
+    settle: BTreeSet<u64>,
+    /// Free-pending segments by the txg of the sync that freed them.
+    pending: VecDeque<(u64, Vec<u64>)>,
+    /// The open data segment and its next slot.
+    open_data: Option<(u64, u64)>,
+    /// The open metadata segment and its next page.
+    open_meta: Option<(u64, u64)>,
+    /// Leaves whose records changed since they were last handed to the tree.
+    dirty: BTreeSet<u64>,
+}
+
+impl SegmentTable {
+    /// Every segment free (a new pool).
+    #[must_use]
+    pub fn new(shape: SegmentShape, rule: ReleaseRule) -> Self {
+        let leaves = usize::try_from(shape.segments.div_ceil(PER_LEAF)).unwrap_or(0);
+        Self {
+            shape,
+            rule,
+            leaves: (0..leaves).map(|_| None).collect(),
+            journal: BTreeMap::new(),
+            opened: BTreeMap::new(),
+            free: FreeSet::full(shape.segments),
+            settle: BTreeSet::new(),
+            pending: VecDeque::new(),
+            open_data: None,
+            open_meta: None,
+            dirty: BTreeSet::new(),
+        }
+    }
+
+    /// The table of a durable uberblock `txg` from its usage leaves `(first segment, page)`.
+    /// A free-pending segment freed by sync `t` (its low 16 bits stored) becomes free once
+    /// uberblock `t + 2` is durable; an open metadata segment is written on from its fill
+    /// pointer; an open data segment is closed (a new one is opened for the next write).
+    ///
+    /// # Errors
+    /// [`Error::CorruptMetadata`] for a leaf that does not decode, records past the last
+    /// segment that are not free, or two open metadata segments.
+    pub fn load(
+        shape: SegmentShape,
+        rule: ReleaseRule,
+        txg: u64,
+        pages_per_slot: u64,
+        leaves: &[(u64, std::sync::Arc<Vec<u8>>)],
+    ) -> Result<Self> {
+        let mut table = Self::new(shape, rule);
+        let mut pending: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+        for (first, page) in leaves {
+            let leaf = first / PER_LEAF;
+            let records =
+                SutRecord::decode_page(page, usize::try_from(shape.segment_slots).unwrap_or(0))
+                    .map_err(|e| {
+                        Error::corrupt_metadata(format!("usage leaf of segment {first}: {e}"))
+                    })?;
+            for (i, record) in records.iter().enumerate() {
+                let segment = first + i as u64;
+                if segment >= shape.segments {
+                    if *record != SutRecord::FREE {
+                        return Err(Error::corrupt_metadata(format!(
+                            "usage record of segment {segment}, past the last ({})",
+                            shape.segments
+                        )));
+                    }
+                    continue;
+                }
+                match record.state {
+                    SegmentState::Free => continue,
+                    SegmentState::FreePending => {
+                        let low = u64::from(record.freed_txg_low);
+                        // The largest txg ≤ the durable one with these low bits.
+                        let freed =
+                            txg.checked_sub(txg.wrapping_sub(low) & 0xFFFF)
+                                .ok_or_else(|| {
+                                    Error::corrupt_metadata(format!(
+                                        "segment {segment} freed at a txg ending in {low}, after \
+                                     txg {txg}"
+                                    ))
+                                })?;
+                        pending.entry(freed).or_default().push(segment);
+                    }
+                    SegmentState::OpenData => {
+                        table.settle.insert(segment);
+                    }
+                    SegmentState::OpenMetadata => {
+                        if table.open_meta.is_some() {
+                            return Err(Error::corrupt_metadata(format!(
+                                "two open metadata segments (the second is {segment})"
+                            )));
+                        }
+                        table.open_meta =
+                            Some((segment, u64::from(record.slots_used) * pages_per_slot));
+                    }
+                    _ => {}
+                }
+                table.free.remove(segment);
+            }
+            if let Some(slot) = usize::try_from(leaf)
+                .ok()
+                .and_then(|leaf| table.leaves.get_mut(leaf))
+            {
+                *slot = Some(records.into_boxed_slice());
+            } else if records.iter().any(|r| *r != SutRecord::FREE) {
+                return Err(Error::corrupt_metadata(format!(
+                    "usage leaf of segment {first} past the last segment"
+                )));
+            }
+        }
+        for (freed, segments) in pending {
+            table.pending.push_back((freed, segments));
+        }
+        table.release_until(txg);
+        Ok(table)
+    }
+
+    /// The segment sizes.
+    #[must_use]
+    pub fn shape(&self) -> SegmentShape {
+        self.shape
+    }
+
+    /// The record of `segment` as of the last boundary.
+    #[must_use]
+    pub fn record(&self, segment: u64) -> SutRecord {
+        usize::try_from(segment / PER_LEAF)
+            .ok()
+            .and_then(|leaf| self.leaves.get(leaf))
+            .and_then(Option::as_ref)
+            .map_or(SutRecord::FREE, |records| {
+                records[(segment % PER_LEAF) as usize]
+            })
+    }
+
+    fn record_mut(&mut self, segment: u64) -> &mut SutRecord {
+        let leaf = usize::try_from(segment / PER_LEAF).unwrap_or(usize::MAX);
+        let records = self.leaves[leaf]
+            .get_or_insert_with(|| vec![SutRecord::FREE; SUT_RECORDS_PER_PAGE].into_boxed_slice());
+        &mut records[(segment % PER_LEAF) as usize]
+    }
+
+    /// Segments that may be taken now.
+    #[must_use]
+    pub fn free_segments(&self) -> u64 {
+        self.free.count
+    }
+
+    /// Free-pending segments (freed by one of the last two syncs).
+    #[must_use]
+    pub fn pending_segments(&self) -> u64 {
+        self.pending.iter().map(|(_, s)| s.len() as u64).sum()
+    }
+
+    /// A count change of `delta` on data block `pbn`'s segment, under the open sequence.
+    pub fn block_delta(&mut self, pbn: u64, delta: i64) {
+        let segment = self.shape.of_block(pbn);
+        self.note(segment, delta);
+    }
+
+    /// A count change of `delta` on metadata page `mpn`'s segment (made by a sync).
+    pub fn page_delta(&mut self, mpn: u64, delta: i64) {
+        let segment = self.shape.of_page(mpn);
+        if self.rule == ReleaseRule::AtOnce && delta < 0 {
+            // Planted bug `release_before_root_durable`: a page the sync in progress stops
+            // referencing counts off at once, and its segment is free at 0, while the durable
+            // tree still names it.
+            let open = self.open_meta.is_some_and(|(s, _)| s == segment);
+            let record = self.record_mut(segment);
+            record.referenced = record.referenced.saturating_sub(1);
+            if record.referenced == 0 && !open {
+                *record = SutRecord::FREE;
+                self.dirty.insert(segment / PER_LEAF * PER_LEAF);
+                self.free.insert(segment);
+            }
+            return;
+        }
+        self.note(segment, delta);
+    }
+
+    fn note(&mut self, segment: u64, delta: i64) {
+        // A segment with something journalled is not free, whatever the array says (a
+        // replayed record names rows of a segment opened after the boundary).
+        self.free.remove(segment);
+        let entry = self.journal.entry(segment).or_insert(0);
+        *entry += delta;
+        if *entry == 0 {
+            self.journal.remove(&segment);
+        }
+    }
+
+    /// Go on writing data in `segment` from slot `next` (after an open: the open data segment
+    /// of the durable table, or the segment of the newest replayed row). Its record is
+    /// settled by the next fold as open; slots from `next` on may hold rows no commit named,
+    /// which are overwritten.
+    pub fn resume_data(&mut self, segment: u64, next: u64) {
+        if segment >= self.shape.segments || next >= self.shape.segment_slots {
+            return;
+        }
+        if let Some((old, _)) = self.open_data {
+            self.settle.insert(old);
+        }
+        self.free.remove(segment);
+        self.settle.remove(&segment);
+        self.opened.insert(segment, Kind::Data);
+        self.open_data = Some((segment, next));
+    }
+
+    /// Planted bug `sut_decrement_at_write_time`: take one off `pbn`'s segment in the
+    /// resident array at once, and free the segment when it reaches 0, as if the durable
+    /// trees no longer pointed into it.
+    pub fn decrement_now(&mut self, pbn: u64) {
+        let segment = self.shape.of_block(pbn);
+        let open = self.open_data.is_some_and(|(s, _)| s == segment);
+        let record = self.record_mut(segment);
+        record.referenced = record.referenced.saturating_sub(1);
+        if record.referenced == 0 && !open {
+            *record = SutRecord::FREE;
+            self.dirty.insert(segment / PER_LEAF * PER_LEAF);
+            self.free.insert(segment);
+        }
+    }
+
+    fn take(&mut self, kind: Kind) -> Option<u64> {
+        let segment = self.free.pop_first()?;
+        self.opened.insert(segment, kind);
+        Some(segment)
+    }
+
+    /// A fresh slot in the open data segment (a new segment is opened when it is full);
+    /// `None` when no segment is free.
+    pub fn data_slot(&mut self) -> Option<u64> {
+        if let Some((segment, next)) = self.open_data {
+            if next < self.shape.segment_slots {
+                self.open_data = Some((segment, next + 1));
+                return Some(segment * self.shape.segment_slots + next);
+            }
+            self.settle.insert(segment);
+        }
+        let segment = self.take(Kind::Data)?;
+        self.open_data = Some((segment, 1));
+        Some(segment * self.shape.segment_slots)
+    }
+
+    /// A fresh metadata page number in the open metadata segment; `None` when no segment is
+    /// free.
+    pub fn page(&mut self) -> Option<u64> {
+        if let Some((segment, next)) = self.open_meta {
+            if next < self.shape.pages_per_segment {
+                self.open_meta = Some((segment, next + 1));
+                return Some(segment * self.shape.pages_per_segment + next);
+            }
+            self.settle.insert(segment);
+        }
+        let segment = self.take(Kind::Metadata)?;
+        self.open_meta = Some((segment, 1));
+        Some(segment * self.shape.pages_per_segment)
+    }
+
+    /// Apply the journal to the array at the boundary of sync `txg` (called until it returns
+    /// no new dirty leaf; each call applies what was journalled since the previous one) and
+    /// set every touched segment's state: the open segments stay open with their fill
+    /// pointers, a segment that reached 0 becomes free-pending with `txg`, a free-pending one
+    /// freed at or before `txg − 2` becomes free. Returns the leaves changed (first segment of
+    /// each) since the last call.
+    ///
+    /// # Errors
+    /// [`Error::CorruptMetadata`] when a count would go below zero or past 2^32 (a pointer
+    /// dropped twice, or the durable state disagrees with the trees).
+    pub fn fold(&mut self, txg: u64, pages_per_slot: u64) -> Result<Vec<u64>> {
+        let mut touched: BTreeSet<u64> = self.journal.keys().copied().collect();
+        touched.extend(self.opened.keys().copied());
+        touched.extend(self.open_data.map(|(s, _)| s));
+        touched.extend(self.open_meta.map(|(s, _)| s));
+        touched.append(&mut self.settle);
+        let lag = self.lag();
+        let journal = std::mem::take(&mut self.journal);
+        for segment in touched {
+            let before = self.record(segment);
+            let delta = journal.get(&segment).copied().unwrap_or(0);
+            let count = i64::from(before.referenced) + delta;
+            let count = u32::try_from(count).map_err(|_| {
+                Error::corrupt_metadata(format!(
+                    "segment {segment}: {} referenced {delta:+} at txg {txg}",
+                    before.referenced
+                ))
+            })?;
+            let kind = match before.state {
+                SegmentState::OpenMetadata | SegmentState::FullMetadata => Kind::Metadata,
+                SegmentState::Free | SegmentState::FreePending => {
+                    self.opened.get(&segment).copied().unwrap_or(Kind::Data)
+                }
+                _ => Kind::Data,
+            };
+            let mut after = SutRecord {
+                referenced: count,
+                ..SutRecord::FREE
+            };
+            if let Some((_, next)) = self.open_data.filter(|(s, _)| *s == segment) {
+                after.state = SegmentState::OpenData;
+                after.slots_used = u8::try_from(next).unwrap_or(u8::MAX);
+            } else if let Some((_, next)) = self.open_meta.filter(|(s, _)| *s == segment) {
+                after.state = SegmentState::OpenMetadata;
+                after.slots_used =
+                    u8::try_from(next.div_ceil(pages_per_slot.max(1))).unwrap_or(u8::MAX);
+            } else if count > 0 {
+                after.state = match kind {
+                    Kind::Data => SegmentState::FullData,
+                    Kind::Metadata => SegmentState::FullMetadata,
+                };
+            } else if before.state == SegmentState::FreePending {
+                // Not pending any more: released in memory, so the record says free too.
+                if self
+                    .freed_at(segment)
+                    .is_none_or(|freed| freed + lag <= txg)
+                {
+                    after.state = SegmentState::Free;
+                } else {
+                    after = before;
+                }
+            } else if before.state == SegmentState::Free && !self.opened.contains_key(&segment) {
+                after = before;
+            } else {
+                // It held something (or was opened since the boundary) and nothing refers
+                // to it now.
+                after.state = SegmentState::FreePending;
+                after.freed_txg_low = (txg & 0xFFFF) as u16;
+                self.pend(segment, txg);
+            }
+            if after != before {
+                *self.record_mut(segment) = after;
+                self.dirty.insert(segment / PER_LEAF * PER_LEAF);
+            }
+        }
+        // Segments no longer open nor journalled are settled; the open ones stay noted.
+        let open: Vec<u64> = [self.open_data, self.open_meta]
+            .iter()
+            .flatten()
+            .map(|(s, _)| *s)
+            .collect();
+        self.opened.retain(|s, _| open.contains(s));
+        if self
+            .open_data
+            .is_some_and(|(_, next)| next >= self.shape.segment_slots)
+        {
+            self.open_data = None;
+        }
+        Ok(std::mem::take(&mut self.dirty).into_iter().collect())
+    }
+
+    fn freed_at(&self, segment: u64) -> Option<u64> {
+        self.pending
+            .iter()
+            .find(|(_, segments)| segments.contains(&segment))
+            .map(|(txg, _)| *txg)
+    }
+
+    fn pend(&mut self, segment: u64, txg: u64) {
+        match self.pending.back_mut() {
+            Some((at, segments)) if *at == txg => segments.push(segment),
+            _ => self.pending.push_back((txg, vec![segment])),
+        }
+        if self.rule == ReleaseRule::AtOnce {
+            // Planted bug `release_before_root_durable`: reusable before the new root is.
+            self.release_until(txg);
+        }
+    }
+
+    /// Uberblock `txg` is durable on the members: segments freed at or before `txg − 2` (by
+    /// the correct rule) may be taken again.
+    pub fn durable(&mut self, txg: u64) {
+        self.release_until(txg);
+    }
+
+    fn lag(&self) -> u64 {
+        match self.rule {
+            ReleaseRule::AfterTwoSyncs => 2,
+            ReleaseRule::AfterOneSync | ReleaseRule::AtOnce => 0,
+        }
+    }
+
+    fn release_until(&mut self, txg: u64) {
+        let lag = self.lag();
+        while let Some((freed, _)) = self.pending.front() {
+            if freed + lag > txg {
+                break;
+            }
+            if let Some((_, segments)) = self.pending.pop_front() {
+                for segment in segments {
+                    self.free.insert(segment);
+                    self.settle.insert(segment);
+                }
+            }
+        }
+    }
+
+    /// Full metadata segments worth emptying, fewest referenced pages first, as `(page
+    /// numbers, referenced)`: those at most half referenced, or, when fewer than an eighth
+    /// of the segments (at least 4) are free, any with a dead page.
+    #[must_use]
+    pub fn metadata_victims(&self) -> Vec<(std::ops::Range<u64>, u64)> {
+        let scarce = self.free.count < (self.shape.segments / 8).max(4);
+        let per = self.shape.pages_per_segment;
+        let mut victims: Vec<(std::ops::Range<u64>, u64)> = self
+            .in_use()
+            .into_iter()
+            .filter(|(_, count, state)| {
+                *state == SegmentState::FullMetadata
+                    && (u64::from(*count) * 2 <= per || (scarce && u64::from(*count) < per))
+            })
+            .map(|(segment, count, _)| (segment * per..(segment + 1) * per, u64::from(count)))
+            .collect();
+        victims.sort_by_key(|(range, count)| (*count, range.start));
+        victims
+    }
+
+    /// The open data and metadata segments (hints for the uberblock).
+    #[must_use]
+    pub fn open_segments(&self) -> (Option<u64>, Option<u64>) {
+        (
+            self.open_data.map(|(s, _)| s),
+            self.open_meta.map(|(s, _)| s),
+        )
+    }
+
+    /// The 16 KiB usage leaf starting at segment `first`, as the array holds it.
+    #[must_use]
+    pub fn leaf_page(&self, first: u64) -> Vec<u8> {
+        let records: Vec<SutRecord> = (first..first + PER_LEAF).map(|s| self.record(s)).collect();
+        SutRecord::encode_page(&records)
+    }
+
+    /// `(segment, referenced, state)` of every segment that is not free, for the invariant
+    /// checks (counts recomputed from the trees must equal these).
+    #[must_use]
+    pub fn in_use(&self) -> Vec<(u64, u32, SegmentState)> {
+        let mut found = Vec::new();
+        for (leaf, records) in self.leaves.iter().enumerate() {
+            let Some(records) = records else { continue };
+            for (i, record) in records.iter().enumerate() {
+                if record.state != SegmentState::Free {
+                    found.push((
+                        leaf as u64 * PER_LEAF + i as u64,
+                        record.referenced,
+                        record.state,
+                    ));
+                }
+            }
+        }
+        found
+    }
+
+    /// Resident bytes of the array (8 bytes per segment of every leaf that holds a record).
+    #[must_use]
+    pub fn resident_bytes(&self) -> usize {
+        self.leaves.iter().flatten().count() * SUT_RECORDS_PER_PAGE * 8 + self.free.words.len() * 8
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::geometry::Layout;
+    use std::sync::Arc;
+
+    fn shape() -> SegmentShape {
+        let layout: Layout = "rs:4+2".parse().unwrap();
+        let geometry = Geometry::new_v4(layout, 6, 16384, 16 << 20, 4, 16384).unwrap();
+        SegmentShape::new(&geometry, 4).unwrap()
+    }
+
+    #[test]
+    fn a_segment_goes_open_full_pending_and_free_two_syncs_after_it_emptied() {
+        let shape = shape();
+        assert_eq!((shape.pages_per_segment, shape.blocks_per_segment), (8, 64));
+        let mut table = SegmentTable::new(shape, ReleaseRule::AfterTwoSyncs);
+        let free = table.free_segments();
+        let slot = table.data_slot().unwrap();
+        assert_eq!(slot, 0, "lowest first");
+        table.block_delta(0, 1);
+        table.block_delta(1, 1);
+        table.fold(1, 2).unwrap();
+        assert_eq!(table.record(0).state, SegmentState::OpenData);
+        assert_eq!(
+            (table.record(0).referenced, table.record(0).slots_used),
+            (2, 1)
+        );
+        for _ in 1..4 {
+            table.data_slot().unwrap();
+        }
+        // The next slot opens segment 1; segment 0 is closed by the next fold.
+        assert_eq!(table.data_slot().unwrap(), 4);
+        table.fold(2, 2).unwrap();
+        assert_eq!(table.record(0).state, SegmentState::FullData);
+        table.block_delta(0, -1);
+        table.block_delta(1, -1);
+        table.fold(3, 2).unwrap();
+        assert_eq!(table.record(0).state, SegmentState::FreePending);
+        assert_eq!(table.record(0).freed_txg_low, 3);
+        table.durable(3);
+        table.durable(4);
+        assert_eq!(table.free_segments(), free - 2, "held until uberblock 5");
+        table.durable(5);
+        assert_eq!(table.free_segments(), free - 1);
+        table.fold(6, 2).unwrap();
+        assert_eq!(
+            table.record(0),
+            SutRecord::FREE,
+            "the next sync records it free"
+        );
+        // A count below zero is corrupt, never wrapped.
+        table.block_delta(64, -1);
+        assert!(table.fold(7, 2).is_err());
+    }
+
+    #[test]
+    fn a_freeing_txg_is_rebuilt_from_its_low_bits_across_the_wrap() {
+        let shape = shape();
+        let mut records = vec![SutRecord::FREE; SUT_RECORDS_PER_PAGE];
+        records[3] = SutRecord {
+            freed_txg_low: 0xFFFF,
+            ..SutRecord::FREE
+        };
+        records[3].state = SegmentState::FreePending;
+        records[5] = SutRecord {
+            referenced: 2,
+            state: SegmentState::OpenMetadata,
+            slots_used: 1,
+            freed_txg_low: 0,
+        };
+        let leaf = Arc::new(SutRecord::encode_page(&records));
+        let all = shape.segments;
+        // Durable txg 0x1_0000: segment 3 was freed by txg 0xFFFF, one sync ago.
+        let table = SegmentTable::load(
+            shape,
+            ReleaseRule::AfterTwoSyncs,
+            0x1_0000,
+            2,
+            &[(0, Arc::clone(&leaf))],
+        )
+        .unwrap();
+        assert_eq!(table.free_segments(), all - 2);
+        assert_eq!(table.pending_segments(), 1);
+        assert_eq!(table.open_segments(), (None, Some(5)));
+        let mut table = table;
+        assert_eq!(
+            table.page(),
+            Some(5 * 8 + 2),
+            "the open segment goes on after its fill"
+        );
+        table.durable(0x1_0001);
+        assert_eq!(table.free_segments(), all - 1, "0xFFFF + 2 is durable");
+        // A freeing txg after the durable one cannot be rebuilt: refused.
+        assert!(SegmentTable::load(shape, ReleaseRule::AfterTwoSyncs, 3, 2, &[(0, leaf)]).is_err());
+    }
+}
