@@ -2,6 +2,9 @@
 //! disk), dirty (changed since the last tree sync) and frozen (being written by a sync) — counted
 //! against one byte cap (docs/FORMAT.md, V4.7, V4.9).
 //!
+//! Pages a pin predicate picks (the trees' interior pages, V4.9 "pinned once loaded") are never
+//! evicted while clean and are counted apart from the cap, as resident metadata.
+//!
 //! Only clean pages are evicted, by CLOCK (a page used since the hand last passed gets a second
 //! chance). Dirty pages are limited separately: a writer that would dirty more than the dirty
 //! limit gets [`CacheFull`] and must wait for a sync, so clean pages always keep at least
@@ -40,6 +43,8 @@ pub struct CacheStats {
     pub dirty: usize,
     /// Frozen pages held by syncs (in the cache or only by the sync).
     pub frozen: usize,
+    /// Clean pinned pages (interior pages: resident, not counted against the cap).
+    pub pinned: usize,
     /// Lookups that found their page.
     pub hits: u64,
     /// Lookups that did not.
@@ -64,6 +69,7 @@ struct Entry {
     state: PageState,
     referenced: bool,
     ring_at: usize,
+    pinned: bool,
 }
 
 #[derive(Debug)]
@@ -81,6 +87,7 @@ struct Inner<K> {
 pub struct PageCache<K> {
     cap_pages: usize,
     dirty_limit: usize,
+    pin: Option<fn(&K) -> bool>,
     inner: Mutex<Inner<K>>,
 }
 
@@ -93,6 +100,7 @@ impl<K: Hash + Eq + Copy> PageCache<K> {
         Self {
             cap_pages,
             dirty_limit: (cap_pages / 4).max(1),
+            pin: None,
             inner: Mutex::new(Inner {
                 entries: HashMap::new(),
                 ring: Vec::new(),
@@ -100,6 +108,21 @@ impl<K: Hash + Eq + Copy> PageCache<K> {
                 hand: 0,
                 stats: CacheStats::default(),
             }),
+        }
+    }
+
+    /// The same cache, keeping the clean pages `pin` picks resident (outside the cap).
+    #[must_use]
+    pub fn with_pinned(mut self, pin: fn(&K) -> bool) -> Self {
+        self.pin = Some(pin);
+        self
+    }
+
+    fn clean_counter(stats: &mut CacheStats, pinned: bool) -> &mut usize {
+        if pinned {
+            &mut stats.pinned
+        } else {
+            &mut stats.clean
         }
     }
 
@@ -143,11 +166,12 @@ impl<K: Hash + Eq + Copy> PageCache<K> {
             entry.referenced = true;
             return true;
         }
-        if !Self::make_room(&mut inner, self.cap_pages) {
+        let pinned = self.pin.is_some_and(|pin| pin(&key));
+        if !pinned && !Self::make_room(&mut inner, self.cap_pages) {
             inner.stats.refused += 1;
             return false;
         }
-        Self::add(&mut inner, key, page, PageState::Clean);
+        Self::add(&mut inner, key, page, PageState::Clean, pinned);
         true
     }
 
@@ -160,6 +184,7 @@ impl<K: Hash + Eq + Copy> PageCache<K> {
     pub fn put_dirty(&self, key: K, page: Arc<Vec<u8>>) -> Result<(), CacheFull> {
         let mut inner = self.inner.lock();
         let state = inner.entries.get(&key).map(|e| e.state);
+        let pinned = inner.entries.get(&key).is_some_and(|e| e.pinned);
         if state == Some(PageState::Dirty) {
             if let Some(entry) = inner.entries.get_mut(&key) {
                 entry.page = page;
@@ -171,7 +196,7 @@ impl<K: Hash + Eq + Copy> PageCache<K> {
             return Err(CacheFull);
         }
         match state {
-            Some(PageState::Clean) => inner.stats.clean -= 1,
+            Some(PageState::Clean) => *Self::clean_counter(&mut inner.stats, pinned) -= 1,
             // The sync keeps counting its frozen bytes until it releases them.
             Some(PageState::Frozen) => {}
             Some(PageState::Dirty) => unreachable!("handled above"),
@@ -179,7 +204,8 @@ impl<K: Hash + Eq + Copy> PageCache<K> {
                 if !Self::make_room(&mut inner, self.cap_pages) {
                     return Err(CacheFull);
                 }
-                Self::add(&mut inner, key, page, PageState::Dirty);
+                let pinned = self.pin.is_some_and(|pin| pin(&key));
+                Self::add(&mut inner, key, page, PageState::Dirty, pinned);
                 return Ok(());
             }
         }
@@ -231,17 +257,17 @@ impl<K: Hash + Eq + Copy> PageCache<K> {
     pub fn release_frozen(&self, written: &[(K, Arc<Vec<u8>>)]) {
         let mut inner = self.inner.lock();
         for (key, page) in written {
-            let mut now_clean = false;
+            let mut now_clean = None;
             if let Some(entry) = inner.entries.get_mut(key) {
                 if entry.state == PageState::Frozen {
                     entry.state = PageState::Clean;
                     entry.page = Arc::clone(page);
-                    now_clean = true;
+                    now_clean = Some(entry.pinned);
                 }
             }
             inner.stats.frozen -= 1;
-            if now_clean {
-                inner.stats.clean += 1;
+            if let Some(pinned) = now_clean {
+                *Self::clean_counter(&mut inner.stats, pinned) += 1;
             }
         }
         // Frozen pages that a writer copied were held only by the sync: room may be owed.
@@ -265,7 +291,7 @@ impl<K: Hash + Eq + Copy> PageCache<K> {
         }
     }
 
-    fn add(inner: &mut Inner<K>, key: K, page: Arc<Vec<u8>>, state: PageState) {
+    fn add(inner: &mut Inner<K>, key: K, page: Arc<Vec<u8>>, state: PageState, pinned: bool) {
         let ring_at = match inner.free_ring.pop() {
             Some(at) => {
                 inner.ring[at] = Some(key);
@@ -277,7 +303,7 @@ impl<K: Hash + Eq + Copy> PageCache<K> {
             }
         };
         match state {
-            PageState::Clean => inner.stats.clean += 1,
+            PageState::Clean => *Self::clean_counter(&mut inner.stats, pinned) += 1,
             PageState::Dirty => inner.stats.dirty += 1,
             PageState::Frozen => inner.stats.frozen += 1,
         }
@@ -288,6 +314,7 @@ impl<K: Hash + Eq + Copy> PageCache<K> {
                 state,
                 referenced: false,
                 ring_at,
+                pinned,
             },
         );
     }
@@ -297,7 +324,7 @@ impl<K: Hash + Eq + Copy> PageCache<K> {
             inner.ring[entry.ring_at] = None;
             inner.free_ring.push(entry.ring_at);
             match entry.state {
-                PageState::Clean => inner.stats.clean -= 1,
+                PageState::Clean => *Self::clean_counter(&mut inner.stats, entry.pinned) -= 1,
                 PageState::Dirty => inner.stats.dirty -= 1,
                 // Still counted until the sync releases it.
                 PageState::Frozen => {}
@@ -330,7 +357,7 @@ impl<K: Hash + Eq + Copy> PageCache<K> {
             let Some(entry) = inner.entries.get_mut(&key) else {
                 continue;
             };
-            if entry.state != PageState::Clean {
+            if entry.state != PageState::Clean || entry.pinned {
                 continue;
             }
             if entry.referenced {
@@ -351,6 +378,32 @@ mod tests {
 
     fn page(fill: u8) -> Arc<Vec<u8>> {
         Arc::new(vec![fill; PAGE_BYTES])
+    }
+
+    #[test]
+    fn pinned_pages_stay_outside_the_cap_through_dirty_and_sync() {
+        // Keys >= 100 are "interior": pinned.
+        let cache = PageCache::<u32>::new(4 * PAGE_BYTES).with_pinned(|k| *k >= 100);
+        for k in 100..110 {
+            assert!(cache.insert_clean(k, page(1)));
+        }
+        for k in 0..20 {
+            cache.insert_clean(k, page(2));
+        }
+        let stats = cache.stats();
+        assert_eq!(
+            (stats.pinned, stats.clean),
+            (10, 4),
+            "the cap holds the others"
+        );
+        assert!((100..110).all(|k| cache.get(&k).is_some()), "none evicted");
+        cache.put_dirty(105, page(3)).unwrap();
+        assert_eq!((cache.stats().pinned, cache.stats().dirty), (9, 1));
+        let frozen = cache.freeze_dirty();
+        cache.release_frozen(&frozen);
+        assert_eq!((cache.stats().pinned, cache.stats().frozen), (10, 0));
+        cache.forget_clean(&105);
+        assert_eq!(cache.stats().pinned, 9);
     }
 
     #[test]

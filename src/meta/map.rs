@@ -381,7 +381,8 @@ impl MapStore {
         timeline: u64,
         options: &MapOptions,
     ) -> Result<Self> {
-        let cache = Arc::new(PageCache::<PageKey>::new(options.cache_bytes));
+        let cache =
+            Arc::new(PageCache::<PageKey>::new(options.cache_bytes).with_pinned(|key| key.1 >= 2));
         let store = Self::store(pool, geometry, options)?;
         let shape = Self::shape(geometry, options)?;
         let sut_depth = RadixTree::depth_for(shape.segments, SUT_LEAF_BITS);
@@ -446,7 +447,8 @@ impl MapStore {
         replay: &Replay,
     ) -> Result<Self> {
         let pool = uberblock.pool;
-        let cache = Arc::new(PageCache::<PageKey>::new(options.cache_bytes));
+        let cache =
+            Arc::new(PageCache::<PageKey>::new(options.cache_bytes).with_pinned(|key| key.1 >= 2));
         let store = Self::store(pool, geometry, options)?;
         let depth = uberblock.depths[0];
         let map = RadixTree::new(pool, Tree::Map, depth, uberblock.roots[0], cache, store)?;

@@ -8,6 +8,7 @@
 //! the on-disk format.
 
 mod bench;
+mod bench_metadata;
 mod bench_nbd;
 mod bench_pool;
 mod bench_scrub;
@@ -337,6 +338,10 @@ enum Command {
     /// Measure scrub throughput against the devices' aggregate raw read throughput, in the
     /// same run, on files.
     BenchScrub(RepeatedBench),
+    /// Measure the paged map of format version 4 at volume sizes up to 16 TiB on sparse files:
+    /// create and open time, peak RSS, bytes per flush, pages per sync, open after a kill,
+    /// cold and warm lookups (the map alone; the pool does not use it yet).
+    BenchMetadata(bench_metadata::BenchMetadataArgs),
     /// Run deterministic disk-failure simulations: seeded workloads with injected faults and
     /// crashes, checked against a model after every step.
     Simulate(simulate::SimulateArgs),
@@ -696,6 +701,7 @@ fn execute(command: Command) -> CliResult {
             dir,
         } => demo::run(&layout, device_size, dir.as_deref()),
         Command::Simulate(args) => simulate::run(&args),
+        Command::BenchMetadata(args) => bench_metadata::run(&args).map_err(Into::into),
         Command::Serve(args) => serve::run(args),
     }
 }
