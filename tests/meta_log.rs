@@ -1034,3 +1034,117 @@ fn a_segment_is_reused_only_after_the_sync_that_frees_it_and_planted_sut_at_writ
         "counting a dropped block off at write time freed a segment the log still named"
     );
 }
+
+/// Review of step 5a, finding 1: a segment that sync N−2 emptied, released and refilled by
+/// commits after N, is named free-pending by the table of N−1; a rewind to N−1 replays the
+/// rows into it and must never hand it out again.
+#[test]
+fn a_rewind_never_hands_out_a_segment_its_replayed_rows_live_in() {
+    let rig = Rig::new("rs:4+2", 6);
+    let options = options();
+    let mut map = MapStore::create(&rig.devices, POOL, &rig.geometry, TIMELINE, &options).unwrap();
+    let mut writer = Writer::new(&rig.geometry);
+    let shape = map.segments().shape();
+    let mut state = BTreeMap::new();
+    let first: Vec<u64> = (0..64).collect();
+    let pointers = writer.write(&mut map, &rig.devices, &first).unwrap();
+    let z = shape.of_block(pointers[0].address().unwrap());
+    assert!(pointers
+        .iter()
+        .all(|p| shape.of_block(p.address().unwrap()) == z));
+    commit_logged(&mut map, &rig.devices).unwrap();
+    map.sync(&rig.devices).unwrap();
+    for (k, p) in first
+        .iter()
+        .zip(writer.write(&mut map, &rig.devices, &first).unwrap())
+    {
+        state.insert(*k, p);
+    }
+    map.sync(&rig.devices).unwrap(); // z emptied
+    map.trim(&rig.devices, 7000).unwrap();
+    map.sync(&rig.devices).unwrap();
+    map.trim(&rig.devices, 7001).unwrap();
+    map.sync(&rig.devices).unwrap(); // z released
+    let mut fresh = Writer::new(&rig.geometry);
+    let keys: Vec<u64> = (100..164).collect();
+    let pointers = fresh.write(&mut map, &rig.devices, &keys).unwrap();
+    assert!(
+        pointers
+            .iter()
+            .all(|p| shape.of_block(p.address().unwrap()) == z),
+        "precondition: the released segment is refilled"
+    );
+    for (k, p) in keys.iter().zip(pointers) {
+        state.insert(*k, p);
+    }
+    state.insert(7000, map.get(&rig.devices, 7000).unwrap());
+    state.insert(7001, map.get(&rig.devices, 7001).unwrap());
+    commit_logged(&mut map, &rig.devices).unwrap();
+    let root = map.root().address().unwrap();
+    drop(map);
+    rig.destroy_page(root);
+    let mut plan = None;
+    let (mut map, _) = rewind(&rig, &options, &mut plan).unwrap();
+    state.remove(&7001);
+    exactly(&map, &rig.devices, &state).unwrap();
+    map.check_usage(&rig.devices).unwrap();
+    let live: std::collections::BTreeSet<u64> =
+        state.values().filter_map(BlockPointer::address).collect();
+    let mut after = Writer::new(&rig.geometry);
+    let new_keys: Vec<u64> = (5000..5064).collect();
+    for (k, p) in new_keys
+        .iter()
+        .zip(after.write(&mut map, &rig.devices, &new_keys).unwrap())
+    {
+        let pbn = p.address().unwrap();
+        assert!(
+            !live.contains(&pbn),
+            "key {k} written to live block {pbn} (segment {})",
+            shape.of_block(pbn)
+        );
+    }
+}
+
+/// Review of step 5a, finding 2: when free segments are scarce, the metadata cleaner must not
+/// move so many pages that a sync which fits on its own runs out of segments.
+#[test]
+fn a_scarce_pool_still_syncs() {
+    let rig = Rig::new("rs:4+2", 6);
+    let options = MapOptions {
+        cache_bytes: 2048 * 16384,
+        record_max: None,
+        ..options()
+    };
+    let mut map = MapStore::create(&rig.devices, POOL, &rig.geometry, TIMELINE, &options).unwrap();
+    let mut writer = Writer::new(&rig.geometry);
+    let shape = map.segments().shape();
+    for batch in 0..10u64 {
+        let keys: Vec<u64> = (0..30).map(|i| (batch * 30 + i) * 1024).collect();
+        writer.write(&mut map, &rig.devices, &keys).unwrap();
+        map.sync(&rig.devices).unwrap();
+    }
+    let mut rng = Lcg(5);
+    let mut next_key = 700 * 1024;
+    let scarce = (shape.segments / 8).max(4);
+    while map.segments().free_segments() > scarce - 4 {
+        let keys: Vec<u64> = (next_key..next_key + 64).collect();
+        next_key += 64;
+        writer.write(&mut map, &rig.devices, &keys).unwrap();
+        let keys: Vec<u64> = (0..6).map(|_| (rng.next() % 300) * 1024).collect();
+        writer.write(&mut map, &rig.devices, &keys).unwrap();
+        map.sync(&rig.devices).unwrap();
+    }
+    for attempt in 0..60 {
+        let free = map.segments().free_segments();
+        let keys: Vec<u64> = (0..24).map(|_| (rng.next() % 300) * 1024).collect();
+        writer.write(&mut map, &rig.devices, &keys).unwrap();
+        if let Err(e) = map.sync(&rig.devices) {
+            panic!(
+                "attempt {attempt}: a sync of at most 26 pages failed with {free} of {} \
+                 segments free: {e}",
+                shape.segments
+            );
+        }
+    }
+    map.check_usage(&rig.devices).unwrap();
+}

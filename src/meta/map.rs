@@ -514,45 +514,50 @@ impl MapStore {
         Ok(this)
     }
 
-    /// Go on filling the data segment that was open: the segment of the newest row the chain
-    /// names (after its highest replayed slot), else the uberblock's open data segment from
-    /// its recorded fill pointer. Rows past that point were never committed.
+    /// Go on filling the data segment that was open. Rows are handed out slot by slot from one
+    /// segment at a time, so at most one segment the chain names is not full: the one the last
+    /// record with rows wrote into, continued after its highest replayed slot (or its recorded
+    /// fill, if higher). With no row in the chain, the uberblock's open data segment goes on at
+    /// its recorded fill. Slots past that point hold no committed row.
     fn resume_data_segment(&mut self, uberblock: &Uberblock, replay: &Replay) {
-        let shape = self.segments.shape();
-        let newest_row = replay
-            .chain
-            .iter()
-            .rev()
-            .flat_map(|link| link.record.entries.iter().rev())
-            .find_map(|entry| match entry {
-                LogEntry::Row { slot, .. } => Some(*slot),
-                _ => None,
-            });
-        if let Some(slot) = newest_row {
-            let segment = slot / shape.segment_slots;
-            let highest = replay
-                .chain
-                .iter()
-                .flat_map(|link| link.record.entries.iter())
-                .filter_map(|entry| match entry {
-                    LogEntry::Row { slot, .. } if slot / shape.segment_slots == segment => {
-                        Some(*slot)
-                    }
-                    _ => None,
-                })
-                .max()
-                .unwrap_or(slot);
-            let recorded = match self.segments.record(segment).state {
-                SegmentState::OpenData => u64::from(self.segments.record(segment).slots_used),
-                _ => 0,
-            };
-            let next = (highest % shape.segment_slots + 1).max(recorded);
-            self.segments.resume_data(segment, next);
-        } else if let Some(segment) = uberblock.open_segments[0] {
+        let per = self.segments.shape().segment_slots;
+        let mut highest: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut last_record_segments = BTreeSet::new();
+        for link in &replay.chain {
+            let mut segments = BTreeSet::new();
+            for entry in &link.record.entries {
+                if let LogEntry::Row { slot, .. } = entry {
+                    let at = highest.entry(slot / per).or_insert(0);
+                    *at = (*at).max(slot % per);
+                    segments.insert(slot / per);
+                }
+            }
+            if !segments.is_empty() {
+                last_record_segments = segments;
+            }
+        }
+        let recorded = |segment: u64| {
             let record = self.segments.record(segment);
             if record.state == SegmentState::OpenData {
-                self.segments
-                    .resume_data(segment, u64::from(record.slots_used));
+                u64::from(record.slots_used)
+            } else {
+                0
+            }
+        };
+        let resume = if highest.is_empty() {
+            uberblock.open_segments[0].map(|segment| (segment, recorded(segment)))
+        } else {
+            last_record_segments
+                .iter()
+                .map(|segment| (*segment, (highest[segment] + 1).max(recorded(*segment))))
+                .find(|(_, next)| *next < per)
+        };
+        if let Some((segment, next)) = resume {
+            if next < per
+                && (!highest.is_empty()
+                    || self.segments.record(segment).state == SegmentState::OpenData)
+            {
+                self.segments.resume_data(segment, next);
             }
         }
     }
@@ -899,24 +904,48 @@ impl MapStore {
             ));
         }
         let shape = self.segments.shape();
-        let mut counted: BTreeMap<u64, (u32, bool)> = BTreeMap::new();
-        for mpn in self.referenced_pages(devices)? {
-            counted.entry(shape.of_page(mpn)).or_insert((0, true)).0 += 1;
-        }
+        // Distinct pages and blocks: one count per block however many pointers name it.
+        let pages: BTreeSet<u64> = self.referenced_pages(devices)?.into_iter().collect();
+        let mut blocks = BTreeSet::new();
         for (_, leaf) in self.map.leaves(devices)? {
             for index in 0..crate::format::v4::POINTERS_PER_PAGE {
                 let bytes = &leaf[index * BlockPointer::BYTES..(index + 1) * BlockPointer::BYTES];
                 let pointer = BlockPointer::decode(bytes).map_err(Error::corrupt_metadata)?;
                 if let Some(pbn) = pointer.address() {
-                    let entry = counted.entry(shape.of_block(pbn)).or_insert((0, false));
-                    if entry.1 {
-                        return Err(Error::corrupt_metadata(format!(
-                            "segment {} holds metadata pages and data block {pbn}",
-                            shape.of_block(pbn)
-                        )));
-                    }
-                    entry.0 += 1;
+                    blocks.insert(pbn);
                 }
+            }
+        }
+        let mut counted: BTreeMap<u64, (u32, bool)> = BTreeMap::new();
+        for mpn in &pages {
+            counted.entry(shape.of_page(*mpn)).or_insert((0, true)).0 += 1;
+        }
+        for pbn in &blocks {
+            let entry = counted.entry(shape.of_block(*pbn)).or_insert((0, false));
+            if entry.1 {
+                return Err(Error::corrupt_metadata(format!(
+                    "segment {} holds metadata pages and data block {pbn}",
+                    shape.of_block(*pbn)
+                )));
+            }
+            entry.0 += 1;
+        }
+        for (segment, (count, metadata)) in &counted {
+            let capacity = if *metadata {
+                shape.pages_per_segment
+            } else {
+                shape.blocks_per_segment
+            };
+            if u64::from(*count) > capacity
+                || self.segments.is_free(*segment)
+                || self.segments.is_pending(*segment)
+            {
+                return Err(Error::corrupt_metadata(format!(
+                    "segment {segment}: {count} referenced of {capacity}, free in memory: {}, \
+                     waiting for release: {}",
+                    self.segments.is_free(*segment),
+                    self.segments.is_pending(*segment)
+                )));
             }
         }
         let table: BTreeMap<u64, (u32, SegmentState)> = self
@@ -1301,19 +1330,24 @@ impl MapStore {
         // first, until they outnumber the segments this sync's pages (its own and the moved
         // ones) take.
         let per_segment = self.segments.shape().pages_per_segment;
-        let own = self.map.planned_sync()?.0 + usize::from(self.sut.root().level()) + 1;
+        let own = (self.map.planned_sync()?.0 + usize::from(self.sut.root().level()) + 1) as u64;
+        let free = self.segments.free_segments();
         let mut moved = 0u64;
         let mut victims = Vec::new();
         for (victim, live) in self.segments.metadata_victims() {
-            if victims.len() as u64 > (own as u64 + moved).div_ceil(per_segment) {
+            // Victims come back only two syncs later: the pages moved now must fit the free
+            // segments beside this sync's own, with one to spare.
+            let fills = (own + moved + live).div_ceil(per_segment) + 1;
+            if victims.len() as u64 > (own + moved).div_ceil(per_segment) || fills + 1 > free {
                 break;
             }
             moved += live;
             victims.push(victim);
         }
-        for victim in victims {
+        if !victims.is_empty() {
+            let in_victim = |mpn: u64| victims.iter().any(|v| v.contains(&mpn));
             // A small cache takes the pages in parts: write what is dirty, walk again.
-            while !self.map.relocate(devices, victim.clone())? {
+            while !self.map.relocate(devices, &in_victim)? {
                 let part = self.write_pages(devices, birth)?;
                 if part.0 == 0 {
                     return Err(Error::corrupt_metadata(
@@ -1323,7 +1357,7 @@ impl MapStore {
                 pages_written += part.0;
                 pages_freed += part.1;
             }
-            if !self.sut.relocate(devices, victim)? {
+            if !self.sut.relocate(devices, &in_victim)? {
                 return Err(Error::corrupt_metadata(
                     "the usage tree's cache cannot hold its pages",
                 ));

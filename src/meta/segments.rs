@@ -179,6 +179,8 @@ pub struct SegmentTable {
     leaves: Vec<Option<Box<[SutRecord]>>>,
     /// Count changes since the last boundary.
     journal: BTreeMap<u64, i64>,
+    /// Segments that got any count change since the last fold (even if it netted to 0).
+    noted: BTreeSet<u64>,
     /// Segments opened since the last boundary, and what for.
     opened: BTreeMap<u64, Kind>,
     /// Segments that may be taken: state free in the array, nothing journalled, not opened.
@@ -207,6 +209,7 @@ impl SegmentTable {
             rule,
             leaves: (0..leaves).map(|_| None).collect(),
             journal: BTreeMap::new(),
+            noted: BTreeSet::new(),
             opened: BTreeMap::new(),
             free: FreeSet::full(shape.segments),
             settle: BTreeSet::new(),
@@ -366,8 +369,11 @@ impl SegmentTable {
 
     fn note(&mut self, segment: u64, delta: i64) {
         // A segment with something journalled is not free, whatever the array says (a
-        // replayed record names rows of a segment opened after the boundary).
+        // replayed record names rows of a segment opened after the boundary), nor about to
+        // be freed (after a rewind, the older table may still hold it free-pending).
         self.free.remove(segment);
+        self.unpend(segment);
+        self.noted.insert(segment);
         let entry = self.journal.entry(segment).or_insert(0);
         *entry += delta;
         if *entry == 0 {
@@ -454,7 +460,23 @@ impl SegmentTable {
     /// [`Error::CorruptMetadata`] when a count would go below zero or past 2^32 (a pointer
     /// dropped twice, or the durable state disagrees with the trees).
     pub fn fold(&mut self, txg: u64, pages_per_slot: u64) -> Result<Vec<u64>> {
+        // A full open segment is closed here, so that its record does not stay "open".
+        if let Some((segment, _)) = self
+            .open_data
+            .filter(|(_, next)| *next >= self.shape.segment_slots)
+        {
+            self.settle.insert(segment);
+            self.open_data = None;
+        }
+        if let Some((segment, _)) = self
+            .open_meta
+            .filter(|(_, next)| *next >= self.shape.pages_per_segment)
+        {
+            self.settle.insert(segment);
+            self.open_meta = None;
+        }
         let mut touched: BTreeSet<u64> = self.journal.keys().copied().collect();
+        touched.append(&mut self.noted.clone());
         touched.extend(self.opened.keys().copied());
         touched.extend(self.open_data.map(|(s, _)| s));
         touched.extend(self.open_meta.map(|(s, _)| s));
@@ -494,7 +516,10 @@ impl SegmentTable {
                     Kind::Data => SegmentState::FullData,
                     Kind::Metadata => SegmentState::FullMetadata,
                 };
-            } else if before.state == SegmentState::FreePending {
+            } else if before.state == SegmentState::FreePending
+                && !self.noted.contains(&segment)
+                && !self.opened.contains_key(&segment)
+            {
                 // Not pending any more: released in memory, so the record says free too.
                 if self
                     .freed_at(segment)
@@ -504,7 +529,10 @@ impl SegmentTable {
                 } else {
                     after = before;
                 }
-            } else if before.state == SegmentState::Free && !self.opened.contains_key(&segment) {
+            } else if before.state == SegmentState::Free
+                && !self.opened.contains_key(&segment)
+                && !self.noted.contains(&segment)
+            {
                 after = before;
             } else {
                 // It held something (or was opened since the boundary) and nothing refers
@@ -513,11 +541,17 @@ impl SegmentTable {
                 after.freed_txg_low = (txg & 0xFFFF) as u16;
                 self.pend(segment, txg);
             }
+            if count > 0 {
+                // Referenced again (after a rewind, rows replayed into a segment the older
+                // table had freed): never released by an old freeing.
+                self.unpend(segment);
+            }
             if after != before {
                 *self.record_mut(segment) = after;
                 self.dirty.insert(segment / PER_LEAF * PER_LEAF);
             }
         }
+        self.noted.clear();
         // Segments no longer open nor journalled are settled; the open ones stay noted.
         let open: Vec<u64> = [self.open_data, self.open_meta]
             .iter()
@@ -525,12 +559,6 @@ impl SegmentTable {
             .map(|(s, _)| *s)
             .collect();
         self.opened.retain(|s, _| open.contains(s));
-        if self
-            .open_data
-            .is_some_and(|(_, next)| next >= self.shape.segment_slots)
-        {
-            self.open_data = None;
-        }
         Ok(std::mem::take(&mut self.dirty).into_iter().collect())
     }
 
@@ -539,6 +567,13 @@ impl SegmentTable {
             .iter()
             .find(|(_, segments)| segments.contains(&segment))
             .map(|(txg, _)| *txg)
+    }
+
+    fn unpend(&mut self, segment: u64) {
+        for (_, segments) in &mut self.pending {
+            segments.retain(|s| *s != segment);
+        }
+        self.pending.retain(|(_, segments)| !segments.is_empty());
     }
 
     fn pend(&mut self, segment: u64, txg: u64) {
@@ -573,8 +608,14 @@ impl SegmentTable {
             }
             if let Some((_, segments)) = self.pending.pop_front() {
                 for segment in segments {
-                    self.free.insert(segment);
-                    self.settle.insert(segment);
+                    // Belt and braces: never free a segment something still counts on.
+                    let counted = self.record(segment).referenced > 0
+                        || self.journal.contains_key(&segment)
+                        || self.opened.contains_key(&segment);
+                    if !counted {
+                        self.free.insert(segment);
+                        self.settle.insert(segment);
+                    }
                 }
             }
         }
@@ -598,6 +639,19 @@ impl SegmentTable {
             .collect();
         victims.sort_by_key(|(range, count)| (*count, range.start));
         victims
+    }
+
+    /// Whether `segment` may be taken now (free in memory).
+    #[must_use]
+    pub fn is_free(&self, segment: u64) -> bool {
+        let (word, bit) = FreeSet::place(segment);
+        self.free.words.get(word).is_some_and(|w| w & bit != 0)
+    }
+
+    /// Whether `segment` waits for its release (freed by one of the last syncs).
+    #[must_use]
+    pub fn is_pending(&self, segment: u64) -> bool {
+        self.freed_at(segment).is_some()
     }
 
     /// The open data and metadata segments (hints for the uberblock).

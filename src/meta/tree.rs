@@ -392,7 +392,7 @@ impl RadixTree {
         Ok(())
     }
 
-    /// Make every page of this tree that lives in `mpns` dirty (unchanged), with its
+    /// Make every page of this tree whose number `mpns` picks dirty (unchanged), with its
     /// ancestors, so the next sync writes it elsewhere: how a metadata segment is emptied
     /// (the pages are found from their parents; a segment has no reverse map). Stops early
     /// when the cache takes no more dirty pages: `Ok(false)`, and the caller writes the dirty
@@ -403,7 +403,7 @@ impl RadixTree {
     pub fn relocate(
         &mut self,
         devices: &[Option<SharedDevice>],
-        mpns: std::ops::Range<u64>,
+        mpns: &dyn Fn(u64) -> bool,
     ) -> Result<bool> {
         let mut found = Vec::new();
         let mut stack = vec![(self.depth, 0u64, self.root)];
@@ -411,7 +411,7 @@ impl RadixTree {
             let Some(mpn) = pointer.address() else {
                 continue;
             };
-            if mpns.contains(&mpn) {
+            if mpns(mpn) {
                 found.push((level, first));
             }
             if level == 1 {

@@ -133,3 +133,67 @@ fn a_planted_bug_is_caught_and_its_replay_keeps_it() {
         "{stderr}"
     );
 }
+
+/// `stripestore bench-metadata` on a 64 GiB volume (six sparse files in a temporary
+/// directory): every phase reports, a flush writes one 4 KiB log block per member, one write
+/// and a sync write one path per tree (map depth + usage-table depth pages), create writes
+/// only the first uberblocks, and an open after the kill replays the flushes it left.
+#[test]
+fn bench_metadata_reports_every_phase_with_the_expected_costs() {
+    let dir = tempfile::tempdir().unwrap();
+    let stdout = succeed([
+        "bench-metadata",
+        "--volume",
+        "64G",
+        "--writes",
+        "96",
+        "--lookups",
+        "200",
+        "--map-cache",
+        "64M",
+        "--json",
+        "--dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let r = &report[0];
+    let depths = r["map_depth"].as_f64().unwrap() + r["usage_depth"].as_f64().unwrap();
+    assert_eq!(
+        r["write"]["extra"]["one_write_sync_pages"].as_f64(),
+        Some(depths)
+    );
+    assert_eq!(
+        r["write"]["extra"]["bytes_per_flush"].as_f64(),
+        Some(6.0 * 4096.0)
+    );
+    assert_eq!(
+        r["create"]["bytes_written"].as_u64(),
+        Some(6 * 2 * 4096),
+        "uberblock 0 in both rings of six members"
+    );
+    assert!(
+        r["open_after_kill"]["extra"]["records_replayed"]
+            .as_f64()
+            .unwrap()
+            >= 8.0
+    );
+    assert_eq!(
+        r["open_clean"]["extra"]["records_replayed"].as_f64(),
+        Some(0.0)
+    );
+    assert!(
+        r["reads"]["extra"]["cold_page_reads_per_lookup"]
+            .as_f64()
+            .unwrap()
+            <= 1.0
+    );
+    assert_eq!(
+        r["reads"]["extra"]["warm_page_reads_per_lookup"].as_f64(),
+        Some(0.0)
+    );
+    assert_eq!(
+        r["open_empty"]["bytes_written"].as_u64(),
+        Some(0),
+        "looking never writes"
+    );
+}
