@@ -174,15 +174,18 @@ fn one_change_and_a_sync_write_the_path_once_per_copy_never_the_map() {
         counter.store(0, Ordering::SeqCst);
         put(&mut writer, &mut map, &devices, 123_456 + round).unwrap();
         let report = map.sync(&devices).unwrap();
-        // Σ depth over the trees: the map's path (leaf, level 2, root) and the usage table's
-        // (one page: a tree of depth 1 for this pool's segments).
-        assert_eq!(report.pages_written, 4, "depth 3 map path + the usage leaf");
+        // Σ depth over the trees: the map's path (leaf, level 2, root), the slot summary's
+        // (the record of the row written: depth 2 for this pool's slots) and the usage
+        // table's (one page: depth 1 for its segments).
+        let depths: usize = map.depths().iter().map(|d| usize::from(*d)).sum();
+        assert_eq!(map.depths(), [3, 2, 1]);
+        assert_eq!(report.pages_written, depths, "one path per tree");
         assert_eq!(
             counter.load(Ordering::SeqCst),
-            4 * 3,
-            "4 pages × 3 copies (rs:4+2)"
+            depths as u64 * 3,
+            "{depths} pages × 3 copies (rs:4+2)"
         );
-        assert_eq!(report.pages_freed, 4, "the old paths");
+        assert_eq!(report.pages_freed, depths, "the old paths");
         map.check_usage(&devices).unwrap();
     }
     // A sync with nothing changed writes at most the usage leaf (segments whose release came

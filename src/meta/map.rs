@@ -23,7 +23,8 @@ use super::tree::{PageKey, RadixTree, SetError};
 use crate::device::SharedDevice;
 use crate::error::{Error, Result};
 use crate::format::v4::{
-    BlockPointer, LogEntry, SegmentState, Tree, Uberblock, ADDRESS_HOLE, TREES,
+    BlockPointer, LogEntry, SegmentState, SlotRecord, SlotShape, Tree, Uberblock, ADDRESS_HOLE,
+    PAGE_BYTES, TREES,
 };
 use crate::geometry::Geometry;
 use crate::types::{DeviceIndex, ShardIndex};
@@ -198,6 +199,13 @@ struct RowInfo {
     crcs: Vec<u32>,
 }
 
+/// The trees a sync writes with pages counted in the usage table as it goes.
+#[derive(Debug, Clone, Copy)]
+enum TreeChoice {
+    Map,
+    Summary,
+}
+
 /// The durable, paged map of one pool.
 #[derive(Debug)]
 pub struct MapStore {
@@ -216,6 +224,13 @@ pub struct MapStore {
     overlay: BTreeMap<u64, (BlockPointer, BlockPointer)>,
     pending: BTreeMap<u64, Pending>,
     rows: BTreeMap<(u64, u16), RowInfo>,
+    /// Tree 1: the slot summary (a record per data slot: rows, owners, every shard crc).
+    summary: RadixTree,
+    /// Rows noted (or replayed) since the last sync, which the next sync adds to the summary.
+    unsummarized: BTreeMap<(u64, u16), RowInfo>,
+    /// The slot rows are being handed out from, and its next row (none after an open: a
+    /// slot's rows are always written from row 0 in one process).
+    open_row: Option<(u64, u64)>,
     read_only: bool,
     failed: bool,
     opened: OpenReport,
@@ -343,10 +358,140 @@ impl MapStore {
         log
     }
 
+    /// The shape of this pool's slot records.
+    fn slot_shape(geometry: &Geometry) -> SlotShape {
+        SlotShape {
+            data_chunks: geometry.data_chunks(),
+            width: geometry.width(),
+            rows: usize::try_from(geometry.chunk_bytes / 4096).unwrap_or(1),
+        }
+    }
+
+    /// Leaf fanout of the slot summary: as many records as fit a 16 KiB page.
+    fn summary_leaf_bits(geometry: &Geometry) -> u32 {
+        let per_leaf = PAGE_BYTES / Self::slot_shape(geometry).record_bytes();
+        per_leaf.max(1).trailing_zeros()
+    }
+
+    /// The slot summary tree (sharing the map's cache).
+    fn summary_tree(
+        pool: [u8; 16],
+        geometry: &Geometry,
+        options: &MapOptions,
+        cache: &Arc<PageCache<PageKey>>,
+        root: Option<(u8, BlockPointer)>,
+    ) -> Result<RadixTree> {
+        let bits = Self::summary_leaf_bits(geometry);
+        let depth = RadixTree::depth_for(geometry.slots, bits);
+        let root = match root {
+            Some((found, pointer)) if found == depth => pointer,
+            Some((found, _)) => {
+                return Err(Error::corrupt_metadata(format!(
+                    "slot summary of depth {found}, the pool's {} slots need {depth}",
+                    geometry.slots
+                )))
+            }
+            None => BlockPointer::hole(depth),
+        };
+        RadixTree::with_leaves(
+            pool,
+            Tree::SlotSummary,
+            bits,
+            depth,
+            root,
+            Arc::clone(cache),
+            Self::store(pool, geometry, options)?,
+        )
+    }
+
+    /// The slot record of data slot `slot` as of the last sync (`None`: no row written).
+    ///
+    /// # Errors
+    /// When its page cannot be read or the record does not decode.
+    pub fn slot_record(
+        &self,
+        devices: &[Option<SharedDevice>],
+        slot: u64,
+    ) -> Result<Option<SlotRecord>> {
+        let Some(bytes) = self.summary.get_record(devices, slot)? else {
+            return Ok(None);
+        };
+        SlotRecord::decode(Self::slot_shape(&self.geometry), &bytes)
+            .map_err(|e| Error::corrupt_metadata(format!("slot record of slot {slot}: {e}")))
+    }
+
+    /// Add the rows noted since the last sync to their slot records (read, amended, staged
+    /// dirty in the summary tree). A row already recorded with the same birth is skipped (a
+    /// chain replayed over a sync that recorded it); with another birth the summary and the
+    /// log disagree.
+    fn summarize(&mut self, devices: &[Option<SharedDevice>], birth: u64) -> Result<usize> {
+        let mut written = 0;
+        let rows = std::mem::take(&mut self.unsummarized);
+        let shape = Self::slot_shape(&self.geometry);
+        let mut slot_rows: BTreeMap<u64, Vec<(u16, RowInfo)>> = BTreeMap::new();
+        for ((slot, row), info) in rows {
+            slot_rows.entry(slot).or_default().push((row, info));
+        }
+        for (slot, rows) in slot_rows {
+            let mut record = self
+                .slot_record(devices, slot)?
+                .unwrap_or_else(|| SlotRecord::new(shape));
+            for (row, info) in rows {
+                let row = usize::from(row);
+                if row == 0 && record.rows_written() > 0 && record.row(0).birth != info.birth {
+                    // The slot's segment was freed and taken again: a new record (the old
+                    // one described rows no tree references).
+                    record = SlotRecord::new(shape);
+                }
+                if row < record.rows_written() {
+                    if record.row(row).birth == info.birth {
+                        continue;
+                    }
+                    return Err(Error::corrupt_metadata(format!(
+                        "slot {slot} row {row}: recorded with birth {}, the log says {}",
+                        record.row(row).birth,
+                        info.birth
+                    )));
+                }
+                let owners: Vec<(Option<u64>, bool)> =
+                    info.owners.iter().map(|o| (Some(*o), false)).collect();
+                record
+                    .add_row(row, info.birth, &owners, &info.crcs)
+                    .map_err(|e| Error::corrupt_metadata(format!("slot {slot}: {e}")))?;
+            }
+            match self.summary.set_record(devices, slot, &record.encode()) {
+                Ok(()) => {}
+                Err(SetError::Failed(e)) => return Err(e),
+                Err(SetError::NeedsSync(_)) => {
+                    // Write what the cache holds of the summary (pages of no durable tree
+                    // yet) and go on.
+                    written += self.write_dirty(devices, birth)?.0;
+                    if let Err(e) = self.summary.set_record(devices, slot, &record.encode()) {
+                        return Err(match e {
+                            SetError::Failed(e) => e,
+                            SetError::NeedsSync(_) => Error::corrupt_metadata(
+                                "the page cache is too small for one path of the summary",
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(written)
+    }
+
     fn uberblock(&self, txg: u64, s_sync: u64, log_half: u8, unlogged: bool) -> Uberblock {
-        let depths = [self.map_depth(), 1, self.sut.root().level(), 1, 1, 1];
+        let depths = [
+            self.map_depth(),
+            self.summary.root().level(),
+            self.sut.root().level(),
+            1,
+            1,
+            1,
+        ];
         let mut roots = depths.map(BlockPointer::hole);
         roots[0] = self.map.root();
+        roots[1] = self.summary.root();
         roots[2] = self.sut.root();
         let (data, meta) = self.segments.open_segments();
         Uberblock {
@@ -394,6 +539,7 @@ impl MapStore {
             sut_depth,
             BlockPointer::hole(sut_depth),
         )?;
+        let summary = Self::summary_tree(pool, geometry, options, &cache, None)?;
         let map = RadixTree::new(
             pool,
             Tree::Map,
@@ -413,6 +559,7 @@ impl MapStore {
             timeline,
             geometry: geometry.clone(),
             map,
+            summary,
             sut,
             segments: SegmentTable::new(shape, options.release),
             txg: 0,
@@ -421,6 +568,8 @@ impl MapStore {
             overlay: BTreeMap::new(),
             pending: BTreeMap::new(),
             rows: BTreeMap::new(),
+            unsummarized: BTreeMap::new(),
+            open_row: None,
             read_only: false,
             failed: false,
             opened: OpenReport::default(),
@@ -451,9 +600,17 @@ impl MapStore {
             Arc::new(PageCache::<PageKey>::new(options.cache_bytes).with_pinned(|key| key.1 >= 2));
         let store = Self::store(pool, geometry, options)?;
         let depth = uberblock.depths[0];
+        let summary = Self::summary_tree(
+            pool,
+            geometry,
+            options,
+            &cache,
+            Some((uberblock.depths[1], uberblock.roots[1])),
+        )?;
         let map = RadixTree::new(pool, Tree::Map, depth, uberblock.roots[0], cache, store)?;
         // A root no copy verifies refuses the open (`open --rewind` decides).
         map.read_root(devices)?;
+        summary.read_root(devices)?;
         let shape = Self::shape(geometry, options)?;
         let sut_depth = RadixTree::depth_for(shape.segments, SUT_LEAF_BITS);
         if uberblock.depths[2] != sut_depth {
@@ -485,6 +642,7 @@ impl MapStore {
             timeline,
             geometry: geometry.clone(),
             map,
+            summary,
             sut,
             txg: uberblock.txg,
             // `end + 1` may have been taken by a sync whose uberblock never became durable.
@@ -493,6 +651,8 @@ impl MapStore {
             overlay: BTreeMap::new(),
             pending: BTreeMap::new(),
             rows: BTreeMap::new(),
+            unsummarized: BTreeMap::new(),
+            open_row: None,
             read_only: options.read_only,
             failed: false,
             opened: OpenReport {
@@ -585,14 +745,13 @@ impl MapStore {
                     crcs,
                 } = entry
                 {
-                    rows.insert(
-                        (*slot, *row),
-                        RowInfo {
-                            birth: *birth,
-                            owners: owners.clone(),
-                            crcs: crcs.clone(),
-                        },
-                    );
+                    let info = RowInfo {
+                        birth: *birth,
+                        owners: owners.clone(),
+                        crcs: crcs.clone(),
+                    };
+                    self.unsummarized.insert((*slot, *row), info.clone());
+                    rows.insert((*slot, *row), info);
                 }
             }
             let geometry = self.geometry.clone();
@@ -884,6 +1043,17 @@ impl MapStore {
     pub fn keys(&self) -> u64 {
         self.map.keys()
     }
+    /// Depths of the map, the slot summary and the usage table: one sync after one write
+    /// writes their sum in pages (per copy).
+    #[must_use]
+    pub fn depths(&self) -> [u8; 3] {
+        [
+            self.map.root().level(),
+            self.summary.root().level(),
+            self.sut.root().level(),
+        ]
+    }
+
     /// The usage table (segments, counts as of the last sync, free segments).
     #[must_use]
     pub fn segments(&self) -> &SegmentTable {
@@ -898,7 +1068,7 @@ impl MapStore {
     /// A description of the first disagreement; [`Error::InvalidConfig`] when pages are dirty
     /// (the trees in memory are then newer than the table: sync first).
     pub fn check_usage(&self, devices: &[Option<SharedDevice>]) -> Result<()> {
-        if self.map.has_dirty() || self.sut.has_dirty() {
+        if self.map.has_dirty() || self.summary.has_dirty() || self.sut.has_dirty() {
             return Err(Error::InvalidConfig(
                 "pages changed since the last sync: sync before checking usage".into(),
             ));
@@ -986,6 +1156,21 @@ impl MapStore {
         Ok(())
     }
 
+    /// The next row to write data blocks into: `(slot, row)`, rows of a slot in order, a fresh
+    /// slot of the open data segment when the slot is full (or after an open).
+    ///
+    /// # Errors
+    /// [`Error::NoFreeSlot`] when no segment is free.
+    pub fn next_row(&mut self) -> Result<(u64, u16)> {
+        let rows = self.geometry.chunk_bytes / 4096;
+        let (slot, row) = match self.open_row {
+            Some((slot, row)) if row < rows => (slot, row),
+            _ => (self.data_slot()?, 0),
+        };
+        self.open_row = Some((slot, row + 1));
+        Ok((slot, u16::try_from(row).unwrap_or(u16::MAX)))
+    }
+
     /// A fresh slot of the open data segment for rows of data blocks (the pool's writers take
     /// their slots here).
     ///
@@ -1005,6 +1190,7 @@ impl MapStore {
     /// When a page cannot be read.
     pub fn referenced_pages(&self, devices: &[Option<SharedDevice>]) -> Result<Vec<u64>> {
         let mut pages = self.map.referenced_pages(devices)?;
+        pages.extend(self.summary.referenced_pages(devices)?);
         pages.extend(self.sut.referenced_pages(devices)?);
         Ok(pages)
     }
@@ -1072,14 +1258,13 @@ impl MapStore {
                 crcs.len()
             )));
         }
-        self.rows.insert(
-            (slot, row),
-            RowInfo {
-                birth,
-                owners,
-                crcs,
-            },
-        );
+        let info = RowInfo {
+            birth,
+            owners,
+            crcs,
+        };
+        self.unsummarized.insert((slot, row), info.clone());
+        self.rows.insert((slot, row), info);
         Ok(())
     }
 
@@ -1347,8 +1532,10 @@ impl MapStore {
         if !victims.is_empty() {
             let in_victim = |mpn: u64| victims.iter().any(|v| v.contains(&mpn));
             // A small cache takes the pages in parts: write what is dirty, walk again.
-            while !self.map.relocate(devices, &in_victim)? {
-                let part = self.write_pages(devices, birth)?;
+            while !(self.map.relocate(devices, &in_victim)?
+                && self.summary.relocate(devices, &in_victim)?)
+            {
+                let part = self.write_dirty(devices, birth)?;
                 if part.0 == 0 {
                     return Err(Error::corrupt_metadata(
                         "the page cache is too small for one path of the map",
@@ -1373,7 +1560,7 @@ impl MapStore {
                 }
                 Err(SetError::Failed(e)) => return Err(e),
                 Err(SetError::NeedsSync(_)) => {
-                    let part = self.write_pages(devices, birth)?;
+                    let part = self.write_dirty(devices, birth)?;
                     if part.0 == 0 {
                         return Err(Error::corrupt_metadata(
                             "the page cache is too small for one path of the map",
@@ -1387,6 +1574,10 @@ impl MapStore {
         let last = self.write_pages(devices, birth)?;
         pages_written += last.0;
         pages_freed += last.1;
+        pages_written += self.summarize(devices, birth)?;
+        let summary = self.write_tree(devices, TreeChoice::Summary, birth)?;
+        pages_written += summary.0;
+        pages_freed += summary.1;
         let usage = self.write_usage(devices, txg, birth)?;
         pages_written += usage.0;
         pages_freed += usage.1;
@@ -1420,15 +1611,41 @@ impl MapStore {
         })
     }
 
-    /// Write the map tree's dirty pages with birth `birth`, counting each page written (+1)
-    /// and each replaced (-1) in its segment: `(pages written, pages freed)`.
+    /// Write the map tree's dirty pages with birth `birth`: `(pages written, pages freed)`.
     fn write_pages(
         &mut self,
         devices: &[Option<SharedDevice>],
         birth: u64,
     ) -> Result<(usize, usize)> {
+        self.write_tree(devices, TreeChoice::Map, birth)
+    }
+
+    /// Write the dirty pages of the map and the slot summary (they share the cache and its
+    /// dirty limit): `(pages written, pages freed)`.
+    fn write_dirty(
+        &mut self,
+        devices: &[Option<SharedDevice>],
+        birth: u64,
+    ) -> Result<(usize, usize)> {
+        let map = self.write_tree(devices, TreeChoice::Map, birth)?;
+        let summary = self.write_tree(devices, TreeChoice::Summary, birth)?;
+        Ok((map.0 + summary.0, map.1 + summary.1))
+    }
+
+    /// Write one tree's dirty pages with birth `birth`, counting each page written (+1) and
+    /// each replaced (-1) in its segment: `(pages written, pages freed)`.
+    fn write_tree(
+        &mut self,
+        devices: &[Option<SharedDevice>],
+        which: TreeChoice,
+        birth: u64,
+    ) -> Result<(usize, usize)> {
         let segments = std::cell::RefCell::new(&mut self.segments);
-        let outcome = self.map.sync(
+        let tree = match which {
+            TreeChoice::Map => &mut self.map,
+            TreeChoice::Summary => &mut self.summary,
+        };
+        let outcome = tree.sync(
             devices,
             birth,
             &mut || {

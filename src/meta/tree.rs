@@ -367,6 +367,11 @@ impl RadixTree {
         for level in (target.max(1)..=self.depth).rev() {
             let (bytes, dirty) = match self.page(devices, level, key, &parent_entry)? {
                 Some((page, state)) => (page.as_ref().clone(), state == PageState::Dirty),
+                // A leaf of records never written is all zeros (free records); pointer pages
+                // start as holes.
+                None if level == 1 && self.shape.leaf_bits != POINTER_LEAF_BITS => {
+                    (vec![0u8; PAGE_BYTES], false)
+                }
                 None => (PointerPage::empty(level).encode(), false),
             };
             if level > 1 {
@@ -652,6 +657,12 @@ impl RadixTree {
             }
         }
         Ok(found)
+    }
+
+    /// The counters of the cache this tree's pages live in.
+    #[must_use]
+    pub fn cache_stats(&self) -> super::cache::CacheStats {
+        self.cache.stats()
     }
 
     /// Whether any page of this tree is dirty (changed since the last sync).

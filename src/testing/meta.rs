@@ -11,8 +11,6 @@ use crate::meta::MapStore;
 /// Hands out rows of fresh data blocks.
 #[derive(Debug, Clone)]
 pub struct MetaWriter {
-    /// The slot being filled and its next row.
-    slot: Option<(u64, u64)>,
     k: u64,
     width: usize,
     rows_per_chunk: u64,
@@ -23,7 +21,6 @@ impl MetaWriter {
     #[must_use]
     pub fn new(geometry: &Geometry) -> Self {
         Self {
-            slot: None,
             k: geometry.data_chunks() as u64,
             width: geometry.width(),
             rows_per_chunk: (geometry.chunk_bytes / 4096).max(1),
@@ -42,13 +39,8 @@ impl MetaWriter {
     ) -> crate::Result<Vec<BlockPointer>> {
         let mut set = Vec::with_capacity(keys.len());
         for row_keys in keys.chunks(usize::try_from(self.k).unwrap_or(1)) {
-            let (slot, row) = match self.slot {
-                Some((slot, row)) if row < self.rows_per_chunk => (slot, row),
-                _ => (map.data_slot()?, 0),
-            };
-            self.slot = Some((slot, row + 1));
-            let first = slot * self.k * self.rows_per_chunk + row * self.k;
-            let row = u16::try_from(row).unwrap_or(u16::MAX);
+            let (slot, row) = map.next_row()?;
+            let first = slot * self.k * self.rows_per_chunk + u64::from(row) * self.k;
             let birth = map.next_sequence();
             let crcs: Vec<u32> = (0..self.width)
                 .map(|s| (first as u32).wrapping_mul(2_654_435_761) ^ (birth as u32) ^ s as u32)

@@ -136,7 +136,7 @@ fn a_planted_bug_is_caught_and_its_replay_keeps_it() {
 
 /// `stripestore bench-metadata` on a 64 GiB volume (six sparse files in a temporary
 /// directory): every phase reports, a flush writes one 4 KiB log block per member, one write
-/// and a sync write one path per tree (map depth + usage-table depth pages), create writes
+/// and a sync write one path per tree (map, slot summary and usage-table depths), create writes
 /// only the first uberblocks, and an open after the kill replays the flushes it left.
 #[test]
 fn bench_metadata_reports_every_phase_with_the_expected_costs() {
@@ -157,7 +157,9 @@ fn bench_metadata_reports_every_phase_with_the_expected_costs() {
     ]);
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let r = &report[0];
-    let depths = r["map_depth"].as_f64().unwrap() + r["usage_depth"].as_f64().unwrap();
+    let depths = r["map_depth"].as_f64().unwrap()
+        + r["summary_depth"].as_f64().unwrap()
+        + r["usage_depth"].as_f64().unwrap();
     assert_eq!(
         r["write"]["extra"]["one_write_sync_pages"].as_f64(),
         Some(depths)

@@ -72,6 +72,7 @@ struct VolumeReport {
     volume: String,
     volume_bytes: u64,
     map_depth: u8,
+    summary_depth: u8,
     usage_depth: u8,
     segments: u64,
     create: Phase,
@@ -367,6 +368,8 @@ pub fn run(args: &BenchMetadataArgs) -> Result<(), String> {
             volume: volume.clone(),
             volume_bytes: bytes,
             map_depth: map_options.depth,
+            // Slot records of 256 bytes for rs:4+2: 64 to a leaf.
+            summary_depth: RadixTree::depth_for(geometry.slots, 6),
             usage_depth: RadixTree::depth_for(segments, 11),
             segments,
             create: child("create", path, volume, args)?,
