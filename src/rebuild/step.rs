@@ -5,29 +5,34 @@
 //! A step holds commits off throughout ([`RebuildTarget::without_commits`]): no slot that is
 //! live now can be freed and reused by a foreground write before the step has written it.
 //! Slot contents never change while live (copy-on-write), so no stripe lock is needed for the
-//! batch. A step's slots are cut into batches that go through a two-stage pipeline: reader
-//! threads read the next batches' source chunks (one io_uring submission for every device, requests of
-//! up to 1 MiB over runs of adjacent chunks, into aligned buffers so `O_DIRECT` uses them in
-//! place) while the step's thread verifies, produces and writes the current one (again one
-//! submission of up-to-1-MiB writes per run of adjacent cells on the replacement). Sources are
-//! picked by a fixed preference of devices, so each device is read in long contiguous runs.
-//! Mirror and raid10 shards are copied from a sibling copy as they are, checked against the
-//! map; Reed-Solomon shards are reconstructed and checked. Anything missing or failing
-//! verification goes through the per-stripe path, which takes the stripe's lock and the careful
-//! examination reads use.
+//! batch. A step's slots are cut into batches that go through a three-stage pipeline: reader
+//! threads read the next batches' source chunks (one io_uring submission across the devices,
+//! requests of up to 1 MiB over runs of adjacent chunks, into aligned buffers so `O_DIRECT`
+//! uses them in place), the step's thread verifies and produces the current batch, and
+//! writer threads write the previous ones (each batch one submission of up-to-1-MiB writes per run of
+//! adjacent cells on the replacement). Sources are picked by a fixed preference of devices,
+//! so each device is read in long contiguous runs. Mirror and raid10 shards are copied from a
+//! sibling copy as they are, checked against the map; Reed-Solomon shards are reconstructed
+//! and checked. Anything missing or failing verification goes through the per-stripe path,
+//! which takes the stripe's lock and the careful examination reads use.
 //!
 //! Writes that land during the rebuild go to the replacement directly (the pool's write path
 //! does that): a stripe whose generation is at least the replacement's start generation is
 //! skipped. The watermark is checkpointed (by the pool) after the replacement is flushed, so a
 //! crash resumes from the last checkpoint.
 //!
+//! Owns: the choice of what to copy and from where, the batch pipeline, reconstruction and
+//! verification of a batch, the per-stripe fallback. Must not touch: pool internals
+//! (everything goes through [`RebuildTarget`]); the replacement's state other than through
+//! [`Filling`].
+
 use super::{Filling, RebuildTarget, StepOutcome};
 use crate::device::{run_batch, AlignedBuf, BatchOp, SharedDevice};
 use crate::error::Result;
 use crate::geometry::{Geometry, Layout};
 use crate::maintenance::{LiveStripe, ShardFinding};
 use crate::types::{DeviceIndex, Generation, ShardIndex, SlotId, StripeId};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 /// Physical slots per rebuild step: 512 slots of 16 KiB chunks are 8 MiB per device. A step
@@ -42,6 +47,9 @@ const REQUEST_BYTES_MAX: u64 = 1 << 20;
 /// Reader threads of the pipeline: two batches' reads in flight at once, so the devices have
 /// a queue while the first batch of a step is read and while a batch is produced.
 const READERS: usize = 2;
+/// Batches being written to the replacement at once (each one io_uring submission on its own
+/// thread): one batch's requests alone leave the disk idle between submissions.
+const WRITES_IN_FLIGHT: usize = 2;
 
 /// Rebuild the next batch of stripes of every running rebuild. `checkpoint` persists the
 /// watermarks (flush the replacements, then write the superblocks) after the batch.
@@ -210,15 +218,22 @@ impl<T: RebuildTarget> Rebuild<'_, T> {
         })
     }
 
-    /// Run `batches` through the two stages: `READERS` reader threads read the next batches
-    /// while this thread produces and writes batch i, in order. Runs in order on this thread
-    /// alone where work must be sequential (the simulation) or there is one batch.
+    /// Run `batches` through the pipeline: `READERS` reader threads read the next batches
+    /// while this thread produces batch i and up to `WRITES_IN_FLIGHT` writer threads write
+    /// the batches before it to the replacement. A batch's per-stripe fallbacks run once every
+    /// write before them has completed and none is in flight, and a failed write stops
+    /// everything after it.
+    /// Runs in order on this thread alone where work must be sequential (the simulation) or
+    /// there is one batch.
     fn pipeline(&self, batches: &[&[BatchItem]]) -> Result<u64> {
         if batches.len() <= 1 || crate::parallel::is_sequential() {
             let mut written = 0;
             for batch in batches {
                 let reads = self.read_sources(batch);
-                written += self.finish_batch(batch, &reads)?;
+                let (outputs, fallback) = self.produce_batch(batch, &reads);
+                drop(reads);
+                written += self.write_runs(outputs)?;
+                written += self.copy_fallback(&fallback)?;
             }
             return Ok(written);
         }
@@ -234,26 +249,71 @@ impl<T: RebuildTarget> Rebuild<'_, T> {
                 handles.push(scope.spawn(move || {
                     for batch in batches.iter().skip(first).step_by(readers) {
                         if sender.send(self.read_sources(batch)).is_err() {
-                            // The writer stopped (a replacement write failed).
+                            // The step stopped (a replacement write failed).
                             return;
                         }
                     }
                 }));
             }
+            // Wait for a batch's write, then run its fallbacks with no other write in flight.
+            let join =
+                |writing: std::thread::ScopedJoinHandle<'_, Result<u64>>| match writing.join() {
+                    Ok(result) => result,
+                    // A panic in a writer is a bug; re-raise it on this thread.
+                    Err(panic) => std::panic::resume_unwind(panic),
+                };
+            let settle = |writes: &mut VecDeque<(_, Vec<StripeId>)>| -> Result<u64> {
+                let Some((writing, fallback)) = writes.pop_front() else {
+                    return Ok(0);
+                };
+                let written = join(writing)?;
+                // Nothing is queued behind a batch with fallbacks (see below): no other write
+                // is in flight now.
+                Ok(written + self.copy_fallback(&fallback)?)
+            };
             let mut written = 0;
             let mut outcome = Ok(());
+            let mut writes = VecDeque::new();
             for (i, batch) in batches.iter().enumerate() {
                 // A reader that stopped early panicked; its join below re-raises it.
                 let Ok(reads) = receivers[i % readers].recv() else {
                     break;
                 };
-                match self.finish_batch(batch, &reads) {
+                let (outputs, fallback) = self.produce_batch(batch, &reads);
+                drop(reads);
+                // At most `WRITES_IN_FLIGHT` batches being written, and none queued behind a
+                // batch with fallbacks (they run when it is settled, with no write in flight).
+                while writes.len() >= WRITES_IN_FLIGHT
+                    || writes
+                        .iter()
+                        .any(|(_, f): &(_, Vec<StripeId>)| !f.is_empty())
+                {
+                    match settle(&mut writes) {
+                        Ok(bytes) => written += bytes,
+                        Err(err) => {
+                            outcome = Err(err);
+                            break;
+                        }
+                    }
+                }
+                if outcome.is_err() {
+                    break;
+                }
+                writes.push_back((scope.spawn(move || self.write_runs(outputs)), fallback));
+            }
+            while !writes.is_empty() {
+                match settle(&mut writes) {
                     Ok(bytes) => written += bytes,
                     Err(err) => {
-                        outcome = Err(err);
+                        outcome = outcome.and(Err(err));
                         break;
                     }
                 }
+            }
+            // Writes still queued after an error: wait for them (their results do not matter:
+            // the replacement is abandoned).
+            for (writing, _) in writes {
+                let _ = join(writing);
             }
             drop(receivers);
             for handle in handles {
@@ -311,12 +371,16 @@ impl<T: RebuildTarget> Rebuild<'_, T> {
         }
     }
 
-    /// Produce and write one batch whose sources are `reads`; items that are missing a
-    /// source or fail verification go the per-stripe way. Returns the bytes written.
-    fn finish_batch(&self, items: &[BatchItem], reads: &SourceReads) -> Result<u64> {
+    /// Produce the target cells of one batch whose sources are `reads`, split over the
+    /// cores; the stripes of items missing a source or failing verification come back apart,
+    /// for the per-stripe way.
+    fn produce_batch(
+        &self,
+        items: &[BatchItem],
+        reads: &SourceReads,
+    ) -> (Vec<Cell>, Vec<StripeId>) {
         let width = self.target.geometry().width();
         let chunk = reads.chunk;
-        // Verify, reconstruct and verify again, per slot, split over the cores.
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
         let parts: Vec<&[BatchItem]> = items.chunks(items.len().div_ceil(cores).max(1)).collect();
         let produced: Vec<std::result::Result<Vec<Cell>, StripeId>> =
@@ -343,15 +407,20 @@ impl<T: RebuildTarget> Rebuild<'_, T> {
                 Err(stripe) => fallback.push(stripe),
             }
         }
-        let mut written = self.write_runs(outputs)?;
-        if !fallback.is_empty() {
+        (outputs, fallback)
+    }
+
+    /// Copy `stripes` (batch items that failed) the per-stripe way. Returns the bytes written.
+    fn copy_fallback(&self, stripes: &[StripeId]) -> Result<u64> {
+        if !stripes.is_empty() {
             tracing::info!(
-                stripes = fallback.len(),
+                stripes = stripes.len(),
                 "rebuild: batch items that failed verification go the per-stripe way"
             );
         }
-        for stripe in fallback {
-            written += self.copy_stripe(stripe)?;
+        let mut written = 0;
+        for stripe in stripes {
+            written += self.copy_stripe(*stripe)?;
         }
         Ok(written)
     }
