@@ -13,7 +13,7 @@
 use super::io::ShardOutcome;
 use super::{ErrorKind, PoolInner, Replacement};
 use crate::codec::Codec;
-use crate::device::SharedDevice;
+use crate::device::{run_batch, BatchOp, SharedDevice};
 use crate::error::{Error, Result};
 use crate::format::{MapEntry, PoolUuid, ScrubRecord};
 use crate::geometry::Geometry;
@@ -280,6 +280,32 @@ impl RebuildTarget for PoolInner {
                 offset: Some(offset),
                 source: err.into_io(),
             }
+        })
+    }
+
+    fn fill_writes(
+        &self,
+        index: DeviceIndex,
+        fill: &Replacement,
+        writes: &[(u64, &[u8])],
+    ) -> Result<()> {
+        let mut ops: Vec<BatchOp<'_>> = writes
+            .iter()
+            .map(|(offset, bytes)| BatchOp::write(fill.device.as_ref(), *offset, bytes))
+            .collect();
+        run_batch(&mut ops);
+        let failed = ops
+            .into_iter()
+            .find_map(|op| op.result.err().map(|err| (op.offset, err)));
+        let Some((offset, err)) = failed else {
+            return Ok(());
+        };
+        self.members
+            .abandon_replacement(index, &format!("write failed: {err}"));
+        Err(Error::Io {
+            device: fill.identity.path.clone(),
+            offset: Some(offset),
+            source: err.into_io(),
         })
     }
 

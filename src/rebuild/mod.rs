@@ -88,6 +88,18 @@ pub(crate) trait RebuildTarget: StripeAccess {
         offset: u64,
         bytes: &[u8],
     ) -> Result<()>;
+    /// Write each `(offset, bytes)` of `writes` to `fill`, the replacement of `index`, all
+    /// submitted together (one io_uring batch where the device has one).
+    ///
+    /// # Errors
+    /// [`crate::Error::Io`] naming the first write that failed; the replacement is then
+    /// abandoned.
+    fn fill_writes(
+        &self,
+        index: DeviceIndex,
+        fill: &Self::Fill,
+        writes: &[(u64, &[u8])],
+    ) -> Result<()>;
     /// Flush the filled `fill` and make it the member at `index`; `false` if it was abandoned
     /// meanwhile.
     ///

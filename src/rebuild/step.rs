@@ -2,38 +2,54 @@
 //! watermark) onto a replacement, then advances the watermark; the last step swaps the
 //! replacement in.
 //!
-//! A batch holds commits off throughout ([`RebuildTarget::without_commits`]): no slot that is
-//! live now can be freed and reused by a foreground write before the batch has written it.
+//! A step holds commits off throughout ([`RebuildTarget::without_commits`]): no slot that is
+//! live now can be freed and reused by a foreground write before the step has written it.
 //! Slot contents never change while live (copy-on-write), so no stripe lock is needed for the
-//! batch: every source chunk is read with one read per run of adjacent chunks on each device,
-//! verified, reconstructed if the position's own device is out of service, verified again, and
-//! written with one write per run on the replacement. Anything that fails verification goes
-//! through the per-stripe path, which takes the stripe's lock and the careful examination reads
-//! use.
+//! batch. A step's slots are cut into batches that go through a three-stage pipeline: reader
+//! threads read the next batches' source chunks (one io_uring submission across the devices,
+//! requests of up to 1 MiB over runs of adjacent chunks, into aligned buffers so `O_DIRECT`
+//! uses them in place), the step's thread verifies and produces the current batch, and
+//! writer threads write the previous ones (each batch one submission of up-to-1-MiB writes per run of
+//! adjacent cells on the replacement). Sources are picked by a fixed preference of devices,
+//! so each device is read in long contiguous runs. Mirror and raid10 shards are copied from a
+//! sibling copy as they are, checked against the map; Reed-Solomon shards are reconstructed
+//! and checked. Anything missing or failing verification goes through the per-stripe path,
+//! which takes the stripe's lock and the careful examination reads use.
 //!
 //! Writes that land during the rebuild go to the replacement directly (the pool's write path
 //! does that): a stripe whose generation is at least the replacement's start generation is
 //! skipped. The watermark is checkpointed (by the pool) after the replacement is flushed, so a
 //! crash resumes from the last checkpoint.
 //!
-//! Owns: the choice of what to copy and from where, reconstruction and verification of a
-//! batch, the per-stripe fallback. Must not touch: pool internals (everything goes through
-//! [`RebuildTarget`]); the replacement's state other than through [`Filling`].
+//! Owns: the choice of what to copy and from where, the batch pipeline, reconstruction and
+//! verification of a batch, the per-stripe fallback. Must not touch: pool internals
+//! (everything goes through [`RebuildTarget`]); the replacement's state other than through
+//! [`Filling`].
 
 use super::{Filling, RebuildTarget, StepOutcome};
+use crate::device::{run_batch, AlignedBuf, BatchOp, SharedDevice};
 use crate::error::Result;
 use crate::geometry::{Geometry, Layout};
 use crate::maintenance::{LiveStripe, ShardFinding};
 use crate::types::{DeviceIndex, Generation, ShardIndex, SlotId, StripeId};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 /// Physical slots per rebuild step: 512 slots of 16 KiB chunks are 8 MiB per device. A step
-/// holds commits off, so it is kept short; measured on this machine, 1024 and 2048 were no
-/// faster.
+/// holds commits off, so it is kept short.
 const SLOTS_PER_STEP: u64 = 512;
-/// Sub-batches of a step processed concurrently.
-const SUB_BATCHES: usize = 4;
+/// Bytes per device of one batch of the pipeline (at least one slot): 128 slots of 16 KiB
+/// chunks, four batches per step.
+const BATCH_BYTES_PER_DEVICE: u64 = 2 << 20;
+/// Largest single device request: a run of adjacent chunks longer than this is cut, so each
+/// device has several requests queued rather than one huge one.
+const REQUEST_BYTES_MAX: u64 = 1 << 20;
+/// Reader threads of the pipeline: two batches' reads in flight at once, so the devices have
+/// a queue while the first batch of a step is read and while a batch is produced.
+const READERS: usize = 2;
+/// Batches being written to the replacement at once (each one io_uring submission on its own
+/// thread): one batch's requests alone leave the disk idle between submissions.
+const WRITES_IN_FLIGHT: usize = 2;
 
 /// Rebuild the next batch of stripes of every running rebuild. `checkpoint` persists the
 /// watermarks (flush the replacements, then write the superblocks) after the batch.
@@ -105,6 +121,31 @@ struct BatchItem {
 /// A chunk to write to the replacement: device offset and bytes.
 type Cell = (u64, Vec<u8>);
 
+/// The source chunks of one batch, as read: one aligned buffer per device request.
+struct SourceReads {
+    /// The buffers of the requests that succeeded (`None`: the read failed).
+    buffers: Vec<Option<AlignedBuf>>,
+    /// (device, chunk offset) → (request, byte offset in its buffer).
+    index: HashMap<(usize, u64), (usize, usize)>,
+    /// Bytes of one chunk.
+    chunk: usize,
+}
+
+impl SourceReads {
+    /// The bytes read for the chunk at `offset` of `device`, if its request succeeded.
+    fn get(&self, device: DeviceIndex, offset: u64) -> Option<&[u8]> {
+        let (request, at) = *self.index.get(&(device.0, offset))?;
+        let buffer = self.buffers.get(request)?.as_ref()?;
+        buffer.get(at..at + self.chunk)
+    }
+}
+
+/// Reusable buffers of one producing thread: one chunk per shard of a stripe.
+struct Scratch {
+    shards: Vec<Vec<u8>>,
+    present: Vec<bool>,
+}
+
 impl<T: RebuildTarget> Rebuild<'_, T> {
     /// The slot range of the next step: from the watermark, at most `SLOTS_PER_STEP` slots.
     fn next_range(&self) -> (SlotId, SlotId) {
@@ -136,9 +177,9 @@ impl<T: RebuildTarget> Rebuild<'_, T> {
         Ok(Stepped { written, after })
     }
 
-    /// Rebuild the live slots in `from..to` onto the replacement, with one read per run of
-    /// adjacent source chunks on each device and one write per run on the replacement, commits
-    /// held off throughout.
+    /// Rebuild the live slots in `from..to` onto the replacement, commits held off
+    /// throughout: batch by batch, the next batch's reads in flight while the current one is
+    /// produced and written.
     fn copy_slots(&self, from: SlotId, to: SlotId) -> Result<u64> {
         let target = self.target;
         let geometry = target.geometry();
@@ -146,7 +187,7 @@ impl<T: RebuildTarget> Rebuild<'_, T> {
             // Work: every live slot in range whose stripe still needs copying. A stripe
             // rewritten twice within one epoch frees its previous slot at once; the slots are
             // held so none is handed out (and its cell on the replacement overwritten by a new
-            // stripe) before this batch has written it.
+            // stripe) before this step has written it.
             let live = target.hold_live_stripes(from, to, |live| {
                 needs_rebuild(&*self.fill, live.entry.generation)
                     && !shards_on(geometry, live.slot, self.index).is_empty()
@@ -167,65 +208,192 @@ impl<T: RebuildTarget> Rebuild<'_, T> {
                     }
                 })
                 .collect();
-            // A few sub-batches at once, so one's reads overlap another's reconstruction and
-            // writes.
-            let parts: Vec<&[BatchItem]> = items
-                .chunks(items.len().div_ceil(SUB_BATCHES).max(1))
-                .collect();
-            let result = crate::parallel::each(&parts, |part| self.copy_items(part))
-                .into_iter()
-                .sum::<Result<u64>>();
+            let per_batch =
+                usize::try_from((BATCH_BYTES_PER_DEVICE / geometry.chunk_bytes.max(1)).max(1))
+                    .unwrap_or(1);
+            let batches: Vec<&[BatchItem]> = items.chunks(per_batch).collect();
+            let result = self.pipeline(&batches);
             target.release_held(&slots);
             result
         })
     }
 
+    /// Run `batches` through the pipeline: `READERS` reader threads read the next batches
+    /// while this thread produces batch i and up to `WRITES_IN_FLIGHT` writer threads write
+    /// the batches before it to the replacement. A batch's per-stripe fallbacks run once every
+    /// write before them has completed and none is in flight, and a failed write stops
+    /// everything after it.
+    /// Runs in order on this thread alone where work must be sequential (the simulation) or
+    /// there is one batch.
+    fn pipeline(&self, batches: &[&[BatchItem]]) -> Result<u64> {
+        if batches.len() <= 1 || crate::parallel::is_sequential() {
+            let mut written = 0;
+            for batch in batches {
+                let reads = self.read_sources(batch);
+                let (outputs, fallback) = self.produce_batch(batch, &reads);
+                drop(reads);
+                written += self.write_runs(outputs)?;
+                written += self.copy_fallback(&fallback)?;
+            }
+            return Ok(written);
+        }
+        let readers = READERS.clamp(1, batches.len());
+        std::thread::scope(|scope| {
+            // Reader `j` reads batches j, j + readers, ...; each has one batch waiting in its
+            // channel while it fetches its next.
+            let mut receivers = Vec::with_capacity(readers);
+            let mut handles = Vec::with_capacity(readers);
+            for first in 0..readers {
+                let (sender, receiver) = std::sync::mpsc::sync_channel::<SourceReads>(1);
+                receivers.push(receiver);
+                handles.push(scope.spawn(move || {
+                    for batch in batches.iter().skip(first).step_by(readers) {
+                        if sender.send(self.read_sources(batch)).is_err() {
+                            // The step stopped (a replacement write failed).
+                            return;
+                        }
+                    }
+                }));
+            }
+            // Wait for a batch's write, then run its fallbacks with no other write in flight.
+            let join =
+                |writing: std::thread::ScopedJoinHandle<'_, Result<u64>>| match writing.join() {
+                    Ok(result) => result,
+                    // A panic in a writer is a bug; re-raise it on this thread.
+                    Err(panic) => std::panic::resume_unwind(panic),
+                };
+            let settle = |writes: &mut VecDeque<(_, Vec<StripeId>)>| -> Result<u64> {
+                let Some((writing, fallback)) = writes.pop_front() else {
+                    return Ok(0);
+                };
+                let written = join(writing)?;
+                // Nothing is queued behind a batch with fallbacks (see below): no other write
+                // is in flight now.
+                Ok(written + self.copy_fallback(&fallback)?)
+            };
+            let mut written = 0;
+            let mut outcome = Ok(());
+            let mut writes = VecDeque::new();
+            for (i, batch) in batches.iter().enumerate() {
+                // A reader that stopped early panicked; its join below re-raises it.
+                let Ok(reads) = receivers[i % readers].recv() else {
+                    break;
+                };
+                let (outputs, fallback) = self.produce_batch(batch, &reads);
+                drop(reads);
+                // At most `WRITES_IN_FLIGHT` batches being written, and none queued behind a
+                // batch with fallbacks (they run when it is settled, with no write in flight).
+                while writes.len() >= WRITES_IN_FLIGHT
+                    || writes
+                        .iter()
+                        .any(|(_, f): &(_, Vec<StripeId>)| !f.is_empty())
+                {
+                    match settle(&mut writes) {
+                        Ok(bytes) => written += bytes,
+                        Err(err) => {
+                            outcome = Err(err);
+                            break;
+                        }
+                    }
+                }
+                if outcome.is_err() {
+                    break;
+                }
+                writes.push_back((scope.spawn(move || self.write_runs(outputs)), fallback));
+            }
+            while !writes.is_empty() {
+                match settle(&mut writes) {
+                    Ok(bytes) => written += bytes,
+                    Err(err) => {
+                        outcome = outcome.and(Err(err));
+                        break;
+                    }
+                }
+            }
+            // Writes still queued after an error: wait for them (their results do not matter:
+            // the replacement is abandoned).
+            for (writing, _) in writes {
+                let _ = join(writing);
+            }
+            drop(receivers);
+            for handle in handles {
+                if let Err(panic) = handle.join() {
+                    // A panic in a reader is a bug; re-raise it on this thread.
+                    std::panic::resume_unwind(panic);
+                }
+            }
+            outcome.map(|()| written)
+        })
+    }
+
     /// Which shards to read to produce `targets`: the targets themselves if the device being
     /// replaced is still healthy, else K online shards (Reed-Solomon) or one online copy each.
+    /// Among the candidates, devices are preferred in a fixed order (the ones after the
+    /// position being rebuilt, cyclically), so consecutive slots read the same devices and
+    /// every device is read in long runs.
     fn sources(&self, slot: SlotId, targets: &[ShardIndex]) -> Vec<ShardIndex> {
         let geometry = self.target.geometry();
         let width = geometry.width();
-        let online = |shard: usize| {
-            let (device, _) = geometry.shard_location(slot, ShardIndex(shard));
-            self.target.is_online(device)
-        };
+        let devices = geometry.devices;
+        let device_of = |shard: usize| geometry.shard_location(slot, ShardIndex(shard)).0;
+        let online = |shard: usize| self.target.is_online(device_of(shard));
+        let preference = |shard: usize| (device_of(shard).0 + devices - self.index.0) % devices;
         let is_target = |shard: usize| targets.contains(&ShardIndex(shard));
         if targets.iter().all(|t| online(t.0)) {
             return targets.to_vec();
         }
         match geometry.layout {
-            Layout::ReedSolomon { .. } => (0..width)
-                .filter(|s| !is_target(*s) && online(*s))
-                .take(self.target.codec().shards_needed())
-                .map(ShardIndex)
-                .collect(),
+            Layout::ReedSolomon { .. } => {
+                let mut candidates: Vec<usize> = (0..width)
+                    .filter(|s| !is_target(*s) && online(*s))
+                    .collect();
+                candidates.sort_by_key(|s| preference(*s));
+                candidates
+                    .into_iter()
+                    .take(self.target.codec().shards_needed())
+                    .map(ShardIndex)
+                    .collect()
+            }
             Layout::Mirror { .. } | Layout::Raid10 { .. } => targets
                 .iter()
                 .filter_map(|t| {
                     let group = geometry.shard_data_chunk(*t);
                     (0..width)
-                        .find(|s| {
+                        .filter(|s| {
                             !is_target(*s)
                                 && online(*s)
                                 && geometry.shard_data_chunk(ShardIndex(*s)) == group
                         })
+                        .min_by_key(|s| preference(*s))
                         .map(ShardIndex)
                 })
                 .collect(),
         }
     }
 
-    /// The I/O of one sub-batch (see `copy_slots`): read, produce, write; items that fail
-    /// verification go the per-stripe way.
-    fn copy_items(&self, items: &[BatchItem]) -> Result<u64> {
-        let cells = self.read_sources(items);
-        // Verify, reconstruct and verify again, per slot, split over the cores.
+    /// Produce the target cells of one batch whose sources are `reads`, split over the
+    /// cores; the stripes of items missing a source or failing verification come back apart,
+    /// for the per-stripe way.
+    fn produce_batch(
+        &self,
+        items: &[BatchItem],
+        reads: &SourceReads,
+    ) -> (Vec<Cell>, Vec<StripeId>) {
+        let width = self.target.geometry().width();
+        let chunk = reads.chunk;
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
         let parts: Vec<&[BatchItem]> = items.chunks(items.len().div_ceil(cores).max(1)).collect();
         let produced: Vec<std::result::Result<Vec<Cell>, StripeId>> =
             crate::parallel::each(&parts, |part| {
+                let mut scratch = Scratch {
+                    shards: vec![vec![0u8; chunk]; width],
+                    present: vec![false; width],
+                };
                 part.iter()
-                    .map(|item| self.produce(item, &cells).ok_or(item.live.stripe))
+                    .map(|item| {
+                        self.produce(item, reads, &mut scratch)
+                            .ok_or(item.live.stripe)
+                    })
                     .collect::<Vec<_>>()
             })
             .into_iter()
@@ -239,70 +407,125 @@ impl<T: RebuildTarget> Rebuild<'_, T> {
                 Err(stripe) => fallback.push(stripe),
             }
         }
-        let mut written = self.write_runs(outputs)?;
-        if !fallback.is_empty() {
+        (outputs, fallback)
+    }
+
+    /// Copy `stripes` (batch items that failed) the per-stripe way. Returns the bytes written.
+    fn copy_fallback(&self, stripes: &[StripeId]) -> Result<u64> {
+        if !stripes.is_empty() {
             tracing::info!(
-                stripes = fallback.len(),
+                stripes = stripes.len(),
                 "rebuild: batch items that failed verification go the per-stripe way"
             );
         }
-        for stripe in fallback {
-            written += self.copy_stripe(stripe)?;
+        let mut written = 0;
+        for stripe in stripes {
+            written += self.copy_stripe(*stripe)?;
         }
         Ok(written)
     }
 
-    /// Read every source chunk of `items`, coalesced into runs per device, in parallel across
-    /// devices. A run that fails to read is left out: its items fall back to the per-stripe
-    /// path, which reads shard by shard and counts the error exactly.
-    fn read_sources(&self, items: &[BatchItem]) -> BTreeMap<(usize, u64), Vec<u8>> {
+    /// Read every source chunk of `items` with one batch of requests across the devices: one
+    /// request per run of adjacent chunks (cut at `REQUEST_BYTES_MAX`), into aligned buffers.
+    /// A request that fails is left out: its items fall back to the per-stripe path, which
+    /// reads shard by shard and counts the error exactly.
+    fn read_sources(&self, items: &[BatchItem]) -> SourceReads {
         let geometry = self.target.geometry();
-        let chunk = usize::try_from(geometry.chunk_bytes).unwrap_or(0);
-        let wanted = source_offsets(geometry, items);
-        let cells: BTreeMap<(usize, u64), Vec<u8>> =
-            crate::parallel::each(&wanted, |(device, offsets)| {
-                let device = *device;
-                let mut out = Vec::new();
-                let Some(handle) = self.target.member_device(DeviceIndex(device)) else {
-                    return out;
-                };
-                for run in crate::maintenance::runs(offsets, geometry.chunk_bytes) {
-                    let mut buf = vec![0u8; run.len() * chunk];
-                    if let Err(err) = handle.read_at(run[0], &mut buf) {
-                        tracing::debug!(device, offset = run[0], %err, "rebuild run read failed");
-                        continue;
+        let chunk_bytes = geometry.chunk_bytes;
+        let chunk = usize::try_from(chunk_bytes).unwrap_or(0);
+        let per_request =
+            usize::try_from((REQUEST_BYTES_MAX / chunk_bytes.max(1)).max(1)).unwrap_or(1);
+        // (device handle, device, offset, buffer) of each request.
+        let mut requests: Vec<(SharedDevice, usize, u64, AlignedBuf)> = Vec::new();
+        let mut index = HashMap::new();
+        for (device, offsets) in source_offsets(geometry, items) {
+            let Some(handle) = self.target.member_device(DeviceIndex(device)) else {
+                continue;
+            };
+            for run in crate::maintenance::runs(&offsets, chunk_bytes) {
+                for piece in run.chunks(per_request) {
+                    for (i, offset) in piece.iter().enumerate() {
+                        index.insert((device, *offset), (requests.len(), i * chunk));
                     }
-                    for (i, offset) in run.iter().enumerate() {
-                        out.push(((device, *offset), buf[i * chunk..(i + 1) * chunk].to_vec()));
-                    }
+                    let buffer = AlignedBuf::zeroed(piece.len() * chunk);
+                    requests.push((Arc::clone(&handle), device, piece[0], buffer));
                 }
-                out
-            })
-            .into_iter()
-            .flatten()
+            }
+        }
+        let mut ops: Vec<BatchOp<'_>> = requests
+            .iter_mut()
+            .map(|(handle, _, offset, buffer)| BatchOp::read(&**handle, *offset, buffer))
             .collect();
-        self.fill
-            .count_read(cells.len() as u64 * geometry.chunk_bytes);
-        cells
+        run_batch(&mut ops);
+        let results: Vec<bool> = ops
+            .iter()
+            .map(|op| match &op.result {
+                Ok(()) => true,
+                Err(err) => {
+                    tracing::debug!(device = %op.device.name(), offset = op.offset, %err, "rebuild source read failed");
+                    false
+                }
+            })
+            .collect();
+        drop(ops);
+        let mut read = 0u64;
+        let buffers = requests
+            .into_iter()
+            .zip(results)
+            .map(|((_, _, _, buffer), ok)| {
+                ok.then(|| {
+                    read += buffer.len() as u64;
+                    buffer
+                })
+            })
+            .collect();
+        self.fill.count_read(read);
+        SourceReads {
+            buffers,
+            index,
+            chunk,
+        }
     }
 
-    /// Produce the target shards of one batch item from the cells read, or `None` if anything
-    /// is missing or fails verification (the caller then takes the per-stripe path).
+    /// Produce the target shards of one batch item from the chunks read, or `None` if
+    /// anything is missing or fails verification (the caller then takes the per-stripe path).
+    /// Every byte returned has been checked against the map's checksums of its target shard.
     fn produce(
         &self,
         item: &BatchItem,
-        cells: &BTreeMap<(usize, u64), Vec<u8>>,
+        reads: &SourceReads,
+        scratch: &mut Scratch,
     ) -> Option<Vec<Cell>> {
         let target = self.target;
         let geometry = target.geometry();
         let (slot, entry) = (item.live.slot, &item.live.entry);
-        let width = geometry.width();
-        let chunk = usize::try_from(geometry.chunk_bytes).ok()?;
-        let mut shards = vec![vec![0u8; chunk]; width];
-        let mut present = vec![false; width];
+        let source_bytes = |shard: ShardIndex| {
+            let (device, offset) = geometry.shard_location(slot, shard);
+            reads.get(device, offset)
+        };
+        if let Layout::Mirror { .. } | Layout::Raid10 { .. } = geometry.layout {
+            // A copy: each target is the bytes of a source of its own chunk (itself, if its
+            // device is still healthy), checked against the target's checksums.
+            return item
+                .targets
+                .iter()
+                .map(|t| {
+                    let group = geometry.shard_data_chunk(*t);
+                    let source = item
+                        .sources
+                        .iter()
+                        .find(|s| geometry.shard_data_chunk(**s) == group)?;
+                    let bytes = source_bytes(*source)?;
+                    target
+                        .shard_verifies(slot, entry, *t, bytes)
+                        .then(|| (geometry.shard_location(slot, *t).1, bytes.to_vec()))
+                })
+                .collect();
+        }
+        let Scratch { shards, present } = scratch;
+        present.iter_mut().for_each(|p| *p = false);
         for shard in &item.sources {
-            let (device, offset) = geometry.shard_location(slot, *shard);
-            let bytes = cells.get(&(device.0, offset))?;
+            let bytes = source_bytes(*shard)?;
             if !target.shard_verifies(slot, entry, *shard, bytes) {
                 return None;
             }
@@ -310,7 +533,7 @@ impl<T: RebuildTarget> Rebuild<'_, T> {
             present[shard.0] = true;
         }
         if !item.targets.iter().all(|t| present[t.0])
-            && !target.codec().reconstruct(&mut shards, &mut present)
+            && !target.codec().reconstruct(shards, present)
         {
             return None;
         }
@@ -323,25 +546,38 @@ impl<T: RebuildTarget> Rebuild<'_, T> {
             .collect()
     }
 
-    /// Write `outputs` to the replacement, one write per run of adjacent cells. Returns the
-    /// bytes written.
+    /// Write `outputs` to the replacement with one batch of requests: one per run of adjacent
+    /// cells (cut at `REQUEST_BYTES_MAX`), from aligned buffers. Returns the bytes written.
     fn write_runs(&self, mut outputs: Vec<Cell>) -> Result<u64> {
+        if outputs.is_empty() {
+            return Ok(0);
+        }
         let chunk_bytes = self.target.geometry().chunk_bytes;
-        let chunk = usize::try_from(chunk_bytes).unwrap_or(0);
+        let per_request =
+            usize::try_from((REQUEST_BYTES_MAX / chunk_bytes.max(1)).max(1)).unwrap_or(1);
         outputs.sort_unstable_by_key(|(offset, _)| *offset);
-        let mut written = 0u64;
         let offsets: Vec<u64> = outputs.iter().map(|(o, _)| *o).collect();
+        let mut requests: Vec<(u64, AlignedBuf)> = Vec::new();
         let mut position = 0;
         for run in crate::maintenance::runs(&offsets, chunk_bytes) {
-            let mut buf = Vec::with_capacity(run.len() * chunk);
-            for (_, bytes) in &outputs[position..position + run.len()] {
-                buf.extend_from_slice(bytes);
+            for piece in run.chunks(per_request) {
+                let cells = &outputs[position..position + piece.len()];
+                position += piece.len();
+                let mut buffer = AlignedBuf::zeroed(cells.iter().map(|(_, b)| b.len()).sum());
+                let mut at = 0;
+                for (_, bytes) in cells {
+                    buffer[at..at + bytes.len()].copy_from_slice(bytes);
+                    at += bytes.len();
+                }
+                requests.push((piece[0], buffer));
             }
-            position += run.len();
-            self.target
-                .fill_write(self.index, &self.fill, run[0], &buf)?;
-            written += buf.len() as u64;
         }
+        let writes: Vec<(u64, &[u8])> = requests
+            .iter()
+            .map(|(offset, buffer)| (*offset, &buffer[..]))
+            .collect();
+        self.target.fill_writes(self.index, &self.fill, &writes)?;
+        let written = writes.iter().map(|(_, bytes)| bytes.len() as u64).sum();
         self.fill.count_written(written);
         Ok(written)
     }
