@@ -310,15 +310,26 @@ impl MapStore {
     }
 
     /// The usage tree of a pool of `shape` (its own cache: the records are resident in the
-    /// table, so its leaves are held only while dirty).
+    /// table, so its leaves are held only while dirty), empty or with the root an uberblock
+    /// names (refused when its depth is not the one the pool's segments need).
     fn usage_tree(
         pool: [u8; 16],
         geometry: &Geometry,
         options: &MapOptions,
         shape: &SegmentShape,
-        depth: u8,
-        root: BlockPointer,
+        root: Option<(u8, BlockPointer)>,
     ) -> Result<RadixTree> {
+        let depth = RadixTree::depth_for(shape.segments, SUT_LEAF_BITS);
+        let root = match root {
+            Some((found, pointer)) if found == depth => pointer,
+            Some((found, _)) => {
+                return Err(Error::corrupt_metadata(format!(
+                    "usage tree of depth {found}, the pool's {} segments need {depth}",
+                    shape.segments
+                )))
+            }
+            None => BlockPointer::hole(depth),
+        };
         let leaves = usize::try_from(shape.segments.div_ceil(1 << SUT_LEAF_BITS)).unwrap_or(0);
         // Every leaf and its path may be dirty at once in one sync.
         let cache = Arc::new(PageCache::<PageKey>::new(
@@ -530,15 +541,7 @@ impl MapStore {
             Arc::new(PageCache::<PageKey>::new(options.cache_bytes).with_pinned(|key| key.1 >= 2));
         let store = Self::store(pool, geometry, options)?;
         let shape = Self::shape(geometry, options)?;
-        let sut_depth = RadixTree::depth_for(shape.segments, SUT_LEAF_BITS);
-        let sut = Self::usage_tree(
-            pool,
-            geometry,
-            options,
-            &shape,
-            sut_depth,
-            BlockPointer::hole(sut_depth),
-        )?;
+        let sut = Self::usage_tree(pool, geometry, options, &shape, None)?;
         let summary = Self::summary_tree(pool, geometry, options, &cache, None)?;
         let map = RadixTree::new(
             pool,
@@ -612,20 +615,12 @@ impl MapStore {
         map.read_root(devices)?;
         summary.read_root(devices)?;
         let shape = Self::shape(geometry, options)?;
-        let sut_depth = RadixTree::depth_for(shape.segments, SUT_LEAF_BITS);
-        if uberblock.depths[2] != sut_depth {
-            return Err(Error::corrupt_metadata(format!(
-                "uberblock {}: usage tree of depth {}, the pool's {} segments need {sut_depth}",
-                uberblock.txg, uberblock.depths[2], shape.segments
-            )));
-        }
         let sut = Self::usage_tree(
             pool,
             geometry,
             options,
             &shape,
-            sut_depth,
-            uberblock.roots[2],
+            Some((uberblock.depths[2], uberblock.roots[2])),
         )?;
         let leaves = sut.leaves(devices)?;
         let segments = SegmentTable::load(
@@ -1535,14 +1530,7 @@ impl MapStore {
             while !(self.map.relocate(devices, &in_victim)?
                 && self.summary.relocate(devices, &in_victim)?)
             {
-                let part = self.write_dirty(devices, birth)?;
-                if part.0 == 0 {
-                    return Err(Error::corrupt_metadata(
-                        "the page cache is too small for one path of the map",
-                    ));
-                }
-                pages_written += part.0;
-                pages_freed += part.1;
+                self.write_part(devices, birth, &mut pages_written, &mut pages_freed)?;
             }
             if !self.sut.relocate(devices, &in_victim)? {
                 return Err(Error::corrupt_metadata(
@@ -1560,14 +1548,7 @@ impl MapStore {
                 }
                 Err(SetError::Failed(e)) => return Err(e),
                 Err(SetError::NeedsSync(_)) => {
-                    let part = self.write_dirty(devices, birth)?;
-                    if part.0 == 0 {
-                        return Err(Error::corrupt_metadata(
-                            "the page cache is too small for one path of the map",
-                        ));
-                    }
-                    pages_written += part.0;
-                    pages_freed += part.1;
+                    self.write_part(devices, birth, &mut pages_written, &mut pages_freed)?;
                 }
             }
         }
@@ -1630,6 +1611,27 @@ impl MapStore {
         let map = self.write_tree(devices, TreeChoice::Map, birth)?;
         let summary = self.write_tree(devices, TreeChoice::Summary, birth)?;
         Ok((map.0 + summary.0, map.1 + summary.1))
+    }
+
+    /// Inside a sync whose cache took no more dirty pages: write those it holds (pages of no
+    /// durable tree yet) and add them to the sync's counts; refused when there were none
+    /// (one path does not fit the cache).
+    fn write_part(
+        &mut self,
+        devices: &[Option<SharedDevice>],
+        birth: u64,
+        written: &mut usize,
+        freed: &mut usize,
+    ) -> Result<()> {
+        let part = self.write_dirty(devices, birth)?;
+        if part.0 == 0 {
+            return Err(Error::corrupt_metadata(
+                "the page cache is too small for one path of the map",
+            ));
+        }
+        *written += part.0;
+        *freed += part.1;
+        Ok(())
     }
 
     /// Write one tree's dirty pages with birth `birth`, counting each page written (+1) and

@@ -411,31 +411,11 @@ impl RadixTree {
         mpns: &dyn Fn(u64) -> bool,
     ) -> Result<bool> {
         let mut found = Vec::new();
-        let mut stack = vec![(self.depth, 0u64, self.root)];
-        while let Some((level, first, pointer)) = stack.pop() {
-            let Some(mpn) = pointer.address() else {
-                continue;
-            };
+        self.walk(devices, &mut |level, first, mpn| {
             if mpns(mpn) {
                 found.push((level, first));
             }
-            if level == 1 {
-                continue;
-            }
-            let Some((page, _)) = self.page(devices, level, first, &pointer)? else {
-                continue;
-            };
-            for index in 0..POINTERS_PER_PAGE {
-                let child = entry(&page, index)?;
-                if child.address().is_some() {
-                    stack.push((
-                        level - 1,
-                        first + index as u64 * self.shape.span(level - 1),
-                        child,
-                    ));
-                }
-            }
-        }
+        })?;
         for (level, first) in found {
             if let Some((_, PageState::Dirty)) = self.cache.get(&self.key_of(level, first)) {
                 continue;
@@ -626,19 +606,30 @@ impl RadixTree {
         Ok(outcome)
     }
 
-    /// Every page number the tree references, for rebuilding the allocator at open (step 3:
-    /// the persisted segment usage table replaces this walk in step 5).
+    /// Every page number the tree references (a walk: for the usage recount and tests, never
+    /// at open).
     ///
     /// # Errors
     /// When a page cannot be read.
     pub fn referenced_pages(&self, devices: &[Option<SharedDevice>]) -> Result<Vec<u64>> {
         let mut found = Vec::new();
+        self.walk(devices, &mut |_, _, mpn| found.push(mpn))?;
+        Ok(found)
+    }
+
+    /// Visit every page the durable root reaches, as `(level, first key, page number)`,
+    /// reading interior pages (leaves are named by their parents, not read).
+    fn walk(
+        &self,
+        devices: &[Option<SharedDevice>],
+        visit: &mut dyn FnMut(u8, u64, u64),
+    ) -> Result<()> {
         let mut stack = vec![(self.depth, 0u64, self.root)];
         while let Some((level, first, pointer)) = stack.pop() {
             let Some(mpn) = pointer.address() else {
                 continue;
             };
-            found.push(mpn);
+            visit(level, first, mpn);
             if level == 1 {
                 continue;
             }
@@ -656,13 +647,7 @@ impl RadixTree {
                 }
             }
         }
-        Ok(found)
-    }
-
-    /// The counters of the cache this tree's pages live in.
-    #[must_use]
-    pub fn cache_stats(&self) -> super::cache::CacheStats {
-        self.cache.stats()
+        Ok(())
     }
 
     /// Whether any page of this tree is dirty (changed since the last sync).

@@ -157,6 +157,7 @@ fn run_phase(phase: &str, dir: &Path, args: &BenchMetadataArgs) -> stripestore::
     let io = Arc::new(DeviceIo::default());
     let devices = open_members(dir, Some(device_bytes), &io)?;
     let keys_in_volume = geometry.slots * 4 * (CHUNK / 4096);
+    let open = |options: &MapOptions| MapStore::open(&devices, POOL, &geometry, TIMELINE, options);
     let mut report = Phase::default();
     let started = Instant::now();
     match phase {
@@ -174,7 +175,7 @@ fn run_phase(phase: &str, dir: &Path, args: &BenchMetadataArgs) -> stripestore::
                 read_only: true,
                 ..options(&geometry, args.map_cache)
             };
-            let map = MapStore::open(&devices, POOL, &geometry, TIMELINE, &look)?;
+            let map = open(&look)?;
             let opened = map.open_report();
             report
                 .extra
@@ -184,13 +185,7 @@ fn run_phase(phase: &str, dir: &Path, args: &BenchMetadataArgs) -> stripestore::
                 .insert("usage_leaves_read".into(), opened.usage_leaves_read as f64);
         }
         "write" => {
-            let mut map = MapStore::open(
-                &devices,
-                POOL,
-                &geometry,
-                TIMELINE,
-                &options(&geometry, args.map_cache),
-            )?;
+            let mut map = open(&options(&geometry, args.map_cache))?;
             let mut writer = MetaWriter::new(&geometry);
             let mut keys = Keys(1);
             let mut log_bytes = 0u64;
@@ -244,13 +239,7 @@ fn run_phase(phase: &str, dir: &Path, args: &BenchMetadataArgs) -> stripestore::
         }
         "settle" => {
             // A writable open drains the replayed log with one sync.
-            let mut map = MapStore::open(
-                &devices,
-                POOL,
-                &geometry,
-                TIMELINE,
-                &options(&geometry, args.map_cache),
-            )?;
+            let mut map = open(&options(&geometry, args.map_cache))?;
             map.sync(&devices)?;
             map.check_usage(&devices)?;
         }
@@ -269,7 +258,7 @@ fn run_phase(phase: &str, dir: &Path, args: &BenchMetadataArgs) -> stripestore::
                     read_only: true,
                     ..options(&geometry, cache)
                 };
-                let map = MapStore::open(&devices, POOL, &geometry, TIMELINE, &look)?;
+                let map = open(&look)?;
                 // One pass over every key to load what fits, then the measured one.
                 for key in &written {
                     map.get(&devices, *key)?;
