@@ -1106,18 +1106,19 @@ fn a_rewind_never_hands_out_a_segment_its_replayed_rows_live_in() {
 }
 
 /// Review of step 5a, finding 2: when free segments are scarce, the metadata cleaner must not
-/// move so many pages that a sync which fits on its own runs out of segments.
+/// move so many pages that a sync which fits on its own runs out of segments. Data fills the
+/// pool until the hard reserve refuses it; then rounds of overwrites (refused or not) and
+/// syncs: every sync must succeed.
 #[test]
 fn a_scarce_pool_still_syncs() {
     let rig = Rig::new("rs:4+2", 6);
     let options = MapOptions {
-        cache_bytes: 2048 * 16384,
+        cache_bytes: 256 * 16384,
         record_max: None,
         ..options()
     };
     let mut map = MapStore::create(&rig.devices, POOL, &rig.geometry, TIMELINE, &options).unwrap();
     let mut writer = Writer::new(&rig.geometry);
-    let shape = map.segments().shape();
     for batch in 0..10u64 {
         let keys: Vec<u64> = (0..30).map(|i| (batch * 30 + i) * 1024).collect();
         writer.write(&mut map, &rig.devices, &keys).unwrap();
@@ -1125,27 +1126,25 @@ fn a_scarce_pool_still_syncs() {
     }
     let mut rng = Lcg(5);
     let mut next_key = 700 * 1024;
-    let scarce = (shape.segments / 8).max(4);
-    while map.segments().free_segments() > scarce - 4 {
-        let keys: Vec<u64> = (next_key..next_key + 64).collect();
-        next_key += 64;
-        writer.write(&mut map, &rig.devices, &keys).unwrap();
-        let keys: Vec<u64> = (0..6).map(|_| (rng.next() % 300) * 1024).collect();
-        writer.write(&mut map, &rig.devices, &keys).unwrap();
-        map.sync(&rig.devices).unwrap();
-    }
-    for attempt in 0..60 {
+    let mut full = false;
+    for attempt in 0..400 {
+        let mut keys: Vec<u64> = (0..6).map(|_| (rng.next() % 300) * 1024).collect();
+        if !full {
+            keys.extend(next_key..next_key + 64);
+            next_key += 64;
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        if let Err(e) = writer.write(&mut map, &rig.devices, &keys) {
+            assert!(e.to_string().contains("hard reserve"), "{e}");
+            full = true;
+        }
         let free = map.segments().free_segments();
-        let keys: Vec<u64> = (0..24).map(|_| (rng.next() % 300) * 1024).collect();
-        writer.write(&mut map, &rig.devices, &keys).unwrap();
         if let Err(e) = map.sync(&rig.devices) {
-            panic!(
-                "attempt {attempt}: a sync of at most 26 pages failed with {free} of {} \
-                 segments free: {e}",
-                shape.segments
-            );
+            panic!("attempt {attempt}: a sync failed with {free} segments free: {e}");
         }
     }
+    assert!(full, "the pool never filled");
     map.check_usage(&rig.devices).unwrap();
 }
 
@@ -1204,4 +1203,70 @@ fn the_slot_summary_names_every_committed_block_also_after_a_crash() {
             assert_eq!(record.crc(row, shard), pointer.crc(), "{layout} key {key}");
         }
     }
+}
+
+/// Fill the pool with data until a write is refused, then go on: commits, syncs, trims and
+/// more syncs must all succeed on the hard reserve, and once the trims' segments come back
+/// data is accepted again. `Err` names the first operation refused after the pool filled.
+fn a_full_pool_still_syncs(planted: bool) -> Result<u64, String> {
+    let rig = Rig::new("mirror:2", 2);
+    let options = MapOptions {
+        foreground_into_reserve: planted,
+        ..options()
+    };
+    let mut map = MapStore::create(&rig.devices, POOL, &rig.geometry, TIMELINE, &options)
+        .map_err(|e| e.to_string())?;
+    let mut writer = Writer::new(&rig.geometry);
+    let mut key = 0u64;
+    let refused = loop {
+        match writer.write(&mut map, &rig.devices, &[key]) {
+            Ok(_) => key += 1,
+            Err(e) => break e.to_string(),
+        }
+        if key.is_multiple_of(32) {
+            map.commit(&rig.devices)
+                .map_err(|e| format!("commit at key {key}: {e}"))?;
+        }
+        if key.is_multiple_of(256) {
+            map.sync(&rig.devices)
+                .map_err(|e| format!("sync at key {key}: {e}"))?;
+        }
+    };
+    if !refused.contains("hard reserve") {
+        return Err(format!("the full pool refused a write with: {refused}"));
+    }
+    map.commit(&rig.devices)
+        .map_err(|e| format!("commit when full: {e}"))?;
+    for round in 0..4u64 {
+        map.sync(&rig.devices)
+            .map_err(|e| format!("sync {round} when full: {e}"))?;
+    }
+    // Trim the first half of the keys: whole segments empty, and come back two syncs later.
+    for k in 0..key / 2 {
+        map.trim(&rig.devices, k)
+            .map_err(|e| format!("trim {k}: {e}"))?;
+    }
+    map.commit(&rig.devices)
+        .map_err(|e| format!("commit of the trims: {e}"))?;
+    for round in 0..4u64 {
+        map.sync(&rig.devices)
+            .map_err(|e| format!("sync {round} after trims: {e}"))?;
+    }
+    writer
+        .write(&mut map, &rig.devices, &[key])
+        .map_err(|e| format!("write after the trims: {e}"))?;
+    map.sync(&rig.devices).map_err(|e| e.to_string())?;
+    map.check_usage(&rig.devices).map_err(|e| e.to_string())?;
+    Ok(key)
+}
+
+#[test]
+fn a_full_pool_refuses_data_outside_the_hard_reserve_and_still_syncs() {
+    let written = a_full_pool_still_syncs(false).unwrap();
+    assert!(written > 1000, "only {written} blocks fit");
+    let caught = a_full_pool_still_syncs(true);
+    assert!(
+        caught.is_err(),
+        "data took the segments syncs need, unnoticed: {caught:?}"
+    );
 }

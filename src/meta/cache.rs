@@ -111,6 +111,14 @@ impl<K: Hash + Eq + Copy> PageCache<K> {
         }
     }
 
+    /// The same cache with at most `pages` dirty (a sync's size bound; never above a quarter
+    /// of the cap).
+    #[must_use]
+    pub fn with_dirty_limit(mut self, pages: usize) -> Self {
+        self.dirty_limit = self.dirty_limit.min(pages.max(1));
+        self
+    }
+
     /// The same cache, keeping the clean pages `pin` picks resident (outside the cap).
     #[must_use]
     pub fn with_pinned(mut self, pin: fn(&K) -> bool) -> Self {

@@ -40,6 +40,9 @@ pub struct MapOptions {
     pub depth: u8,
     /// Slots per segment (the unit of allocation: 64 by default, 4 at the test minimum).
     pub segment_slots: u64,
+    /// Most pages one sync writes of map and summary (`None`: `min(8192, pages of all trees
+    /// at full use / 8)`, at least 16); sizes the hard reserve.
+    pub sync_pages_max: Option<usize>,
     /// When freed pages may be reused (planted bugs choose an earlier one).
     pub release: ReleaseRule,
     /// Largest log record, bytes (`None`: min(1 MiB, half / 8), at least 4 KiB).
@@ -55,6 +58,10 @@ pub struct MapOptions {
     /// Planted bug `rewind_without_log_invalidation`.
     #[cfg(feature = "testing")]
     pub rewind_without_log_invalidation: bool,
+    /// Planted bug `foreground_into_reserve`: data may take the last free segments, which
+    /// only syncs may use.
+    #[cfg(feature = "testing")]
+    pub foreground_into_reserve: bool,
     /// Planted bug `sut_decrement_at_write_time`: a dropped block's count falls in the
     /// resident table when the pointer changes (and its segment is freed at 0), not at the
     /// sync that makes the change durable.
@@ -68,6 +75,7 @@ impl Default for MapOptions {
             cache_bytes: 512 << 20,
             depth: 4,
             segment_slots: 64,
+            sync_pages_max: None,
             release: ReleaseRule::AfterTwoSyncs,
             record_max: None,
             read_only: false,
@@ -79,6 +87,8 @@ impl Default for MapOptions {
             rewind_without_log_invalidation: false,
             #[cfg(feature = "testing")]
             sut_decrement_at_write_time: false,
+            #[cfg(feature = "testing")]
+            foreground_into_reserve: false,
         }
     }
 }
@@ -89,6 +99,13 @@ impl MapOptions {
         self.record_max
             .unwrap_or_else(|| (1 << 20).min(half / 8))
             .max(crate::format::v4::LOG_BLOCK_BYTES)
+    }
+
+    fn planted_into_reserve(&self) -> bool {
+        #[cfg(feature = "testing")]
+        return self.foreground_into_reserve;
+        #[cfg(not(feature = "testing"))]
+        false
     }
 
     fn planted_sut_at_write(&self) -> bool {
@@ -369,6 +386,54 @@ impl MapStore {
         log
     }
 
+    /// `sync_pages_max` (FORMAT.md V4.2, V4.7): the most pages one sync writes, `min(8192,
+    /// pages of all trees at full use / 8)`, at least 16; the cache lets map and summary dirty
+    /// no more than this before a sync.
+    fn sync_pages_max(geometry: &Geometry, options: &MapOptions, shape: &SegmentShape) -> usize {
+        if let Some(pages) = options.sync_pages_max {
+            return pages.max(8);
+        }
+        let blocks = shape.segments * shape.blocks_per_segment;
+        let summary_leaves =
+            geometry.slots / (PAGE_BYTES / Self::slot_shape(geometry).record_bytes()) as u64;
+        let usage_leaves = shape.segments.div_ceil(1 << SUT_LEAF_BITS);
+        let at_full_use = blocks / 1024 + summary_leaves + usage_leaves;
+        usize::try_from((at_full_use / 8).clamp(16, 8192)).unwrap_or(8192)
+    }
+
+    /// The cache of the map and the slot summary: interior pages pinned, at most
+    /// `sync_pages_max` dirty.
+    fn page_cache(
+        geometry: &Geometry,
+        options: &MapOptions,
+        shape: &SegmentShape,
+    ) -> Arc<PageCache<PageKey>> {
+        Arc::new(
+            PageCache::<PageKey>::new(options.cache_bytes)
+                .with_pinned(|key| key.1 >= 2)
+                .with_dirty_limit(Self::sync_pages_max(geometry, options, shape)),
+        )
+    }
+
+    /// The hard reserve (FORMAT.md V4.6): `3 × S_sync + S_victim + S_open + S_slop` segments,
+    /// with `S_sync = ceil(D / pages per segment) + 1` for `D` the pages one sync may write:
+    /// what the cache lets map and summary dirty (at most `sync_pages_max`), every usage leaf
+    /// and one path per tree; `S_victim = 1`, `S_open = 4`, `S_slop = segments / 1024` between
+    /// 8 and 1,024 (at most a sixteenth of a small pool's segments, at least 2).
+    fn hard_reserve(options: &MapOptions, shape: &SegmentShape, dirty: usize, depths: u64) -> u64 {
+        if options.planted_into_reserve() {
+            return 0;
+        }
+        let usage_leaves = shape.segments.div_ceil(1 << SUT_LEAF_BITS);
+        let pages = dirty as u64 + usage_leaves + depths;
+        let per_sync = pages.div_ceil(shape.pages_per_segment) + 1;
+        let slop = (shape.segments / 1024)
+            .clamp(8, 1024)
+            .min(shape.segments / 16)
+            .max(2);
+        3 * per_sync + 1 + 4 + slop
+    }
+
     /// The shape of this pool's slot records.
     fn slot_shape(geometry: &Geometry) -> SlotShape {
         SlotShape {
@@ -537,10 +602,10 @@ impl MapStore {
         timeline: u64,
         options: &MapOptions,
     ) -> Result<Self> {
-        let cache =
-            Arc::new(PageCache::<PageKey>::new(options.cache_bytes).with_pinned(|key| key.1 >= 2));
-        let store = Self::store(pool, geometry, options)?;
         let shape = Self::shape(geometry, options)?;
+        let cache = Self::page_cache(geometry, options, &shape);
+        let dirty = cache.dirty_limit();
+        let store = Self::store(pool, geometry, options)?;
         let sut = Self::usage_tree(pool, geometry, options, &shape, None)?;
         let summary = Self::summary_tree(pool, geometry, options, &cache, None)?;
         let map = RadixTree::new(
@@ -557,6 +622,11 @@ impl MapStore {
             offset: 0,
             last: 1,
         };
+        let depths = u64::from(options.depth)
+            + u64::from(summary.root().level())
+            + u64::from(sut.root().level());
+        let mut segments = SegmentTable::new(shape, options.release);
+        segments.set_reserve(Self::hard_reserve(options, &shape, dirty, depths));
         let this = Self {
             pool,
             timeline,
@@ -564,7 +634,7 @@ impl MapStore {
             map,
             summary,
             sut,
-            segments: SegmentTable::new(shape, options.release),
+            segments,
             txg: 0,
             next_sequence: 2,
             log: Self::intent_log(pool, timeline, geometry, options, position),
@@ -599,8 +669,9 @@ impl MapStore {
         replay: &Replay,
     ) -> Result<Self> {
         let pool = uberblock.pool;
-        let cache =
-            Arc::new(PageCache::<PageKey>::new(options.cache_bytes).with_pinned(|key| key.1 >= 2));
+        let shape = Self::shape(geometry, options)?;
+        let cache = Self::page_cache(geometry, options, &shape);
+        let dirty = cache.dirty_limit();
         let store = Self::store(pool, geometry, options)?;
         let depth = uberblock.depths[0];
         let summary = Self::summary_tree(
@@ -614,7 +685,6 @@ impl MapStore {
         // A root no copy verifies refuses the open (`open --rewind` decides).
         map.read_root(devices)?;
         summary.read_root(devices)?;
-        let shape = Self::shape(geometry, options)?;
         let sut = Self::usage_tree(
             pool,
             geometry,
@@ -623,13 +693,16 @@ impl MapStore {
             Some((uberblock.depths[2], uberblock.roots[2])),
         )?;
         let leaves = sut.leaves(devices)?;
-        let segments = SegmentTable::load(
+        let mut segments = SegmentTable::load(
             shape,
             options.release,
             uberblock.txg,
             geometry.pages_per_slot(),
             &leaves,
         )?;
+        let depths =
+            u64::from(depth) + u64::from(summary.root().level()) + u64::from(sut.root().level());
+        segments.set_reserve(Self::hard_reserve(options, &shape, dirty, depths));
         sut.forget_clean_leaves(leaves.iter().map(|(first, _)| *first));
         debug_assert_eq!(TREES, 6);
         let mut this = Self {
@@ -1173,9 +1246,14 @@ impl MapStore {
     /// [`Error::NoFreeSlot`] when no segment is free.
     pub fn data_slot(&mut self) -> Result<u64> {
         self.usable()?;
-        self.segments
-            .data_slot()
-            .ok_or_else(|| Error::NoFreeSlot("no free segment for data".into()))
+        self.segments.data_slot().ok_or_else(|| {
+            Error::NoFreeSlot(format!(
+                "no segment is free for data outside the hard reserve of {} segments, which \
+                 only syncs may use ({} free)",
+                self.segments.reserve(),
+                self.segments.free_segments()
+            ))
+        })
     }
 
     /// Every metadata page the trees of the last sync reference (a walk: for checks and

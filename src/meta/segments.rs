@@ -197,6 +197,8 @@ pub struct SegmentTable {
     open_meta: Option<(u64, u64)>,
     /// Leaves whose records changed since they were last handed to the tree.
     dirty: BTreeSet<u64>,
+    /// Free segments only syncs (metadata) may take (FORMAT.md V4.6, "The hard reserve").
+    reserve: u64,
 }
 
 impl SegmentTable {
@@ -217,6 +219,7 @@ impl SegmentTable {
             open_data: None,
             open_meta: None,
             dirty: BTreeSet::new(),
+            reserve: 0,
         }
     }
 
@@ -419,8 +422,19 @@ impl SegmentTable {
         Some(segment)
     }
 
+    /// Keep the last `segments` free segments for metadata: data never takes them.
+    pub fn set_reserve(&mut self, segments: u64) {
+        self.reserve = segments;
+    }
+
+    /// The hard reserve, in segments.
+    #[must_use]
+    pub fn reserve(&self) -> u64 {
+        self.reserve
+    }
+
     /// A fresh slot in the open data segment (a new segment is opened when it is full);
-    /// `None` when no segment is free.
+    /// `None` when no segment outside the hard reserve is free.
     pub fn data_slot(&mut self) -> Option<u64> {
         if let Some((segment, next)) = self.open_data {
             if next < self.shape.segment_slots {
@@ -428,6 +442,9 @@ impl SegmentTable {
                 return Some(segment * self.shape.segment_slots + next);
             }
             self.settle.insert(segment);
+        }
+        if self.free.count <= self.reserve {
+            return None;
         }
         let segment = self.take(Kind::Data)?;
         self.open_data = Some((segment, 1));
