@@ -706,12 +706,6 @@ impl SegmentTable {
         }
         found
     }
-
-    /// Resident bytes of the array (8 bytes per segment of every leaf that holds a record).
-    #[must_use]
-    pub fn resident_bytes(&self) -> usize {
-        self.leaves.iter().flatten().count() * SUT_RECORDS_PER_PAGE * 8 + self.free.words.len() * 8
-    }
 }
 
 #[cfg(test)]
