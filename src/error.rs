@@ -159,6 +159,23 @@ pub enum Error {
         /// Devices whose shard was missing, unreadable or corrupt.
         lost_devices: Vec<String>,
     },
+    /// A 4 KiB block of a format-version-4 volume whose copy and reconstruction sources are
+    /// too few that verify: the block cannot be returned (never other bytes in its place).
+    #[error("unrecoverable block at volume offset {volume_offset} (row {row} of slot {slot}): {good} good shards, {needed} needed; lost or corrupt on: {}", .lost_devices.join(", "))]
+    UnrecoverableBlock {
+        /// First volume byte of the block.
+        volume_offset: u64,
+        /// Data slot of its row.
+        slot: u64,
+        /// Its row in the slot.
+        row: u16,
+        /// Shard-blocks of the row that verified.
+        good: usize,
+        /// Shard-blocks needed.
+        needed: usize,
+        /// Devices (with byte offset) whose shard-block was missing, unreadable or corrupt.
+        lost_devices: Vec<String>,
+    },
     /// More devices are faulted than the layout tolerates; writes and commits stop.
     #[error("pool unavailable: layout {layout} tolerates {tolerated} lost devices, but these are lost: {}", .lost_devices.join(", "))]
     PoolUnavailable {

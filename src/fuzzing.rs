@@ -400,6 +400,7 @@ pub fn meta_page(data: &[u8]) {
         data_chunks: 4,
         width: 6,
         rows: 4,
+        copies: 1,
     };
 
     // 1. Raw bytes, padded with zeros to each structure's size.

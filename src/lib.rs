@@ -43,6 +43,7 @@ pub mod sim;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod types;
+pub mod volume;
 
 pub use error::{Corruption, Error, Result};
 pub use geometry::Layout;

@@ -27,6 +27,8 @@ fn ranks() -> BTreeMap<&'static str, u32> {
         ("maintenance", 5),
         // the metadata store of format version 4: verified page I/O and the page cache
         ("meta", 5),
+        // the data path of format version 4 (rows, verified reads, heal) over the map
+        ("volume", 6),
         // maintenance
         ("scrub", 6),
         ("rebuild", 6),

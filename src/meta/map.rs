@@ -440,6 +440,11 @@ impl MapStore {
             data_chunks: geometry.data_chunks(),
             width: geometry.width(),
             rows: usize::try_from(geometry.chunk_bytes / 4096).unwrap_or(1),
+            copies: match geometry.layout {
+                crate::geometry::Layout::ReedSolomon { .. } => 1,
+                crate::geometry::Layout::Mirror { copies }
+                | crate::geometry::Layout::Raid10 { copies } => copies,
+            },
         }
     }
 
@@ -1237,6 +1242,71 @@ impl MapStore {
         };
         self.open_row = Some((slot, row + 1));
         Ok((slot, u16::try_from(row).unwrap_or(u16::MAX)))
+    }
+
+    /// Stop handing out rows of the open slot: a row of it was handed out and not noted (its
+    /// data write failed), so no later row of that slot may reach its record (a slot's rows
+    /// are recorded in order). The next row starts a fresh slot; the rest of this one stays
+    /// unused until its segment is freed.
+    pub fn abandon_open_slot(&mut self) {
+        self.open_row = None;
+    }
+
+    /// What a data row holds, for reading it whole (reconstruction, scrub): `(birth, data
+    /// blocks written n, the crc of every shard-block in shard order)`, from the rows noted
+    /// or replayed since the last sync, else from the slot summary. `None`: the row is not
+    /// recorded. Shard-blocks of data chunks `n..K` of a narrow row were never written
+    /// (they count as zeros) and have crc 0.
+    ///
+    /// # Errors
+    /// When the summary page cannot be read or its record does not decode.
+    pub fn row_crcs(
+        &self,
+        devices: &[Option<SharedDevice>],
+        slot: u64,
+        row: u16,
+    ) -> Result<Option<(u64, usize, Vec<u32>)>> {
+        if let Some(info) = self
+            .rows
+            .get(&(slot, row))
+            .or_else(|| self.unsummarized.get(&(slot, row)))
+        {
+            let k = self.geometry.data_chunks();
+            let n = info.owners.len();
+            let crcs = info
+                .crcs
+                .iter()
+                .enumerate()
+                .map(|(s, crc)| {
+                    let unwritten = self
+                        .geometry
+                        .shard_data_chunk(ShardIndex(s))
+                        .is_some_and(|j| j >= n && j < k);
+                    if unwritten {
+                        0
+                    } else {
+                        *crc
+                    }
+                })
+                .collect();
+            return Ok(Some((info.birth, n, crcs)));
+        }
+        let Some(record) = self.slot_record(devices, slot)? else {
+            return Ok(None);
+        };
+        let r = usize::from(row);
+        if r >= record.rows_written() {
+            return Ok(None);
+        }
+        let written = record.row(r);
+        let crcs = (0..self.geometry.width())
+            .map(|s| record.crc(r, s))
+            .collect();
+        Ok(Some((
+            written.birth,
+            usize::from(written.data_blocks),
+            crcs,
+        )))
     }
 
     /// A fresh slot of the open data segment for rows of data blocks (the pool's writers take

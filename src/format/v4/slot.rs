@@ -17,7 +17,8 @@
 //! ```
 //!
 //! A row not yet written has birth 0, n 0, no owners, crcs 0 and no bits. Within a written narrow
-//! row (n < K), data blocks j >= n were never written: no owner, crc 0, no bit.
+//! row (n < K), data blocks j >= n were never written: no owner, no bit, and every shard carrying
+//! such a chunk has crc 0 (shard j for rs; the N shards jN.. of chunk j for mirror and raid10).
 
 use super::le;
 
@@ -33,6 +34,9 @@ pub struct SlotShape {
     pub width: usize,
     /// Rows per slot: chunk bytes / 4 KiB.
     pub rows: usize,
+    /// Shards carrying each data chunk: 1 for rs (shard `j < K` carries chunk `j`, the rest
+    /// are parity), N for mirror:N and raid10:N (shards `jN .. jN + N - 1` carry chunk `j`).
+    pub copies: usize,
 }
 
 impl SlotShape {
@@ -58,10 +62,26 @@ impl SlotShape {
     pub fn data_blocks(&self) -> usize {
         self.data_chunks * self.rows
     }
+    /// The data chunk shard `shard` carries (`None` for parity).
+    #[must_use]
+    pub fn data_chunk_of(&self, shard: usize) -> Option<usize> {
+        if self.copies > 1 {
+            Some(shard / self.copies)
+        } else {
+            (shard < self.data_chunks).then_some(shard)
+        }
+    }
+    /// Whether shard `shard` of a row of `n` data blocks was never written (it carries a data
+    /// chunk `n..K` of a narrow row).
+    fn unwritten(&self, shard: usize, n: usize) -> bool {
+        self.data_chunk_of(shard).is_some_and(|j| j >= n)
+    }
     /// Whether the shape is one a pool can have (every count in range, the record fits a page).
     #[must_use]
     pub fn is_valid(&self) -> bool {
-        (1..=255).contains(&self.data_chunks)
+        (1..=255).contains(&self.copies)
+            && (self.copies == 1 || self.width == self.data_chunks * self.copies)
+            && (1..=255).contains(&self.data_chunks)
             && self.width > self.data_chunks.saturating_sub(1)
             && self.width <= 255
             && (1..=u16::MAX as usize).contains(&self.rows)
@@ -169,8 +189,11 @@ impl SlotRecord {
         }
         for (j, crc) in crcs.iter().enumerate() {
             // A data block never written in a narrow row has no crc.
-            self.crcs[j * self.shape.rows + row] =
-                if j < k && j >= owners.len() { 0 } else { *crc };
+            self.crcs[j * self.shape.rows + row] = if self.shape.unwritten(j, owners.len()) {
+                0
+            } else {
+                *crc
+            };
         }
         Ok(())
     }
@@ -280,7 +303,7 @@ impl SlotRecord {
             }
             for j in 0..shape.width {
                 let crc = le::u32_at(bytes, shape.crcs_at() + 4 * (j * shape.rows + r));
-                let never_written = !written || (j < k && j >= usize::from(n));
+                let never_written = !written || shape.unwritten(j, usize::from(n));
                 if never_written && crc != 0 {
                     return Err(format!("row {r} shard {j} was never written but has a crc"));
                 }
@@ -307,6 +330,7 @@ mod tests {
         data_chunks: 4,
         width: 6,
         rows: 4,
+        copies: 1,
     };
 
     #[test]
@@ -316,12 +340,14 @@ mod tests {
             data_chunks: 1,
             width: 2,
             rows: 4,
+            copies: 2,
         };
         assert_eq!(mirror2.record_bytes(), 128);
         let rs83 = SlotShape {
             data_chunks: 8,
             width: 11,
             rows: 4,
+            copies: 1,
         };
         assert_eq!(rs83.record_bytes(), 512);
     }
@@ -363,6 +389,32 @@ mod tests {
         assert!(decoded.is_forward_target(0, 2));
         assert_eq!(decoded.owner(1, 2), None);
         assert_eq!(SlotRecord::decode(RS42, &vec![0; 256]), Ok(None));
+    }
+
+    #[test]
+    fn a_raid10_narrow_row_keeps_both_copies_of_its_chunk_and_none_of_the_unwritten_one() {
+        // raid10:2 on four members: K = 2 groups, shards 0 and 1 carry chunk 0, 2 and 3 chunk 1.
+        let raid10 = SlotShape {
+            data_chunks: 2,
+            width: 4,
+            rows: 4,
+            copies: 2,
+        };
+        let mut record = SlotRecord::new(raid10);
+        record
+            .add_row(0, 9, &[(Some(40), false)], &[21, 21, 0, 0])
+            .unwrap();
+        let decoded = SlotRecord::decode(raid10, &record.encode())
+            .unwrap()
+            .unwrap();
+        assert_eq!((decoded.crc(0, 0), decoded.crc(0, 1)), (21, 21));
+        assert_eq!((decoded.crc(0, 2), decoded.crc(0, 3)), (0, 0));
+        // A crc on a copy of the unwritten chunk is not what an encoder writes.
+        let mut bytes = record.encode();
+        let at = raid10.crcs_at() + 4 * (3 * raid10.rows);
+        bytes[at] = 1;
+        assert!(SlotRecord::decode(raid10, &bytes).is_err());
+        assert!(!SlotShape { copies: 2, ..RS42 }.is_valid(), "copies must tile the width");
     }
 
     #[test]

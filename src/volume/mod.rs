@@ -1,0 +1,486 @@
+//! The data path of format version 4 (docs/FORMAT.md, V4.2, V4.3, V4.6): a volume of logical
+//! 4 KiB blocks written copy-on-write into **rows** of fresh data slots, with the block
+//! pointers, rows and commits kept by the paged map ([`MapStore`]).
+//!
+//! * A write packs its blocks into rows of K (the last one narrow when fewer remain), computes
+//!   each row's parity over 4 KiB shard-blocks and the crc of every shard-block, writes the
+//!   rows with one request per device per run of consecutive rows, then notes the rows in the
+//!   map and points each block at its new place. A row is never rewritten, so there is no
+//!   read-modify-write of parity and no write hole; a write of less than a block reads the
+//!   old block first (verified).
+//! * A read takes each block's pointer and reads the one shard-block it names, verified
+//!   against the pointer's crc (for mirrors, whichever copy is read). When it fails, the other
+//!   copies, or the rest of the row (each shard-block verified against the row's recorded
+//!   crcs) rebuild it; the result must match the pointer's crc before it is returned, and the
+//!   bad places are healed (not on a read-only volume). Too few good shards is
+//!   [`Error::UnrecoverableBlock`], never other bytes.
+//! * `flush` flushes the members (the rows are then durable) and commits the map (one log
+//!   record, or a tree sync).
+//!
+//! Owns: packing blocks into rows, the rows' bytes on the devices, verification,
+//! reconstruction and heal of data blocks, and the volume's size. Does not own and must not
+//! touch: metadata pages, the log and the rings (the map's), superblocks, membership and the
+//! fault policy (the pool decides what a device error means: this module reports it, naming
+//! device and offset, and writes nothing more for that request).
+//!
+//! Not yet here (docs/FORMAT.md V4.13): the packer that groups concurrent small writes (step
+//! 6), the data cleaner (step 7: until then a data segment comes back only when every block
+//! in it is dead), rebuild and scrub on segments (step 8).
+
+mod place;
+mod read;
+
+pub use place::BLOCK_BYTES;
+
+use crate::codec::Codec;
+use crate::device::SharedDevice;
+use crate::error::{Error, Result};
+use crate::geometry::Geometry;
+use crate::meta::{CommitReport, MapOptions, MapStore, SyncReport};
+use place::{runs, Piece, Rows};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const BLOCK: u64 = BLOCK_BYTES as u64;
+
+/// How a volume is kept.
+#[derive(Debug, Clone, Default)]
+pub struct VolumeOptions {
+    /// The map's options (cache, depth, segment size, log record size, read-only).
+    pub map: MapOptions,
+    /// Planted bug `skip_block_verification`: reads return a shard-block's bytes without
+    /// checking them against the pointer's crc.
+    #[cfg(feature = "testing")]
+    pub skip_block_verification: bool,
+    /// Planted bug `commit_before_rows_durable`: a flush commits the map without flushing
+    /// the members first, so a record can name rows a power cut then loses.
+    #[cfg(feature = "testing")]
+    pub commit_before_rows_durable: bool,
+}
+
+/// Counters of a volume's data path since it was opened (they only go up).
+#[derive(Debug, Default)]
+struct Counters {
+    blocks_written: AtomicU64,
+    rows_written: AtomicU64,
+    narrow_rows: AtomicU64,
+    blocks_read: AtomicU64,
+    bad_shard_blocks: AtomicU64,
+    rebuilt_blocks: AtomicU64,
+    healed_shard_blocks: AtomicU64,
+    heal_failures: AtomicU64,
+    unrecoverable_blocks: AtomicU64,
+}
+
+/// A snapshot of a volume's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VolumeCounters {
+    /// Logical blocks written into rows.
+    pub blocks_written: u64,
+    /// Rows written.
+    pub rows_written: u64,
+    /// Rows with fewer than K data blocks.
+    pub narrow_rows: u64,
+    /// Logical blocks read from the devices (holes and zeros not counted).
+    pub blocks_read: u64,
+    /// Shard-blocks that were unreadable or failed their crc when read.
+    pub bad_shard_blocks: u64,
+    /// Blocks returned from another copy or rebuilt from their row.
+    pub rebuilt_blocks: u64,
+    /// Bad shard-blocks rewritten with their verified content.
+    pub healed_shard_blocks: u64,
+    /// Heal writes that failed (the block was still returned correct).
+    pub heal_failures: u64,
+    /// Blocks that could not be returned.
+    pub unrecoverable_blocks: u64,
+}
+
+/// A volume of format version 4 over its members (`None`: a member that is absent).
+#[derive(Debug)]
+pub struct Volume {
+    rows: Rows,
+    codec: Codec,
+    map: MapStore,
+    blocks: u64,
+    read_only: bool,
+    counters: Counters,
+    #[cfg(feature = "testing")]
+    skip_block_verification: bool,
+    #[cfg(feature = "testing")]
+    commit_before_rows_durable: bool,
+}
+
+impl Volume {
+    /// A new, empty volume: the map's uberblock 0 on every member (rows are written later).
+    ///
+    /// # Errors
+    /// [`Error::DeviceTooSmall`] when no logical block fits beside the reserves; what
+    /// [`MapStore::create`] returns.
+    pub fn create(
+        devices: &[Option<SharedDevice>],
+        pool: [u8; 16],
+        geometry: &Geometry,
+        timeline: u64,
+        options: &VolumeOptions,
+    ) -> Result<Self> {
+        let map = MapStore::create(devices, pool, geometry, timeline, &options.map)?;
+        Self::assemble(geometry, map, options)
+    }
+
+    /// Open the volume: the map's newest uberblock with its log replayed.
+    ///
+    /// # Errors
+    /// What [`MapStore::open`] returns.
+    pub fn open(
+        devices: &[Option<SharedDevice>],
+        pool: [u8; 16],
+        geometry: &Geometry,
+        timeline: u64,
+        options: &VolumeOptions,
+    ) -> Result<Self> {
+        let map = MapStore::open(devices, pool, geometry, timeline, &options.map)?;
+        Self::assemble(geometry, map, options)
+    }
+
+    fn assemble(geometry: &Geometry, map: MapStore, options: &VolumeOptions) -> Result<Self> {
+        let blocks = Self::volume_blocks(geometry, &map);
+        if blocks == 0 {
+            return Err(Error::DeviceTooSmall {
+                device: "smallest member".into(),
+                size: geometry.device_bytes,
+                needed: geometry.device_bytes * 2,
+            });
+        }
+        Ok(Self {
+            rows: Rows::new(geometry),
+            codec: Codec::new(geometry.layout, geometry.devices)?,
+            map,
+            blocks,
+            read_only: options.map.read_only,
+            counters: Counters::default(),
+            #[cfg(feature = "testing")]
+            skip_block_verification: options.skip_block_verification,
+            #[cfg(feature = "testing")]
+            commit_before_rows_durable: options.commit_before_rows_durable,
+        })
+    }
+
+    /// Logical blocks of the volume (docs/FORMAT.md V4.2): the data area less a sixteenth of
+    /// cleaning headroom, the metadata allowance (1/32, or 1/16 when pages have four or more
+    /// copies) and the hard reserve, in whole stripes, and no more than the map's keys.
+    fn volume_blocks(geometry: &Geometry, map: &MapStore) -> u64 {
+        let k = geometry.data_chunks() as u64;
+        let per_slot = k * (geometry.chunk_bytes / BLOCK).max(1);
+        let shape = map.segments().shape();
+        let data = shape.segments * shape.blocks_per_segment;
+        let allowance = if geometry.metadata_copies() >= 4 {
+            data / 16
+        } else {
+            data / 32
+        };
+        let reserve = map.segments().reserve() * shape.blocks_per_segment;
+        let blocks = data
+            .saturating_sub(data / 16)
+            .saturating_sub(allowance)
+            .saturating_sub(reserve);
+        (blocks - blocks % per_slot).min(map.keys())
+    }
+
+    /// Bytes of the volume.
+    #[must_use]
+    pub fn volume_bytes(&self) -> u64 {
+        self.blocks * BLOCK
+    }
+
+    /// The map (pointers, rows, segments).
+    #[must_use]
+    pub fn map(&self) -> &MapStore {
+        &self.map
+    }
+
+    /// The geometry.
+    #[must_use]
+    pub fn geometry(&self) -> &Geometry {
+        self.rows.geometry()
+    }
+
+    /// The counters so far.
+    #[must_use]
+    pub fn counters(&self) -> VolumeCounters {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        VolumeCounters {
+            blocks_written: get(&c.blocks_written),
+            rows_written: get(&c.rows_written),
+            narrow_rows: get(&c.narrow_rows),
+            blocks_read: get(&c.blocks_read),
+            bad_shard_blocks: get(&c.bad_shard_blocks),
+            rebuilt_blocks: get(&c.rebuilt_blocks),
+            healed_shard_blocks: get(&c.healed_shard_blocks),
+            heal_failures: get(&c.heal_failures),
+            unrecoverable_blocks: get(&c.unrecoverable_blocks),
+        }
+    }
+
+    /// Refuse a request that does not lie inside the volume (before any I/O).
+    fn check_range(&self, offset: u64, length: u64) -> Result<()> {
+        let volume_bytes = self.volume_bytes();
+        if offset
+            .checked_add(length)
+            .is_none_or(|end| end > volume_bytes)
+        {
+            return Err(Error::OutOfRange {
+                offset,
+                length,
+                volume_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    fn writable(&self, operation: &'static str) -> Result<()> {
+        if self.read_only {
+            Err(Error::ReadOnly { operation })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Refuse to write rows the present members cannot hold with at least one copy of every
+    /// chunk (more members absent than the layout tolerates).
+    fn check_available(&self, devices: &[Option<SharedDevice>]) -> Result<()> {
+        let geometry = self.rows.geometry();
+        let present: Vec<bool> = (0..geometry.devices)
+            .map(|d| devices.get(d).is_some_and(Option::is_some))
+            .collect();
+        if geometry.layout.available_with(&present) {
+            return Ok(());
+        }
+        Err(Error::PoolUnavailable {
+            layout: geometry.layout.to_string(),
+            tolerated: geometry.tolerance(),
+            lost_devices: present
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| !**p)
+                .map(|(d, _)| format!("member {d}"))
+                .collect(),
+        })
+    }
+
+    /// Write `data` at byte `offset` of the volume (durable at the next [`Volume::flush`]).
+    /// On an error every block of the range reads either its old or its new content.
+    ///
+    /// # Errors
+    /// [`Error::OutOfRange`] (before any I/O), [`Error::ReadOnly`], [`Error::PoolUnavailable`]
+    /// with too many members absent, [`Error::NoFreeSlot`] when no segment is free for data,
+    /// [`Error::Io`] naming the device and offset of a failed write, and what a read of a
+    /// partly written block returns.
+    pub fn write(
+        &mut self,
+        devices: &[Option<SharedDevice>],
+        offset: u64,
+        data: &[u8],
+    ) -> Result<()> {
+        self.check_range(offset, data.len() as u64)?;
+        self.writable("write")?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.check_available(devices)?;
+        let first = offset / BLOCK;
+        let end = (offset + data.len() as u64).div_ceil(BLOCK);
+        let mut blocks = vec![0u8; usize::try_from((end - first) * BLOCK).unwrap_or(0)];
+        let head = usize::try_from(offset - first * BLOCK).unwrap_or(0);
+        let tail_end = head + data.len();
+        if head != 0 {
+            self.read_blocks(devices, first, &mut blocks[..BLOCK_BYTES])?;
+        }
+        if !tail_end.is_multiple_of(BLOCK_BYTES) && (end - 1 > first || head == 0) {
+            let at = blocks.len() - BLOCK_BYTES;
+            self.read_blocks(devices, end - 1, &mut blocks[at..])?;
+        }
+        blocks[head..tail_end].copy_from_slice(data);
+        self.write_blocks(devices, first, &blocks)
+    }
+
+    /// Write whole blocks `first..` into fresh rows and point the blocks at them.
+    fn write_blocks(
+        &mut self,
+        devices: &[Option<SharedDevice>],
+        first: u64,
+        blocks: &[u8],
+    ) -> Result<()> {
+        let k = self.rows.k();
+        let width = self.rows.geometry().width();
+        let birth = self.map.next_sequence();
+        let count = blocks.len() / BLOCK_BYTES;
+        // Rows of K blocks (the last narrow): their places, then their shard-blocks.
+        let mut planned = Vec::with_capacity(count.div_ceil(k));
+        for start in (0..count).step_by(k) {
+            match self.map.next_row() {
+                Ok(place) => planned.push((place, start, k.min(count - start))),
+                Err(e) => {
+                    self.map.abandon_open_slot();
+                    return Err(e);
+                }
+            }
+        }
+        let mut shards = vec![0u8; planned.len() * width * BLOCK_BYTES];
+        let mut crcs = vec![0u32; planned.len() * width];
+        let mut pieces = Vec::with_capacity(planned.len() * width);
+        let parity = self.codec.parity_chunks();
+        for (i, ((slot, row), start, n)) in planned.iter().enumerate() {
+            let row_bytes = &mut shards[i * width * BLOCK_BYTES..(i + 1) * width * BLOCK_BYTES];
+            // Data chunk j in its first shard (for copies, the others are filled below).
+            let mut data = vec![0u8; k * BLOCK_BYTES];
+            data[..n * BLOCK_BYTES]
+                .copy_from_slice(&blocks[start * BLOCK_BYTES..(start + n) * BLOCK_BYTES]);
+            let mut parity_bytes = vec![0u8; parity * BLOCK_BYTES];
+            self.codec
+                .encode_parity_into(&data, BLOCK_BYTES, &mut parity_bytes);
+            for s in 0..width {
+                let bytes = match self.rows.chunk_of(s) {
+                    Some(j) => &data[j * BLOCK_BYTES..(j + 1) * BLOCK_BYTES],
+                    None => {
+                        let p = s - k;
+                        &parity_bytes[p * BLOCK_BYTES..(p + 1) * BLOCK_BYTES]
+                    }
+                };
+                row_bytes[s * BLOCK_BYTES..(s + 1) * BLOCK_BYTES].copy_from_slice(bytes);
+                if self.rows.unwritten(s, *n) {
+                    continue;
+                }
+                crcs[i * width + s] = self.rows.crc(*slot, s, *row, birth, bytes);
+                let (device, at) = self.rows.shard_block(*slot, s, *row);
+                if devices.get(device.0).is_some_and(Option::is_some) {
+                    pieces.push(Piece {
+                        device: device.0,
+                        offset: at,
+                        index: i * width + s,
+                    });
+                }
+            }
+        }
+        if let Err(e) = write_runs(devices, &pieces, &shards) {
+            self.map.abandon_open_slot();
+            return Err(e);
+        }
+        // Every row is noted before any pointer changes: a sync that a pointer change runs
+        // then finds every row of this write already noted.
+        for (i, ((slot, row), start, n)) in planned.iter().enumerate() {
+            let owners = (0..*n).map(|b| first + (start + b) as u64).collect();
+            let row_crcs = crcs[i * width..(i + 1) * width].to_vec();
+            self.map.note_row(*slot, *row, birth, owners, row_crcs)?;
+        }
+        for ((slot, row), start, n) in &planned {
+            for b in 0..*n {
+                let pbn = self.rows.pbn(*slot, *row, b);
+                self.map.set(devices, first + (start + b) as u64, pbn)?;
+            }
+            self.counters.rows_written.fetch_add(1, Ordering::Relaxed);
+            if *n < k {
+                self.counters.narrow_rows.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.counters
+            .blocks_written
+            .fetch_add(count as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Make the byte range read zeros (a trim: whole blocks lose their rows, partial blocks
+    /// at the ends are written with zeros). Durable at the next flush.
+    ///
+    /// # Errors
+    /// As [`Volume::write`].
+    pub fn discard(
+        &mut self,
+        devices: &[Option<SharedDevice>],
+        offset: u64,
+        length: u64,
+    ) -> Result<()> {
+        self.check_range(offset, length)?;
+        self.writable("discard")?;
+        if length == 0 {
+            return Ok(());
+        }
+        let end = offset + length;
+        let first_whole = offset.div_ceil(BLOCK);
+        let end_whole = end / BLOCK;
+        if first_whole >= end_whole {
+            return self.write(
+                devices,
+                offset,
+                &vec![0u8; usize::try_from(length).unwrap_or(0)],
+            );
+        }
+        let zeros = |bytes: u64| vec![0u8; usize::try_from(bytes).unwrap_or(0)];
+        if offset < first_whole * BLOCK {
+            self.write(devices, offset, &zeros(first_whole * BLOCK - offset))?;
+        }
+        if end > end_whole * BLOCK {
+            self.write(devices, end_whole * BLOCK, &zeros(end - end_whole * BLOCK))?;
+        }
+        for key in first_whole..end_whole {
+            self.map.trim(devices, key)?;
+        }
+        Ok(())
+    }
+
+    /// Make every write and discard so far durable: flush the members (the rows), then commit
+    /// the map (a log record, or a tree sync when it does not fit).
+    ///
+    /// # Errors
+    /// [`Error::Io`] for a member that cannot be flushed; what [`MapStore::commit`] returns
+    /// (the volume must then be reopened).
+    pub fn flush(&mut self, devices: &[Option<SharedDevice>]) -> Result<CommitReport> {
+        self.writable("flush")?;
+        #[cfg(feature = "testing")]
+        if self.commit_before_rows_durable {
+            return self.map.commit(devices);
+        }
+        for device in devices.iter().flatten() {
+            device.flush().map_err(|e| Error::Io {
+                device: device.name(),
+                offset: None,
+                source: e.into_io(),
+            })?;
+        }
+        self.map.commit(devices)
+    }
+
+    /// Make every change durable by a tree sync (the log starts over in the other half).
+    ///
+    /// # Errors
+    /// What [`MapStore::sync`] returns.
+    pub fn sync(&mut self, devices: &[Option<SharedDevice>]) -> Result<SyncReport> {
+        self.writable("sync")?;
+        self.map.sync(devices)
+    }
+}
+
+/// Write every piece (4 KiB of `bytes` at `index × 4 KiB`), one request per run.
+fn write_runs(devices: &[Option<SharedDevice>], pieces: &[Piece], bytes: &[u8]) -> Result<()> {
+    let mut buffer = Vec::new();
+    for run in runs(pieces.to_vec()) {
+        let (Some(first), Some(Some(device))) =
+            (run.first(), run.first().map(|p| &devices[p.device]))
+        else {
+            continue;
+        };
+        buffer.clear();
+        for piece in &run {
+            buffer.extend_from_slice(
+                &bytes[piece.index * BLOCK_BYTES..(piece.index + 1) * BLOCK_BYTES],
+            );
+        }
+        device
+            .write_at(first.offset, &buffer)
+            .map_err(|e| Error::Io {
+                device: device.name(),
+                offset: Some(first.offset),
+                source: e.into_io(),
+            })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,381 @@
+//! Reads of a version-4 volume: each block's one shard-block, verified against its pointer;
+//! another copy or the rest of the row when that fails; the heal of what was found bad.
+
+use super::place::{runs, BlockPlace, Piece};
+use super::{Volume, BLOCK, BLOCK_BYTES};
+use crate::device::SharedDevice;
+use crate::error::{Error, Result};
+use crate::format::v4::BlockPointer;
+use std::sync::atomic::Ordering;
+
+/// A block to read: where it goes in the caller's buffer, its pointer and its place.
+#[derive(Debug, Clone, Copy)]
+struct Wanted {
+    index: usize,
+    key: u64,
+    pointer: BlockPointer,
+    place: BlockPlace,
+}
+
+/// A recovered block and the verified content of each bad place to heal.
+#[derive(Debug)]
+struct Found {
+    bytes: Vec<u8>,
+    heal: Vec<(usize, Vec<u8>)>,
+}
+
+/// What happened to one shard-block while rebuilding a block.
+#[derive(Debug, Default)]
+struct Tally {
+    /// `(shard, device name and offset)` of shard-blocks that were absent, unreadable or bad.
+    lost: Vec<(usize, String)>,
+    /// Shards whose place holds bad bytes on a present device (to heal).
+    bad: Vec<usize>,
+}
+
+impl Volume {
+    /// Read `buf.len()` bytes at byte `offset` of the volume.
+    ///
+    /// # Errors
+    /// [`Error::OutOfRange`] (before any I/O); [`Error::UnrecoverableBlock`] for a block no
+    /// copy or reconstruction can return (never other bytes); [`Error::MetadataLost`] or
+    /// [`Error::CorruptMetadata`] when the map cannot say where a block is.
+    pub fn read(
+        &self,
+        devices: &[Option<SharedDevice>],
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<()> {
+        self.check_range(offset, buf.len() as u64)?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let first = offset / BLOCK;
+        let end = (offset + buf.len() as u64).div_ceil(BLOCK);
+        let head = usize::try_from(offset - first * BLOCK).unwrap_or(0);
+        if head == 0 && buf.len().is_multiple_of(BLOCK_BYTES) {
+            return self.read_blocks(devices, first, buf);
+        }
+        let mut blocks = vec![0u8; usize::try_from((end - first) * BLOCK).unwrap_or(0)];
+        self.read_blocks(devices, first, &mut blocks)?;
+        buf.copy_from_slice(&blocks[head..head + buf.len()]);
+        Ok(())
+    }
+
+    /// Read whole blocks `first..` into `out`: one request per run of consecutive
+    /// shard-blocks of a device, each block verified, the failed ones recovered.
+    pub(super) fn read_blocks(
+        &self,
+        devices: &[Option<SharedDevice>],
+        first: u64,
+        out: &mut [u8],
+    ) -> Result<()> {
+        let count = out.len() / BLOCK_BYTES;
+        let mut wanted = Vec::with_capacity(count);
+        for (index, block) in out.chunks_mut(BLOCK_BYTES).enumerate() {
+            let key = first + index as u64;
+            let pointer = self.map.get(devices, key)?;
+            match pointer.address() {
+                Some(pbn) if !pointer.reads_zeros() => wanted.push(Wanted {
+                    index,
+                    key,
+                    pointer,
+                    place: self.rows.place(pbn),
+                }),
+                _ => block.fill(0),
+            }
+        }
+        let mut pieces = Vec::with_capacity(wanted.len());
+        let mut missing = Vec::new();
+        for (w, want) in wanted.iter().enumerate() {
+            match self.first_copy(devices, want) {
+                Some(shard) => {
+                    let (device, offset) =
+                        self.rows
+                            .shard_block(want.place.slot, shard, want.place.row);
+                    pieces.push(Piece {
+                        device: device.0,
+                        offset,
+                        index: w,
+                    });
+                }
+                None => missing.push(w),
+            }
+        }
+        let mut failed: Vec<(usize, Option<usize>)> =
+            missing.into_iter().map(|w| (w, None)).collect();
+        let mut buffer = Vec::new();
+        for run in runs(pieces) {
+            let Some(device) = run.first().and_then(|p| devices[p.device].as_ref()) else {
+                continue;
+            };
+            buffer.resize(run.len() * BLOCK_BYTES, 0);
+            let read_ok = device.read_at(run[0].offset, &mut buffer).is_ok();
+            for (i, piece) in run.iter().enumerate() {
+                let want = &wanted[piece.index];
+                let shard = self.shard_at(want, piece.device);
+                let bytes = &buffer[i * BLOCK_BYTES..(i + 1) * BLOCK_BYTES];
+                if read_ok && self.verifies(want, shard, bytes) {
+                    out[want.index * BLOCK_BYTES..(want.index + 1) * BLOCK_BYTES]
+                        .copy_from_slice(bytes);
+                } else {
+                    self.counters
+                        .bad_shard_blocks
+                        .fetch_add(1, Ordering::Relaxed);
+                    failed.push((piece.index, Some(shard)));
+                }
+            }
+        }
+        self.counters
+            .blocks_read
+            .fetch_add(wanted.len() as u64, Ordering::Relaxed);
+        for (w, tried) in failed {
+            let want = &wanted[w];
+            let block = &mut out[want.index * BLOCK_BYTES..(want.index + 1) * BLOCK_BYTES];
+            self.recover(devices, want, tried, block)?;
+        }
+        Ok(())
+    }
+
+    /// The copy of a block to read first: among the shards that carry its chunk, the first
+    /// present one from a copy chosen by the pbn (spreading mirror reads over the copies).
+    fn first_copy(&self, devices: &[Option<SharedDevice>], want: &Wanted) -> Option<usize> {
+        let shards = self.rows.shards_of(want.place.chunk);
+        let copies = shards.len();
+        let start =
+            usize::try_from(self.rows.pbn(want.place.slot, want.place.row, 0) % copies as u64)
+                .unwrap_or(0);
+        (0..copies)
+            .map(|c| shards.start + (start + c) % copies)
+            .find(|s| {
+                let (device, _) = self.rows.shard_block(want.place.slot, *s, want.place.row);
+                devices.get(device.0).is_some_and(Option::is_some)
+            })
+    }
+
+    /// The shard of a block's chunk that lives on `device`.
+    fn shard_at(&self, want: &Wanted, device: usize) -> usize {
+        let shards = self.rows.shards_of(want.place.chunk);
+        shards
+            .clone()
+            .find(|s| {
+                self.rows
+                    .shard_block(want.place.slot, *s, want.place.row)
+                    .0
+                     .0
+                    == device
+            })
+            .unwrap_or(shards.start)
+    }
+
+    /// Whether `bytes` read from `shard` are the block the pointer names.
+    fn verifies(&self, want: &Wanted, shard: usize, bytes: &[u8]) -> bool {
+        #[cfg(feature = "testing")]
+        if self.skip_block_verification {
+            return true;
+        }
+        let place = want.place;
+        self.rows
+            .crc(place.slot, shard, place.row, want.pointer.birth(), bytes)
+            == want.pointer.crc()
+    }
+
+    /// Return a block whose first copy failed (`tried`) or could not be read, from another
+    /// copy or the rest of its row; heal what was bad.
+    fn recover(
+        &self,
+        devices: &[Option<SharedDevice>],
+        want: &Wanted,
+        tried: Option<usize>,
+        block: &mut [u8],
+    ) -> Result<()> {
+        let mut tally = Tally::default();
+        if let Some(shard) = tried {
+            tally.lost.push((shard, self.describe(want, shard)));
+            tally.bad.push(shard);
+        }
+        let found = if self.rows.shards_of(want.place.chunk).len() > 1 {
+            self.recover_from_copies(devices, want, tried, &mut tally)
+        } else {
+            self.recover_from_row(devices, want, tried, &mut tally)?
+        };
+        let Some(found) = found else {
+            return Err(unrecoverable(self, want, &tally));
+        };
+        block.copy_from_slice(&found.bytes);
+        self.counters.rebuilt_blocks.fetch_add(1, Ordering::Relaxed);
+        for (shard, bytes) in found.heal {
+            self.heal(devices, want.place, shard, &bytes);
+        }
+        Ok(())
+    }
+
+    fn describe(&self, want: &Wanted, shard: usize) -> String {
+        let (device, offset) = self
+            .rows
+            .shard_block(want.place.slot, shard, want.place.row);
+        format!("member {} at byte {offset}", device.0)
+    }
+
+    /// Read shard-block `shard` of the block's row (`None`: absent or unreadable).
+    fn read_shard(
+        &self,
+        devices: &[Option<SharedDevice>],
+        place: BlockPlace,
+        shard: usize,
+    ) -> Option<Vec<u8>> {
+        let (device, offset) = self.rows.shard_block(place.slot, shard, place.row);
+        let device = devices.get(device.0)?.as_ref()?;
+        let mut bytes = vec![0u8; BLOCK_BYTES];
+        device.read_at(offset, &mut bytes).ok()?;
+        Some(bytes)
+    }
+
+    /// Mirror and raid10: the first other copy that verifies.
+    fn recover_from_copies(
+        &self,
+        devices: &[Option<SharedDevice>],
+        want: &Wanted,
+        tried: Option<usize>,
+        tally: &mut Tally,
+    ) -> Option<Found> {
+        let mut good = None;
+        for shard in self.rows.shards_of(want.place.chunk) {
+            if Some(shard) == tried {
+                continue;
+            }
+            match self.read_shard(devices, want.place, shard) {
+                Some(bytes) if self.verifies(want, shard, &bytes) => {
+                    good = Some(bytes);
+                    break;
+                }
+                Some(_) => {
+                    self.counters
+                        .bad_shard_blocks
+                        .fetch_add(1, Ordering::Relaxed);
+                    tally.lost.push((shard, self.describe(want, shard)));
+                    tally.bad.push(shard);
+                }
+                None => tally.lost.push((shard, self.describe(want, shard))),
+            }
+        }
+        let bytes = good?;
+        let heal = tally.bad.iter().map(|s| (*s, bytes.clone())).collect();
+        Some(Found { bytes, heal })
+    }
+
+    /// Reed-Solomon: every other shard-block of the row verified against the row's crcs,
+    /// the block rebuilt from K of them and checked against its pointer.
+    fn recover_from_row(
+        &self,
+        devices: &[Option<SharedDevice>],
+        want: &Wanted,
+        tried: Option<usize>,
+        tally: &mut Tally,
+    ) -> Result<Option<Found>> {
+        let place = want.place;
+        let Some((birth, n, crcs)) = self.map.row_crcs(devices, place.slot, place.row)? else {
+            return Ok(None);
+        };
+        if birth != want.pointer.birth() {
+            return Ok(None);
+        }
+        let width = self.rows.geometry().width();
+        let mut shards = vec![vec![0u8; BLOCK_BYTES]; width];
+        let mut present = vec![false; width];
+        for s in 0..width {
+            if self.rows.unwritten(s, n) {
+                present[s] = true;
+                continue;
+            }
+            if Some(s) == tried {
+                continue;
+            }
+            match self.read_shard(devices, place, s) {
+                Some(bytes)
+                    if self.rows.crc(place.slot, s, place.row, birth, &bytes) == crcs[s] =>
+                {
+                    shards[s] = bytes;
+                    present[s] = true;
+                }
+                Some(_) => {
+                    self.counters
+                        .bad_shard_blocks
+                        .fetch_add(1, Ordering::Relaxed);
+                    tally.lost.push((s, self.describe(want, s)));
+                    tally.bad.push(s);
+                }
+                None => {
+                    if !tally.lost.iter().any(|(l, _)| *l == s) {
+                        tally.lost.push((s, self.describe(want, s)));
+                    }
+                }
+            }
+        }
+        let good = present.iter().filter(|p| **p).count();
+        if good < self.rows.k() || !self.codec.reconstruct(&mut shards, &mut present) {
+            return Ok(None);
+        }
+        let target = place.chunk;
+        let bytes = shards[target].clone();
+        if !self.verifies(want, target, &bytes) {
+            return Ok(None);
+        }
+        let heal = tally
+            .bad
+            .iter()
+            .filter(|s| {
+                self.rows
+                    .crc(place.slot, **s, place.row, birth, &shards[**s])
+                    == crcs[**s]
+            })
+            .map(|s| (*s, shards[*s].clone()))
+            .collect();
+        Ok(Some(Found { bytes, heal }))
+    }
+
+    /// Rewrite a bad shard-block with its verified content (not on a read-only volume).
+    fn heal(
+        &self,
+        devices: &[Option<SharedDevice>],
+        place: BlockPlace,
+        shard: usize,
+        bytes: &[u8],
+    ) {
+        if self.read_only {
+            return;
+        }
+        let (device, offset) = self.rows.shard_block(place.slot, shard, place.row);
+        let Some(Some(device)) = devices.get(device.0) else {
+            return;
+        };
+        match device.write_at(offset, bytes) {
+            Ok(()) => {
+                self.counters
+                    .healed_shard_blocks
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::warn!(device = %device.name(), offset, error = %e, "heal write failed");
+                self.counters.heal_failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The error for a block nothing could return.
+fn unrecoverable(volume: &Volume, want: &Wanted, tally: &Tally) -> Error {
+    volume
+        .counters
+        .unrecoverable_blocks
+        .fetch_add(1, Ordering::Relaxed);
+    let width = volume.rows.geometry().width();
+    Error::UnrecoverableBlock {
+        volume_offset: want.key * BLOCK,
+        slot: want.place.slot,
+        row: want.place.row,
+        good: width.saturating_sub(tally.lost.len()),
+        needed: volume.rows.k(),
+        lost_devices: tally.lost.iter().map(|(_, d)| d.clone()).collect(),
+    }
+}

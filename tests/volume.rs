@@ -1,0 +1,686 @@
+//! The data path of format version 4 (`stripestore::volume::Volume`), checked byte for byte
+//! against a plain model of the volume:
+//! * random writes (aligned and not), reads, discards, flushes, syncs and power cuts (each
+//!   member keeps a random part of what it did not flush, and cuts land inside writes and
+//!   flushes), for every layout: between cuts every read is exactly the last write; after a
+//!   cut every block reads its flushed content or one written since, never anything else;
+//! * a rotten shard-block is rebuilt (from another copy, or from its row), returned correct
+//!   and healed on the device; beyond the layout's tolerance the read fails with
+//!   `UnrecoverableBlock` and returns no bytes; the planted `skip_block_verification` is
+//!   caught;
+//! * an absent member is read around and written past, and stale places on it are healed
+//!   when it returns;
+//! * out-of-range requests and a read-only volume change no byte;
+//! * a 16 TiB volume on sparse files writes, flushes and reads back at both ends.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use stripestore::device::{FileDevice, MemDevice, PowerCut, SharedDevice};
+use stripestore::geometry::{Geometry, Layout};
+use stripestore::meta::MapOptions;
+use stripestore::types::{ShardIndex, SlotId};
+use stripestore::volume::{Volume, VolumeOptions, BLOCK_BYTES};
+use stripestore::Error;
+#[path = "common/meta.rs"]
+mod meta;
+use meta::Lcg;
+
+const POOL: [u8; 16] = [0x6b; 16];
+const TIMELINE: u64 = 0x5100;
+const DEVICE_BYTES: u64 = 16 << 20;
+const HALF: u64 = 16384;
+const B: usize = BLOCK_BYTES;
+
+const LAYOUTS: [(&str, usize); 4] = [
+    ("rs:4+2", 6),
+    ("mirror:2", 2),
+    ("raid10:2", 4),
+    ("rs:2+1", 3),
+];
+
+fn geometry(layout: &str, members: usize, device_bytes: u64) -> Geometry {
+    let layout: Layout = layout.parse().unwrap();
+    Geometry::new_v4(layout, members, 16384, device_bytes, 4, HALF).unwrap()
+}
+
+fn options() -> VolumeOptions {
+    VolumeOptions {
+        map: MapOptions {
+            depth: 2,
+            cache_bytes: 64 * 16384,
+            record_max: Some(4096),
+            segment_slots: 4,
+            ..MapOptions::default()
+        },
+        ..VolumeOptions::default()
+    }
+}
+
+/// Members as memory devices behind a shared power switch.
+struct Rig {
+    geometry: Geometry,
+    mems: Vec<Arc<MemDevice>>,
+    countdown: Arc<AtomicI64>,
+    devices: Vec<Option<SharedDevice>>,
+}
+
+impl Rig {
+    fn new(layout: &str, members: usize) -> Self {
+        let mems: Vec<Arc<MemDevice>> = (0..members)
+            .map(|i| Arc::new(MemDevice::new(format!("m{i}"), DEVICE_BYTES)))
+            .collect();
+        let countdown = Arc::new(AtomicI64::new(i64::MAX));
+        let devices = mems
+            .iter()
+            .map(|m| Some(Arc::new(PowerCut::new(m.clone(), countdown.clone())) as SharedDevice))
+            .collect();
+        Self {
+            geometry: geometry(layout, members, DEVICE_BYTES),
+            mems,
+            countdown,
+            devices,
+        }
+    }
+
+    fn create(&self, options: &VolumeOptions) -> Volume {
+        Volume::create(&self.devices, POOL, &self.geometry, TIMELINE, options).unwrap()
+    }
+
+    fn open(&self, options: &VolumeOptions) -> Volume {
+        Volume::open(&self.devices, POOL, &self.geometry, TIMELINE, options).unwrap()
+    }
+
+    /// Power off: every member keeps a random part of what it did not flush; power on.
+    fn crash(&self, seed: u64) {
+        for (i, mem) in self.mems.iter().enumerate() {
+            mem.crash(seed.wrapping_mul(31).wrapping_add(i as u64));
+        }
+        self.countdown.store(i64::MAX, Ordering::SeqCst);
+    }
+
+    fn images(&self) -> Vec<Vec<u8>> {
+        self.mems.iter().map(|m| m.image()).collect()
+    }
+
+    /// Device and offset of every shard-block that carries logical block `key`'s data (its
+    /// copies, or its one shard for rs), found from its pointer.
+    fn places_of(&self, volume: &Volume, key: u64) -> Vec<(usize, u64)> {
+        let pointer = volume.map().get(&self.devices, key).unwrap();
+        let pbn = pointer.address().expect("a written block");
+        let k = self.geometry.data_chunks() as u64;
+        let rows = self.geometry.chunk_bytes / B as u64;
+        let slot = pbn / (k * rows);
+        let row = (pbn % (k * rows)) / k;
+        let chunk = (pbn % k) as usize;
+        (0..self.geometry.width())
+            .filter(|s| self.geometry.shard_data_chunk(ShardIndex(*s)) == Some(chunk))
+            .map(|s| {
+                let (device, at) = self.geometry.shard_location(SlotId(slot), ShardIndex(s));
+                (device.0, at + row * B as u64)
+            })
+            .collect()
+    }
+}
+
+/// Bytes of one block version: a pattern no other (key, version) shares.
+fn pattern(key: u64, version: u64) -> Vec<u8> {
+    let mut bytes = vec![0u8; B];
+    let mut x =
+        key.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ version.wrapping_mul(0xd1b5_4a32_d192_ed03);
+    for chunk in bytes.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes());
+    }
+    bytes
+}
+
+/// The volume as acknowledged (flushed), and every version of a block written since.
+#[derive(Default)]
+struct Model {
+    acked: BTreeMap<u64, Vec<u8>>,
+    since: BTreeMap<u64, Vec<Vec<u8>>>,
+}
+
+impl Model {
+    fn newest(&self, key: u64) -> Vec<u8> {
+        self.since
+            .get(&key)
+            .and_then(|v| v.last().cloned())
+            .or_else(|| self.acked.get(&key).cloned())
+            .unwrap_or_else(|| vec![0u8; B])
+    }
+
+    /// Apply a write of `data` at byte `offset` (block by block).
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        let first = offset / B as u64;
+        let end = (offset + data.len() as u64).div_ceil(B as u64);
+        for key in first..end {
+            let mut block = self.newest(key);
+            let start = (key * B as u64).max(offset);
+            let stop = ((key + 1) * B as u64).min(offset + data.len() as u64);
+            block[(start - key * B as u64) as usize..(stop - key * B as u64) as usize]
+                .copy_from_slice(&data[(start - offset) as usize..(stop - offset) as usize]);
+            self.since.entry(key).or_default().push(block);
+        }
+    }
+
+    fn ack(&mut self) {
+        for (key, versions) in std::mem::take(&mut self.since) {
+            if let Some(last) = versions.into_iter().last() {
+                self.acked.insert(key, last);
+            }
+        }
+    }
+
+    /// After a power cut: every block reads its acknowledged content or a version written
+    /// since; what it reads becomes the acknowledged state.
+    fn settle(
+        &mut self,
+        volume: &Volume,
+        devices: &[Option<SharedDevice>],
+        span: u64,
+    ) -> Result<(), String> {
+        for key in 0..span {
+            let mut found = vec![0u8; B];
+            volume
+                .read(devices, key * B as u64, &mut found)
+                .map_err(|e| format!("block {key}: {e}"))?;
+            let acked = self
+                .acked
+                .get(&key)
+                .cloned()
+                .unwrap_or_else(|| vec![0u8; B]);
+            let later = self.since.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+            if found != acked && !later.contains(&found) {
+                return Err(format!(
+                    "block {key}: read bytes that are neither the flushed content nor a version written since ({} versions)",
+                    later.len()
+                ));
+            }
+            self.acked.insert(key, found);
+        }
+        self.since.clear();
+        Ok(())
+    }
+
+    /// Without a power cut since: every block reads exactly its newest version.
+    fn exact(
+        &self,
+        volume: &Volume,
+        devices: &[Option<SharedDevice>],
+        span: u64,
+    ) -> Result<(), String> {
+        let mut all = vec![0u8; span as usize * B];
+        volume
+            .read(devices, 0, &mut all)
+            .map_err(|e| format!("read of the span: {e}"))?;
+        for key in 0..span {
+            if all[key as usize * B..(key as usize + 1) * B] != self.newest(key)[..] {
+                return Err(format!("block {key} differs from the last write"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Run `ops` random operations with power cuts on `layout`; the first violation.
+fn campaign(
+    layout: &str,
+    members: usize,
+    seed: u64,
+    ops: usize,
+    options: &VolumeOptions,
+) -> Result<[u64; 6], String> {
+    let rig = Rig::new(layout, members);
+    let mut volume = rig.create(options);
+    let mut model = Model::default();
+    let mut rng = Lcg(seed);
+    let span = 96u64;
+    let mut version = 0u64;
+    // writes, reads, discards, flushes, syncs, cuts
+    let mut counts = [0u64; 6];
+    for op in 0..ops {
+        let result: stripestore::Result<()> = match rng.next() % 20 {
+            0..=8 => {
+                counts[0] += 1;
+                let (offset, len) = if rng.next().is_multiple_of(3) {
+                    let offset = rng.next() % (span * B as u64 - 1);
+                    let len = 1 + rng.next() % (3 * B as u64);
+                    (offset, len.min(span * B as u64 - offset))
+                } else {
+                    let first = rng.next() % span;
+                    let n = (1 + rng.next() % 9).min(span - first);
+                    (first * B as u64, n * B as u64)
+                };
+                let mut data = Vec::with_capacity(len as usize);
+                while (data.len() as u64) < len {
+                    version += 1;
+                    data.extend_from_slice(&pattern(offset / B as u64, version));
+                }
+                data.truncate(len as usize);
+                model.write(offset, &data);
+                volume.write(&rig.devices, offset, &data)
+            }
+            9..=11 => {
+                counts[1] += 1;
+                let first = rng.next() % span;
+                let n = (1 + rng.next() % 8).min(span - first);
+                let mut buf = vec![0u8; n as usize * B];
+                volume
+                    .read(&rig.devices, first * B as u64, &mut buf)
+                    .map(|()| {
+                        for i in 0..n {
+                            let key = first + i;
+                            assert!(
+                            buf[i as usize * B..(i as usize + 1) * B] == model.newest(key)[..],
+                            "seed {seed} op {op}: block {key} reads other bytes than the last write"
+                        );
+                        }
+                    })
+            }
+            12 => {
+                counts[2] += 1;
+                let offset = rng.next() % (span * B as u64 - 1);
+                let len = (1 + rng.next() % (4 * B as u64)).min(span * B as u64 - offset);
+                model.write(offset, &vec![0u8; len as usize]);
+                volume.discard(&rig.devices, offset, len)
+            }
+            13..=15 => {
+                counts[3] += 1;
+                volume.flush(&rig.devices).map(|_| model.ack())
+            }
+            16 => {
+                counts[4] += 1;
+                volume.sync(&rig.devices).map(|_| model.ack())
+            }
+            _ => {
+                // A power cut now, or a few device operations into the next write + flush.
+                counts[5] += 1;
+                if rng.next().is_multiple_of(2) {
+                    rig.countdown
+                        .store(1 + (rng.next() % 12) as i64, Ordering::SeqCst);
+                    let first = rng.next() % span;
+                    version += 1;
+                    let data = pattern(first, version);
+                    model.write(first * B as u64, &data);
+                    let _ = volume
+                        .write(&rig.devices, first * B as u64, &data)
+                        .and_then(|()| volume.flush(&rig.devices).map(|_| ()));
+                }
+                Err(Error::Closing)
+            }
+        };
+        if let Err(e) = result {
+            // A failed request (a power cut, or the one planted): cut the power and reopen;
+            // the data path must still hold everything flushed.
+            if !matches!(e, Error::Closing) && rig.countdown.load(Ordering::SeqCst) > 0 {
+                return Err(format!("seed {seed} op {op}: {e}"));
+            }
+            rig.crash(seed ^ op as u64);
+            volume = Volume::open(&rig.devices, POOL, &rig.geometry, TIMELINE, options)
+                .map_err(|e| format!("seed {seed} op {op}: reopen: {e}"))?;
+            model
+                .settle(&volume, &rig.devices, span)
+                .map_err(|e| format!("seed {seed} op {op}: {e}"))?;
+        } else if op % 50 == 49 {
+            model
+                .exact(&volume, &rig.devices, span)
+                .map_err(|e| format!("seed {seed} op {op}: {e}"))?;
+        }
+    }
+    model
+        .exact(&volume, &rig.devices, span)
+        .map_err(|e| format!("seed {seed} end: {e}"))?;
+    Ok(counts)
+}
+
+#[test]
+fn random_writes_discards_flushes_and_power_cuts_keep_every_flushed_byte() {
+    for (layout, members) in LAYOUTS {
+        for seed in 1..=3 {
+            let counts = campaign(layout, members, seed, 600, &options()).unwrap();
+            assert!(
+                counts.iter().all(|c| *c > 0),
+                "{layout}: every kind of step ran: {counts:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn planted_commit_before_rows_durable_is_caught() {
+    let planted = VolumeOptions {
+        commit_before_rows_durable: true,
+        ..options()
+    };
+    let caught = (1..=6).find_map(|seed| campaign("rs:4+2", 6, seed, 600, &planted).err());
+    assert!(
+        caught.is_some(),
+        "a flush that commits before its rows are durable went unnoticed"
+    );
+    eprintln!("caught: {caught:?}");
+}
+
+/// Write blocks 0..8 with known bytes and flush; the volume and what was written.
+fn written(rig: &Rig, options: &VolumeOptions) -> (Volume, Vec<Vec<u8>>) {
+    let mut volume = rig.create(options);
+    let blocks: Vec<Vec<u8>> = (0..8).map(|k| pattern(k, 1)).collect();
+    volume.write(&rig.devices, 0, &blocks.concat()).unwrap();
+    volume.flush(&rig.devices).unwrap();
+    (volume, blocks)
+}
+
+/// Rot `copies` places of block 3 (its copies for mirrors; its shard, then other shards of
+/// its row, for rs) and read it back: `Ok` when the read returned the right bytes and healed
+/// every rotten place it used, or failed with `UnrecoverableBlock`.
+fn rot_and_read(
+    layout: &str,
+    members: usize,
+    rotten: usize,
+    options: &VolumeOptions,
+) -> Result<&'static str, String> {
+    let rig = Rig::new(layout, members);
+    let (volume, blocks) = written(&rig, options);
+    let mut places = rig.places_of(&volume, 3);
+    if places.len() == 1 {
+        // rs: the block's shard, then parity and the other data shards of its row.
+        places = row_places(&rig, &volume, 3);
+    } else {
+        // Copies: a read starts at copy (pbn of the row's first block) mod copies; rot from
+        // that one on, so the first rotten copy is the one read.
+        let pbn = volume
+            .map()
+            .get(&rig.devices, 3)
+            .unwrap()
+            .address()
+            .unwrap();
+        let k = rig.geometry.data_chunks() as u64;
+        let start = ((pbn - pbn % k) % places.len() as u64) as usize;
+        places.rotate_left(start);
+    }
+    for (device, at) in places.iter().take(rotten) {
+        rig.mems[*device].poke(*at, &[0xa5; B]);
+    }
+    let before = volume.counters();
+    let mut buf = vec![0u8; B];
+    match volume.read(&rig.devices, 3 * B as u64, &mut buf) {
+        Ok(()) => {
+            if buf != blocks[3] {
+                return Err(format!(
+                    "{layout}: {rotten} rotten places: wrong bytes returned"
+                ));
+            }
+            let after = volume.counters();
+            if rotten > 0 && after.rebuilt_blocks != before.rebuilt_blocks + 1 {
+                return Err(format!("{layout}: a rebuilt block was not counted"));
+            }
+            // Read again: what was healed now reads without a rebuild.
+            volume.read(&rig.devices, 3 * B as u64, &mut buf).unwrap();
+            if buf != blocks[3] || volume.counters().rebuilt_blocks != after.rebuilt_blocks {
+                return Err(format!("{layout}: the first read did not heal its copy"));
+            }
+            Ok("read")
+        }
+        Err(Error::UnrecoverableBlock { .. }) => Ok("unrecoverable"),
+        Err(e) => Err(format!("{layout}: {e}")),
+    }
+}
+
+/// Every written shard-block of block `key`'s row: the block's own first, then the others.
+fn row_places(rig: &Rig, volume: &Volume, key: u64) -> Vec<(usize, u64)> {
+    let pbn = volume
+        .map()
+        .get(&rig.devices, key)
+        .unwrap()
+        .address()
+        .unwrap();
+    let k = rig.geometry.data_chunks() as u64;
+    let rows = rig.geometry.chunk_bytes / B as u64;
+    let slot = pbn / (k * rows);
+    let row = (pbn % (k * rows)) / k;
+    let chunk = (pbn % k) as usize;
+    let mut shards: Vec<usize> = (0..rig.geometry.width()).collect();
+    shards.sort_by_key(|s| *s != chunk);
+    shards
+        .into_iter()
+        .map(|s| {
+            let (device, at) = rig.geometry.shard_location(SlotId(slot), ShardIndex(s));
+            (device.0, at + row * B as u64)
+        })
+        .collect()
+}
+
+#[test]
+fn rotten_shard_blocks_are_rebuilt_and_healed_up_to_the_tolerance_and_never_returned() {
+    for (layout, members) in LAYOUTS {
+        let tolerance = layout.parse::<Layout>().unwrap().tolerance();
+        for rotten in 0..=tolerance {
+            assert_eq!(
+                rot_and_read(layout, members, rotten, &options()),
+                Ok("read"),
+                "{layout} {rotten}"
+            );
+        }
+        assert_eq!(
+            rot_and_read(layout, members, tolerance + 1, &options()),
+            Ok("unrecoverable"),
+            "{layout}: one more rotten place than the tolerance"
+        );
+    }
+}
+
+#[test]
+fn planted_skip_block_verification_is_caught() {
+    let planted = VolumeOptions {
+        skip_block_verification: true,
+        ..options()
+    };
+    for (layout, members) in LAYOUTS {
+        let caught = rot_and_read(layout, members, 1, &planted);
+        assert!(
+            caught.is_err(),
+            "{layout}: the planted bug went unnoticed: {caught:?}"
+        );
+    }
+}
+
+#[test]
+fn an_unrecoverable_block_names_its_offset_and_devices_and_its_neighbours_still_read() {
+    let rig = Rig::new("rs:4+2", 6);
+    let (volume, blocks) = written(&rig, &options());
+    // Block 5's own shard and both parity shards of its row: the other data shards of the
+    // row stay good, so blocks 4, 6 and 7 read directly.
+    let places = row_places(&rig, &volume, 5);
+    for (device, at) in [places[0], places[4], places[5]] {
+        rig.mems[device].poke(at, &[0x11; B]);
+    }
+    let mut buf = vec![0u8; B];
+    match volume.read(&rig.devices, 5 * B as u64, &mut buf) {
+        Err(Error::UnrecoverableBlock {
+            volume_offset,
+            good,
+            needed,
+            lost_devices,
+            ..
+        }) => {
+            assert_eq!(volume_offset, 5 * B as u64);
+            assert_eq!((good, needed), (3, 4));
+            assert_eq!(lost_devices.len(), 3, "{lost_devices:?}");
+        }
+        other => panic!("expected UnrecoverableBlock, got {other:?}"),
+    }
+    // The damage stays that block's: every other block of the row and the volume reads.
+    for key in (0..8).filter(|k| *k != 5) {
+        volume.read(&rig.devices, key * B as u64, &mut buf).unwrap();
+        assert_eq!(buf, blocks[key as usize], "block {key}");
+    }
+    assert_eq!(volume.counters().unrecoverable_blocks, 1);
+}
+
+#[test]
+fn an_absent_member_is_read_around_written_past_and_healed_when_it_returns() {
+    for (layout, members) in LAYOUTS {
+        let rig = Rig::new(layout, members);
+        let (mut volume, mut blocks) = written(&rig, &options());
+        let mut degraded = rig.devices.clone();
+        degraded[0] = None;
+        let mut buf = vec![0u8; 8 * B];
+        volume.read(&degraded, 0, &mut buf).unwrap();
+        assert_eq!(
+            buf,
+            blocks.concat(),
+            "{layout}: reads around the absent member"
+        );
+        // Written past it, flushed, reopened degraded.
+        for key in [1u64, 2, 6] {
+            blocks[key as usize] = pattern(key, 2);
+            volume
+                .write(&degraded, key * B as u64, &blocks[key as usize])
+                .unwrap();
+        }
+        volume.flush(&degraded).unwrap();
+        let volume = Volume::open(&degraded, POOL, &rig.geometry, TIMELINE, &options()).unwrap();
+        volume.read(&degraded, 0, &mut buf).unwrap();
+        assert_eq!(buf, blocks.concat(), "{layout}: degraded after reopen");
+        // It returns with stale places: those fail their crcs, are rebuilt and healed.
+        let before = volume.counters();
+        volume.read(&rig.devices, 0, &mut buf).unwrap();
+        assert_eq!(buf, blocks.concat(), "{layout}: the member returned");
+        let healed = volume.counters().healed_shard_blocks - before.healed_shard_blocks;
+        let rebuilt = volume.counters().rebuilt_blocks - before.rebuilt_blocks;
+        assert_eq!(
+            healed, rebuilt,
+            "{layout}: every stale place read was healed"
+        );
+        volume.read(&rig.devices, 0, &mut buf).unwrap();
+        assert_eq!(
+            volume.counters().rebuilt_blocks,
+            before.rebuilt_blocks + rebuilt,
+            "{layout}"
+        );
+    }
+}
+
+#[test]
+fn writes_with_more_members_absent_than_tolerated_are_refused_before_any_io() {
+    let rig = Rig::new("rs:4+2", 6);
+    let (mut volume, _) = written(&rig, &options());
+    let mut devices = rig.devices.clone();
+    devices[1] = None;
+    devices[4] = None;
+    devices[5] = None;
+    let images = rig.images();
+    assert!(matches!(
+        volume.write(&devices, 0, &[1u8; B]),
+        Err(Error::PoolUnavailable { .. })
+    ));
+    assert!(rig.images() == images, "a refused write changed bytes");
+}
+
+#[test]
+fn out_of_range_requests_and_a_read_only_volume_change_nothing() {
+    let rig = Rig::new("rs:4+2", 6);
+    let (mut volume, blocks) = written(&rig, &options());
+    let size = volume.volume_bytes();
+    let images = rig.images();
+    let mut buf = vec![0u8; B];
+    for (offset, length) in [(size, 1u64), (size - 1, 2), (u64::MAX - 1, 4)] {
+        assert!(matches!(
+            volume.write(&rig.devices, offset, &vec![0u8; length as usize]),
+            Err(Error::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            volume.discard(&rig.devices, offset, length),
+            Err(Error::OutOfRange { .. })
+        ));
+        let mut short = vec![0u8; length as usize];
+        assert!(matches!(
+            volume.read(&rig.devices, offset, &mut short),
+            Err(Error::OutOfRange { .. })
+        ));
+    }
+    assert!(rig.images() == images, "a refused request changed bytes");
+    // Read-only: a rotten copy is read around but not healed; writes are refused.
+    let place = rig.places_of(&volume, 2)[0];
+    rig.mems[place.0].poke(place.1, &[0x3c; B]);
+    drop(volume);
+    let read_only = VolumeOptions {
+        map: MapOptions {
+            read_only: true,
+            ..options().map
+        },
+        ..options()
+    };
+    let mut volume = rig.open(&read_only);
+    let images = rig.images();
+    for _ in 0..2 {
+        volume.read(&rig.devices, 2 * B as u64, &mut buf).unwrap();
+        assert_eq!(buf, blocks[2]);
+    }
+    assert_eq!(volume.counters().healed_shard_blocks, 0);
+    assert!(matches!(
+        volume.write(&rig.devices, 0, &[0u8; B]),
+        Err(Error::ReadOnly { .. })
+    ));
+    assert!(matches!(
+        volume.flush(&rig.devices),
+        Err(Error::ReadOnly { .. })
+    ));
+    assert!(rig.images() == images, "a read-only volume changed bytes");
+}
+
+#[test]
+fn a_16_tib_volume_on_sparse_files_writes_and_reads_back_at_both_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let member_bytes = 4u64 << 40;
+    let devices: Vec<Option<SharedDevice>> = (0..6)
+        .map(|i| {
+            let file =
+                FileDevice::open_or_create(&dir.path().join(format!("m{i}")), Some(member_bytes))
+                    .unwrap();
+            Some(Arc::new(file) as SharedDevice)
+        })
+        .collect();
+    let geometry = Geometry::new_v4(
+        "rs:4+2".parse().unwrap(),
+        6,
+        16384,
+        member_bytes,
+        128,
+        8 << 20,
+    )
+    .unwrap();
+    let options = VolumeOptions {
+        map: MapOptions {
+            cache_bytes: 64 << 20,
+            ..MapOptions::default()
+        },
+        ..VolumeOptions::default()
+    };
+    let mut volume = Volume::create(&devices, POOL, &geometry, TIMELINE, &options).unwrap();
+    let size = volume.volume_bytes();
+    assert!(
+        size > 14 << 40 && size <= 16 << 40,
+        "volume of {size} bytes"
+    );
+    let ends = [0u64, size / 2 + 12345, size - 3 * B as u64 - 100];
+    for (i, offset) in ends.iter().enumerate() {
+        volume
+            .write(&devices, *offset, &pattern(i as u64, 7)[..B - 1])
+            .unwrap();
+    }
+    volume.flush(&devices).unwrap();
+    drop(volume);
+    let volume = Volume::open(&devices, POOL, &geometry, TIMELINE, &options).unwrap();
+    for (i, offset) in ends.iter().enumerate() {
+        let mut buf = vec![0u8; B - 1];
+        volume.read(&devices, *offset, &mut buf).unwrap();
+        assert_eq!(buf, pattern(i as u64, 7)[..B - 1], "write {i} at {offset}");
+    }
+    let mut last = vec![0xffu8; 100];
+    volume.read(&devices, size - 100, &mut last).unwrap();
+    assert_eq!(last, vec![0u8; 100], "never written: zeros");
+}
