@@ -264,7 +264,30 @@ fn campaign(
                 model.write(offset, &data);
                 volume.write(&rig.devices, offset, &data)
             }
-            9..=11 => {
+            9 => {
+                // A group of queued writes (some overlapping, some partial), packed together.
+                counts[0] += 1;
+                let mut group = Vec::new();
+                for _ in 0..2 + rng.next() % 7 {
+                    let offset = rng.next() % (span * B as u64 - 1);
+                    let len = if rng.next().is_multiple_of(2) {
+                        B as u64 - offset % B as u64
+                    } else {
+                        1 + rng.next() % (2 * B as u64)
+                    };
+                    let len = len.min(span * B as u64 - offset);
+                    version += 1;
+                    let mut data = pattern(offset, version);
+                    data.extend_from_slice(&pattern(offset + 1, version));
+                    data.truncate(len as usize);
+                    model.write(offset, &data);
+                    group.push((offset, data));
+                }
+                let group: Vec<(u64, &[u8])> =
+                    group.iter().map(|(o, d)| (*o, d.as_slice())).collect();
+                volume.write_group(&rig.devices, &group)
+            }
+            10..=11 => {
                 counts[1] += 1;
                 let first = rng.next() % span;
                 let n = (1 + rng.next() % 8).min(span - first);

@@ -3,7 +3,7 @@
 
 use super::place::{runs, BlockPlace, Piece};
 use super::{Volume, BLOCK, BLOCK_BYTES};
-use crate::device::SharedDevice;
+use crate::device::{run_batch, BatchOp, SharedDevice};
 use crate::error::{Error, Result};
 use crate::format::v4::BlockPointer;
 use std::sync::atomic::Ordering;
@@ -104,13 +104,27 @@ impl Volume {
         }
         let mut failed: Vec<(usize, Option<usize>)> =
             missing.into_iter().map(|w| (w, None)).collect();
-        let mut buffer = Vec::new();
-        for run in runs(pieces) {
-            let Some(device) = run.first().and_then(|p| devices[p.device].as_ref()) else {
-                continue;
-            };
-            buffer.resize(run.len() * BLOCK_BYTES, 0);
-            let read_ok = device.read_at(run[0].offset, &mut buffer).is_ok();
+        let runs = runs(pieces);
+        let mut buffers: Vec<Vec<u8>> = runs
+            .iter()
+            .map(|run| vec![0u8; run.len() * BLOCK_BYTES])
+            .collect();
+        // Pieces are only planned on present members, so every run has its request.
+        let mut ops = Vec::with_capacity(runs.len());
+        let mut read_ok = vec![false; runs.len()];
+        let mut issued = Vec::with_capacity(runs.len());
+        for (r, (run, buffer)) in runs.iter().zip(buffers.iter_mut()).enumerate() {
+            if let Some(Some(device)) = run.first().and_then(|p| devices.get(p.device)) {
+                ops.push(BatchOp::read(device.as_ref(), run[0].offset, buffer));
+                issued.push(r);
+            }
+        }
+        run_batch(&mut ops);
+        for (op, r) in ops.iter().zip(issued) {
+            read_ok[r] = op.result.is_ok();
+        }
+        drop(ops);
+        for ((run, buffer), read_ok) in runs.iter().zip(&buffers).zip(read_ok) {
             for (i, piece) in run.iter().enumerate() {
                 let want = &wanted[piece.index];
                 let shard = self.shard_at(want, piece.device);

@@ -414,7 +414,10 @@ mod tests {
         let at = raid10.crcs_at() + 4 * (3 * raid10.rows);
         bytes[at] = 1;
         assert!(SlotRecord::decode(raid10, &bytes).is_err());
-        assert!(!SlotShape { copies: 2, ..RS42 }.is_valid(), "copies must tile the width");
+        assert!(
+            !SlotShape { copies: 2, ..RS42 }.is_valid(),
+            "copies must tile the width"
+        );
     }
 
     #[test]
