@@ -14,9 +14,10 @@
 //! * a 16 TiB volume on sparse files writes, flushes and reads back at both ends.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
-use stripestore::device::{FileDevice, MemDevice, PowerCut, SharedDevice};
+use std::sync::Mutex;
+use stripestore::device::{Device, DeviceError, FileDevice, MemDevice, PowerCut, SharedDevice};
 use stripestore::geometry::{Geometry, Layout};
 use stripestore::meta::MapOptions;
 use stripestore::types::{ShardIndex, SlotId};
@@ -387,6 +388,99 @@ fn planted_commit_before_rows_durable_is_caught() {
     eprintln!("caught: {caught:?}");
 }
 
+/// Flush `keys` at version 1, write version 2 over them unflushed, then cut the power after
+/// `cut` device operations of `step` (a sync, or the writes themselves when a small dirty limit
+/// makes a write run a sync); after the crash every key reads version 1 or 2. The number of
+/// cut points at which `step` was cut (0: `cut` is past its end).
+fn cut_during(
+    layout: &str,
+    members: usize,
+    keys: &[u64],
+    options: &VolumeOptions,
+    cut: i64,
+    explicit_sync: bool,
+) -> Result<bool, String> {
+    let rig = Rig::new(layout, members);
+    let mut volume = rig.create(options);
+    for key in keys {
+        volume
+            .write(&rig.devices, key * B as u64, &pattern(*key, 1))
+            .unwrap();
+    }
+    volume.flush(&rig.devices).unwrap();
+    rig.countdown.store(cut, Ordering::SeqCst);
+    let mut outcome: stripestore::Result<()> = Ok(());
+    for key in keys {
+        outcome =
+            outcome.and_then(|()| volume.write(&rig.devices, key * B as u64, &pattern(*key, 2)));
+    }
+    if explicit_sync {
+        outcome = outcome.and_then(|()| volume.sync(&rig.devices).map(|_| ()));
+    }
+    let was_cut = rig.countdown.load(Ordering::SeqCst) <= 0;
+    if !was_cut {
+        outcome.map_err(|e| format!("cut {cut}: {e}"))?;
+    }
+    drop(volume);
+    rig.crash(cut as u64 * 7 + 3);
+    let volume = rig.open(options);
+    for key in keys {
+        let mut found = vec![0u8; B];
+        volume
+            .read(&rig.devices, key * B as u64, &mut found)
+            .map_err(|e| format!("{layout} cut {cut}: block {key}: {e}"))?;
+        if found != pattern(*key, 1) && found != pattern(*key, 2) {
+            return Err(format!(
+                "{layout} cut {cut}: block {key} reads neither version"
+            ));
+        }
+    }
+    Ok(was_cut)
+}
+
+#[test]
+fn a_power_cut_at_every_operation_of_a_sync_keeps_every_flushed_block() {
+    let keys: Vec<u64> = (0..8).collect();
+    for (layout, members) in LAYOUTS {
+        let mut cut = 1;
+        while cut_during(layout, members, &keys, &options(), cut, true).unwrap() {
+            cut += 1;
+        }
+        assert!(cut > 10, "{layout}: the sync had only {cut} operations");
+    }
+}
+
+#[test]
+fn a_power_cut_inside_a_sync_that_a_write_runs_keeps_every_flushed_block() {
+    // A dirty limit of 2 pages and one key per map leaf: the writes of version 2 run a sync.
+    let small = VolumeOptions {
+        map: MapOptions {
+            sync_pages_max: Some(2),
+            ..options().map
+        },
+        ..options()
+    };
+    for (layout, members) in [("rs:4+2", 6)] {
+        let rig = Rig::new(layout, members);
+        let mut volume = rig.create(&small);
+        let leaves = volume.volume_bytes() / B as u64 / 1024;
+        let keys: Vec<u64> = (0..leaves).map(|leaf| leaf * 1024 + 7).collect();
+        assert!(keys.len() >= 3, "{layout}: {} leaves", keys.len());
+        let txg = volume.map().txg();
+        for key in &keys {
+            volume
+                .write(&rig.devices, key * B as u64, &pattern(*key, 1))
+                .unwrap();
+        }
+        assert!(volume.map().txg() > txg, "{layout}: the writes ran no sync");
+        let mut cut = 1;
+        while cut_during(layout, members, &keys, &small, cut, false).unwrap() {
+            cut += 1;
+        }
+        assert!(cut > 10, "{layout}: only {cut} operations");
+    }
+}
+
 /// Write blocks 0..8 with known bytes and flush; the volume and what was written.
 fn written(rig: &Rig, options: &VolumeOptions) -> (Volume, Vec<Vec<u8>>) {
     let mut volume = rig.create(options);
@@ -706,4 +800,241 @@ fn a_16_tib_volume_on_sparse_files_writes_and_reads_back_at_both_ends() {
     let mut last = vec![0xffu8; 100];
     volume.read(&devices, size - 100, &mut last).unwrap();
     assert_eq!(last, vec![0u8; 100], "never written: zeros");
+}
+
+/// A member whose reads fail over chosen ranges and whose writes fail while `fail_writes`.
+#[derive(Debug)]
+struct Flaky {
+    inner: SharedDevice,
+    bad_reads: Mutex<Vec<std::ops::Range<u64>>>,
+    fail_writes: AtomicBool,
+}
+
+impl Flaky {
+    fn new(inner: SharedDevice) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            bad_reads: Mutex::new(Vec::new()),
+            fail_writes: AtomicBool::new(false),
+        })
+    }
+}
+
+impl Device for Flaky {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
+        let end = offset + buf.len() as u64;
+        if self
+            .bad_reads
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|r| r.start < end && offset < r.end)
+        {
+            return Err(DeviceError::Io(std::io::Error::other("injected EIO")));
+        }
+        self.inner.read_at(offset, buf)
+    }
+    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), DeviceError> {
+        if self.fail_writes.load(Ordering::SeqCst) {
+            return Err(DeviceError::Io(std::io::Error::other("injected write EIO")));
+        }
+        // A rewrite remaps a bad sector: the range reads again.
+        let end = offset + buf.len() as u64;
+        self.bad_reads
+            .lock()
+            .unwrap()
+            .retain(|r| !(r.start >= offset && r.end <= end));
+        self.inner.write_at(offset, buf)
+    }
+    fn flush(&self) -> Result<(), DeviceError> {
+        self.inner.flush()
+    }
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+}
+
+fn flaky_rig(layout: &str, members: usize) -> (Rig, Vec<Arc<Flaky>>) {
+    let mut rig = Rig::new(layout, members);
+    let flaky: Vec<Arc<Flaky>> = rig
+        .devices
+        .iter()
+        .map(|d| Flaky::new(d.clone().unwrap()))
+        .collect();
+    rig.devices = flaky
+        .iter()
+        .map(|f| Some(f.clone() as SharedDevice))
+        .collect();
+    (rig, flaky)
+}
+
+#[test]
+fn an_io_error_on_a_read_run_is_read_around_named_and_healed_by_a_rewrite() {
+    for (layout, members) in LAYOUTS {
+        let (rig, flaky) = flaky_rig(layout, members);
+        let (volume, blocks) = written(&rig, &options());
+        // Every place of block 2 but one copy (mirrors) or its own shard and one parity (rs)
+        // fails to read.
+        let places = if rig.places_of(&volume, 2).len() > 1 {
+            let mut p = rig.places_of(&volume, 2);
+            p.pop();
+            p
+        } else {
+            // Its own shard and tolerance - 1 others of its row.
+            row_places(&rig, &volume, 2)[..rig.geometry.tolerance()].to_vec()
+        };
+        for (device, at) in &places {
+            flaky[*device]
+                .bad_reads
+                .lock()
+                .unwrap()
+                .push(*at..*at + B as u64);
+        }
+        let mut all = vec![0u8; 8 * B];
+        volume.read(&rig.devices, 0, &mut all).unwrap();
+        assert_eq!(
+            all,
+            blocks.concat(),
+            "{layout}: a failed run is read around"
+        );
+        let counters = volume.counters();
+        assert!(counters.rebuilt_blocks >= 1, "{layout}");
+        for (device, at) in &places {
+            let open = flaky[*device]
+                .bad_reads
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|r| r.start == *at);
+            // The first copy tried and every unreadable source met is rewritten.
+            assert!(
+                !open || places.len() > 1,
+                "{layout}: member {device} at {at} was not healed"
+            );
+        }
+        // Beyond the tolerance: the error names each place and why.
+        let (rig, flaky) = flaky_rig(layout, members);
+        let (volume, _) = written(&rig, &options());
+        let all_places = if rig.places_of(&volume, 4).len() > 1 {
+            rig.places_of(&volume, 4)
+        } else {
+            row_places(&rig, &volume, 4)[..=rig.geometry.tolerance()].to_vec()
+        };
+        for (device, at) in &all_places {
+            flaky[*device]
+                .bad_reads
+                .lock()
+                .unwrap()
+                .push(*at..*at + B as u64);
+        }
+        let mut one = vec![0u8; B];
+        match volume.read(&rig.devices, 4 * B as u64, &mut one) {
+            Err(Error::UnrecoverableBlock {
+                lost_devices,
+                good,
+                needed,
+                ..
+            }) => {
+                assert!(good < needed, "{layout}: {good} good of {needed} needed");
+                assert!(
+                    lost_devices
+                        .iter()
+                        .filter(|d| d.ends_with("I/O error"))
+                        .count()
+                        >= all_places.len().min(2),
+                    "{layout}: {lost_devices:?}"
+                );
+            }
+            other => panic!("{layout}: expected UnrecoverableBlock, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_member_that_fails_writes_is_written_past_within_the_tolerance_and_counted() {
+    for (layout, members) in LAYOUTS {
+        let (rig, flaky) = flaky_rig(layout, members);
+        let (mut volume, mut blocks) = written(&rig, &options());
+        flaky[members - 1].fail_writes.store(true, Ordering::SeqCst);
+        // Full rows (every member gets a shard), then single blocks.
+        for key in 0..8u64 {
+            blocks[key as usize] = pattern(key, 3);
+        }
+        volume
+            .write(&rig.devices, 0, &blocks.concat())
+            .unwrap_or_else(|e| panic!("{layout}: one failing member failed a write: {e}"));
+        for key in [1u64, 6] {
+            blocks[key as usize] = pattern(key, 5);
+            volume
+                .write(&rig.devices, key * B as u64, &blocks[key as usize])
+                .unwrap_or_else(|e| panic!("{layout}: one failing member failed a write: {e}"));
+        }
+        let errors = volume.counters().member_write_errors;
+        assert!(errors[members - 1] > 0, "{layout}: {errors:?}");
+        assert!(
+            errors[..members - 1].iter().all(|e| *e == 0),
+            "{layout}: {errors:?}"
+        );
+        let mut all = vec![0u8; 8 * B];
+        volume.read(&rig.devices, 0, &mut all).unwrap();
+        assert_eq!(all, blocks.concat(), "{layout}");
+        // One more failing member than the tolerance: the write fails and changes nothing.
+        let tolerance = rig.geometry.tolerance();
+        for f in &flaky[members - 1 - tolerance..] {
+            f.fail_writes.store(true, Ordering::SeqCst);
+        }
+        // Two full rows touch every member.
+        let failed = volume.write(
+            &rig.devices,
+            0,
+            &[pattern(0, 4), pattern(1, 4)]
+                .concat()
+                .repeat(rig.geometry.data_chunks()),
+        );
+        assert!(
+            matches!(failed, Err(Error::Io { .. })),
+            "{layout}: {failed:?}"
+        );
+        volume.read(&rig.devices, 0, &mut all).unwrap();
+        assert_eq!(
+            all,
+            blocks.concat(),
+            "{layout}: a failed write changed nothing"
+        );
+    }
+}
+
+#[test]
+fn a_misdirected_or_lost_shard_write_fails_its_seed_and_is_rebuilt() {
+    for (layout, members) in LAYOUTS {
+        let rig = Rig::new(layout, members);
+        let (mut volume, mut blocks) = written(&rig, &options());
+        // Block 1's place receives block 6's bytes (a misdirected write), and block 5 is
+        // rewritten but its new place keeps what it held (a lost write).
+        let from = rig.places_of(&volume, 6)[0];
+        let bytes = rig.mems[from.0].peek(from.1, B);
+        let to = rig.places_of(&volume, 1)[0];
+        rig.mems[to.0].poke(to.1, &bytes);
+        blocks[5] = pattern(5, 9);
+        let keep: Vec<(usize, u64, Vec<u8>)> = {
+            volume
+                .write(&rig.devices, 5 * B as u64, &blocks[5])
+                .unwrap();
+            rig.places_of(&volume, 5)
+                .into_iter()
+                .take(1)
+                .map(|(d, at)| (d, at, vec![0u8; B]))
+                .collect()
+        };
+        for (device, at, old) in &keep {
+            rig.mems[*device].poke(*at, old);
+        }
+        let mut all = vec![0u8; 8 * B];
+        volume.read(&rig.devices, 0, &mut all).unwrap();
+        assert_eq!(all, blocks.concat(), "{layout}");
+        assert!(volume.counters().rebuilt_blocks >= 1, "{layout}");
+    }
 }

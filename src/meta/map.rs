@@ -1640,6 +1640,10 @@ impl MapStore {
         // The record goes first even when nothing is pending: it makes the sequence before
         // the sync's own durable, so a sync cut before its uberblock cannot have its sequence
         // handed out again after a restart (review finding 5; only a full half skips it).
+        // Round 1 (FORMAT.md V4.8, "What a tree sync does", step 1): the data rows the record
+        // names are made durable before it, or a power cut after the record could leave
+        // replayed pointers to rows that never landed (review of step 5b, B1).
+        flush_all(devices)?;
         let sequence = self.next_sequence;
         let mut unlogged = false;
         if self.log.append(devices, sequence, self.entries())? {

@@ -39,6 +39,7 @@ use crate::geometry::Geometry;
 use crate::meta::{CommitReport, MapOptions, MapStore, SyncReport};
 use place::{runs, Piece, Rows};
 use std::collections::hash_map::{Entry, HashMap};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 const BLOCK: u64 = BLOCK_BYTES as u64;
@@ -70,10 +71,12 @@ struct Counters {
     healed_shard_blocks: AtomicU64,
     heal_failures: AtomicU64,
     unrecoverable_blocks: AtomicU64,
+    /// Per member: row writes it failed.
+    member_write_errors: Vec<AtomicU64>,
 }
 
 /// A snapshot of a volume's counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VolumeCounters {
     /// Logical blocks written into rows.
     pub blocks_written: u64,
@@ -93,6 +96,8 @@ pub struct VolumeCounters {
     pub heal_failures: u64,
     /// Blocks that could not be returned.
     pub unrecoverable_blocks: u64,
+    /// Per member: row writes it failed (the rows were kept on the others).
+    pub member_write_errors: Vec<u64>,
 }
 
 /// A volume of format version 4 over its members (`None`: a member that is absent).
@@ -157,7 +162,10 @@ impl Volume {
             map,
             blocks,
             read_only: options.map.read_only,
-            counters: Counters::default(),
+            counters: Counters {
+                member_write_errors: (0..geometry.devices).map(|_| AtomicU64::new(0)).collect(),
+                ..Counters::default()
+            },
             #[cfg(feature = "testing")]
             skip_block_verification: options.skip_block_verification,
             #[cfg(feature = "testing")]
@@ -219,6 +227,7 @@ impl Volume {
             healed_shard_blocks: get(&c.healed_shard_blocks),
             heal_failures: get(&c.heal_failures),
             unrecoverable_blocks: get(&c.unrecoverable_blocks),
+            member_write_errors: c.member_write_errors.iter().map(get).collect(),
         }
     }
 
@@ -266,6 +275,21 @@ impl Volume {
                 .map(|(d, _)| format!("member {d}"))
                 .collect(),
         })
+    }
+
+    /// Whether a row of `n` data blocks whose shard `s` landed when `landed(s)` can be read
+    /// whole: every written chunk has a copy (mirror, raid10), or K shards are there, the
+    /// never-written chunks of a narrow row counting as zeros (rs).
+    fn row_readable(&self, n: usize, landed: impl Fn(usize) -> bool) -> bool {
+        let width = self.rows.geometry().width();
+        if self.codec.parity_chunks() == 0 {
+            (0..n).all(|j| self.rows.shards_of(j).any(&landed))
+        } else {
+            (0..width)
+                .filter(|s| self.rows.unwritten(*s, n) || landed(*s))
+                .count()
+                >= self.rows.k()
+        }
     }
 
     /// Write `data` at byte `offset` of the volume (durable at the next [`Volume::flush`]).
@@ -363,7 +387,11 @@ impl Volume {
             match self.map.next_row() {
                 Ok(place) => planned.push((place, start, k.min(count - start))),
                 Err(e) => {
-                    self.map.abandon_open_slot();
+                    // Rows handed out for this write will not be noted: no later row of
+                    // their slot may be (rows reach a slot record in order).
+                    if !planned.is_empty() {
+                        self.map.abandon_open_slot();
+                    }
                     return Err(e);
                 }
             }
@@ -404,9 +432,44 @@ impl Volume {
                 }
             }
         }
-        if let Err(e) = write_runs(devices, &pieces, &shards) {
-            self.map.abandon_open_slot();
-            return Err(e);
+        // A member that fails a write is left behind like an absent one while every row stays
+        // readable without it (its stale places fail their crcs and are rebuilt and healed
+        // when read); the pool's fault policy sees the error counts. Beyond the tolerance
+        // the write fails and its rows are never noted.
+        let failures = write_runs(devices, &pieces, &shards);
+        if !failures.is_empty() {
+            for failure in &failures {
+                if let Some(count) = self.counters.member_write_errors.get(failure.member) {
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::warn!(
+                    device = %failure.name, offset = failure.offset, error = %failure.error,
+                    "row write failed on a member"
+                );
+            }
+            let failed: HashSet<usize> = failures
+                .iter()
+                .flat_map(|f| f.pieces.iter().copied())
+                .collect();
+            let landed: HashSet<usize> = pieces
+                .iter()
+                .map(|p| p.index)
+                .filter(|i| !failed.contains(i))
+                .collect();
+            let readable = planned
+                .iter()
+                .enumerate()
+                .all(|(i, (_, _, n))| self.row_readable(*n, |s| landed.contains(&(i * width + s))));
+            if !readable {
+                self.map.abandon_open_slot();
+                if let Some(failure) = failures.into_iter().next() {
+                    return Err(Error::Io {
+                        device: failure.name,
+                        offset: Some(failure.offset),
+                        source: failure.error,
+                    });
+                }
+            }
         }
         // Every row is noted before any pointer changes: a sync that a pointer change runs
         // then finds every row of this write already noted.
@@ -465,7 +528,11 @@ impl Volume {
             self.write(devices, end_whole * BLOCK, &zeros(end - end_whole * BLOCK))?;
         }
         for key in first_whole..end_whole {
-            self.map.trim(devices, key)?;
+            // A block that already reads zeros (never written, or trimmed) is left alone: a
+            // discard of an unwritten range dirties no page.
+            if !self.map.get(devices, key)?.reads_zeros() {
+                self.map.trim(devices, key)?;
+            }
         }
         Ok(())
     }
@@ -502,9 +569,24 @@ impl Volume {
     }
 }
 
+/// A row write that failed on one member.
+#[derive(Debug)]
+struct WriteFailure {
+    /// The pieces (`row × width + shard`) of the failed request.
+    pieces: Vec<usize>,
+    member: usize,
+    name: String,
+    offset: u64,
+    error: std::io::Error,
+}
+
 /// Write every piece (4 KiB of `bytes` at `index × 4 KiB`), one request per run, all runs
-/// submitted together (io_uring where the device has it); the first failure, named.
-fn write_runs(devices: &[Option<SharedDevice>], pieces: &[Piece], bytes: &[u8]) -> Result<()> {
+/// submitted together (io_uring where the device has it); every failure, named.
+fn write_runs(
+    devices: &[Option<SharedDevice>],
+    pieces: &[Piece],
+    bytes: &[u8],
+) -> Vec<WriteFailure> {
     let runs = runs(pieces.to_vec());
     let buffers: Vec<Vec<u8>> = runs
         .iter()
@@ -516,20 +598,24 @@ fn write_runs(devices: &[Option<SharedDevice>], pieces: &[Piece], bytes: &[u8]) 
         })
         .collect();
     let mut ops = Vec::with_capacity(runs.len());
+    let mut issued = Vec::with_capacity(runs.len());
     for (run, buffer) in runs.iter().zip(&buffers) {
         if let Some(Some(device)) = run.first().and_then(|p| devices.get(p.device)) {
             ops.push(BatchOp::write(device.as_ref(), run[0].offset, buffer));
+            issued.push(run);
         }
     }
     run_batch(&mut ops);
-    for op in ops {
-        if let Err(e) = op.result {
-            return Err(Error::Io {
-                device: op.device.name(),
-                offset: Some(op.offset),
-                source: e.into_io(),
-            });
-        }
-    }
-    Ok(())
+    ops.into_iter()
+        .zip(issued)
+        .filter_map(|(op, run)| {
+            op.result.err().map(|e| WriteFailure {
+                pieces: run.iter().map(|p| p.index).collect(),
+                member: run[0].device,
+                name: op.device.name(),
+                offset: op.offset,
+                error: e.into_io(),
+            })
+        })
+        .collect()
 }

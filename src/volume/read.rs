@@ -24,13 +24,52 @@ struct Found {
     heal: Vec<(usize, Vec<u8>)>,
 }
 
-/// What happened to one shard-block while rebuilding a block.
+/// Why a shard-block could not serve a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Problem {
+    /// Its member is not present.
+    Absent,
+    /// The read failed (an I/O error).
+    Unreadable,
+    /// It was read and failed its crc.
+    Checksum,
+}
+
+/// What was found while rebuilding one block.
 #[derive(Debug, Default)]
 struct Tally {
-    /// `(shard, device name and offset)` of shard-blocks that were absent, unreadable or bad.
-    lost: Vec<(usize, String)>,
-    /// Shards whose place holds bad bytes on a present device (to heal).
+    /// Each shard-block that was absent, unreadable or bad: `member M at byte B: why`.
+    lost: Vec<String>,
+    /// Shards to heal: unreadable or bad on a present member (a rewrite also remaps a bad
+    /// sector).
     bad: Vec<usize>,
+    /// Sources that verified, and how many the block needs (1 copy; K shards of a row).
+    good: usize,
+    needed: usize,
+    /// The row's crcs are not recorded (or name another birth): nothing to rebuild from.
+    row_unknown: bool,
+}
+
+impl Tally {
+    fn note(&mut self, volume: &Volume, want: &Wanted, shard: usize, problem: Problem) {
+        if problem != Problem::Absent {
+            volume
+                .counters
+                .bad_shard_blocks
+                .fetch_add(1, Ordering::Relaxed);
+            self.bad.push(shard);
+        }
+        let (device, offset) = volume
+            .rows
+            .shard_block(want.place.slot, shard, want.place.row);
+        let why = match problem {
+            Problem::Absent => "absent",
+            Problem::Unreadable => "I/O error",
+            Problem::Checksum => "checksum mismatch",
+        };
+        self.lost
+            .push(format!("member {} at byte {offset}: {why}", device.0));
+    }
 }
 
 impl Volume {
@@ -102,7 +141,7 @@ impl Volume {
                 None => missing.push(w),
             }
         }
-        let mut failed: Vec<(usize, Option<usize>)> =
+        let mut failed: Vec<(usize, Option<(usize, Problem)>)> =
             missing.into_iter().map(|w| (w, None)).collect();
         let runs = runs(pieces);
         let mut buffers: Vec<Vec<u8>> = runs
@@ -129,15 +168,16 @@ impl Volume {
                 let want = &wanted[piece.index];
                 let shard = self.shard_at(want, piece.device);
                 let bytes = &buffer[i * BLOCK_BYTES..(i + 1) * BLOCK_BYTES];
-                if read_ok && self.verifies(want, shard, bytes) {
+                let problem = if !read_ok {
+                    Problem::Unreadable
+                } else if self.verifies(want, shard, bytes) {
                     out[want.index * BLOCK_BYTES..(want.index + 1) * BLOCK_BYTES]
                         .copy_from_slice(bytes);
+                    continue;
                 } else {
-                    self.counters
-                        .bad_shard_blocks
-                        .fetch_add(1, Ordering::Relaxed);
-                    failed.push((piece.index, Some(shard)));
-                }
+                    Problem::Checksum
+                };
+                failed.push((piece.index, Some((shard, problem))));
             }
         }
         self.counters
@@ -194,20 +234,20 @@ impl Volume {
             == want.pointer.crc()
     }
 
-    /// Return a block whose first copy failed (`tried`) or could not be read, from another
-    /// copy or the rest of its row; heal what was bad.
+    /// Return a block whose first copy failed (`tried`, with why) or could not be read, from
+    /// another copy or the rest of its row; heal what was bad.
     fn recover(
         &self,
         devices: &[Option<SharedDevice>],
         want: &Wanted,
-        tried: Option<usize>,
+        tried: Option<(usize, Problem)>,
         block: &mut [u8],
     ) -> Result<()> {
         let mut tally = Tally::default();
-        if let Some(shard) = tried {
-            tally.lost.push((shard, self.describe(want, shard)));
-            tally.bad.push(shard);
+        if let Some((shard, problem)) = tried {
+            tally.note(self, want, shard, problem);
         }
+        let tried = tried.map(|(shard, _)| shard);
         let found = if self.rows.shards_of(want.place.chunk).len() > 1 {
             self.recover_from_copies(devices, want, tried, &mut tally)
         } else {
@@ -224,28 +264,26 @@ impl Volume {
         Ok(())
     }
 
-    fn describe(&self, want: &Wanted, shard: usize) -> String {
-        let (device, offset) = self
-            .rows
-            .shard_block(want.place.slot, shard, want.place.row);
-        format!("member {} at byte {offset}", device.0)
-    }
-
-    /// Read shard-block `shard` of the block's row (`None`: absent or unreadable).
+    /// Read shard-block `shard` of the block's row.
     fn read_shard(
         &self,
         devices: &[Option<SharedDevice>],
         place: BlockPlace,
         shard: usize,
-    ) -> Option<Vec<u8>> {
+    ) -> std::result::Result<Vec<u8>, Problem> {
         let (device, offset) = self.rows.shard_block(place.slot, shard, place.row);
-        let device = devices.get(device.0)?.as_ref()?;
+        let Some(Some(device)) = devices.get(device.0) else {
+            return Err(Problem::Absent);
+        };
         let mut bytes = vec![0u8; BLOCK_BYTES];
-        device.read_at(offset, &mut bytes).ok()?;
-        Some(bytes)
+        device
+            .read_at(offset, &mut bytes)
+            .map_err(|_| Problem::Unreadable)?;
+        Ok(bytes)
     }
 
-    /// Mirror and raid10: the first other copy that verifies.
+    /// Mirror and raid10: the first other copy that verifies; every copy found bad or
+    /// unreadable on a present member is healed with it.
     fn recover_from_copies(
         &self,
         devices: &[Option<SharedDevice>],
@@ -253,33 +291,31 @@ impl Volume {
         tried: Option<usize>,
         tally: &mut Tally,
     ) -> Option<Found> {
+        let shards = self.rows.shards_of(want.place.chunk);
+        tally.needed = 1;
         let mut good = None;
-        for shard in self.rows.shards_of(want.place.chunk) {
+        for shard in shards.clone() {
             if Some(shard) == tried {
                 continue;
             }
             match self.read_shard(devices, want.place, shard) {
-                Some(bytes) if self.verifies(want, shard, &bytes) => {
+                Ok(bytes) if self.verifies(want, shard, &bytes) => {
                     good = Some(bytes);
                     break;
                 }
-                Some(_) => {
-                    self.counters
-                        .bad_shard_blocks
-                        .fetch_add(1, Ordering::Relaxed);
-                    tally.lost.push((shard, self.describe(want, shard)));
-                    tally.bad.push(shard);
-                }
-                None => tally.lost.push((shard, self.describe(want, shard))),
+                Ok(_) => tally.note(self, want, shard, Problem::Checksum),
+                Err(problem) => tally.note(self, want, shard, problem),
             }
         }
+        tally.good = shards.len() - tally.lost.len();
         let bytes = good?;
         let heal = tally.bad.iter().map(|s| (*s, bytes.clone())).collect();
         Some(Found { bytes, heal })
     }
 
     /// Reed-Solomon: every other shard-block of the row verified against the row's crcs,
-    /// the block rebuilt from K of them and checked against its pointer.
+    /// the block rebuilt from K of them and checked against its pointer; every shard-block
+    /// found bad or unreadable on a present member is healed with its rebuilt content.
     fn recover_from_row(
         &self,
         devices: &[Option<SharedDevice>],
@@ -288,10 +324,13 @@ impl Volume {
         tally: &mut Tally,
     ) -> Result<Option<Found>> {
         let place = want.place;
+        tally.needed = self.rows.k();
         let Some((birth, n, crcs)) = self.map.row_crcs(devices, place.slot, place.row)? else {
+            tally.row_unknown = true;
             return Ok(None);
         };
         if birth != want.pointer.birth() {
+            tally.row_unknown = true;
             return Ok(None);
         }
         let width = self.rows.geometry().width();
@@ -306,33 +345,20 @@ impl Volume {
                 continue;
             }
             match self.read_shard(devices, place, s) {
-                Some(bytes)
-                    if self.rows.crc(place.slot, s, place.row, birth, &bytes) == crcs[s] =>
-                {
+                Ok(bytes) if self.rows.crc(place.slot, s, place.row, birth, &bytes) == crcs[s] => {
                     shards[s] = bytes;
                     present[s] = true;
                 }
-                Some(_) => {
-                    self.counters
-                        .bad_shard_blocks
-                        .fetch_add(1, Ordering::Relaxed);
-                    tally.lost.push((s, self.describe(want, s)));
-                    tally.bad.push(s);
-                }
-                None => {
-                    if !tally.lost.iter().any(|(l, _)| *l == s) {
-                        tally.lost.push((s, self.describe(want, s)));
-                    }
-                }
+                Ok(_) => tally.note(self, want, s, Problem::Checksum),
+                Err(problem) => tally.note(self, want, s, problem),
             }
         }
-        let good = present.iter().filter(|p| **p).count();
-        if good < self.rows.k() || !self.codec.reconstruct(&mut shards, &mut present) {
+        tally.good = present.iter().filter(|p| **p).count();
+        if tally.good < tally.needed || !self.codec.reconstruct(&mut shards, &mut present) {
             return Ok(None);
         }
-        let target = place.chunk;
-        let bytes = shards[target].clone();
-        if !self.verifies(want, target, &bytes) {
+        let bytes = shards[place.chunk].clone();
+        if !self.verifies(want, place.chunk, &bytes) {
             return Ok(None);
         }
         let heal = tally
@@ -383,13 +409,16 @@ fn unrecoverable(volume: &Volume, want: &Wanted, tally: &Tally) -> Error {
         .counters
         .unrecoverable_blocks
         .fetch_add(1, Ordering::Relaxed);
-    let width = volume.rows.geometry().width();
+    let mut lost_devices = tally.lost.clone();
+    if tally.row_unknown {
+        lost_devices.push("the row's checksums are not recorded for this block's birth".into());
+    }
     Error::UnrecoverableBlock {
         volume_offset: want.key * BLOCK,
         slot: want.place.slot,
         row: want.place.row,
-        good: width.saturating_sub(tally.lost.len()),
-        needed: volume.rows.k(),
-        lost_devices: tally.lost.iter().map(|(_, d)| d.clone()).collect(),
+        good: tally.good,
+        needed: tally.needed,
+        lost_devices,
     }
 }

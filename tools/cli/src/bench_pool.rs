@@ -434,6 +434,11 @@ fn own_measure(
                 ..Outcome::default()
             }
         }
+        Pattern::RandWrite { .. } => {
+            return Err(
+                "the weaker baseline has no random writes (bench-smallwrite uses fio)".into(),
+            )
+        }
     };
     Ok(outcome)
 }
@@ -600,6 +605,9 @@ impl Client<'_> {
                         bytes: 0,
                         latency: None,
                     })
+                }
+                Pattern::RandWrite { .. } => {
+                    Err("random writes of the pool are measured by bench-smallwrite".into())
                 }
             },
             Client::Nbd {

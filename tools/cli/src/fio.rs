@@ -22,6 +22,9 @@ pub enum Pattern {
     SeqRead,
     /// Uniformly random reads.
     RandRead,
+    /// Uniformly random writes, with an fsync (NBD: a flush) after every `fsync_every` writes
+    /// when set.
+    RandWrite { fsync_every: Option<u32> },
 }
 
 impl Pattern {
@@ -30,7 +33,12 @@ impl Pattern {
             Pattern::SeqWrite => "write",
             Pattern::SeqRead => "read",
             Pattern::RandRead => "randread",
+            Pattern::RandWrite { .. } => "randwrite",
         }
+    }
+
+    fn writes(self) -> bool {
+        matches!(self, Pattern::SeqWrite | Pattern::RandWrite { .. })
     }
 }
 
@@ -122,6 +130,12 @@ impl Job {
         if self.pattern == Pattern::SeqWrite {
             args.push("--end_fsync=1".to_string());
         }
+        if let Pattern::RandWrite {
+            fsync_every: Some(n),
+        } = self.pattern
+        {
+            args.push(format!("--fsync={n}"));
+        }
         if let Some(seconds) = self.seconds {
             args.push("--time_based".to_string());
             args.push(format!(
@@ -192,7 +206,7 @@ impl Job {
         }
         let text = std::fs::read_to_string(&output)?;
         let _ = std::fs::remove_file(&output);
-        parse_report(&text, self.pattern == Pattern::SeqWrite)
+        parse_report(&text, self.pattern.writes())
             .map_err(|why| format!("fio {}: {why}", args.join(" ")).into())
     }
 }

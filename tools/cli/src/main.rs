@@ -12,6 +12,7 @@ mod bench_metadata;
 mod bench_nbd;
 mod bench_pool;
 mod bench_scrub;
+mod bench_smallwrite;
 mod demo;
 mod fio;
 mod import;
@@ -342,6 +343,10 @@ enum Command {
     /// create and open time, peak RSS, bytes per flush, pages per sync, open after a kill,
     /// cold and warm lookups (the map alone; the pool does not use it yet).
     BenchMetadata(bench_metadata::BenchMetadataArgs),
+    /// Measure 4 KiB random writes on the data path of format version 4 (the library, not
+    /// yet mounted) against fio's random writes on one member file, in one run, with and
+    /// without a flush every 32 writes.
+    BenchSmallwrite(bench_smallwrite::BenchSmallwriteArgs),
     /// Run deterministic disk-failure simulations: seeded workloads with injected faults and
     /// crashes, checked against a model after every step.
     Simulate(simulate::SimulateArgs),
@@ -722,6 +727,7 @@ fn execute(command: Command) -> CliResult {
         } => demo::run(&layout, device_size, dir.as_deref()),
         Command::Simulate(args) => simulate::run(&args),
         Command::BenchMetadata(args) => bench_metadata::run(&args).map_err(Into::into),
+        Command::BenchSmallwrite(args) => bench_smallwrite::run(&args).map_err(Into::into),
         Command::Serve(args) => serve::run(args),
     }
 }

@@ -1,0 +1,391 @@
+//! `stripestore bench-smallwrite`: 4 KiB random writes on the data path of format version 4
+//! (`stripestore::volume`) against the member device's best, in one run.
+//!
+//! * **Raw**: fio, `io_uring`, direct, 4 KiB random writes at the queue depth given, over one
+//!   whole preallocated member file (with `--fsync=N` in the fsync case): what one disk does.
+//! * **Library**: a `Volume` on the six (or two) preallocated member files opened with
+//!   io_uring and `O_DIRECT`, written with groups of `depth / 2` random 4 KiB writes (the
+//!   steady state of a server at that depth, docs/FORMAT.md V4.6 "Packer policy": half the
+//!   requests are being acknowledged and re-issued while the other half are on the devices),
+//!   a flush after every N writes in the fsync case. At the end a sample of blocks is read
+//!   back and compared with what was last written to them.
+//!
+//! What it does not measure yet: the mounted path (the NBD server serves pools of format
+//! version 3; the pool does not use the version-4 volume yet), concurrent groups, the
+//! cleaner (the span is written for a few seconds into a fresh volume, so no segment needs
+//! cleaning).
+
+use crate::bench::spread;
+use crate::fio::{self, Job, Pattern, Target};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use stripestore::device::{open_device, SharedDevice};
+use stripestore::geometry::{Geometry, Layout};
+use stripestore::types::parse_size;
+use stripestore::volume::{Volume, VolumeOptions, BLOCK_BYTES};
+
+const POOL: [u8; 16] = *b"bench-smallwrite";
+const TIMELINE: u64 = 0x736d_616c_6c00;
+const CHUNK: u64 = 16 << 10;
+const UBERBLOCK_SLOTS: u64 = 128;
+const LOG_HALF: u64 = 8 << 20;
+const SAMPLE: usize = 512;
+
+/// Arguments of `stripestore bench-smallwrite`.
+#[derive(clap::Args, Debug)]
+pub struct BenchSmallwriteArgs {
+    /// Layouts (rs:K+M on K+M members, mirror:N on N), comma-separated.
+    #[arg(long, default_value = "rs:4+2,mirror:2", value_delimiter = ',')]
+    layouts: Vec<String>,
+    /// Size of each member file (preallocated).
+    #[arg(long, default_value = "1G", value_parser = parse_size)]
+    member_size: u64,
+    /// Bytes of the volume the random writes cover.
+    #[arg(long, default_value = "512M", value_parser = parse_size)]
+    span: u64,
+    /// Queue depth of the raw baseline; the library writes groups of half of it.
+    #[arg(long, default_value = "16")]
+    depth: u32,
+    /// Flush after every N writes; 0 = never (comma-separated: each is measured).
+    #[arg(long, default_value = "0,32", value_delimiter = ',')]
+    fsync_every: Vec<u32>,
+    /// Seconds per measurement.
+    #[arg(long, default_value = "5")]
+    seconds: f64,
+    /// Repetitions (medians and min–max are reported).
+    #[arg(long, default_value = "3")]
+    runs: usize,
+    /// Where the member files go (default: a temporary directory under /var/tmp).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One measurement of the library path.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+struct LibraryRun {
+    iops: f64,
+    group_p50_us: f64,
+    group_p99_us: f64,
+    blocks_per_row: f64,
+    narrow_rows: f64,
+    /// Tree syncs per 1000 writes (a sync runs when the dirty pages reach the pool's
+    /// `sync_pages_max`, or a flush's record does not fit).
+    syncs_per_1000: f64,
+}
+
+/// The figures of one layout and fsync setting over all runs.
+#[derive(Debug, Serialize)]
+struct Case {
+    layout: String,
+    fsync_every: u32,
+    depth: u32,
+    group: usize,
+    raw_iops: Vec<f64>,
+    library: Vec<LibraryRun>,
+    ratio_median: f64,
+}
+
+fn members_of(layout: Layout) -> usize {
+    match layout {
+        Layout::Mirror { copies } => copies,
+        Layout::Raid10 { copies } => 2 * copies,
+        Layout::ReedSolomon { data, parity } => data + parity,
+    }
+}
+
+/// Create `count` preallocated member files in `dir` (fio's raw baseline is a preallocated
+/// file: a sparse one adds filesystem allocation to every first write).
+fn preallocate(dir: &Path, count: usize, bytes: u64) -> Result<Vec<PathBuf>, String> {
+    (0..count)
+        .map(|i| {
+            let path = dir.join(format!("member{i}"));
+            let ran = Command::new("fallocate")
+                .args(["-l", &bytes.to_string()])
+                .arg(&path)
+                .output()
+                .map_err(|e| format!("fallocate (util-linux) could not run: {e}"))?;
+            if !ran.status.success() {
+                return Err(format!(
+                    "fallocate {}: {}",
+                    path.display(),
+                    String::from_utf8_lossy(&ran.stderr).trim()
+                ));
+            }
+            Ok(path)
+        })
+        .collect()
+}
+
+/// The bytes of block `key` written as version `tag`.
+fn block_of(key: u64, tag: u64, out: &mut [u8]) {
+    let mut x = key.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ tag.wrapping_add(1);
+    for chunk in out.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let at = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[at.min(sorted.len() - 1)]
+}
+
+/// Random 4 KiB writes in groups for `seconds` on a fresh volume over `paths`.
+fn library_run(
+    layout: Layout,
+    paths: &[PathBuf],
+    args: &BenchSmallwriteArgs,
+    fsync_every: u32,
+    seed: u64,
+) -> Result<LibraryRun, String> {
+    let devices: Vec<Option<SharedDevice>> = paths
+        .iter()
+        .map(|p| open_device(p, None).map(Some))
+        .collect::<stripestore::Result<_>>()
+        .map_err(|e| e.to_string())?;
+    let geometry = Geometry::new_v4(
+        layout,
+        paths.len(),
+        CHUNK,
+        args.member_size,
+        UBERBLOCK_SLOTS,
+        LOG_HALF,
+    )
+    .map_err(|e| e.to_string())?;
+    let mut volume = Volume::create(
+        &devices,
+        POOL,
+        &geometry,
+        TIMELINE,
+        &VolumeOptions::default(),
+    )
+    .map_err(|e| e.to_string())?;
+    let blocks = args.span.min(volume.volume_bytes()) / BLOCK_BYTES as u64;
+    if blocks == 0 {
+        return Err("the span holds no block".into());
+    }
+    let group = (args.depth as usize / 2).max(1);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut last: HashMap<u64, u64> = HashMap::new();
+    let mut buffers = vec![vec![0u8; BLOCK_BYTES]; group];
+    let mut latencies = Vec::new();
+    let mut written = 0u64;
+    let mut since_flush = 0u32;
+    let txg_before = volume.map().txg();
+    let deadline = Duration::from_secs_f64(args.seconds);
+    let started = Instant::now();
+    while started.elapsed() < deadline {
+        let keys: Vec<u64> = (0..group).map(|_| rng.gen_range(0..blocks)).collect();
+        for (key, buffer) in keys.iter().zip(buffers.iter_mut()) {
+            written += 1;
+            block_of(*key, written, buffer);
+            last.insert(*key, written);
+        }
+        let requests: Vec<(u64, &[u8])> = keys
+            .iter()
+            .zip(&buffers)
+            .map(|(key, buffer)| (key * BLOCK_BYTES as u64, buffer.as_slice()))
+            .collect();
+        let at = Instant::now();
+        volume
+            .write_group(&devices, &requests)
+            .map_err(|e| e.to_string())?;
+        since_flush += group as u32;
+        if fsync_every > 0 && since_flush >= fsync_every {
+            volume.flush(&devices).map_err(|e| e.to_string())?;
+            since_flush = 0;
+        }
+        latencies.push(at.elapsed().as_secs_f64() * 1e6);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    volume.flush(&devices).map_err(|e| e.to_string())?;
+    // Honesty check: a sample of blocks reads back as last written.
+    let mut expected = vec![0u8; BLOCK_BYTES];
+    let mut found = vec![0u8; BLOCK_BYTES];
+    for (key, tag) in last.iter().take(SAMPLE) {
+        block_of(*key, *tag, &mut expected);
+        volume
+            .read(&devices, key * BLOCK_BYTES as u64, &mut found)
+            .map_err(|e| e.to_string())?;
+        if found != expected {
+            return Err(format!("block {key} does not read back as last written"));
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    let counters = volume.counters();
+    Ok(LibraryRun {
+        iops: written as f64 / elapsed,
+        group_p50_us: percentile(&latencies, 0.5),
+        group_p99_us: percentile(&latencies, 0.99),
+        blocks_per_row: counters.blocks_written as f64 / counters.rows_written.max(1) as f64,
+        narrow_rows: counters.narrow_rows as f64 / counters.rows_written.max(1) as f64,
+        syncs_per_1000: (volume.map().txg() - txg_before) as f64 * 1000.0 / written.max(1) as f64,
+    })
+}
+
+/// Run the benchmark.
+///
+/// # Errors
+/// fio missing (or without io_uring), a member that cannot be made, a failed write or a
+/// block that does not read back.
+pub fn run(args: &BenchSmallwriteArgs) -> Result<(), String> {
+    let version = fio::available(&["io_uring"])?;
+    let base = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/var/tmp"));
+    let mut cases = Vec::new();
+    for name in &args.layouts {
+        let layout: Layout = name
+            .parse()
+            .map_err(|e: stripestore::Error| e.to_string())?;
+        let dir = tempfile::Builder::new()
+            .prefix("stripestore-bench-smallwrite-")
+            .tempdir_in(&base)
+            .map_err(|e| format!("{}: {e}", base.display()))?;
+        let paths = preallocate(dir.path(), members_of(layout), args.member_size)?;
+        for fsync_every in &args.fsync_every {
+            let mut case = Case {
+                layout: name.clone(),
+                fsync_every: *fsync_every,
+                depth: args.depth,
+                group: (args.depth as usize / 2).max(1),
+                raw_iops: Vec::new(),
+                library: Vec::new(),
+                ratio_median: 0.0,
+            };
+            for run in 0..args.runs {
+                let raw = Job {
+                    pattern: Pattern::RandWrite {
+                        fsync_every: (*fsync_every > 0).then_some(*fsync_every),
+                    },
+                    block_bytes: BLOCK_BYTES as u64,
+                    queue_depth: args.depth,
+                    target: Target::EachFile {
+                        paths: vec![paths[0].clone()],
+                        span_bytes: args.member_size,
+                        direct: true,
+                    },
+                    seconds: Some(args.seconds),
+                }
+                .run(dir.path())
+                .map_err(|e| e.to_string())?;
+                let ours = library_run(layout, &paths, args, *fsync_every, run as u64 + 1)?;
+                if !args.json {
+                    eprintln!(
+                        "bench-smallwrite: {name} fsync every {fsync_every}: run {}: raw {:.0} IOPS, volume {:.0} IOPS ({:.2})",
+                        run + 1,
+                        raw.iops,
+                        ours.iops,
+                        ours.iops / raw.iops
+                    );
+                }
+                case.raw_iops.push(raw.iops);
+                case.library.push(ours);
+            }
+            let ratios: Vec<f64> = case
+                .raw_iops
+                .iter()
+                .zip(&case.library)
+                .map(|(raw, ours)| ours.iops / raw)
+                .collect();
+            case.ratio_median = spread(&ratios).0;
+            cases.push(case);
+        }
+    }
+    if args.json {
+        let report = serde_json::json!({ "fio": version, "cases": cases });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<9} {:>6} {:>22} {:>22} {:>18} {:>16} {:>10}",
+        "layout",
+        "fsync",
+        "raw IOPS (min-max)",
+        "volume IOPS (min-max)",
+        "ratio (min-max)",
+        "group p50/p99 us",
+        "blocks/row"
+    );
+    for case in &cases {
+        let (raw, raw_lo, raw_hi) = spread(&case.raw_iops);
+        let iops: Vec<f64> = case.library.iter().map(|r| r.iops).collect();
+        let (ours, lo, hi) = spread(&iops);
+        let ratios: Vec<f64> = case
+            .raw_iops
+            .iter()
+            .zip(&iops)
+            .map(|(raw, ours)| ours / raw)
+            .collect();
+        let (_, r_lo, r_hi) = spread(&ratios);
+        let p50 = spread(
+            &case
+                .library
+                .iter()
+                .map(|r| r.group_p50_us)
+                .collect::<Vec<_>>(),
+        )
+        .0;
+        let p99 = spread(
+            &case
+                .library
+                .iter()
+                .map(|r| r.group_p99_us)
+                .collect::<Vec<_>>(),
+        )
+        .0;
+        let syncs = spread(
+            &case
+                .library
+                .iter()
+                .map(|r| r.syncs_per_1000)
+                .collect::<Vec<_>>(),
+        )
+        .0;
+        let per_row = spread(
+            &case
+                .library
+                .iter()
+                .map(|r| r.blocks_per_row)
+                .collect::<Vec<_>>(),
+        )
+        .0;
+        println!(
+            "{:<9} {:>6} {:>8.0} ({:.0}-{:.0}) {:>8.0} ({:.0}-{:.0}) {:>6.2} ({:.2}-{:.2}) {:>7.0}/{:<8.0} {:>10.2} {:>10.1}",
+            case.layout,
+            if case.fsync_every == 0 { "none".to_string() } else { case.fsync_every.to_string() },
+            raw,
+            raw_lo,
+            raw_hi,
+            ours,
+            lo,
+            hi,
+            case.ratio_median,
+            r_lo,
+            r_hi,
+            p50,
+            p99,
+            per_row,
+            syncs
+        );
+    }
+    println!("(fio {version}; raw = one member file, io_uring, direct, QD{}; the volume writes groups of {} and is not yet served over NBD)", args.depth, (args.depth as usize / 2).max(1));
+    Ok(())
+}
