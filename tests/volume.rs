@@ -1046,7 +1046,9 @@ fn a_narrow_row_is_rebuilt_from_the_slot_summary_after_a_sync_and_healed_to_the_
         let mut volume = rig.create(&options());
         // One block: a narrow row wherever K > 1; synced, so after the reopen its crcs come
         // from the slot summary, not from the log.
-        volume.write(&rig.devices, 9 * B as u64, &pattern(9, 1)).unwrap();
+        volume
+            .write(&rig.devices, 9 * B as u64, &pattern(9, 1))
+            .unwrap();
         volume.flush(&rig.devices).unwrap();
         volume.sync(&rig.devices).unwrap();
         drop(volume);
@@ -1064,6 +1066,9 @@ fn a_narrow_row_is_rebuilt_from_the_slot_summary_after_a_sync_and_healed_to_the_
         volume.read(&rig.devices, 9 * B as u64, &mut buf).unwrap();
         assert_eq!(buf, pattern(9, 1), "{layout}");
         assert_eq!(volume.counters().rebuilt_blocks, 1, "{layout}");
-        assert!(rig.images() == images, "{layout}: the heal did not restore the exact bytes");
+        assert!(
+            rig.images() == images,
+            "{layout}: the heal did not restore the exact bytes"
+        );
     }
 }

@@ -5,7 +5,7 @@
 //! the durable parent names, at the place it names (the caller guarantees, by its epoch pin, that
 //! the page's segment was not reused since it read the parent).
 
-use crate::device::SharedDevice;
+use crate::device::{run_batch, BatchOp, SharedDevice};
 use crate::error::{Error, Result};
 use crate::format::v4::{verify_page, BlockPointer, Tree, PAGE_BYTES};
 use crate::geometry::Geometry;
@@ -244,27 +244,62 @@ impl PageStore {
         mpn: u64,
         page: &[u8],
     ) -> Result<Vec<CopyFault>> {
-        if page.len() != PAGE_BYTES {
-            return Err(Error::corrupt_metadata(format!(
-                "metadata page {mpn} of {} bytes",
-                page.len()
-            )));
+        Ok(self
+            .write_pages(devices, &[(mpn, page)])?
+            .pop()
+            .unwrap_or_default())
+    }
+
+    /// Write every copy of each of `pages` (`(mpn, bytes)`), all requests submitted together
+    /// (io_uring where the member has it): what [`PageStore::write_page`] does for one page,
+    /// for a whole sync at once. The copy faults of each page, in order.
+    ///
+    /// # Errors
+    /// As [`PageStore::write_page`], before any write.
+    pub fn write_pages(
+        &self,
+        devices: &[Option<SharedDevice>],
+        pages: &[(u64, &[u8])],
+    ) -> Result<Vec<Vec<CopyFault>>> {
+        let mut places = Vec::with_capacity(pages.len());
+        for (mpn, page) in pages {
+            if page.len() != PAGE_BYTES {
+                return Err(Error::corrupt_metadata(format!(
+                    "metadata page {mpn} of {} bytes",
+                    page.len()
+                )));
+            }
+            places.push(self.copies_of(*mpn)?);
         }
-        let mut faults = Vec::new();
-        for (copy, (device, offset)) in self.copies_of(mpn)?.into_iter().enumerate() {
-            let problem = match devices.get(device.0).and_then(Option::as_ref) {
-                None => CopyProblem::Missing,
-                Some(member) => match member.write_at(offset, page) {
-                    Ok(()) => continue,
-                    Err(e) => CopyProblem::Io(e.to_string()),
-                },
-            };
-            faults.push(CopyFault {
-                copy,
-                device,
-                offset,
-                problem,
-            });
+        let mut faults: Vec<Vec<CopyFault>> = vec![Vec::new(); pages.len()];
+        let mut ops = Vec::new();
+        let mut owners = Vec::new();
+        for (p, ((_, page), copies)) in pages.iter().zip(&places).enumerate() {
+            for (copy, (device, offset)) in copies.iter().enumerate() {
+                match devices.get(device.0).and_then(Option::as_ref) {
+                    None => faults[p].push(CopyFault {
+                        copy,
+                        device: *device,
+                        offset: *offset,
+                        problem: CopyProblem::Missing,
+                    }),
+                    Some(member) => {
+                        ops.push(BatchOp::write(member.as_ref(), *offset, page));
+                        owners.push((p, copy, *device));
+                    }
+                }
+            }
+        }
+        run_batch(&mut ops);
+        for (op, (p, copy, device)) in ops.into_iter().zip(owners) {
+            if let Err(e) = op.result {
+                faults[p].push(CopyFault {
+                    copy,
+                    device,
+                    offset: op.offset,
+                    problem: CopyProblem::Io(e.to_string()),
+                });
+            }
         }
         Ok(faults)
     }

@@ -539,6 +539,7 @@ impl RadixTree {
             .collect();
         let mut new_pointers: HashMap<(u8, u64), BlockPointer> = HashMap::new();
         let mut written: Vec<(PageKey, Arc<Vec<u8>>)> = Vec::with_capacity(frozen.len());
+        let mut mpns: Vec<u64> = Vec::with_capacity(frozen.len());
         let keys: Vec<(u8, u64)> = by_level.keys().copied().collect();
         for (level, first) in keys {
             let Some(mut bytes) = by_level.remove(&(level, first)) else {
@@ -570,8 +571,20 @@ impl RadixTree {
                 first_key: first,
             };
             let pointer = BlockPointer::written(mpn, birth, level, page_checksum(&seed, &bytes));
-            let faults = self.store.write_page(devices, mpn, &bytes)?;
-            let copies = self.store.geometry().metadata_copies();
+            outcome.pages_written += 1;
+            new_pointers.insert((level, first), pointer);
+            mpns.push(mpn);
+            written.push(((tree_id, level, first), Arc::new(bytes)));
+        }
+        // Every page of the sync at once: nothing needs ordering before the flush that
+        // precedes the uberblock.
+        let pages: Vec<(u64, &[u8])> = mpns
+            .iter()
+            .zip(&written)
+            .map(|(mpn, (_, bytes))| (*mpn, bytes.as_slice()))
+            .collect();
+        let copies = self.store.geometry().metadata_copies();
+        for ((mpn, _), faults) in pages.iter().zip(self.store.write_pages(devices, &pages)?) {
             if faults.len() >= copies {
                 return Err(Error::corrupt_metadata(format!(
                     "tree {tree_id} page {mpn}: no copy could be written ({})",
@@ -587,9 +600,6 @@ impl RadixTree {
                     .into_iter()
                     .filter(|f| f.problem != CopyProblem::Missing),
             );
-            outcome.pages_written += 1;
-            new_pointers.insert((level, first), pointer);
-            written.push(((tree_id, level, first), Arc::new(bytes)));
         }
         let Some(root) = new_pointers.get(&(self.depth, 0)) else {
             return Err(Error::corrupt_metadata(format!(
