@@ -30,7 +30,7 @@
 
 mod step;
 
-pub(crate) use step::{needs_rebuild, shards_on, step};
+pub(crate) use step::{long_step, needs_rebuild, shards_on, step};
 
 use crate::error::Result;
 use crate::maintenance::{LiveStripe, StripeAccess};
@@ -65,10 +65,9 @@ pub(crate) trait RebuildTarget: StripeAccess {
     fn fill_of(&self, index: DeviceIndex) -> Option<Arc<Self::Fill>>;
     /// The progress of `fill`'s rebuild of position `index`.
     fn progress(&self, index: DeviceIndex, fill: &Self::Fill) -> RebuildProgress;
-    /// Run `work` with commits held off: no slot live now can be freed and reused meanwhile.
-    fn without_commits<R>(&self, work: impl FnOnce() -> R) -> R;
     /// The live slots in `from..to` that `wanted` keeps, in slot order, held so that none is
-    /// handed out again (and its cell on the replacement overwritten) until released.
+    /// handed out again (and its cell on the replacement overwritten) until released, even if
+    /// a commit releases it meanwhile.
     fn hold_live_stripes(
         &self,
         from: SlotId,
@@ -298,7 +297,7 @@ fn drive<T: RebuildTarget>(pool: &T, stop: &AtomicBool) {
             pacer = Pacer::default();
         }
         let checkpoint = pacer.checkpoint_due();
-        match step(pool, checkpoint) {
+        match long_step(pool, checkpoint) {
             Ok(outcome) => {
                 let control = pool.control();
                 let wait = pacer.after_step(

@@ -2,10 +2,10 @@
 //! watermark) onto a replacement, then advances the watermark; the last step swaps the
 //! replacement in.
 //!
-//! A step holds commits off throughout ([`RebuildTarget::without_commits`]): no slot that is
-//! live now can be freed and reused by a foreground write before the step has written it.
+//! A step holds the live slots it copies ([`RebuildTarget::hold_live_stripes`]): none is
+//! handed out again before the step has written it, even if a commit releases it meanwhile.
 //! Slot contents never change while live (copy-on-write), so no stripe lock is needed for the
-//! batch. A step's slots are cut into batches that go through a three-stage pipeline: reader
+//! batch, and commits and foreground writes go on during a step. A step's slots are cut into batches that go through a three-stage pipeline: reader
 //! threads read the next batches' source chunks (one io_uring submission across the devices,
 //! requests of up to 1 MiB over runs of adjacent chunks, into aligned buffers so `O_DIRECT`
 //! uses them in place), the step's thread verifies and produces the current batch, and
@@ -35,9 +35,16 @@ use crate::types::{DeviceIndex, Generation, ShardIndex, SlotId, StripeId};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
-/// Physical slots per rebuild step: 512 slots of 16 KiB chunks are 8 MiB per device. A step
-/// holds commits off, so it is kept short.
+/// Physical slots per rebuild step (`Pool::rebuild_step`): 512 slots of 16 KiB chunks are
+/// 8 MiB per device.
 const SLOTS_PER_STEP: u64 = 512;
+/// Bytes per device of a long step (at least `SLOTS_PER_STEP` slots), what `run_rebuilds` and
+/// the background driver take at once: the pipeline drains at the end of every step (its
+/// first batch is read with nothing written meanwhile, its last written with nothing read),
+/// so longer steps keep the devices busy; 32 MiB per device is four times `SLOTS_PER_STEP`
+/// of 16 KiB chunks. Commits are not held off during a step (the slots it copies are held
+/// instead), and it yields to foreground I/O between its batches.
+const LONG_STEP_BYTES_PER_DEVICE: u64 = 32 << 20;
 /// Bytes per device of one batch of the pipeline (at least one slot): 128 slots of 16 KiB
 /// chunks, four batches per step.
 const BATCH_BYTES_PER_DEVICE: u64 = 2 << 20;
@@ -57,6 +64,24 @@ const WRITES_IN_FLIGHT: usize = 2;
 /// # Errors
 /// A replacement's write failed (it is abandoned), or a swap-in or the checkpoint failed.
 pub(crate) fn step<T: RebuildTarget>(target: &T, checkpoint: bool) -> Result<StepOutcome> {
+    step_slots(target, checkpoint, SLOTS_PER_STEP)
+}
+
+/// [`step`] over a longer range: `LONG_STEP_BYTES_PER_DEVICE` per device.
+///
+/// # Errors
+/// As [`step`].
+pub(crate) fn long_step<T: RebuildTarget>(target: &T, checkpoint: bool) -> Result<StepOutcome> {
+    let chunk = target.geometry().chunk_bytes.max(1);
+    step_slots(
+        target,
+        checkpoint,
+        (LONG_STEP_BYTES_PER_DEVICE / chunk).max(SLOTS_PER_STEP),
+    )
+}
+
+/// [`step`] over at most `slots` physical slots per rebuild.
+fn step_slots<T: RebuildTarget>(target: &T, checkpoint: bool, slots: u64) -> Result<StepOutcome> {
     let mut outcome = StepOutcome::default();
     for index in (0..target.geometry().devices).map(DeviceIndex) {
         let Some(fill) = target.fill_of(index) else {
@@ -67,7 +92,7 @@ pub(crate) fn step<T: RebuildTarget>(target: &T, checkpoint: bool) -> Result<Ste
             index,
             fill,
         };
-        let (from, to) = rebuild.next_range();
+        let (from, to) = rebuild.next_range(slots);
         let _span = tracing::debug_span!("rebuild_step", index = index.0, device = %rebuild.fill.path(), from = from.0, to = to.0).entered();
         let stepped = rebuild.step(from, to)?;
         outcome.written_bytes += stepped.written;
@@ -147,10 +172,10 @@ struct Scratch {
 }
 
 impl<T: RebuildTarget> Rebuild<'_, T> {
-    /// The slot range of the next step: from the watermark, at most `SLOTS_PER_STEP` slots.
-    fn next_range(&self) -> (SlotId, SlotId) {
+    /// The slot range of the next step: from the watermark, at most `slots` slots.
+    fn next_range(&self, slots: u64) -> (SlotId, SlotId) {
         let from = self.fill.watermark().0;
-        let to = (from + SLOTS_PER_STEP).min(self.target.geometry().slots);
+        let to = (from + slots.max(1)).min(self.target.geometry().slots);
         (SlotId(from), SlotId(to))
     }
 
@@ -177,45 +202,45 @@ impl<T: RebuildTarget> Rebuild<'_, T> {
         Ok(Stepped { written, after })
     }
 
-    /// Rebuild the live slots in `from..to` onto the replacement, commits held off
-    /// throughout: batch by batch, the next batch's reads in flight while the current one is
-    /// produced and written.
+    /// Rebuild the live slots in `from..to` onto the replacement: batch by batch, the next
+    /// batches' reads in flight while the current one is produced and written.
+    ///
+    /// The live slots are held meanwhile (none is handed out again, even if a commit releases
+    /// it, until the step is done), so commits and foreground writes go on: a stripe rewritten
+    /// during the step lands in another slot, and the pool's write path puts it on the
+    /// replacement itself; what the step copies from the old slot is then dead but harmless,
+    /// since that slot's cell on the replacement is not reused before the hold is released.
     fn copy_slots(&self, from: SlotId, to: SlotId) -> Result<u64> {
         let target = self.target;
         let geometry = target.geometry();
-        target.without_commits(|| {
-            // Work: every live slot in range whose stripe still needs copying. A stripe
-            // rewritten twice within one epoch frees its previous slot at once; the slots are
-            // held so none is handed out (and its cell on the replacement overwritten by a new
-            // stripe) before this step has written it.
-            let live = target.hold_live_stripes(from, to, |live| {
-                needs_rebuild(&*self.fill, live.entry.generation)
-                    && !shards_on(geometry, live.slot, self.index).is_empty()
-            });
-            if live.is_empty() {
-                return Ok(0);
-            }
-            let slots: Vec<SlotId> = live.iter().map(|live| live.slot).collect();
-            let items: Vec<BatchItem> = live
-                .into_iter()
-                .map(|live| {
-                    let targets = shards_on(geometry, live.slot, self.index);
-                    let sources = self.sources(live.slot, &targets);
-                    BatchItem {
-                        live,
-                        targets,
-                        sources,
-                    }
-                })
-                .collect();
-            let per_batch =
-                usize::try_from((BATCH_BYTES_PER_DEVICE / geometry.chunk_bytes.max(1)).max(1))
-                    .unwrap_or(1);
-            let batches: Vec<&[BatchItem]> = items.chunks(per_batch).collect();
-            let result = self.pipeline(&batches);
-            target.release_held(&slots);
-            result
-        })
+        // Work: every live slot in range whose stripe still needs copying.
+        let live = target.hold_live_stripes(from, to, |live| {
+            needs_rebuild(&*self.fill, live.entry.generation)
+                && !shards_on(geometry, live.slot, self.index).is_empty()
+        });
+        if live.is_empty() {
+            return Ok(0);
+        }
+        let slots: Vec<SlotId> = live.iter().map(|live| live.slot).collect();
+        let items: Vec<BatchItem> = live
+            .into_iter()
+            .map(|live| {
+                let targets = shards_on(geometry, live.slot, self.index);
+                let sources = self.sources(live.slot, &targets);
+                BatchItem {
+                    live,
+                    targets,
+                    sources,
+                }
+            })
+            .collect();
+        let per_batch =
+            usize::try_from((BATCH_BYTES_PER_DEVICE / geometry.chunk_bytes.max(1)).max(1))
+                .unwrap_or(1);
+        let batches: Vec<&[BatchItem]> = items.chunks(per_batch).collect();
+        let result = self.pipeline(&batches);
+        target.release_held(&slots);
+        result
     }
 
     /// Run `batches` through the pipeline: `READERS` reader threads read the next batches
@@ -279,6 +304,10 @@ impl<T: RebuildTarget> Rebuild<'_, T> {
                 let Ok(reads) = receivers[i % readers].recv() else {
                     break;
                 };
+                if i > 0 && self.target.control().foreground_recent() {
+                    // The driver's yield between steps, between the batches of a long one.
+                    std::thread::sleep(crate::maintenance::YIELD);
+                }
                 let (outputs, fallback) = self.produce_batch(batch, &reads);
                 drop(reads);
                 // At most `WRITES_IN_FLIGHT` batches being written, and none queued behind a
