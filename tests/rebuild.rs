@@ -597,6 +597,56 @@ fn writes_racing_a_multi_batch_rebuild_win() {
     }
 }
 
+/// Flushed writes racing the long steps of `run_rebuilds` win: commits run while a step copies
+/// (the step holds the slots it copies instead of holding commits off), so slots the writer's
+/// commits release during a step must not be handed out before the step is done with them;
+/// afterwards the rebuilt device, needed for every read, serves exactly the model's bytes.
+#[test]
+fn flushed_writes_racing_long_rebuild_steps_win() {
+    for (layout, devices) in [("rs:4+2", 6), ("raid10:2", 4), ("mirror:2", 2)] {
+        let seed = seed(42_000 + devices as u64);
+        let _guard = SeedGuard {
+            seed,
+            name: "flushed_writes_racing_long_rebuild_steps_win",
+        };
+        let (pool, mems, spare) = create_multi_batch(layout, devices);
+        let model = std::sync::Mutex::new(Model::new(pool.size()));
+        let data = random_bytes(&mut rng(seed), pool.size() as usize);
+        pool.write_at(0, &data).unwrap();
+        model.lock().unwrap().write(0, &data);
+        pool.flush().unwrap();
+        let victim = devices - 1;
+        mems[victim].set_gone(true);
+        pool.fault_device(victim, "test: lost");
+        pool.attach_spares();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let writer = scope.spawn(|| {
+                let mut rng = rng(seed ^ 1);
+                let mut writes = 0u64;
+                while !done.load(Ordering::Acquire) || writes < 20 {
+                    let mut model = model.lock().unwrap();
+                    random_writes(&pool, &mut model, &mut rng, 1);
+                    drop(model);
+                    pool.flush().unwrap();
+                    writes += 1;
+                }
+            });
+            let completed = pool.run_rebuilds(|_| {}).unwrap();
+            assert_eq!(completed.len(), 1, "{layout}");
+            done.store(true, Ordering::Release);
+            writer.join().unwrap();
+        });
+        let model = model.into_inner().unwrap();
+        verify(&pool, &model);
+        assert_eq!(pool.status().devices[victim].path, "spare0", "{layout}");
+        pool.close().unwrap();
+        let mut all = mems.clone();
+        all[victim] = spare;
+        verify_with_only(&all, &keep_needing(layout, devices, victim), &model);
+    }
+}
+
 /// A source chunk that fails verification in the middle of a multi-batch step sends its
 /// stripe the per-stripe way (healed from the other shards) while other batches' writes are
 /// in flight; the rebuilt device then serves every byte exactly, with nothing counted lost.

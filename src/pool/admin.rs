@@ -168,11 +168,20 @@ impl Pool {
     /// [`Error::Unrecoverable`] if a stripe cannot be reconstructed; [`Error::Io`] if the new
     /// device fails (the rebuild is then abandoned).
     pub fn rebuild_step(&self, checkpoint: bool) -> Result<StepOutcome> {
+        self.rebuild_step_of(checkpoint, false)
+    }
+
+    /// [`Pool::rebuild_step`], or a longer step (`long`: what `run_rebuilds` takes at once).
+    fn rebuild_step_of(&self, checkpoint: bool, long: bool) -> Result<StepOutcome> {
         self.inner.writable("rebuild")?;
         if self.inner.rebuild.auto_replace() {
             self.inner.assign_spares();
         }
-        self.inner.rebuild_step(checkpoint)
+        if long {
+            self.inner.rebuild_long_step(checkpoint)
+        } else {
+            self.inner.rebuild_step(checkpoint)
+        }
     }
 
     /// Run every pending rebuild to completion on the caller's thread, honouring the rate limit
@@ -189,7 +198,7 @@ impl Pool {
         let mut completed = Vec::new();
         loop {
             let checkpoint = pacer.checkpoint_due();
-            let outcome = self.rebuild_step(checkpoint)?;
+            let outcome = self.rebuild_step_of(checkpoint, true)?;
             completed.extend(outcome.completed.iter().cloned());
             let mut progress = self.inner.rebuild_progress();
             progress.extend(outcome.completed);

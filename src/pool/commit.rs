@@ -100,7 +100,14 @@ impl PoolInner {
         let result = match result {
             Ok(()) => {
                 let released = snapshot.replaced.into_values().flatten();
-                state.free.extend(released.chain(snapshot.orphans));
+                for slot in released.chain(snapshot.orphans) {
+                    // A slot a rebuild step is copying becomes free when the step releases it.
+                    if state.held_for_rebuild.contains(&slot) {
+                        state.freed_while_held.push(slot);
+                    } else {
+                        state.free.push(slot);
+                    }
+                }
                 // The committed record supersedes any failed one at this log position.
                 state.held.retain(|_| false);
                 // Hand out the lowest slots first, so a sequential overwrite lands as ascending

@@ -229,11 +229,6 @@ impl RebuildTarget for PoolInner {
         self.progress_of(self.members.get(index), fill)
     }
 
-    fn without_commits<R>(&self, work: impl FnOnce() -> R) -> R {
-        let _no_commit = self.meta.lock();
-        work()
-    }
-
     fn hold_live_stripes(
         &self,
         from: SlotId,
@@ -263,6 +258,15 @@ impl RebuildTarget for PoolInner {
         for slot in slots {
             state.held_for_rebuild.remove(&slot.0);
         }
+        // Slots a commit released meanwhile are free now.
+        let state = &mut *state;
+        let held = &state.held_for_rebuild;
+        let (still_held, free): (Vec<u64>, Vec<u64>) = state
+            .freed_while_held
+            .iter()
+            .partition(|slot| held.contains(slot));
+        state.freed_while_held = still_held;
+        state.free.extend(free);
     }
 
     fn fill_write(
@@ -355,6 +359,11 @@ impl PoolInner {
     /// watermarks (flush the replacements, then write the superblocks) after the batch.
     pub(crate) fn rebuild_step(&self, checkpoint: bool) -> Result<StepOutcome> {
         crate::rebuild::step(self, checkpoint)
+    }
+
+    /// A longer rebuild step (what `run_rebuilds` and the background driver take at once).
+    pub(crate) fn rebuild_long_step(&self, checkpoint: bool) -> Result<StepOutcome> {
+        crate::rebuild::long_step(self, checkpoint)
     }
 }
 

@@ -211,6 +211,10 @@ pub(crate) struct MapState {
     /// The same, for slots a rebuild batch is copying (kept apart so the batch's cleanup cannot
     /// release a failed commit's hold).
     pub(crate) held_for_rebuild: std::collections::HashSet<u64>,
+    /// Slots a commit released while a rebuild held them: free once the rebuild releases them
+    /// (commits run while a rebuild step copies; the step must not see a slot it is copying
+    /// handed out and overwritten on the replacement).
+    pub(crate) freed_while_held: Vec<u64>,
 }
 
 impl MapState {
@@ -233,6 +237,7 @@ impl MapState {
             owner,
             held: std::collections::HashSet::new(),
             held_for_rebuild: std::collections::HashSet::new(),
+            freed_while_held: Vec::new(),
         }
     }
 

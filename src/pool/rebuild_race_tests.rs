@@ -111,3 +111,47 @@ fn abandoned_then_reattached_replacement_is_not_swapped_in_unfilled() {
         "r2 was swapped in as a full member without being rebuilt; read after losing mem1: {read:?}"
     );
 }
+
+/// A rebuild step holds the slots it copies, and commits run during a step: a slot whose stripe
+/// was rewritten and committed while it was held is not handed out (its cell on the
+/// replacement would be overwritten by a new stripe while the step may still write the old
+/// content there), and becomes free once the step releases it.
+#[test]
+fn a_slot_released_by_a_commit_while_a_rebuild_holds_it_stays_out_of_reuse_until_released() {
+    use crate::rebuild::RebuildTarget;
+    use crate::types::{SlotId, StripeId};
+    let mems = crate::testing::mem_devices(2, 4 << 20);
+    let mut options = CreateOptions::new("mirror:2".parse().unwrap());
+    options.chunk_bytes = 4096;
+    options.open = OpenOptions {
+        background_rebuild: false,
+        auto_replace: false,
+        ..OpenOptions::default()
+    };
+    let pool = Pool::create(crate::testing::shared(&mems), vec![], &options).unwrap();
+    let chunk = vec![0x11u8; 4096];
+    pool.write_at(0, &chunk).unwrap();
+    pool.flush().unwrap();
+    let inner: &PoolInner = &pool.inner;
+    let old = inner.map.lock().map.slot(StripeId(0)).unwrap();
+    let held = inner.hold_live_stripes(old, SlotId(old.0 + 1), |_| true);
+    assert_eq!(held.len(), 1);
+    // Rewrite the stripe (another slot) and commit: the commit releases the old slot.
+    pool.write_at(0, &vec![0x22u8; 4096]).unwrap();
+    pool.flush().unwrap();
+    assert_ne!(inner.map.lock().map.slot(StripeId(0)), Some(old));
+    assert!(
+        !inner.map.lock().free.contains(&old.0),
+        "a held slot was made free by a commit"
+    );
+    // Nothing written meanwhile lands in it.
+    for i in 1..64u64 {
+        pool.write_at(i * 4096, &chunk).unwrap();
+        pool.flush().unwrap();
+        assert_ne!(inner.map.lock().map.slot(StripeId(i)), Some(old));
+    }
+    inner.release_held(&[old]);
+    let state = inner.map.lock();
+    assert!(state.free.contains(&old.0), "released, the slot is free");
+    assert!(state.freed_while_held.is_empty());
+}

@@ -30,11 +30,13 @@
 
 mod step;
 
-pub(crate) use step::{needs_rebuild, shards_on, step};
+pub(crate) use step::{long_step, needs_rebuild, shards_on, step};
 
+use crate::device::AlignedBuf;
 use crate::error::Result;
 use crate::maintenance::{LiveStripe, StripeAccess};
 use crate::types::{DeviceIndex, Generation, SlotId};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -65,10 +67,9 @@ pub(crate) trait RebuildTarget: StripeAccess {
     fn fill_of(&self, index: DeviceIndex) -> Option<Arc<Self::Fill>>;
     /// The progress of `fill`'s rebuild of position `index`.
     fn progress(&self, index: DeviceIndex, fill: &Self::Fill) -> RebuildProgress;
-    /// Run `work` with commits held off: no slot live now can be freed and reused meanwhile.
-    fn without_commits<R>(&self, work: impl FnOnce() -> R) -> R;
     /// The live slots in `from..to` that `wanted` keeps, in slot order, held so that none is
-    /// handed out again (and its cell on the replacement overwritten) until released.
+    /// handed out again (and its cell on the replacement overwritten) until released, even if
+    /// a commit releases it meanwhile.
     fn hold_live_stripes(
         &self,
         from: SlotId,
@@ -190,6 +191,57 @@ pub struct RebuildControl {
     background: bool,
     epoch: Instant,
     last_foreground_ns: AtomicU64,
+    /// The batch buffers of the running rebuilds, kept between batches and steps.
+    buffers: BufferCache,
+}
+
+/// Aligned buffers kept between the batches and steps of a rebuild, so that each batch reads
+/// into and writes from memory that is already mapped: a fresh buffer costs a page fault per
+/// 4 KiB page on first touch (in the kernel's copy for a buffered read, which then leaves
+/// io_uring's fast path for a worker thread) and is zeroed and unmapped again each batch.
+/// Emptied when no rebuild is running.
+#[derive(Debug, Default)]
+pub(crate) struct BufferCache {
+    free: Mutex<Vec<AlignedBuf>>,
+}
+
+/// Buffers the cache keeps at most: the pipeline has at most this many batches' buffers
+/// alive at once (reads: two in the readers' channels, two being read, one being produced;
+/// writes: two in flight, one being produced).
+const CACHED_BUFFERS: usize = 8;
+
+impl BufferCache {
+    /// A buffer of at least `len` bytes (the smallest cached one that is big enough, else a new
+    /// one); its contents are unspecified.
+    pub(crate) fn take(&self, len: usize) -> AlignedBuf {
+        let mut free = self.free.lock();
+        let best = free
+            .iter()
+            .enumerate()
+            .filter(|(_, buffer)| buffer.len() >= len)
+            .min_by_key(|(_, buffer)| buffer.len())
+            .map(|(i, _)| i);
+        match best {
+            Some(i) => free.swap_remove(i),
+            None => {
+                drop(free);
+                AlignedBuf::zeroed(len)
+            }
+        }
+    }
+
+    /// Keep `buffer` for a later batch (dropped if the cache is full).
+    pub(crate) fn give(&self, buffer: AlignedBuf) {
+        let mut free = self.free.lock();
+        if free.len() < CACHED_BUFFERS {
+            free.push(buffer);
+        }
+    }
+
+    /// Drop every cached buffer.
+    pub(crate) fn clear(&self) {
+        self.free.lock().clear();
+    }
 }
 
 impl RebuildControl {
@@ -202,7 +254,12 @@ impl RebuildControl {
             background,
             epoch: Instant::now(),
             last_foreground_ns: AtomicU64::new(0),
+            buffers: BufferCache::default(),
         }
+    }
+    /// The rebuilds' batch buffers.
+    pub(crate) fn buffers(&self) -> &BufferCache {
+        &self.buffers
     }
     pub(crate) fn background_enabled(&self) -> bool {
         self.background
@@ -298,7 +355,7 @@ fn drive<T: RebuildTarget>(pool: &T, stop: &AtomicBool) {
             pacer = Pacer::default();
         }
         let checkpoint = pacer.checkpoint_due();
-        match step(pool, checkpoint) {
+        match long_step(pool, checkpoint) {
             Ok(outcome) => {
                 let control = pool.control();
                 let wait = pacer.after_step(

@@ -2,10 +2,10 @@
 //! watermark) onto a replacement, then advances the watermark; the last step swaps the
 //! replacement in.
 //!
-//! A step holds commits off throughout ([`RebuildTarget::without_commits`]): no slot that is
-//! live now can be freed and reused by a foreground write before the step has written it.
+//! A step holds the live slots it copies ([`RebuildTarget::hold_live_stripes`]): none is
+//! handed out again before the step has written it, even if a commit releases it meanwhile.
 //! Slot contents never change while live (copy-on-write), so no stripe lock is needed for the
-//! batch. A step's slots are cut into batches that go through a three-stage pipeline: reader
+//! batch, and commits and foreground writes go on during a step. A step's slots are cut into batches that go through a three-stage pipeline: reader
 //! threads read the next batches' source chunks (one io_uring submission across the devices,
 //! requests of up to 1 MiB over runs of adjacent chunks, into aligned buffers so `O_DIRECT`
 //! uses them in place), the step's thread verifies and produces the current batch, and
@@ -35,9 +35,16 @@ use crate::types::{DeviceIndex, Generation, ShardIndex, SlotId, StripeId};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
-/// Physical slots per rebuild step: 512 slots of 16 KiB chunks are 8 MiB per device. A step
-/// holds commits off, so it is kept short.
+/// Physical slots per rebuild step (`Pool::rebuild_step`): 512 slots of 16 KiB chunks are
+/// 8 MiB per device.
 const SLOTS_PER_STEP: u64 = 512;
+/// Bytes per device of a long step (at least `SLOTS_PER_STEP` slots), what `run_rebuilds` and
+/// the background driver take at once: the pipeline drains at the end of every step (its
+/// first batch is read with nothing written meanwhile, its last written with nothing read),
+/// so longer steps keep the devices busy; 32 MiB per device is four times `SLOTS_PER_STEP`
+/// of 16 KiB chunks. Commits are not held off during a step (the slots it copies are held
+/// instead), and it yields to foreground I/O between its batches.
+const LONG_STEP_BYTES_PER_DEVICE: u64 = 32 << 20;
 /// Bytes per device of one batch of the pipeline (at least one slot): 128 slots of 16 KiB
 /// chunks, four batches per step.
 const BATCH_BYTES_PER_DEVICE: u64 = 2 << 20;
@@ -57,6 +64,24 @@ const WRITES_IN_FLIGHT: usize = 2;
 /// # Errors
 /// A replacement's write failed (it is abandoned), or a swap-in or the checkpoint failed.
 pub(crate) fn step<T: RebuildTarget>(target: &T, checkpoint: bool) -> Result<StepOutcome> {
+    step_slots(target, checkpoint, SLOTS_PER_STEP)
+}
+
+/// [`step`] over a longer range: `LONG_STEP_BYTES_PER_DEVICE` per device.
+///
+/// # Errors
+/// As [`step`].
+pub(crate) fn long_step<T: RebuildTarget>(target: &T, checkpoint: bool) -> Result<StepOutcome> {
+    let chunk = target.geometry().chunk_bytes.max(1);
+    step_slots(
+        target,
+        checkpoint,
+        (LONG_STEP_BYTES_PER_DEVICE / chunk).max(SLOTS_PER_STEP),
+    )
+}
+
+/// [`step`] over at most `slots` physical slots per rebuild.
+fn step_slots<T: RebuildTarget>(target: &T, checkpoint: bool, slots: u64) -> Result<StepOutcome> {
     let mut outcome = StepOutcome::default();
     for index in (0..target.geometry().devices).map(DeviceIndex) {
         let Some(fill) = target.fill_of(index) else {
@@ -67,7 +92,7 @@ pub(crate) fn step<T: RebuildTarget>(target: &T, checkpoint: bool) -> Result<Ste
             index,
             fill,
         };
-        let (from, to) = rebuild.next_range();
+        let (from, to) = rebuild.next_range(slots);
         let _span = tracing::debug_span!("rebuild_step", index = index.0, device = %rebuild.fill.path(), from = from.0, to = to.0).entered();
         let stepped = rebuild.step(from, to)?;
         outcome.written_bytes += stepped.written;
@@ -77,7 +102,10 @@ pub(crate) fn step<T: RebuildTarget>(target: &T, checkpoint: bool) -> Result<Ste
             After::Abandoned => {}
         }
     }
-    if checkpoint && outcome.running > 0 {
+    if outcome.running == 0 {
+        // No rebuild left: give the batch buffers back.
+        target.control().buffers().clear();
+    } else if checkpoint {
         target.checkpoint()?;
     }
     Ok(outcome)
@@ -118,14 +146,13 @@ struct BatchItem {
     sources: Vec<ShardIndex>,
 }
 
-/// A chunk to write to the replacement: device offset and bytes.
-type Cell = (u64, Vec<u8>);
-
-/// The source chunks of one batch, as read: one aligned buffer per device request.
+/// The source chunks of one batch, as read: every request's bytes in one aligned buffer,
+/// request after request.
 struct SourceReads {
-    /// The buffers of the requests that succeeded (`None`: the read failed).
-    buffers: Vec<Option<AlignedBuf>>,
-    /// (device, chunk offset) → (request, byte offset in its buffer).
+    buffer: AlignedBuf,
+    /// Per request: whether it succeeded.
+    ok: Vec<bool>,
+    /// (device, chunk offset) → (request, byte offset in `buffer`).
     index: HashMap<(usize, u64), (usize, usize)>,
     /// Bytes of one chunk.
     chunk: usize,
@@ -135,9 +162,20 @@ impl SourceReads {
     /// The bytes read for the chunk at `offset` of `device`, if its request succeeded.
     fn get(&self, device: DeviceIndex, offset: u64) -> Option<&[u8]> {
         let (request, at) = *self.index.get(&(device.0, offset))?;
-        let buffer = self.buffers.get(request)?.as_ref()?;
-        buffer.get(at..at + self.chunk)
+        if !*self.ok.get(request)? {
+            return None;
+        }
+        self.buffer.get(at..at + self.chunk)
     }
+}
+
+/// The target cells of one batch, produced into one aligned buffer in item order (each item's
+/// targets one after another), ready to be written to the replacement.
+struct Outputs {
+    buffer: AlignedBuf,
+    /// Per cell, in buffer order: its offset on the replacement, and whether it was produced
+    /// and verified (an item that failed goes the per-stripe way; its cells are not written).
+    cells: Vec<(u64, bool)>,
 }
 
 /// Reusable buffers of one producing thread: one chunk per shard of a stripe.
@@ -147,10 +185,10 @@ struct Scratch {
 }
 
 impl<T: RebuildTarget> Rebuild<'_, T> {
-    /// The slot range of the next step: from the watermark, at most `SLOTS_PER_STEP` slots.
-    fn next_range(&self) -> (SlotId, SlotId) {
+    /// The slot range of the next step: from the watermark, at most `slots` slots.
+    fn next_range(&self, slots: u64) -> (SlotId, SlotId) {
         let from = self.fill.watermark().0;
-        let to = (from + SLOTS_PER_STEP).min(self.target.geometry().slots);
+        let to = (from + slots.max(1)).min(self.target.geometry().slots);
         (SlotId(from), SlotId(to))
     }
 
@@ -177,45 +215,45 @@ impl<T: RebuildTarget> Rebuild<'_, T> {
         Ok(Stepped { written, after })
     }
 
-    /// Rebuild the live slots in `from..to` onto the replacement, commits held off
-    /// throughout: batch by batch, the next batch's reads in flight while the current one is
-    /// produced and written.
+    /// Rebuild the live slots in `from..to` onto the replacement: batch by batch, the next
+    /// batches' reads in flight while the current one is produced and written.
+    ///
+    /// The live slots are held meanwhile (none is handed out again, even if a commit releases
+    /// it, until the step is done), so commits and foreground writes go on: a stripe rewritten
+    /// during the step lands in another slot, and the pool's write path puts it on the
+    /// replacement itself; what the step copies from the old slot is then dead but harmless,
+    /// since that slot's cell on the replacement is not reused before the hold is released.
     fn copy_slots(&self, from: SlotId, to: SlotId) -> Result<u64> {
         let target = self.target;
         let geometry = target.geometry();
-        target.without_commits(|| {
-            // Work: every live slot in range whose stripe still needs copying. A stripe
-            // rewritten twice within one epoch frees its previous slot at once; the slots are
-            // held so none is handed out (and its cell on the replacement overwritten by a new
-            // stripe) before this step has written it.
-            let live = target.hold_live_stripes(from, to, |live| {
-                needs_rebuild(&*self.fill, live.entry.generation)
-                    && !shards_on(geometry, live.slot, self.index).is_empty()
-            });
-            if live.is_empty() {
-                return Ok(0);
-            }
-            let slots: Vec<SlotId> = live.iter().map(|live| live.slot).collect();
-            let items: Vec<BatchItem> = live
-                .into_iter()
-                .map(|live| {
-                    let targets = shards_on(geometry, live.slot, self.index);
-                    let sources = self.sources(live.slot, &targets);
-                    BatchItem {
-                        live,
-                        targets,
-                        sources,
-                    }
-                })
-                .collect();
-            let per_batch =
-                usize::try_from((BATCH_BYTES_PER_DEVICE / geometry.chunk_bytes.max(1)).max(1))
-                    .unwrap_or(1);
-            let batches: Vec<&[BatchItem]> = items.chunks(per_batch).collect();
-            let result = self.pipeline(&batches);
-            target.release_held(&slots);
-            result
-        })
+        // Work: every live slot in range whose stripe still needs copying.
+        let live = target.hold_live_stripes(from, to, |live| {
+            needs_rebuild(&*self.fill, live.entry.generation)
+                && !shards_on(geometry, live.slot, self.index).is_empty()
+        });
+        if live.is_empty() {
+            return Ok(0);
+        }
+        let slots: Vec<SlotId> = live.iter().map(|live| live.slot).collect();
+        let items: Vec<BatchItem> = live
+            .into_iter()
+            .map(|live| {
+                let targets = shards_on(geometry, live.slot, self.index);
+                let sources = self.sources(live.slot, &targets);
+                BatchItem {
+                    live,
+                    targets,
+                    sources,
+                }
+            })
+            .collect();
+        let per_batch =
+            usize::try_from((BATCH_BYTES_PER_DEVICE / geometry.chunk_bytes.max(1)).max(1))
+                .unwrap_or(1);
+        let batches: Vec<&[BatchItem]> = items.chunks(per_batch).collect();
+        let result = self.pipeline(&batches);
+        target.release_held(&slots);
+        result
     }
 
     /// Run `batches` through the pipeline: `READERS` reader threads read the next batches
@@ -231,7 +269,7 @@ impl<T: RebuildTarget> Rebuild<'_, T> {
             for batch in batches {
                 let reads = self.read_sources(batch);
                 let (outputs, fallback) = self.produce_batch(batch, &reads);
-                drop(reads);
+                self.buffers().give(reads.buffer);
                 written += self.write_runs(outputs)?;
                 written += self.copy_fallback(&fallback)?;
             }
@@ -279,8 +317,12 @@ impl<T: RebuildTarget> Rebuild<'_, T> {
                 let Ok(reads) = receivers[i % readers].recv() else {
                     break;
                 };
+                if i > 0 && self.target.control().foreground_recent() {
+                    // The driver's yield between steps, between the batches of a long one.
+                    std::thread::sleep(crate::maintenance::YIELD);
+                }
                 let (outputs, fallback) = self.produce_batch(batch, &reads);
-                drop(reads);
+                self.buffers().give(reads.buffer);
                 // At most `WRITES_IN_FLIGHT` batches being written, and none queued behind a
                 // batch with fallbacks (they run when it is settled, with no write in flight).
                 while writes.len() >= WRITES_IN_FLIGHT
@@ -371,41 +413,66 @@ impl<T: RebuildTarget> Rebuild<'_, T> {
         }
     }
 
-    /// Produce the target cells of one batch whose sources are `reads`, split over the
-    /// cores; the stripes of items missing a source or failing verification come back apart,
-    /// for the per-stripe way.
-    fn produce_batch(
-        &self,
-        items: &[BatchItem],
-        reads: &SourceReads,
-    ) -> (Vec<Cell>, Vec<StripeId>) {
-        let width = self.target.geometry().width();
+    /// The rebuild's batch buffers.
+    fn buffers(&self) -> &crate::rebuild::BufferCache {
+        self.target.control().buffers()
+    }
+
+    /// Produce the target cells of one batch whose sources are `reads` into one buffer, split
+    /// over the cores; the stripes of items missing a source or failing verification come
+    /// back apart, for the per-stripe way.
+    fn produce_batch(&self, items: &[BatchItem], reads: &SourceReads) -> (Outputs, Vec<StripeId>) {
+        let geometry = self.target.geometry();
+        let width = geometry.width();
         let chunk = reads.chunk;
+        let cells: usize = items.iter().map(|item| item.targets.len()).sum();
+        let mut buffer = self.buffers().take(cells * chunk);
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
-        let parts: Vec<&[BatchItem]> = items.chunks(items.len().div_ceil(cores).max(1)).collect();
-        let produced: Vec<std::result::Result<Vec<Cell>, StripeId>> =
-            crate::parallel::each(&parts, |part| {
-                let mut scratch = Scratch {
-                    shards: vec![vec![0u8; chunk]; width],
-                    present: vec![false; width],
-                };
-                part.iter()
-                    .map(|item| {
-                        self.produce(item, reads, &mut scratch)
-                            .ok_or(item.live.stripe)
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .into_iter()
-            .flatten()
-            .collect();
-        let mut outputs: Vec<Cell> = Vec::new();
+        // Each part: its items and the part of the buffer their cells go to.
+        let mut parts: Vec<parking_lot::Mutex<(&[BatchItem], &mut [u8])>> = Vec::new();
+        let mut rest: &mut [u8] = &mut buffer[..cells * chunk];
+        for part in items.chunks(items.len().div_ceil(cores).max(1)) {
+            let bytes = part.iter().map(|item| item.targets.len()).sum::<usize>() * chunk;
+            let (head, tail) = std::mem::take(&mut rest).split_at_mut(bytes);
+            parts.push(parking_lot::Mutex::new((part, head)));
+            rest = tail;
+        }
+        let produced: Vec<bool> = crate::parallel::each(&parts, |part| {
+            let mut part = part.lock();
+            let (items, out) = &mut *part;
+            let mut scratch = Scratch {
+                shards: vec![vec![0u8; chunk]; width],
+                present: vec![false; width],
+            };
+            let mut at = 0;
+            items
+                .iter()
+                .map(|item| {
+                    let bytes = item.targets.len() * chunk;
+                    let ok = self.produce(item, reads, &mut scratch, &mut out[at..at + bytes]);
+                    at += bytes;
+                    ok
+                })
+                .collect::<Vec<_>>()
+        })
+        .into_iter()
+        .flatten()
+        .collect();
+        drop(parts);
+        let mut outputs = Outputs {
+            buffer,
+            cells: Vec::with_capacity(cells),
+        };
         let mut fallback = Vec::new();
-        for result in produced {
-            match result {
-                Ok(cells) => outputs.extend(cells),
-                Err(stripe) => fallback.push(stripe),
+        for (item, ok) in items.iter().zip(produced) {
+            if !ok {
+                fallback.push(item.live.stripe);
             }
+            outputs.cells.extend(
+                item.targets
+                    .iter()
+                    .map(|t| (geometry.shard_location(item.live.slot, *t).1, ok)),
+            );
         }
         (outputs, fallback)
     }
@@ -435,9 +502,11 @@ impl<T: RebuildTarget> Rebuild<'_, T> {
         let chunk = usize::try_from(chunk_bytes).unwrap_or(0);
         let per_request =
             usize::try_from((REQUEST_BYTES_MAX / chunk_bytes.max(1)).max(1)).unwrap_or(1);
-        // (device handle, device, offset, buffer) of each request.
-        let mut requests: Vec<(SharedDevice, usize, u64, AlignedBuf)> = Vec::new();
+        // (device handle, offset, bytes) of each request; its bytes follow the previous
+        // request's in the batch's buffer.
+        let mut requests: Vec<(SharedDevice, u64, usize)> = Vec::new();
         let mut index = HashMap::new();
+        let mut total = 0;
         for (device, offsets) in source_offsets(geometry, items) {
             let Some(handle) = self.target.member_device(DeviceIndex(device)) else {
                 continue;
@@ -445,22 +514,33 @@ impl<T: RebuildTarget> Rebuild<'_, T> {
             for run in crate::maintenance::runs(&offsets, chunk_bytes) {
                 for piece in run.chunks(per_request) {
                     for (i, offset) in piece.iter().enumerate() {
-                        index.insert((device, *offset), (requests.len(), i * chunk));
+                        index.insert((device, *offset), (requests.len(), total + i * chunk));
                     }
-                    let buffer = AlignedBuf::zeroed(piece.len() * chunk);
-                    requests.push((Arc::clone(&handle), device, piece[0], buffer));
+                    requests.push((Arc::clone(&handle), piece[0], piece.len() * chunk));
+                    total += piece.len() * chunk;
                 }
             }
         }
-        let mut ops: Vec<BatchOp<'_>> = requests
-            .iter_mut()
-            .map(|(handle, _, offset, buffer)| BatchOp::read(&**handle, *offset, buffer))
-            .collect();
+        let mut buffer = self.buffers().take(total);
+        let mut rest: &mut [u8] = &mut buffer[..total];
+        let mut ops: Vec<BatchOp<'_>> = Vec::with_capacity(requests.len());
+        for (handle, offset, len) in &requests {
+            let (head, tail) = std::mem::take(&mut rest).split_at_mut(*len);
+            ops.push(BatchOp::read(&**handle, *offset, head));
+            rest = tail;
+        }
         run_batch(&mut ops);
-        let results: Vec<bool> = ops
+        let mut read = 0u64;
+        let ok: Vec<bool> = ops
             .iter()
             .map(|op| match &op.result {
-                Ok(()) => true,
+                Ok(()) => {
+                    read += match &op.buf {
+                        crate::device::IoBuf::Read(buf) => buf.len() as u64,
+                        crate::device::IoBuf::Write(buf) => buf.len() as u64,
+                    };
+                    true
+                }
                 Err(err) => {
                     tracing::debug!(device = %op.device.name(), offset = op.offset, %err, "rebuild source read failed");
                     false
@@ -468,34 +548,26 @@ impl<T: RebuildTarget> Rebuild<'_, T> {
             })
             .collect();
         drop(ops);
-        let mut read = 0u64;
-        let buffers = requests
-            .into_iter()
-            .zip(results)
-            .map(|((_, _, _, buffer), ok)| {
-                ok.then(|| {
-                    read += buffer.len() as u64;
-                    buffer
-                })
-            })
-            .collect();
         self.fill.count_read(read);
         SourceReads {
-            buffers,
+            buffer,
+            ok,
             index,
             chunk,
         }
     }
 
-    /// Produce the target shards of one batch item from the chunks read, or `None` if
-    /// anything is missing or fails verification (the caller then takes the per-stripe path).
-    /// Every byte returned has been checked against the map's checksums of its target shard.
+    /// Produce the target shards of one batch item from the chunks read into `out` (one
+    /// chunk per target, in order); `false` if anything is missing or fails verification (the
+    /// caller then takes the per-stripe path). Every byte produced has been checked against
+    /// the map's checksums of its target shard.
     fn produce(
         &self,
         item: &BatchItem,
         reads: &SourceReads,
         scratch: &mut Scratch,
-    ) -> Option<Vec<Cell>> {
+        out: &mut [u8],
+    ) -> bool {
         let target = self.target;
         let geometry = target.geometry();
         let (slot, entry) = (item.live.slot, &item.live.entry);
@@ -503,81 +575,102 @@ impl<T: RebuildTarget> Rebuild<'_, T> {
             let (device, offset) = geometry.shard_location(slot, shard);
             reads.get(device, offset)
         };
+        let chunk = reads.chunk;
         if let Layout::Mirror { .. } | Layout::Raid10 { .. } = geometry.layout {
             // A copy: each target is the bytes of a source of its own chunk (itself, if its
             // device is still healthy), checked against the target's checksums.
             return item
                 .targets
                 .iter()
-                .map(|t| {
+                .zip(out.chunks_mut(chunk))
+                .all(|(t, cell)| {
                     let group = geometry.shard_data_chunk(*t);
-                    let source = item
+                    let Some(source) = item
                         .sources
                         .iter()
-                        .find(|s| geometry.shard_data_chunk(**s) == group)?;
-                    let bytes = source_bytes(*source)?;
-                    target
-                        .shard_verifies(slot, entry, *t, bytes)
-                        .then(|| (geometry.shard_location(slot, *t).1, bytes.to_vec()))
-                })
-                .collect();
+                        .find(|s| geometry.shard_data_chunk(**s) == group)
+                    else {
+                        return false;
+                    };
+                    let Some(bytes) = source_bytes(*source) else {
+                        return false;
+                    };
+                    if !target.shard_verifies(slot, entry, *t, bytes) {
+                        return false;
+                    }
+                    cell.copy_from_slice(bytes);
+                    true
+                });
         }
         let Scratch { shards, present } = scratch;
         present.iter_mut().for_each(|p| *p = false);
+        // The sources are not verified one by one: only the target is, after reconstruction.
+        // That is as strict: the code is MDS, so a target is a combination of any K shards
+        // with no zero coefficient, and a wrong byte in one source makes the same byte of the
+        // target wrong; the target's checksums then fail and the stripe goes the per-stripe
+        // way (which finds, counts and heals the bad source). It saves K checksum passes per
+        // chunk, most of the rebuild's CPU time once its I/O is batched.
         for shard in &item.sources {
-            let bytes = source_bytes(*shard)?;
-            if !target.shard_verifies(slot, entry, *shard, bytes) {
-                return None;
-            }
+            let Some(bytes) = source_bytes(*shard) else {
+                return false;
+            };
             shards[shard.0].copy_from_slice(bytes);
             present[shard.0] = true;
         }
         if !item.targets.iter().all(|t| present[t.0])
             && !target.codec().reconstruct(shards, present)
         {
-            return None;
+            return false;
         }
         item.targets
             .iter()
-            .map(|t| {
-                let verified = target.shard_verifies(slot, entry, *t, &shards[t.0]);
-                verified.then(|| (geometry.shard_location(slot, *t).1, shards[t.0].clone()))
+            .zip(out.chunks_mut(chunk))
+            .all(|(t, cell)| {
+                if !target.shard_verifies(slot, entry, *t, &shards[t.0]) {
+                    return false;
+                }
+                cell.copy_from_slice(&shards[t.0]);
+                true
             })
-            .collect()
     }
 
-    /// Write `outputs` to the replacement with one batch of requests: one per run of adjacent
-    /// cells (cut at `REQUEST_BYTES_MAX`), from aligned buffers. Returns the bytes written.
-    fn write_runs(&self, mut outputs: Vec<Cell>) -> Result<u64> {
-        if outputs.is_empty() {
-            return Ok(0);
-        }
+    /// Write the produced cells of `outputs` to the replacement with one batch of requests:
+    /// one per run of adjacent cells (cut at `REQUEST_BYTES_MAX`), straight from the batch's
+    /// aligned buffer. Returns the bytes written.
+    fn write_runs(&self, outputs: Outputs) -> Result<u64> {
         let chunk_bytes = self.target.geometry().chunk_bytes;
+        let chunk = usize::try_from(chunk_bytes).unwrap_or(0);
         let per_request =
             usize::try_from((REQUEST_BYTES_MAX / chunk_bytes.max(1)).max(1)).unwrap_or(1);
-        outputs.sort_unstable_by_key(|(offset, _)| *offset);
-        let offsets: Vec<u64> = outputs.iter().map(|(o, _)| *o).collect();
-        let mut requests: Vec<(u64, AlignedBuf)> = Vec::new();
-        let mut position = 0;
-        for run in crate::maintenance::runs(&offsets, chunk_bytes) {
-            for piece in run.chunks(per_request) {
-                let cells = &outputs[position..position + piece.len()];
-                position += piece.len();
-                let mut buffer = AlignedBuf::zeroed(cells.iter().map(|(_, b)| b.len()).sum());
-                let mut at = 0;
-                for (_, bytes) in cells {
-                    buffer[at..at + bytes.len()].copy_from_slice(bytes);
-                    at += bytes.len();
-                }
-                requests.push((piece[0], buffer));
+        let cells = &outputs.cells;
+        let mut writes: Vec<(u64, &[u8])> = Vec::new();
+        let mut i = 0;
+        while i < cells.len() {
+            if !cells[i].1 {
+                i += 1;
+                continue;
             }
+            let start = i;
+            i += 1;
+            while i < cells.len()
+                && cells[i].1
+                && cells[i].0 == cells[i - 1].0 + chunk_bytes
+                && i - start < per_request
+            {
+                i += 1;
+            }
+            writes.push((cells[start].0, &outputs.buffer[start * chunk..i * chunk]));
         }
-        let writes: Vec<(u64, &[u8])> = requests
-            .iter()
-            .map(|(offset, buffer)| (*offset, &buffer[..]))
-            .collect();
-        self.target.fill_writes(self.index, &self.fill, &writes)?;
-        let written = writes.iter().map(|(_, bytes)| bytes.len() as u64).sum();
+        let result = if writes.is_empty() {
+            Ok(0)
+        } else {
+            self.target
+                .fill_writes(self.index, &self.fill, &writes)
+                .map(|()| writes.iter().map(|(_, bytes)| bytes.len() as u64).sum())
+        };
+        drop(writes);
+        self.buffers().give(outputs.buffer);
+        let written = result?;
         self.fill.count_written(written);
         Ok(written)
     }
