@@ -15,15 +15,15 @@
 //!   `release_at_t_plus_1` are each caught.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use stripestore::device::{DeviceError, MemDevice, PowerCut, SharedDevice};
+use stripestore::device::{DeviceError, SharedDevice};
 use stripestore::format::v4::BlockPointer;
 use stripestore::geometry::{Geometry, Layout};
 use stripestore::meta::{CommitReport, MapOptions, MapStore, ReleaseRule, RewindPlan};
 #[path = "common/meta.rs"]
 mod meta;
-use meta::{Hooked, Lcg};
+use meta::{Hooked, Lcg, PowerMembers};
 use stripestore::testing::MetaWriter as Writer;
 
 const POOL: [u8; 16] = [0x5a; 16];
@@ -47,50 +47,25 @@ fn options() -> MapOptions {
     }
 }
 
-/// Members as memory devices, seen through a shared power switch.
+/// Members behind a shared power switch, and their geometry.
 struct Rig {
     geometry: Geometry,
-    mems: Vec<Arc<MemDevice>>,
-    countdown: Arc<AtomicI64>,
-    devices: Vec<Option<SharedDevice>>,
+    members: PowerMembers,
+}
+
+impl std::ops::Deref for Rig {
+    type Target = PowerMembers;
+    fn deref(&self) -> &PowerMembers {
+        &self.members
+    }
 }
 
 impl Rig {
     fn new(layout: &str, members: usize) -> Self {
-        let mems: Vec<Arc<MemDevice>> = (0..members)
-            .map(|i| Arc::new(MemDevice::new(format!("m{i}"), DEVICE_BYTES)))
-            .collect();
-        let countdown = Arc::new(AtomicI64::new(i64::MAX));
-        let devices = mems
-            .iter()
-            .map(|m| Some(Arc::new(PowerCut::new(m.clone(), countdown.clone())) as SharedDevice))
-            .collect();
         Self {
             geometry: geometry(layout, members),
-            mems,
-            countdown,
-            devices,
+            members: PowerMembers::new(members, DEVICE_BYTES),
         }
-    }
-
-    /// Power off now: every member keeps a random part of what it did not flush; power on.
-    fn crash(&self, seed: u64) {
-        for (i, mem) in self.mems.iter().enumerate() {
-            mem.crash(seed.wrapping_mul(31).wrapping_add(i as u64));
-        }
-        self.countdown.store(i64::MAX, Ordering::SeqCst);
-    }
-
-    fn cut_after(&self, operations: i64) {
-        self.countdown.store(operations, Ordering::SeqCst);
-    }
-
-    fn power_was_cut(&self) -> bool {
-        self.countdown.load(Ordering::SeqCst) <= 0
-    }
-
-    fn images(&self) -> Vec<Vec<u8>> {
-        self.mems.iter().map(|m| m.image()).collect()
     }
 
     /// Zero the 4 KiB log block at `offset` of `half` on every member.

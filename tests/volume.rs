@@ -14,10 +14,10 @@
 //! * a 16 TiB volume on sparse files writes, flushes and reads back at both ends.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::sync::Mutex;
-use stripestore::device::{Device, DeviceError, FileDevice, MemDevice, PowerCut, SharedDevice};
+use stripestore::device::{Device, DeviceError, FileDevice, SharedDevice};
 use stripestore::geometry::{Geometry, Layout};
 use stripestore::meta::MapOptions;
 use stripestore::types::{ShardIndex, SlotId};
@@ -25,7 +25,7 @@ use stripestore::volume::{Volume, VolumeOptions, BLOCK_BYTES};
 use stripestore::Error;
 #[path = "common/meta.rs"]
 mod meta;
-use meta::Lcg;
+use meta::{Lcg, PowerMembers};
 
 const POOL: [u8; 16] = [0x6b; 16];
 const TIMELINE: u64 = 0x5100;
@@ -58,29 +58,30 @@ fn options() -> VolumeOptions {
     }
 }
 
-/// Members as memory devices behind a shared power switch.
+/// Members behind a shared power switch, and their geometry.
 struct Rig {
     geometry: Geometry,
-    mems: Vec<Arc<MemDevice>>,
-    countdown: Arc<AtomicI64>,
-    devices: Vec<Option<SharedDevice>>,
+    members: PowerMembers,
+}
+
+impl std::ops::Deref for Rig {
+    type Target = PowerMembers;
+    fn deref(&self) -> &PowerMembers {
+        &self.members
+    }
+}
+
+impl std::ops::DerefMut for Rig {
+    fn deref_mut(&mut self) -> &mut PowerMembers {
+        &mut self.members
+    }
 }
 
 impl Rig {
     fn new(layout: &str, members: usize) -> Self {
-        let mems: Vec<Arc<MemDevice>> = (0..members)
-            .map(|i| Arc::new(MemDevice::new(format!("m{i}"), DEVICE_BYTES)))
-            .collect();
-        let countdown = Arc::new(AtomicI64::new(i64::MAX));
-        let devices = mems
-            .iter()
-            .map(|m| Some(Arc::new(PowerCut::new(m.clone(), countdown.clone())) as SharedDevice))
-            .collect();
         Self {
             geometry: geometry(layout, members, DEVICE_BYTES),
-            mems,
-            countdown,
-            devices,
+            members: PowerMembers::new(members, DEVICE_BYTES),
         }
     }
 
@@ -90,18 +91,6 @@ impl Rig {
 
     fn open(&self, options: &VolumeOptions) -> Volume {
         Volume::open(&self.devices, POOL, &self.geometry, TIMELINE, options).unwrap()
-    }
-
-    /// Power off: every member keeps a random part of what it did not flush; power on.
-    fn crash(&self, seed: u64) {
-        for (i, mem) in self.mems.iter().enumerate() {
-            mem.crash(seed.wrapping_mul(31).wrapping_add(i as u64));
-        }
-        self.countdown.store(i64::MAX, Ordering::SeqCst);
-    }
-
-    fn images(&self) -> Vec<Vec<u8>> {
-        self.mems.iter().map(|m| m.image()).collect()
     }
 
     /// Device and offset of every shard-block that carries logical block `key`'s data (its

@@ -591,10 +591,12 @@ fn write_runs(
     let buffers: Vec<Vec<u8>> = runs
         .iter()
         .map(|run| {
-            run.iter()
-                .flat_map(|p| &bytes[p.index * BLOCK_BYTES..(p.index + 1) * BLOCK_BYTES])
-                .copied()
-                .collect()
+            let mut buffer = Vec::with_capacity(run.len() * BLOCK_BYTES);
+            for p in run {
+                buffer
+                    .extend_from_slice(&bytes[p.index * BLOCK_BYTES..(p.index + 1) * BLOCK_BYTES]);
+            }
+            buffer
         })
         .collect();
     let mut ops = Vec::with_capacity(runs.len());

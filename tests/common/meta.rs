@@ -2,8 +2,9 @@
 //! generator and a device that lets a test watch or refuse requests on the way to a member.
 #![allow(dead_code)]
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use stripestore::device::{Device, DeviceError, SharedDevice};
+use stripestore::device::{Device, DeviceError, MemDevice, PowerCut, SharedDevice};
 
 /// A small seeded generator (the same sequence on every machine).
 pub struct Lcg(pub u64);
@@ -70,5 +71,52 @@ impl Device for Hooked {
     }
     fn name(&self) -> String {
         self.inner.name()
+    }
+}
+
+/// Members as memory devices, seen through one shared power switch: `cut_after(n)` lets `n`
+/// more device operations through, `crash(seed)` powers off (each member keeps a random part
+/// of what it did not flush) and on again.
+pub struct PowerMembers {
+    pub mems: Vec<Arc<MemDevice>>,
+    pub countdown: Arc<AtomicI64>,
+    pub devices: Vec<Option<SharedDevice>>,
+}
+
+impl PowerMembers {
+    pub fn new(members: usize, bytes: u64) -> Self {
+        let mems: Vec<Arc<MemDevice>> = (0..members)
+            .map(|i| Arc::new(MemDevice::new(format!("m{i}"), bytes)))
+            .collect();
+        let countdown = Arc::new(AtomicI64::new(i64::MAX));
+        let devices = mems
+            .iter()
+            .map(|m| Some(Arc::new(PowerCut::new(m.clone(), countdown.clone())) as SharedDevice))
+            .collect();
+        Self {
+            mems,
+            countdown,
+            devices,
+        }
+    }
+
+    /// Power off now: every member keeps a random part of what it did not flush; power on.
+    pub fn crash(&self, seed: u64) {
+        for (i, mem) in self.mems.iter().enumerate() {
+            mem.crash(seed.wrapping_mul(31).wrapping_add(i as u64));
+        }
+        self.countdown.store(i64::MAX, Ordering::SeqCst);
+    }
+
+    pub fn cut_after(&self, operations: i64) {
+        self.countdown.store(operations, Ordering::SeqCst);
+    }
+
+    pub fn power_was_cut(&self) -> bool {
+        self.countdown.load(Ordering::SeqCst) <= 0
+    }
+
+    pub fn images(&self) -> Vec<Vec<u8>> {
+        self.mems.iter().map(|m| m.image()).collect()
     }
 }
