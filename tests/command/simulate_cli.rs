@@ -199,3 +199,51 @@ fn bench_metadata_reports_every_phase_with_the_expected_costs() {
         "looking never writes"
     );
 }
+
+/// `stripestore bench-smallwrite` on small preallocated members: fio's baseline and the
+/// volume's groups both report, rs rows are full (a group of 8 is two rows of 4; a group
+/// that drew one key twice packs 7 blocks, so a few rows are narrow), the sample read back
+/// matched (the command fails otherwise), and the flush case is measured too.
+#[test]
+fn bench_smallwrite_reports_raw_and_volume_iops_with_full_rows() {
+    if std::process::Command::new("fio").arg("--version").output().is_err() {
+        assert!(
+            std::env::var_os("STRIPESTORE_REQUIRE_TOOLS").is_none(),
+            "fio is required"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let stdout = succeed([
+        "bench-smallwrite",
+        "--layouts",
+        "rs:4+2,mirror:2",
+        "--member-size",
+        "96M",
+        "--span",
+        "8M",
+        "--seconds",
+        "0.3",
+        "--runs",
+        "1",
+        "--fsync-every",
+        "0,32",
+        "--json",
+        "--dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let cases = report["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 4, "{report}");
+    for case in cases {
+        assert!(case["raw_iops"][0].as_f64().unwrap() > 0.0, "{case}");
+        let run = &case["library"][0];
+        assert!(run["iops"].as_f64().unwrap() > 0.0, "{case}");
+        let per_row = run["blocks_per_row"].as_f64().unwrap();
+        match case["layout"].as_str().unwrap() {
+            "rs:4+2" if case["fsync_every"] == 0 => assert!(per_row > 3.9, "{case}"),
+            "mirror:2" => assert_eq!(per_row, 1.0, "{case}"),
+            _ => assert!(per_row > 1.0, "{case}"),
+        }
+    }
+}
