@@ -206,7 +206,11 @@ fn bench_metadata_reports_every_phase_with_the_expected_costs() {
 /// matched (the command fails otherwise), and the flush case is measured too.
 #[test]
 fn bench_smallwrite_reports_raw_and_volume_iops_with_full_rows() {
-    if std::process::Command::new("fio").arg("--version").output().is_err() {
+    if std::process::Command::new("fio")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         assert!(
             std::env::var_os("STRIPESTORE_REQUIRE_TOOLS").is_none(),
             "fio is required"
