@@ -540,6 +540,45 @@ fn rebuild_reads_one_copy_or_k_shards_per_rebuilt_chunk() {
     }
 }
 
+/// A multi-batch pool written whole with seeded data (recorded in the model) and flushed,
+/// then its last member lost and a spare attached: `(pool, members, spare, model, victim)`.
+fn filled_then_degraded(
+    layout: &str,
+    devices: usize,
+    seed: u64,
+) -> (Pool, Vec<Arc<MemDevice>>, Arc<MemDevice>, Model, usize) {
+    let (pool, mems, spare) = create_multi_batch(layout, devices);
+    let mut model = Model::new(pool.size());
+    let data = random_bytes(&mut rng(seed), pool.size() as usize);
+    pool.write_at(0, &data).unwrap();
+    model.write(0, &data);
+    pool.flush().unwrap();
+    let victim = devices - 1;
+    mems[victim].set_gone(true);
+    pool.fault_device(victim, "test: lost");
+    pool.attach_spares();
+    (pool, mems, spare, model, victim)
+}
+
+/// After a rebuild: every byte is the model's, the spare took the victim's place, and with
+/// only the members that make the rebuilt device necessary, every byte still reads exactly.
+fn verify_rebuilt(
+    pool: Pool,
+    mems: Vec<Arc<MemDevice>>,
+    spare: Arc<MemDevice>,
+    model: &Model,
+    layout: &str,
+    victim: usize,
+) {
+    verify(&pool, model);
+    assert_eq!(pool.status().devices[victim].path, "spare0", "{layout}");
+    pool.close().unwrap();
+    let devices = mems.len();
+    let mut all = mems;
+    all[victim] = spare;
+    verify_with_only(&all, &keep_needing(layout, devices, victim), model);
+}
+
 /// Writes racing a rebuild whose steps span several pipeline batches win: a writer thread
 /// keeps overwriting random ranges (recorded in the model) while the steps read one batch and
 /// write another; afterwards the rebuilt device, needed for every read, serves exactly the
@@ -552,16 +591,8 @@ fn writes_racing_a_multi_batch_rebuild_win() {
             seed,
             name: "writes_racing_a_multi_batch_rebuild_win",
         };
-        let (pool, mems, spare) = create_multi_batch(layout, devices);
-        let model = std::sync::Mutex::new(Model::new(pool.size()));
-        let data = random_bytes(&mut rng(seed), pool.size() as usize);
-        pool.write_at(0, &data).unwrap();
-        model.lock().unwrap().write(0, &data);
-        pool.flush().unwrap();
-        let victim = devices - 1;
-        mems[victim].set_gone(true);
-        pool.fault_device(victim, "test: lost");
-        pool.attach_spares();
+        let (pool, mems, spare, model, victim) = filled_then_degraded(layout, devices, seed);
+        let model = std::sync::Mutex::new(model);
         let done = std::sync::atomic::AtomicBool::new(false);
         let steps = std::thread::scope(|scope| {
             let writer = scope.spawn(|| {
@@ -588,12 +619,7 @@ fn writes_racing_a_multi_batch_rebuild_win() {
         });
         assert!(steps >= 2, "{layout}: more than one step ({steps})");
         let model = model.into_inner().unwrap();
-        verify(&pool, &model);
-        assert_eq!(pool.status().devices[victim].path, "spare0", "{layout}");
-        pool.close().unwrap();
-        let mut all = mems.clone();
-        all[victim] = spare;
-        verify_with_only(&all, &keep_needing(layout, devices, victim), &model);
+        verify_rebuilt(pool, mems, spare, &model, layout, victim);
     }
 }
 
@@ -609,16 +635,8 @@ fn flushed_writes_racing_long_rebuild_steps_win() {
             seed,
             name: "flushed_writes_racing_long_rebuild_steps_win",
         };
-        let (pool, mems, spare) = create_multi_batch(layout, devices);
-        let model = std::sync::Mutex::new(Model::new(pool.size()));
-        let data = random_bytes(&mut rng(seed), pool.size() as usize);
-        pool.write_at(0, &data).unwrap();
-        model.lock().unwrap().write(0, &data);
-        pool.flush().unwrap();
-        let victim = devices - 1;
-        mems[victim].set_gone(true);
-        pool.fault_device(victim, "test: lost");
-        pool.attach_spares();
+        let (pool, mems, spare, model, victim) = filled_then_degraded(layout, devices, seed);
+        let model = std::sync::Mutex::new(model);
         let done = std::sync::atomic::AtomicBool::new(false);
         std::thread::scope(|scope| {
             let writer = scope.spawn(|| {
@@ -638,12 +656,7 @@ fn flushed_writes_racing_long_rebuild_steps_win() {
             writer.join().unwrap();
         });
         let model = model.into_inner().unwrap();
-        verify(&pool, &model);
-        assert_eq!(pool.status().devices[victim].path, "spare0", "{layout}");
-        pool.close().unwrap();
-        let mut all = mems.clone();
-        all[victim] = spare;
-        verify_with_only(&all, &keep_needing(layout, devices, victim), &model);
+        verify_rebuilt(pool, mems, spare, &model, layout, victim);
     }
 }
 
