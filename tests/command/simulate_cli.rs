@@ -215,6 +215,7 @@ fn bench_smallwrite_reports_raw_and_volume_iops_with_full_rows() {
             std::env::var_os("STRIPESTORE_REQUIRE_TOOLS").is_none(),
             "fio is required"
         );
+        eprintln!("SKIPPED: fio is not installed (apt-get install it, or run .ci/run)");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
