@@ -507,6 +507,7 @@ fn rot_and_read(
         let start = ((pbn - pbn % k) % places.len() as u64) as usize;
         places.rotate_left(start);
     }
+    let intact = rig.images();
     for (device, at) in places.iter().take(rotten) {
         rig.mems[*device].poke(*at, &[0xa5; B]);
     }
@@ -527,6 +528,13 @@ fn rot_and_read(
             volume.read(&rig.devices, 3 * B as u64, &mut buf).unwrap();
             if buf != blocks[3] || volume.counters().rebuilt_blocks != after.rebuilt_blocks {
                 return Err(format!("{layout}: the first read did not heal its copy"));
+            }
+            // Every rotten place was met by the read (the first copy tried, or a source of the
+            // row) and rewritten with exactly its intact bytes.
+            if rig.images() != intact {
+                return Err(format!(
+                    "{layout}: {rotten} rotten places: the heal did not restore the exact bytes"
+                ));
             }
             Ok("read")
         }
