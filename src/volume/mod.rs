@@ -399,14 +399,14 @@ impl Volume {
         let mut shards = vec![0u8; planned.len() * width * BLOCK_BYTES];
         let mut crcs = vec![0u32; planned.len() * width];
         let mut pieces = Vec::with_capacity(planned.len() * width);
-        let parity = self.codec.parity_chunks();
+        // One row's data chunks (a narrow row's missing ones zero) and parity, reused.
+        let mut data = vec![0u8; k * BLOCK_BYTES];
+        let mut parity_bytes = vec![0u8; self.codec.parity_chunks() * BLOCK_BYTES];
         for (i, ((slot, row), start, n)) in planned.iter().enumerate() {
             let row_bytes = &mut shards[i * width * BLOCK_BYTES..(i + 1) * width * BLOCK_BYTES];
-            // Data chunk j in its first shard (for copies, the others are filled below).
-            let mut data = vec![0u8; k * BLOCK_BYTES];
             data[..n * BLOCK_BYTES]
                 .copy_from_slice(&blocks[start * BLOCK_BYTES..(start + n) * BLOCK_BYTES]);
-            let mut parity_bytes = vec![0u8; parity * BLOCK_BYTES];
+            data[n * BLOCK_BYTES..].fill(0);
             self.codec
                 .encode_parity_into(&data, BLOCK_BYTES, &mut parity_bytes);
             for s in 0..width {
