@@ -266,6 +266,16 @@ fn flush_all(devices: &[Option<SharedDevice>]) -> Result<()> {
 }
 
 /// Where a data block's row is: `(slot, row, data block j within the row)`.
+/// A row of a data slot as written: each data block's owner (logical block) and the pointer
+/// the owner was given for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrittenRow {
+    /// The row within its slot.
+    pub row: u16,
+    /// `(owner, pointer)` of each data block written in the row.
+    pub blocks: Vec<(u64, BlockPointer)>,
+}
+
 fn row_of(geometry: &Geometry, pbn: u64) -> (u64, u16, usize) {
     let k = geometry.data_chunks() as u64;
     let rows_per_chunk = (geometry.chunk_bytes / crate::format::v4::LOG_BLOCK_BYTES as u64).max(1);
@@ -431,9 +441,17 @@ impl MapStore {
     /// what the cache lets map and summary dirty (at most `sync_pages_max`), every usage leaf
     /// and one path per tree; `S_victim = 1`, `S_open = 4`, `S_slop = segments / 1024` between
     /// 8 and 1,024 (at most a sixteenth of a small pool's segments, at least 2).
-    fn hard_reserve(options: &MapOptions, shape: &SegmentShape, dirty: usize, depths: u64) -> u64 {
+    ///
+    /// Returns the reserve and the syncs' share of it, `3 × S_sync`: the data cleaner may take
+    /// the rest but for three open segments (`S_victim`, its own open segment, the slop).
+    fn hard_reserve(
+        options: &MapOptions,
+        shape: &SegmentShape,
+        dirty: usize,
+        depths: u64,
+    ) -> (u64, u64) {
         if options.planted_into_reserve() {
-            return 0;
+            return (0, 0);
         }
         let usage_leaves = shape.segments.div_ceil(1 << SUT_LEAF_BITS);
         let pages = dirty as u64 + usage_leaves + depths;
@@ -442,7 +460,7 @@ impl MapStore {
             .clamp(8, 1024)
             .min(shape.segments / 16)
             .max(2);
-        3 * per_sync + 1 + 4 + slop
+        (3 * per_sync + 1 + 4 + slop, 3 * per_sync)
     }
 
     /// The shape of this pool's slot records.
@@ -642,7 +660,8 @@ impl MapStore {
             + u64::from(summary.root().level())
             + u64::from(sut.root().level());
         let mut segments = SegmentTable::new(shape, options.release);
-        segments.set_reserve(Self::hard_reserve(options, &shape, dirty, depths));
+        let (reserve, sync_share) = Self::hard_reserve(options, &shape, dirty, depths);
+        segments.set_reserve(reserve, sync_share);
         let this = Self {
             pool,
             timeline,
@@ -718,7 +737,8 @@ impl MapStore {
         )?;
         let depths =
             u64::from(depth) + u64::from(summary.root().level()) + u64::from(sut.root().level());
-        segments.set_reserve(Self::hard_reserve(options, &shape, dirty, depths));
+        let (reserve, sync_share) = Self::hard_reserve(options, &shape, dirty, depths);
+        segments.set_reserve(reserve, sync_share);
         sut.forget_clean_leaves(leaves.iter().map(|(first, _)| *first));
         debug_assert_eq!(TREES, 6);
         let mut this = Self {
@@ -1246,10 +1266,20 @@ impl MapStore {
     /// # Errors
     /// [`Error::NoFreeSlot`] when no segment is free.
     pub fn next_row(&mut self) -> Result<(u64, u16)> {
+        self.next_row_for(false)
+    }
+
+    /// The next row as [`MapStore::next_row`]; for the data cleaner (`cleaner`), a new
+    /// segment may come from the hard reserve down to the syncs' share (FORMAT.md V4.6: the
+    /// reserve holds one victim's live blocks, the cleaner's open segment and slop).
+    ///
+    /// # Errors
+    /// [`Error::NoFreeSlot`] when no segment is free.
+    pub fn next_row_for(&mut self, cleaner: bool) -> Result<(u64, u16)> {
         let rows = self.geometry.chunk_bytes / 4096;
         let (slot, row) = match self.open_row {
             Some((slot, row)) if row < rows => (slot, row),
-            _ => (self.data_slot()?, 0),
+            _ => (self.data_slot_for(cleaner)?, 0),
         };
         self.open_row = Some((slot, row + 1));
         Ok((slot, u16::try_from(row).unwrap_or(u16::MAX)))
@@ -1320,14 +1350,87 @@ impl MapStore {
         )))
     }
 
+    /// Every recorded row of data slot `slot` with the pointer each of its data blocks had
+    /// when written (FORMAT.md V4.6, "Cleaner": a block is live iff its owner's pointer is
+    /// still exactly this one): rows noted or replayed since the last sync, else the slot
+    /// summary's. A summary record left from an earlier use of the slot's segment gives
+    /// pointers no tree holds any more (their births differ), so they never look live.
+    ///
+    /// # Errors
+    /// When the summary page cannot be read or its record does not decode.
+    pub fn slot_rows(
+        &self,
+        devices: &[Option<SharedDevice>],
+        slot: u64,
+    ) -> Result<Vec<WrittenRow>> {
+        let rows_per_slot = u16::try_from(self.geometry.chunk_bytes / 4096).unwrap_or(u16::MAX);
+        let k = self.geometry.data_chunks() as u64;
+        let pbn =
+            |row: u16, j: usize| (slot * u64::from(rows_per_slot) + u64::from(row)) * k + j as u64;
+        let mut found = Vec::new();
+        let record = self.slot_record(devices, slot)?;
+        for row in 0..rows_per_slot {
+            let noted = self
+                .rows
+                .get(&(slot, row))
+                .or_else(|| self.unsummarized.get(&(slot, row)));
+            let blocks: Vec<(u64, BlockPointer)> = if let Some(info) = noted {
+                info.owners
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(j, owner)| {
+                        let crc = pointer_crc(&self.geometry, &info.crcs, j)?;
+                        Some((
+                            *owner,
+                            BlockPointer::written(pbn(row, j), info.birth, 0, crc),
+                        ))
+                    })
+                    .collect()
+            } else if let Some(record) = record
+                .as_ref()
+                .filter(|r| usize::from(row) < r.rows_written())
+            {
+                let r = usize::from(row);
+                let written = record.row(r);
+                let crcs: Vec<u32> = (0..self.geometry.width())
+                    .map(|s| record.crc(r, s))
+                    .collect();
+                (0..usize::from(written.data_blocks))
+                    .filter(|j| !record.is_forward_target(r, *j))
+                    .filter_map(|j| {
+                        let owner = record.owner(r, j)?;
+                        let crc = pointer_crc(&self.geometry, &crcs, j)?;
+                        Some((
+                            owner,
+                            BlockPointer::written(pbn(row, j), written.birth, 0, crc),
+                        ))
+                    })
+                    .collect()
+            } else {
+                continue;
+            };
+            found.push(WrittenRow { row, blocks });
+        }
+        Ok(found)
+    }
+
     /// A fresh slot of the open data segment for rows of data blocks (the pool's writers take
     /// their slots here).
     ///
     /// # Errors
     /// [`Error::NoFreeSlot`] when no segment is free.
     pub fn data_slot(&mut self) -> Result<u64> {
+        self.data_slot_for(false)
+    }
+
+    fn data_slot_for(&mut self, cleaner: bool) -> Result<u64> {
         self.usable()?;
-        self.segments.data_slot().ok_or_else(|| {
+        let floor = if cleaner {
+            self.segments.cleaner_floor()
+        } else {
+            self.segments.data_floor()
+        };
+        self.segments.data_slot_above(floor).ok_or_else(|| {
             Error::NoFreeSlot(format!(
                 "no segment is free for data outside the hard reserve of {} segments, which \
                  only syncs may use ({} free)",
@@ -1848,6 +1951,14 @@ impl MapStore {
         birth: u64,
     ) -> Result<(usize, usize)> {
         let per_slot = self.geometry.pages_per_slot();
+        // The fold closes a full open data segment. Rows may still be handed out from its
+        // last slot; from now on they must not be (a closed segment can be cleaned, and once
+        // nothing references it, freed and taken for something else), so that slot ends here.
+        if let (Some((slot, _)), Some(full)) = (self.open_row, self.segments.open_data_full()) {
+            if self.segments.shape().of_slot(slot) == full {
+                self.open_row = None;
+            }
+        }
         let mut reserved: VecDeque<u64> = VecDeque::new();
         let mut replaced: BTreeSet<u64> = BTreeSet::new();
         let mut staged_leaves = BTreeSet::new();

@@ -162,6 +162,12 @@ impl SegmentShape {
         pbn / self.blocks_per_segment
     }
 
+    /// The segment of data slot `slot`.
+    #[must_use]
+    pub fn of_slot(&self, slot: u64) -> u64 {
+        slot / self.segment_slots
+    }
+
     /// The segment of metadata page `mpn`.
     #[must_use]
     pub fn of_page(&self, mpn: u64) -> u64 {
@@ -191,6 +197,9 @@ pub struct SegmentTable {
     settle: BTreeSet<u64>,
     /// Free-pending segments by the txg of the sync that freed them.
     pending: VecDeque<(u64, Vec<u64>)>,
+    /// The free-pending segments that held data (what the data cleaner has won and waits
+    /// for).
+    pending_data: BTreeSet<u64>,
     /// The open data segment and its next slot.
     open_data: Option<(u64, u64)>,
     /// The open metadata segment and its next page.
@@ -199,6 +208,10 @@ pub struct SegmentTable {
     dirty: BTreeSet<u64>,
     /// Free segments only syncs (metadata) may take (FORMAT.md V4.6, "The hard reserve").
     reserve: u64,
+    /// The syncs' share of the reserve (`3 × S_sync`).
+    sync_share: u64,
+    /// Data segments opened by this process (only goes up).
+    data_opened: u64,
 }
 
 impl SegmentTable {
@@ -216,10 +229,13 @@ impl SegmentTable {
             free: FreeSet::full(shape.segments),
             settle: BTreeSet::new(),
             pending: VecDeque::new(),
+            pending_data: BTreeSet::new(),
             open_data: None,
             open_meta: None,
             dirty: BTreeSet::new(),
             reserve: 0,
+            sync_share: 0,
+            data_opened: 0,
         }
     }
 
@@ -422,9 +438,43 @@ impl SegmentTable {
         Some(segment)
     }
 
-    /// Keep the last `segments` free segments for metadata: data never takes them.
-    pub fn set_reserve(&mut self, segments: u64) {
+    /// Keep the last `segments` free segments for metadata, `sync_share` of them (`3 ×
+    /// S_sync`) for the pages of the sync being written and of the two whose frees are not
+    /// released yet: data never takes them, the data cleaner only the part above
+    /// `sync_share` and three open segments.
+    pub fn set_reserve(&mut self, segments: u64, sync_share: u64) {
         self.reserve = segments;
+        self.sync_share = sync_share.min(segments);
+    }
+
+    /// Metadata segments waiting for their release, counted as part of the syncs' share (at
+    /// most two of its three syncs): the reserve is there for the pages of syncs in flight,
+    /// and these are exactly those pages, coming back without any cleaning. Requiring the
+    /// whole reserve free beside them would count those syncs twice (measured: a full
+    /// rs:4+2 test pool had 6 of its 24 reserve segments parked so, and its data, with every
+    /// remaining dead block in segments too full to clean, could not get one back).
+    fn parked(&self) -> u64 {
+        let metadata = self.pending_segments() - self.pending_data_segments();
+        metadata.min(self.sync_share / 3 * 2)
+    }
+
+    /// Free segments a data write must leave: the reserve less what of it is parked.
+    #[must_use]
+    pub fn data_floor(&self) -> u64 {
+        self.reserve - self.parked()
+    }
+
+    /// Free segments the data cleaner must leave: the syncs' share and three open segments,
+    /// less what of it is parked.
+    #[must_use]
+    pub fn cleaner_floor(&self) -> u64 {
+        (self.sync_share + 3).min(self.reserve) - self.parked()
+    }
+
+    /// Data segments opened by this process so far.
+    #[must_use]
+    pub fn data_segments_opened(&self) -> u64 {
+        self.data_opened
     }
 
     /// The hard reserve, in segments.
@@ -436,6 +486,13 @@ impl SegmentTable {
     /// A fresh slot in the open data segment (a new segment is opened when it is full);
     /// `None` when no segment outside the hard reserve is free.
     pub fn data_slot(&mut self) -> Option<u64> {
+        self.data_slot_above(self.data_floor())
+    }
+
+    /// A fresh data slot as [`SegmentTable::data_slot`], opening a new segment only while
+    /// more than `floor` are free (the cleaner may dig into the hard reserve: its
+    /// relocations are what gives segments back).
+    pub fn data_slot_above(&mut self, floor: u64) -> Option<u64> {
         if let Some((segment, next)) = self.open_data {
             if next < self.shape.segment_slots {
                 self.open_data = Some((segment, next + 1));
@@ -443,10 +500,11 @@ impl SegmentTable {
             }
             self.settle.insert(segment);
         }
-        if self.free.count <= self.reserve {
+        if self.free.count <= floor {
             return None;
         }
         let segment = self.take(Kind::Data)?;
+        self.data_opened += 1;
         self.open_data = Some((segment, 1));
         Some(segment * self.shape.segment_slots)
     }
@@ -557,6 +615,9 @@ impl SegmentTable {
                 after.state = SegmentState::FreePending;
                 after.freed_txg_low = (txg & 0xFFFF) as u16;
                 self.pend(segment, txg);
+                if kind == Kind::Data {
+                    self.pending_data.insert(segment);
+                }
             }
             if count > 0 {
                 // Referenced again (after a rewind, rows replayed into a segment the older
@@ -587,6 +648,7 @@ impl SegmentTable {
     }
 
     fn unpend(&mut self, segment: u64) {
+        self.pending_data.remove(&segment);
         for (_, segments) in &mut self.pending {
             segments.retain(|s| *s != segment);
         }
@@ -625,6 +687,7 @@ impl SegmentTable {
             }
             if let Some((_, segments)) = self.pending.pop_front() {
                 for segment in segments {
+                    self.pending_data.remove(&segment);
                     // Belt and braces: never free a segment something still counts on.
                     let counted = self.record(segment).referenced > 0
                         || self.journal.contains_key(&segment)
@@ -658,6 +721,82 @@ impl SegmentTable {
         victims
     }
 
+    /// Blocks (or pages) of `segment` referenced now: the boundary's count plus what was
+    /// journalled since.
+    #[must_use]
+    pub fn referenced_now(&self, segment: u64) -> u64 {
+        let base = i64::from(self.record(segment).referenced);
+        let now = base + self.journal.get(&segment).copied().unwrap_or(0);
+        u64::try_from(now).unwrap_or(0)
+    }
+
+    /// Whether `segment` holds data rows and is closed (not the open data segment), not free
+    /// and not waiting for its release: what the data cleaner may empty.
+    fn closed_data(&self, segment: u64) -> bool {
+        let data = match self.opened.get(&segment) {
+            Some(Kind::Data) => true,
+            Some(Kind::Metadata) => false,
+            None => matches!(
+                self.record(segment).state,
+                SegmentState::OpenData | SegmentState::FullData
+            ),
+        };
+        data && self.open_data.is_none_or(|(open, _)| open != segment)
+            && !self.is_free(segment)
+            && !self.is_pending(segment)
+    }
+
+    /// Segments that could hold data now: those recorded at the boundary and those opened
+    /// since (no walk of the free ones).
+    fn candidate_segments(&self) -> impl Iterator<Item = u64> + '_ {
+        let recorded = self.leaves.iter().enumerate().flat_map(|(leaf, records)| {
+            records.iter().flat_map(move |records| {
+                records
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.state != SegmentState::Free)
+                    .map(move |(i, _)| leaf as u64 * PER_LEAF + i as u64)
+            })
+        });
+        let opened = self
+            .opened
+            .iter()
+            .filter(|(s, kind)| {
+                **kind == Kind::Data && self.record(**s).state == SegmentState::Free
+            })
+            .map(|(s, _)| *s);
+        recorded.chain(opened)
+    }
+
+    /// The data cleaner's next victim (FORMAT.md V4.6, "Cleaner"): the closed data segment
+    /// with the fewest referenced blocks among those with at least `min_dead` blocks not
+    /// referenced and at least one referenced (greedy: the slot summary keeps no age), not in
+    /// `skip`, as `(segment, referenced now)`.
+    #[must_use]
+    pub fn data_victim(&self, skip: &BTreeSet<u64>, min_dead: u64) -> Option<(u64, u64)> {
+        let capacity = self.shape.blocks_per_segment;
+        self.candidate_segments()
+            .filter(|s| !skip.contains(s) && self.closed_data(*s))
+            .map(|s| (s, self.referenced_now(s)))
+            .filter(|(_, count)| *count > 0 && *count + min_dead <= capacity)
+            .min_by_key(|(s, count)| (*count, *s))
+    }
+
+    /// Free-pending segments that held data.
+    #[must_use]
+    pub fn pending_data_segments(&self) -> u64 {
+        self.pending_data.len() as u64
+    }
+
+    /// Closed data segments no block references any more: free-pending at the next sync's
+    /// fold, free two syncs after it (space already won that only syncs hand out).
+    #[must_use]
+    pub fn emptied_data_segments(&self) -> u64 {
+        self.candidate_segments()
+            .filter(|s| self.closed_data(*s) && self.referenced_now(*s) == 0)
+            .count() as u64
+    }
+
     /// Whether `segment` may be taken now (free in memory).
     #[must_use]
     pub fn is_free(&self, segment: u64) -> bool {
@@ -669,6 +808,14 @@ impl SegmentTable {
     #[must_use]
     pub fn is_pending(&self, segment: u64) -> bool {
         self.freed_at(segment).is_some()
+    }
+
+    /// The open data segment when every slot of it was handed out (the next fold closes it).
+    #[must_use]
+    pub fn open_data_full(&self) -> Option<u64> {
+        self.open_data
+            .filter(|(_, next)| *next >= self.shape.segment_slots)
+            .map(|(segment, _)| segment)
     }
 
     /// The open data and metadata segments (hints for the uberblock).
