@@ -27,6 +27,7 @@
 //! 6), the data cleaner (step 7: until then a data segment comes back only when every block
 //! in it is dead), rebuild and scrub on segments (step 8).
 
+mod clean;
 mod place;
 mod read;
 
@@ -57,6 +58,11 @@ pub struct VolumeOptions {
     /// the members first, so a record can name rows a power cut then loses.
     #[cfg(feature = "testing")]
     pub commit_before_rows_durable: bool,
+    /// Planted bug `cleaner_install_without_cas`: the cleaner copies every block its
+    /// victim's rows hold and points the owner at the copy without checking that the owner's
+    /// pointer still names that block, so an overwritten block's old bytes come back.
+    #[cfg(feature = "testing")]
+    pub cleaner_install_without_cas: bool,
 }
 
 /// Counters of a volume's data path since it was opened (they only go up).
@@ -71,6 +77,9 @@ struct Counters {
     healed_shard_blocks: AtomicU64,
     heal_failures: AtomicU64,
     unrecoverable_blocks: AtomicU64,
+    cleaned_segments: AtomicU64,
+    relocated_blocks: AtomicU64,
+    cleaner_syncs: AtomicU64,
     /// Per member: row writes it failed.
     member_write_errors: Vec<AtomicU64>,
 }
@@ -96,6 +105,13 @@ pub struct VolumeCounters {
     pub heal_failures: u64,
     /// Blocks that could not be returned.
     pub unrecoverable_blocks: u64,
+    /// Data segments the cleaner emptied (each is free two syncs after the next one).
+    pub cleaned_segments: u64,
+    /// Live blocks the cleaner copied out of its victims.
+    pub relocated_blocks: u64,
+    /// Syncs a write waited for because every free segment outside the hard reserve was
+    /// taken (the cleaner's emptied segments come back only through syncs).
+    pub cleaner_syncs: u64,
     /// Per member: row writes it failed (the rows were kept on the others).
     pub member_write_errors: Vec<u64>,
 }
@@ -109,10 +125,13 @@ pub struct Volume {
     blocks: u64,
     read_only: bool,
     counters: Counters,
+    cleaner: clean::CleanerState,
     #[cfg(feature = "testing")]
     skip_block_verification: bool,
     #[cfg(feature = "testing")]
     commit_before_rows_durable: bool,
+    #[cfg(feature = "testing")]
+    cleaner_install_without_cas: bool,
 }
 
 impl Volume {
@@ -166,10 +185,13 @@ impl Volume {
                 member_write_errors: (0..geometry.devices).map(|_| AtomicU64::new(0)).collect(),
                 ..Counters::default()
             },
+            cleaner: clean::CleanerState::default(),
             #[cfg(feature = "testing")]
             skip_block_verification: options.skip_block_verification,
             #[cfg(feature = "testing")]
             commit_before_rows_durable: options.commit_before_rows_durable,
+            #[cfg(feature = "testing")]
+            cleaner_install_without_cas: options.cleaner_install_without_cas,
         })
     }
 
@@ -227,6 +249,9 @@ impl Volume {
             healed_shard_blocks: get(&c.healed_shard_blocks),
             heal_failures: get(&c.heal_failures),
             unrecoverable_blocks: get(&c.unrecoverable_blocks),
+            cleaned_segments: get(&c.cleaned_segments),
+            relocated_blocks: get(&c.relocated_blocks),
+            cleaner_syncs: get(&c.cleaner_syncs),
             member_write_errors: c.member_write_errors.iter().map(get).collect(),
         }
     }
@@ -370,12 +395,35 @@ impl Volume {
     }
 
     /// Write whole blocks (`keys[i]` gets `blocks[i × 4 KiB..]`) into fresh rows and point
-    /// the blocks at them.
+    /// the blocks at them, at most a segment's worth at a time, each after the cleaner has
+    /// made room for it.
     fn write_blocks(
         &mut self,
         devices: &[Option<SharedDevice>],
         keys: &[u64],
         blocks: &[u8],
+    ) -> Result<()> {
+        let per_segment =
+            usize::try_from(self.map.segments().shape().blocks_per_segment).unwrap_or(usize::MAX);
+        for (keys, blocks) in keys
+            .chunks(per_segment)
+            .zip(blocks.chunks(per_segment * BLOCK_BYTES))
+        {
+            // This part opens at most two segments: the rest of the open one and one more.
+            self.make_room(devices, 2)?;
+            self.put_rows(devices, keys, blocks, false)?;
+        }
+        Ok(())
+    }
+
+    /// Write whole blocks into fresh rows (the cleaner's relocations: `cleaner`, which may
+    /// take segments from the hard reserve) and point the blocks at them.
+    fn put_rows(
+        &mut self,
+        devices: &[Option<SharedDevice>],
+        keys: &[u64],
+        blocks: &[u8],
+        cleaner: bool,
     ) -> Result<()> {
         let k = self.rows.k();
         let width = self.rows.geometry().width();
@@ -384,7 +432,7 @@ impl Volume {
         // Rows of K blocks (the last narrow): their places, then their shard-blocks.
         let mut planned = Vec::with_capacity(count.div_ceil(k));
         for start in (0..count).step_by(k) {
-            match self.map.next_row() {
+            match self.map.next_row_for(cleaner) {
                 Ok(place) => planned.push((place, start, k.min(count - start))),
                 Err(e) => {
                     // Rows handed out for this write will not be noted: no later row of

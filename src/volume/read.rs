@@ -110,15 +110,31 @@ impl Volume {
         out: &mut [u8],
     ) -> Result<()> {
         let count = out.len() / BLOCK_BYTES;
-        let mut wanted = Vec::with_capacity(count);
-        for (index, block) in out.chunks_mut(BLOCK_BYTES).enumerate() {
+        let mut pointers = Vec::with_capacity(count);
+        for index in 0..count {
             let key = first + index as u64;
-            let pointer = self.map.get(devices, key)?;
+            pointers.push((key, self.map.get(devices, key)?));
+        }
+        self.read_pointers(devices, &pointers, out)
+    }
+
+    /// Read the block each `(key, pointer)` names into the next 4 KiB of `out` (zeros for a
+    /// pointer that reads zeros), verified against the pointer, failed ones recovered.
+    pub(super) fn read_pointers(
+        &self,
+        devices: &[Option<SharedDevice>],
+        pointers: &[(u64, BlockPointer)],
+        out: &mut [u8],
+    ) -> Result<()> {
+        let mut wanted = Vec::with_capacity(pointers.len());
+        for (index, (block, (key, pointer))) in
+            out.chunks_mut(BLOCK_BYTES).zip(pointers).enumerate()
+        {
             match pointer.address() {
                 Some(pbn) if !pointer.reads_zeros() => wanted.push(Wanted {
                     index,
-                    key,
-                    pointer,
+                    key: *key,
+                    pointer: *pointer,
                     place: self.rows.place(pbn),
                 }),
                 _ => block.fill(0),

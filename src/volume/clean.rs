@@ -1,0 +1,214 @@
+//! The data cleaner (docs/FORMAT.md V4.6 "Cleaner", "Pacing", "The hard reserve"; V4.13
+//! step 7): rows are never rewritten, so an overwrite leaves a dead block behind, and a data
+//! segment comes back only when no pointer names any block in it. The cleaner copies the live
+//! blocks of a mostly dead segment into fresh rows and points their owners at the copies;
+//! the segment's count then reaches 0, the next sync's fold makes it free-pending, and it is
+//! free two syncs later (the map's release rule, unchanged).
+//!
+//! * **Liveness**: the victim's rows (noted since the last sync, else its slot summary) name
+//!   each block's owner and the pointer it was given. A block is live iff the owner's pointer
+//!   is still exactly that one (address, birth and crc): the compare of FORMAT's
+//!   compare-and-swap. The volume is borrowed exclusively for a whole victim, so nothing can
+//!   move the owner between that compare and the install; the swap half comes with a cleaner
+//!   that runs beside writers (the packer, step 6).
+//! * **Copies are verified reads**: each live block is read through the read path against
+//!   its pointer (rebuilt from its row when bad, and healed), so cleaning never turns a rotten
+//!   block into a good-looking one.
+//! * **Victims**: the closed data segment with the fewest referenced blocks (greedy; the
+//!   slot summary keeps no age for cost-benefit) among those with at least 2K dead blocks
+//!   (the copies end in one narrow row at most, so every victim gives back more than it
+//!   takes and cleaning cannot churn), skipping segments the cleaner could not empty (a
+//!   count the rows do not explain: reported, never retried in this process).
+//! * **Pacing**: writes keep `free + emptied + pending data ≥ reserve + margin` (emptied:
+//!   data segments no block references, free-pending at the next fold and free two syncs
+//!   later), cleaning at most four victims per
+//!   data segment opened. A write that would take the hard reserve cleans a victim and runs a
+//!   sync until enough is free (writer stall, counted); it is refused with
+//!   [`Error::NoFreeSlot`] only when no victim is left and syncs release nothing.
+//!
+//! Owns: choosing victims, the liveness compare, relocation and pacing. Does not own: the
+//! counts and the release of segments (the map's), the rows' bytes (written by the volume's
+//! write path, read by its read path).
+
+use super::{Volume, BLOCK_BYTES};
+use crate::device::SharedDevice;
+use crate::error::{Error, Result};
+use crate::format::v4::BlockPointer;
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+
+/// Blocks relocated per read + write batch (1 MiB).
+const RELOCATE_BATCH: usize = 256;
+
+/// What the cleaner remembers between writes.
+#[derive(Debug, Default)]
+pub(super) struct CleanerState {
+    /// Data segments opened when the pacing last looked.
+    seen_opened: u64,
+    /// Victims whose count stayed above 0 after cleaning: not chosen again.
+    stuck: BTreeSet<u64>,
+}
+
+impl Volume {
+    /// Free segments kept beyond the hard reserve before writes wait (FORMAT.md V4.6,
+    /// "Pacing": `max(16, 2 % of segments)`, bounded by a thirty-second of the segments so a
+    /// small pool's cleaning headroom (a sixteenth) can always provide it).
+    fn clean_margin(&self) -> u64 {
+        let segments = self.map.segments().shape().segments;
+        (segments / 50).max(16).min(segments / 32).max(2)
+    }
+
+    /// Make room for a write that opens at most `segments` data segments: clean while free
+    /// and returning segments fall below the reserve plus the margin, and sync (cleaning a
+    /// victim before each) while the write would otherwise take the reserve.
+    ///
+    /// # Errors
+    /// [`Error::NoFreeSlot`] when no victim is left and three syncs release nothing the
+    /// write may take; what a sync, a read or a write of the cleaner returns.
+    pub(super) fn make_room(
+        &mut self,
+        devices: &[Option<SharedDevice>],
+        segments: u64,
+    ) -> Result<()> {
+        let margin = self.clean_margin();
+        let table = self.map.segments();
+        let (free, reserve) = (table.free_segments(), table.data_floor());
+        if free >= reserve + margin + segments {
+            return Ok(());
+        }
+        let opened = table.data_segments_opened();
+        if opened == self.cleaner.seen_opened && free >= reserve + segments {
+            // Already balanced for the segment being filled.
+            return Ok(());
+        }
+        self.cleaner.seen_opened = opened;
+        // At most a few victims per segment opened: the pacing spreads the cleaning over
+        // the writes.
+        for _ in 0..4 {
+            let table = self.map.segments();
+            // Free-pending metadata segments are not counted: every sync frees some as it
+            // takes new ones, which never adds up to free space.
+            let coming = table.emptied_data_segments() + table.pending_data_segments();
+            if table.free_segments() + coming >= table.data_floor() + margin + segments
+                || !self.clean_one(devices)?
+            {
+                break;
+            }
+        }
+        // What was emptied comes back only through syncs (the third after a segment's count
+        // reached 0 releases it). Clean one more victim and sync until enough is free.
+        let mut fruitless = 0;
+        // Each victim gives back at least K + 1 blocks three syncs after it was cleaned, so a
+        // correct volume needs at most about two segments' worth of victims; a cleaner that
+        // does not get there is wrong, and the write is refused rather than spin.
+        let shape = self.map.segments().shape();
+        let bound = 16 + 2 * shape.blocks_per_segment / (self.rows.k() as u64 + 1);
+        for _ in 0..bound {
+            let table = self.map.segments();
+            let (free, reserve) = (table.free_segments(), table.data_floor());
+            if free >= reserve + segments {
+                return Ok(());
+            }
+            let cleaned = self.clean_one(devices)?;
+            self.counters.cleaner_syncs.fetch_add(1, Ordering::Relaxed);
+            self.map.sync(devices)?;
+            if cleaned || self.map.segments().free_segments() > free {
+                fruitless = 0;
+            } else if fruitless == 3 {
+                let table = self.map.segments();
+                return Err(Error::NoFreeSlot(format!(
+                    "no data segment is free outside the hard reserve of {} segments ({} of it \
+                     waiting for release; {} free, {} waiting for release in all) and the \
+                     cleaner found none to empty",
+                    table.reserve(),
+                    table.reserve() - table.data_floor(),
+                    table.free_segments(),
+                    table.pending_segments()
+                )));
+            } else {
+                fruitless += 1;
+            }
+        }
+        let table = self.map.segments();
+        Err(Error::NoFreeSlot(format!(
+            "the cleaner ran {bound} victims and syncs and still no data segment is free \
+             outside the hard reserve of {} segments ({} of it waiting for release; {} free, \
+             {} waiting for release in all)",
+            table.reserve(),
+            table.reserve() - table.data_floor(),
+            table.free_segments(),
+            table.pending_segments()
+        )))
+    }
+
+    /// Empty one victim: copy its live blocks into fresh rows. `false`: no segment is worth
+    /// cleaning.
+    fn clean_one(&mut self, devices: &[Option<SharedDevice>]) -> Result<bool> {
+        let table = self.map.segments();
+        // A victim's live blocks fill at most the rest of the open segment and one more.
+        if table.free_segments() < table.cleaner_floor() + 2 {
+            return Ok(false);
+        }
+        // Its copies end in one narrow row at most (up to K − 1 blocks of it unused): a
+        // victim with 2K dead blocks always gives back more than it takes.
+        let min_dead = self.rows.k() as u64;
+        let Some((victim, _)) = table.data_victim(&self.cleaner.stuck, min_dead) else {
+            return Ok(false);
+        };
+        let live = self.live_blocks(devices, victim)?;
+        for batch in live.chunks(RELOCATE_BATCH) {
+            let mut bytes = vec![0u8; batch.len() * BLOCK_BYTES];
+            self.read_pointers(devices, batch, &mut bytes)?;
+            let keys: Vec<u64> = batch.iter().map(|(key, _)| *key).collect();
+            self.put_rows(devices, &keys, &bytes, true)?;
+            self.counters
+                .relocated_blocks
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        }
+        let left = self.map.segments().referenced_now(victim);
+        if left == 0 {
+            self.counters
+                .cleaned_segments
+                .fetch_add(1, Ordering::Relaxed);
+        } else {
+            tracing::warn!(
+                segment = victim,
+                referenced = left,
+                "the cleaner copied every block the segment's rows say is live, yet blocks \
+                 are still counted in it; it is not cleaned again"
+            );
+            self.cleaner.stuck.insert(victim);
+        }
+        Ok(true)
+    }
+
+    /// The live blocks of `victim` as `(owner, pointer)`, sorted by owner (a cleaned region
+    /// reads back in logical order).
+    fn live_blocks(
+        &self,
+        devices: &[Option<SharedDevice>],
+        victim: u64,
+    ) -> Result<Vec<(u64, BlockPointer)>> {
+        let slots = self.map.segments().shape().segment_slots;
+        let mut live = Vec::new();
+        for slot in victim * slots..(victim + 1) * slots {
+            for row in self.map.slot_rows(devices, slot)? {
+                for (owner, pointer) in row.blocks {
+                    if owner >= self.blocks {
+                        continue;
+                    }
+                    #[cfg(feature = "testing")]
+                    if self.cleaner_install_without_cas {
+                        live.push((owner, pointer));
+                        continue;
+                    }
+                    if self.map.get(devices, owner)? == pointer {
+                        live.push((owner, pointer));
+                    }
+                }
+            }
+        }
+        live.sort_by_key(|(owner, _)| *owner);
+        Ok(live)
+    }
+}
