@@ -18,7 +18,7 @@ use super::cache::PageCache;
 use super::log::{replay, IntentLog, LogPosition, Replay};
 use super::ring::{write_uberblock, Rings};
 use super::segments::{ReleaseRule, SegmentShape, SegmentTable, SUT_LEAF_BITS};
-use super::store::PageStore;
+use super::store::{PageRef, PageStore};
 use super::tree::{PageKey, RadixTree, SetError};
 use crate::device::SharedDevice;
 use crate::error::{Error, Result};
@@ -221,6 +221,19 @@ struct RowInfo {
 enum TreeChoice {
     Map,
     Summary,
+}
+
+/// A written row of a data slot, as the map records it (scrub and rebuild).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrittenRow {
+    /// The row in the slot.
+    pub row: u16,
+    /// Its birth (the sequence that wrote it).
+    pub birth: u64,
+    /// Data blocks written (`n < K`: a narrow row, chunks `n..K` never written).
+    pub n: usize,
+    /// The crc of every shard-block, in shard order (0 for never-written ones).
+    pub crcs: Vec<u32>,
 }
 
 /// The durable, paged map of one pool.
@@ -1348,6 +1361,80 @@ impl MapStore {
         pages.extend(self.sut.referenced_pages(devices)?);
         Ok(pages)
     }
+    /// Every metadata page the trees of the last sync reference, with the pointer its parent
+    /// holds, and the bytes read to find them (scrub and rebuild, FORMAT.md V4.5). Reads
+    /// interior pages from the members without healing or caching them.
+    ///
+    /// # Errors
+    /// When a verified interior page does not decode.
+    pub fn page_refs(&self, devices: &[Option<SharedDevice>]) -> Result<(Vec<PageRef>, u64)> {
+        let (mut pages, mut bytes) = self.map.page_refs(devices)?;
+        for tree in [&self.summary, &self.sut] {
+            let (more, read) = tree.page_refs(devices)?;
+            pages.extend(more);
+            bytes += read;
+        }
+        Ok((pages, bytes))
+    }
+
+    /// The page store pages are read and written through (verification as this map does it).
+    #[must_use]
+    pub fn page_store(&self) -> &PageStore {
+        self.map.store()
+    }
+
+    /// Every row of data slot `slot` the map knows of, in row order, as [`MapStore::row_crcs`]
+    /// gives each. A summary record
+    /// left from an earlier use of the slot's segment (its row 0 born otherwise than the row
+    /// 0 noted since the last sync) is not part of it.
+    ///
+    /// # Errors
+    /// As [`MapStore::row_crcs`].
+    pub fn slot_rows(
+        &self,
+        devices: &[Option<SharedDevice>],
+        slot: u64,
+    ) -> Result<Vec<WrittenRow>> {
+        let mut found: BTreeMap<u16, (u64, usize, Vec<u32>)> = BTreeMap::new();
+        let noted = self
+            .rows
+            .range((slot, 0)..=(slot, u16::MAX))
+            .chain(self.unsummarized.range((slot, 0)..=(slot, u16::MAX)));
+        for ((_, row), _) in noted {
+            if let Some((birth, n, crcs)) = self.row_crcs(devices, slot, *row)? {
+                found.insert(*row, (birth, n, crcs));
+            }
+        }
+        if let Some(record) = self.slot_record(devices, slot)? {
+            let stale = record.rows_written() > 0
+                && found
+                    .get(&0)
+                    .is_some_and(|(birth, _, _)| *birth != record.row(0).birth);
+            if !stale {
+                for r in 0..record.rows_written() {
+                    let row = u16::try_from(r).unwrap_or(u16::MAX);
+                    if found.contains_key(&row) {
+                        continue;
+                    }
+                    let written = record.row(r);
+                    let crcs = (0..self.geometry.width())
+                        .map(|s| record.crc(r, s))
+                        .collect();
+                    found.insert(row, (written.birth, usize::from(written.data_blocks), crcs));
+                }
+            }
+        }
+        Ok(found
+            .into_iter()
+            .map(|(row, (birth, n, crcs))| WrittenRow {
+                row,
+                birth,
+                n,
+                crcs,
+            })
+            .collect())
+    }
+
     /// What the open found in the log.
     #[must_use]
     pub fn open_report(&self) -> &OpenReport {

@@ -22,8 +22,9 @@ pub use cache::{CacheFull, CacheStats, PageCache, PageState};
 pub use log::{ChainRecord, IntentLog, LogPosition, Replay};
 pub use map::{
     CommitReport, MapOptions, MapStore, OpenReport, RewindPlan, RewindReport, SyncReport,
+    WrittenRow,
 };
 pub use ring::{uberblock_places, write_uberblock, Rings};
 pub use segments::{ReleaseRule, SegmentShape, SegmentTable, SUT_LEAF_BITS};
-pub use store::{CopyFault, CopyProblem, PageRead, PageStore};
+pub use store::{CopiesRead, CopyFault, CopyProblem, PageRead, PageRef, PageStore};
 pub use tree::{PageKey, RadixTree, SetError, SyncOutcome};

@@ -13,7 +13,7 @@
 //! Letting writers dirty pages while a sync writes frozen ones (V4.7) is a later step.
 
 use super::cache::{CacheFull, PageCache, PageState};
-use super::store::{CopyFault, CopyProblem, PageStore};
+use super::store::{CopyFault, CopyProblem, PageRef, PageStore};
 use crate::device::SharedDevice;
 use crate::error::{Error, Result};
 use crate::format::v4::{
@@ -658,6 +658,59 @@ impl RadixTree {
             }
         }
         Ok(())
+    }
+
+    /// Every page the durable root reaches, with the pointer its parent holds (scrub and
+    /// rebuild verify each copy against it), and the bytes read to find them. Interior pages
+    /// are read from the members, not the cache (a cached page may be newer than the durable
+    /// tree), up to the first copy that verifies, and nothing is written: a walk for a
+    /// check-only scrub writes no byte. An interior page no copy verifies is listed but not
+    /// descended into (the caller finds it bad on every copy and reports it).
+    ///
+    /// # Errors
+    /// When a verified interior page holds an entry that does not decode.
+    pub fn page_refs(&self, devices: &[Option<SharedDevice>]) -> Result<(Vec<PageRef>, u64)> {
+        let mut found = Vec::new();
+        let mut bytes_read = 0;
+        let mut stack = vec![(self.depth, 0u64, self.root)];
+        while let Some((level, first, pointer)) = stack.pop() {
+            if pointer.address().is_none() {
+                continue;
+            }
+            let page = PageRef {
+                tree: self.tree,
+                level,
+                first_key: first,
+                keys: self.shape.span(level),
+                pointer,
+            };
+            found.push(page);
+            if level == 1 {
+                continue;
+            }
+            let read = self.store.read_copies(devices, &page, &|_| true, false)?;
+            bytes_read += read.bytes_read;
+            let Some(bytes) = read.page else {
+                continue;
+            };
+            for index in 0..POINTERS_PER_PAGE {
+                let child = entry(&bytes, index)?;
+                if child.address().is_some() {
+                    stack.push((
+                        level - 1,
+                        first + index as u64 * self.shape.span(level - 1),
+                        child,
+                    ));
+                }
+            }
+        }
+        Ok((found, bytes_read))
+    }
+
+    /// The page store this tree reads and writes through.
+    #[must_use]
+    pub fn store(&self) -> &PageStore {
+        &self.store
     }
 
     /// Whether any page of this tree is dirty (changed since the last sync).
