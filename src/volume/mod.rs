@@ -29,8 +29,12 @@
 
 mod place;
 mod read;
+mod rebuild;
+mod scrub;
 
 pub use place::BLOCK_BYTES;
+pub use rebuild::{RebuildOptions, RebuildProgress, RebuildReport};
+pub use scrub::{Damage, VolumeScrubOptions, VolumeScrubReport};
 
 use crate::codec::Codec;
 use crate::device::{run_batch, BatchOp, SharedDevice};
@@ -57,6 +61,15 @@ pub struct VolumeOptions {
     /// the members first, so a record can name rows a power cut then loses.
     #[cfg(feature = "testing")]
     pub commit_before_rows_durable: bool,
+    /// Planted bug `rebuild_skip_verify`: a rebuild trusts what it reads and what it
+    /// reconstructs, writing a shard-block onto the replacement without checking its sources
+    /// or the result against the row's crcs.
+    #[cfg(feature = "testing")]
+    pub rebuild_skip_verify: bool,
+    /// Planted bug `scrub_skip_crc`: a scrub reads every shard-block and takes it as good
+    /// without checking its crc (it still finds unreadable ones).
+    #[cfg(feature = "testing")]
+    pub scrub_skip_crc: bool,
 }
 
 /// Counters of a volume's data path since it was opened (they only go up).
@@ -113,6 +126,10 @@ pub struct Volume {
     skip_block_verification: bool,
     #[cfg(feature = "testing")]
     commit_before_rows_durable: bool,
+    #[cfg(feature = "testing")]
+    rebuild_skip_verify: bool,
+    #[cfg(feature = "testing")]
+    scrub_skip_crc: bool,
 }
 
 impl Volume {
@@ -170,6 +187,10 @@ impl Volume {
             skip_block_verification: options.skip_block_verification,
             #[cfg(feature = "testing")]
             commit_before_rows_durable: options.commit_before_rows_durable,
+            #[cfg(feature = "testing")]
+            rebuild_skip_verify: options.rebuild_skip_verify,
+            #[cfg(feature = "testing")]
+            scrub_skip_crc: options.scrub_skip_crc,
         })
     }
 
