@@ -460,6 +460,47 @@ fn scrub_finds_and_repairs_every_page_copy_fault_and_check_only_writes_nothing()
         let reopened =
             Volume::open(&rig.devices, POOL, &rig.geometry, TIMELINE, &options()).unwrap();
         model.check(&reopened, &rig.devices).unwrap();
+        drop(reopened);
+
+        // A bad copy of a slot-summary leaf, met by a check-only scrub of a volume that has
+        // not cached it: still no write (the summary is read without healing).
+        let (pages, _) = {
+            let volume =
+                Volume::open(&rig.devices, POOL, &rig.geometry, TIMELINE, &options()).unwrap();
+            volume.map().page_refs(&rig.devices).unwrap()
+        };
+        let leaf = pages
+            .iter()
+            .find(|p| p.tree.id() == 1 && p.level == 1)
+            .expect("a slot-summary leaf");
+        let places = rig.geometry.page_copies(leaf.mpn().unwrap()).unwrap();
+        let (d, at) = places[0];
+        rig.mems[d.0].poke(at, &[0x5a; PAGE]);
+        let volume = Volume::open(&rig.devices, POOL, &rig.geometry, TIMELINE, &options()).unwrap();
+        rig.refuse.store(true, Ordering::SeqCst);
+        let before = rig.written.load(Ordering::SeqCst);
+        let found = scrub(&volume, &rig, true);
+        rig.refuse.store(false, Ordering::SeqCst);
+        assert_eq!(
+            rig.written.load(Ordering::SeqCst),
+            before,
+            "{layout}: a check-only scrub healed a summary page"
+        );
+        assert_eq!(found.page_copies_bad, 1, "{layout}: {found:?}");
+        assert_eq!(found.shard_blocks_checked, model.cells, "{layout}");
+        // Every copy of it lost: its slots' rows cannot be known, the rest is scrubbed.
+        for (d, at) in &places {
+            rig.mems[d.0].poke(*at, &[0x5a; PAGE]);
+        }
+        let volume = Volume::open(&rig.devices, POOL, &rig.geometry, TIMELINE, &options()).unwrap();
+        let found = scrub(&volume, &rig, false);
+        assert!(found.slots_unknown > 0, "{layout}: {found:?}");
+        assert_eq!(
+            found.page_copies_unrepairable,
+            places.len() as u64,
+            "{layout}"
+        );
+        assert_eq!(found.unrepairable.len(), places.len(), "{layout}");
     }
 }
 

@@ -1386,7 +1386,8 @@ impl MapStore {
     /// Every row of data slot `slot` the map knows of, in row order, as [`MapStore::row_crcs`]
     /// gives each. A summary record
     /// left from an earlier use of the slot's segment (its row 0 born otherwise than the row
-    /// 0 noted since the last sync) is not part of it.
+    /// 0 noted since the last sync) is not part of it. Without `heal`, nothing is written
+    /// (bad copies of summary pages met on the way are left as they are).
     ///
     /// # Errors
     /// As [`MapStore::row_crcs`].
@@ -1394,18 +1395,46 @@ impl MapStore {
         &self,
         devices: &[Option<SharedDevice>],
         slot: u64,
+        heal: bool,
     ) -> Result<Vec<WrittenRow>> {
         let mut found: BTreeMap<u16, (u64, usize, Vec<u32>)> = BTreeMap::new();
+        // As `row_crcs`: a row the log names wins over one only summarized later.
         let noted = self
-            .rows
+            .unsummarized
             .range((slot, 0)..=(slot, u16::MAX))
-            .chain(self.unsummarized.range((slot, 0)..=(slot, u16::MAX)));
-        for ((_, row), _) in noted {
-            if let Some((birth, n, crcs)) = self.row_crcs(devices, slot, *row)? {
-                found.insert(*row, (birth, n, crcs));
-            }
+            .chain(self.rows.range((slot, 0)..=(slot, u16::MAX)));
+        let k = self.geometry.data_chunks();
+        for ((_, row), info) in noted {
+            let n = info.owners.len();
+            let crcs = info
+                .crcs
+                .iter()
+                .enumerate()
+                .map(|(s, crc)| {
+                    let unwritten = self
+                        .geometry
+                        .shard_data_chunk(ShardIndex(s))
+                        .is_some_and(|j| j >= n && j < k);
+                    if unwritten {
+                        0
+                    } else {
+                        *crc
+                    }
+                })
+                .collect();
+            found.insert(*row, (info.birth, n, crcs));
         }
-        if let Some(record) = self.slot_record(devices, slot)? {
+        let bytes = if heal {
+            self.summary.get_record(devices, slot)?
+        } else {
+            self.summary.get_record_without_healing(devices, slot)?
+        };
+        let record = match bytes {
+            Some(bytes) => SlotRecord::decode(Self::slot_shape(&self.geometry), &bytes)
+                .map_err(|e| Error::corrupt_metadata(format!("slot record of slot {slot}: {e}")))?,
+            None => None,
+        };
+        if let Some(record) = record {
             let stale = record.rows_written() > 0
                 && found
                     .get(&0)

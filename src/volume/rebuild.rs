@@ -65,7 +65,11 @@ pub struct RebuildReport {
     /// Sources (shard-blocks or page copies on other members) found unreadable or bad; scrub
     /// repairs them.
     pub sources_bad: u64,
-    /// Bytes read from the other members (the walk of the interior pages included).
+    /// Data slots whose rows cannot be known (their slot-summary page is lost on every copy):
+    /// not rebuilt.
+    pub slots_unknown: u64,
+    /// Bytes read from the other members (the walk of the interior pages included;
+    /// slot-summary pages the map reads into its cache are not counted).
     pub bytes_read: u64,
     /// Bytes written onto the position.
     pub bytes_written: u64,
@@ -154,7 +158,15 @@ impl Volume {
         else {
             return Ok(());
         };
-        let rows = self.map.slot_rows(devices, slot)?;
+        let rows = match self.map.slot_rows(devices, slot, true) {
+            Ok(rows) => rows,
+            // Its summary page is lost on every copy (the page is named where it lies).
+            Err(Error::MetadataLost { .. }) => {
+                report.slots_unknown += 1;
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
         if rows.iter().all(|r| self.rows.unwritten(target, r.n)) {
             return Ok(());
         }
