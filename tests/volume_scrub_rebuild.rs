@@ -11,6 +11,9 @@
 //!   members gone; its page copies equal the lost member's; a rotten source is not copied;
 //! * rebuild bytes follow the allocated space; a rebuild stopped after a segment resumes from
 //!   the watermark it reported and ends with the same replacement;
+//! * an absent member's places are counted, not checked; a rebuild with no device in the
+//!   position and a repairing scrub or rebuild of a read-only volume are refused before any
+//!   I/O;
 //! * the planted `rebuild_skip_verify` and `scrub_skip_crc` are caught;
 //! * a 16 TiB volume on sparse files scrubs its few written rows in proportion to them.
 
@@ -547,17 +550,16 @@ fn damage_beyond_the_tolerance_is_reported_unrepairable_by_place_and_the_rest_re
             blocks: model.blocks.clone(),
             ..Model::default()
         };
-        // rs: the whole row is lost from its rs-coded neighbours' point of view only when a
-        // neighbour's own cell is lost too; every block whose own cell survives reads.
+        // Every block whose own cell (or a copy) survives still reads exactly.
         let k = rig.geometry.data_chunks() as u64;
         let row_first = key - key % k;
         for other in row_first..row_first + k {
             let own = rig.row_cells(&volume, other)[0];
-            if lost.contains(&own) || other == key {
+            if lost.contains(&own) {
                 rest.blocks.remove(&other);
-                let _ = volume.read(&rig.devices, other * B as u64, &mut buf);
             }
         }
+        assert!(!rest.blocks.contains_key(&key));
         for (other, bytes) in &rest.blocks {
             volume
                 .read(&rig.devices, other * B as u64, &mut buf)
@@ -688,9 +690,9 @@ fn without_others(rig: &Rig, position: usize) -> Vec<Option<SharedDevice>> {
 fn a_member_rebuilt_onto_a_blank_replacement_serves_reads_with_tolerance_others_gone() {
     for (layout, members) in LAYOUTS {
         for position in [0, members - 1] {
+            // Flushed, not synced: the newest rows are known from the log, not the summary.
             let mut rig = Rig::new(layout, members);
-            let (mut volume, model) = filled(&rig, &options());
-            volume.sync(&rig.devices).unwrap();
+            let (volume, model) = filled(&rig, &options());
             let (pages, _) = volume.map().page_refs(&rig.devices).unwrap();
             let written_before = rig.written.load(Ordering::SeqCst);
             let (report, lost, spare) = lose_and_rebuild(&mut rig, &volume, position, 0, None);
@@ -881,6 +883,27 @@ fn a_rotten_source_is_not_copied_and_the_planted_rebuild_skip_verify_is_caught()
     }
 }
 
+/// Rot one data cell and scrub (check-only): `Ok` when the scrub reports exactly that place
+/// bad.
+fn scrub_finds_one_rotten_cell(
+    layout: &str,
+    members: usize,
+    options: &VolumeOptions,
+) -> Result<(), String> {
+    let rig = Rig::new(layout, members);
+    let (volume, _) = filled(&rig, options);
+    let (d, at) = rig.row_cells(&volume, 0)[0];
+    rig.mems[d].poke(at, &[0x42; B]);
+    let report = scrub(&volume, &rig, true);
+    if report.shard_blocks_bad != 1 {
+        return Err(format!(
+            "{layout}: {} bad shard-blocks found, 1 rotten ({report:?})",
+            report.shard_blocks_bad
+        ));
+    }
+    Ok(())
+}
+
 #[test]
 fn the_planted_scrub_skip_crc_is_caught() {
     let planted = VolumeOptions {
@@ -888,20 +911,9 @@ fn the_planted_scrub_skip_crc_is_caught() {
         ..options()
     };
     for (layout, members) in LAYOUTS {
-        let rig = Rig::new(layout, members);
-        let (volume, _) = filled(&rig, &planted);
-        let (d, at) = rig.row_cells(&volume, 0)[0];
-        rig.mems[d].poke(at, &[0x42; B]);
-        let report = scrub(&volume, &rig, true);
-        assert_eq!(
-            report.shard_blocks_bad, 0,
-            "{layout}: the planted bug is live"
-        );
-        let honest = Volume::open(&rig.devices, POOL, &rig.geometry, TIMELINE, &options())
-            .unwrap()
-            .scrub(&rig.devices, &VolumeScrubOptions { check_only: true })
-            .unwrap();
-        assert_eq!(honest.shard_blocks_bad, 1, "{layout}");
+        scrub_finds_one_rotten_cell(layout, members, &options()).unwrap();
+        let caught = scrub_finds_one_rotten_cell(layout, members, &planted);
+        assert!(caught.is_err(), "{layout}: the planted bug went unnoticed");
     }
 }
 
@@ -1001,4 +1013,62 @@ fn a_16_tib_volume_on_sparse_files_scrubs_and_rebuilds_its_few_rows_in_proportio
         "{} bytes written to rebuild a member of 4 TiB holding 9 rows",
         rebuilt.bytes_written
     );
+}
+
+#[test]
+fn an_absent_member_is_counted_not_checked_and_refusals_come_before_any_io() {
+    for (layout, members) in LAYOUTS {
+        let mut rig = Rig::new(layout, members);
+        let (mut volume, model) = filled(&rig, &options());
+        volume.sync(&rig.devices).unwrap();
+        let whole = scrub(&volume, &rig, true);
+        rig.devices[members - 1] = None;
+        let report = scrub(&volume, &rig, false);
+        assert!(report.absent > 0, "{layout}: {report:?}");
+        assert_eq!(
+            report.shard_blocks_checked + report.page_copies_checked + report.absent,
+            whole.shard_blocks_checked + whole.page_copies_checked,
+            "{layout}: every place is checked or counted absent"
+        );
+        assert_eq!(
+            (
+                report.shard_blocks_bad,
+                report.page_copies_bad,
+                report.bytes_written
+            ),
+            (0, 0, 0),
+            "{layout}"
+        );
+        assert!(report.unrepairable.is_empty(), "{layout}");
+        model.check(&volume, &rig.devices).unwrap();
+        let refused = volume.rebuild_device(
+            &rig.devices,
+            &RebuildOptions {
+                position: members - 1,
+                from_segment: 0,
+            },
+            &mut |_| true,
+        );
+        assert!(
+            matches!(refused, Err(Error::InvalidConfig(_))),
+            "{layout}: {refused:?}"
+        );
+    }
+    // A read-only volume: a check-only scrub runs, a repairing one and a rebuild are refused
+    // before any I/O.
+    let rig = Rig::new("rs:4+2", 6);
+    drop(filled(&rig, &options()));
+    let mut read_only = options();
+    read_only.map.read_only = true;
+    let volume = Volume::open(&rig.devices, POOL, &rig.geometry, TIMELINE, &read_only).unwrap();
+    let before = rig.written.load(Ordering::SeqCst);
+    assert_eq!(scrub(&volume, &rig, true).shard_blocks_bad, 0);
+    let repair = volume.scrub(&rig.devices, &VolumeScrubOptions { check_only: false });
+    assert!(matches!(repair, Err(Error::ReadOnly { .. })), "{repair:?}");
+    let rebuild = volume.rebuild_device(&rig.devices, &RebuildOptions::default(), &mut |_| true);
+    assert!(
+        matches!(rebuild, Err(Error::ReadOnly { .. })),
+        "{rebuild:?}"
+    );
+    assert_eq!(rig.written.load(Ordering::SeqCst), before);
 }
