@@ -16,6 +16,12 @@
 //!   [`Error::UnrecoverableBlock`], never other bytes.
 //! * `flush` flushes the members (the rows are then durable) and commits the map (one log
 //!   record, or a tree sync).
+//! * `scrub` walks the allocated segments: every written shard-block checked against its
+//!   row's crc and every copy of every referenced metadata page against its parent, the bad
+//!   ones rewritten from what verifies (not when check-only); `rebuild_device` rebuilds what
+//!   one position holds onto a replacement, segment by segment, resumable from a watermark
+//!   (`scrub.rs`, `rebuild.rs`; FORMAT.md V4.13 step 8, volume part). Page copies are read
+//!   and rewritten only through the map's page store, checked against their parents.
 //!
 //! Owns: packing blocks into rows, the rows' bytes on the devices, verification,
 //! reconstruction and heal of data blocks, and the volume's size. Does not own and must not
@@ -25,7 +31,8 @@
 //!
 //! Not yet here (docs/FORMAT.md V4.13): the packer that groups concurrent small writes (step
 //! 6), the data cleaner (step 7: until then a data segment comes back only when every block
-//! in it is dead), rebuild and scrub on segments (step 8).
+//! in it is dead), and the pool's part of step 8 (attach as a commit boundary, the watermark
+//! in the superblocks, epoch pins, pacing, swap-in).
 
 mod place;
 mod read;
