@@ -708,7 +708,7 @@ fn a_member_rebuilt_onto_a_blank_replacement_serves_reads_with_tolerance_others_
             let image = spare.image();
             for at in (0..image.len()).step_by(B) {
                 if image[at..at + B] != [0u8; B][..] {
-                    assert_eq!(image[at..at + B], lost[at..at + B], "{layout}: byte {at}");
+                    assert!(image[at..at + B] == lost[at..at + B], "{layout}: byte {at}");
                 }
             }
             // Every page copy on the position is the lost member's.
@@ -717,7 +717,10 @@ fn a_member_rebuilt_onto_a_blank_replacement_serves_reads_with_tolerance_others_
                 for (d, at) in rig.geometry.page_copies(page.mpn().unwrap()).unwrap() {
                     if d.0 == position {
                         let at = at as usize;
-                        assert_eq!(image[at..at + PAGE], lost[at..at + PAGE], "{layout}");
+                        assert!(
+                            image[at..at + PAGE] == lost[at..at + PAGE],
+                            "{layout}: page copy at {at}"
+                        );
                         copies += 1;
                     }
                 }
@@ -727,6 +730,16 @@ fn a_member_rebuilt_onto_a_blank_replacement_serves_reads_with_tolerance_others_
             model
                 .check(&volume, &without_others(&rig, position))
                 .unwrap_or_else(|e| panic!("{layout} position {position}: {e}"));
+            // Metadata: a volume opened afresh (read-only, nothing cached but what the open
+            // reads) finds every map page it needs on the replacement and the fewest others.
+            let mut read_only = options();
+            read_only.map.read_only = true;
+            let fresh =
+                Volume::open(&rig.devices, POOL, &rig.geometry, TIMELINE, &read_only).unwrap();
+            model
+                .check(&fresh, &without_others(&rig, position))
+                .unwrap_or_else(|e| panic!("{layout} position {position}, fresh: {e}"));
+            drop(fresh);
             // Rows written after the rebuild reach the replacement too.
             let mut model = model;
             let mut volume = volume;
@@ -763,6 +776,25 @@ fn rebuild_bytes_follow_the_allocated_space() {
             small.bytes_written
         );
         assert!(small.bytes_read < DEVICE_BYTES / 50, "{layout}: {small:?}");
+        // A position that holds only a never-written cell of the row (K > 1): nothing of it
+        // is written.
+        if rig.geometry.data_chunks() > 1 {
+            let mut rig = Rig::new(layout, members);
+            let mut volume = rig.create(&options());
+            Model::default().write(&rig, &mut volume, 17, 1, 1);
+            volume.flush(&rig.devices).unwrap();
+            let cells = rig.row_cells(&volume, 17);
+            let copies = rig.geometry.width() / rig.geometry.data_chunks();
+            let (unwritten, at) = if layout.starts_with("rs") {
+                cells[1]
+            } else {
+                cells[copies]
+            };
+            let (report, _, spare) = lose_and_rebuild(&mut rig, &volume, unwritten, 0, None);
+            assert_eq!(report.shard_blocks_written, 0, "{layout}: {report:?}");
+            assert!(report.unrepairable.is_empty(), "{layout}: {report:?}");
+            assert!(spare.peek(at, B) == vec![0u8; B], "{layout}");
+        }
         // A fuller volume rebuilds more, in proportion to its rows on the position.
         let mut rig = Rig::new(layout, members);
         let (mut volume, _) = filled(&rig, &options());
@@ -798,8 +830,20 @@ fn a_rebuild_stopped_after_a_segment_resumes_from_its_watermark() {
         let (first, _, spare) = lose_and_rebuild(&mut rig, &volume, position, 0, Some(1));
         let watermark = first.resume_from.expect("stopped after one segment");
         assert_eq!(first.segments_done, 1, "{layout}");
-        assert_ne!(spare.image(), target, "{layout}: one segment rebuilt all");
+        assert!(spare.image() != target, "{layout}: one segment rebuilt all");
+        // As after a restart: the volume opened again (nothing cached) without the
+        // replacement, which is then handed to the resumed rebuild.
+        drop(volume);
+        let mut without = rig.devices.clone();
+        without[position] = None;
+        let volume = Volume::open(&without, POOL, &rig.geometry, TIMELINE, &options()).unwrap();
+        let written = rig.written.load(Ordering::SeqCst);
         let second = rebuild(&rig, &volume, position, watermark, None);
+        assert_eq!(
+            rig.written.load(Ordering::SeqCst) - written,
+            second.bytes_written,
+            "{layout}: bytes written"
+        );
         assert_eq!(second.resume_from, None);
         assert_eq!(second.segments_done, second.segments_total);
         assert_eq!(

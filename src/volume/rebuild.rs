@@ -158,7 +158,8 @@ impl Volume {
         else {
             return Ok(());
         };
-        let rows = match self.map.slot_rows(devices, slot, true) {
+        // Without healing: a rebuild writes only what it reports (scrub heals the summary).
+        let rows = match self.map.slot_rows(devices, slot, false) {
             Ok(rows) => rows,
             // Its summary page is lost on every copy (the page is named where it lies).
             Err(Error::MetadataLost { .. }) => {
