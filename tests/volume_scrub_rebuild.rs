@@ -1008,6 +1008,7 @@ fn a_16_tib_volume_on_sparse_files_scrubs_and_rebuilds_its_few_rows_in_proportio
         .scrub(&devices, &VolumeScrubOptions { check_only: true })
         .unwrap();
     let took = started.elapsed();
+    println!("16 TiB volume, 27 blocks written: scrub in {took:?}: {report:?}");
     // 3 writes of 9 blocks: rows of 4, 4 and 1, each 4 + 2 or 1 + 2 cells.
     assert_eq!(report.rows, 9, "{report:?}");
     assert_eq!(report.shard_blocks_checked, 3 * (6 + 6 + 3));
@@ -1051,6 +1052,7 @@ fn a_16_tib_volume_on_sparse_files_scrubs_and_rebuilds_its_few_rows_in_proportio
             &mut |_| true,
         )
         .unwrap();
+    println!("rebuild of member 5: {rebuilt:?}");
     assert!(rebuilt.unrepairable.is_empty());
     assert!(
         rebuilt.bytes_written < 8 << 20,
