@@ -9,6 +9,7 @@
 //!   of the volume still reads exactly;
 //! * a lost member rebuilt onto a blank replacement then serves reads with `tolerance` other
 //!   members gone; its page copies equal the lost member's; a rotten source is not copied;
+//! * free-pending and freed segments are walked by neither scrub nor rebuild;
 //! * rebuild bytes follow the allocated space; a rebuild stopped after a segment resumes from
 //!   the watermark it reported and ends with the same replacement;
 //! * an absent member's places are counted, not checked; a rebuild with no device in the
@@ -1117,4 +1118,58 @@ fn an_absent_member_is_counted_not_checked_and_refusals_come_before_any_io() {
         "{rebuild:?}"
     );
     assert_eq!(rig.written.load(Ordering::SeqCst), before);
+}
+
+#[test]
+fn free_pending_and_freed_segments_are_skipped_by_scrub_and_rebuild() {
+    for (layout, members) in LAYOUTS {
+        let mut rig = Rig::new(layout, members);
+        let mut volume = rig.create(&options());
+        let k = rig.geometry.data_chunks() as u64;
+        // One segment's worth (4 slots of 4 rows of K), then a few rows in the next one.
+        let per_segment = 4 * 4 * k;
+        let mut dead = Model::default();
+        dead.write(&rig, &mut volume, 0, per_segment, 1);
+        let mut live = Model::default();
+        live.write(&rig, &mut volume, 2000, 2 * k + 1, 1);
+        volume.flush(&rig.devices).unwrap();
+        volume.sync(&rig.devices).unwrap();
+        let both = scrub(&volume, &rig, true);
+        assert_eq!(both.data_segments, 2, "{layout}: {both:?}");
+        assert_eq!(
+            both.shard_blocks_checked,
+            dead.cells + live.cells,
+            "{layout}"
+        );
+        // Every block of the first segment trimmed: free-pending after the next sync, free
+        // two syncs later; neither is walked.
+        volume
+            .discard(&rig.devices, 0, per_segment * B as u64)
+            .unwrap();
+        volume.flush(&rig.devices).unwrap();
+        for sync in 0..3 {
+            volume.sync(&rig.devices).unwrap();
+            let report = scrub(&volume, &rig, true);
+            assert_eq!(report.data_segments, 1, "{layout} sync {sync}: {report:?}");
+            assert_eq!(report.rows, live.rows, "{layout} sync {sync}");
+            assert_eq!(
+                report.shard_blocks_checked, live.cells,
+                "{layout} sync {sync}"
+            );
+        }
+        let position = members - 1;
+        let (report, _, _) = lose_and_rebuild(&mut rig, &volume, position, 0, None);
+        assert!(
+            report.shard_blocks_written <= live.rows,
+            "{layout}: {report:?}"
+        );
+        assert!(report.unrepairable.is_empty(), "{layout}");
+        let mut expected = live;
+        for key in 0..per_segment {
+            expected.blocks.insert(key, vec![0u8; B]);
+        }
+        expected
+            .check(&volume, &without_others(&rig, position))
+            .unwrap_or_else(|e| panic!("{layout}: {e}"));
+    }
 }
