@@ -10,12 +10,15 @@
 //!   sibling copy that verifies against the parent's crc.
 //!
 //! The caller's part (the pool's, V4.5 "Rebuild boundary"): flush before the rebuild starts,
-//! and pass the replacement in the position in every later write. Rows written after the
-//! start go to every present member, the replacement included ([`Volume::write`] writes each
-//! shard-block whose member is `Some`), so they need no copying; rows written before were
-//! noted (flush) and are found here. The boundary as a commit (attach with a sequence bump)
-//! and the watermark in the superblocks belong to the pool; here a rebuild can be stopped
-//! after any segment (the progress callback) and resumed from the segment it names.
+//! so every row it copies is durable on its sources and named by a commit, and pass the
+//! replacement in the position to every later write. Rows written after the start go to
+//! every present member, the replacement included ([`Volume::write`] writes each
+//! shard-block whose member is `Some`), so they need no copying (a row the walk has not
+//! passed yet is copied again, the same bytes); rows written before are found here (the map
+//! notes a row when it is written, so a row not yet flushed is found too). The boundary as a
+//! commit (attach with a sequence bump) and the watermark in the superblocks belong to the
+//! pool; here a rebuild can be stopped after any segment (the progress callback) and resumed
+//! from the segment it names.
 //!
 //! Owns: the walk of one position and its writes. Does not own and must not touch: the map's
 //! pages other than copying a verified copy onto the position, pointers, the log,
@@ -83,8 +86,9 @@ impl Volume {
     /// `options.from_segment`. `progress` hears of every segment done and returns `false` to
     /// stop (the report then says where to resume).
     ///
-    /// The caller must have flushed every write before it (so each row is noted), and must
-    /// pass the replacement in that position to every write made meanwhile.
+    /// The caller must have flushed every write before it (the rows it copies are then
+    /// durable on their sources), and must pass the replacement in that position to every
+    /// write made meanwhile (those rows then reach it directly).
     ///
     /// # Errors
     /// [`Error::ReadOnly`]; [`Error::InvalidConfig`] when the position is not a member or no
