@@ -1361,6 +1361,7 @@ impl MapStore {
         pages.extend(self.sut.referenced_pages(devices)?);
         Ok(pages)
     }
+
     /// Every metadata page the trees of the last sync reference, with the pointer its parent
     /// holds, and the bytes read to find them (scrub and rebuild, FORMAT.md V4.5). Reads
     /// interior pages from the members without healing or caching them.
@@ -1384,10 +1385,10 @@ impl MapStore {
     }
 
     /// Every row of data slot `slot` the map knows of, in row order, as [`MapStore::row_crcs`]
-    /// gives each. A summary record
-    /// left from an earlier use of the slot's segment (its row 0 born otherwise than the row
-    /// 0 noted since the last sync) is not part of it. Without `heal`, nothing is written
-    /// (bad copies of summary pages met on the way are left as they are).
+    /// gives each. A summary record left from an earlier use of the slot's segment (its row 0
+    /// born otherwise than the row 0 noted since the last sync) is not part of it. Without
+    /// `heal`, nothing is written (bad copies of summary pages met on the way are left as
+    /// they are).
     ///
     /// # Errors
     /// As [`MapStore::row_crcs`].

@@ -694,6 +694,12 @@ impl SegmentTable {
     /// its fill pointer; a slot past it holds no row of this use of the segment.
     #[must_use]
     pub fn data_segments(&self) -> Vec<(u64, u64)> {
+        // One set, not a scan of the pending lists per segment.
+        let pending: BTreeSet<u64> = self
+            .pending
+            .iter()
+            .flat_map(|(_, segments)| segments.iter().copied())
+            .collect();
         let mut found: BTreeSet<u64> = self
             .in_use()
             .into_iter()
@@ -702,7 +708,7 @@ impl SegmentTable {
                     state,
                     SegmentState::OpenData | SegmentState::FullData | SegmentState::BeingCleaned
                 ) && !self.is_free(*segment)
-                    && !self.is_pending(*segment)
+                    && !pending.contains(segment)
             })
             .map(|(segment, _, _)| segment)
             .collect();
