@@ -18,7 +18,7 @@ use super::cache::PageCache;
 use super::log::{replay, IntentLog, LogPosition, Replay};
 use super::ring::{write_uberblock, Rings};
 use super::segments::{ReleaseRule, SegmentShape, SegmentTable, SUT_LEAF_BITS};
-use super::store::PageStore;
+use super::store::{PageRef, PageStore};
 use super::tree::{PageKey, RadixTree, SetError};
 use crate::device::SharedDevice;
 use crate::error::{Error, Result};
@@ -223,6 +223,23 @@ enum TreeChoice {
     Summary,
 }
 
+/// A written row of a data slot, as the map records it (scrub and rebuild).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrittenRow {
+    /// The row in the slot.
+    pub row: u16,
+    /// Its birth (the sequence that wrote it).
+    pub birth: u64,
+    /// Data blocks written (`n < K`: a narrow row, chunks `n..K` never written).
+    pub n: usize,
+    /// The crc of every shard-block, in shard order (0 for never-written ones).
+    pub crcs: Vec<u32>,
+    /// `(owner, pointer)` of each data block, the pointer being the one its owner was given
+    /// when the row was written (FORMAT.md V4.6, "Cleaner": the block is live iff the owner's
+    /// pointer is still exactly this one). Blocks written as forwarding targets are left out.
+    pub blocks: Vec<(u64, BlockPointer)>,
+}
+
 /// The durable, paged map of one pool.
 #[derive(Debug)]
 pub struct MapStore {
@@ -266,16 +283,6 @@ fn flush_all(devices: &[Option<SharedDevice>]) -> Result<()> {
 }
 
 /// Where a data block's row is: `(slot, row, data block j within the row)`.
-/// A row of a data slot as written: each data block's owner (logical block) and the pointer
-/// the owner was given for it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WrittenRow {
-    /// The row within its slot.
-    pub row: u16,
-    /// `(owner, pointer)` of each data block written in the row.
-    pub blocks: Vec<(u64, BlockPointer)>,
-}
-
 fn row_of(geometry: &Geometry, pbn: u64) -> (u64, u16, usize) {
     let k = geometry.data_chunks() as u64;
     let rows_per_chunk = (geometry.chunk_bytes / crate::format::v4::LOG_BLOCK_BYTES as u64).max(1);
@@ -1350,70 +1357,6 @@ impl MapStore {
         )))
     }
 
-    /// Every recorded row of data slot `slot` with the pointer each of its data blocks had
-    /// when written (FORMAT.md V4.6, "Cleaner": a block is live iff its owner's pointer is
-    /// still exactly this one): rows noted or replayed since the last sync, else the slot
-    /// summary's. A summary record left from an earlier use of the slot's segment gives
-    /// pointers no tree holds any more (their births differ), so they never look live.
-    ///
-    /// # Errors
-    /// When the summary page cannot be read or its record does not decode.
-    pub fn slot_rows(
-        &self,
-        devices: &[Option<SharedDevice>],
-        slot: u64,
-    ) -> Result<Vec<WrittenRow>> {
-        let rows_per_slot = u16::try_from(self.geometry.chunk_bytes / 4096).unwrap_or(u16::MAX);
-        let k = self.geometry.data_chunks() as u64;
-        let pbn =
-            |row: u16, j: usize| (slot * u64::from(rows_per_slot) + u64::from(row)) * k + j as u64;
-        let mut found = Vec::new();
-        let record = self.slot_record(devices, slot)?;
-        for row in 0..rows_per_slot {
-            let noted = self
-                .rows
-                .get(&(slot, row))
-                .or_else(|| self.unsummarized.get(&(slot, row)));
-            let blocks: Vec<(u64, BlockPointer)> = if let Some(info) = noted {
-                info.owners
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(j, owner)| {
-                        let crc = pointer_crc(&self.geometry, &info.crcs, j)?;
-                        Some((
-                            *owner,
-                            BlockPointer::written(pbn(row, j), info.birth, 0, crc),
-                        ))
-                    })
-                    .collect()
-            } else if let Some(record) = record
-                .as_ref()
-                .filter(|r| usize::from(row) < r.rows_written())
-            {
-                let r = usize::from(row);
-                let written = record.row(r);
-                let crcs: Vec<u32> = (0..self.geometry.width())
-                    .map(|s| record.crc(r, s))
-                    .collect();
-                (0..usize::from(written.data_blocks))
-                    .filter(|j| !record.is_forward_target(r, *j))
-                    .filter_map(|j| {
-                        let owner = record.owner(r, j)?;
-                        let crc = pointer_crc(&self.geometry, &crcs, j)?;
-                        Some((
-                            owner,
-                            BlockPointer::written(pbn(row, j), written.birth, 0, crc),
-                        ))
-                    })
-                    .collect()
-            } else {
-                continue;
-            };
-            found.push(WrittenRow { row, blocks });
-        }
-        Ok(found)
-    }
-
     /// A fresh slot of the open data segment for rows of data blocks (the pool's writers take
     /// their slots here).
     ///
@@ -1451,6 +1394,139 @@ impl MapStore {
         pages.extend(self.sut.referenced_pages(devices)?);
         Ok(pages)
     }
+
+    /// Every metadata page the trees of the last sync reference, with the pointer its parent
+    /// holds, and the bytes read to find them (scrub and rebuild, FORMAT.md V4.5). Reads
+    /// interior pages from the members without healing or caching them.
+    ///
+    /// # Errors
+    /// When a verified interior page does not decode.
+    pub fn page_refs(&self, devices: &[Option<SharedDevice>]) -> Result<(Vec<PageRef>, u64)> {
+        let (mut pages, mut bytes) = self.map.page_refs(devices)?;
+        for tree in [&self.summary, &self.sut] {
+            let (more, read) = tree.page_refs(devices)?;
+            pages.extend(more);
+            bytes += read;
+        }
+        Ok((pages, bytes))
+    }
+
+    /// The page store pages are read and written through (verification as this map does it).
+    #[must_use]
+    pub fn page_store(&self) -> &PageStore {
+        self.map.store()
+    }
+
+    /// Every row of data slot `slot` the map knows of, in row order, as [`MapStore::row_crcs`]
+    /// gives each. A summary record left from an earlier use of the slot's segment (its row 0
+    /// born otherwise than the row 0 noted since the last sync) is not part of it. Without
+    /// `heal`, nothing is written (bad copies of summary pages met on the way are left as
+    /// they are).
+    ///
+    /// # Errors
+    /// As [`MapStore::row_crcs`].
+    pub fn slot_rows(
+        &self,
+        devices: &[Option<SharedDevice>],
+        slot: u64,
+        heal: bool,
+    ) -> Result<Vec<WrittenRow>> {
+        let rows_per_slot = self.geometry.chunk_bytes / 4096;
+        let pointer = |row: u16, j: usize, birth: u64, crcs: &[u32]| {
+            let pbn = (slot * rows_per_slot + u64::from(row)) * self.geometry.data_chunks() as u64
+                + j as u64;
+            pointer_crc(&self.geometry, crcs, j)
+                .map(|crc| BlockPointer::written(pbn, birth, 0, crc))
+        };
+        let mut found: BTreeMap<u16, WrittenRow> = BTreeMap::new();
+        // As `row_crcs`: a row the log names wins over one only summarized later.
+        let noted = self
+            .unsummarized
+            .range((slot, 0)..=(slot, u16::MAX))
+            .chain(self.rows.range((slot, 0)..=(slot, u16::MAX)));
+        let k = self.geometry.data_chunks();
+        for ((_, row), info) in noted {
+            let n = info.owners.len();
+            let crcs = info
+                .crcs
+                .iter()
+                .enumerate()
+                .map(|(s, crc)| {
+                    let unwritten = self
+                        .geometry
+                        .shard_data_chunk(ShardIndex(s))
+                        .is_some_and(|j| j >= n && j < k);
+                    if unwritten {
+                        0
+                    } else {
+                        *crc
+                    }
+                })
+                .collect();
+            let blocks = info
+                .owners
+                .iter()
+                .enumerate()
+                .filter_map(|(j, owner)| Some((*owner, pointer(*row, j, info.birth, &info.crcs)?)))
+                .collect();
+            found.insert(
+                *row,
+                WrittenRow {
+                    row: *row,
+                    birth: info.birth,
+                    n,
+                    crcs,
+                    blocks,
+                },
+            );
+        }
+        let bytes = if heal {
+            self.summary.get_record(devices, slot)?
+        } else {
+            self.summary.get_record_without_healing(devices, slot)?
+        };
+        let record = match bytes {
+            Some(bytes) => SlotRecord::decode(Self::slot_shape(&self.geometry), &bytes)
+                .map_err(|e| Error::corrupt_metadata(format!("slot record of slot {slot}: {e}")))?,
+            None => None,
+        };
+        if let Some(record) = record {
+            let stale = record.rows_written() > 0
+                && found
+                    .get(&0)
+                    .is_some_and(|written| written.birth != record.row(0).birth);
+            if !stale {
+                for r in 0..record.rows_written() {
+                    let row = u16::try_from(r).unwrap_or(u16::MAX);
+                    if found.contains_key(&row) {
+                        continue;
+                    }
+                    let written = record.row(r);
+                    let crcs: Vec<u32> = (0..self.geometry.width())
+                        .map(|s| record.crc(r, s))
+                        .collect();
+                    let blocks = (0..usize::from(written.data_blocks))
+                        .filter(|j| !record.is_forward_target(r, *j))
+                        .filter_map(|j| {
+                            Some((record.owner(r, j)?, pointer(row, j, written.birth, &crcs)?))
+                        })
+                        .collect();
+                    found.insert(
+                        row,
+                        WrittenRow {
+                            row,
+                            birth: written.birth,
+                            n: usize::from(written.data_blocks),
+                            crcs,
+                            blocks,
+                        },
+                    );
+                }
+            }
+        }
+        Ok(found.into_values().collect())
+    }
+
     /// What the open found in the log.
     #[must_use]
     pub fn open_report(&self) -> &OpenReport {

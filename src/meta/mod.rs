@@ -26,5 +26,5 @@ pub use map::{
 };
 pub use ring::{uberblock_places, write_uberblock, Rings};
 pub use segments::{ReleaseRule, SegmentShape, SegmentTable, SUT_LEAF_BITS};
-pub use store::{CopyFault, CopyProblem, PageRead, PageStore};
+pub use store::{CopiesRead, CopyFault, CopyProblem, PageRead, PageRef, PageStore};
 pub use tree::{PageKey, RadixTree, SetError, SyncOutcome};

@@ -834,6 +834,46 @@ impl SegmentTable {
         SutRecord::encode_page(&records)
     }
 
+    /// The segments that hold data now, in order, each with how many of its slots may hold
+    /// rows (scrub and rebuild walk these, FORMAT.md V4.5): those the last boundary records
+    /// as open or full data (or being cleaned) that are neither free nor waiting for release
+    /// in memory, and those opened for data since. The open data segment's slots stop at
+    /// its fill pointer; a slot past it holds no row of this use of the segment.
+    #[must_use]
+    pub fn data_segments(&self) -> Vec<(u64, u64)> {
+        // One set, not a scan of the pending lists per segment.
+        let pending: BTreeSet<u64> = self
+            .pending
+            .iter()
+            .flat_map(|(_, segments)| segments.iter().copied())
+            .collect();
+        let mut found: BTreeSet<u64> = self
+            .in_use()
+            .into_iter()
+            .filter(|(segment, _, state)| {
+                matches!(
+                    state,
+                    SegmentState::OpenData | SegmentState::FullData | SegmentState::BeingCleaned
+                ) && !self.is_free(*segment)
+                    && !pending.contains(segment)
+            })
+            .map(|(segment, _, _)| segment)
+            .collect();
+        found.extend(
+            self.opened
+                .iter()
+                .filter(|(_, kind)| **kind == Kind::Data)
+                .map(|(segment, _)| *segment),
+        );
+        found
+            .into_iter()
+            .map(|segment| match self.open_data {
+                Some((open, next)) if open == segment => (segment, next),
+                _ => (segment, self.shape.segment_slots),
+            })
+            .collect()
+    }
+
     /// `(segment, referenced, state)` of every segment that is not free, for the invariant
     /// checks (counts recomputed from the trees must equal these).
     #[must_use]

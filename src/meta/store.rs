@@ -74,6 +74,43 @@ pub struct PageRead {
     pub heal_failed: Vec<CopyFault>,
 }
 
+/// A page the trees reference, as its parent names it: what scrub and rebuild verify every
+/// copy of (docs/FORMAT.md V4.5: metadata is verified against its parents).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRef {
+    /// The tree it belongs to.
+    pub tree: Tree,
+    /// Its level (1 = leaf).
+    pub level: u8,
+    /// The first key it covers (part of its crc's seed).
+    pub first_key: u64,
+    /// Keys it covers.
+    pub keys: u64,
+    /// The parent's pointer to it (page number, birth, crc).
+    pub pointer: BlockPointer,
+}
+
+impl PageRef {
+    /// Its page number (a referenced page is never a hole).
+    #[must_use]
+    pub fn mpn(&self) -> Option<u64> {
+        self.pointer.address()
+    }
+}
+
+/// Copies of one page read and verified one by one (scrub, rebuild).
+#[derive(Debug, Default)]
+pub struct CopiesRead {
+    /// The first copy that verified, if any.
+    pub page: Option<Vec<u8>>,
+    /// Copies read (or tried on an absent member), as `(copy, device, offset)`.
+    pub tried: Vec<(usize, DeviceIndex, u64)>,
+    /// Every tried copy that was absent, unreadable or did not verify.
+    pub faults: Vec<CopyFault>,
+    /// Bytes read from the members.
+    pub bytes_read: u64,
+}
+
 /// Reads and writes metadata pages of one pool.
 #[derive(Debug, Clone)]
 pub struct PageStore {
@@ -229,6 +266,93 @@ impl PageStore {
             healed,
             heal_failed,
         })
+    }
+
+    /// Read the copies of `page` that lie on members `wanted` accepts, in copy order, each
+    /// verified against the parent's pointer; with `all`, every one of them (scrub), else up to
+    /// the first that verifies (a rebuild's source). Never writes, never caches.
+    ///
+    /// # Errors
+    /// [`Error::CorruptMetadata`] when the pointer names no page or a place outside the data
+    /// area.
+    pub fn read_copies(
+        &self,
+        devices: &[Option<SharedDevice>],
+        page: &PageRef,
+        wanted: &dyn Fn(DeviceIndex) -> bool,
+        all: bool,
+    ) -> Result<CopiesRead> {
+        let Some(mpn) = page.mpn() else {
+            return Err(Error::corrupt_metadata(format!(
+                "tree {} key {}: a hole names no page to read",
+                page.tree.id(),
+                page.first_key
+            )));
+        };
+        let mut read = CopiesRead::default();
+        let mut bytes = vec![0u8; PAGE_BYTES];
+        for (copy, (device, offset)) in self.copies_of(mpn)?.into_iter().enumerate() {
+            if !wanted(device) {
+                continue;
+            }
+            read.tried.push((copy, device, offset));
+            let fault = |problem| CopyFault {
+                copy,
+                device,
+                offset,
+                problem,
+            };
+            let Some(member) = devices.get(device.0).and_then(Option::as_ref) else {
+                read.faults.push(fault(CopyProblem::Missing));
+                continue;
+            };
+            read.bytes_read += PAGE_BYTES as u64;
+            if let Err(e) = member.read_at(offset, &mut bytes) {
+                read.faults.push(fault(CopyProblem::Io(e.to_string())));
+                continue;
+            }
+            let verified = if self.verify {
+                verify_page(self.pool, &page.pointer, page.tree, page.first_key, &bytes)
+            } else {
+                Ok(())
+            };
+            match verified {
+                Ok(()) => {
+                    if read.page.is_none() {
+                        read.page = Some(bytes.clone());
+                    }
+                    if !all {
+                        break;
+                    }
+                }
+                Err(m) => read.faults.push(fault(CopyProblem::Mismatch {
+                    expected: m.expected,
+                    found: m.found,
+                })),
+            }
+        }
+        Ok(read)
+    }
+
+    /// Write one copy of a page (16 KiB of verified bytes) at `(device, offset)`, a place
+    /// [`PageStore::read_copies`] named: the repair of a bad copy, or a rebuild's copy onto a
+    /// replacement. The problem, when the member is absent or the write fails.
+    pub fn write_copy(
+        &self,
+        devices: &[Option<SharedDevice>],
+        device: DeviceIndex,
+        offset: u64,
+        page: &[u8],
+    ) -> std::result::Result<(), CopyProblem> {
+        let Some(member) = devices.get(device.0).and_then(Option::as_ref) else {
+            return Err(CopyProblem::Missing);
+        };
+        if page.len() != PAGE_BYTES {
+            return Err(CopyProblem::Io(format!("a page of {} bytes", page.len())));
+        }
+        member
+            .write_at(offset, page)
+            .map_err(|e| CopyProblem::Io(format!("rewrite failed: {e}")))
     }
 
     /// Write every copy of page `mpn` (16 KiB). Returns the copies that could not be written

@@ -13,7 +13,7 @@
 //! Letting writers dirty pages while a sync writes frozen ones (V4.7) is a later step.
 
 use super::cache::{CacheFull, PageCache, PageState};
-use super::store::{CopyFault, CopyProblem, PageStore};
+use super::store::{CopyFault, CopyProblem, PageRef, PageStore};
 use crate::device::SharedDevice;
 use crate::error::{Error, Result};
 use crate::format::v4::{
@@ -201,6 +201,18 @@ impl RadixTree {
         key: u64,
         pointer: &BlockPointer,
     ) -> Result<Option<(Arc<Vec<u8>>, PageState)>> {
+        self.page_healing(devices, level, key, pointer, true)
+    }
+
+    /// [`RadixTree::page`], rewriting bad copies met on the way only when `heal`.
+    fn page_healing(
+        &self,
+        devices: &[Option<SharedDevice>],
+        level: u8,
+        key: u64,
+        pointer: &BlockPointer,
+        heal: bool,
+    ) -> Result<Option<(Arc<Vec<u8>>, PageState)>> {
         let cache_key = self.key_of(level, key);
         if let Some(found) = self.cache.get(&cache_key) {
             return Ok(Some(found));
@@ -208,7 +220,14 @@ impl RadixTree {
         if pointer.reads_zeros() {
             return Ok(None);
         }
-        let read = self.store.read_page(
+        let looking;
+        let store = if heal {
+            &self.store
+        } else {
+            looking = self.store.clone().without_healing();
+            &looking
+        };
+        let read = store.read_page(
             devices,
             pointer,
             self.tree,
@@ -250,6 +269,23 @@ impl RadixTree {
             .map(|page| page[at..at + size].to_vec()))
     }
 
+    /// [`RadixTree::get_record`] that writes nothing: bad copies of the pages on the way are
+    /// left as they are (a check-only scrub reads the slot summary through it).
+    ///
+    /// # Errors
+    /// As [`RadixTree::get`].
+    pub fn get_record_without_healing(
+        &self,
+        devices: &[Option<SharedDevice>],
+        key: u64,
+    ) -> Result<Option<Vec<u8>>> {
+        let size = self.shape.record_bytes();
+        let at = self.shape.index_of(1, key) * size;
+        Ok(self
+            .leaf_healing(devices, key, false)?
+            .map(|page| page[at..at + size].to_vec()))
+    }
+
     fn expect_pointers(&self) -> Result<()> {
         if self.shape.leaf_bits == POINTER_LEAF_BITS {
             Ok(())
@@ -263,6 +299,16 @@ impl RadixTree {
 
     /// The leaf covering `key`, or `None` for a leaf never written.
     fn leaf(&self, devices: &[Option<SharedDevice>], key: u64) -> Result<Option<Arc<Vec<u8>>>> {
+        self.leaf_healing(devices, key, true)
+    }
+
+    /// [`RadixTree::leaf`], rewriting bad copies met on the way only when `heal`.
+    fn leaf_healing(
+        &self,
+        devices: &[Option<SharedDevice>],
+        key: u64,
+        heal: bool,
+    ) -> Result<Option<Arc<Vec<u8>>>> {
         if key >= self.keys() {
             return Err(Error::corrupt_metadata(format!(
                 "key {key} beyond tree {} ({} keys)",
@@ -272,12 +318,14 @@ impl RadixTree {
         }
         let mut pointer = self.root;
         for level in (2..=self.depth).rev() {
-            match self.page(devices, level, key, &pointer)? {
+            match self.page_healing(devices, level, key, &pointer, heal)? {
                 Some((page, _)) => pointer = entry(&page, self.shape.index_of(level, key))?,
                 None => return Ok(None),
             }
         }
-        Ok(self.page(devices, 1, key, &pointer)?.map(|(page, _)| page))
+        Ok(self
+            .page_healing(devices, 1, key, &pointer, heal)?
+            .map(|(page, _)| page))
     }
 
     /// Map `key` to `pointer` (level 0) in memory; durable at the next sync.
@@ -658,6 +706,59 @@ impl RadixTree {
             }
         }
         Ok(())
+    }
+
+    /// Every page the durable root reaches, with the pointer its parent holds (scrub and
+    /// rebuild verify each copy against it), and the bytes read to find them. Interior pages
+    /// are read from the members, not the cache (a cached page may be newer than the durable
+    /// tree), up to the first copy that verifies, and nothing is written: a walk for a
+    /// check-only scrub writes no byte. An interior page no copy verifies is listed but not
+    /// descended into (the caller finds it bad on every copy and reports it).
+    ///
+    /// # Errors
+    /// When a verified interior page holds an entry that does not decode.
+    pub fn page_refs(&self, devices: &[Option<SharedDevice>]) -> Result<(Vec<PageRef>, u64)> {
+        let mut found = Vec::new();
+        let mut bytes_read = 0;
+        let mut stack = vec![(self.depth, 0u64, self.root)];
+        while let Some((level, first, pointer)) = stack.pop() {
+            if pointer.address().is_none() {
+                continue;
+            }
+            let page = PageRef {
+                tree: self.tree,
+                level,
+                first_key: first,
+                keys: self.shape.span(level),
+                pointer,
+            };
+            found.push(page);
+            if level == 1 {
+                continue;
+            }
+            let read = self.store.read_copies(devices, &page, &|_| true, false)?;
+            bytes_read += read.bytes_read;
+            let Some(bytes) = read.page else {
+                continue;
+            };
+            for index in 0..POINTERS_PER_PAGE {
+                let child = entry(&bytes, index)?;
+                if child.address().is_some() {
+                    stack.push((
+                        level - 1,
+                        first + index as u64 * self.shape.span(level - 1),
+                        child,
+                    ));
+                }
+            }
+        }
+        Ok((found, bytes_read))
+    }
+
+    /// The page store this tree reads and writes through.
+    #[must_use]
+    pub fn store(&self) -> &PageStore {
+        &self.store
     }
 
     /// Whether any page of this tree is dirty (changed since the last sync).

@@ -192,7 +192,7 @@ impl Volume {
         let slots = self.map.segments().shape().segment_slots;
         let mut live = Vec::new();
         for slot in victim * slots..(victim + 1) * slots {
-            for row in self.map.slot_rows(devices, slot)? {
+            for row in self.map.slot_rows(devices, slot, true)? {
                 for (owner, pointer) in row.blocks {
                     if owner >= self.blocks {
                         continue;

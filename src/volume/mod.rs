@@ -16,6 +16,12 @@
 //!   [`Error::UnrecoverableBlock`], never other bytes.
 //! * `flush` flushes the members (the rows are then durable) and commits the map (one log
 //!   record, or a tree sync).
+//! * `scrub` walks the allocated segments: every written shard-block checked against its
+//!   row's crc and every copy of every referenced metadata page against its parent, the bad
+//!   ones rewritten from what verifies (not when check-only); `rebuild_device` rebuilds what
+//!   one position holds onto a replacement, segment by segment, resumable from a watermark
+//!   (`scrub.rs`, `rebuild.rs`; FORMAT.md V4.13 step 8, volume part). Page copies are read
+//!   and rewritten only through the map's page store, checked against their parents.
 //!
 //! Owns: packing blocks into rows, the rows' bytes on the devices, verification,
 //! reconstruction and heal of data blocks, and the volume's size. Does not own and must not
@@ -23,15 +29,24 @@
 //! fault policy (the pool decides what a device error means: this module reports it, naming
 //! device and offset, and writes nothing more for that request).
 //!
+//! * Writes make room first: the data cleaner (`clean.rs`, FORMAT.md V4.13 step 7) copies
+//!   the live blocks of mostly dead data segments into fresh rows, so overwrites never run
+//!   the volume out of segments.
+//!
 //! Not yet here (docs/FORMAT.md V4.13): the packer that groups concurrent small writes (step
-//! 6), the data cleaner (step 7: until then a data segment comes back only when every block
-//! in it is dead), rebuild and scrub on segments (step 8).
+//! 6) and a cleaner that runs beside writers (its compare-and-swap, epoch pins), and the
+//! pool's part of step 8 (attach as a commit boundary, the watermark
+//! in the superblocks, epoch pins, pacing, swap-in).
 
 mod clean;
 mod place;
 mod read;
+mod rebuild;
+mod scrub;
 
 pub use place::BLOCK_BYTES;
+pub use rebuild::{RebuildOptions, RebuildProgress, RebuildReport};
+pub use scrub::{Damage, VolumeScrubOptions, VolumeScrubReport};
 
 use crate::codec::Codec;
 use crate::device::{run_batch, BatchOp, SharedDevice};
@@ -63,6 +78,15 @@ pub struct VolumeOptions {
     /// pointer still names that block, so an overwritten block's old bytes come back.
     #[cfg(feature = "testing")]
     pub cleaner_install_without_cas: bool,
+    /// Planted bug `rebuild_skip_verify`: a rebuild trusts what it reads and what it
+    /// reconstructs, writing a shard-block onto the replacement without checking its sources
+    /// or the result against the row's crcs.
+    #[cfg(feature = "testing")]
+    pub rebuild_skip_verify: bool,
+    /// Planted bug `scrub_skip_crc`: a scrub reads every shard-block and takes it as good
+    /// without checking its crc (it still finds unreadable ones).
+    #[cfg(feature = "testing")]
+    pub scrub_skip_crc: bool,
 }
 
 /// Counters of a volume's data path since it was opened (they only go up).
@@ -132,6 +156,10 @@ pub struct Volume {
     commit_before_rows_durable: bool,
     #[cfg(feature = "testing")]
     cleaner_install_without_cas: bool,
+    #[cfg(feature = "testing")]
+    rebuild_skip_verify: bool,
+    #[cfg(feature = "testing")]
+    scrub_skip_crc: bool,
 }
 
 impl Volume {
@@ -192,6 +220,10 @@ impl Volume {
             commit_before_rows_durable: options.commit_before_rows_durable,
             #[cfg(feature = "testing")]
             cleaner_install_without_cas: options.cleaner_install_without_cas,
+            #[cfg(feature = "testing")]
+            rebuild_skip_verify: options.rebuild_skip_verify,
+            #[cfg(feature = "testing")]
+            scrub_skip_crc: options.scrub_skip_crc,
         })
     }
 

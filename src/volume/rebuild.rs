@@ -1,0 +1,305 @@
+//! Rebuild of one layout position of a version-4 volume onto a replacement device
+//! (docs/FORMAT.md V4.5, "Rebuild"; V4.13 step 8): every allocated segment in order, free and
+//! free-pending ones skipped, so the bytes written follow the allocated space.
+//!
+//! * A data segment: every written row with a shard-block on the position has it rebuilt from
+//!   the row's other shard-blocks, each checked against the row's recorded crc, and the
+//!   result checked against the target's own crc before it is written; never-written cells of
+//!   narrow rows are not written.
+//! * A metadata segment: every referenced page with a copy on the position gets it from a
+//!   sibling copy that verifies against the parent's crc.
+//!
+//! The caller's part (the pool's, V4.5 "Rebuild boundary"): flush before the rebuild starts,
+//! so every row it copies is durable on its sources and named by a commit, and pass the
+//! replacement in the position to every later write. Rows written after the start go to
+//! every present member, the replacement included ([`Volume::write`] writes each
+//! shard-block whose member is `Some`), so they need no copying (a row the walk has not
+//! passed yet is copied again, the same bytes); rows written before are found here (the map
+//! notes a row when it is written, so a row not yet flushed is found too). The boundary as a
+//! commit (attach with a sequence bump) and the watermark in the superblocks belong to the
+//! pool; here a rebuild can be stopped after any segment (the progress callback) and resumed
+//! from the segment it names.
+//!
+//! Owns: the walk of one position and its writes. Does not own and must not touch: the map's
+//! pages other than copying a verified copy onto the position, pointers, the log,
+//! superblocks, membership.
+
+use super::place::Piece;
+use super::scrub::{Cell, Damage, Work};
+use super::{write_runs, Volume};
+use crate::device::SharedDevice;
+use crate::error::{Error, Result};
+use crate::meta::{CopyProblem, PageRef};
+use crate::types::DeviceIndex;
+
+/// What to rebuild.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RebuildOptions {
+    /// The layout position (member index) the replacement serves.
+    pub position: usize,
+    /// The watermark: segments below this one are taken as done (a resumed rebuild).
+    pub from_segment: u64,
+}
+
+/// Progress after each segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RebuildProgress {
+    /// Allocated segments done (those below the watermark included).
+    pub segments_done: u64,
+    /// Allocated segments in all.
+    pub segments_total: u64,
+    /// The watermark to resume from: every allocated segment below it is done.
+    pub next_segment: u64,
+}
+
+/// What a rebuild did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RebuildReport {
+    /// Allocated segments in all.
+    pub segments_total: u64,
+    /// Allocated segments done (those below the watermark included).
+    pub segments_done: u64,
+    /// Where to resume when the callback stopped the rebuild (`None`: finished).
+    pub resume_from: Option<u64>,
+    /// Shard-blocks rebuilt, verified and written onto the position.
+    pub shard_blocks_written: u64,
+    /// Page copies written onto the position.
+    pub page_copies_written: u64,
+    /// Sources (shard-blocks or page copies on other members) found unreadable or bad; scrub
+    /// repairs them.
+    pub sources_bad: u64,
+    /// Data slots whose rows cannot be known (their slot-summary page is lost on every copy):
+    /// not rebuilt.
+    pub slots_unknown: u64,
+    /// Bytes read from the other members (the walk of the interior pages included;
+    /// slot-summary pages the map reads into its cache are not counted).
+    pub bytes_read: u64,
+    /// Bytes written onto the position.
+    pub bytes_written: u64,
+    /// Places of the position that could not be rebuilt, named.
+    pub unrepairable: Vec<Damage>,
+}
+
+impl Volume {
+    /// Rebuild everything position `options.position` holds onto the device `devices` has
+    /// there (a blank replacement), from the other members, segment by segment from
+    /// `options.from_segment`. `progress` hears of every segment done and returns `false` to
+    /// stop (the report then says where to resume).
+    ///
+    /// The caller must have flushed every write before it (the rows it copies are then
+    /// durable on their sources), and must pass the replacement in that position to every
+    /// write made meanwhile (those rows then reach it directly).
+    ///
+    /// # Errors
+    /// [`Error::ReadOnly`]; [`Error::InvalidConfig`] when the position is not a member or no
+    /// device is there; [`Error::Io`] naming the device and offset when a write to the
+    /// replacement fails (the rebuild stops there; resume after the segment last reported);
+    /// what the map returns when it cannot say which rows or pages exist.
+    pub fn rebuild_device(
+        &self,
+        devices: &[Option<SharedDevice>],
+        options: &RebuildOptions,
+        progress: &mut dyn FnMut(&RebuildProgress) -> bool,
+    ) -> Result<RebuildReport> {
+        self.writable("rebuild")?;
+        let position = options.position;
+        let Some(Some(replacement)) = devices.get(position) else {
+            return Err(Error::InvalidConfig(format!(
+                "rebuild of position {position}: no device is there (members: {})",
+                self.rows.geometry().devices
+            )));
+        };
+        let replacement = replacement.name();
+        let (work, walked) = self.segment_work(devices)?;
+        let mut report = RebuildReport {
+            segments_total: work.len() as u64,
+            bytes_read: walked,
+            ..RebuildReport::default()
+        };
+        for (i, item) in work.iter().enumerate() {
+            if item.segment() < options.from_segment {
+                report.segments_done += 1;
+                continue;
+            }
+            match item {
+                Work::Data { slots, .. } => {
+                    for slot in slots.clone() {
+                        self.rebuild_slot(devices, position, &replacement, slot, &mut report)?;
+                    }
+                }
+                Work::Metadata { pages, .. } => {
+                    for page in pages {
+                        self.rebuild_page(devices, position, &replacement, page, &mut report)?;
+                    }
+                }
+            }
+            report.segments_done += 1;
+            let next_segment = work.get(i + 1).map_or(item.segment() + 1, Work::segment);
+            let going_on = progress(&RebuildProgress {
+                segments_done: report.segments_done,
+                segments_total: report.segments_total,
+                next_segment,
+            });
+            if !going_on && i + 1 < work.len() {
+                report.resume_from = Some(next_segment);
+                return Ok(report);
+            }
+        }
+        Ok(report)
+    }
+
+    fn rebuild_slot(
+        &self,
+        devices: &[Option<SharedDevice>],
+        position: usize,
+        replacement: &str,
+        slot: u64,
+        report: &mut RebuildReport,
+    ) -> Result<()> {
+        let width = self.rows.geometry().width();
+        // A slot never uses a member twice: at most one shard of it is on the position.
+        let Some(target) = (0..width).find(|s| self.rows.shard_block(slot, *s, 0).0 .0 == position)
+        else {
+            return Ok(());
+        };
+        // Without healing: a rebuild writes only what it reports (scrub heals the summary).
+        let rows = match self.map.slot_rows(devices, slot, false) {
+            Ok(rows) => rows,
+            // Its summary page is lost on every copy (the page is named where it lies).
+            Err(Error::MetadataLost { .. }) => {
+                report.slots_unknown += 1;
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        if rows.iter().all(|r| self.rows.unwritten(target, r.n)) {
+            return Ok(());
+        }
+        let verify = !self.planted_rebuild_skips_verify();
+        let (read, bytes_read) = self.read_slot(devices, slot, rows, &|s| s != target, verify);
+        report.bytes_read += bytes_read;
+        let mut pieces = Vec::new();
+        let mut blocks = Vec::new();
+        for row in &read {
+            report.sources_bad += row.cells.iter().filter(|c| c.is_damage()).count() as u64;
+            if row.cells[target] == Cell::Unwritten {
+                continue;
+            }
+            let (device, offset) = self.rows.shard_block(slot, target, row.row);
+            match self.rebuild_cell(slot, row, target, verify) {
+                Some(bytes) => {
+                    pieces.push(Piece {
+                        device: device.0,
+                        offset,
+                        index: pieces.len(),
+                    });
+                    blocks.extend_from_slice(&bytes);
+                }
+                None => {
+                    let lost: Vec<String> = row
+                        .cells
+                        .iter()
+                        .enumerate()
+                        .filter(|(s, c)| *s != target && !matches!(c, Cell::Good | Cell::Unwritten))
+                        .map(|(s, c)| {
+                            let (d, at) = self.rows.shard_block(slot, s, row.row);
+                            format!("member {} at byte {at}: {}", d.0, c.why())
+                        })
+                        .collect();
+                    report.unrepairable.push(Damage::ShardBlock {
+                        slot,
+                        row: row.row,
+                        shard: target,
+                        device: device.0,
+                        offset,
+                        why: format!(
+                            "too few verified sources to rebuild it (n = {}; lost: {})",
+                            row.n,
+                            lost.join(", ")
+                        ),
+                    });
+                }
+            }
+        }
+        if pieces.is_empty() {
+            return Ok(());
+        }
+        if let Some(failure) = write_runs(devices, &pieces, &blocks).into_iter().next() {
+            return Err(Error::Io {
+                device: replacement.to_string(),
+                offset: Some(failure.offset),
+                source: failure.error,
+            });
+        }
+        report.shard_blocks_written += pieces.len() as u64;
+        report.bytes_written += blocks.len() as u64;
+        Ok(())
+    }
+
+    fn rebuild_page(
+        &self,
+        devices: &[Option<SharedDevice>],
+        position: usize,
+        replacement: &str,
+        page: &PageRef,
+        report: &mut RebuildReport,
+    ) -> Result<()> {
+        let Some(mpn) = page.mpn() else {
+            return Ok(());
+        };
+        let Some((device, offset)) = self
+            .rows
+            .geometry()
+            .page_copies(mpn)
+            .and_then(|copies| copies.into_iter().find(|(d, _)| d.0 == position))
+        else {
+            return Ok(());
+        };
+        let store = self.map.page_store();
+        let read = store.read_copies(devices, page, &|d: DeviceIndex| d.0 != position, false)?;
+        report.bytes_read += read.bytes_read;
+        report.sources_bad += read
+            .faults
+            .iter()
+            .filter(|f| f.problem != CopyProblem::Missing)
+            .count() as u64;
+        let Some(bytes) = read.page else {
+            report.unrepairable.push(Damage::PageCopy {
+                tree: page.tree.id(),
+                level: page.level,
+                first_key: page.first_key,
+                mpn,
+                device: device.0,
+                offset,
+                why: format!(
+                    "no sibling copy verifies: {}",
+                    read.faults
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+            });
+            return Ok(());
+        };
+        match store.write_copy(devices, device, offset, &bytes) {
+            Ok(()) => {
+                report.page_copies_written += 1;
+                report.bytes_written += bytes.len() as u64;
+                Ok(())
+            }
+            Err(problem) => Err(Error::Io {
+                device: replacement.to_string(),
+                offset: Some(offset),
+                source: std::io::Error::other(format!("page copy {mpn}: {problem:?}")),
+            }),
+        }
+    }
+
+    fn planted_rebuild_skips_verify(&self) -> bool {
+        #[cfg(feature = "testing")]
+        return self.rebuild_skip_verify;
+        #[cfg(not(feature = "testing"))]
+        false
+    }
+}

@@ -1,0 +1,584 @@
+//! Scrub of a version-4 volume on segments (docs/FORMAT.md V4.5, "Scrub of data segments" and
+//! "Scrub of metadata"; V4.13 step 8): every allocated segment in order, free and
+//! free-pending ones skipped, so the cost follows the allocated space, not the volume size.
+//!
+//! * A data segment: every written row of every slot the map records (rows noted since the
+//!   last sync, else the slot summary), every written shard-block of it (data and parity; the
+//!   never-written cells of a narrow row are not read) checked against the row's recorded crc
+//!   (V4.3 seed). A bad or unreadable shard-block is rebuilt from the row's verified shards,
+//!   checked against its own crc, and rewritten in place.
+//! * A metadata segment: every page the trees reference in it (found from the parents by
+//!   [`MapStore::page_refs`]), every copy checked against its parent's crc; bad copies are
+//!   rewritten from one that verifies.
+//!
+//! Check-only writes no byte to any device. The row machinery here (reading a slot's rows
+//! whole, rebuilding cells from verified shards) is shared with the rebuild of a position
+//! (`rebuild.rs`).
+//!
+//! Owns: walking allocated segments, checking and repairing rows and page copies in place,
+//! the scrub's tallies. Does not own and must not touch: which pages exist or what they say
+//! (the map's: pages are read and rewritten through its [`PageStore`]), pointers, the log,
+//! superblocks, and the fault policy (every damage is reported naming its place; the pool
+//! decides what it means for a member).
+//!
+//! [`MapStore::page_refs`]: crate::meta::MapStore::page_refs
+//! [`PageStore`]: crate::meta::PageStore
+
+use super::place::{runs, Piece};
+use super::{write_runs, Volume, BLOCK_BYTES};
+use crate::device::{run_batch, BatchOp, SharedDevice};
+use crate::error::{Error, Result};
+use crate::meta::{CopyProblem, PageRef, WrittenRow};
+use crate::types::DeviceIndex;
+use std::collections::BTreeMap;
+
+/// How a scrub runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VolumeScrubOptions {
+    /// Find and report damage, repair nothing: no byte is written to any device.
+    pub check_only: bool,
+}
+
+/// A place scrub or rebuild could not make good, named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Damage {
+    /// A shard-block of a data row.
+    ShardBlock {
+        /// The data slot.
+        slot: u64,
+        /// The row in the slot.
+        row: u16,
+        /// The shard of the row.
+        shard: usize,
+        /// The member (layout position) it is on.
+        device: usize,
+        /// Its byte offset on the member.
+        offset: u64,
+        /// What was wrong, and why it could not be repaired.
+        why: String,
+    },
+    /// A copy of a metadata page.
+    PageCopy {
+        /// The tree the page belongs to.
+        tree: u8,
+        /// Its level (1 = leaf).
+        level: u8,
+        /// The first key it covers.
+        first_key: u64,
+        /// Its page number.
+        mpn: u64,
+        /// The member (layout position) the copy is on.
+        device: usize,
+        /// Its byte offset on the member.
+        offset: u64,
+        /// What was wrong, and why it could not be repaired.
+        why: String,
+    },
+}
+
+/// What a scrub found and did. Shard-blocks and page copies on an absent member are not
+/// checked (counted in `absent`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VolumeScrubReport {
+    /// Data segments walked.
+    pub data_segments: u64,
+    /// Metadata segments walked (those holding a referenced page).
+    pub metadata_segments: u64,
+    /// Written rows checked.
+    pub rows: u64,
+    /// Shard-blocks read and checked against their row's crc.
+    pub shard_blocks_checked: u64,
+    /// Shard-blocks unreadable or failing their crc.
+    pub shard_blocks_bad: u64,
+    /// Bad shard-blocks rewritten with their rebuilt, verified content.
+    pub shard_blocks_repaired: u64,
+    /// Bad shard-blocks that could not be rebuilt or rewritten (each in `unrepairable`).
+    pub shard_blocks_unrepairable: u64,
+    /// Referenced metadata pages.
+    pub pages: u64,
+    /// Page copies read and checked against their parent's crc.
+    pub page_copies_checked: u64,
+    /// Page copies unreadable or failing the parent's crc.
+    pub page_copies_bad: u64,
+    /// Bad copies rewritten from a copy that verifies.
+    pub page_copies_repaired: u64,
+    /// Bad copies no copy could repair, or whose rewrite failed (each in `unrepairable`).
+    pub page_copies_unrepairable: u64,
+    /// Shard-blocks and page copies on absent members (not checked).
+    pub absent: u64,
+    /// Data slots whose rows cannot be known (their slot-summary page is lost on every
+    /// copy, which the metadata part reports): not checked.
+    pub slots_unknown: u64,
+    /// Bytes the scrub read from the members (the walk of the interior pages included;
+    /// slot-summary pages the map reads into its cache are not counted).
+    pub bytes_read: u64,
+    /// Bytes written to the members (0 when check-only).
+    pub bytes_written: u64,
+    /// Every place that stays bad, named.
+    pub unrepairable: Vec<Damage>,
+}
+
+/// One allocated segment's work, in segment order.
+#[derive(Debug)]
+pub(super) enum Work {
+    /// A data segment: the slots that may hold rows.
+    Data {
+        segment: u64,
+        slots: std::ops::Range<u64>,
+    },
+    /// A metadata segment: its referenced pages, by page number.
+    Metadata { segment: u64, pages: Vec<PageRef> },
+}
+
+impl Work {
+    pub(super) fn segment(&self) -> u64 {
+        match self {
+            Work::Data { segment, .. } | Work::Metadata { segment, .. } => *segment,
+        }
+    }
+}
+
+/// What was found of one shard-block of a row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Cell {
+    /// Read, and it verifies (or, for a rebuild, rebuilt and verified).
+    Good,
+    /// A never-written data chunk of a narrow row: zeros, never read.
+    Unwritten,
+    /// Not asked for.
+    NotRead,
+    /// Its member is absent.
+    Absent,
+    /// The read failed.
+    Unreadable(String),
+    /// Read, and it fails its crc.
+    Bad,
+}
+
+impl Cell {
+    fn is_source(&self) -> bool {
+        matches!(self, Cell::Good | Cell::Unwritten)
+    }
+
+    pub(super) fn is_damage(&self) -> bool {
+        matches!(self, Cell::Unreadable(_) | Cell::Bad)
+    }
+
+    pub(super) fn why(&self) -> String {
+        match self {
+            Cell::Unreadable(e) => format!("I/O error: {e}"),
+            Cell::Bad => "checksum mismatch".into(),
+            Cell::Absent => "member absent".into(),
+            Cell::Good | Cell::Unwritten | Cell::NotRead => "good".into(),
+        }
+    }
+}
+
+/// One written row of a slot, read: its record and, per shard, the bytes and what was found.
+#[derive(Debug)]
+pub(super) struct RowRead {
+    pub(super) row: u16,
+    pub(super) birth: u64,
+    pub(super) n: usize,
+    pub(super) crcs: Vec<u32>,
+    pub(super) bytes: Vec<Vec<u8>>,
+    pub(super) cells: Vec<Cell>,
+}
+
+impl Volume {
+    /// Scrub every allocated segment: check every written shard-block and every copy of every
+    /// referenced metadata page, and (unless check-only) rewrite what is bad from what
+    /// verifies. Data written since the last flush is scrubbed too (its rows are noted).
+    ///
+    /// # Errors
+    /// [`Error::ReadOnly`] for a repairing scrub of a read-only volume; [`Error::Io`] or
+    /// [`Error::CorruptMetadata`] when the map cannot say which rows or pages exist (a
+    /// summary page or an interior page that does not decode). Damage to rows and page
+    /// copies is not an error: it is in the report.
+    pub fn scrub(
+        &self,
+        devices: &[Option<SharedDevice>],
+        options: &VolumeScrubOptions,
+    ) -> Result<VolumeScrubReport> {
+        if !options.check_only {
+            self.writable("scrub with repair")?;
+        }
+        let mut report = VolumeScrubReport::default();
+        let (work, walked) = self.segment_work(devices)?;
+        report.bytes_read += walked;
+        for item in &work {
+            match item {
+                Work::Data { slots, .. } => {
+                    report.data_segments += 1;
+                    for slot in slots.clone() {
+                        self.scrub_slot(devices, slot, options, &mut report)?;
+                    }
+                }
+                Work::Metadata { pages, .. } => {
+                    report.metadata_segments += 1;
+                    for page in pages {
+                        self.scrub_page(devices, page, options, &mut report)?;
+                    }
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// The allocated segments in order: data segments from the usage table (with the slots
+    /// that may hold rows), metadata segments from the pages the trees reference (with those
+    /// pages by page number); and the bytes the walk of the interior pages read.
+    pub(super) fn segment_work(
+        &self,
+        devices: &[Option<SharedDevice>],
+    ) -> Result<(Vec<Work>, u64)> {
+        let shape = self.map.segments().shape();
+        let mut work: BTreeMap<u64, Work> = BTreeMap::new();
+        for (segment, slots) in self.map.segments().data_segments() {
+            let first = segment * shape.segment_slots;
+            work.insert(
+                segment,
+                Work::Data {
+                    segment,
+                    slots: first..first + slots,
+                },
+            );
+        }
+        let (pages, walked) = self.map.page_refs(devices)?;
+        let mut by_segment: BTreeMap<u64, Vec<PageRef>> = BTreeMap::new();
+        for page in pages {
+            if let Some(mpn) = page.mpn() {
+                by_segment.entry(shape.of_page(mpn)).or_default().push(page);
+            }
+        }
+        for (segment, mut pages) in by_segment {
+            if work.contains_key(&segment) {
+                return Err(Error::corrupt_metadata(format!(
+                    "segment {segment} holds data rows and referenced metadata pages"
+                )));
+            }
+            pages.sort_by_key(PageRef::mpn);
+            work.insert(segment, Work::Metadata { segment, pages });
+        }
+        Ok((work.into_values().collect(), walked))
+    }
+
+    /// Read the written rows of `slot` (from [`crate::meta::MapStore::slot_rows`]),
+    /// the shards `wanted` accepts, one request per run of consecutive cells of a member (a
+    /// failed run read again cell by cell, to name exactly the unreadable ones), each cell
+    /// checked against its row's crc unless `verify` is off. Never-written cells are neither
+    /// read nor asked for. Returns the rows and the bytes read.
+    pub(super) fn read_slot(
+        &self,
+        devices: &[Option<SharedDevice>],
+        slot: u64,
+        rows: Vec<WrittenRow>,
+        wanted: &dyn Fn(usize) -> bool,
+        verify: bool,
+    ) -> (Vec<RowRead>, u64) {
+        let width = self.rows.geometry().width();
+        let mut read: Vec<RowRead> = Vec::with_capacity(rows.len());
+        let mut pieces = Vec::new();
+        for (r, written) in rows.into_iter().enumerate() {
+            let WrittenRow {
+                row,
+                birth,
+                n,
+                crcs,
+                ..
+            } = written;
+            let mut cells = vec![Cell::NotRead; width];
+            for (s, cell) in cells.iter_mut().enumerate() {
+                if self.rows.unwritten(s, n) {
+                    *cell = Cell::Unwritten;
+                    continue;
+                }
+                if !wanted(s) {
+                    continue;
+                }
+                let (device, offset) = self.rows.shard_block(slot, s, row);
+                if devices.get(device.0).is_some_and(Option::is_some) {
+                    pieces.push(Piece {
+                        device: device.0,
+                        offset,
+                        index: r * width + s,
+                    });
+                } else {
+                    *cell = Cell::Absent;
+                }
+            }
+            read.push(RowRead {
+                row,
+                birth,
+                n,
+                crcs,
+                bytes: vec![vec![0u8; BLOCK_BYTES]; width],
+                cells,
+            });
+        }
+        let runs = runs(pieces);
+        let mut buffers: Vec<Vec<u8>> = runs
+            .iter()
+            .map(|run| vec![0u8; run.len() * BLOCK_BYTES])
+            .collect();
+        let mut results = vec![None; runs.len()];
+        {
+            let mut ops = Vec::with_capacity(runs.len());
+            let mut issued = Vec::with_capacity(runs.len());
+            for (i, (run, buffer)) in runs.iter().zip(buffers.iter_mut()).enumerate() {
+                if let Some(Some(device)) = run.first().and_then(|p| devices.get(p.device)) {
+                    ops.push(BatchOp::read(device.as_ref(), run[0].offset, buffer));
+                    issued.push(i);
+                }
+            }
+            run_batch(&mut ops);
+            for (op, i) in ops.into_iter().zip(issued) {
+                results[i] = Some(op.result.map_err(|e| e.to_string()));
+            }
+        }
+        let mut bytes_read = 0;
+        for ((run, buffer), result) in runs.iter().zip(&buffers).zip(results) {
+            bytes_read += buffer.len() as u64;
+            let run_ok = matches!(result, Some(Ok(())));
+            for (i, piece) in run.iter().enumerate() {
+                let (r, s) = (piece.index / width, piece.index % width);
+                let row = &mut read[r];
+                if run_ok {
+                    row.bytes[s].copy_from_slice(&buffer[i * BLOCK_BYTES..(i + 1) * BLOCK_BYTES]);
+                } else {
+                    // Cell by cell, to tell the unreadable sectors from the others.
+                    let Some(Some(device)) = devices.get(piece.device) else {
+                        row.cells[s] = Cell::Absent;
+                        continue;
+                    };
+                    bytes_read += BLOCK_BYTES as u64;
+                    if let Err(e) = device.read_at(piece.offset, &mut row.bytes[s]) {
+                        row.cells[s] = Cell::Unreadable(e.to_string());
+                        continue;
+                    }
+                }
+                let good = !verify
+                    || self.rows.crc(slot, s, row.row, row.birth, &row.bytes[s]) == row.crcs[s];
+                row.cells[s] = if good { Cell::Good } else { Cell::Bad };
+            }
+        }
+        (read, bytes_read)
+    }
+
+    /// Rebuild shard `target` of a read row from its sources (cells good or never written),
+    /// and check the result against the target's recorded crc unless `verify` is off. `None`
+    /// when too few sources verify, or the result does not.
+    pub(super) fn rebuild_cell(
+        &self,
+        slot: u64,
+        row: &RowRead,
+        target: usize,
+        verify: bool,
+    ) -> Option<Vec<u8>> {
+        let width = self.rows.geometry().width();
+        let bytes = if self.codec.parity_chunks() == 0 {
+            // Copies: any verified sibling copy of the target's chunk.
+            let chunk = self.rows.chunk_of(target)?;
+            let source = self
+                .rows
+                .shards_of(chunk)
+                .find(|s| *s != target && row.cells[*s] == Cell::Good)?;
+            row.bytes[source].clone()
+        } else {
+            let mut shards = row.bytes.clone();
+            let mut present: Vec<bool> = (0..width)
+                .map(|s| s != target && row.cells[s].is_source())
+                .collect();
+            for (s, shard) in shards.iter_mut().enumerate() {
+                if row.cells[s] == Cell::Unwritten {
+                    shard.fill(0);
+                }
+            }
+            if present.iter().filter(|p| **p).count() < self.rows.k()
+                || !self.codec.reconstruct(&mut shards, &mut present)
+            {
+                return None;
+            }
+            shards.swap_remove(target)
+        };
+        let verified =
+            !verify || self.rows.crc(slot, target, row.row, row.birth, &bytes) == row.crcs[target];
+        verified.then_some(bytes)
+    }
+
+    fn scrub_slot(
+        &self,
+        devices: &[Option<SharedDevice>],
+        slot: u64,
+        options: &VolumeScrubOptions,
+        report: &mut VolumeScrubReport,
+    ) -> Result<()> {
+        let rows = match self.map.slot_rows(devices, slot, !options.check_only) {
+            Ok(rows) => rows,
+            // Its summary page is lost on every copy: the metadata part names the page;
+            // the slot's rows cannot be known.
+            Err(Error::MetadataLost { .. }) => {
+                report.slots_unknown += 1;
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let verify = !self.planted_scrub_skips_crc();
+        let (read, bytes_read) = self.read_slot(devices, slot, rows, &|_| true, verify);
+        report.bytes_read += bytes_read;
+        let width = self.rows.geometry().width();
+        let mut pieces = Vec::new();
+        let mut repaired = Vec::new();
+        for row in &read {
+            report.rows += 1;
+            for (s, cell) in row.cells.iter().enumerate() {
+                match cell {
+                    Cell::Absent => report.absent += 1,
+                    Cell::Unwritten | Cell::NotRead => {}
+                    Cell::Good => report.shard_blocks_checked += 1,
+                    Cell::Bad | Cell::Unreadable(_) => {
+                        report.shard_blocks_checked += 1;
+                        report.shard_blocks_bad += 1;
+                        let (device, offset) = self.rows.shard_block(slot, s, row.row);
+                        match self.rebuild_cell(slot, row, s, true) {
+                            Some(_) if options.check_only => {}
+                            Some(bytes) => {
+                                pieces.push(Piece {
+                                    device: device.0,
+                                    offset,
+                                    index: repaired.len(),
+                                });
+                                repaired.push((row.row, s, cell.why(), bytes));
+                            }
+                            None => {
+                                report.shard_blocks_unrepairable += 1;
+                                report.unrepairable.push(Damage::ShardBlock {
+                                    slot,
+                                    row: row.row,
+                                    shard: s,
+                                    device: device.0,
+                                    offset,
+                                    why: format!(
+                                        "{}; too few of the row's {width} shard-blocks verify \
+                                         to rebuild it",
+                                        cell.why()
+                                    ),
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if pieces.is_empty() {
+            return Ok(());
+        }
+        let mut bytes = Vec::with_capacity(repaired.len() * BLOCK_BYTES);
+        for (_, _, _, block) in &repaired {
+            bytes.extend_from_slice(block);
+        }
+        let failures = write_runs(devices, &pieces, &bytes);
+        let mut failed = vec![None; repaired.len()];
+        for failure in failures {
+            for index in &failure.pieces {
+                failed[*index] = Some(failure.error.to_string());
+            }
+        }
+        for (piece, ((row, shard, why, _), failure)) in
+            pieces.iter().zip(repaired.iter().zip(failed))
+        {
+            match failure {
+                None => {
+                    report.shard_blocks_repaired += 1;
+                    report.bytes_written += BLOCK_BYTES as u64;
+                }
+                Some(error) => {
+                    report.shard_blocks_unrepairable += 1;
+                    report.unrepairable.push(Damage::ShardBlock {
+                        slot,
+                        row: *row,
+                        shard: *shard,
+                        device: piece.device,
+                        offset: piece.offset,
+                        why: format!("{why}; the rewrite failed: {error}"),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn scrub_page(
+        &self,
+        devices: &[Option<SharedDevice>],
+        page: &PageRef,
+        options: &VolumeScrubOptions,
+        report: &mut VolumeScrubReport,
+    ) -> Result<()> {
+        report.pages += 1;
+        let store = self.map.page_store();
+        let read = store.read_copies(devices, page, &|_| true, true)?;
+        report.bytes_read += read.bytes_read;
+        let absent = read
+            .faults
+            .iter()
+            .filter(|f| f.problem == CopyProblem::Missing)
+            .count() as u64;
+        report.absent += absent;
+        report.page_copies_checked += read.tried.len() as u64 - absent;
+        let mpn = page.mpn().unwrap_or(u64::MAX);
+        let damage = |device: DeviceIndex, offset: u64, why: String| Damage::PageCopy {
+            tree: page.tree.id(),
+            level: page.level,
+            first_key: page.first_key,
+            mpn,
+            device: device.0,
+            offset,
+            why,
+        };
+        for fault in read
+            .faults
+            .iter()
+            .filter(|f| f.problem != CopyProblem::Missing)
+        {
+            report.page_copies_bad += 1;
+            let why = fault.to_string();
+            match &read.page {
+                Some(_) if options.check_only => {}
+                Some(good) => match store.write_copy(devices, fault.device, fault.offset, good) {
+                    Ok(()) => {
+                        report.page_copies_repaired += 1;
+                        report.bytes_written += good.len() as u64;
+                    }
+                    Err(problem) => {
+                        report.page_copies_unrepairable += 1;
+                        report.unrepairable.push(damage(
+                            fault.device,
+                            fault.offset,
+                            format!("{why}; {problem:?}"),
+                        ));
+                    }
+                },
+                None => {
+                    report.page_copies_unrepairable += 1;
+                    report.unrepairable.push(damage(
+                        fault.device,
+                        fault.offset,
+                        format!("{why}; no copy verifies"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn planted_scrub_skips_crc(&self) -> bool {
+        #[cfg(feature = "testing")]
+        return self.scrub_skip_crc;
+        #[cfg(not(feature = "testing"))]
+        false
+    }
+}
