@@ -96,7 +96,7 @@ impl Volume {
             }
         }
         // What was emptied comes back only through syncs (the third after a segment's count
-        // reached 0 releases it). Clean one more victim and sync until enough is free.
+        // reached 0 releases it). Sync until enough is free.
         let mut fruitless = 0;
         // Each victim gives back at least K + 1 blocks three syncs after it was cleaned, so a
         // correct volume needs at most about two segments' worth of victims; a cleaner that
@@ -109,7 +109,10 @@ impl Volume {
             if free >= reserve + segments {
                 return Ok(());
             }
-            let cleaned = self.clean_one(devices)?;
+            // Data segments already emptied come back through syncs alone; a victim is
+            // cleaned only when they would not be enough (each costs a victim's live blocks).
+            let coming = table.pending_data_segments() + table.emptied_data_segments();
+            let cleaned = free + coming < reserve + segments && self.clean_one(devices)?;
             self.counters.cleaner_syncs.fetch_add(1, Ordering::Relaxed);
             self.map.sync(devices)?;
             if cleaned || self.map.segments().free_segments() > free {

@@ -252,3 +252,51 @@ fn bench_smallwrite_reports_raw_and_volume_iops_with_full_rows() {
         }
     }
 }
+
+#[test]
+fn bench_smallwrite_soak_overwrites_a_filled_volume_with_the_cleaner_and_reads_it_all_back() {
+    if std::process::Command::new("fio")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("STRIPESTORE_REQUIRE_TOOLS").is_none(),
+            "fio is required"
+        );
+        eprintln!("SKIPPED: fio is not installed (apt-get install it, or run .ci/run)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let stdout = succeed([
+        "bench-smallwrite",
+        "--layouts",
+        "mirror:2",
+        "--member-size",
+        "48M",
+        "--fill",
+        "90",
+        "--seconds",
+        "2",
+        "--interval",
+        "0.5",
+        "--runs",
+        "1",
+        "--fsync-every",
+        "32",
+        "--json",
+        "--dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let run = &report["cases"][0]["library"][0];
+    // Two seconds of overwrites are many times the free space of a 48 MiB mirror: the
+    // cleaner must have moved blocks, and every block of the span was read back.
+    assert!(run["relocated_per_write"].as_f64().unwrap() > 0.0, "{run}");
+    // 90 % of the 3,632 blocks of this volume.
+    assert!(run["checked_blocks"].as_u64().unwrap() >= 3200, "{run}");
+    assert!(
+        !run["interval_iops"].as_array().unwrap().is_empty(),
+        "{run}"
+    );
+}

@@ -10,10 +10,14 @@
 //!   a flush after every N writes in the fsync case. At the end a sample of blocks is read
 //!   back and compared with what was last written to them.
 //!
+//! * **Soak** (`--fill P`): the volume is first written sequentially to P % of its blocks,
+//!   then overwritten at random over that span, so that the data cleaner must keep giving
+//!   segments back (docs/FORMAT.md V4.6 "Cleaner"): IOPS per interval (`--interval`), the
+//!   group latencies, the blocks the cleaner moved per block written, the syncs writes
+//!   waited for, and at the end every block of the span read back and compared.
+//!
 //! What it does not measure yet: the mounted path (the NBD server serves pools of format
-//! version 3; the pool does not use the version-4 volume yet), concurrent groups, the
-//! cleaner (the span is written for a few seconds into a fresh volume, so no segment needs
-//! cleaning).
+//! version 3; the pool does not use the version-4 volume yet) and concurrent groups.
 
 use crate::bench::spread;
 use crate::fio::{self, Job, Pattern, Target};
@@ -57,6 +61,13 @@ pub struct BenchSmallwriteArgs {
     /// Seconds per measurement.
     #[arg(long, default_value = "5")]
     seconds: f64,
+    /// Soak: fill this percentage of the volume first and overwrite that span (0: a fresh
+    /// volume and `--span`).
+    #[arg(long, default_value = "0", value_parser = clap::value_parser!(u64).range(0..=100))]
+    fill: u64,
+    /// Seconds per throughput interval reported.
+    #[arg(long, default_value = "1")]
+    interval: f64,
     /// Repetitions (medians and min–max are reported).
     #[arg(long, default_value = "3")]
     runs: usize,
@@ -69,8 +80,16 @@ pub struct BenchSmallwriteArgs {
 }
 
 /// One measurement of the library path.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 struct LibraryRun {
+    /// IOPS in each interval of the measurement.
+    interval_iops: Vec<f64>,
+    /// Blocks the cleaner copied per block written by the benchmark.
+    relocated_per_write: f64,
+    /// Syncs writes waited for (free segments at the reserve).
+    cleaner_syncs: u64,
+    /// Blocks read back and compared at the end.
+    checked_blocks: u64,
     iops: f64,
     group_p50_us: f64,
     group_p99_us: f64,
@@ -173,21 +192,38 @@ fn library_run(
         &VolumeOptions::default(),
     )
     .map_err(|e| e.to_string())?;
-    let blocks = args.span.min(volume.volume_bytes()) / BLOCK_BYTES as u64;
+    let volume_blocks = volume.volume_bytes() / BLOCK_BYTES as u64;
+    let blocks = if args.fill > 0 {
+        volume_blocks * args.fill / 100
+    } else {
+        args.span / BLOCK_BYTES as u64
+    }
+    .min(volume_blocks);
     if blocks == 0 {
         return Err("the span holds no block".into());
     }
     let group = (args.depth as usize / 2).max(1);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut last: HashMap<u64, u64> = HashMap::new();
+    if args.fill > 0 {
+        fill(&mut volume, &devices, blocks, &mut last)?;
+    }
+    let before = volume.counters();
     let mut buffers = vec![vec![0u8; BLOCK_BYTES]; group];
     let mut latencies = Vec::new();
     let mut written = 0u64;
     let mut since_flush = 0u32;
     let txg_before = volume.map().txg();
     let deadline = Duration::from_secs_f64(args.seconds);
+    let interval = Duration::from_secs_f64(args.interval.max(0.01));
+    let mut interval_iops = Vec::new();
+    let (mut mark, mut mark_written) = (Instant::now(), 0u64);
     let started = Instant::now();
     while started.elapsed() < deadline {
+        if mark.elapsed() >= interval {
+            interval_iops.push((written - mark_written) as f64 / mark.elapsed().as_secs_f64());
+            (mark, mark_written) = (Instant::now(), written);
+        }
         let keys: Vec<u64> = (0..group).map(|_| rng.gen_range(0..blocks)).collect();
         for (key, buffer) in keys.iter().zip(buffers.iter_mut()) {
             written += 1;
@@ -212,10 +248,12 @@ fn library_run(
     }
     let elapsed = started.elapsed().as_secs_f64();
     volume.flush(&devices).map_err(|e| e.to_string())?;
-    // Honesty check: a sample of blocks reads back as last written.
+    // Honesty check: a sample of blocks (the whole span in a soak) reads back as last
+    // written.
     let mut expected = vec![0u8; BLOCK_BYTES];
     let mut found = vec![0u8; BLOCK_BYTES];
-    for (key, tag) in last.iter().take(SAMPLE) {
+    let sample = if args.fill > 0 { last.len() } else { SAMPLE };
+    for (key, tag) in last.iter().take(sample) {
         block_of(*key, *tag, &mut expected);
         volume
             .read(&devices, key * BLOCK_BYTES as u64, &mut found)
@@ -227,6 +265,11 @@ fn library_run(
     latencies.sort_by(f64::total_cmp);
     let counters = volume.counters();
     Ok(LibraryRun {
+        interval_iops,
+        relocated_per_write: (counters.relocated_blocks - before.relocated_blocks) as f64
+            / written.max(1) as f64,
+        cleaner_syncs: counters.cleaner_syncs - before.cleaner_syncs,
+        checked_blocks: sample.min(last.len()) as u64,
         iops: written as f64 / elapsed,
         group_p50_us: percentile(&latencies, 0.5),
         group_p99_us: percentile(&latencies, 0.99),
@@ -234,6 +277,39 @@ fn library_run(
         narrow_rows: counters.narrow_rows as f64 / counters.rows_written.max(1) as f64,
         syncs_per_1000: (volume.map().txg() - txg_before) as f64 * 1000.0 / written.max(1) as f64,
     })
+}
+
+/// Write blocks `0..blocks` sequentially (1 MiB writes), flushed: the soak's starting point.
+fn fill(
+    volume: &mut Volume,
+    devices: &[Option<SharedDevice>],
+    blocks: u64,
+    last: &mut HashMap<u64, u64>,
+) -> Result<(), String> {
+    const RUN: u64 = 256;
+    let mut data = vec![0u8; RUN as usize * BLOCK_BYTES];
+    let mut first = 0;
+    while first < blocks {
+        let count = RUN.min(blocks - first);
+        for (i, block) in data
+            .chunks_mut(BLOCK_BYTES)
+            .take(count as usize)
+            .enumerate()
+        {
+            block_of(first + i as u64, 0, block);
+            last.insert(first + i as u64, 0);
+        }
+        volume
+            .write(
+                devices,
+                first * BLOCK_BYTES as u64,
+                &data[..count as usize * BLOCK_BYTES],
+            )
+            .map_err(|e| format!("fill at block {first}: {e}"))?;
+        first += count;
+    }
+    volume.flush(devices).map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 /// Run the benchmark.
@@ -291,6 +367,18 @@ pub fn run(args: &BenchSmallwriteArgs) -> Result<(), String> {
                         raw.iops,
                         ours.iops,
                         ours.iops / raw.iops
+                    );
+                }
+                if !args.json && args.fill > 0 {
+                    let (median, lo, hi) = spread(&ours.interval_iops);
+                    eprintln!(
+                        "bench-smallwrite: soak at {} %: IOPS per {} s interval: median {median:.0}, min {lo:.0}, max {hi:.0} ({} intervals); cleaner moved {:.2} blocks per block written; {} syncs waited for; {} blocks read back exactly",
+                        args.fill,
+                        args.interval,
+                        ours.interval_iops.len(),
+                        ours.relocated_per_write,
+                        ours.cleaner_syncs,
+                        ours.checked_blocks
                     );
                 }
                 case.raw_iops.push(raw.iops);
