@@ -210,6 +210,8 @@ pub struct SegmentTable {
     reserve: u64,
     /// The syncs' share of the reserve (`3 × S_sync`).
     sync_share: u64,
+    /// The txg of the last fold (or of the durable table loaded).
+    last_fold: u64,
     /// Data segments opened by this process (only goes up).
     data_opened: u64,
 }
@@ -235,6 +237,7 @@ impl SegmentTable {
             dirty: BTreeSet::new(),
             reserve: 0,
             sync_share: 0,
+            last_fold: 0,
             data_opened: 0,
         }
     }
@@ -288,6 +291,9 @@ impl SegmentTable {
                                     ))
                                 })?;
                         pending.entry(freed).or_default().push(segment);
+                        // What it held is not recorded: counted as data, so it is never
+                        // taken as parked metadata (the safe side of the floors).
+                        table.pending_data.insert(segment);
                     }
                     SegmentState::OpenData => {
                         table.settle.insert(segment);
@@ -319,6 +325,7 @@ impl SegmentTable {
         for (freed, segments) in pending {
             table.pending.push_back((freed, segments));
         }
+        table.last_fold = txg;
         table.release_until(txg);
         Ok(table)
     }
@@ -453,9 +460,27 @@ impl SegmentTable {
     /// whole reserve free beside them would count those syncs twice (measured: a full
     /// rs:4+2 test pool had 6 of its 24 reserve segments parked so, and its data, with every
     /// remaining dead block in segments too full to clean, could not get one back).
+    ///
+    /// What comes back when matters (review of step 7, finding 1): segments freed by the
+    /// newest sync come back only after two more syncs, so they cannot stand in for the
+    /// next sync's pages. With `r1` metadata segments back after the next sync and `r2`
+    /// after the one after it, the syncs' share still needed free is `max(S, 2S − r1, 3S −
+    /// r1 − r2)`; what is parked is `3S` less that.
     fn parked(&self) -> u64 {
-        let metadata = self.pending_segments() - self.pending_data_segments();
-        metadata.min(self.sync_share / 3 * 2)
+        let s = self.sync_share / 3;
+        let (mut r1, mut r2) = (0u64, 0u64);
+        for (txg, segments) in &self.pending {
+            let metadata = segments
+                .iter()
+                .filter(|segment| !self.pending_data.contains(segment))
+                .count() as u64;
+            if *txg >= self.last_fold {
+                r2 += metadata;
+            } else {
+                r1 += metadata;
+            }
+        }
+        (r1 + r2).min(s + r1).min(2 * s)
     }
 
     /// Free segments a data write must leave: the reserve less what of it is parked.
@@ -535,6 +560,7 @@ impl SegmentTable {
     /// [`Error::CorruptMetadata`] when a count would go below zero or past 2^32 (a pointer
     /// dropped twice, or the durable state disagrees with the trees).
     pub fn fold(&mut self, txg: u64, pages_per_slot: u64) -> Result<Vec<u64>> {
+        self.last_fold = txg;
         // A full open segment is closed here, so that its record does not stay "open".
         if let Some((segment, _)) = self
             .open_data

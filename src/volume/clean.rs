@@ -15,10 +15,11 @@
 //!   its pointer (rebuilt from its row when bad, and healed), so cleaning never turns a rotten
 //!   block into a good-looking one.
 //! * **Victims**: the closed data segment with the fewest referenced blocks (greedy; the
-//!   slot summary keeps no age for cost-benefit) among those with at least 2K dead blocks
-//!   (the copies end in one narrow row at most, so every victim gives back more than it
-//!   takes and cleaning cannot churn), skipping segments the cleaner could not empty (a
-//!   count the rows do not explain: reported, never retried in this process).
+//!   slot summary keeps no age for cost-benefit) among those with at least K dead blocks
+//!   (the copies are batched in whole rows and end in one narrow row at most, so every
+//!   victim gives back at least one block more than it takes), skipping segments the
+//!   cleaner could not empty (a block lost beyond the tolerance, or a count the rows do not
+//!   explain: reported, not retried while the segment stays in use).
 //! * **Pacing**: writes keep `free + emptied + pending data ≥ reserve + margin` (emptied:
 //!   data segments no block references, free-pending at the next fold and free two syncs
 //!   later), cleaning at most four victims per
@@ -147,26 +148,47 @@ impl Volume {
     /// Empty one victim: copy its live blocks into fresh rows. `false`: no segment is worth
     /// cleaning.
     fn clean_one(&mut self, devices: &[Option<SharedDevice>]) -> Result<bool> {
+        // A segment number freed since it was found stuck may be a victim again.
+        let table = self.map.segments();
+        self.cleaner
+            .stuck
+            .retain(|s| !table.is_free(*s) && !table.is_pending(*s));
         let table = self.map.segments();
         // A victim's live blocks fill at most the rest of the open segment and one more.
         if table.free_segments() < table.cleaner_floor() + 2 {
             return Ok(false);
         }
         // Its copies end in one narrow row at most (up to K − 1 blocks of it unused): a
-        // victim with 2K dead blocks always gives back more than it takes.
+        // victim with K dead blocks gives back at least one block more than it takes.
         let min_dead = self.rows.k() as u64;
         let Some((victim, _)) = table.data_victim(&self.cleaner.stuck, min_dead) else {
             return Ok(false);
         };
         let live = self.live_blocks(devices, victim)?;
-        for batch in live.chunks(RELOCATE_BATCH) {
+        // Whole rows per batch: one narrow row per victim at most.
+        let k = self.rows.k();
+        for batch in live.chunks(RELOCATE_BATCH / k * k) {
             let mut bytes = vec![0u8; batch.len() * BLOCK_BYTES];
-            self.read_pointers(devices, batch, &mut bytes)?;
-            let keys: Vec<u64> = batch.iter().map(|(key, _)| *key).collect();
+            let mut keys: Vec<u64> = batch.iter().map(|(key, _)| *key).collect();
+            if let Err(e) = self.read_pointers(devices, batch, &mut bytes) {
+                if !matches!(
+                    e,
+                    Error::UnrecoverableBlock { .. } | Error::MetadataLost { .. }
+                ) {
+                    return Err(e);
+                }
+                // A block lost beyond the layout's tolerance stays where it is (reads of it
+                // keep failing, naming it); the others move, and the victim, still counted,
+                // is not chosen again. Damage stays as small as it is.
+                (keys, bytes) = self.readable(devices, batch)?;
+            }
+            if keys.is_empty() {
+                continue;
+            }
             self.put_rows(devices, &keys, &bytes, true)?;
             self.counters
                 .relocated_blocks
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                .fetch_add(keys.len() as u64, Ordering::Relaxed);
         }
         let left = self.map.segments().referenced_now(victim);
         if left == 0 {
@@ -183,6 +205,31 @@ impl Volume {
             self.cleaner.stuck.insert(victim);
         }
         Ok(true)
+    }
+
+    /// The blocks of `batch` that can be read, one by one, with their bytes; the others are
+    /// logged with the error that names them.
+    fn readable(
+        &self,
+        devices: &[Option<SharedDevice>],
+        batch: &[(u64, BlockPointer)],
+    ) -> Result<(Vec<u64>, Vec<u8>)> {
+        let mut keys = Vec::with_capacity(batch.len());
+        let mut bytes = Vec::with_capacity(batch.len() * BLOCK_BYTES);
+        let mut block = vec![0u8; BLOCK_BYTES];
+        for one in batch {
+            match self.read_pointers(devices, std::slice::from_ref(one), &mut block) {
+                Ok(()) => {
+                    keys.push(one.0);
+                    bytes.extend_from_slice(&block);
+                }
+                Err(e @ (Error::UnrecoverableBlock { .. } | Error::MetadataLost { .. })) => {
+                    tracing::warn!(block = one.0, error = %e, "the cleaner leaves a block it cannot read in place");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((keys, bytes))
     }
 
     /// The live blocks of `victim` as `(owner, pointer)`, sorted by owner (a cleaned region
@@ -205,8 +252,13 @@ impl Volume {
                         live.push((owner, pointer));
                         continue;
                     }
-                    if self.map.get(devices, owner)? == pointer {
-                        live.push((owner, pointer));
+                    match self.map.get(devices, owner) {
+                        Ok(now) if now == pointer => live.push((owner, pointer)),
+                        Ok(_) => {}
+                        // The owner's map page is lost: the block cannot be judged, so it
+                        // stays (the victim keeps its count and is not chosen again).
+                        Err(Error::MetadataLost { .. }) => {}
+                        Err(e) => return Err(e),
                     }
                 }
             }
