@@ -48,19 +48,8 @@ fn options() -> VolumeOptions {
     }
 }
 
-/// Bytes of version `version` of block `key`.
 fn pattern(key: u64, version: u64) -> Vec<u8> {
-    let mut bytes = vec![0u8; B];
-    let mut x = key.wrapping_mul(0x9e37_79b9_7f4a_7c15)
-        ^ version.wrapping_mul(0xd1b5_4a32_d192_ed03)
-        ^ 0x5555;
-    for chunk in bytes.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes());
-    }
-    bytes
+    meta::block_pattern(key, version)
 }
 
 /// A volume on memory members behind a power switch, and the version each block was last

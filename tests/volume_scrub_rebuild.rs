@@ -182,17 +182,8 @@ impl Rig {
     }
 }
 
-/// Bytes of one block version, unlike any other (key, version).
 fn pattern(key: u64, version: u64) -> Vec<u8> {
-    let mut bytes = vec![0u8; B];
-    let mut x = key.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ version.wrapping_mul(0x2545_f491);
-    for chunk in bytes.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes());
-    }
-    bytes
+    meta::block_pattern(key, version)
 }
 
 /// What the test wrote: each block's newest bytes, the cells every row wrote, and each

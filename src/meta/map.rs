@@ -216,6 +216,28 @@ struct RowInfo {
     crcs: Vec<u32>,
 }
 
+impl RowInfo {
+    /// Its shard crcs as a slot record holds them: 0 for the never-written data chunks
+    /// `n..K` of a narrow row.
+    fn recorded_crcs(&self, geometry: &Geometry) -> Vec<u32> {
+        let (k, n) = (geometry.data_chunks(), self.owners.len());
+        self.crcs
+            .iter()
+            .enumerate()
+            .map(|(s, crc)| {
+                let unwritten = geometry
+                    .shard_data_chunk(ShardIndex(s))
+                    .is_some_and(|j| j >= n && j < k);
+                if unwritten {
+                    0
+                } else {
+                    *crc
+                }
+            })
+            .collect()
+    }
+}
+
 /// The trees a sync writes with pages counted in the usage table as it goes.
 #[derive(Debug, Clone, Copy)]
 enum TreeChoice {
@@ -1319,24 +1341,8 @@ impl MapStore {
             .get(&(slot, row))
             .or_else(|| self.unsummarized.get(&(slot, row)))
         {
-            let k = self.geometry.data_chunks();
             let n = info.owners.len();
-            let crcs = info
-                .crcs
-                .iter()
-                .enumerate()
-                .map(|(s, crc)| {
-                    let unwritten = self
-                        .geometry
-                        .shard_data_chunk(ShardIndex(s))
-                        .is_some_and(|j| j >= n && j < k);
-                    if unwritten {
-                        0
-                    } else {
-                        *crc
-                    }
-                })
-                .collect();
+            let crcs = info.recorded_crcs(&self.geometry);
             return Ok(Some((info.birth, n, crcs)));
         }
         let Some(record) = self.slot_record(devices, slot)? else {
@@ -1444,25 +1450,9 @@ impl MapStore {
             .unsummarized
             .range((slot, 0)..=(slot, u16::MAX))
             .chain(self.rows.range((slot, 0)..=(slot, u16::MAX)));
-        let k = self.geometry.data_chunks();
         for ((_, row), info) in noted {
             let n = info.owners.len();
-            let crcs = info
-                .crcs
-                .iter()
-                .enumerate()
-                .map(|(s, crc)| {
-                    let unwritten = self
-                        .geometry
-                        .shard_data_chunk(ShardIndex(s))
-                        .is_some_and(|j| j >= n && j < k);
-                    if unwritten {
-                        0
-                    } else {
-                        *crc
-                    }
-                })
-                .collect();
+            let crcs = info.recorded_crcs(&self.geometry);
             let blocks = info
                 .owners
                 .iter()

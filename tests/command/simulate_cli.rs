@@ -200,22 +200,31 @@ fn bench_metadata_reports_every_phase_with_the_expected_costs() {
     );
 }
 
+/// Whether fio is missing (the test then prints SKIPPED and passes, except where
+/// `STRIPESTORE_REQUIRE_TOOLS` says the tools must be there, as in CI).
+fn fio_missing() -> bool {
+    if std::process::Command::new("fio")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        return false;
+    }
+    assert!(
+        std::env::var_os("STRIPESTORE_REQUIRE_TOOLS").is_none(),
+        "fio is required"
+    );
+    eprintln!("SKIPPED: fio is not installed (apt-get install it, or run .ci/run)");
+    true
+}
+
 /// `stripestore bench-smallwrite` on small preallocated members: fio's baseline and the
 /// volume's groups both report, rs rows are full (a group of 8 is two rows of 4; a group
 /// that drew one key twice packs 7 blocks, so a few rows are narrow), the sample read back
 /// matched (the command fails otherwise), and the flush case is measured too.
 #[test]
 fn bench_smallwrite_reports_raw_and_volume_iops_with_full_rows() {
-    if std::process::Command::new("fio")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        assert!(
-            std::env::var_os("STRIPESTORE_REQUIRE_TOOLS").is_none(),
-            "fio is required"
-        );
-        eprintln!("SKIPPED: fio is not installed (apt-get install it, or run .ci/run)");
+    if fio_missing() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -255,16 +264,7 @@ fn bench_smallwrite_reports_raw_and_volume_iops_with_full_rows() {
 
 #[test]
 fn bench_smallwrite_soak_overwrites_a_filled_volume_with_the_cleaner_and_reads_it_all_back() {
-    if std::process::Command::new("fio")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        assert!(
-            std::env::var_os("STRIPESTORE_REQUIRE_TOOLS").is_none(),
-            "fio is required"
-        );
-        eprintln!("SKIPPED: fio is not installed (apt-get install it, or run .ci/run)");
+    if fio_missing() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -6,6 +6,20 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use stripestore::device::{Device, DeviceError, MemDevice, PowerCut, SharedDevice};
 
+/// The 4 KiB of version `version` of block `key`: a pattern no other (key, version) shares.
+pub fn block_pattern(key: u64, version: u64) -> Vec<u8> {
+    let mut bytes = vec![0u8; 4096];
+    let mut x =
+        key.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ version.wrapping_mul(0xd1b5_4a32_d192_ed03);
+    for chunk in bytes.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes());
+    }
+    bytes
+}
+
 /// A small seeded generator (the same sequence on every machine).
 pub struct Lcg(pub u64);
 
