@@ -474,12 +474,14 @@ fn reading_a_cleaned_volume_writes_nothing() {
     assert!(rig.members.images() == before, "a read changed a member");
 }
 
-/// A sync closes a data segment whose slots were all handed out; the rows left in its last
-/// slot must not be written after that (a closed segment may be cleaned, and once nothing
-/// references it, freed and taken for something else). Without the fix the cleaner found
-/// blocks written into its victim while it emptied it.
+/// A sync must not close a data segment whose last slot still has rows to hand out (a closed
+/// segment may be cleaned, and once nothing references it, freed and taken for something
+/// else): it stays open, is no victim, and is closed once its last slot is used up. Without
+/// the first fix the rows went on into the closed segment (the cleaner found blocks written
+/// into its victim while emptying it); ending the slot at each sync instead wasted its rows,
+/// and with one slot per segment writes were refused at 95 % full (review finding 2).
 #[test]
-fn a_sync_ends_the_last_slot_of_a_full_open_segment() {
+fn a_sync_keeps_a_full_segment_open_until_its_last_slot_is_used_up() {
     let mut rig = Rig::new("rs:4+2", 6, options());
     let mut key = 0;
     while rig.volume().map().segments().open_data_full().is_none() {
@@ -489,16 +491,44 @@ fn a_sync_ends_the_last_slot_of_a_full_open_segment() {
     let full = rig.volume().map().segments().open_data_full().unwrap();
     let shape = rig.volume().map().segments().shape();
     let devices = rig.members.devices.clone();
-    rig.volume().sync(&devices).unwrap();
+    let mut in_full = 0;
+    // Three blocks more: the last slot's other rows (4 rows per slot here) and the syncs
+    // between them keep the segment open.
+    for _ in 0..3 {
+        rig.volume().sync(&devices).unwrap();
+        let table = rig.volume().map().segments();
+        assert_eq!(table.open_data_full(), Some(full), "closed with rows left");
+        assert!(
+            table.data_victim(&Default::default(), 1).map(|(s, _)| s) != Some(full),
+            "an open segment was offered as a victim"
+        );
+        rig.write(key, 1).unwrap();
+        let pointer = rig.volume().map().get(&devices, key).unwrap();
+        if shape.of_block(pointer.address().unwrap()) == full {
+            in_full += 1;
+        }
+        key += 1;
+    }
+    assert_eq!(in_full, 3, "the rows of the last slot were not used");
+    // The slot is used up: the next write opens another segment, and a sync closes this one.
     rig.write(key, 1).unwrap();
     let pointer = rig.volume().map().get(&devices, key).unwrap();
-    let segment = shape.of_block(pointer.address().unwrap());
-    assert_ne!(
-        segment, full,
-        "a row went into segment {full} after the sync closed it"
-    );
+    assert_ne!(shape.of_block(pointer.address().unwrap()), full);
+    rig.volume().sync(&devices).unwrap();
+    assert_ne!(rig.volume().map().segments().open_data_full(), Some(full));
     rig.flush().unwrap();
     rig.exact(key + 1).unwrap();
+}
+
+/// Review finding 2: with one slot per segment (legal, not a default), writes at 95 % full
+/// were refused.
+#[test]
+fn one_slot_segments_at_95_percent_never_run_out() {
+    let mut options = options();
+    options.map.segment_slots = 1;
+    let mut rig = Rig::new("rs:4+2", 6, options);
+    let span = rig.blocks() * 95 / 100;
+    soak(&mut rig, span, 4 * span as usize, 0x5f).unwrap();
 }
 
 /// The segment block `key` lives in.

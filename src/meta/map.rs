@@ -2017,14 +2017,20 @@ impl MapStore {
         birth: u64,
     ) -> Result<(usize, usize)> {
         let per_slot = self.geometry.pages_per_slot();
-        // The fold closes a full open data segment. Rows may still be handed out from its
-        // last slot; from now on they must not be (a closed segment can be cleaned, and once
-        // nothing references it, freed and taken for something else), so that slot ends here.
-        if let (Some((slot, _)), Some(full)) = (self.open_row, self.segments.open_data_full()) {
-            if self.segments.shape().of_slot(slot) == full {
-                self.open_row = None;
+        // The fold closes a full open data segment, but not while rows are still handed out
+        // from its last slot: a closed segment can be cleaned, and once nothing references
+        // it, freed and taken for something else, so it must get no more rows. It stays open
+        // (and is no victim) until the map asks for a slot after it. Ending the slot instead
+        // wasted its rows at every sync, and with one slot per segment the cleaner's copies
+        // went round without giving space back (review of step 7, finding 2).
+        let rows = self.geometry.chunk_bytes / 4096;
+        let hold = match (self.open_row, self.segments.open_data_full()) {
+            (Some((slot, row)), Some(full)) => {
+                self.segments.shape().of_slot(slot) == full && row < rows
             }
-        }
+            _ => false,
+        };
+        self.segments.hold_open_data(hold);
         let mut reserved: VecDeque<u64> = VecDeque::new();
         let mut replaced: BTreeSet<u64> = BTreeSet::new();
         let mut staged_leaves = BTreeSet::new();

@@ -212,6 +212,9 @@ pub struct SegmentTable {
     sync_share: u64,
     /// The txg of the last fold (or of the durable table loaded).
     last_fold: u64,
+    /// Folds keep a fully handed-out open data segment open (the map still writes rows of
+    /// its last slot).
+    hold_open_data: bool,
     /// Data segments opened by this process (only goes up).
     data_opened: u64,
 }
@@ -238,6 +241,7 @@ impl SegmentTable {
             reserve: 0,
             sync_share: 0,
             last_fold: 0,
+            hold_open_data: false,
             data_opened: 0,
         }
     }
@@ -561,10 +565,12 @@ impl SegmentTable {
     /// dropped twice, or the durable state disagrees with the trees).
     pub fn fold(&mut self, txg: u64, pages_per_slot: u64) -> Result<Vec<u64>> {
         self.last_fold = txg;
-        // A full open segment is closed here, so that its record does not stay "open".
+        // A full open segment is closed here, so that its record does not stay "open" (not
+        // while the map still writes rows of its last slot: it is closed when the map asks
+        // for a slot after it).
         if let Some((segment, _)) = self
             .open_data
-            .filter(|(_, next)| *next >= self.shape.segment_slots)
+            .filter(|(_, next)| *next >= self.shape.segment_slots && !self.hold_open_data)
         {
             self.settle.insert(segment);
             self.open_data = None;
@@ -836,7 +842,14 @@ impl SegmentTable {
         self.freed_at(segment).is_some()
     }
 
-    /// The open data segment when every slot of it was handed out (the next fold closes it).
+    /// Keep (or no longer keep) a fully handed-out open data segment open through folds: the
+    /// map still hands out rows of its last slot.
+    pub fn hold_open_data(&mut self, hold: bool) {
+        self.hold_open_data = hold;
+    }
+
+    /// The open data segment when every slot of it was handed out (the next fold closes it
+    /// unless it is held open).
     #[must_use]
     pub fn open_data_full(&self) -> Option<u64> {
         self.open_data
