@@ -764,7 +764,15 @@ impl SegmentTable {
 
     /// Whether `segment` holds data rows and is closed (not the open data segment), not free
     /// and not waiting for its release: what the data cleaner may empty.
-    fn closed_data(&self, segment: u64) -> bool {
+    /// The free-pending segments as one set (not a scan of the pending lists per segment).
+    fn pending_set(&self) -> BTreeSet<u64> {
+        self.pending
+            .iter()
+            .flat_map(|(_, segments)| segments.iter().copied())
+            .collect()
+    }
+
+    fn closed_data(&self, segment: u64, pending: &BTreeSet<u64>) -> bool {
         let data = match self.opened.get(&segment) {
             Some(Kind::Data) => true,
             Some(Kind::Metadata) => false,
@@ -775,7 +783,7 @@ impl SegmentTable {
         };
         data && self.open_data.is_none_or(|(open, _)| open != segment)
             && !self.is_free(segment)
-            && !self.is_pending(segment)
+            && !pending.contains(&segment)
     }
 
     /// Segments that could hold data now: those recorded at the boundary and those opened
@@ -807,8 +815,9 @@ impl SegmentTable {
     #[must_use]
     pub fn data_victim(&self, skip: &BTreeSet<u64>, min_dead: u64) -> Option<(u64, u64)> {
         let capacity = self.shape.blocks_per_segment;
+        let pending = self.pending_set();
         self.candidate_segments()
-            .filter(|s| !skip.contains(s) && self.closed_data(*s))
+            .filter(|s| !skip.contains(s) && self.closed_data(*s, &pending))
             .map(|s| (s, self.referenced_now(s)))
             .filter(|(_, count)| *count > 0 && *count + min_dead <= capacity)
             .min_by_key(|(s, count)| (*count, *s))
@@ -824,8 +833,9 @@ impl SegmentTable {
     /// fold, free two syncs after it (space already won that only syncs hand out).
     #[must_use]
     pub fn emptied_data_segments(&self) -> u64 {
+        let pending = self.pending_set();
         self.candidate_segments()
-            .filter(|s| self.closed_data(*s) && self.referenced_now(*s) == 0)
+            .filter(|s| self.closed_data(*s, &pending) && self.referenced_now(*s) == 0)
             .count() as u64
     }
 
@@ -880,12 +890,7 @@ impl SegmentTable {
     /// its fill pointer; a slot past it holds no row of this use of the segment.
     #[must_use]
     pub fn data_segments(&self) -> Vec<(u64, u64)> {
-        // One set, not a scan of the pending lists per segment.
-        let pending: BTreeSet<u64> = self
-            .pending
-            .iter()
-            .flat_map(|(_, segments)| segments.iter().copied())
-            .collect();
+        let pending = self.pending_set();
         let mut found: BTreeSet<u64> = self
             .in_use()
             .into_iter()
