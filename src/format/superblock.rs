@@ -14,8 +14,74 @@ const HEADER_BYTES: usize = 32;
 /// has one checksum per chunk (what every build reads) and 2 when its checksum blocks are
 /// smaller than the chunk, so a build that predates checksum blocks refuses the pool with
 /// "format version 2" instead of misreading it; 3 while a member is recorded `Degraded` (a
-/// state older builds do not know), back to 1 or 2 once it is cleared or replaced.
-pub const FORMAT_VERSION: u32 = 3;
+/// state older builds do not know), back to 1 or 2 once it is cleared or replaced. 4 for a
+/// pool of the paged map and rows (docs/FORMAT.md V4.12), whatever its members' states: it is
+/// told apart by its `map` object, which only version 4 has.
+pub const FORMAT_VERSION: u32 = 4;
+
+/// The map parameters of a format-version-4 pool (docs/FORMAT.md V4.2, V4.12), chosen at
+/// create and checked at open against their allowed ranges (not against this build's
+/// defaults, so test pools with small values open with the same code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapParams {
+    /// Metadata page size (16 KiB).
+    pub page_bytes: u64,
+    /// Slots per segment.
+    pub segment_slots: u64,
+    /// Bytes of each intent-log half.
+    pub log_half_bytes: u64,
+    /// Largest log record.
+    pub record_max: u64,
+    /// Slots of each uberblock ring.
+    pub uberblock_slots: u64,
+    /// Most pages one tree sync writes of map and summary (sizes the hard reserve).
+    pub sync_pages_max: u64,
+    /// Depth of the map tree.
+    pub min_depth: u8,
+    /// Copies of every metadata page (the layout's tolerance + 1).
+    pub metadata_copies: u64,
+    /// The map's timeline (a new one after each rewind).
+    pub timeline: u64,
+}
+
+impl MapParams {
+    /// Refuse a value outside its allowed range, naming the field (`metadata_copies` is
+    /// checked against the layout by the pool, which knows it).
+    ///
+    /// # Errors
+    /// A message naming the field, its value and the range.
+    pub fn check(&self) -> Result<(), String> {
+        let checks: [(&str, u64, u64, u64); 7] = [
+            ("page_bytes", self.page_bytes, 16384, 16384),
+            ("segment_slots", self.segment_slots, 1, 1 << 16),
+            ("log_half_bytes", self.log_half_bytes, 16384, 1 << 30),
+            ("record_max", self.record_max, 4096, 1 << 30),
+            ("uberblock_slots", self.uberblock_slots, 4, 4096),
+            ("sync_pages_max", self.sync_pages_max, 8, 1 << 20),
+            ("min_depth", u64::from(self.min_depth), 1, 6),
+        ];
+        for (name, value, low, high) in checks {
+            if !(low..=high).contains(&value) {
+                return Err(format!(
+                    "map parameter {name} = {value} is outside {low}..={high}"
+                ));
+            }
+        }
+        if self.record_max > self.log_half_bytes || self.log_half_bytes % 4096 != 0 {
+            return Err(format!(
+                "map parameters: log half of {} bytes with records up to {} bytes",
+                self.log_half_bytes, self.record_max
+            ));
+        }
+        if !(1..=16).contains(&self.metadata_copies) {
+            return Err(format!(
+                "map parameter metadata_copies = {} is outside 1..=16",
+                self.metadata_copies
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// A 128-bit random identifier for pools and devices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -142,6 +208,9 @@ pub struct Superblock {
     /// kept; older builds ignore the field).
     #[serde(default, skip_serializing_if = "super::History::is_empty")]
     pub history: super::History,
+    /// The map parameters of a format-version-4 pool (absent on versions 1 to 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map: Option<MapParams>,
 }
 
 /// crc32c of a superblock's header and JSON, skipping the crc field itself (bytes 16..20).
@@ -154,7 +223,9 @@ impl Superblock {
     /// The format version this superblock needs (see [`FORMAT_VERSION`]).
     #[must_use]
     pub fn required_version(&self) -> u32 {
-        if self
+        if self.map.is_some() {
+            4
+        } else if self
             .members
             .iter()
             .any(|m| matches!(m.state, MemberState::Degraded { .. }))
@@ -261,8 +332,15 @@ impl Superblock {
                 superblock.required_version(),
                 superblock.checksum_block_bytes(),
                 superblock.chunk_bytes,
-                if superblock.required_version() == 3 { ", a degraded member" } else { "" }
+                match superblock.required_version() {
+                    3 => ", a degraded member",
+                    4 => ", the map parameters of version 4",
+                    _ => "",
+                }
             ));
+        }
+        if let Some(map) = &superblock.map {
+            map.check()?;
         }
         Ok(superblock)
     }
@@ -292,7 +370,73 @@ mod tests {
             created_unix_secs: 1,
             scrub: super::super::ScrubRecord::default(),
             history: super::super::History::default(),
+            map: None,
         }
+    }
+
+    fn map_params() -> MapParams {
+        MapParams {
+            page_bytes: 16384,
+            segment_slots: 64,
+            log_half_bytes: 8 << 20,
+            record_max: 1 << 20,
+            uberblock_slots: 128,
+            sync_pages_max: 1024,
+            min_depth: 4,
+            metadata_copies: 3,
+            timeline: 1,
+        }
+    }
+
+    /// A version-4 superblock (one with map parameters) says 4 whatever its members'
+    /// states, round-trips, and is refused with the field named when a parameter is out of
+    /// range; a version-4 number on a superblock without map parameters, or a smaller number
+    /// on one with them, is refused; version 5 is refused naming both numbers.
+    #[test]
+    fn version_4_is_the_one_with_map_parameters() {
+        let mut v4 = sample();
+        v4.map = Some(map_params());
+        v4.members[0].state = MemberState::Degraded {
+            reason: "too many errors".into(),
+        };
+        let bytes = v4.encode().unwrap();
+        assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 4);
+        let decoded = Superblock::decode(&bytes).unwrap();
+        assert_eq!(decoded.format_version, 4);
+        assert_eq!(decoded.map, Some(map_params()));
+        // Each parameter out of range is refused by name.
+        for (field, change) in [
+            ("segment_slots", &(|m: &mut MapParams| m.segment_slots = 0) as &dyn Fn(&mut MapParams)),
+            ("uberblock_slots", &|m: &mut MapParams| m.uberblock_slots = 3),
+            ("page_bytes", &|m: &mut MapParams| m.page_bytes = 4096),
+            ("log_half_bytes", &|m: &mut MapParams| m.log_half_bytes = 4096),
+            ("sync_pages_max", &|m: &mut MapParams| m.sync_pages_max = 1),
+            ("min_depth", &|m: &mut MapParams| m.min_depth = 9),
+        ] {
+            let mut bad = sample();
+            let mut params = map_params();
+            change(&mut params);
+            bad.map = Some(params);
+            let err = Superblock::decode(&bad.encode().unwrap()).unwrap_err();
+            assert!(err.contains(field), "{field}: {err}");
+        }
+        let renumbered = |sb: &Superblock, version: u32| {
+            let mut bytes = sb.encode().unwrap();
+            bytes[8..12].copy_from_slice(&version.to_le_bytes());
+            let len = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
+            let crc = checksum(&bytes[..32 + len]);
+            bytes[16..20].copy_from_slice(&crc.to_le_bytes());
+            bytes
+        };
+        let err = Superblock::decode(&renumbered(&sample(), 4)).unwrap_err();
+        assert!(err.contains("does not match its content"), "{err}");
+        let err = Superblock::decode(&renumbered(&v4, 3)).unwrap_err();
+        assert!(err.contains("needs version 4"), "{err}");
+        let err = Superblock::decode(&renumbered(&v4, 5)).unwrap_err();
+        assert!(
+            err.contains("format version 5") && err.contains("versions 1 to 4"),
+            "{err}"
+        );
     }
 
     /// One checksum per chunk is version 1 (readable by builds before checksum blocks); smaller
@@ -316,11 +460,11 @@ mod tests {
             bytes[16..20].copy_from_slice(&crc.to_le_bytes());
             bytes
         };
-        for version in [0, 1, 3, 4, u32::MAX] {
+        for version in [0, 1, 3, 4, 5, u32::MAX] {
             let err = Superblock::decode(&with_version(version)).unwrap_err();
             assert!(err.contains(&format!("format version {version}")), "{err}");
         }
-        assert!(Superblock::has_magic(&with_version(4)));
+        assert!(Superblock::has_magic(&with_version(5)));
         // A degraded member needs version 3 (older builds do not know the state), and the
         // version goes back down once no member is degraded.
         let mut degraded = sample();

@@ -82,6 +82,12 @@ impl IntentLog {
         self
     }
 
+    /// Largest record, bytes.
+    #[must_use]
+    pub fn record_max(&self) -> usize {
+        self.record_max
+    }
+
     /// Where the next record goes.
     #[must_use]
     pub fn position(&self) -> LogPosition {

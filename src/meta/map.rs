@@ -1161,6 +1161,24 @@ impl MapStore {
         }
     }
 
+    /// Whether a metadata write failed: the map must be reopened (every change is refused).
+    #[must_use]
+    pub fn failed(&self) -> bool {
+        self.failed
+    }
+
+    /// Largest log record, bytes.
+    #[must_use]
+    pub fn record_max(&self) -> usize {
+        self.log.record_max()
+    }
+
+    /// Most pages of map and summary one sync writes (sizes the hard reserve).
+    #[must_use]
+    pub fn sync_page_limit(&self) -> usize {
+        self.map.cache().dirty_limit()
+    }
+
     /// The txg of the newest durable uberblock.
     #[must_use]
     pub fn txg(&self) -> u64 {

@@ -112,6 +112,12 @@ pub struct RadixTree {
 }
 
 impl RadixTree {
+    /// The page cache this tree shares.
+    #[must_use]
+    pub fn cache(&self) -> &Arc<PageCache<PageKey>> {
+        &self.cache
+    }
+
     /// The tree `tree` of depth `depth`, leaves of block pointers, whose durable root is
     /// `root`.
     ///

@@ -47,6 +47,9 @@ impl PoolInner {
             // Nothing can be dirty (writes are refused), and nothing is ever written.
             return Ok(());
         }
+        if let Some(rows) = self.rows() {
+            return self.rows_flush(rows);
+        }
         let mut meta = self.meta.lock();
         let sequence = meta.sequence + 1;
         let snapshot = {

@@ -44,6 +44,9 @@ impl PoolInner {
         if length == 0 {
             return Ok(());
         }
+        if let Some(rows) = self.rows() {
+            return self.rows_discard(rows, offset, length);
+        }
         // As a write: with too few members to make the change durable, refuse it before
         // unmapping anything.
         self.check_available()?;
@@ -145,6 +148,9 @@ impl PoolInner {
         let mut extents: Vec<Extent> = Vec::new();
         if length == 0 || max_extents == 0 {
             return extents;
+        }
+        if let Some(rows) = self.rows() {
+            return self.rows_allocation(rows, offset, length, max_extents);
         }
         let stripe_bytes = self.geometry.stripe_data_bytes();
         let end = offset + length;

@@ -32,7 +32,10 @@ pub(crate) enum Fetch {
 
 impl PoolInner {
     pub(crate) fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        check_range(offset, buf.len(), self.geometry.volume_bytes())?;
+        check_range(offset, buf.len(), self.volume_bytes())?;
+        if let Some(rows) = self.rows() {
+            return self.rows_read(rows, offset, buf);
+        }
         self.rebuild.foreground();
         let stripe_bytes = self.geometry.stripe_data_bytes();
         let mut pieces = Vec::new();
@@ -76,7 +79,10 @@ impl PoolInner {
     }
 
     pub(crate) fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
-        check_range(offset, data.len(), self.geometry.volume_bytes())?;
+        check_range(offset, data.len(), self.volume_bytes())?;
+        if let Some(rows) = self.rows() {
+            return self.rows_write(rows, offset, data);
+        }
         self.rebuild.foreground();
         let stripe_bytes = self.geometry.stripe_data_bytes();
         let mut pieces = Vec::new();

@@ -358,11 +358,13 @@ impl PoolInner {
     /// Rebuild the next batch of stripes of every running rebuild. `checkpoint` persists the
     /// watermarks (flush the replacements, then write the superblocks) after the batch.
     pub(crate) fn rebuild_step(&self, checkpoint: bool) -> Result<StepOutcome> {
+        self.refuse_on_v4("rebuild")?;
         crate::rebuild::step(self, checkpoint)
     }
 
     /// A longer rebuild step (what `run_rebuilds` and the background driver take at once).
     pub(crate) fn rebuild_long_step(&self, checkpoint: bool) -> Result<StepOutcome> {
+        self.refuse_on_v4("rebuild")?;
         crate::rebuild::long_step(self, checkpoint)
     }
 }
@@ -372,6 +374,7 @@ impl PoolInner {
     /// Claim the pool's one scrub slot. Done before a background thread starts, so a pause
     /// requested right after `start_scrub` returns is not lost.
     pub(crate) fn scrub_begin(&self, options: &ScrubOptions) -> Result<()> {
+        self.refuse_on_v4("scrub")?;
         self.scrub.begin(self, options)
     }
 
@@ -407,7 +410,7 @@ impl PoolInner {
     }
 
     pub(crate) fn shard_locations(&self, stripe: StripeId) -> Vec<ShardLocation> {
-        if stripe.0 >= self.geometry.stripes {
+        if stripe.0 >= self.geometry.stripes || self.rows().is_some() {
             return Vec::new();
         }
         let Some(slot) = self.map.lock().map.slot(stripe) else {

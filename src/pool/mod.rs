@@ -24,6 +24,7 @@ mod planted;
 mod rebuild_race_tests;
 mod replacement;
 mod requests;
+mod rows;
 #[cfg(test)]
 mod scrub_tests;
 mod status;
@@ -43,6 +44,7 @@ pub use open::{clear_label, read_label};
 #[cfg(feature = "testing")]
 pub use planted::PlantedBugs;
 pub use requests::{Request, RequestMetrics};
+pub use rows::{FormatVersion, V4Options};
 pub use status::{DeviceStatus, PoolHealth, PoolStatus, STATUS_EVENTS};
 
 /// Run `work` with the pool's device-parallel work on this thread done one device after
@@ -84,6 +86,10 @@ pub const DEFAULT_ERROR_THRESHOLD: u64 = 10;
 /// Default window of that error rate (ZFS's `checksum_t`).
 pub const DEFAULT_ERROR_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
 const STRIPE_LOCKS: usize = 256;
+/// Default cap of a v4 pool's map cache: 256 MiB, the map pages of 128 TiB of random 4 KiB
+/// writes' worth of leaves in the worst case is far more, so the cap, not the volume, bounds
+/// memory (docs/FORMAT.md V4.9).
+pub const DEFAULT_MAP_CACHE_BYTES: usize = 256 << 20;
 
 /// Options for [`Pool::create`].
 #[derive(Debug, Clone)]
@@ -99,6 +105,9 @@ pub struct CreateOptions {
     pub device_bytes: Option<u64>,
     /// Overwrite devices that hold another pool's superblock.
     pub force: bool,
+    /// The on-disk format (version 3 by default while the pool moves to version 4; a v4
+    /// pool ignores `checksum_bytes`: its checksum block is 4 KiB).
+    pub format: FormatVersion,
     /// Options that also apply when opening.
     pub open: OpenOptions,
 }
@@ -113,6 +122,7 @@ impl CreateOptions {
             checksum_bytes: DEFAULT_CHECKSUM_BYTES,
             device_bytes: None,
             force: false,
+            format: FormatVersion::default(),
             open: OpenOptions::default(),
         }
     }
@@ -143,6 +153,9 @@ pub struct OpenOptions {
     /// Open even when members are missing and the ones present cannot prove they hold the
     /// newest data (see [`Error::CannotProveCurrent`]).
     pub force: bool,
+    /// Format version 4: bytes of metadata pages the map's cache may hold (interior pages
+    /// stay resident beyond it, docs/FORMAT.md V4.9).
+    pub map_cache_bytes: usize,
     /// Protections a test switches off in this pool (feature `testing` only).
     #[cfg(feature = "testing")]
     pub planted: crate::pool::PlantedBugs,
@@ -182,6 +195,7 @@ impl Default for OpenOptions {
             auto_replace: true,
             rebuild_rate_bytes_per_s: None,
             force: false,
+            map_cache_bytes: DEFAULT_MAP_CACHE_BYTES,
             #[cfg(feature = "testing")]
             planted: crate::pool::PlantedBugs::default(),
         }
@@ -285,9 +299,19 @@ pub(crate) struct PoolInner {
     pub(crate) scrub: scrub::ScrubControl,
     /// Latency and byte counters of the volume's requests.
     pub(crate) requests: RequestMetrics,
+    /// The data path of a format-version-4 pool (then `map` and `meta` are empty and unused).
+    pub(crate) rows: Option<rows::RowsEngine>,
 }
 
 impl PoolInner {
+    /// Bytes of the logical volume.
+    pub(crate) fn volume_bytes(&self) -> u64 {
+        match &self.rows {
+            Some(rows) => rows.volume_bytes(),
+            None => self.geometry.volume_bytes(),
+        }
+    }
+
     /// Refuse `operation` on a read-only open.
     pub(crate) fn writable(&self, operation: &'static str) -> Result<()> {
         if self.members.read_only() {
@@ -336,7 +360,7 @@ impl std::fmt::Debug for Pool {
         f.debug_struct("Pool")
             .field("uuid", &self.inner.uuid.to_string())
             .field("layout", &self.inner.geometry.layout.to_string())
-            .field("volume_bytes", &self.inner.geometry.volume_bytes())
+            .field("volume_bytes", &self.inner.volume_bytes())
             .finish_non_exhaustive()
     }
 }
@@ -433,11 +457,16 @@ impl Pool {
 
     fn wrap(inner: PoolInner) -> Self {
         let inner = Arc::new(inner);
-        let background = inner
-            .rebuild
-            .background_enabled()
+        if let Some(rows) = inner.rows() {
+            rows.volume
+                .write()
+                .set_observer(rows::observer(Arc::downgrade(&inner)));
+        }
+        // Stage 1 of the move to version 4 runs no rebuild or scrub on a v4 pool.
+        let background = (inner.rebuild.background_enabled() && inner.rows().is_none())
             .then(|| crate::rebuild::Background::start(Arc::clone(&inner)));
         let resume_scrub = inner.rebuild.background_enabled()
+            && inner.rows().is_none()
             && inner
                 .members
                 .scrub_record()
@@ -485,7 +514,7 @@ impl Pool {
     /// Size of the logical volume in bytes.
     #[must_use]
     pub fn size(&self) -> u64 {
-        self.inner.geometry.volume_bytes()
+        self.inner.volume_bytes()
     }
 
     /// The pool's geometry.
@@ -539,7 +568,9 @@ impl Pool {
 
     /// Which parts of `[offset, offset + length)` hold written data, as runs in volume order
     /// covering the range exactly (stripe granularity, clipped to the range). An unallocated
-    /// run reads as zeros. See [`Pool::allocation_limited`] to bound the answer.
+    /// run reads as zeros. See [`Pool::allocation_limited`] to bound the answer. On a
+    /// format-version-4 pool the granularity is 4 KiB and one call looks at 64 MiB at most:
+    /// the runs then cover a prefix of a longer range (ask again from its end).
     ///
     /// # Errors
     /// [`Error::OutOfRange`].

@@ -4,7 +4,9 @@
 //! first, then the directories of the given and recorded paths and any scan locations. A
 //! member found elsewhere is used there; only a read-write open records its new path.
 
-use super::{CreateOptions, MapState, MetaCursor, OpenOptions, PoolInner, STRIPE_LOCKS};
+use super::{
+    CreateOptions, FormatVersion, MapState, MetaCursor, OpenOptions, PoolInner, STRIPE_LOCKS,
+};
 use crate::codec::Codec;
 use crate::device::canonical_path;
 use crate::device::{Device, SharedDevice};
@@ -125,8 +127,10 @@ fn new_inner(
     state: MapState,
     meta: MetaCursor,
     options: &OpenOptions,
+    rows: Option<super::rows::RowsEngine>,
 ) -> Result<PoolInner> {
     Ok(PoolInner {
+        rows,
         codec: Codec::new(geometry.layout, geometry.devices)?,
         geometry,
         uuid,
@@ -189,13 +193,16 @@ pub(super) fn create(
             });
         }
     }
-    let geometry = Geometry::new(
-        options.layout,
-        devices.len(),
-        options.chunk_bytes,
-        options.checksum_bytes,
-        device_bytes,
-    )?;
+    let geometry = match &options.format {
+        FormatVersion::V3 => Geometry::new(
+            options.layout,
+            devices.len(),
+            options.chunk_bytes,
+            options.checksum_bytes,
+            device_bytes,
+        )?,
+        FormatVersion::V4(v4) => super::rows::geometry(options, v4, devices.len(), device_bytes)?,
+    };
     let uuid = PoolUuid::random();
     let member_records: Vec<Member> = devices
         .iter()
@@ -223,6 +230,25 @@ pub(super) fn create(
         created_unix_secs: now_unix_secs(),
         scrub: crate::format::ScrubRecord::default(),
         history: crate::format::History::default(),
+        map: None,
+    };
+    // A v4 pool's map goes down before its superblocks: a crash in between leaves devices
+    // without a superblock of this pool, which nothing opens (create again).
+    let (template, rows) = match &options.format {
+        FormatVersion::V3 => (template, None),
+        FormatVersion::V4(v4) => {
+            let present: Vec<Option<SharedDevice>> = devices.iter().cloned().map(Some).collect();
+            let (volume, params) =
+                super::rows::create(&present, uuid, &geometry, v4, &options.open)?;
+            let template = Superblock {
+                volume_bytes: volume.volume_bytes(),
+                checksum_bytes: Some(crate::volume::BLOCK_BYTES as u64),
+                map: Some(params),
+                ..template
+            };
+            let rows = super::rows::RowsEngine::new(volume, params, &options.open);
+            (template, Some(rows))
+        }
     };
     let handles: Vec<SharedDevice> = devices.into_iter().chain(spares).collect();
     let mut data = Vec::new();
@@ -255,24 +281,47 @@ pub(super) fn create(
             source: err.into_io(),
         });
     }
+    if rows.is_some() {
+        let inner = new_inner(
+            geometry.clone(),
+            uuid,
+            members,
+            empty_map_state(&geometry),
+            empty_meta(&geometry),
+            &options.open,
+            rows,
+        )?;
+        tracing::info!(pool = %uuid, layout = %options.layout, volume_bytes = inner.volume_bytes(), format_version = 4, "pool created");
+        return Ok(inner);
+    }
     let state = MapState::new(
         StripeMap::new(geometry.stripes, geometry.crcs_per_entry()),
         geometry.slots,
         0,
         (0..geometry.slots).rev().collect(),
     );
-    let meta = MetaCursor {
-        sequence: 0,
-        log_used: 0,
-        next_checkpoint: vec![0; geometry.devices],
-    };
-    let inner = new_inner(geometry, uuid, members, state, meta, &options.open)?;
+    let meta = empty_meta(&geometry);
+    let inner = new_inner(geometry, uuid, members, state, meta, &options.open, None)?;
     {
         let mut meta = inner.meta.lock();
         inner.write_checkpoint(&mut meta, 0)?;
     }
     tracing::info!(pool = %uuid, layout = %options.layout, volume_bytes = inner.geometry.volume_bytes(), "pool created");
     Ok(inner)
+}
+
+/// The v3 map state of a pool that has none (format version 4: its map is the volume's).
+fn empty_map_state(geometry: &Geometry) -> MapState {
+    MapState::new(StripeMap::new(0, geometry.crcs_per_entry()), 0, 0, Vec::new())
+}
+
+/// A v3 metadata cursor at its start.
+fn empty_meta(geometry: &Geometry) -> MetaCursor {
+    MetaCursor {
+        sequence: 0,
+        log_used: 0,
+        next_checkpoint: vec![0; geometry.devices],
+    }
 }
 
 /// What to do with a found device, judged against the newest superblock.
@@ -323,16 +372,59 @@ pub(super) fn open(
         .ok_or_else(|| Error::InvalidConfig("no devices given".into()))?;
     let sorted = sort_found(found, &newest, options.force, &mut unopened)?;
     let assembled = assemble(&newest, &newest_device, sorted.by_uuid, &unopened, options)?;
-    let (state, meta) = recover_map(&assembled.geometry, newest.pool_uuid, &assembled.members)?;
-    let inner = new_inner(
-        assembled.geometry,
-        newest.pool_uuid,
-        assembled.members,
-        state,
-        meta,
-        options,
-    )?;
-    check_openable(&inner, assembled.suspects, options)?;
+    let inner = match newest.map {
+        None => {
+            let (state, meta) =
+                recover_map(&assembled.geometry, newest.pool_uuid, &assembled.members)?;
+            let inner = new_inner(
+                assembled.geometry,
+                newest.pool_uuid,
+                assembled.members,
+                state,
+                meta,
+                options,
+                None,
+            )?;
+            check_openable(&inner, assembled.suspects, options)?;
+            inner
+        }
+        Some(params) => {
+            // Checked before the map is read: a pool that cannot serve stays untouched.
+            let inner = new_inner(
+                assembled.geometry.clone(),
+                newest.pool_uuid,
+                assembled.members,
+                empty_map_state(&assembled.geometry),
+                empty_meta(&assembled.geometry),
+                options,
+                None,
+            )?;
+            check_openable(&inner, assembled.suspects, options)?;
+            let devices = inner.volume_devices();
+            let rows = super::rows::RowsEngine::open(
+                &devices,
+                newest.pool_uuid,
+                &inner.geometry,
+                params,
+                options,
+            )?;
+            if rows.volume_bytes() != newest.volume_bytes {
+                return Err(Error::CorruptMetadata {
+                    device: Some(newest_device),
+                    offset: None,
+                    reason: format!(
+                        "superblock says the volume is {} bytes but its map parameters give {}",
+                        newest.volume_bytes,
+                        rows.volume_bytes()
+                    ),
+                });
+            }
+            PoolInner {
+                rows: Some(rows),
+                ..inner
+            }
+        }
+    };
     for member in &inner.members.data {
         if let Some(replacement) = member.replacement() {
             inner.estimate_total(member.index, &replacement);
@@ -592,14 +684,27 @@ fn assemble(
                 && !matches!(m.state, MemberState::Rebuilding { .. })
         })
         .count();
-    let geometry = Geometry::new(
-        layout,
-        data_count,
-        newest.chunk_bytes,
-        newest.checksum_block_bytes(),
-        newest.device_bytes,
-    )?;
-    if geometry.volume_bytes() != newest.volume_bytes {
+    let geometry = match &newest.map {
+        Some(params) => super::rows::recorded_geometry(
+            layout,
+            data_count,
+            newest.chunk_bytes,
+            newest.device_bytes,
+            params,
+        )
+        .map_err(|e| match e {
+            Error::CorruptMetadata { reason, .. } => corrupt(reason),
+            other => other,
+        })?,
+        None => Geometry::new(
+            layout,
+            data_count,
+            newest.chunk_bytes,
+            newest.checksum_block_bytes(),
+            newest.device_bytes,
+        )?,
+    };
+    if newest.map.is_none() && geometry.volume_bytes() != newest.volume_bytes {
         return Err(corrupt(format!(
             "superblock says volume is {} bytes but its geometry gives {}",
             newest.volume_bytes,
@@ -764,6 +869,10 @@ fn record_open(
             }
         }
         inner.members.write_superblocks()?;
+    }
+    if inner.rows().is_some() {
+        // The volume's open re-replicated the log to members that lagged (FORMAT.md V4.8).
+        return Ok(());
     }
     // Re-replicate the recovered map to every online device as a fresh checkpoint, so that
     // devices that missed the last commits agree again (and none of them can later bring back

@@ -25,6 +25,7 @@ impl PoolInner {
         device: SharedDevice,
         from_spare: bool,
     ) -> Result<()> {
+        self.refuse_on_v4("a rebuild onto a replacement (replace, online, a spare)")?;
         if index.0 >= self.members.data.len() {
             return Err(Error::NotInPool {
                 name: index.0.to_string(),
@@ -99,7 +100,7 @@ impl PoolInner {
     /// replacement yet (a degraded member keeps serving while the spare is filled, so
     /// redundancy never drops). Members taken offline by an administrator are left alone.
     pub(crate) fn assign_spares(&self) {
-        if self.members.read_only() {
+        if self.members.read_only() || self.rows().is_some() {
             return;
         }
         // Faulted positions first (they have lost their redundancy), then degraded ones. A

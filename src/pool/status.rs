@@ -211,7 +211,13 @@ impl PoolInner {
                 replacing: None,
             })
             .collect();
-        let written = self.map.lock().map.written_stripes().count() as u64;
+        let allocated_bytes = match self.rows() {
+            Some(rows) => rows.volume.read().allocated_bytes(),
+            None => {
+                self.map.lock().map.written_stripes().count() as u64
+                    * self.geometry.stripe_data_bytes()
+            }
+        };
         let history = self.members.history();
         let last_rebuild = history
             .events
@@ -230,8 +236,8 @@ impl PoolInner {
             pool: self.uuid.to_string(),
             health,
             layout: self.geometry.layout.to_string(),
-            volume_bytes: self.geometry.volume_bytes(),
-            allocated_bytes: written * self.geometry.stripe_data_bytes(),
+            volume_bytes: self.volume_bytes(),
+            allocated_bytes,
             chunk_bytes: self.geometry.chunk_bytes,
             checksum_bytes: self.geometry.checksum_bytes,
             tolerance: self.geometry.tolerance(),

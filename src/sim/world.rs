@@ -163,6 +163,7 @@ impl<'a> World<'a> {
             auto_replace: true,
             rebuild_rate_bytes_per_s: None,
             force,
+            map_cache_bytes: crate::pool::DEFAULT_MAP_CACHE_BYTES,
             planted: config.planted,
         }
     }

@@ -39,11 +39,13 @@
 //! in the superblocks, epoch pins, pacing, swap-in).
 
 mod clean;
+mod observe;
 mod place;
 mod read;
 mod rebuild;
 mod scrub;
 
+pub use observe::{MemberProblem, Observer, ProblemKind};
 pub use place::BLOCK_BYTES;
 pub use rebuild::{RebuildOptions, RebuildProgress, RebuildReport};
 pub use scrub::{Damage, VolumeScrubOptions, VolumeScrubReport};
@@ -150,6 +152,7 @@ pub struct Volume {
     read_only: bool,
     counters: Counters,
     cleaner: clean::CleanerState,
+    observer: Option<Observer>,
     #[cfg(feature = "testing")]
     skip_block_verification: bool,
     #[cfg(feature = "testing")]
@@ -214,6 +217,7 @@ impl Volume {
                 ..Counters::default()
             },
             cleaner: clean::CleanerState::default(),
+            observer: None,
             #[cfg(feature = "testing")]
             skip_block_verification: options.skip_block_verification,
             #[cfg(feature = "testing")]
@@ -246,6 +250,37 @@ impl Volume {
             .saturating_sub(allowance)
             .saturating_sub(reserve);
         (blocks - blocks % per_slot).min(map.keys())
+    }
+
+    /// Tell `observer` of every member problem from now on (docs in `observe.rs`).
+    pub fn set_observer(&mut self, observer: Observer) {
+        self.observer = Some(observer);
+    }
+
+    /// The observer, if one was set.
+    #[must_use]
+    pub fn observer(&self) -> Option<Observer> {
+        self.observer.clone()
+    }
+
+    /// Report a member problem to the observer, if there is one.
+    pub(super) fn report(&self, problem: &MemberProblem<'_>) {
+        if let Some(observer) = &self.observer {
+            (observer.0)(problem);
+        }
+    }
+
+    /// Bytes of data blocks the map references now (each written block once; trimmed and
+    /// never-written blocks hold none).
+    #[must_use]
+    pub fn allocated_bytes(&self) -> u64 {
+        let segments = self.map.segments();
+        segments
+            .data_segments()
+            .into_iter()
+            .map(|(segment, _)| segments.referenced_now(segment))
+            .sum::<u64>()
+            * BLOCK
     }
 
     /// Bytes of the volume.
@@ -526,6 +561,16 @@ impl Volume {
                     device = %failure.name, offset = failure.offset, error = %failure.error,
                     "row write failed on a member"
                 );
+                let first = failure.pieces.first().copied().unwrap_or(0);
+                let slot = planned.get(first / width).map_or(0, |((slot, _), _, _)| *slot);
+                let shard = first % width;
+                self.report(&MemberProblem {
+                    member: failure.member,
+                    offset: failure.offset,
+                    slot,
+                    shard,
+                    kind: ProblemKind::Write(&failure.error),
+                });
             }
             let failed: HashSet<usize> = failures
                 .iter()
@@ -546,7 +591,7 @@ impl Volume {
                     return Err(Error::Io {
                         device: failure.name,
                         offset: Some(failure.offset),
-                        source: failure.error,
+                        source: failure.error.into_io(),
                     });
                 }
             }
@@ -657,7 +702,7 @@ struct WriteFailure {
     member: usize,
     name: String,
     offset: u64,
-    error: std::io::Error,
+    error: crate::device::DeviceError,
 }
 
 /// Write every piece (4 KiB of `bytes` at `index × 4 KiB`), one request per run, all runs
@@ -696,7 +741,7 @@ fn write_runs(
                 member: run[0].device,
                 name: op.device.name(),
                 offset: op.offset,
-                error: e.into_io(),
+                error: e,
             })
         })
         .collect()

@@ -2,7 +2,7 @@
 //! another copy or the rest of the row when that fails; the heal of what was found bad.
 
 use super::place::{runs, BlockPlace, Piece};
-use super::{Volume, BLOCK, BLOCK_BYTES};
+use super::{MemberProblem, ProblemKind, Volume, BLOCK, BLOCK_BYTES};
 use crate::device::{run_batch, BatchOp, SharedDevice};
 use crate::error::{Error, Result};
 use crate::format::v4::BlockPointer;
@@ -32,7 +32,12 @@ enum Problem {
     /// The read failed (an I/O error).
     Unreadable,
     /// It was read and failed its crc.
-    Checksum,
+    Checksum {
+        /// The crc the pointer or the row records.
+        expected: u32,
+        /// The crc of what was read.
+        found: u32,
+    },
 }
 
 /// What was found while rebuilding one block.
@@ -62,10 +67,19 @@ impl Tally {
         let (device, offset) = volume
             .rows
             .shard_block(want.place.slot, shard, want.place.row);
+        if let Problem::Checksum { expected, found } = problem {
+            volume.report(&MemberProblem {
+                member: device.0,
+                offset,
+                slot: want.place.slot,
+                shard,
+                kind: ProblemKind::Checksum { expected, found },
+            });
+        }
         let why = match problem {
             Problem::Absent => "absent",
             Problem::Unreadable => "I/O error",
-            Problem::Checksum => "checksum mismatch",
+            Problem::Checksum { .. } => "checksum mismatch",
         };
         self.lost
             .push(format!("member {} at byte {offset}: {why}", device.0));
@@ -177,6 +191,16 @@ impl Volume {
         run_batch(&mut ops);
         for (op, r) in ops.iter().zip(issued) {
             read_ok[r] = op.result.is_ok();
+            if let (Err(error), Some(first)) = (&op.result, runs[r].first()) {
+                let want = &wanted[first.index];
+                self.report(&MemberProblem {
+                    member: first.device,
+                    offset: op.offset,
+                    slot: want.place.slot,
+                    shard: self.shard_at(want, first.device),
+                    kind: ProblemKind::Read(error),
+                });
+            }
         }
         drop(ops);
         for ((run, buffer), read_ok) in runs.iter().zip(&buffers).zip(read_ok) {
@@ -191,7 +215,7 @@ impl Volume {
                         .copy_from_slice(bytes);
                     continue;
                 } else {
-                    Problem::Checksum
+                    self.mismatch(want, shard, bytes)
                 };
                 failed.push((piece.index, Some((shard, problem))));
             }
@@ -250,6 +274,17 @@ impl Volume {
             == want.pointer.crc()
     }
 
+    /// The problem of `bytes` read from `shard` that did not verify against the pointer.
+    fn mismatch(&self, want: &Wanted, shard: usize, bytes: &[u8]) -> Problem {
+        let place = want.place;
+        Problem::Checksum {
+            expected: want.pointer.crc(),
+            found: self
+                .rows
+                .crc(place.slot, shard, place.row, want.pointer.birth(), bytes),
+        }
+    }
+
     /// Return a block whose first copy failed (`tried`, with why) or could not be read, from
     /// another copy or the rest of its row; heal what was bad.
     fn recover(
@@ -292,9 +327,16 @@ impl Volume {
             return Err(Problem::Absent);
         };
         let mut bytes = vec![0u8; BLOCK_BYTES];
-        device
-            .read_at(offset, &mut bytes)
-            .map_err(|_| Problem::Unreadable)?;
+        if let Err(error) = device.read_at(offset, &mut bytes) {
+            self.report(&MemberProblem {
+                member: device_index(&self.rows, place, shard),
+                offset,
+                slot: place.slot,
+                shard,
+                kind: ProblemKind::Read(&error),
+            });
+            return Err(Problem::Unreadable);
+        }
         Ok(bytes)
     }
 
@@ -319,7 +361,7 @@ impl Volume {
                     good = Some(bytes);
                     break;
                 }
-                Ok(_) => tally.note(self, want, shard, Problem::Checksum),
+                Ok(bytes) => tally.note(self, want, shard, self.mismatch(want, shard, &bytes)),
                 Err(problem) => tally.note(self, want, shard, problem),
             }
         }
@@ -365,7 +407,11 @@ impl Volume {
                     shards[s] = bytes;
                     present[s] = true;
                 }
-                Ok(_) => tally.note(self, want, s, Problem::Checksum),
+                Ok(bytes) => {
+                    let found = self.rows.crc(place.slot, s, place.row, birth, &bytes);
+                    let expected = crcs[s];
+                    tally.note(self, want, s, Problem::Checksum { expected, found });
+                }
                 Err(problem) => tally.note(self, want, s, problem),
             }
         }
@@ -414,9 +460,21 @@ impl Volume {
             Err(e) => {
                 tracing::warn!(device = %device.name(), offset, error = %e, "heal write failed");
                 self.counters.heal_failures.fetch_add(1, Ordering::Relaxed);
+                self.report(&MemberProblem {
+                    member: device_index(&self.rows, place, shard),
+                    offset,
+                    slot: place.slot,
+                    shard,
+                    kind: ProblemKind::Write(&e),
+                });
             }
         }
     }
+}
+
+/// The member holding shard-block `shard` of `place`'s row.
+fn device_index(rows: &super::place::Rows, place: BlockPlace, shard: usize) -> usize {
+    rows.shard_block(place.slot, shard, place.row).0 .0
 }
 
 /// The error for a block nothing could return.

@@ -228,7 +228,7 @@ impl Volume {
             return Err(Error::Io {
                 device: replacement.to_string(),
                 offset: Some(failure.offset),
-                source: failure.error,
+                source: failure.error.into_io(),
             });
         }
         report.shard_blocks_written += pieces.len() as u64;

@@ -1,0 +1,423 @@
+//! The pool's data path on format version 4 (docs/FORMAT.md V4.13, "Step 5b, second part"):
+//! a [`Volume`] of rows and the paged map behind a reader-writer lock. Reads share it;
+//! writes, discards and flushes take it alone (a tree sync a write runs stops reads while it
+//! runs).
+//!
+//! Owns: the volume of a v4 pool, the map parameters recorded in its superblocks, and what
+//! happens when the map cannot write its metadata (the member is faulted when the pool can
+//! lose it and the volume reopened from the others). Does not own: membership, superblocks
+//! and the fault policy (`members.rs`: the volume's member problems go there unchanged), the
+//! v3 stripe map (a v4 pool has none; `PoolInner::refuse_on_v4` keeps the v3 code off it).
+
+use super::{CreateOptions, OpenOptions, PoolInner};
+use crate::device::SharedDevice;
+use crate::error::{Error, Result};
+use crate::format::{MapParams, PoolUuid};
+use crate::geometry::Geometry;
+use crate::meta::MapOptions;
+use crate::pool::{DeviceFault, Members};
+use crate::types::DeviceIndex;
+use crate::volume::{MemberProblem, Observer, ProblemKind, Volume, VolumeOptions, BLOCK_BYTES};
+use parking_lot::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+
+/// Blocks one [`PoolInner::allocation`] call looks at on a v4 pool (64 MiB of volume): the
+/// answer then covers a prefix of a longer range, as `NBD_CMD_BLOCK_STATUS` allows.
+const ALLOCATION_SCAN_BLOCKS: u64 = 16384;
+
+/// Options of a format-version-4 pool chosen at create (recorded in its superblocks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct V4Options {
+    /// Slots per segment (the unit of allocation and cleaning).
+    pub segment_slots: u64,
+    /// Slots of each uberblock ring.
+    pub uberblock_slots: u64,
+    /// Bytes of each intent-log half.
+    pub log_half_bytes: u64,
+    /// Depth of the map tree (keys: 1024^depth).
+    pub min_depth: u8,
+    /// Most pages one tree sync writes (`None`: computed from the pool's size, FORMAT.md V4.2).
+    pub sync_pages_max: Option<usize>,
+    /// Largest log record (`None`: min(1 MiB, log half / 8)).
+    pub record_max: Option<usize>,
+}
+
+impl Default for V4Options {
+    fn default() -> Self {
+        Self {
+            segment_slots: 64,
+            uberblock_slots: 128,
+            log_half_bytes: 8 << 20,
+            min_depth: 4,
+            sync_pages_max: None,
+            record_max: None,
+        }
+    }
+}
+
+/// Which on-disk format a new pool gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FormatVersion {
+    /// Stripes rewritten whole, the map in memory (versions 1 to 3): the default while the
+    /// pool moves to version 4.
+    #[default]
+    V3,
+    /// Rows and the paged map (docs/FORMAT.md, version 4), with these options.
+    V4(V4Options),
+}
+
+/// The v4 engine of a pool.
+pub(crate) struct RowsEngine {
+    pub(crate) volume: RwLock<Volume>,
+    pub(crate) params: MapParams,
+    options: VolumeOptions,
+    /// The volume was reopened after a metadata write failed while writes were not yet
+    /// flushed: they may be gone, so the next flush fails (a flush acknowledges only what
+    /// survived).
+    lost_unflushed: AtomicBool,
+    /// Writes or discards since the last flush that committed.
+    unflushed: AtomicBool,
+}
+
+impl std::fmt::Debug for RowsEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RowsEngine")
+            .field("params", &self.params)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The geometry of a v4 pool.
+pub(crate) fn geometry(
+    options: &CreateOptions,
+    v4: &V4Options,
+    devices: usize,
+    device_bytes: u64,
+) -> Result<Geometry> {
+    Geometry::new_v4(
+        options.layout,
+        devices,
+        options.chunk_bytes,
+        device_bytes,
+        v4.uberblock_slots,
+        v4.log_half_bytes,
+    )
+}
+
+/// The geometry a v4 superblock describes.
+pub(crate) fn recorded_geometry(
+    layout: crate::geometry::Layout,
+    devices: usize,
+    chunk_bytes: u64,
+    device_bytes: u64,
+    params: &MapParams,
+) -> Result<Geometry> {
+    let geometry = Geometry::new_v4(
+        layout,
+        devices,
+        chunk_bytes,
+        device_bytes,
+        params.uberblock_slots,
+        params.log_half_bytes,
+    )?;
+    if params.metadata_copies != geometry.metadata_copies() as u64 {
+        return Err(Error::corrupt_metadata(format!(
+            "map parameter metadata_copies = {} but layout {layout} keeps {} copies of a page",
+            params.metadata_copies,
+            geometry.metadata_copies()
+        )));
+    }
+    Ok(geometry)
+}
+
+fn volume_options(params: &MapParams, options: &OpenOptions) -> VolumeOptions {
+    VolumeOptions {
+        map: MapOptions {
+            cache_bytes: options.map_cache_bytes,
+            depth: params.min_depth,
+            segment_slots: params.segment_slots,
+            sync_pages_max: Some(usize::try_from(params.sync_pages_max).unwrap_or(usize::MAX)),
+            record_max: Some(usize::try_from(params.record_max).unwrap_or(usize::MAX)),
+            read_only: options.read_only,
+            ..MapOptions::default()
+        },
+        ..VolumeOptions::default()
+    }
+}
+
+/// Create the volume of a new v4 pool and the map parameters to record.
+pub(crate) fn create(
+    devices: &[Option<SharedDevice>],
+    pool: PoolUuid,
+    geometry: &Geometry,
+    v4: &V4Options,
+    options: &OpenOptions,
+) -> Result<(Volume, MapParams)> {
+    let map = MapOptions {
+        cache_bytes: options.map_cache_bytes,
+        depth: v4.min_depth,
+        segment_slots: v4.segment_slots,
+        sync_pages_max: v4.sync_pages_max,
+        record_max: v4.record_max,
+        ..MapOptions::default()
+    };
+    let volume = Volume::create(
+        devices,
+        pool.0,
+        geometry,
+        1,
+        &VolumeOptions {
+            map,
+            ..VolumeOptions::default()
+        },
+    )?;
+    let params = MapParams {
+        page_bytes: crate::format::v4::PAGE_BYTES as u64,
+        segment_slots: v4.segment_slots,
+        log_half_bytes: geometry.log_half_bytes(),
+        record_max: volume.map().record_max() as u64,
+        uberblock_slots: v4.uberblock_slots,
+        sync_pages_max: volume.map().sync_page_limit() as u64,
+        min_depth: v4.min_depth,
+        metadata_copies: geometry.metadata_copies() as u64,
+        timeline: 1,
+    };
+    Ok((volume, params))
+}
+
+impl RowsEngine {
+    /// The engine of a volume just created or opened.
+    pub(crate) fn new(volume: Volume, params: MapParams, options: &OpenOptions) -> Self {
+        Self {
+            volume: RwLock::new(volume),
+            params,
+            options: volume_options(&params, options),
+            lost_unflushed: AtomicBool::new(false),
+            unflushed: AtomicBool::new(false),
+        }
+    }
+
+    /// Open the volume of a v4 pool.
+    pub(crate) fn open(
+        devices: &[Option<SharedDevice>],
+        pool: PoolUuid,
+        geometry: &Geometry,
+        params: MapParams,
+        options: &OpenOptions,
+    ) -> Result<Self> {
+        let volume = Volume::open(
+            devices,
+            pool.0,
+            geometry,
+            params.timeline,
+            &volume_options(&params, options),
+        )?;
+        Ok(Self::new(volume, params, options))
+    }
+
+    /// Bytes of the volume.
+    pub(crate) fn volume_bytes(&self) -> u64 {
+        self.volume.read().volume_bytes()
+    }
+}
+
+/// An observer that hands the volume's member problems to the pool's fault policy.
+pub(crate) fn observer(inner: Weak<PoolInner>) -> Observer {
+    Observer(Arc::new(move |problem: &MemberProblem<'_>| {
+        if let Some(inner) = inner.upgrade() {
+            record(&inner.members, problem, &inner.geometry);
+        }
+    }))
+}
+
+fn record(members: &Members, problem: &MemberProblem<'_>, geometry: &Geometry) {
+    let index = DeviceIndex(problem.member);
+    if problem.member >= geometry.devices {
+        return;
+    }
+    let offset = Some(problem.offset);
+    match &problem.kind {
+        ProblemKind::Read(error) => members.record_error(index, offset, DeviceFault::Read(error)),
+        ProblemKind::Write(error) => members.record_error(index, offset, DeviceFault::Write(error)),
+        ProblemKind::Checksum { expected, found } => {
+            let corruption = crate::error::Corruption {
+                device: members.get(index).path(),
+                offset: problem.offset,
+                slot: problem.slot,
+                shard: problem.shard,
+                expected: *expected,
+                found: *found,
+            };
+            members.record_error(index, offset, DeviceFault::Checksum(&corruption));
+        }
+    }
+}
+
+impl PoolInner {
+    /// The v4 engine (`None` on a v3 pool).
+    pub(crate) fn rows(&self) -> Option<&RowsEngine> {
+        self.rows.as_ref()
+    }
+
+    /// Refuse `operation`, which stage 1 of the move to version 4 does not run on a v4 pool
+    /// (the v3 code would walk a stripe map the pool does not have).
+    pub(crate) fn refuse_on_v4(&self, operation: &str) -> Result<()> {
+        if self.rows.is_some() {
+            return Err(Error::InvalidConfig(format!(
+                "{operation} is not available yet on a format-version-4 pool (docs/FORMAT.md \
+                 V4.13, step 5b: it comes with stage 2)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The members as the volume sees them: each position's device while it is in service.
+    pub(crate) fn volume_devices(&self) -> Vec<Option<SharedDevice>> {
+        self.members.data.iter().map(|m| m.device()).collect()
+    }
+
+    pub(crate) fn rows_read(&self, rows: &RowsEngine, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let devices = self.volume_devices();
+        rows.volume.read().read(&devices, offset, buf)
+    }
+
+    pub(crate) fn rows_write(&self, rows: &RowsEngine, offset: u64, data: &[u8]) -> Result<()> {
+        self.check_available()?;
+        let devices = self.volume_devices();
+        let mut volume = rows.volume.write();
+        rows.unflushed.store(true, Ordering::Release);
+        let result = volume.write(&devices, offset, data);
+        self.after_metadata_failure(rows, &mut volume, result)
+    }
+
+    pub(crate) fn rows_discard(&self, rows: &RowsEngine, offset: u64, length: u64) -> Result<()> {
+        self.check_available()?;
+        let devices = self.volume_devices();
+        let mut volume = rows.volume.write();
+        rows.unflushed.store(true, Ordering::Release);
+        let result = volume.discard(&devices, offset, length);
+        self.after_metadata_failure(rows, &mut volume, result)
+    }
+
+    /// A flush: the volume's (members flushed, then the map committed). A flush after a
+    /// reopen that may have dropped unflushed writes fails once, saying so.
+    pub(crate) fn rows_flush(&self, rows: &RowsEngine) -> Result<()> {
+        let devices = self.volume_devices();
+        let mut volume = rows.volume.write();
+        let result = volume.flush(&devices).map(|_| ());
+        let result = self.after_metadata_failure(rows, &mut volume, result);
+        if result.is_err() {
+            // This flush's error tells the caller what a reopen may have dropped.
+            rows.lost_unflushed.store(false, Ordering::Release);
+        } else {
+            if rows.lost_unflushed.swap(false, Ordering::AcqRel) {
+                return Err(Error::Io {
+                    device: "pool".into(),
+                    offset: None,
+                    source: std::io::Error::other(
+                        "a member failed a metadata write and was taken out of service; writes \
+                         since the last successful flush may be lost",
+                    ),
+                });
+            }
+            rows.unflushed.store(false, Ordering::Release);
+        }
+        result
+    }
+
+    /// When the map could not write its metadata it must be reopened (FORMAT.md V4.8): fault
+    /// the member that failed if the pool can lose it, reopen the volume from the members in
+    /// service (the crash recovery), and return the error. Writes not flushed before it may
+    /// then be gone, so the next flush fails.
+    fn after_metadata_failure<T>(
+        &self,
+        rows: &RowsEngine,
+        volume: &mut Volume,
+        result: Result<T>,
+    ) -> Result<T> {
+        let Err(error) = result else {
+            return result;
+        };
+        if !volume.map().failed() {
+            return Err(error);
+        }
+        let device = match &error {
+            Error::Io { device, .. } => Some(device.clone()),
+            Error::CorruptMetadata {
+                device: Some(device),
+                ..
+            } => Some(device.clone()),
+            _ => None,
+        };
+        if let Some(index) = device.as_deref().and_then(|d| self.members.find(d)) {
+            if self.members.fault_if_available(index, &format!("metadata write failed: {error}")) {
+                tracing::error!(%error, "a member failed a metadata write; faulted, reopening the volume from the others");
+            }
+        }
+        let devices = self.volume_devices();
+        match Volume::open(
+            &devices,
+            self.uuid.0,
+            &self.geometry,
+            rows.params.timeline,
+            &rows.options,
+        ) {
+            Ok(mut reopened) => {
+                if let Some(observer) = volume.observer() {
+                    reopened.set_observer(observer);
+                }
+                *volume = reopened;
+                if rows.unflushed.swap(false, Ordering::AcqRel) {
+                    rows.lost_unflushed.store(true, Ordering::Release);
+                }
+            }
+            Err(reopen) => {
+                tracing::error!(%error, %reopen, "the volume could not be reopened after a metadata write failed; reopen the pool");
+            }
+        }
+        Err(error)
+    }
+
+    /// See [`crate::Pool::allocation`] for a v4 pool: per 4 KiB block, whether its pointer
+    /// reads zeros, for at most [`ALLOCATION_SCAN_BLOCKS`] blocks.
+    pub(crate) fn rows_allocation(
+        &self,
+        rows: &RowsEngine,
+        offset: u64,
+        length: u64,
+        max_extents: usize,
+    ) -> Vec<super::Extent> {
+        let block = BLOCK_BYTES as u64;
+        let devices = self.volume_devices();
+        let volume = rows.volume.read();
+        let end = offset + length;
+        let first = offset / block;
+        let last = (end - 1) / block;
+        let mut extents: Vec<super::Extent> = Vec::new();
+        for key in first..=last.min(first + ALLOCATION_SCAN_BLOCKS - 1) {
+            // A block whose pointer cannot be read counts as allocated (it is not known to
+            // read zeros).
+            let allocated = volume
+                .map()
+                .get(&devices, key)
+                .map_or(true, |p| !p.reads_zeros());
+            let from = (key * block).max(offset);
+            let to = ((key + 1) * block).min(end);
+            match extents.last_mut() {
+                Some(run) if run.allocated == allocated => run.length += to - from,
+                _ => {
+                    if extents.len() == max_extents {
+                        return extents;
+                    }
+                    extents.push(super::Extent {
+                        offset: from,
+                        length: to - from,
+                        allocated,
+                    });
+                }
+            }
+        }
+        extents
+    }
+}
