@@ -65,6 +65,17 @@ pub enum Error {
     /// replaced). Retry when it is done.
     #[error("busy: {0}")]
     Busy(String),
+
+    /// An operation this build does not run on this pool's format yet.
+    #[error("{operation} is not supported on a format-version-{version} pool by this build: {reason}")]
+    Unsupported {
+        /// What was asked.
+        operation: String,
+        /// The pool's format version.
+        version: u32,
+        /// Why, and what to do instead.
+        reason: String,
+    },
     /// The pool is closing: no new work starts.
     #[error("the pool is closing")]
     Closing,

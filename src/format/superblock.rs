@@ -22,7 +22,11 @@ pub const FORMAT_VERSION: u32 = 4;
 /// The map parameters of a format-version-4 pool (docs/FORMAT.md V4.2, V4.12), chosen at
 /// create and checked at open against their allowed ranges (not against this build's
 /// defaults, so test pools with small values open with the same code).
+/// A field this build does not know is refused (`deny_unknown_fields`): a later build that
+/// records more about the map makes this one refuse the pool by name, never drop the field
+/// when it rewrites the superblocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MapParams {
     /// Metadata page size (16 KiB).
     pub page_bytes: u64,

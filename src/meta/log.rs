@@ -11,7 +11,7 @@
 //! Does not own: what the entries mean (the map applies them, `map.rs`), the uberblocks
 //! (`ring.rs`), membership and fault policy (errors name the member; the caller decides).
 
-use crate::device::SharedDevice;
+use crate::device::{DeviceError, SharedDevice};
 use crate::error::{Error, Result};
 use crate::format::v4::{LogEntry, LogRecord, LOG_BLOCK_BYTES};
 use crate::geometry::Geometry;
@@ -112,6 +112,22 @@ impl IntentLog {
         sequence: u64,
         entries: Vec<LogEntry>,
     ) -> Result<bool> {
+        self.append_tolerating(devices, sequence, entries, &|_, _, _| false)
+    }
+
+    /// As [`IntentLog::append`], but a member whose write or flush fails is left behind when
+    /// `tolerate(member, offset, error)` says so (the owner took it out of service, so no
+    /// open will read this half from it); any other failure fails the append.
+    ///
+    /// # Errors
+    /// As [`IntentLog::append`].
+    pub fn append_tolerating(
+        &mut self,
+        devices: &[Option<SharedDevice>],
+        sequence: u64,
+        entries: Vec<LogEntry>,
+        tolerate: &dyn Fn(usize, u64, &DeviceError) -> bool,
+    ) -> Result<bool> {
         let record = LogRecord {
             pool: self.pool,
             sequence,
@@ -131,13 +147,26 @@ impl IntentLog {
             return Ok(false);
         }
         let at = self.halves[usize::from(self.position.half)] + self.position.offset;
-        for device in devices.iter().flatten() {
-            device
-                .write_at(at, &bytes)
-                .map_err(|e| io_error(device, at, e))?;
+        let mut left_behind = vec![false; devices.len()];
+        for (member, device) in devices.iter().enumerate() {
+            let Some(device) = device else { continue };
+            if let Err(e) = device.write_at(at, &bytes) {
+                if !tolerate(member, at, &e) {
+                    return Err(io_error(device, at, e));
+                }
+                left_behind[member] = true;
+            }
         }
-        for device in devices.iter().flatten() {
-            device.flush().map_err(|e| io_error(device, at, e))?;
+        for (member, device) in devices.iter().enumerate() {
+            let Some(device) = device else { continue };
+            if left_behind[member] {
+                continue;
+            }
+            if let Err(e) = device.flush() {
+                if !tolerate(member, at, &e) {
+                    return Err(io_error(device, at, e));
+                }
+            }
         }
         self.position.offset += bytes.len() as u64;
         self.position.last = sequence;

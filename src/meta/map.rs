@@ -20,7 +20,7 @@ use super::ring::{write_uberblock, Rings};
 use super::segments::{ReleaseRule, SegmentShape, SegmentTable, SUT_LEAF_BITS};
 use super::store::{PageRef, PageStore};
 use super::tree::{PageKey, RadixTree, SetError};
-use crate::device::SharedDevice;
+use crate::device::{DeviceError, SharedDevice};
 use crate::error::{Error, Result};
 use crate::format::v4::{
     BlockPointer, LogEntry, SegmentState, SlotRecord, SlotShape, Tree, Uberblock, ADDRESS_HOLE,
@@ -291,6 +291,20 @@ pub struct MapStore {
     failed: bool,
     opened: OpenReport,
     planted_sut_at_write: bool,
+    tolerate: Option<Tolerate>,
+}
+
+/// The owner's decision about a member that failed a metadata write or flush: `true` when it
+/// took the member out of service (durably, in its superblocks), so no later open reads
+/// metadata from it and the map may go on without it; `false` fails the operation (and the
+/// map must then be reopened). Without one, every failure fails the operation.
+#[derive(Clone)]
+pub struct Tolerate(pub Arc<dyn Fn(usize, Option<u64>, &DeviceError) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for Tolerate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tolerate")
+    }
 }
 
 fn flush_all(devices: &[Option<SharedDevice>]) -> Result<()> {
@@ -711,6 +725,7 @@ impl MapStore {
             failed: false,
             opened: OpenReport::default(),
             planted_sut_at_write: options.planted_sut_at_write(),
+            tolerate: None,
         };
         let failed = write_uberblock(devices, geometry, &this.uberblock(0, 1, 0, false));
         if let Some((device, why)) = failed.first() {
@@ -800,6 +815,7 @@ impl MapStore {
             },
             segments,
             planted_sut_at_write: options.planted_sut_at_write(),
+            tolerate: None,
         };
         this.apply_chain(replay)?;
         this.opened.overlay_keys = this.overlay.len();
@@ -1159,6 +1175,62 @@ impl MapStore {
                  {expected:?}"
             )))
         }
+    }
+
+    /// Let `tolerate` decide about members that fail a metadata write or flush (see
+    /// [`Tolerate`]).
+    pub fn set_tolerate(&mut self, tolerate: Tolerate) {
+        self.tolerate = Some(tolerate);
+    }
+
+    /// Whether the owner took `member` out of service after it failed a write at `offset`.
+    fn tolerated(&self, member: usize, offset: Option<u64>, error: &DeviceError) -> bool {
+        self.tolerate
+            .as_ref()
+            .is_some_and(|t| (t.0)(member, offset, error))
+    }
+
+    /// Flush every member in service; one that fails is left behind if the owner tolerates
+    /// it.
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming the first member whose failure is not tolerated.
+    pub fn flush_members(&self, devices: &[Option<SharedDevice>]) -> Result<()> {
+        for (member, device) in devices.iter().enumerate() {
+            let Some(device) = device else { continue };
+            if let Err(e) = device.flush() {
+                if !self.tolerated(member, None, &e) {
+                    return Err(Error::Io {
+                        device: device.name(),
+                        offset: None,
+                        source: e.into_io(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuse unless every failure of `failures` (member, offset, what) is tolerated.
+    fn absorb(
+        &self,
+        devices: &[Option<SharedDevice>],
+        what: &str,
+        failures: Vec<(usize, Option<u64>, String)>,
+    ) -> Result<()> {
+        for (member, offset, why) in failures {
+            let error = DeviceError::Io(std::io::Error::other(why.clone()));
+            if !self.tolerated(member, offset, &error) {
+                return Err(Error::CorruptMetadata {
+                    device: devices
+                        .get(member)
+                        .and_then(|d| d.as_ref().map(|d| d.name())),
+                    offset,
+                    reason: format!("{what} not written on member {member}: {why}"),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Whether a metadata write failed: the map must be reopened (every change is refused).
@@ -1793,7 +1865,16 @@ impl MapStore {
             .all(|p| !p.new.is_zero() || p.new.birth() == sequence));
         let entries = self.entries();
         let before = self.log.position();
-        match self.log.append(devices, sequence, entries) {
+        let tolerate = self.tolerate.clone();
+        let tolerating = |member: usize, offset: u64, error: &DeviceError| {
+            tolerate
+                .as_ref()
+                .is_some_and(|t| (t.0)(member, Some(offset), error))
+        };
+        match self
+            .log
+            .append_tolerating(devices, sequence, entries, &tolerating)
+        {
             Ok(true) => {
                 let bytes = (self.log.position().offset - before.offset) as usize;
                 self.next_sequence += 1;
@@ -1841,10 +1922,20 @@ impl MapStore {
         // Round 1 (FORMAT.md V4.8, "What a tree sync does", step 1): the data rows the record
         // names are made durable before it, or a power cut after the record could leave
         // replayed pointers to rows that never landed (review of step 5b, B1).
-        flush_all(devices)?;
+        self.flush_members(devices)?;
         let sequence = self.next_sequence;
         let mut unlogged = false;
-        if self.log.append(devices, sequence, self.entries())? {
+        let tolerate = self.tolerate.clone();
+        let tolerating = |member: usize, offset: u64, error: &DeviceError| {
+            tolerate
+                .as_ref()
+                .is_some_and(|t| (t.0)(member, Some(offset), error))
+        };
+        let entries = self.entries();
+        if self
+            .log
+            .append_tolerating(devices, sequence, entries, &tolerating)?
+        {
             self.next_sequence += 1;
             self.pending.clear();
         } else {
@@ -1912,24 +2003,22 @@ impl MapStore {
         let usage = self.write_usage(devices, txg, birth)?;
         pages_written += usage.0;
         pages_freed += usage.1;
-        flush_all(devices)?;
+        self.flush_members(devices)?;
         let half = self.log.position().half ^ 1;
         let uberblock = self.uberblock(txg, birth, half, unlogged);
         let failed = write_uberblock(devices, &self.geometry, &uberblock);
         // Every member in service must hold it: a member without it would, alone, open the
-        // older tree and lose this commit (the caller's fault policy takes such a member out
-        // of service and syncs again).
-        if !failed.is_empty() {
-            return Err(Error::corrupt_metadata(format!(
-                "uberblock {txg} not written on every member: {}",
-                failed
-                    .iter()
-                    .map(|(d, why)| format!("member {d}: {why}"))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            )));
-        }
-        flush_all(devices)?;
+        // older tree and lose this commit, unless the owner took it out of service (its
+        // superblocks then say so, and no open reads the rings of a faulted member).
+        self.absorb(
+            devices,
+            &format!("uberblock {txg}"),
+            failed
+                .into_iter()
+                .map(|(d, why)| (d.0, None, why))
+                .collect(),
+        )?;
+        self.flush_members(devices)?;
         self.txg = txg;
         self.next_sequence = birth + 1;
         self.log.switch(birth);
@@ -2008,19 +2097,27 @@ impl MapStore {
             },
             &mut |mpn| segments.borrow_mut().page_delta(mpn, -1),
         )?;
-        Self::all_copies_written(&outcome)?;
+        self.all_copies_written(devices, &outcome)?;
         Ok((outcome.pages_written, outcome.freed.len()))
     }
 
     /// Every copy on a member in service must be written: a page short of copies would be lost
-    /// by fewer failures than the pool tolerates.
-    fn all_copies_written(outcome: &super::tree::SyncOutcome) -> Result<()> {
-        match outcome.copy_faults.first() {
-            Some(fault) => Err(Error::corrupt_metadata(format!(
-                "metadata page copy not written: {fault}"
-            ))),
-            None => Ok(()),
-        }
+    /// by fewer failures than the pool tolerates, unless the owner took that member out of
+    /// service (the pool's tolerance then counts it as lost already).
+    fn all_copies_written(
+        &self,
+        devices: &[Option<SharedDevice>],
+        outcome: &super::tree::SyncOutcome,
+    ) -> Result<()> {
+        self.absorb(
+            devices,
+            "metadata page copy",
+            outcome
+                .copy_faults
+                .iter()
+                .map(|f| (f.device.0, Some(f.offset), f.to_string()))
+                .collect(),
+        )
     }
 
     /// Fold the usage journal at the boundary of sync `txg` and write the usage tree so that
@@ -2091,7 +2188,7 @@ impl MapStore {
         let outcome = self
             .sut
             .sync(devices, birth, &mut || reserved.pop_front(), &mut |_| {})?;
-        Self::all_copies_written(&outcome)?;
+        self.all_copies_written(devices, &outcome)?;
         let freed: BTreeSet<u64> = outcome.freed.iter().copied().collect();
         if !reserved.is_empty() || freed != replaced {
             return Err(Error::corrupt_metadata(format!(

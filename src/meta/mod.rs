@@ -22,7 +22,7 @@ pub use cache::{CacheFull, CacheStats, PageCache, PageState};
 pub use log::{ChainRecord, IntentLog, LogPosition, Replay};
 pub use map::{
     CommitReport, MapOptions, MapStore, OpenReport, RewindPlan, RewindReport, SyncReport,
-    WrittenRow,
+    Tolerate, WrittenRow,
 };
 pub use ring::{uberblock_places, write_uberblock, Rings};
 pub use segments::{ReleaseRule, SegmentShape, SegmentTable, SUT_LEAF_BITS};

@@ -458,9 +458,9 @@ impl Pool {
     fn wrap(inner: PoolInner) -> Self {
         let inner = Arc::new(inner);
         if let Some(rows) = inner.rows() {
-            rows.volume
-                .write()
-                .set_observer(rows::observer(Arc::downgrade(&inner)));
+            let mut volume = rows.volume.write();
+            volume.set_observer(rows::observer(Arc::downgrade(&inner)));
+            volume.set_tolerate(rows::tolerate(Arc::downgrade(&inner)));
         }
         // Stage 1 of the move to version 4 runs no rebuild or scrub on a v4 pool.
         let background = (inner.rebuild.background_enabled() && inner.rows().is_none())

@@ -246,7 +246,7 @@ pub(super) fn create(
                 map: Some(params),
                 ..template
             };
-            let rows = super::rows::RowsEngine::new(volume, params, &options.open);
+            let rows = super::rows::RowsEngine::new(volume, params);
             (template, Some(rows))
         }
     };
@@ -408,12 +408,16 @@ pub(super) fn open(
                 params,
                 options,
             )?;
-            if rows.volume_bytes() != newest.volume_bytes {
-                return Err(Error::CorruptMetadata {
-                    device: Some(newest_device),
-                    offset: None,
+            // The recorded size is the authority (a later build may compute reserves
+            // differently; the size a filesystem was made on never changes under it).
+            if !rows.volume.write().limit_bytes(newest.volume_bytes) {
+                return Err(Error::Unsupported {
+                    operation: "open".into(),
+                    version: 4,
                     reason: format!(
-                        "superblock says the volume is {} bytes but its map parameters give {}",
+                        "the superblock says the volume is {} bytes, but this build leaves room \
+                         for only {} with the pool's map parameters (a build that computes \
+                         its reserves differently); open it with the build that created it",
                         newest.volume_bytes,
                         rows.volume_bytes()
                     ),
@@ -676,6 +680,20 @@ fn assemble(
         reason,
     };
     let layout: Layout = newest.layout.parse()?;
+    if newest.map.is_some()
+        && newest
+            .members
+            .iter()
+            .any(|m| matches!(m.state, MemberState::Rebuilding { .. }))
+    {
+        return Err(Error::Unsupported {
+            operation: "open".into(),
+            version: 4,
+            reason: "a member is recorded as being rebuilt, which this build does not resume \
+                     on version 4; open the pool with the build that started the rebuild"
+                .into(),
+        });
+    }
     let data_count = newest
         .members
         .iter()

@@ -3,9 +3,9 @@
 //! writes, discards and flushes take it alone (a tree sync a write runs stops reads while it
 //! runs).
 //!
-//! Owns: the volume of a v4 pool, the map parameters recorded in its superblocks, and what
-//! happens when the map cannot write its metadata (the member is faulted when the pool can
-//! lose it and the volume reopened from the others). Does not own: membership, superblocks
+//! Owns: the volume of a v4 pool, the map parameters recorded in its superblocks, and the
+//! decision the map asks for when a member fails a metadata write (`tolerate`: go on without
+//! it once the fault policy took it out of service). Does not own: membership, superblocks
 //! and the fault policy (`members.rs`: the volume's member problems go there unchanged), the
 //! v3 stripe map (a v4 pool has none; `PoolInner::refuse_on_v4` keeps the v3 code off it).
 
@@ -14,12 +14,12 @@ use crate::device::SharedDevice;
 use crate::error::{Error, Result};
 use crate::format::{MapParams, PoolUuid};
 use crate::geometry::Geometry;
-use crate::meta::MapOptions;
+use crate::device::DeviceError;
+use crate::meta::{MapOptions, Tolerate};
 use crate::pool::{DeviceFault, Members};
 use crate::types::DeviceIndex;
 use crate::volume::{MemberProblem, Observer, ProblemKind, Volume, VolumeOptions, BLOCK_BYTES};
 use parking_lot::RwLock;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
 /// Blocks one [`PoolInner::allocation`] call looks at on a v4 pool (64 MiB of volume): the
@@ -71,13 +71,6 @@ pub enum FormatVersion {
 pub(crate) struct RowsEngine {
     pub(crate) volume: RwLock<Volume>,
     pub(crate) params: MapParams,
-    options: VolumeOptions,
-    /// The volume was reopened after a metadata write failed while writes were not yet
-    /// flushed: they may be gone, so the next flush fails (a flush acknowledges only what
-    /// survived).
-    lost_unflushed: AtomicBool,
-    /// Writes or discards since the last flush that committed.
-    unflushed: AtomicBool,
 }
 
 impl std::fmt::Debug for RowsEngine {
@@ -188,13 +181,10 @@ pub(crate) fn create(
 
 impl RowsEngine {
     /// The engine of a volume just created or opened.
-    pub(crate) fn new(volume: Volume, params: MapParams, options: &OpenOptions) -> Self {
+    pub(crate) fn new(volume: Volume, params: MapParams) -> Self {
         Self {
             volume: RwLock::new(volume),
             params,
-            options: volume_options(&params, options),
-            lost_unflushed: AtomicBool::new(false),
-            unflushed: AtomicBool::new(false),
         }
     }
 
@@ -213,13 +203,37 @@ impl RowsEngine {
             params.timeline,
             &volume_options(&params, options),
         )?;
-        Ok(Self::new(volume, params, options))
+        Ok(Self::new(volume, params))
     }
 
     /// Bytes of the volume.
     pub(crate) fn volume_bytes(&self) -> u64 {
         self.volume.read().volume_bytes()
     }
+}
+
+/// The hook that decides about a member failing a metadata write or flush: the fault policy
+/// counts a write error (the member is faulted, durably, when the pool can lose it, else
+/// kept in service as degraded), and the map goes on without it only if it is now out of
+/// service. Otherwise the map fails the operation and must be reopened: the pool then refuses
+/// writes with that error (reads go on), never silently rolling back acknowledged writes.
+pub(crate) fn tolerate(inner: Weak<PoolInner>) -> Tolerate {
+    Tolerate(Arc::new(
+        move |member: usize, offset: Option<u64>, error: &DeviceError| {
+            let Some(inner) = inner.upgrade() else {
+                return false;
+            };
+            if member >= inner.geometry.devices {
+                return false;
+            }
+            let index = DeviceIndex(member);
+            tracing::error!(member, ?offset, %error, "a member failed a metadata write");
+            inner
+                .members
+                .record_error(index, offset, DeviceFault::Write(error));
+            !inner.members.get(index).is_online()
+        },
+    ))
 }
 
 /// An observer that hands the volume's member problems to the pool's fault policy.
@@ -264,10 +278,13 @@ impl PoolInner {
     /// (the v3 code would walk a stripe map the pool does not have).
     pub(crate) fn refuse_on_v4(&self, operation: &str) -> Result<()> {
         if self.rows.is_some() {
-            return Err(Error::InvalidConfig(format!(
-                "{operation} is not available yet on a format-version-4 pool (docs/FORMAT.md \
-                 V4.13, step 5b: it comes with stage 2)"
-            )));
+            return Err(Error::Unsupported {
+                operation: operation.to_string(),
+                version: 4,
+                reason: "scrub, rebuild and member replacement come with stage 2 of the move \
+                         to version 4 (docs/FORMAT.md V4.13, step 5b); nothing was changed"
+                    .into(),
+            });
         }
         Ok(())
     }
@@ -278,105 +295,29 @@ impl PoolInner {
     }
 
     pub(crate) fn rows_read(&self, rows: &RowsEngine, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let devices = self.volume_devices();
-        rows.volume.read().read(&devices, offset, buf)
+        let volume = rows.volume.read();
+        volume.read(&self.volume_devices(), offset, buf)
     }
 
     pub(crate) fn rows_write(&self, rows: &RowsEngine, offset: u64, data: &[u8]) -> Result<()> {
         self.check_available()?;
-        let devices = self.volume_devices();
         let mut volume = rows.volume.write();
-        rows.unflushed.store(true, Ordering::Release);
-        let result = volume.write(&devices, offset, data);
-        self.after_metadata_failure(rows, &mut volume, result)
+        // The members as they are once the lock is held (a fault while waiting is seen).
+        volume.write(&self.volume_devices(), offset, data)
     }
 
     pub(crate) fn rows_discard(&self, rows: &RowsEngine, offset: u64, length: u64) -> Result<()> {
         self.check_available()?;
-        let devices = self.volume_devices();
         let mut volume = rows.volume.write();
-        rows.unflushed.store(true, Ordering::Release);
-        let result = volume.discard(&devices, offset, length);
-        self.after_metadata_failure(rows, &mut volume, result)
+        volume.discard(&self.volume_devices(), offset, length)
     }
 
-    /// A flush: the volume's (members flushed, then the map committed). A flush after a
-    /// reopen that may have dropped unflushed writes fails once, saying so.
+    /// A flush: the volume's (members flushed, then the map committed). A member that fails
+    /// a metadata write or flush is taken out of service by the tolerance hook when the pool
+    /// can lose it, and the flush goes on without it.
     pub(crate) fn rows_flush(&self, rows: &RowsEngine) -> Result<()> {
-        let devices = self.volume_devices();
         let mut volume = rows.volume.write();
-        let result = volume.flush(&devices).map(|_| ());
-        let result = self.after_metadata_failure(rows, &mut volume, result);
-        if result.is_err() {
-            // This flush's error tells the caller what a reopen may have dropped.
-            rows.lost_unflushed.store(false, Ordering::Release);
-        } else {
-            if rows.lost_unflushed.swap(false, Ordering::AcqRel) {
-                return Err(Error::Io {
-                    device: "pool".into(),
-                    offset: None,
-                    source: std::io::Error::other(
-                        "a member failed a metadata write and was taken out of service; writes \
-                         since the last successful flush may be lost",
-                    ),
-                });
-            }
-            rows.unflushed.store(false, Ordering::Release);
-        }
-        result
-    }
-
-    /// When the map could not write its metadata it must be reopened (FORMAT.md V4.8): fault
-    /// the member that failed if the pool can lose it, reopen the volume from the members in
-    /// service (the crash recovery), and return the error. Writes not flushed before it may
-    /// then be gone, so the next flush fails.
-    fn after_metadata_failure<T>(
-        &self,
-        rows: &RowsEngine,
-        volume: &mut Volume,
-        result: Result<T>,
-    ) -> Result<T> {
-        let Err(error) = result else {
-            return result;
-        };
-        if !volume.map().failed() {
-            return Err(error);
-        }
-        let device = match &error {
-            Error::Io { device, .. } => Some(device.clone()),
-            Error::CorruptMetadata {
-                device: Some(device),
-                ..
-            } => Some(device.clone()),
-            _ => None,
-        };
-        if let Some(index) = device.as_deref().and_then(|d| self.members.find(d)) {
-            if self.members.fault_if_available(index, &format!("metadata write failed: {error}")) {
-                tracing::error!(%error, "a member failed a metadata write; faulted, reopening the volume from the others");
-            }
-        }
-        let devices = self.volume_devices();
-        match Volume::open(
-            &devices,
-            self.uuid.0,
-            &self.geometry,
-            rows.params.timeline,
-            &rows.options,
-        ) {
-            Ok(mut reopened) => {
-                if let Some(observer) = volume.observer() {
-                    reopened.set_observer(observer);
-                }
-                *volume = reopened;
-                if rows.unflushed.swap(false, Ordering::AcqRel) {
-                    rows.lost_unflushed.store(true, Ordering::Release);
-                }
-            }
-            Err(reopen) => {
-                tracing::error!(%error, %reopen, "the volume could not be reopened after a metadata write failed; reopen the pool");
-            }
-        }
-        Err(error)
+        volume.flush(&self.volume_devices()).map(|_| ())
     }
 
     /// See [`crate::Pool::allocation`] for a v4 pool: per 4 KiB block, whether its pointer

@@ -257,6 +257,12 @@ impl Volume {
         self.observer = Some(observer);
     }
 
+    /// Let `tolerate` decide about members that fail a metadata write or flush (see
+    /// [`crate::meta::Tolerate`]).
+    pub fn set_tolerate(&mut self, tolerate: crate::meta::Tolerate) {
+        self.map.set_tolerate(tolerate);
+    }
+
     /// The observer, if one was set.
     #[must_use]
     pub fn observer(&self) -> Option<Observer> {
@@ -268,6 +274,16 @@ impl Volume {
         if let Some(observer) = &self.observer {
             (observer.0)(problem);
         }
+    }
+
+    /// Serve exactly `bytes` (a multiple of 4 KiB), the size recorded when the volume was
+    /// made, if that fits what this build computes; `false` (nothing changed) if it does not.
+    pub fn limit_bytes(&mut self, bytes: u64) -> bool {
+        if bytes % BLOCK != 0 || bytes / BLOCK > self.blocks {
+            return false;
+        }
+        self.blocks = bytes / BLOCK;
+        true
     }
 
     /// Bytes of data blocks the map references now (each written block once; trimmed and
@@ -674,13 +690,7 @@ impl Volume {
         if self.commit_before_rows_durable {
             return self.map.commit(devices);
         }
-        for device in devices.iter().flatten() {
-            device.flush().map_err(|e| Error::Io {
-                device: device.name(),
-                offset: None,
-                source: e.into_io(),
-            })?;
-        }
+        self.map.flush_members(devices)?;
         self.map.commit(devices)
     }
 
