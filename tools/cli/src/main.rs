@@ -52,6 +52,10 @@ struct Cli {
     /// paths are always looked in.
     #[arg(long = "scan", global = true, value_name = "DIR|DEVICE")]
     scan: Vec<PathBuf>,
+    /// Format-version-4 pools: the most memory the map's page cache may hold (interior pages
+    /// stay resident beyond it). Default 256M.
+    #[arg(long = "map-cache", global = true, value_parser = parse_size, value_name = "SIZE")]
+    map_cache: Option<u64>,
     #[command(subcommand)]
     command: Command,
 }
@@ -117,6 +121,13 @@ enum Command {
         /// fetches and verifies on its own; map memory is 4 bytes per block of every device.
         #[arg(long, value_parser = checksum_size_arg, default_value = "4K")]
         checksum_size: u64,
+        /// On-disk format: 3 (stripes rewritten whole, the map in memory; the default while
+        /// version 4 is finished) or 4 (rows and the paged map: small writes without a
+        /// read-modify-write, memory bounded by --map-cache; scrub, rebuild and replace are
+        /// not available on it yet). Version 4 needs a chunk size that is a multiple of 16K
+        /// and ignores --checksum-size (4K).
+        #[arg(long, default_value = "3", value_parser = clap::builder::PossibleValuesParser::new(["3", "4"]))]
+        format: String,
         /// Overwrite devices that hold another pool's superblock, a filesystem, a partition
         /// table or another known signature.
         #[arg(long)]
@@ -455,6 +466,9 @@ pub fn run() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     FORCE_DEGRADED.store(cli.force_degraded, std::sync::atomic::Ordering::Relaxed);
+    if let Some(bytes) = cli.map_cache {
+        MAP_CACHE.store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
     let _ = SCAN.set(cli.scan);
     // `scrub` and `check` promise their own codes to scripts and monitoring: 3 = could not run.
     let failure = match &cli.command {
@@ -511,6 +525,14 @@ type CliResult = Result<(), Box<dyn std::error::Error>>;
 
 /// `--force-degraded`, set once from the command line.
 static FORCE_DEGRADED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// `--map-cache` (bytes), for every open.
+static MAP_CACHE: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(stripestore::pool::DEFAULT_MAP_CACHE_BYTES as u64);
+
+/// The map cache every open of this command uses (`--map-cache`).
+pub(crate) fn map_cache_bytes() -> usize {
+    usize::try_from(MAP_CACHE.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(usize::MAX)
+}
 
 /// `--scan` locations, set once from the command line.
 static SCAN: std::sync::OnceLock<Vec<PathBuf>> = std::sync::OnceLock::new();
@@ -532,14 +554,15 @@ fn execute(command: Command) -> CliResult {
             device_size,
             chunk_size,
             checksum_size,
+            format,
             force,
             paths,
         } => create(
             layout,
             spares,
             device_size,
-            chunk_size,
-            checksum_size,
+            (chunk_size, checksum_size),
+            format == "4",
             force,
             paths,
         ),
@@ -848,6 +871,7 @@ fn rebuild(pool: &[PathBuf], rebuild_rate: Option<u64>) -> CliResult {
         auto_replace: true,
         rebuild_rate_bytes_per_s: rebuild_rate,
         force: FORCE_DEGRADED.load(std::sync::atomic::Ordering::Relaxed),
+        map_cache_bytes: map_cache_bytes(),
         ..OpenOptions::default()
     };
     let pool = open_paths(pool, &options)?;
@@ -863,12 +887,12 @@ fn create(
     layout: Layout,
     spares: Vec<PathBuf>,
     device_size: Option<u64>,
-    chunk_size: u64,
-    checksum_size: u64,
+    (chunk_size, checksum_size): (u64, u64),
+    v4: bool,
     force: bool,
     paths: Vec<PathBuf>,
 ) -> CliResult {
-    if !chunk_size.is_multiple_of(checksum_size) {
+    if !v4 && !chunk_size.is_multiple_of(checksum_size) {
         return Err(usage_error(&format!(
             "--checksum-size {} does not divide --chunk-size {}",
             human_bytes(checksum_size),
@@ -880,6 +904,10 @@ fn create(
     options.checksum_bytes = checksum_size;
     options.device_bytes = device_size;
     options.force = force;
+    options.open.map_cache_bytes = map_cache_bytes();
+    if v4 {
+        options.format = stripestore::pool::FormatVersion::V4(stripestore::pool::V4Options::default());
+    }
     let pool = Pool::create_paths(&paths, &spares, &options)?;
     let status = pool.status();
     pool.close()?;
@@ -1244,6 +1272,7 @@ pub(crate) fn open_pool_to_look(paths: &[PathBuf]) -> Result<Pool, stripestore::
         auto_replace: false,
         read_only: true,
         force: FORCE_DEGRADED.load(std::sync::atomic::Ordering::Relaxed),
+        map_cache_bytes: map_cache_bytes(),
         ..OpenOptions::default()
     };
     open_paths(paths, &options)
@@ -1369,6 +1398,7 @@ fn open_pool(paths: &[PathBuf]) -> Result<Pool, stripestore::Error> {
         background_rebuild: false,
         auto_replace: false,
         force: FORCE_DEGRADED.load(std::sync::atomic::Ordering::Relaxed),
+        map_cache_bytes: map_cache_bytes(),
         ..OpenOptions::default()
     };
     open_paths(paths, &options)

@@ -73,6 +73,7 @@ pub fn run(args: ServeArgs) -> CliResult {
         auto_replace: !args.no_auto_replace,
         rebuild_rate_bytes_per_s: args.rebuild_rate,
         force: FORCE_DEGRADED.load(Ordering::Relaxed),
+        map_cache_bytes: super::map_cache_bytes(),
         ..OpenOptions::default()
     };
     let pool = Arc::new(super::open_paths(&args.pool, &options)?);
