@@ -67,7 +67,9 @@ pub enum Error {
     Busy(String),
 
     /// An operation this build does not run on this pool's format yet.
-    #[error("{operation} is not supported on a format-version-{version} pool by this build: {reason}")]
+    #[error(
+        "{operation} is not supported on a format-version-{version} pool by this build: {reason}"
+    )]
     Unsupported {
         /// What was asked.
         operation: String,

@@ -904,7 +904,7 @@ fn a_sync_whose_uberblock_misses_a_member_is_not_acknowledged() {
         .sync(&devices)
         .expect_err("a sync missing a member was acknowledged");
     assert!(
-        refused.to_string().contains("not written on every member"),
+        refused.to_string().contains("not written on member 0"),
         "{refused}"
     );
     assert!(

@@ -308,7 +308,10 @@ fn a_metadata_write_failure_the_pool_cannot_absorb_stops_writes_and_loses_nothin
     pool.read_at(0, &mut all).unwrap();
     assert!(all[8192..] == flushed.read(8192, all.len() - 8192)[..]);
     let head = &all[..8192];
-    assert!(head == flushed.read(0, 8192) || head == [9u8; 8192], "block 0 is neither old nor new");
+    assert!(
+        head == flushed.read(0, 8192) || head == [9u8; 8192],
+        "block 0 is neither old nor new"
+    );
     pool.close().unwrap();
 }
 
@@ -324,10 +327,8 @@ fn a_power_cut_loses_nothing_flushed_on_v4() {
                 .iter()
                 .map(|m| Arc::new(Volatile::new(m.clone())))
                 .collect();
-            let devices: Vec<SharedDevice> = volatile
-                .iter()
-                .map(|v| v.clone() as SharedDevice)
-                .collect();
+            let devices: Vec<SharedDevice> =
+                volatile.iter().map(|v| v.clone() as SharedDevice).collect();
             let pool = Pool::create(devices.clone(), vec![], &v4_options(layout)).unwrap();
             let mut model = CrashModel::new(pool.size());
             for round in 0..6 {
@@ -369,7 +370,10 @@ fn scrub_and_replace_are_refused_on_v4_and_change_nothing() {
     let before = images(&mems);
     let refused = |result: Result<(), Error>| {
         let err = result.unwrap_err();
-        assert!(matches!(err, Error::Unsupported { version: 4, .. }), "{err}");
+        assert!(
+            matches!(err, Error::Unsupported { version: 4, .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains("format-version-4"), "{err}");
     };
     refused(pool.scrub().map(|_| ()));
@@ -381,7 +385,11 @@ fn scrub_and_replace_are_refused_on_v4_and_change_nothing() {
     let spare = Arc::new(MemDevice::new("spare2", DEVICE_BYTES)) as SharedDevice;
     refused(pool.add_spare(spare.clone(), false));
     refused(pool.online("mem1", spare, false));
-    assert_eq!(pool.history().events.len(), events, "a refused operation was recorded");
+    assert_eq!(
+        pool.history().events.len(),
+        events,
+        "a refused operation was recorded"
+    );
     assert_eq!(pool.status().devices[1].state, "ONLINE");
     assert_eq!(images(&mems), before, "a refused operation wrote");
     drop(pool.status());
@@ -400,12 +408,15 @@ fn the_recorded_volume_size_is_the_authority() {
     pool.close().unwrap();
     let relabel = |volume_bytes: u64| {
         for mem in &mems {
-            let mut label = stripestore::pool::read_label(mem.as_ref()).unwrap().unwrap();
+            let mut label = stripestore::pool::read_label(mem.as_ref())
+                .unwrap()
+                .unwrap();
             label.volume_bytes = volume_bytes;
             label.generation += 1;
             let bytes = label.encode().unwrap();
             mem.write_at(0, &bytes).unwrap();
-            mem.write_at(mem.size() - bytes.len() as u64, &bytes).unwrap();
+            mem.write_at(mem.size() - bytes.len() as u64, &bytes)
+                .unwrap();
         }
     };
     relabel(size - 8 * 4096);
@@ -416,7 +427,8 @@ fn the_recorded_volume_size_is_the_authority() {
     let before = images(&mems);
     let err = Pool::open(shared(&mems), &open_options()).unwrap_err();
     assert!(
-        matches!(err, Error::Unsupported { .. }) && err.to_string().contains(&(size + 4096).to_string()),
+        matches!(err, Error::Unsupported { .. })
+            && err.to_string().contains(&(size + 4096).to_string()),
         "{err}"
     );
     assert_eq!(images(&mems), before, "a refused open wrote");

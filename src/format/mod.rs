@@ -17,6 +17,4 @@ pub use scrub::{
     DamagedRange, DeviceScrubCounters, ScrubCheckpoint, ScrubOutcome, ScrubRecord, ScrubSummary,
     ScrubTally, MAX_RECORDED_RANGES,
 };
-pub use superblock::{
-    MapParams, Member, MemberState, PoolUuid, Role, Superblock, FORMAT_VERSION,
-};
+pub use superblock::{MapParams, Member, MemberState, PoolUuid, Role, Superblock, FORMAT_VERSION};

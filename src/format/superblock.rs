@@ -71,7 +71,7 @@ impl MapParams {
                 ));
             }
         }
-        if self.record_max > self.log_half_bytes || self.log_half_bytes % 4096 != 0 {
+        if self.record_max > self.log_half_bytes || !self.log_half_bytes.is_multiple_of(4096) {
             return Err(format!(
                 "map parameters: log half of {} bytes with records up to {} bytes",
                 self.log_half_bytes, self.record_max
@@ -410,10 +410,17 @@ mod tests {
         assert_eq!(decoded.map, Some(map_params()));
         // Each parameter out of range is refused by name.
         for (field, change) in [
-            ("segment_slots", &(|m: &mut MapParams| m.segment_slots = 0) as &dyn Fn(&mut MapParams)),
-            ("uberblock_slots", &|m: &mut MapParams| m.uberblock_slots = 3),
+            (
+                "segment_slots",
+                &(|m: &mut MapParams| m.segment_slots = 0) as &dyn Fn(&mut MapParams),
+            ),
+            ("uberblock_slots", &|m: &mut MapParams| {
+                m.uberblock_slots = 3
+            }),
             ("page_bytes", &|m: &mut MapParams| m.page_bytes = 4096),
-            ("log_half_bytes", &|m: &mut MapParams| m.log_half_bytes = 4096),
+            ("log_half_bytes", &|m: &mut MapParams| {
+                m.log_half_bytes = 4096
+            }),
             ("sync_pages_max", &|m: &mut MapParams| m.sync_pages_max = 1),
             ("min_depth", &|m: &mut MapParams| m.min_depth = 9),
         ] {

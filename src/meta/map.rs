@@ -299,7 +299,10 @@ pub struct MapStore {
 /// metadata from it and the map may go on without it; `false` fails the operation (and the
 /// map must then be reopened). Without one, every failure fails the operation.
 #[derive(Clone)]
-pub struct Tolerate(pub Arc<dyn Fn(usize, Option<u64>, &DeviceError) -> bool + Send + Sync>);
+pub struct Tolerate(pub Arc<TolerateFn>);
+
+/// `(member, byte offset, error) -> tolerated`.
+pub type TolerateFn = dyn Fn(usize, Option<u64>, &DeviceError) -> bool + Send + Sync;
 
 impl std::fmt::Debug for Tolerate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

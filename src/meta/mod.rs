@@ -21,8 +21,8 @@ mod tree;
 pub use cache::{CacheFull, CacheStats, PageCache, PageState};
 pub use log::{ChainRecord, IntentLog, LogPosition, Replay};
 pub use map::{
-    CommitReport, MapOptions, MapStore, OpenReport, RewindPlan, RewindReport, SyncReport,
-    Tolerate, WrittenRow,
+    CommitReport, MapOptions, MapStore, OpenReport, RewindPlan, RewindReport, SyncReport, Tolerate,
+    WrittenRow,
 };
 pub use ring::{uberblock_places, write_uberblock, Rings};
 pub use segments::{ReleaseRule, SegmentShape, SegmentTable, SUT_LEAF_BITS};

@@ -312,7 +312,12 @@ pub(super) fn create(
 
 /// The v3 map state of a pool that has none (format version 4: its map is the volume's).
 fn empty_map_state(geometry: &Geometry) -> MapState {
-    MapState::new(StripeMap::new(0, geometry.crcs_per_entry()), 0, 0, Vec::new())
+    MapState::new(
+        StripeMap::new(0, geometry.crcs_per_entry()),
+        0,
+        0,
+        Vec::new(),
+    )
 }
 
 /// A v3 metadata cursor at its start.

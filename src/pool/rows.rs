@@ -10,11 +10,11 @@
 //! v3 stripe map (a v4 pool has none; `PoolInner::refuse_on_v4` keeps the v3 code off it).
 
 use super::{CreateOptions, OpenOptions, PoolInner};
+use crate::device::DeviceError;
 use crate::device::SharedDevice;
 use crate::error::{Error, Result};
 use crate::format::{MapParams, PoolUuid};
 use crate::geometry::Geometry;
-use crate::device::DeviceError;
 use crate::meta::{MapOptions, Tolerate};
 use crate::pool::{DeviceFault, Members};
 use crate::types::DeviceIndex;
@@ -125,18 +125,15 @@ pub(crate) fn recorded_geometry(
 }
 
 fn volume_options(params: &MapParams, options: &OpenOptions) -> VolumeOptions {
-    VolumeOptions {
-        map: MapOptions {
-            cache_bytes: options.map_cache_bytes,
-            depth: params.min_depth,
-            segment_slots: params.segment_slots,
-            sync_pages_max: Some(usize::try_from(params.sync_pages_max).unwrap_or(usize::MAX)),
-            record_max: Some(usize::try_from(params.record_max).unwrap_or(usize::MAX)),
-            read_only: options.read_only,
-            ..MapOptions::default()
-        },
-        ..VolumeOptions::default()
-    }
+    VolumeOptions::with_map(MapOptions {
+        cache_bytes: options.map_cache_bytes,
+        depth: params.min_depth,
+        segment_slots: params.segment_slots,
+        sync_pages_max: Some(usize::try_from(params.sync_pages_max).unwrap_or(usize::MAX)),
+        record_max: Some(usize::try_from(params.record_max).unwrap_or(usize::MAX)),
+        read_only: options.read_only,
+        ..MapOptions::default()
+    })
 }
 
 /// Create the volume of a new v4 pool and the map parameters to record.
@@ -155,16 +152,7 @@ pub(crate) fn create(
         record_max: v4.record_max,
         ..MapOptions::default()
     };
-    let volume = Volume::create(
-        devices,
-        pool.0,
-        geometry,
-        1,
-        &VolumeOptions {
-            map,
-            ..VolumeOptions::default()
-        },
-    )?;
+    let volume = Volume::create(devices, pool.0, geometry, 1, &VolumeOptions::with_map(map))?;
     let params = MapParams {
         page_bytes: crate::format::v4::PAGE_BYTES as u64,
         segment_slots: v4.segment_slots,

@@ -91,6 +91,18 @@ pub struct VolumeOptions {
     pub scrub_skip_crc: bool,
 }
 
+impl VolumeOptions {
+    /// These map options, every protection on.
+    #[must_use]
+    pub fn with_map(map: MapOptions) -> Self {
+        #[allow(clippy::needless_update)] // the planted bugs exist with feature `testing` only
+        Self {
+            map,
+            ..Self::default()
+        }
+    }
+}
+
 /// Counters of a volume's data path since it was opened (they only go up).
 #[derive(Debug, Default)]
 struct Counters {
@@ -279,7 +291,7 @@ impl Volume {
     /// Serve exactly `bytes` (a multiple of 4 KiB), the size recorded when the volume was
     /// made, if that fits what this build computes; `false` (nothing changed) if it does not.
     pub fn limit_bytes(&mut self, bytes: u64) -> bool {
-        if bytes % BLOCK != 0 || bytes / BLOCK > self.blocks {
+        if !bytes.is_multiple_of(BLOCK) || bytes / BLOCK > self.blocks {
             return false;
         }
         self.blocks = bytes / BLOCK;
@@ -578,7 +590,9 @@ impl Volume {
                     "row write failed on a member"
                 );
                 let first = failure.pieces.first().copied().unwrap_or(0);
-                let slot = planned.get(first / width).map_or(0, |((slot, _), _, _)| *slot);
+                let slot = planned
+                    .get(first / width)
+                    .map_or(0, |((slot, _), _, _)| *slot);
                 let shard = first % width;
                 self.report(&MemberProblem {
                     member: failure.member,

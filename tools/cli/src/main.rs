@@ -906,7 +906,8 @@ fn create(
     options.force = force;
     options.open.map_cache_bytes = map_cache_bytes();
     if v4 {
-        options.format = stripestore::pool::FormatVersion::V4(stripestore::pool::V4Options::default());
+        options.format =
+            stripestore::pool::FormatVersion::V4(stripestore::pool::V4Options::default());
     }
     let pool = Pool::create_paths(&paths, &spares, &options)?;
     let status = pool.status();
