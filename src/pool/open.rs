@@ -415,7 +415,7 @@ pub(super) fn open(
             )?;
             // The recorded size is the authority (a later build may compute reserves
             // differently; the size a filesystem was made on never changes under it).
-            if !rows.volume.write().limit_bytes(newest.volume_bytes) {
+            if !rows.limit_bytes(newest.volume_bytes) {
                 return Err(Error::Unsupported {
                     operation: "open".into(),
                     version: 4,

@@ -19,7 +19,8 @@ use crate::meta::{MapOptions, Tolerate};
 use crate::pool::{DeviceFault, Members};
 use crate::types::DeviceIndex;
 use crate::volume::{MemberProblem, Observer, ProblemKind, Volume, VolumeOptions, BLOCK_BYTES};
-use parking_lot::RwLock;
+use parking_lot::{Condvar, Mutex, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 /// Blocks one [`PoolInner::allocation`] call looks at on a v4 pool (64 MiB of volume): the
@@ -67,10 +68,40 @@ pub enum FormatVersion {
     V4(V4Options),
 }
 
+/// Writes of at most this many bytes wait in the queue to be written in a group; larger ones
+/// are written alone (they fill whole rows by themselves, and copying them would cost more
+/// than it saves).
+const GROUPED_WRITE_MAX: usize = 256 << 10;
+/// Most bytes one group carries (the rows of one group are one batch of device requests).
+const GROUP_BYTES_MAX: usize = 4 << 20;
+
+/// A write waiting in the queue, and its outcome once a group carried it.
+struct Queued {
+    offset: u64,
+    data: Vec<u8>,
+    outcome: Mutex<Option<Result<()>>>,
+}
+
 /// The v4 engine of a pool.
 pub(crate) struct RowsEngine {
     pub(crate) volume: RwLock<Volume>,
     pub(crate) params: MapParams,
+    /// Small writes waiting to be written: one writer at a time leads, writing every write
+    /// queued by then in one group (FORMAT.md V4.6, "Packer policy"), so concurrent 4 KiB
+    /// writes share rows instead of each taking a narrow row; the others sleep on `carried`
+    /// until their write has an outcome (one wake-up each, not a turn at the volume's lock).
+    queue: Mutex<Queue>,
+    carried: Condvar,
+    /// Bytes of the volume (asked by every request's range check: not behind the volume's
+    /// lock, which a tree sync holds for a while).
+    bytes: AtomicU64,
+}
+
+#[derive(Default)]
+struct Queue {
+    pending: Vec<Arc<Queued>>,
+    /// A writer is writing groups (it gives up only with the queue empty).
+    leading: bool,
 }
 
 impl std::fmt::Debug for RowsEngine {
@@ -171,8 +202,11 @@ impl RowsEngine {
     /// The engine of a volume just created or opened.
     pub(crate) fn new(volume: Volume, params: MapParams) -> Self {
         Self {
+            bytes: AtomicU64::new(volume.volume_bytes()),
             volume: RwLock::new(volume),
             params,
+            queue: Mutex::new(Queue::default()),
+            carried: Condvar::new(),
         }
     }
 
@@ -196,7 +230,51 @@ impl RowsEngine {
 
     /// Bytes of the volume.
     pub(crate) fn volume_bytes(&self) -> u64 {
-        self.volume.read().volume_bytes()
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Serve exactly `bytes` (see [`Volume::limit_bytes`]); `false` if they do not fit.
+    pub(crate) fn limit_bytes(&self, bytes: u64) -> bool {
+        let fits = self.volume.write().limit_bytes(bytes);
+        if fits {
+            self.bytes.store(bytes, Ordering::Relaxed);
+        }
+        fits
+    }
+}
+
+/// The next group from the queue, in arrival order: at most [`GROUP_BYTES_MAX`] bytes (and
+/// at least one write).
+fn take_group(queue: &mut Vec<Arc<Queued>>) -> Vec<Arc<Queued>> {
+    let mut bytes = 0;
+    let mut count = 0;
+    for queued in queue.iter() {
+        if count > 0 && bytes + queued.data.len() > GROUP_BYTES_MAX {
+            break;
+        }
+        bytes += queued.data.len();
+        count += 1;
+    }
+    queue.drain(..count).collect()
+}
+
+/// Write `group` together; if the group fails, each write again alone, so an error reaches
+/// only the write it belongs to (a write that succeeded in part is written again whole: the
+/// same bytes).
+fn write_queued(volume: &mut Volume, devices: &[Option<SharedDevice>], group: &[Arc<Queued>]) {
+    let writes: Vec<(u64, &[u8])> = group
+        .iter()
+        .map(|q| (q.offset, q.data.as_slice()))
+        .collect();
+    if volume.write_group(devices, &writes).is_ok() {
+        for queued in group {
+            *queued.outcome.lock() = Some(Ok(()));
+        }
+        return;
+    }
+    for queued in group {
+        let outcome = volume.write(devices, queued.offset, &queued.data);
+        *queued.outcome.lock() = Some(outcome);
     }
 }
 
@@ -287,11 +365,63 @@ impl PoolInner {
         volume.read(&self.volume_devices(), offset, buf)
     }
 
+    /// A write. A small one is queued and written in a group with every other queued by the
+    /// time a writer holds the volume's lock: the writer that takes the lock first writes them
+    /// all, and the others find their outcome when they take it in turn.
     pub(crate) fn rows_write(&self, rows: &RowsEngine, offset: u64, data: &[u8]) -> Result<()> {
         self.check_available()?;
+        if data.len() > GROUPED_WRITE_MAX {
+            let mut volume = rows.volume.write();
+            // The members as they are once the lock is held (a fault while waiting is seen).
+            return volume.write(&self.volume_devices(), offset, data);
+        }
+        let mine = Arc::new(Queued {
+            offset,
+            data: data.to_vec(),
+            outcome: Mutex::new(None),
+        });
+        let mut queue = rows.queue.lock();
+        queue.pending.push(Arc::clone(&mine));
+        loop {
+            if let Some(outcome) = mine.outcome.lock().take() {
+                return outcome;
+            }
+            if queue.leading {
+                rows.carried.wait(&mut queue);
+                continue;
+            }
+            queue.leading = true;
+            drop(queue);
+            self.lead_groups(rows, &mine);
+            queue = rows.queue.lock();
+        }
+    }
+
+    /// Write queued groups until `mine` is carried (or the queue is empty), then give up
+    /// leading under the queue's lock and wake the others: one whose write is still queued
+    /// leads next, so no writer waits behind an endless stream of others' writes.
+    fn lead_groups(&self, rows: &RowsEngine, mine: &Queued) {
         let mut volume = rows.volume.write();
         // The members as they are once the lock is held (a fault while waiting is seen).
-        volume.write(&self.volume_devices(), offset, data)
+        let devices = self.volume_devices();
+        loop {
+            let group = {
+                let mut queue = rows.queue.lock();
+                let group = if mine.outcome.lock().is_some() {
+                    Vec::new()
+                } else {
+                    take_group(&mut queue.pending)
+                };
+                if group.is_empty() {
+                    queue.leading = false;
+                    rows.carried.notify_all();
+                    return;
+                }
+                group
+            };
+            write_queued(&mut volume, &devices, &group);
+            rows.carried.notify_all();
+        }
     }
 
     pub(crate) fn rows_discard(&self, rows: &RowsEngine, offset: u64, length: u64) -> Result<()> {
