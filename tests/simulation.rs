@@ -143,3 +143,31 @@ fn regression_stale_member_alone_with_degraded_members_missing_is_refused() {
     config.ops = 300;
     run_checked(&config);
 }
+
+/// The pool on format version 4 (stage 1: no scrub, rebuild or replacement yet) under the
+/// same faults, crashes and checks, every layout, one seed each.
+#[test]
+fn simulate_format_v4() {
+    let mut total = Stats::default();
+    for (index, (layout, devices)) in LAYOUTS.iter().enumerate() {
+        let mut config =
+            SimConfig::new_v4(seed(9000 + index as u64), layout.parse().unwrap(), *devices);
+        config.ops = OPS;
+        total.merge(&run_checked(&config));
+    }
+    assert!(
+        total.faults.get("crash").copied().unwrap_or(0) > 0,
+        "no crash"
+    );
+    assert!(
+        total.total_faults() > 20,
+        "only {} faults",
+        total.total_faults()
+    );
+    assert!(total.checked_reads > 100, "few checked reads");
+    eprintln!(
+        "format v4: {} ops, faults {:?}",
+        total.total_ops(),
+        total.faults
+    );
+}

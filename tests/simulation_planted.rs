@@ -124,3 +124,48 @@ fn discards_left_out_of_the_commit_are_caught_within_a_few_seeds() {
     config.planted = PlantedBugs::default();
     assert!(sim::run_seed(&config).unwrap().violation.is_none());
 }
+
+/// On format version 4 too: reads that skip checksum verification, and commits that do not
+/// flush the rows first, are caught within a few seeds.
+#[test]
+fn planted_bugs_are_caught_on_format_v4() {
+    for (name, planted, expect) in [
+        (
+            "skip-checksum-verification",
+            PlantedBugs {
+                skip_checksum_verification: true,
+                ..PlantedBugs::default()
+            },
+            // Wrong bytes, seen by a read or by the check after a crash.
+            "WRONG BYTES|never written",
+        ),
+        (
+            "skip-commit-data-flush",
+            PlantedBugs {
+                skip_commit_data_flush: true,
+                ..PlantedBugs::default()
+            },
+            "",
+        ),
+    ] {
+        let caught = (0..SEEDS_MAX).find_map(|seed| {
+            let (layout, devices) = LAYOUTS[(seed as usize) % LAYOUTS.len()];
+            let mut config = SimConfig::new_v4(seed, layout.parse().unwrap(), devices);
+            config.ops = 200;
+            config.planted = planted;
+            let workload = sim::generate(&config);
+            let report = sim::run(&config, &workload).unwrap();
+            report.violation.map(|violation| (config, violation))
+        });
+        let (config, violation) =
+            caught.unwrap_or_else(|| panic!("{SEEDS_MAX} v4 seeds missed {name}"));
+        assert!(
+            expect.split('|').any(|e| violation.message.contains(e)),
+            "{name}: {violation}"
+        );
+        eprintln!(
+            "{name} on v4 caught with seed {} at step {}: {}",
+            config.seed, violation.step, violation.message
+        );
+    }
+}

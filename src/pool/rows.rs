@@ -156,7 +156,7 @@ pub(crate) fn recorded_geometry(
 }
 
 fn volume_options(params: &MapParams, options: &OpenOptions) -> VolumeOptions {
-    VolumeOptions::with_map(MapOptions {
+    let map = MapOptions {
         cache_bytes: options.map_cache_bytes,
         depth: params.min_depth,
         segment_slots: params.segment_slots,
@@ -164,7 +164,22 @@ fn volume_options(params: &MapParams, options: &OpenOptions) -> VolumeOptions {
         record_max: Some(usize::try_from(params.record_max).unwrap_or(usize::MAX)),
         read_only: options.read_only,
         ..MapOptions::default()
-    })
+    };
+    with_planted(VolumeOptions::with_map(map), options)
+}
+
+/// The pool's planted bugs that have a counterpart in the volume (feature `testing`):
+/// skipped checksum verification, and a commit that does not flush the rows first.
+#[cfg(feature = "testing")]
+fn with_planted(mut volume: VolumeOptions, options: &OpenOptions) -> VolumeOptions {
+    volume.skip_block_verification = options.planted.skip_checksum_verification;
+    volume.commit_before_rows_durable = options.planted.skip_commit_data_flush;
+    volume
+}
+
+#[cfg(not(feature = "testing"))]
+fn with_planted(volume: VolumeOptions, _: &OpenOptions) -> VolumeOptions {
+    volume
 }
 
 /// Create the volume of a new v4 pool and the map parameters to record.
@@ -434,6 +449,8 @@ impl PoolInner {
     /// a metadata write or flush is taken out of service by the tolerance hook when the pool
     /// can lose it, and the flush goes on without it.
     pub(crate) fn rows_flush(&self, rows: &RowsEngine) -> Result<()> {
+        // Beyond the tolerance nothing can be made durable: say so, as for a write.
+        self.check_available()?;
         let mut volume = rows.volume.write();
         volume.flush(&self.volume_devices()).map(|_| ())
     }

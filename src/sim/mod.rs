@@ -145,6 +145,11 @@ pub struct SimConfig {
     pub metadata_faults: bool,
     /// Protections switched off in the pool under test, to prove the simulation notices.
     pub planted: crate::testing::PlantedBugs,
+    /// Run the pool on format version 4 (rows and the paged map, with the test minimums of
+    /// docs/FORMAT.md V4.2: segments of 4 slots, rings of 4, log halves of 16 KiB, a map
+    /// cache of 32 pages). Stage 1 of the move to version 4 has no scrub, rebuild or member
+    /// replacement, so those ops are not drawn; devices must be at least 8 MiB.
+    pub format4: bool,
 }
 
 impl SimConfig {
@@ -164,6 +169,18 @@ impl SimConfig {
             beyond_tolerance: true,
             metadata_faults: true,
             planted: crate::testing::PlantedBugs::default(),
+            format4: false,
+        }
+    }
+
+    /// As [`SimConfig::new`], on format version 4 (8 MiB devices, 16 KiB chunks).
+    #[must_use]
+    pub fn new_v4(seed: u64, layout: Layout, devices: usize) -> Self {
+        Self {
+            device_bytes: 8 << 20,
+            chunk_bytes: 16384,
+            format4: true,
+            ..Self::new(seed, layout, devices)
         }
     }
 
@@ -171,7 +188,7 @@ impl SimConfig {
     #[must_use]
     pub fn command_line(&self) -> String {
         format!(
-            "stripestore simulate --seed {} --ops {} --layout {} --devices {} --faults {}{}{}{}",
+            "stripestore simulate --seed {} --ops {} --layout {} --devices {} --faults {}{}{}{}{}",
             self.seed,
             self.ops,
             self.layout,
@@ -187,7 +204,12 @@ impl SimConfig {
             } else {
                 " --data-faults-only"
             },
-            planted_flags(&self.planted)
+            planted_flags(&self.planted),
+            if self.format4 {
+                format!(" --format 4 --device-size {}", self.device_bytes)
+            } else {
+                String::new()
+            }
         )
     }
 }
@@ -449,6 +471,15 @@ pub fn generate(config: &SimConfig) -> Vec<Op> {
         (8, true),                              // read-only look
         (60, true),                             // discard
     ];
+    // Stage 1 of version 4 runs no scrub, rebuild or replacement: add spare, replace,
+    // rebuild step, rebuild, scrub, local damage (stripe-shaped), replace healthy, admin with
+    // a bad device and the read-only look (a check-only scrub) are not drawn.
+    let mut table = table;
+    if config.format4 {
+        for family in [10, 11, 12, 13, 14, 15, 16, 17, 19] {
+            table[family].1 = false;
+        }
+    }
     let total: u32 = table.iter().filter(|(_, on)| *on).map(|(w, _)| w).sum();
     let stripe = config.chunk_bytes * config.layout.data_chunks(config.devices) as u64;
     let mut ops = Vec::with_capacity(config.ops);
@@ -735,6 +766,9 @@ pub struct Replay {
     /// Planted bugs, by their `--plant` names.
     #[serde(default)]
     pub planted: Vec<String>,
+    /// The pool ran on format version 4.
+    #[serde(default)]
+    pub format4: bool,
     /// The ops.
     pub ops: Vec<Op>,
 }
@@ -752,6 +786,7 @@ impl Replay {
             chunk_bytes: config.chunk_bytes,
             metadata_faults: config.metadata_faults,
             planted: planted_names(&config.planted),
+            format4: config.format4,
             ops: ops.to_vec(),
         }
     }
@@ -765,6 +800,7 @@ impl Replay {
         config.device_bytes = self.device_bytes;
         config.chunk_bytes = self.chunk_bytes;
         config.metadata_faults = self.metadata_faults;
+        config.format4 = self.format4;
         config.ops = self.ops.len();
         for name in &self.planted {
             plant(&mut config.planted, name).map_err(Error::InvalidConfig)?;

@@ -46,9 +46,13 @@ pub struct SimulateArgs {
     /// skip-discard-log (repeatable).
     #[arg(long, value_name = "BUG")]
     plant: Vec<String>,
-    /// Size of each simulated device.
-    #[arg(long, value_parser = parse_size, default_value = "1M")]
-    device_size: u64,
+    /// Size of each simulated device (default 1M; 8M with --format 4).
+    #[arg(long, value_parser = parse_size)]
+    device_size: Option<u64>,
+    /// On-disk format of the simulated pool: 3, or 4 (stage 1: no scrub, rebuild or
+    /// replacement ops are drawn).
+    #[arg(long, default_value = "3", value_parser = clap::builder::PossibleValuesParser::new(["3", "4"]))]
+    format: String,
     /// Replay a workload saved by a failing run (JSON), instead of generating one.
     #[arg(long)]
     replay: Option<PathBuf>,
@@ -103,10 +107,16 @@ fn config_for(
             args.devices.unwrap_or_else(|| default_devices(layout)),
         )
     };
-    let mut config = SimConfig::new(args.seed + index, layout, devices);
+    let mut config = if args.format == "4" {
+        SimConfig::new_v4(args.seed + index, layout, devices)
+    } else {
+        SimConfig::new(args.seed + index, layout, devices)
+    };
     config.ops = args.ops;
     config.faults = faults.clone();
-    config.device_bytes = args.device_size;
+    if let Some(bytes) = args.device_size {
+        config.device_bytes = bytes;
+    }
     config.beyond_tolerance = !args.within_tolerance;
     config.metadata_faults = !args.data_faults_only;
     for name in &args.plant {
