@@ -374,7 +374,7 @@ impl PoolInner {
     /// Claim the pool's one scrub slot. Done before a background thread starts, so a pause
     /// requested right after `start_scrub` returns is not lost.
     pub(crate) fn scrub_begin(&self, options: &ScrubOptions) -> Result<()> {
-        self.refuse_on_v4("scrub")?;
+        self.refuse_on_v4("a background scrub (start_scrub, the served pool's scrub)")?;
         self.scrub.begin(self, options)
     }
 

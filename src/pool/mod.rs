@@ -677,6 +677,9 @@ impl Pool {
         options: &ScrubOptions,
         mut observe: impl FnMut(&ScrubProgress),
     ) -> Result<ScrubReport> {
+        if let Some(rows) = self.inner.rows() {
+            return self.inner.rows_scrub(rows, options);
+        }
         self.inner.scrub_begin(options)?;
         self.inner.scrub_body(options, &mut observe)
     }

@@ -28,6 +28,7 @@ use super::place::{runs, Piece};
 use super::{write_runs, Volume, BLOCK_BYTES};
 use crate::device::{run_batch, BatchOp, SharedDevice};
 use crate::error::{Error, Result};
+use crate::format::DeviceScrubCounters;
 use crate::meta::{CopyProblem, PageRef, WrittenRow};
 use crate::types::DeviceIndex;
 use std::collections::BTreeMap;
@@ -116,6 +117,20 @@ pub struct VolumeScrubReport {
     pub bytes_written: u64,
     /// Every place that stays bad, named.
     pub unrepairable: Vec<Damage>,
+    /// Per member (by position): bytes verified and skipped, errors found and what became of
+    /// each (`DeviceScrubCounters::errors_accounted` holds for every member: each error is
+    /// repaired, unrepairable, or not rewritten (check-only, or the rewrite failed)).
+    pub members: Vec<DeviceScrubCounters>,
+}
+
+impl VolumeScrubReport {
+    fn member(&mut self, device: usize) -> &mut DeviceScrubCounters {
+        if self.members.len() <= device {
+            self.members
+                .resize_with(device + 1, DeviceScrubCounters::default);
+        }
+        &mut self.members[device]
+    }
 }
 
 /// One allocated segment's work, in segment order.
@@ -203,7 +218,10 @@ impl Volume {
         if !options.check_only {
             self.writable("scrub with repair")?;
         }
-        let mut report = VolumeScrubReport::default();
+        let mut report = VolumeScrubReport {
+            members: vec![DeviceScrubCounters::default(); devices.len()],
+            ..VolumeScrubReport::default()
+        };
         let (work, walked) = self.segment_work(devices)?;
         report.bytes_read += walked;
         for item in &work {
@@ -435,16 +453,32 @@ impl Volume {
         for row in &read {
             report.rows += 1;
             for (s, cell) in row.cells.iter().enumerate() {
+                let (device, offset) = self.rows.shard_block(slot, s, row.row);
+                let block = BLOCK_BYTES as u64;
                 match cell {
-                    Cell::Absent => report.absent += 1,
+                    Cell::Absent => {
+                        report.absent += 1;
+                        report.member(device.0).bytes_skipped += block;
+                    }
                     Cell::Unwritten | Cell::NotRead => {}
-                    Cell::Good => report.shard_blocks_checked += 1,
+                    Cell::Good => {
+                        report.shard_blocks_checked += 1;
+                        report.member(device.0).bytes_scanned += block;
+                    }
                     Cell::Bad | Cell::Unreadable(_) => {
                         report.shard_blocks_checked += 1;
                         report.shard_blocks_bad += 1;
-                        let (device, offset) = self.rows.shard_block(slot, s, row.row);
+                        let member = report.member(device.0);
+                        member.bytes_scanned += block;
+                        if matches!(cell, Cell::Bad) {
+                            member.checksum_errors += 1;
+                        } else {
+                            member.io_errors += 1;
+                        }
                         match self.rebuild_cell(slot, row, s, true) {
-                            Some(_) if options.check_only => {}
+                            Some(_) if options.check_only => {
+                                report.member(device.0).not_rewritten += 1;
+                            }
                             Some(bytes) => {
                                 pieces.push(Piece {
                                     device: device.0,
@@ -455,6 +489,7 @@ impl Volume {
                             }
                             None => {
                                 report.shard_blocks_unrepairable += 1;
+                                report.member(device.0).unrepairable += 1;
                                 report.unrepairable.push(Damage::ShardBlock {
                                     slot,
                                     row: row.row,
@@ -493,10 +528,12 @@ impl Volume {
             match failure {
                 None => {
                     report.shard_blocks_repaired += 1;
+                    report.member(piece.device).repaired += 1;
                     report.bytes_written += BLOCK_BYTES as u64;
                 }
                 Some(error) => {
                     report.shard_blocks_unrepairable += 1;
+                    report.member(piece.device).not_rewritten += 1;
                     report.unrepairable.push(Damage::ShardBlock {
                         slot,
                         row: *row,
@@ -529,6 +566,19 @@ impl Volume {
             .count() as u64;
         report.absent += absent;
         report.page_copies_checked += read.tried.len() as u64 - absent;
+        let page_bytes = crate::format::v4::PAGE_BYTES as u64;
+        for (_, device, _) in &read.tried {
+            let missing = read
+                .faults
+                .iter()
+                .any(|f| f.device == *device && f.problem == CopyProblem::Missing);
+            let member = report.member(device.0);
+            if missing {
+                member.bytes_skipped += page_bytes;
+            } else {
+                member.bytes_scanned += page_bytes;
+            }
+        }
         let mpn = page.mpn().unwrap_or(u64::MAX);
         let damage = |device: DeviceIndex, offset: u64, why: String| Damage::PageCopy {
             tree: page.tree.id(),
@@ -545,16 +595,26 @@ impl Volume {
             .filter(|f| f.problem != CopyProblem::Missing)
         {
             report.page_copies_bad += 1;
+            let member = report.member(fault.device.0);
+            if matches!(fault.problem, CopyProblem::Io(_)) {
+                member.io_errors += 1;
+            } else {
+                member.checksum_errors += 1;
+            }
             let why = fault.to_string();
             match &read.page {
-                Some(_) if options.check_only => {}
+                Some(_) if options.check_only => {
+                    report.member(fault.device.0).not_rewritten += 1;
+                }
                 Some(good) => match store.write_copy(devices, fault.device, fault.offset, good) {
                     Ok(()) => {
                         report.page_copies_repaired += 1;
+                        report.member(fault.device.0).repaired += 1;
                         report.bytes_written += good.len() as u64;
                     }
                     Err(problem) => {
                         report.page_copies_unrepairable += 1;
+                        report.member(fault.device.0).not_rewritten += 1;
                         report.unrepairable.push(damage(
                             fault.device,
                             fault.offset,
@@ -564,6 +624,7 @@ impl Volume {
                 },
                 None => {
                     report.page_copies_unrepairable += 1;
+                    report.member(fault.device.0).unrepairable += 1;
                     report.unrepairable.push(damage(
                         fault.device,
                         fault.offset,
