@@ -219,7 +219,8 @@ fn fio_missing() -> bool {
 }
 
 /// `stripestore bench-smallwrite` on small preallocated members: fio's baseline and the
-/// volume's groups both report, rs rows are full (a group of 8 is two rows of 4; a group
+/// volume's groups both report, and so does a v4 pool on the same members written by fio
+/// over NBD (`--nbd`); rs rows are full (a group of 8 is two rows of 4; a group
 /// that drew one key twice packs 7 blocks, so a few rows are narrow), the sample read back
 /// matched (the command fails otherwise), and the flush case is measured too.
 #[test]
@@ -242,6 +243,7 @@ fn bench_smallwrite_reports_raw_and_volume_iops_with_full_rows() {
         "1",
         "--fsync-every",
         "0,32",
+        "--nbd",
         "--json",
         "--dir",
         dir.path().to_str().unwrap(),
@@ -251,6 +253,8 @@ fn bench_smallwrite_reports_raw_and_volume_iops_with_full_rows() {
     assert_eq!(cases.len(), 4, "{report}");
     for case in cases {
         assert!(case["raw_iops"][0].as_f64().unwrap() > 0.0, "{case}");
+        // The mounted path: a v4 pool on the same members, served and written over NBD.
+        assert!(case["nbd"][0]["iops"].as_f64().unwrap() > 0.0, "{case}");
         let run = &case["library"][0];
         assert!(run["iops"].as_f64().unwrap() > 0.0, "{case}");
         let per_row = run["blocks_per_row"].as_f64().unwrap();

@@ -16,8 +16,11 @@
 //!   group latencies, the blocks the cleaner moved per block written, the syncs writes
 //!   waited for, and at the end every block of the span read back and compared.
 //!
-//! What it does not measure yet: the mounted path (the NBD server serves pools of format
-//! version 3; the pool does not use the version-4 volume yet) and concurrent groups.
+//! * **NBD** (`--nbd`): a format-version-4 *pool* created on the same member files, served
+//!   by the project's NBD server on a Unix socket in this process, written by fio's `nbd`
+//!   engine with the raw baseline's pattern, depth and fsync setting: the mounted path, where
+//!   the pool groups the writes queued while a group is on the disks (docs/FORMAT.md V4.13,
+//!   step 5b). fio's completion latencies p50 and p99 are reported.
 
 use crate::bench::spread;
 use crate::fio::{self, Job, Pattern, Target};
@@ -74,6 +77,10 @@ pub struct BenchSmallwriteArgs {
     /// Where the member files go (default: a temporary directory under /var/tmp).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Also measure the mounted path: a v4 pool on the same members served over NBD, written
+    /// by fio's `nbd` engine (needs fio with the `nbd` engine).
+    #[arg(long)]
+    nbd: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -110,6 +117,81 @@ struct Case {
     raw_iops: Vec<f64>,
     library: Vec<LibraryRun>,
     ratio_median: f64,
+    /// fio over NBD against a v4 pool (with `--nbd`): IOPS, p50 and p99 per run.
+    nbd: Vec<NbdRun>,
+}
+
+/// One measurement of the mounted path.
+#[derive(Debug, Clone, Serialize)]
+struct NbdRun {
+    iops: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+/// A v4 pool created on `paths` (over whatever they hold), served on a Unix socket in `dir`,
+/// written by fio's `nbd` engine like the raw baseline.
+fn nbd_run(
+    layout: Layout,
+    paths: &[PathBuf],
+    dir: &Path,
+    args: &BenchSmallwriteArgs,
+    fsync_every: u32,
+) -> Result<NbdRun, String> {
+    use std::sync::Arc;
+    use stripestore::nbd::{Listen, ServeOptions, Server};
+    use stripestore::pool::{CreateOptions, FormatVersion, Pool, V4Options};
+    let mut options = CreateOptions::new(layout);
+    options.chunk_bytes = CHUNK;
+    options.force = true;
+    options.format = FormatVersion::V4(V4Options::default());
+    options.open.background_rebuild = false;
+    let pool = Arc::new(Pool::create_paths(paths, &[], &options).map_err(|e| e.to_string())?);
+    let span = args.span.min(pool.size()) / BLOCK_BYTES as u64 * BLOCK_BYTES as u64;
+    let socket = dir.join("bench-smallwrite.sock");
+    let server = Server::bind(
+        &Listen::Unix(socket.clone()),
+        Arc::clone(&pool),
+        ServeOptions::default(),
+    )
+    .map_err(|e| e.to_string())?;
+    let stop = server.stop_handle();
+    let thread = std::thread::Builder::new()
+        .name("bench-smallwrite-server".into())
+        .spawn(move || server.run())
+        .map_err(|e| e.to_string())?;
+    let outcome = Job {
+        pattern: Pattern::RandWrite {
+            fsync_every: (fsync_every > 0).then_some(fsync_every),
+        },
+        block_bytes: BLOCK_BYTES as u64,
+        queue_depth: args.depth,
+        target: Target::Nbd {
+            socket,
+            span_bytes: span,
+            connections: 1,
+        },
+        seconds: Some(args.seconds),
+    }
+    .run(dir);
+    stop.stop();
+    let served = thread.join();
+    let outcome = outcome.map_err(|e| e.to_string())?;
+    match served {
+        Ok(report) => {
+            report.map_err(|e| e.to_string())?;
+        }
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+    match Arc::try_unwrap(pool) {
+        Ok(pool) => pool.close().map_err(|e| e.to_string())?,
+        Err(_) => return Err("the pool is still shared after the server stopped".into()),
+    }
+    Ok(NbdRun {
+        iops: outcome.iops,
+        p50_us: outcome.p50_us,
+        p99_us: outcome.p99_us,
+    })
 }
 
 fn members_of(layout: Layout) -> usize {
@@ -318,7 +400,11 @@ fn fill(
 /// fio missing (or without io_uring), a member that cannot be made, a failed write or a
 /// block that does not read back.
 pub fn run(args: &BenchSmallwriteArgs) -> Result<(), String> {
-    let version = fio::available(&["io_uring"])?;
+    let version = if args.nbd {
+        fio::available(&["io_uring", "nbd"])?
+    } else {
+        fio::available(&["io_uring"])?
+    };
     let base = args
         .dir
         .clone()
@@ -342,6 +428,7 @@ pub fn run(args: &BenchSmallwriteArgs) -> Result<(), String> {
                 raw_iops: Vec::new(),
                 library: Vec::new(),
                 ratio_median: 0.0,
+                nbd: Vec::new(),
             };
             for run in 0..args.runs {
                 let raw = Job {
@@ -380,6 +467,20 @@ pub fn run(args: &BenchSmallwriteArgs) -> Result<(), String> {
                         ours.cleaner_syncs,
                         ours.checked_blocks
                     );
+                }
+                if args.nbd {
+                    let served = nbd_run(layout, &paths, dir.path(), args, *fsync_every)?;
+                    if !args.json {
+                        eprintln!(
+                            "bench-smallwrite: {name} fsync every {fsync_every}: run {}: NBD {:.0} IOPS ({:.2}), p50 {:.0} us, p99 {:.0} us",
+                            run + 1,
+                            served.iops,
+                            served.iops / raw.iops,
+                            served.p50_us,
+                            served.p99_us
+                        );
+                    }
+                    case.nbd.push(served);
                 }
                 case.raw_iops.push(raw.iops);
                 case.library.push(ours);
@@ -474,6 +575,42 @@ pub fn run(args: &BenchSmallwriteArgs) -> Result<(), String> {
             syncs
         );
     }
-    println!("(fio {version}; raw = one member file, io_uring, direct, QD{}; the volume writes groups of {} and is not yet served over NBD)", args.depth, (args.depth as usize / 2).max(1));
+    if args.nbd {
+        println!(
+            "\n{:<9} {:>6} {:>22} {:>18} {:>18}",
+            "layout", "fsync", "NBD IOPS (min-max)", "ratio (min-max)", "p50/p99 us"
+        );
+        for case in &cases {
+            let iops: Vec<f64> = case.nbd.iter().map(|r| r.iops).collect();
+            let (ours, lo, hi) = spread(&iops);
+            let ratios: Vec<f64> = case
+                .raw_iops
+                .iter()
+                .zip(&iops)
+                .map(|(raw, ours)| ours / raw)
+                .collect();
+            let (ratio, r_lo, r_hi) = spread(&ratios);
+            let p50 = spread(&case.nbd.iter().map(|r| r.p50_us).collect::<Vec<_>>()).0;
+            let p99 = spread(&case.nbd.iter().map(|r| r.p99_us).collect::<Vec<_>>()).0;
+            println!(
+                "{:<9} {:>6} {:>8.0} ({:.0}-{:.0}) {:>6.2} ({:.2}-{:.2}) {:>7.0}/{:<8.0}",
+                case.layout,
+                if case.fsync_every == 0 {
+                    "none".to_string()
+                } else {
+                    case.fsync_every.to_string()
+                },
+                ours,
+                lo,
+                hi,
+                ratio,
+                r_lo,
+                r_hi,
+                p50,
+                p99
+            );
+        }
+    }
+    println!("(fio {version}; raw = one member file, io_uring, direct, QD{}; the volume writes groups of {}{})", args.depth, (args.depth as usize / 2).max(1), if args.nbd { "; NBD = a v4 pool on the same members served by this process, fio's nbd engine at the same depth" } else { "" });
     Ok(())
 }
