@@ -9,7 +9,7 @@ mod common;
 use common::{random_writes, verify, CacheLoss, Volatile};
 use rand::Rng;
 use std::sync::Arc;
-use stripestore::device::{Device, FaultKind, FaultyDevice, MemDevice, SharedDevice};
+use stripestore::device::{Device, FaultKind, FaultPlan, FaultyDevice, MemDevice, SharedDevice};
 use stripestore::pool::{FormatVersion, V4Options};
 use stripestore::testing::{mem_devices, random_bytes, shared, CrashModel, Model};
 use stripestore::{CreateOptions, Error, Layout, OpenOptions, Pool};
@@ -48,6 +48,20 @@ fn open_options() -> OpenOptions {
         map_cache_bytes: 64 * 16384,
         ..OpenOptions::default()
     }
+}
+
+/// Each member behind a fault injector seeded `seed + index`, with its plan.
+fn faulty_members(
+    mems: &[Arc<MemDevice>],
+    seed: u64,
+) -> (Vec<SharedDevice>, Vec<Arc<parking_lot::Mutex<FaultPlan>>>) {
+    mems.iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let (faulty, plan) = FaultyDevice::new(m.clone(), seed + i as u64);
+            (Arc::new(faulty) as SharedDevice, plan)
+        })
+        .unzip()
 }
 
 fn images(mems: &[Arc<MemDevice>]) -> Vec<Vec<u8>> {
@@ -153,16 +167,7 @@ fn a_v4_pool_serves_with_a_member_missing() {
 #[test]
 fn rot_on_a_v4_member_is_healed_and_counted_against_it() {
     let mems = mem_devices(6, DEVICE_BYTES);
-    let mut plans = Vec::new();
-    let devices: Vec<SharedDevice> = mems
-        .iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let (faulty, plan) = FaultyDevice::new(m.clone(), 77 + i as u64);
-            plans.push(plan);
-            Arc::new(faulty) as SharedDevice
-        })
-        .collect();
+    let (devices, plans) = faulty_members(&mems, 77);
     let mut options = v4_options("rs:4+2");
     options.open.error_threshold = 1_000_000;
     let pool = Pool::create(devices.clone(), vec![], &options).unwrap();
@@ -210,16 +215,7 @@ fn rot_on_a_v4_member_is_healed_and_counted_against_it() {
 fn a_member_failing_a_metadata_write_is_faulted_and_the_pool_goes_on() {
     for area in ["log", "uberblock rings", "anywhere"] {
         let mems = mem_devices(6, DEVICE_BYTES);
-        let mut plans = Vec::new();
-        let devices: Vec<SharedDevice> = mems
-            .iter()
-            .enumerate()
-            .map(|(i, m)| {
-                let (faulty, plan) = FaultyDevice::new(m.clone(), 91 + i as u64);
-                plans.push(plan);
-                Arc::new(faulty) as SharedDevice
-            })
-            .collect();
+        let (devices, plans) = faulty_members(&mems, 91);
         let pool = Pool::create(devices.clone(), vec![], &v4_options("rs:4+2")).unwrap();
         let geometry = pool.geometry().clone();
         let region = match area {
@@ -488,16 +484,7 @@ fn concurrent_small_writes_are_grouped_and_read_back() {
 #[test]
 fn a_v4_scrub_finds_repairs_and_counts_rot_per_member() {
     let mems = mem_devices(6, DEVICE_BYTES);
-    let mut plans = Vec::new();
-    let devices: Vec<SharedDevice> = mems
-        .iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let (faulty, plan) = FaultyDevice::new(m.clone(), 500 + i as u64);
-            plans.push(plan);
-            Arc::new(faulty) as SharedDevice
-        })
-        .collect();
+    let (devices, plans) = faulty_members(&mems, 500);
     let pool = Pool::create(devices, vec![], &v4_options("rs:4+2")).unwrap();
     let mut rng = stripestore::testing::rng(0x4700);
     let data = random_bytes(&mut rng, 3 << 20);

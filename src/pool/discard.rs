@@ -167,24 +167,38 @@ impl PoolInner {
             for (s, allocated) in (stripe..batch_end).zip(allocated) {
                 let from = (s * stripe_bytes).max(offset);
                 let to = ((s + 1) * stripe_bytes).min(end);
-                match extents.last_mut() {
-                    Some(run) if run.allocated == allocated => run.length += to - from,
-                    _ => {
-                        if extents.len() == max_extents {
-                            return extents;
-                        }
-                        extents.push(Extent {
-                            offset: from,
-                            length: to - from,
-                            allocated,
-                        });
-                    }
+                if !extend_runs(&mut extents, from..to, allocated, max_extents) {
+                    return extents;
                 }
             }
             stripe = batch_end;
         }
         extents
     }
+}
+
+/// Add `range` in state `allocated` to `extents` (merged into the last run when it is in the
+/// same state); `false`, with nothing added, when that would make more than `max_extents`.
+pub(crate) fn extend_runs(
+    extents: &mut Vec<Extent>,
+    range: std::ops::Range<u64>,
+    allocated: bool,
+    max_extents: usize,
+) -> bool {
+    match extents.last_mut() {
+        Some(run) if run.allocated == allocated => run.length += range.end - range.start,
+        _ => {
+            if extents.len() == max_extents {
+                return false;
+            }
+            extents.push(Extent {
+                offset: range.start,
+                length: range.end - range.start,
+                allocated,
+            });
+        }
+    }
+    true
 }
 
 /// Check that `[offset, offset + length)` lies in a volume of `volume_bytes`.

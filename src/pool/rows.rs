@@ -552,18 +552,8 @@ impl PoolInner {
                 .map_or(true, |p| !p.reads_zeros());
             let from = (key * block).max(offset);
             let to = ((key + 1) * block).min(end);
-            match extents.last_mut() {
-                Some(run) if run.allocated == allocated => run.length += to - from,
-                _ => {
-                    if extents.len() == max_extents {
-                        return extents;
-                    }
-                    extents.push(super::Extent {
-                        offset: from,
-                        length: to - from,
-                        allocated,
-                    });
-                }
+            if !super::discard::extend_runs(&mut extents, from..to, allocated, max_extents) {
+                return extents;
             }
         }
         extents

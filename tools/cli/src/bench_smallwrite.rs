@@ -394,6 +394,12 @@ fn fill(
     Ok(())
 }
 
+/// Median, min and max of `ours / raw`, run by run.
+fn ratio_spread(raw: &[f64], ours: &[f64]) -> (f64, f64, f64) {
+    let ratios: Vec<f64> = raw.iter().zip(ours).map(|(raw, ours)| ours / raw).collect();
+    spread(&ratios)
+}
+
 /// Run the benchmark.
 ///
 /// # Errors
@@ -517,45 +523,14 @@ pub fn run(args: &BenchSmallwriteArgs) -> Result<(), String> {
         let (raw, raw_lo, raw_hi) = spread(&case.raw_iops);
         let iops: Vec<f64> = case.library.iter().map(|r| r.iops).collect();
         let (ours, lo, hi) = spread(&iops);
-        let ratios: Vec<f64> = case
-            .raw_iops
-            .iter()
-            .zip(&iops)
-            .map(|(raw, ours)| ours / raw)
-            .collect();
-        let (_, r_lo, r_hi) = spread(&ratios);
-        let p50 = spread(
-            &case
-                .library
-                .iter()
-                .map(|r| r.group_p50_us)
-                .collect::<Vec<_>>(),
-        )
-        .0;
-        let p99 = spread(
-            &case
-                .library
-                .iter()
-                .map(|r| r.group_p99_us)
-                .collect::<Vec<_>>(),
-        )
-        .0;
-        let syncs = spread(
-            &case
-                .library
-                .iter()
-                .map(|r| r.syncs_per_1000)
-                .collect::<Vec<_>>(),
-        )
-        .0;
-        let per_row = spread(
-            &case
-                .library
-                .iter()
-                .map(|r| r.blocks_per_row)
-                .collect::<Vec<_>>(),
-        )
-        .0;
+        let (_, r_lo, r_hi) = ratio_spread(&case.raw_iops, &iops);
+        let median = |field: fn(&LibraryRun) -> f64| {
+            spread(&case.library.iter().map(field).collect::<Vec<_>>()).0
+        };
+        let p50 = median(|r| r.group_p50_us);
+        let p99 = median(|r| r.group_p99_us);
+        let syncs = median(|r| r.syncs_per_1000);
+        let per_row = median(|r| r.blocks_per_row);
         println!(
             "{:<9} {:>6} {:>8.0} ({:.0}-{:.0}) {:>8.0} ({:.0}-{:.0}) {:>6.2} ({:.2}-{:.2}) {:>7.0}/{:<8.0} {:>10.2} {:>10.1}",
             case.layout,
@@ -583,13 +558,7 @@ pub fn run(args: &BenchSmallwriteArgs) -> Result<(), String> {
         for case in &cases {
             let iops: Vec<f64> = case.nbd.iter().map(|r| r.iops).collect();
             let (ours, lo, hi) = spread(&iops);
-            let ratios: Vec<f64> = case
-                .raw_iops
-                .iter()
-                .zip(&iops)
-                .map(|(raw, ours)| ours / raw)
-                .collect();
-            let (ratio, r_lo, r_hi) = spread(&ratios);
+            let (ratio, r_lo, r_hi) = ratio_spread(&case.raw_iops, &iops);
             let p50 = spread(&case.nbd.iter().map(|r| r.p50_us).collect::<Vec<_>>()).0;
             let p99 = spread(&case.nbd.iter().map(|r| r.p99_us).collect::<Vec<_>>()).0;
             println!(
