@@ -242,7 +242,11 @@ impl PoolInner {
             checksum_bytes: self.geometry.checksum_bytes,
             tolerance: self.geometry.tolerance(),
             remaining_tolerance: self.remaining_tolerance(),
-            commit_sequence: self.meta.lock().sequence,
+            commit_sequence: match self.rows() {
+                // The map's sequences start at 2 (FORMAT.md V4.8): the last one handed out.
+                Some(rows) => rows.volume.read().map().next_sequence().saturating_sub(1),
+                None => self.meta.lock().sequence,
+            },
             superblock_generation: self.members.generation(),
             devices,
             spares,
