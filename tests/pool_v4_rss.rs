@@ -1,0 +1,96 @@
+//! Memory of a format-version-4 pool stays under its map cache cap plus what is resident by
+//! design, whatever the workload (issue 13; docs/FORMAT.md V4.9, V4.13 step 10): random 4 KiB
+//! writes uniform over a 16 TiB volume (rs:4+2 on six 4 TiB sparse files), each one touching
+//! a map leaf no earlier write touched, with a flush every 32, while the process's resident
+//! set is sampled. Alone in its file: the resident set is the whole test process's.
+
+use rand::Rng;
+use std::path::PathBuf;
+use stripestore::pool::{FormatVersion, V4Options};
+use stripestore::{CreateOptions, Layout, Pool};
+
+const TIB: u64 = 1 << 40;
+const CACHE: usize = 32 << 20;
+/// Enough writes that their leaves (16 KiB each, one per write) are ten times the cap.
+const WRITES: u64 = 20_000;
+
+fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .expect("VmRSS in /proc/self/status");
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+#[test]
+fn random_writes_over_16_tib_stay_under_the_map_cache_cap() {
+    let dir = tempfile::Builder::new()
+        .prefix("stripestore-rss-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let paths: Vec<PathBuf> = (0..6).map(|i| dir.path().join(format!("d{i}"))).collect();
+    for path in &paths {
+        let file = std::fs::File::create(path).unwrap();
+        file.set_len(4 * TIB).unwrap();
+    }
+    let layout: Layout = "rs:4+2".parse().unwrap();
+    let mut options = CreateOptions::new(layout);
+    options.format = FormatVersion::V4(V4Options::default());
+    options.open.map_cache_bytes = CACHE;
+    options.open.background_rebuild = false;
+    let pool = Pool::create_paths(&paths, &[], &options).unwrap();
+    assert!(pool.size() > 14 * TIB, "{}", pool.size());
+    let baseline = resident_bytes();
+    let mut rng = stripestore::testing::rng(0x5300);
+    let blocks = pool.size() / 4096;
+    let mut peak = baseline;
+    let mut written = Vec::new();
+    let block = vec![0x5au8; 4096];
+    for i in 0..WRITES {
+        let key = rng.gen_range(0..blocks);
+        pool.write_at(key * 4096, &block).unwrap();
+        written.push(key);
+        if i % 32 == 31 {
+            pool.flush().unwrap();
+        }
+        if i % 250 == 0 {
+            peak = peak.max(resident_bytes());
+        }
+    }
+    pool.flush().unwrap();
+    peak = peak.max(resident_bytes());
+    // Resident by design beside the cap (FORMAT.md V4.9): the map's interior pages (at most
+    // one level-2 page per 4 GiB of volume: 4,096 of 16 KiB at 16 TiB, 64 MiB) and 48 MiB for
+    // buffers and the usage records of the segments written. Without the cap the leaves
+    // alone would be 20,000 × 16 KiB = 312 MiB.
+    let allowed = CACHE as u64 + (64 << 20) + (48 << 20);
+    eprintln!(
+        "resident: {} MiB before the writes, peak {} MiB (allowed growth {} MiB)",
+        baseline >> 20,
+        peak >> 20,
+        allowed >> 20
+    );
+    assert!(
+        peak - baseline.min(peak) <= allowed,
+        "resident set grew by {} MiB, more than the cap and what is resident by design ({} MiB)",
+        (peak - baseline) >> 20,
+        allowed >> 20
+    );
+    // And every write reads back after a reopen.
+    pool.close().unwrap();
+    let mut open = options.open.clone();
+    open.map_cache_bytes = CACHE;
+    let pool = Pool::open_paths(&paths, &open).unwrap();
+    let mut back = vec![0u8; 4096];
+    for key in written.iter().step_by(97) {
+        pool.read_at(key * 4096, &mut back).unwrap();
+        assert!(back == block, "block {key}");
+    }
+    pool.close().unwrap();
+}
