@@ -243,7 +243,6 @@ impl PoolInner {
     /// See [`Pool::replace`].
     pub(crate) fn replace(&self, old: &str, device: SharedDevice, force: bool) -> Result<()> {
         self.writable("replace")?;
-        self.refuse_on_v4("replace")?;
         let index = self.member_index(old)?;
         self.check_new_device(&device, force)?;
         let identity = Identity {
@@ -261,7 +260,6 @@ impl PoolInner {
     /// See [`Pool::replace_with_spare`].
     pub(crate) fn replace_with_spare(&self, old: &str, spare: &str) -> Result<()> {
         self.writable("replace")?;
-        self.refuse_on_v4("replace")?;
         let index = self.member_index(old)?;
         let (identity, device) = self
             .members
@@ -289,7 +287,6 @@ impl PoolInner {
     /// See [`Pool::offline`].
     pub(crate) fn offline(&self, name: &str) -> Result<()> {
         self.writable("offline")?;
-        self.refuse_on_v4("offline")?;
         let index = self.member_index(name)?;
         if !self.members.fault_if_available(index, OFFLINE_REASON) {
             return Err(Error::PoolUnavailable {
@@ -308,7 +305,6 @@ impl PoolInner {
     /// See [`Pool::online`].
     pub(crate) fn online(&self, name: &str, device: SharedDevice, force: bool) -> Result<()> {
         self.writable("online")?;
-        self.refuse_on_v4("online")?;
         let index = self.member_index(name)?;
         let member = self.members.get(index);
         if member.is_online() {
@@ -337,7 +333,6 @@ impl PoolInner {
     /// See [`Pool::add_spare`].
     pub(crate) fn add_spare(&self, device: SharedDevice, force: bool) -> Result<()> {
         self.writable("spare add")?;
-        self.refuse_on_v4("spare add")?;
         self.check_new_device(&device, force)?;
         if device.size() < self.geometry.device_bytes {
             return Err(Error::DeviceTooSmall {
@@ -438,7 +433,6 @@ impl PoolInner {
     /// See [`Pool::clear_with`].
     pub(crate) fn clear_with(&self, name: &str, device: SharedDevice) -> Result<()> {
         self.writable("clear")?;
-        self.refuse_on_v4("clear --device")?;
         let index = self.member_index(name)?;
         let member = self.members.get(index);
         if member.is_online() {

@@ -25,7 +25,6 @@ impl PoolInner {
         device: SharedDevice,
         from_spare: bool,
     ) -> Result<()> {
-        self.refuse_on_v4("a rebuild onto a replacement (replace, online, a spare)")?;
         if index.0 >= self.members.data.len() {
             return Err(Error::NotInPool {
                 name: index.0.to_string(),
@@ -38,6 +37,9 @@ impl PoolInner {
                 size: device.size(),
                 needed: self.geometry.device_bytes,
             });
+        }
+        if let Some(rows) = self.rows() {
+            return self.rows_replace(rows, index, identity, device, from_spare);
         }
         if let Some(existing) = self.members.get(index).replacement() {
             return Err(Error::Busy(format!(

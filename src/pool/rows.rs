@@ -365,8 +365,9 @@ impl PoolInner {
             return Err(Error::Unsupported {
                 operation: operation.to_string(),
                 version: 4,
-                reason: "scrub, rebuild and member replacement come with stage 2 of the move \
-                         to version 4 (docs/FORMAT.md V4.13, step 5b); nothing was changed"
+                reason: "it comes with the next stage of the move to version 4 \
+                         (docs/FORMAT.md V4.13, step 5b: a foreground scrub and replace run \
+                         now); nothing was changed"
                     .into(),
             });
         }
@@ -525,6 +526,80 @@ impl PoolInner {
         );
         report.bytes_read_this_run = found.bytes_read;
         Ok(report)
+    }
+
+    /// Replace position `index` by `device` on a v4 pool (docs/FORMAT.md V4.13, step 8, the
+    /// pool's second part, first form): a rebuild in the foreground, holding the volume
+    /// alone from start to end (every other request waits; no background rebuild, rate or
+    /// resume yet). The volume is flushed, so every row the rebuild copies is durable on its
+    /// sources; the position's shard of every written row and its copy of every referenced
+    /// page are rebuilt onto `device`, verified; `device` is flushed; a tree sync writes the
+    /// newest uberblock to every member, `device` included; only then is the position handed
+    /// over and the superblocks written (the new member's first). A crash before that leaves
+    /// the pool as it was (`device` holds no superblock of it) and the replace can be run
+    /// again.
+    pub(crate) fn rows_replace(
+        &self,
+        rows: &RowsEngine,
+        index: DeviceIndex,
+        identity: super::Identity,
+        device: SharedDevice,
+        from_spare: bool,
+    ) -> Result<()> {
+        self.check_available()?;
+        let mut volume = rows.volume.write();
+        let mut devices = self.volume_devices();
+        volume.flush(&devices)?;
+        let old = self.members.get(index).path();
+        self.note(
+            crate::format::EventKind::RebuildStart,
+            &identity.path,
+            &format!(
+                "replacing {old} (data position {}){}, in the foreground",
+                index.0,
+                if from_spare {
+                    super::status::FROM_SPARES
+                } else {
+                    ""
+                }
+            ),
+        );
+        devices[index.0] = Some(Arc::clone(&device));
+        let report = volume.rebuild_device(
+            &devices,
+            &crate::volume::RebuildOptions {
+                position: index.0,
+                from_segment: 0,
+            },
+            &mut |_| true,
+        )?;
+        device.flush().map_err(|e| Error::Io {
+            device: device.name(),
+            offset: None,
+            source: e.into_io(),
+        })?;
+        volume.sync(&devices)?;
+        let replacement = Arc::new(super::Replacement::new(identity, device, 0, 0, from_spare));
+        replacement
+            .bytes_written
+            .store(report.bytes_written, Ordering::Relaxed);
+        self.members
+            .attach_replacement(index, Arc::clone(&replacement));
+        self.members.swap_in_replacement(index, &replacement);
+        self.note(
+            crate::format::EventKind::RebuildFinish,
+            &replacement.identity.path,
+            &format!(
+                "replaced {old} (data position {}): {} shard-blocks and {} page copies written, {} unrecoverable",
+                index.0,
+                report.shard_blocks_written,
+                report.page_copies_written,
+                report.unrepairable.len()
+            ),
+        );
+        tracing::info!(index = index.0, device = %replacement.identity.path, bytes = report.bytes_written, "rebuild finished");
+        self.members.write_superblocks()?;
+        Ok(())
     }
 
     /// See [`crate::Pool::allocation`] for a v4 pool: per 4 KiB block, whether its pointer
