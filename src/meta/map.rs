@@ -1186,6 +1186,12 @@ impl MapStore {
         self.tolerate = Some(tolerate);
     }
 
+    /// The hook set by [`MapStore::set_tolerate`], if any.
+    #[must_use]
+    pub fn tolerate(&self) -> Option<Tolerate> {
+        self.tolerate.clone()
+    }
+
     /// Whether the owner took `member` out of service after it failed a write at `offset`.
     fn tolerated(&self, member: usize, offset: Option<u64>, error: &DeviceError) -> bool {
         self.tolerate

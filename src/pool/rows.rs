@@ -578,7 +578,24 @@ impl PoolInner {
             offset: None,
             source: e.into_io(),
         })?;
-        volume.sync(&devices)?;
+        // The sync must land on the new device: a failure there fails the replace (the fault
+        // policy's hook would blame the member the position still names).
+        let normal = volume.tolerate();
+        let others = normal.clone();
+        let position = index.0;
+        volume.set_tolerate(Tolerate(Arc::new(
+            move |member: usize, offset: Option<u64>, error: &DeviceError| {
+                member != position
+                    && others
+                        .as_ref()
+                        .is_some_and(|t| (t.0)(member, offset, error))
+            },
+        )));
+        let synced = volume.sync(&devices);
+        if let Some(normal) = normal {
+            volume.set_tolerate(normal);
+        }
+        synced?;
         let replacement = Arc::new(super::Replacement::new(identity, device, 0, 0, from_spare));
         replacement
             .bytes_written

@@ -147,8 +147,8 @@ pub struct SimConfig {
     pub planted: crate::testing::PlantedBugs,
     /// Run the pool on format version 4 (rows and the paged map, with the test minimums of
     /// docs/FORMAT.md V4.2: segments of 4 slots, rings of 4, log halves of 16 KiB, a map
-    /// cache of 32 pages). Stage 1 of the move to version 4 has no scrub, rebuild or member
-    /// replacement, so those ops are not drawn; devices must be at least 8 MiB.
+    /// cache of 32 pages). Local damage and the healthy replace cut inside a v3 swap-in are
+    /// not drawn (their checks are stripe-shaped); devices must be at least 8 MiB.
     pub format4: bool,
 }
 
@@ -471,12 +471,12 @@ pub fn generate(config: &SimConfig) -> Vec<Op> {
         (8, true),                              // read-only look
         (60, true),                             // discard
     ];
-    // Stage 1 of version 4 runs no scrub, rebuild or replacement: add spare, replace,
-    // rebuild step, rebuild, scrub, local damage (stripe-shaped), replace healthy, admin with
-    // a bad device and the read-only look (a check-only scrub) are not drawn.
+    // Version 4 replaces in the foreground and scrubs in the foreground; what is drawn for
+    // v3 only: local damage (it overwrites whole stripes' chunks, a v3 shape) and the
+    // healthy replace with a power cut inside the v3 swap-in.
     let mut table = table;
     if config.format4 {
-        for family in [10, 11, 12, 13, 14, 15, 16, 17, 19] {
+        for family in [15, 16] {
             table[family].1 = false;
         }
     }

@@ -275,6 +275,12 @@ impl Volume {
         self.map.set_tolerate(tolerate);
     }
 
+    /// The hook set by [`Volume::set_tolerate`], if any.
+    #[must_use]
+    pub fn tolerate(&self) -> Option<crate::meta::Tolerate> {
+        self.map.tolerate()
+    }
+
     /// The observer, if one was set.
     #[must_use]
     pub fn observer(&self) -> Option<Observer> {
