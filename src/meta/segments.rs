@@ -886,7 +886,8 @@ impl SegmentTable {
     /// The segments that hold data now, in order, each with how many of its slots may hold
     /// rows (scrub and rebuild walk these, FORMAT.md V4.5): those the last boundary records
     /// as open or full data (or being cleaned) that are neither free nor waiting for release
-    /// in memory, and those opened for data since. The open data segment's slots stop at
+    /// in memory, those opened for data since, and those whose count grew since (rows of a
+    /// replayed log in segments the previous process opened). The open data segment's slots stop at
     /// its fill pointer; a slot past it holds no row of this use of the segment.
     #[must_use]
     pub fn data_segments(&self) -> Vec<(u64, u64)> {
@@ -907,6 +908,15 @@ impl SegmentTable {
             self.opened
                 .iter()
                 .filter(|(_, kind)| **kind == Kind::Data)
+                .map(|(segment, _)| *segment),
+        );
+        // Segments that gained blocks since the boundary: data rows a replayed record names
+        // (opened by the process before this one, so neither recorded nor in `opened`).
+        // Between syncs only data blocks are counted, so a positive journal is data.
+        found.extend(
+            self.journal
+                .iter()
+                .filter(|(segment, delta)| **delta > 0 && !pending.contains(segment))
                 .map(|(segment, _)| *segment),
         );
         found
