@@ -171,3 +171,14 @@ fn simulate_format_v4() {
         total.faults
     );
 }
+
+/// Format version 4, seed 5064 (mirror:2, 300 ops, found by a campaign): beyond the tolerance
+/// a flush met a write error on the member the pool could not lose and said `Io`; it must say
+/// `PoolUnavailable` (the map refuses changes until a reopen), as a v3 commit does.
+#[test]
+fn v4_seed_5064_a_flush_beyond_the_tolerance_is_unavailable() {
+    let (layout, devices) = LAYOUTS[0];
+    let mut config = SimConfig::new_v4(5064, layout.parse().unwrap(), devices);
+    config.ops = 300;
+    run_checked(&config);
+}

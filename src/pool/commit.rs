@@ -235,7 +235,7 @@ impl PoolInner {
 impl PoolInner {
     /// `PoolUnavailable` naming the members out of service and `failing` (members still in
     /// service whose writes or flushes just failed, so nothing durable can be made with them).
-    fn unavailable_with(&self, failing: impl IntoIterator<Item = String>) -> Error {
+    pub(crate) fn unavailable_with(&self, failing: impl IntoIterator<Item = String>) -> Error {
         let mut lost = self.members.lost();
         for device in failing {
             if !lost.contains(&device) {

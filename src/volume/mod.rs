@@ -456,11 +456,31 @@ impl Volume {
             return Ok(());
         }
         self.check_available(devices)?;
+        let whole = |(offset, data): &(u64, &[u8])| {
+            offset.is_multiple_of(BLOCK) && data.len().is_multiple_of(BLOCK_BYTES)
+        };
         if let [(offset, data)] = writes {
-            if offset.is_multiple_of(BLOCK) && data.len().is_multiple_of(BLOCK_BYTES) {
+            if whole(&(*offset, data)) {
                 let first = offset / BLOCK;
                 let keys: Vec<u64> = (first..first + (data.len() / BLOCK_BYTES) as u64).collect();
                 return self.write_blocks(devices, &keys, data);
+            }
+        }
+        if writes.iter().all(whole) {
+            // Whole blocks, none written twice (the common group: the writes a server had
+            // queued): one copy into a contiguous buffer, no block-by-block assembly.
+            let mut keys = Vec::new();
+            for (offset, data) in writes {
+                let first = offset / BLOCK;
+                keys.extend(first..first + (data.len() / BLOCK_BYTES) as u64);
+            }
+            let mut seen: HashSet<u64> = HashSet::with_capacity(keys.len());
+            if keys.iter().all(|key| seen.insert(*key)) {
+                let mut bytes = Vec::with_capacity(keys.len() * BLOCK_BYTES);
+                for (_, data) in writes {
+                    bytes.extend_from_slice(data);
+                }
+                return self.write_blocks(devices, &keys, &bytes);
             }
         }
         let mut blocks: HashMap<u64, Vec<u8>> = HashMap::new();
