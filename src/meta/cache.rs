@@ -226,6 +226,20 @@ impl<K: Hash + Eq + Copy> PageCache<K> {
         Ok(())
     }
 
+    /// Change dirty page `key` in place (copied first only if a sync still holds its bytes);
+    /// `false`, nothing changed, when the page is not dirty.
+    pub fn modify_dirty(&self, key: &K, change: impl FnOnce(&mut [u8])) -> bool {
+        let mut inner = self.inner.lock();
+        match inner.entries.get_mut(key) {
+            Some(entry) if entry.state == PageState::Dirty => {
+                change(Arc::make_mut(&mut entry.page).as_mut_slice());
+                entry.referenced = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The dirty pages whose key `select` picks, without changing them (what a sync would
     /// write).
     pub fn dirty_where(&self, select: impl Fn(&K) -> bool) -> Vec<(K, Arc<Vec<u8>>)> {

@@ -416,17 +416,20 @@ impl RadixTree {
                 self.keys()
             ))));
         }
-        let mut path: Vec<(u8, Vec<u8>, bool)> = Vec::with_capacity(usize::from(self.depth));
+        // The path from the root down to `target`, each page as the cache holds it (no copy:
+        // a 16 KiB copy per level per change was most of a write's time, README "Format
+        // version 4").
+        let mut path: Vec<(u8, Arc<Vec<u8>>, bool)> = Vec::with_capacity(usize::from(self.depth));
         let mut parent_entry = self.root;
         for level in (target.max(1)..=self.depth).rev() {
             let (bytes, dirty) = match self.page(devices, level, key, &parent_entry)? {
-                Some((page, state)) => (page.as_ref().clone(), state == PageState::Dirty),
+                Some((page, state)) => (page, state == PageState::Dirty),
                 // A leaf of records never written is all zeros (free records); pointer pages
                 // start as holes.
                 None if level == 1 && self.shape.leaf_bits != POINTER_LEAF_BITS => {
-                    (vec![0u8; PAGE_BYTES], false)
+                    (Arc::new(vec![0u8; PAGE_BYTES]), false)
                 }
-                None => (PointerPage::empty(level).encode(), false),
+                None => (Arc::new(PointerPage::empty(level).encode()), false),
             };
             if level > 1 {
                 parent_entry = entry(&bytes, self.shape.index_of(level, key))?;
@@ -438,15 +441,33 @@ impl RadixTree {
         if stats.dirty + needed > self.cache.dirty_limit() {
             return Err(SetError::NeedsSync(CacheFull));
         }
-        for (level, mut bytes, dirty) in path {
+        for (level, page, dirty) in path {
+            let cache_key = self.key_of(level, key);
             if level == target {
+                if dirty {
+                    // Changed in place in the cache (our reference dropped first, so the
+                    // page is copied only if a sync still holds it).
+                    drop(page);
+                    if self.cache.modify_dirty(&cache_key, |bytes| change(bytes)) {
+                        continue;
+                    }
+                    return Err(SetError::Failed(Error::corrupt_metadata(format!(
+                        "tree {} page at level {level} for key {key} was dirty and is not",
+                        self.tree.id()
+                    ))));
+                }
+                let mut bytes = page.as_ref().clone();
                 change(&mut bytes);
-            } else if dirty {
-                continue;
+                self.cache
+                    .put_dirty(cache_key, Arc::new(bytes))
+                    .map_err(SetError::NeedsSync)?;
+            } else if !dirty {
+                // An ancestor becomes dirty unchanged (the sync rewrites it with its child's
+                // new pointer): the same bytes, shared, not copied.
+                self.cache
+                    .put_dirty(cache_key, page)
+                    .map_err(SetError::NeedsSync)?;
             }
-            self.cache
-                .put_dirty(self.key_of(level, key), Arc::new(bytes))
-                .map_err(SetError::NeedsSync)?;
         }
         Ok(())
     }
