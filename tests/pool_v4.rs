@@ -64,6 +64,14 @@ fn faulty_members(
         .unzip()
 }
 
+fn check_only_scrub(pool: &Pool) -> stripestore::pool::ScrubReport {
+    let options = stripestore::pool::ScrubOptions {
+        check_only: true,
+        ..Default::default()
+    };
+    pool.scrub_with(&options, |_| {}).unwrap()
+}
+
 fn images(mems: &[Arc<MemDevice>]) -> Vec<Vec<u8>> {
     mems.iter()
         .map(|m| m.peek(0, usize::try_from(m.size()).unwrap()))
@@ -550,15 +558,7 @@ fn a_v4_scrub_finds_repairs_and_counts_rot_per_member() {
             .rot_at_rest(data_offset + cell * 4096 + 100, 3);
     }
     let before = images(&mems);
-    let looked = pool
-        .scrub_with(
-            &stripestore::pool::ScrubOptions {
-                check_only: true,
-                ..Default::default()
-            },
-            |_| {},
-        )
-        .unwrap();
+    let looked = check_only_scrub(&pool);
     // The rot is in the fault layer, not the images; the scrub's record goes to the
     // superblocks (the first and last 64 KiB) of a read-write pool, nothing else changes.
     let body = |images: Vec<Vec<u8>>| -> Vec<Vec<u8>> {
@@ -616,15 +616,7 @@ fn a_v4_scrub_finds_repairs_and_counts_rot_per_member() {
         },
     )
     .unwrap();
-    let report = look
-        .scrub_with(
-            &stripestore::pool::ScrubOptions {
-                check_only: true,
-                ..Default::default()
-            },
-            |_| {},
-        )
-        .unwrap();
+    let report = check_only_scrub(&look);
     assert!(!report.found_damage(), "{report:?}");
     look.close().unwrap();
     assert!(
