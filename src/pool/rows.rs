@@ -307,7 +307,8 @@ fn write_queued(
 /// The hook that decides about a member failing a metadata write or flush: the fault policy
 /// counts a write error (the member is faulted, durably, when the pool can lose it, else
 /// kept in service as degraded), and the map goes on without it only if it is now out of
-/// service. Otherwise the map fails the operation and must be reopened: the pool then refuses
+/// service and every member still in service holds that in its superblocks (written and
+/// flushed). Otherwise the map fails the operation and must be reopened: the pool then refuses
 /// writes with that error (reads go on), never silently rolling back acknowledged writes.
 pub(crate) fn tolerate(inner: Weak<PoolInner>) -> Tolerate {
     Tolerate(Arc::new(
@@ -323,7 +324,13 @@ pub(crate) fn tolerate(inner: Weak<PoolInner>) -> Tolerate {
             inner
                 .members
                 .record_error(index, offset, DeviceFault::Write(error));
-            !inner.members.get(index).is_online()
+            if inner.members.get(index).is_online() {
+                return false;
+            }
+            // Going on without it is safe only once every member still in service durably
+            // records it out of service: otherwise, after a crash, it could be opened as
+            // current and, alone, roll back the commit it missed (simulation seed 7072).
+            matches!(inner.members.write_superblocks(), Ok(failed) if failed.is_empty())
         },
     ))
 }
