@@ -55,7 +55,7 @@ impl MapParams {
     /// # Errors
     /// A message naming the field, its value and the range.
     pub fn check(&self) -> Result<(), String> {
-        let checks: [(&str, u64, u64, u64); 7] = [
+        let checks: [(&str, u64, u64, u64); 8] = [
             ("page_bytes", self.page_bytes, 16384, 16384),
             ("segment_slots", self.segment_slots, 1, 1 << 16),
             ("log_half_bytes", self.log_half_bytes, 16384, 1 << 30),
@@ -63,6 +63,7 @@ impl MapParams {
             ("uberblock_slots", self.uberblock_slots, 4, 4096),
             ("sync_pages_max", self.sync_pages_max, 8, 1 << 20),
             ("min_depth", u64::from(self.min_depth), 1, 6),
+            ("metadata_copies", self.metadata_copies, 1, 16),
         ];
         for (name, value, low, high) in checks {
             if !(low..=high).contains(&value) {
@@ -75,12 +76,6 @@ impl MapParams {
             return Err(format!(
                 "map parameters: log half of {} bytes with records up to {} bytes",
                 self.log_half_bytes, self.record_max
-            ));
-        }
-        if !(1..=16).contains(&self.metadata_copies) {
-            return Err(format!(
-                "map parameter metadata_copies = {} is outside 1..=16",
-                self.metadata_copies
             ));
         }
         Ok(())
@@ -378,6 +373,16 @@ mod tests {
         }
     }
 
+    /// `sb` encoded with another version number in its header (crc recomputed).
+    fn renumbered(sb: &Superblock, version: u32) -> Vec<u8> {
+        let mut bytes = sb.encode().unwrap();
+        bytes[8..12].copy_from_slice(&version.to_le_bytes());
+        let len = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
+        let crc = checksum(&bytes[..32 + len]);
+        bytes[16..20].copy_from_slice(&crc.to_le_bytes());
+        bytes
+    }
+
     fn map_params() -> MapParams {
         MapParams {
             page_bytes: 16384,
@@ -431,14 +436,6 @@ mod tests {
             let err = Superblock::decode(&bad.encode().unwrap()).unwrap_err();
             assert!(err.contains(field), "{field}: {err}");
         }
-        let renumbered = |sb: &Superblock, version: u32| {
-            let mut bytes = sb.encode().unwrap();
-            bytes[8..12].copy_from_slice(&version.to_le_bytes());
-            let len = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
-            let crc = checksum(&bytes[..32 + len]);
-            bytes[16..20].copy_from_slice(&crc.to_le_bytes());
-            bytes
-        };
         let err = Superblock::decode(&renumbered(&sample(), 4)).unwrap_err();
         assert!(err.contains("does not match its content"), "{err}");
         let err = Superblock::decode(&renumbered(&v4, 3)).unwrap_err();
@@ -463,14 +460,7 @@ mod tests {
         let bytes = sample().encode().unwrap();
         assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 2);
         assert_eq!(Superblock::decode(&bytes).unwrap().format_version, 2);
-        let with_version = |version: u32| {
-            let mut bytes = sample().encode().unwrap();
-            bytes[8..12].copy_from_slice(&version.to_le_bytes());
-            let len = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
-            let crc = checksum(&bytes[..32 + len]);
-            bytes[16..20].copy_from_slice(&crc.to_le_bytes());
-            bytes
-        };
+        let with_version = |version: u32| renumbered(&sample(), version);
         for version in [0, 1, 3, 4, 5, u32::MAX] {
             let err = Superblock::decode(&with_version(version)).unwrap_err();
             assert!(err.contains(&format!("format version {version}")), "{err}");

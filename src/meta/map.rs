@@ -1192,6 +1192,17 @@ impl MapStore {
         self.tolerate.clone()
     }
 
+    /// The tolerance hook in the shape a log append takes (owning its own handle, so the log
+    /// can be borrowed mutably beside it).
+    fn log_tolerance(&self) -> impl Fn(usize, u64, &DeviceError) -> bool {
+        let tolerate = self.tolerate.clone();
+        move |member, offset, error| {
+            tolerate
+                .as_ref()
+                .is_some_and(|t| (t.0)(member, Some(offset), error))
+        }
+    }
+
     /// Whether the owner took `member` out of service after it failed a write at `offset`.
     fn tolerated(&self, member: usize, offset: Option<u64>, error: &DeviceError) -> bool {
         self.tolerate
@@ -1874,12 +1885,7 @@ impl MapStore {
             .all(|p| !p.new.is_zero() || p.new.birth() == sequence));
         let entries = self.entries();
         let before = self.log.position();
-        let tolerate = self.tolerate.clone();
-        let tolerating = |member: usize, offset: u64, error: &DeviceError| {
-            tolerate
-                .as_ref()
-                .is_some_and(|t| (t.0)(member, Some(offset), error))
-        };
+        let tolerating = self.log_tolerance();
         match self
             .log
             .append_tolerating(devices, sequence, entries, &tolerating)
@@ -1934,12 +1940,7 @@ impl MapStore {
         self.flush_members(devices)?;
         let sequence = self.next_sequence;
         let mut unlogged = false;
-        let tolerate = self.tolerate.clone();
-        let tolerating = |member: usize, offset: u64, error: &DeviceError| {
-            tolerate
-                .as_ref()
-                .is_some_and(|t| (t.0)(member, Some(offset), error))
-        };
+        let tolerating = self.log_tolerance();
         let entries = self.entries();
         if self
             .log
