@@ -459,6 +459,100 @@ fn replay_reads_each_half_once_and_a_lagging_member_gets_the_winners_chain() {
     exactly(&map, &rig.devices, &expected).unwrap();
 }
 
+/// A sync's uberblock reached member 0 and not member 1 (a power cut between the two ring
+/// writes): the newest durable state is the one member 0 names, and commits follow it. A
+/// writable open serves that state, so it must give member 1 the uberblock: otherwise member 1,
+/// alone after member 0 dies, opens the older tree and the commits after the sync lie beyond
+/// its chain (simulation seed 7072). A read-only open writes nothing.
+#[test]
+fn a_member_that_missed_the_newest_uberblock_gets_it_at_open() {
+    let rig = Rig::new("mirror:2", 2);
+    let options = options();
+    let mut map = MapStore::create(&rig.devices, POOL, &rig.geometry, TIMELINE, &options).unwrap();
+    let mut writer = Writer::new(&rig.geometry);
+    let mut expected = BTreeMap::new();
+    for key in [1u64, 700, 9000] {
+        let p = writer.write(&mut map, &rig.devices, &[key]).unwrap();
+        expected.insert(key, p[0]);
+    }
+    sync(&mut map, &rig.devices).unwrap();
+    let txg = map.txg();
+    let p = writer.write(&mut map, &rig.devices, &[2]).unwrap();
+    expected.insert(2, p[0]);
+    commit_logged(&mut map, &rig.devices).unwrap();
+    drop(map);
+    // Member 1 never got uberblock `txg`.
+    for offset in stripestore::meta::uberblock_places(&rig.geometry, txg) {
+        rig.mems[1].poke(offset, &[0u8; 4096]);
+    }
+    let before = rig.images();
+    let looked = MapStore::open(
+        &rig.devices,
+        POOL,
+        &rig.geometry,
+        TIMELINE,
+        &MapOptions {
+            read_only: true,
+            ..options.clone()
+        },
+    )
+    .unwrap();
+    assert!(looked.open_report().uberblock_restored.is_empty());
+    drop(looked);
+    assert!(rig.images() == before, "a read-only open wrote");
+
+    let map = MapStore::open(&rig.devices, POOL, &rig.geometry, TIMELINE, &options).unwrap();
+    assert_eq!(map.txg(), txg);
+    assert_eq!(
+        map.open_report().uberblock_restored,
+        vec![stripestore::types::DeviceIndex(1)]
+    );
+    assert!(map.open_report().rereplication_failed.is_empty());
+    exactly(&map, &rig.devices, &expected).unwrap();
+    drop(map);
+    // Member 0 is lost: member 1 alone opens the same state.
+    let alone = vec![None, rig.devices[1].clone()];
+    let map = MapStore::open(&alone, POOL, &rig.geometry, TIMELINE, &options)
+        .expect("member 1 alone cannot open the state the open served");
+    assert_eq!(map.txg(), txg);
+    exactly(&map, &alone, &expected).unwrap();
+}
+
+/// A member that cannot take the uberblock at open is reported (the pool's fault policy
+/// decides), and the chain is not copied onto it.
+#[test]
+fn a_member_that_cannot_take_the_newest_uberblock_at_open_is_reported() {
+    let rig = Rig::new("mirror:2", 2);
+    let options = options();
+    let mut map = MapStore::create(&rig.devices, POOL, &rig.geometry, TIMELINE, &options).unwrap();
+    let mut writer = Writer::new(&rig.geometry);
+    writer.write(&mut map, &rig.devices, &[1]).unwrap();
+    sync(&mut map, &rig.devices).unwrap();
+    let txg = map.txg();
+    drop(map);
+    let places = stripestore::meta::uberblock_places(&rig.geometry, txg);
+    for offset in places {
+        rig.mems[1].poke(offset, &[0u8; 4096]);
+    }
+    let mut devices = rig.devices.clone();
+    devices[1] = Some(Hooked::shared(
+        rig.devices[1].clone().unwrap(),
+        None,
+        Some(Arc::new(move |offset, _: &[u8]| {
+            if places.contains(&offset) {
+                return Err(DeviceError::Io(std::io::Error::other("injected EIO")));
+            }
+            Ok(())
+        })),
+    ));
+    let map = MapStore::open(&devices, POOL, &rig.geometry, TIMELINE, &options).unwrap();
+    let failed = &map.open_report().rereplication_failed;
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].0, stripestore::types::DeviceIndex(1));
+    assert!(failed[0].1.contains("injected EIO"), "{failed:?}");
+    assert!(map.open_report().uberblock_restored.is_empty());
+}
+
 /// Three syncs and commits around them; returns the map state after all, the records written
 /// after the newest sync as `(half, offset)`, and the map (the newest sync's root is `map.root()`).
 /// What `history` leaves: the map state, the newest round's records, the map and its writer.

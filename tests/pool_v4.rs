@@ -624,3 +624,76 @@ fn a_v4_scrub_finds_repairs_and_counts_rot_per_member() {
         "a read-only check-only scrub wrote"
     );
 }
+
+/// A writable open gives every member in service the uberblock it opened (docs/FORMAT.md
+/// V4.8, "Recovery at open", step 4). A member that cannot take it is taken out of service
+/// and that is recorded before anything is served, when the pool can lose it; when it cannot,
+/// the open is refused naming the member. Either way the data reads back exactly.
+#[test]
+fn a_member_that_cannot_be_brought_up_to_date_at_open_is_faulted_or_the_open_refused() {
+    let mems = mem_devices(6, DEVICE_BYTES);
+    let pool = Pool::create(shared(&mems), vec![], &v4_options("rs:4+2")).unwrap();
+    let mut rng = stripestore::testing::rng(0x4700);
+    let mut model = Model::new(pool.size());
+    random_writes(&pool, &mut model, &mut rng, 60);
+    let geometry = pool.geometry().clone();
+    pool.close().unwrap();
+    let rings = geometry
+        .uberblock_rings()
+        .map(|start| start..start + 4 * 4096);
+    // Member 4 lost its rings and fails every write into them.
+    for ring in &rings {
+        mems[4].poke(ring.start, &vec![0u8; 4 * 4096]);
+    }
+    let (faulty, plan) = FaultyDevice::new(mems[4].clone(), 3);
+    {
+        let mut plan = plan.lock();
+        plan.set_region(rings[0].clone());
+        plan.arm(FaultKind::WriteError, 16);
+    }
+    let mut devices = shared(&mems);
+    devices[4] = Arc::new(faulty);
+    let pool = Pool::open(devices.clone(), &open_options()).unwrap();
+    let status = pool.status();
+    assert_ne!(status.devices[4].state, "ONLINE", "{:?}", status.devices[4]);
+    assert_eq!(status.devices[4].write_errors, 1, "{:?}", status.devices[4]);
+    verify(&pool, &model);
+    pool.simulate_power_loss();
+    // The fault was recorded in the others' superblocks before anything was served.
+    let pool = Pool::open(shared(&mems), &open_options()).unwrap();
+    assert_ne!(pool.status().devices[4].state, "ONLINE");
+    verify(&pool, &model);
+    pool.close().unwrap();
+
+    // At its tolerance the pool cannot lose the member: the open is refused, naming it.
+    let mems = mem_devices(3, DEVICE_BYTES);
+    let pool = Pool::create(shared(&mems), vec![], &v4_options("rs:2+1")).unwrap();
+    let mut model = Model::new(pool.size());
+    random_writes(&pool, &mut model, &mut rng, 30);
+    pool.close().unwrap();
+    for ring in &rings {
+        mems[1].poke(ring.start, &vec![0u8; 4 * 4096]);
+    }
+    let (faulty, plan) = FaultyDevice::new(mems[1].clone(), 5);
+    {
+        let mut plan = plan.lock();
+        plan.set_region(rings[0].clone());
+        plan.arm(FaultKind::WriteError, 16);
+    }
+    let devices: Vec<SharedDevice> = vec![mems[0].clone(), Arc::new(faulty)];
+    let forced = OpenOptions {
+        force: true,
+        ..open_options()
+    };
+    match Pool::open(devices, &forced) {
+        Err(Error::PoolUnavailable { lost_devices, .. }) => {
+            assert!(lost_devices.iter().any(|d| d == "mem1"), "{lost_devices:?}");
+        }
+        other => panic!("an open that cannot bring mem1 up to date gave {other:?}"),
+    }
+    // Without the failing member's writes failing, the same open goes on and reads exactly.
+    let devices: Vec<SharedDevice> = vec![mems[0].clone(), mems[1].clone()];
+    let pool = Pool::open(devices, &forced).unwrap();
+    verify(&pool, &model);
+    pool.close().unwrap();
+}

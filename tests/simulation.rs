@@ -183,16 +183,14 @@ fn v4_seed_5064_a_flush_beyond_the_tolerance_is_unavailable() {
     run_checked(&config);
 }
 
-/// KNOWN BUG, open (found 2026-12-03 by `simulate --format 4 --seed 7001`, run 71): mirror:3
-/// on format version 4, lost and misdirected writes configured on d2, read-only looks (a
-/// read-only open, then a read-write reopen), a power cut inside a burst, d0 failing, a
-/// crash: the reopen refuses ("log record 27 is valid but does not follow the chain, which
-/// ends at 23") and the shrunk replay loses a flushed block. Removing either the read-only
-/// looks or the configured faults makes it pass. Ignored until fixed, so the replay is kept
-/// runnable: `cargo test --test simulation -- --ignored`, or `stripestore simulate --replay
-/// tests/data/stripestore-sim-7072.json`.
+/// Found 2026-12-03 by `simulate --format 4 --seed 7001`, run 71 (fixed 2026-12-04): mirror:3
+/// on format version 4, a power cut inside a sync's uberblock writes left d1 at the older
+/// uberblock while d0 held the newer; the reopen served the newer state but left d1 behind,
+/// so after d0 failed, d1 alone opened the older tree and a block the model held as durable
+/// read an older version (unshrunk: commits after the sync lay beyond d1's chain and the open
+/// refused). A writable open now gives every member in service the uberblock it opened
+/// (docs/FORMAT.md V4.8, "Recovery at open", step 4).
 #[test]
-#[ignore = "known v4 bug, seed 7072 (README, Limits)"]
 fn v4_seed_7072_replay() {
     let text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),

@@ -43,14 +43,6 @@ pub struct IntentLog {
     skip_fit_check: bool,
 }
 
-fn io_error(device: &SharedDevice, offset: u64, e: crate::device::DeviceError) -> Error {
-    Error::Io {
-        device: device.name(),
-        offset: Some(offset),
-        source: e.into_io(),
-    }
-}
-
 impl IntentLog {
     /// The log of a pool on `geometry`, appending at `position`.
     #[must_use]
@@ -152,7 +144,7 @@ impl IntentLog {
             let Some(device) = device else { continue };
             if let Err(e) = device.write_at(at, &bytes) {
                 if !tolerate(member, at, &e) {
-                    return Err(io_error(device, at, e));
+                    return Err(super::device_error(device, Some(at), e));
                 }
                 left_behind[member] = true;
             }
@@ -164,7 +156,7 @@ impl IntentLog {
             }
             if let Err(e) = device.flush() {
                 if !tolerate(member, at, &e) {
-                    return Err(io_error(device, at, e));
+                    return Err(super::device_error(device, Some(at), e));
                 }
             }
         }
@@ -457,8 +449,10 @@ impl Replay {
             let at = starts[half] + record.offset;
             device
                 .write_at(at, bytes)
-                .map_err(|e| io_error(device, at, e))?;
+                .map_err(|e| super::device_error(device, Some(at), e))?;
         }
-        device.flush().map_err(|e| io_error(device, starts[0], e))
+        device
+            .flush()
+            .map_err(|e| super::device_error(device, Some(starts[0]), e))
     }
 }

@@ -161,10 +161,12 @@ pub struct OpenReport {
     pub overlay_keys: usize,
     /// Bytes read from the log areas, per member.
     pub log_bytes_read: Vec<(DeviceIndex, u64)>,
+    /// Members that did not hold the opened uberblock and received it.
+    pub uberblock_restored: Vec<DeviceIndex>,
     /// Members whose chain was shorter and received the winner's copy.
     pub rereplicated: Vec<DeviceIndex>,
-    /// Lagging members the copy could not be written to, with the error (the caller's fault
-    /// policy decides; the open does not fail for them).
+    /// Members the uberblock or the chain could not be written to, with the error (the
+    /// caller's fault policy decides: the pool takes them out of service or refuses the open).
     pub rereplication_failed: Vec<(DeviceIndex, String)>,
     /// Segments freed by the newest syncs and held back from reuse until two more syncs are
     /// durable (so a rewind can still open the tree before the newest).
@@ -312,11 +314,9 @@ impl std::fmt::Debug for Tolerate {
 
 fn flush_all(devices: &[Option<SharedDevice>]) -> Result<()> {
     for device in devices.iter().flatten() {
-        device.flush().map_err(|e| Error::Io {
-            device: device.name(),
-            offset: None,
-            source: e.into_io(),
-        })?;
+        device
+            .flush()
+            .map_err(|e| super::device_error(device, None, e))?;
     }
     Ok(())
 }
@@ -811,6 +811,7 @@ impl MapStore {
                 records_replayed: replay.chain.len(),
                 overlay_keys: 0,
                 log_bytes_read: replay.bytes_read.clone(),
+                uberblock_restored: Vec::new(),
                 rereplicated: Vec::new(),
                 rereplication_failed: Vec::new(),
                 pending_segments: segments.pending_segments(),
@@ -1018,7 +1019,7 @@ impl MapStore {
         options: &MapOptions,
     ) -> Result<Self> {
         let rings = Rings::read(devices, geometry, pool)?;
-        let Some((uberblock, _holders)) = rings.newest(timeline)? else {
+        let Some((uberblock, holders)) = rings.newest(timeline)? else {
             return Err(Error::corrupt_metadata(
                 "no valid uberblock of this pool on any member",
             ));
@@ -1047,19 +1048,53 @@ impl MapStore {
         }
         let mut this = Self::assemble(devices, geometry, timeline, options, &uberblock, &replay)?;
         if !options.read_only {
-            let failed = replay.rereplicate(devices, geometry);
-            this.opened.rereplicated = replay
-                .lagging
-                .iter()
-                .filter(|m| failed.iter().all(|(f, _)| f != *m))
-                .copied()
-                .collect();
-            this.opened.rereplication_failed = failed
-                .into_iter()
-                .map(|(member, e)| (member, e.to_string()))
-                .collect();
+            this.bring_up_to_date(devices, geometry, &uberblock, &holders, &replay);
         }
         Ok(this)
+    }
+
+    /// Step 4 of "Recovery at open" (docs/FORMAT.md V4.8): every member in service that lacks
+    /// the opened uberblock gets it (both rings, flushed), then every member whose chain is
+    /// shorter gets the winner's chain (flushed). After a power cut during a sync's uberblock
+    /// writes, or during a commit's record writes, the members disagree about the newest
+    /// durable state; this open serves the newest, so each member must be able to vouch for
+    /// it alone (simulation seed 7072: a member left at the older uberblock later opened it,
+    /// alone, and brought back blocks older than what this open had served and reported
+    /// durable). A member that cannot be written is reported, not skipped silently: the
+    /// caller's fault policy takes it out of service or refuses the open.
+    fn bring_up_to_date(
+        &mut self,
+        devices: &[Option<SharedDevice>],
+        geometry: &Geometry,
+        uberblock: &Uberblock,
+        holders: &[DeviceIndex],
+        replay: &Replay,
+    ) {
+        let mut failed = Vec::new();
+        let mut writable = devices.to_vec();
+        for (index, slot) in writable.iter_mut().enumerate() {
+            let Some(device) = slot else { continue };
+            if holders.contains(&DeviceIndex(index)) {
+                continue;
+            }
+            match super::ring::restore_uberblock(device, geometry, uberblock) {
+                Ok(()) => self.opened.uberblock_restored.push(DeviceIndex(index)),
+                Err(e) => {
+                    failed.push((DeviceIndex(index), e.to_string()));
+                    *slot = None;
+                }
+            }
+        }
+        let copy_failed = replay.rereplicate(&writable, geometry);
+        self.opened.rereplicated = replay
+            .lagging
+            .iter()
+            .filter(|m| writable.get(m.0).is_some_and(Option::is_some))
+            .filter(|m| copy_failed.iter().all(|(f, _)| f != *m))
+            .copied()
+            .collect();
+        failed.extend(copy_failed.into_iter().map(|(m, e)| (m, e.to_string())));
+        self.opened.rereplication_failed = failed;
     }
 
     /// Open the tree before the newest (its pages are intact by the deferred release) with the
@@ -1220,11 +1255,7 @@ impl MapStore {
             let Some(device) = device else { continue };
             if let Err(e) = device.flush() {
                 if !self.tolerated(member, None, &e) {
-                    return Err(Error::Io {
-                        device: device.name(),
-                        offset: None,
-                        source: e.into_io(),
-                    });
+                    return Err(super::device_error(device, None, e));
                 }
             }
         }

@@ -28,3 +28,16 @@ pub use ring::{uberblock_places, write_uberblock, Rings};
 pub use segments::{ReleaseRule, SegmentShape, SegmentTable, SUT_LEAF_BITS};
 pub use store::{CopiesRead, CopyFault, CopyProblem, PageRead, PageRef, PageStore};
 pub use tree::{PageKey, RadixTree, SetError, SyncOutcome};
+
+/// A member's failed request as the typed error naming the member and the byte offset.
+fn device_error(
+    device: &crate::device::SharedDevice,
+    offset: Option<u64>,
+    e: crate::device::DeviceError,
+) -> crate::error::Error {
+    crate::error::Error::Io {
+        device: device.name(),
+        offset,
+        source: e.into_io(),
+    }
+}

@@ -40,6 +40,29 @@ pub fn write_uberblock(
     failed
 }
 
+/// Write `uberblock` into both rings of one member that lacks it and flush: a writable open
+/// brings every member in service up to the uberblock it opened (docs/FORMAT.md V4.8,
+/// "Recovery at open", step 4), so that none of them can later, alone, open an older tree.
+///
+/// # Errors
+/// The member's write or flush error, naming it and the byte offset.
+pub fn restore_uberblock(
+    device: &SharedDevice,
+    geometry: &Geometry,
+    uberblock: &Uberblock,
+) -> Result<()> {
+    let bytes = uberblock.encode();
+    let places = uberblock_places(geometry, uberblock.txg);
+    for offset in places {
+        device
+            .write_at(offset, &bytes)
+            .map_err(|e| super::device_error(device, Some(offset), e))?;
+    }
+    device
+        .flush()
+        .map_err(|e| super::device_error(device, Some(places[0]), e))
+}
+
 /// One valid uberblock found: the member, the byte offset, the uberblock and its bytes.
 type Found = (DeviceIndex, u64, Uberblock, Vec<u8>);
 
@@ -92,13 +115,13 @@ impl Rings {
         Ok(Self { found, names })
     }
 
-    /// The newest valid uberblock of `timeline`, and how many members hold it. `None` when
+    /// The newest valid uberblock of `timeline`, and the members that hold it. `None` when
     /// there is none.
     ///
     /// # Errors
     /// [`Error::CorruptMetadata`] when two valid uberblocks of the timeline carry the same txg
     /// with different bytes (a split timeline: never picked between silently).
-    pub fn newest(&self, timeline: u64) -> Result<Option<(Uberblock, usize)>> {
+    pub fn newest(&self, timeline: u64) -> Result<Option<(Uberblock, Vec<DeviceIndex>)>> {
         let mut newest: Option<(&Uberblock, &[u8], Vec<DeviceIndex>)> = None;
         for (index, offset, found, bytes) in &self.found {
             if found.timeline != timeline {
@@ -124,7 +147,7 @@ impl Rings {
                 _ => newest = Some((found, bytes, vec![*index])),
             }
         }
-        Ok(newest.map(|(uberblock, _, holders)| (uberblock.clone(), holders.len())))
+        Ok(newest.map(|(uberblock, _, holders)| (uberblock.clone(), holders)))
     }
 
     /// The valid uberblock `txg` of `timeline`, if any member still holds it.

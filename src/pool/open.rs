@@ -428,10 +428,14 @@ pub(super) fn open(
                     ),
                 });
             }
-            PoolInner {
+            let inner = PoolInner {
                 rows: Some(rows),
                 ..inner
+            };
+            if !options.read_only {
+                settle_open_repairs(&inner)?;
             }
+            inner
         }
     };
     for member in &inner.members.data {
@@ -460,6 +464,46 @@ pub(super) fn open(
         &assembled.relocated,
     )?;
     Ok(inner)
+}
+
+/// Members a writable v4 open could not bring up to the state it opened (the uberblock or the
+/// log chain could not be written: docs/FORMAT.md V4.8, "Recovery at open", step 4). Left in
+/// service, one of them could later, alone, open an older state than this open serves. Each is
+/// taken out of service when the pool can lose it, and that is recorded in the superblocks of
+/// every member still in service before anything is served; otherwise the open is refused with
+/// the error naming the members.
+fn settle_open_repairs(inner: &PoolInner) -> Result<()> {
+    let Some(rows) = inner.rows() else {
+        return Ok(());
+    };
+    let failed = rows
+        .volume
+        .read()
+        .map()
+        .open_report()
+        .rereplication_failed
+        .clone();
+    if failed.is_empty() {
+        return Ok(());
+    }
+    for (member, why) in &failed {
+        let device = inner.members.get(*member).path();
+        tracing::warn!(%device, error = %why, "a member could not be brought up to date at open");
+        let error = crate::device::DeviceError::Io(std::io::Error::other(why.clone()));
+        inner
+            .members
+            .record_error(*member, None, super::DeviceFault::Write(&error));
+        let reason = format!("not brought up to date at open: {why}");
+        if !inner.members.fault_if_available(*member, &reason) {
+            return Err(inner.unavailable_with([device]));
+        }
+    }
+    let not_recorded = inner.members.write_superblocks()?;
+    if not_recorded.is_empty() {
+        Ok(())
+    } else {
+        Err(inner.unavailable_with(not_recorded.into_iter().map(|(device, _)| device)))
+    }
 }
 
 /// Read the superblock of every device the caller gave; all must belong to the first one's
