@@ -392,10 +392,11 @@ fn a_background_scrub_is_refused_on_v4_and_changes_nothing() {
     pool.close().unwrap();
 }
 
-/// Replace on a v4 pool, for a member lost and for a healthy one, in every layout: the new
-/// device holds the position's rows, page copies and the newest uberblock, so the volume
-/// reads back exactly from it and the other survivors once `tolerance` further original
-/// members are gone (across a reopen); a spare given to `replace_with_spare` works the same.
+/// Replace on a v4 pool, for a member lost and for a healthy one, in every layout, with
+/// writes and flushes between the rebuild's steps: the new device holds the position's rows,
+/// page copies and the newest uberblock, so the volume reads back exactly from it and the
+/// other survivors once `tolerance` further original members are gone (across a reopen); a
+/// spare given to `replace_with_spare` works the same.
 #[test]
 fn replace_on_v4_rebuilds_the_position_onto_the_new_device() {
     for (i, (layout, count)) in LAYOUTS.into_iter().enumerate() {
@@ -415,11 +416,20 @@ fn replace_on_v4_rebuilds_the_position_onto_the_new_device() {
         let fresh = Arc::new(MemDevice::new("fresh", DEVICE_BYTES));
         pool.replace("mem0", fresh.clone() as SharedDevice, false)
             .unwrap();
-        assert_eq!(pool.status().devices[0].state, "ONLINE", "{layout}");
+        // The volume stays in use while the replacement is filled, a few segments at a time.
+        while pool.status().devices[0].state != "ONLINE" {
+            random_writes(&pool, &mut model, &mut rng, 5);
+            pool.flush().unwrap();
+            pool.rebuild_step(false).unwrap();
+        }
         verify(&pool, &model);
-        // A healthy member is replaced by the spare.
+        // A healthy member is replaced by the spare, with writes during its rebuild.
         let last = format!("mem{}", count - 1);
         pool.replace_with_spare(&last, "spare").unwrap();
+        random_writes(&pool, &mut model, &mut rng, 30);
+        pool.run_rebuilds(|_| {}).unwrap();
+        assert_eq!(pool.status().devices[count - 1].state, "ONLINE", "{layout}");
+        assert!(pool.rebuild_progress().is_empty(), "{layout}");
         random_writes(&pool, &mut model, &mut rng, 30);
         pool.close().unwrap();
         all[0] = fresh.clone();

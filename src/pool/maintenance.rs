@@ -213,6 +213,10 @@ impl ScrubTarget for PoolInner {
 impl RebuildTarget for PoolInner {
     type Fill = Replacement;
 
+    fn long_step(&self, checkpoint: bool) -> Result<StepOutcome> {
+        self.rebuild_long_step(checkpoint)
+    }
+
     fn control(&self) -> &RebuildControl {
         &self.rebuild
     }
@@ -358,17 +362,16 @@ impl PoolInner {
     /// Rebuild the next batch of stripes of every running rebuild. `checkpoint` persists the
     /// watermarks (flush the replacements, then write the superblocks) after the batch.
     pub(crate) fn rebuild_step(&self, checkpoint: bool) -> Result<StepOutcome> {
-        if self.rows().is_some() {
-            // A v4 replace rebuilds in the foreground before it returns: nothing is pending.
-            return Ok(StepOutcome::default());
+        if let Some(rows) = self.rows() {
+            return self.rows_rebuild_step(rows, false);
         }
         crate::rebuild::step(self, checkpoint)
     }
 
     /// A longer rebuild step (what `run_rebuilds` and the background driver take at once).
     pub(crate) fn rebuild_long_step(&self, checkpoint: bool) -> Result<StepOutcome> {
-        if self.rows().is_some() {
-            return Ok(StepOutcome::default());
+        if let Some(rows) = self.rows() {
+            return self.rows_rebuild_step(rows, true);
         }
         crate::rebuild::long_step(self, checkpoint)
     }

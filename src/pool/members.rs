@@ -111,6 +111,9 @@ pub struct Replacement {
     pub complete: AtomicBool,
     /// Chunks it could not be given because their stripe is beyond repair (this run).
     pub lost_chunks: AtomicU64,
+    /// Format version 4: why a write or flush of the pool's own I/O failed on it (through
+    /// the fill device, `fill.rs`); the rebuild abandons it before its next chunk.
+    pub fill_failed: parking_lot::Mutex<Option<String>>,
 }
 
 impl Replacement {
@@ -137,6 +140,7 @@ impl Replacement {
             receives_metadata: AtomicBool::new(false),
             complete: AtomicBool::new(false),
             lost_chunks: AtomicU64::new(0),
+            fill_failed: parking_lot::Mutex::new(None),
         }
     }
 }

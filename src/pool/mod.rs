@@ -12,6 +12,7 @@ mod admin;
 mod batch;
 mod commit;
 mod discard;
+mod fill;
 mod handle;
 mod import;
 mod io;
@@ -25,6 +26,7 @@ mod rebuild_race_tests;
 mod replacement;
 mod requests;
 mod rows;
+mod rows_rebuild;
 #[cfg(test)]
 mod scrub_tests;
 mod status;
@@ -462,8 +464,11 @@ impl Pool {
             volume.set_observer(rows::observer(Arc::downgrade(&inner)));
             volume.set_tolerate(rows::tolerate(Arc::downgrade(&inner)));
         }
-        // Stage 1 of the move to version 4 runs no rebuild or scrub on a v4 pool.
-        let background = (inner.rebuild.background_enabled() && inner.rows().is_none())
+        // A v4 pool rebuilds in the background (docs/FORMAT.md V4.13, stage 2) but has no
+        // background scrub yet.
+        let background = inner
+            .rebuild
+            .background_enabled()
             .then(|| crate::rebuild::Background::start(Arc::clone(&inner)));
         let resume_scrub = inner.rebuild.background_enabled()
             && inner.rows().is_none()

@@ -729,20 +729,6 @@ fn assemble(
         reason,
     };
     let layout: Layout = newest.layout.parse()?;
-    if newest.map.is_some()
-        && newest
-            .members
-            .iter()
-            .any(|m| matches!(m.state, MemberState::Rebuilding { .. }))
-    {
-        return Err(Error::Unsupported {
-            operation: "open".into(),
-            version: 4,
-            reason: "a member is recorded as being rebuilt, which this build does not resume \
-                     on version 4; open the pool with the build that started the rebuild"
-                .into(),
-        });
-    }
     let data_count = newest
         .members
         .iter()

@@ -39,7 +39,7 @@ impl PoolInner {
             });
         }
         if let Some(rows) = self.rows() {
-            return self.rows_replace(rows, index, identity, device, from_spare);
+            return self.rows_attach(rows, index, identity, device, from_spare);
         }
         if let Some(existing) = self.members.get(index).replacement() {
             return Err(Error::Busy(format!(
@@ -83,6 +83,11 @@ impl PoolInner {
 
     /// Count the bytes the rebuild of `index` will write from its watermark on.
     pub(crate) fn estimate_total(&self, index: DeviceIndex, replacement: &Replacement) {
+        if let Some(rows) = self.rows() {
+            let total = self.rows_rebuild_estimate(&rows.volume.read());
+            replacement.total_bytes.store(total, Ordering::Relaxed);
+            return;
+        }
         let from = replacement.next_slot.load(Ordering::Acquire);
         let state = self.map.lock();
         let mut total = 0u64;
@@ -102,7 +107,7 @@ impl PoolInner {
     /// replacement yet (a degraded member keeps serving while the spare is filled, so
     /// redundancy never drops). Members taken offline by an administrator are left alone.
     pub(crate) fn assign_spares(&self) {
-        if self.members.read_only() || self.rows().is_some() {
+        if self.members.read_only() {
             return;
         }
         // Faulted positions first (they have lost their redundancy), then degraded ones. A
@@ -201,19 +206,7 @@ impl PoolInner {
         // (3) it holds the map: name it the member. The superblock must land on it (and the
         // write must not have been refused), or the old member stays.
         replacement.complete.store(true, Ordering::Release);
-        let landed = self.members.write_superblocks().and_then(|failures| {
-            match failures
-                .into_iter()
-                .find(|(device, _)| *device == replacement.device.name())
-            {
-                Some((device, err)) => Err(Error::Io {
-                    device,
-                    offset: None,
-                    source: err.into_io(),
-                }),
-                None => Ok(()),
-            }
-        });
+        let landed = self.record_on(&replacement.device);
         if let Err(err) = landed {
             replacement.complete.store(false, Ordering::Release);
             replacement
@@ -231,6 +224,29 @@ impl PoolInner {
             tracing::warn!(index = index.0, device = %replacement.identity.path, "rebuild target was abandoned while it was recorded; not swapped in");
             return Ok(false);
         };
+        self.rebuilt(index, replacement, &old);
+        Ok(true)
+    }
+
+    /// Write the superblocks; `Err` unless the write landed on `device` (a replacement about
+    /// to be named the member must hold its own superblock).
+    pub(crate) fn record_on(&self, device: &SharedDevice) -> Result<()> {
+        let failures = self.members.write_superblocks()?;
+        match failures
+            .into_iter()
+            .find(|(name, _)| *name == device.name())
+        {
+            Some((name, err)) => Err(Error::Io {
+                device: name,
+                offset: None,
+                source: err.into_io(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Say and record that `replacement` took over position `index` from `old`.
+    pub(crate) fn rebuilt(&self, index: DeviceIndex, replacement: &Replacement, old: &Identity) {
         tracing::warn!(
             index = index.0,
             device = %replacement.identity.path,
@@ -259,7 +275,6 @@ impl PoolInner {
         if let Err(err) = self.members.write_superblocks() {
             tracing::error!(%err, "could not record the finished rebuild in the superblocks");
         }
-        Ok(true)
     }
 
     pub(crate) fn rebuild_progress(&self) -> Vec<RebuildProgress> {

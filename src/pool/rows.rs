@@ -99,6 +99,8 @@ pub(crate) struct RowsEngine {
     bytes: AtomicU64,
     /// A scrub is running (one at a time).
     scrubbing: AtomicBool,
+    /// Held by a rebuild step, so the background driver and a caller's steps take turns.
+    pub(crate) rebuilding: Mutex<()>,
 }
 
 #[derive(Default)]
@@ -227,6 +229,7 @@ impl RowsEngine {
             queue: Mutex::new(Queue::default()),
             carried: Condvar::new(),
             scrubbing: AtomicBool::new(false),
+            rebuilding: Mutex::new(()),
         }
     }
 
@@ -350,6 +353,15 @@ fn record(members: &Members, problem: &MemberProblem<'_>, geometry: &Geometry) {
         return;
     }
     let offset = Some(problem.offset);
+    let member = members.get(index);
+    if !member.is_online()
+        && member.replacement().is_some()
+        && matches!(problem.kind, ProblemKind::Read(_))
+    {
+        // The fill device of a position out of service refused a read of its replacement
+        // (`fill.rs`): the member is not there to blame, and the map read another copy.
+        return;
+    }
     match &problem.kind {
         ProblemKind::Read(error) => members.record_error(index, offset, DeviceFault::Read(error)),
         ProblemKind::Write(error) => members.record_error(index, offset, DeviceFault::Write(error)),
@@ -389,9 +401,24 @@ impl PoolInner {
         Ok(())
     }
 
-    /// The members as the volume sees them: each position's device while it is in service.
+    /// The members as the volume's reads see them: each position's device while it is in
+    /// service.
     pub(crate) fn volume_devices(&self) -> Vec<Option<SharedDevice>> {
         self.members.data.iter().map(|m| m.device()).collect()
+    }
+
+    /// The members as the volume's writes see them: as [`PoolInner::volume_devices`], with a
+    /// fill device at every position whose replacement is being filled, so that rows, pages,
+    /// log records and uberblocks written meanwhile reach it too (`fill.rs`).
+    pub(crate) fn write_devices(&self) -> Vec<Option<SharedDevice>> {
+        self.members
+            .data
+            .iter()
+            .map(|m| match m.replacement() {
+                Some(replacement) => Some(super::fill::FillDevice::shared(m.device(), replacement)),
+                None => m.device(),
+            })
+            .collect()
     }
 
     pub(crate) fn rows_read(&self, rows: &RowsEngine, offset: u64, buf: &mut [u8]) -> Result<()> {
@@ -407,7 +434,7 @@ impl PoolInner {
         if data.len() > GROUPED_WRITE_MAX {
             let mut volume = rows.volume.write();
             // The members as they are once the lock is held (a fault while waiting is seen).
-            let result = volume.write(&self.volume_devices(), offset, data);
+            let result = volume.write(&self.write_devices(), offset, data);
             return self.unavailable_if_failed(&volume, result);
         }
         let mine = Arc::new(Queued {
@@ -438,7 +465,7 @@ impl PoolInner {
     fn lead_groups(&self, rows: &RowsEngine, mine: &Queued) {
         let mut volume = rows.volume.write();
         // The members as they are once the lock is held (a fault while waiting is seen).
-        let devices = self.volume_devices();
+        let devices = self.write_devices();
         loop {
             let group = {
                 let mut queue = rows.queue.lock();
@@ -462,7 +489,7 @@ impl PoolInner {
     pub(crate) fn rows_discard(&self, rows: &RowsEngine, offset: u64, length: u64) -> Result<()> {
         self.check_available()?;
         let mut volume = rows.volume.write();
-        let result = volume.discard(&self.volume_devices(), offset, length);
+        let result = volume.discard(&self.write_devices(), offset, length);
         self.unavailable_if_failed(&volume, result)
     }
 
@@ -471,7 +498,7 @@ impl PoolInner {
     /// unavailable for writes, which is what the caller hears, naming that member beside
     /// those already lost (as a v3 commit that cannot reach enough members). Any other
     /// error is returned as it is.
-    fn unavailable_if_failed<T>(&self, volume: &Volume, result: Result<T>) -> Result<T> {
+    pub(crate) fn unavailable_if_failed<T>(&self, volume: &Volume, result: Result<T>) -> Result<T> {
         match result {
             Err(error) if volume.map().failed() => {
                 let device = match &error {
@@ -496,7 +523,7 @@ impl PoolInner {
         // Beyond the tolerance nothing can be made durable: say so, as for a write.
         self.check_available()?;
         let mut volume = rows.volume.write();
-        let result = volume.flush(&self.volume_devices()).map(|_| ());
+        let result = volume.flush(&self.write_devices()).map(|_| ());
         self.unavailable_if_failed(&volume, result)
     }
 
@@ -567,97 +594,6 @@ impl PoolInner {
         );
         report.bytes_read_this_run = found.bytes_read;
         Ok(report)
-    }
-
-    /// Replace position `index` by `device` on a v4 pool (docs/FORMAT.md V4.13, step 8, the
-    /// pool's second part, first form): a rebuild in the foreground, holding the volume
-    /// alone from start to end (every other request waits; no background rebuild, rate or
-    /// resume yet). The volume is flushed, so every row the rebuild copies is durable on its
-    /// sources; the position's shard of every written row and its copy of every referenced
-    /// page are rebuilt onto `device`, verified; `device` is flushed; a tree sync writes the
-    /// newest uberblock to every member, `device` included; only then is the position handed
-    /// over and the superblocks written (the new member's first). A crash before that leaves
-    /// the pool as it was (`device` holds no superblock of it) and the replace can be run
-    /// again.
-    pub(crate) fn rows_replace(
-        &self,
-        rows: &RowsEngine,
-        index: DeviceIndex,
-        identity: super::Identity,
-        device: SharedDevice,
-        from_spare: bool,
-    ) -> Result<()> {
-        self.check_available()?;
-        let mut volume = rows.volume.write();
-        let mut devices = self.volume_devices();
-        volume.flush(&devices)?;
-        let old = self.members.get(index).path();
-        self.note(
-            crate::format::EventKind::RebuildStart,
-            &identity.path,
-            &format!(
-                "replacing {old} (data position {}){}, in the foreground",
-                index.0,
-                if from_spare {
-                    super::status::FROM_SPARES
-                } else {
-                    ""
-                }
-            ),
-        );
-        devices[index.0] = Some(Arc::clone(&device));
-        let report = volume.rebuild_device(
-            &devices,
-            &crate::volume::RebuildOptions {
-                position: index.0,
-                from_segment: 0,
-            },
-            &mut |_| true,
-        )?;
-        device.flush().map_err(|e| Error::Io {
-            device: device.name(),
-            offset: None,
-            source: e.into_io(),
-        })?;
-        // The sync must land on the new device: a failure there fails the replace (the fault
-        // policy's hook would blame the member the position still names).
-        let normal = volume.tolerate();
-        let others = normal.clone();
-        let position = index.0;
-        volume.set_tolerate(Tolerate(Arc::new(
-            move |member: usize, offset: Option<u64>, error: &DeviceError| {
-                member != position
-                    && others
-                        .as_ref()
-                        .is_some_and(|t| (t.0)(member, offset, error))
-            },
-        )));
-        let synced = volume.sync(&devices);
-        if let Some(normal) = normal {
-            volume.set_tolerate(normal);
-        }
-        synced?;
-        let replacement = Arc::new(super::Replacement::new(identity, device, 0, 0, from_spare));
-        replacement
-            .bytes_written
-            .store(report.bytes_written, Ordering::Relaxed);
-        self.members
-            .attach_replacement(index, Arc::clone(&replacement));
-        self.members.swap_in_replacement(index, &replacement);
-        self.note(
-            crate::format::EventKind::RebuildFinish,
-            &replacement.identity.path,
-            &format!(
-                "replaced {old} (data position {}): {} shard-blocks and {} page copies written, {} unrecoverable",
-                index.0,
-                report.shard_blocks_written,
-                report.page_copies_written,
-                report.unrepairable.len()
-            ),
-        );
-        tracing::info!(index = index.0, device = %replacement.identity.path, bytes = report.bytes_written, "rebuild finished");
-        self.members.write_superblocks()?;
-        Ok(())
     }
 
     /// See [`crate::Pool::allocation`] for a v4 pool: per 4 KiB block, whether its pointer

@@ -112,6 +112,17 @@ pub(crate) trait RebuildTarget: StripeAccess {
     /// # Errors
     /// The commit or the superblock write failed.
     fn checkpoint(&self) -> Result<()>;
+    /// One long step of every rebuild (what the background driver runs): [`long_step`] unless
+    /// the pool rebuilds otherwise (a format-version-4 pool copies segments of rows).
+    ///
+    /// # Errors
+    /// As [`long_step`].
+    fn long_step(&self, checkpoint: bool) -> Result<StepOutcome>
+    where
+        Self: Sized,
+    {
+        long_step(self, checkpoint)
+    }
 }
 
 /// A replacement's rebuild state: its watermark and counters (kept by the pool's members).
@@ -355,7 +366,7 @@ fn drive<T: RebuildTarget>(pool: &T, stop: &AtomicBool) {
             pacer = Pacer::default();
         }
         let checkpoint = pacer.checkpoint_due();
-        match long_step(pool, checkpoint) {
+        match pool.long_step(checkpoint) {
             Ok(outcome) => {
                 let control = pool.control();
                 let wait = pacer.after_step(

@@ -1,0 +1,255 @@
+//! The rebuild of a format-version-4 pool (docs/FORMAT.md V4.13, "Stage 2"): a replacement
+//! attached to a position is filled while the volume stays in use, in chunks, then swapped in.
+//!
+//! * **Attach** (the volume's exclusive lock): the volume is flushed with the members as they
+//!   are, so every row and page issued before is durable on its sources; the replacement is
+//!   recorded (superblocks); from then on every write the volume makes reaches it through the
+//!   fill device (`fill.rs`).
+//! * **Chunks** (the shared lock: reads go on, writes wait at most a chunk): the volume's
+//!   `rebuild_device` from the segment cursor, computed from the map as it is then, until a
+//!   budget of segments (a step) or of time (a long step) is spent.
+//! * **Swap-in** (the exclusive lock): a flush and a tree sync that must reach the replacement
+//!   (the newest uberblock and a fresh log half on it), then the superblocks name it the member
+//!   (the write must land on it), then the position switches to it in memory.
+//! * A replacement that failed a write (the fill device records it) is abandoned before the
+//!   next chunk; nothing else is held back. After a crash the rebuild starts over at segment 0
+//!   (nothing of its progress is recorded on v4).
+//!
+//! Owns: the v4 replacement's life from attach to swap-in. Must not touch: what a chunk copies
+//! and how (`crate::volume::Volume::rebuild_device`), membership records (`members.rs`), the
+//! v3 rebuild (`replacement.rs`, `crate::rebuild`).
+
+use super::rows::RowsEngine;
+use super::{Identity, PoolInner, Replacement};
+use crate::device::SharedDevice;
+use crate::error::{Error, Result};
+use crate::rebuild::{RebuildProgress, StepOutcome};
+use crate::types::DeviceIndex;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Segments one deterministic step copies (`Pool::rebuild_step`: the simulation's unit).
+const STEP_SEGMENTS: u64 = 2;
+/// How long one long step (the background driver's, `run_rebuilds`') holds the shared lock.
+const LONG_STEP_BUDGET: Duration = Duration::from_millis(50);
+
+impl PoolInner {
+    /// Attach `device` to replace position `index` of a v4 pool and record it; the copy runs
+    /// in later steps (the background driver, `Pool::run_rebuilds`, `Pool::rebuild_step`).
+    ///
+    /// # Errors
+    /// [`Error::Busy`] when the position already has a replacement; the flush's error (nothing
+    /// is attached then); the superblock write's error.
+    pub(crate) fn rows_attach(
+        &self,
+        rows: &RowsEngine,
+        index: DeviceIndex,
+        identity: Identity,
+        device: SharedDevice,
+        from_spare: bool,
+    ) -> Result<()> {
+        self.check_available()?;
+        let mut volume = rows.volume.write();
+        if let Some(existing) = self.members.get(index).replacement() {
+            return Err(Error::Busy(format!(
+                "position {} is already being replaced by {}",
+                index.0, existing.identity.path
+            )));
+        }
+        // Every row and page issued so far is durable on its sources before the replacement
+        // is attached: the chunks copy them from there.
+        let flushed = volume.flush(&self.write_devices()).map(|_| ());
+        self.unavailable_if_failed(&volume, flushed)?;
+        let replacement = Arc::new(Replacement::new(identity, device, 0, 0, from_spare));
+        replacement
+            .total_bytes
+            .store(self.rows_rebuild_estimate(&volume), Ordering::Relaxed);
+        self.members
+            .attach_replacement(index, Arc::clone(&replacement));
+        drop(volume);
+        tracing::info!(index = index.0, device = %replacement.identity.path, total_bytes = replacement.total_bytes.load(Ordering::Relaxed), "rebuild started");
+        self.note(
+            crate::format::EventKind::RebuildStart,
+            &replacement.identity.path,
+            &format!(
+                "replacing {} (data position {}){}, {} to copy",
+                self.members.get(index).path(),
+                index.0,
+                if from_spare {
+                    super::status::FROM_SPARES
+                } else {
+                    ""
+                },
+                crate::types::human_bytes(replacement.total_bytes.load(Ordering::Relaxed))
+            ),
+        );
+        self.members.write_superblocks()?;
+        Ok(())
+    }
+
+    /// What a rebuild of one position writes, about: the allocated bytes times the position's
+    /// share of a row (all of it on a mirror, `1/K` on `rs:K+M`), plus the metadata copies.
+    pub(crate) fn rows_rebuild_estimate(&self, volume: &crate::volume::Volume) -> u64 {
+        let share = self
+            .geometry
+            .layout
+            .data_chunks(self.geometry.devices)
+            .max(1) as u64;
+        volume.allocated_bytes() / share
+    }
+
+    /// One rebuild step of a v4 pool: every attached replacement gets one chunk (`long`: a
+    /// time budget; else [`STEP_SEGMENTS`] segments), and a replacement whose copy is done is
+    /// swapped in. A replacement that failed a write is abandoned first.
+    ///
+    /// # Errors
+    /// What the chunk or the swap-in returns other than a failure of the replacement itself
+    /// (which abandons it).
+    pub(crate) fn rows_rebuild_step(&self, rows: &RowsEngine, long: bool) -> Result<StepOutcome> {
+        let _turn = rows.rebuilding.lock();
+        let mut outcome = StepOutcome::default();
+        for member in &self.members.data {
+            let Some(replacement) = member.replacement() else {
+                continue;
+            };
+            let index = member.index;
+            if let Some(why) = replacement.fill_failed.lock().clone() {
+                self.members.abandon_replacement(index, &why);
+                continue;
+            }
+            let done = match self.rows_chunk(rows, index, &replacement, long) {
+                Ok((written, done)) => {
+                    outcome.written_bytes += written;
+                    done
+                }
+                Err(Error::Io {
+                    device,
+                    offset,
+                    source,
+                }) if device == replacement.device.name() => {
+                    let why = match offset {
+                        Some(offset) => format!("write at byte offset {offset}: {source}"),
+                        None => source.to_string(),
+                    };
+                    self.members.abandon_replacement(index, &why);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if !done {
+                outcome.running += 1;
+                continue;
+            }
+            let progress = self.progress_of(member, &replacement);
+            if self.rows_swap_in(rows, index, &replacement)? {
+                outcome.completed.push(RebuildProgress {
+                    done_bytes: replacement.bytes_written.load(Ordering::Relaxed),
+                    ..progress
+                });
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Copy one chunk onto `replacement` from its cursor: `(bytes written, whether the copy is
+    /// done)`.
+    fn rows_chunk(
+        &self,
+        rows: &RowsEngine,
+        index: DeviceIndex,
+        replacement: &Replacement,
+        long: bool,
+    ) -> Result<(u64, bool)> {
+        let volume = rows.volume.read();
+        let mut devices = self.write_devices();
+        // The copy itself goes to the replacement directly: its failure is the chunk's.
+        devices[index.0] = Some(Arc::clone(&replacement.device));
+        let from = replacement.next_slot.load(Ordering::Acquire);
+        let started = Instant::now();
+        let mut segments = 0u64;
+        let report = volume.rebuild_device(
+            &devices,
+            &crate::volume::RebuildOptions {
+                position: index.0,
+                from_segment: from,
+            },
+            &mut |_| {
+                segments += 1;
+                if long {
+                    started.elapsed() < LONG_STEP_BUDGET
+                } else {
+                    segments < STEP_SEGMENTS
+                }
+            },
+        )?;
+        drop(volume);
+        replacement
+            .bytes_written
+            .fetch_add(report.bytes_written, Ordering::Relaxed);
+        replacement
+            .bytes_read
+            .fetch_add(report.bytes_read, Ordering::Relaxed);
+        replacement
+            .lost_chunks
+            .fetch_add(report.unrepairable.len() as u64, Ordering::Relaxed);
+        for damage in &report.unrepairable {
+            tracing::error!(?damage, device = %replacement.identity.path, "a place of the position could not be rebuilt");
+        }
+        match report.resume_from {
+            Some(next) => {
+                replacement.next_slot.store(next, Ordering::Release);
+                Ok((report.bytes_written, false))
+            }
+            None => {
+                replacement.next_slot.store(u64::MAX, Ordering::Release);
+                Ok((report.bytes_written, true))
+            }
+        }
+    }
+
+    /// Make the filled `replacement` the member of position `index` (module docs); `false`
+    /// when it was abandoned instead (its device failed on the way).
+    fn rows_swap_in(
+        &self,
+        rows: &RowsEngine,
+        index: DeviceIndex,
+        replacement: &Arc<Replacement>,
+    ) -> Result<bool> {
+        let mut volume = rows.volume.write();
+        let still_attached = self
+            .members
+            .get(index)
+            .replacement()
+            .is_some_and(|current| Arc::ptr_eq(&current, replacement));
+        if !still_attached {
+            return Ok(false);
+        }
+        let devices = self.write_devices();
+        let flushed = volume.flush(&devices).map(|_| ());
+        self.unavailable_if_failed(&volume, flushed)?;
+        // The newest uberblock and a fresh log half on every member and on the replacement.
+        let synced = volume.sync(&devices).map(|_| ());
+        self.unavailable_if_failed(&volume, synced)?;
+        if let Some(why) = replacement.fill_failed.lock().clone() {
+            drop(volume);
+            self.members.abandon_replacement(index, &why);
+            return Ok(false);
+        }
+        // It holds the volume: the superblocks name it the member, and must land on it.
+        replacement.complete.store(true, Ordering::Release);
+        if let Err(err) = self.record_on(&replacement.device) {
+            replacement.complete.store(false, Ordering::Release);
+            drop(volume);
+            self.members
+                .abandon_replacement(index, &format!("its superblock: {err}"));
+            return Ok(false);
+        }
+        let Some(old) = self.members.swap_in_replacement(index, replacement) else {
+            return Ok(false);
+        };
+        drop(volume);
+        self.rebuilt(index, replacement, &old);
+        Ok(true)
+    }
+}
