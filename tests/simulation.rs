@@ -183,6 +183,20 @@ fn v4_seed_5064_a_flush_beyond_the_tolerance_is_unavailable() {
     run_checked(&config);
 }
 
+/// Replay `tests/data/stripestore-sim-<seed>.json` (a shrunk failing run kept) and expect no
+/// violation.
+fn replay_kept(seed: &str) {
+    let path = format!(
+        "{}/tests/data/stripestore-sim-{seed}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    let replay: sim::Replay = serde_json::from_str(&text).unwrap();
+    let config = replay.config().unwrap();
+    let report = sim::run(&config, &replay.ops).unwrap();
+    assert!(report.violation.is_none(), "{:?}", report.violation);
+}
+
 /// Found 2026-12-03 by `simulate --format 4 --seed 7001`, run 71 (fixed 2026-12-04): mirror:3
 /// on format version 4, a power cut inside a sync's uberblock writes left d1 at the older
 /// uberblock while d0 held the newer; the reopen served the newer state but left d1 behind,
@@ -192,13 +206,15 @@ fn v4_seed_5064_a_flush_beyond_the_tolerance_is_unavailable() {
 /// (docs/FORMAT.md V4.8, "Recovery at open", step 4).
 #[test]
 fn v4_seed_7072_replay() {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/stripestore-sim-7072.json"
-    ))
-    .unwrap();
-    let replay: sim::Replay = serde_json::from_str(&text).unwrap();
-    let config = replay.config().unwrap();
-    let report = sim::run(&config, &replay.ops).unwrap();
-    assert!(report.violation.is_none(), "{:?}", report.violation);
+    replay_kept("7072");
+}
+
+/// Found 2026-12-04 by `simulate --format 4 --seed 7001` (run 292): rs:4+2 on format version 4,
+/// faults configured on d1, d4 failing: the map's metadata write to d4 failed, d4 was faulted,
+/// but the superblock write recording it failed once on d1, and the pool refused every write
+/// as unavailable with only d4 lost. A member whose superblock write fails now goes through
+/// the fault policy itself, and the record is written again to the rest.
+#[test]
+fn v4_seed_7292_replay() {
+    replay_kept("7292");
 }

@@ -865,6 +865,38 @@ impl Members {
         .collect()
     }
 
+    /// Write the superblocks until every data member in service holds them: a member whose
+    /// write fails is handed to the fault policy as a write error (out of service when the
+    /// pool can lose it) and the write is repeated without it. `true` once a write reached
+    /// every data member still in service; `false` when a member that failed stays in service
+    /// (the pool cannot lose it) or the superblock cannot be encoded. Failures on replacements
+    /// and spares do not count: neither is read as a member.
+    pub(crate) fn record_everywhere(&self) -> bool {
+        for _ in 0..=self.data.len() {
+            let Ok(failures) = self.write_superblocks() else {
+                return false;
+            };
+            let mut blamed = false;
+            for (name, err) in &failures {
+                let failing = self
+                    .data
+                    .iter()
+                    .find(|m| m.is_online() && m.device().is_some_and(|d| d.name() == *name));
+                if let Some(member) = failing {
+                    self.record_error(member.index, None, DeviceFault::Write(err));
+                    if member.is_online() {
+                        return false;
+                    }
+                    blamed = true;
+                }
+            }
+            if !blamed {
+                return true;
+            }
+        }
+        false
+    }
+
     /// Write the superblock (generation + 1) to every online member, replacement and spare:
     /// copy A on all, flush, then copy B on all, flush. A crash at any point leaves one valid
     /// copy per device. Returns the devices where a write failed (their other copy may still

@@ -498,11 +498,14 @@ fn settle_open_repairs(inner: &PoolInner) -> Result<()> {
             return Err(inner.unavailable_with([device]));
         }
     }
-    let not_recorded = inner.members.write_superblocks()?;
-    if not_recorded.is_empty() {
+    if inner.members.record_everywhere() {
         Ok(())
     } else {
-        Err(inner.unavailable_with(not_recorded.into_iter().map(|(device, _)| device)))
+        Err(inner.unavailable_with(
+            failed
+                .iter()
+                .map(|(member, _)| inner.members.get(*member).path()),
+        ))
     }
 }
 
