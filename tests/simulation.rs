@@ -218,3 +218,13 @@ fn v4_seed_7072_replay() {
 fn v4_seed_7292_replay() {
     replay_kept("7292");
 }
+
+/// Found 2026-12-04 by `simulate --format 4 --seed 9001` (run 1) on the first background
+/// rebuild of v4: mirror:2, a healthy d1 replaced by a spare, reopened without d0: the rebuild
+/// read only the other members (none), reported every place unrepairable, and swapped the
+/// empty spare in for the one member holding the data. The member being replaced is now a
+/// source of its own shards and pages while it serves.
+#[test]
+fn v4_seed_9001_replay() {
+    replay_kept("9001");
+}

@@ -5,20 +5,23 @@
 //! Owns: fanning a write or flush out to the member (when it is still in service) and the
 //! replacement, and keeping the replacement's failures away from the request: a failure there
 //! is recorded on the replacement (`Replacement::fill_failed`) and the rebuild abandons it. The
-//! request's result is the member's (with no member, the position is already counted lost, so
-//! the pool is exactly as redundant as without a replacement).
+//! request's result is the member's.
 //!
 //! Must not touch: membership and superblocks (the rebuild in `rows_rebuild.rs` decides), and
 //! reads of the replacement: it is never a source before it is swapped in. With no member, a
-//! read fails with [`NOT_READABLE`], which the fault policy does not count.
+//! read, and a write (after it reached the replacement), fail with [`NOT_A_MEMBER`], which
+//! the fault policy does not count: a write must never count as landed on a copy no read
+//! can reach.
 
 use super::Replacement;
 use crate::device::{Device, DeviceError, SharedDevice};
 use std::sync::Arc;
 
-/// What a read of a position without a member in service says while its replacement is
-/// filled (the map then reads another copy of the page).
-pub(crate) const NOT_READABLE: &str = "not readable while its replacement is being rebuilt";
+/// What a read or write of a position without a member in service says while its
+/// replacement is filled (the map then reads another copy of the page; a write is not
+/// counted as landed there).
+pub(crate) const NOT_A_MEMBER: &str =
+    "the position's replacement is being rebuilt: not a member yet";
 
 /// A position's member (if in service) and its replacement, written together.
 #[derive(Debug)]
@@ -58,14 +61,20 @@ impl FillDevice {
     }
 }
 
+impl FillDevice {
+    fn not_a_member(&self) -> DeviceError {
+        DeviceError::Io(std::io::Error::other(format!(
+            "{}: {NOT_A_MEMBER}",
+            self.replacement.identity.path
+        )))
+    }
+}
+
 impl Device for FillDevice {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
         match &self.member {
             Some(member) => member.read_at(offset, buf),
-            None => Err(DeviceError::Io(std::io::Error::other(format!(
-                "{}: {NOT_READABLE}",
-                self.replacement.identity.path
-            )))),
+            None => Err(self.not_a_member()),
         }
     }
 
@@ -75,7 +84,11 @@ impl Device for FillDevice {
             || format!("write at byte offset {offset}"),
             |r| r.write_at(offset, buf),
         );
-        theirs.unwrap_or(Ok(()))
+        // Without a member the write never counts as landed at the position (the replacement
+        // is no source before its swap-in): the volume hears a failure, which the fault
+        // policy does not count against the member out of service (review of stage 2,
+        // finding 1: a row must not be taken as readable from a copy no read can reach).
+        theirs.unwrap_or_else(|| Err(self.not_a_member()))
     }
 
     fn flush(&self) -> Result<(), DeviceError> {

@@ -434,6 +434,7 @@ pub(super) fn open(
             };
             if !options.read_only {
                 settle_open_repairs(&inner)?;
+                inner.rows_restart_rebuilds();
             }
             inner
         }

@@ -146,6 +146,12 @@ impl PoolInner {
 
     /// Persist the rebuild watermarks: replacements flushed first, then the superblocks.
     pub(crate) fn checkpoint_rebuilds(&self) -> Result<()> {
+        if self.rows().is_some() {
+            // A v4 rebuild records no watermark: after a crash it starts over (FORMAT.md
+            // V4.13, stage 2); what is recorded is the replacement itself.
+            self.members.write_superblocks()?;
+            return Ok(());
+        }
         // Capture the watermarks first: everything below them was written before the commit's
         // flush (which covers replacements, and abandons one whose flush fails).
         let watermarks: Vec<(Arc<Replacement>, u64)> = self

@@ -323,6 +323,11 @@ pub(crate) fn tolerate(inner: Weak<PoolInner>) -> Tolerate {
                 return false;
             }
             let index = DeviceIndex(member);
+            if filling_without_member(&inner.members, index) {
+                // The fill device refused it (`fill.rs`): the member is out of service and
+                // recorded so by the attach; the replacement's own failures are its own.
+                return true;
+            }
             tracing::warn!(member, ?offset, %error, "a member failed a metadata write");
             inner
                 .members
@@ -340,6 +345,13 @@ pub(crate) fn tolerate(inner: Weak<PoolInner>) -> Tolerate {
     ))
 }
 
+/// Whether position `index` is out of service with a replacement being filled: what the
+/// volume reports there comes from the fill device (`fill.rs`), not from a member.
+fn filling_without_member(members: &Members, index: DeviceIndex) -> bool {
+    let member = members.get(index);
+    !member.is_online() && member.replacement().is_some()
+}
+
 /// An observer that hands the volume's member problems to the pool's fault policy.
 pub(crate) fn observer(inner: Weak<PoolInner>) -> Observer {
     Observer(Arc::new(move |problem: &MemberProblem<'_>| {
@@ -355,13 +367,9 @@ fn record(members: &Members, problem: &MemberProblem<'_>, geometry: &Geometry) {
         return;
     }
     let offset = Some(problem.offset);
-    let member = members.get(index);
-    if !member.is_online()
-        && member.replacement().is_some()
-        && matches!(problem.kind, ProblemKind::Read(_))
-    {
-        // The fill device of a position out of service refused a read of its replacement
-        // (`fill.rs`): the member is not there to blame, and the map read another copy.
+    if filling_without_member(members, index) {
+        // The fill device of a position out of service refused a read or a write (`fill.rs`):
+        // the member is not there to blame.
         return;
     }
     match &problem.kind {

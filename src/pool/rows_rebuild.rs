@@ -61,6 +61,9 @@ impl PoolInner {
         // is attached: the chunks copy them from there.
         let flushed = volume.flush(&self.write_devices()).map(|_| ());
         self.unavailable_if_failed(&volume, flushed)?;
+        // Nothing the device held before (an uberblock or log record of this pool from an
+        // earlier life, a forced open ago) may ever be read as this pool's once it serves.
+        clear_map_areas(&self.geometry, &device)?;
         let replacement = Arc::new(Replacement::new(identity, device, 0, 0, from_spare));
         replacement
             .total_bytes
@@ -84,8 +87,31 @@ impl PoolInner {
                 crate::types::human_bytes(replacement.total_bytes.load(Ordering::Relaxed))
             ),
         );
-        self.members.write_superblocks()?;
+        // Every member in service records it (and the position's state): from now on the
+        // fault policy does not record again what the fill device's position refuses.
+        if !self.members.record_everywhere() {
+            self.members
+                .abandon_replacement(index, "its attach could not be recorded on every member");
+            return Err(self.unavailable_with(std::iter::empty()));
+        }
         Ok(())
+    }
+
+    /// At a writable open of a v4 pool recorded mid-rebuild: each replacement starts over
+    /// at segment 0 with its map areas cleared (a device whose areas cannot be written is
+    /// abandoned, recorded).
+    pub(crate) fn rows_restart_rebuilds(&self) {
+        for member in &self.members.data {
+            let Some(replacement) = member.replacement() else {
+                continue;
+            };
+            replacement.next_slot.store(0, Ordering::Release);
+            replacement.durable_slot.store(0, Ordering::Release);
+            if let Err(err) = clear_map_areas(&self.geometry, &replacement.device) {
+                self.members
+                    .abandon_replacement(member.index, &format!("its map areas: {err}"));
+            }
+        }
     }
 
     /// What a rebuild of one position writes, about: the allocated bytes times the position's
@@ -162,8 +188,11 @@ impl PoolInner {
         long: bool,
     ) -> Result<(u64, bool)> {
         let volume = rows.volume.read();
-        let mut devices = self.write_devices();
-        // The copy itself goes to the replacement directly: its failure is the chunk's.
+        // Sources: the members in service (the read list, never another position's
+        // replacement), the old member at the position included when it still serves. The
+        // copy goes to the replacement directly: its failure is the chunk's.
+        let mut devices = self.volume_devices();
+        let old = devices[index.0].take();
         devices[index.0] = Some(Arc::clone(&replacement.device));
         let from = replacement.next_slot.load(Ordering::Acquire);
         let started = Instant::now();
@@ -173,6 +202,7 @@ impl PoolInner {
             &crate::volume::RebuildOptions {
                 position: index.0,
                 from_segment: from,
+                old,
             },
             &mut |_| {
                 segments += 1;
@@ -228,9 +258,13 @@ impl PoolInner {
         let devices = self.write_devices();
         let flushed = volume.flush(&devices).map(|_| ());
         self.unavailable_if_failed(&volume, flushed)?;
-        // The newest uberblock and a fresh log half on every member and on the replacement.
-        let synced = volume.sync(&devices).map(|_| ());
-        self.unavailable_if_failed(&volume, synced)?;
+        // The newest uberblock and a fresh log half on every member and on the replacement;
+        // twice, so that the tree before the newest and the log chain after it (what `open
+        // --rewind` reads) are whole on the replacement too.
+        for _ in 0..2 {
+            let synced = volume.sync(&devices).map(|_| ());
+            self.unavailable_if_failed(&volume, synced)?;
+        }
         if let Some(why) = replacement.fill_failed.lock().clone() {
             drop(volume);
             self.members.abandon_replacement(index, &why);
@@ -252,4 +286,43 @@ impl PoolInner {
         self.rebuilt(index, replacement, &old);
         Ok(true)
     }
+}
+
+/// Zero both uberblock rings and both log halves of `device` and flush: a device that was a
+/// member of this pool before (taken out, a forced open ago) may hold uberblocks and records
+/// with txgs and sequences the pool has since used again, and open trusts those areas on
+/// every member.
+///
+/// # Errors
+/// The device's write or flush error (the attach is refused, nothing else changed).
+pub(crate) fn clear_map_areas(
+    geometry: &crate::geometry::Geometry,
+    device: &SharedDevice,
+) -> Result<()> {
+    let ring_bytes = geometry.uberblock_slots * crate::geometry::UBERBLOCK_SLOT_BYTES;
+    let areas = geometry
+        .uberblock_rings()
+        .map(|start| (start, ring_bytes))
+        .into_iter()
+        .chain(
+            geometry
+                .log_halves()
+                .map(|start| (start, geometry.log_half_bytes())),
+        );
+    let zeros = vec![0u8; 1 << 20];
+    let io = |offset: u64, e: crate::device::DeviceError| Error::Io {
+        device: device.name(),
+        offset: Some(offset),
+        source: e.into_io(),
+    };
+    for (start, bytes) in areas {
+        let mut at = start;
+        while at < start + bytes {
+            let len = usize::try_from((start + bytes - at).min(zeros.len() as u64))
+                .unwrap_or(zeros.len());
+            device.write_at(at, &zeros[..len]).map_err(|e| io(at, e))?;
+            at += len as u64;
+        }
+    }
+    device.flush().map_err(|e| io(0, e))
 }

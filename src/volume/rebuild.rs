@@ -33,12 +33,16 @@ use crate::meta::{CopyProblem, PageRef};
 use crate::types::DeviceIndex;
 
 /// What to rebuild.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct RebuildOptions {
     /// The layout position (member index) the replacement serves.
     pub position: usize,
     /// The watermark: segments below this one are taken as done (a resumed rebuild).
     pub from_segment: u64,
+    /// The member the replacement takes over from, when it is still in service: a source of
+    /// its own shards and page copies (each verified like any other), so that a place the
+    /// other members cannot give is copied from it rather than lost when it is retired.
+    pub old: Option<SharedDevice>,
 }
 
 /// Progress after each segment.
@@ -110,7 +114,11 @@ impl Volume {
             )));
         };
         let replacement = replacement.name();
-        let (work, walked) = self.segment_work(devices)?;
+        // Where everything is read from: the other members, and the old member at the
+        // position when it still serves (never the replacement, which holds nothing yet).
+        let mut sources = devices.to_vec();
+        sources[position] = options.old.clone();
+        let (work, walked) = self.segment_work(&sources)?;
         let mut report = RebuildReport {
             segments_total: work.len() as u64,
             bytes_read: walked,
@@ -124,12 +132,24 @@ impl Volume {
             match item {
                 Work::Data { slots, .. } => {
                     for slot in slots.clone() {
-                        self.rebuild_slot(devices, position, &replacement, slot, &mut report)?;
+                        self.rebuild_slot(
+                            (&sources, devices),
+                            position,
+                            &replacement,
+                            slot,
+                            &mut report,
+                        )?;
                     }
                 }
                 Work::Metadata { pages, .. } => {
                     for page in pages {
-                        self.rebuild_page(devices, position, &replacement, page, &mut report)?;
+                        self.rebuild_page(
+                            (&sources, devices),
+                            position,
+                            &replacement,
+                            page,
+                            &mut report,
+                        )?;
                     }
                 }
             }
@@ -148,9 +168,11 @@ impl Volume {
         Ok(report)
     }
 
+    /// `(sources, devices)`: where the slot is read from, and where its cell is written (the
+    /// replacement at `position`).
     fn rebuild_slot(
         &self,
-        devices: &[Option<SharedDevice>],
+        (sources, devices): (&[Option<SharedDevice>], &[Option<SharedDevice>]),
         position: usize,
         replacement: &str,
         slot: u64,
@@ -163,7 +185,7 @@ impl Volume {
             return Ok(());
         };
         // Without healing: a rebuild writes only what it reports (scrub heals the summary).
-        let rows = match self.map.slot_rows(devices, slot, false) {
+        let rows = match self.map.slot_rows(sources, slot, false) {
             Ok(rows) => rows,
             // Its summary page is lost on every copy (the page is named where it lies).
             Err(Error::MetadataLost { .. }) => {
@@ -176,7 +198,9 @@ impl Volume {
             return Ok(());
         }
         let verify = !self.planted_rebuild_skips_verify();
-        let (read, bytes_read) = self.read_slot(devices, slot, rows, &|s| s != target, verify);
+        let old = sources[position].is_some();
+        let (read, bytes_read) =
+            self.read_slot(sources, slot, rows, &|s| old || s != target, verify);
         report.bytes_read += bytes_read;
         let mut pieces = Vec::new();
         let mut blocks = Vec::new();
@@ -186,7 +210,8 @@ impl Volume {
                 continue;
             }
             let (device, offset) = self.rows.shard_block(slot, target, row.row);
-            match self.rebuild_cell(slot, row, target, verify) {
+            let kept = (row.cells[target] == Cell::Good).then(|| row.bytes[target].clone());
+            match kept.or_else(|| self.rebuild_cell(slot, row, target, verify)) {
                 Some(bytes) => {
                     pieces.push(Piece {
                         device: device.0,
@@ -236,9 +261,10 @@ impl Volume {
         Ok(())
     }
 
+    /// `(sources, devices)` as for `rebuild_slot`.
     fn rebuild_page(
         &self,
-        devices: &[Option<SharedDevice>],
+        (sources, devices): (&[Option<SharedDevice>], &[Option<SharedDevice>]),
         position: usize,
         replacement: &str,
         page: &PageRef,
@@ -256,7 +282,19 @@ impl Volume {
             return Ok(());
         };
         let store = self.map.page_store();
-        let read = store.read_copies(devices, page, &|d: DeviceIndex| d.0 != position, false)?;
+        // The old member's own copy first when it serves (a sibling otherwise).
+        let read = match sources[position] {
+            Some(_) => {
+                store.read_copies(sources, page, &|d: DeviceIndex| d.0 == position, false)?
+            }
+            None => store.read_copies(sources, page, &|d: DeviceIndex| d.0 != position, false)?,
+        };
+        let read = match (&read.page, &sources[position]) {
+            (None, Some(_)) => {
+                store.read_copies(sources, page, &|d: DeviceIndex| d.0 != position, false)?
+            }
+            _ => read,
+        };
         report.bytes_read += read.bytes_read;
         report.sources_bad += read
             .faults
