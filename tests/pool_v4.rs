@@ -707,3 +707,106 @@ fn a_member_that_cannot_be_brought_up_to_date_at_open_is_faulted_or_the_open_ref
     verify(&pool, &model);
     pool.close().unwrap();
 }
+
+/// A replacement being filled is no copy a read can use: with mirror:2 at its tolerance (one
+/// member lost, a spare being filled in its place), a write the last member fails is refused,
+/// never acknowledged on the strength of the spare's copy alone (review of stage 2, finding
+/// 1), and the flushed volume reads back exactly.
+#[test]
+fn a_write_that_reaches_only_the_replacement_is_not_acknowledged() {
+    let mems = mem_devices(2, DEVICE_BYTES);
+    let (devices, plans) = faulty_members(&mems, 17);
+    let spare = Arc::new(MemDevice::new("spare", DEVICE_BYTES));
+    let mut options = v4_options("mirror:2");
+    options.open.auto_replace = false;
+    options.open.background_rebuild = false;
+    let pool = Pool::create(devices, vec![spare.clone() as SharedDevice], &options).unwrap();
+    let mut rng = stripestore::testing::rng(0x4900);
+    let mut model = Model::new(pool.size());
+    random_writes(&pool, &mut model, &mut rng, 40);
+    pool.flush().unwrap();
+    pool.offline("mem1").unwrap();
+    pool.replace_with_spare("mem1", "spare").unwrap();
+    assert_eq!(
+        pool.rebuild_progress().len(),
+        1,
+        "the spare is being filled"
+    );
+    let geometry = pool.geometry().clone();
+    {
+        let mut plan = plans[0].lock();
+        plan.set_region(geometry.data_offset..DEVICE_BYTES);
+        plan.arm(FaultKind::WriteError, 64);
+    }
+    let refused = pool.write_at(1 << 20, &[7u8; 8192]);
+    assert!(
+        refused.is_err(),
+        "a write only the replacement holds was acknowledged"
+    );
+    assert!(plans[0].lock().count(FaultKind::WriteError) > 0);
+    plans[0].lock().clear();
+    pool.run_rebuilds(|_| {}).unwrap();
+    let mut back = vec![0u8; 8192];
+    pool.read_at(1 << 20, &mut back).unwrap();
+    assert!(
+        back[..] == model.read(1 << 20, 8192)[..],
+        "the refused write changed the volume"
+    );
+    verify(&pool, &model);
+    pool.close().unwrap();
+}
+
+/// A rebuild cut by a power loss starts over at the next open (nothing of its progress is
+/// recorded on v4) and then runs in the background thread while writes go on; once it is
+/// done, the volume reads back exactly with another original member gone.
+#[test]
+fn a_v4_rebuild_cut_by_a_power_loss_starts_over_and_finishes_in_the_background() {
+    let mems = mem_devices(3, DEVICE_BYTES);
+    let spare = Arc::new(MemDevice::new("spare", DEVICE_BYTES));
+    let mut options = v4_options("rs:2+1");
+    options.open.auto_replace = false;
+    options.open.background_rebuild = false;
+    let pool = Pool::create(shared(&mems), vec![spare.clone() as SharedDevice], &options).unwrap();
+    let mut rng = stripestore::testing::rng(0x4a00);
+    let mut model = Model::new(pool.size());
+    random_writes(&pool, &mut model, &mut rng, 80);
+    pool.flush().unwrap();
+    pool.offline("mem2").unwrap();
+    pool.replace_with_spare("mem2", "spare").unwrap();
+    for _ in 0..2 {
+        random_writes(&pool, &mut model, &mut rng, 5);
+        pool.rebuild_step(false).unwrap();
+    }
+    pool.flush().unwrap();
+    pool.simulate_power_loss();
+
+    let mut devices = shared(&mems);
+    devices.push(spare.clone());
+    let background = OpenOptions {
+        background_rebuild: true,
+        ..open_options()
+    };
+    let pool = Pool::open(devices, &background).unwrap();
+    assert_eq!(pool.rebuild_progress().len(), 1, "the rebuild is resumed");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !pool.rebuild_progress().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the background rebuild never ended"
+        );
+        random_writes(&pool, &mut model, &mut rng, 2);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(pool.status().devices[2].state, "ONLINE");
+    assert_eq!(pool.status().devices[2].path, "spare");
+    verify(&pool, &model);
+    pool.close().unwrap();
+    // mem0 is lost: the spare carries position 2.
+    let forced = OpenOptions {
+        force: true,
+        ..open_options()
+    };
+    let pool = Pool::open(vec![mems[1].clone(), spare.clone()], &forced).unwrap();
+    verify(&pool, &model);
+    pool.close().unwrap();
+}
