@@ -655,6 +655,7 @@ fn rebuild(
             &RebuildOptions {
                 position,
                 from_segment: from,
+                old: None,
             },
             &mut |progress| {
                 seen += 1;
@@ -1072,6 +1073,7 @@ fn a_16_tib_volume_on_sparse_files_scrubs_and_rebuilds_its_few_rows_in_proportio
             &RebuildOptions {
                 position: 5,
                 from_segment: 0,
+                old: None,
             },
             &mut |_| true,
         )
@@ -1116,6 +1118,7 @@ fn an_absent_member_is_counted_not_checked_and_refusals_come_before_any_io() {
             &RebuildOptions {
                 position: members - 1,
                 from_segment: 0,
+                old: None,
             },
             &mut |_| true,
         );
