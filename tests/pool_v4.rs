@@ -635,6 +635,24 @@ fn a_v4_scrub_finds_repairs_and_counts_rot_per_member() {
     );
 }
 
+/// `mem` with both uberblock rings zeroed, behind a fault injector failing every write into
+/// the first ring.
+fn rings_lost_and_unwritable(
+    mem: &Arc<MemDevice>,
+    rings: &[std::ops::Range<u64>; 2],
+) -> SharedDevice {
+    for ring in rings {
+        mem.poke(ring.start, &vec![0u8; 4 * 4096]);
+    }
+    let (faulty, plan) = FaultyDevice::new(mem.clone(), 3);
+    {
+        let mut plan = plan.lock();
+        plan.set_region(rings[0].clone());
+        plan.arm(FaultKind::WriteError, 16);
+    }
+    Arc::new(faulty)
+}
+
 /// A writable open gives every member in service the uberblock it opened (docs/FORMAT.md
 /// V4.8, "Recovery at open", step 4). A member that cannot take it is taken out of service
 /// and that is recorded before anything is served, when the pool can lose it; when it cannot,
@@ -652,17 +670,8 @@ fn a_member_that_cannot_be_brought_up_to_date_at_open_is_faulted_or_the_open_ref
         .uberblock_rings()
         .map(|start| start..start + 4 * 4096);
     // Member 4 lost its rings and fails every write into them.
-    for ring in &rings {
-        mems[4].poke(ring.start, &vec![0u8; 4 * 4096]);
-    }
-    let (faulty, plan) = FaultyDevice::new(mems[4].clone(), 3);
-    {
-        let mut plan = plan.lock();
-        plan.set_region(rings[0].clone());
-        plan.arm(FaultKind::WriteError, 16);
-    }
     let mut devices = shared(&mems);
-    devices[4] = Arc::new(faulty);
+    devices[4] = rings_lost_and_unwritable(&mems[4], &rings);
     let pool = Pool::open(devices.clone(), &open_options()).unwrap();
     let status = pool.status();
     assert_ne!(status.devices[4].state, "ONLINE", "{:?}", status.devices[4]);
@@ -681,16 +690,8 @@ fn a_member_that_cannot_be_brought_up_to_date_at_open_is_faulted_or_the_open_ref
     let mut model = Model::new(pool.size());
     random_writes(&pool, &mut model, &mut rng, 30);
     pool.close().unwrap();
-    for ring in &rings {
-        mems[1].poke(ring.start, &vec![0u8; 4 * 4096]);
-    }
-    let (faulty, plan) = FaultyDevice::new(mems[1].clone(), 5);
-    {
-        let mut plan = plan.lock();
-        plan.set_region(rings[0].clone());
-        plan.arm(FaultKind::WriteError, 16);
-    }
-    let devices: Vec<SharedDevice> = vec![mems[0].clone(), Arc::new(faulty)];
+    let devices: Vec<SharedDevice> =
+        vec![mems[0].clone(), rings_lost_and_unwritable(&mems[1], &rings)];
     let forced = OpenOptions {
         force: true,
         ..open_options()

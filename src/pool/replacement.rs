@@ -60,25 +60,31 @@ impl PoolInner {
         }
         if let Some(replacement) = self.members.get(index).replacement() {
             self.estimate_total(index, &replacement);
-            tracing::info!(index = index.0, device = %replacement.identity.path, total_bytes = replacement.total_bytes.load(Ordering::Relaxed), "rebuild started");
-            self.note(
-                crate::format::EventKind::RebuildStart,
-                &replacement.identity.path,
-                &format!(
-                    "replacing {} (data position {}){}, {} to copy",
-                    self.members.get(index).path(),
-                    index.0,
-                    if replacement.from_spare {
-                        super::status::FROM_SPARES
-                    } else {
-                        ""
-                    },
-                    crate::types::human_bytes(replacement.total_bytes.load(Ordering::Relaxed))
-                ),
-            );
+            self.rebuild_started(index, &replacement);
         }
         self.members.write_superblocks()?;
         Ok(())
+    }
+
+    /// Say and record that `replacement` started filling position `index`.
+    pub(crate) fn rebuild_started(&self, index: DeviceIndex, replacement: &Replacement) {
+        let total = replacement.total_bytes.load(Ordering::Relaxed);
+        tracing::info!(index = index.0, device = %replacement.identity.path, total_bytes = total, "rebuild started");
+        self.note(
+            crate::format::EventKind::RebuildStart,
+            &replacement.identity.path,
+            &format!(
+                "replacing {} (data position {}){}, {} to copy",
+                self.members.get(index).path(),
+                index.0,
+                if replacement.from_spare {
+                    super::status::FROM_SPARES
+                } else {
+                    ""
+                },
+                crate::types::human_bytes(total)
+            ),
+        );
     }
 
     /// Count the bytes the rebuild of `index` will write from its watermark on.

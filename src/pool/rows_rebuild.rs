@@ -71,22 +71,7 @@ impl PoolInner {
         self.members
             .attach_replacement(index, Arc::clone(&replacement));
         drop(volume);
-        tracing::info!(index = index.0, device = %replacement.identity.path, total_bytes = replacement.total_bytes.load(Ordering::Relaxed), "rebuild started");
-        self.note(
-            crate::format::EventKind::RebuildStart,
-            &replacement.identity.path,
-            &format!(
-                "replacing {} (data position {}){}, {} to copy",
-                self.members.get(index).path(),
-                index.0,
-                if from_spare {
-                    super::status::FROM_SPARES
-                } else {
-                    ""
-                },
-                crate::types::human_bytes(replacement.total_bytes.load(Ordering::Relaxed))
-            ),
-        );
+        self.rebuild_started(index, &replacement);
         // Every member in service records it (and the position's state): from now on the
         // fault policy does not record again what the fill device's position refuses.
         if !self.members.record_everywhere() {
