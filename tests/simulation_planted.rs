@@ -125,8 +125,10 @@ fn discards_left_out_of_the_commit_are_caught_within_a_few_seeds() {
     assert!(sim::run_seed(&config).unwrap().violation.is_none());
 }
 
-/// On format version 4 too: reads that skip checksum verification, and commits that do not
-/// flush the rows first, are caught within a few seeds.
+/// On format version 4 too: reads that skip checksum verification, commits that do not flush
+/// the rows first, and the two bugs of the metadata path issue 13 names (pages read without
+/// checking them against their parent's checksum; segments released before the root that
+/// frees them is durable) are caught within a few seeds.
 #[test]
 fn planted_bugs_are_caught_on_format_v4() {
     for (name, planted, expect) in [
@@ -143,6 +145,23 @@ fn planted_bugs_are_caught_on_format_v4() {
             "skip-commit-data-flush",
             PlantedBugs {
                 skip_commit_data_flush: true,
+                ..PlantedBugs::default()
+            },
+            "",
+        ),
+        (
+            // Issue 13: the metadata path's own checks.
+            "skip-page-checksum-verification",
+            PlantedBugs {
+                skip_page_checksum_verification: true,
+                ..PlantedBugs::default()
+            },
+            "",
+        ),
+        (
+            "release-before-root-durable",
+            PlantedBugs {
+                release_before_root_durable: true,
                 ..PlantedBugs::default()
             },
             "",

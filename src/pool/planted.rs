@@ -21,6 +21,13 @@ pub struct PlantedBugs {
     /// recording the change in it (read by the discard path): after a crash or a reopen the
     /// map names the old slots again.
     pub skip_discard_log: bool,
+    /// Format version 4: metadata pages are taken from the first copy a member returns,
+    /// unchecked against the checksum their parent holds (read by the map's page store).
+    pub skip_page_checksum_verification: bool,
+    /// Format version 4: segments a tree sync frees are handed out again at once, before the
+    /// new root is durable (read by the map's segment table), so a crash can leave the
+    /// durable tree naming pages written over.
+    pub release_before_root_durable: bool,
 }
 
 impl PlantedBugs {
@@ -31,5 +38,7 @@ impl PlantedBugs {
             || self.skip_commit_data_flush
             || self.fault_on_data_errors
             || self.skip_discard_log
+            || self.skip_page_checksum_verification
+            || self.release_before_root_durable
     }
 }

@@ -174,12 +174,17 @@ fn volume_options(params: &MapParams, options: &OpenOptions) -> VolumeOptions {
     with_planted(VolumeOptions::with_map(map), options)
 }
 
-/// The pool's planted bugs that have a counterpart in the volume (feature `testing`):
-/// skipped checksum verification, and a commit that does not flush the rows first.
+/// The pool's planted bugs that have a counterpart in the volume or its map (feature
+/// `testing`): skipped checksum verification of blocks and of pages, a commit that does not
+/// flush the rows first, segments released before the root that frees them is durable.
 #[cfg(feature = "testing")]
 fn with_planted(mut volume: VolumeOptions, options: &OpenOptions) -> VolumeOptions {
     volume.skip_block_verification = options.planted.skip_checksum_verification;
     volume.commit_before_rows_durable = options.planted.skip_commit_data_flush;
+    volume.map.skip_page_verification = options.planted.skip_page_checksum_verification;
+    if options.planted.release_before_root_durable {
+        volume.map.release = crate::meta::ReleaseRule::AtOnce;
+    }
     volume
 }
 

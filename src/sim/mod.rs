@@ -215,11 +215,13 @@ impl SimConfig {
 }
 
 /// The names `simulate --plant` takes, each with the protection it switches off.
-pub const PLANTABLE: [&str; 4] = [
+pub const PLANTABLE: [&str; 6] = [
     "skip-checksum-verification",
     "skip-commit-data-flush",
     "fault-on-data-errors",
     "skip-discard-log",
+    "skip-page-checksum-verification",
+    "release-before-root-durable",
 ];
 
 /// Switch on the planted bug called `name` (one of [`PLANTABLE`]).
@@ -235,6 +237,8 @@ pub fn plant(
         "skip-commit-data-flush" => bugs.skip_commit_data_flush = true,
         "fault-on-data-errors" => bugs.fault_on_data_errors = true,
         "skip-discard-log" => bugs.skip_discard_log = true,
+        "skip-page-checksum-verification" => bugs.skip_page_checksum_verification = true,
+        "release-before-root-durable" => bugs.release_before_root_durable = true,
         other => {
             return Err(format!(
                 "unknown planted bug '{other}' (one of: {})",
@@ -251,6 +255,8 @@ fn planted_names(bugs: &crate::testing::PlantedBugs) -> Vec<String> {
         bugs.skip_commit_data_flush,
         bugs.fault_on_data_errors,
         bugs.skip_discard_log,
+        bugs.skip_page_checksum_verification,
+        bugs.release_before_root_durable,
     ];
     PLANTABLE
         .iter()

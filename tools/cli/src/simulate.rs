@@ -43,7 +43,8 @@ pub struct SimulateArgs {
     data_faults_only: bool,
     /// Switch one protection off in the simulated pool, to watch the simulation catch it:
     /// skip-checksum-verification, skip-commit-data-flush, fault-on-data-errors,
-    /// skip-discard-log (repeatable).
+    /// skip-discard-log, and on --format 4 skip-page-checksum-verification,
+    /// release-before-root-durable (repeatable).
     #[arg(long, value_name = "BUG")]
     plant: Vec<String>,
     /// Size of each simulated device (default 1M; 8M with --format 4).
