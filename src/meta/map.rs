@@ -1334,6 +1334,11 @@ impl MapStore {
         &self.segments
     }
 
+    /// Note (or stop noting) which segments are taken ([`SegmentTable::watch_openings`]).
+    pub fn watch_openings(&mut self, on: bool) {
+        self.segments.watch_openings(on);
+    }
+
     /// Recount from the trees of the last sync how many data blocks and metadata pages of
     /// each segment they reference, and compare with the usage table (FORMAT.md V4.4, "SUT@t =
     /// f(trees@t)"; `check --deep`). Reads every page of the trees.

@@ -19,7 +19,7 @@
 use crate::error::{Error, Result};
 use crate::format::v4::{SegmentState, SutRecord, SUT_RECORDS_PER_PAGE};
 use crate::geometry::Geometry;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 /// When a segment a sync `t` freed may be written again: the correct rule, or a planted bug.
 ///
@@ -217,6 +217,13 @@ pub struct SegmentTable {
     hold_open_data: bool,
     /// Data segments opened by this process (only goes up).
     data_opened: u64,
+    /// Segments taken by this process, data and metadata (only goes up): a segment's take
+    /// number is this count when it was taken.
+    takes: u64,
+    /// While watched (a v4 rebuild runs: FORMAT.md V4.13, stage 2), each segment taken and
+    /// its latest take number, so a rebuild pass planned from one walk of the map skips
+    /// segments opened again since (their content reached the replacement directly).
+    watched: Option<HashMap<u64, u64>>,
 }
 
 impl SegmentTable {
@@ -243,6 +250,8 @@ impl SegmentTable {
             last_fold: 0,
             hold_open_data: false,
             data_opened: 0,
+            takes: 0,
+            watched: None,
         }
     }
 
@@ -425,6 +434,7 @@ impl SegmentTable {
         self.free.remove(segment);
         self.settle.remove(&segment);
         self.opened.insert(segment, Kind::Data);
+        self.note_take(segment);
         self.open_data = Some((segment, next));
     }
 
@@ -446,7 +456,40 @@ impl SegmentTable {
     fn take(&mut self, kind: Kind) -> Option<u64> {
         let segment = self.free.pop_first()?;
         self.opened.insert(segment, kind);
+        self.note_take(segment);
         Some(segment)
+    }
+
+    fn note_take(&mut self, segment: u64) {
+        self.takes += 1;
+        if let Some(watched) = &mut self.watched {
+            watched.insert(segment, self.takes);
+        }
+    }
+
+    /// Note (`true`) or stop noting which segments are taken; starting again forgets nothing
+    /// noted while on.
+    pub fn watch_openings(&mut self, on: bool) {
+        match (on, &self.watched) {
+            (true, None) => self.watched = Some(HashMap::new()),
+            (false, Some(_)) => self.watched = None,
+            _ => {}
+        }
+    }
+
+    /// The take number of the next segment taken.
+    #[must_use]
+    pub fn takes(&self) -> u64 {
+        self.takes + 1
+    }
+
+    /// Whether `segment` was taken with a take number `since` or later (`true` when not
+    /// watching: nothing can be said, so nothing may be assumed).
+    #[must_use]
+    pub fn opened_since(&self, segment: u64, since: u64) -> bool {
+        self.watched
+            .as_ref()
+            .is_none_or(|watched| watched.get(&segment).is_some_and(|taken| *taken >= since))
     }
 
     /// Keep the last `segments` free segments for metadata, `sync_share` of them (`3 ×

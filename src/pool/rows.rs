@@ -84,6 +84,11 @@ struct Queued {
     outcome: Mutex<Option<Result<()>>>,
 }
 
+/// The rebuild passes under way on a v4 pool: per position, the replacement and the plan
+/// from one walk of the map (`rows_rebuild.rs`).
+pub(crate) type RebuildPlans =
+    std::collections::BTreeMap<usize, (Arc<super::Replacement>, crate::volume::RebuildPlan)>;
+
 /// The v4 engine of a pool.
 pub(crate) struct RowsEngine {
     pub(crate) volume: RwLock<Volume>,
@@ -99,8 +104,10 @@ pub(crate) struct RowsEngine {
     bytes: AtomicU64,
     /// A scrub is running (one at a time).
     scrubbing: AtomicBool,
-    /// Held by a rebuild step, so the background driver and a caller's steps take turns.
-    pub(crate) rebuilding: Mutex<()>,
+    /// The plans of the rebuild passes under way, by position, each with the replacement it
+    /// fills; held by a rebuild step, so the background driver and a caller's steps take
+    /// turns.
+    pub(crate) rebuilding: Mutex<RebuildPlans>,
 }
 
 #[derive(Default)]
@@ -234,7 +241,7 @@ impl RowsEngine {
             queue: Mutex::new(Queue::default()),
             carried: Condvar::new(),
             scrubbing: AtomicBool::new(false),
-            rebuilding: Mutex::new(()),
+            rebuilding: Mutex::new(RebuildPlans::default()),
         }
     }
 

@@ -118,7 +118,7 @@ impl PoolInner {
     /// What the chunk or the swap-in returns other than a failure of the replacement itself
     /// (which abandons it).
     pub(crate) fn rows_rebuild_step(&self, rows: &RowsEngine, long: bool) -> Result<StepOutcome> {
-        let _turn = rows.rebuilding.lock();
+        let mut plans = rows.rebuilding.lock();
         let mut outcome = StepOutcome::default();
         for member in &self.members.data {
             let Some(replacement) = member.replacement() else {
@@ -129,7 +129,7 @@ impl PoolInner {
                 self.members.abandon_replacement(index, &why);
                 continue;
             }
-            let done = match self.rows_chunk(rows, index, &replacement, long) {
+            let done = match self.rows_chunk(rows, &mut plans, index, &replacement, long) {
                 Ok((written, done)) => {
                     outcome.written_bytes += written;
                     done
@@ -160,44 +160,71 @@ impl PoolInner {
                 });
             }
         }
+        // Passes of replacements abandoned or swapped in are over; with none left, the
+        // volume stops noting which segments are taken.
+        let before = plans.len();
+        plans.retain(|position, (of, _)| {
+            self.members
+                .get(DeviceIndex(*position))
+                .replacement()
+                .is_some_and(|current| Arc::ptr_eq(&current, of))
+        });
+        if before > 0 && plans.is_empty() {
+            rows.volume.write().watch_openings(false);
+        }
         Ok(outcome)
     }
 
-    /// Copy one chunk onto `replacement` from its cursor: `(bytes written, whether the copy is
-    /// done)`.
+    /// Copy one chunk onto `replacement` from where its pass stands: `(bytes written, whether
+    /// the copy is done)`. A pass is planned from one walk of the map, under the shared lock
+    /// right after the volume starts watching which segments are taken (review of stage 2,
+    /// finding 3: a walk per chunk made a rebuild quadratic in the map's size).
     fn rows_chunk(
         &self,
         rows: &RowsEngine,
+        plans: &mut super::rows::RebuildPlans,
         index: DeviceIndex,
-        replacement: &Replacement,
+        replacement: &Arc<Replacement>,
         long: bool,
     ) -> Result<(u64, bool)> {
-        let volume = rows.volume.read();
         // Sources: the members in service (the read list, never another position's
         // replacement), the old member at the position included when it still serves. The
         // copy goes to the replacement directly: its failure is the chunk's.
         let mut devices = self.volume_devices();
         let old = devices[index.0].take();
         devices[index.0] = Some(Arc::clone(&replacement.device));
-        let from = replacement.next_slot.load(Ordering::Acquire);
+        let options = crate::volume::RebuildOptions {
+            position: index.0,
+            from_segment: 0,
+            old,
+        };
+        let planned = plans
+            .get(&index.0)
+            .is_some_and(|(of, _)| Arc::ptr_eq(of, replacement));
+        let volume = if planned {
+            rows.volume.read()
+        } else {
+            let mut volume = rows.volume.write();
+            volume.watch_openings(true);
+            let volume = parking_lot::RwLockWriteGuard::downgrade(volume);
+            let plan = volume.rebuild_plan(&devices, &options)?;
+            plans.insert(index.0, (Arc::clone(replacement), plan));
+            volume
+        };
+        let Some((_, plan)) = plans.get_mut(&index.0) else {
+            return Ok((0, false));
+        };
         let started = Instant::now();
         let mut segments = 0u64;
-        let report = volume.rebuild_device(
-            &devices,
-            &crate::volume::RebuildOptions {
-                position: index.0,
-                from_segment: from,
-                old,
-            },
-            &mut |_| {
-                segments += 1;
-                if long {
-                    started.elapsed() < LONG_STEP_BUDGET
-                } else {
-                    segments < STEP_SEGMENTS
-                }
-            },
-        )?;
+        let report = volume.rebuild_planned(&devices, &options, plan, &mut |_| {
+            segments += 1;
+            if long {
+                started.elapsed() < LONG_STEP_BUDGET
+            } else {
+                segments < STEP_SEGMENTS
+            }
+        })?;
+        let done = plan.done();
         drop(volume);
         replacement
             .bytes_written
@@ -211,16 +238,10 @@ impl PoolInner {
         for damage in &report.unrepairable {
             tracing::error!(?damage, device = %replacement.identity.path, "a place of the position could not be rebuilt");
         }
-        match report.resume_from {
-            Some(next) => {
-                replacement.next_slot.store(next, Ordering::Release);
-                Ok((report.bytes_written, false))
-            }
-            None => {
-                replacement.next_slot.store(u64::MAX, Ordering::Release);
-                Ok((report.bytes_written, true))
-            }
-        }
+        replacement
+            .next_slot
+            .store(report.resume_from.unwrap_or(u64::MAX), Ordering::Release);
+        Ok((report.bytes_written, done))
     }
 
     /// Make the filled `replacement` the member of position `index` (module docs); `false`

@@ -47,7 +47,7 @@ mod scrub;
 
 pub use observe::{MemberProblem, Observer, ProblemKind};
 pub use place::BLOCK_BYTES;
-pub use rebuild::{RebuildOptions, RebuildProgress, RebuildReport};
+pub use rebuild::{RebuildOptions, RebuildPlan, RebuildProgress, RebuildReport};
 pub use scrub::{Damage, VolumeScrubOptions, VolumeScrubReport};
 
 use crate::codec::Codec;
@@ -273,6 +273,12 @@ impl Volume {
     /// [`crate::meta::Tolerate`]).
     pub fn set_tolerate(&mut self, tolerate: crate::meta::Tolerate) {
         self.map.set_tolerate(tolerate);
+    }
+
+    /// Note (or stop noting) which segments are taken, for rebuild passes planned from one
+    /// walk ([`Volume::rebuild_plan`]).
+    pub fn watch_openings(&mut self, on: bool) {
+        self.map.watch_openings(on);
     }
 
     /// The hook set by [`Volume::set_tolerate`], if any.

@@ -45,6 +45,27 @@ pub struct RebuildOptions {
     pub old: Option<SharedDevice>,
 }
 
+/// A rebuild pass planned from one walk of the map ([`Volume::rebuild_plan`]), and where it
+/// stands.
+#[derive(Debug)]
+pub struct RebuildPlan {
+    work: Vec<Work>,
+    /// Bytes the walk read (reported once, by the first chunk).
+    walked: Option<u64>,
+    /// The take number when the walk began: segments taken at or after it are skipped.
+    since: Option<u64>,
+    /// The next item.
+    next: usize,
+}
+
+impl RebuildPlan {
+    /// Whether every segment of the plan was visited.
+    #[must_use]
+    pub fn done(&self) -> bool {
+        self.next >= self.work.len()
+    }
+}
+
 /// Progress after each segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RebuildProgress {
@@ -105,62 +126,129 @@ impl Volume {
         options: &RebuildOptions,
         progress: &mut dyn FnMut(&RebuildProgress) -> bool,
     ) -> Result<RebuildReport> {
+        let sources = self.rebuild_sources(devices, options)?;
+        let mut plan = self.plan_rebuild(&sources)?;
+        plan.since = None;
+        self.rebuild_planned(devices, options, &mut plan, progress)
+    }
+
+    /// One walk of the map for a rebuild pass in chunks: every allocated segment with what it
+    /// holds (the data segments' slots, the metadata segments' referenced pages). The caller
+    /// must have asked the volume to watch openings ([`Volume::watch_openings`]) before: a
+    /// chunk then skips a segment taken again since the walk, whose content reached the
+    /// replacement directly (docs/FORMAT.md V4.13, stage 2, review finding 3).
+    ///
+    /// # Errors
+    /// What the map returns when it cannot say which pages exist.
+    pub fn rebuild_plan(
+        &self,
+        devices: &[Option<SharedDevice>],
+        options: &RebuildOptions,
+    ) -> Result<RebuildPlan> {
+        let sources = self.rebuild_sources(devices, options)?;
+        self.plan_rebuild(&sources)
+    }
+
+    fn plan_rebuild(&self, sources: &[Option<SharedDevice>]) -> Result<RebuildPlan> {
+        let since = self.map.segments().takes();
+        let (work, walked) = self.segment_work(sources)?;
+        Ok(RebuildPlan {
+            work,
+            walked: Some(walked),
+            since: Some(since),
+            next: 0,
+        })
+    }
+
+    /// Where a rebuild reads: `devices` with the old member (if it serves) at the position.
+    fn rebuild_sources(
+        &self,
+        devices: &[Option<SharedDevice>],
+        options: &RebuildOptions,
+    ) -> Result<Vec<Option<SharedDevice>>> {
         self.writable("rebuild")?;
         let position = options.position;
-        let Some(Some(replacement)) = devices.get(position) else {
+        if !matches!(devices.get(position), Some(Some(_))) {
             return Err(Error::InvalidConfig(format!(
                 "rebuild of position {position}: no device is there (members: {})",
                 self.rows.geometry().devices
             )));
-        };
-        let replacement = replacement.name();
-        // Where everything is read from: the other members, and the old member at the
-        // position when it still serves (never the replacement, which holds nothing yet).
+        }
+        // Never the replacement, which holds nothing yet.
         let mut sources = devices.to_vec();
         sources[position] = options.old.clone();
-        let (work, walked) = self.segment_work(&sources)?;
+        Ok(sources)
+    }
+
+    /// Go on with `plan` from where it stopped, segment by segment from
+    /// `options.from_segment` (as [`Volume::rebuild_device`]); `progress` returns `false` to
+    /// stop (the plan keeps its place, and the report says where to resume).
+    ///
+    /// # Errors
+    /// As [`Volume::rebuild_device`].
+    pub fn rebuild_planned(
+        &self,
+        devices: &[Option<SharedDevice>],
+        options: &RebuildOptions,
+        plan: &mut RebuildPlan,
+        progress: &mut dyn FnMut(&RebuildProgress) -> bool,
+    ) -> Result<RebuildReport> {
+        let sources = self.rebuild_sources(devices, options)?;
+        let position = options.position;
+        let replacement = devices[position]
+            .as_ref()
+            .map(|d| d.name())
+            .unwrap_or_default();
         let mut report = RebuildReport {
-            segments_total: work.len() as u64,
-            bytes_read: walked,
+            segments_total: plan.work.len() as u64,
+            segments_done: plan.next as u64,
+            bytes_read: plan.walked.take().unwrap_or(0),
             ..RebuildReport::default()
         };
-        for (i, item) in work.iter().enumerate() {
-            if item.segment() < options.from_segment {
-                report.segments_done += 1;
-                continue;
-            }
-            match item {
-                Work::Data { slots, .. } => {
-                    for slot in slots.clone() {
-                        self.rebuild_slot(
-                            (&sources, devices),
-                            position,
-                            &replacement,
-                            slot,
-                            &mut report,
-                        )?;
+        while let Some(item) = plan.work.get(plan.next) {
+            let i = plan.next;
+            plan.next += 1;
+            let skipped = item.segment() < options.from_segment
+                || plan
+                    .since
+                    .is_some_and(|since| self.map.segments().opened_since(item.segment(), since));
+            if !skipped {
+                match item {
+                    Work::Data { slots, .. } => {
+                        for slot in slots.clone() {
+                            self.rebuild_slot(
+                                (&sources, devices),
+                                position,
+                                &replacement,
+                                slot,
+                                &mut report,
+                            )?;
+                        }
                     }
-                }
-                Work::Metadata { pages, .. } => {
-                    for page in pages {
-                        self.rebuild_page(
-                            (&sources, devices),
-                            position,
-                            &replacement,
-                            page,
-                            &mut report,
-                        )?;
+                    Work::Metadata { pages, .. } => {
+                        for page in pages {
+                            self.rebuild_page(
+                                (&sources, devices),
+                                position,
+                                &replacement,
+                                page,
+                                &mut report,
+                            )?;
+                        }
                     }
                 }
             }
             report.segments_done += 1;
-            let next_segment = work.get(i + 1).map_or(item.segment() + 1, Work::segment);
+            let next_segment = plan
+                .work
+                .get(i + 1)
+                .map_or(item.segment() + 1, Work::segment);
             let going_on = progress(&RebuildProgress {
                 segments_done: report.segments_done,
                 segments_total: report.segments_total,
                 next_segment,
             });
-            if !going_on && i + 1 < work.len() {
+            if !going_on && plan.next < plan.work.len() {
                 report.resume_from = Some(next_segment);
                 return Ok(report);
             }
