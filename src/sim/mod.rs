@@ -477,14 +477,13 @@ pub fn generate(config: &SimConfig) -> Vec<Op> {
         (8, true),                              // read-only look
         (60, true),                             // discard
     ];
-    // Version 4 replaces in the foreground and scrubs in the foreground; what is drawn for
-    // v3 only: local damage (it overwrites whole stripes' chunks, a v3 shape) and the
-    // healthy replace with a power cut inside the v3 swap-in.
+    // What is drawn for v3 only: local damage (it overwrites whole stripes' chunks, a v3
+    // shape). On v4 the healthy replace's power cut starts counting at the new device's
+    // first flush (its map areas cleared at the attach), so it lands in the attach, a chunk
+    // or the swap-in.
     let mut table = table;
     if config.format4 {
-        for family in [15, 16] {
-            table[family].1 = false;
-        }
+        table[15].1 = false;
     }
     let total: u32 = table.iter().filter(|(_, on)| *on).map(|(w, _)| w).sum();
     let stripe = config.chunk_bytes * config.layout.data_chunks(config.devices) as u64;
