@@ -8,6 +8,9 @@ use stripestore::testing::PlantedBugs;
 
 /// How many seeds the simulation may need to notice.
 const SEEDS_MAX: u64 = 20;
+/// On format version 4 the workload draws more families (the healthy replace with its power
+/// cut), so a crash right after an unflushed commit comes a little later.
+const SEEDS_MAX_V4: u64 = 48;
 
 /// The first of seeds `0..SEEDS_MAX` (cycling through the layouts) whose run breaks a rule.
 fn first_violation(
@@ -167,7 +170,7 @@ fn planted_bugs_are_caught_on_format_v4() {
             "",
         ),
     ] {
-        let caught = (0..SEEDS_MAX).find_map(|seed| {
+        let caught = (0..SEEDS_MAX_V4).find_map(|seed| {
             let (layout, devices) = LAYOUTS[(seed as usize) % LAYOUTS.len()];
             let mut config = SimConfig::new_v4(seed, layout.parse().unwrap(), devices);
             config.ops = 200;
@@ -177,7 +180,7 @@ fn planted_bugs_are_caught_on_format_v4() {
             report.violation.map(|violation| (config, violation))
         });
         let (config, violation) =
-            caught.unwrap_or_else(|| panic!("{SEEDS_MAX} v4 seeds missed {name}"));
+            caught.unwrap_or_else(|| panic!("{SEEDS_MAX_V4} v4 seeds missed {name}"));
         assert!(
             expect.split('|').any(|e| violation.message.contains(e)),
             "{name}: {violation}"
