@@ -653,6 +653,7 @@ impl Pool {
         self.flush_on_drop.store(false, Ordering::Relaxed);
         self.stop_background();
         self.inner.commit()?;
+        self.inner.rows_close_sync()?;
         if !self.inner.rebuild_progress().is_empty() {
             self.inner.checkpoint_rebuilds()?;
         }

@@ -8,6 +8,7 @@
 //! the on-disk format.
 
 mod bench;
+mod bench_cold_map;
 mod bench_metadata;
 mod bench_nbd;
 mod bench_pool;
@@ -354,6 +355,9 @@ enum Command {
     /// create and open time, peak RSS, bytes per flush, pages per sync, open after a kill,
     /// cold and warm lookups (the map alone; the pool does not use it yet).
     BenchMetadata(bench_metadata::BenchMetadataArgs),
+    /// Measure random 4 KiB reads on a format-version-4 pool whose map page cache holds a
+    /// tenth of the map, against the whole map cached, in one run (issue 13, "Cold map").
+    BenchColdMap(bench_cold_map::BenchColdMapArgs),
     /// Measure 4 KiB random writes on the data path of format version 4 (the library, not
     /// yet mounted) against fio's random writes on one member file, in one run, with and
     /// without a flush every 32 writes.
@@ -750,6 +754,7 @@ fn execute(command: Command) -> CliResult {
         } => demo::run(&layout, device_size, dir.as_deref()),
         Command::Simulate(args) => simulate::run(&args),
         Command::BenchMetadata(args) => bench_metadata::run(&args).map_err(Into::into),
+        Command::BenchColdMap(args) => bench_cold_map::run(&args).map_err(Into::into),
         Command::BenchSmallwrite(args) => bench_smallwrite::run(&args).map_err(Into::into),
         Command::Serve(args) => serve::run(args),
     }

@@ -1,0 +1,263 @@
+//! `stripestore bench-cold-map`: random 4 KiB reads on a format-version-4 *pool* whose map
+//! is larger than its page cache (issue 13, "Cold map"), against the same reads with the
+//! whole map cached, in one run.
+//!
+//! A v4 pool (rs:4+2) is created on six sparse member files and `--blocks` random 4 KiB
+//! blocks are written uniformly over the volume (each lands in its own map leaf, the worst
+//! case for the map), then the pool is closed. For each run and each cache, the pool is
+//! opened with that `--map-cache`, every block is read once (the cache fills as it would in
+//! service), and then `--reads` random reads of written blocks are timed on `--threads`
+//! threads. Reported: reads/s (median, min, max over the runs), the cold/warm ratio, and the
+//! bytes read from the members per read beyond the 4 KiB of data, in map pages (16 KiB): the
+//! cost of a cache miss, which must stay at most one page.
+
+use crate::bench::spread;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+use stripestore::pool::{CreateOptions, FormatVersion, OpenOptions, Pool, V4Options};
+use stripestore::types::parse_size;
+
+const BLOCK: u64 = 4096;
+const PAGE: u64 = 16384;
+/// Blocks one map leaf names (a 16 KiB page of 16-byte pointers).
+const LEAF_BLOCKS: u64 = 1024;
+
+/// Arguments of `stripestore bench-cold-map`.
+#[derive(clap::Args, Debug)]
+pub struct BenchColdMapArgs {
+    /// Size of each of the six sparse member files (rs:4+2: the volume is about four of
+    /// them).
+    #[arg(long, default_value = "64G", value_parser = parse_size)]
+    member_size: u64,
+    /// Random 4 KiB blocks written before the reads (the map then has about one leaf each).
+    #[arg(long, default_value = "20000")]
+    blocks: u64,
+    /// Timed random reads per measurement.
+    #[arg(long, default_value = "20000")]
+    reads: u64,
+    /// Map cache of the cold case (default: a tenth of the map's leaves).
+    #[arg(long, value_parser = parse_size)]
+    cold_cache: Option<u64>,
+    /// Reader threads.
+    #[arg(long, default_value = "4")]
+    threads: u64,
+    /// Runs (each opens the pool anew, once per cache).
+    #[arg(long, default_value = "3")]
+    runs: usize,
+    /// Where the sparse files go (default: a temporary directory under /var/tmp).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One cache size's figures.
+#[derive(Serialize, Debug)]
+struct CacheReport {
+    cache_bytes: u64,
+    reads_per_s: Vec<f64>,
+    median: f64,
+    min: f64,
+    max: f64,
+    /// Map pages read from the members per timed read (beyond the data), median.
+    pages_per_read: f64,
+}
+
+#[derive(Serialize, Debug)]
+struct Report {
+    volume_bytes: u64,
+    blocks: u64,
+    map_leaf_bytes: u64,
+    warm: CacheReport,
+    cold: CacheReport,
+    cold_over_warm: f64,
+}
+
+/// Run the benchmark.
+///
+/// # Errors
+/// A file, pool or thread that cannot be made.
+pub fn run(args: &BenchColdMapArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let base = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/var/tmp"));
+    let dir = tempfile::Builder::new()
+        .prefix("stripestore-bench-cold-map-")
+        .tempdir_in(base)?;
+    let paths: Vec<PathBuf> = (0..6).map(|i| dir.path().join(format!("m{i}"))).collect();
+    for path in &paths {
+        std::fs::File::create(path)?.set_len(args.member_size)?;
+    }
+    let mut options = CreateOptions::new("rs:4+2".parse()?);
+    options.chunk_bytes = PAGE;
+    options.format = FormatVersion::V4(V4Options::default());
+    options.open.background_rebuild = false;
+    let pool = Pool::create_paths(&paths, &[], &options)?;
+    let volume_bytes = pool.size();
+    let mut rng = ChaCha8Rng::seed_from_u64(0xc01d);
+    let mut blocks: Vec<u64> = (0..args.blocks)
+        .map(|_| rng.gen_range(0..volume_bytes / BLOCK))
+        .collect();
+    blocks.sort_unstable();
+    blocks.dedup();
+    let mut leaves: Vec<u64> = blocks.iter().map(|b| b / LEAF_BLOCKS).collect();
+    leaves.dedup();
+    let map_leaf_bytes = leaves.len() as u64 * PAGE;
+    for (i, block) in blocks.iter().enumerate() {
+        pool.write_at(block * BLOCK, &pattern(*block))?;
+        if i % 64 == 63 {
+            pool.flush()?;
+        }
+    }
+    pool.close()?;
+    // Warm: the whole map (and room to spare); cold: a tenth of its leaves.
+    let warm_cache = (2 * map_leaf_bytes).max(64 << 20);
+    let cold_cache = args
+        .cold_cache
+        .unwrap_or((map_leaf_bytes / 10).max(4 * PAGE));
+    let mut warm = Vec::new();
+    let mut cold = Vec::new();
+    for run in 0..args.runs {
+        for (cache, into) in [(warm_cache, &mut warm), (cold_cache, &mut cold)] {
+            let measured = measure(&paths, &blocks, cache, args, run as u64)?;
+            if !args.json {
+                println!(
+                    "run {run}: cache {:>7} KiB: {:>9.0} reads/s, {:.2} map pages read per read",
+                    cache >> 10,
+                    measured.0,
+                    measured.1
+                );
+            }
+            into.push(measured);
+        }
+    }
+    let summarize = |cache_bytes: u64, runs: &[(f64, f64)]| {
+        let rates: Vec<f64> = runs.iter().map(|r| r.0).collect();
+        let (median, min, max) = spread(&rates);
+        let pages: Vec<f64> = runs.iter().map(|r| r.1).collect();
+        CacheReport {
+            cache_bytes,
+            reads_per_s: rates,
+            median,
+            min,
+            max,
+            pages_per_read: spread(&pages).0,
+        }
+    };
+    let warm = summarize(warm_cache, &warm);
+    let cold = summarize(cold_cache, &cold);
+    let report = Report {
+        volume_bytes,
+        blocks: blocks.len() as u64,
+        map_leaf_bytes,
+        cold_over_warm: if warm.median > 0.0 {
+            cold.median / warm.median
+        } else {
+            0.0
+        },
+        warm,
+        cold,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "volume {} GiB, {} blocks written, map leaves {} MiB\n\
+             warm (cache {} MiB): {:.0} reads/s (min {:.0}, max {:.0}), {:.2} pages/read\n\
+             cold (cache {} KiB): {:.0} reads/s (min {:.0}, max {:.0}), {:.2} pages/read\n\
+             cold / warm = {:.2} (goal >= 0.7)",
+            report.volume_bytes >> 30,
+            report.blocks,
+            report.map_leaf_bytes >> 20,
+            report.warm.cache_bytes >> 20,
+            report.warm.median,
+            report.warm.min,
+            report.warm.max,
+            report.warm.pages_per_read,
+            report.cold.cache_bytes >> 10,
+            report.cold.median,
+            report.cold.min,
+            report.cold.max,
+            report.cold.pages_per_read,
+            report.cold_over_warm
+        );
+    }
+    Ok(())
+}
+
+/// The bytes block `block` holds.
+fn pattern(block: u64) -> Vec<u8> {
+    let mut bytes = vec![0u8; BLOCK as usize];
+    for (i, chunk) in bytes.chunks_mut(8).enumerate() {
+        chunk.copy_from_slice(&(block ^ (i as u64).rotate_left(17)).to_le_bytes());
+    }
+    bytes
+}
+
+/// Open the pool with `cache` bytes of map cache, read every block once, then time
+/// `args.reads` random reads of written blocks on `args.threads` threads, each checked.
+/// Returns (reads per second, map pages read per read beyond the data).
+fn measure(
+    paths: &[PathBuf],
+    blocks: &[u64],
+    cache: u64,
+    args: &BenchColdMapArgs,
+    run: u64,
+) -> Result<(f64, f64), Box<dyn std::error::Error>> {
+    let options = OpenOptions {
+        map_cache_bytes: usize::try_from(cache).unwrap_or(usize::MAX),
+        background_rebuild: false,
+        ..OpenOptions::default()
+    };
+    let pool = Arc::new(Pool::open_paths(paths, &options)?);
+    let mut buf = vec![0u8; BLOCK as usize];
+    for block in blocks {
+        pool.read_at(block * BLOCK, &mut buf)?;
+    }
+    let read_bytes = |pool: &Pool| -> u64 {
+        pool.device_io()
+            .iter()
+            .map(|(_, io)| io.read_bytes.load(Ordering::Relaxed))
+            .sum()
+    };
+    let before = read_bytes(&pool);
+    let per_thread = args.reads / args.threads.max(1);
+    let started = Instant::now();
+    let threads: Vec<_> = (0..args.threads.max(1))
+        .map(|t| {
+            let pool = Arc::clone(&pool);
+            let blocks = blocks.to_vec();
+            std::thread::spawn(move || -> Result<(), String> {
+                let mut rng = ChaCha8Rng::seed_from_u64(run << 16 | t);
+                let mut buf = vec![0u8; BLOCK as usize];
+                for _ in 0..per_thread {
+                    let block = blocks[rng.gen_range(0..blocks.len())];
+                    pool.read_at(block * BLOCK, &mut buf)
+                        .map_err(|e| e.to_string())?;
+                    if buf != pattern(block) {
+                        return Err(format!("block {block} read back wrong"));
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().map_err(|_| "a reader panicked")??;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let reads = per_thread * args.threads.max(1);
+    let extra = read_bytes(&pool).saturating_sub(before) as f64 - (reads * BLOCK) as f64;
+    drop(pool);
+    Ok((
+        reads as f64 / seconds,
+        (extra / reads as f64 / PAGE as f64).max(0.0),
+    ))
+}
