@@ -754,7 +754,7 @@ fn execute(command: Command) -> CliResult {
         } => demo::run(&layout, device_size, dir.as_deref()),
         Command::Simulate(args) => simulate::run(&args),
         Command::BenchMetadata(args) => bench_metadata::run(&args).map_err(Into::into),
-        Command::BenchColdMap(args) => bench_cold_map::run(&args).map_err(Into::into),
+        Command::BenchColdMap(args) => bench_cold_map::run(&args),
         Command::BenchSmallwrite(args) => bench_smallwrite::run(&args).map_err(Into::into),
         Command::Serve(args) => serve::run(args),
     }
