@@ -407,16 +407,16 @@ impl PoolInner {
         self.rows.as_ref()
     }
 
-    /// Refuse `operation`, which stage 1 of the move to version 4 does not run on a v4 pool
-    /// (the v3 code would walk a stripe map the pool does not have).
+    /// Refuse `operation`, which the move to version 4 does not run on a v4 pool yet (the v3
+    /// code would walk a stripe map the pool does not have).
     pub(crate) fn refuse_on_v4(&self, operation: &str) -> Result<()> {
         if self.rows.is_some() {
             return Err(Error::Unsupported {
                 operation: operation.to_string(),
                 version: 4,
                 reason: "it comes with the next stage of the move to version 4 \
-                         (docs/FORMAT.md V4.13, step 5b: a foreground scrub and replace run \
-                         now); nothing was changed"
+                         (docs/FORMAT.md V4.13, stage 2: a foreground scrub and a background \
+                         rebuild run now); nothing was changed"
                     .into(),
             });
         }
