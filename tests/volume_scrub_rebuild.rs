@@ -1257,3 +1257,53 @@ fn lost_torn_and_misdirected_row_writes_made_by_the_fault_injector_are_repaired_
         }
     }
 }
+
+/// A healthy member being replaced is a source of its own shards and page copies
+/// (`RebuildOptions::old`): on mirror:2 with the other member's content wiped, a rebuild of
+/// position 0 without it can rebuild nothing, and with it rebuilds everything; after a sync the
+/// replacement alone opens the volume and every block reads back (simulation seed 9001
+/// swapped an empty spare in for the only copy).
+#[test]
+fn a_member_still_serving_is_a_source_of_its_own_rebuild() {
+    let rig = Rig::new("mirror:2", 2);
+    let (mut volume, model) = filled(&rig, &options());
+    volume.sync(&rig.devices).unwrap();
+    // Member 1 loses everything it held.
+    rig.mems[1].poke(0, &vec![0u8; usize::try_from(DEVICE_BYTES).unwrap()]);
+    let fresh: SharedDevice = Arc::new(MemDevice::new("fresh", DEVICE_BYTES));
+    let devices = vec![Some(fresh.clone()), rig.devices[1].clone()];
+    let without = volume
+        .rebuild_device(
+            &devices,
+            &RebuildOptions {
+                position: 0,
+                from_segment: 0,
+                old: None,
+            },
+            &mut |_| true,
+        )
+        .unwrap();
+    assert!(
+        !without.unrepairable.is_empty(),
+        "with no source left, places are reported unrepairable"
+    );
+    let with = volume
+        .rebuild_device(
+            &devices,
+            &RebuildOptions {
+                position: 0,
+                from_segment: 0,
+                old: rig.devices[0].clone(),
+            },
+            &mut |_| true,
+        )
+        .unwrap();
+    assert!(with.unrepairable.is_empty(), "{:?}", with.unrepairable);
+    assert!(with.shard_blocks_written > 0 && with.page_copies_written > 0);
+    // The newest uberblock on the replacement (the pool's swap-in does this), then it alone.
+    volume.sync(&devices).unwrap();
+    drop(volume);
+    let alone = vec![Some(fresh), None];
+    let volume = Volume::open(&alone, POOL, &rig.geometry, TIMELINE, &options()).unwrap();
+    model.check(&volume, &alone).unwrap();
+}
