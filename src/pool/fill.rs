@@ -23,6 +23,12 @@ use std::sync::Arc;
 pub(crate) const NOT_A_MEMBER: &str =
     "the position's replacement is being rebuilt: not a member yet";
 
+/// Whether `error` is a fill device's refusal at a position with no member in service (not a
+/// device's failure: the fault policy counts nothing for it).
+pub(crate) fn is_refusal(error: &DeviceError) -> bool {
+    matches!(error, DeviceError::Io(e) if e.to_string().ends_with(NOT_A_MEMBER))
+}
+
 /// A position's member (if in service) and its replacement, written together.
 #[derive(Debug)]
 pub(crate) struct FillDevice {

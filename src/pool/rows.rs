@@ -335,9 +335,10 @@ pub(crate) fn tolerate(inner: Weak<PoolInner>) -> Tolerate {
                 return false;
             }
             let index = DeviceIndex(member);
-            if filling_without_member(&inner.members, index) {
-                // The fill device refused it (`fill.rs`): the member is out of service and
-                // recorded so by the attach; the replacement's own failures are its own.
+            if super::fill::is_refusal(error) {
+                // The fill device of a position out of service refused it (`fill.rs`): the
+                // member is recorded out of service by the attach; the replacement's own
+                // failures are its own.
                 return true;
             }
             tracing::warn!(member, ?offset, %error, "a member failed a metadata write");
@@ -357,13 +358,6 @@ pub(crate) fn tolerate(inner: Weak<PoolInner>) -> Tolerate {
     ))
 }
 
-/// Whether position `index` is out of service with a replacement being filled: what the
-/// volume reports there comes from the fill device (`fill.rs`), not from a member.
-fn filling_without_member(members: &Members, index: DeviceIndex) -> bool {
-    let member = members.get(index);
-    !member.is_online() && member.replacement().is_some()
-}
-
 /// An observer that hands the volume's member problems to the pool's fault policy.
 pub(crate) fn observer(inner: Weak<PoolInner>) -> Observer {
     Observer(Arc::new(move |problem: &MemberProblem<'_>| {
@@ -379,10 +373,12 @@ fn record(members: &Members, problem: &MemberProblem<'_>, geometry: &Geometry) {
         return;
     }
     let offset = Some(problem.offset);
-    if filling_without_member(members, index) {
-        // The fill device of a position out of service refused a read or a write (`fill.rs`):
-        // the member is not there to blame.
-        return;
+    if let ProblemKind::Read(error) | ProblemKind::Write(error) = &problem.kind {
+        if super::fill::is_refusal(error) {
+            // The fill device of a position out of service refused a read or a write
+            // (`fill.rs`): no member is there to blame.
+            return;
+        }
     }
     match &problem.kind {
         ProblemKind::Read(error) => members.record_error(index, offset, DeviceFault::Read(error)),
