@@ -105,6 +105,25 @@ pub struct RebuildReport {
     pub unrepairable: Vec<Damage>,
 }
 
+impl RebuildReport {
+    /// Add what `part` (the same rebuild's work on some slots) did.
+    fn absorb(&mut self, part: RebuildReport) {
+        self.shard_blocks_written += part.shard_blocks_written;
+        self.page_copies_written += part.page_copies_written;
+        self.sources_bad += part.sources_bad;
+        self.slots_unknown += part.slots_unknown;
+        self.bytes_read += part.bytes_read;
+        self.bytes_written += part.bytes_written;
+        self.unrepairable.extend(part.unrepairable);
+    }
+}
+
+/// Threads one data segment's slots are rebuilt on: each slot is a few small dependent
+/// requests (its summary, its sources, its cell), so several slots in flight keep the
+/// devices busy (measured: one slot at a time rebuilt at 0.03 of the spare's raw write
+/// throughput, `bench-rebuild --format 4`).
+const SLOT_THREADS: u64 = 8;
+
 impl Volume {
     /// Rebuild everything position `options.position` holds onto the device `devices` has
     /// there (a blank replacement), from the other members, segment by segment from
@@ -215,14 +234,26 @@ impl Volume {
             if !skipped {
                 match item {
                     Work::Data { slots, .. } => {
-                        for slot in slots.clone() {
-                            self.rebuild_slot(
-                                (&sources, devices),
-                                position,
-                                &replacement,
-                                slot,
-                                &mut report,
-                            )?;
+                        let per = (slots.end - slots.start).div_ceil(SLOT_THREADS).max(1);
+                        let parts: Vec<std::ops::Range<u64>> = (slots.start..slots.end)
+                            .step_by(usize::try_from(per).unwrap_or(1))
+                            .map(|first| first..(first + per).min(slots.end))
+                            .collect();
+                        let done = crate::parallel::each(&parts, |part| {
+                            let mut report = RebuildReport::default();
+                            for slot in part.clone() {
+                                self.rebuild_slot(
+                                    (&sources, devices),
+                                    position,
+                                    &replacement,
+                                    slot,
+                                    &mut report,
+                                )?;
+                            }
+                            Ok::<_, Error>(report)
+                        });
+                        for part in done {
+                            report.absorb(part?);
                         }
                     }
                     Work::Metadata { pages, .. } => {

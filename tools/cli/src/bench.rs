@@ -71,6 +71,7 @@ fn one_run(
     device_bytes: u64,
     dir: &Path,
     spare_dir: Option<&Path>,
+    format4: bool,
 ) -> Result<Run, Box<dyn std::error::Error>> {
     let spare_dir = spare_dir.unwrap_or(dir);
     let count = super::demo::device_count(layout);
@@ -84,6 +85,10 @@ fn one_run(
     let mut options = CreateOptions::new(layout);
     options.device_bytes = Some(device_bytes);
     options.open.background_rebuild = false;
+    if format4 {
+        options.format =
+            stripestore::pool::FormatVersion::V4(stripestore::pool::V4Options::default());
+    }
     let pool = Pool::create_paths(&paths, std::slice::from_ref(&spare), &options)?;
     fill(&pool)?;
     pool.close()?;
@@ -190,13 +195,14 @@ pub fn run(
     dir: Option<&Path>,
     spare_dir: Option<&Path>,
     json: bool,
+    format4: bool,
 ) -> CliResult {
     let (layout, results) = repeat(
         layout,
         dir,
         runs,
         json,
-        |layout, dir| one_run(layout, device_bytes, dir, spare_dir),
+        |layout, dir| one_run(layout, device_bytes, dir, spare_dir, format4),
         |result| {
             format!(
                 "rebuilt {} at {}/s; raw write of the same bytes {}/s; ratio {:.2}",

@@ -439,6 +439,9 @@ struct RebuildBench {
     /// sources are not the bottleneck and the rebuild is measured against the spare's disk.
     #[arg(long)]
     spare_dir: Option<PathBuf>,
+    /// On-disk format of the pool: 3 (stripes) or 4 (rows and the paged map).
+    #[arg(long, default_value = "3", value_parser = clap::value_parser!(u32).range(3..=4))]
+    format: u32,
 }
 
 /// Parse arguments, run, and map the outcome to an exit code.
@@ -736,6 +739,7 @@ fn execute(command: Command) -> CliResult {
         Command::BenchRebuild(RebuildBench {
             bench: b,
             spare_dir,
+            format,
         }) => bench::run(
             &b.layout,
             b.device_size,
@@ -743,6 +747,7 @@ fn execute(command: Command) -> CliResult {
             b.dir.as_deref(),
             spare_dir.as_deref(),
             b.json,
+            format == 4,
         ),
         Command::BenchScrub(b) => {
             bench_scrub::run(&b.layout, b.device_size, b.runs, b.dir.as_deref(), b.json)
