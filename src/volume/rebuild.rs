@@ -118,10 +118,10 @@ impl RebuildReport {
     }
 }
 
-/// Threads one data segment's slots are rebuilt on: each slot is a few small dependent
-/// requests (its summary, its sources, its cell), so several slots in flight keep the
-/// devices busy (measured: one slot at a time rebuilt at 0.03 of the spare's raw write
-/// throughput, `bench-rebuild --format 4`).
+/// Threads one data segment's slots are rebuilt on, each reading its share of the slots in
+/// one batch and writing it in one (measured: one slot at a time, a few small dependent
+/// requests each, rebuilt at 0.03 of the spare's raw write throughput, `bench-rebuild
+/// --format 4`).
 const SLOT_THREADS: u64 = 8;
 
 impl Volume {
@@ -241,15 +241,13 @@ impl Volume {
                             .collect();
                         let done = crate::parallel::each(&parts, |part| {
                             let mut report = RebuildReport::default();
-                            for slot in part.clone() {
-                                self.rebuild_slot(
-                                    (&sources, devices),
-                                    position,
-                                    &replacement,
-                                    slot,
-                                    &mut report,
-                                )?;
-                            }
+                            self.rebuild_slots(
+                                (&sources, devices),
+                                position,
+                                &replacement,
+                                part.clone(),
+                                &mut report,
+                            )?;
                             Ok::<_, Error>(report)
                         });
                         for part in done {
@@ -287,81 +285,103 @@ impl Volume {
         Ok(report)
     }
 
-    /// `(sources, devices)`: where the slot is read from, and where its cell is written (the
-    /// replacement at `position`).
-    fn rebuild_slot(
+    /// Rebuild the cells of `slots` on `position`, read in one batch and written in one.
+    /// `(sources, devices)`: where the slots are read from, and where their cells are written
+    /// (the replacement at `position`).
+    fn rebuild_slots(
         &self,
         (sources, devices): (&[Option<SharedDevice>], &[Option<SharedDevice>]),
         position: usize,
         replacement: &str,
-        slot: u64,
+        slots: std::ops::Range<u64>,
         report: &mut RebuildReport,
     ) -> Result<()> {
         let width = self.rows.geometry().width();
         // A slot never uses a member twice: at most one shard of it is on the position.
-        let Some(target) = (0..width).find(|s| self.rows.shard_block(slot, *s, 0).0 .0 == position)
-        else {
-            return Ok(());
-        };
-        // Without healing: a rebuild writes only what it reports (scrub heals the summary).
-        let rows = match self.map.slot_rows(sources, slot, false) {
-            Ok(rows) => rows,
-            // Its summary page is lost on every copy (the page is named where it lies).
-            Err(Error::MetadataLost { .. }) => {
-                report.slots_unknown += 1;
-                return Ok(());
+        let target_of =
+            |slot: u64| (0..width).find(|s| self.rows.shard_block(slot, *s, 0).0 .0 == position);
+        let mut wanted = Vec::new();
+        for slot in slots {
+            let Some(target) = target_of(slot) else {
+                continue;
+            };
+            // Without healing: a rebuild writes only what it reports (scrub heals the
+            // summary).
+            let rows = match self.map.slot_rows(sources, slot, false) {
+                Ok(rows) => rows,
+                // Its summary page is lost on every copy (the page is named where it lies).
+                Err(Error::MetadataLost { .. }) => {
+                    report.slots_unknown += 1;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if rows.iter().all(|r| self.rows.unwritten(target, r.n)) {
+                continue;
             }
-            Err(e) => return Err(e),
-        };
-        if rows.iter().all(|r| self.rows.unwritten(target, r.n)) {
+            wanted.push((slot, rows));
+        }
+        if wanted.is_empty() {
             return Ok(());
         }
         let verify = !self.planted_rebuild_skips_verify();
         let old = sources[position].is_some();
-        let (read, bytes_read) =
-            self.read_slot(sources, slot, rows, &|s| old || s != target, verify);
+        let slots_read: Vec<u64> = wanted.iter().map(|(slot, _)| *slot).collect();
+        let (read, bytes_read) = self.read_slots(
+            sources,
+            wanted,
+            &|slot, s| old || Some(s) != target_of(slot),
+            verify,
+        );
         report.bytes_read += bytes_read;
         let mut pieces = Vec::new();
         let mut blocks = Vec::new();
-        for row in &read {
-            report.sources_bad += row.cells.iter().filter(|c| c.is_damage()).count() as u64;
-            if row.cells[target] == Cell::Unwritten {
+        for (slot, rows) in slots_read.into_iter().zip(&read) {
+            let Some(target) = target_of(slot) else {
                 continue;
-            }
-            let (device, offset) = self.rows.shard_block(slot, target, row.row);
-            let kept = (row.cells[target] == Cell::Good).then(|| row.bytes[target].clone());
-            match kept.or_else(|| self.rebuild_cell(slot, row, target, verify)) {
-                Some(bytes) => {
-                    pieces.push(Piece {
-                        device: device.0,
-                        offset,
-                        index: pieces.len(),
-                    });
-                    blocks.extend_from_slice(&bytes);
+            };
+            for row in rows {
+                report.sources_bad += row.cells.iter().filter(|c| c.is_damage()).count() as u64;
+                if row.cells[target] == Cell::Unwritten {
+                    continue;
                 }
-                None => {
-                    let lost: Vec<String> = row
-                        .cells
-                        .iter()
-                        .enumerate()
-                        .filter(|(s, c)| *s != target && !matches!(c, Cell::Good | Cell::Unwritten))
-                        .map(|(s, c)| {
-                            let (d, at) = self.rows.shard_block(slot, s, row.row);
-                            format!("member {} at byte {at}: {}", d.0, c.why())
-                        })
-                        .collect();
-                    report.unrepairable.push(Damage::ShardBlock {
-                        slot,
-                        row: row.row,
-                        shard: target,
-                        device: device.0,
-                        offset,
-                        why: format!(
-                            "too few verified sources to rebuild it (n = {}; lost: {})",
-                            row.n,
-                            lost.join(", ")
-                        ),
-                    });
+                let (device, offset) = self.rows.shard_block(slot, target, row.row);
+                let kept = (row.cells[target] == Cell::Good).then(|| row.bytes[target].clone());
+                match kept.or_else(|| self.rebuild_cell(slot, row, target, verify)) {
+                    Some(bytes) => {
+                        pieces.push(Piece {
+                            device: device.0,
+                            offset,
+                            index: pieces.len(),
+                        });
+                        blocks.extend_from_slice(&bytes);
+                    }
+                    None => {
+                        let lost: Vec<String> = row
+                            .cells
+                            .iter()
+                            .enumerate()
+                            .filter(|(s, c)| {
+                                *s != target && !matches!(c, Cell::Good | Cell::Unwritten)
+                            })
+                            .map(|(s, c)| {
+                                let (d, at) = self.rows.shard_block(slot, s, row.row);
+                                format!("member {} at byte {at}: {}", d.0, c.why())
+                            })
+                            .collect();
+                        report.unrepairable.push(Damage::ShardBlock {
+                            slot,
+                            row: row.row,
+                            shard: target,
+                            device: device.0,
+                            offset,
+                            why: format!(
+                                "too few verified sources to rebuild it (n = {}; lost: {})",
+                                row.n,
+                                lost.join(", ")
+                            ),
+                        });
+                    }
                 }
             }
         }
@@ -380,7 +400,7 @@ impl Volume {
         Ok(())
     }
 
-    /// `(sources, devices)` as for `rebuild_slot`.
+    /// `(sources, devices)` as for `rebuild_slots`.
     fn rebuild_page(
         &self,
         (sources, devices): (&[Option<SharedDevice>], &[Option<SharedDevice>]),

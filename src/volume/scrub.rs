@@ -294,45 +294,68 @@ impl Volume {
         wanted: &dyn Fn(usize) -> bool,
         verify: bool,
     ) -> (Vec<RowRead>, u64) {
+        let (mut read, bytes) =
+            self.read_slots(devices, vec![(slot, rows)], &|_, s| wanted(s), verify);
+        (read.pop().unwrap_or_default(), bytes)
+    }
+
+    /// [`Volume::read_slot`] for several slots at once (`wanted` is asked with the slot):
+    /// one batch of requests, so the cells of consecutive slots on a member are read by one
+    /// request.
+    pub(super) fn read_slots(
+        &self,
+        devices: &[Option<SharedDevice>],
+        slots: Vec<(u64, Vec<WrittenRow>)>,
+        wanted: &dyn Fn(u64, usize) -> bool,
+        verify: bool,
+    ) -> (Vec<Vec<RowRead>>, u64) {
         let width = self.rows.geometry().width();
-        let mut read: Vec<RowRead> = Vec::with_capacity(rows.len());
+        let mut read: Vec<Vec<RowRead>> = Vec::with_capacity(slots.len());
+        let mut slot_of = Vec::with_capacity(slots.len());
         let mut pieces = Vec::new();
-        for (r, written) in rows.into_iter().enumerate() {
-            let WrittenRow {
-                row,
-                birth,
-                n,
-                crcs,
-                ..
-            } = written;
-            let mut cells = vec![Cell::NotRead; width];
-            for (s, cell) in cells.iter_mut().enumerate() {
-                if self.rows.unwritten(s, n) {
-                    *cell = Cell::Unwritten;
-                    continue;
+        // A piece's index: (slot's place, row's place, shard), packed.
+        let rows_max = slots.iter().map(|(_, rows)| rows.len()).max().unwrap_or(0);
+        for (i, (slot, rows)) in slots.into_iter().enumerate() {
+            let mut in_slot = Vec::with_capacity(rows.len());
+            for (r, written) in rows.into_iter().enumerate() {
+                let WrittenRow {
+                    row,
+                    birth,
+                    n,
+                    crcs,
+                    ..
+                } = written;
+                let mut cells = vec![Cell::NotRead; width];
+                for (s, cell) in cells.iter_mut().enumerate() {
+                    if self.rows.unwritten(s, n) {
+                        *cell = Cell::Unwritten;
+                        continue;
+                    }
+                    if !wanted(slot, s) {
+                        continue;
+                    }
+                    let (device, offset) = self.rows.shard_block(slot, s, row);
+                    if devices.get(device.0).is_some_and(Option::is_some) {
+                        pieces.push(Piece {
+                            device: device.0,
+                            offset,
+                            index: (i * rows_max + r) * width + s,
+                        });
+                    } else {
+                        *cell = Cell::Absent;
+                    }
                 }
-                if !wanted(s) {
-                    continue;
-                }
-                let (device, offset) = self.rows.shard_block(slot, s, row);
-                if devices.get(device.0).is_some_and(Option::is_some) {
-                    pieces.push(Piece {
-                        device: device.0,
-                        offset,
-                        index: r * width + s,
-                    });
-                } else {
-                    *cell = Cell::Absent;
-                }
+                in_slot.push(RowRead {
+                    row,
+                    birth,
+                    n,
+                    crcs,
+                    bytes: vec![vec![0u8; BLOCK_BYTES]; width],
+                    cells,
+                });
             }
-            read.push(RowRead {
-                row,
-                birth,
-                n,
-                crcs,
-                bytes: vec![vec![0u8; BLOCK_BYTES]; width],
-                cells,
-            });
+            read.push(in_slot);
+            slot_of.push(slot);
         }
         let runs = runs(pieces);
         let mut buffers: Vec<Vec<u8>> = runs
@@ -359,8 +382,10 @@ impl Volume {
             bytes_read += buffer.len() as u64;
             let run_ok = matches!(result, Some(Ok(())));
             for (i, piece) in run.iter().enumerate() {
-                let (r, s) = (piece.index / width, piece.index % width);
-                let row = &mut read[r];
+                let (place, s) = (piece.index / width, piece.index % width);
+                let (at, r) = (place / rows_max, place % rows_max);
+                let slot = slot_of[at];
+                let row = &mut read[at][r];
                 if run_ok {
                     row.bytes[s].copy_from_slice(&buffer[i * BLOCK_BYTES..(i + 1) * BLOCK_BYTES]);
                 } else {
