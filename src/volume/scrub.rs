@@ -228,9 +228,7 @@ impl Volume {
             match item {
                 Work::Data { slots, .. } => {
                     report.data_segments += 1;
-                    for slot in slots.clone() {
-                        self.scrub_slot(devices, slot, options, &mut report)?;
-                    }
+                    self.scrub_slots(devices, slots.clone(), options, &mut report)?;
                 }
                 Work::Metadata { pages, .. } => {
                     report.metadata_segments += 1;
@@ -281,27 +279,12 @@ impl Volume {
         Ok((work.into_values().collect(), walked))
     }
 
-    /// Read the written rows of `slot` (from [`crate::meta::MapStore::slot_rows`]),
-    /// the shards `wanted` accepts, one request per run of consecutive cells of a member (a
-    /// failed run read again cell by cell, to name exactly the unreadable ones), each cell
-    /// checked against its row's crc unless `verify` is off. Never-written cells are neither
-    /// read nor asked for. Returns the rows and the bytes read.
-    pub(super) fn read_slot(
-        &self,
-        devices: &[Option<SharedDevice>],
-        slot: u64,
-        rows: Vec<WrittenRow>,
-        wanted: &dyn Fn(usize) -> bool,
-        verify: bool,
-    ) -> (Vec<RowRead>, u64) {
-        let (mut read, bytes) =
-            self.read_slots(devices, vec![(slot, rows)], &|_, s| wanted(s), verify);
-        (read.pop().unwrap_or_default(), bytes)
-    }
-
-    /// [`Volume::read_slot`] for several slots at once (`wanted` is asked with the slot):
-    /// one batch of requests, so the cells of consecutive slots on a member are read by one
-    /// request.
+    /// Read the written rows of `slots` (each from [`crate::meta::MapStore::slot_rows`]), the
+    /// shards `wanted` accepts (asked with the slot), in one batch of requests: one per run of
+    /// consecutive cells of a member, across slots (a failed run read again cell by cell, to
+    /// name exactly the unreadable ones), each cell checked against its row's crc unless
+    /// `verify` is off. Never-written cells are neither read nor asked for. Returns the rows of
+    /// each slot, in order, and the bytes read.
     pub(super) fn read_slots(
         &self,
         devices: &[Option<SharedDevice>],
@@ -449,33 +432,58 @@ impl Volume {
         verified.then_some(bytes)
     }
 
-    fn scrub_slot(
+    /// Scrub the written rows of `slots` (a data segment's), read in one batch (the cells of
+    /// consecutive slots on a member in one request), each slot then checked and repaired.
+    fn scrub_slots(
         &self,
         devices: &[Option<SharedDevice>],
-        slot: u64,
+        slots: std::ops::Range<u64>,
         options: &VolumeScrubOptions,
         report: &mut VolumeScrubReport,
     ) -> Result<()> {
-        let rows = match self.map.slot_rows(devices, slot, !options.check_only) {
-            Ok(rows) => rows,
-            // Its summary page is lost on every copy: the metadata part names the page;
-            // the slot's rows cannot be known.
-            Err(Error::MetadataLost { .. }) => {
-                report.slots_unknown += 1;
-                return Ok(());
+        let mut wanted = Vec::new();
+        for slot in slots {
+            let rows = match self.map.slot_rows(devices, slot, !options.check_only) {
+                Ok(rows) => rows,
+                // Its summary page is lost on every copy: the metadata part names the page;
+                // the slot's rows cannot be known.
+                Err(Error::MetadataLost { .. }) => {
+                    report.slots_unknown += 1;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if !rows.is_empty() {
+                wanted.push((slot, rows));
             }
-            Err(e) => return Err(e),
-        };
-        if rows.is_empty() {
+        }
+        if wanted.is_empty() {
             return Ok(());
         }
         let verify = !self.planted_scrub_skips_crc();
-        let (read, bytes_read) = self.read_slot(devices, slot, rows, &|_| true, verify);
+        let slots: Vec<u64> = wanted.iter().map(|(slot, _)| *slot).collect();
+        let (read, bytes_read) = self.read_slots(devices, wanted, &|_, _| true, verify);
         report.bytes_read += bytes_read;
+        for (slot, read) in slots.into_iter().zip(read) {
+            self.scrub_read_slot(devices, slot, &read, options, report)?;
+        }
+        Ok(())
+    }
+
+    /// Check the cells of `slot` as read, and rewrite the bad ones that can be rebuilt
+    /// (unless check-only).
+    fn scrub_read_slot(
+        &self,
+        devices: &[Option<SharedDevice>],
+        slot: u64,
+        read: &[RowRead],
+        options: &VolumeScrubOptions,
+        report: &mut VolumeScrubReport,
+    ) -> Result<()> {
         let width = self.rows.geometry().width();
         let mut pieces = Vec::new();
         let mut repaired = Vec::new();
-        for row in &read {
+        for row in read {
             report.rows += 1;
             for (s, cell) in row.cells.iter().enumerate() {
                 let (device, offset) = self.rows.shard_block(slot, s, row.row);
