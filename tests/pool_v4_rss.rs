@@ -28,17 +28,28 @@ fn resident_bytes() -> u64 {
     kib * 1024
 }
 
-#[test]
-fn random_writes_over_16_tib_stay_under_the_map_cache_cap() {
+/// `count` sparse files of 4 TiB in a temporary directory under /var/tmp (on disk, where /tmp
+/// may be a RAM filesystem).
+fn sparse_files(prefix: &str, count: usize) -> (tempfile::TempDir, Vec<PathBuf>) {
     let dir = tempfile::Builder::new()
-        .prefix("stripestore-rss-")
+        .prefix(prefix)
         .tempdir_in("/var/tmp")
         .unwrap();
-    let paths: Vec<PathBuf> = (0..6).map(|i| dir.path().join(format!("d{i}"))).collect();
+    let paths: Vec<PathBuf> = (0..count)
+        .map(|i| dir.path().join(format!("d{i}")))
+        .collect();
     for path in &paths {
-        let file = std::fs::File::create(path).unwrap();
-        file.set_len(4 * TIB).unwrap();
+        std::fs::File::create(path)
+            .unwrap()
+            .set_len(4 * TIB)
+            .unwrap();
     }
+    (dir, paths)
+}
+
+#[test]
+fn random_writes_over_16_tib_stay_under_the_map_cache_cap() {
+    let (_dir, paths) = sparse_files("stripestore-rss-", 6);
     let layout: Layout = "rs:4+2".parse().unwrap();
     let mut options = CreateOptions::new(layout);
     options.format = FormatVersion::V4(V4Options::default());
@@ -101,17 +112,7 @@ fn random_writes_over_16_tib_stay_under_the_map_cache_cap() {
 /// original members gone the data reads back exactly from the new device and the others.
 #[test]
 fn a_rebuild_at_16_tib_writes_what_the_member_holds() {
-    let dir = tempfile::Builder::new()
-        .prefix("stripestore-rebuild16-")
-        .tempdir_in("/var/tmp")
-        .unwrap();
-    let paths: Vec<PathBuf> = (0..7).map(|i| dir.path().join(format!("d{i}"))).collect();
-    for path in &paths {
-        std::fs::File::create(path)
-            .unwrap()
-            .set_len(4 * TIB)
-            .unwrap();
-    }
+    let (_dir, paths) = sparse_files("stripestore-rebuild16-", 7);
     let mut options = CreateOptions::new("rs:4+2".parse().unwrap());
     options.format = FormatVersion::V4(V4Options::default());
     options.open.background_rebuild = false;
