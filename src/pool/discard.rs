@@ -45,6 +45,7 @@ impl PoolInner {
             return Ok(());
         }
         if let Some(rows) = self.rows() {
+            self.rebuild.foreground();
             return self.rows_discard(rows, offset, length);
         }
         // As a write: with too few members to make the change durable, refuse it before

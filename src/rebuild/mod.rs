@@ -295,6 +295,11 @@ impl RebuildControl {
         let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.last_foreground_ns.store(now, Ordering::Relaxed);
     }
+    /// When foreground I/O was last noted (nanoseconds since the control was made; 0: never).
+    #[cfg(test)]
+    pub(crate) fn last_foreground_ns(&self) -> u64 {
+        self.last_foreground_ns.load(Ordering::Relaxed)
+    }
     pub(crate) fn foreground_recent(&self) -> bool {
         let last = Duration::from_nanos(self.last_foreground_ns.load(Ordering::Relaxed));
         last > Duration::ZERO && self.epoch.elapsed().saturating_sub(last) < FOREGROUND_WINDOW
