@@ -207,7 +207,19 @@ impl PoolInner {
             let mut volume = rows.volume.write();
             volume.watch_openings(true);
             let volume = parking_lot::RwLockWriteGuard::downgrade(volume);
-            let plan = volume.rebuild_plan(&devices, &options)?;
+            let plan = match volume.rebuild_plan(&devices, &options) {
+                Ok(plan) => plan,
+                Err(e) => {
+                    // No pass of this step stands: stop noting openings unless another
+                    // pass is under way (the noting would otherwise grow for as long as
+                    // the process lives).
+                    drop(volume);
+                    if plans.is_empty() {
+                        rows.volume.write().watch_openings(false);
+                    }
+                    return Err(e);
+                }
+            };
             plans.insert(index.0, (Arc::clone(replacement), plan));
             volume
         };
