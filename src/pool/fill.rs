@@ -65,9 +65,7 @@ impl FillDevice {
                 .get_or_insert_with(|| format!("{what}: {e}"));
         }
     }
-}
 
-impl FillDevice {
     fn not_a_member(&self) -> DeviceError {
         DeviceError::Io(std::io::Error::other(format!(
             "{}: {NOT_A_MEMBER}",

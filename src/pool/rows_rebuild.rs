@@ -5,11 +5,12 @@
 //!   are, so every row and page issued before is durable on its sources; the replacement is
 //!   recorded (superblocks); from then on every write the volume makes reaches it through the
 //!   fill device (`fill.rs`).
-//! * **Chunks** (the shared lock: reads go on, writes wait at most a chunk): the volume's
-//!   `rebuild_device` from the segment cursor, computed from the map as it is then, until a
-//!   budget of segments (a step) or of time (a long step) is spent.
-//! * **Swap-in** (the exclusive lock): a flush and a tree sync that must reach the replacement
-//!   (the newest uberblock and a fresh log half on it), then the superblocks name it the member
+//! * **Chunks** (the shared lock: reads go on, writes wait at most a chunk, or the walk that
+//!   starts a pass): a pass is planned from one walk of the map (`Volume::rebuild_plan`), and
+//!   each chunk goes on with it (`Volume::rebuild_planned`) until a budget of segments (a
+//!   step) or of time (a long step) is spent, skipping segments taken again since the walk.
+//! * **Swap-in** (the exclusive lock): two tree syncs that must reach the replacement (the
+//!   newest uberblock and a fresh log half on it), then the superblocks name it the member
 //!   (the write must land on it), then the position switches to it in memory.
 //! * A replacement that failed a write (the fill device records it) is abandoned before the
 //!   next chunk; nothing else is held back. After a crash the rebuild starts over at segment 0
@@ -39,8 +40,10 @@ impl PoolInner {
     /// in later steps (the background driver, `Pool::run_rebuilds`, `Pool::rebuild_step`).
     ///
     /// # Errors
-    /// [`Error::Busy`] when the position already has a replacement; the flush's error (nothing
-    /// is attached then); the superblock write's error.
+    /// [`Error::Busy`] when the position already has a replacement; the flush's error, or the
+    /// new device's when its map areas cannot be cleared (nothing is attached then);
+    /// [`Error::PoolUnavailable`] when the attach cannot be recorded on every member in
+    /// service (it is abandoned).
     pub(crate) fn rows_attach(
         &self,
         rows: &RowsEngine,
@@ -100,7 +103,8 @@ impl PoolInner {
     }
 
     /// What a rebuild of one position writes, about: the allocated bytes times the position's
-    /// share of a row (all of it on a mirror, `1/K` on `rs:K+M`), plus the metadata copies.
+    /// share of a row (all of it on a mirror, `1/K` on `rs:K+M`); metadata copies are not
+    /// counted.
     pub(crate) fn rows_rebuild_estimate(&self, volume: &crate::volume::Volume) -> u64 {
         let share = self
             .geometry
@@ -274,11 +278,10 @@ impl PoolInner {
             return Ok(false);
         }
         let devices = self.write_devices();
-        let flushed = volume.flush(&devices).map(|_| ());
-        self.unavailable_if_failed(&volume, flushed)?;
-        // The newest uberblock and a fresh log half on every member and on the replacement;
-        // twice, so that the tree before the newest and the log chain after it (what `open
-        // --rewind` reads) are whole on the replacement too.
+        // The newest uberblock and a fresh log half on every member and on the replacement
+        // (a sync flushes the members and logs what no commit did first, so no flush is
+        // needed before it); twice, so that the tree before the newest and the log chain
+        // after it (what `open --rewind` reads) are whole on the replacement too.
         for _ in 0..2 {
             let synced = volume.sync(&devices).map(|_| ());
             self.unavailable_if_failed(&volume, synced)?;

@@ -31,6 +31,7 @@ use crate::device::SharedDevice;
 use crate::error::{Error, Result};
 use crate::meta::{CopyProblem, PageRef};
 use crate::types::DeviceIndex;
+use std::collections::BTreeMap;
 
 /// What to rebuild.
 #[derive(Debug, Clone, Default)]
@@ -301,6 +302,7 @@ impl Volume {
         let target_of =
             |slot: u64| (0..width).find(|s| self.rows.shard_block(slot, *s, 0).0 .0 == position);
         let mut wanted = Vec::new();
+        let mut targets = BTreeMap::new();
         for slot in slots {
             let Some(target) = target_of(slot) else {
                 continue;
@@ -319,6 +321,7 @@ impl Volume {
             if rows.iter().all(|r| self.rows.unwritten(target, r.n)) {
                 continue;
             }
+            targets.insert(slot, target);
             wanted.push((slot, rows));
         }
         if wanted.is_empty() {
@@ -326,20 +329,17 @@ impl Volume {
         }
         let verify = !self.planted_rebuild_skips_verify();
         let old = sources[position].is_some();
-        let slots_read: Vec<u64> = wanted.iter().map(|(slot, _)| *slot).collect();
         let (read, bytes_read) = self.read_slots(
             sources,
             wanted,
-            &|slot, s| old || Some(s) != target_of(slot),
+            &|slot, s| old || targets.get(&slot) != Some(&s),
             verify,
         );
         report.bytes_read += bytes_read;
         let mut pieces = Vec::new();
         let mut blocks = Vec::new();
-        for (slot, rows) in slots_read.into_iter().zip(&read) {
-            let Some(target) = target_of(slot) else {
-                continue;
-            };
+        // `wanted` was built in slot order, as `targets` iterates.
+        for ((&slot, &target), rows) in targets.iter().zip(&read) {
             for row in rows {
                 report.sources_bad += row.cells.iter().filter(|c| c.is_damage()).count() as u64;
                 if row.cells[target] == Cell::Unwritten {
