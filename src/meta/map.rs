@@ -1334,9 +1334,10 @@ impl MapStore {
         &self.segments
     }
 
-    /// Note (or stop noting) which segments are taken ([`SegmentTable::watch_openings`]).
-    pub fn watch_openings(&mut self, on: bool) {
-        self.segments.watch_openings(on);
+    /// Note, for one pass, which segments are taken from now on
+    /// ([`SegmentTable::watch_openings`]).
+    pub fn watch_openings(&mut self) -> super::segments::Openings {
+        self.segments.watch_openings()
     }
 
     /// Recount from the trees of the last sync how many data blocks and metadata pages of

@@ -25,7 +25,7 @@ pub use map::{
     WrittenRow,
 };
 pub use ring::{uberblock_places, write_uberblock, Rings};
-pub use segments::{ReleaseRule, SegmentShape, SegmentTable, SUT_LEAF_BITS};
+pub use segments::{Openings, ReleaseRule, SegmentShape, SegmentTable, SUT_LEAF_BITS};
 pub use store::{CopiesRead, CopyFault, CopyProblem, PageRead, PageRef, PageStore};
 pub use tree::{PageKey, RadixTree, SetError, SyncOutcome};
 

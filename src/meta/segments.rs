@@ -19,7 +19,9 @@
 use crate::error::{Error, Result};
 use crate::format::v4::{SegmentState, SutRecord, SUT_RECORDS_PER_PAGE};
 use crate::geometry::Geometry;
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 
 /// When a segment a sync `t` freed may be written again: the correct rule, or a planted bug.
 ///
@@ -217,13 +219,58 @@ pub struct SegmentTable {
     hold_open_data: bool,
     /// Data segments opened by this process (only goes up).
     data_opened: u64,
-    /// Segments taken by this process, data and metadata (only goes up): a segment's take
-    /// number is this count when it was taken.
-    takes: u64,
-    /// While watched (a v4 rebuild runs: FORMAT.md V4.13, stage 2), each segment taken and
-    /// its latest take number, so a rebuild pass planned from one walk of the map skips
-    /// segments opened again since (their content reached the replacement directly).
-    watched: Option<HashMap<u64, u64>>,
+    /// The openings tokens of the passes under way (FORMAT.md V4.13, stage 3, "Tokens, not a
+    /// switch"): each segment taken sets its bit in every one still held.
+    watchers: Vec<Weak<OpeningBits>>,
+}
+
+/// A bit per segment, set when the segment is taken (shared by a pass's [`Openings`] and the
+/// segment table, which holds it weakly).
+#[derive(Debug)]
+struct OpeningBits {
+    segments: u64,
+    words: Vec<AtomicU64>,
+}
+
+impl OpeningBits {
+    fn new(segments: u64) -> Self {
+        let words = usize::try_from(segments.div_ceil(64)).unwrap_or(0);
+        Self {
+            segments,
+            words: (0..words).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn set(&self, segment: u64) {
+        if let Some(word) = usize::try_from(segment / 64)
+            .ok()
+            .and_then(|w| self.words.get(w))
+        {
+            word.fetch_or(1 << (segment % 64), Ordering::Relaxed);
+        }
+    }
+}
+
+/// One pass's record of the segments taken since it began ([`SegmentTable::watch_openings`]):
+/// 2^22 segments (16 TiB) cost 512 KiB. Dropping it ends the noting.
+#[derive(Debug)]
+pub struct Openings {
+    bits: Arc<OpeningBits>,
+}
+
+impl Openings {
+    /// Whether `segment` was taken since the token was made (`true` for a segment beyond the
+    /// table: nothing can be said of it, so nothing may be assumed).
+    #[must_use]
+    pub fn taken(&self, segment: u64) -> bool {
+        if segment >= self.bits.segments {
+            return true;
+        }
+        usize::try_from(segment / 64)
+            .ok()
+            .and_then(|w| self.bits.words.get(w))
+            .is_none_or(|word| word.load(Ordering::Relaxed) & (1 << (segment % 64)) != 0)
+    }
 }
 
 impl SegmentTable {
@@ -250,8 +297,7 @@ impl SegmentTable {
             last_fold: 0,
             hold_open_data: false,
             data_opened: 0,
-            takes: 0,
-            watched: None,
+            watchers: Vec::new(),
         }
     }
 
@@ -461,35 +507,26 @@ impl SegmentTable {
     }
 
     fn note_take(&mut self, segment: u64) {
-        self.takes += 1;
-        if let Some(watched) = &mut self.watched {
-            watched.insert(segment, self.takes);
-        }
+        self.watchers.retain(|watcher| match watcher.upgrade() {
+            Some(bits) => {
+                bits.set(segment);
+                true
+            }
+            None => false,
+        });
     }
 
-    /// Note (`true`) or stop noting which segments are taken; starting again forgets nothing
-    /// noted while on.
-    pub fn watch_openings(&mut self, on: bool) {
-        match (on, &self.watched) {
-            (true, None) => self.watched = Some(HashMap::new()),
-            (false, Some(_)) => self.watched = None,
-            _ => {}
-        }
-    }
-
-    /// The take number of the next segment taken.
-    #[must_use]
-    pub fn takes(&self) -> u64 {
-        self.takes + 1
-    }
-
-    /// Whether `segment` was taken with a take number `since` or later (`true` when not
-    /// watching: nothing can be said, so nothing may be assumed).
-    #[must_use]
-    pub fn opened_since(&self, segment: u64, since: u64) -> bool {
-        self.watched
-            .as_ref()
-            .is_none_or(|watched| watched.get(&segment).is_some_and(|taken| *taken >= since))
+    /// Start noting, for one pass, which segments are taken from now on: the token's bit of
+    /// a segment is set when it is taken (a pass planned from one walk of the map skips such
+    /// segments). Dropping the token ends its noting; other passes keep theirs.
+    ///
+    /// Every take goes through `&mut self`, that is the volume's exclusive lock: a pass that
+    /// registers under that lock and then walks under the shared one sees every take after
+    /// its walk in its token.
+    pub fn watch_openings(&mut self) -> Openings {
+        let bits = Arc::new(OpeningBits::new(self.shape.segments));
+        self.watchers.push(Arc::downgrade(&bits));
+        Openings { bits }
     }
 
     /// Keep the last `segments` free segments for metadata, `sync_share` of them (`3 ×
@@ -1046,6 +1083,35 @@ mod tests {
         // A count below zero is corrupt, never wrapped.
         table.block_delta(64, -1);
         assert!(table.fold(7, 2).is_err());
+    }
+
+    /// Each pass's token notes the segments taken after it was made, whatever other passes
+    /// do: dropping one (a rebuild ending) neither stops nor clears another (a scrub's).
+    #[test]
+    fn each_pass_notes_the_segments_taken_since_it_began_until_it_is_dropped() {
+        let mut table = SegmentTable::new(shape(), ReleaseRule::AfterTwoSyncs);
+        table.data_slot().unwrap(); // segment 0, before any pass
+        let rebuild = table.watch_openings();
+        for _ in 0..4 {
+            table.data_slot().unwrap(); // the last one opens segment 1
+        }
+        let scrub = table.watch_openings();
+        assert!(!rebuild.taken(0) && rebuild.taken(1));
+        assert!(!scrub.taken(1), "taken before the scrub's pass began");
+        drop(rebuild);
+        for _ in 0..4 {
+            table.data_slot().unwrap(); // segment 2
+        }
+        assert!(
+            scrub.taken(2),
+            "the rebuild's end did not stop the scrub's noting"
+        );
+        assert!(!scrub.taken(0) && !scrub.taken(3));
+        assert_eq!(table.watchers.len(), 1, "a dropped token is forgotten");
+        assert!(
+            scrub.taken(table.shape().segments),
+            "beyond the table: assume taken"
+        );
     }
 
     #[test]

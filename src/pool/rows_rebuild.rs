@@ -164,25 +164,21 @@ impl PoolInner {
                 });
             }
         }
-        // Passes of replacements abandoned or swapped in are over; with none left, the
-        // volume stops noting which segments are taken.
-        let before = plans.len();
+        // Passes of replacements abandoned or swapped in are over (dropping a plan ends its
+        // noting of openings).
         plans.retain(|position, (of, _)| {
             self.members
                 .get(DeviceIndex(*position))
                 .replacement()
                 .is_some_and(|current| Arc::ptr_eq(&current, of))
         });
-        if before > 0 && plans.is_empty() {
-            rows.volume.write().watch_openings(false);
-        }
         Ok(outcome)
     }
 
     /// Copy one chunk onto `replacement` from where its pass stands: `(bytes written, whether
     /// the copy is done)`. A pass is planned from one walk of the map, under the shared lock
-    /// right after the volume starts watching which segments are taken (review of stage 2,
-    /// finding 3: a walk per chunk made a rebuild quadratic in the map's size).
+    /// right after the pass takes its openings token (review of stage 2, finding 3: a walk per
+    /// chunk made a rebuild quadratic in the map's size).
     fn rows_chunk(
         &self,
         rows: &RowsEngine,
@@ -209,21 +205,9 @@ impl PoolInner {
             rows.volume.read()
         } else {
             let mut volume = rows.volume.write();
-            volume.watch_openings(true);
+            let openings = volume.watch_openings();
             let volume = parking_lot::RwLockWriteGuard::downgrade(volume);
-            let plan = match volume.rebuild_plan(&devices, &options) {
-                Ok(plan) => plan,
-                Err(e) => {
-                    // No pass of this step stands: stop noting openings unless another
-                    // pass is under way (the noting would otherwise grow for as long as
-                    // the process lives).
-                    drop(volume);
-                    if plans.is_empty() {
-                        rows.volume.write().watch_openings(false);
-                    }
-                    return Err(e);
-                }
-            };
+            let plan = volume.rebuild_plan(&devices, &options, openings)?;
             plans.insert(index.0, (Arc::clone(replacement), plan));
             volume
         };

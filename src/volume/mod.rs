@@ -275,10 +275,11 @@ impl Volume {
         self.map.set_tolerate(tolerate);
     }
 
-    /// Note (or stop noting) which segments are taken, for rebuild passes planned from one
-    /// walk ([`Volume::rebuild_plan`]).
-    pub fn watch_openings(&mut self, on: bool) {
-        self.map.watch_openings(on);
+    /// Note, for one pass planned from one walk of the map ([`Volume::rebuild_plan`],
+    /// [`Volume::scrub_plan`]), which segments are taken from now on; dropping the token ends
+    /// it. Take it under the exclusive lock, then walk under the shared one.
+    pub fn watch_openings(&mut self) -> crate::meta::Openings {
+        self.map.watch_openings()
     }
 
     /// The hook set by [`Volume::set_tolerate`], if any.

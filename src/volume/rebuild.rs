@@ -29,7 +29,7 @@ use super::scrub::{Cell, Damage, Work};
 use super::{write_runs, Volume};
 use crate::device::SharedDevice;
 use crate::error::{Error, Result};
-use crate::meta::{CopyProblem, PageRef};
+use crate::meta::{CopyProblem, Openings, PageRef};
 use crate::types::DeviceIndex;
 use std::collections::BTreeMap;
 
@@ -53,8 +53,9 @@ pub struct RebuildPlan {
     work: Vec<Work>,
     /// Bytes the walk read (reported once, by the first chunk).
     walked: Option<u64>,
-    /// The take number when the walk began: segments taken at or after it are skipped.
-    since: Option<u64>,
+    /// The segments taken since the walk began, which are skipped (`None`: a pass under one
+    /// lock, where nothing is taken meanwhile).
+    openings: Option<Openings>,
     /// The next item.
     next: usize,
 }
@@ -147,16 +148,15 @@ impl Volume {
         progress: &mut dyn FnMut(&RebuildProgress) -> bool,
     ) -> Result<RebuildReport> {
         let sources = self.rebuild_sources(devices, options)?;
-        let mut plan = self.plan_rebuild(&sources)?;
-        plan.since = None;
+        let mut plan = self.plan_rebuild(&sources, None)?;
         self.rebuild_planned(devices, options, &mut plan, progress)
     }
 
     /// One walk of the map for a rebuild pass in chunks: every allocated segment with what it
-    /// holds (the data segments' slots, the metadata segments' referenced pages). The caller
-    /// must have asked the volume to watch openings ([`Volume::watch_openings`]) before: a
-    /// chunk then skips a segment taken again since the walk, whose content reached the
-    /// replacement directly (docs/FORMAT.md V4.13, stage 2, review finding 3).
+    /// holds (the data segments' slots, the metadata segments' referenced pages). `openings`
+    /// is the pass's token ([`Volume::watch_openings`], taken under the exclusive lock before
+    /// this walk): a chunk skips a segment taken again since the walk, whose content reached
+    /// the replacement directly (docs/FORMAT.md V4.13, stage 2, review finding 3).
     ///
     /// # Errors
     /// What the map returns when it cannot say which pages exist.
@@ -164,18 +164,22 @@ impl Volume {
         &self,
         devices: &[Option<SharedDevice>],
         options: &RebuildOptions,
+        openings: Openings,
     ) -> Result<RebuildPlan> {
         let sources = self.rebuild_sources(devices, options)?;
-        self.plan_rebuild(&sources)
+        self.plan_rebuild(&sources, Some(openings))
     }
 
-    fn plan_rebuild(&self, sources: &[Option<SharedDevice>]) -> Result<RebuildPlan> {
-        let since = self.map.segments().takes();
+    fn plan_rebuild(
+        &self,
+        sources: &[Option<SharedDevice>],
+        openings: Option<Openings>,
+    ) -> Result<RebuildPlan> {
         let (work, walked) = self.segment_work(sources)?;
         Ok(RebuildPlan {
             work,
             walked: Some(walked),
-            since: Some(since),
+            openings,
             next: 0,
         })
     }
@@ -230,8 +234,9 @@ impl Volume {
             plan.next += 1;
             let skipped = item.segment() < options.from_segment
                 || plan
-                    .since
-                    .is_some_and(|since| self.map.segments().opened_since(item.segment(), since));
+                    .openings
+                    .as_ref()
+                    .is_some_and(|openings| openings.taken(item.segment()));
             if !skipped {
                 match item {
                     Work::Data { slots, .. } => {
