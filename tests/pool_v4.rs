@@ -1,8 +1,8 @@
 //! The pool on format version 4, stage 1 (docs/FORMAT.md V4.13, "Step 5b, second part"):
 //! create and open through the pool, reads and writes through the volume, the superblock's
 //! map parameters, degraded service with a member missing, member errors reaching the fault
-//! policy, a member that fails a metadata write, a power cut, and the operations stage 1
-//! refuses (refused with a clear error, nothing written).
+//! policy, a member that fails a metadata write, a power cut; the rebuild of stage 2 (the
+//! background scrub of stage 3 is in `pool_v4_scrub.rs`).
 
 mod common;
 
@@ -361,35 +361,6 @@ fn a_power_cut_loses_nothing_flushed_on_v4() {
             pool.close().unwrap();
         }
     }
-}
-
-/// What a v4 pool does not run yet (a background scrub) is refused with an error naming
-/// format version 4, before anything is recorded or written.
-#[test]
-fn a_background_scrub_is_refused_on_v4_and_changes_nothing() {
-    let mems = mem_devices(3, DEVICE_BYTES);
-    let pool = Pool::create(shared(&mems), vec![], &v4_options("rs:2+1")).unwrap();
-    pool.write_at(0, &[7u8; 100_000]).unwrap();
-    pool.flush().unwrap();
-    let before = images(&mems);
-    let events = pool.history().events.len();
-    let err = pool
-        .start_scrub(&stripestore::pool::ScrubOptions::default())
-        .unwrap_err();
-    assert!(
-        matches!(err, Error::Unsupported { version: 4, .. }),
-        "{err}"
-    );
-    assert!(err.to_string().contains("format-version-4"), "{err}");
-    assert_eq!(
-        pool.history().events.len(),
-        events,
-        "a refused operation was recorded"
-    );
-    assert!(images(&mems) == before, "a refused operation wrote");
-    drop(pool.status());
-    assert!(images(&mems) == before, "status wrote");
-    pool.close().unwrap();
 }
 
 /// Replace on a v4 pool, for a member lost and for a healthy one, in every layout, with

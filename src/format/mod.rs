@@ -15,6 +15,6 @@ pub use map::{
 };
 pub use scrub::{
     DamagedRange, DeviceScrubCounters, ScrubCheckpoint, ScrubOutcome, ScrubRecord, ScrubSummary,
-    ScrubTally, MAX_RECORDED_RANGES,
+    ScrubTally, SegmentCursor, MAX_RECORDED_RANGES,
 };
 pub use superblock::{MapParams, Member, MemberState, PoolUuid, Role, Superblock, FORMAT_VERSION};

@@ -82,6 +82,16 @@ pub struct ScrubTally {
     pub unrepairable_stripes: u64,
     /// The first [`MAX_RECORDED_RANGES`] of them.
     pub damaged: Vec<DamagedRange>,
+    /// Format version 4: allocated segments a pass did not check because they were taken
+    /// again since its walk, or were free when it reached them (what they held then was
+    /// written after the pass began, or is dead). Absent in older superblocks.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub segments_skipped: u64,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde passes a reference
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 impl ScrubTally {
@@ -228,12 +238,28 @@ pub struct ScrubCheckpoint {
     pub repair: bool,
     /// Paused by request: not resumed automatically when the pool opens.
     pub paused: bool,
-    /// Every live physical slot below this has been verified.
+    /// Every live physical slot below this has been verified (format version 3; 0 on a
+    /// version-4 pool, whose cursor is `segments`).
     pub next_slot: u64,
     /// Seconds spent scanning so far (over all runs).
     pub scan_secs: u64,
     /// Findings so far.
     pub tally: ScrubTally,
+    /// Where a scrub of a version-4 pool stands (docs/FORMAT.md V4.13, stage 3); absent on
+    /// version 3 and in superblocks written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segments: Option<SegmentCursor>,
+}
+
+/// The cursor of a scrub of a version-4 pool: every allocated segment below `next_segment`
+/// was checked (or skipped, taken again since the pass's walk, or free), on the map's
+/// timeline `timeline` (after a rewind the pass starts over).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentCursor {
+    /// The next segment to check.
+    pub next_segment: u64,
+    /// The map's timeline the pass ran on.
+    pub timeline: u64,
 }
 
 /// How a scrub ended.

@@ -1328,6 +1328,12 @@ impl MapStore {
         ]
     }
 
+    /// The timeline this map was opened on (a rewind or a forced open starts a new one).
+    #[must_use]
+    pub fn timeline(&self) -> u64 {
+        self.timeline
+    }
+
     /// The usage table (segments, counts as of the last sync, free segments).
     #[must_use]
     pub fn segments(&self) -> &SegmentTable {

@@ -19,7 +19,9 @@ use crate::format::{MapEntry, PoolUuid, ScrubRecord};
 use crate::geometry::Geometry;
 use crate::maintenance::{DamageKind, Examined, LiveStripe, ShardFinding, StripeAccess};
 use crate::rebuild::{Filling, RebuildControl, RebuildProgress, RebuildTarget, StepOutcome};
-use crate::scrub::{RecordChange, ScrubOptions, ScrubProgress, ScrubReport, ScrubTarget};
+use crate::scrub::{
+    RecordChange, ScrubOptions, ScrubProgress, ScrubReport, ScrubTarget, SegmentScrub,
+};
 use crate::types::{DeviceIndex, Generation, ShardIndex, SlotId, StripeId};
 use serde::Serialize;
 use std::sync::atomic::Ordering;
@@ -119,6 +121,9 @@ impl ScrubTarget for PoolInner {
     }
 
     fn live_bytes_from(&self, from: SlotId) -> u64 {
+        if self.rows().is_some() {
+            return 0; // no stripe map: a scrub over segments counts with segment_bytes_from
+        }
         let state = self.map.lock();
         let live = (from.0..self.geometry.slots)
             .filter(|slot| state.stripe_in(SlotId(*slot)).is_some())
@@ -173,6 +178,28 @@ impl ScrubTarget for PoolInner {
         };
         drop(guard);
         rewritten.map(|()| true)
+    }
+
+    fn segment_timeline(&self) -> Option<u64> {
+        self.rows().map(|rows| rows.volume.read().map().timeline())
+    }
+
+    fn segment_scrub(&self) -> Option<Box<dyn SegmentScrub + '_>> {
+        self.rows()
+            .map(|rows| Box::new(super::rows_scrub::RowsScrub::new(self, rows)) as Box<_>)
+    }
+
+    fn segment_bytes_from(&self, segment: u64) -> u64 {
+        let Some(rows) = self.rows() else {
+            return 0;
+        };
+        let k = self
+            .geometry
+            .layout
+            .data_chunks(self.geometry.devices)
+            .max(1) as u64;
+        let width = self.geometry.width() as u64;
+        rows.volume.read().allocated_bytes_from(segment) / k * width
     }
 
     fn scrub_record(&self) -> ScrubRecord {
@@ -382,7 +409,6 @@ impl PoolInner {
     /// Claim the pool's one scrub slot. Done before a background thread starts, so a pause
     /// requested right after `start_scrub` returns is not lost.
     pub(crate) fn scrub_begin(&self, options: &ScrubOptions) -> Result<()> {
-        self.refuse_on_v4("a background scrub (start_scrub, the served pool's scrub)")?;
         self.scrub.begin(self, options)
     }
 

@@ -27,6 +27,7 @@ mod replacement;
 mod requests;
 mod rows;
 mod rows_rebuild;
+mod rows_scrub;
 #[cfg(test)]
 mod scrub_tests;
 mod status;
@@ -464,14 +465,11 @@ impl Pool {
             volume.set_observer(rows::observer(Arc::downgrade(&inner)));
             volume.set_tolerate(rows::tolerate(Arc::downgrade(&inner)));
         }
-        // A v4 pool rebuilds in the background (docs/FORMAT.md V4.13, stage 2) but has no
-        // background scrub yet.
         let background = inner
             .rebuild
             .background_enabled()
             .then(|| crate::rebuild::Background::start(Arc::clone(&inner)));
         let resume_scrub = inner.rebuild.background_enabled()
-            && inner.rows().is_none()
             && inner
                 .members
                 .scrub_record()
@@ -683,9 +681,6 @@ impl Pool {
         options: &ScrubOptions,
         mut observe: impl FnMut(&ScrubProgress),
     ) -> Result<ScrubReport> {
-        if let Some(rows) = self.inner.rows() {
-            return self.inner.rows_scrub(rows, options);
-        }
         self.inner.scrub_begin(options)?;
         self.inner.scrub_body(options, &mut observe)
     }

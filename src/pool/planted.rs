@@ -28,6 +28,10 @@ pub struct PlantedBugs {
     /// new root is durable (read by the map's segment table), so a crash can leave the
     /// durable tree naming pages written over.
     pub release_before_root_durable: bool,
+    /// Format version 4: a scrub pass in chunks checks and repairs the segments its walk
+    /// found even when they were freed or taken again since (read by the volume's scrub), so
+    /// it can write what the walk saw over what a segment holds now.
+    pub scrub_without_skip: bool,
 }
 
 impl PlantedBugs {
@@ -40,5 +44,6 @@ impl PlantedBugs {
             || self.skip_discard_log
             || self.skip_page_checksum_verification
             || self.release_before_root_durable
+            || self.scrub_without_skip
     }
 }

@@ -7,7 +7,8 @@
 //! decision the map asks for when a member fails a metadata write (`tolerate`: go on without
 //! it once the fault policy took it out of service). Does not own: membership, superblocks
 //! and the fault policy (`members.rs`: the volume's member problems go there unchanged), the
-//! v3 stripe map (a v4 pool has none; `PoolInner::refuse_on_v4` keeps the v3 code off it).
+//! v3 stripe map (a v4 pool has none: its scrub and rebuild go through `rows_scrub.rs` and
+//! `rows_rebuild.rs`), the scrub's and the rebuild's policies.
 
 use super::{CreateOptions, OpenOptions, PoolInner};
 use crate::device::DeviceError;
@@ -20,7 +21,7 @@ use crate::pool::{DeviceFault, Members};
 use crate::types::DeviceIndex;
 use crate::volume::{MemberProblem, Observer, ProblemKind, Volume, VolumeOptions, BLOCK_BYTES};
 use parking_lot::{Condvar, Mutex, RwLock};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 /// Blocks one [`PoolInner::allocation`] call looks at on a v4 pool (64 MiB of volume): the
@@ -102,8 +103,6 @@ pub(crate) struct RowsEngine {
     /// Bytes of the volume (asked by every request's range check: not behind the volume's
     /// lock, which a tree sync holds for a while).
     bytes: AtomicU64,
-    /// A scrub is running (one at a time).
-    scrubbing: AtomicBool,
     /// The plans of the rebuild passes under way, by position, each with the replacement it
     /// fills; held by a rebuild step, so the background driver and a caller's steps take
     /// turns.
@@ -183,12 +182,14 @@ fn volume_options(params: &MapParams, options: &OpenOptions) -> VolumeOptions {
 
 /// The pool's planted bugs that have a counterpart in the volume or its map (feature
 /// `testing`): skipped checksum verification of blocks and of pages, a commit that does not
-/// flush the rows first, segments released before the root that frees them is durable.
+/// flush the rows first, segments released before the root that frees them is durable, a
+/// scrub that checks segments taken again since its walk.
 #[cfg(feature = "testing")]
 fn with_planted(mut volume: VolumeOptions, options: &OpenOptions) -> VolumeOptions {
     volume.skip_block_verification = options.planted.skip_checksum_verification;
     volume.commit_before_rows_durable = options.planted.skip_commit_data_flush;
     volume.map.skip_page_verification = options.planted.skip_page_checksum_verification;
+    volume.scrub_without_skip = options.planted.scrub_without_skip;
     if options.planted.release_before_root_durable {
         volume.map.release = crate::meta::ReleaseRule::AtOnce;
     }
@@ -216,7 +217,13 @@ pub(crate) fn create(
         record_max: v4.record_max,
         ..MapOptions::default()
     };
-    let volume = Volume::create(devices, pool.0, geometry, 1, &VolumeOptions::with_map(map))?;
+    let volume = Volume::create(
+        devices,
+        pool.0,
+        geometry,
+        1,
+        &with_planted(VolumeOptions::with_map(map), options),
+    )?;
     let params = MapParams {
         page_bytes: crate::format::v4::PAGE_BYTES as u64,
         segment_slots: v4.segment_slots,
@@ -240,7 +247,6 @@ impl RowsEngine {
             params,
             queue: Mutex::new(Queue::default()),
             carried: Condvar::new(),
-            scrubbing: AtomicBool::new(false),
             rebuilding: Mutex::new(RebuildPlans::default()),
         }
     }
@@ -403,22 +409,6 @@ impl PoolInner {
         self.rows.as_ref()
     }
 
-    /// Refuse `operation`, which the move to version 4 does not run on a v4 pool yet (the v3
-    /// code would walk a stripe map the pool does not have).
-    pub(crate) fn refuse_on_v4(&self, operation: &str) -> Result<()> {
-        if self.rows.is_some() {
-            return Err(Error::Unsupported {
-                operation: operation.to_string(),
-                version: 4,
-                reason: "it comes with the next stage of the move to version 4 \
-                         (docs/FORMAT.md V4.13, stage 2: a foreground scrub and a background \
-                         rebuild run now); nothing was changed"
-                    .into(),
-            });
-        }
-        Ok(())
-    }
-
     /// The members as the volume's reads see them: each position's device while it is in
     /// service.
     pub(crate) fn volume_devices(&self) -> Vec<Option<SharedDevice>> {
@@ -558,75 +548,6 @@ impl PoolInner {
         let mut volume = rows.volume.write();
         let synced = volume.sync(&self.write_devices()).map(|_| ());
         self.unavailable_if_failed(&volume, synced)
-    }
-
-    /// A scrub of a v4 pool (docs/FORMAT.md V4.13, step 8, the pool's first part): the
-    /// volume's walk of its allocated segments, every written shard-block checked against its
-    /// row's crc and every copy of every referenced page against its parent, bad ones rewritten
-    /// from what verifies unless check-only; the findings per member, recorded in the
-    /// superblocks (not on a read-only open) and in the events. It runs in one pass under the
-    /// volume's shared lock: reads go on, writes wait until it ends (no pause, resume or rate
-    /// yet).
-    pub(crate) fn rows_scrub(
-        &self,
-        rows: &RowsEngine,
-        options: &crate::scrub::ScrubOptions,
-    ) -> Result<crate::scrub::ScrubReport> {
-        use crate::format::{ScrubOutcome, ScrubSummary, ScrubTally};
-        if !options.check_only {
-            self.writable("scrub with repair")?;
-        }
-        if options.resume {
-            tracing::debug!("a v4 scrub has no checkpoint to resume; it starts at the beginning");
-        }
-        if rows.scrubbing.swap(true, Ordering::AcqRel) {
-            return Err(Error::Busy("a scrub is already running".into()));
-        }
-        let started = std::time::Instant::now();
-        let started_unix_secs = crate::types::now_unix_secs();
-        let scrubbed = {
-            let volume = rows.volume.read();
-            volume.scrub(
-                &self.volume_devices(),
-                &crate::volume::VolumeScrubOptions {
-                    check_only: options.check_only,
-                },
-            )
-        };
-        rows.scrubbing.store(false, Ordering::Release);
-        let found = scrubbed?;
-        let mut tally = ScrubTally::new(self.geometry.devices);
-        for (index, counters) in found.members.iter().enumerate() {
-            if let Some(device) = tally.devices.get_mut(index) {
-                *device = counters.clone();
-            }
-        }
-        tally.stripes_checked = found.rows + found.pages;
-        tally.unrepairable_stripes = found.members.iter().map(|m| m.unrepairable).sum();
-        let scan_secs = started.elapsed().as_secs();
-        let repair = !options.check_only;
-        if !self.members.read_only() {
-            crate::scrub::ScrubTarget::persist_scrub(
-                self,
-                crate::scrub::RecordChange::Ended(ScrubSummary {
-                    outcome: ScrubOutcome::Completed,
-                    repair,
-                    started_unix_secs,
-                    finished_unix_secs: crate::types::now_unix_secs(),
-                    scan_secs,
-                    tally: tally.clone(),
-                }),
-            )?;
-        }
-        let mut report = crate::scrub::ScrubReport::from_tally(
-            crate::scrub::ScrubEnd::Completed,
-            repair,
-            scan_secs,
-            &tally,
-            |index| self.members.get(DeviceIndex(index)).path(),
-        );
-        report.bytes_read_this_run = found.bytes_read;
-        Ok(report)
     }
 
     /// See [`crate::Pool::allocation`] for a v4 pool: per 4 KiB block, whether its pointer

@@ -32,7 +32,7 @@ mod step;
 use crate::error::{Error, Result};
 use crate::format::{
     DamagedRange, DeviceScrubCounters, PoolUuid, ScrubCheckpoint, ScrubOutcome, ScrubRecord,
-    ScrubSummary, ScrubTally,
+    ScrubSummary, ScrubTally, SegmentCursor,
 };
 use crate::maintenance::LiveStripe;
 pub(crate) use crate::maintenance::StripeAccess;
@@ -40,7 +40,7 @@ use crate::types::{DeviceIndex, SlotId};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// While foreground I/O is active, a scrub waits this many times as long as its last step took
 /// before the next: it then uses at most a quarter of the time, and requests keep most of the
@@ -49,6 +49,61 @@ const FOREGROUND_BACKOFF: u32 = 3;
 /// Physical slots examined per step (256 slots of 16 KiB chunks: 4 MiB per device). Up to
 /// three steps are in memory at once (verifying, queued, being read).
 const SLOTS_PER_STEP: u64 = 256;
+
+/// How long one chunk of a scrub over segments holds the volume's shared lock (writes wait
+/// at most this long, plus one segment).
+const SEGMENT_CHUNK_TIME: Duration = Duration::from_millis(50);
+/// Segments one chunk checks when the scrub must be deterministic (a checkpoint after every
+/// chunk, as the simulation asks).
+const SEGMENT_CHUNK_COUNT: u64 = 4;
+
+/// How much one chunk of a scrub over segments does.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ChunkBudget {
+    /// Segments until this much time is spent (the last one is finished).
+    Time(Duration),
+    /// This many segments (independent of timing).
+    Segments(u64),
+}
+
+/// What one chunk of a scrub over segments did.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SegmentChunk {
+    /// Bytes it read from the members.
+    pub(crate) bytes_read: u64,
+    /// Where the pass goes on (`None`: every segment was visited).
+    pub(crate) next_segment: Option<u64>,
+}
+
+/// A scrub over segments (a version-4 pool, docs/FORMAT.md V4.13, stage 3): the target plans
+/// a pass from one walk of its map and runs it in chunks, adding what each finds to the
+/// tally; the driver (`run::run_segments`) paces, checkpoints and reports it as it does a
+/// scrub over slots.
+pub(crate) trait SegmentScrub {
+    /// Plan the pass from one walk of the map, from `from_segment` on.
+    ///
+    /// # Errors
+    /// The map cannot say which pages exist (the error names the page), or the pool is
+    /// beyond its tolerance.
+    fn plan(&mut self, from_segment: u64) -> Result<()>;
+    /// Check (and repair, if `repair`) one chunk of the planned pass; its findings are added
+    /// to `tally`. Repairs are written, not yet flushed.
+    ///
+    /// # Errors
+    /// As `plan`.
+    fn chunk(
+        &mut self,
+        repair: bool,
+        budget: ChunkBudget,
+        tally: &mut ScrubTally,
+    ) -> Result<SegmentChunk>;
+    /// Make every repair written so far durable (flush the members): done before a checkpoint
+    /// records the cursor past them.
+    ///
+    /// # Errors
+    /// A member's flush error, naming it.
+    fn settle(&mut self) -> Result<()>;
+}
 
 /// What a scrub needs of a pool beyond [`StripeAccess`]: the live slots, rewriting a stripe
 /// whose parity or copies disagree, and its record in the superblocks. Implemented by the pool.
@@ -64,6 +119,14 @@ pub(crate) trait ScrubTarget: StripeAccess {
     fn live_stripes(&self, from: SlotId, to: SlotId) -> Vec<LiveStripe>;
     /// Bytes of live chunks (all shards) in slots `from..`.
     fn live_bytes_from(&self, from: SlotId) -> u64;
+    /// The map's timeline when the pool scrubs over segments (format version 4), else
+    /// `None` (a scrub over slots).
+    fn segment_timeline(&self) -> Option<u64>;
+    /// A scrub over segments of this pool (format version 4), else `None`.
+    fn segment_scrub(&self) -> Option<Box<dyn SegmentScrub + '_>>;
+    /// Bytes a scrub over segments reads from `segment` on (an estimate: the written data
+    /// blocks, all shards or copies).
+    fn segment_bytes_from(&self, segment: u64) -> u64;
     /// Under the stripe's lock: if `live` still holds the stripe, call `found` and, if
     /// `repair`, rewrite the stripe from its verified data into a fresh slot (a commit frees
     /// slots when none is free; it runs with the lock released). Returns whether it was
@@ -175,6 +238,9 @@ pub struct ScrubReport {
     pub unrepairable_stripes: u64,
     /// The volume ranges they cover (the first 64; the count above is exact).
     pub damaged: Vec<DamagedRange>,
+    /// Format version 4: allocated segments not checked because they were taken again since
+    /// the pass's walk or were free when it reached them (see [`ScrubTally`]).
+    pub segments_skipped: u64,
     /// Per device.
     pub devices: Vec<DeviceScrubReport>,
     /// Sums over the devices.
@@ -205,6 +271,7 @@ impl ScrubReport {
             inconsistent_stripes: tally.inconsistent_stripes,
             unrepairable_stripes: tally.unrepairable_stripes,
             damaged: tally.damaged.clone(),
+            segments_skipped: tally.segments_skipped,
             devices: tally
                 .devices
                 .iter()
@@ -245,10 +312,13 @@ pub struct ScrubProgress {
     pub repair: bool,
     /// When the scrub started, seconds since the Unix epoch.
     pub started_unix_secs: u64,
-    /// Physical slots below this are verified.
+    /// Physical slots below this are verified (format version 3).
     pub next_slot: u64,
     /// Physical slots in the pool.
     pub slots: u64,
+    /// Allocated segments below this are verified (format version 4; `None` on version 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_segment: Option<u64>,
     /// Bytes verified so far (all runs).
     pub scanned_bytes: u64,
     /// Bytes to verify in all (estimate: the live chunks when this run started, plus what
@@ -346,15 +416,21 @@ impl ScrubControl {
         self.set_rate(options.rate_bytes_per_s);
         // Shown as running from now on, not only after the first step (which can take
         // seconds): `scrub --url` takes a scrub that is not running for one that ended.
-        let checkpoint = checkpoint_for(target, options);
+        let mut checkpoint = checkpoint_for(target, options);
         if checkpoint.repair {
             if let Err(err) = target.writable("scrub (with repair; --check-only only looks)") {
-                self.active.store(false, Ordering::Release);
-                return Err(err);
+                if !options.resume {
+                    self.active.store(false, Ordering::Release);
+                    return Err(err);
+                }
+                // A repairing pass resumed on a read-only open goes on check-only (FORMAT.md
+                // V4.13, stage 3, R11): it records nothing there, and its checkpoint stays as
+                // it was for a writable open.
+                tracing::info!("resuming a repairing scrub check-only: the pool is read-only");
+                checkpoint.repair = false;
             }
         }
-        let total = checkpoint.tally.totals().bytes_scanned
-            + target.live_bytes_from(SlotId(checkpoint.next_slot));
+        let total = checkpoint.tally.totals().bytes_scanned + remaining_bytes(target, &checkpoint);
         self.show(progress_of(target, &checkpoint, total, 0, Instant::now()));
         *self.claimed.lock() = Some(checkpoint);
         Ok(())
@@ -380,7 +456,17 @@ impl ScrubControl {
             .lock()
             .take()
             .unwrap_or_else(|| checkpoint_for(target, options));
-        let result = run::run(target, self, options, checkpoint, observe);
+        let result = match target.segment_scrub() {
+            Some(segments) => {
+                let budget = if options.checkpoint_interval == Some(Duration::ZERO) {
+                    ChunkBudget::Segments(SEGMENT_CHUNK_COUNT)
+                } else {
+                    ChunkBudget::Time(SEGMENT_CHUNK_TIME)
+                };
+                run::run_segments(target, self, options, checkpoint, segments, budget, observe)
+            }
+            None => run::run(target, self, options, checkpoint, observe),
+        };
         self.claimed.lock().take();
         *self.progress.lock() = None;
         self.active.store(false, Ordering::Release);
@@ -417,7 +503,7 @@ pub(crate) fn discard_checkpoint(target: &impl ScrubTarget) -> Result<bool> {
 pub(crate) fn recorded_progress(target: &impl ScrubTarget) -> Option<ScrubProgress> {
     let checkpoint = target.scrub_record().in_progress?;
     let scanned = checkpoint.tally.totals().bytes_scanned;
-    let total = scanned + target.live_bytes_from(SlotId(checkpoint.next_slot));
+    let total = scanned + remaining_bytes(target, &checkpoint);
     Some(ScrubProgress {
         running: false,
         paused: checkpoint.paused,
@@ -425,6 +511,7 @@ pub(crate) fn recorded_progress(target: &impl ScrubTarget) -> Option<ScrubProgre
         started_unix_secs: checkpoint.started_unix_secs,
         next_slot: checkpoint.next_slot,
         slots: target.geometry().slots,
+        next_segment: checkpoint.segments.map(|c| c.next_segment),
         scanned_bytes: scanned,
         total_bytes: total,
         rate_bytes_per_s: 0,
@@ -433,24 +520,43 @@ pub(crate) fn recorded_progress(target: &impl ScrubTarget) -> Option<ScrubProgre
     })
 }
 
+/// Bytes a scrub at `checkpoint` has still to read (an estimate).
+fn remaining_bytes(target: &impl ScrubTarget, checkpoint: &ScrubCheckpoint) -> u64 {
+    match checkpoint.segments {
+        Some(cursor) => target.segment_bytes_from(cursor.next_segment),
+        None => target.live_bytes_from(SlotId(checkpoint.next_slot)),
+    }
+}
+
 /// Where a scrub with `options` starts: the recorded checkpoint if resuming one that fits
 /// this pool, else a new scrub.
 fn checkpoint_for(target: &impl ScrubTarget, options: &ScrubOptions) -> ScrubCheckpoint {
     let devices = target.geometry().devices;
+    let timeline = target.segment_timeline();
     let recorded = target.scrub_record().in_progress.filter(|checkpoint| {
         // A checkpoint that does not fit this pool cannot be resumed (never index by it).
         let fits = checkpoint.tally.devices.len() == devices
-            && checkpoint.next_slot <= target.geometry().slots;
+            && checkpoint.next_slot <= target.geometry().slots
+            && checkpoint.segments.is_some() == timeline.is_some();
         if !fits {
             tracing::warn!("ignoring a scrub checkpoint that does not match the pool's shape");
         }
-        fits
+        // A pass over segments of another timeline (the map was rewound since) saw a map
+        // that no longer is: it starts over.
+        let same_timeline = checkpoint.segments.map(|c| c.timeline) == timeline;
+        if fits && !same_timeline {
+            tracing::warn!(
+                "the map was rewound since the interrupted scrub began: a new scrub starts"
+            );
+        }
+        fits && same_timeline
     });
     match recorded.filter(|_| options.resume) {
         Some(mut checkpoint) => {
             checkpoint.paused = false;
             tracing::info!(
                 next_slot = checkpoint.next_slot,
+                next_segment = checkpoint.segments.map(|c| c.next_segment),
                 "resuming the scrub from its checkpoint"
             );
             checkpoint
@@ -462,6 +568,10 @@ fn checkpoint_for(target: &impl ScrubTarget, options: &ScrubOptions) -> ScrubChe
             next_slot: 0,
             scan_secs: 0,
             tally: ScrubTally::new(devices),
+            segments: timeline.map(|timeline| SegmentCursor {
+                next_segment: 0,
+                timeline,
+            }),
         },
     }
 }
@@ -484,6 +594,7 @@ fn progress_of(
         started_unix_secs: checkpoint.started_unix_secs,
         next_slot: checkpoint.next_slot,
         slots: target.geometry().slots,
+        next_segment: checkpoint.segments.map(|c| c.next_segment),
         scanned_bytes: scanned,
         total_bytes: total,
         rate_bytes_per_s: rate,

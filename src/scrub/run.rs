@@ -1,7 +1,9 @@
-//! The scrub's driver: runs the step machine from a checkpoint to its end. A reader thread
-//! reads ahead (one step in the channel, one being read) while this thread verifies, so the
-//! devices are never idle waiting for checksums; between steps the driver honours pause,
-//! cancel and the rate limit, yields to foreground I/O, and checkpoints about once a second.
+//! The scrub's drivers: `run` runs the step machine over slots (format version 3) from a
+//! checkpoint to its end, a reader thread reading ahead (one step in the channel, one being
+//! read) while this thread verifies, so the devices are never idle waiting for checksums;
+//! `run_segments` runs a scrub over segments (version 4) chunk by chunk through the target's
+//! [`SegmentScrub`]. Between steps or chunks both honour pause, cancel and the rate limit,
+//! yield to foreground I/O, and checkpoint about once a second.
 //!
 //! Owns: the phases of one run (start, steps, end) and what is persisted at each. Must not
 //! touch: pool internals (everything goes through [`ScrubTarget`]); the tally (the step
@@ -9,8 +11,8 @@
 
 use super::step::{read_step, ReadStep, Scrubber};
 use super::{
-    report_of, summary_of, RecordChange, ScrubControl, ScrubEnd, ScrubOptions, ScrubProgress,
-    ScrubReport, ScrubTarget, FOREGROUND_BACKOFF, SLOTS_PER_STEP,
+    report_of, summary_of, ChunkBudget, RecordChange, ScrubControl, ScrubEnd, ScrubOptions,
+    ScrubProgress, ScrubReport, ScrubTarget, SegmentScrub, FOREGROUND_BACKOFF, SLOTS_PER_STEP,
 };
 use crate::error::Result;
 use crate::format::{ScrubCheckpoint, ScrubOutcome};
@@ -102,6 +104,91 @@ fn steps<T: ScrubTarget>(
             wait_unless_stopped(control, wait);
         }
     })
+}
+
+/// Run a claimed scrub over segments from `checkpoint` to its end (or until paused,
+/// canceled, or failed: docs/FORMAT.md V4.13, stage 3). A pass is planned from one walk of
+/// the map from the checkpoint's cursor, then checked chunk by chunk; an error of the walk or
+/// of a chunk (the pool beyond its tolerance, a page no copy of which can be read) ends the
+/// run paused at the chunk that failed, and is returned.
+pub(super) fn run_segments(
+    target: &impl ScrubTarget,
+    control: &ScrubControl,
+    options: &ScrubOptions,
+    checkpoint: ScrubCheckpoint,
+    mut segments: Box<dyn SegmentScrub + '_>,
+    budget: ChunkBudget,
+    observe: &mut dyn FnMut(&ScrubProgress),
+) -> Result<ScrubReport> {
+    let span = tracing::info_span!("scrub", pool = %target.pool_uuid(), repair = checkpoint.repair);
+    let _span = span.enter();
+    let from = checkpoint.segments.map_or(0, |c| c.next_segment);
+    let remaining = target.segment_bytes_from(from);
+    tracing::info!(from_segment = from, bytes = remaining, "scrub started");
+    target.persist_scrub(RecordChange::Checkpoint(checkpoint.clone()))?;
+    let mut scrubber = Scrubber::new(checkpoint, remaining);
+    let interval = options
+        .checkpoint_interval
+        .unwrap_or(crate::maintenance::CHECKPOINT_INTERVAL);
+    let mut pacer = Pacer::default();
+    let repair = scrubber.checkpoint.repair;
+    // The last checkpoint recorded: where a failed run stays (never past repairs a power cut
+    // could still lose).
+    let mut recorded = scrubber.checkpoint.clone();
+    let mut record = |scrubber: &Scrubber, segments: &mut Box<dyn SegmentScrub + '_>| {
+        if repair {
+            segments.settle()?;
+        }
+        target.persist_scrub(RecordChange::Checkpoint(scrubber.checkpoint.clone()))?;
+        recorded = scrubber.checkpoint.clone();
+        Ok::<(), crate::error::Error>(())
+    };
+    let ended = segments.plan(from).and_then(|()| loop {
+        if let Some(end) = control.requested_end() {
+            break Ok(end);
+        }
+        let chunk_started = Instant::now();
+        let chunk = segments.chunk(repair, budget, &mut scrubber.checkpoint.tally)?;
+        let stepped = scrubber.advance(target, chunk.bytes_read, chunk.next_segment);
+        control.show(stepped.progress.clone());
+        observe(&stepped.progress);
+        if chunk.next_segment.is_none() {
+            break Ok(ScrubEnd::Completed);
+        }
+        if pacer.checkpoint_due_every(interval) {
+            record(&scrubber, &mut segments)?;
+        }
+        let mut wait = pacer.after_step(
+            control.rate(),
+            target.foreground_recent(),
+            stepped.bytes_read,
+        );
+        if target.foreground_recent() {
+            wait = wait.max(chunk_started.elapsed() * FOREGROUND_BACKOFF);
+        }
+        wait_unless_stopped(control, wait);
+    });
+    let ended = ended.and_then(|end| {
+        if repair {
+            segments.settle()?;
+        }
+        Ok(end)
+    });
+    match ended {
+        Ok(end) => finish(target, scrubber, end),
+        Err(err) => {
+            // Paused at the last checkpoint recorded: an operator resumes it once the cause
+            // is fixed (a pass that resumed itself at every open would meet the same wall).
+            scrubber.note_time();
+            recorded.paused = true;
+            recorded.scan_secs = scrubber.checkpoint.scan_secs;
+            if let Err(persist) = target.persist_scrub(RecordChange::Checkpoint(recorded)) {
+                tracing::error!(%persist, "could not record where the failed scrub stopped");
+            }
+            tracing::error!(%err, "scrub stopped by an error; paused");
+            Err(err)
+        }
+    }
 }
 
 /// Persist the scrub's checkpoint; stripes it rewrote are made durable first, as the

@@ -77,6 +77,32 @@ impl Scrubber {
         }
     }
 
+    /// Account for one chunk of a scrub over segments (its findings are in the tally
+    /// already): move the cursor to `next_segment` (`None`: the pass is done).
+    pub(crate) fn advance(
+        &mut self,
+        target: &impl ScrubTarget,
+        bytes_read: u64,
+        next_segment: Option<u64>,
+    ) -> Stepped {
+        self.read_this_run += bytes_read;
+        if let (Some(cursor), Some(next)) = (self.checkpoint.segments.as_mut(), next_segment) {
+            cursor.next_segment = next;
+        }
+        self.note_time();
+        let progress = progress_of(
+            target,
+            &self.checkpoint,
+            self.previously_scanned + self.remaining,
+            self.checkpoint.tally.totals().bytes_scanned - self.previously_scanned,
+            self.started,
+        );
+        Stepped {
+            bytes_read,
+            progress,
+        }
+    }
+
     /// Bring the checkpoint's scanning time up to now.
     pub(crate) fn note_time(&mut self) {
         self.checkpoint.scan_secs = self.previous_secs + self.started.elapsed().as_secs();

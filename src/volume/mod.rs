@@ -48,7 +48,7 @@ mod scrub;
 pub use observe::{MemberProblem, Observer, ProblemKind};
 pub use place::BLOCK_BYTES;
 pub use rebuild::{RebuildOptions, RebuildPlan, RebuildProgress, RebuildReport};
-pub use scrub::{Damage, VolumeScrubOptions, VolumeScrubReport};
+pub use scrub::{Damage, ScrubPlan, VolumeScrubOptions, VolumeScrubReport};
 
 use crate::codec::Codec;
 use crate::device::{run_batch, BatchOp, SharedDevice};
@@ -89,6 +89,11 @@ pub struct VolumeOptions {
     /// without checking its crc (it still finds unreadable ones).
     #[cfg(feature = "testing")]
     pub scrub_skip_crc: bool,
+    /// Planted bug `scrub_without_skip`: a scrub pass in chunks checks (and repairs) the
+    /// segments its walk found even when they were freed or taken again since, writing what
+    /// the walk saw over what they hold now.
+    #[cfg(feature = "testing")]
+    pub scrub_without_skip: bool,
 }
 
 impl VolumeOptions {
@@ -175,6 +180,8 @@ pub struct Volume {
     rebuild_skip_verify: bool,
     #[cfg(feature = "testing")]
     scrub_skip_crc: bool,
+    #[cfg(feature = "testing")]
+    scrub_without_skip: bool,
 }
 
 impl Volume {
@@ -240,6 +247,8 @@ impl Volume {
             rebuild_skip_verify: options.rebuild_skip_verify,
             #[cfg(feature = "testing")]
             scrub_skip_crc: options.scrub_skip_crc,
+            #[cfg(feature = "testing")]
+            scrub_without_skip: options.scrub_without_skip,
         })
     }
 
@@ -315,11 +324,18 @@ impl Volume {
     /// never-written blocks hold none).
     #[must_use]
     pub fn allocated_bytes(&self) -> u64 {
+        self.allocated_bytes_from(0)
+    }
+
+    /// As [`Volume::allocated_bytes`], of the data segments from `segment` on.
+    #[must_use]
+    pub fn allocated_bytes_from(&self, segment: u64) -> u64 {
         let segments = self.map.segments();
         segments
             .data_segments()
             .into_iter()
-            .map(|(segment, _)| segments.referenced_now(segment))
+            .filter(|(s, _)| *s >= segment)
+            .map(|(s, _)| segments.referenced_now(s))
             .sum::<u64>()
             * BLOCK
     }

@@ -29,7 +29,7 @@ use super::{write_runs, Volume, BLOCK_BYTES};
 use crate::device::{run_batch, BatchOp, SharedDevice};
 use crate::error::{Error, Result};
 use crate::format::DeviceScrubCounters;
-use crate::meta::{CopyProblem, PageRef, WrittenRow};
+use crate::meta::{CopyProblem, Openings, PageRef, WrittenRow};
 use crate::types::DeviceIndex;
 use std::collections::BTreeMap;
 
@@ -38,6 +38,41 @@ use std::collections::BTreeMap;
 pub struct VolumeScrubOptions {
     /// Find and report damage, repair nothing: no byte is written to any device.
     pub check_only: bool,
+}
+
+/// A scrub pass planned from one walk of the map ([`Volume::scrub_plan`]) and run in chunks
+/// ([`Volume::scrub_planned`]), and where it stands (docs/FORMAT.md V4.13, stage 3).
+#[derive(Debug)]
+pub struct ScrubPlan {
+    work: Vec<Work>,
+    /// Bytes the walk read (reported once, by the first chunk).
+    walked: Option<u64>,
+    /// The segments taken since the walk began, which are skipped (`None`: a pass under one
+    /// lock, where nothing is taken meanwhile).
+    openings: Option<Openings>,
+    /// The next item.
+    next: usize,
+}
+
+impl ScrubPlan {
+    /// Whether every segment of the plan was visited.
+    #[must_use]
+    pub fn done(&self) -> bool {
+        self.next >= self.work.len()
+    }
+
+    /// The segment the pass goes on with (`None`: done): every allocated segment below it
+    /// was checked or skipped by the rules of the pass.
+    #[must_use]
+    pub fn next_segment(&self) -> Option<u64> {
+        self.work.get(self.next).map(Work::segment)
+    }
+
+    /// Allocated segments the pass visits in all (from its first segment on).
+    #[must_use]
+    pub fn segments(&self) -> u64 {
+        self.work.len() as u64
+    }
 }
 
 /// A place scrub or rebuild could not make good, named.
@@ -107,6 +142,9 @@ pub struct VolumeScrubReport {
     pub page_copies_unrepairable: u64,
     /// Shard-blocks and page copies on absent members (not checked).
     pub absent: u64,
+    /// Segments of a planned pass skipped because they were taken again since its walk, or
+    /// are free or free-pending now (their content is not what the walk saw, or is dead).
+    pub segments_skipped: u64,
     /// Data slots whose rows cannot be known (their slot-summary page is lost on every
     /// copy, which the metadata part reports): not checked.
     pub slots_unknown: u64,
@@ -218,27 +256,104 @@ impl Volume {
         if !options.check_only {
             self.writable("scrub with repair")?;
         }
+        let mut plan = self.plan_scrub(devices, None, 0)?;
+        self.scrub_planned(devices, options, &mut plan, &mut || true)
+    }
+
+    /// One walk of the map for a scrub pass in chunks, from `from_segment` on (a resumed
+    /// pass). `openings` is the pass's token ([`Volume::watch_openings`], taken under the
+    /// exclusive lock before this walk, which then runs under the shared one): a chunk skips
+    /// a segment taken again since the walk (docs/FORMAT.md V4.13, stage 3).
+    ///
+    /// # Errors
+    /// What the map returns when it cannot say which pages exist.
+    pub fn scrub_plan(
+        &self,
+        devices: &[Option<SharedDevice>],
+        openings: Openings,
+        from_segment: u64,
+    ) -> Result<ScrubPlan> {
+        self.plan_scrub(devices, Some(openings), from_segment)
+    }
+
+    fn plan_scrub(
+        &self,
+        devices: &[Option<SharedDevice>],
+        openings: Option<Openings>,
+        from_segment: u64,
+    ) -> Result<ScrubPlan> {
+        let (mut work, walked) = self.segment_work(devices)?;
+        work.retain(|item| item.segment() >= from_segment);
+        Ok(ScrubPlan {
+            work,
+            walked: Some(walked),
+            openings,
+            next: 0,
+        })
+    }
+
+    /// Go on with `plan`: scrub segment after segment while `keep_going` (asked after each)
+    /// says so. A segment taken again since the walk, or free or free-pending now, is skipped
+    /// (counted). Repairs are written, not flushed: whoever records progress past them
+    /// flushes the members first.
+    ///
+    /// # Errors
+    /// As [`Volume::scrub`]. The plan keeps its place: the segment that failed is not done.
+    pub fn scrub_planned(
+        &self,
+        devices: &[Option<SharedDevice>],
+        options: &VolumeScrubOptions,
+        plan: &mut ScrubPlan,
+        keep_going: &mut dyn FnMut() -> bool,
+    ) -> Result<VolumeScrubReport> {
+        if !options.check_only {
+            self.writable("scrub with repair")?;
+        }
         let mut report = VolumeScrubReport {
             members: vec![DeviceScrubCounters::default(); devices.len()],
+            bytes_read: plan.walked.take().unwrap_or(0),
             ..VolumeScrubReport::default()
         };
-        let (work, walked) = self.segment_work(devices)?;
-        report.bytes_read += walked;
-        for item in &work {
-            match item {
-                Work::Data { slots, .. } => {
-                    report.data_segments += 1;
-                    self.scrub_slots(devices, slots.clone(), options, &mut report)?;
-                }
-                Work::Metadata { pages, .. } => {
-                    report.metadata_segments += 1;
-                    for page in pages {
-                        self.scrub_page(devices, page, options, &mut report)?;
+        self.scrub_work(devices, options, plan, keep_going, &mut report)?;
+        Ok(report)
+    }
+
+    fn scrub_work(
+        &self,
+        devices: &[Option<SharedDevice>],
+        options: &VolumeScrubOptions,
+        plan: &mut ScrubPlan,
+        keep_going: &mut dyn FnMut() -> bool,
+        report: &mut VolumeScrubReport,
+    ) -> Result<()> {
+        while let Some(item) = plan.work.get(plan.next) {
+            let segment = item.segment();
+            let segments = self.map.segments();
+            let stale = plan.openings.as_ref().is_some_and(|o| o.taken(segment))
+                || segments.is_free(segment)
+                || segments.is_pending(segment);
+            if stale && !self.planted_scrub_without_skip() {
+                report.segments_skipped += 1;
+            } else {
+                match item {
+                    Work::Data { slots, .. } => {
+                        report.data_segments += 1;
+                        self.scrub_slots(devices, slots.clone(), options, report)?;
+                    }
+                    Work::Metadata { pages, .. } => {
+                        report.metadata_segments += 1;
+                        for page in pages {
+                            self.scrub_page(devices, page, options, report)?;
+                        }
                     }
                 }
             }
+            plan.next += 1;
+            if !plan.done() && !keep_going() {
+                break;
+            }
         }
-        Ok(report)
+        Ok(())
     }
 
     /// The allocated segments in order: data segments from the usage table (with the slots
@@ -667,6 +782,13 @@ impl Volume {
             }
         }
         Ok(())
+    }
+
+    fn planted_scrub_without_skip(&self) -> bool {
+        #[cfg(feature = "testing")]
+        return self.scrub_without_skip;
+        #[cfg(not(feature = "testing"))]
+        false
     }
 
     fn planted_scrub_skips_crc(&self) -> bool {

@@ -1,0 +1,389 @@
+//! The scrub of a format-version-4 pool in chunks, in the background (docs/FORMAT.md V4.13,
+//! "Stage 3"), checked against an independent model of the bytes written:
+//! * a pass paused after a chunk keeps a segment cursor, survives a reopen, and resumed finds
+//!   the rest: the rot found over both runs is exactly the rot planted, all repaired;
+//! * a cancel ends it and records it canceled; a rate limit holds it back;
+//! * segments freed and taken again between the pass's walk and its chunks are skipped (and
+//!   counted), so a healthy pool shows no damage and keeps its bytes; the planted
+//!   `scrub_without_skip` is caught by the same check;
+//! * writes go on beside a background pass and read back exactly;
+//! * one claim: a foreground scrub is refused while a background one runs;
+//! * a pass interrupted by a close resumes by itself when the pool opens with background work;
+//! * a read-only open resumes a repairing pass as check-only and writes nothing.
+
+mod common;
+
+use common::{random_writes, verify};
+use rand::Rng;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use stripestore::device::{FaultPlan, FaultyDevice, MemDevice, SharedDevice};
+use stripestore::pool::{
+    FormatVersion, ScrubEnd, ScrubOptions, ScrubProgress, ScrubReport, V4Options,
+};
+use stripestore::testing::{mem_devices, random_bytes, shared, Model, PlantedBugs};
+use stripestore::{CreateOptions, Error, Layout, OpenOptions, Pool};
+
+const DEVICE_BYTES: u64 = 16 << 20;
+
+fn v4_options(layout: &str) -> CreateOptions {
+    let layout: Layout = layout.parse().unwrap();
+    let mut options = CreateOptions::new(layout);
+    options.chunk_bytes = 16384;
+    options.format = FormatVersion::V4(V4Options {
+        segment_slots: 4,
+        uberblock_slots: 4,
+        log_half_bytes: 64 << 10,
+        min_depth: 2,
+        sync_pages_max: None,
+        record_max: Some(4096),
+    });
+    options.open = open_options(false);
+    options
+}
+
+fn open_options(background: bool) -> OpenOptions {
+    OpenOptions {
+        map_cache_bytes: 64 * 16384,
+        background_rebuild: background,
+        ..OpenOptions::default()
+    }
+}
+
+/// Chunks of a fixed number of segments and a checkpoint after each (independent of timing).
+fn stepwise(check_only: bool, resume: bool) -> ScrubOptions {
+    ScrubOptions {
+        check_only,
+        resume,
+        checkpoint_interval: Some(Duration::ZERO),
+        ..ScrubOptions::default()
+    }
+}
+
+fn faulty(mems: &[Arc<MemDevice>]) -> (Vec<SharedDevice>, Vec<Arc<parking_lot::Mutex<FaultPlan>>>) {
+    mems.iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let (faulty, plan) = FaultyDevice::new(m.clone(), 0x5c00 + i as u64);
+            (Arc::new(faulty) as SharedDevice, plan)
+        })
+        .unzip()
+}
+
+fn images(mems: &[Arc<MemDevice>]) -> Vec<Vec<u8>> {
+    mems.iter().map(|m| m.image()).collect()
+}
+
+/// A pool of `layout` holding `bytes` of random data from offset 0, flushed.
+fn filled(devices: Vec<SharedDevice>, layout: &str, bytes: usize, seed: u64) -> (Pool, Model) {
+    let pool = Pool::create(devices, vec![], &v4_options(layout)).unwrap();
+    let mut rng = stripestore::testing::rng(seed);
+    let mut model = Model::new(pool.size());
+    let data = random_bytes(&mut rng, bytes);
+    pool.write_at(0, &data).unwrap();
+    model.write(0, &data);
+    pool.flush().unwrap();
+    (pool, model)
+}
+
+/// Rot one byte in each of `cells` distinct 4 KiB cells of member `member`'s data area
+/// (within the first `span` bytes of it).
+fn rot(pool: &Pool, plan: &parking_lot::Mutex<FaultPlan>, span: u64, cells: usize, seed: u64) {
+    let mut rng = stripestore::testing::rng(seed);
+    let data_offset = pool.geometry().data_offset;
+    let mut at = std::collections::BTreeSet::new();
+    while at.len() < cells {
+        at.insert(rng.gen_range(0..span / 4096));
+    }
+    for cell in at {
+        plan.lock().rot_at_rest(data_offset + cell * 4096 + 100, 3);
+    }
+}
+
+/// A pass paused after its second chunk keeps its segment cursor across a close and reopen;
+/// resumed, it checks only the rest, and the rot found over both runs is all the rot there
+/// is (a full check-only pass before counts it), every piece of it repaired once.
+#[test]
+fn a_paused_v4_scrub_resumes_across_a_reopen_and_its_tally_adds_up() {
+    let mems = mem_devices(6, DEVICE_BYTES);
+    let (devices, plans) = faulty(&mems);
+    let (pool, model) = filled(devices.clone(), "rs:4+2", 4 << 20, 0x5c01);
+    rot(&pool, &plans[2], 1 << 20, 16, 0x5c02);
+    let looked = pool.scrub_with(&stepwise(true, false), |_| {}).unwrap();
+    let rotten = looked.devices[2].counters.checksum_errors;
+    assert!(rotten > 0, "{looked:?}");
+    assert_eq!(looked.totals.checksum_errors, rotten, "only member 2 rots");
+
+    let mut chunks = 0;
+    let first = pool
+        .scrub_with(&stepwise(false, false), |_: &ScrubProgress| {
+            chunks += 1;
+            if chunks == 2 {
+                assert!(pool.pause_scrub(), "the pass runs");
+            }
+        })
+        .unwrap();
+    assert_eq!(first.end, ScrubEnd::Paused);
+    let cursor = pool.scrub_progress().expect("a paused pass is recorded");
+    assert!(cursor.paused && !cursor.running);
+    let next = cursor.next_segment.expect("a segment cursor");
+    assert!(next > 0, "{cursor:?}");
+    assert_eq!(cursor.next_slot, 0, "v3's cursor stays untouched");
+    let found_first = first.totals.checksum_errors;
+    assert!(found_first < rotten, "paused before the end: {first:?}");
+    pool.close().unwrap();
+
+    let pool = Pool::open(devices, &open_options(false)).unwrap();
+    let recorded = pool.scrub_progress().expect("recorded across the reopen");
+    assert_eq!(recorded.next_segment, Some(next));
+    let rest = pool.scrub_with(&stepwise(false, true), |_| {}).unwrap();
+    assert_eq!(rest.end, ScrubEnd::Completed);
+    assert!(rest.repair, "the resumed pass keeps its mode");
+    assert_eq!(
+        rest.totals.checksum_errors, rotten,
+        "both runs together found every rotten cell once: {rest:?}"
+    );
+    assert_eq!(rest.totals.repaired, rotten);
+    assert!(rest.totals.bytes_scanned >= looked.totals.bytes_scanned);
+    assert!(
+        rest.bytes_read_this_run < looked.bytes_read_this_run,
+        "the resumed run read only the rest"
+    );
+    assert!(
+        pool.scrub_progress().is_none(),
+        "a completed pass leaves no checkpoint"
+    );
+    let again = pool.scrub_with(&stepwise(true, false), |_| {}).unwrap();
+    assert!(!again.found_damage(), "{again:?}");
+    verify(&pool, &model);
+    pool.close().unwrap();
+}
+
+/// A cancel ends the pass after its chunk and records it canceled; a rate limit holds a
+/// pass back to about the rate.
+#[test]
+fn a_v4_scrub_can_be_canceled_and_is_held_to_its_rate() {
+    let mems = mem_devices(6, DEVICE_BYTES);
+    let (pool, _) = filled(shared(&mems), "rs:4+2", 3 << 20, 0x5c03);
+    let canceled = pool
+        .scrub_with(&stepwise(true, false), |_| {
+            pool.cancel_scrub().unwrap();
+        })
+        .unwrap();
+    assert_eq!(canceled.end, ScrubEnd::Canceled);
+    assert!(pool.scrub_progress().is_none());
+    let last = pool.history();
+    assert!(
+        last.events
+            .iter()
+            .any(|e| e.detail.contains("check-only scrub canceled")),
+        "the cancel is in the events"
+    );
+
+    let rate = 3 << 19;
+    let options = ScrubOptions {
+        check_only: true,
+        rate_bytes_per_s: Some(rate),
+        ..stepwise(true, false)
+    };
+    let mut largest_chunk = 0u64;
+    let mut scanned = 0u64;
+    let started = Instant::now();
+    let report = pool
+        .scrub_with(&options, |progress| {
+            largest_chunk = largest_chunk.max(progress.scanned_bytes - scanned);
+            scanned = progress.scanned_bytes;
+        })
+        .unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(report.end, ScrubEnd::Completed);
+    // Every chunk but the last waits until the bytes so far are due at the rate.
+    let paced = report.bytes_read_this_run.saturating_sub(2 * largest_chunk);
+    assert!(paced > rate, "enough to pace: {report:?}");
+    let due = Duration::from_secs_f64(paced as f64 / rate as f64);
+    assert!(
+        elapsed >= due,
+        "{elapsed:?} for {paced} bytes at {rate} B/s"
+    );
+    pool.close().unwrap();
+}
+
+/// Overwrite everything the pool holds a few times, and small pieces of it, flushing: tree
+/// syncs and the cleaner free and take again the segments a pass's walk saw.
+fn churn(pool: &Pool, model: &mut Model, bytes: usize, rounds: usize, seed: u64) {
+    let mut rng = stripestore::testing::rng(seed);
+    for _ in 0..rounds {
+        let data = random_bytes(&mut rng, bytes);
+        pool.write_at(0, &data).unwrap();
+        model.write(0, &data);
+        for _ in 0..SMALL {
+            let at = rng.gen_range(0..bytes as u64 / 4096) * 4096;
+            let piece = random_bytes(&mut rng, 4096);
+            pool.write_at(at, &piece).unwrap();
+            model.write(at, &piece);
+            pool.flush().unwrap();
+        }
+    }
+}
+const SMALL: usize = 16;
+const ROUNDS_AFTER_WALK: usize = 3;
+
+/// A repairing pass whose segments are freed and taken again after its walk, on a healthy
+/// pool: what it finds and what the pool holds afterwards.
+fn scrub_across_reuse(planted: PlantedBugs) -> Result<ScrubReport, String> {
+    let mems = mem_devices(6, DEVICE_BYTES);
+    let mut options = v4_options("rs:4+2");
+    options.open.planted = planted;
+    let pool = Pool::create(shared(&mems), vec![], &options).unwrap();
+    let mut model = Model::new(pool.size());
+    // Most of the pool, so that the churn cycles through every segment (the lowest free
+    // segment is taken first).
+    let bytes = usize::try_from(pool.size() / 4096 * 9 / 10 * 4096).unwrap();
+    churn(&pool, &mut model, bytes, 1, 0x5c04);
+    let mut churned = false;
+    let report = pool
+        .scrub_with(&stepwise(false, false), |_| {
+            if !churned {
+                churned = true;
+                churn(&pool, &mut model, bytes, ROUNDS_AFTER_WALK, 0x5c05);
+            }
+        })
+        .map_err(|e| format!("the scrub failed: {e}"))?;
+    if report.found_damage() {
+        return Err(format!("a healthy pool showed damage: {report:?}"));
+    }
+    let check = pool.scrub_with(&stepwise(true, false), |_| {}).unwrap();
+    if check.found_damage() {
+        return Err(format!("the pass damaged the pool: {check:?}"));
+    }
+    let mut back = vec![0u8; bytes];
+    pool.read_at(0, &mut back).map_err(|e| e.to_string())?;
+    if back != model.read(0, bytes) {
+        return Err("wrong bytes after the pass".into());
+    }
+    pool.close().unwrap();
+    Ok(report)
+}
+
+#[test]
+fn segments_taken_again_since_the_walk_are_skipped_and_the_planted_scrub_without_skip_is_caught() {
+    let report = scrub_across_reuse(PlantedBugs::default()).unwrap();
+    assert!(
+        report.segments_skipped > 0,
+        "the churn took again segments the walk saw: {report:?}"
+    );
+    assert_eq!(report.end, ScrubEnd::Completed);
+    let planted = scrub_across_reuse(PlantedBugs {
+        scrub_without_skip: true,
+        ..PlantedBugs::default()
+    });
+    assert!(
+        planted.is_err(),
+        "the planted bug went unnoticed: {planted:?}"
+    );
+}
+
+/// Random writes from another thread while background passes run: every byte reads back,
+/// no pass sees damage; a foreground scrub meanwhile is refused (one claim).
+#[test]
+fn writes_beside_a_background_v4_scrub_read_back_and_one_scrub_runs_at_a_time() {
+    let mems = mem_devices(6, DEVICE_BYTES);
+    let (pool, model) = filled(shared(&mems), "rs:4+2", 2 << 20, 0x5c06);
+    let pool = Arc::new(pool);
+    let model = Arc::new(parking_lot::Mutex::new(model));
+    let writer = {
+        let (pool, model) = (Arc::clone(&pool), Arc::clone(&model));
+        std::thread::spawn(move || {
+            let mut rng = stripestore::testing::rng(0x5c07);
+            for round in 0..6 {
+                random_writes(&pool, &mut model.lock(), &mut rng, 40);
+                if round % 2 == 0 {
+                    pool.flush().unwrap();
+                }
+            }
+        })
+    };
+    let mut passes = 0;
+    while !writer.is_finished() || passes == 0 {
+        pool.start_scrub(&ScrubOptions::default()).unwrap();
+        let busy = pool.scrub_with(&ScrubOptions::default(), |_| {});
+        assert!(
+            matches!(busy, Err(Error::Busy(_))) || passes > 0,
+            "a second scrub ran beside the first: {busy:?}"
+        );
+        let report = pool.wait_scrub().unwrap().unwrap();
+        assert_eq!(report.end, ScrubEnd::Completed);
+        assert!(!report.found_damage(), "{report:?}");
+        passes += 1;
+    }
+    writer.join().unwrap();
+    verify(&pool, &model.lock());
+    Arc::try_unwrap(pool).unwrap().close().unwrap();
+}
+
+/// A background pass stopped by a close is resumed by itself at the next open with
+/// background work on, from its cursor, and completes.
+#[test]
+fn a_v4_scrub_interrupted_by_a_close_resumes_at_the_next_open() {
+    let mems = mem_devices(6, DEVICE_BYTES);
+    let (pool, model) = filled(shared(&mems), "rs:4+2", 3 << 20, 0x5c08);
+    pool.start_scrub(&ScrubOptions {
+        rate_bytes_per_s: Some(1 << 20),
+        ..stepwise(true, false)
+    })
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pool
+        .scrub_progress()
+        .and_then(|p| p.next_segment)
+        .unwrap_or(0)
+        == 0
+    {
+        assert!(Instant::now() < deadline, "the pass never moved");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    pool.close().unwrap();
+    let pool = Pool::open(shared(&mems), &open_options(true)).unwrap();
+    let report = pool.wait_scrub().expect("resumed by itself").unwrap();
+    assert_eq!(report.end, ScrubEnd::Completed);
+    assert!(!report.repair, "check-only, as it began");
+    assert!(pool.scrub_progress().is_none());
+    verify(&pool, &model);
+    pool.close().unwrap();
+}
+
+/// A read-only open asked to resume a repairing pass runs it check-only and writes no byte
+/// (not even its record); the damage stays for a writable open to repair.
+#[test]
+fn a_read_only_open_resumes_a_repairing_v4_scrub_as_check_only_and_writes_nothing() {
+    let mems = mem_devices(6, DEVICE_BYTES);
+    let (devices, plans) = faulty(&mems);
+    let (pool, _) = filled(devices.clone(), "rs:4+2", 3 << 20, 0x5c09);
+    let mut chunks = 0;
+    let first = pool
+        .scrub_with(&stepwise(false, false), |_| {
+            chunks += 1;
+            if chunks == 1 {
+                pool.pause_scrub();
+            }
+        })
+        .unwrap();
+    assert_eq!(first.end, ScrubEnd::Paused);
+    pool.close().unwrap();
+    // Rot beyond the cursor: in the last mebibyte written.
+    let read_only = OpenOptions {
+        read_only: true,
+        ..open_options(false)
+    };
+    let pool = Pool::open(devices.clone(), &read_only).unwrap();
+    rot(&pool, &plans[1], 3 << 20, 8, 0x5c0a);
+    let before = images(&mems);
+    let looked = pool.scrub_with(&stepwise(false, true), |_| {}).unwrap();
+    assert_eq!(looked.end, ScrubEnd::Completed);
+    assert!(!looked.repair, "forced check-only");
+    assert!(looked.totals.checksum_errors > 0, "{looked:?}");
+    assert_eq!(looked.totals.repaired, 0);
+    assert!(images(&mems) == before, "a read-only scrub wrote");
+    pool.close().unwrap();
+    assert!(images(&mems) == before, "a read-only close wrote");
+}
