@@ -387,3 +387,114 @@ fn a_read_only_open_resumes_a_repairing_v4_scrub_as_check_only_and_writes_nothin
     pool.close().unwrap();
     assert!(images(&mems) == before, "a read-only close wrote");
 }
+
+/// A member whose flushes fail while `failing` is set.
+#[derive(Debug)]
+struct FlushFails {
+    inner: SharedDevice,
+    failing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl stripestore::device::Device for FlushFails {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), stripestore::device::DeviceError> {
+        self.inner.read_at(offset, buf)
+    }
+    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), stripestore::device::DeviceError> {
+        self.inner.write_at(offset, buf)
+    }
+    fn flush(&self) -> Result<(), stripestore::device::DeviceError> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(stripestore::device::DeviceError::Io(std::io::Error::other(
+                "flush refused",
+            )));
+        }
+        self.inner.flush()
+    }
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+}
+
+/// A pass that fails ends paused at the last checkpoint it recorded, and returns the error:
+/// when the pool goes beyond its tolerance between chunks (`PoolUnavailable`), and when the
+/// flush that must make its repairs durable before a checkpoint fails (the cursor then never
+/// passes repairs a power cut could still lose).
+#[test]
+fn a_failed_v4_scrub_ends_paused_at_its_last_checkpoint() {
+    // Beyond the tolerance after the second chunk.
+    let mems = mem_devices(6, DEVICE_BYTES);
+    let (pool, _) = filled(shared(&mems), "rs:4+2", 3 << 20, 0x5c0b);
+    let mut chunks = 0;
+    let mut cursor = None;
+    let failed = pool.scrub_with(&stepwise(true, false), |progress| {
+        chunks += 1;
+        if chunks == 2 {
+            cursor = progress.next_segment;
+            for index in 0..3 {
+                pool.fault_device(index, "taken out by the test");
+            }
+        }
+    });
+    assert!(
+        matches!(failed, Err(Error::PoolUnavailable { .. })),
+        "{failed:?}"
+    );
+    let recorded = pool.scrub_progress().expect("recorded");
+    assert!(recorded.paused && !recorded.running);
+    assert!(cursor.is_some_and(|c| c > 0));
+    assert_eq!(
+        recorded.next_segment, cursor,
+        "paused at the last checkpoint"
+    );
+    drop(pool);
+
+    // The settling flush before the second chunk's checkpoint fails.
+    let mems = mem_devices(6, DEVICE_BYTES);
+    let (devices, plans) = faulty(&mems);
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let devices: Vec<SharedDevice> = devices
+        .into_iter()
+        .map(|inner| {
+            Arc::new(FlushFails {
+                inner,
+                failing: Arc::clone(&failing),
+            }) as SharedDevice
+        })
+        .collect();
+    let (pool, model) = filled(devices, "rs:4+2", 3 << 20, 0x5c0c);
+    rot(&pool, &plans[3], 3 << 20, 24, 0x5c0d);
+    let mut chunks = 0;
+    let mut cursor = None;
+    let failed = pool.scrub_with(&stepwise(false, false), |progress| {
+        chunks += 1;
+        // The first chunk's checkpoint is recorded after this call, the second's fails.
+        if chunks == 1 {
+            cursor = progress.next_segment;
+        }
+        if chunks == 2 {
+            failing.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    assert!(
+        matches!(&failed, Err(Error::Io { device, .. }) if device.starts_with("mem")),
+        "{failed:?}"
+    );
+    let recorded = pool.scrub_progress().expect("recorded");
+    assert!(recorded.paused);
+    assert_eq!(
+        recorded.next_segment, cursor,
+        "the cursor stays before the repairs not made durable"
+    );
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let rest = pool.scrub_with(&stepwise(false, true), |_| {}).unwrap();
+    assert_eq!(rest.end, ScrubEnd::Completed);
+    assert!(!pool
+        .scrub_with(&stepwise(true, false), |_| {})
+        .unwrap()
+        .found_damage());
+    verify(&pool, &model);
+    pool.close().unwrap();
+}
