@@ -420,8 +420,8 @@ impl stripestore::device::Device for FlushFails {
 
 /// A pass that fails ends paused at the last checkpoint it recorded, and returns the error:
 /// when the pool goes beyond its tolerance between chunks (`PoolUnavailable`), and when the
-/// flush that must make its repairs durable before a checkpoint fails (the cursor then never
-/// passes repairs a power cut could still lose).
+/// flush that must make its repairs durable before a checkpoint fails on a member the pool
+/// cannot lose (the cursor then never passes repairs a power cut could still lose).
 #[test]
 fn a_failed_v4_scrub_ends_paused_at_its_last_checkpoint() {
     // Beyond the tolerance after the second chunk.
@@ -451,13 +451,17 @@ fn a_failed_v4_scrub_ends_paused_at_its_last_checkpoint() {
     );
     drop(pool);
 
-    // The settling flush before the second chunk's checkpoint fails.
+    // The settling flush before the second chunk's checkpoint fails on a member the pool
+    // cannot lose (two others are out already): the pass cannot make its repairs durable.
     let mems = mem_devices(6, DEVICE_BYTES);
-    let (devices, plans) = faulty(&mems);
     let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let devices: Vec<SharedDevice> = devices
+    let devices: Vec<SharedDevice> = shared(&mems)
         .into_iter()
-        .map(|inner| {
+        .enumerate()
+        .map(|(i, inner)| {
+            if i != 2 {
+                return inner;
+            }
             Arc::new(FlushFails {
                 inner,
                 failing: Arc::clone(&failing),
@@ -465,7 +469,8 @@ fn a_failed_v4_scrub_ends_paused_at_its_last_checkpoint() {
         })
         .collect();
     let (pool, model) = filled(devices, "rs:4+2", 3 << 20, 0x5c0c);
-    rot(&pool, &plans[3], 3 << 20, 24, 0x5c0d);
+    pool.fault_device(0, "taken out by the test");
+    pool.fault_device(1, "taken out by the test");
     let mut chunks = 0;
     let mut cursor = None;
     let failed = pool.scrub_with(&stepwise(false, false), |progress| {
@@ -479,8 +484,14 @@ fn a_failed_v4_scrub_ends_paused_at_its_last_checkpoint() {
         }
     });
     assert!(
-        matches!(&failed, Err(Error::Io { device, .. }) if device.starts_with("mem")),
+        matches!(&failed, Err(Error::Io { device, .. }) if device == "mem2"),
         "{failed:?}"
+    );
+    let status = pool.status();
+    assert!(
+        status.devices[2].state.contains("DEGRADED"),
+        "kept in service, marked: {:?}",
+        status.devices[2]
     );
     let recorded = pool.scrub_progress().expect("recorded");
     assert!(recorded.paused);
@@ -497,4 +508,40 @@ fn a_failed_v4_scrub_ends_paused_at_its_last_checkpoint() {
         .found_damage());
     verify(&pool, &model);
     pool.close().unwrap();
+}
+
+/// A member that dies (fail-stop) unnoticed before a pass: the pass's reads find it gone, the
+/// fault policy takes it out of service, and the pass completes within the tolerance, its
+/// unreadable cells counted against that member only; every byte reads back.
+#[test]
+fn a_member_found_dead_by_a_v4_scrub_is_faulted_and_the_pass_completes() {
+    for layout in ["rs:4+2", "raid10:2"] {
+        let count = if layout == "raid10:2" { 4 } else { 6 };
+        let mems = mem_devices(count, DEVICE_BYTES);
+        let (devices, plans) = faulty(&mems);
+        let (pool, model) = filled(devices, layout, 2 << 20, 0x5c0e);
+        plans[1].lock().fail_stop();
+        let report = pool
+            .scrub_with(&stepwise(false, false), |_| {})
+            .unwrap_or_else(|e| panic!("{layout}: {e}"));
+        assert_eq!(report.end, ScrubEnd::Completed, "{layout}");
+        assert!(!report.found_data_loss(), "{layout}: {report:?}");
+        assert!(
+            report.devices[1].counters.io_errors > 0,
+            "{layout}: {report:?}"
+        );
+        for (i, device) in report.devices.iter().enumerate() {
+            if i != 1 {
+                assert_eq!(device.counters.io_errors, 0, "{layout}: member {i}");
+            }
+        }
+        let status = pool.status();
+        assert!(
+            status.devices[1].state.contains("FAULTED"),
+            "{layout}: {:?}",
+            status.devices[1]
+        );
+        verify(&pool, &model);
+        pool.close().unwrap();
+    }
 }

@@ -228,3 +228,15 @@ fn v4_seed_7292_replay() {
 fn v4_seed_9001_replay() {
     replay_kept("9001");
 }
+
+/// Found 2026-12-04 by `simulate --format 4 --seed 50001` (run 17) on the first background
+/// scrub of v4: raid10:2 with d3 fail-stopped and not yet known as failed; the scrub counted
+/// d3's unreadable cells but told the fault policy nothing, and the flush that makes repairs
+/// durable before a checkpoint failed on d3 and stopped the pass ("failed within
+/// tolerance"). The scrub now reports a cell's failed read, failed crc or failed rewrite as
+/// the data path does (d3, gone, is faulted), and a member whose flush fails goes through
+/// the fault policy; the pass stops only if the pool must keep it.
+#[test]
+fn v4_seed_50017_replay() {
+    replay_kept("50017");
+}

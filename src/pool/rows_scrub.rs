@@ -10,13 +10,16 @@
 //!   seen), skipping segments taken again since the walk or free now; repairs are flushed
 //!   before the chunk returns. What a chunk found is added to the scrub's tally per member.
 //! * A pool beyond its tolerance ends the chunk with `PoolUnavailable` before any read.
+//! * Before a checkpoint, every member in service is flushed (the repairs written so far
+//!   become durable); a member whose flush fails goes through the fault policy, and the pass
+//!   stops only if the pool must keep it.
 //!
 //! Owns: the translation from the volume's scrub reports to the scrub's tally. Must not touch:
 //! what a chunk checks and how (`crate::volume::Volume::scrub_planned`), the scrub record and
 //! its policy (`crate::scrub`).
 
 use super::rows::RowsEngine;
-use super::PoolInner;
+use super::{DeviceFault, PoolInner};
 use crate::error::{Error, Result};
 use crate::format::ScrubTally;
 use crate::scrub::{ChunkBudget, SegmentChunk, SegmentScrub};
@@ -95,12 +98,24 @@ impl SegmentScrub for RowsScrub<'_> {
     }
 
     fn settle(&mut self) -> Result<()> {
-        for device in self.pool.volume_devices().into_iter().flatten() {
-            device.flush().map_err(|e| Error::Io {
-                device: device.name(),
-                offset: None,
-                source: e.into_io(),
-            })?;
+        let members = &self.pool.members;
+        for member in &members.data {
+            let Some(device) = member.device() else {
+                continue;
+            };
+            if let Err(err) = device.flush() {
+                // The fault policy decides (damage stays local): a member it takes out of
+                // service needs no durable repairs; one it must keep leaves the pass
+                // unable to say its repairs are durable.
+                members.record_error(member.index, None, DeviceFault::Write(&err));
+                if member.is_online() {
+                    return Err(Error::Io {
+                        device: device.name(),
+                        offset: None,
+                        source: err.into_io(),
+                    });
+                }
+            }
         }
         Ok(())
     }

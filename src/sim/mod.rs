@@ -358,6 +358,20 @@ pub enum Op {
     Rebuild,
     /// Scrub, then verify.
     Scrub,
+    /// Format version 4: a repairing scrub in chunks with `writes` random writes (from
+    /// `seed`) made between its chunk `pause_after` and the next, after its walk (so segments
+    /// it walked are freed and taken again beside it); with `reopen`, it is paused one chunk
+    /// later, the pool reopened, and the pass resumed from its cursor. Then verify.
+    ScrubBeside {
+        /// Chunks before the writes (1..=4).
+        pause_after: u8,
+        /// Writes (1..=12).
+        writes: u8,
+        /// Pause, reopen and resume after the writes.
+        reopen: bool,
+        /// Seed of the writes.
+        seed: u64,
+    },
     /// Last step: fail positions until one more than the tolerance is damaged, then check that
     /// errors are clear and unaffected stripes are intact.
     BeyondTolerance {
@@ -438,6 +452,7 @@ impl Op {
             Op::RebuildStep => "rebuild-step",
             Op::Rebuild => "rebuild",
             Op::Scrub => "scrub",
+            Op::ScrubBeside { .. } => "scrub-beside-writes",
             Op::BeyondTolerance { .. } => "beyond-tolerance",
             Op::LocalDamage { .. } => "local-damage",
             Op::ReplaceHealthy { .. } => "replace-healthy",
@@ -454,7 +469,7 @@ pub fn generate(config: &SimConfig) -> Vec<Op> {
     let mut rng = crate::testing::rng(config.seed ^ 0x5157_0001);
     let faults = &config.faults;
     // (weight, enabled) per op family, in a fixed order.
-    let table: [(u32, bool); 21] = [
+    let table: [(u32, bool); 22] = [
         (300, true),                            // write
         (220, true),                            // read
         (100, true),                            // flush
@@ -476,6 +491,7 @@ pub fn generate(config: &SimConfig) -> Vec<Op> {
         (8, true),                              // open with a subset, in any order
         (8, true),                              // read-only look
         (60, true),                             // discard
+        (12, config.format4), // scrub beside writes (v4 only: v3 seeds keep their ops)
     ];
     // What is drawn for v3 only: local damage (it overwrites whole stripes' chunks, a v3
     // shape). On v4 the healthy replace's power cut starts counting at the new device's
@@ -559,6 +575,12 @@ pub fn generate(config: &SimConfig) -> Vec<Op> {
             },
             18 => Op::OpenSubset { seed: rng.gen() },
             19 => Op::ReadOnlyLook { seed: rng.gen() },
+            21 => Op::ScrubBeside {
+                pause_after: rng.gen_range(1..=4),
+                writes: rng.gen_range(1..=12),
+                reopen: rng.gen_bool(0.3),
+                seed: rng.gen(),
+            },
             _ => Op::Discard {
                 // Half of them stripe-aligned (the volume is whole stripes, so wrapping the
                 // offset into it keeps the alignment): whole stripes unmapped, no edges.

@@ -399,6 +399,89 @@ impl<'a> World<'a> {
         self.verify("after scrub")
     }
 
+    /// A repairing scrub in chunks with writes between two of its chunks (see
+    /// [`Op::ScrubBeside`]); within the tolerance it must end completed with nothing
+    /// unrepairable, and every byte must read back.
+    fn scrub_beside(&mut self, pause_after: u8, writes: u8, reopen: bool, seed: u64) -> Check {
+        let within = self.within_tolerance();
+        let mut rng = rng(seed);
+        let planned: Vec<(u64, Vec<u8>)> = (0..writes)
+            .map(|_| {
+                let (offset, len) = self.clamp(
+                    rng.gen_range(0..u64::from(u32::MAX)),
+                    rng.gen_range(1..64 * 1024),
+                );
+                (offset, random_bytes(&mut rng, len))
+            })
+            .collect();
+        let options = crate::ScrubOptions {
+            checkpoint_interval: Some(std::time::Duration::ZERO),
+            ..crate::ScrubOptions::default()
+        };
+        let pool = self.pool()?;
+        let mut chunks = 0u8;
+        let mut outcomes = Vec::new();
+        let scrubbed = pool.scrub_with(&options, |_| {
+            chunks += 1;
+            if chunks == pause_after {
+                outcomes = planned
+                    .iter()
+                    .map(|(offset, data)| pool.write_at(*offset, data))
+                    .collect();
+            }
+            if reopen && chunks == pause_after.saturating_add(1) {
+                pool.pause_scrub();
+            }
+        });
+        // The writes the scrub's chunks made room for: the model learns them in order.
+        for ((offset, data), outcome) in planned.iter().zip(outcomes) {
+            self.model.write(*offset, data);
+            self.last_write = Some((*offset, data.len()));
+            match outcome {
+                Ok(()) => {}
+                Err(err) if within => {
+                    return Err(format!(
+                        "a write beside a scrub failed within tolerance: {err}"
+                    ))
+                }
+                Err(err) if is_clear(&err) => {}
+                Err(err) => return Err(format!("write failed with an unclear error: {err}")),
+            }
+        }
+        let mut report = match scrubbed {
+            Ok(report) => report,
+            Err(err) if within => return Err(format!("scrub failed within tolerance: {err}")),
+            Err(_) => return self.verify("after a failed scrub"),
+        };
+        if report.end == crate::pool::ScrubEnd::Paused {
+            if reopen {
+                self.reopen()?;
+            }
+            let resume = crate::ScrubOptions {
+                resume: true,
+                ..options
+            };
+            report = match self.pool()?.scrub_with(&resume, |_| {}) {
+                Ok(report) => report,
+                Err(err) if within => {
+                    return Err(format!("the resumed scrub failed within tolerance: {err}"))
+                }
+                Err(_) => return self.verify("after a failed resumed scrub"),
+            };
+        }
+        self.stats.scrub_bad_shards += report.bad_shards;
+        if within && report.end != crate::pool::ScrubEnd::Completed {
+            return Err(format!("the scrub ended {:?}, not completed", report.end));
+        }
+        if within && report.unrepairable_stripes > 0 {
+            return Err(format!(
+                "scrub found {} unrepairable places within tolerance",
+                report.unrepairable_stripes
+            ));
+        }
+        self.verify("after a scrub beside writes")
+    }
+
     fn step(&mut self, op: &Op) -> Check {
         match op {
             Op::Write {
@@ -441,6 +524,12 @@ impl<'a> World<'a> {
             Op::RebuildStep => self.rebuild_once(),
             Op::Rebuild => self.rebuild_all(),
             Op::Scrub => self.scrub(),
+            Op::ScrubBeside {
+                pause_after,
+                writes,
+                reopen,
+                seed,
+            } => self.scrub_beside(*pause_after, *writes, *reopen, *seed),
             Op::BeyondTolerance { seed } => self.beyond_tolerance(*seed),
             Op::LocalDamage {
                 stripe,

@@ -18,14 +18,15 @@
 //! Owns: walking allocated segments, checking and repairing rows and page copies in place,
 //! the scrub's tallies. Does not own and must not touch: which pages exist or what they say
 //! (the map's: pages are read and rewritten through its [`PageStore`]), pointers, the log,
-//! superblocks, and the fault policy (every damage is reported naming its place; the pool
-//! decides what it means for a member).
+//! superblocks, and the fault policy (every damage is in the report naming its place, and a
+//! row cell's failed read, failed crc or failed rewrite also goes to the volume's observer, as
+//! on the data path: the pool decides what it means for a member).
 //!
 //! [`MapStore::page_refs`]: crate::meta::MapStore::page_refs
 //! [`PageStore`]: crate::meta::PageStore
 
 use super::place::{runs, Piece};
-use super::{write_runs, Volume, BLOCK_BYTES};
+use super::{write_runs, MemberProblem, ProblemKind, Volume, BLOCK_BYTES};
 use crate::device::{run_batch, BatchOp, SharedDevice};
 use crate::error::{Error, Result};
 use crate::format::DeviceScrubCounters;
@@ -494,12 +495,35 @@ impl Volume {
                     };
                     bytes_read += BLOCK_BYTES as u64;
                     if let Err(e) = device.read_at(piece.offset, &mut row.bytes[s]) {
+                        // The owner's fault policy hears of it (a member gone is taken out
+                        // of service), as for a read of the data path.
+                        self.report(&MemberProblem {
+                            member: piece.device,
+                            offset: piece.offset,
+                            slot,
+                            shard: s,
+                            kind: ProblemKind::Read(&e),
+                        });
                         row.cells[s] = Cell::Unreadable(e.to_string());
                         continue;
                     }
                 }
-                let good = !verify
-                    || self.rows.crc(slot, s, row.row, row.birth, &row.bytes[s]) == row.crcs[s];
+                let good = !verify || {
+                    let found = self.rows.crc(slot, s, row.row, row.birth, &row.bytes[s]);
+                    if found != row.crcs[s] {
+                        self.report(&MemberProblem {
+                            member: piece.device,
+                            offset: piece.offset,
+                            slot,
+                            shard: s,
+                            kind: ProblemKind::Checksum {
+                                expected: row.crcs[s],
+                                found,
+                            },
+                        });
+                    }
+                    found == row.crcs[s]
+                };
                 row.cells[s] = if good { Cell::Good } else { Cell::Bad };
             }
         }
@@ -666,6 +690,13 @@ impl Volume {
         let failures = write_runs(devices, &pieces, &bytes);
         let mut failed = vec![None; repaired.len()];
         for failure in failures {
+            self.report(&MemberProblem {
+                member: failure.member,
+                offset: failure.offset,
+                slot,
+                shard: failure.pieces.first().map_or(0, |i| repaired[*i].1),
+                kind: ProblemKind::Write(&failure.error),
+            });
             for index in &failure.pieces {
                 failed[*index] = Some(failure.error.to_string());
             }

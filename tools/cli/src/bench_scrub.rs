@@ -6,7 +6,8 @@
 //! then (caches dropped again) scrub, and divide the bytes it read by its time.
 //!
 //! Last, the cost to foreground I/O: random 64 KiB reads through the pool from four threads for
-//! two seconds, alone and then beside scrubs running back to back. This part runs on files in
+//! two seconds, alone and then beside scrubs running back to back; the same with random 64 KiB
+//! writes (a format-version-4 scrub holds writes back for a chunk at a time). This part runs on files in
 //! `/dev/shm` (memory): on disk files the scrub fills the page cache and the foreground reads
 //! get *faster* beside it, which measures the cache, not the throttle. In memory, scrub and
 //! foreground compete for the two cores and memory bandwidth, as they would on fast disks.
@@ -32,21 +33,28 @@ struct Run {
     foreground_beside_scrub_bytes_per_s: f64,
     /// Share of its throughput the foreground keeps while a scrub runs.
     foreground_kept: f64,
+    foreground_writes_alone_bytes_per_s: f64,
+    foreground_writes_beside_scrub_bytes_per_s: f64,
+    /// Share of its write throughput the foreground keeps while a scrub runs.
+    foreground_writes_kept: f64,
 }
 
 #[derive(Debug, Serialize)]
 struct Report {
     layout: String,
+    format: u32,
     device_bytes: u64,
     runs: Vec<Run>,
     median_ratio: f64,
     min_ratio: f64,
     max_ratio: f64,
     median_foreground_kept: f64,
+    median_foreground_writes_kept: f64,
 }
 
-/// Random 64 KiB reads through the pool from four threads for two seconds; bytes per second.
-fn foreground_reads(pool: &Pool) -> Result<f64, Box<dyn std::error::Error>> {
+/// Random 64 KiB reads (or writes, then a flush) through the pool from four threads for two
+/// seconds; bytes per second.
+fn foreground_io(pool: &Pool, write: bool) -> Result<f64, Box<dyn std::error::Error>> {
     use rand::{Rng, SeedableRng};
     const PIECE: u64 = 64 << 10;
     let pieces = pool.size() / PIECE;
@@ -61,8 +69,17 @@ fn foreground_reads(pool: &Pool) -> Result<f64, Box<dyn std::error::Error>> {
                     let mut buf = vec![0u8; usize::try_from(PIECE).unwrap_or(65_536)];
                     let mut bytes = 0;
                     while started.elapsed() < duration {
-                        pool.read_at(rng.gen_range(0..pieces) * PIECE, &mut buf)?;
+                        let at = rng.gen_range(0..pieces) * PIECE;
+                        if write {
+                            rng.fill(&mut buf[..]);
+                            pool.write_at(at, &buf)?;
+                        } else {
+                            pool.read_at(at, &mut buf)?;
+                        }
                         bytes += PIECE;
+                    }
+                    if write {
+                        pool.flush()?;
                     }
                     Ok(bytes)
                 })
@@ -84,20 +101,20 @@ fn foreground_reads(pool: &Pool) -> Result<f64, Box<dyn std::error::Error>> {
     Ok(bytes as f64 / started.elapsed().as_secs_f64())
 }
 
-/// Foreground random-read throughput on an in-memory pool, alone and beside scrubs.
+/// Foreground random-read (or write) throughput on an in-memory pool, alone and beside
+/// scrubs.
 fn foreground_cost(
     layout: Layout,
     device_bytes: u64,
     count: usize,
+    format4: bool,
+    write: bool,
 ) -> Result<(f64, f64), Box<dyn std::error::Error>> {
     let (dir, _temp) = super::work_dir(None, Path::new("/dev/shm"))?;
     let paths: Vec<PathBuf> = (0..count).map(|i| dir.join(format!("fg{i}.img"))).collect();
-    let mut options = CreateOptions::new(layout);
-    options.device_bytes = Some(device_bytes);
-    options.open.background_rebuild = false;
-    let pool = Pool::create_paths(&paths, &[], &options)?;
+    let pool = Pool::create_paths(&paths, &[], &create_options(layout, device_bytes, format4))?;
     fill(&pool)?;
-    let alone = foreground_reads(&pool)?;
+    let alone = foreground_io(&pool, write)?;
     let stop = std::sync::atomic::AtomicBool::new(false);
     let beside = std::thread::scope(|scope| {
         let scrubber = scope.spawn(|| -> Result<(), stripestore::Error> {
@@ -106,7 +123,7 @@ fn foreground_cost(
             }
             Ok(())
         });
-        let beside = foreground_reads(&pool);
+        let beside = foreground_io(&pool, write);
         stop.store(true, std::sync::atomic::Ordering::Release);
         pool.cancel_scrub()?;
         scrubber
@@ -115,7 +132,22 @@ fn foreground_cost(
         beside
     })?;
     pool.close()?;
+    for path in &paths {
+        let _ = std::fs::remove_file(path);
+    }
     Ok((alone, beside))
+}
+
+/// A pool of `layout` on files of `device_bytes`, on format version 4 if `format4`.
+fn create_options(layout: Layout, device_bytes: u64, format4: bool) -> CreateOptions {
+    let mut options = CreateOptions::new(layout);
+    options.device_bytes = Some(device_bytes);
+    options.open.background_rebuild = false;
+    if format4 {
+        options.format =
+            stripestore::pool::FormatVersion::V4(stripestore::pool::V4Options::default());
+    }
+    options
 }
 
 /// Read every file whole, concurrently; returns (bytes, bytes per second).
@@ -161,6 +193,7 @@ fn one_run(
     layout: Layout,
     device_bytes: u64,
     dir: &Path,
+    format4: bool,
 ) -> Result<Run, Box<dyn std::error::Error>> {
     let count = super::demo::device_count(layout);
     let paths: Vec<PathBuf> = (0..count)
@@ -169,10 +202,7 @@ fn one_run(
     for path in &paths {
         let _ = std::fs::remove_file(path);
     }
-    let mut options = CreateOptions::new(layout);
-    options.device_bytes = Some(device_bytes);
-    options.open.background_rebuild = false;
-    let pool = Pool::create_paths(&paths, &[], &options)?;
+    let pool = Pool::create_paths(&paths, &[], &create_options(layout, device_bytes, format4))?;
     fill(&pool)?;
     pool.close()?;
     let (raw_bytes, raw_rate) = raw_read(&paths)?;
@@ -186,7 +216,9 @@ fn one_run(
     let report = pool.scrub_with(&ScrubOptions::default(), |_| {})?;
     let elapsed = started.elapsed().as_secs_f64();
     pool.close()?;
-    let (alone, beside) = foreground_cost(layout, device_bytes, count)?;
+    let (alone, beside) = foreground_cost(layout, device_bytes, count, format4, false)?;
+    let (writes_alone, writes_beside) =
+        foreground_cost(layout, device_bytes, count, format4, true)?;
     for path in &paths {
         let _ = std::fs::remove_file(path);
     }
@@ -204,6 +236,9 @@ fn one_run(
         foreground_alone_bytes_per_s: alone,
         foreground_beside_scrub_bytes_per_s: beside,
         foreground_kept: beside / alone,
+        foreground_writes_alone_bytes_per_s: writes_alone,
+        foreground_writes_beside_scrub_bytes_per_s: writes_beside,
+        foreground_writes_kept: writes_beside / writes_alone,
     })
 }
 
@@ -213,25 +248,29 @@ pub fn run(
     runs: usize,
     dir: Option<&Path>,
     json: bool,
+    format4: bool,
 ) -> CliResult {
     let (layout, results) = repeat(
         layout,
         dir,
         runs,
         json,
-        |layout, dir| one_run(layout, device_bytes, dir),
+        |layout, dir| one_run(layout, device_bytes, dir, format4),
         |result| {
             #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
             let rate = |bytes_per_s: f64| human_bytes(bytes_per_s as u64);
             format!(
-                "scrub read {} at {}/s; raw read of all devices at once {}/s; ratio {:.2}; foreground reads {}/s alone, {}/s beside a scrub ({:.2} kept)",
+                "scrub read {} at {}/s; raw read of all devices at once {}/s; ratio {:.2}; foreground reads {}/s alone, {}/s beside a scrub ({:.2} kept); writes {}/s alone, {}/s beside ({:.2} kept)",
                 human_bytes(result.scrub_read_bytes),
                 rate(result.scrub_bytes_per_s),
                 rate(result.raw_bytes_per_s),
                 result.ratio,
                 rate(result.foreground_alone_bytes_per_s),
                 rate(result.foreground_beside_scrub_bytes_per_s),
-                result.foreground_kept
+                result.foreground_kept,
+                rate(result.foreground_writes_alone_bytes_per_s),
+                rate(result.foreground_writes_beside_scrub_bytes_per_s),
+                result.foreground_writes_kept
             )
         },
     )?;
@@ -239,26 +278,34 @@ pub fn run(
     let (median, min, max) = spread(&ratios);
     let kept: Vec<f64> = results.iter().map(|r| r.foreground_kept).collect();
     let (median_kept, min_kept, max_kept) = spread(&kept);
+    let writes_kept: Vec<f64> = results.iter().map(|r| r.foreground_writes_kept).collect();
+    let (median_writes_kept, min_writes_kept, max_writes_kept) = spread(&writes_kept);
     let report = Report {
         layout: layout.to_string(),
+        format: if format4 { 4 } else { 3 },
         device_bytes,
         runs: results,
         median_ratio: median,
         min_ratio: min,
         max_ratio: max,
         median_foreground_kept: median_kept,
+        median_foreground_writes_kept: median_writes_kept,
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "scrub / raw aggregate read throughput: median {median:.2} (min {min:.2}, max {max:.2}) over {} runs, {} on {} devices",
+            "scrub / raw aggregate read throughput: median {median:.2} (min {min:.2}, max {max:.2}) over {} runs, {} on {} devices, format {}",
             report.runs.len(),
             report.layout,
-            human_bytes(device_bytes)
+            human_bytes(device_bytes),
+            report.format
         );
         println!(
             "foreground random-read throughput kept beside a scrub: median {median_kept:.2} (min {min_kept:.2}, max {max_kept:.2})"
+        );
+        println!(
+            "foreground random-write throughput kept beside a scrub: median {median_writes_kept:.2} (min {min_writes_kept:.2}, max {max_writes_kept:.2})"
         );
     }
     Ok(())

@@ -350,7 +350,7 @@ enum Command {
     BenchRebuild(RebuildBench),
     /// Measure scrub throughput against the devices' aggregate raw read throughput, in the
     /// same run, on files.
-    BenchScrub(RepeatedBench),
+    BenchScrub(ScrubBench),
     /// Measure the paged map of format version 4 at volume sizes up to 16 TiB on sparse files:
     /// create and open time, peak RSS, bytes per flush, pages per sync, open after a kill,
     /// cold and warm lookups (the map alone; the pool does not use it yet).
@@ -427,6 +427,16 @@ struct RepeatedBench {
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
+}
+
+/// Arguments of `bench-scrub`: the repeated-bench ones and the format.
+#[derive(clap::Args, Debug)]
+struct ScrubBench {
+    #[command(flatten)]
+    bench: RepeatedBench,
+    /// On-disk format of the pool: 3 (stripes) or 4 (rows and the paged map).
+    #[arg(long, default_value = "3", value_parser = clap::value_parser!(u32).range(3..=4))]
+    format: u32,
 }
 
 /// Arguments of `bench-rebuild`: the repeated-bench ones, and where the spare lives.
@@ -749,9 +759,14 @@ fn execute(command: Command) -> CliResult {
             b.json,
             format == 4,
         ),
-        Command::BenchScrub(b) => {
-            bench_scrub::run(&b.layout, b.device_size, b.runs, b.dir.as_deref(), b.json)
-        }
+        Command::BenchScrub(ScrubBench { bench: b, format }) => bench_scrub::run(
+            &b.layout,
+            b.device_size,
+            b.runs,
+            b.dir.as_deref(),
+            b.json,
+            format == 4,
+        ),
         Command::Demo {
             layout,
             device_size,
