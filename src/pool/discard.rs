@@ -45,13 +45,13 @@ impl PoolInner {
             return Ok(());
         }
         if let Some(rows) = self.rows() {
-            self.rebuild.foreground();
+            let _foreground = self.rebuild.foreground();
             return self.rows_discard(rows, offset, length);
         }
         // As a write: with too few members to make the change durable, refuse it before
         // unmapping anything.
         self.check_available()?;
-        self.rebuild.foreground();
+        let _foreground = self.rebuild.foreground();
         let stripe_bytes = self.geometry.stripe_data_bytes();
         let end = offset + length;
         let first_whole = offset.div_ceil(stripe_bytes);

@@ -34,7 +34,7 @@ impl PoolInner {
     pub(crate) fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         check_range(offset, buf.len(), self.volume_bytes())?;
         // Foreground I/O: a rebuild between its steps yields to it (v3 and v4 alike).
-        self.rebuild.foreground();
+        let _foreground = self.rebuild.foreground();
         if let Some(rows) = self.rows() {
             return self.rows_read(rows, offset, buf);
         }
@@ -81,7 +81,7 @@ impl PoolInner {
 
     pub(crate) fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
         check_range(offset, data.len(), self.volume_bytes())?;
-        self.rebuild.foreground();
+        let _foreground = self.rebuild.foreground();
         if let Some(rows) = self.rows() {
             return self.rows_write(rows, offset, data);
         }

@@ -602,6 +602,7 @@ impl Pool {
     /// [`Error::PoolUnavailable`] when too few devices are left to make the data durable with
     /// the layout; [`Error::CorruptMetadata`] if the map cannot be written anywhere.
     pub fn flush(&self) -> Result<()> {
+        let _foreground = self.inner.rebuild.foreground();
         self.inner
             .requests
             .measure(Request::Flush, 0, || self.inner.commit())

@@ -88,8 +88,17 @@ impl SegmentScrub for RowsScrub<'_> {
         let next_segment = plan.next_segment();
         drop(volume);
         add_to_tally(tally, &found);
+        // One line per place at info (a dead member has thousands), one error per chunk that
+        // found data it could not rebuild.
         for damage in &found.unrepairable {
-            tracing::error!(?damage, "scrub: a place could not be repaired");
+            tracing::info!(?damage, "scrub: a place stays bad");
+        }
+        let lost: u64 = found.members.iter().map(|m| m.unrepairable).sum();
+        if lost > 0 {
+            tracing::error!(
+                places = lost,
+                "scrub: places whose data could not be rebuilt from redundancy"
+            );
         }
         Ok(SegmentChunk {
             bytes_read: found.bytes_read,

@@ -202,6 +202,9 @@ pub struct RebuildControl {
     background: bool,
     epoch: Instant,
     last_foreground_ns: AtomicU64,
+    /// Foreground requests running now (a request waiting behind a maintenance step that
+    /// holds the volume's lock longer than [`FOREGROUND_WINDOW`] is foreground all along).
+    in_flight: AtomicU64,
     /// The batch buffers of the running rebuilds, kept between batches and steps.
     buffers: BufferCache,
 }
@@ -265,6 +268,7 @@ impl RebuildControl {
             background,
             epoch: Instant::now(),
             last_foreground_ns: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
             buffers: BufferCache::default(),
         }
     }
@@ -290,8 +294,16 @@ impl RebuildControl {
     pub(crate) fn auto_replace(&self) -> bool {
         self.auto_replace.load(Ordering::Relaxed)
     }
-    /// Note that a foreground request is running.
-    pub(crate) fn foreground(&self) {
+    /// Note that a foreground request starts; it counts as running until the guard is
+    /// dropped (and as recent for [`FOREGROUND_WINDOW`] after). A v4 chunk holds the volume's
+    /// lock for up to 50 ms: a write that arrived at its start must still be seen at its end.
+    #[must_use = "the request is foreground while the guard lives"]
+    pub(crate) fn foreground(&self) -> Foreground<'_> {
+        self.note_foreground();
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Foreground { control: self }
+    }
+    fn note_foreground(&self) {
         let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.last_foreground_ns.store(now, Ordering::Relaxed);
     }
@@ -301,8 +313,24 @@ impl RebuildControl {
         self.last_foreground_ns.load(Ordering::Relaxed)
     }
     pub(crate) fn foreground_recent(&self) -> bool {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return true;
+        }
         let last = Duration::from_nanos(self.last_foreground_ns.load(Ordering::Relaxed));
         last > Duration::ZERO && self.epoch.elapsed().saturating_sub(last) < FOREGROUND_WINDOW
+    }
+}
+
+/// A foreground request running ([`RebuildControl::foreground`]).
+#[derive(Debug)]
+pub(crate) struct Foreground<'a> {
+    control: &'a RebuildControl,
+}
+
+impl Drop for Foreground<'_> {
+    fn drop(&mut self) {
+        self.control.note_foreground();
+        self.control.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -409,10 +437,24 @@ mod tests {
             pacer.after_step(control.rate(), control.foreground_recent(), 1 << 20),
             Duration::ZERO
         );
-        control.foreground();
+        drop(control.foreground());
         assert_eq!(
             pacer.after_step(control.rate(), control.foreground_recent(), 1 << 20),
             crate::maintenance::YIELD
         );
+    }
+
+    /// A request that waits longer than the window (behind a v4 chunk holding the volume's
+    /// lock for 50 ms) is foreground until it ends (not only for the window after it began).
+    #[test]
+    fn a_request_in_flight_is_foreground_however_long_it_waits() {
+        let control = RebuildControl::new(None, true, true);
+        assert!(!control.foreground_recent());
+        let request = control.foreground();
+        std::thread::sleep(FOREGROUND_WINDOW * 3);
+        assert!(control.foreground_recent(), "in flight beyond the window");
+        drop(request);
+        std::thread::sleep(FOREGROUND_WINDOW * 2);
+        assert!(!control.foreground_recent(), "idle since the window");
     }
 }
