@@ -522,7 +522,10 @@ impl SegmentTable {
     ///
     /// Every take goes through `&mut self`, that is the volume's exclusive lock: a pass that
     /// registers under that lock and then walks under the shared one sees every take after
-    /// its walk in its token.
+    /// its walk in its token, and no segment is taken while a chunk of it checks and repairs
+    /// under the shared lock. A step that takes segments beside readers (the overlapping sync
+    /// or a cleaner beside writers, FORMAT.md V4.8 and V4.6) must first wait for a take gate
+    /// that such chunks hold shared (FORMAT.md V4.13, stage 3, "Built").
     pub fn watch_openings(&mut self) -> Openings {
         let bits = Arc::new(OpeningBits::new(self.shape.segments));
         self.watchers.push(Arc::downgrade(&bits));
