@@ -152,3 +152,122 @@ fn a_rebuild_at_16_tib_writes_what_the_member_holds() {
         assert!(back == *data, "the data at {offset} did not survive");
     }
 }
+
+/// The written extents of a sparse file from `from` on (SEEK_DATA / SEEK_HOLE).
+fn data_extents(path: &std::path::Path, from: u64) -> Vec<(u64, u64)> {
+    use std::os::unix::io::AsRawFd;
+    let file = std::fs::File::open(path).unwrap();
+    let fd = file.as_raw_fd();
+    let mut extents = Vec::new();
+    let mut at = i64::try_from(from).unwrap();
+    loop {
+        // SAFETY: `fd` is an open descriptor owned by `file`, which outlives these calls;
+        // lseek takes no pointers.
+        let start = unsafe { libc::lseek(fd, at, libc::SEEK_DATA) };
+        if start < 0 {
+            return extents; // ENXIO: no data beyond
+        }
+        // SAFETY: as above.
+        let end = unsafe { libc::lseek(fd, start, libc::SEEK_HOLE) };
+        assert!(end > start);
+        extents.push((start as u64, end as u64));
+        at = end;
+    }
+}
+
+/// A scrub of a 16 TiB v4 pool holding 16 MiB: it reads in proportion to the data, not to the
+/// 4 TiB members; paused after its first chunk and resumed, it finds the one rotten cell a
+/// member holds, repairs it, and every byte reads back; the process stays small.
+#[test]
+fn a_scrub_at_16_tib_reads_what_is_written_and_repairs_across_a_pause() {
+    use stripestore::pool::{ScrubEnd, ScrubOptions};
+    let (_dir, paths) = sparse_files("stripestore-scrub16-", 6);
+    let mut options = CreateOptions::new("rs:4+2".parse().unwrap());
+    options.format = FormatVersion::V4(V4Options::default());
+    options.open.background_rebuild = false;
+    options.open.map_cache_bytes = CACHE;
+    let pool = Pool::create_paths(&paths, &[], &options).unwrap();
+    let data_offset = pool.geometry().data_offset;
+    let mut rng = stripestore::testing::rng(0x5500);
+    let marker = *b"scrub16-marker-!";
+    let mut written = Vec::new();
+    // 16 MiB in pieces far apart: several segments, so the pass has more than one chunk.
+    for i in 0..16u64 {
+        let offset = (i * TIB * 7 / 8 + rng.gen_range(0..TIB / 2)) / 4096 * 4096;
+        let mut data = stripestore::testing::random_bytes(&mut rng, 1 << 20);
+        if i == 7 {
+            data[..16].copy_from_slice(&marker);
+        }
+        pool.write_at(offset, &data).unwrap();
+        written.push((offset, data));
+    }
+    pool.close().unwrap();
+
+    // Rot one byte of the cell holding the marker (a data chunk of rs is stored as written).
+    let mut rotten = None;
+    'search: for (member, path) in paths.iter().enumerate() {
+        for (start, end) in data_extents(path, data_offset) {
+            let file = std::fs::File::open(path).unwrap();
+            let mut bytes = vec![0u8; usize::try_from(end - start).unwrap()];
+            std::os::unix::fs::FileExt::read_exact_at(&file, &mut bytes, start).unwrap();
+            if let Some(at) = bytes.windows(16).position(|w| w == marker) {
+                rotten = Some((member, start + at as u64));
+                break 'search;
+            }
+        }
+    }
+    let (member, at) = rotten.expect("the marker's cell on a member");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&paths[member])
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &[0x42], at + 100).unwrap();
+    drop(file);
+
+    let open = OpenOptions {
+        background_rebuild: false,
+        map_cache_bytes: CACHE,
+        ..OpenOptions::default()
+    };
+    let pool = Pool::open_paths(&paths, &open).unwrap();
+    let stepwise = |resume| ScrubOptions {
+        resume,
+        checkpoint_interval: Some(std::time::Duration::ZERO),
+        ..ScrubOptions::default()
+    };
+    let mut chunks = 0;
+    let first = pool
+        .scrub_with(&stepwise(false), |_| {
+            chunks += 1;
+            if chunks == 1 {
+                pool.pause_scrub();
+            }
+        })
+        .unwrap();
+    assert_eq!(first.end, ScrubEnd::Paused);
+    pool.close().unwrap();
+    let pool = Pool::open_paths(&paths, &open).unwrap();
+    let rest = pool.scrub_with(&stepwise(true), |_| {}).unwrap();
+    assert_eq!(rest.end, ScrubEnd::Completed);
+    assert_eq!(rest.totals.checksum_errors, 1, "{rest:?}");
+    assert_eq!(rest.devices[member].counters.repaired, 1, "{rest:?}");
+    assert!(
+        first.bytes_read_this_run + rest.bytes_read_this_run < 64 << 20,
+        "read {} + {} bytes for 16 MiB of data",
+        first.bytes_read_this_run,
+        rest.bytes_read_this_run
+    );
+    assert!(
+        resident_bytes() < CACHE as u64 + (256 << 20),
+        "resident {} bytes",
+        resident_bytes()
+    );
+    for (offset, data) in &written {
+        let mut back = vec![0u8; data.len()];
+        pool.read_at(*offset, &mut back).unwrap();
+        assert!(back == *data, "the data at {offset}");
+    }
+    let again = pool.scrub_with(&stepwise(false), |_| {}).unwrap();
+    assert!(!again.found_damage(), "{again:?}");
+    pool.close().unwrap();
+}
