@@ -6,11 +6,11 @@
 
 mod common;
 
-use common::{random_writes, verify, CacheLoss, Volatile};
+use common::{random_writes, small_v4, verify, CacheLoss, Volatile};
 use rand::Rng;
 use std::sync::Arc;
 use stripestore::device::{Device, FaultKind, FaultPlan, FaultyDevice, MemDevice, SharedDevice};
-use stripestore::pool::{FormatVersion, V4Options};
+use stripestore::pool::FormatVersion;
 use stripestore::testing::{mem_devices, random_bytes, shared, CrashModel, Model};
 use stripestore::{CreateOptions, Error, Layout, OpenOptions, Pool};
 
@@ -22,17 +22,6 @@ const LAYOUTS: [(&str, usize); 4] = [
     ("raid10:2", 4),
     ("rs:2+1", 3),
 ];
-
-fn small_v4() -> V4Options {
-    V4Options {
-        segment_slots: 4,
-        uberblock_slots: 4,
-        log_half_bytes: 64 << 10,
-        min_depth: 2,
-        sync_pages_max: None,
-        record_max: Some(4096),
-    }
-}
 
 fn v4_options(layout: &str) -> CreateOptions {
     let layout: Layout = layout.parse().unwrap();

@@ -13,14 +13,12 @@
 
 mod common;
 
-use common::{random_writes, verify};
+use common::{random_writes, small_v4, verify};
 use rand::Rng;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stripestore::device::{FaultPlan, FaultyDevice, MemDevice, SharedDevice};
-use stripestore::pool::{
-    FormatVersion, ScrubEnd, ScrubOptions, ScrubProgress, ScrubReport, V4Options,
-};
+use stripestore::pool::{FormatVersion, ScrubEnd, ScrubOptions, ScrubProgress, ScrubReport};
 use stripestore::testing::{mem_devices, random_bytes, shared, Model, PlantedBugs};
 use stripestore::{CreateOptions, Error, Layout, OpenOptions, Pool};
 
@@ -30,14 +28,7 @@ fn v4_options(layout: &str) -> CreateOptions {
     let layout: Layout = layout.parse().unwrap();
     let mut options = CreateOptions::new(layout);
     options.chunk_bytes = 16384;
-    options.format = FormatVersion::V4(V4Options {
-        segment_slots: 4,
-        uberblock_slots: 4,
-        log_half_bytes: 64 << 10,
-        min_depth: 2,
-        sync_pages_max: None,
-        record_max: Some(4096),
-    });
+    options.format = FormatVersion::V4(small_v4());
     options.open = open_options(false);
     options
 }

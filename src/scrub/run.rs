@@ -93,15 +93,13 @@ fn steps<T: ScrubTarget>(
             if pacer.checkpoint_due_every(interval) {
                 checkpoint(target, scrubber)?;
             }
-            let mut wait = pacer.after_step(
-                control.rate(),
-                target.foreground_recent(),
+            pace(
+                target,
+                control,
+                &mut pacer,
                 stepped.bytes_read,
+                step_started,
             );
-            if target.foreground_recent() {
-                wait = wait.max(step_started.elapsed() * FOREGROUND_BACKOFF);
-            }
-            wait_unless_stopped(control, wait);
         }
     })
 }
@@ -158,15 +156,13 @@ pub(super) fn run_segments(
         if pacer.checkpoint_due_every(interval) {
             record(&scrubber, &mut segments)?;
         }
-        let mut wait = pacer.after_step(
-            control.rate(),
-            target.foreground_recent(),
+        pace(
+            target,
+            control,
+            &mut pacer,
             stepped.bytes_read,
+            chunk_started,
         );
-        if target.foreground_recent() {
-            wait = wait.max(chunk_started.elapsed() * FOREGROUND_BACKOFF);
-        }
-        wait_unless_stopped(control, wait);
     });
     let ended = ended.and_then(|end| {
         if repair {
@@ -198,6 +194,22 @@ fn checkpoint(target: &impl ScrubTarget, scrubber: &Scrubber) -> Result<()> {
         target.commit()?;
     }
     target.persist_scrub(RecordChange::Checkpoint(scrubber.checkpoint.clone()))
+}
+
+/// Wait after a step or chunk that read `bytes` and began at `started`: as the rate asks, and
+/// while foreground requests arrive [`FOREGROUND_BACKOFF`] times as long as it took.
+fn pace(
+    target: &impl ScrubTarget,
+    control: &ScrubControl,
+    pacer: &mut Pacer,
+    bytes: u64,
+    started: Instant,
+) {
+    let mut wait = pacer.after_step(control.rate(), target.foreground_recent(), bytes);
+    if target.foreground_recent() {
+        wait = wait.max(started.elapsed() * FOREGROUND_BACKOFF);
+    }
+    wait_unless_stopped(control, wait);
 }
 
 /// Wait `wait`, in slices, so a pause or cancel is honoured promptly even at a low rate.

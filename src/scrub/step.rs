@@ -63,18 +63,7 @@ impl Scrubber {
         self.read_this_run += result.bytes_read;
         self.rewrote |= result.rewrote;
         self.checkpoint.next_slot = read.to.0;
-        self.note_time();
-        let progress = progress_of(
-            target,
-            &self.checkpoint,
-            self.previously_scanned + self.remaining,
-            self.checkpoint.tally.totals().bytes_scanned - self.previously_scanned,
-            self.started,
-        );
-        Stepped {
-            bytes_read: result.bytes_read,
-            progress,
-        }
+        self.stepped(target, result.bytes_read)
     }
 
     /// Account for one chunk of a scrub over segments (its findings are in the tally
@@ -89,6 +78,11 @@ impl Scrubber {
         if let (Some(cursor), Some(next)) = (self.checkpoint.segments.as_mut(), next_segment) {
             cursor.next_segment = next;
         }
+        self.stepped(target, bytes_read)
+    }
+
+    /// What a step or chunk that read `bytes_read` did, with the progress after it.
+    fn stepped(&mut self, target: &impl ScrubTarget, bytes_read: u64) -> Stepped {
         self.note_time();
         let progress = progress_of(
             target,

@@ -82,13 +82,7 @@ fn one_run(
     for path in paths.iter().chain([&spare]) {
         let _ = std::fs::remove_file(path);
     }
-    let mut options = CreateOptions::new(layout);
-    options.device_bytes = Some(device_bytes);
-    options.open.background_rebuild = false;
-    if format4 {
-        options.format =
-            stripestore::pool::FormatVersion::V4(stripestore::pool::V4Options::default());
-    }
+    let options = bench_create_options(layout, device_bytes, format4);
     let pool = Pool::create_paths(&paths, std::slice::from_ref(&spare), &options)?;
     fill(&pool)?;
     pool.close()?;
@@ -237,4 +231,17 @@ pub fn run(
         );
     }
     Ok(())
+}
+
+/// A benchmark pool of `layout` on files of `device_bytes` (no background work), on format
+/// version 4 if `format4`.
+pub fn bench_create_options(layout: Layout, device_bytes: u64, format4: bool) -> CreateOptions {
+    let mut options = CreateOptions::new(layout);
+    options.device_bytes = Some(device_bytes);
+    options.open.background_rebuild = false;
+    if format4 {
+        options.format =
+            stripestore::pool::FormatVersion::V4(stripestore::pool::V4Options::default());
+    }
+    options
 }

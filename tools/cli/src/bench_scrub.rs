@@ -13,14 +13,14 @@
 //! foreground compete for the two cores and memory bandwidth, as they would on fast disks.
 //! (`MemDevice` is not used: its per-device lock would make them compete for that instead.)
 
-use super::bench::{drop_caches, fill, repeat, spread};
+use super::bench::{bench_create_options, drop_caches, fill, repeat, spread};
 use super::CliResult;
 use serde::Serialize;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use stripestore::types::human_bytes;
-use stripestore::{CreateOptions, Layout, OpenOptions, Pool, ScrubOptions};
+use stripestore::{Layout, OpenOptions, Pool, ScrubOptions};
 
 #[derive(Debug, Serialize)]
 struct Run {
@@ -112,7 +112,11 @@ fn foreground_cost(
 ) -> Result<(f64, f64), Box<dyn std::error::Error>> {
     let (dir, _temp) = super::work_dir(None, Path::new("/dev/shm"))?;
     let paths: Vec<PathBuf> = (0..count).map(|i| dir.join(format!("fg{i}.img"))).collect();
-    let pool = Pool::create_paths(&paths, &[], &create_options(layout, device_bytes, format4))?;
+    let pool = Pool::create_paths(
+        &paths,
+        &[],
+        &bench_create_options(layout, device_bytes, format4),
+    )?;
     fill(&pool)?;
     let alone = foreground_io(&pool, write)?;
     let stop = std::sync::atomic::AtomicBool::new(false);
@@ -136,18 +140,6 @@ fn foreground_cost(
         let _ = std::fs::remove_file(path);
     }
     Ok((alone, beside))
-}
-
-/// A pool of `layout` on files of `device_bytes`, on format version 4 if `format4`.
-fn create_options(layout: Layout, device_bytes: u64, format4: bool) -> CreateOptions {
-    let mut options = CreateOptions::new(layout);
-    options.device_bytes = Some(device_bytes);
-    options.open.background_rebuild = false;
-    if format4 {
-        options.format =
-            stripestore::pool::FormatVersion::V4(stripestore::pool::V4Options::default());
-    }
-    options
 }
 
 /// Read every file whole, concurrently; returns (bytes, bytes per second).
@@ -202,7 +194,11 @@ fn one_run(
     for path in &paths {
         let _ = std::fs::remove_file(path);
     }
-    let pool = Pool::create_paths(&paths, &[], &create_options(layout, device_bytes, format4))?;
+    let pool = Pool::create_paths(
+        &paths,
+        &[],
+        &bench_create_options(layout, device_bytes, format4),
+    )?;
     fill(&pool)?;
     pool.close()?;
     let (raw_bytes, raw_rate) = raw_read(&paths)?;
