@@ -474,7 +474,9 @@ impl Pool {
                 .members
                 .scrub_record()
                 .in_progress
-                .is_some_and(|checkpoint| !checkpoint.paused);
+                .is_some_and(|checkpoint| {
+                    !checkpoint.paused && scrub::resumable(inner.as_ref(), &checkpoint)
+                });
         let pool = Self {
             inner,
             background: Mutex::new(background),

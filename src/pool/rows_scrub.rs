@@ -7,14 +7,16 @@
 //! * **Chunks** (the shared lock: reads go on, writes wait at most a chunk): the plan goes on
 //!   (`Volume::scrub_planned`) for a budget of time or of segments, with the members in
 //!   service as they are now (fetched for every chunk: a swap-in or a fault between chunks is
-//!   seen), skipping segments taken again since the walk or free now; repairs are flushed
-//!   before the chunk returns. What a chunk found is added to the scrub's tally per member.
+//!   seen), skipping segments taken again since the walk or free now; repairs are written,
+//!   not flushed. What a chunk found is added to the scrub's tally per member.
 //! * A pool beyond its tolerance ends the chunk with `PoolUnavailable` before any read.
 //! * Before a checkpoint, every member in service is flushed (the repairs written so far
 //!   become durable); a member whose flush fails goes through the fault policy, and the pass
 //!   stops only if the pool must keep it.
 //!
-//! Owns: the translation from the volume's scrub reports to the scrub's tally. Must not touch:
+//! Owns: the pass's openings token and plan, the translation from the volume's scrub reports
+//! to the scrub's tally, and the settling flush (whose failures it hands to the fault policy).
+//! Must not touch:
 //! what a chunk checks and how (`crate::volume::Volume::scrub_planned`), the scrub record and
 //! its policy (`crate::scrub`).
 

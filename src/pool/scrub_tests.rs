@@ -1,5 +1,6 @@
 //! Scrub tests that reach into the pool (its map) to forge damage the scrub must find: a
-//! parity shard or copy that matches its checksum but disagrees with the data.
+//! parity shard or copy that matches its checksum but disagrees with the data; and (format
+//! version 4) to forge a recorded checkpoint of another timeline.
 
 #[cfg(test)]
 mod tests {
@@ -98,5 +99,71 @@ mod no_free_slot_tests {
         pool.inner.map.lock().free = taken;
         assert_eq!(pool.scrub().unwrap().inconsistent_stripes, 1);
         assert!(!pool.scrub().unwrap().found_damage());
+    }
+}
+
+#[cfg(test)]
+mod v4_tests {
+    use crate::testing::{mem_devices, shared};
+    use crate::{CreateOptions, Pool};
+
+    /// A recorded pass over segments resumes only on the map's timeline: one recorded on
+    /// another timeline (the map rewound since) is set aside and a new pass starts, with a
+    /// fresh tally; one on the same timeline resumes at its cursor with its tally.
+    #[test]
+    fn a_v4_scrub_checkpoint_of_another_timeline_starts_a_new_pass() {
+        use crate::format::{ScrubCheckpoint, ScrubTally, SegmentCursor};
+        use crate::pool::{FormatVersion, V4Options};
+        use crate::ScrubOptions;
+        let mems = mem_devices(6, 16 << 20);
+        let mut options = CreateOptions::new("rs:4+2".parse().unwrap());
+        options.chunk_bytes = 16384;
+        options.open.background_rebuild = false;
+        options.format = FormatVersion::V4(V4Options {
+            segment_slots: 4,
+            uberblock_slots: 4,
+            log_half_bytes: 64 << 10,
+            min_depth: 2,
+            sync_pages_max: None,
+            record_max: Some(4096),
+        });
+        let pool = Pool::create(shared(&mems), vec![], &options).unwrap();
+        pool.write_at(0, &vec![0x5a; 2 << 20]).unwrap();
+        pool.flush().unwrap();
+        let timeline = pool.inner.rows().unwrap().volume.read().map().timeline();
+        let recorded = |timeline: u64| {
+            let mut tally = ScrubTally::new(6);
+            tally.devices[0].checksum_errors = 7;
+            tally.devices[0].repaired = 7;
+            ScrubCheckpoint {
+                started_unix_secs: 1,
+                repair: true,
+                paused: false,
+                next_slot: 0,
+                scan_secs: 0,
+                tally,
+                segments: Some(SegmentCursor {
+                    next_segment: 3,
+                    timeline,
+                }),
+            }
+        };
+        let resume = ScrubOptions {
+            resume: true,
+            ..ScrubOptions::default()
+        };
+        pool.inner
+            .members
+            .update_scrub_record(|r| r.in_progress = Some(recorded(timeline + 1)));
+        let fresh = pool.scrub_with(&resume, |_| {}).unwrap();
+        assert_eq!(fresh.resumed_from_segment, Some(0), "{fresh:?}");
+        assert_eq!(fresh.totals.checksum_errors, 0, "a fresh tally");
+        pool.inner
+            .members
+            .update_scrub_record(|r| r.in_progress = Some(recorded(timeline)));
+        let resumed = pool.scrub_with(&resume, |_| {}).unwrap();
+        assert_eq!(resumed.resumed_from_segment, Some(3), "{resumed:?}");
+        assert_eq!(resumed.totals.checksum_errors, 7, "the tally carried on");
+        assert!(resumed.bytes_read_this_run < fresh.bytes_read_this_run);
     }
 }

@@ -224,6 +224,9 @@ pub struct ScrubReport {
     pub repair: bool,
     /// The slot this run started from (0 unless it resumed a checkpoint).
     pub resumed_from_slot: u64,
+    /// Format version 4: the segment this run started from (`Some(0)` for a new pass).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resumed_from_segment: Option<u64>,
     /// Bytes this run read from the devices.
     pub bytes_read_this_run: u64,
     /// Seconds spent scanning over all runs.
@@ -264,6 +267,7 @@ impl ScrubReport {
             end,
             repair,
             resumed_from_slot: 0,
+            resumed_from_segment: None,
             bytes_read_this_run: 0,
             scan_secs,
             stripes_checked: tally.stripes_checked,
@@ -416,10 +420,10 @@ impl ScrubControl {
         self.set_rate(options.rate_bytes_per_s);
         // Shown as running from now on, not only after the first step (which can take
         // seconds): `scrub --url` takes a scrub that is not running for one that ended.
-        let mut checkpoint = checkpoint_for(target, options);
+        let (mut checkpoint, resumed) = checkpoint_for(target, options);
         if checkpoint.repair {
             if let Err(err) = target.writable("scrub (with repair; --check-only only looks)") {
-                if !options.resume {
+                if !resumed {
                     self.active.store(false, Ordering::Release);
                     return Err(err);
                 }
@@ -455,7 +459,7 @@ impl ScrubControl {
             .claimed
             .lock()
             .take()
-            .unwrap_or_else(|| checkpoint_for(target, options));
+            .unwrap_or_else(|| checkpoint_for(target, options).0);
         let result = match target.segment_scrub() {
             Some(segments) => {
                 let budget = if options.checkpoint_interval == Some(Duration::ZERO) {
@@ -529,27 +533,22 @@ fn remaining_bytes(target: &impl ScrubTarget, checkpoint: &ScrubCheckpoint) -> u
 }
 
 /// Where a scrub with `options` starts: the recorded checkpoint if resuming one that fits
-/// this pool, else a new scrub.
-fn checkpoint_for(target: &impl ScrubTarget, options: &ScrubOptions) -> ScrubCheckpoint {
+/// this pool (and `true`), else a new scrub.
+fn checkpoint_for(target: &impl ScrubTarget, options: &ScrubOptions) -> (ScrubCheckpoint, bool) {
     let devices = target.geometry().devices;
     let timeline = target.segment_timeline();
     let recorded = target.scrub_record().in_progress.filter(|checkpoint| {
-        // A checkpoint that does not fit this pool cannot be resumed (never index by it).
-        let fits = checkpoint.tally.devices.len() == devices
-            && checkpoint.next_slot <= target.geometry().slots
-            && checkpoint.segments.is_some() == timeline.is_some();
+        // A checkpoint that does not fit this pool cannot be resumed (never index by it), nor
+        // a pass over segments of another timeline (the map was rewound since: it saw a map
+        // that no longer is).
+        let fits = resumable(target, checkpoint);
         if !fits {
-            tracing::warn!("ignoring a scrub checkpoint that does not match the pool's shape");
-        }
-        // A pass over segments of another timeline (the map was rewound since) saw a map
-        // that no longer is: it starts over.
-        let same_timeline = checkpoint.segments.map(|c| c.timeline) == timeline;
-        if fits && !same_timeline {
             tracing::warn!(
-                "the map was rewound since the interrupted scrub began: a new scrub starts"
+                "ignoring a recorded scrub checkpoint that does not fit the pool's shape or its \
+                 map's timeline: a new scrub starts"
             );
         }
-        fits && same_timeline
+        fits
     });
     match recorded.filter(|_| options.resume) {
         Some(mut checkpoint) => {
@@ -559,21 +558,32 @@ fn checkpoint_for(target: &impl ScrubTarget, options: &ScrubOptions) -> ScrubChe
                 next_segment = checkpoint.segments.map(|c| c.next_segment),
                 "resuming the scrub from its checkpoint"
             );
-            checkpoint
+            (checkpoint, true)
         }
-        None => ScrubCheckpoint {
-            started_unix_secs: crate::types::now_unix_secs(),
-            repair: !options.check_only,
-            paused: false,
-            next_slot: 0,
-            scan_secs: 0,
-            tally: ScrubTally::new(devices),
-            segments: timeline.map(|timeline| SegmentCursor {
-                next_segment: 0,
-                timeline,
-            }),
-        },
+        None => (
+            ScrubCheckpoint {
+                started_unix_secs: crate::types::now_unix_secs(),
+                repair: !options.check_only,
+                paused: false,
+                next_slot: 0,
+                scan_secs: 0,
+                tally: ScrubTally::new(devices),
+                segments: timeline.map(|timeline| SegmentCursor {
+                    next_segment: 0,
+                    timeline,
+                }),
+            },
+            false,
+        ),
     }
+}
+
+/// Whether `checkpoint` (recorded in the superblocks) can be resumed by this pool: its shape
+/// fits, and a pass over segments ran on the map's current timeline.
+pub(crate) fn resumable(target: &impl ScrubTarget, checkpoint: &ScrubCheckpoint) -> bool {
+    checkpoint.tally.devices.len() == target.geometry().devices
+        && checkpoint.next_slot <= target.geometry().slots
+        && checkpoint.segments.map(|c| c.timeline) == target.segment_timeline()
 }
 
 /// A running scrub's progress as of `checkpoint`.
@@ -620,7 +630,7 @@ fn report_of(
     target: &impl ScrubTarget,
     end: ScrubEnd,
     checkpoint: &ScrubCheckpoint,
-    resumed_from_slot: u64,
+    (resumed_from_slot, resumed_from_segment): (u64, Option<u64>),
     bytes_read_this_run: u64,
 ) -> ScrubReport {
     let mut report = ScrubReport::from_tally(
@@ -631,6 +641,7 @@ fn report_of(
         |index| target.device_path(DeviceIndex(index)),
     );
     report.resumed_from_slot = resumed_from_slot;
+    report.resumed_from_segment = resumed_from_segment;
     report.bytes_read_this_run = bytes_read_this_run;
     report
 }

@@ -108,7 +108,8 @@ fn steps<T: ScrubTarget>(
 /// canceled, or failed: docs/FORMAT.md V4.13, stage 3). A pass is planned from one walk of
 /// the map from the checkpoint's cursor, then checked chunk by chunk; an error of the walk or
 /// of a chunk (the pool beyond its tolerance, a page no copy of which can be read) ends the
-/// run paused at the chunk that failed, and is returned.
+/// run paused at the last checkpoint it recorded (never past repairs not yet flushed), and
+/// is returned.
 pub(super) fn run_segments(
     target: &impl ScrubTarget,
     control: &ScrubControl,
@@ -249,7 +250,7 @@ fn finish(target: &impl ScrubTarget, mut scrubber: Scrubber, end: ScrubEnd) -> R
         target,
         end,
         checkpoint,
-        scrubber.resumed_from_slot,
+        (scrubber.resumed_from_slot, scrubber.resumed_from_segment),
         scrubber.read_this_run,
     );
     log_end(&report, end);

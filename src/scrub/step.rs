@@ -1,7 +1,8 @@
 //! The scrub's step machine: what one step reads (the live slots of a range, one read per run
 //! of adjacent chunks on every device) and what it does with it (verify every chunk and the
 //! stripe's consistency, re-examine what is suspect, rewrite what disagrees), tallied into the
-//! scrub's checkpoint, whose `next_slot` is the cursor.
+//! scrub's checkpoint, whose `next_slot` is the cursor (a scrub over segments, format version
+//! 4, moves its `segments` cursor instead, chunk by chunk: [`Scrubber::advance`]).
 //!
 //! Owns: the cursor and the tally while a scrub runs ([`Scrubber`]), the verdicts and the
 //! per-device accounting. Must not touch: pool internals (everything goes through
@@ -19,6 +20,8 @@ pub(crate) struct Scrubber {
     pub(super) checkpoint: ScrubCheckpoint,
     /// The slot this run started from.
     pub(super) resumed_from_slot: u64,
+    /// The segment this run started from (format version 4).
+    pub(super) resumed_from_segment: Option<u64>,
     /// Bytes earlier runs verified.
     previously_scanned: u64,
     /// Seconds earlier runs spent.
@@ -46,6 +49,7 @@ impl Scrubber {
     pub(crate) fn new(checkpoint: ScrubCheckpoint, remaining: u64) -> Self {
         Self {
             resumed_from_slot: checkpoint.next_slot,
+            resumed_from_segment: checkpoint.segments.map(|c| c.next_segment),
             previously_scanned: checkpoint.tally.totals().bytes_scanned,
             previous_secs: checkpoint.scan_secs,
             remaining,

@@ -359,7 +359,7 @@ pub enum Op {
     /// Scrub, then verify.
     Scrub,
     /// Format version 4: a repairing scrub in chunks with `writes` random writes (from
-    /// `seed`) made between its chunk `pause_after` and the next, after its walk (so segments
+    /// `seed`) and a flush made between its chunk `pause_after` and the next, after its walk (so segments
     /// it walked are freed and taken again beside it); with `reopen`, it is paused one chunk
     /// later, the pool reopened, and the pass resumed from its cursor. Then verify.
     ScrubBeside {

@@ -399,7 +399,7 @@ impl<'a> World<'a> {
         self.verify("after scrub")
     }
 
-    /// A repairing scrub in chunks with writes between two of its chunks (see
+    /// A repairing scrub in chunks with writes and a flush between two of its chunks (see
     /// [`Op::ScrubBeside`]); within the tolerance it must end completed with nothing
     /// unrepairable, and every byte must read back.
     fn scrub_beside(&mut self, pause_after: u8, writes: u8, reopen: bool, seed: u64) -> Check {
@@ -421,6 +421,7 @@ impl<'a> World<'a> {
         let pool = self.pool()?;
         let mut chunks = 0u8;
         let mut outcomes = Vec::new();
+        let mut flushed = None;
         let scrubbed = pool.scrub_with(&options, |_| {
             chunks += 1;
             if chunks == pause_after {
@@ -428,6 +429,8 @@ impl<'a> World<'a> {
                     .iter()
                     .map(|(offset, data)| pool.write_at(*offset, data))
                     .collect();
+                // A flush, so that syncs free and take again segments the pass walked.
+                flushed = Some(pool.flush());
             }
             if reopen && chunks == pause_after.saturating_add(1) {
                 pool.pause_scrub();
@@ -447,6 +450,15 @@ impl<'a> World<'a> {
                 Err(err) if is_clear(&err) => {}
                 Err(err) => return Err(format!("write failed with an unclear error: {err}")),
             }
+        }
+        match flushed {
+            Some(Ok(())) => self.model.flushed(),
+            Some(Err(err)) if within => {
+                return Err(format!(
+                    "a flush beside a scrub failed within tolerance: {err}"
+                ))
+            }
+            Some(Err(_)) | None => {}
         }
         let mut report = match scrubbed {
             Ok(report) => report,

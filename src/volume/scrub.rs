@@ -20,7 +20,8 @@
 //! (the map's: pages are read and rewritten through its [`PageStore`]), pointers, the log,
 //! superblocks, and the fault policy (every damage is in the report naming its place, and a
 //! row cell's failed read, failed crc or failed rewrite also goes to the volume's observer, as
-//! on the data path: the pool decides what it means for a member).
+//! on the data path: the pool decides what it means for a member; a page copy's are in the
+//! report only, as the page store reports no member problems).
 //!
 //! [`MapStore::page_refs`]: crate::meta::MapStore::page_refs
 //! [`PageStore`]: crate::meta::PageStore

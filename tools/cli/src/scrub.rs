@@ -150,6 +150,16 @@ pub fn render(report: &ScrubReport) -> String {
             }
         );
     }
+    if report.segments_skipped > 0 {
+        let _ = writeln!(
+            out,
+            "  {} segments not checked: taken again or freed since the pass began (what they hold now is newer than the pass)",
+            report.segments_skipped
+        );
+    }
+    if let Some(segment) = report.resumed_from_segment.filter(|s| *s > 0) {
+        let _ = writeln!(out, "  this run resumed at segment {segment}");
+    }
     if totals.bytes_skipped > 0 {
         let skipped: Vec<String> = report
             .devices
