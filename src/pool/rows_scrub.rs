@@ -16,9 +16,8 @@
 //!
 //! Owns: the pass's openings token and plan, the translation from the volume's scrub reports
 //! to the scrub's tally, and the settling flush (whose failures it hands to the fault policy).
-//! Must not touch:
-//! what a chunk checks and how (`crate::volume::Volume::scrub_planned`), the scrub record and
-//! its policy (`crate::scrub`).
+//! Must not touch: what a chunk checks and how (`crate::volume::Volume::scrub_planned`), the
+//! scrub record and its policy (`crate::scrub`).
 
 use super::rows::RowsEngine;
 use super::{DeviceFault, PoolInner};
