@@ -511,6 +511,11 @@ fn scrub_families(e: &mut Exposition, status: &PoolStatus) {
         "Stripes the last scrub could not reconstruct.",
         last.tally.unrepairable_stripes,
     );
+    e.pool_gauge(
+        "stripestore_last_scrub_segments_skipped",
+        "Format version 4: allocated segments the last scrub did not check, taken again or freed after its pass began (0 on version 3).",
+        last.tally.segments_skipped,
+    );
 }
 
 #[cfg(test)]

@@ -309,6 +309,7 @@ fn prometheus_metrics_are_valid_and_served_over_http() {
         "stripestore_checksum_repairs_total{",
         "stripestore_scrub_scanned_bytes{",
         "stripestore_last_scrub_unrepairable_stripes{",
+        "stripestore_last_scrub_segments_skipped{",
     ] {
         assert!(printed.contains(family), "{family} missing:\n{printed}");
     }
