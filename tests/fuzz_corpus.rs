@@ -26,6 +26,19 @@ fn format_decode_seeds() {
     replay("format_decode", stripestore::fuzzing::format_decode);
 }
 
+/// The format_decode fuzzer starts from a superblock that carries the v4 scrub cursor and the
+/// skipped-segment count (optional JSON fields since 2026-12-04), so it mutates them too.
+#[test]
+fn a_format_decode_seed_carries_the_v4_scrub_cursor() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/seeds/format_decode/superblock-v4-scrub-cursor");
+    let superblock =
+        stripestore::format::Superblock::decode(&std::fs::read(path).unwrap()).unwrap();
+    let checkpoint = superblock.scrub.in_progress.expect("a scrub in progress");
+    assert_eq!(checkpoint.segments.map(|c| c.next_segment), Some(12));
+    assert_eq!(checkpoint.tally.segments_skipped, 2);
+}
+
 #[test]
 fn log_replay_seeds() {
     replay("log_replay", stripestore::fuzzing::log_replay);

@@ -6,12 +6,12 @@
 
 mod common;
 
-use common::{random_writes, small_v4, verify, CacheLoss, Volatile};
+use common::{random_writes, verify, CacheLoss, Volatile};
 use rand::Rng;
 use std::sync::Arc;
 use stripestore::device::{Device, FaultKind, FaultPlan, FaultyDevice, MemDevice, SharedDevice};
 use stripestore::pool::FormatVersion;
-use stripestore::testing::{mem_devices, random_bytes, shared, CrashModel, Model};
+use stripestore::testing::{mem_devices, random_bytes, shared, small_v4, CrashModel, Model};
 use stripestore::{CreateOptions, Error, Layout, OpenOptions, Pool};
 
 const DEVICE_BYTES: u64 = 16 << 20;

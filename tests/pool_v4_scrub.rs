@@ -13,13 +13,13 @@
 
 mod common;
 
-use common::{random_writes, small_v4, verify};
+use common::{random_writes, verify};
 use rand::Rng;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stripestore::device::{FaultPlan, FaultyDevice, MemDevice, SharedDevice};
 use stripestore::pool::{FormatVersion, ScrubEnd, ScrubOptions, ScrubProgress, ScrubReport};
-use stripestore::testing::{mem_devices, random_bytes, shared, Model, PlantedBugs};
+use stripestore::testing::{mem_devices, random_bytes, shared, small_v4, Model, PlantedBugs};
 use stripestore::{CreateOptions, Error, Layout, OpenOptions, Pool};
 
 const DEVICE_BYTES: u64 = 16 << 20;

@@ -204,6 +204,39 @@ mod tests {
         assert_eq!(tally.damaged.len(), 2);
     }
 
+    /// The v4 scrub cursor and the skipped-segment count (2026-12-04) are optional: a
+    /// checkpoint recorded before them decodes with neither (and so resumes as a scrub over
+    /// slots, never misread as a cursor); without them nothing is written, so a v3 superblock's
+    /// bytes are unchanged; with them they round-trip.
+    #[test]
+    fn the_v4_scrub_cursor_is_optional_in_a_recorded_checkpoint() {
+        let old = r#"{"started_unix_secs":7,"repair":true,"paused":false,"next_slot":5,"scan_secs":1,"tally":{"devices":[],"stripes_checked":3,"inconsistent_stripes":0,"unrepairable_stripes":0,"damaged":[]}}"#;
+        let checkpoint: ScrubCheckpoint = serde_json::from_str(old).unwrap();
+        assert_eq!(checkpoint.segments, None);
+        assert_eq!(checkpoint.tally.segments_skipped, 0);
+        assert_eq!(checkpoint.next_slot, 5);
+        assert_eq!(
+            serde_json::to_string(&checkpoint).unwrap(),
+            old,
+            "v3 bytes unchanged"
+        );
+        let mut v4 = checkpoint;
+        v4.next_slot = 0;
+        v4.segments = Some(SegmentCursor {
+            next_segment: 9,
+            timeline: 3,
+        });
+        v4.tally.segments_skipped = 2;
+        let text = serde_json::to_string(&v4).unwrap();
+        assert!(
+            text.contains(r#""segments":{"next_segment":9,"timeline":3}"#),
+            "{text}"
+        );
+        assert!(text.contains(r#""segments_skipped":2"#), "{text}");
+        let back: ScrubCheckpoint = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, v4);
+    }
+
     /// Tallies recorded before `not_rewritten` and `bytes_skipped` existed still decode (as 0),
     /// so superblocks of pools scrubbed by older builds stay readable.
     #[test]

@@ -810,14 +810,7 @@ mod tests {
             .collect();
         let mut options = CreateOptions::new("rs:2+1".parse().unwrap());
         options.chunk_bytes = 16384;
-        options.format = FormatVersion::V4(V4Options {
-            segment_slots: 4,
-            uberblock_slots: 4,
-            log_half_bytes: 64 << 10,
-            min_depth: 2,
-            sync_pages_max: None,
-            record_max: Some(4096),
-        });
+        options.format = FormatVersion::V4(crate::testing::small_v4());
         options.open.background_rebuild = false;
         let pool = Pool::create(devices, vec![], &options).unwrap();
         let requests: [&dyn Fn(&Pool); 3] = [

@@ -113,20 +113,13 @@ mod v4_tests {
     #[test]
     fn a_v4_scrub_checkpoint_of_another_timeline_starts_a_new_pass() {
         use crate::format::{ScrubCheckpoint, ScrubTally, SegmentCursor};
-        use crate::pool::{FormatVersion, V4Options};
+        use crate::pool::FormatVersion;
         use crate::ScrubOptions;
         let mems = mem_devices(6, 16 << 20);
         let mut options = CreateOptions::new("rs:4+2".parse().unwrap());
         options.chunk_bytes = 16384;
         options.open.background_rebuild = false;
-        options.format = FormatVersion::V4(V4Options {
-            segment_slots: 4,
-            uberblock_slots: 4,
-            log_half_bytes: 64 << 10,
-            min_depth: 2,
-            sync_pages_max: None,
-            record_max: Some(4096),
-        });
+        options.format = FormatVersion::V4(crate::testing::small_v4());
         let pool = Pool::create(shared(&mems), vec![], &options).unwrap();
         pool.write_at(0, &vec![0x5a; 2 << 20]).unwrap();
         pool.flush().unwrap();

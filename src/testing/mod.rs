@@ -135,6 +135,21 @@ impl CrashModel {
     }
 }
 
+/// Format-version-4 parameters near the test minimums (docs/FORMAT.md V4.2): segments of 4
+/// slots, rings of 4 uberblocks, 64 KiB log halves, a depth of 2, records of 4 KiB, so a pool
+/// on 16 MiB devices wraps its rings and log halves and reuses segments.
+#[must_use]
+pub fn small_v4() -> crate::pool::V4Options {
+    crate::pool::V4Options {
+        segment_slots: 4,
+        uberblock_slots: 4,
+        log_half_bytes: 64 << 10,
+        min_depth: 2,
+        sync_pages_max: None,
+        record_max: Some(4096),
+    }
+}
+
 /// `count` in-memory devices of `size` bytes named `mem0`, `mem1`, ...
 #[must_use]
 pub fn mem_devices(count: usize, size: u64) -> Vec<Arc<MemDevice>> {

@@ -385,16 +385,3 @@ pub fn stripestore_command(log: &str) -> std::process::Command {
     command.env("STRIPESTORE_LOG", log);
     command
 }
-
-/// Format-version-4 parameters at the test minimums (FORMAT.md V4.2): segments of 4 slots,
-/// rings of 4 uberblocks, 64 KiB log halves, records of 4 KiB, so small pools wrap them all.
-pub fn small_v4() -> stripestore::pool::V4Options {
-    stripestore::pool::V4Options {
-        segment_slots: 4,
-        uberblock_slots: 4,
-        log_half_bytes: 64 << 10,
-        min_depth: 2,
-        sync_pages_max: None,
-        record_max: Some(4096),
-    }
-}
