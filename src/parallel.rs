@@ -25,6 +25,12 @@ pub(crate) fn is_sequential() -> bool {
     SEQUENTIAL.with(Cell::get)
 }
 
+/// The cores this process may use (asked once: the answer reads cgroup files).
+pub(crate) fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from))
+}
+
 /// Run `work` on every item, each on its own scoped thread, and collect the results in order.
 pub(crate) fn each<T: Sync, R: Send>(items: &[T], work: impl Fn(&T) -> R + Sync) -> Vec<R> {
     if items.len() <= 1 || is_sequential() {
@@ -47,6 +53,30 @@ pub(crate) fn each<T: Sync, R: Send>(items: &[T], work: impl Fn(&T) -> R + Sync)
     })
 }
 
+/// Run `work` on every item, the first on this thread and each other on its own scoped
+/// thread, each with the item to itself (sequentially, in order, where [`each`] would be).
+pub(crate) fn each_mut<T: Send>(items: &mut [T], work: impl Fn(&mut T) + Sync) {
+    if items.len() <= 1 || is_sequential() {
+        items.iter_mut().for_each(&work);
+        return;
+    }
+    std::thread::scope(|scope| {
+        let work = &work;
+        let (first, others) = items.split_at_mut(1);
+        let handles: Vec<_> = others
+            .iter_mut()
+            .map(|item| scope.spawn(move || work(item)))
+            .collect();
+        first.iter_mut().for_each(work);
+        for handle in handles {
+            if let Err(panic) = handle.join() {
+                // A panic in `work` is a bug; re-raise it on the caller's thread.
+                std::panic::resume_unwind(panic);
+            }
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -57,6 +87,13 @@ mod tests {
             vec![0, 2, 4, 6, 8, 10, 12, 14]
         );
         assert_eq!(super::each(&[5u32], |x| x + 1), vec![6]);
+    }
+
+    #[test]
+    fn each_item_is_worked_on_once_in_place() {
+        let mut items: Vec<u32> = (0..5).collect();
+        super::each_mut(&mut items, |x| *x *= 3);
+        assert_eq!(items, vec![0, 3, 6, 9, 12]);
     }
 
     #[test]

@@ -84,8 +84,27 @@ impl Codec {
         for (output, chunk) in outputs.iter_mut().zip(parity.chunks_mut(chunk_bytes)) {
             *output = chunk;
         }
-        // Cannot fail: shard counts and sizes were checked just above.
-        let encoded = rs.encode(&inputs[..k], &mut outputs[..m]);
+        self.encode_parity_sep(&inputs[..k], &mut outputs[..m]);
+    }
+
+    /// Compute the parity of one stripe whose data chunks are the separate buffers `data`
+    /// (K of them, one length) into the separate buffers `parity` (M of them, that length),
+    /// without copying the chunks together first. Replicated layouts have no parity.
+    ///
+    /// # Panics
+    /// If the counts or lengths do not match the stripe (a programming error).
+    pub fn encode_parity_sep(&self, data: &[&[u8]], parity: &mut [&mut [u8]]) {
+        let Codec::ReedSolomon(rs) = self else {
+            return;
+        };
+        assert_eq!(data.len(), rs.data_shards(), "data chunks of a stripe");
+        assert_eq!(
+            parity.len(),
+            rs.parity_shards(),
+            "parity chunks of a stripe"
+        );
+        // Cannot fail: shard counts were checked just above, lengths are checked by the coder.
+        let encoded = rs.encode(data, parity);
         assert!(encoded.is_ok(), "encode with checked shapes: {encoded:?}");
     }
 

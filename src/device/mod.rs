@@ -18,8 +18,8 @@ pub use memory::MemDevice;
 pub use metered::{DeviceIo, Histogram, Metered, BUCKETS_SECS};
 pub use signature::{probe as probe_signature, refuse_signature, Signature};
 pub use uring::{
-    open_device, open_device_for, open_device_with, run_batch, AlignedBuf, Backend, BatchOp, IoBuf,
-    UringDevice, DIRECT_ALIGN,
+    open_device, open_device_for, open_device_with, run_batch, run_batch_while, AlignedBuf,
+    Backend, BatchOp, IoBuf, UringDevice, DIRECT_ALIGN,
 };
 
 use std::fmt;

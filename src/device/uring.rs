@@ -249,6 +249,8 @@ pub enum IoBuf<'a> {
     Read(&'a mut [u8]),
     /// Write this buffer.
     Write(&'a [u8]),
+    /// Write these buffers one after another from the op's offset (one request: `writev`).
+    WriteV(&'a [&'a [u8]]),
 }
 
 /// One request of a batch; `result` holds its outcome after [`run_batch`].
@@ -284,20 +286,54 @@ impl<'a> BatchOp<'a> {
         }
     }
 
-    fn len(&self) -> usize {
-        match &self.buf {
-            IoBuf::Read(b) => b.len(),
-            IoBuf::Write(b) => b.len(),
+    /// One write of `bufs`, one after another, at `offset` (the pieces of a run that lie in
+    /// different places of memory).
+    pub fn write_vectored(device: &'a dyn Device, offset: u64, bufs: &'a [&'a [u8]]) -> Self {
+        Self {
+            device,
+            offset,
+            buf: IoBuf::WriteV(bufs),
+            result: Ok(()),
         }
     }
 
+    /// Bytes it reads or writes.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        match &self.buf {
+            IoBuf::Read(b) => b.len(),
+            IoBuf::Write(b) => b.len(),
+            IoBuf::WriteV(bufs) => bufs.iter().map(|b| b.len()).sum(),
+        }
+    }
+
+    /// Whether it moves no byte.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Run this request synchronously through the `Device` trait (or the buffered descriptor).
+    /// A vectored write is one request there too: its buffers joined.
     fn run_sync(&mut self) {
-        self.result = match (&mut self.buf, self.device.as_uring()) {
-            (IoBuf::Read(buf), Some(uring)) => uring.buffered.read_at(self.offset, buf),
-            (IoBuf::Write(buf), Some(uring)) => uring.buffered.write_at(self.offset, buf),
-            (IoBuf::Read(buf), None) => self.device.read_at(self.offset, buf),
-            (IoBuf::Write(buf), None) => self.device.write_at(self.offset, buf),
+        let joined;
+        let buf = match &mut self.buf {
+            IoBuf::Read(buf) => {
+                self.result = match self.device.as_uring() {
+                    Some(uring) => uring.buffered.read_at(self.offset, buf),
+                    None => self.device.read_at(self.offset, buf),
+                };
+                return;
+            }
+            IoBuf::Write(buf) => *buf,
+            IoBuf::WriteV(bufs) => {
+                joined = bufs.concat();
+                &joined[..]
+            }
+        };
+        self.result = match self.device.as_uring() {
+            Some(uring) => uring.buffered.write_at(self.offset, buf),
+            None => self.device.write_at(self.offset, buf),
         };
     }
 }
@@ -311,6 +347,9 @@ thread_local! {
 struct InFlight {
     op: usize,
     bounce: Option<AlignedBuf>,
+    /// A vectored write's buffers, as the kernel reads them: only kept alive here, until the
+    /// request completes (their heap block does not move when the `InFlight` does).
+    _iovecs: Vec<libc::iovec>,
     len: usize,
     submitted: std::time::Instant,
 }
@@ -319,6 +358,15 @@ struct InFlight {
 /// the others one after another through the `Device` trait meanwhile. Each op's `result` says
 /// how it went; one failing does not stop the others.
 pub fn run_batch(ops: &mut [BatchOp<'_>]) {
+    run_batch_while(ops, || ());
+}
+
+/// As [`run_batch`], running `meanwhile` on this thread while the first round of io_uring
+/// requests is on the devices (submitted, not yet reaped): a writer stages its next rows
+/// while the kernel writes the last ones. `meanwhile` runs exactly once; when no request is
+/// on io_uring, before the others run. A batch run from inside `meanwhile` goes through the
+/// `Device` trait (this thread's ring is busy).
+pub fn run_batch_while<R>(ops: &mut [BatchOp<'_>], meanwhile: impl FnOnce() -> R) -> R {
     let uring: Vec<usize> = (0..ops.len())
         .filter(|i| {
             let op = &ops[*i];
@@ -327,33 +375,51 @@ pub fn run_batch(ops: &mut [BatchOp<'_>]) {
                 .is_some_and(|u| u.descriptor(op.offset, op.len()).is_some())
         })
         .collect();
-    if uring.is_empty() {
-        ops.iter_mut().for_each(BatchOp::run_sync);
-        return;
+    let mut meanwhile = Some(meanwhile);
+    let mut outcome = None;
+    let done = !uring.is_empty()
+        && RING.with(|cell| {
+            let Ok(mut slot) = cell.try_borrow_mut() else {
+                return false;
+            };
+            if slot.is_none() {
+                *slot = IoUring::new(RING_ENTRIES).ok();
+            }
+            let Some(ring) = slot.as_mut() else {
+                return false;
+            };
+            for round in uring.chunks(RING_ENTRIES as usize) {
+                let flights = push_round(ring, ops, round);
+                if meanwhile.is_some() {
+                    // Start them now, so they run while `meanwhile` does; whatever this does
+                    // not submit (an error: busy, interrupted), `reap_round` submits.
+                    let _ = ring.submit();
+                }
+                if let Some(work) = meanwhile.take() {
+                    outcome = Some(work());
+                }
+                reap_round(ring, ops, flights);
+            }
+            true
+        });
+    if let Some(work) = meanwhile.take() {
+        outcome = Some(work());
     }
-    let done = RING.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if slot.is_none() {
-            *slot = IoUring::new(RING_ENTRIES).ok();
-        }
-        let Some(ring) = slot.as_mut() else {
-            return false;
-        };
-        for round in uring.chunks(RING_ENTRIES as usize) {
-            submit_round(ring, ops, round);
-        }
-        true
-    });
     // Requests io_uring could not take (no ring) and those on other devices, synchronously.
     for (index, op) in ops.iter_mut().enumerate() {
         if !done || uring.binary_search(&index).is_err() {
             op.run_sync();
         }
     }
+    match outcome {
+        Some(outcome) => outcome,
+        // Every path above sets it.
+        None => unreachable!("meanwhile did not run"),
+    }
 }
 
-/// Submit the requests `round` (at most the ring's size) and reap all of them.
-fn submit_round(ring: &mut IoUring, ops: &mut [BatchOp<'_>], round: &[usize]) {
+/// Hand the requests `round` (at most the ring's size) to the kernel; what is in flight.
+fn push_round(ring: &mut IoUring, ops: &mut [BatchOp<'_>], round: &[usize]) -> Vec<InFlight> {
     let mut flights: Vec<InFlight> = Vec::with_capacity(round.len());
     for &index in round {
         let op = &mut ops[index];
@@ -368,19 +434,41 @@ fn submit_round(ring: &mut IoUring, ops: &mut [BatchOp<'_>], round: &[usize]) {
             op.run_sync();
             continue;
         };
-        // O_DIRECT needs an aligned address: bounce through an aligned copy otherwise.
+        // O_DIRECT needs an aligned address: bounce through an aligned copy otherwise (a
+        // vectored write: every buffer's address and length aligned, else joined in one).
+        let aligned = |b: &[u8]| !direct || b.as_ptr().align_offset(DIRECT_ALIGN) == 0;
         let mut bounce = None;
+        let mut iovecs = Vec::new();
         let pointer: *mut u8 = match &mut op.buf {
-            IoBuf::Read(buf) if !direct || buf.as_ptr().align_offset(DIRECT_ALIGN) == 0 => {
-                buf.as_mut_ptr()
-            }
-            IoBuf::Write(buf) if !direct || buf.as_ptr().align_offset(DIRECT_ALIGN) == 0 => {
-                buf.as_ptr().cast_mut()
+            IoBuf::Read(buf) if aligned(buf) => buf.as_mut_ptr(),
+            IoBuf::Write(buf) if aligned(buf) => buf.as_ptr().cast_mut(),
+            IoBuf::WriteV(bufs)
+                if bufs
+                    .iter()
+                    .all(|b| aligned(b) && (!direct || b.len().is_multiple_of(DIRECT_ALIGN))) =>
+            {
+                iovecs = bufs
+                    .iter()
+                    .map(|b| libc::iovec {
+                        iov_base: b.as_ptr().cast_mut().cast(),
+                        iov_len: b.len(),
+                    })
+                    .collect();
+                std::ptr::null_mut()
             }
             IoBuf::Read(_) => bounce.insert(AlignedBuf::zeroed(len)).as_mut_ptr(),
             IoBuf::Write(buf) => {
                 let copy = bounce.insert(AlignedBuf::zeroed(len));
                 copy.copy_from_slice(buf);
+                copy.as_mut_ptr()
+            }
+            IoBuf::WriteV(bufs) => {
+                let copy = bounce.insert(AlignedBuf::zeroed(len));
+                let mut at = 0;
+                for b in bufs.iter() {
+                    copy[at..at + b.len()].copy_from_slice(b);
+                    at += b.len();
+                }
                 copy.as_mut_ptr()
             }
         };
@@ -389,16 +477,28 @@ fn submit_round(ring: &mut IoUring, ops: &mut [BatchOp<'_>], round: &[usize]) {
             IoBuf::Read(_) => opcode::Read::new(types::Fd(fd), pointer, len32)
                 .offset(op.offset)
                 .build(),
-            IoBuf::Write(_) => opcode::Write::new(types::Fd(fd), pointer, len32)
+            IoBuf::WriteV(_) if bounce.is_none() => match u32::try_from(iovecs.len()) {
+                Ok(count) => opcode::Writev::new(types::Fd(fd), iovecs.as_ptr(), count)
+                    .offset(op.offset)
+                    .build(),
+                Err(_) => {
+                    op.run_sync();
+                    continue;
+                }
+            },
+            IoBuf::Write(_) | IoBuf::WriteV(_) => opcode::Write::new(types::Fd(fd), pointer, len32)
                 .offset(op.offset)
                 .build(),
         }
         .user_data(user_data);
-        // SAFETY: `pointer` is valid for `len` bytes (a live borrow in `ops`, or a bounce buffer
-        // kept in `flights`), for reads exclusively borrowed. Both outlive the request: this
-        // function does not return before every pushed entry has completed (see below), and
-        // `ops` and `flights` are not touched in between. The descriptor belongs to a device
-        // that `ops` borrows, so it stays open. The queue has room: a round is at most
+        // SAFETY: `pointer` (or the buffers `iovecs` names) is valid for `len` bytes (a live
+        // borrow in `ops`, or a bounce buffer kept in `flights`), for reads exclusively
+        // borrowed; the iovec array itself is kept in `flights` too, its heap block never
+        // moved. All outlive the request: the only caller, `run_batch_while`, keeps `ops`
+        // borrowed and hands `flights` to `reap_round`, which does not return before every
+        // pushed entry has completed; neither is touched in between (`meanwhile` cannot reach
+        // `ops`, which the caller borrows). The descriptor belongs to a device that `ops`
+        // borrows, so it stays open. The queue has room: a round is at most
         // RING_ENTRIES long and every earlier round was reaped completely.
         let pushed = unsafe { ring.submission().push(&entry) };
         if pushed.is_err() {
@@ -408,10 +508,16 @@ fn submit_round(ring: &mut IoUring, ops: &mut [BatchOp<'_>], round: &[usize]) {
         flights.push(InFlight {
             op: index,
             bounce,
+            _iovecs: iovecs,
             len,
             submitted: std::time::Instant::now(),
         });
     }
+    flights
+}
+
+/// Submit what `push_round` queued and wait for all of it; set each op's result.
+fn reap_round(ring: &mut IoUring, ops: &mut [BatchOp<'_>], flights: Vec<InFlight>) {
     let mut pending = flights.len();
     let mut results: Vec<Option<(i32, std::time::Instant)>> = vec![None; flights.len()];
     while pending > 0 {
@@ -448,7 +554,7 @@ fn submit_round(ring: &mut IoUring, ops: &mut [BatchOp<'_>], round: &[usize]) {
         let op = &mut ops[flight.op];
         finish(op, flight, result);
         op.device.batched(Batched {
-            write: matches!(op.buf, IoBuf::Write(_)),
+            write: !matches!(op.buf, IoBuf::Read(_)),
             bytes: op.len() as u64,
             latency,
             ok: op.result.is_ok(),
@@ -479,6 +585,7 @@ fn finish(op: &mut BatchOp<'_>, flight: InFlight, result: i32) {
         op.result = match &mut op.buf {
             IoBuf::Read(buf) => uring.buffered.read_at(offset, &mut buf[done..]),
             IoBuf::Write(buf) => uring.buffered.write_at(offset, &buf[done..]),
+            IoBuf::WriteV(bufs) => uring.buffered.write_at(offset, &bufs.concat()[done..]),
         };
     } else {
         op.result = Ok(());
@@ -507,6 +614,54 @@ mod tests {
         drop(dev); // the device lock is held while it is open
         let forced = open_device_with(&path, None, Backend::Pread, || Ok(())).unwrap();
         assert_eq!(forced.io_backend(), "pread");
+    }
+
+    #[test]
+    fn a_vectored_write_lands_its_buffers_one_after_another_and_meanwhile_runs_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = open_device_with(
+            &dir.path().join("dev"),
+            Some(1 << 20),
+            Backend::Auto,
+            || Ok(()),
+        )
+        .unwrap();
+        let mem = crate::device::MemDevice::new("mem", 1 << 20);
+        let mut first = AlignedBuf::zeroed(8192);
+        first.fill(1);
+        let mut second = AlignedBuf::zeroed(4096);
+        second.fill(2);
+        // Aligned pieces (one writev), and pieces in unaligned memory (joined, bounced).
+        let unaligned: Vec<u8> = (0..4096 + 1).map(|i| (i % 253) as u8).collect();
+        let aligned_parts: [&[u8]; 2] = [&first, &second];
+        let unaligned_parts: [&[u8]; 2] = [&second, &unaligned[1..]];
+        let devices: [&dyn Device; 2] = [dev.as_ref(), &mem];
+        for device in devices {
+            let mut ops = [
+                BatchOp::write_vectored(device, 0, &aligned_parts),
+                BatchOp::write_vectored(device, 65536, &unaligned_parts),
+            ];
+            let mut ran = 0;
+            run_batch_while(&mut ops, || ran += 1);
+            assert_eq!(ran, 1, "{}", device.name());
+            assert!(ops.iter().all(|op| op.result.is_ok()), "{}", device.name());
+            let mut back = vec![0u8; 12288];
+            device.read_at(0, &mut back).unwrap();
+            assert_eq!(
+                back,
+                [&first[..], &second[..]].concat(),
+                "{}",
+                device.name()
+            );
+            let mut back = vec![0u8; 8192];
+            device.read_at(65536, &mut back).unwrap();
+            assert_eq!(
+                back,
+                [&second[..], &unaligned[1..]].concat(),
+                "{}",
+                device.name()
+            );
+        }
     }
 
     #[test]

@@ -185,7 +185,9 @@ impl PoolInner {
                         }
                     }
                 }
-                (Ok(()), crate::device::IoBuf::Write(_)) => Got::Bad(ErrorKind::Read),
+                (Ok(()), crate::device::IoBuf::Write(_) | crate::device::IoBuf::WriteV(_)) => {
+                    Got::Bad(ErrorKind::Read)
+                }
             };
         }
         got

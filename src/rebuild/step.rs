@@ -535,10 +535,7 @@ impl<T: RebuildTarget> Rebuild<'_, T> {
             .iter()
             .map(|op| match &op.result {
                 Ok(()) => {
-                    read += match &op.buf {
-                        crate::device::IoBuf::Read(buf) => buf.len() as u64,
-                        crate::device::IoBuf::Write(buf) => buf.len() as u64,
-                    };
+                    read += op.len() as u64;
                     true
                 }
                 Err(err) => {
