@@ -1056,3 +1056,207 @@ fn a_narrow_row_is_rebuilt_from_the_slot_summary_after_a_sync_and_healed_to_the_
         );
     }
 }
+
+/// The blocks `first..first + count` at `version`, as one write.
+fn blocks_at(first: u64, count: u64, version: u64) -> Vec<u8> {
+    (first..first + count)
+        .flat_map(|key| pattern(key, version))
+        .collect()
+}
+
+/// Every byte of every member.
+fn device_bytes(rig: &Rig) -> Vec<Vec<u8>> {
+    rig.devices
+        .iter()
+        .map(|d| {
+            let d = d.as_ref().unwrap();
+            let mut all = vec![0u8; d.size() as usize];
+            d.read_at(0, &mut all).unwrap();
+            all
+        })
+        .collect()
+}
+
+#[test]
+fn writes_encoded_before_the_lock_land_the_same_bytes_as_the_same_writes_staged() {
+    use stripestore::volume::GroupWrite;
+    for (layout, members) in LAYOUTS {
+        let encoded_rig = Rig::new(layout, members);
+        let staged_rig = Rig::new(layout, members);
+        let (mut encoded, _) = written(&encoded_rig, &options());
+        let (mut staged, _) = written(&staged_rig, &options());
+        let encoder = encoded.encoder();
+        let k = encoded_rig.geometry.data_chunks() as u64;
+        let mut model = Model::default();
+        model.write(0, &blocks_at(0, 8, 1));
+        let mut lcg = Lcg(0x5eed ^ members as u64);
+        let span = 160u64;
+        for version in 2..40u64 {
+            // A group of up to three writes of whole rows (up to 12 rows: several slots, and
+            // segments of four slots), anywhere in the span, none overlapping another.
+            let mut writes: Vec<(u64, Vec<u8>)> = Vec::new();
+            for _ in 0..=(lcg.next() % (3)) {
+                let count = k * (1 + (lcg.next() % (12)));
+                let first = lcg.next() % (span - count);
+                if writes.iter().any(|(o, d)| {
+                    first * B as u64 <= o + d.len() as u64 && *o <= (first + count) * B as u64
+                }) {
+                    continue;
+                }
+                writes.push((first * B as u64, blocks_at(first, count, version)));
+            }
+            let coded: Vec<_> = writes
+                .iter()
+                .map(|(o, d)| encoder.encode(*o, d).expect("whole rows encode"))
+                .collect();
+            let group: Vec<GroupWrite<'_>> = coded.iter().map(GroupWrite::Encoded).collect();
+            encoded.write_writes(&encoded_rig.devices, &group).unwrap();
+            let plain: Vec<(u64, &[u8])> = writes.iter().map(|(o, d)| (*o, d.as_slice())).collect();
+            staged.write_group(&staged_rig.devices, &plain).unwrap();
+            for (o, d) in &writes {
+                model.write(*o, d);
+            }
+            if version % 5 == 0 {
+                encoded.flush(&encoded_rig.devices).unwrap();
+                staged.flush(&staged_rig.devices).unwrap();
+            }
+        }
+        encoded.flush(&encoded_rig.devices).unwrap();
+        staged.flush(&staged_rig.devices).unwrap();
+        model
+            .exact(&encoded, &encoded_rig.devices, span)
+            .unwrap_or_else(|e| panic!("{layout}: {e}"));
+        // The same rows, crcs, pointers and commits: every member byte for byte.
+        assert!(
+            device_bytes(&encoded_rig) == device_bytes(&staged_rig),
+            "{layout}: the encoded writes left other bytes than the staged ones"
+        );
+        let reopened = encoded_rig.open(&options());
+        model
+            .exact(&reopened, &encoded_rig.devices, span)
+            .unwrap_or_else(|e| panic!("{layout}: {e}"));
+        // Not whole rows, not whole blocks: not encoded (packed under the lock instead).
+        if k > 1 {
+            assert!(
+                encoder.encode(0, &blocks_at(0, k - 1, 1)).is_none(),
+                "{layout}"
+            );
+        }
+        assert!(
+            encoder.encode(512, &blocks_at(0, k, 1)).is_none(),
+            "{layout}"
+        );
+        assert!(
+            encoder
+                .encode(0, &vec![7u8; k as usize * B + 100])
+                .is_none(),
+            "{layout}"
+        );
+    }
+}
+
+#[test]
+fn encoded_writes_mixed_with_overlapping_and_partial_ones_keep_the_last_bytes() {
+    use stripestore::volume::GroupWrite;
+    for (layout, members) in LAYOUTS {
+        let rig = Rig::new(layout, members);
+        let (mut volume, _) = written(&rig, &options());
+        let encoder = volume.encoder();
+        let k = rig.geometry.data_chunks() as u64;
+        let mut model = Model::default();
+        model.write(0, &blocks_at(0, 8, 1));
+        // An encoded write, a partial write inside it, and an encoded write over both.
+        let first = blocks_at(4, 4 * k, 2);
+        let partial = vec![0xabu8; 3000];
+        let last = blocks_at(4 + k, 2 * k, 3);
+        let a = encoder.encode(4 * B as u64, &first).unwrap();
+        let c = encoder.encode((4 + k) * B as u64, &last).unwrap();
+        let partial_at = (4 + k) * B as u64 + 700;
+        let group = [
+            GroupWrite::Encoded(&a),
+            GroupWrite::Bytes {
+                offset: partial_at,
+                data: &partial,
+            },
+            GroupWrite::Encoded(&c),
+            GroupWrite::Bytes {
+                offset: 3 * B as u64 + 100,
+                data: &partial,
+            },
+        ];
+        volume.write_writes(&rig.devices, &group).unwrap();
+        model.write(4 * B as u64, &first);
+        model.write(partial_at, &partial);
+        model.write((4 + k) * B as u64, &last);
+        model.write(3 * B as u64 + 100, &partial);
+        model
+            .exact(&volume, &rig.devices, 8 + 4 * k)
+            .unwrap_or_else(|e| panic!("{layout}: {e}"));
+        volume.flush(&rig.devices).unwrap();
+        let reopened = rig.open(&options());
+        model
+            .exact(&reopened, &rig.devices, 8 + 4 * k)
+            .unwrap_or_else(|e| panic!("{layout}: {e}"));
+    }
+}
+
+#[test]
+fn encoded_writes_pass_a_failing_or_absent_member_within_the_tolerance_and_fail_beyond_it() {
+    use stripestore::volume::GroupWrite;
+    for (layout, members) in LAYOUTS {
+        let (rig, flaky) = flaky_rig(layout, members);
+        let (mut volume, _) = written(&rig, &options());
+        let encoder = volume.encoder();
+        let k = rig.geometry.data_chunks() as u64;
+        let mut model = Model::default();
+        model.write(0, &blocks_at(0, 8, 1));
+        flaky[members - 1].fail_writes.store(true, Ordering::SeqCst);
+        let one = blocks_at(0, 2 * k, 2);
+        let two = blocks_at(2 * k, 3 * k, 2);
+        let (a, b) = (
+            encoder.encode(0, &one).unwrap(),
+            encoder.encode(2 * k * B as u64, &two).unwrap(),
+        );
+        volume
+            .write_writes(
+                &rig.devices,
+                &[GroupWrite::Encoded(&a), GroupWrite::Encoded(&b)],
+            )
+            .unwrap_or_else(|e| panic!("{layout}: one failing member failed a write: {e}"));
+        model.write(0, &one);
+        model.write(2 * k * B as u64, &two);
+        assert!(
+            volume.counters().member_write_errors[members - 1] > 0,
+            "{layout}"
+        );
+        model
+            .exact(&volume, &rig.devices, 5 * k)
+            .unwrap_or_else(|e| panic!("{layout}: {e}"));
+        // The same member absent: written past, its parity still computed.
+        let mut absent = rig.devices.clone();
+        absent[members - 1] = None;
+        let three = blocks_at(k, 2 * k, 3);
+        let c = encoder.encode(k * B as u64, &three).unwrap();
+        volume
+            .write_writes(&absent, &[GroupWrite::Encoded(&c)])
+            .unwrap();
+        model.write(k * B as u64, &three);
+        model
+            .exact(&volume, &absent, 5 * k)
+            .unwrap_or_else(|e| panic!("{layout}: {e}"));
+        // One more failing member than the tolerance: the write fails and changes nothing.
+        for f in &flaky[members - 1 - rig.geometry.tolerance()..] {
+            f.fail_writes.store(true, Ordering::SeqCst);
+        }
+        let four = blocks_at(0, 2 * k, 4);
+        let d = encoder.encode(0, &four).unwrap();
+        let failed = volume.write_writes(&rig.devices, &[GroupWrite::Encoded(&d)]);
+        assert!(
+            matches!(failed, Err(Error::Io { .. })),
+            "{layout}: {failed:?}"
+        );
+        model
+            .exact(&volume, &rig.devices, 5 * k)
+            .unwrap_or_else(|e| panic!("{layout}: {e}"));
+    }
+}

@@ -19,7 +19,10 @@ use crate::geometry::Geometry;
 use crate::meta::{MapOptions, Tolerate};
 use crate::pool::{DeviceFault, Members};
 use crate::types::DeviceIndex;
-use crate::volume::{MemberProblem, Observer, ProblemKind, Volume, VolumeOptions, BLOCK_BYTES};
+use crate::volume::{
+    EncodedWrite, GroupWrite, MemberProblem, Observer, ProblemKind, RowEncoder, Volume,
+    VolumeOptions, BLOCK_BYTES,
+};
 use parking_lot::{Condvar, Mutex, RwLock};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -80,9 +83,35 @@ const GROUP_BYTES_MAX: usize = 8 << 20;
 
 /// A write waiting in the queue, and its outcome once a group carried it.
 struct Queued {
-    offset: u64,
-    data: Vec<u8>,
+    payload: Payload,
     outcome: Mutex<Option<Result<()>>>,
+}
+
+/// What a queued write carries.
+enum Payload {
+    /// Its bytes (packed with others under the lock).
+    Bytes { offset: u64, data: Vec<u8> },
+    /// Its rows, encoded by its writer before it queued (docs/FORMAT.md V4.6, "Large writes").
+    Encoded(EncodedWrite),
+}
+
+impl Payload {
+    fn len(&self) -> usize {
+        match self {
+            Payload::Bytes { data, .. } => data.len(),
+            Payload::Encoded(e) => e.len(),
+        }
+    }
+
+    fn as_write(&self) -> GroupWrite<'_> {
+        match self {
+            Payload::Bytes { offset, data } => GroupWrite::Bytes {
+                offset: *offset,
+                data,
+            },
+            Payload::Encoded(e) => GroupWrite::Encoded(e),
+        }
+    }
 }
 
 /// The rebuild passes under way on a v4 pool: per position, the replacement and the plan
@@ -100,6 +129,9 @@ pub(crate) struct RowsEngine {
     /// until their write has an outcome (one wake-up each, not a turn at the volume's lock).
     queue: Mutex<Queue>,
     carried: Condvar,
+    /// Encodes a writer's rows before it queues (the volume's codec and row arithmetic, which
+    /// never change).
+    encoder: RowEncoder,
     /// Bytes of the volume (asked by every request's range check: not behind the volume's
     /// lock, which a tree sync holds for a while).
     bytes: AtomicU64,
@@ -243,6 +275,7 @@ impl RowsEngine {
     pub(crate) fn new(volume: Volume, params: MapParams) -> Self {
         Self {
             bytes: AtomicU64::new(volume.volume_bytes()),
+            encoder: volume.encoder(),
             volume: RwLock::new(volume),
             params,
             queue: Mutex::new(Queue::default()),
@@ -290,10 +323,10 @@ fn take_group(queue: &mut Vec<Arc<Queued>>) -> Vec<Arc<Queued>> {
     let mut bytes = 0;
     let mut count = 0;
     for queued in queue.iter() {
-        if count > 0 && bytes + queued.data.len() > GROUP_BYTES_MAX {
+        if count > 0 && bytes + queued.payload.len() > GROUP_BYTES_MAX {
             break;
         }
-        bytes += queued.data.len();
+        bytes += queued.payload.len();
         count += 1;
     }
     queue.drain(..count).collect()
@@ -308,18 +341,15 @@ fn write_queued(
     devices: &[Option<SharedDevice>],
     group: &[Arc<Queued>],
 ) {
-    let writes: Vec<(u64, &[u8])> = group
-        .iter()
-        .map(|q| (q.offset, q.data.as_slice()))
-        .collect();
-    if volume.write_group(devices, &writes).is_ok() {
+    let writes: Vec<GroupWrite<'_>> = group.iter().map(|q| q.payload.as_write()).collect();
+    if volume.write_writes(devices, &writes).is_ok() {
         for queued in group {
             *queued.outcome.lock() = Some(Ok(()));
         }
         return;
     }
     for queued in group {
-        let outcome = volume.write(devices, queued.offset, &queued.data);
+        let outcome = volume.write_writes(devices, &[queued.payload.as_write()]);
         let outcome = inner.unavailable_if_failed(volume, outcome);
         *queued.outcome.lock() = Some(outcome);
     }
@@ -445,9 +475,17 @@ impl PoolInner {
             let result = volume.write(&self.write_devices(), offset, data);
             return self.unavailable_if_failed(&volume, result);
         }
+        // Encoded here, on this thread, while the group ahead is on the devices; the volume
+        // checks the range again under the lock.
+        let payload = match rows.encoder.encode(offset, data) {
+            Some(encoded) => Payload::Encoded(encoded),
+            None => Payload::Bytes {
+                offset,
+                data: data.to_vec(),
+            },
+        };
         let mine = Arc::new(Queued {
-            offset,
-            data: data.to_vec(),
+            payload,
             outcome: Mutex::new(None),
         });
         let mut queue = rows.queue.lock();

@@ -185,7 +185,8 @@ impl Volume {
             if keys.is_empty() {
                 continue;
             }
-            self.put_rows(devices, &keys, &bytes, true)?;
+            let blocks: Vec<&[u8]> = bytes.chunks_exact(BLOCK_BYTES).collect();
+            self.put_rows(devices, &keys, &blocks, true)?;
             self.counters
                 .relocated_blocks
                 .fetch_add(keys.len() as u64, Ordering::Relaxed);

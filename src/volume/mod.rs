@@ -39,20 +39,24 @@
 //! in the superblocks, epoch pins, pacing, swap-in).
 
 mod clean;
+mod encode;
 mod observe;
 mod place;
 mod read;
 mod rebuild;
 mod scrub;
 
+pub use encode::{EncodedWrite, RowEncoder};
 pub use observe::{MemberProblem, Observer, ProblemKind};
 pub use place::BLOCK_BYTES;
 pub use rebuild::{RebuildOptions, RebuildPlan, RebuildProgress, RebuildReport};
 pub use scrub::{Damage, ScrubPlan, VolumeScrubOptions, VolumeScrubReport};
 
 use crate::codec::Codec;
-use crate::device::{run_batch, BatchOp, SharedDevice};
+use crate::codec::MAX_SHARDS;
+use crate::device::{run_batch_while, AlignedBuf, BatchOp, SharedDevice};
 use crate::error::{Error, Result};
+use crate::format::v4::row_checksum_of_block_crc;
 use crate::geometry::Geometry;
 use crate::meta::{CommitReport, MapOptions, MapStore, SyncReport};
 use place::{runs, Piece, Rows};
@@ -163,13 +167,17 @@ pub struct VolumeCounters {
 #[derive(Debug)]
 pub struct Volume {
     rows: Rows,
-    codec: Codec,
+    codec: std::sync::Arc<Codec>,
     map: MapStore,
     blocks: u64,
     read_only: bool,
     counters: Counters,
     cleaner: clean::CleanerState,
     observer: Option<Observer>,
+    /// The shard-blocks of the rows being written, laid out run by run (reused: large
+    /// buffers allocated per write cost a page fault and a zeroing per 4 KiB); as large as
+    /// the largest write so far, at most a segment's rows.
+    staging: AlignedBuf,
     #[cfg(feature = "testing")]
     skip_block_verification: bool,
     #[cfg(feature = "testing")]
@@ -227,7 +235,7 @@ impl Volume {
         }
         Ok(Self {
             rows: Rows::new(geometry),
-            codec: Codec::new(geometry.layout, geometry.devices)?,
+            codec: std::sync::Arc::new(Codec::new(geometry.layout, geometry.devices)?),
             map,
             blocks,
             read_only: options.map.read_only,
@@ -237,6 +245,7 @@ impl Volume {
             },
             cleaner: clean::CleanerState::default(),
             observer: None,
+            staging: AlignedBuf::zeroed(0),
             #[cfg(feature = "testing")]
             skip_block_verification: options.skip_block_verification,
             #[cfg(feature = "testing")]
@@ -358,6 +367,13 @@ impl Volume {
         self.rows.geometry()
     }
 
+    /// What a writer needs to encode its write before it holds the lock
+    /// ([`Volume::write_writes`] takes the result).
+    #[must_use]
+    pub fn encoder(&self) -> RowEncoder {
+        RowEncoder::new(self.rows.clone(), std::sync::Arc::clone(&self.codec))
+    }
+
     /// The counters so far.
     #[must_use]
     pub fn counters(&self) -> VolumeCounters {
@@ -471,47 +487,83 @@ impl Volume {
         devices: &[Option<SharedDevice>],
         writes: &[(u64, &[u8])],
     ) -> Result<()> {
-        for (offset, data) in writes {
-            self.check_range(*offset, data.len() as u64)?;
+        let writes: Vec<GroupWrite<'_>> = writes
+            .iter()
+            .map(|(offset, data)| GroupWrite::Bytes {
+                offset: *offset,
+                data,
+            })
+            .collect();
+        self.write_writes(devices, &writes)
+    }
+
+    /// As [`Volume::write_group`], with writes encoded before the lock among them
+    /// ([`RowEncoder::encode`]). A group of encoded writes only, none writing a block twice,
+    /// goes as it is (each write's rows one after another, no staging); any other group is
+    /// packed and staged as [`Volume::write_group`] does, with the same bytes.
+    ///
+    /// # Errors
+    /// As [`Volume::write`]; every range is checked before any I/O.
+    pub fn write_writes(
+        &mut self,
+        devices: &[Option<SharedDevice>],
+        writes: &[GroupWrite<'_>],
+    ) -> Result<()> {
+        for write in writes {
+            self.check_range(write.offset(), write.len() as u64)?;
         }
         self.writable("write")?;
-        if writes.iter().all(|(_, data)| data.is_empty()) {
+        if writes.iter().all(|w| w.len() == 0) {
             return Ok(());
         }
         self.check_available(devices)?;
-        let whole = |(offset, data): &(u64, &[u8])| {
-            offset.is_multiple_of(BLOCK) && data.len().is_multiple_of(BLOCK_BYTES)
+        let whole = |write: &GroupWrite<'_>| {
+            write.offset().is_multiple_of(BLOCK) && write.len().is_multiple_of(BLOCK_BYTES)
         };
-        if let [(offset, data)] = writes {
-            if whole(&(*offset, data)) {
-                let first = offset / BLOCK;
-                let keys: Vec<u64> = (first..first + (data.len() / BLOCK_BYTES) as u64).collect();
-                return self.write_blocks(devices, &keys, data);
-            }
-        }
         if writes.iter().all(whole) {
-            // Whole blocks, none written twice (the common group: the writes a server had
-            // queued): one copy into a contiguous buffer, no block-by-block assembly.
+            // Whole blocks (the common group: the writes a server had queued).
             let mut keys = Vec::new();
-            for (offset, data) in writes {
-                let first = offset / BLOCK;
-                keys.extend(first..first + (data.len() / BLOCK_BYTES) as u64);
+            for write in writes {
+                let first = write.offset() / BLOCK;
+                keys.extend(first..first + (write.len() / BLOCK_BYTES) as u64);
             }
             let mut seen: HashSet<u64> = HashSet::with_capacity(keys.len());
             if keys.iter().all(|key| seen.insert(*key)) {
-                let mut bytes = Vec::with_capacity(keys.len() * BLOCK_BYTES);
-                for (_, data) in writes {
-                    bytes.extend_from_slice(data);
+                let encoded: Vec<&EncodedWrite> = writes
+                    .iter()
+                    .filter_map(|w| match w {
+                        GroupWrite::Encoded(e) => Some(*e),
+                        GroupWrite::Bytes { .. } => None,
+                    })
+                    .collect();
+                if encoded.len() == writes.len() {
+                    return self.write_encoded(devices, &encoded);
                 }
-                return self.write_blocks(devices, &keys, &bytes);
+                // None written twice: taken where they are, no block-by-block assembly.
+                let blocks: Vec<&[u8]> = writes.iter().flat_map(GroupWrite::blocks).collect();
+                return self.write_blocks(devices, &keys, &blocks);
             }
         }
         let mut blocks: HashMap<u64, Vec<u8>> = HashMap::new();
         let mut keys = Vec::new();
-        for (offset, data) in writes {
+        for write in writes {
+            let GroupWrite::Bytes { offset, data } = *write else {
+                // Encoded: whole blocks, each replacing what earlier writes gave its block.
+                let first = write.offset() / BLOCK;
+                for (key, block) in (first..).zip(write.blocks()) {
+                    match blocks.entry(key) {
+                        Entry::Occupied(mut entry) => entry.get_mut().copy_from_slice(block),
+                        Entry::Vacant(entry) => {
+                            keys.push(key);
+                            entry.insert(block.to_vec());
+                        }
+                    }
+                }
+                continue;
+            };
             let end = offset + data.len() as u64;
             for key in offset / BLOCK..end.div_ceil(BLOCK) {
-                let start = (key * BLOCK).max(*offset);
+                let start = (key * BLOCK).max(offset);
                 let stop = ((key + 1) * BLOCK).min(end);
                 let block = match blocks.entry(key) {
                     Entry::Occupied(entry) => entry.into_mut(),
@@ -526,33 +578,137 @@ impl Volume {
                 };
                 let at = |x: u64, base: u64| usize::try_from(x - base).unwrap_or(0);
                 block[at(start, key * BLOCK)..at(stop, key * BLOCK)]
-                    .copy_from_slice(&data[at(start, *offset)..at(stop, *offset)]);
+                    .copy_from_slice(&data[at(start, offset)..at(stop, offset)]);
             }
         }
-        let mut bytes = Vec::with_capacity(keys.len() * BLOCK_BYTES);
-        for key in &keys {
-            if let Some(block) = blocks.get(key) {
-                bytes.extend_from_slice(block);
-            }
-        }
-        self.write_blocks(devices, &keys, &bytes)
+        // Every key has its block (both were filled together above).
+        let ordered: Vec<&[u8]> = keys
+            .iter()
+            .filter_map(|key| blocks.get(key).map(Vec::as_slice))
+            .collect();
+        self.write_blocks(devices, &keys, &ordered)
     }
 
-    /// Write whole blocks (`keys[i]` gets `blocks[i × 4 KiB..]`) into fresh rows and point
-    /// the blocks at them, at most a segment's worth at a time, each after the cleaner has
-    /// made room for it.
+    /// Write encoded writes (none writing a block twice), at most a segment's worth of rows
+    /// at a time, each after the cleaner has made room for it.
+    fn write_encoded(
+        &mut self,
+        devices: &[Option<SharedDevice>],
+        writes: &[&EncodedWrite],
+    ) -> Result<()> {
+        let k = self.rows.k();
+        let per_segment = usize::try_from(self.map.segments().shape().blocks_per_segment)
+            .unwrap_or(usize::MAX)
+            / k;
+        let per_segment = per_segment.max(1);
+        let mut batch: Vec<(&EncodedWrite, std::ops::Range<usize>)> = Vec::new();
+        let mut rows_in_batch = 0;
+        for write in writes {
+            let mut row = 0;
+            while row < write.rows() {
+                let take = (write.rows() - row).min(per_segment - rows_in_batch);
+                batch.push((write, row..row + take));
+                rows_in_batch += take;
+                row += take;
+                if rows_in_batch == per_segment {
+                    self.make_room(devices, 2)?;
+                    self.put_encoded(devices, &batch)?;
+                    batch.clear();
+                    rows_in_batch = 0;
+                }
+            }
+        }
+        if !batch.is_empty() {
+            self.make_room(devices, 2)?;
+            self.put_encoded(devices, &batch)?;
+        }
+        Ok(())
+    }
+
+    /// Place and write the rows `rows` of each encoded write of `batch` (in order) and point
+    /// their blocks at them: the rows' crcs from the blocks' plain crcs, one request per run
+    /// of consecutive places that is also one slice of one write's buffer.
+    fn put_encoded(
+        &mut self,
+        devices: &[Option<SharedDevice>],
+        batch: &[(&EncodedWrite, std::ops::Range<usize>)],
+    ) -> Result<()> {
+        let k = self.rows.k();
+        let width = self.rows.geometry().width();
+        let birth = self.map.next_sequence();
+        let mut keys = Vec::new();
+        // Per row of the batch: which write, which of its rows.
+        let mut sources = Vec::new();
+        for (w, (write, rows)) in batch.iter().enumerate() {
+            let first = write.first_key();
+            keys.extend(first + (rows.start * k) as u64..first + (rows.end * k) as u64);
+            sources.extend(rows.clone().map(|r| (w, r)));
+        }
+        let planned = self.plan_rows(sources.len() * k, false)?;
+        let mut crcs = vec![0u32; planned.len() * width];
+        let mut pieces = Vec::with_capacity(planned.len() * width);
+        // Where each piece's bytes are: (write, block of its buffer).
+        let mut places = vec![(0, 0); planned.len() * width];
+        for (i, (((slot, row), _, _), (w, r))) in planned.iter().zip(&sources).enumerate() {
+            let write = batch[*w].0;
+            for s in 0..width {
+                let index = i * width + s;
+                crcs[index] = row_checksum_of_block_crc(
+                    *slot,
+                    self.rows.seed_chunk(s),
+                    u32::from(*row),
+                    birth,
+                    write.block_crc(*r, s),
+                );
+                places[index] = (*w, write.position(*r, s));
+                let (device, at) = self.rows.shard_block(*slot, s, *row);
+                if devices.get(device.0).is_some_and(Option::is_some) {
+                    pieces.push(Piece {
+                        device: device.0,
+                        offset: at,
+                        index,
+                    });
+                }
+            }
+        }
+        // One request per run: its pieces, where consecutive in one write's buffer, as one
+        // slice, the slices written together (`writev`).
+        let runs = runs(pieces);
+        let slices: Vec<Vec<&[u8]>> = runs
+            .iter()
+            .map(|run| {
+                let mut slices: Vec<&[u8]> = Vec::new();
+                let mut from = places[run[0].index];
+                let mut count = 0;
+                for piece in run {
+                    let (w, p) = places[piece.index];
+                    if (w, p) != (from.0, from.1 + count) {
+                        slices.push(batch[from.0].0.span(from.1, count));
+                        (from, count) = ((w, p), 0);
+                    }
+                    count += 1;
+                }
+                slices.push(batch[from.0].0.span(from.1, count));
+                slices
+            })
+            .collect();
+        let failures = submit_vectored(devices, &runs, &slices);
+        drop(slices);
+        self.land_rows(devices, &keys, &planned, birth, &crcs, runs, failures)
+    }
+
+    /// Write whole blocks (`keys[i]` gets `blocks[i]`, 4 KiB) into fresh rows and point the
+    /// blocks at them, at most a segment's worth at a time, each after the cleaner has made
+    /// room for it.
     fn write_blocks(
         &mut self,
         devices: &[Option<SharedDevice>],
         keys: &[u64],
-        blocks: &[u8],
+        blocks: &[&[u8]],
     ) -> Result<()> {
         let per_segment =
             usize::try_from(self.map.segments().shape().blocks_per_segment).unwrap_or(usize::MAX);
-        for (keys, blocks) in keys
-            .chunks(per_segment)
-            .zip(blocks.chunks(per_segment * BLOCK_BYTES))
-        {
+        for (keys, blocks) in keys.chunks(per_segment).zip(blocks.chunks(per_segment)) {
             // This part opens at most two segments: the rest of the open one and one more.
             self.make_room(devices, 2)?;
             self.put_rows(devices, keys, blocks, false)?;
@@ -566,14 +722,19 @@ impl Volume {
         &mut self,
         devices: &[Option<SharedDevice>],
         keys: &[u64],
-        blocks: &[u8],
+        blocks: &[&[u8]],
         cleaner: bool,
     ) -> Result<()> {
-        let k = self.rows.k();
-        let width = self.rows.geometry().width();
         let birth = self.map.next_sequence();
-        let count = blocks.len() / BLOCK_BYTES;
-        // Rows of K blocks (the last narrow): their places, then their shard-blocks.
+        let planned = self.plan_rows(blocks.len(), cleaner)?;
+        let (crcs, failures, runs) = self.stage_and_write(devices, &planned, blocks, birth);
+        self.land_rows(devices, keys, &planned, birth, &crcs, runs, failures)
+    }
+
+    /// Places for `count` blocks in rows of K (the last narrow): per row, its slot and row, its
+    /// first block and its data blocks.
+    fn plan_rows(&mut self, count: usize, cleaner: bool) -> Result<Vec<PlannedRow>> {
+        let k = self.rows.k();
         let mut planned = Vec::with_capacity(count.div_ceil(k));
         for start in (0..count).step_by(k) {
             match self.map.next_row_for(cleaner) {
@@ -588,47 +749,31 @@ impl Volume {
                 }
             }
         }
-        let mut shards = vec![0u8; planned.len() * width * BLOCK_BYTES];
-        let mut crcs = vec![0u32; planned.len() * width];
-        let mut pieces = Vec::with_capacity(planned.len() * width);
-        // One row's data chunks (a narrow row's missing ones zero) and parity, reused.
-        let mut data = vec![0u8; k * BLOCK_BYTES];
-        let mut parity_bytes = vec![0u8; self.codec.parity_chunks() * BLOCK_BYTES];
-        for (i, ((slot, row), start, n)) in planned.iter().enumerate() {
-            let row_bytes = &mut shards[i * width * BLOCK_BYTES..(i + 1) * width * BLOCK_BYTES];
-            data[..n * BLOCK_BYTES]
-                .copy_from_slice(&blocks[start * BLOCK_BYTES..(start + n) * BLOCK_BYTES]);
-            data[n * BLOCK_BYTES..].fill(0);
-            self.codec
-                .encode_parity_into(&data, BLOCK_BYTES, &mut parity_bytes);
-            for s in 0..width {
-                let bytes = match self.rows.chunk_of(s) {
-                    Some(j) => &data[j * BLOCK_BYTES..(j + 1) * BLOCK_BYTES],
-                    None => {
-                        let p = s - k;
-                        &parity_bytes[p * BLOCK_BYTES..(p + 1) * BLOCK_BYTES]
-                    }
-                };
-                row_bytes[s * BLOCK_BYTES..(s + 1) * BLOCK_BYTES].copy_from_slice(bytes);
-                if self.rows.unwritten(s, *n) {
-                    continue;
-                }
-                crcs[i * width + s] = self.rows.crc(*slot, s, *row, birth, bytes);
-                let (device, at) = self.rows.shard_block(*slot, s, *row);
-                if devices.get(device.0).is_some_and(Option::is_some) {
-                    pieces.push(Piece {
-                        device: device.0,
-                        offset: at,
-                        index: i * width + s,
-                    });
-                }
-            }
-        }
+        Ok(planned)
+    }
+
+    /// After the `planned` rows' requests (`runs`) were sent and `failures` came back: report
+    /// the failures, and unless a row cannot be read without the members that failed, note
+    /// the rows (with `crcs`) and point `keys` at their blocks.
+    #[allow(clippy::too_many_arguments)] // the outcome of one row write, taken apart by its steps
+    fn land_rows(
+        &mut self,
+        devices: &[Option<SharedDevice>],
+        keys: &[u64],
+        planned: &[PlannedRow],
+        birth: u64,
+        crcs: &[u32],
+        runs: Vec<Vec<Piece>>,
+        failures: Vec<WriteFailure>,
+    ) -> Result<()> {
+        let k = self.rows.k();
+        let width = self.rows.geometry().width();
+        let count: usize = planned.iter().map(|(_, _, n)| n).sum();
         // A member that fails a write is left behind like an absent one while every row stays
         // readable without it (its stale places fail their crcs and are rebuilt and healed
         // when read); the pool's fault policy sees the error counts. Beyond the tolerance
         // the write fails and its rows are never noted.
-        let failures = write_runs(devices, &pieces, &shards);
+        let pieces: Vec<Piece> = runs.into_iter().flatten().collect();
         if !failures.is_empty() {
             for failure in &failures {
                 if let Some(count) = self.counters.member_write_errors.get(failure.member) {
@@ -682,7 +827,7 @@ impl Volume {
             let row_crcs = crcs[i * width..(i + 1) * width].to_vec();
             self.map.note_row(*slot, *row, birth, owners, row_crcs)?;
         }
-        for ((slot, row), start, n) in &planned {
+        for ((slot, row), start, n) in planned {
             for b in 0..*n {
                 let pbn = self.rows.pbn(*slot, *row, b);
                 self.map.set(devices, keys[start + b], pbn)?;
@@ -696,6 +841,105 @@ impl Volume {
             .blocks_written
             .fetch_add(count as u64, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Encode, checksum and write the `planned` rows (`planned[i]`: the place of row `i`, its
+    /// first block in `blocks`, its data blocks), part by part: while one part's requests are
+    /// on the devices, the next part is staged (the volume's lock is held meanwhile, so this
+    /// overlap is what keeps both the cores and the devices busy). Each shard-block to write
+    /// gets 4 KiB of the staging buffer: a part's blocks of present members first, in the
+    /// order of its runs, so that each run is one aligned slice that goes to its device
+    /// without a copy; those of absent members after (their parity is still computed and
+    /// their crcs recorded). Returns every shard-block's crc (`row × width + shard`, 0 where
+    /// not written), the failed requests, and the runs written.
+    fn stage_and_write(
+        &mut self,
+        devices: &[Option<SharedDevice>],
+        planned: &[PlannedRow],
+        blocks: &[&[u8]],
+        birth: u64,
+    ) -> (Vec<u32>, Vec<WriteFailure>, Vec<Vec<Piece>>) {
+        let width = self.rows.geometry().width();
+        let rows_per_part = WRITE_PART_BLOCKS.div_ceil(self.rows.k()).max(1);
+        let mut parts = Vec::with_capacity(planned.len().div_ceil(rows_per_part));
+        for (p, rows) in planned.chunks(rows_per_part).enumerate() {
+            let first = p * rows_per_part;
+            let mut pieces = Vec::with_capacity(rows.len() * width);
+            let mut absent = Vec::new();
+            for (i, ((slot, row), _, n)) in rows.iter().enumerate() {
+                for s in 0..width {
+                    if self.rows.unwritten(s, *n) {
+                        continue;
+                    }
+                    let index = (first + i) * width + s;
+                    let (device, at) = self.rows.shard_block(*slot, s, *row);
+                    if devices.get(device.0).is_some_and(Option::is_some) {
+                        pieces.push(Piece {
+                            device: device.0,
+                            offset: at,
+                            index,
+                        });
+                    } else {
+                        absent.push(index);
+                    }
+                }
+            }
+            let runs = runs(pieces);
+            let order: Vec<usize> = runs
+                .iter()
+                .flatten()
+                .map(|p| p.index)
+                .chain(absent)
+                .collect();
+            parts.push(WritePart {
+                first,
+                rows,
+                runs,
+                order,
+            });
+        }
+        let staged: usize = parts.iter().map(|p| p.order.len()).sum();
+        if self.staging.len() < staged * BLOCK_BYTES {
+            self.staging = AlignedBuf::zeroed(staged * BLOCK_BYTES);
+        }
+        let mut crcs = vec![0u32; planned.len() * width];
+        let mut regions: Vec<(&mut [u8], &mut [u32])> = Vec::with_capacity(parts.len());
+        let mut bytes_left = &mut self.staging[..staged * BLOCK_BYTES];
+        let mut crcs_left = &mut crcs[..];
+        for part in &parts {
+            let (bytes, rest) = bytes_left.split_at_mut(part.order.len() * BLOCK_BYTES);
+            let (part_crcs, crc_rest) = crcs_left.split_at_mut(part.rows.len() * width);
+            regions.push((bytes, part_crcs));
+            (bytes_left, crcs_left) = (rest, crc_rest);
+        }
+        let (rows, codec) = (&self.rows, &self.codec);
+        let mut failures = Vec::new();
+        if let (Some(part), Some((bytes, part_crcs))) = (parts.first(), regions.first_mut()) {
+            part.stage(rows, codec, blocks, birth, bytes, part_crcs);
+        }
+        for (p, part) in parts.iter().enumerate() {
+            let (done, rest) = regions.split_at_mut(p + 1);
+            let written = &done[p].0;
+            let mut at = 0;
+            let buffers: Vec<&[u8]> = part
+                .runs
+                .iter()
+                .map(|run| {
+                    let bytes = &written[at * BLOCK_BYTES..(at + run.len()) * BLOCK_BYTES];
+                    at += run.len();
+                    bytes
+                })
+                .collect();
+            let next = parts.get(p + 1).zip(rest.first_mut());
+            failures.extend(submit_runs_while(devices, &part.runs, &buffers, || {
+                if let Some((next, (bytes, part_crcs))) = next {
+                    next.stage(rows, codec, blocks, birth, bytes, part_crcs);
+                }
+            }));
+        }
+        drop(regions);
+        let runs = parts.into_iter().flat_map(|p| p.runs).collect();
+        (crcs, failures, runs)
     }
 
     /// Make the byte range read zeros (a trim: whole blocks lose their rows, partial blocks
@@ -767,6 +1011,149 @@ impl Volume {
     }
 }
 
+/// A row placed for a write: its (slot, row), its first block among the write's blocks, and
+/// how many data blocks it carries (K, or fewer for a narrow row).
+type PlannedRow = ((u64, u16), usize, usize);
+
+/// One write of a group: its bytes, or the same encoded before the lock.
+#[derive(Debug, Clone, Copy)]
+pub enum GroupWrite<'a> {
+    /// `data` at byte `offset`.
+    Bytes {
+        /// Byte offset in the volume.
+        offset: u64,
+        /// The bytes.
+        data: &'a [u8],
+    },
+    /// A write encoded by [`RowEncoder::encode`].
+    Encoded(&'a EncodedWrite),
+}
+
+impl<'a> GroupWrite<'a> {
+    fn offset(&self) -> u64 {
+        match self {
+            GroupWrite::Bytes { offset, .. } => *offset,
+            GroupWrite::Encoded(e) => e.offset(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            GroupWrite::Bytes { data, .. } => data.len(),
+            GroupWrite::Encoded(e) => e.len(),
+        }
+    }
+
+    /// Its 4 KiB blocks in order (whole blocks only).
+    fn blocks(&self) -> Vec<&'a [u8]> {
+        match self {
+            GroupWrite::Bytes { data, .. } => data.chunks_exact(BLOCK_BYTES).collect(),
+            GroupWrite::Encoded(e) => e.data_blocks(),
+        }
+    }
+}
+
+/// Data blocks per part of a write (1 MiB): one part is staged while the one before is on
+/// the devices.
+const WRITE_PART_BLOCKS: usize = 256;
+
+/// Data blocks below which staging rows is not worth another thread (256 KiB).
+const STAGE_SPLIT_BLOCKS: usize = 64;
+
+/// Consecutive rows of one write, staged and written together.
+struct WritePart<'p> {
+    /// Index of its first row in the write.
+    first: usize,
+    rows: &'p [PlannedRow],
+    /// Its requests (pieces indexed `row × width + shard` over the whole write).
+    runs: Vec<Vec<Piece>>,
+    /// Which shard-block each 4 KiB of its staging region holds: the runs' pieces in order,
+    /// then those of absent members.
+    order: Vec<usize>,
+}
+
+impl WritePart<'_> {
+    /// Fill `bytes` (this part's staging region) and `crcs` (its rows' crcs), its rows split
+    /// over the cores when there are enough.
+    fn stage(
+        &self,
+        rows: &Rows,
+        codec: &Codec,
+        blocks: &[&[u8]],
+        birth: u64,
+        bytes: &mut [u8],
+        crcs: &mut [u32],
+    ) {
+        let width = rows.geometry().width();
+        let base = self.first * width;
+        let mut places: Vec<Option<&mut [u8]>> =
+            (0..self.rows.len() * width).map(|_| None).collect();
+        for (index, place) in self.order.iter().zip(bytes.chunks_exact_mut(BLOCK_BYTES)) {
+            places[index - base] = Some(place);
+        }
+        let data_blocks: usize = self.rows.iter().map(|(_, _, n)| n).sum();
+        let splits = (data_blocks / STAGE_SPLIT_BLOCKS).clamp(1, crate::parallel::cores());
+        let rows_per_split = self.rows.len().div_ceil(splits).max(1);
+        let mut work: Vec<StageRows<'_, '_>> = places
+            .chunks_mut(rows_per_split * width)
+            .zip(crcs.chunks_mut(rows_per_split * width))
+            .zip(self.rows.chunks(rows_per_split))
+            .map(|((places, crcs), planned)| StageRows {
+                planned,
+                places,
+                crcs,
+            })
+            .collect();
+        crate::parallel::each_mut(&mut work, |part| part.stage(rows, codec, blocks, birth));
+    }
+}
+
+/// Some consecutive rows of one write, staged by one thread: their places in the staging
+/// buffer and their crcs, both indexed by `row × width + shard` from the first of them.
+struct StageRows<'p, 'b> {
+    planned: &'p [PlannedRow],
+    places: &'p mut [Option<&'b mut [u8]>],
+    crcs: &'p mut [u32],
+}
+
+impl StageRows<'_, '_> {
+    fn stage(&mut self, rows: &Rows, codec: &Codec, blocks: &[&[u8]], birth: u64) {
+        static ZEROS: [u8; BLOCK_BYTES] = [0; BLOCK_BYTES];
+        let k = rows.k();
+        let width = rows.geometry().width();
+        let m = codec.parity_chunks();
+        for (i, ((slot, row), start, n)) in self.planned.iter().enumerate() {
+            let mut data: [&[u8]; MAX_SHARDS] = [&ZEROS; MAX_SHARDS];
+            for (j, block) in blocks[*start..start + n].iter().enumerate() {
+                data[j] = block;
+            }
+            let mut parity: [&mut [u8]; MAX_SHARDS] = std::array::from_fn(|_| &mut [][..]);
+            // Copies of one chunk (mirror, raid10) share a seed and so a crc.
+            let mut chunk_crc: [Option<u32>; MAX_SHARDS] = [None; MAX_SHARDS];
+            for s in 0..width {
+                let index = i * width + s;
+                let Some(place) = self.places[index].take() else {
+                    continue; // not staged: a never-written chunk of a narrow row
+                };
+                match rows.chunk_of(s) {
+                    Some(j) => {
+                        place.copy_from_slice(data[j]);
+                        self.crcs[index] = *chunk_crc[j]
+                            .get_or_insert_with(|| rows.crc(*slot, s, *row, birth, place));
+                    }
+                    None => parity[s - k] = place,
+                }
+            }
+            if m > 0 {
+                codec.encode_parity_sep(&data[..k], &mut parity[..m]);
+                for (p, bytes) in parity[..m].iter().enumerate() {
+                    self.crcs[i * width + k + p] = rows.crc(*slot, k + p, *row, birth, bytes);
+                }
+            }
+        }
+    }
+}
+
 /// A row write that failed on one member.
 #[derive(Debug)]
 struct WriteFailure {
@@ -786,26 +1173,75 @@ fn write_runs(
     bytes: &[u8],
 ) -> Vec<WriteFailure> {
     let runs = runs(pieces.to_vec());
-    let buffers: Vec<Vec<u8>> = runs
+    // Aligned, so that O_DIRECT members take them without another copy.
+    let buffers: Vec<AlignedBuf> = runs
         .iter()
         .map(|run| {
-            let mut buffer = Vec::with_capacity(run.len() * BLOCK_BYTES);
-            for p in run {
-                buffer
-                    .extend_from_slice(&bytes[p.index * BLOCK_BYTES..(p.index + 1) * BLOCK_BYTES]);
+            let mut buffer = AlignedBuf::zeroed(run.len() * BLOCK_BYTES);
+            for (place, p) in buffer.chunks_exact_mut(BLOCK_BYTES).zip(run) {
+                place.copy_from_slice(&bytes[p.index * BLOCK_BYTES..(p.index + 1) * BLOCK_BYTES]);
             }
             buffer
         })
         .collect();
+    let buffers: Vec<&[u8]> = buffers.iter().map(|b| &b[..]).collect();
+    submit_runs(devices, &runs, &buffers)
+}
+
+/// Write each run from its buffer (`buffers[r]` for `runs[r]`), one request per run, all
+/// submitted together; every failure, named.
+fn submit_runs(
+    devices: &[Option<SharedDevice>],
+    runs: &[Vec<Piece>],
+    buffers: &[&[u8]],
+) -> Vec<WriteFailure> {
+    submit_runs_while(devices, runs, buffers, || ())
+}
+
+/// As [`submit_runs`], running `meanwhile` on this thread while the requests are on the
+/// devices (see [`run_batch_while`]).
+fn submit_runs_while(
+    devices: &[Option<SharedDevice>],
+    runs: &[Vec<Piece>],
+    buffers: &[&[u8]],
+    meanwhile: impl FnOnce(),
+) -> Vec<WriteFailure> {
     let mut ops = Vec::with_capacity(runs.len());
     let mut issued = Vec::with_capacity(runs.len());
-    for (run, buffer) in runs.iter().zip(&buffers) {
+    for (run, buffer) in runs.iter().zip(buffers) {
         if let Some(Some(device)) = run.first().and_then(|p| devices.get(p.device)) {
             ops.push(BatchOp::write(device.as_ref(), run[0].offset, buffer));
             issued.push(run);
         }
     }
-    run_batch(&mut ops);
+    run_batch_while(&mut ops, meanwhile);
+    failures_of(ops, &issued)
+}
+
+/// As [`submit_runs`], each run written from several slices (`slices[r]` for `runs[r]`).
+fn submit_vectored(
+    devices: &[Option<SharedDevice>],
+    runs: &[Vec<Piece>],
+    slices: &[Vec<&[u8]>],
+) -> Vec<WriteFailure> {
+    let mut ops = Vec::with_capacity(runs.len());
+    let mut issued = Vec::with_capacity(runs.len());
+    for (run, slices) in runs.iter().zip(slices) {
+        if let Some(Some(device)) = run.first().and_then(|p| devices.get(p.device)) {
+            ops.push(BatchOp::write_vectored(
+                device.as_ref(),
+                run[0].offset,
+                slices,
+            ));
+            issued.push(run);
+        }
+    }
+    run_batch_while(&mut ops, || ());
+    failures_of(ops, &issued)
+}
+
+/// The failed requests of a batch of row writes (`issued[i]`: the run of `ops[i]`), named.
+fn failures_of(ops: Vec<BatchOp<'_>>, issued: &[&Vec<Piece>]) -> Vec<WriteFailure> {
     ops.into_iter()
         .zip(issued)
         .filter_map(|(op, run)| {

@@ -23,7 +23,10 @@ pub use log::{LogEntry, LogRecord, LOG_BLOCK_BYTES, LOG_HEADER_BYTES, LOG_MAGIC}
 pub use page::{
     page_checksum, verify_page, PageMismatch, PageSeed, PointerPage, PAGE_BYTES, POINTERS_PER_PAGE,
 };
-pub use pointer::{row_checksum, BlockPointer, Tree, ADDRESS_HOLE, MAX_ADDRESS, MAX_BIRTH};
+pub use pointer::{
+    row_checksum, row_checksum_of_block_crc, BlockPointer, Tree, ADDRESS_HOLE, MAX_ADDRESS,
+    MAX_BIRTH,
+};
 pub use slot::{RowRecord, SlotRecord, SlotShape};
 pub use sut::{SegmentState, SutRecord, SUT_RECORDS_PER_PAGE, SUT_RECORD_BYTES};
 pub use uberblock::{Uberblock, TREES, UBERBLOCK_BYTES, UBERBLOCK_MAGIC};

@@ -233,17 +233,85 @@ impl BlockPointer {
 /// birth. Same construction as versions 1–3's block checksum, with the chunk index and birth.
 #[must_use]
 pub fn row_checksum(slot: u64, chunk: u32, row: u32, birth: u64, bytes: &[u8]) -> u32 {
+    crc32c::crc32c_append(row_seed_crc(slot, chunk, row, birth), bytes)
+}
+
+/// [`row_checksum`] of a 4 KiB block from the block's plain `crc32c` (computed before the
+/// block had a place): `crc32c(block) ⊕ Z(crc32c(seed))`, where `Z` advances the CRC register
+/// over 4096 zero bytes (docs/FORMAT.md V4.6, "Large writes").
+#[must_use]
+pub fn row_checksum_of_block_crc(slot: u64, chunk: u32, row: u32, birth: u64, block: u32) -> u32 {
+    block ^ advance_4k(row_seed_crc(slot, chunk, row, birth))
+}
+
+/// crc32c of a row checksum's 24-byte seed.
+fn row_seed_crc(slot: u64, chunk: u32, row: u32, birth: u64) -> u32 {
     let mut seed = [0u8; 24];
     seed[..8].copy_from_slice(&slot.to_le_bytes());
     let chunk_and_row = u64::from(chunk) | (u64::from(row) << 32);
     seed[8..16].copy_from_slice(&chunk_and_row.to_le_bytes());
     seed[16..].copy_from_slice(&birth.to_le_bytes());
-    crc32c::crc32c_append(crc32c::crc32c(&seed), bytes)
+    crc32c::crc32c(&seed)
+}
+
+/// `Z(c) = crc32c_append(c, 4096 zeros) ⊕ crc32c_append(0, 4096 zeros)`: linear over GF(2),
+/// so the XOR of its values on the bytes of `c`, from four tables of 256 built once.
+fn advance_4k(c: u32) -> u32 {
+    static TABLES: std::sync::OnceLock<[[u32; 256]; 4]> = std::sync::OnceLock::new();
+    let tables = TABLES.get_or_init(|| {
+        let zeros = [0u8; 4096];
+        let base = crc32c::crc32c_append(0, &zeros);
+        let unit: Vec<u32> = (0..32)
+            .map(|bit| crc32c::crc32c_append(1 << bit, &zeros) ^ base)
+            .collect();
+        let mut tables = [[0u32; 256]; 4];
+        for (byte, table) in tables.iter_mut().enumerate() {
+            for (value, entry) in table.iter_mut().enumerate() {
+                *entry = (0..8)
+                    .filter(|b| value >> b & 1 == 1)
+                    .fold(0, |acc, b| acc ^ unit[byte * 8 + b]);
+            }
+        }
+        tables
+    });
+    c.to_le_bytes()
+        .iter()
+        .zip(tables)
+        .fold(0, |acc, (byte, table)| acc ^ table[usize::from(*byte)])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_row_checksum_follows_from_the_plain_crc_of_its_block() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..64 {
+            let block: Vec<u8> = (0..4096).map(|_| next() as u8).collect();
+            let (slot, chunk, row, birth) = (
+                next() >> 20,
+                next() as u32 % 64,
+                next() as u32 % 16,
+                next() >> 16,
+            );
+            assert_eq!(
+                row_checksum_of_block_crc(slot, chunk, row, birth, crc32c::crc32c(&block)),
+                row_checksum(slot, chunk, row, birth, &block)
+            );
+        }
+        let zeros = [0u8; 4096];
+        assert_eq!(
+            row_checksum_of_block_crc(0, 0, 0, 1, crc32c::crc32c(&zeros)),
+            row_checksum(0, 0, 0, 1, &zeros)
+        );
+    }
 
     #[test]
     fn the_three_shapes_roundtrip_byte_for_byte() {

@@ -1,0 +1,156 @@
+//! Writes encoded before the volume's lock (docs/FORMAT.md V4.6, "Large writes"): a write of
+//! whole aligned blocks whose count is a multiple of K owns its rows, so its parity and the
+//! plain crc32c of each shard-block are computed on the writer's own thread; the leader of a
+//! write group then only places the rows and turns each plain crc into the row checksum.
+//!
+//! Owns: the encoded buffer's layout. Does not touch the map, the devices or the lock.
+
+use super::place::Rows;
+use super::BLOCK_BYTES;
+use crate::codec::{Codec, MAX_SHARDS};
+use crate::device::AlignedBuf;
+use std::sync::Arc;
+
+const BLOCK: u64 = BLOCK_BYTES as u64;
+
+/// What a writer needs to encode rows before it holds the volume's lock (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct RowEncoder {
+    rows: Rows,
+    codec: Arc<Codec>,
+}
+
+/// A write encoded into its own rows: every shard-block of them, shard by shard, and the
+/// plain crc32c of each.
+#[derive(Debug)]
+pub struct EncodedWrite {
+    offset: u64,
+    rows: usize,
+    width: usize,
+    k: usize,
+    copies: usize,
+    /// Shard `s` of row `r` at 4 KiB block `s × rows + r`: the rows of one slot are
+    /// contiguous on each device, and so in memory.
+    shards: AlignedBuf,
+    /// The plain crc32c of shard `s` of row `r` at `r × width + s`.
+    crcs: Vec<u32>,
+}
+
+impl RowEncoder {
+    pub(super) fn new(rows: Rows, codec: Arc<Codec>) -> Self {
+        Self { rows, codec }
+    }
+
+    /// `data` written at `offset`, encoded into rows of its own; `None` when it cannot own
+    /// its rows (not whole aligned blocks, or not a multiple of K of them): such a write is
+    /// packed with others under the lock.
+    #[must_use]
+    pub fn encode(&self, offset: u64, data: &[u8]) -> Option<EncodedWrite> {
+        let k = self.rows.k();
+        let width = self.rows.geometry().width();
+        let blocks = data.len() / BLOCK_BYTES;
+        if !offset.is_multiple_of(BLOCK)
+            || !data.len().is_multiple_of(BLOCK_BYTES)
+            || blocks == 0
+            || !blocks.is_multiple_of(k)
+        {
+            return None;
+        }
+        let rows = blocks / k;
+        let m = self.codec.parity_chunks();
+        let copies = (width - m) / k;
+        let mut shards = AlignedBuf::zeroed(width * rows * BLOCK_BYTES);
+        let mut crcs = vec![0u32; rows * width];
+        let (data_shards, parity_shards) = shards.split_at_mut(k * copies * rows * BLOCK_BYTES);
+        let mut data_places: Vec<&mut [u8]> = data_shards.chunks_exact_mut(BLOCK_BYTES).collect();
+        let mut parity_places: Vec<&mut [u8]> =
+            parity_shards.chunks_exact_mut(BLOCK_BYTES).collect();
+        for r in 0..rows {
+            let mut inputs: [&[u8]; MAX_SHARDS] = [&[]; MAX_SHARDS];
+            for (j, input) in inputs.iter_mut().enumerate().take(k) {
+                let at = (r * k + j) * BLOCK_BYTES;
+                *input = &data[at..at + BLOCK_BYTES];
+                let crc = crc32c::crc32c(input);
+                for s in self.rows.shards_of(j) {
+                    data_places[s * rows + r].copy_from_slice(input);
+                    crcs[r * width + s] = crc;
+                }
+            }
+            if m > 0 {
+                let mut outputs: [&mut [u8]; MAX_SHARDS] = std::array::from_fn(|_| &mut [][..]);
+                for (p, output) in outputs.iter_mut().enumerate().take(m) {
+                    *output = std::mem::take(&mut parity_places[p * rows + r]);
+                }
+                self.codec
+                    .encode_parity_sep(&inputs[..k], &mut outputs[..m]);
+                for (p, output) in outputs.iter().enumerate().take(m) {
+                    crcs[r * width + k + p] = crc32c::crc32c(output);
+                }
+            }
+        }
+        Some(EncodedWrite {
+            offset,
+            rows,
+            width,
+            k,
+            copies,
+            shards,
+            crcs,
+        })
+    }
+}
+
+impl EncodedWrite {
+    /// Byte offset in the volume.
+    #[must_use]
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Bytes of data it writes.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.rows * self.k * BLOCK_BYTES
+    }
+
+    /// Whether it writes nothing (never: an encoded write has at least one row).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// Rows it fills.
+    pub(super) fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// The logical block its first row's first block is.
+    pub(super) fn first_key(&self) -> u64 {
+        self.offset / BLOCK
+    }
+
+    /// Block `s × rows + r` of the shard buffer: shard `s` of row `r`.
+    pub(super) fn position(&self, row: usize, shard: usize) -> usize {
+        shard * self.rows + row
+    }
+
+    /// `count` shard-blocks from position `at`, as one slice.
+    pub(super) fn span(&self, at: usize, count: usize) -> &[u8] {
+        &self.shards[at * BLOCK_BYTES..(at + count) * BLOCK_BYTES]
+    }
+
+    /// The plain crc32c of shard `shard` of row `row`.
+    pub(super) fn block_crc(&self, row: usize, shard: usize) -> u32 {
+        self.crcs[row * self.width + shard]
+    }
+
+    /// Its data blocks in order (logical block `first_key() + i` is the `i`-th).
+    pub(super) fn data_blocks(&self) -> Vec<&[u8]> {
+        (0..self.rows * self.k)
+            .map(|b| {
+                let (r, j) = (b / self.k, b % self.k);
+                self.span(self.position(r, j * self.copies), 1)
+            })
+            .collect()
+    }
+}
