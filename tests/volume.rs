@@ -485,8 +485,8 @@ fn rot_and_read(
         // rs: the block's shard, then parity and the other data shards of its row.
         places = row_places(&rig, &volume, 3);
     } else {
-        // Copies: a read starts at copy (pbn of the row's first block) mod copies; rot from
-        // that one on, so the first rotten copy is the one read.
+        // Copies: a read starts at copy (slot / slots per 256 KiB) mod copies; rot from that
+        // one on, so the first rotten copy is the one read.
         let pbn = volume
             .map()
             .get(&rig.devices, 3)
@@ -494,7 +494,9 @@ fn rot_and_read(
             .address()
             .unwrap();
         let k = rig.geometry.data_chunks() as u64;
-        let start = ((pbn - pbn % k) % places.len() as u64) as usize;
+        let slot = pbn / (k * (rig.geometry.chunk_bytes / B as u64));
+        let spread = ((256 << 10) / rig.geometry.chunk_bytes).max(1);
+        let start = (slot / spread % places.len() as u64) as usize;
         places.rotate_left(start);
     }
     let intact = rig.images();
@@ -1258,5 +1260,107 @@ fn encoded_writes_pass_a_failing_or_absent_member_within_the_tolerance_and_fail_
         model
             .exact(&volume, &rig.devices, 5 * k)
             .unwrap_or_else(|e| panic!("{layout}: {e}"));
+    }
+}
+
+#[test]
+fn a_degraded_read_of_many_rows_rebuilds_each_block_once_and_counts_exactly() {
+    for (layout, members) in [("rs:4+2", 6), ("rs:2+1", 3)] {
+        let rig = Rig::new(layout, members);
+        let mut volume = rig.create(&options());
+        let count = 64u64;
+        let data = blocks_at(0, count, 1);
+        volume.write(&rig.devices, 0, &data).unwrap();
+        volume.flush(&rig.devices).unwrap();
+        // Member 0 absent: every block whose shard it holds is rebuilt from its row, each
+        // row read once however many of its blocks are wanted.
+        let mut absent = rig.devices.clone();
+        absent[0] = None;
+        let on_zero = (0..count)
+            .filter(|key| rig.places_of(&volume, *key)[0].0 == 0)
+            .count() as u64;
+        assert!(on_zero > 0, "{layout}");
+        let before = volume.counters();
+        let mut all = vec![0u8; count as usize * B];
+        volume.read(&absent, 0, &mut all).unwrap();
+        assert!(
+            all == data,
+            "{layout}: a degraded read returned other bytes"
+        );
+        let after = volume.counters();
+        assert_eq!(
+            after.rebuilt_blocks - before.rebuilt_blocks,
+            on_zero,
+            "{layout}"
+        );
+        assert_eq!(
+            after.bad_shard_blocks, before.bad_shard_blocks,
+            "{layout}: absent is not bad"
+        );
+        // And one rotten shard-block more in a row (within the tolerance of rs:4+2): found
+        // once, healed to its exact bytes, the bytes returned right.
+        if rig.geometry.tolerance() >= 2 {
+            let key = (0..count)
+                .find(|key| rig.places_of(&volume, *key)[0].0 == 0)
+                .unwrap();
+            let row = row_places(&rig, &volume, key);
+            let (device, at) = *row.iter().find(|(d, _)| *d != 0).unwrap();
+            let intact = rig.images();
+            rig.mems[device].poke(at, &[0x5a; B]);
+            let before = volume.counters();
+            volume.read(&absent, 0, &mut all).unwrap();
+            assert!(
+                all == data,
+                "{layout}: a degraded read with rot returned other bytes"
+            );
+            let after = volume.counters();
+            assert_eq!(
+                after.bad_shard_blocks - before.bad_shard_blocks,
+                1,
+                "{layout}"
+            );
+            assert_eq!(
+                after.healed_shard_blocks - before.healed_shard_blocks,
+                1,
+                "{layout}"
+            );
+            assert!(
+                rig.images() == intact,
+                "{layout}: the heal did not restore the exact bytes"
+            );
+            // Two rotten beside the absent member: beyond the tolerance, an error naming it.
+            let others: Vec<(usize, u64)> = row
+                .iter()
+                .filter(|(d, _)| *d != 0)
+                .take(2)
+                .copied()
+                .collect();
+            for (device, at) in &others {
+                rig.mems[*device].poke(*at, &[0x5a; B]);
+            }
+            match volume.read(&absent, 0, &mut all) {
+                Err(Error::UnrecoverableBlock {
+                    lost_devices,
+                    good,
+                    needed,
+                    ..
+                }) => {
+                    assert!(good < needed, "{layout}");
+                    assert!(
+                        lost_devices.iter().any(|d| d.ends_with("absent")),
+                        "{layout}: {lost_devices:?}"
+                    );
+                    assert_eq!(
+                        lost_devices
+                            .iter()
+                            .filter(|d| d.ends_with("checksum mismatch"))
+                            .count(),
+                        2,
+                        "{layout}: {lost_devices:?}"
+                    );
+                }
+                other => panic!("{layout}: expected UnrecoverableBlock, got {other:?}"),
+            }
+        }
     }
 }

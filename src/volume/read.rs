@@ -3,10 +3,14 @@
 
 use super::place::{runs, BlockPlace, Piece};
 use super::{MemberProblem, ProblemKind, Volume, BLOCK, BLOCK_BYTES};
-use crate::device::{run_batch, BatchOp, SharedDevice};
+use crate::device::{run_batch, AlignedBuf, BatchOp, SharedDevice};
 use crate::error::{Error, Result};
 use crate::format::v4::BlockPointer;
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
+
+/// Bytes of each copy a mirror read takes from one copy before the next copy's turn.
+const COPY_SPREAD_BYTES: u64 = 256 << 10;
 
 /// A block to read: where it goes in the caller's buffer, its pointer and its place.
 #[derive(Debug, Clone, Copy)]
@@ -223,6 +227,9 @@ impl Volume {
         self.counters
             .blocks_read
             .fetch_add(wanted.len() as u64, Ordering::Relaxed);
+        if self.rows.shards_of(0).len() == 1 {
+            return self.recover_rows(devices, &wanted, failed, out);
+        }
         for (w, tried) in failed {
             let want = &wanted[w];
             let block = &mut out[want.index * BLOCK_BYTES..(want.index + 1) * BLOCK_BYTES];
@@ -231,14 +238,183 @@ impl Volume {
         Ok(())
     }
 
+    /// Reed-Solomon: return the blocks whose first read failed (`failed`: which of `wanted`,
+    /// and the shard tried with why) row by row. Every other shard-block of their rows is read
+    /// in one batch (one request per run of a device: a degraded sequential read reads each
+    /// row once, in large requests, not 4 KiB at a time per block), verified against the
+    /// row's crcs; each row is reconstructed once, each block checked against its pointer;
+    /// every shard-block found bad or unreadable on a present member is healed with its
+    /// rebuilt content. The first block nothing can return is the error, naming what was
+    /// found in its row.
+    fn recover_rows(
+        &self,
+        devices: &[Option<SharedDevice>],
+        wanted: &[Wanted],
+        failed: Vec<(usize, Option<(usize, Problem)>)>,
+        out: &mut [u8],
+    ) -> Result<()> {
+        let width = self.rows.geometry().width();
+        let mut by_row: BTreeMap<(u64, u16), Vec<(usize, Option<(usize, Problem)>)>> =
+            BTreeMap::new();
+        for (w, tried) in failed {
+            let place = wanted[w].place;
+            by_row
+                .entry((place.slot, place.row))
+                .or_default()
+                .push((w, tried));
+        }
+        let mut rows = Vec::with_capacity(by_row.len());
+        for ((slot, row), blocks) in by_row {
+            let recorded = self.map.row_crcs(devices, slot, row)?;
+            rows.push((blocks, recorded));
+        }
+        // The shard-blocks to read: of rows whose crcs are recorded for their blocks' birth,
+        // every written one on a present member but those already tried.
+        let mut pieces = Vec::new();
+        for (r, (blocks, recorded)) in rows.iter().enumerate() {
+            let Some((birth, n, _)) = recorded else {
+                continue;
+            };
+            let place = wanted[blocks[0].0].place;
+            if blocks
+                .iter()
+                .any(|(w, _)| wanted[*w].pointer.birth() != *birth)
+            {
+                continue;
+            }
+            for s in 0..width {
+                let tried = blocks.iter().any(|(_, t)| t.is_some_and(|(x, _)| x == s));
+                if self.rows.unwritten(s, *n) || tried {
+                    continue;
+                }
+                let (device, offset) = self.rows.shard_block(place.slot, s, place.row);
+                if devices.get(device.0).is_some_and(Option::is_some) {
+                    pieces.push(Piece {
+                        device: device.0,
+                        offset,
+                        index: r * width + s,
+                    });
+                }
+            }
+        }
+        let runs = runs(pieces);
+        let mut buffers: Vec<AlignedBuf> = runs
+            .iter()
+            .map(|run| AlignedBuf::zeroed(run.len() * BLOCK_BYTES))
+            .collect();
+        let mut ops = Vec::with_capacity(runs.len());
+        for (run, buffer) in runs.iter().zip(buffers.iter_mut()) {
+            if let Some(Some(device)) = run.first().and_then(|p| devices.get(p.device)) {
+                ops.push(BatchOp::read(device.as_ref(), run[0].offset, buffer));
+            }
+        }
+        run_batch(&mut ops);
+        // What each piece read: its bytes, or `None` when its request failed.
+        let mut read: BTreeMap<usize, Option<&[u8]>> = BTreeMap::new();
+        let results: Vec<bool> = ops.iter().map(|op| op.result.is_ok()).collect();
+        for (op, run) in ops.iter().zip(&runs) {
+            if let (Err(error), Some(first)) = (&op.result, run.first()) {
+                let (blocks, _) = &rows[first.index / width];
+                let want = &wanted[blocks[0].0];
+                self.report(&MemberProblem {
+                    member: first.device,
+                    offset: op.offset,
+                    slot: want.place.slot,
+                    shard: first.index % width,
+                    kind: ProblemKind::Read(error),
+                });
+            }
+        }
+        drop(ops);
+        for ((run, buffer), ok) in runs.iter().zip(&buffers).zip(results) {
+            for (i, piece) in run.iter().enumerate() {
+                let bytes = &buffer[i * BLOCK_BYTES..(i + 1) * BLOCK_BYTES];
+                read.insert(piece.index, ok.then_some(bytes));
+            }
+        }
+        for (r, (blocks, recorded)) in rows.iter().enumerate() {
+            let first = &wanted[blocks[0].0];
+            let place = first.place;
+            let mut tally = Tally {
+                needed: self.rows.k(),
+                ..Tally::default()
+            };
+            for (w, tried) in blocks {
+                if let Some((shard, problem)) = tried {
+                    tally.note(self, &wanted[*w], *shard, *problem);
+                }
+            }
+            let usable = recorded.as_ref().filter(|(birth, _, _)| {
+                blocks
+                    .iter()
+                    .all(|(w, _)| wanted[*w].pointer.birth() == *birth)
+            });
+            let Some((birth, n, crcs)) = usable else {
+                tally.row_unknown = true;
+                return Err(unrecoverable(self, first, &tally));
+            };
+            let mut shards = vec![vec![0u8; BLOCK_BYTES]; width];
+            let mut present = vec![false; width];
+            for s in 0..width {
+                if self.rows.unwritten(s, *n) {
+                    present[s] = true;
+                    continue;
+                }
+                if blocks.iter().any(|(_, t)| t.is_some_and(|(x, _)| x == s)) {
+                    continue;
+                }
+                match read.get(&(r * width + s)) {
+                    None => tally.note(self, first, s, Problem::Absent),
+                    Some(None) => tally.note(self, first, s, Problem::Unreadable),
+                    Some(Some(bytes)) => {
+                        let found = self.rows.crc(place.slot, s, place.row, *birth, bytes);
+                        if found == crcs[s] {
+                            shards[s].copy_from_slice(bytes);
+                            present[s] = true;
+                        } else {
+                            let expected = crcs[s];
+                            tally.note(self, first, s, Problem::Checksum { expected, found });
+                        }
+                    }
+                }
+            }
+            tally.good = present.iter().filter(|p| **p).count();
+            if tally.good < tally.needed || !self.codec.reconstruct(&mut shards, &mut present) {
+                return Err(unrecoverable(self, first, &tally));
+            }
+            for (w, _) in blocks {
+                let want = &wanted[*w];
+                let bytes = &shards[want.place.chunk];
+                if !self.verifies(want, want.place.chunk, bytes) {
+                    return Err(unrecoverable(self, want, &tally));
+                }
+                out[want.index * BLOCK_BYTES..(want.index + 1) * BLOCK_BYTES]
+                    .copy_from_slice(bytes);
+                self.counters.rebuilt_blocks.fetch_add(1, Ordering::Relaxed);
+            }
+            for s in &tally.bad {
+                if self
+                    .rows
+                    .crc(place.slot, *s, place.row, *birth, &shards[*s])
+                    == crcs[*s]
+                {
+                    self.heal(devices, place, *s, &shards[*s]);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The copy of a block to read first: among the shards that carry its chunk, the first
-    /// present one from a copy chosen by the pbn (spreading mirror reads over the copies).
+    /// present one from a copy chosen by the slot's 256 KiB-wide group of slots (spreading
+    /// mirror reads over the copies while a sequential read stays one request of at least
+    /// 256 KiB per copy; chosen by row, as before 2026-12-05, every request was 4 KiB and a
+    /// sequential mirror read ran at a quarter of the disk).
     fn first_copy(&self, devices: &[Option<SharedDevice>], want: &Wanted) -> Option<usize> {
         let shards = self.rows.shards_of(want.place.chunk);
         let copies = shards.len();
-        let start =
-            usize::try_from(self.rows.pbn(want.place.slot, want.place.row, 0) % copies as u64)
-                .unwrap_or(0);
+        let spread = (COPY_SPREAD_BYTES / self.rows.geometry().chunk_bytes).max(1);
+        let start = usize::try_from(want.place.slot / spread % copies as u64).unwrap_or(0);
         (0..copies)
             .map(|c| shards.start + (start + c) % copies)
             .find(|s| {
@@ -299,11 +475,8 @@ impl Volume {
             tally.note(self, want, shard, problem);
         }
         let tried = tried.map(|(shard, _)| shard);
-        let found = if self.rows.shards_of(want.place.chunk).len() > 1 {
-            self.recover_from_copies(devices, want, tried, &mut tally)
-        } else {
-            self.recover_from_row(devices, want, tried, &mut tally)?
-        };
+        // Mirror and raid10 only: Reed-Solomon blocks go through `recover_rows`.
+        let found = self.recover_from_copies(devices, want, tried, &mut tally);
         let Some(found) = found else {
             return Err(unrecoverable(self, want, &tally));
         };
@@ -369,71 +542,6 @@ impl Volume {
         let bytes = good?;
         let heal = tally.bad.iter().map(|s| (*s, bytes.clone())).collect();
         Some(Found { bytes, heal })
-    }
-
-    /// Reed-Solomon: every other shard-block of the row verified against the row's crcs,
-    /// the block rebuilt from K of them and checked against its pointer; every shard-block
-    /// found bad or unreadable on a present member is healed with its rebuilt content.
-    fn recover_from_row(
-        &self,
-        devices: &[Option<SharedDevice>],
-        want: &Wanted,
-        tried: Option<usize>,
-        tally: &mut Tally,
-    ) -> Result<Option<Found>> {
-        let place = want.place;
-        tally.needed = self.rows.k();
-        let Some((birth, n, crcs)) = self.map.row_crcs(devices, place.slot, place.row)? else {
-            tally.row_unknown = true;
-            return Ok(None);
-        };
-        if birth != want.pointer.birth() {
-            tally.row_unknown = true;
-            return Ok(None);
-        }
-        let width = self.rows.geometry().width();
-        let mut shards = vec![vec![0u8; BLOCK_BYTES]; width];
-        let mut present = vec![false; width];
-        for s in 0..width {
-            if self.rows.unwritten(s, n) {
-                present[s] = true;
-                continue;
-            }
-            if Some(s) == tried {
-                continue;
-            }
-            match self.read_shard(devices, place, s) {
-                Ok(bytes) if self.rows.crc(place.slot, s, place.row, birth, &bytes) == crcs[s] => {
-                    shards[s] = bytes;
-                    present[s] = true;
-                }
-                Ok(bytes) => {
-                    let found = self.rows.crc(place.slot, s, place.row, birth, &bytes);
-                    let expected = crcs[s];
-                    tally.note(self, want, s, Problem::Checksum { expected, found });
-                }
-                Err(problem) => tally.note(self, want, s, problem),
-            }
-        }
-        tally.good = present.iter().filter(|p| **p).count();
-        if tally.good < tally.needed || !self.codec.reconstruct(&mut shards, &mut present) {
-            return Ok(None);
-        }
-        let bytes = shards[place.chunk].clone();
-        if !self.verifies(want, place.chunk, &bytes) {
-            return Ok(None);
-        }
-        let heal = tally
-            .bad
-            .iter()
-            .filter(|s| {
-                self.rows
-                    .crc(place.slot, **s, place.row, birth, &shards[**s])
-                    == crcs[**s]
-            })
-            .map(|s| (*s, shards[*s].clone()))
-            .collect();
-        Ok(Some(Found { bytes, heal }))
     }
 
     /// Rewrite a bad shard-block with its verified content (not on a read-only volume).
