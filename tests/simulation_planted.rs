@@ -132,7 +132,8 @@ fn discards_left_out_of_the_commit_are_caught_within_a_few_seeds() {
 /// On format version 4 too: reads that skip checksum verification, commits that do not flush
 /// the rows first, and the two bugs of the metadata path issue 13 names (pages read without
 /// checking them against their parent's checksum; segments released before the root that
-/// frees them is durable) are caught within a few seeds.
+/// frees them is durable), and rows encoded before the lock without parity (issue 14), are
+/// caught within a few seeds.
 #[test]
 fn planted_bugs_are_caught_on_format_v4() {
     for (name, planted, expect) in [
@@ -166,6 +167,16 @@ fn planted_bugs_are_caught_on_format_v4() {
             "release-before-root-durable",
             PlantedBugs {
                 release_before_root_durable: true,
+                ..PlantedBugs::default()
+            },
+            "",
+        ),
+        (
+            // Issue 14: rows encoded before the volume's lock without their parity read
+            // fine until a shard must be rebuilt from one.
+            "encode-without-parity",
+            PlantedBugs {
+                encode_without_parity: true,
                 ..PlantedBugs::default()
             },
             "",

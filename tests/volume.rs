@@ -1364,3 +1364,36 @@ fn a_degraded_read_of_many_rows_rebuilds_each_block_once_and_counts_exactly() {
         }
     }
 }
+
+#[test]
+fn planted_encode_without_parity_is_caught_by_a_degraded_read() {
+    for (layout, members) in [("rs:4+2", 6), ("rs:2+1", 3)] {
+        let rig = Rig::new(layout, members);
+        let options = VolumeOptions {
+            encode_without_parity: true,
+            ..options()
+        };
+        let mut volume = rig.create(&options);
+        let k = rig.geometry.data_chunks() as u64;
+        let data = blocks_at(0, 4 * k, 1);
+        let encoded = volume.encoder().encode(0, &data).unwrap();
+        volume
+            .write_writes(
+                &rig.devices,
+                &[stripestore::volume::GroupWrite::Encoded(&encoded)],
+            )
+            .unwrap();
+        let mut all = vec![0u8; data.len()];
+        volume.read(&rig.devices, 0, &mut all).unwrap();
+        assert!(all == data, "{layout}: healthy reads do not need parity");
+        let mut absent = rig.devices.clone();
+        absent[0] = None;
+        assert!(
+            matches!(
+                volume.read(&absent, 0, &mut all),
+                Err(Error::UnrecoverableBlock { .. })
+            ),
+            "{layout}: rows without parity were rebuilt"
+        );
+    }
+}

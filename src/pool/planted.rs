@@ -32,6 +32,10 @@ pub struct PlantedBugs {
     /// found even when they were freed or taken again since (read by the volume's scrub), so
     /// it can write what the walk saw over what a segment holds now.
     pub scrub_without_skip: bool,
+    /// Format version 4: a write encoded before the volume's lock leaves its rows' parity
+    /// zero, with crcs that match the zeros (read by the volume's row encoder), so the rows
+    /// read fine until a shard must be rebuilt from them.
+    pub encode_without_parity: bool,
 }
 
 impl PlantedBugs {
@@ -45,5 +49,6 @@ impl PlantedBugs {
             || self.skip_page_checksum_verification
             || self.release_before_root_durable
             || self.scrub_without_skip
+            || self.encode_without_parity
     }
 }

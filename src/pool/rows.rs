@@ -215,13 +215,14 @@ fn volume_options(params: &MapParams, options: &OpenOptions) -> VolumeOptions {
 /// The pool's planted bugs that have a counterpart in the volume or its map (feature
 /// `testing`): skipped checksum verification of blocks and of pages, a commit that does not
 /// flush the rows first, segments released before the root that frees them is durable, a
-/// scrub that checks segments taken again since its walk.
+/// scrub that checks segments taken again since its walk, rows encoded without parity.
 #[cfg(feature = "testing")]
 fn with_planted(mut volume: VolumeOptions, options: &OpenOptions) -> VolumeOptions {
     volume.skip_block_verification = options.planted.skip_checksum_verification;
     volume.commit_before_rows_durable = options.planted.skip_commit_data_flush;
     volume.map.skip_page_verification = options.planted.skip_page_checksum_verification;
     volume.scrub_without_skip = options.planted.scrub_without_skip;
+    volume.encode_without_parity = options.planted.encode_without_parity;
     if options.planted.release_before_root_durable {
         volume.map.release = crate::meta::ReleaseRule::AtOnce;
     }

@@ -215,13 +215,14 @@ impl SimConfig {
 }
 
 /// The names `simulate --plant` takes, each with the protection it switches off.
-pub const PLANTABLE: [&str; 6] = [
+pub const PLANTABLE: [&str; 7] = [
     "skip-checksum-verification",
     "skip-commit-data-flush",
     "fault-on-data-errors",
     "skip-discard-log",
     "skip-page-checksum-verification",
     "release-before-root-durable",
+    "encode-without-parity",
 ];
 
 /// Switch on the planted bug called `name` (one of [`PLANTABLE`]).
@@ -239,6 +240,7 @@ pub fn plant(
         "skip-discard-log" => bugs.skip_discard_log = true,
         "skip-page-checksum-verification" => bugs.skip_page_checksum_verification = true,
         "release-before-root-durable" => bugs.release_before_root_durable = true,
+        "encode-without-parity" => bugs.encode_without_parity = true,
         other => {
             return Err(format!(
                 "unknown planted bug '{other}' (one of: {})",
@@ -257,6 +259,7 @@ fn planted_names(bugs: &crate::testing::PlantedBugs) -> Vec<String> {
         bugs.skip_discard_log,
         bugs.skip_page_checksum_verification,
         bugs.release_before_root_durable,
+        bugs.encode_without_parity,
     ];
     PLANTABLE
         .iter()
@@ -469,7 +472,7 @@ pub fn generate(config: &SimConfig) -> Vec<Op> {
     let mut rng = crate::testing::rng(config.seed ^ 0x5157_0001);
     let faults = &config.faults;
     // (weight, enabled) per op family, in a fixed order.
-    let table: [(u32, bool); 22] = [
+    let table: [(u32, bool); 23] = [
         (300, true),                            // write
         (220, true),                            // read
         (100, true),                            // flush
@@ -492,6 +495,7 @@ pub fn generate(config: &SimConfig) -> Vec<Op> {
         (8, true),                              // read-only look
         (60, true),                             // discard
         (12, config.format4), // scrub beside writes (v4 only: v3 seeds keep their ops)
+        (120, config.format4), // whole-row writes, encoded before the lock (v4 only, as above)
     ];
     // What is drawn for v3 only: local damage (it overwrites whole stripes' chunks, a v3
     // shape). On v4 the healthy replace's power cut starts counting at the new device's
@@ -575,6 +579,19 @@ pub fn generate(config: &SimConfig) -> Vec<Op> {
             },
             18 => Op::OpenSubset { seed: rng.gen() },
             19 => Op::ReadOnlyLook { seed: rng.gen() },
+            // Block-aligned, a multiple of K blocks (cut short only at the volume's end): the
+            // writes a v4 pool encodes on the writer's thread (docs/FORMAT.md V4.6, "Large
+            // writes").
+            22 => Op::Write {
+                offset: rng.gen_range(0..u64::from(u32::MAX)) & !4095,
+                len: u32::try_from(
+                    rng.gen_range(1..=12u64)
+                        * config.layout.data_chunks(config.devices) as u64
+                        * 4096,
+                )
+                .unwrap_or(4096),
+                data_seed: rng.gen(),
+            },
             21 => Op::ScrubBeside {
                 pause_after: rng.gen_range(1..=4),
                 writes: rng.gen_range(1..=12),

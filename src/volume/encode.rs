@@ -18,6 +18,9 @@ const BLOCK: u64 = BLOCK_BYTES as u64;
 pub struct RowEncoder {
     rows: Rows,
     codec: Arc<Codec>,
+    /// Planted bug `encode_without_parity` (see [`crate::volume::VolumeOptions`]).
+    #[cfg(feature = "testing")]
+    no_parity: bool,
 }
 
 /// A write encoded into its own rows: every shard-block of them, shard by shard, and the
@@ -38,7 +41,28 @@ pub struct EncodedWrite {
 
 impl RowEncoder {
     pub(super) fn new(rows: Rows, codec: Arc<Codec>) -> Self {
-        Self { rows, codec }
+        Self {
+            rows,
+            codec,
+            #[cfg(feature = "testing")]
+            no_parity: false,
+        }
+    }
+
+    #[cfg(feature = "testing")]
+    pub(super) fn with_planted_no_parity(mut self, no_parity: bool) -> Self {
+        self.no_parity = no_parity;
+        self
+    }
+
+    #[cfg(feature = "testing")]
+    fn planted_no_parity(&self) -> bool {
+        self.no_parity
+    }
+
+    #[cfg(not(feature = "testing"))]
+    fn planted_no_parity(&self) -> bool {
+        false
     }
 
     /// `data` written at `offset`, encoded into rows of its own; `None` when it cannot own
@@ -81,8 +105,10 @@ impl RowEncoder {
                 for (p, output) in outputs.iter_mut().enumerate().take(m) {
                     *output = std::mem::take(&mut parity_places[p * rows + r]);
                 }
-                self.codec
-                    .encode_parity_sep(&inputs[..k], &mut outputs[..m]);
+                if !self.planted_no_parity() {
+                    self.codec
+                        .encode_parity_sep(&inputs[..k], &mut outputs[..m]);
+                }
                 for (p, output) in outputs.iter().enumerate().take(m) {
                     crcs[r * width + k + p] = crc32c::crc32c(output);
                 }

@@ -98,6 +98,11 @@ pub struct VolumeOptions {
     /// the walk saw over what they hold now.
     #[cfg(feature = "testing")]
     pub scrub_without_skip: bool,
+    /// Planted bug `encode_without_parity`: writes encoded before the lock leave their rows'
+    /// parity zero, with crcs that match the zeros, so rebuilding a shard from such a row
+    /// gives other bytes (which the pointer's crc then refuses).
+    #[cfg(feature = "testing")]
+    pub encode_without_parity: bool,
 }
 
 impl VolumeOptions {
@@ -190,6 +195,8 @@ pub struct Volume {
     scrub_skip_crc: bool,
     #[cfg(feature = "testing")]
     scrub_without_skip: bool,
+    #[cfg(feature = "testing")]
+    encode_without_parity: bool,
 }
 
 impl Volume {
@@ -258,6 +265,8 @@ impl Volume {
             scrub_skip_crc: options.scrub_skip_crc,
             #[cfg(feature = "testing")]
             scrub_without_skip: options.scrub_without_skip,
+            #[cfg(feature = "testing")]
+            encode_without_parity: options.encode_without_parity,
         })
     }
 
@@ -371,7 +380,10 @@ impl Volume {
     /// ([`Volume::write_writes`] takes the result).
     #[must_use]
     pub fn encoder(&self) -> RowEncoder {
-        RowEncoder::new(self.rows.clone(), std::sync::Arc::clone(&self.codec))
+        let encoder = RowEncoder::new(self.rows.clone(), std::sync::Arc::clone(&self.codec));
+        #[cfg(feature = "testing")]
+        let encoder = encoder.with_planted_no_parity(self.encode_without_parity);
+        encoder
     }
 
     /// The counters so far.

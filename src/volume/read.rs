@@ -21,6 +21,10 @@ struct Wanted {
     place: BlockPlace,
 }
 
+/// A block whose first read failed: which of the wanted, and the shard tried with why
+/// (`None`: no copy of it was present to try).
+type Failed = (usize, Option<(usize, Problem)>);
+
 /// A recovered block and the verified content of each bad place to heal.
 #[derive(Debug)]
 struct Found {
@@ -175,8 +179,7 @@ impl Volume {
                 None => missing.push(w),
             }
         }
-        let mut failed: Vec<(usize, Option<(usize, Problem)>)> =
-            missing.into_iter().map(|w| (w, None)).collect();
+        let mut failed: Vec<Failed> = missing.into_iter().map(|w| (w, None)).collect();
         let runs = runs(pieces);
         let mut buffers: Vec<Vec<u8>> = runs
             .iter()
@@ -250,12 +253,11 @@ impl Volume {
         &self,
         devices: &[Option<SharedDevice>],
         wanted: &[Wanted],
-        failed: Vec<(usize, Option<(usize, Problem)>)>,
+        failed: Vec<Failed>,
         out: &mut [u8],
     ) -> Result<()> {
         let width = self.rows.geometry().width();
-        let mut by_row: BTreeMap<(u64, u16), Vec<(usize, Option<(usize, Problem)>)>> =
-            BTreeMap::new();
+        let mut by_row: BTreeMap<(u64, u16), Vec<Failed>> = BTreeMap::new();
         for (w, tried) in failed {
             let place = wanted[w].place;
             by_row
