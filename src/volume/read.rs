@@ -410,7 +410,7 @@ impl Volume {
     /// The copy of a block to read first: among the shards that carry its chunk, the first
     /// present one from a copy chosen by the slot's 256 KiB-wide group of slots (spreading
     /// mirror reads over the copies while a sequential read stays one request of at least
-    /// 256 KiB per copy; chosen by row, as before 2026-12-05, every request was 4 KiB and a
+    /// 256 KiB per copy; chosen by row, as until 2026-12-04, every request was 4 KiB and a
     /// sequential mirror read ran at a quarter of the disk).
     fn first_copy(&self, devices: &[Option<SharedDevice>], want: &Wanted) -> Option<usize> {
         let shards = self.rows.shards_of(want.place.chunk);
