@@ -60,14 +60,33 @@ pub(crate) fn each_mut<T: Send>(items: &mut [T], work: impl Fn(&mut T) + Sync) {
         items.iter_mut().for_each(&work);
         return;
     }
+    // Each item taken once, by its thread or (when its thread cannot be made: a limit on
+    // threads) by this one.
+    let slots: Vec<std::sync::Mutex<Option<&mut T>>> = items
+        .iter_mut()
+        .map(|item| std::sync::Mutex::new(Some(item)))
+        .collect();
+    let run = |slot: &std::sync::Mutex<Option<&mut T>>| {
+        let taken = match slot.lock() {
+            Ok(mut guard) => guard.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(item) = taken {
+            work(item);
+        }
+    };
     std::thread::scope(|scope| {
-        let work = &work;
-        let (first, others) = items.split_at_mut(1);
-        let handles: Vec<_> = others
-            .iter_mut()
-            .map(|item| scope.spawn(move || work(item)))
+        let run = &run;
+        let handles: Vec<_> = slots[1..]
+            .iter()
+            .filter_map(|slot| {
+                std::thread::Builder::new()
+                    .spawn_scoped(scope, move || run(slot))
+                    .ok()
+            })
             .collect();
-        first.iter_mut().for_each(work);
+        // The first item, then any whose thread was not made.
+        slots.iter().for_each(run);
         for handle in handles {
             if let Err(panic) = handle.join() {
                 // A panic in `work` is a bug; re-raise it on the caller's thread.

@@ -34,6 +34,8 @@ use std::sync::Arc;
 pub const DIRECT_ALIGN: usize = 4096;
 /// Entries of each thread's ring: the most requests in flight per batch round.
 const RING_ENTRIES: u32 = 64;
+/// Most pieces one `writev` takes (Linux's `UIO_MAXIOV`); a vectored write of more is joined.
+const IOV_MAX: usize = 1024;
 
 /// Which I/O backend to use for file and block devices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -358,7 +360,7 @@ struct InFlight {
 /// the others one after another through the `Device` trait meanwhile. Each op's `result` says
 /// how it went; one failing does not stop the others.
 pub fn run_batch(ops: &mut [BatchOp<'_>]) {
-    run_batch_while(ops, || ());
+    run_batch_with(ops, None::<fn()>);
 }
 
 /// As [`run_batch`], running `meanwhile` on this thread while the first round of io_uring
@@ -367,6 +369,17 @@ pub fn run_batch(ops: &mut [BatchOp<'_>]) {
 /// on io_uring, before the others run. A batch run from inside `meanwhile` goes through the
 /// `Device` trait (this thread's ring is busy).
 pub fn run_batch_while<R>(ops: &mut [BatchOp<'_>], meanwhile: impl FnOnce() -> R) -> R {
+    match run_batch_with(ops, Some(meanwhile)) {
+        Some(outcome) => outcome,
+        // `run_batch_with` runs the work it is given on every path.
+        None => unreachable!("meanwhile did not run"),
+    }
+}
+
+/// [`run_batch`] with `meanwhile` (if any) run once while the first round is on the devices;
+/// its outcome. A panic in `meanwhile` is held until every request in flight completed (the
+/// kernel may still use the buffers and this thread's ring), then raised again.
+fn run_batch_with<R>(ops: &mut [BatchOp<'_>], meanwhile: Option<impl FnOnce() -> R>) -> Option<R> {
     let uring: Vec<usize> = (0..ops.len())
         .filter(|i| {
             let op = &ops[*i];
@@ -375,8 +388,9 @@ pub fn run_batch_while<R>(ops: &mut [BatchOp<'_>], meanwhile: impl FnOnce() -> R
                 .is_some_and(|u| u.descriptor(op.offset, op.len()).is_some())
         })
         .collect();
-    let mut meanwhile = Some(meanwhile);
+    let mut meanwhile = meanwhile;
     let mut outcome = None;
+    let mut panicked = None;
     let done = !uring.is_empty()
         && RING.with(|cell| {
             let Ok(mut slot) = cell.try_borrow_mut() else {
@@ -390,18 +404,26 @@ pub fn run_batch_while<R>(ops: &mut [BatchOp<'_>], meanwhile: impl FnOnce() -> R
             };
             for round in uring.chunks(RING_ENTRIES as usize) {
                 let flights = push_round(ring, ops, round);
-                if meanwhile.is_some() {
-                    // Start them now, so they run while `meanwhile` does; whatever this does
-                    // not submit (an error: busy, interrupted), `reap_round` submits.
-                    let _ = ring.submit();
-                }
                 if let Some(work) = meanwhile.take() {
-                    outcome = Some(work());
+                    // Start them now, so they run while `work` does; whatever this does not
+                    // submit (an error: busy, interrupted), `reap_round` submits.
+                    let _ = ring.submit();
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+                        Ok(done) => outcome = Some(done),
+                        Err(panic) => panicked = Some(panic),
+                    }
                 }
                 reap_round(ring, ops, flights);
+                if panicked.is_some() {
+                    break;
+                }
             }
             true
         });
+    if let Some(panic) = panicked {
+        // Every request pushed has completed: nothing of this thread's is in flight.
+        std::panic::resume_unwind(panic);
+    }
     if let Some(work) = meanwhile.take() {
         outcome = Some(work());
     }
@@ -411,11 +433,7 @@ pub fn run_batch_while<R>(ops: &mut [BatchOp<'_>], meanwhile: impl FnOnce() -> R
             op.run_sync();
         }
     }
-    match outcome {
-        Some(outcome) => outcome,
-        // Every path above sets it.
-        None => unreachable!("meanwhile did not run"),
-    }
+    outcome
 }
 
 /// Hand the requests `round` (at most the ring's size) to the kernel; what is in flight.
@@ -443,9 +461,10 @@ fn push_round(ring: &mut IoUring, ops: &mut [BatchOp<'_>], round: &[usize]) -> V
             IoBuf::Read(buf) if aligned(buf) => buf.as_mut_ptr(),
             IoBuf::Write(buf) if aligned(buf) => buf.as_ptr().cast_mut(),
             IoBuf::WriteV(bufs)
-                if bufs
-                    .iter()
-                    .all(|b| aligned(b) && (!direct || b.len().is_multiple_of(DIRECT_ALIGN))) =>
+                if bufs.len() <= IOV_MAX
+                    && bufs.iter().all(|b| {
+                        aligned(b) && (!direct || b.len().is_multiple_of(DIRECT_ALIGN))
+                    }) =>
             {
                 iovecs = bufs
                     .iter()
@@ -662,6 +681,32 @@ mod tests {
                 device.name()
             );
         }
+    }
+
+    #[test]
+    fn a_panic_while_requests_are_in_flight_is_raised_after_they_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = open_device_with(
+            &dir.path().join("dev"),
+            Some(1 << 20),
+            Backend::Auto,
+            || Ok(()),
+        )
+        .unwrap();
+        let mut block = AlignedBuf::zeroed(4096);
+        block.fill(9);
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut ops = [BatchOp::write(dev.as_ref(), 8192, &block)];
+            run_batch_while(&mut ops, || panic!("planted"));
+        }));
+        assert!(caught.is_err(), "the panic reaches the caller");
+        // The write completed before the panic went on, and the ring serves the next batch.
+        let mut back = AlignedBuf::zeroed(4096);
+        let mut ops = [BatchOp::read(dev.as_ref(), 8192, &mut back)];
+        run_batch(&mut ops);
+        assert!(ops[0].result.is_ok());
+        drop(ops);
+        assert!(back.iter().all(|b| *b == 9));
     }
 
     #[test]

@@ -740,6 +740,10 @@ impl Volume {
         let birth = self.map.next_sequence();
         let planned = self.plan_rows(blocks.len(), cleaner)?;
         let (crcs, failures, runs) = self.stage_and_write(devices, &planned, blocks, birth);
+        if self.staging.len() > STAGING_KEPT_BYTES {
+            // A write larger than a group, or a cleaner's batch: not kept for the next.
+            self.staging = AlignedBuf::zeroed(0);
+        }
         self.land_rows(devices, keys, &planned, birth, &crcs, runs, failures)
     }
 
@@ -1064,6 +1068,10 @@ impl<'a> GroupWrite<'a> {
         }
     }
 }
+
+/// Largest staging buffer a volume keeps between writes: a group's shards (8 MiB of data is
+/// 12 MiB of shards on rs:4+2, 24 MiB on mirror:3).
+const STAGING_KEPT_BYTES: usize = 32 << 20;
 
 /// Data blocks per part of a write (1 MiB): one part is staged while the one before is on
 /// the devices.

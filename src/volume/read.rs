@@ -181,9 +181,10 @@ impl Volume {
         }
         let mut failed: Vec<Failed> = missing.into_iter().map(|w| (w, None)).collect();
         let runs = runs(pieces);
-        let mut buffers: Vec<Vec<u8>> = runs
+        // Aligned, so that O_DIRECT members read into them without a bounce copy.
+        let mut buffers: Vec<AlignedBuf> = runs
             .iter()
-            .map(|run| vec![0u8; run.len() * BLOCK_BYTES])
+            .map(|run| AlignedBuf::zeroed(run.len() * BLOCK_BYTES))
             .collect();
         // Pieces are only planned on present members, so every run has its request.
         let mut ops = Vec::with_capacity(runs.len());
@@ -266,24 +267,30 @@ impl Volume {
                 .push((w, tried));
         }
         let mut rows = Vec::with_capacity(by_row.len());
+        // Blocks whose row has no crcs recorded for their birth: nothing to rebuild them
+        // from (each is named once the others are done).
+        let mut unknown: Vec<Failed> = Vec::new();
         for ((slot, row), blocks) in by_row {
             let recorded = self.map.row_crcs(devices, slot, row)?;
-            rows.push((blocks, recorded));
+            let (fit, stale): (Vec<Failed>, Vec<Failed>) =
+                blocks.into_iter().partition(|(w, _)| {
+                    recorded
+                        .as_ref()
+                        .is_some_and(|(birth, _, _)| wanted[*w].pointer.birth() == *birth)
+                });
+            unknown.extend(stale);
+            if !fit.is_empty() {
+                rows.push((fit, recorded));
+            }
         }
         // The shard-blocks to read: of rows whose crcs are recorded for their blocks' birth,
         // every written one on a present member but those already tried.
         let mut pieces = Vec::new();
         for (r, (blocks, recorded)) in rows.iter().enumerate() {
-            let Some((birth, n, _)) = recorded else {
+            let Some((_, n, _)) = recorded else {
                 continue;
             };
             let place = wanted[blocks[0].0].place;
-            if blocks
-                .iter()
-                .any(|(w, _)| wanted[*w].pointer.birth() != *birth)
-            {
-                continue;
-            }
             for s in 0..width {
                 let tried = blocks.iter().any(|(_, t)| t.is_some_and(|(x, _)| x == s));
                 if self.rows.unwritten(s, *n) || tried {
@@ -346,12 +353,8 @@ impl Volume {
                     tally.note(self, &wanted[*w], *shard, *problem);
                 }
             }
-            let usable = recorded.as_ref().filter(|(birth, _, _)| {
-                blocks
-                    .iter()
-                    .all(|(w, _)| wanted[*w].pointer.birth() == *birth)
-            });
-            let Some((birth, n, crcs)) = usable else {
+            // Every row kept has crcs recorded for its blocks' birth (sorted out above).
+            let Some((birth, n, crcs)) = recorded else {
                 tally.row_unknown = true;
                 return Err(unrecoverable(self, first, &tally));
             };
@@ -403,6 +406,18 @@ impl Volume {
                     self.heal(devices, place, *s, &shards[*s]);
                 }
             }
+        }
+        if let Some((w, tried)) = unknown.first() {
+            let want = &wanted[*w];
+            let mut tally = Tally {
+                needed: self.rows.k(),
+                row_unknown: true,
+                ..Tally::default()
+            };
+            if let Some((shard, problem)) = tried {
+                tally.note(self, want, *shard, *problem);
+            }
+            return Err(unrecoverable(self, want, &tally));
         }
         Ok(())
     }

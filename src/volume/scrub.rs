@@ -28,7 +28,7 @@
 
 use super::place::{runs, Piece};
 use super::{write_runs, MemberProblem, ProblemKind, Volume, BLOCK_BYTES};
-use crate::device::{run_batch, BatchOp, SharedDevice};
+use crate::device::{run_batch, AlignedBuf, BatchOp, SharedDevice};
 use crate::error::{Error, Result};
 use crate::format::DeviceScrubCounters;
 use crate::meta::{CopyProblem, Openings, PageRef, WrittenRow};
@@ -458,9 +458,10 @@ impl Volume {
             slot_of.push(slot);
         }
         let runs = runs(pieces);
-        let mut buffers: Vec<Vec<u8>> = runs
+        // Aligned, so that O_DIRECT members read into them without a bounce copy.
+        let mut buffers: Vec<AlignedBuf> = runs
             .iter()
-            .map(|run| vec![0u8; run.len() * BLOCK_BYTES])
+            .map(|run| AlignedBuf::zeroed(run.len() * BLOCK_BYTES))
             .collect();
         let mut results = vec![None; runs.len()];
         {
