@@ -609,6 +609,63 @@ fn a_record_beyond_a_break_in_the_chain_refuses_the_open_and_writes_nothing() {
     assert!(rig.images() == before, "a refused open wrote");
 }
 
+#[test]
+fn a_record_beyond_the_chain_too_few_members_hold_was_never_acknowledged_and_is_passed_over() {
+    // Simulation seed 80616 (rs:3+3): a member lost a record's write without saying so, and
+    // later a power cut landed inside a commit after that member alone had the next record.
+    // Its own chain breaks at the lost record; the others' chains end before the new one.
+    let rig = Rig::new("rs:4+2", 6);
+    let options = options();
+    let (_, records, map, _) = history(&rig, &options);
+    let keys_at = |map: &MapStore, key: u64| map.get(&rig.devices, key).unwrap();
+    drop(map);
+    // The last round's keys: 200, 2200 and 4200 (records 0, 1 and 2 of that round).
+    let [lost, last] = [records[1], records[2]];
+    let at = |(half, offset): (u8, u64)| rig.geometry.log_halves()[usize::from(half)] + offset;
+    rig.mems[0].poke(at(lost), &[0u8; 4096]);
+    for mem in &rig.mems[1..] {
+        mem.poke(at(last), &[0u8; 4096]);
+    }
+    // One holder of six, tolerance 2: had it been acknowledged, five members would have lost
+    // it. The open serves the chain the others hold (record 1 in, record 2 out).
+    let map = MapStore::open(&rig.devices, POOL, &rig.geometry, TIMELINE, &options)
+        .expect("a record only one member holds cannot have been acknowledged");
+    assert!(
+        !keys_at(&map, 2200).reads_zeros(),
+        "record 1 of the round is replayed"
+    );
+    assert!(
+        keys_at(&map, 4200).reads_zeros(),
+        "record 2 was never acknowledged"
+    );
+    // The next commit writes over it: a reopen sees one chain again.
+    let mut map = map;
+    let mut writer = Writer::new(&rig.geometry);
+    let mut state = BTreeMap::new();
+    record(&mut writer, &mut map, &rig, &mut state, 7000);
+    commit_logged(&mut map, &rig.devices).unwrap();
+    drop(map);
+    let map = MapStore::open(&rig.devices, POOL, &rig.geometry, TIMELINE, &options).unwrap();
+    assert_eq!(keys_at(&map, 7000), state[&7000]);
+    assert!(keys_at(&map, 4200).reads_zeros());
+    // Held by every member beyond a break that every member has: refused, as before (the
+    // test above); held by more than `members − tolerance`: refused too.
+    drop(map);
+    let rig = Rig::new("rs:4+2", 6);
+    let (_, records, map, _) = history(&rig, &options);
+    drop(map);
+    let [lost, last] = [records[1], records[2]];
+    for mem in &rig.mems[..4] {
+        mem.poke(at(lost), &[0u8; 4096]);
+    }
+    for mem in &rig.mems[4..] {
+        mem.poke(at(last), &[0u8; 4096]);
+    }
+    let refused = MapStore::open(&rig.devices, POOL, &rig.geometry, TIMELINE, &options)
+        .expect_err("a record four of six members hold may have been acknowledged");
+    assert!(refused.to_string().contains("does not follow"), "{refused}");
+}
+
 fn rewind(
     rig: &Rig,
     options: &MapOptions,

@@ -1033,7 +1033,34 @@ impl MapStore {
             uberblock.s_sync,
             false,
         )?;
-        if let Some((member, half, offset, sequence)) = replay.beyond.first() {
+        // A record beyond the chain that too few members in service hold cannot have been
+        // acknowledged (docs/FORMAT.md V4.8, "Recovery at open", step 3a): it is passed over,
+        // and the next commit writes over it. Any other refuses the open.
+        let in_service = devices.iter().filter(|d| d.is_some()).count();
+        let holding = |sequence: u64| {
+            let mut members: Vec<usize> = replay
+                .beyond
+                .iter()
+                .filter(|b| b.3 == sequence)
+                .map(|b| b.0 .0)
+                .collect();
+            members.sort_unstable();
+            members.dedup();
+            members.len()
+        };
+        let unacknowledged =
+            |sequence: u64| in_service.saturating_sub(holding(sequence)) > geometry.tolerance();
+        let refused = replay.beyond.iter().find(|b| !unacknowledged(b.3));
+        if let Some(dropped) = replay.beyond.first().filter(|_| refused.is_none()) {
+            tracing::warn!(
+                sequence = dropped.3,
+                chain_end = replay.end.last,
+                records = replay.beyond.len(),
+                "log records beyond the chain held by too few members to have been acknowledged \
+                 (a commit cut by a power loss on a member whose own chain is broken): passed over"
+            );
+        }
+        if let Some((member, half, offset, sequence)) = refused {
             return Err(Error::CorruptMetadata {
                 device: devices
                     .get(member.0)

@@ -454,6 +454,27 @@ impl Volume {
         })
     }
 
+    /// The piece of I/O for shard `shard` of row `row` of `slot`, numbered `index`, when its
+    /// member is present.
+    fn present_piece(
+        &self,
+        devices: &[Option<SharedDevice>],
+        slot: u64,
+        shard: usize,
+        row: u16,
+        index: usize,
+    ) -> Option<Piece> {
+        let (device, offset) = self.rows.shard_block(slot, shard, row);
+        devices
+            .get(device.0)
+            .is_some_and(Option::is_some)
+            .then_some(Piece {
+                device: device.0,
+                offset,
+                index,
+            })
+    }
+
     /// Whether a row of `n` data blocks whose shard `s` landed when `landed(s)` can be read
     /// whole: every written chunk has a copy (mirror, raid10), or K shards are there, the
     /// never-written chunks of a narrow row counting as zeros (rs).
@@ -673,14 +694,7 @@ impl Volume {
                     write.block_crc(*r, s),
                 );
                 places[index] = (*w, write.position(*r, s));
-                let (device, at) = self.rows.shard_block(*slot, s, *row);
-                if devices.get(device.0).is_some_and(Option::is_some) {
-                    pieces.push(Piece {
-                        device: device.0,
-                        offset: at,
-                        index,
-                    });
-                }
+                pieces.extend(self.present_piece(devices, *slot, s, *row, index));
             }
         }
         // One request per run: its pieces, where consecutive in one write's buffer, as one
@@ -888,15 +902,9 @@ impl Volume {
                         continue;
                     }
                     let index = (first + i) * width + s;
-                    let (device, at) = self.rows.shard_block(*slot, s, *row);
-                    if devices.get(device.0).is_some_and(Option::is_some) {
-                        pieces.push(Piece {
-                            device: device.0,
-                            offset: at,
-                            index,
-                        });
-                    } else {
-                        absent.push(index);
+                    match self.present_piece(devices, *slot, s, *row, index) {
+                        Some(piece) => pieces.push(piece),
+                        None => absent.push(index),
                     }
                 }
             }

@@ -3,7 +3,7 @@
 
 use super::place::{runs, BlockPlace, Piece};
 use super::{MemberProblem, ProblemKind, Volume, BLOCK, BLOCK_BYTES};
-use crate::device::{run_batch, AlignedBuf, BatchOp, SharedDevice};
+use crate::device::{run_batch, AlignedBuf, BatchOp, DeviceError, SharedDevice};
 use crate::error::{Error, Result};
 use crate::format::v4::BlockPointer;
 use std::collections::BTreeMap;
@@ -181,37 +181,22 @@ impl Volume {
         }
         let mut failed: Vec<Failed> = missing.into_iter().map(|w| (w, None)).collect();
         let runs = runs(pieces);
-        // Aligned, so that O_DIRECT members read into them without a bounce copy.
-        let mut buffers: Vec<AlignedBuf> = runs
-            .iter()
-            .map(|run| AlignedBuf::zeroed(run.len() * BLOCK_BYTES))
-            .collect();
         // Pieces are only planned on present members, so every run has its request.
-        let mut ops = Vec::with_capacity(runs.len());
-        let mut read_ok = vec![false; runs.len()];
-        let mut issued = Vec::with_capacity(runs.len());
-        for (r, (run, buffer)) in runs.iter().zip(buffers.iter_mut()).enumerate() {
-            if let Some(Some(device)) = run.first().and_then(|p| devices.get(p.device)) {
-                ops.push(BatchOp::read(device.as_ref(), run[0].offset, buffer));
-                issued.push(r);
-            }
-        }
-        run_batch(&mut ops);
-        for (op, r) in ops.iter().zip(issued) {
-            read_ok[r] = op.result.is_ok();
-            if let (Err(error), Some(first)) = (&op.result, runs[r].first()) {
+        let (buffers, results) = read_runs(devices, &runs);
+        for (run, result) in runs.iter().zip(&results) {
+            if let (Some(Err(error)), Some(first)) = (result, run.first()) {
                 let want = &wanted[first.index];
                 self.report(&MemberProblem {
                     member: first.device,
-                    offset: op.offset,
+                    offset: first.offset,
                     slot: want.place.slot,
                     shard: self.shard_at(want, first.device),
                     kind: ProblemKind::Read(error),
                 });
             }
         }
-        drop(ops);
-        for ((run, buffer), read_ok) in runs.iter().zip(&buffers).zip(read_ok) {
+        for ((run, buffer), result) in runs.iter().zip(&buffers).zip(&results) {
+            let read_ok = matches!(result, Some(Ok(())));
             for (i, piece) in run.iter().enumerate() {
                 let want = &wanted[piece.index];
                 let shard = self.shard_at(want, piece.device);
@@ -296,46 +281,28 @@ impl Volume {
                 if self.rows.unwritten(s, *n) || tried {
                     continue;
                 }
-                let (device, offset) = self.rows.shard_block(place.slot, s, place.row);
-                if devices.get(device.0).is_some_and(Option::is_some) {
-                    pieces.push(Piece {
-                        device: device.0,
-                        offset,
-                        index: r * width + s,
-                    });
-                }
+                pieces.extend(self.present_piece(devices, place.slot, s, place.row, r * width + s));
             }
         }
         let runs = runs(pieces);
-        let mut buffers: Vec<AlignedBuf> = runs
-            .iter()
-            .map(|run| AlignedBuf::zeroed(run.len() * BLOCK_BYTES))
-            .collect();
-        let mut ops = Vec::with_capacity(runs.len());
-        for (run, buffer) in runs.iter().zip(buffers.iter_mut()) {
-            if let Some(Some(device)) = run.first().and_then(|p| devices.get(p.device)) {
-                ops.push(BatchOp::read(device.as_ref(), run[0].offset, buffer));
-            }
-        }
-        run_batch(&mut ops);
+        let (buffers, results) = read_runs(devices, &runs);
         // What each piece read: its bytes, or `None` when its request failed.
         let mut read: BTreeMap<usize, Option<&[u8]>> = BTreeMap::new();
-        let results: Vec<bool> = ops.iter().map(|op| op.result.is_ok()).collect();
-        for (op, run) in ops.iter().zip(&runs) {
-            if let (Err(error), Some(first)) = (&op.result, run.first()) {
+        for (run, result) in runs.iter().zip(&results) {
+            if let (Some(Err(error)), Some(first)) = (result, run.first()) {
                 let (blocks, _) = &rows[first.index / width];
                 let want = &wanted[blocks[0].0];
                 self.report(&MemberProblem {
                     member: first.device,
-                    offset: op.offset,
+                    offset: first.offset,
                     slot: want.place.slot,
                     shard: first.index % width,
                     kind: ProblemKind::Read(error),
                 });
             }
         }
-        drop(ops);
-        for ((run, buffer), ok) in runs.iter().zip(&buffers).zip(results) {
+        for ((run, buffer), result) in runs.iter().zip(&buffers).zip(&results) {
+            let ok = matches!(result, Some(Ok(())));
             for (i, piece) in run.iter().enumerate() {
                 let bytes = &buffer[i * BLOCK_BYTES..(i + 1) * BLOCK_BYTES];
                 read.insert(piece.index, ok.then_some(bytes));
@@ -595,6 +562,37 @@ impl Volume {
             }
         }
     }
+}
+
+/// Read every run (one request each, all submitted together) into its own aligned buffer (so
+/// that O_DIRECT members read into it without a bounce copy); per run, how its request went
+/// (`None`: its member is absent, nothing was asked).
+pub(super) fn read_runs(
+    devices: &[Option<SharedDevice>],
+    runs: &[Vec<Piece>],
+) -> (
+    Vec<AlignedBuf>,
+    Vec<Option<std::result::Result<(), DeviceError>>>,
+) {
+    let mut buffers: Vec<AlignedBuf> = runs
+        .iter()
+        .map(|run| AlignedBuf::zeroed(run.len() * BLOCK_BYTES))
+        .collect();
+    let mut results = Vec::with_capacity(runs.len());
+    let mut ops = Vec::with_capacity(runs.len());
+    let mut issued = Vec::with_capacity(runs.len());
+    for (r, (run, buffer)) in runs.iter().zip(buffers.iter_mut()).enumerate() {
+        if let Some(Some(device)) = run.first().and_then(|p| devices.get(p.device)) {
+            ops.push(BatchOp::read(device.as_ref(), run[0].offset, buffer));
+            issued.push(r);
+        }
+    }
+    run_batch(&mut ops);
+    results.resize_with(runs.len(), || None);
+    for (op, r) in ops.into_iter().zip(issued) {
+        results[r] = Some(op.result);
+    }
+    (buffers, results)
 }
 
 /// The member holding shard-block `shard` of `place`'s row.

@@ -28,7 +28,7 @@
 
 use super::place::{runs, Piece};
 use super::{write_runs, MemberProblem, ProblemKind, Volume, BLOCK_BYTES};
-use crate::device::{run_batch, AlignedBuf, BatchOp, SharedDevice};
+use crate::device::SharedDevice;
 use crate::error::{Error, Result};
 use crate::format::DeviceScrubCounters;
 use crate::meta::{CopyProblem, Openings, PageRef, WrittenRow};
@@ -458,26 +458,11 @@ impl Volume {
             slot_of.push(slot);
         }
         let runs = runs(pieces);
-        // Aligned, so that O_DIRECT members read into them without a bounce copy.
-        let mut buffers: Vec<AlignedBuf> = runs
-            .iter()
-            .map(|run| AlignedBuf::zeroed(run.len() * BLOCK_BYTES))
+        let (buffers, results) = super::read::read_runs(devices, &runs);
+        let results: Vec<Option<std::result::Result<(), String>>> = results
+            .into_iter()
+            .map(|r| r.map(|r| r.map_err(|e| e.to_string())))
             .collect();
-        let mut results = vec![None; runs.len()];
-        {
-            let mut ops = Vec::with_capacity(runs.len());
-            let mut issued = Vec::with_capacity(runs.len());
-            for (i, (run, buffer)) in runs.iter().zip(buffers.iter_mut()).enumerate() {
-                if let Some(Some(device)) = run.first().and_then(|p| devices.get(p.device)) {
-                    ops.push(BatchOp::read(device.as_ref(), run[0].offset, buffer));
-                    issued.push(i);
-                }
-            }
-            run_batch(&mut ops);
-            for (op, i) in ops.into_iter().zip(issued) {
-                results[i] = Some(op.result.map_err(|e| e.to_string()));
-            }
-        }
         let mut bytes_read = 0;
         for ((run, buffer), result) in runs.iter().zip(&buffers).zip(results) {
             bytes_read += buffer.len() as u64;
