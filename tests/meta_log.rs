@@ -666,6 +666,74 @@ fn a_record_beyond_the_chain_too_few_members_hold_was_never_acknowledged_and_is_
     assert!(refused.to_string().contains("does not follow"), "{refused}");
 }
 
+/// A member's chain broken at record 1 of the last round, record 2 on that member alone (the
+/// case of seed 80616); the history's map is dropped (a power cut).
+fn broken_chain_with_a_lone_record(rig: &Rig, options: &MapOptions) {
+    let (_, records, map, _) = history(rig, options);
+    drop(map);
+    let at = |(half, offset): (u8, u64)| rig.geometry.log_halves()[usize::from(half)] + offset;
+    rig.mems[0].poke(at(records[1]), &[0u8; 4096]);
+    for mem in &rig.mems[1..] {
+        mem.poke(at(records[2]), &[0u8; 4096]);
+    }
+}
+
+#[test]
+fn a_passed_over_record_is_erased_before_the_open_mends_its_members_chain() {
+    // Found by review: the open copies the winner's chain onto the member with the lone
+    // record, which mends its chain up to that record; unless the record is erased first, the
+    // next open (a power cut before any commit) follows it and replays a commit nobody
+    // acknowledged, over rows this open has given to other writes.
+    let rig = Rig::new("rs:4+2", 6);
+    let options = options();
+    broken_chain_with_a_lone_record(&rig, &options);
+    let mut map = MapStore::open(&rig.devices, POOL, &rig.geometry, TIMELINE, &options).unwrap();
+    assert!(map.get(&rig.devices, 4200).unwrap().reads_zeros());
+    let mut writer = Writer::new(&rig.geometry);
+    writer.write(&mut map, &rig.devices, &[9000]).unwrap();
+    drop(map); // a power cut: the write of 9000 was never committed
+    let map = MapStore::open(&rig.devices, POOL, &rig.geometry, TIMELINE, &options).unwrap();
+    let key = map.get(&rig.devices, 4200).unwrap();
+    assert!(
+        key.reads_zeros(),
+        "a passed-over record was replayed at the next open: {key:?}"
+    );
+    assert!(map.get(&rig.devices, 9000).unwrap().reads_zeros());
+    // A read-only open writes nothing and still passes it over.
+    drop(map);
+    let rig = Rig::new("rs:4+2", 6);
+    broken_chain_with_a_lone_record(&rig, &options);
+    let before = rig.images();
+    let read_only = MapOptions {
+        read_only: true,
+        ..options.clone()
+    };
+    let map = MapStore::open(&rig.devices, POOL, &rig.geometry, TIMELINE, &read_only).unwrap();
+    assert!(map.get(&rig.devices, 4200).unwrap().reads_zeros());
+    assert!(rig.images() == before, "a read-only open wrote");
+}
+
+#[test]
+fn a_passed_over_record_does_not_come_back_in_a_rewind_over_an_unlogged_sync() {
+    let rig = Rig::new("rs:4+2", 6);
+    let options = options();
+    broken_chain_with_a_lone_record(&rig, &options);
+    let mut map = MapStore::open(&rig.devices, POOL, &rig.geometry, TIMELINE, &options).unwrap();
+    let mut writer = Writer::new(&rig.geometry);
+    let mut state = BTreeMap::new();
+    for i in 0..300u64 {
+        record(&mut writer, &mut map, &rig, &mut state, 10_000 + i * 7);
+    }
+    // Too many changes for one record: the commit is a sync with no record.
+    commit_as_sync(&mut map, &rig.devices).unwrap();
+    let (map, _) = rewind_over_lost_root(&rig, map);
+    let key = map.get(&rig.devices, 4200).unwrap();
+    assert!(
+        key.reads_zeros(),
+        "a passed-over record came back in a rewind: {key:?}"
+    );
+}
+
 fn rewind(
     rig: &Rig,
     options: &MapOptions,

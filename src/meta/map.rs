@@ -350,6 +350,37 @@ fn old_of(pointer: &BlockPointer) -> (u64, u64) {
     }
 }
 
+/// Zero the first 4 KiB of each record `(member, half, offset, _)` of `beyond` on its member,
+/// then flush each such member (so no later walk can reach it).
+fn erase_records(
+    devices: &[Option<SharedDevice>],
+    geometry: &Geometry,
+    beyond: &[(DeviceIndex, u8, u64, u64)],
+) -> std::result::Result<(), String> {
+    let zeros = vec![0u8; 4096];
+    let mut touched: Vec<usize> = Vec::new();
+    for (member, half, offset, sequence) in beyond {
+        let Some(Some(device)) = devices.get(member.0) else {
+            continue;
+        };
+        let at = geometry.log_halves()[usize::from(*half)] + offset;
+        device
+            .write_at(at, &zeros)
+            .map_err(|e| format!("record {sequence} on {} at byte {at}: {e}", device.name()))?;
+        touched.push(member.0);
+    }
+    touched.sort_unstable();
+    touched.dedup();
+    for member in touched {
+        if let Some(Some(device)) = devices.get(member) {
+            device
+                .flush()
+                .map_err(|e| format!("flush of {}: {e}", device.name()))?;
+        }
+    }
+    Ok(())
+}
+
 fn same_old(pointer: &BlockPointer, old: (u64, u64)) -> bool {
     old_of(pointer) == old
 }
@@ -1072,6 +1103,22 @@ impl MapStore {
                     replay.end.last, uberblock.txg
                 ),
             });
+        }
+        if !options.read_only && !replay.beyond.is_empty() {
+            // Erased, flushed, before the chain is copied onto the member that holds one: the
+            // copy mends that member's chain, and the record would then follow it at the next
+            // open (or in a rewind) and be replayed. A read-only open leaves it (the chain
+            // stays broken there).
+            erase_records(devices, geometry, &replay.beyond).map_err(|error| {
+                Error::CorruptMetadata {
+                    device: None,
+                    offset: None,
+                    reason: format!(
+                        "log records beyond the chain (never acknowledged) could not be erased \
+                         ({error}); `open --rewind` drops them"
+                    ),
+                }
+            })?;
         }
         let mut this = Self::assemble(devices, geometry, timeline, options, &uberblock, &replay)?;
         if !options.read_only {
