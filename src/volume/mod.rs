@@ -5,7 +5,10 @@
 //! * A write packs its blocks into rows of K (the last one narrow when fewer remain), computes
 //!   each row's parity over 4 KiB shard-blocks and the crc of every shard-block, writes the
 //!   rows with one request per device per run of consecutive rows, then notes the rows in the
-//!   map and points each block at its new place. A row is never rewritten, so there is no
+//!   map and points each block at its new place. The shard-blocks are staged once, into a
+//!   reused aligned buffer laid out request by request, part by part while the previous part
+//!   is on the devices; a write of whole rows comes already encoded by its writer's thread
+//!   (`encode.rs`), and only its crcs are seeded here (docs/FORMAT.md V4.6, "Large writes"). A row is never rewritten, so there is no
 //!   read-modify-write of parity and no write hole; a write of less than a block reads the
 //!   old block first (verified).
 //! * A read takes each block's pointer and reads the one shard-block it names, verified
