@@ -616,16 +616,9 @@ fn a_record_beyond_the_chain_too_few_members_hold_was_never_acknowledged_and_is_
     // Its own chain breaks at the lost record; the others' chains end before the new one.
     let rig = Rig::new("rs:4+2", 6);
     let options = options();
-    let (_, records, map, _) = history(&rig, &options);
     let keys_at = |map: &MapStore, key: u64| map.get(&rig.devices, key).unwrap();
-    drop(map);
     // The last round's keys: 200, 2200 and 4200 (records 0, 1 and 2 of that round).
-    let [lost, last] = [records[1], records[2]];
-    let at = |(half, offset): (u8, u64)| rig.geometry.log_halves()[usize::from(half)] + offset;
-    rig.mems[0].poke(at(lost), &[0u8; 4096]);
-    for mem in &rig.mems[1..] {
-        mem.poke(at(last), &[0u8; 4096]);
-    }
+    broken_chain_with_a_lone_record(&rig, &options);
     // One holder of six, tolerance 2: had it been acknowledged, five members would have lost
     // it. The open serves the chain the others hold (record 1 in, record 2 out).
     let map = MapStore::open(&rig.devices, POOL, &rig.geometry, TIMELINE, &options)
@@ -652,15 +645,7 @@ fn a_record_beyond_the_chain_too_few_members_hold_was_never_acknowledged_and_is_
     // test above); held by more than `members − tolerance`: refused too.
     drop(map);
     let rig = Rig::new("rs:4+2", 6);
-    let (_, records, map, _) = history(&rig, &options);
-    drop(map);
-    let [lost, last] = [records[1], records[2]];
-    for mem in &rig.mems[..4] {
-        mem.poke(at(lost), &[0u8; 4096]);
-    }
-    for mem in &rig.mems[4..] {
-        mem.poke(at(last), &[0u8; 4096]);
-    }
+    broken_chains(&rig, &options, 4);
     let refused = MapStore::open(&rig.devices, POOL, &rig.geometry, TIMELINE, &options)
         .expect_err("a record four of six members hold may have been acknowledged");
     assert!(refused.to_string().contains("does not follow"), "{refused}");
@@ -669,11 +654,19 @@ fn a_record_beyond_the_chain_too_few_members_hold_was_never_acknowledged_and_is_
 /// A member's chain broken at record 1 of the last round, record 2 on that member alone (the
 /// case of seed 80616); the history's map is dropped (a power cut).
 fn broken_chain_with_a_lone_record(rig: &Rig, options: &MapOptions) {
+    broken_chains(rig, options, 1);
+}
+
+/// After [`history`] (its map dropped: a power cut): members `..holders` lose record 1 of
+/// the last round (their chains break there, record 2 beyond), the others lose record 2.
+fn broken_chains(rig: &Rig, options: &MapOptions, holders: usize) {
     let (_, records, map, _) = history(rig, options);
     drop(map);
     let at = |(half, offset): (u8, u64)| rig.geometry.log_halves()[usize::from(half)] + offset;
-    rig.mems[0].poke(at(records[1]), &[0u8; 4096]);
-    for mem in &rig.mems[1..] {
+    for mem in &rig.mems[..holders] {
+        mem.poke(at(records[1]), &[0u8; 4096]);
+    }
+    for mem in &rig.mems[holders..] {
         mem.poke(at(records[2]), &[0u8; 4096]);
     }
 }

@@ -635,16 +635,15 @@ mod tests {
         assert_eq!(forced.io_backend(), "pread");
     }
 
+    /// A 1 MiB file in `dir` opened with io_uring where the kernel has it.
+    fn uring_file(dir: &std::path::Path) -> SharedDevice {
+        open_device_with(&dir.join("dev"), Some(1 << 20), Backend::Auto, || Ok(())).unwrap()
+    }
+
     #[test]
     fn a_vectored_write_lands_its_buffers_one_after_another_and_meanwhile_runs_once() {
         let dir = tempfile::tempdir().unwrap();
-        let dev = open_device_with(
-            &dir.path().join("dev"),
-            Some(1 << 20),
-            Backend::Auto,
-            || Ok(()),
-        )
-        .unwrap();
+        let dev = uring_file(dir.path());
         let mem = crate::device::MemDevice::new("mem", 1 << 20);
         let mut first = AlignedBuf::zeroed(8192);
         first.fill(1);
@@ -686,13 +685,7 @@ mod tests {
     #[test]
     fn a_panic_while_requests_are_in_flight_is_raised_after_they_complete() {
         let dir = tempfile::tempdir().unwrap();
-        let dev = open_device_with(
-            &dir.path().join("dev"),
-            Some(1 << 20),
-            Backend::Auto,
-            || Ok(()),
-        )
-        .unwrap();
+        let dev = uring_file(dir.path());
         let mut block = AlignedBuf::zeroed(4096);
         block.fill(9);
         let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
