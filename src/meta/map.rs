@@ -67,6 +67,10 @@ pub struct MapOptions {
     /// sync that makes the change durable.
     #[cfg(feature = "testing")]
     pub sut_decrement_at_write_time: bool,
+    /// Planted bug `release_held_segment`: a segment holding rows of a write unit still on
+    /// the devices is released like any other (see [`MapStore::hold_slots`]).
+    #[cfg(feature = "testing")]
+    pub release_held_segment: bool,
 }
 
 impl Default for MapOptions {
@@ -89,6 +93,8 @@ impl Default for MapOptions {
             sut_decrement_at_write_time: false,
             #[cfg(feature = "testing")]
             foreground_into_reserve: false,
+            #[cfg(feature = "testing")]
+            release_held_segment: false,
         }
     }
 }
@@ -111,6 +117,13 @@ impl MapOptions {
     fn planted_sut_at_write(&self) -> bool {
         #[cfg(feature = "testing")]
         return self.sut_decrement_at_write_time;
+        #[cfg(not(feature = "testing"))]
+        false
+    }
+
+    fn planted_release_held(&self) -> bool {
+        #[cfg(feature = "testing")]
+        return self.release_held_segment;
         #[cfg(not(feature = "testing"))]
         false
     }
@@ -737,6 +750,7 @@ impl MapStore {
             + u64::from(summary.root().level())
             + u64::from(sut.root().level());
         let mut segments = SegmentTable::new(shape, options.release);
+        segments.ignore_holds(options.planted_release_held());
         let (reserve, sync_share) = Self::hard_reserve(options, &shape, dirty, depths);
         segments.set_reserve(reserve, sync_share);
         let this = Self {
@@ -813,6 +827,7 @@ impl MapStore {
             geometry.pages_per_slot(),
             &leaves,
         )?;
+        segments.ignore_holds(options.planted_release_held());
         let depths =
             u64::from(depth) + u64::from(summary.root().level()) + u64::from(sut.root().level());
         let (reserve, sync_share) = Self::hard_reserve(options, &shape, dirty, depths);
@@ -1539,6 +1554,29 @@ impl MapStore {
         };
         self.open_row = Some((slot, row + 1));
         Ok((slot, u16::try_from(row).unwrap_or(u16::MAX)))
+    }
+
+    /// Hold the segments of `slots` against release while rows handed out in them are on the
+    /// devices and earlier writes land (their syncs see those rows as unreferenced: FORMAT.md
+    /// V4.6, "Several groups on the devices"); the segments held, for
+    /// [`MapStore::unhold_segments`] once the rows are noted or given up.
+    pub fn hold_slots(&mut self, slots: impl IntoIterator<Item = u64>) -> Vec<u64> {
+        let shape = self.segments.shape();
+        let mut held: Vec<u64> = slots.into_iter().map(|s| shape.of_slot(s)).collect();
+        held.dedup();
+        held.sort_unstable();
+        held.dedup();
+        for segment in &held {
+            self.segments.hold(*segment);
+        }
+        held
+    }
+
+    /// Drop the holds [`MapStore::hold_slots`] took.
+    pub fn unhold_segments(&mut self, segments: &[u64]) {
+        for segment in segments {
+            self.segments.unhold(*segment);
+        }
     }
 
     /// Stop handing out rows of the open slot: a row of it was handed out and not noted (its

@@ -219,6 +219,12 @@ pub struct SegmentTable {
     hold_open_data: bool,
     /// Data segments opened by this process (only goes up).
     data_opened: u64,
+    /// Segments holding rows handed out and not yet noted, with how many holds each: a write
+    /// unit on the devices while earlier ones land (FORMAT.md V4.6, "Several groups on the
+    /// devices"). No release frees a held segment; it stays pending until the hold is gone.
+    held: BTreeMap<u64, u32>,
+    /// Planted bug `release_held_segment`: releases ignore the holds.
+    ignore_holds: bool,
     /// The openings tokens of the passes under way (FORMAT.md V4.13, stage 3, "Tokens, not a
     /// switch"): each segment taken sets its bit in every one still held.
     watchers: Vec<Weak<OpeningBits>>,
@@ -297,6 +303,8 @@ impl SegmentTable {
             last_fold: 0,
             hold_open_data: false,
             data_opened: 0,
+            held: BTreeMap::new(),
+            ignore_holds: false,
             watchers: Vec::new(),
         }
     }
@@ -796,12 +804,18 @@ impl SegmentTable {
 
     fn release_until(&mut self, txg: u64) {
         let lag = self.lag();
+        // Held segments due for release stay pending, retried at the next release.
+        let mut kept: Option<(u64, Vec<u64>)> = None;
         while let Some((freed, _)) = self.pending.front() {
             if freed + lag > txg {
                 break;
             }
-            if let Some((_, segments)) = self.pending.pop_front() {
+            if let Some((freed, segments)) = self.pending.pop_front() {
                 for segment in segments {
+                    if self.held.contains_key(&segment) && !self.ignore_holds {
+                        kept.get_or_insert((freed, Vec::new())).1.push(segment);
+                        continue;
+                    }
                     self.pending_data.remove(&segment);
                     // Belt and braces: never free a segment something still counts on.
                     let counted = self.record(segment).referenced > 0
@@ -814,6 +828,31 @@ impl SegmentTable {
                 }
             }
         }
+        if let Some(kept) = kept {
+            self.pending.push_front(kept);
+        }
+    }
+
+    /// Hold `segment` against release: it holds rows handed out for a write unit still on
+    /// the devices (not noted yet), which a sync run meanwhile sees as unreferenced.
+    pub fn hold(&mut self, segment: u64) {
+        *self.held.entry(segment).or_insert(0) += 1;
+    }
+
+    /// Drop one hold of `segment` (its unit landed, or was discarded: what it noted keeps the
+    /// segment referenced; if nothing, the next release may free it).
+    pub fn unhold(&mut self, segment: u64) {
+        if let Some(count) = self.held.get_mut(&segment) {
+            *count -= 1;
+            if *count == 0 {
+                self.held.remove(&segment);
+            }
+        }
+    }
+
+    /// Planted bug `release_held_segment`: releases ignore [`SegmentTable::hold`].
+    pub fn ignore_holds(&mut self, ignore: bool) {
+        self.ignore_holds = ignore;
     }
 
     /// Full metadata segments worth emptying, fewest referenced pages first, as `(page
@@ -1086,6 +1125,51 @@ mod tests {
         // A count below zero is corrupt, never wrapped.
         table.block_delta(64, -1);
         assert!(table.fold(7, 2).is_err());
+    }
+
+    /// A segment whose only rows are on the devices (handed out, not noted) reaches 0 at a
+    /// fold and goes free-pending; held, no release frees it, and the unit's landing (a +1)
+    /// keeps it; a hold dropped without landing lets the next release free it.
+    #[test]
+    fn a_held_segment_is_never_released_and_is_kept_by_its_landing() {
+        for (ignore, lands) in [(false, true), (false, false), (true, true)] {
+            let mut table = SegmentTable::new(shape(), ReleaseRule::AfterTwoSyncs);
+            table.ignore_holds(ignore);
+            let free = table.free_segments();
+            for _ in 0..4 {
+                table.data_slot().unwrap(); // segment 0, every slot handed out
+            }
+            table.hold(0);
+            table.fold(1, 2).unwrap(); // closed with nothing referenced
+            assert_eq!(table.record(0).state, SegmentState::FreePending);
+            for txg in 1..=5 {
+                table.durable(txg);
+            }
+            if ignore {
+                // The planted bug: released under the unit's rows.
+                assert!(table.is_free(0));
+                continue;
+            }
+            assert!(!table.is_free(0), "held: never released");
+            assert_eq!(table.free_segments(), free - 1);
+            if lands {
+                table.block_delta(0, 1);
+                table.unhold(0);
+                table.fold(6, 2).unwrap();
+                table.durable(6);
+                table.durable(7);
+                table.durable(8);
+                assert_eq!(table.record(0).state, SegmentState::FullData);
+                assert_eq!(table.record(0).referenced, 1);
+                assert!(!table.is_free(0));
+            } else {
+                table.unhold(0);
+                table.durable(6);
+                assert!(table.is_free(0), "given up: released at the next release");
+                table.fold(7, 2).unwrap();
+                assert_eq!(table.record(0), SutRecord::FREE);
+            }
+        }
     }
 
     /// Each pass's token notes the segments taken after it was made, whatever other passes

@@ -21,7 +21,7 @@ use crate::pool::{DeviceFault, Members};
 use crate::types::DeviceIndex;
 use crate::volume::{
     EncodedWrite, GroupWrite, MemberProblem, Observer, ProblemKind, RowEncoder, Volume,
-    VolumeOptions, BLOCK_BYTES,
+    VolumeOptions, WriteGroup, BLOCK_BYTES,
 };
 use parking_lot::{Condvar, Mutex, RwLock};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -80,6 +80,13 @@ pub enum FormatVersion {
 const GROUPED_WRITE_MAX: usize = 4 << 20;
 /// Most bytes one group carries (the rows of one group are one batch of device requests).
 const GROUP_BYTES_MAX: usize = 8 << 20;
+/// Most bytes of a group of encoded writes (or any group while others are on the devices):
+/// up to [`crate::volume::PIPELINE_UNITS`] such groups are on the devices at once, each
+/// acknowledged as it lands (FORMAT.md V4.6, "Several groups on the devices").
+const GROUP_PIPELINED_BYTES: usize = 2 << 20;
+/// Bytes a leader goes on writing for others once its own write is carried, before it hands
+/// over (so that its own caller is not held by an endless stream).
+const LEAD_BUDGET_BYTES: usize = 64 << 20;
 
 /// A write waiting in the queue, and its outcome once a group carried it.
 struct Queued {
@@ -318,13 +325,13 @@ impl RowsEngine {
     }
 }
 
-/// The next group from the queue, in arrival order: at most [`GROUP_BYTES_MAX`] bytes (and
-/// at least one write).
-fn take_group(queue: &mut Vec<Arc<Queued>>) -> Vec<Arc<Queued>> {
+/// The next group from the queue, in arrival order: at most `max_bytes` (and at least one
+/// write).
+fn take_group(queue: &mut Vec<Arc<Queued>>, max_bytes: usize) -> Vec<Arc<Queued>> {
     let mut bytes = 0;
     let mut count = 0;
     for queued in queue.iter() {
-        if count > 0 && bytes + queued.payload.len() > GROUP_BYTES_MAX {
+        if count > 0 && bytes + queued.payload.len() > max_bytes {
             break;
         }
         bytes += queued.payload.len();
@@ -333,26 +340,12 @@ fn take_group(queue: &mut Vec<Arc<Queued>>) -> Vec<Arc<Queued>> {
     queue.drain(..count).collect()
 }
 
-/// Write `group` together; if the group fails, each write again alone, so an error reaches
-/// only the write it belongs to (a write that succeeded in part is written again whole: the
-/// same bytes).
-fn write_queued(
-    inner: &PoolInner,
-    volume: &mut Volume,
-    devices: &[Option<SharedDevice>],
-    group: &[Arc<Queued>],
-) {
-    let writes: Vec<GroupWrite<'_>> = group.iter().map(|q| q.payload.as_write()).collect();
-    if volume.write_writes(devices, &writes).is_ok() {
-        for queued in group {
-            *queued.outcome.lock() = Some(Ok(()));
-        }
-        return;
-    }
-    for queued in group {
-        let outcome = volume.write_writes(devices, &[queued.payload.as_write()]);
-        let outcome = inner.unavailable_if_failed(volume, outcome);
-        *queued.outcome.lock() = Some(outcome);
+/// Writes taken from the queue together, as the volume's pipeline carries them.
+struct QueuedGroup(Vec<Arc<Queued>>);
+
+impl WriteGroup for QueuedGroup {
+    fn writes(&self) -> Vec<GroupWrite<'_>> {
+        self.0.iter().map(|q| q.payload.as_write()).collect()
     }
 }
 
@@ -506,31 +499,56 @@ impl PoolInner {
         }
     }
 
-    /// Write queued groups until `mine` is carried (or the queue is empty), then give up
-    /// leading under the queue's lock and wake the others: one whose write is still queued
-    /// leads next, so no writer waits behind an endless stream of others' writes.
+    /// Write queued groups through the volume's pipeline (FORMAT.md V4.6, "Several groups on
+    /// the devices") while any are queued, at most [`LEAD_BUDGET_BYTES`] more once `mine` is
+    /// carried; then give up leading under the queue's lock and wake the others: one whose
+    /// write is still queued leads next, so no writer waits behind an endless stream of
+    /// others' writes.
     fn lead_groups(&self, rows: &RowsEngine, mine: &Queued) {
         let mut volume = rows.volume.write();
         // The members as they are once the lock is held (a fault while waiting is seen).
         let devices = self.write_devices();
-        loop {
-            let group = {
+        let mut after_mine = 0usize;
+        volume.write_pipelined(
+            &devices,
+            |in_flight| {
                 let mut queue = rows.queue.lock();
-                let group = if mine.outcome.lock().is_some() {
-                    Vec::new()
-                } else {
-                    take_group(&mut queue.pending)
-                };
-                if group.is_empty() {
-                    queue.leading = false;
-                    rows.carried.notify_all();
-                    return;
+                if mine.outcome.lock().is_some() && after_mine >= LEAD_BUDGET_BYTES {
+                    return None;
                 }
-                group
-            };
-            write_queued(self, &mut volume, &devices, &group);
-            rows.carried.notify_all();
-        }
+                // Encoded writes are pipelined: smaller groups then, so that each is
+                // acknowledged as it lands while the others are on the devices.
+                let pipelined = queue
+                    .pending
+                    .first()
+                    .is_some_and(|q| matches!(q.payload, Payload::Encoded(_)));
+                let max = if pipelined || in_flight {
+                    GROUP_PIPELINED_BYTES
+                } else {
+                    GROUP_BYTES_MAX
+                };
+                let group = take_group(&mut queue.pending, max);
+                if group.is_empty() {
+                    return None;
+                }
+                if mine.outcome.lock().is_some() {
+                    after_mine += group.iter().map(|q| q.payload.len()).sum::<usize>();
+                }
+                Some(Arc::new(QueuedGroup(group)))
+            },
+            |volume, group, outcomes| {
+                for (queued, outcome) in group.0.iter().zip(outcomes) {
+                    *queued.outcome.lock() = Some(self.unavailable_if_failed(volume, outcome));
+                }
+                // Taken, so that a writer between finding no outcome and sleeping is asleep
+                // (it holds the queue's lock from one to the other): no wake-up is lost.
+                drop(rows.queue.lock());
+                rows.carried.notify_all();
+            },
+        );
+        let mut queue = rows.queue.lock();
+        queue.leading = false;
+        rows.carried.notify_all();
     }
 
     pub(crate) fn rows_discard(&self, rows: &RowsEngine, offset: u64, length: u64) -> Result<()> {

@@ -59,6 +59,13 @@ impl Volume {
         (segments / 50).max(16).min(segments / 32).max(2)
     }
 
+    /// Whether a write that opens at most `segments` data segments has room without cleaning
+    /// or syncing: free segments beyond the reserve and the cleaner's margin.
+    pub(super) fn room_is_plenty(&self, segments: u64) -> bool {
+        let table = self.map.segments();
+        table.free_segments() >= table.data_floor() + self.clean_margin() + segments
+    }
+
     /// Make room for a write that opens at most `segments` data segments: clean while free
     /// and returning segments fall below the reserve plus the margin, and sync (cleaning a
     /// victim before each) while the write would otherwise take the reserve.
@@ -71,12 +78,12 @@ impl Volume {
         devices: &[Option<SharedDevice>],
         segments: u64,
     ) -> Result<()> {
+        if self.room_is_plenty(segments) {
+            return Ok(());
+        }
         let margin = self.clean_margin();
         let table = self.map.segments();
         let (free, reserve) = (table.free_segments(), table.data_floor());
-        if free >= reserve + margin + segments {
-            return Ok(());
-        }
         let opened = table.data_segments_opened();
         if opened == self.cleaner.seen_opened && free >= reserve + segments {
             // Already balanced for the segment being filled.

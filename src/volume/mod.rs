@@ -44,6 +44,7 @@
 mod clean;
 mod encode;
 mod observe;
+mod pipeline;
 mod place;
 mod read;
 mod rebuild;
@@ -51,6 +52,7 @@ mod scrub;
 
 pub use encode::{EncodedWrite, RowEncoder};
 pub use observe::{MemberProblem, Observer, ProblemKind};
+pub use pipeline::{WriteGroup, PIPELINE_UNITS};
 pub use place::BLOCK_BYTES;
 pub use rebuild::{RebuildOptions, RebuildPlan, RebuildProgress, RebuildReport};
 pub use scrub::{Damage, ScrubPlan, VolumeScrubOptions, VolumeScrubReport};
@@ -553,32 +555,14 @@ impl Volume {
             return Ok(());
         }
         self.check_available(devices)?;
-        let whole = |write: &GroupWrite<'_>| {
-            write.offset().is_multiple_of(BLOCK) && write.len().is_multiple_of(BLOCK_BYTES)
-        };
-        if writes.iter().all(whole) {
-            // Whole blocks (the common group: the writes a server had queued).
-            let mut keys = Vec::new();
-            for write in writes {
-                let first = write.offset() / BLOCK;
-                keys.extend(first..first + (write.len() / BLOCK_BYTES) as u64);
+        if let Some(keys) = distinct_keys(writes) {
+            // Whole blocks, none twice (the common group: the writes a server had queued).
+            if let Some(encoded) = encoded_only(writes) {
+                return self.write_encoded(devices, &encoded);
             }
-            let mut seen: HashSet<u64> = HashSet::with_capacity(keys.len());
-            if keys.iter().all(|key| seen.insert(*key)) {
-                let encoded: Vec<&EncodedWrite> = writes
-                    .iter()
-                    .filter_map(|w| match w {
-                        GroupWrite::Encoded(e) => Some(*e),
-                        GroupWrite::Bytes { .. } => None,
-                    })
-                    .collect();
-                if encoded.len() == writes.len() {
-                    return self.write_encoded(devices, &encoded);
-                }
-                // None written twice: taken where they are, no block-by-block assembly.
-                let blocks: Vec<&[u8]> = writes.iter().flat_map(GroupWrite::blocks).collect();
-                return self.write_blocks(devices, &keys, &blocks);
-            }
+            // Taken where they are, no block-by-block assembly.
+            let blocks: Vec<&[u8]> = writes.iter().flat_map(GroupWrite::blocks).collect();
+            return self.write_blocks(devices, &keys, &blocks);
         }
         let mut blocks: HashMap<u64, Vec<u8>> = HashMap::new();
         let mut keys = Vec::new();
@@ -632,43 +616,67 @@ impl Volume {
         devices: &[Option<SharedDevice>],
         writes: &[&EncodedWrite],
     ) -> Result<()> {
-        let k = self.rows.k();
-        let per_segment = usize::try_from(self.map.segments().shape().blocks_per_segment)
-            .unwrap_or(usize::MAX)
-            / k;
-        let per_segment = per_segment.max(1);
-        let mut batch: Vec<(&EncodedWrite, std::ops::Range<usize>)> = Vec::new();
-        let mut rows_in_batch = 0;
-        for write in writes {
-            let mut row = 0;
-            while row < write.rows() {
-                let take = (write.rows() - row).min(per_segment - rows_in_batch);
-                batch.push((write, row..row + take));
-                rows_in_batch += take;
-                row += take;
-                if rows_in_batch == per_segment {
-                    self.make_room(devices, 2)?;
-                    self.put_encoded(devices, &batch)?;
-                    batch.clear();
-                    rows_in_batch = 0;
-                }
-            }
-        }
-        if !batch.is_empty() {
+        for batch in self.segment_batches(writes) {
+            let batch: Vec<(&EncodedWrite, std::ops::Range<usize>)> = batch
+                .into_iter()
+                .map(|(w, rows)| (writes[w], rows))
+                .collect();
             self.make_room(devices, 2)?;
             self.put_encoded(devices, &batch)?;
         }
         Ok(())
     }
 
+    /// The rows of `writes`, in order, cut into batches of at most a segment's worth: each
+    /// `(write, its rows)`.
+    fn segment_batches(&self, writes: &[&EncodedWrite]) -> Vec<UnitBatch> {
+        let k = self.rows.k();
+        let per_segment = usize::try_from(self.map.segments().shape().blocks_per_segment)
+            .unwrap_or(usize::MAX)
+            / k;
+        let per_segment = per_segment.max(1);
+        let mut batches = Vec::new();
+        let mut batch: UnitBatch = Vec::new();
+        let mut rows_in_batch = 0;
+        for (w, write) in writes.iter().enumerate() {
+            let mut row = 0;
+            while row < write.rows() {
+                let take = (write.rows() - row).min(per_segment - rows_in_batch);
+                batch.push((w, row..row + take));
+                rows_in_batch += take;
+                row += take;
+                if rows_in_batch == per_segment {
+                    batches.push(std::mem::take(&mut batch));
+                    rows_in_batch = 0;
+                }
+            }
+        }
+        if !batch.is_empty() {
+            batches.push(batch);
+        }
+        batches
+    }
+
     /// Place and write the rows `rows` of each encoded write of `batch` (in order) and point
-    /// their blocks at them: the rows' crcs from the blocks' plain crcs, one request per run
-    /// of consecutive places that is also one slice of one write's buffer.
+    /// their blocks at them.
     fn put_encoded(
         &mut self,
         devices: &[Option<SharedDevice>],
         batch: &[(&EncodedWrite, std::ops::Range<usize>)],
     ) -> Result<()> {
+        let unit = self.place_encoded(devices, batch)?;
+        let failures = unit.requests.write(devices, batch);
+        self.land_unit(devices, unit, failures)
+    }
+
+    /// Place the rows `rows` of each encoded write of `batch` (in order): their places, the
+    /// rows' crcs from the blocks' plain crcs, and one request per run of consecutive places,
+    /// each a list of slices of the writes' buffers. Nothing is written or noted yet.
+    fn place_encoded(
+        &mut self,
+        devices: &[Option<SharedDevice>],
+        batch: &[(&EncodedWrite, std::ops::Range<usize>)],
+    ) -> Result<PlacedUnit> {
         let k = self.rows.k();
         let width = self.rows.geometry().width();
         let birth = self.map.next_sequence();
@@ -701,29 +709,66 @@ impl Volume {
             }
         }
         // One request per run: its pieces, where consecutive in one write's buffer, as one
-        // slice, the slices written together (`writev`).
+        // slice (`writev`).
         let runs = runs(pieces);
-        let slices: Vec<Vec<&[u8]>> = runs
+        let spans = runs
             .iter()
             .map(|run| {
-                let mut slices: Vec<&[u8]> = Vec::new();
+                let mut spans = Vec::new();
                 let mut from = places[run[0].index];
                 let mut count = 0;
                 for piece in run {
                     let (w, p) = places[piece.index];
                     if (w, p) != (from.0, from.1 + count) {
-                        slices.push(batch[from.0].0.span(from.1, count));
+                        spans.push((from.0, from.1, count));
                         (from, count) = ((w, p), 0);
                     }
                     count += 1;
                 }
-                slices.push(batch[from.0].0.span(from.1, count));
-                slices
+                spans.push((from.0, from.1, count));
+                spans
             })
             .collect();
-        let failures = submit_vectored(devices, &runs, &slices);
-        drop(slices);
-        self.land_rows(devices, &keys, &planned, birth, &crcs, runs, failures)
+        let held = self
+            .map
+            .hold_slots(planned.iter().map(|((slot, _), _, _)| *slot));
+        Ok(PlacedUnit {
+            keys,
+            planned,
+            birth,
+            crcs,
+            requests: std::sync::Arc::new(UnitRequests { runs, spans }),
+            held,
+        })
+    }
+
+    /// Land a unit [`Volume::place_encoded`] placed, once its requests came back with
+    /// `failures`: see [`Volume::land_rows`]. Its segments' holds are dropped either way.
+    fn land_unit(
+        &mut self,
+        devices: &[Option<SharedDevice>],
+        unit: PlacedUnit,
+        failures: Vec<WriteFailure>,
+    ) -> Result<()> {
+        let PlacedUnit {
+            keys,
+            planned,
+            birth,
+            crcs,
+            requests,
+            held,
+        } = unit;
+        let landed = self.land_rows(
+            devices,
+            &keys,
+            &planned,
+            birth,
+            &crcs,
+            &requests.runs,
+            failures,
+        );
+        self.map.unhold_segments(&held);
+        landed
     }
 
     /// Write whole blocks (`keys[i]` gets `blocks[i]`, 4 KiB) into fresh rows and point the
@@ -761,7 +806,7 @@ impl Volume {
             // A write larger than a group, or a cleaner's batch: not kept for the next.
             self.staging = AlignedBuf::zeroed(0);
         }
-        self.land_rows(devices, keys, &planned, birth, &crcs, runs, failures)
+        self.land_rows(devices, keys, &planned, birth, &crcs, &runs, failures)
     }
 
     /// Places for `count` blocks in rows of K (the last narrow): per row, its slot and row, its
@@ -796,7 +841,7 @@ impl Volume {
         planned: &[PlannedRow],
         birth: u64,
         crcs: &[u32],
-        runs: Vec<Vec<Piece>>,
+        runs: &[Vec<Piece>],
         failures: Vec<WriteFailure>,
     ) -> Result<()> {
         let k = self.rows.k();
@@ -806,7 +851,7 @@ impl Volume {
         // readable without it (its stale places fail their crcs and are rebuilt and healed
         // when read); the pool's fault policy sees the error counts. Beyond the tolerance
         // the write fails and its rows are never noted.
-        let pieces: Vec<Piece> = runs.into_iter().flatten().collect();
+        let pieces: Vec<Piece> = runs.iter().flatten().copied().collect();
         if !failures.is_empty() {
             for failure in &failures {
                 if let Some(count) = self.counters.member_write_errors.get(failure.member) {
@@ -1080,6 +1125,35 @@ impl<'a> GroupWrite<'a> {
     }
 }
 
+/// The logical blocks `writes` write, in order, when every write is of whole aligned blocks
+/// and no block is written twice; `None` otherwise.
+fn distinct_keys(writes: &[GroupWrite<'_>]) -> Option<Vec<u64>> {
+    let whole = |write: &GroupWrite<'_>| {
+        write.offset().is_multiple_of(BLOCK) && write.len().is_multiple_of(BLOCK_BYTES)
+    };
+    if !writes.iter().all(whole) {
+        return None;
+    }
+    let mut keys = Vec::new();
+    for write in writes {
+        let first = write.offset() / BLOCK;
+        keys.extend(first..first + (write.len() / BLOCK_BYTES) as u64);
+    }
+    let mut seen: HashSet<u64> = HashSet::with_capacity(keys.len());
+    keys.iter().all(|key| seen.insert(*key)).then_some(keys)
+}
+
+/// The encoded writes of `writes`, when every one is encoded.
+fn encoded_only<'w>(writes: &[GroupWrite<'w>]) -> Option<Vec<&'w EncodedWrite>> {
+    writes
+        .iter()
+        .map(|w| match w {
+            GroupWrite::Encoded(e) => Some(*e),
+            GroupWrite::Bytes { .. } => None,
+        })
+        .collect()
+}
+
 /// Largest staging buffer a volume keeps between writes: a group's shards (8 MiB of data is
 /// 12 MiB of shards on rs:4+2, 24 MiB on mirror:3).
 const STAGING_KEPT_BYTES: usize = 32 << 20;
@@ -1194,6 +1268,63 @@ struct WriteFailure {
     name: String,
     offset: u64,
     error: crate::device::DeviceError,
+}
+
+/// Rows of encoded writes placed, their crcs computed and their requests laid out, not yet
+/// landed (FORMAT.md V4.6, "Several groups on the devices"): its segments are held until it
+/// lands or is given up.
+struct PlacedUnit {
+    /// The logical block of each data block, in row order.
+    keys: Vec<u64>,
+    planned: Vec<PlannedRow>,
+    birth: u64,
+    /// Every shard-block's row checksum (`row × width + shard`).
+    crcs: Vec<u32>,
+    /// Its requests (shared with the thread that writes them).
+    requests: std::sync::Arc<UnitRequests>,
+    /// The segments held for it.
+    held: Vec<u64>,
+}
+
+/// The requests of a [`PlacedUnit`]: one per run of consecutive places on one member, and
+/// where each run's bytes are.
+struct UnitRequests {
+    runs: Vec<Vec<Piece>>,
+    /// Per run: `(write of the batch, first shard-block of its buffer, count)`.
+    spans: Vec<Vec<(usize, usize, usize)>>,
+}
+
+/// The writes of one unit, as `(write of its group, its rows)`.
+type UnitBatch = Vec<(usize, std::ops::Range<usize>)>;
+
+impl UnitRequests {
+    /// Write the runs from the buffers of `batch` (the batch the unit was placed from);
+    /// every failure, named.
+    fn write(
+        &self,
+        devices: &[Option<SharedDevice>],
+        batch: &[(&EncodedWrite, std::ops::Range<usize>)],
+    ) -> Vec<WriteFailure> {
+        let slices: Vec<Vec<&[u8]>> = self
+            .spans
+            .iter()
+            .map(|spans| {
+                spans
+                    .iter()
+                    .map(|(w, from, count)| batch[*w].0.span(*from, *count))
+                    .collect()
+            })
+            .collect();
+        submit_vectored(devices, &self.runs, &slices)
+    }
+}
+
+impl PlacedUnit {
+    /// Give it up unlanded (a unit placed before it failed to land): its rows are left
+    /// unreferenced, as a failed write's.
+    fn discard(self, map: &mut MapStore) {
+        map.unhold_segments(&self.held);
+    }
 }
 
 /// Write every piece (4 KiB of `bytes` at `index × 4 KiB`), one request per run, all runs
