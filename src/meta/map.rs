@@ -302,6 +302,12 @@ pub struct MapStore {
     /// The slot rows are being handed out from, and its next row (none after an open: a
     /// slot's rows are always written from row 0 in one process).
     open_row: Option<(u64, u64)>,
+    /// Data slots handed out at row 0 whose rows are not noted yet (a write on the devices,
+    /// or one that failed). A sync records each with no rows, so that after a crash the
+    /// record of the slot's earlier use (its segment was freed and taken again) does not
+    /// describe the places the new rows overwrote (FORMAT.md V4.6, "Several groups on the
+    /// devices").
+    fresh_slots: BTreeSet<u64>,
     read_only: bool,
     failed: bool,
     opened: OpenReport,
@@ -632,10 +638,20 @@ impl MapStore {
         for ((slot, row), info) in rows {
             slot_rows.entry(slot).or_default().push((row, info));
         }
+        for slot in std::mem::take(&mut self.fresh_slots) {
+            slot_rows.entry(slot).or_default();
+        }
         for (slot, rows) in slot_rows {
             let mut record = self
                 .slot_record(devices, slot)?
                 .unwrap_or_else(|| SlotRecord::new(shape));
+            if rows.is_empty() {
+                // Handed out, nothing noted: it holds no row of this use.
+                if record.rows_written() == 0 {
+                    continue;
+                }
+                record = SlotRecord::new(shape);
+            }
             for (row, info) in rows {
                 let row = usize::from(row);
                 if row == 0 && record.rows_written() > 0 && record.row(0).birth != info.birth {
@@ -768,6 +784,7 @@ impl MapStore {
             pending: BTreeMap::new(),
             rows: BTreeMap::new(),
             unsummarized: BTreeMap::new(),
+            fresh_slots: BTreeSet::new(),
             open_row: None,
             read_only: false,
             failed: false,
@@ -849,6 +866,7 @@ impl MapStore {
             pending: BTreeMap::new(),
             rows: BTreeMap::new(),
             unsummarized: BTreeMap::new(),
+            fresh_slots: BTreeSet::new(),
             open_row: None,
             read_only: options.read_only,
             failed: false,
@@ -1550,7 +1568,11 @@ impl MapStore {
         let rows = self.geometry.chunk_bytes / 4096;
         let (slot, row) = match self.open_row {
             Some((slot, row)) if row < rows => (slot, row),
-            _ => (self.data_slot_for(cleaner)?, 0),
+            _ => {
+                let slot = self.data_slot_for(cleaner)?;
+                self.fresh_slots.insert(slot);
+                (slot, 0)
+            }
         };
         self.open_row = Some((slot, row + 1));
         Ok((slot, u16::try_from(row).unwrap_or(u16::MAX)))
@@ -1851,6 +1873,7 @@ impl MapStore {
             owners,
             crcs,
         };
+        self.fresh_slots.remove(&slot);
         self.unsummarized.insert((slot, row), info.clone());
         self.rows.insert((slot, row), info);
         Ok(())

@@ -464,6 +464,7 @@ impl Pool {
             let mut volume = rows.volume.write();
             volume.set_observer(rows::observer(Arc::downgrade(&inner)));
             volume.set_tolerate(rows::tolerate(Arc::downgrade(&inner)));
+            volume.set_in_service(rows::in_service(Arc::downgrade(&inner)));
         }
         let background = inner
             .rebuild

@@ -20,7 +20,7 @@ use crate::meta::{MapOptions, Tolerate};
 use crate::pool::{DeviceFault, Members};
 use crate::types::DeviceIndex;
 use crate::volume::{
-    EncodedWrite, GroupWrite, MemberProblem, Observer, ProblemKind, RowEncoder, Volume,
+    EncodedWrite, GroupWrite, InService, MemberProblem, Observer, ProblemKind, RowEncoder, Volume,
     VolumeOptions, WriteGroup, BLOCK_BYTES,
 };
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -386,6 +386,21 @@ pub(crate) fn tolerate(inner: Weak<PoolInner>) -> Tolerate {
             inner.members.record_everywhere()
         },
     ))
+}
+
+/// Whether a member is still written to by the volume: in service, or a position whose
+/// replacement is being filled (its writes go to the replacement, `fill.rs`).
+pub(crate) fn in_service(inner: Weak<PoolInner>) -> InService {
+    InService(Arc::new(move |member: usize| {
+        let Some(inner) = inner.upgrade() else {
+            return true;
+        };
+        if member >= inner.geometry.devices {
+            return true;
+        }
+        let member = inner.members.get(DeviceIndex(member));
+        member.is_online() || member.replacement().is_some()
+    }))
 }
 
 /// An observer that hands the volume's member problems to the pool's fault policy.

@@ -51,7 +51,7 @@ mod rebuild;
 mod scrub;
 
 pub use encode::{EncodedWrite, RowEncoder};
-pub use observe::{MemberProblem, Observer, ProblemKind};
+pub use observe::{InService, MemberProblem, Observer, ProblemKind};
 pub use pipeline::{WriteGroup, PIPELINE_UNITS};
 pub use place::BLOCK_BYTES;
 pub use rebuild::{RebuildOptions, RebuildPlan, RebuildProgress, RebuildReport};
@@ -184,6 +184,8 @@ pub struct Volume {
     counters: Counters,
     cleaner: clean::CleanerState,
     observer: Option<Observer>,
+    /// Whether a member is still in service (none: every member written is).
+    in_service: Option<InService>,
     /// The shard-blocks of the rows being written, laid out run by run (reused: large
     /// buffers allocated per write cost a page fault and a zeroing per 4 KiB); as large as
     /// the largest write so far, at most a segment's rows.
@@ -257,6 +259,7 @@ impl Volume {
             },
             cleaner: clean::CleanerState::default(),
             observer: None,
+            in_service: None,
             staging: AlignedBuf::zeroed(0),
             #[cfg(feature = "testing")]
             skip_block_verification: options.skip_block_verification,
@@ -299,6 +302,12 @@ impl Volume {
     /// Tell `observer` of every member problem from now on (docs in `observe.rs`).
     pub fn set_observer(&mut self, observer: Observer) {
         self.observer = Some(observer);
+    }
+
+    /// Let `in_service` say which members are still in service when rows land (see
+    /// [`InService`]).
+    pub fn set_in_service(&mut self, in_service: InService) {
+        self.in_service = Some(in_service);
     }
 
     /// Let `tolerate` decide about members that fail a metadata write or flush (see
@@ -852,31 +861,43 @@ impl Volume {
         // when read); the pool's fault policy sees the error counts. Beyond the tolerance
         // the write fails and its rows are never noted.
         let pieces: Vec<Piece> = runs.iter().flatten().copied().collect();
-        if !failures.is_empty() {
-            for failure in &failures {
-                if let Some(count) = self.counters.member_write_errors.get(failure.member) {
-                    count.fetch_add(1, Ordering::Relaxed);
-                }
-                tracing::warn!(
-                    device = %failure.name, offset = failure.offset, error = %failure.error,
-                    "row write failed on a member"
-                );
-                let first = failure.pieces.first().copied().unwrap_or(0);
-                let slot = planned
-                    .get(first / width)
-                    .map_or(0, |((slot, _), _, _)| *slot);
-                let shard = first % width;
-                self.report(&MemberProblem {
-                    member: failure.member,
-                    offset: failure.offset,
-                    slot,
-                    shard,
-                    kind: ProblemKind::Write(&failure.error),
-                });
+        for failure in &failures {
+            if let Some(count) = self.counters.member_write_errors.get(failure.member) {
+                count.fetch_add(1, Ordering::Relaxed);
             }
+            tracing::warn!(
+                device = %failure.name, offset = failure.offset, error = %failure.error,
+                "row write failed on a member"
+            );
+            let first = failure.pieces.first().copied().unwrap_or(0);
+            let slot = planned
+                .get(first / width)
+                .map_or(0, |((slot, _), _, _)| *slot);
+            let shard = first % width;
+            self.report(&MemberProblem {
+                member: failure.member,
+                offset: failure.offset,
+                slot,
+                shard,
+                kind: ProblemKind::Write(&failure.error),
+            });
+        }
+        // Members the fault policy took out of service since the requests were made (these
+        // failures, an earlier landing's): what they hold is not read.
+        let gone: Vec<usize> = match &self.in_service {
+            Some(in_service) => (0..devices.len()).filter(|m| !(in_service.0)(*m)).collect(),
+            None => Vec::new(),
+        };
+        let gone_pieces: Vec<usize> = pieces
+            .iter()
+            .filter(|p| gone.contains(&p.device))
+            .map(|p| p.index)
+            .collect();
+        if !failures.is_empty() || !gone_pieces.is_empty() {
             let failed: HashSet<usize> = failures
                 .iter()
                 .flat_map(|f| f.pieces.iter().copied())
+                .chain(gone_pieces)
                 .collect();
             let landed: HashSet<usize> = pieces
                 .iter()
@@ -896,6 +917,18 @@ impl Volume {
                         source: failure.error.into_io(),
                     });
                 }
+                let member = gone.first().copied().unwrap_or(0);
+                return Err(Error::Io {
+                    device: devices
+                        .get(member)
+                        .and_then(Option::as_ref)
+                        .map_or_else(|| format!("member {member}"), |d| d.name()),
+                    offset: None,
+                    source: std::io::Error::other(
+                        "the member was taken out of service while this write was on it, and \
+                         the rows are not readable without it",
+                    ),
+                });
             }
         }
         // Every row is noted before any pointer changes: a sync that a pointer change runs

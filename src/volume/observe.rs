@@ -49,3 +49,16 @@ impl std::fmt::Debug for Observer {
         f.write_str("Observer")
     }
 }
+
+/// Says whether a member is still in service (the owner's fault policy may take one out while
+/// rows are on it): a landing counts a piece written on a member taken out of service since as
+/// not written, so a row is noted only if it is readable without it (FORMAT.md V4.6, "Several
+/// groups on the devices").
+#[derive(Clone)]
+pub struct InService(pub Arc<dyn Fn(usize) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for InService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InService")
+    }
+}
