@@ -1457,3 +1457,45 @@ fn a_full_pool_refuses_data_outside_the_hard_reserve_and_still_syncs() {
         "data took the segments syncs need, unnoticed: {caught:?}"
     );
 }
+
+/// Rows handed out for a write unit still on the devices (not noted yet) keep their segments:
+/// the syncs an earlier unit's landing runs meanwhile see those segments unreferenced and make
+/// them free-pending, but no release frees a held segment, so no later row is placed over
+/// the unit's. With the planted bug `release_held_segment`, a later row is.
+#[test]
+fn a_segment_held_for_rows_on_the_devices_is_not_handed_out_again_by_later_syncs() {
+    for planted in [false, true] {
+        let rig = Rig::new("rs:4+2", 6);
+        let mut options = options();
+        options.release_held_segment = planted;
+        let mut map =
+            MapStore::create(&rig.devices, POOL, &rig.geometry, TIMELINE, &options).unwrap();
+        let slots_per_segment = options.segment_slots;
+        let rows_per_slot = rig.geometry.chunk_bytes / 4096;
+        // Two segments' worth of rows, every one handed out and none noted.
+        let mut slots = Vec::new();
+        for _ in 0..2 * slots_per_segment * rows_per_slot {
+            let (slot, _) = map.next_row_for(false).unwrap();
+            slots.push(slot);
+        }
+        let held = map.hold_slots(slots.iter().copied());
+        for _ in 0..4 {
+            map.sync(&rig.devices).unwrap();
+        }
+        let mut later = std::collections::BTreeSet::new();
+        for _ in 0..6 * slots_per_segment * rows_per_slot {
+            let (slot, _) = map.next_row_for(false).unwrap();
+            later.insert(slot / slots_per_segment);
+        }
+        let reused: Vec<u64> = held.iter().filter(|s| later.contains(s)).copied().collect();
+        if planted {
+            assert!(
+                !reused.is_empty(),
+                "the planted bug released none of the held segments {held:?}"
+            );
+        } else {
+            assert_eq!(reused, Vec::<u64>::new(), "held segments handed out again");
+        }
+        map.unhold_segments(&held);
+    }
+}
