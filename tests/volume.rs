@@ -1423,6 +1423,9 @@ impl stripestore::volume::WriteGroup for OwnedGroup {
     }
 }
 
+/// Writes as `(byte offset, bytes)`.
+type Writes = Vec<(u64, Vec<u8>)>;
+
 /// `count` groups of one to three writes, none overlapping another of its group (groups
 /// overlap each other): whole rows encoded, and one group in six a partial block (which the
 /// pipeline writes the plain way, after landing what is in flight). With the model of
@@ -1433,7 +1436,7 @@ fn random_groups(
     k: u64,
     span: u64,
     count: u64,
-) -> (Vec<Arc<OwnedGroup>>, Vec<(u64, Vec<u8>)>) {
+) -> (Vec<Arc<OwnedGroup>>, Writes) {
     let encoder = volume.encoder();
     let mut groups = Vec::new();
     let mut applied = Vec::new();
@@ -1441,7 +1444,7 @@ fn random_groups(
         let version = 100 + id;
         let mut writes: Vec<(u64, Vec<u8>)> = Vec::new();
         let mut owned = Vec::new();
-        if lcg.next() % 6 == 0 {
+        if lcg.next().is_multiple_of(6) {
             let offset = lcg.next() % (span * B as u64 - 100);
             let data = vec![(version % 251) as u8; 1 + (lcg.next() % 99) as usize];
             owned.push(OwnedWrite::Bytes(offset, data.clone()));
