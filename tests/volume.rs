@@ -1491,7 +1491,7 @@ fn pipelined_groups_keep_the_last_bytes_and_land_in_order() {
             let mut queue: std::collections::VecDeque<_> = groups.into_iter().collect();
             let mut outcomes: Vec<(u64, usize)> = Vec::new();
             volume.write_pipelined(
-                &rig.devices,
+                &|| rig.devices.clone(),
                 |in_flight| {
                     overlapped += usize::from(in_flight);
                     queue.pop_front()
@@ -1572,7 +1572,7 @@ fn a_failed_landing_gives_up_the_units_after_it_and_fails_only_its_own_writes() 
         let mut queue: std::collections::VecDeque<_> = groups.iter().cloned().collect();
         let mut outcomes: BTreeMap<u64, Vec<bool>> = BTreeMap::new();
         volume.write_pipelined(
-            &rig.devices,
+            &|| rig.devices.clone(),
             |_| {
                 let next = queue.pop_front();
                 let failing_now = next.as_ref().is_some_and(|g| g.0 == 2);

@@ -555,6 +555,35 @@ impl Pool {
         })
     }
 
+    /// Several writes queued together, as concurrent writers' would be, then carried in
+    /// groups (on a format-version-4 pool, through the writer's pipeline: docs/FORMAT.md V4.6,
+    /// "Several groups on the devices"); one after another on version 3. The simulation's way
+    /// to put several groups on the devices from one thread. One outcome per write.
+    #[cfg(feature = "testing")]
+    pub fn write_together(&self, writes: &[(u64, &[u8])]) -> Vec<Result<()>> {
+        let Some(rows) = self.inner.rows() else {
+            return writes.iter().map(|(o, d)| self.write_at(*o, d)).collect();
+        };
+        let checked: Vec<Result<()>> = writes
+            .iter()
+            .map(|(o, d)| {
+                check_range(*o, d.len(), self.size()).and_then(|()| self.inner.writable("write"))
+            })
+            .collect();
+        let fine: Vec<(u64, &[u8])> = writes
+            .iter()
+            .zip(&checked)
+            .filter(|(_, c)| c.is_ok())
+            .map(|(w, _)| *w)
+            .collect();
+        let _foreground = self.inner.rebuild.foreground();
+        let mut outcomes = self.inner.rows_write_together(rows, &fine).into_iter();
+        checked
+            .into_iter()
+            .map(|c| c.and_then(|()| outcomes.next().unwrap_or(Ok(()))))
+            .collect()
+    }
+
     /// Discard `length` bytes at volume offset `offset` (TRIM): afterwards the range reads as
     /// zeros. Whole stripes inside the range become unwritten: they hold no slot (their slots
     /// are released by the next [`Pool::flush`], exactly as an overwrite releases the old slot)

@@ -279,6 +279,23 @@ pub(crate) fn create(
 }
 
 impl RowsEngine {
+    /// A write ready for the queue: encoded here, on the writer's thread, while the group
+    /// ahead is on the devices, when it is of whole rows (the volume checks the range again
+    /// under the lock).
+    fn queued(&self, offset: u64, data: &[u8]) -> Arc<Queued> {
+        let payload = match self.encoder.encode(offset, data) {
+            Some(encoded) => Payload::Encoded(encoded),
+            None => Payload::Bytes {
+                offset,
+                data: data.to_vec(),
+            },
+        };
+        Arc::new(Queued {
+            payload,
+            outcome: Mutex::new(None),
+        })
+    }
+
     /// The engine of a volume just created or opened.
     pub(crate) fn new(volume: Volume, params: MapParams) -> Self {
         Self {
@@ -484,24 +501,53 @@ impl PoolInner {
             let result = volume.write(&self.write_devices(), offset, data);
             return self.unavailable_if_failed(&volume, result);
         }
-        // Encoded here, on this thread, while the group ahead is on the devices; the volume
-        // checks the range again under the lock.
-        let payload = match rows.encoder.encode(offset, data) {
-            Some(encoded) => Payload::Encoded(encoded),
-            None => Payload::Bytes {
-                offset,
-                data: data.to_vec(),
-            },
+        let mine = rows.queued(offset, data);
+        self.carry(rows, std::slice::from_ref(&mine));
+        let outcome = mine.outcome.lock().take();
+        outcome.unwrap_or(Err(Error::ThreadPanicked {
+            thread: "write leader",
+        }))
+    }
+
+    /// Several writes queued together, as concurrent writers' would be, then carried: the
+    /// simulation's way to put several groups in the pipeline from one thread (feature
+    /// `testing`). One outcome per write, in order.
+    #[cfg(feature = "testing")]
+    pub(crate) fn rows_write_together(
+        &self,
+        rows: &RowsEngine,
+        writes: &[(u64, &[u8])],
+    ) -> Vec<Result<()>> {
+        if self.check_available().is_err() {
+            return writes.iter().map(|_| self.check_available()).collect();
+        }
+        let queued: Vec<Arc<Queued>> = writes
+            .iter()
+            .map(|(offset, data)| rows.queued(*offset, data))
+            .collect();
+        self.carry(rows, &queued);
+        queued
+            .iter()
+            .map(|q| {
+                let outcome = q.outcome.lock().take();
+                outcome.unwrap_or(Err(Error::ThreadPanicked {
+                    thread: "write leader",
+                }))
+            })
+            .collect()
+    }
+
+    /// Queue `writes` and return once the last has an outcome, leading whenever no other
+    /// writer does.
+    fn carry(&self, rows: &RowsEngine, writes: &[Arc<Queued>]) {
+        let Some(last) = writes.last() else {
+            return;
         };
-        let mine = Arc::new(Queued {
-            payload,
-            outcome: Mutex::new(None),
-        });
         let mut queue = rows.queue.lock();
-        queue.pending.push(Arc::clone(&mine));
+        queue.pending.extend(writes.iter().cloned());
         loop {
-            if let Some(outcome) = mine.outcome.lock().take() {
-                return outcome;
+            if last.outcome.lock().is_some() {
+                return;
             }
             if queue.leading {
                 rows.carried.wait(&mut queue);
@@ -509,7 +555,7 @@ impl PoolInner {
             }
             queue.leading = true;
             drop(queue);
-            self.lead_groups(rows, &mine);
+            self.lead_groups(rows, last);
             queue = rows.queue.lock();
         }
     }
@@ -521,11 +567,11 @@ impl PoolInner {
     /// others' writes.
     fn lead_groups(&self, rows: &RowsEngine, mine: &Queued) {
         let mut volume = rows.volume.write();
-        // The members as they are once the lock is held (a fault while waiting is seen).
-        let devices = self.write_devices();
         let mut after_mine = 0usize;
         volume.write_pipelined(
-            &devices,
+            // The members as they are at each placement and landing (a fault meanwhile is
+            // seen: nothing more goes to a member taken out of service).
+            &|| self.write_devices(),
             |in_flight| {
                 let mut queue = rows.queue.lock();
                 if mine.outcome.lock().is_some() && after_mine >= LEAD_BUDGET_BYTES {

@@ -291,6 +291,13 @@ pub enum Op {
         /// Seed of the bytes.
         data_seed: u64,
     },
+    /// Several writes queued together, as concurrent writers' would be, then carried in
+    /// groups: on version 4, through the writer's pipeline (docs/FORMAT.md V4.6, "Several
+    /// groups on the devices"). Each `(offset, len, data_seed)` as [`Op::Write`].
+    WriteTogether {
+        /// The writes, in order (a later one wins where two overlap).
+        writes: Vec<(u64, u32, u64)>,
+    },
     /// Discard (TRIM) `len` bytes at `offset` (both wrapped into the volume): the model reads
     /// zeros there.
     Discard {
@@ -440,6 +447,7 @@ impl Op {
     pub fn name(&self) -> &'static str {
         match self {
             Op::Write { .. } => "write",
+            Op::WriteTogether { .. } => "write-together",
             Op::Discard { .. } => "discard",
             Op::Read { .. } => "read",
             Op::Flush => "flush",
@@ -472,7 +480,7 @@ pub fn generate(config: &SimConfig) -> Vec<Op> {
     let mut rng = crate::testing::rng(config.seed ^ 0x5157_0001);
     let faults = &config.faults;
     // (weight, enabled) per op family, in a fixed order.
-    let table: [(u32, bool); 23] = [
+    let table: [(u32, bool); 24] = [
         (300, true),                            // write
         (220, true),                            // read
         (100, true),                            // flush
@@ -496,6 +504,7 @@ pub fn generate(config: &SimConfig) -> Vec<Op> {
         (60, true),                             // discard
         (12, config.format4), // scrub beside writes (v4 only: v3 seeds keep their ops)
         (120, config.format4), // whole-row writes, encoded before the lock (v4 only, as above)
+        (60, config.format4), // writes queued together, through the pipeline (v4 only)
     ];
     // What is drawn for v3 only: local damage (it overwrites whole stripes' chunks, a v3
     // shape). On v4 the healthy replace's power cut starts counting at the new device's
@@ -591,6 +600,23 @@ pub fn generate(config: &SimConfig) -> Vec<Op> {
                 )
                 .unwrap_or(4096),
                 data_seed: rng.gen(),
+            },
+            // Two to eight writes at once: mostly whole rows (pipelined), some of any shape
+            // (which the pipeline writes the plain way, after landing what is in flight).
+            23 => Op::WriteTogether {
+                writes: (0..rng.gen_range(2..=8))
+                    .map(|_| {
+                        let k = config.layout.data_chunks(config.devices) as u64;
+                        let offset = rng.gen_range(0..u64::from(u32::MAX));
+                        let seed = rng.gen();
+                        if rng.gen_range(0..5) == 0 {
+                            (offset, rng.gen_range(1..3 * stripe as u32), seed)
+                        } else {
+                            let len = rng.gen_range(1..=16u64) * k * 4096;
+                            (offset & !4095, u32::try_from(len).unwrap_or(4096), seed)
+                        }
+                    })
+                    .collect(),
             },
             21 => Op::ScrubBeside {
                 pause_after: rng.gen_range(1..=4),

@@ -505,6 +505,16 @@ impl<'a> World<'a> {
                 let data = random_bytes(&mut rng(*data_seed), len);
                 self.write(offset, &data)
             }
+            Op::WriteTogether { writes } => {
+                let writes: Vec<(u64, Vec<u8>)> = writes
+                    .iter()
+                    .map(|(offset, len, seed)| {
+                        let (offset, len) = self.clamp(*offset, *len);
+                        (offset, random_bytes(&mut rng(*seed), len))
+                    })
+                    .collect();
+                self.write_together(&writes)
+            }
             Op::Discard { offset, len } => {
                 let (offset, len) = self.clamp(*offset, *len);
                 self.discard(offset, len)
@@ -601,6 +611,31 @@ impl<'a> World<'a> {
             Err(err) if is_clear(&err) => Ok(()),
             Err(err) => Err(format!("write failed with an unclear error: {err}")),
         }
+    }
+
+    /// Writes queued together (see [`Op::WriteTogether`]): each checked as [`World::write`]
+    /// checks one.
+    fn write_together(&mut self, writes: &[(u64, Vec<u8>)]) -> Check {
+        let within = self.within_tolerance();
+        for (offset, data) in writes {
+            self.model.write(*offset, data);
+            self.last_write = Some((*offset, data.len()));
+        }
+        let borrowed: Vec<(u64, &[u8])> = writes.iter().map(|(o, d)| (*o, d.as_slice())).collect();
+        let outcomes = self.pool()?.write_together(&borrowed);
+        for ((offset, data), outcome) in writes.iter().zip(outcomes) {
+            match outcome {
+                Ok(()) => {}
+                Err(err) if within => return Err(format!(
+                    "write of {} bytes at {offset} (of {} together) failed within tolerance: {err}",
+                    data.len(),
+                    writes.len()
+                )),
+                Err(err) if is_clear(&err) => {}
+                Err(err) => return Err(format!("write failed with an unclear error: {err}")),
+            }
+        }
+        Ok(())
     }
 
     /// Discard a range: the model learns zeros there (a discarded block reads as zeros, and
@@ -761,13 +796,20 @@ impl<'a> World<'a> {
                 }
                 let len = rng.gen_range(1..3 * stripe) as u32;
                 let (offset, len) = self.clamp(rng.gen(), len);
-                if rng.gen_bool(0.2) {
-                    // Discards race the writes of the burst and the power cut.
-                    self.discard(offset, len)?;
+                // Discards race the writes of the burst and the power cut.
+                let outcome = if rng.gen_bool(0.2) {
+                    self.discard(offset, len)
+                } else {
+                    let data = random_bytes(&mut rng, len);
+                    self.write(offset, &data)
+                };
+                if self.countdown.load(Ordering::SeqCst) <= 0 {
+                    // The power died during it: the devices dropped its writes while the
+                    // process went on, so what it read back (its own metadata, say) and
+                    // answered does not count; the check is after the reopen.
                     continue;
                 }
-                let data = random_bytes(&mut rng, len);
-                self.write(offset, &data)?;
+                outcome?;
             }
         }
         self.power_cut(seed);

@@ -67,12 +67,23 @@ struct Flight<'scope, G> {
 
 /// The writer's state through one pipelined run.
 struct Run<'scope, 'd, G, D> {
-    devices: &'d [Option<SharedDevice>],
+    /// The members as the owner sees them now (a member its fault policy took out of service
+    /// meanwhile is absent: no later request or metadata write goes to it).
+    members: &'d dyn Fn() -> Vec<Option<SharedDevice>>,
+    /// What `members` gave last.
+    devices: Arc<Vec<Option<SharedDevice>>>,
     flights: VecDeque<Flight<'scope, G>>,
     /// Put units' I/O on threads of their own.
     threaded: bool,
     next_id: u64,
     done: D,
+}
+
+impl<G, D> Run<'_, '_, G, D> {
+    /// Ask the owner for the members again.
+    fn refresh(&mut self) {
+        self.devices = Arc::new((self.members)());
+    }
 }
 
 /// What landing units did to the group being placed.
@@ -98,16 +109,18 @@ impl Volume {
     /// the write it belongs to.
     pub fn write_pipelined<G: WriteGroup>(
         &mut self,
-        devices: &[Option<SharedDevice>],
+        members: &dyn Fn() -> Vec<Option<SharedDevice>>,
         mut next: impl FnMut(bool) -> Option<Arc<G>>,
         done: impl FnMut(&Volume, &G, Vec<Result<()>>),
     ) {
+        let devices = Arc::new(members());
         let threaded = devices
             .iter()
             .flatten()
             .any(|device| device.as_uring().is_some());
         std::thread::scope(|scope| {
             let mut run = Run {
+                members,
                 devices,
                 flights: VecDeque::new(),
                 threaded,
@@ -136,7 +149,8 @@ impl Volume {
         });
     }
 
-    /// Place and submit every unit of `group`, or write it the plain way.
+    /// Place and submit every unit of `group`, or write it the plain way (each placement and
+    /// each plain write with the members as they are then).
     fn take_group<'scope, G: WriteGroup + 'scope, D: FnMut(&Volume, &G, Vec<Result<()>>)>(
         &mut self,
         scope: &'scope Scope<'scope, '_>,
@@ -145,17 +159,19 @@ impl Volume {
     ) {
         let id = run.next_id;
         run.next_id += 1;
+        run.refresh();
         let batches = {
             let writes = group.writes();
-            self.pipelinable(run.devices, &writes)
+            self.pipelinable(&run.devices, &writes)
                 .map(|encoded| self.segment_batches(&encoded))
         };
         let Some(batches) = batches else {
             self.drain(run, None);
+            run.refresh();
             let writes = group.writes();
-            let outcomes = match self.write_writes(run.devices, &writes) {
+            let outcomes = match self.write_writes(&run.devices, &writes) {
                 Ok(()) => writes.iter().map(|_| Ok(())).collect(),
-                Err(_) => self.write_each(run.devices, &writes),
+                Err(_) => self.write_each(run, &writes),
             };
             drop(writes);
             (run.done)(self, &group, outcomes);
@@ -168,7 +184,8 @@ impl Volume {
                 if self.drain(run, Some(id)) == Current::Finished {
                     return;
                 }
-                if self.make_room(run.devices, 2).is_err() {
+                run.refresh();
+                if self.make_room(&run.devices, 2).is_err() {
                     return self.fail_current(run, id, &group);
                 }
             }
@@ -179,12 +196,20 @@ impl Volume {
                     .iter()
                     .filter_map(|(w, rows)| encoded.get(*w).map(|e| (*e, rows.clone())))
                     .collect();
-                self.place_encoded(run.devices, &refs)
+                run.refresh();
+                self.place_encoded(&run.devices, &refs)
             };
             let Ok(unit) = placed else {
                 return self.fail_current(run, id, &group);
             };
-            let io = unit_io(scope, run.devices, run.threaded, &group, batch, &unit);
+            let io = unit_io(
+                scope,
+                Arc::clone(&run.devices),
+                run.threaded,
+                &group,
+                batch,
+                &unit,
+            );
             run.flights.push_back(Flight {
                 id,
                 group: Arc::clone(&group),
@@ -232,7 +257,8 @@ impl Volume {
             return Current::Going;
         };
         let failures = flight.io.wait();
-        match self.land_unit(run.devices, flight.unit, failures) {
+        run.refresh();
+        match self.land_unit(&run.devices, flight.unit, failures) {
             Ok(()) => {
                 if flight.last {
                     let outcomes = flight.group.writes().iter().map(|_| Ok(())).collect();
@@ -258,7 +284,7 @@ impl Volume {
                         finished = Current::Finished;
                     }
                     let writes = group.writes();
-                    let outcomes = self.write_each(run.devices, &writes);
+                    let outcomes = self.write_each(run, &writes);
                     drop(writes);
                     (run.done)(self, &group, outcomes);
                 }
@@ -293,21 +319,24 @@ impl Volume {
             return;
         }
         let writes = group.writes();
-        let outcomes = self.write_each(run.devices, &writes);
+        let outcomes = self.write_each(run, &writes);
         drop(writes);
         (run.done)(self, group, outcomes);
     }
 
-    /// Each write alone (a write that succeeded in part is written again whole: the same
-    /// bytes); its outcome.
-    fn write_each(
+    /// Each write alone, with the members as they are then (a write that succeeded in part
+    /// is written again whole: the same bytes); its outcome.
+    fn write_each<G, D>(
         &mut self,
-        devices: &[Option<SharedDevice>],
+        run: &mut Run<'_, '_, G, D>,
         writes: &[GroupWrite<'_>],
     ) -> Vec<Result<()>> {
         writes
             .iter()
-            .map(|write| self.write_writes(devices, std::slice::from_ref(write)))
+            .map(|write| {
+                run.refresh();
+                self.write_writes(&run.devices, std::slice::from_ref(write))
+            })
             .collect()
     }
 }
@@ -316,7 +345,7 @@ impl Volume {
 /// own when `threaded` and one can be made, else here, now.
 fn unit_io<'scope, G: WriteGroup + 'scope>(
     scope: &'scope Scope<'scope, '_>,
-    devices: &'scope [Option<SharedDevice>],
+    devices: Arc<Vec<Option<SharedDevice>>>,
     threaded: bool,
     group: &Arc<G>,
     batch: UnitBatch,
@@ -332,7 +361,7 @@ fn unit_io<'scope, G: WriteGroup + 'scope>(
                 .iter()
                 .filter_map(|(w, rows)| encoded.get(*w).map(|e| (*e, rows.clone())))
                 .collect();
-            requests.write(devices, &refs)
+            requests.write(&devices, &refs)
         }
     };
     if threaded {
