@@ -218,6 +218,29 @@ impl std::fmt::Debug for AlignedBuf {
 }
 
 impl AlignedBuf {
+    /// `len` bytes that `fill` appends to an empty vector whose next byte is aligned (cut or
+    /// padded with zeros to `len`): no zeroing of what is written anyway.
+    #[must_use]
+    pub fn filled_by(len: usize, fill: impl FnOnce(&mut Vec<u8>)) -> Self {
+        let mut backing: Vec<u8> = Vec::with_capacity(len + DIRECT_ALIGN);
+        let start = backing.as_ptr().align_offset(DIRECT_ALIGN);
+        backing.resize(start, 0);
+        fill(&mut backing);
+        backing.resize(start + len, 0);
+        let this = Self {
+            backing,
+            start,
+            len,
+        };
+        if this.as_ptr().align_offset(DIRECT_ALIGN) == 0 {
+            return this;
+        }
+        // `fill` appended more than asked, and the vector moved: copy into an aligned one.
+        let mut aligned = Self::zeroed(len);
+        aligned.copy_from_slice(&this);
+        aligned
+    }
+
     /// `len` zero bytes.
     #[must_use]
     pub fn zeroed(len: usize) -> Self {
@@ -633,6 +656,21 @@ mod tests {
         drop(dev); // the device lock is held while it is open
         let forced = open_device_with(&path, None, Backend::Pread, || Ok(())).unwrap();
         assert_eq!(forced.io_backend(), "pread");
+    }
+
+    /// `filled_by` gives exactly `len` bytes at an aligned address: what `fill` appended,
+    /// padded with zeros or cut, whether or not `fill` outgrew the room it was given.
+    #[test]
+    fn a_buffer_filled_by_appending_is_aligned_and_exact() {
+        for (len, appended) in [(8192, 8192), (8192, 100), (4096, 20000), (0, 0)] {
+            let buf = AlignedBuf::filled_by(len, |v| v.extend((0..appended).map(|i| i as u8)));
+            assert_eq!(buf.len(), len);
+            assert_eq!(buf.as_ptr().align_offset(DIRECT_ALIGN), 0);
+            for (i, byte) in buf.iter().enumerate() {
+                let expected = if i < appended { i as u8 } else { 0 };
+                assert_eq!(*byte, expected, "byte {i} of {len} ({appended} appended)");
+            }
+        }
     }
 
     /// A 1 MiB file in `dir` opened with io_uring where the kernel has it.

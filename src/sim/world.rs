@@ -626,11 +626,13 @@ impl<'a> World<'a> {
         for ((offset, data), outcome) in writes.iter().zip(outcomes) {
             match outcome {
                 Ok(()) => {}
-                Err(err) if within => return Err(format!(
+                Err(err) if within => {
+                    return Err(format!(
                     "write of {} bytes at {offset} (of {} together) failed within tolerance: {err}",
                     data.len(),
                     writes.len()
-                )),
+                ))
+                }
                 Err(err) if is_clear(&err) => {}
                 Err(err) => return Err(format!("write failed with an unclear error: {err}")),
             }

@@ -32,8 +32,8 @@ pub struct EncodedWrite {
     width: usize,
     k: usize,
     copies: usize,
-    /// Shard `s` of row `r` at 4 KiB block `s × rows + r`: the rows of one slot are
-    /// contiguous on each device, and so in memory.
+    /// Region `g` (data chunk `g < K`, then parity chunk `g − K`) of row `r` at 4 KiB block
+    /// `g × rows + r`: the rows of one slot are contiguous on each device, and so in memory.
     shards: AlignedBuf,
     /// The plain crc32c of shard `s` of row `r` at `r × width + s`.
     crcs: Vec<u32>,
@@ -83,24 +83,36 @@ impl RowEncoder {
         let rows = blocks / k;
         let m = self.codec.parity_chunks();
         let copies = (width - m) / k;
-        let mut shards = AlignedBuf::zeroed(width * rows * BLOCK_BYTES);
+        // One region per data chunk (its copies write the same bytes from it) and one per
+        // parity chunk, each its rows in order; appended, not zeroed first.
+        let regions = k + m;
+        let data_bytes = k * rows * BLOCK_BYTES;
         let mut crcs = vec![0u32; rows * width];
-        let (data_shards, parity_shards) = shards.split_at_mut(k * copies * rows * BLOCK_BYTES);
-        let mut data_places: Vec<&mut [u8]> = data_shards.chunks_exact_mut(BLOCK_BYTES).collect();
-        let mut parity_places: Vec<&mut [u8]> =
-            parity_shards.chunks_exact_mut(BLOCK_BYTES).collect();
-        for r in 0..rows {
-            let mut inputs: [&[u8]; MAX_SHARDS] = [&[]; MAX_SHARDS];
-            for (j, input) in inputs.iter_mut().enumerate().take(k) {
-                let at = (r * k + j) * BLOCK_BYTES;
-                *input = &data[at..at + BLOCK_BYTES];
-                let crc = crc32c::crc32c(input);
-                for s in self.rows.shards_of(j) {
-                    data_places[s * rows + r].copy_from_slice(input);
-                    crcs[r * width + s] = crc;
+        let mut shards = AlignedBuf::filled_by(regions * rows * BLOCK_BYTES, |buf| {
+            for j in 0..k {
+                for r in 0..rows {
+                    let at = (r * k + j) * BLOCK_BYTES;
+                    buf.extend_from_slice(&data[at..at + BLOCK_BYTES]);
                 }
             }
-            if m > 0 {
+        });
+        let (data_regions, parity_regions) = shards.split_at_mut(data_bytes);
+        for (i, block) in data_regions.chunks_exact(BLOCK_BYTES).enumerate() {
+            let (j, r) = (i / rows, i % rows);
+            let crc = crc32c::crc32c(block);
+            for s in self.rows.shards_of(j) {
+                crcs[r * width + s] = crc;
+            }
+        }
+        if m > 0 {
+            let mut parity_places: Vec<&mut [u8]> =
+                parity_regions.chunks_exact_mut(BLOCK_BYTES).collect();
+            for r in 0..rows {
+                let mut inputs: [&[u8]; MAX_SHARDS] = [&[]; MAX_SHARDS];
+                for (j, input) in inputs.iter_mut().enumerate().take(k) {
+                    let at = (r * k + j) * BLOCK_BYTES;
+                    *input = &data[at..at + BLOCK_BYTES];
+                }
                 let mut outputs: [&mut [u8]; MAX_SHARDS] = std::array::from_fn(|_| &mut [][..]);
                 for (p, output) in outputs.iter_mut().enumerate().take(m) {
                     *output = std::mem::take(&mut parity_places[p * rows + r]);
@@ -110,7 +122,7 @@ impl RowEncoder {
                         .encode_parity_sep(&inputs[..k], &mut outputs[..m]);
                 }
                 for (p, output) in outputs.iter().enumerate().take(m) {
-                    crcs[r * width + k + p] = crc32c::crc32c(output);
+                    crcs[r * width + k * copies + p] = crc32c::crc32c(output);
                 }
             }
         }
@@ -155,9 +167,17 @@ impl EncodedWrite {
         self.offset / BLOCK
     }
 
-    /// Block `s × rows + r` of the shard buffer: shard `s` of row `r`.
+    /// The block of the shard buffer shard `shard` of row `row` is written from: row `row`
+    /// of the region of its data chunk (every copy of a chunk shares it) or of its parity
+    /// chunk.
     pub(super) fn position(&self, row: usize, shard: usize) -> usize {
-        shard * self.rows + row
+        let data_shards = self.k * self.copies;
+        let region = if shard < data_shards {
+            shard / self.copies
+        } else {
+            self.k + (shard - data_shards)
+        };
+        region * self.rows + row
     }
 
     /// `count` shard-blocks from position `at`, as one slice.
