@@ -192,10 +192,7 @@ impl Volume {
             let placed = {
                 let writes = group.writes();
                 let encoded = encoded_only(&writes).unwrap_or_default();
-                let refs: Vec<(&EncodedWrite, std::ops::Range<usize>)> = batch
-                    .iter()
-                    .filter_map(|(w, rows)| encoded.get(*w).map(|e| (*e, rows.clone())))
-                    .collect();
+                let refs = batch_refs(&encoded, &batch);
                 run.refresh();
                 self.place_encoded(&run.devices, &refs)
             };
@@ -341,6 +338,17 @@ impl Volume {
     }
 }
 
+/// The writes of a unit's batch, from its group's encoded writes.
+fn batch_refs<'w>(
+    encoded: &[&'w EncodedWrite],
+    batch: &UnitBatch,
+) -> Vec<(&'w EncodedWrite, std::ops::Range<usize>)> {
+    batch
+        .iter()
+        .filter_map(|(w, rows)| encoded.get(*w).map(|e| (*e, rows.clone())))
+        .collect()
+}
+
 /// Start writing `unit` (placed from `batch` of `group`'s encoded writes): on a thread of its
 /// own when `threaded` and one can be made, else here, now.
 fn unit_io<'scope, G: WriteGroup + 'scope>(
@@ -357,11 +365,7 @@ fn unit_io<'scope, G: WriteGroup + 'scope>(
         move || {
             let writes = group.writes();
             let encoded = encoded_only(&writes).unwrap_or_default();
-            let refs: Vec<(&EncodedWrite, std::ops::Range<usize>)> = batch
-                .iter()
-                .filter_map(|(w, rows)| encoded.get(*w).map(|e| (*e, rows.clone())))
-                .collect();
-            requests.write(&devices, &refs)
+            requests.write(&devices, &batch_refs(&encoded, &batch))
         }
     };
     if threaded {
