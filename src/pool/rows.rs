@@ -153,6 +153,9 @@ struct Queue {
     pending: Vec<Arc<Queued>>,
     /// A writer is writing groups (it gives up only with the queue empty).
     leading: bool,
+    /// The thread leading, unparked when a write is queued (it may be waiting for its oldest
+    /// unit on the devices: the new write goes out at once).
+    leader: Option<std::thread::Thread>,
 }
 
 impl std::fmt::Debug for RowsEngine {
@@ -545,6 +548,9 @@ impl PoolInner {
         };
         let mut queue = rows.queue.lock();
         queue.pending.extend(writes.iter().cloned());
+        if let Some(leader) = &queue.leader {
+            leader.unpark();
+        }
         loop {
             if last.outcome.lock().is_some() {
                 return;
@@ -554,6 +560,7 @@ impl PoolInner {
                 continue;
             }
             queue.leading = true;
+            queue.leader = Some(std::thread::current());
             drop(queue);
             self.lead_groups(rows, last);
             queue = rows.queue.lock();
@@ -609,6 +616,7 @@ impl PoolInner {
         );
         let mut queue = rows.queue.lock();
         queue.leading = false;
+        queue.leader = None;
         rows.carried.notify_all();
     }
 

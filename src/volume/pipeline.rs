@@ -43,6 +43,14 @@ enum Io<'scope> {
 }
 
 impl Io<'_> {
+    /// Whether its requests are all done (waiting would not block).
+    fn is_finished(&self) -> bool {
+        match self {
+            Io::Done(_) => true,
+            Io::Running(handle) => handle.is_finished(),
+        }
+    }
+
     fn wait(self) -> Vec<WriteFailure> {
         match self {
             Io::Done(failures) => failures,
@@ -100,7 +108,9 @@ impl Volume {
     /// the devices, each group's writers told by `done` (one outcome per write, in order) once
     /// every unit of the group has landed. `next(in_flight)` is asked for a group while there
     /// is room (`in_flight`: units are on the devices, so a smaller group is better), again
-    /// after each landing; the run ends when it answers `None` with nothing in flight.
+    /// after each landing and whenever this thread is unparked while it waits for the oldest
+    /// unit (an owner unparks it when it queues a write); the run ends when it answers `None`
+    /// with nothing in flight.
     ///
     /// A group of encoded writes, none writing a block twice, is pipelined; any other is
     /// written as [`Volume::write_writes`] does, after everything in flight has landed. When a
@@ -142,6 +152,13 @@ impl Volume {
                     if idle {
                         break;
                     }
+                    continue;
+                }
+                if idle && !run.flights.front().is_some_and(|f| f.io.is_finished()) {
+                    // Nothing queued and the oldest unit still on the devices: wait for either
+                    // (its thread and the owner's queue unpark this thread), so that a group
+                    // queued meanwhile goes to the devices at once, not after that landing.
+                    std::thread::park_timeout(std::time::Duration::from_millis(1));
                     continue;
                 }
                 self.land_oldest(&mut run, None);
@@ -360,12 +377,15 @@ fn unit_io<'scope, G: WriteGroup + 'scope>(
     unit: &PlacedUnit,
 ) -> Io<'scope> {
     let requests = Arc::clone(&unit.requests);
+    let leader = std::thread::current();
     let write = {
         let group = Arc::clone(group);
         move || {
             let writes = group.writes();
             let encoded = encoded_only(&writes).unwrap_or_default();
-            requests.write(&devices, &batch_refs(&encoded, &batch))
+            let failures = requests.write(&devices, &batch_refs(&encoded, &batch));
+            leader.unpark();
+            failures
         }
     };
     if threaded {
