@@ -84,9 +84,13 @@ const GROUP_BYTES_MAX: usize = 8 << 20;
 /// up to [`crate::volume::PIPELINE_UNITS`] such groups are on the devices at once, each
 /// acknowledged as it lands (FORMAT.md V4.6, "Several groups on the devices").
 const GROUP_PIPELINED_BYTES: usize = 2 << 20;
-/// Bytes a leader goes on writing for others once its own write is carried, before it hands
-/// over (so that its own caller is not held by an endless stream).
-const LEAD_BUDGET_BYTES: usize = 64 << 20;
+/// How much a leader goes on writing for others once its own write is carried, in multiples
+/// of its own write: its caller then waits about as long as behind eight more writes of its
+/// size (a 4 KiB writer 32 KiB, a 1 MiB writer 8 MiB), while a stream of large writes keeps
+/// the pipeline full instead of draining it at every hand-over (measured, 1 MiB writes at
+/// depth 8: 454–517 MiB/s on mirror:2 without it, 548–604 with 64 MiB; 4 KiB mirror writes
+/// over NBD: 26.3k IOPS without it, 22.5k with 64 MiB).
+const LEAD_BUDGET_WRITES: usize = 8;
 
 /// A write waiting in the queue, and its outcome once a group carried it.
 struct Queued {
@@ -568,7 +572,7 @@ impl PoolInner {
     }
 
     /// Write queued groups through the volume's pipeline (FORMAT.md V4.6, "Several groups on
-    /// the devices") while any are queued, at most [`LEAD_BUDGET_BYTES`] more once `mine` is
+    /// the devices") while any are queued, at most [`LEAD_BUDGET_WRITES`] times its size more once `mine` is
     /// carried; then give up leading under the queue's lock and wake the others: one whose
     /// write is still queued leads next, so no writer waits behind an endless stream of
     /// others' writes.
@@ -581,7 +585,9 @@ impl PoolInner {
             &|| self.write_devices(),
             |in_flight| {
                 let mut queue = rows.queue.lock();
-                if mine.outcome.lock().is_some() && after_mine >= LEAD_BUDGET_BYTES {
+                if mine.outcome.lock().is_some()
+                    && after_mine >= LEAD_BUDGET_WRITES * mine.payload.len()
+                {
                     return None;
                 }
                 // Encoded writes are pipelined: smaller groups then, so that each is
