@@ -141,6 +141,9 @@ impl Device for Metered {
     fn as_uring(&self) -> Option<&super::UringDevice> {
         self.inner.as_uring()
     }
+    fn flushed_together(&self) {
+        self.io.flushes.fetch_add(1, Ordering::Relaxed);
+    }
     fn batched(&self, request: super::Batched) {
         let (latency, count, bytes) = if request.write {
             (

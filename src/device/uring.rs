@@ -459,6 +459,85 @@ fn run_batch_with<R>(ops: &mut [BatchOp<'_>], meanwhile: Option<impl FnOnce() ->
     outcome
 }
 
+/// Flush `devices` (io_uring devices, at most the ring's size) together: one `fdatasync` request
+/// each on this thread's ring, submitted at once, so that the kernel runs them side by side.
+/// `None` when the ring is not usable here (none could be made, or a batch on this thread is
+/// already using it): the caller then flushes them one by one.
+pub(super) fn flush_together(
+    devices: &[&UringDevice],
+) -> Option<Vec<std::result::Result<(), DeviceError>>> {
+    if devices.len() > RING_ENTRIES as usize {
+        return None;
+    }
+    RING.with(|cell| {
+        let mut slot = cell.try_borrow_mut().ok()?;
+        if slot.is_none() {
+            *slot = IoUring::new(RING_ENTRIES).ok();
+        }
+        let ring = slot.as_mut()?;
+        let mut pushed = 0usize;
+        for (index, device) in devices.iter().enumerate() {
+            let fd = device.buffered.file().as_raw_fd();
+            let entry = opcode::Fsync::new(types::Fd(fd))
+                .flags(types::FsyncFlags::DATASYNC)
+                .build()
+                .user_data(index as u64);
+            // SAFETY: an fsync request names no memory, only a descriptor that `devices`
+            // borrows (it stays open until this function returns, after every pushed request
+            // has completed); the queue has room (at most RING_ENTRIES requests, and every
+            // earlier batch of this thread was reaped completely).
+            if unsafe { ring.submission().push(&entry) }.is_err() {
+                break;
+            }
+            pushed += 1;
+        }
+        let mut results: Vec<Option<i32>> = vec![None; pushed];
+        let mut pending = pushed;
+        while pending > 0 {
+            match ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(err)
+                    if matches!(
+                        err.raw_os_error(),
+                        Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+                    ) => {}
+                Err(err) => {
+                    // Requests may still be in flight on this ring: stop, as `reap_round`.
+                    tracing::error!(%err, pending, "io_uring_enter failed with flushes in flight");
+                    std::process::abort();
+                }
+            }
+            for completion in ring.completion() {
+                let Ok(index) = usize::try_from(completion.user_data()) else {
+                    continue;
+                };
+                if let Some(result) = results.get_mut(index) {
+                    if result.is_none() {
+                        *result = Some(completion.result());
+                        pending -= 1;
+                    }
+                }
+            }
+        }
+        Some(
+            devices
+                .iter()
+                .enumerate()
+                .map(
+                    |(index, device)| match results.get(index).copied().flatten() {
+                        Some(code) if code >= 0 => Ok(()),
+                        Some(code) if !matches!(-code, libc::EINTR | libc::EAGAIN) => {
+                            Err(classify(std::io::Error::from_raw_os_error(-code)))
+                        }
+                        // Not pushed, or to be retried: the plain call.
+                        _ => device.buffered.flush(),
+                    },
+                )
+                .collect(),
+        )
+    })
+}
+
 /// Hand the requests `round` (at most the ring's size) to the kernel; what is in flight.
 fn push_round(ring: &mut IoUring, ops: &mut [BatchOp<'_>], round: &[usize]) -> Vec<InFlight> {
     let mut flights: Vec<InFlight> = Vec::with_capacity(round.len());
@@ -656,6 +735,55 @@ mod tests {
         drop(dev); // the device lock is held while it is open
         let forced = open_device_with(&path, None, Backend::Pread, || Ok(())).unwrap();
         assert_eq!(forced.io_backend(), "pread");
+    }
+
+    /// Three member files are flushed together on the ring (each outcome in its place, `None`
+    /// for an empty place, every flush counted by an observing decorator); with a memory
+    /// device among them, or from inside a batch that holds the ring, one by one, and the
+    /// memory device's writes survive its power cut.
+    #[test]
+    fn flushes_go_together_on_the_ring_or_one_by_one_and_each_outcome_is_in_its_place() {
+        use crate::device::{flush_each, DeviceIo, MemDevice, Metered};
+        let dir = tempfile::tempdir().unwrap();
+        let io = Arc::new(DeviceIo::default());
+        let mut devices: Vec<Option<SharedDevice>> = (0..3)
+            .map(|i| {
+                let device = open_device(&dir.path().join(format!("m{i}")), Some(1 << 20)).unwrap();
+                device.write_at(0, &[i as u8 + 1; 4096]).unwrap();
+                Some(Metered::wrap(device, &io))
+            })
+            .collect();
+        devices.insert(1, None);
+        let uring = devices.iter().flatten().all(|d| d.as_uring().is_some());
+        let outcomes = flush_each(&devices);
+        assert_eq!(outcomes.len(), 4);
+        assert!(outcomes[1].is_none(), "an empty place has no outcome");
+        for (place, outcome) in outcomes.iter().enumerate().filter(|(p, _)| *p != 1) {
+            assert!(matches!(outcome, Some(Ok(()))), "place {place}: {outcome:?}");
+        }
+        assert_eq!(io.flushes.load(std::sync::atomic::Ordering::Relaxed), 3);
+        // From inside a batch (this thread's ring is busy): one by one, same outcomes.
+        if uring {
+            let mut buf = AlignedBuf::zeroed(4096);
+            let probe = devices[0].clone().unwrap();
+            let mut ops = [BatchOp::read(probe.as_ref(), 0, &mut buf)];
+            let inner = run_batch_while(&mut ops, || flush_each(&devices));
+            assert!(inner.iter().flatten().all(Result::is_ok));
+            assert_eq!(io.flushes.load(std::sync::atomic::Ordering::Relaxed), 6);
+            let [op] = ops;
+            op.result.unwrap();
+            assert_eq!(buf[0], 1);
+        }
+        // A memory device among them: one by one, and its flush is real.
+        let memory = Arc::new(MemDevice::new("mem", 1 << 20));
+        memory.write_at(0, &[9; 65536]).unwrap();
+        devices[1] = Some(memory.clone());
+        let outcomes = flush_each(&devices);
+        assert!(outcomes.iter().all(|o| matches!(o, Some(Ok(())))));
+        memory.crash(7);
+        let mut back = vec![0u8; 65536];
+        memory.read_at(0, &mut back).unwrap();
+        assert_eq!(back, vec![9u8; 65536], "the memory device's flush was skipped");
     }
 
     /// `filled_by` gives exactly `len` bytes at an aligned address: what `fill` appended,

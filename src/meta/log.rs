@@ -11,7 +11,9 @@
 //! Does not own: what the entries mean (the map applies them, `map.rs`), the uberblocks
 //! (`ring.rs`), membership and fault policy (errors name the member; the caller decides).
 
-use crate::device::{DeviceError, SharedDevice};
+use std::sync::Arc;
+
+use crate::device::{flush_each, run_batch, BatchOp, DeviceError, SharedDevice};
 use crate::error::{Error, Result};
 use crate::format::v4::{LogEntry, LogRecord, LOG_BLOCK_BYTES};
 use crate::geometry::Geometry;
@@ -139,25 +141,36 @@ impl IntentLog {
             return Ok(false);
         }
         let at = self.halves[usize::from(self.position.half)] + self.position.offset;
-        let mut left_behind = vec![false; devices.len()];
-        for (member, device) in devices.iter().enumerate() {
-            let Some(device) = device else { continue };
-            if let Err(e) = device.write_at(at, &bytes) {
-                if !tolerate(member, at, &e) {
-                    return Err(super::device_error(device, Some(at), e));
+        // The record goes to every member in service in one batch (side by side on io_uring;
+        // in member order otherwise), then every member that took it is flushed (side by side
+        // on real devices: `flush_each`).
+        let members: Vec<(usize, &SharedDevice)> = devices
+            .iter()
+            .enumerate()
+            .filter_map(|(member, device)| Some((member, device.as_ref()?)))
+            .collect();
+        let mut batch: Vec<BatchOp<'_>> = members
+            .iter()
+            .map(|&(_, device)| BatchOp::write(device.as_ref(), at, &bytes))
+            .collect();
+        run_batch(&mut batch);
+        let mut took: Vec<Option<SharedDevice>> = vec![None; devices.len()];
+        for ((member, device), op) in members.into_iter().zip(batch) {
+            match op.result {
+                Ok(()) => took[member] = Some(Arc::clone(device)),
+                Err(e) => {
+                    if !tolerate(member, at, &e) {
+                        return Err(super::device_error(device, Some(at), e));
+                    }
                 }
-                left_behind[member] = true;
             }
         }
-        for (member, device) in devices.iter().enumerate() {
-            let Some(device) = device else { continue };
-            if left_behind[member] {
+        for (member, outcome) in flush_each(&took).into_iter().enumerate() {
+            let (Some(device), Some(Err(e))) = (&took[member], outcome) else {
                 continue;
-            }
-            if let Err(e) = device.flush() {
-                if !tolerate(member, at, &e) {
-                    return Err(super::device_error(device, Some(at), e));
-                }
+            };
+            if !tolerate(member, at, &e) {
+                return Err(super::device_error(device, Some(at), e));
             }
         }
         self.position.offset += bytes.len() as u64;

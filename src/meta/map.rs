@@ -20,7 +20,7 @@ use super::ring::{write_uberblock, Rings};
 use super::segments::{ReleaseRule, SegmentShape, SegmentTable, SUT_LEAF_BITS};
 use super::store::{PageRef, PageStore};
 use super::tree::{PageKey, RadixTree, SetError};
-use crate::device::{DeviceError, SharedDevice};
+use crate::device::{flush_each, DeviceError, SharedDevice};
 use crate::error::{Error, Result};
 use crate::format::v4::{
     BlockPointer, LogEntry, SegmentState, SlotRecord, SlotShape, Tree, Uberblock, ADDRESS_HOLE,
@@ -332,10 +332,10 @@ impl std::fmt::Debug for Tolerate {
 }
 
 fn flush_all(devices: &[Option<SharedDevice>]) -> Result<()> {
-    for device in devices.iter().flatten() {
-        device
-            .flush()
-            .map_err(|e| super::device_error(device, None, e))?;
+    for (device, outcome) in devices.iter().zip(flush_each(devices)) {
+        if let (Some(device), Some(Err(e))) = (device, outcome) {
+            return Err(super::device_error(device, None, e));
+        }
     }
     Ok(())
 }
@@ -1358,12 +1358,13 @@ impl MapStore {
     /// # Errors
     /// [`Error::Io`] naming the first member whose failure is not tolerated.
     pub fn flush_members(&self, devices: &[Option<SharedDevice>]) -> Result<()> {
-        for (member, device) in devices.iter().enumerate() {
-            let Some(device) = device else { continue };
-            if let Err(e) = device.flush() {
-                if !self.tolerated(member, None, &e) {
-                    return Err(super::device_error(device, None, e));
-                }
+        let outcomes = flush_each(devices);
+        for (member, (device, outcome)) in devices.iter().zip(outcomes).enumerate() {
+            let (Some(device), Some(Err(e))) = (device, outcome) else {
+                continue;
+            };
+            if !self.tolerated(member, None, &e) {
+                return Err(super::device_error(device, None, e));
             }
         }
         Ok(())
