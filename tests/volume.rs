@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::sync::Mutex;
-use stripestore::device::{Device, DeviceError, FileDevice, SharedDevice};
+use stripestore::device::{Device, DeviceError, DeviceIo, FileDevice, Metered, SharedDevice};
 use stripestore::geometry::{Geometry, Layout};
 use stripestore::meta::MapOptions;
 use stripestore::types::{ShardIndex, SlotId};
@@ -1362,6 +1362,55 @@ fn a_degraded_read_of_many_rows_rebuilds_each_block_once_and_counts_exactly() {
                 other => panic!("{layout}: expected UnrecoverableBlock, got {other:?}"),
             }
         }
+    }
+}
+
+/// A degraded read of Reed-Solomon rows reads each present shard-block once: the data blocks
+/// the first read returned are reused by the recovery of their row, which reads only the
+/// row's parity (bytes counted; before 2026-12-05 it read the row's five other blocks again).
+#[test]
+fn a_degraded_read_reads_each_present_shard_block_of_a_row_once() {
+    for (layout, members) in [("rs:4+2", 6), ("rs:2+1", 3)] {
+        let rig = Rig::new(layout, members);
+        let mut volume = rig.create(&options());
+        let count = 64u64;
+        let data = blocks_at(0, count, 1);
+        volume.write(&rig.devices, 0, &data).unwrap();
+        volume.flush(&rig.devices).unwrap();
+        let io = Arc::new(DeviceIo::default());
+        let mut absent: Vec<Option<SharedDevice>> = rig
+            .devices
+            .iter()
+            .map(|d| d.clone().map(|d| Metered::wrap(d, &io)))
+            .collect();
+        absent[0] = None;
+        let mut all = vec![0u8; count as usize * B];
+        // The first read brings the map's pages into the cache; the second is counted.
+        volume.read(&absent, 0, &mut all).unwrap();
+        let before = io.read_bytes.load(Ordering::Relaxed);
+        all.fill(0);
+        volume.read(&absent, 0, &mut all).unwrap();
+        assert!(
+            all == data,
+            "{layout}: a degraded read returned other bytes"
+        );
+        let read = io.read_bytes.load(Ordering::Relaxed) - before;
+        let on_zero: Vec<u64> = (0..count)
+            .filter(|key| rig.places_of(&volume, *key)[0].0 == 0)
+            .collect();
+        let k = rig.geometry.data_chunks() as u64;
+        let rows_with_zero: std::collections::BTreeSet<u64> =
+            on_zero.iter().map(|key| key / k).collect();
+        let parity = (rig.geometry.width() as u64) - k;
+        let expected = (count - on_zero.len() as u64) + rows_with_zero.len() as u64 * parity;
+        assert!(!on_zero.is_empty(), "{layout}");
+        assert_eq!(
+            read,
+            expected * B as u64,
+            "{layout}: blocks read by a degraded read ({} blocks on the absent member, in {} rows)",
+            on_zero.len(),
+            rows_with_zero.len()
+        );
     }
 }
 

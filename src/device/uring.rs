@@ -759,7 +759,10 @@ mod tests {
         assert_eq!(outcomes.len(), 4);
         assert!(outcomes[1].is_none(), "an empty place has no outcome");
         for (place, outcome) in outcomes.iter().enumerate().filter(|(p, _)| *p != 1) {
-            assert!(matches!(outcome, Some(Ok(()))), "place {place}: {outcome:?}");
+            assert!(
+                matches!(outcome, Some(Ok(()))),
+                "place {place}: {outcome:?}"
+            );
         }
         assert_eq!(io.flushes.load(std::sync::atomic::Ordering::Relaxed), 3);
         // From inside a batch (this thread's ring is busy): one by one, same outcomes.
@@ -783,7 +786,11 @@ mod tests {
         memory.crash(7);
         let mut back = vec![0u8; 65536];
         memory.read_at(0, &mut back).unwrap();
-        assert_eq!(back, vec![9u8; 65536], "the memory device's flush was skipped");
+        assert_eq!(
+            back,
+            vec![9u8; 65536],
+            "the memory device's flush was skipped"
+        );
     }
 
     /// `filled_by` gives exactly `len` bytes at an aligned address: what `fill` appended,

@@ -180,6 +180,8 @@ impl Volume {
             }
         }
         let mut failed: Vec<Failed> = missing.into_iter().map(|w| (w, None)).collect();
+        // The shard each wanted block verified from, for a recovery of its row to reuse.
+        let mut verified: Vec<Option<usize>> = vec![None; wanted.len()];
         let runs = runs(pieces);
         // Pieces are only planned on present members, so every run has its request.
         let (buffers, results) = read_runs(devices, &runs);
@@ -206,6 +208,7 @@ impl Volume {
                 } else if self.verifies(want, shard, bytes) {
                     out[want.index * BLOCK_BYTES..(want.index + 1) * BLOCK_BYTES]
                         .copy_from_slice(bytes);
+                    verified[piece.index] = Some(shard);
                     continue;
                 } else {
                     self.mismatch(want, shard, bytes)
@@ -217,7 +220,7 @@ impl Volume {
             .blocks_read
             .fetch_add(wanted.len() as u64, Ordering::Relaxed);
         if self.rows.shards_of(0).len() == 1 {
-            return self.recover_rows(devices, &wanted, failed, out);
+            return self.recover_rows(devices, &wanted, &verified, failed, out);
         }
         for (w, tried) in failed {
             let want = &wanted[w];
@@ -235,10 +238,16 @@ impl Volume {
     /// every shard-block found bad or unreadable on a present member is healed with its
     /// rebuilt content. The first block nothing can return is the error, naming what was
     /// found in its row.
+    ///
+    /// A shard-block the first read already returned and verified (`verified[w]`: the shard
+    /// wanted block `w` verified from, of the row's birth) is not read again: its bytes are
+    /// taken from `out` and checked against the row's crcs like the others. A degraded
+    /// sequential read of rs:4+2 then reads the two parity blocks of a row, not five.
     fn recover_rows(
         &self,
         devices: &[Option<SharedDevice>],
         wanted: &[Wanted],
+        verified: &[Option<usize>],
         failed: Vec<Failed>,
         out: &mut [u8],
     ) -> Result<()> {
@@ -268,17 +277,42 @@ impl Volume {
                 rows.push((fit, recorded));
             }
         }
+        // Shard-blocks of these rows the first read verified: (slot, row) -> (shard, which).
+        let mut known: BTreeMap<(u64, u16), Vec<(usize, usize)>> = BTreeMap::new();
+        for (w, shard) in verified.iter().enumerate() {
+            if let Some(shard) = shard {
+                let place = wanted[w].place;
+                known
+                    .entry((place.slot, place.row))
+                    .or_default()
+                    .push((*shard, w));
+            }
+        }
         // The shard-blocks to read: of rows whose crcs are recorded for their blocks' birth,
-        // every written one on a present member but those already tried.
+        // every written one on a present member but those already tried and those the first
+        // read returned (copied here: `reused` holds them, `reuse` says whose they are).
         let mut pieces = Vec::new();
+        let mut reuse: Vec<usize> = Vec::new();
+        let mut reused: Vec<u8> = Vec::new();
         for (r, (blocks, recorded)) in rows.iter().enumerate() {
-            let Some((_, n, _)) = recorded else {
+            let Some((birth, n, _)) = recorded else {
                 continue;
             };
             let place = wanted[blocks[0].0].place;
+            let row_known = known.get(&(place.slot, place.row));
             for s in 0..width {
                 let tried = blocks.iter().any(|(_, t)| t.is_some_and(|(x, _)| x == s));
                 if self.rows.unwritten(s, *n) || tried {
+                    continue;
+                }
+                let had = row_known.and_then(|k| {
+                    k.iter()
+                        .find(|(shard, w)| *shard == s && wanted[*w].pointer.birth() == *birth)
+                });
+                if let Some((_, w)) = had {
+                    let at = wanted[*w].index * BLOCK_BYTES;
+                    reused.extend_from_slice(&out[at..at + BLOCK_BYTES]);
+                    reuse.push(r * width + s);
                     continue;
                 }
                 pieces.extend(self.present_piece(devices, place.slot, s, place.row, r * width + s));
@@ -287,7 +321,11 @@ impl Volume {
         let runs = runs(pieces);
         let (buffers, results) = read_runs(devices, &runs);
         // What each piece read: its bytes, or `None` when its request failed.
-        let mut read: BTreeMap<usize, Option<&[u8]>> = BTreeMap::new();
+        let mut read: BTreeMap<usize, Option<&[u8]>> = reuse
+            .iter()
+            .zip(reused.chunks_exact(BLOCK_BYTES))
+            .map(|(at, bytes)| (*at, Some(bytes)))
+            .collect();
         for (run, result) in runs.iter().zip(&results) {
             if let (Some(Err(error)), Some(first)) = (result, run.first()) {
                 let (blocks, _) = &rows[first.index / width];
