@@ -3,7 +3,7 @@
 
 use super::place::{runs, BlockPlace, Piece};
 use super::{MemberProblem, ProblemKind, Volume, BLOCK, BLOCK_BYTES};
-use crate::device::{run_batch, AlignedBuf, BatchOp, DeviceError, SharedDevice};
+use crate::device::{run_batch_while, AlignedBuf, BatchOp, DeviceError, SharedDevice};
 use crate::error::{Error, Result};
 use crate::format::v4::BlockPointer;
 use std::collections::BTreeMap;
@@ -612,6 +612,21 @@ pub(super) fn read_runs(
     Vec<AlignedBuf>,
     Vec<Option<std::result::Result<(), DeviceError>>>,
 ) {
+    let (buffers, results, ()) = read_runs_while(devices, runs, || ());
+    (buffers, results)
+}
+
+/// [`read_runs`], running `meanwhile` while the requests are on the devices (see
+/// [`crate::device::run_batch_while`]); its outcome too.
+pub(super) fn read_runs_while<R>(
+    devices: &[Option<SharedDevice>],
+    runs: &[Vec<Piece>],
+    meanwhile: impl FnOnce() -> R,
+) -> (
+    Vec<AlignedBuf>,
+    Vec<Option<std::result::Result<(), DeviceError>>>,
+    R,
+) {
     let mut buffers: Vec<AlignedBuf> = runs
         .iter()
         .map(|run| AlignedBuf::zeroed(run.len() * BLOCK_BYTES))
@@ -625,12 +640,12 @@ pub(super) fn read_runs(
             issued.push(r);
         }
     }
-    run_batch(&mut ops);
+    let outcome = run_batch_while(&mut ops, meanwhile);
     results.resize_with(runs.len(), || None);
     for (op, r) in ops.into_iter().zip(issued) {
         results[r] = Some(op.result);
     }
-    (buffers, results)
+    (buffers, results, outcome)
 }
 
 /// The member holding shard-block `shard` of `place`'s row.

@@ -28,12 +28,33 @@
 
 use super::place::{runs, Piece};
 use super::{write_runs, MemberProblem, ProblemKind, Volume, BLOCK_BYTES};
-use crate::device::SharedDevice;
+use crate::device::{AlignedBuf, DeviceError, SharedDevice};
 use crate::error::{Error, Result};
 use crate::format::DeviceScrubCounters;
 use crate::meta::{CopyProblem, Openings, PageRef, WrittenRow};
 use crate::types::DeviceIndex;
 use std::collections::BTreeMap;
+
+/// Slots a scrub reads in one batch while it checks the batch before (8 slots of rs:4+2 with
+/// 64 KiB chunks: 3 MiB; a segment of 64 slots is eight such batches, so the devices read
+/// while the CPU verifies: before, each segment was read whole and then verified, and the
+/// two took turns).
+const SCRUB_READ_SLOTS: usize = 8;
+
+/// The rows of some slots and the runs of requests that read them ([`Volume::read_slots`]).
+struct PlannedSlots {
+    read: Vec<Vec<RowRead>>,
+    slot_of: Vec<u64>,
+    rows_max: usize,
+    runs: Vec<Vec<Piece>>,
+}
+
+/// A group of slots as read: the plan, the runs' buffers and outcomes.
+type ReadGroup = (
+    PlannedSlots,
+    Vec<AlignedBuf>,
+    Vec<Option<std::result::Result<(), DeviceError>>>,
+);
 
 /// How a scrub runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -409,6 +430,19 @@ impl Volume {
         wanted: &dyn Fn(u64, usize) -> bool,
         verify: bool,
     ) -> (Vec<Vec<RowRead>>, u64) {
+        let planned = self.plan_slots(devices, slots, wanted);
+        let (buffers, results) = super::read::read_runs(devices, &planned.runs);
+        self.finish_slots(devices, planned, &buffers, results, verify)
+    }
+
+    /// The first part of [`Volume::read_slots`]: the rows of `slots` with their cells, and the
+    /// runs of requests that read them.
+    fn plan_slots(
+        &self,
+        devices: &[Option<SharedDevice>],
+        slots: Vec<(u64, Vec<WrittenRow>)>,
+        wanted: &dyn Fn(u64, usize) -> bool,
+    ) -> PlannedSlots {
         let width = self.rows.geometry().width();
         let mut read: Vec<Vec<RowRead>> = Vec::with_capacity(slots.len());
         let mut slot_of = Vec::with_capacity(slots.len());
@@ -457,14 +491,38 @@ impl Volume {
             read.push(in_slot);
             slot_of.push(slot);
         }
-        let runs = runs(pieces);
-        let (buffers, results) = super::read::read_runs(devices, &runs);
+        PlannedSlots {
+            read,
+            slot_of,
+            rows_max,
+            runs: runs(pieces),
+        }
+    }
+
+    /// The second part of [`Volume::read_slots`]: the cells of `planned` filled from what its
+    /// runs read (`buffers`, `results`; a failed run read again cell by cell), each checked
+    /// against its row's crc unless `verify` is off; the rows and the bytes read.
+    fn finish_slots(
+        &self,
+        devices: &[Option<SharedDevice>],
+        planned: PlannedSlots,
+        buffers: &[AlignedBuf],
+        results: Vec<Option<std::result::Result<(), DeviceError>>>,
+        verify: bool,
+    ) -> (Vec<Vec<RowRead>>, u64) {
+        let width = self.rows.geometry().width();
+        let PlannedSlots {
+            mut read,
+            slot_of,
+            rows_max,
+            runs,
+        } = planned;
         let results: Vec<Option<std::result::Result<(), String>>> = results
             .into_iter()
             .map(|r| r.map(|r| r.map_err(|e| e.to_string())))
             .collect();
         let mut bytes_read = 0;
-        for ((run, buffer), result) in runs.iter().zip(&buffers).zip(results) {
+        for ((run, buffer), result) in runs.iter().zip(buffers).zip(results) {
             bytes_read += buffer.len() as u64;
             let run_ok = matches!(result, Some(Ok(())));
             for (i, piece) in run.iter().enumerate() {
@@ -587,8 +645,47 @@ impl Volume {
             return Ok(());
         }
         let verify = !self.planted_scrub_skips_crc();
-        let slots: Vec<u64> = wanted.iter().map(|(slot, _)| *slot).collect();
-        let (read, bytes_read) = self.read_slots(devices, wanted, &|_, _| true, verify);
+        // Read in groups of SCRUB_READ_SLOTS slots, each group's requests on the devices while
+        // the group before is checked and repaired (on io_uring; elsewhere one after the
+        // other, in the same order).
+        let mut groups: Vec<Vec<(u64, Vec<WrittenRow>)>> = Vec::new();
+        for slot in wanted {
+            match groups.last_mut() {
+                Some(group) if group.len() < SCRUB_READ_SLOTS => group.push(slot),
+                _ => groups.push(vec![slot]),
+            }
+        }
+        let mut before: Option<ReadGroup> = None;
+        for group in groups {
+            let planned = self.plan_slots(devices, group, &|_, _| true);
+            let check = |before: Option<ReadGroup>, report: &mut VolumeScrubReport| {
+                before.map_or(Ok(()), |b| {
+                    self.check_group(devices, b, verify, options, report)
+                })
+            };
+            let earlier = before.take();
+            let (buffers, results, checked) =
+                super::read::read_runs_while(devices, &planned.runs, || check(earlier, report));
+            checked?;
+            before = Some((planned, buffers, results));
+        }
+        if let Some(last) = before {
+            self.check_group(devices, last, verify, options, report)?;
+        }
+        Ok(())
+    }
+
+    /// Fill, verify and check one group of slots read by [`Volume::scrub_slots`].
+    fn check_group(
+        &self,
+        devices: &[Option<SharedDevice>],
+        (planned, buffers, results): ReadGroup,
+        verify: bool,
+        options: &VolumeScrubOptions,
+        report: &mut VolumeScrubReport,
+    ) -> Result<()> {
+        let slots = planned.slot_of.clone();
+        let (read, bytes_read) = self.finish_slots(devices, planned, &buffers, results, verify);
         report.bytes_read += bytes_read;
         for (slot, read) in slots.into_iter().zip(read) {
             self.scrub_read_slot(devices, slot, &read, options, report)?;
