@@ -608,13 +608,13 @@ impl Volume {
 pub(super) fn read_runs(
     devices: &[Option<SharedDevice>],
     runs: &[Vec<Piece>],
-) -> (
-    Vec<AlignedBuf>,
-    Vec<Option<std::result::Result<(), DeviceError>>>,
-) {
+) -> (Vec<AlignedBuf>, RunResults) {
     let (buffers, results, ()) = read_runs_while(devices, runs, || ());
     (buffers, results)
 }
+
+/// Each run's outcome (`None`: no request was made, its member is not present).
+pub(super) type RunResults = Vec<Option<std::result::Result<(), DeviceError>>>;
 
 /// [`read_runs`], running `meanwhile` while the requests are on the devices (see
 /// [`crate::device::run_batch_while`]); its outcome too.
@@ -622,11 +622,7 @@ pub(super) fn read_runs_while<R>(
     devices: &[Option<SharedDevice>],
     runs: &[Vec<Piece>],
     meanwhile: impl FnOnce() -> R,
-) -> (
-    Vec<AlignedBuf>,
-    Vec<Option<std::result::Result<(), DeviceError>>>,
-    R,
-) {
+) -> (Vec<AlignedBuf>, RunResults, R) {
     let mut buffers: Vec<AlignedBuf> = runs
         .iter()
         .map(|run| AlignedBuf::zeroed(run.len() * BLOCK_BYTES))

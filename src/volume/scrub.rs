@@ -27,8 +27,9 @@
 //! [`PageStore`]: crate::meta::PageStore
 
 use super::place::{runs, Piece};
+use super::read::RunResults;
 use super::{write_runs, MemberProblem, ProblemKind, Volume, BLOCK_BYTES};
-use crate::device::{AlignedBuf, DeviceError, SharedDevice};
+use crate::device::{AlignedBuf, SharedDevice};
 use crate::error::{Error, Result};
 use crate::format::DeviceScrubCounters;
 use crate::meta::{CopyProblem, Openings, PageRef, WrittenRow};
@@ -50,11 +51,7 @@ struct PlannedSlots {
 }
 
 /// A group of slots as read: the plan, the runs' buffers and outcomes.
-type ReadGroup = (
-    PlannedSlots,
-    Vec<AlignedBuf>,
-    Vec<Option<std::result::Result<(), DeviceError>>>,
-);
+type ReadGroup = (PlannedSlots, Vec<AlignedBuf>, RunResults);
 
 /// How a scrub runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -507,7 +504,7 @@ impl Volume {
         devices: &[Option<SharedDevice>],
         planned: PlannedSlots,
         buffers: &[AlignedBuf],
-        results: Vec<Option<std::result::Result<(), DeviceError>>>,
+        results: RunResults,
         verify: bool,
     ) -> (Vec<Vec<RowRead>>, u64) {
         let width = self.rows.geometry().width();
