@@ -53,6 +53,26 @@ fn faulty_members(
         .unzip()
 }
 
+/// What writer threads wrote last, block by block, merged (each thread writes its own blocks).
+fn last_written(
+    threads: Vec<std::thread::JoinHandle<std::collections::BTreeMap<u64, Vec<u8>>>>,
+) -> std::collections::BTreeMap<u64, Vec<u8>> {
+    let mut expected = std::collections::BTreeMap::new();
+    for thread in threads {
+        expected.extend(thread.join().unwrap());
+    }
+    expected
+}
+
+/// Every 4 KiB block of `expected` reads back as written.
+fn reads_back(pool: &Pool, expected: &std::collections::BTreeMap<u64, Vec<u8>>, label: &str) {
+    for (block, data) in expected {
+        let mut back = vec![0u8; 4096];
+        pool.read_at(block * 4096, &mut back).unwrap();
+        assert!(back == *data, "{label}: block {block}");
+    }
+}
+
 fn check_only_scrub(pool: &Pool) -> stripestore::pool::ScrubReport {
     let options = stripestore::pool::ScrubOptions {
         check_only: true,
@@ -481,23 +501,13 @@ fn concurrent_small_writes_are_grouped_and_read_back() {
             })
         })
         .collect();
-    let mut expected = std::collections::BTreeMap::new();
-    for thread in threads {
-        expected.extend(thread.join().unwrap());
-    }
+    let expected = last_written(threads);
     pool.flush().unwrap();
-    let check = |pool: &Pool| {
-        for (block, data) in &expected {
-            let mut back = vec![0u8; 4096];
-            pool.read_at(block * 4096, &mut back).unwrap();
-            assert!(back == *data, "block {block}");
-        }
-    };
-    check(&pool);
+    reads_back(&pool, &expected, "");
     let pool = Arc::into_inner(pool).unwrap();
     pool.close().unwrap();
     let pool = Pool::open(shared(&mems), &open_options()).unwrap();
-    check(&pool);
+    reads_back(&pool, &expected, "after a reopen");
     pool.close().unwrap();
 }
 
@@ -539,23 +549,13 @@ fn concurrent_whole_row_writes_on_files_go_through_the_pipeline_and_read_back() 
                 })
             })
             .collect();
-        let mut expected = std::collections::BTreeMap::new();
-        for thread in threads {
-            expected.extend(thread.join().unwrap());
-        }
+        let expected = last_written(threads);
         pool.flush().unwrap();
-        let check = |pool: &Pool| {
-            for (block, data) in &expected {
-                let mut back = vec![0u8; 4096];
-                pool.read_at(block * 4096, &mut back).unwrap();
-                assert!(back == *data, "{layout}: block {block}");
-            }
-        };
-        check(&pool);
+        reads_back(&pool, &expected, layout);
         let pool = Arc::into_inner(pool).unwrap();
         pool.close().unwrap();
         let pool = Pool::open_paths(&paths, &open_options()).unwrap();
-        check(&pool);
+        reads_back(&pool, &expected, layout);
         let scrub = check_only_scrub(&pool);
         assert_eq!(
             (scrub.bad_shards, scrub.unrepairable_stripes),

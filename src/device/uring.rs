@@ -491,34 +491,10 @@ pub(super) fn flush_together(
             }
             pushed += 1;
         }
-        let mut results: Vec<Option<i32>> = vec![None; pushed];
-        let mut pending = pushed;
-        while pending > 0 {
-            match ring.submit_and_wait(1) {
-                Ok(_) => {}
-                Err(err)
-                    if matches!(
-                        err.raw_os_error(),
-                        Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
-                    ) => {}
-                Err(err) => {
-                    // Requests may still be in flight on this ring: stop, as `reap_round`.
-                    tracing::error!(%err, pending, "io_uring_enter failed with flushes in flight");
-                    std::process::abort();
-                }
-            }
-            for completion in ring.completion() {
-                let Ok(index) = usize::try_from(completion.user_data()) else {
-                    continue;
-                };
-                if let Some(result) = results.get_mut(index) {
-                    if result.is_none() {
-                        *result = Some(completion.result());
-                        pending -= 1;
-                    }
-                }
-            }
-        }
+        let results: Vec<Option<i32>> = wait_all(ring, pushed)
+            .into_iter()
+            .map(|r| r.map(|(code, _)| code))
+            .collect();
         Some(
             devices
                 .iter()
@@ -637,10 +613,11 @@ fn push_round(ring: &mut IoUring, ops: &mut [BatchOp<'_>], round: &[usize]) -> V
     flights
 }
 
-/// Submit what `push_round` queued and wait for all of it; set each op's result.
-fn reap_round(ring: &mut IoUring, ops: &mut [BatchOp<'_>], flights: Vec<InFlight>) {
-    let mut pending = flights.len();
-    let mut results: Vec<Option<(i32, std::time::Instant)>> = vec![None; flights.len()];
+/// Submit what is queued on `ring` and wait until the `count` requests with user data
+/// `0..count` have completed: each one's result code and when it came.
+fn wait_all(ring: &mut IoUring, count: usize) -> Vec<Option<(i32, std::time::Instant)>> {
+    let mut pending = count;
+    let mut results: Vec<Option<(i32, std::time::Instant)>> = vec![None; count];
     while pending > 0 {
         match ring.submit_and_wait(1) {
             Ok(_) => {}
@@ -669,6 +646,12 @@ fn reap_round(ring: &mut IoUring, ops: &mut [BatchOp<'_>], flights: Vec<InFlight
             }
         }
     }
+    results
+}
+
+/// Submit what `push_round` queued and wait for all of it; set each op's result.
+fn reap_round(ring: &mut IoUring, ops: &mut [BatchOp<'_>], flights: Vec<InFlight>) {
+    let results = wait_all(ring, flights.len());
     for (flight, result) in flights.into_iter().zip(results) {
         let (result, done) = result.unwrap_or((-libc::EIO, std::time::Instant::now()));
         let latency = done.saturating_duration_since(flight.submitted);
