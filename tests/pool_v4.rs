@@ -73,6 +73,18 @@ fn reads_back(pool: &Pool, expected: &std::collections::BTreeMap<u64, Vec<u8>>, 
     }
 }
 
+/// v4 options on files of DEVICE_BYTES with segments of 32 slots, so that a scrub or a
+/// rebuild reads a segment in several groups of slots.
+fn v4_file_options(layout: &str) -> CreateOptions {
+    let mut options = v4_options(layout);
+    options.device_bytes = Some(DEVICE_BYTES);
+    options.format = FormatVersion::V4(stripestore::pool::V4Options {
+        segment_slots: 32,
+        ..small_v4()
+    });
+    options
+}
+
 fn check_only_scrub(pool: &Pool) -> stripestore::pool::ScrubReport {
     let options = stripestore::pool::ScrubOptions {
         check_only: true,
@@ -437,6 +449,47 @@ fn replace_on_v4_rebuilds_the_position_onto_the_new_device() {
     }
 }
 
+/// A v4 rebuild onto a file (io_uring, segments of 32 slots) fills the position: after two
+/// more original members are lost (their files deleted, so no scan finds them), every byte
+/// reads back.
+#[test]
+fn a_v4_rebuild_on_files_fills_the_position_and_reads_back_with_two_more_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths: Vec<std::path::PathBuf> = (0..6).map(|i| dir.path().join(format!("d{i}"))).collect();
+    let mut options = v4_file_options("rs:4+2");
+    options.open.auto_replace = false;
+    let pool = Pool::create_paths(&paths, &[], &options).unwrap();
+    let mut rng = stripestore::testing::rng(0x4830);
+    let mut model = Model::new(pool.size());
+    // 3 MiB at the start (48 slots of rows), then random writes over the rest.
+    let data = random_bytes(&mut rng, 3 << 20);
+    pool.write_at(0, &data).unwrap();
+    model.write(0, &data);
+    random_writes(&pool, &mut model, &mut rng, 60);
+    let lost = paths[0].display().to_string();
+    pool.offline(&lost).unwrap();
+    random_writes(&pool, &mut model, &mut rng, 20);
+    let fresh = dir.path().join("fresh");
+    let device = stripestore::device::open_device(&fresh, Some(DEVICE_BYTES)).unwrap();
+    pool.replace(&lost, device, false).unwrap();
+    pool.run_rebuilds(|_| {}).unwrap();
+    assert_eq!(pool.status().devices[0].state, "ONLINE");
+    verify(&pool, &model);
+    pool.close().unwrap();
+    // The fresh file and three originals: members 1 and 2 are lost (and the lost member 0).
+    for lost in &paths[..3] {
+        std::fs::remove_file(lost).unwrap();
+    }
+    let keep = [fresh, paths[3].clone(), paths[4].clone(), paths[5].clone()];
+    let forced = OpenOptions {
+        force: true,
+        ..open_options()
+    };
+    let pool = Pool::open_paths(&keep, &forced).unwrap();
+    verify(&pool, &model);
+    pool.close().unwrap();
+}
+
 /// The size in the superblocks is the volume's: a pool recorded smaller than this build would
 /// make it is served at the recorded size; one recorded larger than this build leaves room
 /// for is refused naming both sizes, with nothing written.
@@ -574,11 +627,10 @@ fn a_scrub_on_files_repairs_rot_in_every_group_of_slots_to_the_exact_bytes() {
     use std::os::unix::fs::FileExt;
     let dir = tempfile::tempdir().unwrap();
     let paths: Vec<std::path::PathBuf> = (0..6).map(|i| dir.path().join(format!("d{i}"))).collect();
-    let mut options = v4_options("rs:4+2");
-    options.device_bytes = Some(DEVICE_BYTES);
-    let pool = Pool::create_paths(&paths, &[], &options).unwrap();
+    let pool = Pool::create_paths(&paths, &[], &v4_file_options("rs:4+2")).unwrap();
     let mut rng = stripestore::testing::rng(0x4710);
-    // 3 MiB over rows of 4 x 16 KiB chunks: 48 slots, six groups of eight.
+    // 3 MiB over rows of 4 x 16 KiB chunks: 48 slots, in segments of 32 read eight at a
+    // time.
     let data = random_bytes(&mut rng, 3 << 20);
     pool.write_at(0, &data).unwrap();
     pool.flush().unwrap();
