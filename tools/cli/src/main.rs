@@ -124,9 +124,9 @@ enum Command {
         checksum_size: u64,
         /// On-disk format: 3 (stripes rewritten whole, the map in memory; the default while
         /// version 4 is finished) or 4 (rows and the paged map: small writes without a
-        /// read-modify-write, memory bounded by --map-cache; scrub, rebuild and replace are
-        /// not available on it yet). Version 4 needs a chunk size that is a multiple of 16K
-        /// and ignores --checksum-size (4K).
+        /// read-modify-write, memory bounded by --map-cache, background scrub and rebuild;
+        /// sequential writes still slower than version 3's, README "Performance"). Version 4
+        /// needs a chunk size that is a multiple of 16K and ignores --checksum-size (4K).
         #[arg(long, default_value = "3", value_parser = clap::builder::PossibleValuesParser::new(["3", "4"]))]
         format: String,
         /// Overwrite devices that hold another pool's superblock, a filesystem, a partition
