@@ -353,14 +353,14 @@ enum Command {
     BenchScrub(ScrubBench),
     /// Measure the paged map of format version 4 at volume sizes up to 16 TiB on sparse files:
     /// create and open time, peak RSS, bytes per flush, pages per sync, open after a kill,
-    /// cold and warm lookups (the map alone; the pool does not use it yet).
+    /// cold and warm lookups (the map alone, without the pool around it).
     BenchMetadata(bench_metadata::BenchMetadataArgs),
     /// Measure random 4 KiB reads on a format-version-4 pool whose map page cache holds a
     /// tenth of the map, against the whole map cached, in one run (issue 13, "Cold map").
     BenchColdMap(bench_cold_map::BenchColdMapArgs),
-    /// Measure 4 KiB random writes on the data path of format version 4 (the library, not
-    /// yet mounted) against fio's random writes on one member file, in one run, with and
-    /// without a flush every 32 writes.
+    /// Measure 4 KiB random writes on the data path of format version 4 (the library, and
+    /// with --nbd a v4 pool served over NBD) against fio's random writes on one member file,
+    /// in one run, with and without a flush every 32 writes.
     BenchSmallwrite(bench_smallwrite::BenchSmallwriteArgs),
     /// Run deterministic disk-failure simulations: seeded workloads with injected faults and
     /// crashes, checked against a model after every step.
