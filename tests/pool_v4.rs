@@ -490,6 +490,60 @@ fn a_v4_rebuild_on_files_fills_the_position_and_reads_back_with_two_more_lost() 
     pool.close().unwrap();
 }
 
+/// A write leader that panics while it lands a group (planted) costs the writes it carried a
+/// clear error, never a writer waiting for ever; the pool then refuses writes, still serves
+/// reads, and after a reopen every block reads its old or its new bytes, nothing else.
+#[test]
+fn a_write_leader_that_panics_fails_its_writes_and_no_writer_waits_for_ever() {
+    let mems = mem_devices(6, DEVICE_BYTES);
+    let pool = Arc::new(Pool::create(shared(&mems), vec![], &v4_options("rs:4+2")).unwrap());
+    let mut rng = stripestore::testing::rng(0x4840);
+    let data = random_bytes(&mut rng, 64 << 10);
+    pool.write_at(0, &data).unwrap();
+    pool.flush().unwrap();
+    pool.plant_leader_panic();
+    let writers: Vec<_> = (0..8u64)
+        .map(|t| {
+            let pool = Arc::clone(&pool);
+            std::thread::spawn(move || pool.write_at((16 + t) * 4096, &[t as u8 + 1; 4096]))
+        })
+        .collect();
+    // Joined on a thread of its own: a writer waiting for ever fails the test, not the suite.
+    let (sent, outcomes) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let joined: Vec<_> = writers.into_iter().map(|w| w.join()).collect();
+        let _ = sent.send(joined);
+    });
+    let joined = outcomes
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("a writer still waits a minute after the leader panicked");
+    let panicked = joined.iter().filter(|j| j.is_err()).count();
+    assert_eq!(panicked, 1, "the planted panic happens once, in the leader");
+    for outcome in joined.iter().flatten() {
+        assert!(outcome.is_err(), "a write was acknowledged: {outcome:?}");
+    }
+    // Writes are refused now; reads go on.
+    assert!(pool.write_at(0, &[7; 4096]).is_err());
+    let mut back = vec![0u8; data.len()];
+    pool.read_at(0, &mut back).unwrap();
+    assert!(back == data);
+    let pool = Arc::into_inner(pool).unwrap();
+    drop(pool);
+    let pool = Pool::open(shared(&mems), &open_options()).unwrap();
+    pool.read_at(0, &mut back).unwrap();
+    assert!(back == data, "flushed data after the reopen");
+    for t in 0..8u64 {
+        let mut block = vec![0u8; 4096];
+        pool.read_at((16 + t) * 4096, &mut block).unwrap();
+        assert!(
+            block == vec![0u8; 4096] || block == vec![t as u8 + 1; 4096],
+            "block {}: neither its old nor its new bytes",
+            16 + t
+        );
+    }
+    pool.close().unwrap();
+}
+
 /// The size in the superblocks is the volume's: a pool recorded smaller than this build would
 /// make it is served at the recorded size; one recorded larger than this build leaves room
 /// for is refused naming both sizes, with nothing written.

@@ -1392,6 +1392,13 @@ impl MapStore {
         Ok(())
     }
 
+    /// Refuse every change from now on, as after a failed metadata write: the owner can no
+    /// longer vouch for the map's state in memory (a thread panicked while changing it).
+    /// Reads go on; a reopen starts again from what is durable.
+    pub fn fail(&mut self) {
+        self.failed = true;
+    }
+
     /// Whether a metadata write failed: the map must be reopened (every change is refused).
     #[must_use]
     pub fn failed(&self) -> bool {

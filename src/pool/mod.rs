@@ -555,6 +555,18 @@ impl Pool {
         })
     }
 
+    /// Plant a bug (feature `testing`): the next write leader of a format-version-4 pool
+    /// panics while it lands a group (once). The writes it carried fail with
+    /// [`Error::ThreadPanicked`], the pool refuses writes until it is reopened, and no writer
+    /// waits for ever. Does nothing on version 3.
+    #[cfg(feature = "testing")]
+    pub fn plant_leader_panic(&self) {
+        if let Some(rows) = self.inner.rows() {
+            rows.planted_leader_panic
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     /// Several writes queued together, as concurrent writers' would be, then carried in
     /// groups (on a format-version-4 pool, through the writer's pipeline: docs/FORMAT.md V4.6,
     /// "Several groups on the devices"); one after another on version 3. The simulation's way

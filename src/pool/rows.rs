@@ -150,6 +150,10 @@ pub(crate) struct RowsEngine {
     /// fills; held by a rebuild step, so the background driver and a caller's steps take
     /// turns.
     pub(crate) rebuilding: Mutex<RebuildPlans>,
+    /// Planted (feature `testing`, [`crate::Pool::plant_leader_panic`]): the next write
+    /// leader panics while it lands a group (once).
+    #[cfg(feature = "testing")]
+    pub(crate) planted_leader_panic: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -160,6 +164,43 @@ struct Queue {
     /// The thread leading, unparked when a write is queued (it may be waiting for its oldest
     /// unit on the devices: the new write goes out at once).
     leader: Option<std::thread::Thread>,
+}
+
+/// The leader's office, given up when it is dropped: on return, and on a panic while leading
+/// (after the volume's lock is released). Then every write of a group it took and did not
+/// land gets [`Error::ThreadPanicked`], the volume refuses further changes until the pool is
+/// reopened (its state in memory may be half changed), and the writers waiting are woken: no
+/// writer waits for ever behind a leader that is gone.
+struct Leading<'a> {
+    rows: &'a RowsEngine,
+    /// The groups taken and not landed yet.
+    taken: std::cell::RefCell<Vec<Arc<QueuedGroup>>>,
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(
+                "the write leader panicked; writes are refused until the pool is reopened"
+            );
+            self.rows.volume.write().fail();
+            for group in self.taken.get_mut().drain(..) {
+                for queued in &group.0 {
+                    let mut outcome = queued.outcome.lock();
+                    if outcome.is_none() {
+                        *outcome = Some(Err(Error::ThreadPanicked {
+                            thread: "write leader",
+                        }));
+                    }
+                }
+            }
+        }
+        let mut queue = self.rows.queue.lock();
+        queue.leading = false;
+        queue.leader = None;
+        drop(queue);
+        self.rows.carried.notify_all();
+    }
 }
 
 impl std::fmt::Debug for RowsEngine {
@@ -313,6 +354,8 @@ impl RowsEngine {
             queue: Mutex::new(Queue::default()),
             carried: Condvar::new(),
             rebuilding: Mutex::new(RebuildPlans::default()),
+            #[cfg(feature = "testing")]
+            planted_leader_panic: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -577,6 +620,12 @@ impl PoolInner {
     /// write is still queued leads next, so no writer waits behind an endless stream of
     /// others' writes.
     fn lead_groups(&self, rows: &RowsEngine, mine: &Queued) {
+        // Declared before the volume's lock, so that on a panic it runs after the lock is
+        // given up (see `Leading`).
+        let leading = Leading {
+            rows,
+            taken: std::cell::RefCell::new(Vec::new()),
+        };
         let mut volume = rows.volume.write();
         let mut after_mine = 0usize;
         volume.write_pipelined(
@@ -608,22 +657,30 @@ impl PoolInner {
                 if mine.outcome.lock().is_some() {
                     after_mine += group.iter().map(|q| q.payload.len()).sum::<usize>();
                 }
-                Some(Arc::new(QueuedGroup(group)))
+                let group = Arc::new(QueuedGroup(group));
+                leading.taken.borrow_mut().push(Arc::clone(&group));
+                Some(group)
             },
             |volume, group, outcomes| {
+                #[cfg(feature = "testing")]
+                if rows.planted_leader_panic.swap(false, Ordering::Relaxed) {
+                    panic!("planted: the write leader panics while it lands a group");
+                }
                 for (queued, outcome) in group.0.iter().zip(outcomes) {
                     *queued.outcome.lock() = Some(self.unavailable_if_failed(volume, outcome));
                 }
+                leading
+                    .taken
+                    .borrow_mut()
+                    .retain(|taken| !std::ptr::eq(Arc::as_ptr(taken), group));
                 // Taken, so that a writer between finding no outcome and sleeping is asleep
                 // (it holds the queue's lock from one to the other): no wake-up is lost.
                 drop(rows.queue.lock());
                 rows.carried.notify_all();
             },
         );
-        let mut queue = rows.queue.lock();
-        queue.leading = false;
-        queue.leader = None;
-        rows.carried.notify_all();
+        drop(volume);
+        drop(leading);
     }
 
     pub(crate) fn rows_discard(&self, rows: &RowsEngine, offset: u64, length: u64) -> Result<()> {

@@ -378,6 +378,12 @@ impl Volume {
         self.blocks * BLOCK
     }
 
+    /// Refuse every change from now on ([`MapStore::fail`]): a thread panicked while it
+    /// changed the volume, so its state in memory cannot be vouched for. Reads go on.
+    pub fn fail(&mut self) {
+        self.map.fail();
+    }
+
     /// The map (pointers, rows, segments).
     #[must_use]
     pub fn map(&self) -> &MapStore {
