@@ -1263,15 +1263,21 @@ fn encoded_writes_pass_a_failing_or_absent_member_within_the_tolerance_and_fail_
     }
 }
 
+/// A new volume on `rig` holding `count` blocks written from block 0 (version 1) and flushed.
+fn flushed_blocks(rig: &Rig, count: u64) -> (Volume, Vec<u8>) {
+    let mut volume = rig.create(&options());
+    let data = blocks_at(0, count, 1);
+    volume.write(&rig.devices, 0, &data).unwrap();
+    volume.flush(&rig.devices).unwrap();
+    (volume, data)
+}
+
 #[test]
 fn a_degraded_read_of_many_rows_rebuilds_each_block_once_and_counts_exactly() {
     for (layout, members) in [("rs:4+2", 6), ("rs:2+1", 3)] {
         let rig = Rig::new(layout, members);
-        let mut volume = rig.create(&options());
         let count = 64u64;
-        let data = blocks_at(0, count, 1);
-        volume.write(&rig.devices, 0, &data).unwrap();
-        volume.flush(&rig.devices).unwrap();
+        let (volume, data) = flushed_blocks(&rig, count);
         // Member 0 absent: every block whose shard it holds is rebuilt from its row, each
         // row read once however many of its blocks are wanted.
         let mut absent = rig.devices.clone();
@@ -1372,11 +1378,8 @@ fn a_degraded_read_of_many_rows_rebuilds_each_block_once_and_counts_exactly() {
 fn a_degraded_read_reads_each_present_shard_block_of_a_row_once() {
     for (layout, members) in [("rs:4+2", 6), ("rs:2+1", 3)] {
         let rig = Rig::new(layout, members);
-        let mut volume = rig.create(&options());
         let count = 64u64;
-        let data = blocks_at(0, count, 1);
-        volume.write(&rig.devices, 0, &data).unwrap();
-        volume.flush(&rig.devices).unwrap();
+        let (volume, data) = flushed_blocks(&rig, count);
         let io = Arc::new(DeviceIo::default());
         let mut absent: Vec<Option<SharedDevice>> = rig
             .devices
