@@ -1916,6 +1916,115 @@ impl MapStore {
         self.install(devices, key, Some(pointer))
     }
 
+    /// Map the consecutive logical blocks `first ..` to the data blocks `pbns` of noted rows
+    /// (block `first + i` to `pbns[i]`): what [`MapStore::set`] does for each, with one walk
+    /// of the tree per leaf (durable at the next commit).
+    ///
+    /// # Errors
+    /// As [`MapStore::set`]; the blocks before the one refused stay mapped.
+    pub fn set_run(
+        &mut self,
+        devices: &[Option<SharedDevice>],
+        first: u64,
+        pbns: &[u64],
+    ) -> Result<()> {
+        self.usable()?;
+        let count = pbns.len() as u64;
+        if first
+            .checked_add(count)
+            .is_none_or(|end| end > self.map.keys())
+        {
+            return Err(Error::corrupt_metadata(format!(
+                "logical blocks {first} + {count} beyond the map ({} blocks)",
+                self.map.keys()
+            )));
+        }
+        if !self.overlay.is_empty() {
+            // Replayed changes not yet in the tree: the old pointer of a key may be in the
+            // overlay (only until the first sync after an open), so each key goes alone.
+            for (key, pbn) in (first..).zip(pbns) {
+                self.set(devices, key, *pbn)?;
+            }
+            return Ok(());
+        }
+        let mut pointers = Vec::with_capacity(pbns.len());
+        let mut row: Option<((u64, u16), &RowInfo)> = None;
+        for (key, &pbn) in (first..).zip(pbns) {
+            let (slot, r, j) = row_of(&self.geometry, pbn);
+            let info = match row {
+                Some((at, info)) if at == (slot, r) => info,
+                _ => {
+                    let Some(info) = self.rows.get(&(slot, r)) else {
+                        return Err(Error::corrupt_metadata(format!(
+                            "block {pbn}: row {r} of slot {slot} was not noted"
+                        )));
+                    };
+                    row = Some(((slot, r), info));
+                    info
+                }
+            };
+            if info.owners.get(j) != Some(&key) {
+                return Err(Error::corrupt_metadata(format!(
+                    "block {pbn} is not owned by logical block {key} in its row"
+                )));
+            }
+            let crc = pointer_crc(&self.geometry, &info.crcs, j)
+                .ok_or_else(|| Error::corrupt_metadata(format!("no crc for block {pbn}")))?;
+            pointers.push(BlockPointer::written(pbn, info.birth, 0, crc));
+        }
+        let leaf = self.map.leaf_keys();
+        let mut at = 0usize;
+        while at < pointers.len() {
+            let key = first + at as u64;
+            let in_leaf = usize::try_from(leaf - key % leaf).unwrap_or(usize::MAX);
+            let run = &pointers[at..pointers.len().min(at + in_leaf)];
+            let mut olds = None;
+            for attempt in 0..2 {
+                match self.map.swap_run(devices, key, run) {
+                    Ok(found) => {
+                        olds = Some(found);
+                        break;
+                    }
+                    Err(SetError::Failed(e)) => return Err(e),
+                    // As in `install`: the sync keeps the rows noted for what is still to come.
+                    Err(SetError::NeedsSync(_)) if attempt == 0 => {
+                        self.sync_keeping_rows(devices)?;
+                    }
+                    Err(SetError::NeedsSync(_)) => break,
+                }
+            }
+            let Some(olds) = olds else {
+                return Err(Error::corrupt_metadata(
+                    "the page cache is too small for one path of the map",
+                ));
+            };
+            for ((key, old), new) in (key..).zip(olds).zip(run) {
+                self.account(key, old, *new);
+            }
+            at += run.len();
+        }
+        Ok(())
+    }
+
+    /// The usage and the pending log entry of `key` changed from `old` to `new` in the tree.
+    fn account(&mut self, key: u64, old: BlockPointer, new: BlockPointer) {
+        if let Some(pbn) = new.address() {
+            self.segments.block_delta(pbn, 1);
+        }
+        if let Some(pbn) = old.address() {
+            if self.planted_sut_at_write {
+                // Planted bug `sut_decrement_at_write_time`.
+                self.segments.decrement_now(pbn);
+            } else {
+                self.segments.block_delta(pbn, -1);
+            }
+        }
+        self.pending
+            .entry(key)
+            .and_modify(|p| p.new = new)
+            .or_insert(Pending { old, new });
+    }
+
     /// Make logical block `key` read zeros (a trim; durable at the next commit). `None` in
     /// `install` stands for this zero pointer, whose birth is known only after any sync.
     ///
@@ -1945,22 +2054,8 @@ impl MapStore {
             let old = self.get(devices, key)?;
             match self.map.set(devices, key, new) {
                 Ok(()) => {
-                    if let Some(pbn) = new.address() {
-                        self.segments.block_delta(pbn, 1);
-                    }
-                    if let Some(pbn) = old.address() {
-                        if self.planted_sut_at_write {
-                            // Planted bug `sut_decrement_at_write_time`.
-                            self.segments.decrement_now(pbn);
-                        } else {
-                            self.segments.block_delta(pbn, -1);
-                        }
-                    }
                     self.overlay.remove(&key);
-                    self.pending
-                        .entry(key)
-                        .and_modify(|p| p.new = new)
-                        .or_insert(Pending { old, new });
+                    self.account(key, old, new);
                     return Ok(new);
                 }
                 Err(SetError::Failed(e)) => return Err(e),

@@ -52,4 +52,33 @@ impl MetaWriter {
         }
         Ok(set)
     }
+
+    /// [`MetaWriter::write`] for the consecutive keys `first .. first + count`, every row
+    /// noted first and then the whole run pointed at once with [`MapStore::set_run`]; the
+    /// data blocks set.
+    ///
+    /// # Errors
+    /// What [`MapStore::note_row`] and [`MapStore::set_run`] return.
+    pub fn write_run(
+        &mut self,
+        map: &mut MapStore,
+        devices: &[Option<SharedDevice>],
+        first: u64,
+        count: u64,
+    ) -> crate::Result<Vec<u64>> {
+        let keys: Vec<u64> = (first..first + count).collect();
+        let mut pbns = Vec::with_capacity(keys.len());
+        for row_keys in keys.chunks(usize::try_from(self.k).unwrap_or(1)) {
+            let (slot, row) = map.next_row()?;
+            let at = slot * self.k * self.rows_per_chunk + u64::from(row) * self.k;
+            let birth = map.next_sequence();
+            let crcs: Vec<u32> = (0..self.width)
+                .map(|s| (at as u32).wrapping_mul(2_654_435_761) ^ (birth as u32) ^ s as u32)
+                .collect();
+            map.note_row(slot, row, birth, row_keys.to_vec(), crcs)?;
+            pbns.extend((0..row_keys.len() as u64).map(|j| at + j));
+        }
+        map.set_run(devices, first, &pbns)?;
+        Ok(pbns)
+    }
 }

@@ -944,16 +944,31 @@ impl Volume {
             let row_crcs = crcs[i * width..(i + 1) * width].to_vec();
             self.map.note_row(*slot, *row, birth, owners, row_crcs)?;
         }
+        // The pointers change in the order the blocks were placed (where a group writes a
+        // block twice, the later wins), each run of consecutive blocks at once.
+        let mut run_first = 0u64;
+        let mut run_pbns: Vec<u64> = Vec::with_capacity(count);
         for ((slot, row), start, n) in planned {
             for b in 0..*n {
-                let pbn = self.rows.pbn(*slot, *row, b);
-                self.map.set(devices, keys[start + b], pbn)?;
-            }
-            self.counters.rows_written.fetch_add(1, Ordering::Relaxed);
-            if *n < k {
-                self.counters.narrow_rows.fetch_add(1, Ordering::Relaxed);
+                let key = keys[start + b];
+                if !run_pbns.is_empty() && key != run_first + run_pbns.len() as u64 {
+                    self.map.set_run(devices, run_first, &run_pbns)?;
+                    run_pbns.clear();
+                }
+                if run_pbns.is_empty() {
+                    run_first = key;
+                }
+                run_pbns.push(self.rows.pbn(*slot, *row, b));
             }
         }
+        self.map.set_run(devices, run_first, &run_pbns)?;
+        let narrow = planned.iter().filter(|(_, _, n)| *n < k).count();
+        self.counters
+            .rows_written
+            .fetch_add(planned.len() as u64, Ordering::Relaxed);
+        self.counters
+            .narrow_rows
+            .fetch_add(narrow as u64, Ordering::Relaxed);
         self.counters
             .blocks_written
             .fetch_add(count as u64, Ordering::Relaxed);
