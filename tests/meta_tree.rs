@@ -72,6 +72,27 @@ fn check(
     Ok(())
 }
 
+/// Members of `bytes` in memory and map options with four pages of cache per level of a tree
+/// of `depth`: `depth` may be dirty, so sets force syncs and reads evict.
+fn small_cache_rig(
+    layout: &str,
+    members: usize,
+    depth: u8,
+    bytes: u64,
+) -> (Geometry, Vec<Option<SharedDevice>>, MapOptions) {
+    let geometry = sized(layout, members, bytes);
+    let devices: Vec<Option<SharedDevice>> = (0..members)
+        .map(|i| Some(Arc::new(MemDevice::new(format!("m{i}"), bytes)) as SharedDevice))
+        .collect();
+    let options = MapOptions {
+        cache_bytes: 4 * usize::from(depth) * 16384,
+        depth,
+        segment_slots: 4,
+        ..MapOptions::default()
+    };
+    (geometry, devices, options)
+}
+
 #[test]
 fn random_sets_read_back_exactly_through_evictions_syncs_and_reopen() {
     // Keys are sparse (600 over 4,096 leaves: a 16 KiB leaf per 4 KiB block), so metadata
@@ -79,22 +100,7 @@ fn random_sets_read_back_exactly_through_evictions_syncs_and_reopen() {
     // needs.
     let bytes = 2 * DEVICE_BYTES;
     for (layout, members, depth) in [("rs:4+2", 6, 2), ("mirror:2", 2, 3), ("raid10:2", 4, 2)] {
-        let geometry = sized(layout, members, bytes);
-        let mems: Vec<Arc<MemDevice>> = (0..members)
-            .map(|i| Arc::new(MemDevice::new(format!("m{i}"), bytes)))
-            .collect();
-        let devices: Vec<Option<SharedDevice>> = mems
-            .iter()
-            .map(|m| Some(m.clone() as SharedDevice))
-            .collect();
-        // Four pages of cache per level: `depth` may be dirty, so sets force syncs and reads
-        // evict.
-        let options = MapOptions {
-            cache_bytes: 4 * usize::from(depth) * 16384,
-            depth,
-            segment_slots: 4,
-            ..MapOptions::default()
-        };
+        let (geometry, devices, options) = small_cache_rig(layout, members, depth, bytes);
         let mut map = MapStore::create(&devices, POOL, &geometry, TIMELINE, &options).unwrap();
         let mut model = BTreeMap::new();
         let mut rng = Lcg(depth as u64);
@@ -422,20 +428,7 @@ fn runs_of_keys_set_at_once_read_back_count_usage_and_replay_as_keys_set_one_by_
     // runs; half the runs overwrite keys already set (their old blocks must be counted out).
     let bytes = 6 * DEVICE_BYTES;
     for (layout, members, depth) in [("rs:4+2", 6, 2), ("mirror:2", 2, 3)] {
-        let geometry = sized(layout, members, bytes);
-        let mems: Vec<Arc<MemDevice>> = (0..members)
-            .map(|i| Arc::new(MemDevice::new(format!("m{i}"), bytes)))
-            .collect();
-        let devices: Vec<Option<SharedDevice>> = mems
-            .iter()
-            .map(|m| Some(m.clone() as SharedDevice))
-            .collect();
-        let options = MapOptions {
-            cache_bytes: 4 * usize::from(depth) * 16384,
-            depth,
-            segment_slots: 4,
-            ..MapOptions::default()
-        };
+        let (geometry, devices, options) = small_cache_rig(layout, members, depth, bytes);
         let mut map = MapStore::create(&devices, POOL, &geometry, TIMELINE, &options).unwrap();
         let mut model: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
         let mut rng = Lcg(depth as u64 + 7);

@@ -39,18 +39,25 @@ impl MetaWriter {
     ) -> crate::Result<Vec<BlockPointer>> {
         let mut set = Vec::with_capacity(keys.len());
         for row_keys in keys.chunks(usize::try_from(self.k).unwrap_or(1)) {
-            let (slot, row) = map.next_row()?;
-            let first = slot * self.k * self.rows_per_chunk + u64::from(row) * self.k;
-            let birth = map.next_sequence();
-            let crcs: Vec<u32> = (0..self.width)
-                .map(|s| (first as u32).wrapping_mul(2_654_435_761) ^ (birth as u32) ^ s as u32)
-                .collect();
-            map.note_row(slot, row, birth, row_keys.to_vec(), crcs)?;
+            let first = self.note(map, row_keys)?;
             for (j, key) in row_keys.iter().enumerate() {
                 set.push(map.set(devices, *key, first + j as u64)?);
             }
         }
         Ok(set)
+    }
+
+    /// Note the next row as owned by `row_keys` (at most K), with made-up crcs; its first
+    /// data block.
+    fn note(&self, map: &mut MapStore, row_keys: &[u64]) -> crate::Result<u64> {
+        let (slot, row) = map.next_row()?;
+        let first = slot * self.k * self.rows_per_chunk + u64::from(row) * self.k;
+        let birth = map.next_sequence();
+        let crcs: Vec<u32> = (0..self.width)
+            .map(|s| (first as u32).wrapping_mul(2_654_435_761) ^ (birth as u32) ^ s as u32)
+            .collect();
+        map.note_row(slot, row, birth, row_keys.to_vec(), crcs)?;
+        Ok(first)
     }
 
     /// [`MetaWriter::write`] for the consecutive keys `first .. first + count`, every row
@@ -69,13 +76,7 @@ impl MetaWriter {
         let keys: Vec<u64> = (first..first + count).collect();
         let mut pbns = Vec::with_capacity(keys.len());
         for row_keys in keys.chunks(usize::try_from(self.k).unwrap_or(1)) {
-            let (slot, row) = map.next_row()?;
-            let at = slot * self.k * self.rows_per_chunk + u64::from(row) * self.k;
-            let birth = map.next_sequence();
-            let crcs: Vec<u32> = (0..self.width)
-                .map(|s| (at as u32).wrapping_mul(2_654_435_761) ^ (birth as u32) ^ s as u32)
-                .collect();
-            map.note_row(slot, row, birth, row_keys.to_vec(), crcs)?;
+            let at = self.note(map, row_keys)?;
             pbns.extend((0..row_keys.len() as u64).map(|j| at + j));
         }
         map.set_run(devices, first, &pbns)?;
