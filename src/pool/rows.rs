@@ -637,10 +637,10 @@ impl PoolInner {
     }
 
     /// Write queued groups through the volume's pipeline (FORMAT.md V4.6, "Several groups on
-    /// the devices") while any are queued, at most [`LEAD_BUDGET_WRITES`] times its size more once `mine` is
-    /// carried; then give up leading under the queue's lock and wake the others: one whose
-    /// write is still queued leads next, so no writer waits behind an endless stream of
-    /// others' writes.
+    /// the devices") while any are queued, at most [`LEAD_BUDGET_WRITES`] times its size more
+    /// once `mine` is carried; then give up leading under the queue's lock and wake the writer
+    /// of the oldest write still queued, which leads next: no writer waits behind an endless
+    /// stream of others' writes.
     fn lead_groups(&self, rows: &RowsEngine, mine: &Queued) {
         // Declared before the volume's lock, so that on a panic it runs after the lock is
         // given up (see `Leading`).

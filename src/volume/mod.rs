@@ -8,9 +8,11 @@
 //!   map and points each block at its new place. The shard-blocks are staged once, into a
 //!   reused aligned buffer laid out request by request, part by part while the previous part
 //!   is on the devices; a write of whole rows comes already encoded by its writer's thread
-//!   (`encode.rs`), and only its crcs are seeded here (docs/FORMAT.md V4.6, "Large writes"). A row is never rewritten, so there is no
-//!   read-modify-write of parity and no write hole; a write of less than a block reads the
-//!   old block first (verified).
+//!   (`encode.rs`), and only its crcs are seeded here (docs/FORMAT.md V4.6, "Large writes");
+//!   the pointers of each run of consecutive blocks change in one walk of the map per leaf
+//!   (`MapStore::set_run`). A row is never rewritten, so there is no read-modify-write of
+//!   parity and no write hole; a write of less than a block reads the old block first
+//!   (verified).
 //! * A read takes each block's pointer and reads the one shard-block it names, verified
 //!   against the pointer's crc (for mirrors, whichever copy is read). When it fails, the other
 //!   copies, or the rest of the row (each shard-block verified against the row's recorded
