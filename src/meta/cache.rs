@@ -75,9 +75,9 @@ struct Entry {
 /// The hash of a page key: a multiply-rotate fold of its fields with a 64-bit finalizer (the
 /// splitmix64 mix), instead of std's SipHash. Keys are where pages are in the trees, not input
 /// anyone chooses, so hash flooding does not apply; a lookup per tree level per pointer
-/// change made SipHash about 5 % of a v4 write's CPU time (README, "Format version 4"). The
-/// finalizer matters: first keys are multiples of 1024, whose low bits a plain multiply
-/// leaves zero, and the table picks buckets by the low bits.
+/// change made SipHash about 5 % of a v4 write's CPU time (README, Performance, "Landing in
+/// runs, one wake-up per write"). The finalizer matters: first keys are multiples of 1024,
+/// whose low bits a plain multiply leaves zero, and the table picks buckets by the low bits.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct PageKeyHasher(u64);
 

@@ -148,9 +148,9 @@ pub(crate) struct RowsEngine {
     /// Small writes waiting to be written: one writer at a time leads, writing every write
     /// queued by then in one group (FORMAT.md V4.6, "Packer policy"), so concurrent 4 KiB
     /// writes share rows instead of each taking a narrow row; the others sleep (parked) until
-    /// their write has an outcome, and only its own writer is woken then: with a condition
-    /// variable every landing woke every waiting writer, and over NBD a third of the server's
-    /// CPU went to those wake-ups (README, "Format version 4").
+    /// their write has an outcome, and only its own writer is woken then (with a condition
+    /// variable every landing woke every waiting writer: README, Performance, "Landing in
+    /// runs, one wake-up per write").
     queue: Mutex<Queue>,
     /// Encodes a writer's rows before it queues (the volume's codec and row arithmetic, which
     /// never change).
