@@ -79,7 +79,7 @@ struct Entry {
 /// runs, one wake-up per write"). The finalizer matters: first keys are multiples of 1024,
 /// whose low bits a plain multiply leaves zero, and the table picks buckets by the low bits.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct PageKeyHasher(u64);
+struct PageKeyHasher(u64);
 
 impl PageKeyHasher {
     const SEED: u64 = 0x9e37_79b9_7f4a_7c15;

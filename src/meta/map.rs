@@ -1899,6 +1899,12 @@ impl MapStore {
         pbn: u64,
     ) -> Result<BlockPointer> {
         self.usable()?;
+        let pointer = self.pointer_to(key, pbn)?;
+        self.install(devices, key, Some(pointer))
+    }
+
+    /// The pointer that maps logical block `key` to data block `pbn` of a noted row.
+    fn pointer_to(&self, key: u64, pbn: u64) -> Result<BlockPointer> {
         let (slot, row, j) = row_of(&self.geometry, pbn);
         let Some(info) = self.rows.get(&(slot, row)) else {
             return Err(Error::corrupt_metadata(format!(
@@ -1912,8 +1918,7 @@ impl MapStore {
         }
         let crc = pointer_crc(&self.geometry, &info.crcs, j)
             .ok_or_else(|| Error::corrupt_metadata(format!("no crc for block {pbn}")))?;
-        let pointer = BlockPointer::written(pbn, info.birth, 0, crc);
-        self.install(devices, key, Some(pointer))
+        Ok(BlockPointer::written(pbn, info.birth, 0, crc))
     }
 
     /// Map the consecutive logical blocks `first ..` to the data blocks `pbns` of noted rows
@@ -1947,57 +1952,18 @@ impl MapStore {
             }
             return Ok(());
         }
-        let mut pointers = Vec::with_capacity(pbns.len());
-        let mut row: Option<((u64, u16), &RowInfo)> = None;
-        for (key, &pbn) in (first..).zip(pbns) {
-            let (slot, r, j) = row_of(&self.geometry, pbn);
-            let info = match row {
-                Some((at, info)) if at == (slot, r) => info,
-                _ => {
-                    let Some(info) = self.rows.get(&(slot, r)) else {
-                        return Err(Error::corrupt_metadata(format!(
-                            "block {pbn}: row {r} of slot {slot} was not noted"
-                        )));
-                    };
-                    row = Some(((slot, r), info));
-                    info
-                }
-            };
-            if info.owners.get(j) != Some(&key) {
-                return Err(Error::corrupt_metadata(format!(
-                    "block {pbn} is not owned by logical block {key} in its row"
-                )));
-            }
-            let crc = pointer_crc(&self.geometry, &info.crcs, j)
-                .ok_or_else(|| Error::corrupt_metadata(format!("no crc for block {pbn}")))?;
-            pointers.push(BlockPointer::written(pbn, info.birth, 0, crc));
-        }
+        let pointers = (first..)
+            .zip(pbns)
+            .map(|(key, pbn)| self.pointer_to(key, *pbn))
+            .collect::<Result<Vec<_>>>()?;
         let leaf = self.map.leaf_keys();
         let mut at = 0usize;
         while at < pointers.len() {
             let key = first + at as u64;
             let in_leaf = usize::try_from(leaf - key % leaf).unwrap_or(usize::MAX);
             let run = &pointers[at..pointers.len().min(at + in_leaf)];
-            let mut olds = None;
-            for attempt in 0..2 {
-                match self.map.swap_run(devices, key, run) {
-                    Ok(found) => {
-                        olds = Some(found);
-                        break;
-                    }
-                    Err(SetError::Failed(e)) => return Err(e),
-                    // As in `install`: the sync keeps the rows noted for what is still to come.
-                    Err(SetError::NeedsSync(_)) if attempt == 0 => {
-                        self.sync_keeping_rows(devices)?;
-                    }
-                    Err(SetError::NeedsSync(_)) => break,
-                }
-            }
-            let Some(olds) = olds else {
-                return Err(Error::corrupt_metadata(
-                    "the page cache is too small for one path of the map",
-                ));
-            };
+            let olds =
+                self.changed_with_sync(devices, |this| this.map.swap_run(devices, key, run))?;
             for ((key, old), new) in (key..).zip(olds).zip(run) {
                 self.account(key, old, *new);
             }
@@ -2049,19 +2015,31 @@ impl MapStore {
                 self.map.keys()
             )));
         }
+        let (old, new) = self.changed_with_sync(devices, |this| {
+            // The birth of a zero pointer is read after any sync the first attempt ran.
+            let new = written.unwrap_or_else(|| BlockPointer::zeroed(0, this.next_sequence));
+            let old = this.get(devices, key)?;
+            this.map.set(devices, key, new)?;
+            Ok((old, new))
+        })?;
+        self.overlay.remove(&key);
+        self.account(key, old, new);
+        Ok(new)
+    }
+
+    /// Run `change` of the map tree; when the cache cannot take its dirty pages, sync (every
+    /// change so far becomes durable; the rows stay noted for the pointers still to come) and
+    /// run it once more.
+    fn changed_with_sync<T>(
+        &mut self,
+        devices: &[Option<SharedDevice>],
+        mut change: impl FnMut(&mut Self) -> std::result::Result<T, SetError>,
+    ) -> Result<T> {
         for attempt in 0..2 {
-            let new = written.unwrap_or_else(|| BlockPointer::zeroed(0, self.next_sequence));
-            let old = self.get(devices, key)?;
-            match self.map.set(devices, key, new) {
-                Ok(()) => {
-                    self.overlay.remove(&key);
-                    self.account(key, old, new);
-                    return Ok(new);
-                }
+            match change(self) {
+                Ok(done) => return Ok(done),
                 Err(SetError::Failed(e)) => return Err(e),
                 Err(SetError::NeedsSync(_)) if attempt == 0 => {
-                    // The sync makes every change so far durable; the rows stay noted for
-                    // the pointers still to come.
                     self.sync_keeping_rows(devices)?;
                 }
                 Err(SetError::NeedsSync(_)) => break,
