@@ -49,6 +49,10 @@ pub struct MapOptions {
     pub record_max: Option<usize>,
     /// Open without writing anything (no log re-replication); a sync or commit is refused.
     pub read_only: bool,
+    /// The time an uberblock records as written at, seconds since the Unix epoch (the wall
+    /// clock by default). A test that compares two pools byte for byte fixes it: two syncs
+    /// either side of a second's turn would otherwise differ in these eight bytes alone.
+    pub clock: fn() -> u64,
     /// Planted bug `skip_page_checksum_verification`.
     #[cfg(feature = "testing")]
     pub skip_page_verification: bool,
@@ -83,6 +87,7 @@ impl Default for MapOptions {
             release: ReleaseRule::AfterTwoSyncs,
             record_max: None,
             read_only: false,
+            clock: crate::types::now_unix_secs,
             #[cfg(feature = "testing")]
             skip_page_verification: false,
             #[cfg(feature = "testing")]
@@ -309,6 +314,8 @@ pub struct MapStore {
     /// devices").
     fresh_slots: BTreeSet<u64>,
     read_only: bool,
+    /// [`MapOptions::clock`].
+    clock: fn() -> u64,
     failed: bool,
     opened: OpenReport,
     planted_sut_at_write: bool,
@@ -715,9 +722,7 @@ impl MapStore {
             txg,
             s_sync,
             log_half,
-            written_at: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            written_at: (self.clock)(),
             roots,
             next_sequence: s_sync + 1,
             timeline: self.timeline,
@@ -787,6 +792,7 @@ impl MapStore {
             fresh_slots: BTreeSet::new(),
             open_row: None,
             read_only: false,
+            clock: options.clock,
             failed: false,
             opened: OpenReport::default(),
             planted_sut_at_write: options.planted_sut_at_write(),
@@ -869,6 +875,7 @@ impl MapStore {
             fresh_slots: BTreeSet::new(),
             open_row: None,
             read_only: options.read_only,
+            clock: options.clock,
             failed: false,
             opened: OpenReport {
                 txg: uberblock.txg,
