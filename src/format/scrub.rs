@@ -87,6 +87,11 @@ pub struct ScrubTally {
     /// written after the pass began, or is dead). Absent in older superblocks.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub segments_skipped: u64,
+    /// Format version 4: live 4 KiB blocks whose data could not be rebuilt (each also in
+    /// `damaged`, up to its cap). `unrepairable_stripes` counts the places (shard-blocks and
+    /// page copies) that stay bad. Absent in older superblocks.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lost_blocks: u64,
 }
 
 #[allow(clippy::trivially_copy_pass_by_ref)] // serde passes a reference
@@ -119,6 +124,17 @@ impl ScrubTally {
     /// over many adjacent stripes reads as one range.
     pub fn add_damaged(&mut self, range: DamagedRange) {
         self.unrepairable_stripes += 1;
+        self.list_damaged(range);
+    }
+
+    /// Record a lost block of a format-version-4 pool (`range`: its 4 KiB), listed and merged
+    /// as [`ScrubTally::add_damaged`] does.
+    pub fn add_lost_block(&mut self, range: DamagedRange) {
+        self.lost_blocks += 1;
+        self.list_damaged(range);
+    }
+
+    fn list_damaged(&mut self, range: DamagedRange) {
         let end = |r: &DamagedRange| r.volume_offset + r.length;
         let at = self
             .damaged

@@ -22,9 +22,10 @@
 use super::rows::RowsEngine;
 use super::{DeviceFault, PoolInner};
 use crate::error::{Error, Result};
-use crate::format::ScrubTally;
+use crate::format::{DamagedRange, ScrubTally};
 use crate::scrub::{ChunkBudget, SegmentChunk, SegmentScrub};
-use crate::volume::{ScrubPlan, VolumeScrubOptions, VolumeScrubReport};
+use crate::types::DeviceIndex;
+use crate::volume::{ScrubPlan, VolumeScrubOptions, VolumeScrubReport, BLOCK_BYTES};
 use std::time::Instant;
 
 /// A scrub pass over the segments of a v4 pool.
@@ -88,15 +89,18 @@ impl SegmentScrub for RowsScrub<'_> {
         )?;
         let next_segment = plan.next_segment();
         drop(volume);
-        add_to_tally(tally, &found);
-        // One line per place at info (a dead member has thousands), one error per chunk that
-        // found data it could not rebuild.
+        add_to_tally(tally, &found, &|device| {
+            self.pool.members.get(DeviceIndex(device)).path()
+        });
+        // One line per place at info (a dead member has thousands), one warning per chunk
+        // that found data it could not rebuild; the error is the pass's summary at its end.
         for damage in &found.unrepairable {
             tracing::info!(?damage, "scrub: a place stays bad");
         }
         let lost: u64 = found.members.iter().map(|m| m.unrepairable).sum();
         if lost > 0 {
-            tracing::error!(
+            tracing::warn!(
+                lost_blocks = found.lost_blocks.len(),
                 places = lost,
                 "scrub: places whose data could not be rebuilt from redundancy"
             );
@@ -133,8 +137,9 @@ impl SegmentScrub for RowsScrub<'_> {
 
 /// Add what one chunk found to the scrub's tally: per member, rows and pages checked as the
 /// "stripes" of a v3 tally, places that could not be rebuilt as its unrepairable stripes,
-/// and the segments skipped.
-fn add_to_tally(tally: &mut ScrubTally, found: &VolumeScrubReport) {
+/// the segments skipped, and each lost block as a damaged volume range (merged with its
+/// neighbours by the tally) naming the members (`path`) whose shard-blocks failed.
+fn add_to_tally(tally: &mut ScrubTally, found: &VolumeScrubReport, path: &dyn Fn(usize) -> String) {
     for (index, counters) in found.members.iter().enumerate() {
         if let Some(device) = tally.devices.get_mut(index) {
             device.add(counters);
@@ -143,4 +148,14 @@ fn add_to_tally(tally: &mut ScrubTally, found: &VolumeScrubReport) {
     tally.stripes_checked += found.rows + found.pages;
     tally.unrepairable_stripes += found.members.iter().map(|m| m.unrepairable).sum::<u64>();
     tally.segments_skipped += found.segments_skipped;
+    for (block, on) in &found.lost_blocks {
+        let mut devices: Vec<String> = on.iter().map(|&d| path(d)).collect();
+        devices.sort();
+        devices.dedup();
+        tally.add_lost_block(DamagedRange {
+            volume_offset: block * BLOCK_BYTES as u64,
+            length: BLOCK_BYTES as u64,
+            devices,
+        });
+    }
 }

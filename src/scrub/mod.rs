@@ -241,6 +241,10 @@ pub struct ScrubReport {
     pub unrepairable_stripes: u64,
     /// The volume ranges they cover (the first 64; the count above is exact).
     pub damaged: Vec<DamagedRange>,
+    /// Format version 4: live 4 KiB blocks whose data could not be rebuilt (in `damaged`,
+    /// merged, up to its cap); `unrepairable_stripes` counts the places that stay bad.
+    #[serde(default)]
+    pub lost_blocks: u64,
     /// Format version 4: allocated segments not checked because they were taken again since
     /// the pass's walk or were free when it reached them (see [`ScrubTally`]).
     pub segments_skipped: u64,
@@ -275,6 +279,7 @@ impl ScrubReport {
             inconsistent_stripes: tally.inconsistent_stripes,
             unrepairable_stripes: tally.unrepairable_stripes,
             damaged: tally.damaged.clone(),
+            lost_blocks: tally.lost_blocks,
             segments_skipped: tally.segments_skipped,
             devices: tally
                 .devices

@@ -31,6 +31,7 @@ use super::read::RunResults;
 use super::{write_runs, MemberProblem, ProblemKind, Volume, BLOCK_BYTES};
 use crate::device::{AlignedBuf, SharedDevice};
 use crate::error::{Error, Result};
+use crate::format::v4::BlockPointer;
 use crate::format::DeviceScrubCounters;
 use crate::meta::{CopyProblem, Openings, PageRef, WrittenRow};
 use crate::types::DeviceIndex;
@@ -175,6 +176,11 @@ pub struct VolumeScrubReport {
     pub bytes_written: u64,
     /// Every place that stays bad, named.
     pub unrepairable: Vec<Damage>,
+    /// The volume's blocks that were lost: `(logical block, layout positions of its
+    /// shard-blocks that failed)` for each data block the live map still points at whose
+    /// bytes no redundancy could rebuild, in the order found. Blocks overwritten since (dead
+    /// places) and parity are not lost data.
+    pub lost_blocks: Vec<(u64, Vec<usize>)>,
     /// Per member (by position): bytes verified and skipped, errors found and what became of
     /// each (`DeviceScrubCounters::errors_accounted` holds for every member: each error is
     /// repaired, unrepairable, or not rewritten (check-only, or the rewrite failed)).
@@ -256,6 +262,8 @@ pub(super) struct RowRead {
     pub(super) crcs: Vec<u32>,
     pub(super) bytes: Vec<Vec<u8>>,
     pub(super) cells: Vec<Cell>,
+    /// `(owner, pointer)` of each data block, as the map recorded the row.
+    pub(super) blocks: Vec<(u64, BlockPointer)>,
 }
 
 impl Volume {
@@ -454,7 +462,7 @@ impl Volume {
                     birth,
                     n,
                     crcs,
-                    ..
+                    blocks,
                 } = written;
                 let mut cells = vec![Cell::NotRead; width];
                 for (s, cell) in cells.iter_mut().enumerate() {
@@ -483,6 +491,7 @@ impl Volume {
                     crcs,
                     bytes: vec![vec![0u8; BLOCK_BYTES]; width],
                     cells,
+                    blocks,
                 });
             }
             read.push(in_slot);
@@ -703,7 +712,9 @@ impl Volume {
         let width = self.rows.geometry().width();
         let mut pieces = Vec::new();
         let mut repaired = Vec::new();
-        for row in read {
+        // Shard-blocks nothing could rebuild: (row's place in `read`, shard, member).
+        let mut lost_cells: Vec<(usize, usize, usize)> = Vec::new();
+        for (place, row) in read.iter().enumerate() {
             report.rows += 1;
             for (s, cell) in row.cells.iter().enumerate() {
                 let (device, offset) = self.rows.shard_block(slot, s, row.row);
@@ -741,6 +752,7 @@ impl Volume {
                                 repaired.push((row.row, s, cell.why(), bytes));
                             }
                             None => {
+                                lost_cells.push((place, s, device.0));
                                 report.shard_blocks_unrepairable += 1;
                                 report.member(device.0).unrepairable += 1;
                                 report.unrepairable.push(Damage::ShardBlock {
@@ -761,6 +773,7 @@ impl Volume {
                 }
             }
         }
+        self.note_lost_blocks(devices, read, &lost_cells, report)?;
         if pieces.is_empty() {
             return Ok(());
         }
@@ -803,6 +816,54 @@ impl Volume {
                         why: format!("{why}; the rewrite failed: {error}"),
                     });
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// The live data blocks among the shard-blocks of `lost_cells` (places in `read`): a
+    /// data chunk's shard that could not be rebuilt lost its block (for a mirror, no copy
+    /// verified), unless the owner's pointer has moved on since the row was written. Each
+    /// is named with every member whose shard-block of the row failed: together they are
+    /// why the row could not be rebuilt.
+    fn note_lost_blocks(
+        &self,
+        devices: &[Option<SharedDevice>],
+        read: &[RowRead],
+        lost_cells: &[(usize, usize, usize)],
+        report: &mut VolumeScrubReport,
+    ) -> Result<()> {
+        let k = self.rows.geometry().data_chunks() as u64;
+        let mut found: Vec<u64> = Vec::new();
+        for &(place, shard, _) in lost_cells {
+            let Some(chunk) = self.rows.chunk_of(shard) else {
+                continue;
+            };
+            let Some(&(owner, pointer)) = read[place]
+                .blocks
+                .iter()
+                .find(|(_, p)| p.address().is_some_and(|pbn| pbn % k == chunk as u64))
+            else {
+                continue;
+            };
+            if found.contains(&owner) {
+                continue;
+            }
+            found.push(owner);
+            let live = match self.map.get(devices, owner) {
+                Ok(now) => now == pointer,
+                // Its map page is lost: the scrub's metadata part reports that page.
+                Err(Error::MetadataLost { .. }) => false,
+                Err(e) => return Err(e),
+            };
+            if live {
+                let mut on: Vec<usize> = lost_cells
+                    .iter()
+                    .filter(|(p, _, _)| *p == place)
+                    .map(|(_, _, device)| *device)
+                    .collect();
+                on.dedup();
+                report.lost_blocks.push((owner, on));
             }
         }
         Ok(())

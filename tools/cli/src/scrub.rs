@@ -203,7 +203,19 @@ pub fn render(report: &ScrubReport) -> String {
                 range.devices.join(", ")
             );
         }
-        if report.unrepairable_stripes > report.damaged.len() as u64 {
+        if report.lost_blocks > 0 {
+            let listed = if report.damaged.len() >= stripestore::format::MAX_RECORDED_RANGES {
+                format!(" (the first {} ranges are listed)", report.damaged.len())
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                out,
+                "  {} lost in all: {} blocks of 4 KiB{listed}",
+                human_bytes(report.lost_blocks * 4096),
+                report.lost_blocks
+            );
+        } else if report.unrepairable_stripes > report.damaged.len() as u64 {
             let _ = writeln!(
                 out,
                 "  ... and {} more stripes",
