@@ -247,6 +247,8 @@ fn log_fixture() -> Option<&'static LogFixture> {
             // Two 4 KiB checksum blocks per chunk: map entries carry several crcs per shard.
             options.chunk_bytes = 8192;
             options.checksum_bytes = 4096;
+            // Version 3's map log, which this fixture replays.
+            options.format = crate::pool::FormatVersion::V3;
             options.open.background_rebuild = false;
             let shared: Vec<SharedDevice> =
                 mems.iter().map(|m| Arc::clone(m) as SharedDevice).collect();

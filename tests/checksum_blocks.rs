@@ -28,6 +28,8 @@ fn filled_pool(
     let mut options = CreateOptions::new(layout.parse().unwrap());
     options.chunk_bytes = CHUNK;
     options.checksum_bytes = checksum;
+    // Checksum blocks other than 4 KiB are version 3's (version 4's block is 4 KiB).
+    options.format = stripestore::pool::FormatVersion::V3;
     options.open.background_rebuild = false;
     let pool = Pool::create(shared(&mems), vec![], &options).unwrap();
     let mut model = Model::new(pool.size());
@@ -206,6 +208,7 @@ fn a_checksum_block_that_does_not_divide_the_chunk_is_refused_and_writes_nothing
         let mut options = CreateOptions::new("rs:4+2".parse().unwrap());
         options.chunk_bytes = CHUNK;
         options.checksum_bytes = checksum;
+        options.format = stripestore::pool::FormatVersion::V3;
         let err = Pool::create(shared(&mems), vec![], &options).unwrap_err();
         assert!(
             matches!(err, Error::InvalidConfig(_)),
@@ -381,6 +384,7 @@ fn every_damaged_shard_is_counted_once_by_reads_and_scrub() {
             let mut options = CreateOptions::new(layout.parse().unwrap());
             options.chunk_bytes = SMALL_CHUNK;
             options.checksum_bytes = BLOCK;
+            options.format = stripestore::pool::FormatVersion::V3;
             options.open.background_rebuild = false;
             let pool = Pool::create(shared(&mems), vec![], &options).unwrap();
             let mut rng = stripestore::testing::rng(100 + seed);

@@ -1011,3 +1011,76 @@ fn a_v4_rebuild_cut_by_a_power_loss_starts_over_and_finishes_in_the_background()
     verify(&pool, &model);
     pool.close().unwrap();
 }
+
+/// `CreateOptions::new` gives format version 4 with sizes for large members; on small ones
+/// the create lowers them (docs/FORMAT.md V4.2, "Small members"): each log half at most
+/// 1/64 of the member, an uberblock slot per 2 MiB, and segments small enough for 256 of
+/// them, so the hard reserve (about 25 segments) leaves most of the member for data. What
+/// was chosen is recorded in the superblocks and read back at open; every layout holds and
+/// returns a volume written whole. Members of 2 GiB (sparse files) keep the sizes as given.
+#[test]
+fn default_v4_sizes_are_fitted_to_small_members_and_kept_on_large_ones() {
+    let defaults = match CreateOptions::new(Layout::Mirror { copies: 2 }).format {
+        FormatVersion::V4(v4) => v4,
+        FormatVersion::V3 => panic!("the default format is 4"),
+    };
+    for (layout, count) in LAYOUTS {
+        let member = 16u64 << 20;
+        let mems = mem_devices(count, member);
+        let options = CreateOptions::new(layout.parse().unwrap());
+        let pool = Pool::create(shared(&mems), vec![], &options).unwrap();
+        let map = stripestore::pool::read_label(mems[0].as_ref())
+            .unwrap()
+            .unwrap()
+            .map
+            .unwrap();
+        assert_eq!(map.log_half_bytes, member / 64, "{layout}");
+        assert_eq!(map.uberblock_slots, member / (2 << 20), "{layout}");
+        let slots = pool.geometry().slots;
+        assert!(
+            map.segment_slots == 4 || slots / map.segment_slots >= 256,
+            "{layout}: {} slots in segments of {}",
+            slots,
+            map.segment_slots
+        );
+        assert!(map.segment_slots < defaults.segment_slots, "{layout}");
+        // Most of what the layout can hold is volume.
+        let geometry = pool.geometry();
+        let raw_data =
+            member * count as u64 * geometry.data_chunks() as u64 / geometry.width() as u64;
+        assert!(
+            pool.size() * 10 >= raw_data * 7,
+            "{layout}: a volume of {} from {raw_data} bytes of data space",
+            pool.size()
+        );
+        let mut rng = stripestore::testing::rng(0xf17);
+        let data = random_bytes(&mut rng, pool.size() as usize);
+        pool.write_at(0, &data).unwrap();
+        pool.close().unwrap();
+        let pool = Pool::open(shared(&mems), &OpenOptions::default()).unwrap();
+        let mut back = vec![0u8; data.len()];
+        pool.read_at(0, &mut back).unwrap();
+        assert!(back == data, "{layout}: the volume reads back");
+    }
+    // Large members (sparse files; create writes only the fixed areas and the first pages).
+    let dir = tempfile::tempdir().unwrap();
+    let paths: Vec<std::path::PathBuf> = (0..6).map(|i| dir.path().join(format!("d{i}"))).collect();
+    let mut options = CreateOptions::new("rs:4+2".parse().unwrap());
+    options.device_bytes = Some(2 << 30);
+    let pool = Pool::create_paths(&paths, &[], &options).unwrap();
+    pool.close().unwrap();
+    let device = stripestore::device::FileDevice::open(&paths[0]).unwrap();
+    let map = stripestore::pool::read_label(&device)
+        .unwrap()
+        .unwrap()
+        .map
+        .unwrap();
+    assert_eq!(
+        (map.log_half_bytes, map.uberblock_slots, map.segment_slots),
+        (
+            defaults.log_half_bytes,
+            defaults.uberblock_slots,
+            defaults.segment_slots
+        )
+    );
+}

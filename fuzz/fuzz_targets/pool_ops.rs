@@ -22,6 +22,8 @@ fuzz_target!(|ops: Vec<Op>| {
     let mems = mem_devices(6, 2 << 20);
     let mut options = CreateOptions::new("rs:4+2".parse().unwrap());
     options.chunk_bytes = 4096;
+    // Version 3's stripes on 2 MiB members (version 4's pool ops: the simulation).
+    options.format = stripestore::pool::FormatVersion::V3;
     let mut pool = Pool::create(shared(&mems), vec![], &options).unwrap();
     let mut model = Model::new(pool.size());
     let size = pool.size();

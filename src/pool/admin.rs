@@ -533,6 +533,7 @@ mod spare_remove_tests {
             .collect();
         let mut options = CreateOptions::new("mirror:2".parse().unwrap());
         options.chunk_bytes = 4096;
+        options.format = crate::pool::FormatVersion::V3;
         let pool = Pool::create(shared(&mems), shared(&spares), &options).unwrap();
         (mems, spares, pool)
     }

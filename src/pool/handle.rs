@@ -245,6 +245,7 @@ mod tests {
         let mems = mem_devices(6, 4 << 20);
         let mut options = CreateOptions::new("rs:4+2".parse().unwrap());
         options.chunk_bytes = 4096;
+        options.format = crate::pool::FormatVersion::V3;
         options.open.background_rebuild = false;
         let pool = Pool::create(shared(&mems), vec![], &options).unwrap();
         pool.write_at(0, &vec![0x42; pool.size() as usize]).unwrap();

@@ -193,15 +193,22 @@ pub(super) fn create(
             });
         }
     }
-    let geometry = match &options.format {
-        FormatVersion::V3 => Geometry::new(
-            options.layout,
-            devices.len(),
-            options.chunk_bytes,
-            options.checksum_bytes,
-            device_bytes,
-        )?,
-        FormatVersion::V4(v4) => super::rows::geometry(options, v4, devices.len(), device_bytes)?,
+    let (geometry, fitted) = match &options.format {
+        FormatVersion::V3 => (
+            Geometry::new(
+                options.layout,
+                devices.len(),
+                options.chunk_bytes,
+                options.checksum_bytes,
+                device_bytes,
+            )?,
+            None,
+        ),
+        FormatVersion::V4(v4) => {
+            let (geometry, fitted) =
+                super::rows::geometry(options, v4, devices.len(), device_bytes)?;
+            (geometry, Some(fitted))
+        }
     };
     let uuid = PoolUuid::random();
     let member_records: Vec<Member> = devices
@@ -234,9 +241,9 @@ pub(super) fn create(
     };
     // A v4 pool's map goes down before its superblocks: a crash in between leaves devices
     // without a superblock of this pool, which nothing opens (create again).
-    let (template, rows) = match &options.format {
-        FormatVersion::V3 => (template, None),
-        FormatVersion::V4(v4) => {
+    let (template, rows) = match &fitted {
+        None => (template, None),
+        Some(v4) => {
             let present: Vec<Option<SharedDevice>> = devices.iter().cloned().map(Some).collect();
             let (volume, params) =
                 super::rows::create(&present, uuid, &geometry, v4, &options.open)?;
@@ -1237,6 +1244,7 @@ mod label_tests {
         let mems = mem_devices(2, 4 << 20);
         let mut options = CreateOptions::new("mirror:2".parse().unwrap());
         options.chunk_bytes = 4096;
+        options.format = crate::pool::FormatVersion::V3;
         let pool = Pool::create(shared(&mems), vec![], &options).unwrap();
         pool.write_at(0, &[9u8; 65536]).unwrap();
         let uuid = pool.status().pool;

@@ -61,15 +61,48 @@ impl Default for V4Options {
     }
 }
 
+impl V4Options {
+    /// These options as a pool on members of `device_bytes` gets them: each size is a
+    /// ceiling, lowered (never raised) so that a small member keeps most of its bytes for
+    /// data. Every value is recorded in the superblocks, so an open reads what the create
+    /// chose (docs/FORMAT.md V4.2, "Small members"). `slots` is the number of slots the
+    /// member's geometry holds with the fitted log and rings ([`geometry`] computes both).
+    ///
+    /// * Each intent-log half: at most 1/64 of the member (64 KiB at least). A 4 MiB member
+    ///   gets 64 KiB; members of 512 MiB and more get the full 8 MiB.
+    /// * Each uberblock ring: one slot per 2 MiB of member (4 at least): 128 from 256 MiB.
+    /// * Segments: at least 256 of them when the slots allow, each of a power of two slots
+    ///   (4 at least). The hard reserve is about 25 segments whatever their size (V4.6), so
+    ///   64-slot segments on 256 MiB members took two fifths of a rs:4+2 pool; 256 segments
+    ///   keep it near a tenth.
+    #[must_use]
+    pub fn fitted(&self, device_bytes: u64, slots: Option<u64>) -> Self {
+        let log_cap = (device_bytes / 64 / 4096 * 4096).max(64 << 10);
+        let ring_cap = (device_bytes / (2 << 20)).max(4);
+        let segment_cap = slots.map_or(u64::MAX, |slots| 1 << (slots / 256).max(4).ilog2());
+        Self {
+            log_half_bytes: self.log_half_bytes.min(log_cap),
+            uberblock_slots: self.uberblock_slots.min(ring_cap),
+            segment_slots: self.segment_slots.min(segment_cap),
+            ..*self
+        }
+    }
+}
+
 /// Which on-disk format a new pool gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FormatVersion {
-    /// Stripes rewritten whole, the map in memory (versions 1 to 3): the default while the
-    /// pool moves to version 4.
-    #[default]
+    /// Stripes rewritten whole, the map in memory (versions 1 to 3): kept for pools created
+    /// before version 4 was the default, and asked for by name.
     V3,
-    /// Rows and the paged map (docs/FORMAT.md, version 4), with these options.
+    /// Rows and the paged map (docs/FORMAT.md, version 4), with these options: the default.
     V4(V4Options),
+}
+
+impl Default for FormatVersion {
+    fn default() -> Self {
+        Self::V4(V4Options::default())
+    }
 }
 
 /// Writes of at most this many bytes wait in the queue to be written in a group; larger ones
@@ -229,20 +262,24 @@ impl std::fmt::Debug for RowsEngine {
 }
 
 /// The geometry of a v4 pool.
+/// The geometry of a new v4 pool, and the options [fitted](V4Options::fitted) to its members.
 pub(crate) fn geometry(
     options: &CreateOptions,
     v4: &V4Options,
     devices: usize,
     device_bytes: u64,
-) -> Result<Geometry> {
-    Geometry::new_v4(
+) -> Result<(Geometry, V4Options)> {
+    let areas = v4.fitted(device_bytes, None);
+    let geometry = Geometry::new_v4(
         options.layout,
         devices,
         options.chunk_bytes,
         device_bytes,
-        v4.uberblock_slots,
-        v4.log_half_bytes,
-    )
+        areas.uberblock_slots,
+        areas.log_half_bytes,
+    )?;
+    let fitted = v4.fitted(device_bytes, Some(geometry.slots));
+    Ok((geometry, fitted))
 }
 
 /// The geometry a v4 superblock describes.

@@ -16,6 +16,7 @@ mod tests {
         let mems = mem_devices(devices, 4 << 20);
         let mut options = CreateOptions::new(layout.parse().unwrap());
         options.chunk_bytes = 4096;
+        options.format = crate::pool::FormatVersion::V3;
         let pool = Pool::create(shared(&mems), vec![], &options).unwrap();
         let stripe_bytes = pool.geometry().stripe_data_bytes() as usize;
         let data: Vec<u8> = (0..stripe_bytes * 3).map(|i| (i * 7 % 251) as u8).collect();
@@ -74,6 +75,7 @@ mod no_free_slot_tests {
         let mems = mem_devices(6, 4 << 20);
         let mut options = CreateOptions::new("rs:4+2".parse().unwrap());
         options.chunk_bytes = 4096;
+        options.format = crate::pool::FormatVersion::V3;
         let pool = Pool::create(shared(&mems), vec![], &options).unwrap();
         pool.write_at(0, &vec![0x11; 3 * 16384]).unwrap();
         pool.flush().unwrap();

@@ -139,16 +139,7 @@ impl<'a> World<'a> {
         let mut options = CreateOptions::new(config.layout);
         options.chunk_bytes = config.chunk_bytes;
         options.open = Self::open_options(config, false, false);
-        if config.format4 {
-            options.format = crate::pool::FormatVersion::V4(crate::pool::V4Options {
-                segment_slots: 4,
-                uberblock_slots: 4,
-                log_half_bytes: 16384,
-                min_depth: 2,
-                sync_pages_max: None,
-                record_max: Some(4096),
-            });
-        }
+        options.format = Self::format(config);
         let pool = Pool::create(handles, vec![], &options)?;
         let geometry = pool.geometry();
         world.region = if config.metadata_faults {
@@ -162,6 +153,23 @@ impl<'a> World<'a> {
         world.model = CrashModel::new(pool.size());
         world.pool = Some(pool);
         Ok(world)
+    }
+
+    /// The format of the run's pools (the pool under test and any foreign pool it meets):
+    /// version 4 with the smallest sizes, so that small members hold many segments, or 3.
+    pub(crate) fn format(config: &SimConfig) -> crate::pool::FormatVersion {
+        if config.format4 {
+            crate::pool::FormatVersion::V4(crate::pool::V4Options {
+                segment_slots: 4,
+                uberblock_slots: 4,
+                log_half_bytes: 16384,
+                min_depth: 2,
+                sync_pages_max: None,
+                record_max: Some(4096),
+            })
+        } else {
+            crate::pool::FormatVersion::V3
+        }
     }
 
     fn open_options(config: &SimConfig, force: bool, read_only: bool) -> OpenOptions {

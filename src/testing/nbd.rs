@@ -16,6 +16,7 @@ pub fn nbd_fuzz_pool() -> Pool {
     let layout: Layout = "rs:2+1".parse().unwrap_or(Layout::Mirror { copies: 2 });
     let mut options = CreateOptions::new(layout);
     options.chunk_bytes = 4096;
+    options.format = crate::pool::FormatVersion::V3;
     options.open.background_rebuild = false;
     let devices = super::mem_devices(3, 1 << 20);
     match Pool::create(super::shared(&devices), vec![], &options) {

@@ -50,11 +50,15 @@ fn tool(name: &str) -> bool {
     found
 }
 
-/// An rs:4+2 pool on six files, `fill` bytes written with a seeded pattern, closed.
+/// An rs:4+2 pool on six files, `fill` bytes written with a seeded pattern, closed. Format
+/// version 3: these tests rot a stripe's shards where `shard_locations` says they are, a
+/// version-3 notion (version 4's scrub and lost ranges: tests/pool_v4_scrub.rs and
+/// tests/command/looking.rs).
 fn file_pool(dir: &Path, device_size: u64, fill: u64) -> Vec<PathBuf> {
     let paths: Vec<PathBuf> = (0..6).map(|i| dir.join(format!("d{i}.img"))).collect();
     let mut options = CreateOptions::new("rs:4+2".parse().unwrap());
     options.device_bytes = Some(device_size);
+    options.format = stripestore::pool::FormatVersion::V3;
     let pool = Pool::create_paths(&paths, &[], &options).unwrap();
     let mut rng = stripestore::testing::rng(9000);
     let piece = 4 << 20;

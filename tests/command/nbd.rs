@@ -77,6 +77,15 @@ fn pool_options(layout: &str, chunk_bytes: u64) -> CreateOptions {
     options
 }
 
+/// [`pool_options`] on format version 3, for tests whose expectations are in whole stripes
+/// (trims and holes of a stripe, a stripe's shard locations). Version 4 trims and reports
+/// holes per 4 KiB block: tests/discard.rs and the v4 suites check those.
+fn v3_pool_options(layout: &str, chunk_bytes: u64) -> CreateOptions {
+    let mut options = pool_options(layout, chunk_bytes);
+    options.format = stripestore::pool::FormatVersion::V3;
+    options
+}
+
 /// A server on in-memory devices, in this process; stopped and joined on drop.
 struct InProcess {
     pool: Arc<Pool>,
@@ -86,8 +95,22 @@ struct InProcess {
 
 impl InProcess {
     fn start(layout: &str, devices: usize, device_bytes: u64, options: ServeOptions) -> Self {
+        Self::start_with(
+            pool_options(layout, 16 * 1024),
+            devices,
+            device_bytes,
+            options,
+        )
+    }
+
+    fn start_with(
+        create: CreateOptions,
+        devices: usize,
+        device_bytes: u64,
+        options: ServeOptions,
+    ) -> Self {
         let mems = mem_devices(devices, device_bytes);
-        let pool = Pool::create(shared(&mems), vec![], &pool_options(layout, 16 * 1024)).unwrap();
+        let pool = Pool::create(shared(&mems), vec![], &create).unwrap();
         let pool = Arc::new(pool);
         let server = BackgroundServer::start(Arc::clone(&pool), options).unwrap();
         Self { pool, mems, server }
@@ -95,6 +118,12 @@ impl InProcess {
 
     fn default(layout: &str, devices: usize, device_bytes: u64) -> Self {
         Self::start(layout, devices, device_bytes, ServeOptions::default())
+    }
+
+    /// [`InProcess::default`] on format version 3 (see [`v3_pool_options`]).
+    fn default_v3(layout: &str, devices: usize, device_bytes: u64) -> Self {
+        let create = v3_pool_options(layout, 16 * 1024);
+        Self::start_with(create, devices, device_bytes, ServeOptions::default())
     }
 
     fn uri(&self) -> String {
@@ -131,11 +160,17 @@ struct Served {
 
 impl Served {
     fn create_pool(layout: &str, devices: usize) -> (tempfile::TempDir, Vec<PathBuf>) {
+        Self::create_pool_with(pool_options(layout, 16 * 1024), devices)
+    }
+
+    fn create_pool_with(
+        mut options: CreateOptions,
+        devices: usize,
+    ) -> (tempfile::TempDir, Vec<PathBuf>) {
         let dir = tempfile::tempdir().unwrap();
         let paths: Vec<PathBuf> = (0..devices)
             .map(|i| dir.path().join(format!("d{i}")))
             .collect();
-        let mut options = pool_options(layout, 16 * 1024);
         options.device_bytes = Some(32 << 20);
         Pool::create_paths(&paths, &[], &options)
             .unwrap()
@@ -1133,7 +1168,7 @@ fn serve_with_metrics_exposes_the_clients_traffic_over_http() {
 #[test]
 fn a_served_pool_is_watched_and_scrubbed_through_its_endpoint() {
     use std::os::unix::fs::FileExt;
-    let (dir, paths) = Served::create_pool("rs:4+2", 6);
+    let (dir, paths) = Served::create_pool_with(v3_pool_options("rs:4+2", 16 * 1024), 6);
     let (model, rotted) = {
         let pool = Pool::open_paths(&paths[..1], &OpenOptions::default()).unwrap();
         let mut rng = stripestore::testing::rng(77);
@@ -1258,7 +1293,7 @@ fn trim_write_zeroes_and_block_status_do_what_they_say_and_refuse_bad_requests()
         seed,
         name: "trim_write_zeroes_and_block_status",
     };
-    let server = InProcess::default("rs:4+2", 6, 16 << 20);
+    let server = InProcess::default_v3("rs:4+2", 6, 16 << 20);
     let size = server.pool.size();
     let stripe = server.pool.geometry().stripe_data_bytes();
     let s32 = |n: u64| u32::try_from(n * stripe).unwrap();
@@ -1357,7 +1392,8 @@ fn trim_write_zeroes_and_block_status_do_what_they_say_and_refuse_bad_requests()
         read_only: true,
         ..ServeOptions::default()
     };
-    let read_only = InProcess::start("mirror:2", 2, 8 << 20, options);
+    let read_only =
+        InProcess::start_with(v3_pool_options("mirror:2", 16 * 1024), 2, 8 << 20, options);
     read_only.pool.write_at(0, &[5u8; 4096]).unwrap();
     let mut client = thin_client(&read_only);
     assert_eq!(nbd_errno(client.trim(0, 4096, false)), errno::EPERM);
@@ -1476,7 +1512,7 @@ fn meta_context_negotiation_lists_and_selects_base_allocation_only() {
 /// A served pool of `stripes_written` random stripes, with some discarded: returns the server
 /// and the model of its volume.
 fn sparse_served_pool(seed: u64) -> (InProcess, Model) {
-    let server = InProcess::default("rs:4+2", 6, 16 << 20);
+    let server = InProcess::default_v3("rs:4+2", 6, 16 << 20);
     let size = server.pool.size();
     let stripe = server.pool.geometry().stripe_data_bytes();
     let mut model = Model::new(size);

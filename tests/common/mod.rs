@@ -36,6 +36,9 @@ pub fn options(layout: &str) -> CreateOptions {
     let layout: Layout = layout.parse().unwrap();
     let mut options = CreateOptions::new(layout);
     options.chunk_bytes = CHUNK_BYTES;
+    // Version 3's stripe path with 4 KiB chunks (small stripes in small members); version 4
+    // has its own suites (pool_v4*, volume*, meta_*) and 16 KiB chunks at least.
+    options.format = stripestore::pool::FormatVersion::V3;
     options
 }
 

@@ -673,6 +673,7 @@ impl World<'_> {
                 mems.iter().map(|m| Arc::clone(m) as SharedDevice).collect();
             let mut options = CreateOptions::new("mirror:2".parse().map_err(|e| format!("{e}"))?);
             options.chunk_bytes = self.config.chunk_bytes;
+            options.format = World::format(self.config);
             let pool = Pool::create(handles, vec![], &options)
                 .map_err(|e| format!("cannot make the foreign pool: {e}"))?;
             pool.close()

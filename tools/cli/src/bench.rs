@@ -239,9 +239,10 @@ pub fn bench_create_options(layout: Layout, device_bytes: u64, format4: bool) ->
     let mut options = CreateOptions::new(layout);
     options.device_bytes = Some(device_bytes);
     options.open.background_rebuild = false;
-    if format4 {
-        options.format =
-            stripestore::pool::FormatVersion::V4(stripestore::pool::V4Options::default());
-    }
+    options.format = if format4 {
+        stripestore::pool::FormatVersion::V4(stripestore::pool::V4Options::default())
+    } else {
+        stripestore::pool::FormatVersion::V3
+    };
     options
 }

@@ -115,19 +115,19 @@ enum Command {
         /// Size of each device; files that do not exist are created at this size.
         #[arg(long, value_parser = parse_size)]
         device_size: Option<u64>,
-        /// Chunk size (multiple of 4K, at most 16M).
+        /// Chunk size (multiple of 4K, at most 16M; format 4: a multiple of 16K).
         #[arg(long, value_parser = chunk_size_arg, default_value = "16K")]
         chunk_size: u64,
         /// Checksum block: a multiple of 4K dividing the chunk size. The smallest piece a read
         /// fetches and verifies on its own; map memory is 4 bytes per block of every device.
         #[arg(long, value_parser = checksum_size_arg, default_value = "4K")]
         checksum_size: u64,
-        /// On-disk format: 3 (stripes rewritten whole, the map in memory; the default while
-        /// version 4 is finished) or 4 (rows and the paged map: small writes without a
+        /// On-disk format: 4, the default (rows and the paged map: small writes without a
         /// read-modify-write, memory bounded by --map-cache, background scrub and rebuild;
-        /// sequential writes still slower than version 3's, README "Performance"). Version 4
-        /// needs a chunk size that is a multiple of 16K and ignores --checksum-size (4K).
-        #[arg(long, default_value = "3", value_parser = clap::builder::PossibleValuesParser::new(["3", "4"]))]
+        /// sequential writes slower than version 3's, README "Performance"), or 3 (stripes
+        /// rewritten whole, the map in memory: pools of a few GiB). Version 4 needs a chunk
+        /// size that is a multiple of 16K and checks every 4K block (--checksum-size 4K).
+        #[arg(long, default_value = "4", value_parser = clap::builder::PossibleValuesParser::new(["3", "4"]))]
         format: String,
         /// Overwrite devices that hold another pool's superblock, a filesystem, a partition
         /// table or another known signature.
@@ -434,8 +434,8 @@ struct RepeatedBench {
 struct ScrubBench {
     #[command(flatten)]
     bench: RepeatedBench,
-    /// On-disk format of the pool: 3 (stripes) or 4 (rows and the paged map).
-    #[arg(long, default_value = "3", value_parser = clap::value_parser!(u32).range(3..=4))]
+    /// On-disk format of the pool: 4 (rows and the paged map; what `create` makes) or 3.
+    #[arg(long, default_value = "4", value_parser = clap::value_parser!(u32).range(3..=4))]
     format: u32,
 }
 
@@ -449,8 +449,8 @@ struct RebuildBench {
     /// sources are not the bottleneck and the rebuild is measured against the spare's disk.
     #[arg(long)]
     spare_dir: Option<PathBuf>,
-    /// On-disk format of the pool: 3 (stripes) or 4 (rows and the paged map).
-    #[arg(long, default_value = "3", value_parser = clap::value_parser!(u32).range(3..=4))]
+    /// On-disk format of the pool: 4 (rows and the paged map; what `create` makes) or 3.
+    #[arg(long, default_value = "4", value_parser = clap::value_parser!(u32).range(3..=4))]
     format: u32,
 }
 
@@ -917,6 +917,18 @@ fn create(
     force: bool,
     paths: Vec<PathBuf>,
 ) -> CliResult {
+    if v4 && checksum_size != 4096 {
+        return Err(usage_error(&format!(
+            "--checksum-size {}: format 4 checks every 4K block (--checksum-size is for --format 3)",
+            human_bytes(checksum_size)
+        )));
+    }
+    if v4 && !chunk_size.is_multiple_of(16 << 10) {
+        return Err(usage_error(&format!(
+            "--chunk-size {}: format 4 needs a multiple of 16K (its metadata pages live in chunks)",
+            human_bytes(chunk_size)
+        )));
+    }
     if !v4 && !chunk_size.is_multiple_of(checksum_size) {
         return Err(usage_error(&format!(
             "--checksum-size {} does not divide --chunk-size {}",
@@ -930,10 +942,11 @@ fn create(
     options.device_bytes = device_size;
     options.force = force;
     options.open.map_cache_bytes = map_cache_bytes();
-    if v4 {
-        options.format =
-            stripestore::pool::FormatVersion::V4(stripestore::pool::V4Options::default());
-    }
+    options.format = if v4 {
+        stripestore::pool::FormatVersion::V4(stripestore::pool::V4Options::default())
+    } else {
+        stripestore::pool::FormatVersion::V3
+    };
     let pool = Pool::create_paths(&paths, &spares, &options)?;
     let status = pool.status();
     pool.close()?;
