@@ -241,6 +241,41 @@ impl AlignedBuf {
         aligned
     }
 
+    /// No bytes, and no allocation (what a buffer given away leaves behind).
+    #[must_use]
+    pub const fn empty() -> Self {
+        Self {
+            backing: Vec::new(),
+            start: 0,
+            len: 0,
+        }
+    }
+
+    /// Bytes this buffer can hold without a new allocation.
+    #[must_use]
+    pub fn capacity(&self) -> usize {
+        self.backing.len() - self.start
+    }
+
+    /// Make this `len` bytes in the allocation it has, holding whatever they held; `false`
+    /// (and unchanged) when `len` exceeds its [`AlignedBuf::capacity`].
+    pub fn reuse(&mut self, len: usize) -> bool {
+        if len > self.capacity() {
+            return false;
+        }
+        self.len = len;
+        true
+    }
+
+    /// [`AlignedBuf::reuse`], then every byte zero.
+    pub fn reuse_zeroed(&mut self, len: usize) -> bool {
+        let reused = self.reuse(len);
+        if reused {
+            self.fill(0);
+        }
+        reused
+    }
+
     /// `len` zero bytes.
     #[must_use]
     pub fn zeroed(len: usize) -> Self {

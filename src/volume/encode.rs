@@ -84,19 +84,18 @@ impl RowEncoder {
         let m = self.codec.parity_chunks();
         let copies = (width - m) / k;
         // One region per data chunk (its copies write the same bytes from it) and one per
-        // parity chunk, each its rows in order; appended, not zeroed first.
+        // parity chunk, each its rows in order, in a buffer kept from an earlier write when
+        // there is one.
         let regions = k + m;
         let data_bytes = k * rows * BLOCK_BYTES;
         let mut crcs = vec![0u32; rows * width];
-        let mut shards = AlignedBuf::filled_by(regions * rows * BLOCK_BYTES, |buf| {
-            for j in 0..k {
-                for r in 0..rows {
-                    let at = (r * k + j) * BLOCK_BYTES;
-                    buf.extend_from_slice(&data[at..at + BLOCK_BYTES]);
-                }
-            }
-        });
+        let mut shards = shard_buffer(regions * rows * BLOCK_BYTES, data_bytes);
         let (data_regions, parity_regions) = shards.split_at_mut(data_bytes);
+        for (i, region) in data_regions.chunks_exact_mut(BLOCK_BYTES).enumerate() {
+            let (j, r) = (i / rows, i % rows);
+            let at = (r * k + j) * BLOCK_BYTES;
+            region.copy_from_slice(&data[at..at + BLOCK_BYTES]);
+        }
         for (i, block) in data_regions.chunks_exact(BLOCK_BYTES).enumerate() {
             let (j, r) = (i / rows, i % rows);
             let crc = crc32c::crc32c(block);
@@ -135,6 +134,46 @@ impl RowEncoder {
             shards,
             crcs,
         })
+    }
+}
+
+/// Most shard buffers kept for the next encoded writes, and most bytes: the pipeline keeps a
+/// few MiB of encoded writes on the devices, each of which gives its buffer back when dropped
+/// (by whichever thread landed it).
+const SHARD_BUFFERS_KEPT: usize = 64;
+const SHARD_BUFFER_BYTES_KEPT: usize = 32 << 20;
+
+/// Shard buffers of encoded writes that landed, for the next ones: encoding in steady state
+/// allocates none (tests/hot_path_alloc.rs).
+static SHARD_BUFFERS: parking_lot::Mutex<Vec<AlignedBuf>> = parking_lot::const_mutex(Vec::new());
+
+/// `len` bytes for an encoded write's shards, the first `data_bytes` of them to be
+/// overwritten by the caller (a kept buffer's are not cleared first) and the rest, the
+/// parity regions, zero, as the encoder is given them in a fresh buffer.
+fn shard_buffer(len: usize, data_bytes: usize) -> AlignedBuf {
+    let kept = {
+        let mut kept = SHARD_BUFFERS.lock();
+        kept.iter()
+            .position(|b| b.capacity() >= len)
+            .map(|at| kept.swap_remove(at))
+    };
+    if let Some(mut buf) = kept {
+        if buf.reuse(len) {
+            buf[data_bytes..].fill(0);
+            return buf;
+        }
+    }
+    AlignedBuf::zeroed(len)
+}
+
+impl Drop for EncodedWrite {
+    fn drop(&mut self) {
+        let buf = std::mem::replace(&mut self.shards, AlignedBuf::empty());
+        let mut kept = SHARD_BUFFERS.lock();
+        let bytes: usize = kept.iter().map(AlignedBuf::capacity).sum();
+        if kept.len() < SHARD_BUFFERS_KEPT && bytes + buf.capacity() <= SHARD_BUFFER_BYTES_KEPT {
+            kept.push(buf);
+        }
     }
 }
 

@@ -6,6 +6,7 @@ use super::{MemberProblem, ProblemKind, Volume, BLOCK, BLOCK_BYTES};
 use crate::device::{run_batch_while, AlignedBuf, BatchOp, DeviceError, SharedDevice};
 use crate::error::{Error, Result};
 use crate::format::v4::BlockPointer;
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
@@ -608,7 +609,7 @@ impl Volume {
 pub(super) fn read_runs(
     devices: &[Option<SharedDevice>],
     runs: &[Vec<Piece>],
-) -> (Vec<AlignedBuf>, RunResults) {
+) -> (RunBuffers, RunResults) {
     let (buffers, results, ()) = read_runs_while(devices, runs, || ());
     (buffers, results)
 }
@@ -622,15 +623,16 @@ pub(super) fn read_runs_while<R>(
     devices: &[Option<SharedDevice>],
     runs: &[Vec<Piece>],
     meanwhile: impl FnOnce() -> R,
-) -> (Vec<AlignedBuf>, RunResults, R) {
-    let mut buffers: Vec<AlignedBuf> = runs
-        .iter()
-        .map(|run| AlignedBuf::zeroed(run.len() * BLOCK_BYTES))
-        .collect();
+) -> (RunBuffers, RunResults, R) {
+    let mut buffers = RunBuffers(
+        runs.iter()
+            .map(|run| run_buffer(run.len() * BLOCK_BYTES))
+            .collect(),
+    );
     let mut results = Vec::with_capacity(runs.len());
     let mut ops = Vec::with_capacity(runs.len());
     let mut issued = Vec::with_capacity(runs.len());
-    for (r, (run, buffer)) in runs.iter().zip(buffers.iter_mut()).enumerate() {
+    for (r, (run, buffer)) in runs.iter().zip(buffers.0.iter_mut()).enumerate() {
         if let Some(Some(device)) = run.first().and_then(|p| devices.get(p.device)) {
             ops.push(BatchOp::read(device.as_ref(), run[0].offset, buffer));
             issued.push(r);
@@ -642,6 +644,70 @@ pub(super) fn read_runs_while<R>(
         results[r] = Some(op.result);
     }
     (buffers, results, outcome)
+}
+
+/// Most buffers of finished run reads one thread keeps for its next reads, and most bytes.
+const RUN_BUFFERS_KEPT: usize = 32;
+const RUN_BUFFER_BYTES_KEPT: usize = 4 << 20;
+
+thread_local! {
+    /// Buffers of finished run reads, for this thread's next ones: a reader's steady state
+    /// allocates none (tests/hot_path_alloc.rs).
+    static RUN_BUFFERS: RefCell<Vec<AlignedBuf>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `len` zero bytes, in a buffer this thread kept if one is large enough.
+fn run_buffer(len: usize) -> AlignedBuf {
+    let kept = RUN_BUFFERS.try_with(|kept| {
+        let mut kept = kept.try_borrow_mut().ok()?;
+        let at = kept.iter().position(|b| b.capacity() >= len)?;
+        Some(kept.swap_remove(at))
+    });
+    if let Ok(Some(mut buf)) = kept {
+        if buf.reuse_zeroed(len) {
+            return buf;
+        }
+    }
+    AlignedBuf::zeroed(len)
+}
+
+/// The buffers of one [`read_runs_while`], one per run, given back to the thread that
+/// drops them (up to [`RUN_BUFFERS_KEPT`] and [`RUN_BUFFER_BYTES_KEPT`]).
+pub(super) struct RunBuffers(Vec<AlignedBuf>);
+
+impl std::ops::Deref for RunBuffers {
+    type Target = [AlignedBuf];
+    fn deref(&self) -> &[AlignedBuf] {
+        &self.0
+    }
+}
+
+impl<'a> IntoIterator for &'a RunBuffers {
+    type Item = &'a AlignedBuf;
+    type IntoIter = std::slice::Iter<'a, AlignedBuf>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl Drop for RunBuffers {
+    fn drop(&mut self) {
+        let buffers = std::mem::take(&mut self.0);
+        let _ = RUN_BUFFERS.try_with(|kept| {
+            let Ok(mut kept) = kept.try_borrow_mut() else {
+                return;
+            };
+            let mut bytes: usize = kept.iter().map(AlignedBuf::capacity).sum();
+            for buf in buffers {
+                if kept.len() >= RUN_BUFFERS_KEPT || bytes + buf.capacity() > RUN_BUFFER_BYTES_KEPT
+                {
+                    break;
+                }
+                bytes += buf.capacity();
+                kept.push(buf);
+            }
+        });
+    }
 }
 
 /// The member holding shard-block `shard` of `place`'s row.

@@ -52,7 +52,7 @@ struct PlannedSlots {
 }
 
 /// A group of slots as read: the plan, the runs' buffers and outcomes.
-type ReadGroup = (PlannedSlots, Vec<AlignedBuf>, RunResults);
+type ReadGroup = (PlannedSlots, super::read::RunBuffers, RunResults);
 
 /// How a scrub runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
