@@ -646,9 +646,10 @@ pub(super) fn read_runs_while<R>(
     (buffers, results, outcome)
 }
 
-/// Most buffers of finished run reads one thread keeps for its next reads, and most bytes.
-const RUN_BUFFERS_KEPT: usize = 32;
-const RUN_BUFFER_BYTES_KEPT: usize = 4 << 20;
+/// Most buffers of finished run reads one thread keeps for its next reads, and most bytes
+/// (1 MiB: a server runs a thread per connection, so this bounds what readers hold idle).
+const RUN_BUFFERS_KEPT: usize = 16;
+const RUN_BUFFER_BYTES_KEPT: usize = 1 << 20;
 
 thread_local! {
     /// Buffers of finished run reads, for this thread's next ones: a reader's steady state
