@@ -345,7 +345,11 @@ fn damage_on_three_members(format: &str) {
     assert!(!ranges.is_empty(), "{format}: {report}");
     if format == "3" {
         assert!(ranges.len() <= 3, "{report}");
+        assert!(report.contains(" stripes unrepairable"), "{report}");
     } else {
+        // Counted in its own units: rows and page copies, places (not stripes).
+        assert!(report.contains("rows and metadata pages verified"), "{report}");
+        assert!(report.contains(" places unrepairable"), "{report}");
         assert!(report.contains("lost in all: "), "{report}");
         let first = ranges[0].split_whitespace().collect::<Vec<_>>();
         let read = run(

@@ -121,21 +121,37 @@ pub fn render(report: &ScrubReport) -> String {
         ScrubEnd::Canceled => "canceled",
         ScrubEnd::Interrupted => "interrupted (resume with --resume)",
     };
+    // A version-4 pass (it has a segment cursor) counts rows and page copies where version 3
+    // counts stripes, and shard-blocks where version 3 counts chunks.
+    let v4 = report.resumed_from_segment.is_some();
+    let (checked, piece, lost) = if v4 {
+        (
+            "rows and metadata pages",
+            "places (4K shard-blocks, page copies)",
+            "places",
+        )
+    } else {
+        ("stripes", "chunks", "stripes")
+    };
     let _ = writeln!(
         out,
-        "scrub {verb}: {} in {} stripes verified in {}s{}",
+        "scrub {verb}: {} in {} {checked} verified in {}s{}",
         human_bytes(totals.bytes_scanned),
         report.stripes_checked,
         report.scan_secs,
         if report.repair { "" } else { " (check only)" }
     );
+    let inconsistent = if v4 {
+        String::new()
+    } else {
+        format!(", {} inconsistent stripes", report.inconsistent_stripes)
+    };
     let _ = writeln!(
         out,
-        "  {} checksum errors, {} I/O errors, {} chunks repaired, {} inconsistent stripes, {} stripes unrepairable",
+        "  {} checksum errors, {} I/O errors, {} {piece} repaired{inconsistent}, {} {lost} unrepairable",
         totals.checksum_errors,
         totals.io_errors,
         totals.repaired,
-        report.inconsistent_stripes,
         report.unrepairable_stripes
     );
     if totals.not_rewritten > 0 {
