@@ -465,6 +465,33 @@ impl PoolInner {
     }
 }
 
+impl PoolInner {
+    /// Where the shards holding volume byte `offset` live: on format version 4 the
+    /// shard-blocks of the row holding its 4 KiB block (`offset` on the member is the
+    /// shard-block's), on version 3 the shards of its stripe. Empty when nothing was written
+    /// there, or the map cannot say.
+    pub(crate) fn block_locations(&self, offset: u64) -> Vec<ShardLocation> {
+        let Some(rows) = self.rows() else {
+            let stripe = offset / self.geometry.stripe_data_bytes().max(1);
+            return self.shard_locations(StripeId(stripe));
+        };
+        let volume = rows.volume.read();
+        let key = offset / crate::volume::BLOCK_BYTES as u64;
+        match volume.block_row_places(&self.volume_devices(), key) {
+            Ok(Some(places)) => places
+                .into_iter()
+                .map(|(shard, device, offset, data_chunk)| ShardLocation {
+                    shard,
+                    device,
+                    offset,
+                    data_chunk,
+                })
+                .collect(),
+            Ok(None) | Err(_) => Vec::new(),
+        }
+    }
+}
+
 /// Where one shard of a stripe lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ShardLocation {

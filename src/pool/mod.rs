@@ -778,11 +778,21 @@ impl Pool {
         self.inner.scrub_progress()
     }
 
-    /// Where the shards of logical stripe `stripe` live (empty if never written or out of
-    /// range): for diagnostics, tools and fault-injection tests.
+    /// Where the shards of logical stripe `stripe` of a format-version-3 pool live (empty if
+    /// never written, out of range, or on version 4, which has no stripes: see
+    /// [`Pool::block_locations`]): for diagnostics, tools and fault-injection tests.
     #[must_use]
     pub fn shard_locations(&self, stripe: StripeId) -> Vec<ShardLocation> {
         self.inner.shard_locations(stripe)
+    }
+
+    /// Where the shards holding volume byte `offset` live: on format version 4 the 4 KiB
+    /// shard-blocks of the row holding its block, on version 3 the chunks of its stripe
+    /// (as [`Pool::shard_locations`]). Empty if never written or out of range: for
+    /// diagnostics, tools and fault-injection tests.
+    #[must_use]
+    pub fn block_locations(&self, offset: u64) -> Vec<ShardLocation> {
+        self.inner.block_locations(offset)
     }
 
     /// Take a data member out of service (as if it had failed), recording it on disk.

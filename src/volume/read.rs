@@ -96,6 +96,36 @@ impl Tally {
 }
 
 impl Volume {
+    /// Where the row holding logical block `key` lives: `(shard, member position, byte offset
+    /// on the member, data chunk or `None` for parity)` of each shard-block of that row,
+    /// in shard order; `None` when the block was never written, is trimmed, or is out of
+    /// range. For diagnostics, tools and fault-injection tests; reads the map only.
+    ///
+    /// # Errors
+    /// As [`crate::meta::MapStore::get`]: the block's map page cannot be read.
+    pub fn block_row_places(
+        &self,
+        devices: &[Option<SharedDevice>],
+        key: u64,
+    ) -> Result<Option<Vec<(usize, usize, u64, Option<usize>)>>> {
+        if key >= self.blocks {
+            return Ok(None);
+        }
+        let Some(pbn) = self.map.get(devices, key)?.address() else {
+            return Ok(None);
+        };
+        let place = self.rows.place(pbn);
+        let width = self.rows.geometry().width();
+        Ok(Some(
+            (0..width)
+                .map(|s| {
+                    let (device, offset) = self.rows.shard_block(place.slot, s, place.row);
+                    (s, device.0, offset, self.rows.chunk_of(s))
+                })
+                .collect(),
+        ))
+    }
+
     /// Read `buf.len()` bytes at byte `offset` of the volume.
     ///
     /// # Errors

@@ -348,7 +348,10 @@ fn damage_on_three_members(format: &str) {
         assert!(report.contains(" stripes unrepairable"), "{report}");
     } else {
         // Counted in its own units: rows and page copies, places (not stripes).
-        assert!(report.contains("rows and metadata pages verified"), "{report}");
+        assert!(
+            report.contains("rows and metadata pages verified"),
+            "{report}"
+        );
         assert!(report.contains(" places unrepairable"), "{report}");
         assert!(report.contains("lost in all: "), "{report}");
         let first = ranges[0].split_whitespace().collect::<Vec<_>>();

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use stripestore::device::{FileDevice, SharedDevice};
+use stripestore::pool::{FormatVersion, V4Options};
 use stripestore::{CreateOptions, OpenOptions, Pool};
 
 fn bin() -> Command {
@@ -51,14 +52,18 @@ fn tool(name: &str) -> bool {
 }
 
 /// An rs:4+2 pool on six files, `fill` bytes written with a seeded pattern, closed. Format
-/// version 3: these tests rot a stripe's shards where `shard_locations` says they are, a
-/// version-3 notion (version 4's scrub and lost ranges: tests/pool_v4_scrub.rs and
-/// tests/command/looking.rs).
+/// version 3: most of these tests count stripes (version 4's scrub tallies and lost ranges:
+/// tests/pool_v4_scrub.rs and tests/command/looking.rs); `check` runs on both.
 fn file_pool(dir: &Path, device_size: u64, fill: u64) -> Vec<PathBuf> {
+    file_pool_of(dir, device_size, fill, FormatVersion::V3)
+}
+
+/// [`file_pool`] on format version `format`.
+fn file_pool_of(dir: &Path, device_size: u64, fill: u64, format: FormatVersion) -> Vec<PathBuf> {
     let paths: Vec<PathBuf> = (0..6).map(|i| dir.join(format!("d{i}.img"))).collect();
     let mut options = CreateOptions::new("rs:4+2".parse().unwrap());
     options.device_bytes = Some(device_size);
-    options.format = stripestore::pool::FormatVersion::V3;
+    options.format = format;
     let pool = Pool::create_paths(&paths, &[], &options).unwrap();
     let mut rng = stripestore::testing::rng(9000);
     let piece = 4 << 20;
@@ -73,7 +78,9 @@ fn file_pool(dir: &Path, device_size: u64, fill: u64) -> Vec<PathBuf> {
     paths
 }
 
-/// Flip one byte in `count` shards of logical stripe `stripe`, behind the pool's back.
+/// Flip one byte in `count` shards holding the first block of logical stripe `stripe` (64 KiB
+/// of volume), behind the pool's back: the stripe's chunks on version 3, the shard-blocks of
+/// the block's row on version 4 (`Pool::block_locations`).
 fn rot_stripe(paths: &[PathBuf], stripe: u64, count: usize) {
     let devices: Vec<SharedDevice> = paths
         .iter()
@@ -84,7 +91,8 @@ fn rot_stripe(paths: &[PathBuf], stripe: u64, count: usize) {
         ..OpenOptions::default()
     };
     let pool = Pool::open(devices, &options).unwrap();
-    let shards = pool.shard_locations(stripestore::types::StripeId(stripe));
+    let shards = pool.block_locations(stripe * pool.geometry().stripe_data_bytes());
+    assert!(shards.len() >= count, "stripe {stripe} is written");
     pool.close().unwrap();
     for shard in shards.into_iter().take(count) {
         let mut file = std::fs::OpenOptions::new()
@@ -206,8 +214,13 @@ fn a_killed_scrub_resumes_without_rereading_what_it_verified() {
 
 #[test]
 fn check_reports_every_state_with_its_exit_code() {
+    check_reports_every_state(FormatVersion::V3, 8 << 20);
+    check_reports_every_state(FormatVersion::V4(V4Options::default()), 16 << 20);
+}
+
+fn check_reports_every_state(format: FormatVersion, device_size: u64) {
     let dir = tempfile::tempdir().unwrap();
-    let paths = file_pool(dir.path(), 8 << 20, 4 << 20);
+    let paths = file_pool_of(dir.path(), device_size, 4 << 20, format);
     let check = |extra: &[&str]| {
         let mut args = vec!["check", p(&paths[0])];
         args.extend_from_slice(extra);
