@@ -480,11 +480,11 @@ impl PoolInner {
         match volume.block_row_places(&self.volume_devices(), key) {
             Ok(Some(places)) => places
                 .into_iter()
-                .map(|(shard, device, offset, data_chunk)| ShardLocation {
-                    shard,
-                    device,
-                    offset,
-                    data_chunk,
+                .map(|place| ShardLocation {
+                    shard: place.shard,
+                    device: place.member,
+                    offset: place.offset,
+                    data_chunk: place.data_chunk,
                 })
                 .collect(),
             Ok(None) | Err(_) => Vec::new(),

@@ -56,6 +56,7 @@ pub use encode::{EncodedWrite, RowEncoder};
 pub use observe::{InService, MemberProblem, Observer, ProblemKind};
 pub use pipeline::{WriteGroup, PIPELINE_UNITS};
 pub use place::BLOCK_BYTES;
+pub use read::ShardBlockPlace;
 pub use rebuild::{RebuildOptions, RebuildPlan, RebuildProgress, RebuildReport};
 pub use scrub::{Damage, ScrubPlan, VolumeScrubOptions, VolumeScrubReport};
 

@@ -95,10 +95,22 @@ impl Tally {
     }
 }
 
+/// One shard-block of a row: where it lives and what it carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardBlockPlace {
+    /// The shard of the row.
+    pub shard: usize,
+    /// The member (layout position) it is on.
+    pub member: usize,
+    /// Its byte offset on the member.
+    pub offset: u64,
+    /// The data chunk it carries (`None` for parity).
+    pub data_chunk: Option<usize>,
+}
+
 impl Volume {
-    /// Where the row holding logical block `key` lives: `(shard, member position, byte offset
-    /// on the member, data chunk or `None` for parity)` of each shard-block of that row,
-    /// in shard order; `None` when the block was never written, is trimmed, or is out of
+    /// Where the row holding logical block `key` lives: each shard-block of that row, in
+    /// shard order; `None` when the block was never written, is trimmed, or is out of
     /// range. For diagnostics, tools and fault-injection tests; reads the map only.
     ///
     /// # Errors
@@ -107,7 +119,7 @@ impl Volume {
         &self,
         devices: &[Option<SharedDevice>],
         key: u64,
-    ) -> Result<Option<Vec<(usize, usize, u64, Option<usize>)>>> {
+    ) -> Result<Option<Vec<ShardBlockPlace>>> {
         if key >= self.blocks {
             return Ok(None);
         }
@@ -120,7 +132,12 @@ impl Volume {
             (0..width)
                 .map(|s| {
                     let (device, offset) = self.rows.shard_block(place.slot, s, place.row);
-                    (s, device.0, offset, self.rows.chunk_of(s))
+                    ShardBlockPlace {
+                        shard: s,
+                        member: device.0,
+                        offset,
+                        data_chunk: self.rows.chunk_of(s),
+                    }
                 })
                 .collect(),
         ))
