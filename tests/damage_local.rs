@@ -337,15 +337,7 @@ fn a_read_only_open_changes_no_byte() {
         assert!(status.devices[1].checksum_errors > 0);
         assert_eq!(status.devices[5].state, "FAULTED");
         let _ = stripestore::endpoint::metrics_text(&pool);
-        let report = pool
-            .scrub_with(
-                &ScrubOptions {
-                    check_only: true,
-                    ..ScrubOptions::default()
-                },
-                |_| {},
-            )
-            .unwrap();
+        let report = common::check_only_scrub(&pool);
         assert!(report.totals.checksum_errors > 0);
         assert!(report.totals.bytes_skipped > 0, "member 5 was not verified");
         assert!(matches!(

@@ -586,15 +586,7 @@ fn a_v4_scrub_lists_as_lost_exactly_the_blocks_reads_cannot_return() {
     for mem in &mems[..3] {
         mem.poke(data_offset, &random_bytes(&mut rng, 1 << 20));
     }
-    let report = pool
-        .scrub_with(
-            &ScrubOptions {
-                check_only: true,
-                ..ScrubOptions::default()
-            },
-            |_| {},
-        )
-        .unwrap();
+    let report = common::check_only_scrub(&pool);
     // The oracle: which blocks a read cannot return (a read returns the model's bytes or
     // fails; nothing else).
     let mut lost: Vec<u64> = Vec::new();

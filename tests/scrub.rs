@@ -88,15 +88,7 @@ fn scrub_finds_exactly_the_damaged_chunks_per_device_repairs_them_and_is_clean_a
             let pool = Pool::open(shared(&mems), &quiet()).unwrap();
 
             // Check-only first: everything is found, nothing is written.
-            let check = pool
-                .scrub_with(
-                    &ScrubOptions {
-                        check_only: true,
-                        ..ScrubOptions::default()
-                    },
-                    |_| {},
-                )
-                .unwrap();
+            let check = common::check_only_scrub(&pool);
             assert_eq!(check.end, ScrubEnd::Completed);
             assert_eq!(check.totals.checksum_errors, damaged, "{layout}: {check:?}");
             assert_eq!(check.totals.repaired, 0, "{layout}");

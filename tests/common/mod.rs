@@ -42,6 +42,18 @@ pub fn options(layout: &str) -> CreateOptions {
     options
 }
 
+/// A whole check-only scrub of `pool` in the foreground (it writes nothing).
+pub fn check_only_scrub(pool: &Pool) -> stripestore::pool::ScrubReport {
+    pool.scrub_with(
+        &stripestore::pool::ScrubOptions {
+            check_only: true,
+            ..stripestore::pool::ScrubOptions::default()
+        },
+        |_| {},
+    )
+    .unwrap()
+}
+
 /// A fresh pool on in-memory devices.
 pub fn mem_pool(layout: &str, devices: usize) -> (Pool, Vec<Arc<MemDevice>>) {
     let mems = mem_devices(devices, DEVICE_BYTES);
