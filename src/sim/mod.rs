@@ -208,7 +208,7 @@ impl SimConfig {
             if self.format4 {
                 format!(" --format 4 --device-size {}", self.device_bytes)
             } else {
-                String::new()
+                " --format 3".to_string()
             }
         )
     }

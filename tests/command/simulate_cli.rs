@@ -98,6 +98,9 @@ fn a_planted_bug_is_caught_and_its_replay_keeps_it() {
                 "mirror:2",
                 "--shrink-seconds",
                 "5",
+                // Version 3's read path is the one this bug switches off in this seed.
+                "--format",
+                "3",
             ])
             .args(extra)
             .output()

@@ -50,9 +50,9 @@ pub struct SimulateArgs {
     /// Size of each simulated device (default 1M; 8M with --format 4).
     #[arg(long, value_parser = parse_size)]
     device_size: Option<u64>,
-    /// On-disk format of the simulated pool: 3, or 4 (stage 1: no scrub, rebuild or
-    /// replacement ops are drawn).
-    #[arg(long, default_value = "3", value_parser = clap::builder::PossibleValuesParser::new(["3", "4"]))]
+    /// On-disk format of the simulated pool: 4 (what `create` makes) or 3. A replay line
+    /// names the format of its run.
+    #[arg(long, default_value = "4", value_parser = clap::builder::PossibleValuesParser::new(["3", "4"]))]
     format: String,
     /// Replay a workload saved by a failing run (JSON), instead of generating one.
     #[arg(long)]
