@@ -479,3 +479,53 @@ fn runs_of_keys_set_at_once_read_back_count_usage_and_replay_as_keys_set_one_by_
             .unwrap_or_else(|e| panic!("{layout} usage after a reopen: {e}"));
     }
 }
+
+/// A pool whose newest uberblock names a root of tree 3, 4 or 5 (recovery points, deadlists,
+/// forwarding), as a later build would write: this build refuses to open it, naming the
+/// tree, and writes nothing (a sync would have written holes over those roots and the
+/// blocks they hold would have been counted free). The same uberblock with the roots as
+/// holes opens.
+#[test]
+fn an_uberblock_naming_trees_this_build_does_not_keep_is_refused_and_nothing_is_written() {
+    let (geometry, devices, options) = small_cache_rig("rs:4+2", 6, 2, DEVICE_BYTES);
+    let mut map = MapStore::create(&devices, POOL, &geometry, TIMELINE, &options).unwrap();
+    let mut writer = Writer::new(&geometry);
+    for key in 0..40 {
+        put(&mut writer, &mut map, &devices, key).unwrap();
+    }
+    map.sync(&devices).unwrap();
+    drop(map);
+    let rings = stripestore::meta::Rings::read(&devices, &geometry, POOL).unwrap();
+    let (newest, _) = rings.newest(TIMELINE).unwrap().unwrap();
+    let images = |devices: &[Option<SharedDevice>]| -> Vec<Vec<u8>> {
+        devices
+            .iter()
+            .map(|d| {
+                let d = d.as_ref().unwrap();
+                let mut all = vec![0u8; d.size() as usize];
+                d.read_at(0, &mut all).unwrap();
+                all
+            })
+            .collect()
+    };
+    for tree in 3..6 {
+        let mut later = newest.clone();
+        later.roots[tree] = BlockPointer::written(12_345, newest.s_sync, later.depths[tree], 7);
+        assert!(stripestore::meta::write_uberblock(&devices, &geometry, &later).is_empty());
+        let before = images(&devices);
+        let Err(err) = MapStore::open(&devices, POOL, &geometry, TIMELINE, &options) else {
+            panic!("tree {tree}: a pool naming a root of tree {tree} opened");
+        };
+        assert!(
+            matches!(err, stripestore::Error::Unsupported { .. })
+                && err.to_string().contains(&format!("tree {tree}")),
+            "tree {tree}: {err}"
+        );
+        assert!(
+            images(&devices) == before,
+            "tree {tree}: the refused open wrote"
+        );
+    }
+    assert!(stripestore::meta::write_uberblock(&devices, &geometry, &newest).is_empty());
+    MapStore::open(&devices, POOL, &geometry, TIMELINE, &options).unwrap();
+}

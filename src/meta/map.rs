@@ -819,6 +819,21 @@ impl MapStore {
         replay: &Replay,
     ) -> Result<Self> {
         let pool = uberblock.pool;
+        // Trees 3 to 5 (recovery points, deadlists, forwarding: FORMAT.md V4.4) are not
+        // written by this build. A pool whose uberblock names one was written by a later
+        // build: this one would neither keep their blocks nor write their roots back (a sync
+        // writes holes there), so it refuses the pool rather than destroy them.
+        if let Some(tree) = (3..TREES).find(|&t| !uberblock.roots[t].is_hole()) {
+            return Err(Error::Unsupported {
+                operation: "opening".into(),
+                version: 4,
+                reason: format!(
+                    "its uberblock (txg {}) names a root of tree {tree} ({}), which this build does not keep; open it with the build that wrote it",
+                    uberblock.txg,
+                    ["", "", "", "recovery points", "deadlists", "forwarding"][tree]
+                ),
+            });
+        }
         let shape = Self::shape(geometry, options)?;
         let cache = Self::page_cache(geometry, options, &shape);
         let dirty = cache.dirty_limit();
