@@ -1084,3 +1084,59 @@ fn default_v4_sizes_are_fitted_to_small_members_and_kept_on_large_ones() {
         )
     );
 }
+
+/// Repairs in place are counted per member as on version 3 (`status`'s REPAIRED): a read that
+/// meets a rotten data shard-block rewrites it and counts one repair on its member; a scrub
+/// that rewrites rotten parity (which no read touches) counts one each too. Rot is planted
+/// where `Pool::block_locations` says the rows are, one place per row, on members 0 and 1.
+#[test]
+fn heals_by_reads_and_by_the_scrub_count_as_repairs_on_their_members() {
+    let mems = mem_devices(6, DEVICE_BYTES);
+    let pool = Pool::create(shared(&mems), vec![], &v4_options("rs:4+2")).unwrap();
+    let mut rng = stripestore::testing::rng(0x4ea1);
+    let data = random_bytes(&mut rng, 2 << 20);
+    pool.write_at(0, &data).unwrap();
+    pool.flush().unwrap();
+    let flip = |member: usize, offset: u64| {
+        let byte = mems[member].peek(offset + 100, 1)[0];
+        mems[member].poke(offset + 100, &[byte ^ 0x10]);
+    };
+    // Data shard-blocks of rows 64 KiB apart (distinct rows), each on member 0 or 1.
+    let mut data_rot = [0u64; 2];
+    let mut parity_rot = [0u64; 2];
+    for (i, offset) in (0..32u64).map(|i| (i, i * 65536)) {
+        let locations = pool.block_locations(offset);
+        assert_eq!(locations.len(), 6, "row of block {offset}");
+        let member = (i % 2) as usize;
+        let wanted_data = i < 16;
+        if let Some(place) = locations
+            .iter()
+            .find(|l| l.device == member && l.data_chunk.is_some() == wanted_data)
+        {
+            flip(member, place.offset);
+            if wanted_data {
+                data_rot[member] += 1;
+            } else {
+                parity_rot[member] += 1;
+            }
+        }
+    }
+    assert!(data_rot.iter().sum::<u64>() > 0 && parity_rot.iter().sum::<u64>() > 0);
+    let repaired = |pool: &Pool| -> Vec<u64> {
+        pool.status().devices[..2]
+            .iter()
+            .map(|d| d.repaired_chunks)
+            .collect()
+    };
+    let mut back = vec![0u8; data.len()];
+    pool.read_at(0, &mut back).unwrap();
+    assert!(back == data);
+    assert_eq!(repaired(&pool), data_rot.to_vec(), "heals by reads");
+    let report = pool.scrub().unwrap();
+    assert_eq!(report.totals.repaired, parity_rot.iter().sum::<u64>());
+    assert_eq!(
+        repaired(&pool),
+        vec![data_rot[0] + parity_rot[0], data_rot[1] + parity_rot[1]],
+        "and the scrub's"
+    );
+}

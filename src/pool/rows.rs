@@ -560,6 +560,14 @@ fn record(members: &Members, problem: &MemberProblem<'_>, geometry: &Geometry) {
             };
             members.record_error(index, offset, DeviceFault::Checksum(&corruption));
         }
+        // A repair in place, counted as a v3 heal is (`status`'s REPAIRED).
+        ProblemKind::Healed => {
+            members
+                .get(index)
+                .errors
+                .repaired
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 

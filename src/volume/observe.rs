@@ -22,6 +22,9 @@ pub enum ProblemKind<'a> {
         /// The crc of what the member returned.
         found: u32,
     },
+    /// A bad shard-block was rewritten in place with its verified bytes (by a read or a
+    /// scrub): not a problem but its repair, which the owner counts as one.
+    Healed,
 }
 
 /// One problem of one member.

@@ -634,6 +634,13 @@ impl Volume {
                 self.counters
                     .healed_shard_blocks
                     .fetch_add(1, Ordering::Relaxed);
+                self.report(&MemberProblem {
+                    member: device_index(&self.rows, place, shard),
+                    offset,
+                    slot: place.slot,
+                    shard,
+                    kind: ProblemKind::Healed,
+                });
             }
             Err(e) => {
                 tracing::warn!(device = %device.name(), offset, error = %e, "heal write failed");

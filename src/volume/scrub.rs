@@ -803,6 +803,13 @@ impl Volume {
                     report.shard_blocks_repaired += 1;
                     report.member(piece.device).repaired += 1;
                     report.bytes_written += BLOCK_BYTES as u64;
+                    self.report(&MemberProblem {
+                        member: piece.device,
+                        offset: piece.offset,
+                        slot,
+                        shard: *shard,
+                        kind: ProblemKind::Healed,
+                    });
                 }
                 Some(error) => {
                     report.shard_blocks_unrepairable += 1;

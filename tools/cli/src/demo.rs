@@ -69,16 +69,18 @@ fn verify_all(pool: &Pool, label: &str) -> CliResult {
 }
 
 /// Flip one bit in `count` data chunks spread over the online members (never `skip`), at most
-/// one per stripe so that every stripe stays within its redundancy even with a device lost.
+/// one per stripe (version 3) or row (version 4) so that each stays within its redundancy even
+/// with a device lost. The bit is in the first 4 KiB of the chunk: a version-4 row holds 4 KiB
+/// of each chunk (`Pool::block_locations` names that shard-block), and both formats check 4 KiB.
 fn rot_chunks(
     pool: &Pool,
     paths: &[PathBuf],
     skip: usize,
     count: usize,
 ) -> Result<usize, Box<dyn std::error::Error>> {
+    const BLOCK: u64 = 4096;
     let mut rng = ChaCha8Rng::seed_from_u64(7);
-    let chunk = pool.geometry().chunk_bytes;
-    let stripes = pool.geometry().stripes;
+    let blocks = pool.size() / BLOCK;
     let mut used = std::collections::HashSet::new();
     let mut rotted = 0;
     for attempt in 0..count * 16 {
@@ -89,15 +91,15 @@ fn rot_chunks(
         if device == skip {
             continue;
         }
-        let stripe = rng.gen_range(0..stripes);
-        let Some(shard) = pool
-            .shard_locations(stripestore::types::StripeId(stripe))
-            .into_iter()
+        let locations = pool.block_locations(rng.gen_range(0..blocks) * BLOCK);
+        let Some(shard) = locations
+            .iter()
             .find(|s| s.device == device && s.data_chunk.is_some())
         else {
             continue;
         };
-        if !used.insert(stripe) {
+        // The stripe or row, by where its first shard is.
+        if !used.insert((locations[0].device, locations[0].offset)) {
             continue;
         }
         // Behind the pool's back: a plain file handle, not a (locked) device.
@@ -105,7 +107,7 @@ fn rot_chunks(
             .read(true)
             .write(true)
             .open(&paths[device])?;
-        let at = shard.offset + rng.gen_range(0..chunk);
+        let at = shard.offset + rng.gen_range(0..BLOCK);
         let mut byte = [0u8; 1];
         file.read_exact_at(&mut byte, at)?;
         byte[0] ^= 1 << rng.gen_range(0..8);
