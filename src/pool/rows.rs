@@ -261,7 +261,6 @@ impl std::fmt::Debug for RowsEngine {
     }
 }
 
-/// The geometry of a v4 pool.
 /// The geometry of a new v4 pool, and the options [fitted](V4Options::fitted) to its members.
 pub(crate) fn geometry(
     options: &CreateOptions,
