@@ -497,22 +497,11 @@ fn an_uberblock_naming_trees_this_build_does_not_keep_is_refused_and_nothing_is_
     drop(map);
     let rings = stripestore::meta::Rings::read(&devices, &geometry, POOL).unwrap();
     let (newest, _) = rings.newest(TIMELINE).unwrap().unwrap();
-    let images = |devices: &[Option<SharedDevice>]| -> Vec<Vec<u8>> {
-        devices
-            .iter()
-            .map(|d| {
-                let d = d.as_ref().unwrap();
-                let mut all = vec![0u8; d.size() as usize];
-                d.read_at(0, &mut all).unwrap();
-                all
-            })
-            .collect()
-    };
     for tree in 3..6 {
         let mut later = newest.clone();
         later.roots[tree] = BlockPointer::written(12_345, newest.s_sync, later.depths[tree], 7);
         assert!(stripestore::meta::write_uberblock(&devices, &geometry, &later).is_empty());
-        let before = images(&devices);
+        let before = meta::member_images(&devices);
         let Err(err) = MapStore::open(&devices, POOL, &geometry, TIMELINE, &options) else {
             panic!("tree {tree}: a pool naming a root of tree {tree} opened");
         };
@@ -522,7 +511,7 @@ fn an_uberblock_naming_trees_this_build_does_not_keep_is_refused_and_nothing_is_
             "tree {tree}: {err}"
         );
         assert!(
-            images(&devices) == before,
+            meta::member_images(&devices) == before,
             "tree {tree}: the refused open wrote"
         );
     }

@@ -1066,19 +1066,6 @@ fn blocks_at(first: u64, count: u64, version: u64) -> Vec<u8> {
         .collect()
 }
 
-/// Every byte of every member.
-fn device_bytes(rig: &Rig) -> Vec<Vec<u8>> {
-    rig.devices
-        .iter()
-        .map(|d| {
-            let d = d.as_ref().unwrap();
-            let mut all = vec![0u8; d.size() as usize];
-            d.read_at(0, &mut all).unwrap();
-            all
-        })
-        .collect()
-}
-
 #[test]
 fn writes_encoded_before_the_lock_land_the_same_bytes_as_the_same_writes_staged() {
     use stripestore::volume::GroupWrite;
@@ -1139,7 +1126,7 @@ fn writes_encoded_before_the_lock_land_the_same_bytes_as_the_same_writes_staged(
             .unwrap_or_else(|e| panic!("{layout}: {e}"));
         // The same rows, crcs, pointers and commits: every member byte for byte.
         assert!(
-            device_bytes(&encoded_rig) == device_bytes(&staged_rig),
+            meta::member_images(&encoded_rig.devices) == meta::member_images(&staged_rig.devices),
             "{layout}: the encoded writes left other bytes than the staged ones"
         );
         let reopened = encoded_rig.open(&fixed_clock);

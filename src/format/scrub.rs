@@ -230,6 +230,7 @@ mod tests {
         let checkpoint: ScrubCheckpoint = serde_json::from_str(old).unwrap();
         assert_eq!(checkpoint.segments, None);
         assert_eq!(checkpoint.tally.segments_skipped, 0);
+        assert_eq!(checkpoint.tally.lost_blocks, 0);
         assert_eq!(checkpoint.next_slot, 5);
         assert_eq!(
             serde_json::to_string(&checkpoint).unwrap(),
@@ -243,14 +244,32 @@ mod tests {
             timeline: 3,
         });
         v4.tally.segments_skipped = 2;
+        v4.tally.lost_blocks = 5;
         let text = serde_json::to_string(&v4).unwrap();
         assert!(
             text.contains(r#""segments":{"next_segment":9,"timeline":3}"#),
             "{text}"
         );
         assert!(text.contains(r#""segments_skipped":2"#), "{text}");
+        assert!(text.contains(r#""lost_blocks":5"#), "{text}");
         let back: ScrubCheckpoint = serde_json::from_str(&text).unwrap();
         assert_eq!(back, v4);
+    }
+
+    /// A tally does not refuse a field it does not know: a build from before `lost_blocks`
+    /// (2026-12-05) reads a newer tally the same way, dropping the count and keeping the
+    /// ranges. Lost blocks count in `lost_blocks`, not in `unrepairable_stripes`, and are
+    /// listed and merged like damaged stripes.
+    #[test]
+    fn lost_blocks_are_counted_apart_and_a_tally_reads_past_fields_it_does_not_know() {
+        let newer = r#"{"devices":[],"stripes_checked":1,"inconsistent_stripes":0,"unrepairable_stripes":3,"damaged":[],"lost_blocks":2,"a_later_counter":7}"#;
+        let tally: ScrubTally = serde_json::from_str(newer).unwrap();
+        assert_eq!((tally.unrepairable_stripes, tally.lost_blocks), (3, 2));
+        let mut tally = ScrubTally::new(1);
+        tally.add_lost_block(range(4096, 4096, &["b"]));
+        tally.add_lost_block(range(0, 4096, &["a"]));
+        assert_eq!((tally.lost_blocks, tally.unrepairable_stripes), (2, 0));
+        assert_eq!(tally.damaged, vec![range(0, 8192, &["a", "b"])]);
     }
 
     /// Tallies recorded before `not_rewritten` and `bytes_skipped` existed still decode (as 0),

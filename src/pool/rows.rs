@@ -66,7 +66,8 @@ impl V4Options {
     /// ceiling, lowered (never raised) so that a small member keeps most of its bytes for
     /// data. Every value is recorded in the superblocks, so an open reads what the create
     /// chose (docs/FORMAT.md V4.2, "Small members"). `slots` is the number of slots the
-    /// member's geometry holds with the fitted log and rings ([`geometry`] computes both).
+    /// member's geometry holds with the fitted log and rings (`None`: fit those two only;
+    /// the create calls it once for each).
     ///
     /// * Each intent-log half: at most 1/64 of the member (64 KiB at least). A 4 MiB member
     ///   gets 64 KiB; members of 512 MiB and more get the full 8 MiB.

@@ -864,12 +864,12 @@ impl Volume {
                 Err(e) => return Err(e),
             };
             if live {
-                let mut on: Vec<usize> = lost_cells
+                // A row's shards are on distinct members: no member twice.
+                let on: Vec<usize> = lost_cells
                     .iter()
                     .filter(|(p, _, _)| *p == place)
                     .map(|(_, _, device)| *device)
                     .collect();
-                on.dedup();
                 report.lost_blocks.push((owner, on));
             }
         }

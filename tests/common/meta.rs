@@ -6,6 +6,19 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use stripestore::device::{Device, DeviceError, MemDevice, PowerCut, SharedDevice};
 
+/// Every byte of every member, in member order (for comparisons byte for byte).
+pub fn member_images(devices: &[Option<SharedDevice>]) -> Vec<Vec<u8>> {
+    devices
+        .iter()
+        .map(|d| {
+            let d = d.as_ref().expect("every member present");
+            let mut all = vec![0u8; d.size() as usize];
+            d.read_at(0, &mut all).expect("a member reads whole");
+            all
+        })
+        .collect()
+}
+
 /// The 4 KiB of version `version` of block `key`: a pattern no other (key, version) shares.
 pub fn block_pattern(key: u64, version: u64) -> Vec<u8> {
     let mut bytes = vec![0u8; 4096];
