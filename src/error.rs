@@ -66,6 +66,16 @@ pub enum Error {
     #[error("busy: {0}")]
     Busy(String),
 
+    /// A recovery point that does not exist, or a name that cannot name a new one (taken,
+    /// or not of the allowed characters and length), or no key left for one.
+    #[error("recovery point {name:?}: {reason}")]
+    RecoveryPoint {
+        /// The name asked for.
+        name: String,
+        /// Why the request does not apply.
+        reason: String,
+    },
+
     /// An operation this build does not run on this pool's format yet.
     #[error(
         "{operation} is not supported on a format-version-{version} pool by this build: {reason}"

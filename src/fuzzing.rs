@@ -452,6 +452,14 @@ pub fn meta_page(data: &[u8]) {
             "forwarding record re-encodes"
         );
     }
+    let recovery = padded(crate::format::v4::RECOVERY_RECORD_BYTES);
+    if let Ok(Some(decoded)) = crate::format::v4::RecoveryRecord::decode(&recovery) {
+        assert_eq!(
+            &decoded.encode()[..],
+            &recovery[..],
+            "recovery-point record re-encodes"
+        );
+    }
     let uber = padded(UBERBLOCK_BYTES);
     if let Ok(decoded) = Uberblock::decode(&uber, POOL) {
         assert_eq!(decoded.encode(), uber, "uberblock re-encodes");

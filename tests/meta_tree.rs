@@ -480,11 +480,12 @@ fn runs_of_keys_set_at_once_read_back_count_usage_and_replay_as_keys_set_one_by_
     }
 }
 
-/// A pool whose newest uberblock names a root of tree 3, 4 or 5 (recovery points, deadlists,
-/// forwarding), as a later build would write: this build refuses to open it, naming the
-/// tree, and writes nothing (a sync would have written holes over those roots and the
-/// blocks they hold would have been counted free). The same uberblock with the roots as
-/// holes opens.
+/// A pool whose newest uberblock names a root of tree 4 or 5 (deadlists, forwarding), as a
+/// later build would write, or a tree 3 (recovery points) of a depth this build does not
+/// write: this build refuses to open it, naming the tree, and writes nothing (a sync would
+/// have written holes over those roots and the blocks they hold would have been counted
+/// free). An empty tree 3 as older builds record it (a hole of depth 1) opens, and so does
+/// the uberblock as written.
 #[test]
 fn an_uberblock_naming_trees_this_build_does_not_keep_is_refused_and_nothing_is_written() {
     let (geometry, devices, options) = small_cache_rig("rs:4+2", 6, 2, DEVICE_BYTES);
@@ -497,24 +498,38 @@ fn an_uberblock_naming_trees_this_build_does_not_keep_is_refused_and_nothing_is_
     drop(map);
     let rings = stripestore::meta::Rings::read(&devices, &geometry, POOL).unwrap();
     let (newest, _) = rings.newest(TIMELINE).unwrap().unwrap();
-    for tree in 3..6 {
+    // Trees 4 and 5 (deadlists, forwarding) are a later build's; tree 3 (recovery points)
+    // of a depth other than 2 is no tree this build writes.
+    for (tree, depth) in [(4, 1), (5, 1), (3, 1), (3, 3)] {
         let mut later = newest.clone();
-        later.roots[tree] = BlockPointer::written(12_345, newest.s_sync, later.depths[tree], 7);
+        later.depths[tree] = depth;
+        later.roots[tree] = BlockPointer::written(12_345, newest.s_sync, depth, 7);
         assert!(stripestore::meta::write_uberblock(&devices, &geometry, &later).is_empty());
         let before = meta::member_images(&devices);
         let Err(err) = MapStore::open(&devices, POOL, &geometry, TIMELINE, &options) else {
             panic!("tree {tree}: a pool naming a root of tree {tree} opened");
         };
-        assert!(
+        let expected = if tree == 3 {
+            matches!(err, stripestore::Error::CorruptMetadata { .. })
+                && err.to_string().contains("recovery-point tree of depth")
+        } else {
             matches!(err, stripestore::Error::Unsupported { .. })
-                && err.to_string().contains(&format!("tree {tree}")),
-            "tree {tree}: {err}"
-        );
+                && err.to_string().contains(&format!("tree {tree}"))
+        };
+        assert!(expected, "tree {tree}: {err}");
         assert!(
             meta::member_images(&devices) == before,
             "tree {tree}: the refused open wrote"
         );
     }
+    // A pool made before recovery points records an empty tree 3 as a hole of depth 1.
+    let mut older = newest.clone();
+    older.depths[3] = 1;
+    older.roots[3] = BlockPointer::hole(1);
+    assert!(stripestore::meta::write_uberblock(&devices, &geometry, &older).is_empty());
+    let map = MapStore::open(&devices, POOL, &geometry, TIMELINE, &options).unwrap();
+    assert!(map.recovery_points().is_empty());
+    drop(map);
     assert!(stripestore::meta::write_uberblock(&devices, &geometry, &newest).is_empty());
     MapStore::open(&devices, POOL, &geometry, TIMELINE, &options).unwrap();
 }

@@ -17,7 +17,9 @@
 //!   position and a repairing scrub or rebuild of a read-only volume are refused before any
 //!   I/O;
 //! * the planted `rebuild_skip_verify` and `scrub_skip_crc` are caught;
-//! * a 16 TiB volume on sparse files scrubs its few written rows in proportion to them.
+//! * a 16 TiB volume on sparse files scrubs its few written rows in proportion to them;
+//! * map pages only a recovery point names are scrubbed (found, repaired, counted once) and
+//!   rebuilt: the recovery point reads back from a replacement and the fewest others.
 
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet};
@@ -1306,4 +1308,96 @@ fn a_member_still_serving_is_a_source_of_its_own_rebuild() {
     let alone = vec![Some(fresh), None];
     let volume = Volume::open(&alone, POOL, &rig.geometry, TIMELINE, &options()).unwrap();
     model.check(&volume, &alone).unwrap();
+}
+
+/// Every block of recovery point `name` reads exactly `blocks` (others zeros) through
+/// `devices`.
+fn check_point(
+    volume: &Volume,
+    devices: &[Option<SharedDevice>],
+    name: &str,
+    blocks: &BTreeMap<u64, Vec<u8>>,
+) -> Result<(), String> {
+    let span = blocks.keys().last().map_or(0, |k| k + 2);
+    for key in 0..span {
+        let mut found = vec![0u8; B];
+        volume
+            .read_recovery_point(devices, name, key * B as u64, &mut found)
+            .map_err(|e| format!("recovery point {name}, block {key}: {e}"))?;
+        let expected = blocks.get(&key).cloned().unwrap_or_else(|| vec![0; B]);
+        if found != expected {
+            return Err(format!("recovery point {name}, block {key}: wrong bytes"));
+        }
+    }
+    Ok(())
+}
+
+/// Map pages only a recovery point names (the live map rewrote every one of its leaves after
+/// the create) are scrubbed: one rotten copy of each is found and repaired, exactly as many as
+/// were rotted; then a member is rebuilt onto a blank replacement and the recovery point
+/// reads back exactly from it and the fewest others, in a volume opened afresh too (its
+/// pages were copied to the replacement, not only the live tree's).
+#[test]
+fn pages_only_a_recovery_point_names_are_scrubbed_and_rebuilt() {
+    for (layout, members) in LAYOUTS {
+        let mut rig = Rig::new(layout, members);
+        let (mut volume, model) = filled(&rig, &options());
+        volume.create_recovery_point(&rig.devices, "then").unwrap();
+        let (pages, _) = volume.map().page_refs(&rig.devices).unwrap();
+        let point_pages: BTreeSet<u64> = pages
+            .iter()
+            .filter(|p| p.tree.id() == 0)
+            .filter_map(|p| p.mpn())
+            .collect();
+        let then = model.blocks.clone();
+        // Every written key again: every leaf and the root of the live map are copied.
+        let mut live = model;
+        let k = rig.geometry.data_chunks() as u64;
+        for (first, count) in [(0, 12 * k + 1), (1030, 1), (2050, k + 1), (2600, 2 * k)] {
+            live.write(&rig, &mut volume, first, count, 9);
+        }
+        volume.flush(&rig.devices).unwrap();
+        volume.sync(&rig.devices).unwrap();
+        let (now, _) = volume.map().page_refs(&rig.devices).unwrap();
+        let listed: Vec<u64> = now.iter().filter_map(|p| p.mpn()).collect();
+        for mpn in &point_pages {
+            assert_eq!(
+                listed.iter().filter(|m| *m == mpn).count(),
+                1,
+                "{layout}: page {mpn} of the recovery point listed once"
+            );
+        }
+        let mut rotted = 0u64;
+        for (i, mpn) in point_pages.iter().enumerate() {
+            let copies = rig.geometry.page_copies(*mpn).unwrap();
+            let (d, at) = copies[i % copies.len()];
+            let mut bytes = rig.mems[d.0].peek(at, PAGE);
+            bytes[100] ^= 0x40;
+            rig.mems[d.0].poke(at, &bytes);
+            rotted += 1;
+        }
+        let found = scrub(&volume, &rig, false);
+        assert_eq!(found.page_copies_bad, rotted, "{layout}: {found:?}");
+        assert_eq!(found.page_copies_repaired, rotted, "{layout}: {found:?}");
+        assert_eq!(scrub(&volume, &rig, true).page_copies_bad, 0, "{layout}");
+        check_point(&volume, &rig.devices, "then", &then)
+            .unwrap_or_else(|e| panic!("{layout}: {e}"));
+        live.check(&volume, &rig.devices)
+            .unwrap_or_else(|e| panic!("{layout}: {e}"));
+
+        let position = members - 1;
+        let (report, _, _) = lose_and_rebuild(&mut rig, &volume, position, 0, None);
+        assert!(report.unrepairable.is_empty(), "{layout}: {report:?}");
+        let fewest = without_others(&rig, position);
+        check_point(&volume, &fewest, "then", &then)
+            .unwrap_or_else(|e| panic!("{layout} after the rebuild: {e}"));
+        let mut read_only = options();
+        read_only.map.read_only = true;
+        drop(volume);
+        let fresh = Volume::open(&rig.devices, POOL, &rig.geometry, TIMELINE, &read_only).unwrap();
+        check_point(&fresh, &fewest, "then", &then)
+            .unwrap_or_else(|e| panic!("{layout} after the rebuild, fresh: {e}"));
+        live.check(&fresh, &fewest)
+            .unwrap_or_else(|e| panic!("{layout} after the rebuild, fresh: {e}"));
+    }
 }

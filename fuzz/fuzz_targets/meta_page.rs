@@ -1,6 +1,6 @@
-//! Arbitrary bytes as every format-version-4 metadata structure (pointers, pages, slot and usage
-//! records, forwarding records, log records, uberblocks), and structures built from the input
-//! with one bit flipped. The property lives in `stripestore::fuzzing::meta_page` (shared with the
+//! Arbitrary bytes as every format-version-4 metadata structure (pointers, pages, slot, usage,
+//! forwarding and recovery-point records, log records, uberblocks), and structures built from
+//! the input with one bit flipped. The property lives in `stripestore::fuzzing::meta_page` (shared with the
 //! corpus-replay test `tests/fuzz_corpus.rs`).
 #![no_main]
 

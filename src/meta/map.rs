@@ -9,22 +9,25 @@
 //! lets the allocator release pages, by its rule. Open takes the newest valid uberblock of the
 //! timeline and replays the log chain after it into an in-memory overlay (no leaf is read).
 //!
-//! Step 4 of the plan: only tree 0 (the map) is kept; the other roots stay holes. Segments and
-//! the usage table are step 5; until then the allocator is rebuilt at open by walking the tree,
-//! which is proportional to the map's pages, and entries of kinds the map does not write yet
-//! (recovery points, segment states, forwarding, subtree trims) are refused at replay.
+//! Trees kept: 0 (the map), 1 (the slot summary), 2 (the usage table, whose records are
+//! resident and give allocation without a walk at open) and 3 (recovery points, FORMAT.md
+//! V4.10a: frozen map roots; a pointer the live tree drops with birth ≤ `S_head` is held, not
+//! counted off). Trees 4 and 5 (deadlists, forwarding) are refused at open, and log entries
+//! of kinds the map does not write (segment states, forwarding, subtree trims, kind 4) at
+//! replay.
 
 use super::cache::PageCache;
 use super::log::{replay, IntentLog, LogPosition, Replay};
 use super::ring::{write_uberblock, Rings};
 use super::segments::{ReleaseRule, SegmentShape, SegmentTable, SUT_LEAF_BITS};
 use super::store::{PageRef, PageStore};
-use super::tree::{PageKey, RadixTree, SetError};
+use super::tree::{PageKey, RadixTree, SeenPages, SetError};
 use crate::device::{flush_each, DeviceError, SharedDevice};
 use crate::error::{Error, Result};
 use crate::format::v4::{
-    BlockPointer, LogEntry, SegmentState, SlotRecord, SlotShape, Tree, Uberblock, ADDRESS_HOLE,
-    PAGE_BYTES, TREES,
+    check_recovery_name, BlockPointer, LogEntry, RecoveryKind, RecoveryRecord, SegmentState,
+    SlotRecord, SlotShape, Tree, Uberblock, ADDRESS_HOLE, NO_KEY, PAGE_BYTES,
+    RECOVERY_RECORD_BYTES, TREES,
 };
 use crate::geometry::Geometry;
 use crate::types::{DeviceIndex, ShardIndex};
@@ -75,6 +78,61 @@ pub struct MapOptions {
     /// the devices is released like any other (see [`MapStore::hold_slots`]).
     #[cfg(feature = "testing")]
     pub release_held_segment: bool,
+    /// Planted bug `free_shared_page`: a map page a sync replaces is counted off whatever
+    /// its birth, so pages a recovery point still names are reused (FORMAT.md V4.10a).
+    #[cfg(feature = "testing")]
+    pub free_shared_page: bool,
+    /// Planted bug `drop_held_block`: a block the live tree drops is counted off whatever its
+    /// birth (at runtime and at replay).
+    #[cfg(feature = "testing")]
+    pub drop_held_block: bool,
+    /// Planted bug `replay_drops_held_block`: the hold rule is kept at runtime, not when the
+    /// log is replayed at open.
+    #[cfg(feature = "testing")]
+    pub replay_drops_held_block: bool,
+    /// Planted bug `recovery_point_in_live_cache`: a recovery point's tree is read through
+    /// the live map's cache (whose keys name a position, not a version).
+    #[cfg(feature = "testing")]
+    pub recovery_point_in_live_cache: bool,
+    /// Planted bug `pin_only_on_hold`: metadata victims are not checked against the live
+    /// trees before they are moved (a segment of pages only a recovery point names is
+    /// chosen at every sync and never empties).
+    #[cfg(feature = "testing")]
+    pub pin_only_on_hold: bool,
+    /// Planted bug `delete_ignores_child`: a delete frees what its recovery point does not
+    /// share with its parent, without comparing with its child (or the live map).
+    #[cfg(feature = "testing")]
+    pub delete_ignores_child: bool,
+}
+
+/// The planted bugs of the hold rule (all off in a build without `testing`).
+#[derive(Debug, Clone, Copy, Default)]
+struct PlantedHolds {
+    free_shared_page: bool,
+    drop_held_block: bool,
+    replay_drops_held_block: bool,
+    in_live_cache: bool,
+    pin_only_on_hold: bool,
+    delete_ignores_child: bool,
+}
+
+impl PlantedHolds {
+    fn of(options: &MapOptions) -> Self {
+        #[cfg(feature = "testing")]
+        return Self {
+            free_shared_page: options.free_shared_page,
+            drop_held_block: options.drop_held_block,
+            replay_drops_held_block: options.replay_drops_held_block,
+            in_live_cache: options.recovery_point_in_live_cache,
+            pin_only_on_hold: options.pin_only_on_hold,
+            delete_ignores_child: options.delete_ignores_child,
+        };
+        #[cfg(not(feature = "testing"))]
+        {
+            let _ = options;
+            Self::default()
+        }
+    }
 }
 
 impl Default for MapOptions {
@@ -100,6 +158,18 @@ impl Default for MapOptions {
             foreground_into_reserve: false,
             #[cfg(feature = "testing")]
             release_held_segment: false,
+            #[cfg(feature = "testing")]
+            free_shared_page: false,
+            #[cfg(feature = "testing")]
+            drop_held_block: false,
+            #[cfg(feature = "testing")]
+            replay_drops_held_block: false,
+            #[cfg(feature = "testing")]
+            recovery_point_in_live_cache: false,
+            #[cfg(feature = "testing")]
+            pin_only_on_hold: false,
+            #[cfg(feature = "testing")]
+            delete_ignores_child: false,
         }
     }
 }
@@ -148,8 +218,14 @@ pub struct SyncReport {
     pub txg: u64,
     /// Pages written (each as `tolerance + 1` copies).
     pub pages_written: usize,
-    /// Pages of the previous tree it stopped referencing.
+    /// Pages of the previous tree it stopped referencing (and counted off: pages a
+    /// recovery point still names are not).
     pub pages_freed: usize,
+    /// Metadata segments the cleaner emptied into this sync's pages.
+    pub metadata_victims: usize,
+    /// Of those, segments still referenced after it (pages no live tree names: none when
+    /// the victims are chosen right; pinned from then on).
+    pub victims_left: usize,
 }
 
 /// What one commit did.
@@ -263,6 +339,7 @@ impl RowInfo {
 enum TreeChoice {
     Map,
     Summary,
+    RecoveryPoints,
 }
 
 /// A written row of a data slot, as the map records it (scrub and rebuild).
@@ -320,7 +397,126 @@ pub struct MapStore {
     opened: OpenReport,
     planted_sut_at_write: bool,
     tolerate: Option<Tolerate>,
+    /// Tree 3: the recovery-point records (resident in `points`; FORMAT.md V4.10a).
+    points_tree: RadixTree,
+    /// Recovery points by key (`1..`), as of the last sync.
+    points: BTreeMap<u64, RecoveryRecord>,
+    /// The live line's head: its key ([`NO_KEY`]: none) and `S_head` (0: none). A pointer the
+    /// live tree drops with birth ≤ `S_head` is held by a recovery point, not counted off.
+    head: (u64, u64),
+    /// A recovery point the running sync records: `(name, created)`.
+    creating: Option<(String, u64)>,
+    /// A recovery point the running sync deletes, with what it alone names.
+    deleting: Option<(u64, Unique)>,
+    /// Metadata segments in which the hold rule kept a page: the metadata cleaner cannot
+    /// empty them (FORMAT.md V4.10a), so it does not pick them (this process).
+    pinned_metadata: BTreeSet<u64>,
+    planted_holds: PlantedHolds,
+    /// The options the map was opened with (a recovery point's tree is read with them).
+    options: MapOptions,
 }
+
+/// A recovery point as [`MapStore::recovery_points`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryPoint {
+    /// Its key in tree 3.
+    pub key: u64,
+    /// Its name.
+    pub name: String,
+    /// Never reused.
+    pub guid: u64,
+    /// Seconds since the Unix epoch.
+    pub created: u64,
+    /// `S_X`: the sequence of the sync that wrote it (its blocks are born before it).
+    pub sequence: u64,
+    /// The txg of that sync.
+    pub txg: u64,
+    /// The recovery point before it on its line (`None`: the first).
+    pub parent: Option<u64>,
+}
+
+impl RecoveryPoint {
+    fn of(key: u64, record: &RecoveryRecord) -> Self {
+        Self {
+            key,
+            name: record.name.clone(),
+            guid: record.guid,
+            created: record.created,
+            sequence: record.sequence,
+            txg: record.txg,
+            parent: (record.parent != NO_KEY).then_some(record.parent),
+        }
+    }
+}
+
+/// What a recovery point alone holds: blocks and pages no other tree names (FORMAT.md
+/// V4.10b), which its delete frees.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PointUsage {
+    /// Data blocks (4 KiB each).
+    pub blocks: u64,
+    /// Metadata pages (16 KiB each, on `tolerance + 1` members).
+    pub pages: u64,
+}
+
+/// What a delete counts off: the block and page numbers a recovery point alone names.
+#[derive(Debug, Clone, Default)]
+struct Unique {
+    blocks: Vec<u64>,
+    pages: Vec<u64>,
+}
+
+/// A delete staged in the sync that makes it durable: the key removed, the child re-parented
+/// (key and its new record), the live line's new head `(key, S_head)`.
+#[derive(Debug)]
+struct StagedDelete {
+    key: u64,
+    child: Option<(u64, RecoveryRecord)>,
+    head: Option<(u64, u64)>,
+}
+
+/// The map of a recovery point, read-only, through a page cache of its own (FORMAT.md
+/// V4.10a: never the live map's, whose keys name a position, not a version).
+#[derive(Debug)]
+pub struct RecoveryPointMap {
+    tree: RadixTree,
+}
+
+impl RecoveryPointMap {
+    /// The pointer logical block `key` had when the recovery point was taken.
+    ///
+    /// # Errors
+    /// See [`RadixTree::get`].
+    pub fn get(&self, devices: &[Option<SharedDevice>], key: u64) -> Result<BlockPointer> {
+        self.tree.get(devices, key)
+    }
+}
+
+/// A recovery point's guid (FORMAT.md V4.10a): `S_X` mixed by a bijection of 64-bit words
+/// keyed by the pool's id, so it is never reused within a pool (`S_X` never repeats, a rewind
+/// included) and differs across pools but for chance, and a replayed run gets the same.
+fn point_guid(pool: &[u8; 16], s_x: u64) -> u64 {
+    // The finalizer of SplitMix64: invertible (xor-shifts and odd multipliers).
+    let mix = |mut z: u64| {
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let mut halves = [0u64; 2];
+    for (half, bytes) in halves.iter_mut().zip(pool.chunks_exact(8)) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(bytes);
+        *half = u64::from_le_bytes(word);
+    }
+    mix(mix(halves[0] ^ mix(halves[1])) ^ s_x)
+}
+
+/// Depth of tree 3: 64 records per leaf, 1024 leaves, keys `0 .. 65,536`.
+const POINTS_DEPTH: u8 = 2;
+/// Leaf bits of tree 3 (256-byte records).
+const POINTS_LEAF_BITS: u32 = (PAGE_BYTES / RECOVERY_RECORD_BYTES).trailing_zeros();
+/// Pages a recovery point's own cache holds while it is read or walked.
+const POINT_CACHE_PAGES: usize = 64;
 
 /// The owner's decision about a member that failed a metadata write or flush: `true` when it
 /// took the member out of service (durably, in its superblocks), so no later open reads
@@ -617,6 +813,89 @@ impl MapStore {
         )
     }
 
+    /// Tree 3, the recovery points (its own small cache: the records are resident in the
+    /// map, so its pages are held only while dirty), empty or with the root an uberblock
+    /// names: depth 2, or a hole of depth 1 (what a pool made before recovery points writes).
+    fn points_tree(
+        pool: [u8; 16],
+        geometry: &Geometry,
+        options: &MapOptions,
+        root: Option<(u8, BlockPointer)>,
+    ) -> Result<RadixTree> {
+        let root = match root {
+            Some((POINTS_DEPTH, pointer)) => pointer,
+            None => BlockPointer::hole(POINTS_DEPTH),
+            Some((1, pointer)) if pointer.is_hole() => BlockPointer::hole(POINTS_DEPTH),
+            Some((found, _)) => {
+                return Err(Error::corrupt_metadata(format!(
+                    "recovery-point tree of depth {found}, not {POINTS_DEPTH}"
+                )))
+            }
+        };
+        // Every page of the tree may be dirty in one sync (the metadata cleaner moves them
+        // all); pages are held only as used.
+        let pages = 4 * (2 + (1 << 16 >> POINTS_LEAF_BITS));
+        let cache = Arc::new(PageCache::<PageKey>::new(pages * RadixTree::page_bytes()));
+        RadixTree::with_leaves(
+            pool,
+            Tree::RecoveryPoints,
+            POINTS_LEAF_BITS,
+            POINTS_DEPTH,
+            root,
+            cache,
+            Self::store(pool, geometry, options)?,
+        )
+    }
+
+    /// Read every record of tree 3: the recovery points by key, and the live line's head
+    /// `(key, S_head)`.
+    fn load_points(
+        tree: &RadixTree,
+        devices: &[Option<SharedDevice>],
+    ) -> Result<(BTreeMap<u64, RecoveryRecord>, (u64, u64))> {
+        let mut points = BTreeMap::new();
+        let mut head = (NO_KEY, 0);
+        let leaves = tree.leaves(devices)?;
+        for (first, leaf) in &leaves {
+            for (i, bytes) in leaf.chunks_exact(RECOVERY_RECORD_BYTES).enumerate() {
+                let key = first + i as u64;
+                let record = RecoveryRecord::decode(bytes).map_err(|e| {
+                    Error::corrupt_metadata(format!("recovery-point record {key}: {e}"))
+                })?;
+                match (key, record) {
+                    (_, None) => {}
+                    (0, Some(live)) if live.kind == RecoveryKind::Live => {
+                        head = (live.parent, live.sequence);
+                    }
+                    (1.., Some(point)) if point.kind == RecoveryKind::Point => {
+                        points.insert(key, point);
+                    }
+                    (_, Some(other)) => {
+                        return Err(Error::corrupt_metadata(format!(
+                            "recovery-point record {key} of kind {:?}",
+                            other.kind
+                        )))
+                    }
+                }
+            }
+        }
+        tree.forget_clean_leaves(leaves.iter().map(|(first, _)| *first));
+        let named = |key: u64| points.get(&key).map(|p: &RecoveryRecord| p.sequence);
+        if head.0 != NO_KEY && named(head.0) != Some(head.1) {
+            return Err(Error::corrupt_metadata(format!(
+                "the live line's head is recovery point {} with S_head {}, which tree 3 does \
+                 not hold so",
+                head.0, head.1
+            )));
+        }
+        if head.0 == NO_KEY && (head.1 != 0 || !points.is_empty()) {
+            return Err(Error::corrupt_metadata(
+                "recovery points without a head on the live line",
+            ));
+        }
+        Ok((points, head))
+    }
+
     /// The slot record of data slot `slot` as of the last sync (`None`: no row written).
     ///
     /// # Errors
@@ -708,7 +987,7 @@ impl MapStore {
             self.map_depth(),
             self.summary.root().level(),
             self.sut.root().level(),
-            1,
+            POINTS_DEPTH,
             1,
             1,
         ];
@@ -716,6 +995,7 @@ impl MapStore {
         roots[0] = self.map.root();
         roots[1] = self.summary.root();
         roots[2] = self.sut.root();
+        roots[3] = self.points_tree.root();
         let (data, meta) = self.segments.open_segments();
         Uberblock {
             pool: self.pool,
@@ -774,6 +1054,7 @@ impl MapStore {
         segments.ignore_holds(options.planted_release_held());
         let (reserve, sync_share) = Self::hard_reserve(options, &shape, dirty, depths);
         segments.set_reserve(reserve, sync_share);
+        let points_tree = Self::points_tree(pool, geometry, options, None)?;
         let this = Self {
             pool,
             timeline,
@@ -797,6 +1078,14 @@ impl MapStore {
             opened: OpenReport::default(),
             planted_sut_at_write: options.planted_sut_at_write(),
             tolerate: None,
+            points_tree,
+            points: BTreeMap::new(),
+            head: (NO_KEY, 0),
+            creating: None,
+            deleting: None,
+            pinned_metadata: BTreeSet::new(),
+            planted_holds: PlantedHolds::of(options),
+            options: options.clone(),
         };
         let failed = write_uberblock(devices, geometry, &this.uberblock(0, 1, 0, false));
         if let Some((device, why)) = failed.first() {
@@ -819,11 +1108,11 @@ impl MapStore {
         replay: &Replay,
     ) -> Result<Self> {
         let pool = uberblock.pool;
-        // Trees 3 to 5 (recovery points, deadlists, forwarding: FORMAT.md V4.4) are not
-        // written by this build. A pool whose uberblock names one was written by a later
-        // build: this one would neither keep their blocks nor write their roots back (a sync
-        // writes holes there), so it refuses the pool rather than destroy them.
-        if let Some(tree) = (3..TREES).find(|&t| !uberblock.roots[t].is_hole()) {
+        // Trees 4 and 5 (deadlists, forwarding: FORMAT.md V4.4) are not written by this
+        // build. A pool whose uberblock names one was written by a later build: this one
+        // would neither keep their blocks nor write their roots back (a sync writes holes
+        // there), so it refuses the pool rather than destroy them.
+        if let Some(tree) = (4..TREES).find(|&t| !uberblock.roots[t].is_hole()) {
             return Err(Error::Unsupported {
                 operation: "opening".into(),
                 version: 4,
@@ -871,6 +1160,13 @@ impl MapStore {
         let (reserve, sync_share) = Self::hard_reserve(options, &shape, dirty, depths);
         segments.set_reserve(reserve, sync_share);
         sut.forget_clean_leaves(leaves.iter().map(|(first, _)| *first));
+        let points_tree = Self::points_tree(
+            pool,
+            geometry,
+            options,
+            Some((uberblock.depths[3], uberblock.roots[3])),
+        )?;
+        let (points, head) = Self::load_points(&points_tree, devices)?;
         debug_assert_eq!(TREES, 6);
         let mut this = Self {
             pool,
@@ -906,6 +1202,14 @@ impl MapStore {
             segments,
             planted_sut_at_write: options.planted_sut_at_write(),
             tolerate: None,
+            points_tree,
+            points,
+            head,
+            creating: None,
+            deleting: None,
+            pinned_metadata: BTreeSet::new(),
+            planted_holds: PlantedHolds::of(options),
+            options: options.clone(),
         };
         this.apply_chain(replay)?;
         this.opened.overlay_keys = this.overlay.len();
@@ -1058,11 +1362,14 @@ impl MapStore {
             return Err(format!("logical block {key} beyond the map"));
         }
         // The usage journal is re-created from the chain: +1 for each new block, -1 for each
-        // old one (an intermediate version's +1 and -1 cancel).
+        // old one (an intermediate version's +1 and -1 cancel), but for one a recovery point
+        // holds (`S_head` is the opened tree 3's: every change of it is a sync).
         if let Some(pbn) = pointer.address() {
             self.segments.block_delta(pbn, 1);
         }
-        if old.0 != ADDRESS_HOLE {
+        if old.0 != ADDRESS_HOLE
+            && (!self.holds_birth(old.1) || self.planted_holds.replay_drops_held_block)
+        {
             self.segments.block_delta(old.0, -1);
         }
         match self.overlay.get_mut(&key) {
@@ -1491,7 +1798,11 @@ impl MapStore {
     /// A description of the first disagreement; [`Error::InvalidConfig`] when pages are dirty
     /// (the trees in memory are then newer than the table: sync first).
     pub fn check_usage(&self, devices: &[Option<SharedDevice>]) -> Result<()> {
-        if self.map.has_dirty() || self.summary.has_dirty() || self.sut.has_dirty() {
+        if self.map.has_dirty()
+            || self.summary.has_dirty()
+            || self.sut.has_dirty()
+            || self.points_tree.has_dirty()
+        {
             return Err(Error::InvalidConfig(
                 "pages changed since the last sync: sync before checking usage".into(),
             ));
@@ -1500,7 +1811,13 @@ impl MapStore {
         // Distinct pages and blocks: one count per block however many pointers name it.
         let pages: BTreeSet<u64> = self.referenced_pages(devices)?.into_iter().collect();
         let mut blocks = BTreeSet::new();
-        for (_, leaf) in self.map.leaves(devices)? {
+        // Leaves of the live map, then those of each recovery point it does not share.
+        let mut seen = SeenPages::new();
+        let mut leaves = self.map.leaves_unseen(devices, &mut seen)?;
+        for tree in self.point_trees()? {
+            leaves.extend(tree.leaves_unseen(devices, &mut seen)?);
+        }
+        for (_, leaf) in leaves {
             for index in 0..crate::format::v4::POINTERS_PER_PAGE {
                 let bytes = &leaf[index * BlockPointer::BYTES..(index + 1) * BlockPointer::BYTES];
                 let pointer = BlockPointer::decode(bytes).map_err(Error::corrupt_metadata)?;
@@ -1712,9 +2029,15 @@ impl MapStore {
     /// # Errors
     /// When a page cannot be read.
     pub fn referenced_pages(&self, devices: &[Option<SharedDevice>]) -> Result<Vec<u64>> {
-        let mut pages = self.map.referenced_pages(devices)?;
-        pages.extend(self.summary.referenced_pages(devices)?);
-        pages.extend(self.sut.referenced_pages(devices)?);
+        let mut seen = SeenPages::new();
+        let mut pages = Vec::new();
+        for tree in [&self.map, &self.summary, &self.sut, &self.points_tree] {
+            pages.extend(tree.referenced_pages_unseen(devices, &mut seen)?);
+        }
+        // Recovery points: what they do not share with the live map and each other.
+        for tree in self.point_trees()? {
+            pages.extend(tree.referenced_pages_unseen(devices, &mut seen)?);
+        }
         Ok(pages)
     }
 
@@ -1725,9 +2048,14 @@ impl MapStore {
     /// # Errors
     /// When a verified interior page does not decode.
     pub fn page_refs(&self, devices: &[Option<SharedDevice>]) -> Result<(Vec<PageRef>, u64)> {
-        let (mut pages, mut bytes) = self.map.page_refs(devices)?;
-        for tree in [&self.summary, &self.sut] {
-            let (more, read) = tree.page_refs(devices)?;
+        let mut seen = SeenPages::new();
+        let (mut pages, mut bytes) = self.map.page_refs_unseen(devices, &mut seen)?;
+        let points = self.point_trees()?;
+        let trees = [&self.summary, &self.sut, &self.points_tree]
+            .into_iter()
+            .chain(points.iter());
+        for tree in trees {
+            let (more, read) = tree.page_refs_unseen(devices, &mut seen)?;
             pages.extend(more);
             bytes += read;
         }
@@ -1999,7 +2327,7 @@ impl MapStore {
         if let Some(pbn) = new.address() {
             self.segments.block_delta(pbn, 1);
         }
-        if let Some(pbn) = old.address() {
+        if let Some(pbn) = old.address().filter(|_| !self.holds_birth(old.birth())) {
             if self.planted_sut_at_write {
                 // Planted bug `sut_decrement_at_write_time`.
                 self.segments.decrement_now(pbn);
@@ -2246,7 +2574,11 @@ impl MapStore {
         let free = self.segments.free_segments();
         let mut moved = 0u64;
         let mut victims = Vec::new();
-        for (victim, live) in self.segments.metadata_victims() {
+        let victims_found = self.segments.metadata_victims();
+        let unpinned = victims_found
+            .into_iter()
+            .filter(|(pages, _)| !self.pinned_metadata.contains(&(pages.start / per_segment)));
+        for (victim, live) in unpinned {
             // Victims come back only two syncs later: the pages moved now must fit the free
             // segments beside this sync's own, with one to spare.
             let fills = (own + moved + live).div_ceil(per_segment) + 1;
@@ -2256,6 +2588,9 @@ impl MapStore {
             moved += live;
             victims.push(victim);
         }
+        if self.head.1 > 0 && !victims.is_empty() && !self.planted_holds.pin_only_on_hold {
+            victims = self.movable_victims(devices, victims)?;
+        }
         if !victims.is_empty() {
             let in_victim = |mpn: u64| victims.iter().any(|v| v.contains(&mpn));
             // A small cache takes the pages in parts: write what is dirty, walk again.
@@ -2264,9 +2599,11 @@ impl MapStore {
             {
                 self.write_part(devices, birth, &mut pages_written, &mut pages_freed)?;
             }
-            if !self.sut.relocate(devices, &in_victim)? {
+            if !self.sut.relocate(devices, &in_victim)?
+                || !self.points_tree.relocate(devices, &in_victim)?
+            {
                 return Err(Error::corrupt_metadata(
-                    "the usage tree's cache cannot hold its pages",
+                    "the usage or recovery-point tree's cache cannot hold its pages",
                 ));
             }
         }
@@ -2291,6 +2628,20 @@ impl MapStore {
         let summary = self.write_tree(devices, TreeChoice::Summary, birth)?;
         pages_written += summary.0;
         pages_freed += summary.1;
+        // A recovery point asked for: the map's tree as this sync wrote it, recorded in tree
+        // 3 with the live line's new head, then tree 3's pages (before the usage table, whose
+        // fixed point counts them). The uberblock below is its commit point.
+        let created = match self.creating.take() {
+            Some((name, created)) => Some(self.record_point(devices, name, created, txg, birth)?),
+            None => None,
+        };
+        let deleted = match self.deleting.take() {
+            Some((key, unique)) => Some(self.stage_delete(devices, key, &unique)?),
+            None => None,
+        };
+        let points = self.write_tree(devices, TreeChoice::RecoveryPoints, birth)?;
+        pages_written += points.0;
+        pages_freed += points.1;
         let usage = self.write_usage(devices, txg, birth)?;
         pages_written += usage.0;
         pages_freed += usage.1;
@@ -2315,11 +2666,456 @@ impl MapStore {
         self.log.switch(birth);
         self.pending.clear();
         self.segments.durable(txg);
+        if let Some((key, record)) = created {
+            self.head = (key, record.sequence);
+            self.points.insert(key, record);
+        }
+        if let Some(staged) = deleted {
+            self.points.remove(&staged.key);
+            if let Some((key, record)) = staged.child {
+                self.points.insert(key, record);
+            }
+            if let Some(head) = staged.head {
+                self.head = head;
+            }
+            // Segments a deleted recovery point pinned may empty now.
+            self.pinned_metadata.clear();
+        }
+        // A victim still referenced holds pages no live tree names: it is not chosen again.
+        let per = self.segments.shape().pages_per_segment;
+        let left: Vec<u64> = victims
+            .iter()
+            .map(|pages| pages.start / per)
+            .filter(|segment| self.segments.referenced_now(*segment) > 0)
+            .collect();
+        self.pinned_metadata.extend(left.iter().copied());
         Ok(SyncReport {
             txg,
             pages_written,
             pages_freed,
+            metadata_victims: victims.len(),
+            victims_left: left.len(),
         })
+    }
+
+    /// The metadata victims the cleaner can empty (FORMAT.md V4.10a): a walk of the live
+    /// trees counts each victim's pages; one holding fewer than its count (pages only a
+    /// recovery point names) or a map page born at or before `S_head` (shared with one) is
+    /// pinned and left out, before anything is dirtied.
+    fn movable_victims(
+        &mut self,
+        devices: &[Option<SharedDevice>],
+        victims: Vec<std::ops::Range<u64>>,
+    ) -> Result<Vec<std::ops::Range<u64>>> {
+        let per = self.segments.shape().pages_per_segment;
+        let wanted: BTreeSet<u64> = victims.iter().map(|pages| pages.start / per).collect();
+        let mut found: BTreeMap<u64, (u64, bool)> = BTreeMap::new();
+        let s_head = self.head.1;
+        let mut seen = SeenPages::new();
+        for (tree, shared_possible) in [
+            (&self.map, true),
+            (&self.summary, false),
+            (&self.sut, false),
+            (&self.points_tree, false),
+        ] {
+            tree.visit_pages(devices, &mut seen, &mut |_, _, pointer| {
+                let Some(segment) = pointer.address().map(|mpn| mpn / per) else {
+                    return;
+                };
+                if wanted.contains(&segment) {
+                    let entry = found.entry(segment).or_insert((0, false));
+                    entry.0 += 1;
+                    entry.1 |= shared_possible && pointer.birth() <= s_head;
+                }
+            })?;
+        }
+        let mut movable = Vec::with_capacity(victims.len());
+        for pages in victims {
+            let segment = pages.start / per;
+            let (live, shared) = found.get(&segment).copied().unwrap_or((0, false));
+            if shared || live < self.segments.referenced_now(segment) {
+                self.pinned_metadata.insert(segment);
+            } else {
+                movable.push(pages);
+            }
+        }
+        Ok(movable)
+    }
+
+    /// Stage recovery point `name` in tree 3: the map's root as written by this sync (birth
+    /// `s_x`, txg `txg`) at the lowest free key, and the live line's head moved to it.
+    /// Returns the key and record, which the map takes up once the uberblock is durable.
+    fn record_point(
+        &mut self,
+        devices: &[Option<SharedDevice>],
+        name: String,
+        created: u64,
+        txg: u64,
+        s_x: u64,
+    ) -> Result<(u64, RecoveryRecord)> {
+        let guid = point_guid(&self.pool, s_x);
+        let key = (1..self.points_tree.keys())
+            .find(|k| !self.points.contains_key(k))
+            .ok_or_else(|| Error::RecoveryPoint {
+                name: name.clone(),
+                reason: format!("all {} keys are taken", self.points_tree.keys() - 1),
+            })?;
+        let (parent, parent_guid) = match self.points.get(&self.head.0) {
+            Some(head) => (self.head.0, head.guid),
+            None => (NO_KEY, 0),
+        };
+        let record = RecoveryRecord {
+            kind: RecoveryKind::Point,
+            flags: 0,
+            holds: 0,
+            guid,
+            sequence: s_x,
+            txg,
+            created,
+            parent,
+            parent_guid,
+            root: self.map.root(),
+            depth: self.map_depth(),
+            counters: [0; 3],
+            name,
+        };
+        let live = RecoveryRecord {
+            kind: RecoveryKind::Live,
+            flags: 0,
+            holds: 0,
+            guid: 0,
+            sequence: s_x,
+            txg: 0,
+            created: 0,
+            parent: key,
+            parent_guid: guid,
+            root: BlockPointer::hole(0),
+            depth: 0,
+            counters: [0; 3],
+            name: String::new(),
+        };
+        for (at, bytes) in [(key, record.encode()), (0, live.encode())] {
+            match self.points_tree.set_record(devices, at, &bytes) {
+                Ok(()) => {}
+                Err(SetError::Failed(e)) => return Err(e),
+                Err(SetError::NeedsSync(_)) => {
+                    return Err(Error::corrupt_metadata(
+                        "the recovery-point tree's cache cannot hold two records' paths",
+                    ))
+                }
+            }
+        }
+        Ok((key, record))
+    }
+
+    /// Stage the delete of recovery point `key` in this sync: count off what it alone names,
+    /// free its record, re-parent its child (or move the live line's head to its parent).
+    fn stage_delete(
+        &mut self,
+        devices: &[Option<SharedDevice>],
+        key: u64,
+        unique: &Unique,
+    ) -> Result<StagedDelete> {
+        let record =
+            self.points.get(&key).cloned().ok_or_else(|| {
+                Error::corrupt_metadata(format!("no recovery point {key} to delete"))
+            })?;
+        for pbn in &unique.blocks {
+            self.segments.block_delta(*pbn, -1);
+        }
+        for mpn in &unique.pages {
+            self.segments.page_delta(*mpn, -1);
+        }
+        let parent_sequence = self.points.get(&record.parent).map_or(0, |p| p.sequence);
+        let child = self
+            .points
+            .iter()
+            .find(|(_, p)| p.parent == key)
+            .map(|(k, p)| {
+                let mut p = p.clone();
+                p.parent = record.parent;
+                p.parent_guid = record.parent_guid;
+                (*k, p)
+            });
+        let head = (self.head.0 == key).then_some(if record.parent == NO_KEY {
+            (NO_KEY, 0)
+        } else {
+            (record.parent, parent_sequence)
+        });
+        let mut writes = vec![(key, [0u8; RECOVERY_RECORD_BYTES])];
+        if let Some((k, p)) = &child {
+            writes.push((*k, p.encode()));
+        }
+        if let Some((head_key, s_head)) = head {
+            let live = if head_key == NO_KEY {
+                [0u8; RECOVERY_RECORD_BYTES]
+            } else {
+                RecoveryRecord {
+                    kind: RecoveryKind::Live,
+                    flags: 0,
+                    holds: 0,
+                    guid: 0,
+                    sequence: s_head,
+                    txg: 0,
+                    created: 0,
+                    parent: head_key,
+                    parent_guid: record.parent_guid,
+                    root: BlockPointer::hole(0),
+                    depth: 0,
+                    counters: [0; 3],
+                    name: String::new(),
+                }
+                .encode()
+            };
+            writes.push((0, live));
+        }
+        for (at, bytes) in writes {
+            match self.points_tree.set_record(devices, at, &bytes) {
+                Ok(()) => {}
+                Err(SetError::Failed(e)) => return Err(e),
+                Err(SetError::NeedsSync(_)) => {
+                    return Err(Error::corrupt_metadata(
+                        "the recovery-point tree's cache cannot hold three records' paths",
+                    ))
+                }
+            }
+        }
+        Ok(StagedDelete { key, child, head })
+    }
+
+    /// The live map as of the last sync, through a cache of its own (a walk that compares it
+    /// with a recovery point must not see pages changed since).
+    fn durable_map(&self) -> Result<RadixTree> {
+        RadixTree::new(
+            self.pool,
+            Tree::Map,
+            self.map_depth(),
+            self.map.root(),
+            Arc::new(PageCache::<PageKey>::new(
+                POINT_CACHE_PAGES * RadixTree::page_bytes(),
+            )),
+            Self::store(self.pool, &self.geometry, &self.options)?,
+        )
+    }
+
+    /// What recovery point `key` alone names, as of the last sync (FORMAT.md V4.10b): a walk
+    /// of its tree beside its child's (the next recovery point on its line, or the live map
+    /// when it is the head), position by position. A page or block born at or before its
+    /// parent's `S` is its parent's too (sharing is positional: a position changes only to
+    /// something born later); one equal to the child's at the same position is the child's.
+    /// Subtrees shared either way are not descended into, so the walk reads what the
+    /// recovery point changed, twice.
+    fn unique_of(&self, devices: &[Option<SharedDevice>], key: u64) -> Result<Unique> {
+        let record = self
+            .points
+            .get(&key)
+            .ok_or_else(|| Error::corrupt_metadata(format!("no recovery point {key}")))?;
+        let s_parent = self.points.get(&record.parent).map_or(0, |p| p.sequence);
+        let mine = self.point_tree(record)?;
+        let child = match self.points.values().find(|p| p.parent == key) {
+            Some(child) => self.point_tree(child)?,
+            None => self.durable_map()?,
+        };
+        let mut unique = Unique::default();
+        let theirs = (!self.planted_holds.delete_ignores_child).then_some(child.root());
+        let mut stack = vec![(mine.depth(), 0u64, record.root, theirs)];
+        while let Some((level, first, pointer, theirs)) = stack.pop() {
+            let Some(mpn) = pointer.address() else {
+                continue;
+            };
+            if pointer.birth() <= s_parent || theirs.is_some_and(|t| t.encode() == pointer.encode())
+            {
+                continue;
+            }
+            unique.pages.push(mpn);
+            let Some(entries) = mine.pointers_at(devices, level, first, &pointer)? else {
+                continue;
+            };
+            let others = match theirs.filter(|t| t.address().is_some()) {
+                Some(t) => child.pointers_at(devices, level, first, &t)?,
+                None => None,
+            };
+            for (i, entry) in entries.iter().enumerate() {
+                let other = others.as_ref().map(|o| o[i]);
+                if level == 1 {
+                    let shared = other.is_some_and(|o| o.encode() == entry.encode());
+                    if let Some(pbn) = entry.address().filter(|_| !shared) {
+                        if entry.birth() > s_parent {
+                            unique.blocks.push(pbn);
+                        }
+                    }
+                } else {
+                    let child_first = first + i as u64 * mine.span_of(level - 1);
+                    stack.push((level - 1, child_first, *entry, other));
+                }
+            }
+        }
+        Ok(unique)
+    }
+
+    /// What recovery point `name` alone holds as of the last sync: what deleting it frees
+    /// (a delete syncs first, then frees exactly this).
+    ///
+    /// # Errors
+    /// [`Error::RecoveryPoint`] when there is none of that name; a page that cannot be read.
+    pub fn recovery_point_usage(
+        &self,
+        devices: &[Option<SharedDevice>],
+        name: &str,
+    ) -> Result<PointUsage> {
+        let key = self.point_key(name)?;
+        let unique = self.unique_of(devices, key)?;
+        Ok(PointUsage {
+            blocks: unique.blocks.len() as u64,
+            pages: unique.pages.len() as u64,
+        })
+    }
+
+    fn point_key(&self, name: &str) -> Result<u64> {
+        self.points
+            .iter()
+            .find(|(_, p)| p.name == name)
+            .map(|(key, _)| *key)
+            .ok_or_else(|| Error::RecoveryPoint {
+                name: name.to_string(),
+                reason: "there is no recovery point of that name".into(),
+            })
+    }
+
+    /// Delete recovery point `name` (FORMAT.md V4.10b): a sync (the live tree durable), a
+    /// walk for what it alone names, then one sync that counts that off, frees its record and
+    /// re-parents its child or moves the live line's head. The uberblock is the commit point:
+    /// a crash before it leaves the recovery point whole. Returns what was freed; the
+    /// segments come back by the release rule.
+    ///
+    /// # Errors
+    /// [`Error::RecoveryPoint`] when there is none of that name; [`Error::Busy`] with a write
+    /// unit in flight; what [`MapStore::sync`] returns.
+    pub fn delete_recovery_point(
+        &mut self,
+        devices: &[Option<SharedDevice>],
+        name: &str,
+    ) -> Result<PointUsage> {
+        self.usable()?;
+        let key = self.point_key(name)?;
+        if self.segments.any_held() {
+            return Err(Error::Busy(
+                "a recovery point is deleted with no write unit on the devices".into(),
+            ));
+        }
+        self.sync(devices)?;
+        let unique = self.unique_of(devices, key)?;
+        let freed = PointUsage {
+            blocks: unique.blocks.len() as u64,
+            pages: unique.pages.len() as u64,
+        };
+        self.deleting = Some((key, unique));
+        let outcome = self.sync(devices);
+        self.deleting = None;
+        outcome?;
+        Ok(freed)
+    }
+
+    /// Whether a block the live tree drops, born at `birth`, is held by a recovery point
+    /// (FORMAT.md V4.10a, the hold rule): born at or before `S_head`.
+    fn holds_birth(&self, birth: u64) -> bool {
+        self.head.1 > 0 && birth <= self.head.1 && !self.planted_holds.drop_held_block
+    }
+
+    /// Take recovery point `name`: a tree sync that freezes the map as it stands and records
+    /// it in tree 3 (FORMAT.md V4.10a). It is durable, and complete, when this returns; a
+    /// crash before leaves none. Nothing may be in flight: no write unit on the devices (its
+    /// rows, pointed after the sync, would be born before it yet held by no tree).
+    ///
+    /// # Errors
+    /// [`Error::RecoveryPoint`] for a name not allowed or taken, or no key left;
+    /// [`Error::Busy`] with a write unit in flight; what [`MapStore::sync`] returns.
+    pub fn create_recovery_point(
+        &mut self,
+        devices: &[Option<SharedDevice>],
+        name: &str,
+    ) -> Result<RecoveryPoint> {
+        self.usable()?;
+        check_recovery_name(name).map_err(|reason| Error::RecoveryPoint {
+            name: name.to_string(),
+            reason,
+        })?;
+        if self.points.values().any(|p| p.name == name) {
+            return Err(Error::RecoveryPoint {
+                name: name.to_string(),
+                reason: "the name is taken".into(),
+            });
+        }
+        if self.segments.any_held() {
+            return Err(Error::Busy(
+                "a recovery point is taken with no write unit on the devices".into(),
+            ));
+        }
+        self.creating = Some((name.to_string(), (self.clock)()));
+        let outcome = self.sync(devices);
+        self.creating = None;
+        outcome?;
+        self.points
+            .iter()
+            .find(|(_, p)| p.name == name)
+            .map(|(key, p)| RecoveryPoint::of(*key, p))
+            .ok_or_else(|| Error::corrupt_metadata("a recovery point synced but not recorded"))
+    }
+
+    /// The recovery points, by key.
+    #[must_use]
+    pub fn recovery_points(&self) -> Vec<RecoveryPoint> {
+        self.points
+            .iter()
+            .map(|(key, p)| RecoveryPoint::of(*key, p))
+            .collect()
+    }
+
+    /// `S_head`: the sequence of the newest recovery point on the live line (0: none).
+    #[must_use]
+    pub fn recovery_head(&self) -> u64 {
+        self.head.1
+    }
+
+    fn point_tree(&self, record: &RecoveryRecord) -> Result<RadixTree> {
+        let cache = if self.planted_holds.in_live_cache {
+            Arc::clone(self.map.cache())
+        } else {
+            Arc::new(PageCache::<PageKey>::new(
+                POINT_CACHE_PAGES * RadixTree::page_bytes(),
+            ))
+        };
+        RadixTree::new(
+            self.pool,
+            Tree::Map,
+            record.depth,
+            record.root,
+            cache,
+            Self::store(self.pool, &self.geometry, &self.options)?,
+        )
+    }
+
+    /// The map of recovery point `name`, for reading (its own page cache).
+    ///
+    /// # Errors
+    /// [`Error::RecoveryPoint`] when there is none of that name.
+    pub fn recovery_point_map(&self, name: &str) -> Result<RecoveryPointMap> {
+        let record = self
+            .points
+            .values()
+            .find(|p| p.name == name)
+            .ok_or_else(|| Error::RecoveryPoint {
+                name: name.to_string(),
+                reason: "there is no recovery point of that name".into(),
+            })?;
+        Ok(RecoveryPointMap {
+            tree: self.point_tree(record)?,
+        })
+    }
+
+    /// Every recovery point's map tree, in key order.
+    fn point_trees(&self) -> Result<Vec<RadixTree>> {
+        self.points.values().map(|p| self.point_tree(p)).collect()
     }
 
     /// Write the map tree's dirty pages with birth `birth`: `(pages written, pages freed)`.
@@ -2366,6 +3162,10 @@ impl MapStore {
 
     /// Write one tree's dirty pages with birth `birth`, counting each page written (+1) and
     /// each replaced (-1) in its segment: `(pages written, pages freed)`.
+    ///
+    /// A map page born at or before `S_head` is named by a recovery point (FORMAT.md V4.10a,
+    /// the hold rule): it is not counted off, and its segment is pinned against the metadata
+    /// cleaner. Pages of the other trees are never shared.
     fn write_tree(
         &mut self,
         devices: &[Option<SharedDevice>],
@@ -2373,9 +3173,15 @@ impl MapStore {
         birth: u64,
     ) -> Result<(usize, usize)> {
         let segments = std::cell::RefCell::new(&mut self.segments);
+        let shape = segments.borrow().shape();
+        let s_head = self.head.1;
+        let holds = matches!(which, TreeChoice::Map) && !self.planted_holds.free_shared_page;
+        let pinned = &mut self.pinned_metadata;
+        let mut held = 0;
         let tree = match which {
             TreeChoice::Map => &mut self.map,
             TreeChoice::Summary => &mut self.summary,
+            TreeChoice::RecoveryPoints => &mut self.points_tree,
         };
         let outcome = tree.sync(
             devices,
@@ -2386,10 +3192,18 @@ impl MapStore {
                 segments.page_delta(mpn, 1);
                 Some(mpn)
             },
-            &mut |mpn| segments.borrow_mut().page_delta(mpn, -1),
+            &mut |old| {
+                let Some(mpn) = old.address() else { return };
+                if holds && s_head > 0 && old.birth() <= s_head {
+                    held += 1;
+                    pinned.insert(shape.of_page(mpn));
+                } else {
+                    segments.borrow_mut().page_delta(mpn, -1);
+                }
+            },
         )?;
         self.all_copies_written(devices, &outcome)?;
-        Ok((outcome.pages_written, outcome.freed.len()))
+        Ok((outcome.pages_written, outcome.freed.len() - held))
     }
 
     /// Every copy on a member in service must be written: a page short of copies would be lost

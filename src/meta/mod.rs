@@ -21,13 +21,13 @@ mod tree;
 pub use cache::{CacheFull, CacheStats, PageCache, PageState};
 pub use log::{ChainRecord, IntentLog, LogPosition, Replay};
 pub use map::{
-    CommitReport, MapOptions, MapStore, OpenReport, RewindPlan, RewindReport, SyncReport, Tolerate,
-    WrittenRow,
+    CommitReport, MapOptions, MapStore, OpenReport, PointUsage, RecoveryPoint, RecoveryPointMap,
+    RewindPlan, RewindReport, SyncReport, Tolerate, WrittenRow,
 };
 pub use ring::{uberblock_places, write_uberblock, Rings};
 pub use segments::{Openings, ReleaseRule, SegmentShape, SegmentTable, SUT_LEAF_BITS};
 pub use store::{CopiesRead, CopyFault, CopyProblem, PageRead, PageRef, PageStore};
-pub use tree::{PageKey, RadixTree, SetError, SyncOutcome};
+pub use tree::{PageKey, RadixTree, SeenPages, SetError, SyncOutcome};
 
 /// A member's failed request as the typed error naming the member and the byte offset.
 fn device_error(

@@ -839,6 +839,12 @@ impl SegmentTable {
         *self.held.entry(segment).or_insert(0) += 1;
     }
 
+    /// Whether any segment is held for a write unit still on the devices.
+    #[must_use]
+    pub fn any_held(&self) -> bool {
+        !self.held.is_empty()
+    }
+
     /// Drop one hold of `segment` (its unit landed, or was discarded: what it noted keeps the
     /// segment referenced; if nothing, the next release may free it).
     pub fn unhold(&mut self, segment: u64) {

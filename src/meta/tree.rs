@@ -71,6 +71,53 @@ fn set_entry(page: &mut [u8], index: usize, pointer: &BlockPointer) {
         .copy_from_slice(&pointer.encode());
 }
 
+/// Pages already walked, by page number, with the pointer and position each was reached by:
+/// trees that share pages (a recovery point and the live map, FORMAT.md V4.10a) are walked
+/// once each, at the cost of what they do not share. A page number reached again by the same
+/// pointer at the same position is the same page (a referenced page is never rewritten with
+/// other bytes: copy-on-write, and healing rewrites the same bytes) and is passed over; by
+/// another pointer it is two pages under one number, which only a page freed while still
+/// named can cause: reported, never passed over.
+#[derive(Debug, Default)]
+pub struct SeenPages(HashMap<u64, ([u8; BlockPointer::BYTES], u8, u64)>);
+
+/// What [`SeenPages::visit`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Visit {
+    New,
+    Again,
+    Conflict,
+}
+
+impl SeenPages {
+    /// An empty set.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn visit(&mut self, mpn: u64, pointer: &BlockPointer, level: u8, first: u64) -> Visit {
+        let this = (pointer.encode(), level, first);
+        match self.0.get(&mpn) {
+            None => {
+                self.0.insert(mpn, this);
+                Visit::New
+            }
+            Some(seen) if *seen == this => Visit::Again,
+            Some(_) => Visit::Conflict,
+        }
+    }
+}
+
+fn two_pages(tree: Tree, mpn: u64, level: u8, first: u64) -> Error {
+    Error::corrupt_metadata(format!(
+        "tree {}: page {mpn} (level {level}, first key {first}) is named by a pointer other \
+         than the one another tree reached it by: two pages under one number (a page freed \
+         while still named)",
+        tree.id()
+    ))
+}
+
 /// A change refused: the cache cannot take more dirty pages before a sync, or an error.
 #[derive(Debug)]
 pub enum SetError {
@@ -301,6 +348,45 @@ impl RadixTree {
                 self.tree.id()
             )))
         }
+    }
+
+    /// The 1024 pointers of the page at `level` whose first key is `first`, read through
+    /// `pointer` (its parent's entry) when it is not cached: block pointers of a map leaf, or
+    /// page pointers of an interior page. `None` for a page never written. For walks that
+    /// compare two trees position by position (what a recovery point holds alone, FORMAT.md
+    /// V4.10a).
+    ///
+    /// # Errors
+    /// A tree of records (not pointers) at level 1; a page lost on every copy.
+    pub fn pointers_at(
+        &self,
+        devices: &[Option<SharedDevice>],
+        level: u8,
+        first: u64,
+        pointer: &BlockPointer,
+    ) -> Result<Option<Vec<BlockPointer>>> {
+        if level == 1 {
+            self.expect_pointers()?;
+        }
+        let Some((page, _)) = self.page(devices, level, first, pointer)? else {
+            return Ok(None);
+        };
+        (0..POINTERS_PER_PAGE)
+            .map(|index| entry(&page, index))
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
+    /// Keys a page at `level` covers.
+    #[must_use]
+    pub fn span_of(&self, level: u8) -> u64 {
+        self.shape.span(level)
+    }
+
+    /// The tree's depth (the root's level).
+    #[must_use]
+    pub fn depth(&self) -> u8 {
+        self.depth
     }
 
     /// The leaf covering `key`, or `None` for a leaf never written.
@@ -550,8 +636,8 @@ impl RadixTree {
         mpns: &dyn Fn(u64) -> bool,
     ) -> Result<bool> {
         let mut found = Vec::new();
-        self.walk(devices, &mut |level, first, mpn| {
-            if mpns(mpn) {
+        self.walk(devices, &mut |level, first, pointer| {
+            if pointer.address().is_some_and(mpns) {
                 found.push((level, first));
             }
         })?;
@@ -619,9 +705,30 @@ impl RadixTree {
     /// # Errors
     /// When a page cannot be read (lost on every copy, or corrupt).
     pub fn leaves(&self, devices: &[Option<SharedDevice>]) -> Result<Vec<(u64, Arc<Vec<u8>>)>> {
+        self.leaves_unseen(devices, &mut SeenPages::new())
+    }
+
+    /// [`RadixTree::leaves`] but for the pages in `seen` (and what is below them), adding the
+    /// pages it reads (a page never written has no number, and is not seen).
+    ///
+    /// # Errors
+    /// When a page cannot be read (lost on every copy, or corrupt), or a page number of
+    /// `seen` is reached by another pointer.
+    pub fn leaves_unseen(
+        &self,
+        devices: &[Option<SharedDevice>],
+        seen: &mut SeenPages,
+    ) -> Result<Vec<(u64, Arc<Vec<u8>>)>> {
         let mut found = Vec::new();
         let mut stack = vec![(self.depth, 0u64, self.root)];
         while let Some((level, first, pointer)) = stack.pop() {
+            if let Some(mpn) = pointer.address() {
+                match seen.visit(mpn, &pointer, level, first) {
+                    Visit::New => {}
+                    Visit::Again => continue,
+                    Visit::Conflict => return Err(two_pages(self.tree, mpn, level, first)),
+                }
+            }
             let Some((page, _)) = self.page(devices, level, first, &pointer)? else {
                 continue;
             };
@@ -645,7 +752,8 @@ impl RadixTree {
 
     /// Write every dirty page of this tree bottom-up to fresh page numbers from `alloc`, with
     /// birth `birth`, and make the cache hold the written pages as clean. `free` hears of each
-    /// page of the old tree as soon as the new tree stops referencing it (a correct caller
+    /// page of the old tree (its pointer: the hold rule of recovery points needs its birth,
+    /// FORMAT.md V4.10a) as soon as the new tree stops referencing it (a correct caller
     /// only notes it: the old tree is still the durable one). The caller flushes
     /// the members, writes the uberblock with [`SyncOutcome::root`], and releases
     /// [`SyncOutcome::freed`] by its rule.
@@ -658,7 +766,7 @@ impl RadixTree {
         devices: &[Option<SharedDevice>],
         birth: u64,
         alloc: &mut dyn FnMut() -> Option<u64>,
-        free: &mut dyn FnMut(u64),
+        free: &mut dyn FnMut(&BlockPointer),
     ) -> Result<SyncOutcome> {
         let tree_id = self.tree.id();
         let frozen = self.cache.freeze_dirty_where(|key| key.0 == tree_id);
@@ -692,7 +800,7 @@ impl RadixTree {
                         let old = entry(&bytes, index)?;
                         if let Some(mpn) = old.address() {
                             outcome.freed.push(mpn);
-                            free(mpn);
+                            free(&old);
                         }
                         set_entry(&mut bytes, index, child);
                     }
@@ -747,7 +855,7 @@ impl RadixTree {
         };
         if let Some(mpn) = self.root.address() {
             outcome.freed.push(mpn);
-            free(mpn);
+            free(&self.root);
         }
         self.root = *root;
         outcome.root = *root;
@@ -761,9 +869,38 @@ impl RadixTree {
     /// # Errors
     /// When a page cannot be read.
     pub fn referenced_pages(&self, devices: &[Option<SharedDevice>]) -> Result<Vec<u64>> {
+        self.referenced_pages_unseen(devices, &mut SeenPages::new())
+    }
+
+    /// [`RadixTree::referenced_pages`] but for the pages in `seen` (and what is below them),
+    /// adding those it finds.
+    ///
+    /// # Errors
+    /// When a page cannot be read, or a page number of `seen` is reached by another pointer.
+    pub fn referenced_pages_unseen(
+        &self,
+        devices: &[Option<SharedDevice>],
+        seen: &mut SeenPages,
+    ) -> Result<Vec<u64>> {
         let mut found = Vec::new();
-        self.walk(devices, &mut |_, _, mpn| found.push(mpn))?;
+        self.walk_unseen(devices, seen, &mut |_, _, pointer| {
+            found.extend(pointer.address());
+        })?;
         Ok(found)
+    }
+
+    /// Visit every page the durable root reaches that `seen` does not hold, as `(level, first
+    /// key, pointer)` (interior pages read, leaves named by their parents).
+    ///
+    /// # Errors
+    /// When a page cannot be read, or a page number of `seen` is reached by another pointer.
+    pub fn visit_pages(
+        &self,
+        devices: &[Option<SharedDevice>],
+        seen: &mut SeenPages,
+        visit: &mut dyn FnMut(u8, u64, &BlockPointer),
+    ) -> Result<()> {
+        self.walk_unseen(devices, seen, visit)
     }
 
     /// Visit every page the durable root reaches, as `(level, first key, page number)`,
@@ -771,14 +908,30 @@ impl RadixTree {
     fn walk(
         &self,
         devices: &[Option<SharedDevice>],
-        visit: &mut dyn FnMut(u8, u64, u64),
+        visit: &mut dyn FnMut(u8, u64, &BlockPointer),
+    ) -> Result<()> {
+        self.walk_unseen(devices, &mut SeenPages::new(), visit)
+    }
+
+    /// [`RadixTree::walk`], passing over (and not descending into) every page `seen` holds
+    /// (see [`SeenPages`]), and adding the ones it visits.
+    fn walk_unseen(
+        &self,
+        devices: &[Option<SharedDevice>],
+        seen: &mut SeenPages,
+        visit: &mut dyn FnMut(u8, u64, &BlockPointer),
     ) -> Result<()> {
         let mut stack = vec![(self.depth, 0u64, self.root)];
         while let Some((level, first, pointer)) = stack.pop() {
             let Some(mpn) = pointer.address() else {
                 continue;
             };
-            visit(level, first, mpn);
+            match seen.visit(mpn, &pointer, level, first) {
+                Visit::New => {}
+                Visit::Again => continue,
+                Visit::Conflict => return Err(two_pages(self.tree, mpn, level, first)),
+            }
+            visit(level, first, &pointer);
             if level == 1 {
                 continue;
             }
@@ -809,11 +962,28 @@ impl RadixTree {
     /// # Errors
     /// When a verified interior page holds an entry that does not decode.
     pub fn page_refs(&self, devices: &[Option<SharedDevice>]) -> Result<(Vec<PageRef>, u64)> {
+        self.page_refs_unseen(devices, &mut SeenPages::new())
+    }
+
+    /// [`RadixTree::page_refs`] but for the pages in `seen` (and what is below them), adding
+    /// the ones it lists. A page number reached by another pointer is listed again with that
+    /// pointer (at most one of the two verifies: the scrub reports the other as damage).
+    ///
+    /// # Errors
+    /// When a verified interior page holds an entry that does not decode.
+    pub fn page_refs_unseen(
+        &self,
+        devices: &[Option<SharedDevice>],
+        seen: &mut SeenPages,
+    ) -> Result<(Vec<PageRef>, u64)> {
         let mut found = Vec::new();
         let mut bytes_read = 0;
         let mut stack = vec![(self.depth, 0u64, self.root)];
         while let Some((level, first, pointer)) = stack.pop() {
-            if pointer.address().is_none() {
+            let Some(mpn) = pointer.address() else {
+                continue;
+            };
+            if seen.visit(mpn, &pointer, level, first) == Visit::Again {
                 continue;
             }
             let page = PageRef {

@@ -27,6 +27,11 @@
 //!   sync until enough is free (writer stall, counted); it is refused with
 //!   [`Error::NoFreeSlot`] only when no victim is left and syncs release nothing.
 //!
+//! * **Recovery points** (FORMAT.md V4.10a): a victim holding a block a recovery point
+//!   names cannot empty until blocks can be forwarded, so it is skipped before anything is
+//!   copied (one slot record tells a segment written whole before the newest recovery
+//!   point), and `NoFreeSlot` says how many such segments there are.
+//!
 //! Owns: choosing victims, the liveness compare, relocation and pacing. Does not own: the
 //! counts and the release of segments (the map's), the rows' bytes (written by the volume's
 //! write path, read by its read path).
@@ -48,6 +53,18 @@ pub(super) struct CleanerState {
     seen_opened: u64,
     /// Victims whose count stayed above 0 after cleaning: not chosen again.
     stuck: BTreeSet<u64>,
+    /// Victims holding blocks a recovery point names (FORMAT.md V4.10a): they cannot empty
+    /// until forwarding exists, so nothing is copied out of them (also in `stuck`).
+    pinned: BTreeSet<u64>,
+}
+
+impl CleanerState {
+    /// Forget the victims found pinned by recovery points (one was deleted: they may empty
+    /// now) and the stuck ones with them (a stuck victim may have been pinned).
+    pub(super) fn forget_pins(&mut self) {
+        self.pinned.clear();
+        self.stuck.clear();
+    }
 }
 
 impl Volume {
@@ -130,11 +147,12 @@ impl Volume {
                 return Err(Error::NoFreeSlot(format!(
                     "no data segment is free outside the hard reserve of {} segments ({} of it \
                      waiting for release; {} free, {} waiting for release in all) and the \
-                     cleaner found none to empty",
+                     cleaner found none to empty ({} held by recovery points)",
                     table.reserve(),
                     table.reserve() - table.data_floor(),
                     table.free_segments(),
-                    table.pending_segments()
+                    table.pending_segments(),
+                    self.cleaner.pinned.len()
                 )));
             } else {
                 fruitless += 1;
@@ -157,9 +175,9 @@ impl Volume {
     fn clean_one(&mut self, devices: &[Option<SharedDevice>]) -> Result<bool> {
         // A segment number freed since it was found stuck may be a victim again.
         let table = self.map.segments();
-        self.cleaner
-            .stuck
-            .retain(|s| !table.is_free(*s) && !table.is_pending(*s));
+        let returned = |s: &u64| !table.is_free(*s) && !table.is_pending(*s);
+        self.cleaner.stuck.retain(returned);
+        self.cleaner.pinned.retain(returned);
         let table = self.map.segments();
         // A victim's live blocks fill at most the rest of the open segment and one more.
         if table.free_segments() < table.cleaner_floor() + 2 {
@@ -168,10 +186,32 @@ impl Volume {
         // Its copies end in one narrow row at most (up to K − 1 blocks of it unused): a
         // victim with K dead blocks gives back at least one block more than it takes.
         let min_dead = self.rows.k() as u64;
-        let Some((victim, _)) = table.data_victim(&self.cleaner.stuck, min_dead) else {
-            return Ok(false);
+        let (victim, live) = loop {
+            let table = self.map.segments();
+            let Some((victim, counted)) = table.data_victim(&self.cleaner.stuck, min_dead) else {
+                return Ok(false);
+            };
+            // A block counted but not live, or live and born at or before S_head, is named
+            // by a recovery point: the victim cannot empty (FORMAT.md V4.10a), so nothing is
+            // copied out of it. A segment written whole before the newest recovery point is
+            // told from one slot record, without looking its blocks up.
+            let s_head = self.map.recovery_head();
+            let live = if s_head > 0 && self.written_before(devices, victim, s_head)? {
+                None
+            } else {
+                Some(self.live_blocks(devices, victim)?)
+            };
+            let movable = live.filter(|live| {
+                s_head == 0
+                    || (counted <= live.len() as u64
+                        && live.iter().all(|(_, p)| p.birth() > s_head))
+            });
+            if let Some(live) = movable {
+                break (victim, live);
+            }
+            self.cleaner.pinned.insert(victim);
+            self.cleaner.stuck.insert(victim);
         };
-        let live = self.live_blocks(devices, victim)?;
         // Whole rows per batch: one narrow row per victim at most.
         let k = self.rows.k();
         for batch in live.chunks(RELOCATE_BATCH / k * k) {
@@ -213,6 +253,23 @@ impl Volume {
             self.cleaner.stuck.insert(victim);
         }
         Ok(true)
+    }
+
+    /// Whether the newest row of data segment `segment` was born at or before `s_head` (so
+    /// every row of it was: a segment's slots and rows are written in order).
+    fn written_before(
+        &self,
+        devices: &[Option<SharedDevice>],
+        segment: u64,
+        s_head: u64,
+    ) -> Result<bool> {
+        let slots = self.map.segments().shape().segment_slots;
+        for slot in (segment * slots..(segment + 1) * slots).rev() {
+            if let Some(newest) = self.map.slot_rows(devices, slot, true)?.last() {
+                return Ok(newest.birth <= s_head);
+            }
+        }
+        Ok(false)
     }
 
     /// The blocks of `batch` that can be read, one by one, with their bytes; the others are

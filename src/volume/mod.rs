@@ -34,6 +34,8 @@
 //! fault policy (the pool decides what a device error means: this module reports it, naming
 //! device and offset, and writes nothing more for that request).
 //!
+//! * Recovery points (`recovery.rs`, FORMAT.md V4.10a, step 1): taken as a map sync, listed,
+//!   and read through their own map, block by block through the same verified read path.
 //! * Writes make room first: the data cleaner (`clean.rs`, FORMAT.md V4.13 step 7) copies
 //!   the live blocks of mostly dead data segments into fresh rows, so overwrites never run
 //!   the volume out of segments.
@@ -50,6 +52,7 @@ mod pipeline;
 mod place;
 mod read;
 mod rebuild;
+mod recovery;
 mod scrub;
 
 pub use encode::{EncodedWrite, RowEncoder};

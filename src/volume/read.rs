@@ -155,6 +155,17 @@ impl Volume {
         offset: u64,
         buf: &mut [u8],
     ) -> Result<()> {
+        self.read_of(devices, offset, buf, &|key| self.map.get(devices, key))
+    }
+
+    /// [`Volume::read`] with the pointers `lookup` gives.
+    pub(super) fn read_of(
+        &self,
+        devices: &[Option<SharedDevice>],
+        offset: u64,
+        buf: &mut [u8],
+        lookup: &dyn Fn(u64) -> Result<BlockPointer>,
+    ) -> Result<()> {
         self.check_range(offset, buf.len() as u64)?;
         if buf.is_empty() {
             return Ok(());
@@ -163,10 +174,10 @@ impl Volume {
         let end = (offset + buf.len() as u64).div_ceil(BLOCK);
         let head = usize::try_from(offset - first * BLOCK).unwrap_or(0);
         if head == 0 && buf.len().is_multiple_of(BLOCK_BYTES) {
-            return self.read_blocks(devices, first, buf);
+            return self.read_blocks_of(devices, first, buf, lookup);
         }
         let mut blocks = vec![0u8; usize::try_from((end - first) * BLOCK).unwrap_or(0)];
-        self.read_blocks(devices, first, &mut blocks)?;
+        self.read_blocks_of(devices, first, &mut blocks, lookup)?;
         buf.copy_from_slice(&blocks[head..head + buf.len()]);
         Ok(())
     }
@@ -179,11 +190,23 @@ impl Volume {
         first: u64,
         out: &mut [u8],
     ) -> Result<()> {
+        self.read_blocks_of(devices, first, out, &|key| self.map.get(devices, key))
+    }
+
+    /// [`Volume::read_blocks`] with the pointers `lookup` gives (the live map's, or a
+    /// recovery point's).
+    pub(super) fn read_blocks_of(
+        &self,
+        devices: &[Option<SharedDevice>],
+        first: u64,
+        out: &mut [u8],
+        lookup: &dyn Fn(u64) -> Result<BlockPointer>,
+    ) -> Result<()> {
         let count = out.len() / BLOCK_BYTES;
         let mut pointers = Vec::with_capacity(count);
         for index in 0..count {
             let key = first + index as u64;
-            pointers.push((key, self.map.get(devices, key)?));
+            pointers.push((key, lookup(key)?));
         }
         self.read_pointers(devices, &pointers, out)
     }

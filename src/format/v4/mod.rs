@@ -2,7 +2,7 @@
 //!
 //! Owns the encodings of every version-4 metadata structure: the 16-byte block pointer and the
 //! seeded checksums it carries, map and interior pages, slot records, segment-usage records,
-//! forwarding directory records, intent-log records and uberblocks. Each encoder writes exactly the
+//! forwarding directory records, recovery-point records, intent-log records and uberblocks. Each encoder writes exactly the
 //! bytes the design documents; each decoder refuses anything that a correct encoder could not have
 //! written (a reserved bit set, a value out of range, a checksum that does not verify) with a reason
 //! naming the field, so a caller can wrap it in `Error::CorruptMetadata` with the device and offset.
@@ -14,6 +14,7 @@ mod forward;
 mod log;
 mod page;
 mod pointer;
+mod recovery;
 mod slot;
 mod sut;
 mod uberblock;
@@ -26,6 +27,10 @@ pub use page::{
 pub use pointer::{
     row_checksum, row_checksum_of_block_crc, BlockPointer, Tree, ADDRESS_HOLE, MAX_ADDRESS,
     MAX_BIRTH,
+};
+pub use recovery::{
+    check_recovery_name, RecoveryKind, RecoveryRecord, NO_KEY, RECOVERY_NAME_MAX,
+    RECOVERY_RECORD_BYTES,
 };
 pub use slot::{RowRecord, SlotRecord, SlotShape};
 pub use sut::{SegmentState, SutRecord, SUT_RECORDS_PER_PAGE, SUT_RECORD_BYTES};
