@@ -46,6 +46,12 @@ pub struct MapParams {
     pub metadata_copies: u64,
     /// The map's timeline (a new one after each rewind).
     pub timeline: u64,
+    /// The pool has (or had) recovery points (docs/FORMAT.md V4.10a, "Older builds"):
+    /// written on every member before the first is taken, so that a build that does not keep
+    /// them refuses the pool by this field's name (`deny_unknown_fields`) instead of writing
+    /// holes over them. Absent (false) otherwise, so such pools stay open to older builds.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recovery_points: bool,
 }
 
 impl MapParams {
@@ -394,7 +400,31 @@ mod tests {
             min_depth: 4,
             metadata_copies: 3,
             timeline: 1,
+            recovery_points: false,
         }
+    }
+
+    /// The recovery-point gate (docs/FORMAT.md V4.10a, "Older builds") is written only when
+    /// set, so a pool without recovery points stays open to older builds; set, it round-trips;
+    /// and map parameters with a field a build does not know are refused naming it, which is
+    /// what a build without recovery points does with the gate.
+    #[test]
+    fn the_recovery_point_gate_is_written_only_when_set_and_unknown_map_fields_are_refused() {
+        let mut sb = sample();
+        sb.map = Some(map_params());
+        let json = |sb: &Superblock| {
+            let bytes = sb.encode().unwrap();
+            String::from_utf8_lossy(&bytes[HEADER_BYTES..]).to_string()
+        };
+        assert!(!json(&sb).contains("recovery_points"));
+        sb.map.as_mut().unwrap().recovery_points = true;
+        assert!(json(&sb).contains("\"recovery_points\":true"));
+        let decoded = Superblock::decode(&sb.encode().unwrap()).unwrap();
+        assert!(decoded.map.unwrap().recovery_points);
+        let mut value = serde_json::to_value(map_params()).unwrap();
+        value["deadlists"] = serde_json::Value::Bool(true);
+        let refused = serde_json::from_value::<MapParams>(value).unwrap_err();
+        assert!(refused.to_string().contains("deadlists"), "{refused}");
     }
 
     /// A version-4 superblock (one with map parameters) says 4 whatever its members'

@@ -408,6 +408,8 @@ pub struct MapStore {
     creating: Option<(String, u64)>,
     /// A recovery point the running sync deletes, with what it alone names.
     deleting: Option<(u64, Unique)>,
+    /// A recovery point's record the running sync rewrites (its holds changed).
+    amending: Option<(u64, RecoveryRecord)>,
     /// Metadata segments in which the hold rule kept a page: the metadata cleaner cannot
     /// empty them (FORMAT.md V4.10a), so it does not pick them (this process).
     pinned_metadata: BTreeSet<u64>,
@@ -433,6 +435,8 @@ pub struct RecoveryPoint {
     pub txg: u64,
     /// The recovery point before it on its line (`None`: the first).
     pub parent: Option<u64>,
+    /// Holds: a held recovery point is not deleted (by a command or a retention policy).
+    pub holds: u32,
 }
 
 impl RecoveryPoint {
@@ -445,6 +449,7 @@ impl RecoveryPoint {
             sequence: record.sequence,
             txg: record.txg,
             parent: (record.parent != NO_KEY).then_some(record.parent),
+            holds: record.holds,
         }
     }
 }
@@ -459,11 +464,22 @@ pub struct PointUsage {
     pub pages: u64,
 }
 
-/// What a delete counts off: the block and page numbers a recovery point alone names.
+/// What a delete counts off: how many blocks and pages a recovery point alone names, per
+/// segment (a count per touched segment, not a number per block: a full-churn recovery point
+/// at 16 TiB names 2^32 blocks).
 #[derive(Debug, Clone, Default)]
 struct Unique {
-    blocks: Vec<u64>,
-    pages: Vec<u64>,
+    blocks: BTreeMap<u64, u64>,
+    pages: BTreeMap<u64, u64>,
+}
+
+impl Unique {
+    fn usage(&self) -> PointUsage {
+        PointUsage {
+            blocks: self.blocks.values().sum(),
+            pages: self.pages.values().sum(),
+        }
+    }
 }
 
 /// A delete staged in the sync that makes it durable: the key removed, the child re-parented
@@ -893,7 +909,49 @@ impl MapStore {
                 "recovery points without a head on the live line",
             ));
         }
+        Self::check_line(&points, head.0)?;
         Ok((points, head))
+    }
+
+    /// The recovery points must form one line (until rollback makes branches): each parent
+    /// exists, is older and has that guid; no two share a parent; one has none; the head is
+    /// the one nothing follows. A delete relies on it (a parent it cannot find would count as
+    /// none, and free what the parent holds).
+    fn check_line(points: &BTreeMap<u64, RecoveryRecord>, head: u64) -> Result<()> {
+        let refuse = |key: u64, why: String| {
+            Err(Error::corrupt_metadata(format!(
+                "recovery point {key} in tree 3: {why}"
+            )))
+        };
+        let mut children: BTreeMap<u64, u64> = BTreeMap::new();
+        for (key, point) in points {
+            if point.parent == NO_KEY {
+                if point.parent_guid != 0 {
+                    return refuse(*key, "a parent guid without a parent".into());
+                }
+            } else {
+                match points.get(&point.parent) {
+                    Some(parent)
+                        if parent.guid == point.parent_guid && parent.sequence < point.sequence => {
+                    }
+                    _ => {
+                        return refuse(
+                            *key,
+                            format!("its parent {} is not an older recovery point", point.parent),
+                        )
+                    }
+                }
+            }
+            if let Some(other) = children.insert(point.parent, *key) {
+                return refuse(*key, format!("recovery point {other} has the same parent"));
+            }
+        }
+        if let Some(last) = points.keys().find(|k| !children.contains_key(k)) {
+            if *last != head {
+                return refuse(*last, format!("nothing follows it, but the head is {head}"));
+            }
+        }
+        Ok(())
     }
 
     /// The slot record of data slot `slot` as of the last sync (`None`: no row written).
@@ -1083,6 +1141,7 @@ impl MapStore {
             head: (NO_KEY, 0),
             creating: None,
             deleting: None,
+            amending: None,
             pinned_metadata: BTreeSet::new(),
             planted_holds: PlantedHolds::of(options),
             options: options.clone(),
@@ -1207,6 +1266,7 @@ impl MapStore {
             head,
             creating: None,
             deleting: None,
+            amending: None,
             pinned_metadata: BTreeSet::new(),
             planted_holds: PlantedHolds::of(options),
             options: options.clone(),
@@ -2574,7 +2634,14 @@ impl MapStore {
         let free = self.segments.free_segments();
         let mut moved = 0u64;
         let mut victims = Vec::new();
-        let victims_found = self.segments.metadata_victims();
+        // A delete's sync moves no page: what it counts off was found against the tree as it
+        // stands, and no page born after the deleted recovery point's parent may change
+        // under it (the hold rule still runs with the old `S_head` until its uberblock).
+        let victims_found = if self.deleting.is_some() {
+            Vec::new()
+        } else {
+            self.segments.metadata_victims()
+        };
         let unpinned = victims_found
             .into_iter()
             .filter(|(pages, _)| !self.pinned_metadata.contains(&(pages.start / per_segment)));
@@ -2639,6 +2706,18 @@ impl MapStore {
             Some((key, unique)) => Some(self.stage_delete(devices, key, &unique)?),
             None => None,
         };
+        let amended = self.amending.take();
+        if let Some((key, record)) = &amended {
+            match self.points_tree.set_record(devices, *key, &record.encode()) {
+                Ok(()) => {}
+                Err(SetError::Failed(e)) => return Err(e),
+                Err(SetError::NeedsSync(_)) => {
+                    return Err(Error::corrupt_metadata(
+                        "the recovery-point tree's cache cannot hold one record's path",
+                    ))
+                }
+            }
+        }
         let points = self.write_tree(devices, TreeChoice::RecoveryPoints, birth)?;
         pages_written += points.0;
         pages_freed += points.1;
@@ -2680,6 +2759,9 @@ impl MapStore {
             }
             // Segments a deleted recovery point pinned may empty now.
             self.pinned_metadata.clear();
+        }
+        if let Some((key, record)) = amended {
+            self.points.insert(key, record);
         }
         // A victim still referenced holds pages no live tree names: it is not chosen again.
         let per = self.segments.shape().pages_per_segment;
@@ -2820,11 +2902,17 @@ impl MapStore {
             self.points.get(&key).cloned().ok_or_else(|| {
                 Error::corrupt_metadata(format!("no recovery point {key} to delete"))
             })?;
-        for pbn in &unique.blocks {
-            self.segments.block_delta(*pbn, -1);
+        let shape = self.segments.shape();
+        for (segment, count) in &unique.blocks {
+            let count = i64::try_from(*count).unwrap_or(i64::MAX);
+            self.segments
+                .block_delta(segment * shape.blocks_per_segment, -count);
         }
-        for mpn in &unique.pages {
-            self.segments.page_delta(*mpn, -1);
+        for (segment, count) in &unique.pages {
+            for _ in 0..*count {
+                self.segments
+                    .page_delta(segment * shape.pages_per_segment, -1);
+            }
         }
         let parent_sequence = self.points.get(&record.parent).map_or(0, |p| p.sequence);
         let child = self
@@ -2898,9 +2986,9 @@ impl MapStore {
         )
     }
 
-    /// What recovery point `key` alone names, as of the last sync (FORMAT.md V4.10b): a walk
-    /// of its tree beside its child's (the next recovery point on its line, or the live map
-    /// when it is the head), position by position. A page or block born at or before its
+    /// What recovery point `key` alone names (FORMAT.md V4.10b): a walk of its tree beside
+    /// its child's (the next recovery point on its line, or the live map as the next sync
+    /// will write it when it is the head), position by position. A page or block born at or before its
     /// parent's `S` is its parent's too (sharing is positional: a position changes only to
     /// something born later); one equal to the child's at the same position is the child's.
     /// Subtrees shared either way are not descended into, so the walk reads what the
@@ -2912,22 +3000,38 @@ impl MapStore {
             .ok_or_else(|| Error::corrupt_metadata(format!("no recovery point {key}")))?;
         let s_parent = self.points.get(&record.parent).map_or(0, |p| p.sequence);
         let mine = self.point_tree(record)?;
-        let child = match self.points.values().find(|p| p.parent == key) {
-            Some(child) => self.point_tree(child)?,
-            None => self.durable_map()?,
+        let (child, live) = match self.points.values().find(|p| p.parent == key) {
+            Some(child) => (self.point_tree(child)?, false),
+            None => (self.durable_map()?, true),
         };
+        let compare = !self.planted_holds.delete_ignores_child;
+        // The live map as it will be at the next sync: its durable pages, except where a
+        // change since (a dirty page, or a replayed change not yet in the tree) lies under a
+        // position; such a page is replaced at the next sync, and blocks under it are compared
+        // with their current pointers.
+        let changed = |level: u8, first: u64, span: u64| {
+            live && (self.map.is_dirty_at(level, first)
+                || self.overlay.range(first..first + span).next().is_some())
+        };
+        let shape = self.segments.shape();
         let mut unique = Unique::default();
-        let theirs = (!self.planted_holds.delete_ignores_child).then_some(child.root());
-        let mut stack = vec![(mine.depth(), 0u64, record.root, theirs)];
+        let mut stack = vec![(
+            mine.depth(),
+            0u64,
+            record.root,
+            compare.then_some(child.root()),
+        )];
         while let Some((level, first, pointer, theirs)) = stack.pop() {
             let Some(mpn) = pointer.address() else {
                 continue;
             };
-            if pointer.birth() <= s_parent || theirs.is_some_and(|t| t.encode() == pointer.encode())
-            {
+            let span = mine.span_of(level);
+            let same_page = theirs.is_some_and(|t| t.encode() == pointer.encode())
+                && !changed(level, first, span);
+            if pointer.birth() <= s_parent || same_page {
                 continue;
             }
-            unique.pages.push(mpn);
+            *unique.pages.entry(shape.of_page(mpn)).or_insert(0) += 1;
             let Some(entries) = mine.pointers_at(devices, level, first, &pointer)? else {
                 continue;
             };
@@ -2935,13 +3039,17 @@ impl MapStore {
                 Some(t) => child.pointers_at(devices, level, first, &t)?,
                 None => None,
             };
+            let current = compare && level == 1 && changed(level, first, span);
             for (i, entry) in entries.iter().enumerate() {
-                let other = others.as_ref().map(|o| o[i]);
+                let mut other = others.as_ref().map(|o| o[i]);
+                if current && entry.address().is_some() {
+                    other = Some(self.get(devices, first + i as u64)?);
+                }
                 if level == 1 {
                     let shared = other.is_some_and(|o| o.encode() == entry.encode());
                     if let Some(pbn) = entry.address().filter(|_| !shared) {
                         if entry.birth() > s_parent {
-                            unique.blocks.push(pbn);
+                            *unique.blocks.entry(shape.of_block(pbn)).or_insert(0) += 1;
                         }
                     }
                 } else {
@@ -2953,8 +3061,8 @@ impl MapStore {
         Ok(unique)
     }
 
-    /// What recovery point `name` alone holds as of the last sync: what deleting it frees
-    /// (a delete syncs first, then frees exactly this).
+    /// What recovery point `name` alone holds now: what deleting it frees (a delete syncs
+    /// first, then frees exactly this). Reads pages; writes nothing.
     ///
     /// # Errors
     /// [`Error::RecoveryPoint`] when there is none of that name; a page that cannot be read.
@@ -2964,11 +3072,7 @@ impl MapStore {
         name: &str,
     ) -> Result<PointUsage> {
         let key = self.point_key(name)?;
-        let unique = self.unique_of(devices, key)?;
-        Ok(PointUsage {
-            blocks: unique.blocks.len() as u64,
-            pages: unique.pages.len() as u64,
-        })
+        Ok(self.unique_of(devices, key)?.usage())
     }
 
     fn point_key(&self, name: &str) -> Result<u64> {
@@ -2998,22 +3102,65 @@ impl MapStore {
     ) -> Result<PointUsage> {
         self.usable()?;
         let key = self.point_key(name)?;
+        if self.points[&key].holds > 0 {
+            return Err(Error::RecoveryPoint {
+                name: name.to_string(),
+                reason: format!(
+                    "it is held ({} holds): release it first",
+                    self.points[&key].holds
+                ),
+            });
+        }
         if self.segments.any_held() {
             return Err(Error::Busy(
                 "a recovery point is deleted with no write unit on the devices".into(),
             ));
         }
         self.sync(devices)?;
+        debug_assert!(!self.map.has_dirty(), "a delete walks a clean live map");
         let unique = self.unique_of(devices, key)?;
-        let freed = PointUsage {
-            blocks: unique.blocks.len() as u64,
-            pages: unique.pages.len() as u64,
-        };
+        let freed = unique.usage();
         self.deleting = Some((key, unique));
         let outcome = self.sync(devices);
         self.deleting = None;
         outcome?;
         Ok(freed)
+    }
+
+    /// Put a hold on recovery point `name` (`hold`), or take one off: a held recovery point
+    /// is not deleted. Durable when this returns (a sync). Returns its holds.
+    ///
+    /// # Errors
+    /// [`Error::RecoveryPoint`] when there is none of that name, or a release finds no hold;
+    /// what [`MapStore::sync`] returns.
+    pub fn hold_recovery_point(
+        &mut self,
+        devices: &[Option<SharedDevice>],
+        name: &str,
+        hold: bool,
+    ) -> Result<u32> {
+        self.usable()?;
+        let key = self.point_key(name)?;
+        let mut record = self.points[&key].clone();
+        record.holds = match (hold, record.holds) {
+            (true, holds) => holds.checked_add(1).ok_or_else(|| Error::RecoveryPoint {
+                name: name.to_string(),
+                reason: "it holds as many holds as it can".into(),
+            })?,
+            (false, 0) => {
+                return Err(Error::RecoveryPoint {
+                    name: name.to_string(),
+                    reason: "it is not held".into(),
+                })
+            }
+            (false, holds) => holds - 1,
+        };
+        let holds = record.holds;
+        self.amending = Some((key, record));
+        let outcome = self.sync(devices);
+        self.amending = None;
+        outcome?;
+        Ok(holds)
     }
 
     /// Whether a block the live tree drops, born at `birth`, is held by a recovery point

@@ -1022,6 +1022,16 @@ impl RadixTree {
         &self.store
     }
 
+    /// Whether the page at `level` covering `key` is dirty in the cache (something under it
+    /// changed since the last sync: a change dirties a leaf and every page above it).
+    #[must_use]
+    pub fn is_dirty_at(&self, level: u8, key: u64) -> bool {
+        matches!(
+            self.cache.get(&self.key_of(level, key)),
+            Some((_, PageState::Dirty))
+        )
+    }
+
     /// Whether any page of this tree is dirty (changed since the last sync).
     #[must_use]
     pub fn has_dirty(&self) -> bool {

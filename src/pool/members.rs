@@ -897,6 +897,39 @@ impl Members {
         false
     }
 
+    /// Record in every member's superblocks that the pool has recovery points (docs/FORMAT.md
+    /// V4.10a, "Older builds"), once, before the first is taken: a build that does not keep
+    /// them then refuses the pool by the field's name instead of writing over them.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] on a pool without map parameters (version 3); [`Error::Io`]
+    /// naming a member whose superblocks could not be written (no recovery point may be taken
+    /// then: that member, alone, would open under an older build).
+    pub(crate) fn enable_recovery_points(&self) -> Result<()> {
+        {
+            let mut template = self.superblock.lock();
+            match template.map.as_mut() {
+                None => {
+                    return Err(Error::Unsupported {
+                        operation: "a recovery point".into(),
+                        version: template.format_version,
+                        reason: "recovery points need format version 4 (the paged map)".into(),
+                    })
+                }
+                Some(map) if map.recovery_points => return Ok(()),
+                Some(map) => map.recovery_points = true,
+            }
+        }
+        if let Some((device, err)) = self.write_superblocks()?.into_iter().next() {
+            return Err(Error::Io {
+                device,
+                offset: None,
+                source: err.into_io(),
+            });
+        }
+        Ok(())
+    }
+
     /// Write the superblock (generation + 1) to every online member, replacement and spare:
     /// copy A on all, flush, then copy B on all, flush. A crash at any point leaves one valid
     /// copy per device. Returns the devices where a write failed (their other copy may still

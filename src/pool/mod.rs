@@ -23,6 +23,7 @@ mod open;
 mod planted;
 #[cfg(test)]
 mod rebuild_race_tests;
+mod recovery;
 mod replacement;
 mod requests;
 mod rows;
@@ -46,6 +47,7 @@ pub use members::{
 pub use open::{clear_label, read_label};
 #[cfg(feature = "testing")]
 pub use planted::PlantedBugs;
+pub use recovery::RecoveryPointInfo;
 pub use requests::{Request, RequestMetrics};
 pub use rows::{FormatVersion, V4Options};
 pub use status::{DeviceStatus, PoolHealth, PoolStatus, STATUS_EVENTS};

@@ -376,6 +376,7 @@ pub(crate) fn create(
         min_depth: v4.min_depth,
         metadata_copies: geometry.metadata_copies() as u64,
         timeline: 1,
+        recovery_points: false,
     };
     Ok((volume, params))
 }

@@ -47,7 +47,21 @@ impl Volume {
         Ok(freed)
     }
 
-    /// What recovery point `name` alone holds as of the last sync (what deleting it frees).
+    /// Put a hold on recovery point `name` (`hold`) or take one off; returns its holds.
+    ///
+    /// # Errors
+    /// A read-only volume; what [`crate::meta::MapStore::hold_recovery_point`] returns.
+    pub fn hold_recovery_point(
+        &mut self,
+        devices: &[Option<SharedDevice>],
+        name: &str,
+        hold: bool,
+    ) -> Result<u32> {
+        self.writable("hold or release a recovery point")?;
+        self.map.hold_recovery_point(devices, name, hold)
+    }
+
+    /// What recovery point `name` alone holds now (what deleting it frees).
     /// Reads pages; writes nothing.
     ///
     /// # Errors

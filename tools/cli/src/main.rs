@@ -23,6 +23,7 @@ mod remote;
 mod scrub;
 mod serve;
 mod simulate;
+mod snapshot;
 mod zabbix;
 
 use clap::{Parser, Subcommand};
@@ -179,6 +180,15 @@ enum Command {
         /// Output file (default: stdout).
         #[arg(long)]
         output: Option<PathBuf>,
+        /// Read this recovery point (`snapshot list`) instead of the live volume.
+        #[arg(long)]
+        snapshot: Option<String>,
+    },
+    /// Recovery points: instant, read-only states of the volume to read back or restore
+    /// from (format version 4).
+    Snapshot {
+        #[command(subcommand)]
+        action: snapshot::SnapshotAction,
     },
     /// Verify every chunk of every written stripe (data, parity, all copies), check that
     /// parity and copies agree, and repair what fails. Exit code: 0 clean, 1 damage found and
@@ -538,7 +548,7 @@ fn usage_exit_code() -> u8 {
     }
 }
 
-type CliResult = Result<(), Box<dyn std::error::Error>>;
+pub(crate) type CliResult = Result<(), Box<dyn std::error::Error>>;
 
 /// `--force-degraded`, set once from the command line.
 static FORCE_DEGRADED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -608,7 +618,16 @@ fn execute(command: Command) -> CliResult {
             offset,
             length,
             output,
+            snapshot: None,
         } => read(&pool, offset, length, output),
+        Command::Read {
+            pool,
+            offset,
+            length,
+            output,
+            snapshot: Some(name),
+        } => snapshot::read(&pool, &name, offset, length, output),
+        Command::Snapshot { action } => snapshot::run(action),
         Command::Scrub {
             pool,
             url,
@@ -1318,7 +1337,7 @@ pub(crate) fn open_pool_to_look(paths: &[PathBuf]) -> Result<Pool, stripestore::
 }
 
 /// Refuse a request that reaches past the volume, naming the user's offset and length.
-fn check_request(offset: u64, length: u64, volume_bytes: u64) -> CliResult {
+pub(crate) fn check_request(offset: u64, length: u64, volume_bytes: u64) -> CliResult {
     if offset
         .checked_add(length)
         .is_none_or(|end| end > volume_bytes)
@@ -1432,7 +1451,7 @@ fn refuse_pool_device(pool: &Pool, path: &Path) -> Result<(), stripestore::Error
 
 /// Open a pool for one command: no background thread, no automatic spare attachment (the
 /// `rebuild` command does that, in the foreground, with progress).
-fn open_pool(paths: &[PathBuf]) -> Result<Pool, stripestore::Error> {
+pub(crate) fn open_pool(paths: &[PathBuf]) -> Result<Pool, stripestore::Error> {
     let options = OpenOptions {
         background_rebuild: false,
         auto_replace: false,

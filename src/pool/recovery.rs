@@ -1,0 +1,169 @@
+//! Recovery points of a pool (docs/FORMAT.md V4.10a, V4.10b): the pool's entry points for
+//! taking, listing, reading, holding and deleting them, under the volume's lock as every
+//! write (exclusive: nothing is in flight while one is taken or deleted) or read (shared).
+//!
+//! Owns: the superblock gate that makes builds without recovery points refuse the pool
+//! before the first is taken, and the listing's sizes. Does not own: the records, the hold
+//! rule and the trees (the map's), nor the blocks' bytes (the volume's).
+
+use super::rows::RowsEngine;
+use super::{Pool, PoolInner};
+use crate::error::{Error, Result};
+use crate::meta::RecoveryPoint;
+
+/// A recovery point as a pool lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecoveryPointInfo {
+    /// Its name.
+    pub name: String,
+    /// Never reused within the pool.
+    pub guid: u64,
+    /// When it was taken, seconds since the Unix epoch.
+    pub created: u64,
+    /// The map sequence it froze (its blocks are born at or before it).
+    pub sequence: u64,
+    /// Holds (a held recovery point is not deleted).
+    pub holds: u32,
+    /// Bytes its delete frees: data blocks no other recovery point or the live volume
+    /// names (4 KiB each), counting writes not yet synced.
+    pub unique_data_bytes: u64,
+    /// Metadata its delete frees: map pages no other tree names (16 KiB each, stored on
+    /// `tolerance + 1` members).
+    pub unique_metadata_bytes: u64,
+}
+
+impl PoolInner {
+    /// The v4 engine, or the refusal a v3 pool gets.
+    fn recovery_engine(&self, operation: &str) -> Result<&RowsEngine> {
+        self.rows().ok_or_else(|| Error::Unsupported {
+            operation: operation.to_string(),
+            version: 3,
+            reason: "recovery points need format version 4 (the paged map); copy the volume \
+                     into a version-4 pool"
+                .into(),
+        })
+    }
+}
+
+impl Pool {
+    /// Take recovery point `name` of everything written so far: the writes before it are
+    /// made durable and the map frozen as it stands (one tree sync; nothing is copied). The
+    /// first one also records the recovery-point gate in every member's superblocks.
+    ///
+    /// # Errors
+    /// [`Error::ReadOnly`]; [`Error::Unsupported`] on a version-3 pool;
+    /// [`Error::RecoveryPoint`] for a name not allowed or taken;
+    /// [`Error::PoolUnavailable`] with too few members; an [`Error::Io`] of the gate. After
+    /// any error, list: a create whose commit reached some members may exist.
+    pub fn create_recovery_point(&self, name: &str) -> Result<RecoveryPoint> {
+        let inner = &self.inner;
+        inner.writable("create a recovery point")?;
+        let rows = inner.recovery_engine("creating a recovery point")?;
+        inner.check_available()?;
+        crate::format::v4::check_recovery_name(name).map_err(|reason| Error::RecoveryPoint {
+            name: name.to_string(),
+            reason,
+        })?;
+        inner.members.enable_recovery_points()?;
+        let mut volume = rows.volume.write();
+        let result = volume.create_recovery_point(&inner.write_devices(), name);
+        inner.unavailable_if_failed(&volume, result)
+    }
+
+    /// The recovery points, oldest first, with what each alone holds (a walk of what it
+    /// changed, read-only).
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] on a version-3 pool; a page that cannot be read.
+    pub fn recovery_points(&self) -> Result<Vec<RecoveryPointInfo>> {
+        let inner = &self.inner;
+        let rows = inner.recovery_engine("listing recovery points")?;
+        let volume = rows.volume.read();
+        let devices = inner.volume_devices();
+        let mut points = volume.recovery_points();
+        points.sort_by_key(|p| p.sequence);
+        points
+            .into_iter()
+            .map(|p| {
+                let usage = volume.recovery_point_usage(&devices, &p.name)?;
+                Ok(RecoveryPointInfo {
+                    name: p.name,
+                    guid: p.guid,
+                    created: p.created,
+                    sequence: p.sequence,
+                    holds: p.holds,
+                    unique_data_bytes: usage.blocks * crate::volume::BLOCK_BYTES as u64,
+                    unique_metadata_bytes: usage.pages * crate::format::v4::PAGE_BYTES as u64,
+                })
+            })
+            .collect()
+    }
+
+    /// Whether this pool can keep recovery points (format version 4), as the refusal the
+    /// others give (a command line checks it on a read-only open first, so that a refused
+    /// request opens nothing for writing).
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] on a version-3 pool.
+    pub fn recovery_points_supported(&self) -> Result<()> {
+        self.inner.recovery_engine("recovery points").map(|_| ())
+    }
+
+    /// How many recovery points the pool has, and the newest one's creation time (none on
+    /// a version-3 pool); no page is read.
+    #[must_use]
+    pub fn recovery_point_summary(&self) -> (usize, Option<u64>) {
+        let Some(rows) = self.inner.rows() else {
+            return (0, None);
+        };
+        let points = rows.volume.read().recovery_points();
+        (points.len(), points.iter().map(|p| p.created).max())
+    }
+
+    /// Read `buf.len()` bytes at `offset` of recovery point `name`, as the volume was then.
+    ///
+    /// # Errors
+    /// [`Error::OutOfRange`] (checked before any I/O); [`Error::Unsupported`] on a version-3
+    /// pool; [`Error::RecoveryPoint`] when there is none of that name; what a read returns.
+    pub fn read_recovery_point(&self, name: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let inner = &self.inner;
+        let rows = inner.recovery_engine("reading a recovery point")?;
+        let volume = rows.volume.read();
+        volume.read_recovery_point(&inner.volume_devices(), name, offset, buf)
+    }
+
+    /// Delete recovery point `name`: what it alone holds is freed (durably when this
+    /// returns; the segments come back two tree syncs later).
+    ///
+    /// # Errors
+    /// [`Error::ReadOnly`]; [`Error::Unsupported`] on a version-3 pool;
+    /// [`Error::RecoveryPoint`] when there is none of that name or it is held.
+    pub fn delete_recovery_point(&self, name: &str) -> Result<crate::meta::PointUsage> {
+        let inner = &self.inner;
+        inner.writable("delete a recovery point")?;
+        let rows = inner.recovery_engine("deleting a recovery point")?;
+        inner.check_available()?;
+        let mut volume = rows.volume.write();
+        let result = volume.delete_recovery_point(&inner.write_devices(), name);
+        inner.unavailable_if_failed(&volume, result)
+    }
+
+    /// Put a hold on recovery point `name` (`hold`), or take one off. Returns its holds.
+    ///
+    /// # Errors
+    /// [`Error::ReadOnly`]; [`Error::Unsupported`] on a version-3 pool;
+    /// [`Error::RecoveryPoint`] when there is none of that name, or a release finds no hold.
+    pub fn hold_recovery_point(&self, name: &str, hold: bool) -> Result<u32> {
+        let inner = &self.inner;
+        inner.writable(if hold {
+            "hold a recovery point"
+        } else {
+            "release a recovery point"
+        })?;
+        let rows = inner.recovery_engine("holding a recovery point")?;
+        inner.check_available()?;
+        let mut volume = rows.volume.write();
+        let result = volume.hold_recovery_point(&inner.write_devices(), name, hold);
+        inner.unavailable_if_failed(&volume, result)
+    }
+}

@@ -1,0 +1,185 @@
+//! `snapshot create|list|delete|hold|release` and `read --snapshot` (docs/FORMAT.md V4.10a,
+//! V4.10b): a recovery point reads back what was written before it while the live volume
+//! moves on; `list` and `read --snapshot` write no byte; a held one is not deleted; bad names,
+//! unknown ones and a version-3 pool are refused with a message and nothing changed.
+
+#[path = "../common/mod.rs"]
+mod common;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+fn run(args: &[&str], stdin: Option<&[u8]>) -> Output {
+    common::run_program(common::stripestore_command("warn"), args, stdin)
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// Refused: a nonzero exit and `says` in the error.
+fn refused(out: &Output, says: &str) {
+    assert!(!out.status.success(), "not refused: {}", text(&out.stdout));
+    assert!(text(&out.stderr).contains(says), "{}", text(&out.stderr));
+}
+
+fn images(devs: &[PathBuf]) -> Vec<Vec<u8>> {
+    devs.iter().map(|d| std::fs::read(d).unwrap()).collect()
+}
+
+fn pool(dir: &Path, format: &str) -> Vec<PathBuf> {
+    let devs: Vec<PathBuf> = (0..6).map(|i| dir.join(format!("d{i}"))).collect();
+    let mut args = vec![
+        "create",
+        "--layout",
+        "rs:4+2",
+        "--device-size",
+        "16M",
+        "--format",
+        format,
+    ];
+    args.extend(devs.iter().map(|d| p(d)));
+    ok(&run(&args, None));
+    devs
+}
+
+fn payload(len: usize, seed: u32) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| (i.wrapping_add(seed).wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect()
+}
+
+#[test]
+fn a_snapshot_reads_back_while_the_volume_moves_on_and_looking_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let devs = pool(dir.path(), "4");
+    let d0 = p(&devs[0]);
+    let first = payload(300_000, 1);
+    let second = payload(300_000, 2);
+    ok(&run(&["write", d0, "--offset", "0"], Some(&first)));
+    let said = ok(&run(&["snapshot", "create", d0, "--name", "before"], None));
+    assert!(said.contains("recovery point before taken"), "{said}");
+    ok(&run(&["write", d0, "--offset", "0"], Some(&second)));
+
+    let before = images(&devs);
+    let listed = ok(&run(&["snapshot", "list", d0], None));
+    assert!(
+        listed.contains("before") && listed.contains("UTC"),
+        "{listed}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&run(&["snapshot", "list", d0, "--json"], None))).unwrap();
+    assert_eq!(json[0]["name"], "before");
+    // Everything the second write overwrote is the snapshot's alone: 300,000 bytes span 74
+    // blocks of 4 KiB (the last one partly).
+    assert_eq!(json[0]["unique_data_bytes"], 74 * 4096, "{json}");
+    let length = first.len().to_string();
+    let old = run(
+        &[
+            "read",
+            d0,
+            "--offset",
+            "0",
+            "--length",
+            &length,
+            "--snapshot",
+            "before",
+        ],
+        None,
+    );
+    assert!(old.status.success(), "{}", text(&old.stderr));
+    assert!(
+        old.stdout == first,
+        "the snapshot does not read what was written before it"
+    );
+    let now = run(&["read", d0, "--offset", "0", "--length", &length], None);
+    assert!(now.stdout == second);
+    assert!(images(&devs) == before, "list or read --snapshot wrote");
+
+    ok(&run(&["snapshot", "hold", d0, "--name", "before"], None));
+    refused(
+        &run(&["snapshot", "delete", d0, "--name", "before"], None),
+        "held",
+    );
+    ok(&run(&["snapshot", "release", d0, "--name", "before"], None));
+    let deleted = ok(&run(&["snapshot", "delete", d0, "--name", "before"], None));
+    assert!(deleted.contains("deleted"), "{deleted}");
+    assert!(ok(&run(&["snapshot", "list", d0], None)).contains("no recovery points"));
+    let now = run(&["read", d0, "--offset", "0", "--length", &length], None);
+    assert!(now.stdout == second);
+}
+
+#[test]
+fn bad_names_unknown_snapshots_and_version_3_pools_are_refused_and_nothing_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let devs = pool(dir.path(), "4");
+    let d0 = p(&devs[0]);
+    ok(&run(
+        &["write", d0, "--offset", "0"],
+        Some(&payload(8192, 3)),
+    ));
+    ok(&run(&["snapshot", "create", d0, "--name", "a"], None));
+    let before = images(&devs);
+    refused(
+        &run(&["snapshot", "create", d0, "--name", "no/slash"], None),
+        "'/'",
+    );
+    refused(
+        &run(&["snapshot", "create", d0, "--name", "a"], None),
+        "taken",
+    );
+    refused(
+        &run(&["snapshot", "delete", d0, "--name", "nope"], None),
+        "no recovery point of that name",
+    );
+    refused(
+        &run(
+            &[
+                "read",
+                d0,
+                "--offset",
+                "0",
+                "--length",
+                "4096",
+                "--snapshot",
+                "nope",
+            ],
+            None,
+        ),
+        "no recovery point of that name",
+    );
+    refused(
+        &run(
+            &[
+                "read",
+                d0,
+                "--offset",
+                "16G",
+                "--length",
+                "4096",
+                "--snapshot",
+                "a",
+            ],
+            None,
+        ),
+        "out of range",
+    );
+    assert!(images(&devs) == before, "a refused command wrote");
+
+    let dir3 = tempfile::tempdir().unwrap();
+    let devs3 = pool(dir3.path(), "3");
+    let before = images(&devs3);
+    refused(
+        &run(&["snapshot", "create", p(&devs3[0]), "--name", "x"], None),
+        "format version 4",
+    );
+    assert!(images(&devs3) == before, "a refused create wrote");
+}

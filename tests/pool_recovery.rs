@@ -1,0 +1,247 @@
+//! Recovery points through the pool (`Pool::create_recovery_point` and the rest, docs/FORMAT.md
+//! V4.10a, V4.10b): the superblock gate, reads of recovery points beside the live volume,
+//! holds, delete, refusals that change nothing, a read-only pool that lists and reads without
+//! writing, a member lost, and a version-3 pool refused.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use stripestore::device::{MemDevice, SharedDevice};
+use stripestore::pool::FormatVersion;
+use stripestore::testing::{mem_devices, shared, small_v4};
+use stripestore::{CreateOptions, Error, Layout, OpenOptions, Pool};
+
+const DEVICE_BYTES: u64 = 16 << 20;
+const B: usize = 4096;
+
+fn v4_options(layout: &str) -> CreateOptions {
+    let layout: Layout = layout.parse().unwrap();
+    let mut options = CreateOptions::new(layout);
+    options.chunk_bytes = 16384;
+    options.format = FormatVersion::V4(small_v4());
+    options.open.map_cache_bytes = 64 * 16384;
+    options
+}
+
+fn open_options() -> OpenOptions {
+    OpenOptions {
+        map_cache_bytes: 64 * 16384,
+        ..OpenOptions::default()
+    }
+}
+
+fn block(key: u64, version: u64) -> Vec<u8> {
+    let mut bytes = vec![0u8; B];
+    for (i, chunk) in bytes.chunks_mut(16).enumerate() {
+        chunk[..8].copy_from_slice(&key.to_le_bytes());
+        chunk[8..].copy_from_slice(&(version ^ i as u64).to_le_bytes());
+    }
+    bytes
+}
+
+/// Write `keys` at `version`; the model records it.
+fn write(
+    pool: &Pool,
+    model: &mut BTreeMap<u64, u64>,
+    keys: impl Iterator<Item = u64>,
+    version: u64,
+) {
+    for key in keys {
+        pool.write_at(key * B as u64, &block(key, version)).unwrap();
+        model.insert(key, version);
+    }
+    pool.flush().unwrap();
+}
+
+/// Reads of recovery point `name` of `pool`.
+fn read_point<'a>(
+    pool: &'a Pool,
+    name: &'a str,
+) -> impl Fn(u64, &mut [u8]) -> stripestore::Result<()> + 'a {
+    move |offset, buf| pool.read_recovery_point(name, offset, buf)
+}
+
+/// Every key of `model` (and one past the last) reads its version from `read`.
+fn check(
+    model: &BTreeMap<u64, u64>,
+    read: &dyn Fn(u64, &mut [u8]) -> stripestore::Result<()>,
+) -> Result<(), String> {
+    let end = model.keys().last().map_or(0, |k| k + 2);
+    for key in 0..end {
+        let mut found = vec![0u8; B];
+        read(key * B as u64, &mut found).map_err(|e| format!("block {key}: {e}"))?;
+        let expected = model
+            .get(&key)
+            .map_or_else(|| vec![0u8; B], |v| block(key, *v));
+        if found != expected {
+            return Err(format!(
+                "block {key} does not read version {:?}",
+                model.get(&key)
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn images(mems: &[Arc<MemDevice>]) -> Vec<Vec<u8>> {
+    mems.iter().map(|m| m.image()).collect()
+}
+
+#[test]
+fn recovery_points_through_the_pool_read_hold_delete_and_survive_a_reopen_and_a_lost_member() {
+    for (layout, members) in [("rs:4+2", 6), ("mirror:2", 2)] {
+        let mems = mem_devices(members, DEVICE_BYTES);
+        let pool = Pool::create(shared(&mems), vec![], &v4_options(layout)).unwrap();
+        let mut live = BTreeMap::new();
+        write(&pool, &mut live, 0..200, 1);
+        let gate = |device: &SharedDevice| {
+            let label = stripestore::pool::read_label(device.as_ref())
+                .unwrap()
+                .unwrap();
+            label.map.unwrap().recovery_points
+        };
+        assert!(!gate(&shared(&mems)[0]), "{layout}: gate before any");
+        pool.create_recovery_point("one").unwrap();
+        let one = live.clone();
+        write(&pool, &mut live, (0..200).step_by(3), 2);
+        write(&pool, &mut live, 300..340, 2);
+        pool.create_recovery_point("two").unwrap();
+        let two = live.clone();
+        write(&pool, &mut live, 100..320, 3);
+        // The gate is on every member.
+        for device in shared(&mems) {
+            assert!(gate(&device), "{layout}: gate on {}", device.name());
+        }
+        check(&one, &read_point(&pool, "one")).unwrap_or_else(|e| panic!("{layout} one: {e}"));
+        check(&two, &read_point(&pool, "two")).unwrap_or_else(|e| panic!("{layout} two: {e}"));
+        check(&live, &|o, b| pool.read_at(o, b)).unwrap_or_else(|e| panic!("{layout}: {e}"));
+        let listed = pool.recovery_points().unwrap();
+        assert_eq!(
+            listed.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+            ["one", "two"],
+            "{layout}"
+        );
+        // "one" alone holds the version-1 blocks overwritten before "two": 0..200 in steps
+        // of 3 (67 blocks); "two" alone holds what only it has of 100..320 that the live
+        // overwrote.
+        assert_eq!(
+            listed[0].unique_data_bytes,
+            67 * B as u64,
+            "{layout}: {listed:?}"
+        );
+        let two_alone = (100..320u64)
+            .filter(|k| two.contains_key(k) && one.get(k) != two.get(k))
+            .count() as u64;
+        assert_eq!(
+            listed[1].unique_data_bytes,
+            two_alone * B as u64,
+            "{layout}: {listed:?}"
+        );
+        // Held: not deleted; released: deleted, and the others still read.
+        assert_eq!(pool.hold_recovery_point("one", true).unwrap(), 1);
+        assert!(matches!(
+            pool.delete_recovery_point("one"),
+            Err(Error::RecoveryPoint { .. })
+        ));
+        drop(pool);
+        // Reopened: the holds and both recovery points are there.
+        let pool = Pool::open(shared(&mems), &open_options()).unwrap();
+        assert_eq!(pool.recovery_points().unwrap()[0].holds, 1);
+        assert_eq!(pool.hold_recovery_point("one", false).unwrap(), 0);
+        let freed = pool.delete_recovery_point("one").unwrap();
+        assert_eq!(freed.blocks, 67, "{layout}");
+        check(&two, &read_point(&pool, "two")).unwrap_or_else(|e| panic!("{layout} two: {e}"));
+        assert_eq!(pool.recovery_point_summary().0, 1);
+        drop(pool);
+        // A member lost: the recovery point reads from the others.
+        let mut devices: Vec<Option<SharedDevice>> = shared(&mems).into_iter().map(Some).collect();
+        devices[members - 1] = None;
+        let present: Vec<SharedDevice> = devices.into_iter().flatten().collect();
+        let forced = OpenOptions {
+            force: true,
+            ..open_options()
+        };
+        let pool = Pool::open(present, &forced).unwrap();
+        check(&two, &read_point(&pool, "two"))
+            .unwrap_or_else(|e| panic!("{layout} two, degraded: {e}"));
+        check(&live, &|o, b| pool.read_at(o, b))
+            .unwrap_or_else(|e| panic!("{layout} degraded: {e}"));
+    }
+}
+
+#[test]
+fn refusals_change_nothing_and_a_read_only_pool_lists_and_reads_without_writing() {
+    let mems = mem_devices(6, DEVICE_BYTES);
+    let pool = Pool::create(shared(&mems), vec![], &v4_options("rs:4+2")).unwrap();
+    let mut live = BTreeMap::new();
+    write(&pool, &mut live, 0..50, 1);
+    pool.create_recovery_point("kept").unwrap();
+    write(&pool, &mut live, 0..10, 2);
+    let before = images(&mems);
+    for (name, says) in [("", "1 to 63"), ("a b", "' '"), ("kept", "taken")] {
+        match pool.create_recovery_point(name) {
+            Err(Error::RecoveryPoint { reason, .. }) => assert!(reason.contains(says), "{reason}"),
+            other => panic!("{name:?}: {other:?}"),
+        }
+    }
+    assert!(matches!(
+        pool.delete_recovery_point("nope"),
+        Err(Error::RecoveryPoint { .. })
+    ));
+    assert!(matches!(
+        pool.hold_recovery_point("kept", false),
+        Err(Error::RecoveryPoint { .. })
+    ));
+    let mut buf = vec![0u8; B];
+    assert!(matches!(
+        pool.read_recovery_point("kept", pool.size(), &mut buf),
+        Err(Error::OutOfRange { .. })
+    ));
+    assert!(images(&mems) == before, "a refusal wrote");
+    drop(pool);
+    let before = images(&mems);
+    let read_only = OpenOptions {
+        read_only: true,
+        ..open_options()
+    };
+    let pool = Pool::open(shared(&mems), &read_only).unwrap();
+    let listed = pool.recovery_points().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].unique_data_bytes, 10 * B as u64);
+    let mut model = live.clone();
+    for key in 0..10 {
+        model.insert(key, 1);
+    }
+    check(&model, &|o, b| pool.read_recovery_point("kept", o, b)).unwrap();
+    assert!(matches!(
+        pool.create_recovery_point("more"),
+        Err(Error::ReadOnly { .. })
+    ));
+    assert!(matches!(
+        pool.delete_recovery_point("kept"),
+        Err(Error::ReadOnly { .. })
+    ));
+    drop(pool);
+    assert!(images(&mems) == before, "a read-only pool wrote");
+}
+
+#[test]
+fn a_version_3_pool_refuses_recovery_points_by_name() {
+    let mems = mem_devices(6, DEVICE_BYTES);
+    let mut options = v4_options("rs:4+2");
+    options.format = FormatVersion::V3;
+    options.chunk_bytes = 4096;
+    let pool = Pool::create(shared(&mems), vec![], &options).unwrap();
+    let before = images(&mems);
+    let refused = pool.create_recovery_point("x").unwrap_err();
+    assert!(
+        matches!(refused, Error::Unsupported { version: 3, .. }),
+        "{refused}"
+    );
+    assert!(matches!(
+        pool.recovery_points(),
+        Err(Error::Unsupported { .. })
+    ));
+    assert!(images(&mems) == before, "a refused create wrote");
+}

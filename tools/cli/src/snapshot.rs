@@ -1,0 +1,163 @@
+//! `snapshot create|list|delete|hold|release` and `read --snapshot`: the pool's recovery
+//! points (docs/FORMAT.md V4.10a, V4.10b) from the command line. Each command opens the pool,
+//! does one thing and closes it; `list` and `read` open it read-only (looking never writes).
+
+use crate::{open_pool, open_pool_to_look, CliResult};
+use clap::Subcommand;
+use std::path::PathBuf;
+use stripestore::types::{human_bytes, utc_time};
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum SnapshotAction {
+    /// Take a recovery point of everything written so far (instant: nothing is copied).
+    Create {
+        /// One or more member paths.
+        #[arg(required = true)]
+        pool: Vec<PathBuf>,
+        /// Its name: 1 to 63 letters, digits and . _ : -
+        #[arg(long)]
+        name: String,
+    },
+    /// List the recovery points, oldest first: name, created (UTC), holds, and the bytes
+    /// deleting each frees.
+    List {
+        /// One or more member paths.
+        #[arg(required = true)]
+        pool: Vec<PathBuf>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a recovery point: the space only it holds comes back (refused while held).
+    Delete {
+        /// One or more member paths.
+        #[arg(required = true)]
+        pool: Vec<PathBuf>,
+        /// Its name.
+        #[arg(long)]
+        name: String,
+    },
+    /// Put a hold on a recovery point: it is not deleted until released.
+    Hold {
+        /// One or more member paths.
+        #[arg(required = true)]
+        pool: Vec<PathBuf>,
+        /// Its name.
+        #[arg(long)]
+        name: String,
+    },
+    /// Take a hold off a recovery point.
+    Release {
+        /// One or more member paths.
+        #[arg(required = true)]
+        pool: Vec<PathBuf>,
+        /// Its name.
+        #[arg(long)]
+        name: String,
+    },
+}
+
+pub(crate) fn run(action: SnapshotAction) -> CliResult {
+    if let SnapshotAction::Create { pool, .. }
+    | SnapshotAction::Delete { pool, .. }
+    | SnapshotAction::Hold { pool, .. }
+    | SnapshotAction::Release { pool, .. } = &action
+    {
+        // A pool that cannot keep recovery points is refused before it is opened for
+        // writing (an open for writing records itself in the superblocks).
+        let look = open_pool_to_look(pool)?;
+        look.recovery_points_supported()?;
+        look.close()?;
+    }
+    match action {
+        SnapshotAction::Create { pool, name } => {
+            let pool = open_pool(&pool)?;
+            let point = pool.create_recovery_point(&name)?;
+            println!(
+                "recovery point {} taken at {} (sequence {})",
+                point.name,
+                utc_time(point.created),
+                point.sequence
+            );
+            pool.close()?;
+        }
+        SnapshotAction::List { pool, json } => {
+            let pool = open_pool_to_look(&pool)?;
+            let points = pool.recovery_points()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&points)?);
+            } else if points.is_empty() {
+                println!("no recovery points");
+            } else {
+                println!(
+                    "{:<24} {:<23} {:>5} {:>12} {:>12}",
+                    "NAME", "CREATED (UTC)", "HOLDS", "UNIQUE DATA", "UNIQUE META"
+                );
+                for p in &points {
+                    println!(
+                        "{:<24} {:<23} {:>5} {:>12} {:>12}",
+                        p.name,
+                        utc_time(p.created),
+                        p.holds,
+                        human_bytes(p.unique_data_bytes),
+                        human_bytes(p.unique_metadata_bytes)
+                    );
+                }
+            }
+            pool.close()?;
+        }
+        SnapshotAction::Delete { pool, name } => {
+            let pool = open_pool(&pool)?;
+            let freed = pool.delete_recovery_point(&name)?;
+            println!(
+                "recovery point {name} deleted: {} of data and {} of metadata freed",
+                human_bytes(freed.blocks * stripestore::volume::BLOCK_BYTES as u64),
+                human_bytes(freed.pages * 16384)
+            );
+            pool.close()?;
+        }
+        SnapshotAction::Hold { pool, name } => hold(&pool, &name, true)?,
+        SnapshotAction::Release { pool, name } => hold(&pool, &name, false)?,
+    }
+    Ok(())
+}
+
+fn hold(pool: &[PathBuf], name: &str, hold: bool) -> CliResult {
+    let pool = open_pool(pool)?;
+    let holds = pool.hold_recovery_point(name, hold)?;
+    println!("recovery point {name}: {holds} hold(s)");
+    pool.close()?;
+    Ok(())
+}
+
+/// `read --snapshot NAME`: `length` bytes at `offset` of the recovery point, to `output`
+/// (or stdout).
+pub(crate) fn read(
+    pool: &[PathBuf],
+    name: &str,
+    offset: u64,
+    length: u64,
+    output: Option<PathBuf>,
+) -> CliResult {
+    use std::io::Write;
+    let pool = open_pool_to_look(pool)?;
+    crate::check_request(offset, length, pool.size())?;
+    let mut writer: Box<dyn Write> = match &output {
+        Some(path) => {
+            Box::new(std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?)
+        }
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let piece = 8u64 << 20;
+    let mut buf = vec![0u8; usize::try_from(piece.min(length))?];
+    let mut done = 0u64;
+    while done < length {
+        let n = usize::try_from(piece.min(length - done))?;
+        pool.read_recovery_point(name, offset + done, &mut buf[..n])?;
+        writer.write_all(&buf[..n])?;
+        done += n as u64;
+    }
+    writer.flush()?;
+    pool.close()?;
+    Ok(())
+}
