@@ -181,6 +181,16 @@ fn planted_bugs_are_caught_on_format_v4() {
             },
             "",
         ),
+        (
+            // Issue 15: blocks recovery points hold counted off when the live volume drops
+            // them (the hold rule, docs/FORMAT.md V4.10a).
+            "drop-held-block",
+            PlantedBugs {
+                drop_held_block: true,
+                ..PlantedBugs::default()
+            },
+            "",
+        ),
     ] {
         let caught = (0..SEEDS_MAX_V4).find_map(|seed| {
             let (layout, devices) = LAYOUTS[(seed as usize) % LAYOUTS.len()];

@@ -36,6 +36,10 @@ pub struct PlantedBugs {
     /// zero, with crcs that match the zeros (read by the volume's row encoder), so the rows
     /// read fine until a shard must be rebuilt from them.
     pub encode_without_parity: bool,
+    /// Format version 4: a block the live tree drops is counted off whatever its birth
+    /// (read by the map's usage accounting), so blocks recovery points still name are freed
+    /// and written over (docs/FORMAT.md V4.10a, the hold rule).
+    pub drop_held_block: bool,
 }
 
 impl PlantedBugs {
@@ -50,5 +54,6 @@ impl PlantedBugs {
             || self.release_before_root_durable
             || self.scrub_without_skip
             || self.encode_without_parity
+            || self.drop_held_block
     }
 }

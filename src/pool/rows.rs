@@ -324,7 +324,8 @@ fn volume_options(params: &MapParams, options: &OpenOptions) -> VolumeOptions {
 /// The pool's planted bugs that have a counterpart in the volume or its map (feature
 /// `testing`): skipped checksum verification of blocks and of pages, a commit that does not
 /// flush the rows first, segments released before the root that frees them is durable, a
-/// scrub that checks segments taken again since its walk, rows encoded without parity.
+/// scrub that checks segments taken again since its walk, rows encoded without parity,
+/// blocks recovery points hold counted off.
 #[cfg(feature = "testing")]
 fn with_planted(mut volume: VolumeOptions, options: &OpenOptions) -> VolumeOptions {
     volume.skip_block_verification = options.planted.skip_checksum_verification;
@@ -332,6 +333,7 @@ fn with_planted(mut volume: VolumeOptions, options: &OpenOptions) -> VolumeOptio
     volume.map.skip_page_verification = options.planted.skip_page_checksum_verification;
     volume.scrub_without_skip = options.planted.scrub_without_skip;
     volume.encode_without_parity = options.planted.encode_without_parity;
+    volume.map.drop_held_block = options.planted.drop_held_block;
     if options.planted.release_before_root_durable {
         volume.map.release = crate::meta::ReleaseRule::AtOnce;
     }

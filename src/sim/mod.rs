@@ -215,7 +215,7 @@ impl SimConfig {
 }
 
 /// The names `simulate --plant` takes, each with the protection it switches off.
-pub const PLANTABLE: [&str; 7] = [
+pub const PLANTABLE: [&str; 8] = [
     "skip-checksum-verification",
     "skip-commit-data-flush",
     "fault-on-data-errors",
@@ -223,6 +223,7 @@ pub const PLANTABLE: [&str; 7] = [
     "skip-page-checksum-verification",
     "release-before-root-durable",
     "encode-without-parity",
+    "drop-held-block",
 ];
 
 /// Switch on the planted bug called `name` (one of [`PLANTABLE`]).
@@ -241,6 +242,7 @@ pub fn plant(
         "skip-page-checksum-verification" => bugs.skip_page_checksum_verification = true,
         "release-before-root-durable" => bugs.release_before_root_durable = true,
         "encode-without-parity" => bugs.encode_without_parity = true,
+        "drop-held-block" => bugs.drop_held_block = true,
         other => {
             return Err(format!(
                 "unknown planted bug '{other}' (one of: {})",
@@ -260,6 +262,7 @@ fn planted_names(bugs: &crate::testing::PlantedBugs) -> Vec<String> {
         bugs.skip_page_checksum_verification,
         bugs.release_before_root_durable,
         bugs.encode_without_parity,
+        bugs.drop_held_block,
     ];
     PLANTABLE
         .iter()
@@ -439,6 +442,29 @@ pub enum Op {
         /// Seed of the device order.
         seed: u64,
     },
+    /// Format version 4: take a recovery point (at most four are kept); the model keeps a
+    /// copy of the volume as it is.
+    RecoveryPointCreate,
+    /// Delete the `pick`-th recovery point that is not held (modulo their number).
+    RecoveryPointDelete {
+        /// Which one.
+        pick: u8,
+    },
+    /// Hold the `pick`-th recovery point, or release it if held (a held one must refuse a
+    /// delete first).
+    RecoveryPointHold {
+        /// Which one.
+        pick: u8,
+    },
+    /// Read a range of the `pick`-th recovery point and compare it with the model's copy.
+    RecoveryPointRead {
+        /// Which one.
+        pick: u8,
+        /// Volume offset.
+        offset: u64,
+        /// Length.
+        len: u32,
+    },
 }
 
 impl Op {
@@ -470,6 +496,10 @@ impl Op {
             Op::AdminWithBadDevice { .. } => "admin-bad-device",
             Op::OpenSubset { .. } => "open-subset",
             Op::ReadOnlyLook { .. } => "read-only-look",
+            Op::RecoveryPointCreate => "recovery-point-create",
+            Op::RecoveryPointDelete { .. } => "recovery-point-delete",
+            Op::RecoveryPointHold { .. } => "recovery-point-hold",
+            Op::RecoveryPointRead { .. } => "recovery-point-read",
         }
     }
 }
@@ -480,7 +510,7 @@ pub fn generate(config: &SimConfig) -> Vec<Op> {
     let mut rng = crate::testing::rng(config.seed ^ 0x5157_0001);
     let faults = &config.faults;
     // (weight, enabled) per op family, in a fixed order.
-    let table: [(u32, bool); 24] = [
+    let table: [(u32, bool); 28] = [
         (300, true),                            // write
         (220, true),                            // read
         (100, true),                            // flush
@@ -505,6 +535,10 @@ pub fn generate(config: &SimConfig) -> Vec<Op> {
         (12, config.format4), // scrub beside writes (v4 only: v3 seeds keep their ops)
         (120, config.format4), // whole-row writes, encoded before the lock (v4 only, as above)
         (60, config.format4), // writes queued together, through the pipeline (v4 only)
+        (10, config.format4), // recovery point create (v4 only)
+        (7, config.format4),  // recovery point delete
+        (5, config.format4),  // recovery point hold or release
+        (30, config.format4), // recovery point read
     ];
     // What is drawn for v3 only: local damage (it overwrites whole stripes' chunks, a v3
     // shape). On v4 the healthy replace's power cut starts counting at the new device's
@@ -617,6 +651,14 @@ pub fn generate(config: &SimConfig) -> Vec<Op> {
                         }
                     })
                     .collect(),
+            },
+            24 => Op::RecoveryPointCreate,
+            25 => Op::RecoveryPointDelete { pick: rng.gen() },
+            26 => Op::RecoveryPointHold { pick: rng.gen() },
+            27 => Op::RecoveryPointRead {
+                pick: rng.gen(),
+                offset: rng.gen_range(0..u64::from(u32::MAX)),
+                len: rng.gen_range(1..3 * stripe as u32),
             },
             21 => Op::ScrubBeside {
                 pause_after: rng.gen_range(1..=4),

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 mod classes;
+mod points;
 
 const POWER_ON: i64 = i64::MAX / 2;
 /// Spares kept available at most (each costs a device image).
@@ -52,6 +53,12 @@ struct World<'a> {
     /// Armed by a healthy replace: the power-cut countdown the replacement's next flush (the
     /// first request of the swap-in) sets; [`classes::DISARMED`] otherwise.
     swap_in_cut: Arc<AtomicI64>,
+    /// The recovery points the pool must have, oldest first, with their content.
+    points: Vec<points::SimPoint>,
+    /// Recovery points taken so far (their names are `rp0`, `rp1`, …).
+    points_made: u64,
+    /// Verifies so far that read a recovery point back (which one is read turns).
+    points_checked: u64,
 }
 
 type Check = std::result::Result<(), String>;
@@ -132,6 +139,9 @@ impl<'a> World<'a> {
             foreign: Vec::new(),
             fresh_made: 0,
             swap_in_cut: Arc::new(AtomicI64::new(classes::DISARMED)),
+            points: Vec::new(),
+            points_made: 0,
+            points_checked: 0,
         };
         let handles: Vec<SharedDevice> = (0..config.devices)
             .map(|i| world.new_disk(format!("d{i}")))
@@ -444,6 +454,18 @@ impl<'a> World<'a> {
                 pool.pause_scrub();
             }
         });
+        // Out of room for recovery points (see `with_room`): from the first refused write on,
+        // again in order with room made, then flushed again (the flush above came before).
+        if let Some(first) = outcomes
+            .iter()
+            .position(|o| matches!(o, Err(Error::NoFreeSlot(_))))
+            .filter(|_| !self.points.is_empty())
+        {
+            for (i, (offset, data)) in planned.iter().enumerate().skip(first) {
+                outcomes[i] = self.with_room(|pool| pool.write_at(*offset, data));
+            }
+            flushed = Some(self.pool()?.flush());
+        }
         // The writes the scrub's chunks made room for: the model learns them in order.
         for ((offset, data), outcome) in planned.iter().zip(outcomes) {
             self.model.write(*offset, data);
@@ -533,6 +555,10 @@ impl<'a> World<'a> {
             }
             Op::Flush => self.flush(),
             Op::Verify => self.verify("verify"),
+            Op::RecoveryPointCreate => self.point_create(),
+            Op::RecoveryPointDelete { pick } => self.point_delete(*pick),
+            Op::RecoveryPointHold { pick } => self.point_hold(*pick),
+            Op::RecoveryPointRead { pick, offset, len } => self.point_read(*pick, *offset, *len),
             Op::Reopen => self.reopen(),
             Op::Crash { seed, cut_after } => self.crash(*seed, *cut_after),
             Op::FailStop { device } => self.inject(*device, |plan| plan.fail_stop()),
@@ -610,7 +636,7 @@ impl<'a> World<'a> {
         let within = self.within_tolerance();
         self.model.write(offset, data);
         self.last_write = Some((offset, data.len()));
-        match self.pool()?.write_at(offset, data) {
+        match self.with_room(|pool| pool.write_at(offset, data)) {
             Ok(()) => Ok(()),
             Err(err) if within => Err(format!(
                 "write of {} bytes at {offset} failed within tolerance: {err}",
@@ -630,7 +656,18 @@ impl<'a> World<'a> {
             self.last_write = Some((*offset, data.len()));
         }
         let borrowed: Vec<(u64, &[u8])> = writes.iter().map(|(o, d)| (*o, d.as_slice())).collect();
-        let outcomes = self.pool()?.write_together(&borrowed);
+        let mut outcomes = self.pool()?.write_together(&borrowed);
+        // Out of room for recovery points: from the first refused write on, again in order
+        // (a later write over an earlier one must still win), with room made.
+        if let Some(first) = outcomes
+            .iter()
+            .position(|o| matches!(o, Err(Error::NoFreeSlot(_))))
+            .filter(|_| !self.points.is_empty())
+        {
+            for (i, (offset, data)) in writes.iter().enumerate().skip(first) {
+                outcomes[i] = self.with_room(|pool| pool.write_at(*offset, data));
+            }
+        }
         for ((offset, data), outcome) in writes.iter().zip(outcomes) {
             match outcome {
                 Ok(()) => {}
@@ -654,7 +691,7 @@ impl<'a> World<'a> {
         let within = self.within_tolerance();
         self.model.write(offset, &vec![0u8; len]);
         self.last_write = Some((offset, len));
-        match self.pool()?.discard(offset, len as u64) {
+        match self.with_room(|pool| pool.discard(offset, len as u64)) {
             Ok(()) => Ok(()),
             Err(err) if within => Err(format!(
                 "discard of {len} bytes at {offset} failed within tolerance: {err}"
@@ -709,7 +746,7 @@ impl<'a> World<'a> {
                 .map_err(|e| format!("{when}: {e}"))?;
             offset += len as u64;
         }
-        Ok(())
+        self.verify_points(when)
     }
 
     /// The devices to open the pool with: members and spares in service, not vanished.
@@ -845,7 +882,8 @@ impl<'a> World<'a> {
         self.stats.checked_reads += 1;
         self.model
             .check_after_crash(&volume)
-            .map_err(|e| format!("after a crash: {e}"))
+            .map_err(|e| format!("after a crash: {e}"))?;
+        self.verify_points("after a crash")
     }
 
     fn replace(&mut self, position: u8) -> Check {

@@ -113,7 +113,7 @@ impl World<'_> {
         *self.stats.classes.entry(class.to_string()).or_default() += 1;
     }
 
-    fn skip(&mut self) -> Check {
+    pub(super) fn skip(&mut self) -> Check {
         self.stats.skipped += 1;
         Ok(())
     }
