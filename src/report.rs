@@ -76,6 +76,19 @@ impl fmt::Display for PoolStatus {
                 "  warn: redundancy was restored by the last rebuild, but no spare is left for the next failure: add one (`stripestore spare add`)"
             )?;
         }
+        if let Some(points) = self.recovery_points.as_ref().filter(|p| p.count > 0) {
+            writeln!(
+                f,
+                "points: {} recovery point{} ({} held), newest {} taken {} (`stripestore snapshot list`)",
+                points.count,
+                if points.count == 1 { "" } else { "s" },
+                points.held,
+                points.newest.as_deref().unwrap_or("?"),
+                points
+                    .newest_created
+                    .map_or_else(|| "?".to_string(), crate::types::utc_time)
+            )?;
+        }
         writeln!(f, "config:\n")?;
         writeln!(
             f,

@@ -116,7 +116,33 @@ pub fn render(
     request_families(&mut e, status, requests);
     rebuild_families(&mut e, status);
     scrub_families(&mut e, status);
+    recovery_point_families(&mut e, status);
     e.out
+}
+
+/// Recovery points (format version 4 only): how many, how many held, and when the newest
+/// was taken (only when there is one).
+fn recovery_point_families(e: &mut Exposition, status: &PoolStatus) {
+    let Some(points) = &status.recovery_points else {
+        return;
+    };
+    e.pool_gauge(
+        "stripestore_recovery_points",
+        "Recovery points (snapshots) the pool keeps.",
+        points.count,
+    );
+    e.pool_gauge(
+        "stripestore_recovery_points_held",
+        "Recovery points with a hold (not deleted until released).",
+        points.held,
+    );
+    if let Some(created) = points.newest_created {
+        e.pool_gauge(
+            "stripestore_recovery_point_newest_timestamp_seconds",
+            "When the newest recovery point was taken (Unix time).",
+            created,
+        );
+    }
 }
 
 /// The pool as a whole: state, tolerance, sizes.

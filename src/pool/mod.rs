@@ -50,7 +50,7 @@ pub use planted::PlantedBugs;
 pub use recovery::RecoveryPointInfo;
 pub use requests::{Request, RequestMetrics};
 pub use rows::{FormatVersion, V4Options};
-pub use status::{DeviceStatus, PoolHealth, PoolStatus, STATUS_EVENTS};
+pub use status::{DeviceStatus, PoolHealth, PoolStatus, RecoveryPointsStatus, STATUS_EVENTS};
 
 /// Run `work` with the pool's device-parallel work on this thread done one device after
 /// another, in order (what a deterministic simulation needs); restored afterwards.

@@ -100,6 +100,22 @@ pub struct PoolStatus {
     /// counters then (so metrics series of replaced devices never go down).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retired: Vec<super::RetiredDevice>,
+    /// Recovery points (format version 4; absent on version 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_points: Option<RecoveryPointsStatus>,
+}
+
+/// The recovery points of a version-4 pool, as `status` shows them (no page is read for it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryPointsStatus {
+    /// How many there are.
+    pub count: usize,
+    /// How many are held.
+    pub held: usize,
+    /// The newest one's creation time, seconds since the Unix epoch.
+    pub newest_created: Option<u64>,
+    /// The newest one's name.
+    pub newest: Option<String>,
 }
 
 /// Events shown by `status`.
@@ -211,6 +227,16 @@ impl PoolInner {
                 replacing: None,
             })
             .collect();
+        let recovery_points = self.rows().map(|rows| {
+            let points = rows.volume.read().recovery_points();
+            let newest = points.iter().max_by_key(|p| p.sequence);
+            RecoveryPointsStatus {
+                count: points.len(),
+                held: points.iter().filter(|p| p.holds > 0).count(),
+                newest_created: newest.map(|p| p.created),
+                newest: newest.map(|p| p.name.clone()),
+            }
+        });
         let allocated_bytes = match self.rows() {
             Some(rows) => rows.volume.read().allocated_bytes(),
             None => {
@@ -262,6 +288,7 @@ impl PoolInner {
             last_rebuild,
             no_spare_left,
             retired: self.members.retired(),
+            recovery_points,
         }
     }
 }

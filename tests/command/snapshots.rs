@@ -183,3 +183,60 @@ fn bad_names_unknown_snapshots_and_version_3_pools_are_refused_and_nothing_chang
     );
     assert!(images(&devs3) == before, "a refused create wrote");
 }
+
+/// `status`, `status --json`, `metrics` and `check --snapshot-max-age` show the recovery
+/// points: how many, how many held, the newest and its age (a WARNING when it is older than
+/// the limit, or when there is none).
+#[test]
+fn status_metrics_and_check_show_the_recovery_points_and_the_newest_ones_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let devs = pool(dir.path(), "4");
+    let d0 = p(&devs[0]);
+    let none = run(&["check", d0, "--snapshot-max-age", "1h"], None);
+    assert_eq!(none.status.code(), Some(1), "{}", text(&none.stdout));
+    assert!(text(&none.stdout).contains("no recovery point"));
+    ok(&run(
+        &["write", d0, "--offset", "0"],
+        Some(&payload(8192, 5)),
+    ));
+    ok(&run(&["snapshot", "create", d0, "--name", "nightly"], None));
+    ok(&run(&["snapshot", "hold", d0, "--name", "nightly"], None));
+    let status = ok(&run(&["status", d0], None));
+    assert!(
+        status.contains("points: 1 recovery point (1 held), newest nightly"),
+        "{status}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&run(&["status", d0, "--json"], None))).unwrap();
+    assert_eq!(json["recovery_points"]["count"], 1);
+    assert_eq!(json["recovery_points"]["held"], 1);
+    assert_eq!(json["recovery_points"]["newest"], "nightly");
+    let metrics = ok(&run(&["metrics", d0], None));
+    assert!(
+        metrics.contains("\nstripestore_recovery_points{"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("\nstripestore_recovery_points_held{"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("\nstripestore_recovery_point_newest_timestamp_seconds{"),
+        "{metrics}"
+    );
+    let fresh = run(&["check", d0, "--snapshot-max-age", "1h"], None);
+    assert_eq!(fresh.status.code(), Some(0), "{}", text(&fresh.stdout));
+    assert!(text(&fresh.stdout).contains("recovery_points=1"));
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let old = run(&["check", d0, "--snapshot-max-age", "1s"], None);
+    assert_eq!(old.status.code(), Some(1), "{}", text(&old.stdout));
+    assert!(
+        text(&old.stdout).contains("newest recovery point"),
+        "{}",
+        text(&old.stdout)
+    );
+    refused(
+        &run(&["check", d0, "--snapshot-max-age", "1w"], None),
+        "unit",
+    );
+}

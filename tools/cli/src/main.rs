@@ -234,6 +234,10 @@ enum Command {
         /// WARNING when the last scrub is older than this many days (or there was none).
         #[arg(long)]
         scrub_max_age_days: Option<u64>,
+        /// WARNING when the newest recovery point (`snapshot create`) is older than this,
+        /// e.g. 90m, 26h, 8d (or there is none).
+        #[arg(long, value_parser = parse_age)]
+        snapshot_max_age: Option<u64>,
         /// The same verdict as one JSON object on stdout (the exit code is unchanged).
         #[arg(long)]
         json: bool,
@@ -652,8 +656,17 @@ fn execute(command: Command) -> CliResult {
             pool,
             url,
             scrub_max_age_days,
+            snapshot_max_age,
             json,
-        } => match monitor::check(&pool, url.as_deref(), scrub_max_age_days, json) {
+        } => match monitor::check(
+            &pool,
+            url.as_deref(),
+            monitor::Limits {
+                scrub_max_age_days,
+                recovery_point_max_age_secs: snapshot_max_age,
+            },
+            json,
+        ) {
             monitor::Level::Ok => Ok(()),
             level => Err(Box::new(Exit(level as u8))),
         },
@@ -835,10 +848,15 @@ fn status(pool: &[PathBuf], json: bool) -> CliResult {
         Err(err) => return Err(err.into()),
     };
     let status = pool.status();
-    if json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+    let text = if json {
+        format!("{}\n", serde_json::to_string_pretty(&status)?)
     } else {
-        print!("{status}");
+        status.to_string()
+    };
+    // A reader that stops early (`status | head`) is not an error of the pool's.
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => return Err(err.into()),
+        _ => {}
     }
     pool.close()?;
     Ok(())
@@ -1337,6 +1355,28 @@ pub(crate) fn open_pool_to_look(paths: &[PathBuf]) -> Result<Pool, stripestore::
 }
 
 /// Refuse a request that reaches past the volume, naming the user's offset and length.
+/// An age such as `90s`, `10m`, `26h` or `8d`, in seconds.
+fn parse_age(input: &str) -> Result<u64, String> {
+    let (number, unit) = input.split_at(
+        input
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(input.len()),
+    );
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid age {input:?} (e.g. 90m, 26h, 8d)"))?;
+    let unit = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("invalid age unit in {input:?} (s, m, h or d)")),
+    };
+    value
+        .checked_mul(unit)
+        .ok_or_else(|| format!("age {input:?} is too large"))
+}
+
 pub(crate) fn check_request(offset: u64, length: u64, volume_bytes: u64) -> CliResult {
     if offset
         .checked_add(length)

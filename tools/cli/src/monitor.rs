@@ -96,12 +96,7 @@ impl Verdict {
 
 /// Run `check` on the pool at `pool`, or on the one served at `url`: print the status line
 /// (or, with `json`, the verdict as a JSON object) and return the plugin state.
-pub fn check(
-    pool: &[PathBuf],
-    url: Option<&str>,
-    scrub_max_age_days: Option<u64>,
-    json: bool,
-) -> Level {
+pub fn check(pool: &[PathBuf], url: Option<&str>, limits: Limits, json: bool) -> Level {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -110,13 +105,13 @@ pub fn check(
             .map_err(Into::into)
             .and_then(|e| e.status())
         {
-            Ok(status) => judge(&status, now, scrub_max_age_days),
+            Ok(status) => judge(&status, now, limits),
             Err(err) => Verdict::cannot_look(
                 Level::Unknown,
                 format!("cannot ask the serving process: {err}"),
             ),
         },
-        None => check_local(pool, now, scrub_max_age_days),
+        None => check_local(pool, now, limits),
     };
     if json {
         match serde_json::to_string_pretty(&verdict.json()) {
@@ -133,11 +128,11 @@ pub fn check(
 }
 
 /// The verdict for a pool this process opens itself.
-fn check_local(pool: &[PathBuf], now: u64, scrub_max_age_days: Option<u64>) -> Verdict {
+fn check_local(pool: &[PathBuf], now: u64, limits: Limits) -> Verdict {
     match open_pool_to_look(pool) {
         Ok(pool) => {
             let status = pool.status();
-            let verdict = judge(&status, now, scrub_max_age_days);
+            let verdict = judge(&status, now, limits);
             if let Err(err) = pool.close() {
                 Verdict::cannot_look(
                     Level::Unknown,
@@ -162,9 +157,9 @@ fn check_local(pool: &[PathBuf], now: u64, scrub_max_age_days: Option<u64>) -> V
 }
 
 /// The plugin state, summary and performance data for a status snapshot.
-pub fn judge(status: &PoolStatus, now_unix_secs: u64, scrub_max_age_days: Option<u64>) -> Verdict {
+pub fn judge(status: &PoolStatus, now_unix_secs: u64, limits: Limits) -> Verdict {
     let tally = Tally::of(status, now_unix_secs);
-    let reasons = reasons(status, &tally, scrub_max_age_days);
+    let reasons = reasons(status, &tally, limits, now_unix_secs);
     let level = reasons.iter().map(|(l, _)| *l).max().unwrap_or(Level::Ok);
     let Tally {
         online,
@@ -201,12 +196,23 @@ pub fn judge(status: &PoolStatus, now_unix_secs: u64, scrub_max_age_days: Option
                 .join("; ")
         )
     };
-    let perfdata = format!(
+    let mut perfdata = format!(
         "devices_online={online};;;0;{members} remaining_tolerance={};;1:;0;{} device_errors={device_errors}c last_scrub_damaged={last_damage};;;0; last_scrub_unrepairable={last_unrepairable};;0;0; last_scrub_age={}s",
         status.remaining_tolerance,
         status.tolerance,
         last_age.map_or_else(|| "U".to_string(), |a| a.to_string()),
     );
+    // Recovery points (version 4, once there is one): how many, and the newest one's age.
+    if let Some(points) = status.recovery_points.as_ref().filter(|p| p.count > 0) {
+        perfdata.push_str(&format!(
+            " recovery_points={};;;0; newest_recovery_point_age={}s",
+            points.count,
+            points.newest_created.map_or_else(
+                || "U".to_string(),
+                |c| now_unix_secs.saturating_sub(c).to_string()
+            )
+        ));
+    }
     Verdict {
         level,
         summary,
@@ -283,8 +289,13 @@ impl<'a> Tally<'a> {
 fn reasons(
     status: &PoolStatus,
     tally: &Tally<'_>,
-    scrub_max_age_days: Option<u64>,
+    limits: Limits,
+    now_unix_secs: u64,
 ) -> Vec<(Level, String)> {
+    let Limits {
+        scrub_max_age_days,
+        recovery_point_max_age_secs,
+    } = limits;
     let mut reasons: Vec<(Level, String)> = Vec::new();
     match status.health {
         PoolHealth::Faulted => reasons.push((
@@ -365,7 +376,35 @@ fn reasons(
             None => reasons.push((Level::Warning, "never scrubbed".to_string())),
         }
     }
+    if let Some(max) = recovery_point_max_age_secs {
+        let newest = status
+            .recovery_points
+            .as_ref()
+            .and_then(|p| p.newest_created);
+        match newest {
+            Some(created) if now_unix_secs.saturating_sub(created) <= max => {}
+            Some(created) => reasons.push((
+                Level::Warning,
+                format!(
+                    "newest recovery point {}s old (limit {max}s)",
+                    now_unix_secs.saturating_sub(created)
+                ),
+            )),
+            None => reasons.push((Level::Warning, "no recovery point".to_string())),
+        }
+    }
     reasons
+}
+
+/// What `check` holds the pool to beyond its health: the age of the last scrub and of the
+/// newest recovery point.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    /// WARNING when the last scrub is older than this many days (or there was none).
+    pub scrub_max_age_days: Option<u64>,
+    /// WARNING when the newest recovery point is older than this many seconds (or there is
+    /// none).
+    pub recovery_point_max_age_secs: Option<u64>,
 }
 
 /// Run `metrics`: print the exposition once, or serve it until killed.
