@@ -355,6 +355,21 @@ impl<K: Hash + Eq + Copy> PageCache<K> {
         }
     }
 
+    /// Forget every clean page whose key `select` picks (pinned ones too): what they name
+    /// changed wholesale (a tree given another root). Dirty and frozen pages stay.
+    pub fn forget_clean_where(&self, select: impl Fn(&K) -> bool) {
+        let mut inner = self.inner.lock();
+        let keys: Vec<K> = inner
+            .entries
+            .iter()
+            .filter(|(key, entry)| entry.state == PageState::Clean && select(key))
+            .map(|(key, _)| *key)
+            .collect();
+        for key in &keys {
+            Self::remove(&mut inner, key);
+        }
+    }
+
     fn add(inner: &mut Inner<K>, key: K, page: Arc<Vec<u8>>, state: PageState, pinned: bool) {
         let ring_at = match inner.free_ring.pop() {
             Some(at) => {

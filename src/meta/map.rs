@@ -103,6 +103,10 @@ pub struct MapOptions {
     /// share with its parent, without comparing with its child (or the live map).
     #[cfg(feature = "testing")]
     pub delete_ignores_child: bool,
+    /// Planted bug `rollback_keeps_live_cache`: a rollback gives the live map the recovery
+    /// point's root but leaves the pages it cached of the tree it replaces.
+    #[cfg(feature = "testing")]
+    pub rollback_keeps_live_cache: bool,
 }
 
 /// The planted bugs of the hold rule (all off in a build without `testing`).
@@ -114,6 +118,7 @@ struct PlantedHolds {
     in_live_cache: bool,
     pin_only_on_hold: bool,
     delete_ignores_child: bool,
+    rollback_keeps_live_cache: bool,
 }
 
 impl PlantedHolds {
@@ -126,6 +131,7 @@ impl PlantedHolds {
             in_live_cache: options.recovery_point_in_live_cache,
             pin_only_on_hold: options.pin_only_on_hold,
             delete_ignores_child: options.delete_ignores_child,
+            rollback_keeps_live_cache: options.rollback_keeps_live_cache,
         };
         #[cfg(not(feature = "testing"))]
         {
@@ -170,6 +176,8 @@ impl Default for MapOptions {
             pin_only_on_hold: false,
             #[cfg(feature = "testing")]
             delete_ignores_child: false,
+            #[cfg(feature = "testing")]
+            rollback_keeps_live_cache: false,
         }
     }
 }
@@ -404,12 +412,14 @@ pub struct MapStore {
     /// The live line's head: its key ([`NO_KEY`]: none) and `S_head` (0: none). A pointer the
     /// live tree drops with birth ≤ `S_head` is held by a recovery point, not counted off.
     head: (u64, u64),
-    /// A recovery point the running sync records: `(name, created)`.
-    creating: Option<(String, u64)>,
+    /// A recovery point the running sync records: `(name, created, taken automatically)`.
+    creating: Option<(String, u64, bool)>,
     /// A recovery point the running sync deletes, with what it alone names.
     deleting: Option<(u64, Unique)>,
     /// A recovery point's record the running sync rewrites (its holds changed).
     amending: Option<(u64, RecoveryRecord)>,
+    /// The recovery point the running sync rolls the live map back to.
+    rolling_back: Option<u64>,
     /// Metadata segments in which the hold rule kept a page: the metadata cleaner cannot
     /// empty them (FORMAT.md V4.10a), so it does not pick them (this process).
     pinned_metadata: BTreeSet<u64>,
@@ -437,6 +447,8 @@ pub struct RecoveryPoint {
     pub parent: Option<u64>,
     /// Holds: a held recovery point is not deleted (by a command or a retention policy).
     pub holds: u32,
+    /// Taken automatically (before a rollback), not asked for by name.
+    pub automatic: bool,
 }
 
 impl RecoveryPoint {
@@ -450,6 +462,7 @@ impl RecoveryPoint {
             txg: record.txg,
             parent: (record.parent != NO_KEY).then_some(record.parent),
             holds: record.holds,
+            automatic: record.flags & 1 == 1,
         }
     }
 }
@@ -909,46 +922,28 @@ impl MapStore {
                 "recovery points without a head on the live line",
             ));
         }
-        Self::check_line(&points, head.0)?;
+        Self::check_line(&points)?;
         Ok((points, head))
     }
 
-    /// The recovery points must form one line (until rollback makes branches): each parent
-    /// exists, is older and has that guid; no two share a parent; one has none; the head is
-    /// the one nothing follows. A delete relies on it (a parent it cannot find would count as
-    /// none, and free what the parent holds).
-    fn check_line(points: &BTreeMap<u64, RecoveryRecord>, head: u64) -> Result<()> {
-        let refuse = |key: u64, why: String| {
-            Err(Error::corrupt_metadata(format!(
-                "recovery point {key} in tree 3: {why}"
-            )))
-        };
-        let mut children: BTreeMap<u64, u64> = BTreeMap::new();
+    /// The recovery points must form a tree of lines (rollback makes branches): each parent
+    /// exists, is older and has the recorded guid. A delete relies on it (a parent it could
+    /// not find would count as none, and free what the parent holds).
+    fn check_line(points: &BTreeMap<u64, RecoveryRecord>) -> Result<()> {
         for (key, point) in points {
-            if point.parent == NO_KEY {
-                if point.parent_guid != 0 {
-                    return refuse(*key, "a parent guid without a parent".into());
-                }
+            let fine = if point.parent == NO_KEY {
+                point.parent_guid == 0
             } else {
-                match points.get(&point.parent) {
-                    Some(parent)
-                        if parent.guid == point.parent_guid && parent.sequence < point.sequence => {
-                    }
-                    _ => {
-                        return refuse(
-                            *key,
-                            format!("its parent {} is not an older recovery point", point.parent),
-                        )
-                    }
-                }
-            }
-            if let Some(other) = children.insert(point.parent, *key) {
-                return refuse(*key, format!("recovery point {other} has the same parent"));
-            }
-        }
-        if let Some(last) = points.keys().find(|k| !children.contains_key(k)) {
-            if *last != head {
-                return refuse(*last, format!("nothing follows it, but the head is {head}"));
+                points.get(&point.parent).is_some_and(|parent| {
+                    parent.guid == point.parent_guid && parent.sequence < point.sequence
+                })
+            };
+            if !fine {
+                return Err(Error::corrupt_metadata(format!(
+                    "recovery point {key} in tree 3: its parent {} (guid {:#x}) is not an older \
+                     recovery point",
+                    point.parent, point.parent_guid
+                )));
             }
         }
         Ok(())
@@ -1142,6 +1137,7 @@ impl MapStore {
             creating: None,
             deleting: None,
             amending: None,
+            rolling_back: None,
             pinned_metadata: BTreeSet::new(),
             planted_holds: PlantedHolds::of(options),
             options: options.clone(),
@@ -1267,6 +1263,7 @@ impl MapStore {
             creating: None,
             deleting: None,
             amending: None,
+            rolling_back: None,
             pinned_metadata: BTreeSet::new(),
             planted_holds: PlantedHolds::of(options),
             options: options.clone(),
@@ -2637,7 +2634,7 @@ impl MapStore {
         // A delete's sync moves no page: what it counts off was found against the tree as it
         // stands, and no page born after the deleted recovery point's parent may change
         // under it (the hold rule still runs with the old `S_head` until its uberblock).
-        let victims_found = if self.deleting.is_some() {
+        let victims_found = if self.deleting.is_some() || self.rolling_back.is_some() {
             Vec::new()
         } else {
             self.segments.metadata_victims()
@@ -2699,11 +2696,17 @@ impl MapStore {
         // 3 with the live line's new head, then tree 3's pages (before the usage table, whose
         // fixed point counts them). The uberblock below is its commit point.
         let created = match self.creating.take() {
-            Some((name, created)) => Some(self.record_point(devices, name, created, txg, birth)?),
+            Some((name, created, automatic)) => {
+                Some(self.record_point(devices, name, created, automatic, txg, birth)?)
+            }
             None => None,
         };
         let deleted = match self.deleting.take() {
             Some((key, unique)) => Some(self.stage_delete(devices, key, &unique)?),
+            None => None,
+        };
+        let rolled = match self.rolling_back {
+            Some(key) => Some(self.stage_rollback(devices, key)?),
             None => None,
         };
         let amended = self.amending.take();
@@ -2724,6 +2727,17 @@ impl MapStore {
         let usage = self.write_usage(devices, txg, birth)?;
         pages_written += usage.0;
         pages_freed += usage.1;
+        // A rollback: the live map takes the recovery point's root in this uberblock, which
+        // is unlogged (the records after it are relative to that tree: a rewind over it must
+        // not replay them onto the tree before).
+        let unlogged = match &rolled {
+            Some((_, point)) => {
+                self.map
+                    .reset_root(point.root, self.planted_holds.rollback_keeps_live_cache)?;
+                true
+            }
+            None => unlogged,
+        };
         self.flush_members(devices)?;
         let half = self.log.position().half ^ 1;
         let uberblock = self.uberblock(txg, birth, half, unlogged);
@@ -2762,6 +2776,10 @@ impl MapStore {
         }
         if let Some((key, record)) = amended {
             self.points.insert(key, record);
+        }
+        if let Some((key, point)) = rolled {
+            self.head = (key, point.sequence);
+            self.pinned_metadata.clear();
         }
         // A victim still referenced holds pages no live tree names: it is not chosen again.
         let per = self.segments.shape().pages_per_segment;
@@ -2832,6 +2850,7 @@ impl MapStore {
         devices: &[Option<SharedDevice>],
         name: String,
         created: u64,
+        automatic: bool,
         txg: u64,
         s_x: u64,
     ) -> Result<(u64, RecoveryRecord)> {
@@ -2848,7 +2867,7 @@ impl MapStore {
         };
         let record = RecoveryRecord {
             kind: RecoveryKind::Point,
-            flags: 0,
+            flags: u16::from(automatic),
             holds: 0,
             guid,
             sequence: s_x,
@@ -2888,6 +2907,85 @@ impl MapStore {
             }
         }
         Ok((key, record))
+    }
+
+    /// Stage a rollback to recovery point `key` in this sync: the live line's head becomes
+    /// it (its `S` the hold threshold). The root itself changes just before the uberblock.
+    fn stage_rollback(
+        &mut self,
+        devices: &[Option<SharedDevice>],
+        key: u64,
+    ) -> Result<(u64, RecoveryRecord)> {
+        let point = self.points.get(&key).cloned().ok_or_else(|| {
+            Error::corrupt_metadata(format!("no recovery point {key} to roll back to"))
+        })?;
+        let live = RecoveryRecord {
+            kind: RecoveryKind::Live,
+            flags: 0,
+            holds: 0,
+            guid: 0,
+            sequence: point.sequence,
+            txg: 0,
+            created: 0,
+            parent: key,
+            parent_guid: point.guid,
+            root: BlockPointer::hole(0),
+            depth: 0,
+            counters: [0; 3],
+            name: String::new(),
+        };
+        match self.points_tree.set_record(devices, 0, &live.encode()) {
+            Ok(()) => Ok((key, point)),
+            Err(SetError::Failed(e)) => Err(e),
+            Err(SetError::NeedsSync(_)) => Err(Error::corrupt_metadata(
+                "the recovery-point tree's cache cannot hold one record's path",
+            )),
+        }
+    }
+
+    /// Roll the live volume back to recovery point `name` (FORMAT.md V4.10c): the state
+    /// before is kept as an automatic recovery point (unless the live line's head already is
+    /// that state), every newer recovery point is kept, and the live map becomes `name`'s
+    /// tree. Three syncs at most (the changes made durable, the automatic recovery point, the
+    /// switch); each is all or nothing. Returns the automatic recovery point, if one was
+    /// taken.
+    ///
+    /// # Errors
+    /// [`Error::RecoveryPoint`] when there is none of that name; [`Error::Busy`] with a write
+    /// unit in flight; what [`MapStore::sync`] returns.
+    pub fn rollback_to(
+        &mut self,
+        devices: &[Option<SharedDevice>],
+        name: &str,
+    ) -> Result<Option<RecoveryPoint>> {
+        self.usable()?;
+        let key = self.point_key(name)?;
+        if self.segments.any_held() {
+            return Err(Error::Busy(
+                "a rollback runs with no write unit on the devices".into(),
+            ));
+        }
+        self.sync(devices)?;
+        let unchanged = self
+            .points
+            .get(&self.head.0)
+            .is_some_and(|head| head.root.encode() == self.map.root().encode());
+        let automatic = if unchanged {
+            None
+        } else {
+            let before = format!("before-rollback-{}", self.next_sequence);
+            self.creating = Some((before.clone(), (self.clock)(), true));
+            let outcome = self.sync(devices);
+            self.creating = None;
+            outcome?;
+            let key = self.point_key(&before)?;
+            Some(RecoveryPoint::of(key, &self.points[&key]))
+        };
+        self.rolling_back = Some(key);
+        let outcome = self.sync(devices);
+        self.rolling_back = None;
+        outcome?;
+        Ok(automatic)
     }
 
     /// Stage the delete of recovery point `key` in this sync: count off what it alone names,
@@ -3000,34 +3098,42 @@ impl MapStore {
             .ok_or_else(|| Error::corrupt_metadata(format!("no recovery point {key}")))?;
         let s_parent = self.points.get(&record.parent).map_or(0, |p| p.sequence);
         let mine = self.point_tree(record)?;
-        let (child, live) = match self.points.values().find(|p| p.parent == key) {
-            Some(child) => (self.point_tree(child)?, false),
-            None => (self.durable_map()?, true),
-        };
-        let compare = !self.planted_holds.delete_ignores_child;
+        // Its children: the recovery points that follow it (one per line that parts at it),
+        // and the live map when it is the live line's head.
+        let mut children: Vec<(RadixTree, bool)> = self
+            .points
+            .values()
+            .filter(|p| p.parent == key)
+            .map(|p| Ok((self.point_tree(p)?, false)))
+            .collect::<Result<_>>()?;
+        if self.head.0 == key {
+            children.push((self.durable_map()?, true));
+        }
+        if self.planted_holds.delete_ignores_child {
+            children.clear();
+        }
         // The live map as it will be at the next sync: its durable pages, except where a
         // change since (a dirty page, or a replayed change not yet in the tree) lies under a
         // position; such a page is replaced at the next sync, and blocks under it are compared
         // with their current pointers.
-        let changed = |level: u8, first: u64, span: u64| {
+        let changed = |live: bool, level: u8, first: u64, span: u64| {
             live && (self.map.is_dirty_at(level, first)
                 || self.overlay.range(first..first + span).next().is_some())
         };
         let shape = self.segments.shape();
         let mut unique = Unique::default();
-        let mut stack = vec![(
-            mine.depth(),
-            0u64,
-            record.root,
-            compare.then_some(child.root()),
-        )];
+        let roots: Vec<Option<BlockPointer>> =
+            children.iter().map(|(t, _)| Some(t.root())).collect();
+        let mut stack = vec![(mine.depth(), 0u64, record.root, roots)];
         while let Some((level, first, pointer, theirs)) = stack.pop() {
             let Some(mpn) = pointer.address() else {
                 continue;
             };
             let span = mine.span_of(level);
-            let same_page = theirs.is_some_and(|t| t.encode() == pointer.encode())
-                && !changed(level, first, span);
+            let same_page = children.iter().zip(&theirs).any(|((_, live), t)| {
+                t.is_some_and(|t| t.encode() == pointer.encode())
+                    && !changed(*live, level, first, span)
+            });
             if pointer.birth() <= s_parent || same_page {
                 continue;
             }
@@ -3035,18 +3141,31 @@ impl MapStore {
             let Some(entries) = mine.pointers_at(devices, level, first, &pointer)? else {
                 continue;
             };
-            let others = match theirs.filter(|t| t.address().is_some()) {
-                Some(t) => child.pointers_at(devices, level, first, &t)?,
-                None => None,
-            };
-            let current = compare && level == 1 && changed(level, first, span);
-            for (i, entry) in entries.iter().enumerate() {
-                let mut other = others.as_ref().map(|o| o[i]);
-                if current && entry.address().is_some() {
-                    other = Some(self.get(devices, first + i as u64)?);
+            // Each child's entries at this position (none where it has a hole); the live
+            // map's current pointers where it changed since the last sync.
+            let mut others: Vec<Option<Vec<BlockPointer>>> = Vec::with_capacity(children.len());
+            for ((tree, live), t) in children.iter().zip(&theirs) {
+                let mut found = match t.filter(|t| t.address().is_some()) {
+                    Some(t) => tree.pointers_at(devices, level, first, &t)?,
+                    None => None,
+                };
+                if level == 1 && changed(*live, level, first, span) {
+                    let mut current =
+                        found.unwrap_or_else(|| vec![BlockPointer::hole(0); entries.len()]);
+                    for (i, entry) in entries.iter().enumerate() {
+                        if entry.address().is_some() {
+                            current[i] = self.get(devices, first + i as u64)?;
+                        }
+                    }
+                    found = Some(current);
                 }
+                others.push(found);
+            }
+            for (i, entry) in entries.iter().enumerate() {
                 if level == 1 {
-                    let shared = other.is_some_and(|o| o.encode() == entry.encode());
+                    let shared = others
+                        .iter()
+                        .any(|o| o.as_ref().is_some_and(|o| o[i].encode() == entry.encode()));
                     if let Some(pbn) = entry.address().filter(|_| !shared) {
                         if entry.birth() > s_parent {
                             *unique.blocks.entry(shape.of_block(pbn)).or_insert(0) += 1;
@@ -3054,7 +3173,8 @@ impl MapStore {
                     }
                 } else {
                     let child_first = first + i as u64 * mine.span_of(level - 1);
-                    stack.push((level - 1, child_first, *entry, other));
+                    let below = others.iter().map(|o| o.as_ref().map(|o| o[i])).collect();
+                    stack.push((level - 1, child_first, *entry, below));
                 }
             }
         }
@@ -3102,6 +3222,18 @@ impl MapStore {
     ) -> Result<PointUsage> {
         self.usable()?;
         let key = self.point_key(name)?;
+        let children = self.points.values().filter(|p| p.parent == key).count()
+            + usize::from(self.head.0 == key);
+        if children > 1 {
+            return Err(Error::RecoveryPoint {
+                name: name.to_string(),
+                reason: format!(
+                    "{children} lines part at it (a rollback to it, or to one before it, kept \
+                     the newer ones): delete the recovery points that follow it on all but one \
+                     line first"
+                ),
+            });
+        }
         if self.points[&key].holds > 0 {
             return Err(Error::RecoveryPoint {
                 name: name.to_string(),
@@ -3198,7 +3330,7 @@ impl MapStore {
                 "a recovery point is taken with no write unit on the devices".into(),
             ));
         }
-        self.creating = Some((name.to_string(), (self.clock)()));
+        self.creating = Some((name.to_string(), (self.clock)(), false));
         let outcome = self.sync(devices);
         self.creating = None;
         outcome?;

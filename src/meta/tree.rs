@@ -1022,6 +1022,30 @@ impl RadixTree {
         &self.store
     }
 
+    /// Give the tree another durable root (a rollback: the live map becomes a recovery
+    /// point's), forgetting every page of it the cache holds, unless `keep_cache` (planted
+    /// bug `rollback_keeps_live_cache`).
+    ///
+    /// # Errors
+    /// A page of the tree is dirty (its changes would be lost), or the root is not of the
+    /// tree's depth.
+    pub fn reset_root(&mut self, root: BlockPointer, keep_cache: bool) -> Result<()> {
+        if self.has_dirty() || root.level() != self.depth || root.is_zero() {
+            return Err(Error::corrupt_metadata(format!(
+                "tree {}: a new root at level {} for depth {}, or pages changed since the sync",
+                self.tree.id(),
+                root.level(),
+                self.depth
+            )));
+        }
+        let tree_id = self.tree.id();
+        if !keep_cache {
+            self.cache.forget_clean_where(|key| key.0 == tree_id);
+        }
+        self.root = root;
+        Ok(())
+    }
+
     /// Whether the page at `level` covering `key` is dirty in the cache (something under it
     /// changed since the last sync: a change dirties a leaf and every page above it).
     #[must_use]

@@ -24,6 +24,8 @@ pub struct RecoveryPointInfo {
     pub sequence: u64,
     /// Holds (a held recovery point is not deleted).
     pub holds: u32,
+    /// Taken automatically (the state before a rollback).
+    pub automatic: bool,
     /// Bytes its delete frees: data blocks no other recovery point or the live volume
     /// names (4 KiB each), counting writes not yet synced.
     pub unique_data_bytes: u64,
@@ -92,6 +94,7 @@ impl Pool {
                     created: p.created,
                     sequence: p.sequence,
                     holds: p.holds,
+                    automatic: p.automatic,
                     unique_data_bytes: usage.blocks * crate::volume::BLOCK_BYTES as u64,
                     unique_metadata_bytes: usage.pages * crate::format::v4::PAGE_BYTES as u64,
                 })
@@ -145,6 +148,24 @@ impl Pool {
         inner.check_available()?;
         let mut volume = rows.volume.write();
         let result = volume.delete_recovery_point(&inner.write_devices(), name);
+        inner.unavailable_if_failed(&volume, result)
+    }
+
+    /// Roll the volume back to recovery point `name`: it reads as it did then. Every
+    /// recovery point is kept (newer ones too), and the state before the rollback becomes an
+    /// automatic recovery point (returned), unless the newest on the live line already is
+    /// that state. Writes made before the call are made durable first.
+    ///
+    /// # Errors
+    /// [`Error::ReadOnly`]; [`Error::Unsupported`] on a version-3 pool;
+    /// [`Error::RecoveryPoint`] when there is none of that name; after any other error, list.
+    pub fn rollback_to(&self, name: &str) -> Result<Option<RecoveryPoint>> {
+        let inner = &self.inner;
+        inner.writable("roll back")?;
+        let rows = inner.recovery_engine("rolling back")?;
+        inner.check_available()?;
+        let mut volume = rows.volume.write();
+        let result = volume.rollback_to(&inner.write_devices(), name);
         inner.unavailable_if_failed(&volume, result)
     }
 

@@ -456,6 +456,12 @@ pub enum Op {
         /// Which one.
         pick: u8,
     },
+    /// Roll the volume back to the `pick`-th recovery point: the model's volume becomes its
+    /// copy, and the state before a new (automatic) recovery point when the pool takes one.
+    RecoveryPointRollback {
+        /// Which one.
+        pick: u8,
+    },
     /// Read a range of the `pick`-th recovery point and compare it with the model's copy.
     RecoveryPointRead {
         /// Which one.
@@ -500,6 +506,7 @@ impl Op {
             Op::RecoveryPointDelete { .. } => "recovery-point-delete",
             Op::RecoveryPointHold { .. } => "recovery-point-hold",
             Op::RecoveryPointRead { .. } => "recovery-point-read",
+            Op::RecoveryPointRollback { .. } => "recovery-point-rollback",
         }
     }
 }
@@ -510,7 +517,7 @@ pub fn generate(config: &SimConfig) -> Vec<Op> {
     let mut rng = crate::testing::rng(config.seed ^ 0x5157_0001);
     let faults = &config.faults;
     // (weight, enabled) per op family, in a fixed order.
-    let table: [(u32, bool); 28] = [
+    let table: [(u32, bool); 29] = [
         (300, true),                            // write
         (220, true),                            // read
         (100, true),                            // flush
@@ -539,6 +546,7 @@ pub fn generate(config: &SimConfig) -> Vec<Op> {
         (7, config.format4),  // recovery point delete
         (5, config.format4),  // recovery point hold or release
         (30, config.format4), // recovery point read
+        (4, config.format4),  // rollback to a recovery point
     ];
     // What is drawn for v3 only: local damage (it overwrites whole stripes' chunks, a v3
     // shape). On v4 the healthy replace's power cut starts counting at the new device's
@@ -653,6 +661,7 @@ pub fn generate(config: &SimConfig) -> Vec<Op> {
                     .collect(),
             },
             24 => Op::RecoveryPointCreate,
+            28 => Op::RecoveryPointRollback { pick: rng.gen() },
             25 => Op::RecoveryPointDelete { pick: rng.gen() },
             26 => Op::RecoveryPointHold { pick: rng.gen() },
             27 => Op::RecoveryPointRead {

@@ -559,6 +559,7 @@ impl<'a> World<'a> {
             Op::RecoveryPointDelete { pick } => self.point_delete(*pick),
             Op::RecoveryPointHold { pick } => self.point_hold(*pick),
             Op::RecoveryPointRead { pick, offset, len } => self.point_read(*pick, *offset, *len),
+            Op::RecoveryPointRollback { pick } => self.point_rollback(*pick),
             Op::Reopen => self.reopen(),
             Op::Crash { seed, cut_after } => self.crash(*seed, *cut_after),
             Op::FailStop { device } => self.inject(*device, |plan| plan.fail_stop()),

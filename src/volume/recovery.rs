@@ -47,6 +47,24 @@ impl Volume {
         Ok(freed)
     }
 
+    /// Roll the live volume back to recovery point `name`, keeping every recovery point and
+    /// the state before (as an automatic one, returned, unless it already is one). Durable
+    /// when this returns. Nothing may be on the devices for a write.
+    ///
+    /// # Errors
+    /// A read-only volume; what [`crate::meta::MapStore::rollback_to`] returns.
+    pub fn rollback_to(
+        &mut self,
+        devices: &[Option<SharedDevice>],
+        name: &str,
+    ) -> Result<Option<RecoveryPoint>> {
+        self.writable("roll back")?;
+        self.map.flush_members(devices)?;
+        let automatic = self.map.rollback_to(devices, name)?;
+        self.cleaner.forget_pins();
+        Ok(automatic)
+    }
+
     /// Put a hold on recovery point `name` (`hold`) or take one off; returns its holds.
     ///
     /// # Errors

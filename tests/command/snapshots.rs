@@ -240,3 +240,59 @@ fn status_metrics_and_check_show_the_recovery_points_and_the_newest_ones_age() {
         "unit",
     );
 }
+
+/// `rollback --to NAME`: the volume reads what it did when the recovery point was taken, the
+/// state before is kept as an automatic recovery point (listed with "(auto)") and reads back,
+/// and a rollback to a name that does not exist is refused with nothing changed.
+#[test]
+fn rollback_restores_a_recovery_point_and_keeps_the_state_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let devs = pool(dir.path(), "4");
+    let d0 = p(&devs[0]);
+    let first = payload(100_000, 7);
+    let second = payload(100_000, 8);
+    ok(&run(&["write", d0, "--offset", "0"], Some(&first)));
+    ok(&run(&["snapshot", "create", d0, "--name", "good"], None));
+    ok(&run(&["write", d0, "--offset", "0"], Some(&second)));
+    let before = images(&devs);
+    refused(
+        &run(&["rollback", d0, "--to", "nope"], None),
+        "no recovery point",
+    );
+    assert!(images(&devs) == before, "a refused rollback wrote");
+    let said = ok(&run(&["rollback", d0, "--to", "good"], None));
+    assert!(said.contains("rolled back to good"), "{said}");
+    let length = first.len().to_string();
+    let now = run(&["read", d0, "--offset", "0", "--length", &length], None);
+    assert!(
+        now.stdout == first,
+        "the volume does not read the recovery point"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&run(&["snapshot", "list", d0, "--json"], None))).unwrap();
+    let auto = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["automatic"] == true)
+        .expect("no automatic recovery point");
+    let name = auto["name"].as_str().unwrap();
+    assert!(ok(&run(&["snapshot", "list", d0], None)).contains("(auto)"));
+    let old = run(
+        &[
+            "read",
+            d0,
+            "--offset",
+            "0",
+            "--length",
+            &length,
+            "--snapshot",
+            name,
+        ],
+        None,
+    );
+    assert!(
+        old.stdout == second,
+        "the state before the rollback was not kept"
+    );
+}

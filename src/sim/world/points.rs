@@ -70,18 +70,42 @@ impl World<'_> {
                         .faults
                         .entry("recovery-point-deleted-for-room".into())
                         .or_default() += 1;
-                    let point = self.points.remove(0);
-                    let pool = self.pool.as_ref().ok_or(Error::Closing)?;
-                    if point.held {
-                        pool.hold_recovery_point(&point.name, false)?;
+                    // The oldest that can go: not one where two lines part (a newer one
+                    // always can: nothing follows the newest of a line but the live map).
+                    let mut deleted = None;
+                    for index in 0..self.points.len() {
+                        let (name, held) =
+                            (self.points[index].name.clone(), self.points[index].held);
+                        let pool = self.pool.as_ref().ok_or(Error::Closing)?;
+                        if held {
+                            pool.hold_recovery_point(&name, false)?;
+                            self.points[index].held = false;
+                        }
+                        match pool.delete_recovery_point(&name) {
+                            Ok(_) => {
+                                deleted = Some(index);
+                                break;
+                            }
+                            Err(Error::RecoveryPoint { reason, .. })
+                                if reason.contains("lines part") => {}
+                            Err(e) => {
+                                return Err(Error::InvalidConfig(format!(
+                                    "out of room ({why}), and recovery point {name} could not \
+                                     be deleted: {e}"
+                                )))
+                            }
+                        }
                     }
-                    pool.delete_recovery_point(&point.name).map_err(|e| {
-                        Error::InvalidConfig(format!(
-                            "out of room ({why}), and recovery point {} could not be deleted: \
-                             {e}",
-                            point.name
-                        ))
-                    })?;
+                    match deleted {
+                        Some(index) => {
+                            self.points.remove(index);
+                        }
+                        None => {
+                            return Err(Error::InvalidConfig(format!(
+                                "out of room ({why}), and no recovery point could be deleted"
+                            )))
+                        }
+                    }
                 }
                 other => return other,
             }
@@ -102,6 +126,10 @@ impl World<'_> {
             Ok(_) => {
                 self.points.remove(index);
                 Ok(())
+            }
+            // Where two lines part (after a rollback): refused, clearly, and nothing changes.
+            Err(Error::RecoveryPoint { reason, .. }) if reason.contains("lines part") => {
+                self.reconcile_points(None)
             }
             Err(err) if is_clear(&err) || matches!(err, Error::Io { .. }) => {
                 self.reconcile_points(None)
@@ -139,6 +167,83 @@ impl World<'_> {
                 "hold of recovery point {name}: an unclear error: {err}"
             )),
         }
+    }
+
+    /// `Op::RecoveryPointRollback`: roll back to the `pick`-th recovery point (within the
+    /// tolerance, with room for one more recovery point). The volume then reads its copy; the
+    /// automatic recovery point the pool returns holds the state before. After a refusal the
+    /// whole volume is read: it must be exactly the state before or the recovery point's.
+    pub(super) fn point_rollback(&mut self, pick: u8) -> Check {
+        if self.pool.is_none()
+            || self.points.is_empty()
+            || self.points.len() >= POINTS_MAX
+            || !self.within_tolerance()
+        {
+            return self.skip();
+        }
+        let index = usize::from(pick) % self.points.len();
+        let name = self.points[index].name.clone();
+        let target = self.points[index].content.clone();
+        match self.pool()?.rollback_to(&name) {
+            Ok(automatic) => {
+                // Everything before was made durable by the rollback's first sync.
+                self.model.flushed();
+                let before = std::mem::replace(&mut self.model.latest, target);
+                self.model.flushed();
+                if let Some(point) = automatic {
+                    self.points.push(SimPoint {
+                        name: point.name,
+                        content: before,
+                        held: false,
+                    });
+                }
+                self.verify_points("after a rollback")
+            }
+            Err(err) if is_clear(&err) || matches!(err, Error::Io { .. }) => {
+                let before = self.model.latest.clone();
+                let size = usize::try_from(self.model.latest.len()).unwrap_or(0);
+                let mut volume = vec![0u8; size];
+                if self.pool()?.read_at(0, &mut volume).is_err() {
+                    return Ok(());
+                }
+                if volume == target.read(0, size) {
+                    self.model.latest = target;
+                    self.model.flushed();
+                } else if volume != self.model.latest.read(0, size) {
+                    return Err(format!(
+                        "after a refused rollback to {name}, the volume is neither the state \
+                         before nor the recovery point's"
+                    ));
+                }
+                self.reconcile_after_rollback(before)
+            }
+            Err(err) => Err(format!("rollback to {name}: an unclear error: {err}")),
+        }
+    }
+
+    /// After a refused rollback: an automatic recovery point the pool lists that the model
+    /// does not know must read exactly the state `before`; the model adopts it.
+    fn reconcile_after_rollback(&mut self, before: Model) -> Check {
+        let Some(listed) = self.listed_points()? else {
+            return Ok(());
+        };
+        let known: Vec<String> = self.points.iter().map(|p| p.name.clone()).collect();
+        let fresh: Vec<String> = listed
+            .iter()
+            .filter(|(name, _)| !known.contains(name) && name.starts_with("before-rollback-"))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in fresh {
+            self.points.push(SimPoint {
+                name,
+                content: before.clone(),
+                held: false,
+            });
+            let index = self.points.len() - 1;
+            let size = before.len();
+            self.point_compare(index, 0, usize::try_from(size).unwrap_or(0))?;
+        }
+        self.reconcile_points(None)
     }
 
     /// `Op::RecoveryPointRead`: read a range of the `pick`-th recovery point and compare.

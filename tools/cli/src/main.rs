@@ -190,6 +190,16 @@ enum Command {
         #[command(subcommand)]
         action: snapshot::SnapshotAction,
     },
+    /// Roll the volume back to a recovery point. Every recovery point is kept, newer ones
+    /// too, and the state before becomes an automatic one (`snapshot list` shows it).
+    Rollback {
+        /// One or more member paths.
+        #[arg(required = true)]
+        pool: Vec<PathBuf>,
+        /// The recovery point to roll back to.
+        #[arg(long)]
+        to: String,
+    },
     /// Verify every chunk of every written stripe (data, parity, all copies), check that
     /// parity and copies agree, and repair what fails. Exit code: 0 clean, 1 damage found and
     /// repaired (or repairable, with --check-only), 2 unrepairable data, 3 could not run.
@@ -632,6 +642,7 @@ fn execute(command: Command) -> CliResult {
             snapshot: Some(name),
         } => snapshot::read(&pool, &name, offset, length, output),
         Command::Snapshot { action } => snapshot::run(action),
+        Command::Rollback { pool, to } => snapshot::rollback(&pool, &to),
         Command::Scrub {
             pool,
             url,

@@ -90,13 +90,18 @@ pub(crate) fn run(action: SnapshotAction) -> CliResult {
                 println!("no recovery points");
             } else {
                 println!(
-                    "{:<24} {:<23} {:>5} {:>12} {:>12}",
+                    "{:<32} {:<23} {:>5} {:>12} {:>12}",
                     "NAME", "CREATED (UTC)", "HOLDS", "UNIQUE DATA", "UNIQUE META"
                 );
                 for p in &points {
+                    let name = if p.automatic {
+                        format!("{} (auto)", p.name)
+                    } else {
+                        p.name.clone()
+                    };
                     println!(
-                        "{:<24} {:<23} {:>5} {:>12} {:>12}",
-                        p.name,
+                        "{:<32} {:<23} {:>5} {:>12} {:>12}",
+                        name,
                         utc_time(p.created),
                         p.holds,
                         human_bytes(p.unique_data_bytes),
@@ -119,6 +124,25 @@ pub(crate) fn run(action: SnapshotAction) -> CliResult {
         SnapshotAction::Hold { pool, name } => hold(&pool, &name, true)?,
         SnapshotAction::Release { pool, name } => hold(&pool, &name, false)?,
     }
+    Ok(())
+}
+
+/// `rollback POOL --to NAME`.
+pub(crate) fn rollback(pool: &[PathBuf], to: &str) -> CliResult {
+    let look = open_pool_to_look(pool)?;
+    look.recovery_points_supported()?;
+    look.close()?;
+    let pool = open_pool(pool)?;
+    match pool.rollback_to(to)? {
+        Some(before) => println!(
+            "rolled back to {to}; the state before is recovery point {}",
+            before.name
+        ),
+        None => println!(
+            "rolled back to {to}; the state before was already a recovery point (the newest on the live line)"
+        ),
+    }
+    pool.close()?;
     Ok(())
 }
 
