@@ -55,6 +55,9 @@ struct World<'a> {
     swap_in_cut: Arc<AtomicI64>,
     /// The recovery points the pool must have, oldest first, with their content.
     points: Vec<points::SimPoint>,
+    /// Recovery points deleted (or released) to make room while the power was being cut in
+    /// a crash's burst: whether the delete landed is known after the reopen.
+    points_limbo: Vec<points::SimPoint>,
     /// Recovery points taken so far (their names are `rp0`, `rp1`, …).
     points_made: u64,
     /// Verifies so far that read a recovery point back (which one is read turns).
@@ -140,6 +143,7 @@ impl<'a> World<'a> {
             fresh_made: 0,
             swap_in_cut: Arc::new(AtomicI64::new(classes::DISARMED)),
             points: Vec::new(),
+            points_limbo: Vec::new(),
             points_made: 0,
             points_checked: 0,
         };

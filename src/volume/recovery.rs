@@ -25,7 +25,7 @@ impl Volume {
         name: &str,
     ) -> Result<RecoveryPoint> {
         self.writable("create a recovery point")?;
-        self.map.flush_members(devices)?;
+        // The rows written so far are flushed by the sync's first step (before its record).
         self.map.create_recovery_point(devices, name)
     }
 
@@ -41,7 +41,6 @@ impl Volume {
         name: &str,
     ) -> Result<PointUsage> {
         self.writable("delete a recovery point")?;
-        self.map.flush_members(devices)?;
         let freed = self.map.delete_recovery_point(devices, name)?;
         self.cleaner.forget_pins();
         Ok(freed)
@@ -59,7 +58,6 @@ impl Volume {
         name: &str,
     ) -> Result<Option<RecoveryPoint>> {
         self.writable("roll back")?;
-        self.map.flush_members(devices)?;
         let automatic = self.map.rollback_to(devices, name)?;
         self.cleaner.forget_pins();
         Ok(automatic)

@@ -77,11 +77,23 @@ impl World<'_> {
                         let (name, held) =
                             (self.points[index].name.clone(), self.points[index].held);
                         let pool = self.pool.as_ref().ok_or(Error::Closing)?;
+                        let released = if held {
+                            pool.hold_recovery_point(&name, false).map(|_| ())
+                        } else {
+                            Ok(())
+                        };
+                        let outcome = released.and_then(|()| pool.delete_recovery_point(&name));
+                        if self.countdown.load(std::sync::atomic::Ordering::SeqCst) <= 0 {
+                            // The power was cut meanwhile (a crash's burst): whether the
+                            // release and the delete landed is known after the reopen.
+                            let point = self.points.remove(index);
+                            self.points_limbo.push(point);
+                            return Err(Error::NoFreeSlot(why));
+                        }
                         if held {
-                            pool.hold_recovery_point(&name, false)?;
                             self.points[index].held = false;
                         }
-                        match pool.delete_recovery_point(&name) {
+                        match outcome {
                             Ok(_) => {
                                 deleted = Some(index);
                                 break;
@@ -348,6 +360,22 @@ impl World<'_> {
         let Some(listed) = self.listed_points()? else {
             return Ok(());
         };
+        if !self.points_limbo.is_empty() {
+            // Deleted while the power was cut: back if the delete did not land, with the
+            // holds the pool lists (a release may not have landed either).
+            for point in std::mem::take(&mut self.points_limbo) {
+                if listed.iter().any(|(name, _)| *name == point.name) {
+                    self.points.push(point);
+                }
+            }
+            for point in &mut self.points {
+                if let Some((_, holds)) = listed.iter().find(|(name, _)| *name == point.name) {
+                    point.held = *holds > 0;
+                }
+            }
+            self.points
+                .sort_by_key(|p| listed.iter().position(|(name, _)| *name == p.name));
+        }
         self.check_listing(&listed, when)?;
         if self.points.is_empty() {
             return Ok(());

@@ -72,12 +72,15 @@ pub(crate) fn run(action: SnapshotAction) -> CliResult {
     match action {
         SnapshotAction::Create { pool, name } => {
             let pool = open_pool(&pool)?;
+            let started = std::time::Instant::now();
             let point = pool.create_recovery_point(&name)?;
+            let took = started.elapsed();
             println!(
-                "recovery point {} taken at {} (sequence {})",
+                "recovery point {} taken at {} (sequence {}) in {:.1} ms",
                 point.name,
                 utc_time(point.created),
-                point.sequence
+                point.sequence,
+                took.as_secs_f64() * 1000.0
             );
             pool.close()?;
         }
