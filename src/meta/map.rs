@@ -3222,6 +3222,15 @@ impl MapStore {
     ) -> Result<PointUsage> {
         self.usable()?;
         let key = self.point_key(name)?;
+        if self.points[&key].holds > 0 {
+            return Err(Error::RecoveryPoint {
+                name: name.to_string(),
+                reason: format!(
+                    "it is held ({} holds): release it first",
+                    self.points[&key].holds
+                ),
+            });
+        }
         let children = self.points.values().filter(|p| p.parent == key).count()
             + usize::from(self.head.0 == key);
         if children > 1 {
@@ -3231,15 +3240,6 @@ impl MapStore {
                     "{children} lines part at it (a rollback to it, or to one before it, kept \
                      the newer ones): delete the recovery points that follow it on all but one \
                      line first"
-                ),
-            });
-        }
-        if self.points[&key].holds > 0 {
-            return Err(Error::RecoveryPoint {
-                name: name.to_string(),
-                reason: format!(
-                    "it is held ({} holds): release it first",
-                    self.points[&key].holds
                 ),
             });
         }
