@@ -9,27 +9,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use stripestore::device::{MemDevice, SharedDevice};
 use stripestore::pool::FormatVersion;
-use stripestore::testing::{mem_devices, shared, small_v4};
-use stripestore::{CreateOptions, Error, Layout, OpenOptions, Pool};
+use stripestore::testing::{mem_devices, shared};
+use stripestore::{Error, OpenOptions, Pool};
 
 const DEVICE_BYTES: u64 = 16 << 20;
 const B: usize = 4096;
 
-fn v4_options(layout: &str) -> CreateOptions {
-    let layout: Layout = layout.parse().unwrap();
-    let mut options = CreateOptions::new(layout);
-    options.chunk_bytes = 16384;
-    options.format = FormatVersion::V4(small_v4());
-    options.open.map_cache_bytes = 64 * 16384;
-    options
-}
-
-fn open_options() -> OpenOptions {
-    OpenOptions {
-        map_cache_bytes: 64 * 16384,
-        ..OpenOptions::default()
-    }
-}
+use common::{v4_open_options as open_options, v4_options};
 
 fn block(key: u64, version: u64) -> Vec<u8> {
     let mut bytes = vec![0u8; B];

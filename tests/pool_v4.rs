@@ -23,21 +23,7 @@ const LAYOUTS: [(&str, usize); 4] = [
     ("rs:2+1", 3),
 ];
 
-fn v4_options(layout: &str) -> CreateOptions {
-    let layout: Layout = layout.parse().unwrap();
-    let mut options = CreateOptions::new(layout);
-    options.chunk_bytes = 16384;
-    options.format = FormatVersion::V4(small_v4());
-    options.open.map_cache_bytes = 64 * 16384;
-    options
-}
-
-fn open_options() -> OpenOptions {
-    OpenOptions {
-        map_cache_bytes: 64 * 16384,
-        ..OpenOptions::default()
-    }
-}
+use common::{v4_open_options as open_options, v4_options};
 
 /// Each member behind a fault injector seeded `seed + index`, with its plan.
 fn faulty_members(

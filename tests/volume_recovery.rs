@@ -249,6 +249,15 @@ fn fill(rig: &mut Rig, span: u64) -> Result<(), String> {
     rig.flush().map_err(|e| format!("flush after fill: {e}"))
 }
 
+/// A rig with default options whose first eighth is written (and flushed), the span, and a
+/// generator seeded `seed` for what follows.
+fn filled(layout: &str, members: usize, seed: u64) -> (Rig, u64, Lcg) {
+    let mut rig = Rig::new(layout, members, options());
+    let span = rig.blocks() / 8;
+    fill(&mut rig, span).unwrap();
+    (rig, span, Lcg(seed))
+}
+
 /// Fill an eighth of the volume, take recovery point `a`, overwrite it many times over (the
 /// cleaner and the syncs run), take `b`, overwrite again; check everything exact and the
 /// usage recount after each step, and after a reopen.
@@ -389,10 +398,7 @@ fn a_power_cut_at_every_operation_of_a_create_leaves_it_whole_or_absent() {
         let mut cut = 1i64;
         let (mut whole, mut absent) = (0, 0);
         loop {
-            let mut rig = Rig::new(layout, members, options());
-            let span = rig.blocks() / 8;
-            fill(&mut rig, span).unwrap();
-            let mut rng = Lcg(3);
+            let (mut rig, span, mut rng) = filled(layout, members, 3);
             churn(&mut rig, span, 40, &mut rng).unwrap();
             for _ in 0..5 {
                 let first = rng.next() % (span - 4);
@@ -725,10 +731,7 @@ fn a_power_cut_at_every_operation_of_a_delete_loses_nothing_and_leaks_nothing() 
         let mut cut = 1i64;
         let (mut whole, mut gone) = (0, 0);
         loop {
-            let mut rig = Rig::new(layout, members, options());
-            let span = rig.blocks() / 8;
-            fill(&mut rig, span).unwrap();
-            let mut rng = Lcg(11);
+            let (mut rig, span, mut rng) = filled(layout, members, 11);
             rig.point("old").unwrap();
             churn(&mut rig, span, 60, &mut rng).unwrap();
             rig.point("new").unwrap();
@@ -803,10 +806,7 @@ fn a_power_cut_at_every_operation_of_a_delete_loses_nothing_and_leaks_nothing() 
 #[test]
 fn a_rewind_over_a_delete_brings_the_recovery_point_back_whole() {
     for (layout, members) in [("rs:4+2", 6), ("mirror:2", 2)] {
-        let mut rig = Rig::new(layout, members, options());
-        let span = rig.blocks() / 8;
-        let mut rng = Lcg(23);
-        fill(&mut rig, span).unwrap();
+        let (mut rig, span, mut rng) = filled(layout, members, 23);
         rig.point("old").unwrap();
         churn(&mut rig, span, span as usize, &mut rng).unwrap();
         rig.point("new").unwrap();
@@ -985,10 +985,7 @@ fn a_power_cut_at_every_operation_of_a_rollback_is_all_or_nothing() {
         let mut cut = 1i64;
         let (mut before, mut after) = (0, 0);
         loop {
-            let mut rig = Rig::new(layout, members, options());
-            let span = rig.blocks() / 8;
-            fill(&mut rig, span).unwrap();
-            let mut rng = Lcg(31);
+            let (mut rig, span, mut rng) = filled(layout, members, 31);
             rig.point("then").unwrap();
             churn(&mut rig, span, 60, &mut rng).unwrap();
             let now = rig.newest.clone();

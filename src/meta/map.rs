@@ -412,14 +412,8 @@ pub struct MapStore {
     /// The live line's head: its key ([`NO_KEY`]: none) and `S_head` (0: none). A pointer the
     /// live tree drops with birth ≤ `S_head` is held by a recovery point, not counted off.
     head: (u64, u64),
-    /// A recovery point the running sync records: `(name, created, taken automatically)`.
-    creating: Option<(String, u64, bool)>,
-    /// A recovery point the running sync deletes, with what it alone names.
-    deleting: Option<(u64, Unique)>,
-    /// A recovery point's record the running sync rewrites (its holds changed).
-    amending: Option<(u64, RecoveryRecord)>,
-    /// The recovery point the running sync rolls the live map back to.
-    rolling_back: Option<u64>,
+    /// What the running sync does to recovery points besides writing the trees.
+    staged: Staged,
     /// Metadata segments in which the hold rule kept a page: the metadata cleaner cannot
     /// empty them (FORMAT.md V4.10a), so it does not pick them (this process).
     pinned_metadata: BTreeSet<u64>,
@@ -493,6 +487,20 @@ impl Unique {
             pages: self.pages.values().sum(),
         }
     }
+}
+
+/// What a sync does to recovery points besides writing the trees: at most one of these is
+/// set, by the call that runs the sync (create, delete, hold, rollback), and cleared after it.
+#[derive(Debug, Default)]
+struct Staged {
+    /// A recovery point to record: `(name, created, taken automatically)`.
+    creating: Option<(String, u64, bool)>,
+    /// A recovery point to delete, with what it alone names.
+    deleting: Option<(u64, Unique)>,
+    /// A recovery point's record to rewrite (its holds changed).
+    amending: Option<(u64, RecoveryRecord)>,
+    /// The recovery point to roll the live map back to.
+    rolling_back: Option<u64>,
 }
 
 /// A delete staged in the sync that makes it durable: the key removed, the child re-parented
@@ -1134,10 +1142,7 @@ impl MapStore {
             points_tree,
             points: BTreeMap::new(),
             head: (NO_KEY, 0),
-            creating: None,
-            deleting: None,
-            amending: None,
-            rolling_back: None,
+            staged: Staged::default(),
             pinned_metadata: BTreeSet::new(),
             planted_holds: PlantedHolds::of(options),
             options: options.clone(),
@@ -1260,10 +1265,7 @@ impl MapStore {
             points_tree,
             points,
             head,
-            creating: None,
-            deleting: None,
-            amending: None,
-            rolling_back: None,
+            staged: Staged::default(),
             pinned_metadata: BTreeSet::new(),
             planted_holds: PlantedHolds::of(options),
             options: options.clone(),
@@ -2634,7 +2636,8 @@ impl MapStore {
         // A delete's sync moves no page: what it counts off was found against the tree as it
         // stands, and no page born after the deleted recovery point's parent may change
         // under it (the hold rule still runs with the old `S_head` until its uberblock).
-        let victims_found = if self.deleting.is_some() || self.rolling_back.is_some() {
+        let victims_found = if self.staged.deleting.is_some() || self.staged.rolling_back.is_some()
+        {
             Vec::new()
         } else {
             self.segments.metadata_victims()
@@ -2695,21 +2698,21 @@ impl MapStore {
         // A recovery point asked for: the map's tree as this sync wrote it, recorded in tree
         // 3 with the live line's new head, then tree 3's pages (before the usage table, whose
         // fixed point counts them). The uberblock below is its commit point.
-        let created = match self.creating.take() {
+        let created = match self.staged.creating.take() {
             Some((name, created, automatic)) => {
                 Some(self.record_point(devices, name, created, automatic, txg, birth)?)
             }
             None => None,
         };
-        let deleted = match self.deleting.take() {
+        let deleted = match self.staged.deleting.take() {
             Some((key, unique)) => Some(self.stage_delete(devices, key, &unique)?),
             None => None,
         };
-        let rolled = match self.rolling_back {
+        let rolled = match self.staged.rolling_back {
             Some(key) => Some(self.stage_rollback(devices, key)?),
             None => None,
         };
-        let amended = self.amending.take();
+        let amended = self.staged.amending.take();
         if let Some((key, record)) = &amended {
             match self.points_tree.set_record(devices, *key, &record.encode()) {
                 Ok(()) => {}
@@ -2909,6 +2912,19 @@ impl MapStore {
         Ok((key, record))
     }
 
+    /// A sync that does `staged` besides (see [`Staged`]); nothing is left staged after it,
+    /// whatever its outcome.
+    fn sync_staged(
+        &mut self,
+        devices: &[Option<SharedDevice>],
+        staged: Staged,
+    ) -> Result<SyncReport> {
+        self.staged = staged;
+        let outcome = self.sync(devices);
+        self.staged = Staged::default();
+        outcome
+    }
+
     /// Stage a rollback to recovery point `key` in this sync: the live line's head becomes
     /// it (its `S` the hold threshold). The root itself changes just before the uberblock.
     fn stage_rollback(
@@ -2974,17 +2990,23 @@ impl MapStore {
             None
         } else {
             let before = format!("before-rollback-{}", self.next_sequence);
-            self.creating = Some((before.clone(), (self.clock)(), true));
-            let outcome = self.sync(devices);
-            self.creating = None;
-            outcome?;
+            self.sync_staged(
+                devices,
+                Staged {
+                    creating: Some((before.clone(), (self.clock)(), true)),
+                    ..Staged::default()
+                },
+            )?;
             let key = self.point_key(&before)?;
             Some(RecoveryPoint::of(key, &self.points[&key]))
         };
-        self.rolling_back = Some(key);
-        let outcome = self.sync(devices);
-        self.rolling_back = None;
-        outcome?;
+        self.sync_staged(
+            devices,
+            Staged {
+                rolling_back: Some(key),
+                ..Staged::default()
+            },
+        )?;
         Ok(automatic)
     }
 
@@ -3252,10 +3274,13 @@ impl MapStore {
         debug_assert!(!self.map.has_dirty(), "a delete walks a clean live map");
         let unique = self.unique_of(devices, key)?;
         let freed = unique.usage();
-        self.deleting = Some((key, unique));
-        let outcome = self.sync(devices);
-        self.deleting = None;
-        outcome?;
+        self.sync_staged(
+            devices,
+            Staged {
+                deleting: Some((key, unique)),
+                ..Staged::default()
+            },
+        )?;
         Ok(freed)
     }
 
@@ -3288,10 +3313,13 @@ impl MapStore {
             (false, holds) => holds - 1,
         };
         let holds = record.holds;
-        self.amending = Some((key, record));
-        let outcome = self.sync(devices);
-        self.amending = None;
-        outcome?;
+        self.sync_staged(
+            devices,
+            Staged {
+                amending: Some((key, record)),
+                ..Staged::default()
+            },
+        )?;
         Ok(holds)
     }
 
@@ -3330,10 +3358,13 @@ impl MapStore {
                 "a recovery point is taken with no write unit on the devices".into(),
             ));
         }
-        self.creating = Some((name.to_string(), (self.clock)(), false));
-        let outcome = self.sync(devices);
-        self.creating = None;
-        outcome?;
+        self.sync_staged(
+            devices,
+            Staged {
+                creating: Some((name.to_string(), (self.clock)(), false)),
+                ..Staged::default()
+            },
+        )?;
         self.points
             .iter()
             .find(|(_, p)| p.name == name)

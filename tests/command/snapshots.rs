@@ -51,6 +51,24 @@ fn pool(dir: &Path, format: &str) -> Vec<PathBuf> {
     devs
 }
 
+/// `read` of `length` bytes at 0 of recovery point `name`.
+fn read_point(d0: &str, length: usize, name: &str) -> Output {
+    let length = length.to_string();
+    run(
+        &[
+            "read",
+            d0,
+            "--offset",
+            "0",
+            "--length",
+            &length,
+            "--snapshot",
+            name,
+        ],
+        None,
+    )
+}
+
 fn payload(len: usize, seed: u32) -> Vec<u8> {
     (0..len as u32)
         .map(|i| (i.wrapping_add(seed).wrapping_mul(2_654_435_761) >> 13) as u8)
@@ -82,19 +100,7 @@ fn a_snapshot_reads_back_while_the_volume_moves_on_and_looking_writes_nothing() 
     // blocks of 4 KiB (the last one partly).
     assert_eq!(json[0]["unique_data_bytes"], 74 * 4096, "{json}");
     let length = first.len().to_string();
-    let old = run(
-        &[
-            "read",
-            d0,
-            "--offset",
-            "0",
-            "--length",
-            &length,
-            "--snapshot",
-            "before",
-        ],
-        None,
-    );
+    let old = read_point(d0, first.len(), "before");
     assert!(old.status.success(), "{}", text(&old.stderr));
     assert!(
         old.stdout == first,
@@ -141,19 +147,7 @@ fn bad_names_unknown_snapshots_and_version_3_pools_are_refused_and_nothing_chang
         "no recovery point of that name",
     );
     refused(
-        &run(
-            &[
-                "read",
-                d0,
-                "--offset",
-                "0",
-                "--length",
-                "4096",
-                "--snapshot",
-                "nope",
-            ],
-            None,
-        ),
+        &read_point(d0, 4096, "nope"),
         "no recovery point of that name",
     );
     refused(
@@ -278,19 +272,7 @@ fn rollback_restores_a_recovery_point_and_keeps_the_state_before() {
         .expect("no automatic recovery point");
     let name = auto["name"].as_str().unwrap();
     assert!(ok(&run(&["snapshot", "list", d0], None)).contains("(auto)"));
-    let old = run(
-        &[
-            "read",
-            d0,
-            "--offset",
-            "0",
-            "--length",
-            &length,
-            "--snapshot",
-            name,
-        ],
-        None,
-    );
+    let old = read_point(d0, first.len(), name);
     assert!(
         old.stdout == second,
         "the state before the rollback was not kept"

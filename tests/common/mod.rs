@@ -42,6 +42,25 @@ pub fn options(layout: &str) -> CreateOptions {
     options
 }
 
+/// Format version 4 near the test minimums (`small_v4`), 16 KiB chunks, a map cache of 64
+/// pages: what the v4 pool suites create.
+pub fn v4_options(layout: &str) -> CreateOptions {
+    let layout: Layout = layout.parse().unwrap();
+    let mut options = CreateOptions::new(layout);
+    options.chunk_bytes = 16384;
+    options.format = stripestore::pool::FormatVersion::V4(stripestore::testing::small_v4());
+    options.open = v4_open_options();
+    options
+}
+
+/// How the v4 pool suites open their pools: a map cache of 64 pages.
+pub fn v4_open_options() -> stripestore::OpenOptions {
+    stripestore::OpenOptions {
+        map_cache_bytes: 64 * 16384,
+        ..stripestore::OpenOptions::default()
+    }
+}
+
 /// A whole check-only scrub of `pool` in the foreground (it writes nothing).
 pub fn check_only_scrub(pool: &Pool) -> stripestore::pool::ScrubReport {
     pool.scrub_with(

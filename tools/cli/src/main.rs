@@ -1366,8 +1366,8 @@ pub(crate) fn open_pool_to_look(paths: &[PathBuf]) -> Result<Pool, stripestore::
 }
 
 /// Refuse a request that reaches past the volume, naming the user's offset and length.
-/// An age such as `90s`, `10m`, `26h` or `8d`, in seconds.
-fn parse_age(input: &str) -> Result<u64, String> {
+/// An age or a duration such as `90s`, `10m`, `26h` or `8d`, in seconds.
+pub(crate) fn parse_age(input: &str) -> Result<u64, String> {
     let (number, unit) = input.split_at(
         input
             .find(|c: char| !c.is_ascii_digit())
@@ -1375,17 +1375,17 @@ fn parse_age(input: &str) -> Result<u64, String> {
     );
     let value: u64 = number
         .parse()
-        .map_err(|_| format!("invalid age {input:?} (e.g. 90m, 26h, 8d)"))?;
+        .map_err(|_| format!("invalid duration {input:?} (e.g. 90s, 10m, 26h, 8d)"))?;
     let unit = match unit {
         "" | "s" => 1,
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
-        _ => return Err(format!("invalid age unit in {input:?} (s, m, h or d)")),
+        _ => return Err(format!("invalid duration unit in {input:?} (s, m, h or d)")),
     };
     value
         .checked_mul(unit)
-        .ok_or_else(|| format!("age {input:?} is too large"))
+        .ok_or_else(|| format!("duration {input:?} is too large"))
 }
 
 pub(crate) fn check_request(offset: u64, length: u64, volume_bytes: u64) -> CliResult {

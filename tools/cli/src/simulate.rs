@@ -66,21 +66,7 @@ pub struct SimulateArgs {
 }
 
 fn parse_duration(input: &str) -> Result<Duration, String> {
-    let (number, unit) = input.split_at(
-        input
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(input.len()),
-    );
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration {input:?} (e.g. 90s, 10m, 2h)"))?;
-    let seconds = match unit {
-        "" | "s" => value,
-        "m" => value * 60,
-        "h" => value * 3600,
-        _ => return Err(format!("invalid duration unit in {input:?} (s, m or h)")),
-    };
-    Ok(Duration::from_secs(seconds))
+    crate::parse_age(input).map(Duration::from_secs)
 }
 
 /// Smallest device count that suits `layout`.
