@@ -1,7 +1,7 @@
-//! Recovery points of format version 4, step 1 (`Volume`, docs/FORMAT.md V4.10a), checked
-//! against a model that keeps, for the live volume and for every recovery point, the version
-//! each block was last written with (the bytes of a version are a pattern no other key or
-//! version shares; 0 reads zeros):
+//! Recovery points of format version 4 (`Volume`, docs/FORMAT.md V4.10a–c), checked against
+//! a model that keeps, for the live volume and for every recovery point, the version each
+//! block was last written with (the bytes of a version are a pattern no other key or version
+//! shares; 0 reads zeros):
 //! * every recovery point reads back exactly while the volume is overwritten many times over,
 //!   cleaned and synced, before and after a reopen, and the usage table equals a recount of
 //!   every tree (live and recovery points);
@@ -10,8 +10,13 @@
 //! * a crash after overwrites that only the log holds keeps what the recovery point holds;
 //! * names are checked, nothing is changed by a refused create, and a read-only volume lists
 //!   and reads recovery points without writing;
-//! * the planted bugs `drop_held_block`, `free_shared_page`, `replay_drops_held_block` and
-//!   `recovery_point_in_live_cache` are caught.
+//! * a delete frees exactly what the model says the recovery point alone holds (before and
+//!   after a sync), whole or not at all under a power cut, undone by a rewind;
+//! * a rollback keeps newer recovery points and the state before, lines part exactly, random
+//!   walks over a tree of lines (with power cuts) stay exact, a rewind undoes a rollback;
+//! * the planted bugs `drop_held_block`, `free_shared_page`, `replay_drops_held_block`,
+//!   `recovery_point_in_live_cache`, `pin_only_on_hold`, `delete_ignores_child` and
+//!   `rollback_keeps_live_cache` are caught.
 
 use stripestore::geometry::{Geometry, Layout};
 use stripestore::meta::MapOptions;
@@ -161,12 +166,15 @@ impl Rig {
             .read(devices, 0, &mut all)
             .map_err(|e| format!("live read: {e}"))?;
         compare(&all, &self.newest, "live")?;
-        let listed: Vec<String> = volume
+        // Keys (the listing's order) are reused lowest first: compare as sets.
+        let mut listed: Vec<String> = volume
             .recovery_points()
             .into_iter()
             .map(|p| p.name)
             .collect();
-        let names: Vec<String> = self.points.iter().map(|(n, _)| n.clone()).collect();
+        listed.sort();
+        let mut names: Vec<String> = self.points.iter().map(|(n, _)| n.clone()).collect();
+        names.sort();
         if listed != names {
             return Err(format!(
                 "recovery points {listed:?}, the model has {names:?}"
@@ -1099,4 +1107,188 @@ fn a_rewind_over_a_rollback_returns_to_the_state_before_it() {
     rig.exact().unwrap();
     rig.usage().unwrap();
     assert_eq!(rig.counted_blocks(), rig.model_blocks());
+}
+
+// Random walks over a tree of lines (written by the adversarial review of rollback,
+// docs/reviews/recovery-points-rollback-review.md): create, roll back to any recovery point
+// (an ancestor, the head, another line, an automatic one), delete any that is not where two
+// lines part, reopen, churn; after every step everything reads back, the recount agrees and
+// the usage table counts the model's distinct versions.
+
+impl Rig {
+    /// Lines that part at `name`: recovery points whose parent it is, plus the live line when
+    /// it is the head.
+    fn lines_at(&mut self, name: &str) -> usize {
+        let head = self.volume().map().recovery_head();
+        let points = self.volume().recovery_points();
+        let me = points.iter().find(|p| p.name == name).unwrap();
+        points.iter().filter(|p| p.parent == Some(me.key)).count()
+            + usize::from(me.sequence == head)
+    }
+
+    fn check_all(&mut self, what: &str) -> Result<(), String> {
+        self.exact().map_err(|e| format!("{what}: {e}"))?;
+        self.usage().map_err(|e| format!("{what}: {e}"))?;
+        if self.counted_blocks() != self.model_blocks() {
+            return Err(format!(
+                "{what}: {} blocks counted, the model names {}",
+                self.counted_blocks(),
+                self.model_blocks()
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn tree_of_lines(layout: &str, members: usize, seed: u64, steps: usize) -> Result<(), String> {
+    let mut rig = Rig::new(layout, members, options());
+    let span = rig.blocks() / 40;
+    let mut rng = Lcg(seed);
+    fill(&mut rig, span)?;
+    let mut made = 0;
+    let mut log = Vec::new();
+    for step in 0..steps {
+        let op = rng.next() % 10;
+        let names: Vec<String> = rig.points.iter().map(|(n, _)| n.clone()).collect();
+        let what;
+        if op < 3 || names.is_empty() {
+            if names.len() >= 4 {
+                continue;
+            }
+            made += 1;
+            let name = format!("p{made}");
+            rig.point(&name)
+                .map_err(|e| format!("create {name}: {e}"))?;
+            what = format!("create {name}");
+        } else if op < 6 {
+            let target = names[(rng.next() % names.len() as u64) as usize].clone();
+            let auto = rig.rollback(&target)?;
+            what = format!("rollback {target} (auto {auto:?})");
+        } else if op < 8 {
+            let deletable: Vec<String> = names
+                .iter()
+                .filter(|n| rig.lines_at(n) <= 1)
+                .cloned()
+                .collect();
+            if deletable.is_empty() {
+                continue;
+            }
+            let target = deletable[(rng.next() % deletable.len() as u64) as usize].clone();
+            rig.delete_exactly(&target)
+                .map_err(|e| format!("step {step} delete {target}: {e}; log {log:?}"))?;
+            what = format!("delete {target}");
+        } else if op == 8 {
+            rig.reopen()?;
+            what = "reopen".into();
+        } else {
+            what = "churn".into();
+        }
+        churn(&mut rig, span, (span / 8) as usize, &mut rng)
+            .map_err(|e| format!("step {step} churn: {e}; log {log:?}"))?;
+        log.push(what.clone());
+        rig.check_all(&format!("step {step} after {what}; log {log:?}"))?;
+    }
+    Ok(())
+}
+
+#[test]
+fn rollbacks_over_a_tree_of_lines_stay_exact() {
+    for seed in 1..=12u64 {
+        for (layout, members) in [("rs:4+2", 6), ("mirror:2", 2)] {
+            tree_of_lines(layout, members, seed, 40)
+                .unwrap_or_else(|e| panic!("{layout} seed {seed}: {e}"));
+        }
+    }
+}
+
+/// Rollbacks to points on other lines, each followed by writes the log alone holds and a
+/// power cut (replay with the new S_head), then deletes of whatever can go.
+fn lines_with_crashes(layout: &str, members: usize, seed: u64, steps: usize) -> Result<(), String> {
+    let mut rig = Rig::new(layout, members, options());
+    let span = rig.blocks() / 40;
+    let mut rng = Lcg(seed);
+    fill(&mut rig, span)?;
+    let mut made = 0;
+    let mut log: Vec<String> = Vec::new();
+    for step in 0..steps {
+        let names: Vec<String> = rig.points.iter().map(|(n, _)| n.clone()).collect();
+        let op = rng.next() % 4;
+        if (op == 0 || names.is_empty()) && names.len() < 4 {
+            made += 1;
+            let name = format!("p{made}");
+            rig.point(&name)
+                .map_err(|e| format!("create {name}: {e}"))?;
+            log.push(format!("create {name}"));
+        } else if op <= 2 && !names.is_empty() {
+            let target = names[(rng.next() % names.len() as u64) as usize].clone();
+            let auto = rig.rollback(&target)?;
+            log.push(format!("rollback {target} ({auto:?})"));
+        } else {
+            let deletable: Vec<String> = names
+                .iter()
+                .filter(|n| rig.lines_at(n) <= 1)
+                .cloned()
+                .collect();
+            if let Some(target) = deletable.first().cloned() {
+                rig.delete_exactly(&target)
+                    .map_err(|e| format!("step {step} delete {target}: {e}; log {log:?}"))?;
+                log.push(format!("delete {target}"));
+            }
+        }
+        // Overwrites only the log holds, then a power cut: the replay runs with the new head.
+        for _ in 0..12 {
+            let count = 1 + rng.next() % 4;
+            let first = rng.next() % (span - count + 1);
+            rig.write(first, count).map_err(|e| e.to_string())?;
+            rig.flush().map_err(|e| e.to_string())?;
+        }
+        rig.volume = None;
+        rig.members.crash(step as u64);
+        rig.reopen()?;
+        rig.check_all(&format!("step {step}; log {log:?}"))?;
+    }
+    Ok(())
+}
+
+#[test]
+fn rollbacks_with_power_cuts_stay_exact() {
+    for seed in 1..=8u64 {
+        lines_with_crashes("rs:4+2", 6, seed, 24).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    }
+}
+
+/// A user's recovery point named as the automatic one would be: the automatic one takes
+/// another name (two recovery points never share one).
+#[test]
+fn the_automatic_name_never_collides_with_a_users() {
+    let run = |user: &str| -> (Option<String>, Vec<String>) {
+        let mut rig = Rig::new("rs:4+2", 6, options());
+        let span = rig.blocks() / 40;
+        fill(&mut rig, span).unwrap();
+        rig.point("a").unwrap();
+        churn(&mut rig, span, 20, &mut Lcg(5)).unwrap();
+        rig.point(user).unwrap();
+        rig.write(0, 1).unwrap();
+        rig.flush().unwrap();
+        let auto = rig.rollback("a").unwrap();
+        let names = rig
+            .volume()
+            .recovery_points()
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        (auto, names)
+    };
+    let (auto, _) = run("user");
+    let auto = auto.unwrap();
+    let (again, names) = run(&auto);
+    eprintln!("automatic {again:?}, listed {names:?}");
+    let mut distinct = names.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        names.len(),
+        "two recovery points share a name: {names:?}"
+    );
 }

@@ -892,6 +892,7 @@ impl MapStore {
     ) -> Result<(BTreeMap<u64, RecoveryRecord>, (u64, u64))> {
         let mut points = BTreeMap::new();
         let mut head = (NO_KEY, 0);
+        let mut head_guid = 0;
         let leaves = tree.leaves(devices)?;
         for (first, leaf) in &leaves {
             for (i, bytes) in leaf.chunks_exact(RECOVERY_RECORD_BYTES).enumerate() {
@@ -903,6 +904,7 @@ impl MapStore {
                     (_, None) => {}
                     (0, Some(live)) if live.kind == RecoveryKind::Live => {
                         head = (live.parent, live.sequence);
+                        head_guid = live.parent_guid;
                     }
                     (1.., Some(point)) if point.kind == RecoveryKind::Point => {
                         points.insert(key, point);
@@ -917,8 +919,12 @@ impl MapStore {
             }
         }
         tree.forget_clean_leaves(leaves.iter().map(|(first, _)| *first));
-        let named = |key: u64| points.get(&key).map(|p: &RecoveryRecord| p.sequence);
-        if head.0 != NO_KEY && named(head.0) != Some(head.1) {
+        let named = |key: u64| {
+            points
+                .get(&key)
+                .map(|p: &RecoveryRecord| (p.sequence, p.guid))
+        };
+        if head.0 != NO_KEY && named(head.0) != Some((head.1, head_guid)) {
             return Err(Error::corrupt_metadata(format!(
                 "the live line's head is recovery point {} with S_head {}, which tree 3 does \
                  not hold so",
@@ -938,7 +944,14 @@ impl MapStore {
     /// exists, is older and has the recorded guid. A delete relies on it (a parent it could
     /// not find would count as none, and free what the parent holds).
     fn check_line(points: &BTreeMap<u64, RecoveryRecord>) -> Result<()> {
+        let mut names = BTreeSet::new();
         for (key, point) in points {
+            if !names.insert(point.name.as_str()) {
+                return Err(Error::corrupt_metadata(format!(
+                    "recovery point {key} in tree 3: the name {:?} is another's too",
+                    point.name
+                )));
+            }
             let fine = if point.parent == NO_KEY {
                 point.parent_guid == 0
             } else {
@@ -2981,6 +2994,16 @@ impl MapStore {
                 "a rollback runs with no write unit on the devices".into(),
             ));
         }
+        // What the syncs below would find only after writing (and then fail the map): no
+        // key for the automatic recovery point, a tree of another depth.
+        self.free_key(name)?;
+        if self.points[&key].depth != self.map_depth() {
+            return Err(Error::corrupt_metadata(format!(
+                "recovery point {name} has a map of depth {}, the live map {}",
+                self.points[&key].depth,
+                self.map_depth()
+            )));
+        }
         self.sync(devices)?;
         let unchanged = self
             .points
@@ -2989,7 +3012,13 @@ impl MapStore {
         let automatic = if unchanged {
             None
         } else {
-            let before = format!("before-rollback-{}", self.next_sequence);
+            // A name no recovery point has (a user may have taken this one).
+            let mut before = format!("before-rollback-{}", self.next_sequence);
+            let mut turn = 1;
+            while self.points.values().any(|p| p.name == before) {
+                turn += 1;
+                before = format!("before-rollback-{}-{turn}", self.next_sequence);
+            }
             self.sync_staged(
                 devices,
                 Staged {
@@ -3323,6 +3352,19 @@ impl MapStore {
         Ok(holds)
     }
 
+    /// Refuse, before any sync, a new recovery point for which tree 3 has no key left
+    /// (`name` is what the request names).
+    fn free_key(&self, name: &str) -> Result<()> {
+        let keys = self.points_tree.keys() - 1;
+        if self.points.len() as u64 >= keys {
+            return Err(Error::RecoveryPoint {
+                name: name.to_string(),
+                reason: format!("all {keys} keys are taken: delete one first"),
+            });
+        }
+        Ok(())
+    }
+
     /// Whether a block the live tree drops, born at `birth`, is held by a recovery point
     /// (FORMAT.md V4.10a, the hold rule): born at or before `S_head`.
     fn holds_birth(&self, birth: u64) -> bool {
@@ -3353,6 +3395,7 @@ impl MapStore {
                 reason: "the name is taken".into(),
             });
         }
+        self.free_key(name)?;
         if self.segments.any_held() {
             return Err(Error::Busy(
                 "a recovery point is taken with no write unit on the devices".into(),

@@ -112,9 +112,10 @@ pub struct RecoveryPointsStatus {
     pub count: usize,
     /// How many are held.
     pub held: usize,
-    /// The newest one's creation time, seconds since the Unix epoch.
+    /// The newest one taken on request (not automatically, before a rollback): its
+    /// creation time, seconds since the Unix epoch.
     pub newest_created: Option<u64>,
-    /// The newest one's name.
+    /// Its name.
     pub newest: Option<String>,
 }
 
@@ -229,7 +230,12 @@ impl PoolInner {
             .collect();
         let recovery_points = self.rows().map(|rows| {
             let points = rows.volume.read().recovery_points();
-            let newest = points.iter().max_by_key(|p| p.sequence);
+            // The newest asked for: an automatic one (the state before a rollback) would
+            // hide a schedule that stopped.
+            let newest = points
+                .iter()
+                .filter(|p| !p.automatic)
+                .max_by_key(|p| p.sequence);
             RecoveryPointsStatus {
                 count: points.len(),
                 held: points.iter().filter(|p| p.holds > 0).count(),
