@@ -1,5 +1,6 @@
 //! The endpoint's administration routes (with control on): what `offline`, `online`,
-//! `replace`, `clear` and `spare add|remove` do with `--url`, in the process serving the pool.
+//! `replace`, `clear`, `spare add|remove` and `snapshot create` do with `--url`, in the
+//! process serving the pool (a recovery point taken on an event: `POST /snapshot?name=N`).
 //! Rebuilds they start run in that process's background driver.
 //!
 //! Owns: the routes' parameters (percent-decoded query values), how a device path given over
@@ -17,13 +18,19 @@ use std::path::{Path, PathBuf};
 pub(super) const ROUTES: &str =
     "POST /offline?device=NAME, POST /online?device=NAME[&path=PATH][&force], \
 POST /replace?old=NAME&new=PATH[&force], POST /clear[?device=NAME][&path=PATH], \
-POST /spare/add?device=PATH[&force], POST /spare/remove?spare=NAME";
+POST /spare/add?device=PATH[&force], POST /spare/remove?spare=NAME, POST /snapshot?name=NAME";
 
 /// Whether `path` is one of the administration routes.
 pub(super) fn is_admin_route(path: &str) -> bool {
     matches!(
         path,
-        "/offline" | "/online" | "/replace" | "/clear" | "/spare/add" | "/spare/remove"
+        "/offline"
+            | "/online"
+            | "/replace"
+            | "/clear"
+            | "/spare/add"
+            | "/spare/remove"
+            | "/snapshot"
     )
 }
 
@@ -43,6 +50,15 @@ pub(super) fn answer(pool: &PoolRef, request: &Request<'_>) -> Response {
             pool.remove_spare(&recorded).map_err(refused)?;
             Ok(format!(
                 "{spare}: removed from the spares (its label is left)\n"
+            ))
+        }),
+        "/snapshot" => required(request, "name").and_then(|name| {
+            let point = pool.create_recovery_point(&name).map_err(refused)?;
+            Ok(format!(
+                "recovery point {} taken at {} (sequence {})\n",
+                point.name,
+                crate::types::utc_time(point.created),
+                point.sequence
             ))
         }),
         _ => Err(Response::text(404, "not found\n")),

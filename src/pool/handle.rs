@@ -90,7 +90,7 @@ impl PoolHandle {
 /// An open pool as a front end sees it while answering one request (see [`PoolHandle`]). Holding
 /// it does not stop the pool from closing: once closed, no scrub starts through it.
 pub struct PoolRef {
-    inner: Arc<PoolInner>,
+    pub(super) inner: Arc<PoolInner>,
     scrub_thread: ScrubThread,
 }
 

@@ -7,7 +7,7 @@
 //! rule and the trees (the map's), nor the blocks' bytes (the volume's).
 
 use super::rows::RowsEngine;
-use super::{Pool, PoolInner};
+use super::{Pool, PoolInner, PoolRef};
 use crate::error::{Error, Result};
 use crate::meta::RecoveryPoint;
 
@@ -47,18 +47,10 @@ impl PoolInner {
     }
 }
 
-impl Pool {
-    /// Take recovery point `name` of everything written so far: the writes before it are
-    /// made durable and the map frozen as it stands (one tree sync; nothing is copied). The
-    /// first one also records the recovery-point gate in every member's superblocks.
-    ///
-    /// # Errors
-    /// [`Error::ReadOnly`]; [`Error::Unsupported`] on a version-3 pool;
-    /// [`Error::RecoveryPoint`] for a name not allowed or taken;
-    /// [`Error::PoolUnavailable`] with too few members; an [`Error::Io`] of the gate. After
-    /// any error, list: a create whose commit reached some members may exist.
-    pub fn create_recovery_point(&self, name: &str) -> Result<RecoveryPoint> {
-        let inner = &self.inner;
+impl PoolInner {
+    /// See [`Pool::create_recovery_point`].
+    pub(crate) fn create_recovery_point(&self, name: &str) -> Result<RecoveryPoint> {
+        let inner = self;
         inner.writable("create a recovery point")?;
         let rows = inner.recovery_engine("creating a recovery point")?;
         inner.check_available()?;
@@ -72,13 +64,9 @@ impl Pool {
         inner.unavailable_if_failed(&volume, result)
     }
 
-    /// The recovery points, oldest first, with what each alone holds (a walk of what it
-    /// changed, read-only).
-    ///
-    /// # Errors
-    /// [`Error::Unsupported`] on a version-3 pool; a page that cannot be read.
-    pub fn recovery_points(&self) -> Result<Vec<RecoveryPointInfo>> {
-        let inner = &self.inner;
+    /// See [`Pool::recovery_points`].
+    pub(crate) fn recovery_points(&self) -> Result<Vec<RecoveryPointInfo>> {
+        let inner = self;
         let rows = inner.recovery_engine("listing recovery points")?;
         let volume = rows.volume.read();
         let devices = inner.volume_devices();
@@ -102,6 +90,95 @@ impl Pool {
             .collect()
     }
 
+    /// See [`Pool::recovery_points_supported`].
+    pub(crate) fn recovery_points_supported(&self) -> Result<()> {
+        self.recovery_engine("recovery points").map(|_| ())
+    }
+
+    /// See [`Pool::recovery_point_summary`].
+    #[must_use]
+    pub(crate) fn recovery_point_summary(&self) -> (usize, Option<u64>) {
+        let Some(rows) = self.rows() else {
+            return (0, None);
+        };
+        let points = rows.volume.read().recovery_points();
+        (points.len(), points.iter().map(|p| p.created).max())
+    }
+
+    /// See [`Pool::read_recovery_point`].
+    pub(crate) fn read_recovery_point(
+        &self,
+        name: &str,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<()> {
+        let inner = self;
+        let rows = inner.recovery_engine("reading a recovery point")?;
+        let volume = rows.volume.read();
+        volume.read_recovery_point(&inner.volume_devices(), name, offset, buf)
+    }
+
+    /// See [`Pool::delete_recovery_point`].
+    pub(crate) fn delete_recovery_point(&self, name: &str) -> Result<crate::meta::PointUsage> {
+        let inner = self;
+        inner.writable("delete a recovery point")?;
+        let rows = inner.recovery_engine("deleting a recovery point")?;
+        inner.check_available()?;
+        let mut volume = rows.volume.write();
+        let result = volume.delete_recovery_point(&inner.write_devices(), name);
+        inner.unavailable_if_failed(&volume, result)
+    }
+
+    /// See [`Pool::rollback_to`].
+    pub(crate) fn rollback_to(&self, name: &str) -> Result<Option<RecoveryPoint>> {
+        let inner = self;
+        inner.writable("roll back")?;
+        let rows = inner.recovery_engine("rolling back")?;
+        inner.check_available()?;
+        let mut volume = rows.volume.write();
+        let result = volume.rollback_to(&inner.write_devices(), name);
+        inner.unavailable_if_failed(&volume, result)
+    }
+
+    /// See [`Pool::hold_recovery_point`].
+    pub(crate) fn hold_recovery_point(&self, name: &str, hold: bool) -> Result<u32> {
+        let inner = self;
+        inner.writable(if hold {
+            "hold a recovery point"
+        } else {
+            "release a recovery point"
+        })?;
+        let rows = inner.recovery_engine("holding a recovery point")?;
+        inner.check_available()?;
+        let mut volume = rows.volume.write();
+        let result = volume.hold_recovery_point(&inner.write_devices(), name, hold);
+        inner.unavailable_if_failed(&volume, result)
+    }
+}
+
+impl Pool {
+    /// Take recovery point `name` of everything written so far: the writes before it are
+    /// made durable and the map frozen as it stands (one tree sync; nothing is copied). The
+    /// first one also records the recovery-point gate in every member's superblocks.
+    ///
+    /// # Errors
+    /// [`Error::ReadOnly`]; [`Error::Unsupported`] on a version-3 pool;
+    /// [`Error::RecoveryPoint`] for a name not allowed or taken;
+    /// [`Error::PoolUnavailable`] with too few members; an [`Error::Io`] of the gate. After
+    /// any error, list: a create whose commit reached some members may exist.
+    pub fn create_recovery_point(&self, name: &str) -> Result<RecoveryPoint> {
+        self.inner.create_recovery_point(name)
+    }
+
+    /// The recovery points, oldest first, with what each alone holds (a walk of what it
+    /// changed, read-only).
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] on a version-3 pool; a page that cannot be read.
+    pub fn recovery_points(&self) -> Result<Vec<RecoveryPointInfo>> {
+        self.inner.recovery_points()
+    }
+
     /// Whether this pool can keep recovery points (format version 4), as the refusal the
     /// others give (a command line checks it on a read-only open first, so that a refused
     /// request opens nothing for writing).
@@ -109,18 +186,14 @@ impl Pool {
     /// # Errors
     /// [`Error::Unsupported`] on a version-3 pool.
     pub fn recovery_points_supported(&self) -> Result<()> {
-        self.inner.recovery_engine("recovery points").map(|_| ())
+        self.inner.recovery_points_supported()
     }
 
     /// How many recovery points the pool has, and the newest one's creation time (none on
     /// a version-3 pool); no page is read.
     #[must_use]
     pub fn recovery_point_summary(&self) -> (usize, Option<u64>) {
-        let Some(rows) = self.inner.rows() else {
-            return (0, None);
-        };
-        let points = rows.volume.read().recovery_points();
-        (points.len(), points.iter().map(|p| p.created).max())
+        self.inner.recovery_point_summary()
     }
 
     /// Read `buf.len()` bytes at `offset` of recovery point `name`, as the volume was then.
@@ -129,10 +202,7 @@ impl Pool {
     /// [`Error::OutOfRange`] (checked before any I/O); [`Error::Unsupported`] on a version-3
     /// pool; [`Error::RecoveryPoint`] when there is none of that name; what a read returns.
     pub fn read_recovery_point(&self, name: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let inner = &self.inner;
-        let rows = inner.recovery_engine("reading a recovery point")?;
-        let volume = rows.volume.read();
-        volume.read_recovery_point(&inner.volume_devices(), name, offset, buf)
+        self.inner.read_recovery_point(name, offset, buf)
     }
 
     /// Delete recovery point `name`: what it alone holds is freed (durably when this
@@ -142,13 +212,7 @@ impl Pool {
     /// [`Error::ReadOnly`]; [`Error::Unsupported`] on a version-3 pool;
     /// [`Error::RecoveryPoint`] when there is none of that name or it is held.
     pub fn delete_recovery_point(&self, name: &str) -> Result<crate::meta::PointUsage> {
-        let inner = &self.inner;
-        inner.writable("delete a recovery point")?;
-        let rows = inner.recovery_engine("deleting a recovery point")?;
-        inner.check_available()?;
-        let mut volume = rows.volume.write();
-        let result = volume.delete_recovery_point(&inner.write_devices(), name);
-        inner.unavailable_if_failed(&volume, result)
+        self.inner.delete_recovery_point(name)
     }
 
     /// Roll the volume back to recovery point `name`: it reads as it did then. Every
@@ -160,13 +224,7 @@ impl Pool {
     /// [`Error::ReadOnly`]; [`Error::Unsupported`] on a version-3 pool;
     /// [`Error::RecoveryPoint`] when there is none of that name; after any other error, list.
     pub fn rollback_to(&self, name: &str) -> Result<Option<RecoveryPoint>> {
-        let inner = &self.inner;
-        inner.writable("roll back")?;
-        let rows = inner.recovery_engine("rolling back")?;
-        inner.check_available()?;
-        let mut volume = rows.volume.write();
-        let result = volume.rollback_to(&inner.write_devices(), name);
-        inner.unavailable_if_failed(&volume, result)
+        self.inner.rollback_to(name)
     }
 
     /// Put a hold on recovery point `name` (`hold`), or take one off. Returns its holds.
@@ -175,16 +233,18 @@ impl Pool {
     /// [`Error::ReadOnly`]; [`Error::Unsupported`] on a version-3 pool;
     /// [`Error::RecoveryPoint`] when there is none of that name, or a release finds no hold.
     pub fn hold_recovery_point(&self, name: &str, hold: bool) -> Result<u32> {
-        let inner = &self.inner;
-        inner.writable(if hold {
-            "hold a recovery point"
-        } else {
-            "release a recovery point"
-        })?;
-        let rows = inner.recovery_engine("holding a recovery point")?;
-        inner.check_available()?;
-        let mut volume = rows.volume.write();
-        let result = volume.hold_recovery_point(&inner.write_devices(), name, hold);
-        inner.unavailable_if_failed(&volume, result)
+        self.inner.hold_recovery_point(name, hold)
+    }
+}
+
+/// What a front end that holds a [`PoolRef`] may do with recovery points: the HTTP endpoint's
+/// `POST /snapshot` (control on).
+impl PoolRef {
+    /// Take recovery point `name`, as [`Pool::create_recovery_point`].
+    ///
+    /// # Errors
+    /// As [`Pool::create_recovery_point`].
+    pub fn create_recovery_point(&self, name: &str) -> Result<RecoveryPoint> {
+        self.inner.create_recovery_point(name)
     }
 }

@@ -297,3 +297,50 @@ fn serve_no_auto_replace_leaves_a_faulted_member_to_the_operator() {
         served.stop();
     }
 }
+
+/// A recovery point taken on an event: `snapshot create --url` (`POST /snapshot?name=N` with
+/// control on) takes it in the serving process, which then lists it; a taken name is refused
+/// with 409 and the name; after the server stops, the recovery point reads back what was
+/// written before it.
+#[test]
+fn a_recovery_point_is_taken_through_the_url_of_a_served_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let (devs, _) = pool(dir.path());
+    let served = Served::start(&devs[0], dir.path(), &["--control"]);
+    let url = served.url.clone();
+    let said = ok(&run(&[
+        "snapshot", "create", "--url", &url, "--name", "event-1",
+    ]));
+    assert!(said.contains("recovery point event-1 taken"), "{said}");
+    let status = served.status();
+    assert_eq!(status["recovery_points"]["count"], 1, "{status}");
+    assert_eq!(status["recovery_points"]["newest"], "event-1", "{status}");
+    let again = run(&["snapshot", "create", "--url", &url, "--name", "event-1"]);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("taken"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    served.stop();
+    let data: Vec<u8> = (0..256 << 10).map(|i: u32| (i % 241) as u8).collect();
+    let read = run(&[
+        "read",
+        p(&devs[0]),
+        "--offset",
+        "0",
+        "--length",
+        "256K",
+        "--snapshot",
+        "event-1",
+    ]);
+    assert!(
+        read.status.success(),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    assert!(
+        read.stdout == data,
+        "the recovery point does not read what was written"
+    );
+}

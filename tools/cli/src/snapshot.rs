@@ -12,8 +12,12 @@ pub(crate) enum SnapshotAction {
     /// Take a recovery point of everything written so far (instant: nothing is copied).
     Create {
         /// One or more member paths.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "url", conflicts_with = "url")]
         pool: Vec<PathBuf>,
+        /// Take it in the process serving the pool (`serve --metrics ADDR --control`), e.g.
+        /// http://127.0.0.1:9640: `POST /snapshot?name=NAME`.
+        #[arg(long)]
+        url: Option<String>,
         /// Its name: 1 to 63 letters, digits and . _ : -
         #[arg(long)]
         name: String,
@@ -58,6 +62,14 @@ pub(crate) enum SnapshotAction {
 }
 
 pub(crate) fn run(action: SnapshotAction) -> CliResult {
+    if let SnapshotAction::Create {
+        url: Some(url),
+        name,
+        ..
+    } = &action
+    {
+        return crate::remote::admin(url, "/snapshot", &[("name", Some(name.clone()))], false);
+    }
     if let SnapshotAction::Create { pool, .. }
     | SnapshotAction::Delete { pool, .. }
     | SnapshotAction::Hold { pool, .. }
@@ -70,7 +82,7 @@ pub(crate) fn run(action: SnapshotAction) -> CliResult {
         look.close()?;
     }
     match action {
-        SnapshotAction::Create { pool, name } => {
+        SnapshotAction::Create { pool, name, .. } => {
             let pool = open_pool(&pool)?;
             let started = std::time::Instant::now();
             let point = pool.create_recovery_point(&name)?;
