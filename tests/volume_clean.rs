@@ -23,29 +23,14 @@ const TIMELINE: u64 = 0x7100;
 const DEVICE_BYTES: u64 = 8 << 20;
 const B: usize = BLOCK_BYTES;
 
-const LAYOUTS: [(&str, usize); 4] = [
-    ("rs:4+2", 6),
-    ("mirror:2", 2),
-    ("raid10:2", 4),
-    ("rs:2+1", 3),
-];
+const LAYOUTS: [(&str, usize); 4] = meta::VOLUME_LAYOUTS;
 
 fn geometry(layout: &str, members: usize) -> Geometry {
-    let layout: Layout = layout.parse().unwrap();
-    Geometry::new_v4(layout, members, 16384, DEVICE_BYTES, 4, 16384).unwrap()
+    meta::volume_geometry(layout, members, DEVICE_BYTES)
 }
 
 fn options() -> VolumeOptions {
-    VolumeOptions {
-        map: MapOptions {
-            depth: 2,
-            cache_bytes: 64 * 16384,
-            record_max: Some(4096),
-            segment_slots: 4,
-            ..MapOptions::default()
-        },
-        ..VolumeOptions::default()
-    }
+    meta::volume_options()
 }
 
 fn pattern(key: u64, version: u64) -> Vec<u8> {

@@ -18,7 +18,7 @@
 //!   `recovery_point_in_live_cache`, `pin_only_on_hold`, `delete_ignores_child` and
 //!   `rollback_keeps_live_cache` are caught.
 
-use stripestore::geometry::{Geometry, Layout};
+use stripestore::geometry::Geometry;
 use stripestore::meta::MapOptions;
 use stripestore::volume::{Volume, VolumeCounters, VolumeOptions, BLOCK_BYTES};
 use stripestore::Error;
@@ -31,29 +31,14 @@ const TIMELINE: u64 = 0x7200;
 const DEVICE_BYTES: u64 = 8 << 20;
 const B: usize = BLOCK_BYTES;
 
-const LAYOUTS: [(&str, usize); 4] = [
-    ("rs:4+2", 6),
-    ("mirror:2", 2),
-    ("raid10:2", 4),
-    ("rs:2+1", 3),
-];
+const LAYOUTS: [(&str, usize); 4] = meta::VOLUME_LAYOUTS;
 
 fn geometry(layout: &str, members: usize) -> Geometry {
-    let layout: Layout = layout.parse().unwrap();
-    Geometry::new_v4(layout, members, 16384, DEVICE_BYTES, 4, 16384).unwrap()
+    meta::volume_geometry(layout, members, DEVICE_BYTES)
 }
 
 fn options() -> VolumeOptions {
-    VolumeOptions {
-        map: MapOptions {
-            depth: 2,
-            cache_bytes: 64 * 16384,
-            record_max: Some(4096),
-            segment_slots: 4,
-            ..MapOptions::default()
-        },
-        ..VolumeOptions::default()
-    }
+    meta::volume_options()
 }
 
 fn planted(change: impl FnOnce(&mut MapOptions)) -> VolumeOptions {

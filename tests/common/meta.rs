@@ -6,6 +6,40 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use stripestore::device::{Device, DeviceError, MemDevice, PowerCut, SharedDevice};
 
+/// The four layouts the volume suites run on, with their smallest member counts.
+pub const VOLUME_LAYOUTS: [(&str, usize); 4] = [
+    ("rs:4+2", 6),
+    ("mirror:2", 2),
+    ("raid10:2", 4),
+    ("rs:2+1", 3),
+];
+
+/// A version-4 geometry of 16 KiB chunks on members of `device_bytes`, with the test
+/// minimums (4-slot uberblock rings, 16 KiB log halves).
+pub fn volume_geometry(
+    layout: &str,
+    members: usize,
+    device_bytes: u64,
+) -> stripestore::geometry::Geometry {
+    let layout: stripestore::geometry::Layout = layout.parse().unwrap();
+    stripestore::geometry::Geometry::new_v4(layout, members, 16384, device_bytes, 4, 16384).unwrap()
+}
+
+/// A volume near the test minimums: a map of depth 2, 64 cached pages, 4 KiB records,
+/// segments of 4 slots.
+pub fn volume_options() -> stripestore::volume::VolumeOptions {
+    stripestore::volume::VolumeOptions {
+        map: stripestore::meta::MapOptions {
+            depth: 2,
+            cache_bytes: 64 * 16384,
+            record_max: Some(4096),
+            segment_slots: 4,
+            ..stripestore::meta::MapOptions::default()
+        },
+        ..stripestore::volume::VolumeOptions::default()
+    }
+}
+
 /// Every byte of every member, in member order (for comparisons byte for byte).
 pub fn member_images(devices: &[Option<SharedDevice>]) -> Vec<Vec<u8>> {
     devices
