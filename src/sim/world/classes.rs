@@ -595,7 +595,13 @@ impl World<'_> {
             let len = rng.gen_range(1..3 * stripe) as u32;
             let (offset, len) = self.clamp(rng.gen(), len);
             let data = random_bytes(&mut rng, len);
-            self.write(offset, &data)?;
+            let outcome = self.write(offset, &data);
+            if self.countdown.load(Ordering::SeqCst) <= 0 {
+                // The power died during it (a write may sync, or clean to make room): what
+                // it answered does not count; the check is after the reopen (seed 1000487).
+                break;
+            }
+            outcome?;
             if flush {
                 let flushed = self.pool()?.flush().is_ok();
                 if flushed && self.countdown.load(Ordering::SeqCst) > 0 {
