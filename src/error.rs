@@ -76,6 +76,30 @@ pub enum Error {
         reason: String,
     },
 
+    /// A receive began and did not finish: until it is finished (`receive` with the same
+    /// stream) or aborted (`receive --abort`), the volume reads as it was before it, and
+    /// nothing else may change it.
+    #[error(
+        "{operation}: the receive of recovery point {name:?} is unfinished (the volume reads \
+         as it was before it); finish it by receiving the same stream again, or abort it \
+         (`receive --abort`)"
+    )]
+    ReceiveUnfinished {
+        /// What was refused.
+        operation: String,
+        /// The recovery point being received.
+        name: String,
+    },
+
+    /// A send stream that is not whole and correct: refused before anything is written.
+    #[error("stream, at byte {at}: {reason}")]
+    Stream {
+        /// Where in the stream, in bytes from its start.
+        at: u64,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// An operation this build does not run on this pool's format yet.
     #[error(
         "{operation} is not supported on a format-version-{version} pool by this build: {reason}"

@@ -26,13 +26,26 @@ use crate::device::{flush_each, DeviceError, SharedDevice};
 use crate::error::{Error, Result};
 use crate::format::v4::{
     check_recovery_name, BlockPointer, LogEntry, RecoveryKind, RecoveryRecord, SegmentState,
-    SlotRecord, SlotShape, Tree, Uberblock, ADDRESS_HOLE, NO_KEY, PAGE_BYTES,
-    RECOVERY_RECORD_BYTES, TREES,
+    SlotRecord, SlotShape, Tree, Uberblock, ADDRESS_HOLE, FLAG_AUTOMATIC, FLAG_RECEIVED, NO_KEY,
+    PAGE_BYTES, RECOVERY_RECORD_BYTES, TREES,
 };
 use crate::geometry::Geometry;
 use crate::types::{DeviceIndex, ShardIndex};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
+
+mod diff;
+mod receive;
+pub use diff::DiffRun;
+pub use receive::UnfinishedReceive;
+
+/// What tree 3 holds at open: the recovery points by key, the live line's head
+/// `(key, S_head)`, an unfinished receive.
+type Loaded = (
+    BTreeMap<u64, RecoveryRecord>,
+    (u64, u64),
+    Option<(u64, RecoveryRecord)>,
+);
 
 /// How a map is kept.
 #[derive(Debug, Clone)]
@@ -413,6 +426,11 @@ pub struct MapStore {
     /// live tree drops with birth ≤ `S_head` is held by a recovery point, not counted off.
     head: (u64, u64),
     /// What the running sync does to recovery points besides writing the trees.
+    /// An unfinished receive: its key and record in tree 3 (FORMAT.md V4.10d).
+    receiving: Option<(u64, RecoveryRecord)>,
+    /// What readers see while a receive is unfinished: its base's map (`None` inside: an
+    /// empty volume). `None`: no receive is unfinished, readers see the live map.
+    receive_base: Option<Option<RecoveryPointMap>>,
     staged: Staged,
     /// Metadata segments in which the hold rule kept a page: the metadata cleaner cannot
     /// empty them (FORMAT.md V4.10a), so it does not pick them (this process).
@@ -443,6 +461,8 @@ pub struct RecoveryPoint {
     pub holds: u32,
     /// Taken automatically (before a rollback), not asked for by name.
     pub automatic: bool,
+    /// Received from a stream (its guid and created are the sender's).
+    pub received: bool,
 }
 
 impl RecoveryPoint {
@@ -456,7 +476,8 @@ impl RecoveryPoint {
             txg: record.txg,
             parent: (record.parent != NO_KEY).then_some(record.parent),
             holds: record.holds,
-            automatic: record.flags & 1 == 1,
+            automatic: record.flags & FLAG_AUTOMATIC != 0,
+            received: record.flags & FLAG_RECEIVED != 0,
         }
     }
 }
@@ -494,13 +515,31 @@ impl Unique {
 #[derive(Debug, Default)]
 struct Staged {
     /// A recovery point to record: `(name, created, taken automatically)`.
-    creating: Option<(String, u64, bool)>,
+    creating: Option<NewPoint>,
     /// A recovery point to delete, with what it alone names.
     deleting: Option<(u64, Unique)>,
     /// A recovery point's record to rewrite (its holds changed).
     amending: Option<(u64, RecoveryRecord)>,
     /// The recovery point to roll the live map back to.
     rolling_back: Option<u64>,
+    /// A receive begins: its record (FORMAT.md V4.10d), written at the lowest free key.
+    receiving: Option<RecoveryRecord>,
+    /// The unfinished receive's record is freed (it finished, or was aborted).
+    ending_receive: bool,
+    /// An aborted receive: what the live map alone names (counted off), and the live map
+    /// goes back to the head's root.
+    discarding: Option<Unique>,
+}
+
+/// A recovery point a sync is to record.
+#[derive(Debug)]
+struct NewPoint {
+    name: String,
+    created: u64,
+    /// [`FLAG_AUTOMATIC`], [`FLAG_RECEIVED`].
+    flags: u16,
+    /// The sender's guid for a received recovery point; else one of this pool's.
+    guid: Option<u64>,
 }
 
 /// A delete staged in the sync that makes it durable: the key removed, the child re-parented
@@ -884,13 +923,11 @@ impl MapStore {
         )
     }
 
-    /// Read every record of tree 3: the recovery points by key, and the live line's head
-    /// `(key, S_head)`.
-    fn load_points(
-        tree: &RadixTree,
-        devices: &[Option<SharedDevice>],
-    ) -> Result<(BTreeMap<u64, RecoveryRecord>, (u64, u64))> {
+    /// Read every record of tree 3: the recovery points by key, the live line's head
+    /// `(key, S_head)`, and an unfinished receive's record (at most one).
+    fn load_points(tree: &RadixTree, devices: &[Option<SharedDevice>]) -> Result<Loaded> {
         let mut points = BTreeMap::new();
+        let mut receiving = None;
         let mut head = (NO_KEY, 0);
         let mut head_guid = 0;
         let leaves = tree.leaves(devices)?;
@@ -908,6 +945,11 @@ impl MapStore {
                     }
                     (1.., Some(point)) if point.kind == RecoveryKind::Point => {
                         points.insert(key, point);
+                    }
+                    (1.., Some(receive))
+                        if receive.kind == RecoveryKind::Receive && receiving.is_none() =>
+                    {
+                        receiving = Some((key, receive));
                     }
                     (_, Some(other)) => {
                         return Err(Error::corrupt_metadata(format!(
@@ -937,7 +979,20 @@ impl MapStore {
             ));
         }
         Self::check_line(&points)?;
-        Ok((points, head))
+        if let Some((key, receive)) = &receiving {
+            // Its base is the head it began on: nothing but the receive wrote the live map
+            // since, so the head cannot have moved.
+            let base = (receive.parent, receive.parent_guid, receive.sequence);
+            let head_now = (head.0, named(head.0).map_or(0, |(_, guid)| guid), head.1);
+            if base != head_now {
+                return Err(Error::corrupt_metadata(format!(
+                    "the unfinished receive at tree-3 key {key} began on head {} (guid {:#x}, \
+                     S {}), but the live line's head is {} (guid {:#x}, S {})",
+                    base.0, base.1, base.2, head_now.0, head_now.1, head_now.2
+                )));
+            }
+        }
+        Ok((points, head, receiving))
     }
 
     /// The recovery points must form a tree of lines (rollback makes branches): each parent
@@ -1155,6 +1210,8 @@ impl MapStore {
             points_tree,
             points: BTreeMap::new(),
             head: (NO_KEY, 0),
+            receiving: None,
+            receive_base: None,
             staged: Staged::default(),
             pinned_metadata: BTreeSet::new(),
             planted_holds: PlantedHolds::of(options),
@@ -1239,7 +1296,7 @@ impl MapStore {
             options,
             Some((uberblock.depths[3], uberblock.roots[3])),
         )?;
-        let (points, head) = Self::load_points(&points_tree, devices)?;
+        let (points, head, receiving) = Self::load_points(&points_tree, devices)?;
         debug_assert_eq!(TREES, 6);
         let mut this = Self {
             pool,
@@ -1278,11 +1335,14 @@ impl MapStore {
             points_tree,
             points,
             head,
+            receiving: None,
+            receive_base: None,
             staged: Staged::default(),
             pinned_metadata: BTreeSet::new(),
             planted_holds: PlantedHolds::of(options),
             options: options.clone(),
         };
+        this.set_receiving(receiving)?;
         this.apply_chain(replay)?;
         this.opened.overlay_keys = this.overlay.len();
         this.resume_data_segment(uberblock, replay);
@@ -2649,7 +2709,9 @@ impl MapStore {
         // A delete's sync moves no page: what it counts off was found against the tree as it
         // stands, and no page born after the deleted recovery point's parent may change
         // under it (the hold rule still runs with the old `S_head` until its uberblock).
-        let victims_found = if self.staged.deleting.is_some() || self.staged.rolling_back.is_some()
+        let victims_found = if self.staged.deleting.is_some()
+            || self.staged.rolling_back.is_some()
+            || self.staged.discarding.is_some()
         {
             Vec::new()
         } else {
@@ -2711,9 +2773,13 @@ impl MapStore {
         // A recovery point asked for: the map's tree as this sync wrote it, recorded in tree
         // 3 with the live line's new head, then tree 3's pages (before the usage table, whose
         // fixed point counts them). The uberblock below is its commit point.
+        // A receive's record first: a finish frees it, and the received recovery point may
+        // take its key (FORMAT.md V4.10d), written after it in this same sync.
+        let receiving_changes = self.staged.receiving.is_some() || self.staged.ending_receive;
+        let receive = self.stage_receive(devices)?;
         let created = match self.staged.creating.take() {
-            Some((name, created, automatic)) => {
-                Some(self.record_point(devices, name, created, automatic, txg, birth)?)
+            Some(new) => {
+                Some(self.record_point(devices, new, txg, birth, receive.after.as_ref())?)
             }
             None => None,
         };
@@ -2753,6 +2819,21 @@ impl MapStore {
                 true
             }
             None => unlogged,
+        };
+        // An aborted receive: the live map goes back to its head's tree, unlogged as a
+        // rollback's switch (FORMAT.md V4.10d).
+        // A receive's begin, finish and abort are unlogged as a rollback's switch: a rewind
+        // over one must not replay, onto the tree before, records logged against the tree
+        // after (the receive's writes, or the writes after it).
+        let unlogged = if receive.discarded {
+            let root = self
+                .points
+                .get(&self.head.0)
+                .map_or(BlockPointer::hole(self.map_depth()), |head| head.root);
+            self.map.reset_root(root, false)?;
+            true
+        } else {
+            unlogged || receiving_changes
         };
         self.flush_members(devices)?;
         let half = self.log.position().half ^ 1;
@@ -2795,6 +2876,12 @@ impl MapStore {
         }
         if let Some((key, point)) = rolled {
             self.head = (key, point.sequence);
+            self.pinned_metadata.clear();
+        }
+        if receiving_changes {
+            self.set_receiving(receive.after)?;
+        }
+        if receive.discarded {
             self.pinned_metadata.clear();
         }
         // A victim still referenced holds pages no live tree names: it is not chosen again.
@@ -2864,15 +2951,20 @@ impl MapStore {
     fn record_point(
         &mut self,
         devices: &[Option<SharedDevice>],
-        name: String,
-        created: u64,
-        automatic: bool,
+        new: NewPoint,
         txg: u64,
         s_x: u64,
+        receiving: Option<&(u64, RecoveryRecord)>,
     ) -> Result<(u64, RecoveryRecord)> {
-        let guid = point_guid(&self.pool, s_x);
+        let NewPoint {
+            name,
+            created,
+            flags,
+            guid,
+        } = new;
+        let guid = guid.unwrap_or_else(|| point_guid(&self.pool, s_x));
         let key = (1..self.points_tree.keys())
-            .find(|k| !self.points.contains_key(k))
+            .find(|k| !self.points.contains_key(k) && receiving.is_none_or(|(r, _)| r != k))
             .ok_or_else(|| Error::RecoveryPoint {
                 name: name.clone(),
                 reason: format!("all {} keys are taken", self.points_tree.keys() - 1),
@@ -2883,7 +2975,7 @@ impl MapStore {
         };
         let record = RecoveryRecord {
             kind: RecoveryKind::Point,
-            flags: u16::from(automatic),
+            flags,
             holds: 0,
             guid,
             sequence: s_x,
@@ -2988,6 +3080,7 @@ impl MapStore {
         name: &str,
     ) -> Result<Option<RecoveryPoint>> {
         self.usable()?;
+        self.not_receiving("roll back")?;
         let key = self.point_key(name)?;
         if self.segments.any_held() {
             return Err(Error::Busy(
@@ -3022,7 +3115,12 @@ impl MapStore {
             self.sync_staged(
                 devices,
                 Staged {
-                    creating: Some((before.clone(), (self.clock)(), true)),
+                    creating: Some(NewPoint {
+                        name: before.clone(),
+                        created: (self.clock)(),
+                        flags: FLAG_AUTOMATIC,
+                        guid: None,
+                    }),
                     ..Staged::default()
                 },
             )?;
@@ -3051,18 +3149,7 @@ impl MapStore {
             self.points.get(&key).cloned().ok_or_else(|| {
                 Error::corrupt_metadata(format!("no recovery point {key} to delete"))
             })?;
-        let shape = self.segments.shape();
-        for (segment, count) in &unique.blocks {
-            let count = i64::try_from(*count).unwrap_or(i64::MAX);
-            self.segments
-                .block_delta(segment * shape.blocks_per_segment, -count);
-        }
-        for (segment, count) in &unique.pages {
-            for _ in 0..*count {
-                self.segments
-                    .page_delta(segment * shape.pages_per_segment, -1);
-            }
-        }
+        self.count_off(unique);
         let parent_sequence = self.points.get(&record.parent).map_or(0, |p| p.sequence);
         let child = self
             .points
@@ -3118,6 +3205,23 @@ impl MapStore {
             }
         }
         Ok(StagedDelete { key, child, head })
+    }
+
+    /// Count off, in the usage journal, blocks and pages no tree names any more (a delete's,
+    /// an aborted receive's).
+    fn count_off(&mut self, unique: &Unique) {
+        let shape = self.segments.shape();
+        for (segment, count) in &unique.blocks {
+            let count = i64::try_from(*count).unwrap_or(i64::MAX);
+            self.segments
+                .block_delta(segment * shape.blocks_per_segment, -count);
+        }
+        for (segment, count) in &unique.pages {
+            for _ in 0..*count {
+                self.segments
+                    .page_delta(segment * shape.pages_per_segment, -1);
+            }
+        }
     }
 
     /// The live map as of the last sync, through a cache of its own (a walk that compares it
@@ -3272,6 +3376,7 @@ impl MapStore {
         name: &str,
     ) -> Result<PointUsage> {
         self.usable()?;
+        self.not_receiving("delete a recovery point")?;
         let key = self.point_key(name)?;
         if self.points[&key].holds > 0 {
             return Err(Error::RecoveryPoint {
@@ -3326,6 +3431,7 @@ impl MapStore {
         hold: bool,
     ) -> Result<u32> {
         self.usable()?;
+        self.not_receiving("hold or release a recovery point")?;
         let key = self.point_key(name)?;
         let mut record = self.points[&key].clone();
         record.holds = match (hold, record.holds) {
@@ -3385,6 +3491,7 @@ impl MapStore {
         name: &str,
     ) -> Result<RecoveryPoint> {
         self.usable()?;
+        self.not_receiving("create a recovery point")?;
         check_recovery_name(name).map_err(|reason| Error::RecoveryPoint {
             name: name.to_string(),
             reason,
@@ -3404,7 +3511,12 @@ impl MapStore {
         self.sync_staged(
             devices,
             Staged {
-                creating: Some((name.to_string(), (self.clock)(), false)),
+                creating: Some(NewPoint {
+                    name: name.to_string(),
+                    created: (self.clock)(),
+                    flags: 0,
+                    guid: None,
+                }),
                 ..Staged::default()
             },
         )?;

@@ -21,8 +21,9 @@ mod tree;
 pub use cache::{CacheFull, CacheStats, PageCache, PageState};
 pub use log::{ChainRecord, IntentLog, LogPosition, Replay};
 pub use map::{
-    CommitReport, MapOptions, MapStore, OpenReport, PointUsage, RecoveryPoint, RecoveryPointMap,
-    RewindPlan, RewindReport, SyncReport, Tolerate, WrittenRow,
+    CommitReport, DiffRun, MapOptions, MapStore, OpenReport, PointUsage, RecoveryPoint,
+    RecoveryPointMap, RewindPlan, RewindReport, SyncReport, Tolerate, UnfinishedReceive,
+    WrittenRow,
 };
 pub use ring::{uberblock_places, write_uberblock, Rings};
 pub use segments::{Openings, ReleaseRule, SegmentShape, SegmentTable, SUT_LEAF_BITS};

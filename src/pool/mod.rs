@@ -31,6 +31,7 @@ mod rows_rebuild;
 mod rows_scrub;
 #[cfg(test)]
 mod scrub_tests;
+mod send;
 mod status;
 
 pub use crate::rebuild::{RebuildProgress, StepOutcome};
@@ -50,6 +51,7 @@ pub use planted::PlantedBugs;
 pub use recovery::RecoveryPointInfo;
 pub use requests::{Request, RequestMetrics};
 pub use rows::{FormatVersion, V4Options};
+pub use send::{ChangedRange, ReadSeek, ReceivePhase, ReceiveReport, SendReport};
 pub use status::{DeviceStatus, PoolHealth, PoolStatus, RecoveryPointsStatus, STATUS_EVENTS};
 
 /// Run `work` with the pool's device-parallel work on this thread done one device after

@@ -36,7 +36,7 @@ pub struct RecoveryPointInfo {
 
 impl PoolInner {
     /// The v4 engine, or the refusal a v3 pool gets.
-    fn recovery_engine(&self, operation: &str) -> Result<&RowsEngine> {
+    pub(super) fn recovery_engine(&self, operation: &str) -> Result<&RowsEngine> {
         self.rows().ok_or_else(|| Error::Unsupported {
             operation: operation.to_string(),
             version: 3,

@@ -826,7 +826,7 @@ impl PoolInner {
             // read zeros).
             let allocated = volume
                 .map()
-                .get(&devices, key)
+                .visible(&devices, key)
                 .map_or(true, |p| !p.reads_zeros());
             let from = (key * block).max(offset);
             let to = ((key + 1) * block).min(end);

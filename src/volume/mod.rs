@@ -187,6 +187,9 @@ pub struct Volume {
     map: MapStore,
     blocks: u64,
     read_only: bool,
+    /// Set only inside [`Volume::receive_write`] and [`Volume::receive_discard`] (which hold
+    /// the volume exclusively): the write is the receive's own (FORMAT.md V4.10d).
+    receive_active: bool,
     counters: Counters,
     cleaner: clean::CleanerState,
     observer: Option<Observer>,
@@ -259,6 +262,7 @@ impl Volume {
             map,
             blocks,
             read_only: options.map.read_only,
+            receive_active: false,
             counters: Counters {
                 member_write_errors: (0..geometry.devices).map(|_| AtomicU64::new(0)).collect(),
                 ..Counters::default()
@@ -458,6 +462,20 @@ impl Volume {
         }
     }
 
+    /// [`Volume::writable`], for what changes the volume's content: refused too while a
+    /// receive is unfinished (FORMAT.md V4.10d), except the receive's own writes. Flushes,
+    /// scrub repairs and rebuilds change no content and go on.
+    fn content_writable(&self, operation: &'static str) -> Result<()> {
+        self.writable(operation)?;
+        match self.map.unfinished_receive() {
+            Some(receive) if !self.receive_active => Err(Error::ReceiveUnfinished {
+                operation: operation.to_string(),
+                name: receive.name,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Refuse to write rows the present members cannot hold with at least one copy of every
     /// chunk (more members absent than the layout tolerates).
     fn check_available(&self, devices: &[Option<SharedDevice>]) -> Result<()> {
@@ -571,7 +589,7 @@ impl Volume {
         for write in writes {
             self.check_range(write.offset(), write.len() as u64)?;
         }
-        self.writable("write")?;
+        self.content_writable("write")?;
         if writes.iter().all(|w| w.len() == 0) {
             return Ok(());
         }
@@ -1086,7 +1104,7 @@ impl Volume {
         length: u64,
     ) -> Result<()> {
         self.check_range(offset, length)?;
-        self.writable("discard")?;
+        self.content_writable("discard")?;
         if length == 0 {
             return Ok(());
         }

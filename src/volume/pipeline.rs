@@ -256,7 +256,7 @@ impl Volume {
             .all(|w| self.check_range(w.offset(), w.len() as u64).is_ok());
         if !fits
             || writes.iter().all(|w| w.len() == 0)
-            || self.writable("write").is_err()
+            || self.content_writable("write").is_err()
             || self.check_available(devices).is_err()
             || distinct_keys(writes).is_none()
         {

@@ -123,7 +123,7 @@ impl Volume {
         if key >= self.blocks {
             return Ok(None);
         }
-        let Some(pbn) = self.map.get(devices, key)?.address() else {
+        let Some(pbn) = self.map.visible(devices, key)?.address() else {
             return Ok(None);
         };
         let place = self.rows.place(pbn);
@@ -155,7 +155,9 @@ impl Volume {
         offset: u64,
         buf: &mut [u8],
     ) -> Result<()> {
-        self.read_of(devices, offset, buf, &|key| self.map.get(devices, key))
+        // While a receive is unfinished the volume reads as it was before it (FORMAT.md
+        // V4.10d): its base's tree, or zeros for a full stream.
+        self.read_of(devices, offset, buf, &|key| self.map.visible(devices, key))
     }
 
     /// [`Volume::read`] with the pointers `lookup` gives.

@@ -10,7 +10,7 @@
 use super::Volume;
 use crate::device::SharedDevice;
 use crate::error::Result;
-use crate::meta::{PointUsage, RecoveryPoint};
+use crate::meta::{DiffRun, PointUsage, RecoveryPoint, RecoveryPointMap, UnfinishedReceive};
 
 impl Volume {
     /// Take recovery point `name` of everything written so far (the rows are flushed and the
@@ -112,5 +112,148 @@ impl Volume {
         self.check_range(offset, buf.len() as u64)?;
         let map = self.map.recovery_point_map(name)?;
         self.read_of(devices, offset, buf, &|key| map.get(devices, key))
+    }
+
+    /// Read `buf.len()` bytes at `offset` through recovery point map `map` (one map for many
+    /// reads: a send). The range is checked before any I/O.
+    ///
+    /// # Errors
+    /// As [`Volume::read_recovery_point`].
+    pub fn read_point_map(
+        &self,
+        devices: &[Option<SharedDevice>],
+        map: &RecoveryPointMap,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<()> {
+        self.read_of(devices, offset, buf, &|key| map.get(devices, key))
+    }
+
+    /// The map of recovery point `name`, for [`Volume::read_point_map`].
+    ///
+    /// # Errors
+    /// [`crate::Error::RecoveryPoint`] when there is none of that name.
+    pub fn recovery_point_map(&self, name: &str) -> Result<RecoveryPointMap> {
+        self.map.recovery_point_map(name)
+    }
+
+    /// The runs of blocks whose content may differ between `from` (`None`: an empty volume)
+    /// and `to`, in ascending order, to `visit`. Reads pages; writes nothing.
+    ///
+    /// # Errors
+    /// What [`crate::meta::MapStore::diff_recovery_points`] returns.
+    pub fn diff_recovery_points(
+        &self,
+        devices: &[Option<SharedDevice>],
+        from: Option<&str>,
+        to: &str,
+        visit: &mut dyn FnMut(DiffRun) -> Result<()>,
+    ) -> Result<()> {
+        self.map.diff_recovery_points(devices, from, to, visit)
+    }
+
+    /// The unfinished receive, if there is one.
+    #[must_use]
+    pub fn unfinished_receive(&self) -> Option<UnfinishedReceive> {
+        self.map.unfinished_receive()
+    }
+
+    /// Whether a receive of `name` (`guid`) on base `base_guid` may begin (or resume, when
+    /// it is the unfinished one). Writes nothing.
+    ///
+    /// # Errors
+    /// What [`crate::meta::MapStore::check_receivable`] returns.
+    pub fn check_receivable(&self, name: &str, guid: u64, base_guid: u64) -> Result<()> {
+        match self.map.unfinished_receive() {
+            Some(r) if r.guid == guid && r.base_guid == base_guid && r.name == name => Ok(()),
+            _ => self.map.check_receivable(name, guid, base_guid),
+        }
+    }
+
+    /// Begin (or resume) receiving recovery point `name`: the checks again, under the
+    /// volume's lock, and the receive record in tree 3 unless it is the unfinished one.
+    /// Afterwards only [`Volume::receive_write`] and [`Volume::receive_discard`] change the
+    /// volume's content, until [`Volume::finish_receive`] or [`Volume::abort_receive`].
+    ///
+    /// # Errors
+    /// A read-only volume; what [`crate::meta::MapStore::begin_receive`] returns.
+    pub fn begin_receive(
+        &mut self,
+        devices: &[Option<SharedDevice>],
+        name: &str,
+        guid: u64,
+        base_guid: u64,
+        created: u64,
+    ) -> Result<()> {
+        self.writable("receive")?;
+        self.check_receivable(name, guid, base_guid)?;
+        if self.map.unfinished_receive().is_none() {
+            self.map
+                .begin_receive(devices, name, guid, base_guid, created)?;
+        }
+        Ok(())
+    }
+
+    /// A write of the unfinished receive (whole blocks of its stream).
+    ///
+    /// # Errors
+    /// [`crate::Error::RecoveryPoint`] when no receive is unfinished; what
+    /// [`Volume::write`] returns.
+    pub fn receive_write(
+        &mut self,
+        devices: &[Option<SharedDevice>],
+        offset: u64,
+        data: &[u8],
+    ) -> Result<()> {
+        self.as_receive(|volume| volume.write(devices, offset, data))
+    }
+
+    /// A discard of the unfinished receive (a zeros record of its stream).
+    ///
+    /// # Errors
+    /// As [`Volume::receive_write`].
+    pub fn receive_discard(
+        &mut self,
+        devices: &[Option<SharedDevice>],
+        offset: u64,
+        length: u64,
+    ) -> Result<()> {
+        self.as_receive(|volume| volume.discard(devices, offset, length))
+    }
+
+    fn as_receive(&mut self, write: impl FnOnce(&mut Self) -> Result<()>) -> Result<()> {
+        if self.map.unfinished_receive().is_none() {
+            return Err(crate::Error::RecoveryPoint {
+                name: String::new(),
+                reason: "no receive is unfinished".into(),
+            });
+        }
+        self.receive_active = true;
+        let outcome = write(self);
+        self.receive_active = false;
+        outcome
+    }
+
+    /// Finish the receive once its writes are committed: the received recovery point is
+    /// recorded, durably when this returns.
+    ///
+    /// # Errors
+    /// What [`crate::meta::MapStore::finish_receive`] returns.
+    pub fn finish_receive(&mut self, devices: &[Option<SharedDevice>]) -> Result<RecoveryPoint> {
+        self.writable("receive")?;
+        // The sync makes the receive's writes durable first (rows flushed, then logged).
+        self.map.finish_receive(devices)
+    }
+
+    /// Abort the unfinished receive: what it wrote is freed, exactly, and the volume is as
+    /// it was before it (durably when this returns).
+    ///
+    /// # Errors
+    /// A read-only volume; what [`crate::meta::MapStore::abort_receive`] returns.
+    pub fn abort_receive(&mut self, devices: &[Option<SharedDevice>]) -> Result<PointUsage> {
+        self.writable("abort a receive")?;
+        let freed = self.map.abort_receive(devices)?;
+        self.cleaner.forget_pins();
+        Ok(freed)
     }
 }

@@ -2,15 +2,16 @@
 //! Key 0 holds the live line (the head and `S_head`); keys `1..` hold recovery points.
 //!
 //! ```text
-//! 0        kind u8: 0 free, 1 recovery point, 2 live line (key 0 only)
+//! 0        kind u8: 0 free, 1 recovery point, 2 live line (key 0 only),
+//!          3 an unfinished receive (V4.10d; at most one, key 1..)
 //! 1        state u8: 0 (1 = being deleted, reserved)
-//! 2..4     flags u16 (bit 0: taken automatically)
+//! 2..4     flags u16 (bit 0: taken automatically; bit 1: received from a stream)
 //! 4..8     holds u32
-//! 8..16    guid u64
-//! 16..24   S_X (kind 1) or S_head (kind 2)
+//! 8..16    guid u64 (kind 3: the guid of the recovery point being received)
+//! 16..24   S_X (kind 1) or S_head (kind 2, and kind 3 at its start)
 //! 24..32   txg of the sync that wrote it (kind 1; 0 for kind 2)
 //! 32..40   created, seconds since the Unix epoch
-//! 40..48   parent key (kind 1) or head key (kind 2); u64::MAX: none
+//! 40..48   parent key (kind 1) or head key (kind 2, and kind 3: its base); u64::MAX: none
 //! 48..56   parent guid (0: none)
 //! 56..72   map root pointer
 //! 72       map depth u8
@@ -39,7 +40,16 @@ pub enum RecoveryKind {
     Point = 1,
     /// The live tree's line (key 0): its head.
     Live = 2,
+    /// A receive not finished (FORMAT.md V4.10d): the recovery point it will create, and
+    /// its base (the head when it began).
+    Receive = 3,
 }
+
+/// Flags bit 0: the recovery point was taken automatically (before a rollback).
+pub const FLAG_AUTOMATIC: u16 = 1;
+/// Flags bit 1: the recovery point was received from a stream (its guid and created are
+/// the sender's).
+pub const FLAG_RECEIVED: u16 = 2;
 
 /// One tree-3 record (a free record is `None` when decoded).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,6 +153,7 @@ impl RecoveryRecord {
             }
             1 => RecoveryKind::Point,
             2 => RecoveryKind::Live,
+            3 => RecoveryKind::Receive,
             other => return Err(format!("recovery-point record of kind {other}")),
         };
         if bytes[1] != 0 {
@@ -161,7 +172,7 @@ impl RecoveryRecord {
         zero(73..88, "bytes 73..88 (reserved, delete cursor)")?;
         zero(192..256, "bytes 192..256 (reserved)")?;
         let flags = le::get(bytes, 2, 2) as u16;
-        if flags & !1 != 0 {
+        if flags & !(FLAG_AUTOMATIC | FLAG_RECEIVED) != 0 {
             return Err(format!("recovery-point record: flags {flags:#x}"));
         }
         let root = BlockPointer::decode(&bytes[56..72])
@@ -212,6 +223,15 @@ impl RecoveryRecord {
                         record.name,
                         root.level()
                     ));
+                }
+            }
+            RecoveryKind::Receive => {
+                check_recovery_name(&record.name).map_err(|e| format!("receive record: {e}"))?;
+                if depth != 0 || !root.is_hole() || root.level() != 0 || record.guid == 0 {
+                    return Err("receive record with a depth or root, or no guid".into());
+                }
+                if record.flags != 0 || record.holds != 0 {
+                    return Err("receive record with flags or holds".into());
                 }
             }
             RecoveryKind::Live => {
@@ -272,6 +292,28 @@ mod tests {
             name: String::new(),
         };
         assert_eq!(RecoveryRecord::decode(&live.encode()).unwrap(), Some(live));
+        let receive = RecoveryRecord {
+            kind: RecoveryKind::Receive,
+            flags: 0,
+            holds: 0,
+            guid: 0x77,
+            sequence: 77,
+            txg: 10,
+            created: 1_790_000_000,
+            parent: 1,
+            parent_guid: 5,
+            root: BlockPointer::hole(0),
+            depth: 0,
+            counters: [0; 3],
+            name: "daily".into(),
+        };
+        assert_eq!(
+            RecoveryRecord::decode(&receive.encode()).unwrap(),
+            Some(receive.clone())
+        );
+        let mut nameless = receive;
+        nameless.name = String::new();
+        assert!(RecoveryRecord::decode(&nameless.encode()).is_err());
         assert_eq!(RecoveryRecord::decode(&[0u8; 256]).unwrap(), None);
     }
 
@@ -284,9 +326,9 @@ mod tests {
             let e = RecoveryRecord::decode(&bytes).unwrap_err();
             assert!(e.contains(says), "byte {at} = {value}: {e}");
         };
-        refused(0, 3, "kind 3");
+        refused(0, 4, "kind 4");
         refused(1, 1, "state 1");
-        refused(2, 2, "flags");
+        refused(2, 4, "flags");
         refused(75, 1, "reserved");
         refused(200, 1, "reserved");
         refused(72, 2, "level 3 for depth 2");
