@@ -120,6 +120,14 @@ pub struct MapOptions {
     /// point's root but leaves the pages it cached of the tree it replaces.
     #[cfg(feature = "testing")]
     pub rollback_keeps_live_cache: bool,
+    /// Planted bug `abort_keeps_blocks`: an aborted receive puts the head's root back but
+    /// counts off nothing it wrote (a leak).
+    #[cfg(feature = "testing")]
+    pub abort_keeps_blocks: bool,
+    /// Planted bug `receive_reads_live`: while a receive is unfinished, reads see the live
+    /// map (the partial receive), not its base.
+    #[cfg(feature = "testing")]
+    pub receive_reads_live: bool,
 }
 
 /// The planted bugs of the hold rule (all off in a build without `testing`).
@@ -132,6 +140,8 @@ struct PlantedHolds {
     pin_only_on_hold: bool,
     delete_ignores_child: bool,
     rollback_keeps_live_cache: bool,
+    abort_keeps_blocks: bool,
+    receive_reads_live: bool,
 }
 
 impl PlantedHolds {
@@ -145,6 +155,8 @@ impl PlantedHolds {
             pin_only_on_hold: options.pin_only_on_hold,
             delete_ignores_child: options.delete_ignores_child,
             rollback_keeps_live_cache: options.rollback_keeps_live_cache,
+            abort_keeps_blocks: options.abort_keeps_blocks,
+            receive_reads_live: options.receive_reads_live,
         };
         #[cfg(not(feature = "testing"))]
         {
@@ -191,6 +203,10 @@ impl Default for MapOptions {
             delete_ignores_child: false,
             #[cfg(feature = "testing")]
             rollback_keeps_live_cache: false,
+            #[cfg(feature = "testing")]
+            abort_keeps_blocks: false,
+            #[cfg(feature = "testing")]
+            receive_reads_live: false,
         }
     }
 }

@@ -83,6 +83,7 @@ impl MapStore {
     /// As [`MapStore::get`].
     pub fn visible(&self, devices: &[Option<SharedDevice>], key: u64) -> Result<BlockPointer> {
         match &self.receive_base {
+            _ if self.planted_holds.receive_reads_live => self.get(devices, key),
             None => self.get(devices, key),
             Some(Some(base)) => base.get(devices, key),
             Some(None) => Ok(BlockPointer::hole(0)),
@@ -354,7 +355,9 @@ impl MapStore {
         }
         let discarded = match self.staged.discarding.take() {
             Some(unique) => {
-                self.count_off(&unique);
+                if !self.planted_holds.abort_keeps_blocks {
+                    self.count_off(&unique);
+                }
                 true
             }
             None => false,
