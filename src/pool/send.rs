@@ -191,6 +191,10 @@ impl PoolInner {
         let rows = self.recovery_engine("a receive")?;
         self.check_available()?;
         // Pass 1: the whole stream is read and checked before anything is written.
+        let start = stream.stream_position().map_err(|e| Error::Stream {
+            at: 0,
+            reason: format!("cannot tell the stream's position: {e}"),
+        })?;
         let mut reader = StreamReader::new(&mut *stream).map_err(stream_error)?;
         let header = reader.header().clone();
         let size = self.volume_bytes();
@@ -213,10 +217,12 @@ impl PoolInner {
             progress(ReceivePhase::Checking, reader.position());
         }
         // Pass 2: begin (the receive record), apply every record again checked, finish.
-        stream.seek(SeekFrom::Start(0)).map_err(|e| Error::Stream {
-            at: 0,
-            reason: format!("cannot read the stream a second time: {e}"),
-        })?;
+        stream
+            .seek(SeekFrom::Start(start))
+            .map_err(|e| Error::Stream {
+                at: 0,
+                reason: format!("cannot read the stream a second time: {e}"),
+            })?;
         let mut reader = StreamReader::new(&mut *stream).map_err(stream_error)?;
         if reader.header() != &header {
             return Err(Error::Stream {
@@ -328,8 +334,8 @@ impl Pool {
     /// layout) and becomes the newest recovery point, with the sender's name and guid; the
     /// live volume reads as it. A receive cut short (a crash, an error) leaves the volume
     /// reading as it was before, refusing other changes until the same stream is received
-    /// again (it resumes) or [`Pool::abort_receive`] runs. Nothing else may write the pool
-    /// while this runs. The stream is read twice (seek to its start).
+    /// again (it resumes) or [`Pool::abort_receive`] runs. Other writes are refused while
+    /// it runs. The stream is read twice, from its position when called.
     ///
     /// # Errors
     /// [`Error::Stream`] naming the byte where the stream is wrong; [`Error::RecoveryPoint`]

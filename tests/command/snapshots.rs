@@ -278,3 +278,84 @@ fn rollback_restores_a_recovery_point_and_keeps_the_state_before() {
         "the state before the rollback was not kept"
     );
 }
+
+fn pool_of(dir: &Path, prefix: &str, layout: &str, members: usize, size: &str) -> Vec<PathBuf> {
+    let devs: Vec<PathBuf> = (0..members)
+        .map(|i| dir.join(format!("{prefix}{i}")))
+        .collect();
+    let mut args = vec![
+        "create",
+        "--layout",
+        layout,
+        "--device-size",
+        size,
+        "--format",
+        "4",
+    ];
+    args.extend(devs.iter().map(|d| p(d)));
+    ok(&run(&args, None));
+    devs
+}
+
+/// `send` to a file and through a pipe, `receive` into a pool of another layout, `snapshot
+/// diff`; a corrupt stream is refused with the target's bytes unchanged; `receive --abort`
+/// with nothing unfinished is refused.
+#[test]
+fn send_and_receive_carry_recovery_points_to_a_pool_of_another_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = pool_of(dir.path(), "s", "rs:4+2", 6, "16M");
+    let dst = pool_of(dir.path(), "t", "mirror:2", 2, "96M");
+    let (s0, t0) = (p(&src[0]), p(&dst[0]));
+    let first = payload(1 << 20, 5);
+    let second = payload(200_000, 6);
+    ok(&run(&["write", s0, "--offset", "0"], Some(&first)));
+    ok(&run(&["snapshot", "create", s0, "--name", "a"], None));
+    ok(&run(&["write", s0, "--offset", "409600"], Some(&second)));
+    ok(&run(&["snapshot", "create", s0, "--name", "b"], None));
+    // The diff: the 49 blocks the second write touched (200,000 bytes from 409,600).
+    let json: serde_json::Value = serde_json::from_str(&ok(&run(
+        &["snapshot", "diff", s0, "--from", "a", "--to", "b", "--json"],
+        None,
+    )))
+    .unwrap();
+    assert_eq!(json["changed_data_bytes"], 49 * 4096, "{json}");
+    assert_eq!(json["ranges"][0]["offset"], 409_600, "{json}");
+    let listed = ok(&run(
+        &["snapshot", "diff", s0, "--from", "a", "--to", "b"],
+        None,
+    ));
+    assert!(
+        listed.contains("409600") && listed.contains("data"),
+        "{listed}"
+    );
+
+    let full = dir.path().join("a.stream");
+    let out = run(&["send", s0, "--snapshot", "a", "--output", p(&full)], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("full"), "{}", text(&out.stderr));
+    let said = ok(&run(&["receive", t0, "--input", p(&full)], None));
+    assert!(said.contains("received a"), "{said}");
+    // The incremental through a pipe: stdout of send, stdin of receive.
+    let stream = run(&["send", s0, "--snapshot", "b", "--from", "a"], None);
+    assert!(stream.status.success(), "{}", text(&stream.stderr));
+    let mut bad = stream.stdout.clone();
+    let middle = bad.len() / 2;
+    bad[middle] ^= 1;
+    let before = images(&dst);
+    refused(&run(&["receive", t0], Some(&bad)), "stream, at byte");
+    refused(&run(&["receive", t0], Some(&bad[..middle])), "truncated");
+    assert!(images(&dst) == before, "a refused stream wrote");
+    let said = ok(&run(&["receive", t0, "--json"], Some(&stream.stdout)));
+    let report: serde_json::Value = serde_json::from_str(&said).unwrap();
+    assert_eq!(report["name"], "b", "{said}");
+    let mut expected = first.clone();
+    expected[409_600..409_600 + second.len()].copy_from_slice(&second);
+    let length = expected.len().to_string();
+    let now = run(&["read", t0, "--offset", "0", "--length", &length], None);
+    assert!(now.stdout == expected, "the received volume differs");
+    let old = read_point(t0, first.len(), "a");
+    assert!(old.stdout == first, "the received recovery point a differs");
+    let names = ok(&run(&["snapshot", "list", t0], None));
+    assert!(names.contains("a") && names.contains("b"), "{names}");
+    refused(&run(&["receive", t0, "--abort"], None), "nothing to abort");
+}

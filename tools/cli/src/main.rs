@@ -21,6 +21,7 @@ mod monitor;
 mod progress;
 mod remote;
 mod scrub;
+mod send;
 mod serve;
 mod simulate;
 mod snapshot;
@@ -199,6 +200,40 @@ enum Command {
         /// The recovery point to roll back to.
         #[arg(long)]
         to: String,
+    },
+    /// Write a stream of a recovery point (all of it, or with --from only what changed since
+    /// an older one) to a file or stdout, for `receive` into another pool.
+    Send {
+        /// One or more member paths.
+        #[arg(required = true)]
+        pool: Vec<PathBuf>,
+        /// The recovery point to send.
+        #[arg(long)]
+        snapshot: String,
+        /// Send only what changed since this recovery point (the receiving pool has it as
+        /// its newest).
+        #[arg(long)]
+        from: Option<String>,
+        /// The stream's file (default: stdout).
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// Receive a stream written by `send`: checked whole before anything is written, then
+    /// applied; the pool's volume becomes the recovery point it carries (any layout). A
+    /// receive cut short leaves the volume as before until it is received again or aborted.
+    Receive {
+        /// One or more member paths.
+        #[arg(required = true)]
+        pool: Vec<PathBuf>,
+        /// The stream's file (default: stdin, kept in a temporary file while it is checked).
+        #[arg(long, conflicts_with = "abort")]
+        input: Option<PathBuf>,
+        /// Abort an unfinished receive: the volume goes back to what it was, exactly.
+        #[arg(long)]
+        abort: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
     },
     /// Verify every chunk of every written stripe (data, parity, all copies), check that
     /// parity and copies agree, and repair what fails. Exit code: 0 clean, 1 damage found and
@@ -643,6 +678,18 @@ fn execute(command: Command) -> CliResult {
         } => snapshot::read(&pool, &name, offset, length, output),
         Command::Snapshot { action } => snapshot::run(action),
         Command::Rollback { pool, to } => snapshot::rollback(&pool, &to),
+        Command::Send {
+            pool,
+            snapshot,
+            from,
+            output,
+        } => send::send(&pool, &snapshot, from.as_deref(), output),
+        Command::Receive {
+            pool,
+            input,
+            abort,
+            json,
+        } => send::receive(&pool, input, abort, json),
         Command::Scrub {
             pool,
             url,

@@ -1,4 +1,4 @@
-//! `snapshot create|list|delete|hold|release` and `read --snapshot`: the pool's recovery
+//! `snapshot create|list|delete|hold|release|diff` and `read --snapshot`: the pool's recovery
 //! points (docs/FORMAT.md V4.10a, V4.10b) from the command line. Each command opens the pool,
 //! does one thing and closes it; `list` and `read` open it read-only (looking never writes).
 
@@ -49,6 +49,22 @@ pub(crate) enum SnapshotAction {
         /// Its name.
         #[arg(long)]
         name: String,
+    },
+    /// The byte ranges whose content may differ between two recovery points (what an
+    /// incremental `send` carries): `OFFSET LENGTH data|zeros` per line, or --json.
+    Diff {
+        /// One or more member paths.
+        #[arg(required = true)]
+        pool: Vec<PathBuf>,
+        /// The older recovery point (default: an empty volume).
+        #[arg(long)]
+        from: Option<String>,
+        /// The newer recovery point.
+        #[arg(long)]
+        to: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
     },
     /// Take a hold off a recovery point.
     Release {
@@ -136,6 +152,12 @@ pub(crate) fn run(action: SnapshotAction) -> CliResult {
             );
             pool.close()?;
         }
+        SnapshotAction::Diff {
+            pool,
+            from,
+            to,
+            json,
+        } => crate::send::diff(&pool, from.as_deref(), &to, json)?,
         SnapshotAction::Hold { pool, name } => hold(&pool, &name, true)?,
         SnapshotAction::Release { pool, name } => hold(&pool, &name, false)?,
     }
