@@ -449,8 +449,10 @@ impl std::io::Read for FlipOnSecondPass {
 
 impl std::io::Seek for FlipOnSecondPass {
     fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
-        let std::io::SeekFrom::Start(to) = to else {
-            return Err(std::io::Error::other("only from the start"));
+        let to = match to {
+            std::io::SeekFrom::Start(to) => to,
+            std::io::SeekFrom::Current(0) => return Ok(self.pos as u64),
+            _ => return Err(std::io::Error::other("only to a position, or where it is")),
         };
         self.passes += 1;
         if self.passes == 1 {
