@@ -230,7 +230,15 @@ fn full_and_incremental_streams_round_trip_into_other_layouts_and_chain() {
         let mems = mem_devices(members, bytes);
         let target = Pool::create(shared(&mems), vec![], &v4_options(layout)).unwrap();
         assert!(target.size() >= src.pool.size(), "{layout}");
+        let gate = |mems: &[Arc<MemDevice>]| {
+            shared(mems).iter().all(|d| {
+                let label = stripestore::pool::read_label(d.as_ref()).unwrap().unwrap();
+                label.map.unwrap().received_streams
+            })
+        };
+        assert!(!gate(&mems), "{layout}: the receive gate before any");
         let full = receive(&target, &src.send("a", None)).unwrap();
+        assert!(gate(&mems), "{layout}: the receive gate on every member");
         assert_eq!(
             (full.name.as_str(), full.base_guid, full.resumed),
             ("a", 0, false)

@@ -52,6 +52,12 @@ pub struct MapParams {
     /// holes over them. Absent (false) otherwise, so such pools stay open to older builds.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub recovery_points: bool,
+    /// The pool has (or had) a receive (docs/FORMAT.md V4.10d): tree 3 may hold a receive
+    /// record (kind 3) and received recovery points (flags bit 1). Written on every member
+    /// before the first receive writes anything, so that a build with recovery points but
+    /// without receive refuses the pool by this field's name rather than as corrupt.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub received_streams: bool,
 }
 
 impl MapParams {
@@ -401,6 +407,7 @@ mod tests {
             metadata_copies: 3,
             timeline: 1,
             recovery_points: false,
+            received_streams: false,
         }
     }
 
@@ -421,6 +428,9 @@ mod tests {
         assert!(json(&sb).contains("\"recovery_points\":true"));
         let decoded = Superblock::decode(&sb.encode().unwrap()).unwrap();
         assert!(decoded.map.unwrap().recovery_points);
+        assert!(!json(&sb).contains("received_streams"));
+        sb.map.as_mut().unwrap().received_streams = true;
+        assert!(json(&sb).contains("\"received_streams\":true"));
         let mut value = serde_json::to_value(map_params()).unwrap();
         value["deadlists"] = serde_json::Value::Bool(true);
         let refused = serde_json::from_value::<MapParams>(value).unwrap_err();

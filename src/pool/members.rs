@@ -906,6 +906,25 @@ impl Members {
     /// naming a member whose superblocks could not be written (no recovery point may be taken
     /// then: that member, alone, would open under an older build).
     pub(crate) fn enable_recovery_points(&self) -> Result<()> {
+        self.enable_map_gate(|map| &mut map.recovery_points)
+    }
+
+    /// Record the receive gate (docs/FORMAT.md V4.10d) in every member's superblocks, and
+    /// the recovery-point gate with it, before the first receive writes anything.
+    ///
+    /// # Errors
+    /// As [`Members::enable_recovery_points`].
+    pub(crate) fn enable_received_streams(&self) -> Result<()> {
+        self.enable_map_gate(|map| &mut map.recovery_points)?;
+        self.enable_map_gate(|map| &mut map.received_streams)
+    }
+
+    /// Set one of the map's gates in the superblock and write it to every member (nothing
+    /// is written when it is set already).
+    fn enable_map_gate(
+        &self,
+        gate: impl Fn(&mut crate::format::MapParams) -> &mut bool,
+    ) -> Result<()> {
         {
             let mut template = self.superblock.lock();
             match template.map.as_mut() {
@@ -916,8 +935,13 @@ impl Members {
                         reason: "recovery points need format version 4 (the paged map)".into(),
                     })
                 }
-                Some(map) if map.recovery_points => return Ok(()),
-                Some(map) => map.recovery_points = true,
+                Some(map) => {
+                    let set = gate(map);
+                    if *set {
+                        return Ok(());
+                    }
+                    *set = true;
+                }
             }
         }
         if let Some((device, err)) = self.write_superblocks()?.into_iter().next() {

@@ -379,6 +379,7 @@ pub(crate) fn create(
         metadata_copies: geometry.metadata_copies() as u64,
         timeline: 1,
         recovery_points: false,
+        received_streams: false,
     };
     Ok((volume, params))
 }

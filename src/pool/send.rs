@@ -230,7 +230,7 @@ impl PoolInner {
                 reason: "the stream changed between its check and its apply".into(),
             });
         }
-        self.members.enable_recovery_points()?;
+        self.members.enable_received_streams()?;
         {
             let mut volume = rows.volume.write();
             let begun = volume.begin_receive(
