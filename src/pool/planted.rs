@@ -40,6 +40,12 @@ pub struct PlantedBugs {
     /// (read by the map's usage accounting), so blocks recovery points still name are freed
     /// and written over (docs/FORMAT.md V4.10a, the hold rule).
     pub drop_held_block: bool,
+    /// Format version 4: an aborted receive puts the volume back but counts off nothing it
+    /// wrote (a leak; docs/FORMAT.md V4.10d).
+    pub abort_keeps_blocks: bool,
+    /// Format version 4: while a receive is unfinished, reads see what it wrote so far, not
+    /// the volume as it was (docs/FORMAT.md V4.10d).
+    pub receive_reads_live: bool,
 }
 
 impl PlantedBugs {
@@ -55,5 +61,7 @@ impl PlantedBugs {
             || self.scrub_without_skip
             || self.encode_without_parity
             || self.drop_held_block
+            || self.abort_keeps_blocks
+            || self.receive_reads_live
     }
 }

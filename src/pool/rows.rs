@@ -334,6 +334,8 @@ fn with_planted(mut volume: VolumeOptions, options: &OpenOptions) -> VolumeOptio
     volume.scrub_without_skip = options.planted.scrub_without_skip;
     volume.encode_without_parity = options.planted.encode_without_parity;
     volume.map.drop_held_block = options.planted.drop_held_block;
+    volume.map.abort_keeps_blocks = options.planted.abort_keeps_blocks;
+    volume.map.receive_reads_live = options.planted.receive_reads_live;
     if options.planted.release_before_root_durable {
         volume.map.release = crate::meta::ReleaseRule::AtOnce;
     }

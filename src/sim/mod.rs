@@ -215,7 +215,7 @@ impl SimConfig {
 }
 
 /// The names `simulate --plant` takes, each with the protection it switches off.
-pub const PLANTABLE: [&str; 8] = [
+pub const PLANTABLE: [&str; 10] = [
     "skip-checksum-verification",
     "skip-commit-data-flush",
     "fault-on-data-errors",
@@ -224,6 +224,8 @@ pub const PLANTABLE: [&str; 8] = [
     "release-before-root-durable",
     "encode-without-parity",
     "drop-held-block",
+    "abort-keeps-blocks",
+    "receive-reads-live",
 ];
 
 /// Switch on the planted bug called `name` (one of [`PLANTABLE`]).
@@ -243,6 +245,8 @@ pub fn plant(
         "release-before-root-durable" => bugs.release_before_root_durable = true,
         "encode-without-parity" => bugs.encode_without_parity = true,
         "drop-held-block" => bugs.drop_held_block = true,
+        "abort-keeps-blocks" => bugs.abort_keeps_blocks = true,
+        "receive-reads-live" => bugs.receive_reads_live = true,
         other => {
             return Err(format!(
                 "unknown planted bug '{other}' (one of: {})",
@@ -263,6 +267,8 @@ fn planted_names(bugs: &crate::testing::PlantedBugs) -> Vec<String> {
         bugs.release_before_root_durable,
         bugs.encode_without_parity,
         bugs.drop_held_block,
+        bugs.abort_keeps_blocks,
+        bugs.receive_reads_live,
     ];
     PLANTABLE
         .iter()
@@ -471,6 +477,19 @@ pub enum Op {
         /// Length.
         len: u32,
     },
+    /// Send the `pick`-th recovery point to a replica pool of another layout (from the
+    /// replica's newest when the pool still has it, else whole into a new replica) and
+    /// receive it there; with `cut`, the replica's power is cut after that many device
+    /// operations of the receive, and an unfinished receive is resumed (`seed` odd) or
+    /// aborted.
+    Replicate {
+        /// Which one.
+        pick: u8,
+        /// Device operations of the receive before the replica's power is cut.
+        cut: Option<u16>,
+        /// Seed of the crash (what each replica member keeps) and of resume or abort.
+        seed: u64,
+    },
 }
 
 impl Op {
@@ -507,6 +526,7 @@ impl Op {
             Op::RecoveryPointHold { .. } => "recovery-point-hold",
             Op::RecoveryPointRead { .. } => "recovery-point-read",
             Op::RecoveryPointRollback { .. } => "recovery-point-rollback",
+            Op::Replicate { .. } => "replicate",
         }
     }
 }
@@ -517,7 +537,7 @@ pub fn generate(config: &SimConfig) -> Vec<Op> {
     let mut rng = crate::testing::rng(config.seed ^ 0x5157_0001);
     let faults = &config.faults;
     // (weight, enabled) per op family, in a fixed order.
-    let table: [(u32, bool); 29] = [
+    let table: [(u32, bool); 30] = [
         (300, true),                            // write
         (220, true),                            // read
         (100, true),                            // flush
@@ -547,6 +567,7 @@ pub fn generate(config: &SimConfig) -> Vec<Op> {
         (5, config.format4),  // recovery point hold or release
         (30, config.format4), // recovery point read
         (4, config.format4),  // rollback to a recovery point
+        (12, config.format4), // send and receive into a replica
     ];
     // What is drawn for v3 only: local damage (it overwrites whole stripes' chunks, a v3
     // shape). On v4 the healthy replace's power cut starts counting at the new device's
@@ -662,6 +683,11 @@ pub fn generate(config: &SimConfig) -> Vec<Op> {
             },
             24 => Op::RecoveryPointCreate,
             28 => Op::RecoveryPointRollback { pick: rng.gen() },
+            29 => Op::Replicate {
+                pick: rng.gen(),
+                cut: rng.gen_bool(0.5).then(|| rng.gen_range(1..400)),
+                seed: rng.gen(),
+            },
             25 => Op::RecoveryPointDelete { pick: rng.gen() },
             26 => Op::RecoveryPointHold { pick: rng.gen() },
             27 => Op::RecoveryPointRead {

@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 mod classes;
 mod points;
+mod replica;
 
 const POWER_ON: i64 = i64::MAX / 2;
 /// Spares kept available at most (each costs a device image).
@@ -62,6 +63,8 @@ struct World<'a> {
     points_made: u64,
     /// Verifies so far that read a recovery point back (which one is read turns).
     points_checked: u64,
+    /// The pool recovery points are sent to and received in (made on first use).
+    replica: Option<replica::Replica>,
 }
 
 type Check = std::result::Result<(), String>;
@@ -146,6 +149,7 @@ impl<'a> World<'a> {
             points_limbo: Vec::new(),
             points_made: 0,
             points_checked: 0,
+            replica: None,
         };
         let handles: Vec<SharedDevice> = (0..config.devices)
             .map(|i| world.new_disk(format!("d{i}")))
@@ -564,6 +568,7 @@ impl<'a> World<'a> {
             Op::RecoveryPointHold { pick } => self.point_hold(*pick),
             Op::RecoveryPointRead { pick, offset, len } => self.point_read(*pick, *offset, *len),
             Op::RecoveryPointRollback { pick } => self.point_rollback(*pick),
+            Op::Replicate { pick, cut, seed } => self.replicate(*pick, *cut, *seed),
             Op::Reopen => self.reopen(),
             Op::Crash { seed, cut_after } => self.crash(*seed, *cut_after),
             Op::FailStop { device } => self.inject(*device, |plan| plan.fail_stop()),

@@ -13,8 +13,8 @@ const POINTS_MAX: usize = 4;
 
 /// A recovery point the model knows: its name, content and whether it is held.
 pub(super) struct SimPoint {
-    name: String,
-    content: Model,
+    pub(super) name: String,
+    pub(super) content: Model,
     held: bool,
 }
 
