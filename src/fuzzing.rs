@@ -815,3 +815,94 @@ pub fn meta_recovery(data: &[u8]) {
         ),
     }
 }
+
+/// Target `send_stream` (docs/FORMAT.md V4.10d): arbitrary bytes read as a send stream never
+/// panic the reader, and a stream it takes whole re-encodes to exactly its bytes (one spelling
+/// per stream). Then a stream is built from the input (data and zeros records at input-chosen
+/// places), read back record for record, and one input-chosen bit of it flipped: the flipped
+/// stream must be refused (every bit is under a crc), and so must every cut of it.
+pub fn send_stream(data: &[u8]) {
+    use crate::format::v4::stream::{RecordKind, StreamHeader, StreamReader, StreamWriter};
+    type Records = Vec<(RecordKind, u64, u64, Vec<u8>)>;
+    fn read_all(bytes: &[u8]) -> Option<(StreamHeader, Records)> {
+        let mut reader = StreamReader::new(bytes).ok()?;
+        let header = reader.header().clone();
+        let mut records = Vec::new();
+        let mut payload = Vec::new();
+        while let Some(record) = reader.next(&mut payload).ok()? {
+            let bytes = if record.kind == RecordKind::Data {
+                payload.clone()
+            } else {
+                Vec::new()
+            };
+            records.push((record.kind, record.offset, record.length, bytes));
+        }
+        Some((header, records))
+    }
+    fn write_all(header: &StreamHeader, records: &Records) -> Vec<u8> {
+        let mut writer = StreamWriter::new(Vec::new(), header).expect("a Vec takes every write");
+        for (kind, offset, length, bytes) in records {
+            match kind {
+                RecordKind::Data => writer.data(*offset, bytes),
+                _ => writer.zeros(*offset, *length),
+            }
+            .expect("a Vec takes every write");
+        }
+        writer.finish().expect("a Vec takes every write").0
+    }
+    if let Some((header, records)) = read_all(data) {
+        assert_eq!(
+            write_all(&header, &records),
+            data,
+            "a stream read whole does not re-encode to its bytes"
+        );
+    }
+    if data.len() < 8 {
+        return;
+    }
+    let word = u64::from_le_bytes(data[..8].try_into().unwrap_or([0; 8]));
+    let header = StreamHeader {
+        volume_bytes: 1 << 30,
+        pool: [0x5a; 16],
+        guid: word | 1,
+        created: word >> 3,
+        base_guid: 0,
+        name: "fuzz".into(),
+    };
+    let mut records: Records = Vec::new();
+    let mut offset = 0u64;
+    for chunk in data[8..].chunks(64) {
+        offset += u64::from(chunk[0] % 4) * 4096;
+        let length = (chunk.len() as u64 % 3 + 1) * 4096;
+        if chunk[0] & 1 == 1 {
+            records.push((RecordKind::Zeros, offset, length, Vec::new()));
+        } else {
+            let bytes: Vec<u8> = chunk
+                .iter()
+                .copied()
+                .cycle()
+                .take(length as usize)
+                .collect();
+            records.push((RecordKind::Data, offset, length, bytes));
+        }
+        offset += length;
+    }
+    let stream = write_all(&header, &records);
+    assert_eq!(
+        read_all(&stream),
+        Some((header, records)),
+        "a stream does not read back as written"
+    );
+    let bit = usize::try_from(word % (stream.len() as u64 * 8)).unwrap_or(0);
+    let mut flipped = stream.clone();
+    flipped[bit / 8] ^= 1 << (bit % 8);
+    assert!(
+        read_all(&flipped).is_none(),
+        "a stream with bit {bit} flipped was taken"
+    );
+    let cut = usize::try_from(word % stream.len() as u64).unwrap_or(0);
+    assert!(
+        read_all(&stream[..cut]).is_none(),
+        "a stream cut at byte {cut} was taken"
+    );
+}

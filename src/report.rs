@@ -89,6 +89,16 @@ impl fmt::Display for PoolStatus {
                     .map_or_else(|| "?".to_string(), crate::types::utc_time)
             )?;
         }
+        if let Some(name) = self
+            .recovery_points
+            .as_ref()
+            .and_then(|p| p.unfinished_receive.as_ref())
+        {
+            writeln!(
+                f,
+                "  warn: the receive of recovery point {name} is unfinished: the volume reads as before it and refuses writes; receive the same stream again to finish it, or `stripestore receive --abort`"
+            )?;
+        }
         writeln!(f, "config:\n")?;
         writeln!(
             f,

@@ -58,3 +58,8 @@ fn meta_page_seeds() {
 fn meta_recovery_seeds() {
     replay("meta_recovery", stripestore::fuzzing::meta_recovery);
 }
+
+#[test]
+fn send_stream_seeds() {
+    replay("send_stream", stripestore::fuzzing::send_stream);
+}

@@ -377,6 +377,20 @@ fn a_receive_stopped_by_a_bad_record_found_late_leaves_the_volume_as_it_was_unti
     assert!(matches!(e, Error::Stream { .. }), "{e}");
     let unfinished = target.unfinished_receive().unwrap();
     assert_eq!(unfinished.name, "b");
+    // Status says so, in its fields and its text.
+    let status = target.status();
+    assert_eq!(
+        status
+            .recovery_points
+            .as_ref()
+            .unwrap()
+            .unfinished_receive
+            .as_deref(),
+        Some("b")
+    );
+    assert!(status
+        .to_string()
+        .contains("receive of recovery point b is unfinished"));
     // The volume reads as it was; writes and recovery-point changes are refused.
     exact(&src.points["a"], blocks, &|o, b| target.read_at(o, b)).unwrap();
     assert!(matches!(

@@ -117,6 +117,10 @@ pub struct RecoveryPointsStatus {
     pub newest_created: Option<u64>,
     /// Its name.
     pub newest: Option<String>,
+    /// The recovery point an unfinished receive was bringing (docs/FORMAT.md V4.10d): the
+    /// volume reads as before it, and refuses writes, until it is finished or aborted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unfinished_receive: Option<String>,
 }
 
 /// Events shown by `status`.
@@ -241,6 +245,7 @@ impl PoolInner {
                 held: points.iter().filter(|p| p.holds > 0).count(),
                 newest_created: newest.map(|p| p.created),
                 newest: newest.map(|p| p.name.clone()),
+                unfinished_receive: rows.volume.read().unfinished_receive().map(|r| r.name),
             }
         });
         let allocated_bytes = match self.rows() {

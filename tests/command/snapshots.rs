@@ -359,3 +359,97 @@ fn send_and_receive_carry_recovery_points_to_a_pool_of_another_layout() {
     assert!(names.contains("a") && names.contains("b"), "{names}");
     refused(&run(&["receive", t0, "--abort"], None), "nothing to abort");
 }
+
+/// A stream whose byte `at` changes after the first pass through it (the check passes, the
+/// apply stops there): how an unfinished receive is made on purpose.
+struct ChangesAfterCheck {
+    bytes: Vec<u8>,
+    at: usize,
+    pos: usize,
+    seeks: usize,
+}
+
+impl std::io::Read for ChangesAfterCheck {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.bytes.len() - self.pos);
+        buf[..n].copy_from_slice(&self.bytes[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+impl std::io::Seek for ChangesAfterCheck {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        match to {
+            std::io::SeekFrom::Start(to) => {
+                self.seeks += 1;
+                if self.seeks == 1 {
+                    self.bytes[self.at] ^= 1;
+                }
+                self.pos = usize::try_from(to).unwrap();
+            }
+            std::io::SeekFrom::Current(0) => {}
+            _ => return Err(std::io::Error::other("unsupported")),
+        }
+        Ok(self.pos as u64)
+    }
+}
+
+/// An unfinished receive: `status` says so, `check` warns, a `write` is refused naming it,
+/// and `receive --abort` brings the volume back; `receive` of the same stream finishes it.
+#[test]
+fn an_unfinished_receive_is_shown_warned_about_refuses_writes_and_can_be_aborted() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = pool_of(dir.path(), "s", "mirror:2", 2, "16M");
+    let dst = pool_of(dir.path(), "t", "mirror:2", 2, "16M");
+    let (s0, t0) = (p(&src[0]), p(&dst[0]));
+    let data = payload(3 << 20, 9);
+    ok(&run(&["write", s0, "--offset", "0"], Some(&data)));
+    ok(&run(&["snapshot", "create", s0, "--name", "full"], None));
+    let stream = run(&["send", s0, "--snapshot", "full"], None);
+    assert!(stream.status.success(), "{}", text(&stream.stderr));
+    {
+        let pool =
+            stripestore::Pool::open_paths(&dst, &stripestore::OpenOptions::default()).unwrap();
+        let at = stream.stdout.len() - 1000;
+        let mut changing = ChangesAfterCheck {
+            bytes: stream.stdout.clone(),
+            at,
+            pos: 0,
+            seeks: 0,
+        };
+        assert!(pool.receive(&mut changing, &mut |_, _| {}).is_err());
+        assert!(pool.unfinished_receive().is_some());
+        pool.close().unwrap();
+    }
+    let status = ok(&run(&["status", t0], None));
+    assert!(
+        status.contains("receive of recovery point full is unfinished"),
+        "{status}"
+    );
+    let check = run(&["check", t0], None);
+    assert_eq!(check.status.code(), Some(1), "{}", text(&check.stdout));
+    assert!(
+        text(&check.stdout).contains("unfinished"),
+        "{}",
+        text(&check.stdout)
+    );
+    refused(
+        &run(&["write", t0, "--offset", "0"], Some(&payload(4096, 1))),
+        "unfinished",
+    );
+    // As before: zeros (a full stream into an empty pool).
+    let now = run(&["read", t0, "--offset", "0", "--length", "65536"], None);
+    assert!(
+        now.stdout.iter().all(|b| *b == 0),
+        "the unfinished receive shows"
+    );
+    let said = ok(&run(&["receive", t0, "--abort"], None));
+    assert!(said.contains("aborted"), "{said}");
+    assert!(!ok(&run(&["status", t0], None)).contains("unfinished"));
+    let said = ok(&run(&["receive", t0], Some(&stream.stdout)));
+    assert!(said.contains("received full"), "{said}");
+    let length = data.len().to_string();
+    let now = run(&["read", t0, "--offset", "0", "--length", &length], None);
+    assert!(now.stdout == data);
+}

@@ -376,6 +376,16 @@ fn reasons(
             None => reasons.push((Level::Warning, "never scrubbed".to_string())),
         }
     }
+    if let Some(name) = status
+        .recovery_points
+        .as_ref()
+        .and_then(|p| p.unfinished_receive.as_ref())
+    {
+        reasons.push((
+            Level::Warning,
+            format!("the receive of {name} is unfinished (writes refused)"),
+        ));
+    }
     if let Some(max) = recovery_point_max_age_secs {
         let newest = status
             .recovery_points
