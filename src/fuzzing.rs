@@ -840,15 +840,19 @@ pub fn send_stream(data: &[u8]) {
         Some((header, records))
     }
     fn write_all(header: &StreamHeader, records: &Records) -> Vec<u8> {
-        let mut writer = StreamWriter::new(Vec::new(), header).expect("a Vec takes every write");
+        let mut writer = StreamWriter::new(Vec::new(), header)
+            .unwrap_or_else(|e| panic!("a Vec takes every write: {e}"));
         for (kind, offset, length, bytes) in records {
             match kind {
                 RecordKind::Data => writer.data(*offset, bytes),
                 _ => writer.zeros(*offset, *length),
             }
-            .expect("a Vec takes every write");
+            .unwrap_or_else(|e| panic!("a Vec takes every write: {e}"));
         }
-        writer.finish().expect("a Vec takes every write").0
+        writer
+            .finish()
+            .unwrap_or_else(|e| panic!("a Vec takes every write: {e}"))
+            .0
     }
     if let Some((header, records)) = read_all(data) {
         assert_eq!(
