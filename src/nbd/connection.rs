@@ -65,6 +65,9 @@ pub struct ExportConfig {
     pub max_requests_in_flight: usize,
     /// Payload and reply bytes buffered at once on one connection.
     pub max_bytes_in_flight: u64,
+    /// Serve this recovery point (docs/FORMAT.md V4.10a), read-only, instead of the live
+    /// volume: reads come from it, block status says data everywhere (it is not walked).
+    pub recovery_point: Option<String>,
 }
 
 impl ExportConfig {
@@ -98,7 +101,17 @@ impl ExportConfig {
             },
             max_requests_in_flight: 64,
             max_bytes_in_flight: 256 << 20,
+            recovery_point: None,
         }
+    }
+
+    /// The export of recovery point `point` of `pool` under `name`: read-only, its reads
+    /// through the verified read path of the recovery point.
+    #[must_use]
+    pub fn for_recovery_point(pool: &Pool, name: &str, point: &str) -> Self {
+        let mut config = Self::for_pool(pool, name, true);
+        config.recovery_point = Some(point.to_string());
+        config
     }
 
     /// Whether a client's export name picks this export (the empty name is the default
@@ -811,7 +824,11 @@ fn execute<R, W: Write>(
             let prefix = replies.read_prefix_bytes();
             buffer.clear();
             buffer.resize(prefix + length, 0);
-            pool.read_at(offset, &mut buffer[prefix..]).map(|()| {
+            match &shared.config.recovery_point {
+                Some(point) => pool.read_recovery_point(point, offset, &mut buffer[prefix..]),
+                None => pool.read_at(offset, &mut buffer[prefix..]),
+            }
+            .map(|()| {
                 replies.read_header(buffer, cookie, offset);
                 replies.send(buffer);
             })
@@ -847,26 +864,34 @@ fn execute<R, W: Write>(
             req_one,
         } => {
             let max = if req_one { 1 } else { MAX_STATUS_DESCRIPTORS };
-            pool.allocation_limited(offset, u64::from(length), max)
-                .map(|extents| {
-                    let descriptors: Vec<(u32, u32)> = extents
-                        .iter()
-                        .map(|extent| {
-                            let status = if extent.allocated {
-                                0
-                            } else {
-                                proto::state::HOLE | proto::state::ZERO
-                            };
-                            // Within a request of at most 4 GiB - 1 bytes.
-                            (u32::try_from(extent.length).unwrap_or(u32::MAX), status)
-                        })
-                        .collect();
-                    replies.send(&proto::encode_block_status_chunk(
-                        cookie,
-                        context,
-                        &descriptors,
-                    ));
-                })
+            match &shared.config.recovery_point {
+                // Data everywhere: never a hole where the recovery point has bytes.
+                Some(_) => Ok(vec![crate::pool::Extent {
+                    offset,
+                    length: u64::from(length),
+                    allocated: true,
+                }]),
+                None => pool.allocation_limited(offset, u64::from(length), max),
+            }
+            .map(|extents| {
+                let descriptors: Vec<(u32, u32)> = extents
+                    .iter()
+                    .map(|extent| {
+                        let status = if extent.allocated {
+                            0
+                        } else {
+                            proto::state::HOLE | proto::state::ZERO
+                        };
+                        // Within a request of at most 4 GiB - 1 bytes.
+                        (u32::try_from(extent.length).unwrap_or(u32::MAX), status)
+                    })
+                    .collect();
+                replies.send(&proto::encode_block_status_chunk(
+                    cookie,
+                    context,
+                    &descriptors,
+                ));
+            })
         }
         Work::Flush => pool.flush().map(|()| replies.success(cookie)),
     };

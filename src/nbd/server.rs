@@ -52,6 +52,8 @@ pub struct ServeOptions {
     pub read_only: bool,
     /// Clients served at once; more are closed at once with a warning.
     pub max_connections: usize,
+    /// Export this recovery point, read-only, instead of the live volume.
+    pub recovery_point: Option<String>,
 }
 
 impl Default for ServeOptions {
@@ -60,6 +62,7 @@ impl Default for ServeOptions {
             export_name: String::new(),
             read_only: false,
             max_connections: 64,
+            recovery_point: None,
         }
     }
 }
@@ -183,7 +186,10 @@ impl Server {
             Listener::Tcp(l) => l.set_nonblocking(true)?,
             Listener::Unix(l, _) => l.set_nonblocking(true)?,
         }
-        let config = ExportConfig::for_pool(&pool, &options.export_name, options.read_only);
+        let config = match &options.recovery_point {
+            Some(point) => ExportConfig::for_recovery_point(&pool, &options.export_name, point),
+            None => ExportConfig::for_pool(&pool, &options.export_name, options.read_only),
+        };
         Ok(Self {
             listener,
             pool,

@@ -362,6 +362,37 @@ fn read_only_export_is_announced_and_refuses_writes() {
     assert_eq!(server.pool_bytes(0, 8192), before);
 }
 
+/// `serve --snapshot NAME`: the export is the recovery point, read-only, while the live
+/// volume moves on; a recovery point the pool lacks is refused before anything is served.
+#[test]
+fn a_recovery_point_is_served_read_only_while_the_volume_moves_on() {
+    let server = InProcess::start(
+        "mirror:2",
+        2,
+        8 << 20,
+        ServeOptions {
+            recovery_point: Some("then".into()),
+            ..ServeOptions::default()
+        },
+    );
+    // The point does not exist yet: a read names it.
+    let mut client = server.client();
+    assert_ne!(nbd_errno(client.read(0, 4096)), 0);
+    drop(client);
+    server.pool.write_at(0, &[0x11; 65536]).unwrap();
+    server.pool.create_recovery_point("then").unwrap();
+    server.pool.write_at(4096, &[0x22; 8192]).unwrap();
+    let mut client = server.client();
+    assert_ne!(client.export().flags & proto::flag::READ_ONLY, 0);
+    assert_eq!(client.read(0, 65536).unwrap(), vec![0x11; 65536]);
+    assert_eq!(
+        nbd_errno(client.write(0, &[0xee; 4096], false)),
+        errno::EPERM
+    );
+    assert_eq!(server.pool_bytes(4096, 4096), vec![0x22; 4096]);
+    client.flush().unwrap();
+}
+
 #[test]
 fn qemu_io_writes_and_reads_patterns_back() {
     if !have("qemu-io", "qemu_io_writes_and_reads_patterns_back") {

@@ -35,6 +35,9 @@ pub struct ServeArgs {
     /// Refuse writes.
     #[arg(long)]
     read_only: bool,
+    /// Export this recovery point (`snapshot list`), read-only, instead of the live volume.
+    #[arg(long)]
+    snapshot: Option<String>,
     /// Clients served at once.
     #[arg(long, default_value = "64")]
     max_connections: usize,
@@ -112,7 +115,13 @@ pub fn run(args: ServeArgs) -> CliResult {
         export_name: args.export,
         read_only: args.read_only,
         max_connections: args.max_connections,
+        recovery_point: args.snapshot.clone(),
     };
+    if let Some(point) = &args.snapshot {
+        // Refused before a client connects: a recovery point the pool does not have.
+        let mut probe = [0u8; 0];
+        pool.read_recovery_point(point, 0, &mut probe)?;
+    }
     let server = Server::bind(&listen, Arc::clone(&pool), serve)
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?
         .with_stop_flag(stop);
@@ -126,10 +135,10 @@ pub fn run(args: ServeArgs) -> CliResult {
             &export.name
         },
         human_bytes(export.size_bytes),
-        if export.read_only() {
-            ", read-only"
-        } else {
-            ""
+        match (&args.snapshot, export.read_only()) {
+            (Some(point), _) => format!(", read-only, recovery point {point}"),
+            (None, true) => ", read-only".to_string(),
+            (None, false) => String::new(),
         },
         server.local_addr()?
     );
