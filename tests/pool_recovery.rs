@@ -231,3 +231,80 @@ fn a_version_3_pool_refuses_recovery_points_by_name() {
     ));
     assert!(images(&mems) == before, "a refused create wrote");
 }
+
+/// A policy takes recovery points on the boundaries of its period and keeps what its
+/// retention says (here the newest two), never deleting a held one or one of another name;
+/// before a replace it takes one, and unset it stops.
+#[test]
+fn a_snapshot_policy_takes_recovery_points_on_time_and_before_a_replace_and_retention_keeps_its_count(
+) {
+    use std::time::{Duration, Instant};
+    use stripestore::pool::{Retention, SnapshotPolicy};
+    let mems = mem_devices(6, DEVICE_BYTES);
+    let pool = Pool::create(shared(&mems), vec![], &v4_options("rs:4+2")).unwrap();
+    let mut live = BTreeMap::new();
+    write(&pool, &mut live, 0..20, 1);
+    pool.create_recovery_point("mine").unwrap();
+    let keep: Retention = "last=2,events=1".parse().unwrap();
+    let policy = SnapshotPolicy::new(Duration::from_secs(1), keep);
+    assert!(matches!(
+        pool.set_snapshot_policy(Some(SnapshotPolicy {
+            every: Duration::from_millis(10),
+            ..policy.clone()
+        })),
+        Err(Error::InvalidConfig(_))
+    ));
+    pool.set_snapshot_policy(Some(policy)).unwrap();
+    let scheduled = |pool: &Pool| -> Vec<String> {
+        pool.recovery_points()
+            .unwrap()
+            .into_iter()
+            .map(|p| p.name)
+            .filter(|n| n.starts_with("auto-2"))
+            .collect()
+    };
+    // Wait for four ticks: at most two stay.
+    let started = Instant::now();
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 4 && started.elapsed() < Duration::from_secs(20) {
+        seen.extend(scheduled(&pool));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(seen.len() >= 4, "the policy took {seen:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(scheduled(&pool).len() <= 2, "{:?}", scheduled(&pool));
+    // A held scheduled one stays past its turn.
+    let held = scheduled(&pool)[0].clone();
+    pool.hold_recovery_point(&held, true).unwrap();
+    // Before a replace: one recovery point, "auto-before-replace-…".
+    let fresh = std::sync::Arc::new(stripestore::device::MemDevice::new("fresh", DEVICE_BYTES));
+    pool.replace("mem5", fresh, false).unwrap();
+    let names: Vec<String> = pool
+        .recovery_points()
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert!(
+        names.iter().any(|n| n.starts_with("auto-before-replace-")),
+        "{names:?}"
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    pool.set_snapshot_policy(None).unwrap();
+    let names: Vec<String> = pool
+        .recovery_points()
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert!(names.contains(&"mine".to_string()), "{names:?}");
+    assert!(
+        names.contains(&held),
+        "the held {held} was deleted: {names:?}"
+    );
+    // Stopped: no more are taken.
+    let count = names.len();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(pool.recovery_points().unwrap().len(), count);
+    check(&live, &|o, b| pool.read_at(o, b)).unwrap();
+}

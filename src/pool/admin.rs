@@ -245,6 +245,7 @@ impl PoolInner {
         self.writable("replace")?;
         let index = self.member_index(old)?;
         self.check_new_device(&device, force)?;
+        self.before_event("replace");
         let identity = Identity {
             uuid: PoolUuid::random(),
             path: device.name(),
@@ -261,6 +262,7 @@ impl PoolInner {
     pub(crate) fn replace_with_spare(&self, old: &str, spare: &str) -> Result<()> {
         self.writable("replace")?;
         let index = self.member_index(old)?;
+        self.before_event("replace");
         let (identity, device) = self
             .members
             .take_spare_by(|id| id.is_named(spare))

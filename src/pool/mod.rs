@@ -21,6 +21,7 @@ mod members;
 mod open;
 #[cfg(feature = "testing")]
 mod planted;
+mod policy;
 #[cfg(test)]
 mod rebuild_race_tests;
 mod recovery;
@@ -48,6 +49,7 @@ pub use members::{
 pub use open::{clear_label, read_label};
 #[cfg(feature = "testing")]
 pub use planted::PlantedBugs;
+pub use policy::{expired as expired_recovery_points, PolicyPoint, Retention, SnapshotPolicy};
 pub use recovery::RecoveryPointInfo;
 pub use requests::{Request, RequestMetrics};
 pub use rows::{FormatVersion, V4Options};
@@ -308,6 +310,8 @@ pub(crate) struct PoolInner {
     pub(crate) requests: RequestMetrics,
     /// The data path of a format-version-4 pool (then `map` and `meta` are empty and unused).
     pub(crate) rows: Option<rows::RowsEngine>,
+    /// The recovery-point policy set by [`Pool::set_snapshot_policy`] (its events part).
+    pub(crate) policy: Mutex<Option<policy::SnapshotPolicy>>,
 }
 
 impl PoolInner {
@@ -359,6 +363,8 @@ pub struct Pool {
     /// A scrub started with [`Pool::start_scrub`] (or resumed at open, or started over HTTP).
     scrub_thread: handle::ScrubThread,
     flush_on_drop: AtomicBool,
+    /// The thread of a recovery-point policy ([`Pool::set_snapshot_policy`]).
+    policy_thread: Mutex<Option<policy::PolicyThread>>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -487,6 +493,7 @@ impl Pool {
             background: Mutex::new(background),
             scrub_thread: Arc::new(Mutex::new(handle::ScrubSlot::default())),
             flush_on_drop: AtomicBool::new(true),
+            policy_thread: Mutex::new(None),
         };
         if resume_scrub {
             let options = ScrubOptions {
@@ -503,6 +510,9 @@ impl Pool {
     /// Stop background work: the rebuild driver, and a background scrub (paused, so its
     /// checkpoint survives and it resumes next time).
     fn stop_background(&self) {
+        if let Some(thread) = self.policy_thread.lock().take() {
+            thread.stop();
+        }
         if let Some(background) = self.background.lock().take() {
             background.stop();
         }

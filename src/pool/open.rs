@@ -146,6 +146,7 @@ fn new_inner(
         attach_lock: parking_lot::RwLock::new(()),
         scrub: super::scrub::ScrubControl::default(),
         requests: super::RequestMetrics::default(),
+        policy: Mutex::new(None),
     })
 }
 

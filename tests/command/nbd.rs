@@ -1100,6 +1100,41 @@ fn serves_a_unix_socket_read_only_and_stops_on_sigint() {
     assert!(!socket.exists(), "the socket file is left behind");
 }
 
+/// `serve --snapshot-every 1s --keep last=2`: recovery points are taken while the pool is
+/// served, and no more than two of them stay; after the server stops, `snapshot list` shows
+/// them.
+#[test]
+fn serve_takes_recovery_points_on_a_schedule_and_keeps_the_newest() {
+    let (dir, paths) = Served::create_pool("mirror:2", 2);
+    let served = Served::start(dir, paths, &["--snapshot-every", "1s", "--keep", "last=2"]);
+    std::thread::sleep(Duration::from_millis(4500));
+    served.signal("-INT");
+    let (ok, stderr, dir, paths) = served.wait();
+    assert!(ok, "{stderr}");
+    let listed = Command::new(env!("CARGO_BIN_EXE_stripestore"))
+        .args(["snapshot", "list", "--json"])
+        .arg(&paths[0])
+        .output()
+        .unwrap();
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let points: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let names: Vec<&str> = points
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        (1..=2).contains(&names.len()) && names.iter().all(|n| n.starts_with("auto-20")),
+        "{names:?}"
+    );
+    drop(dir);
+}
+
 // == Durability: FUA and FLUSH reach the disks ==
 
 /// Serve a fresh pool on in-memory devices, let `client_work` run against it, then cut the

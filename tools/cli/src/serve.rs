@@ -36,8 +36,22 @@ pub struct ServeArgs {
     #[arg(long)]
     read_only: bool,
     /// Export this recovery point (`snapshot list`), read-only, instead of the live volume.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "snapshot_every")]
     snapshot: Option<String>,
+    /// Take a recovery point on every boundary of this period (UTC), e.g. 15m, 1h, 1d,
+    /// named `auto-2026-12-05T16:00:00Z`, and one before each replace
+    /// (`auto-before-replace-…`); `--keep` says which stay.
+    #[arg(long, value_parser = crate::parse_age)]
+    snapshot_every: Option<u64>,
+    /// Which of the policy's recovery points stay: the newest of each of the last N hours,
+    /// days and weeks, the `last` N, and the `events` N newest taken before a replace. Held
+    /// ones, and ones of other names, are never deleted.
+    #[arg(
+        long,
+        default_value = "hourly=24,daily=7,weekly=4,events=10",
+        requires = "snapshot_every"
+    )]
+    keep: stripestore::pool::Retention,
     /// Clients served at once.
     #[arg(long, default_value = "64")]
     max_connections: usize,
@@ -80,6 +94,16 @@ pub fn run(args: ServeArgs) -> CliResult {
         ..OpenOptions::default()
     };
     let pool = Arc::new(super::open_paths(&args.pool, &options)?);
+    if let Some(every) = args.snapshot_every {
+        pool.set_snapshot_policy(Some(stripestore::pool::SnapshotPolicy::new(
+            std::time::Duration::from_secs(every),
+            args.keep,
+        )))?;
+        eprintln!(
+            "recovery points every {every} s (auto-…), keeping {}",
+            args.keep
+        );
+    }
     let metrics = match args.metrics {
         Some(address) => {
             let server = stripestore::endpoint::serve(&pool, address, args.control)
