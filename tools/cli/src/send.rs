@@ -100,7 +100,11 @@ pub(crate) fn send(
     out.flush()?;
     drop(out);
     if let Some(path) = &output {
-        std::fs::File::open(path)?.sync_all()?;
+        // Durable before the summary says sent (a regular file; /dev/null has nothing to sync).
+        let file = std::fs::File::open(path)?;
+        if file.metadata()?.is_file() {
+            file.sync_all()?;
+        }
     }
     progress.finish();
     let secs = started.elapsed().as_secs_f64().max(1e-9);
