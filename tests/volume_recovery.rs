@@ -605,6 +605,23 @@ impl Rig {
             .count() as u64
     }
 
+    /// Every block exact, the usage recount clean, and the blocks counted the model's.
+    fn all_exact(&mut self, what: &str) {
+        self.exact().unwrap_or_else(|e| panic!("{what}: {e}"));
+        self.usage().unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(self.counted_blocks(), self.model_blocks(), "{what}");
+    }
+
+    /// The volume goes on after `what`: `writes` churned over `0..span`, every recovery point
+    /// deleted, and everything exact.
+    fn goes_on(&mut self, span: u64, writes: usize, rng: &mut Lcg, what: &str) {
+        churn(self, span, writes, rng).unwrap_or_else(|e| panic!("{what}: {e}"));
+        for (name, _) in self.points.clone() {
+            self.delete(&name).unwrap_or_else(|e| panic!("{what}: {e}"));
+        }
+        self.all_exact(&format!("{what}, after"));
+    }
+
     fn delete(&mut self, name: &str) -> Result<u64, String> {
         let devices = self.members.devices.clone();
         let freed = self
@@ -763,29 +780,9 @@ fn a_power_cut_at_every_operation_of_a_delete_loses_nothing_and_leaks_nothing() 
                 assert_eq!(names, ["old", "new"], "{layout} cut {cut}");
                 whole += 1;
             }
-            rig.exact()
-                .unwrap_or_else(|e| panic!("{layout} cut {cut}: {e}"));
-            rig.usage()
-                .unwrap_or_else(|e| panic!("{layout} cut {cut}: {e}"));
-            assert_eq!(
-                rig.counted_blocks(),
-                rig.model_blocks(),
-                "{layout} cut {cut}"
-            );
-            churn(&mut rig, span, 64, &mut rng).unwrap();
-            for (name, _) in rig.points.clone() {
-                rig.delete(&name)
-                    .unwrap_or_else(|e| panic!("{layout} cut {cut}: {e}"));
-            }
-            rig.exact()
-                .unwrap_or_else(|e| panic!("{layout} cut {cut}, after: {e}"));
-            rig.usage()
-                .unwrap_or_else(|e| panic!("{layout} cut {cut}, after: {e}"));
-            assert_eq!(
-                rig.counted_blocks(),
-                rig.model_blocks(),
-                "{layout} cut {cut}"
-            );
+            let what = format!("{layout} cut {cut}");
+            rig.all_exact(&what);
+            rig.goes_on(span, 64, &mut rng, &what);
             cut += 1;
         }
         eprintln!("{layout}: cut at each of {cut} operations: {whole} whole, {gone} gone");
@@ -1324,7 +1321,13 @@ fn receive_plan(rig: &mut Rig, span: u64, rng: &mut Lcg) -> ReceivePlan {
 fn apply_receive(rig: &mut Rig, plan: &ReceivePlan, base_guid: u64) -> stripestore::Result<()> {
     let devices = rig.members.devices.clone();
     let volume = rig.volume();
-    volume.begin_receive(&devices, "b", 0xb0b, base_guid, 1_790_000_000)?;
+    let incoming = stripestore::meta::IncomingPoint {
+        name: "b".into(),
+        guid: 0xb0b,
+        base_guid,
+        created: 1_790_000_000,
+    };
+    volume.begin_receive(&devices, &incoming)?;
     for (first, count, versions) in &plan.runs {
         match versions {
             Some(versions) => {
@@ -1428,28 +1431,9 @@ fn receive_cuts(layout: &str, members: usize, options: &VolumeOptions, last: i64
                 assert_eq!(names, ["a"], "{layout} cut {cut}");
                 untouched += 1;
             }
-            rig.exact()
-                .unwrap_or_else(|e| panic!("{layout} cut {cut}: {e}"));
-            rig.usage()
-                .unwrap_or_else(|e| panic!("{layout} cut {cut}: {e}"));
-            assert_eq!(
-                rig.counted_blocks(),
-                rig.model_blocks(),
-                "{layout} cut {cut}"
-            );
-            // The volume goes on: written, and its recovery points deleted, exactly.
-            churn(&mut rig, span, 32, &mut rng).unwrap();
-            for (name, _) in rig.points.clone() {
-                rig.delete(&name)
-                    .unwrap_or_else(|e| panic!("{layout} cut {cut}: delete {name}: {e}"));
-            }
-            rig.exact()
-                .unwrap_or_else(|e| panic!("{layout} cut {cut}, after: {e}"));
-            assert_eq!(
-                rig.counted_blocks(),
-                rig.model_blocks(),
-                "{layout} cut {cut}, after"
-            );
+            let what = format!("{layout} cut {cut}");
+            rig.all_exact(&what);
+            rig.goes_on(span, 32, &mut rng, &what);
             cut += 1;
         }
         eprintln!(

@@ -37,7 +37,7 @@ use std::sync::Arc;
 mod diff;
 mod receive;
 pub use diff::DiffRun;
-pub use receive::UnfinishedReceive;
+pub use receive::IncomingPoint;
 
 /// What tree 3 holds at open: the recovery points by key, the live line's head
 /// `(key, S_head)`, an unfinished receive.
@@ -2809,15 +2809,7 @@ impl MapStore {
         };
         let amended = self.staged.amending.take();
         if let Some((key, record)) = &amended {
-            match self.points_tree.set_record(devices, *key, &record.encode()) {
-                Ok(()) => {}
-                Err(SetError::Failed(e)) => return Err(e),
-                Err(SetError::NeedsSync(_)) => {
-                    return Err(Error::corrupt_metadata(
-                        "the recovery-point tree's cache cannot hold one record's path",
-                    ))
-                }
-            }
+            self.set_point_records(devices, &[(*key, record.encode())])?;
         }
         let points = self.write_tree(devices, TreeChoice::RecoveryPoints, birth)?;
         pages_written += points.0;
@@ -3019,17 +3011,7 @@ impl MapStore {
             counters: [0; 3],
             name: String::new(),
         };
-        for (at, bytes) in [(key, record.encode()), (0, live.encode())] {
-            match self.points_tree.set_record(devices, at, &bytes) {
-                Ok(()) => {}
-                Err(SetError::Failed(e)) => return Err(e),
-                Err(SetError::NeedsSync(_)) => {
-                    return Err(Error::corrupt_metadata(
-                        "the recovery-point tree's cache cannot hold two records' paths",
-                    ))
-                }
-            }
-        }
+        self.set_point_records(devices, &[(key, record.encode()), (0, live.encode())])?;
         Ok((key, record))
     }
 
@@ -3071,13 +3053,30 @@ impl MapStore {
             counters: [0; 3],
             name: String::new(),
         };
-        match self.points_tree.set_record(devices, 0, &live.encode()) {
-            Ok(()) => Ok((key, point)),
-            Err(SetError::Failed(e)) => Err(e),
-            Err(SetError::NeedsSync(_)) => Err(Error::corrupt_metadata(
-                "the recovery-point tree's cache cannot hold one record's path",
-            )),
+        self.set_point_records(devices, &[(0, live.encode())])?;
+        Ok((key, point))
+    }
+
+    /// Write records of tree 3 (dirty until the sync writes the tree): `(key, bytes)`. The
+    /// tree's cache holds the few paths a sync changes, or the map is corrupt.
+    fn set_point_records(
+        &mut self,
+        devices: &[Option<SharedDevice>],
+        writes: &[(u64, [u8; RECOVERY_RECORD_BYTES])],
+    ) -> Result<()> {
+        for (at, bytes) in writes {
+            match self.points_tree.set_record(devices, *at, bytes) {
+                Ok(()) => {}
+                Err(SetError::Failed(e)) => return Err(e),
+                Err(SetError::NeedsSync(_)) => {
+                    return Err(Error::corrupt_metadata(format!(
+                        "the recovery-point tree's cache cannot hold the paths of {} records",
+                        writes.len()
+                    )))
+                }
+            }
         }
+        Ok(())
     }
 
     /// Roll the live volume back to recovery point `name` (FORMAT.md V4.10c): the state
@@ -3209,17 +3208,7 @@ impl MapStore {
             };
             writes.push((0, live));
         }
-        for (at, bytes) in writes {
-            match self.points_tree.set_record(devices, at, &bytes) {
-                Ok(()) => {}
-                Err(SetError::Failed(e)) => return Err(e),
-                Err(SetError::NeedsSync(_)) => {
-                    return Err(Error::corrupt_metadata(
-                        "the recovery-point tree's cache cannot hold three records' paths",
-                    ))
-                }
-            }
-        }
+        self.set_point_records(devices, &writes)?;
         Ok(StagedDelete { key, child, head })
     }
 

@@ -21,9 +21,8 @@ mod tree;
 pub use cache::{CacheFull, CacheStats, PageCache, PageState};
 pub use log::{ChainRecord, IntentLog, LogPosition, Replay};
 pub use map::{
-    CommitReport, DiffRun, MapOptions, MapStore, OpenReport, PointUsage, RecoveryPoint,
-    RecoveryPointMap, RewindPlan, RewindReport, SyncReport, Tolerate, UnfinishedReceive,
-    WrittenRow,
+    CommitReport, DiffRun, IncomingPoint, MapOptions, MapStore, OpenReport, PointUsage,
+    RecoveryPoint, RecoveryPointMap, RewindPlan, RewindReport, SyncReport, Tolerate, WrittenRow,
 };
 pub use ring::{uberblock_places, write_uberblock, Rings};
 pub use segments::{Openings, ReleaseRule, SegmentShape, SegmentTable, SUT_LEAF_BITS};

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::format::v4::stream::{
     RecordKind, StreamError, StreamHeader, StreamReader, StreamWriter, RECORD_DATA_MAX,
 };
-use crate::meta::{PointUsage, UnfinishedReceive};
+use crate::meta::{IncomingPoint, PointUsage};
 use crate::volume::BLOCK_BYTES;
 use std::io::{Read, Seek, SeekFrom, Write};
 
@@ -207,9 +207,15 @@ impl PoolInner {
                 ),
             });
         }
+        let incoming = IncomingPoint {
+            name: header.name.clone(),
+            guid: header.guid,
+            base_guid: header.base_guid,
+            created: header.created,
+        };
         let resumed = {
             let volume = rows.volume.read();
-            volume.check_receivable(&header.name, header.guid, header.base_guid)?;
+            volume.check_receivable(&incoming)?;
             volume.unfinished_receive().is_some()
         };
         let mut payload = Vec::new();
@@ -233,13 +239,7 @@ impl PoolInner {
         self.members.enable_received_streams()?;
         {
             let mut volume = rows.volume.write();
-            let begun = volume.begin_receive(
-                &self.write_devices(),
-                &header.name,
-                header.guid,
-                header.base_guid,
-                header.created,
-            );
+            let begun = volume.begin_receive(&self.write_devices(), &incoming);
             self.unavailable_if_failed(&volume, begun)?;
         }
         let mut report = ReceiveReport {
@@ -359,7 +359,7 @@ impl Pool {
 
     /// The unfinished receive, if there is one (none on a version-3 pool).
     #[must_use]
-    pub fn unfinished_receive(&self) -> Option<UnfinishedReceive> {
+    pub fn unfinished_receive(&self) -> Option<IncomingPoint> {
         self.inner
             .rows()
             .and_then(|rows| rows.volume.read().unfinished_receive())

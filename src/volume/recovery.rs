@@ -10,7 +10,7 @@
 use super::Volume;
 use crate::device::SharedDevice;
 use crate::error::Result;
-use crate::meta::{DiffRun, PointUsage, RecoveryPoint, RecoveryPointMap, UnfinishedReceive};
+use crate::meta::{DiffRun, IncomingPoint, PointUsage, RecoveryPoint, RecoveryPointMap};
 
 impl Volume {
     /// Take recovery point `name` of everything written so far (the rows are flushed and the
@@ -154,23 +154,29 @@ impl Volume {
 
     /// The unfinished receive, if there is one.
     #[must_use]
-    pub fn unfinished_receive(&self) -> Option<UnfinishedReceive> {
+    pub fn unfinished_receive(&self) -> Option<IncomingPoint> {
         self.map.unfinished_receive()
     }
 
-    /// Whether a receive of `name` (`guid`) on base `base_guid` may begin (or resume, when
-    /// it is the unfinished one). Writes nothing.
+    /// Whether a receive of `incoming` may begin (or resume, when it is the unfinished one).
+    /// Writes nothing.
     ///
     /// # Errors
     /// What [`crate::meta::MapStore::check_receivable`] returns.
-    pub fn check_receivable(&self, name: &str, guid: u64, base_guid: u64) -> Result<()> {
+    pub fn check_receivable(&self, incoming: &IncomingPoint) -> Result<()> {
         match self.map.unfinished_receive() {
-            Some(r) if r.guid == guid && r.base_guid == base_guid && r.name == name => Ok(()),
-            _ => self.map.check_receivable(name, guid, base_guid),
+            Some(r)
+                if r.guid == incoming.guid
+                    && r.base_guid == incoming.base_guid
+                    && r.name == incoming.name =>
+            {
+                Ok(())
+            }
+            _ => self.map.check_receivable(incoming),
         }
     }
 
-    /// Begin (or resume) receiving recovery point `name`: the checks again, under the
+    /// Begin (or resume) receiving `incoming`: the checks again, under the
     /// volume's lock, and the receive record in tree 3 unless it is the unfinished one.
     /// Afterwards only [`Volume::receive_write`] and [`Volume::receive_discard`] change the
     /// volume's content, until [`Volume::finish_receive`] or [`Volume::abort_receive`].
@@ -180,16 +186,12 @@ impl Volume {
     pub fn begin_receive(
         &mut self,
         devices: &[Option<SharedDevice>],
-        name: &str,
-        guid: u64,
-        base_guid: u64,
-        created: u64,
+        incoming: &IncomingPoint,
     ) -> Result<()> {
         self.writable("receive")?;
-        self.check_receivable(name, guid, base_guid)?;
+        self.check_receivable(incoming)?;
         if self.map.unfinished_receive().is_none() {
-            self.map
-                .begin_receive(devices, name, guid, base_guid, created)?;
+            self.map.begin_receive(devices, incoming)?;
         }
         Ok(())
     }

@@ -7,14 +7,15 @@
 //! refusal of other writes while a receive is unfinished (the volume's).
 
 use super::{
-    Error, MapStore, NewPoint, RecoveryRecord, Result, SetError, SharedDevice, Staged, Unique,
-    FLAG_RECEIVED, NO_KEY,
+    Error, MapStore, NewPoint, RecoveryRecord, Result, SharedDevice, Staged, Unique, FLAG_RECEIVED,
+    NO_KEY,
 };
 use crate::format::v4::{check_recovery_name, BlockPointer, RecoveryKind, RECOVERY_RECORD_BYTES};
 
-/// A receive that began and has not finished (nor been aborted).
+/// The recovery point a receive brings: what its stream says of it (and, while the receive
+/// is unfinished, what its record in tree 3 says).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnfinishedReceive {
+pub struct IncomingPoint {
     /// The name of the recovery point it creates.
     pub name: String,
     /// Its guid (the sender's).
@@ -35,8 +36,8 @@ pub(super) struct ReceiveStep {
 impl MapStore {
     /// The unfinished receive, if there is one.
     #[must_use]
-    pub fn unfinished_receive(&self) -> Option<UnfinishedReceive> {
-        self.receiving.as_ref().map(|(_, r)| UnfinishedReceive {
+    pub fn unfinished_receive(&self) -> Option<IncomingPoint> {
+        self.receiving.as_ref().map(|(_, r)| IncomingPoint {
             name: r.name.clone(),
             guid: r.guid,
             base_guid: r.parent_guid,
@@ -113,10 +114,9 @@ impl MapStore {
             }
     }
 
-    /// Begin receiving recovery point `name` (`guid`, `created`: the sender's) on the live
-    /// line's head, whose guid must be `base_guid` (0: no head, and nothing written), with
-    /// the live map unchanged since it: one sync records the receive in tree 3. The live map
-    /// may then be written by the receive alone.
+    /// Begin receiving `incoming` on the live line's head, whose guid must be its base's (0:
+    /// no head, and nothing written), with the live map unchanged since it: one sync records
+    /// the receive in tree 3. The live map may then be written by the receive alone.
     ///
     /// # Errors
     /// [`Error::RecoveryPoint`] when the name or guid is taken, the base is not the head, the
@@ -124,28 +124,25 @@ impl MapStore {
     pub fn begin_receive(
         &mut self,
         devices: &[Option<SharedDevice>],
-        name: &str,
-        guid: u64,
-        base_guid: u64,
-        created: u64,
+        incoming: &IncomingPoint,
     ) -> Result<()> {
         self.usable()?;
-        self.check_receivable(name, guid, base_guid)?;
-        self.free_key(name)?;
+        self.check_receivable(incoming)?;
+        self.free_key(&incoming.name)?;
         let record = RecoveryRecord {
             kind: RecoveryKind::Receive,
             flags: 0,
             holds: 0,
-            guid,
+            guid: incoming.guid,
             sequence: self.head.1,
             txg: 0,
-            created,
+            created: incoming.created,
             parent: self.head.0,
             parent_guid: self.head_guid(),
             root: BlockPointer::hole(0),
             depth: 0,
             counters: [0; 3],
-            name: name.to_string(),
+            name: incoming.name.clone(),
         };
         self.sync_staged(
             devices,
@@ -157,12 +154,19 @@ impl MapStore {
         Ok(())
     }
 
-    /// Whether a receive of `name` (`guid`) onto base `base_guid` may begin: the checks of
-    /// FORMAT.md V4.10d, from memory (nothing is read or written).
+    /// Whether a receive of `incoming` may begin: the checks of FORMAT.md V4.10d, from memory
+    /// (nothing is read or written).
     ///
     /// # Errors
     /// [`Error::RecoveryPoint`] saying which does not hold.
-    pub fn check_receivable(&self, name: &str, guid: u64, base_guid: u64) -> Result<()> {
+    pub fn check_receivable(&self, incoming: &IncomingPoint) -> Result<()> {
+        let IncomingPoint {
+            name,
+            guid,
+            base_guid,
+            ..
+        } = incoming;
+        let (guid, base_guid) = (*guid, *base_guid);
         let refuse = |reason: String| {
             Err(Error::RecoveryPoint {
                 name: name.to_string(),
@@ -188,7 +192,7 @@ impl MapStore {
                 p.name
             ));
         }
-        if self.points.values().any(|p| p.name == name) {
+        if self.points.values().any(|p| p.name == *name) {
             return refuse("the name is taken".into());
         }
         let head = self.head_guid();
@@ -362,17 +366,7 @@ impl MapStore {
             }
             None => false,
         };
-        for (at, bytes) in writes {
-            match self.points_tree.set_record(devices, at, &bytes) {
-                Ok(()) => {}
-                Err(SetError::Failed(e)) => return Err(e),
-                Err(SetError::NeedsSync(_)) => {
-                    return Err(Error::corrupt_metadata(
-                        "the recovery-point tree's cache cannot hold one record's path",
-                    ))
-                }
-            }
-        }
+        self.set_point_records(devices, &writes)?;
         Ok(ReceiveStep { after, discarded })
     }
 }
