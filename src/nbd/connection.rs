@@ -68,6 +68,9 @@ pub struct ExportConfig {
     /// Serve this recovery point (docs/FORMAT.md V4.10a), read-only, instead of the live
     /// volume: reads come from it, block status says data everywhere (it is not walked).
     pub recovery_point: Option<String>,
+    /// Also export every recovery point, read-only, under its own name, beside this export
+    /// (a client names one; `NBD_OPT_LIST` lists them).
+    pub recovery_point_exports: bool,
 }
 
 impl ExportConfig {
@@ -102,6 +105,7 @@ impl ExportConfig {
             max_requests_in_flight: 64,
             max_bytes_in_flight: 256 << 20,
             recovery_point: None,
+            recovery_point_exports: false,
         }
     }
 
@@ -118,6 +122,31 @@ impl ExportConfig {
     /// export, as in other servers).
     fn matches(&self, name: &[u8]) -> bool {
         name.is_empty() || name == self.export.name.as_bytes()
+    }
+
+    /// The export a client's name picks: this one, or (with `recovery_point_exports`) the
+    /// recovery point of that name, read-only; `None` for any other name.
+    fn resolve(&self, pool: &Pool, name: &[u8]) -> Option<Self> {
+        if self.matches(name) {
+            return Some(self.clone());
+        }
+        let name = std::str::from_utf8(name).ok()?;
+        if !self.recovery_point_exports || pool.read_recovery_point(name, 0, &mut []).is_err() {
+            return None;
+        }
+        let mut point = Self::for_recovery_point(pool, name, name);
+        point.max_requests_in_flight = self.max_requests_in_flight;
+        point.max_bytes_in_flight = self.max_bytes_in_flight;
+        Some(point)
+    }
+
+    /// The names a client may pick: this export's, then the recovery points' when exported.
+    fn names(&self, pool: &Pool) -> Vec<String> {
+        let mut names = vec![self.export.name.clone()];
+        if self.recovery_point_exports {
+            names.extend(pool.recovery_point_names());
+        }
+        names
     }
 }
 
@@ -151,16 +180,17 @@ pub fn serve_stream<R: Read + Send, W: Write + Send>(
     config: &ExportConfig,
     stop: &AtomicBool,
 ) -> io::Result<ConnectionEnd> {
-    match negotiate(&mut reader, &mut writer, config, stop)? {
-        Negotiated::Transmission(session) => {
-            Ok(transmission(reader, writer, pool, config, session))
+    match negotiate(&mut reader, &mut writer, pool, config, stop)? {
+        Negotiated::Transmission(session, chosen) => {
+            Ok(transmission(reader, writer, pool, &chosen, session))
         }
         Negotiated::End(end) => Ok(end),
     }
 }
 
 enum Negotiated {
-    Transmission(Session),
+    /// The session and the export the client chose.
+    Transmission(Session, Box<ExportConfig>),
     End(ConnectionEnd),
 }
 
@@ -176,10 +206,10 @@ fn read_exact_or_eof(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<bool>
 fn negotiate<R: Read, W: Write>(
     reader: &mut R,
     writer: &mut W,
+    pool: &Pool,
     config: &ExportConfig,
     stop: &AtomicBool,
 ) -> io::Result<Negotiated> {
-    let export = &config.export;
     writer.write_all(&proto::encode_greeting(
         proto::HANDSHAKE_FIXED_NEWSTYLE | proto::HANDSHAKE_NO_ZEROES,
     ))?;
@@ -225,15 +255,15 @@ fn negotiate<R: Read, W: Write>(
         match header.option {
             opt::EXPORT_NAME => {
                 // No error path in this option: an unknown name closes the connection.
-                if !config.matches(&data) {
+                let Some(chosen) = config.resolve(pool, &data) else {
                     return Ok(Negotiated::End(ConnectionEnd::ProtocolError(format!(
                         "unknown export {:?}",
                         String::from_utf8_lossy(&data)
                     ))));
-                }
-                writer.write_all(&proto::encode_export_name_reply(export, no_zeroes))?;
+                };
+                writer.write_all(&proto::encode_export_name_reply(&chosen.export, no_zeroes))?;
                 writer.flush()?;
-                return Ok(Negotiated::Transmission(session));
+                return Ok(Negotiated::Transmission(session, Box::new(chosen)));
             }
             opt::ABORT => {
                 // The client may already have closed; the acknowledgement is best effort.
@@ -242,7 +272,9 @@ fn negotiate<R: Read, W: Write>(
             }
             opt::LIST => {
                 if data.is_empty() {
-                    reply(writer, rep::SERVER, &proto::encode_list_entry(&export.name))?;
+                    for name in config.names(pool) {
+                        reply(writer, rep::SERVER, &proto::encode_list_entry(&name))?;
+                    }
                     reply(writer, rep::ACK, &[])?;
                 } else {
                     reply(writer, rep::ERR_INVALID, &[])?;
@@ -250,10 +282,13 @@ fn negotiate<R: Read, W: Write>(
             }
             opt::INFO | opt::GO => match proto::decode_info_request(&data) {
                 Err(_) => reply(writer, rep::ERR_INVALID, &[])?,
-                Ok(request) if !config.matches(&request.name) => {
-                    reply(writer, rep::ERR_UNKNOWN, &[])?;
-                }
                 Ok(request) => {
+                    let Some(chosen) = config.resolve(pool, &request.name) else {
+                        reply(writer, rep::ERR_UNKNOWN, &[])?;
+                        writer.flush()?;
+                        continue;
+                    };
+                    let export = &chosen.export;
                     reply(writer, rep::INFO, &proto::encode_info_export(export))?;
                     // Block sizes are sent even unrequested: the minimum is 1, so a client
                     // that ignores them breaks no constraint.
@@ -265,7 +300,7 @@ fn negotiate<R: Read, W: Write>(
                     reply(writer, rep::ACK, &[])?;
                     if header.option == opt::GO {
                         writer.flush()?;
-                        return Ok(Negotiated::Transmission(session));
+                        return Ok(Negotiated::Transmission(session, Box::new(chosen)));
                     }
                 }
             },
@@ -278,7 +313,7 @@ fn negotiate<R: Read, W: Write>(
                 }
             }
             opt::LIST_META_CONTEXT | opt::SET_META_CONTEXT => {
-                meta_context(writer, header.option, &data, config, &mut session)?;
+                meta_context(writer, header.option, &data, pool, config, &mut session)?;
             }
             // STARTTLS, extended headers and anything unknown: not supported, the client
             // falls back or gives up.
@@ -300,6 +335,7 @@ fn meta_context<W: Write>(
     writer: &mut W,
     option: u32,
     data: &[u8],
+    pool: &Pool,
     config: &ExportConfig,
     session: &mut Session,
 ) -> io::Result<()> {
@@ -313,7 +349,7 @@ fn meta_context<W: Write>(
         Ok(request) => request,
         Err(_) => return reply(writer, rep::ERR_INVALID, &[]),
     };
-    if !config.matches(&request.name) {
+    if config.resolve(pool, &request.name).is_none() {
         return reply(writer, rep::ERR_UNKNOWN, &[]);
     }
     let set = option == opt::SET_META_CONTEXT;

@@ -54,6 +54,8 @@ pub struct ServeOptions {
     pub max_connections: usize,
     /// Export this recovery point, read-only, instead of the live volume.
     pub recovery_point: Option<String>,
+    /// Also export every recovery point, read-only, under its own name.
+    pub recovery_point_exports: bool,
 }
 
 impl Default for ServeOptions {
@@ -63,6 +65,7 @@ impl Default for ServeOptions {
             read_only: false,
             max_connections: 64,
             recovery_point: None,
+            recovery_point_exports: false,
         }
     }
 }
@@ -186,10 +189,11 @@ impl Server {
             Listener::Tcp(l) => l.set_nonblocking(true)?,
             Listener::Unix(l, _) => l.set_nonblocking(true)?,
         }
-        let config = match &options.recovery_point {
+        let mut config = match &options.recovery_point {
             Some(point) => ExportConfig::for_recovery_point(&pool, &options.export_name, point),
             None => ExportConfig::for_pool(&pool, &options.export_name, options.read_only),
         };
+        config.recovery_point_exports = options.recovery_point_exports;
         Ok(Self {
             listener,
             pool,

@@ -189,6 +189,17 @@ impl Pool {
         self.inner.recovery_points_supported()
     }
 
+    /// The recovery points' names, oldest first (none on a version-3 pool); no page is read.
+    #[must_use]
+    pub fn recovery_point_names(&self) -> Vec<String> {
+        let Some(rows) = self.inner.rows() else {
+            return Vec::new();
+        };
+        let mut points = rows.volume.read().recovery_points();
+        points.sort_by_key(|p| p.sequence);
+        points.into_iter().map(|p| p.name).collect()
+    }
+
     /// How many recovery points the pool has, and the newest one's creation time (none on
     /// a version-3 pool); no page is read.
     #[must_use]

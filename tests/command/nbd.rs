@@ -393,6 +393,42 @@ fn a_recovery_point_is_served_read_only_while_the_volume_moves_on() {
     client.flush().unwrap();
 }
 
+/// `serve --snapshot-exports`: the live volume under its name and every recovery point under
+/// its own, read-only, side by side; a name the pool lacks is refused.
+#[test]
+fn recovery_points_are_exported_beside_the_volume_under_their_names() {
+    let test = "recovery_points_are_exported_beside_the_volume_under_their_names";
+    let server = InProcess::start(
+        "mirror:2",
+        2,
+        8 << 20,
+        ServeOptions {
+            recovery_point_exports: true,
+            ..ServeOptions::default()
+        },
+    );
+    server.pool.write_at(0, &[0x11; 8192]).unwrap();
+    server.pool.create_recovery_point("mon").unwrap();
+    server.pool.write_at(0, &[0x22; 8192]).unwrap();
+    server.pool.create_recovery_point("tue").unwrap();
+    server.pool.write_at(0, &[0x33; 8192]).unwrap();
+    let mut live = server.client();
+    assert_eq!(live.export().flags & proto::flag::READ_ONLY, 0);
+    assert_eq!(live.read(0, 8192).unwrap(), vec![0x33; 8192]);
+    for (name, byte) in [("mon", 0x11u8), ("tue", 0x22)] {
+        let mut client = Client::connect(server.stream(), name).unwrap();
+        assert_ne!(client.export().flags & proto::flag::READ_ONLY, 0, "{name}");
+        assert_eq!(client.read(0, 8192).unwrap(), vec![byte; 8192], "{name}");
+        assert_eq!(nbd_errno(client.write(0, &[0; 4096], false)), errno::EPERM);
+    }
+    assert!(Client::connect(server.stream(), "wed").is_err());
+    assert_eq!(live.read(0, 8192).unwrap(), vec![0x33; 8192]);
+    if have("nbdinfo", test) {
+        let out = run(Command::new("nbdinfo").args(["--list", &server.uri()]));
+        assert!(out.contains("mon") && out.contains("tue"), "{out}");
+    }
+}
+
 #[test]
 fn qemu_io_writes_and_reads_patterns_back() {
     if !have("qemu-io", "qemu_io_writes_and_reads_patterns_back") {

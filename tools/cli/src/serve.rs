@@ -38,6 +38,10 @@ pub struct ServeArgs {
     /// Export this recovery point (`snapshot list`), read-only, instead of the live volume.
     #[arg(long, conflicts_with = "snapshot_every")]
     snapshot: Option<String>,
+    /// Also export every recovery point, read-only, under its own name, beside the volume
+    /// (`nbdinfo --list` shows them; a client names one, e.g. nbd://127.0.0.1:10809/monday).
+    #[arg(long)]
+    snapshot_exports: bool,
     /// Take a recovery point on every boundary of this period (UTC), e.g. 15m, 1h, 1d,
     /// named `auto-2026-12-05T16:00:00Z`, and one before each replace
     /// (`auto-before-replace-…`); `--keep` says which stay.
@@ -140,6 +144,7 @@ pub fn run(args: ServeArgs) -> CliResult {
         read_only: args.read_only,
         max_connections: args.max_connections,
         recovery_point: args.snapshot.clone(),
+        recovery_point_exports: args.snapshot_exports,
     };
     if let Some(point) = &args.snapshot {
         // Refused before a client connects: a recovery point the pool does not have.
