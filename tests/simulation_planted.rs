@@ -213,3 +213,86 @@ fn planted_bugs_are_caught_on_format_v4() {
         );
     }
 }
+
+/// Two replications whose receives are cut after `cut` device operations, then aborted
+/// (`seed` even) or resumed (odd): a full stream, then (from the first, when it was resumed)
+/// an incremental one over large writes.
+fn replication_cut(cut: u16, seed: u64) -> Vec<sim::Op> {
+    use sim::Op;
+    let write = |offset: u64, len: u32, data_seed: u64| Op::Write {
+        offset,
+        len,
+        data_seed,
+    };
+    // Many separate runs, so that each stream has many records and a receive commits
+    // several times before it ends (what a cut then leaves is durable, for the abort to free).
+    let mut ops: Vec<Op> = (0..48u64).map(|i| write(i * 65_536, 8192, 1 + i)).collect();
+    ops.extend([
+        Op::RecoveryPointCreate,
+        Op::Replicate {
+            pick: 0,
+            cut: Some(cut),
+            seed,
+        },
+    ]);
+    ops.extend((0..48u64).map(|i| write(i * 65_536 + 32_768, 8192, 100 + i)));
+    ops.extend([
+        Op::RecoveryPointCreate,
+        Op::Replicate {
+            pick: 1,
+            cut: Some(cut),
+            seed,
+        },
+        Op::Verify,
+    ]);
+    ops
+}
+
+/// The receive's cut, resume and abort are checked by the simulation's replica, and its
+/// checks can fail: with no planted bug no cut breaks a rule; with `abort-keeps-blocks` (an
+/// abort that frees nothing it wrote) or `receive-reads-live` (an unfinished receive read as
+/// what it wrote so far) some cut does, saying so.
+#[test]
+fn receive_bugs_are_caught_by_the_replicas_checks() {
+    let runs = |planted: PlantedBugs| -> Vec<String> {
+        (1..400u16)
+            .step_by(17)
+            .flat_map(|cut| [(cut, 2u64), (cut, 3)])
+            .filter_map(|(cut, seed)| {
+                let mut config = SimConfig::new_v4(7, "rs:4+2".parse().unwrap(), 6);
+                config.planted = planted;
+                let report = sim::run(&config, &replication_cut(cut, seed)).unwrap();
+                report
+                    .violation
+                    .map(|v| format!("cut {cut}: {}", v.message))
+            })
+            .collect()
+    };
+    let clean = runs(PlantedBugs::default());
+    assert!(clean.is_empty(), "{clean:?}");
+    for (name, planted, expect) in [
+        (
+            "abort-keeps-blocks",
+            PlantedBugs {
+                abort_keeps_blocks: true,
+                ..PlantedBugs::default()
+            },
+            "LEAK",
+        ),
+        (
+            "receive-reads-live",
+            PlantedBugs {
+                receive_reads_live: true,
+                ..PlantedBugs::default()
+            },
+            "WRONG BYTES",
+        ),
+    ] {
+        let caught = runs(planted);
+        assert!(
+            caught.iter().any(|m| m.contains(expect)),
+            "{name} went unnoticed: {caught:?}"
+        );
+        eprintln!("{name}: {}", caught[0]);
+    }
+}

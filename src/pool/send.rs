@@ -16,6 +16,9 @@ use crate::meta::{IncomingPoint, PointUsage};
 use crate::volume::BLOCK_BYTES;
 use std::io::{Read, Seek, SeekFrom, Write};
 
+/// A receive commits after this many records (at most 16 MiB of data).
+const COMMIT_RECORDS: u64 = 16;
+
 /// A byte range of the volume whose content may differ between two recovery points.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct ChangedRange {
@@ -268,6 +271,13 @@ impl PoolInner {
             };
             self.unavailable_if_failed(&volume, written)?;
             report.records += 1;
+            // A commit every few records bounds what a crash takes back (the pending map
+            // changes too): the applied part stays, for an abort to free or a resume to write
+            // again.
+            if report.records % COMMIT_RECORDS == 0 {
+                let committed = volume.flush(&devices).map(|_| ());
+                self.unavailable_if_failed(&volume, committed)?;
+            }
             progress(ReceivePhase::Applying, reader.position());
         }
         let mut volume = rows.volume.write();
