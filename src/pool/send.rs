@@ -274,7 +274,7 @@ impl PoolInner {
             // A commit every few records bounds what a crash takes back (the pending map
             // changes too): the applied part stays, for an abort to free or a resume to write
             // again.
-            if report.records % COMMIT_RECORDS == 0 {
+            if report.records.is_multiple_of(COMMIT_RECORDS) {
                 let committed = volume.flush(&devices).map(|_| ());
                 self.unavailable_if_failed(&volume, committed)?;
             }
