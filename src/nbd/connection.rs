@@ -609,10 +609,13 @@ fn errno_name(error: u32) -> &'static str {
 }
 
 /// The NBD error for a pool error: everything the pool cannot do is an I/O error to the
-/// client, except a range error (the server checks ranges first, so that one is a bug guard).
+/// client, except a range error (the server checks ranges first, so that one is a bug guard)
+/// and a write refused while a receive is unfinished (the volume is read-only until it is
+/// finished or aborted: `EPERM`, as a read-only export's).
 fn errno_for(err: &Error) -> u32 {
     match err {
         Error::OutOfRange { .. } => errno::EINVAL,
+        Error::ReceiveUnfinished { .. } => errno::EPERM,
         _ => errno::EIO,
     }
 }
