@@ -409,10 +409,7 @@ fn a_power_cut_at_every_operation_of_a_create_leaves_it_whole_or_absent() {
                 outcome.unwrap();
                 break;
             }
-            rig.volume = None;
-            rig.members.crash(cut as u64);
-            rig.reopen()
-                .unwrap_or_else(|e| panic!("{layout} cut {cut}: {e}"));
+            rig.crash_and_reopen(cut, layout);
             // Live blocks: flushed or newer; the model takes what is found.
             let volume = rig.volume.as_ref().unwrap();
             let mut block = vec![0u8; B];
@@ -605,6 +602,24 @@ impl Rig {
             .count() as u64
     }
 
+    /// The power went out after `cut` operations: each member keeps part of what it did not
+    /// flush; the volume is opened again.
+    fn crash_and_reopen(&mut self, cut: i64, layout: &str) {
+        self.volume = None;
+        self.members.crash(cut as u64);
+        self.reopen()
+            .unwrap_or_else(|e| panic!("{layout} cut {cut}: {e}"));
+    }
+
+    /// The recovery points' names, by key.
+    fn names(&mut self) -> Vec<String> {
+        self.volume()
+            .recovery_points()
+            .into_iter()
+            .map(|p| p.name)
+            .collect()
+    }
+
     /// Every block exact, the usage recount clean, and the blocks counted the model's.
     fn all_exact(&mut self, what: &str) {
         self.exact().unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -759,16 +774,8 @@ fn a_power_cut_at_every_operation_of_a_delete_loses_nothing_and_leaks_nothing() 
                 outcome.unwrap();
                 break;
             }
-            rig.volume = None;
-            rig.members.crash(cut as u64);
-            rig.reopen()
-                .unwrap_or_else(|e| panic!("{layout} cut {cut}: {e}"));
-            let names: Vec<String> = rig
-                .volume()
-                .recovery_points()
-                .into_iter()
-                .map(|p| p.name)
-                .collect();
+            rig.crash_and_reopen(cut, layout);
+            let names = rig.names();
             let left: Vec<&str> = ["old", "new"]
                 .into_iter()
                 .filter(|n| *n != victim)
@@ -991,10 +998,7 @@ fn a_power_cut_at_every_operation_of_a_rollback_is_all_or_nothing() {
                 outcome.unwrap();
                 break;
             }
-            rig.volume = None;
-            rig.members.crash(cut as u64);
-            rig.reopen()
-                .unwrap_or_else(|e| panic!("{layout} cut {cut}: {e}"));
+            rig.crash_and_reopen(cut, layout);
             let points = rig.volume().recovery_points();
             let automatic = points.iter().find(|p| p.automatic).map(|p| p.name.clone());
             let head = rig.volume().map().recovery_head();
@@ -1389,16 +1393,8 @@ fn receive_cuts(layout: &str, members: usize, options: &VolumeOptions, last: i64
                 outcome.unwrap();
                 break;
             }
-            rig.volume = None;
-            rig.members.crash(cut as u64);
-            rig.reopen()
-                .unwrap_or_else(|e| panic!("{layout} cut {cut}: {e}"));
-            let names: Vec<String> = rig
-                .volume()
-                .recovery_points()
-                .into_iter()
-                .map(|p| p.name)
-                .collect();
+            rig.crash_and_reopen(cut, layout);
+            let names = rig.names();
             if rig.volume().unfinished_receive().is_some() {
                 unfinished += 1;
                 // As before, to every reader; other writes refused.

@@ -110,8 +110,7 @@ impl Volume {
         buf: &mut [u8],
     ) -> Result<()> {
         self.check_range(offset, buf.len() as u64)?;
-        let map = self.map.recovery_point_map(name)?;
-        self.read_of(devices, offset, buf, &|key| map.get(devices, key))
+        self.read_point_map(devices, &self.map.recovery_point_map(name)?, offset, buf)
     }
 
     /// Read `buf.len()` bytes at `offset` through recovery point map `map` (one map for many

@@ -175,7 +175,23 @@ fn bad_names_unknown_snapshots_and_version_3_pools_are_refused_and_nothing_chang
         &run(&["snapshot", "create", p(&devs3[0]), "--name", "x"], None),
         "format version 4",
     );
-    assert!(images(&devs3) == before, "a refused create wrote");
+    // Send, diff and receive too: a version-3 pool has no recovery points to send, and no
+    // tree to receive one into; a stream from a version-4 pool is refused naming the version.
+    let stream = run(&["send", d0, "--snapshot", "a"], None);
+    assert!(stream.status.success(), "{}", text(&stream.stderr));
+    refused(
+        &run(&["receive", p(&devs3[0])], Some(&stream.stdout)),
+        "format version 4",
+    );
+    refused(
+        &run(&["send", p(&devs3[0]), "--snapshot", "a"], None),
+        "format version 4",
+    );
+    refused(
+        &run(&["snapshot", "diff", p(&devs3[0]), "--to", "a"], None),
+        "format version 4",
+    );
+    assert!(images(&devs3) == before, "a refused request wrote");
 }
 
 /// `status`, `status --json`, `metrics` and `check --snapshot-max-age` show the recovery

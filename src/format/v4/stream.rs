@@ -514,6 +514,24 @@ mod tests {
         assert!(read_all(&longer).is_err());
     }
 
+    /// A stream of another version, or a header of another size, is refused naming it, even
+    /// with a crc that matches (a newer build's stream, read by this one).
+    #[test]
+    fn a_stream_of_another_version_is_refused_by_name() {
+        let mut bytes = header().encode();
+        le::put(&mut bytes, 8, 4, 2);
+        let crc = crc32c::crc32c(&bytes[..508]);
+        le::put(&mut bytes, 508, 4, u64::from(crc));
+        let e = StreamHeader::decode(&bytes).unwrap_err();
+        assert!(
+            e.contains("stream version 2") && e.contains("reads version 1"),
+            "{e}"
+        );
+        let mut wrong = bytes;
+        wrong[0] = b'X';
+        assert!(StreamHeader::decode(&wrong).unwrap_err().contains("magic"));
+    }
+
     #[test]
     fn a_record_from_another_stream_or_out_of_order_is_refused() {
         let mut other_header = header();
