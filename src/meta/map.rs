@@ -128,6 +128,10 @@ pub struct MapOptions {
     /// map (the partial receive), not its base.
     #[cfg(feature = "testing")]
     pub receive_reads_live: bool,
+    /// Planted bug `delete_cursor_ignored`: the hold rule ignores a head delete's cursor (a
+    /// block the live map drops at a position the delete already decided stays held: a leak).
+    #[cfg(feature = "testing")]
+    pub delete_cursor_ignored: bool,
 }
 
 /// The planted bugs of the hold rule (all off in a build without `testing`).
@@ -142,6 +146,7 @@ struct PlantedHolds {
     rollback_keeps_live_cache: bool,
     abort_keeps_blocks: bool,
     receive_reads_live: bool,
+    delete_cursor_ignored: bool,
 }
 
 impl PlantedHolds {
@@ -157,6 +162,7 @@ impl PlantedHolds {
             rollback_keeps_live_cache: options.rollback_keeps_live_cache,
             abort_keeps_blocks: options.abort_keeps_blocks,
             receive_reads_live: options.receive_reads_live,
+            delete_cursor_ignored: options.delete_cursor_ignored,
         };
         #[cfg(not(feature = "testing"))]
         {
@@ -207,6 +213,8 @@ impl Default for MapOptions {
             abort_keeps_blocks: false,
             #[cfg(feature = "testing")]
             receive_reads_live: false,
+            #[cfg(feature = "testing")]
+            delete_cursor_ignored: false,
         }
     }
 }
@@ -508,6 +516,34 @@ pub struct PointUsage {
     pub pages: u64,
 }
 
+/// How far a delete in the background has come (FORMAT.md V4.10e).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeleteProgress {
+    /// Map keys below it are decided (0: not started).
+    pub cursor: u64,
+    /// The map's keys: where the cursor ends.
+    pub keys: u64,
+    /// What it has freed so far.
+    pub freed: PointUsage,
+}
+
+/// What one [`MapStore::delete_step`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeleteStep {
+    /// The recovery point being deleted.
+    pub name: String,
+    /// What this step freed.
+    pub freed: PointUsage,
+    /// Where the delete stands after it.
+    pub progress: DeleteProgress,
+    /// The recovery point is gone.
+    pub done: bool,
+}
+
+/// Pages of a recovery point one delete step reads, at most (then it stops at a leaf's end):
+/// a step under the exclusive lock stays within milliseconds.
+pub const DELETE_STEP_PAGES: usize = 128;
+
 /// What a delete counts off: how many blocks and pages a recovery point alone names, per
 /// segment (a count per touched segment, not a number per block: a full-churn recovery point
 /// at 16 TiB names 2^32 blocks).
@@ -526,14 +562,43 @@ impl Unique {
     }
 }
 
+/// The hold rule (FORMAT.md V4.10a, V4.10e): whether a block or page the live map drops is
+/// still named by a recovery point, so not counted off.
+#[derive(Debug, Clone, Copy)]
+struct HoldRule {
+    /// `S_head` (0: no recovery point on the live line).
+    s_head: u64,
+    /// While the head is being deleted: its parent's `S` and its cursor. A position wholly
+    /// below the cursor is decided: the head no longer names what is born after its parent.
+    released: Option<(u64, u64)>,
+}
+
+impl HoldRule {
+    /// Whether a pointer born at `birth`, at a position whose key range ends at `end`, is
+    /// held.
+    fn holds(&self, birth: u64, end: u64) -> bool {
+        if self.s_head == 0 || birth > self.s_head {
+            return false;
+        }
+        match self.released {
+            Some((s_parent, cursor)) => birth <= s_parent || end > cursor,
+            None => true,
+        }
+    }
+}
+
 /// What a sync does to recovery points besides writing the trees: at most one of these is
 /// set, by the call that runs the sync (create, delete, hold, rollback), and cleared after it.
 #[derive(Debug, Default)]
 struct Staged {
     /// A recovery point to record: `(name, created, taken automatically)`.
     creating: Option<NewPoint>,
-    /// A recovery point to delete, with what it alone names.
+    /// A recovery point to delete, with what it alone names (at the positions its last
+    /// step decides).
     deleting: Option<(u64, Unique)>,
+    /// A delete's step before its last: what it counts off (its record, with the cursor
+    /// moved, is `amending`).
+    freeing: Option<Unique>,
     /// A recovery point's record to rewrite (its holds changed).
     amending: Option<(u64, RecoveryRecord)>,
     /// The recovery point to roll the live map back to.
@@ -1016,7 +1081,30 @@ impl MapStore {
     /// not find would count as none, and free what the parent holds).
     fn check_line(points: &BTreeMap<u64, RecoveryRecord>) -> Result<()> {
         let mut names = BTreeSet::new();
+        // Deletes (FORMAT.md V4.10e): one walk at a time, its cursor at a leaf's end, and
+        // nothing held is being deleted (a corrupt cursor would free what a tree names, or
+        // leak what it no longer does).
+        let leaf = crate::format::v4::POINTERS_PER_PAGE as u64;
+        let started: Vec<(&u64, u64)> = points
+            .iter()
+            .filter_map(|(key, p)| p.deleting.filter(|c| *c > 0).map(|c| (key, c)))
+            .collect();
+        if started.len() > 1 {
+            return Err(Error::corrupt_metadata(format!(
+                "tree 3: {} recovery points are half deleted (one walk runs at a time)",
+                started.len()
+            )));
+        }
         for (key, point) in points {
+            if let Some(cursor) = point.deleting {
+                if cursor % leaf != 0 || point.holds > 0 {
+                    return Err(Error::corrupt_metadata(format!(
+                        "recovery point {key} in tree 3 is being deleted with cursor {cursor} \
+                         (not at a leaf's end) or {} holds",
+                        point.holds
+                    )));
+                }
+            }
             if !names.insert(point.name.as_str()) {
                 return Err(Error::corrupt_metadata(format!(
                     "recovery point {key} in tree 3: the name {:?} is another's too",
@@ -1516,7 +1604,8 @@ impl MapStore {
             self.segments.block_delta(pbn, 1);
         }
         if old.0 != ADDRESS_HOLE
-            && (!self.holds_birth(old.1) || self.planted_holds.replay_drops_held_block)
+            && (!self.hold_rule().holds(old.1, key + 1)
+                || self.planted_holds.replay_drops_held_block)
         {
             self.segments.block_delta(old.0, -1);
         }
@@ -2475,7 +2564,11 @@ impl MapStore {
         if let Some(pbn) = new.address() {
             self.segments.block_delta(pbn, 1);
         }
-        if let Some(pbn) = old.address().filter(|_| !self.holds_birth(old.birth())) {
+        let rule = self.hold_rule();
+        if let Some(pbn) = old
+            .address()
+            .filter(|_| !rule.holds(old.birth(), key + 1))
+        {
             if self.planted_sut_at_write {
                 // Planted bug `sut_decrement_at_write_time`.
                 self.segments.decrement_now(pbn);
@@ -2726,6 +2819,7 @@ impl MapStore {
         // stands, and no page born after the deleted recovery point's parent may change
         // under it (the hold rule still runs with the old `S_head` until its uberblock).
         let victims_found = if self.staged.deleting.is_some()
+            || self.staged.freeing.is_some()
             || self.staged.rolling_back.is_some()
             || self.staged.discarding.is_some()
         {
@@ -2807,6 +2901,9 @@ impl MapStore {
             Some(key) => Some(self.stage_rollback(devices, key)?),
             None => None,
         };
+        if let Some(unique) = self.staged.freeing.take() {
+            self.count_off(&unique);
+        }
         let amended = self.staged.amending.take();
         if let Some((key, record)) = &amended {
             self.set_point_records(devices, &[(*key, record.encode())])?;
@@ -2994,6 +3091,7 @@ impl MapStore {
             root: self.map.root(),
             depth: self.map_depth(),
             counters: [0; 3],
+            deleting: None,
             name,
         };
         let live = RecoveryRecord {
@@ -3009,6 +3107,7 @@ impl MapStore {
             root: BlockPointer::hole(0),
             depth: 0,
             counters: [0; 3],
+            deleting: None,
             name: String::new(),
         };
         self.set_point_records(devices, &[(key, record.encode()), (0, live.encode())])?;
@@ -3051,6 +3150,7 @@ impl MapStore {
             root: BlockPointer::hole(0),
             depth: 0,
             counters: [0; 3],
+            deleting: None,
             name: String::new(),
         };
         self.set_point_records(devices, &[(0, live.encode())])?;
@@ -3096,12 +3196,16 @@ impl MapStore {
     ) -> Result<Option<RecoveryPoint>> {
         self.usable()?;
         self.not_receiving("roll back")?;
-        let key = self.point_key(name)?;
+        self.point_key(name)?;
         if self.segments.any_held() {
             return Err(Error::Busy(
                 "a rollback runs with no write unit on the devices".into(),
             ));
         }
+        // A rollback's automatic recovery point and branch are only ever made of whole
+        // trees (FORMAT.md V4.10e): the deletes asked for run to their end first.
+        self.finish_deletes(devices)?;
+        let key = self.point_key(name)?;
         // What the syncs below would find only after writing (and then fail the map): no
         // key for the automatic recovery point, a tree of another depth.
         self.free_key(name)?;
@@ -3202,6 +3306,7 @@ impl MapStore {
                     root: BlockPointer::hole(0),
                     depth: 0,
                     counters: [0; 3],
+                    deleting: None,
                     name: String::new(),
                 }
                 .encode()
@@ -3252,6 +3357,21 @@ impl MapStore {
     /// Subtrees shared either way are not descended into, so the walk reads what the
     /// recovery point changed, twice.
     fn unique_of(&self, devices: &[Option<SharedDevice>], key: u64) -> Result<Unique> {
+        Ok(self.unique_in(devices, key, 0, usize::MAX)?.0)
+    }
+
+    /// [`MapStore::unique_of`] for the positions from key `from` (a leaf boundary) on,
+    /// stopping at the end of the first leaf after `budget` pages of the recovery point were
+    /// read (FORMAT.md V4.10e). Returns what it alone holds at the positions decided — every
+    /// block in the leaves walked, and a page only when its key range ends by the stop — and
+    /// the stop (`None`: the end of the map).
+    fn unique_in(
+        &self,
+        devices: &[Option<SharedDevice>],
+        key: u64,
+        from: u64,
+        budget: usize,
+    ) -> Result<(Unique, Option<u64>)> {
         let record = self
             .points
             .get(&key)
@@ -3282,14 +3402,22 @@ impl MapStore {
         };
         let shape = self.segments.shape();
         let mut unique = Unique::default();
+        // Pages it alone holds now, with the end of their key range: counted only when the
+        // walk's stop is at or after it (a page is decided in the step its range ends in).
+        let mut pages: Vec<(u64, u64)> = Vec::new();
+        let mut read = 0usize;
+        let mut stop = None;
         let roots: Vec<Option<BlockPointer>> =
             children.iter().map(|(t, _)| Some(t.root())).collect();
         let mut stack = vec![(mine.depth(), 0u64, record.root, roots)];
         while let Some((level, first, pointer, theirs)) = stack.pop() {
+            let span = mine.span_of(level);
+            if first.saturating_add(span) <= from {
+                continue;
+            }
             let Some(mpn) = pointer.address() else {
                 continue;
             };
-            let span = mine.span_of(level);
             let same_page = children.iter().zip(&theirs).any(|((_, live), t)| {
                 t.is_some_and(|t| t.encode() == pointer.encode())
                     && !changed(*live, level, first, span)
@@ -3297,10 +3425,11 @@ impl MapStore {
             if pointer.birth() <= s_parent || same_page {
                 continue;
             }
-            *unique.pages.entry(shape.of_page(mpn)).or_insert(0) += 1;
+            pages.push((first.saturating_add(span), shape.of_page(mpn)));
             let Some(entries) = mine.pointers_at(devices, level, first, &pointer)? else {
                 continue;
             };
+            read += 1;
             // Each child's entries at this position (none where it has a hole); the live
             // map's current pointers where it changed since the last sync.
             let mut others: Vec<Option<Vec<BlockPointer>>> = Vec::with_capacity(children.len());
@@ -3321,8 +3450,8 @@ impl MapStore {
                 }
                 others.push(found);
             }
-            for (i, entry) in entries.iter().enumerate() {
-                if level == 1 {
+            if level == 1 {
+                for (i, entry) in entries.iter().enumerate() {
                     let shared = others
                         .iter()
                         .any(|o| o.as_ref().is_some_and(|o| o[i].encode() == entry.encode()));
@@ -3331,14 +3460,27 @@ impl MapStore {
                             *unique.blocks.entry(shape.of_block(pbn)).or_insert(0) += 1;
                         }
                     }
-                } else {
+                }
+                if read >= budget {
+                    stop = Some(first + span);
+                    break;
+                }
+            } else {
+                // In key order: the first child is popped first.
+                for (i, entry) in entries.iter().enumerate().rev() {
                     let child_first = first + i as u64 * mine.span_of(level - 1);
                     let below = others.iter().map(|o| o.as_ref().map(|o| o[i])).collect();
                     stack.push((level - 1, child_first, *entry, below));
                 }
             }
         }
-        Ok(unique)
+        for (end, segment) in pages {
+            if stop.is_none_or(|stop| end <= stop) {
+                *unique.pages.entry(segment).or_insert(0) += 1;
+            }
+        }
+        // The map's keys end within the root's span: a stop there is the end.
+        Ok((unique, stop.filter(|stop| *stop < self.map.keys())))
     }
 
     /// What recovery point `name` alone holds now: what deleting it frees (a delete syncs
@@ -3352,10 +3494,38 @@ impl MapStore {
         name: &str,
     ) -> Result<PointUsage> {
         let key = self.point_key(name)?;
+        // Next to a half-deleted recovery point the walk would compare with a tree whose
+        // decided part is freed (its parent), or take what that one released for its own
+        // (its child): the figure waits for the delete (FORMAT.md V4.10e).
+        let point = &self.points[&key];
+        if let Some(active) = self.points.iter().find(|(k, p)| {
+            p.deleting.is_some_and(|c| c > 0) && (p.parent == key || point.parent == **k)
+        }) {
+            return Err(Error::RecoveryPoint {
+                name: name.to_string(),
+                reason: format!(
+                    "what it alone holds is known once the delete of {:?}, next to it, is done",
+                    active.1.name
+                ),
+            });
+        }
         Ok(self.unique_of(devices, key)?.usage())
     }
 
+    /// The key of recovery point `name`; one being deleted is refused (FORMAT.md V4.10e: it
+    /// cannot be read, sent, held or rolled back to).
     fn point_key(&self, name: &str) -> Result<u64> {
+        let key = self.any_point_key(name)?;
+        if self.points[&key].deleting.is_some() {
+            return Err(Error::RecoveryPoint {
+                name: name.to_string(),
+                reason: "it is being deleted (its space comes back in the background)".into(),
+            });
+        }
+        Ok(key)
+    }
+
+    fn any_point_key(&self, name: &str) -> Result<u64> {
         self.points
             .iter()
             .find(|(_, p)| p.name == name)
@@ -3366,20 +3536,16 @@ impl MapStore {
             })
     }
 
-    /// Delete recovery point `name` (FORMAT.md V4.10b): a sync (the live tree durable), a
-    /// walk for what it alone names, then one sync that counts that off, frees its record and
-    /// re-parents its child or moves the live line's head. The uberblock is the commit point:
-    /// a crash before it leaves the recovery point whole. Returns what was freed; the
-    /// segments come back by the release rule.
+    /// Ask for recovery point `name` to be deleted (FORMAT.md V4.10e): one sync records it
+    /// as being deleted, and nothing is freed yet. [`MapStore::delete_step`] frees what it
+    /// alone holds, a part at a time; until its last step it stays whole, unseen (it cannot
+    /// be read, sent, held or rolled back to) and its name taken.
     ///
     /// # Errors
-    /// [`Error::RecoveryPoint`] when there is none of that name; [`Error::Busy`] with a write
-    /// unit in flight; what [`MapStore::sync`] returns.
-    pub fn delete_recovery_point(
-        &mut self,
-        devices: &[Option<SharedDevice>],
-        name: &str,
-    ) -> Result<PointUsage> {
+    /// [`Error::RecoveryPoint`] when there is none of that name, it is held, being deleted
+    /// already, or lines part at it; [`Error::Busy`] with a write unit in flight; what
+    /// [`MapStore::sync`] returns.
+    pub fn request_delete(&mut self, devices: &[Option<SharedDevice>], name: &str) -> Result<()> {
         self.usable()?;
         self.not_receiving("delete a recovery point")?;
         let key = self.point_key(name)?;
@@ -3409,18 +3575,160 @@ impl MapStore {
                 "a recovery point is deleted with no write unit on the devices".into(),
             ));
         }
-        self.sync(devices)?;
-        debug_assert!(!self.map.has_dirty(), "a delete walks a clean live map");
-        let unique = self.unique_of(devices, key)?;
-        let freed = unique.usage();
+        let mut record = self.points[&key].clone();
+        record.deleting = Some(0);
+        record.counters = [0; 3];
         self.sync_staged(
             devices,
             Staged {
-                deleting: Some((key, unique)),
+                amending: Some((key, record)),
                 ..Staged::default()
             },
         )?;
-        Ok(freed)
+        Ok(())
+    }
+
+    /// The delete that runs next (FORMAT.md V4.10e, one walk at a time): the one already
+    /// started (cursor above 0, after a crash), else the oldest asked for.
+    fn next_delete(&self) -> Option<u64> {
+        let waiting = self.points.iter().filter(|(_, p)| p.deleting.is_some());
+        waiting
+            .clone()
+            .find(|(_, p)| p.deleting.is_some_and(|cursor| cursor > 0))
+            .or_else(|| waiting.min_by_key(|(_, p)| p.sequence))
+            .map(|(key, _)| *key)
+    }
+
+    /// One step of the delete that runs next (FORMAT.md V4.10e): a sync, a walk of the
+    /// positions from its cursor until `budget` pages of it were read (at a leaf's end), then
+    /// one sync that counts off what it alone held there and moves the cursor, or, at the end
+    /// of the map, frees its record and re-parents its child (or moves the live line's
+    /// head). Each step's uberblock is its commit point: a crash before it loses the step,
+    /// never a part of one. `None` when no delete is waiting.
+    ///
+    /// # Errors
+    /// [`Error::Busy`] with a write unit in flight; a page that cannot be read; what
+    /// [`MapStore::sync`] returns.
+    pub fn delete_step(
+        &mut self,
+        devices: &[Option<SharedDevice>],
+        budget: usize,
+    ) -> Result<Option<DeleteStep>> {
+        self.usable()?;
+        let Some(key) = self.next_delete() else {
+            return Ok(None);
+        };
+        if self.segments.any_held() {
+            return Err(Error::Busy(
+                "a recovery point is deleted with no write unit on the devices".into(),
+            ));
+        }
+        self.sync(devices)?;
+        debug_assert!(!self.map.has_dirty(), "a delete walks a clean live map");
+        let record = self.points[&key].clone();
+        let cursor = record.deleting.unwrap_or(0);
+        let (unique, stop) = self.unique_in(devices, key, cursor, budget.max(1))?;
+        let freed = unique.usage();
+        let total = PointUsage {
+            blocks: record.counters[1] + freed.blocks,
+            pages: record.counters[2] + freed.pages,
+        };
+        let staged = match stop {
+            Some(stop) => {
+                let mut record = record.clone();
+                record.deleting = Some(stop);
+                record.counters[1] = total.blocks;
+                record.counters[2] = total.pages;
+                Staged {
+                    freeing: Some(unique),
+                    amending: Some((key, record)),
+                    ..Staged::default()
+                }
+            }
+            None => Staged {
+                deleting: Some((key, unique)),
+                ..Staged::default()
+            },
+        };
+        self.sync_staged(devices, staged)?;
+        Ok(Some(DeleteStep {
+            name: record.name,
+            freed,
+            progress: DeleteProgress {
+                cursor: stop.unwrap_or(self.map.keys()),
+                keys: self.map.keys(),
+                freed: total,
+            },
+            done: stop.is_none(),
+        }))
+    }
+
+    /// Run every delete asked for to its end, in the caller's thread (a rollback and a
+    /// receive do first, FORMAT.md V4.10e). Returns the steps run.
+    ///
+    /// # Errors
+    /// What [`MapStore::delete_step`] returns.
+    pub fn finish_deletes(&mut self, devices: &[Option<SharedDevice>]) -> Result<u64> {
+        let mut steps = 0;
+        while self.delete_step(devices, DELETE_STEP_PAGES)?.is_some() {
+            steps += 1;
+        }
+        Ok(steps)
+    }
+
+    /// Delete recovery point `name` in the caller's thread: [`MapStore::request_delete`],
+    /// then steps until it is gone (deletes asked for before it run first). Returns what it
+    /// freed: what it alone held (V4.10b's figure; the segments come back by the release
+    /// rule).
+    ///
+    /// # Errors
+    /// What [`MapStore::request_delete`] and [`MapStore::delete_step`] return.
+    pub fn delete_recovery_point(
+        &mut self,
+        devices: &[Option<SharedDevice>],
+        name: &str,
+    ) -> Result<PointUsage> {
+        self.request_delete(devices, name)?;
+        loop {
+            match self.delete_step(devices, DELETE_STEP_PAGES)? {
+                Some(step) if step.name == name && step.done => return Ok(step.progress.freed),
+                Some(_) => {}
+                None => {
+                    return Err(Error::corrupt_metadata(format!(
+                        "recovery point {name}: its delete ended without its last step"
+                    )))
+                }
+            }
+        }
+    }
+
+    /// The recovery points being deleted, in the order they run, with their progress.
+    #[must_use]
+    pub fn deletes(&self) -> Vec<(String, DeleteProgress)> {
+        let mut waiting: Vec<(u64, &RecoveryRecord)> = self
+            .points
+            .iter()
+            .filter(|(_, p)| p.deleting.is_some())
+            .map(|(k, p)| (*k, p))
+            .collect();
+        let first = self.next_delete();
+        waiting.sort_by_key(|(k, p)| (Some(*k) != first, p.sequence));
+        waiting
+            .into_iter()
+            .map(|(_, p)| {
+                (
+                    p.name.clone(),
+                    DeleteProgress {
+                        cursor: p.deleting.unwrap_or(0),
+                        keys: self.map.keys(),
+                        freed: PointUsage {
+                            blocks: p.counters[1],
+                            pages: p.counters[2],
+                        },
+                    },
+                )
+            })
+            .collect()
     }
 
     /// Put a hold on recovery point `name` (`hold`), or take one off: a held recovery point
@@ -3476,10 +3784,26 @@ impl MapStore {
         Ok(())
     }
 
-    /// Whether a block the live tree drops, born at `birth`, is held by a recovery point
-    /// (FORMAT.md V4.10a, the hold rule): born at or before `S_head`.
-    fn holds_birth(&self, birth: u64) -> bool {
-        self.head.1 > 0 && birth <= self.head.1 && !self.planted_holds.drop_held_block
+    /// The hold rule as it stands (FORMAT.md V4.10a, with V4.10e's cursor when the live
+    /// line's head is being deleted).
+    fn hold_rule(&self) -> HoldRule {
+        let released = self
+            .points
+            .get(&self.head.0)
+            .and_then(|head| head.deleting.map(|cursor| (head.parent, cursor)))
+            .filter(|_| !self.planted_holds.delete_cursor_ignored)
+            .map(|(parent, cursor)| {
+                let s_parent = self.points.get(&parent).map_or(0, |p| p.sequence);
+                (s_parent, cursor)
+            });
+        HoldRule {
+            s_head: if self.planted_holds.drop_held_block {
+                0
+            } else {
+                self.head.1
+            },
+            released,
+        }
     }
 
     /// Take recovery point `name`: a tree sync that freezes the map as it stands and records
@@ -3501,10 +3825,15 @@ impl MapStore {
             name: name.to_string(),
             reason,
         })?;
-        if self.points.values().any(|p| p.name == name) {
+        if let Some(p) = self.points.values().find(|p| p.name == name) {
             return Err(Error::RecoveryPoint {
                 name: name.to_string(),
-                reason: "the name is taken".into(),
+                reason: if p.deleting.is_some() {
+                    "the name is taken by a recovery point being deleted (free once it is gone)"
+                        .into()
+                } else {
+                    "the name is taken".into()
+                },
             });
         }
         self.free_key(name)?;
@@ -3532,11 +3861,12 @@ impl MapStore {
             .ok_or_else(|| Error::corrupt_metadata("a recovery point synced but not recorded"))
     }
 
-    /// The recovery points, by key.
+    /// The recovery points, by key (not those being deleted: [`MapStore::deletes`]).
     #[must_use]
     pub fn recovery_points(&self) -> Vec<RecoveryPoint> {
         self.points
             .iter()
+            .filter(|(_, p)| p.deleting.is_none())
             .map(|(key, p)| RecoveryPoint::of(*key, p))
             .collect()
     }
@@ -3555,14 +3885,15 @@ impl MapStore {
                 POINT_CACHE_PAGES * RadixTree::page_bytes(),
             ))
         };
-        RadixTree::new(
+        Ok(RadixTree::new(
             self.pool,
             Tree::Map,
             record.depth,
             record.root,
             cache,
             Self::store(self.pool, &self.geometry, &self.options)?,
-        )
+        )?
+        .decided_below(record.deleting.unwrap_or(0)))
     }
 
     /// The map of recovery point `name`, for reading (its own page cache).
@@ -3584,8 +3915,13 @@ impl MapStore {
     }
 
     /// Every recovery point's map tree, in key order.
+    /// The trees of the recovery points, for the walks that see every tree: the one being
+    /// deleted last, so that a page it shares with its child, straddling its cursor, is walked
+    /// whole through the child before its own walk passes over the decided positions.
     fn point_trees(&self) -> Result<Vec<RadixTree>> {
-        self.points.values().map(|p| self.point_tree(p)).collect()
+        let mut points: Vec<&RecoveryRecord> = self.points.values().collect();
+        points.sort_by_key(|p| p.deleting.is_some_and(|cursor| cursor > 0));
+        points.into_iter().map(|p| self.point_tree(p)).collect()
     }
 
     /// Write the map tree's dirty pages with birth `birth`: `(pages written, pages freed)`.
@@ -3642,9 +3978,9 @@ impl MapStore {
         which: TreeChoice,
         birth: u64,
     ) -> Result<(usize, usize)> {
+        let rule = self.hold_rule();
         let segments = std::cell::RefCell::new(&mut self.segments);
         let shape = segments.borrow().shape();
-        let s_head = self.head.1;
         let holds = matches!(which, TreeChoice::Map) && !self.planted_holds.free_shared_page;
         let pinned = &mut self.pinned_metadata;
         let mut held = 0;
@@ -3662,9 +3998,9 @@ impl MapStore {
                 segments.page_delta(mpn, 1);
                 Some(mpn)
             },
-            &mut |old| {
+            &mut |old, end| {
                 let Some(mpn) = old.address() else { return };
-                if holds && s_head > 0 && old.birth() <= s_head {
+                if holds && rule.holds(old.birth(), end) {
                     held += 1;
                     pinned.insert(shape.of_page(mpn));
                 } else {
@@ -3762,7 +4098,7 @@ impl MapStore {
         let staged: Vec<u64> = reserved.iter().copied().collect();
         let outcome = self
             .sut
-            .sync(devices, birth, &mut || reserved.pop_front(), &mut |_| {})?;
+            .sync(devices, birth, &mut || reserved.pop_front(), &mut |_, _| {})?;
         self.all_copies_written(devices, &outcome)?;
         let freed: BTreeSet<u64> = outcome.freed.iter().copied().collect();
         if !reserved.is_empty() || freed != replaced {

@@ -21,7 +21,7 @@ mod tree;
 pub use cache::{CacheFull, CacheStats, PageCache, PageState};
 pub use log::{ChainRecord, IntentLog, LogPosition, Replay};
 pub use map::{
-    CommitReport, DiffRun, IncomingPoint, MapOptions, MapStore, OpenReport, PointUsage,
+    CommitReport, DeleteProgress, DeleteStep, DiffRun, IncomingPoint, MapOptions, MapStore, OpenReport, PointUsage,
     RecoveryPoint, RecoveryPointMap, RewindPlan, RewindReport, SyncReport, Tolerate, WrittenRow,
 };
 pub use ring::{uberblock_places, write_uberblock, Rings};

@@ -156,9 +156,27 @@ pub struct RadixTree {
     root: BlockPointer,
     cache: Arc<PageCache<PageKey>>,
     store: PageStore,
+    /// Walks pass over positions whose key range ends at or below this (a recovery point
+    /// being deleted: what lies there is decided, FORMAT.md V4.10e); 0 for every other tree.
+    decided_below: u64,
 }
 
 impl RadixTree {
+    /// This tree with every walk ([`RadixTree::visit_pages`], [`RadixTree::leaves_unseen`],
+    /// [`RadixTree::page_refs_unseen`], [`RadixTree::referenced_pages_unseen`]) passing over
+    /// the positions that end at or below key `key`: a recovery point's tree while its
+    /// delete has decided them (it no longer names what lies there).
+    #[must_use]
+    pub fn decided_below(mut self, key: u64) -> Self {
+        self.decided_below = key;
+        self
+    }
+
+    /// Whether a walk passes over the page at `(level, first)`.
+    fn decided(&self, level: u8, first: u64) -> bool {
+        first.saturating_add(self.shape.span(level)) <= self.decided_below
+    }
+
     /// The page cache this tree shares.
     #[must_use]
     pub fn cache(&self) -> &Arc<PageCache<PageKey>> {
@@ -209,6 +227,7 @@ impl RadixTree {
             )));
         }
         Ok(Self {
+            decided_below: 0,
             pool,
             tree,
             shape: Shape { leaf_bits },
@@ -722,6 +741,9 @@ impl RadixTree {
         let mut found = Vec::new();
         let mut stack = vec![(self.depth, 0u64, self.root)];
         while let Some((level, first, pointer)) = stack.pop() {
+            if self.decided(level, first) {
+                continue;
+            }
             if let Some(mpn) = pointer.address() {
                 match seen.visit(mpn, &pointer, level, first) {
                     Visit::New => {}
@@ -752,9 +774,10 @@ impl RadixTree {
 
     /// Write every dirty page of this tree bottom-up to fresh page numbers from `alloc`, with
     /// birth `birth`, and make the cache hold the written pages as clean. `free` hears of each
-    /// page of the old tree (its pointer: the hold rule of recovery points needs its birth,
-    /// FORMAT.md V4.10a) as soon as the new tree stops referencing it (a correct caller
-    /// only notes it: the old tree is still the durable one). The caller flushes
+    /// page of the old tree (its pointer and the end of its key range: the hold rule of
+    /// recovery points needs its birth and position, FORMAT.md V4.10a and V4.10e) as soon
+    /// as the new tree stops referencing it (a correct caller only notes it: the old tree is
+    /// still the durable one). The caller flushes
     /// the members, writes the uberblock with [`SyncOutcome::root`], and releases
     /// [`SyncOutcome::freed`] by its rule.
     ///
@@ -766,7 +789,7 @@ impl RadixTree {
         devices: &[Option<SharedDevice>],
         birth: u64,
         alloc: &mut dyn FnMut() -> Option<u64>,
-        free: &mut dyn FnMut(&BlockPointer),
+        free: &mut dyn FnMut(&BlockPointer, u64),
     ) -> Result<SyncOutcome> {
         let tree_id = self.tree.id();
         let frozen = self.cache.freeze_dirty_where(|key| key.0 == tree_id);
@@ -800,7 +823,7 @@ impl RadixTree {
                         let old = entry(&bytes, index)?;
                         if let Some(mpn) = old.address() {
                             outcome.freed.push(mpn);
-                            free(&old);
+                            free(&old, child_first + self.shape.span(level - 1));
                         }
                         set_entry(&mut bytes, index, child);
                     }
@@ -855,7 +878,7 @@ impl RadixTree {
         };
         if let Some(mpn) = self.root.address() {
             outcome.freed.push(mpn);
-            free(&self.root);
+            free(&self.root, self.shape.span(self.depth));
         }
         self.root = *root;
         outcome.root = *root;
@@ -923,7 +946,7 @@ impl RadixTree {
     ) -> Result<()> {
         let mut stack = vec![(self.depth, 0u64, self.root)];
         while let Some((level, first, pointer)) = stack.pop() {
-            let Some(mpn) = pointer.address() else {
+            let Some(mpn) = pointer.address().filter(|_| !self.decided(level, first)) else {
                 continue;
             };
             match seen.visit(mpn, &pointer, level, first) {
@@ -980,7 +1003,7 @@ impl RadixTree {
         let mut bytes_read = 0;
         let mut stack = vec![(self.depth, 0u64, self.root)];
         while let Some((level, first, pointer)) = stack.pop() {
-            let Some(mpn) = pointer.address() else {
+            let Some(mpn) = pointer.address().filter(|_| !self.decided(level, first)) else {
                 continue;
             };
             if seen.visit(mpn, &pointer, level, first) == Visit::Again {

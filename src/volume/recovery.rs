@@ -10,7 +10,9 @@
 use super::Volume;
 use crate::device::SharedDevice;
 use crate::error::Result;
-use crate::meta::{DiffRun, IncomingPoint, PointUsage, RecoveryPoint, RecoveryPointMap};
+use crate::meta::{
+    DeleteProgress, DeleteStep, DiffRun, IncomingPoint, PointUsage, RecoveryPoint, RecoveryPointMap,
+};
 
 impl Volume {
     /// Take recovery point `name` of everything written so far (the rows are flushed and the
@@ -29,9 +31,9 @@ impl Volume {
         self.map.create_recovery_point(devices, name)
     }
 
-    /// Delete recovery point `name`: what it alone holds is freed (its segments come back
-    /// by the map's release rule), durably when this returns. Nothing may be on the devices
-    /// for a write.
+    /// Delete recovery point `name` in the caller's thread: what it alone holds is freed
+    /// (its segments come back by the map's release rule), durably when this returns
+    /// (deletes asked for before it run first). Nothing may be on the devices for a write.
     ///
     /// # Errors
     /// A read-only volume; what [`crate::meta::MapStore::delete_recovery_point`] returns.
@@ -44,6 +46,57 @@ impl Volume {
         let freed = self.map.delete_recovery_point(devices, name)?;
         self.cleaner.forget_pins();
         Ok(freed)
+    }
+
+    /// Ask for recovery point `name` to be deleted (FORMAT.md V4.10e): durable when this
+    /// returns, nothing freed yet; [`Volume::delete_step`] frees its space.
+    ///
+    /// # Errors
+    /// A read-only volume; what [`crate::meta::MapStore::request_delete`] returns.
+    pub fn request_delete(&mut self, devices: &[Option<SharedDevice>], name: &str) -> Result<()> {
+        self.writable("delete a recovery point")?;
+        self.map.request_delete(devices, name)
+    }
+
+    /// One step of the delete that runs next, reading at most about `budget` of its pages
+    /// (`None`: no delete is waiting).
+    ///
+    /// # Errors
+    /// A read-only volume; what [`crate::meta::MapStore::delete_step`] returns.
+    pub fn delete_step(
+        &mut self,
+        devices: &[Option<SharedDevice>],
+        budget: usize,
+    ) -> Result<Option<DeleteStep>> {
+        self.writable("delete a recovery point")?;
+        let mut step = self.map.delete_step(devices, budget)?;
+        if let Some(step) = &mut step {
+            if step.done {
+                self.cleaner.forget_pins();
+            }
+            step.progress = self.progress_in_volume(step.progress);
+        }
+        Ok(step)
+    }
+
+    /// The recovery points being deleted, in the order they run, with their progress.
+    #[must_use]
+    pub fn deletes(&self) -> Vec<(String, DeleteProgress)> {
+        self.map
+            .deletes()
+            .into_iter()
+            .map(|(name, progress)| (name, self.progress_in_volume(progress)))
+            .collect()
+    }
+
+    /// A delete's progress over the volume's blocks (the map's keys may be many times more:
+    /// beyond the volume they are holes the walk passes at once).
+    fn progress_in_volume(&self, progress: DeleteProgress) -> DeleteProgress {
+        DeleteProgress {
+            cursor: progress.cursor.min(self.blocks),
+            keys: self.blocks,
+            ..progress
+        }
     }
 
     /// Roll the live volume back to recovery point `name`, keeping every recovery point and

@@ -4,7 +4,7 @@
 //! ```text
 //! 0        kind u8: 0 free, 1 recovery point, 2 live line (key 0 only),
 //!          3 an unfinished receive (V4.10d; at most one, key 1..)
-//! 1        state u8: 0 (1 = being deleted, reserved)
+//! 1        state u8: 0, or 1 = being deleted (kind 1 only; V4.10e)
 //! 2..4     flags u16 (bit 0: taken automatically; bit 1: received from a stream)
 //! 4..8     holds u32
 //! 8..16    guid u64 (kind 3: the guid of the recovery point being received)
@@ -16,8 +16,9 @@
 //! 56..72   map root pointer
 //! 72       map depth u8
 //! 73..80   zero
-//! 80..88   delete cursor (reserved: 0)
-//! 88..112  counters u64 × 3: referenced blocks, unique blocks, unique pages
+//! 80..88   delete cursor (state 1: positions wholly below it are decided; else 0)
+//! 88..112  counters u64 × 3: referenced blocks, unique blocks, unique pages (state 1: the
+//!          blocks and pages the delete has freed so far)
 //! 112..128 deadlist root pointer (a hole)
 //! 128      name length u8 (1..=63; 0 for kind 2)
 //! 129..192 name, zero padded
@@ -76,8 +77,11 @@ pub struct RecoveryRecord {
     pub root: BlockPointer,
     /// The map's depth.
     pub depth: u8,
-    /// Referenced blocks, unique blocks, unique pages (0 until counted).
+    /// Referenced blocks, unique blocks, unique pages (0 until counted); while it is being
+    /// deleted, `[1]` and `[2]` are the blocks and pages freed so far.
     pub counters: [u64; 3],
+    /// Being deleted (state 1, FORMAT.md V4.10e): its cursor (keys below it are decided).
+    pub deleting: Option<u64>,
     /// The name (empty for the live line).
     pub name: String,
 }
@@ -111,6 +115,10 @@ impl RecoveryRecord {
     pub fn encode(&self) -> [u8; RECOVERY_RECORD_BYTES] {
         let mut bytes = [0u8; RECOVERY_RECORD_BYTES];
         bytes[0] = self.kind as u8;
+        if let Some(cursor) = self.deleting {
+            bytes[1] = 1;
+            le::put(&mut bytes, 80, 8, cursor);
+        }
         le::put(&mut bytes, 2, 2, u64::from(self.flags));
         le::put(&mut bytes, 4, 4, u64::from(self.holds));
         le::put(&mut bytes, 8, 8, self.guid);
@@ -156,12 +164,16 @@ impl RecoveryRecord {
             3 => RecoveryKind::Receive,
             other => return Err(format!("recovery-point record of kind {other}")),
         };
-        if bytes[1] != 0 {
-            return Err(format!(
-                "recovery-point record in state {} (this build deletes none)",
-                bytes[1]
-            ));
-        }
+        let deleting = match (bytes[1], kind) {
+            (0, _) => None,
+            (1, RecoveryKind::Point) => Some(le::u64_at(bytes, 80)),
+            (state, _) => {
+                return Err(format!(
+                    "recovery-point record of kind {} in state {state}",
+                    bytes[0]
+                ))
+            }
+        };
         let zero = |range: std::ops::Range<usize>, what: &str| {
             if bytes[range].iter().any(|b| *b != 0) {
                 Err(format!("recovery-point record: {what} is not zero"))
@@ -169,7 +181,10 @@ impl RecoveryRecord {
                 Ok(())
             }
         };
-        zero(73..88, "bytes 73..88 (reserved, delete cursor)")?;
+        zero(73..80, "bytes 73..80 (reserved)")?;
+        if deleting.is_none() {
+            zero(80..88, "the delete cursor of a record not being deleted")?;
+        }
         zero(192..256, "bytes 192..256 (reserved)")?;
         let flags = le::get(bytes, 2, 2) as u16;
         if flags & !(FLAG_AUTOMATIC | FLAG_RECEIVED) != 0 {
@@ -209,6 +224,7 @@ impl RecoveryRecord {
                 le::u64_at(bytes, 104),
             ],
             name,
+            deleting,
         };
         match kind {
             RecoveryKind::Point => {
@@ -265,6 +281,7 @@ mod tests {
             root: BlockPointer::written(1234, 77, 3, 0xfeed),
             depth: 3,
             counters: [1, 2, 3],
+            deleting: None,
             name: "hourly-2026-12-05T12:00".into(),
         }
     }
@@ -289,6 +306,7 @@ mod tests {
             root: BlockPointer::hole(0),
             depth: 0,
             counters: [0; 3],
+            deleting: None,
             name: String::new(),
         };
         assert_eq!(RecoveryRecord::decode(&live.encode()).unwrap(), Some(live));
@@ -305,6 +323,7 @@ mod tests {
             root: BlockPointer::hole(0),
             depth: 0,
             counters: [0; 3],
+            deleting: None,
             name: "daily".into(),
         };
         assert_eq!(
@@ -318,6 +337,26 @@ mod tests {
     }
 
     #[test]
+    fn a_recovery_point_being_deleted_keeps_its_cursor_and_tallies() {
+        let mut deleting = point();
+        deleting.deleting = Some(1 << 40);
+        deleting.counters = [0, 12, 3];
+        let bytes = deleting.encode();
+        assert_eq!(bytes[1], 1);
+        assert_eq!(RecoveryRecord::decode(&bytes).unwrap(), Some(deleting.clone()));
+        deleting.deleting = Some(0);
+        assert_eq!(
+            RecoveryRecord::decode(&deleting.encode()).unwrap(),
+            Some(deleting)
+        );
+        // Only a recovery point is ever deleted this way.
+        let mut live = point().encode();
+        live[0] = 2;
+        live[1] = 1;
+        assert!(RecoveryRecord::decode(&live).unwrap_err().contains("state 1"));
+    }
+
+    #[test]
     fn what_no_encoder_writes_is_refused_naming_the_field() {
         let good = point().encode();
         let refused = |at: usize, value: u8, says: &str| {
@@ -327,7 +366,8 @@ mod tests {
             assert!(e.contains(says), "byte {at} = {value}: {e}");
         };
         refused(0, 4, "kind 4");
-        refused(1, 1, "state 1");
+        refused(1, 2, "state 2");
+        refused(82, 1, "delete cursor");
         refused(2, 4, "flags");
         refused(75, 1, "reserved");
         refused(200, 1, "reserved");

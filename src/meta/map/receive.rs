@@ -128,6 +128,9 @@ impl MapStore {
     ) -> Result<()> {
         self.usable()?;
         self.check_receivable(incoming)?;
+        // A receive's base is only ever a whole tree (FORMAT.md V4.10e).
+        self.finish_deletes(devices)?;
+        self.check_receivable(incoming)?;
         self.free_key(&incoming.name)?;
         let record = RecoveryRecord {
             kind: RecoveryKind::Receive,
@@ -142,6 +145,7 @@ impl MapStore {
             root: BlockPointer::hole(0),
             depth: 0,
             counters: [0; 3],
+            deleting: None,
             name: incoming.name.clone(),
         };
         self.sync_staged(
@@ -194,6 +198,17 @@ impl MapStore {
         }
         if self.points.values().any(|p| p.name == *name) {
             return refuse("the name is taken".into());
+        }
+        if let Some(p) = self
+            .points
+            .values()
+            .find(|p| p.deleting.is_some() && p.guid == base_guid)
+        {
+            return refuse(format!(
+                "recovery point {:?} is being deleted: a receive waits until it is gone \
+                 (`snapshot reclaim`)",
+                p.name
+            ));
         }
         let head = self.head_guid();
         if base_guid == 0 {
