@@ -76,7 +76,11 @@ impl fmt::Display for PoolStatus {
                 "  warn: redundancy was restored by the last rebuild, but no spare is left for the next failure: add one (`stripestore spare add`)"
             )?;
         }
-        if let Some(points) = self.recovery_points.as_ref().filter(|p| p.count > 0) {
+        if let Some(points) = self
+            .recovery_points
+            .as_ref()
+            .filter(|p| p.count > 0 || !p.deleting.is_empty())
+        {
             writeln!(
                 f,
                 "points: {} recovery point{} ({} held), newest {} taken {} (`stripestore snapshot list`)",
@@ -87,6 +91,24 @@ impl fmt::Display for PoolStatus {
                 points
                     .newest_created
                     .map_or_else(|| "?".to_string(), crate::types::utc_time)
+            )?;
+        }
+        for (i, d) in self
+            .recovery_points
+            .iter()
+            .flat_map(|p| p.deleting.iter())
+            .enumerate()
+        {
+            writeln!(
+                f,
+                "reclaim: recovery point {} being deleted, {}: {} of data freed so far",
+                d.name,
+                if i == 0 {
+                    format!("{:.0}% walked", d.percent())
+                } else {
+                    "waiting for the one before".to_string()
+                },
+                crate::types::human_bytes(d.freed_data_bytes)
             )?;
         }
         if let Some(name) = self

@@ -113,7 +113,7 @@ fn recovery_points_through_the_pool_read_hold_delete_and_survive_a_reopen_and_a_
         // overwrote.
         assert_eq!(
             listed[0].unique_data_bytes,
-            67 * B as u64,
+            Some(67 * B as u64),
             "{layout}: {listed:?}"
         );
         let two_alone = (100..320u64)
@@ -121,7 +121,7 @@ fn recovery_points_through_the_pool_read_hold_delete_and_survive_a_reopen_and_a_
             .count() as u64;
         assert_eq!(
             listed[1].unique_data_bytes,
-            two_alone * B as u64,
+            Some(two_alone * B as u64),
             "{layout}: {listed:?}"
         );
         // Held: not deleted; released: deleted, and the others still read.
@@ -194,7 +194,7 @@ fn refusals_change_nothing_and_a_read_only_pool_lists_and_reads_without_writing(
     let pool = Pool::open(shared(&mems), &read_only).unwrap();
     let listed = pool.recovery_points().unwrap();
     assert_eq!(listed.len(), 1);
-    assert_eq!(listed[0].unique_data_bytes, 10 * B as u64);
+    assert_eq!(listed[0].unique_data_bytes, Some(10 * B as u64));
     let mut model = live.clone();
     for key in 0..10 {
         model.insert(key, 1);
@@ -307,4 +307,120 @@ fn a_snapshot_policy_takes_recovery_points_on_time_and_before_a_replace_and_rete
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(pool.recovery_points().unwrap().len(), count);
     check(&live, &|o, b| pool.read_at(o, b)).unwrap();
+}
+
+/// A pool with recovery points "a" and "b" over blocks spread across a 48 MiB volume (many
+/// map leaves, so a delete takes several steps), and `b` overwritten partly after; returns
+/// the pool, its members and the live and "b" models.
+fn spread_pool(
+    background: bool,
+) -> (
+    Pool,
+    Vec<Arc<MemDevice>>,
+    BTreeMap<u64, u64>,
+    BTreeMap<u64, u64>,
+) {
+    let mems = mem_devices(6, 16 << 20);
+    let options = OpenOptions {
+        background_rebuild: background,
+        ..open_options()
+    };
+    let mut create = v4_options("rs:4+2");
+    create.open = options;
+    let pool = Pool::create(shared(&mems), vec![], &create).unwrap();
+    let blocks = pool.size() / B as u64;
+    let mut live = BTreeMap::new();
+    let spread = |step: u64| (0..blocks / 8).map(move |i| (i * 8 + step) % blocks);
+    write(&pool, &mut live, spread(0), 1);
+    pool.create_recovery_point("a").unwrap();
+    write(&pool, &mut live, spread(0).step_by(2), 2);
+    pool.create_recovery_point("b").unwrap();
+    let b = live.clone();
+    write(&pool, &mut live, spread(0).step_by(3), 3);
+    (pool, mems, live, b)
+}
+
+/// `request_delete` returns at once with the recovery point gone from the list; the pool's
+/// reclaim thread frees its space in the background (the backlog in `status` until then),
+/// and what comes back is exactly what the listing said it alone held; everything else
+/// reads back exactly throughout.
+#[test]
+fn a_delete_returns_at_once_and_its_space_comes_back_in_the_background() {
+    let (pool, _mems, live, b) = spread_pool(true);
+    let alone = pool.recovery_points().unwrap()[0].unique_data_bytes.unwrap();
+    assert!(alone > 0);
+    let before = pool.status().allocated_bytes;
+    pool.set_reclaim_pace(1);
+    pool.set_reclaim_step_pages(2);
+    pool.request_delete("a").unwrap();
+    assert_eq!(pool.recovery_point_names(), ["b"]);
+    let mut polls = 0;
+    while !pool.deletes().is_empty() {
+        check(&live, &|o, buf| pool.read_at(o, buf)).unwrap();
+        check(&b, &read_point(&pool, "b")).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        polls += 1;
+        assert!(polls < 20_000, "the reclaim thread did not finish");
+    }
+    let after = pool.status().allocated_bytes;
+    assert_eq!(before - after, alone, "freed {} of {alone}", before - after);
+    check(&live, &|o, buf| pool.read_at(o, buf)).unwrap();
+    check(&b, &read_point(&pool, "b")).unwrap();
+}
+
+/// A delete cut short after one step (the members' images taken then: a crash) resumes at
+/// the next open where it stopped: `deletes` shows it part-way, its name stays taken,
+/// `reclaim` runs it to the end and reports exactly what it alone held; the recovery point
+/// next to it has its figure only once that is done.
+#[test]
+fn a_delete_cut_short_resumes_where_it_stopped_after_a_crash() {
+    let (pool, mems, live, b) = spread_pool(false);
+    let alone = pool.recovery_points().unwrap()[0].unique_data_bytes.unwrap();
+    pool.request_delete("a").unwrap();
+    pool.set_reclaim_step_pages(2);
+    let (first, done) = pool.reclaim_step().unwrap().unwrap();
+    assert!(!done && first.blocks_walked > 0, "{first:?}");
+    assert_eq!(
+        pool.recovery_points().unwrap()[0].unique_data_bytes,
+        None,
+        "b's figure waits for the delete next to it"
+    );
+    let crashed: Vec<Arc<MemDevice>> = mems
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let image = m.image();
+            let copy = MemDevice::new(format!("c{i}"), image.len() as u64);
+            copy.poke(0, &image);
+            Arc::new(copy)
+        })
+        .collect();
+    drop(pool);
+    let options = OpenOptions {
+        background_rebuild: false,
+        ..open_options()
+    };
+    let pool = Pool::open(shared(&crashed), &options).unwrap();
+    let waiting = pool.deletes();
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(waiting[0].name, "a");
+    assert_eq!(waiting[0].blocks_walked, first.blocks_walked);
+    assert_eq!(waiting[0].freed_data_bytes, first.freed_data_bytes);
+    match pool.create_recovery_point("a") {
+        Err(Error::RecoveryPoint { reason, .. }) => assert!(reason.contains("deleted"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    let mut seen = Vec::new();
+    pool.set_reclaim_step_pages(2);
+    let report = pool.reclaim(&mut |p| seen.push(p.blocks_walked)).unwrap();
+    assert!(seen.len() > 3, "{seen:?}");
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+    assert_eq!(seen.last(), Some(&(pool.size() / B as u64)));
+    assert_eq!(report.deleted.len(), 1);
+    assert_eq!(report.deleted[0].0, "a");
+    assert_eq!(report.deleted[0].1, alone);
+    assert!(pool.deletes().is_empty());
+    assert!(pool.recovery_points().unwrap()[0].unique_data_bytes.is_some());
+    check(&live, &|o, buf| pool.read_at(o, buf)).unwrap();
+    check(&b, &read_point(&pool, "b")).unwrap();
 }

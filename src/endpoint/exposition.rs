@@ -136,6 +136,11 @@ fn recovery_point_families(e: &mut Exposition, status: &PoolStatus) {
         "Recovery points with a hold (not deleted until released).",
         points.held,
     );
+    e.pool_gauge(
+        "stripestore_recovery_points_deleting",
+        "Recovery points being deleted whose space has not all come back (the reclaim backlog).",
+        points.deleting.len(),
+    );
     if let Some(created) = points.newest_created {
         e.pool_gauge(
             "stripestore_recovery_point_newest_timestamp_seconds",

@@ -21,7 +21,8 @@ mod tree;
 pub use cache::{CacheFull, CacheStats, PageCache, PageState};
 pub use log::{ChainRecord, IntentLog, LogPosition, Replay};
 pub use map::{
-    CommitReport, DeleteProgress, DeleteStep, DiffRun, IncomingPoint, MapOptions, MapStore, OpenReport, PointUsage,
+    CommitReport, DeleteProgress, DeleteStep, DiffRun, IncomingPoint, MapOptions, MapStore,
+    OpenReport, PointUsage, DELETE_STEP_PAGES,
     RecoveryPoint, RecoveryPointMap, RewindPlan, RewindReport, SyncReport, Tolerate, WrittenRow,
 };
 pub use ring::{uberblock_places, write_uberblock, Rings};

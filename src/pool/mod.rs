@@ -22,6 +22,7 @@ mod open;
 #[cfg(feature = "testing")]
 mod planted;
 mod policy;
+mod reclaim;
 #[cfg(test)]
 mod rebuild_race_tests;
 mod recovery;
@@ -50,6 +51,7 @@ pub use open::{clear_label, read_label};
 #[cfg(feature = "testing")]
 pub use planted::PlantedBugs;
 pub use policy::{expired as expired_recovery_points, PolicyPoint, Retention, SnapshotPolicy};
+pub use reclaim::{DeletingPoint, ReclaimReport};
 pub use recovery::RecoveryPointInfo;
 pub use requests::{Request, RequestMetrics};
 pub use rows::{FormatVersion, V4Options};
@@ -312,6 +314,8 @@ pub(crate) struct PoolInner {
     pub(crate) rows: Option<rows::RowsEngine>,
     /// The recovery-point policy set by [`Pool::set_snapshot_policy`] (its events part).
     pub(crate) policy: Mutex<Option<policy::SnapshotPolicy>>,
+    /// Rings the reclaim thread when a delete is asked for; holds its pace.
+    pub(crate) reclaim_wake: Arc<reclaim::Wake>,
 }
 
 impl PoolInner {
@@ -365,6 +369,8 @@ pub struct Pool {
     flush_on_drop: AtomicBool,
     /// The thread of a recovery-point policy ([`Pool::set_snapshot_policy`]).
     policy_thread: Mutex<Option<policy::PolicyThread>>,
+    /// Runs the steps of deletes asked for (docs/FORMAT.md V4.10e), paced.
+    reclaim_thread: Mutex<Option<reclaim::ReclaimThread>>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -480,6 +486,15 @@ impl Pool {
             .rebuild
             .background_enabled()
             .then(|| crate::rebuild::Background::start(Arc::clone(&inner)));
+        // Deletes asked for (now or before a crash) run in the background on a writable
+        // version-4 pool.
+        let reclaim = (inner.rebuild.background_enabled()
+            && inner.rows().is_some()
+            && inner.writable("reclaim").is_ok())
+        .then(|| {
+            reclaim::ReclaimThread::start(Arc::downgrade(&inner), Arc::clone(&inner.reclaim_wake))
+        })
+        .flatten();
         let resume_scrub = inner.rebuild.background_enabled()
             && inner
                 .members
@@ -494,6 +509,7 @@ impl Pool {
             scrub_thread: Arc::new(Mutex::new(handle::ScrubSlot::default())),
             flush_on_drop: AtomicBool::new(true),
             policy_thread: Mutex::new(None),
+            reclaim_thread: Mutex::new(reclaim),
         };
         if resume_scrub {
             let options = ScrubOptions {
@@ -511,6 +527,9 @@ impl Pool {
     /// checkpoint survives and it resumes next time).
     fn stop_background(&self) {
         if let Some(thread) = self.policy_thread.lock().take() {
+            thread.stop();
+        }
+        if let Some(thread) = self.reclaim_thread.lock().take() {
             thread.stop();
         }
         if let Some(background) = self.background.lock().take() {

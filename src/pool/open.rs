@@ -147,6 +147,7 @@ fn new_inner(
         scrub: super::scrub::ScrubControl::default(),
         requests: super::RequestMetrics::default(),
         policy: Mutex::new(None),
+        reclaim_wake: std::sync::Arc::new(super::reclaim::Wake::default()),
     })
 }
 

@@ -280,8 +280,9 @@ impl PoolInner {
             .collect();
         let mut deleted = Vec::new();
         for name in expired(&points, policy) {
-            match self.delete_recovery_point(&name) {
-                Ok(_) => deleted.push(name),
+            // Asked for: the reclaim thread frees the space, paced (FORMAT.md V4.10e).
+            match self.request_delete(&name) {
+                Ok(()) => deleted.push(name),
                 Err(err) => tracing::warn!(%name, %err, "retention could not delete"),
             }
         }

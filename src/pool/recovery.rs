@@ -27,11 +27,12 @@ pub struct RecoveryPointInfo {
     /// Taken automatically (the state before a rollback).
     pub automatic: bool,
     /// Bytes its delete frees: data blocks no other recovery point or the live volume
-    /// names (4 KiB each), counting writes not yet synced.
-    pub unique_data_bytes: u64,
+    /// names (4 KiB each), counting writes not yet synced. `None` while the recovery point
+    /// next to it is half deleted (known once that delete is done).
+    pub unique_data_bytes: Option<u64>,
     /// Metadata its delete frees: map pages no other tree names (16 KiB each, stored on
-    /// `tolerance + 1` members).
-    pub unique_metadata_bytes: u64,
+    /// `tolerance + 1` members); `None` as above.
+    pub unique_metadata_bytes: Option<u64>,
 }
 
 impl PoolInner {
@@ -75,7 +76,12 @@ impl PoolInner {
         points
             .into_iter()
             .map(|p| {
-                let usage = volume.recovery_point_usage(&devices, &p.name)?;
+                // Next to a half-deleted recovery point the figure waits for that delete.
+                let usage = match volume.recovery_point_usage(&devices, &p.name) {
+                    Ok(usage) => Some(usage),
+                    Err(Error::RecoveryPoint { .. }) => None,
+                    Err(err) => return Err(err),
+                };
                 Ok(RecoveryPointInfo {
                     name: p.name,
                     guid: p.guid,
@@ -83,8 +89,10 @@ impl PoolInner {
                     sequence: p.sequence,
                     holds: p.holds,
                     automatic: p.automatic,
-                    unique_data_bytes: usage.blocks * crate::volume::BLOCK_BYTES as u64,
-                    unique_metadata_bytes: usage.pages * crate::format::v4::PAGE_BYTES as u64,
+                    unique_data_bytes: usage
+                        .map(|u| u.blocks * crate::volume::BLOCK_BYTES as u64),
+                    unique_metadata_bytes: usage
+                        .map(|u| u.pages * crate::format::v4::PAGE_BYTES as u64),
                 })
             })
             .collect()

@@ -121,6 +121,10 @@ pub struct RecoveryPointsStatus {
     /// volume reads as before it, and refuses writes, until it is finished or aborted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unfinished_receive: Option<String>,
+    /// The reclaim backlog (docs/FORMAT.md V4.10e): recovery points being deleted, in the
+    /// order their space comes back, with their progress.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deleting: Vec<super::DeletingPoint>,
 }
 
 /// Events shown by `status`.
@@ -246,6 +250,7 @@ impl PoolInner {
                 newest_created: newest.map(|p| p.created),
                 newest: newest.map(|p| p.name.clone()),
                 unfinished_receive: rows.volume.read().unfinished_receive().map(|r| r.name),
+                deleting: self.deletes(),
             }
         });
         let allocated_bytes = match self.rows() {

@@ -203,10 +203,15 @@ pub fn judge(status: &PoolStatus, now_unix_secs: u64, limits: Limits) -> Verdict
         last_age.map_or_else(|| "U".to_string(), |a| a.to_string()),
     );
     // Recovery points (version 4, once there is one): how many, and the newest one's age.
-    if let Some(points) = status.recovery_points.as_ref().filter(|p| p.count > 0) {
+    if let Some(points) = status
+        .recovery_points
+        .as_ref()
+        .filter(|p| p.count > 0 || !p.deleting.is_empty())
+    {
         perfdata.push_str(&format!(
-            " recovery_points={};;;0; newest_recovery_point_age={}s",
+            " recovery_points={};;;0; recovery_points_deleting={};;;0; newest_recovery_point_age={}s",
             points.count,
+            points.deleting.len(),
             points.newest_created.map_or_else(
                 || "U".to_string(),
                 |c| now_unix_secs.saturating_sub(c).to_string()

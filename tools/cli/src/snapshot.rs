@@ -32,7 +32,10 @@ pub(crate) enum SnapshotAction {
         #[arg(long)]
         json: bool,
     },
-    /// Delete a recovery point: the space only it holds comes back (refused while held).
+    /// Delete a recovery point (refused while held): it is gone from the list at once, and
+    /// the space only it held comes back in the background, paced, wherever the pool is
+    /// open for writing (`serve`), or now with `snapshot reclaim` or --wait. A crash
+    /// loses no progress.
     Delete {
         /// One or more member paths.
         #[arg(required = true)]
@@ -40,6 +43,18 @@ pub(crate) enum SnapshotAction {
         /// Its name.
         #[arg(long)]
         name: String,
+        /// Free its space now, with progress, before returning.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Free the space of every recovery point being deleted, now, with progress.
+    Reclaim {
+        /// One or more member paths.
+        #[arg(required = true)]
+        pool: Vec<PathBuf>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
     },
     /// Put a hold on a recovery point: it is not deleted until released.
     Hold {
@@ -88,6 +103,7 @@ pub(crate) fn run(action: SnapshotAction) -> CliResult {
     }
     if let SnapshotAction::Create { pool, .. }
     | SnapshotAction::Delete { pool, .. }
+    | SnapshotAction::Reclaim { pool, .. }
     | SnapshotAction::Hold { pool, .. }
     | SnapshotAction::Release { pool, .. } = &action
     {
@@ -135,21 +151,40 @@ pub(crate) fn run(action: SnapshotAction) -> CliResult {
                         name,
                         utc_time(p.created),
                         p.holds,
-                        human_bytes(p.unique_data_bytes),
-                        human_bytes(p.unique_metadata_bytes)
+                        p.unique_data_bytes.map_or("pending".into(), human_bytes),
+                        p.unique_metadata_bytes.map_or("pending".into(), human_bytes)
+                    );
+                }
+            }
+            if !json {
+                for d in pool.deletes() {
+                    println!(
+                        "being deleted: {} ({:.0}% walked, {} of data freed so far)",
+                        d.name,
+                        d.percent(),
+                        human_bytes(d.freed_data_bytes)
                     );
                 }
             }
             pool.close()?;
         }
-        SnapshotAction::Delete { pool, name } => {
+        SnapshotAction::Delete { pool, name, wait } => {
             let pool = open_pool(&pool)?;
-            let freed = pool.delete_recovery_point(&name)?;
-            println!(
-                "recovery point {name} deleted: {} of data and {} of metadata freed",
-                human_bytes(freed.blocks * stripestore::volume::BLOCK_BYTES as u64),
-                human_bytes(freed.pages * 16384)
-            );
+            pool.request_delete(&name)?;
+            if wait {
+                reclaim(&pool, false)?;
+            } else {
+                println!(
+                    "recovery point {name} deleted: its space comes back in the background \
+                     where the pool is open for writing (`serve`), or now with `snapshot \
+                     reclaim`; `status` shows the progress"
+                );
+            }
+            pool.close()?;
+        }
+        SnapshotAction::Reclaim { pool, json } => {
+            let pool = open_pool(&pool)?;
+            reclaim(&pool, json)?;
             pool.close()?;
         }
         SnapshotAction::Diff {
@@ -160,6 +195,44 @@ pub(crate) fn run(action: SnapshotAction) -> CliResult {
         } => crate::send::diff(&pool, from.as_deref(), &to, json)?,
         SnapshotAction::Hold { pool, name } => hold(&pool, &name, true)?,
         SnapshotAction::Release { pool, name } => hold(&pool, &name, false)?,
+    }
+    Ok(())
+}
+
+/// Run the deletes asked for to their end, a bar per recovery point on stderr; what each
+/// freed on stdout.
+fn reclaim(pool: &stripestore::Pool, json: bool) -> CliResult {
+    let mut bar: Option<(String, crate::progress::Progress)> = None;
+    let report = pool.reclaim(&mut |point| {
+        if bar.as_ref().is_none_or(|(name, _)| *name != point.name) {
+            if let Some((_, done)) = bar.take() {
+                done.finish();
+            }
+            let label = format!("reclaim {}", point.name);
+            bar = Some((
+                point.name.clone(),
+                crate::progress::Progress::new(&label, point.blocks),
+            ));
+        }
+        if let Some((_, progress)) = &mut bar {
+            progress.set_done(point.blocks_walked);
+        }
+    })?;
+    if let Some((_, done)) = bar.take() {
+        done.finish();
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if report.deleted.is_empty() {
+        println!("no recovery point is being deleted");
+    } else {
+        for (name, data, metadata) in &report.deleted {
+            println!(
+                "recovery point {name} deleted: {} of data and {} of metadata freed",
+                human_bytes(*data),
+                human_bytes(*metadata)
+            );
+        }
     }
     Ok(())
 }
