@@ -245,7 +245,7 @@ fn a_snapshot_policy_takes_recovery_points_on_time_and_before_a_replace_and_rete
     let mut live = BTreeMap::new();
     write(&pool, &mut live, 0..20, 1);
     pool.create_recovery_point("mine").unwrap();
-    let keep: Retention = "last=2,events=1".parse().unwrap();
+    let keep: Retention = "last=2,events=2".parse().unwrap();
     let policy = SnapshotPolicy::new(Duration::from_secs(1), keep);
     assert!(matches!(
         pool.set_snapshot_policy(Some(SnapshotPolicy {
@@ -287,6 +287,19 @@ fn a_snapshot_policy_takes_recovery_points_on_time_and_before_a_replace_and_rete
         .collect();
     assert!(
         names.iter().any(|n| n.starts_with("auto-before-replace-")),
+        "{names:?}"
+    );
+    // Before a member is brought back (it is rebuilt): "auto-before-rebuild-…".
+    pool.offline("mem0").unwrap();
+    pool.online("mem0", shared(&mems)[0].clone(), false).unwrap();
+    let names: Vec<String> = pool
+        .recovery_points()
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert!(
+        names.iter().any(|n| n.starts_with("auto-before-rebuild-")),
         "{names:?}"
     );
     std::thread::sleep(Duration::from_millis(2500));

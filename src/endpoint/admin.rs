@@ -18,7 +18,8 @@ use std::path::{Path, PathBuf};
 pub(super) const ROUTES: &str =
     "POST /offline?device=NAME, POST /online?device=NAME[&path=PATH][&force], \
 POST /replace?old=NAME&new=PATH[&force], POST /clear[?device=NAME][&path=PATH], \
-POST /spare/add?device=PATH[&force], POST /spare/remove?spare=NAME, POST /snapshot?name=NAME";
+POST /spare/add?device=PATH[&force], POST /spare/remove?spare=NAME, POST /snapshot?name=NAME, \
+POST /snapshot/delete?name=NAME";
 
 /// Whether `path` is one of the administration routes.
 pub(super) fn is_admin_route(path: &str) -> bool {
@@ -31,6 +32,7 @@ pub(super) fn is_admin_route(path: &str) -> bool {
             | "/spare/add"
             | "/spare/remove"
             | "/snapshot"
+            | "/snapshot/delete"
     )
 }
 
@@ -59,6 +61,13 @@ pub(super) fn answer(pool: &PoolRef, request: &Request<'_>) -> Response {
                 point.name,
                 crate::types::utc_time(point.created),
                 point.sequence
+            ))
+        }),
+        "/snapshot/delete" => required(request, "name").and_then(|name| {
+            pool.request_delete(&name).map_err(refused)?;
+            Ok(format!(
+                "recovery point {name} deleted: its space comes back in the background \
+                 (`status` shows the reclaim)\n"
             ))
         }),
         _ => Err(Response::text(404, "not found\n")),

@@ -320,6 +320,8 @@ impl PoolInner {
         if !returning {
             self.check_new_device(&device, force)?;
         }
+        // Bringing a member back rebuilds it: an event a policy takes a recovery point before.
+        self.before_event("rebuild");
         let identity = Identity {
             uuid: PoolUuid::random(),
             path: device.name(),

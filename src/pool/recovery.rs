@@ -257,7 +257,7 @@ impl Pool {
 }
 
 /// What a front end that holds a [`PoolRef`] may do with recovery points: the HTTP endpoint's
-/// `POST /snapshot` (control on).
+/// `POST /snapshot` and `POST /snapshot/delete` (control on).
 impl PoolRef {
     /// Take recovery point `name`, as [`Pool::create_recovery_point`].
     ///
@@ -265,5 +265,14 @@ impl PoolRef {
     /// As [`Pool::create_recovery_point`].
     pub fn create_recovery_point(&self, name: &str) -> Result<RecoveryPoint> {
         self.inner.create_recovery_point(name)
+    }
+
+    /// Ask for recovery point `name` to be deleted, as [`Pool::request_delete`]: the served
+    /// pool's reclaim thread frees its space.
+    ///
+    /// # Errors
+    /// As [`Pool::request_delete`].
+    pub fn request_delete(&self, name: &str) -> Result<()> {
+        self.inner.request_delete(name)
     }
 }

@@ -134,6 +134,8 @@ impl PoolInner {
             let Some((identity, device)) = self.members.take_spare() else {
                 return;
             };
+            // A rebuild onto a spare is an event a policy may take a recovery point before.
+            self.before_event("rebuild");
             let path = identity.path.clone();
             if let Err(err) =
                 self.attach_replacement(member.index, identity.clone(), device.clone(), true)

@@ -344,3 +344,39 @@ fn a_recovery_point_is_taken_through_the_url_of_a_served_pool() {
         "the recovery point does not read what was written"
     );
 }
+
+/// `snapshot delete --url` (`POST /snapshot/delete?name=N`): the serving process takes the
+/// recovery point off its list at once and its reclaim thread frees the space in the
+/// background (the backlog shows in `status` until then); an unknown name is refused.
+#[test]
+fn a_recovery_point_deleted_through_the_url_is_reclaimed_by_the_served_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let (devs, _) = pool(dir.path());
+    let served = Served::start(&devs[0], dir.path(), &["--control"]);
+    let url = served.url.clone();
+    for name in ["old", "new"] {
+        ok(&run(&["snapshot", "create", "--url", &url, "--name", name]));
+    }
+    let said = ok(&run(&["snapshot", "delete", "--url", &url, "--name", "old"]));
+    assert!(said.contains("recovery point old deleted"), "{said}");
+    let mut waited = 0;
+    loop {
+        let status = served.status();
+        if status["recovery_points"]["deleting"].is_null() {
+            assert_eq!(status["recovery_points"]["count"], 1, "{status}");
+            assert_eq!(status["recovery_points"]["newest"], "new", "{status}");
+            break;
+        }
+        waited += 1;
+        assert!(waited < 600, "the served pool did not reclaim: {status}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let nope = run(&["snapshot", "delete", "--url", &url, "--name", "nope"]);
+    assert!(!nope.status.success());
+    assert!(
+        String::from_utf8_lossy(&nope.stderr).contains("no recovery point of that name"),
+        "{}",
+        String::from_utf8_lossy(&nope.stderr)
+    );
+    served.stop();
+}

@@ -117,10 +117,52 @@ fn a_snapshot_reads_back_while_the_volume_moves_on_and_looking_writes_nothing() 
     );
     ok(&run(&["snapshot", "release", d0, "--name", "before"], None));
     let deleted = ok(&run(&["snapshot", "delete", d0, "--name", "before"], None));
-    assert!(deleted.contains("deleted"), "{deleted}");
-    assert!(ok(&run(&["snapshot", "list", d0], None)).contains("no recovery points"));
+    assert!(
+        deleted.contains("deleted") && deleted.contains("background"),
+        "{deleted}"
+    );
+    // Gone from the list at once; its space comes back with `reclaim` (no server runs it).
+    let listed = ok(&run(&["snapshot", "list", d0], None));
+    assert!(
+        listed.contains("no recovery points") && listed.contains("being deleted: before"),
+        "{listed}"
+    );
+    let status = ok(&run(&["status", d0], None));
+    assert!(
+        status.contains("reclaim: recovery point before being deleted"),
+        "{status}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&run(&["status", d0, "--json"], None))).unwrap();
+    assert_eq!(json["recovery_points"]["deleting"][0]["name"], "before");
+    let metrics = ok(&run(&["metrics", d0], None));
+    assert!(
+        metrics.contains("\nstripestore_recovery_points_deleting{") && metrics.contains("} 1\n"),
+        "{metrics}"
+    );
+    refused(
+        &run(&["snapshot", "create", d0, "--name", "before"], None),
+        "being deleted",
+    );
+    let reclaimed = ok(&run(&["snapshot", "reclaim", d0], None));
+    assert!(
+        reclaimed.contains("recovery point before deleted: 296.0 KiB of data"),
+        "{reclaimed}"
+    );
+    assert!(!ok(&run(&["snapshot", "list", d0], None)).contains("being deleted"));
+    assert!(!ok(&run(&["status", d0], None)).contains("reclaim:"));
+    assert!(ok(&run(&["snapshot", "reclaim", d0], None)).contains("no recovery point is being"));
     let now = run(&["read", d0, "--offset", "0", "--length", &length], None);
     assert!(now.stdout == second);
+    // `--wait` frees the space before it returns.
+    ok(&run(&["snapshot", "create", d0, "--name", "again"], None));
+    ok(&run(&["write", d0, "--offset", "0"], Some(&first)));
+    let waited = ok(&run(&["snapshot", "delete", d0, "--name", "again", "--wait"], None));
+    assert!(
+        waited.contains("recovery point again deleted: 296.0 KiB of data"),
+        "{waited}"
+    );
+    assert!(!ok(&run(&["status", d0], None)).contains("reclaim:"));
 }
 
 #[test]

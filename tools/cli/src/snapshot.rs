@@ -38,8 +38,12 @@ pub(crate) enum SnapshotAction {
     /// loses no progress.
     Delete {
         /// One or more member paths.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "url", conflicts_with = "url")]
         pool: Vec<PathBuf>,
+        /// Delete it in the process serving the pool (`serve --metrics ADDR --control`),
+        /// whose reclaim thread frees the space: `POST /snapshot/delete?name=NAME`.
+        #[arg(long, conflicts_with = "wait")]
+        url: Option<String>,
         /// Its name.
         #[arg(long)]
         name: String,
@@ -100,6 +104,19 @@ pub(crate) fn run(action: SnapshotAction) -> CliResult {
     } = &action
     {
         return crate::remote::admin(url, "/snapshot", &[("name", Some(name.clone()))], false);
+    }
+    if let SnapshotAction::Delete {
+        url: Some(url),
+        name,
+        ..
+    } = &action
+    {
+        return crate::remote::admin(
+            url,
+            "/snapshot/delete",
+            &[("name", Some(name.clone()))],
+            false,
+        );
     }
     if let SnapshotAction::Create { pool, .. }
     | SnapshotAction::Delete { pool, .. }
@@ -168,7 +185,9 @@ pub(crate) fn run(action: SnapshotAction) -> CliResult {
             }
             pool.close()?;
         }
-        SnapshotAction::Delete { pool, name, wait } => {
+        SnapshotAction::Delete {
+            pool, name, wait, ..
+        } => {
             let pool = open_pool(&pool)?;
             pool.request_delete(&name)?;
             if wait {
