@@ -291,7 +291,8 @@ fn a_snapshot_policy_takes_recovery_points_on_time_and_before_a_replace_and_rete
     );
     // Before a member is brought back (it is rebuilt): "auto-before-rebuild-…".
     pool.offline("mem0").unwrap();
-    pool.online("mem0", shared(&mems)[0].clone(), false).unwrap();
+    pool.online("mem0", shared(&mems)[0].clone(), false)
+        .unwrap();
     let names: Vec<String> = pool
         .recovery_points()
         .unwrap()
@@ -325,14 +326,15 @@ fn a_snapshot_policy_takes_recovery_points_on_time_and_before_a_replace_and_rete
 /// A pool with recovery points "a" and "b" over blocks spread across a 48 MiB volume (many
 /// map leaves, so a delete takes several steps), and `b` overwritten partly after; returns
 /// the pool, its members and the live and "b" models.
-fn spread_pool(
-    background: bool,
-) -> (
+/// A pool, its members, and the live and "b" models.
+type Spread = (
     Pool,
     Vec<Arc<MemDevice>>,
     BTreeMap<u64, u64>,
     BTreeMap<u64, u64>,
-) {
+);
+
+fn spread_pool(background: bool) -> Spread {
     let mems = mem_devices(6, 16 << 20);
     let options = OpenOptions {
         background_rebuild: background,
@@ -360,7 +362,9 @@ fn spread_pool(
 #[test]
 fn a_delete_returns_at_once_and_its_space_comes_back_in_the_background() {
     let (pool, _mems, live, b) = spread_pool(true);
-    let alone = pool.recovery_points().unwrap()[0].unique_data_bytes.unwrap();
+    let alone = pool.recovery_points().unwrap()[0]
+        .unique_data_bytes
+        .unwrap();
     assert!(alone > 0);
     let before = pool.status().allocated_bytes;
     pool.set_reclaim_pace(1);
@@ -388,7 +392,9 @@ fn a_delete_returns_at_once_and_its_space_comes_back_in_the_background() {
 #[test]
 fn a_delete_cut_short_resumes_where_it_stopped_after_a_crash() {
     let (pool, mems, live, b) = spread_pool(false);
-    let alone = pool.recovery_points().unwrap()[0].unique_data_bytes.unwrap();
+    let alone = pool.recovery_points().unwrap()[0]
+        .unique_data_bytes
+        .unwrap();
     pool.request_delete("a").unwrap();
     pool.set_reclaim_step_pages(2);
     let (first, done) = pool.reclaim_step().unwrap().unwrap();
@@ -433,7 +439,9 @@ fn a_delete_cut_short_resumes_where_it_stopped_after_a_crash() {
     assert_eq!(report.deleted[0].0, "a");
     assert_eq!(report.deleted[0].1, alone);
     assert!(pool.deletes().is_empty());
-    assert!(pool.recovery_points().unwrap()[0].unique_data_bytes.is_some());
+    assert!(pool.recovery_points().unwrap()[0]
+        .unique_data_bytes
+        .is_some());
     check(&live, &|o, buf| pool.read_at(o, buf)).unwrap();
     check(&b, &read_point(&pool, "b")).unwrap();
 }

@@ -1558,7 +1558,10 @@ fn delete_in_steps(options: VolumeOptions) -> Result<(), String> {
                 .recovery_point_usage(&devices, victim)
                 .map_err(|e| format!("{what}: {e}"))?;
             if usage.blocks != alone {
-                return Err(format!("{what}: it holds {} alone, the model {alone}", usage.blocks));
+                return Err(format!(
+                    "{what}: it holds {} alone, the model {alone}",
+                    usage.blocks
+                ));
             }
             rig.volume()
                 .request_delete(&devices, victim)
@@ -1581,13 +1584,18 @@ fn delete_in_steps(options: VolumeOptions) -> Result<(), String> {
                 if first.as_ref().is_none_or(|s| s.done) {
                     return Err(format!("{what}: a one-page step ended the delete of d"));
                 }
-                rig.point("e").map_err(|e| format!("{what}: create during a delete: {e}"))?;
+                rig.point("e")
+                    .map_err(|e| format!("{what}: create during a delete: {e}"))?;
                 scatter(&mut rig, 60, &mut rng)?;
-                rig.exact().map_err(|e| format!("{what}, d half deleted: {e}"))?;
-                rig.usage().map_err(|e| format!("{what}, d half deleted: {e}"))?;
+                rig.exact()
+                    .map_err(|e| format!("{what}, d half deleted: {e}"))?;
+                rig.usage()
+                    .map_err(|e| format!("{what}, d half deleted: {e}"))?;
                 steps += rig.stepped(1, 40, &mut rng, "d")?.0;
             } else if freed != Some(alone) {
-                return Err(format!("{what}: the delete freed {freed:?}, it alone held {alone}"));
+                return Err(format!(
+                    "{what}: the delete freed {freed:?}, it alone held {alone}"
+                ));
             }
             if steps < 2 {
                 return Err(format!("{what}: {steps} steps (the test wants several)"));
@@ -1633,7 +1641,10 @@ fn a_hold_rule_that_ignores_the_cursor_is_caught() {
 #[test]
 fn a_power_cut_at_every_operation_of_a_stepped_delete_loses_nothing_and_leaks_nothing() {
     for (layout, members) in [("rs:4+2", 6), ("mirror:2", 2)] {
-        let mut cut: i64 = std::env::var("CUT_FROM").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+        let mut cut: i64 = std::env::var("CUT_FROM")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
         let (mut whole, mut waiting, mut gone) = (0, 0, 0);
         loop {
             let mut rig = Rig::new(layout, members, options());
@@ -1688,4 +1699,3 @@ fn a_power_cut_at_every_operation_of_a_stepped_delete_loses_nothing_and_leaks_no
         );
     }
 }
-

@@ -2565,10 +2565,7 @@ impl MapStore {
             self.segments.block_delta(pbn, 1);
         }
         let rule = self.hold_rule();
-        if let Some(pbn) = old
-            .address()
-            .filter(|_| !rule.holds(old.birth(), key + 1))
-        {
+        if let Some(pbn) = old.address().filter(|_| !rule.holds(old.birth(), key + 1)) {
             if self.planted_sut_at_write {
                 // Planted bug `sut_decrement_at_write_time`.
                 self.segments.decrement_now(pbn);
@@ -4096,9 +4093,9 @@ impl MapStore {
             }
         }
         let staged: Vec<u64> = reserved.iter().copied().collect();
-        let outcome = self
-            .sut
-            .sync(devices, birth, &mut || reserved.pop_front(), &mut |_, _| {})?;
+        let outcome =
+            self.sut
+                .sync(devices, birth, &mut || reserved.pop_front(), &mut |_, _| {})?;
         self.all_copies_written(devices, &outcome)?;
         let freed: BTreeSet<u64> = outcome.freed.iter().copied().collect();
         if !reserved.is_empty() || freed != replaced {

@@ -22,9 +22,9 @@ mod open;
 #[cfg(feature = "testing")]
 mod planted;
 mod policy;
-mod reclaim;
 #[cfg(test)]
 mod rebuild_race_tests;
+mod reclaim;
 mod recovery;
 mod replacement;
 mod requests;

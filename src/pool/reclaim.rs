@@ -95,12 +95,9 @@ impl Wake {
         let Ok(asked) = self.asked.lock() else {
             return false;
         };
-        let Ok((mut asked, _)) = self
-            .bell
-            .wait_timeout_while(asked, timeout, |asked| {
-                !*asked && !self.stop.load(Ordering::SeqCst)
-            })
-        else {
+        let Ok((mut asked, _)) = self.bell.wait_timeout_while(asked, timeout, |asked| {
+            !*asked && !self.stop.load(Ordering::SeqCst)
+        }) else {
             return false;
         };
         std::mem::take(&mut *asked)
@@ -280,7 +277,10 @@ impl Pool {
     /// The reclaim thread's pace: after each step it sleeps `factor` times what the step
     /// took (default 4: at most a fifth of the time under the volume's exclusive lock).
     pub fn set_reclaim_pace(&self, factor: u32) {
-        self.inner.reclaim_wake.pace.store(factor.max(1), Ordering::SeqCst);
+        self.inner
+            .reclaim_wake
+            .pace
+            .store(factor.max(1), Ordering::SeqCst);
     }
 
     /// How much one step does: it reads at most about `pages` pages of the recovery point

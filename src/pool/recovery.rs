@@ -89,8 +89,7 @@ impl PoolInner {
                     sequence: p.sequence,
                     holds: p.holds,
                     automatic: p.automatic,
-                    unique_data_bytes: usage
-                        .map(|u| u.blocks * crate::volume::BLOCK_BYTES as u64),
+                    unique_data_bytes: usage.map(|u| u.blocks * crate::volume::BLOCK_BYTES as u64),
                     unique_metadata_bytes: usage
                         .map(|u| u.pages * crate::format::v4::PAGE_BYTES as u64),
                 })

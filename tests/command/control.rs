@@ -357,7 +357,9 @@ fn a_recovery_point_deleted_through_the_url_is_reclaimed_by_the_served_pool() {
     for name in ["old", "new"] {
         ok(&run(&["snapshot", "create", "--url", &url, "--name", name]));
     }
-    let said = ok(&run(&["snapshot", "delete", "--url", &url, "--name", "old"]));
+    let said = ok(&run(&[
+        "snapshot", "delete", "--url", &url, "--name", "old",
+    ]));
     assert!(said.contains("recovery point old deleted"), "{said}");
     let mut waited = 0;
     loop {

@@ -157,7 +157,10 @@ fn a_snapshot_reads_back_while_the_volume_moves_on_and_looking_writes_nothing() 
     // `--wait` frees the space before it returns.
     ok(&run(&["snapshot", "create", d0, "--name", "again"], None));
     ok(&run(&["write", d0, "--offset", "0"], Some(&first)));
-    let waited = ok(&run(&["snapshot", "delete", d0, "--name", "again", "--wait"], None));
+    let waited = ok(&run(
+        &["snapshot", "delete", d0, "--name", "again", "--wait"],
+        None,
+    ));
     assert!(
         waited.contains("recovery point again deleted: 296.0 KiB of data"),
         "{waited}"

@@ -343,7 +343,10 @@ mod tests {
         deleting.counters = [0, 12, 3];
         let bytes = deleting.encode();
         assert_eq!(bytes[1], 1);
-        assert_eq!(RecoveryRecord::decode(&bytes).unwrap(), Some(deleting.clone()));
+        assert_eq!(
+            RecoveryRecord::decode(&bytes).unwrap(),
+            Some(deleting.clone())
+        );
         deleting.deleting = Some(0);
         assert_eq!(
             RecoveryRecord::decode(&deleting.encode()).unwrap(),
@@ -353,7 +356,9 @@ mod tests {
         let mut live = point().encode();
         live[0] = 2;
         live[1] = 1;
-        assert!(RecoveryRecord::decode(&live).unwrap_err().contains("state 1"));
+        assert!(RecoveryRecord::decode(&live)
+            .unwrap_err()
+            .contains("state 1"));
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod bench_cold_map;
 mod bench_metadata;
 mod bench_nbd;
 mod bench_pool;
+mod bench_reclaim;
 mod bench_scrub;
 mod bench_smallwrite;
 mod demo;
@@ -421,6 +422,9 @@ enum Command {
     /// with --nbd a v4 pool served over NBD) against fio's random writes on one member file,
     /// in one run, with and without a flush every 32 writes.
     BenchSmallwrite(bench_smallwrite::BenchSmallwriteArgs),
+    /// Measure random 4 KiB reads while a large recovery point is deleted in the background
+    /// against the same reads with nothing being deleted, in one run (issue 15).
+    BenchReclaim(bench_reclaim::BenchReclaimArgs),
     /// Run deterministic disk-failure simulations: seeded workloads with injected faults and
     /// crashes, checked against a model after every step.
     Simulate(simulate::SimulateArgs),
@@ -866,6 +870,7 @@ fn execute(command: Command) -> CliResult {
         Command::BenchMetadata(args) => bench_metadata::run(&args).map_err(Into::into),
         Command::BenchColdMap(args) => bench_cold_map::run(&args),
         Command::BenchSmallwrite(args) => bench_smallwrite::run(&args).map_err(Into::into),
+        Command::BenchReclaim(args) => bench_reclaim::run(&args),
         Command::Serve(args) => serve::run(args),
     }
 }

@@ -169,7 +169,8 @@ pub(crate) fn run(action: SnapshotAction) -> CliResult {
                         utc_time(p.created),
                         p.holds,
                         p.unique_data_bytes.map_or("pending".into(), human_bytes),
-                        p.unique_metadata_bytes.map_or("pending".into(), human_bytes)
+                        p.unique_metadata_bytes
+                            .map_or("pending".into(), human_bytes)
                     );
                 }
             }
