@@ -323,9 +323,6 @@ fn a_snapshot_policy_takes_recovery_points_on_time_and_before_a_replace_and_rete
     check(&live, &|o, b| pool.read_at(o, b)).unwrap();
 }
 
-/// A pool with recovery points "a" and "b" over blocks spread across a 48 MiB volume (many
-/// map leaves, so a delete takes several steps), and `b` overwritten partly after; returns
-/// the pool, its members and the live and "b" models.
 /// A pool, its members, and the live and "b" models.
 type Spread = (
     Pool,
@@ -334,6 +331,8 @@ type Spread = (
     BTreeMap<u64, u64>,
 );
 
+/// A pool with recovery points "a" and "b" over blocks spread across its volume (many map
+/// leaves, so a delete takes several steps), and `b` overwritten partly after.
 fn spread_pool(background: bool) -> Spread {
     let mems = mem_devices(6, 16 << 20);
     let options = OpenOptions {
