@@ -83,14 +83,18 @@ impl fmt::Display for PoolStatus {
         {
             writeln!(
                 f,
-                "points: {} recovery point{} ({} held), newest {} taken {} (`stripestore snapshot list`)",
+                "points: {} recovery point{} ({} held), newest {} taken {}{} (`stripestore snapshot list`)",
                 points.count,
                 if points.count == 1 { "" } else { "s" },
                 points.held,
                 points.newest.as_deref().unwrap_or("?"),
                 points
                     .newest_created
-                    .map_or_else(|| "?".to_string(), crate::types::utc_time)
+                    .map_or_else(|| "?".to_string(), crate::types::utc_time),
+                points.held_data_bytes.map_or_else(String::new, |b| format!(
+                    ", {} of data held by them",
+                    crate::types::human_bytes(b)
+                ))
             )?;
         }
         for (i, d) in self

@@ -141,6 +141,14 @@ fn recovery_point_families(e: &mut Exposition, status: &PoolStatus) {
         "Recovery points being deleted whose space has not all come back (the reclaim backlog).",
         points.deleting.len(),
     );
+    if let Some(bytes) = points.held_data_bytes {
+        e.pool_gauge(
+            "stripestore_recovery_points_held_data_bytes",
+            "Data the recovery points hold (and deletes have not yet given back) beyond what \
+             the live volume names.",
+            bytes,
+        );
+    }
     if let Some(created) = points.newest_created {
         e.pool_gauge(
             "stripestore_recovery_point_newest_timestamp_seconds",

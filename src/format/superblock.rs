@@ -58,6 +58,15 @@ pub struct MapParams {
     /// without receive refuses the pool by this field's name rather than as corrupt.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub received_streams: bool,
+    /// The pool keeps the live count of named blocks in its uberblocks (docs/FORMAT.md
+    /// V4.10f), which a build without it would skip as unreadable: written at create, so
+    /// that such a build refuses the pool by this field's name instead.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub referenced_counts: bool,
+    /// Tree 3 may hold recovery points being deleted in the background (state 1, docs/
+    /// FORMAT.md V4.10e): written on every member before the first is asked for.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paced_deletes: bool,
 }
 
 impl MapParams {
@@ -408,6 +417,8 @@ mod tests {
             timeline: 1,
             recovery_points: false,
             received_streams: false,
+            referenced_counts: false,
+            paced_deletes: false,
         }
     }
 
@@ -431,6 +442,19 @@ mod tests {
         assert!(!json(&sb).contains("received_streams"));
         sb.map.as_mut().unwrap().received_streams = true;
         assert!(json(&sb).contains("\"received_streams\":true"));
+        for (gate, set) in [
+            (
+                "referenced_counts",
+                &(|m: &mut MapParams| m.referenced_counts = true) as &dyn Fn(&mut MapParams),
+            ),
+            ("paced_deletes", &|m: &mut MapParams| m.paced_deletes = true),
+        ] {
+            assert!(!json(&sb).contains(gate));
+            set(sb.map.as_mut().unwrap());
+            assert!(json(&sb).contains(&format!("\"{gate}\":true")));
+            let decoded = Superblock::decode(&sb.encode().unwrap()).unwrap();
+            assert_eq!(decoded.map, sb.map);
+        }
         let mut value = serde_json::to_value(map_params()).unwrap();
         value["deadlists"] = serde_json::Value::Bool(true);
         let refused = serde_json::from_value::<MapParams>(value).unwrap_err();

@@ -26,8 +26,8 @@ use crate::device::{flush_each, DeviceError, SharedDevice};
 use crate::error::{Error, Result};
 use crate::format::v4::{
     check_recovery_name, BlockPointer, LogEntry, RecoveryKind, RecoveryRecord, SegmentState,
-    SlotRecord, SlotShape, Tree, Uberblock, ADDRESS_HOLE, FLAG_AUTOMATIC, FLAG_RECEIVED, NO_KEY,
-    PAGE_BYTES, RECOVERY_RECORD_BYTES, TREES,
+    SlotRecord, SlotShape, Tree, Uberblock, ADDRESS_HOLE, FLAG_AUTOMATIC, FLAG_RECEIVED,
+    FLAG_REFERENCED, NO_KEY, PAGE_BYTES, RECOVERY_RECORD_BYTES, TREES,
 };
 use crate::geometry::Geometry;
 use crate::types::{DeviceIndex, ShardIndex};
@@ -132,6 +132,10 @@ pub struct MapOptions {
     /// block the live map drops at a position the delete already decided stays held: a leak).
     #[cfg(feature = "testing")]
     pub delete_cursor_ignored: bool,
+    /// Planted bug `live_count_ignores_trim`: a trim does not lower the live count of named
+    /// blocks (FORMAT.md V4.10f).
+    #[cfg(feature = "testing")]
+    pub live_count_ignores_trim: bool,
 }
 
 /// The planted bugs of the hold rule (all off in a build without `testing`).
@@ -147,6 +151,7 @@ struct PlantedHolds {
     abort_keeps_blocks: bool,
     receive_reads_live: bool,
     delete_cursor_ignored: bool,
+    live_count_ignores_trim: bool,
 }
 
 impl PlantedHolds {
@@ -163,6 +168,7 @@ impl PlantedHolds {
             abort_keeps_blocks: options.abort_keeps_blocks,
             receive_reads_live: options.receive_reads_live,
             delete_cursor_ignored: options.delete_cursor_ignored,
+            live_count_ignores_trim: options.live_count_ignores_trim,
         };
         #[cfg(not(feature = "testing"))]
         {
@@ -215,6 +221,8 @@ impl Default for MapOptions {
             receive_reads_live: false,
             #[cfg(feature = "testing")]
             delete_cursor_ignored: false,
+            #[cfg(feature = "testing")]
+            live_count_ignores_trim: false,
         }
     }
 }
@@ -462,6 +470,9 @@ pub struct MapStore {
     planted_holds: PlantedHolds,
     /// The options the map was opened with (a recovery point's tree is read with them).
     options: MapOptions,
+    /// The live map's data blocks that name a block (FORMAT.md V4.10f), in memory (changes
+    /// since the last sync included); `None` for a pool that does not count them.
+    live_blocks: Option<u64>,
 }
 
 /// A recovery point as [`MapStore::recovery_points`] lists it.
@@ -487,6 +498,8 @@ pub struct RecoveryPoint {
     pub automatic: bool,
     /// Received from a stream (its guid and created are the sender's).
     pub received: bool,
+    /// The data blocks it names (shared or not; FORMAT.md V4.10f), when counted.
+    pub referenced: Option<u64>,
 }
 
 impl RecoveryPoint {
@@ -502,6 +515,7 @@ impl RecoveryPoint {
             holds: record.holds,
             automatic: record.flags & FLAG_AUTOMATIC != 0,
             received: record.flags & FLAG_RECEIVED != 0,
+            referenced: (record.flags & FLAG_REFERENCED != 0).then_some(record.counters[0]),
         }
     }
 }
@@ -1242,6 +1256,7 @@ impl MapStore {
             depths,
             open_segments: [data, None, None, meta],
             unlogged,
+            live_blocks: self.live_blocks,
         }
     }
 
@@ -1320,6 +1335,7 @@ impl MapStore {
             pinned_metadata: BTreeSet::new(),
             planted_holds: PlantedHolds::of(options),
             options: options.clone(),
+            live_blocks: Some(0),
         };
         let failed = write_uberblock(devices, geometry, &this.uberblock(0, 1, 0, false));
         if let Some((device, why)) = failed.first() {
@@ -1441,6 +1457,7 @@ impl MapStore {
             head,
             receiving: None,
             receive_base: None,
+            live_blocks: uberblock.live_blocks,
             staged: Staged::default(),
             pinned_metadata: BTreeSet::new(),
             planted_holds: PlantedHolds::of(options),
@@ -1600,6 +1617,7 @@ impl MapStore {
         // The usage journal is re-created from the chain: +1 for each new block, -1 for each
         // old one (an intermediate version's +1 and -1 cancel), but for one a recovery point
         // holds (`S_head` is the opened tree 3's: every change of it is a sync).
+        self.count_live(old.0 != ADDRESS_HOLE, pointer.address().is_some());
         if let Some(pbn) = pointer.address() {
             self.segments.block_delta(pbn, 1);
         }
@@ -2051,6 +2069,21 @@ impl MapStore {
         // Leaves of the live map, then those of each recovery point it does not share.
         let mut seen = SeenPages::new();
         let mut leaves = self.map.leaves_unseen(devices, &mut seen)?;
+        // The live count (FORMAT.md V4.10f) against the live map's written pointers.
+        if let Some(live) = self.live_blocks {
+            let mut named = 0u64;
+            for (_, leaf) in &leaves {
+                for bytes in leaf.chunks(BlockPointer::BYTES) {
+                    let pointer = BlockPointer::decode(bytes).map_err(Error::corrupt_metadata)?;
+                    named += u64::from(pointer.address().is_some());
+                }
+            }
+            if named != live {
+                return Err(Error::corrupt_metadata(format!(
+                    "the live map names {named} blocks, its count says {live}"
+                )));
+            }
+        }
         for tree in self.point_trees()? {
             leaves.extend(tree.leaves_unseen(devices, &mut seen)?);
         }
@@ -2561,6 +2594,7 @@ impl MapStore {
 
     /// The usage and the pending log entry of `key` changed from `old` to `new` in the tree.
     fn account(&mut self, key: u64, old: BlockPointer, new: BlockPointer) {
+        self.count_live(old.address().is_some(), new.address().is_some());
         if let Some(pbn) = new.address() {
             self.segments.block_delta(pbn, 1);
         }
@@ -2918,6 +2952,10 @@ impl MapStore {
             Some((_, point)) => {
                 self.map
                     .reset_root(point.root, self.planted_holds.rollback_keeps_live_cache)?;
+                // The live map is N's: so is its count (unknown if N's is).
+                self.live_blocks = self
+                    .live_blocks
+                    .and((point.flags & FLAG_REFERENCED != 0).then_some(point.counters[0]));
                 true
             }
             None => unlogged,
@@ -2928,10 +2966,14 @@ impl MapStore {
         // over one must not replay, onto the tree before, records logged against the tree
         // after (the receive's writes, or the writes after it).
         let unlogged = if receive.discarded {
-            let root = self
-                .points
-                .get(&self.head.0)
-                .map_or(BlockPointer::hole(self.map_depth()), |head| head.root);
+            let head = self.points.get(&self.head.0);
+            let root = head.map_or(BlockPointer::hole(self.map_depth()), |head| head.root);
+            // The live map is the base's again: so is its count (0 for an empty volume).
+            let count = match head {
+                Some(head) => (head.flags & FLAG_REFERENCED != 0).then_some(head.counters[0]),
+                None => Some(0),
+            };
+            self.live_blocks = self.live_blocks.and(count);
             self.map.reset_root(root, false)?;
             true
         } else {
@@ -3075,6 +3117,11 @@ impl MapStore {
             Some(head) => (self.head.0, head.guid),
             None => (NO_KEY, 0),
         };
+        // The live count is the frozen map's (FORMAT.md V4.10f): nothing is in flight.
+        let (flags, referenced) = match self.live_blocks {
+            Some(live) => (flags | FLAG_REFERENCED, live),
+            None => (flags, 0),
+        };
         let record = RecoveryRecord {
             kind: RecoveryKind::Point,
             flags,
@@ -3087,7 +3134,7 @@ impl MapStore {
             parent_guid,
             root: self.map.root(),
             depth: self.map_depth(),
-            counters: [0; 3],
+            counters: [referenced, 0, 0],
             deleting: None,
             name,
         };
@@ -3533,17 +3580,12 @@ impl MapStore {
             })
     }
 
-    /// Ask for recovery point `name` to be deleted (FORMAT.md V4.10e): one sync records it
-    /// as being deleted, and nothing is freed yet. [`MapStore::delete_step`] frees what it
-    /// alone holds, a part at a time; until its last step it stays whole, unseen (it cannot
-    /// be read, sent, held or rolled back to) and its name taken.
+    /// Whether recovery point `name` may be deleted (it exists, is not held or being deleted,
+    /// and one line follows it, no receive is unfinished): its key. Writes nothing.
     ///
     /// # Errors
-    /// [`Error::RecoveryPoint`] when there is none of that name, it is held, being deleted
-    /// already, or lines part at it; [`Error::Busy`] with a write unit in flight; what
-    /// [`MapStore::sync`] returns.
-    pub fn request_delete(&mut self, devices: &[Option<SharedDevice>], name: &str) -> Result<()> {
-        self.usable()?;
+    /// [`Error::RecoveryPoint`] or [`Error::ReceiveUnfinished`] saying why not.
+    pub fn deletable(&self, name: &str) -> Result<u64> {
         self.not_receiving("delete a recovery point")?;
         let key = self.point_key(name)?;
         if self.points[&key].holds > 0 {
@@ -3567,6 +3609,21 @@ impl MapStore {
                 ),
             });
         }
+        Ok(key)
+    }
+
+    /// Ask for recovery point `name` to be deleted (FORMAT.md V4.10e): one sync records it
+    /// as being deleted, and nothing is freed yet. [`MapStore::delete_step`] frees what it
+    /// alone holds, a part at a time; until its last step it stays whole, unseen (it cannot
+    /// be read, sent, held or rolled back to) and its name taken.
+    ///
+    /// # Errors
+    /// [`Error::RecoveryPoint`] when there is none of that name, it is held, being deleted
+    /// already, or lines part at it; [`Error::Busy`] with a write unit in flight; what
+    /// [`MapStore::sync`] returns.
+    pub fn request_delete(&mut self, devices: &[Option<SharedDevice>], name: &str) -> Result<()> {
+        self.usable()?;
+        let key = self.deletable(name)?;
         if self.segments.any_held() {
             return Err(Error::Busy(
                 "a recovery point is deleted with no write unit on the devices".into(),
@@ -3574,7 +3631,8 @@ impl MapStore {
         }
         let mut record = self.points[&key].clone();
         record.deleting = Some(0);
-        record.counters = [0; 3];
+        record.counters[1] = 0;
+        record.counters[2] = 0;
         self.sync_staged(
             devices,
             Staged {
@@ -3779,6 +3837,21 @@ impl MapStore {
             });
         }
         Ok(())
+    }
+
+    /// The live count (FORMAT.md V4.10f) after a pointer that named a block or not (`old`)
+    /// became one that does or not (`new`).
+    fn count_live(&mut self, old: bool, new: bool) {
+        let old = old && (new || !self.planted_holds.live_count_ignores_trim);
+        if let Some(live) = &mut self.live_blocks {
+            *live = (*live + u64::from(new)).saturating_sub(u64::from(old));
+        }
+    }
+
+    /// The live map's data blocks that name a block (FORMAT.md V4.10f), when counted.
+    #[must_use]
+    pub fn live_blocks(&self) -> Option<u64> {
+        self.live_blocks
     }
 
     /// The hold rule as it stands (FORMAT.md V4.10a, with V4.10e's cursor when the live

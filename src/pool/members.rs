@@ -919,8 +919,18 @@ impl Members {
         self.enable_map_gate(|map| &mut map.received_streams)
     }
 
+    /// Record the background-delete gate (docs/FORMAT.md V4.10e) in every member's
+    /// superblocks before the first recovery point is asked to be deleted.
+    ///
+    /// # Errors
+    /// As [`Members::enable_recovery_points`].
+    pub(crate) fn enable_paced_deletes(&self) -> Result<()> {
+        self.enable_map_gate(|map| &mut map.paced_deletes)
+    }
+
     /// Set one of the map's gates in the superblock and write it to every member (nothing
-    /// is written when it is set already).
+    /// is written when it is set already). A write that fails leaves it unset in memory, so
+    /// a retry writes it again (a member without it must not be passed over).
     fn enable_map_gate(
         &self,
         gate: impl Fn(&mut crate::format::MapParams) -> &mut bool,
@@ -945,6 +955,9 @@ impl Members {
             }
         }
         if let Some((device, err)) = self.write_superblocks()?.into_iter().next() {
+            if let Some(map) = self.superblock.lock().map.as_mut() {
+                *gate(map) = false;
+            }
             return Err(Error::Io {
                 device,
                 offset: None,

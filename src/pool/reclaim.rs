@@ -199,6 +199,9 @@ impl PoolInner {
         self.writable("delete a recovery point")?;
         let rows = self.recovery_engine("deleting a recovery point")?;
         self.check_available()?;
+        // A refusal writes nothing: the checks come before the gate.
+        rows.volume.read().check_delete(name)?;
+        self.members.enable_paced_deletes()?;
         let mut volume = rows.volume.write();
         let result = volume.request_delete(&self.write_devices(), name);
         self.unavailable_if_failed(&volume, result)?;

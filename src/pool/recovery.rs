@@ -26,6 +26,9 @@ pub struct RecoveryPointInfo {
     pub holds: u32,
     /// Taken automatically (the state before a rollback).
     pub automatic: bool,
+    /// The data it names, shared or not (4 KiB per written block; docs/FORMAT.md V4.10f):
+    /// what a full `send` of it carries. `None` on a pool made before the count was kept.
+    pub referenced_data_bytes: Option<u64>,
     /// Bytes its delete frees: data blocks no other recovery point or the live volume
     /// names (4 KiB each), counting writes not yet synced. `None` while the recovery point
     /// next to it is half deleted (known once that delete is done).
@@ -89,6 +92,9 @@ impl PoolInner {
                     sequence: p.sequence,
                     holds: p.holds,
                     automatic: p.automatic,
+                    referenced_data_bytes: p
+                        .referenced
+                        .map(|b| b * crate::volume::BLOCK_BYTES as u64),
                     unique_data_bytes: usage.map(|u| u.blocks * crate::volume::BLOCK_BYTES as u64),
                     unique_metadata_bytes: usage
                         .map(|u| u.pages * crate::format::v4::PAGE_BYTES as u64),
@@ -131,6 +137,9 @@ impl PoolInner {
         inner.writable("delete a recovery point")?;
         let rows = inner.recovery_engine("deleting a recovery point")?;
         inner.check_available()?;
+        // A refusal writes nothing: the checks come before the gate.
+        rows.volume.read().check_delete(name)?;
+        inner.members.enable_paced_deletes()?;
         let mut volume = rows.volume.write();
         let result = volume.delete_recovery_point(&inner.write_devices(), name);
         inner.unavailable_if_failed(&volume, result)

@@ -382,6 +382,9 @@ pub(crate) fn create(
         timeline: 1,
         recovery_points: false,
         received_streams: false,
+        // The map counts from its first uberblock (docs/FORMAT.md V4.10f).
+        referenced_counts: true,
+        paced_deletes: false,
     };
     Ok((volume, params))
 }

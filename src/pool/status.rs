@@ -125,6 +125,11 @@ pub struct RecoveryPointsStatus {
     /// order their space comes back, with their progress.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deleting: Vec<super::DeletingPoint>,
+    /// Data held by recovery points and not yet given back by deletes: the blocks the
+    /// usage table counts beyond those the live volume names (docs/FORMAT.md V4.10f).
+    /// `None` on a pool made before the live count was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_data_bytes: Option<u64>,
 }
 
 /// Events shown by `status`.
@@ -237,7 +242,21 @@ impl PoolInner {
             })
             .collect();
         let recovery_points = self.rows().map(|rows| {
-            let points = rows.volume.read().recovery_points();
+            // One read lock for every figure (a second one taken while a writer waits
+            // would wait behind it), dropped before the backlog takes its own.
+            let (points, unfinished_receive, held_data_bytes) = {
+                let volume = rows.volume.read();
+                let held = volume.map().live_blocks().map(|live| {
+                    volume
+                        .allocated_bytes()
+                        .saturating_sub(live * crate::volume::BLOCK_BYTES as u64)
+                });
+                (
+                    volume.recovery_points(),
+                    volume.unfinished_receive().map(|r| r.name),
+                    held,
+                )
+            };
             // The newest asked for: an automatic one (the state before a rollback) would
             // hide a schedule that stopped.
             let newest = points
@@ -249,8 +268,9 @@ impl PoolInner {
                 held: points.iter().filter(|p| p.holds > 0).count(),
                 newest_created: newest.map(|p| p.created),
                 newest: newest.map(|p| p.name.clone()),
-                unfinished_receive: rows.volume.read().unfinished_receive().map(|r| r.name),
+                unfinished_receive,
                 deleting: self.deletes(),
+                held_data_bytes,
             }
         });
         let allocated_bytes = match self.rows() {

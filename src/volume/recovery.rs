@@ -58,6 +58,14 @@ impl Volume {
         self.map.request_delete(devices, name)
     }
 
+    /// Whether recovery point `name` may be deleted (writes nothing).
+    ///
+    /// # Errors
+    /// What [`crate::meta::MapStore::deletable`] returns.
+    pub fn check_delete(&self, name: &str) -> Result<()> {
+        self.map.deletable(name).map(|_| ())
+    }
+
     /// One step of the delete that runs next, reading at most about `budget` of its pages
     /// (`None`: no delete is waiting).
     ///

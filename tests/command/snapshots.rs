@@ -99,6 +99,20 @@ fn a_snapshot_reads_back_while_the_volume_moves_on_and_looking_writes_nothing() 
     // Everything the second write overwrote is the snapshot's alone: 300,000 bytes span 74
     // blocks of 4 KiB (the last one partly).
     assert_eq!(json[0]["unique_data_bytes"], 74 * 4096, "{json}");
+    // It names the 74 blocks written before it (docs/FORMAT.md V4.10f), and holds them all
+    // beyond what the live volume names.
+    assert_eq!(json[0]["referenced_data_bytes"], 74 * 4096, "{json}");
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(&run(&["status", d0, "--json"], None))).unwrap();
+    assert_eq!(
+        status["recovery_points"]["held_data_bytes"],
+        74 * 4096,
+        "{status}"
+    );
+    assert!(ok(&run(&["status", d0], None)).contains("296.0 KiB of data held by them"));
+    assert!(
+        ok(&run(&["metrics", d0], None)).contains("\nstripestore_recovery_points_held_data_bytes{")
+    );
     let length = first.len().to_string();
     let old = read_point(d0, first.len(), "before");
     assert!(old.status.success(), "{}", text(&old.stderr));

@@ -30,8 +30,8 @@ pub use pointer::{
     MAX_BIRTH,
 };
 pub use recovery::{
-    check_recovery_name, RecoveryKind, RecoveryRecord, FLAG_AUTOMATIC, FLAG_RECEIVED, NO_KEY,
-    RECOVERY_NAME_MAX, RECOVERY_RECORD_BYTES,
+    check_recovery_name, RecoveryKind, RecoveryRecord, FLAG_AUTOMATIC, FLAG_RECEIVED,
+    FLAG_REFERENCED, NO_KEY, RECOVERY_NAME_MAX, RECOVERY_RECORD_BYTES,
 };
 pub use slot::{RowRecord, SlotRecord, SlotShape};
 pub use sut::{SegmentState, SutRecord, SUT_RECORDS_PER_PAGE, SUT_RECORD_BYTES};

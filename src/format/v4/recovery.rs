@@ -5,7 +5,8 @@
 //! 0        kind u8: 0 free, 1 recovery point, 2 live line (key 0 only),
 //!          3 an unfinished receive (V4.10d; at most one, key 1..)
 //! 1        state u8: 0, or 1 = being deleted (kind 1 only; V4.10e)
-//! 2..4     flags u16 (bit 0: taken automatically; bit 1: received from a stream)
+//! 2..4     flags u16 (bit 0: taken automatically; bit 1: received from a stream; bit 2:
+//!          counter 0 holds its referenced blocks, V4.10f)
 //! 4..8     holds u32
 //! 8..16    guid u64 (kind 3: the guid of the recovery point being received)
 //! 16..24   S_X (kind 1) or S_head (kind 2, and kind 3 at its start)
@@ -51,6 +52,9 @@ pub const FLAG_AUTOMATIC: u16 = 1;
 /// Flags bit 1: the recovery point was received from a stream (its guid and created are
 /// the sender's).
 pub const FLAG_RECEIVED: u16 = 2;
+/// Flags bit 2: counter 0 is the live map's named blocks when it was taken (docs/FORMAT.md
+/// V4.10f: its referenced blocks); without it they are unknown.
+pub const FLAG_REFERENCED: u16 = 4;
 
 /// One tree-3 record (a free record is `None` when decoded).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,7 +191,7 @@ impl RecoveryRecord {
         }
         zero(192..256, "bytes 192..256 (reserved)")?;
         let flags = le::get(bytes, 2, 2) as u16;
-        if flags & !(FLAG_AUTOMATIC | FLAG_RECEIVED) != 0 {
+        if flags & !(FLAG_AUTOMATIC | FLAG_RECEIVED | FLAG_REFERENCED) != 0 {
             return Err(format!("recovery-point record: flags {flags:#x}"));
         }
         let root = BlockPointer::decode(&bytes[56..72])

@@ -10,7 +10,8 @@
 //! 160..168  next sequence u64       168..176 timeline u64
 //! 176..182  depth of trees 0..5 (u8 each)   182 unlogged u8 (0/1)   183 zero
 //! 184..216  open stripe, small-write, cleaner and metadata segments u64 each (hints; u64::MAX none)
-//! 216..4092 zero                    4092..4096 crc32c of bytes 0..4092
+//! 216..224  live named blocks u64 (V4.10f)   224 1 when they are counted, else 0 (216..225 zero)
+//! 225..4092 zero                    4092..4096 crc32c of bytes 0..4092
 //! ```
 
 use super::le;
@@ -53,6 +54,9 @@ pub struct Uberblock {
     /// The sync made durable changes no log record holds (a commit that did not fit the log):
     /// a rewind to the tree before this one cannot replay past this sync.
     pub unlogged: bool,
+    /// The live map's data blocks that name a block (docs/FORMAT.md V4.10f), when the pool
+    /// counts them (created by a build that does).
+    pub live_blocks: Option<u64>,
 }
 
 impl Uberblock {
@@ -77,6 +81,10 @@ impl Uberblock {
         bytes[182] = u8::from(self.unlogged);
         for (i, segment) in self.open_segments.iter().enumerate() {
             le::put(&mut bytes, 184 + 8 * i, 8, segment.unwrap_or(u64::MAX));
+        }
+        if let Some(live) = self.live_blocks {
+            le::put(&mut bytes, 216, 8, live);
+            bytes[224] = 1;
         }
         let crc = crc32c::crc32c(&bytes[..CRC_AT]);
         le::put(&mut bytes, CRC_AT, 4, u64::from(crc));
@@ -109,7 +117,7 @@ impl Uberblock {
         if bytes[16..32] != pool {
             return Err("uberblock of another pool".to_string());
         }
-        let zero_ranges = [12..16, 49..56, 183..184, 216..CRC_AT];
+        let zero_ranges = [12..16, 49..56, 183..184, 225..CRC_AT];
         if zero_ranges
             .iter()
             .any(|r| bytes[r.clone()].iter().any(|b| *b != 0))
@@ -122,6 +130,15 @@ impl Uberblock {
         if bytes[182] > 1 {
             return Err(format!("uberblock unlogged flag {}", bytes[182]));
         }
+        let live_blocks = match bytes[224] {
+            0 if bytes[216..224].iter().all(|b| *b == 0) => None,
+            1 => Some(le::u64_at(bytes, 216)),
+            flag => {
+                return Err(format!(
+                    "uberblock live-count flag {flag} (or a count without it)"
+                ))
+            }
+        };
         let mut depths = [0u8; TREES];
         depths.copy_from_slice(&bytes[176..182]);
         let mut roots = [BlockPointer::hole(0); TREES];
@@ -165,6 +182,7 @@ impl Uberblock {
             depths,
             open_segments,
             unlogged: bytes[182] == 1,
+            live_blocks,
         })
     }
 }
@@ -191,7 +209,41 @@ mod tests {
             depths,
             open_segments: [Some(3), None, Some(9), Some(0)],
             unlogged: true,
+            live_blocks: Some(123_456),
         }
+    }
+
+    /// The live count (V4.10f): kept with byte 224 = 1, absent with 216..225 zero; any
+    /// other spelling refused.
+    #[test]
+    fn the_live_count_has_one_spelling() {
+        let reseal = |mut bytes: Vec<u8>| {
+            let crc = crc32c::crc32c(&bytes[..CRC_AT]);
+            bytes[CRC_AT..].copy_from_slice(&crc.to_le_bytes());
+            bytes
+        };
+        for live_blocks in [None, Some(0), Some(u64::MAX)] {
+            let ub = Uberblock {
+                live_blocks,
+                ..sample()
+            };
+            assert_eq!(Uberblock::decode(&ub.encode(), POOL), Ok(ub));
+        }
+        let mut flag = sample().encode();
+        flag[224] = 2;
+        assert!(Uberblock::decode(&reseal(flag), POOL)
+            .unwrap_err()
+            .contains("live-count flag 2"));
+        let mut count_without = Uberblock {
+            live_blocks: None,
+            ..sample()
+        }
+        .encode();
+        count_without[217] = 1;
+        assert!(Uberblock::decode(&reseal(count_without), POOL).is_err());
+        let mut beyond = sample().encode();
+        beyond[225] = 1;
+        assert!(Uberblock::decode(&reseal(beyond), POOL).is_err());
     }
 
     #[test]

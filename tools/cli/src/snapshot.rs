@@ -22,8 +22,8 @@ pub(crate) enum SnapshotAction {
         #[arg(long)]
         name: String,
     },
-    /// List the recovery points, oldest first: name, created (UTC), holds, and the bytes
-    /// deleting each frees.
+    /// List the recovery points, oldest first: name, created (UTC), holds, the data each
+    /// names (referenced), and the bytes deleting each frees (unique).
     List {
         /// One or more member paths.
         #[arg(required = true)]
@@ -154,8 +154,8 @@ pub(crate) fn run(action: SnapshotAction) -> CliResult {
                 println!("no recovery points");
             } else {
                 println!(
-                    "{:<32} {:<23} {:>5} {:>12} {:>12}",
-                    "NAME", "CREATED (UTC)", "HOLDS", "UNIQUE DATA", "UNIQUE META"
+                    "{:<32} {:<23} {:>5} {:>12} {:>12} {:>12}",
+                    "NAME", "CREATED (UTC)", "HOLDS", "REFERENCED", "UNIQUE DATA", "UNIQUE META"
                 );
                 for p in &points {
                     let name = if p.automatic {
@@ -164,10 +164,11 @@ pub(crate) fn run(action: SnapshotAction) -> CliResult {
                         p.name.clone()
                     };
                     println!(
-                        "{:<32} {:<23} {:>5} {:>12} {:>12}",
+                        "{:<32} {:<23} {:>5} {:>12} {:>12} {:>12}",
                         name,
                         utc_time(p.created),
                         p.holds,
+                        p.referenced_data_bytes.map_or("-".into(), human_bytes),
                         p.unique_data_bytes.map_or("pending".into(), human_bytes),
                         p.unique_metadata_bytes
                             .map_or("pending".into(), human_bytes)
