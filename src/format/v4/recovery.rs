@@ -230,6 +230,9 @@ impl RecoveryRecord {
             name,
             deleting,
         };
+        if record.counters[0] != 0 && flags & FLAG_REFERENCED == 0 {
+            return Err("recovery-point record: a referenced count without its flag".into());
+        }
         match kind {
             RecoveryKind::Point => {
                 check_recovery_name(&record.name)
@@ -274,7 +277,7 @@ mod tests {
     fn point() -> RecoveryRecord {
         RecoveryRecord {
             kind: RecoveryKind::Point,
-            flags: 1,
+            flags: FLAG_AUTOMATIC | FLAG_REFERENCED,
             holds: 2,
             guid: 0x1234_5678_9abc_def0,
             sequence: 77,
@@ -376,8 +379,9 @@ mod tests {
         };
         refused(0, 4, "kind 4");
         refused(1, 2, "state 2");
+        refused(2, 1, "without its flag");
         refused(82, 1, "delete cursor");
-        refused(2, 4, "flags");
+        refused(2, 8, "flags");
         refused(75, 1, "reserved");
         refused(200, 1, "reserved");
         refused(72, 2, "level 3 for depth 2");
