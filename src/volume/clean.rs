@@ -144,15 +144,24 @@ impl Volume {
                 fruitless = 0;
             } else if fruitless == 3 {
                 let table = self.map.segments();
+                let deleting = self.map.deletes().len();
                 return Err(Error::NoFreeSlot(format!(
                     "no data segment is free outside the hard reserve of {} segments ({} of it \
                      waiting for release; {} free, {} waiting for release in all) and the \
-                     cleaner found none to empty ({} held by recovery points)",
+                     cleaner found none to empty ({} held by recovery points){}",
                     table.reserve(),
                     table.reserve() - table.data_floor(),
                     table.free_segments(),
                     table.pending_segments(),
-                    self.cleaner.pinned.len()
+                    self.cleaner.pinned.len(),
+                    if deleting > 0 {
+                        format!(
+                            "; {deleting} recovery point(s) being deleted hold space that comes \
+                             back as their delete runs (`snapshot reclaim`)"
+                        )
+                    } else {
+                        String::new()
+                    }
                 )));
             } else {
                 fruitless += 1;

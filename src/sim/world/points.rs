@@ -65,6 +65,21 @@ impl World<'_> {
                 return Err(Error::Closing);
             };
             match request(pool) {
+                // Deletes asked for and not yet run to their end hold space: run them first
+                // (`snapshot reclaim`), as an operator would.
+                Err(Error::NoFreeSlot(why)) if !pool.deletes().is_empty() => {
+                    *self
+                        .stats
+                        .faults
+                        .entry("recovery-points-reclaimed-for-room".into())
+                        .or_default() += 1;
+                    if let Err(e) = pool.reclaim(&mut |_| {}) {
+                        if self.countdown.load(std::sync::atomic::Ordering::SeqCst) <= 0 {
+                            return Err(Error::NoFreeSlot(why));
+                        }
+                        return Err(e);
+                    }
+                }
                 Err(Error::NoFreeSlot(why)) if !self.points.is_empty() => {
                     *self
                         .stats
