@@ -191,6 +191,16 @@ fn planted_bugs_are_caught_on_format_v4() {
             },
             "",
         ),
+        (
+            // Issue 15: the hold rule without a head delete's cursor (docs/FORMAT.md V4.10e):
+            // what the live volume drops where the delete has passed stays counted.
+            "delete-cursor-ignored",
+            PlantedBugs {
+                delete_cursor_ignored: true,
+                ..PlantedBugs::default()
+            },
+            "LEAK",
+        ),
     ] {
         let caught = (0..SEEDS_MAX_V4).find_map(|seed| {
             let (layout, devices) = LAYOUTS[(seed as usize) % LAYOUTS.len()];

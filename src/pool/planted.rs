@@ -46,6 +46,10 @@ pub struct PlantedBugs {
     /// Format version 4: while a receive is unfinished, reads see what it wrote so far, not
     /// the volume as it was (docs/FORMAT.md V4.10d).
     pub receive_reads_live: bool,
+    /// Format version 4: the hold rule ignores the cursor of a delete running on the live
+    /// line's head, so blocks the live volume drops where the delete has passed stay held
+    /// (a leak; docs/FORMAT.md V4.10e).
+    pub delete_cursor_ignored: bool,
 }
 
 impl PlantedBugs {
@@ -63,5 +67,6 @@ impl PlantedBugs {
             || self.drop_held_block
             || self.abort_keeps_blocks
             || self.receive_reads_live
+            || self.delete_cursor_ignored
     }
 }

@@ -215,7 +215,7 @@ impl SimConfig {
 }
 
 /// The names `simulate --plant` takes, each with the protection it switches off.
-pub const PLANTABLE: [&str; 10] = [
+pub const PLANTABLE: [&str; 11] = [
     "skip-checksum-verification",
     "skip-commit-data-flush",
     "fault-on-data-errors",
@@ -226,6 +226,7 @@ pub const PLANTABLE: [&str; 10] = [
     "drop-held-block",
     "abort-keeps-blocks",
     "receive-reads-live",
+    "delete-cursor-ignored",
 ];
 
 /// Switch on the planted bug called `name` (one of [`PLANTABLE`]).
@@ -247,6 +248,7 @@ pub fn plant(
         "drop-held-block" => bugs.drop_held_block = true,
         "abort-keeps-blocks" => bugs.abort_keeps_blocks = true,
         "receive-reads-live" => bugs.receive_reads_live = true,
+        "delete-cursor-ignored" => bugs.delete_cursor_ignored = true,
         other => {
             return Err(format!(
                 "unknown planted bug '{other}' (one of: {})",
@@ -269,6 +271,7 @@ fn planted_names(bugs: &crate::testing::PlantedBugs) -> Vec<String> {
         bugs.drop_held_block,
         bugs.abort_keeps_blocks,
         bugs.receive_reads_live,
+        bugs.delete_cursor_ignored,
     ];
     PLANTABLE
         .iter()
