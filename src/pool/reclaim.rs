@@ -15,7 +15,7 @@ use crate::error::Result;
 use crate::meta::{DeleteProgress, DeleteStep, DELETE_STEP_PAGES};
 
 /// The reclaim thread sleeps this many times what a step took.
-const DEFAULT_PACE: u32 = 4;
+const DEFAULT_PACE: u32 = 8;
 
 /// A recovery point being deleted, as `status` and `snapshot list` show it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -75,7 +75,7 @@ pub(crate) struct Wake {
     stop: AtomicBool,
     asked: Mutex<bool>,
     bell: Condvar,
-    /// Sleep after a step, as a multiple of what the step took (4: at most a fifth of the
+    /// Sleep after a step, as a multiple of what the step took (8: at most a ninth of the
     /// time under the volume's exclusive lock).
     pace: AtomicU32,
     /// Pages of a recovery point a step reads at most (0: [`DELETE_STEP_PAGES`]).
@@ -278,7 +278,7 @@ impl Pool {
     }
 
     /// The reclaim thread's pace: after each step it sleeps `factor` times what the step
-    /// took (default 4: at most a fifth of the time under the volume's exclusive lock).
+    /// took (default 8: at most a ninth of the time under the volume's exclusive lock).
     pub fn set_reclaim_pace(&self, factor: u32) {
         self.inner
             .reclaim_wake

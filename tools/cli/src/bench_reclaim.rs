@@ -32,6 +32,10 @@ pub struct BenchReclaimArgs {
     /// Size of each of the six sparse member files.
     #[arg(long, default_value = "16G", value_parser = parse_size)]
     member_size: u64,
+    /// Blocks to write, spread evenly over the volume, one per map leaf at most (default:
+    /// one in every leaf).
+    #[arg(long)]
+    blocks: Option<u64>,
     /// Seconds of idle reads per round.
     #[arg(long, default_value = "3")]
     seconds: u64,
@@ -42,7 +46,7 @@ pub struct BenchReclaimArgs {
     #[arg(long, default_value = "3")]
     rounds: usize,
     /// The reclaim thread's pace: it sleeps this many times what a step took.
-    #[arg(long, default_value = "4")]
+    #[arg(long, default_value = "8")]
     pace: u32,
     /// Where the sparse files go (default: a temporary directory under /var/tmp).
     #[arg(long)]
@@ -110,10 +114,12 @@ pub fn run(args: &BenchReclaimArgs) -> Result<(), Box<dyn std::error::Error>> {
     let pool = Arc::new(Pool::create_paths(&paths, &[], &options)?);
     pool.set_reclaim_pace(args.pace);
     let volume_bytes = pool.size();
-    let leaves = (volume_bytes / BLOCK).div_ceil(LEAF_BLOCKS);
+    let all_leaves = (volume_bytes / BLOCK).div_ceil(LEAF_BLOCKS);
+    let leaves = args.blocks.unwrap_or(all_leaves).clamp(1, all_leaves);
+    let stride = all_leaves / leaves;
     let mut rng = ChaCha8Rng::seed_from_u64(0x2ec1);
     let blocks: Vec<u64> = (0..leaves)
-        .map(|leaf| leaf * LEAF_BLOCKS + rng.gen_range(0..LEAF_BLOCKS))
+        .map(|i| i * stride * LEAF_BLOCKS + rng.gen_range(0..LEAF_BLOCKS))
         .filter(|b| *b < volume_bytes / BLOCK)
         .collect();
     let (mut idle, mut during, mut took) = (Vec::new(), Vec::new(), Vec::new());
