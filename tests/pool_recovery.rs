@@ -279,12 +279,7 @@ fn a_snapshot_policy_takes_recovery_points_on_time_and_before_a_replace_and_rete
     // Before a replace: one recovery point, "auto-before-replace-…".
     let fresh = std::sync::Arc::new(stripestore::device::MemDevice::new("fresh", DEVICE_BYTES));
     pool.replace("mem5", fresh, false).unwrap();
-    let names: Vec<String> = pool
-        .recovery_points()
-        .unwrap()
-        .into_iter()
-        .map(|p| p.name)
-        .collect();
+    let names = listed_names(&pool);
     assert!(
         names.iter().any(|n| n.starts_with("auto-before-replace-")),
         "{names:?}"
@@ -293,24 +288,14 @@ fn a_snapshot_policy_takes_recovery_points_on_time_and_before_a_replace_and_rete
     pool.offline("mem0").unwrap();
     pool.online("mem0", shared(&mems)[0].clone(), false)
         .unwrap();
-    let names: Vec<String> = pool
-        .recovery_points()
-        .unwrap()
-        .into_iter()
-        .map(|p| p.name)
-        .collect();
+    let names = listed_names(&pool);
     assert!(
         names.iter().any(|n| n.starts_with("auto-before-rebuild-")),
         "{names:?}"
     );
     std::thread::sleep(Duration::from_millis(2500));
     pool.set_snapshot_policy(None).unwrap();
-    let names: Vec<String> = pool
-        .recovery_points()
-        .unwrap()
-        .into_iter()
-        .map(|p| p.name)
-        .collect();
+    let names = listed_names(&pool);
     assert!(names.contains(&"mine".to_string()), "{names:?}");
     assert!(
         names.contains(&held),
@@ -321,6 +306,15 @@ fn a_snapshot_policy_takes_recovery_points_on_time_and_before_a_replace_and_rete
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(pool.recovery_points().unwrap().len(), count);
     check(&live, &|o, b| pool.read_at(o, b)).unwrap();
+}
+
+/// The recovery points' names, oldest first.
+fn listed_names(pool: &Pool) -> Vec<String> {
+    pool.recovery_points()
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect()
 }
 
 /// A pool, its members, and the live and "b" models.
