@@ -651,6 +651,41 @@ fn a_record_beyond_the_chain_too_few_members_hold_was_never_acknowledged_and_is_
     assert!(refused.to_string().contains("does not follow"), "{refused}");
 }
 
+#[test]
+fn a_lone_record_beyond_a_mirrors_chain_counts_the_faults_the_disks_show() {
+    // Simulation seed 1800030 (mirror:3): the case of seed 80616 on a mirror, whose tolerance
+    // (members − 1) the members lacking a lone record can never exceed. Its holder's own
+    // chain is broken (it lost record 1, flushed before record 2 was written): with the
+    // two lacking members, an acknowledged record 2 needs three faults; a cut commit, one.
+    let options = options();
+    let rig = Rig::new("mirror:3", 3);
+    broken_chain_with_a_lone_record(&rig, &options);
+    let map = MapStore::open(&rig.devices, POOL, &rig.geometry, TIMELINE, &options)
+        .expect("a record on one member of a mirror, whose chain breaks before it");
+    assert!(!map.get(&rig.devices, 2200).unwrap().reads_zeros());
+    assert!(map.get(&rig.devices, 4200).unwrap().reads_zeros());
+    drop(map);
+    // As found: position 2 out of service (a fault too), one member in service lacking it.
+    let rig = Rig::new("mirror:3", 3);
+    broken_chain_with_a_lone_record(&rig, &options);
+    let mut degraded = rig.devices.clone();
+    degraded[2] = None;
+    let map = MapStore::open(&degraded, POOL, &rig.geometry, TIMELINE, &options)
+        .expect("a record on one member of two in service, whose chain breaks before it");
+    assert!(!map.get(&degraded, 2200).unwrap().reads_zeros());
+    assert!(map.get(&degraded, 4200).unwrap().reads_zeros());
+    drop(map);
+    // Every member in service holds it beyond a break they all have: the shown faults alone
+    // exceed the tolerance, nothing tells a cut commit from an acknowledged one: refused.
+    let rig = Rig::new("mirror:3", 3);
+    broken_chains(&rig, &options, 2);
+    let mut degraded = rig.devices.clone();
+    degraded[2] = None;
+    let refused = MapStore::open(&degraded, POOL, &rig.geometry, TIMELINE, &options)
+        .expect_err("a record every member in service holds may have been acknowledged");
+    assert!(refused.to_string().contains("does not follow"), "{refused}");
+}
+
 /// A member's chain broken at record 1 of the last round, record 2 on that member alone (the
 /// case of seed 80616); the history's map is dropped (a power cut).
 fn broken_chain_with_a_lone_record(rig: &Rig, options: &MapOptions) {

@@ -251,3 +251,16 @@ fn v4_seed_50017_replay() {
 fn v4_seed_80616_replay() {
     replay_kept("80616");
 }
+
+/// Seed 1800030 (mirror:3, found by `simulate --format 4 --seed 1800001`): d0 silently lost
+/// log record 19 (a misdirected write), position 2 was out of service (its replacement being
+/// filled), and a power cut inside commit 21 left record 21 on d0 alone. The open refused it
+/// as "beyond the chain": one member of two in service lacking it is within a count of
+/// lacking members alone (which can never exceed a mirror's tolerance), though the position
+/// out of service and d0's own broken chain are faults the disks show whatever record 21
+/// was, and with d1 lacking it too an acknowledged 21 needs three faults (docs/FORMAT.md
+/// V4.8, step 3a).
+#[test]
+fn v4_seed_1800030_replay() {
+    replay_kept("1800030");
+}

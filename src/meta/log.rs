@@ -215,6 +215,9 @@ pub struct Replay {
     pub lagging: Vec<DeviceIndex>,
     /// Valid records of the timeline above the chain's end: `(member, half, offset, sequence)`.
     pub beyond: Vec<(DeviceIndex, u8, u64, u64)>,
+    /// Each member's own chain, by sequence (to tell whether a holder of a record beyond the
+    /// winner's chain reaches it through its own chain).
+    pub own_chains: Vec<(DeviceIndex, Vec<u64>)>,
     /// Bytes read from the log areas, per member in service.
     pub bytes_read: Vec<(DeviceIndex, u64)>,
     /// The highest sequence of any valid record of the pool in any timeline, on any member (a
@@ -355,6 +358,7 @@ pub fn replay(
     type Best = (DeviceIndex, Vec<ChainRecord>, LogPosition, [Vec<u8>; 2]);
     let mut best: Option<Best> = None;
     let mut lengths = Vec::new();
+    let mut own_chains = Vec::new();
     let mut bytes_read = Vec::new();
     let mut all_valid = Vec::new();
     let mut highest_sequence = 0;
@@ -372,6 +376,10 @@ pub fn replay(
             into_other_half,
         );
         lengths.push((DeviceIndex(index), chain.len()));
+        own_chains.push((
+            DeviceIndex(index),
+            chain.iter().map(|c| c.record.sequence).collect(),
+        ));
         let mut valid = valid_records(&halves, pool, width);
         for (_, _, sequence, _) in &valid {
             highest_sequence = highest_sequence.max(*sequence);
@@ -396,6 +404,7 @@ pub fn replay(
             winner: None,
             lagging: Vec::new(),
             beyond: Vec::new(),
+            own_chains,
             bytes_read,
             highest_sequence,
             winner_halves: [Vec::new(), Vec::new()],
@@ -421,6 +430,7 @@ pub fn replay(
         winner: Some(winner),
         lagging,
         beyond,
+        own_chains,
         bytes_read,
         highest_sequence,
         winner_halves,

@@ -1684,7 +1684,19 @@ impl MapStore {
         // A record beyond the chain that too few members in service hold cannot have been
         // acknowledged (docs/FORMAT.md V4.8, "Recovery at open", step 3a): it is passed over,
         // and the next commit writes over it. Any other refuses the open.
+        //
+        // Had it been acknowledged, each member in service lacking it lost it silently, and
+        // that comes on top of the faults the disks already show whatever the record was:
+        // positions out of service, and holders whose own chain does not reach it (a record
+        // is written only once the one before it is flushed on every member in service, so
+        // such a holder lost one it had flushed). When the shown faults are within the
+        // tolerance and the lacking members take the sum beyond it, only a cut commit fits
+        // within the tolerance (simulation seed 1800030: mirror:3 with one position out of
+        // service, the lone holder's chain broken; the count of lacking members alone can
+        // never exceed a mirror's tolerance). Beyond the tolerance already, the lacking
+        // members alone decide, as before.
         let in_service = devices.iter().filter(|d| d.is_some()).count();
+        let out_of_service = devices.len() - in_service;
         let holding = |sequence: u64| {
             let mut members: Vec<usize> = replay
                 .beyond
@@ -1694,10 +1706,22 @@ impl MapStore {
                 .collect();
             members.sort_unstable();
             members.dedup();
-            members.len()
+            members
         };
-        let unacknowledged =
-            |sequence: u64| in_service.saturating_sub(holding(sequence)) > geometry.tolerance();
+        let reaches = |member: usize, sequence: u64| {
+            replay
+                .own_chains
+                .iter()
+                .any(|(m, chain)| m.0 == member && chain.contains(&sequence))
+        };
+        let unacknowledged = |sequence: u64| {
+            let holders = holding(sequence);
+            let tolerance = geometry.tolerance();
+            let lacking = in_service.saturating_sub(holders.len());
+            let broken = holders.iter().filter(|&&m| !reaches(m, sequence)).count();
+            let shown = out_of_service + broken;
+            lacking > tolerance || (shown <= tolerance && shown + lacking > tolerance)
+        };
         let refused = replay.beyond.iter().find(|b| !unacknowledged(b.3));
         if let Some(dropped) = replay.beyond.first().filter(|_| refused.is_none()) {
             tracing::warn!(
