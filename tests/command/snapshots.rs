@@ -296,6 +296,11 @@ fn status_metrics_and_check_show_the_recovery_points_and_the_newest_ones_age() {
     let fresh = run(&["check", d0, "--snapshot-max-age", "1h"], None);
     assert_eq!(fresh.status.code(), Some(0), "{}", text(&fresh.stdout));
     assert!(text(&fresh.stdout).contains("recovery_points=1"));
+    assert!(
+        text(&fresh.stdout).contains(" recovery_points_held=0B;;;0;"),
+        "{}",
+        text(&fresh.stdout)
+    );
     std::thread::sleep(std::time::Duration::from_millis(2100));
     let old = run(&["check", d0, "--snapshot-max-age", "1s"], None);
     assert_eq!(old.status.code(), Some(1), "{}", text(&old.stdout));

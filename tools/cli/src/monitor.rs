@@ -209,9 +209,12 @@ pub fn judge(status: &PoolStatus, now_unix_secs: u64, limits: Limits) -> Verdict
         .filter(|p| p.count > 0 || !p.deleting.is_empty())
     {
         perfdata.push_str(&format!(
-            " recovery_points={};;;0; recovery_points_deleting={};;;0; newest_recovery_point_age={}s",
+            " recovery_points={};;;0; recovery_points_deleting={};;;0;{} newest_recovery_point_age={}s",
             points.count,
             points.deleting.len(),
+            points
+                .held_data_bytes
+                .map_or_else(String::new, |b| format!(" recovery_points_held={b}B;;;0;")),
             points.newest_created.map_or_else(
                 || "U".to_string(),
                 |c| now_unix_secs.saturating_sub(c).to_string()
