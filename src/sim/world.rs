@@ -471,7 +471,7 @@ impl<'a> World<'a> {
         if let Some(first) = outcomes
             .iter()
             .position(|o| matches!(o, Err(Error::NoFreeSlot(_))))
-            .filter(|_| !self.points.is_empty())
+            .filter(|_| self.room_can_be_made())
         {
             for (i, (offset, data)) in planned.iter().enumerate().skip(first) {
                 outcomes[i] = self.with_room(|pool| pool.write_at(*offset, data));
@@ -676,7 +676,7 @@ impl<'a> World<'a> {
         if let Some(first) = outcomes
             .iter()
             .position(|o| matches!(o, Err(Error::NoFreeSlot(_))))
-            .filter(|_| !self.points.is_empty())
+            .filter(|_| self.room_can_be_made())
         {
             for (i, (offset, data)) in writes.iter().enumerate().skip(first) {
                 outcomes[i] = self.with_room(|pool| pool.write_at(*offset, data));

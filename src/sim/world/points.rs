@@ -51,6 +51,12 @@ impl World<'_> {
         }
     }
 
+    /// Whether [`World::with_room`] can make room: recovery points to delete, or deletes
+    /// asked for whose space has not come back yet.
+    pub(super) fn room_can_be_made(&self) -> bool {
+        !self.points.is_empty() || self.pool.as_ref().is_some_and(|p| !p.deletes().is_empty())
+    }
+
     /// Run `request`; while it is refused for want of room and recovery points are kept,
     /// make room as an operator would (delete the oldest, releasing it first if held) and run
     /// it again. What recovery points hold cannot be reclaimed until they are deleted
