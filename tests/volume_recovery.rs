@@ -1740,3 +1740,39 @@ fn a_live_count_that_ignores_trims_is_caught() {
     let e = rig.usage().unwrap_err();
     assert!(e.contains("its count says"), "{e}");
 }
+
+/// A pool made before the live count was kept (docs/FORMAT.md V4.10f: its uberblocks have
+/// byte 224 at 0) opens, goes on and never starts counting: the live count and a new
+/// recovery point's referenced blocks are unknown (`None`, shown as `-`), the recount of every
+/// tree is clean, and every uberblock it writes keeps byte 224 at 0, so the builds before it
+/// (which knew only zeros there) can still read them.
+#[test]
+fn a_pool_made_before_the_live_count_opens_and_leaves_it_unknown() {
+    let mut rig = Rig::new("rs:4+2", 6, options());
+    fill(&mut rig, 64).unwrap();
+    rig.sync().unwrap();
+    rig.volume = None;
+    let devices = rig.members.devices.clone();
+    let rings = stripestore::meta::Rings::read(&devices, &rig.geometry, POOL).unwrap();
+    let (newest, _) = rings.newest(TIMELINE).unwrap().unwrap();
+    assert!(newest.live_blocks.is_some(), "this build counts from create");
+    let older = stripestore::format::v4::Uberblock {
+        live_blocks: None,
+        ..newest
+    };
+    assert_eq!(older.encode()[216..225], [0u8; 9]);
+    assert!(stripestore::meta::write_uberblock(&devices, &rig.geometry, &older).is_empty());
+    rig.reopen().unwrap();
+    assert_eq!(rig.volume().map().live_blocks(), None);
+    scatter(&mut rig, 30, &mut Lcg(0x01d)).unwrap();
+    rig.point("later").unwrap();
+    let listed = rig.volume().recovery_points();
+    assert_eq!(listed[0].referenced, None);
+    rig.usage().unwrap();
+    rig.volume = None;
+    let rings = stripestore::meta::Rings::read(&devices, &rig.geometry, POOL).unwrap();
+    let (newest, _) = rings.newest(TIMELINE).unwrap().unwrap();
+    assert!(newest.txg > older.txg);
+    assert_eq!(newest.live_blocks, None);
+    assert_eq!(newest.encode()[216..225], [0u8; 9]);
+}
