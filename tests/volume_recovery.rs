@@ -1656,7 +1656,8 @@ fn a_hold_rule_that_ignores_the_cursor_is_caught() {
     assert!(e.contains("blocks counted") || e.contains("usage"), "{e}");
 }
 
-/// A power cut after 1, 2, … device operations of a delete run a leaf at a time with writes
+/// A power cut after 1, 2, … 64 device operations, then more sparsely (the step grows by one
+/// every 64), of a delete run a leaf at a time with writes
 /// between the steps (the head's delete and the oldest's by turns): after the crash the
 /// recovery point is whole, asked for (unseen; its remaining steps run), or gone; every
 /// block reads back exactly, the recount is clean and the usage table counts exactly the
@@ -1755,7 +1756,10 @@ fn a_pool_made_before_the_live_count_opens_and_leaves_it_unknown() {
     let devices = rig.members.devices.clone();
     let rings = stripestore::meta::Rings::read(&devices, &rig.geometry, POOL).unwrap();
     let (newest, _) = rings.newest(TIMELINE).unwrap().unwrap();
-    assert!(newest.live_blocks.is_some(), "this build counts from create");
+    assert!(
+        newest.live_blocks.is_some(),
+        "this build counts from create"
+    );
     let older = stripestore::format::v4::Uberblock {
         live_blocks: None,
         ..newest
