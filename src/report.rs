@@ -126,10 +126,22 @@ impl fmt::Display for PoolStatus {
             )?;
         }
         writeln!(f, "config:\n")?;
+        // A DOMAIN column in pools with failure domains.
+        let domains = self
+            .devices
+            .iter()
+            .chain(&self.spares)
+            .any(|d| d.domain.is_some());
         writeln!(
             f,
-            "\t{:<40} {:<8} {:>5} {:>5} {:>5} {:>8}",
-            "NAME", "STATE", "READ", "WRITE", "CKSUM", "REPAIRED"
+            "\t{:<40} {:<8} {:>5} {:>5} {:>5} {:>8}{}",
+            "NAME",
+            "STATE",
+            "READ",
+            "WRITE",
+            "CKSUM",
+            "REPAIRED",
+            if domains { "  DOMAIN" } else { "" }
         )?;
         writeln!(f, "\t{:<40} {:<8}", self.layout, self.health.to_string())?;
         let line = |f: &mut fmt::Formatter<'_>, d: &DeviceStatus| {
@@ -140,13 +152,18 @@ impl fmt::Display for PoolStatus {
             };
             writeln!(
                 f,
-                "\t  {:<38} {:<10} {:>5} {:>5} {:>5} {:>8}{}",
+                "\t  {:<38} {:<10} {:>5} {:>5} {:>5} {:>8}{}{}",
                 name,
                 d.state,
                 d.read_errors,
                 d.write_errors,
                 d.checksum_errors,
                 d.repaired_chunks,
+                match (&d.domain, domains) {
+                    (Some(domain), _) => format!("  {domain}"),
+                    (None, true) => "  -".to_string(),
+                    (None, false) => String::new(),
+                },
                 d.reason
                     .as_ref()
                     .map(|r| format!("  ({r})"))

@@ -162,7 +162,8 @@ fn spare_add(pool: &PoolRef, request: &Request<'_>) -> Result<String, Response> 
     let handle = files
         .open_device(&device, Some(pool.device_bytes()))
         .map_err(refused)?;
-    pool.add_spare(handle, flag(request, "force"))
+    let domain = param(request, "domain").filter(|d| !d.is_empty());
+    pool.add_spare(handle, flag(request, "force"), domain.as_deref())
         .map_err(refused)?;
     files.keep();
     Ok(format!("{}: added as a spare\n", device.display()))

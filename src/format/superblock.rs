@@ -67,6 +67,10 @@ pub struct MapParams {
     /// FORMAT.md V4.10e): written on every member before the first is asked for.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub paced_deletes: bool,
+    /// Members and spares carry failure domains (docs/FORMAT.md V4.16): written at create,
+    /// so that a build that would attach a spare ignoring them refuses the pool by name.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub failure_domains: bool,
 }
 
 impl MapParams {
@@ -191,6 +195,9 @@ pub struct Member {
     pub state: MemberState,
     /// Last known path (a hint for finding it again; identity is the UUID).
     pub path: String,
+    /// Its failure domain (docs/FORMAT.md V4.16): a host, a rack; absent in pools without.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
 }
 
 /// The superblock contents.
@@ -386,6 +393,7 @@ mod tests {
                 role: Role::Data { index: 0 },
                 state: MemberState::Online,
                 path: "/dev/x".into(),
+                domain: None,
             }],
             created_unix_secs: 1,
             scrub: super::super::ScrubRecord::default(),
@@ -419,6 +427,7 @@ mod tests {
             received_streams: false,
             referenced_counts: false,
             paced_deletes: false,
+            failure_domains: false,
         }
     }
 
@@ -614,6 +623,7 @@ mod tests {
                     reason: "r".repeat(200),
                 },
                 path: format!("/dev/disk/by-id/{}-{i}", "x".repeat(120)),
+                domain: None,
             })
             .collect();
         let without = serde_json::to_vec(&sb).unwrap().len();

@@ -10,8 +10,10 @@
 //! each row is rotated by its row number so parity moves across devices. Mirror and raid10 use
 //! one row per slot without rotation so raid10's mirror groups stay fixed pairs of devices.
 
+mod domains;
 mod layout;
 
+pub use domains::{check_domain_name, check_domains, DOMAIN_NAME_MAX};
 pub use layout::Layout;
 
 use crate::error::{Error, Result};

@@ -45,6 +45,63 @@ impl PoolInner {
             .then(|| "a spare".to_string())
     }
 
+    /// Whether a spare of failure domain `domain` fits this pool: a domain exactly when the
+    /// members have them, and a good name.
+    fn check_spare_domain(&self, domain: Option<&str>) -> Result<()> {
+        let with_domains = self.has_domains();
+        match domain {
+            Some(name) if with_domains => {
+                crate::geometry::check_domain_name(name).map_err(Error::InvalidConfig)
+            }
+            Some(name) => Err(Error::InvalidConfig(format!(
+                "failure domain {name:?} for a spare of a pool without failure domains"
+            ))),
+            None if with_domains => Err(Error::InvalidConfig(
+                "this pool's members have failure domains: give the spare one (--domain)".into(),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the pool's members carry failure domains.
+    pub(crate) fn has_domains(&self) -> bool {
+        self.members
+            .data
+            .iter()
+            .any(|m| m.identity().domain.is_some())
+    }
+
+    /// Whether data position `index` may be served by a device of failure domain `domain`,
+    /// the other positions keeping theirs (docs/FORMAT.md V4.16, section 2); always in a pool
+    /// without domains.
+    ///
+    /// # Errors
+    /// The rule's message, or that the device has no domain.
+    pub(crate) fn domain_allows(&self, index: DeviceIndex, domain: Option<&str>) -> Result<()> {
+        if !self.has_domains() {
+            return Ok(());
+        }
+        let Some(domain) = domain else {
+            return Err(Error::InvalidConfig(format!(
+                "data position {} needs a device with a failure domain",
+                index.0
+            )));
+        };
+        let identities: Vec<Identity> = self.members.data.iter().map(|m| m.identity()).collect();
+        let domains: Vec<&str> = identities
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                if i == index.0 {
+                    domain
+                } else {
+                    id.domain.as_deref().unwrap_or("")
+                }
+            })
+            .collect();
+        crate::geometry::check_domains(&self.geometry, &domains).map_err(Error::InvalidConfig)
+    }
+
     /// Check a device about to be labelled as a new member, spare or relabelled member: one
     /// that serves this pool in any role is refused always; another pool's superblock or a
     /// foreign signature (filesystem, partition table ...) is refused unless forced.
@@ -127,7 +184,19 @@ impl Pool {
     /// [`Error::DeviceInUse`] / [`Error::ForeignSignature`] if it holds a stripestore
     /// superblock or another known signature and `force` is false; [`Error::DeviceTooSmall`].
     pub fn add_spare(&self, device: SharedDevice, force: bool) -> Result<()> {
-        self.inner.add_spare(device, force)
+        self.inner.add_spare(device, force, None)
+    }
+
+    /// [`Pool::add_spare`] in failure domain `domain` (docs/FORMAT.md V4.16): needed, and only
+    /// allowed, in a pool whose members have domains. Automatic replacement attaches a spare
+    /// only where its domain keeps the placement rule.
+    ///
+    /// # Errors
+    /// As [`Pool::add_spare`]; [`Error::InvalidConfig`] for a bad name, or a domain given to a
+    /// pool without domains (or none to a pool with them).
+    pub fn add_spare_in(&self, device: SharedDevice, force: bool, domain: &str) -> Result<()> {
+        self.inner
+            .add_spare(device, force, Some(domain.to_string()))
     }
 
     /// Remove spare `name` (its recorded path or UUID) from the pool: the superblocks stop
@@ -246,9 +315,11 @@ impl PoolInner {
         let index = self.member_index(old)?;
         self.check_new_device(&device, force)?;
         self.before_event("replace");
+        // A new disk in the old one's place: the same failure domain.
         let identity = Identity {
             uuid: PoolUuid::random(),
             path: device.name(),
+            domain: self.members.get(index).identity().domain,
         };
         self.note(
             EventKind::Replace,
@@ -262,6 +333,14 @@ impl PoolInner {
     pub(crate) fn replace_with_spare(&self, old: &str, spare: &str) -> Result<()> {
         self.writable("replace")?;
         let index = self.member_index(old)?;
+        if let Some(chosen) = self
+            .members
+            .spares()
+            .into_iter()
+            .find(|s| s.identity.is_named(spare))
+        {
+            self.domain_allows(index, chosen.identity.domain.as_deref())?;
+        }
         self.before_event("replace");
         let (identity, device) = self
             .members
@@ -325,6 +404,7 @@ impl PoolInner {
         let identity = Identity {
             uuid: PoolUuid::random(),
             path: device.name(),
+            domain: member.identity().domain,
         };
         self.note(
             EventKind::Online,
@@ -335,8 +415,14 @@ impl PoolInner {
     }
 
     /// See [`Pool::add_spare`].
-    pub(crate) fn add_spare(&self, device: SharedDevice, force: bool) -> Result<()> {
+    pub(crate) fn add_spare(
+        &self,
+        device: SharedDevice,
+        force: bool,
+        domain: Option<String>,
+    ) -> Result<()> {
         self.writable("spare add")?;
+        self.check_spare_domain(domain.as_deref())?;
         self.check_new_device(&device, force)?;
         if device.size() < self.geometry.device_bytes {
             return Err(Error::DeviceTooSmall {
@@ -348,6 +434,7 @@ impl PoolInner {
         let identity = Identity {
             uuid: PoolUuid::random(),
             path: device.name(),
+            domain,
         };
         self.members.push_spare(Spare {
             identity: identity.clone(),
@@ -482,6 +569,7 @@ impl PoolInner {
             Identity {
                 uuid: PoolUuid::random(),
                 path: device.name(),
+                domain: identity.domain.clone(),
             },
             device,
             false,

@@ -195,8 +195,15 @@ impl PoolRef {
     ///
     /// # Errors
     /// As [`Pool::add_spare`](super::Pool::add_spare).
-    pub fn add_spare(&self, device: crate::device::SharedDevice, force: bool) -> Result<()> {
-        self.inner.add_spare(device, force)
+    /// With `domain`, as [`Pool::add_spare_in`](super::Pool::add_spare_in).
+    pub fn add_spare(
+        &self,
+        device: crate::device::SharedDevice,
+        force: bool,
+        domain: Option<&str>,
+    ) -> Result<()> {
+        self.inner
+            .add_spare(device, force, domain.map(str::to_string))
     }
 
     /// As [`Pool::remove_spare`](super::Pool::remove_spare).

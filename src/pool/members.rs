@@ -63,6 +63,8 @@ pub struct Identity {
     pub uuid: PoolUuid,
     /// Last known path or name.
     pub path: String,
+    /// Its failure domain, in pools that have them (docs/FORMAT.md V4.16).
+    pub domain: Option<String>,
 }
 
 impl Identity {
@@ -190,6 +192,7 @@ impl MemberDevice {
             identity: RwLock::new(Identity {
                 uuid: member.uuid,
                 path: member.path.clone(),
+                domain: member.domain.clone(),
             }),
             online: AtomicBool::new(reason.is_none()),
             device: RwLock::new(if reason.is_none() { device } else { None }),
@@ -254,6 +257,7 @@ impl MemberDevice {
                 (None, None) => MemberState::Online,
             },
             path: identity.path,
+            domain: identity.domain,
         }];
         if let Some(replacement) = self.replacement() {
             if replacement.complete.load(Ordering::Acquire) {
@@ -267,6 +271,7 @@ impl MemberDevice {
                     },
                     state: MemberState::Online,
                     path: replacement.identity.path.clone(),
+                    domain: replacement.identity.domain.clone(),
                 }];
             }
             records.push(Member {
@@ -282,6 +287,7 @@ impl MemberDevice {
                     start_generation: replacement.start_generation,
                 },
                 path: replacement.identity.path.clone(),
+                domain: replacement.identity.domain.clone(),
             });
         }
         records
@@ -525,17 +531,7 @@ impl Members {
         self.spares.lock().clone()
     }
 
-    /// Take the first usable spare out of the spare list.
-    pub(crate) fn take_spare(&self) -> Option<(Identity, SharedDevice)> {
-        let mut spares = self.spares.lock();
-        let position = spares
-            .iter()
-            .position(|s| s.fault.is_none() && s.device.is_some())?;
-        let spare = spares.remove(position);
-        Some((spare.identity, spare.device?))
-    }
-
-    /// Take the spare with this identity out of the spare list, if it is there and usable.
+    /// Take the first usable spare `matches` accepts out of the spare list.
     pub(crate) fn take_spare_by(
         &self,
         matches: impl Fn(&Identity) -> bool,
@@ -543,7 +539,7 @@ impl Members {
         let mut spares = self.spares.lock();
         let position = spares
             .iter()
-            .position(|s| matches(&s.identity) && s.fault.is_none())?;
+            .position(|s| matches(&s.identity) && s.fault.is_none() && s.device.is_some())?;
         let spare = spares.remove(position);
         Some((spare.identity, spare.device?))
     }
@@ -999,6 +995,7 @@ impl Members {
                     None => MemberState::Online,
                 },
                 path: s.identity.path.clone(),
+                domain: s.identity.domain.clone(),
             }))
             .collect();
         let mut devices: Vec<(PoolUuid, SharedDevice)> = Vec::new();

@@ -121,6 +121,9 @@ pub struct CreateOptions {
     pub format: FormatVersion,
     /// Options that also apply when opening.
     pub open: OpenOptions,
+    /// Failure domains (docs/FORMAT.md V4.16): empty, or one per data device (in order) then
+    /// one per spare; create refuses a set whose loss of one domain would lose data.
+    pub domains: Vec<String>,
 }
 
 impl CreateOptions {
@@ -135,6 +138,7 @@ impl CreateOptions {
             force: false,
             format: FormatVersion::default(),
             open: OpenOptions::default(),
+            domains: Vec::new(),
         }
     }
 }

@@ -212,17 +212,20 @@ pub(super) fn create(
             (geometry, Some(fitted))
         }
     };
+    let domains = create_domains(&geometry, fitted.is_some(), spares.len(), options)?;
     let uuid = PoolUuid::random();
     let member_records: Vec<Member> = devices
         .iter()
         .enumerate()
         .map(|(index, d)| (Role::Data { index }, d))
         .chain(spares.iter().map(|d| (Role::Spare, d)))
-        .map(|(role, device)| Member {
+        .enumerate()
+        .map(|(i, (role, device))| Member {
             uuid: PoolUuid::random(),
             role,
             state: MemberState::Online,
             path: device.name(),
+            domain: domains.get(i).cloned(),
         })
         .collect();
     let template = Superblock {
@@ -249,6 +252,10 @@ pub(super) fn create(
             let present: Vec<Option<SharedDevice>> = devices.iter().cloned().map(Some).collect();
             let (volume, params) =
                 super::rows::create(&present, uuid, &geometry, v4, &options.open)?;
+            let params = crate::format::MapParams {
+                failure_domains: !domains.is_empty(),
+                ..params
+            };
             let template = Superblock {
                 volume_bytes: volume.volume_bytes(),
                 checksum_bytes: Some(crate::volume::BLOCK_BYTES as u64),
@@ -269,6 +276,7 @@ pub(super) fn create(
                 identity: Identity {
                     uuid: record.uuid,
                     path: record.path.clone(),
+                    domain: record.domain.clone(),
                 },
                 device: Some(device),
                 fault: None,
@@ -695,6 +703,42 @@ impl std::fmt::Display for Relocated {
     }
 }
 
+/// The failure domains `options` give (none, or one per data device then one per spare),
+/// checked before anything is written: names, all or none, version 4 only, and the placement
+/// rule (docs/FORMAT.md V4.16, section 2).
+fn create_domains(
+    geometry: &Geometry,
+    v4: bool,
+    spares: usize,
+    options: &CreateOptions,
+) -> Result<Vec<String>> {
+    let domains = &options.domains;
+    if domains.is_empty() {
+        return Ok(Vec::new());
+    }
+    let bad = |why: String| Err(Error::InvalidConfig(why));
+    if !v4 {
+        return bad("failure domains need format version 4".into());
+    }
+    if domains.len() != geometry.devices + spares {
+        return bad(format!(
+            "failure domains: {} given for {} data devices and {spares} spares (every device \
+             needs one, or none does)",
+            domains.len(),
+            geometry.devices
+        ));
+    }
+    for name in domains {
+        crate::geometry::check_domain_name(name).map_err(Error::InvalidConfig)?;
+    }
+    let data: Vec<&str> = domains[..geometry.devices]
+        .iter()
+        .map(String::as_str)
+        .collect();
+    crate::geometry::check_domains(geometry, &data).map_err(Error::InvalidConfig)?;
+    Ok(domains.clone())
+}
+
 /// `record` with its path replaced by where `device` is, if that is elsewhere (noted in
 /// `relocated`).
 fn located(
@@ -795,6 +839,7 @@ fn assemble(
         let identity = Identity {
             uuid: record.uuid,
             path: record.path.clone(),
+            domain: record.domain.clone(),
         };
         match (record.role, &record.state) {
             (Role::Data { index }, MemberState::Rebuilding { .. }) => {

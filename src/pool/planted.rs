@@ -50,6 +50,10 @@ pub struct PlantedBugs {
     /// line's head, so blocks the live volume drops where the delete has passed stay held
     /// (a leak; docs/FORMAT.md V4.10e).
     pub delete_cursor_ignored: bool,
+    /// Automatic replacement takes the first usable spare whatever its failure domain (read
+    /// by the spare assignment; docs/FORMAT.md V4.16), so a domain can end up holding more
+    /// of a stripe than the layout tolerates.
+    pub domains_ignored: bool,
 }
 
 impl PlantedBugs {
@@ -68,5 +72,6 @@ impl PlantedBugs {
             || self.abort_keeps_blocks
             || self.receive_reads_live
             || self.delete_cursor_ignored
+            || self.domains_ignored
     }
 }

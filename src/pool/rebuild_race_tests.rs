@@ -94,6 +94,7 @@ fn abandoned_then_reattached_replacement_is_not_swapped_in_unfilled() {
                 Identity {
                     uuid: crate::format::PoolUuid::random(),
                     path: "r2".into(),
+                    domain: None,
                 },
                 r2_hook as SharedDevice,
                 false,

@@ -131,8 +131,22 @@ impl PoolInner {
             if member.replacement().is_some() {
                 continue;
             }
-            let Some((identity, device)) = self.members.take_spare() else {
-                return;
+            // Only a spare whose failure domain keeps the placement rule there.
+            let Some((identity, device)) = self.members.take_spare_by(|id| {
+                #[cfg(feature = "testing")]
+                if self.members.planted().domains_ignored {
+                    return true;
+                }
+                self.domain_allows(member.index, id.domain.as_deref())
+                    .is_ok()
+            }) else {
+                if !self.members.spares().is_empty() && self.has_domains() {
+                    tracing::warn!(
+                        index = member.index.0,
+                        "no spare in a failure domain that keeps the placement rule"
+                    );
+                }
+                continue;
             };
             // A rebuild onto a spare is an event a policy may take a recovery point before.
             self.before_event("rebuild");

@@ -386,6 +386,7 @@ pub(crate) fn create(
         // The map counts from its first uberblock (docs/FORMAT.md V4.10f).
         referenced_counts: true,
         paced_deletes: false,
+        failure_domains: false,
     };
     Ok((volume, params))
 }

@@ -43,6 +43,9 @@ pub struct DeviceStatus {
     pub repaired_chunks: u64,
     /// For a device being rebuilt: the device it replaces.
     pub replacing: Option<String>,
+    /// Its failure domain (pools with domains only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
 }
 
 /// A snapshot of the pool.
@@ -191,6 +194,7 @@ impl PoolInner {
                 checksum_errors,
                 repaired_chunks,
                 replacing: None,
+                domain: identity.domain,
             });
             if let Some(replacement) = member.replacement() {
                 devices.push(DeviceStatus {
@@ -204,6 +208,7 @@ impl PoolInner {
                     checksum_errors: 0,
                     repaired_chunks: 0,
                     replacing: Some(member.path()),
+                    domain: replacement.identity.domain.clone(),
                 });
             }
         }
@@ -239,6 +244,7 @@ impl PoolInner {
                 checksum_errors: 0,
                 repaired_chunks: 0,
                 replacing: None,
+                domain: spare.identity.domain,
             })
             .collect();
         let recovery_points = self.rows().map(|rows| {

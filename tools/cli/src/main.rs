@@ -78,6 +78,9 @@ enum SpareAction {
         /// The new spare.
         #[arg(long = "device")]
         device: PathBuf,
+        /// Its failure domain (a host, a rack): needed in a pool whose members have domains.
+        #[arg(long)]
+        domain: Option<String>,
         /// Use it even if it holds another pool's superblock, a filesystem, a partition table
         /// or another known signature.
         #[arg(long)]
@@ -136,6 +139,11 @@ enum Command {
         /// table or another known signature.
         #[arg(long)]
         force: bool,
+        /// Failure domain NAME:PATH[,PATH...] (repeatable): the devices (data and spares) of
+        /// one host or rack. Give every device a domain, or none; create refuses a set where
+        /// losing one domain would lose data (e.g. rs:4+2 needs at most 2 members per domain).
+        #[arg(long = "domain", value_name = "NAME:PATH,PATH")]
+        domains: Vec<String>,
         /// Data devices, in layout order.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
@@ -636,14 +644,15 @@ fn execute(command: Command) -> CliResult {
             checksum_size,
             format,
             force,
+            domains,
             paths,
         } => create(
             layout,
             spares,
             device_size,
             (chunk_size, checksum_size),
-            format == "4",
-            force,
+            (format == "4", force),
+            &domains,
             paths,
         ),
         Command::Status {
@@ -809,13 +818,17 @@ fn execute(command: Command) -> CliResult {
                 SpareAction::Add {
                     url: Some(url),
                     device,
+                    domain,
                     force,
                     ..
                 },
         } => remote::admin(
             &url,
             "/spare/add",
-            &[("device", Some(remote::absolute(&device)))],
+            &[
+                ("device", Some(remote::absolute(&device))),
+                ("domain", domain),
+            ],
             force,
         ),
         Command::Spare {
@@ -823,10 +836,11 @@ fn execute(command: Command) -> CliResult {
                 SpareAction::Add {
                     pool,
                     device,
+                    domain,
                     force,
                     ..
                 },
-        } => spare_add(&pool, &device, force),
+        } => spare_add(&pool, &device, force, domain.as_deref()),
         Command::Spare {
             action: SpareAction::Remove { args, url },
         } => match (pool_and_name(args, url.is_some())?, url) {
@@ -1013,8 +1027,8 @@ fn create(
     spares: Vec<PathBuf>,
     device_size: Option<u64>,
     (chunk_size, checksum_size): (u64, u64),
-    v4: bool,
-    force: bool,
+    (v4, force): (bool, bool),
+    domains: &[String],
     paths: Vec<PathBuf>,
 ) -> CliResult {
     if v4 && checksum_size != 4096 {
@@ -1041,6 +1055,7 @@ fn create(
     options.checksum_bytes = checksum_size;
     options.device_bytes = device_size;
     options.force = force;
+    options.domains = domains_of(domains, &paths, &spares)?;
     options.open.map_cache_bytes = map_cache_bytes();
     options.format = if v4 {
         stripestore::pool::FormatVersion::V4(stripestore::pool::V4Options::default())
@@ -1201,13 +1216,59 @@ fn online(
     Ok(())
 }
 
+/// `--domain NAME:PATH,PATH` arguments as one domain per device: the data `paths` in order,
+/// then the `spares` (none at all when no `--domain` is given). Every device must be named
+/// exactly once, as it is given on the command line.
+fn domains_of(
+    args: &[String],
+    paths: &[PathBuf],
+    spares: &[PathBuf],
+) -> Result<Vec<String>, String> {
+    if args.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut of: std::collections::BTreeMap<String, String> = Default::default();
+    for arg in args {
+        let (name, devices) = arg
+            .split_once(':')
+            .ok_or_else(|| format!("--domain {arg:?}: expected NAME:PATH[,PATH...]"))?;
+        for device in devices.split(',').filter(|d| !d.is_empty()) {
+            if let Some(other) = of.insert(device.to_string(), name.to_string()) {
+                return Err(format!(
+                    "--domain: {device} is in two domains ({other} and {name})"
+                ));
+            }
+        }
+    }
+    let all: Vec<String> = paths
+        .iter()
+        .chain(spares)
+        .map(|p| p.display().to_string())
+        .collect();
+    if let Some(stray) = of.keys().find(|d| !all.contains(d)) {
+        return Err(format!(
+            "--domain names {stray}, which is not one of the devices given"
+        ));
+    }
+    all.iter()
+        .map(|d| {
+            of.get(d).cloned().ok_or_else(|| {
+                format!("--domain: {d} is in no domain (give every device one, or none)")
+            })
+        })
+        .collect()
+}
+
 /// `spare add`: the device at `device` as a spare of the pool.
-fn spare_add(pool: &[PathBuf], device: &Path, force: bool) -> CliResult {
+fn spare_add(pool: &[PathBuf], device: &Path, force: bool, domain: Option<&str>) -> CliResult {
     let pool = open_pool(pool)?;
     refuse_pool_device(&pool, device)?;
     let mut files = CreatedFiles::new();
     let handle = files.open_device(device, Some(pool.geometry().device_bytes))?;
-    pool.add_spare(handle, force)?;
+    match domain {
+        Some(domain) => pool.add_spare_in(handle, force, domain)?,
+        None => pool.add_spare(handle, force)?,
+    }
     files.keep();
     print!("{}", pool.status());
     pool.close()?;
