@@ -166,7 +166,13 @@ impl fmt::Display for PoolStatus {
                 },
                 d.reason
                     .as_ref()
-                    .map(|r| format!("  ({r})"))
+                    .map(|r| match (d.away_secs, d.grace_left_secs) {
+                        (Some(away), Some(left)) if d.state == "UNAVAILABLE" => format!(
+                            "  ({r}; away {away} s, faulted in {left} s unless it returns)"
+                        ),
+                        (Some(away), _) => format!("  ({r}; away {away} s)"),
+                        _ => format!("  ({r})"),
+                    })
                     .unwrap_or_default()
             )
         };

@@ -658,6 +658,7 @@ fn rebuild(
                 position,
                 from_segment: from,
                 old: None,
+                min_birth: 0,
             },
             &mut |progress| {
                 seen += 1;
@@ -1076,6 +1077,7 @@ fn a_16_tib_volume_on_sparse_files_scrubs_and_rebuilds_its_few_rows_in_proportio
                 position: 5,
                 from_segment: 0,
                 old: None,
+                min_birth: 0,
             },
             &mut |_| true,
         )
@@ -1121,6 +1123,7 @@ fn an_absent_member_is_counted_not_checked_and_refusals_come_before_any_io() {
                 position: members - 1,
                 from_segment: 0,
                 old: None,
+                min_birth: 0,
             },
             &mut |_| true,
         );
@@ -1281,6 +1284,7 @@ fn a_member_still_serving_is_a_source_of_its_own_rebuild() {
                 position: 0,
                 from_segment: 0,
                 old: None,
+                min_birth: 0,
             },
             &mut |_| true,
         )
@@ -1296,6 +1300,7 @@ fn a_member_still_serving_is_a_source_of_its_own_rebuild() {
                 position: 0,
                 from_segment: 0,
                 old: rig.devices[0].clone(),
+                min_birth: 0,
             },
             &mut |_| true,
         )

@@ -628,6 +628,9 @@ impl Device for FaultyDevice {
     fn name(&self) -> String {
         self.inner.name()
     }
+    fn is_unreachable(&self) -> bool {
+        self.inner.is_unreachable()
+    }
 }
 
 #[cfg(test)]
@@ -770,5 +773,8 @@ impl Device for PowerCut {
     }
     fn name(&self) -> String {
         self.inner.name()
+    }
+    fn is_unreachable(&self) -> bool {
+        self.inner.is_unreachable()
     }
 }

@@ -18,6 +18,7 @@ struct Images {
     /// Writes since the last flush, in issue order: (offset, bytes).
     unflushed: Vec<(u64, Vec<u8>)>,
     gone: bool,
+    unreachable: bool,
 }
 
 /// A RAM-backed device with crash simulation.
@@ -41,6 +42,7 @@ impl MemDevice {
                 durable: vec![0; len],
                 unflushed: Vec::new(),
                 gone: false,
+                unreachable: false,
             }),
         }
     }
@@ -74,6 +76,13 @@ impl MemDevice {
         }
         let durable = images.durable.clone();
         images.live = durable;
+    }
+
+    /// Make the device stop answering as a remote export does when its host is cut off
+    /// (every call fails with a timeout and [`Device::is_unreachable`] says so), or answer
+    /// again with its content as it was.
+    pub fn set_unreachable(&self, unreachable: bool) {
+        self.images.lock().unreachable = unreachable;
     }
 
     /// Make the device vanish (every call fails with `Gone`) or come back.
@@ -111,6 +120,13 @@ impl MemDevice {
         self.images.lock().live.clone()
     }
 
+    fn timed_out(&self) -> DeviceError {
+        DeviceError::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("{}: no answer (unreachable)", self.name),
+        ))
+    }
+
     fn range(&self, offset: u64, len: usize) -> Result<std::ops::Range<usize>, DeviceError> {
         let end = offset
             .checked_add(len as u64)
@@ -136,6 +152,9 @@ impl Device for MemDevice {
         if images.gone {
             return Err(DeviceError::Gone(format!("{} was removed", self.name)));
         }
+        if images.unreachable {
+            return Err(self.timed_out());
+        }
         buf.copy_from_slice(&images.live[range]);
         Ok(())
     }
@@ -145,6 +164,9 @@ impl Device for MemDevice {
         if images.gone {
             return Err(DeviceError::Gone(format!("{} was removed", self.name)));
         }
+        if images.unreachable {
+            return Err(self.timed_out());
+        }
         images.live[range].copy_from_slice(buf);
         images.unflushed.push((offset, buf.to_vec()));
         Ok(())
@@ -153,6 +175,9 @@ impl Device for MemDevice {
         let mut images = self.images.lock();
         if images.gone {
             return Err(DeviceError::Gone(format!("{} was removed", self.name)));
+        }
+        if images.unreachable {
+            return Err(self.timed_out());
         }
         let unflushed = std::mem::take(&mut images.unflushed);
         for (offset, bytes) in unflushed {
@@ -169,6 +194,9 @@ impl Device for MemDevice {
     }
     fn io_backend(&self) -> &'static str {
         "memory"
+    }
+    fn is_unreachable(&self) -> bool {
+        self.images.lock().unreachable
     }
 }
 

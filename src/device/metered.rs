@@ -137,6 +137,9 @@ impl Device for Metered {
     fn io_backend(&self) -> &'static str {
         self.inner.io_backend()
     }
+    fn is_unreachable(&self) -> bool {
+        self.inner.is_unreachable()
+    }
     // Observing only: batched io_uring requests go to the inner device and are counted here.
     fn as_uring(&self) -> Option<&super::UringDevice> {
         self.inner.as_uring()

@@ -72,6 +72,12 @@ pub trait Device: Send + Sync + fmt::Debug {
     fn io_backend(&self) -> &'static str {
         "other"
     }
+    /// Whether the device is known not to answer for now (a remote export whose connection is
+    /// down, timed out or refused), as opposed to failing (docs/FORMAT.md V4.16): the pool then
+    /// marks it unavailable rather than faulted. Decorators forward it.
+    fn is_unreachable(&self) -> bool {
+        false
+    }
     /// This device as an io_uring device, so [`run_batch`] can submit its requests together
     /// with other devices'. Decorators must keep the default (`None`): their requests have to go
     /// through their own `read_at`/`write_at`.

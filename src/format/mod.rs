@@ -17,4 +17,6 @@ pub use scrub::{
     DamagedRange, DeviceScrubCounters, ScrubCheckpoint, ScrubOutcome, ScrubRecord, ScrubSummary,
     ScrubTally, SegmentCursor, MAX_RECORDED_RANGES,
 };
-pub use superblock::{MapParams, Member, MemberState, PoolUuid, Role, Superblock, FORMAT_VERSION};
+pub use superblock::{
+    MapParams, Member, MemberState, PoolUuid, Role, Superblock, Unavailable, FORMAT_VERSION,
+};

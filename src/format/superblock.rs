@@ -171,6 +171,11 @@ pub enum MemberState {
         next_slot: u64,
         /// Stripes written at or after this generation were written to it directly.
         start_generation: u64,
+        /// Format version 4: a member that was away, resynced (docs/FORMAT.md V4.16): only
+        /// rows and pages born at or after this sequence are copied onto it. Absent for a
+        /// rebuild, and ignored by older builds (which copy everything: safe).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resync_from_sequence: Option<u64>,
     },
 }
 
@@ -198,6 +203,22 @@ pub struct Member {
     /// Its failure domain (docs/FORMAT.md V4.16): a host, a rack; absent in pools without.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
+    /// With state `faulted`: it stopped answering and is expected back (docs/FORMAT.md V4.16
+    /// §3, §7). Older builds ignore it and see a faulted member (they copy it in full).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<Unavailable>,
+}
+
+/// What the pool recorded when a member stopped answering (docs/FORMAT.md V4.16 §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unavailable {
+    /// Its content is exact for every row and page born before this sequence.
+    pub since_sequence: u64,
+    /// When it was marked (the grace period counts from here).
+    pub since_unix_secs: u64,
+    /// The superblock generation it had then: a device coming back with another is not
+    /// trusted to hold that content (copied in full).
+    pub generation: u64,
 }
 
 /// The superblock contents.
@@ -394,6 +415,7 @@ mod tests {
                 state: MemberState::Online,
                 path: "/dev/x".into(),
                 domain: None,
+                unavailable: None,
             }],
             created_unix_secs: 1,
             scrub: super::super::ScrubRecord::default(),
@@ -624,6 +646,7 @@ mod tests {
                 },
                 path: format!("/dev/disk/by-id/{}-{i}", "x".repeat(120)),
                 domain: None,
+                unavailable: None,
             })
             .collect();
         let without = serde_json::to_vec(&sb).unwrap().len();

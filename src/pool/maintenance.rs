@@ -252,6 +252,10 @@ impl RebuildTarget for PoolInner {
         PoolInner::assign_spares(self);
     }
 
+    fn watch_away(&self) {
+        PoolInner::watch_away(self);
+    }
+
     fn fill_of(&self, index: DeviceIndex) -> Option<Arc<Replacement>> {
         self.members.get(index).replacement()
     }

@@ -38,6 +38,13 @@ pub struct FaultPolicy {
     pub error_window: Duration,
     /// Record nothing on the devices (a read-only open).
     pub read_only: bool,
+    /// How long a member that stopped answering stays unavailable before it is faulted
+    /// (docs/FORMAT.md V4.16 §3).
+    pub unavailable_grace: Duration,
+    /// How long a member that answers again must go on answering before it is resynced.
+    pub returning_quiet: Duration,
+    /// Members may be marked unavailable (format version 4: resync by birth).
+    pub unavailable_allowed: bool,
     /// Protections switched off by a test (feature `testing`).
     #[cfg(feature = "testing")]
     pub planted: crate::pool::PlantedBugs,
@@ -116,6 +123,9 @@ pub struct Replacement {
     /// Format version 4: why a write or flush of the pool's own I/O failed on it (through
     /// the fill device, `fill.rs`); the rebuild abandons it before its next chunk.
     pub fill_failed: parking_lot::Mutex<Option<String>>,
+    /// Format version 4: the member itself come back after being away; only rows and pages
+    /// born at or after this sequence are copied (docs/FORMAT.md V4.16 §4).
+    pub resync_from: Option<u64>,
 }
 
 impl Replacement {
@@ -143,8 +153,31 @@ impl Replacement {
             complete: AtomicBool::new(false),
             lost_chunks: AtomicU64::new(0),
             fill_failed: parking_lot::Mutex::new(None),
+            resync_from: None,
         }
     }
+
+    /// The same, copying only what was born at or after `sequence` (`None`: everything).
+    #[must_use]
+    pub fn resyncing_from(self, sequence: Option<u64>) -> Self {
+        Self {
+            resync_from: sequence,
+            ..self
+        }
+    }
+}
+
+/// A member that stopped answering and is expected back (docs/FORMAT.md V4.16 §3, §7).
+#[derive(Debug, Clone)]
+pub struct Away {
+    /// What the superblocks record.
+    pub record: crate::format::Unavailable,
+    /// Its device, kept for probing (not in service); `None` when it was not found at open.
+    pub device: Option<SharedDevice>,
+    /// When the grace period ends (in this process; at least a minute after an open).
+    pub deadline: Instant,
+    /// When the probes began to succeed, if they do.
+    pub answering_since: Option<Instant>,
 }
 
 /// One data position of the layout.
@@ -160,6 +193,8 @@ pub struct MemberDevice {
     degraded: Mutex<Option<String>>,
     /// When its recent read/checksum errors happened (at most `error_threshold` kept).
     recent_errors: Mutex<VecDeque<Instant>>,
+    /// Away and expected back, if it is (out of service meanwhile).
+    away: Mutex<Option<Away>>,
     /// Error counters.
     pub errors: ErrorCounters,
     /// I/O counters and latencies of whichever device serves this position.
@@ -187,6 +222,7 @@ impl MemberDevice {
         };
         let io = Arc::new(crate::device::DeviceIo::default());
         let device = device.map(|device| crate::device::Metered::wrap(device, &io));
+        let kept = device.clone();
         Self {
             index: DeviceIndex(index),
             identity: RwLock::new(Identity {
@@ -196,6 +232,17 @@ impl MemberDevice {
             }),
             online: AtomicBool::new(reason.is_none()),
             device: RwLock::new(if reason.is_none() { device } else { None }),
+            away: Mutex::new(
+                member
+                    .unavailable
+                    .filter(|_| matches!(member.state, MemberState::Faulted { .. }))
+                    .map(|record| Away {
+                        record,
+                        device: kept,
+                        deadline: Instant::now(),
+                        answering_since: None,
+                    }),
+            ),
             fault_reason: Mutex::new(reason),
             degraded: Mutex::new(degraded),
             recent_errors: Mutex::new(VecDeque::new()),
@@ -213,6 +260,11 @@ impl MemberDevice {
     #[must_use]
     pub fn fault_reason(&self) -> Option<String> {
         self.fault_reason.lock().clone()
+    }
+    /// Away and expected back, if it is.
+    #[must_use]
+    pub fn away(&self) -> Option<Away> {
+        self.away.lock().clone()
     }
     /// Why it is degraded (in service with too many errors), if it is.
     #[must_use]
@@ -258,6 +310,7 @@ impl MemberDevice {
             },
             path: identity.path,
             domain: identity.domain,
+            unavailable: self.away().map(|a| a.record),
         }];
         if let Some(replacement) = self.replacement() {
             if replacement.complete.load(Ordering::Acquire) {
@@ -272,6 +325,7 @@ impl MemberDevice {
                     state: MemberState::Online,
                     path: replacement.identity.path.clone(),
                     domain: replacement.identity.domain.clone(),
+                    unavailable: None,
                 }];
             }
             records.push(Member {
@@ -285,9 +339,11 @@ impl MemberDevice {
                     // own data is durable.
                     next_slot: replacement.durable_slot.load(Ordering::Acquire),
                     start_generation: replacement.start_generation,
+                    resync_from_sequence: replacement.resync_from,
                 },
                 path: replacement.identity.path.clone(),
                 domain: replacement.identity.domain.clone(),
+                unavailable: None,
             });
         }
         records
@@ -335,6 +391,13 @@ pub struct Members {
     persisted: Mutex<crate::format::PoolCounters>,
     /// Events logged since the superblocks were last written.
     events_unpersisted: AtomicBool,
+    /// Per data position: every row and page born before this sequence is durable on the
+    /// member (advanced after each flush that succeeded while it was in service and not
+    /// degraded; docs/FORMAT.md V4.16 §3, §7). What a member marked unavailable keeps.
+    durable_below: Vec<AtomicU64>,
+    /// A member left service and the superblocks may not say so yet: the next flush records
+    /// it first, or fails (docs/FORMAT.md V4.16 §7, review F3).
+    state_unrecorded: AtomicBool,
 }
 
 /// A device that served a data position in this process and was swapped out (replaced), with
@@ -376,7 +439,25 @@ impl Members {
         policy: FaultPolicy,
     ) -> Self {
         let persisted = superblock.history.counters;
+        // The grace left after an open: what remains of it, and at least a minute (a server
+        // that starts a little after the pool is not faulted at once; FORMAT.md V4.16 §7).
+        let now = crate::types::now_unix_secs();
+        for member in &data {
+            if let Some(away) = member.away.lock().as_mut() {
+                let gone_for = Duration::from_secs(now.saturating_sub(away.record.since_unix_secs));
+                let left = policy.unavailable_grace.saturating_sub(gone_for);
+                away.deadline = Instant::now() + left.max(Duration::from_secs(60));
+            }
+        }
+        let durable_below = data.iter().map(|_| AtomicU64::new(0)).collect();
+        // Resync by birth needs version 4's births; a version-3 member is faulted as before.
+        let policy = FaultPolicy {
+            unavailable_allowed: policy.unavailable_allowed && superblock.map.is_some(),
+            ..policy
+        };
         Self {
+            durable_below,
+            state_unrecorded: AtomicBool::new(false),
             data,
             spares: Mutex::new(spares),
             superblock: Mutex::new(superblock),
@@ -614,6 +695,118 @@ impl Members {
         true
     }
 
+    /// Note that every row and page born before `sequence` is durable on each member in
+    /// service and not degraded (after a flush that succeeded on all of them).
+    pub(crate) fn note_durable(&self, sequence: u64) {
+        for (member, durable) in self.data.iter().zip(&self.durable_below) {
+            if member.is_online() && member.degraded_reason().is_none() {
+                durable.fetch_max(sequence, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// Whether a member left service and the superblocks may not record it yet.
+    pub(crate) fn state_unrecorded(&self) -> bool {
+        self.state_unrecorded.load(Ordering::Acquire)
+    }
+
+    /// Record every member's state on every member in service: `true` when done (the flag
+    /// of [`Members::state_unrecorded`] is then cleared).
+    pub(crate) fn record_states(&self) -> bool {
+        self.state_unrecorded.store(false, Ordering::Release);
+        if self.record_everywhere() {
+            return true;
+        }
+        self.state_unrecorded.store(true, Ordering::Release);
+        false
+    }
+
+    /// Mark `index` unavailable (docs/FORMAT.md V4.16 §3, §7): out of service, expected
+    /// back, its content exact for every birth below its `durable_below` (0 when it was
+    /// degraded: a failed write of it is below no known sequence). Only when the pool may
+    /// use it (format version 4) and every stripe stays available without it; `false`
+    /// otherwise, and the caller applies the ordinary policy.
+    fn mark_unavailable(&self, index: DeviceIndex, why: &str) -> bool {
+        if !self.policy.unavailable_allowed || self.policy.read_only {
+            return false;
+        }
+        let decision = self.deciding.lock();
+        let member = self.get(index);
+        if member.fault_reason.lock().is_some() {
+            return true;
+        }
+        if !self.available_without(Some(index)) {
+            return false;
+        }
+        #[allow(unused_mut)]
+        let mut since = if member.degraded_reason().is_some() {
+            0
+        } else {
+            self.durable_below[index.0].load(Ordering::Acquire)
+        };
+        #[cfg(feature = "testing")]
+        if self.policy.planted.resync_since_late {
+            since += 1;
+        }
+        let record = crate::format::Unavailable {
+            since_sequence: since,
+            since_unix_secs: crate::types::now_unix_secs(),
+            generation: self.generation(),
+        };
+        let device = member.device.read().clone();
+        *member.away.lock() = Some(Away {
+            record,
+            device,
+            deadline: Instant::now() + self.policy.unavailable_grace,
+            answering_since: None,
+        });
+        let reason = format!("unavailable: {why}");
+        {
+            *member.fault_reason.lock() = Some(reason.clone());
+            member.online.store(false, Ordering::Release);
+        }
+        *member.device.write() = None;
+        self.state_unrecorded.store(true, Ordering::Release);
+        drop(decision);
+        tracing::warn!(device = %member.path(), index = index.0, since, "device unavailable; the pool serves without it until it returns or the grace period ends");
+        self.record_event(crate::format::EventKind::Fault, &member.path(), &reason);
+        self.record_states();
+        true
+    }
+
+    /// Forget that `index` was away (it is faulted for good, or back in service).
+    pub(crate) fn clear_away(&self, index: DeviceIndex) -> Option<Away> {
+        self.get(index).away.lock().take()
+    }
+
+    /// Note a successful or failed probe of an away member; returns the record and whether
+    /// it has answered for `returning_quiet` (then it is to be resynced).
+    pub(crate) fn probed(&self, index: DeviceIndex, answered: bool) -> Option<(Away, bool)> {
+        let mut away = self.get(index).away.lock();
+        let state = away.as_mut()?;
+        if !answered {
+            state.answering_since = None;
+            return Some((state.clone(), false));
+        }
+        let since = *state.answering_since.get_or_insert_with(Instant::now);
+        let back = since.elapsed() >= self.policy.returning_quiet;
+        Some((state.clone(), back))
+    }
+
+    /// Change why `index` is out of service (it already is).
+    pub(crate) fn set_fault_reason(&self, index: DeviceIndex, reason: &str) {
+        let member = self.get(index);
+        let mut current = member.fault_reason.lock();
+        if current.is_some() {
+            *current = Some(reason.to_string());
+        }
+    }
+
+    /// The fault policy.
+    pub(crate) fn policy(&self) -> &FaultPolicy {
+        &self.policy
+    }
+
     /// Take `index` out of service in memory; `false` if it already was.
     fn mark_faulted(&self, index: DeviceIndex, reason: &str) -> bool {
         let member = self.get(index);
@@ -627,6 +820,7 @@ impl Members {
         }
         tracing::warn!(device = %member.path(), index = index.0, reason, "device faulted");
         *member.device.write() = None;
+        self.state_unrecorded.store(true, Ordering::Release);
         let kind = if reason == super::admin::OFFLINE_REASON {
             crate::format::EventKind::Offline
         } else {
@@ -679,6 +873,16 @@ impl Members {
             ErrorKind::Checksum => &member.errors.checksum,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        // A member that does not answer (its device says so, whatever path the error took)
+        // is away, not failed, when the pool can go on without it (FORMAT.md V4.16).
+        let unreachable = member
+            .device
+            .read()
+            .as_ref()
+            .is_some_and(|d| d.is_unreachable());
+        if unreachable && self.mark_unavailable(index, &detail.to_string()) {
+            return;
+        }
         if detail.is_gone() {
             // It cannot serve anything any more: out of service, whatever the layout says.
             self.fault(index, &format!("device gone: {detail}"));
@@ -803,6 +1007,7 @@ impl Members {
         ));
         *member.fault_reason.lock() = None;
         *member.degraded.lock() = None;
+        member.away.lock().take();
         member.recent_errors.lock().clear();
         member.online.store(true, Ordering::Release);
         Some(old)
@@ -996,6 +1201,7 @@ impl Members {
                 },
                 path: s.identity.path.clone(),
                 domain: s.identity.domain.clone(),
+                unavailable: None,
             }))
             .collect();
         let mut devices: Vec<(PoolUuid, SharedDevice)> = Vec::new();

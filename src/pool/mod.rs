@@ -9,6 +9,7 @@
 //! the map mutex.
 
 mod admin;
+mod away;
 mod batch;
 mod commit;
 mod discard;
@@ -39,6 +40,7 @@ mod status;
 pub use crate::rebuild::{RebuildProgress, StepOutcome};
 pub use crate::scrub::{DeviceScrubReport, ScrubEnd, ScrubOptions, ScrubProgress, ScrubReport};
 pub use admin::{Cleared, ClearedState};
+pub use away::AwayOutcome;
 pub use discard::Extent;
 pub use handle::{PoolHandle, PoolRef};
 pub use import::{find_pools, FoundDevice, FoundPool};
@@ -101,6 +103,12 @@ const STRIPE_LOCKS: usize = 256;
 /// writes' worth of leaves in the worst case is far more, so the cap, not the volume, bounds
 /// memory (docs/FORMAT.md V4.9).
 pub const DEFAULT_MAP_CACHE_BYTES: usize = 256 << 20;
+
+/// How long a member that stopped answering may be away before it is faulted: 10 minutes,
+/// Ceph's `mon_osd_down_out_interval` (docs/FORMAT.md V4.16 §3).
+pub const DEFAULT_UNAVAILABLE_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
+/// How long a returning member must keep answering before it is resynced (V4.16 §7).
+pub const DEFAULT_RETURNING_QUIET: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Options for [`Pool::create`].
 #[derive(Debug, Clone)]
@@ -171,6 +179,12 @@ pub struct OpenOptions {
     /// Format version 4: bytes of metadata pages the map's cache may hold (interior pages
     /// stay resident beyond it, docs/FORMAT.md V4.9).
     pub map_cache_bytes: usize,
+    /// Format version 4: how long a member that stopped answering (a remote export whose
+    /// host is cut off) stays unavailable, expected back and resynced by what changed,
+    /// before it is faulted and replaced (docs/FORMAT.md V4.16; Ceph's down → out interval).
+    pub unavailable_grace: std::time::Duration,
+    /// How long a member that answers again must go on answering before it is resynced.
+    pub returning_quiet: std::time::Duration,
     /// Protections a test switches off in this pool (feature `testing` only).
     #[cfg(feature = "testing")]
     pub planted: crate::pool::PlantedBugs,
@@ -194,6 +208,9 @@ impl OpenOptions {
             error_threshold: self.error_threshold,
             error_window: self.error_window,
             read_only: self.read_only,
+            unavailable_grace: self.unavailable_grace,
+            returning_quiet: self.returning_quiet,
+            unavailable_allowed: true,
             #[cfg(feature = "testing")]
             planted: self.planted,
         }
@@ -211,6 +228,8 @@ impl Default for OpenOptions {
             rebuild_rate_bytes_per_s: None,
             force: false,
             map_cache_bytes: DEFAULT_MAP_CACHE_BYTES,
+            unavailable_grace: DEFAULT_UNAVAILABLE_GRACE,
+            returning_quiet: DEFAULT_RETURNING_QUIET,
             #[cfg(feature = "testing")]
             planted: crate::pool::PlantedBugs::default(),
         }
@@ -485,6 +504,9 @@ impl Pool {
             volume.set_observer(rows::observer(Arc::downgrade(&inner)));
             volume.set_tolerate(rows::tolerate(Arc::downgrade(&inner)));
             volume.set_in_service(rows::in_service(Arc::downgrade(&inner)));
+            // Everything the opened map names is durable on every member in service
+            // (FORMAT.md V4.16 §3, "S, exactly").
+            inner.members.note_durable(volume.map().next_sequence());
         }
         let background = inner
             .rebuild

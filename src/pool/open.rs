@@ -226,6 +226,7 @@ pub(super) fn create(
             state: MemberState::Online,
             path: device.name(),
             domain: domains.get(i).cloned(),
+            unavailable: None,
         })
         .collect();
     let template = Superblock {
@@ -632,6 +633,11 @@ fn judge(f: &Found, newest: &Superblock, disagree: &mut bool) -> Problem {
             f.device.name(),
             newest.pool_uuid
         )),
+        // Away and expected back (FORMAT.md V4.16): kept for probing, out of service (its
+        // member record says faulted, so the map never reads it).
+        Some(m) if m.unavailable.is_some() && matches!(m.state, MemberState::Faulted { .. }) => {
+            Problem::None
+        }
         // Faulted (or offline) while the pool went on: it holds outdated data. Named on the
         // command line, it is what a user always types: open without it and say so.
         Some(m) if matches!(m.state, MemberState::Faulted { .. }) => {
@@ -902,6 +908,7 @@ fn resume_replacements(
         let MemberState::Rebuilding {
             next_slot,
             start_generation,
+            resync_from_sequence,
         } = state
         else {
             continue;
@@ -912,13 +919,10 @@ fn resume_replacements(
                 tracing::info!(device = %identity.path, index, next_slot, "resuming rebuild from its checkpoint");
                 members.attach_replacement(
                     crate::types::DeviceIndex(index),
-                    std::sync::Arc::new(Replacement::new(
-                        identity,
-                        device,
-                        next_slot,
-                        start_generation,
-                        false,
-                    )),
+                    std::sync::Arc::new(
+                        Replacement::new(identity, device, next_slot, start_generation, false)
+                            .resyncing_from(resync_from_sequence),
+                    ),
                 );
             }
             _ => {

@@ -54,6 +54,10 @@ pub struct PlantedBugs {
     /// by the spare assignment; docs/FORMAT.md V4.16), so a domain can end up holding more
     /// of a stripe than the layout tolerates.
     pub domains_ignored: bool,
+    /// Format version 4: a member marked unavailable records its resync boundary one
+    /// sequence late (read by the fault policy; docs/FORMAT.md V4.16 §6), so the rows of the
+    /// first sequence of its outage are not copied back.
+    pub resync_since_late: bool,
 }
 
 impl PlantedBugs {
@@ -73,5 +77,6 @@ impl PlantedBugs {
             || self.receive_reads_live
             || self.delete_cursor_ignored
             || self.domains_ignored
+            || self.resync_since_late
     }
 }

@@ -39,7 +39,7 @@ impl PoolInner {
             });
         }
         if let Some(rows) = self.rows() {
-            return self.rows_attach(rows, index, identity, device, from_spare);
+            return self.rows_attach(rows, index, identity, device, from_spare, None);
         }
         if let Some(existing) = self.members.get(index).replacement() {
             return Err(Error::Busy(format!(
@@ -119,8 +119,12 @@ impl PoolInner {
         // Faulted positions first (they have lost their redundancy), then degraded ones. A
         // member an administrator took offline is never replaced automatically: it is meant
         // to come back (`online`), or to be replaced by hand (`replace`).
+        // A member away is expected back within its grace period (FORMAT.md V4.16): no spare
+        // until that ends.
         let faulted = self.members.data.iter().filter(|m| {
-            !m.is_online() && m.fault_reason().as_deref() != Some(super::admin::OFFLINE_REASON)
+            !m.is_online()
+                && m.away().is_none()
+                && m.fault_reason().as_deref() != Some(super::admin::OFFLINE_REASON)
         });
         let degraded = self
             .members

@@ -793,8 +793,20 @@ impl PoolInner {
     pub(crate) fn rows_flush(&self, rows: &RowsEngine) -> Result<()> {
         // Beyond the tolerance nothing can be made durable: say so, as for a write.
         self.check_available()?;
+        // A member that left service is recorded so before any commit goes on without it:
+        // otherwise a crash could reopen it as current (FORMAT.md V4.16 §7, review F3).
+        if self.members.state_unrecorded() && !self.members.record_states() {
+            return Err(self.unavailable_with(std::iter::empty()));
+        }
         let mut volume = rows.volume.write();
+        let sequence = volume.map().next_sequence();
         let result = volume.flush(&self.write_devices()).map(|_| ());
+        if result.is_ok() {
+            // Every row and page born at or before `sequence` was written before this flush
+            // (under the volume's exclusive lock: nothing is in flight), which succeeded on
+            // every member still in service (V4.16 §3, "S, exactly").
+            self.members.note_durable(sequence + 1);
+        }
         self.unavailable_if_failed(&volume, result)
     }
 

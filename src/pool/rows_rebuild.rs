@@ -51,6 +51,7 @@ impl PoolInner {
         identity: Identity,
         device: SharedDevice,
         from_spare: bool,
+        resync_from: Option<u64>,
     ) -> Result<()> {
         self.check_available()?;
         let mut volume = rows.volume.write();
@@ -67,7 +68,9 @@ impl PoolInner {
         // Nothing the device held before (an uberblock or log record of this pool from an
         // earlier life, a forced open ago) may ever be read as this pool's once it serves.
         clear_map_areas(&self.geometry, &device)?;
-        let replacement = Arc::new(Replacement::new(identity, device, 0, 0, from_spare));
+        let replacement = Arc::new(
+            Replacement::new(identity, device, 0, 0, from_spare).resyncing_from(resync_from),
+        );
         replacement
             .total_bytes
             .store(self.rows_rebuild_estimate(&volume), Ordering::Relaxed);
@@ -197,6 +200,7 @@ impl PoolInner {
             position: index.0,
             from_segment: 0,
             old,
+            min_birth: replacement.resync_from.unwrap_or(0),
         };
         let planned = plans
             .get(&index.0)

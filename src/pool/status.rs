@@ -28,8 +28,9 @@ pub struct DeviceStatus {
     /// Device UUID.
     pub uuid: String,
     /// `ONLINE`, `DEGRADED` (in service, but too many errors: see the fault policy),
-    /// `FAULTED`, `OFFLINE` (taken out on purpose), `REBUILDING`, or for spares `AVAIL` /
-    /// `FAULTED`.
+    /// `FAULTED`, `OFFLINE` (taken out on purpose), `UNAVAILABLE` (stopped answering,
+    /// expected back), `RESYNCING` (back, being given what changed while away),
+    /// `REBUILDING`, or for spares `AVAIL` / `FAULTED`.
     pub state: String,
     /// Why it is faulted, offline or degraded.
     pub reason: Option<String>,
@@ -46,6 +47,13 @@ pub struct DeviceStatus {
     /// Its failure domain (pools with domains only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
+    /// `UNAVAILABLE` or `RESYNCING` (docs/FORMAT.md V4.16): seconds since it stopped
+    /// answering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub away_secs: Option<u64>,
+    /// `UNAVAILABLE`: seconds left before it is faulted and replaced if it does not return.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_left_secs: Option<u64>,
 }
 
 /// A snapshot of the pool.
@@ -171,7 +179,21 @@ impl PoolInner {
         let mut devices = Vec::new();
         for member in &self.members.data {
             let identity = member.identity();
+            let away = member.away();
             let (state, reason) = match (member.fault_reason(), member.degraded_reason()) {
+                (Some(reason), _) if away.is_some() => {
+                    let resyncing = member
+                        .replacement()
+                        .is_some_and(|r| r.resync_from.is_some());
+                    (
+                        if resyncing {
+                            "RESYNCING"
+                        } else {
+                            "UNAVAILABLE"
+                        },
+                        Some(reason),
+                    )
+                }
                 (Some(reason), _) if reason == super::admin::OFFLINE_REASON => {
                     ("OFFLINE", Some(reason))
                 }
@@ -195,6 +217,14 @@ impl PoolInner {
                 repaired_chunks,
                 replacing: None,
                 domain: identity.domain,
+                away_secs: away.as_ref().map(|a| {
+                    crate::types::now_unix_secs().saturating_sub(a.record.since_unix_secs)
+                }),
+                grace_left_secs: away.as_ref().map(|a| {
+                    a.deadline
+                        .saturating_duration_since(std::time::Instant::now())
+                        .as_secs()
+                }),
             });
             if let Some(replacement) = member.replacement() {
                 devices.push(DeviceStatus {
@@ -209,6 +239,8 @@ impl PoolInner {
                     repaired_chunks: 0,
                     replacing: Some(member.path()),
                     domain: replacement.identity.domain.clone(),
+                    away_secs: None,
+                    grace_left_secs: None,
                 });
             }
         }
@@ -245,6 +277,8 @@ impl PoolInner {
                 repaired_chunks: 0,
                 replacing: None,
                 domain: spare.identity.domain,
+                away_secs: None,
+                grace_left_secs: None,
             })
             .collect();
         let recovery_points = self.rows().map(|rows| {

@@ -63,6 +63,9 @@ pub(crate) trait RebuildTarget: StripeAccess {
     fn control(&self) -> &RebuildControl;
     /// Attach an available spare to every faulted or degraded position without a replacement.
     fn assign_spares(&self);
+    /// Probe members away, resync one come back, fault one whose grace period ended
+    /// (docs/FORMAT.md V4.16); nothing by default.
+    fn watch_away(&self) {}
     /// The replacement attached to position `index`, if one is.
     fn fill_of(&self, index: DeviceIndex) -> Option<Arc<Self::Fill>>;
     /// The progress of `fill`'s rebuild of position `index`.
@@ -384,6 +387,7 @@ fn drive<T: RebuildTarget>(pool: &T, stop: &AtomicBool) {
     let mut pacer = Pacer::default();
     let mut running = false;
     while !stop.load(Ordering::Acquire) {
+        pool.watch_away();
         if pool.control().auto_replace() {
             pool.assign_spares();
         }

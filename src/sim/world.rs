@@ -211,6 +211,8 @@ impl<'a> World<'a> {
             } else {
                 crate::pool::DEFAULT_MAP_CACHE_BYTES
             },
+            unavailable_grace: crate::pool::DEFAULT_UNAVAILABLE_GRACE,
+            returning_quiet: crate::pool::DEFAULT_RETURNING_QUIET,
             planted: config.planted,
         }
     }

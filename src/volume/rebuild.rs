@@ -44,6 +44,10 @@ pub struct RebuildOptions {
     /// its own shards and page copies (each verified like any other), so that a place the
     /// other members cannot give is copied from it rather than lost when it is retired.
     pub old: Option<SharedDevice>,
+    /// A resync (docs/FORMAT.md V4.16 §4): the device at the position is the member itself
+    /// come back, exact for everything born before this sequence; only rows and page copies
+    /// born at or after it are copied. 0: everything (a rebuild).
+    pub min_birth: u64,
 }
 
 /// A rebuild pass planned from one walk of the map ([`Volume::rebuild_plan`]), and where it
@@ -249,7 +253,7 @@ impl Volume {
                             let mut report = RebuildReport::default();
                             self.rebuild_slots(
                                 (&sources, devices),
-                                position,
+                                (position, options.min_birth),
                                 &replacement,
                                 part.clone(),
                                 &mut report,
@@ -261,7 +265,10 @@ impl Volume {
                         }
                     }
                     Work::Metadata { pages, .. } => {
-                        for page in pages {
+                        for page in pages
+                            .iter()
+                            .filter(|p| p.pointer.birth() >= options.min_birth)
+                        {
                             self.rebuild_page(
                                 (&sources, devices),
                                 position,
@@ -297,7 +304,7 @@ impl Volume {
     fn rebuild_slots(
         &self,
         (sources, devices): (&[Option<SharedDevice>], &[Option<SharedDevice>]),
-        position: usize,
+        (position, min_birth): (usize, u64),
         replacement: &str,
         slots: std::ops::Range<u64>,
         report: &mut RebuildReport,
@@ -323,6 +330,11 @@ impl Volume {
                 }
                 Err(e) => return Err(e),
             };
+            // A resync copies only what was born since the member left (V4.16 §4).
+            let rows: Vec<_> = rows.into_iter().filter(|r| r.birth >= min_birth).collect();
+            if rows.is_empty() {
+                continue;
+            }
             if rows.iter().all(|r| self.rows.unwritten(target, r.n)) {
                 continue;
             }
