@@ -315,3 +315,47 @@ fn beyond_the_tolerance_a_silent_member_fails_the_flush_instead() {
     );
     assert_ne!(pool.status().devices[1].state, "UNAVAILABLE");
 }
+
+/// The explicit command: `fault` stops waiting for a member away (a spare takes over at once);
+/// `clear --device` of a member away resyncs it by what changed, as its return would.
+#[test]
+fn fault_gives_up_on_a_member_away_and_clear_resyncs_one_at_once() {
+    for give_up in [true, false] {
+        let mut rng = stripestore::testing::rng(0x18a4);
+        let mems = mem_devices(6, DEVICE_BYTES);
+        let spare = Arc::new(MemDevice::new("spare", DEVICE_BYTES));
+        let mut devices: Vec<SharedDevice> =
+            mems.iter().map(|m| m.clone() as SharedDevice).collect();
+        let pool = Pool::create(
+            devices.clone(),
+            vec![spare.clone() as SharedDevice],
+            &options("rs:4+2"),
+        )
+        .unwrap();
+        let mut model = Model::new(pool.size());
+        random_writes(&pool, &mut model, &mut rng, 100);
+        pool.flush().unwrap();
+        mems[1].set_unreachable(true);
+        random_writes(&pool, &mut model, &mut rng, 30);
+        pool.flush().unwrap();
+        assert_eq!(pool.status().devices[1].state, "UNAVAILABLE");
+        if give_up {
+            pool.fault_member("mem1").unwrap();
+            let status = pool.status();
+            assert_eq!(status.devices[1].state, "FAULTED", "{status}");
+            assert!(!pool.rebuild_progress().is_empty(), "no spare attached");
+            pool.run_rebuilds(|_| {}).unwrap();
+            assert_eq!(pool.status().devices[1].path, "spare");
+            devices[1] = spare;
+        } else {
+            mems[1].set_unreachable(false);
+            pool.clear_with("mem1", mems[1].clone() as SharedDevice)
+                .unwrap();
+            assert_eq!(pool.status().devices[1].state, "RESYNCING");
+            pool.run_rebuilds(|_| {}).unwrap();
+            assert_eq!(pool.status().devices[1].state, "ONLINE");
+            assert_eq!(pool.status().spares[0].state, "AVAIL");
+        }
+        without(pool, &devices, &[2, 3], &model).unwrap();
+    }
+}

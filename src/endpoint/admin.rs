@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 /// The administration routes, for the error text listing the routes.
 pub(super) const ROUTES: &str =
-    "POST /offline?device=NAME, POST /online?device=NAME[&path=PATH][&force], \
+    "POST /offline?device=NAME, POST /fault?device=NAME, POST /online?device=NAME[&path=PATH][&force], \
 POST /replace?old=NAME&new=PATH[&force], POST /clear[?device=NAME][&path=PATH], \
 POST /spare/add?device=PATH[&force], POST /spare/remove?spare=NAME, POST /snapshot?name=NAME, \
 POST /snapshot/delete?name=NAME";
@@ -26,6 +26,7 @@ pub(super) fn is_admin_route(path: &str) -> bool {
     matches!(
         path,
         "/offline"
+            | "/fault"
             | "/online"
             | "/replace"
             | "/clear"
@@ -42,6 +43,10 @@ pub(super) fn answer(pool: &PoolRef, request: &Request<'_>) -> Response {
         "/offline" => required(request, "device").and_then(|device| {
             pool.offline(&device).map_err(refused)?;
             Ok(format!("{device}: offline\n"))
+        }),
+        "/fault" => required(request, "device").and_then(|device| {
+            pool.fault_member(&device).map_err(refused)?;
+            Ok(format!("{device}: faulted\n"))
         }),
         "/online" => online(pool, request),
         "/replace" => replace(pool, request),

@@ -230,6 +230,26 @@ fn device_state_families(e: &mut Exposition, status: &PoolStatus) {
         "1 if the device is in service but marked DEGRADED (too many errors within the window).",
         &column(&|d| u64::from(d.state == "DEGRADED")),
     );
+    e.column(
+        "stripestore_device_unavailable",
+        "gauge",
+        "1 if the device stopped answering and is expected back (UNAVAILABLE, or RESYNCING: \
+         being given what changed while it was away).",
+        &column(&|d| u64::from(d.state == "UNAVAILABLE" || d.state == "RESYNCING")),
+    );
+    e.column(
+        "stripestore_device_away_seconds",
+        "gauge",
+        "Seconds since an UNAVAILABLE or RESYNCING device stopped answering (0 otherwise).",
+        &column(&|d| d.away_secs.unwrap_or(0)),
+    );
+    e.column(
+        "stripestore_device_grace_left_seconds",
+        "gauge",
+        "Seconds before an UNAVAILABLE device is faulted and replaced if it does not return \
+         (0 otherwise).",
+        &column(&|d| d.grace_left_secs.unwrap_or(0)),
+    );
     // Counters per device: the members', plus those of devices swapped out of a position in
     // this process (a device replaced keeps its series at its last value; one that comes back
     // at the same path and position continues from there), so no series goes down.

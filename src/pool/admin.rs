@@ -163,6 +163,18 @@ impl Pool {
         self.inner.offline(name)
     }
 
+    /// Fault data member `name` now (recorded on disk): stop waiting for a member that is
+    /// UNAVAILABLE (docs/FORMAT.md V4.16, "the explicit command"), or take a member in
+    /// service out for good. Spares then take over (with auto-replace), unlike [`Pool::offline`],
+    /// which means "it comes back".
+    ///
+    /// # Errors
+    /// [`Error::NotInPool`]; [`Error::PoolUnavailable`] if a member in service cannot be lost;
+    /// [`Error::WrongState`] if it is faulted or offline already; [`Error::ReadOnly`].
+    pub fn fault_member(&self, name: &str) -> Result<()> {
+        self.inner.fault_member(name)
+    }
+
     /// Bring faulted member `name` back with `device`: the same disk coming back (its
     /// superblock names this pool and this position's device), or an unlabelled one. Its
     /// content is outdated either way, so it is relabelled and rebuilt like a new device, then
@@ -383,6 +395,40 @@ impl PoolInner {
         Ok(())
     }
 
+    /// See [`Pool::fault_member`].
+    pub(crate) fn fault_member(&self, name: &str) -> Result<()> {
+        self.writable("fault")?;
+        let index = self.member_index(name)?;
+        if self.members.clear_away(index).is_some() {
+            self.members.set_fault_reason(index, FAULT_REASON);
+            self.note(
+                EventKind::Fault,
+                &self.members.get(index).path(),
+                FAULT_REASON,
+            );
+            self.members.write_superblocks()?;
+        } else if !self.members.get(index).is_online() {
+            return Err(Error::WrongState {
+                device: name.to_string(),
+                reason: "already out of service".into(),
+            });
+        } else if !self.members.fault_if_available(index, FAULT_REASON) {
+            return Err(Error::PoolUnavailable {
+                layout: self.geometry.layout.to_string(),
+                tolerated: self.geometry.tolerance(),
+                lost_devices: {
+                    let mut lost = self.members.lost();
+                    lost.push(self.members.get(index).path());
+                    lost
+                },
+            });
+        }
+        if self.rebuild.auto_replace() {
+            self.assign_spares();
+        }
+        Ok(())
+    }
+
     /// See [`Pool::online`].
     pub(crate) fn online(&self, name: &str, device: SharedDevice, force: bool) -> Result<()> {
         self.writable("online")?;
@@ -536,6 +582,10 @@ impl PoolInner {
                 reason: "offline on purpose; bring it back with `online`".into(),
             });
         }
+        if member.away().is_some() {
+            // Away and given back by hand: resynced by what changed, as the watch would.
+            return self.resync_away_now(index, device);
+        }
         let identity = member.identity();
         match super::open::read_superblock(device.as_ref()) {
             Ok(sb) if sb.pool_uuid == self.uuid && sb.device_uuid == identity.uuid => {}
@@ -578,6 +628,9 @@ impl PoolInner {
         Ok(())
     }
 }
+
+/// The reason recorded for a member faulted with [`Pool::fault_member`].
+pub(crate) const FAULT_REASON: &str = "faulted by administrator";
 
 /// The reason recorded for a member taken out of service with [`Pool::offline`].
 pub(crate) const OFFLINE_REASON: &str = "offline by administrator";

@@ -163,6 +163,34 @@ impl PoolInner {
         }
     }
 
+    /// `clear --device` of a member away: resync it now from `device` if it is that member
+    /// answering (by what changed when its content is the one it left with).
+    pub(crate) fn resync_away_now(
+        &self,
+        index: DeviceIndex,
+        device: SharedDevice,
+    ) -> crate::error::Result<()> {
+        let Some(away) = self.members.get(index).away() else {
+            return Err(crate::error::Error::WrongState {
+                device: device.name(),
+                reason: "not away".into(),
+            });
+        };
+        let same = self
+            .returning(device.as_ref(), index, &away)
+            .map_err(|reason| crate::error::Error::WrongState {
+                device: device.name(),
+                reason: format!("not this member answering again: {reason}"),
+            })?;
+        match self.resync(index, device.clone(), &away, same) {
+            AwayOutcome::StillAway { .. } => Err(crate::error::Error::WrongState {
+                device: device.name(),
+                reason: "the resync could not be started (see the log)".into(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// The grace period of `index` ended: faulted for good (spares take over).
     fn fault_away(&self, index: DeviceIndex) -> AwayOutcome {
         let grace = self.members.policy().unavailable_grace.as_secs();

@@ -157,6 +157,14 @@ impl PoolRef {
         self.inner.offline(name)
     }
 
+    /// As [`Pool::fault_member`](super::Pool::fault_member).
+    ///
+    /// # Errors
+    /// As [`Pool::fault_member`](super::Pool::fault_member).
+    pub fn fault_member(&self, name: &str) -> Result<()> {
+        self.inner.fault_member(name)
+    }
+
     /// As [`Pool::online`](super::Pool::online).
     ///
     /// # Errors

@@ -342,6 +342,19 @@ enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+    /// Fault a member now: stop waiting for one that is UNAVAILABLE (its host cut off) before
+    /// its grace period ends, or take one in service out for good. Spares take over (unlike
+    /// `offline`, which means it comes back).
+    Fault {
+        /// One or more member paths, then the member: its last known path (or any path to
+        /// it), index or UUID. With --url, the member only.
+        #[arg(required = true, value_name = "POOL... DEVICE")]
+        args: Vec<String>,
+        /// Do it in the process serving the pool (`serve --metrics ADDR --control`), e.g.
+        /// http://127.0.0.1:9640.
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Forget members' errors (`zpool clear`): a DEGRADED member is ONLINE again at once; a
     /// member FAULTED by errors or a transient failure is resynced from redundancy (only live
     /// data is copied) before it serves again. OFFLINE members stay offline (use `online`).
@@ -794,6 +807,21 @@ fn execute(command: Command) -> CliResult {
                 false,
             ),
             ((pool, device), None) => offline(&pool, &device),
+        },
+        Command::Fault { args, url } => match (pool_and_name(args, url.is_some())?, url) {
+            ((_, device), Some(url)) => remote::admin(
+                &url,
+                "/fault",
+                &[("device", Some(remote::name(&device)))],
+                false,
+            ),
+            ((pool, device), None) => {
+                let pool = open_pool(&pool)?;
+                pool.fault_member(&device)?;
+                print!("{}", pool.status());
+                pool.close()?;
+                Ok(())
+            }
         },
         Command::Online {
             args,

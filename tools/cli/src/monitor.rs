@@ -327,6 +327,18 @@ fn reasons(
         )),
         PoolHealth::Degraded | PoolHealth::Online => {}
     }
+    // Away (a host cut off): named with the time away and the grace left (FORMAT.md V4.16).
+    for d in status.devices.iter().filter(|d| d.state == "UNAVAILABLE") {
+        reasons.push((
+            Level::Warning,
+            format!(
+                "{} UNAVAILABLE for {} s (faulted and replaced in {} s unless it returns)",
+                d.path,
+                d.away_secs.unwrap_or(0),
+                d.grace_left_secs.unwrap_or(0)
+            ),
+        ));
+    }
     if !tally.degraded.is_empty() {
         reasons.push((
             Level::Warning,

@@ -78,6 +78,15 @@ pub struct ServeArgs {
     /// yielding to client I/O).
     #[arg(long, value_parser = stripestore::types::parse_size)]
     rebuild_rate: Option<u64>,
+    /// How long a member that stops answering (a remote export whose host is cut off) stays
+    /// UNAVAILABLE, expected back and then resynced by what changed, before it is faulted and
+    /// a spare takes over: e.g. 90s, 10m (Ceph's down → out interval).
+    #[arg(long, default_value = "10m", value_parser = grace_arg)]
+    grace: std::time::Duration,
+}
+
+fn grace_arg(input: &str) -> Result<std::time::Duration, String> {
+    crate::parse_age(input).map(std::time::Duration::from_secs)
 }
 
 /// Open the pool (background rebuild on), serve it until a signal, then flush and close it.
@@ -95,6 +104,7 @@ pub fn run(args: ServeArgs) -> CliResult {
         rebuild_rate_bytes_per_s: args.rebuild_rate,
         force: FORCE_DEGRADED.load(Ordering::Relaxed),
         map_cache_bytes: super::map_cache_bytes(),
+        unavailable_grace: args.grace,
         ..OpenOptions::default()
     };
     let pool = Arc::new(super::open_paths(&args.pool, &options)?);
