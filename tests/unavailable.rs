@@ -359,3 +359,58 @@ fn fault_gives_up_on_a_member_away_and_clear_resyncs_one_at_once() {
         without(pool, &devices, &[2, 3], &model).unwrap();
     }
 }
+
+/// A member recorded in service that does not answer at a writable open (its host was down
+/// when the pool restarted) is away, not faulted: it is resynced by what changed after the
+/// open when it is given back, and every byte survives losing two more. A forced open faults
+/// it instead (it may hold a newer history).
+#[test]
+fn a_member_silent_at_open_is_away_and_resynced_by_what_changed_after() {
+    let mut rng = stripestore::testing::rng(0x18a5);
+    let mems = mem_devices(6, DEVICE_BYTES);
+    let devices: Vec<SharedDevice> = mems.iter().map(|m| m.clone() as SharedDevice).collect();
+    let pool = Pool::create(devices.clone(), vec![], &options("rs:4+2")).unwrap();
+    let mut model = Model::new(pool.size());
+    random_writes(&pool, &mut model, &mut rng, 200);
+    pool.close().unwrap();
+    let present: Vec<SharedDevice> = devices
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 4)
+        .map(|(_, d)| d.clone())
+        .collect();
+    let mut open = v4_open_options();
+    open.background_rebuild = false;
+    open.returning_quiet = Duration::ZERO;
+    let pool = Pool::open(present.clone(), &open).unwrap();
+    let status = pool.status();
+    assert_eq!(status.devices[4].state, "UNAVAILABLE", "{status}");
+    random_writes(&pool, &mut model, &mut rng, 30);
+    pool.flush().unwrap();
+    pool.clear_with("mem4", mems[4].clone() as SharedDevice)
+        .unwrap();
+    let resync: u64 = pool
+        .run_rebuilds(|_| {})
+        .unwrap()
+        .iter()
+        .map(|p| p.done_bytes)
+        .sum();
+    assert_eq!(pool.status().devices[4].state, "ONLINE");
+    // 30 writes after the open against 200 before: a fraction of the position.
+    let allocated = pool.status().allocated_bytes;
+    assert!(resync > 0 && resync * 4 < allocated / 4, "resync {resync} of {allocated}");
+    without(pool, &devices, &[0, 1], &model).unwrap();
+    // Forced, the same absence is a fault (copied in full when it comes back).
+    let mems = mem_devices(6, DEVICE_BYTES);
+    let devices: Vec<SharedDevice> = mems.iter().map(|m| m.clone() as SharedDevice).collect();
+    let pool = Pool::create(devices.clone(), vec![], &options("rs:4+2")).unwrap();
+    random_writes(&pool, &mut Model::new(pool.size()), &mut rng, 20);
+    pool.close().unwrap();
+    let forced = OpenOptions {
+        force: true,
+        ..open.clone()
+    };
+    let pool = Pool::open(devices[..5].to_vec(), &forced).unwrap();
+    assert_eq!(pool.status().devices[5].state, "FAULTED");
+    pool.close().unwrap();
+}

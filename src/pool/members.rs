@@ -774,6 +774,37 @@ impl Members {
         true
     }
 
+    /// Mark `index`, missing at a writable open, away with every birth below `since` on it
+    /// (see `open::away_at_open`); the open records it in the superblocks.
+    pub(crate) fn away_at_open(&self, index: DeviceIndex, since: u64) {
+        if !self.policy.unavailable_allowed || self.policy.read_only {
+            return;
+        }
+        let member = self.get(index);
+        let record = crate::format::Unavailable {
+            since_sequence: since,
+            since_unix_secs: crate::types::now_unix_secs(),
+            generation: self.generation(),
+        };
+        *member.away.lock() = Some(Away {
+            record,
+            device: None,
+            deadline: Instant::now() + self.policy.unavailable_grace,
+            answering_since: None,
+        });
+        let reason = {
+            let mut current = member.fault_reason.lock();
+            let reason = format!(
+                "unavailable: {}",
+                current.as_deref().unwrap_or("not answering at open")
+            );
+            *current = Some(reason.clone());
+            reason
+        };
+        tracing::warn!(device = %member.path(), index = index.0, since, "member not answering at open: unavailable, resynced by what changed if it returns within the grace period");
+        self.record_event(crate::format::EventKind::Fault, &member.path(), &reason);
+    }
+
     /// Forget that `index` was away (it is faulted for good, or back in service).
     pub(crate) fn clear_away(&self, index: DeviceIndex) -> Option<Away> {
         self.get(index).away.lock().take()

@@ -476,6 +476,9 @@ pub(super) fn open(
         }
         return Ok(inner);
     }
+    if assembled.newly_missing && !options.force {
+        away_at_open(&inner);
+    }
     record_open(
         &inner,
         sorted.members_disagree,
@@ -483,6 +486,27 @@ pub(super) fn open(
         &assembled.relocated,
     )?;
     Ok(inner)
+}
+
+/// Members recorded in service (and not degraded) that do not answer at a writable v4 open
+/// are away, not faulted (docs/FORMAT.md V4.16 §7, review F9): every commit the opened map
+/// holds had their flush succeed (a commit goes on without a member only once the superblocks
+/// record it out of service), so their content is exact below this open's first sequence,
+/// and they are resynced by what changed when they answer. Not after a forced open: the
+/// missing member may then hold a newer history than the one opened.
+fn away_at_open(inner: &PoolInner) {
+    let Some(rows) = inner.rows() else {
+        return;
+    };
+    let since = rows.volume.read().map().next_sequence();
+    for member in &inner.members.data {
+        let missing = member
+            .fault_reason()
+            .is_some_and(|r| r.starts_with("missing: "));
+        if missing && member.degraded_reason().is_none() && member.away().is_none() {
+            inner.members.away_at_open(member.index, since);
+        }
+    }
 }
 
 /// Members a writable v4 open could not bring up to the state it opened (the uberblock or the
