@@ -33,6 +33,7 @@ pub mod geometry;
 pub(crate) mod maintenance;
 pub mod meta;
 pub mod nbd;
+pub mod nbd_wire;
 pub(crate) mod parallel;
 pub mod pool;
 pub mod rebuild;
