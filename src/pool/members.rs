@@ -1290,7 +1290,10 @@ impl DeviceFault<'_> {
     fn is_gone(&self) -> bool {
         matches!(
             self,
-            DeviceFault::Read(DeviceError::Gone(_)) | DeviceFault::Write(DeviceError::Gone(_))
+            // Unavailable (a member out of reach over NBD) as Gone, for now: the policy for a
+            // transient outage comes later.
+            DeviceFault::Read(DeviceError::Gone(_) | DeviceError::Unavailable(_))
+                | DeviceFault::Write(DeviceError::Gone(_) | DeviceError::Unavailable(_))
         )
     }
 }
