@@ -643,3 +643,104 @@ fn a_server_error_is_an_io_error_naming_the_offset() {
     drop(device);
     server.join().unwrap();
 }
+
+// == Over TCP ==
+
+/// `nbd://127.0.0.1:PORT/EXPORT`: nbdkit listening on TCP, an export chosen by name (nbdkit's
+/// exportname filter refuses other names), written and read back; a wrong export name is
+/// refused at open naming the URI; nothing listening is refused at open too.
+#[test]
+fn a_member_over_tcp_with_a_named_export() {
+    let test = "a_member_over_tcp_with_a_named_export";
+    if !have_nbdkit(test) {
+        return;
+    }
+    // A port that was free a moment ago (nbdkit cannot be asked for port 0 and tell it).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new("nbdkit")
+        .args(["--exit-with-parent", "-f", "-i", "127.0.0.1", "-p"])
+        .arg(port.to_string())
+        .args([
+            "--filter=exportname",
+            "memory",
+            "4M",
+            "exportname=disk one",
+            "exportname-strict=true",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nbdkit did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let uri = format!("nbd://127.0.0.1:{port}/disk%20one");
+    let device = open(&uri);
+    assert_eq!(device.size(), 4 << 20);
+    device.write_at(8192, &[3u8; 4096]).unwrap();
+    device.flush().unwrap();
+    let mut back = [0u8; 4096];
+    device.read_at(8192, &mut back).unwrap();
+    assert_eq!(back, [3u8; 4096]);
+
+    let wrong = format!("nbd://127.0.0.1:{port}/other");
+    let err = open_device_for(Path::new(&wrong), Access::ReadWrite).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains(&wrong), "{text}");
+    drop(device);
+    let _ = child.kill();
+    let _ = child.wait();
+    let err = NbdDevice::open(&uri, Access::ReadWrite, None, &NbdOptions::default()).unwrap_err();
+    assert!(err.to_string().contains(&uri), "{err}");
+}
+
+/// Not a check: 4 KiB random reads from 16 threads against nbdkit's memory plugin, for the
+/// README's figure. `cargo test --test nbd_member -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn measure_4k_random_reads_16_threads() {
+    if !have_nbdkit("measure_4k_random_reads_16_threads") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = Nbdkit::start(&dir.path().join("s"), &["memory", "256M"]);
+    for connections in [1, 4] {
+        let options = NbdOptions {
+            connections,
+            ..NbdOptions::default()
+        };
+        let device =
+            Arc::new(NbdDevice::open(&server.uri(""), Access::ReadWrite, None, &options).unwrap());
+        let run_for = Duration::from_secs(5);
+        let started = Instant::now();
+        let threads: Vec<_> = (0..16u64)
+            .map(|t| {
+                let device = Arc::clone(&device);
+                std::thread::spawn(move || {
+                    let mut rng = rng(t);
+                    let mut buf = vec![0u8; 4096];
+                    let mut count = 0u64;
+                    while started.elapsed() < run_for {
+                        let block = rng.gen_range(0..(256u64 << 20) / 4096);
+                        device.read_at(block * 4096, &mut buf).unwrap();
+                        count += 1;
+                    }
+                    count
+                })
+            })
+            .collect();
+        let total: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        let seconds = started.elapsed().as_secs_f64();
+        println!(
+            "connections {}: {total} reads in {seconds:.1} s = {:.0} IOPS",
+            device.connections(),
+            total as f64 / seconds
+        );
+    }
+}

@@ -1108,8 +1108,13 @@ impl Drop for NbdDevice {
                 offset: 0,
                 length: 0,
             });
+            // A server that stopped reading must not hold the close for a whole timeout.
+            let goodbye = Some(Duration::from_millis(100));
             for connection in &session.connections {
-                let _ = connection.writer.lock().write_all(&disconnect);
+                let mut writer = connection.writer.lock();
+                let _ = writer
+                    .set_timeouts(None, goodbye)
+                    .and_then(|()| writer.write_all(&disconnect));
             }
         }
         session.end("the device was closed");
@@ -1253,9 +1258,18 @@ mod tests {
         assert!(is_uri("x-y.z://"));
     }
 
+    /// The defaults, and the timeout from the environment (the only test that sets it).
     #[test]
-    fn default_options() {
+    fn options_default_and_from_the_environment() {
         assert_eq!(NbdOptions::default().timeout, Duration::from_secs(30));
         assert_eq!(NbdOptions::default().connections, 4);
+        std::env::set_var(TIMEOUT_ENV, "250");
+        assert_eq!(NbdOptions::from_env().timeout, Duration::from_millis(250));
+        for ignored in ["junk", "0", "-5"] {
+            std::env::set_var(TIMEOUT_ENV, ignored);
+            assert_eq!(NbdOptions::from_env(), NbdOptions::default(), "{ignored}");
+        }
+        std::env::remove_var(TIMEOUT_ENV);
+        assert_eq!(NbdOptions::from_env(), NbdOptions::default());
     }
 }
