@@ -253,6 +253,10 @@ fn a_stopped_server_fails_requests_within_the_timeout_then_fast() {
         "nobody waited out the timeout"
     );
     assert_eq!(device.connections(), 0, "the device is down");
+    assert!(
+        device.is_unreachable(),
+        "down: the pool is told it is unreachable"
+    );
 
     // Known down: fails at once (the first retry is only due after 100 ms).
     let quick = Instant::now();
@@ -286,6 +290,7 @@ fn a_stopped_server_fails_requests_within_the_timeout_then_fast() {
 
     server.signal("CONT");
     device.reconnect_now().unwrap();
+    assert!(!device.is_unreachable());
     let mut back = [0u8; 8192];
     device.read_at(0, &mut back).unwrap();
     assert_eq!(back, [0x5a; 8192]);

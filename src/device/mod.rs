@@ -46,8 +46,10 @@ pub enum DeviceError {
     #[error("device is gone: {0}")]
     Gone(String),
     /// The device is out of reach for now (a member on another host: a request timed out, the
-    /// connection was refused or lost, the server went away), and may come back. For now the
-    /// pool treats it exactly as [`DeviceError::Gone`]; its own policy for it comes later.
+    /// connection was refused or lost, the server went away), and may come back. The device's
+    /// [`Device::is_unreachable`] is true meanwhile, which is what the pool's policy for
+    /// members away asks; wherever an error alone is matched, this one counts as
+    /// [`DeviceError::Gone`].
     #[error("device is unavailable: {0}")]
     Unavailable(String),
     /// An I/O error on some range; the device may still work elsewhere.

@@ -6,7 +6,8 @@
 //! and handing each reply to the thread that waits for it, request timeouts, and the link's
 //! health (up, or down until the next reconnect attempt). What it must not touch: anything
 //! above a device (stripes, checksums, other members, the pool's fault policy); it reports
-//! an outage as [`DeviceError::Unavailable`] and lets the pool decide.
+//! an outage as [`DeviceError::Unavailable`] (and [`Device::is_unreachable`] says so while
+//! it is down) and lets the pool decide.
 //!
 //! The wire protocol is the project's own client ([`crate::nbd_wire::client`] and
 //! [`crate::nbd_wire::proto`]), not libnbd: libnbd's Rust bindings need libnbd-dev and bindgen
@@ -1090,6 +1091,13 @@ impl Device for NbdDevice {
 
     fn io_backend(&self) -> &'static str {
         "nbd"
+    }
+
+    /// True while the device is down (a request timed out or the connection was lost, and no
+    /// reconnect has succeeded since): the pool then marks the member away rather than failed.
+    fn is_unreachable(&self) -> bool {
+        let link = self.link.lock();
+        link.session.as_ref().is_none_or(|s| s.ended().is_some())
     }
 }
 

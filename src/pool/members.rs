@@ -1290,8 +1290,8 @@ impl DeviceFault<'_> {
     fn is_gone(&self) -> bool {
         matches!(
             self,
-            // Unavailable (a member out of reach over NBD) as Gone, for now: the policy for a
-            // transient outage comes later.
+            // Unavailable (a member out of reach over NBD) as Gone: the policy for members
+            // away asks the device (`is_unreachable`) before this is consulted.
             DeviceFault::Read(DeviceError::Gone(_) | DeviceError::Unavailable(_))
                 | DeviceFault::Write(DeviceError::Gone(_) | DeviceError::Unavailable(_))
         )
