@@ -12,7 +12,7 @@
 //! The wire protocol is the project's own client ([`crate::nbd_wire::client`] and
 //! [`crate::nbd_wire::proto`]), not libnbd: libnbd's Rust bindings need libnbd-dev and bindgen
 //! (a C dependency and a C toolchain at build time), while our client is pure Rust and already
-//! tested against our own server (`tests/nbd.rs`) as well as against nbdkit here.
+//! tested against our own server (`tests/command/nbd.rs`) as well as against nbdkit here.
 //!
 //! **Pipelining.** [`Device`] is called from many threads at once. Each connection has one
 //! writer mutex (a request's header and payload go out whole) and one reader thread, which
