@@ -15,7 +15,8 @@
 //! front ends (`nbd`, `endpoint`: HTTP metrics, status and control; `report`: the status text;
 //! they use the public `Pool` API only) → `pool` (public API, I/O, map, commits, members) → `scrub`, `rebuild` (their
 //! work, as step machines over the narrow interfaces `pool` implements) → `maintenance` (the
-//! shared interface and pacing), `parallel` → `format`, `codec`, `geometry`, `device` →
+//! shared interface and pacing), `parallel` → `format`, `codec`, `geometry`, `device`, `nbd_wire`
+//! (the NBD protocol and client, used by `nbd` and by the NBD device backend) →
 //! `types`, `error`. No module depends on one above it.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -33,6 +34,7 @@ pub mod geometry;
 pub(crate) mod maintenance;
 pub mod meta;
 pub mod nbd;
+pub mod nbd_wire;
 pub(crate) mod parallel;
 pub mod pool;
 pub mod rebuild;

@@ -21,6 +21,9 @@ fn ranks() -> BTreeMap<&'static str, u32> {
         ("format", 3),
         ("codec", 3),
         ("parallel", 3),
+        // the NBD protocol and its client: used by the server front end and by the device
+        // backend whose storage is an NBD export
+        ("nbd_wire", 3),
         // devices know the format's superblock magic (to refuse relabelling a member)
         ("device", 4),
         // shared interface of the maintenance work

@@ -105,8 +105,13 @@ impl FileDevice {
 
 /// A path's identity, for spotting one device named twice: the canonical path if it exists
 /// (symbolic links and `..` resolved), else its directory's canonical path joined with its name.
+/// A URI (an NBD member, see [`super::is_uri`]) is its own identity: it is returned as it is,
+/// with no filesystem call, so two URIs are the same device only if they are the same string.
 #[must_use]
 pub fn canonical_path(path: &Path) -> PathBuf {
+    if super::is_uri_path(path) {
+        return path.to_path_buf();
+    }
     if let Ok(canonical) = std::fs::canonicalize(path) {
         return canonical;
     }
@@ -175,6 +180,10 @@ impl CreatedFiles {
         size: Option<u64>,
         open: impl FnOnce() -> Result<T>,
     ) -> Result<T> {
+        if super::is_uri_path(path) {
+            // An NBD export: nothing on this host is created or grown.
+            return open();
+        }
         let before = match std::fs::symlink_metadata(path) {
             Ok(meta) if meta.is_file() => Some(Some(meta.len())),
             Ok(_) => Some(None), // a block device or a link: never resized, never removed

@@ -3,12 +3,15 @@
 //! The trait is deliberately small and synchronous (`read_at`, `write_at`, `flush`, `size`) so that
 //! behaviour can be stacked as decorators: [`FaultyDevice`] wraps any device to inject faults,
 //! [`MemDevice`] simulates power loss. A device says "I am gone" with [`DeviceError::Gone`],
-//! which the pool treats as a whole-device failure rather than a sector error.
+//! which the pool treats as a whole-device failure rather than a sector error, and "I am out
+//! of reach for now" with [`DeviceError::Unavailable`] (an NBD member: [`NbdDevice`]), which
+//! the pool treats as `Gone` for now.
 
 mod faulty;
 mod file;
 mod memory;
 mod metered;
+mod nbd;
 mod signature;
 mod uring;
 
@@ -16,6 +19,10 @@ pub use faulty::{FaultConfig, FaultKind, FaultPlan, FaultyDevice, InjectedFault,
 pub use file::{canonical_path, refuse_duplicate_paths, Access, CreatedFiles, FileDevice};
 pub use memory::MemDevice;
 pub use metered::{DeviceIo, Histogram, Metered, BUCKETS_SECS};
+pub use nbd::{
+    is_uri, NbdAddress, NbdDevice, NbdOptions, NbdUri, UriError, DEFAULT_PORT as NBD_DEFAULT_PORT,
+    TIMEOUT_ENV as NBD_TIMEOUT_ENV,
+};
 pub use signature::{probe as probe_signature, refuse_signature, Signature};
 pub use uring::{
     open_device, open_device_for, open_device_with, run_batch, run_batch_while, AlignedBuf,
@@ -23,7 +30,14 @@ pub use uring::{
 };
 
 use std::fmt;
+use std::path::Path;
 use std::sync::Arc;
+
+/// Whether `path` is an NBD (or other) URI rather than a filesystem path: see [`is_uri`].
+#[must_use]
+pub fn is_uri_path(path: &Path) -> bool {
+    path.to_str().is_some_and(is_uri)
+}
 
 /// Why a device operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +45,13 @@ pub enum DeviceError {
     /// The device has vanished (unplugged, ENODEV, removed by a test). Fault it as a whole.
     #[error("device is gone: {0}")]
     Gone(String),
+    /// The device is out of reach for now (a member on another host: a request timed out, the
+    /// connection was refused or lost, the server went away), and may come back. The device's
+    /// [`Device::is_unreachable`] is true meanwhile, which is what the pool's policy for
+    /// members away asks; wherever an error alone is matched, this one counts as
+    /// [`DeviceError::Gone`].
+    #[error("device is unavailable: {0}")]
+    Unavailable(String),
     /// An I/O error on some range; the device may still work elsewhere.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -41,7 +62,10 @@ impl DeviceError {
     #[must_use]
     pub fn into_io(self) -> std::io::Error {
         match self {
-            DeviceError::Gone(why) => std::io::Error::new(std::io::ErrorKind::NotConnected, why),
+            // Unavailable as Gone, for now (see the variant).
+            DeviceError::Gone(why) | DeviceError::Unavailable(why) => {
+                std::io::Error::new(std::io::ErrorKind::NotConnected, why)
+            }
             DeviceError::Io(err) => err,
         }
     }
@@ -52,7 +76,8 @@ pub trait Device: Send + Sync + fmt::Debug {
     /// Fill `buf` from the device starting at byte `offset`.
     ///
     /// # Errors
-    /// [`DeviceError::Io`] for an I/O error on the range, [`DeviceError::Gone`] if the device vanished.
+    /// [`DeviceError::Io`] for an I/O error on the range, [`DeviceError::Gone`] if the device
+    /// vanished, [`DeviceError::Unavailable`] if it is out of reach for now (NBD members).
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError>;
     /// Write all of `buf` at byte `offset`. Not durable until [`Device::flush`] returns.
     ///

@@ -20,7 +20,9 @@
 //! callers and change per request, so registering them would cost more than it saves.
 #![allow(unsafe_code)]
 
-use super::{Access, Batched, Device, DeviceError, FileDevice, SharedDevice};
+use super::{
+    Access, Batched, Device, DeviceError, FileDevice, NbdDevice, NbdOptions, SharedDevice,
+};
 use crate::error::Result;
 use io_uring::{opcode, types, IoUring};
 use std::cell::RefCell;
@@ -62,14 +64,23 @@ impl Backend {
 /// [`FileDevice::open_or_create`]) a file or block device with the best backend `backend`
 /// allows: io_uring if `probe_uring` says the kernel offers it, else `pread`/`pwrite`.
 ///
+/// A URI (`nbd://HOST[:PORT]/EXPORT`, `nbd+unix:///EXPORT?socket=PATH`) opens an
+/// [`NbdDevice`] instead: nothing is created, and an export smaller than `size` is refused.
+///
 /// # Errors
-/// [`crate::Error::Open`] if the path cannot be opened at all.
+/// [`crate::Error::Open`] if the path cannot be opened at all (for a URI: malformed or
+/// unsupported, unreachable, read-only, or smaller than `size`).
 pub fn open_device_with(
     path: &Path,
     size: Option<u64>,
     backend: Backend,
     probe_uring: impl FnOnce() -> std::io::Result<()>,
 ) -> Result<SharedDevice> {
+    if let Some(uri) = uri_of(path) {
+        // An NBD export: no file to create (the server sets the size; `size` is checked
+        // against it) and no local backend to choose.
+        return open_uri(uri, Access::ReadWrite, size);
+    }
     let file = FileDevice::open_or_create(path, size)?;
     with_backend(file, path, backend, probe_uring)
 }
@@ -99,13 +110,29 @@ pub fn open_device(path: &Path, size: Option<u64>) -> Result<SharedDevice> {
 }
 
 /// Open an existing file or block device for `access` (see [`FileDevice::open_with`]) with
-/// the best backend; a read-only device refuses writes in the kernel (`O_RDONLY`).
+/// the best backend; a read-only device refuses writes in the kernel (`O_RDONLY`). A URI
+/// opens an [`NbdDevice`] for `access` (a read-only one refuses writes itself).
 ///
 /// # Errors
 /// [`crate::Error::Open`] if the path cannot be opened so.
 pub fn open_device_for(path: &Path, access: Access) -> Result<SharedDevice> {
+    if let Some(uri) = uri_of(path) {
+        return open_uri(uri, access, None);
+    }
     let file = FileDevice::open_with(path, access)?;
     with_backend(file, path, Backend::from_env(), probe_read_write)
+}
+
+/// `path` as a URI (`nbd://…`, `nbd+unix://…`, or another scheme to refuse), if it is one.
+fn uri_of(path: &Path) -> Option<&str> {
+    path.to_str().filter(|text| super::is_uri(text))
+}
+
+/// Open the NBD export `uri` names, with the options of the environment (see
+/// [`NbdOptions::from_env`]).
+fn open_uri(uri: &str, access: Access, size: Option<u64>) -> Result<SharedDevice> {
+    let device = NbdDevice::open(uri, access, size, &NbdOptions::from_env())?;
+    Ok(Arc::new(device))
 }
 
 /// Make a small ring and ask the kernel whether it supports the Read and Write opcodes used

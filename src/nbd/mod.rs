@@ -3,7 +3,8 @@
 //! use a volume from another program or another machine.
 //!
 //! * [`proto`]: the wire format, pure (no I/O, no state). The fuzz target and the
-//!   malformed-request tests call it directly.
+//!   malformed-request tests call it directly. It lives in [`crate::nbd_wire`] (with the
+//!   client), below the devices, since `device::nbd` speaks the same protocol as a client.
 //! * `connection`: one client, from the greeting to the last reply. The negotiation runs on
 //!   the connection's thread; in the transmission phase that thread only reads requests and
 //!   queues them to the connection's workers (started on demand, up to 16, so many requests
@@ -14,15 +15,16 @@
 //!   shutdown: new connections stop, every socket's read side is shut so its reader sees end
 //!   of input, requests already read finish and are answered, then [`Server::run`] returns and
 //!   the caller closes (flushes) the pool.
-//! * [`client`] (feature `testing`): a minimal client (handshake, one request at a time or pipelined) for the
-//!   tests and the benchmark.
+//! * [`client`] (re-exported here with feature `testing`, for the tests and the benchmark):
+//!   the client (handshake, one request at a time or pipelined); `device::nbd` builds its
+//!   members on other hosts on it.
 //!
 //! This module never sees devices or stripes: it maps requests to `Pool` calls only.
 
 #[cfg(feature = "testing")]
-pub mod client;
+pub use crate::nbd_wire::client;
 mod connection;
-pub mod proto;
+pub use crate::nbd_wire::proto;
 mod server;
 
 pub use connection::{serve_stream, ConnectionEnd, ExportConfig, MAX_REQUEST_BYTES};

@@ -1321,7 +1321,10 @@ impl DeviceFault<'_> {
     fn is_gone(&self) -> bool {
         matches!(
             self,
-            DeviceFault::Read(DeviceError::Gone(_)) | DeviceFault::Write(DeviceError::Gone(_))
+            // Unavailable (a member out of reach over NBD) as Gone: the policy for members
+            // away asks the device (`is_unreachable`) before this is consulted.
+            DeviceFault::Read(DeviceError::Gone(_) | DeviceError::Unavailable(_))
+                | DeviceFault::Write(DeviceError::Gone(_) | DeviceError::Unavailable(_))
         )
     }
 }

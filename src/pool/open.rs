@@ -1112,6 +1112,7 @@ fn discover_members(
         .iter()
         .map(|f| f.device.name())
         .chain(recorded.iter().map(|m| m.path.clone()))
+        .filter(|name| !crate::device::is_uri(name))
         .filter_map(|name| {
             canonical_path(Path::new(&name))
                 .parent()
@@ -1171,6 +1172,11 @@ pub(super) fn candidates(locations: &[PathBuf]) -> Vec<PathBuf> {
         }
     };
     for location in locations {
+        if crate::device::is_uri_path(location) {
+            // An NBD member is reached at its URI only: it has no directory to look in, and
+            // the filesystem knows nothing of it.
+            continue;
+        }
         if location.is_dir() {
             let Ok(entries) = std::fs::read_dir(location) else {
                 continue;

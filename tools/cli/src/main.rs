@@ -32,7 +32,7 @@ use clap::{Parser, Subcommand};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use stripestore::device::{canonical_path, open_device_for, Access, CreatedFiles};
+use stripestore::device::{canonical_path, is_uri_path, open_device_for, Access, CreatedFiles};
 use stripestore::types::{human_bytes, parse_size};
 use stripestore::{CreateOptions, Layout, OpenOptions, Pool};
 
@@ -1373,7 +1373,7 @@ fn refuse_if_in_use(device: &Path, label: &stripestore::format::Superblock) -> C
         .members
         .iter()
         .map(|m| PathBuf::from(&m.path))
-        .filter(|p| canonical_path(p) != own && p.exists())
+        .filter(|p| canonical_path(p) != own && (is_uri_path(p) || p.exists()))
         .collect();
     if paths.is_empty() {
         paths.push(device.to_path_buf());

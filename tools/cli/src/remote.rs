@@ -164,6 +164,10 @@ pub fn name(name: &str) -> String {
 /// `path` as an absolute path (the serving process may run in another directory).
 #[must_use]
 pub fn absolute(path: &std::path::Path) -> String {
+    if stripestore::device::is_uri_path(path) {
+        // An NBD member's URI is the same from any directory.
+        return path.display().to_string();
+    }
     std::path::absolute(path)
         .unwrap_or_else(|_| path.to_path_buf())
         .display()

@@ -1,9 +1,13 @@
 //! A minimal NBD client over any byte stream: fixed newstyle negotiation with `NBD_OPT_GO`
 //! (optionally structured replies and the `base:allocation` metadata context first, see
-//! [`Client::connect_with`]), then requests one at a time or pipelined ([`Client::send`] /
-//! [`Client::receive`]), their replies simple or structured. It exists for the tests and the benchmark (the real clients are
-//! libnbd, qemu and the kernel), and it checks what it receives as strictly as the server checks
-//! what it is sent.
+//! [`negotiate`] and [`Client::connect_with`]), then requests one at a time or pipelined
+//! ([`Client::send`] / [`Client::receive`]), their replies simple or structured.
+//!
+//! [`Client`] serves the tests and the benchmark (the real clients are libnbd, qemu and the
+//! kernel). [`negotiate`] and [`read_simple_reply_header`] are also the wire half of
+//! `device::nbd`, the pool member kept on an NBD export, which sends requests from many
+//! threads and receives replies on a thread of its own. Everything here checks what it
+//! receives as strictly as the server checks what it is sent.
 
 use super::proto::{
     self, cmd, cmd_flag, info, opt, rep, reply_flag, reply_type, ExportInfo, ProtoError, Request,
@@ -99,96 +103,15 @@ impl<S: Read + Write> Client<S> {
         export_name: &str,
         options: &ConnectOptions,
     ) -> Result<Self, ClientError> {
-        let mut greeting = [0u8; proto::GREETING_BYTES];
-        stream.read_exact(&mut greeting)?;
-        let flags = proto::decode_greeting(&greeting)?;
-        if flags & proto::HANDSHAKE_FIXED_NEWSTYLE == 0 {
-            return Err(ClientError::Protocol("server is not fixed newstyle".into()));
-        }
-        stream.write_all(&proto::CLIENT_FIXED_NEWSTYLE.to_be_bytes())?;
-        if options.structured_replies {
-            stream.write_all(&proto::encode_option(opt::STRUCTURED_REPLY, &[]))?;
-            let (reply, _) = option_reply(&mut stream, opt::STRUCTURED_REPLY)?;
-            if reply != rep::ACK {
-                return Err(ClientError::Protocol(format!(
-                    "structured replies answered with {reply:#x}"
-                )));
-            }
-        }
-        let mut allocation_context = None;
-        if !options.meta_contexts.is_empty() {
-            let queries: Vec<&[u8]> = options.meta_contexts.iter().map(|q| q.as_bytes()).collect();
-            let data = proto::encode_meta_context_request(export_name.as_bytes(), &queries);
-            stream.write_all(&proto::encode_option(opt::SET_META_CONTEXT, &data))?;
-            for _ in 0..64 {
-                match option_reply(&mut stream, opt::SET_META_CONTEXT)? {
-                    (rep::ACK, _) => break,
-                    (rep::META_CONTEXT, payload) => {
-                        let id = payload.get(..4).ok_or_else(|| {
-                            ClientError::Protocol("short NBD_REP_META_CONTEXT".into())
-                        })?;
-                        if &payload[4..] == proto::BASE_ALLOCATION.as_bytes() {
-                            allocation_context =
-                                Some(u32::from_be_bytes([id[0], id[1], id[2], id[3]]));
-                        }
-                    }
-                    (reply, _) => {
-                        return Err(ClientError::Protocol(format!(
-                            "meta context answered with {reply:#x}"
-                        )))
-                    }
-                }
-            }
-        }
-        let data =
-            proto::encode_info_request(export_name.as_bytes(), &[info::BLOCK_SIZE, info::NAME]);
-        stream.write_all(&proto::encode_option(opt::GO, &data))?;
-        let mut export = ExportInfo {
-            name: export_name.to_string(),
-            size_bytes: 0,
-            flags: 0,
-            block_min_bytes: 1,
-            block_preferred_bytes: 4096,
-            block_max_bytes: 32 << 20,
-        };
-        let mut have_size = false;
-        for _ in 0..64 {
-            let mut header = [0u8; proto::OPTION_REPLY_BYTES];
-            stream.read_exact(&mut header)?;
-            let header = proto::decode_option_reply(&header)?;
-            if header.length > proto::MAX_OPTION_BYTES {
-                return Err(ClientError::Protocol("option reply too long".into()));
-            }
-            let mut payload = vec![0u8; usize::try_from(header.length).unwrap_or(0)];
-            stream.read_exact(&mut payload)?;
-            match header.reply {
-                rep::ACK if have_size => {
-                    return Ok(Self {
-                        stream,
-                        export,
-                        next_cookie: 1,
-                        pending_reads: HashMap::new(),
-                        structured: options.structured_replies,
-                        allocation_context,
-                    })
-                }
-                rep::ACK => {
-                    return Err(ClientError::Protocol("GO acknowledged with no size".into()))
-                }
-                rep::INFO => {
-                    parse_info(&payload, &mut export)?;
-                    have_size |= payload.get(..2) == Some(&info::EXPORT.to_be_bytes()[..]);
-                }
-                reply if reply & 0x8000_0000 != 0 => {
-                    return Err(ClientError::Refused {
-                        option: header.option,
-                        reply,
-                    })
-                }
-                _ => {}
-            }
-        }
-        Err(ClientError::Protocol("negotiation did not end".into()))
+        let negotiated = negotiate(&mut stream, export_name, options)?;
+        Ok(Self {
+            stream,
+            export: negotiated.export,
+            next_cookie: 1,
+            pending_reads: HashMap::new(),
+            structured: negotiated.structured,
+            allocation_context: negotiated.allocation_context,
+        })
     }
 
     /// The export as the server described it.
@@ -453,6 +376,139 @@ impl<S: Read + Write> Client<S> {
     }
 }
 
+/// What a negotiation agreed with the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Negotiated {
+    /// The export as the server described it (size, flags, block sizes).
+    pub export: ExportInfo,
+    /// Structured replies were negotiated.
+    pub structured: bool,
+    /// The id the server gave `base:allocation`, if selected.
+    pub allocation_context: Option<u32>,
+}
+
+/// Run the fixed newstyle handshake on `stream` up to the transmission phase: negotiate
+/// `options`, then select `export_name` with `NBD_OPT_GO` (asking for its block sizes). Used by
+/// [`Client`] and by the pipelined device backend, which splits the stream afterwards.
+///
+/// # Errors
+/// Transport errors, protocol errors (block sizes that break the protocol's rules among
+/// them), or the server refusing an option or the export ([`ClientError::Refused`]).
+pub fn negotiate<S: Read + Write>(
+    stream: &mut S,
+    export_name: &str,
+    options: &ConnectOptions,
+) -> Result<Negotiated, ClientError> {
+    let mut greeting = [0u8; proto::GREETING_BYTES];
+    stream.read_exact(&mut greeting)?;
+    let flags = proto::decode_greeting(&greeting)?;
+    if flags & proto::HANDSHAKE_FIXED_NEWSTYLE == 0 {
+        return Err(ClientError::Protocol("server is not fixed newstyle".into()));
+    }
+    stream.write_all(&proto::CLIENT_FIXED_NEWSTYLE.to_be_bytes())?;
+    if options.structured_replies {
+        stream.write_all(&proto::encode_option(opt::STRUCTURED_REPLY, &[]))?;
+        let (reply, _) = option_reply(stream, opt::STRUCTURED_REPLY)?;
+        if reply != rep::ACK {
+            return Err(ClientError::Protocol(format!(
+                "structured replies answered with {reply:#x}"
+            )));
+        }
+    }
+    let mut allocation_context = None;
+    if !options.meta_contexts.is_empty() {
+        let queries: Vec<&[u8]> = options.meta_contexts.iter().map(|q| q.as_bytes()).collect();
+        let data = proto::encode_meta_context_request(export_name.as_bytes(), &queries);
+        stream.write_all(&proto::encode_option(opt::SET_META_CONTEXT, &data))?;
+        for _ in 0..64 {
+            match option_reply(stream, opt::SET_META_CONTEXT)? {
+                (rep::ACK, _) => break,
+                (rep::META_CONTEXT, payload) => {
+                    let id = payload.get(..4).ok_or_else(|| {
+                        ClientError::Protocol("short NBD_REP_META_CONTEXT".into())
+                    })?;
+                    if &payload[4..] == proto::BASE_ALLOCATION.as_bytes() {
+                        allocation_context = Some(u32::from_be_bytes([id[0], id[1], id[2], id[3]]));
+                    }
+                }
+                (reply, _) => {
+                    return Err(ClientError::Protocol(format!(
+                        "meta context answered with {reply:#x}"
+                    )))
+                }
+            }
+        }
+    }
+    let data = proto::encode_info_request(export_name.as_bytes(), &[info::BLOCK_SIZE, info::NAME]);
+    stream.write_all(&proto::encode_option(opt::GO, &data))?;
+    // The protocol's defaults when the server gives no block sizes: any alignment, 4 KiB
+    // preferred, and requests of at most 32 MiB for interoperability.
+    let mut export = ExportInfo {
+        name: export_name.to_string(),
+        size_bytes: 0,
+        flags: 0,
+        block_min_bytes: 1,
+        block_preferred_bytes: 4096,
+        block_max_bytes: 32 << 20,
+    };
+    let mut have_size = false;
+    for _ in 0..64 {
+        let mut header = [0u8; proto::OPTION_REPLY_BYTES];
+        stream.read_exact(&mut header)?;
+        let header = proto::decode_option_reply(&header)?;
+        if header.option != opt::GO {
+            return Err(ClientError::Protocol(format!(
+                "option reply for {} while waiting for NBD_OPT_GO",
+                header.option
+            )));
+        }
+        if header.length > proto::MAX_OPTION_BYTES {
+            return Err(ClientError::Protocol("option reply too long".into()));
+        }
+        let mut payload = vec![0u8; usize::try_from(header.length).unwrap_or(0)];
+        stream.read_exact(&mut payload)?;
+        match header.reply {
+            rep::ACK if have_size => {
+                return Ok(Negotiated {
+                    export,
+                    structured: options.structured_replies,
+                    allocation_context,
+                })
+            }
+            rep::ACK => return Err(ClientError::Protocol("GO acknowledged with no size".into())),
+            rep::INFO => {
+                parse_info(&payload, &mut export)?;
+                have_size |= payload.get(..2) == Some(&info::EXPORT.to_be_bytes()[..]);
+            }
+            reply if reply & 0x8000_0000 != 0 => {
+                return Err(ClientError::Refused {
+                    option: header.option,
+                    reply,
+                })
+            }
+            _ => {}
+        }
+    }
+    Err(ClientError::Protocol("negotiation did not end".into()))
+}
+
+/// Read the header of one simple reply from `stream`: (error number, cookie). For a successful
+/// read, the data follows; only the caller knows its length (the request's), so it reads it.
+///
+/// # Errors
+/// Transport errors; a structured reply chunk (never negotiated by a caller of this) or any
+/// other magic is a protocol error.
+pub fn read_simple_reply_header(stream: &mut impl Read) -> Result<(u32, u64), ClientError> {
+    let mut header = [0u8; proto::REPLY_BYTES];
+    stream.read_exact(&mut header)?;
+    if header[..4] == proto::STRUCTURED_REPLY_MAGIC.to_be_bytes() {
+        return Err(ClientError::Protocol(
+            "structured reply that was not negotiated".into(),
+        ));
+    }
+    Ok(proto::decode_reply(&header)?)
+}
+
 /// Read one option reply to `option`: (reply type, data).
 fn option_reply(stream: &mut impl Read, option: u32) -> Result<(u32, Vec<u8>), ClientError> {
     let mut header = [0u8; proto::OPTION_REPLY_BYTES];
@@ -552,9 +608,17 @@ fn parse_info(payload: &[u8], export: &mut ExportInfo) -> Result<(), ClientError
                 let raw = field(at, 4)?;
                 Ok(u32::from_be_bytes([raw[0], raw[1], raw[2], raw[3]]))
             };
-            export.block_min_bytes = u32_at(2)?;
-            export.block_preferred_bytes = u32_at(6)?;
-            export.block_max_bytes = u32_at(10)?;
+            let (min, preferred, max) = (u32_at(2)?, u32_at(6)?, u32_at(10)?);
+            // The protocol's rules: powers of two for the minimum and the preferred size, and
+            // neither above the maximum.
+            if !min.is_power_of_two() || !preferred.is_power_of_two() || min > max {
+                return Err(ClientError::Protocol(format!(
+                    "block sizes that break the protocol: minimum {min}, preferred {preferred}, maximum {max}"
+                )));
+            }
+            export.block_min_bytes = min;
+            export.block_preferred_bytes = preferred;
+            export.block_max_bytes = max;
         }
         info::NAME => {
             export.name = String::from_utf8_lossy(field(2, payload.len() - 2)?).into_owned();
