@@ -398,7 +398,10 @@ fn a_member_silent_at_open_is_away_and_resynced_by_what_changed_after() {
     assert_eq!(pool.status().devices[4].state, "ONLINE");
     // 30 writes after the open against 200 before: a fraction of the position.
     let allocated = pool.status().allocated_bytes;
-    assert!(resync > 0 && resync * 4 < allocated / 4, "resync {resync} of {allocated}");
+    assert!(
+        resync > 0 && resync * 4 < allocated / 4,
+        "resync {resync} of {allocated}"
+    );
     without(pool, &devices, &[0, 1], &model).unwrap();
     // Forced, the same absence is a fault (copied in full when it comes back).
     let mems = mem_devices(6, DEVICE_BYTES);

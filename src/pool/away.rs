@@ -95,10 +95,11 @@ impl PoolInner {
         index: DeviceIndex,
         away: &super::members::Away,
     ) -> Result<bool, String> {
+        // The read itself reconnects a remote device (at its backoff pace).
+        let sb = super::open::read_superblock(device)?;
         if device.is_unreachable() {
             return Err("unreachable".into());
         }
-        let sb = super::open::read_superblock(device)?;
         let identity = self.members.get(index).identity();
         if sb.pool_uuid != self.uuid || sb.device_uuid != identity.uuid {
             return Err(format!(

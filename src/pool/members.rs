@@ -906,7 +906,11 @@ impl Members {
         counter.fetch_add(1, Ordering::Relaxed);
         // A member that does not answer (its device says so, whatever path the error took)
         // is away, not failed, when the pool can go on without it (FORMAT.md V4.16).
-        let unreachable = member
+        let unreachable = matches!(
+            detail,
+            DeviceFault::Read(DeviceError::Unavailable(_))
+                | DeviceFault::Write(DeviceError::Unavailable(_))
+        ) || member
             .device
             .read()
             .as_ref()
