@@ -873,7 +873,9 @@ impl World<'_> {
                 dropped.iter().map(|(p, _)| p).collect::<Vec<_>>()
             )
         })?;
-        // The members left out are faulted now (missing at open): they count as damaged.
+        // The members left out are out of service now (missing at open: faulted, or away
+        // when they were in service and the open was not forced, FORMAT.md V4.16): they count
+        // as damaged.
         for (_, d) in &dropped {
             self.disks[*d].damaged = true;
         }
@@ -883,7 +885,8 @@ impl World<'_> {
                 .devices
                 .iter()
                 .find(|m| m.index == Some(*p) && m.replacing.is_none());
-            if serving.is_some_and(|m| m.state != "FAULTED" && m.path == self.disks[*d].name) {
+            let out = |state: &str| matches!(state, "FAULTED" | "UNAVAILABLE");
+            if serving.is_some_and(|m| !out(&m.state) && m.path == self.disks[*d].name) {
                 return Err(format!(
                     "{} was left out of the open but is in service",
                     self.disks[*d].name
