@@ -195,6 +195,9 @@ pub struct MemberDevice {
     recent_errors: Mutex<VecDeque<Instant>>,
     /// Away and expected back, if it is (out of service meanwhile).
     away: Mutex<Option<Away>>,
+    /// The newest superblock generation written to its device (at least one of the two
+    /// copies), as far as this process knows: what it must still hold when it returns.
+    superblock_generation: AtomicU64,
     /// Error counters.
     pub errors: ErrorCounters,
     /// I/O counters and latencies of whichever device serves this position.
@@ -243,6 +246,7 @@ impl MemberDevice {
                         answering_since: None,
                     }),
             ),
+            superblock_generation: AtomicU64::new(0),
             fault_reason: Mutex::new(reason),
             degraded: Mutex::new(degraded),
             recent_errors: Mutex::new(VecDeque::new()),
@@ -450,6 +454,11 @@ impl Members {
             }
         }
         let durable_below = data.iter().map(|_| AtomicU64::new(0)).collect();
+        for member in &data {
+            member
+                .superblock_generation
+                .store(superblock.generation, Ordering::Release);
+        }
         // Resync by birth needs version 4's births; a version-3 member is faulted as before.
         let policy = FaultPolicy {
             unavailable_allowed: policy.unavailable_allowed && superblock.map.is_some(),
@@ -751,7 +760,7 @@ impl Members {
         let record = crate::format::Unavailable {
             since_sequence: since,
             since_unix_secs: crate::types::now_unix_secs(),
-            generation: self.generation(),
+            generation: member.superblock_generation.load(Ordering::Acquire),
         };
         let device = member.device.read().clone();
         *member.away.lock() = Some(Away {
@@ -1262,6 +1271,7 @@ impl Members {
             })
             .collect::<std::result::Result<_, String>>()
             .map_err(Error::corrupt_metadata)?;
+        let generation = template.generation;
         drop(template);
         let mut failures = Vec::new();
         for copy in 0..2 {
@@ -1282,6 +1292,18 @@ impl Members {
         }
         for (device, err) in &failures {
             tracing::warn!(%device, %err, "superblock write failed");
+        }
+        // A member holds this generation if at least one of its two copies was written (a
+        // read takes the newest copy that verifies).
+        for member in &self.data {
+            if let Some(device) = member.device() {
+                let name = device.name();
+                if failures.iter().filter(|(d, _)| *d == name).count() < 2 {
+                    member
+                        .superblock_generation
+                        .store(generation, Ordering::Release);
+                }
+            }
         }
         *self.persisted.lock() = counters;
         Ok(failures)
