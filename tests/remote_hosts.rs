@@ -81,7 +81,6 @@ fn can_run(test: &str) -> bool {
 /// One "host": a network namespace linked to the root namespace by a veth pair, serving the
 /// files of a directory with nbdkit on its own address. Torn down on drop.
 struct Host {
-    name: String,
     ns: String,
     outside: String,
     inside: String,
@@ -94,7 +93,6 @@ impl Host {
     fn new(tag: &str, name: &str, subnet: u8, dir: &Path) -> Self {
         let ns = format!("ss{tag}{name}");
         let host = Self {
-            name: name.to_string(),
             ns: ns.clone(),
             outside: format!("ss{tag}{name}o"),
             inside: format!("ss{tag}{name}i"),
@@ -171,7 +169,6 @@ impl Host {
             let _ = child.wait();
         }
         // `ip netns exec` may leave nbdkit behind its own exit.
-        let _ = run(&["ip", "netns", "pids", &self.ns]).map(|()| ());
         let pids = Command::new("ip")
             .args(["netns", "pids", &self.ns])
             .output()
@@ -264,7 +261,7 @@ impl Writer {
                 }
                 drop(model);
                 n += 1;
-                if n % 8 == 0 && client.flush().is_err() {
+                if n.is_multiple_of(8) && client.flush().is_err() {
                     f.fetch_add(1, Ordering::Relaxed);
                 }
                 // About 1.5 MiB/s: an outage of seconds changes a small part of the volume.
