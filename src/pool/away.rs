@@ -101,6 +101,10 @@ impl PoolInner {
             return Err("unreachable".into());
         }
         let identity = self.members.get(index).identity();
+        if sb.pool_uuid == self.uuid && away.relabelled.contains(&sb.device_uuid) {
+            // Its resync was abandoned part-way: copied in full this time.
+            return Ok(false);
+        }
         if sb.pool_uuid != self.uuid || sb.device_uuid != identity.uuid {
             return Err(format!(
                 "its superblock names device {} of pool {}",

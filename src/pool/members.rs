@@ -178,6 +178,8 @@ pub struct Away {
     pub deadline: Instant,
     /// When the probes began to succeed, if they do.
     pub answering_since: Option<Instant>,
+    /// Labels its device took in resyncs that were abandoned: it answers as one of them.
+    pub relabelled: Vec<crate::format::PoolUuid>,
 }
 
 /// One data position of the layout.
@@ -244,6 +246,7 @@ impl MemberDevice {
                         device: kept,
                         deadline: Instant::now(),
                         answering_since: None,
+                        relabelled: Vec::new(),
                     }),
             ),
             superblock_generation: AtomicU64::new(0),
@@ -450,7 +453,8 @@ impl Members {
             if let Some(away) = member.away.lock().as_mut() {
                 let gone_for = Duration::from_secs(now.saturating_sub(away.record.since_unix_secs));
                 let left = policy.unavailable_grace.saturating_sub(gone_for);
-                away.deadline = Instant::now() + left.max(Duration::from_secs(60));
+                let floor = Duration::from_secs(60).min(policy.unavailable_grace);
+                away.deadline = Instant::now() + left.max(floor);
             }
         }
         let durable_below = data.iter().map(|_| AtomicU64::new(0)).collect();
@@ -768,6 +772,7 @@ impl Members {
             device,
             deadline: Instant::now() + self.policy.unavailable_grace,
             answering_since: None,
+            relabelled: Vec::new(),
         });
         let reason = format!("unavailable: {why}");
         {
@@ -800,6 +805,7 @@ impl Members {
             device: None,
             deadline: Instant::now() + self.policy.unavailable_grace,
             answering_since: None,
+            relabelled: Vec::new(),
         });
         let reason = {
             let mut current = member.fault_reason.lock();
@@ -1002,6 +1008,12 @@ impl Members {
             replacement
         };
         tracing::error!(device = %replacement.identity.path, reason, "replacement abandoned");
+        // A resync abandoned on the member's own device left that device labelled as the
+        // replacement: it is still recognised when it answers again, and copied in full then
+        // (what the cut-short copy left on it is not known).
+        if let Some(away) = self.get(index).away.lock().as_mut() {
+            away.relabelled.push(replacement.identity.uuid);
+        }
         // A spare stays on record as a faulted spare, so the operator sees it; a device given
         // for a replace or online is simply dropped (the command reported the error).
         if replacement.from_spare {

@@ -9,6 +9,7 @@
 
 mod bench;
 mod bench_cold_map;
+mod bench_members;
 mod bench_metadata;
 mod bench_nbd;
 mod bench_pool;
@@ -446,6 +447,10 @@ enum Command {
     /// Measure random 4 KiB reads while a large recovery point is deleted in the background
     /// against the same reads with nothing being deleted, in one run (issue 15).
     BenchReclaim(bench_reclaim::BenchReclaimArgs),
+    /// Measure the pool on members served over NBD (nbdkit `file`, Unix sockets) against the
+    /// same pool on local member files, in one run: sequential write and read, random 4 KiB
+    /// reads.
+    BenchMembers(bench_members::BenchMembersArgs),
     /// Run deterministic disk-failure simulations: seeded workloads with injected faults and
     /// crashes, checked against a model after every step.
     Simulate(simulate::SimulateArgs),
@@ -913,6 +918,7 @@ fn execute(command: Command) -> CliResult {
         Command::BenchColdMap(args) => bench_cold_map::run(&args),
         Command::BenchSmallwrite(args) => bench_smallwrite::run(&args).map_err(Into::into),
         Command::BenchReclaim(args) => bench_reclaim::run(&args),
+        Command::BenchMembers(args) => bench_members::run(&args),
         Command::Serve(args) => serve::run(args),
     }
 }
