@@ -360,15 +360,15 @@ fn fault_gives_up_on_a_member_away_and_clear_resyncs_one_at_once() {
     }
 }
 
-/// A member recorded in service that does not answer at a writable open (its host was down
-/// when the pool restarted) is away, not faulted: it is resynced by what changed after the
-/// open when it is given back, and every byte survives losing two more. A forced open faults
-/// it instead (it may hold a newer history).
+/// A remote member recorded in service that does not answer at a writable open (its host was
+/// down when the pool restarted) is away, not faulted: it is resynced by what changed after
+/// the open when it is given back, and every byte survives losing two more. A forced open
+/// faults it instead (it may hold a newer history), and so does any open of a local disk.
 #[test]
 fn a_member_silent_at_open_is_away_and_resynced_by_what_changed_after() {
     let mut rng = stripestore::testing::rng(0x18a5);
     let mems = mem_devices(6, DEVICE_BYTES);
-    let devices: Vec<SharedDevice> = mems.iter().map(|m| m.clone() as SharedDevice).collect();
+    let devices = remote(&mems);
     let pool = Pool::create(devices.clone(), vec![], &options("rs:4+2")).unwrap();
     let mut model = Model::new(pool.size());
     random_writes(&pool, &mut model, &mut rng, 200);
@@ -387,7 +387,7 @@ fn a_member_silent_at_open_is_away_and_resynced_by_what_changed_after() {
     assert_eq!(status.devices[4].state, "UNAVAILABLE", "{status}");
     random_writes(&pool, &mut model, &mut rng, 30);
     pool.flush().unwrap();
-    pool.clear_with("mem4", mems[4].clone() as SharedDevice)
+    pool.clear_with("nbd://host/mem4", devices[4].clone())
         .unwrap();
     let resync: u64 = pool
         .run_rebuilds(|_| {})
@@ -403,19 +403,58 @@ fn a_member_silent_at_open_is_away_and_resynced_by_what_changed_after() {
         "resync {resync} of {allocated}"
     );
     without(pool, &devices, &[0, 1], &model).unwrap();
-    // Forced, the same absence is a fault (copied in full when it comes back).
-    let mems = mem_devices(6, DEVICE_BYTES);
-    let devices: Vec<SharedDevice> = mems.iter().map(|m| m.clone() as SharedDevice).collect();
-    let pool = Pool::create(devices.clone(), vec![], &options("rs:4+2")).unwrap();
-    random_writes(&pool, &mut Model::new(pool.size()), &mut rng, 20);
-    pool.close().unwrap();
-    let forced = OpenOptions {
-        force: true,
-        ..open.clone()
-    };
-    let pool = Pool::open(devices[..5].to_vec(), &forced).unwrap();
-    assert_eq!(pool.status().devices[5].state, "FAULTED");
-    pool.close().unwrap();
+    // Forced, the same absence is a fault (copied in full when it comes back); so is a
+    // local disk missing at any open.
+    for (forced, local) in [(true, false), (false, true)] {
+        let mems = mem_devices(6, DEVICE_BYTES);
+        let devices = if local {
+            mems.iter().map(|m| m.clone() as SharedDevice).collect()
+        } else {
+            remote(&mems)
+        };
+        let pool = Pool::create(devices.clone(), vec![], &options("rs:4+2")).unwrap();
+        random_writes(&pool, &mut Model::new(pool.size()), &mut rng, 20);
+        pool.close().unwrap();
+        let options = OpenOptions {
+            force: forced,
+            ..open.clone()
+        };
+        let pool = Pool::open(devices[..5].to_vec(), &options).unwrap();
+        assert_eq!(pool.status().devices[5].state, "FAULTED", "forced {forced}");
+        pool.close().unwrap();
+    }
+}
+
+/// A memory device that calls itself by an NBD URI (a remote member, for the rules that
+/// depend on it).
+#[derive(Debug)]
+struct Remote(Arc<MemDevice>);
+
+impl Device for Remote {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
+        self.0.read_at(offset, buf)
+    }
+    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), DeviceError> {
+        self.0.write_at(offset, buf)
+    }
+    fn flush(&self) -> Result<(), DeviceError> {
+        self.0.flush()
+    }
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+    fn name(&self) -> String {
+        format!("nbd://host/{}", self.0.name())
+    }
+    fn is_unreachable(&self) -> bool {
+        self.0.is_unreachable()
+    }
+}
+
+fn remote(mems: &[Arc<MemDevice>]) -> Vec<SharedDevice> {
+    mems.iter()
+        .map(|m| Arc::new(Remote(m.clone())) as SharedDevice)
+        .collect()
 }
 
 /// Two members of one host go away together: the second misses the superblock write that

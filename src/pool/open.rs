@@ -488,8 +488,10 @@ pub(super) fn open(
     Ok(inner)
 }
 
-/// Members recorded in service (and not degraded) that do not answer at a writable v4 open
-/// are away, not faulted (docs/FORMAT.md V4.16 §7, review F9): every commit the opened map
+/// Remote members (an NBD URI) recorded in service (and not degraded) that do not answer at a
+/// writable v4 open are away, not faulted (docs/FORMAT.md V4.16 §7, review F9); a local disk
+/// missing at open is a failure as before (unplugged, its spare takes over): every commit the
+/// opened map
 /// holds had their flush succeed (a commit goes on without a member only once the superblocks
 /// record it out of service), so their content is exact below this open's first sequence,
 /// and they are resynced by what changed when they answer. Not after a forced open: the
@@ -503,7 +505,8 @@ fn away_at_open(inner: &PoolInner) {
         let missing = member
             .fault_reason()
             .is_some_and(|r| r.starts_with("missing: "));
-        if missing && member.degraded_reason().is_none() && member.away().is_none() {
+        let remote = crate::device::is_uri_path(std::path::Path::new(&member.path()));
+        if missing && remote && member.degraded_reason().is_none() && member.away().is_none() {
             inner.members.away_at_open(member.index, since);
         }
     }
