@@ -3,7 +3,7 @@
 
 use super::{Op, RunReport, SimConfig, Stats, Violation};
 use crate::device::{
-    FaultConfig, FaultKind, FaultPlan, FaultyDevice, MemDevice, PowerCut, SharedDevice,
+    Device, FaultConfig, FaultKind, FaultPlan, FaultyDevice, MemDevice, PowerCut, SharedDevice,
 };
 use crate::error::{Error, Result};
 use crate::geometry::Layout;
@@ -16,6 +16,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
+mod away;
 mod classes;
 mod points;
 mod replica;
@@ -32,6 +33,15 @@ struct Disk {
     handle: SharedDevice,
     /// A fault was injected into it (it counts against the damage budget while a member).
     damaged: bool,
+    /// The simulation made it unreachable (docs/FORMAT.md V4.16 §3) and it is not back in
+    /// service yet: the pool may mark it away, or fault it when the grace period ends.
+    away: bool,
+    /// A flush succeeded while the pool showed it UNAVAILABLE: the superblocks record it
+    /// away, so every open while it does not answer must show it so.
+    recorded_away: bool,
+    /// Its resync (or full copy) was started: once it is in service again, `tolerance`
+    /// other members are lost and every byte must read back.
+    resync_pending: bool,
 }
 
 struct World<'a> {
@@ -65,6 +75,11 @@ struct World<'a> {
     points_checked: u64,
     /// The pool recovery points are sent to and received in (made on first use).
     replica: Option<replica::Replica>,
+    /// The failure domain of each data position at create (empty: no domains).
+    domains: Vec<String>,
+    /// The positions of a failure domain lost whole right now ([`Op::DomainLoss`]): damage
+    /// confined to them is within what the pool must survive.
+    domain_out: Option<BTreeSet<usize>>,
 }
 
 type Check = std::result::Result<(), String>;
@@ -87,6 +102,8 @@ pub(super) fn run(config: &SimConfig, ops: &[Op]) -> Result<RunReport> {
         let outcome = world
             .step(op)
             .and_then(|()| world.check_no_spontaneous_faults())
+            .and_then(|()| world.check_domain_rule())
+            .and_then(|()| world.settle_away(epoch))
             .and_then(|()| world.spot_check(op));
         if let Err(message) = outcome {
             violation = Some(Violation {
@@ -150,6 +167,12 @@ impl<'a> World<'a> {
             points_made: 0,
             points_checked: 0,
             replica: None,
+            domains: if config.format4 && config.domains {
+                away::domains_for(config.layout, config.devices)
+            } else {
+                Vec::new()
+            },
+            domain_out: None,
         };
         let handles: Vec<SharedDevice> = (0..config.devices)
             .map(|i| world.new_disk(format!("d{i}")))
@@ -158,6 +181,7 @@ impl<'a> World<'a> {
         options.chunk_bytes = config.chunk_bytes;
         options.open = Self::open_options(config, false, false);
         options.format = Self::format(config);
+        options.domains.clone_from(&world.domains);
         let pool = Pool::create(handles, vec![], &options)?;
         // Deletes a leaf at a time: the simulation's small volumes then have deletes part-way
         // (docs/FORMAT.md V4.10e) for writes, crashes and faults to fall between.
@@ -211,8 +235,14 @@ impl<'a> World<'a> {
             } else {
                 crate::pool::DEFAULT_MAP_CACHE_BYTES
             },
-            unavailable_grace: crate::pool::DEFAULT_UNAVAILABLE_GRACE,
-            returning_quiet: crate::pool::DEFAULT_RETURNING_QUIET,
+            // Members away (docs/FORMAT.md V4.16): the default grace (no run outlasts it), or
+            // none at all for some seeds; back at the first probe that answers.
+            unavailable_grace: if config.short_grace {
+                std::time::Duration::ZERO
+            } else {
+                crate::pool::DEFAULT_UNAVAILABLE_GRACE
+            },
+            returning_quiet: std::time::Duration::ZERO,
             planted: config.planted,
         }
     }
@@ -248,6 +278,9 @@ impl<'a> World<'a> {
             plan,
             handle: Arc::clone(&handle),
             damaged: false,
+            away: false,
+            recorded_away: false,
+            resync_pending: false,
         });
         handle
     }
@@ -273,7 +306,13 @@ impl<'a> World<'a> {
                 .disk(&device.path)
                 .is_some_and(|d| self.disks[d].damaged);
             let faulted = device.replacing.is_none() && device.state == "FAULTED";
-            if injected || faulted {
+            // Out of service while away or being resynced, or not answering (yet unnoticed).
+            let away = device.replacing.is_none()
+                && (matches!(device.state.as_str(), "UNAVAILABLE" | "RESYNCING")
+                    || self
+                        .disk(&device.path)
+                        .is_some_and(|d| self.disks[d].mem.is_unreachable()));
+            if injected || faulted || away {
                 damaged.insert(position);
             }
         }
@@ -283,7 +322,17 @@ impl<'a> World<'a> {
     fn within_tolerance(&self) -> bool {
         self.pool
             .as_ref()
-            .is_some_and(|pool| self.damaged_positions(&pool.status()).len() <= self.tolerance)
+            .is_some_and(|pool| self.survivable(&self.damaged_positions(&pool.status())))
+    }
+
+    /// Whether the pool must survive damage at `damaged`: at most `tolerance` positions, or
+    /// all of them in the one failure domain lost whole.
+    fn survivable(&self, damaged: &BTreeSet<usize>) -> bool {
+        damaged.len() <= self.tolerance
+            || self
+                .domain_out
+                .as_ref()
+                .is_some_and(|domain| damaged.is_subset(domain))
     }
 
     /// The device in service at `position` that a new fault may hit, if the budget allows.
@@ -294,11 +343,14 @@ impl<'a> World<'a> {
             .devices
             .iter()
             .find(|d| d.index == Some(position) && d.replacing.is_none())?;
-        if member.state == "FAULTED" {
+        if matches!(
+            member.state.as_str(),
+            "FAULTED" | "UNAVAILABLE" | "RESYNCING"
+        ) {
             return None;
         }
         let disk = self.disk(&member.path)?;
-        if self.disks[disk].plan.lock().is_gone() {
+        if self.disks[disk].plan.lock().is_gone() || self.disks[disk].mem.is_unreachable() {
             return None;
         }
         let damaged = self.damaged_positions(&status);
@@ -312,11 +364,24 @@ impl<'a> World<'a> {
             return Ok(());
         };
         for device in pool.status().devices {
+            if device.state == "UNAVAILABLE" && device.replacing.is_none() {
+                if let Some(disk) = self.disk(&device.path) {
+                    if !self.disks[disk].away {
+                        return Err(format!(
+                            "the pool took {} for away although it was never made unreachable: {}",
+                            device.path,
+                            device.reason.unwrap_or_default()
+                        ));
+                    }
+                }
+            }
             if device.state != "FAULTED" || device.replacing.is_some() {
                 continue;
             }
             if let Some(disk) = self.disk(&device.path) {
-                if !self.disks[disk].damaged {
+                // (A member away is faulted when its grace period ends, or when it was not
+                // answering at an open.)
+                if !self.disks[disk].damaged && !self.disks[disk].away {
                     return Err(format!(
                         "the pool faulted {} although no fault was injected into it: {}",
                         device.path,
@@ -366,7 +431,19 @@ impl<'a> World<'a> {
         let within = self.within_tolerance();
         self.spares_made += 1;
         let handle = self.new_disk(format!("s{}", self.spares_made));
-        match self.pool()?.add_spare(handle, false) {
+        let added = if self.domains.is_empty() {
+            self.pool()?.add_spare(handle, false)
+        } else {
+            // Every third in a domain of its own; the others in a member's domain, where only
+            // some positions may take it (docs/FORMAT.md V4.16 §2).
+            let domain = if self.spares_made % 3 == 0 {
+                "spare-host".to_string()
+            } else {
+                self.domains[self.spares_made % self.domains.len()].clone()
+            };
+            self.pool()?.add_spare_in(handle, false, &domain)
+        };
+        match added {
             Ok(()) => Ok(()),
             Err(err) if within => Err(format!("add spare failed within tolerance: {err}")),
             Err(_) => Ok(()),
@@ -575,6 +652,14 @@ impl<'a> World<'a> {
             Op::RecoveryPointRead { pick, offset, len } => self.point_read(*pick, *offset, *len),
             Op::RecoveryPointRollback { pick } => self.point_rollback(*pick),
             Op::Replicate { pick, cut, seed } => self.replicate(*pick, *cut, *seed),
+            Op::Away {
+                device,
+                writes,
+                seed,
+            } => self.away(*device, *writes, *seed),
+            Op::Back { pick, seed } => self.back(*pick, *seed),
+            Op::AwayBeyond { device, seed } => self.away_beyond(*device, *seed),
+            Op::DomainLoss { pick, seed } => self.domain_loss(*pick, *seed),
             Op::Reopen => self.reopen(),
             Op::Crash { seed, cut_after } => self.crash(*seed, *cut_after),
             Op::FailStop { device } => self.inject(*device, |plan| plan.fail_stop()),
@@ -635,7 +720,7 @@ impl<'a> World<'a> {
     }
 
     fn within_tolerance_of(&self, pool: &Pool) -> bool {
-        self.damaged_positions(&pool.status()).len() <= self.tolerance
+        self.survivable(&self.damaged_positions(&pool.status()))
     }
 
     fn inject(&mut self, position: u8, fault: impl FnOnce(&mut FaultPlan)) -> Check {
@@ -722,6 +807,7 @@ impl<'a> World<'a> {
         match self.pool()?.flush() {
             Ok(()) => {
                 self.model.flushed();
+                self.note_recorded_away();
                 Ok(())
             }
             Err(err) if within => Err(format!("flush failed within tolerance: {err}")),
@@ -801,6 +887,8 @@ impl<'a> World<'a> {
             .iter()
             .filter_map(|name| self.disk(name))
             .filter(|d| !self.disks[*d].plan.lock().is_gone())
+            // A device that does not answer cannot be given (its superblock cannot be read).
+            .filter(|d| !self.disks[*d].mem.is_unreachable())
             .collect()
     }
 
@@ -833,7 +921,7 @@ impl<'a> World<'a> {
                 Ok(pool) => {
                     pool.set_reclaim_step_pages(1);
                     self.pool = Some(pool);
-                    return Ok(());
+                    return self.check_away_after_open();
                 }
                 Err(Error::CannotProveCurrent { .. }) if !force => {
                     self.stats.forced_opens += 1;
@@ -953,7 +1041,34 @@ impl<'a> World<'a> {
             return Err(format!("no member at position {target}"));
         };
         let within = damaged.len() <= self.tolerance;
-        match pool.replace_with_spare(&member.path, &spare.path) {
+        // With failure domains, a spare whose domain would break the rule at the target must
+        // be refused (docs/FORMAT.md V4.16 §2; `--force` does not override it).
+        let allowed = self.domains.is_empty() || {
+            let mut domains: Vec<&str> = (0..self.config.devices)
+                .map(|p| {
+                    status
+                        .devices
+                        .iter()
+                        .find(|d| d.index == Some(p) && d.replacing.is_none())
+                        .and_then(|d| d.domain.as_deref())
+                        .unwrap_or("")
+                })
+                .collect();
+            domains[target] = spare.domain.as_deref().unwrap_or("");
+            crate::geometry::check_domains(pool.geometry(), &domains).is_ok()
+        };
+        let replaced = pool.replace_with_spare(&member.path, &spare.path);
+        if !allowed {
+            self.stats.skipped += 1;
+            return match replaced {
+                Ok(()) => Err(format!(
+                    "DOMAIN RULE BROKEN: replacing {} with spare {} (domain {:?}) was accepted",
+                    member.path, spare.path, spare.domain
+                )),
+                Err(_) => Ok(()),
+            };
+        }
+        match replaced {
             Ok(()) => Ok(()),
             Err(err) if within => Err(format!(
                 "replacing {} with spare {} failed within tolerance: {err}",
