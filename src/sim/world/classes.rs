@@ -116,10 +116,10 @@ impl World<'_> {
         *self.stats.classes.entry(class.to_string()).or_default() += 1;
     }
 
-    /// A device does not answer (a member away): the classes that give every device to an
-    /// open, or compare every image, wait until it is back.
+    /// A device does not answer, or a member away is not back in service yet: the classes
+    /// that give every device to an open, or compare every image, wait until it is back.
     pub(super) fn any_unreachable(&self) -> bool {
-        self.disks.iter().any(|d| d.mem.is_unreachable())
+        self.disks.iter().any(|d| d.away || d.mem.is_unreachable())
     }
 
     pub(super) fn skip(&mut self) -> Check {
