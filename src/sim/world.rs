@@ -447,7 +447,7 @@ impl<'a> World<'a> {
         } else {
             // Every third in a domain of its own; the others in a member's domain, where only
             // some positions may take it (docs/FORMAT.md V4.16 §2).
-            let domain = if self.spares_made % 3 == 0 {
+            let domain = if self.spares_made.is_multiple_of(3) {
                 "spare-host".to_string()
             } else {
                 self.domains[self.spares_made % self.domains.len()].clone()

@@ -315,6 +315,12 @@ impl World<'_> {
                             self.count("back-cleared");
                             Ok(())
                         }
+                        // After a resync abandoned on a device with injected faults, the
+                        // device is labelled as that replacement and refused (seed 2100002).
+                        Err(_) if self.disks[disk].damaged => {
+                            self.count("back-refused-after-abandoned-resync");
+                            Ok(())
+                        }
                         Err(err) if within => Err(format!(
                             "clearing {} come back failed within tolerance: {err}",
                             member.path
