@@ -264,3 +264,16 @@ fn v4_seed_80616_replay() {
 fn v4_seed_1800030_replay() {
     replay_kept("1800030");
 }
+
+/// Found 2026-12-05 by `simulate --format 4 --seed 2100001` (run 70, rs:3+3 on domains
+/// host0..host2 of two members): two positions of host0 are replaced, one after the other,
+/// by spares of host2 while neither replacement is finished. Each is checked against the
+/// members' domains as they are (the other position still host0), so each passes, but
+/// together they put 4 of the 6 shards of every slot in host2 (docs/FORMAT.md V4.16 §2 allows
+/// 3). The rule must be checked against the placement with the replacements in progress.
+/// A pool bug, not fixed on this branch: ignored until it is.
+#[test]
+#[ignore = "pool bug: the domain rule at attach ignores replacements in progress"]
+fn v4_seed_2100070_replay() {
+    replay_kept("2100070");
+}

@@ -306,3 +306,67 @@ fn receive_bugs_are_caught_by_the_replicas_checks() {
         eprintln!("{name}: {}", caught[0]);
     }
 }
+
+/// Issue 18 (docs/FORMAT.md V4.16): the first v4 seed of `seeds` (cycling through the layouts)
+/// whose run with `planted` breaks a rule, with the seeds tried.
+fn first_v4_violation(
+    planted: PlantedBugs,
+    seeds: impl Iterator<Item = u64>,
+) -> Option<(SimConfig, sim::Violation)> {
+    seeds.take(SEEDS_MAX_V4 as usize).find_map(|seed| {
+        let (layout, devices) = LAYOUTS[(seed as usize) % LAYOUTS.len()];
+        let mut config = SimConfig::new_v4(seed, layout.parse().unwrap(), devices);
+        config.ops = 300;
+        config.planted = planted;
+        let workload = sim::generate(&config);
+        let report = sim::run(&config, &workload).unwrap();
+        report.violation.map(|violation| (config, violation))
+    })
+}
+
+/// Spares attached without the failure-domain rule (planted `domains_ignored`): on a seed with
+/// domains, a member fails, the first spare (in a member's domain) is attached where its domain
+/// would hold too many shards, and the check of the placement after every step says so.
+#[test]
+fn planted_domains_ignored_is_caught_by_the_simulation() {
+    let planted = PlantedBugs {
+        domains_ignored: true,
+        ..PlantedBugs::default()
+    };
+    // Seeds with domains: `SimConfig::new_v4` gives them to one seed in three.
+    let (mut config, violation) = first_v4_violation(planted, (0..).filter(|s| s % 3 == 1))
+        .unwrap_or_else(|| panic!("{SEEDS_MAX_V4} v4 seeds with domains missed domains-ignored"));
+    eprintln!(
+        "domains-ignored caught with seed {} ({}) at step {}: {}",
+        config.seed, config.layout, violation.step, violation.message
+    );
+    assert!(
+        violation.message.contains("DOMAIN RULE BROKEN"),
+        "{violation}"
+    );
+    config.planted = PlantedBugs::default();
+    assert!(sim::run_seed(&config).unwrap().violation.is_none());
+}
+
+/// The resync boundary taken one sequence late (planted `resync_since_late`): rows written
+/// after the member stopped answering and before the next flush are not copied to it; once it
+/// is back in service and `tolerance` other members are lost, they fail to read.
+#[test]
+fn planted_resync_since_late_is_caught_by_the_simulation() {
+    let planted = PlantedBugs {
+        resync_since_late: true,
+        ..PlantedBugs::default()
+    };
+    let (mut config, violation) = first_v4_violation(planted, 0..)
+        .unwrap_or_else(|| panic!("{SEEDS_MAX_V4} v4 seeds missed resync-since-late"));
+    eprintln!(
+        "resync-since-late caught with seed {} ({}) at step {}: {}",
+        config.seed, config.layout, violation.step, violation.message
+    );
+    assert!(
+        violation.message.contains("resynced"),
+        "caught, but not after a resync: {violation}"
+    );
+    config.planted = PlantedBugs::default();
+    assert!(sim::run_seed(&config).unwrap().violation.is_none());
+}

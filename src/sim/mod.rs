@@ -150,6 +150,14 @@ pub struct SimConfig {
     /// cache of 32 pages). Local damage and the healthy replace cut inside a v3 swap-in are
     /// not drawn (their checks are stripe-shaped); devices must be at least 8 MiB.
     pub format4: bool,
+    /// Format version 4: create the pool with failure domains (docs/FORMAT.md V4.16 §2; see
+    /// `world::domains_for`), give every spare a domain, check after every step that spares
+    /// sit only where the placement rule allows, and draw whole-domain losses.
+    pub domains: bool,
+    /// Format version 4: a grace period of zero for members away (docs/FORMAT.md V4.16 §3):
+    /// the first watch over them faults them and spares take over (a minute after an open,
+    /// as the pool guarantees). Otherwise the default (600 s: no run outlasts it).
+    pub short_grace: bool,
 }
 
 impl SimConfig {
@@ -170,16 +178,21 @@ impl SimConfig {
             metadata_faults: true,
             planted: crate::testing::PlantedBugs::default(),
             format4: false,
+            domains: false,
+            short_grace: false,
         }
     }
 
-    /// As [`SimConfig::new`], on format version 4 (8 MiB devices, 16 KiB chunks).
+    /// As [`SimConfig::new`], on format version 4 (8 MiB devices, 16 KiB chunks); one seed in
+    /// three with failure domains, one in four with a grace period of zero for members away.
     #[must_use]
     pub fn new_v4(seed: u64, layout: Layout, devices: usize) -> Self {
         Self {
             device_bytes: 8 << 20,
             chunk_bytes: 16384,
             format4: true,
+            domains: seed % 3 == 1,
+            short_grace: seed % 4 == 2,
             ..Self::new(seed, layout, devices)
         }
     }
@@ -206,6 +219,7 @@ impl SimConfig {
             },
             planted_flags(&self.planted),
             if self.format4 {
+                // (Domains and the short grace follow from the seed: `SimConfig::new_v4`.)
                 format!(" --format 4 --device-size {}", self.device_bytes)
             } else {
                 " --format 3".to_string()
@@ -215,7 +229,7 @@ impl SimConfig {
 }
 
 /// The names `simulate --plant` takes, each with the protection it switches off.
-pub const PLANTABLE: [&str; 11] = [
+pub const PLANTABLE: [&str; 13] = [
     "skip-checksum-verification",
     "skip-commit-data-flush",
     "fault-on-data-errors",
@@ -227,6 +241,8 @@ pub const PLANTABLE: [&str; 11] = [
     "abort-keeps-blocks",
     "receive-reads-live",
     "delete-cursor-ignored",
+    "resync-since-late",
+    "domains-ignored",
 ];
 
 /// Switch on the planted bug called `name` (one of [`PLANTABLE`]).
@@ -249,6 +265,8 @@ pub fn plant(
         "abort-keeps-blocks" => bugs.abort_keeps_blocks = true,
         "receive-reads-live" => bugs.receive_reads_live = true,
         "delete-cursor-ignored" => bugs.delete_cursor_ignored = true,
+        "resync-since-late" => bugs.resync_since_late = true,
+        "domains-ignored" => bugs.domains_ignored = true,
         other => {
             return Err(format!(
                 "unknown planted bug '{other}' (one of: {})",
@@ -272,6 +290,8 @@ fn planted_names(bugs: &crate::testing::PlantedBugs) -> Vec<String> {
         bugs.abort_keeps_blocks,
         bugs.receive_reads_live,
         bugs.delete_cursor_ignored,
+        bugs.resync_since_late,
+        bugs.domains_ignored,
     ];
     PLANTABLE
         .iter()
@@ -493,6 +513,49 @@ pub enum Op {
         /// Seed of the crash (what each replica member keeps) and of resume or abort.
         seed: u64,
     },
+    /// Format version 4: the member at this position stops answering (its device unreachable,
+    /// as a remote host cut off: docs/FORMAT.md V4.16 §3) within the damage budget, and
+    /// `writes` random writes follow at once (rows of the sequence in flight miss it). It
+    /// stays away across the ops that follow (crashes and reopens included) until [`Op::Back`].
+    Away {
+        /// Position.
+        device: u8,
+        /// Writes right after (0..=4).
+        writes: u8,
+        /// Seed of the writes.
+        seed: u64,
+    },
+    /// Format version 4: the `pick`-th device the simulation made unreachable answers again;
+    /// the pool's watch over members away resyncs it (reopened with it when the pool was
+    /// opened without it), or faults it when the grace period has ended (spares take over),
+    /// or a member faulted as missing at an open is cleared with it; half the time the
+    /// resync then runs to its end. Once it is back in service, `tolerance` other members
+    /// are lost and every byte must read back.
+    Back {
+        /// Which one.
+        pick: u8,
+        /// Seed of the choices.
+        seed: u64,
+    },
+    /// Format version 4, with a member away: more members stop answering than the layout
+    /// tolerates; writes and flushes may fail (clearly) but what they acknowledge is kept;
+    /// then they answer again, the power is cut, and after the reopen every block holds a
+    /// version written since the last acknowledged flush.
+    AwayBeyond {
+        /// Position to start from.
+        device: u8,
+        /// Seed of the writes and the power cut.
+        seed: u64,
+    },
+    /// Format version 4 with failure domains: every member of one domain stops answering at
+    /// once; writes, a flush, maybe a power cut, and the whole volume must read back exactly;
+    /// then they answer again, are resynced, and every byte is checked.
+    DomainLoss {
+        /// Which domain (among the members').
+        pick: u8,
+        /// Seed of the writes and choices.
+        seed: u64,
+    },
 }
 
 impl Op {
@@ -530,6 +593,10 @@ impl Op {
             Op::RecoveryPointRead { .. } => "recovery-point-read",
             Op::RecoveryPointRollback { .. } => "recovery-point-rollback",
             Op::Replicate { .. } => "replicate",
+            Op::Away { .. } => "away",
+            Op::Back { .. } => "back",
+            Op::AwayBeyond { .. } => "away-beyond-tolerance",
+            Op::DomainLoss { .. } => "domain-loss",
         }
     }
 }
@@ -540,7 +607,7 @@ pub fn generate(config: &SimConfig) -> Vec<Op> {
     let mut rng = crate::testing::rng(config.seed ^ 0x5157_0001);
     let faults = &config.faults;
     // (weight, enabled) per op family, in a fixed order.
-    let table: [(u32, bool); 30] = [
+    let table: [(u32, bool); 34] = [
         (300, true),                            // write
         (220, true),                            // read
         (100, true),                            // flush
@@ -571,6 +638,10 @@ pub fn generate(config: &SimConfig) -> Vec<Op> {
         (30, config.format4), // recovery point read
         (4, config.format4),  // rollback to a recovery point
         (12, config.format4), // send and receive into a replica
+        (10, config.format4), // a member goes away (unreachable)
+        (14, config.format4), // a member away answers again
+        (3, config.format4),  // more members away than the tolerance
+        (6, config.format4 && config.domains), // a whole failure domain lost
     ];
     // What is drawn for v3 only: local damage (it overwrites whole stripes' chunks, a v3
     // shape). On v4 the healthy replace's power cut starts counting at the new device's
@@ -689,6 +760,23 @@ pub fn generate(config: &SimConfig) -> Vec<Op> {
             29 => Op::Replicate {
                 pick: rng.gen(),
                 cut: rng.gen_bool(0.5).then(|| rng.gen_range(1..400)),
+                seed: rng.gen(),
+            },
+            30 => Op::Away {
+                device,
+                writes: rng.gen_range(0..=4),
+                seed: rng.gen(),
+            },
+            31 => Op::Back {
+                pick: rng.gen(),
+                seed: rng.gen(),
+            },
+            32 => Op::AwayBeyond {
+                device,
+                seed: rng.gen(),
+            },
+            33 => Op::DomainLoss {
+                pick: rng.gen(),
                 seed: rng.gen(),
             },
             25 => Op::RecoveryPointDelete { pick: rng.gen() },
@@ -919,6 +1007,12 @@ pub struct Replay {
     /// The pool ran on format version 4.
     #[serde(default)]
     pub format4: bool,
+    /// The pool had failure domains.
+    #[serde(default)]
+    pub domains: bool,
+    /// Members away had a grace period of zero.
+    #[serde(default)]
+    pub short_grace: bool,
     /// The ops.
     pub ops: Vec<Op>,
 }
@@ -937,6 +1031,8 @@ impl Replay {
             metadata_faults: config.metadata_faults,
             planted: planted_names(&config.planted),
             format4: config.format4,
+            domains: config.domains,
+            short_grace: config.short_grace,
             ops: ops.to_vec(),
         }
     }
@@ -951,6 +1047,8 @@ impl Replay {
         config.chunk_bytes = self.chunk_bytes;
         config.metadata_faults = self.metadata_faults;
         config.format4 = self.format4;
+        config.domains = self.domains;
+        config.short_grace = self.short_grace;
         config.ops = self.ops.len();
         for name in &self.planted {
             plant(&mut config.planted, name).map_err(Error::InvalidConfig)?;

