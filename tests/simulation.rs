@@ -270,10 +270,9 @@ fn v4_seed_1800030_replay() {
 /// by spares of host2 while neither replacement is finished. Each is checked against the
 /// members' domains as they are (the other position still host0), so each passes, but
 /// together they put 4 of the 6 shards of every slot in host2 (docs/FORMAT.md V4.16 §2 allows
-/// 3). The rule must be checked against the placement with the replacements in progress.
-/// A pool bug, not fixed on this branch: ignored until it is.
+/// 3). Fixed: a spare is checked against every mix of the other positions' members and the
+/// replacements being filled (`PoolInner::domain_allows`).
 #[test]
-#[ignore = "pool bug: the domain rule at attach ignores replacements in progress"]
 fn v4_seed_2100070_replay() {
     replay_kept("2100070");
 }

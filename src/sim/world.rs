@@ -1053,20 +1053,38 @@ impl<'a> World<'a> {
         };
         let within = damaged.len() <= self.tolerance;
         // With failure domains, a spare whose domain would break the rule at the target must
-        // be refused (docs/FORMAT.md V4.16 §2; `--force` does not override it).
+        // be refused (docs/FORMAT.md V4.16 §2; `--force` does not override it), with every
+        // other position counted as its member or as the replacement being filled there
+        // (seed 2100070).
         let allowed = self.domains.is_empty() || {
-            let mut domains: Vec<&str> = (0..self.config.devices)
+            let choices: Vec<Vec<&str>> = (0..self.config.devices)
                 .map(|p| {
-                    status
-                        .devices
-                        .iter()
-                        .find(|d| d.index == Some(p) && d.replacing.is_none())
-                        .and_then(|d| d.domain.as_deref())
-                        .unwrap_or("")
+                    if p == target {
+                        return vec![spare.domain.as_deref().unwrap_or("")];
+                    }
+                    let mut options: Vec<&str> = Vec::new();
+                    for d in status.devices.iter().filter(|d| d.index == Some(p)) {
+                        let domain = d.domain.as_deref().unwrap_or("");
+                        if !options.contains(&domain) {
+                            options.push(domain);
+                        }
+                    }
+                    options
                 })
                 .collect();
-            domains[target] = spare.domain.as_deref().unwrap_or("");
-            crate::geometry::check_domains(pool.geometry(), &domains).is_ok()
+            let mixes: usize = choices.iter().map(|o| o.len().max(1)).product();
+            (0..mixes).all(|mix| {
+                let mut rest = mix;
+                let domains: Vec<&str> = choices
+                    .iter()
+                    .map(|options| {
+                        let pick = options.get(rest % options.len().max(1)).copied();
+                        rest /= options.len().max(1);
+                        pick.unwrap_or("")
+                    })
+                    .collect();
+                crate::geometry::check_domains(pool.geometry(), &domains).is_ok()
+            })
         };
         let replaced = pool.replace_with_spare(&member.path, &spare.path);
         if !allowed {
