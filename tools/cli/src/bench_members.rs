@@ -23,6 +23,9 @@ use std::time::{Duration, Instant};
 use stripestore::pool::{CreateOptions, Pool};
 use stripestore::types::parse_size;
 
+/// One figure of a run.
+type Pick = dyn Fn(&Figures) -> f64;
+
 /// Arguments of `stripestore bench-members`.
 #[derive(clap::Args, Debug)]
 pub struct BenchMembersArgs {
@@ -192,7 +195,7 @@ pub fn run(args: &BenchMembersArgs) -> Result<(), Box<dyn std::error::Error>> {
             .collect();
         (local, nbd, ratio)
     };
-    let figures: [(&'static str, &dyn Fn(&Figures) -> f64); 3] = [
+    let figures: [(&'static str, &Pick); 3] = [
         ("sequential write MiB/s", &|f| f.write_mib_s),
         ("sequential read MiB/s", &|f| f.read_mib_s),
         ("random 4 KiB reads/s", &|f| f.random_reads_per_s),
