@@ -276,3 +276,14 @@ fn v4_seed_1800030_replay() {
 fn v4_seed_2100070_replay() {
     replay_kept("2100070");
 }
+
+/// Found 2026-12-05 by `simulate --format 4 --seed 2200001` (run 28, rs:3+3): a flush with
+/// nothing to commit, a member away for three writes, back and resynced, then three other
+/// members lost: the resync had skipped the three writes' rows. The boundary was taken as
+/// "the sequence the flush committed + 1", but a flush with nothing to commit takes no
+/// sequence, and the writes after it were still born in it. Fixed: the boundary is the
+/// sequence the map hands out next (docs/FORMAT.md V4.16 §3, "S, exactly").
+#[test]
+fn v4_seed_2200028_replay() {
+    replay_kept("2200028");
+}

@@ -799,13 +799,14 @@ impl PoolInner {
             return Err(self.unavailable_with(std::iter::empty()));
         }
         let mut volume = rows.volume.write();
-        let sequence = volume.map().next_sequence();
         let result = volume.flush(&self.write_devices()).map(|_| ());
         if result.is_ok() {
-            // Every row and page born at or before `sequence` was written before this flush
-            // (under the volume's exclusive lock: nothing is in flight), which succeeded on
-            // every member still in service (V4.16 §3, "S, exactly").
-            self.members.note_durable(sequence + 1);
+            // Every row and page born before the sequence the map hands out next was written
+            // before this flush (under the volume's exclusive lock: nothing is in flight),
+            // which succeeded on every member still in service (V4.16 §3, "S, exactly"). Not
+            // "the sequence committed + 1": a flush with nothing to commit takes no sequence,
+            // and the rows written next are still born in it (simulation seed 2200028).
+            self.members.note_durable(volume.map().next_sequence());
         }
         self.unavailable_if_failed(&volume, result)
     }
