@@ -47,6 +47,11 @@ pub struct BenchMembersArgs {
     /// Runs (each makes both pools anew).
     #[arg(long, default_value = "3")]
     runs: usize,
+    /// nbdkit's `file` plugin cache mode: `default` (its reads and writes go through the page
+    /// cache, where local members use O_DIRECT) or `none` (it drops what it touched from the
+    /// cache after each request).
+    #[arg(long, default_value = "default", value_parser = ["default", "none"])]
+    nbdkit_cache: String,
     /// Where the member files go (default: a temporary directory under /var/tmp).
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -107,7 +112,10 @@ impl Drop for Servers {
 }
 
 /// Serve each of `files` with `nbdkit file` on a socket beside it; their URIs.
-fn serve(files: &[PathBuf]) -> Result<(Servers, Vec<PathBuf>), Box<dyn std::error::Error>> {
+fn serve(
+    files: &[PathBuf],
+    cache: &str,
+) -> Result<(Servers, Vec<PathBuf>), Box<dyn std::error::Error>> {
     let mut servers = Servers(Vec::new());
     let mut uris = Vec::new();
     for file in files {
@@ -117,6 +125,7 @@ fn serve(files: &[PathBuf]) -> Result<(Servers, Vec<PathBuf>), Box<dyn std::erro
             .arg(&socket)
             .arg("file")
             .arg(file)
+            .arg(format!("cache={cache}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -166,7 +175,7 @@ pub fn run(args: &BenchMembersArgs) -> Result<(), Box<dyn std::error::Error>> {
                 std::fs::File::create(file)?.set_len(args.member_size)?;
             }
             let (_servers, paths) = if remote {
-                let (servers, uris) = serve(&files)?;
+                let (servers, uris) = serve(&files, &args.nbdkit_cache)?;
                 (Some(servers), uris)
             } else {
                 (None, files.clone())
