@@ -66,3 +66,44 @@ fn create_write_read_status_on_six_nbd_members() {
     assert!(text.contains("io: nbd"), "{text}");
     assert!(!text.contains("FAULTED"), "{text}");
 }
+
+/// `bench-members` measures both kinds in one run and says so in its JSON: every figure
+/// present and positive for local and NBD members, with the ratio of each run.
+#[test]
+fn bench_members_reports_local_and_nbd_figures() {
+    let test = "bench_members_reports_local_and_nbd_figures";
+    if !have_nbdkit(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(
+        &[
+            "bench-members",
+            "--member-size",
+            "64M",
+            "--bytes",
+            "16M",
+            "--seconds",
+            "1",
+            "--runs",
+            "1",
+            "--threads",
+            "2",
+            "--dir",
+            dir.path().to_str().unwrap(),
+            "--json",
+        ],
+        None,
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{report}");
+    for row in rows {
+        for kind in ["local", "nbd", "ratio"] {
+            let median = row[kind]["median"].as_f64().unwrap();
+            assert!(median > 0.0, "{kind} of {}: {report}", row["figure"]);
+        }
+    }
+    // The work directory is left empty (its member files and sockets are removed).
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
