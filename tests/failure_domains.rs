@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{random_writes, v4_options};
+use common::{random_writes, reads_as, v4_options};
 use std::sync::Arc;
 use stripestore::device::{Device, MemDevice, SharedDevice};
 use stripestore::testing::{mem_devices, shared, Model};
@@ -109,23 +109,6 @@ fn domains_are_recorded_gated_and_shown_across_reopen() {
 /// the automatic replacement must take the h4 spare (h1 would then hold three shards of every
 /// stripe). After the rebuild, host h1 is lost whole (both members): every byte reads back.
 /// With `domains_ignored` planted the h1 spare is taken and the same loss makes reads fail.
-/// Every byte of the volume against the model: the first failed read or differing byte.
-fn reads_as(pool: &Pool, model: &Model) -> Result<(), String> {
-    let piece = 256 * 1024;
-    let mut offset = 0;
-    while offset < pool.size() {
-        let len = piece.min(pool.size() - offset) as usize;
-        let mut buf = vec![0u8; len];
-        pool.read_at(offset, &mut buf)
-            .map_err(|e| format!("read at {offset}: {e}"))?;
-        if buf != model.read(offset, len) {
-            return Err(format!("bytes differ in the piece at {offset}"));
-        }
-        offset += len as u64;
-    }
-    Ok(())
-}
-
 fn replace_then_lose_a_domain(planted: bool) -> Result<(), String> {
     let mut rng = stripestore::testing::rng(0x18d0);
     let mems = mem_devices(6, DEVICE_BYTES);

@@ -7,8 +7,7 @@
 
 mod common;
 
-use common::{random_writes, v4_open_options, v4_options};
-use std::sync::atomic::{AtomicU64, Ordering};
+use common::{random_writes, reads_as, v4_open_options, v4_options};
 use std::sync::Arc;
 use std::time::Duration;
 use stripestore::device::{Device, DeviceError, MemDevice, SharedDevice};
@@ -18,72 +17,11 @@ use stripestore::{CreateOptions, OpenOptions, Pool};
 
 const DEVICE_BYTES: u64 = 16 << 20;
 
-/// A member device counting the bytes written to it.
-#[derive(Debug)]
-struct Counting {
-    inner: Arc<MemDevice>,
-    written: AtomicU64,
-}
-
-impl Device for Counting {
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
-        self.inner.read_at(offset, buf)
-    }
-    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), DeviceError> {
-        self.written.fetch_add(buf.len() as u64, Ordering::Relaxed);
-        self.inner.write_at(offset, buf)
-    }
-    fn flush(&self) -> Result<(), DeviceError> {
-        self.inner.flush()
-    }
-    fn size(&self) -> u64 {
-        self.inner.size()
-    }
-    fn name(&self) -> String {
-        self.inner.name()
-    }
-    fn is_unreachable(&self) -> bool {
-        self.inner.is_unreachable()
-    }
-}
-
-fn counting(mems: &[Arc<MemDevice>]) -> Vec<Arc<Counting>> {
-    mems.iter()
-        .map(|m| {
-            Arc::new(Counting {
-                inner: m.clone(),
-                written: AtomicU64::new(0),
-            })
-        })
-        .collect()
-}
-
-fn as_devices(devices: &[Arc<Counting>]) -> Vec<SharedDevice> {
-    devices.iter().map(|d| d.clone() as SharedDevice).collect()
-}
-
 fn options(layout: &str) -> CreateOptions {
     let mut options = v4_options(layout);
     options.open.background_rebuild = false;
     options.open.returning_quiet = Duration::ZERO;
     options
-}
-
-/// Every byte of the volume against the model: the first failed read or differing piece.
-fn reads_as(pool: &Pool, model: &Model) -> Result<(), String> {
-    let piece = 256 * 1024;
-    let mut offset = 0;
-    while offset < pool.size() {
-        let len = piece.min(pool.size() - offset) as usize;
-        let mut buf = vec![0u8; len];
-        pool.read_at(offset, &mut buf)
-            .map_err(|e| format!("read at {offset}: {e}"))?;
-        if buf != model.read(offset, len) {
-            return Err(format!("bytes differ in the piece at {offset}"));
-        }
-        offset += len as u64;
-    }
-    Ok(())
 }
 
 /// Close, lose `lost` (positions), open the rest with force and compare every byte.
@@ -117,12 +55,12 @@ fn without(
 fn away_and_back(planted: bool) -> Result<(u64, u64), String> {
     let mut rng = stripestore::testing::rng(0x18a0);
     let mems = mem_devices(6, DEVICE_BYTES);
-    let devices = counting(&mems);
+    let devices: Vec<SharedDevice> = mems.iter().map(|m| m.clone() as SharedDevice).collect();
     let spare = Arc::new(MemDevice::new("spare", DEVICE_BYTES));
     let mut options = options("rs:4+2");
     options.open.planted.resync_since_late = planted;
     let pool = Pool::create(
-        as_devices(&devices),
+        devices.clone(),
         vec![spare.clone() as SharedDevice],
         &options,
     )
@@ -175,14 +113,11 @@ fn away_and_back(planted: bool) -> Result<(u64, u64), String> {
     random_writes(&pool, &mut model, &mut rng, 10);
     pool.flush().unwrap();
     // A full rebuild of a position for comparison: member 5 replaced by a new device.
-    let fresh = Arc::new(Counting {
-        inner: Arc::new(MemDevice::new("fresh", DEVICE_BYTES)),
-        written: AtomicU64::new(0),
-    });
+    let fresh = Arc::new(MemDevice::new("fresh", DEVICE_BYTES));
     pool.replace("mem5", fresh.clone() as SharedDevice, false)
         .unwrap();
     let full = copied(pool.run_rebuilds(|_| {}).unwrap());
-    let mut all = as_devices(&devices);
+    let mut all = devices.clone();
     all[5] = fresh;
     without(pool, &all, &[0, 1], &model)?;
     Ok((resync, full))

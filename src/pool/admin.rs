@@ -406,17 +406,21 @@ impl PoolInner {
         self.writable("offline")?;
         let index = self.member_index(name)?;
         if !self.members.fault_if_available(index, OFFLINE_REASON) {
-            return Err(Error::PoolUnavailable {
-                layout: self.geometry.layout.to_string(),
-                tolerated: self.geometry.tolerance(),
-                lost_devices: {
-                    let mut lost = self.members.lost();
-                    lost.push(self.members.get(index).path());
-                    lost
-                },
-            });
+            return Err(self.unavailable_without(index));
         }
         Ok(())
+    }
+
+    /// Why `index` cannot be taken out of service: the pool would then lack what its layout
+    /// needs, with the members it would have lost.
+    fn unavailable_without(&self, index: DeviceIndex) -> Error {
+        let mut lost = self.members.lost();
+        lost.push(self.members.get(index).path());
+        Error::PoolUnavailable {
+            layout: self.geometry.layout.to_string(),
+            tolerated: self.geometry.tolerance(),
+            lost_devices: lost,
+        }
     }
 
     /// See [`Pool::fault_member`].
@@ -437,15 +441,7 @@ impl PoolInner {
                 reason: "already out of service".into(),
             });
         } else if !self.members.fault_if_available(index, FAULT_REASON) {
-            return Err(Error::PoolUnavailable {
-                layout: self.geometry.layout.to_string(),
-                tolerated: self.geometry.tolerance(),
-                lost_devices: {
-                    let mut lost = self.members.lost();
-                    lost.push(self.members.get(index).path());
-                    lost
-                },
-            });
+            return Err(self.unavailable_without(index));
         }
         if self.rebuild.auto_replace() {
             self.assign_spares();

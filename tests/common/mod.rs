@@ -109,6 +109,25 @@ pub fn random_writes(pool: &Pool, model: &mut Model, rng: &mut ChaCha8Rng, count
     }
 }
 
+/// Every byte of the volume against the model, as a result (for tests that must see a planted
+/// bug fail): the first failed read or differing piece.
+#[allow(dead_code)]
+pub fn reads_as(pool: &Pool, model: &Model) -> Result<(), String> {
+    let piece = 256 * 1024;
+    let mut offset = 0;
+    while offset < pool.size() {
+        let len = piece.min(pool.size() - offset) as usize;
+        let mut buf = vec![0u8; len];
+        pool.read_at(offset, &mut buf)
+            .map_err(|e| format!("read at {offset}: {e}"))?;
+        if buf != model.read(offset, len) {
+            return Err(format!("bytes differ in the piece at {offset}"));
+        }
+        offset += len as u64;
+    }
+    Ok(())
+}
+
 /// Read the whole volume and compare with the model, in pieces so a mismatch is located.
 pub fn verify(pool: &Pool, model: &Model) {
     let size = pool.size();
