@@ -147,7 +147,10 @@ fn reads_do_not_wait_on_one_slow_member() {
 #[test]
 fn reads_do_not_wait_on_two_slow_members() {
     let took = with_slow(&[1, 4], 300, false);
-    eprintln!("{}", figures("rs:4+2, members 1 and 4 slow (300 ms)", &took));
+    eprintln!(
+        "{}",
+        figures("rs:4+2, members 1 and 4 slow (300 ms)", &took)
+    );
     assert!(
         quantile(&took, 0.99) < Duration::from_millis(150),
         "{}",
@@ -160,7 +163,10 @@ fn reads_do_not_wait_on_two_slow_members() {
 #[test]
 fn reads_wait_when_redundancy_cannot_answer() {
     let took = with_slow(&[0, 2, 5], 40, false);
-    eprintln!("{}", figures("rs:4+2, members 0, 2 and 5 slow (300 ms)", &took));
+    eprintln!(
+        "{}",
+        figures("rs:4+2, members 0, 2 and 5 slow (300 ms)", &took)
+    );
     assert!(
         quantile(&took, 0.99) >= SLOW,
         "some read must have waited: {}",
@@ -182,4 +188,130 @@ fn planted_hedge_disabled_makes_reads_wait() {
         "without hedging the p99 is the slow member's: {}",
         figures("hedge disabled", &took)
     );
+}
+
+// == Against nbdkit's delay filter ==
+
+#[path = "common/nbdkit.rs"]
+mod nbdkit;
+
+use nbdkit::{have_nbdkit, Nbdkit};
+use stripestore::device::{Access, Device, NbdDevice, NbdOptions, ReadWithin};
+
+/// One NBD member whose reads take 300 ms (`nbdkit --filter=delay memory 64M rdelay=300ms`): a
+/// read with a 50 ms deadline is late after about 50 ms, leaves the caller's buffer alone
+/// (also once the reply came), and does not take the link down; the next reads on the same
+/// connection get their own bytes, not the late reply's.
+#[test]
+fn an_nbd_read_past_its_deadline_is_late_and_the_link_stays_up() {
+    let test = "an_nbd_read_past_its_deadline_is_late_and_the_link_stays_up";
+    if !have_nbdkit(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = Nbdkit::start(
+        &dir.path().join("s"),
+        &["--filter=delay", "memory", "64M", "rdelay=300ms"],
+    );
+    let options = NbdOptions {
+        timeout: Duration::from_secs(5),
+        ..NbdOptions::default()
+    };
+    let device = NbdDevice::open(&server.uri(""), Access::ReadWrite, None, &options).unwrap();
+    assert!(device.reads_within());
+    device.write_at(0, &[1u8; 4096]).unwrap();
+    device.write_at(4096, &[2u8; 4096]).unwrap();
+    let mut buf = vec![0xAAu8; 4096];
+    let started = Instant::now();
+    let outcome = device
+        .read_at_within(0, &mut buf, Duration::from_millis(50))
+        .unwrap();
+    let took = started.elapsed();
+    eprintln!("late after {:.1} ms", took.as_secs_f64() * 1e3);
+    assert_eq!(outcome, ReadWithin::Late);
+    assert!(took < Duration::from_millis(250), "{took:?}");
+    assert!(!device.is_unreachable(), "a late read took the link down");
+    // The late reply comes meanwhile and is thrown away; the buffer stays as it was.
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(buf.iter().all(|b| *b == 0xAA), "the late reply was written");
+    let mut second = vec![0u8; 4096];
+    assert_eq!(
+        device
+            .read_at_within(4096, &mut second, Duration::from_secs(2))
+            .unwrap(),
+        ReadWithin::Done
+    );
+    assert!(
+        second.iter().all(|b| *b == 2),
+        "another request's bytes came back"
+    );
+    device.read_at(0, &mut buf).unwrap();
+    assert!(buf.iter().all(|b| *b == 1));
+    assert!(!device.is_unreachable());
+}
+
+/// rs:4+2 on six nbdkit exports, one of them with reads delayed 300 ms: random 4 KiB reads are
+/// answered from the other five without waiting for it, byte-exact.
+#[test]
+fn a_pool_reads_around_a_slow_nbd_member() {
+    let test = "a_pool_reads_around_a_slow_nbd_member";
+    if !have_nbdkit(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let servers: Vec<Nbdkit> = (0..6)
+        .map(|i| {
+            let socket = dir.path().join(format!("s{i}"));
+            if i == 3 {
+                Nbdkit::start(
+                    &socket,
+                    &["--filter=delay", "memory", "64M", "rdelay=300ms"],
+                )
+            } else {
+                Nbdkit::start(&socket, &["memory", "64M"])
+            }
+        })
+        .collect();
+    let uris: Vec<std::path::PathBuf> = servers
+        .iter()
+        .map(|s| std::path::PathBuf::from(s.uri("")))
+        .collect();
+    let mut options = v4_options("rs:4+2");
+    options.open.map_cache_bytes = 16 << 20;
+    options.open.background_rebuild = false;
+    let pool = Pool::create_paths(&uris, &[], &options).unwrap();
+    let mut model = Model::new(pool.size());
+    let mut rng = stripestore::testing::rng(0x51_0f);
+    let piece = 256 << 10;
+    for offset in (0..DATA_BYTES).step_by(piece) {
+        let bytes = random_bytes(&mut rng, piece);
+        pool.write_at(offset, &bytes).unwrap();
+        model.write(offset, &bytes);
+    }
+    pool.flush().unwrap();
+    // Every block once (the map's pages cached).
+    let mut buf = vec![0u8; 256 << 10];
+    for offset in (0..DATA_BYTES).step_by(buf.len()) {
+        pool.read_at(offset, &mut buf).unwrap();
+        assert!(buf == model.read(offset, buf.len()));
+    }
+    let took = timed_reads(&pool, &model, 200, 0x51_10);
+    eprintln!(
+        "{}",
+        figures("rs:4+2 on nbdkit, member 3 rdelay=300ms", &took)
+    );
+    let status = pool.status();
+    for (i, device) in status.devices.iter().enumerate() {
+        assert_eq!(device.state, "ONLINE", "member {i}: {status}");
+        assert_eq!(device.read_errors, 0, "member {i}: {status}");
+    }
+    let late = pool.device_io()[3].1.late_reads.load(Ordering::Relaxed);
+    eprintln!("member 3: {late} late reads");
+    assert!(late > 0);
+    assert!(
+        quantile(&took, 0.99) < Duration::from_millis(150),
+        "{}",
+        figures("slow nbd member", &took)
+    );
+    pool.close().unwrap();
 }

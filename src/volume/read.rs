@@ -3,9 +3,7 @@
 
 use super::place::{runs, BlockPlace, Piece};
 use super::{MemberProblem, ProblemKind, Volume, BLOCK, BLOCK_BYTES};
-use crate::device::{
-    run_batch_while, AlignedBuf, BatchOp, DeviceError, ReadWithin, SharedDevice,
-};
+use crate::device::{run_batch_while, AlignedBuf, BatchOp, DeviceError, ReadWithin, SharedDevice};
 use crate::error::{Error, Result};
 use crate::format::v4::BlockPointer;
 use std::cell::RefCell;
@@ -288,12 +286,10 @@ impl Volume {
         // The shard each wanted block verified from, for a recovery of its row to reuse.
         let mut verified: Vec<Option<usize>> = vec![None; wanted.len()];
         let runs = runs(pieces);
-        let hedge: Vec<Option<Duration>> = runs
-            .iter()
-            .map(|run| self.first_read_hedge(devices, &wanted, run))
-            .collect();
         // Pieces are only planned on present members, so every run has its request.
-        let (buffers, results) = read_runs_hedged(devices, &runs, &hedge);
+        let (buffers, results) = read_runs_hedged(devices, &runs, |run| {
+            self.first_read_hedge(devices, &wanted, run)
+        });
         for (run, result) in runs.iter().zip(&results) {
             if let (Some(Err(error)), Some(first)) = (result, run.first()) {
                 let want = &wanted[first.index];
@@ -452,16 +448,12 @@ impl Volume {
         let runs = runs(pieces);
         // A run is hedged when every row it serves can answer without it; a late one is
         // waited for below if its row ends up short all the same.
-        let hedge: Vec<Option<Duration>> = runs
-            .iter()
-            .map(|run| {
-                let within = self.hedge_within(devices, run.first()?.device)?;
-                run.iter()
-                    .all(|piece| spare[piece.index / width] > 0)
-                    .then_some(within)
-            })
-            .collect();
-        let (buffers, results) = read_runs_hedged(devices, &runs, &hedge);
+        let (buffers, results) = read_runs_hedged(devices, &runs, |run| {
+            let within = self.hedge_within(devices, run.first()?.device)?;
+            run.iter()
+                .all(|piece| spare[piece.index / width] > 0)
+                .then_some(within)
+        });
         // What each piece read: its bytes, or `None` when its request failed.
         let mut read: BTreeMap<usize, Option<&[u8]>> = reuse
             .iter()
@@ -873,7 +865,7 @@ pub(super) fn read_runs(
 pub(super) fn read_runs_hedged(
     devices: &[Option<SharedDevice>],
     runs: &[Vec<Piece>],
-    hedge: &[Option<Duration>],
+    hedge: impl Fn(&[Piece]) -> Option<Duration>,
 ) -> (RunBuffers, HedgedResults) {
     let mut buffers = RunBuffers(
         runs.iter()
@@ -887,7 +879,7 @@ pub(super) fn read_runs_hedged(
     let mut hedged = Vec::new();
     for (r, (run, buffer)) in runs.iter().zip(buffers.0.iter_mut()).enumerate() {
         if let Some(Some(device)) = run.first().and_then(|p| devices.get(p.device)) {
-            match hedge.get(r).copied().flatten() {
+            match hedge(run) {
                 Some(within) => hedged.push((r, device, run[0].offset, buffer, within)),
                 None => {
                     ops.push(BatchOp::read(device.as_ref(), run[0].offset, buffer));
