@@ -118,6 +118,10 @@ fn with_slow(slow: &[usize], count: usize, planted: bool) -> Vec<Duration> {
     for (i, (name, io)) in io.iter().enumerate() {
         let late = io.late_reads.load(Ordering::Relaxed);
         eprintln!("{name}: {late} late reads");
+        assert_eq!(
+            status.devices[i].late_reads, late,
+            "status shows the counter"
+        );
         if !slow.contains(&i) || planted {
             assert_eq!(late, 0, "{name} was never slow, or hedging was off");
         }
