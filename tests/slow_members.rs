@@ -319,3 +319,38 @@ fn a_pool_reads_around_a_slow_nbd_member() {
     );
     pool.close().unwrap();
 }
+
+/// A server that stopped answering altogether (SIGSTOP): reads given up on as late do not wait
+/// out the timeout, but once one has had no reply for longer than it, the next request finds
+/// the link down (`Unavailable`, the device unreachable) at once, as a read that waited would.
+#[test]
+fn a_silent_nbd_member_is_still_found_unavailable_after_late_reads() {
+    let test = "a_silent_nbd_member_is_still_found_unavailable_after_late_reads";
+    if !have_nbdkit(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = Nbdkit::start(&dir.path().join("s"), &["memory", "64M"]);
+    let options = NbdOptions {
+        timeout: Duration::from_millis(400),
+        ..NbdOptions::default()
+    };
+    let device = NbdDevice::open(&server.uri(""), Access::ReadWrite, None, &options).unwrap();
+    let mut buf = vec![0u8; 4096];
+    device.read_at(0, &mut buf).unwrap();
+    server.signal("STOP");
+    let late = device.read_at_within(0, &mut buf, Duration::from_millis(50));
+    assert!(matches!(late, Ok(ReadWithin::Late)), "{late:?}");
+    assert!(!device.is_unreachable());
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let next = device.read_at_within(0, &mut buf, Duration::from_millis(50));
+    let took = started.elapsed();
+    server.signal("CONT");
+    assert!(
+        matches!(next, Err(stripestore::device::DeviceError::Unavailable(_))),
+        "{next:?}"
+    );
+    assert!(took < Duration::from_millis(100), "{took:?}");
+    assert!(device.is_unreachable());
+}

@@ -439,6 +439,10 @@ struct Waiter {
     /// A read's length (its data follows a successful reply); `None` for other commands.
     read_bytes: Option<usize>,
     reply: SyncSender<Outcome>,
+    /// When it was sent: a request its caller gave up on as late
+    /// ([`Device::read_at_within`]) and still unanswered after the timeout takes the link
+    /// down at the next request ([`Session::overdue`]).
+    sent: Instant,
 }
 
 /// The requests in flight on one connection.
@@ -528,6 +532,23 @@ impl Session {
         self.ended.lock().clone()
     }
 
+    /// How long the oldest request in flight has waited, if longer than `timeout`: a request
+    /// nobody waits for any more (given up on as late) that the server never answered.
+    fn overdue(&self, timeout: Duration) -> Option<Duration> {
+        self.connections
+            .iter()
+            .filter_map(|c| {
+                c.inflight
+                    .lock()
+                    .waiting
+                    .values()
+                    .map(|w| w.sent.elapsed())
+                    .max()
+            })
+            .max()
+            .filter(|age| *age > timeout)
+    }
+
     /// Tear the session down (once; later calls do nothing): shut every socket, and fail
     /// every request in flight with `why`.
     fn end(&self, why: &str) {
@@ -571,9 +592,14 @@ impl Session {
             }
             let cookie = inflight.next_cookie;
             inflight.next_cookie += 1;
-            inflight
-                .waiting
-                .insert(cookie, Waiter { read_bytes, reply });
+            inflight.waiting.insert(
+                cookie,
+                Waiter {
+                    read_bytes,
+                    reply,
+                    sent: Instant::now(),
+                },
+            );
             cookie
         };
         let header = proto::encode_request(&Request {
@@ -972,6 +998,19 @@ impl NbdDevice {
         }
         let hedge_at = within.map(|within| Instant::now() + within);
         let session = self.session()?;
+        if let Some(age) = session.overdue(self.options.timeout) {
+            // Reads given up on as late do not wait out the timeout themselves: a server that
+            // stopped answering is found here, as a request that waited would have found it.
+            let why = format!(
+                "a request has had no reply for {} ms (timeout {} ms)",
+                age.as_millis(),
+                self.options.timeout.as_millis()
+            );
+            self.mark_down(&session, &why);
+            return Err(self.unavailable(&format!(
+                "{what} of {length} bytes at offset {offset}: {why}"
+            )));
+        }
         // Pieces no longer than the server's maximum, and a multiple of its minimum.
         let most = u64::from(self.export.block_max_bytes.min(MAX_PIECE_BYTES));
         let piece_bytes = usize::try_from((most / min * min).max(min)).unwrap_or(usize::MAX);
