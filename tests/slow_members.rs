@@ -28,10 +28,10 @@ const SLOW: Duration = Duration::from_millis(300);
 /// An rs:4+2 pool on memory devices with `DATA_BYTES` written (and the model), every block
 /// read once and 1200 random 4 KiB reads made (the map's pages cached; each member's latency
 /// histogram has its 100 reads, so hedges are at their least, 20 ms).
-fn written(planted: bool) -> (Vec<Arc<MemDevice>>, Pool, Model) {
+fn written(layout: &str, planted: bool) -> (Vec<Arc<MemDevice>>, Pool, Model) {
     let mems = mem_devices(6, DEVICE_BYTES);
     let devices: Vec<SharedDevice> = mems.iter().map(|m| m.clone() as SharedDevice).collect();
-    let mut options = v4_options("rs:4+2");
+    let mut options = v4_options(layout);
     options.open = v4_open_options();
     options.open.map_cache_bytes = 16 << 20;
     options.open.background_rebuild = false;
@@ -100,8 +100,8 @@ fn figures(what: &str, sorted: &[Duration]) -> String {
 
 /// Make members `slow` slow, time `count` reads; then check that nobody was faulted and that
 /// only the slow members counted late reads.
-fn with_slow(slow: &[usize], count: usize, planted: bool) -> Vec<Duration> {
-    let (mems, pool, model) = written(planted);
+fn with_slow(layout: &str, slow: &[usize], count: usize, planted: bool) -> Vec<Duration> {
+    let (mems, pool, model) = written(layout, planted);
     for s in slow {
         mems[*s].set_delay(SLOW);
     }
@@ -139,7 +139,7 @@ fn with_slow(slow: &[usize], count: usize, planted: bool) -> Vec<Duration> {
 
 #[test]
 fn reads_do_not_wait_on_one_slow_member() {
-    let took = with_slow(&[2], 300, false);
+    let took = with_slow("rs:4+2", &[2], 300, false);
     eprintln!("{}", figures("rs:4+2, member 2 slow (300 ms)", &took));
     assert!(
         quantile(&took, 0.99) < Duration::from_millis(150),
@@ -150,7 +150,7 @@ fn reads_do_not_wait_on_one_slow_member() {
 
 #[test]
 fn reads_do_not_wait_on_two_slow_members() {
-    let took = with_slow(&[1, 4], 300, false);
+    let took = with_slow("rs:4+2", &[1, 4], 300, false);
     eprintln!(
         "{}",
         figures("rs:4+2, members 1 and 4 slow (300 ms)", &took)
@@ -162,11 +162,23 @@ fn reads_do_not_wait_on_two_slow_members() {
     );
 }
 
+/// raid10:2 (three mirrored pairs): a read whose first copy is slow takes the other copy.
+#[test]
+fn mirrored_reads_do_not_wait_on_a_slow_copy() {
+    let took = with_slow("raid10:2", &[3], 300, false);
+    eprintln!("{}", figures("raid10:2, member 3 slow (300 ms)", &took));
+    assert!(
+        quantile(&took, 0.99) < Duration::from_millis(150),
+        "{}",
+        figures("raid10, one slow member", &took)
+    );
+}
+
 /// Three slow of rs:4+2: no row can answer without one of them, so reads wait for it, and
 /// return the right bytes (checked in `timed_reads`).
 #[test]
 fn reads_wait_when_redundancy_cannot_answer() {
-    let took = with_slow(&[0, 2, 5], 40, false);
+    let took = with_slow("rs:4+2", &[0, 2, 5], 40, false);
     eprintln!(
         "{}",
         figures("rs:4+2, members 0, 2 and 5 slow (300 ms)", &took)
@@ -182,7 +194,7 @@ fn reads_wait_when_redundancy_cannot_answer() {
 /// member wait its 300 ms).
 #[test]
 fn planted_hedge_disabled_makes_reads_wait() {
-    let took = with_slow(&[2], 300, true);
+    let took = with_slow("rs:4+2", &[2], 300, true);
     eprintln!(
         "{}",
         figures("planted hedge_disabled, member 2 slow (300 ms)", &took)
