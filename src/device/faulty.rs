@@ -24,7 +24,7 @@
 //! threads interleave requests to different places, and a seeded run replays exactly. (The
 //! bytes written are deliberately not part of the key: metadata holds random UUIDs.)
 
-use super::{Device, DeviceError};
+use super::{Device, DeviceError, ReadWithin};
 use parking_lot::Mutex;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -521,31 +521,69 @@ fn pause(delay: Duration) {
     }
 }
 
+impl FaultyDevice {
+    /// The plan's say on a read of `len` bytes at `offset`: an injected error, or how long
+    /// to delay it.
+    fn admit_read(&self, offset: u64, len: usize) -> Result<Duration, DeviceError> {
+        let mut plan = self.plan.lock();
+        plan.admit(&self.inner.name())?;
+        let end = offset + len as u64;
+        if plan
+            .bad_read_ranges
+            .iter()
+            .any(|r| r.start < end && offset < r.end)
+        {
+            plan.injected.push(InjectedFault {
+                kind: FaultKind::ReadError,
+                offset,
+                len,
+                landed_at: None,
+            });
+            return Err(eio("read", offset));
+        }
+        Ok(plan.delay(offset, len))
+    }
+}
+
 impl Device for FaultyDevice {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
-        let delay = {
-            let mut plan = self.plan.lock();
-            plan.admit(&self.inner.name())?;
-            let end = offset + buf.len() as u64;
-            if plan
-                .bad_read_ranges
-                .iter()
-                .any(|r| r.start < end && offset < r.end)
-            {
-                plan.injected.push(InjectedFault {
-                    kind: FaultKind::ReadError,
-                    offset,
-                    len: buf.len(),
-                    landed_at: None,
-                });
-                return Err(eio("read", offset));
-            }
-            plan.delay(offset, buf.len())
-        };
+        let delay = self.admit_read(offset, buf.len())?;
         pause(delay);
         self.inner.read_at(offset, buf)?;
         self.plan.lock().corrupt_read(offset, buf);
         Ok(())
+    }
+
+    /// A read the plan delays past `within` is [`ReadWithin::Late`] after `within` (the
+    /// inner device is not asked); otherwise the inner device's deadline is what is left.
+    fn read_at_within(
+        &self,
+        offset: u64,
+        buf: &mut [u8],
+        within: Duration,
+    ) -> Result<ReadWithin, DeviceError> {
+        let delay = self.admit_read(offset, buf.len())?;
+        if delay > within {
+            pause(within);
+            return Ok(ReadWithin::Late);
+        }
+        pause(delay);
+        let outcome = self
+            .inner
+            .read_at_within(offset, buf, within.saturating_sub(delay))?;
+        if outcome == ReadWithin::Done {
+            self.plan.lock().corrupt_read(offset, buf);
+        }
+        Ok(outcome)
+    }
+
+    /// When the inner device keeps deadlines, or the plan delays requests.
+    fn reads_within(&self) -> bool {
+        self.inner.reads_within() || self.plan.lock().latency_probability > 0.0
+    }
+
+    fn read_p99(&self) -> Option<Duration> {
+        self.inner.read_p99()
     }
 
     fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), DeviceError> {
@@ -755,6 +793,20 @@ impl PowerCut {
 impl Device for PowerCut {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
         self.inner.read_at(offset, buf)
+    }
+    fn read_at_within(
+        &self,
+        offset: u64,
+        buf: &mut [u8],
+        within: Duration,
+    ) -> Result<ReadWithin, DeviceError> {
+        self.inner.read_at_within(offset, buf, within)
+    }
+    fn reads_within(&self) -> bool {
+        self.inner.reads_within()
+    }
+    fn read_p99(&self) -> Option<Duration> {
+        self.inner.read_p99()
     }
     fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), DeviceError> {
         if self.power_is_off() {

@@ -5,11 +5,12 @@
 //! of those unflushed writes *per 4 KiB sector* (so writes can tear and be reordered) and
 //! throws the rest away, like a disk losing power with data in its cache.
 
-use super::{Device, DeviceError};
+use super::{Device, DeviceError, ReadWithin};
 use crate::types::SECTOR_BYTES;
 use parking_lot::Mutex;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::time::Duration;
 
 #[derive(Debug)]
 struct Images {
@@ -19,6 +20,8 @@ struct Images {
     unflushed: Vec<(u64, Vec<u8>)>,
     gone: bool,
     unreachable: bool,
+    /// How long each request takes ([`MemDevice::set_delay`]).
+    delay: Duration,
 }
 
 /// A RAM-backed device with crash simulation.
@@ -43,6 +46,7 @@ impl MemDevice {
                 unflushed: Vec::new(),
                 gone: false,
                 unreachable: false,
+                delay: Duration::ZERO,
             }),
         }
     }
@@ -83,6 +87,22 @@ impl MemDevice {
     /// again with its content as it was.
     pub fn set_unreachable(&self, unreachable: bool) {
         self.images.lock().unreachable = unreachable;
+    }
+
+    /// Make every request (read, write, flush) take `delay` longer, as a slow or overloaded
+    /// remote member does (zero: as fast as memory again). A [`Device::read_at_within`] whose
+    /// deadline is shorter says [`ReadWithin::Late`] when the deadline passes.
+    pub fn set_delay(&self, delay: Duration) {
+        self.images.lock().delay = delay;
+    }
+
+    /// Sleep the request delay, outside the lock.
+    fn pause(&self) -> Duration {
+        let delay = self.images.lock().delay;
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
+        delay
     }
 
     /// Make the device vanish (every call fails with `Gone`) or come back.
@@ -147,6 +167,51 @@ impl MemDevice {
 
 impl Device for MemDevice {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
+        self.pause();
+        self.read_now(offset, buf)
+    }
+    /// Late after `within` when the request delay is longer (the bytes are not read).
+    fn read_at_within(
+        &self,
+        offset: u64,
+        buf: &mut [u8],
+        within: Duration,
+    ) -> Result<ReadWithin, DeviceError> {
+        let delay = self.images.lock().delay;
+        if delay > within {
+            std::thread::sleep(within);
+            return Ok(ReadWithin::Late);
+        }
+        self.read_at(offset, buf).map(|()| ReadWithin::Done)
+    }
+    /// While a request delay is set.
+    fn reads_within(&self) -> bool {
+        !self.images.lock().delay.is_zero()
+    }
+    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), DeviceError> {
+        self.pause();
+        self.write_now(offset, buf)
+    }
+    fn flush(&self) -> Result<(), DeviceError> {
+        self.pause();
+        self.flush_now()
+    }
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+    fn io_backend(&self) -> &'static str {
+        "memory"
+    }
+    fn is_unreachable(&self) -> bool {
+        self.images.lock().unreachable
+    }
+}
+
+impl MemDevice {
+    fn read_now(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
         let range = self.range(offset, buf.len())?;
         let images = self.images.lock();
         if images.gone {
@@ -158,7 +223,7 @@ impl Device for MemDevice {
         buf.copy_from_slice(&images.live[range]);
         Ok(())
     }
-    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), DeviceError> {
+    fn write_now(&self, offset: u64, buf: &[u8]) -> Result<(), DeviceError> {
         let range = self.range(offset, buf.len())?;
         let mut images = self.images.lock();
         if images.gone {
@@ -171,7 +236,7 @@ impl Device for MemDevice {
         images.unflushed.push((offset, buf.to_vec()));
         Ok(())
     }
-    fn flush(&self) -> Result<(), DeviceError> {
+    fn flush_now(&self) -> Result<(), DeviceError> {
         let mut images = self.images.lock();
         if images.gone {
             return Err(DeviceError::Gone(format!("{} was removed", self.name)));
@@ -185,18 +250,6 @@ impl Device for MemDevice {
             images.durable[start..start + bytes.len()].copy_from_slice(&bytes);
         }
         Ok(())
-    }
-    fn size(&self) -> u64 {
-        self.size
-    }
-    fn name(&self) -> String {
-        self.name.clone()
-    }
-    fn io_backend(&self) -> &'static str {
-        "memory"
-    }
-    fn is_unreachable(&self) -> bool {
-        self.images.lock().unreachable
     }
 }
 

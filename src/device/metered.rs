@@ -7,7 +7,7 @@
 //! no lock, no background thread). Must not touch: rendering (the exposition format belongs to
 //! the front end, `crate::endpoint`), pools, stripes.
 
-use super::{Device, DeviceError, SharedDevice};
+use super::{Device, DeviceError, ReadWithin, SharedDevice};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -53,6 +53,31 @@ impl Histogram {
         std::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed))
     }
 
+    /// The upper bound of the bucket the `q` quantile (0..=1) of the observations falls in;
+    /// `None` with fewer than `least` observations, or when it falls above every bound.
+    #[must_use]
+    pub fn quantile_bound(&self, q: f64, least: u64) -> Option<Duration> {
+        let buckets = self.buckets();
+        let total: u64 = buckets.iter().sum();
+        if total == 0 || total < least {
+            return None;
+        }
+        #[allow(
+            clippy::cast_precision_loss,
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss
+        )]
+        let rank = ((total as f64) * q.clamp(0.0, 1.0)).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (bucket, bound) in buckets.iter().zip(BUCKETS_SECS) {
+            seen += bucket;
+            if seen >= rank {
+                return Some(Duration::from_secs_f64(bound));
+            }
+        }
+        None
+    }
+
     /// Sum of the observations, in seconds.
     #[must_use]
     pub fn sum_secs(&self) -> f64 {
@@ -75,6 +100,9 @@ pub struct DeviceIo {
     pub write_bytes: AtomicU64,
     /// Flushes.
     pub flushes: AtomicU64,
+    /// Hedged reads given up on because their deadline passed first
+    /// ([`ReadWithin::Late`]; not errors, and not in `reads` nor the latency histogram).
+    pub late_reads: AtomicU64,
     /// Read latency.
     pub read_latency: Histogram,
     /// Write latency.
@@ -111,6 +139,40 @@ impl Device for Metered {
                 .fetch_add(buf.len() as u64, Ordering::Relaxed);
         }
         result
+    }
+    fn read_at_within(
+        &self,
+        offset: u64,
+        buf: &mut [u8],
+        within: Duration,
+    ) -> Result<ReadWithin, DeviceError> {
+        let started = Instant::now();
+        let result = self.inner.read_at_within(offset, buf, within);
+        if let Ok(ReadWithin::Late) = result {
+            // Its latency is unknown (above `within`): kept out of the histogram, which a
+            // hedge deadline is based on (a slow member's deadline must not creep up after
+            // its own late reads).
+            self.io.late_reads.fetch_add(1, Ordering::Relaxed);
+            return result;
+        }
+        self.io.read_latency.observe(started.elapsed());
+        self.io.reads.fetch_add(1, Ordering::Relaxed);
+        if result.is_ok() {
+            self.io
+                .read_bytes
+                .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        }
+        result
+    }
+    fn reads_within(&self) -> bool {
+        self.inner.reads_within()
+    }
+    /// The p99 of this position's reads, once 100 were seen (the bucket's upper bound).
+    fn read_p99(&self) -> Option<Duration> {
+        self.io
+            .read_latency
+            .quantile_bound(0.99, 100)
+            .or_else(|| self.inner.read_p99())
     }
     fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), DeviceError> {
         let started = Instant::now();
@@ -181,5 +243,15 @@ mod tests {
         assert_eq!(buckets[BUCKETS_SECS.len()], 1, "+Inf");
         assert_eq!(h.count(), 3);
         assert!((h.sum_secs() - 5.000_71).abs() < 1e-9, "{}", h.sum_secs());
+        assert_eq!(h.quantile_bound(0.5, 4), None, "too few");
+        assert_eq!(
+            h.quantile_bound(0.3, 1),
+            Some(Duration::from_secs_f64(0.000_05))
+        );
+        assert_eq!(
+            h.quantile_bound(0.6, 1),
+            Some(Duration::from_secs_f64(0.001))
+        );
+        assert_eq!(h.quantile_bound(0.99, 1), None, "above every bound");
     }
 }

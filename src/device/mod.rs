@@ -32,6 +32,20 @@ pub use uring::{
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How a [`Device::read_at_within`] ended when it did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum ReadWithin {
+    /// The bytes are in the caller's buffer.
+    Done,
+    /// The deadline passed first. The caller's buffer holds nothing meaningful and is never
+    /// written after the call returned (the request may still be in flight on the device; its
+    /// reply, when it comes, is thrown away). Not an error of the device: it says nothing
+    /// about the bytes, only that they were not there in time.
+    Late,
+}
 
 /// Whether `path` is an NBD (or other) URI rather than a filesystem path: see [`is_uri`].
 #[must_use]
@@ -79,6 +93,35 @@ pub trait Device: Send + Sync + fmt::Debug {
     /// [`DeviceError::Io`] for an I/O error on the range, [`DeviceError::Gone`] if the device
     /// vanished, [`DeviceError::Unavailable`] if it is out of reach for now (NBD members).
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError>;
+    /// [`Device::read_at`], giving up waiting after `within`: [`ReadWithin::Late`] then, and
+    /// `buf` is not written after the call returned. For hedged reads (docs/FORMAT.md V4.16
+    /// §7): a reader with redundancy to answer from does not wait on a slow member.
+    ///
+    /// The default has no deadline: it reads and says [`ReadWithin::Done`]. A device that
+    /// keeps deadlines says so with [`Device::reads_within`]; decorators forward both.
+    ///
+    /// # Errors
+    /// As for `read_at`.
+    fn read_at_within(
+        &self,
+        offset: u64,
+        buf: &mut [u8],
+        within: Duration,
+    ) -> Result<ReadWithin, DeviceError> {
+        let _ = within;
+        self.read_at(offset, buf).map(|()| ReadWithin::Done)
+    }
+    /// Whether [`Device::read_at_within`] keeps its deadline (an NBD member, a test device
+    /// made slow); false for the default, which waits as long as `read_at` takes.
+    fn reads_within(&self) -> bool {
+        false
+    }
+    /// The read latency a hedge deadline can be based on: most reads of this device finished
+    /// within it (the pool's [`Metered`] gives its p99 once it has seen enough reads); `None`
+    /// when nothing is known.
+    fn read_p99(&self) -> Option<Duration> {
+        None
+    }
     /// Write all of `buf` at byte `offset`. Not durable until [`Device::flush`] returns.
     ///
     /// # Errors

@@ -42,7 +42,7 @@
 //! export, so serve each export to one pool only), no creating or growing (the server decides
 //! the size), no TLS (`nbds://` is refused), no FUA (writes are made durable by `flush`).
 
-use super::{Access, Device, DeviceError};
+use super::{Access, Device, DeviceError, ReadWithin};
 use crate::error::{Error, Result};
 use crate::nbd_wire::client::{self, ClientError, ConnectOptions};
 use crate::nbd_wire::proto::{self, cmd, flag, ExportInfo, Request};
@@ -439,6 +439,10 @@ struct Waiter {
     /// A read's length (its data follows a successful reply); `None` for other commands.
     read_bytes: Option<usize>,
     reply: SyncSender<Outcome>,
+    /// When it was sent: a request its caller gave up on as late
+    /// ([`Device::read_at_within`]) and still unanswered after the timeout takes the link
+    /// down at the next request ([`Session::overdue`]).
+    sent: Instant,
 }
 
 /// The requests in flight on one connection.
@@ -528,6 +532,23 @@ impl Session {
         self.ended.lock().clone()
     }
 
+    /// How long the oldest request in flight has waited, if longer than `timeout`: a request
+    /// nobody waits for any more (given up on as late) that the server never answered.
+    fn overdue(&self, timeout: Duration) -> Option<Duration> {
+        self.connections
+            .iter()
+            .filter_map(|c| {
+                c.inflight
+                    .lock()
+                    .waiting
+                    .values()
+                    .map(|w| w.sent.elapsed())
+                    .max()
+            })
+            .max()
+            .filter(|age| *age > timeout)
+    }
+
     /// Tear the session down (once; later calls do nothing): shut every socket, and fail
     /// every request in flight with `why`.
     fn end(&self, why: &str) {
@@ -571,9 +592,14 @@ impl Session {
             }
             let cookie = inflight.next_cookie;
             inflight.next_cookie += 1;
-            inflight
-                .waiting
-                .insert(cookie, Waiter { read_bytes, reply });
+            inflight.waiting.insert(
+                cookie,
+                Waiter {
+                    read_bytes,
+                    reply,
+                    sent: Instant::now(),
+                },
+            );
             cookie
         };
         let header = proto::encode_request(&Request {
@@ -926,7 +952,8 @@ impl NbdDevice {
         length: usize,
         payload: &[u8],
         mut read_into: Option<&mut [u8]>,
-    ) -> std::result::Result<(), DeviceError> {
+        within: Option<Duration>,
+    ) -> std::result::Result<ReadWithin, DeviceError> {
         let what = if command == cmd::READ {
             "read"
         } else {
@@ -967,9 +994,23 @@ impl NbdDevice {
             ));
         }
         if length == 0 {
-            return Ok(());
+            return Ok(ReadWithin::Done);
         }
+        let hedge_at = within.map(|within| Instant::now() + within);
         let session = self.session()?;
+        if let Some(age) = session.overdue(self.options.timeout) {
+            // Reads given up on as late do not wait out the timeout themselves: a server that
+            // stopped answering is found here, as a request that waited would have found it.
+            let why = format!(
+                "a request has had no reply for {} ms (timeout {} ms)",
+                age.as_millis(),
+                self.options.timeout.as_millis()
+            );
+            self.mark_down(&session, &why);
+            return Err(self.unavailable(&format!(
+                "{what} of {length} bytes at offset {offset}: {why}"
+            )));
+        }
         // Pieces no longer than the server's maximum, and a multiple of its minimum.
         let most = u64::from(self.export.block_max_bytes.min(MAX_PIECE_BYTES));
         let piece_bytes = usize::try_from((most / min * min).max(min)).unwrap_or(usize::MAX);
@@ -995,7 +1036,20 @@ impl NbdDevice {
             }
         }
         for (range, piece_offset, receiver) in pending {
-            let data = self.wait(&session, &receiver, what, piece_offset, range.len())?;
+            let Some(data) = self.wait(
+                &session,
+                &receiver,
+                what,
+                piece_offset,
+                range.len(),
+                hedge_at,
+            )?
+            else {
+                // Late: the requests stay in flight on the connection, and the reader thread
+                // throws their replies away (their receivers are dropped here). The caller's
+                // buffer is only ever written on this thread, from the reply's own bytes.
+                return Ok(ReadWithin::Late);
+            };
             if let Some(buf) = read_into.as_deref_mut() {
                 if data.len() != range.len() {
                     return Err(refused(
@@ -1006,10 +1060,11 @@ impl NbdDevice {
                 buf[range].copy_from_slice(&data);
             }
         }
-        Ok(())
+        Ok(ReadWithin::Done)
     }
 
-    /// Wait for one request's outcome, at most the timeout.
+    /// Wait for one request's outcome, at most the timeout, and not past `hedge_at` if given
+    /// and sooner: `None` then (late, not an error: the link is not marked down).
     fn wait(
         &self,
         session: &Arc<Session>,
@@ -1017,10 +1072,42 @@ impl NbdDevice {
         what: &str,
         offset: u64,
         length: usize,
-    ) -> std::result::Result<Vec<u8>, DeviceError> {
+        hedge_at: Option<Instant>,
+    ) -> std::result::Result<Option<Vec<u8>>, DeviceError> {
+        let hedge = hedge_at
+            .map(|at| at.saturating_duration_since(Instant::now()))
+            .filter(|left| *left < self.options.timeout);
+        if let Some(left) = hedge {
+            match receiver.recv_timeout(left) {
+                Err(RecvTimeoutError::Timeout) => return Ok(None),
+                Ok(outcome) => return self.outcome(session, Ok(outcome), what, offset, length),
+                Err(RecvTimeoutError::Disconnected) => {
+                    return self.outcome(
+                        session,
+                        Err(RecvTimeoutError::Disconnected),
+                        what,
+                        offset,
+                        length,
+                    )
+                }
+            }
+        }
+        let outcome = receiver.recv_timeout(self.options.timeout);
+        self.outcome(session, outcome, what, offset, length)
+    }
+
+    /// What one request's outcome means for the caller and the link.
+    fn outcome(
+        &self,
+        session: &Arc<Session>,
+        outcome: std::result::Result<Outcome, RecvTimeoutError>,
+        what: &str,
+        offset: u64,
+        length: usize,
+    ) -> std::result::Result<Option<Vec<u8>>, DeviceError> {
         let request = format!("{what} of {length} bytes at offset {offset}");
-        match receiver.recv_timeout(self.options.timeout) {
-            Ok(Outcome::Done(data)) => Ok(data),
+        match outcome {
+            Ok(Outcome::Done(data)) => Ok(Some(data)),
             Ok(Outcome::Errno(errno)) if errno == proto::errno::ESHUTDOWN => {
                 let why = "the server is shutting down (ESHUTDOWN)";
                 self.mark_down(session, why);
@@ -1054,11 +1141,30 @@ impl NbdDevice {
 impl Device for NbdDevice {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::result::Result<(), DeviceError> {
         let length = buf.len();
-        self.run(cmd::READ, offset, length, &[], Some(buf))
+        self.run(cmd::READ, offset, length, &[], Some(buf), None)
+            .map(drop)
+    }
+
+    /// The read's requests are sent as by `read_at`; when `within` passes before every reply
+    /// came, [`ReadWithin::Late`]: the requests stay in flight (the connection is not torn
+    /// down, the link not marked down) and their replies are thrown away when they come.
+    fn read_at_within(
+        &self,
+        offset: u64,
+        buf: &mut [u8],
+        within: Duration,
+    ) -> std::result::Result<ReadWithin, DeviceError> {
+        let length = buf.len();
+        self.run(cmd::READ, offset, length, &[], Some(buf), Some(within))
+    }
+
+    fn reads_within(&self) -> bool {
+        true
     }
 
     fn write_at(&self, offset: u64, buf: &[u8]) -> std::result::Result<(), DeviceError> {
-        self.run(cmd::WRITE, offset, buf.len(), buf, None)
+        self.run(cmd::WRITE, offset, buf.len(), buf, None, None)
+            .map(drop)
     }
 
     fn flush(&self) -> std::result::Result<(), DeviceError> {
@@ -1078,7 +1184,8 @@ impl Device for NbdDevice {
                 return Err(self.unavailable(&format!("flush: {why}")));
             }
         };
-        self.wait(&session, &receiver, "flush", 0, 0).map(drop)
+        self.wait(&session, &receiver, "flush", 0, 0, None)
+            .map(drop)
     }
 
     fn size(&self) -> u64 {

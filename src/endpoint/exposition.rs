@@ -393,6 +393,12 @@ fn device_io_families(
             |r| r.read_bytes,
         ),
         (
+            "stripestore_device_late_reads_total",
+            "Hedged reads of the device given up on as late (answered from the rest of the row; not errors).",
+            |io| load(&io.late_reads),
+            |r| r.late_reads,
+        ),
+        (
             "stripestore_device_write_requests_total",
             "Write requests sent to the device.",
             |io| load(&io.writes),

@@ -82,6 +82,26 @@ impl Device for FillDevice {
         }
     }
 
+    fn read_at_within(
+        &self,
+        offset: u64,
+        buf: &mut [u8],
+        within: std::time::Duration,
+    ) -> Result<crate::device::ReadWithin, DeviceError> {
+        match &self.member {
+            Some(member) => member.read_at_within(offset, buf, within),
+            None => Err(self.not_a_member()),
+        }
+    }
+
+    fn reads_within(&self) -> bool {
+        self.member.as_ref().is_some_and(|m| m.reads_within())
+    }
+
+    fn read_p99(&self) -> Option<std::time::Duration> {
+        self.member.as_ref().and_then(|m| m.read_p99())
+    }
+
     fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), DeviceError> {
         let theirs = self.member.as_ref().map(|m| m.write_at(offset, buf));
         self.on_replacement(

@@ -435,6 +435,8 @@ pub struct RetiredDevice {
     pub write_bytes: u64,
     /// Flushes.
     pub flushes: u64,
+    /// Hedged reads given up on as late.
+    pub late_reads: u64,
 }
 
 impl Members {
@@ -1088,6 +1090,7 @@ impl Members {
             writes: load(&member.io.writes),
             write_bytes: load(&member.io.write_bytes),
             flushes: load(&member.io.flushes),
+            late_reads: load(&member.io.late_reads),
         }
     }
 

@@ -58,6 +58,10 @@ pub struct PlantedBugs {
     /// sequence late (read by the fault policy; docs/FORMAT.md V4.16 §6), so the rows of the
     /// first sequence of its outage are not copied back.
     pub resync_since_late: bool,
+    /// Format version 4: reads never hedge (read by the volume's read path; docs/FORMAT.md
+    /// V4.16 §7): a read whose shard sits on a slow member waits for it even when the rest
+    /// of the row could answer.
+    pub hedge_disabled: bool,
 }
 
 impl PlantedBugs {
@@ -78,5 +82,6 @@ impl PlantedBugs {
             || self.delete_cursor_ignored
             || self.domains_ignored
             || self.resync_since_late
+            || self.hedge_disabled
     }
 }

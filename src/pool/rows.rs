@@ -329,6 +329,7 @@ fn volume_options(params: &MapParams, options: &OpenOptions) -> VolumeOptions {
 #[cfg(feature = "testing")]
 fn with_planted(mut volume: VolumeOptions, options: &OpenOptions) -> VolumeOptions {
     volume.skip_block_verification = options.planted.skip_checksum_verification;
+    volume.hedge_disabled = options.planted.hedge_disabled;
     volume.commit_before_rows_durable = options.planted.skip_commit_data_flush;
     volume.map.skip_page_verification = options.planted.skip_page_checksum_verification;
     volume.scrub_without_skip = options.planted.scrub_without_skip;

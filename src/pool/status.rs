@@ -42,6 +42,10 @@ pub struct DeviceStatus {
     pub checksum_errors: u64,
     /// Chunks healed on this device.
     pub repaired_chunks: u64,
+    /// Hedged reads of its position given up on as late (docs/FORMAT.md V4.16 §7): answered
+    /// from the rest of the row instead; not errors.
+    #[serde(default)]
+    pub late_reads: u64,
     /// For a device being rebuilt: the device it replaces.
     pub replacing: Option<String>,
     /// Its failure domain (pools with domains only).
@@ -215,6 +219,10 @@ impl PoolInner {
                 write_errors,
                 checksum_errors,
                 repaired_chunks,
+                late_reads: member
+                    .io
+                    .late_reads
+                    .load(std::sync::atomic::Ordering::Relaxed),
                 replacing: None,
                 domain: identity.domain,
                 away_secs: away.as_ref().map(|a| {
@@ -237,6 +245,7 @@ impl PoolInner {
                     write_errors: 0,
                     checksum_errors: 0,
                     repaired_chunks: 0,
+                    late_reads: 0,
                     replacing: Some(member.path()),
                     domain: replacement.identity.domain.clone(),
                     away_secs: None,
@@ -275,6 +284,7 @@ impl PoolInner {
                 write_errors: 0,
                 checksum_errors: 0,
                 repaired_chunks: 0,
+                late_reads: 0,
                 replacing: None,
                 domain: spare.identity.domain,
                 away_secs: None,

@@ -86,6 +86,10 @@ pub struct VolumeOptions {
     /// checking them against the pointer's crc.
     #[cfg(feature = "testing")]
     pub skip_block_verification: bool,
+    /// Planted bug `hedge_disabled`: reads wait on a slow member however long it takes,
+    /// never giving up on it for the rest of the row (docs/FORMAT.md V4.16 §7).
+    #[cfg(feature = "testing")]
+    pub hedge_disabled: bool,
     /// Planted bug `commit_before_rows_durable`: a flush commits the map without flushing
     /// the members first, so a record can name rows a power cut then loses.
     #[cfg(feature = "testing")]
@@ -202,6 +206,8 @@ pub struct Volume {
     #[cfg(feature = "testing")]
     skip_block_verification: bool,
     #[cfg(feature = "testing")]
+    hedge_disabled: bool,
+    #[cfg(feature = "testing")]
     commit_before_rows_durable: bool,
     #[cfg(feature = "testing")]
     cleaner_install_without_cas: bool,
@@ -273,6 +279,8 @@ impl Volume {
             staging: AlignedBuf::zeroed(0),
             #[cfg(feature = "testing")]
             skip_block_verification: options.skip_block_verification,
+            #[cfg(feature = "testing")]
+            hedge_disabled: options.hedge_disabled,
             #[cfg(feature = "testing")]
             commit_before_rows_durable: options.commit_before_rows_durable,
             #[cfg(feature = "testing")]

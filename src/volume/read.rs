@@ -3,15 +3,41 @@
 
 use super::place::{runs, BlockPlace, Piece};
 use super::{MemberProblem, ProblemKind, Volume, BLOCK, BLOCK_BYTES};
-use crate::device::{run_batch_while, AlignedBuf, BatchOp, DeviceError, SharedDevice};
+use crate::device::{run_batch_while, AlignedBuf, BatchOp, DeviceError, ReadWithin, SharedDevice};
 use crate::error::{Error, Result};
 use crate::format::v4::BlockPointer;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 /// Bytes of each copy a mirror read takes from one copy before the next copy's turn.
 const COPY_SPREAD_BYTES: u64 = 256 << 10;
+
+/// Hedged reads (docs/FORMAT.md V4.16 §7): a shard read on a member that keeps read
+/// deadlines ([`crate::device::Device::reads_within`]) gives up after [`hedge_deadline`] when
+/// the row's other shards can answer, and the block is rebuilt from them. The deadline is
+/// `HEDGE_FACTOR` × the member's p99 read latency (its histogram's bucket bound, once it saw
+/// 100 reads), at least [`HEDGE_MIN`] and at most [`HEDGE_MAX`]; [`HEDGE_UNKNOWN`] before
+/// anything is known. Four times the p99: a healthy member's reads are hedged about never
+/// (a reconstruction reads K shards instead of one, so a hedge must be rare unless the member
+/// really is slow); 20 ms at least: below it a scheduler hiccup on a loaded host would be
+/// taken for a slow member; a second at most: past it waiting costs more than any rebuild.
+const HEDGE_FACTOR: u32 = 4;
+/// The least hedge deadline.
+pub const HEDGE_MIN: Duration = Duration::from_millis(20);
+/// The hedge deadline of a member whose latency is not known yet.
+pub const HEDGE_UNKNOWN: Duration = Duration::from_millis(50);
+/// The most hedge deadline.
+pub const HEDGE_MAX: Duration = Duration::from_secs(1);
+
+/// The hedge deadline of a member whose p99 read latency is `p99` (`None`: not known).
+#[must_use]
+pub fn hedge_deadline(p99: Option<Duration>) -> Duration {
+    p99.map_or(HEDGE_UNKNOWN, |p99| {
+        p99.saturating_mul(HEDGE_FACTOR).clamp(HEDGE_MIN, HEDGE_MAX)
+    })
+}
 
 /// A block to read: where it goes in the caller's buffer, its pointer and its place.
 #[derive(Debug, Clone, Copy)]
@@ -40,6 +66,9 @@ enum Problem {
     Absent,
     /// The read failed (an I/O error).
     Unreadable,
+    /// Its hedged read was late (docs/FORMAT.md V4.16 §7): not a fault of the member, nothing
+    /// to heal; read again without a deadline if the rest of the row cannot answer.
+    Late,
     /// It was read and failed its crc.
     Checksum {
         /// The crc the pointer or the row records.
@@ -66,7 +95,7 @@ struct Tally {
 
 impl Tally {
     fn note(&mut self, volume: &Volume, want: &Wanted, shard: usize, problem: Problem) {
-        if problem != Problem::Absent {
+        if !matches!(problem, Problem::Absent | Problem::Late) {
             volume
                 .counters
                 .bad_shard_blocks
@@ -87,6 +116,7 @@ impl Tally {
         }
         let why = match problem {
             Problem::Absent => "absent",
+            Problem::Late => "late (no answer within the hedge deadline)",
             Problem::Unreadable => "I/O error",
             Problem::Checksum { .. } => "checksum mismatch",
         };
@@ -257,7 +287,9 @@ impl Volume {
         let mut verified: Vec<Option<usize>> = vec![None; wanted.len()];
         let runs = runs(pieces);
         // Pieces are only planned on present members, so every run has its request.
-        let (buffers, results) = read_runs(devices, &runs);
+        let (buffers, results) = read_runs_hedged(devices, &runs, |run| {
+            self.first_read_hedge(devices, &wanted, run)
+        });
         for (run, result) in runs.iter().zip(&results) {
             if let (Some(Err(error)), Some(first)) = (result, run.first()) {
                 let want = &wanted[first.index];
@@ -271,12 +303,23 @@ impl Volume {
             }
         }
         for ((run, buffer), result) in runs.iter().zip(&buffers).zip(&results) {
-            let read_ok = matches!(result, Some(Ok(())));
+            let read_ok = matches!(result, Some(Ok(ReadWithin::Done)));
+            let late = matches!(result, Some(Ok(ReadWithin::Late)));
+            if late {
+                tracing::debug!(
+                    member = run[0].device,
+                    offset = run[0].offset,
+                    blocks = run.len(),
+                    "hedged read late: rebuilding from the rest of the row"
+                );
+            }
             for (i, piece) in run.iter().enumerate() {
                 let want = &wanted[piece.index];
                 let shard = self.shard_at(want, piece.device);
                 let bytes = &buffer[i * BLOCK_BYTES..(i + 1) * BLOCK_BYTES];
-                let problem = if !read_ok {
+                let problem = if late {
+                    Problem::Late
+                } else if !read_ok {
                     Problem::Unreadable
                 } else if self.verifies(want, shard, bytes) {
                     out[want.index * BLOCK_BYTES..(want.index + 1) * BLOCK_BYTES]
@@ -367,6 +410,9 @@ impl Volume {
         let mut pieces = Vec::new();
         let mut reuse: Vec<usize> = Vec::new();
         let mut reused: Vec<u8> = Vec::new();
+        // Per row, how many shards can answer beyond the K it needs (never-written ones,
+        // reused ones and those read here): a hedged read of one of them may be late.
+        let mut spare = vec![0usize; rows.len()];
         for (r, (blocks, recorded)) in rows.iter().enumerate() {
             let Some((birth, n, _)) = recorded else {
                 continue;
@@ -375,7 +421,11 @@ impl Volume {
             let row_known = known.get(&(place.slot, place.row));
             for s in 0..width {
                 let tried = blocks.iter().any(|(_, t)| t.is_some_and(|(x, _)| x == s));
-                if self.rows.unwritten(s, *n) || tried {
+                if tried {
+                    continue;
+                }
+                if self.rows.unwritten(s, *n) {
+                    spare[r] += 1;
                     continue;
                 }
                 let had = row_known.and_then(|k| {
@@ -386,13 +436,24 @@ impl Volume {
                     let at = wanted[*w].index * BLOCK_BYTES;
                     reused.extend_from_slice(&out[at..at + BLOCK_BYTES]);
                     reuse.push(r * width + s);
+                    spare[r] += 1;
                     continue;
                 }
-                pieces.extend(self.present_piece(devices, place.slot, s, place.row, r * width + s));
+                let piece = self.present_piece(devices, place.slot, s, place.row, r * width + s);
+                spare[r] += usize::from(piece.is_some());
+                pieces.extend(piece);
             }
+            spare[r] = spare[r].saturating_sub(self.rows.k());
         }
         let runs = runs(pieces);
-        let (buffers, results) = read_runs(devices, &runs);
+        // A run is hedged when every row it serves can answer without it; a late one is
+        // waited for below if its row ends up short all the same.
+        let (buffers, results) = read_runs_hedged(devices, &runs, |run| {
+            let within = self.hedge_within(devices, run.first()?.device)?;
+            run.iter()
+                .all(|piece| spare[piece.index / width] > 0)
+                .then_some(within)
+        });
         // What each piece read: its bytes, or `None` when its request failed.
         let mut read: BTreeMap<usize, Option<&[u8]>> = reuse
             .iter()
@@ -412,8 +473,14 @@ impl Volume {
                 });
             }
         }
+        // Pieces whose hedged read was late: not read, not failed.
+        let mut late: std::collections::BTreeSet<usize> = std::collections::BTreeSet::new();
         for ((run, buffer), result) in runs.iter().zip(&buffers).zip(&results) {
-            let ok = matches!(result, Some(Ok(())));
+            if matches!(result, Some(Ok(ReadWithin::Late))) {
+                late.extend(run.iter().map(|piece| piece.index));
+                continue;
+            }
+            let ok = matches!(result, Some(Ok(ReadWithin::Done)));
             for (i, piece) in run.iter().enumerate() {
                 let bytes = &buffer[i * BLOCK_BYTES..(i + 1) * BLOCK_BYTES];
                 read.insert(piece.index, ok.then_some(bytes));
@@ -438,12 +505,25 @@ impl Volume {
             };
             let mut shards = vec![vec![0u8; BLOCK_BYTES]; width];
             let mut present = vec![false; width];
+            // Shards whose hedged read was late: the first read's, then this one's.
+            let mut waiting: Vec<usize> = blocks
+                .iter()
+                .filter_map(|(_, t)| match t {
+                    Some((x, Problem::Late)) => Some(*x),
+                    _ => None,
+                })
+                .collect();
+            waiting.dedup();
             for s in 0..width {
                 if self.rows.unwritten(s, *n) {
                     present[s] = true;
                     continue;
                 }
                 if blocks.iter().any(|(_, t)| t.is_some_and(|(x, _)| x == s)) {
+                    continue;
+                }
+                if late.contains(&(r * width + s)) {
+                    waiting.push(s);
                     continue;
                 }
                 match read.get(&(r * width + s)) {
@@ -459,6 +539,28 @@ impl Volume {
                             tally.note(self, first, s, Problem::Checksum { expected, found });
                         }
                     }
+                }
+            }
+            // Too few answered in time: wait for the late ones (no deadline now), as many as
+            // the row needs. Each is checked against the row's crcs like the others.
+            let mut good = present.iter().filter(|p| **p).count();
+            for s in waiting {
+                if good >= tally.needed {
+                    break;
+                }
+                match self.read_shard(devices, place, s) {
+                    Ok(bytes) => {
+                        let found = self.rows.crc(place.slot, s, place.row, *birth, &bytes);
+                        if found == crcs[s] {
+                            shards[s] = bytes;
+                            present[s] = true;
+                            good += 1;
+                        } else {
+                            let expected = crcs[s];
+                            tally.note(self, first, s, Problem::Checksum { expected, found });
+                        }
+                    }
+                    Err(problem) => tally.note(self, first, s, problem),
                 }
             }
             tally.good = present.iter().filter(|p| **p).count();
@@ -518,6 +620,50 @@ impl Volume {
             })
     }
 
+    /// The hedge deadline of a shard read on member `device` (`None`: no deadline: the member
+    /// does not keep them, or hedging is switched off).
+    fn hedge_within(&self, devices: &[Option<SharedDevice>], device: usize) -> Option<Duration> {
+        #[cfg(feature = "testing")]
+        if self.hedge_disabled {
+            return None;
+        }
+        let device = devices.get(device)?.as_ref()?;
+        device
+            .reads_within()
+            .then(|| hedge_deadline(device.read_p99()))
+    }
+
+    /// The hedge deadline of a first read's run (see [`hedge_deadline`]): when its member keeps
+    /// deadlines and every block of it can be answered without that member (another copy,
+    /// or K other shards of its row, on present members); `None` otherwise (wait as long as
+    /// the member takes).
+    fn first_read_hedge(
+        &self,
+        devices: &[Option<SharedDevice>],
+        wanted: &[Wanted],
+        run: &[Piece],
+    ) -> Option<Duration> {
+        let device = run.first()?.device;
+        let within = self.hedge_within(devices, device)?;
+        let width = self.rows.geometry().width();
+        let present = |want: &Wanted, s: usize| {
+            let (d, _) = self.rows.shard_block(want.place.slot, s, want.place.row);
+            d.0 != device && devices.get(d.0).is_some_and(Option::is_some)
+        };
+        run.iter()
+            .all(|piece| {
+                let want = &wanted[piece.index];
+                if self.rows.shards_of(0).len() == 1 {
+                    (0..width).filter(|s| present(want, *s)).count() >= self.rows.k()
+                } else {
+                    self.rows
+                        .shards_of(want.place.chunk)
+                        .any(|s| present(want, s))
+                }
+            })
+            .then_some(within)
+    }
+
     /// The shard of a block's chunk that lives on `device`.
     fn shard_at(&self, want: &Wanted, device: usize) -> usize {
         let shards = self.rows.shards_of(want.place.chunk);
@@ -569,9 +715,29 @@ impl Volume {
         if let Some((shard, problem)) = tried {
             tally.note(self, want, shard, problem);
         }
+        let late = matches!(tried, Some((_, Problem::Late)));
         let tried = tried.map(|(shard, _)| shard);
         // Mirror and raid10 only: Reed-Solomon blocks go through `recover_rows`.
-        let found = self.recover_from_copies(devices, want, tried, &mut tally);
+        let mut found = self.recover_from_copies(devices, want, tried, &mut tally);
+        if found.is_none() && late {
+            // No other copy answered: wait for the late one (no deadline now).
+            if let Some(shard) = tried {
+                found = match self.read_shard(devices, want.place, shard) {
+                    Ok(bytes) if self.verifies(want, shard, &bytes) => Some(Found {
+                        bytes,
+                        heal: Vec::new(),
+                    }),
+                    Ok(bytes) => {
+                        tally.note(self, want, shard, self.mismatch(want, shard, &bytes));
+                        None
+                    }
+                    Err(problem) => {
+                        tally.note(self, want, shard, problem);
+                        None
+                    }
+                };
+            }
+        }
         let Some(found) = found else {
             return Err(unrecoverable(self, want, &tally));
         };
@@ -692,6 +858,55 @@ pub(super) fn read_runs(
     let (buffers, results, ()) = read_runs_while(devices, runs, || ());
     (buffers, results)
 }
+
+/// [`read_runs`], with a deadline on the runs `hedge` gives one: those are read on their own
+/// with [`crate::device::Device::read_at_within`] while the others are on the devices
+/// together. Per run, how its request went (`Late`: its buffer holds nothing meaningful).
+pub(super) fn read_runs_hedged(
+    devices: &[Option<SharedDevice>],
+    runs: &[Vec<Piece>],
+    hedge: impl Fn(&[Piece]) -> Option<Duration>,
+) -> (RunBuffers, HedgedResults) {
+    let mut buffers = RunBuffers(
+        runs.iter()
+            .map(|run| run_buffer(run.len() * BLOCK_BYTES))
+            .collect(),
+    );
+    let mut results: HedgedResults = Vec::with_capacity(runs.len());
+    results.resize_with(runs.len(), || None);
+    let mut ops = Vec::with_capacity(runs.len());
+    let mut issued = Vec::with_capacity(runs.len());
+    let mut hedged = Vec::new();
+    for (r, (run, buffer)) in runs.iter().zip(buffers.0.iter_mut()).enumerate() {
+        if let Some(Some(device)) = run.first().and_then(|p| devices.get(p.device)) {
+            match hedge(run) {
+                Some(within) => hedged.push((r, device, run[0].offset, buffer, within)),
+                None => {
+                    ops.push(BatchOp::read(device.as_ref(), run[0].offset, buffer));
+                    issued.push(r);
+                }
+            }
+        }
+    }
+    let late = run_batch_while(&mut ops, || {
+        hedged
+            .into_iter()
+            .map(|(r, device, offset, buffer, within)| {
+                (r, device.read_at_within(offset, buffer, within))
+            })
+            .collect::<Vec<_>>()
+    });
+    for (r, outcome) in late {
+        results[r] = Some(outcome);
+    }
+    for (op, r) in ops.into_iter().zip(issued) {
+        results[r] = Some(op.result.map(|()| ReadWithin::Done));
+    }
+    (buffers, results)
+}
+
+/// Each run's outcome in [`read_runs_hedged`] (`None`: no request was made).
+pub(super) type HedgedResults = Vec<Option<std::result::Result<ReadWithin, DeviceError>>>;
 
 /// Each run's outcome (`None`: no request was made, its member is not present).
 pub(super) type RunResults = Vec<Option<std::result::Result<(), DeviceError>>>;
