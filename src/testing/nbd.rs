@@ -1,5 +1,6 @@
 //! The NBD fuzz harness, shared by the fuzz target (`fuzz/fuzz_targets/nbd_request.rs`) and the
-//! stable-Rust test that replays stored inputs (`tests/command/nbd.rs`), so both run the same checks.
+//! stable-Rust test that replays stored inputs (`tests/command/nbd.rs`), so both run the same
+//! checks.
 
 use crate::nbd::proto::{self, cmd, Action};
 use crate::nbd::{serve_stream, ExportConfig};
