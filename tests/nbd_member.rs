@@ -749,3 +749,63 @@ fn measure_4k_random_reads_16_threads() {
         );
     }
 }
+
+/// Spare add, replace and online with NBD members by URI (the same route as create and open,
+/// `device::open_device_for`): a spare on a seventh export, member 0 replaced by an eighth
+/// (rebuilt onto it), member 1 taken offline and brought back from its own URI; every byte
+/// reads back afterwards from the URIs alone.
+#[test]
+fn spare_add_replace_and_online_take_uris() {
+    let test = "spare_add_replace_and_online_take_uris";
+    if !have_nbdkit(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let servers: Vec<Nbdkit> = (0..8)
+        .map(|i| Nbdkit::start(&dir.path().join(format!("s{i}")), &["memory", "64M"]))
+        .collect();
+    let uris: Vec<String> = servers.iter().map(|s| s.uri("")).collect();
+    let members: Vec<PathBuf> = uris[..6].iter().map(PathBuf::from).collect();
+    let mut options = CreateOptions::new("rs:4+2".parse().unwrap());
+    options.open.background_rebuild = false;
+    let pool = Pool::create_paths(&members, &[], &options).unwrap();
+    let seed = seed(0x18e0);
+    let _guard = SeedGuard { seed, name: test };
+    let mut rng = rng(seed);
+    let mut model = stripestore::testing::Model::new(pool.size());
+    for _ in 0..16 {
+        let length = rng.gen_range(1..=32) * 4096;
+        let offset = rng.gen_range(0..(pool.size() - length as u64) / 4096) * 4096;
+        let data = random_bytes(&mut rng, length);
+        pool.write_at(offset, &data).unwrap();
+        model.write(offset, &data);
+    }
+    pool.flush().unwrap();
+    let by_uri = |uri: &str| open_device_for(Path::new(uri), Access::ReadWrite).unwrap();
+    pool.add_spare(by_uri(&uris[6]), false).unwrap();
+    assert_eq!(pool.status().spares[0].path, uris[6]);
+    pool.replace(&uris[0], by_uri(&uris[7]), false).unwrap();
+    pool.run_rebuilds(|_| {}).unwrap();
+    assert_eq!(pool.status().devices[0].path, uris[7]);
+    pool.offline(&uris[1]).unwrap();
+    pool.online(&uris[1], by_uri(&uris[1]), false).unwrap();
+    pool.run_rebuilds(|_| {}).unwrap();
+    let status = pool.status();
+    assert!(
+        status.devices.iter().all(|d| d.state == "ONLINE"),
+        "{status}"
+    );
+    assert_eq!(status.spares[0].state, "AVAIL");
+    pool.close().unwrap();
+    let now: Vec<PathBuf> = [&uris[7], &uris[1]].iter().map(PathBuf::from).collect();
+    let pool = Pool::open_paths(&now, &OpenOptions::default()).unwrap();
+    let mut back = vec![0u8; 1 << 20];
+    let mut offset = 0;
+    while offset < pool.size() {
+        let len = (1u64 << 20).min(pool.size() - offset) as usize;
+        pool.read_at(offset, &mut back[..len]).unwrap();
+        assert!(back[..len] == *model.read(offset, len), "MiB at {offset}");
+        offset += len as u64;
+    }
+    pool.close().unwrap();
+}
