@@ -479,6 +479,9 @@ mod tests {
                 &(|m: &mut MapParams| m.referenced_counts = true) as &dyn Fn(&mut MapParams),
             ),
             ("paced_deletes", &|m: &mut MapParams| m.paced_deletes = true),
+            ("failure_domains", &|m: &mut MapParams| {
+                m.failure_domains = true;
+            }),
         ] {
             assert!(!json(&sb).contains(gate));
             set(sb.map.as_mut().unwrap());
@@ -490,6 +493,63 @@ mod tests {
         value["deadlists"] = serde_json::Value::Bool(true);
         let refused = serde_json::from_value::<MapParams>(value).unwrap_err();
         assert!(refused.to_string().contains("deadlists"), "{refused}");
+    }
+
+    /// The member fields of docs/FORMAT.md V4.16 (`domain`, `unavailable`, a rebuild's
+    /// `resync_from_sequence`) are written only when set and round-trip; a member record
+    /// without them (every superblock written before them) decodes with them unset; and an
+    /// away member reads as `faulted` to a reader that ignores the `unavailable` field, as an
+    /// older build does (it copies the member in full).
+    #[test]
+    fn the_v4_16_member_fields_round_trip_and_older_records_decode() {
+        let mut sb = sample();
+        sb.map = Some(map_params());
+        let plain = String::from_utf8_lossy(&sb.encode().unwrap()[HEADER_BYTES..]).to_string();
+        for field in ["domain", "unavailable", "resync_from_sequence"] {
+            assert!(!plain.contains(field), "{field} written unset");
+        }
+        sb.members[0].domain = Some("host-a".into());
+        sb.members[0].state = MemberState::Faulted {
+            reason: "unavailable: no answer".into(),
+        };
+        sb.members[0].unavailable = Some(Unavailable {
+            since_sequence: 41,
+            since_unix_secs: 1_790_000_000,
+            generation: 7,
+        });
+        sb.members.push(Member {
+            uuid: PoolUuid([3; 16]),
+            role: Role::Data { index: 0 },
+            state: MemberState::Rebuilding {
+                next_slot: 0,
+                start_generation: 0,
+                resync_from_sequence: Some(41),
+            },
+            path: "/dev/y".into(),
+            domain: Some("host-a".into()),
+            unavailable: None,
+        });
+        let decoded = Superblock::decode(&sb.encode().unwrap()).unwrap();
+        assert_eq!(decoded.members, sb.members);
+        // A record as an older build wrote it, and as an older build reads this one.
+        let old = serde_json::json!({
+            "uuid": PoolUuid([4; 16]), "role": {"data": {"index": 1}},
+            "state": {"rebuilding": {"next_slot": 3, "start_generation": 2}}, "path": "/dev/z"
+        });
+        let member: Member = serde_json::from_value(old).unwrap();
+        assert_eq!(member.domain, None);
+        assert_eq!(member.unavailable, None);
+        assert!(matches!(
+            member.state,
+            MemberState::Rebuilding {
+                resync_from_sequence: None,
+                ..
+            }
+        ));
+        let mut away = serde_json::to_value(&sb.members[0]).unwrap();
+        away.as_object_mut().unwrap().remove("unavailable");
+        let seen: Member = serde_json::from_value(away).unwrap();
+        assert!(matches!(seen.state, MemberState::Faulted { .. }));
     }
 
     /// A version-4 superblock (one with map parameters) says 4 whatever its members'
