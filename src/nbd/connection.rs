@@ -8,8 +8,9 @@
 //! * A write reaches the pool only after its whole payload has arrived, and only inside the
 //!   range the request names (checked by [`proto::classify`] before anything is read). A client
 //!   that disconnects mid-payload leaves nothing written.
-//! * A write is acknowledged only after `Pool::write_at` returned; with `FUA` only after
-//!   `Pool::flush` returned too. `FLUSH` commits every write acknowledged before it, on every
+//! * A write is acknowledged only after it landed: `Pool::write_at` returned, or the pool told
+//!   a write queued with `Pool::write_queued` its outcome; with `FUA` (always written with
+//!   `write_at`) only after `Pool::flush` returned too. `FLUSH` commits every write acknowledged before it, on every
 //!   connection (the pool is shared), which is why the export announces `CAN_MULTI_CONN`.
 //! * A read that the pool cannot verify is answered with `EIO` and no data; never with bytes
 //!   the pool did not return.
@@ -29,7 +30,14 @@
 //! Threads (leader/follower, as nbdkit's parallel model): the thread holding the stream reads
 //! one request, hands the stream on and executes the request itself, so a request costs no
 //! hand-off between threads; see [`serve_requests`]. Replies finished together are combined
-//! into one write ([`Replies`]).
+//! into one write ([`Replies`]). A write the pool queues (a small write on a format-version-4
+//! pool) is not executed by a thread of the connection: the reading thread queues it and reads
+//! on, keeping the stream; the pool's write leader carries it in a group; the connection's
+//! answering thread replies to every write told together in one message
+//! ([`answer_queued_writes`]); and when a queued write finds nobody leading, the office goes
+//! to the connection's leading thread ([`lead_writes`]), so the reading thread never leads.
+//! Measured (fio's `nbd` engine, 4 KiB random writes at depth 16, mirror:2 on two files): a
+//! thread per write parked until its group landed gave 25–28k IOPS; queued writes 32–36k.
 
 use super::proto::{self, errno, info, opt, rep, Action, ExportInfo, Session};
 use crate::error::Error;
@@ -450,15 +458,132 @@ impl InFlight {
     }
 }
 
-impl Drop for Permit<'_> {
-    fn drop(&mut self) {
-        let mut state = self.in_flight.state.lock();
-        state.requests -= 1;
-        state.bytes -= self.bytes;
+impl Permit<'_> {
+    /// Keep the request counted after this permit is gone (its reply is sent by another
+    /// thread, which gives it back with [`InFlight::release`]); its bytes.
+    fn detach(self) -> u64 {
+        let bytes = self.bytes;
+        std::mem::forget(self);
+        bytes
+    }
+}
+
+impl InFlight {
+    /// `requests` requests of `bytes` in all are answered.
+    fn release(&self, requests: usize, bytes: u64) {
+        let mut state = self.state.lock();
+        state.requests -= requests;
+        state.bytes -= bytes;
         // Waking costs a system call; only when someone waits.
         if state.waiting > 0 {
-            self.in_flight.freed.notify_all();
+            self.freed.notify_all();
         }
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        self.in_flight.release(1, self.bytes);
+    }
+}
+
+/// Writes handed to the pool with nobody waiting ([`Pool::write_queued`]): the pool's write
+/// leader tells each outcome here and the connection's answering thread
+/// ([`answer_queued_writes`]) sends the replies, those told together in one message. A write
+/// costs no thread of the connection while it is on the devices, and no wake-up of its own.
+struct QueuedWrites {
+    state: Lock<QueuedState>,
+    told: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct QueuedState {
+    /// Writes handed over and not answered: tag → (cookie, payload bytes).
+    open: std::collections::HashMap<u64, (u64, u64)>,
+    next_tag: u64,
+    /// Outcomes told and not answered yet.
+    outcomes: Vec<(u64, crate::Result<()>)>,
+    /// No more writes will be handed over: every serving thread has ended.
+    closed: bool,
+}
+
+impl QueuedWrites {
+    fn new() -> Self {
+        Self {
+            state: Lock::new(QueuedState::default()),
+            told: std::sync::Condvar::new(),
+        }
+    }
+
+    /// A write of `bytes` answering `cookie` is handed over: its tag.
+    fn open(&self, cookie: u64, bytes: u64) -> u64 {
+        let mut state = self.state.lock();
+        let tag = state.next_tag;
+        state.next_tag += 1;
+        state.open.insert(tag, (cookie, bytes));
+        tag
+    }
+
+    /// No more writes will be handed over.
+    fn close(&self) {
+        self.state.lock().closed = true;
+        self.told.notify_all();
+    }
+}
+
+impl crate::pool::WriteDone for QueuedWrites {
+    fn done(&self, tag: u64, outcome: crate::Result<()>) {
+        let mut state = self.state.lock();
+        let wake = state.outcomes.is_empty();
+        state.outcomes.push((tag, outcome));
+        drop(state);
+        if wake {
+            self.told.notify_one();
+        }
+    }
+}
+
+/// The answering thread of a connection: send the replies of queued writes as their outcomes
+/// are told, until every serving thread has ended and every write handed over is answered.
+fn answer_queued_writes<R, W: Write>(shared: &Shared<'_, R, W>) {
+    let writes = &shared.writes;
+    let mut message = Vec::new();
+    let mut answered: Vec<(u64, u64, crate::Result<()>)> = Vec::new();
+    loop {
+        {
+            let mut state = writes.state.lock();
+            while state.outcomes.is_empty() && !(state.closed && state.open.is_empty()) {
+                state = writes
+                    .told
+                    .wait(state)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            if state.outcomes.is_empty() {
+                return;
+            }
+            let state = &mut *state;
+            for (tag, outcome) in state.outcomes.drain(..) {
+                if let Some((cookie, bytes)) = state.open.remove(&tag) {
+                    answered.push((cookie, bytes, outcome));
+                }
+            }
+        }
+        message.clear();
+        let (mut requests, mut bytes) = (0usize, 0u64);
+        for (cookie, length, outcome) in answered.drain(..) {
+            requests += 1;
+            bytes += length;
+            match outcome {
+                Ok(()) => message.extend_from_slice(&proto::encode_reply(0, cookie)),
+                Err(err) => {
+                    tracing::warn!(%err, length, "NBD write failed; replying with an error");
+                    message
+                        .extend_from_slice(&shared.replies.error_message(errno_for(&err), cookie));
+                }
+            }
+        }
+        shared.replies.send(&message);
+        shared.in_flight.release(requests, bytes);
     }
 }
 
@@ -559,10 +684,15 @@ impl<W: Write> Replies<W> {
     /// An error: a final error chunk with structured replies (what a `READ` must get then),
     /// else a simple reply.
     fn error(&self, error: u32, cookie: u64) {
+        self.send(&self.error_message(error, cookie));
+    }
+
+    /// The message answering `cookie` with `error`.
+    fn error_message(&self, error: u32, cookie: u64) -> Vec<u8> {
         if self.structured {
-            self.send(&proto::encode_error_chunk(cookie, error, errno_name(error)));
+            proto::encode_error_chunk(cookie, error, errno_name(error))
         } else {
-            self.send(&proto::encode_reply(error, cookie));
+            proto::encode_reply(error, cookie).to_vec()
         }
     }
 
@@ -637,8 +767,22 @@ fn transmission<R: Read + Send, W: Write + Send>(
         threads: AtomicUsize::new(1),
         busy: AtomicUsize::new(0),
         max_threads: config.max_requests_in_flight.clamp(1, MAX_WORKERS),
+        writes: std::sync::Arc::new(QueuedWrites::new()),
+        lead: Lock::new(LeadSlot::default()),
+        lead_given: std::sync::Condvar::new(),
     };
-    std::thread::scope(|scope| serve_requests(scope, &shared));
+    let sink: std::sync::Arc<dyn crate::pool::WriteDone> = shared.writes.clone();
+    std::thread::scope(|scope| {
+        let answering = std::thread::Builder::new()
+            .name("nbd-answer".into())
+            .spawn_scoped(scope, || answer_queued_writes(&shared));
+        let leading = std::thread::Builder::new()
+            .name("nbd-lead".into())
+            .spawn_scoped(scope, || lead_writes(&shared));
+        // Without these two threads the connection writes as it did before queued writes.
+        let sink = (answering.is_ok() && leading.is_ok()).then_some(&sink);
+        serve_requests(scope, &shared, sink);
+    });
     let end = shared.input.lock().end.take();
     end.unwrap_or(ConnectionEnd::Eof)
 }
@@ -657,6 +801,58 @@ struct Shared<'a, R, W> {
     /// Threads executing a request (not reading or waiting to read).
     busy: AtomicUsize,
     max_threads: usize,
+    /// Writes handed to the pool, answered by the connection's answering thread.
+    writes: std::sync::Arc<QueuedWrites>,
+    /// The pool's write leader's office when a queued write got it (see [`lead_writes`]).
+    lead: Lock<LeadSlot<'a>>,
+    lead_given: std::sync::Condvar,
+}
+
+/// The office of write leader, handed by the thread reading the stream to the connection's
+/// leading thread.
+#[derive(Default)]
+struct LeadSlot<'a> {
+    duty: Option<crate::pool::LeadDuty<'a>>,
+    /// No more duties will come: every serving thread has ended.
+    closed: bool,
+}
+
+/// The leading thread of a connection: run each write leader's office a queued write got, so
+/// that the thread reading the stream keeps it (a leader on the reading thread would hand
+/// the stream to another thread for every leadership), until every serving thread has ended.
+fn lead_writes<R, W>(shared: &Shared<'_, R, W>) {
+    loop {
+        let duty = {
+            let mut slot = shared.lead.lock();
+            loop {
+                if let Some(duty) = slot.duty.take() {
+                    break duty;
+                }
+                if slot.closed {
+                    return;
+                }
+                slot = shared
+                    .lead_given
+                    .wait(slot)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+        };
+        duty.run();
+    }
+}
+
+/// A serving thread ending: the last one closes the queued writes (none will be handed over
+/// any more), also when it ends by a panic.
+struct Serving<'s, 'a, R, W>(&'s Shared<'a, R, W>);
+
+impl<R, W> Drop for Serving<'_, '_, R, W> {
+    fn drop(&mut self) {
+        if self.0.threads.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.lead.lock().closed = true;
+            self.0.lead_given.notify_all();
+            self.0.writes.close();
+        }
+    }
 }
 
 /// The read side of a connection, and how it ended once it has.
@@ -716,27 +912,50 @@ impl Work {
 /// payload and reply. When every thread is busy after taking a request, one more is started
 /// (up to `max_threads`), so one request at a time costs one thread and a deep queue gets
 /// parallelism.
-fn serve_requests<'scope, 'env, R: Read + Send, W: Write + Send>(
+fn serve_requests<'scope, 'env, 'p: 'env, R: Read + Send, W: Write + Send>(
     scope: &'scope std::thread::Scope<'scope, 'env>,
-    shared: &'env Shared<'env, R, W>,
+    shared: &'env Shared<'p, R, W>,
+    sink: Option<&'env std::sync::Arc<dyn crate::pool::WriteDone>>,
 ) {
+    let _serving = Serving(shared);
     let mut buffer: Vec<u8> = Vec::new();
     loop {
         let (request, work, permit) = {
             let mut input = shared.input.lock();
-            if input.end.is_some() {
-                return;
-            }
-            if shared.replies.is_broken() {
-                input.end = Some(ConnectionEnd::Eof);
-                return;
-            }
-            match take_request(&mut input.reader, shared, &mut buffer) {
-                Ok(Some(taken)) => taken,
-                Ok(None) => continue,
-                Err(end) => {
-                    input.end = Some(end);
+            // The stream is kept while the requests read only need queueing: a write the
+            // pool queues costs no hand-off between threads (the answering thread replies
+            // once it has landed).
+            loop {
+                if input.end.is_some() {
                     return;
+                }
+                if shared.replies.is_broken() {
+                    input.end = Some(ConnectionEnd::Eof);
+                    return;
+                }
+                match take_request(&mut input.reader, shared, &mut buffer) {
+                    Ok(Some((request, Work::Write { offset, fua: false }, permit)))
+                        if sink.is_some() && shared.pool.queues_write(buffer.len()) =>
+                    {
+                        let Some(sink) = sink else {
+                            unreachable!("checked in the guard")
+                        };
+                        let bytes = permit.detach();
+                        let tag = shared.writes.open(request.cookie, bytes);
+                        let data = std::mem::take(&mut buffer);
+                        if let Some(duty) = shared.pool.write_queued(offset, data, sink, tag) {
+                            let mut slot = shared.lead.lock();
+                            slot.duty = Some(duty);
+                            drop(slot);
+                            shared.lead_given.notify_one();
+                        }
+                    }
+                    Ok(Some(taken)) => break taken,
+                    Ok(None) => {}
+                    Err(end) => {
+                        input.end = Some(end);
+                        return;
+                    }
                 }
             }
         };
@@ -746,7 +965,7 @@ fn serve_requests<'scope, 'env, R: Read + Send, W: Write + Send>(
             shared.threads.fetch_add(1, Ordering::AcqRel);
             let spawned = std::thread::Builder::new()
                 .name("nbd-worker".into())
-                .spawn_scoped(scope, move || serve_requests(scope, shared));
+                .spawn_scoped(scope, move || serve_requests(scope, shared, sink));
             if let Err(err) = spawned {
                 shared.threads.fetch_sub(1, Ordering::AcqRel);
                 tracing::warn!(%err, "NBD worker thread could not be started");
@@ -764,9 +983,9 @@ fn serve_requests<'scope, 'env, R: Read + Send, W: Write + Send>(
 
 /// Read the next request off the stream and classify it. `Ok(None)`: it was answered already
 /// (refused); `Err`: how the connection ends.
-fn take_request<'env, R: Read, W: Write>(
+fn take_request<'env, 'p, R: Read, W: Write>(
     reader: &mut R,
-    shared: &'env Shared<'env, R, W>,
+    shared: &'env Shared<'p, R, W>,
     buffer: &mut Vec<u8>,
 ) -> Result<Option<(proto::Request, Work, Permit<'env>)>, ConnectionEnd> {
     let request = next_request(reader)?;

@@ -56,7 +56,7 @@ pub use policy::{expired as expired_recovery_points, PolicyPoint, Retention, Sna
 pub use reclaim::{DeletingPoint, ReclaimReport};
 pub use recovery::RecoveryPointInfo;
 pub use requests::{Request, RequestMetrics};
-pub use rows::{FormatVersion, V4Options};
+pub use rows::{FormatVersion, V4Options, WriteDone};
 pub use send::{ChangedRange, ReadSeek, ReceivePhase, ReceiveReport, SendReport};
 pub use status::{DeviceStatus, PoolHealth, PoolStatus, RecoveryPointsStatus, STATUS_EVENTS};
 
@@ -614,6 +614,59 @@ impl Pool {
         })
     }
 
+    /// Whether [`Pool::write_queued`] queues a write of `bytes` (a small write on a
+    /// format-version-4 pool) rather than writing it on the caller's thread.
+    #[must_use]
+    pub fn queues_write(&self, bytes: usize) -> bool {
+        self.inner.rows().is_some() && PoolInner::rows_queues(bytes)
+    }
+
+    /// Write `data` at volume offset `offset` as [`Pool::write_at`] does, but without waiting:
+    /// `sink` is told the outcome under `tag` once the write landed or failed (exactly once;
+    /// a write refused at once is told before this returns). A server writes so what a client
+    /// sends while earlier writes are on the devices, with no thread waiting per write.
+    ///
+    /// On a format-version-4 pool a small write is queued and carried in a group by the
+    /// pool's write leader. When no writer leads, the office is the caller's: the
+    /// [`LeadDuty`] returned must be run, on this thread or another that may block for a
+    /// while (it is run when dropped, too). Other writes are written here, then told.
+    #[must_use = "queued writes wait until the duty is run (dropping it runs it here)"]
+    pub fn write_queued(
+        &self,
+        offset: u64,
+        data: Vec<u8>,
+        sink: &Arc<dyn WriteDone>,
+        tag: u64,
+    ) -> Option<LeadDuty<'_>> {
+        let started = std::time::Instant::now();
+        let checked = check_range(offset, data.len(), self.size())
+            .and_then(|()| self.inner.writable("write"));
+        let queue = self
+            .inner
+            .rows()
+            .filter(|_| PoolInner::rows_queues(data.len()));
+        match (checked, queue) {
+            (Ok(()), Some(rows)) if self.inner.check_available().is_ok() => {
+                drop(self.inner.rebuild.foreground());
+                self.inner
+                    .rows_write_queued(rows, offset, data, Arc::clone(sink), tag, started)
+                    .then(|| LeadDuty { pool: self })
+            }
+            (Ok(()), _) => {
+                let outcome = self.write_at(offset, &data);
+                sink.done(tag, outcome);
+                None
+            }
+            (Err(err), _) => {
+                self.inner
+                    .requests
+                    .record(Request::Write, data.len(), started, false);
+                sink.done(tag, Err(err));
+                None
+            }
+        }
+    }
+
     /// Plant a bug (feature `testing`): the next write leader of a format-version-4 pool
     /// panics while it lands a group (once). The writes it carried fail with
     /// [`Error::ThreadPanicked`], the pool refuses writes until it is reopened, and no writer
@@ -623,6 +676,18 @@ impl Pool {
         if let Some(rows) = self.inner.rows() {
             rows.planted_leader_panic
                 .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Test hook (feature `testing`): the next write leader of a format-version-4 pool waits
+    /// `pause` between taking its last group and giving up its office (once), so that a test
+    /// can queue a write in that window. Does nothing on version 3.
+    #[cfg(feature = "testing")]
+    pub fn pause_leader_before_giving_up(&self, pause: std::time::Duration) {
+        if let Some(rows) = self.inner.rows() {
+            let ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX);
+            rows.leader_pause_ms
+                .store(ms, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -881,6 +946,29 @@ impl Drop for Pool {
             } else if let Err(err) = self.inner.persist_history() {
                 tracing::error!(%err, "could not record the pool's events and counters on drop");
             }
+        }
+    }
+}
+
+/// The write leader's office, handed to a caller of [`Pool::write_queued`] when nobody led:
+/// run it (or drop it, which runs it) on a thread that may block while it writes the queued
+/// groups. Until then no other writer leads, so queued writes wait for it.
+#[derive(Debug)]
+pub struct LeadDuty<'p> {
+    pool: &'p Pool,
+}
+
+impl LeadDuty<'_> {
+    /// Lead: write queued groups until no queued write is left without a thread of its own.
+    pub fn run(self) {
+        drop(self);
+    }
+}
+
+impl Drop for LeadDuty<'_> {
+    fn drop(&mut self) {
+        if let Some(rows) = self.pool.inner.rows() {
+            self.pool.inner.rows_lead_queued(rows);
         }
     }
 }

@@ -47,21 +47,27 @@ impl RequestMetrics {
     ) -> Result<T, E> {
         let started = Instant::now();
         let result = work();
+        self.record(request, bytes, started, result.is_ok());
+        result
+    }
+
+    /// Count a request that started at `started` and ended now, `ok` or failed (a queued
+    /// write is measured so: from its call to its outcome, on whichever thread carried it).
+    pub(crate) fn record(&self, request: Request, bytes: usize, started: Instant, ok: bool) {
         let (histogram, counter, failed) = match request {
             Request::Read => (&self.read, Some(&self.read_bytes), &self.failed[0]),
             Request::Write => (&self.write, Some(&self.written_bytes), &self.failed[1]),
             Request::Flush => (&self.flush, None, &self.failed[2]),
         };
         histogram.observe(started.elapsed());
-        match (&result, counter) {
-            (Ok(_), Some(counter)) => {
+        match (ok, counter) {
+            (true, Some(counter)) => {
                 counter.fetch_add(bytes as u64, Ordering::Relaxed);
             }
-            (Ok(_), None) => {}
-            (Err(_), _) => {
+            (true, None) => {}
+            (false, _) => {
                 failed.fetch_add(1, Ordering::Relaxed);
             }
         }
-        result
     }
 }

@@ -126,20 +126,67 @@ const GROUP_PIPELINED_BYTES: usize = 2 << 20;
 /// over NBD: 26.3k IOPS without it, 22.5k with 64 MiB).
 const LEAD_BUDGET_WRITES: usize = 8;
 
+/// Where the outcome of a queued write goes ([`crate::Pool::write_queued`]): told once per
+/// write, after the write landed (its bytes are in the map and read back) or failed.
+///
+/// It is told on the thread that carried the write, a pool's write leader, which may hold the
+/// volume's lock meanwhile: `done` must be quick (note the outcome, wake a thread) and must
+/// not call the pool.
+pub trait WriteDone: Send + Sync {
+    /// The write queued with `tag` has its outcome.
+    fn done(&self, tag: u64, outcome: Result<()>);
+}
+
 /// A write waiting in the queue, and its outcome once a group carried it.
 struct Queued {
     payload: Payload,
     outcome: Mutex<Option<Result<()>>>,
-    /// The thread waiting for it: unparked when it has its outcome, or when it is first in
-    /// the queue and nobody leads (so that it leads).
-    writer: std::thread::Thread,
+    waiter: Waiter,
+}
+
+/// Who waits for a queued write's outcome.
+enum Waiter {
+    /// A thread, parked: unparked when its write has its outcome (in `outcome`), or when it
+    /// is first in the queue and nobody leads (so that it leads).
+    Thread(std::thread::Thread),
+    /// Nobody: the outcome goes to `sink` under `tag`, once (`told`). Such a write has no
+    /// thread to lead for it, so a leader does not give up while one is queued.
+    Sink {
+        sink: Arc<dyn WriteDone>,
+        tag: u64,
+        started: std::time::Instant,
+        told: std::sync::atomic::AtomicBool,
+    },
 }
 
 impl Queued {
-    /// Give it its outcome and wake its writer.
+    /// Give it its outcome (the first one given counts) and wake its writer or tell its sink.
     fn finish(&self, outcome: Result<()>) {
-        *self.outcome.lock() = Some(outcome);
-        self.writer.unpark();
+        match &self.waiter {
+            Waiter::Thread(writer) => {
+                let mut slot = self.outcome.lock();
+                if slot.is_none() {
+                    *slot = Some(outcome);
+                }
+                drop(slot);
+                writer.unpark();
+            }
+            Waiter::Sink {
+                sink, tag, told, ..
+            } => {
+                if !told.swap(true, Ordering::AcqRel) {
+                    sink.done(*tag, outcome);
+                }
+            }
+        }
+    }
+
+    /// The thread waiting for it, if one does.
+    fn writer(&self) -> Option<&std::thread::Thread> {
+        match &self.waiter {
+            Waiter::Thread(writer) => Some(writer),
+            Waiter::Sink { .. } => None,
+        }
     }
 }
 
@@ -200,6 +247,10 @@ pub(crate) struct RowsEngine {
     /// leader panics while it lands a group (once).
     #[cfg(feature = "testing")]
     pub(crate) planted_leader_panic: std::sync::atomic::AtomicBool,
+    /// Test hook (feature `testing`, [`crate::Pool::pause_leader_before_giving_up`]):
+    /// milliseconds the next leader waits between its last group and giving up (once).
+    #[cfg(feature = "testing")]
+    pub(crate) leader_pause_ms: AtomicU64,
 }
 
 #[derive(Default)]
@@ -221,6 +272,8 @@ struct Leading<'a> {
     rows: &'a RowsEngine,
     /// The groups taken and not landed yet.
     taken: std::cell::RefCell<Vec<Arc<QueuedGroup>>>,
+    /// The office was given up already (the normal way, under the queue's lock).
+    given_up: std::cell::Cell<bool>,
 }
 
 impl Drop for Leading<'_> {
@@ -232,25 +285,39 @@ impl Drop for Leading<'_> {
             self.rows.volume.write().fail();
             for group in self.taken.get_mut().drain(..) {
                 for queued in &group.0 {
-                    let mut outcome = queued.outcome.lock();
-                    if outcome.is_none() {
-                        *outcome = Some(Err(Error::ThreadPanicked {
-                            thread: "write leader",
-                        }));
-                    }
-                    drop(outcome);
-                    queued.writer.unpark();
+                    queued.finish(Err(Error::ThreadPanicked {
+                        thread: "write leader",
+                    }));
                 }
             }
         }
-        let mut queue = self.rows.queue.lock();
-        queue.leading = false;
-        queue.leader = None;
-        // The writer of the oldest write still queued leads next (it holds the queue's lock
-        // from looking at `leading` to sleeping, and an unpark before its park is kept).
-        if let Some(next) = queue.pending.first() {
-            next.writer.unpark();
+        if !self.given_up.get() {
+            let mut queue = self.rows.queue.lock();
+            // Queued writes without a thread of their own would wait for ever: the volume
+            // refuses writes now (a panic failed it), so they fail.
+            let (told, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut queue.pending)
+                .into_iter()
+                .partition(|q| q.writer().is_none());
+            queue.pending = kept;
+            give_up(&mut queue);
+            drop(queue);
+            for queued in told {
+                queued.finish(Err(Error::ThreadPanicked {
+                    thread: "write leader",
+                }));
+            }
         }
+    }
+}
+
+/// A leader gives up its office (under the queue's lock): the writer of the oldest write
+/// still queued that has a thread leads next (it holds the queue's lock from looking at
+/// `leading` to sleeping, and an unpark before its park is kept).
+fn give_up(queue: &mut Queue) {
+    queue.leading = false;
+    queue.leader = None;
+    if let Some(next) = queue.pending.iter().find_map(|q| q.writer()) {
+        next.unpark();
     }
 }
 
@@ -407,7 +474,33 @@ impl RowsEngine {
         Arc::new(Queued {
             payload,
             outcome: Mutex::new(None),
-            writer: std::thread::current(),
+            waiter: Waiter::Thread(std::thread::current()),
+        })
+    }
+
+    /// A write for the queue whose outcome goes to `sink` (its bytes kept, not copied, when
+    /// they are not encoded here).
+    fn queued_for(
+        &self,
+        offset: u64,
+        data: Vec<u8>,
+        sink: Arc<dyn WriteDone>,
+        tag: u64,
+        started: std::time::Instant,
+    ) -> Arc<Queued> {
+        let payload = match self.encoder.encode(offset, &data) {
+            Some(encoded) => Payload::Encoded(encoded),
+            None => Payload::Bytes { offset, data },
+        };
+        Arc::new(Queued {
+            payload,
+            outcome: Mutex::new(None),
+            waiter: Waiter::Sink {
+                sink,
+                tag,
+                started,
+                told: std::sync::atomic::AtomicBool::new(false),
+            },
         })
     }
 
@@ -422,6 +515,8 @@ impl RowsEngine {
             rebuilding: Mutex::new(RebuildPlans::default()),
             #[cfg(feature = "testing")]
             planted_leader_panic: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(feature = "testing")]
+            leader_pause_ms: AtomicU64::new(0),
         }
     }
 
@@ -688,73 +783,140 @@ impl PoolInner {
             queue.leading = true;
             queue.leader = Some(std::thread::current());
             drop(queue);
-            self.lead_groups(rows, last);
+            self.lead_groups(rows, Some(last));
             queue = rows.queue.lock();
         }
     }
 
+    /// Queue a write whose outcome goes to `sink` under `tag` (see
+    /// [`crate::Pool::write_queued`]). `true`: nobody led, the office is now the caller's
+    /// and it must call [`PoolInner::rows_lead_queued`] (no other writer takes it meanwhile).
+    pub(crate) fn rows_write_queued(
+        &self,
+        rows: &RowsEngine,
+        offset: u64,
+        data: Vec<u8>,
+        sink: Arc<dyn WriteDone>,
+        tag: u64,
+        started: std::time::Instant,
+    ) -> bool {
+        let queued = rows.queued_for(offset, data, sink, tag, started);
+        let mut queue = rows.queue.lock();
+        queue.pending.push(queued);
+        if queue.leading {
+            if let Some(leader) = &queue.leader {
+                leader.unpark();
+            }
+            return false;
+        }
+        // Leading from now on; the thread that leads is named when it starts.
+        queue.leading = true;
+        true
+    }
+
+    /// Lead, with the office [`PoolInner::rows_write_queued`] gave: write queued groups until
+    /// no write without a thread of its own is queued.
+    pub(crate) fn rows_lead_queued(&self, rows: &RowsEngine) {
+        rows.queue.lock().leader = Some(std::thread::current());
+        self.lead_groups(rows, None);
+    }
+
+    /// Whether a write that is small enough to be queued goes through the queue.
+    pub(crate) fn rows_queues(data_len: usize) -> bool {
+        data_len <= GROUPED_WRITE_MAX
+    }
+
     /// Write queued groups through the volume's pipeline (FORMAT.md V4.6, "Several groups on
-    /// the devices") while any are queued, at most [`LEAD_BUDGET_WRITES`] times its size more
-    /// once `mine` is carried; then give up leading under the queue's lock and wake the writer
-    /// of the oldest write still queued, which leads next: no writer waits behind an endless
-    /// stream of others' writes.
-    fn lead_groups(&self, rows: &RowsEngine, mine: &Queued) {
+    /// the devices") while any are queued, at most [`LEAD_BUDGET_WRITES`] times the size of
+    /// `mine` more once `mine` is carried (no more at all without `mine`); then give up
+    /// leading under the queue's lock and wake the writer of the oldest write still queued,
+    /// which leads next: no writer waits behind an endless stream of others' writes. A queued
+    /// write whose outcome goes to a sink has no writer to lead for it: the leader goes on
+    /// while one is queued.
+    fn lead_groups(&self, rows: &RowsEngine, mine: Option<&Queued>) {
         // Declared before the volume's lock, so that on a panic it runs after the lock is
         // given up (see `Leading`).
         let leading = Leading {
             rows,
             taken: std::cell::RefCell::new(Vec::new()),
+            given_up: std::cell::Cell::new(false),
         };
-        let mut volume = rows.volume.write();
+        let budget = mine.map_or(0, |m| LEAD_BUDGET_WRITES * m.payload.len());
+        let mine_done = || mine.is_none_or(|m| m.outcome.lock().is_some());
         let mut after_mine = 0usize;
-        volume.write_pipelined(
-            // The members as they are at each placement and landing (a fault meanwhile is
-            // seen: nothing more goes to a member taken out of service).
-            &|| self.write_devices(),
-            |in_flight| {
-                let mut queue = rows.queue.lock();
-                if mine.outcome.lock().is_some()
-                    && after_mine >= LEAD_BUDGET_WRITES * mine.payload.len()
-                {
-                    return None;
-                }
-                // Encoded writes are pipelined: smaller groups then, so that each is
-                // acknowledged as it lands while the others are on the devices.
-                let pipelined = queue
-                    .pending
-                    .first()
-                    .is_some_and(|q| matches!(q.payload, Payload::Encoded(_)));
-                let max = if pipelined || in_flight {
-                    GROUP_PIPELINED_BYTES
-                } else {
-                    GROUP_BYTES_MAX
-                };
-                let group = take_group(&mut queue.pending, max);
-                if group.is_empty() {
-                    return None;
-                }
-                if mine.outcome.lock().is_some() {
-                    after_mine += group.iter().map(|q| q.payload.len()).sum::<usize>();
-                }
-                let group = Arc::new(QueuedGroup(group));
-                leading.taken.borrow_mut().push(Arc::clone(&group));
-                Some(group)
-            },
-            |volume, group, outcomes| {
-                #[cfg(feature = "testing")]
-                if rows.planted_leader_panic.swap(false, Ordering::Relaxed) {
-                    panic!("planted: the write leader panics while it lands a group");
-                }
-                for (queued, outcome) in group.0.iter().zip(outcomes) {
-                    queued.finish(self.unavailable_if_failed(volume, outcome));
-                }
-                leading
-                    .taken
-                    .borrow_mut()
-                    .retain(|taken| !std::ptr::eq(Arc::as_ptr(taken), group));
-            },
-        );
-        drop(volume);
+        loop {
+            let mut volume = rows.volume.write();
+            volume.write_pipelined(
+                // The members as they are at each placement and landing (a fault meanwhile is
+                // seen: nothing more goes to a member taken out of service).
+                &|| self.write_devices(),
+                |in_flight| {
+                    let mut queue = rows.queue.lock();
+                    let sinks_queued = queue.pending.iter().any(|q| q.writer().is_none());
+                    if mine_done() && after_mine >= budget && !sinks_queued {
+                        return None;
+                    }
+                    // Encoded writes are pipelined: smaller groups then, so that each is
+                    // acknowledged as it lands while the others are on the devices.
+                    let pipelined = queue
+                        .pending
+                        .first()
+                        .is_some_and(|q| matches!(q.payload, Payload::Encoded(_)));
+                    let max = if pipelined || in_flight {
+                        GROUP_PIPELINED_BYTES
+                    } else {
+                        GROUP_BYTES_MAX
+                    };
+                    let group = take_group(&mut queue.pending, max);
+                    if group.is_empty() {
+                        return None;
+                    }
+                    if mine_done() {
+                        after_mine += group.iter().map(|q| q.payload.len()).sum::<usize>();
+                    }
+                    let group = Arc::new(QueuedGroup(group));
+                    leading.taken.borrow_mut().push(Arc::clone(&group));
+                    Some(group)
+                },
+                |volume, group, outcomes| {
+                    #[cfg(feature = "testing")]
+                    if rows.planted_leader_panic.swap(false, Ordering::Relaxed) {
+                        panic!("planted: the write leader panics while it lands a group");
+                    }
+                    for (queued, outcome) in group.0.iter().zip(outcomes) {
+                        let outcome = self.unavailable_if_failed(volume, outcome);
+                        if let Waiter::Sink { started, .. } = &queued.waiter {
+                            self.requests.record(
+                                super::Request::Write,
+                                queued.payload.len(),
+                                *started,
+                                outcome.is_ok(),
+                            );
+                        }
+                        queued.finish(outcome);
+                    }
+                    leading
+                        .taken
+                        .borrow_mut()
+                        .retain(|taken| !std::ptr::eq(Arc::as_ptr(taken), group));
+                },
+            );
+            drop(volume);
+            #[cfg(feature = "testing")]
+            {
+                let pause = rows.leader_pause_ms.swap(0, Ordering::Relaxed);
+                std::thread::sleep(std::time::Duration::from_millis(pause));
+            }
+            let mut queue = rows.queue.lock();
+            // A write queued after the last group was taken (its writer saw a leader and left
+            // it to the leader) is carried before the office is given up.
+            if queue.pending.iter().any(|q| q.writer().is_none()) {
+                continue;
+            }
+            give_up(&mut queue);
+            leading.given_up.set(true);
+            break;
+        }
         drop(leading);
     }
 

@@ -1,0 +1,271 @@
+//! Writes queued with nobody waiting (`Pool::write_queued`, what the NBD server does with a
+//! client's writes): every write is told its outcome exactly once, after it landed; the later
+//! of two queued writes of a block wins; a write refused at once is told before the call
+//! returns and writes nothing; the leader's office handed to the caller is run (also when the
+//! caller only drops it); a leader that panics fails the queued writes instead of leaving them
+//! waiting. Bytes are checked against a model of each writer's writes, in the order queued.
+
+mod common;
+
+use common::{v4_open_options as open_options, v4_options};
+use parking_lot::{Condvar, Mutex};
+use rand::Rng;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use stripestore::pool::WriteDone;
+use stripestore::testing::{mem_devices, shared};
+use stripestore::{Error, Pool, Result};
+
+const DEVICE_BYTES: u64 = 16 << 20;
+
+/// The outcomes told, by tag.
+#[derive(Default)]
+struct Collect {
+    told: Mutex<HashMap<u64, Vec<Result<()>>>>,
+    changed: Condvar,
+}
+
+impl WriteDone for Collect {
+    fn done(&self, tag: u64, outcome: Result<()>) {
+        self.told.lock().entry(tag).or_default().push(outcome);
+        self.changed.notify_all();
+    }
+}
+
+impl Collect {
+    /// Wait (at most a minute) until `count` writes are told; the outcomes.
+    fn wait_for(&self, count: usize) -> HashMap<u64, Vec<Result<()>>> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut told = self.told.lock();
+        while told.len() < count {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            assert!(
+                !left.is_zero(),
+                "only {} of {count} queued writes were told their outcome within a minute",
+                told.len()
+            );
+            self.changed.wait_for(&mut told, left);
+        }
+        std::mem::take(&mut *told)
+    }
+}
+
+/// Queue `data` at `offset` under `tag`; the leader's office, when it comes to this caller,
+/// is run here (every third time only dropped, which runs it too).
+fn queue(pool: &Pool, sink: &Arc<dyn WriteDone>, offset: u64, data: Vec<u8>, tag: u64) {
+    if let Some(duty) = pool.write_queued(offset, data, sink, tag) {
+        if tag.is_multiple_of(3) {
+            drop(duty);
+        } else {
+            duty.run();
+        }
+    }
+}
+
+/// Four threads queue writes into regions of their own (blocks written several times, sizes
+/// from 1 byte to 64 KiB, unaligned too) while two threads write the plain way; every queued
+/// write is told `Ok` exactly once, and every byte reads back as the model of the writes in
+/// the order each thread made them says (on version 4 and version 3).
+#[test]
+fn queued_writes_are_told_once_and_read_back_in_the_order_queued() {
+    for (layout, devices, v4) in [
+        ("rs:4+2", 6, true),
+        ("mirror:2", 2, true),
+        ("raid10:2", 4, true),
+        ("rs:2+1", 3, false),
+    ] {
+        let mems = mem_devices(devices, DEVICE_BYTES);
+        let options = if v4 {
+            v4_options(layout)
+        } else {
+            common::options(layout)
+        };
+        let pool = Arc::new(Pool::create(shared(&mems), vec![], &options).unwrap());
+        assert_eq!(pool.queues_write(4096), v4, "{layout}");
+        let collect = Arc::new(Collect::default());
+        let sink: Arc<dyn WriteDone> = collect.clone();
+        let region = 1u64 << 20;
+        let per_thread = 150u64;
+        let threads: Vec<_> = (0..6u64)
+            .map(|t| {
+                let pool = Arc::clone(&pool);
+                let sink = Arc::clone(&sink);
+                std::thread::spawn(move || {
+                    let mut rng = stripestore::testing::rng(0x9_0000 + t);
+                    let mut model = vec![0u8; region as usize];
+                    let base = t * region;
+                    for i in 0..per_thread {
+                        // Few distinct blocks, so that blocks are written several times
+                        // while earlier writes of them are still queued.
+                        let len = match rng.gen_range(0..4) {
+                            0 => rng.gen_range(1..4096),
+                            1 => 4096,
+                            2 => 16384,
+                            _ => 65536,
+                        };
+                        let at = rng.gen_range(0..64u64) * 4096 + rng.gen_range(0..2u64) * 511;
+                        let data: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+                        model[at as usize..at as usize + len].copy_from_slice(&data);
+                        if t < 4 {
+                            queue(&pool, &sink, base + at, data, t * 1000 + i);
+                        } else {
+                            pool.write_at(base + at, &data).unwrap();
+                        }
+                    }
+                    model
+                })
+            })
+            .collect();
+        let models: Vec<Vec<u8>> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let told = collect.wait_for(4 * per_thread as usize);
+        assert_eq!(told.len(), 4 * per_thread as usize, "{layout}: tags told");
+        for (tag, outcomes) in &told {
+            assert_eq!(outcomes.len(), 1, "{layout}: write {tag} told {outcomes:?}");
+            assert!(outcomes[0].is_ok(), "{layout}: write {tag}: {outcomes:?}");
+        }
+        let check = |pool: &Pool, when: &str| {
+            for (t, model) in models.iter().enumerate() {
+                let mut back = vec![0u8; region as usize];
+                pool.read_at(t as u64 * region, &mut back).unwrap();
+                let first = back.iter().zip(model).position(|(a, b)| a != b);
+                assert_eq!(first, None, "{layout} {when}: thread {t}, first wrong byte");
+            }
+        };
+        check(&pool, "before the reopen");
+        pool.flush().unwrap();
+        drop(Arc::into_inner(pool).unwrap());
+        let open = if v4 {
+            open_options()
+        } else {
+            stripestore::OpenOptions::default()
+        };
+        let pool = Pool::open(shared(&mems), &open).unwrap();
+        check(&pool, "after the reopen");
+        pool.close().unwrap();
+    }
+}
+
+/// A queued write out of range, or on a read-only pool, is told its error before the call
+/// returns, and no byte of any member changes.
+#[test]
+fn a_refused_queued_write_is_told_at_once_and_writes_nothing() {
+    let mems = mem_devices(6, DEVICE_BYTES);
+    let pool = Pool::create(shared(&mems), vec![], &v4_options("rs:4+2")).unwrap();
+    pool.flush().unwrap();
+    let before: Vec<Vec<u8>> = mems.iter().map(|m| m.image()).collect();
+    let collect = Arc::new(Collect::default());
+    let sink: Arc<dyn WriteDone> = collect.clone();
+    let size = pool.size();
+    let duty = pool.write_queued(size - 100, vec![1; 4096], &sink, 1);
+    assert!(duty.is_none(), "a refused write gives no office");
+    drop(duty);
+    let told = collect.told.lock().remove(&1);
+    assert!(
+        matches!(told.as_deref(), Some([Err(Error::OutOfRange { .. })])),
+        "told {told:?}"
+    );
+    let after: Vec<Vec<u8>> = mems.iter().map(|m| m.image()).collect();
+    assert!(before == after, "a refused write changed a member");
+    pool.close().unwrap();
+    // Read-only: refused at once too.
+    let read_only = Pool::open(
+        shared(&mems),
+        &stripestore::OpenOptions {
+            read_only: true,
+            ..open_options()
+        },
+    )
+    .unwrap();
+    let before: Vec<Vec<u8>> = mems.iter().map(|m| m.image()).collect();
+    assert!(read_only.write_queued(0, vec![2; 4096], &sink, 2).is_none());
+    let told = collect.told.lock().remove(&2);
+    assert!(matches!(told.as_deref(), Some([Err(_)])), "told {told:?}");
+    drop(read_only);
+    let after: Vec<Vec<u8>> = mems.iter().map(|m| m.image()).collect();
+    assert!(
+        before == after,
+        "a refused write on a read-only pool changed a member"
+    );
+}
+
+/// A leader that panics while it lands a group (planted) fails every queued write it carried
+/// and every one still queued: each is told an error, none waits for ever; the pool then
+/// refuses writes, and after a reopen every block reads its old or its new bytes.
+#[test]
+fn a_leader_that_panics_fails_the_queued_writes_and_none_waits_for_ever() {
+    let mems = mem_devices(2, DEVICE_BYTES);
+    let pool = Arc::new(Pool::create(shared(&mems), vec![], &v4_options("mirror:2")).unwrap());
+    let piece = 256usize << 10;
+    let count = 24u64;
+    let old = vec![9u8; piece * count as usize];
+    pool.write_at(0, &old).unwrap();
+    pool.flush().unwrap();
+    pool.plant_leader_panic();
+    let collect = Arc::new(Collect::default());
+    let sink: Arc<dyn WriteDone> = collect.clone();
+    // The first write gets the office; it is run only once every write is queued, so that
+    // the leader takes them in several groups and some are still queued when it panics.
+    let duty = pool
+        .write_queued(0, vec![0; piece], &sink, 0)
+        .expect("nobody leads: the office is the first caller's");
+    for tag in 1..count {
+        let other = pool.write_queued(tag * piece as u64, vec![tag as u8; piece], &sink, tag);
+        assert!(other.is_none(), "a second office while the first is held");
+    }
+    // Run on a thread of its own (as the NBD server's leading thread does): the panic ends
+    // that thread, not the test.
+    let panicked = std::thread::scope(|scope| scope.spawn(move || duty.run()).join().is_err());
+    assert!(panicked, "the planted panic happened in the leader");
+    let told = collect.wait_for(count as usize);
+    for (tag, outcomes) in &told {
+        assert_eq!(outcomes.len(), 1, "write {tag} told {outcomes:?}");
+    }
+    let failed = told.values().filter(|o| o[0].is_err()).count();
+    assert!(
+        failed as u64 == count,
+        "{failed} of {count} queued writes failed; every one the leader took or left queued must"
+    );
+    assert!(pool.write_at(0, &[1; 4096]).is_err(), "writes are refused");
+    drop(Arc::into_inner(pool).unwrap());
+    let pool = Pool::open(shared(&mems), &open_options()).unwrap();
+    let mut back = vec![0u8; piece];
+    for tag in 0..count {
+        pool.read_at(tag * piece as u64, &mut back).unwrap();
+        // Nothing was flushed after the old bytes: each piece is old or new, nothing else.
+        assert!(
+            back == vec![9u8; piece] || back == vec![tag as u8; piece],
+            "piece {tag}: neither its old nor its new bytes"
+        );
+    }
+    pool.close().unwrap();
+}
+
+/// A write queued after the leader took its last group, while it still holds the office (its
+/// writer leaves it to the leader and returns), is carried before the leader gives up: it is
+/// told, and reads back.
+#[test]
+fn a_write_queued_as_the_leader_finishes_is_carried_not_stranded() {
+    let mems = mem_devices(2, DEVICE_BYTES);
+    let pool = Pool::create(shared(&mems), vec![], &v4_options("mirror:2")).unwrap();
+    let collect = Arc::new(Collect::default());
+    let sink: Arc<dyn WriteDone> = collect.clone();
+    pool.pause_leader_before_giving_up(Duration::from_millis(300));
+    let duty = pool
+        .write_queued(0, vec![1; 4096], &sink, 1)
+        .expect("nobody leads: the office is the first caller's");
+    std::thread::scope(|scope| {
+        let leader = scope.spawn(move || duty.run());
+        // Well inside the leader's pause (its one write takes far less than 100 ms here).
+        std::thread::sleep(Duration::from_millis(100));
+        let other = pool.write_queued(8192, vec![2; 4096], &sink, 2);
+        assert!(other.is_none(), "the leader still holds the office");
+        leader.join().unwrap();
+    });
+    let told = collect.wait_for(2);
+    assert!(told[&1][0].is_ok() && told[&2][0].is_ok(), "told {told:?}");
+    let mut back = vec![0u8; 4096];
+    pool.read_at(8192, &mut back).unwrap();
+    assert!(back == vec![2; 4096], "the late write reads back");
+    pool.close().unwrap();
+}
