@@ -13,6 +13,7 @@ use rand::Rng;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use stripestore::device::SharedDevice;
 use stripestore::pool::WriteDone;
 use stripestore::testing::{mem_devices, shared};
 use stripestore::{Error, Pool, Result};
@@ -69,19 +70,33 @@ fn queue(pool: &Pool, sink: &Arc<dyn WriteDone>, offset: u64, data: Vec<u8>, tag
 /// the order each thread made them says (on version 4 and version 3).
 #[test]
 fn queued_writes_are_told_once_and_read_back_in_the_order_queued() {
-    for (layout, devices, v4) in [
-        ("rs:4+2", 6, true),
-        ("mirror:2", 2, true),
-        ("raid10:2", 4, true),
-        ("rs:2+1", 3, false),
+    for (layout, devices, v4, files) in [
+        ("rs:4+2", 6, true, false),
+        ("mirror:2", 2, true, false),
+        ("raid10:2", 4, true, false),
+        ("rs:2+1", 3, false, false),
+        // On files (io_uring where the kernel has it), as a server's members are.
+        ("rs:4+2", 6, true, true),
+        ("mirror:2", 2, true, true),
     ] {
+        let dir = tempfile::tempdir().unwrap();
+        let members = |fresh: bool| -> Vec<SharedDevice> {
+            (0..devices)
+                .map(|i| {
+                    let path = dir.path().join(format!("d{i}"));
+                    let size = fresh.then_some(DEVICE_BYTES);
+                    stripestore::device::open_device(&path, size).unwrap()
+                })
+                .collect()
+        };
         let mems = mem_devices(devices, DEVICE_BYTES);
+        let devices_now = |fresh: bool| if files { members(fresh) } else { shared(&mems) };
         let options = if v4 {
             v4_options(layout)
         } else {
             common::options(layout)
         };
-        let pool = Arc::new(Pool::create(shared(&mems), vec![], &options).unwrap());
+        let pool = Arc::new(Pool::create(devices_now(true), vec![], &options).unwrap());
         assert_eq!(pool.queues_write(4096), v4, "{layout}");
         let collect = Arc::new(Collect::default());
         let sink: Arc<dyn WriteDone> = collect.clone();
@@ -129,7 +144,10 @@ fn queued_writes_are_told_once_and_read_back_in_the_order_queued() {
                 let mut back = vec![0u8; region as usize];
                 pool.read_at(t as u64 * region, &mut back).unwrap();
                 let first = back.iter().zip(model).position(|(a, b)| a != b);
-                assert_eq!(first, None, "{layout} {when}: thread {t}, first wrong byte");
+                assert_eq!(
+                    first, None,
+                    "{layout} (files: {files}) {when}: thread {t}, first wrong byte"
+                );
             }
         };
         check(&pool, "before the reopen");
@@ -140,7 +158,7 @@ fn queued_writes_are_told_once_and_read_back_in_the_order_queued() {
         } else {
             stripestore::OpenOptions::default()
         };
-        let pool = Pool::open(shared(&mems), &open).unwrap();
+        let pool = Pool::open(devices_now(false), &open).unwrap();
         check(&pool, "after the reopen");
         pool.close().unwrap();
     }
@@ -268,4 +286,76 @@ fn a_write_queued_as_the_leader_finishes_is_carried_not_stranded() {
     pool.read_at(8192, &mut back).unwrap();
     assert!(back == vec![2; 4096], "the late write reads back");
     pool.close().unwrap();
+}
+
+/// Many writes queued while one caller holds the leader's office, then carried: the leader
+/// takes them in groups of up to 2 MiB, so on files (io_uring) the large units are written on
+/// threads of their own while the next ones are placed (several units on the devices at once).
+/// Every write is told `Ok` once and the bytes read back as the writes applied in the order
+/// queued, before and after a reopen (a unit thread that skips its writes fails it: planted).
+#[test]
+fn writes_queued_behind_a_held_office_land_in_order_with_units_in_flight() {
+    for (layout, devices) in [("rs:4+2", 6), ("mirror:2", 2)] {
+        let dir = tempfile::tempdir().unwrap();
+        let members = |fresh: bool| -> Vec<SharedDevice> {
+            (0..devices)
+                .map(|i| {
+                    let path = dir.path().join(format!("d{i}"));
+                    stripestore::device::open_device(&path, fresh.then_some(4 * DEVICE_BYTES))
+                        .unwrap()
+                })
+                .collect()
+        };
+        let pool = Pool::create(members(true), vec![], &v4_options(layout)).unwrap();
+        let collect = Arc::new(Collect::default());
+        let sink: Arc<dyn WriteDone> = collect.clone();
+        let mut rng = stripestore::testing::rng(0x9_1000 + devices as u64);
+        // 128 places of 256 KiB, each write at the start of one: 128 writes in a row never
+        // share a block (so that their groups are pipelined), later ones overwrite them.
+        let place = 256usize << 10;
+        let places = 128usize;
+        let span = place * places;
+        let mut order: Vec<usize> = (0..places).collect();
+        let mut model = vec![0u8; span];
+        let count = 300u64;
+        let mut duty = None;
+        for tag in 0..count {
+            if tag as usize % places == 0 {
+                for i in (1..places).rev() {
+                    order.swap(i, rng.gen_range(0..=i));
+                }
+            }
+            let len = [16384usize, 65536, 131072, 262144][rng.gen_range(0..4)];
+            let at = order[tag as usize % places] * place;
+            let data: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+            model[at..at + len].copy_from_slice(&data);
+            let office = pool.write_queued(at as u64, data, &sink, tag);
+            match (office, duty.is_some()) {
+                (Some(office), false) => duty = Some(office),
+                (None, true) => {}
+                (office, held) => panic!(
+                    "write {tag}: office {} while one is held: {held}",
+                    office.is_some()
+                ),
+            }
+        }
+        duty.expect("the first write got the office").run();
+        let told = collect.wait_for(count as usize);
+        for (tag, outcomes) in &told {
+            assert!(
+                outcomes.len() == 1 && outcomes[0].is_ok(),
+                "{layout}: write {tag} told {outcomes:?}"
+            );
+        }
+        let mut back = vec![0u8; span];
+        pool.read_at(0, &mut back).unwrap();
+        let first = back.iter().zip(&model).position(|(a, b)| a != b);
+        assert_eq!(first, None, "{layout}: first wrong byte before the reopen");
+        pool.close().unwrap();
+        let pool = Pool::open(members(false), &open_options()).unwrap();
+        pool.read_at(0, &mut back).unwrap();
+        let first = back.iter().zip(&model).position(|(a, b)| a != b);
+        assert_eq!(first, None, "{layout}: first wrong byte after the reopen");
+        pool.close().unwrap();
+    }
 }
