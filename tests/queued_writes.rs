@@ -320,7 +320,7 @@ fn writes_queued_behind_a_held_office_land_in_order_with_units_in_flight() {
         let count = 300u64;
         let mut duty = None;
         for tag in 0..count {
-            if tag as usize % places == 0 {
+            if (tag as usize).is_multiple_of(places) {
                 for i in (1..places).rev() {
                     order.swap(i, rng.gen_range(0..=i));
                 }
