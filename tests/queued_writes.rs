@@ -359,3 +359,88 @@ fn writes_queued_behind_a_held_office_land_in_order_with_units_in_flight() {
         pool.close().unwrap();
     }
 }
+
+/// A stream of queued writes that never lets the queue empty does not hold up the rest: a
+/// flush, a read and a status each get the volume within a bound while the stream goes on
+/// (the leader hands the volume's lock over to waiting threads between groups), and the
+/// stream's writes all land.
+#[test]
+fn a_stream_of_queued_writes_does_not_hold_up_reads_flushes_or_status() {
+    let mems = mem_devices(2, DEVICE_BYTES);
+    let pool = Pool::create(shared(&mems), vec![], &v4_options("mirror:2")).unwrap();
+    pool.write_at(1 << 20, &[5; 4096]).unwrap();
+    // Every member request takes 2 ms: a group is on the devices for a while, so the feeder
+    // keeps writes queued behind it all the time.
+    for mem in &mems {
+        mem.set_delay(Duration::from_millis(2));
+    }
+    let collect = Arc::new(Collect::default());
+    let sink: Arc<dyn WriteDone> = collect.clone();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let queued = std::sync::atomic::AtomicU64::new(0);
+    let mut slowest = Duration::ZERO;
+    std::thread::scope(|scope| {
+        let feeder = scope.spawn(|| {
+            let mut leaders = Vec::new();
+            let mut tag = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let told = collect.told.lock().len() as u64;
+                // Far more in flight than one group takes: writes are queued while every
+                // group is on the devices, so the queue is never empty when one lands.
+                if tag - told >= 256 {
+                    std::thread::sleep(Duration::from_micros(50));
+                    continue;
+                }
+                let at = (tag % 200) * 4096;
+                if let Some(duty) = pool.write_queued(at, vec![tag as u8; 4096], &sink, tag) {
+                    leaders.push(scope.spawn(move || duty.run()));
+                }
+                tag += 1;
+                queued.store(tag, std::sync::atomic::Ordering::SeqCst);
+            }
+            leaders.into_iter().for_each(|l| l.join().unwrap());
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        // The looking runs on a thread of its own: held up for ever, it fails the test (the
+        // stream is stopped, which lets it finish) instead of hanging it.
+        let (sent, rounds) = std::sync::mpsc::channel();
+        let pool_ref = &pool;
+        scope.spawn(move || {
+            for round in 0..5 {
+                let started = std::time::Instant::now();
+                let mut back = vec![0u8; 4096];
+                pool_ref.read_at(1 << 20, &mut back).unwrap();
+                assert!(back == vec![5; 4096], "round {round}: the read's bytes");
+                let read = started.elapsed();
+                pool_ref.flush().unwrap();
+                let flushed = started.elapsed();
+                assert!(!pool_ref.status().devices.is_empty());
+                let _ = sent.send((round, read, flushed, started.elapsed()));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        for _ in 0..5 {
+            let outcome = rounds.recv_timeout(Duration::from_secs(5));
+            let Ok((round, read, flushed, looked)) = outcome else {
+                stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                panic!("a read, flush and status waited over 5 s behind the queued writes");
+            };
+            slowest = slowest.max(looked);
+            assert!(
+                read < Duration::from_secs(1) && flushed < Duration::from_secs(2),
+                "round {round}: read after {read:?}, flush after {flushed:?}, behind the writes"
+            );
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        feeder.join().unwrap();
+    });
+    let count = queued.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(count > 100, "the stream queued only {count} writes");
+    let told = collect.wait_for(count as usize);
+    assert!(told.values().all(|o| o.len() == 1 && o[0].is_ok()));
+    println!("{count} writes streamed; slowest read + flush + status {slowest:?}");
+    for mem in &mems {
+        mem.set_delay(Duration::ZERO);
+    }
+    pool.close().unwrap();
+}

@@ -181,7 +181,7 @@ impl ScrubTarget for PoolInner {
     }
 
     fn segment_timeline(&self) -> Option<u64> {
-        self.rows().map(|rows| rows.volume.read().map().timeline())
+        self.rows().map(|rows| rows.read_volume().map().timeline())
     }
 
     fn segment_scrub(&self) -> Option<Box<dyn SegmentScrub + '_>> {
@@ -199,7 +199,7 @@ impl ScrubTarget for PoolInner {
             .data_chunks(self.geometry.devices)
             .max(1) as u64;
         let width = self.geometry.width() as u64;
-        rows.volume.read().allocated_bytes_from(segment) / k * width
+        rows.read_volume().allocated_bytes_from(segment) / k * width
     }
 
     fn scrub_record(&self) -> ScrubRecord {
@@ -479,7 +479,7 @@ impl PoolInner {
             let stripe = offset / self.geometry.stripe_data_bytes().max(1);
             return self.shard_locations(StripeId(stripe));
         };
-        let volume = rows.volume.read();
+        let volume = rows.read_volume();
         let key = offset / crate::volume::BLOCK_BYTES as u64;
         match volume.block_row_places(&self.volume_devices(), key) {
             Ok(Some(places)) => places

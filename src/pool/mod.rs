@@ -500,7 +500,7 @@ impl Pool {
     fn wrap(inner: PoolInner) -> Self {
         let inner = Arc::new(inner);
         if let Some(rows) = inner.rows() {
-            let mut volume = rows.volume.write();
+            let mut volume = rows.write_volume();
             volume.set_observer(rows::observer(Arc::downgrade(&inner)));
             volume.set_tolerate(rows::tolerate(Arc::downgrade(&inner)));
             volume.set_in_service(rows::in_service(Arc::downgrade(&inner)));

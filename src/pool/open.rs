@@ -500,7 +500,7 @@ fn away_at_open(inner: &PoolInner) {
     let Some(rows) = inner.rows() else {
         return;
     };
-    let since = rows.volume.read().map().next_sequence();
+    let since = rows.read_volume().map().next_sequence();
     for member in &inner.members.data {
         let missing = member
             .fault_reason()
@@ -523,8 +523,7 @@ fn settle_open_repairs(inner: &PoolInner) -> Result<()> {
         return Ok(());
     };
     let failed = rows
-        .volume
-        .read()
+        .read_volume()
         .map()
         .open_report()
         .rereplication_failed

@@ -268,8 +268,7 @@ impl PoolInner {
             return Vec::new();
         };
         let points: Vec<PolicyPoint> = rows
-            .volume
-            .read()
+            .read_volume()
             .recovery_points()
             .into_iter()
             .map(|p| PolicyPoint {

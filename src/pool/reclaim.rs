@@ -184,12 +184,12 @@ impl PoolInner {
         let Some(rows) = self.rows() else {
             return Ok(None);
         };
-        if rows.volume.read().deletes().is_empty() {
+        if rows.read_volume().deletes().is_empty() {
             return Ok(None);
         }
         self.writable("delete a recovery point")?;
         self.check_available()?;
-        let mut volume = rows.volume.write();
+        let mut volume = rows.write_volume();
         let result = volume.delete_step(&self.write_devices(), budget);
         self.unavailable_if_failed(&volume, result)
     }
@@ -200,9 +200,9 @@ impl PoolInner {
         let rows = self.recovery_engine("deleting a recovery point")?;
         self.check_available()?;
         // A refusal writes nothing: the checks come before the gate.
-        rows.volume.read().check_delete(name)?;
+        rows.read_volume().check_delete(name)?;
         self.members.enable_paced_deletes()?;
-        let mut volume = rows.volume.write();
+        let mut volume = rows.write_volume();
         let result = volume.request_delete(&self.write_devices(), name);
         self.unavailable_if_failed(&volume, result)?;
         self.reclaim_wake.ring();
@@ -212,8 +212,7 @@ impl PoolInner {
     /// The recovery points being deleted (none on a version-3 pool).
     pub(crate) fn deletes(&self) -> Vec<DeletingPoint> {
         self.rows().map_or_else(Vec::new, |rows| {
-            rows.volume
-                .read()
+            rows.read_volume()
                 .deletes()
                 .into_iter()
                 .map(|(name, progress)| DeletingPoint::of(name, progress))

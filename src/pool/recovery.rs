@@ -63,7 +63,7 @@ impl PoolInner {
             reason,
         })?;
         inner.members.enable_recovery_points()?;
-        let mut volume = rows.volume.write();
+        let mut volume = rows.write_volume();
         let result = volume.create_recovery_point(&inner.write_devices(), name);
         inner.unavailable_if_failed(&volume, result)
     }
@@ -72,7 +72,7 @@ impl PoolInner {
     pub(crate) fn recovery_points(&self) -> Result<Vec<RecoveryPointInfo>> {
         let inner = self;
         let rows = inner.recovery_engine("listing recovery points")?;
-        let volume = rows.volume.read();
+        let volume = rows.read_volume();
         let devices = inner.volume_devices();
         let mut points = volume.recovery_points();
         points.sort_by_key(|p| p.sequence);
@@ -114,7 +114,7 @@ impl PoolInner {
         let Some(rows) = self.rows() else {
             return (0, None);
         };
-        let points = rows.volume.read().recovery_points();
+        let points = rows.read_volume().recovery_points();
         (points.len(), points.iter().map(|p| p.created).max())
     }
 
@@ -127,7 +127,7 @@ impl PoolInner {
     ) -> Result<()> {
         let inner = self;
         let rows = inner.recovery_engine("reading a recovery point")?;
-        let volume = rows.volume.read();
+        let volume = rows.read_volume();
         volume.read_recovery_point(&inner.volume_devices(), name, offset, buf)
     }
 
@@ -138,9 +138,9 @@ impl PoolInner {
         let rows = inner.recovery_engine("deleting a recovery point")?;
         inner.check_available()?;
         // A refusal writes nothing: the checks come before the gate.
-        rows.volume.read().check_delete(name)?;
+        rows.read_volume().check_delete(name)?;
         inner.members.enable_paced_deletes()?;
-        let mut volume = rows.volume.write();
+        let mut volume = rows.write_volume();
         let result = volume.delete_recovery_point(&inner.write_devices(), name);
         inner.unavailable_if_failed(&volume, result)
     }
@@ -151,7 +151,7 @@ impl PoolInner {
         inner.writable("roll back")?;
         let rows = inner.recovery_engine("rolling back")?;
         inner.check_available()?;
-        let mut volume = rows.volume.write();
+        let mut volume = rows.write_volume();
         let result = volume.rollback_to(&inner.write_devices(), name);
         inner.unavailable_if_failed(&volume, result)
     }
@@ -166,7 +166,7 @@ impl PoolInner {
         })?;
         let rows = inner.recovery_engine("holding a recovery point")?;
         inner.check_available()?;
-        let mut volume = rows.volume.write();
+        let mut volume = rows.write_volume();
         let result = volume.hold_recovery_point(&inner.write_devices(), name, hold);
         inner.unavailable_if_failed(&volume, result)
     }
@@ -211,7 +211,7 @@ impl Pool {
         let Some(rows) = self.inner.rows() else {
             return Vec::new();
         };
-        let mut points = rows.volume.read().recovery_points();
+        let mut points = rows.read_volume().recovery_points();
         points.sort_by_key(|p| p.sequence);
         points.into_iter().map(|p| p.name).collect()
     }
@@ -279,7 +279,7 @@ impl Pool {
     /// a page read returns.
     pub fn check_usage(&self) -> Result<()> {
         let rows = self.inner.recovery_engine("recounting the usage")?;
-        let volume = rows.volume.read();
+        let volume = rows.read_volume();
         volume.map().check_usage(&self.inner.volume_devices())
     }
 }

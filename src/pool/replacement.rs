@@ -90,7 +90,7 @@ impl PoolInner {
     /// Count the bytes the rebuild of `index` will write from its watermark on.
     pub(crate) fn estimate_total(&self, index: DeviceIndex, replacement: &Replacement) {
         if let Some(rows) = self.rows() {
-            let total = self.rows_rebuild_estimate(&rows.volume.read());
+            let total = self.rows_rebuild_estimate(&rows.read_volume());
             replacement.total_bytes.store(total, Ordering::Relaxed);
             return;
         }

@@ -23,7 +23,7 @@ use crate::volume::{
     EncodedWrite, GroupWrite, InService, MemberProblem, Observer, ProblemKind, RowEncoder, Volume,
     VolumeOptions, WriteGroup, BLOCK_BYTES,
 };
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
@@ -224,7 +224,13 @@ pub(crate) type RebuildPlans =
 
 /// The v4 engine of a pool.
 pub(crate) struct RowsEngine {
-    pub(crate) volume: RwLock<Volume>,
+    /// Taken through [`RowsEngine::read_volume`] and [`RowsEngine::write_volume`], which
+    /// count the threads waiting for it: a write leader hands it over to them between groups.
+    volume: RwLock<Volume>,
+    /// Threads waiting for `volume` (a write leader that sees one stops taking groups and
+    /// hands the lock over fairly, then goes on: reads, flushes, scrub and status are not held
+    /// up behind a stream of queued writes).
+    waiting: std::sync::atomic::AtomicUsize,
     pub(crate) params: MapParams,
     /// Small writes waiting to be written: one writer at a time leads, writing every write
     /// queued by then in one group (FORMAT.md V4.6, "Packer policy"), so concurrent 4 KiB
@@ -282,7 +288,7 @@ impl Drop for Leading<'_> {
             tracing::error!(
                 "the write leader panicked; writes are refused until the pool is reopened"
             );
-            self.rows.volume.write().fail();
+            self.rows.write_volume().fail();
             for group in self.taken.get_mut().drain(..) {
                 for queued in &group.0 {
                     queued.finish(Err(Error::ThreadPanicked {
@@ -510,6 +516,7 @@ impl RowsEngine {
             bytes: AtomicU64::new(volume.volume_bytes()),
             encoder: volume.encoder(),
             volume: RwLock::new(volume),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
             params,
             queue: Mutex::new(Queue::default()),
             rebuilding: Mutex::new(RebuildPlans::default()),
@@ -538,6 +545,33 @@ impl RowsEngine {
         Ok(Self::new(volume, params))
     }
 
+    /// The volume, shared (a thread that has to wait is counted while it does).
+    pub(crate) fn read_volume(&self) -> RwLockReadGuard<'_, Volume> {
+        if let Some(volume) = self.volume.try_read() {
+            return volume;
+        }
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let volume = self.volume.read();
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        volume
+    }
+
+    /// The volume, alone (a thread that has to wait is counted while it does).
+    pub(crate) fn write_volume(&self) -> RwLockWriteGuard<'_, Volume> {
+        if let Some(volume) = self.volume.try_write() {
+            return volume;
+        }
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let volume = self.volume.write();
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        volume
+    }
+
+    /// Whether a thread waits for the volume.
+    fn others_waiting(&self) -> bool {
+        self.waiting.load(Ordering::SeqCst) > 0
+    }
+
     /// Bytes of the volume.
     pub(crate) fn volume_bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
@@ -545,7 +579,7 @@ impl RowsEngine {
 
     /// Serve exactly `bytes` (see [`Volume::limit_bytes`]); `false` if they do not fit.
     pub(crate) fn limit_bytes(&self, bytes: u64) -> bool {
-        let fits = self.volume.write().limit_bytes(bytes);
+        let fits = self.write_volume().limit_bytes(bytes);
         if fits {
             self.bytes.store(bytes, Ordering::Relaxed);
         }
@@ -705,7 +739,7 @@ impl PoolInner {
     }
 
     pub(crate) fn rows_read(&self, rows: &RowsEngine, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let volume = rows.volume.read();
+        let volume = rows.read_volume();
         volume.read(&self.volume_devices(), offset, buf)
     }
 
@@ -715,7 +749,7 @@ impl PoolInner {
     pub(crate) fn rows_write(&self, rows: &RowsEngine, offset: u64, data: &[u8]) -> Result<()> {
         self.check_available()?;
         if data.len() > GROUPED_WRITE_MAX {
-            let mut volume = rows.volume.write();
+            let mut volume = rows.write_volume();
             // The members as they are once the lock is held (a fault while waiting is seen).
             let result = volume.write(&self.write_devices(), offset, data);
             return self.unavailable_if_failed(&volume, result);
@@ -844,13 +878,19 @@ impl PoolInner {
         let budget = mine.map_or(0, |m| LEAD_BUDGET_WRITES * m.payload.len());
         let mine_done = || mine.is_none_or(|m| m.outcome.lock().is_some());
         let mut after_mine = 0usize;
+        let mut volume = rows.write_volume();
         loop {
-            let mut volume = rows.volume.write();
+            let mut taken_now = 0usize;
             volume.write_pipelined(
                 // The members as they are at each placement and landing (a fault meanwhile is
                 // seen: nothing more goes to a member taken out of service).
                 &|| self.write_devices(),
                 |in_flight| {
+                    // Someone waits for the volume: let the groups in flight land, then hand
+                    // it over (at least one group each time, so that writes go on too).
+                    if taken_now > 0 && rows.others_waiting() {
+                        return None;
+                    }
                     let mut queue = rows.queue.lock();
                     let sinks_queued = queue.pending.iter().any(|q| q.writer().is_none());
                     if mine_done() && after_mine >= budget && !sinks_queued {
@@ -871,6 +911,7 @@ impl PoolInner {
                     if group.is_empty() {
                         return None;
                     }
+                    taken_now += 1;
                     if mine_done() {
                         after_mine += group.iter().map(|q| q.payload.len()).sum::<usize>();
                     }
@@ -901,28 +942,34 @@ impl PoolInner {
                         .retain(|taken| !std::ptr::eq(Arc::as_ptr(taken), group));
                 },
             );
-            drop(volume);
+            if rows.others_waiting() {
+                // A fair hand-over: the waiting threads have the volume, then this leader
+                // takes it back.
+                RwLockWriteGuard::bump(&mut volume);
+            }
             #[cfg(feature = "testing")]
             {
                 let pause = rows.leader_pause_ms.swap(0, Ordering::Relaxed);
                 std::thread::sleep(std::time::Duration::from_millis(pause));
             }
             let mut queue = rows.queue.lock();
-            // A write queued after the last group was taken (its writer saw a leader and left
-            // it to the leader) is carried before the office is given up.
-            if queue.pending.iter().any(|q| q.writer().is_none()) {
+            // Its own write not carried yet (the leader stopped for a waiting thread), or a
+            // write without a thread of its own still queued (queued after the last group was
+            // taken, or left when the leader stopped): the leader goes on.
+            if !mine_done() || queue.pending.iter().any(|q| q.writer().is_none()) {
                 continue;
             }
             give_up(&mut queue);
             leading.given_up.set(true);
             break;
         }
+        drop(volume);
         drop(leading);
     }
 
     pub(crate) fn rows_discard(&self, rows: &RowsEngine, offset: u64, length: u64) -> Result<()> {
         self.check_available()?;
-        let mut volume = rows.volume.write();
+        let mut volume = rows.write_volume();
         let result = volume.discard(&self.write_devices(), offset, length);
         self.unavailable_if_failed(&volume, result)
     }
@@ -961,7 +1008,7 @@ impl PoolInner {
         if self.members.state_unrecorded() && !self.members.record_states() {
             return Err(self.unavailable_with(std::iter::empty()));
         }
-        let mut volume = rows.volume.write();
+        let mut volume = rows.write_volume();
         let result = volume.flush(&self.write_devices()).map(|_| ());
         if result.is_ok() {
             // Every row and page born before the sequence the map hands out next was written
@@ -984,7 +1031,7 @@ impl PoolInner {
         if self.members.read_only() {
             return Ok(());
         }
-        let mut volume = rows.volume.write();
+        let mut volume = rows.write_volume();
         let synced = volume.sync(&self.write_devices()).map(|_| ());
         self.unavailable_if_failed(&volume, synced)
     }
@@ -1000,7 +1047,7 @@ impl PoolInner {
     ) -> Vec<super::Extent> {
         let block = BLOCK_BYTES as u64;
         let devices = self.volume_devices();
-        let volume = rows.volume.read();
+        let volume = rows.read_volume();
         let end = offset + length;
         let first = offset / block;
         let last = (end - 1) / block;

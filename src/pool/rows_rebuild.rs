@@ -54,7 +54,7 @@ impl PoolInner {
         resync_from: Option<u64>,
     ) -> Result<()> {
         self.check_available()?;
-        let mut volume = rows.volume.write();
+        let mut volume = rows.write_volume();
         if let Some(existing) = self.members.get(index).replacement() {
             return Err(Error::Busy(format!(
                 "position {} is already being replaced by {}",
@@ -206,9 +206,9 @@ impl PoolInner {
             .get(&index.0)
             .is_some_and(|(of, _)| Arc::ptr_eq(of, replacement));
         let volume = if planned {
-            rows.volume.read()
+            rows.read_volume()
         } else {
-            let mut volume = rows.volume.write();
+            let mut volume = rows.write_volume();
             let openings = volume.watch_openings();
             let volume = parking_lot::RwLockWriteGuard::downgrade(volume);
             let plan = volume.rebuild_plan(&devices, &options, openings)?;
@@ -256,7 +256,7 @@ impl PoolInner {
         index: DeviceIndex,
         replacement: &Arc<Replacement>,
     ) -> Result<bool> {
-        let mut volume = rows.volume.write();
+        let mut volume = rows.write_volume();
         let still_attached = self
             .members
             .get(index)

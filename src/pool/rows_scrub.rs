@@ -48,7 +48,7 @@ impl<'a> RowsScrub<'a> {
 impl SegmentScrub for RowsScrub<'_> {
     fn plan(&mut self, from_segment: u64) -> Result<()> {
         self.pool.check_available()?;
-        let mut volume = self.rows.volume.write();
+        let mut volume = self.rows.write_volume();
         let openings = volume.watch_openings();
         let volume = parking_lot::RwLockWriteGuard::downgrade(volume);
         let devices = self.pool.volume_devices();
@@ -69,7 +69,7 @@ impl SegmentScrub for RowsScrub<'_> {
             });
         };
         self.pool.check_available()?;
-        let volume = self.rows.volume.read();
+        let volume = self.rows.read_volume();
         let devices = self.pool.volume_devices();
         let started = Instant::now();
         let mut segments = 0u64;

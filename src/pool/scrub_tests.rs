@@ -125,7 +125,7 @@ mod v4_tests {
         let pool = Pool::create(shared(&mems), vec![], &options).unwrap();
         pool.write_at(0, &vec![0x5a; 2 << 20]).unwrap();
         pool.flush().unwrap();
-        let timeline = pool.inner.rows().unwrap().volume.read().map().timeline();
+        let timeline = pool.inner.rows().unwrap().read_volume().map().timeline();
         let recorded = |timeline: u64| {
             let mut tally = ScrubTally::new(6);
             tally.devices[0].checksum_errors = 7;

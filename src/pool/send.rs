@@ -101,7 +101,7 @@ impl PoolInner {
         visit: &mut dyn FnMut(ChangedRange) -> Result<()>,
     ) -> Result<()> {
         let rows = self.recovery_engine("a diff of recovery points")?;
-        let volume = rows.volume.read();
+        let volume = rows.read_volume();
         let block = BLOCK_BYTES as u64;
         volume.diff_recovery_points(&self.volume_devices(), from, to, &mut |run| {
             visit(ChangedRange {
@@ -121,7 +121,7 @@ impl PoolInner {
         progress: &mut dyn FnMut(u64),
     ) -> Result<SendReport> {
         let rows = self.recovery_engine("a send")?;
-        let volume = rows.volume.read();
+        let volume = rows.read_volume();
         let devices = self.volume_devices();
         let points = volume.recovery_points();
         let find = |name: &str| {
@@ -217,7 +217,7 @@ impl PoolInner {
             created: header.created,
         };
         let resumed = {
-            let volume = rows.volume.read();
+            let volume = rows.read_volume();
             volume.check_receivable(&incoming)?;
             volume.unfinished_receive().is_some()
         };
@@ -241,7 +241,7 @@ impl PoolInner {
         }
         self.members.enable_received_streams()?;
         {
-            let mut volume = rows.volume.write();
+            let mut volume = rows.write_volume();
             let begun = volume.begin_receive(&self.write_devices(), &incoming);
             self.unavailable_if_failed(&volume, begun)?;
         }
@@ -258,7 +258,7 @@ impl PoolInner {
         // changes the volume's content meanwhile (a client's write is refused, not mixed in).
         let devices = self.write_devices();
         while let Some(record) = reader.next(&mut payload).map_err(stream_error)? {
-            let mut volume = rows.volume.write();
+            let mut volume = rows.write_volume();
             let written = match record.kind {
                 RecordKind::Data => {
                     report.data_bytes += record.length;
@@ -280,7 +280,7 @@ impl PoolInner {
             }
             progress(ReceivePhase::Applying, reader.position());
         }
-        let mut volume = rows.volume.write();
+        let mut volume = rows.write_volume();
         let finished = volume.finish_receive(&self.write_devices());
         self.unavailable_if_failed(&volume, finished)?;
         Ok(report)
@@ -291,7 +291,7 @@ impl PoolInner {
         self.writable("abort a receive")?;
         let rows = self.recovery_engine("aborting a receive")?;
         self.check_available()?;
-        let mut volume = rows.volume.write();
+        let mut volume = rows.write_volume();
         let result = volume.abort_receive(&self.write_devices());
         self.unavailable_if_failed(&volume, result)
     }
@@ -372,6 +372,6 @@ impl Pool {
     pub fn unfinished_receive(&self) -> Option<IncomingPoint> {
         self.inner
             .rows()
-            .and_then(|rows| rows.volume.read().unfinished_receive())
+            .and_then(|rows| rows.read_volume().unfinished_receive())
     }
 }

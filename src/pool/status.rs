@@ -295,7 +295,7 @@ impl PoolInner {
             // One read lock for every figure (a second one taken while a writer waits
             // would wait behind it), dropped before the backlog takes its own.
             let (points, unfinished_receive, held_data_bytes) = {
-                let volume = rows.volume.read();
+                let volume = rows.read_volume();
                 let held = volume.map().live_blocks().map(|live| {
                     volume
                         .allocated_bytes()
@@ -324,7 +324,7 @@ impl PoolInner {
             }
         });
         let allocated_bytes = match self.rows() {
-            Some(rows) => rows.volume.read().allocated_bytes(),
+            Some(rows) => rows.read_volume().allocated_bytes(),
             None => {
                 self.map.lock().map.written_stripes().count() as u64
                     * self.geometry.stripe_data_bytes()
@@ -356,7 +356,7 @@ impl PoolInner {
             remaining_tolerance: self.remaining_tolerance(),
             commit_sequence: match self.rows() {
                 // The map's sequences start at 2 (FORMAT.md V4.8): the last one handed out.
-                Some(rows) => rows.volume.read().map().next_sequence().saturating_sub(1),
+                Some(rows) => rows.read_volume().map().next_sequence().saturating_sub(1),
                 None => self.meta.lock().sequence,
             },
             superblock_generation: self.members.generation(),
