@@ -3,9 +3,13 @@
 //! writes, discards and flushes take it alone (a tree sync a write runs stops reads while it
 //! runs).
 //!
-//! Owns: the volume of a v4 pool, the map parameters recorded in its superblocks, and the
-//! decision the map asks for when a member fails a metadata write (`tolerate`: go on without
-//! it once the fault policy took it out of service). Does not own: membership, superblocks
+//! Owns: the volume of a v4 pool and its lock (taken only through `read_volume` and
+//! `write_volume`, which count waiting threads, so that a write leader hands it over between
+//! groups), the queue of small writes and who leads it (writers that wait, and writes queued
+//! for a sink with nobody waiting: `WriteDone`, FORMAT.md V4.6 "Queued writes with nobody
+//! waiting"), the map parameters recorded in its superblocks, and the decision the map asks for
+//! when a member fails a metadata write (`tolerate`: go on without it once the fault policy
+//! took it out of service). Does not own: membership, superblocks
 //! and the fault policy (`members.rs`: the volume's member problems go there unchanged), the
 //! v3 stripe map (a v4 pool has none: its scrub and rebuild go through `rows_scrub.rs` and
 //! `rows_rebuild.rs`), the scrub's and the rebuild's policies.
