@@ -768,7 +768,16 @@ impl<'a> World<'a> {
             self.last_write = Some((*offset, data.len()));
         }
         let borrowed: Vec<(u64, &[u8])> = writes.iter().map(|(o, d)| (*o, d.as_slice())).collect();
-        let mut outcomes = self.pool()?.write_together(&borrowed);
+        // Half of them as a server queues a client's writes (nobody waits; outcomes told to
+        // a sink), the other half as waiting writers queue theirs: the same queue and leader.
+        let queued = writes
+            .first()
+            .is_some_and(|(o, d)| (o / 4096 + d.len() as u64) % 2 == 1);
+        let mut outcomes = if queued {
+            write_queued_all(self.pool()?, &borrowed)
+        } else {
+            self.pool()?.write_together(&borrowed)
+        };
         // Out of room for recovery points: from the first refused write on, again in order
         // (a later write over an earlier one must still win), with room made.
         if let Some(first) = outcomes
@@ -1236,4 +1245,38 @@ impl<'a> World<'a> {
             Err(err) => Err(format!("flush beyond tolerance: unclear error: {err}")),
         }
     }
+}
+
+/// `writes` queued with [`Pool::write_queued`] (a sink told each outcome), the leader's office
+/// that the first one gets run once all are queued, so that they are carried in groups as a
+/// served client's are; one outcome per write, in order.
+fn write_queued_all(pool: &Pool, writes: &[(u64, &[u8])]) -> Vec<Result<()>> {
+    struct Told(Mutex<Vec<Option<Result<()>>>>);
+    impl crate::pool::WriteDone for Told {
+        fn done(&self, tag: u64, outcome: Result<()>) {
+            let mut told = self.0.lock();
+            if let Some(slot) = usize::try_from(tag).ok().and_then(|t| told.get_mut(t)) {
+                *slot = Some(outcome);
+            }
+        }
+    }
+    let told = Arc::new(Told(Mutex::new(writes.iter().map(|_| None).collect())));
+    let sink: Arc<dyn crate::pool::WriteDone> = told.clone();
+    let mut office = None;
+    for (tag, (offset, data)) in writes.iter().enumerate() {
+        if let Some(duty) = pool.write_queued(*offset, data.to_vec(), &sink, tag as u64) {
+            // Only the first one to find nobody leading gets it (it is held until the end).
+            office.get_or_insert(duty);
+        }
+    }
+    drop(office);
+    let outcomes = std::mem::take(&mut *told.0.lock());
+    outcomes
+        .into_iter()
+        .map(|outcome| {
+            outcome.unwrap_or(Err(Error::ThreadPanicked {
+                thread: "write leader (a queued write was never told)",
+            }))
+        })
+        .collect()
 }
