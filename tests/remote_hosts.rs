@@ -208,6 +208,32 @@ impl Drop for Host {
     }
 }
 
+/// Remove the namespaces (and with them their links) of an earlier run of this test that was
+/// killed before it could clean up: they hold the same subnets, and a server started here
+/// would not be reached. Only namespaces named as this test names them (`ss<pid><host>`) whose
+/// process is gone.
+fn clear_stale_hosts() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        let Some(rest) = name.strip_prefix("ss") else {
+            continue;
+        };
+        let (pid, host) = rest.split_at(rest.len().saturating_sub(1));
+        let ours = !pid.is_empty()
+            && pid.bytes().all(|b| b.is_ascii_digit())
+            && host.bytes().all(|b| b.is_ascii_lowercase());
+        if ours && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = run(&["ip", "netns", "del", name]);
+            let _ = run(&["ip", "link", "del", &format!("{name}o")]);
+        }
+    }
+}
+
 fn quick() -> NbdOptions {
     NbdOptions {
         timeout: Duration::from_millis(800),
@@ -312,6 +338,7 @@ fn hosts_cut_off_come_back_resynced_or_are_replaced_and_a_domain_loss_reads_back
     std::env::set_var("STRIPESTORE_NBD_TIMEOUT_MS", "800");
     let dir = tempfile::tempdir().unwrap();
     let tag = format!("{}", std::process::id() % 100_000);
+    clear_stale_hosts();
     let mut hosts: Vec<Host> = ["a", "b", "c"]
         .iter()
         .enumerate()
