@@ -26,6 +26,26 @@ pub fn nbd_fuzz_pool() -> Pool {
     }
 }
 
+/// The same on format version 4 (`rs:2+1`, 16 KiB chunks, the test minimums): its small
+/// writes are queued by the server (`Pool::write_queued`), carried by the pool's leader on the
+/// connection's leading thread and answered by its answering thread.
+///
+/// # Panics
+/// If the pool cannot be created (a bug, not an input).
+#[must_use]
+pub fn nbd_fuzz_pool_v4() -> Pool {
+    let layout: Layout = "rs:2+1".parse().unwrap_or(Layout::Mirror { copies: 2 });
+    let mut options = CreateOptions::new(layout);
+    options.chunk_bytes = 16384;
+    options.format = crate::pool::FormatVersion::V4(super::small_v4());
+    options.open.background_rebuild = false;
+    let devices = super::mem_devices(3, 8 << 20);
+    match Pool::create(super::shared(&devices), vec![], &options) {
+        Ok(pool) => pool,
+        Err(err) => panic!("fuzz pool (v4): {err}"),
+    }
+}
+
 /// Run one input through the protocol decoders and through a whole server connection.
 ///
 /// The first byte picks how the rest is fed: even, the client flags and an `NBD_OPT_GO` for
