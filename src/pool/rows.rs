@@ -551,24 +551,23 @@ impl RowsEngine {
 
     /// The volume, shared (a thread that has to wait is counted while it does).
     pub(crate) fn read_volume(&self) -> RwLockReadGuard<'_, Volume> {
-        if let Some(volume) = self.volume.try_read() {
-            return volume;
-        }
-        self.waiting.fetch_add(1, Ordering::SeqCst);
-        let volume = self.volume.read();
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
-        volume
+        self.counted(|| self.volume.try_read(), || self.volume.read())
     }
 
     /// The volume, alone (a thread that has to wait is counted while it does).
     pub(crate) fn write_volume(&self) -> RwLockWriteGuard<'_, Volume> {
-        if let Some(volume) = self.volume.try_write() {
-            return volume;
+        self.counted(|| self.volume.try_write(), || self.volume.write())
+    }
+
+    /// A guard taken at once (`try_take`), or by waiting (`take`) counted in `waiting`.
+    fn counted<G>(&self, try_take: impl FnOnce() -> Option<G>, take: impl FnOnce() -> G) -> G {
+        if let Some(guard) = try_take() {
+            return guard;
         }
         self.waiting.fetch_add(1, Ordering::SeqCst);
-        let volume = self.volume.write();
+        let guard = take();
         self.waiting.fetch_sub(1, Ordering::SeqCst);
-        volume
+        guard
     }
 
     /// Whether a thread waits for the volume.
