@@ -934,11 +934,10 @@ fn serve_requests<'scope, 'env, 'p: 'env, R: Read + Send, W: Write + Send>(
                     return;
                 }
                 match take_request(&mut input.reader, shared, &mut buffer) {
-                    Ok(Some((request, Work::Write { offset, fua: false }, permit)))
-                        if sink.is_some() && shared.pool.queues_write(buffer.len()) =>
-                    {
-                        let Some(sink) = sink else {
-                            unreachable!("checked in the guard")
+                    Ok(Some((request, Work::Write { offset, fua: false }, permit))) => {
+                        let queue = sink.filter(|_| shared.pool.queues_write(buffer.len()));
+                        let Some(sink) = queue else {
+                            break (request, Work::Write { offset, fua: false }, permit);
                         };
                         let bytes = permit.detach();
                         let tag = shared.writes.open(request.cookie, bytes);
