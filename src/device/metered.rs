@@ -127,17 +127,25 @@ impl Metered {
     }
 }
 
+impl Metered {
+    /// Count a read that started at `started` and ended now: its latency, and its bytes if
+    /// it succeeded.
+    fn count_read(&self, started: Instant, ok: bool, bytes: usize) {
+        self.io.read_latency.observe(started.elapsed());
+        self.io.reads.fetch_add(1, Ordering::Relaxed);
+        if ok {
+            self.io
+                .read_bytes
+                .fetch_add(bytes as u64, Ordering::Relaxed);
+        }
+    }
+}
+
 impl Device for Metered {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
         let started = Instant::now();
         let result = self.inner.read_at(offset, buf);
-        self.io.read_latency.observe(started.elapsed());
-        self.io.reads.fetch_add(1, Ordering::Relaxed);
-        if result.is_ok() {
-            self.io
-                .read_bytes
-                .fetch_add(buf.len() as u64, Ordering::Relaxed);
-        }
+        self.count_read(started, result.is_ok(), buf.len());
         result
     }
     fn read_at_within(
@@ -155,13 +163,7 @@ impl Device for Metered {
             self.io.late_reads.fetch_add(1, Ordering::Relaxed);
             return result;
         }
-        self.io.read_latency.observe(started.elapsed());
-        self.io.reads.fetch_add(1, Ordering::Relaxed);
-        if result.is_ok() {
-            self.io
-                .read_bytes
-                .fetch_add(buf.len() as u64, Ordering::Relaxed);
-        }
+        self.count_read(started, result.is_ok(), buf.len());
         result
     }
     fn reads_within(&self) -> bool {

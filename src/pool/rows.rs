@@ -751,7 +751,7 @@ impl PoolInner {
     /// all, and the others find their outcome when they take it in turn.
     pub(crate) fn rows_write(&self, rows: &RowsEngine, offset: u64, data: &[u8]) -> Result<()> {
         self.check_available()?;
-        if data.len() > GROUPED_WRITE_MAX {
+        if !Self::rows_queues(data.len()) {
             let mut volume = rows.write_volume();
             // The members as they are once the lock is held (a fault while waiting is seen).
             let result = volume.write(&self.write_devices(), offset, data);
