@@ -53,6 +53,49 @@ pub(crate) fn each<T: Sync, R: Send>(items: &[T], work: impl Fn(&T) -> R + Sync)
     })
 }
 
+/// Run `work` on every item on at most `threads` scoped threads, each taking the next item
+/// not yet taken when it is done with one, and collect the results in order (sequentially,
+/// in order, where [`each`] would be).
+pub(crate) fn pulled<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    work: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    let threads = threads.min(items.len());
+    if threads <= 1 || is_sequential() {
+        return items.iter().map(&work).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let pull = || {
+        let mut mine = Vec::new();
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(item) = items.get(i) else {
+                return mine;
+            };
+            mine.push((i, work(item)));
+        }
+    };
+    let mut results: Vec<Option<R>> = std::iter::repeat_with(|| None).take(items.len()).collect();
+    std::thread::scope(|scope| {
+        let pull = &pull;
+        let handles: Vec<_> = (0..threads).map(|_| scope.spawn(pull)).collect();
+        for handle in handles {
+            match handle.join() {
+                Ok(mine) => {
+                    for (i, result) in mine {
+                        results[i] = Some(result);
+                    }
+                }
+                // A panic in `work` is a bug; re-raise it on the caller's thread.
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+    });
+    // Every index below the length was taken by exactly one thread, which returned its result.
+    results.into_iter().flatten().collect()
+}
+
 /// Run `work` on every item, the first on this thread and each other on its own scoped
 /// thread, each with the item to itself (sequentially, in order, where [`each`] would be).
 pub(crate) fn each_mut<T: Send>(items: &mut [T], work: impl Fn(&mut T) + Sync) {

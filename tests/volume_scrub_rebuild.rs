@@ -11,6 +11,8 @@
 //! * a lost member rebuilt onto a blank replacement then serves reads with `tolerance` other
 //!   members gone; its page copies equal the lost member's; a rotten source is not copied;
 //! * free-pending and freed segments are walked by neither scrub nor rebuild;
+//! * a rebuild reads K sources per cell it rebuilds (Reed-Solomon) or one copy (copies), and
+//!   more only for a row whose first sources do not verify;
 //! * rebuild bytes follow the allocated space; a rebuild stopped after a segment resumes from
 //!   the watermark it reported and ends with the same replacement;
 //! * an absent member's places are counted, not checked; a rebuild with no device in the
@@ -630,6 +632,13 @@ fn lose_and_rebuild(
     from: u64,
     stop_after: Option<u64>,
 ) -> (RebuildReport, Vec<u8>, Arc<MemDevice>) {
+    let (lost, blank) = lose(rig, position);
+    let report = rebuild(rig, volume, position, from, stop_after);
+    (report, lost, blank)
+}
+
+/// Replace member `position` with a blank device: the lost member's image and the blank.
+fn lose(rig: &mut Rig, position: usize) -> (Vec<u8>, Arc<MemDevice>) {
     let lost = rig.mems[position].image();
     let blank = Arc::new(MemDevice::new(format!("spare{position}"), DEVICE_BYTES));
     rig.devices[position] = Some(Rig::hooked(
@@ -639,8 +648,7 @@ fn lose_and_rebuild(
         &rig.refuse,
     ));
     rig.mems[position] = blank.clone();
-    let report = rebuild(rig, volume, position, from, stop_after);
-    (report, lost, blank)
+    (lost, blank)
 }
 
 fn rebuild(
@@ -648,6 +656,18 @@ fn rebuild(
     volume: &Volume,
     position: usize,
     from: u64,
+    stop_after: Option<u64>,
+) -> RebuildReport {
+    rebuild_batched(rig, volume, position, (from, 1), stop_after)
+}
+
+/// A rebuild from segment `from` with `at_once` data segments per batch, stopped when the
+/// callback has heard of `stop_after` segments.
+fn rebuild_batched(
+    rig: &Rig,
+    volume: &Volume,
+    position: usize,
+    (from, at_once): (u64, usize),
     stop_after: Option<u64>,
 ) -> RebuildReport {
     let mut seen = 0;
@@ -659,6 +679,7 @@ fn rebuild(
                 from_segment: from,
                 old: None,
                 min_birth: 0,
+                segments_at_once: at_once,
             },
             &mut |progress| {
                 seen += 1;
@@ -746,6 +767,64 @@ fn a_member_rebuilt_onto_a_blank_replacement_serves_reads_with_tolerance_others_
                 .check(&volume, &without_others(&rig, position))
                 .unwrap_or_else(|e| panic!("{layout} position {position}: {e}"));
         }
+    }
+}
+
+/// A rebuild reads what one reconstruction needs: K shard-blocks per cell of a full row for
+/// Reed-Solomon, the one sibling copy for copies (raid10 included), never every other cell
+/// of the row; a rotten source among the first read makes its row read the rest.
+#[test]
+fn a_rebuild_reads_k_sources_per_cell_and_the_rest_only_for_a_row_that_needs_them() {
+    for (layout, members) in LAYOUTS {
+        let mut rig = Rig::new(layout, members);
+        let mut volume = rig.create(&options());
+        let mut model = Model::default();
+        let k = rig.geometry.data_chunks() as u64;
+        // Full rows only, one write each.
+        for row in 0..24 {
+            model.write(&rig, &mut volume, row * k * 3, k, 1);
+        }
+        volume.flush(&rig.devices).unwrap();
+        volume.sync(&rig.devices).unwrap();
+        let per_cell = if layout.starts_with("rs") { k } else { 1 };
+        let position = members - 1;
+        let read_before = rig.read.load(Ordering::SeqCst);
+        let (report, _, _) = lose_and_rebuild(&mut rig, &volume, position, 0, None);
+        assert!(report.unrepairable.is_empty(), "{layout}: {report:?}");
+        assert!(report.shard_blocks_written > 0, "{layout}: {report:?}");
+        assert_eq!(
+            report.source_blocks_read,
+            per_cell * report.shard_blocks_written,
+            "{layout}: sources read for {} cells",
+            report.shard_blocks_written
+        );
+        assert!(
+            rig.read.load(Ordering::SeqCst) - read_before >= report.source_blocks_read * B as u64,
+            "{layout}: the count is of reads the members saw"
+        );
+        model
+            .check(&volume, &without_others(&rig, position))
+            .unwrap_or_else(|e| panic!("{layout}: {e}"));
+        // Within the tolerance, a rotten source first read: its row reads the others.
+        if rig.tolerance() < 2 {
+            continue;
+        }
+        let cells = rig.row_cells(&volume, 0);
+        let (lost, _) = cells[cells.len() - 1];
+        let rotten = cells.iter().find(|(d, _)| *d != lost).copied().unwrap();
+        rig.mems[rotten.0].poke(rotten.1 + 8, &[0xee; 8]);
+        let (again, _, _) = lose_and_rebuild(&mut rig, &volume, lost, 0, None);
+        assert!(again.unrepairable.is_empty(), "{layout}: {again:?}");
+        assert_eq!(again.sources_bad, 1, "{layout}: {again:?}");
+        let width = rig.geometry.width() as u64;
+        assert_eq!(
+            again.source_blocks_read,
+            per_cell * again.shard_blocks_written + (width - 1),
+            "{layout}: one row read again, every cell but the lost one"
+        );
+        model
+            .check(&volume, &without_others(&rig, lost))
+            .unwrap_or_else(|e| panic!("{layout}: {e}"));
     }
 }
 
@@ -842,48 +921,67 @@ fn rebuild_bytes_follow_the_allocated_space() {
 
 #[test]
 fn a_rebuild_stopped_after_a_segment_resumes_from_its_watermark() {
+    // `filled`, then a run of data segments (four of 16 K blocks each), synced.
+    let filled_with_a_run = |rig: &Rig| {
+        let (mut volume, mut model) = filled(rig, &options());
+        let k = rig.geometry.data_chunks() as u64;
+        model.write(rig, &mut volume, 200, 64 * k, 3);
+        volume.flush(&rig.devices).unwrap();
+        volume.sync(&rig.devices).unwrap();
+        volume
+    };
     for (layout, members) in LAYOUTS {
         let position = members - 1;
         // A straight rebuild, for the image to reach.
         let mut rig = Rig::new(layout, members);
-        let (mut volume, _) = filled(&rig, &options());
-        volume.sync(&rig.devices).unwrap();
+        let volume = filled_with_a_run(&rig);
         let (straight, _, spare) = lose_and_rebuild(&mut rig, &volume, position, 0, None);
         let target = spare.image();
         assert!(straight.segments_total >= 3, "{layout}: {straight:?}");
-
-        let mut rig = Rig::new(layout, members);
-        let (mut volume, _) = filled(&rig, &options());
-        volume.sync(&rig.devices).unwrap();
-        let (first, _, spare) = lose_and_rebuild(&mut rig, &volume, position, 0, Some(1));
-        let watermark = first.resume_from.expect("stopped after one segment");
-        assert_eq!(first.segments_done, 1, "{layout}");
-        assert!(spare.image() != target, "{layout}: one segment rebuilt all");
-        // As after a restart: the volume opened again (nothing cached) without the
-        // replacement, which is then handed to the resumed rebuild.
-        drop(volume);
-        let mut without = rig.devices.clone();
-        without[position] = None;
-        let volume = Volume::open(&without, POOL, &rig.geometry, TIMELINE, &options()).unwrap();
-        let written = rig.written.load(Ordering::SeqCst);
-        let second = rebuild(&rig, &volume, position, watermark, None);
-        assert_eq!(
-            rig.written.load(Ordering::SeqCst) - written,
-            second.bytes_written,
-            "{layout}: bytes written"
-        );
-        assert_eq!(second.resume_from, None);
-        assert_eq!(second.segments_done, second.segments_total);
-        assert_eq!(
-            spare.image(),
-            target,
-            "{layout}: the resumed rebuild differs"
-        );
-        assert_eq!(
-            first.bytes_written + second.bytes_written,
-            straight.bytes_written,
-            "{layout}: the resumed rebuild redid segments below its watermark"
-        );
+        // Batches of segments: the same image; a stop takes effect at the end of a batch.
+        for at_once in [1, 2, 3] {
+            let mut rig = Rig::new(layout, members);
+            let volume = filled_with_a_run(&rig);
+            let (_, spare) = lose(&mut rig, position);
+            let half = straight.segments_total / 2;
+            let first = rebuild_batched(&rig, &volume, position, (0, at_once), Some(half));
+            let watermark = first.resume_from.expect("stopped after one batch");
+            assert!(
+                (half..half + at_once as u64).contains(&first.segments_done),
+                "{layout}, {at_once} at once: {first:?}"
+            );
+            if at_once == 3 {
+                // This fill's data segments come in runs: a batch spans the stop.
+                assert!(first.segments_done > half, "{layout}: {first:?}");
+            }
+            assert!(spare.image() != target, "{layout}: one batch rebuilt all");
+            // As after a restart: the volume opened again (nothing cached) without the
+            // replacement, which is then handed to the resumed rebuild.
+            drop(volume);
+            let mut without = rig.devices.clone();
+            without[position] = None;
+            let volume = Volume::open(&without, POOL, &rig.geometry, TIMELINE, &options()).unwrap();
+            let written = rig.written.load(Ordering::SeqCst);
+            let second = rebuild_batched(&rig, &volume, position, (watermark, at_once), None);
+            assert_eq!(
+                rig.written.load(Ordering::SeqCst) - written,
+                second.bytes_written,
+                "{layout}: bytes written"
+            );
+            assert_eq!(second.resume_from, None);
+            assert_eq!(second.segments_done, second.segments_total);
+            assert_eq!(
+                spare.image(),
+                target,
+                "{layout}, {at_once} at once: the resumed rebuild differs"
+            );
+            assert_eq!(
+                first.bytes_written + second.bytes_written,
+                straight.bytes_written,
+                "{layout}, {at_once} at once: the resumed rebuild redid segments below its \
+                 watermark"
+            );
+        }
     }
 }
 
@@ -1078,6 +1176,7 @@ fn a_16_tib_volume_on_sparse_files_scrubs_and_rebuilds_its_few_rows_in_proportio
                 from_segment: 0,
                 old: None,
                 min_birth: 0,
+                segments_at_once: 1,
             },
             &mut |_| true,
         )
@@ -1124,6 +1223,7 @@ fn an_absent_member_is_counted_not_checked_and_refusals_come_before_any_io() {
                 from_segment: 0,
                 old: None,
                 min_birth: 0,
+                segments_at_once: 1,
             },
             &mut |_| true,
         );
@@ -1285,6 +1385,7 @@ fn a_member_still_serving_is_a_source_of_its_own_rebuild() {
                 from_segment: 0,
                 old: None,
                 min_birth: 0,
+                segments_at_once: 1,
             },
             &mut |_| true,
         )
@@ -1301,6 +1402,7 @@ fn a_member_still_serving_is_a_source_of_its_own_rebuild() {
                 from_segment: 0,
                 old: rig.devices[0].clone(),
                 min_birth: 0,
+                segments_at_once: 1,
             },
             &mut |_| true,
         )

@@ -34,6 +34,9 @@ use std::time::{Duration, Instant};
 const STEP_SEGMENTS: u64 = 2;
 /// How long one long step (the background driver's, `run_rebuilds`') holds the shared lock.
 const LONG_STEP_BUDGET: Duration = Duration::from_millis(50);
+/// Data segments a long step rebuilds together (`RebuildOptions::segments_at_once`): its
+/// budget is checked between batches.
+const LONG_STEP_BATCH: usize = 8;
 
 impl PoolInner {
     /// Attach `device` to replace position `index` of a v4 pool and record it; the copy runs
@@ -201,6 +204,7 @@ impl PoolInner {
             from_segment: 0,
             old,
             min_birth: replacement.resync_from.unwrap_or(0),
+            segments_at_once: if long { LONG_STEP_BATCH } else { 1 },
         };
         let planned = plans
             .get(&index.0)

@@ -3,9 +3,13 @@
 //! free-pending ones skipped, so the bytes written follow the allocated space.
 //!
 //! * A data segment: every written row with a shard-block on the position has it rebuilt from
-//!   the row's other shard-blocks, each checked against the row's recorded crc, and the
-//!   result checked against the target's own crc before it is written; never-written cells of
-//!   narrow rows are not written.
+//!   what one reconstruction needs (K of the row's other shard-blocks, or one sibling copy),
+//!   each checked against the row's recorded crc, and the result checked against the target's
+//!   own crc before it is written; a row whose first sources do not give it reads every other
+//!   cell it has. Never-written cells of narrow rows are not written.
+//! * Data segments may go in batches (`RebuildOptions::segments_at_once`): their slots are cut
+//!   into parts that a few threads pull, each reading its part in one batch and writing it in
+//!   one, so reads and writes overlap across parts.
 //! * A metadata segment: every referenced page with a copy on the position gets it from a
 //!   sibling copy that verifies against the parent's crc.
 //!
@@ -25,13 +29,14 @@
 //! superblocks, membership.
 
 use super::place::Piece;
-use super::scrub::{Cell, Damage, Work};
-use super::{write_runs, Volume};
+use super::scrub::{Cell, Damage, RowRead, Work};
+use super::{write_runs, Volume, BLOCK_BYTES};
 use crate::device::SharedDevice;
 use crate::error::{Error, Result};
-use crate::meta::{CopyProblem, Openings, PageRef};
+use crate::meta::{CopyProblem, Openings, PageRef, WrittenRow};
 use crate::types::DeviceIndex;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// What to rebuild.
 #[derive(Debug, Clone, Default)]
@@ -48,6 +53,10 @@ pub struct RebuildOptions {
     /// come back, exact for everything born before this sequence; only rows and page copies
     /// born at or after it are copied. 0: everything (a rebuild).
     pub min_birth: u64,
+    /// Data segments rebuilt together, their parts pulled by a few threads so that reads and
+    /// writes overlap (0 or 1: one at a time). The progress callback hears of each segment
+    /// once the batch is done, so a stop takes effect at the end of a batch.
+    pub segments_at_once: usize,
 }
 
 /// A rebuild pass planned from one walk of the map ([`Volume::rebuild_plan`]), and where it
@@ -107,6 +116,10 @@ pub struct RebuildReport {
     pub bytes_read: u64,
     /// Bytes written onto the position.
     pub bytes_written: u64,
+    /// Shard-blocks read from the other members (or the old one) to rebuild the data cells:
+    /// K per cell rebuilt for Reed-Solomon, one per cell for copies, more only where a
+    /// source did not verify.
+    pub source_blocks_read: u64,
     /// Places of the position that could not be rebuilt, named.
     pub unrepairable: Vec<Damage>,
 }
@@ -120,15 +133,22 @@ impl RebuildReport {
         self.slots_unknown += part.slots_unknown;
         self.bytes_read += part.bytes_read;
         self.bytes_written += part.bytes_written;
+        self.source_blocks_read += part.source_blocks_read;
         self.unrepairable.extend(part.unrepairable);
     }
 }
 
-/// Threads one data segment's slots are rebuilt on, each reading its share of the slots in
-/// one batch and writing it in one (measured: one slot at a time, a few small dependent
-/// requests each, rebuilt at 0.03 of the spare's raw write throughput, `bench-rebuild
-/// --format 4`).
-const SLOT_THREADS: u64 = 8;
+/// Threads a batch's parts are rebuilt on, each pulling the next part when it is done with
+/// one, so that one part's reads are on the devices while another's cells are written
+/// (measured: one slot at a time, a few small dependent requests each, rebuilt at 0.03 of the
+/// spare's raw write throughput, `bench-rebuild --format 4`; eight threads each with an
+/// eighth of one segment, all joined before the next segment, at 0.12-0.3).
+const SLOT_THREADS: usize = 8;
+
+/// Slots of one part (at most a segment's): read in one batch, rebuilt, and written in one
+/// (`bench-rebuild --format 4 --layout rs:4+2`, 2026-12-06: parts of 8 slots 140-154 MiB/s,
+/// 16 slots 143-146, 32 slots 176-200; four, six, eight and twelve threads within the noise).
+const PART_SLOTS: u64 = 32;
 
 impl Volume {
     /// Rebuild everything position `options.position` holds onto the device `devices` has
@@ -233,36 +253,36 @@ impl Volume {
             bytes_read: plan.walked.take().unwrap_or(0),
             ..RebuildReport::default()
         };
-        while let Some(item) = plan.work.get(plan.next) {
-            let i = plan.next;
-            plan.next += 1;
-            let skipped = item.segment() < options.from_segment
-                || plan
-                    .openings
-                    .as_ref()
-                    .is_some_and(|openings| openings.taken(item.segment()));
-            if !skipped {
+        while plan.next < plan.work.len() {
+            // A batch: the next metadata segment alone, or up to `segments_at_once` data
+            // segments (skipped ones count), whose slots are rebuilt together.
+            let first = plan.next;
+            let mut end = first + 1;
+            if matches!(plan.work[first], Work::Data { .. }) {
+                while end < plan.work.len()
+                    && end - first < options.segments_at_once.max(1)
+                    && matches!(plan.work[end], Work::Data { .. })
+                {
+                    end += 1;
+                }
+            }
+            plan.next = end;
+            let skipped = |item: &Work| {
+                item.segment() < options.from_segment
+                    || plan
+                        .openings
+                        .as_ref()
+                        .is_some_and(|openings| openings.taken(item.segment()))
+            };
+            let mut parts = Vec::new();
+            for item in plan.work[first..end].iter().filter(|item| !skipped(item)) {
                 match item {
                     Work::Data { slots, .. } => {
-                        let per = (slots.end - slots.start).div_ceil(SLOT_THREADS).max(1);
-                        let parts: Vec<std::ops::Range<u64>> = (slots.start..slots.end)
-                            .step_by(usize::try_from(per).unwrap_or(1))
-                            .map(|first| first..(first + per).min(slots.end))
-                            .collect();
-                        let done = crate::parallel::each(&parts, |part| {
-                            let mut report = RebuildReport::default();
-                            self.rebuild_slots(
-                                (&sources, devices),
-                                (position, options.min_birth),
-                                &replacement,
-                                part.clone(),
-                                &mut report,
-                            )?;
-                            Ok::<_, Error>(report)
-                        });
-                        for part in done {
-                            report.absorb(part?);
-                        }
+                        parts.extend(
+                            (slots.start..slots.end)
+                                .step_by(PART_SLOTS as usize)
+                                .map(|from| from..(from + PART_SLOTS).min(slots.end)),
+                        );
                     }
                     Work::Metadata { pages, .. } => {
                         for page in pages
@@ -280,18 +300,46 @@ impl Volume {
                     }
                 }
             }
-            report.segments_done += 1;
-            let next_segment = plan
-                .work
-                .get(i + 1)
-                .map_or(item.segment() + 1, Work::segment);
-            let going_on = progress(&RebuildProgress {
-                segments_done: report.segments_done,
-                segments_total: report.segments_total,
-                next_segment,
+            // The parts are pulled by a few threads, so that one part's reads are on the
+            // devices while another's rebuilt cells are written; a failed write stops the
+            // pulling (the rebuild stops there).
+            let failed = AtomicBool::new(false);
+            let done = crate::parallel::pulled(&parts, SLOT_THREADS, |part| {
+                if failed.load(Ordering::Relaxed) {
+                    return Ok(RebuildReport::default());
+                }
+                let mut report = RebuildReport::default();
+                let outcome = self.rebuild_slots(
+                    (&sources, devices),
+                    (position, options.min_birth),
+                    &replacement,
+                    part.clone(),
+                    &mut report,
+                );
+                if outcome.is_err() {
+                    failed.store(true, Ordering::Relaxed);
+                }
+                outcome.map(|()| report)
             });
-            if !going_on && plan.next < plan.work.len() {
-                report.resume_from = Some(next_segment);
+            for part in done {
+                report.absorb(part?);
+            }
+            let next_after = |i: usize| {
+                plan.work
+                    .get(i + 1)
+                    .map_or(plan.work[i].segment() + 1, Work::segment)
+            };
+            let mut stop = false;
+            for i in first..end {
+                report.segments_done += 1;
+                stop |= !progress(&RebuildProgress {
+                    segments_done: report.segments_done,
+                    segments_total: report.segments_total,
+                    next_segment: next_after(i),
+                });
+            }
+            if stop && plan.next < plan.work.len() {
+                report.resume_from = Some(next_after(end - 1));
                 return Ok(report);
             }
         }
@@ -346,25 +394,90 @@ impl Volume {
         }
         let verify = !self.planted_rebuild_skips_verify();
         let old = sources[position].is_some();
-        let (read, bytes_read) = self.read_slots(
+        // First read only what one rebuild of a row needs (the old member's own cell, or K
+        // sources: one sibling copy for copies); a row whose cell this does not give is read
+        // again, every cell it has.
+        let first: BTreeMap<u64, Vec<usize>> = targets
+            .iter()
+            .map(|(&slot, &target)| (slot, self.first_sources(sources, slot, target, old)))
+            .collect();
+        let (mut read, bytes_read) = self.read_slots(
             sources,
             wanted,
-            &|slot, s| old || targets.get(&slot) != Some(&s),
+            &|slot, s| first.get(&slot).is_some_and(|first| first.contains(&s)),
             verify,
         );
         report.bytes_read += bytes_read;
+        report.source_blocks_read += bytes_read / BLOCK_BYTES as u64;
+        // `wanted` was built in slot order, as `targets` iterates.
+        let mut built: Vec<Vec<Option<Vec<u8>>>> = targets
+            .iter()
+            .zip(&read)
+            .map(|((&slot, &target), rows)| {
+                rows.iter()
+                    .map(|row| self.target_cell(slot, row, target, verify))
+                    .collect()
+            })
+            .collect();
+        let again: Vec<(u64, Vec<WrittenRow>)> = targets
+            .iter()
+            .zip(read.iter().zip(&built))
+            .filter_map(|((&slot, &target), (rows, built))| {
+                let short: Vec<WrittenRow> = rows
+                    .iter()
+                    .zip(built)
+                    .filter(|(row, built)| {
+                        built.is_none()
+                            && row.cells[target] != Cell::Unwritten
+                            && row.cells.contains(&Cell::NotRead)
+                    })
+                    .map(|(row, _)| WrittenRow {
+                        row: row.row,
+                        birth: row.birth,
+                        n: row.n,
+                        crcs: row.crcs.clone(),
+                        blocks: row.blocks.clone(),
+                    })
+                    .collect();
+                (!short.is_empty()).then_some((slot, short))
+            })
+            .collect();
+        if !again.is_empty() {
+            let slots_again: Vec<u64> = again.iter().map(|(slot, _)| *slot).collect();
+            let (reread, bytes_read) = self.read_slots(
+                sources,
+                again,
+                &|slot, s| old || targets.get(&slot) != Some(&s),
+                verify,
+            );
+            report.bytes_read += bytes_read;
+            report.source_blocks_read += bytes_read / BLOCK_BYTES as u64;
+            // Each row read again replaces its first read (it has every cell the first had).
+            let mut reread = slots_again.into_iter().zip(reread).peekable();
+            for (((&slot, &target), rows), built) in
+                targets.iter().zip(read.iter_mut()).zip(built.iter_mut())
+            {
+                let Some((_, fresh)) = reread.next_if(|(at, _)| *at == slot) else {
+                    continue;
+                };
+                for fresh_row in fresh {
+                    if let Some(r) = rows.iter().position(|r| r.row == fresh_row.row) {
+                        built[r] = self.target_cell(slot, &fresh_row, target, verify);
+                        rows[r] = fresh_row;
+                    }
+                }
+            }
+        }
         let mut pieces = Vec::new();
         let mut blocks = Vec::new();
-        // `wanted` was built in slot order, as `targets` iterates.
-        for ((&slot, &target), rows) in targets.iter().zip(&read) {
-            for row in rows {
+        for (((&slot, &target), rows), built) in targets.iter().zip(&read).zip(built) {
+            for (row, built) in rows.iter().zip(built) {
                 report.sources_bad += row.cells.iter().filter(|c| c.is_damage()).count() as u64;
                 if row.cells[target] == Cell::Unwritten {
                     continue;
                 }
                 let (device, offset) = self.rows.shard_block(slot, target, row.row);
-                let kept = (row.cells[target] == Cell::Good).then(|| row.bytes[target].clone());
-                match kept.or_else(|| self.rebuild_cell(slot, row, target, verify)) {
+                match built {
                     Some(bytes) => {
                         pieces.push(Piece {
                             device: device.0,
@@ -415,6 +528,56 @@ impl Volume {
         report.shard_blocks_written += pieces.len() as u64;
         report.bytes_written += blocks.len() as u64;
         Ok(())
+    }
+
+    /// The bytes of shard `target` of a read row: the old member's own cell when it was read
+    /// and verifies, else rebuilt from the row's sources; `None` for a never-written cell or
+    /// when too few sources verify.
+    fn target_cell(
+        &self,
+        slot: u64,
+        row: &RowRead,
+        target: usize,
+        verify: bool,
+    ) -> Option<Vec<u8>> {
+        match row.cells[target] {
+            Cell::Unwritten => None,
+            Cell::Good => Some(row.bytes[target].clone()),
+            _ => self.rebuild_cell(slot, row, target, verify),
+        }
+    }
+
+    /// The shards of `slot` a rebuild of its shard `target` reads first: the old member's own
+    /// cell when it serves; otherwise the first sibling copy of the target's chunk on a
+    /// present member (copies), or the first K shards other than the target on present
+    /// members (Reed-Solomon: a row needs K, never-written cells counting as zeros).
+    fn first_sources(
+        &self,
+        sources: &[Option<SharedDevice>],
+        slot: u64,
+        target: usize,
+        old: bool,
+    ) -> Vec<usize> {
+        if old {
+            return vec![target];
+        }
+        let present = |s: &usize| {
+            *s != target
+                && sources
+                    .get(self.rows.shard_block(slot, *s, 0).0 .0)
+                    .is_some_and(Option::is_some)
+        };
+        if self.codec.parity_chunks() == 0 {
+            self.rows
+                .chunk_of(target)
+                .map(|chunk| self.rows.shards_of(chunk).filter(present).take(1).collect())
+                .unwrap_or_default()
+        } else {
+            (0..self.rows.geometry().width())
+                .filter(present)
+                .take(self.rows.k())
+                .collect()
+        }
     }
 
     /// `(sources, devices)` as for `rebuild_slots`.
