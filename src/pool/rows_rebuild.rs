@@ -204,7 +204,12 @@ impl PoolInner {
             from_segment: 0,
             old,
             min_birth: replacement.resync_from.unwrap_or(0),
-            segments_at_once: if long { LONG_STEP_BATCH } else { 1 },
+            // A deterministic step is one batch (the simulation goes through batches too).
+            segments_at_once: if long {
+                LONG_STEP_BATCH
+            } else {
+                STEP_SEGMENTS as usize
+            },
         };
         let planned = plans
             .get(&index.0)

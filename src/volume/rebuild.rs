@@ -145,10 +145,13 @@ impl RebuildReport {
 /// eighth of one segment, all joined before the next segment, at 0.12-0.3).
 const SLOT_THREADS: usize = 8;
 
-/// Slots of one part (at most a segment's): read in one batch, rebuilt, and written in one
-/// (`bench-rebuild --format 4 --layout rs:4+2`, 2026-12-06: parts of 8 slots 140-154 MiB/s,
-/// 16 slots 143-146, 32 slots 176-200; four, six, eight and twelve threads within the noise).
-const PART_SLOTS: u64 = 32;
+/// Bytes of the position one part rebuilds (whole slots, at least one, at most a segment's):
+/// read in one batch, rebuilt, and written in one. Its reads are K times this for
+/// Reed-Solomon, so the threads hold at most `SLOT_THREADS` × (K + 1) × this at once whatever
+/// the chunk size. (`bench-rebuild --format 4 --layout rs:4+2`, 16 KiB chunks, 2026-12-06:
+/// parts of 128 KiB 140-154 MiB/s, 256 KiB 143-146, 512 KiB 176-200; four, six, eight and
+/// twelve threads within the noise.)
+const PART_BYTES: u64 = 512 << 10;
 
 impl Volume {
     /// Rebuild everything position `options.position` holds onto the device `devices` has
@@ -274,14 +277,15 @@ impl Volume {
                         .as_ref()
                         .is_some_and(|openings| openings.taken(item.segment()))
             };
+            let part_slots = (PART_BYTES / self.rows.geometry().chunk_bytes).max(1);
             let mut parts = Vec::new();
             for item in plan.work[first..end].iter().filter(|item| !skipped(item)) {
                 match item {
                     Work::Data { slots, .. } => {
                         parts.extend(
                             (slots.start..slots.end)
-                                .step_by(PART_SLOTS as usize)
-                                .map(|from| from..(from + PART_SLOTS).min(slots.end)),
+                                .step_by(usize::try_from(part_slots).unwrap_or(1))
+                                .map(|from| from..(from + part_slots).min(slots.end)),
                         );
                     }
                     Work::Metadata { pages, .. } => {
