@@ -1132,10 +1132,15 @@ impl Members {
     /// (the pool cannot lose it) or the superblock cannot be encoded. Failures on replacements
     /// and spares do not count: neither is read as a member.
     pub(crate) fn record_everywhere(&self) -> bool {
+        self.record_everywhere_or_name().is_ok()
+    }
+
+    /// As [`Members::record_everywhere`], naming what stopped it: the member whose write
+    /// failed and stays in service, or the superblock's own error.
+    fn record_everywhere_or_name(&self) -> Result<()> {
+        let mut last = None;
         for _ in 0..=self.data.len() {
-            let Ok(failures) = self.write_superblocks() else {
-                return false;
-            };
+            let failures = self.write_superblocks()?;
             let mut blamed = false;
             for (name, err) in &failures {
                 let failing = self
@@ -1145,16 +1150,33 @@ impl Members {
                 if let Some(member) = failing {
                     self.record_error(member.index, None, DeviceFault::Write(err));
                     if member.is_online() {
-                        return false;
+                        last = Some((name.clone(), err.to_string()));
+                        break;
                     }
                     blamed = true;
                 }
             }
+            if last.is_some() {
+                break;
+            }
             if !blamed {
-                return true;
+                return Ok(());
             }
         }
-        false
+        let (device, why) = last.unwrap_or_else(|| {
+            (
+                "members".to_string(),
+                "members kept failing the superblock write".to_string(),
+            )
+        });
+        Err(Error::Io {
+            device,
+            offset: None,
+            source: std::io::Error::other(format!(
+                "{why} (the pool cannot lose this member, so its superblocks must take the \
+                 write)"
+            )),
+        })
     }
 
     /// Record in every member's superblocks that the pool has recovery points (docs/FORMAT.md
@@ -1163,8 +1185,10 @@ impl Members {
     ///
     /// # Errors
     /// [`Error::Unsupported`] on a pool without map parameters (version 3); [`Error::Io`]
-    /// naming a member whose superblocks could not be written (no recovery point may be taken
-    /// then: that member, alone, would open under an older build).
+    /// naming a member whose superblocks could not be written and that the pool cannot lose
+    /// (no recovery point may be taken then: that member, alone, would open under an older
+    /// build). A member the pool can lose is taken out of service instead, and the gate is
+    /// recorded on the others.
     pub(crate) fn enable_recovery_points(&self) -> Result<()> {
         self.enable_map_gate(|map| &mut map.recovery_points)
     }
@@ -1214,15 +1238,14 @@ impl Members {
                 }
             }
         }
-        if let Some((device, err)) = self.write_superblocks()?.into_iter().next() {
+        // Every data member in service must hold it: one whose write fails is handed to the
+        // fault policy (out of service when the pool can lose it, so a failing member costs
+        // itself, not the operation) and the write goes on without it.
+        if let Err(err) = self.record_everywhere_or_name() {
             if let Some(map) = self.superblock.lock().map.as_mut() {
                 *gate(map) = false;
             }
-            return Err(Error::Io {
-                device,
-                offset: None,
-                source: err.into_io(),
-            });
+            return Err(err);
         }
         Ok(())
     }
