@@ -152,6 +152,42 @@ mod tests {
     }
 
     #[test]
+    fn pulled_items_are_each_taken_once_by_at_most_the_threads_asked_and_come_back_in_order() {
+        let items: Vec<u64> = (0..40).collect();
+        let taken = std::sync::Mutex::new(Vec::new());
+        let threads = std::sync::Mutex::new(std::collections::HashSet::new());
+        let out = super::pulled(&items, 3, |x| {
+            taken.lock().unwrap().push(*x);
+            threads.lock().unwrap().insert(std::thread::current().id());
+            // Uneven work, so that the threads take items at different paces.
+            std::thread::sleep(std::time::Duration::from_micros(50 * (x % 4)));
+            x * 10
+        });
+        assert_eq!(out, items.iter().map(|x| x * 10).collect::<Vec<_>>());
+        let mut taken = taken.into_inner().unwrap();
+        taken.sort_unstable();
+        assert_eq!(taken, items, "every item once");
+        let threads = threads.into_inner().unwrap();
+        assert!(
+            !threads.is_empty() && threads.len() <= 3,
+            "{} threads",
+            threads.len()
+        );
+        assert!(!threads.contains(&std::thread::current().id()));
+        // Sequential mode: in order, on this thread.
+        super::set_sequential(true);
+        let me = std::thread::current().id();
+        let order = std::sync::Mutex::new(Vec::new());
+        super::pulled(&items[..5], 3, |x| {
+            assert_eq!(std::thread::current().id(), me);
+            order.lock().unwrap().push(*x);
+        });
+        super::set_sequential(false);
+        assert_eq!(order.into_inner().unwrap(), vec![0, 1, 2, 3, 4]);
+        assert!(super::pulled(&[] as &[u64], 3, |x| *x).is_empty());
+    }
+
+    #[test]
     fn each_item_is_worked_on_once_in_place() {
         let mut items: Vec<u32> = (0..5).collect();
         super::each_mut(&mut items, |x| *x *= 3);
