@@ -213,19 +213,6 @@ fn refusals_change_nothing_and_a_read_only_pool_lists_and_reads_without_writing(
     assert!(images(&mems) == before, "a read-only pool wrote");
 }
 
-/// Members behind fault plans: `(devices, plans)`.
-fn faulty_members(
-    mems: &[Arc<MemDevice>],
-) -> (Vec<SharedDevice>, Vec<Arc<parking_lot::Mutex<FaultPlan>>>) {
-    mems.iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let (faulty, plan) = FaultyDevice::new(m.clone(), 0x6a7e + i as u64);
-            (Arc::new(faulty) as SharedDevice, plan)
-        })
-        .unzip()
-}
-
 /// Make the next superblock write to the member behind `plan` fail.
 fn fail_next_superblock_write(plan: &parking_lot::Mutex<FaultPlan>) {
     let mut plan = plan.lock();
@@ -243,7 +230,7 @@ fn fail_next_superblock_write(plan: &parking_lot::Mutex<FaultPlan>) {
 #[test]
 fn a_member_failing_a_gate_write_is_faulted_and_the_recovery_point_operation_goes_on() {
     let mems = mem_devices(6, DEVICE_BYTES);
-    let (devices, plans) = faulty_members(&mems);
+    let (devices, plans) = common::faulty_members(&mems, 0x6a7e);
     let pool = Pool::create(devices.clone(), vec![], &v4_options("rs:4+2")).unwrap();
     let mut live = BTreeMap::new();
     write(&pool, &mut live, 0..100, 1);

@@ -6,10 +6,10 @@
 
 mod common;
 
-use common::{random_writes, verify, CacheLoss, Volatile};
+use common::{faulty_members, random_writes, verify, CacheLoss, Volatile};
 use rand::Rng;
 use std::sync::Arc;
-use stripestore::device::{Device, FaultKind, FaultPlan, FaultyDevice, MemDevice, SharedDevice};
+use stripestore::device::{Device, FaultKind, FaultyDevice, MemDevice, SharedDevice};
 use stripestore::pool::FormatVersion;
 use stripestore::testing::{mem_devices, random_bytes, shared, small_v4, CrashModel, Model};
 use stripestore::{CreateOptions, Error, Layout, OpenOptions, Pool};
@@ -24,20 +24,6 @@ const LAYOUTS: [(&str, usize); 4] = [
 ];
 
 use common::{v4_open_options as open_options, v4_options};
-
-/// Each member behind a fault injector seeded `seed + index`, with its plan.
-fn faulty_members(
-    mems: &[Arc<MemDevice>],
-    seed: u64,
-) -> (Vec<SharedDevice>, Vec<Arc<parking_lot::Mutex<FaultPlan>>>) {
-    mems.iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let (faulty, plan) = FaultyDevice::new(m.clone(), seed + i as u64);
-            (Arc::new(faulty) as SharedDevice, plan)
-        })
-        .unzip()
-}
 
 /// What writer threads wrote last, block by block, merged (each thread writes its own blocks).
 fn last_written(

@@ -17,7 +17,7 @@ use common::{random_writes, verify};
 use rand::Rng;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use stripestore::device::{Device, FaultPlan, FaultyDevice, MemDevice, SharedDevice};
+use stripestore::device::{Device, FaultPlan, MemDevice, SharedDevice};
 use stripestore::pool::{FormatVersion, ScrubEnd, ScrubOptions, ScrubProgress, ScrubReport};
 use stripestore::testing::{mem_devices, random_bytes, shared, small_v4, Model, PlantedBugs};
 use stripestore::{CreateOptions, Error, Layout, OpenOptions, Pool};
@@ -49,16 +49,6 @@ fn stepwise(check_only: bool, resume: bool) -> ScrubOptions {
         checkpoint_interval: Some(Duration::ZERO),
         ..ScrubOptions::default()
     }
-}
-
-fn faulty(mems: &[Arc<MemDevice>]) -> (Vec<SharedDevice>, Vec<Arc<parking_lot::Mutex<FaultPlan>>>) {
-    mems.iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let (faulty, plan) = FaultyDevice::new(m.clone(), 0x5c00 + i as u64);
-            (Arc::new(faulty) as SharedDevice, plan)
-        })
-        .unzip()
 }
 
 fn images(mems: &[Arc<MemDevice>]) -> Vec<Vec<u8>> {
@@ -97,7 +87,7 @@ fn rot(pool: &Pool, plan: &parking_lot::Mutex<FaultPlan>, span: u64, cells: usiz
 #[test]
 fn a_paused_v4_scrub_resumes_across_a_reopen_and_its_tally_adds_up() {
     let mems = mem_devices(6, DEVICE_BYTES);
-    let (devices, plans) = faulty(&mems);
+    let (devices, plans) = common::faulty_members(&mems, 0x5c00);
     let (pool, model) = filled(devices.clone(), "rs:4+2", 4 << 20, 0x5c01);
     rot(&pool, &plans[2], 1 << 20, 16, 0x5c02);
     let looked = pool.scrub_with(&stepwise(true, false), |_| {}).unwrap();
@@ -375,7 +365,7 @@ fn a_v4_scrub_interrupted_by_a_close_resumes_at_the_next_open() {
 #[test]
 fn a_read_only_open_resumes_a_repairing_v4_scrub_as_check_only_and_writes_nothing() {
     let mems = mem_devices(6, DEVICE_BYTES);
-    let (devices, plans) = faulty(&mems);
+    let (devices, plans) = common::faulty_members(&mems, 0x5c00);
     let (pool, _) = filled(devices.clone(), "rs:4+2", 3 << 20, 0x5c09);
     let mut chunks = 0;
     let first = pool
@@ -536,7 +526,7 @@ fn a_member_found_dead_by_a_v4_scrub_is_faulted_and_the_pass_completes() {
     for layout in ["rs:4+2", "raid10:2"] {
         let count = if layout == "raid10:2" { 4 } else { 6 };
         let mems = mem_devices(count, DEVICE_BYTES);
-        let (devices, plans) = faulty(&mems);
+        let (devices, plans) = common::faulty_members(&mems, 0x5c00);
         let (pool, model) = filled(devices, layout, 2 << 20, 0x5c0e);
         plans[1].lock().fail_stop();
         let report = pool

@@ -438,3 +438,20 @@ pub fn stripestore_command(log: &str) -> std::process::Command {
     command.env("STRIPESTORE_LOG", log);
     command
 }
+
+/// Members behind fault plans (seeds `seed`, `seed + 1`, ...): `(devices, plans)`.
+pub fn faulty_members(
+    mems: &[Arc<MemDevice>],
+    seed: u64,
+) -> (
+    Vec<stripestore::device::SharedDevice>,
+    Vec<Arc<parking_lot::Mutex<stripestore::device::FaultPlan>>>,
+) {
+    mems.iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let (faulty, plan) = stripestore::device::FaultyDevice::new(m.clone(), seed + i as u64);
+            (Arc::new(faulty) as stripestore::device::SharedDevice, plan)
+        })
+        .unzip()
+}
