@@ -1138,7 +1138,11 @@ impl Members {
     /// As [`Members::record_everywhere`], naming what stopped it: the member whose write
     /// failed and stays in service, or the superblock's own error.
     fn record_everywhere_or_name(&self) -> Result<()> {
-        let mut last = None;
+        let refused = |device: String, why: String| Error::Io {
+            device,
+            offset: None,
+            source: std::io::Error::other(why),
+        };
         for _ in 0..=self.data.len() {
             let failures = self.write_superblocks()?;
             let mut blamed = false;
@@ -1150,33 +1154,25 @@ impl Members {
                 if let Some(member) = failing {
                     self.record_error(member.index, None, DeviceFault::Write(err));
                     if member.is_online() {
-                        last = Some((name.clone(), err.to_string()));
-                        break;
+                        return Err(refused(
+                            name.clone(),
+                            format!(
+                                "{err} (the pool cannot lose this member, so its superblocks \
+                                 must take the write)"
+                            ),
+                        ));
                     }
                     blamed = true;
                 }
-            }
-            if last.is_some() {
-                break;
             }
             if !blamed {
                 return Ok(());
             }
         }
-        let (device, why) = last.unwrap_or_else(|| {
-            (
-                "members".to_string(),
-                "members kept failing the superblock write".to_string(),
-            )
-        });
-        Err(Error::Io {
-            device,
-            offset: None,
-            source: std::io::Error::other(format!(
-                "{why} (the pool cannot lose this member, so its superblocks must take the \
-                 write)"
-            )),
-        })
+        Err(refused(
+            "members".into(),
+            "members kept failing the superblock write".into(),
+        ))
     }
 
     /// Record in every member's superblocks that the pool has recovery points (docs/FORMAT.md

@@ -466,6 +466,15 @@ impl Volume {
                 };
                 for fresh_row in fresh {
                     if let Some(r) = rows.iter().position(|r| r.row == fresh_row.row) {
+                        // A source found bad by the first read and not by the second (a
+                        // transient error) is still counted: the final count is of the
+                        // cells either read found bad.
+                        report.sources_bad += rows[r]
+                            .cells
+                            .iter()
+                            .zip(&fresh_row.cells)
+                            .filter(|(first, again)| first.is_damage() && !again.is_damage())
+                            .count() as u64;
                         built[r] = self.target_cell(slot, &fresh_row, target, verify);
                         rows[r] = fresh_row;
                     }
