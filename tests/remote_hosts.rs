@@ -13,6 +13,9 @@
 //! 4. Then host a is cut as well: the volume still reads back exactly (the placement kept
 //!    every stripe within what a domain may lose).
 //!
+//! A second test cuts one host's link while a write is in flight and checks, on the host's
+//! file, that the write given up on never lands once the member answers again.
+//!
 //! Needs root, `ip` (iproute2) and nbdkit: SKIPPED otherwise (a failure with
 //! `STRIPESTORE_REQUIRE_TOOLS=1`, as in CI, which runs as root).
 
@@ -416,7 +419,7 @@ fn hosts_cut_off_come_back_resynced_or_are_replaced_and_a_domain_loss_reads_back
         "resync: {resynced} bytes onto host b's two members; {written_away} bytes written from \
          the cut to the end of the resync; {allocated} bytes allocated"
     );
-    for event in &pool.status().events {
+    for event in &pool.history().events {
         eprintln!("event: {event:?}");
     }
     assert!(resynced > 0, "nothing resynced");
@@ -468,5 +471,76 @@ fn hosts_cut_off_come_back_resynced_or_are_replaced_and_a_domain_loss_reads_back
     hosts[0].link(true);
     if let Ok(pool) = Arc::try_unwrap(pool) {
         let _ = pool.close();
+    }
+}
+
+/// How long the kernel keeps packets for a neighbour it cannot resolve (a link that is down)
+/// before it drops them: `mcast_solicit` tries `retrans_time_ms` apart (3 x 1 s by default).
+fn neighbour_queue_lifetime() -> Duration {
+    let read = |name: &str, default: u64| {
+        std::fs::read_to_string(format!("/proc/sys/net/ipv4/neigh/default/{name}"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(default)
+    };
+    Duration::from_millis(read("mcast_solicit", 3) * read("retrans_time_ms", 1000))
+}
+
+/// A request the client gave up on must not reach the server once the member answers again: a
+/// write sent into a cut link times out, and when the link returns TCP would retransmit it
+/// (seconds later, at its back-off pace) unless the torn-down connection dropped it; a pool
+/// that resynced the member meanwhile would have a stale block or superblock land over what it
+/// copied. The cut lasts past the kernel's neighbour queue (which would deliver what it holds
+/// as soon as the link returns, before anything can answer: the quiet period covers that), and
+/// the member's file is read directly on its host for ten seconds after the device answers.
+#[test]
+fn a_write_given_up_on_during_a_cut_does_not_land_after_the_member_answers_again() {
+    let test = "a_write_given_up_on_during_a_cut_does_not_land_after_the_member_answers_again";
+    if !can_run(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tag = format!("{}", std::process::id() % 100_000);
+    clear_stale_hosts();
+    let host = Host::new(&tag, "d", 13, dir.path());
+    let device = NbdDevice::open(&host.uri("d0"), Access::ReadWrite, None, &quick()).unwrap();
+    let before = vec![0xa5u8; BLOCK];
+    device.write_at(0, &before).unwrap();
+    device.flush().unwrap();
+    let on_host = || {
+        let mut buf = vec![0u8; BLOCK];
+        let file = std::fs::File::open(host.dir.join("d0")).unwrap();
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, 0).unwrap();
+        buf
+    };
+    assert!(on_host() == before, "the first write is not on the host");
+
+    host.link(false);
+    let cut = Instant::now();
+    let late = vec![0x5au8; BLOCK];
+    let outcome = device.write_at(0, &late);
+    assert!(outcome.is_err(), "a write into a cut link was acknowledged");
+    std::thread::sleep(
+        (neighbour_queue_lifetime() + Duration::from_secs(1)).saturating_sub(cut.elapsed()),
+    );
+    host.link(true);
+    let mut buf = vec![0u8; BLOCK];
+    wait_for(
+        Duration::from_secs(10),
+        "the device answering again",
+        || device.read_at(0, &mut buf).is_ok(),
+    );
+    assert!(
+        buf == before,
+        "the write given up on landed before the device answered"
+    );
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        assert!(
+            on_host() == before,
+            "the write given up on landed {:?} after the cut, after the device answered again",
+            cut.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -389,6 +389,18 @@ impl Stream {
         }
     }
 
+    /// Make the last close of this socket drop whatever it has not delivered (a reset, not a
+    /// graceful end): a request the pool gave up on must not reach the server later, when
+    /// TCP retransmits it after the link returns (a superblock or a block landing after the
+    /// member was resynced). A Unix socket delivers at once or never: nothing to do.
+    fn discard_unsent_on_close(&self) {
+        if let Stream::Tcp(s) = self {
+            if let Err(err) = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO)) {
+                tracing::debug!(%err, "SO_LINGER not set");
+            }
+        }
+    }
+
     fn shutdown(&self) {
         // Already shut or reset: nothing more to do.
         let _ = match self {
@@ -549,9 +561,16 @@ impl Session {
             .filter(|age| *age > timeout)
     }
 
-    /// Tear the session down (once; later calls do nothing): shut every socket, and fail
-    /// every request in flight with `why`.
+    /// Tear the session down after a failure (once; later calls do nothing): shut every
+    /// socket, fail every request in flight with `why`, and let no request still unsent reach
+    /// the server later.
     fn end(&self, why: &str) {
+        self.end_with(why, true);
+    }
+
+    /// [`Session::end`], with what is unsent discarded (a failure) or delivered (a polite
+    /// close, whose goodbye must arrive).
+    fn end_with(&self, why: &str, discard_unsent: bool) {
         {
             let mut ended = self.ended.lock();
             if ended.is_some() {
@@ -565,6 +584,9 @@ impl Session {
                 inflight.closed = Some(why.to_string());
                 std::mem::take(&mut inflight.waiting)
             };
+            if discard_unsent {
+                connection.control.discard_unsent_on_close();
+            }
             connection.control.shutdown();
             for (_, waiter) in waiting {
                 // A caller that stopped waiting has dropped its receiver: nothing to tell.
@@ -1232,7 +1254,7 @@ impl Drop for NbdDevice {
                     .and_then(|()| writer.write_all(&disconnect));
             }
         }
-        session.end("the device was closed");
+        session.end_with("the device was closed", false);
         let readers = std::mem::take(&mut *session.readers.lock());
         for reader in readers {
             let _ = reader.join();

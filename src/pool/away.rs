@@ -86,7 +86,8 @@ impl PoolInner {
     }
 
     /// Whether `device` is this pool's member at `index` answering again: `Ok(true)` with the
-    /// content it left with (its superblock generation is the one recorded), `Ok(false)` as
+    /// content it left with (its superblock generation is the one recorded, or one this
+    /// process tried to write to it as it left and never heard back about), `Ok(false)` as
     /// itself but with another generation (a restored or rolled-back export: copy in full),
     /// `Err` when it does not answer or is not that member.
     fn returning(
@@ -117,7 +118,10 @@ impl PoolInner {
                 device.size()
             ));
         }
-        Ok(sb.generation == away.record.generation)
+        // Its own generation, or one whose write to it was in doubt when it left (the write
+        // landed, its reply was lost): the pool wrote it, and its data is as it left.
+        let in_doubt = away.in_doubt_generation.unwrap_or(away.record.generation);
+        Ok((away.record.generation..=in_doubt).contains(&sb.generation))
     }
 
     /// Attach the member come back as its own replacement: only what was born since it left

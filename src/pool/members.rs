@@ -180,6 +180,12 @@ pub struct Away {
     pub answering_since: Option<Instant>,
     /// Labels its device took in resyncs that were abandoned: it answers as one of them.
     pub relabelled: Vec<crate::format::PoolUuid>,
+    /// The newest superblock generation this process tried to write to it and never heard
+    /// back about (the write may have landed, its reply lost), when newer than
+    /// `record.generation`: a device returning with a generation up to it is the member
+    /// with the content it left with (only the in-doubt superblock landed). Kept in memory
+    /// only: after a restart such a device is copied in full.
+    pub in_doubt_generation: Option<u64>,
 }
 
 /// One data position of the layout.
@@ -200,6 +206,9 @@ pub struct MemberDevice {
     /// The newest superblock generation written to its device (at least one of the two
     /// copies), as far as this process knows: what it must still hold when it returns.
     superblock_generation: AtomicU64,
+    /// The newest superblock generation whose writes to its device both failed: in doubt
+    /// (a request whose reply was lost may have landed).
+    superblock_attempted: AtomicU64,
     /// Error counters.
     pub errors: ErrorCounters,
     /// I/O counters and latencies of whichever device serves this position.
@@ -247,9 +256,11 @@ impl MemberDevice {
                         deadline: Instant::now(),
                         answering_since: None,
                         relabelled: Vec::new(),
+                        in_doubt_generation: None,
                     }),
             ),
             superblock_generation: AtomicU64::new(0),
+            superblock_attempted: AtomicU64::new(0),
             fault_reason: Mutex::new(reason),
             degraded: Mutex::new(degraded),
             recent_errors: Mutex::new(VecDeque::new()),
@@ -768,6 +779,7 @@ impl Members {
             since_unix_secs: crate::types::now_unix_secs(),
             generation: member.superblock_generation.load(Ordering::Acquire),
         };
+        let attempted = member.superblock_attempted.load(Ordering::Acquire);
         let device = member.device.read().clone();
         *member.away.lock() = Some(Away {
             record,
@@ -775,6 +787,7 @@ impl Members {
             deadline: Instant::now() + self.policy.unavailable_grace,
             answering_since: None,
             relabelled: Vec::new(),
+            in_doubt_generation: (attempted > record.generation).then_some(attempted),
         });
         let reason = format!("unavailable: {why}");
         {
@@ -808,6 +821,7 @@ impl Members {
             deadline: Instant::now() + self.policy.unavailable_grace,
             answering_since: None,
             relabelled: Vec::new(),
+            in_doubt_generation: None,
         });
         let reason = {
             let mut current = member.fault_reason.lock();
@@ -1328,15 +1342,16 @@ impl Members {
             tracing::warn!(%device, %err, "superblock write failed");
         }
         // A member holds this generation if at least one of its two copies was written (a
-        // read takes the newest copy that verifies).
+        // read takes the newest copy that verifies); when both failed it may hold it or not.
         for member in &self.data {
             if let Some(device) = member.device() {
                 let name = device.name();
-                if failures.iter().filter(|(d, _)| *d == name).count() < 2 {
-                    member
-                        .superblock_generation
-                        .store(generation, Ordering::Release);
-                }
+                let held = if failures.iter().filter(|(d, _)| *d == name).count() < 2 {
+                    &member.superblock_generation
+                } else {
+                    &member.superblock_attempted
+                };
+                held.store(generation, Ordering::Release);
             }
         }
         *self.persisted.lock() = counters;
