@@ -277,6 +277,15 @@ pub enum Error {
         /// What each copy's device said, in copy order.
         copies: String,
     },
+    /// A copied range read back from the pool copied into differs from what the source
+    /// returned (`Pool::copy_from`).
+    #[error("the copy of volume bytes {offset}..{} reads back differently from the source", .offset + .length)]
+    CopyMismatch {
+        /// Volume offset of the range.
+        offset: u64,
+        /// Its length.
+        length: u64,
+    },
     /// Two members claim the same superblock generation with different member states: each was
     /// written by a process that faulted the other. Neither can be trusted blindly.
     #[error("split brain: {device} and another member both claim superblock generation {generation} with different member states; open with only the devices you trust, forced (--force-degraded, or OpenOptions::force)")]

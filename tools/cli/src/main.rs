@@ -145,6 +145,13 @@ enum Command {
         /// losing one domain would lose data (e.g. rs:4+2 needs at most 2 members per domain).
         #[arg(long = "domain", value_name = "NAME:PATH,PATH")]
         domains: Vec<String>,
+        /// Copy the volume of the pool this device is a member of (the others are found
+        /// through the recorded paths) into the new pool: every written byte, read back after
+        /// each 256 MiB window is flushed and compared with what was read. The source is
+        /// opened read-only and left unchanged. The way from a format-3 pool to format 4, or
+        /// to another layout or other disks.
+        #[arg(long, value_name = "MEMBER")]
+        copy_from: Option<PathBuf>,
         /// Data devices, in layout order.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
@@ -663,6 +670,7 @@ fn execute(command: Command) -> CliResult {
             format,
             force,
             domains,
+            copy_from,
             paths,
         } => create(
             layout,
@@ -671,7 +679,7 @@ fn execute(command: Command) -> CliResult {
             (chunk_size, checksum_size),
             (format == "4", force),
             &domains,
-            paths,
+            (paths, copy_from.as_deref()),
         ),
         Command::Status {
             url: Some(url),
@@ -1063,7 +1071,7 @@ fn create(
     (chunk_size, checksum_size): (u64, u64),
     (v4, force): (bool, bool),
     domains: &[String],
-    paths: Vec<PathBuf>,
+    (paths, copy_from): (Vec<PathBuf>, Option<&Path>),
 ) -> CliResult {
     if v4 && checksum_size != 4096 {
         return Err(usage_error(&format!(
@@ -1096,9 +1104,13 @@ fn create(
     } else {
         stripestore::pool::FormatVersion::V3
     };
+    // The pool to copy is opened (read-only) first: a wrong member path fails before the new
+    // devices are touched.
+    let source = copy_from
+        .map(|member| open_pool_to_look(&[member.to_path_buf()]))
+        .transpose()?;
     let pool = Pool::create_paths(&paths, &spares, &options)?;
     let status = pool.status();
-    pool.close()?;
     println!(
         "created pool {} ({}) on {} devices and {} spares: {} usable",
         status.pool,
@@ -1106,6 +1118,69 @@ fn create(
         paths.len(),
         spares.len(),
         human_bytes(status.volume_bytes)
+    );
+    if let Some(source) = source {
+        copy_volume(&pool, &source)?;
+        source.close()?;
+    }
+    pool.close()?;
+    Ok(())
+}
+
+/// `create --copy-from`: the source's volume into the pool just created, with progress.
+fn copy_volume(pool: &Pool, source: &Pool) -> CliResult {
+    let from = source.status();
+    println!(
+        "copying the volume of pool {} ({}, {} written of {})",
+        from.pool,
+        from.layout,
+        human_bytes(from.allocated_bytes),
+        human_bytes(from.volume_bytes)
+    );
+    if pool.size() < source.size() {
+        // Devices scale the volume about linearly: the size that would have held it, rounded
+        // up to a MiB, with a little room for the new pool's metadata.
+        let device_bytes = pool.geometry().device_bytes;
+        let needed = (u128::from(device_bytes) * u128::from(source.size()) * 21
+            / (u128::from(pool.size()).max(1) * 20)) as u64;
+        let needed = needed.div_ceil(1 << 20) << 20;
+        return Err(format!(
+            "the new pool's volume ({}) is smaller than the volume to copy ({}): nothing was \
+             copied, and the source pool was not changed. Create the new pool again on larger \
+             devices (about --device-size {} or more for this layout), with --force since they \
+             now hold this empty pool",
+            human_bytes(pool.size()),
+            human_bytes(source.size()),
+            human_bytes(needed)
+        )
+        .into());
+    }
+    let mut progress = long_transfer_progress("copying", source.size());
+    let started = std::time::Instant::now();
+    let report = pool
+        .copy_from(source, |p| {
+            if let Some(progress) = progress.as_mut() {
+                progress.set_done(p.done_bytes);
+            }
+        })
+        .map_err(|err| {
+            format!(
+                "the copy stopped: {err}. The source pool was not changed; the new pool holds \
+                 what was copied before the error (create it again with --force to start over)"
+            )
+        })?;
+    if let Some(progress) = progress {
+        progress.finish();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "copied {} of written data in {} runs ({:.1} s, {}/s); {} unwritten left as holes; \
+         every copied byte read back and matched the source",
+        human_bytes(report.copied_bytes),
+        report.extents,
+        secs,
+        human_bytes((report.copied_bytes as f64 / secs.max(1e-3)) as u64),
+        human_bytes(report.unwritten_bytes)
     );
     Ok(())
 }
