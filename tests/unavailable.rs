@@ -392,6 +392,26 @@ fn remote(mems: &[Arc<MemDevice>]) -> Vec<SharedDevice> {
         .collect()
 }
 
+/// Members 2 and 3 answer again: both are resynced by what changed (not copied in full), and
+/// the resyncs run to the end.
+fn both_back_and_resynced(pool: &Pool, mems: &[Arc<MemDevice>]) {
+    mems[2].set_unreachable(false);
+    mems[3].set_unreachable(false);
+    let mut outcome = pool.watch_away();
+    outcome.sort_by_key(|o| format!("{o:?}"));
+    assert!(
+        matches!(
+            outcome.as_slice(),
+            [
+                AwayOutcome::Resyncing { index: 2, .. },
+                AwayOutcome::Resyncing { index: 3, .. }
+            ]
+        ),
+        "{outcome:?}"
+    );
+    pool.run_rebuilds(|_| {}).unwrap();
+}
+
 /// Two members of one host go away together: the second misses the superblock write that
 /// records the first, so what it must hold when it returns is the generation it last got, not
 /// the pool's newest (found by the network-namespace test: it was copied in full). Both are
@@ -412,21 +432,7 @@ fn two_members_away_together_are_both_resynced_by_what_changed() {
     let status = pool.status();
     assert_eq!(status.devices[2].state, "UNAVAILABLE", "{status}");
     assert_eq!(status.devices[3].state, "UNAVAILABLE", "{status}");
-    mems[2].set_unreachable(false);
-    mems[3].set_unreachable(false);
-    let mut outcome = pool.watch_away();
-    outcome.sort_by_key(|o| format!("{o:?}"));
-    assert!(
-        matches!(
-            outcome.as_slice(),
-            [
-                AwayOutcome::Resyncing { index: 2, .. },
-                AwayOutcome::Resyncing { index: 3, .. }
-            ]
-        ),
-        "{outcome:?}"
-    );
-    pool.run_rebuilds(|_| {}).unwrap();
+    both_back_and_resynced(&pool, &mems);
     without(pool, &devices, &[0, 5], &model).unwrap();
 }
 
@@ -513,21 +519,7 @@ fn a_superblock_write_that_landed_without_a_reply_still_resyncs_by_what_changed(
     mems[2].set_unreachable(true);
     random_writes(&pool, &mut model, &mut rng, 20);
     pool.flush().unwrap();
-    mems[2].set_unreachable(false);
-    mems[3].set_unreachable(false);
-    let mut outcome = pool.watch_away();
-    outcome.sort_by_key(|o| format!("{o:?}"));
-    assert!(
-        matches!(
-            outcome.as_slice(),
-            [
-                AwayOutcome::Resyncing { index: 2, .. },
-                AwayOutcome::Resyncing { index: 3, .. }
-            ]
-        ),
-        "{outcome:?}"
-    );
-    pool.run_rebuilds(|_| {}).unwrap();
+    both_back_and_resynced(&pool, &mems);
     let status = pool.status();
     assert_eq!(status.devices[2].state, "ONLINE", "{status}");
     assert_eq!(status.devices[3].state, "ONLINE", "{status}");
