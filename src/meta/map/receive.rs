@@ -91,6 +91,36 @@ impl MapStore {
         }
     }
 
+    /// A key at or after `from` that no key reading data comes before: the first whose
+    /// [`MapStore::visible`] pointer may not read zeros (`None`: every key from `from` on
+    /// reads zeros). Never past such a key; it may itself read zeros (a trim in the log's
+    /// overlay over a written key), so the caller asks [`MapStore::visible`] and goes on
+    /// from the next key. Unwritten map pages are skipped without a read.
+    ///
+    /// # Errors
+    /// As [`MapStore::visible`].
+    pub fn next_visible(&self, devices: &[Option<SharedDevice>], from: u64) -> Result<Option<u64>> {
+        let (tree, overlay) = match &self.receive_base {
+            _ if self.planted_holds.receive_reads_live => (&self.map, true),
+            None => (&self.map, true),
+            Some(Some(base)) => (&base.tree, false),
+            Some(None) => return Ok(None),
+        };
+        let in_tree = tree.next_present(devices, from)?;
+        let in_overlay = if overlay {
+            self.overlay
+                .range(from..)
+                .find(|(_, (pointer, _))| !pointer.reads_zeros())
+                .map(|(key, _)| *key)
+        } else {
+            None
+        };
+        Ok(match (in_tree, in_overlay) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
+
     /// The guid of the live line's head (0: no head).
     #[must_use]
     pub fn head_guid(&self) -> u64 {
