@@ -102,9 +102,12 @@ impl Pool {
             ..CopyReport::default()
         };
         let mut start = 0;
+        // Where the last written run seen ended: one that goes on into the next window is
+        // one run.
+        let mut run_end = None;
         while start < total {
             let end = total.min(start.saturating_add(window_bytes));
-            let pieces = written_pieces(source, start, end, &mut report)?;
+            let pieces = written_pieces(source, start..end, &mut run_end, &mut report)?;
             if pieces.is_empty() {
                 // Nothing written here: no flush, nothing to read back (a 16 TiB volume has
                 // 65,536 windows).
@@ -160,16 +163,17 @@ fn piece_len(length: u64) -> usize {
     usize::try_from(length).unwrap_or(usize::MAX)
 }
 
-/// The written runs of `source` in `[start, end)`, cut into pieces of at most
-/// [`PIECE_BYTES`]; counts the unwritten bytes and the runs into `report`.
+/// The written runs of `source` in `range`, cut into pieces of at most [`PIECE_BYTES`];
+/// counts the unwritten bytes and the runs (one that starts at `run_end` continues one) into
+/// `report`.
 fn written_pieces(
     source: &Pool,
-    start: u64,
-    end: u64,
+    range: std::ops::Range<u64>,
+    run_end: &mut Option<u64>,
     report: &mut CopyReport,
 ) -> Result<Vec<(u64, u64)>> {
     let mut pieces = Vec::new();
-    let mut at = start;
+    let (mut at, end) = (range.start, range.end);
     while at < end {
         // A v4 pool answers for a prefix of a long range: ask again from where it stopped.
         let extents = source.allocation(at, end - at)?;
@@ -184,9 +188,12 @@ fn written_pieces(
                 report.unwritten_bytes += extent.length;
                 continue;
             }
-            report.extents += 1;
-            let mut offset = extent.offset;
             let stop = extent.offset + extent.length;
+            if *run_end != Some(extent.offset) {
+                report.extents += 1;
+            }
+            *run_end = Some(stop);
+            let mut offset = extent.offset;
             while offset < stop {
                 let length = PIECE_BYTES.min(stop - offset);
                 pieces.push((offset, length));

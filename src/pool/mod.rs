@@ -742,8 +742,9 @@ impl Pool {
     /// Which parts of `[offset, offset + length)` hold written data, as runs in volume order
     /// covering the range exactly (stripe granularity, clipped to the range). An unallocated
     /// run reads as zeros. See [`Pool::allocation_limited`] to bound the answer. On a
-    /// format-version-4 pool the granularity is 4 KiB and one call looks at 64 MiB at most:
-    /// the runs then cover a prefix of a longer range (ask again from its end).
+    /// format-version-4 pool the granularity is 4 KiB and one call looks at 16,384 blocks
+    /// (64 MiB) one by one at most, skipping whole what the map holds no page for: the runs
+    /// may then cover a prefix of a longer range (ask again from its end).
     ///
     /// # Errors
     /// [`Error::OutOfRange`].

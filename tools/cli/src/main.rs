@@ -1147,11 +1147,11 @@ fn copy_volume(pool: &Pool, source: &Pool) -> CliResult {
         return Err(format!(
             "the new pool's volume ({}) is smaller than the volume to copy ({}): nothing was \
              copied, and the source pool was not changed. Create the new pool again on larger \
-             devices (about --device-size {} or more for this layout), with --force since they \
-             now hold this empty pool",
+             devices (about --device-size {}M or more for this layout), with --force since \
+             they now hold this empty pool",
             human_bytes(pool.size()),
             human_bytes(source.size()),
-            human_bytes(needed)
+            needed >> 20
         )
         .into());
     }
@@ -1174,10 +1174,11 @@ fn copy_volume(pool: &Pool, source: &Pool) -> CliResult {
     }
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "copied {} of written data in {} runs ({:.1} s, {}/s); {} unwritten left as holes; \
+        "copied {} of written data in {} run{} ({:.1} s, {}/s); {} unwritten left as holes; \
          every copied byte read back and matched the source",
         human_bytes(report.copied_bytes),
         report.extents,
+        if report.extents == 1 { "" } else { "s" },
         secs,
         human_bytes((report.copied_bytes as f64 / secs.max(1e-3)) as u64),
         human_bytes(report.unwritten_bytes)
