@@ -201,6 +201,16 @@ fn planted_bugs_are_caught_on_format_v4() {
             },
             "LEAK",
         ),
+        (
+            // Issue 16: the map's next-written hint one block late: a written block right
+            // after an unwritten one is reported unwritten (a copy would skip it).
+            "allocation-hint-late",
+            PlantedBugs {
+                allocation_hint_late: true,
+                ..PlantedBugs::default()
+            },
+            "HOLE OVER DATA",
+        ),
     ] {
         let caught = (0..SEEDS_MAX_V4).find_map(|seed| {
             let (layout, devices) = LAYOUTS[(seed as usize) % LAYOUTS.len()];

@@ -136,6 +136,10 @@ pub struct MapOptions {
     /// blocks (FORMAT.md V4.10f).
     #[cfg(feature = "testing")]
     pub live_count_ignores_trim: bool,
+    /// Planted bug `allocation_hint_late`: [`MapStore::next_visible`] looks from one key
+    /// after the one asked.
+    #[cfg(feature = "testing")]
+    pub allocation_hint_late: bool,
 }
 
 /// The planted bugs of the hold rule (all off in a build without `testing`).
@@ -152,6 +156,7 @@ struct PlantedHolds {
     receive_reads_live: bool,
     delete_cursor_ignored: bool,
     live_count_ignores_trim: bool,
+    allocation_hint_late: bool,
 }
 
 impl PlantedHolds {
@@ -169,6 +174,7 @@ impl PlantedHolds {
             receive_reads_live: options.receive_reads_live,
             delete_cursor_ignored: options.delete_cursor_ignored,
             live_count_ignores_trim: options.live_count_ignores_trim,
+            allocation_hint_late: options.allocation_hint_late,
         };
         #[cfg(not(feature = "testing"))]
         {
@@ -223,6 +229,8 @@ impl Default for MapOptions {
             delete_cursor_ignored: false,
             #[cfg(feature = "testing")]
             live_count_ignores_trim: false,
+            #[cfg(feature = "testing")]
+            allocation_hint_late: false,
         }
     }
 }

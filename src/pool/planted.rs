@@ -62,6 +62,10 @@ pub struct PlantedBugs {
     /// V4.16 §7): a read whose shard sits on a slow member waits for it even when the rest
     /// of the row could answer.
     pub hedge_disabled: bool,
+    /// Format version 4: the map's hint of the next written block starts one block late
+    /// (read by `Pool::allocation`), so a written block right after an unwritten one is
+    /// reported unwritten and a copy or `nbdcopy` skips it.
+    pub allocation_hint_late: bool,
 }
 
 impl PlantedBugs {
@@ -83,5 +87,6 @@ impl PlantedBugs {
             || self.domains_ignored
             || self.resync_since_late
             || self.hedge_disabled
+            || self.allocation_hint_late
     }
 }

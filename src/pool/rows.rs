@@ -415,6 +415,7 @@ fn with_planted(mut volume: VolumeOptions, options: &OpenOptions) -> VolumeOptio
     volume.map.drop_held_block = options.planted.drop_held_block;
     volume.map.abort_keeps_blocks = options.planted.abort_keeps_blocks;
     volume.map.receive_reads_live = options.planted.receive_reads_live;
+    volume.map.allocation_hint_late = options.planted.allocation_hint_late;
     volume.map.delete_cursor_ignored = options.planted.delete_cursor_ignored;
     if options.planted.release_before_root_durable {
         volume.map.release = crate::meta::ReleaseRule::AtOnce;

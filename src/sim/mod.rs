@@ -229,7 +229,7 @@ impl SimConfig {
 }
 
 /// The names `simulate --plant` takes, each with the protection it switches off.
-pub const PLANTABLE: [&str; 13] = [
+pub const PLANTABLE: [&str; 14] = [
     "skip-checksum-verification",
     "skip-commit-data-flush",
     "fault-on-data-errors",
@@ -243,6 +243,7 @@ pub const PLANTABLE: [&str; 13] = [
     "delete-cursor-ignored",
     "resync-since-late",
     "domains-ignored",
+    "allocation-hint-late",
 ];
 
 /// Switch on the planted bug called `name` (one of [`PLANTABLE`]).
@@ -267,6 +268,7 @@ pub fn plant(
         "delete-cursor-ignored" => bugs.delete_cursor_ignored = true,
         "resync-since-late" => bugs.resync_since_late = true,
         "domains-ignored" => bugs.domains_ignored = true,
+        "allocation-hint-late" => bugs.allocation_hint_late = true,
         other => {
             return Err(format!(
                 "unknown planted bug '{other}' (one of: {})",
@@ -292,6 +294,7 @@ fn planted_names(bugs: &crate::testing::PlantedBugs) -> Vec<String> {
         bugs.delete_cursor_ignored,
         bugs.resync_since_late,
         bugs.domains_ignored,
+        bugs.allocation_hint_late,
     ];
     PLANTABLE
         .iter()

@@ -868,7 +868,48 @@ impl<'a> World<'a> {
                 .map_err(|e| format!("{when}: {e}"))?;
             offset += len as u64;
         }
+        self.verify_allocation(when)?;
         self.verify_points(when)
+    }
+
+    /// Within the tolerance: no run `Pool::allocation` reports unwritten holds a byte the
+    /// model says is not zero (what `nbdcopy`, `qemu-img convert` and `create --copy-from`
+    /// skip would be lost in the copy).
+    fn verify_allocation(&mut self, when: &str) -> Check {
+        if !self.within_tolerance() {
+            return Ok(());
+        }
+        let Some(pool) = self.pool.as_ref() else {
+            return Ok(());
+        };
+        let size = self.model.latest.len();
+        let mut at = 0;
+        while at < size {
+            let extents = pool
+                .allocation(at, size - at)
+                .map_err(|e| format!("{when}: allocation at {at} failed: {e}"))?;
+            let Some(last) = extents.last() else {
+                return Err(format!("{when}: allocation at {at} answered nothing"));
+            };
+            let reached = last.offset + last.length;
+            for extent in extents.iter().filter(|e| !e.allocated) {
+                let len = usize::try_from(extent.length).unwrap_or(0);
+                let bytes = self.model.latest.read(extent.offset, len);
+                if let Some(i) = bytes.iter().position(|b| *b != 0) {
+                    return Err(format!(
+                        "{when}: HOLE OVER DATA: allocation reports {} bytes at {} unwritten, but the model holds data at volume byte {}",
+                        extent.length,
+                        extent.offset,
+                        extent.offset + i as u64
+                    ));
+                }
+            }
+            if reached <= at {
+                return Err(format!("{when}: allocation at {at} did not advance"));
+            }
+            at = reached;
+        }
+        Ok(())
     }
 
     /// Format version 4, within the tolerance, right after a clean close and open (the map

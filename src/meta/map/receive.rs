@@ -106,6 +106,11 @@ impl MapStore {
             Some(Some(base)) => (&base.tree, false),
             Some(None) => return Ok(None),
         };
+        let from = if self.planted_holds.allocation_hint_late {
+            from.saturating_add(1)
+        } else {
+            from
+        };
         let in_tree = tree.next_present(devices, from)?;
         let in_overlay = if overlay {
             self.overlay
