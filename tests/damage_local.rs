@@ -393,3 +393,68 @@ fn a_spare_that_cannot_be_recorded_is_not_kept() {
     let pool = Pool::open(shared(&mems), &manual()).unwrap();
     assert_eq!(pool.status().devices[0].state, "FAULTED");
 }
+
+/// A member's next superblock write (copy A, at offset 0) fails.
+fn fail_next_superblock_write(plan: &parking_lot::Mutex<stripestore::device::FaultPlan>) {
+    let mut plan = plan.lock();
+    plan.set_region(0..stripestore::geometry::SUPERBLOCK_BYTES);
+    plan.arm(FaultKind::WriteError, 1);
+}
+
+/// A member whose superblock write fails while the pool records a change (here a scrub's
+/// record) has the error counted and goes to the fault policy: out of service
+/// when the pool can lose it (the change is recorded on the others), and otherwise the
+/// operation fails naming it, the member staying in service (degraded) with its write error
+/// counted.
+/// Before, the failure was dropped: no count, and the member silently kept an older
+/// superblock than the others.
+#[test]
+fn a_member_failing_the_superblock_write_of_a_recorded_change_is_counted_and_faulted_or_named() {
+    let mut rng = rng(seed(0x5b01));
+    let mems = mem_devices(6, 16 << 20);
+    let (devices, plans) = faulty_members(&mems, 0x5b01);
+    let pool = Pool::create(devices.clone(), vec![], &v4_options("rs:4+2")).unwrap();
+    let mut model = Model::new(pool.size());
+    fill(&pool, &mut model, &mut rng);
+    fail_next_superblock_write(&plans[1]);
+    pool.scrub().unwrap();
+    assert_eq!(
+        plans[1].lock().count(FaultKind::WriteError),
+        1,
+        "not injected"
+    );
+    let status = pool.status();
+    assert_eq!(status.devices[1].state, "FAULTED", "{status}");
+    assert!(status.devices[1].write_errors >= 1, "{status}");
+    for i in [0, 2, 3, 4, 5] {
+        assert_eq!(status.devices[i].state, "ONLINE", "member {i}: {status}");
+        let label = stripestore::pool::read_label(mems[i].as_ref())
+            .unwrap()
+            .unwrap();
+        assert!(
+            label.scrub.last.is_some(),
+            "member {i} lacks the scrub record"
+        );
+    }
+    verify(&pool, &model);
+    pool.close().unwrap();
+
+    // At its tolerance (rs:2+1 with one member faulted) the member cannot be lost: the
+    // recorded change fails naming it, and it stays in service with the error counted.
+    let mems = mem_devices(3, 16 << 20);
+    let (devices, plans) = faulty_members(&mems, 0x5b02);
+    let pool = Pool::create(devices, vec![], &v4_options("rs:2+1")).unwrap();
+    let mut model = Model::new(pool.size());
+    fill(&pool, &mut model, &mut rng);
+    pool.fault_member("mem0").unwrap();
+    fail_next_superblock_write(&plans[2]);
+    match pool.scrub() {
+        Err(Error::Io { device, .. }) => assert_eq!(device, "mem2"),
+        other => panic!("a member the pool cannot lose failing the record: {other:?}"),
+    }
+    let status = pool.status();
+    // In service, marked degraded by its write error.
+    assert_eq!(status.devices[2].state, "DEGRADED", "{status}");
+    assert!(status.devices[2].write_errors >= 1, "{status}");
+    verify(&pool, &model);
+}

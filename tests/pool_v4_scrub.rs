@@ -518,32 +518,57 @@ fn a_failed_v4_scrub_ends_paused_at_its_last_checkpoint() {
     pool.close().unwrap();
 }
 
-/// A member that dies (fail-stop) unnoticed before a pass: the pass's reads find it gone, the
-/// fault policy takes it out of service, and the pass completes within the tolerance, its
-/// unreadable cells counted against that member only; every byte reads back.
+/// A member that dies (fail-stop) unnoticed once a pass has begun (its start recorded): the
+/// pass's reads find it gone, the fault policy takes it out of service, and the pass completes
+/// within the tolerance, its unreadable cells counted against that member only; every byte
+/// reads back. One that died before the pass is found by the pass's first superblock record
+/// instead (its write error counted, the member out of service), and the pass skips its cells.
 #[test]
 fn a_member_found_dead_by_a_v4_scrub_is_faulted_and_the_pass_completes() {
-    for layout in ["rs:4+2", "raid10:2"] {
+    for (layout, before) in [
+        ("rs:4+2", false),
+        ("raid10:2", false),
+        ("rs:4+2", true),
+        ("raid10:2", true),
+    ] {
         let count = if layout == "raid10:2" { 4 } else { 6 };
         let mems = mem_devices(count, DEVICE_BYTES);
         let (devices, plans) = common::faulty_members(&mems, 0x5c00);
         let (pool, model) = filled(devices, layout, 2 << 20, 0x5c0e);
-        plans[1].lock().fail_stop();
+        if before {
+            plans[1].lock().fail_stop();
+        } else {
+            // Past the pass's first record (copies A and B of the superblock, each written
+            // and flushed: four requests), at its first read.
+            plans[1].lock().fail_after(4);
+        }
         let report = pool
             .scrub_with(&stepwise(false, false), |_| {})
             .unwrap_or_else(|e| panic!("{layout}: {e}"));
         assert_eq!(report.end, ScrubEnd::Completed, "{layout}");
         assert!(!report.found_data_loss(), "{layout}: {report:?}");
-        assert!(
-            report.devices[1].counters.io_errors > 0,
-            "{layout}: {report:?}"
-        );
+        let status = pool.status();
+        if before {
+            assert_eq!(
+                report.devices[1].counters.io_errors, 0,
+                "{layout}: {report:?}"
+            );
+            assert!(
+                report.devices[1].counters.bytes_skipped > 0,
+                "{layout}: {report:?}"
+            );
+            assert!(status.devices[1].write_errors >= 1, "{layout}: {status}");
+        } else {
+            assert!(
+                report.devices[1].counters.io_errors > 0,
+                "{layout}: {report:?}"
+            );
+        }
         for (i, device) in report.devices.iter().enumerate() {
             if i != 1 {
                 assert_eq!(device.counters.io_errors, 0, "{layout}: member {i}");
             }
         }
-        let status = pool.status();
         assert!(
             status.devices[1].state.contains("FAULTED"),
             "{layout}: {:?}",

@@ -434,7 +434,7 @@ impl PoolInner {
                 &self.members.get(index).path(),
                 FAULT_REASON,
             );
-            self.members.write_superblocks()?;
+            self.members.record_everywhere_or_name()?;
         } else if !self.members.get(index).is_online() {
             return Err(Error::WrongState {
                 device: name.to_string(),
@@ -582,7 +582,7 @@ impl PoolInner {
             });
         }
         if cleared.iter().any(|c| c.state == ClearedState::Online) {
-            self.members.write_superblocks()?;
+            self.members.record_everywhere_or_name()?;
         }
         Ok(cleared)
     }

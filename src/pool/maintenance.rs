@@ -232,7 +232,7 @@ impl ScrubTarget for PoolInner {
         }
         self.members
             .update_scrub_record(|record| change.apply(record));
-        self.members.write_superblocks()?;
+        self.members.record_everywhere_or_name()?;
         Ok(())
     }
 }

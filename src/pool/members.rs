@@ -1150,8 +1150,11 @@ impl Members {
     }
 
     /// As [`Members::record_everywhere`], naming what stopped it: the member whose write
-    /// failed and stays in service, or the superblock's own error.
-    fn record_everywhere_or_name(&self) -> Result<()> {
+    /// failed and stays in service, or the superblock's own error. How every recorded change
+    /// is written (a scrub's record, a fault, a clear, an attached replacement, the history):
+    /// a member whose superblock write fails has the error counted and goes to the fault
+    /// policy, never silently behind the others.
+    pub(crate) fn record_everywhere_or_name(&self) -> Result<()> {
         let refused = |device: String, why: String| Error::Io {
             device,
             offset: None,

@@ -365,7 +365,7 @@ impl PoolInner {
     /// written (a clean close): what a crash would lose.
     pub(crate) fn persist_history(&self) -> Result<()> {
         if self.members.history_unpersisted() {
-            self.members.write_superblocks()?;
+            self.members.record_everywhere_or_name()?;
         }
         Ok(())
     }

@@ -62,7 +62,7 @@ impl PoolInner {
             self.estimate_total(index, &replacement);
             self.rebuild_started(index, &replacement);
         }
-        self.members.write_superblocks()?;
+        self.members.record_everywhere_or_name()?;
         Ok(())
     }
 
@@ -175,7 +175,7 @@ impl PoolInner {
         if self.rows().is_some() {
             // A v4 rebuild records no watermark: after a crash it starts over (FORMAT.md
             // V4.13, stage 2); what is recorded is the replacement itself.
-            self.members.write_superblocks()?;
+            self.members.record_everywhere_or_name()?;
             return Ok(());
         }
         // Capture the watermarks first: everything below them was written before the commit's
@@ -197,7 +197,7 @@ impl PoolInner {
         for (replacement, watermark) in watermarks {
             replacement.durable_slot.store(watermark, Ordering::Release);
         }
-        self.members.write_superblocks()?;
+        self.members.record_everywhere_or_name()?;
         Ok(())
     }
 
@@ -304,7 +304,7 @@ impl PoolInner {
             ),
         );
         // The event and the bytes rebuilt, recorded at the rebuild's end.
-        if let Err(err) = self.members.write_superblocks() {
+        if let Err(err) = self.members.record_everywhere_or_name() {
             tracing::error!(%err, "could not record the finished rebuild in the superblocks");
         }
     }
