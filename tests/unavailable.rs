@@ -392,6 +392,15 @@ fn remote(mems: &[Arc<MemDevice>]) -> Vec<SharedDevice> {
         .collect()
 }
 
+/// Writes while members 2 and 3 stop answering: both are marked UNAVAILABLE.
+fn writes_with_both_away(pool: &Pool, model: &mut Model, rng: &mut rand_chacha::ChaCha8Rng) {
+    random_writes(pool, model, rng, 40);
+    pool.flush().unwrap();
+    let status = pool.status();
+    assert_eq!(status.devices[2].state, "UNAVAILABLE", "{status}");
+    assert_eq!(status.devices[3].state, "UNAVAILABLE", "{status}");
+}
+
 /// Members 2 and 3 answer again: both are resynced by what changed (not copied in full), and
 /// the resyncs run to the end.
 fn both_back_and_resynced(pool: &Pool, mems: &[Arc<MemDevice>]) {
@@ -427,11 +436,7 @@ fn two_members_away_together_are_both_resynced_by_what_changed() {
     pool.flush().unwrap();
     mems[2].set_unreachable(true);
     mems[3].set_unreachable(true);
-    random_writes(&pool, &mut model, &mut rng, 40);
-    pool.flush().unwrap();
-    let status = pool.status();
-    assert_eq!(status.devices[2].state, "UNAVAILABLE", "{status}");
-    assert_eq!(status.devices[3].state, "UNAVAILABLE", "{status}");
+    writes_with_both_away(&pool, &mut model, &mut rng);
     both_back_and_resynced(&pool, &mems);
     without(pool, &devices, &[0, 5], &model).unwrap();
 }
@@ -497,11 +502,7 @@ fn a_superblock_write_that_landed_without_a_reply_still_resyncs_by_what_changed(
         .armed
         .store(true, std::sync::atomic::Ordering::Release);
     mems[3].set_unreachable(true);
-    random_writes(&pool, &mut model, &mut rng, 40);
-    pool.flush().unwrap();
-    let status = pool.status();
-    assert_eq!(status.devices[2].state, "UNAVAILABLE", "{status}");
-    assert_eq!(status.devices[3].state, "UNAVAILABLE", "{status}");
+    writes_with_both_away(&pool, &mut model, &mut rng);
     // The write in doubt did land: member 2 holds one generation more than recorded for it.
     let label = |i: usize| {
         stripestore::pool::read_label(mems[i].as_ref())
