@@ -648,7 +648,8 @@ fn online_refuses_other_pools_spares_active_members_and_filesystems() {
 /// `create --copy-from`: a format-3 pool's volume into a new format-4 pool of another layout.
 /// The copy reads back exactly (the written data and the holes); the source's files are
 /// unchanged byte for byte; a new pool too small for the volume copies nothing and says which
-/// device size would do; a source that is not a pool fails before the new devices are made.
+/// device size would do; naming one of the source's devices for the new pool, or a source that
+/// is not a pool, fails before the new devices are made.
 #[test]
 fn create_copy_from_moves_a_v3_volume_into_a_v4_pool() {
     let dir = tempfile::tempdir().unwrap();
@@ -709,6 +710,34 @@ fn create_copy_from_moves_a_v3_volume_into_a_v4_pool() {
         err.contains("nothing was copied") && err.contains("--device-size"),
         "{err}"
     );
+
+    // One of the source's own devices among the new ones: a usage error, nothing made.
+    let mixed = [old[1].clone(), dir.path().join("u1")];
+    let mut args = vec![
+        "create",
+        "--layout",
+        "mirror:2",
+        "--device-size",
+        "16M",
+        "--force",
+    ];
+    args.push(&from);
+    args.extend(mixed.iter().map(|d| p(d)));
+    let out = run(&args, None);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("belongs to the pool to copy"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!mixed[1].exists(), "a new device was made");
+    for (path, image) in old.iter().zip(&images) {
+        assert!(
+            std::fs::read(path).unwrap() == *image,
+            "{} changed",
+            path.display()
+        );
+    }
 
     let foreign = dir.path().join("foreign");
     std::fs::write(&foreign, vec![0u8; 1 << 20]).unwrap();

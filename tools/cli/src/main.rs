@@ -1109,6 +1109,28 @@ fn create(
     let source = copy_from
         .map(|member| open_pool_to_look(&[member.to_path_buf()]))
         .transpose()?;
+    if let Some(source) = &source {
+        // The new pool goes on other devices: naming one of the source's is a mistake to
+        // say plainly (its lock would refuse it anyway, as "in use").
+        let status = source.status();
+        let members: Vec<PathBuf> = status
+            .devices
+            .iter()
+            .map(|d| d.path.as_str())
+            .chain(status.spares.iter().map(|s| s.path.as_str()))
+            .map(|p| canonical_path(Path::new(p)))
+            .collect();
+        if let Some(taken) = paths
+            .iter()
+            .chain(&spares)
+            .find(|p| members.contains(&canonical_path(p)))
+        {
+            return Err(usage_error(&format!(
+                "{} belongs to the pool to copy (--copy-from): the new pool needs other devices",
+                taken.display()
+            )));
+        }
+    }
     let pool = Pool::create_paths(&paths, &spares, &options)?;
     let status = pool.status();
     println!(
