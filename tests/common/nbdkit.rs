@@ -58,7 +58,9 @@ impl Nbdkit {
         self.child.id()
     }
 
-    /// `kill -SIG PID`.
+    /// `kill -SIG PID`; for `STOP`, returns once every thread of the server is stopped (the
+    /// signal is delivered asynchronously: on a loaded machine a request sent right after
+    /// `kill` returns could still be served).
     pub fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .arg(format!("-{signal}"))
@@ -66,6 +68,34 @@ impl Nbdkit {
             .status()
             .unwrap();
         assert!(status.success(), "kill -{signal} {}", self.pid());
+        if signal == "STOP" {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !self.all_threads_stopped() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "nbdkit {} did not stop",
+                    self.pid()
+                );
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+    }
+
+    /// Whether every thread of the server is in state `T` (stopped by a signal).
+    fn all_threads_stopped(&self) -> bool {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid())) else {
+            return false;
+        };
+        tasks.flatten().all(|task| {
+            std::fs::read_to_string(task.path().join("stat"))
+                .ok()
+                .and_then(|stat| {
+                    // The state follows the command name's closing parenthesis.
+                    let after = stat.rsplit_once(')')?.1;
+                    after.split_whitespace().next().map(|s| s == "T")
+                })
+                .unwrap_or(false)
+        })
     }
 
     /// Kill it (SIGKILL: no goodbye to clients) and wait for it.
