@@ -660,31 +660,48 @@ fn a_member_over_tcp_with_a_named_export() {
     if !have_nbdkit(test) {
         return;
     }
-    // A port that was free a moment ago (nbdkit cannot be asked for port 0 and tell it).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = std::process::Command::new("nbdkit")
-        .args(["--exit-with-parent", "-f", "-i", "127.0.0.1", "-p"])
-        .arg(port.to_string())
-        .args([
-            "--filter=exportname",
-            "memory",
-            "4M",
-            "exportname=disk one",
-            "exportname-strict=true",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nbdkit did not listen on {port}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    // A port that was free a moment ago (nbdkit cannot be asked for port 0 and tell it). It
+    // may be taken meanwhile (another test's outgoing connection gets it as its local port):
+    // then nbdkit exits and another port is tried. A connection whose local and peer
+    // addresses are the same is TCP connecting to itself on a port nobody listens on, not
+    // nbdkit answering.
+    let (port, mut child) = (0..5)
+        .find_map(|_| {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut child = std::process::Command::new("nbdkit")
+                .args(["--exit-with-parent", "-f", "-i", "127.0.0.1", "-p"])
+                .arg(port.to_string())
+                .args([
+                    "--filter=exportname",
+                    "memory",
+                    "4M",
+                    "exportname=disk one",
+                    "exportname-strict=true",
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Ok(stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                    if stream.local_addr().ok() != stream.peer_addr().ok() {
+                        return Some((port, child));
+                    }
+                }
+                if child.try_wait().unwrap().is_some() || Instant::now() >= deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return None;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+        .expect("nbdkit did not listen on any of five ports");
     let uri = format!("nbd://127.0.0.1:{port}/disk%20one");
     let device = open(&uri);
     assert_eq!(device.size(), 4 << 20);
