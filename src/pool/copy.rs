@@ -108,41 +108,11 @@ impl Pool {
         while start < total {
             let end = total.min(start.saturating_add(window_bytes));
             let pieces = written_pieces(source, start..end, &mut run_end, &mut report)?;
-            if pieces.is_empty() {
-                // Nothing written here: no flush, nothing to read back (a 16 TiB volume has
-                // 65,536 windows).
-                progress(&CopyProgress {
-                    done_bytes: end,
-                    total_bytes: total,
-                    copied_bytes: report.copied_bytes,
-                });
-                start = end;
-                continue;
+            // A window with nothing written is neither flushed nor read back (a 16 TiB volume
+            // has 65,536 windows).
+            if !pieces.is_empty() {
+                report.copied_bytes += self.copy_window(source, &pieces)?;
             }
-            let crcs: Vec<Result<u32>> =
-                crate::parallel::pulled(&pieces, COPY_THREADS, |&(offset, length)| {
-                    let mut buf = vec![0u8; piece_len(length)];
-                    source.read_at(offset, &mut buf)?;
-                    self.write_at(offset, &buf)?;
-                    Ok(crc32c::crc32c(&buf))
-                });
-            let crcs: Vec<u32> = crcs.into_iter().collect::<Result<_>>()?;
-            self.flush()?;
-            let checked: Vec<Result<()>> = crate::parallel::pulled(
-                &pieces.iter().zip(&crcs).collect::<Vec<_>>(),
-                COPY_THREADS,
-                |&(&(offset, length), &crc)| {
-                    let mut buf = vec![0u8; piece_len(length)];
-                    self.read_at(offset, &mut buf)?;
-                    if crc32c::crc32c(&buf) == crc {
-                        Ok(())
-                    } else {
-                        Err(Error::CopyMismatch { offset, length })
-                    }
-                },
-            );
-            checked.into_iter().collect::<Result<Vec<()>>>()?;
-            report.copied_bytes += pieces.iter().map(|&(_, length)| length).sum::<u64>();
             progress(&CopyProgress {
                 done_bytes: end,
                 total_bytes: total,
@@ -156,6 +126,34 @@ impl Pool {
             "volume copied and read back"
         );
         Ok(report)
+    }
+}
+
+impl Pool {
+    /// Copy `pieces` (volume offset, length) from `source`, flush, read them back and compare
+    /// each with the crc32c of what the source returned; the bytes copied.
+    fn copy_window(&self, source: &Pool, pieces: &[(u64, u64)]) -> Result<u64> {
+        let copied: Vec<Result<(u64, u64, u32)>> =
+            crate::parallel::pulled(pieces, COPY_THREADS, |&(offset, length)| {
+                let mut buf = vec![0u8; piece_len(length)];
+                source.read_at(offset, &mut buf)?;
+                self.write_at(offset, &buf)?;
+                Ok((offset, length, crc32c::crc32c(&buf)))
+            });
+        let copied: Vec<(u64, u64, u32)> = copied.into_iter().collect::<Result<_>>()?;
+        self.flush()?;
+        let checked: Vec<Result<()>> =
+            crate::parallel::pulled(&copied, COPY_THREADS, |&(offset, length, crc)| {
+                let mut buf = vec![0u8; piece_len(length)];
+                self.read_at(offset, &mut buf)?;
+                if crc32c::crc32c(&buf) == crc {
+                    Ok(())
+                } else {
+                    Err(Error::CopyMismatch { offset, length })
+                }
+            });
+        checked.into_iter().collect::<Result<Vec<()>>>()?;
+        Ok(pieces.iter().map(|&(_, length)| length).sum())
     }
 }
 

@@ -685,25 +685,26 @@ fn create_copy_from_moves_a_v3_volume_into_a_v4_pool() {
     assert!(text.contains("copied 2.9 MiB"), "{text}");
     assert!(text.contains("read back and matched"), "{text}");
     assert!(read_all(&new[0], "12M") == volume, "the copy differs");
-    for (path, image) in old.iter().zip(&images) {
-        assert!(
-            std::fs::read(path).unwrap() == *image,
-            "{} changed",
-            path.display()
-        );
-    }
+    // A mirror:2 create of `size` with `extra` options onto `paths`.
+    let create_mirror = |size: &str, extra: &[&str], paths: &[PathBuf]| {
+        let mut args = vec!["create", "--layout", "mirror:2", "--device-size", size];
+        args.extend(extra);
+        args.extend(paths.iter().map(|d| p(d)));
+        run(&args, None)
+    };
+    let source_unchanged = || {
+        for (path, image) in old.iter().zip(&images) {
+            assert!(
+                std::fs::read(path).unwrap() == *image,
+                "{} changed",
+                path.display()
+            );
+        }
+    };
+    source_unchanged();
 
     let small = [dir.path().join("s0"), dir.path().join("s1")];
-    let mut args = vec![
-        "create",
-        "--layout",
-        "mirror:2",
-        "--device-size",
-        "4M",
-        &from,
-    ];
-    args.extend(small.iter().map(|d| p(d)));
-    let out = run(&args, None);
+    let out = create_mirror("4M", &[&from], &small);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(
@@ -713,17 +714,7 @@ fn create_copy_from_moves_a_v3_volume_into_a_v4_pool() {
 
     // One of the source's own devices among the new ones: a usage error, nothing made.
     let mixed = [old[1].clone(), dir.path().join("u1")];
-    let mut args = vec![
-        "create",
-        "--layout",
-        "mirror:2",
-        "--device-size",
-        "16M",
-        "--force",
-    ];
-    args.push(&from);
-    args.extend(mixed.iter().map(|d| p(d)));
-    let out = run(&args, None);
+    let out = create_mirror("16M", &["--force", &from], &mixed);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("belongs to the pool to copy"),
@@ -731,28 +722,13 @@ fn create_copy_from_moves_a_v3_volume_into_a_v4_pool() {
         stderr(&out)
     );
     assert!(!mixed[1].exists(), "a new device was made");
-    for (path, image) in old.iter().zip(&images) {
-        assert!(
-            std::fs::read(path).unwrap() == *image,
-            "{} changed",
-            path.display()
-        );
-    }
+    source_unchanged();
 
     let foreign = dir.path().join("foreign");
     std::fs::write(&foreign, vec![0u8; 1 << 20]).unwrap();
     let others = [dir.path().join("t0"), dir.path().join("t1")];
     let from = format!("--copy-from={}", p(&foreign));
-    let mut args = vec![
-        "create",
-        "--layout",
-        "mirror:2",
-        "--device-size",
-        "16M",
-        &from,
-    ];
-    args.extend(others.iter().map(|d| p(d)));
-    let out = run(&args, None);
+    let out = create_mirror("16M", &[&from], &others);
     assert_ne!(out.status.code(), Some(0));
     assert!(
         stderr(&out).contains("not a stripestore device"),
