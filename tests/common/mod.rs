@@ -32,12 +32,18 @@ pub fn each_layout(
 pub const DEVICE_BYTES: u64 = 4 << 20;
 pub const CHUNK_BYTES: u64 = 4096;
 
+/// What the shared suites create: format version 4 (`v4_options`), the format `create`
+/// makes. Version 3 is for tests about version 3 itself (`v3_options`).
 pub fn options(layout: &str) -> CreateOptions {
+    v4_options(layout)
+}
+
+/// Format version 3's stripe path with 4 KiB chunks (small stripes in small members): for
+/// tests about version 3 pools (the copy out of them, their own stripe path).
+pub fn v3_options(layout: &str) -> CreateOptions {
     let layout: Layout = layout.parse().unwrap();
     let mut options = CreateOptions::new(layout);
     options.chunk_bytes = CHUNK_BYTES;
-    // Version 3's stripe path with 4 KiB chunks (small stripes in small members); version 4
-    // has its own suites (pool_v4*, volume*, meta_*) and 16 KiB chunks at least.
     options.format = stripestore::pool::FormatVersion::V3;
     options
 }
