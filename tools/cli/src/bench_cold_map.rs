@@ -10,8 +10,17 @@
 //! threads. Reported: reads/s (median, min, max over the runs), the cold/warm ratio, and the
 //! bytes read from the members per read beyond the 4 KiB of data, in map pages (16 KiB): the
 //! cost of a cache miss, which must stay at most one page.
+//!
+//! `--nbd`: the mounted path. The first `--span` bytes of the volume are written whole (every
+//! 4 KiB block, so every read finds data and every leaf of that span is in the map), then per
+//! run and per cache the pool is opened with that `--map-cache`, served on a Unix socket, and
+//! fio's `nbd` engine reads random 4 KiB blocks of the span at `--depth` for `--seconds`. The
+//! warm case first looks every block of the span up (`Pool::allocation`), so its whole map is
+//! cached before the timing; the cold case starts with whatever its cap keeps. Reported as
+//! above, with fio's completion latency p50/p99.
 
 use crate::bench::spread;
+use crate::fio::{self, Pattern, Target};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -19,6 +28,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
+use stripestore::nbd::{Listen, ServeOptions, Server};
 use stripestore::pool::{CreateOptions, FormatVersion, OpenOptions, Pool, V4Options};
 use stripestore::types::parse_size;
 
@@ -55,6 +65,19 @@ pub struct BenchColdMapArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Measure the mounted path: random reads through NBD (fio's `nbd` engine) over a span
+    /// written whole, instead of reader threads over scattered blocks.
+    #[arg(long)]
+    nbd: bool,
+    /// With `--nbd`: bytes at the start of the volume written whole and read at random.
+    #[arg(long, default_value = "8G", value_parser = parse_size)]
+    span: u64,
+    /// With `--nbd`: fio's queue depth.
+    #[arg(long, default_value = "16")]
+    depth: u32,
+    /// With `--nbd`: seconds of random reads per measurement.
+    #[arg(long, default_value = "10")]
+    seconds: f64,
 }
 
 /// One cache size's figures.
@@ -67,6 +90,11 @@ struct CacheReport {
     max: f64,
     /// Map pages read from the members per timed read (beyond the data), median.
     pages_per_read: f64,
+    /// With `--nbd`: fio's completion latency, microseconds, medians over the runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    p50_us: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    p99_us: Option<f64>,
 }
 
 #[derive(Serialize, Debug)]
@@ -101,21 +129,11 @@ pub fn run(args: &BenchColdMapArgs) -> Result<(), Box<dyn std::error::Error>> {
     options.open.background_rebuild = false;
     let pool = Pool::create_paths(&paths, &[], &options)?;
     let volume_bytes = pool.size();
-    let mut rng = ChaCha8Rng::seed_from_u64(0xc01d);
-    let mut blocks: Vec<u64> = (0..args.blocks)
-        .map(|_| rng.gen_range(0..volume_bytes / BLOCK))
-        .collect();
-    blocks.sort_unstable();
-    blocks.dedup();
-    let mut leaves: Vec<u64> = blocks.iter().map(|b| b / LEAF_BLOCKS).collect();
-    leaves.dedup();
-    let map_leaf_bytes = leaves.len() as u64 * PAGE;
-    for (i, block) in blocks.iter().enumerate() {
-        pool.write_at(block * BLOCK, &pattern(*block))?;
-        if i % 64 == 63 {
-            pool.flush()?;
-        }
-    }
+    let (blocks, map_leaf_bytes) = if args.nbd {
+        fill_span(&pool, args.span.min(volume_bytes))?
+    } else {
+        write_scattered(&pool, args.blocks)?
+    };
     pool.close()?;
     // Warm: the whole map (and room to spare); cold: a tenth of its leaves.
     let warm_cache = (2 * map_leaf_bytes).max(64 << 20);
@@ -126,22 +144,41 @@ pub fn run(args: &BenchColdMapArgs) -> Result<(), Box<dyn std::error::Error>> {
     let mut cold = Vec::new();
     for run in 0..args.runs {
         for (cache, into) in [(warm_cache, &mut warm), (cold_cache, &mut cold)] {
-            let measured = measure(&paths, &blocks, cache, args, run as u64)?;
+            let measured = if args.nbd {
+                measure_nbd(
+                    &paths,
+                    args.span.min(volume_bytes),
+                    cache,
+                    cache == warm_cache,
+                    args,
+                    dir.path(),
+                )?
+            } else {
+                measure(&paths, &blocks, cache, args, run as u64)?
+            };
             if !args.json {
                 println!(
-                    "run {run}: cache {:>7} KiB: {:>9.0} reads/s, {:.2} map pages read per read",
+                    "run {run}: cache {:>7} KiB: {:>9.0} reads/s, {:.2} map pages read per read{}",
                     cache >> 10,
-                    measured.0,
-                    measured.1
+                    measured.rate,
+                    measured.pages,
+                    measured
+                        .latency
+                        .map_or_else(String::new, |(p50, p99)| format!(
+                            ", p50 {p50:.0} us, p99 {p99:.0} us"
+                        ))
                 );
             }
             into.push(measured);
         }
     }
-    let summarize = |cache_bytes: u64, runs: &[(f64, f64)]| {
-        let rates: Vec<f64> = runs.iter().map(|r| r.0).collect();
+    let summarize = |cache_bytes: u64, runs: &[Sample]| {
+        let rates: Vec<f64> = runs.iter().map(|r| r.rate).collect();
         let (median, min, max) = spread(&rates);
-        let pages: Vec<f64> = runs.iter().map(|r| r.1).collect();
+        let pages: Vec<f64> = runs.iter().map(|r| r.pages).collect();
+        let latency: Vec<(f64, f64)> = runs.iter().filter_map(|r| r.latency).collect();
+        let p50: Vec<f64> = latency.iter().map(|l| l.0).collect();
+        let p99: Vec<f64> = latency.iter().map(|l| l.1).collect();
         CacheReport {
             cache_bytes,
             reads_per_s: rates,
@@ -149,6 +186,8 @@ pub fn run(args: &BenchColdMapArgs) -> Result<(), Box<dyn std::error::Error>> {
             min,
             max,
             pages_per_read: spread(&pages).0,
+            p50_us: (!p50.is_empty()).then(|| spread(&p50).0),
+            p99_us: (!p99.is_empty()).then(|| spread(&p99).0),
         }
     };
     let warm = summarize(warm_cache, &warm);
@@ -169,10 +208,15 @@ pub fn run(args: &BenchColdMapArgs) -> Result<(), Box<dyn std::error::Error>> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "volume {} GiB, {} blocks written, map leaves {} MiB\n\
+            "{}volume {} GiB, {} blocks written, map leaves {} MiB\n\
              warm (cache {} MiB): {:.0} reads/s (min {:.0}, max {:.0}), {:.2} pages/read\n\
              cold (cache {} KiB): {:.0} reads/s (min {:.0}, max {:.0}), {:.2} pages/read\n\
              cold / warm = {:.2} (goal >= 0.7)",
+            if args.nbd {
+                format!("over NBD, fio depth {}: ", args.depth)
+            } else {
+                format!("{} reader threads: ", args.threads)
+            },
             report.volume_bytes >> 30,
             report.blocks,
             report.map_leaf_bytes >> 20,
@@ -190,6 +234,127 @@ pub fn run(args: &BenchColdMapArgs) -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     Ok(())
+}
+
+/// One measurement: reads per second, map pages read per read beyond the data, and fio's
+/// completion latency p50/p99 in microseconds (NBD only).
+struct Sample {
+    rate: f64,
+    pages: f64,
+    latency: Option<(f64, f64)>,
+}
+
+/// Write `count` random 4 KiB blocks uniformly over the volume (each in a leaf of its own,
+/// mostly), flushing every 64. Returns the blocks written and the bytes of map leaves they use.
+fn write_scattered(pool: &Pool, count: u64) -> Result<(Vec<u64>, u64), Box<dyn std::error::Error>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(0xc01d);
+    let mut blocks: Vec<u64> = (0..count)
+        .map(|_| rng.gen_range(0..pool.size() / BLOCK))
+        .collect();
+    blocks.sort_unstable();
+    blocks.dedup();
+    let mut leaves: Vec<u64> = blocks.iter().map(|b| b / LEAF_BLOCKS).collect();
+    leaves.dedup();
+    for (i, block) in blocks.iter().enumerate() {
+        pool.write_at(block * BLOCK, &pattern(*block))?;
+        if i % 64 == 63 {
+            pool.flush()?;
+        }
+    }
+    Ok((blocks, leaves.len() as u64 * PAGE))
+}
+
+/// Write the first `span` bytes of the volume whole, 4 MiB at a time (every block its own
+/// pattern), and flush. Returns no block list (the reads are fio's) and the bytes of map
+/// leaves the span uses.
+fn fill_span(pool: &Pool, span: u64) -> Result<(Vec<u64>, u64), Box<dyn std::error::Error>> {
+    let piece = LEAF_BLOCKS * BLOCK;
+    let mut offset = 0;
+    while offset < span {
+        let length = piece.min(span - offset);
+        let data: Vec<u8> = (offset / BLOCK..(offset + length) / BLOCK)
+            .flat_map(pattern)
+            .collect();
+        pool.write_at(offset, &data)?;
+        offset += length;
+    }
+    pool.flush()?;
+    Ok((Vec::new(), span.div_ceil(piece) * PAGE))
+}
+
+/// The bytes read from the members since the pool was opened.
+fn read_bytes(pool: &Pool) -> u64 {
+    pool.device_io()
+        .iter()
+        .map(|(_, io)| io.read_bytes.load(Ordering::Relaxed))
+        .sum()
+}
+
+/// Open the pool with `cache` bytes of map cache and serve it on a Unix socket; when `warm`,
+/// look every block of the span up first (its whole map then cached). fio's `nbd` engine
+/// reads random 4 KiB blocks of the span at `args.depth` for `args.seconds`.
+fn measure_nbd(
+    paths: &[PathBuf],
+    span: u64,
+    cache: u64,
+    warm: bool,
+    args: &BenchColdMapArgs,
+    scratch: &std::path::Path,
+) -> Result<Sample, Box<dyn std::error::Error>> {
+    let options = OpenOptions {
+        map_cache_bytes: usize::try_from(cache).unwrap_or(usize::MAX),
+        background_rebuild: false,
+        ..OpenOptions::default()
+    };
+    let pool = Arc::new(Pool::open_paths(paths, &options)?);
+    if warm {
+        let mut offset = 0;
+        while offset < span {
+            let runs = pool.allocation(offset, span - offset)?;
+            offset = runs.last().map_or(span, |r| r.offset + r.length);
+        }
+    }
+    let socket = scratch.join("cold-map.sock");
+    let _ = std::fs::remove_file(&socket);
+    let server = Server::bind(
+        &Listen::Unix(socket.clone()),
+        Arc::clone(&pool),
+        ServeOptions::default(),
+    )?;
+    let stop = server.stop_handle();
+    let thread = std::thread::Builder::new()
+        .name("bench-cold-map-server".into())
+        .spawn(move || server.run())?;
+    let before = read_bytes(&pool);
+    let job = fio::Job {
+        pattern: Pattern::RandRead,
+        block_bytes: BLOCK,
+        queue_depth: args.depth,
+        target: Target::Nbd {
+            socket,
+            span_bytes: span,
+            connections: 1,
+        },
+        seconds: Some(args.seconds),
+    };
+    let outcome = job.run(scratch);
+    stop.stop();
+    match thread.join() {
+        Ok(served) => served?,
+        Err(panic) => std::panic::resume_unwind(panic),
+    };
+    let outcome = outcome?;
+    let reads = outcome.iops * args.seconds;
+    let extra = read_bytes(&pool).saturating_sub(before) as f64 - reads * BLOCK as f64;
+    match Arc::try_unwrap(pool) {
+        Ok(pool) => pool.close()?,
+        Err(_) => return Err("the pool is still shared after the server stopped".into()),
+    }
+    Ok(Sample {
+        rate: outcome.iops,
+        pages: (extra / reads.max(1.0) / PAGE as f64).max(0.0),
+        latency: Some((outcome.p50_us, outcome.p99_us)),
+    })
 }
 
 /// The bytes block `block` holds.
@@ -210,7 +375,7 @@ fn measure(
     cache: u64,
     args: &BenchColdMapArgs,
     run: u64,
-) -> Result<(f64, f64), Box<dyn std::error::Error>> {
+) -> Result<Sample, Box<dyn std::error::Error>> {
     let options = OpenOptions {
         map_cache_bytes: usize::try_from(cache).unwrap_or(usize::MAX),
         background_rebuild: false,
@@ -221,12 +386,6 @@ fn measure(
     for block in blocks {
         pool.read_at(block * BLOCK, &mut buf)?;
     }
-    let read_bytes = |pool: &Pool| -> u64 {
-        pool.device_io()
-            .iter()
-            .map(|(_, io)| io.read_bytes.load(Ordering::Relaxed))
-            .sum()
-    };
     let before = read_bytes(&pool);
     let per_thread = args.reads / args.threads.max(1);
     let started = Instant::now();
@@ -256,8 +415,9 @@ fn measure(
     let reads = per_thread * args.threads.max(1);
     let extra = read_bytes(&pool).saturating_sub(before) as f64 - (reads * BLOCK) as f64;
     drop(pool);
-    Ok((
-        reads as f64 / seconds,
-        (extra / reads as f64 / PAGE as f64).max(0.0),
-    ))
+    Ok(Sample {
+        rate: reads as f64 / seconds,
+        pages: (extra / reads as f64 / PAGE as f64).max(0.0),
+        latency: None,
+    })
 }
