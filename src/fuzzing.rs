@@ -257,6 +257,8 @@ fn log_fixture() -> Option<&'static LogFixture> {
             options.chunk_bytes = 8192;
             options.checksum_bytes = 4096;
             // Version 3's map log, which this fixture replays.
+            // A version-3 pool (its own engine): the test machinery's switch.
+            crate::testing::allow_format_3_writes(true);
             options.format = crate::pool::FormatVersion::V3;
             options.open.background_rebuild = false;
             let shared: Vec<SharedDevice> =

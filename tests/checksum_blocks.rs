@@ -29,6 +29,7 @@ fn filled_pool(
     options.chunk_bytes = CHUNK;
     options.checksum_bytes = checksum;
     // Checksum blocks other than 4 KiB are version 3's (version 4's block is 4 KiB).
+    stripestore::testing::allow_format_3_writes(true);
     options.format = stripestore::pool::FormatVersion::V3;
     options.open.background_rebuild = false;
     let pool = Pool::create(shared(&mems), vec![], &options).unwrap();
@@ -208,6 +209,7 @@ fn a_checksum_block_that_does_not_divide_the_chunk_is_refused_and_writes_nothing
         let mut options = CreateOptions::new("rs:4+2".parse().unwrap());
         options.chunk_bytes = CHUNK;
         options.checksum_bytes = checksum;
+        stripestore::testing::allow_format_3_writes(true);
         options.format = stripestore::pool::FormatVersion::V3;
         let err = Pool::create(shared(&mems), vec![], &options).unwrap_err();
         assert!(
@@ -384,6 +386,7 @@ fn every_damaged_shard_is_counted_once_by_reads_and_scrub() {
             let mut options = CreateOptions::new(layout.parse().unwrap());
             options.chunk_bytes = SMALL_CHUNK;
             options.checksum_bytes = BLOCK;
+            stripestore::testing::allow_format_3_writes(true);
             options.format = stripestore::pool::FormatVersion::V3;
             options.open.background_rebuild = false;
             let pool = Pool::create(shared(&mems), vec![], &options).unwrap();

@@ -315,6 +315,7 @@ fn a_member_failing_a_gate_write_is_faulted_and_the_recovery_point_operation_goe
 fn a_version_3_pool_refuses_recovery_points_by_name() {
     let mems = mem_devices(6, DEVICE_BYTES);
     let mut options = v4_options("rs:4+2");
+    stripestore::testing::allow_format_3_writes(true);
     options.format = FormatVersion::V3;
     options.chunk_bytes = 4096;
     let pool = Pool::create(shared(&mems), vec![], &options).unwrap();

@@ -23,6 +23,7 @@ fuzz_target!(|ops: Vec<Op>| {
     let mut options = CreateOptions::new("rs:4+2".parse().unwrap());
     options.chunk_bytes = 4096;
     // Version 3's stripes on 2 MiB members (version 4's pool ops: the simulation).
+    stripestore::testing::allow_format_3_writes(true);
     options.format = stripestore::pool::FormatVersion::V3;
     let mut pool = Pool::create(shared(&mems), vec![], &options).unwrap();
     let mut model = Model::new(pool.size());

@@ -698,6 +698,8 @@ mod spare_remove_tests {
             .collect();
         let mut options = CreateOptions::new("mirror:2".parse().unwrap());
         options.chunk_bytes = 4096;
+        // A version-3 pool (its own engine): the test machinery's switch.
+        crate::testing::allow_format_3_writes(true);
         options.format = crate::pool::FormatVersion::V3;
         let pool = Pool::create(shared(&mems), shared(&spares), &options).unwrap();
         (mems, spares, pool)

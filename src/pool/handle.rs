@@ -260,6 +260,8 @@ mod tests {
         let mems = mem_devices(6, 4 << 20);
         let mut options = CreateOptions::new("rs:4+2".parse().unwrap());
         options.chunk_bytes = 4096;
+        // A version-3 pool (its own engine): the test machinery's switch.
+        crate::testing::allow_format_3_writes(true);
         options.format = crate::pool::FormatVersion::V3;
         options.open.background_rebuild = false;
         let pool = Pool::create(shared(&mems), vec![], &options).unwrap();

@@ -51,6 +51,8 @@ pub use members::{
     DeviceFault, ErrorCounters, ErrorKind, FaultPolicy, Identity, MemberDevice, Members,
     Replacement, RetiredDevice, Spare,
 };
+#[cfg(feature = "testing")]
+pub(crate) use open::allow_stripe_map_writes;
 pub use open::{clear_label, read_label};
 #[cfg(feature = "testing")]
 pub use planted::PlantedBugs;

@@ -3,6 +3,13 @@
 //! Members are found by identity (pool UUID + device UUID); recorded paths are hints, tried
 //! first, then the directories of the given and recorded paths and any scan locations. A
 //! member found elsewhere is used there; only a read-write open records its new path.
+//!
+//! Format versions 1 to 3 (the stripe map) are earlier formats: this build opens them
+//! read-only (to read, check, serve read-only and copy into a version-4 pool with
+//! `Pool::copy_from`) and neither creates them nor opens them for writing (docs/FORMAT.md,
+//! "Earlier versions"). The test machinery alone may switch that off, per thread
+//! (`testing::allow_format_3_writes`), for the tests and the simulation that still drive
+//! version 3's own engine and make version-3 pools to copy from.
 
 use super::{
     CreateOptions, FormatVersion, MapState, MetaCursor, OpenOptions, PoolInner, STRIPE_LOCKS,
@@ -21,6 +28,46 @@ use crate::types::SECTOR_BYTES;
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
+
+#[cfg(feature = "testing")]
+thread_local! {
+    static STRIPE_MAP_WRITES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread may create a version-3 pool or open one for writing (test machinery
+/// only; never in a build without the `testing` feature).
+fn stripe_map_writes_allowed() -> bool {
+    #[cfg(feature = "testing")]
+    {
+        STRIPE_MAP_WRITES.with(std::cell::Cell::get)
+    }
+    #[cfg(not(feature = "testing"))]
+    {
+        false
+    }
+}
+
+/// Let this thread create version-3 pools and open them for writing (`on`), or not.
+#[cfg(feature = "testing")]
+pub(crate) fn allow_stripe_map_writes(on: bool) {
+    STRIPE_MAP_WRITES.with(|allowed| allowed.set(on));
+}
+
+/// The refusal of a write access to a pool of an earlier format version (`version`, 1 to 3),
+/// naming the device it was found on and the way out.
+fn earlier_version_refused(operation: &str, version: u32, device: &str) -> Error {
+    Error::Unsupported {
+        operation: operation.into(),
+        version,
+        reason: format!(
+            "{device} belongs to a format-version-{version} pool (the stripe map); this build \
+             writes format version {FORMAT_VERSION} only and opens earlier versions read-only: \
+             read, check or serve it read-only, or copy it into a new version-{FORMAT_VERSION} \
+             pool with `stripestore create --copy-from {device} NEW-DEVICES...` \
+             (Pool::copy_from)"
+        ),
+    }
+}
 
 /// Offset of the second superblock copy: the last 64 KiB of the device, wherever the data ends,
 /// so it can be found without trusting the first copy.
@@ -178,6 +225,16 @@ pub(super) fn create(
     spares: Vec<SharedDevice>,
     options: &CreateOptions,
 ) -> Result<PoolInner> {
+    if options.format == FormatVersion::V3 && !stripe_map_writes_allowed() {
+        return Err(Error::Unsupported {
+            operation: "create".into(),
+            version: 3,
+            reason: format!(
+                "this build creates format version {FORMAT_VERSION} pools only \
+                 (FormatVersion::V4); version 3 is opened read-only, to copy it"
+            ),
+        });
+    }
     let all: Vec<&SharedDevice> = devices.iter().chain(&spares).collect();
     refuse_for_create(&all, options.force)?;
     let smallest = devices
@@ -393,6 +450,14 @@ pub(super) fn open(
         .max_by_key(|f| f.superblock.generation)
         .map(|f| (f.superblock.clone(), f.device.name()))
         .ok_or_else(|| Error::InvalidConfig("no devices given".into()))?;
+    // An earlier format is refused for writing before anything else is looked at.
+    if newest.map.is_none() && !options.read_only && !stripe_map_writes_allowed() {
+        return Err(earlier_version_refused(
+            "opening for writing",
+            newest.required_version(),
+            &newest_device,
+        ));
+    }
     let sorted = sort_found(found, &newest, options.force, &mut unopened)?;
     let assembled = assemble(&newest, &newest_device, sorted.by_uuid, &unopened, options)?;
     let inner = match newest.map {
@@ -1326,8 +1391,7 @@ mod label_tests {
     fn a_cleared_label_is_gone_from_both_copies_and_nothing_else_changes() {
         let mems = mem_devices(2, 4 << 20);
         let mut options = CreateOptions::new("mirror:2".parse().unwrap());
-        options.chunk_bytes = 4096;
-        options.format = crate::pool::FormatVersion::V3;
+        options.chunk_bytes = 16384;
         let pool = Pool::create(shared(&mems), vec![], &options).unwrap();
         pool.write_at(0, &[9u8; 65536]).unwrap();
         let uuid = pool.status().pool;

@@ -51,6 +51,8 @@ fn abandoned_then_reattached_replacement_is_not_swapped_in_unfilled() {
     let mems = crate::testing::mem_devices(2, size);
     let mut options = CreateOptions::new("mirror:2".parse().unwrap());
     options.chunk_bytes = 4096;
+    // A version-3 pool (its own engine): the test machinery's switch.
+    crate::testing::allow_format_3_writes(true);
     options.format = crate::pool::FormatVersion::V3;
     options.open = OpenOptions {
         background_rebuild: false,
@@ -125,6 +127,8 @@ fn a_slot_released_by_a_commit_while_a_rebuild_holds_it_stays_out_of_reuse_until
     let mems = crate::testing::mem_devices(2, 4 << 20);
     let mut options = CreateOptions::new("mirror:2".parse().unwrap());
     options.chunk_bytes = 4096;
+    // A version-3 pool (its own engine): the test machinery's switch.
+    crate::testing::allow_format_3_writes(true);
     options.format = crate::pool::FormatVersion::V3;
     options.open = OpenOptions {
         background_rebuild: false,

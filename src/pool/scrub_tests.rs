@@ -16,6 +16,8 @@ mod tests {
         let mems = mem_devices(devices, 4 << 20);
         let mut options = CreateOptions::new(layout.parse().unwrap());
         options.chunk_bytes = 4096;
+        // A version-3 pool (its own engine): the test machinery's switch.
+        crate::testing::allow_format_3_writes(true);
         options.format = crate::pool::FormatVersion::V3;
         let pool = Pool::create(shared(&mems), vec![], &options).unwrap();
         let stripe_bytes = pool.geometry().stripe_data_bytes() as usize;
@@ -75,6 +77,8 @@ mod no_free_slot_tests {
         let mems = mem_devices(6, 4 << 20);
         let mut options = CreateOptions::new("rs:4+2".parse().unwrap());
         options.chunk_bytes = 4096;
+        // A version-3 pool (its own engine): the test machinery's switch.
+        crate::testing::allow_format_3_writes(true);
         options.format = crate::pool::FormatVersion::V3;
         let pool = Pool::create(shared(&mems), vec![], &options).unwrap();
         pool.write_at(0, &vec![0x11; 3 * 16384]).unwrap();

@@ -135,6 +135,14 @@ impl CrashModel {
     }
 }
 
+/// Let the calling thread create format-version-3 pools and open them for writing (`true`),
+/// or refuse both again (`false`). A build refuses them (docs/FORMAT.md, "Earlier versions");
+/// the tests of version 3's own engine, the simulation of it and the tests that make
+/// version-3 pools to copy from switch it on for their thread. Other threads are not affected.
+pub fn allow_format_3_writes(on: bool) {
+    crate::pool::allow_stripe_map_writes(on);
+}
+
 /// Format-version-4 parameters near the test minimums (docs/FORMAT.md V4.2): segments of 4
 /// slots, rings of 4 uberblocks, 64 KiB log halves, a depth of 2, records of 4 KiB, so a pool
 /// on 16 MiB devices wraps its rings and log halves and reuses segments.

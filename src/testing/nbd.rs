@@ -17,6 +17,8 @@ pub fn nbd_fuzz_pool() -> Pool {
     let layout: Layout = "rs:2+1".parse().unwrap_or(Layout::Mirror { copies: 2 });
     let mut options = CreateOptions::new(layout);
     options.chunk_bytes = 4096;
+    // A version-3 pool (its own engine): the test machinery's switch.
+    crate::testing::allow_format_3_writes(true);
     options.format = crate::pool::FormatVersion::V3;
     options.open.background_rebuild = false;
     let devices = super::mem_devices(3, 1 << 20);

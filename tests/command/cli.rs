@@ -647,24 +647,34 @@ fn online_refuses_other_pools_spares_active_members_and_filesystems() {
 
 /// `create --copy-from`: a format-3 pool's volume into a new format-4 pool of another layout.
 /// The copy reads back exactly (the written data and the holes); the source's files are
-/// unchanged byte for byte; a new pool too small for the volume copies nothing and says which
+/// unchanged byte for byte (a write to the version-3 pool and `create --format 3` are refused);
+/// a new pool too small for the volume copies nothing and says which
 /// device size would do; naming one of the source's devices for the new pool, or a source that
 /// is not a pool, fails before the new devices are made.
 #[test]
 fn create_copy_from_moves_a_v3_volume_into_a_v4_pool() {
     let dir = tempfile::tempdir().unwrap();
     let old: Vec<PathBuf> = (0..2).map(|i| dir.path().join(format!("old{i}"))).collect();
-    let mut args = vec!["create", "--format", "3", "--layout", "mirror:2"];
-    args.extend(["--chunk-size", "64K", "--device-size", "16M"]);
-    args.extend(old.iter().map(|d| p(d)));
-    let out = run(&args, None);
-    assert!(out.status.success(), "{}", stderr(&out));
+    // This build makes no version-3 pool (`create --format 3` is gone): the test machinery
+    // makes one, as an older build did.
     let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i * 37 % 253) as u8).collect();
-    let out = run(
-        &["write", p(&old[0]), "--offset", "1000000"],
-        Some(&payload),
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
+    {
+        stripestore::testing::allow_format_3_writes(true);
+        let mut options = stripestore::CreateOptions::new("mirror:2".parse().unwrap());
+        options.format = stripestore::pool::FormatVersion::V3;
+        options.chunk_bytes = 64 << 10;
+        options.device_bytes = Some(16 << 20);
+        for path in &old {
+            std::fs::File::create(path)
+                .unwrap()
+                .set_len(16 << 20)
+                .unwrap();
+        }
+        let pool = stripestore::Pool::create_paths(&old, &[], &options).unwrap();
+        pool.write_at(1_000_000, &payload).unwrap();
+        pool.close().unwrap();
+        stripestore::testing::allow_format_3_writes(false);
+    }
     let read_all = |member: &Path, length: &str| {
         let out = run(
             &["read", p(member), "--offset", "0", "--length", length],
@@ -676,6 +686,34 @@ fn create_copy_from_moves_a_v3_volume_into_a_v4_pool() {
     let images: Vec<Vec<u8>> = old.iter().map(|d| std::fs::read(d).unwrap()).collect();
     let volume = read_all(&old[0], "12M");
     assert_eq!(&volume[1_000_000..4_000_000], &payload[..]);
+    // Writing to it, or making another, is refused naming both versions and the way out;
+    // nothing changes.
+    let out = run(&["write", p(&old[0]), "--offset", "0"], Some(&[7u8; 4096]));
+    assert!(!out.status.success());
+    let said = stderr(&out);
+    // 64 KiB chunks checked per 4 KiB, nothing degraded: recorded as version 2 of the three
+    // earlier ones.
+    assert!(
+        said.contains("format-version-2 pool")
+            && said.contains("format version 4")
+            && said.contains("--copy-from"),
+        "{said}"
+    );
+    let never = dir.path().join("never");
+    let out = run(
+        &["create", "--format", "3", "--layout", "mirror:2", p(&never)],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--format"), "{}", stderr(&out));
+    assert!(!never.exists(), "a refused create made a device");
+    for (path, image) in old.iter().zip(&images) {
+        assert!(
+            std::fs::read(path).unwrap() == *image,
+            "{} changed",
+            path.display()
+        );
+    }
 
     let new = devices(dir.path(), 6);
     let from = format!("--copy-from={}", p(&old[0]));

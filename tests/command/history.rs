@@ -248,6 +248,7 @@ fn prometheus_counters_never_go_down_when_a_member_is_replaced() {
     let spare = Arc::new(stripestore::device::MemDevice::new("spare", size));
     let mut options = CreateOptions::new("mirror:2".parse().unwrap());
     options.chunk_bytes = 4096;
+    stripestore::testing::allow_format_3_writes(true);
     options.format = stripestore::pool::FormatVersion::V3;
     options.open.background_rebuild = false;
     let pool = Pool::create(
@@ -338,6 +339,7 @@ fn fault_rebuild_and_spare_exhaustion_survive_a_power_cut() {
         let spare = Arc::new(stripestore::device::MemDevice::new("spare", size));
         let mut options = CreateOptions::new("mirror:2".parse().unwrap());
         options.chunk_bytes = 4096;
+        stripestore::testing::allow_format_3_writes(true);
         options.format = stripestore::pool::FormatVersion::V3;
         options.open.background_rebuild = false;
         let pool = Pool::create(

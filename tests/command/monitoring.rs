@@ -63,6 +63,9 @@ fn file_pool_of(dir: &Path, device_size: u64, fill: u64, format: FormatVersion) 
     let paths: Vec<PathBuf> = (0..6).map(|i| dir.join(format!("d{i}.img"))).collect();
     let mut options = CreateOptions::new("rs:4+2".parse().unwrap());
     options.device_bytes = Some(device_size);
+    if format == FormatVersion::V3 {
+        stripestore::testing::allow_format_3_writes(true);
+    }
     options.format = format;
     let pool = Pool::create_paths(&paths, &[], &options).unwrap();
     let mut rng = stripestore::testing::rng(9000);

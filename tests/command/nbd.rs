@@ -82,6 +82,7 @@ fn pool_options(layout: &str, chunk_bytes: u64) -> CreateOptions {
 /// holes per 4 KiB block: tests/discard.rs and the v4 suites check those.
 fn v3_pool_options(layout: &str, chunk_bytes: u64) -> CreateOptions {
     let mut options = pool_options(layout, chunk_bytes);
+    stripestore::testing::allow_format_3_writes(true);
     options.format = stripestore::pool::FormatVersion::V3;
     options
 }

@@ -40,7 +40,10 @@ pub fn options(layout: &str) -> CreateOptions {
 
 /// Format version 3's stripe path with 4 KiB chunks (small stripes in small members): for
 /// tests about version 3 pools (the copy out of them, their own stripe path).
+/// A build refuses to create or write version-3 pools; this switches the test machinery's
+/// permission on for the calling thread.
 pub fn v3_options(layout: &str) -> CreateOptions {
+    stripestore::testing::allow_format_3_writes(true);
     let layout: Layout = layout.parse().unwrap();
     let mut options = CreateOptions::new(layout);
     options.chunk_bytes = CHUNK_BYTES;

@@ -71,7 +71,6 @@ fn one_run(
     device_bytes: u64,
     dir: &Path,
     spare_dir: Option<&Path>,
-    format4: bool,
 ) -> Result<Run, Box<dyn std::error::Error>> {
     let spare_dir = spare_dir.unwrap_or(dir);
     let count = super::demo::device_count(layout);
@@ -82,7 +81,7 @@ fn one_run(
     for path in paths.iter().chain([&spare]) {
         let _ = std::fs::remove_file(path);
     }
-    let options = bench_create_options(layout, device_bytes, format4);
+    let options = bench_create_options(layout, device_bytes);
     let pool = Pool::create_paths(&paths, std::slice::from_ref(&spare), &options)?;
     fill(&pool)?;
     pool.close()?;
@@ -189,14 +188,13 @@ pub fn run(
     dir: Option<&Path>,
     spare_dir: Option<&Path>,
     json: bool,
-    format4: bool,
 ) -> CliResult {
     let (layout, results) = repeat(
         layout,
         dir,
         runs,
         json,
-        |layout, dir| one_run(layout, device_bytes, dir, spare_dir, format4),
+        |layout, dir| one_run(layout, device_bytes, dir, spare_dir),
         |result| {
             format!(
                 "rebuilt {} at {}/s; raw write of the same bytes {}/s; ratio {:.2}",
@@ -234,15 +232,11 @@ pub fn run(
 }
 
 /// A benchmark pool of `layout` on files of `device_bytes` (no background work), on format
-/// version 4 if `format4`.
-pub fn bench_create_options(layout: Layout, device_bytes: u64, format4: bool) -> CreateOptions {
+/// version 4 (the only one this build creates).
+pub fn bench_create_options(layout: Layout, device_bytes: u64) -> CreateOptions {
     let mut options = CreateOptions::new(layout);
     options.device_bytes = Some(device_bytes);
     options.open.background_rebuild = false;
-    options.format = if format4 {
-        stripestore::pool::FormatVersion::V4(stripestore::pool::V4Options::default())
-    } else {
-        stripestore::pool::FormatVersion::V3
-    };
+    options.format = stripestore::pool::FormatVersion::V4(stripestore::pool::V4Options::default());
     options
 }

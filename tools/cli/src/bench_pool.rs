@@ -94,10 +94,6 @@ pub struct BenchArgs {
     /// memory plugin when nbdkit is installed.
     #[arg(long)]
     pub nbd: bool,
-    /// On-disk format of the pools: 4 (rows and the paged map, docs/FORMAT.md "Format
-    /// version 4"; what `create` makes) or 3 (stripes rewritten whole).
-    #[arg(long, default_value = "4", value_parser = clap::value_parser!(u32).range(3..=4))]
-    pub format: u32,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
@@ -737,11 +733,7 @@ fn bench_layout_once(
     options.force = true;
     options.open.background_rebuild = false;
     options.open.auto_replace = false;
-    options.format = if args.format == 4 {
-        stripestore::pool::FormatVersion::V4(stripestore::pool::V4Options::default())
-    } else {
-        stripestore::pool::FormatVersion::V3
-    };
+    options.format = stripestore::pool::FormatVersion::V4(stripestore::pool::V4Options::default());
     let pool = Arc::new(Pool::create_paths(members, spare, &options)?);
     let stripe = usize::try_from(pool.geometry().stripe_data_bytes())?;
     let request = SEQ_REQUEST.div_ceil(stripe) * stripe;

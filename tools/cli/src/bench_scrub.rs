@@ -107,16 +107,11 @@ fn foreground_cost(
     layout: Layout,
     device_bytes: u64,
     count: usize,
-    format4: bool,
     write: bool,
 ) -> Result<(f64, f64), Box<dyn std::error::Error>> {
     let (dir, _temp) = super::work_dir(None, Path::new("/dev/shm"))?;
     let paths: Vec<PathBuf> = (0..count).map(|i| dir.join(format!("fg{i}.img"))).collect();
-    let pool = Pool::create_paths(
-        &paths,
-        &[],
-        &bench_create_options(layout, device_bytes, format4),
-    )?;
+    let pool = Pool::create_paths(&paths, &[], &bench_create_options(layout, device_bytes))?;
     fill(&pool)?;
     let alone = foreground_io(&pool, write)?;
     let stop = std::sync::atomic::AtomicBool::new(false);
@@ -185,7 +180,6 @@ fn one_run(
     layout: Layout,
     device_bytes: u64,
     dir: &Path,
-    format4: bool,
 ) -> Result<Run, Box<dyn std::error::Error>> {
     let count = super::demo::device_count(layout);
     let paths: Vec<PathBuf> = (0..count)
@@ -194,11 +188,7 @@ fn one_run(
     for path in &paths {
         let _ = std::fs::remove_file(path);
     }
-    let pool = Pool::create_paths(
-        &paths,
-        &[],
-        &bench_create_options(layout, device_bytes, format4),
-    )?;
+    let pool = Pool::create_paths(&paths, &[], &bench_create_options(layout, device_bytes))?;
     fill(&pool)?;
     pool.close()?;
     let (raw_bytes, raw_rate) = raw_read(&paths)?;
@@ -212,9 +202,8 @@ fn one_run(
     let report = pool.scrub_with(&ScrubOptions::default(), |_| {})?;
     let elapsed = started.elapsed().as_secs_f64();
     pool.close()?;
-    let (alone, beside) = foreground_cost(layout, device_bytes, count, format4, false)?;
-    let (writes_alone, writes_beside) =
-        foreground_cost(layout, device_bytes, count, format4, true)?;
+    let (alone, beside) = foreground_cost(layout, device_bytes, count, false)?;
+    let (writes_alone, writes_beside) = foreground_cost(layout, device_bytes, count, true)?;
     for path in &paths {
         let _ = std::fs::remove_file(path);
     }
@@ -244,14 +233,13 @@ pub fn run(
     runs: usize,
     dir: Option<&Path>,
     json: bool,
-    format4: bool,
 ) -> CliResult {
     let (layout, results) = repeat(
         layout,
         dir,
         runs,
         json,
-        |layout, dir| one_run(layout, device_bytes, dir, format4),
+        |layout, dir| one_run(layout, device_bytes, dir),
         |result| {
             #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
             let rate = |bytes_per_s: f64| human_bytes(bytes_per_s as u64);
@@ -278,7 +266,7 @@ pub fn run(
     let (median_writes_kept, min_writes_kept, max_writes_kept) = spread(&writes_kept);
     let report = Report {
         layout: layout.to_string(),
-        format: if format4 { 4 } else { 3 },
+        format: 4,
         device_bytes,
         runs: results,
         median_ratio: median,

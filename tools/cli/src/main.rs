@@ -129,13 +129,12 @@ enum Command {
         /// fetches and verifies on its own; map memory is 4 bytes per block of every device.
         #[arg(long, value_parser = checksum_size_arg, default_value = "4K")]
         checksum_size: u64,
-        /// On-disk format: 4, the default (rows and the paged map: small writes without a
-        /// read-modify-write, memory bounded by --map-cache, background scrub and rebuild;
-        /// sequential writes slower than version 3's, README "Performance"), or 3 (stripes
-        /// rewritten whole, the map in memory: pools of a few GiB). Version 4 needs a chunk
-        /// size that is a multiple of 16K and checks every 4K block (--checksum-size 4K).
-        #[arg(long, default_value = "4", value_parser = clap::builder::PossibleValuesParser::new(["3", "4"]))]
-        format: String,
+        /// On-disk format: 4, the only one this build creates (rows and the paged map). It
+        /// needs a chunk size that is a multiple of 16K and checks every 4K block
+        /// (--checksum-size 4K). Pools of versions 1 to 3 are opened read-only; move one into
+        /// a new pool with --copy-from.
+        #[arg(long, default_value = "4", value_parser = format_arg)]
+        format: u32,
         /// Overwrite devices that hold another pool's superblock, a filesystem, a partition
         /// table or another known signature.
         #[arg(long)]
@@ -525,14 +524,11 @@ struct RepeatedBench {
     json: bool,
 }
 
-/// Arguments of `bench-scrub`: the repeated-bench ones and the format.
+/// Arguments of `bench-scrub`: the repeated-bench ones.
 #[derive(clap::Args, Debug)]
 struct ScrubBench {
     #[command(flatten)]
     bench: RepeatedBench,
-    /// On-disk format of the pool: 4 (rows and the paged map; what `create` makes) or 3.
-    #[arg(long, default_value = "4", value_parser = clap::value_parser!(u32).range(3..=4))]
-    format: u32,
 }
 
 /// Arguments of `bench-rebuild`: the repeated-bench ones, and where the spare lives.
@@ -545,9 +541,6 @@ struct RebuildBench {
     /// sources are not the bottleneck and the rebuild is measured against the spare's disk.
     #[arg(long)]
     spare_dir: Option<PathBuf>,
-    /// On-disk format of the pool: 4 (rows and the paged map; what `create` makes) or 3.
-    #[arg(long, default_value = "4", value_parser = clap::value_parser!(u32).range(3..=4))]
-    format: u32,
 }
 
 /// Parse arguments, run, and map the outcome to an exit code.
@@ -667,7 +660,8 @@ fn execute(command: Command) -> CliResult {
             device_size,
             chunk_size,
             checksum_size,
-            format,
+            // Checked by its parser: 4 is the only value it lets through.
+            format: _,
             force,
             domains,
             copy_from,
@@ -677,7 +671,7 @@ fn execute(command: Command) -> CliResult {
             spares,
             device_size,
             (chunk_size, checksum_size),
-            (format == "4", force),
+            force,
             &domains,
             (paths, copy_from.as_deref()),
         ),
@@ -898,7 +892,6 @@ fn execute(command: Command) -> CliResult {
         Command::BenchRebuild(RebuildBench {
             bench: b,
             spare_dir,
-            format,
         }) => bench::run(
             &b.layout,
             b.device_size,
@@ -906,16 +899,10 @@ fn execute(command: Command) -> CliResult {
             b.dir.as_deref(),
             spare_dir.as_deref(),
             b.json,
-            format == 4,
         ),
-        Command::BenchScrub(ScrubBench { bench: b, format }) => bench_scrub::run(
-            &b.layout,
-            b.device_size,
-            b.runs,
-            b.dir.as_deref(),
-            b.json,
-            format == 4,
-        ),
+        Command::BenchScrub(ScrubBench { bench: b }) => {
+            bench_scrub::run(&b.layout, b.device_size, b.runs, b.dir.as_deref(), b.json)
+        }
         Command::Demo {
             layout,
             device_size,
@@ -1069,26 +1056,19 @@ fn create(
     spares: Vec<PathBuf>,
     device_size: Option<u64>,
     (chunk_size, checksum_size): (u64, u64),
-    (v4, force): (bool, bool),
+    force: bool,
     domains: &[String],
     (paths, copy_from): (Vec<PathBuf>, Option<&Path>),
 ) -> CliResult {
-    if v4 && checksum_size != 4096 {
+    if checksum_size != 4096 {
         return Err(usage_error(&format!(
-            "--checksum-size {}: format 4 checks every 4K block (--checksum-size is for --format 3)",
+            "--checksum-size {}: format 4 checks every 4K block",
             human_bytes(checksum_size)
         )));
     }
-    if v4 && !chunk_size.is_multiple_of(16 << 10) {
+    if !chunk_size.is_multiple_of(16 << 10) {
         return Err(usage_error(&format!(
             "--chunk-size {}: format 4 needs a multiple of 16K (its metadata pages live in chunks)",
-            human_bytes(chunk_size)
-        )));
-    }
-    if !v4 && !chunk_size.is_multiple_of(checksum_size) {
-        return Err(usage_error(&format!(
-            "--checksum-size {} does not divide --chunk-size {}",
-            human_bytes(checksum_size),
             human_bytes(chunk_size)
         )));
     }
@@ -1099,11 +1079,7 @@ fn create(
     options.force = force;
     options.domains = domains_of(domains, &paths, &spares)?;
     options.open.map_cache_bytes = map_cache_bytes();
-    options.format = if v4 {
-        stripestore::pool::FormatVersion::V4(stripestore::pool::V4Options::default())
-    } else {
-        stripestore::pool::FormatVersion::V3
-    };
+    options.format = stripestore::pool::FormatVersion::V4(stripestore::pool::V4Options::default());
     // The pool to copy is opened (read-only) first: a wrong member path fails before the new
     // devices are touched.
     let source = copy_from
@@ -1695,6 +1671,22 @@ fn chunk_size_arg(text: &str) -> Result<u64, String> {
         ));
     }
     Ok(bytes)
+}
+
+/// `create --format`: 4, the only version this build creates; an earlier one is refused
+/// naming both and the way out.
+fn format_arg(text: &str) -> Result<u32, String> {
+    match text.trim().parse::<u32>() {
+        Ok(4) => Ok(4),
+        Ok(version @ 1..=3) => Err(format!(
+            "this build creates format version 4 pools only, not version {version}; it opens \
+             pools of versions 1 to 3 read-only, and `create --copy-from MEMBER` moves one into \
+             a new version-4 pool"
+        )),
+        _ => Err(format!(
+            "{text:?} is not a format version this build knows (4)"
+        )),
+    }
 }
 
 /// `--checksum-size`: a size, a multiple of 4K (that it divides the chunk is checked after).
