@@ -11,12 +11,14 @@
 mod common;
 
 use common::*;
+use std::collections::BTreeSet;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 use stripestore::device::{Device, FaultKind, FaultyDevice, MemDevice, SharedDevice};
-use stripestore::pool::ClearedState;
+use stripestore::pool::{ClearedState, ShardLocation};
 use stripestore::testing::{mem_devices, random_bytes, rng, seed, shared, Model};
-use stripestore::{Error, OpenOptions, Pool, ScrubOptions};
+use stripestore::{Error, Layout, OpenOptions, Pool, ScrubOptions};
 
 fn fill(pool: &Pool, model: &mut Model, rng: &mut rand_chacha::ChaCha8Rng) {
     let data = random_bytes(rng, pool.size() as usize);
@@ -37,30 +39,86 @@ fn images(mems: &[Arc<MemDevice>]) -> Vec<Vec<u8>> {
     mems.iter().map(|m| m.image()).collect()
 }
 
-/// Overwrite, on each of `devices`, every chunk that stripes `stripes` keep there, with bytes
-/// that cannot verify. Returns how many chunks were damaged per device.
-fn damage_stripes(
+/// Bytes of a logical block, of a row's shard-block and of a checksum block in format
+/// version 4, the format these pools are.
+const BLOCK: u64 = 4096;
+
+/// The volume blocks of logical stripes `stripes` (volume ranges of `stripe_data_bytes`).
+fn blocks_of(pool: &Pool, stripes: Range<u64>) -> Range<u64> {
+    let per_stripe = pool.geometry().stripe_data_bytes() / BLOCK;
+    stripes.start * per_stripe..stripes.end * per_stripe
+}
+
+/// Overwrite, on each of `devices`, every shard-block of the rows that hold volume blocks
+/// `blocks` (where `Pool::block_locations` says they are), with bytes that cannot verify.
+/// Returns the places damaged: (member, byte offset), each once.
+fn damage_rows(
     pool: &Pool,
     mems: &[Arc<MemDevice>],
-    stripes: std::ops::Range<u64>,
+    blocks: Range<u64>,
     devices: &[usize],
-) -> Vec<u64> {
-    let mut per_device = vec![0u64; mems.len()];
-    for stripe in stripes {
-        for shard in pool.shard_locations(stripestore::types::StripeId(stripe)) {
-            if devices.contains(&shard.device) {
-                let junk = vec![0xA5u8 ^ (stripe as u8); CHUNK_BYTES as usize];
-                mems[shard.device].poke(shard.offset, &junk);
-                per_device[shard.device] += 1;
+) -> BTreeSet<(usize, u64)> {
+    let mut damaged = BTreeSet::new();
+    for key in blocks {
+        let row = pool.block_locations(key * BLOCK);
+        assert!(
+            !row.is_empty(),
+            "block {key} is written: damage must hit it"
+        );
+        for place in row {
+            if devices.contains(&place.device) && damaged.insert((place.device, place.offset)) {
+                let junk = vec![0xA5u8 ^ (key as u8); BLOCK as usize];
+                mems[place.device].poke(place.offset, &junk);
             }
         }
     }
-    per_device
+    damaged
 }
 
-/// rs:4+2 and raid10 with damage on tolerance + 1 members over a few adjacent stripes: only
-/// those stripes are lost. Everything else reads back exact, before and after a reopen; no
-/// member is faulted; the scrub's tallies add up and its ranges are one merged, named range.
+/// One block of the volume and the row that holds it.
+struct BlockRow {
+    /// Every shard-block of the row (one per shard, `Pool::block_locations`).
+    row: Vec<ShardLocation>,
+    /// The ones that carry this block: its data shard-block (rs), or every copy of it
+    /// (mirror, raid10).
+    own: Vec<ShardLocation>,
+}
+
+/// Where every block of the volume is, found before any damage while the members hold what
+/// `model` says: a row's data shard-blocks hold their blocks' bytes as written, so a block's
+/// own shard-blocks are the data ones whose bytes are the block's.
+fn block_rows(pool: &Pool, mems: &[Arc<MemDevice>], model: &Model) -> Vec<BlockRow> {
+    (0..pool.size() / BLOCK)
+        .map(|key| {
+            let row = pool.block_locations(key * BLOCK);
+            assert_eq!(row.len(), pool.geometry().width(), "block {key}: {row:?}");
+            let bytes = model.read(key * BLOCK, BLOCK as usize);
+            let own: Vec<ShardLocation> = row
+                .iter()
+                .filter(|p| {
+                    p.data_chunk.is_some() && mems[p.device].peek(p.offset, BLOCK as usize) == bytes
+                })
+                .copied()
+                .collect();
+            // Exactly the shard-blocks of one data chunk: one for rs, every copy otherwise.
+            assert!(!own.is_empty(), "block {key}: no shard-block holds it");
+            let chunk = own[0].data_chunk;
+            assert_eq!(
+                own.len(),
+                row.iter().filter(|p| p.data_chunk == chunk).count(),
+                "block {key}: {row:?}"
+            );
+            BlockRow { row, own }
+        })
+        .collect()
+}
+
+/// rs:4+2, mirror:2 and raid10:2 with damage on tolerance + 1 members over the rows of a few
+/// adjacent stripes of the volume: exactly the blocks whose own shard-blocks were destroyed
+/// beyond what their row can rebuild are lost (on rs, a row's damaged parity or a data
+/// shard-block still on a good member costs nothing). Everything else reads back exact,
+/// before and after a reopen; no member is faulted; the scrub's tallies are exact and add up,
+/// and its ranges are the lost blocks, merged where adjacent, naming the failed members.
 #[test]
 fn localized_damage_beyond_tolerance_costs_only_the_damaged_stripes() {
     for (layout, devices, victims) in [
@@ -75,40 +133,131 @@ fn localized_damage_beyond_tolerance_costs_only_the_damaged_stripes() {
         fill(&pool, &mut model, &mut rng);
         drop(pool);
         let pool = Pool::open(shared(&mems), &manual()).unwrap();
-        let stripe_bytes = pool.geometry().stripe_data_bytes();
-        // Every stripe keeps a chunk on each victim (raid10: both copies of one group).
-        let stripes: Vec<u64> = (10..50).collect();
-        assert_eq!(stripes.len(), 40, "{layout}");
-        let mut lost = Vec::new();
-        for stripe in &stripes {
-            damage_stripes(&pool, &mems, *stripe..*stripe + 1, &victims);
-            lost.push(*stripe);
+        let k = pool.geometry().data_chunks();
+        let copies = matches!(
+            pool.geometry().layout,
+            Layout::Mirror { .. } | Layout::Raid10 { .. }
+        );
+        let places = block_rows(&pool, &mems, &model);
+        // The rows of stripes 10..20: few enough that every lost range is listed (the list
+        // keeps 64).
+        let blocks = blocks_of(&pool, 10..20);
+        // Every such row keeps a shard-block on each victim (rs:4+2: three of its six, one
+        // more than its parity; mirror: both copies; raid10: both copies of one group).
+        for key in blocks.clone() {
+            for victim in &victims {
+                assert!(
+                    places[key as usize].row.iter().any(|p| p.device == *victim),
+                    "{layout}: block {key}"
+                );
+            }
         }
+        let damaged = damage_rows(&pool, &mems, blocks.clone(), &victims);
+        let rows_hit: BTreeSet<(usize, u64)> = blocks
+            .clone()
+            .map(|key| {
+                let first = places[key as usize].row[0];
+                (first.device, first.offset)
+            })
+            .collect();
+        assert_eq!(damaged.len(), rows_hit.len() * victims.len(), "{layout}");
+        // What the damage costs, from the rows alone: a shard-block is rebuilt from K good
+        // ones of its row (rs) or from a good copy of its chunk (mirror, raid10); a block is
+        // lost when none of its own shard-blocks is good or can be rebuilt.
+        let good = |p: &ShardLocation| !damaged.contains(&(p.device, p.offset));
+        let rebuildable = |row: &[ShardLocation], p: &ShardLocation| {
+            if copies {
+                row.iter().any(|q| q.data_chunk == p.data_chunk && good(q))
+            } else {
+                row.iter().filter(|q| good(q)).count() >= k
+            }
+        };
+        let lost: Vec<u64> = (0..places.len() as u64)
+            .filter(|key| {
+                let at = &places[*key as usize];
+                at.own.iter().all(|p| !good(p) && !rebuildable(&at.row, p))
+            })
+            .collect();
+        assert!(!lost.is_empty(), "{layout}: the damage must lose blocks");
+        // Per member: the places damaged, and those of them nothing can rebuild (each row
+        // counted once).
+        let mut bad_on = vec![0u64; devices];
+        let mut unrepairable_on = vec![0u64; devices];
+        let mut seen = BTreeSet::new();
+        for at in &places {
+            if !seen.insert((at.row[0].device, at.row[0].offset)) {
+                continue;
+            }
+            for p in at.row.iter().filter(|p| !good(p)) {
+                bad_on[p.device] += 1;
+                if !rebuildable(&at.row, p) {
+                    unrepairable_on[p.device] += 1;
+                }
+            }
+        }
+        assert_eq!(bad_on.iter().sum::<u64>(), damaged.len() as u64, "{layout}");
+
         let report = pool.scrub_with(&ScrubOptions::default(), |_| {}).unwrap();
         // No member is faulted for data errors; the pool stays available and writable.
         for device in &pool.status().devices {
             assert_ne!(device.state, "FAULTED", "{layout}: {device:?}");
         }
-        assert_eq!(report.unrepairable_stripes, lost.len() as u64, "{layout}");
-        // Tallies add up: every error is repaired, unrepairable or (not here) not rewritten.
+        // Version 4 counts the places that stay bad as its unrepairable "stripes", and the
+        // blocks they cost as lost blocks.
+        assert_eq!(
+            report.unrepairable_stripes,
+            unrepairable_on.iter().sum::<u64>(),
+            "{layout}"
+        );
+        assert_eq!(report.lost_blocks, lost.len() as u64, "{layout}");
+        // Tallies add up: every error is repaired, unrepairable or (not here) not rewritten,
+        // and each member's are exactly the places damaged on it.
         for device in &report.devices {
             let c = &device.counters;
             assert!(c.errors_accounted(), "{layout}: {device:?}");
             assert_eq!(c.bytes_skipped, 0, "{layout}: {device:?}");
+            assert_eq!(c.io_errors, 0, "{layout}: {device:?}");
+            assert_eq!(
+                c.checksum_errors, bad_on[device.index],
+                "{layout}: {device:?}"
+            );
+            assert_eq!(
+                c.unrepairable, unrepairable_on[device.index],
+                "{layout}: {device:?}"
+            );
+            assert_eq!(c.not_rewritten, 0, "{layout}: {device:?}");
         }
-        // Lost ranges: sorted, merged where stripes are adjacent, each naming the victims.
-        let mut expected: Vec<(u64, u64)> = Vec::new();
-        for stripe in &lost {
-            let start = stripe * stripe_bytes;
+        // Lost ranges: sorted, merged where blocks are adjacent, each naming every member
+        // whose shard-block of a lost block's row failed.
+        let mut expected: Vec<(u64, u64, Vec<String>)> = Vec::new();
+        for key in &lost {
+            let start = key * BLOCK;
+            let names = places[*key as usize]
+                .row
+                .iter()
+                .filter(|p| !good(p))
+                .map(|p| mems[p.device].name());
             match expected.last_mut() {
-                Some((s, len)) if *s + *len == start => *len += stripe_bytes,
-                _ => expected.push((start, stripe_bytes)),
+                Some((s, len, on)) if *s + *len == start => {
+                    *len += BLOCK;
+                    on.extend(names);
+                }
+                _ => expected.push((start, BLOCK, names.collect())),
+            }
+            if let Some((_, _, on)) = expected.last_mut() {
+                on.sort();
+                on.dedup();
             }
         }
-        let got: Vec<(u64, u64)> = report
+        assert!(
+            expected.len() <= stripestore::format::MAX_RECORDED_RANGES,
+            "{layout}: {} ranges, more than a scrub lists",
+            expected.len()
+        );
+        let got: Vec<(u64, u64, Vec<String>)> = report
             .damaged
             .iter()
-            .map(|r| (r.volume_offset, r.length))
+            .map(|r| (r.volume_offset, r.length, r.devices.clone()))
             .collect();
         assert_eq!(got, expected, "{layout}");
         for range in &report.damaged {
@@ -120,36 +269,38 @@ fn localized_damage_beyond_tolerance_costs_only_the_damaged_stripes() {
                 );
             }
         }
-        check_stripes(layout, &pool, &model, &lost);
-        // Still writable: overwrite a lost stripe and it is whole again.
-        let fresh = random_bytes(&mut rng, stripe_bytes as usize);
-        pool.write_at(lost[0] * stripe_bytes, &fresh).unwrap();
-        model.write(lost[0] * stripe_bytes, &fresh);
+        check_blocks(layout, &pool, &model, &lost);
+        // Still writable: overwrite a lost block and it is whole again.
+        let fresh = random_bytes(&mut rng, BLOCK as usize);
+        pool.write_at(lost[0] * BLOCK, &fresh).unwrap();
+        model.write(lost[0] * BLOCK, &fresh);
         pool.flush().unwrap();
+        let mut lost = lost;
         lost.remove(0);
         drop(pool);
         let pool = Pool::open(shared(&mems), &manual()).unwrap();
-        check_stripes(layout, &pool, &model, &lost);
+        check_blocks(layout, &pool, &model, &lost);
     }
 }
 
-/// Every stripe in `lost` fails to read (never returns bytes); every other one is exact.
-fn check_stripes(layout: &str, pool: &Pool, model: &Model, lost: &[u64]) {
-    let stripe_bytes = pool.geometry().stripe_data_bytes();
-    for stripe in 0..pool.geometry().stripes {
-        let mut buf = vec![0u8; stripe_bytes as usize];
-        let result = pool.read_at(stripe * stripe_bytes, &mut buf);
-        if lost.contains(&stripe) {
+/// Every block in `lost` fails to read (never returns bytes, and says which block); every
+/// other block of the volume is exact.
+fn check_blocks(layout: &str, pool: &Pool, model: &Model, lost: &[u64]) {
+    for key in 0..pool.size() / BLOCK {
+        let mut buf = vec![0u8; BLOCK as usize];
+        let result = pool.read_at(key * BLOCK, &mut buf);
+        if lost.contains(&key) {
             assert!(
-                matches!(result, Err(Error::Unrecoverable { .. })),
-                "{layout}: stripe {stripe} must fail, not return bytes: {result:?}"
+                matches!(result, Err(Error::UnrecoverableBlock { volume_offset, .. })
+                    if volume_offset == key * BLOCK),
+                "{layout}: block {key} must fail, not return bytes: {result:?}"
             );
         } else {
-            result.unwrap_or_else(|e| panic!("{layout}: stripe {stripe}: {e}"));
+            result.unwrap_or_else(|e| panic!("{layout}: block {key}: {e}"));
             assert_eq!(
                 buf,
-                model.read(stripe * stripe_bytes, stripe_bytes as usize),
-                "{layout}: stripe {stripe}"
+                model.read(key * BLOCK, BLOCK as usize),
+                "{layout}: block {key}"
             );
         }
     }
@@ -176,7 +327,8 @@ fn data_errors_degrade_at_a_rate_and_clear_brings_the_member_back() {
     {
         let pool = Pool::open(shared(&mems), &rate(Duration::from_millis(1))).unwrap();
         for stripe in stripes.clone() {
-            damage_stripes(&pool, &mems, stripe..stripe + 1, &[3]);
+            let blocks = blocks_of(&pool, stripe..stripe + 1);
+            damage_rows(&pool, &mems, blocks, &[3]);
             std::thread::sleep(Duration::from_millis(3));
             let mut buf = vec![0u8; pool.geometry().stripe_data_bytes() as usize];
             let at = stripe * pool.geometry().stripe_data_bytes();
@@ -188,7 +340,7 @@ fn data_errors_degrade_at_a_rate_and_clear_brings_the_member_back() {
     }
     // Fast errors: degraded, not faulted; it keeps serving.
     let pool = Pool::open(shared(&mems), &rate(Duration::from_secs(600))).unwrap();
-    damage_stripes(&pool, &mems, 40..80, &[3]);
+    damage_rows(&pool, &mems, blocks_of(&pool, 40..80), &[3]);
     verify(&pool, &model);
     let status = pool.status();
     assert_eq!(status.devices[3].state, "DEGRADED", "{status}");
@@ -202,7 +354,7 @@ fn data_errors_degrade_at_a_rate_and_clear_brings_the_member_back() {
         "a degraded member still counts"
     );
     let before = pool.status().devices[3].checksum_errors;
-    damage_stripes(&pool, &mems, 80..90, &[3]);
+    damage_rows(&pool, &mems, blocks_of(&pool, 80..90), &[3]);
     verify(&pool, &model);
     assert!(
         pool.status().devices[3].checksum_errors > before,
@@ -317,7 +469,7 @@ fn a_read_only_open_changes_no_byte() {
     let mut rng = rng(seed(150));
     let mut model = Model::new(pool.size());
     fill(&pool, &mut model, &mut rng);
-    damage_stripes(&pool, &mems, 5..60, &[1]);
+    damage_rows(&pool, &mems, blocks_of(&pool, 5..60), &[1]);
     drop(pool);
     let look = OpenOptions {
         read_only: true,

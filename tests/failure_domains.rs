@@ -53,11 +53,29 @@ fn create_refuses_a_domain_set_whose_loss_would_lose_data_and_writes_nothing() {
             "{layout}: a refused create wrote"
         );
     }
-    // Version 3 has no domains.
+    // Version 3 has no domains: asked for a version 3 pool (`v3_options`, since `options()`
+    // now makes version 4) with a domain set that version 4 would take, create refuses and
+    // writes nothing.
     let mems = mem_devices(6, DEVICE_BYTES);
-    let mut options = common::options("rs:4+2");
+    let mut options = common::v3_options("rs:4+2");
     options.domains = ["a", "a", "b", "b", "c", "c"].map(String::from).to_vec();
-    assert!(Pool::create(shared(&mems), vec![], &options).is_err());
+    let err = Pool::create(shared(&mems), vec![], &options).unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidConfig(m) if m.contains("format version 4")),
+        "version 3: {err}"
+    );
+    assert!(
+        !mems.iter().any(|m| written(m)),
+        "version 3: a refused create wrote"
+    );
+    // The same set on version 4 is taken: the refusal above is version 3's.
+    let mems = mem_devices(6, DEVICE_BYTES);
+    Pool::create(
+        shared(&mems),
+        vec![],
+        &with_domains("rs:4+2", &["a", "a", "b", "b", "c", "c"]),
+    )
+    .unwrap();
 }
 
 #[test]

@@ -9,6 +9,7 @@ use parking_lot::Mutex;
 use rand::Rng;
 use std::sync::Arc;
 use stripestore::device::{FaultKind, FaultPlan, FaultyDevice, MemDevice, SharedDevice};
+use stripestore::pool::ShardLocation;
 use stripestore::testing::{mem_devices, random_bytes, rng, seed, shared, Model, SeedGuard};
 use stripestore::{OpenOptions, Pool};
 
@@ -27,6 +28,25 @@ fn fill(pool: &Pool, model: &mut Model, rng: &mut rand_chacha::ChaCha8Rng) {
     pool.flush().unwrap();
 }
 
+/// Bytes of a logical block and of a row's shard-block in format version 4, the format these
+/// pools are.
+const BLOCK: u64 = 4096;
+
+/// Every row holding a block of the whole (written) volume, once, in volume order: its
+/// shard-blocks as `Pool::block_locations` gives them (one per shard: member and offset).
+fn written_rows(pool: &Pool) -> Vec<Vec<ShardLocation>> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut rows = Vec::new();
+    for key in 0..pool.size() / BLOCK {
+        let row = pool.block_locations(key * BLOCK);
+        assert_eq!(row.len(), pool.geometry().width(), "block {key}: {row:?}");
+        if seen.insert((row[0].device, row[0].offset)) {
+            rows.push(row);
+        }
+    }
+    rows
+}
+
 #[test]
 fn bit_rot_is_detected_healed_on_disk_and_counted_exactly() {
     each_layout(
@@ -38,20 +58,19 @@ fn bit_rot_is_detected_healed_on_disk_and_counted_exactly() {
             let mut model = Model::new(pool.size());
             fill(&pool, &mut model, rng);
             let tolerance = pool.geometry().tolerance();
-            let stripes = pool.geometry().stripes;
-            // Corrupt up to `tolerance` shards in a third of the stripes, remembering the good bytes.
+            // Corrupt up to `tolerance` shard-blocks in a third of the rows, remembering the
+            // good bytes.
             let mut damaged = Vec::new();
-            for stripe in 0..stripes {
+            for row in written_rows(&pool) {
                 if !rng.gen_bool(0.33) {
                     continue;
                 }
-                let mut shards = pool.shard_locations(stripestore::types::StripeId(stripe));
-                assert!(!shards.is_empty());
+                let mut shards = row;
                 let count = rng.gen_range(1..=tolerance);
                 for _ in 0..count {
                     let shard = shards.remove(rng.gen_range(0..shards.len()));
-                    let at = shard.offset + rng.gen_range(0..CHUNK_BYTES);
-                    let original = mems[shard.device].peek(shard.offset, CHUNK_BYTES as usize);
+                    let at = shard.offset + rng.gen_range(0..BLOCK);
+                    let original = mems[shard.device].peek(shard.offset, BLOCK as usize);
                     mems[shard.device].flip_bit(at, rng.gen());
                     damaged.push((shard.device, shard.offset, original));
                 }
@@ -66,14 +85,14 @@ fn bit_rot_is_detected_healed_on_disk_and_counted_exactly() {
             assert_eq!(
                 status.total_checksum_errors(),
                 damaged.len() as u64,
-                "{layout}: every damaged chunk is counted once (read or scrub), none twice"
+                "{layout}: every damaged shard-block is counted once (read or scrub), none twice"
             );
             assert_eq!(status.total_repaired(), damaged.len() as u64, "{layout}");
             for (device, offset, original) in &damaged {
                 assert_eq!(
-                    &mems[*device].peek(*offset, CHUNK_BYTES as usize),
+                    &mems[*device].peek(*offset, BLOCK as usize),
                     original,
-                    "{layout}: chunk at device {device} offset {offset} not healed on disk"
+                    "{layout}: shard-block at device {device} offset {offset} not healed on disk"
                 );
             }
             assert_eq!(
@@ -231,12 +250,13 @@ fn error_rate_degrades_a_device_that_keeps_serving() {
     let mut rng = rng(seed(8000));
     let mut model = Model::new(pool.size());
     fill(&pool, &mut model, &mut rng);
-    // Rot every chunk of device 3.
-    for stripe in 0..pool.geometry().stripes {
-        for shard in pool.shard_locations(stripestore::types::StripeId(stripe)) {
-            if shard.device == 3 {
-                mems[3].flip_bit(shard.offset + 5, 1);
-            }
+    // Rot every shard-block of device 3 (one in each row of rs:4+2 on six members); the
+    // reads meet the data ones, not the parity ones.
+    let mut rotten_data = 0u64;
+    for row in written_rows(&pool) {
+        for shard in row.iter().filter(|shard| shard.device == 3) {
+            mems[3].flip_bit(shard.offset + 5, 1);
+            rotten_data += u64::from(shard.data_chunk.is_some());
         }
     }
     verify(&pool, &model);
@@ -248,9 +268,12 @@ fn error_rate_degrades_a_device_that_keeps_serving() {
         .unwrap()
         .contains("too many errors"));
     assert_eq!(status.remaining_tolerance, 2, "still counted as redundancy");
-    // Every rotten chunk was healed on the way: reading again finds nothing more.
+    // Every rotten shard-block the reads met was healed on the way: reading again finds
+    // nothing more.
     let healed = status.devices[3].repaired_chunks;
     assert_eq!(healed, status.devices[3].checksum_errors);
+    // Each rotten data shard-block was met once by the reads, and no other.
+    assert_eq!(healed, rotten_data);
     verify(&pool, &model);
     assert_eq!(pool.status().devices[3].checksum_errors, healed);
     // Persisted: after a reopen it is still degraded, still a member, still serving.
@@ -308,15 +331,19 @@ fn a_stale_member_cannot_open_alone_when_the_missing_ones_are_degraded() {
     let old = vec![1u8; 65536];
     pool.write_at(0, &old).unwrap();
     pool.flush().unwrap();
-    // Rot one copy on each member, on different stripes: the scrub heals them from the other
-    // copy and the errors degrade both members (in service, recorded on disk).
-    for stripe in 0..2 {
-        for shard in pool.shard_locations(stripestore::types::StripeId(stripe)) {
-            if shard.device == stripe as usize {
+    // Rot one copy on each member, in different rows (blocks 0 and 1: a mirror's row is one
+    // block): the scrub heals them from the other copy and the errors degrade both members
+    // (in service, recorded on disk).
+    let mut rotten = 0;
+    for block in 0..2u64 {
+        for shard in pool.block_locations(block * BLOCK) {
+            if shard.device == block as usize {
                 mems[shard.device].flip_bit(shard.offset + 5, 1);
+                rotten += 1;
             }
         }
     }
+    assert_eq!(rotten, 2, "one copy of each block rotted");
     pool.scrub().unwrap();
     let status = pool.status();
     assert!(
