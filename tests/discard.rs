@@ -9,9 +9,11 @@ mod common;
 
 use common::*;
 use rand::Rng;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 use stripestore::device::MemDevice;
+use stripestore::geometry::Geometry;
 use stripestore::pool::Extent;
 use stripestore::testing::{mem_devices, random_bytes, rng, shared, Model};
 use stripestore::{Error, OpenOptions, Pool};
@@ -113,6 +115,9 @@ fn discarded_ranges_read_as_zeros_and_the_rest_is_unchanged_across_a_reopen() {
 fn allocation_reports_runs_that_cover_the_range_exactly() {
     let (pool, _mems) = mem_pool("rs:4+2", 6);
     let stripe = pool.geometry().stripe_data_bytes();
+    // Format version 4 maps each 4 KiB block on its own (docs/FORMAT.md V4.1): a write of one
+    // byte allocates the one block that holds it, not its stripe.
+    let block = 4096;
     pool.write_at(stripe, &vec![7u8; 2 * stripe as usize])
         .unwrap();
     pool.write_at(5 * stripe + 1, &[1]).unwrap();
@@ -135,12 +140,12 @@ fn allocation_reports_runs_that_cover_the_range_exactly() {
         },
         Extent {
             offset: 5 * stripe,
-            length: stripe,
+            length: block,
             allocated: true,
         },
         Extent {
-            offset: 6 * stripe,
-            length: 100,
+            offset: 5 * stripe + block,
+            length: stripe - block + 100,
             allocated: false,
         },
     ];
@@ -152,8 +157,44 @@ fn allocation_reports_runs_that_cover_the_range_exactly() {
     assert_eq!(pool.allocation(0, 0).unwrap(), vec![]);
     // Discarding a written stripe turns its run back into a hole, at once.
     pool.discard(stripe, stripe).unwrap();
-    assert!(!pool.allocation(stripe, stripe).unwrap()[0].allocated);
-    assert!(pool.allocation(2 * stripe, stripe).unwrap()[0].allocated);
+    assert_eq!(
+        pool.allocation(stripe, stripe).unwrap(),
+        vec![Extent {
+            offset: stripe,
+            length: stripe,
+            allocated: false
+        }]
+    );
+    assert_eq!(
+        pool.allocation(2 * stripe, stripe).unwrap(),
+        vec![Extent {
+            offset: 2 * stripe,
+            length: stripe,
+            allocated: true
+        }]
+    );
+    // And a discard of one block inside a written stripe makes exactly that block a hole.
+    pool.discard(2 * stripe + block, block).unwrap();
+    assert_eq!(
+        pool.allocation(2 * stripe, stripe).unwrap(),
+        vec![
+            Extent {
+                offset: 2 * stripe,
+                length: block,
+                allocated: true
+            },
+            Extent {
+                offset: 2 * stripe + block,
+                length: block,
+                allocated: false
+            },
+            Extent {
+                offset: 2 * stripe + 2 * block,
+                length: stripe - 2 * block,
+                allocated: true
+            },
+        ]
+    );
 }
 
 #[test]
@@ -220,9 +261,121 @@ fn discarded_stripes_give_their_slots_back_without_a_reopen() {
         .expect("refilling a discarded volume must not run out of slots");
 }
 
-/// Bytes a rebuild read and wrote onto the spare, after writing `stripes` whole stripes and
-/// discarding the first `trimmed` of them.
-fn rebuild_bytes(stripes: u64, trimmed: u64) -> (u64, u64) {
+/// Bytes of a metadata page, and of a data block (one cell of a row).
+const PAGE: u64 = 16 * 1024;
+const BLOCK: u64 = 4096;
+
+/// The metadata pages the newest tree sync on `mems` references (docs/FORMAT.md V4.4, V4.8),
+/// found from the members' bytes alone, not through the pool: the uberblock with the highest
+/// txg in ring A of any member, then every page reachable from its roots. Interior pages
+/// (level 2 and up) are read from their copy 0 and decoded as 1024 pointers; leaves (level 1)
+/// hold records and name no page. Returns the page numbers and how many are interior.
+fn referenced_pages(mems: &[Arc<MemDevice>], geometry: &Geometry) -> (BTreeSet<u64>, u64) {
+    use stripestore::format::v4::{PointerPage, Uberblock, PAGE_BYTES, UBERBLOCK_MAGIC};
+    let ring = geometry.uberblock_rings()[0];
+    let newest = mems
+        .iter()
+        .flat_map(|m| (0..geometry.uberblock_slots).map(move |i| m.peek(ring + i * 4096, 4096)))
+        .filter(|bytes| bytes[..8] == UBERBLOCK_MAGIC[..])
+        .filter_map(|bytes| {
+            let mut pool = [0u8; 16];
+            pool.copy_from_slice(&bytes[16..32]);
+            Uberblock::decode(&bytes, pool).ok()
+        })
+        .max_by_key(|u| u.txg)
+        .expect("a version 4 pool has an uberblock");
+    let mut pages = BTreeSet::new();
+    let mut interior = 0;
+    let mut stack = newest.roots.to_vec();
+    while let Some(pointer) = stack.pop() {
+        let Some(mpn) = pointer.address() else {
+            continue;
+        };
+        if !pages.insert(mpn) || pointer.level() < 2 {
+            continue;
+        }
+        interior += 1;
+        let (device, offset) = geometry.page_copies(mpn).unwrap()[0];
+        let bytes = mems[device.0].peek(offset, PAGE_BYTES);
+        let page = PointerPage::decode(&bytes, pointer.level()).unwrap();
+        stack.extend(page.pointers().iter().copied());
+    }
+    (pages, interior)
+}
+
+/// The data slot and the 4 KiB cell on `device` of the row holding volume byte `offset`
+/// (`None` when the block holds nothing). For layouts whose width is the member count
+/// (mirror:N on N, rs:K+M on K+M), every slot is one chunk row of every member, so the slot
+/// is that row's number.
+fn cell_of(pool: &Pool, offset: u64, device: usize) -> Option<(u64, u64)> {
+    let geometry = pool.geometry();
+    assert_eq!(geometry.width(), geometry.devices);
+    pool.block_locations(offset)
+        .into_iter()
+        .find(|l| l.device == device)
+        .map(|l| {
+            (
+                (l.offset - geometry.data_offset) / geometry.chunk_bytes,
+                l.offset,
+            )
+        })
+}
+
+/// Slots in a segment, the unit v4 allocates and frees (the test minimum, `small_v4`).
+fn segment_slots() -> u64 {
+    let opts = options("rs:4+2");
+    assert!(
+        matches!(opts.format, stripestore::pool::FormatVersion::V4(v) if v.segment_slots == 4),
+        "the suites create v4 pools with 4-slot segments"
+    );
+    4
+}
+
+/// What a rebuild of position `victim` must do on a v4 pool, worked out from the layout and
+/// the members' bytes rather than from the rebuild (docs/FORMAT.md V4.5, "Rebuild"):
+/// * every written row of a data segment that still holds live data has its cell on the
+///   position rebuilt (4 KiB written, K = 4 cells of other members read: rs:4+2). Segments
+///   whose every block was discarded are free and skipped; a segment keeps all its rows,
+///   dead ones too, while one live block holds it.
+/// * every referenced metadata page with a copy on the position gets it from a sibling copy
+///   (16 KiB read, 16 KiB written);
+/// * and the pass starts by walking the trees: each interior page is read once (16 KiB).
+///
+/// `written` maps every block ever written to its (slot, cell on the victim); `live` is the
+/// blocks that still hold data. Returns `(data cells, pages copied, interior pages)`.
+fn rebuild_work(
+    mems: &[Arc<MemDevice>],
+    geometry: &Geometry,
+    victim: usize,
+    written: &[(u64, u64)],
+    live: &[(u64, u64)],
+) -> (u64, u64, u64) {
+    let segment = |slot: u64| slot / segment_slots();
+    let held: BTreeSet<u64> = live.iter().map(|(slot, _)| segment(*slot)).collect();
+    let cells: BTreeSet<u64> = written
+        .iter()
+        .filter(|(slot, _)| held.contains(&segment(*slot)))
+        .map(|(_, cell)| *cell)
+        .collect();
+    let (pages, interior) = referenced_pages(mems, geometry);
+    let on_victim = pages
+        .iter()
+        .filter(|mpn| {
+            geometry
+                .page_copies(**mpn)
+                .unwrap()
+                .iter()
+                .any(|(d, _)| d.0 == victim)
+        })
+        .count() as u64;
+    (cells.len() as u64, on_victim, interior)
+}
+
+/// A rebuild after writing `stripes` whole stripes and discarding the first `trimmed` of them:
+/// `(bytes read, bytes written onto the spare, data bytes among those written)`, each checked
+/// against what [`rebuild_work`] says it must be.
+fn rebuild_bytes(stripes: u64, trimmed: u64) -> (u64, u64, u64) {
+    let victim = 2;
     let mems = mem_devices(6, DEVICE_BYTES);
     let spare = Arc::new(MemDevice::new("spare", DEVICE_BYTES));
     let mut opts = options("rs:4+2");
@@ -234,10 +387,32 @@ fn rebuild_bytes(stripes: u64, trimmed: u64) -> (u64, u64) {
     pool.write_at(0, &data).unwrap();
     model.write(0, &data);
     pool.flush().unwrap();
+    let cells = |from: u64| -> Vec<(u64, u64)> {
+        (from * stripe / BLOCK..stripes * stripe / BLOCK)
+            .map(|b| cell_of(&pool, b * BLOCK, victim).expect("a written block has a row"))
+            .collect()
+    };
+    let written = cells(0);
     discard(&pool, &mut model, 0, trimmed * stripe);
     pool.flush().unwrap();
-    pool.fault_device(2, "test: lost");
+    for b in 0..trimmed * stripe / BLOCK {
+        assert!(
+            cell_of(&pool, b * BLOCK, victim).is_none(),
+            "block {b} was discarded"
+        );
+    }
+    let live = cells(trimmed);
+    let geometry = pool.geometry().clone();
+    let (data_cells, pages, interior) = rebuild_work(&mems, &geometry, victim, &written, &live);
+    pool.fault_device(victim, "test: lost");
     pool.attach_spares();
+    // The estimate is the live data's share of the position (1/K of the allocated bytes);
+    // on v4 it leaves out the page copies (src/pool/rows_rebuild.rs, `rows_rebuild_estimate`).
+    assert_eq!(
+        pool.rebuild_progress()[0].total_bytes,
+        (stripes - trimmed) * stripe / 4,
+        "the estimate at the attach"
+    );
     let completed = pool.run_rebuilds(|_| {}).unwrap();
     assert_eq!(completed.len(), 1);
     let progress = completed[0].clone();
@@ -245,36 +420,104 @@ fn rebuild_bytes(stripes: u64, trimmed: u64) -> (u64, u64) {
         progress.done_bytes, progress.total_bytes,
         "the estimate is exact"
     );
+    let data_bytes = data_cells * BLOCK;
+    assert_eq!(
+        progress.done_bytes,
+        data_bytes + pages * PAGE,
+        "written onto the spare: {data_cells} cells and {pages} page copies"
+    );
+    assert_eq!(
+        progress.read_bytes,
+        4 * data_bytes + (pages + interior) * PAGE,
+        "read from the other members: K cells per rebuilt cell, one copy per copied page, \
+         {interior} interior pages walked"
+    );
     verify(&pool, &model);
     pool.close().unwrap();
-    (progress.read_bytes, progress.done_bytes)
+    (progress.read_bytes, progress.done_bytes, data_bytes)
 }
 
 #[test]
 fn rebuild_after_a_trim_reads_and_writes_only_the_remaining_data() {
-    let (full_read, full_written) = rebuild_bytes(40, 0);
-    let (trimmed_read, trimmed_written) = rebuild_bytes(40, 30);
-    // Every stripe has one shard on the lost position: a quarter of the stripes remain, so
-    // exactly a quarter of the bytes move.
+    // 48 whole stripes fill 12 segments of 4 slots (each slot one stripe); the first 36
+    // discarded empty 9 of them. The data a rebuild moves is a quarter; the metadata pages it
+    // copies besides are accounted exactly in `rebuild_bytes`.
+    let (full_read, full_written, full_data) = rebuild_bytes(48, 0);
+    let (trimmed_read, trimmed_written, trimmed_data) = rebuild_bytes(48, 36);
     assert!(full_written > 0 && full_read > 0);
-    assert_eq!(trimmed_written * 4, full_written, "written onto the spare");
-    assert_eq!(trimmed_read * 4, full_read, "read from the other members");
+    assert_eq!(full_data, 48 * 4 * BLOCK, "every row of 48 slots");
+    assert_eq!(trimmed_data * 4, full_data, "data written onto the spare");
+    assert!(
+        trimmed_written < full_written && trimmed_read < full_read,
+        "({trimmed_read}, {trimmed_written}) against ({full_read}, {full_written})"
+    );
 }
 
 #[test]
 fn scrub_checks_only_the_stripes_that_remain() {
-    let (pool, _mems) = mem_pool("mirror:3", 3);
+    // On v4 a scrub checks rows and metadata pages (each counted in `stripes_checked`): every
+    // written row of each data segment still allocated, every cell of it read (3 on mirror:3),
+    // and every copy of each referenced page, after one walk of the interior pages.
+    let (pool, mems) = mem_pool("mirror:3", 3);
     let stripe = pool.geometry().stripe_data_bytes();
+    let blocks = 20 * stripe / BLOCK;
     pool.write_at(0, &vec![3u8; 20 * stripe as usize]).unwrap();
     pool.flush().unwrap();
+    let rows_of = |pool: &Pool, blocks: &[u64]| -> BTreeSet<u64> {
+        blocks
+            .iter()
+            .map(|b| cell_of(pool, b * BLOCK, 0).expect("a written block").0)
+            .collect()
+    };
+    let all: Vec<u64> = (0..blocks).collect();
+    let written: Vec<(u64, u64)> = all
+        .iter()
+        .map(|b| cell_of(&pool, b * BLOCK, 0).unwrap())
+        .collect();
+    let expected = |pool: &Pool, live: &[u64]| -> (u64, u64) {
+        let held: BTreeSet<u64> = rows_of(pool, live)
+            .into_iter()
+            .map(|slot| slot / segment_slots())
+            .collect();
+        let rows = written
+            .iter()
+            .filter(|(slot, _)| held.contains(&(slot / segment_slots())))
+            .count() as u64;
+        let (pages, interior) = referenced_pages(&mems, pool.geometry());
+        let pages = pages.len() as u64;
+        (
+            rows + pages,
+            interior * PAGE + rows * 3 * BLOCK + pages * 3 * PAGE,
+        )
+    };
     let before = pool.scrub().unwrap();
-    assert_eq!(before.stripes_checked, 20);
+    assert_eq!(
+        (before.stripes_checked, before.bytes_read_this_run),
+        expected(&pool, &all)
+    );
+    assert!(before.stripes_checked >= 80, "20 stripes of 4 rows");
     pool.discard(stripe / 2, 12 * stripe).unwrap();
-    pool.flush().unwrap();
+    // The segments the discard emptied become free at the next tree sync (docs/FORMAT.md
+    // V4.4, the usage table's state 6); this small discard's commit is a log record, so the
+    // sync is the close's.
+    pool.close().unwrap();
+    let pool = reopen(&mems);
+    // Blocks 2..50 are gone (the discard is per 4 KiB block); blocks 0, 1 and 50..80 remain.
+    // A segment (4 slots of 4 rows: 16 blocks here) holding only discarded blocks is free and
+    // not checked; one holding a live block is checked whole.
+    let live: Vec<u64> = (0..2).chain(50..blocks).collect();
+    for b in 2..50 {
+        assert!(
+            cell_of(&pool, b * BLOCK, 0).is_none(),
+            "block {b} was discarded"
+        );
+    }
     let after = pool.scrub().unwrap();
-    // Stripes 1..=11 are gone; stripes 0 and 12 were partly zeroed and remain.
-    assert_eq!(after.stripes_checked, 9);
-    assert!(after.bytes_read_this_run * 20 == before.bytes_read_this_run * 9);
+    assert_eq!(
+        (after.stripes_checked, after.bytes_read_this_run),
+        expected(&pool, &live)
+    );
+    assert!(after.stripes_checked < before.stripes_checked);
 }
 
 #[test]

@@ -28,7 +28,12 @@ fn snapshot(paths: &[PathBuf]) -> Vec<Vec<u8>> {
 
 /// A file pool with some data, closed; returns the model.
 fn file_pool(paths: &[PathBuf], layout: &str, seed: u64) -> Model {
-    let pool = Pool::create_paths(paths, &[], &file_options(layout)).unwrap();
+    file_pool_with(paths, &file_options(layout), seed)
+}
+
+/// As [`file_pool`], created with `opts`.
+fn file_pool_with(paths: &[PathBuf], opts: &CreateOptions, seed: u64) -> Model {
+    let pool = Pool::create_paths(paths, &[], opts).unwrap();
     let mut model = Model::new(pool.size());
     let mut rng = rng(seed);
     random_writes(&pool, &mut model, &mut rng, 20);
@@ -208,14 +213,21 @@ fn corrupt_superblock_copies_and_maps_are_survived_or_refused_clearly() {
     verify(&pool, &model);
     drop(pool);
 
-    // Stripe map: a checkpoint corrupted on one device is survived from the others.
+    // Format version 3's stripe map: a checkpoint corrupted on one device is survived from
+    // the others. (Checkpoint areas exist only on version 3: a v3 pool is made for this part.)
     let dir2 = tempfile::tempdir().unwrap();
     let b = paths(dir2.path(), "b", 3);
-    let model = file_pool(&b, "rs:2+1", 6);
+    let mut v3 = v3_options("rs:2+1");
+    v3.device_bytes = Some(DEVICE_BYTES);
+    let model = file_pool_with(&b, &v3, 6);
     let geometry = {
         let pool = Pool::open_paths(&b, &OpenOptions::default()).unwrap();
         pool.geometry().clone()
     };
+    assert!(
+        geometry.checkpoint_bytes > 0,
+        "a version 3 pool has checkpoints"
+    );
     for offset in geometry.checkpoint_offsets {
         rot(&b[0], offset + 10, 4000);
     }
@@ -230,6 +242,43 @@ fn corrupt_superblock_copies_and_maps_are_survived_or_refused_clearly() {
     }
     let err = Pool::open_paths(&b, &OpenOptions::default()).unwrap_err();
     assert!(matches!(err, Error::CorruptMetadata { .. }), "{err}");
+
+    // Format version 4 (what `create` makes) has no checkpoints: the newest durable state is
+    // found from the uberblocks, two rings of them on every member (docs/FORMAT.md V4.2, V4.8),
+    // followed by the intent log. Both rings and both log halves rotten on one member: the
+    // others give the newest uberblock, and the data reads back exactly.
+    let dir3 = tempfile::tempdir().unwrap();
+    let c = paths(dir3.path(), "c", 3);
+    let model = file_pool(&c, "rs:2+1", 7);
+    let geometry = {
+        let pool = Pool::open_paths(&c, &OpenOptions::default()).unwrap();
+        pool.geometry().clone()
+    };
+    assert!(
+        geometry.uberblock_slots > 0,
+        "a version 4 pool has uberblock rings"
+    );
+    let ring_bytes = geometry.uberblock_slots * 4096;
+    let rot_rings_and_log = |path: &Path| {
+        for start in geometry.uberblock_rings() {
+            rot(path, start, ring_bytes as usize);
+        }
+        for start in geometry.log_halves() {
+            rot(path, start, geometry.log_half_bytes() as usize);
+        }
+    };
+    rot_rings_and_log(&c[0]);
+    let pool = Pool::open_paths(&c, &OpenOptions::default()).unwrap();
+    verify(&pool, &model);
+    pool.close().unwrap();
+    // On every member: no uberblock is left to find the trees from, refused with a clear
+    // error naming what is missing.
+    for path in &c {
+        rot_rings_and_log(path);
+    }
+    let err = Pool::open_paths(&c, &OpenOptions::default()).unwrap_err();
+    assert!(matches!(err, Error::CorruptMetadata { .. }), "{err}");
+    assert!(err.to_string().contains("uberblock"), "{err}");
 }
 
 #[test]
@@ -289,15 +338,18 @@ fn unknown_layouts_and_bad_configurations_are_clear_errors() {
 
 #[test]
 fn a_stale_member_alone_cannot_roll_back_flushed_data() {
+    // The refusals are the pool's, not a format's: both formats must keep them (version 3
+    // first, then version 4, what `create` makes).
+    for opts in [v3_options("mirror:2"), options("mirror:2")] {
+        stale_member_alone_cannot_roll_back_flushed_data(&opts);
+    }
+}
+
+fn stale_member_alone_cannot_roll_back_flushed_data(opts: &CreateOptions) {
     // mirror:2 on A and B. B is faulted while A carries on; then B alone is offered.
     let mems = stripestore::testing::mem_devices(2, DEVICE_BYTES);
     let (a, b) = (mems[0].clone(), mems[1].clone());
-    let pool = Pool::create(
-        stripestore::testing::shared(&mems),
-        vec![],
-        &options("mirror:2"),
-    )
-    .unwrap();
+    let pool = Pool::create(stripestore::testing::shared(&mems), vec![], opts).unwrap();
     pool.write_at(0, &[1u8; 4096]).unwrap();
     pool.flush().unwrap();
     pool.fault_device(1, "test: unplugged");
@@ -305,7 +357,11 @@ fn a_stale_member_alone_cannot_roll_back_flushed_data() {
     pool.close().unwrap();
     // B's own superblock still says both are online; it cannot know A went on without it.
     let err = Pool::open(vec![b.clone()], &OpenOptions::default()).unwrap_err();
-    assert!(matches!(err, Error::CannotProveCurrent { .. }), "{err}");
+    assert!(
+        matches!(err, Error::CannotProveCurrent { .. }),
+        "{:?}: {err}",
+        opts.format
+    );
     assert!(
         err.to_string().contains("mem0")
             && err.to_string().contains("--force-degraded")
@@ -328,15 +384,31 @@ fn a_stale_member_alone_cannot_roll_back_flushed_data() {
     pool.read_at(0, &mut buf).unwrap();
     assert_eq!(buf, [2u8; 4096]);
     drop(pool);
-    // Forcing B alone is the operator's explicit choice; afterwards the two disagree at the same
-    // generation, and opening both is refused as a split brain instead of picking one silently.
+    // Forcing B alone is the operator's explicit choice; afterwards each of the two records the
+    // other as faulted (B's forced open could have taken writes A never saw), and opening both
+    // is refused as a split brain instead of picking one silently. This must not depend on the
+    // two superblock generations happening to be equal.
     let forced = OpenOptions {
         force: true,
         ..OpenOptions::default()
     };
     drop(Pool::open(vec![b.clone()], &forced).unwrap());
-    let err = Pool::open(vec![a, b], &OpenOptions::default()).unwrap_err();
-    assert!(err.to_string().contains("split brain"), "{err}");
+    match Pool::open(vec![a, b], &OpenOptions::default()) {
+        Err(err) => assert!(
+            err.to_string().contains("split brain"),
+            "{:?}: {err}",
+            opts.format
+        ),
+        Ok(pool) => {
+            let mut buf = [0u8; 4096];
+            pool.read_at(0, &mut buf).unwrap();
+            panic!(
+                "{:?}: A and the forced B, each recording the other faulted, were opened \
+                 together (the first byte read is {}): a split brain picked one silently",
+                opts.format, buf[0]
+            );
+        }
+    }
 }
 
 #[test]
