@@ -506,6 +506,7 @@ impl Pool {
         if let Some(rows) = inner.rows() {
             let mut volume = rows.write_volume();
             volume.set_observer(rows::observer(Arc::downgrade(&inner)));
+            volume.set_member_names(rows::member_names(Arc::downgrade(&inner)));
             volume.set_tolerate(rows::tolerate(Arc::downgrade(&inner)));
             volume.set_in_service(rows::in_service(Arc::downgrade(&inner)));
             // Everything the opened map names is durable on every member in service

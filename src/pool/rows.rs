@@ -24,8 +24,8 @@ use crate::meta::{MapOptions, Tolerate};
 use crate::pool::{DeviceFault, Members};
 use crate::types::DeviceIndex;
 use crate::volume::{
-    EncodedWrite, GroupWrite, InService, MemberProblem, Observer, ProblemKind, RowEncoder, Volume,
-    VolumeOptions, WriteGroup, BLOCK_BYTES,
+    EncodedWrite, GroupWrite, InService, MemberNames, MemberProblem, Observer, ProblemKind,
+    RowEncoder, Volume, VolumeOptions, WriteGroup, BLOCK_BYTES,
 };
 use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -667,6 +667,16 @@ pub(crate) fn in_service(inner: Weak<PoolInner>) -> InService {
         }
         let member = inner.members.get(DeviceIndex(member));
         member.is_online() || member.replacement().is_some()
+    }))
+}
+
+/// Names the volume's members by their devices' paths (as the pool records them now).
+pub(crate) fn member_names(inner: Weak<PoolInner>) -> MemberNames {
+    MemberNames(Arc::new(move |position: usize| match inner.upgrade() {
+        Some(inner) if position < inner.geometry.devices => {
+            inner.members.get(DeviceIndex(position)).path()
+        }
+        _ => format!("member {position}"),
     }))
 }
 

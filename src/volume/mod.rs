@@ -56,7 +56,7 @@ mod recovery;
 mod scrub;
 
 pub use encode::{EncodedWrite, RowEncoder};
-pub use observe::{InService, MemberProblem, Observer, ProblemKind};
+pub use observe::{InService, MemberNames, MemberProblem, Observer, ProblemKind};
 pub use pipeline::{WriteGroup, PIPELINE_UNITS};
 pub use place::BLOCK_BYTES;
 pub use read::ShardBlockPlace;
@@ -197,6 +197,8 @@ pub struct Volume {
     counters: Counters,
     cleaner: clean::CleanerState,
     observer: Option<Observer>,
+    /// The members' names for errors (none: "member N").
+    names: Option<MemberNames>,
     /// Whether a member is still in service (none: every member written is).
     in_service: Option<InService>,
     /// The shard-blocks of the rows being written, laid out run by run (reused: large
@@ -275,6 +277,7 @@ impl Volume {
             },
             cleaner: clean::CleanerState::default(),
             observer: None,
+            names: None,
             in_service: None,
             staging: AlignedBuf::zeroed(0),
             #[cfg(feature = "testing")]
@@ -345,6 +348,19 @@ impl Volume {
     #[must_use]
     pub fn tolerate(&self) -> Option<crate::meta::Tolerate> {
         self.map.tolerate()
+    }
+
+    /// Name members with `names` in errors and reports from now on.
+    pub fn set_member_names(&mut self, names: MemberNames) {
+        self.names = Some(names);
+    }
+
+    /// Member `position`'s name: its device as the owner knows it, or "member N".
+    #[must_use]
+    pub fn member_name(&self, position: usize) -> String {
+        self.names
+            .as_ref()
+            .map_or_else(|| format!("member {position}"), |names| (names.0)(position))
     }
 
     /// The observer, if one was set.
@@ -501,7 +517,7 @@ impl Volume {
                 .iter()
                 .enumerate()
                 .filter(|(_, p)| !**p)
-                .map(|(d, _)| format!("member {d}"))
+                .map(|(d, _)| self.member_name(d))
                 .collect(),
         })
     }
@@ -960,7 +976,7 @@ impl Volume {
                     device: devices
                         .get(member)
                         .and_then(Option::as_ref)
-                        .map_or_else(|| format!("member {member}"), |d| d.name()),
+                        .map_or_else(|| self.member_name(member), |d| d.name()),
                     offset: None,
                     source: std::io::Error::other(
                         "the member was taken out of service while this write was on it, and \

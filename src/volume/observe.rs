@@ -53,6 +53,17 @@ impl std::fmt::Debug for Observer {
     }
 }
 
+/// Names a member by its position (the owner's device path), for the errors and reports
+/// that list members: a user knows `/dev/sdc`, not "member 2".
+#[derive(Clone)]
+pub struct MemberNames(pub Arc<dyn Fn(usize) -> String + Send + Sync>);
+
+impl std::fmt::Debug for MemberNames {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MemberNames")
+    }
+}
+
 /// Says whether a member is still in service (the owner's fault policy may take one out while
 /// rows are on it): a landing counts a piece written on a member taken out of service since as
 /// not written, so a row is noted only if it is readable without it (FORMAT.md V4.6, "Several

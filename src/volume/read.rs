@@ -120,8 +120,10 @@ impl Tally {
             Problem::Unreadable => "I/O error",
             Problem::Checksum { .. } => "checksum mismatch",
         };
-        self.lost
-            .push(format!("member {} at byte {offset}: {why}", device.0));
+        self.lost.push(format!(
+            "{} at byte {offset}: {why}",
+            volume.member_name(device.0)
+        ));
     }
 }
 

@@ -509,7 +509,7 @@ impl Volume {
                             })
                             .map(|(s, c)| {
                                 let (d, at) = self.rows.shard_block(slot, s, row.row);
-                                format!("member {} at byte {at}: {}", d.0, c.why())
+                                format!("{} at byte {at}: {}", self.member_name(d.0), c.why())
                             })
                             .collect();
                         report.unrepairable.push(Damage::ShardBlock {
