@@ -286,14 +286,20 @@ pub enum Error {
         /// Its length.
         length: u64,
     },
-    /// Two members claim the same superblock generation with different member states: each was
-    /// written by a process that faulted the other. Neither can be trusted blindly.
-    #[error("split brain: {device} and another member both claim superblock generation {generation} with different member states; open with only the devices you trust, forced (--force-degraded, or OpenOptions::force)")]
+    /// Two members were each written by a pool opened without the other: each records the
+    /// other out of service, or both claim the same superblock generation with different
+    /// member states. Either may hold writes the other never saw; neither can be trusted
+    /// blindly.
+    #[error("split brain: {device} (superblock generation {generation}) and {other} (generation {other_generation}) were each written by a pool that had taken the other out of service; open with only the devices you trust, forced (--force-degraded, or OpenOptions::force)")]
     SplitBrain {
         /// One of the members in conflict.
         device: String,
-        /// The generation both claim.
+        /// Its superblock generation.
         generation: u64,
+        /// The other.
+        other: String,
+        /// The other's superblock generation.
+        other_generation: u64,
     },
 }
 

@@ -668,16 +668,18 @@ fn sort_found(
     force: bool,
     unopened: &mut BTreeMap<[u8; 16], String>,
 ) -> Result<Sorted> {
-    // Two devices at the same generation with different member lists: each was written by a
-    // process that had faulted the other (a split brain). Neither can be trusted blindly.
-    let conflict = found.iter().find(|f| {
-        f.superblock.generation == newest.generation && f.superblock.members != newest.members
-    });
-    if let (Some(conflict), false) = (conflict, force) {
-        return Err(Error::SplitBrain {
-            device: conflict.device.name(),
-            generation: newest.generation,
-        });
+    // A split brain: two devices each written by a pool opened without the other (a forced
+    // open), so either may hold writes the other never saw. Neither can be trusted blindly,
+    // and the newer generation proves nothing (either side may have recorded more changes).
+    if !force {
+        if let Some((x, y)) = split_brain(&found, newest) {
+            return Err(Error::SplitBrain {
+                device: x.device.name(),
+                generation: x.superblock.generation,
+                other: y.device.name(),
+                other_generation: y.superblock.generation,
+            });
+        }
     }
     let mut sorted = Sorted {
         by_uuid: BTreeMap::new(),
@@ -708,6 +710,36 @@ fn sort_found(
         }
     }
     Ok(sorted)
+}
+
+/// Two found devices in a split brain, if any: each records the other out of service (neither
+/// was in service for the pool that wrote the other's last superblock), or the two claim the
+/// newest generation with different member lists.
+fn split_brain<'a>(found: &'a [Found], newest: &Superblock) -> Option<(&'a Found, &'a Found)> {
+    let out_of_service = |by: &Found, of: &Found| {
+        by.superblock
+            .members
+            .iter()
+            .find(|m| m.uuid == of.superblock.device_uuid)
+            .is_some_and(|m| !m.state.in_service())
+    };
+    for (i, x) in found.iter().enumerate() {
+        for y in &found[i + 1..] {
+            if x.superblock.device_uuid == y.superblock.device_uuid {
+                continue;
+            }
+            if out_of_service(x, y) && out_of_service(y, x) {
+                return Some((x, y));
+            }
+        }
+    }
+    let tied = found.iter().find(|f| {
+        f.superblock.generation == newest.generation && f.superblock.members != newest.members
+    })?;
+    let other = found.iter().find(|f| {
+        f.superblock.generation == newest.generation && f.superblock.members == newest.members
+    })?;
+    Some((tied, other))
 }
 
 /// What to do with one found device; notes in `disagree` a usable member whose superblock is
