@@ -76,6 +76,10 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 const BLOCK: u64 = BLOCK_BYTES as u64;
+/// The least cleaning headroom, in segments, whatever the volume's size (docs/FORMAT.md V4.2):
+/// a sixteenth of a small data area is a few segments, fewer than the open streams and the
+/// cleaner's own margin take, and a full volume could then not be overwritten.
+const HEADROOM_MIN_SEGMENTS: u64 = 8;
 
 /// How a volume is kept.
 #[derive(Debug, Clone, Default)]
@@ -313,8 +317,9 @@ impl Volume {
             data / 32
         };
         let reserve = map.segments().reserve() * shape.blocks_per_segment;
+        let headroom = (data / 16).max(HEADROOM_MIN_SEGMENTS * shape.blocks_per_segment);
         let blocks = data
-            .saturating_sub(data / 16)
+            .saturating_sub(headroom)
             .saturating_sub(allowance)
             .saturating_sub(reserve);
         (blocks - blocks % per_slot).min(map.keys())
