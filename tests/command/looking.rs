@@ -36,9 +36,25 @@ fn pool_with(dir: &Path, payload: &[u8]) -> Vec<PathBuf> {
     pool_of_format(dir, payload, "4")
 }
 
-/// [`pool_with`] on format version `format`.
+/// [`pool_with`] on format version `format`: "4" made and written by the command; "3", which
+/// this build no longer makes nor writes (it opens it read-only), made and written in this
+/// process by the test machinery (its switch), as an older build's `create --format 3` did
+/// (16 KiB chunks checked per 4 KiB).
 fn pool_of_format(dir: &Path, payload: &[u8], format: &str) -> Vec<PathBuf> {
     let devs: Vec<PathBuf> = (0..6).map(|i| dir.join(format!("d{i}"))).collect();
+    if format == "3" {
+        stripestore::testing::allow_format_3_writes(true);
+        let mut options = stripestore::CreateOptions::new("rs:4+2".parse().unwrap());
+        options.format = stripestore::pool::FormatVersion::V3;
+        options.chunk_bytes = 16 << 10;
+        options.checksum_bytes = 4096;
+        options.device_bytes = Some(16 << 20);
+        let pool = stripestore::Pool::create_paths(&devs, &[], &options).unwrap();
+        pool.write_at(0, payload).unwrap();
+        pool.close().unwrap();
+        stripestore::testing::allow_format_3_writes(false);
+        return devs;
+    }
     let mut args = vec![
         "create",
         "--layout",
@@ -316,8 +332,8 @@ fn damage_on_three_members_loses_only_its_stripes_end_to_end() {
     }
 }
 
-/// The same MiB of three members of six overwritten with junk: the scrub exits 2 and lists
-/// the lost volume ranges, each naming the three members; on version 3 a stripe's data
+/// The same MiB of three members of six overwritten with junk: the scrub (check-only on
+/// version 3, which this build opens read-only) exits 2 and lists the lost volume ranges, each naming the three members; on version 3 a stripe's data
 /// chunks are contiguous, so the damage is at most three ranges; on version 4 a row's
 /// blocks are spread over the members, so the ranges are many small ones, and the report
 /// says how much was lost in all, and a read of a listed range fails. Nothing is faulted,
@@ -335,7 +351,24 @@ fn damage_on_three_members(format: &str) {
         image[(6 << 20)..(7 << 20)].copy_from_slice(&junk);
         std::fs::write(dev, image).unwrap();
     }
-    let scrub = run(&["scrub", p(&devs[0])], None);
+    // A version-3 pool is opened read-only: a repairing scrub is refused, naming the way
+    // out, and changes nothing; a check-only one looks and reports.
+    let scrub = if format == "3" {
+        let before = snapshot(&devs);
+        let refused = run(&["scrub", p(&devs[0])], None);
+        assert_eq!(refused.status.code(), Some(3), "{}", stderr(&refused));
+        let said = stderr(&refused);
+        assert!(
+            said.contains("format version 4") && said.contains("--copy-from"),
+            "{said}"
+        );
+        assert!(snapshot(&devs) == before, "a refused scrub wrote");
+        let scrub = run(&["scrub", p(&devs[0]), "--check-only"], None);
+        assert!(snapshot(&devs) == before, "a check-only scrub wrote");
+        scrub
+    } else {
+        run(&["scrub", p(&devs[0])], None)
+    };
     assert_eq!(scrub.status.code(), Some(2), "{format}: {}", stderr(&scrub));
     let report = String::from_utf8_lossy(&scrub.stdout);
     let ranges: Vec<&str> = report

@@ -1319,12 +1319,13 @@ fn serve_with_metrics_exposes_the_clients_traffic_over_http() {
 
 /// The pool a server holds open (its devices locked against a second process) is watched and
 /// scrubbed through the server's endpoint: `status --url`, `check --url`, and `scrub --url`
-/// with `--control`, which finds exactly the chunks rotted on disk, repairs them, and exits 1;
-/// a second scrub exits 0; the data is intact afterwards.
+/// with `--control`, which finds exactly the shard-blocks rotted on disk, repairs them, and
+/// exits 1; a second scrub exits 0; the data is intact afterwards. (Format version 4, what
+/// `create` makes: a scrub counts places, 4 KiB shard-blocks, where version 3 counted chunks.)
 #[test]
 fn a_served_pool_is_watched_and_scrubbed_through_its_endpoint() {
     use std::os::unix::fs::FileExt;
-    let (dir, paths) = Served::create_pool_with(v3_pool_options("rs:4+2", 16 * 1024), 6);
+    let (dir, paths) = Served::create_pool("rs:4+2", 6);
     let (model, rotted) = {
         let pool = Pool::open_paths(&paths[..1], &OpenOptions::default()).unwrap();
         let mut rng = stripestore::testing::rng(77);
@@ -1332,11 +1333,25 @@ fn a_served_pool_is_watched_and_scrubbed_through_its_endpoint() {
         pool.write_at(0, &data).unwrap();
         let mut model = Model::new(pool.size());
         model.write(0, &data);
-        // One chunk of stripes 1, 4 and 9 each, on chosen shards.
-        let rotted: Vec<(usize, u64)> = [(1u64, 0usize), (4, 3), (9, 5)]
+        // One shard-block of each of the rows holding the blocks at 64 KiB, 256 KiB and
+        // 576 KiB, on chosen shards of the row (`Pool::block_locations`): three rows, one
+        // place each, each within what rs:4+2 repairs.
+        let rows: Vec<Vec<stripestore::pool::ShardLocation>> = [1u64, 4, 9]
             .iter()
-            .map(|(stripe, shard)| {
-                let l = pool.shard_locations(stripestore::types::StripeId(*stripe))[*shard];
+            .map(|at| pool.block_locations(at * 65536))
+            .collect();
+        for row in &rows {
+            assert_eq!(row.len(), 6, "one shard-block per member: {row:?}");
+        }
+        assert!(
+            rows[0] != rows[1] && rows[1] != rows[2] && rows[0] != rows[2],
+            "three rows: {rows:?}"
+        );
+        let rotted: Vec<(usize, u64)> = rows
+            .iter()
+            .zip([0usize, 3, 5])
+            .map(|(row, shard)| {
+                let l = row.iter().find(|l| l.shard == shard).unwrap();
                 (l.device, l.offset)
             })
             .collect();
@@ -1385,7 +1400,11 @@ fn a_served_pool_is_watched_and_scrubbed_through_its_endpoint() {
     let report = String::from_utf8_lossy(&scrub.stdout).into_owned();
     assert_eq!(scrub.status.code(), Some(1), "repaired: {scrub:?}");
     assert!(report.contains("3 checksum errors"), "{report}");
-    assert!(report.contains("3 chunks repaired"), "{report}");
+    assert!(
+        report.contains("3 places (4K shard-blocks, page copies) repaired")
+            && report.contains(", 0 places unrepairable"),
+        "{report}"
+    );
     for (device, path) in paths.iter().enumerate() {
         let expected = rotted.iter().filter(|(d, _)| *d == device).count();
         let line = report

@@ -227,13 +227,34 @@ fn bad_names_unknown_snapshots_and_version_3_pools_are_refused_and_nothing_chang
     );
     assert!(images(&devs) == before, "a refused command wrote");
 
+    // A version-3 pool: this build makes none and opens one read-only, so the test machinery
+    // makes and writes it in this process (its switch), as an older build did.
     let dir3 = tempfile::tempdir().unwrap();
-    let devs3 = pool(dir3.path(), "3");
+    let devs3: Vec<PathBuf> = (0..6).map(|i| dir3.path().join(format!("d{i}"))).collect();
+    let written3 = payload(8192, 4);
+    {
+        stripestore::testing::allow_format_3_writes(true);
+        let mut options = stripestore::CreateOptions::new("rs:4+2".parse().unwrap());
+        options.format = stripestore::pool::FormatVersion::V3;
+        options.device_bytes = Some(16 << 20);
+        let pool = stripestore::Pool::create_paths(&devs3, &[], &options).unwrap();
+        pool.write_at(0, &written3).unwrap();
+        pool.close().unwrap();
+        stripestore::testing::allow_format_3_writes(false);
+    }
+    let d3 = p(&devs3[0]);
     let before = images(&devs3);
-    refused(
-        &run(&["snapshot", "create", p(&devs3[0]), "--name", "x"], None),
-        "format version 4",
-    );
+    // It keeps no recovery points: taking, holding, releasing, deleting one and rolling back
+    // to one are refused naming the version.
+    for args in [
+        vec!["snapshot", "create", d3, "--name", "x"],
+        vec!["snapshot", "hold", d3, "--name", "x"],
+        vec!["snapshot", "release", d3, "--name", "x"],
+        vec!["snapshot", "delete", d3, "--name", "x"],
+        vec!["rollback", d3, "--to", "x"],
+    ] {
+        refused(&run(&args, None), "format version 4");
+    }
     // Send, diff and receive too: a version-3 pool has no recovery points to send, and no
     // tree to receive one into; a stream from a version-4 pool is refused naming the version.
     let stream = run(&["send", d0, "--snapshot", "a"], None);
@@ -251,6 +272,14 @@ fn bad_names_unknown_snapshots_and_version_3_pools_are_refused_and_nothing_chang
         "format version 4",
     );
     assert!(images(&devs3) == before, "a refused request wrote");
+    // What only looks still works on it, and writes nothing either.
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(&run(&["status", d3, "--json"], None))).unwrap();
+    assert_eq!(status["health"], "ONLINE", "{status}");
+    let read = run(&["read", d3, "--offset", "0", "--length", "8192"], None);
+    assert!(read.status.success(), "{}", text(&read.stderr));
+    assert!(read.stdout == written3, "the version-3 pool reads back");
+    assert!(images(&devs3) == before, "looking wrote");
 }
 
 /// `status`, `status --json`, `metrics` and `check --snapshot-max-age` show the recovery
