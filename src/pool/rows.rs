@@ -716,13 +716,15 @@ fn record(members: &Members, problem: &MemberProblem<'_>, geometry: &Geometry) {
             };
             members.record_error(index, offset, DeviceFault::Checksum(&corruption));
         }
-        // A repair in place, counted as a v3 heal is (`status`'s REPAIRED).
+        // A repair in place, counted and logged as a v3 heal is (`status`'s REPAIRED; an
+        // info event with its device and offset, README "Logging").
         ProblemKind::Healed => {
-            members
-                .get(index)
+            let member = members.get(index);
+            member
                 .errors
                 .repaired
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(device = %member.path(), offset = problem.offset, slot = problem.slot, shard = problem.shard, "healed shard-block");
         }
     }
 }

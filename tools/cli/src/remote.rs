@@ -252,7 +252,7 @@ fn report_of(status: &PoolStatus, started_at: u64) -> Result<ScrubReport, Failur
             .find(|d| d.index == Some(index) && d.replacing.is_none())
             .map_or_else(|| format!("position {index}"), |d| d.path.clone())
     };
-    Ok(match (&status.scrub, &status.last_scrub) {
+    let report = match (&status.scrub, &status.last_scrub) {
         (Some(paused), _) if paused.paused => {
             ScrubReport::from_tally(ScrubEnd::Paused, paused.repair, 0, &paused.tally, path)
         }
@@ -274,6 +274,23 @@ fn report_of(status: &PoolStatus, started_at: u64) -> Result<ScrubReport, Failur
             path,
         ),
         _ => return Err("scrub: it ended but the pool recorded no result".into()),
+    };
+    // A version-4 pool (its status lists recovery points; version 3's does not) counts rows,
+    // page copies and places, which its report says by having a segment cursor: where the
+    // pass stands if it is paused, the start of a pass otherwise.
+    Ok(if status.recovery_points.is_some() {
+        ScrubReport {
+            resumed_from_segment: Some(
+                status
+                    .scrub
+                    .as_ref()
+                    .and_then(|s| s.next_segment)
+                    .unwrap_or(0),
+            ),
+            ..report
+        }
+    } else {
+        report
     })
 }
 
