@@ -1,6 +1,6 @@
 //! A format-version-4 volume written whole can be overwritten at any size a pool can be made
 //! at: its cleaning headroom is never smaller than what the open streams and the cleaner's own
-//! margin take (docs/FORMAT.md V4.2, "at least 8 segments"). Found when the shared suites
+//! margin take (docs/FORMAT.md V4.2, "never less than 4 segments"). Found when the shared suites
 //! moved to version 4: on rs:2+1 with 4 MiB members, a sixteenth of the data area was under
 //! six segments, and random overwrites of a full volume failed with `NoFreeSlot` while the
 //! whole volume was logical space.

@@ -712,23 +712,23 @@ fn sort_found(
     Ok(sorted)
 }
 
-/// Two found devices in a split brain, if any: each records the other out of service (neither
-/// was in service for the pool that wrote the other's last superblock), or the two claim the
-/// newest generation with different member lists.
+/// Two found devices in a split brain, if any: each records itself in service and the other
+/// out of service (each was written by a pool that had the one and not the other), or the two
+/// claim the newest generation with different member lists. A member list that has both out of
+/// service (a replacement: the old device faulted, the new one rebuilding) is not one.
 fn split_brain<'a>(found: &'a [Found], newest: &Superblock) -> Option<(&'a Found, &'a Found)> {
-    let out_of_service = |by: &Found, of: &Found| {
+    // Whether `by`'s superblock records `of` in service (`None`: not a member it lists).
+    let serves = |by: &Found, of: &Found| {
         by.superblock
             .members
             .iter()
             .find(|m| m.uuid == of.superblock.device_uuid)
-            .is_some_and(|m| !m.state.in_service())
+            .map(|m| m.state.in_service())
     };
+    let sides = |x: &Found, y: &Found| serves(x, x) == Some(true) && serves(x, y) == Some(false);
     for (i, x) in found.iter().enumerate() {
         for y in &found[i + 1..] {
-            if x.superblock.device_uuid == y.superblock.device_uuid {
-                continue;
-            }
-            if out_of_service(x, y) && out_of_service(y, x) {
+            if x.superblock.device_uuid != y.superblock.device_uuid && sides(x, y) && sides(y, x) {
                 return Some((x, y));
             }
         }

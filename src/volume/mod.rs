@@ -79,7 +79,7 @@ const BLOCK: u64 = BLOCK_BYTES as u64;
 /// The least cleaning headroom, in segments, whatever the volume's size (docs/FORMAT.md V4.2):
 /// a sixteenth of a small data area is a few segments, fewer than the open streams and the
 /// cleaner's own margin take, and a full volume could then not be overwritten.
-const HEADROOM_MIN_SEGMENTS: u64 = 8;
+const HEADROOM_MIN_SEGMENTS: u64 = 4;
 
 /// How a volume is kept.
 #[derive(Debug, Clone, Default)]

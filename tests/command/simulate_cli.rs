@@ -300,8 +300,9 @@ fn bench_smallwrite_soak_overwrites_a_filled_volume_with_the_cleaner_and_reads_i
     // Two seconds of overwrites are many times the free space of a 48 MiB mirror: the
     // cleaner must have moved blocks, and every block of the span was read back.
     assert!(run["relocated_per_write"].as_f64().unwrap() > 0.0, "{run}");
-    // 90 % of the 3,632 blocks of this volume.
-    assert!(run["checked_blocks"].as_u64().unwrap() >= 3200, "{run}");
+    // 90 % of the 3,088 blocks of this volume (3,632 before its cleaning headroom had a floor
+    // of 4 segments: docs/FORMAT.md V4.2).
+    assert!(run["checked_blocks"].as_u64().unwrap() >= 2779, "{run}");
     assert!(
         !run["interval_iops"].as_array().unwrap().is_empty(),
         "{run}"
