@@ -18,5 +18,5 @@ pub use scrub::{
     ScrubTally, SegmentCursor, MAX_RECORDED_RANGES,
 };
 pub use superblock::{
-    MapParams, Member, MemberState, PoolUuid, Role, Superblock, Unavailable, FORMAT_VERSION,
+    Fork, MapParams, Member, MemberState, PoolUuid, Role, Superblock, Unavailable, FORMAT_VERSION,
 };

@@ -259,6 +259,36 @@ pub struct Superblock {
     /// The map parameters of a format-version-4 pool (absent on versions 1 to 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub map: Option<MapParams>,
+    /// A forced open went on without members that could have been current (docs/FORMAT.md,
+    /// "Forks"): from which generation, and which members are still away. Absent otherwise;
+    /// older builds ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fork: Option<Fork>,
+}
+
+/// Where a forced open forked the pool's history: the members it went on without (recorded in
+/// service, not found) and the generation it started from. One of them found later at a newer
+/// generation went on too: the two sides diverged (a split brain).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fork {
+    /// The newest superblock generation the forced open found.
+    pub from_generation: u64,
+    /// Members left out, still out of service since (their device UUIDs).
+    pub left_out: Vec<PoolUuid>,
+}
+
+impl Fork {
+    /// Keep only the members `members` still records faulted (a member that came back, was
+    /// replaced or removed no longer counts); `None` when none is left.
+    #[must_use]
+    pub fn still_away(mut self, members: &[Member]) -> Option<Self> {
+        self.left_out.retain(|uuid| {
+            members
+                .iter()
+                .any(|m| m.uuid == *uuid && matches!(m.state, MemberState::Faulted { .. }))
+        });
+        (!self.left_out.is_empty()).then_some(self)
+    }
 }
 
 /// crc32c of a superblock's header and JSON, skipping the crc field itself (bytes 16..20).
@@ -421,6 +451,7 @@ mod tests {
             scrub: super::super::ScrubRecord::default(),
             history: super::super::History::default(),
             map: None,
+            fork: None,
         }
     }
 

@@ -616,6 +616,28 @@ impl Members {
         &self.data[index.0]
     }
 
+    /// Record where a forced open forked the pool's history (docs/FORMAT.md, "Forks"): written
+    /// with the open's superblocks, kept while a member it left out is away.
+    pub fn note_fork(&self, fork: Option<crate::format::Fork>) {
+        let Some(fork) = fork else {
+            return;
+        };
+        let mut template = self.superblock.lock();
+        template.fork = Some(match template.fork.take() {
+            // An earlier fork still open: the older point, and every member either left out.
+            Some(mut earlier) => {
+                earlier.from_generation = earlier.from_generation.min(fork.from_generation);
+                for uuid in fork.left_out {
+                    if !earlier.left_out.contains(&uuid) {
+                        earlier.left_out.push(uuid);
+                    }
+                }
+                earlier
+            }
+            None => fork,
+        });
+    }
+
     /// Current superblock generation.
     #[must_use]
     pub fn generation(&self) -> u64 {
@@ -1299,6 +1321,11 @@ impl Members {
                 unavailable: None,
             }))
             .collect();
+        // A fork is recorded while a member it left out is still away.
+        template.fork = template
+            .fork
+            .take()
+            .and_then(|fork| fork.still_away(&template.members));
         let mut devices: Vec<(PoolUuid, SharedDevice)> = Vec::new();
         for member in &self.data {
             if let Some(device) = member.device() {

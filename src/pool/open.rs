@@ -301,6 +301,7 @@ pub(super) fn create(
         scrub: crate::format::ScrubRecord::default(),
         history: crate::format::History::default(),
         map: None,
+        fork: None,
     };
     // A v4 pool's map goes down before its superblocks: a crash in between leaves devices
     // without a superblock of this pool, which nothing opens (create again).
@@ -473,7 +474,8 @@ pub(super) fn open(
                 options,
                 None,
             )?;
-            check_openable(&inner, assembled.suspects, options)?;
+            let fork = check_openable(&inner, &assembled.suspects, newest.generation, options)?;
+            inner.members.note_fork(fork);
             inner
         }
         Some(params) => {
@@ -487,7 +489,8 @@ pub(super) fn open(
                 options,
                 None,
             )?;
-            check_openable(&inner, assembled.suspects, options)?;
+            let fork = check_openable(&inner, &assembled.suspects, newest.generation, options)?;
+            inner.members.note_fork(fork);
             let devices = inner.volume_devices();
             let rows = super::rows::RowsEngine::open(
                 &devices,
@@ -712,25 +715,22 @@ fn sort_found(
     Ok(sorted)
 }
 
-/// Two found devices in a split brain, if any: each records itself in service and the other
-/// out of service (each was written by a pool that had the one and not the other), or the two
-/// claim the newest generation with different member lists. A member list that has both out of
-/// service (a replacement: the old device faulted, the new one rebuilding) is not one.
+/// Two found devices in a split brain, if any: one records a fork (a forced open went on
+/// without the other, which could have been current) and the other's generation is past the
+/// fork's (it went on too: each side holds writes the other never saw); or the two claim the
+/// newest generation with different member lists. Generations and member states alone cannot
+/// tell a split brain from a member merely left behind (each records the other faulted in
+/// both), so a forced open records where it forked.
 fn split_brain<'a>(found: &'a [Found], newest: &Superblock) -> Option<(&'a Found, &'a Found)> {
-    // Whether `by`'s superblock records `of` in service (`None`: not a member it lists).
-    let serves = |by: &Found, of: &Found| {
-        by.superblock
-            .members
-            .iter()
-            .find(|m| m.uuid == of.superblock.device_uuid)
-            .map(|m| m.state.in_service())
-    };
-    let sides = |x: &Found, y: &Found| serves(x, x) == Some(true) && serves(x, y) == Some(false);
-    for (i, x) in found.iter().enumerate() {
-        for y in &found[i + 1..] {
-            if x.superblock.device_uuid != y.superblock.device_uuid && sides(x, y) && sides(y, x) {
-                return Some((x, y));
-            }
+    for x in found {
+        let Some(fork) = &x.superblock.fork else {
+            continue;
+        };
+        if let Some(y) = found.iter().find(|y| {
+            fork.left_out.contains(&y.superblock.device_uuid)
+                && y.superblock.generation > fork.from_generation
+        }) {
+            return Some((x, y));
         }
     }
     let tied = found.iter().find(|f| {
@@ -805,8 +805,8 @@ struct Assembled {
     /// found: the superblocks are rewritten to record it.
     newly_missing: bool,
     /// Members recorded in service (online or degraded) but not found (they may hold newer
-    /// data).
-    suspects: Vec<String>,
+    /// data): path and device UUID.
+    suspects: Vec<(String, PoolUuid)>,
     /// Members (and spares, replacements) found at another path than the one recorded.
     relocated: Vec<Relocated>,
 }
@@ -979,7 +979,7 @@ fn assemble(
                 // written after every member present, and is recorded faulted from now on.
                 if device.is_none() && record.state.in_service() {
                     newly_missing = true;
-                    suspects.push(record.path.clone());
+                    suspects.push((record.path.clone(), record.uuid));
                 }
                 let missing = why_missing(&record.uuid);
                 data[index] = Some(MemberDevice::new(index, record, device, &missing));
@@ -1057,7 +1057,14 @@ fn resume_replacements(
 }
 
 /// Refuse, before anything is written, a pool that cannot serve or cannot prove it is current.
-fn check_openable(inner: &PoolInner, suspects: Vec<String>, options: &OpenOptions) -> Result<()> {
+/// A forced open that goes on where it could not prove it is current forks the pool's history
+/// at `generation`: the fork to record (docs/FORMAT.md, "Forks").
+fn check_openable(
+    inner: &PoolInner,
+    suspects: &[(String, PoolUuid)],
+    generation: u64,
+    options: &OpenOptions,
+) -> Result<Option<crate::format::Fork>> {
     // A pool missing more than it tolerates stays untouched, so putting the missing device
     // back later is all it takes.
     inner.check_available()?;
@@ -1069,14 +1076,20 @@ fn check_openable(inner: &PoolInner, suspects: Vec<String>, options: &OpenOption
     // write would have included one of them.
     let present = inner.members.data.iter().filter(|m| m.is_online()).count();
     let needed = inner.codec.shards_needed();
-    if !suspects.is_empty() && present + needed <= inner.geometry.devices && !options.force {
+    if suspects.is_empty() || present + needed > inner.geometry.devices {
+        return Ok(None);
+    }
+    if !options.force {
         return Err(Error::CannotProveCurrent {
             present,
             total: inner.geometry.devices,
-            missing: suspects,
+            missing: suspects.iter().map(|(path, _)| path.clone()).collect(),
         });
     }
-    Ok(())
+    Ok(Some(crate::format::Fork {
+        from_generation: generation,
+        left_out: suspects.iter().map(|(_, uuid)| *uuid).collect(),
+    }))
 }
 
 /// A read-write open records what it found: superblocks rewritten where members disagree or
@@ -1446,5 +1459,95 @@ mod label_tests {
         // A device without a label reads as none.
         let blank = mem_devices(1, 1 << 20);
         assert!(read_label(blank[0].as_ref()).unwrap().is_none());
+    }
+}
+
+#[cfg(test)]
+mod split_brain_tests {
+    use super::{split_brain, Found};
+    use crate::format::{Fork, Member, MemberState, PoolUuid, Role, Superblock};
+    use crate::testing::{mem_devices, shared};
+
+    const X: PoolUuid = PoolUuid([2; 16]);
+    const Y: PoolUuid = PoolUuid([3; 16]);
+
+    /// Device `me`'s superblock at `generation`: itself online, the other faulted.
+    fn superblock(me: PoolUuid, generation: u64, fork: Option<Fork>) -> Superblock {
+        let member = |uuid: PoolUuid, index: usize, state: MemberState| Member {
+            uuid,
+            role: Role::Data { index },
+            state,
+            path: format!("/dev/{}", uuid.0[0]),
+            domain: None,
+            unavailable: None,
+        };
+        let faulted = MemberState::Faulted {
+            reason: "gone".into(),
+        };
+        let (x_state, y_state) = if me == X {
+            (MemberState::Online, faulted)
+        } else {
+            (faulted, MemberState::Online)
+        };
+        Superblock {
+            format_version: 4,
+            pool_uuid: PoolUuid([1; 16]),
+            device_uuid: me,
+            generation,
+            layout: "mirror:2".into(),
+            chunk_bytes: 16384,
+            checksum_bytes: Some(4096),
+            device_bytes: 4 << 20,
+            volume_bytes: 1 << 20,
+            members: vec![member(X, 0, x_state), member(Y, 1, y_state)],
+            created_unix_secs: 1,
+            scrub: crate::format::ScrubRecord::default(),
+            history: crate::format::History::default(),
+            map: None,
+            fork,
+        }
+    }
+
+    fn found(superblocks: [Superblock; 2]) -> Vec<Found> {
+        let devices = shared(&mem_devices(2, 1 << 20));
+        devices
+            .into_iter()
+            .zip(superblocks)
+            .map(|(device, superblock)| Found {
+                device,
+                superblock,
+                given: true,
+            })
+            .collect()
+    }
+
+    /// Each records the other faulted, generations apart, and no fork: a member left behind
+    /// (y was faulted, came back, and x was faulted later while its superblock stayed old),
+    /// not a split brain; with a fork that y's generation is past, a split brain; with a fork
+    /// y did not go past (y stale, x went on), not one.
+    #[test]
+    fn a_split_brain_is_a_fork_the_other_side_went_past() {
+        let newest = |f: &[Found]| {
+            f.iter()
+                .max_by_key(|f| f.superblock.generation)
+                .map(|f| f.superblock.clone())
+                .unwrap()
+        };
+        let left_behind = found([superblock(X, 5, None), superblock(Y, 9, None)]);
+        assert!(split_brain(&left_behind, &newest(&left_behind)).is_none());
+
+        let fork = |from| {
+            Some(Fork {
+                from_generation: from,
+                left_out: vec![X],
+            })
+        };
+        let diverged = found([superblock(X, 5, None), superblock(Y, 9, fork(3))]);
+        let (forked, other) = split_brain(&diverged, &newest(&diverged)).unwrap();
+        assert_eq!(forked.superblock.device_uuid, Y);
+        assert_eq!(other.superblock.device_uuid, X);
+
+        let stale = found([superblock(X, 5, None), superblock(Y, 9, fork(5))]);
+        assert!(split_brain(&stale, &newest(&stale)).is_none());
     }
 }
