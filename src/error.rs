@@ -286,11 +286,11 @@ pub enum Error {
         /// Its length.
         length: u64,
     },
-    /// Two members were each written by a pool opened without the other: each records the
-    /// other out of service, or both claim the same superblock generation with different
-    /// member states. Either may hold writes the other never saw; neither can be trusted
-    /// blindly.
-    #[error("split brain: {device} (superblock generation {generation}) and {other} (generation {other_generation}) were each written by a pool that had taken the other out of service; open with only the devices you trust, forced (--force-degraded, or OpenOptions::force)")]
+    /// Two devices hold two branches of the pool's history: a forced open went on without one
+    /// that could have been current and it went on too (docs/FORMAT.md, "Forks"), or both
+    /// claim the same superblock generation with different member states. Either may hold
+    /// flushed writes the other never saw; neither can be trusted blindly.
+    #[error("split brain: {device} (superblock generation {generation}) and {other} (generation {other_generation}) hold two branches of the pool's history (a forced open went on without one, and it went on too, or both claim one generation with different members): each may hold flushed writes the other never saw, and nothing was changed. Keep one branch: copy out what you need from the other with a read-only open, wipe its devices (`stripestore labelclear DEVICE`), then open the branch you keep (--force-degraded, or OpenOptions::force)")]
     SplitBrain {
         /// One of the members in conflict.
         device: String,

@@ -259,11 +259,11 @@ pub struct Superblock {
     /// The map parameters of a format-version-4 pool (absent on versions 1 to 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub map: Option<MapParams>,
-    /// A forced open went on without members that could have been current (docs/FORMAT.md,
-    /// "Forks"): from which generation, and which members are still away. Absent otherwise;
-    /// older builds ignore it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fork: Option<Fork>,
+    /// Each forced open that went on without members that could have been current
+    /// (docs/FORMAT.md, "Forks"): from which generation, and which of them have not rejoined.
+    /// Empty (absent) otherwise; older builds ignore it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forks: Vec<Fork>,
 }
 
 /// Where a forced open forked the pool's history: the members it went on without (recorded in
@@ -273,21 +273,31 @@ pub struct Superblock {
 pub struct Fork {
     /// The newest superblock generation the forced open found.
     pub from_generation: u64,
-    /// Members left out, still out of service since (their device UUIDs).
+    /// Members left out that have not rejoined since (their device UUIDs).
     pub left_out: Vec<PoolUuid>,
 }
 
 impl Fork {
-    /// Keep only the members `members` still records faulted (a member that came back, was
-    /// replaced or removed no longer counts); `None` when none is left.
+    /// Drop the members `members` records in service or being resynced under the same UUID
+    /// (they rejoined: whether they had gone on was judged when they did); `None` when none is
+    /// left. A member replaced, or given back under a new UUID (`clear`, `online`), stays: its
+    /// old device, found again past the fork, is a branch.
     #[must_use]
     pub fn still_away(mut self, members: &[Member]) -> Option<Self> {
         self.left_out.retain(|uuid| {
-            members
-                .iter()
-                .any(|m| m.uuid == *uuid && matches!(m.state, MemberState::Faulted { .. }))
+            !members.iter().any(|m| {
+                m.uuid == *uuid
+                    && (m.state.in_service() || matches!(m.state, MemberState::Rebuilding { .. }))
+            })
         });
         (!self.left_out.is_empty()).then_some(self)
+    }
+
+    /// Whether a device `uuid` whose own superblock is at `generation` went on after this
+    /// fork left it out.
+    #[must_use]
+    pub fn diverged(&self, uuid: PoolUuid, generation: u64) -> bool {
+        self.left_out.contains(&uuid) && generation > self.from_generation
     }
 }
 
@@ -451,7 +461,7 @@ mod tests {
             scrub: super::super::ScrubRecord::default(),
             history: super::super::History::default(),
             map: None,
-            fork: None,
+            forks: Vec::new(),
         }
     }
 

@@ -460,8 +460,13 @@ impl PoolInner {
                 reason: "already online".into(),
             });
         }
-        let returning = super::open::read_superblock(device.as_ref())
-            .is_ok_and(|sb| sb.pool_uuid == self.uuid && sb.device_uuid == member.identity().uuid);
+        let found = super::open::read_superblock(device.as_ref()).ok();
+        let returning = found.as_ref().is_some_and(|sb| {
+            sb.pool_uuid == self.uuid && sb.device_uuid == member.identity().uuid
+        });
+        if let (Some(sb), true, false) = (&found, returning, force) {
+            self.refuse_branch(&device, sb)?;
+        }
         if !returning {
             self.check_new_device(&device, force)?;
         }
@@ -588,6 +593,21 @@ impl PoolInner {
     }
 
     /// See [`Pool::clear_with`].
+    /// Refuse to resync over `device` (a member given back, its superblock `sb`) when a forced
+    /// open left it out and it went on after (docs/FORMAT.md, "Forks"): a branch whose flushed
+    /// writes the resync would overwrite.
+    fn refuse_branch(&self, device: &SharedDevice, sb: &crate::format::Superblock) -> Result<()> {
+        match self.members.diverged_from(sb.device_uuid, sb.generation) {
+            Some(from) => Err(Error::SplitBrain {
+                device: device.name(),
+                generation: sb.generation,
+                other: "this pool".into(),
+                other_generation: from,
+            }),
+            None => Ok(()),
+        }
+    }
+
     pub(crate) fn clear_with(&self, name: &str, device: SharedDevice) -> Result<()> {
         self.writable("clear")?;
         let index = self.member_index(name)?;
@@ -608,7 +628,9 @@ impl PoolInner {
         }
         let identity = member.identity();
         match super::open::read_superblock(device.as_ref()) {
-            Ok(sb) if sb.pool_uuid == self.uuid && sb.device_uuid == identity.uuid => {}
+            Ok(sb) if sb.pool_uuid == self.uuid && sb.device_uuid == identity.uuid => {
+                self.refuse_branch(&device, &sb)?;
+            }
             Ok(sb) => {
                 return Err(Error::WrongState {
                     device: device.name(),

@@ -619,23 +619,21 @@ impl Members {
     /// Record where a forced open forked the pool's history (docs/FORMAT.md, "Forks"): written
     /// with the open's superblocks, kept while a member it left out is away.
     pub fn note_fork(&self, fork: Option<crate::format::Fork>) {
-        let Some(fork) = fork else {
-            return;
-        };
-        let mut template = self.superblock.lock();
-        template.fork = Some(match template.fork.take() {
-            // An earlier fork still open: the older point, and every member either left out.
-            Some(mut earlier) => {
-                earlier.from_generation = earlier.from_generation.min(fork.from_generation);
-                for uuid in fork.left_out {
-                    if !earlier.left_out.contains(&uuid) {
-                        earlier.left_out.push(uuid);
-                    }
-                }
-                earlier
-            }
-            None => fork,
-        });
+        if let Some(fork) = fork {
+            self.superblock.lock().forks.push(fork);
+        }
+    }
+
+    /// The fork point of a recorded fork that left out device `uuid`, if its superblock at
+    /// `generation` shows it went on after it (a branch of the pool's history).
+    #[must_use]
+    pub fn diverged_from(&self, uuid: PoolUuid, generation: u64) -> Option<u64> {
+        self.superblock
+            .lock()
+            .forks
+            .iter()
+            .find(|fork| fork.diverged(uuid, generation))
+            .map(|fork| fork.from_generation)
     }
 
     /// Current superblock generation.
@@ -1321,11 +1319,12 @@ impl Members {
                 unavailable: None,
             }))
             .collect();
-        // A fork is recorded while a member it left out is still away.
-        template.fork = template
-            .fork
-            .take()
-            .and_then(|fork| fork.still_away(&template.members));
+        // A fork is recorded while a member it left out has not rejoined.
+        let members = template.members.clone();
+        template.forks = std::mem::take(&mut template.forks)
+            .into_iter()
+            .filter_map(|fork| fork.still_away(&members))
+            .collect();
         let mut devices: Vec<(PoolUuid, SharedDevice)> = Vec::new();
         for member in &self.data {
             if let Some(device) = member.device() {

@@ -301,7 +301,7 @@ pub(super) fn create(
         scrub: crate::format::ScrubRecord::default(),
         history: crate::format::History::default(),
         map: None,
-        fork: None,
+        forks: Vec::new(),
     };
     // A v4 pool's map goes down before its superblocks: a crash in between leaves devices
     // without a superblock of this pool, which nothing opens (create again).
@@ -723,14 +723,13 @@ fn sort_found(
 /// both), so a forced open records where it forked.
 fn split_brain<'a>(found: &'a [Found], newest: &Superblock) -> Option<(&'a Found, &'a Found)> {
     for x in found {
-        let Some(fork) = &x.superblock.fork else {
-            continue;
-        };
-        if let Some(y) = found.iter().find(|y| {
-            fork.left_out.contains(&y.superblock.device_uuid)
-                && y.superblock.generation > fork.from_generation
-        }) {
-            return Some((x, y));
+        for fork in &x.superblock.forks {
+            if let Some(y) = found
+                .iter()
+                .find(|y| fork.diverged(y.superblock.device_uuid, y.superblock.generation))
+            {
+                return Some((x, y));
+            }
         }
     }
     let tied = found.iter().find(|f| {
@@ -1504,7 +1503,7 @@ mod split_brain_tests {
             scrub: crate::format::ScrubRecord::default(),
             history: crate::format::History::default(),
             map: None,
-            fork,
+            forks: fork.into_iter().collect(),
         }
     }
 
@@ -1549,5 +1548,48 @@ mod split_brain_tests {
 
         let stale = found([superblock(X, 5, None), superblock(Y, 9, fork(5))]);
         assert!(split_brain(&stale, &newest(&stale)).is_none());
+
+        // Two forced opens are two forks, each with its own point: X left out at 3 and found at
+        // 5 is a branch even when a later fork (at 7) left out another member too; X left out
+        // only by the later fork and found at 5 is not.
+        let mut two = superblock(Y, 9, fork(3));
+        two.forks.push(Fork {
+            from_generation: 7,
+            left_out: vec![PoolUuid([4; 16])],
+        });
+        let both = found([superblock(X, 5, None), two]);
+        assert!(split_brain(&both, &newest(&both)).is_some());
+        let mut later = superblock(Y, 9, None);
+        later.forks = vec![
+            Fork {
+                from_generation: 3,
+                left_out: vec![PoolUuid([4; 16])],
+            },
+            Fork {
+                from_generation: 7,
+                left_out: vec![X],
+            },
+        ];
+        let later = found([superblock(X, 5, None), later]);
+        assert!(split_brain(&later, &newest(&later)).is_none());
+    }
+
+    /// A member left out stays in its fork until it rejoins under the same UUID (in service or
+    /// being resynced); one replaced (gone from the list) or still faulted stays.
+    #[test]
+    fn a_fork_forgets_a_member_only_when_it_rejoins() {
+        let fork = || Fork {
+            from_generation: 3,
+            left_out: vec![X, Y],
+        };
+        let mut members = superblock(X, 9, None).members;
+        // X online, Y faulted: X rejoined, Y did not.
+        assert_eq!(fork().still_away(&members).unwrap().left_out, vec![Y]);
+        // Y replaced (a new UUID in its slot): still a branch if its old device turns up.
+        members[1].uuid = PoolUuid([5; 16]);
+        assert_eq!(fork().still_away(&members).unwrap().left_out, vec![Y]);
+        members[1].uuid = Y;
+        members[1].state = MemberState::Online;
+        assert!(fork().still_away(&members).is_none());
     }
 }

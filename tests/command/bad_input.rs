@@ -392,8 +392,12 @@ fn stale_member_alone_cannot_roll_back_flushed_data(opts: &CreateOptions) {
         force: true,
         ..OpenOptions::default()
     };
-    drop(Pool::open(vec![b.clone()], &forced).unwrap());
-    match Pool::open(vec![a, b], &OpenOptions::default()) {
+    let pool = Pool::open(vec![b.clone()], &forced).unwrap();
+    pool.write_at(0, &[3u8; 4096]).unwrap();
+    pool.flush().unwrap();
+    drop(pool);
+    let images = (a.image(), b.image());
+    match Pool::open(vec![a.clone(), b.clone()], &OpenOptions::default()) {
         Err(err) => assert!(
             err.to_string().contains("split brain"),
             "{:?}: {err}",
@@ -409,6 +413,25 @@ fn stale_member_alone_cannot_roll_back_flushed_data(opts: &CreateOptions) {
             );
         }
     }
+    assert!(
+        (a.image(), b.image()) == images,
+        "{:?}: the refused open changed a device",
+        opts.format
+    );
+    // B's branch opens alone (it records A faulted); giving A back to it would resync A's
+    // branch away: refused too, and A is left as it was.
+    let pool = Pool::open(vec![b.clone()], &OpenOptions::default()).unwrap();
+    let mut buf = [0u8; 4096];
+    pool.read_at(0, &mut buf).unwrap();
+    assert_eq!(buf, [3u8; 4096], "{:?}: B's flushed write", opts.format);
+    let err = pool.clear_with("mem0", a.clone()).unwrap_err();
+    assert!(
+        matches!(err, Error::SplitBrain { .. }),
+        "{:?}: {err}",
+        opts.format
+    );
+    drop(pool);
+    assert!(a.image() == images.0, "{:?}: A was changed", opts.format);
 }
 
 #[test]
