@@ -265,44 +265,6 @@ fn discarded_stripes_give_their_slots_back_without_a_reopen() {
 const PAGE: u64 = 16 * 1024;
 const BLOCK: u64 = 4096;
 
-/// The metadata pages the newest tree sync on `mems` references (docs/FORMAT.md V4.4, V4.8),
-/// found from the members' bytes alone, not through the pool: the uberblock with the highest
-/// txg in ring A of any member, then every page reachable from its roots. Interior pages
-/// (level 2 and up) are read from their copy 0 and decoded as 1024 pointers; leaves (level 1)
-/// hold records and name no page. Returns the page numbers and how many are interior.
-fn referenced_pages(mems: &[Arc<MemDevice>], geometry: &Geometry) -> (BTreeSet<u64>, u64) {
-    use stripestore::format::v4::{PointerPage, Uberblock, PAGE_BYTES, UBERBLOCK_MAGIC};
-    let ring = geometry.uberblock_rings()[0];
-    let newest = mems
-        .iter()
-        .flat_map(|m| (0..geometry.uberblock_slots).map(move |i| m.peek(ring + i * 4096, 4096)))
-        .filter(|bytes| bytes[..8] == UBERBLOCK_MAGIC[..])
-        .filter_map(|bytes| {
-            let mut pool = [0u8; 16];
-            pool.copy_from_slice(&bytes[16..32]);
-            Uberblock::decode(&bytes, pool).ok()
-        })
-        .max_by_key(|u| u.txg)
-        .expect("a version 4 pool has an uberblock");
-    let mut pages = BTreeSet::new();
-    let mut interior = 0;
-    let mut stack = newest.roots.to_vec();
-    while let Some(pointer) = stack.pop() {
-        let Some(mpn) = pointer.address() else {
-            continue;
-        };
-        if !pages.insert(mpn) || pointer.level() < 2 {
-            continue;
-        }
-        interior += 1;
-        let (device, offset) = geometry.page_copies(mpn).unwrap()[0];
-        let bytes = mems[device.0].peek(offset, PAGE_BYTES);
-        let page = PointerPage::decode(&bytes, pointer.level()).unwrap();
-        stack.extend(page.pointers().iter().copied());
-    }
-    (pages, interior)
-}
-
 /// The data slot and the 4 KiB cell on `device` of the row holding volume byte `offset`
 /// (`None` when the block holds nothing). For layouts whose width is the member count
 /// (mirror:N on N, rs:K+M on K+M), every slot is one chunk row of every member, so the slot

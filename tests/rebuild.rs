@@ -7,7 +7,6 @@ mod common;
 
 use common::*;
 use rand::Rng;
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -55,44 +54,6 @@ fn verify_with_only(all: &[Arc<MemDevice>], keep: &[usize], model: &Model) {
 
 /// Bytes of a metadata page (docs/FORMAT.md V4.2).
 const PAGE: u64 = 16 * 1024;
-
-/// The metadata pages the newest tree sync on `mems` references (docs/FORMAT.md V4.4, V4.8),
-/// found from the members' bytes alone, not through the pool: the uberblock with the highest
-/// txg in ring A of any member, then every page reachable from its roots. Interior pages
-/// (level 2 and up) are read from their copy 0 and decoded as 1024 pointers; leaves (level 1)
-/// hold records and name no page. Returns the page numbers and how many are interior.
-fn referenced_pages(mems: &[Arc<MemDevice>], geometry: &Geometry) -> (BTreeSet<u64>, u64) {
-    use stripestore::format::v4::{PointerPage, Uberblock, PAGE_BYTES, UBERBLOCK_MAGIC};
-    let ring = geometry.uberblock_rings()[0];
-    let newest = mems
-        .iter()
-        .flat_map(|m| (0..geometry.uberblock_slots).map(move |i| m.peek(ring + i * 4096, 4096)))
-        .filter(|bytes| bytes[..8] == UBERBLOCK_MAGIC[..])
-        .filter_map(|bytes| {
-            let mut pool = [0u8; 16];
-            pool.copy_from_slice(&bytes[16..32]);
-            Uberblock::decode(&bytes, pool).ok()
-        })
-        .max_by_key(|u| u.txg)
-        .expect("a version 4 pool has an uberblock");
-    let mut pages = BTreeSet::new();
-    let mut interior = 0;
-    let mut stack = newest.roots.to_vec();
-    while let Some(pointer) = stack.pop() {
-        let Some(mpn) = pointer.address() else {
-            continue;
-        };
-        if !pages.insert(mpn) || pointer.level() < 2 {
-            continue;
-        }
-        interior += 1;
-        let (device, offset) = geometry.page_copies(mpn).unwrap()[0];
-        let bytes = mems[device.0].peek(offset, PAGE_BYTES);
-        let page = PointerPage::decode(&bytes, pointer.level()).unwrap();
-        stack.extend(page.pointers().iter().copied());
-    }
-    (pages, interior)
-}
 
 /// The metadata a v4 rebuild of position `victim` must handle besides the data, from the
 /// members' bytes ([`referenced_pages`]; docs/FORMAT.md V4.5, "Rebuild"): `(pages with a copy

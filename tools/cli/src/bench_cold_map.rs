@@ -282,6 +282,16 @@ fn fill_span(pool: &Pool, span: u64) -> Result<(Vec<u64>, u64), Box<dyn std::err
     Ok((Vec::new(), span.div_ceil(piece) * PAGE))
 }
 
+/// The pool on `paths`, opened with `cache` bytes of map cache and no background work.
+fn open_with_cache(paths: &[PathBuf], cache: u64) -> Result<Arc<Pool>, stripestore::Error> {
+    let options = OpenOptions {
+        map_cache_bytes: usize::try_from(cache).unwrap_or(usize::MAX),
+        background_rebuild: false,
+        ..OpenOptions::default()
+    };
+    Ok(Arc::new(Pool::open_paths(paths, &options)?))
+}
+
 /// The bytes read from the members since the pool was opened.
 fn read_bytes(pool: &Pool) -> u64 {
     pool.device_io()
@@ -301,12 +311,7 @@ fn measure_nbd(
     args: &BenchColdMapArgs,
     scratch: &std::path::Path,
 ) -> Result<Sample, Box<dyn std::error::Error>> {
-    let options = OpenOptions {
-        map_cache_bytes: usize::try_from(cache).unwrap_or(usize::MAX),
-        background_rebuild: false,
-        ..OpenOptions::default()
-    };
-    let pool = Arc::new(Pool::open_paths(paths, &options)?);
+    let pool = open_with_cache(paths, cache)?;
     if warm {
         let mut offset = 0;
         while offset < span {
@@ -376,12 +381,7 @@ fn measure(
     args: &BenchColdMapArgs,
     run: u64,
 ) -> Result<Sample, Box<dyn std::error::Error>> {
-    let options = OpenOptions {
-        map_cache_bytes: usize::try_from(cache).unwrap_or(usize::MAX),
-        background_rebuild: false,
-        ..OpenOptions::default()
-    };
-    let pool = Arc::new(Pool::open_paths(paths, &options)?);
+    let pool = open_with_cache(paths, cache)?;
     let mut buf = vec![0u8; BLOCK as usize];
     for block in blocks {
         pool.read_at(block * BLOCK, &mut buf)?;
