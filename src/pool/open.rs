@@ -1118,7 +1118,10 @@ fn record_open(
                 tracing::warn!(device = %member.path(), index = i, "member missing at open; marked faulted");
             }
         }
-        inner.members.write_superblocks()?;
+        // A recorded change (and, after a forced open, the fork that must be on every member
+        // that goes on: docs/FORMAT.md "Forks"): a member whose superblocks do not take it is
+        // counted and faulted when the pool can lose it, and otherwise the open fails naming it.
+        inner.members.record_everywhere_or_name()?;
     }
     if inner.rows().is_some() {
         // The volume's open re-replicated the log to members that lagged (FORMAT.md V4.8).

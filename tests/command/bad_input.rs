@@ -392,6 +392,15 @@ fn stale_member_alone_cannot_roll_back_flushed_data(opts: &CreateOptions) {
         force: true,
         ..OpenOptions::default()
     };
+    // The forced open records the fork on the member that goes on, or does not go on: with
+    // B's superblock writes failing (B cannot be lost), it fails naming B and B is unchanged.
+    let before = b.image();
+    let (faulty, plan) = stripestore::device::FaultyDevice::new(b.clone(), 1);
+    plan.lock()
+        .arm(stripestore::device::FaultKind::WriteError, 8);
+    let err = Pool::open(vec![std::sync::Arc::new(faulty)], &forced).unwrap_err();
+    assert!(err.to_string().contains("mem1"), "{:?}: {err}", opts.format);
+    assert!(b.image() == before, "{:?}: B changed", opts.format);
     let pool = Pool::open(vec![b.clone()], &forced).unwrap();
     pool.write_at(0, &[3u8; 4096]).unwrap();
     pool.flush().unwrap();
