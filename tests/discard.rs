@@ -319,17 +319,7 @@ fn rebuild_work(
         .filter(|(slot, _)| held.contains(&segment(*slot)))
         .map(|(_, cell)| *cell)
         .collect();
-    let (pages, interior) = referenced_pages(mems, geometry);
-    let on_victim = pages
-        .iter()
-        .filter(|mpn| {
-            geometry
-                .page_copies(**mpn)
-                .unwrap()
-                .iter()
-                .any(|(d, _)| d.0 == victim)
-        })
-        .count() as u64;
+    let (on_victim, interior) = pages_on_position(mems, geometry, victim);
     (cells.len() as u64, on_victim, interior)
 }
 

@@ -61,17 +61,7 @@ const PAGE: u64 = 16 * 1024;
 /// and written onto the replacement (16 KiB each way); each interior page is read once by
 /// the walk that plans the pass (16 KiB).
 fn metadata_work(mems: &[Arc<MemDevice>], geometry: &Geometry, victim: usize) -> (u64, u64) {
-    let (pages, interior) = referenced_pages(mems, geometry);
-    let on_victim = pages
-        .iter()
-        .filter(|mpn| {
-            geometry
-                .page_copies(**mpn)
-                .unwrap()
-                .iter()
-                .any(|(d, _)| d.0 == victim)
-        })
-        .count() as u64;
+    let (on_victim, interior) = pages_on_position(mems, geometry, victim);
     (on_victim, interior)
 }
 

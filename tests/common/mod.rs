@@ -505,3 +505,24 @@ pub fn referenced_pages(
     }
     (pages, interior)
 }
+
+/// Of the pages [`referenced_pages`] finds, how many have a copy on data position `position`,
+/// and how many pages are interior (what a rebuild of that position copies and walks).
+pub fn pages_on_position(
+    mems: &[Arc<MemDevice>],
+    geometry: &stripestore::geometry::Geometry,
+    position: usize,
+) -> (u64, u64) {
+    let (pages, interior) = referenced_pages(mems, geometry);
+    let on_position = pages
+        .iter()
+        .filter(|mpn| {
+            geometry
+                .page_copies(**mpn)
+                .unwrap()
+                .iter()
+                .any(|(d, _)| d.0 == position)
+        })
+        .count() as u64;
+    (on_position, interior)
+}
