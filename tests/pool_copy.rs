@@ -270,3 +270,57 @@ fn a_copy_at_16_tib_walks_only_what_is_written() {
     target.close().unwrap();
     source.close().unwrap();
 }
+
+/// A build writes version 4 only: a version-3 pool opened for writing, and a version-3 create,
+/// are refused with an error naming both versions and the copy, and change no byte; the same
+/// pool opened read-only reads back what was written (what the copy needs).
+#[test]
+fn a_version_3_pool_is_refused_for_writing_and_read_read_only() {
+    let mems = mem_devices(2, 4 << 20);
+    let data = vec![0x5a_u8; 65536];
+    let pool = Pool::create(shared(&mems), vec![], &v3_options("mirror:2")).unwrap();
+    pool.write_at(4096, &data).unwrap();
+    pool.close().unwrap();
+    // From here on as a program linking the library: no test switch.
+    stripestore::testing::allow_format_3_writes(false);
+    let images: Vec<Vec<u8>> = mems.iter().map(|m| m.image()).collect();
+    let err = Pool::open(shared(&mems), &OpenOptions::default()).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+    assert!(
+        text.contains("format-version-1 pool")
+            && text.contains("format version 4")
+            && text.contains("--copy-from")
+            && (text.contains("mem0") || text.contains("mem1")),
+        "{text}"
+    );
+    let fresh = mem_devices(2, 4 << 20);
+    let err = Pool::create(shared(&fresh), vec![], &v3_options_without_switch()).unwrap_err();
+    assert!(
+        matches!(err, Error::Unsupported { version: 3, .. }),
+        "{err}"
+    );
+    assert!(fresh.iter().all(|m| m.image().iter().all(|b| *b == 0)));
+    let looking = OpenOptions {
+        read_only: true,
+        ..OpenOptions::default()
+    };
+    let pool = Pool::open(shared(&mems), &looking).unwrap();
+    let mut buf = vec![0u8; data.len()];
+    pool.read_at(4096, &mut buf).unwrap();
+    assert!(buf == data);
+    drop(pool);
+    let after: Vec<Vec<u8>> = mems.iter().map(|m| m.image()).collect();
+    assert!(
+        after == images,
+        "a refused or read-only open changed a byte"
+    );
+}
+
+/// [`v3_options`] with the test switch turned off again (what a program asking for version 3
+/// gets).
+fn v3_options_without_switch() -> stripestore::CreateOptions {
+    let options = v3_options("mirror:2");
+    stripestore::testing::allow_format_3_writes(false);
+    options
+}
