@@ -103,9 +103,9 @@ pub const DEFAULT_ERROR_THRESHOLD: u64 = 10;
 /// Default window of that error rate (ZFS's `checksum_t`).
 pub const DEFAULT_ERROR_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
 const STRIPE_LOCKS: usize = 256;
-/// Default cap of a v4 pool's map cache: 256 MiB, the map pages of 128 TiB of random 4 KiB
-/// writes' worth of leaves in the worst case is far more, so the cap, not the volume, bounds
-/// memory (docs/FORMAT.md V4.9).
+/// Default cap of a v4 pool's map cache: 256 MiB. Map leaves take 4 MiB per GiB written, so
+/// this holds the whole map of 64 GiB written; a bigger map is paged, and the cap, not the
+/// volume, bounds memory (docs/FORMAT.md V4.9).
 pub const DEFAULT_MAP_CACHE_BYTES: usize = 256 << 20;
 
 /// How long a member that stopped answering may be away before it is faulted: 10 minutes,

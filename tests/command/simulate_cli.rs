@@ -308,3 +308,50 @@ fn bench_smallwrite_soak_overwrites_a_filled_volume_with_the_cleaner_and_reads_i
         "{run}"
     );
 }
+
+/// `stripestore bench-cold-map --nbd` on a small pool: the whole map cached costs (almost) no
+/// map page per read, a cache of 4 of the span's 16 leaves costs at most one page per read
+/// (issue 13's "at most one extra metadata read") and about the misses' share, and the
+/// disk's own limits (random 4 KiB reads, the cold pattern's mix) are measured beside it.
+#[test]
+fn bench_cold_map_over_nbd_reports_pages_per_read_and_the_disks_ceiling() {
+    if fio_missing() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let stdout = succeed([
+        "bench-cold-map",
+        "--nbd",
+        "--member-size",
+        "256M",
+        "--span",
+        "64M",
+        "--seconds",
+        "0.5",
+        "--runs",
+        "1",
+        "--depth",
+        "4",
+        "--json",
+        "--dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    // 64 MiB of volume: 16 leaves of 16 KiB.
+    assert_eq!(report["map_leaf_bytes"], 16 * 16384, "{report}");
+    let warm = report["warm"]["pages_per_read"].as_f64().unwrap();
+    assert!(warm < 0.05, "the whole map was cached: {report}");
+    // The cold cache holds 4 of the 16 leaves: three reads in four miss, each miss one page.
+    let cold = report["cold"]["pages_per_read"].as_f64().unwrap();
+    assert!((0.5..=1.0).contains(&cold), "{report}");
+    let devices = &report["devices"];
+    assert!(devices["random_4k"][0].as_f64().unwrap() > 0.0, "{report}");
+    assert!(
+        devices["cold_pattern"][0].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    assert!(
+        devices["ceiling_over_warm"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+}

@@ -18,6 +18,14 @@
 //! warm case first looks every block of the span up (`Pool::allocation`), so its whole map is
 //! cached before the timing; the cold case starts with whatever its cap keeps. Reported as
 //! above, with fio's completion latency p50/p99.
+//!
+//! With `--nbd`, each run also measures the devices' own limits in the same minutes, fio
+//! `io_uring` direct at the same depth over the member files' written extent (a quarter of
+//! the span each, rs:4+2): random 4 KiB reads (what a warm read costs the disk), and the
+//! cold reads' mix, 4 KiB reads with the measured share of 16 KiB page reads (one data read
+//! and `p` page reads per cold read), reported as cold reads/s the disk can serve at most.
+//! That ceiling over the warm rate bounds the cold/warm ratio any map with 16 KiB leaves can
+//! reach here, whatever its CPU path.
 
 use crate::bench::spread;
 use crate::fio::{self, Pattern, Target};
@@ -105,6 +113,25 @@ struct Report {
     warm: CacheReport,
     cold: CacheReport,
     cold_over_warm: f64,
+    /// With `--nbd`: the devices' limits measured beside each run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    devices: Option<DeviceReport>,
+}
+
+/// The member files' own limits at the same depth (fio `io_uring`, direct), per run.
+#[derive(Serialize, Debug)]
+struct DeviceReport {
+    /// Random 4 KiB reads/s.
+    random_4k: Vec<f64>,
+    /// Cold reads/s the disk serves at most: requests/s of the mix of 4 KiB reads and the
+    /// cold run's share of 16 KiB page reads, divided by (1 + page reads per read).
+    cold_pattern: Vec<f64>,
+    /// Median of `cold_pattern` over the median warm rate: the highest cold/warm ratio the
+    /// disk allows.
+    ceiling_over_warm: f64,
+    /// Median cold rate over the median of `cold_pattern`: how near the disk's limit the cold
+    /// path runs.
+    cold_over_ceiling: f64,
 }
 
 /// Run the benchmark.
@@ -142,6 +169,7 @@ pub fn run(args: &BenchColdMapArgs) -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or((map_leaf_bytes / 10).max(4 * PAGE));
     let mut warm = Vec::new();
     let mut cold = Vec::new();
+    let mut device_runs: Vec<(f64, f64)> = Vec::new();
     for run in 0..args.runs {
         for (cache, into) in [(warm_cache, &mut warm), (cold_cache, &mut cold)] {
             let measured = if args.nbd {
@@ -171,6 +199,18 @@ pub fn run(args: &BenchColdMapArgs) -> Result<(), Box<dyn std::error::Error>> {
             }
             into.push(measured);
         }
+        if args.nbd {
+            let pages = cold.last().map_or(0.0, |c: &Sample| c.pages);
+            let (random_4k, cold_pattern) = measure_devices(&paths, args, pages, dir.path())?;
+            if !args.json {
+                println!(
+                    "run {run}: devices at depth {}: {random_4k:>9.0} random 4 KiB reads/s, \
+                     {cold_pattern:>9.0} cold reads/s at most (4 KiB + {pages:.2} x 16 KiB)",
+                    args.depth
+                );
+            }
+            device_runs.push((random_4k, cold_pattern));
+        }
     }
     let summarize = |cache_bytes: u64, runs: &[Sample]| {
         let rates: Vec<f64> = runs.iter().map(|r| r.rate).collect();
@@ -192,17 +232,26 @@ pub fn run(args: &BenchColdMapArgs) -> Result<(), Box<dyn std::error::Error>> {
     };
     let warm = summarize(warm_cache, &warm);
     let cold = summarize(cold_cache, &cold);
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+    let devices = (!device_runs.is_empty()).then(|| {
+        let random_4k: Vec<f64> = device_runs.iter().map(|d| d.0).collect();
+        let cold_pattern: Vec<f64> = device_runs.iter().map(|d| d.1).collect();
+        let ceiling = spread(&cold_pattern).0;
+        DeviceReport {
+            ceiling_over_warm: ratio(ceiling, warm.median),
+            cold_over_ceiling: ratio(cold.median, ceiling),
+            random_4k,
+            cold_pattern,
+        }
+    });
     let report = Report {
         volume_bytes,
         blocks: blocks.len() as u64,
         map_leaf_bytes,
-        cold_over_warm: if warm.median > 0.0 {
-            cold.median / warm.median
-        } else {
-            0.0
-        },
+        cold_over_warm: ratio(cold.median, warm.median),
         warm,
         cold,
+        devices,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -232,8 +281,49 @@ pub fn run(args: &BenchColdMapArgs) -> Result<(), Box<dyn std::error::Error>> {
             report.cold.pages_per_read,
             report.cold_over_warm
         );
+        if let Some(devices) = &report.devices {
+            let (random, _, _) = spread(&devices.random_4k);
+            let (ceiling, low, high) = spread(&devices.cold_pattern);
+            println!(
+                "devices (fio io_uring, depth {}): random 4 KiB {random:.0} reads/s; \
+                 cold pattern {ceiling:.0} cold reads/s at most (min {low:.0}, max {high:.0})\n\
+                 ceiling / warm = {:.2} (the highest cold / warm the disk allows), \
+                 cold / ceiling = {:.2}",
+                args.depth, devices.ceiling_over_warm, devices.cold_over_ceiling
+            );
+        }
     }
     Ok(())
+}
+
+/// The member files' limits at `args.depth` over their written extent (a quarter of the span
+/// each: rs:4+2 puts span × 6/4 bytes on six members): random 4 KiB reads/s, and the cold
+/// reads/s of a mix of 4 KiB reads with `pages` 16 KiB reads per 4 KiB one (one cold read).
+fn measure_devices(
+    paths: &[PathBuf],
+    args: &BenchColdMapArgs,
+    pages: f64,
+    scratch: &std::path::Path,
+) -> Result<(f64, f64), Box<dyn std::error::Error>> {
+    let span = args.span.min(args.member_size) / 4 / BLOCK * BLOCK;
+    let job = |mixed_with| fio::Job {
+        pattern: Pattern::RandRead,
+        block_bytes: BLOCK,
+        queue_depth: args.depth,
+        target: Target::AcrossFiles {
+            paths: paths.to_vec(),
+            span_bytes: span,
+            direct: true,
+        },
+        seconds: Some(args.seconds),
+        mixed_with,
+    };
+    let random = job(None).run(scratch)?.iops;
+    // The share of requests that are page reads: p pages per 1 data read.
+    let percent = (100.0 * pages / (1.0 + pages)).round().clamp(0.0, 100.0) as u32;
+    let mix = job(Some((PAGE, percent))).run(scratch)?.iops;
+    let per_read = 100.0 / f64::from((100 - percent).max(1));
+    Ok((random, mix / per_read))
 }
 
 /// One measurement: reads per second, map pages read per read beyond the data, and fio's
@@ -341,6 +431,7 @@ fn measure_nbd(
             connections: 1,
         },
         seconds: Some(args.seconds),
+        mixed_with: None,
     };
     let outcome = job.run(scratch);
     stop.stop();

@@ -110,6 +110,7 @@ fn fio_job(
             connections,
         },
         seconds,
+        mixed_with: None,
     }
 }
 

@@ -337,6 +337,7 @@ impl RawDevices<'_> {
                 }
             },
             seconds: random.then_some(self.seconds),
+            mixed_with: None,
         };
         job.run(self.scratch)
     }
@@ -561,6 +562,7 @@ impl Client<'_> {
                 connections: 1,
             },
             seconds: Some(seconds),
+            mixed_with: None,
         };
         let outcome = job.run(scratch)?;
         Ok(Measured {
@@ -630,6 +632,7 @@ impl Client<'_> {
                         connections: 1,
                     },
                     seconds: random.then_some(seconds),
+                    mixed_with: None,
                 };
                 let (outcome, _, cpu) = timed(|| job.run(scratch));
                 let outcome = outcome?;

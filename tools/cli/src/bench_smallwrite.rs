@@ -172,6 +172,7 @@ fn nbd_run(
             connections: 1,
         },
         seconds: Some(args.seconds),
+        mixed_with: None,
     }
     .run(dir);
     stop.stop();
@@ -449,6 +450,7 @@ pub fn run(args: &BenchSmallwriteArgs) -> Result<(), String> {
                         direct: true,
                     },
                     seconds: Some(args.seconds),
+                    mixed_with: None,
                 }
                 .run(dir.path())
                 .map_err(|e| e.to_string())?;

@@ -77,6 +77,10 @@ pub struct Job {
     pub target: Target,
     /// Run for this long (time-based, looping over the span) instead of once over the span.
     pub seconds: Option<f64>,
+    /// Make this share of the requests another size: `(bytes, percent of requests)`, the
+    /// rest `block_bytes` (fio's `bssplit`). How a device serves a mix of reads of two sizes,
+    /// e.g. the data reads and map page reads of a pool whose map is not all cached.
+    pub mixed_with: Option<(u64, u32)>,
 }
 
 /// What fio measured (sums over jobs; latencies are the worst job's).
@@ -122,7 +126,14 @@ impl Job {
             format!("--output={}", output.display()),
             "--group_reporting".to_string(),
             format!("--rw={}", self.pattern.rw()),
-            format!("--bs={}", self.block_bytes),
+            match self.mixed_with {
+                Some((bytes, percent)) => format!(
+                    "--bssplit={}/{}:{bytes}/{percent}",
+                    self.block_bytes,
+                    100 - percent.min(100)
+                ),
+                None => format!("--bs={}", self.block_bytes),
+            },
             format!("--iodepth={}", self.queue_depth),
             "--randrepeat=0".to_string(),
             "--norandommap".to_string(),
@@ -271,10 +282,31 @@ mod tests {
                 direct: true,
             },
             seconds: None,
+            mixed_with: None,
         };
         let args = job.args(Path::new("/out.json"));
         assert!(args.contains(&"--filename=/a\\:b".to_string()));
         assert!(args.contains(&"--name=dev1".to_string()));
         assert!(args.contains(&"--direct=1".to_string()));
+        assert!(args.contains(&"--bs=1048576".to_string()));
+    }
+
+    #[test]
+    fn a_mix_of_sizes_replaces_the_block_size_with_a_split_by_request_count() {
+        let job = Job {
+            pattern: Pattern::RandRead,
+            block_bytes: 4096,
+            queue_depth: 16,
+            target: Target::AcrossFiles {
+                paths: vec!["/a".into()],
+                span_bytes: 1 << 30,
+                direct: true,
+            },
+            seconds: Some(1.0),
+            mixed_with: Some((16384, 47)),
+        };
+        let args = job.args(Path::new("/out.json"));
+        assert!(args.contains(&"--bssplit=4096/53:16384/47".to_string()));
+        assert!(!args.iter().any(|a| a.starts_with("--bs=")));
     }
 }
