@@ -15,6 +15,7 @@ mod commit;
 mod copy;
 mod discard;
 mod fill;
+mod flush_group;
 mod handle;
 mod import;
 mod io;
@@ -337,6 +338,8 @@ pub(crate) struct PoolInner {
     pub(crate) scrub: scrub::ScrubControl,
     /// Latency and byte counters of the volume's requests.
     pub(crate) requests: RequestMetrics,
+    /// Flushes that arrive while one commits share the next commit.
+    pub(crate) flushes: flush_group::FlushGroup,
     /// The data path of a format-version-4 pool (then `map` and `meta` are empty and unused).
     pub(crate) rows: Option<rows::RowsEngine>,
     /// The recovery-point policy set by [`Pool::set_snapshot_policy`] (its events part).
@@ -772,14 +775,18 @@ impl Pool {
 
     /// Barrier: every write completed before this call survives power loss once it returns.
     ///
+    /// Flushes called from several threads at once share commits: one that arrives while a
+    /// commit runs waits for the next commit to start and succeed, and runs it if nobody else
+    /// does (group commit).
+    ///
     /// # Errors
     /// [`Error::PoolUnavailable`] when too few devices are left to make the data durable with
     /// the layout; [`Error::CorruptMetadata`] if the map cannot be written anywhere.
     pub fn flush(&self) -> Result<()> {
         let _foreground = self.inner.rebuild.foreground();
-        self.inner
-            .requests
-            .measure(Request::Flush, 0, || self.inner.commit())
+        self.inner.requests.measure(Request::Flush, 0, || {
+            self.inner.flushes.flush(|| self.inner.commit())
+        })
     }
 
     /// Path and I/O counters (requests, bytes, latency) of every data position, in layout

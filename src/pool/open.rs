@@ -193,6 +193,7 @@ fn new_inner(
         attach_lock: parking_lot::RwLock::new(()),
         scrub: super::scrub::ScrubControl::default(),
         requests: super::RequestMetrics::default(),
+        flushes: super::flush_group::FlushGroup::default(),
         policy: Mutex::new(None),
         reclaim_wake: std::sync::Arc::new(super::reclaim::Wake::default()),
     })
