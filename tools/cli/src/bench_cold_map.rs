@@ -29,6 +29,7 @@
 
 use crate::bench::spread;
 use crate::fio::{self, Pattern, Target};
+use crate::served::Served;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -36,7 +37,6 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
-use stripestore::nbd::{Listen, ServeOptions, Server};
 use stripestore::pool::{CreateOptions, FormatVersion, OpenOptions, Pool, V4Options};
 use stripestore::types::parse_size;
 
@@ -410,16 +410,7 @@ fn measure_nbd(
         }
     }
     let socket = scratch.join("cold-map.sock");
-    let _ = std::fs::remove_file(&socket);
-    let server = Server::bind(
-        &Listen::Unix(socket.clone()),
-        Arc::clone(&pool),
-        ServeOptions::default(),
-    )?;
-    let stop = server.stop_handle();
-    let thread = std::thread::Builder::new()
-        .name("bench-cold-map-server".into())
-        .spawn(move || server.run())?;
+    let served = Served::start(&pool, &socket, "bench-cold-map-server")?;
     let before = read_bytes(&pool);
     let job = fio::Job {
         pattern: Pattern::RandRead,
@@ -434,11 +425,7 @@ fn measure_nbd(
         mixed_with: None,
     };
     let outcome = job.run(scratch);
-    stop.stop();
-    match thread.join() {
-        Ok(served) => served?,
-        Err(panic) => std::panic::resume_unwind(panic),
-    };
+    served.finish()?;
     let outcome = outcome?;
     let reads = outcome.iops * args.seconds;
     let extra = read_bytes(&pool).saturating_sub(before) as f64 - reads * BLOCK as f64;

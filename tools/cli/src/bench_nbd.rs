@@ -10,13 +10,13 @@
 
 use super::bench_pool::{progress, BenchArgs, SEQ_DEPTH};
 use super::fio::{self, Outcome, Pattern, Target};
+use crate::served::Served;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stripestore::device::{MemDevice, SharedDevice};
-use stripestore::nbd::{Listen, ServeOptions, Server};
 use stripestore::{CreateOptions, Layout, Pool};
 
 /// (queue depth per connection, connections) of each workload.
@@ -139,15 +139,7 @@ pub fn server_cost(
     let pool = Arc::new(Pool::create(devices, vec![], &options)?);
     let span = pool.size() / (1 << 20) * (1 << 20);
     let ours: PathBuf = dir.join("bench-cost.sock");
-    let server = Server::bind(
-        &Listen::Unix(ours.clone()),
-        Arc::clone(&pool),
-        ServeOptions::default(),
-    )?;
-    let stop = server.stop_handle();
-    let thread = std::thread::Builder::new()
-        .name("bench-cost-server".into())
-        .spawn(move || server.run())?;
+    let served = Served::start(&pool, &ours, "bench-cost-server")?;
     let theirs = dir.join("bench-nbdkit.sock");
     let (kit, version) = match nbdkit_version() {
         Ok(version) => (Some(Nbdkit::start(&theirs, span)?), version),
@@ -196,13 +188,7 @@ pub fn server_cost(
         }
     }
     drop(kit);
-    stop.stop();
-    match thread.join() {
-        Ok(report) => {
-            report?;
-        }
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
+    served.finish()?;
     let volume_bytes = pool.size();
     match Arc::try_unwrap(pool) {
         Ok(pool) => pool.close()?,

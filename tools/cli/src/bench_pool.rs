@@ -27,6 +27,7 @@
 
 use super::fio::{self, Outcome, Pattern, Target};
 use super::CliResult;
+use crate::served::Served;
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -35,7 +36,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stripestore::device::{open_device, AlignedBuf, SharedDevice};
-use stripestore::nbd::{Listen, ServeOptions, Server};
 use stripestore::{CreateOptions, Layout, Pool};
 
 /// Bytes per sequential request.
@@ -745,16 +745,7 @@ fn bench_layout_once(
 
     let socket = dir.join("bench-nbd.sock");
     let server = if args.nbd {
-        let server = Server::bind(
-            &Listen::Unix(socket.clone()),
-            Arc::clone(&pool),
-            ServeOptions::default(),
-        )?;
-        let stop = server.stop_handle();
-        let thread = std::thread::Builder::new()
-            .name("bench-nbd-server".into())
-            .spawn(move || server.run())?;
-        Some((stop, thread))
+        Some(Served::start(&pool, &socket, "bench-nbd-server")?)
     } else {
         None
     };
@@ -930,14 +921,8 @@ fn bench_layout_once(
             None,
         );
     }
-    if let Some((stop, thread)) = server {
-        stop.stop();
-        match thread.join() {
-            Ok(report) => {
-                report?;
-            }
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
+    if let Some(served) = server {
+        served.finish()?;
     }
     let volume_bytes = pool.size();
     match Arc::try_unwrap(pool) {

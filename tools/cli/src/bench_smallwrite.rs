@@ -24,6 +24,7 @@
 
 use crate::bench::spread;
 use crate::fio::{self, Job, Pattern, Target};
+use crate::served::Served;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -139,7 +140,6 @@ fn nbd_run(
     fsync_every: u32,
 ) -> Result<NbdRun, String> {
     use std::sync::Arc;
-    use stripestore::nbd::{Listen, ServeOptions, Server};
     use stripestore::pool::{CreateOptions, FormatVersion, Pool, V4Options};
     let mut options = CreateOptions::new(layout);
     options.chunk_bytes = CHUNK;
@@ -149,17 +149,8 @@ fn nbd_run(
     let pool = Arc::new(Pool::create_paths(paths, &[], &options).map_err(|e| e.to_string())?);
     let span = args.span.min(pool.size()) / BLOCK_BYTES as u64 * BLOCK_BYTES as u64;
     let socket = dir.join("bench-smallwrite.sock");
-    let server = Server::bind(
-        &Listen::Unix(socket.clone()),
-        Arc::clone(&pool),
-        ServeOptions::default(),
-    )
-    .map_err(|e| e.to_string())?;
-    let stop = server.stop_handle();
-    let thread = std::thread::Builder::new()
-        .name("bench-smallwrite-server".into())
-        .spawn(move || server.run())
-        .map_err(|e| e.to_string())?;
+    let served =
+        Served::start(&pool, &socket, "bench-smallwrite-server").map_err(|e| e.to_string())?;
     let outcome = Job {
         pattern: Pattern::RandWrite {
             fsync_every: (fsync_every > 0).then_some(fsync_every),
@@ -175,15 +166,9 @@ fn nbd_run(
         mixed_with: None,
     }
     .run(dir);
-    stop.stop();
-    let served = thread.join();
+    let finished = served.finish();
     let outcome = outcome.map_err(|e| e.to_string())?;
-    match served {
-        Ok(report) => {
-            report.map_err(|e| e.to_string())?;
-        }
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
+    finished.map_err(|e| e.to_string())?;
     match Arc::try_unwrap(pool) {
         Ok(pool) => pool.close().map_err(|e| e.to_string())?,
         Err(_) => return Err("the pool is still shared after the server stopped".into()),

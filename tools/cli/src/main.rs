@@ -25,6 +25,7 @@ mod remote;
 mod scrub;
 mod send;
 mod serve;
+mod served;
 mod simulate;
 mod snapshot;
 mod zabbix;
