@@ -138,3 +138,42 @@ fn flushes_sharing_commits_keep_every_write_flushed_before_a_power_cut() {
     // The flushes overlapped: many returned before the cuts, so the check had something to check.
     assert!(flushes_before_cut > 100, "{flushes_before_cut}");
 }
+
+/// A flush whose commit panics (planted: after the members were flushed, before the log
+/// record) leaves the pool refusing writes and flushes until it is reopened, instead of letting
+/// the next flush commit a map a panic left half changed; reopened, the block reads back as
+/// flushed or as written after (nothing else).
+#[test]
+fn a_flush_whose_commit_panics_leaves_the_pool_refusing_changes_until_reopened() {
+    let mems = mem_devices(6, DEVICE_BYTES);
+    let pool = Arc::new(Pool::create(shared(&mems), vec![], &v4_options("rs:4+2")).unwrap());
+    let (old, new) = (content(0, 0, 0), content(0, 1, 0));
+    pool.write_at(0, &old).unwrap();
+    pool.flush().unwrap();
+    pool.write_at(0, &new).unwrap();
+    pool.plant_flush_panic();
+    let flushing = Arc::clone(&pool);
+    let panicked = std::thread::spawn(move || flushing.flush()).join();
+    assert!(
+        panicked.is_err(),
+        "the planted panic happened in the commit"
+    );
+    assert!(
+        pool.flush().is_err(),
+        "the next flush must not commit what the panic left"
+    );
+    assert!(pool.write_at(BLOCK, &new).is_err(), "writes are refused");
+    let mut back = vec![0u8; BLOCK as usize];
+    pool.read_at(0, &mut back).unwrap();
+    assert!(back == old || back == new, "reads go on");
+    drop(Arc::into_inner(pool).unwrap());
+    let pool = Pool::open(shared(&mems), &v4_open_options()).unwrap();
+    pool.read_at(0, &mut back).unwrap();
+    assert!(
+        back == old || back == new,
+        "block 0: neither flushed nor written"
+    );
+    pool.write_at(BLOCK, &new).unwrap();
+    pool.flush().unwrap();
+    pool.close().unwrap();
+}

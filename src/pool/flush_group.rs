@@ -9,7 +9,9 @@
 //! it covers a flush exactly when it *started* after that flush arrived: a commit already
 //! running at the arrival may have taken its lock before the flush's writes landed. So each
 //! flush notes how many commits had started when it arrived and returns `Ok` only once a commit
-//! numbered above that has succeeded, running one itself when none is running.
+//! numbered above that has succeeded, running one itself when none is running. (Letting a flush
+//! also count a running commit that has not taken the lock yet was tried: no gain measured,
+//! README "Flushes that arrive together share a commit".)
 //!
 //! Why: a client at queue depth 16 sends flushes far more often than its writes need (fio 3.33's
 //! `--fsync=32` sends one per 3–4 writes at depth 16, measured), and each used to take the volume
@@ -36,6 +38,8 @@ struct GroupState {
     succeeded: u64,
     /// A flush's commit is running.
     running: bool,
+    /// Flushes waiting for a commit (for the tests).
+    waiting: usize,
 }
 
 /// Marks the running commit finished however its closure ends (a panic too), so the flushes
@@ -65,7 +69,9 @@ impl FlushGroup {
         let mut state = self.state.lock();
         let arrived = state.started;
         while state.running && state.succeeded <= arrived {
+            state.waiting += 1;
             self.finished.wait(&mut state);
+            state.waiting -= 1;
         }
         if state.succeeded > arrived {
             return Ok(());
@@ -82,17 +88,23 @@ impl FlushGroup {
         running.ok = result.is_ok();
         result
     }
+
+    /// Flushes waiting for a commit now.
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
+        self.state.lock().waiting
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::Arc;
+    use std::sync::{mpsc, Arc};
     use std::time::Duration;
 
-    /// A model of the pool: writes bump `landed`; a commit captures `landed` when it starts
-    /// and, after a while, makes that much durable.
+    /// A model of the pool: writes bump `landed`; a commit waits for the lock a while, captures
+    /// `landed`, and after a while makes that much durable.
     #[derive(Default)]
     struct Model {
         landed: AtomicU64,
@@ -102,8 +114,9 @@ mod tests {
 
     impl Model {
         fn commit(&self, fail: bool) -> Result<(), &'static str> {
+            std::thread::sleep(Duration::from_millis(1));
             let captured = self.landed.load(Ordering::SeqCst);
-            std::thread::sleep(Duration::from_millis(2));
+            std::thread::sleep(Duration::from_millis(1));
             self.commits.fetch_add(1, Ordering::SeqCst);
             if fail {
                 return Err("commit failed");
@@ -113,16 +126,29 @@ mod tests {
         }
     }
 
+    /// Wait until `count` flushes wait on `group`.
+    fn until_waiting(group: &FlushGroup, count: usize) {
+        while group.waiting() < count {
+            std::thread::yield_now();
+        }
+    }
+
     #[test]
     fn every_flush_finds_what_landed_before_it_durable_and_flushes_share_commits() {
         let group = Arc::new(FlushGroup::default());
         let model = Arc::new(Model::default());
         let flushes = 8 * 40;
-        let threads: Vec<_> = (0..8)
-            .map(|_| {
+        let threads: Vec<_> = (0..8u64)
+            .map(|thread| {
                 let (group, model) = (Arc::clone(&group), Arc::clone(&model));
                 std::thread::spawn(move || {
+                    let mut jitter = thread.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
                     for _ in 0..40 {
+                        // Arrivals spread over every moment of a commit (0-3 ms apart).
+                        jitter ^= jitter << 13;
+                        jitter ^= jitter >> 7;
+                        jitter ^= jitter << 17;
+                        std::thread::sleep(Duration::from_micros(jitter % 3000));
                         let mine = model.landed.fetch_add(1, Ordering::SeqCst) + 1;
                         group.flush(|| model.commit(false)).unwrap();
                         let durable = model.durable.load(Ordering::SeqCst);
@@ -138,10 +164,9 @@ mod tests {
             thread.join().unwrap();
         }
         let commits = model.commits.load(Ordering::SeqCst);
-        assert!(commits <= flushes, "{commits}");
         // Eight threads flushing at once: most flushes find a commit to wait for.
         assert!(
-            commits < flushes * 3 / 4,
+            commits < flushes / 2,
             "{commits} commits for {flushes} flushes"
         );
     }
@@ -150,21 +175,31 @@ mod tests {
     fn a_failed_commit_answers_its_own_flush_and_the_waiting_ones_commit_again() {
         let group = Arc::new(FlushGroup::default());
         let model = Arc::new(Model::default());
+        let (to_commit, at_commit) = mpsc::channel::<()>();
+        let (to_test, at_test) = mpsc::channel::<()>();
         let first = {
             let (group, model) = (Arc::clone(&group), Arc::clone(&model));
             std::thread::spawn(move || {
                 group.flush(|| {
-                    // Let the second flush arrive while this one runs, then fail.
-                    std::thread::sleep(Duration::from_millis(30));
+                    // Fail once the second flush waits on this commit.
+                    to_test.send(()).unwrap();
+                    at_commit.recv().unwrap();
                     model.commit(true)
                 })
             })
         };
-        std::thread::sleep(Duration::from_millis(10));
-        model.landed.fetch_add(1, Ordering::SeqCst);
-        let second = group.flush(|| model.commit(false));
+        at_test.recv().unwrap();
+        let second = {
+            let (group, model) = (Arc::clone(&group), Arc::clone(&model));
+            std::thread::spawn(move || {
+                model.landed.fetch_add(1, Ordering::SeqCst);
+                group.flush(|| model.commit(false))
+            })
+        };
+        until_waiting(&group, 1);
+        to_commit.send(()).unwrap();
         assert_eq!(first.join().unwrap(), Err("commit failed"));
-        assert_eq!(second, Ok(()));
+        assert_eq!(second.join().unwrap(), Ok(()));
         assert_eq!(model.commits.load(Ordering::SeqCst), 2);
         assert_eq!(model.durable.load(Ordering::SeqCst), 1);
         // A flush alone after a failure runs its own commit and reports its error.

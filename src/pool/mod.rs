@@ -687,6 +687,18 @@ impl Pool {
         }
     }
 
+    /// Plant a bug (feature `testing`): the next flush of a format-version-4 pool panics in
+    /// its commit (once), after flushing the members and before writing its log record. The
+    /// pool then refuses writes and flushes until it is reopened, and a flush waiting on that
+    /// commit does not wait for ever. Does nothing on version 3.
+    #[cfg(feature = "testing")]
+    pub fn plant_flush_panic(&self) {
+        if let Some(rows) = self.inner.rows() {
+            rows.planted_flush_panic
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     /// Test hook (feature `testing`): the next write leader of a format-version-4 pool waits
     /// `pause` between taking its last group and giving up its office (once), so that a test
     /// can queue a write in that window. Does nothing on version 3.

@@ -258,6 +258,10 @@ pub(crate) struct RowsEngine {
     /// leader panics while it lands a group (once).
     #[cfg(feature = "testing")]
     pub(crate) planted_leader_panic: std::sync::atomic::AtomicBool,
+    /// Planted (feature `testing`, [`crate::Pool::plant_flush_panic`]): the next flush's
+    /// commit panics after it flushed the members, before its log record (once).
+    #[cfg(feature = "testing")]
+    pub(crate) planted_flush_panic: std::sync::atomic::AtomicBool,
     /// Test hook (feature `testing`, [`crate::Pool::pause_leader_before_giving_up`]):
     /// milliseconds the next leader waits between its last group and giving up (once).
     #[cfg(feature = "testing")]
@@ -528,6 +532,8 @@ impl RowsEngine {
             rebuilding: Mutex::new(RebuildPlans::default()),
             #[cfg(feature = "testing")]
             planted_leader_panic: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(feature = "testing")]
+            planted_flush_panic: std::sync::atomic::AtomicBool::new(false),
             #[cfg(feature = "testing")]
             leader_pause_ms: AtomicU64::new(0),
         }
@@ -1026,7 +1032,25 @@ impl PoolInner {
             return Err(self.unavailable_with(std::iter::empty()));
         }
         let mut volume = rows.write_volume();
-        let result = volume.flush(&self.write_devices()).map(|_| ());
+        let devices = self.write_devices();
+        let flushed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            #[cfg(feature = "testing")]
+            if rows.planted_flush_panic.swap(false, Ordering::Relaxed) {
+                // Half a commit: the members flushed, no log record.
+                let _ = volume.map().flush_members(&devices);
+                panic!("planted: a flush's commit panics before its log record");
+            }
+            volume.flush(&devices).map(|_| ())
+        }));
+        let result = match flushed {
+            Ok(result) => result,
+            Err(panic) => {
+                // The map may be half changed: refuse every later change (as a write leader
+                // that panics does) rather than let the next flush commit it.
+                volume.fail();
+                std::panic::resume_unwind(panic);
+            }
+        };
         if result.is_ok() {
             // Every row and page born before the sequence the map hands out next was written
             // before this flush (under the volume's exclusive lock: nothing is in flight),
