@@ -51,6 +51,7 @@ struct BlockModel {
 #[test]
 fn flushes_sharing_commits_keep_every_write_flushed_before_a_power_cut() {
     let mut flushes_before_cut = 0u64;
+    let (mut flushes, mut commits) = (0u64, 0u64);
     for trial in 0..10u64 {
         let mems = mem_devices(6, DEVICE_BYTES);
         let volatile: Vec<Arc<Volatile>> = mems
@@ -110,6 +111,9 @@ fn flushes_sharing_commits_keep_every_write_flushed_before_a_power_cut() {
         countdown.store(0, Ordering::SeqCst);
         let models: Vec<(HashMap<u64, BlockModel>, u64)> =
             writers.into_iter().map(|w| w.join().unwrap()).collect();
+        let metrics = pool.request_metrics();
+        flushes += metrics.flush.count();
+        commits += metrics.flush_commits.load(Ordering::SeqCst);
         match Arc::try_unwrap(pool) {
             Ok(pool) => drop(pool),
             Err(_) => panic!("the pool is still shared"),
@@ -137,6 +141,11 @@ fn flushes_sharing_commits_keep_every_write_flushed_before_a_power_cut() {
     }
     // The flushes overlapped: many returned before the cuts, so the check had something to check.
     assert!(flushes_before_cut > 100, "{flushes_before_cut}");
+    // Six threads flushing at once share commits (the counter operators see).
+    assert!(
+        commits > 0 && commits < flushes,
+        "{commits} commits for {flushes} flushes"
+    );
 }
 
 /// A flush whose commit panics (planted: after the members were flushed, before the log

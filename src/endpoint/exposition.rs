@@ -461,6 +461,16 @@ fn request_families(e: &mut Exposition, status: &PoolStatus, requests: &RequestM
         &pool,
         load(&requests.written_bytes),
     );
+    e.family(
+        "stripestore_flush_commits_total",
+        "counter",
+        "Commits run for flushes; fewer than the flushes when flushes arriving together share one.",
+    );
+    e.sample(
+        "stripestore_flush_commits_total",
+        &pool,
+        load(&requests.flush_commits),
+    );
     let failures: Vec<(String, u64)> = ["read", "write", "flush"]
         .iter()
         .zip(&requests.failed)

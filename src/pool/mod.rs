@@ -797,7 +797,13 @@ impl Pool {
     pub fn flush(&self) -> Result<()> {
         let _foreground = self.inner.rebuild.foreground();
         self.inner.requests.measure(Request::Flush, 0, || {
-            self.inner.flushes.flush(|| self.inner.commit())
+            self.inner.flushes.flush(|| {
+                self.inner
+                    .requests
+                    .flush_commits
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.inner.commit()
+            })
         })
     }
 

@@ -24,6 +24,9 @@ pub struct RequestMetrics {
     pub written_bytes: AtomicU64,
     /// Requests that failed, by operation: read, write, flush.
     pub failed: [AtomicU64; 3],
+    /// Commits run for flushes: fewer than the flushes (the `flush` histogram's count) when
+    /// flushes arriving together share one (group commit).
+    pub flush_commits: AtomicU64,
 }
 
 /// Which request a timing belongs to.

@@ -1294,6 +1294,10 @@ fn serve_with_metrics_exposes_the_clients_traffic_over_http() {
         .unwrap();
     let reply = client.receive().unwrap();
     assert_eq!((reply.cookie, reply.errno), (cookie, 0));
+    // One flush alone: one commit (flushes arriving together would share one).
+    let cookie = client.send(cmd::FLUSH, 0, 0, 0, &[]).unwrap();
+    let reply = client.receive().unwrap();
+    assert_eq!((reply.cookie, reply.errno), (cookie, 0));
     let mut http = TcpStream::connect(&metrics).unwrap();
     http.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
     let mut response = String::new();
@@ -1306,6 +1310,12 @@ fn serve_with_metrics_exposes_the_clients_traffic_over_http() {
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap();
     assert_eq!(written, data.len() as u64, "the client's write is counted");
+    assert!(
+        response
+            .lines()
+            .any(|l| l.starts_with("stripestore_flush_commits_total{") && l.ends_with(" 1")),
+        "{response}"
+    );
     assert!(response.contains("state=\"online\"} 1"));
     drop(client);
     served.signal("-TERM");
