@@ -258,6 +258,20 @@ fn bench_smallwrite_reports_raw_and_volume_iops_with_full_rows() {
         assert!(case["raw_iops"][0].as_f64().unwrap() > 0.0, "{case}");
         // The mounted path: a v4 pool on the same members, served and written over NBD.
         assert!(case["nbd"][0]["iops"].as_f64().unwrap() > 0.0, "{case}");
+        // What fio's --fsync issued is counted, not assumed: syncs only when asked for, and
+        // never fewer than one per 32 writes.
+        let per_sync = [
+            case["raw_writes_per_sync"][0].as_f64(),
+            case["nbd"][0]["writes_per_sync"].as_f64(),
+        ];
+        if case["fsync_every"] == 0 {
+            assert_eq!(per_sync, [None, None], "{case}");
+        } else {
+            for writes in per_sync {
+                let writes = writes.unwrap();
+                assert!(writes > 0.0 && writes <= 32.5, "{case}");
+            }
+        }
         let run = &case["library"][0];
         assert!(run["iops"].as_f64().unwrap() > 0.0, "{case}");
         let per_row = run["blocks_per_row"].as_f64().unwrap();

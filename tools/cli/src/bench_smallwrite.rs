@@ -116,6 +116,8 @@ struct Case {
     depth: u32,
     group: usize,
     raw_iops: Vec<f64>,
+    /// Writes per fsync fio issued on the raw file, per run (with `--fsync-every`).
+    raw_writes_per_sync: Vec<f64>,
     library: Vec<LibraryRun>,
     ratio_median: f64,
     /// fio over NBD against a v4 pool (with `--nbd`): IOPS, p50 and p99 per run.
@@ -128,6 +130,9 @@ struct NbdRun {
     iops: f64,
     p50_us: f64,
     p99_us: f64,
+    /// Writes per NBD flush fio issued (with `--fsync-every`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    writes_per_sync: Option<f64>,
 }
 
 /// A v4 pool created on `paths` (over whatever they hold), served on a Unix socket in `dir`,
@@ -177,6 +182,7 @@ fn nbd_run(
         iops: outcome.iops,
         p50_us: outcome.p50_us,
         p99_us: outcome.p99_us,
+        writes_per_sync: outcome.writes_per_sync,
     })
 }
 
@@ -418,6 +424,7 @@ pub fn run(args: &BenchSmallwriteArgs) -> Result<(), String> {
                 depth: args.depth,
                 group: (args.depth as usize / 2).max(1),
                 raw_iops: Vec::new(),
+                raw_writes_per_sync: Vec::new(),
                 library: Vec::new(),
                 ratio_median: 0.0,
                 nbd: Vec::new(),
@@ -476,6 +483,7 @@ pub fn run(args: &BenchSmallwriteArgs) -> Result<(), String> {
                     case.nbd.push(served);
                 }
                 case.raw_iops.push(raw.iops);
+                case.raw_writes_per_sync.extend(raw.writes_per_sync);
                 case.library.push(ours);
             }
             let ratios: Vec<f64> = case
@@ -539,8 +547,13 @@ pub fn run(args: &BenchSmallwriteArgs) -> Result<(), String> {
     }
     if args.nbd {
         println!(
-            "\n{:<9} {:>6} {:>22} {:>18} {:>18}",
-            "layout", "fsync", "NBD IOPS (min-max)", "ratio (min-max)", "p50/p99 us"
+            "\n{:<9} {:>6} {:>22} {:>18} {:>18} {:>22}",
+            "layout",
+            "fsync",
+            "NBD IOPS (min-max)",
+            "ratio (min-max)",
+            "p50/p99 us",
+            "writes/flush raw, NBD"
         );
         for case in &cases {
             let iops: Vec<f64> = case.nbd.iter().map(|r| r.iops).collect();
@@ -548,8 +561,18 @@ pub fn run(args: &BenchSmallwriteArgs) -> Result<(), String> {
             let (ratio, r_lo, r_hi) = ratio_spread(&case.raw_iops, &iops);
             let p50 = spread(&case.nbd.iter().map(|r| r.p50_us).collect::<Vec<_>>()).0;
             let p99 = spread(&case.nbd.iter().map(|r| r.p99_us).collect::<Vec<_>>()).0;
+            let served: Vec<f64> = case.nbd.iter().filter_map(|r| r.writes_per_sync).collect();
+            let per_sync = if served.is_empty() || case.raw_writes_per_sync.is_empty() {
+                "-".to_string()
+            } else {
+                format!(
+                    "{:.1}, {:.1}",
+                    spread(&case.raw_writes_per_sync).0,
+                    spread(&served).0
+                )
+            };
             println!(
-                "{:<9} {:>6} {:>8.0} ({:.0}-{:.0}) {:>6.2} ({:.2}-{:.2}) {:>7.0}/{:<8.0}",
+                "{:<9} {:>6} {:>8.0} ({:.0}-{:.0}) {:>6.2} ({:.2}-{:.2}) {:>7.0}/{:<8.0} {:>22}",
                 case.layout,
                 if case.fsync_every == 0 {
                     "none".to_string()
@@ -563,10 +586,11 @@ pub fn run(args: &BenchSmallwriteArgs) -> Result<(), String> {
                 r_lo,
                 r_hi,
                 p50,
-                p99
+                p99,
+                per_sync
             );
         }
     }
-    println!("(fio {version}; raw = one member file, io_uring, direct, QD{}; the volume writes groups of {}{})", args.depth, (args.depth as usize / 2).max(1), if args.nbd { "; NBD = a v4 pool on the same members served by this process, fio's nbd engine at the same depth" } else { "" });
+    println!("(fio {version}; raw = one member file, io_uring, direct, QD{}; the volume writes groups of {}{})", args.depth, (args.depth as usize / 2).max(1), if args.nbd { "; NBD = a v4 pool on the same members served by this process, fio's nbd engine at the same depth; writes/flush: what fio's --fsync issued, counted in its report" } else { "" });
     Ok(())
 }
