@@ -1272,8 +1272,10 @@ impl<'a> World<'a> {
         }
         let data = random_bytes(&mut rng, usize::try_from(stripe_bytes).unwrap_or(0));
         // Out of room while recovery points are kept is a clear refusal too (it names them;
-        // `with_room` would delete one, but nothing is repaired beyond the tolerance).
-        let keeps_points = !self.points.is_empty();
+        // `with_room` would delete one, but nothing is repaired beyond the tolerance). A point
+        // whose delete was asked for holds its space until the delete has run (the refusal
+        // says so): seed 4400869, mirror:2, found by the campaign of 2026-12-06 14:00.
+        let keeps_points = !self.points.is_empty() || !pool.deletes().is_empty();
         match pool.write_at(0, &data) {
             Ok(()) => {}
             Err(err) if self.is_clear_now(&err) => {}
