@@ -24,8 +24,8 @@
 //! the span each, rs:4+2): random 4 KiB reads (what a warm read costs the disk), and the
 //! cold reads' mix, 4 KiB reads with the measured share of 16 KiB page reads (one data read
 //! and `p` page reads per cold read), reported as cold reads/s the disk can serve at most.
-//! That ceiling over the warm rate bounds the cold/warm ratio any map with 16 KiB leaves can
-//! reach here, whatever its CPU path.
+//! That ceiling over the warm rate bounds the cold/warm ratio of any map whose miss reads a
+//! whole 16 KiB leaf, whatever its CPU path.
 
 use crate::bench::spread;
 use crate::fio::{self, Pattern, Target};
