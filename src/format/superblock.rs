@@ -71,9 +71,17 @@ pub struct MapParams {
     /// so that a build that would attach a spare ignoring them refuses the pool by name.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub failure_domains: bool,
+    /// The map's leaves are sectored (docs/FORMAT.md V4.17: 15-byte records, a seeded crc
+    /// per 4 KiB sector): written at create, so that a build that reads 16-byte leaf records
+    /// refuses the pool by this field's name. Absent (false): 16-byte records, as before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sectored_leaves: bool,
 }
 
 impl MapParams {
+    /// The least `sync_pages_max` a pool may record.
+    pub const MIN_SYNC_PAGES: u64 = 8;
+
     /// Refuse a value outside its allowed range, naming the field (`metadata_copies` is
     /// checked against the layout by the pool, which knows it).
     ///
@@ -86,7 +94,12 @@ impl MapParams {
             ("log_half_bytes", self.log_half_bytes, 16384, 1 << 30),
             ("record_max", self.record_max, 4096, 1 << 30),
             ("uberblock_slots", self.uberblock_slots, 4, 4096),
-            ("sync_pages_max", self.sync_pages_max, 8, 1 << 20),
+            (
+                "sync_pages_max",
+                self.sync_pages_max,
+                Self::MIN_SYNC_PAGES,
+                1 << 20,
+            ),
             ("min_depth", u64::from(self.min_depth), 1, 6),
             ("metadata_copies", self.metadata_copies, 1, 16),
         ];
@@ -491,6 +504,7 @@ mod tests {
             referenced_counts: false,
             paced_deletes: false,
             failure_domains: false,
+            sectored_leaves: false,
         }
     }
 

@@ -17,7 +17,10 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::Arc;
 
-use crate::format::v4::PAGE_BYTES;
+use crate::format::v4::{PAGE_BYTES, SECTOR_BYTES};
+
+/// Units of the cap a page takes (a unit is a 4 KiB sector).
+const UNITS_PER_PAGE: usize = PAGE_BYTES / SECTOR_BYTES;
 
 /// What a cached page is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +48,9 @@ pub struct CacheStats {
     pub frozen: usize,
     /// Clean pinned pages (interior pages: resident, not counted against the cap).
     pub pinned: usize,
+    /// Sectors held (4 KiB parts of map leaves read alone, docs/FORMAT.md V4.17; always
+    /// clean, each counted as a quarter of a page against the cap).
+    pub sectors: usize,
     /// Lookups that found their page.
     pub hits: u64,
     /// Lookups that did not.
@@ -59,7 +65,12 @@ impl CacheStats {
     /// Bytes of every page counted against the cap.
     #[must_use]
     pub fn bytes(&self) -> usize {
-        (self.clean + self.dirty + self.frozen) * PAGE_BYTES
+        (self.clean + self.dirty + self.frozen) * PAGE_BYTES + self.sectors * SECTOR_BYTES
+    }
+
+    /// Quarters of a page counted against the cap (a page is four, a sector one).
+    fn units(&self) -> usize {
+        (self.clean + self.dirty + self.frozen) * UNITS_PER_PAGE + self.sectors
     }
 }
 
@@ -70,6 +81,8 @@ struct Entry {
     referenced: bool,
     ring_at: usize,
     pinned: bool,
+    /// A sector, not a page (clean, never pinned, one unit).
+    sector: bool,
 }
 
 /// The hash of a page key: a multiply-rotate fold of its fields with a 64-bit finalizer (the
@@ -207,6 +220,11 @@ impl<K: Hash + Eq + Copy> PageCache<K> {
         found
     }
 
+    /// Whether something is held under `key` (neither counted as a lookup nor marked used).
+    pub fn holds(&self, key: &K) -> bool {
+        self.inner.lock().entries.contains_key(key)
+    }
+
     /// Keep a clean page (just read and verified). Returns whether it was kept: when every
     /// page is dirty or frozen nothing can be evicted, and the page is not cached.
     pub fn insert_clean(&self, key: K, page: Arc<Vec<u8>>) -> bool {
@@ -217,11 +235,31 @@ impl<K: Hash + Eq + Copy> PageCache<K> {
             return true;
         }
         let pinned = self.pin.is_some_and(|pin| pin(&key));
-        if !pinned && !Self::make_room(&mut inner, self.cap_pages) {
+        if !pinned && !Self::make_room(&mut inner, self.cap_pages, UNITS_PER_PAGE) {
             inner.stats.refused += 1;
             return false;
         }
         Self::add(&mut inner, key, page, PageState::Clean, pinned);
+        true
+    }
+
+    /// Keep a sector (a 4 KiB part of a page, with whatever its reader needs to tell whether
+    /// it is still current appended: at most 64 bytes) under `key`, replacing a sector held
+    /// there. Returns whether it was kept (as [`PageCache::insert_clean`]); a page under `key`
+    /// is left alone.
+    pub fn insert_sector(&self, key: K, sector: Arc<Vec<u8>>) -> bool {
+        debug_assert!(sector.len() <= SECTOR_BYTES + 64);
+        let mut inner = self.inner.lock();
+        match inner.entries.get(&key).map(|e| e.sector) {
+            Some(true) => Self::remove(&mut inner, &key),
+            Some(false) => return false,
+            None => {}
+        }
+        if !Self::make_room(&mut inner, self.cap_pages, 1) {
+            inner.stats.refused += 1;
+            return false;
+        }
+        Self::add_entry(&mut inner, key, sector, PageState::Clean, false, true);
         true
     }
 
@@ -251,7 +289,7 @@ impl<K: Hash + Eq + Copy> PageCache<K> {
             Some(PageState::Frozen) => {}
             Some(PageState::Dirty) => unreachable!("handled above"),
             None => {
-                if !Self::make_room(&mut inner, self.cap_pages) {
+                if !Self::make_room(&mut inner, self.cap_pages, UNITS_PER_PAGE) {
                     return Err(CacheFull);
                 }
                 let pinned = self.pin.is_some_and(|pin| pin(&key));
@@ -273,7 +311,7 @@ impl<K: Hash + Eq + Copy> PageCache<K> {
     pub fn modify_dirty(&self, key: &K, change: impl FnOnce(&mut [u8])) -> bool {
         let mut inner = self.inner.lock();
         match inner.entries.get_mut(key) {
-            Some(entry) if entry.state == PageState::Dirty => {
+            Some(entry) if entry.state == PageState::Dirty && !entry.sector => {
                 change(Arc::make_mut(&mut entry.page).as_mut_slice());
                 entry.referenced = true;
                 true
@@ -335,7 +373,7 @@ impl<K: Hash + Eq + Copy> PageCache<K> {
             }
         }
         // Frozen pages that a writer copied were held only by the sync: room may be owed.
-        while inner.stats.clean + inner.stats.dirty + inner.stats.frozen > self.cap_pages {
+        while inner.stats.units() > self.cap_pages * UNITS_PER_PAGE {
             if !Self::evict_one(&mut inner) {
                 break;
             }
@@ -371,6 +409,17 @@ impl<K: Hash + Eq + Copy> PageCache<K> {
     }
 
     fn add(inner: &mut Inner<K>, key: K, page: Arc<Vec<u8>>, state: PageState, pinned: bool) {
+        Self::add_entry(inner, key, page, state, pinned, false);
+    }
+
+    fn add_entry(
+        inner: &mut Inner<K>,
+        key: K,
+        page: Arc<Vec<u8>>,
+        state: PageState,
+        pinned: bool,
+        sector: bool,
+    ) {
         let ring_at = match inner.free_ring.pop() {
             Some(at) => {
                 inner.ring[at] = Some(key);
@@ -382,6 +431,7 @@ impl<K: Hash + Eq + Copy> PageCache<K> {
             }
         };
         match state {
+            PageState::Clean if sector => inner.stats.sectors += 1,
             PageState::Clean => *Self::clean_counter(&mut inner.stats, pinned) += 1,
             PageState::Dirty => inner.stats.dirty += 1,
             PageState::Frozen => inner.stats.frozen += 1,
@@ -394,6 +444,7 @@ impl<K: Hash + Eq + Copy> PageCache<K> {
                 referenced: false,
                 ring_at,
                 pinned,
+                sector,
             },
         );
     }
@@ -403,6 +454,7 @@ impl<K: Hash + Eq + Copy> PageCache<K> {
             inner.ring[entry.ring_at] = None;
             inner.free_ring.push(entry.ring_at);
             match entry.state {
+                PageState::Clean if entry.sector => inner.stats.sectors -= 1,
                 PageState::Clean => *Self::clean_counter(&mut inner.stats, entry.pinned) -= 1,
                 PageState::Dirty => inner.stats.dirty -= 1,
                 // Still counted until the sync releases it.
@@ -411,9 +463,10 @@ impl<K: Hash + Eq + Copy> PageCache<K> {
         }
     }
 
-    /// Evict clean pages until one more page fits the cap. False if none can be evicted.
-    fn make_room(inner: &mut Inner<K>, cap_pages: usize) -> bool {
-        while inner.stats.clean + inner.stats.dirty + inner.stats.frozen >= cap_pages {
+    /// Evict clean pages and sectors until `units` more fit the cap. False if none can be
+    /// evicted.
+    fn make_room(inner: &mut Inner<K>, cap_pages: usize, units: usize) -> bool {
+        while inner.stats.units() + units > cap_pages * UNITS_PER_PAGE {
             if !Self::evict_one(inner) {
                 return false;
             }
@@ -424,7 +477,7 @@ impl<K: Hash + Eq + Copy> PageCache<K> {
     /// One turn of the CLOCK: evict the first clean page not referenced since the hand last
     /// passed it. Two full turns find one if any clean page exists.
     fn evict_one(inner: &mut Inner<K>) -> bool {
-        if inner.stats.clean == 0 || inner.ring.is_empty() {
+        if inner.stats.clean + inner.stats.sectors == 0 || inner.ring.is_empty() {
             return false;
         }
         for _ in 0..2 * inner.ring.len() {

@@ -25,9 +25,9 @@ use super::tree::{PageKey, RadixTree, SeenPages, SetError};
 use crate::device::{flush_each, DeviceError, SharedDevice};
 use crate::error::{Error, Result};
 use crate::format::v4::{
-    check_recovery_name, BlockPointer, LogEntry, RecoveryKind, RecoveryRecord, SegmentState,
-    SlotRecord, SlotShape, Tree, Uberblock, ADDRESS_HOLE, FLAG_AUTOMATIC, FLAG_RECEIVED,
-    FLAG_REFERENCED, NO_KEY, PAGE_BYTES, RECOVERY_RECORD_BYTES, TREES,
+    check_recovery_name, BlockPointer, LeafFormat, LogEntry, RecoveryKind, RecoveryRecord,
+    SegmentState, SlotRecord, SlotShape, Tree, Uberblock, ADDRESS_HOLE, FLAG_AUTOMATIC,
+    FLAG_RECEIVED, FLAG_REFERENCED, NO_KEY, PAGE_BYTES, RECOVERY_RECORD_BYTES, TREES,
 };
 use crate::geometry::Geometry;
 use crate::types::{DeviceIndex, ShardIndex};
@@ -65,6 +65,10 @@ pub struct MapOptions {
     pub record_max: Option<usize>,
     /// Open without writing anything (no log re-replication); a sync or commit is refused.
     pub read_only: bool,
+    /// How the map's leaves are encoded (docs/FORMAT.md V4.17): sectored for a pool made
+    /// now, plain for one whose map parameters do not say `sectored_leaves`. Must be what
+    /// the pool was made with: a pool's parameters decide it, never this default.
+    pub leaf_format: LeafFormat,
     /// The time an uberblock records as written at, seconds since the Unix epoch (the wall
     /// clock by default). A test that compares two pools byte for byte fixes it: two syncs
     /// either side of a second's turn would otherwise differ in these eight bytes alone.
@@ -140,6 +144,10 @@ pub struct MapOptions {
     /// after the one asked.
     #[cfg(feature = "testing")]
     pub allocation_hint_late: bool,
+    /// Planted bug `stale_sectors`: a cached sector of a leaf is used without comparing the
+    /// pointer it was read through with the parent's pointer now (docs/FORMAT.md V4.17).
+    #[cfg(feature = "testing")]
+    pub stale_sectors: bool,
 }
 
 /// The planted bugs of the hold rule (all off in a build without `testing`).
@@ -194,6 +202,7 @@ impl Default for MapOptions {
             release: ReleaseRule::AfterTwoSyncs,
             record_max: None,
             read_only: false,
+            leaf_format: LeafFormat::Sectored,
             clock: crate::types::now_unix_secs,
             #[cfg(feature = "testing")]
             skip_page_verification: false,
@@ -231,6 +240,8 @@ impl Default for MapOptions {
             live_count_ignores_trim: false,
             #[cfg(feature = "testing")]
             allocation_hint_late: false,
+            #[cfg(feature = "testing")]
+            stale_sectors: false,
         }
     }
 }
@@ -788,7 +799,13 @@ fn same_old(pointer: &BlockPointer, old: (u64, u64)) -> bool {
 
 impl MapStore {
     fn store(pool: [u8; 16], geometry: &Geometry, options: &MapOptions) -> Result<PageStore> {
-        let store = PageStore::new(pool, geometry.clone())?;
+        let store = PageStore::new(pool, geometry.clone())?.with_leaf_format(options.leaf_format);
+        #[cfg(feature = "testing")]
+        let store = if options.stale_sectors {
+            store.with_planted_stale_sectors()
+        } else {
+            store
+        };
         let store = if options.read_only {
             store.without_healing()
         } else {
@@ -2105,8 +2122,7 @@ impl MapStore {
         if let Some(live) = self.live_blocks {
             let mut named = 0u64;
             for (_, leaf) in &leaves {
-                for bytes in leaf.chunks(BlockPointer::BYTES) {
-                    let pointer = BlockPointer::decode(bytes).map_err(Error::corrupt_metadata)?;
+                for pointer in self.map.leaf_entries(leaf)? {
                     named += u64::from(pointer.address().is_some());
                 }
             }
@@ -2120,9 +2136,7 @@ impl MapStore {
             leaves.extend(tree.leaves_unseen(devices, &mut seen)?);
         }
         for (_, leaf) in leaves {
-            for index in 0..crate::format::v4::POINTERS_PER_PAGE {
-                let bytes = &leaf[index * BlockPointer::BYTES..(index + 1) * BlockPointer::BYTES];
-                let pointer = BlockPointer::decode(bytes).map_err(Error::corrupt_metadata)?;
+            for pointer in self.map.leaf_entries(&leaf)? {
                 if let Some(pbn) = pointer.address() {
                     blocks.insert(pbn);
                 }

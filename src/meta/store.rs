@@ -7,7 +7,10 @@
 
 use crate::device::{run_batch, BatchOp, SharedDevice};
 use crate::error::{Error, Result};
-use crate::format::v4::{verify_page, BlockPointer, Tree, PAGE_BYTES};
+use crate::format::v4::{
+    verify_leaf, verify_page, verify_sector, BlockPointer, LeafFormat, PageMismatch, Tree,
+    PAGE_BYTES, SECTORS_PER_LEAF, SECTOR_BYTES,
+};
 use crate::geometry::Geometry;
 use crate::types::DeviceIndex;
 use std::fmt;
@@ -118,6 +121,11 @@ pub struct PageStore {
     geometry: Geometry,
     verify: bool,
     heal: bool,
+    leaves: LeafFormat,
+    /// Planted bug `stale_sectors`: a cached sector is used without comparing the pointer
+    /// it was read through with the parent's pointer now.
+    #[cfg(feature = "testing")]
+    stale_sectors: bool,
 }
 
 impl PageStore {
@@ -138,7 +146,109 @@ impl PageStore {
             geometry,
             verify: true,
             heal: true,
+            leaves: LeafFormat::Plain,
+            #[cfg(feature = "testing")]
+            stale_sectors: false,
         })
+    }
+
+    /// The same store for a pool whose map leaves are in `format` (its map parameters say;
+    /// a store is made plain, the format of pools before docs/FORMAT.md V4.17).
+    #[must_use]
+    pub fn with_leaf_format(mut self, format: LeafFormat) -> Self {
+        self.leaves = format;
+        self
+    }
+
+    /// How this pool's map leaves are encoded.
+    #[must_use]
+    pub fn leaf_format(&self) -> LeafFormat {
+        self.leaves
+    }
+
+    /// Check a page read whole against the pointer that names it: the parent's crc (for a
+    /// sectored map leaf computed with its sector crcs read as zero, docs/FORMAT.md V4.17).
+    /// A plain leaf read as sectored, or the other way round, never verifies.
+    fn check_page(
+        &self,
+        pointer: &BlockPointer,
+        tree: Tree,
+        first_key: u64,
+        page: &[u8],
+    ) -> std::result::Result<(), PageMismatch> {
+        if self.sectored(tree, pointer) {
+            verify_leaf(self.pool, pointer, tree, first_key, page)
+        } else {
+            verify_page(self.pool, pointer, tree, first_key, page)
+        }
+    }
+
+    /// Planted bug `stale_sectors` (see the field).
+    #[cfg(feature = "testing")]
+    #[must_use]
+    pub fn with_planted_stale_sectors(mut self) -> Self {
+        self.stale_sectors = true;
+        self
+    }
+
+    /// Whether `held`, a sector kept by [`PageStore::read_sector`]'s caller with the pointer it
+    /// was read through appended, is the sector the leaf `pointer` names now: the same page
+    /// number, birth and crc (a leaf rewritten by a sync has a new birth, V4.17 "The cache").
+    #[must_use]
+    pub fn sector_is_current(&self, held: &[u8], pointer: &BlockPointer) -> bool {
+        if held.len() != SECTOR_BYTES + BlockPointer::BYTES {
+            return false;
+        }
+        #[cfg(feature = "testing")]
+        if self.stale_sectors {
+            return true;
+        }
+        held[SECTOR_BYTES..] == pointer.encode()
+    }
+
+    /// Whether the page `pointer` names in `tree` is a sectored leaf.
+    fn sectored(&self, tree: Tree, pointer: &BlockPointer) -> bool {
+        self.leaves == LeafFormat::Sectored && tree == Tree::Map && pointer.level() == 1
+    }
+
+    /// Sector `sector` of the map leaf `pointer` names (covering keys from `first_key`), read
+    /// alone from the first copy on a member in service (docs/FORMAT.md V4.17). Never writes.
+    /// `None` when the leaves are not sectored, or when a copy read fails or does not verify:
+    /// the caller then reads the whole page, which takes a good copy and rewrites the bad one
+    /// (as any read of a page does), so a bad copy costs one whole-page read, not one extra
+    /// request per later read.
+    ///
+    /// # Errors
+    /// [`Error::CorruptMetadata`] when the pointer names no page or a place outside the data
+    /// area.
+    pub fn read_sector(
+        &self,
+        devices: &[Option<SharedDevice>],
+        pointer: &BlockPointer,
+        first_key: u64,
+        sector: usize,
+    ) -> Result<Option<Vec<u8>>> {
+        if !self.sectored(Tree::Map, pointer) || sector >= SECTORS_PER_LEAF {
+            return Ok(None);
+        }
+        let Some(mpn) = pointer.address() else {
+            return Err(Error::corrupt_metadata(format!(
+                "map key {first_key}: a hole names no leaf to read"
+            )));
+        };
+        let mut bytes = vec![0u8; SECTOR_BYTES];
+        for (device, offset) in self.copies_of(mpn)? {
+            let Some(member) = devices.get(device.0).and_then(Option::as_ref) else {
+                continue;
+            };
+            let read = member.read_at(offset + (sector * SECTOR_BYTES) as u64, &mut bytes);
+            let good = read.is_ok()
+                && (!self.verify
+                    || verify_sector(self.pool, pointer, Tree::Map, first_key, sector, &bytes)
+                        .is_ok());
+            return Ok(good.then_some(bytes));
+        }
+        Ok(None)
     }
 
     /// A store that never writes while reading (for a read-only open: looking never writes).
@@ -218,7 +328,7 @@ impl PageStore {
                 good = Some(copy);
                 break;
             }
-            match verify_page(self.pool, pointer, tree, first_key, &page) {
+            match self.check_page(pointer, tree, first_key, &page) {
                 Ok(()) => {
                     good = Some(copy);
                     break;
@@ -312,7 +422,7 @@ impl PageStore {
                 continue;
             }
             let verified = if self.verify {
-                verify_page(self.pool, &page.pointer, page.tree, page.first_key, &bytes)
+                self.check_page(&page.pointer, page.tree, page.first_key, &bytes)
             } else {
                 Ok(())
             };

@@ -17,7 +17,8 @@ use super::store::{CopyFault, CopyProblem, PageRef, PageStore};
 use crate::device::SharedDevice;
 use crate::error::{Error, Result};
 use crate::format::v4::{
-    page_checksum, BlockPointer, PageSeed, PointerPage, Tree, PAGE_BYTES, POINTERS_PER_PAGE,
+    page_checksum, seal_leaf, sector_entry, BlockPointer, LeafFormat, PageSeed, PointerPage, Tree,
+    PAGE_BYTES, POINTERS_PER_PAGE, RECORDS_PER_SECTOR, SECTORS_PER_LEAF, SECTOR_BYTES,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -318,10 +319,120 @@ impl RadixTree {
     /// for a key beyond the tree.
     pub fn get(&self, devices: &[Option<SharedDevice>], key: u64) -> Result<BlockPointer> {
         self.expect_pointers()?;
+        if self.leaf_format() == LeafFormat::Sectored {
+            return self.get_by_sector(devices, key);
+        }
         match self.leaf(devices, key)? {
-            Some(page) => entry(&page, self.shape.index_of(1, key)),
+            Some(page) => self.leaf_entry(&page, self.shape.index_of(1, key)),
             None => Ok(BlockPointer::hole(0)),
         }
+    }
+
+    /// [`RadixTree::get`] in a tree of sectored leaves (docs/FORMAT.md V4.17): a leaf the
+    /// cache holds answers; otherwise the one 4 KiB sector holding `key`, from the cache when
+    /// it was read through the pointer the parent holds now, else read alone and verified
+    /// against that pointer. Only when no copy gives a sector that verifies is the whole leaf
+    /// read (the path that heals and reports).
+    fn get_by_sector(&self, devices: &[Option<SharedDevice>], key: u64) -> Result<BlockPointer> {
+        let Some(pointer) = self.parent_pointer_of_leaf(devices, key, true)? else {
+            return Ok(BlockPointer::hole(0));
+        };
+        let index = self.shape.index_of(1, key);
+        if let Some((page, _)) = self.cache.get(&self.key_of(1, key)) {
+            return self.leaf_entry(&page, index);
+        }
+        if pointer.reads_zeros() {
+            return Ok(BlockPointer::hole(0));
+        }
+        let sector = index / RECORDS_PER_SECTOR;
+        let first = self.shape.first_of(1, key);
+        let sector_key = |s: usize| (self.tree.id(), 0, first + (s * RECORDS_PER_SECTOR) as u64);
+        let held = self
+            .cache
+            .get(&sector_key(sector))
+            .filter(|(bytes, _)| self.store.sector_is_current(bytes, &pointer));
+        // A second sector of one leaf missing: the reads are walking it (a long read, a
+        // neighbourhood in use), so the whole leaf is read once rather than sector by sector
+        // (review of V4.17, finding 7); its sectors then give way to it.
+        let walking = held.is_none()
+            && (0..SECTORS_PER_LEAF).any(|s| s != sector && self.cache.holds(&sector_key(s)));
+        if walking {
+            let found = match self.page_healing(devices, 1, key, &pointer, true)? {
+                Some((page, _)) => self.leaf_entry(&page, index),
+                None => Ok(BlockPointer::hole(0)),
+            };
+            for s in 0..SECTORS_PER_LEAF {
+                self.cache.forget_clean(&sector_key(s));
+            }
+            return found;
+        }
+        let bytes = match held {
+            Some((bytes, _)) => bytes,
+            None => match self.store.read_sector(devices, &pointer, first, sector)? {
+                Some(mut bytes) => {
+                    bytes.extend_from_slice(&pointer.encode());
+                    let bytes = Arc::new(bytes);
+                    self.cache
+                        .insert_sector(sector_key(sector), Arc::clone(&bytes));
+                    bytes
+                }
+                None => {
+                    return match self.page_healing(devices, 1, key, &pointer, true)? {
+                        Some((page, _)) => self.leaf_entry(&page, index),
+                        None => Ok(BlockPointer::hole(0)),
+                    }
+                }
+            },
+        };
+        sector_entry(&bytes[..SECTOR_BYTES], index % RECORDS_PER_SECTOR).map_err(|e| {
+            Error::corrupt_metadata(format!(
+                "tree {} key {key}: a verified sector: {e}",
+                self.tree.id()
+            ))
+        })
+    }
+
+    /// How this tree's leaves of block pointers are encoded: the pool's format for the map,
+    /// plain for any other tree.
+    fn leaf_format(&self) -> LeafFormat {
+        if self.tree == Tree::Map {
+            self.store.leaf_format()
+        } else {
+            LeafFormat::Plain
+        }
+    }
+
+    /// Entry `index` of a leaf of block pointers of this tree.
+    fn leaf_entry(&self, leaf: &[u8], index: usize) -> Result<BlockPointer> {
+        self.leaf_format().entry(leaf, index).map_err(|e| {
+            Error::corrupt_metadata(format!(
+                "tree {} leaf, a verified page: {e}",
+                self.tree.id()
+            ))
+        })
+    }
+
+    /// Entry `index` of a page of block pointers at `level` (a leaf, or an interior page).
+    fn entry_at(&self, page: &[u8], level: u8, index: usize) -> Result<BlockPointer> {
+        if level == 1 {
+            self.leaf_entry(page, index)
+        } else {
+            entry(page, index)
+        }
+    }
+
+    /// Every entry of a leaf of this tree (as [`RadixTree::leaves`] returns them).
+    ///
+    /// # Errors
+    /// A tree of records; an entry that does not decode.
+    pub fn leaf_entries(&self, leaf: &[u8]) -> Result<Vec<BlockPointer>> {
+        self.expect_pointers()?;
+        self.leaf_format().entries(leaf).map_err(|e| {
+            Error::corrupt_metadata(format!(
+                "tree {} leaf, a verified page: {e}",
+                self.tree.id()
+            ))
+        })
     }
 
     /// The first key at or after `from` whose pointer is not one that reads zeros, or `None`
@@ -349,7 +460,7 @@ impl RadixTree {
                 if level == 1 {
                     let first = self.shape.first_of(1, key);
                     for index in self.shape.index_of(1, key)..POINTERS_PER_PAGE {
-                        if !entry(&page, index)?.reads_zeros() {
+                        if !self.leaf_entry(&page, index)?.reads_zeros() {
                             return Ok(Some(first + index as u64));
                         }
                     }
@@ -429,7 +540,7 @@ impl RadixTree {
             return Ok(None);
         };
         (0..POINTERS_PER_PAGE)
-            .map(|index| entry(&page, index))
+            .map(|index| self.entry_at(&page, level, index))
             .collect::<Result<Vec<_>>>()
             .map(Some)
     }
@@ -458,6 +569,23 @@ impl RadixTree {
         key: u64,
         heal: bool,
     ) -> Result<Option<Arc<Vec<u8>>>> {
+        let Some(pointer) = self.parent_pointer_of_leaf(devices, key, heal)? else {
+            return Ok(None);
+        };
+        Ok(self
+            .page_healing(devices, 1, key, &pointer, heal)?
+            .map(|(page, _)| page))
+    }
+
+    /// The pointer naming the leaf that covers `key` (the root for a tree of depth 1), read
+    /// through the interior pages (resident once read), or `None` when a page above it was
+    /// never written.
+    fn parent_pointer_of_leaf(
+        &self,
+        devices: &[Option<SharedDevice>],
+        key: u64,
+        heal: bool,
+    ) -> Result<Option<BlockPointer>> {
         if key >= self.keys() {
             return Err(Error::corrupt_metadata(format!(
                 "key {key} beyond tree {} ({} keys)",
@@ -472,9 +600,7 @@ impl RadixTree {
                 None => return Ok(None),
             }
         }
-        Ok(self
-            .page_healing(devices, 1, key, &pointer, heal)?
-            .map(|(page, _)| page))
+        Ok(Some(pointer))
     }
 
     /// Map `key` to `pointer` (level 0) in memory; durable at the next sync.
@@ -496,7 +622,13 @@ impl RadixTree {
                 self.tree.id()
             ))));
         }
-        self.set_record(devices, key, &pointer.encode())
+        if self.leaf_format() == LeafFormat::Plain {
+            return self.set_record(devices, key, &pointer.encode());
+        }
+        let index = self.shape.index_of(1, key);
+        self.change_page(devices, key, 1, &mut |leaf| {
+            LeafFormat::Sectored.set_entry(leaf, index, &pointer);
+        })
     }
 
     /// Keys one leaf covers (the most one [`RadixTree::swap_run`] takes).
@@ -540,21 +672,25 @@ impl RadixTree {
         let start = self.shape.index_of(1, first);
         let mut olds = Vec::with_capacity(pointers.len());
         let mut bad = None;
+        let format = self.leaf_format();
+        let tree = self.tree.id();
         self.change_page(devices, first, 1, &mut |leaf| {
             // Every old entry decoded before any is changed: a leaf that does not decode is
             // left as it was.
             olds.clear();
             for index in start..start + pointers.len() {
-                match entry(leaf, index) {
+                match format.entry(leaf, index) {
                     Ok(old) => olds.push(old),
                     Err(e) => {
-                        bad = Some(e);
+                        bad = Some(Error::corrupt_metadata(format!(
+                            "tree {tree} leaf, a verified page: {e}"
+                        )));
                         return;
                     }
                 }
             }
             for (index, pointer) in (start..).zip(pointers) {
-                set_entry(leaf, index, pointer);
+                format.set_entry(leaf, index, pointer);
             }
         })?;
         match bad {
@@ -636,6 +772,7 @@ impl RadixTree {
                 None if level == 1 && self.shape.leaf_bits != POINTER_LEAF_BITS => {
                     (Arc::new(vec![0u8; PAGE_BYTES]), false)
                 }
+                None if level == 1 => (Arc::new(self.leaf_format().empty_leaf()), false),
                 None => (Arc::new(PointerPage::empty(level).encode()), false),
             };
             if level > 1 {
@@ -878,7 +1015,12 @@ impl RadixTree {
                 level,
                 first_key: first,
             };
-            let pointer = BlockPointer::written(mpn, birth, level, page_checksum(&seed, &bytes));
+            let crc = if level == 1 && self.leaf_format() == LeafFormat::Sectored {
+                seal_leaf(&seed, &mut bytes)
+            } else {
+                page_checksum(&seed, &bytes)
+            };
+            let pointer = BlockPointer::written(mpn, birth, level, crc);
             outcome.pages_written += 1;
             new_pointers.insert((level, first), pointer);
             mpns.push(mpn);

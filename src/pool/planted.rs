@@ -66,6 +66,10 @@ pub struct PlantedBugs {
     /// (read by `Pool::allocation`), so a written block right after an unwritten one is
     /// reported unwritten and a copy or `nbdcopy` skips it.
     pub allocation_hint_late: bool,
+    /// Format version 4: a cached sector of a map leaf is used without checking that the
+    /// leaf's parent still names the version it was read from (docs/FORMAT.md V4.17), so a
+    /// read can see a pointer the map replaced.
+    pub stale_sectors: bool,
 }
 
 impl PlantedBugs {
@@ -88,5 +92,6 @@ impl PlantedBugs {
             || self.resync_since_late
             || self.hedge_disabled
             || self.allocation_hint_late
+            || self.stale_sectors
     }
 }

@@ -18,6 +18,7 @@ use super::{CreateOptions, OpenOptions, PoolInner};
 use crate::device::DeviceError;
 use crate::device::SharedDevice;
 use crate::error::{Error, Result};
+use crate::format::v4::LeafFormat;
 use crate::format::{MapParams, PoolUuid};
 use crate::geometry::Geometry;
 use crate::meta::{MapOptions, Tolerate};
@@ -51,6 +52,11 @@ pub struct V4Options {
     pub sync_pages_max: Option<usize>,
     /// Largest log record (`None`: min(1 MiB, log half / 8)).
     pub record_max: Option<usize>,
+    /// Map leaves in sectors verified one by one (docs/FORMAT.md V4.17), so that a read
+    /// whose leaf is not cached reads 4 KiB of it, not 16. `false` makes the pool as builds
+    /// before V4.17 did (16-byte leaf records, whole-leaf reads): for tests of such pools and
+    /// for measuring the difference.
+    pub sectored_leaves: bool,
 }
 
 impl Default for V4Options {
@@ -62,6 +68,7 @@ impl Default for V4Options {
             min_depth: 4,
             sync_pages_max: None,
             record_max: None,
+            sectored_leaves: true,
         }
     }
 }
@@ -398,9 +405,19 @@ fn volume_options(params: &MapParams, options: &OpenOptions) -> VolumeOptions {
         sync_pages_max: Some(usize::try_from(params.sync_pages_max).unwrap_or(usize::MAX)),
         record_max: Some(usize::try_from(params.record_max).unwrap_or(usize::MAX)),
         read_only: options.read_only,
+        leaf_format: leaf_format(params.sectored_leaves),
         ..MapOptions::default()
     };
     with_planted(VolumeOptions::with_map(map), options)
+}
+
+/// The leaf format a pool's map parameters (or create options) name.
+fn leaf_format(sectored: bool) -> LeafFormat {
+    if sectored {
+        LeafFormat::Sectored
+    } else {
+        LeafFormat::Plain
+    }
 }
 
 /// The pool's planted bugs that have a counterpart in the volume or its map (feature
@@ -421,6 +438,7 @@ fn with_planted(mut volume: VolumeOptions, options: &OpenOptions) -> VolumeOptio
     volume.map.receive_reads_live = options.planted.receive_reads_live;
     volume.map.allocation_hint_late = options.planted.allocation_hint_late;
     volume.map.delete_cursor_ignored = options.planted.delete_cursor_ignored;
+    volume.map.stale_sectors = options.planted.stale_sectors;
     if options.planted.release_before_root_durable {
         volume.map.release = crate::meta::ReleaseRule::AtOnce;
     }
@@ -446,8 +464,10 @@ pub(crate) fn create(
         segment_slots: v4.segment_slots,
         sync_pages_max: v4.sync_pages_max,
         record_max: v4.record_max,
+        leaf_format: leaf_format(v4.sectored_leaves),
         ..MapOptions::default()
     };
+    let sectored_leaves = map.leaf_format == LeafFormat::Sectored;
     let volume = Volume::create(
         devices,
         pool.0,
@@ -461,7 +481,9 @@ pub(crate) fn create(
         log_half_bytes: geometry.log_half_bytes(),
         record_max: volume.map().record_max() as u64,
         uberblock_slots: v4.uberblock_slots,
-        sync_pages_max: volume.map().sync_page_limit() as u64,
+        // What the creating cache lets one sync dirty, but never below the least an open
+        // accepts (a pool made with a map cache under 32 pages could not be opened again).
+        sync_pages_max: (volume.map().sync_page_limit() as u64).max(MapParams::MIN_SYNC_PAGES),
         min_depth: v4.min_depth,
         metadata_copies: geometry.metadata_copies() as u64,
         timeline: 1,
@@ -471,6 +493,7 @@ pub(crate) fn create(
         referenced_counts: true,
         paced_deletes: false,
         failure_domains: false,
+        sectored_leaves,
     };
     Ok((volume, params))
 }

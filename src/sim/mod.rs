@@ -229,7 +229,7 @@ impl SimConfig {
 }
 
 /// The names `simulate --plant` takes, each with the protection it switches off.
-pub const PLANTABLE: [&str; 14] = [
+pub const PLANTABLE: [&str; 15] = [
     "skip-checksum-verification",
     "skip-commit-data-flush",
     "fault-on-data-errors",
@@ -244,6 +244,7 @@ pub const PLANTABLE: [&str; 14] = [
     "resync-since-late",
     "domains-ignored",
     "allocation-hint-late",
+    "stale-sectors",
 ];
 
 /// Switch on the planted bug called `name` (one of [`PLANTABLE`]).
@@ -269,6 +270,7 @@ pub fn plant(
         "resync-since-late" => bugs.resync_since_late = true,
         "domains-ignored" => bugs.domains_ignored = true,
         "allocation-hint-late" => bugs.allocation_hint_late = true,
+        "stale-sectors" => bugs.stale_sectors = true,
         other => {
             return Err(format!(
                 "unknown planted bug '{other}' (one of: {})",
@@ -295,6 +297,7 @@ fn planted_names(bugs: &crate::testing::PlantedBugs) -> Vec<String> {
         bugs.resync_since_late,
         bugs.domains_ignored,
         bugs.allocation_hint_late,
+        bugs.stale_sectors,
     ];
     PLANTABLE
         .iter()

@@ -155,6 +155,7 @@ pub fn small_v4() -> crate::pool::V4Options {
         min_depth: 2,
         sync_pages_max: None,
         record_max: Some(4096),
+        sectored_leaves: true,
     }
 }
 

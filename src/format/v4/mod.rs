@@ -11,6 +11,7 @@
 //! Nothing here trusts its input: decoders never panic, whatever the bytes.
 
 mod forward;
+mod leaf;
 mod log;
 mod page;
 mod pointer;
@@ -21,6 +22,11 @@ mod sut;
 mod uberblock;
 
 pub use forward::{ForwardGeneration, ForwardRecord, FORWARD_GENERATIONS, FORWARD_RECORD_BYTES};
+pub use leaf::{
+    check_padding, leaf_checksum, seal_leaf, sector_checksum, sector_entry, sector_seed,
+    verify_leaf, verify_sector, LeafFormat, LEAF_RECORD_BYTES, RECORDS_PER_SECTOR,
+    SECTORS_PER_LEAF, SECTOR_BYTES,
+};
 pub use log::{LogEntry, LogRecord, LOG_BLOCK_BYTES, LOG_HEADER_BYTES, LOG_MAGIC};
 pub use page::{
     page_checksum, verify_page, PageMismatch, PageSeed, PointerPage, PAGE_BYTES, POINTERS_PER_PAGE,
