@@ -404,8 +404,9 @@ pub fn log_replay(data: &[u8]) {
 /// flipped, and the flipped bytes must fail verification or decoding: damage is never accepted.
 pub fn meta_page(data: &[u8]) {
     use crate::format::v4::{
-        page_checksum, verify_page, BlockPointer, ForwardRecord, LogEntry, LogRecord, PageSeed,
-        PointerPage, SlotRecord, SlotShape, SutRecord, Tree, Uberblock, PAGE_BYTES,
+        page_checksum, seal_leaf, verify_leaf, verify_page, verify_sector, BlockPointer,
+        ForwardRecord, LeafFormat, LogEntry, LogRecord, PageSeed, PointerPage, SlotRecord,
+        SlotShape, SutRecord, Tree, Uberblock, PAGE_BYTES, SECTORS_PER_LEAF, SECTOR_BYTES,
         UBERBLOCK_BYTES,
     };
     const POOL: [u8; 16] = [0x44; 16];
@@ -430,6 +431,25 @@ pub fn meta_page(data: &[u8]) {
     for level in 1..=4 {
         if let Ok(decoded) = PointerPage::decode(&page, level) {
             assert_eq!(decoded.encode(), page, "pointer page re-encodes");
+        }
+    }
+    // A sectored leaf (docs/FORMAT.md V4.17): its records re-encode to the same bytes (the
+    // four sector crcs aside, which only a seal with the leaf's seed writes).
+    if let Ok(entries) = LeafFormat::Sectored.entries(&page) {
+        let mut again = LeafFormat::Sectored.empty_leaf();
+        for (index, pointer) in entries.iter().enumerate() {
+            LeafFormat::Sectored.set_entry(&mut again, index, pointer);
+        }
+        for (sector, (a, b)) in again
+            .chunks(SECTOR_BYTES)
+            .zip(page.chunks(SECTOR_BYTES))
+            .enumerate()
+        {
+            assert_eq!(
+                a[..SECTOR_BYTES - 4],
+                b[..SECTOR_BYTES - 4],
+                "sector {sector} of a sectored leaf re-encodes"
+            );
         }
     }
     if let Ok(records) = SutRecord::decode_page(&page, 64) {
@@ -522,6 +542,47 @@ pub fn meta_page(data: &[u8]) {
         verify_page(POOL, &parent, Tree::Map, 1024, &bad).is_err(),
         "a page with a flipped bit verified"
     );
+    // The same leaf sectored and sealed: it decodes to the same entries, verifies whole and
+    // by sector; with one bit flipped, the whole leaf fails unless the bit is in a sector
+    // crc field (which the parent's crc reads as zero), and the sector holding it fails.
+    let mut sectored = LeafFormat::Sectored.empty_leaf();
+    for (index, pointer) in leaf.pointers().iter().enumerate() {
+        LeafFormat::Sectored.set_entry(&mut sectored, index, pointer);
+    }
+    let sealed_parent = BlockPointer::written(5, 9, 1, seal_leaf(&seed, &mut sectored));
+    assert_eq!(
+        LeafFormat::Sectored.entries(&sectored).as_deref(),
+        Ok(leaf.pointers())
+    );
+    assert_eq!(
+        verify_leaf(POOL, &sealed_parent, Tree::Map, 1024, &sectored),
+        Ok(())
+    );
+    let mut bad = sectored.clone();
+    flip_bit(&mut bad, flip);
+    let flipped_sector = bad
+        .chunks(SECTOR_BYTES)
+        .zip(sectored.chunks(SECTOR_BYTES))
+        .position(|(a, b)| a != b)
+        .unwrap_or(0);
+    let in_crc_field = bad
+        .iter()
+        .zip(&sectored)
+        .position(|(a, b)| a != b)
+        .is_some_and(|at| at % SECTOR_BYTES >= SECTOR_BYTES - 4);
+    assert_eq!(
+        verify_leaf(POOL, &sealed_parent, Tree::Map, 1024, &bad).is_ok(),
+        in_crc_field,
+        "a sectored leaf with a flipped bit"
+    );
+    for sector in 0..SECTORS_PER_LEAF {
+        let bytes = &bad[sector * SECTOR_BYTES..(sector + 1) * SECTOR_BYTES];
+        assert_eq!(
+            verify_sector(POOL, &sealed_parent, Tree::Map, 1024, sector, bytes).is_ok(),
+            sector != flipped_sector,
+            "sector {sector} of a leaf with a bit flipped in sector {flipped_sector}"
+        );
+    }
 
     let mut slot = SlotRecord::new(RS42);
     let rows = 1 + usize::from(input.byte()) % 4;

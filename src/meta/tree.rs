@@ -351,11 +351,15 @@ impl RadixTree {
             .cache
             .get(&sector_key(sector))
             .filter(|(bytes, _)| self.store.sector_is_current(bytes, &pointer));
-        // A second sector of one leaf missing: the reads are walking it (a long read, a
-        // neighbourhood in use), so the whole leaf is read once rather than sector by sector
-        // (review of V4.17, finding 7); its sectors then give way to it.
+        // The first key of a sector missing right after the sector before it was read: the
+        // reads are walking the leaf (a long or sequential read), so the whole leaf is read
+        // once rather than sector by sector (review of V4.17, finding 7), and its sectors
+        // give way to it. Random reads land on a sector's first key once in 256 and keep
+        // reading sectors.
         let walking = held.is_none()
-            && (0..SECTORS_PER_LEAF).any(|s| s != sector && self.cache.holds(&sector_key(s)));
+            && index.is_multiple_of(RECORDS_PER_SECTOR)
+            && sector > 0
+            && self.cache.holds(&sector_key(sector - 1));
         if walking {
             let found = match self.page_healing(devices, 1, key, &pointer, true)? {
                 Some((page, _)) => self.leaf_entry(&page, index),

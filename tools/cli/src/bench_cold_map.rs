@@ -24,8 +24,10 @@
 //! the span each, rs:4+2): random 4 KiB reads (what a warm read costs the disk), and the
 //! cold reads' mix, 4 KiB reads with the measured share of 16 KiB page reads (one data read
 //! and `p` page reads per cold read), reported as cold reads/s the disk can serve at most.
-//! That ceiling over the warm rate bounds the cold/warm ratio of any map whose miss reads a
-//! whole 16 KiB leaf, whatever its CPU path.
+//! That ceiling over the warm rate bounds the cold/warm ratio of any map whose miss reads
+//! what this one reads, whatever its CPU path: a 4 KiB sector of the leaf (docs/FORMAT.md
+//! V4.17, the default) or, with `--plain-leaves` (a pool as builds before V4.17 made it),
+//! the whole 16 KiB leaf.
 
 use crate::bench::spread;
 use crate::fio::{self, Pattern, Target};
@@ -86,6 +88,10 @@ pub struct BenchColdMapArgs {
     /// With `--nbd`: seconds of random reads per measurement.
     #[arg(long, default_value = "10")]
     seconds: f64,
+    /// Make the pool with 16-byte leaf records read whole, as builds before sectored
+    /// leaves did (docs/FORMAT.md V4.17), to measure the difference.
+    #[arg(long)]
+    plain_leaves: bool,
 }
 
 /// One cache size's figures.
@@ -96,7 +102,8 @@ struct CacheReport {
     median: f64,
     min: f64,
     max: f64,
-    /// Map pages read from the members per timed read (beyond the data), median.
+    /// Bytes of map read from the members per timed read (beyond the data), in 16 KiB pages
+    /// (a 4 KiB sector counts a quarter), median.
     pages_per_read: f64,
     /// With `--nbd`: fio's completion latency, microseconds, medians over the runs.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -110,6 +117,8 @@ struct Report {
     volume_bytes: u64,
     blocks: u64,
     map_leaf_bytes: u64,
+    /// Bytes one map read of a miss takes: 4096 (a sector) or 16384 (a plain leaf).
+    map_read_bytes: u64,
     warm: CacheReport,
     cold: CacheReport,
     cold_over_warm: f64,
@@ -152,7 +161,11 @@ pub fn run(args: &BenchColdMapArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     let mut options = CreateOptions::new("rs:4+2".parse()?);
     options.chunk_bytes = PAGE;
-    options.format = FormatVersion::V4(V4Options::default());
+    options.format = FormatVersion::V4(V4Options {
+        sectored_leaves: !args.plain_leaves,
+        ..V4Options::default()
+    });
+    let map_read_bytes = if args.plain_leaves { PAGE } else { BLOCK };
     options.open.background_rebuild = false;
     let pool = Pool::create_paths(&paths, &[], &options)?;
     let volume_bytes = pool.size();
@@ -201,12 +214,15 @@ pub fn run(args: &BenchColdMapArgs) -> Result<(), Box<dyn std::error::Error>> {
         }
         if args.nbd {
             let pages = cold.last().map_or(0.0, |c: &Sample| c.pages);
-            let (random_4k, cold_pattern) = measure_devices(&paths, args, pages, dir.path())?;
+            let map_reads = pages * PAGE as f64 / map_read_bytes as f64;
+            let (random_4k, cold_pattern) =
+                measure_devices(&paths, args, map_reads, map_read_bytes, dir.path())?;
             if !args.json {
                 println!(
                     "run {run}: devices at depth {}: {random_4k:>9.0} random 4 KiB reads/s, \
-                     {cold_pattern:>9.0} cold reads/s at most (4 KiB + {pages:.2} x 16 KiB)",
-                    args.depth
+                     {cold_pattern:>9.0} cold reads/s at most (4 KiB + {map_reads:.2} x {} KiB)",
+                    args.depth,
+                    map_read_bytes >> 10
                 );
             }
             device_runs.push((random_4k, cold_pattern));
@@ -248,6 +264,7 @@ pub fn run(args: &BenchColdMapArgs) -> Result<(), Box<dyn std::error::Error>> {
         volume_bytes,
         blocks: blocks.len() as u64,
         map_leaf_bytes,
+        map_read_bytes,
         cold_over_warm: ratio(cold.median, warm.median),
         warm,
         cold,
@@ -298,11 +315,13 @@ pub fn run(args: &BenchColdMapArgs) -> Result<(), Box<dyn std::error::Error>> {
 
 /// The member files' limits at `args.depth` over their written extent (a quarter of the span
 /// each: rs:4+2 puts span × 6/4 bytes on six members): random 4 KiB reads/s, and the cold
-/// reads/s of a mix of 4 KiB reads with `pages` 16 KiB reads per 4 KiB one (one cold read).
+/// reads/s of a mix of 4 KiB reads with `map_reads` reads of `map_read_bytes` per 4 KiB one
+/// (one cold read).
 fn measure_devices(
     paths: &[PathBuf],
     args: &BenchColdMapArgs,
-    pages: f64,
+    map_reads: f64,
+    map_read_bytes: u64,
     scratch: &std::path::Path,
 ) -> Result<(f64, f64), Box<dyn std::error::Error>> {
     let span = args.span.min(args.member_size) / 4 / BLOCK * BLOCK;
@@ -319,9 +338,15 @@ fn measure_devices(
         mixed_with,
     };
     let random = job(None).run(scratch)?.iops;
-    // The share of requests that are page reads: p pages per 1 data read.
-    let percent = (100.0 * pages / (1.0 + pages)).round().clamp(0.0, 100.0) as u32;
-    let mix = job(Some((PAGE, percent))).run(scratch)?.iops;
+    if map_read_bytes == BLOCK {
+        // Map reads of 4 KiB: the mix is the random 4 KiB reads themselves.
+        return Ok((random, random / (1.0 + map_reads)));
+    }
+    // The share of requests that are map reads: p of them per 1 data read.
+    let percent = (100.0 * map_reads / (1.0 + map_reads))
+        .round()
+        .clamp(0.0, 100.0) as u32;
+    let mix = job(Some((map_read_bytes, percent))).run(scratch)?.iops;
     let per_read = 100.0 / f64::from((100 - percent).max(1));
     Ok((random, mix / per_read))
 }
