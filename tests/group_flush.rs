@@ -186,3 +186,92 @@ fn a_flush_whose_commit_panics_leaves_the_pool_refusing_changes_until_reopened()
     pool.flush().unwrap();
     pool.close().unwrap();
 }
+
+/// Passes everything to `inner`, but a flush waits while `hold` is set (counting the flushes
+/// that reached it in `entered`).
+#[derive(Debug)]
+struct HeldFlush {
+    inner: SharedDevice,
+    hold: Arc<AtomicBool>,
+    entered: Arc<AtomicI64>,
+}
+
+impl Device for HeldFlush {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), stripestore::device::DeviceError> {
+        self.inner.read_at(offset, buf)
+    }
+    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), stripestore::device::DeviceError> {
+        self.inner.write_at(offset, buf)
+    }
+    fn flush(&self) -> Result<(), stripestore::device::DeviceError> {
+        self.entered.fetch_add(1, Ordering::SeqCst);
+        while self.hold.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.inner.flush()
+    }
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+}
+
+/// A commit's I/O runs with the volume's lock let go (docs/FORMAT.md V4.8): while a flush waits
+/// for the members, a write lands and returns, and afterwards both the flushed write and (after
+/// a second flush) the later one read back, also after a reopen. With the lock held through the
+/// commit's I/O (as before), the write waits for the flush and this test fails.
+#[test]
+fn a_write_lands_while_a_flushs_commit_is_on_the_devices() {
+    let mems = mem_devices(6, DEVICE_BYTES);
+    let hold = Arc::new(AtomicBool::new(false));
+    let entered = Arc::new(AtomicI64::new(0));
+    let devices: Vec<SharedDevice> = shared(&mems)
+        .into_iter()
+        .map(|inner| {
+            Arc::new(HeldFlush {
+                inner,
+                hold: Arc::clone(&hold),
+                entered: Arc::clone(&entered),
+            }) as SharedDevice
+        })
+        .collect();
+    let pool = Arc::new(Pool::create(devices.clone(), vec![], &v4_options("rs:4+2")).unwrap());
+    pool.write_at(0, &content(0, 0, 0)).unwrap();
+    // Only the flush below counts (create flushed the members too).
+    entered.store(0, Ordering::SeqCst);
+    hold.store(true, Ordering::SeqCst);
+    let flusher = {
+        let pool = Arc::clone(&pool);
+        std::thread::spawn(move || pool.flush())
+    };
+    while entered.load(Ordering::SeqCst) == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let writer = {
+        let pool = Arc::clone(&pool);
+        std::thread::spawn(move || pool.write_at(BLOCK * 7, &content(0, 1, 7)))
+    };
+    let started = std::time::Instant::now();
+    while !writer.is_finished() && started.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let landed_first = writer.is_finished();
+    let flush_still_waiting = !flusher.is_finished();
+    hold.store(false, Ordering::SeqCst);
+    writer.join().unwrap().unwrap();
+    flusher.join().unwrap().unwrap();
+    assert!(
+        landed_first && flush_still_waiting,
+        "a write waited for a flush's member I/O (landed first: {landed_first})"
+    );
+    pool.flush().unwrap();
+    drop(pool);
+    let pool = Pool::open(devices, &v4_open_options()).unwrap();
+    for (block, expected) in [(0, content(0, 0, 0)), (7, content(0, 1, 7))] {
+        let mut back = vec![0u8; BLOCK as usize];
+        pool.read_at(block * BLOCK, &mut back).unwrap();
+        assert!(back == expected, "block {block}");
+    }
+}

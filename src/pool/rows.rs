@@ -1056,17 +1056,18 @@ impl PoolInner {
         }
         let mut volume = rows.write_volume();
         let devices = self.write_devices();
-        let flushed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let sealed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             #[cfg(feature = "testing")]
             if rows.planted_flush_panic.swap(false, Ordering::Relaxed) {
                 // Half a commit: the members flushed, no log record.
                 let _ = volume.map().flush_members(&devices);
                 panic!("planted: a flush's commit panics before its log record");
             }
-            volume.flush(&devices).map(|_| ())
+            volume.seal_flush(&devices)
         }));
-        let result = match flushed {
-            Ok(result) => result,
+        let sealed = match sealed {
+            Ok(Ok(sealed)) => sealed,
+            Ok(Err(error)) => return self.unavailable_if_failed(&volume, Err(error)),
             Err(panic) => {
                 // The map may be half changed: refuse every later change (as a write leader
                 // that panics does) rather than let the next flush commit it.
@@ -1074,14 +1075,32 @@ impl PoolInner {
                 std::panic::resume_unwind(panic);
             }
         };
+        // Every row and page born before the sequence the map hands out next was written
+        // before the seal (under the volume's exclusive lock: nothing was in flight); once
+        // what follows succeeds on every member still in service, they are durable (V4.16 §3,
+        // "S, exactly"). Not "the sequence committed + 1": a flush with nothing to commit
+        // takes no sequence, and the rows written next are still born in it (simulation seed
+        // 2200028).
+        let durable = volume.map().next_sequence();
+        let result = match sealed {
+            crate::meta::Sealed::Synced(_) => Ok(()),
+            // The I/O with the lock let go: writers go on meanwhile (docs/FORMAT.md V4.8, "A
+            // commit's I/O outside the volume's lock"); a sync or another commit waits for
+            // the record in the map.
+            crate::meta::Sealed::Nothing(members) => {
+                drop(volume);
+                members.run(&devices)
+            }
+            crate::meta::Sealed::Record(record) => {
+                drop(volume);
+                record.write(&devices)
+            }
+        };
         if result.is_ok() {
-            // Every row and page born before the sequence the map hands out next was written
-            // before this flush (under the volume's exclusive lock: nothing is in flight),
-            // which succeeded on every member still in service (V4.16 §3, "S, exactly"). Not
-            // "the sequence committed + 1": a flush with nothing to commit takes no sequence,
-            // and the rows written next are still born in it (simulation seed 2200028).
-            self.members.note_durable(volume.map().next_sequence());
+            self.members.note_durable(durable);
+            return Ok(());
         }
+        let volume = rows.read_volume();
         self.unavailable_if_failed(&volume, result)
     }
 
