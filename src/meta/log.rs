@@ -172,6 +172,8 @@ impl IntentLog {
 /// took it (side by side on real devices: `flush_each`). Needs no `&IntentLog`: a commit
 /// writes its sealed record with the volume's lock let go (docs/FORMAT.md V4.8).
 ///
+/// Returns, per member, whether it took the record and flushed it.
+///
 /// # Errors
 /// A member that cannot be written or flushed and is not tolerated.
 pub fn write_record(
@@ -179,7 +181,7 @@ pub fn write_record(
     at: u64,
     bytes: &[u8],
     tolerate: &dyn Fn(usize, u64, &DeviceError) -> bool,
-) -> Result<()> {
+) -> Result<Vec<bool>> {
     let members: Vec<(usize, &SharedDevice)> = devices
         .iter()
         .enumerate()
@@ -201,15 +203,17 @@ pub fn write_record(
             }
         }
     }
+    let mut durable: Vec<bool> = took.iter().map(Option::is_some).collect();
     for (member, outcome) in flush_each(&took).into_iter().enumerate() {
         let (Some(device), Some(Err(e))) = (&took[member], outcome) else {
             continue;
         };
+        durable[member] = false;
         if !tolerate(member, at, &e) {
             return Err(super::device_error(device, Some(at), e));
         }
     }
-    Ok(())
+    Ok(durable)
 }
 
 /// One record of a chain and where it is.

@@ -1997,7 +1997,7 @@ impl MapStore {
     /// # Errors
     /// [`Error::Io`] naming the first member whose failure is not tolerated.
     pub fn flush_members(&self, devices: &[Option<SharedDevice>]) -> Result<()> {
-        sealed::flush_members_with(devices, self.tolerate.as_ref())
+        sealed::flush_members_with(devices, self.tolerate.as_ref()).map(|_| ())
     }
 
     /// Refuse unless every failure of `failures` (member, offset, what) is tolerated.

@@ -1083,7 +1083,10 @@ impl PoolInner {
         // 2200028).
         let durable = volume.map().next_sequence();
         let result = match sealed {
-            crate::meta::Sealed::Synced(_) => Ok(()),
+            crate::meta::Sealed::Synced(_) => {
+                self.members.note_durable(durable);
+                return Ok(());
+            }
             // The I/O with the lock let go: writers go on meanwhile (docs/FORMAT.md V4.8, "A
             // commit's I/O outside the volume's lock"); a sync or another commit waits for
             // the record in the map.
@@ -1096,12 +1099,18 @@ impl PoolInner {
                 record.write(&devices)
             }
         };
-        if result.is_ok() {
-            self.members.note_durable(durable);
-            return Ok(());
+        match result {
+            Ok(took) => {
+                // Only on the members that took every round: one that failed and was left
+                // behind may be back in service by now without what this flush made durable.
+                self.members.note_durable_on(durable, &took);
+                Ok(())
+            }
+            Err(error) => {
+                let volume = rows.read_volume();
+                self.unavailable_if_failed(&volume, Err(error))
+            }
         }
-        let volume = rows.read_volume();
-        self.unavailable_if_failed(&volume, result)
     }
 
     /// At a clean close of a writable v4 pool: a tree sync after the last commit, so that the

@@ -93,36 +93,39 @@ impl MemberFlush {
         }
     }
 
-    /// Flush the members.
+    /// Flush the members. Returns, per member, whether it was flushed.
     ///
     /// # Errors
     /// [`Error::Io`] naming the first member whose failure is not tolerated.
-    pub fn run(&self, devices: &[Option<SharedDevice>]) -> Result<()> {
+    pub fn run(&self, devices: &[Option<SharedDevice>]) -> Result<Vec<bool>> {
         if self.skip {
-            return Ok(());
+            return Ok(devices.iter().map(Option::is_some).collect());
         }
         flush_members_with(devices, self.tolerate.as_ref())
     }
 }
 
 /// Flush every member in service; one that fails is left behind if `tolerate` says so.
+/// Returns, per member, whether it was flushed.
 ///
 /// # Errors
 /// [`Error::Io`] naming the first member whose failure is not tolerated.
 pub(super) fn flush_members_with(
     devices: &[Option<SharedDevice>],
     tolerate: Option<&Tolerate>,
-) -> Result<()> {
+) -> Result<Vec<bool>> {
     let outcomes = flush_each(devices);
+    let mut flushed: Vec<bool> = devices.iter().map(Option::is_some).collect();
     for (member, (device, outcome)) in devices.iter().zip(outcomes).enumerate() {
         let (Some(device), Some(Err(e))) = (device, outcome) else {
             continue;
         };
+        flushed[member] = false;
         if !tolerate.is_some_and(|t| (t.0)(member, None, &e)) {
             return Err(super::super::device_error(device, None, e));
         }
     }
-    Ok(())
+    Ok(flushed)
 }
 
 /// A commit's record, sealed: written by [`SealedCommit::write`] (or, if dropped unwritten, a
@@ -158,20 +161,24 @@ impl SealedCommit {
     }
 
     /// Round 1, the members flushed (the rows the record names are durable); round 2, the
-    /// record written on every member in service and flushed (FORMAT.md V4.8).
+    /// record written on every member in service and flushed (FORMAT.md V4.8). Returns, per
+    /// member, whether it took both rounds: on those, every row born before the sequence after
+    /// this record's is durable.
     ///
     /// # Errors
     /// A member that cannot be flushed or written and is not tolerated: the map is then
     /// failed (every later change, commit and sync refused until it is reopened).
-    pub fn write(mut self, devices: &[Option<SharedDevice>]) -> Result<()> {
+    pub fn write(mut self, devices: &[Option<SharedDevice>]) -> Result<Vec<bool>> {
         let tolerate = self.members.tolerate.clone();
         let log_tolerate = move |member: usize, offset: u64, error: &DeviceError| {
             tolerate
                 .as_ref()
                 .is_some_and(|t| (t.0)(member, Some(offset), error))
         };
-        let result = self.members.run(devices).and_then(|()| {
-            super::super::log::write_record(devices, self.at, &self.bytes, &log_tolerate)
+        let result = self.members.run(devices).and_then(|flushed| {
+            let took =
+                super::super::log::write_record(devices, self.at, &self.bytes, &log_tolerate)?;
+            Ok(flushed.iter().zip(took).map(|(a, b)| *a && b).collect())
         });
         self.done = true;
         self.gate.end(result.is_ok());
