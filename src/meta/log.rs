@@ -97,13 +97,24 @@ impl IntentLog {
     /// Append the record of commit `sequence` on every member in service and flush them.
     /// `Ok(false)`: it does not fit (nothing written; the caller runs a tree sync instead).
     ///
-    /// A member that fails the write or the flush is left behind (the append goes on) when
+    /// # Errors
+    /// An entry a correct pool never writes, or a member that cannot be written or flushed
+    /// (the record may then be on some members: the caller must not acknowledge the commit).
+    pub fn append(
+        &mut self,
+        devices: &[Option<SharedDevice>],
+        sequence: u64,
+        entries: Vec<LogEntry>,
+    ) -> Result<bool> {
+        self.append_tolerating(devices, sequence, entries, &|_, _, _| false)
+    }
+
+    /// As [`IntentLog::append`], but a member whose write or flush fails is left behind when
     /// `tolerate(member, offset, error)` says so (the owner took it out of service, so no
     /// open will read this half from it); any other failure fails the append.
     ///
     /// # Errors
-    /// An entry a correct pool never writes, or a member that cannot be written or flushed
-    /// and is not tolerated.
+    /// As [`IntentLog::append`].
     pub fn append_tolerating(
         &mut self,
         devices: &[Option<SharedDevice>],
@@ -111,27 +122,6 @@ impl IntentLog {
         entries: Vec<LogEntry>,
         tolerate: &dyn Fn(usize, u64, &DeviceError) -> bool,
     ) -> Result<bool> {
-        match self.prepare(sequence, entries)? {
-            None => Ok(false),
-            Some((at, bytes)) => {
-                write_record(devices, at, &bytes, tolerate)?;
-                Ok(true)
-            }
-        }
-    }
-
-    /// Encode the record of commit `sequence` and take its place in the log: the byte offset
-    /// on every member and the bytes to write there (with [`write_record`]). `None`: it does
-    /// not fit (nothing taken; the caller runs a tree sync instead). The place is taken even
-    /// if the write then fails: a failed record fails the map, which must be reopened.
-    ///
-    /// # Errors
-    /// An entry a correct pool never writes.
-    pub fn prepare(
-        &mut self,
-        sequence: u64,
-        entries: Vec<LogEntry>,
-    ) -> Result<Option<(u64, Vec<u8>)>> {
         let record = LogRecord {
             pool: self.pool,
             sequence,
@@ -148,12 +138,44 @@ impl IntentLog {
         #[cfg(not(feature = "testing"))]
         let checked = true;
         if checked && !self.fits(bytes.len()) {
-            return Ok(None);
+            return Ok(false);
         }
         let at = self.halves[usize::from(self.position.half)] + self.position.offset;
+        // The record goes to every member in service in one batch (side by side on io_uring;
+        // in member order otherwise), then every member that took it is flushed (side by side
+        // on real devices: `flush_each`).
+        let members: Vec<(usize, &SharedDevice)> = devices
+            .iter()
+            .enumerate()
+            .filter_map(|(member, device)| Some((member, device.as_ref()?)))
+            .collect();
+        let mut batch: Vec<BatchOp<'_>> = members
+            .iter()
+            .map(|&(_, device)| BatchOp::write(device.as_ref(), at, &bytes))
+            .collect();
+        run_batch(&mut batch);
+        let mut took: Vec<Option<SharedDevice>> = vec![None; devices.len()];
+        for ((member, device), op) in members.into_iter().zip(batch) {
+            match op.result {
+                Ok(()) => took[member] = Some(Arc::clone(device)),
+                Err(e) => {
+                    if !tolerate(member, at, &e) {
+                        return Err(super::device_error(device, Some(at), e));
+                    }
+                }
+            }
+        }
+        for (member, outcome) in flush_each(&took).into_iter().enumerate() {
+            let (Some(device), Some(Err(e))) = (&took[member], outcome) else {
+                continue;
+            };
+            if !tolerate(member, at, &e) {
+                return Err(super::device_error(device, Some(at), e));
+            }
+        }
         self.position.offset += bytes.len() as u64;
         self.position.last = sequence;
-        Ok(Some((at, bytes)))
+        Ok(true)
     }
 
     /// A tree sync with its own sequence `s_sync` took the boundary: the next record goes at the
@@ -165,55 +187,6 @@ impl IntentLog {
             last: s_sync,
         };
     }
-}
-
-/// Write a record [`IntentLog::prepare`] placed at byte `at` on every member in service, in one
-/// batch (side by side on io_uring; in member order otherwise), then flush every member that
-/// took it (side by side on real devices: `flush_each`). Needs no `&IntentLog`: a commit
-/// writes its sealed record with the volume's lock let go (docs/FORMAT.md V4.8).
-///
-/// Returns, per member, whether it took the record and flushed it.
-///
-/// # Errors
-/// A member that cannot be written or flushed and is not tolerated.
-pub fn write_record(
-    devices: &[Option<SharedDevice>],
-    at: u64,
-    bytes: &[u8],
-    tolerate: &dyn Fn(usize, u64, &DeviceError) -> bool,
-) -> Result<Vec<bool>> {
-    let members: Vec<(usize, &SharedDevice)> = devices
-        .iter()
-        .enumerate()
-        .filter_map(|(member, device)| Some((member, device.as_ref()?)))
-        .collect();
-    let mut batch: Vec<BatchOp<'_>> = members
-        .iter()
-        .map(|&(_, device)| BatchOp::write(device.as_ref(), at, bytes))
-        .collect();
-    run_batch(&mut batch);
-    let mut took: Vec<Option<SharedDevice>> = vec![None; devices.len()];
-    for ((member, device), op) in members.into_iter().zip(batch) {
-        match op.result {
-            Ok(()) => took[member] = Some(Arc::clone(device)),
-            Err(e) => {
-                if !tolerate(member, at, &e) {
-                    return Err(super::device_error(device, Some(at), e));
-                }
-            }
-        }
-    }
-    let mut durable: Vec<bool> = took.iter().map(Option::is_some).collect();
-    for (member, outcome) in flush_each(&took).into_iter().enumerate() {
-        let (Some(device), Some(Err(e))) = (&took[member], outcome) else {
-            continue;
-        };
-        durable[member] = false;
-        if !tolerate(member, at, &e) {
-            return Err(super::device_error(device, Some(at), e));
-        }
-    }
-    Ok(durable)
 }
 
 /// One record of a chain and where it is.

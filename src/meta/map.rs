@@ -36,10 +36,8 @@ use std::sync::Arc;
 
 mod diff;
 mod receive;
-mod sealed;
 pub use diff::DiffRun;
 pub use receive::IncomingPoint;
-pub use sealed::{MemberFlush, Sealed, SealedCommit};
 
 /// What tree 3 holds at open: the recovery points by key, the live line's head
 /// `(key, S_head)`, an unfinished receive.
@@ -471,8 +469,6 @@ pub struct MapStore {
     opened: OpenReport,
     planted_sut_at_write: bool,
     tolerate: Option<Tolerate>,
-    /// A sealed commit's record in flight (`sealed.rs`).
-    gate: Arc<sealed::LogGate>,
     /// Tree 3: the recovery-point records (resident in `points`; FORMAT.md V4.10a).
     points_tree: RadixTree,
     /// Recovery points by key (`1..`), as of the last sync.
@@ -1355,7 +1351,6 @@ impl MapStore {
             opened: OpenReport::default(),
             planted_sut_at_write: options.planted_sut_at_write(),
             tolerate: None,
-            gate: Arc::default(),
             points_tree,
             points: BTreeMap::new(),
             head: (NO_KEY, 0),
@@ -1482,7 +1477,6 @@ impl MapStore {
             segments,
             planted_sut_at_write: options.planted_sut_at_write(),
             tolerate: None,
-            gate: Arc::default(),
             points_tree,
             points,
             head,
@@ -1997,7 +1991,16 @@ impl MapStore {
     /// # Errors
     /// [`Error::Io`] naming the first member whose failure is not tolerated.
     pub fn flush_members(&self, devices: &[Option<SharedDevice>]) -> Result<()> {
-        sealed::flush_members_with(devices, self.tolerate.as_ref()).map(|_| ())
+        let outcomes = flush_each(devices);
+        for (member, (device, outcome)) in devices.iter().zip(outcomes).enumerate() {
+            let (Some(device), Some(Err(e))) = (device, outcome) else {
+                continue;
+            };
+            if !self.tolerated(member, None, &e) {
+                return Err(super::device_error(device, None, e));
+            }
+        }
+        Ok(())
     }
 
     /// Refuse unless every failure of `failures` (member, offset, what) is tolerated.
@@ -2032,7 +2035,7 @@ impl MapStore {
     /// Whether a metadata write failed: the map must be reopened (every change is refused).
     #[must_use]
     pub fn failed(&self) -> bool {
-        self.failed || self.gate.failed()
+        self.failed
     }
 
     /// Largest log record, bytes.
@@ -2503,7 +2506,7 @@ impl MapStore {
     }
 
     fn usable(&self) -> Result<()> {
-        if self.failed() {
+        if self.failed {
             return Err(Error::corrupt_metadata(
                 "an earlier commit or sync of this map failed: reopen it",
             ));
@@ -2797,7 +2800,6 @@ impl MapStore {
     /// # Errors
     /// When the record or the sync cannot be written; the map must then be reopened.
     pub fn commit(&mut self, devices: &[Option<SharedDevice>]) -> Result<CommitReport> {
-        self.settle_log()?;
         self.usable()?;
         if self.pending.is_empty() && self.rows.is_empty() {
             return Ok(CommitReport::Nothing);
@@ -2844,7 +2846,6 @@ impl MapStore {
     }
 
     fn sync_keeping_rows(&mut self, devices: &[Option<SharedDevice>]) -> Result<SyncReport> {
-        self.settle_log()?;
         self.usable()?;
         let outcome = self.sync_inner(devices);
         if outcome.is_err() {

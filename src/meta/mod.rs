@@ -22,8 +22,8 @@ pub use cache::{CacheFull, CacheStats, PageCache, PageState};
 pub use log::{ChainRecord, IntentLog, LogPosition, Replay};
 pub use map::{
     CommitReport, DeleteProgress, DeleteStep, DiffRun, IncomingPoint, MapOptions, MapStore,
-    MemberFlush, OpenReport, PointUsage, RecoveryPoint, RecoveryPointMap, RewindPlan, RewindReport,
-    Sealed, SealedCommit, SyncReport, Tolerate, WrittenRow, DELETE_STEP_PAGES,
+    OpenReport, PointUsage, RecoveryPoint, RecoveryPointMap, RewindPlan, RewindReport, SyncReport,
+    Tolerate, WrittenRow, DELETE_STEP_PAGES,
 };
 pub use ring::{uberblock_places, write_uberblock, Rings};
 pub use segments::{Openings, ReleaseRule, SegmentShape, SegmentTable, SUT_LEAF_BITS};

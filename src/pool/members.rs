@@ -751,16 +751,6 @@ impl Members {
         }
     }
 
-    /// [`Members::note_durable`] on the members `took` marks (those a flush's every round
-    /// reached), when they are in service and not degraded.
-    pub(crate) fn note_durable_on(&self, sequence: u64, took: &[bool]) {
-        for ((member, durable), took) in self.data.iter().zip(&self.durable_below).zip(took) {
-            if *took && member.is_online() && member.degraded_reason().is_none() {
-                durable.fetch_max(sequence, Ordering::AcqRel);
-            }
-        }
-    }
-
     /// Whether a member left service and the superblocks may not record it yet.
     pub(crate) fn state_unrecorded(&self) -> bool {
         self.state_unrecorded.load(Ordering::Acquire)

@@ -1056,18 +1056,17 @@ impl PoolInner {
         }
         let mut volume = rows.write_volume();
         let devices = self.write_devices();
-        let sealed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let flushed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             #[cfg(feature = "testing")]
             if rows.planted_flush_panic.swap(false, Ordering::Relaxed) {
                 // Half a commit: the members flushed, no log record.
                 let _ = volume.map().flush_members(&devices);
                 panic!("planted: a flush's commit panics before its log record");
             }
-            volume.seal_flush(&devices)
+            volume.flush(&devices).map(|_| ())
         }));
-        let sealed = match sealed {
-            Ok(Ok(sealed)) => sealed,
-            Ok(Err(error)) => return self.unavailable_if_failed(&volume, Err(error)),
+        let result = match flushed {
+            Ok(result) => result,
             Err(panic) => {
                 // The map may be half changed: refuse every later change (as a write leader
                 // that panics does) rather than let the next flush commit it.
@@ -1075,42 +1074,15 @@ impl PoolInner {
                 std::panic::resume_unwind(panic);
             }
         };
-        // Every row and page born before the sequence the map hands out next was written
-        // before the seal (under the volume's exclusive lock: nothing was in flight); once
-        // what follows succeeds on every member still in service, they are durable (V4.16 §3,
-        // "S, exactly"). Not "the sequence committed + 1": a flush with nothing to commit
-        // takes no sequence, and the rows written next are still born in it (simulation seed
-        // 2200028).
-        let durable = volume.map().next_sequence();
-        let result = match sealed {
-            crate::meta::Sealed::Synced(_) => {
-                self.members.note_durable(durable);
-                return Ok(());
-            }
-            // The I/O with the lock let go: writers go on meanwhile (docs/FORMAT.md V4.8, "A
-            // commit's I/O outside the volume's lock"); a sync or another commit waits for
-            // the record in the map.
-            crate::meta::Sealed::Nothing(members) => {
-                drop(volume);
-                members.run(&devices)
-            }
-            crate::meta::Sealed::Record(record) => {
-                drop(volume);
-                record.write(&devices)
-            }
-        };
-        match result {
-            Ok(took) => {
-                // Only on the members that took every round: one that failed and was left
-                // behind may be back in service by now without what this flush made durable.
-                self.members.note_durable_on(durable, &took);
-                Ok(())
-            }
-            Err(error) => {
-                let volume = rows.read_volume();
-                self.unavailable_if_failed(&volume, Err(error))
-            }
+        if result.is_ok() {
+            // Every row and page born before the sequence the map hands out next was written
+            // before this flush (under the volume's exclusive lock: nothing is in flight),
+            // which succeeded on every member still in service (V4.16 §3, "S, exactly"). Not
+            // "the sequence committed + 1": a flush with nothing to commit takes no sequence,
+            // and the rows written next are still born in it (simulation seed 2200028).
+            self.members.note_durable(volume.map().next_sequence());
         }
+        self.unavailable_if_failed(&volume, result)
     }
 
     /// At a clean close of a writable v4 pool: a tree sync after the last commit, so that the

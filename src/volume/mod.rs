@@ -1180,29 +1180,6 @@ impl Volume {
         self.map.commit(devices)
     }
 
-    /// The first half of a flush whose I/O runs with the volume's lock let go (docs/FORMAT.md
-    /// V4.8, "A commit's I/O outside the volume's lock"): what changed since the last commit
-    /// sealed into a record (or a tree sync run here when it does not fit). The caller lets
-    /// the lock go and runs what is returned: [`crate::meta::SealedCommit::write`] flushes the
-    /// members, then writes and flushes the record, while writers go on.
-    ///
-    /// # Errors
-    /// As [`MapStore::seal_commit`].
-    pub fn seal_flush(&mut self, devices: &[Option<SharedDevice>]) -> Result<crate::meta::Sealed> {
-        self.writable("flush")?;
-        let sealed = self.map.seal_commit(devices)?;
-        #[cfg(feature = "testing")]
-        if self.commit_before_rows_durable {
-            return Ok(match sealed {
-                crate::meta::Sealed::Record(record) => {
-                    crate::meta::Sealed::Record(record.without_member_flush())
-                }
-                other => other,
-            });
-        }
-        Ok(sealed)
-    }
-
     /// Make every change durable by a tree sync (the log starts over in the other half).
     ///
     /// # Errors
