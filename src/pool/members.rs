@@ -416,6 +416,11 @@ pub struct Members {
     /// A member left service and the superblocks may not say so yet: the next flush records
     /// it first, or fails (docs/FORMAT.md V4.16 §7, review F3).
     state_unrecorded: AtomicBool,
+    /// A member still in service failed a flush outside a commit (a superblock write's): the
+    /// writes still in its cache may be gone, and the flush error that said so was taken by
+    /// that flush, so no later commit may vouch for them. Set once; the pool then refuses
+    /// commits until it is reopened (`rows_flush`).
+    unflushed_lost: AtomicBool,
 }
 
 /// A device that served a data position in this process and was swapped out (replaced), with
@@ -484,6 +489,7 @@ impl Members {
         Self {
             durable_below,
             state_unrecorded: AtomicBool::new(false),
+            unflushed_lost: AtomicBool::new(false),
             data,
             spares: Mutex::new(spares),
             superblock: Mutex::new(superblock),
@@ -1291,6 +1297,37 @@ impl Members {
     /// # Errors
     /// [`Error::CorruptMetadata`] if the superblock cannot be encoded.
     pub fn write_superblocks(&self) -> Result<Vec<(String, DeviceError)>> {
+        let failures = self.write_superblocks_once()?;
+        // A member that failed a superblock write or its flush may also have lost writes still
+        // in its cache, whose flush error this flush has now taken: a later flush that
+        // succeeds cannot vouch for them. So it counts against the member as any failed write
+        // does (the fault policy decides: faulted when the pool can lose it, else degraded),
+        // never only logged, and if it stays in service no later commit is acknowledged
+        // until the pool is reopened. (Recursion ends: a member already faulted or degraded
+        // changes no state and writes no superblock again.)
+        for (name, error) in &failures {
+            let index = self
+                .data
+                .iter()
+                .position(|m| m.device().is_some_and(|d| d.name() == *name));
+            if let Some(index) = index {
+                self.record_error(DeviceIndex(index), None, DeviceFault::Write(error));
+                if self.get(DeviceIndex(index)).is_online() {
+                    self.unflushed_lost.store(true, Ordering::Release);
+                }
+            }
+        }
+        Ok(failures)
+    }
+
+    /// The member, still in service, whose flush failed outside a commit (see the field), if
+    /// one did since the pool was opened.
+    pub(crate) fn unflushed_lost(&self) -> bool {
+        self.unflushed_lost.load(Ordering::Acquire)
+    }
+
+    /// [`Members::write_superblocks`] without counting its failures (under the writer's lock).
+    fn write_superblocks_once(&self) -> Result<Vec<(String, DeviceError)>> {
         if self.policy.read_only {
             return Ok(Vec::new()); // a read-only open records nothing
         }

@@ -1055,6 +1055,17 @@ impl PoolInner {
             return Err(self.unavailable_with(std::iter::empty()));
         }
         let mut volume = rows.write_volume();
+        if self.members.unflushed_lost() {
+            // A flush error on a member the pool cannot lose was taken by a superblock write:
+            // what the member held in its cache may be gone, so no commit may say otherwise.
+            volume.fail();
+            return self.unavailable_if_failed(
+                &volume,
+                Err(Error::corrupt_metadata(
+                    "a member the pool cannot lose failed a flush outside a commit: writes since the last commit may not be on it; reopen the pool",
+                )),
+            );
+        }
         let devices = self.write_devices();
         let flushed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             #[cfg(feature = "testing")]

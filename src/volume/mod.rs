@@ -1168,15 +1168,22 @@ impl Volume {
     /// the map (a log record, or a tree sync when it does not fit).
     ///
     /// # Errors
-    /// [`Error::Io`] for a member that cannot be flushed; what [`MapStore::commit`] returns
-    /// (the volume must then be reopened).
+    /// [`Error::Io`] for a member that cannot be flushed and is not tolerated, or what
+    /// [`MapStore::commit`] returns: either way the volume must then be reopened.
     pub fn flush(&mut self, devices: &[Option<SharedDevice>]) -> Result<CommitReport> {
         self.writable("flush")?;
         #[cfg(feature = "testing")]
         if self.commit_before_rows_durable {
             return self.map.commit(devices);
         }
-        self.map.flush_members(devices)?;
+        if let Err(error) = self.map.flush_members(devices) {
+            // A member the pool cannot lose failed its flush: the writes in its cache may be
+            // gone, and its next flush would succeed without them (the error is reported
+            // once), so a later commit must not vouch for them: the map refuses every commit
+            // until it is reopened.
+            self.map.fail();
+            return Err(error);
+        }
         self.map.commit(devices)
     }
 
