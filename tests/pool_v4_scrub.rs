@@ -429,7 +429,8 @@ impl stripestore::device::Device for FlushFails {
 /// A pass that fails ends paused at the last checkpoint it recorded, and returns the error:
 /// when the pool goes beyond its tolerance between chunks (`PoolUnavailable`), and when the
 /// flush that must make its repairs durable before a checkpoint fails on a member the pool
-/// cannot lose (the cursor then never passes repairs a power cut could still lose).
+/// cannot lose (the cursor then never passes repairs a power cut could still lose; the pool
+/// commits nothing more until it is reopened, and the reopened pool resumes the pass).
 #[test]
 fn a_failed_v4_scrub_ends_paused_at_its_last_checkpoint() {
     // Beyond the tolerance after the second chunk.
@@ -476,7 +477,7 @@ fn a_failed_v4_scrub_ends_paused_at_its_last_checkpoint() {
             }) as SharedDevice
         })
         .collect();
-    let (pool, model) = filled(devices, "rs:4+2", 3 << 20, 0x5c0c);
+    let (pool, model) = filled(devices.clone(), "rs:4+2", 3 << 20, 0x5c0c);
     pool.fault_device(0, "taken out by the test");
     pool.fault_device(1, "taken out by the test");
     let mut chunks = 0;
@@ -508,6 +509,18 @@ fn a_failed_v4_scrub_ends_paused_at_its_last_checkpoint() {
         "the cursor stays before the repairs not made durable"
     );
     failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    // A device reports a failed flush once: what it dropped is gone and its next flush would
+    // succeed, so the pool makes nothing durable any more until it is reopened.
+    assert!(
+        matches!(pool.flush(), Err(Error::PoolUnavailable { .. })),
+        "a flush after a failed one on a member the pool cannot lose"
+    );
+    drop(pool);
+    let pool = Pool::open(devices, &open_options(false)).unwrap();
+    let recorded = pool
+        .scrub_progress()
+        .expect("still recorded after the reopen");
+    assert_eq!(recorded.next_segment, cursor);
     let rest = pool.scrub_with(&stepwise(false, true), |_| {}).unwrap();
     assert_eq!(rest.end, ScrubEnd::Completed);
     assert!(!pool

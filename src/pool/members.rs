@@ -416,11 +416,11 @@ pub struct Members {
     /// A member left service and the superblocks may not say so yet: the next flush records
     /// it first, or fails (docs/FORMAT.md V4.16 §7, review F3).
     state_unrecorded: AtomicBool,
-    /// A member still in service failed a flush outside a commit (a superblock write's): the
-    /// writes still in its cache may be gone, and the flush error that said so was taken by
-    /// that flush, so no later commit may vouch for them. Set once; the pool then refuses
-    /// commits until it is reopened (`rows_flush`).
-    unflushed_lost: AtomicBool,
+    /// Per data position: the member failed a flush outside a commit (a superblock write's):
+    /// the writes still in its cache may be gone, and the flush error that said so was taken
+    /// by that flush, so no later commit may vouch for them. Set once; while such a member is
+    /// in service the pool refuses commits until it is reopened (`rows_flush`).
+    flush_failed: Vec<AtomicBool>,
 }
 
 /// A device that served a data position in this process and was swapped out (replaced), with
@@ -476,6 +476,7 @@ impl Members {
             }
         }
         let durable_below = data.iter().map(|_| AtomicU64::new(0)).collect();
+        let flush_failed = data.iter().map(|_| AtomicBool::new(false)).collect();
         for member in &data {
             member
                 .superblock_generation
@@ -489,7 +490,7 @@ impl Members {
         Self {
             durable_below,
             state_unrecorded: AtomicBool::new(false),
-            unflushed_lost: AtomicBool::new(false),
+            flush_failed,
             data,
             spares: Mutex::new(spares),
             superblock: Mutex::new(superblock),
@@ -1297,39 +1298,38 @@ impl Members {
     /// # Errors
     /// [`Error::CorruptMetadata`] if the superblock cannot be encoded.
     pub fn write_superblocks(&self) -> Result<Vec<(String, DeviceError)>> {
-        let failures = self.write_superblocks_once()?;
-        // A member that failed a superblock write or its flush may also have lost writes still
-        // in its cache, whose flush error this flush has now taken: a later flush that
-        // succeeds cannot vouch for them. So it counts against the member as any failed write
-        // does (the fault policy decides: faulted when the pool can lose it, else degraded),
-        // never only logged, and if it stays in service no later commit is acknowledged
-        // until the pool is reopened. (Recursion ends: a member already faulted or degraded
-        // changes no state and writes no superblock again.)
-        for (name, error) in &failures {
+        let (failures, flushes_failed) = self.write_superblocks_once()?;
+        // A member whose superblock flush failed may also have lost writes still in its cache,
+        // whose flush error this flush has now taken: a later flush that succeeds cannot
+        // vouch for them. Marked, so that no commit is acknowledged while it is in service
+        // (its write error is counted and its state decided where the failure is handled, as
+        // before).
+        for name in flushes_failed {
             let index = self
                 .data
                 .iter()
-                .position(|m| m.device().is_some_and(|d| d.name() == *name));
-            if let Some(index) = index {
-                self.record_error(DeviceIndex(index), None, DeviceFault::Write(error));
-                if self.get(DeviceIndex(index)).is_online() {
-                    self.unflushed_lost.store(true, Ordering::Release);
-                }
+                .position(|m| m.device().is_some_and(|d| d.name() == name));
+            if let Some(flag) = index.and_then(|i| self.flush_failed.get(i)) {
+                flag.store(true, Ordering::Release);
             }
         }
         Ok(failures)
     }
 
-    /// The member, still in service, whose flush failed outside a commit (see the field), if
-    /// one did since the pool was opened.
+    /// Whether a member in service failed a flush outside a commit since the pool was opened
+    /// (see the field): writes before it may be gone from it.
     pub(crate) fn unflushed_lost(&self) -> bool {
-        self.unflushed_lost.load(Ordering::Acquire)
+        self.data
+            .iter()
+            .zip(&self.flush_failed)
+            .any(|(member, failed)| failed.load(Ordering::Acquire) && member.is_online())
     }
 
-    /// [`Members::write_superblocks`] without counting its failures (under the writer's lock).
-    fn write_superblocks_once(&self) -> Result<Vec<(String, DeviceError)>> {
+    /// [`Members::write_superblocks`] under the writer's lock: the failures, and the devices
+    /// whose failure was their flush.
+    fn write_superblocks_once(&self) -> Result<(Vec<(String, DeviceError)>, Vec<String>)> {
         if self.policy.read_only {
-            return Ok(Vec::new()); // a read-only open records nothing
+            return Ok((Vec::new(), Vec::new())); // a read-only open records nothing
         }
         let _writer = self.superblock_writer.lock();
         let spares = self.spares();
@@ -1388,21 +1388,29 @@ impl Members {
         let generation = template.generation;
         drop(template);
         let mut failures = Vec::new();
+        let mut flushes_failed = Vec::new();
         for copy in 0..2 {
-            let failed: Vec<(String, DeviceError)> =
+            let failed: Vec<(String, DeviceError, bool)> =
                 super::parallel::each(&targets, |(device, bytes)| {
                     let offset = if copy == 0 {
                         0
                     } else {
                         super::open::superblock_b_offset(device.as_ref())
                     };
-                    let result = device.write_at(offset, bytes).and_then(|()| device.flush());
-                    result.err().map(|err| (device.name(), err))
+                    match device.write_at(offset, bytes) {
+                        Err(err) => Some((device.name(), err, false)),
+                        Ok(()) => device.flush().err().map(|err| (device.name(), err, true)),
+                    }
                 })
                 .into_iter()
                 .flatten()
                 .collect();
-            failures.extend(failed);
+            for (name, err, flush) in failed {
+                if flush {
+                    flushes_failed.push(name.clone());
+                }
+                failures.push((name, err));
+            }
         }
         for (device, err) in &failures {
             tracing::warn!(%device, %err, "superblock write failed");
@@ -1421,7 +1429,7 @@ impl Members {
             }
         }
         *self.persisted.lock() = counters;
-        Ok(failures)
+        Ok((failures, flushes_failed))
     }
 }
 
