@@ -1327,7 +1327,7 @@ impl Members {
 
     /// [`Members::write_superblocks`] under the writer's lock: the failures, and the devices
     /// whose failure was their flush.
-    fn write_superblocks_once(&self) -> Result<(Vec<(String, DeviceError)>, Vec<String>)> {
+    fn write_superblocks_once(&self) -> Result<SuperblockFailures> {
         if self.policy.read_only {
             return Ok((Vec::new(), Vec::new())); // a read-only open records nothing
         }
@@ -1432,6 +1432,10 @@ impl Members {
         Ok((failures, flushes_failed))
     }
 }
+
+/// What a superblock write failed on: `(device, error)` for every failed write or flush, and
+/// the devices whose failure was the flush.
+type SuperblockFailures = (Vec<(String, DeviceError)>, Vec<String>);
 
 /// Which counter an error goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
