@@ -252,22 +252,15 @@ pub fn verify_leaf(
     first_key: u64,
     leaf: &[u8],
 ) -> Result<(), PageMismatch> {
-    let mismatch = |found| PageMismatch {
-        expected: pointer.crc(),
-        found,
-    };
-    let Some(seed) = PageSeed::of_pointer(pool, pointer, tree, first_key) else {
-        return Err(mismatch(0));
-    };
-    if leaf.len() != PAGE_BYTES || pointer.level() != 1 {
-        return Err(mismatch(0));
-    }
-    let found = leaf_checksum(&seed, leaf);
-    if found == pointer.crc() {
-        Ok(())
-    } else {
-        Err(mismatch(found))
-    }
+    super::page::verify_with(
+        pool,
+        pointer,
+        tree,
+        first_key,
+        leaf,
+        |level| level == 1,
+        leaf_checksum,
+    )
 }
 
 /// Check sector `sector` (4 KiB read alone) of the leaf `pointer` names in `tree` at

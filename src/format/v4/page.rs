@@ -93,6 +93,29 @@ pub fn verify_page(
     first_key: u64,
     page: &[u8],
 ) -> Result<(), PageMismatch> {
+    verify_with(
+        pool,
+        pointer,
+        tree,
+        first_key,
+        page,
+        |level| level != 0,
+        page_checksum,
+    )
+}
+
+/// Check `page`, 16 KiB, against `pointer` (whose level `level_ok` must accept) with
+/// `checksum` computed from the seed the pointer names: what [`verify_page`] and
+/// [`super::verify_leaf`] share.
+pub(super) fn verify_with(
+    pool: [u8; 16],
+    pointer: &BlockPointer,
+    tree: Tree,
+    first_key: u64,
+    page: &[u8],
+    level_ok: fn(u8) -> bool,
+    checksum: fn(&PageSeed, &[u8]) -> u32,
+) -> Result<(), PageMismatch> {
     let mismatch = |found| PageMismatch {
         expected: pointer.crc(),
         found,
@@ -100,10 +123,10 @@ pub fn verify_page(
     let Some(seed) = PageSeed::of_pointer(pool, pointer, tree, first_key) else {
         return Err(mismatch(0));
     };
-    if page.len() != PAGE_BYTES || pointer.level() == 0 {
+    if page.len() != PAGE_BYTES || !level_ok(pointer.level()) {
         return Err(mismatch(0));
     }
-    let found = page_checksum(&seed, page);
+    let found = checksum(&seed, page);
     if found == pointer.crc() {
         Ok(())
     } else {
