@@ -330,9 +330,10 @@ impl RadixTree {
 
     /// [`RadixTree::get`] in a tree of sectored leaves (docs/FORMAT.md V4.17): a leaf the
     /// cache holds answers; otherwise the one 4 KiB sector holding `key`, from the cache when
-    /// it was read through the pointer the parent holds now, else read alone and verified
-    /// against that pointer. Only when no copy gives a sector that verifies is the whole leaf
-    /// read (the path that heals and reports).
+    /// it was read through the pointer the parent holds now, else read alone from the first
+    /// copy on a member in service and verified against that pointer. When that read fails or
+    /// does not verify, or the reads are walking the leaf, the whole leaf is read (the path
+    /// that heals and reports).
     fn get_by_sector(&self, devices: &[Option<SharedDevice>], key: u64) -> Result<BlockPointer> {
         let Some(pointer) = self.parent_pointer_of_leaf(devices, key, true)? else {
             return Ok(BlockPointer::hole(0));
