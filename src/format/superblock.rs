@@ -537,6 +537,11 @@ mod tests {
             ("failure_domains", &|m: &mut MapParams| {
                 m.failure_domains = true;
             }),
+            // docs/FORMAT.md V4.17: an older build reads this pool's leaves as 16-byte records
+            // unless it refuses it by this name (below: unknown fields are refused).
+            ("sectored_leaves", &|m: &mut MapParams| {
+                m.sectored_leaves = true;
+            }),
         ] {
             assert!(!json(&sb).contains(gate));
             set(sb.map.as_mut().unwrap());

@@ -160,12 +160,6 @@ impl PageStore {
         self
     }
 
-    /// How this pool's map leaves are encoded.
-    #[must_use]
-    pub fn leaf_format(&self) -> LeafFormat {
-        self.leaves
-    }
-
     /// Check a page read whole against the pointer that names it: the parent's crc (for a
     /// sectored map leaf computed with its sector crcs read as zero, docs/FORMAT.md V4.17).
     /// A plain leaf read as sectored, or the other way round, never verifies.
@@ -191,8 +185,8 @@ impl PageStore {
         self
     }
 
-    /// Whether `held`, a sector kept by [`PageStore::read_sector`]'s caller with the pointer it
-    /// was read through appended, is the sector the leaf `pointer` names now: the same page
+    /// Whether `held`, a sector as [`PageStore::read_sector`] returns it (the pointer it was
+    /// read through appended), is the sector the leaf `pointer` names now: the same page
     /// number, birth and crc (a leaf rewritten by a sync has a new birth, V4.17 "The cache").
     #[must_use]
     pub fn sector_is_current(&self, held: &[u8], pointer: &BlockPointer) -> bool {
@@ -206,13 +200,26 @@ impl PageStore {
         held[SECTOR_BYTES..] == pointer.encode()
     }
 
+    /// How the leaves of block pointers of `tree` are encoded: the pool's format for the map
+    /// (tree 0, the only tree of pointer leaves that V4.17 sectors), plain for any other.
+    #[must_use]
+    pub fn leaf_format_of(&self, tree: Tree) -> LeafFormat {
+        if tree == Tree::Map {
+            self.leaves
+        } else {
+            LeafFormat::Plain
+        }
+    }
+
     /// Whether the page `pointer` names in `tree` is a sectored leaf.
     fn sectored(&self, tree: Tree, pointer: &BlockPointer) -> bool {
-        self.leaves == LeafFormat::Sectored && tree == Tree::Map && pointer.level() == 1
+        self.leaf_format_of(tree) == LeafFormat::Sectored && pointer.level() == 1
     }
 
     /// Sector `sector` of the map leaf `pointer` names (covering keys from `first_key`), read
-    /// alone from the first copy on a member in service (docs/FORMAT.md V4.17). Never writes.
+    /// alone from the first copy on a member in service (docs/FORMAT.md V4.17), with
+    /// `pointer` appended: the form a cache keeps and [`PageStore::sector_is_current`] checks
+    /// (one allocation, the size it is counted at). Never writes.
     /// `None` when the leaves are not sectored, or when a copy read fails or does not verify:
     /// the caller then reads the whole page, which takes a good copy and rewrites the bad one
     /// (as any read of a page does), so a bad copy costs one whole-page read, not one extra
@@ -236,7 +243,8 @@ impl PageStore {
                 "map key {first_key}: a hole names no leaf to read"
             )));
         };
-        let mut bytes = vec![0u8; SECTOR_BYTES];
+        let mut bytes = Vec::with_capacity(SECTOR_BYTES + BlockPointer::BYTES);
+        bytes.resize(SECTOR_BYTES, 0);
         for (device, offset) in self.copies_of(mpn)? {
             let Some(member) = devices.get(device.0).and_then(Option::as_ref) else {
                 continue;
@@ -246,7 +254,11 @@ impl PageStore {
                 && (!self.verify
                     || verify_sector(self.pool, pointer, Tree::Map, first_key, sector, &bytes)
                         .is_ok());
-            return Ok(good.then_some(bytes));
+            if !good {
+                return Ok(None);
+            }
+            bytes.extend_from_slice(&pointer.encode());
+            return Ok(Some(bytes));
         }
         Ok(None)
     }

@@ -374,8 +374,7 @@ impl RadixTree {
         let bytes = match held {
             Some((bytes, _)) => bytes,
             None => match self.store.read_sector(devices, &pointer, first, sector)? {
-                Some(mut bytes) => {
-                    bytes.extend_from_slice(&pointer.encode());
+                Some(bytes) => {
                     let bytes = Arc::new(bytes);
                     self.cache
                         .insert_sector(sector_key(sector), Arc::clone(&bytes));
@@ -400,11 +399,7 @@ impl RadixTree {
     /// How this tree's leaves of block pointers are encoded: the pool's format for the map,
     /// plain for any other tree.
     fn leaf_format(&self) -> LeafFormat {
-        if self.tree == Tree::Map {
-            self.store.leaf_format()
-        } else {
-            LeafFormat::Plain
-        }
+        self.store.leaf_format_of(self.tree)
     }
 
     /// Entry `index` of a leaf of block pointers of this tree.
