@@ -39,7 +39,7 @@ use stripestore::device::{open_device, AlignedBuf, SharedDevice};
 use stripestore::{CreateOptions, Layout, Pool};
 
 /// Bytes per sequential request.
-const SEQ_REQUEST: usize = 1 << 20;
+pub(crate) const SEQ_REQUEST: usize = 1 << 20;
 /// Sequential requests in flight (threads of the library client, fio's iodepth).
 pub(crate) const SEQ_DEPTH: u32 = 8;
 /// Bytes per random read.
@@ -284,6 +284,18 @@ impl Baseline {
         match fio::available(&["io_uring"]) {
             Ok(version) => Baseline::Fio(version),
             Err(why) => Baseline::Own(why),
+        }
+    }
+
+    /// How the spare's raw write is measured (`bench-rebuild`).
+    pub(crate) fn describe_spare(&self) -> String {
+        match self {
+            Baseline::Fio(version) => format!(
+                "{version}, io_uring engine, 1 MiB sequential writes at depth {SEQ_DEPTH} over a fresh file of the rebuild's bytes, direct where the filesystem allows, fdatasync at the end"
+            ),
+            Baseline::Own(why) => format!(
+                "WEAKER BASELINE: {why}; the spare's raw write comes from this command's own buffered writer and fdatasync"
+            ),
         }
     }
 
