@@ -58,6 +58,18 @@ pub trait ErasureCoder: Send + Sync + fmt::Debug {
     /// # Errors
     /// [`CodecError::TooFewShards`] with fewer than `k` shards present; `Shape` on a mismatch.
     fn reconstruct(&self, shards: &mut [&mut [u8]], present: &[bool]) -> Result<(), CodecError>;
+    /// As [`ErasureCoder::reconstruct`] for the absent *data* shards only: absent parity shards
+    /// are left unspecified (a coder that cannot skip them rebuilds them too).
+    ///
+    /// # Errors
+    /// As [`ErasureCoder::reconstruct`].
+    fn reconstruct_data(
+        &self,
+        shards: &mut [&mut [u8]],
+        present: &[bool],
+    ) -> Result<(), CodecError> {
+        self.reconstruct(shards, present)
+    }
     /// Whether the parity shards of `shards` (all k + m) are what the data encodes to.
     ///
     /// # Errors
@@ -186,6 +198,26 @@ impl ErasureCoder for RseCoder {
             .map_err(|e| CodecError::Library(format!("{e:?}")))
     }
     fn reconstruct(&self, shards: &mut [&mut [u8]], present: &[bool]) -> Result<(), CodecError> {
+        self.rebuild(shards, present, false)
+    }
+
+    fn reconstruct_data(
+        &self,
+        shards: &mut [&mut [u8]],
+        present: &[bool],
+    ) -> Result<(), CodecError> {
+        self.rebuild(shards, present, true)
+    }
+}
+
+impl RseCoder {
+    /// The absent shards of `shards` rebuilt (`data_only`: the data shards alone).
+    fn rebuild(
+        &self,
+        shards: &mut [&mut [u8]],
+        present: &[bool],
+        data_only: bool,
+    ) -> Result<(), CodecError> {
         check_shape(self, shards, present)?;
         if present.iter().all(|p| *p) {
             return Ok(());
@@ -205,9 +237,12 @@ impl ErasureCoder for RseCoder {
                 present: false,
             })
         });
-        self.inner
-            .reconstruct(&mut list[..count])
-            .map_err(|e| CodecError::Library(format!("{e:?}")))
+        let rebuilt = if data_only {
+            self.inner.reconstruct_data(&mut list[..count])
+        } else {
+            self.inner.reconstruct(&mut list[..count])
+        };
+        rebuilt.map_err(|e| CodecError::Library(format!("{e:?}")))
     }
 }
 

@@ -150,6 +150,46 @@ impl Codec {
         }
     }
 
+    /// Rebuild shard `wanted` of `shards` (views, one per shard of the stripe; `present[wanted]`
+    /// false) in place, reading only the present shards: the caller lends a buffer for the
+    /// wanted shard and scratch for the other absent ones (left unspecified), and no shard is
+    /// copied. Returns `false` (buffers unspecified) when too few shards are present.
+    #[must_use]
+    pub fn reconstruct_views(
+        &self,
+        shards: &mut [&mut [u8]],
+        present: &[bool],
+        wanted: usize,
+    ) -> bool {
+        assert_eq!(shards.len(), present.len(), "one flag per shard");
+        if wanted >= shards.len() || present[wanted] {
+            return false;
+        }
+        match self {
+            Codec::Replicated { copies, .. } => {
+                let group = wanted / copies;
+                let Some(source) = (group * copies..(group + 1) * copies).find(|j| present[*j])
+                else {
+                    return false;
+                };
+                let (from, to) = if source < wanted {
+                    let (low, high) = shards.split_at_mut(wanted);
+                    (&*low[source], &mut *high[0])
+                } else {
+                    let (low, high) = shards.split_at_mut(source);
+                    (&*high[0], &mut *low[wanted])
+                };
+                to.copy_from_slice(from);
+                true
+            }
+            // A data shard wanted: the absent parity shards need not be computed.
+            Codec::ReedSolomon(rs) if wanted < rs.data_shards() => {
+                rs.reconstruct_data(shards, present).is_ok()
+            }
+            Codec::ReedSolomon(rs) => rs.reconstruct(shards, present).is_ok(),
+        }
+    }
+
     /// Whether a stripe's shards agree: every copy equals its chunk's first copy, or the
     /// parity is what the data encodes to. Scrub uses it to catch shards that each match their
     /// checksum but were computed wrongly when written.
@@ -231,5 +271,55 @@ mod tests {
         assert_eq!(shards[2], vec![2u8; 8]);
         let mut present = vec![false, false, true, true];
         assert!(!codec.reconstruct(&mut shards, &mut present));
+    }
+
+    /// Rebuilding one wanted shard from borrowed views gives the encoded original for every
+    /// pattern of up to `m` absent shards (the wanted one among them), data or parity wanted,
+    /// and leaves every present view as it was; too few present fails.
+    #[test]
+    fn one_wanted_shard_is_rebuilt_from_views_for_every_loss_pattern() {
+        let codec = Codec::new("rs:4+2".parse().unwrap(), 6).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let chunk = 4096;
+        let data: Vec<u8> = (0..4 * chunk).map(|_| rng.gen()).collect();
+        let full: Vec<Vec<u8>> = data
+            .chunks(chunk)
+            .map(<[u8]>::to_vec)
+            .chain(codec.encode_parity(&data, chunk))
+            .collect();
+        for wanted in 0..6 {
+            for other in 0..6 {
+                let mut shards = full.clone();
+                let mut present = vec![true; 6];
+                for lost in [wanted, other] {
+                    present[lost] = false;
+                    shards[lost].fill(0xEE);
+                }
+                let mut views: Vec<&mut [u8]> = shards.iter_mut().map(Vec::as_mut_slice).collect();
+                assert!(codec.reconstruct_views(&mut views, &present, wanted));
+                assert_eq!(
+                    shards[wanted], full[wanted],
+                    "wanted {wanted}, other {other}"
+                );
+                for s in (0..6).filter(|s| present[*s]) {
+                    assert_eq!(shards[s], full[s], "present shard {s} changed");
+                }
+            }
+        }
+        let present = [false, false, true, false, true, true];
+        let mut shards = full.clone();
+        let mut views: Vec<&mut [u8]> = shards.iter_mut().map(Vec::as_mut_slice).collect();
+        assert!(!codec.reconstruct_views(&mut views, &present, 0));
+        // A present shard is not "wanted".
+        let mut views: Vec<&mut [u8]> = shards.iter_mut().map(Vec::as_mut_slice).collect();
+        assert!(!codec.reconstruct_views(&mut views, &[true; 6], 2));
+
+        let copies = Codec::new("raid10:2".parse().unwrap(), 4).unwrap();
+        let mut shards = [vec![1u8; 8], vec![0u8; 8], vec![0u8; 8], vec![2u8; 8]];
+        let mut views: Vec<&mut [u8]> = shards.iter_mut().map(Vec::as_mut_slice).collect();
+        assert!(copies.reconstruct_views(&mut views, &[true, false, false, true], 2));
+        assert_eq!(shards[2], vec![2u8; 8]);
+        let mut views: Vec<&mut [u8]> = shards.iter_mut().map(Vec::as_mut_slice).collect();
+        assert!(!copies.reconstruct_views(&mut views, &[false, false, true, true], 1));
     }
 }

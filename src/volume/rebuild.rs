@@ -416,9 +416,9 @@ impl Volume {
         // `wanted` was built in slot order, as `targets` iterates.
         let mut built: Vec<Vec<Option<Vec<u8>>>> = targets
             .iter()
-            .zip(&read)
+            .zip(read.iter_mut())
             .map(|((&slot, &target), rows)| {
-                rows.iter()
+                rows.iter_mut()
                     .map(|row| self.target_cell(slot, row, target, verify))
                     .collect()
             })
@@ -464,7 +464,7 @@ impl Volume {
                 let Some((_, fresh)) = reread.next_if(|(at, _)| *at == slot) else {
                     continue;
                 };
-                for fresh_row in fresh {
+                for mut fresh_row in fresh {
                     if let Some(r) = rows.iter().position(|r| r.row == fresh_row.row) {
                         // A source found bad by the first read and not by the second (a
                         // transient error) is still counted: the final count is of the
@@ -475,7 +475,7 @@ impl Volume {
                             .zip(&fresh_row.cells)
                             .filter(|(first, again)| first.is_damage() && !again.is_damage())
                             .count() as u64;
-                        built[r] = self.target_cell(slot, &fresh_row, target, verify);
+                        built[r] = self.target_cell(slot, &mut fresh_row, target, verify);
                         rows[r] = fresh_row;
                     }
                 }
@@ -549,7 +549,7 @@ impl Volume {
     fn target_cell(
         &self,
         slot: u64,
-        row: &RowRead,
+        row: &mut RowRead,
         target: usize,
         verify: bool,
     ) -> Option<Vec<u8>> {

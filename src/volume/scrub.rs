@@ -260,6 +260,8 @@ pub(super) struct RowRead {
     pub(super) birth: u64,
     pub(super) n: usize,
     pub(super) crcs: Vec<u32>,
+    /// Per shard, the bytes read: one block for a cell that was read, empty for the others
+    /// (not asked for, never written, absent): nothing is allocated or zeroed for them.
     pub(super) bytes: Vec<Vec<u8>>,
     pub(super) cells: Vec<Cell>,
     /// `(owner, pointer)` of each data block, as the map recorded the row.
@@ -489,7 +491,7 @@ impl Volume {
                     birth,
                     n,
                     crcs,
-                    bytes: vec![vec![0u8; BLOCK_BYTES]; width],
+                    bytes: vec![Vec::new(); width],
                     cells,
                     blocks,
                 });
@@ -537,7 +539,7 @@ impl Volume {
                 let slot = slot_of[at];
                 let row = &mut read[at][r];
                 if run_ok {
-                    row.bytes[s].copy_from_slice(&buffer[i * BLOCK_BYTES..(i + 1) * BLOCK_BYTES]);
+                    row.bytes[s] = buffer[i * BLOCK_BYTES..(i + 1) * BLOCK_BYTES].to_vec();
                 } else {
                     // Cell by cell, to tell the unreadable sectors from the others.
                     let Some(Some(device)) = devices.get(piece.device) else {
@@ -545,6 +547,7 @@ impl Volume {
                         continue;
                     };
                     bytes_read += BLOCK_BYTES as u64;
+                    row.bytes[s] = vec![0u8; BLOCK_BYTES];
                     if let Err(e) = device.read_at(piece.offset, &mut row.bytes[s]) {
                         // The owner's fault policy hears of it (a member gone is taken out
                         // of service), as for a read of the data path.
@@ -583,11 +586,14 @@ impl Volume {
 
     /// Rebuild shard `target` of a read row from its sources (cells good or never written),
     /// and check the result against the target's recorded crc unless `verify` is off. `None`
-    /// when too few sources verify, or the result does not.
+    /// when too few sources verify, or the result does not. The row is borrowed mutably only
+    /// to lend its sources to the codec, which reads them: no cell of the row changes (the
+    /// target and any other cell that is not a source are rebuilt into buffers of their own,
+    /// never-written cells read as zeros from one).
     pub(super) fn rebuild_cell(
         &self,
         slot: u64,
-        row: &RowRead,
+        row: &mut RowRead,
         target: usize,
         verify: bool,
     ) -> Option<Vec<u8>> {
@@ -601,21 +607,37 @@ impl Volume {
                 .find(|s| *s != target && row.cells[*s] == Cell::Good)?;
             row.bytes[source].clone()
         } else {
-            let mut shards = row.bytes.clone();
-            let mut present: Vec<bool> = (0..width)
+            let present: Vec<bool> = (0..width)
                 .map(|s| s != target && row.cells[s].is_source())
                 .collect();
-            for (s, shard) in shards.iter_mut().enumerate() {
-                if row.cells[s] == Cell::Unwritten {
-                    shard.fill(0);
-                }
-            }
-            if present.iter().filter(|p| **p).count() < self.rows.k()
-                || !self.codec.reconstruct(&mut shards, &mut present)
-            {
+            if present.iter().filter(|p| **p).count() < self.rows.k() {
                 return None;
             }
-            shards.swap_remove(target)
+            // Read from the row: its good cells. Lent buffers: the target's, and scratch
+            // (zeros) for never-written cells and for the cells rebuilt but not wanted.
+            let lent = |s: usize| s == target || !present[s] || row.cells[s] == Cell::Unwritten;
+            let others = (0..width).filter(|s| *s != target && lent(*s)).count();
+            let mut out = vec![0u8; BLOCK_BYTES];
+            let mut scratch = vec![0u8; others * BLOCK_BYTES];
+            let mut spare = scratch.chunks_mut(BLOCK_BYTES);
+            let mut out_view = Some(out.as_mut_slice());
+            let unwritten: Vec<bool> = row.cells.iter().map(|c| *c == Cell::Unwritten).collect();
+            let mut views: Vec<&mut [u8]> = Vec::with_capacity(width);
+            for (s, cell) in row.bytes.iter_mut().enumerate() {
+                let view = if s == target {
+                    out_view.take()?
+                } else if !present[s] || unwritten[s] {
+                    spare.next()?
+                } else {
+                    cell.as_mut_slice()
+                };
+                views.push(view);
+            }
+            if !self.codec.reconstruct_views(&mut views, &present, target) {
+                return None;
+            }
+            drop(views);
+            out
         };
         let verified =
             !verify || self.rows.crc(slot, target, row.row, row.birth, &bytes) == row.crcs[target];
@@ -693,8 +715,8 @@ impl Volume {
         let slots = planned.slot_of.clone();
         let (read, bytes_read) = self.finish_slots(devices, planned, &buffers, results, verify);
         report.bytes_read += bytes_read;
-        for (slot, read) in slots.into_iter().zip(read) {
-            self.scrub_read_slot(devices, slot, &read, options, report)?;
+        for (slot, mut read) in slots.into_iter().zip(read) {
+            self.scrub_read_slot(devices, slot, &mut read, options, report)?;
         }
         Ok(())
     }
@@ -705,7 +727,7 @@ impl Volume {
         &self,
         devices: &[Option<SharedDevice>],
         slot: u64,
-        read: &[RowRead],
+        read: &mut [RowRead],
         options: &VolumeScrubOptions,
         report: &mut VolumeScrubReport,
     ) -> Result<()> {
@@ -714,9 +736,10 @@ impl Volume {
         let mut repaired = Vec::new();
         // Shard-blocks nothing could rebuild: (row's place in `read`, shard, member).
         let mut lost_cells: Vec<(usize, usize, usize)> = Vec::new();
-        for (place, row) in read.iter().enumerate() {
+        for (place, row) in read.iter_mut().enumerate() {
             report.rows += 1;
-            for (s, cell) in row.cells.iter().enumerate() {
+            for s in 0..width {
+                let cell = &row.cells[s].clone();
                 let (device, offset) = self.rows.shard_block(slot, s, row.row);
                 let block = BLOCK_BYTES as u64;
                 match cell {
