@@ -34,9 +34,10 @@ use std::time::{Duration, Instant};
 const STEP_SEGMENTS: u64 = 2;
 /// How long one long step (the background driver's, `run_rebuilds`') holds the shared lock.
 const LONG_STEP_BUDGET: Duration = Duration::from_millis(50);
-/// Data segments a long step rebuilds together (`RebuildOptions::segments_at_once`): its
-/// budget is checked between batches.
-const LONG_STEP_BATCH: usize = 8;
+/// The most data segments a long step rebuilds together (`RebuildOptions::segments_at_once`;
+/// the batch adapts below it to take about 40 ms): its budget is checked
+/// between batches.
+const LONG_STEP_BATCH: usize = 64;
 
 impl PoolInner {
     /// Attach `device` to replace position `index` of a v4 pool and record it; the copy runs
