@@ -7,6 +7,8 @@
 //! * a copy of a leaf that is rotten, lost (an older leaf at its place), misdirected (another
 //!   leaf's bytes) or torn (one sector of the older leaf) is never served: the read answers from
 //!   the other copy and heals the bad one, and a store that must not write leaves it alone;
+//! * a leaf whose sector crc is wrong on every copy (its records right) is served and
+//!   resealed, by a read and by a scrub's read of the copies, not lost;
 //! * a sector cached before its leaf was rewritten is not served afterwards (the planted bug
 //!   `stale_sectors` serves it, and this test sees the old pointer then);
 //! * a pool records the leaf format in its map parameters, and a pool made without it reads
@@ -17,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use stripestore::device::{MemDevice, SharedDevice};
 use stripestore::format::v4::{BlockPointer, LeafFormat, Tree, PAGE_BYTES, SECTOR_BYTES};
 use stripestore::geometry::Geometry;
-use stripestore::meta::{PageCache, PageKey, PageStore, RadixTree};
+use stripestore::meta::{PageCache, PageKey, PageRef, PageStore, RadixTree};
 
 #[path = "common/meta.rs"]
 mod meta;
@@ -236,11 +238,20 @@ enum Damage {
     Misdirected,
     /// The sector holding the key from the older version, the rest new (a torn write).
     Torn,
+    /// One bit of the sector's own crc flipped: the parent's crc (which reads the sector crcs
+    /// as zero) still matches, so only the whole leaf's check of each sector crc finds it.
+    CrcField,
 }
 
 #[test]
 fn a_bad_copy_of_a_leaf_is_never_served_and_a_read_heals_it_unless_it_must_not_write() {
-    for damage in [Damage::Rot, Damage::Lost, Damage::Misdirected, Damage::Torn] {
+    for damage in [
+        Damage::Rot,
+        Damage::Lost,
+        Damage::Misdirected,
+        Damage::Torn,
+        Damage::CrcField,
+    ] {
         for heal in [true, false] {
             let mut rig = Rig::new();
             let keys = spread_keys();
@@ -288,6 +299,7 @@ fn a_bad_copy_of_a_leaf_is_never_served_and_a_read_heals_it_unless_it_must_not_w
                     let old = rig.bytes_at(m, o, PAGE_BYTES);
                     bad[at..at + SECTOR_BYTES].copy_from_slice(&old[at..at + SECTOR_BYTES]);
                 }
+                Damage::CrcField => bad[at + SECTOR_BYTES - 2] ^= 0x04,
             }
             assert_ne!(bad, good, "{damage:?}");
             {
@@ -315,6 +327,61 @@ fn a_bad_copy_of_a_leaf_is_never_served_and_a_read_heals_it_unless_it_must_not_w
             for (k, expected) in &model {
                 assert_eq!(view.get(&rig.devices, *k).unwrap(), *expected, "{damage:?}");
             }
+        }
+    }
+}
+
+/// The sector crcs are the only part of a leaf its parent's crc does not cover: wrong on every
+/// copy (a sealing bug, or rot on each), the records still verify and are served, and the
+/// copies are resealed, rather than the leaf being lost (damage stays as small as it is).
+#[test]
+fn a_leaf_whose_sector_crc_is_wrong_on_every_copy_is_served_and_resealed_not_lost() {
+    for heal in [true, false] {
+        let mut rig = Rig::new();
+        let keys = spread_keys();
+        let (root, model) = written_map(&mut rig, LeafFormat::Sectored, &keys);
+        let view = rig.tree(rig.store(LeafFormat::Sectored), root);
+        let leaves = view
+            .pointers_at(&rig.devices, DEPTH, 0, &root)
+            .unwrap()
+            .unwrap();
+        let key = keys[5];
+        let leaf_at = (key / 1024) as usize;
+        let leaf = leaves[leaf_at];
+        let sector = (key % 1024) as usize / 256;
+        let mpn = leaf.address().unwrap();
+        let places = [rig.place(mpn, 0), rig.place(mpn, 1)];
+        let good = rig.bytes_at(places[0].0, places[0].1, PAGE_BYTES);
+        for (copy, (member, offset)) in places.iter().enumerate() {
+            let mut bad = rig.bytes_at(*member, *offset, PAGE_BYTES);
+            bad[sector * SECTOR_BYTES + SECTOR_BYTES - 1 - copy] ^= 0x20;
+            use stripestore::device::Device;
+            rig.mems[*member].write_at(*offset, &bad).unwrap();
+        }
+        // A scrub's read of the copies (never writes): every copy a fault, the page resealed.
+        let page = PageRef {
+            tree: Tree::Map,
+            level: 1,
+            first_key: leaf_at as u64 * 1024,
+            keys: 1024,
+            pointer: leaf,
+        };
+        let read = rig
+            .store(LeafFormat::Sectored)
+            .read_copies(&rig.devices, &page, &|_| true, true)
+            .unwrap();
+        assert_eq!(read.faults.len(), 2, "both copies are damaged");
+        assert_eq!(read.page.as_deref(), Some(&good[..]), "resealed as written");
+        let store = rig.store(LeafFormat::Sectored);
+        let store = if heal { store } else { store.without_healing() };
+        let view = rig.tree(store, root);
+        assert_eq!(view.get(&rig.devices, key).unwrap(), model[&key]);
+        for (copy, (member, offset)) in places.iter().enumerate() {
+            let now = rig.bytes_at(*member, *offset, PAGE_BYTES);
+            assert_eq!(now == good, heal, "copy {copy}, heal {heal}");
+        }
+        for (k, expected) in &model {
+            assert_eq!(view.get(&rig.devices, *k).unwrap(), *expected);
         }
     }
 }

@@ -8,8 +8,8 @@
 use crate::device::{run_batch, BatchOp, SharedDevice};
 use crate::error::{Error, Result};
 use crate::format::v4::{
-    verify_leaf, verify_page, verify_sector, BlockPointer, LeafFormat, PageMismatch, Tree,
-    PAGE_BYTES, SECTORS_PER_LEAF, SECTOR_BYTES,
+    reseal_leaf, verify_leaf, verify_leaf_records, verify_page, verify_sector, BlockPointer,
+    LeafFormat, PageMismatch, Tree, PAGE_BYTES, SECTORS_PER_LEAF, SECTOR_BYTES,
 };
 use crate::geometry::Geometry;
 use crate::types::DeviceIndex;
@@ -177,6 +177,27 @@ impl PageStore {
         }
     }
 
+    /// A sectored leaf that failed [`PageStore::check_page`] but whose records verify (only
+    /// its sector crcs are wrong), resealed: the bytes to serve and to heal every copy with
+    /// when no copy verifies whole (docs/FORMAT.md V4.17, "Verifying a whole leaf"). `None`
+    /// for any other page.
+    fn resealed(
+        &self,
+        pointer: &BlockPointer,
+        tree: Tree,
+        first_key: u64,
+        page: &[u8],
+    ) -> Option<Vec<u8>> {
+        if !self.sectored(tree, pointer)
+            || verify_leaf_records(self.pool, pointer, tree, first_key, page).is_err()
+        {
+            return None;
+        }
+        let mut bytes = page.to_vec();
+        reseal_leaf(self.pool, pointer, tree, first_key, &mut bytes).ok()?;
+        Some(bytes)
+    }
+
     /// Planted bug `stale_sectors` (see the field).
     #[cfg(feature = "testing")]
     #[must_use]
@@ -321,6 +342,9 @@ impl PageStore {
         let mut faults = Vec::new();
         let mut page = vec![0u8; PAGE_BYTES];
         let mut good = None;
+        // A copy whose records verify but whose sector crcs do not: served (resealed) only
+        // when no copy verifies whole.
+        let mut resealed: Option<(usize, Vec<u8>)> = None;
         for (copy, (device, offset)) in copies.iter().copied().enumerate() {
             let fault = |problem| CopyFault {
                 copy,
@@ -345,10 +369,23 @@ impl PageStore {
                     good = Some(copy);
                     break;
                 }
-                Err(m) => faults.push(fault(CopyProblem::Mismatch {
-                    expected: m.expected,
-                    found: m.found,
-                })),
+                Err(m) => {
+                    if resealed.is_none() {
+                        resealed = self
+                            .resealed(pointer, tree, first_key, &page)
+                            .map(|bytes| (copy, bytes));
+                    }
+                    faults.push(fault(CopyProblem::Mismatch {
+                        expected: m.expected,
+                        found: m.found,
+                    }));
+                }
+            }
+        }
+        if good.is_none() {
+            if let Some((copy, bytes)) = resealed {
+                page = bytes;
+                good = Some(copy);
             }
         }
         if good.is_none() {
@@ -413,6 +450,9 @@ impl PageStore {
         };
         let mut read = CopiesRead::default();
         let mut bytes = vec![0u8; PAGE_BYTES];
+        // As in `read_page`: records that verify under wrong sector crcs, resealed, for when
+        // no copy verifies whole.
+        let mut resealed = None;
         for (copy, (device, offset)) in self.copies_of(mpn)?.into_iter().enumerate() {
             if !wanted(device) {
                 continue;
@@ -447,11 +487,19 @@ impl PageStore {
                         break;
                     }
                 }
-                Err(m) => read.faults.push(fault(CopyProblem::Mismatch {
-                    expected: m.expected,
-                    found: m.found,
-                })),
+                Err(m) => {
+                    if resealed.is_none() {
+                        resealed = self.resealed(&page.pointer, page.tree, page.first_key, &bytes);
+                    }
+                    read.faults.push(fault(CopyProblem::Mismatch {
+                        expected: m.expected,
+                        found: m.found,
+                    }));
+                }
             }
+        }
+        if read.page.is_none() {
+            read.page = resealed;
         }
         Ok(read)
     }

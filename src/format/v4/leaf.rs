@@ -239,13 +239,37 @@ pub fn seal_leaf(seed: &PageSeed, leaf: &mut [u8]) -> u32 {
     leaf_crc
 }
 
-/// Check a sectored leaf read whole against the pointer that names it (the parent's crc,
-/// over the page with its sector crcs read as zero). The parent's crc decides: sector crcs
-/// serve only reads of one sector.
+/// Check a sectored leaf read whole against the pointer that names it: its records (the
+/// parent's crc, [`verify_leaf_records`]), then each sector's own crc. The sector crcs are
+/// checked too because the parent's crc does not cover them: a copy whose sector crc rotted
+/// would pass whole while every read of that sector alone fails, and neither a read's healing
+/// nor a scrub would see it (docs/FORMAT.md V4.17, "Verifying a whole leaf").
+///
+/// # Errors
+/// [`PageMismatch`] as [`super::page::verify_page`] gives it, or as [`verify_sector`] gives it
+/// for the first sector that fails.
+pub fn verify_leaf(
+    pool: [u8; 16],
+    pointer: &BlockPointer,
+    tree: Tree,
+    first_key: u64,
+    leaf: &[u8],
+) -> Result<(), PageMismatch> {
+    verify_leaf_records(pool, pointer, tree, first_key, leaf)?;
+    for (sector, bytes) in leaf.chunks_exact(SECTOR_BYTES).enumerate() {
+        verify_sector(pool, pointer, tree, first_key, sector, bytes)?;
+    }
+    Ok(())
+}
+
+/// Check the records of a sectored leaf read whole against the pointer that names it: the
+/// parent's crc, over the page with its sector crcs read as zero. What decides whether the
+/// leaf's records may be used; its sector crcs may still be wrong ([`verify_leaf`],
+/// [`reseal_leaf`]).
 ///
 /// # Errors
 /// [`PageMismatch`] as [`super::page::verify_page`] gives it.
-pub fn verify_leaf(
+pub fn verify_leaf_records(
     pool: [u8; 16],
     pointer: &BlockPointer,
     tree: Tree,
@@ -261,6 +285,31 @@ pub fn verify_leaf(
         |level| level == 1,
         leaf_checksum,
     )
+}
+
+/// Recompute the sector crcs of a leaf whose records verify ([`verify_leaf_records`]): the
+/// repair of a leaf whose only damage is in its sector crc fields, when no copy has them
+/// right. The records are not touched (the parent's crc reads those fields as zero, so it
+/// stays what the parent holds).
+///
+/// # Errors
+/// [`PageMismatch`] when the records do not verify (nothing is changed then).
+pub fn reseal_leaf(
+    pool: [u8; 16],
+    pointer: &BlockPointer,
+    tree: Tree,
+    first_key: u64,
+    leaf: &mut [u8],
+) -> Result<(), PageMismatch> {
+    verify_leaf_records(pool, pointer, tree, first_key, leaf)?;
+    let Some(seed) = PageSeed::of_pointer(pool, pointer, tree, first_key) else {
+        return Err(PageMismatch {
+            expected: pointer.crc(),
+            found: 0,
+        });
+    };
+    seal_leaf(&seed, leaf);
+    Ok(())
 }
 
 /// Check sector `sector` (4 KiB read alone) of the leaf `pointer` names in `tree` at
