@@ -5,7 +5,7 @@
 //! the durable parent names, at the place it names (the caller guarantees, by its epoch pin, that
 //! the page's segment was not reused since it read the parent).
 
-use crate::device::{run_batch, BatchOp, SharedDevice};
+use crate::device::{run_batch, AlignedBuf, BatchOp, SharedDevice};
 use crate::error::{Error, Result};
 use crate::format::v4::{
     reseal_leaf, verify_leaf, verify_leaf_records, verify_page, verify_sector, BlockPointer,
@@ -264,22 +264,29 @@ impl PageStore {
                 "map key {first_key}: a hole names no leaf to read"
             )));
         };
-        let mut bytes = Vec::with_capacity(SECTOR_BYTES + BlockPointer::BYTES);
-        bytes.resize(SECTOR_BYTES, 0);
+        // Read into this thread's aligned buffer: an O_DIRECT member takes it in place (a
+        // `Vec` would be bounced through a zeroed aligned copy on every miss).
+        thread_local! {
+            static SECTOR: std::cell::RefCell<AlignedBuf> =
+                std::cell::RefCell::new(AlignedBuf::zeroed(SECTOR_BYTES));
+        }
         for (device, offset) in self.copies_of(mpn)? {
             let Some(member) = devices.get(device.0).and_then(Option::as_ref) else {
                 continue;
             };
-            let read = member.read_at(offset + (sector * SECTOR_BYTES) as u64, &mut bytes);
-            let good = read.is_ok()
-                && (!self.verify
-                    || verify_sector(self.pool, pointer, Tree::Map, first_key, sector, &bytes)
-                        .is_ok());
-            if !good {
-                return Ok(None);
-            }
-            bytes.extend_from_slice(&pointer.encode());
-            return Ok(Some(bytes));
+            return Ok(SECTOR.with_borrow_mut(|buf| {
+                let read = member.read_at(offset + (sector * SECTOR_BYTES) as u64, buf);
+                let good = read.is_ok()
+                    && (!self.verify
+                        || verify_sector(self.pool, pointer, Tree::Map, first_key, sector, buf)
+                            .is_ok());
+                good.then(|| {
+                    let mut bytes = Vec::with_capacity(SECTOR_BYTES + BlockPointer::BYTES);
+                    bytes.extend_from_slice(buf);
+                    bytes.extend_from_slice(&pointer.encode());
+                    bytes
+                })
+            }));
         }
         Ok(None)
     }
