@@ -165,6 +165,10 @@ impl Codec {
         if wanted >= shards.len() || present[wanted] {
             return false;
         }
+        let len = shards[wanted].len();
+        if shards.iter().any(|s| s.len() != len) {
+            return false;
+        }
         match self {
             Codec::Replicated { copies, .. } => {
                 let group = wanted / copies;
@@ -321,5 +325,9 @@ mod tests {
         assert_eq!(shards[2], vec![2u8; 8]);
         let mut views: Vec<&mut [u8]> = shards.iter_mut().map(Vec::as_mut_slice).collect();
         assert!(!copies.reconstruct_views(&mut views, &[false, false, true, true], 1));
+        // Shards of unequal lengths are refused, not copied short (or panicked on).
+        let mut shards = [vec![1u8; 8], vec![0u8; 4], vec![0u8; 8], vec![2u8; 8]];
+        let mut views: Vec<&mut [u8]> = shards.iter_mut().map(Vec::as_mut_slice).collect();
+        assert!(!copies.reconstruct_views(&mut views, &[true, false, true, true], 1));
     }
 }

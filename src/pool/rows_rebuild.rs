@@ -35,8 +35,8 @@ const STEP_SEGMENTS: u64 = 2;
 /// How long one long step (the background driver's, `run_rebuilds`') holds the shared lock.
 const LONG_STEP_BUDGET: Duration = Duration::from_millis(50);
 /// The most data segments a long step rebuilds together (`RebuildOptions::segments_at_once`;
-/// the batch adapts below it to take about 40 ms): its budget is checked
-/// between batches.
+/// below it a batch is sized to take about 25 ms at the rate the last one wrote at): its
+/// budget is checked between batches.
 const LONG_STEP_BATCH: usize = 64;
 
 impl PoolInner {
@@ -205,7 +205,8 @@ impl PoolInner {
             from_segment: 0,
             old,
             min_birth: replacement.resync_from.unwrap_or(0),
-            // A deterministic step is one batch (the simulation goes through batches too).
+            // A deterministic step is one batch of a fixed size (the simulation goes through
+            // batches too; up to 8 segments a batch is never sized by timing).
             segments_at_once: if long {
                 LONG_STEP_BATCH
             } else {

@@ -54,9 +54,10 @@ pub struct RebuildOptions {
     /// born at or after it are copied. 0: everything (a rebuild).
     pub min_birth: u64,
     /// The most data segments rebuilt together, their parts pulled by a few threads so that
-    /// reads and writes overlap (0 or 1: one at a time). A batch starts at
-    /// `FIRST_BATCH` segments (or this, if fewer) and grows or shrinks so that one takes
-    /// about `BATCH_TIME` (40 ms). The progress callback hears of each segment once the batch is
+    /// reads and writes overlap (0 or 1: one at a time). Up to `FIRST_BATCH` (8) a batch is
+    /// exactly this many (deterministic steps); above, a batch starts at 8 and is then sized
+    /// from the rate the last batches wrote at, so that a batch of dense segments takes about
+    /// `BATCH_TIME` (25 ms). The progress callback hears of each segment once the batch is
     /// done, so a stop takes effect at the end of a batch.
     pub segments_at_once: usize,
 }
@@ -157,31 +158,41 @@ const SLOT_THREADS: usize = 8;
 /// twelve threads within the noise.)
 const PART_BYTES: u64 = 512 << 10;
 
-/// Data segments a batch of a rebuild starts with (at most `RebuildOptions::segments_at_once`).
+/// Data segments a batch of a rebuild starts with, and the most a batch takes when the caller
+/// allows no more (`RebuildOptions::segments_at_once` up to this: fixed batches, no timing).
 pub(crate) const FIRST_BATCH: usize = 8;
 
-/// About how long one batch should take. Every batch ends with all its threads joined (its
-/// progress is then reported), so the devices idle for a moment between batches: longer
-/// batches idle less often, shorter ones let a stop (and the step budget of the caller, which
-/// is checked between batches) take effect sooner. Measured (`bench-rebuild --layout L
-/// --device-size 1G --dir /dev/shm/... --spare-dir /var/tmp/...`, sources in memory, the spare
-/// on the disk, 2026-12-06): fixed batches of 8 segments against 32, alternated, rs:4+2 731-758
-/// against 815-856 MiB/s, mirror:2 1,413-1,439 against 1,640-1,673; 64 and 32 within the
-/// noise of each other.
-pub(crate) const BATCH_TIME: std::time::Duration = std::time::Duration::from_millis(40);
+/// About how long one batch of dense segments should take. Every batch ends with all its
+/// threads joined (its progress is then reported), so the devices idle for a moment between
+/// batches: longer batches idle less often, shorter ones let a stop (and the step budget of
+/// the caller, which is checked between batches) take effect sooner. Measured
+/// (`bench-rebuild --layout L --device-size 1G --dir /dev/shm/... --spare-dir /var/tmp/...`,
+/// sources in memory, the spare on the disk, 2026-12-06): fixed batches of 8 segments against
+/// 32, alternated, rs:4+2 731-758 against 815-856 MiB/s, mirror:2 1,413-1,439 against
+/// 1,640-1,673; 64 and 32 within the noise of each other.
+pub(crate) const BATCH_TIME: std::time::Duration = std::time::Duration::from_millis(25);
 
-/// The next batch's size after one of `batch` segments took `took`: doubled while batches are
-/// quick, halved when one took more than twice [`BATCH_TIME`], within `1..=most`.
-fn next_batch(batch: usize, took: std::time::Duration, most: usize) -> usize {
+/// The data segments the next batch takes, in `1..=most`: `batch` as it is when `most` is at
+/// most [`FIRST_BATCH`] (fixed batches) or when the last batch wrote nothing (segments
+/// skipped, or a resync's old rows: no measure of the devices); otherwise as many segments as
+/// the last batch's rate (`wrote` bytes in `took`) writes in [`BATCH_TIME`] when each is dense
+/// (`segment_bytes`, what a segment can hold on the position), at most twice `batch`. Sized
+/// by bytes rather than by the time the last batch took, so that a run of empty segments does
+/// not grow the batch that then meets dense ones.
+fn next_batch(
+    batch: usize,
+    (wrote, took): (u64, std::time::Duration),
+    segment_bytes: u64,
+    most: usize,
+) -> usize {
     let most = most.max(1);
-    if took < BATCH_TIME / 2 {
-        (batch * 2).min(most)
-    } else if took > BATCH_TIME * 2 {
-        (batch / 2).max(1)
-    } else {
-        batch
+    if most <= FIRST_BATCH || wrote == 0 || segment_bytes == 0 {
+        return batch.clamp(1, most);
     }
-    .min(most)
+    let per_second = wrote as f64 / took.as_secs_f64().max(1e-6);
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let fits = (per_second * BATCH_TIME.as_secs_f64() / segment_bytes as f64) as usize;
+    fits.min(batch.saturating_mul(2)).clamp(1, most)
 }
 
 impl Volume {
@@ -288,13 +299,21 @@ impl Volume {
             bytes_read: plan.walked.take().unwrap_or(0),
             ..RebuildReport::default()
         };
-        if plan.batch == 0 {
-            plan.batch = FIRST_BATCH.min(options.segments_at_once.max(1));
-        }
+        // A plan is kept from step to step, and steps of two kinds share it: never more than
+        // this step allows.
+        let most = options.segments_at_once.max(1);
+        plan.batch = if plan.batch == 0 {
+            FIRST_BATCH.min(most)
+        } else {
+            plan.batch.clamp(1, most)
+        };
+        let shape = self.map.segments().shape();
+        let segment_bytes = shape.segment_slots * self.rows.geometry().chunk_bytes;
         while plan.next < plan.work.len() {
             // A batch: the next metadata segment alone, or up to `plan.batch` data segments
             // (skipped ones count), whose slots are rebuilt together.
             let batch_started = std::time::Instant::now();
+            let written_before = report.bytes_written;
             let first = plan.next;
             let mut end = first + 1;
             let data = matches!(plan.work[first], Work::Data { .. });
@@ -373,8 +392,12 @@ impl Volume {
             if data {
                 plan.batch = next_batch(
                     plan.batch,
-                    batch_started.elapsed(),
-                    options.segments_at_once,
+                    (
+                        report.bytes_written - written_before,
+                        batch_started.elapsed(),
+                    ),
+                    segment_bytes,
+                    most,
                 );
             }
             let mut stop = false;
@@ -724,18 +747,24 @@ mod tests {
     use std::time::Duration;
 
     #[test]
-    fn a_batch_grows_while_quick_shrinks_when_slow_and_stays_within_its_bounds() {
-        let quick = BATCH_TIME / 4;
-        let slow = BATCH_TIME * 3;
-        assert_eq!(next_batch(8, quick, 64), 16);
-        assert_eq!(next_batch(48, quick, 64), 64);
-        assert_eq!(next_batch(64, quick, 64), 64);
-        assert_eq!(next_batch(8, BATCH_TIME, 64), 8);
-        assert_eq!(next_batch(8, slow, 64), 4);
-        assert_eq!(next_batch(1, slow, 64), 1);
-        // The caller's most wins, also over a batch chosen under a larger one.
-        assert_eq!(next_batch(2, quick, 2), 2);
-        assert_eq!(next_batch(16, BATCH_TIME, 4), 4);
-        assert_eq!(next_batch(16, Duration::ZERO, 0), 1);
+    fn a_batch_fits_the_rate_the_last_one_wrote_at_and_stays_within_its_bounds() {
+        let segment = 512 << 10;
+        let ms = Duration::from_millis;
+        // 1 GB/s: 25 ms hold about 48 dense segments of 512 KiB; growth at most doubles.
+        let gbs = (1_000_000_000 / 40, ms(25));
+        assert_eq!(next_batch(8, gbs, segment, 64), 16);
+        assert_eq!(next_batch(32, gbs, segment, 64), 47);
+        assert_eq!(next_batch(47, gbs, segment, 32), 32);
+        // A slow device: 100 MB/s fits 4 segments; a slow batch shrinks at once.
+        let slow = (100_000_000 / 40, ms(25));
+        assert_eq!(next_batch(64, slow, segment, 64), 4);
+        assert_eq!(next_batch(64, (1, ms(1000)), segment, 64), 1);
+        // Nothing written (skipped or old segments): no measure, the batch stays.
+        assert_eq!(next_batch(16, (0, ms(1)), segment, 64), 16);
+        // Up to FIRST_BATCH the caller's batch is fixed, whatever the timing.
+        assert_eq!(next_batch(2, gbs, segment, 2), 2);
+        assert_eq!(next_batch(2, slow, segment, 2), 2);
+        assert_eq!(next_batch(8, (1, ms(1000)), segment, 8), 8);
+        assert_eq!(next_batch(16, gbs, segment, 0), 1);
     }
 }
