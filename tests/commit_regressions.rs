@@ -342,3 +342,48 @@ fn a_flush_error_once_reported_is_never_followed_by_an_acknowledged_flush() {
         }
     }
 }
+
+/// The same superblock flush failure on a member the pool can lose costs that member, not the
+/// pool (simulation seed 5501238: marking it alone made every later flush of the pool fail
+/// "unavailable" with every member in service). mirror:2 on format version 4, both members in
+/// service: member 0's next flush fails inside a superblock write (adding a spare); the
+/// pool's flush then succeeds, member 0 is out of service, and the block written before the
+/// failure reads back from member 1, before and after a reopen.
+#[test]
+fn a_flush_error_on_a_member_the_pool_can_lose_takes_that_member_out_not_the_pool() {
+    let power = Arc::new(AtomicBool::new(false));
+    let h = hooks(2, &power);
+    let mut options: CreateOptions = v4_options("mirror:2");
+    options.open = OpenOptions {
+        map_cache_bytes: 64 * 16384,
+        ..manual()
+    };
+    let pool = Pool::create(as_shared(&[&h[0], &h[1]]), vec![], &options).unwrap();
+    pool.write_at(0, &vec![0xA1; 4096]).unwrap();
+    pool.flush().unwrap();
+    pool.write_at(0, &vec![0xB2; 4096]).unwrap();
+    h[0].fail_flushes.store(1, Ordering::SeqCst);
+    let spare = stripestore::testing::mem_devices(1, DEVICE_BYTES).remove(0);
+    let _ = pool.add_spare(spare as SharedDevice, false);
+    assert_eq!(
+        h[0].fail_flushes.load(Ordering::SeqCst),
+        0,
+        "the flush failed"
+    );
+    pool.flush()
+        .expect("a member the pool can lose failed a flush: the pool goes on without it");
+    let status = pool.status();
+    let member0 = status
+        .devices
+        .iter()
+        .find(|d| d.index == Some(0) && d.replacing.is_none())
+        .unwrap();
+    assert_ne!(
+        member0.state, "ONLINE",
+        "member 0 left service: {member0:?}"
+    );
+    assert_eq!(read(&pool, 0, 4096).map(|b| b[0]).unwrap(), 0xB2);
+    drop(pool);
+    let pool = Pool::open(as_shared(&[&h[0], &h[1]]), &manual()).unwrap();
+    assert_eq!(read(&pool, 0, 4096).map(|b| b[0]).unwrap(), 0xB2);
+}

@@ -1301,15 +1301,35 @@ impl Members {
         let (failures, flushes_failed) = self.write_superblocks_once()?;
         // A member whose superblock flush failed may also have lost writes still in its cache,
         // whose flush error this flush has now taken: a later flush that succeeds cannot
-        // vouch for them. Marked, so that no commit is acknowledged while it is in service
-        // (its write error is counted and its state decided where the failure is handled, as
-        // before).
+        // vouch for them. When the pool can lose it, it leaves service at once (it is rebuilt,
+        // as for a failed write: the failure costs the member, not the pool; a member that
+        // does not answer is left to the away policy, V4.16). Otherwise it is marked, so that
+        // no commit is acknowledged while it is in service. (Marking it alone, whatever the
+        // tolerance, made every later flush of the pool fail for one member's error:
+        // simulation seed 5501238.)
         for name in flushes_failed {
-            let index = self
+            let Some(index) = self
                 .data
                 .iter()
-                .position(|m| m.device().is_some_and(|d| d.name() == name));
-            if let Some(flag) = index.and_then(|i| self.flush_failed.get(i)) {
+                .position(|m| m.device().is_some_and(|d| d.name() == name))
+            else {
+                continue;
+            };
+            let member = &self.data[index];
+            let unreachable = member
+                .device
+                .read()
+                .as_ref()
+                .is_some_and(|d| d.is_unreachable());
+            if !unreachable
+                && self.fault_if_available(
+                    DeviceIndex(index),
+                    &format!("flush failed: {name}: writes in its cache may be lost"),
+                )
+            {
+                continue;
+            }
+            if let Some(flag) = self.flush_failed.get(index) {
                 flag.store(true, Ordering::Release);
             }
         }
