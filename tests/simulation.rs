@@ -252,6 +252,17 @@ fn v4_seed_80616_replay() {
     replay_kept("80616");
 }
 
+/// Found 2026-12-06 by `simulate --format 4 --seed 5500064` (seed 5501238, rs:4+2 on seven
+/// devices; shrunk to 31 ops): a superblock write's flush failed on a member the pool could
+/// lose; the member was marked (its cache may have dropped writes) but kept in service, and
+/// every later flush of the pool failed "unavailable" with no member lost. Fixed: such a
+/// member leaves service (`Members::write_superblocks`); only one the pool cannot lose is
+/// marked.
+#[test]
+fn v4_seed_5501238_replay() {
+    replay_kept("5501238");
+}
+
 /// Seed 1800030 (mirror:3, found by `simulate --format 4 --seed 1800001`): d0 silently lost
 /// log record 19 (a misdirected write), position 2 was out of service (its replacement being
 /// filled), and a power cut inside commit 21 left record 21 on d0 alone. The open refused it
