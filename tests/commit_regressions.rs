@@ -287,6 +287,22 @@ fn superblock_written_during_swap_in_names_a_replacement_without_the_map() {
 /// flush retried after a failed one, nor a commit after a superblock write whose flush failed,
 /// may be acknowledged: the pool refuses until it is reopened, and after the reopen the block
 /// reads the value a flush acknowledged (A), never a lost one.
+
+/// mirror:2 on format version 4 over two hooked memory devices, block 0 written with 0xA1
+/// and flushed: the start of the flush-error tests below.
+fn mirror_with_a_flushed_block() -> (Vec<Arc<Hook>>, Pool) {
+    let power = Arc::new(AtomicBool::new(false));
+    let h = hooks(2, &power);
+    let mut options: CreateOptions = v4_options("mirror:2");
+    options.open = OpenOptions {
+        map_cache_bytes: 64 * 16384,
+        ..manual()
+    };
+    let pool = Pool::create(as_shared(&[&h[0], &h[1]]), vec![], &options).unwrap();
+    pool.write_at(0, &vec![0xA1; 4096]).unwrap();
+    pool.flush().unwrap();
+    (h, pool)
+}
 ///
 /// mirror:2 on format version 4, member 1 offline: write B over A, then member 0's next flush
 /// fails, taken either by the pool's own flush (then flushed again) or by a superblock write
@@ -294,16 +310,7 @@ fn superblock_written_during_swap_in_names_a_replacement_without_the_map() {
 #[test]
 fn a_flush_error_once_reported_is_never_followed_by_an_acknowledged_flush() {
     for taken_by in ["flush", "superblock"] {
-        let power = Arc::new(AtomicBool::new(false));
-        let h = hooks(2, &power);
-        let mut options: CreateOptions = v4_options("mirror:2");
-        options.open = OpenOptions {
-            map_cache_bytes: 64 * 16384,
-            ..manual()
-        };
-        let pool = Pool::create(as_shared(&[&h[0], &h[1]]), vec![], &options).unwrap();
-        pool.write_at(0, &vec![0xA1; 4096]).unwrap();
-        pool.flush().unwrap();
+        let (h, pool) = mirror_with_a_flushed_block();
         pool.offline("1").unwrap();
         // The offline member recorded everywhere first, so that the flush below fails in the
         // members' flush of the commit itself, not in that record's superblock write.
@@ -351,16 +358,7 @@ fn a_flush_error_once_reported_is_never_followed_by_an_acknowledged_flush() {
 /// failure reads back from member 1, before and after a reopen.
 #[test]
 fn a_flush_error_on_a_member_the_pool_can_lose_takes_that_member_out_not_the_pool() {
-    let power = Arc::new(AtomicBool::new(false));
-    let h = hooks(2, &power);
-    let mut options: CreateOptions = v4_options("mirror:2");
-    options.open = OpenOptions {
-        map_cache_bytes: 64 * 16384,
-        ..manual()
-    };
-    let pool = Pool::create(as_shared(&[&h[0], &h[1]]), vec![], &options).unwrap();
-    pool.write_at(0, &vec![0xA1; 4096]).unwrap();
-    pool.flush().unwrap();
+    let (h, pool) = mirror_with_a_flushed_block();
     pool.write_at(0, &vec![0xB2; 4096]).unwrap();
     h[0].fail_flushes.store(1, Ordering::SeqCst);
     let spare = stripestore::testing::mem_devices(1, DEVICE_BYTES).remove(0);
