@@ -281,13 +281,6 @@ fn superblock_written_during_swap_in_names_a_replacement_without_the_map() {
     }
 }
 
-/// DEFECT (nothing flushed lost; found by the review of the commit-outside-the-lock build,
-/// present before it): a flush error is reported once. When a member the pool cannot lose
-/// fails a flush, the writes in its cache are gone, and its next flush succeeds. So neither a
-/// flush retried after a failed one, nor a commit after a superblock write whose flush failed,
-/// may be acknowledged: the pool refuses until it is reopened, and after the reopen the block
-/// reads the value a flush acknowledged (A), never a lost one.
-
 /// mirror:2 on format version 4 over two hooked memory devices, block 0 written with 0xA1
 /// and flushed: the start of the flush-error tests below.
 fn mirror_with_a_flushed_block() -> (Vec<Arc<Hook>>, Pool) {
@@ -303,6 +296,13 @@ fn mirror_with_a_flushed_block() -> (Vec<Arc<Hook>>, Pool) {
     pool.flush().unwrap();
     (h, pool)
 }
+
+/// DEFECT (nothing flushed lost; found by the review of the commit-outside-the-lock build,
+/// present before it): a flush error is reported once. When a member the pool cannot lose
+/// fails a flush, the writes in its cache are gone, and its next flush succeeds. So neither a
+/// flush retried after a failed one, nor a commit after a superblock write whose flush failed,
+/// may be acknowledged: the pool refuses until it is reopened, and after the reopen the block
+/// reads the value a flush acknowledged (A), never a lost one.
 ///
 /// mirror:2 on format version 4, member 1 offline: write B over A, then member 0's next flush
 /// fails, taken either by the pool's own flush (then flushed again) or by a superblock write
