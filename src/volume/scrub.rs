@@ -613,20 +613,20 @@ impl Volume {
             if present.iter().filter(|p| **p).count() < self.rows.k() {
                 return None;
             }
-            // Read from the row: its good cells. Lent buffers: the target's, and scratch
-            // (zeros) for never-written cells and for the cells rebuilt but not wanted.
-            let lent = |s: usize| s == target || !present[s] || row.cells[s] == Cell::Unwritten;
-            let others = (0..width).filter(|s| *s != target && lent(*s)).count();
+            // Read from the row: its good cells. Scratch (zeros) for never-written cells and
+            // for the cells rebuilt but not wanted; the target's own buffer.
+            let RowRead { cells, bytes, .. } = &mut *row;
+            let scratched = |s: usize| s != target && (!present[s] || cells[s] == Cell::Unwritten);
+            let others = (0..width).filter(|s| scratched(*s)).count();
             let mut out = vec![0u8; BLOCK_BYTES];
             let mut scratch = vec![0u8; others * BLOCK_BYTES];
             let mut spare = scratch.chunks_mut(BLOCK_BYTES);
             let mut out_view = Some(out.as_mut_slice());
-            let unwritten: Vec<bool> = row.cells.iter().map(|c| *c == Cell::Unwritten).collect();
             let mut views: Vec<&mut [u8]> = Vec::with_capacity(width);
-            for (s, cell) in row.bytes.iter_mut().enumerate() {
+            for (s, cell) in bytes.iter_mut().enumerate() {
                 let view = if s == target {
                     out_view.take()?
-                } else if !present[s] || unwritten[s] {
+                } else if scratched(s) {
                     spare.next()?
                 } else {
                     cell.as_mut_slice()
