@@ -339,6 +339,12 @@ pub struct OpenReport {
     pub pending_segments: u64,
     /// Usage-table leaves read (none for an empty pool: open reads no tree).
     pub usage_leaves_read: usize,
+    /// Every sequence committed before this open (a sync's uberblock, a log record of the
+    /// chain, or any valid record found on the members read) is below this: what an away
+    /// member's `since_sequence` is judged against (docs/FORMAT.md V4.16 §3, "Away members
+    /// that hold every commit"). Not [`MapStore::next_sequence`], which skips one more (a
+    /// sync may have taken it without its uberblock becoming durable).
+    pub committed_below: u64,
 }
 
 /// What a rewind will record in the superblocks before it writes (the caller persists it).
@@ -1473,6 +1479,10 @@ impl MapStore {
                 rereplication_failed: Vec::new(),
                 pending_segments: segments.pending_segments(),
                 usage_leaves_read: leaves.len(),
+                committed_below: uberblock
+                    .next_sequence
+                    .max(replay.end.last + 1)
+                    .max(replay.highest_sequence + 1),
             },
             segments,
             planted_sut_at_write: options.planted_sut_at_write(),

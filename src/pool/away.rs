@@ -90,7 +90,7 @@ impl PoolInner {
     /// process tried to write to it as it left and never heard back about), `Ok(false)` as
     /// itself but with another generation (a restored or rolled-back export: copy in full),
     /// `Err` when it does not answer or is not that member.
-    fn returning(
+    pub(super) fn returning(
         &self,
         device: &dyn crate::device::Device,
         index: DeviceIndex,

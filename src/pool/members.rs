@@ -863,6 +863,17 @@ impl Members {
         self.record_event(crate::format::EventKind::Fault, &member.path(), &reason);
     }
 
+    /// Put `index`, recorded away, back in service at open with its own `device` (already
+    /// metered: the one kept in its [`Away`]), because it holds every commit (docs/FORMAT.md
+    /// V4.16 §3, "Away members that hold every commit"). In memory; a writable open records it.
+    pub(crate) fn revive_at_open(&self, index: DeviceIndex, device: SharedDevice) {
+        let member = self.get(index);
+        member.away.lock().take();
+        *member.device.write() = Some(device);
+        *member.fault_reason.lock() = None;
+        member.online.store(true, Ordering::Release);
+    }
+
     /// Forget that `index` was away (it is faulted for good, or back in service).
     pub(crate) fn clear_away(&self, index: DeviceIndex) -> Option<Away> {
         self.get(index).away.lock().take()

@@ -28,6 +28,8 @@ use crate::types::SECTOR_BYTES;
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 #[cfg(feature = "testing")]
 thread_local! {
@@ -462,6 +464,8 @@ pub(super) fn open(
     }
     let sorted = sort_found(found, &newest, options.force, &mut unopened)?;
     let assembled = assemble(&newest, &newest_device, sorted.by_uuid, &unopened, options)?;
+    // Members recorded away put back in service because they hold every commit.
+    let mut revived = false;
     let inner = match newest.map {
         None => {
             let (state, meta) =
@@ -490,6 +494,7 @@ pub(super) fn open(
                 options,
                 None,
             )?;
+            revived = revive_current_away(&inner, &assembled.suspects, params, options);
             let fork = check_openable(&inner, &assembled.suspects, newest.generation, options)?;
             inner.members.note_fork(fork);
             let devices = inner.volume_devices();
@@ -551,10 +556,173 @@ pub(super) fn open(
     record_open(
         &inner,
         sorted.members_disagree,
+        revived,
         assembled.newly_missing,
         &assembled.relocated,
     )?;
     Ok(inner)
+}
+
+/// docs/FORMAT.md V4.16 §3, "Away members that hold every commit": when the pool is
+/// unavailable with the members in service, the members recorded away that were found at open
+/// as themselves with the content they left with (the watch's test) and hold every commit (the
+/// map, read without writing over the members in service and them, finds every commit below
+/// the sequence each left at) are put back in service, in memory. Writes nothing;
+/// `true` when one was. Anything less (no such member, not enough of them, the map not read)
+/// leaves the members as they were, and the open fails as it did.
+fn revive_current_away(
+    inner: &PoolInner,
+    suspects: &[(String, PoolUuid)],
+    params: crate::format::MapParams,
+    options: &OpenOptions,
+) -> bool {
+    // Only where the open would be refused: unavailable, or unable to prove the members
+    // present current (`check_openable`); never forced (a forced open forks rather than
+    // proves, and the proof below needs its refusal).
+    let present = inner.members.data.iter().filter(|m| m.is_online()).count();
+    let unproven =
+        !suspects.is_empty() && present + inner.codec.shards_needed() <= inner.geometry.devices;
+    if options.force || (inner.available_without(None) && !unproven) {
+        return false;
+    }
+    let candidates: Vec<(crate::types::DeviceIndex, SharedDevice, u64)> = inner
+        .members
+        .data
+        .iter()
+        .filter_map(|member| {
+            let away = member.away()?;
+            let since = away.record.since_sequence;
+            if member.replacement().is_some() || since == 0 {
+                return None;
+            }
+            let device = away.device.clone()?;
+            match inner.returning(device.as_ref(), member.index, &away) {
+                Ok(true) => Some((member.index, device, since)),
+                Ok(false) => None,
+                Err(why) => {
+                    tracing::info!(device = %member.path(), %why, "recorded away; not taken as the member at open");
+                    None
+                }
+            }
+        })
+        .collect();
+    if candidates.is_empty() {
+        return false;
+    }
+    let mut devices = inner.volume_devices();
+    for (index, device, _) in &candidates {
+        devices[index.0] = Some(device.clone());
+    }
+    let in_service: Vec<bool> = devices.iter().map(Option::is_some).collect();
+    if !inner.geometry.layout.available_with(&in_service) {
+        return false;
+    }
+    // Fail closed: a ring or a log half skipped for a read error could hide the commit that
+    // makes a candidate behind.
+    let failed = Arc::new(AtomicBool::new(false));
+    let watched: Vec<Option<SharedDevice>> = devices
+        .iter()
+        .map(|d| {
+            d.as_ref().map(|device| {
+                Arc::new(ReadsWatched {
+                    device: device.clone(),
+                    failed: failed.clone(),
+                }) as SharedDevice
+            })
+        })
+        .collect();
+    let looking = OpenOptions {
+        read_only: true,
+        ..options.clone()
+    };
+    let below = match super::rows::RowsEngine::open(
+        &watched,
+        inner.uuid,
+        &inner.geometry,
+        params,
+        &looking,
+    ) {
+        Ok(_) if failed.load(Ordering::Acquire) => {
+            tracing::info!("a read failed while the map was read with the members recorded away; they stay away");
+            return false;
+        }
+        Ok(rows) => rows.read_volume().map().open_report().committed_below,
+        Err(err) => {
+            tracing::info!(%err, "the map could not be read with the members recorded away; they stay away");
+            return false;
+        }
+    };
+    #[cfg(feature = "testing")]
+    let below = if options.planted.revive_behind {
+        0
+    } else {
+        below
+    };
+    let mut revived = false;
+    for (index, device, since) in candidates {
+        let path = inner.members.get(index).path();
+        if below > since {
+            tracing::info!(device = %path, since, below, "recorded away at sequence {since}, and a commit of sequence {} is on the members: behind, stays away", below - 1);
+            continue;
+        }
+        let detail = format!(
+            "recorded away since sequence {since}; every commit found is below it (below {below}): back in service at open, nothing to copy"
+        );
+        tracing::warn!(device = %path, index = index.0, "{detail}");
+        if !options.read_only {
+            inner.note(crate::format::EventKind::Online, &path, &detail);
+        }
+        inner.members.revive_at_open(index, device);
+        revived = true;
+    }
+    revived
+}
+
+/// A member's device as the revival reads the map through it: any failed read is noted (the
+/// revival then fails closed), and it is never written (the read is a looking open's).
+#[derive(Debug)]
+struct ReadsWatched {
+    device: SharedDevice,
+    failed: Arc<AtomicBool>,
+}
+
+impl Device for ReadsWatched {
+    fn read_at(
+        &self,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> std::result::Result<(), crate::device::DeviceError> {
+        let read = self.device.read_at(offset, buf);
+        if read.is_err() {
+            self.failed.store(true, Ordering::Release);
+        }
+        read
+    }
+    fn write_at(
+        &self,
+        offset: u64,
+        _buf: &[u8],
+    ) -> std::result::Result<(), crate::device::DeviceError> {
+        self.failed.store(true, Ordering::Release);
+        Err(crate::device::DeviceError::Io(std::io::Error::other(
+            format!(
+                "{}: a write at byte {offset} during a read-only look at the map",
+                self.device.name()
+            ),
+        )))
+    }
+    fn flush(&self) -> std::result::Result<(), crate::device::DeviceError> {
+        Ok(())
+    }
+    fn size(&self) -> u64 {
+        self.device.size()
+    }
+    fn name(&self) -> String {
+        self.device.name()
+    }
+    fn is_unreachable(&self) -> bool {
+        self.device.is_unreachable()
+    }
 }
 
 /// Remote members (an NBD URI) recorded in service (and not degraded) that do not answer at a
@@ -1092,11 +1260,13 @@ fn check_openable(
     }))
 }
 
-/// A read-write open records what it found: superblocks rewritten where members disagree or
-/// went missing, and the recovered map written as a fresh checkpoint everywhere.
+/// A read-write open records what it found: superblocks rewritten where members disagree,
+/// went missing or were put back in service (`revived`), and the recovered map written as a
+/// fresh checkpoint everywhere.
 fn record_open(
     inner: &PoolInner,
     members_disagree: bool,
+    revived: bool,
     newly_missing: bool,
     relocated: &[Relocated],
 ) -> Result<()> {
@@ -1109,9 +1279,16 @@ fn record_open(
             &format!("{} (was {})", moved.what, moved.was),
         );
     }
-    if (members_disagree || !relocated.is_empty()) && !newly_missing {
+    if members_disagree && !newly_missing {
         tracing::info!("members' superblocks disagree (an update was cut short); rewriting them");
+    }
+    if (members_disagree || !relocated.is_empty()) && !newly_missing && !revived {
         inner.members.write_superblocks()?;
+    }
+    if revived && !newly_missing {
+        // Before anything is served: every member in service records them online (a member
+        // whose superblock does not take it is faulted when the pool can lose it).
+        inner.members.record_everywhere_or_name()?;
     }
     if newly_missing {
         for (i, member) in inner.members.data.iter().enumerate() {

@@ -70,6 +70,11 @@ pub struct PlantedBugs {
     /// leaf's parent still names the version it was read from (docs/FORMAT.md V4.17), so a
     /// read can see a pointer the map replaced.
     pub stale_sectors: bool,
+    /// Format version 4: an open that finds the pool unavailable puts members recorded away
+    /// back in service without checking that no commit followed their leaving (read by the
+    /// open; docs/FORMAT.md V4.16 §3, "Away members that hold every commit"), so a member
+    /// behind serves rows it never received.
+    pub revive_behind: bool,
 }
 
 impl PlantedBugs {
@@ -93,5 +98,6 @@ impl PlantedBugs {
             || self.hedge_disabled
             || self.allocation_hint_late
             || self.stale_sectors
+            || self.revive_behind
     }
 }

@@ -229,7 +229,7 @@ impl SimConfig {
 }
 
 /// The names `simulate --plant` takes, each with the protection it switches off.
-pub const PLANTABLE: [&str; 15] = [
+pub const PLANTABLE: [&str; 16] = [
     "skip-checksum-verification",
     "skip-commit-data-flush",
     "fault-on-data-errors",
@@ -245,6 +245,7 @@ pub const PLANTABLE: [&str; 15] = [
     "domains-ignored",
     "allocation-hint-late",
     "stale-sectors",
+    "revive-behind",
 ];
 
 /// Switch on the planted bug called `name` (one of [`PLANTABLE`]).
@@ -271,6 +272,7 @@ pub fn plant(
         "domains-ignored" => bugs.domains_ignored = true,
         "allocation-hint-late" => bugs.allocation_hint_late = true,
         "stale-sectors" => bugs.stale_sectors = true,
+        "revive-behind" => bugs.revive_behind = true,
         other => {
             return Err(format!(
                 "unknown planted bug '{other}' (one of: {})",
@@ -298,6 +300,7 @@ fn planted_names(bugs: &crate::testing::PlantedBugs) -> Vec<String> {
         bugs.domains_ignored,
         bugs.allocation_hint_late,
         bugs.stale_sectors,
+        bugs.revive_behind,
     ];
     PLANTABLE
         .iter()
