@@ -263,6 +263,17 @@ fn v4_seed_5501238_replay() {
     replay_kept("5501238");
 }
 
+/// Found 2026-12-06 by `simulate --format 4 --seed 5500001` (seed 5500063, rs:3+3; shrunk to
+/// 2 ops): one member away and unnoticed, three more not answering during a write (recorded
+/// away in the superblocks of the two that answer; the flush refused), a power cut, the three
+/// back: five of six members present, and the open refused, judging the three behind though
+/// no commit followed their leaving. Fixed: an open that would be refused puts back members
+/// away that hold every commit (docs/FORMAT.md V4.16 §3).
+#[test]
+fn v4_seed_5500063_replay() {
+    replay_kept("5500063");
+}
+
 /// Seed 1800030 (mirror:3, found by `simulate --format 4 --seed 1800001`): d0 silently lost
 /// log record 19 (a misdirected write), position 2 was out of service (its replacement being
 /// filled), and a power cut inside commit 21 left record 21 on d0 alone. The open refused it

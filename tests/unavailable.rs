@@ -746,7 +746,10 @@ fn members_away_that_hold_every_commit_let_an_open_prove_the_pool_current() {
     assert_eq!(status.devices[1].state, "ONLINE", "{status}");
     let mut seen = vec![0; 4096];
     pool.read_at(block, &mut seen).unwrap();
-    assert!(seen == old || seen == new, "the unflushed block is neither version");
+    assert!(
+        seen == old || seen == new,
+        "the unflushed block is neither version"
+    );
     model.write(block, &seen);
     reads_as(&pool, &model).unwrap();
     without(pool, &devices, &[2, 3, 4], &model).unwrap();
