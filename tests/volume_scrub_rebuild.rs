@@ -67,6 +67,7 @@ fn options() -> VolumeOptions {
             segment_slots: 4,
             ..MapOptions::default()
         },
+        plan_window: 3,
         ..VolumeOptions::default()
     }
 }
@@ -1507,4 +1508,114 @@ fn pages_only_a_recovery_point_names_are_scrubbed_and_rebuilt() {
         live.check(&fresh, &fewest)
             .unwrap_or_else(|e| panic!("{layout} after the rebuild, fresh: {e}"));
     }
+}
+
+/// A pass planned in windows (docs/FORMAT.md V4.13, "Plans in windows") visits exactly what a
+/// pass planned by one walk does: the same segments, rows, pages and copies checked, the same
+/// bytes rebuilt onto the same places; only the walks' reads grow (one walk per window with
+/// metadata in it). Windows of 1 and 3 entries against the default, every layout; the
+/// replacement holds the same bytes whatever the window.
+#[test]
+fn a_pass_in_windows_visits_exactly_what_one_walk_does() {
+    for (layout, members) in LAYOUTS {
+        let mut reports = Vec::new();
+        for window in [0, 1, 3] {
+            let mut rig = Rig::new(layout, members);
+            let windowed = VolumeOptions {
+                plan_window: window,
+                ..options()
+            };
+            let (mut volume, mut model) = filled(&rig, &windowed);
+            // Syncs apart, so that the pages referenced lie in several metadata segments.
+            for (i, key) in [10u64, 1500, 2300, 40, 2700, 1100].into_iter().enumerate() {
+                model.write(&rig, &mut volume, key, 1, 3 + i as u64);
+                volume.flush(&rig.devices).unwrap();
+                volume.sync(&rig.devices).unwrap();
+            }
+            let mut scrubbed = scrub(&volume, &rig, true);
+            let position = members - 1;
+            let (mut rebuilt, _, spare) = lose_and_rebuild(&mut rig, &volume, position, 0, None);
+            assert!(rebuilt.unrepairable.is_empty(), "{layout}: {rebuilt:?}");
+            assert_eq!(rebuilt.segments_done, rebuilt.segments_total);
+            let walks = (scrubbed.bytes_read, rebuilt.bytes_read);
+            scrubbed.bytes_read = 0;
+            rebuilt.bytes_read = 0;
+            reports.push((window, scrubbed, rebuilt, walks, spare.image()));
+        }
+        let (_, one_scrub, one_rebuild, one_walk, one_image) = &reports[0];
+        assert!(one_scrub.metadata_segments > 1, "{layout}: {one_scrub:?}");
+        assert!(one_scrub.data_segments > 1, "{layout}: {one_scrub:?}");
+        for (window, scrubbed, rebuilt, walks, image) in &reports[1..] {
+            assert_eq!(scrubbed, one_scrub, "{layout}, scrub, window {window}");
+            assert_eq!(rebuilt, one_rebuild, "{layout}, rebuild, window {window}");
+            // The same bytes at the same places on the replacement.
+            assert!(
+                image == one_image,
+                "{layout}, window {window}: the replacement differs from one walk's"
+            );
+            assert!(
+                walks.0 > one_walk.0 && walks.1 > one_walk.1,
+                "{layout}, window {window}: walks read {walks:?}, one walk {one_walk:?}"
+            );
+        }
+    }
+}
+
+/// An interior page that rots on every copy after a pass in windows went past its segment
+/// hides the pages below it from the later windows' walks: that window lists it (once), so
+/// the scrub reports it unrepairable instead of going quietly past what it could not reach
+/// (docs/FORMAT.md V4.13, "Plans in windows"; the review's blocker).
+#[test]
+fn an_interior_page_lost_after_its_window_is_reported_by_the_window_it_hides_pages_from() {
+    let rig = Rig::new("mirror:2", 2);
+    let windowed = VolumeOptions {
+        plan_window: 1,
+        ..options()
+    };
+    let (mut volume, mut model) = filled(&rig, &windowed);
+    for (i, key) in [10u64, 1500, 2300, 40, 2700, 1100].into_iter().enumerate() {
+        model.write(&rig, &mut volume, key, 1, 3 + i as u64);
+        volume.flush(&rig.devices).unwrap();
+        volume.sync(&rig.devices).unwrap();
+    }
+    let root = volume.map().root();
+    assert!(root.level() >= 2, "the map's root is a leaf");
+    let mpn = root.address().unwrap();
+    let shape = volume.map().segments().shape();
+    let segment = shape.of_page(mpn);
+    // Leaves below the root in metadata segments after the root's.
+    let (pages, _) = volume.map().page_refs(&rig.devices).unwrap();
+    assert!(
+        pages
+            .iter()
+            .any(|p| p.level == 1 && p.mpn().is_some_and(|m| shape.of_page(m) > segment)),
+        "no leaf lies after the root's segment {segment}"
+    );
+    let openings = volume.watch_openings();
+    let mut plan = volume.scrub_plan(&rig.devices, openings, 0).unwrap();
+    let options = VolumeScrubOptions { check_only: true };
+    let mut first = volume
+        .scrub_planned(&rig.devices, &options, &mut plan, &mut || false)
+        .unwrap();
+    while plan.next_segment().is_some_and(|next| next <= segment) {
+        let more = volume
+            .scrub_planned(&rig.devices, &options, &mut plan, &mut || false)
+            .unwrap();
+        first.page_copies_unrepairable += more.page_copies_unrepairable;
+    }
+    assert_eq!(first.page_copies_unrepairable, 0, "{first:?}");
+    // Every copy of the root rots.
+    for (device, offset) in rig.geometry.page_copies(mpn).unwrap() {
+        rig.plans[device.0].lock().rot_at_rest(offset + 200, 1);
+    }
+    let rest = volume
+        .scrub_planned(&rig.devices, &options, &mut plan, &mut || true)
+        .unwrap();
+    assert!(plan.done());
+    let root_reported = rest
+        .unrepairable
+        .iter()
+        .filter(|d| matches!(d, Damage::PageCopy { mpn: m, .. } if *m == mpn))
+        .count();
+    assert_eq!(root_reported, 2, "{rest:?}");
 }

@@ -2388,6 +2388,31 @@ impl MapStore {
         Ok((pages, bytes))
     }
 
+    /// [`MapStore::page_refs`] handing each page to `visit` (the map's tree first, then the
+    /// others, as listed there; `false` with an interior page whose subtree could not be
+    /// walked: no copy verifies), remembering only interior pages: a leaf reached from two
+    /// trees is visited twice, and the caller merges it (docs/FORMAT.md V4.13, "Plans in
+    /// windows"). Returns the bytes read.
+    ///
+    /// # Errors
+    /// As [`MapStore::page_refs`].
+    pub fn visit_page_refs(
+        &self,
+        devices: &[Option<SharedDevice>],
+        visit: &mut dyn FnMut(PageRef, bool),
+    ) -> Result<u64> {
+        let mut seen = SeenPages::new();
+        let mut bytes = self.map.visit_page_refs(devices, &mut seen, false, visit)?;
+        let points = self.point_trees()?;
+        let trees = [&self.summary, &self.sut, &self.points_tree]
+            .into_iter()
+            .chain(points.iter());
+        for tree in trees {
+            bytes += tree.visit_page_refs(devices, &mut seen, false, visit)?;
+        }
+        Ok(bytes)
+    }
+
     /// The page store pages are read and written through (verification as this map does it).
     #[must_use]
     pub fn page_store(&self) -> &PageStore {

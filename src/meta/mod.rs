@@ -26,7 +26,9 @@ pub use map::{
     Tolerate, WrittenRow, DELETE_STEP_PAGES,
 };
 pub use ring::{uberblock_places, write_uberblock, Rings};
-pub use segments::{Openings, ReleaseRule, SegmentShape, SegmentTable, SUT_LEAF_BITS};
+pub use segments::{
+    slots_of, Openings, ReleaseRule, SegmentBits, SegmentShape, SegmentTable, SUT_LEAF_BITS,
+};
 pub use store::{CopiesRead, CopyFault, CopyProblem, PageRead, PageRef, PageStore};
 pub use tree::{PageKey, RadixTree, SeenPages, SetError, SyncOutcome};
 

@@ -279,6 +279,86 @@ impl Openings {
     }
 }
 
+/// One bit per segment of a pool (see [`SegmentTable::data_segment_bits`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentBits {
+    segments: u64,
+    words: Vec<u64>,
+}
+
+impl SegmentBits {
+    /// No segment set, for a pool of `segments`.
+    #[must_use]
+    pub fn new(segments: u64) -> Self {
+        Self {
+            segments,
+            words: vec![0; usize::try_from(segments.div_ceil(64)).unwrap_or(0)],
+        }
+    }
+
+    /// Set `segment` (one beyond the pool is ignored).
+    pub fn set(&mut self, segment: u64) {
+        if let Some(word) = usize::try_from(segment / 64)
+            .ok()
+            .and_then(|w| self.words.get_mut(w))
+        {
+            *word |= 1 << (segment % 64);
+        }
+    }
+
+    /// Whether `segment` is set.
+    #[must_use]
+    pub fn contains(&self, segment: u64) -> bool {
+        usize::try_from(segment / 64)
+            .ok()
+            .and_then(|w| self.words.get(w))
+            .is_some_and(|word| word & (1 << (segment % 64)) != 0)
+    }
+
+    /// The first set segment at or after `from`.
+    #[must_use]
+    pub fn next_from(&self, from: u64) -> Option<u64> {
+        if from >= self.segments {
+            return None;
+        }
+        let mut w = usize::try_from(from / 64).ok()?;
+        let mut word = self.words.get(w)? & (u64::MAX << (from % 64));
+        loop {
+            if word != 0 {
+                return Some(w as u64 * 64 + u64::from(word.trailing_zeros()));
+            }
+            w += 1;
+            word = *self.words.get(w)?;
+        }
+    }
+
+    /// The set segments from `from` on, in order.
+    pub fn iter_from(&self, from: u64) -> impl Iterator<Item = u64> + '_ {
+        let mut at = from;
+        std::iter::from_fn(move || {
+            let found = self.next_from(at)?;
+            at = found + 1;
+            Some(found)
+        })
+    }
+
+    /// Set segments at or after `from`.
+    #[must_use]
+    pub fn count_from(&self, from: u64) -> u64 {
+        self.iter_from(from).count() as u64
+    }
+}
+
+/// Slots of data segment `segment` that may hold rows: all of them, but the open data
+/// segment's stop at its fill pointer (`open`, from [`SegmentTable::data_segment_bits`]).
+#[must_use]
+pub fn slots_of(segment: u64, open: Option<(u64, u64)>, segment_slots: u64) -> u64 {
+    match open {
+        Some((at, next)) if at == segment => next,
+        _ => segment_slots,
+    }
+}
+
 impl SegmentTable {
     /// Every segment free (a new pool).
     #[must_use]
@@ -1019,41 +1099,48 @@ impl SegmentTable {
     /// its fill pointer; a slot past it holds no row of this use of the segment.
     #[must_use]
     pub fn data_segments(&self) -> Vec<(u64, u64)> {
+        let (bits, open) = self.data_segment_bits();
+        bits.iter_from(0)
+            .map(|segment| (segment, slots_of(segment, open, self.shape.segment_slots)))
+            .collect()
+    }
+
+    /// The data segments of [`SegmentTable::data_segments`] as one bit per segment (512 KiB
+    /// at 16 TiB, where the list would be 2^22 entries), with the open data segment and its
+    /// fill pointer: what a pass keeps of its data items (docs/FORMAT.md V4.13, "Plans in
+    /// windows"). Scans the records in place: nothing of the size of the table is built.
+    #[must_use]
+    pub fn data_segment_bits(&self) -> (SegmentBits, Option<(u64, u64)>) {
         let pending = self.pending_set();
-        let mut found: BTreeSet<u64> = self
-            .in_use()
-            .into_iter()
-            .filter(|(segment, _, state)| {
-                matches!(
-                    state,
+        let mut bits = SegmentBits::new(self.shape.segments);
+        for (leaf, records) in self.leaves.iter().enumerate() {
+            let Some(records) = records else { continue };
+            for (i, record) in records.iter().enumerate() {
+                let segment = leaf as u64 * PER_LEAF + i as u64;
+                if matches!(
+                    record.state,
                     SegmentState::OpenData | SegmentState::FullData | SegmentState::BeingCleaned
-                ) && !self.is_free(*segment)
-                    && !pending.contains(segment)
-            })
-            .map(|(segment, _, _)| segment)
-            .collect();
-        found.extend(
-            self.opened
-                .iter()
-                .filter(|(_, kind)| **kind == Kind::Data)
-                .map(|(segment, _)| *segment),
-        );
+                ) && !self.is_free(segment)
+                    && !pending.contains(&segment)
+                {
+                    bits.set(segment);
+                }
+            }
+        }
+        for (segment, kind) in &self.opened {
+            if *kind == Kind::Data {
+                bits.set(*segment);
+            }
+        }
         // Segments that gained blocks since the boundary: data rows a replayed record names
         // (opened by the process before this one, so neither recorded nor in `opened`).
         // Between syncs only data blocks are counted, so a positive journal is data.
-        found.extend(
-            self.journal
-                .iter()
-                .filter(|(segment, delta)| **delta > 0 && !pending.contains(segment))
-                .map(|(segment, _)| *segment),
-        );
-        found
-            .into_iter()
-            .map(|segment| match self.open_data {
-                Some((open, next)) if open == segment => (segment, next),
-                _ => (segment, self.shape.segment_slots),
-            })
-            .collect()
+        for (segment, delta) in &self.journal {
+            if *delta > 0 && !pending.contains(segment) {
+                bits.set(*segment);
+            }
+        }
+        (bits, self.open_data)
     }
 
     /// `(segment, referenced, state)` of every segment that is not free, for the invariant

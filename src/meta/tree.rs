@@ -1180,13 +1180,35 @@ impl RadixTree {
         seen: &mut SeenPages,
     ) -> Result<(Vec<PageRef>, u64)> {
         let mut found = Vec::new();
+        let bytes_read =
+            self.visit_page_refs(devices, seen, true, &mut |page, _| found.push(page))?;
+        Ok((found, bytes_read))
+    }
+
+    /// [`RadixTree::page_refs_unseen`], handing each page listed to `visit` instead of
+    /// keeping a list, with `false` for an interior page no copy of which verifies (what lies
+    /// below it was not walked), and keeping leaves out of `seen` unless `leaves_seen` (a
+    /// caller that keeps only some pages merges a leaf reached twice itself: `seen` then
+    /// stays the size of the interior pages, docs/FORMAT.md V4.13 "Plans in windows").
+    /// Returns the bytes read.
+    ///
+    /// # Errors
+    /// As [`RadixTree::page_refs_unseen`].
+    pub fn visit_page_refs(
+        &self,
+        devices: &[Option<SharedDevice>],
+        seen: &mut SeenPages,
+        leaves_seen: bool,
+        visit: &mut dyn FnMut(PageRef, bool),
+    ) -> Result<u64> {
         let mut bytes_read = 0;
         let mut stack = vec![(self.depth, 0u64, self.root)];
         while let Some((level, first, pointer)) = stack.pop() {
             let Some(mpn) = pointer.address().filter(|_| !self.decided(level, first)) else {
                 continue;
             };
-            if seen.visit(mpn, &pointer, level, first) == Visit::Again {
+            if (leaves_seen || level > 1) && seen.visit(mpn, &pointer, level, first) == Visit::Again
+            {
                 continue;
             }
             let page = PageRef {
@@ -1196,12 +1218,13 @@ impl RadixTree {
                 keys: self.shape.span(level),
                 pointer,
             };
-            found.push(page);
             if level == 1 {
+                visit(page, true);
                 continue;
             }
             let read = self.store.read_copies(devices, &page, &|_| true, false)?;
             bytes_read += read.bytes_read;
+            visit(page, read.page.is_some());
             let Some(bytes) = read.page else {
                 continue;
             };
@@ -1216,7 +1239,7 @@ impl RadixTree {
                 }
             }
         }
-        Ok((found, bytes_read))
+        Ok(bytes_read)
     }
 
     /// The page store this tree reads and writes through.

@@ -190,6 +190,11 @@ pub struct OpenOptions {
     pub unavailable_grace: std::time::Duration,
     /// How long a member that answers again must go on answering before it is resynced.
     pub returning_quiet: std::time::Duration,
+    /// Format version 4: the most entries (a data segment, a referenced metadata page) a
+    /// rebuild's or a scrub's plan holds at once; a pass over more walks the map a window at
+    /// a time (docs/FORMAT.md V4.13, "Plans in windows"). 0: the default, 256 Ki (about
+    /// 20 MB). Smaller values cost more walks (tests use them to cross windows).
+    pub plan_window_entries: usize,
     /// Protections a test switches off in this pool (feature `testing` only).
     #[cfg(feature = "testing")]
     pub planted: crate::pool::PlantedBugs,
@@ -235,6 +240,7 @@ impl Default for OpenOptions {
             map_cache_bytes: DEFAULT_MAP_CACHE_BYTES,
             unavailable_grace: DEFAULT_UNAVAILABLE_GRACE,
             returning_quiet: DEFAULT_RETURNING_QUIET,
+            plan_window_entries: 0,
             #[cfg(feature = "testing")]
             planted: crate::pool::PlantedBugs::default(),
         }

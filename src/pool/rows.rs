@@ -408,7 +408,9 @@ fn volume_options(params: &MapParams, options: &OpenOptions) -> VolumeOptions {
         leaf_format: leaf_format(params.sectored_leaves),
         ..MapOptions::default()
     };
-    with_planted(VolumeOptions::with_map(map), options)
+    let mut volume = VolumeOptions::with_map(map);
+    volume.plan_window = options.plan_window_entries;
+    with_planted(volume, options)
 }
 
 /// The leaf format a pool's map parameters (or create options) name.

@@ -260,6 +260,15 @@ impl<'a> World<'a> {
                 crate::pool::DEFAULT_UNAVAILABLE_GRACE
             },
             returning_quiet: std::time::Duration::ZERO,
+            // Rebuild and scrub plans in windows (docs/FORMAT.md V4.13): one seed in three
+            // plans windows of 1 to 24 entries, so passes cross windows while writes, syncs
+            // and recovery points change the trees between them; the others keep the default
+            // (one walk for the whole pass at these sizes).
+            plan_window_entries: if config.seed % 3 == 1 {
+                1 + (config.seed / 3 % 24) as usize
+            } else {
+                0
+            },
             planted: config.planted,
         }
     }

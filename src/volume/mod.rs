@@ -48,6 +48,7 @@
 mod clean;
 mod encode;
 mod observe;
+mod pass;
 mod pipeline;
 mod place;
 mod read;
@@ -86,6 +87,9 @@ const HEADROOM_MIN_SEGMENTS: u64 = 4;
 pub struct VolumeOptions {
     /// The map's options (cache, depth, segment size, log record size, read-only).
     pub map: MapOptions,
+    /// The most entries a rebuild's or a scrub's plan holds at once (0: the default,
+    /// [`pass::WINDOW_ENTRIES`]; docs/FORMAT.md V4.13, "Plans in windows").
+    pub plan_window: usize,
     /// Planted bug `skip_block_verification`: reads return a shard-block's bytes without
     /// checking them against the pointer's crc.
     #[cfg(feature = "testing")]
@@ -195,6 +199,8 @@ pub struct Volume {
     map: MapStore,
     blocks: u64,
     read_only: bool,
+    /// The most entries a pass's plan holds at once ([`VolumeOptions::plan_window`]).
+    plan_window: usize,
     /// Set only inside [`Volume::receive_write`] and [`Volume::receive_discard`] (which hold
     /// the volume exclusively): the write is the receive's own (FORMAT.md V4.10d).
     receive_active: bool,
@@ -274,6 +280,11 @@ impl Volume {
             map,
             blocks,
             read_only: options.map.read_only,
+            plan_window: if options.plan_window == 0 {
+                pass::WINDOW_ENTRIES
+            } else {
+                options.plan_window
+            },
             receive_active: false,
             counters: Counters {
                 member_write_errors: (0..geometry.devices).map(|_| AtomicU64::new(0)).collect(),

@@ -28,6 +28,7 @@
 //! pages other than copying a verified copy onto the position, pointers, the log,
 //! superblocks, membership.
 
+use super::pass::PassItems;
 use super::place::Piece;
 use super::scrub::{Cell, Damage, RowRead, Work};
 use super::{write_runs, Volume, BLOCK_BYTES};
@@ -66,14 +67,14 @@ pub struct RebuildOptions {
 /// stands.
 #[derive(Debug)]
 pub struct RebuildPlan {
-    work: Vec<Work>,
-    /// Bytes the walk read (reported once, by the first chunk).
-    walked: Option<u64>,
+    /// The allocated segments from the watermark on, a window at a time
+    /// (docs/FORMAT.md V4.13, "Plans in windows").
+    items: PassItems,
+    /// Items done, those below the watermark included.
+    done: u64,
     /// The segments taken since the walk began, which are skipped (`None`: a pass under one
     /// lock, where nothing is taken meanwhile).
     openings: Option<Openings>,
-    /// The next item.
-    next: usize,
     /// Data segments the next batch takes (0: not chosen yet), kept from step to step.
     batch: usize,
 }
@@ -82,7 +83,7 @@ impl RebuildPlan {
     /// Whether every segment of the plan was visited.
     #[must_use]
     pub fn done(&self) -> bool {
-        self.next >= self.work.len()
+        self.items.next_segment().is_none()
     }
 }
 
@@ -217,7 +218,7 @@ impl Volume {
         progress: &mut dyn FnMut(&RebuildProgress) -> bool,
     ) -> Result<RebuildReport> {
         let sources = self.rebuild_sources(devices, options)?;
-        let mut plan = self.plan_rebuild(&sources, None)?;
+        let mut plan = self.plan_rebuild(&sources, options, None)?;
         self.rebuild_planned(devices, options, &mut plan, progress)
     }
 
@@ -236,20 +237,20 @@ impl Volume {
         openings: Openings,
     ) -> Result<RebuildPlan> {
         let sources = self.rebuild_sources(devices, options)?;
-        self.plan_rebuild(&sources, Some(openings))
+        self.plan_rebuild(&sources, options, Some(openings))
     }
 
     fn plan_rebuild(
         &self,
         sources: &[Option<SharedDevice>],
+        options: &RebuildOptions,
         openings: Option<Openings>,
     ) -> Result<RebuildPlan> {
-        let (work, walked) = self.segment_work(sources)?;
+        let items = PassItems::plan(self, sources, options.from_segment, self.plan_window)?;
         Ok(RebuildPlan {
-            work,
-            walked: Some(walked),
+            done: items.below(),
+            items,
             openings,
-            next: 0,
             batch: 0,
         })
     }
@@ -294,9 +295,9 @@ impl Volume {
             .map(|d| d.name())
             .unwrap_or_default();
         let mut report = RebuildReport {
-            segments_total: plan.work.len() as u64,
-            segments_done: plan.next as u64,
-            bytes_read: plan.walked.take().unwrap_or(0),
+            segments_total: plan.items.below() + plan.items.total(),
+            segments_done: plan.done,
+            bytes_read: plan.items.take_walked(),
             ..RebuildReport::default()
         };
         // A plan is kept from step to step, and steps of two kinds share it: never more than
@@ -309,33 +310,30 @@ impl Volume {
         };
         let shape = self.map.segments().shape();
         let segment_bytes = shape.segment_slots * self.rows.geometry().chunk_bytes;
-        while plan.next < plan.work.len() {
+        while plan.items.ready(self, &sources, plan.openings.as_ref())? {
             // A batch: the next metadata segment alone, or up to `plan.batch` data segments
-            // (skipped ones count), whose slots are rebuilt together.
+            // (skipped ones count) of the window, whose slots are rebuilt together.
             let batch_started = std::time::Instant::now();
             let written_before = report.bytes_written;
-            let first = plan.next;
-            let mut end = first + 1;
-            let data = matches!(plan.work[first], Work::Data { .. });
+            let pending = plan.items.pending();
+            let data = matches!(pending[0], Work::Data { .. });
+            let mut end = 1;
             if data {
-                while end < plan.work.len()
-                    && end - first < plan.batch
-                    && matches!(plan.work[end], Work::Data { .. })
+                while end < pending.len()
+                    && end < plan.batch
+                    && matches!(pending[end], Work::Data { .. })
                 {
                     end += 1;
                 }
             }
-            plan.next = end;
+            let openings = plan.openings.as_ref();
             let skipped = |item: &Work| {
                 item.segment() < options.from_segment
-                    || plan
-                        .openings
-                        .as_ref()
-                        .is_some_and(|openings| openings.taken(item.segment()))
+                    || openings.is_some_and(|openings| openings.taken(item.segment()))
             };
             let part_slots = (PART_BYTES / self.rows.geometry().chunk_bytes).max(1);
             let mut parts = Vec::new();
-            for item in plan.work[first..end].iter().filter(|item| !skipped(item)) {
+            for item in pending[..end].iter().filter(|item| !skipped(item)) {
                 match item {
                     Work::Data { slots, .. } => {
                         parts.extend(
@@ -384,11 +382,6 @@ impl Volume {
             for part in done {
                 report.absorb(part?);
             }
-            let next_after = |i: usize| {
-                plan.work
-                    .get(i + 1)
-                    .map_or(plan.work[i].segment() + 1, Work::segment)
-            };
             if data {
                 plan.batch = next_batch(
                     plan.batch,
@@ -401,16 +394,20 @@ impl Volume {
                 );
             }
             let mut stop = false;
-            for i in first..end {
-                report.segments_done += 1;
+            for i in 0..end {
+                plan.done += 1;
+                report.segments_done = plan.done;
                 stop |= !progress(&RebuildProgress {
                     segments_done: report.segments_done,
                     segments_total: report.segments_total,
-                    next_segment: next_after(i),
+                    next_segment: plan.items.after(i),
                 });
             }
-            if stop && plan.next < plan.work.len() {
-                report.resume_from = Some(next_after(end - 1));
+            let resume = plan.items.after(end - 1);
+            plan.items.advance(end);
+            report.bytes_read += plan.items.take_walked();
+            if stop && !plan.done() {
+                report.resume_from = Some(resume);
                 return Ok(report);
             }
         }

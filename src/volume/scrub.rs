@@ -26,6 +26,7 @@
 //! [`MapStore::page_refs`]: crate::meta::MapStore::page_refs
 //! [`PageStore`]: crate::meta::PageStore
 
+use super::pass::PassItems;
 use super::place::{runs, Piece};
 use super::read::RunResults;
 use super::{write_runs, MemberProblem, ProblemKind, Volume, BLOCK_BYTES};
@@ -35,7 +36,6 @@ use crate::format::v4::BlockPointer;
 use crate::format::DeviceScrubCounters;
 use crate::meta::{CopyProblem, Openings, PageRef, WrittenRow};
 use crate::types::DeviceIndex;
-use std::collections::BTreeMap;
 
 /// Slots a scrub reads in one batch while it checks the batch before (8 slots of rs:4+2 with
 /// 64 KiB chunks: 3 MiB; a segment of 64 slots is eight such batches, so the devices read
@@ -65,34 +65,32 @@ pub struct VolumeScrubOptions {
 /// ([`Volume::scrub_planned`]), and where it stands (docs/FORMAT.md V4.13, stage 3).
 #[derive(Debug)]
 pub struct ScrubPlan {
-    work: Vec<Work>,
-    /// Bytes the walk read (reported once, by the first chunk).
-    walked: Option<u64>,
+    /// The allocated segments from the pass's first on, a window at a time
+    /// (docs/FORMAT.md V4.13, "Plans in windows").
+    items: PassItems,
     /// The segments taken since the walk began, which are skipped (`None`: a pass under one
     /// lock, where nothing is taken meanwhile).
     openings: Option<Openings>,
-    /// The next item.
-    next: usize,
 }
 
 impl ScrubPlan {
     /// Whether every segment of the plan was visited.
     #[must_use]
     pub fn done(&self) -> bool {
-        self.next >= self.work.len()
+        self.items.next_segment().is_none()
     }
 
     /// The segment the pass goes on with (`None`: done): every allocated segment below it
     /// was checked or skipped by the rules of the pass.
     #[must_use]
     pub fn next_segment(&self) -> Option<u64> {
-        self.work.get(self.next).map(Work::segment)
+        self.items.next_segment()
     }
 
     /// Allocated segments the pass visits in all (from its first segment on).
     #[must_use]
     pub fn segments(&self) -> u64 {
-        self.work.len() as u64
+        self.items.total()
     }
 }
 
@@ -312,14 +310,8 @@ impl Volume {
         openings: Option<Openings>,
         from_segment: u64,
     ) -> Result<ScrubPlan> {
-        let (mut work, walked) = self.segment_work(devices)?;
-        work.retain(|item| item.segment() >= from_segment);
-        Ok(ScrubPlan {
-            work,
-            walked: Some(walked),
-            openings,
-            next: 0,
-        })
+        let items = PassItems::plan(self, devices, from_segment, self.plan_window)?;
+        Ok(ScrubPlan { items, openings })
     }
 
     /// Go on with `plan`: scrub segment after segment while `keep_going` (asked after each)
@@ -341,10 +333,12 @@ impl Volume {
         }
         let mut report = VolumeScrubReport {
             members: vec![DeviceScrubCounters::default(); devices.len()],
-            bytes_read: plan.walked.take().unwrap_or(0),
+            bytes_read: plan.items.take_walked(),
             ..VolumeScrubReport::default()
         };
-        self.scrub_work(devices, options, plan, keep_going, &mut report)?;
+        let outcome = self.scrub_work(devices, options, plan, keep_going, &mut report);
+        report.bytes_read += plan.items.take_walked();
+        outcome?;
         Ok(report)
     }
 
@@ -356,7 +350,8 @@ impl Volume {
         keep_going: &mut dyn FnMut() -> bool,
         report: &mut VolumeScrubReport,
     ) -> Result<()> {
-        while let Some(item) = plan.work.get(plan.next) {
+        while plan.items.ready(self, devices, plan.openings.as_ref())? {
+            let item = &plan.items.pending()[0];
             let segment = item.segment();
             let segments = self.map.segments();
             let stale = plan.openings.as_ref().is_some_and(|o| o.taken(segment))
@@ -378,50 +373,12 @@ impl Volume {
                     }
                 }
             }
-            plan.next += 1;
+            plan.items.advance(1);
             if !plan.done() && !keep_going() {
                 break;
             }
         }
         Ok(())
-    }
-
-    /// The allocated segments in order: data segments from the usage table (with the slots
-    /// that may hold rows), metadata segments from the pages the trees reference (with those
-    /// pages by page number); and the bytes the walk of the interior pages read.
-    pub(super) fn segment_work(
-        &self,
-        devices: &[Option<SharedDevice>],
-    ) -> Result<(Vec<Work>, u64)> {
-        let shape = self.map.segments().shape();
-        let mut work: BTreeMap<u64, Work> = BTreeMap::new();
-        for (segment, slots) in self.map.segments().data_segments() {
-            let first = segment * shape.segment_slots;
-            work.insert(
-                segment,
-                Work::Data {
-                    segment,
-                    slots: first..first + slots,
-                },
-            );
-        }
-        let (pages, walked) = self.map.page_refs(devices)?;
-        let mut by_segment: BTreeMap<u64, Vec<PageRef>> = BTreeMap::new();
-        for page in pages {
-            if let Some(mpn) = page.mpn() {
-                by_segment.entry(shape.of_page(mpn)).or_default().push(page);
-            }
-        }
-        for (segment, mut pages) in by_segment {
-            if work.contains_key(&segment) {
-                return Err(Error::corrupt_metadata(format!(
-                    "segment {segment} holds data rows and referenced metadata pages"
-                )));
-            }
-            pages.sort_by_key(PageRef::mpn);
-            work.insert(segment, Work::Metadata { segment, pages });
-        }
-        Ok((work.into_values().collect(), walked))
     }
 
     /// Read the written rows of `slots` (each from [`crate::meta::MapStore::slot_rows`]), the
