@@ -527,6 +527,53 @@ fn a_superblock_write_that_landed_without_a_reply_still_resyncs_by_what_changed(
     without(pool, &devices, &[0, 5], &model).unwrap();
 }
 
+/// A pool of six memory members, 120 random writes flushed: its members, the devices, the
+/// pool, the model and the random source for what follows.
+fn flushed_pool(
+    seed: u64,
+    create: &CreateOptions,
+) -> (
+    Vec<Arc<MemDevice>>,
+    Vec<SharedDevice>,
+    Pool,
+    Model,
+    rand_chacha::ChaCha8Rng,
+) {
+    let mut rng = stripestore::testing::rng(seed);
+    let mems = mem_devices(6, DEVICE_BYTES);
+    let devices: Vec<SharedDevice> = mems.iter().map(|m| m.clone() as SharedDevice).collect();
+    let pool = Pool::create(devices.clone(), vec![], create).unwrap();
+    let mut model = Model::new(pool.size());
+    random_writes(&pool, &mut model, &mut rng, 120);
+    pool.flush().unwrap();
+    (mems, devices, pool, model, rng)
+}
+
+/// Write `fill` over the 4 KiB block at `block` without flushing: its old bytes and the new.
+fn unflushed_block(pool: &Pool, model: &Model, block: u64, fill: u8) -> (Vec<u8>, Vec<u8>) {
+    let old = model.read(block, 4096).to_vec();
+    let new = vec![fill; 4096];
+    let _ = pool.write_at(block, &new);
+    (old, new)
+}
+
+/// After a power cut, the block written without a flush reads as its old or its new bytes
+/// (never anything else): the model takes what it reads.
+fn settle_unflushed(
+    pool: &Pool,
+    model: &mut Model,
+    block: u64,
+    (old, new): &(Vec<u8>, Vec<u8>),
+) -> Result<(), String> {
+    let mut seen = vec![0; 4096];
+    pool.read_at(block, &mut seen).map_err(|e| e.to_string())?;
+    if seen != *old && seen != *new {
+        return Err("the unflushed block is neither version".into());
+    }
+    model.write(block, &seen);
+    Ok(())
+}
+
 /// Beyond the tolerance with members away that hold every commit (docs/FORMAT.md V4.16 §3,
 /// "Away members that hold every commit"; the simulation's seed 5500063): rs:4+2, members 0
 /// and 1 stop answering during a write and are marked away, member 2 too (the pool cannot lose
@@ -537,20 +584,12 @@ fn a_superblock_write_that_landed_without_a_reply_still_resyncs_by_what_changed(
 /// reads back (the revived members serve rows no one else holds).
 #[test]
 fn members_away_that_hold_every_commit_are_back_in_service_at_open_beyond_the_tolerance() {
-    let mut rng = stripestore::testing::rng(0x18a7);
-    let mems = mem_devices(6, DEVICE_BYTES);
-    let devices: Vec<SharedDevice> = mems.iter().map(|m| m.clone() as SharedDevice).collect();
-    let pool = Pool::create(devices.clone(), vec![], &options("rs:4+2")).unwrap();
-    let mut model = Model::new(pool.size());
-    random_writes(&pool, &mut model, &mut rng, 120);
-    pool.flush().unwrap();
+    let (mems, devices, pool, mut model, mut rng) = flushed_pool(0x18a7, &options("rs:4+2"));
     for m in &mems[..3] {
         m.set_unreachable(true);
     }
     let block = 4096 * 37;
-    let new = vec![0x5a; 4096];
-    let old = model.read(block, 4096).to_vec();
-    let _ = pool.write_at(block, &new);
+    let versions = unflushed_block(&pool, &model, block, 0x5a);
     assert!(
         pool.flush().is_err(),
         "a flush beyond the tolerance succeeded"
@@ -575,13 +614,7 @@ fn members_away_that_hold_every_commit_are_back_in_service_at_open_beyond_the_to
     let status = pool.status();
     assert_eq!(status.devices[0].state, "ONLINE", "{status}");
     assert_eq!(status.devices[1].state, "ONLINE", "{status}");
-    let mut seen = vec![0; 4096];
-    pool.read_at(block, &mut seen).unwrap();
-    assert!(
-        seen == old || seen == new,
-        "the unflushed block is neither version"
-    );
-    model.write(block, &seen);
+    settle_unflushed(&pool, &mut model, block, &versions).unwrap();
     reads_as(&pool, &model).unwrap();
     pool.close().unwrap();
     for (m, before) in mems.iter().zip(&images) {
@@ -622,15 +655,9 @@ fn members_away_that_hold_every_commit_are_back_in_service_at_open_beyond_the_to
 /// one and the one that never came back are lost: member 0 serves with what its resync
 /// copied, every byte as flushed. Returns the error when the bytes (or the states) are wrong.
 fn a_member_behind_a_commit_stays_away(planted: bool) -> Result<(), String> {
-    let mut rng = stripestore::testing::rng(0x18a8);
-    let mems = mem_devices(6, DEVICE_BYTES);
-    let devices: Vec<SharedDevice> = mems.iter().map(|m| m.clone() as SharedDevice).collect();
     let mut create = options("rs:4+2");
     create.open.planted.revive_behind = planted;
-    let pool = Pool::create(devices.clone(), vec![], &create).unwrap();
-    let mut model = Model::new(pool.size());
-    random_writes(&pool, &mut model, &mut rng, 120);
-    pool.flush().unwrap();
+    let (mems, devices, pool, mut model, mut rng) = flushed_pool(0x18a8, &create);
     mems[0].set_unreachable(true);
     random_writes(&pool, &mut model, &mut rng, 60);
     pool.flush().unwrap();
@@ -638,9 +665,7 @@ fn a_member_behind_a_commit_stays_away(planted: bool) -> Result<(), String> {
     mems[1].set_unreachable(true);
     mems[2].set_unreachable(true);
     let block = 4096 * 11;
-    let old = model.read(block, 4096).to_vec();
-    let new = vec![0xa5; 4096];
-    let _ = pool.write_at(block, &new);
+    let versions = unflushed_block(&pool, &model, block, 0xa5);
     if pool.flush().is_ok() {
         return Err("a flush beyond the tolerance succeeded".into());
     }
@@ -664,12 +689,7 @@ fn a_member_behind_a_commit_stays_away(planted: bool) -> Result<(), String> {
     let pool = Pool::open(present, &open).map_err(|e| e.to_string())?;
     let status = pool.status();
     assert_eq!(status.devices[left].state, "ONLINE", "{status}");
-    let mut seen = vec![0; 4096];
-    pool.read_at(block, &mut seen).map_err(|e| e.to_string())?;
-    if seen != old && seen != new {
-        return Err("the unflushed block is neither version".into());
-    }
-    model.write(block, &seen);
+    settle_unflushed(&pool, &mut model, block, &versions)?;
     // It answers: resynced by what was born since it left. (The bytes are checked first:
     // they are what a member put back too early gets wrong.)
     let state = status.devices[0].state.clone();
@@ -710,19 +730,11 @@ fn planted_revive_behind_is_caught_by_the_bytes() {
 /// does not revive (it forks instead of proving).
 #[test]
 fn members_away_that_hold_every_commit_let_an_open_prove_the_pool_current() {
-    let mut rng = stripestore::testing::rng(0x18a9);
-    let mems = mem_devices(6, DEVICE_BYTES);
-    let devices: Vec<SharedDevice> = mems.iter().map(|m| m.clone() as SharedDevice).collect();
-    let pool = Pool::create(devices.clone(), vec![], &options("rs:3+3")).unwrap();
-    let mut model = Model::new(pool.size());
-    random_writes(&pool, &mut model, &mut rng, 120);
-    pool.flush().unwrap();
+    let (mems, devices, pool, mut model, _) = flushed_pool(0x18a9, &options("rs:3+3"));
     mems[0].set_unreachable(true);
     mems[1].set_unreachable(true);
     let block = 4096 * 5;
-    let old = model.read(block, 4096).to_vec();
-    let new = vec![0x3c; 4096];
-    pool.write_at(block, &new).unwrap();
+    let versions = unflushed_block(&pool, &model, block, 0x3c);
     let status = pool.status();
     assert_eq!(status.devices[0].state, "UNAVAILABLE", "{status}");
     assert_eq!(status.devices[1].state, "UNAVAILABLE", "{status}");
@@ -744,13 +756,7 @@ fn members_away_that_hold_every_commit_let_an_open_prove_the_pool_current() {
     let status = pool.status();
     assert_eq!(status.devices[0].state, "ONLINE", "{status}");
     assert_eq!(status.devices[1].state, "ONLINE", "{status}");
-    let mut seen = vec![0; 4096];
-    pool.read_at(block, &mut seen).unwrap();
-    assert!(
-        seen == old || seen == new,
-        "the unflushed block is neither version"
-    );
-    model.write(block, &seen);
+    settle_unflushed(&pool, &mut model, block, &versions).unwrap();
     reads_as(&pool, &model).unwrap();
     without(pool, &devices, &[2, 3, 4], &model).unwrap();
 }

@@ -1510,6 +1510,22 @@ fn pages_only_a_recovery_point_names_are_scrubbed_and_rebuilt() {
     }
 }
 
+/// [`filled`] with plans in windows of `window` entries (0: the default), then six more
+/// writes each synced apart, so that the pages referenced lie in several metadata segments.
+fn filled_apart(rig: &Rig, window: usize) -> (Volume, Model) {
+    let windowed = VolumeOptions {
+        plan_window: window,
+        ..options()
+    };
+    let (mut volume, mut model) = filled(rig, &windowed);
+    for (i, key) in [10u64, 1500, 2300, 40, 2700, 1100].into_iter().enumerate() {
+        model.write(rig, &mut volume, key, 1, 3 + i as u64);
+        volume.flush(&rig.devices).unwrap();
+        volume.sync(&rig.devices).unwrap();
+    }
+    (volume, model)
+}
+
 /// A pass planned in windows (docs/FORMAT.md V4.13, "Plans in windows") visits exactly what a
 /// pass planned by one walk does: the same segments, rows, pages and copies checked, the same
 /// bytes rebuilt onto the same places; only the walks' reads grow (one walk per window with
@@ -1521,17 +1537,7 @@ fn a_pass_in_windows_visits_exactly_what_one_walk_does() {
         let mut reports = Vec::new();
         for window in [0, 1, 3] {
             let mut rig = Rig::new(layout, members);
-            let windowed = VolumeOptions {
-                plan_window: window,
-                ..options()
-            };
-            let (mut volume, mut model) = filled(&rig, &windowed);
-            // Syncs apart, so that the pages referenced lie in several metadata segments.
-            for (i, key) in [10u64, 1500, 2300, 40, 2700, 1100].into_iter().enumerate() {
-                model.write(&rig, &mut volume, key, 1, 3 + i as u64);
-                volume.flush(&rig.devices).unwrap();
-                volume.sync(&rig.devices).unwrap();
-            }
+            let (volume, _) = filled_apart(&rig, window);
             let mut scrubbed = scrub(&volume, &rig, true);
             let position = members - 1;
             let (mut rebuilt, _, spare) = lose_and_rebuild(&mut rig, &volume, position, 0, None);
@@ -1568,16 +1574,7 @@ fn a_pass_in_windows_visits_exactly_what_one_walk_does() {
 #[test]
 fn an_interior_page_lost_after_its_window_is_reported_by_the_window_it_hides_pages_from() {
     let rig = Rig::new("mirror:2", 2);
-    let windowed = VolumeOptions {
-        plan_window: 1,
-        ..options()
-    };
-    let (mut volume, mut model) = filled(&rig, &windowed);
-    for (i, key) in [10u64, 1500, 2300, 40, 2700, 1100].into_iter().enumerate() {
-        model.write(&rig, &mut volume, key, 1, 3 + i as u64);
-        volume.flush(&rig.devices).unwrap();
-        volume.sync(&rig.devices).unwrap();
-    }
+    let (mut volume, _) = filled_apart(&rig, 1);
     let root = volume.map().root();
     assert!(root.level() >= 2, "the map's root is a leaf");
     let mpn = root.address().unwrap();
