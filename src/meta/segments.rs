@@ -298,6 +298,9 @@ impl SegmentBits {
 
     /// Set `segment` (one beyond the pool is ignored).
     pub fn set(&mut self, segment: u64) {
+        if segment >= self.segments {
+            return;
+        }
         if let Some(word) = usize::try_from(segment / 64)
             .ok()
             .and_then(|w| self.words.get_mut(w))
@@ -342,10 +345,20 @@ impl SegmentBits {
         })
     }
 
-    /// Set segments at or after `from`.
+    /// Set segments at or after `from` (a population count of the words from there).
     #[must_use]
     pub fn count_from(&self, from: u64) -> u64 {
-        self.iter_from(from).count() as u64
+        let Ok(first) = usize::try_from(from / 64) else {
+            return 0;
+        };
+        let Some(head) = self.words.get(first) else {
+            return 0;
+        };
+        let head = u64::from((head & (u64::MAX << (from % 64))).count_ones());
+        head + self.words[first + 1..]
+            .iter()
+            .map(|w| u64::from(w.count_ones()))
+            .sum::<u64>()
     }
 }
 
@@ -1167,6 +1180,26 @@ impl SegmentTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn segment_bits_find_and_count_what_was_set_and_nothing_beyond_the_pool() {
+        let mut bits = SegmentBits::new(130);
+        for segment in [0, 5, 63, 64, 127, 129, 130, 191] {
+            bits.set(segment);
+        }
+        let set: Vec<u64> = bits.iter_from(0).collect();
+        assert_eq!(set, vec![0, 5, 63, 64, 127, 129]);
+        for from in 0..=131 {
+            let expected = set.iter().filter(|s| **s >= from).count() as u64;
+            assert_eq!(bits.count_from(from), expected, "from {from}");
+            assert_eq!(
+                bits.next_from(from),
+                set.iter().copied().find(|s| *s >= from),
+                "from {from}"
+            );
+        }
+        assert!(bits.contains(64) && !bits.contains(65) && !bits.contains(130));
+    }
     use crate::geometry::Layout;
     use std::sync::Arc;
 

@@ -47,10 +47,17 @@ pub(super) struct PassItems {
     budget: usize,
     /// Bytes the walks read and nobody was told of yet.
     walked: u64,
-    /// Interior pages a window walk could not descend from (no copy verifies), listed in
+    /// Interior pages a window walk could not descend from (no copy verifies), listed by
     /// that window whatever their segment, so the damage that hides pages below them is
     /// found then; never listed again in this pass.
     listed_early: BTreeSet<PageKey>,
+    /// Those of the current window whose own segment lies elsewhere: checked (or copied)
+    /// before the window's first item, whatever that item's fate (a skipped item must not
+    /// take them along).
+    early: Vec<PageRef>,
+    /// Items from the pass's first segment on, and below it (counted once, at the start).
+    total: u64,
+    below: u64,
 }
 
 /// What tells two listings of a page apart: page number, level, first key, the pointer.
@@ -133,7 +140,13 @@ impl PassItems {
             budget,
             walked,
             listed_early: BTreeSet::new(),
+            early: Vec::new(),
+            total: 0,
+            below: 0,
         };
+        items.total = items.data.count_from(from) + items.meta.range(from..).count() as u64;
+        items.below = items.data.count_from(0) - items.data.count_from(from)
+            + items.meta.range(..from).count() as u64;
         if room.is_some() {
             items.window = items.build(from, shape.segments, kept);
             items.planned_to = shape.segments;
@@ -241,22 +254,28 @@ impl PassItems {
         if self.meta.range(lo..hi).next().is_some() {
             let (meta, data, shape) = (&self.meta, &self.data, self.shape);
             let taken = |segment: u64| openings.is_some_and(|o| o.taken(segment));
-            let limit = self.budget.saturating_mul(2).max(1024);
+            let mut limit = self.budget.saturating_mul(2).max(1024);
             let mut corrupt = None;
+            let from = self.from;
             self.walked += volume.map.visit_page_refs(devices, &mut |page, walked| {
                 let Some(segment) = page.mpn().map(|mpn| shape.of_page(mpn)) else {
                     return;
                 };
+                // (As any page: none of a segment before the pass's first or taken since.)
+                if segment < from || taken(segment) {
+                    return;
+                }
                 if !walked {
                     blocked.push(page);
                 }
-                if !(lo..hi).contains(&segment) || taken(segment) {
+                if !(lo..hi).contains(&segment) {
                     return;
                 }
                 if meta.contains_key(&segment) {
                     pages.push(page);
                     if pages.len() >= limit {
                         merge(&mut pages);
+                        limit = limit.max(pages.len().saturating_mul(2));
                     }
                 } else if data.contains(segment) {
                     corrupt = Some(segment);
@@ -269,29 +288,24 @@ impl PassItems {
             }
         }
         // Pages an earlier window listed early are not listed again; an interior page this
-        // walk could not descend from is listed now (once), in the window's first metadata
-        // item when its own segment lies elsewhere.
+        // walk could not descend from is listed now (once): with its own segment's item when
+        // that is in this window, else before the window's first item.
         pages.retain(|p| !self.listed_early.contains(&page_key(p)));
+        merge(&mut pages);
         merge(&mut blocked);
         let mut early = Vec::new();
         for page in blocked {
-            if self.listed_early.insert(page_key(&page)) {
-                let inside = page
-                    .mpn()
-                    .is_some_and(|mpn| (lo..hi).contains(&self.shape.of_page(mpn)));
-                if !inside {
-                    early.push(page);
-                }
+            let key = page_key(&page);
+            if self.listed_early.contains(&key) {
+                continue;
+            }
+            self.listed_early.insert(key);
+            if pages.binary_search_by_key(&key, page_key).is_err() {
+                early.push(page);
             }
         }
-        let mut window = self.build(lo, hi, pages);
-        if let Some(Work::Metadata { pages, .. }) = window
-            .iter_mut()
-            .find(|item| matches!(item, Work::Metadata { .. }))
-        {
-            pages.extend(early);
-        }
-        self.window = window;
+        self.early = early;
+        self.window = self.build(lo, hi, pages);
         self.at = 0;
         self.planned_to = hi;
         Ok(())
@@ -339,13 +353,23 @@ impl PassItems {
 
     /// Items of the pass (from its first segment on).
     pub(super) fn total(&self) -> u64 {
-        self.data.count_from(self.from) + self.meta.range(self.from..).count() as u64
+        self.total
     }
 
     /// Items below the pass's first segment (a resumed rebuild counts them done).
     pub(super) fn below(&self) -> u64 {
-        self.data.count_from(0) - self.data.count_from(self.from)
-            + self.meta.range(..self.from).count() as u64
+        self.below
+    }
+
+    /// Pages listed early by the current window (see `early`), to check or copy before its
+    /// next item; [`PassItems::early_done`] once they were.
+    pub(super) fn early(&self) -> &[PageRef] {
+        &self.early
+    }
+
+    /// The early pages were checked or copied.
+    pub(super) fn early_done(&mut self) {
+        self.early.clear();
     }
 
     /// Bytes the walks read since the last call.

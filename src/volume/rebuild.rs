@@ -315,6 +315,23 @@ impl Volume {
             // (skipped ones count) of the window, whose slots are rebuilt together.
             let batch_started = std::time::Instant::now();
             let written_before = report.bytes_written;
+            // Interior pages a window walk could not descend from, listed early whatever
+            // the segment they lie in (docs/FORMAT.md V4.13, "Plans in windows").
+            for page in plan
+                .items
+                .early()
+                .iter()
+                .filter(|p| p.pointer.birth() >= options.min_birth)
+            {
+                self.rebuild_page(
+                    (&sources, devices),
+                    position,
+                    &replacement,
+                    page,
+                    &mut report,
+                )?;
+            }
+            plan.items.early_done();
             let pending = plan.items.pending();
             let data = matches!(pending[0], Work::Data { .. });
             let mut end = 1;

@@ -351,6 +351,12 @@ impl Volume {
         report: &mut VolumeScrubReport,
     ) -> Result<()> {
         while plan.items.ready(self, devices, plan.openings.as_ref())? {
+            // Interior pages a window walk could not descend from, listed early whatever
+            // the segment they lie in (docs/FORMAT.md V4.13, "Plans in windows").
+            for page in plan.items.early() {
+                self.scrub_page(devices, page, options, report)?;
+            }
+            plan.items.early_done();
             let item = &plan.items.pending()[0];
             let segment = item.segment();
             let segments = self.map.segments();
