@@ -326,9 +326,15 @@ impl PassItems {
     pub(super) fn next_segment(&self) -> Option<u64> {
         match self.window.get(self.at) {
             Some(item) => Some(item.segment()),
-            None if self.planned_to < self.shape.segments => self.next_item_from(self.planned_to),
-            None => None,
+            None => self.first_unplanned(),
         }
+    }
+
+    /// The first item no window planned so far holds.
+    fn first_unplanned(&self) -> Option<u64> {
+        (self.planned_to < self.shape.segments)
+            .then(|| self.next_item_from(self.planned_to))
+            .flatten()
     }
 
     /// Where a pass stopped right after the pending item at `index` resumes: the next item's
@@ -337,17 +343,11 @@ impl PassItems {
         let pending = self.pending();
         match pending.get(index + 1) {
             Some(next) => next.segment(),
-            None => {
-                let past = pending
+            None => self.first_unplanned().unwrap_or_else(|| {
+                pending
                     .get(index)
-                    .map_or(self.planned_to, |i| i.segment() + 1);
-                let beyond = if self.planned_to < self.shape.segments {
-                    self.next_item_from(self.planned_to)
-                } else {
-                    None
-                };
-                beyond.unwrap_or(past)
-            }
+                    .map_or(self.planned_to, |i| i.segment() + 1)
+            }),
         }
     }
 

@@ -310,6 +310,16 @@ impl Volume {
         };
         let shape = self.map.segments().shape();
         let segment_bytes = shape.segment_slots * self.rows.geometry().chunk_bytes;
+        // Each page copy born at or after `min_birth` (all of them for a rebuild).
+        let copy_pages = |pages: &[PageRef], report: &mut RebuildReport| -> Result<()> {
+            for page in pages
+                .iter()
+                .filter(|p| p.pointer.birth() >= options.min_birth)
+            {
+                self.rebuild_page((&sources, devices), position, &replacement, page, report)?;
+            }
+            Ok(())
+        };
         while plan.items.ready(self, &sources, plan.openings.as_ref())? {
             // A batch: the next metadata segment alone, or up to `plan.batch` data segments
             // (skipped ones count) of the window, whose slots are rebuilt together.
@@ -317,20 +327,7 @@ impl Volume {
             let written_before = report.bytes_written;
             // Interior pages a window walk could not descend from, listed early whatever
             // the segment they lie in (docs/FORMAT.md V4.13, "Plans in windows").
-            for page in plan
-                .items
-                .early()
-                .iter()
-                .filter(|p| p.pointer.birth() >= options.min_birth)
-            {
-                self.rebuild_page(
-                    (&sources, devices),
-                    position,
-                    &replacement,
-                    page,
-                    &mut report,
-                )?;
-            }
+            copy_pages(plan.items.early(), &mut report)?;
             plan.items.early_done();
             let pending = plan.items.pending();
             let data = matches!(pending[0], Work::Data { .. });
@@ -359,20 +356,7 @@ impl Volume {
                                 .map(|from| from..(from + part_slots).min(slots.end)),
                         );
                     }
-                    Work::Metadata { pages, .. } => {
-                        for page in pages
-                            .iter()
-                            .filter(|p| p.pointer.birth() >= options.min_birth)
-                        {
-                            self.rebuild_page(
-                                (&sources, devices),
-                                position,
-                                &replacement,
-                                page,
-                                &mut report,
-                            )?;
-                        }
-                    }
+                    Work::Metadata { pages, .. } => copy_pages(pages, &mut report)?,
                 }
             }
             // The parts are pulled by a few threads, so that one part's reads are on the
