@@ -637,6 +637,64 @@ pub fn meta_page(data: &[u8]) {
         LogRecord::decode(&bad, POOL, 6).is_err(),
         "a record with a flipped bit decoded"
     );
+    held_sectors(data);
+}
+
+/// Part of `meta_page`: a sector as the page cache holds it (docs/FORMAT.md V4.17a) answers
+/// every record exactly as the sector it came from, in whichever form it is held; and bytes
+/// that are no held form are never read as a pointer by panicking.
+fn held_sectors(data: &[u8]) {
+    use crate::format::v4::{sector_entry, BlockPointer, RECORDS_PER_SECTOR, SECTOR_BYTES};
+    use crate::meta::held;
+    let check = |whole: Vec<u8>| {
+        let held_form = held::hold(whole.clone());
+        for index in 0..RECORDS_PER_SECTOR {
+            assert_eq!(
+                held::entry(&held_form, index),
+                sector_entry(&whole[..SECTOR_BYTES], index),
+                "record {index} of a held sector of {} bytes",
+                held_form.len()
+            );
+        }
+    };
+    // The input's own bytes as a sector (rarely compact), and as a held form.
+    let mut raw = data.to_vec();
+    raw.resize(SECTOR_BYTES + BlockPointer::BYTES, 0);
+    check(raw);
+    for index in [0, 1, 255, 256] {
+        let _ = held::entry(data, index);
+    }
+    // A sector of runs the input draws: holes, zero blocks, written blocks counting up with
+    // jumps, births that change inside runs.
+    let mut input = Input { bytes: data };
+    let mut records = Vec::with_capacity(RECORDS_PER_SECTOR);
+    let mut address = u64::from(input.u32()) << u32::from(input.byte() % 9);
+    let mut birth = 1 + u64::from(input.u16());
+    while records.len() < RECORDS_PER_SECTOR {
+        let shape = input.byte();
+        let run = 1 + usize::from(input.byte() % 80);
+        if shape & 0x10 != 0 {
+            birth += 1;
+        }
+        for _ in 0..run.min(RECORDS_PER_SECTOR - records.len()) {
+            records.push(match shape % 3 {
+                0 => BlockPointer::hole(0),
+                1 => BlockPointer::zeroed(0, birth),
+                _ => {
+                    address = (address + 1) % crate::format::v4::MAX_ADDRESS;
+                    BlockPointer::written(address, birth, 0, input.u32())
+                }
+            });
+        }
+        address += u64::from(shape >> 6);
+    }
+    let mut leaf = crate::format::v4::LeafFormat::Sectored.empty_leaf();
+    for (index, pointer) in records.iter().enumerate() {
+        crate::format::v4::LeafFormat::Sectored.set_entry(&mut leaf, index, pointer);
+    }
+    let mut whole = leaf[..SECTOR_BYTES].to_vec();
+    whole.extend_from_slice(&BlockPointer::written(3, 4, 1, 5).encode());
+    check(whole);
 }
 
 /// Members of the `meta_recovery` fixture (rs:4+2) and their size.

@@ -421,26 +421,58 @@ fn a_sector_cached_before_its_leaf_was_rewritten_is_not_served() {
 }
 
 #[test]
-fn a_sector_counts_a_quarter_of_a_page_against_the_cache_cap() {
+fn a_sector_counts_its_held_bytes_and_bookkeeping_against_the_cache_cap() {
+    // The cap counts 64-byte units (docs/FORMAT.md V4.17a): four pages are 1,024; a page
+    // 256; a held sector its length + 128 bytes of bookkeeping, rounded up.
     let cache = PageCache::<PageKey>::new(4 * PAGE_BYTES);
-    let sector = || Arc::new(vec![0u8; SECTOR_BYTES + 16]);
-    for i in 0..16u64 {
-        assert!(cache.insert_sector((0, 0, i * 256), sector()));
+    let whole = || Arc::new(vec![0u8; SECTOR_BYTES + 16]); // 4,240 bytes: 67 units
+    for i in 0..15u64 {
+        assert!(cache.insert_sector((0, 0, i * 256), whole()));
     }
     let stats = cache.stats();
-    assert_eq!((stats.sectors, stats.evictions), (16, 0));
-    assert_eq!(stats.bytes(), 16 * SECTOR_BYTES);
-    // One more evicts one; a page needs four.
-    assert!(cache.insert_sector((0, 0, 16 * 256), sector()));
-    assert_eq!(cache.stats().sectors, 16);
+    assert_eq!((stats.sectors, stats.evictions), (15, 0));
+    assert_eq!(stats.bytes(), 15 * 67 * 64);
+    // The sixteenth passes the cap (16 × 67 > 1,024): one goes.
+    assert!(cache.insert_sector((0, 0, 15 * 256), whole()));
+    let stats = cache.stats();
+    assert_eq!((stats.sectors, stats.evictions), (15, 1));
+    // A page takes 256 units: eleven whole sectors stay beside it (256 + 11 × 67 = 993).
     assert!(cache.insert_clean((0, 1, 0), Arc::new(vec![0u8; PAGE_BYTES])));
     let stats = cache.stats();
-    assert_eq!((stats.sectors, stats.clean), (12, 1));
+    assert_eq!((stats.sectors, stats.clean), (11, 1));
     assert!(stats.bytes() <= 4 * PAGE_BYTES);
-    // A sector under a key holding one replaces it; a page under the key is kept.
-    assert!(cache.insert_sector((0, 0, 16 * 256), Arc::new(vec![1u8; SECTOR_BYTES + 16])));
-    assert_eq!(cache.get(&(0, 0, 16 * 256)).unwrap().0[0], 1);
-    assert!(!cache.insert_sector((0, 1, 0), sector()));
+    // Compact sectors of a sector written in order (1,060 bytes: 19 units): 53 fit where 15
+    // whole ones did.
+    let compact = PageCache::<PageKey>::new(4 * PAGE_BYTES);
+    for i in 0..53u64 {
+        assert!(compact.insert_sector((0, 0, i * 256), Arc::new(vec![0u8; 1060])));
+    }
+    let stats = compact.stats();
+    assert_eq!(
+        (stats.sectors, stats.evictions, stats.bytes()),
+        (53, 0, 53 * 19 * 64)
+    );
+    assert!(compact.insert_sector((0, 0, 53 * 256), Arc::new(vec![0u8; 1060])));
+    assert_eq!(compact.stats().evictions, 1);
+    // A sparse one (one block among holes, 72 bytes): 4 units.
+    assert!(compact.insert_sector((0, 0, 99 * 256), Arc::new(vec![0u8; 72])));
+    let before = compact.stats();
+    // A sector under a key holding one replaces it, counted at the new one's size (a whole
+    // form over the sparse one: 67 units for 4); a page under the key is kept.
+    let key = (0, 0, 99 * 256);
+    assert!(compact.insert_sector(key, Arc::new(vec![1u8; SECTOR_BYTES + 16])));
+    assert_eq!(compact.get(&key).unwrap().0.len(), SECTOR_BYTES + 16);
+    let after = compact.stats();
+    assert_eq!(
+        after.sectors,
+        before.sectors - (after.evictions - before.evictions) as usize
+    );
+    assert_eq!(
+        after.bytes() + (after.evictions - before.evictions) as usize * 19 * 64,
+        before.bytes() - 4 * 64 + 67 * 64
+    );
+    assert!(after.bytes() <= 4 * PAGE_BYTES);
+    assert!(!cache.insert_sector((0, 1, 0), whole()));
     assert_eq!(cache.get(&(0, 1, 0)).unwrap().0.len(), PAGE_BYTES);
 }
 

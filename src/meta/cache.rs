@@ -17,10 +17,24 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::Arc;
 
-use crate::format::v4::{PAGE_BYTES, SECTOR_BYTES};
+use crate::format::v4::PAGE_BYTES;
 
-/// Units of the cap a page takes (a unit is a 4 KiB sector).
-const UNITS_PER_PAGE: usize = PAGE_BYTES / SECTOR_BYTES;
+/// Bytes of one unit of the cap (docs/FORMAT.md V4.17a "Counting").
+const UNIT_BYTES: usize = 64;
+/// Units of the cap a page takes (its bookkeeping, under 1 % of it, is not counted).
+const UNITS_PER_PAGE: usize = PAGE_BYTES / UNIT_BYTES;
+/// Bytes a held sector's bookkeeping takes beside its own (hash entry, ring slot, the `Arc`'s
+/// header), counted with it: a compact sector may be smaller than that.
+const SECTOR_ENTRY_BYTES: usize = 128;
+
+/// A ring of at least this many slots, more than half of them empty, is tidied
+/// ([`PageCache::tidy`]).
+const TIDY_SLOTS: usize = 1024;
+
+/// Units of the cap a held sector of `len` bytes takes.
+fn sector_units(len: usize) -> usize {
+    (len + SECTOR_ENTRY_BYTES).div_ceil(UNIT_BYTES)
+}
 
 /// What a cached page is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,8 +63,11 @@ pub struct CacheStats {
     /// Clean pinned pages (interior pages: resident, not counted against the cap).
     pub pinned: usize,
     /// Sectors held (4 KiB parts of map leaves read alone, docs/FORMAT.md V4.17; always
-    /// clean, each counted as a quarter of a page against the cap).
+    /// clean, each counted at its held size, V4.17a).
     pub sectors: usize,
+    /// Bytes the held sectors are counted at against the cap (their own and their
+    /// bookkeeping's, in 64-byte units).
+    pub sector_bytes: usize,
     /// Lookups that found their page.
     pub hits: u64,
     /// Lookups that did not.
@@ -65,12 +82,12 @@ impl CacheStats {
     /// Bytes of every page counted against the cap.
     #[must_use]
     pub fn bytes(&self) -> usize {
-        (self.clean + self.dirty + self.frozen) * PAGE_BYTES + self.sectors * SECTOR_BYTES
+        (self.clean + self.dirty + self.frozen) * PAGE_BYTES + self.sector_bytes
     }
 
-    /// Quarters of a page counted against the cap (a page is four, a sector one).
+    /// Units counted against the cap.
     fn units(&self) -> usize {
-        (self.clean + self.dirty + self.frozen) * UNITS_PER_PAGE + self.sectors
+        (self.clean + self.dirty + self.frozen) * UNITS_PER_PAGE + self.sector_bytes / UNIT_BYTES
     }
 }
 
@@ -81,7 +98,7 @@ struct Entry {
     referenced: bool,
     ring_at: usize,
     pinned: bool,
-    /// A sector, not a page (clean, never pinned, one unit).
+    /// A sector, not a page (clean, never pinned, counted at its held size).
     sector: bool,
 }
 
@@ -243,19 +260,20 @@ impl<K: Hash + Eq + Copy> PageCache<K> {
         true
     }
 
-    /// Keep a sector (a 4 KiB part of a page, with whatever its reader needs to tell whether
-    /// it is still current appended: at most 64 bytes) under `key`, replacing a sector held
-    /// there. Returns whether it was kept (as [`PageCache::insert_clean`]); a page under `key`
-    /// is left alone.
+    /// Keep a sector (a 4 KiB part of a page in the form `meta::held` makes, whole or
+    /// compact, with whatever its reader needs to tell whether it is still current appended)
+    /// under `key`, replacing a sector held there; it is counted at its length and its
+    /// bookkeeping's. Returns whether it was kept (as [`PageCache::insert_clean`]); a page
+    /// under `key` is left alone.
     pub fn insert_sector(&self, key: K, sector: Arc<Vec<u8>>) -> bool {
-        debug_assert!(sector.len() <= SECTOR_BYTES + 64);
+        debug_assert!(sector.len() <= PAGE_BYTES);
         let mut inner = self.inner.lock();
         match inner.entries.get(&key).map(|e| e.sector) {
             Some(true) => Self::remove(&mut inner, &key),
             Some(false) => return false,
             None => {}
         }
-        if !Self::make_room(&mut inner, self.cap_pages, 1) {
+        if !Self::make_room(&mut inner, self.cap_pages, sector_units(sector.len())) {
             inner.stats.refused += 1;
             return false;
         }
@@ -431,7 +449,10 @@ impl<K: Hash + Eq + Copy> PageCache<K> {
             }
         };
         match state {
-            PageState::Clean if sector => inner.stats.sectors += 1,
+            PageState::Clean if sector => {
+                inner.stats.sectors += 1;
+                inner.stats.sector_bytes += sector_units(page.len()) * UNIT_BYTES;
+            }
             PageState::Clean => *Self::clean_counter(&mut inner.stats, pinned) += 1,
             PageState::Dirty => inner.stats.dirty += 1,
             PageState::Frozen => inner.stats.frozen += 1,
@@ -453,14 +474,51 @@ impl<K: Hash + Eq + Copy> PageCache<K> {
         if let Some(entry) = inner.entries.remove(key) {
             inner.ring[entry.ring_at] = None;
             inner.free_ring.push(entry.ring_at);
+            if inner.ring.len() >= TIDY_SLOTS && 2 * inner.free_ring.len() > inner.ring.len() {
+                Self::tidy(inner);
+            }
             match entry.state {
-                PageState::Clean if entry.sector => inner.stats.sectors -= 1,
+                PageState::Clean if entry.sector => {
+                    inner.stats.sectors -= 1;
+                    inner.stats.sector_bytes -= sector_units(entry.page.len()) * UNIT_BYTES;
+                }
                 PageState::Clean => *Self::clean_counter(&mut inner.stats, entry.pinned) -= 1,
                 PageState::Dirty => inner.stats.dirty -= 1,
                 // Still counted until the sync releases it.
                 PageState::Frozen => {}
             }
         }
+    }
+
+    /// Give back the bookkeeping of entries gone: the ring without its empty slots (in the
+    /// same order, the hand on the same entry) and the hash table shrunk. Compact sectors
+    /// make up to 64 × more entries than pages fit the same cap (V4.17a); when pages replace
+    /// them, their slots would otherwise stay allocated outside the cap.
+    fn tidy(inner: &mut Inner<K>) {
+        let Inner {
+            entries,
+            ring,
+            free_ring,
+            hand,
+            ..
+        } = inner;
+        let mut kept = Vec::with_capacity(entries.len());
+        let mut new_hand = 0;
+        for (at, slot) in ring.iter().enumerate() {
+            if let Some(key) = slot {
+                if at < *hand {
+                    new_hand += 1;
+                }
+                if let Some(entry) = entries.get_mut(key) {
+                    entry.ring_at = kept.len();
+                }
+                kept.push(Some(*key));
+            }
+        }
+        *ring = kept;
+        *free_ring = Vec::new();
+        *hand = new_hand;
+        entries.shrink_to(entries.len() + entries.len() / 4);
     }
 
     /// Evict clean pages and sectors until `units` more fit the cap. False if none can be
@@ -510,6 +568,43 @@ mod tests {
 
     fn page(fill: u8) -> Arc<Vec<u8>> {
         Arc::new(vec![fill; PAGE_BYTES])
+    }
+
+    #[test]
+    fn the_bookkeeping_of_many_small_sectors_is_given_back_when_pages_replace_them() {
+        // 64 pages of cap: 4,000 sparse sectors (72 bytes: 4 units each) fit at once.
+        let cache = PageCache::<u64>::new(64 * PAGE_BYTES);
+        for key in 0..4_000u64 {
+            assert!(cache.insert_sector(key << 8, Arc::new(vec![0u8; 72])));
+        }
+        assert_eq!(cache.stats().sectors, 4_000);
+        // Pages take their place: every sector goes, and the slots they held with them.
+        for key in 0..64u64 {
+            assert!(cache.insert_clean((key << 8) | 1, page(1)));
+        }
+        let stats = cache.stats();
+        assert_eq!((stats.clean, stats.sectors), (64, 0));
+        let inner = cache.inner.lock();
+        assert!(
+            inner.ring.len() < 1_024,
+            "{} ring slots kept",
+            inner.ring.len()
+        );
+        // The hash table keeps what the last tidy left it (it ran with at most about a
+        // thousand entries left); without tidying it holds room for the 4,000 sectors.
+        assert!(
+            inner.entries.capacity() < 2_048,
+            "{}",
+            inner.entries.capacity()
+        );
+        // The ring still names every entry where the entry says.
+        for (key, entry) in &inner.entries {
+            assert_eq!(inner.ring[entry.ring_at], Some(*key));
+        }
+        drop(inner);
+        // And the CLOCK still evicts: a 65th page pushes one out.
+        assert!(cache.insert_clean((99 << 8) | 1, page(2)));
+        assert_eq!(cache.stats().clean, 64);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! `format::v4`.
 
 mod cache;
+pub(crate) mod held;
 mod log;
 mod map;
 mod ring;

@@ -205,19 +205,16 @@ impl PageStore {
         self
     }
 
-    /// Whether `held`, a sector as [`PageStore::read_sector`] returns it (the pointer it was
-    /// read through appended), is the sector the leaf `pointer` names now: the same page
+    /// Whether `held`, a sector as [`PageStore::read_sector`] returns it or as the cache holds
+    /// it (`meta::held`: whole or compact, the pointer it was read through appended), is the sector the leaf `pointer` names now: the same page
     /// number, birth and crc (a leaf rewritten by a sync has a new birth, V4.17 "The cache").
     #[must_use]
     pub fn sector_is_current(&self, held: &[u8], pointer: &BlockPointer) -> bool {
-        if held.len() != SECTOR_BYTES + BlockPointer::BYTES {
-            return false;
-        }
         #[cfg(feature = "testing")]
         if self.stale_sectors {
             return true;
         }
-        held[SECTOR_BYTES..] == pointer.encode()
+        super::held::verified_through(held, pointer)
     }
 
     /// How the leaves of block pointers of `tree` are encoded: the pool's format for the map

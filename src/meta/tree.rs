@@ -17,8 +17,8 @@ use super::store::{CopyFault, CopyProblem, PageRef, PageStore};
 use crate::device::SharedDevice;
 use crate::error::{Error, Result};
 use crate::format::v4::{
-    page_checksum, seal_leaf, sector_entry, BlockPointer, LeafFormat, PageSeed, PointerPage, Tree,
-    PAGE_BYTES, POINTERS_PER_PAGE, RECORDS_PER_SECTOR, SECTORS_PER_LEAF, SECTOR_BYTES,
+    page_checksum, seal_leaf, BlockPointer, LeafFormat, PageSeed, PointerPage, Tree, PAGE_BYTES,
+    POINTERS_PER_PAGE, RECORDS_PER_SECTOR, SECTORS_PER_LEAF,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -375,7 +375,7 @@ impl RadixTree {
             Some((bytes, _)) => bytes,
             None => match self.store.read_sector(devices, &pointer, first, sector)? {
                 Some(bytes) => {
-                    let bytes = Arc::new(bytes);
+                    let bytes = Arc::new(super::held::hold(bytes));
                     self.cache
                         .insert_sector(sector_key(sector), Arc::clone(&bytes));
                     bytes
@@ -388,7 +388,7 @@ impl RadixTree {
                 }
             },
         };
-        sector_entry(&bytes[..SECTOR_BYTES], index % RECORDS_PER_SECTOR).map_err(|e| {
+        super::held::entry(&bytes, index % RECORDS_PER_SECTOR).map_err(|e| {
             Error::corrupt_metadata(format!(
                 "tree {} key {key}: a verified sector: {e}",
                 self.tree.id()

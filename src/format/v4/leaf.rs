@@ -12,7 +12,7 @@
 //! store (`meta::store`) decide when a sector is enough.
 
 use super::page::{PageMismatch, PageSeed, PAGE_BYTES, POINTERS_PER_PAGE};
-use super::pointer::{BlockPointer, Tree, ADDRESS_HOLE};
+use super::pointer::{BlockPointer, Tree, ADDRESS_HOLE, MAX_ADDRESS, MAX_BIRTH};
 
 /// Bytes of one sector of a sectored leaf.
 pub const SECTOR_BYTES: usize = 4096;
@@ -139,6 +139,17 @@ pub fn sector_entry(sector: &[u8], index: usize) -> Result<BlockPointer, String>
             sector.len()
         ));
     }
+    let (address, birth, crc) = sector_fields(sector, index);
+    record_pointer(address, birth, crc)
+}
+
+/// The three fields of record `index` (< 256) of a 4 KiB sector as stored: address, birth
+/// and crc, unchecked.
+///
+/// # Panics
+/// If `sector` is shorter than its records or `index` >= 256 (caller bugs).
+#[must_use]
+pub fn sector_fields(sector: &[u8], index: usize) -> (u64, u64, u32) {
     let at = index * LEAF_RECORD_BYTES;
     let record = &sector[at..at + LEAF_RECORD_BYTES];
     let mut field = [0u8; 8];
@@ -148,6 +159,26 @@ pub fn sector_entry(sector: &[u8], index: usize) -> Result<BlockPointer, String>
     field[..6].copy_from_slice(&record[5..11]);
     let birth = u64::from_le_bytes(field);
     let crc = u32::from_le_bytes([record[11], record[12], record[13], record[14]]);
+    (address, birth, crc)
+}
+
+/// Whether a record's three fields are a valid spelling ([`record_pointer`] gives a pointer
+/// exactly then): the hole address carries no crc, a written address a birth.
+#[must_use]
+pub fn record_is_valid(address: u64, birth: u64, crc: u32) -> bool {
+    if address == ADDRESS_HOLE {
+        crc == 0
+    } else {
+        birth != 0 && address <= MAX_ADDRESS && birth <= MAX_BIRTH
+    }
+}
+
+/// The level-0 pointer a record's three fields spell (the kind byte implied, V4.17).
+///
+/// # Errors
+/// A reason when the fields are no valid spelling: the hole address with a crc, a written
+/// address with birth 0.
+pub fn record_pointer(address: u64, birth: u64, crc: u32) -> Result<BlockPointer, String> {
     if address == ADDRESS_HOLE {
         if crc != 0 {
             return Err(format!("hole record carries crc {crc:#010x}"));
@@ -350,6 +381,21 @@ pub fn verify_sector(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_is_valid_exactly_when_it_spells_a_pointer() {
+        for address in [0, 1, MAX_ADDRESS, ADDRESS_HOLE] {
+            for birth in [0, 1, MAX_BIRTH] {
+                for crc in [0, 1, u32::MAX] {
+                    assert_eq!(
+                        record_is_valid(address, birth, crc),
+                        record_pointer(address, birth, crc).is_ok(),
+                        "{address} {birth} {crc}"
+                    );
+                }
+            }
+        }
+    }
 
     const POOL: [u8; 16] = [7; 16];
 

@@ -23,9 +23,10 @@ mod uberblock;
 
 pub use forward::{ForwardGeneration, ForwardRecord, FORWARD_GENERATIONS, FORWARD_RECORD_BYTES};
 pub use leaf::{
-    check_padding, leaf_checksum, reseal_leaf, seal_leaf, sector_checksum, sector_entry,
-    sector_seed, verify_leaf, verify_leaf_records, verify_sector, LeafFormat, LEAF_RECORD_BYTES,
-    RECORDS_PER_SECTOR, SECTORS_PER_LEAF, SECTOR_BYTES,
+    check_padding, leaf_checksum, record_is_valid, record_pointer, reseal_leaf, seal_leaf,
+    sector_checksum, sector_entry, sector_fields, sector_seed, verify_leaf, verify_leaf_records,
+    verify_sector, LeafFormat, LEAF_RECORD_BYTES, RECORDS_PER_SECTOR, SECTORS_PER_LEAF,
+    SECTOR_BYTES,
 };
 pub use log::{LogEntry, LogRecord, LOG_BLOCK_BYTES, LOG_HEADER_BYTES, LOG_MAGIC};
 pub use page::{
