@@ -760,3 +760,111 @@ fn members_away_that_hold_every_commit_let_an_open_prove_the_pool_current() {
     reads_as(&pool, &model).unwrap();
     without(pool, &devices, &[2, 3, 4], &model).unwrap();
 }
+
+/// A member whose superblock writes (both copies) fail while `refuse` is set; every other
+/// request goes through.
+#[derive(Debug)]
+struct SuperblocksRefused {
+    mem: Arc<MemDevice>,
+    refuse: std::sync::atomic::AtomicBool,
+}
+
+impl Device for SuperblocksRefused {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
+        self.mem.read_at(offset, buf)
+    }
+    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), DeviceError> {
+        use std::sync::atomic::Ordering;
+        let edge = stripestore::geometry::SUPERBLOCK_BYTES;
+        let superblock = offset < edge || offset >= self.mem.size() - edge;
+        if superblock && self.refuse.load(Ordering::Acquire) {
+            return Err(DeviceError::Io(std::io::Error::other(format!(
+                "{}: superblock write refused (test)",
+                self.mem.name()
+            ))));
+        }
+        self.mem.write_at(offset, buf)
+    }
+    fn flush(&self) -> Result<(), DeviceError> {
+        self.mem.flush()
+    }
+    fn size(&self) -> u64 {
+        self.mem.size()
+    }
+    fn name(&self) -> String {
+        self.mem.name()
+    }
+    fn is_unreachable(&self) -> bool {
+        self.mem.is_unreachable()
+    }
+}
+
+/// A member leaves service while the record of it cannot be written (docs/FORMAT.md V4.16 §3,
+/// review (5)): rs:2+1, member 1's superblock writes fail (with member 2 away the pool cannot
+/// lose it), member 2 stops answering during a write. No commit of any kind may go on without
+/// that record: a recovery point's tree sync and a flush are both refused, naming the pool
+/// unavailable, and neither writes a byte of the members' metadata or data areas. After a
+/// power cut, member 2 back and member 1's superblocks writable, the pool opens with every
+/// flushed byte (the unflushed block old or new). Fails without the check before tree syncs:
+/// the recovery point's sync went on with member 2 recorded away on member 0 only.
+#[test]
+fn no_commit_of_any_kind_goes_on_while_a_member_that_left_is_not_recorded() {
+    use std::sync::atomic::Ordering;
+    use stripestore::geometry::SUPERBLOCK_BYTES;
+    let mut rng = stripestore::testing::rng(0x5e7a);
+    let mems = mem_devices(3, DEVICE_BYTES);
+    let refusing = Arc::new(SuperblocksRefused {
+        mem: mems[1].clone(),
+        refuse: std::sync::atomic::AtomicBool::new(false),
+    });
+    let devices: Vec<SharedDevice> = vec![mems[0].clone(), refusing.clone(), mems[2].clone()];
+    let pool = Pool::create(devices.clone(), vec![], &options("rs:2+1")).unwrap();
+    let mut model = Model::new(pool.size());
+    random_writes(&pool, &mut model, &mut rng, 100);
+    pool.flush().unwrap();
+    // The first recovery point records the feature in the superblocks; the next needs no
+    // superblock write of its own, only its tree sync.
+    pool.create_recovery_point("first").unwrap();
+    refusing.refuse.store(true, Ordering::Release);
+    mems[2].set_unreachable(true);
+    let block = 4096 * 21;
+    let versions = unflushed_block(&pool, &model, block, 0x6b);
+    let status = pool.status();
+    assert_eq!(status.devices[2].state, "UNAVAILABLE", "{status}");
+    let recorded_on = |i: usize| {
+        let label = stripestore::pool::read_label(mems[i].as_ref())
+            .unwrap()
+            .unwrap();
+        let member = label.members.iter().find(|m| m.path == "mem2").unwrap();
+        member.unavailable.is_some()
+    };
+    assert!(!recorded_on(1), "member 1 took the record");
+    // Everything but the two superblock copies: the log, the uberblock rings, pages, data.
+    let areas = |i: usize| {
+        let image = mems[i].image();
+        let end = image.len() - SUPERBLOCK_BYTES as usize;
+        image[SUPERBLOCK_BYTES as usize..end].to_vec()
+    };
+    let before = [areas(0), areas(1)];
+    let refused = pool.create_recovery_point("p");
+    assert!(
+        matches!(refused, Err(stripestore::Error::PoolUnavailable { .. })),
+        "a recovery point's sync went on without the record: {refused:?}"
+    );
+    assert!(pool.flush().is_err(), "a flush went on without the record");
+    assert!(
+        [areas(0), areas(1)] == before,
+        "a commit wrote without the record"
+    );
+    pool.simulate_power_loss();
+    refusing.refuse.store(false, Ordering::Release);
+    mems[2].set_unreachable(false);
+    let pool = Pool::open(devices, &v4_open_options()).unwrap();
+    settle_unflushed(&pool, &mut model, block, &versions).unwrap();
+    reads_as(&pool, &model).unwrap();
+    random_writes(&pool, &mut model, &mut rng, 30);
+    pool.flush().unwrap();
+    pool.create_recovery_point("p").unwrap();
+    reads_as(&pool, &model).unwrap();
+    pool.close().unwrap();
+}

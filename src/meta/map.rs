@@ -475,6 +475,8 @@ pub struct MapStore {
     opened: OpenReport,
     planted_sut_at_write: bool,
     tolerate: Option<Tolerate>,
+    /// [`MapStore::set_states_recorded`].
+    states_gate: Option<StatesRecorded>,
     /// Tree 3: the recovery-point records (resident in `points`; FORMAT.md V4.10a).
     points_tree: RadixTree,
     /// Recovery points by key (`1..`), as of the last sync.
@@ -723,6 +725,24 @@ pub struct Tolerate(pub Arc<TolerateFn>);
 
 /// `(member, byte offset, error) -> tolerated`.
 pub type TolerateFn = dyn Fn(usize, Option<u64>, &DeviceError) -> bool + Send + Sync;
+
+/// The owner's check before anything is made durable (a log record or a tree sync): `Ok`
+/// when every member that left service is recorded so in the superblocks of every member in
+/// service (the owner writes that record now if it is owed), else the error to return, with
+/// nothing written. A commit that went on without the record could, after a crash, let the
+/// member that left open as current though it missed the commit (docs/FORMAT.md V4.16 §3,
+/// review (5)): every commit checks, not only a flush's.
+#[derive(Clone)]
+pub struct StatesRecorded(pub Arc<StatesRecordedFn>);
+
+/// `() -> Ok, or why nothing may be made durable now`.
+pub type StatesRecordedFn = dyn Fn() -> Result<()> + Send + Sync;
+
+impl std::fmt::Debug for StatesRecorded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StatesRecorded")
+    }
+}
 
 impl std::fmt::Debug for Tolerate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -1357,6 +1377,7 @@ impl MapStore {
             opened: OpenReport::default(),
             planted_sut_at_write: options.planted_sut_at_write(),
             tolerate: None,
+            states_gate: None,
             points_tree,
             points: BTreeMap::new(),
             head: (NO_KEY, 0),
@@ -1487,6 +1508,7 @@ impl MapStore {
             segments,
             planted_sut_at_write: options.planted_sut_at_write(),
             tolerate: None,
+            states_gate: None,
             points_tree,
             points,
             head,
@@ -1969,6 +1991,17 @@ impl MapStore {
     /// [`Tolerate`]).
     pub fn set_tolerate(&mut self, tolerate: Tolerate) {
         self.tolerate = Some(tolerate);
+    }
+
+    /// Let `gate` decide whether anything may be made durable now (see [`StatesRecorded`]):
+    /// asked by every commit and tree sync before it writes.
+    pub fn set_states_recorded(&mut self, gate: StatesRecorded) {
+        self.states_gate = Some(gate);
+    }
+
+    /// The owner's [`StatesRecorded`] answer (`Ok` without one).
+    fn states_recorded(&self) -> Result<()> {
+        self.states_gate.as_ref().map_or(Ok(()), |gate| (gate.0)())
     }
 
     /// The hook set by [`MapStore::set_tolerate`], if any.
@@ -2839,6 +2872,9 @@ impl MapStore {
         if self.pending.is_empty() && self.rows.is_empty() {
             return Ok(CommitReport::Nothing);
         }
+        // Refused before anything is written; the map stays usable (the next commit asks
+        // again).
+        self.states_recorded()?;
         let sequence = self.next_sequence;
         // A trim logged in this record reads as zeros born at its sequence.
         debug_assert!(self
@@ -2882,7 +2918,12 @@ impl MapStore {
 
     fn sync_keeping_rows(&mut self, devices: &[Option<SharedDevice>]) -> Result<SyncReport> {
         self.usable()?;
-        let outcome = self.sync_inner(devices);
+        // A sync refused by the owner fails the map as any failed sync does: its caller may
+        // have changed the map in memory already (a recovery point staged, a write's
+        // pointers), and no later commit may make that durable behind its back.
+        let outcome = self
+            .states_recorded()
+            .and_then(|()| self.sync_inner(devices));
         if outcome.is_err() {
             self.failed = true;
         }

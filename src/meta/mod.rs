@@ -23,8 +23,8 @@ pub use cache::{CacheFull, CacheStats, PageCache, PageState};
 pub use log::{ChainRecord, IntentLog, LogPosition, Replay};
 pub use map::{
     CommitReport, DeleteProgress, DeleteStep, DiffRun, IncomingPoint, MapOptions, MapStore,
-    OpenReport, PointUsage, RecoveryPoint, RecoveryPointMap, RewindPlan, RewindReport, SyncReport,
-    Tolerate, WrittenRow, DELETE_STEP_PAGES,
+    OpenReport, PointUsage, RecoveryPoint, RecoveryPointMap, RewindPlan, RewindReport,
+    StatesRecorded, SyncReport, Tolerate, WrittenRow, DELETE_STEP_PAGES,
 };
 pub use ring::{uberblock_places, write_uberblock, Rings};
 pub use segments::{

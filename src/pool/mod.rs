@@ -517,6 +517,7 @@ impl Pool {
             volume.set_observer(rows::observer(Arc::downgrade(&inner)));
             volume.set_member_names(rows::member_names(Arc::downgrade(&inner)));
             volume.set_tolerate(rows::tolerate(Arc::downgrade(&inner)));
+            volume.set_states_recorded(rows::states_recorded(Arc::downgrade(&inner)));
             volume.set_in_service(rows::in_service(Arc::downgrade(&inner)));
             // Everything the opened map names is durable on every member in service
             // (FORMAT.md V4.16 §3, "S, exactly").

@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::format::v4::LeafFormat;
 use crate::format::{MapParams, PoolUuid};
 use crate::geometry::Geometry;
-use crate::meta::{MapOptions, Tolerate};
+use crate::meta::{MapOptions, StatesRecorded, Tolerate};
 use crate::pool::{DeviceFault, Members};
 use crate::types::DeviceIndex;
 use crate::volume::{
@@ -684,6 +684,23 @@ pub(crate) fn tolerate(inner: Weak<PoolInner>) -> Tolerate {
             inner.members.record_everywhere()
         },
     ))
+}
+
+/// The check every commit and tree sync of the map makes before it writes: a member that
+/// left service is recorded so on every member in service first (written now if it is
+/// owed), or nothing is made durable and the caller hears that the pool is unavailable
+/// (FORMAT.md V4.16 §3, review (5); a flush made the same check before it took the volume's
+/// lock, tree syncs inside writes, the cleaner, close and recovery points did not).
+pub(crate) fn states_recorded(inner: Weak<PoolInner>) -> StatesRecorded {
+    StatesRecorded(Arc::new(move || {
+        let Some(inner) = inner.upgrade() else {
+            return Ok(());
+        };
+        if inner.members.state_unrecorded() && !inner.members.record_states() {
+            return Err(inner.unavailable_with(std::iter::empty()));
+        }
+        Ok(())
+    }))
 }
 
 /// Whether a member is still written to by the volume: in service, or a position whose

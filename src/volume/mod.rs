@@ -353,6 +353,12 @@ impl Volume {
         self.map.set_tolerate(tolerate);
     }
 
+    /// Let `gate` decide whether a commit or tree sync may write now (see
+    /// [`crate::meta::StatesRecorded`]).
+    pub fn set_states_recorded(&mut self, gate: crate::meta::StatesRecorded) {
+        self.map.set_states_recorded(gate);
+    }
+
     /// Note, for one pass planned from one walk of the map ([`Volume::rebuild_plan`],
     /// [`Volume::scrub_plan`]), which segments are taken from now on; dropping the token ends
     /// it. Take it under the exclusive lock, then walk under the shared one.
