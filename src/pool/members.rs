@@ -413,9 +413,15 @@ pub struct Members {
     /// member (advanced after each flush that succeeded while it was in service and not
     /// degraded; docs/FORMAT.md V4.16 §3, §7). What a member marked unavailable keeps.
     durable_below: Vec<AtomicU64>,
-    /// A member left service and the superblocks may not say so yet: the next flush records
-    /// it first, or fails (docs/FORMAT.md V4.16 §7, review F3).
-    state_unrecorded: AtomicBool,
+    /// Members' leavings of service counted (docs/FORMAT.md V4.16 §7, review F3), and how
+    /// many of them the superblocks are known to record: while `states_owed` is ahead, no
+    /// commit or tree sync goes on until a record succeeds. Counters, not a flag: a record
+    /// in flight must not let a commit through before it has landed (review of 2026-12-07).
+    /// A leaving is counted after the member's state changed (so a record that saw the count
+    /// wrote that state) and before its device is dropped (so a commit that no longer writes
+    /// to it sees the count).
+    states_owed: AtomicU64,
+    states_recorded: AtomicU64,
     /// Per data position: the member failed a flush outside a commit (a superblock write's):
     /// the writes still in its cache may be gone, and the flush error that said so was taken
     /// by that flush, so no later commit may vouch for them. Set once; while such a member is
@@ -489,7 +495,8 @@ impl Members {
         };
         Self {
             durable_below,
-            state_unrecorded: AtomicBool::new(false),
+            states_owed: AtomicU64::new(0),
+            states_recorded: AtomicU64::new(0),
             flush_failed,
             data,
             spares: Mutex::new(spares),
@@ -760,18 +767,27 @@ impl Members {
 
     /// Whether a member left service and the superblocks may not record it yet.
     pub(crate) fn state_unrecorded(&self) -> bool {
-        self.state_unrecorded.load(Ordering::Acquire)
+        self.states_owed.load(Ordering::Acquire) > self.states_recorded.load(Ordering::Acquire)
     }
 
-    /// Record every member's state on every member in service: `true` when done (the flag
-    /// of [`Members::state_unrecorded`] is then cleared).
+    /// Record every member's state on every member in service: `true` when done (the
+    /// leavings counted before it began are then recorded).
     pub(crate) fn record_states(&self) -> bool {
-        self.state_unrecorded.store(false, Ordering::Release);
-        if self.record_everywhere() {
-            return true;
-        }
-        self.state_unrecorded.store(true, Ordering::Release);
-        false
+        self.record_states_or_name().is_ok()
+    }
+
+    /// As [`Members::record_states`], naming what stopped it (as
+    /// [`Members::record_everywhere_or_name`]).
+    pub(crate) fn record_states_or_name(&self) -> Result<()> {
+        let seen = self.states_owed.load(Ordering::Acquire);
+        self.record_everywhere_or_name()?;
+        self.states_recorded.fetch_max(seen, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Count a member's leaving of service (see `states_owed`).
+    fn owe_states(&self) {
+        self.states_owed.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Mark `index` unavailable (docs/FORMAT.md V4.16 §3, §7): out of service, expected
@@ -821,8 +837,8 @@ impl Members {
             *member.fault_reason.lock() = Some(reason.clone());
             member.online.store(false, Ordering::Release);
         }
+        self.owe_states();
         *member.device.write() = None;
-        self.state_unrecorded.store(true, Ordering::Release);
         drop(decision);
         tracing::warn!(device = %member.path(), index = index.0, since, "device unavailable; the pool serves without it until it returns or the grace period ends");
         self.record_event(crate::format::EventKind::Fault, &member.path(), &reason);
@@ -919,8 +935,8 @@ impl Members {
             member.online.store(false, Ordering::Release);
         }
         tracing::warn!(device = %member.path(), index = index.0, reason, "device faulted");
+        self.owe_states();
         *member.device.write() = None;
-        self.state_unrecorded.store(true, Ordering::Release);
         let kind = if reason == super::admin::OFFLINE_REASON {
             crate::format::EventKind::Offline
         } else {

@@ -696,10 +696,7 @@ pub(crate) fn states_recorded(inner: Weak<PoolInner>) -> StatesRecorded {
         let Some(inner) = inner.upgrade() else {
             return Ok(());
         };
-        if inner.members.state_unrecorded() && !inner.members.record_states() {
-            return Err(inner.unavailable_with(std::iter::empty()));
-        }
-        Ok(())
+        inner.record_owed_states()
     }))
 }
 
@@ -1062,6 +1059,22 @@ impl PoolInner {
         }
     }
 
+    /// Record a member's leaving of service that the superblocks may not hold yet (every
+    /// commit and tree sync asks first: FORMAT.md V4.16 §7, review F3, and §3 review (5)).
+    ///
+    /// # Errors
+    /// The member whose superblock write failed and that the pool cannot lose, named (nothing
+    /// may be made durable until the record is written).
+    pub(crate) fn record_owed_states(&self) -> Result<()> {
+        if !self.members.state_unrecorded() {
+            return Ok(());
+        }
+        self.members.record_states_or_name().map_err(|error| {
+            tracing::error!(%error, "a member's leaving of service could not be recorded; nothing is made durable until it is");
+            error
+        })
+    }
+
     /// A flush: the volume's (members flushed, then the map committed). A member that fails
     /// a metadata write or flush is taken out of service by the tolerance hook when the pool
     /// can lose it, and the flush goes on without it.
@@ -1070,9 +1083,7 @@ impl PoolInner {
         self.check_available()?;
         // A member that left service is recorded so before any commit goes on without it:
         // otherwise a crash could reopen it as current (FORMAT.md V4.16 §7, review F3).
-        if self.members.state_unrecorded() && !self.members.record_states() {
-            return Err(self.unavailable_with(std::iter::empty()));
-        }
+        self.record_owed_states()?;
         let mut volume = rows.write_volume();
         if self.members.unflushed_lost() {
             // A flush error on a member the pool cannot lose was taken by a superblock write:

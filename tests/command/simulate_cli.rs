@@ -355,11 +355,14 @@ fn bench_cold_map_over_nbd_reports_pages_per_read_and_the_disks_ceiling() {
     assert_eq!(report["map_leaf_bytes"], 16 * 16384, "{report}");
     let warm = report["warm"]["pages_per_read"].as_f64().unwrap();
     assert!(warm < 0.05, "the whole map was cached: {report}");
-    // The cold cache holds 4 leaves' worth of the 64 sectors: three reads in four miss, each
-    // miss one 4 KiB sector (a quarter of a page, docs/FORMAT.md V4.17).
+    // The cold cache holds 4 leaves' worth of bytes (64 KiB). Whole sectors would fill it
+    // with 16 of the 64 and three reads in four would miss; the span was written in order,
+    // so its sectors are held compact (docs/FORMAT.md V4.17a: 19 units of 64 bytes, not 67)
+    // and about 53 fit: about one read in six misses, each miss one 4 KiB sector (a quarter
+    // of a page).
     assert_eq!(report["map_read_bytes"], 4096, "{report}");
     let cold = report["cold"]["pages_per_read"].as_f64().unwrap();
-    assert!((0.125..=0.25).contains(&cold), "{report}");
+    assert!((0.01..0.125).contains(&cold), "{report}");
     let devices = &report["devices"];
     assert!(devices["random_4k"][0].as_f64().unwrap() > 0.0, "{report}");
     assert!(
