@@ -441,29 +441,70 @@ fn two_members_away_together_are_both_resynced_by_what_changed() {
     without(pool, &devices, &[0, 5], &model).unwrap();
 }
 
-/// A member whose next superblock write (offset 0) lands and then loses its reply: the write
-/// reaches the device, the device stops answering, and the pool hears a timeout.
-#[derive(Debug)]
-struct LostReply {
+/// A member whose writes go through `on_write` first (which may answer instead of the
+/// medium, usually only while `armed` is set); every other request goes to the memory device.
+struct Interposed {
     mem: Arc<MemDevice>,
     armed: std::sync::atomic::AtomicBool,
+    on_write: OnWrite,
 }
 
-impl Device for LostReply {
+/// What an [`Interposed`] member does with a write: `Some` answers it instead of the medium.
+type OnWrite = fn(&Interposed, u64, &[u8]) -> Option<Result<(), DeviceError>>;
+
+impl std::fmt::Debug for Interposed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Interposed({})", self.mem.name())
+    }
+}
+
+impl Interposed {
+    fn new(mem: &Arc<MemDevice>, on_write: OnWrite) -> Arc<Self> {
+        Arc::new(Self {
+            mem: mem.clone(),
+            armed: false.into(),
+            on_write,
+        })
+    }
+
+    fn arm(&self, armed: bool) {
+        self.armed
+            .store(armed, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Once armed, the next superblock write (offset 0) lands and then loses its reply: the
+    /// write reaches the device, the device stops answering, and the pool hears a timeout.
+    fn lost_reply(&self, offset: u64, buf: &[u8]) -> Option<Result<(), DeviceError>> {
+        let fires = offset == 0 && self.armed.swap(false, std::sync::atomic::Ordering::AcqRel);
+        fires.then(|| {
+            self.mem.write_at(offset, buf)?;
+            self.mem.set_unreachable(true);
+            Err(DeviceError::Unavailable(format!(
+                "{}: no reply within 800 ms",
+                self.mem.name()
+            )))
+        })
+    }
+
+    /// While armed, every superblock write (either copy) fails.
+    fn superblocks_refused(&self, offset: u64, _: &[u8]) -> Option<Result<(), DeviceError>> {
+        let edge = stripestore::geometry::SUPERBLOCK_BYTES;
+        let superblock = offset < edge || offset >= self.mem.size() - edge;
+        (superblock && self.armed.load(std::sync::atomic::Ordering::Acquire)).then(|| {
+            Err(DeviceError::Io(std::io::Error::other(format!(
+                "{}: superblock write refused (test)",
+                self.mem.name()
+            ))))
+        })
+    }
+}
+
+impl Device for Interposed {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
         self.mem.read_at(offset, buf)
     }
     fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), DeviceError> {
-        use std::sync::atomic::Ordering;
-        if offset == 0 && self.armed.swap(false, Ordering::AcqRel) {
-            self.mem.write_at(offset, buf)?;
-            self.mem.set_unreachable(true);
-            return Err(DeviceError::Unavailable(format!(
-                "{}: no reply within 800 ms",
-                self.mem.name()
-            )));
-        }
-        self.mem.write_at(offset, buf)
+        (self.on_write)(self, offset, buf).unwrap_or_else(|| self.mem.write_at(offset, buf))
     }
     fn flush(&self) -> Result<(), DeviceError> {
         self.mem.flush()
@@ -488,19 +529,14 @@ impl Device for LostReply {
 fn a_superblock_write_that_landed_without_a_reply_still_resyncs_by_what_changed() {
     let mut rng = stripestore::testing::rng(0x18a7);
     let mems = mem_devices(6, DEVICE_BYTES);
-    let lossy = Arc::new(LostReply {
-        mem: mems[2].clone(),
-        armed: false.into(),
-    });
+    let lossy = Interposed::new(&mems[2], Interposed::lost_reply);
     let mut devices: Vec<SharedDevice> = mems.iter().map(|m| m.clone() as SharedDevice).collect();
     devices[2] = lossy.clone();
     let pool = Pool::create(devices.clone(), vec![], &options("rs:4+2")).unwrap();
     let mut model = Model::new(pool.size());
     random_writes(&pool, &mut model, &mut rng, 150);
     pool.flush().unwrap();
-    lossy
-        .armed
-        .store(true, std::sync::atomic::Ordering::Release);
+    lossy.arm(true);
     mems[3].set_unreachable(true);
     writes_with_both_away(&pool, &mut model, &mut rng);
     // The write in doubt did land: member 2 holds one generation more than recorded for it.
@@ -761,44 +797,6 @@ fn members_away_that_hold_every_commit_let_an_open_prove_the_pool_current() {
     without(pool, &devices, &[2, 3, 4], &model).unwrap();
 }
 
-/// A member whose superblock writes (both copies) fail while `refuse` is set; every other
-/// request goes through.
-#[derive(Debug)]
-struct SuperblocksRefused {
-    mem: Arc<MemDevice>,
-    refuse: std::sync::atomic::AtomicBool,
-}
-
-impl Device for SuperblocksRefused {
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
-        self.mem.read_at(offset, buf)
-    }
-    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), DeviceError> {
-        use std::sync::atomic::Ordering;
-        let edge = stripestore::geometry::SUPERBLOCK_BYTES;
-        let superblock = offset < edge || offset >= self.mem.size() - edge;
-        if superblock && self.refuse.load(Ordering::Acquire) {
-            return Err(DeviceError::Io(std::io::Error::other(format!(
-                "{}: superblock write refused (test)",
-                self.mem.name()
-            ))));
-        }
-        self.mem.write_at(offset, buf)
-    }
-    fn flush(&self) -> Result<(), DeviceError> {
-        self.mem.flush()
-    }
-    fn size(&self) -> u64 {
-        self.mem.size()
-    }
-    fn name(&self) -> String {
-        self.mem.name()
-    }
-    fn is_unreachable(&self) -> bool {
-        self.mem.is_unreachable()
-    }
-}
-
 /// A member leaves service while the record of it cannot be written (docs/FORMAT.md V4.16 §3,
 /// review (5)): rs:2+1, member 1's superblock writes fail (with member 2 away the pool cannot
 /// lose it), member 2 stops answering during a write. No commit of any kind may go on without
@@ -809,14 +807,10 @@ impl Device for SuperblocksRefused {
 /// the recovery point's sync went on with member 2 recorded away on member 0 only.
 #[test]
 fn no_commit_of_any_kind_goes_on_while_a_member_that_left_is_not_recorded() {
-    use std::sync::atomic::Ordering;
     use stripestore::geometry::SUPERBLOCK_BYTES;
     let mut rng = stripestore::testing::rng(0x5e7a);
     let mems = mem_devices(3, DEVICE_BYTES);
-    let refusing = Arc::new(SuperblocksRefused {
-        mem: mems[1].clone(),
-        refuse: std::sync::atomic::AtomicBool::new(false),
-    });
+    let refusing = Interposed::new(&mems[1], Interposed::superblocks_refused);
     let devices: Vec<SharedDevice> = vec![mems[0].clone(), refusing.clone(), mems[2].clone()];
     let pool = Pool::create(devices.clone(), vec![], &options("rs:2+1")).unwrap();
     let mut model = Model::new(pool.size());
@@ -825,7 +819,7 @@ fn no_commit_of_any_kind_goes_on_while_a_member_that_left_is_not_recorded() {
     // The first recovery point records the feature in the superblocks; the next needs no
     // superblock write of its own, only its tree sync.
     pool.create_recovery_point("first").unwrap();
-    refusing.refuse.store(true, Ordering::Release);
+    refusing.arm(true);
     mems[2].set_unreachable(true);
     let block = 4096 * 21;
     let versions = unflushed_block(&pool, &model, block, 0x6b);
@@ -863,7 +857,7 @@ fn no_commit_of_any_kind_goes_on_while_a_member_that_left_is_not_recorded() {
         "a commit wrote without the record"
     );
     pool.simulate_power_loss();
-    refusing.refuse.store(false, Ordering::Release);
+    refusing.arm(false);
     mems[2].set_unreachable(false);
     let pool = Pool::open(devices, &v4_open_options()).unwrap();
     settle_unflushed(&pool, &mut model, block, &versions).unwrap();
