@@ -274,6 +274,15 @@ fn v4_seed_5500063_replay() {
     replay_kept("5500063");
 }
 
+/// Seed 7002076 (rs:2+1, found by the campaign of 2026-12-07 on the build that made every
+/// commit wait for an owed away record): beyond the tolerance, a flush refused because a
+/// member it cannot lose failed its superblock write answered with that bare I/O error,
+/// which the simulation counts unclear; it now says the pool is unavailable, naming it.
+#[test]
+fn v4_seed_7002076_replay() {
+    replay_kept("7002076");
+}
+
 /// Seed 1800030 (mirror:3, found by `simulate --format 4 --seed 1800001`): d0 silently lost
 /// log record 19 (a misdirected write), position 2 was out of service (its replacement being
 /// filled), and a power cut inside commit 21 left record 21 on d0 alone. The open refused it
