@@ -1,7 +1,7 @@
 //! One NBD client: fixed newstyle negotiation, then the transmission phase.
 //!
 //! Owns: one connection's protocol state, its serving threads and its in-flight bounds. Uses the
-//! pool only through its public API (`read_at`, `write_at`, `flush`); must not touch pool
+//! pool only through its public API (`read_at`, `read_many`, `write_at`, `flush`, ...); must not touch pool
 //! internals or other connections (the listener is `server.rs`).
 //!
 //! Invariants:
@@ -29,8 +29,11 @@
 //!
 //! Threads (leader/follower, as nbdkit's parallel model): the thread holding the stream reads
 //! one request, hands the stream on and executes the request itself, so a request costs no
-//! hand-off between threads; see [`serve_requests`]. Replies finished together are combined
-//! into one write ([`Replies`]). A write the pool queues (a small write on a format-version-4
+//! hand-off between threads; see [`serve_requests`]. Small reads the connection has received
+//! already go with the read a thread takes (up to 16, on a format-version-4 pool): one pool
+//! call reads all their blocks in one batch, one thread and one submission for all
+//! ([`buffered_read`], [`execute_reads`]). Replies finished together are combined into one
+//! write ([`Replies`]). A write the pool queues (a small write on a format-version-4
 //! pool) is not executed by a thread of the connection: the reading thread queues it and reads
 //! on, keeping the stream; the pool's write leader carries it in a group; the connection's
 //! answering thread replies to every write told together in one message
@@ -60,6 +63,14 @@ const OUTBOX_MAX_BYTES: usize = 1 << 20;
 const MAX_OPTIONS: usize = 4096;
 /// `WRITE_ZEROES` writes at most this much per pool call.
 const ZERO_PIECE_BYTES: u64 = 1 << 20;
+/// Bytes of a connection's input read from the socket at once.
+const INPUT_BUFFER_BYTES: usize = 64 << 10;
+/// Reads taken together by one serving thread at most ([`buffered_read`]), and the largest
+/// read that joins such a batch: small reads are where a request's own cost (a system call
+/// to submit, a wake-up, a device notification) is most of the work; a large read already
+/// keeps the devices busy on its own thread.
+const READS_TOGETHER: usize = 16;
+const READ_TOGETHER_BYTES: u32 = 64 << 10;
 /// Descriptors in one `BLOCK_STATUS` reply at most (the protocol lets a server return fewer
 /// than the whole range needs; the client asks again for the rest).
 const MAX_STATUS_DESCRIPTORS: usize = 1024;
@@ -182,12 +193,15 @@ pub enum ConnectionEnd {
 /// Only an I/O error of the transport during negotiation; errors of the transmission phase
 /// end the connection and are reported as [`ConnectionEnd`].
 pub fn serve_stream<R: Read + Send, W: Write + Send>(
-    mut reader: R,
+    reader: R,
     mut writer: W,
     pool: &Pool,
     config: &ExportConfig,
     stop: &AtomicBool,
 ) -> io::Result<ConnectionEnd> {
+    // Buffered here, not by the caller: the serving threads look at what has arrived to
+    // take several reads at once ([`buffered_read`]).
+    let mut reader = io::BufReader::with_capacity(INPUT_BUFFER_BYTES, reader);
     match negotiate(&mut reader, &mut writer, pool, config, stop)? {
         Negotiated::Transmission(session, chosen) => {
             Ok(transmission(reader, writer, pool, &chosen, session))
@@ -455,6 +469,25 @@ impl InFlight {
             in_flight: self,
             bytes,
         }
+    }
+}
+
+impl InFlight {
+    /// One more request of `bytes` if it fits now, without waiting (a thread holding permits
+    /// must not wait for room its own requests take).
+    fn try_acquire(&self, bytes: u64) -> Option<Permit<'_>> {
+        let mut state = self.state.lock();
+        if state.requests >= self.max_requests
+            || (state.requests > 0 && state.bytes + bytes > self.max_bytes)
+        {
+            return None;
+        }
+        state.requests += 1;
+        state.bytes += bytes;
+        Some(Permit {
+            in_flight: self,
+            bytes,
+        })
     }
 }
 
@@ -751,7 +784,7 @@ fn errno_for(err: &Error) -> u32 {
 }
 
 fn transmission<R: Read + Send, W: Write + Send>(
-    reader: R,
+    reader: io::BufReader<R>,
     writer: W,
     pool: &Pool,
     config: &ExportConfig,
@@ -857,7 +890,7 @@ impl<R, W> Drop for Serving<'_, '_, R, W> {
 
 /// The read side of a connection, and how it ended once it has.
 struct Input<R> {
-    reader: R,
+    reader: io::BufReader<R>,
     end: Option<ConnectionEnd>,
 }
 
@@ -919,6 +952,7 @@ fn serve_requests<'scope, 'env, 'p: 'env, R: Read + Send, W: Write + Send>(
 ) {
     let _serving = Serving(shared);
     let mut buffer: Vec<u8> = Vec::new();
+    let mut together: Vec<TakenRead<'env>> = Vec::new();
     loop {
         let (request, work, permit) = {
             let mut input = shared.input.lock();
@@ -949,7 +983,23 @@ fn serve_requests<'scope, 'env, 'p: 'env, R: Read + Send, W: Write + Send>(
                             shared.lead_given.notify_one();
                         }
                     }
-                    Ok(Some(taken)) => break taken,
+                    Ok(Some(taken)) => {
+                        // Reads that have arrived already go with this one.
+                        if let Work::Read { length, .. } = taken.1 {
+                            if length <= READ_TOGETHER_BYTES
+                                && shared.config.recovery_point.is_none()
+                                && shared.pool.reads_together()
+                            {
+                                while together.len() + 1 < READS_TOGETHER {
+                                    match buffered_read(&mut input.reader, shared) {
+                                        Some(read) => together.push(read),
+                                        None => break,
+                                    }
+                                }
+                            }
+                        }
+                        break taken;
+                    }
                     Ok(None) => {}
                     Err(end) => {
                         input.end = Some(end);
@@ -970,7 +1020,18 @@ fn serve_requests<'scope, 'env, 'p: 'env, R: Read + Send, W: Write + Send>(
                 tracing::warn!(%err, "NBD worker thread could not be started");
             }
         }
-        execute(shared, &request, work, &mut buffer);
+        match work {
+            Work::Read { offset, length } if !together.is_empty() => {
+                let first = (request.cookie, offset, length);
+                let reads: Vec<(u64, u64, u32)> = std::iter::once(first)
+                    .chain(together.iter().map(|t| (t.cookie, t.offset, t.length)))
+                    .collect();
+                execute_reads(shared, &reads, &mut buffer);
+                // Their permits go with them.
+                together.clear();
+            }
+            work => execute(shared, &request, work, &mut buffer),
+        }
         drop(permit);
         shared.busy.fetch_sub(1, Ordering::AcqRel);
         // A thread that grew its buffer for one large request does not keep it.
@@ -983,7 +1044,7 @@ fn serve_requests<'scope, 'env, 'p: 'env, R: Read + Send, W: Write + Send>(
 /// Read the next request off the stream and classify it. `Ok(None)`: it was answered already
 /// (refused); `Err`: how the connection ends.
 fn take_request<'env, 'p, R: Read, W: Write>(
-    reader: &mut R,
+    reader: &mut io::BufReader<R>,
     shared: &'env Shared<'p, R, W>,
     buffer: &mut Vec<u8>,
 ) -> Result<Option<(proto::Request, Work, Permit<'env>)>, ConnectionEnd> {
@@ -1156,6 +1217,94 @@ fn execute<R, W: Write>(
         let (offset, length) = (request.offset, request.length);
         tracing::warn!(%err, offset, length, "NBD {what} failed; replying with an error");
         replies.error(errno_for(&err), cookie);
+    }
+}
+
+/// A read taken off the stream to go with another (see [`buffered_read`]).
+struct TakenRead<'a> {
+    cookie: u64,
+    offset: u64,
+    length: u32,
+    /// Held until it is answered.
+    _permit: Permit<'a>,
+}
+
+/// The next request if it is a read the connection has received whole already, accepted and
+/// with room in flight now: taken off the stream to be executed with the read just taken.
+/// `None` (nothing consumed) for anything else, which is then read as usual: a request not
+/// all there yet, another command, a read to refuse or one too large to join a batch.
+fn buffered_read<'env, R: Read, W>(
+    reader: &mut io::BufReader<R>,
+    shared: &'env Shared<'_, R, W>,
+) -> Option<TakenRead<'env>> {
+    let header = reader.buffer().get(..proto::REQUEST_BYTES)?;
+    let request = proto::decode_request(header).ok()?;
+    let Action::Read { offset, length } =
+        proto::classify(&request, &shared.config.export, &shared.session)
+    else {
+        return None;
+    };
+    if length > READ_TOGETHER_BYTES {
+        return None;
+    }
+    let permit = shared.in_flight.try_acquire(u64::from(length))?;
+    io::BufRead::consume(reader, proto::REQUEST_BYTES);
+    Some(TakenRead {
+        cookie: request.cookie,
+        offset,
+        length,
+        _permit: permit,
+    })
+}
+
+/// Execute reads taken together, `(cookie, offset, length)` each, with one pool call
+/// ([`Pool::read_many`]: their blocks go to the devices in one batch), and answer each: the
+/// replies of those that succeeded leave in one message when all did; a read that failed
+/// gets its error alone, as it would have by itself.
+fn execute_reads<R, W: Write>(
+    shared: &Shared<'_, R, W>,
+    reads: &[(u64, u64, u32)],
+    buffer: &mut Vec<u8>,
+) {
+    let replies = &shared.replies;
+    let prefix = replies.read_prefix_bytes();
+    let sizes: Vec<usize> = reads
+        .iter()
+        .map(|(_, _, length)| prefix + usize::try_from(*length).unwrap_or(0))
+        .collect();
+    buffer.clear();
+    buffer.resize(sizes.iter().sum(), 0);
+    let outcomes = {
+        let mut parts: Vec<(u64, &mut [u8])> = Vec::with_capacity(reads.len());
+        let mut rest = &mut buffer[..];
+        for ((_, offset, _), size) in reads.iter().zip(&sizes) {
+            let (message, tail) = rest.split_at_mut(*size);
+            parts.push((*offset, &mut message[prefix..]));
+            rest = tail;
+        }
+        shared.pool.read_many(&mut parts)
+    };
+    let mut at = 0;
+    for (((cookie, offset, _), size), outcome) in reads.iter().zip(&sizes).zip(&outcomes) {
+        if outcome.is_ok() {
+            replies.read_header(&mut buffer[at..at + size], *cookie, *offset);
+        }
+        at += size;
+    }
+    if outcomes.iter().all(Result::is_ok) {
+        replies.send(buffer);
+        return;
+    }
+    let mut at = 0;
+    for (((cookie, offset, length), size), outcome) in reads.iter().zip(&sizes).zip(outcomes) {
+        match outcome {
+            Ok(()) => replies.send(&buffer[at..at + size]),
+            Err(err) => {
+                tracing::warn!(%err, offset, length, "NBD read failed; replying with an error");
+                replies.error(errno_for(&err), *cookie);
+            }
+        }
+        at += size;
     }
 }
 

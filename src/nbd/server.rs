@@ -292,7 +292,6 @@ impl Server {
                 .name(format!("nbd-conn-{id}"))
                 .spawn(move || {
                     tracing::info!(%peer, "NBD client connected");
-                    let reader = io::BufReader::with_capacity(64 * 1024, reader);
                     match serve_stream(reader, writer, &pool, &config, &stop) {
                         Ok(ConnectionEnd::ProtocolError(why)) => {
                             tracing::warn!(%peer, %why, "NBD client closed for a protocol error");

@@ -31,6 +31,20 @@ pub(crate) enum Fetch {
 }
 
 impl PoolInner {
+    /// [`crate::Pool::read_many`]: on version 4 one batch for every read; on version 3 one
+    /// read after the other.
+    pub(crate) fn read_many(&self, reads: &mut [(u64, &mut [u8])]) -> Vec<Result<()>> {
+        let Some(rows) = self.rows() else {
+            return reads
+                .iter_mut()
+                .map(|(offset, buf)| self.read_at(*offset, buf))
+                .collect();
+        };
+        let _foreground = self.rebuild.foreground();
+        let volume = rows.read_volume();
+        volume.read_many(&self.volume_devices(), reads)
+    }
+
     pub(crate) fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         check_range(offset, buf.len(), self.volume_bytes())?;
         // Foreground I/O: a rebuild between its steps yields to it (v3 and v4 alike).

@@ -615,6 +615,23 @@ impl Pool {
             .measure(Request::Read, bytes, || self.inner.read_at(offset, buf))
     }
 
+    /// Several reads at once, each `(offset, buffer)` as [`Pool::read_at`], one outcome per
+    /// read in order: what a server does with the requests a client sent together. On format
+    /// version 4 the blocks of all of them go to the devices in one batch (one submission, one
+    /// wake-up) and each read still fails or succeeds on its own: a read out of range fails
+    /// before any I/O, a block nothing can return fails only its read, and every block is
+    /// counted, healed and reported once, exactly as if the reads had come one by one.
+    pub fn read_many(&self, reads: &mut [(u64, &mut [u8])]) -> Vec<Result<()>> {
+        let started = std::time::Instant::now();
+        let outcomes = self.inner.read_many(reads);
+        for ((_, buf), outcome) in reads.iter().zip(&outcomes) {
+            self.inner
+                .requests
+                .record(Request::Read, buf.len(), started, outcome.is_ok());
+        }
+        outcomes
+    }
+
     /// Write `data` at volume offset `offset`. Not durable until [`Pool::flush`] returns; until
     /// then a crash leaves each stripe either old or new.
     ///
@@ -627,6 +644,13 @@ impl Pool {
         self.inner.requests.measure(Request::Write, data.len(), || {
             self.inner.write_at(offset, data)
         })
+    }
+
+    /// Whether [`Pool::read_many`] reads in one batch (format version 4) rather than one read
+    /// after the other (a server then spreads reads over its threads instead).
+    #[must_use]
+    pub fn reads_together(&self) -> bool {
+        self.inner.rows().is_some()
     }
 
     /// Whether [`Pool::write_queued`] queues a write of `bytes` (a small write on a

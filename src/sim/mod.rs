@@ -158,6 +158,10 @@ pub struct SimConfig {
     /// the first watch over them faults them and spares take over (a minute after an open,
     /// as the pool guarantees). Otherwise the default (600 s: no run outlasts it).
     pub short_grace: bool,
+    /// Reads in pieces taken together (`Pool::read_many`) about half the time: format
+    /// version 4 campaigns since 2026-12-07. Off in replays recorded before (their reads,
+    /// and so the faults drawn on them, stay as they were).
+    pub reads_together: bool,
 }
 
 impl SimConfig {
@@ -180,6 +184,7 @@ impl SimConfig {
             format4: false,
             domains: false,
             short_grace: false,
+            reads_together: false,
         }
     }
 
@@ -193,6 +198,7 @@ impl SimConfig {
             format4: true,
             domains: seed % 3 == 1,
             short_grace: seed % 4 == 2,
+            reads_together: true,
             ..Self::new(seed, layout, devices)
         }
     }
@@ -1022,6 +1028,10 @@ pub struct Replay {
     /// Members away had a grace period of zero.
     #[serde(default)]
     pub short_grace: bool,
+    /// Reads were taken together in pieces about half the time (absent in replays recorded
+    /// before 2026-12-07: off).
+    #[serde(default)]
+    pub reads_together: bool,
     /// The ops.
     pub ops: Vec<Op>,
 }
@@ -1042,6 +1052,7 @@ impl Replay {
             format4: config.format4,
             domains: config.domains,
             short_grace: config.short_grace,
+            reads_together: config.reads_together,
             ops: ops.to_vec(),
         }
     }
@@ -1058,6 +1069,7 @@ impl Replay {
         config.format4 = self.format4;
         config.domains = self.domains;
         config.short_grace = self.short_grace;
+        config.reads_together = self.reads_together;
         config.ops = self.ops.len();
         for name in &self.planted {
             plant(&mut config.planted, name).map_err(Error::InvalidConfig)?;

@@ -245,6 +245,91 @@ impl Volume {
         self.read_pointers(devices, &pointers, out)
     }
 
+    /// Several reads at once (the requests an NBD connection has received together), each
+    /// outcome its own, in order, and every outcome, byte and tally as if the reads had come
+    /// one by one. The blocks of the whole-block reads that share no row with an earlier read
+    /// go to the devices in one batch, as one read's blocks do; each such read's failed blocks
+    /// are then recovered on their own (their rows are theirs alone, so a heal made for one
+    /// read cannot change what another finds). A read out of range fails before any I/O
+    /// without touching the others. A read sharing a row with an earlier one, one not on
+    /// block boundaries and every read after such a one are served alone after the batch, in
+    /// order.
+    pub fn read_many(
+        &self,
+        devices: &[Option<SharedDevice>],
+        reads: &mut [(u64, &mut [u8])],
+    ) -> Vec<Result<()>> {
+        let mut outcomes: Vec<Result<()>> = Vec::with_capacity(reads.len());
+        let mut pointers = Vec::new();
+        // (read, its blocks in `pointers`)
+        let mut batched: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
+        let mut alone = Vec::new();
+        // Rows read by the reads so far; after a read whose rows are not known (not on
+        // block boundaries) every read goes alone.
+        let mut rows_seen = std::collections::HashSet::new();
+        let mut in_order = false;
+        for (i, (offset, buf)) in reads.iter().enumerate() {
+            let checked = self.check_range(*offset, buf.len() as u64);
+            if checked.is_err() || buf.is_empty() {
+                outcomes.push(checked);
+                continue;
+            }
+            outcomes.push(Ok(()));
+            if in_order || offset % BLOCK != 0 || !buf.len().is_multiple_of(BLOCK_BYTES) {
+                in_order = true;
+                alone.push(i);
+                continue;
+            }
+            let first = offset / BLOCK;
+            let start = pointers.len();
+            let looked = (first..first + (buf.len() / BLOCK_BYTES) as u64).try_for_each(|key| {
+                pointers.push((key, self.map.visible(devices, key)?));
+                Ok(())
+            });
+            if let Err(error) = looked {
+                pointers.truncate(start);
+                outcomes[i] = Err(error);
+                continue;
+            }
+            let rows: Vec<(u64, u16)> = pointers[start..]
+                .iter()
+                .filter(|(_, pointer)| !pointer.reads_zeros())
+                .filter_map(|(_, pointer)| pointer.address())
+                .map(|pbn| {
+                    let place = self.rows.place(pbn);
+                    (place.slot, place.row)
+                })
+                .collect();
+            let shares = rows.iter().any(|row| rows_seen.contains(row));
+            rows_seen.extend(rows);
+            if shares {
+                pointers.truncate(start);
+                alone.push(i);
+            } else {
+                batched.push((i, start..pointers.len()));
+            }
+        }
+        if !pointers.is_empty() {
+            let mut out = vec![0u8; pointers.len() * BLOCK_BYTES];
+            let groups: Vec<std::ops::Range<usize>> =
+                batched.iter().map(|(_, range)| range.clone()).collect();
+            let results = self.read_pointers_grouped(devices, &pointers, &mut out, &groups);
+            for ((i, range), result) in batched.iter().zip(results) {
+                match result {
+                    Ok(()) => reads[*i]
+                        .1
+                        .copy_from_slice(&out[range.start * BLOCK_BYTES..range.end * BLOCK_BYTES]),
+                    Err(error) => outcomes[*i] = Err(error),
+                }
+            }
+        }
+        for i in alone {
+            let (offset, buf) = &mut reads[i];
+            outcomes[i] = self.read(devices, *offset, buf);
+        }
+        outcomes
+    }
+
     /// Read the block each `(key, pointer)` names into the next 4 KiB of `out` (zeros for a
     /// pointer that reads zeros), verified against the pointer, failed ones recovered.
     pub(super) fn read_pointers(
@@ -253,6 +338,23 @@ impl Volume {
         pointers: &[(u64, BlockPointer)],
         out: &mut [u8],
     ) -> Result<()> {
+        let whole = std::iter::once(0..pointers.len()).collect::<Vec<_>>();
+        self.read_pointers_grouped(devices, pointers, out, &whole)
+            .into_iter()
+            .find(Result::is_err)
+            .unwrap_or(Ok(()))
+    }
+
+    /// [`Volume::read_pointers`] for several reads whose blocks are the `groups` (ranges of
+    /// `pointers`, in order, not overlapping): one batch of first reads for all, then each
+    /// group's failed blocks recovered on their own, each group's outcome its own.
+    fn read_pointers_grouped(
+        &self,
+        devices: &[Option<SharedDevice>],
+        pointers: &[(u64, BlockPointer)],
+        out: &mut [u8],
+        groups: &[std::ops::Range<usize>],
+    ) -> Vec<Result<()>> {
         let mut wanted = Vec::with_capacity(pointers.len());
         for (index, (block, (key, pointer))) in
             out.chunks_mut(BLOCK_BYTES).zip(pointers).enumerate()
@@ -337,15 +439,36 @@ impl Volume {
         self.counters
             .blocks_read
             .fetch_add(wanted.len() as u64, Ordering::Relaxed);
+        // The group of each block of `out`.
+        let mut group_of = vec![0usize; pointers.len()];
+        for (g, range) in groups.iter().enumerate() {
+            for slot in group_of.get_mut(range.clone()).into_iter().flatten() {
+                *slot = g;
+            }
+        }
+        let mut outcomes: Vec<Result<()>> = groups.iter().map(|_| Ok(())).collect();
         if self.rows.shards_of(0).len() == 1 {
-            return self.recover_rows(devices, &wanted, &verified, failed, out);
+            let mut by_group: Vec<Vec<Failed>> = vec![Vec::new(); groups.len()];
+            for (w, tried) in failed {
+                by_group[group_of[wanted[w].index]].push((w, tried));
+            }
+            for (outcome, failed) in outcomes.iter_mut().zip(by_group) {
+                if !failed.is_empty() {
+                    *outcome = self.recover_rows(devices, &wanted, &verified, failed, out);
+                }
+            }
+            return outcomes;
         }
         for (w, tried) in failed {
             let want = &wanted[w];
-            let block = &mut out[want.index * BLOCK_BYTES..(want.index + 1) * BLOCK_BYTES];
-            self.recover(devices, want, tried, block)?;
+            let outcome = &mut outcomes[group_of[want.index]];
+            // A read stops at its first block nothing can return, as when it came alone.
+            if outcome.is_ok() {
+                let block = &mut out[want.index * BLOCK_BYTES..(want.index + 1) * BLOCK_BYTES];
+                *outcome = self.recover(devices, want, tried, block);
+            }
         }
-        Ok(())
+        outcomes
     }
 
     /// Reed-Solomon: return the blocks whose first read failed (`failed`: which of `wanted`,
