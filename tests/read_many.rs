@@ -6,7 +6,9 @@
 //!   error (a block nothing can return fails only its own read; a read out of range fails
 //!   before any I/O; a read off block boundaries, an empty one and repeated blocks are served);
 //! * what was found and repaired is counted the same (per member: read, checksum and repair
-//!   tallies), and what was healed reads back clean on both;
+//!   tallies; the volume's counters of blocks read, bad, rebuilt, healed and lost), and what
+//!   was healed reads back clean on both;
+//! * a read error under one read costs only that read, never its neighbour on the device;
 //! * over NBD, pipelined reads sent in one piece are answered each with its own data or error.
 
 mod common;
@@ -17,7 +19,7 @@ use rand::Rng;
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::sync::Arc;
-use stripestore::device::MemDevice;
+use stripestore::device::{FaultPlan, FaultyDevice, MemDevice, SharedDevice};
 use stripestore::nbd::client::Client;
 use stripestore::nbd::proto::{cmd, errno};
 use stripestore::nbd::ServeOptions;
@@ -71,13 +73,56 @@ fn damaged_pool(
     (pool, mems, model, lost_blocks)
 }
 
-/// Per member: (read errors, checksum errors, repaired chunks).
-fn tallies(pool: &Pool) -> Vec<(u64, u64, u64)> {
-    pool.status()
+/// Per member: (read errors, checksum errors, repaired chunks); then the volume's counters
+/// but the count of reads served together.
+fn tallies(pool: &Pool) -> (Vec<(u64, u64, u64)>, stripestore::volume::VolumeCounters) {
+    let members = pool
+        .status()
         .devices
         .iter()
         .map(|d| (d.read_errors, d.checksum_errors, d.repaired_chunks))
-        .collect()
+        .collect();
+    let mut volume = pool.volume_counters().expect("a version-4 pool");
+    volume.reads_together = 0;
+    (members, volume)
+}
+
+/// Serve `reads` (offset, length) together on `together` and one by one on `alone`, check
+/// that each outcome is the same on both (bytes the model's, errors the same text), and
+/// return whether each succeeded.
+fn compare(
+    what: &str,
+    together: &Pool,
+    alone: &Pool,
+    model: &Model,
+    reads: &[(u64, usize)],
+) -> Vec<bool> {
+    let mut buffers: Vec<Vec<u8>> = reads.iter().map(|(_, len)| vec![0u8; *len]).collect();
+    let outcomes = {
+        let mut parts: Vec<(u64, &mut [u8])> = reads
+            .iter()
+            .zip(buffers.iter_mut())
+            .map(|((offset, _), buf)| (*offset, &mut buf[..]))
+            .collect();
+        together.read_many(&mut parts)
+    };
+    assert_eq!(outcomes.len(), reads.len());
+    let mut ok = Vec::new();
+    for (((offset, len), buf), outcome) in reads.iter().zip(&buffers).zip(&outcomes) {
+        let mut own = vec![0u8; *len];
+        let single = alone.read_at(*offset, &mut own);
+        let what = format!("{what}: read of {len} bytes at {offset}");
+        match (outcome, &single) {
+            (Ok(()), Ok(())) => assert!(
+                buf == model.read(*offset, *len),
+                "{what}: not the bytes written"
+            ),
+            (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{what}"),
+            _ => panic!("{what}: together {outcome:?}, alone {single:?}"),
+        }
+        ok.push(outcome.is_ok());
+    }
+    ok
 }
 
 #[test]
@@ -139,10 +184,15 @@ fn reads_taken_together_answer_each_as_alone_with_the_same_tallies() {
                 _ => panic!("{what}: together {outcome:?}, alone {single:?}"),
             }
         }
+        assert!(
+            together.volume_counters().unwrap().reads_together > 0,
+            "{layout}: no read was served together"
+        );
         let found = tallies(&together);
         assert_eq!(found, tallies(&alone), "{layout}: tallies");
-        let checksum: u64 = found.iter().map(|t| t.1).sum();
-        let repaired: u64 = found.iter().map(|t| t.2).sum();
+        assert!(found.1.unrecoverable_blocks > 0, "{layout}: {found:?}");
+        let checksum: u64 = found.0.iter().map(|t| t.1).sum();
+        let repaired: u64 = found.0.iter().map(|t| t.2).sum();
         assert!(
             checksum > 0 && repaired > 0,
             "{layout}: nothing found: {found:?}"
@@ -164,6 +214,118 @@ fn reads_taken_together_answer_each_as_alone_with_the_same_tallies() {
             "{layout}: tallies after"
         );
     });
+}
+
+/// `pool` (closed) reopened on its members behind fault plans, without the members `absent`
+/// (the pool opens degraded).
+fn behind_faults(
+    pool: Pool,
+    mems: &[Arc<MemDevice>],
+    absent: &[usize],
+) -> (Pool, Vec<Arc<parking_lot::Mutex<FaultPlan>>>) {
+    drop(pool);
+    let mut plans = Vec::new();
+    let mut devices: Vec<SharedDevice> = Vec::new();
+    for (i, mem) in mems.iter().enumerate() {
+        let (device, plan) = FaultyDevice::new(Arc::clone(mem) as SharedDevice, i as u64);
+        plans.push(plan);
+        if !absent.contains(&i) {
+            devices.push(Arc::new(device));
+        }
+    }
+    let open = stripestore::OpenOptions {
+        background_rebuild: false,
+        auto_replace: false,
+        // The members left out are not there to prove the others current: the test knows.
+        force: !absent.is_empty(),
+        ..v4_open_options()
+    };
+    (Pool::open(devices, &open).unwrap(), plans)
+}
+
+/// Two blocks whose shard-blocks lie side by side on a member that is not in `absent` (a
+/// batch would read both in one request): (block, other block, member, byte offset of the
+/// first).
+fn side_by_side(
+    pool: &Pool,
+    mems: &[Arc<MemDevice>],
+    model: &Model,
+    from: u64,
+    absent: &[usize],
+) -> (u64, u64, usize, u64) {
+    let own = |key: u64, device: usize, offset: u64| {
+        mems[device].peek(offset, BLOCK as usize) == model.read(key * BLOCK, BLOCK as usize)
+    };
+    let blocks = pool.size() / BLOCK;
+    (from..blocks)
+        .find_map(|key| {
+            pool.block_locations(key * BLOCK).iter().find_map(|p| {
+                if absent.contains(&p.device)
+                    || p.data_chunk.is_none()
+                    || !own(key, p.device, p.offset)
+                {
+                    return None;
+                }
+                (key + 1..(key + 9).min(blocks)).find_map(|other| {
+                    pool.block_locations(other * BLOCK)
+                        .iter()
+                        .any(|q| {
+                            q.device == p.device
+                                && q.offset == p.offset + BLOCK
+                                && own(other, q.device, q.offset)
+                        })
+                        .then_some((key, other, p.device, p.offset))
+                })
+            })
+        })
+        .expect("two blocks side by side on a member")
+}
+
+/// Members absent beyond what the damaged blocks' rows can spare, and a bad sector under one
+/// block: that block's read fails, its neighbour on the device (read in the same batch, and
+/// merged into one request by a batch that merged across reads) is returned, and the
+/// tallies are those of the reads one by one.
+#[test]
+fn a_read_error_under_one_read_costs_only_that_read() {
+    let seed = seed(7110);
+    let _guard = stripestore::testing::SeedGuard {
+        seed,
+        name: "read_many_io_error",
+    };
+    for (layout, devices, absent) in [("mirror:2", 2, vec![1usize]), ("rs:4+2", 6, vec![4, 5])] {
+        let (pool, mems, model, _) = damaged_pool(layout, devices, seed, 66);
+        let (key, other, device, offset) = side_by_side(&pool, &mems, &model, 80, &absent);
+        let (together, plans) = behind_faults(pool, &mems, &absent);
+        let (alone, alone_plans) = {
+            let (pool, mems, _, _) = damaged_pool(layout, devices, seed, 66);
+            behind_faults(pool, &mems, &absent)
+        };
+        for plans in [&plans, &alone_plans] {
+            plans[device]
+                .lock()
+                .add_bad_read_range(offset..offset + BLOCK);
+        }
+        let reads = [
+            (key * BLOCK, BLOCK as usize),
+            (other * BLOCK, BLOCK as usize),
+            ((key + 40) * BLOCK, BLOCK as usize),
+        ];
+        let ok = compare(layout, &together, &alone, &model, &reads);
+        assert_eq!(
+            ok,
+            vec![false, true, true],
+            "{layout}: block {key} on member {device} at {offset}"
+        );
+        assert!(
+            together.volume_counters().unwrap().reads_together >= 2,
+            "{layout}"
+        );
+        assert_eq!(tallies(&together), tallies(&alone), "{layout}: tallies");
+        assert!(
+            tallies(&together).0[device].0 > 0,
+            "{layout}: the read error is counted"
+        );
+    }
 }
 
 /// A TCP stream whose writes wait until it is read from: requests sent one by one reach the
@@ -259,5 +421,9 @@ fn pipelined_reads_over_nbd_are_answered_each_with_its_own_data_or_error() {
         }
         drop(client);
         server.stop().unwrap();
+        assert!(
+            pool.volume_counters().unwrap().reads_together > 0,
+            "{layout}: the server took no reads together"
+        );
     }
 }

@@ -618,9 +618,13 @@ impl Pool {
     /// Several reads at once, each `(offset, buffer)` as [`Pool::read_at`], one outcome per
     /// read in order: what a server does with the requests a client sent together. On format
     /// version 4 the blocks of all of them go to the devices in one batch (one submission, one
-    /// wake-up) and each read still fails or succeeds on its own: a read out of range fails
-    /// before any I/O, a block nothing can return fails only its read, and every block is
-    /// counted, healed and reported once, exactly as if the reads had come one by one.
+    /// wake-up; reads of a row an earlier read of the call also reads wait for a later round)
+    /// and each read still fails or succeeds on its own: a read out of range fails before any
+    /// I/O, a block nothing can return or a failed request fails only its read, and every
+    /// block is counted, healed and reported as if the reads had come one by one
+    /// ([`crate::volume::Volume::read_many`]). The members are those in service when the
+    /// call begins, as for concurrent reads. The volume's read lock is held throughout:
+    /// bound what one call asks (the NBD server takes 16 reads of 64 KiB at most).
     pub fn read_many(&self, reads: &mut [(u64, &mut [u8])]) -> Vec<Result<()>> {
         let started = std::time::Instant::now();
         let outcomes = self.inner.read_many(reads);
@@ -644,6 +648,14 @@ impl Pool {
         self.inner.requests.measure(Request::Write, data.len(), || {
             self.inner.write_at(offset, data)
         })
+    }
+
+    /// The data path's counters since the pool was opened (format version 4; `None` on
+    /// version 3): blocks read and written, bad shard-blocks found, blocks rebuilt and
+    /// healed, reads served together. They only go up.
+    #[must_use]
+    pub fn volume_counters(&self) -> Option<crate::volume::VolumeCounters> {
+        self.inner.rows().map(|rows| rows.read_volume().counters())
     }
 
     /// Whether [`Pool::read_many`] reads in one batch (format version 4) rather than one read

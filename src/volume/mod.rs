@@ -147,6 +147,7 @@ struct Counters {
     rows_written: AtomicU64,
     narrow_rows: AtomicU64,
     blocks_read: AtomicU64,
+    reads_together: AtomicU64,
     bad_shard_blocks: AtomicU64,
     rebuilt_blocks: AtomicU64,
     healed_shard_blocks: AtomicU64,
@@ -170,6 +171,8 @@ pub struct VolumeCounters {
     pub narrow_rows: u64,
     /// Logical blocks read from the devices (holes and zeros not counted).
     pub blocks_read: u64,
+    /// Reads served in one batch with at least one other ([`Volume::read_many`]).
+    pub reads_together: u64,
     /// Shard-blocks that were unreadable or failed their crc when read.
     pub bad_shard_blocks: u64,
     /// Blocks returned from another copy or rebuilt from their row.
@@ -472,6 +475,7 @@ impl Volume {
             rows_written: get(&c.rows_written),
             narrow_rows: get(&c.narrow_rows),
             blocks_read: get(&c.blocks_read),
+            reads_together: get(&c.reads_together),
             bad_shard_blocks: get(&c.bad_shard_blocks),
             rebuilt_blocks: get(&c.rebuilt_blocks),
             healed_shard_blocks: get(&c.healed_shard_blocks),

@@ -48,6 +48,16 @@ struct Wanted {
     place: BlockPlace,
 }
 
+/// A read of [`Volume::read_many`] waiting for its round: its blocks' pointers (looked up
+/// once) and the rows they are in.
+struct Pending {
+    read: usize,
+    /// On block boundaries: it joins its round's batch.
+    whole: bool,
+    pointers: Vec<(u64, BlockPointer)>,
+    rows: Vec<(u64, u16)>,
+}
+
 /// A block whose first read failed: which of the wanted, and the shard tried with why
 /// (`None`: no copy of it was present to try).
 type Failed = (usize, Option<(usize, Problem)>);
@@ -247,27 +257,22 @@ impl Volume {
 
     /// Several reads at once (the requests an NBD connection has received together), each
     /// outcome its own, in order, and every outcome, byte and tally as if the reads had come
-    /// one by one. The blocks of the whole-block reads that share no row with an earlier read
-    /// go to the devices in one batch, as one read's blocks do; each such read's failed blocks
-    /// are then recovered on their own (their rows are theirs alone, so a heal made for one
-    /// read cannot change what another finds). A read out of range fails before any I/O
-    /// without touching the others. A read sharing a row with an earlier one, one not on
-    /// block boundaries and every read after such a one are served alone after the batch, in
-    /// order.
+    /// one by one. The reads are served in rounds: a round takes, in order, every read that
+    /// shares no row with an earlier read not served yet, so two reads of one row are served
+    /// in their order and a heal made for one read cannot change what another of its round
+    /// finds. The whole-block reads of a round go to the devices in one batch, as one read's
+    /// blocks do (never merged into one request across reads: an I/O error costs only the
+    /// read it hit), and each read's failed blocks are recovered on their own; a read off
+    /// block boundaries is served alone in its round. A read out of range fails before any
+    /// I/O, a map lookup that fails fails only its read. All of it under the caller's lock:
+    /// callers bound the number and size of the reads (the NBD server: 16 of 64 KiB at most).
     pub fn read_many(
         &self,
         devices: &[Option<SharedDevice>],
         reads: &mut [(u64, &mut [u8])],
     ) -> Vec<Result<()>> {
         let mut outcomes: Vec<Result<()>> = Vec::with_capacity(reads.len());
-        let mut pointers = Vec::new();
-        // (read, its blocks in `pointers`)
-        let mut batched: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
-        let mut alone = Vec::new();
-        // Rows read by the reads so far; after a read whose rows are not known (not on
-        // block boundaries) every read goes alone.
-        let mut rows_seen = std::collections::HashSet::new();
-        let mut in_order = false;
+        let mut pending: Vec<Pending> = Vec::new();
         for (i, (offset, buf)) in reads.iter().enumerate() {
             let checked = self.check_range(*offset, buf.len() as u64);
             if checked.is_err() || buf.is_empty() {
@@ -275,23 +280,18 @@ impl Volume {
                 continue;
             }
             outcomes.push(Ok(()));
-            if in_order || offset % BLOCK != 0 || !buf.len().is_multiple_of(BLOCK_BYTES) {
-                in_order = true;
-                alone.push(i);
-                continue;
-            }
             let first = offset / BLOCK;
-            let start = pointers.len();
-            let looked = (first..first + (buf.len() / BLOCK_BYTES) as u64).try_for_each(|key| {
+            let end = (offset + buf.len() as u64).div_ceil(BLOCK);
+            let mut pointers = Vec::new();
+            let looked = (first..end).try_for_each(|key| {
                 pointers.push((key, self.map.visible(devices, key)?));
                 Ok(())
             });
             if let Err(error) = looked {
-                pointers.truncate(start);
                 outcomes[i] = Err(error);
                 continue;
             }
-            let rows: Vec<(u64, u16)> = pointers[start..]
+            let rows = pointers
                 .iter()
                 .filter(|(_, pointer)| !pointer.reads_zeros())
                 .filter_map(|(_, pointer)| pointer.address())
@@ -300,21 +300,59 @@ impl Volume {
                     (place.slot, place.row)
                 })
                 .collect();
-            let shares = rows.iter().any(|row| rows_seen.contains(row));
-            rows_seen.extend(rows);
-            if shares {
-                pointers.truncate(start);
-                alone.push(i);
-            } else {
-                batched.push((i, start..pointers.len()));
+            pending.push(Pending {
+                read: i,
+                whole: offset % BLOCK == 0 && buf.len().is_multiple_of(BLOCK_BYTES),
+                pointers,
+                rows,
+            });
+        }
+        while !pending.is_empty() {
+            // Rows of this round's reads and of the earlier reads left for a later round.
+            let mut taken = std::collections::HashSet::new();
+            let mut round = Vec::new();
+            let mut later = Vec::new();
+            for read in pending {
+                let free = read.rows.iter().all(|row| !taken.contains(row));
+                taken.extend(read.rows.iter().copied());
+                if free {
+                    round.push(read);
+                } else {
+                    later.push(read);
+                }
             }
+            pending = later;
+            self.read_round(devices, reads, &mut outcomes, &round);
+        }
+        outcomes
+    }
+
+    /// One round of [`Volume::read_many`]: reads that share no row.
+    fn read_round(
+        &self,
+        devices: &[Option<SharedDevice>],
+        reads: &mut [(u64, &mut [u8])],
+        outcomes: &mut [Result<()>],
+        round: &[Pending],
+    ) {
+        let mut pointers = Vec::new();
+        let mut groups = Vec::new();
+        let mut whole = Vec::new();
+        for read in round.iter().filter(|read| read.whole) {
+            let start = pointers.len();
+            pointers.extend_from_slice(&read.pointers);
+            groups.push(start..pointers.len());
+            whole.push(read.read);
+        }
+        if whole.len() > 1 {
+            self.counters
+                .reads_together
+                .fetch_add(whole.len() as u64, Ordering::Relaxed);
         }
         if !pointers.is_empty() {
             let mut out = vec![0u8; pointers.len() * BLOCK_BYTES];
-            let groups: Vec<std::ops::Range<usize>> =
-                batched.iter().map(|(_, range)| range.clone()).collect();
             let results = self.read_pointers_grouped(devices, &pointers, &mut out, &groups);
-            for ((i, range), result) in batched.iter().zip(results) {
+            for ((i, range), result) in whole.iter().zip(&groups).zip(results) {
                 match result {
                     Ok(()) => reads[*i]
                         .1
@@ -323,11 +361,18 @@ impl Volume {
                 }
             }
         }
-        for i in alone {
-            let (offset, buf) = &mut reads[i];
-            outcomes[i] = self.read(devices, *offset, buf);
+        for read in round.iter().filter(|read| !read.whole) {
+            let (offset, buf) = &mut reads[read.read];
+            let first = *offset / BLOCK;
+            let lookup = |key: u64| {
+                let at = usize::try_from(key - first).unwrap_or(usize::MAX);
+                read.pointers
+                    .get(at)
+                    .map(|(_, pointer)| *pointer)
+                    .ok_or_else(|| Error::corrupt_metadata("a block outside its read"))
+            };
+            outcomes[read.read] = self.read_of(devices, *offset, buf, &lookup);
         }
-        outcomes
     }
 
     /// Read the block each `(key, pointer)` names into the next 4 KiB of `out` (zeros for a
@@ -389,7 +434,24 @@ impl Volume {
         let mut failed: Vec<Failed> = missing.into_iter().map(|w| (w, None)).collect();
         // The shard each wanted block verified from, for a recovery of its row to reuse.
         let mut verified: Vec<Option<usize>> = vec![None; wanted.len()];
-        let runs = runs(pieces);
+        // The group of each block of `out`.
+        let mut group_of = vec![0usize; pointers.len()];
+        for (g, range) in groups.iter().enumerate() {
+            for slot in group_of.get_mut(range.clone()).into_iter().flatten() {
+                *slot = g;
+            }
+        }
+        // Requests are merged within a read only: a failed request fails every block in it,
+        // and one read's bad sector must not cost another read anything.
+        let runs = if groups.len() == 1 {
+            runs(pieces)
+        } else {
+            let mut by_group: Vec<Vec<Piece>> = vec![Vec::new(); groups.len()];
+            for piece in pieces {
+                by_group[group_of[wanted[piece.index].index]].push(piece);
+            }
+            by_group.into_iter().flat_map(runs).collect()
+        };
         // Pieces are only planned on present members, so every run has its request.
         let (buffers, results) = read_runs_hedged(devices, &runs, |run| {
             self.first_read_hedge(devices, &wanted, run)
@@ -439,13 +501,6 @@ impl Volume {
         self.counters
             .blocks_read
             .fetch_add(wanted.len() as u64, Ordering::Relaxed);
-        // The group of each block of `out`.
-        let mut group_of = vec![0usize; pointers.len()];
-        for (g, range) in groups.iter().enumerate() {
-            for slot in group_of.get_mut(range.clone()).into_iter().flatten() {
-                *slot = g;
-            }
-        }
         let mut outcomes: Vec<Result<()>> = groups.iter().map(|_| Ok(())).collect();
         if self.rows.shards_of(0).len() == 1 {
             let mut by_group: Vec<Vec<Failed>> = vec![Vec::new(); groups.len()];
