@@ -1,8 +1,8 @@
 //! One NBD client: fixed newstyle negotiation, then the transmission phase.
 //!
 //! Owns: one connection's protocol state, its serving threads and its in-flight bounds. Uses the
-//! pool only through its public API (`read_at`, `read_many`, `write_at`, `flush`, ...); must not touch pool
-//! internals or other connections (the listener is `server.rs`).
+//! pool only through its public API (`read_at`, `read_many`, `write_at`, `flush`, ...); must
+//! not touch pool internals or other connections (the listener is `server.rs`).
 //!
 //! Invariants:
 //! * A write reaches the pool only after its whole payload has arrived, and only inside the
