@@ -383,8 +383,8 @@ impl Volume {
         pointers: &[(u64, BlockPointer)],
         out: &mut [u8],
     ) -> Result<()> {
-        let whole = std::iter::once(0..pointers.len()).collect::<Vec<_>>();
-        self.read_pointers_grouped(devices, pointers, out, &whole)
+        let whole = 0..pointers.len();
+        self.read_pointers_grouped(devices, pointers, out, std::slice::from_ref(&whole))
             .into_iter()
             .find(Result::is_err)
             .unwrap_or(Ok(()))
@@ -434,13 +434,8 @@ impl Volume {
         let mut failed: Vec<Failed> = missing.into_iter().map(|w| (w, None)).collect();
         // The shard each wanted block verified from, for a recovery of its row to reuse.
         let mut verified: Vec<Option<usize>> = vec![None; wanted.len()];
-        // The group of each block of `out`.
-        let mut group_of = vec![0usize; pointers.len()];
-        for (g, range) in groups.iter().enumerate() {
-            for slot in group_of.get_mut(range.clone()).into_iter().flatten() {
-                *slot = g;
-            }
-        }
+        // The group of block `index` of `out` (the groups are in order).
+        let group_of = |index: usize| groups.partition_point(|range| range.end <= index);
         // Requests are merged within a read only: a failed request fails every block in it,
         // and one read's bad sector must not cost another read anything.
         let runs = if groups.len() == 1 {
@@ -448,7 +443,7 @@ impl Volume {
         } else {
             let mut by_group: Vec<Vec<Piece>> = vec![Vec::new(); groups.len()];
             for piece in pieces {
-                by_group[group_of[wanted[piece.index].index]].push(piece);
+                by_group[group_of(wanted[piece.index].index)].push(piece);
             }
             by_group.into_iter().flat_map(runs).collect()
         };
@@ -505,7 +500,7 @@ impl Volume {
         if self.rows.shards_of(0).len() == 1 {
             let mut by_group: Vec<Vec<Failed>> = vec![Vec::new(); groups.len()];
             for (w, tried) in failed {
-                by_group[group_of[wanted[w].index]].push((w, tried));
+                by_group[group_of(wanted[w].index)].push((w, tried));
             }
             for (outcome, failed) in outcomes.iter_mut().zip(by_group) {
                 if !failed.is_empty() {
@@ -516,7 +511,7 @@ impl Volume {
         }
         for (w, tried) in failed {
             let want = &wanted[w];
-            let outcome = &mut outcomes[group_of[want.index]];
+            let outcome = &mut outcomes[group_of(want.index)];
             // A read stops at its first block nothing can return, as when it came alone.
             if outcome.is_ok() {
                 let block = &mut out[want.index * BLOCK_BYTES..(want.index + 1) * BLOCK_BYTES];
