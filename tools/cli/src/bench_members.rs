@@ -12,11 +12,11 @@
 //! ratio NBD / local of each run.
 
 use crate::bench::spread;
+use crate::nbdkit::Nbdkit;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -99,45 +99,27 @@ struct Report {
     rows: Vec<Row>,
 }
 
-/// nbdkit processes serving member files, stopped on drop.
-struct Servers(Vec<Child>);
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Serve each of `files` with `nbdkit file` on a socket beside it; their URIs.
+/// Serve each of `files` with `nbdkit file` on a socket beside it; the servers (stopped on
+/// drop) and their URIs.
 fn serve(
     files: &[PathBuf],
     cache: &str,
-) -> Result<(Servers, Vec<PathBuf>), Box<dyn std::error::Error>> {
-    let mut servers = Servers(Vec::new());
+) -> Result<(Vec<Nbdkit>, Vec<PathBuf>), Box<dyn std::error::Error>> {
+    let mut servers = Vec::new();
     let mut uris = Vec::new();
     for file in files {
         let socket = file.with_extension("sock");
-        let child = Command::new("nbdkit")
-            .args(["-f", "--exit-with-parent", "-U"])
-            .arg(&socket)
-            .arg("file")
-            .arg(file)
-            .arg(format!("cache={cache}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("nbdkit (needed to serve the members): {e}"))?;
-        servers.0.push(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            if Instant::now() > deadline {
-                return Err(format!("nbdkit did not start on {}", socket.display()).into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        servers.push(
+            Nbdkit::start(
+                &socket,
+                &[
+                    "file".into(),
+                    file.clone().into_os_string(),
+                    format!("cache={cache}").into(),
+                ],
+            )
+            .map_err(|e| format!("{e} (needed to serve the members)"))?,
+        );
         uris.push(PathBuf::from(format!(
             "nbd+unix:///?socket={}",
             socket.display()

@@ -10,12 +10,11 @@
 
 use super::bench_pool::{progress, BenchArgs, SEQ_DEPTH};
 use super::fio::{self, Outcome, Pattern, Target};
+use crate::nbdkit::{self, Nbdkit};
 use crate::served::Served;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 use stripestore::device::{MemDevice, SharedDevice};
 use stripestore::{CreateOptions, Layout, Pool};
 
@@ -48,47 +47,6 @@ pub struct ServerCost {
     /// nbdkit's version, or why it was not measured.
     nbdkit: String,
     rows: Vec<CostRow>,
-}
-
-/// An nbdkit child serving `memory SIZE` on a Unix socket; killed on drop.
-struct Nbdkit(Child);
-
-impl Nbdkit {
-    fn start(socket: &Path, size: u64) -> Result<Self, Box<dyn std::error::Error>> {
-        let _ = std::fs::remove_file(socket);
-        let child = Command::new("nbdkit")
-            .args(["--exit-with-parent", "-f", "-U"])
-            .arg(socket)
-            .args(["memory", &size.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let kit = Nbdkit(child);
-        let started = Instant::now();
-        while !socket.exists() {
-            if started.elapsed() > Duration::from_secs(10) {
-                return Err("nbdkit did not create its socket within 10 s".into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(kit)
-    }
-}
-
-impl Drop for Nbdkit {
-    fn drop(&mut self) {
-        // Our own child, by its handle; it may have exited already.
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn nbdkit_version() -> Result<String, String> {
-    let out = Command::new("nbdkit")
-        .arg("--version")
-        .output()
-        .map_err(|err| format!("nbdkit is not installed ({err})"))?;
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 fn fio_job(
@@ -141,8 +99,14 @@ pub fn server_cost(
     let ours: PathBuf = dir.join("bench-cost.sock");
     let served = Served::start(&pool, &ours, "bench-cost-server")?;
     let theirs = dir.join("bench-nbdkit.sock");
-    let (kit, version) = match nbdkit_version() {
-        Ok(version) => (Some(Nbdkit::start(&theirs, span)?), version),
+    let (kit, version) = match nbdkit::version() {
+        Ok(version) => (
+            Some(Nbdkit::start(
+                &theirs,
+                &["memory".into(), span.to_string().into()],
+            )?),
+            version,
+        ),
         Err(why) => {
             eprintln!("warning: {why}; the server cost is measured without nbdkit's reference");
             (None, why)

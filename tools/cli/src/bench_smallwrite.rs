@@ -21,9 +21,16 @@
 //!   engine with the raw baseline's pattern, depth and fsync setting: the mounted path, where
 //!   the pool groups the writes queued while a group is on the disks (docs/FORMAT.md V4.13,
 //!   step 5b). fio's completion latencies p50 and p99 are reported.
+//! * **A minimal server on the same path** (with `--nbd`, when nbdkit is installed): nbdkit's
+//!   `file` plugin serving the raw baseline's one member file (no redundancy; its default
+//!   cache, so its writes land in the page cache and a flush is one `fdatasync`) on a Unix
+//!   socket, written by the same fio `nbd` job: what fio's `nbd` engine and a server that only
+//!   passes requests to a file carry on this machine. Not a bound (buffered writes can beat
+//!   raw direct ones): a reference that tells the client's and the socket's cost from ours.
 
 use crate::bench::spread;
 use crate::fio::{self, Job, Pattern, Target};
+use crate::nbdkit::{self, Nbdkit};
 use crate::served::Served;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -122,6 +129,9 @@ struct Case {
     ratio_median: f64,
     /// fio over NBD against a v4 pool (with `--nbd`): IOPS, p50 and p99 per run.
     nbd: Vec<NbdRun>,
+    /// fio over NBD against nbdkit's `file` plugin on the raw member file (with `--nbd` and
+    /// nbdkit installed), per run.
+    nbdkit_file: Vec<NbdRun>,
 }
 
 /// One measurement of the mounted path.
@@ -178,6 +188,43 @@ fn nbd_run(
         Ok(pool) => pool.close().map_err(|e| e.to_string())?,
         Err(_) => return Err("the pool is still shared after the server stopped".into()),
     }
+    Ok(NbdRun {
+        iops: outcome.iops,
+        p50_us: outcome.p50_us,
+        p99_us: outcome.p99_us,
+        writes_per_sync: outcome.writes_per_sync,
+    })
+}
+
+/// The same fio job over NBD against nbdkit's `file` plugin serving `file` (its default
+/// cache), on a Unix socket in `dir`: the mounted path with a server that does nothing but
+/// pass requests to one file.
+fn nbdkit_file_run(
+    file: &Path,
+    dir: &Path,
+    args: &BenchSmallwriteArgs,
+    fsync_every: u32,
+) -> Result<NbdRun, String> {
+    let socket = dir.join("bench-smallwrite-nbdkit.sock");
+    let kit = Nbdkit::start(&socket, &["file".into(), file.as_os_str().to_owned()])?;
+    let outcome = Job {
+        pattern: Pattern::RandWrite {
+            fsync_every: (fsync_every > 0).then_some(fsync_every),
+        },
+        block_bytes: BLOCK_BYTES as u64,
+        queue_depth: args.depth,
+        target: Target::Nbd {
+            socket,
+            span_bytes: args.span.min(args.member_size),
+            connections: 1,
+        },
+        seconds: Some(args.seconds),
+        mixed_with: None,
+    }
+    .run(dir)
+    .map_err(|e| e.to_string());
+    drop(kit);
+    let outcome = outcome?;
     Ok(NbdRun {
         iops: outcome.iops,
         p50_us: outcome.p50_us,
@@ -407,6 +454,17 @@ pub fn run(args: &BenchSmallwriteArgs) -> Result<(), String> {
         .dir
         .clone()
         .unwrap_or_else(|| PathBuf::from("/var/tmp"));
+    let nbdkit = if args.nbd {
+        match nbdkit::version() {
+            Ok(version) => Some(version),
+            Err(why) => {
+                eprintln!("warning: {why}; the mounted path is measured without nbdkit's bound");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let mut cases = Vec::new();
     for name in &args.layouts {
         let layout: Layout = name
@@ -428,6 +486,7 @@ pub fn run(args: &BenchSmallwriteArgs) -> Result<(), String> {
                 library: Vec::new(),
                 ratio_median: 0.0,
                 nbd: Vec::new(),
+                nbdkit_file: Vec::new(),
             };
             for run in 0..args.runs {
                 let raw = Job {
@@ -446,6 +505,22 @@ pub fn run(args: &BenchSmallwriteArgs) -> Result<(), String> {
                 }
                 .run(dir.path())
                 .map_err(|e| e.to_string())?;
+                if nbdkit.is_some() {
+                    // Before the library and the pool write over the member files: the
+                    // file nbdkit serves is the raw baseline's, as fio left it.
+                    let bound = nbdkit_file_run(&paths[0], dir.path(), args, *fsync_every)?;
+                    if !args.json {
+                        eprintln!(
+                            "bench-smallwrite: {name} fsync every {fsync_every}: run {}: nbdkit file {:.0} IOPS ({:.2} of raw), p50 {:.0} us, p99 {:.0} us",
+                            run + 1,
+                            bound.iops,
+                            bound.iops / raw.iops,
+                            bound.p50_us,
+                            bound.p99_us
+                        );
+                    }
+                    case.nbdkit_file.push(bound);
+                }
                 let ours = library_run(layout, &paths, args, *fsync_every, run as u64 + 1)?;
                 if !args.json {
                     eprintln!(
@@ -497,7 +572,7 @@ pub fn run(args: &BenchSmallwriteArgs) -> Result<(), String> {
         }
     }
     if args.json {
-        let report = serde_json::json!({ "fio": version, "cases": cases });
+        let report = serde_json::json!({ "fio": version, "nbdkit": nbdkit, "cases": cases });
         println!(
             "{}",
             serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
@@ -547,13 +622,15 @@ pub fn run(args: &BenchSmallwriteArgs) -> Result<(), String> {
     }
     if args.nbd {
         println!(
-            "\n{:<9} {:>6} {:>22} {:>18} {:>18} {:>22}",
+            "\n{:<9} {:>6} {:>22} {:>18} {:>18} {:>22} {:>26} {:>18}",
             "layout",
             "fsync",
             "NBD IOPS (min-max)",
             "ratio (min-max)",
             "p50/p99 us",
-            "writes/flush raw, NBD"
+            "writes/flush raw, NBD",
+            "nbdkit file IOPS (of raw)",
+            "NBD / nbdkit"
         );
         for case in &cases {
             let iops: Vec<f64> = case.nbd.iter().map(|r| r.iops).collect();
@@ -571,8 +648,20 @@ pub fn run(args: &BenchSmallwriteArgs) -> Result<(), String> {
                     spread(&served).0
                 )
             };
+            let kit: Vec<f64> = case.nbdkit_file.iter().map(|r| r.iops).collect();
+            let (bound, of_bound) = if kit.is_empty() {
+                ("-".to_string(), "-".to_string())
+            } else {
+                let (kit_median, _, _) = spread(&kit);
+                let (kit_ratio, _, _) = ratio_spread(&case.raw_iops, &kit);
+                let (ours_of, lo_of, hi_of) = ratio_spread(&kit, &iops);
+                (
+                    format!("{kit_median:.0} ({kit_ratio:.2})"),
+                    format!("{ours_of:.2} ({lo_of:.2}-{hi_of:.2})"),
+                )
+            };
             println!(
-                "{:<9} {:>6} {:>8.0} ({:.0}-{:.0}) {:>6.2} ({:.2}-{:.2}) {:>7.0}/{:<8.0} {:>22}",
+                "{:<9} {:>6} {:>8.0} ({:.0}-{:.0}) {:>6.2} ({:.2}-{:.2}) {:>7.0}/{:<8.0} {:>22} {:>26} {:>18}",
                 case.layout,
                 if case.fsync_every == 0 {
                     "none".to_string()
@@ -587,10 +676,12 @@ pub fn run(args: &BenchSmallwriteArgs) -> Result<(), String> {
                 r_hi,
                 p50,
                 p99,
-                per_sync
+                per_sync,
+                bound,
+                of_bound
             );
         }
     }
-    println!("(fio {version}; raw = one member file, io_uring, direct, QD{}; the volume writes groups of {}{})", args.depth, (args.depth as usize / 2).max(1), if args.nbd { "; NBD = a v4 pool on the same members served by this process, fio's nbd engine at the same depth; writes/flush: what fio's --fsync issued, counted in its report" } else { "" });
+    println!("(fio {version}; raw = one member file, io_uring, direct, QD{}; the volume writes groups of {}{})", args.depth, (args.depth as usize / 2).max(1), if args.nbd { "; NBD = a v4 pool on the same members served by this process, fio's nbd engine at the same depth; writes/flush: what fio's --fsync issued, counted in its report; nbdkit file = the same fio job against nbdkit's file plugin on the raw member file (its default cache: buffered), a minimal server on the same path" } else { "" });
     Ok(())
 }

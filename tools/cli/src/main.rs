@@ -20,6 +20,7 @@ mod demo;
 mod fio;
 mod import;
 mod monitor;
+mod nbdkit;
 mod progress;
 mod remote;
 mod scrub;
