@@ -254,10 +254,32 @@ fn bench_smallwrite_reports_raw_and_volume_iops_with_full_rows() {
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let cases = report["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 4, "{report}");
+    // nbdkit's file plugin on the raw member file is measured beside the pool whenever nbdkit
+    // is installed (CI installs it and requires the tools).
+    let nbdkit = std::process::Command::new("nbdkit")
+        .arg("--version")
+        .output()
+        .is_ok();
+    assert!(
+        nbdkit || std::env::var_os("STRIPESTORE_REQUIRE_TOOLS").is_none(),
+        "nbdkit is required"
+    );
+    assert_eq!(report["nbdkit"].is_string(), nbdkit, "{report}");
     for case in cases {
         assert!(case["raw_iops"][0].as_f64().unwrap() > 0.0, "{case}");
         // The mounted path: a v4 pool on the same members, served and written over NBD.
         assert!(case["nbd"][0]["iops"].as_f64().unwrap() > 0.0, "{case}");
+        let reference = case["nbdkit_file"].as_array().unwrap();
+        assert_eq!(reference.len(), usize::from(nbdkit), "{case}");
+        for run in reference {
+            assert!(run["iops"].as_f64().unwrap() > 0.0, "{case}");
+            // fio's syncs over NBD are counted against nbdkit too.
+            assert_eq!(
+                run["writes_per_sync"].is_number(),
+                case["fsync_every"] != 0,
+                "{case}"
+            );
+        }
         // What fio's --fsync issued is counted, not assumed: syncs only when asked for, and
         // never fewer than one per 32 writes.
         let per_sync = [
