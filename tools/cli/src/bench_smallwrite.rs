@@ -145,6 +145,53 @@ struct NbdRun {
     writes_per_sync: Option<f64>,
 }
 
+impl NbdRun {
+    /// The progress line of run `run` (from 0) of `who` against the raw figure of that run.
+    fn report(&self, layout: &str, fsync_every: u32, run: usize, who: &str, raw_iops: f64) {
+        eprintln!(
+            "bench-smallwrite: {layout} fsync every {fsync_every}: run {}: {who} {:.0} IOPS ({:.2} of raw), p50 {:.0} us, p99 {:.0} us",
+            run + 1,
+            self.iops,
+            self.iops / raw_iops,
+            self.p50_us,
+            self.p99_us
+        );
+    }
+
+    /// fio's `nbd` engine writing random 4 KiB blocks at the bench's depth (with its fsync
+    /// setting) over `span_bytes` of the export on `socket`.
+    fn measure(
+        socket: PathBuf,
+        span_bytes: u64,
+        dir: &Path,
+        args: &BenchSmallwriteArgs,
+        fsync_every: u32,
+    ) -> Result<Self, String> {
+        let outcome = Job {
+            pattern: Pattern::RandWrite {
+                fsync_every: (fsync_every > 0).then_some(fsync_every),
+            },
+            block_bytes: BLOCK_BYTES as u64,
+            queue_depth: args.depth,
+            target: Target::Nbd {
+                socket,
+                span_bytes,
+                connections: 1,
+            },
+            seconds: Some(args.seconds),
+            mixed_with: None,
+        }
+        .run(dir)
+        .map_err(|e| e.to_string())?;
+        Ok(Self {
+            iops: outcome.iops,
+            p50_us: outcome.p50_us,
+            p99_us: outcome.p99_us,
+            writes_per_sync: outcome.writes_per_sync,
+        })
+    }
+}
+
 /// A v4 pool created on `paths` (over whatever they hold), served on a Unix socket in `dir`,
 /// written by fio's `nbd` engine like the raw baseline.
 fn nbd_run(
@@ -166,34 +213,15 @@ fn nbd_run(
     let socket = dir.join("bench-smallwrite.sock");
     let served =
         Served::start(&pool, &socket, "bench-smallwrite-server").map_err(|e| e.to_string())?;
-    let outcome = Job {
-        pattern: Pattern::RandWrite {
-            fsync_every: (fsync_every > 0).then_some(fsync_every),
-        },
-        block_bytes: BLOCK_BYTES as u64,
-        queue_depth: args.depth,
-        target: Target::Nbd {
-            socket,
-            span_bytes: span,
-            connections: 1,
-        },
-        seconds: Some(args.seconds),
-        mixed_with: None,
-    }
-    .run(dir);
+    let measured = NbdRun::measure(socket, span, dir, args, fsync_every);
     let finished = served.finish();
-    let outcome = outcome.map_err(|e| e.to_string())?;
+    let measured = measured?;
     finished.map_err(|e| e.to_string())?;
     match Arc::try_unwrap(pool) {
         Ok(pool) => pool.close().map_err(|e| e.to_string())?,
         Err(_) => return Err("the pool is still shared after the server stopped".into()),
     }
-    Ok(NbdRun {
-        iops: outcome.iops,
-        p50_us: outcome.p50_us,
-        p99_us: outcome.p99_us,
-        writes_per_sync: outcome.writes_per_sync,
-    })
+    Ok(measured)
 }
 
 /// The same fio job over NBD against nbdkit's `file` plugin serving `file` (its default
@@ -207,30 +235,15 @@ fn nbdkit_file_run(
 ) -> Result<NbdRun, String> {
     let socket = dir.join("bench-smallwrite-nbdkit.sock");
     let kit = Nbdkit::start(&socket, &["file".into(), file.as_os_str().to_owned()])?;
-    let outcome = Job {
-        pattern: Pattern::RandWrite {
-            fsync_every: (fsync_every > 0).then_some(fsync_every),
-        },
-        block_bytes: BLOCK_BYTES as u64,
-        queue_depth: args.depth,
-        target: Target::Nbd {
-            socket,
-            span_bytes: args.span.min(args.member_size),
-            connections: 1,
-        },
-        seconds: Some(args.seconds),
-        mixed_with: None,
-    }
-    .run(dir)
-    .map_err(|e| e.to_string());
+    let measured = NbdRun::measure(
+        socket,
+        args.span.min(args.member_size),
+        dir,
+        args,
+        fsync_every,
+    );
     drop(kit);
-    let outcome = outcome?;
-    Ok(NbdRun {
-        iops: outcome.iops,
-        p50_us: outcome.p50_us,
-        p99_us: outcome.p99_us,
-        writes_per_sync: outcome.writes_per_sync,
-    })
+    measured
 }
 
 fn members_of(layout: Layout) -> usize {
@@ -510,14 +523,7 @@ pub fn run(args: &BenchSmallwriteArgs) -> Result<(), String> {
                     // file nbdkit serves is the raw baseline's, as fio left it.
                     let bound = nbdkit_file_run(&paths[0], dir.path(), args, *fsync_every)?;
                     if !args.json {
-                        eprintln!(
-                            "bench-smallwrite: {name} fsync every {fsync_every}: run {}: nbdkit file {:.0} IOPS ({:.2} of raw), p50 {:.0} us, p99 {:.0} us",
-                            run + 1,
-                            bound.iops,
-                            bound.iops / raw.iops,
-                            bound.p50_us,
-                            bound.p99_us
-                        );
+                        bound.report(name, *fsync_every, run, "nbdkit file", raw.iops);
                     }
                     case.nbdkit_file.push(bound);
                 }
@@ -546,14 +552,7 @@ pub fn run(args: &BenchSmallwriteArgs) -> Result<(), String> {
                 if args.nbd {
                     let served = nbd_run(layout, &paths, dir.path(), args, *fsync_every)?;
                     if !args.json {
-                        eprintln!(
-                            "bench-smallwrite: {name} fsync every {fsync_every}: run {}: NBD {:.0} IOPS ({:.2}), p50 {:.0} us, p99 {:.0} us",
-                            run + 1,
-                            served.iops,
-                            served.iops / raw.iops,
-                            served.p50_us,
-                            served.p99_us
-                        );
+                        served.report(name, *fsync_every, run, "NBD", raw.iops);
                     }
                     case.nbd.push(served);
                 }
