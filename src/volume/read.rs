@@ -1126,7 +1126,10 @@ thread_local! {
     static RUN_BUFFERS: RefCell<Vec<AlignedBuf>> = const { RefCell::new(Vec::new()) };
 }
 
-/// `len` zero bytes, in a buffer this thread kept if one is large enough.
+/// A buffer of `len` bytes for a run's read: one this thread kept if one is large enough,
+/// holding whatever an earlier read left in it (not zeroed: a run's bytes are used only when
+/// its request read all of them, and each block only once it verified against its pointer, so
+/// no earlier byte can be taken for data), else a new zeroed one.
 fn run_buffer(len: usize) -> AlignedBuf {
     let kept = RUN_BUFFERS.try_with(|kept| {
         let mut kept = kept.try_borrow_mut().ok()?;
@@ -1134,7 +1137,7 @@ fn run_buffer(len: usize) -> AlignedBuf {
         Some(kept.swap_remove(at))
     });
     if let Ok(Some(mut buf)) = kept {
-        if buf.reuse_zeroed(len) {
+        if buf.reuse(len) {
             return buf;
         }
     }
