@@ -139,8 +139,9 @@ fn every_read_writes_every_byte_it_returns_on_format_3() {
     }
 }
 
-/// Over NBD, large reads of data then of holes of the same size, pipelined so that several of
-/// the connection's threads serve each kind: every hole reads as zeros.
+/// Over NBD, reads of data then of holes of the same size (1 MiB, served alone, and 64 KiB,
+/// taken together), pipelined so that several of the connection's threads serve each kind:
+/// every hole reads as zeros.
 #[test]
 fn a_served_hole_never_returns_an_earlier_reads_bytes() {
     let seed = seed(0x5EAD_F444);
@@ -154,15 +155,23 @@ fn a_served_hole_never_returns_an_earlier_reads_bytes() {
     let server = BackgroundServer::start(Arc::clone(&pool), ServeOptions::default()).unwrap();
     let stream = std::net::TcpStream::connect(server.addr).unwrap();
     let mut client = Client::connect(stream, "").unwrap();
-    const READ: u32 = 1 << 20;
-    for round in 0..4u64 {
-        // Eight 1 MiB reads of data in flight, then eight of holes.
+    // 1 MiB reads (each served alone) and 64 KiB ones (taken together, one reply buffer for
+    // all the reads a thread takes).
+    for (round, read) in [
+        (0u64, 1u32 << 20),
+        (1, 1 << 20),
+        (2, 64 << 10),
+        (3, 64 << 10),
+    ] {
+        let count = (8u64 << 20) / u64::from(read);
+        // Eight reads of data in flight, then eight of holes.
         for kind in [0u64, 1] {
             let offsets: std::collections::HashMap<u64, u64> = (0..8u64)
                 .map(|i| {
-                    let offset = kind * (8 << 20) + ((i + round) % 8) * u64::from(READ);
+                    let at = (i * count / 8 + round) % count;
+                    let offset = kind * (8 << 20) + at * u64::from(read);
                     let cookie = client
-                        .send(stripestore::nbd::proto::cmd::READ, 0, offset, READ, &[])
+                        .send(stripestore::nbd::proto::cmd::READ, 0, offset, read, &[])
                         .unwrap();
                     (cookie, offset)
                 })
@@ -172,10 +181,11 @@ fn a_served_hole_never_returns_an_earlier_reads_bytes() {
                 assert_eq!(reply.errno, 0, "round {round}: a read failed");
                 let bytes = reply.data;
                 let offset = offsets[&reply.cookie];
+                let zeros = vec![0u8; read as usize];
                 let expected: &[u8] = if kind == 0 {
-                    &data[offset as usize..offset as usize + READ as usize]
+                    &data[offset as usize..offset as usize + read as usize]
                 } else {
-                    &[0u8; READ as usize][..]
+                    &zeros
                 };
                 assert!(
                     bytes == expected,
