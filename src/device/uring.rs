@@ -294,15 +294,6 @@ impl AlignedBuf {
         true
     }
 
-    /// [`AlignedBuf::reuse`], then every byte zero.
-    pub fn reuse_zeroed(&mut self, len: usize) -> bool {
-        let reused = self.reuse(len);
-        if reused {
-            self.fill(0);
-        }
-        reused
-    }
-
     /// `len` zero bytes.
     #[must_use]
     pub fn zeroed(len: usize) -> Self {

@@ -471,7 +471,9 @@ pub fn run(args: &BenchSmallwriteArgs) -> Result<(), String> {
         match nbdkit::version() {
             Ok(version) => Some(version),
             Err(why) => {
-                eprintln!("warning: {why}; the mounted path is measured without nbdkit's bound");
+                eprintln!(
+                    "warning: {why}; the mounted path is measured without nbdkit's reference"
+                );
                 None
             }
         }
@@ -521,11 +523,11 @@ pub fn run(args: &BenchSmallwriteArgs) -> Result<(), String> {
                 if nbdkit.is_some() {
                     // Before the library and the pool write over the member files: the
                     // file nbdkit serves is the raw baseline's, as fio left it.
-                    let bound = nbdkit_file_run(&paths[0], dir.path(), args, *fsync_every)?;
+                    let reference = nbdkit_file_run(&paths[0], dir.path(), args, *fsync_every)?;
                     if !args.json {
-                        bound.report(name, *fsync_every, run, "nbdkit file", raw.iops);
+                        reference.report(name, *fsync_every, run, "nbdkit file", raw.iops);
                     }
-                    case.nbdkit_file.push(bound);
+                    case.nbdkit_file.push(reference);
                 }
                 let ours = library_run(layout, &paths, args, *fsync_every, run as u64 + 1)?;
                 if !args.json {
@@ -648,7 +650,7 @@ pub fn run(args: &BenchSmallwriteArgs) -> Result<(), String> {
                 )
             };
             let kit: Vec<f64> = case.nbdkit_file.iter().map(|r| r.iops).collect();
-            let (bound, of_bound) = if kit.is_empty() {
+            let (reference, of_reference) = if kit.is_empty() {
                 ("-".to_string(), "-".to_string())
             } else {
                 let (kit_median, _, _) = spread(&kit);
@@ -676,8 +678,8 @@ pub fn run(args: &BenchSmallwriteArgs) -> Result<(), String> {
                 p50,
                 p99,
                 per_sync,
-                bound,
-                of_bound
+                reference,
+                of_reference
             );
         }
     }
