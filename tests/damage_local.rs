@@ -5,6 +5,8 @@
 //!   with device names), its tallies add up, and every other byte reads back exact;
 //! * data errors degrade a member (it keeps serving), at a rate, not a lifetime count; a write
 //!   failure faults a member only while the pool can lose it; `clear` brings members back;
+//! * a bad sector under a large read costs its own block: found, rebuilt, healed or lost, and
+//!   named, alone (the request that failed is asked again block by block);
 //! * a faulted member that comes back is resynced, not trusted;
 //! * a read-only open changes no byte, whatever it finds.
 
@@ -609,4 +611,249 @@ fn a_member_failing_the_superblock_write_of_a_recorded_change_is_counted_and_fau
     assert_eq!(status.devices[2].state, "DEGRADED", "{status}");
     assert!(status.devices[2].write_errors >= 1, "{status}");
     verify(&pool, &model);
+}
+
+/// The members of `mems` but `absent`, each behind a fault plan, opened as a pool (forced
+/// when members are left out: the test knows they hold nothing newer). Plans by position.
+fn open_behind_faults(
+    mems: &[Arc<MemDevice>],
+    absent: &[usize],
+) -> (
+    Pool,
+    Vec<Arc<parking_lot::Mutex<stripestore::device::FaultPlan>>>,
+) {
+    let (devices, plans) = faulty_members(mems, 900);
+    let present: Vec<SharedDevice> = devices
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !absent.contains(i))
+        .map(|(_, d)| d)
+        .collect();
+    let open = OpenOptions {
+        force: !absent.is_empty(),
+        ..manual()
+    };
+    (Pool::open(present, &open).unwrap(), plans)
+}
+
+/// Per member its read errors, and the volume's counters: what a read found and repaired.
+fn found(pool: &Pool) -> (Vec<u64>, stripestore::volume::VolumeCounters) {
+    let errors = pool
+        .status()
+        .devices
+        .iter()
+        .map(|d| d.read_errors)
+        .collect();
+    (errors, pool.volume_counters().expect("a version-4 pool"))
+}
+
+/// What changed between two [`found`]: read errors per member; shard-blocks found bad,
+/// blocks rebuilt, shard-blocks healed, blocks lost.
+fn found_since(
+    before: &(Vec<u64>, stripestore::volume::VolumeCounters),
+    after: &(Vec<u64>, stripestore::volume::VolumeCounters),
+) -> (Vec<u64>, [u64; 4]) {
+    let errors = after.0.iter().zip(&before.0).map(|(a, b)| a - b).collect();
+    let (a, b) = (&after.1, &before.1);
+    (
+        errors,
+        [
+            a.bad_shard_blocks - b.bad_shard_blocks,
+            a.rebuilt_blocks - b.rebuilt_blocks,
+            a.healed_shard_blocks - b.healed_shard_blocks,
+            a.unrecoverable_blocks - b.unrecoverable_blocks,
+        ],
+    )
+}
+
+/// A shard-block among `candidates` (places of blocks of `range`) on a member not in
+/// `absent` with a neighbour on each side on that member that `neighbours` also holds: a read
+/// of the range asks for it inside a longer request, neither first nor last.
+fn inside_a_run(
+    candidates: &[(u64, ShardLocation)],
+    neighbours: &[ShardLocation],
+    absent: &[usize],
+) -> (u64, ShardLocation) {
+    let has = |device: usize, offset: u64| {
+        neighbours
+            .iter()
+            .any(|q| q.device == device && q.offset == offset)
+    };
+    *candidates
+        .iter()
+        .find(|(_, p)| {
+            !absent.contains(&p.device)
+                && has(p.device, p.offset - BLOCK)
+                && has(p.device, p.offset + BLOCK)
+        })
+        .expect("a shard-block inside a run of the read")
+}
+
+/// One bad sector under a large read costs its own shard-block, never the others its request
+/// carried: a request that fails on a range is asked again block by block. On every layout,
+/// healthy: the 256 KiB read returns the model's bytes, and against the same read without the
+/// fault exactly one read error on the member, one bad shard-block, one block rebuilt, one
+/// healed; then the same on rs:4+2 with a member absent, the bad sector under a parity
+/// shard-block that only the row's rebuild reads (no block more rebuilt than without it).
+/// Beyond what its row can spare, the read fails naming that block's row and the sector, one
+/// block counted lost, and the rest of the range reads back exact.
+#[test]
+fn a_bad_sector_under_a_large_read_costs_only_its_own_block() {
+    let range = 64u64..128;
+    let read = |pool: &Pool| {
+        let mut buf = vec![0u8; ((range.end - range.start) * BLOCK) as usize];
+        pool.read_at(range.start * BLOCK, &mut buf).map(|()| buf)
+    };
+    for (layout, devices) in [("rs:4+2", 6), ("mirror:2", 2), ("raid10:2", 4)] {
+        let mems = mem_devices(devices, DEVICE_BYTES);
+        let pool = Pool::create(shared(&mems), vec![], &options(layout)).unwrap();
+        let mut rng = rng(seed(130));
+        let mut model = Model::new(pool.size());
+        fill(&pool, &mut model, &mut rng);
+        let rows = block_rows(&pool, &mems, &model);
+        drop(pool);
+        let expected = model.read(
+            range.start * BLOCK,
+            ((range.end - range.start) * BLOCK) as usize,
+        );
+        let owns: Vec<(u64, ShardLocation)> = range
+            .clone()
+            .flat_map(|key| rows[key as usize].own.iter().map(move |p| (key, *p)))
+            .collect();
+        let all_own: Vec<ShardLocation> = owns.iter().map(|(_, p)| *p).collect();
+
+        // Healthy: each copy of a block inside a run, in turn (a mirror reads one of them).
+        let (key, _) = inside_a_run(&owns, &all_own, &[]);
+        let (pool, plans) = open_behind_faults(&mems, &[]);
+        let mut hit = 0;
+        for place in &rows[key as usize].own {
+            let clean = found(&pool);
+            assert_eq!(read(&pool).unwrap(), expected, "{layout}");
+            let baseline = found_since(&clean, &found(&pool));
+            plans[place.device]
+                .lock()
+                .add_bad_read_range(place.offset..place.offset + BLOCK);
+            let before = found(&pool);
+            assert_eq!(read(&pool).unwrap(), expected, "{layout}: block {key}");
+            let (errors, counts) = found_since(&before, &found(&pool));
+            plans[place.device].lock().clear();
+            assert_eq!(baseline.1, [0; 4], "{layout}: a clean read finds nothing");
+            if errors[place.device] == 0 {
+                // This copy was not the one read: nothing else may have been found either.
+                assert_eq!(counts, [0; 4], "{layout}: block {key} at {place:?}");
+                continue;
+            }
+            hit += 1;
+            let mut one = vec![0u64; devices];
+            one[place.device] = 1;
+            assert_eq!(errors, one, "{layout}: block {key} at {place:?}");
+            assert_eq!(counts, [1, 1, 1, 0], "{layout}: block {key} at {place:?}");
+            // Healed: the same read again finds nothing.
+            let before = found(&pool);
+            assert_eq!(read(&pool).unwrap(), expected, "{layout}");
+            assert_eq!(found_since(&before, &found(&pool)).1, [0; 4], "{layout}");
+        }
+        assert!(hit >= 1, "{layout}: no copy of block {key} was read");
+        drop(pool);
+
+        if layout == "rs:4+2" {
+            // A member absent: the rows of its blocks are rebuilt, their parity read then.
+            let absent = 0usize;
+            let rebuilt: Vec<u64> = range
+                .clone()
+                .filter(|k| rows[*k as usize].own.iter().any(|p| p.device == absent))
+                .collect();
+            let parity: Vec<(u64, ShardLocation)> = rebuilt
+                .iter()
+                .flat_map(|k| {
+                    let row = &rows[*k as usize].row;
+                    row.iter()
+                        .filter(|p| p.data_chunk.is_none())
+                        .map(move |p| (*k, *p))
+                })
+                .collect();
+            let parity_places: Vec<ShardLocation> = parity.iter().map(|(_, p)| *p).collect();
+            let (key, place) = inside_a_run(&parity, &parity_places, &[absent]);
+            let (pool, plans) = open_behind_faults(&mems, &[absent]);
+            let clean = found(&pool);
+            assert_eq!(read(&pool).unwrap(), expected, "{layout} degraded");
+            let baseline = found_since(&clean, &found(&pool));
+            plans[place.device]
+                .lock()
+                .add_bad_read_range(place.offset..place.offset + BLOCK);
+            let before = found(&pool);
+            assert_eq!(
+                read(&pool).unwrap(),
+                expected,
+                "{layout} degraded: block {key}"
+            );
+            let (errors, counts) = found_since(&before, &found(&pool));
+            let mut one = vec![0u64; devices];
+            one[place.device] = 1;
+            assert_eq!(
+                errors, one,
+                "{layout} degraded: parity of block {key} at {place:?}"
+            );
+            assert_eq!(
+                counts,
+                [1, baseline.1[1], 1, 0],
+                "{layout} degraded: parity of block {key} at {place:?} (clean: {baseline:?})"
+            );
+            drop(pool);
+        }
+
+        // Beyond what the row can spare: every member but the block's own absent on a
+        // mirror; two others on rs:4+2.
+        let (key, place) = inside_a_run(&owns, &all_own, &[]);
+        let absent: Vec<usize> = if layout == "rs:4+2" {
+            (0..devices)
+                .filter(|d| *d != place.device)
+                .take(2)
+                .collect()
+        } else {
+            rows[key as usize]
+                .own
+                .iter()
+                .map(|p| p.device)
+                .filter(|d| *d != place.device)
+                .collect()
+        };
+        let row_of_key = &rows[key as usize].row;
+        let in_row = |k: u64| rows[k as usize].row == *row_of_key;
+        let (pool, plans) = open_behind_faults(&mems, &absent);
+        plans[place.device]
+            .lock()
+            .add_bad_read_range(place.offset..place.offset + BLOCK);
+        let before = found(&pool);
+        let err = read(&pool).expect_err("a block is lost");
+        let (errors, counts) = found_since(&before, &found(&pool));
+        let Error::UnrecoverableBlock { volume_offset, .. } = &err else {
+            panic!("{layout}: {err}");
+        };
+        assert!(
+            in_row(volume_offset / BLOCK),
+            "{layout}: the error names block {} outside the row of block {key}: {err}",
+            volume_offset / BLOCK
+        );
+        assert!(
+            err.to_string()
+                .contains(&format!("at byte {}: I/O error", place.offset)),
+            "{layout}: {err}"
+        );
+        assert_eq!(errors[place.device], 1, "{layout}: {errors:?}");
+        assert_eq!(
+            counts[0], 1,
+            "{layout}: one shard-block found bad: {counts:?}"
+        );
+        assert_eq!(counts[3], 1, "{layout}: one block lost: {counts:?}");
+        for k in range.clone().filter(|k| !in_row(*k)) {
+            let mut buf = vec![0u8; BLOCK as usize];
+            pool.read_at(k * BLOCK, &mut buf).unwrap();
+            assert_eq!(
+                buf,
+                model.read(k * BLOCK, BLOCK as usize),
+                "{layout}: block {k}"
+            );
+        }
+    }
 }

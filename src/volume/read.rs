@@ -3,7 +3,9 @@
 
 use super::place::{runs, BlockPlace, Piece};
 use super::{MemberProblem, ProblemKind, Volume, BLOCK, BLOCK_BYTES};
-use crate::device::{run_batch_while, AlignedBuf, BatchOp, DeviceError, ReadWithin, SharedDevice};
+use crate::device::{
+    run_batch, run_batch_while, AlignedBuf, BatchOp, DeviceError, ReadWithin, SharedDevice,
+};
 use crate::error::{Error, Result};
 use crate::format::v4::BlockPointer;
 use std::cell::RefCell;
@@ -451,21 +453,12 @@ impl Volume {
         let (buffers, results) = read_runs_hedged(devices, &runs, |run| {
             self.first_read_hedge(devices, &wanted, run)
         });
-        for (run, result) in runs.iter().zip(&results) {
-            if let (Some(Err(error)), Some(first)) = (result, run.first()) {
-                let want = &wanted[first.index];
-                self.report(&MemberProblem {
-                    member: first.device,
-                    offset: first.offset,
-                    slot: want.place.slot,
-                    shard: self.shard_at(want, first.device),
-                    kind: ProblemKind::Read(error),
-                });
-            }
-        }
+        self.report_read_errors(&runs, &results, |piece| {
+            let want = &wanted[piece.index];
+            (want.place.slot, self.shard_at(want, piece.device))
+        });
         for ((run, buffer), result) in runs.iter().zip(&buffers).zip(&results) {
-            let read_ok = matches!(result, Some(Ok(ReadWithin::Done)));
-            let late = matches!(result, Some(Ok(ReadWithin::Late)));
+            let late = matches!(result.outcome, Some(Ok(ReadWithin::Late)));
             if late {
                 tracing::debug!(
                     member = run[0].device,
@@ -480,7 +473,7 @@ impl Volume {
                 let bytes = &buffer[i * BLOCK_BYTES..(i + 1) * BLOCK_BYTES];
                 let problem = if late {
                     Problem::Late
-                } else if !read_ok {
+                } else if !result.block_read(i) {
                     Problem::Unreadable
                 } else if self.verifies(want, shard, bytes) {
                     out[want.index * BLOCK_BYTES..(want.index + 1) * BLOCK_BYTES]
@@ -635,30 +628,20 @@ impl Volume {
             .zip(reused.chunks_exact(BLOCK_BYTES))
             .map(|(at, bytes)| (*at, Some(bytes)))
             .collect();
-        for (run, result) in runs.iter().zip(&results) {
-            if let (Some(Err(error)), Some(first)) = (result, run.first()) {
-                let (blocks, _) = &rows[first.index / width];
-                let want = &wanted[blocks[0].0];
-                self.report(&MemberProblem {
-                    member: first.device,
-                    offset: first.offset,
-                    slot: want.place.slot,
-                    shard: first.index % width,
-                    kind: ProblemKind::Read(error),
-                });
-            }
-        }
+        self.report_read_errors(&runs, &results, |piece| {
+            let (blocks, _) = &rows[piece.index / width];
+            (wanted[blocks[0].0].place.slot, piece.index % width)
+        });
         // Pieces whose hedged read was late: not read, not failed.
         let mut late: std::collections::BTreeSet<usize> = std::collections::BTreeSet::new();
         for ((run, buffer), result) in runs.iter().zip(&buffers).zip(&results) {
-            if matches!(result, Some(Ok(ReadWithin::Late))) {
+            if matches!(result.outcome, Some(Ok(ReadWithin::Late))) {
                 late.extend(run.iter().map(|piece| piece.index));
                 continue;
             }
-            let ok = matches!(result, Some(Ok(ReadWithin::Done)));
             for (i, piece) in run.iter().enumerate() {
                 let bytes = &buffer[i * BLOCK_BYTES..(i + 1) * BLOCK_BYTES];
-                read.insert(piece.index, ok.then_some(bytes));
+                read.insert(piece.index, result.block_read(i).then_some(bytes));
             }
         }
         for (r, (blocks, recorded)) in rows.iter().enumerate() {
@@ -775,6 +758,46 @@ impl Volume {
             return Err(unrecoverable(self, want, &tally));
         }
         Ok(())
+    }
+
+    /// Tell the owner of every failed request of `runs` (`place_of`: a piece's slot and shard):
+    /// of a request read again block by block, each block that failed again, at its own
+    /// offset (and the request's error once if every block then read: the member did fail
+    /// it); else the request's error, at its first block.
+    fn report_read_errors(
+        &self,
+        runs: &[Vec<Piece>],
+        results: &HedgedResults,
+        place_of: impl Fn(&Piece) -> (u64, usize),
+    ) {
+        for (run, result) in runs.iter().zip(results) {
+            let (Some(Err(error)), Some(first)) = (&result.outcome, run.first()) else {
+                continue;
+            };
+            let again: Vec<(&Piece, &DeviceError)> = match &result.blocks {
+                Some(blocks) => run
+                    .iter()
+                    .zip(blocks)
+                    .filter_map(|(piece, outcome)| outcome.as_ref().err().map(|e| (piece, e)))
+                    .collect(),
+                None => Vec::new(),
+            };
+            let failed = if again.is_empty() {
+                vec![(first, error)]
+            } else {
+                again
+            };
+            for (piece, error) in failed {
+                let (slot, shard) = place_of(piece);
+                self.report(&MemberProblem {
+                    member: piece.device,
+                    offset: piece.offset,
+                    slot,
+                    shard,
+                    kind: ProblemKind::Read(error),
+                });
+            }
+        }
     }
 
     /// The copy of a block to read first: among the shards that carry its chunk, the first
@@ -1037,6 +1060,11 @@ pub(super) fn read_runs(
 /// [`read_runs`], with a deadline on the runs `hedge` gives one: those are read on their own
 /// with [`crate::device::Device::read_at_within`] while the others are on the devices
 /// together. Per run, how its request went (`Late`: its buffer holds nothing meaningful).
+///
+/// A request of several blocks that failed on a range (an I/O error, not a member gone or
+/// away) is asked again block by block, all such blocks in one batch: one bad sector then
+/// costs its own block, never the others its request carried (they are not rebuilt, healed,
+/// counted bad or lost, and an error names the block that is).
 pub(super) fn read_runs_hedged(
     devices: &[Option<SharedDevice>],
     runs: &[Vec<Piece>],
@@ -1048,7 +1076,7 @@ pub(super) fn read_runs_hedged(
             .collect(),
     );
     let mut results: HedgedResults = Vec::with_capacity(runs.len());
-    results.resize_with(runs.len(), || None);
+    results.resize_with(runs.len(), RunRead::default);
     let mut ops = Vec::with_capacity(runs.len());
     let mut issued = Vec::with_capacity(runs.len());
     let mut hedged = Vec::new();
@@ -1072,16 +1100,73 @@ pub(super) fn read_runs_hedged(
             .collect::<Vec<_>>()
     });
     for (r, outcome) in late {
-        results[r] = Some(outcome);
+        results[r].outcome = Some(outcome);
     }
     for (op, r) in ops.into_iter().zip(issued) {
-        results[r] = Some(op.result.map(|()| ReadWithin::Done));
+        results[r].outcome = Some(op.result.map(|()| ReadWithin::Done));
     }
+    read_blocks_again(devices, runs, &mut buffers.0, &mut results);
     (buffers, results)
 }
 
-/// Each run's outcome in [`read_runs_hedged`] (`None`: no request was made).
-pub(super) type HedgedResults = Vec<Option<std::result::Result<ReadWithin, DeviceError>>>;
+/// The runs of `results` whose request failed on a range, with more than one block: each of
+/// their blocks read again on its own, into its place in the run's buffer, all in one batch.
+fn read_blocks_again(
+    devices: &[Option<SharedDevice>],
+    runs: &[Vec<Piece>],
+    buffers: &mut [AlignedBuf],
+    results: &mut [RunRead],
+) {
+    let mut ops = Vec::new();
+    let mut whose = Vec::new();
+    for (r, (run, buffer)) in runs.iter().zip(buffers.iter_mut()).enumerate() {
+        if run.len() < 2 || !matches!(results[r].outcome, Some(Err(DeviceError::Io(_)))) {
+            continue;
+        }
+        let Some(Some(device)) = run.first().and_then(|p| devices.get(p.device)) else {
+            continue;
+        };
+        for (piece, block) in run.iter().zip(buffer.chunks_mut(BLOCK_BYTES)) {
+            ops.push(BatchOp::read(device.as_ref(), piece.offset, block));
+            whose.push(r);
+        }
+    }
+    if ops.is_empty() {
+        return;
+    }
+    run_batch(&mut ops);
+    for (op, r) in ops.into_iter().zip(whose) {
+        results[r]
+            .blocks
+            .get_or_insert_with(Vec::new)
+            .push(op.result);
+    }
+}
+
+/// Each run's outcome in [`read_runs_hedged`].
+pub(super) type HedgedResults = Vec<RunRead>;
+
+/// How the request of one run of [`read_runs_hedged`] went.
+#[derive(Debug, Default)]
+pub(super) struct RunRead {
+    /// The request's outcome (`None`: no request was made, its member is not present).
+    pub outcome: Option<std::result::Result<ReadWithin, DeviceError>>,
+    /// When the request failed on a range and the run has several blocks: each block's own
+    /// read, in order.
+    pub blocks: Option<Vec<std::result::Result<(), DeviceError>>>,
+}
+
+impl RunRead {
+    /// Whether block `i` of the run was read whole: only then may its bytes in the run's
+    /// buffer be checked and used.
+    pub fn block_read(&self, i: usize) -> bool {
+        match (&self.outcome, &self.blocks) {
+            (Some(Ok(ReadWithin::Done)), _) => true,
+            (Some(Err(_)), Some(blocks)) => blocks.get(i).is_some_and(Result::is_ok),
+            _ => false,
+        }
+    }
+}
 
 /// Each run's outcome (`None`: no request was made, its member is not present).
 pub(super) type RunResults = Vec<Option<std::result::Result<(), DeviceError>>>;
