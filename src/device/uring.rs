@@ -573,10 +573,14 @@ fn push_round(ring: &mut IoUring, ops: &mut [BatchOp<'_>], round: &[usize]) -> V
     for &index in round {
         let op = &mut ops[index];
         let len = op.len();
+        // The caller pushes only requests with a descriptor on io_uring; any other runs
+        // through the plain call, so that its result is always its own.
         let Some(device) = op.device.as_uring() else {
+            op.run_sync();
             continue;
         };
         let Some((fd, direct)) = device.descriptor(op.offset, len) else {
+            op.run_sync();
             continue;
         };
         let Ok(len32) = u32::try_from(len) else {

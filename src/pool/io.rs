@@ -308,13 +308,16 @@ impl PoolInner {
                     };
                     if got[mine.clone()].iter().all(|g| *g == Got::Good) {
                         let mut copied = 0;
-                        for (offset, _, skip, take) in &placed[mine] {
+                        for (offset, _, skip, take) in &placed[mine.clone()] {
                             let from = offset + skip;
                             out[copied..copied + take].copy_from_slice(&buf[from..from + take]);
                             copied += take;
                         }
-                        debug_assert_eq!(copied, out.len(), "copied every requested byte");
-                        continue;
+                        if copied == out.len() {
+                            continue;
+                        }
+                        // The pieces did not cover the request (unreachable by construction):
+                        // read it the slow way rather than return bytes it did not read.
                     }
                     // Whole shards already read are handed on; a part read good is read again
                     // whole; a bad one is handed on as bad (its error is counted once).
@@ -346,7 +349,7 @@ impl PoolInner {
             let slot = entries[i].slot.unwrap_or(SlotId(0));
             // Slow path; shards already fetched are reused, so no error is counted twice.
             let (shards, _) = self.recover_stripe(*stripe, slot, &entries[i], fetched)?;
-            self.copy_out(&shards, 0, chunks, start, out);
+            self.copy_out(*stripe, &shards, 0, chunks, start, out)?;
         }
         Ok(())
     }
@@ -431,8 +434,7 @@ impl PoolInner {
                     .is_ok()
                 });
                 if verified {
-                    self.copy_out(&shards, part.start, chunks, start, out);
-                    return Ok(());
+                    return self.copy_out(stripe, &shards, part.start, chunks, start, out);
                 }
             }
         }
@@ -444,32 +446,44 @@ impl PoolInner {
             .map(|(shard, got)| (*shard, got.into_fetch_copied(&shards[*shard])))
             .collect();
         let (all, _) = self.recover_stripe(stripe, slot, entry, known)?;
-        self.copy_out(&all, 0, chunks, start, out);
-        Ok(())
+        self.copy_out(stripe, &all, 0, chunks, start, out)
     }
 
     /// Copy the requested range out of shards that each hold their shard's bytes from `base`
-    /// on: data chunks `chunks`, from byte `start` of the first (`start >= base`).
+    /// on: data chunks `chunks`, from byte `start` of the first (`start >= base`). Shards that
+    /// do not hold the whole range (unreachable by construction) are an error naming the
+    /// stripe, never a buffer left partly unwritten.
     fn copy_out(
         &self,
+        stripe: StripeId,
         shards: &[Vec<u8>],
         base: usize,
         chunks: std::ops::RangeInclusive<usize>,
         start: usize,
         out: &mut [u8],
-    ) {
-        debug_assert!(start >= base, "the shards hold the requested bytes");
+    ) -> Result<()> {
+        let wanted = out.len();
+        let short = || {
+            Error::corrupt_metadata(format!(
+                "stripe {}: the shards read do not hold the {wanted} bytes requested from byte {start}",
+                stripe.0
+            ))
+        };
+        let mut skip = start.checked_sub(base).ok_or_else(short)?;
         let chunks: Vec<&Vec<u8>> = chunks.map(|c| &shards[self.first_shard_of(c)]).collect();
         let mut copied = 0;
-        let mut skip = start - base;
         for bytes in chunks {
-            let piece = &bytes[skip..];
+            let piece = bytes.get(skip..).ok_or_else(short)?;
             let n = piece.len().min(out.len() - copied);
             out[copied..copied + n].copy_from_slice(&piece[..n]);
             copied += n;
             skip = 0;
         }
-        debug_assert_eq!(copied, out.len(), "copied every requested byte");
+        if copied == out.len() {
+            Ok(())
+        } else {
+            Err(short())
+        }
     }
 
     /// The first shard index carrying `data_chunk`.
