@@ -845,7 +845,14 @@ fn a_bad_sector_under_a_large_read_costs_only_its_own_block() {
             counts[0], 1,
             "{layout}: one shard-block found bad: {counts:?}"
         );
+        assert_eq!(counts[2], 0, "{layout}: nothing to heal: {counts:?}");
         assert_eq!(counts[3], 1, "{layout}: one block lost: {counts:?}");
+        if layout != "rs:4+2" {
+            assert_eq!(
+                counts[1], 0,
+                "{layout}: no copy to rebuild from: {counts:?}"
+            );
+        }
         for k in range.clone().filter(|k| !in_row(*k)) {
             let mut buf = vec![0u8; BLOCK as usize];
             pool.read_at(k * BLOCK, &mut buf).unwrap();
@@ -856,4 +863,148 @@ fn a_bad_sector_under_a_large_read_costs_only_its_own_block() {
             );
         }
     }
+}
+
+/// Fails (EIO) every read of more than one block that covers byte `at`; serves single blocks.
+#[derive(Debug)]
+struct FailsLongReads {
+    inner: SharedDevice,
+    at: u64,
+}
+
+impl Device for FailsLongReads {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), stripestore::device::DeviceError> {
+        let end = offset + buf.len() as u64;
+        if buf.len() as u64 > BLOCK && offset <= self.at && self.at < end {
+            return Err(std::io::Error::other("EIO on a long request").into());
+        }
+        self.inner.read_at(offset, buf)
+    }
+    fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), stripestore::device::DeviceError> {
+        self.inner.write_at(offset, buf)
+    }
+    fn flush(&self) -> Result<(), stripestore::device::DeviceError> {
+        self.inner.flush()
+    }
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+}
+
+/// The blocks of 64..128 on a freshly filled rs:4+2 pool of six members (`seed`): the
+/// members, the model, where every block is, and a shard-block of one of them that a read of
+/// the range asks for inside a longer request (its block and place).
+fn filled_rs(
+    seed_no: u64,
+) -> (
+    Vec<Arc<MemDevice>>,
+    Model,
+    Vec<(u64, ShardLocation)>,
+    (u64, ShardLocation),
+) {
+    let mems = mem_devices(6, DEVICE_BYTES);
+    let pool = Pool::create(shared(&mems), vec![], &options("rs:4+2")).unwrap();
+    let mut rng = rng(seed(seed_no));
+    let mut model = Model::new(pool.size());
+    fill(&pool, &mut model, &mut rng);
+    let rows = block_rows(&pool, &mems, &model);
+    drop(pool);
+    let owns: Vec<(u64, ShardLocation)> = (64u64..128)
+        .flat_map(|key| rows[key as usize].own.iter().map(move |p| (key, *p)))
+        .collect();
+    let all_own: Vec<ShardLocation> = owns.iter().map(|(_, p)| *p).collect();
+    let inside = inside_a_run(&owns, &all_own, &[]);
+    (mems, model, owns, inside)
+}
+
+/// Read blocks 64..128 whole and check them against `model`.
+fn read_range_exact(pool: &Pool, model: &Model, what: &str) {
+    let mut buf = vec![0u8; (64 * BLOCK) as usize];
+    pool.read_at(64 * BLOCK, &mut buf).unwrap();
+    assert_eq!(buf, model.read(64 * BLOCK, buf.len()), "{what}");
+}
+
+/// A request that fails whole while each of its blocks then reads found nothing: the read
+/// returns the model's bytes, and nothing is counted bad, rebuilt, healed or lost, and no
+/// read error is counted on the member (as a scrub's cell-by-cell reads count none).
+#[test]
+fn a_request_that_fails_whole_but_reads_block_by_block_costs_nothing() {
+    let (mems, model, _, (key, place)) = filled_rs(131);
+    let devices: Vec<SharedDevice> = mems
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let inner = Arc::clone(m) as SharedDevice;
+            if i == place.device {
+                Arc::new(FailsLongReads {
+                    inner,
+                    at: place.offset,
+                }) as SharedDevice
+            } else {
+                inner
+            }
+        })
+        .collect();
+    let pool = Pool::open(devices, &manual()).unwrap();
+    let before = found(&pool);
+    read_range_exact(&pool, &model, &format!("block {key}"));
+    let (errors, counts) = found_since(&before, &found(&pool));
+    assert_eq!(errors, vec![0; 6], "block {key} at {place:?}");
+    assert_eq!(counts, [0; 4], "block {key} at {place:?}");
+}
+
+/// A hedged request (its member keeps read deadlines) that fails on a range is asked again
+/// block by block with its deadline, and the blocks after the first late one are not asked:
+/// a slow member costs one deadline more, not one per block. The read returns the model's
+/// bytes (the late blocks rebuilt from their rows), the request's error is counted once (the
+/// blocks not asked may hold it), nothing is found bad, healed or lost.
+#[test]
+fn a_hedged_request_that_fails_is_asked_again_until_a_block_is_late() {
+    let (mems, model, owns, (key, place)) = filled_rs(132);
+    let on_member = owns
+        .iter()
+        .filter(|(_, p)| p.device == place.device)
+        .count();
+    assert!(
+        on_member > 2,
+        "{on_member} blocks on member {}",
+        place.device
+    );
+    let (pool, plans) = open_behind_faults(&mems, &[]);
+    {
+        let mut plan = plans[place.device].lock();
+        plan.add_bad_read_range(place.offset..place.offset + BLOCK);
+        plan.set_latency(1.0, Duration::from_millis(300));
+    }
+    let before = found(&pool);
+    read_range_exact(&pool, &model, &format!("block {key}"));
+    let (errors, counts) = found_since(&before, &found(&pool));
+    // The request that failed, then the blocks of it asked again (each delayed past the
+    // deadline until the first is late).
+    let injected = plans[place.device].lock().injected.clone();
+    let failed = injected
+        .iter()
+        .find(|f| f.kind == FaultKind::ReadError && f.len as u64 > BLOCK)
+        .expect("the request covering the bad sector failed");
+    let asked_again = injected
+        .iter()
+        .filter(|f| {
+            f.kind == FaultKind::Latency
+                && f.len as u64 == BLOCK
+                && (failed.offset..failed.offset + failed.len as u64).contains(&f.offset)
+        })
+        .count();
+    assert_eq!(
+        asked_again, 1,
+        "block {key} at {place:?}: blocks of the failed request asked again: {injected:?}"
+    );
+    let mut one = vec![0u64; 6];
+    one[place.device] = 1;
+    assert_eq!(errors, one, "block {key} at {place:?}");
+    assert_eq!(counts[0], 0, "late blocks are not bad: {counts:?}");
+    assert_eq!(counts[2], 0, "nothing healed: {counts:?}");
+    assert_eq!(counts[3], 0, "nothing lost: {counts:?}");
 }

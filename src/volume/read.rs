@@ -458,8 +458,7 @@ impl Volume {
             (want.place.slot, self.shard_at(want, piece.device))
         });
         for ((run, buffer), result) in runs.iter().zip(&buffers).zip(&results) {
-            let late = matches!(result.outcome, Some(Ok(ReadWithin::Late)));
-            if late {
+            if matches!(result.outcome, Some(Ok(ReadWithin::Late))) {
                 tracing::debug!(
                     member = run[0].device,
                     offset = run[0].offset,
@@ -471,7 +470,7 @@ impl Volume {
                 let want = &wanted[piece.index];
                 let shard = self.shard_at(want, piece.device);
                 let bytes = &buffer[i * BLOCK_BYTES..(i + 1) * BLOCK_BYTES];
-                let problem = if late {
+                let problem = if result.block_late(i) {
                     Problem::Late
                 } else if !result.block_read(i) {
                     Problem::Unreadable
@@ -635,11 +634,11 @@ impl Volume {
         // Pieces whose hedged read was late: not read, not failed.
         let mut late: std::collections::BTreeSet<usize> = std::collections::BTreeSet::new();
         for ((run, buffer), result) in runs.iter().zip(&buffers).zip(&results) {
-            if matches!(result.outcome, Some(Ok(ReadWithin::Late))) {
-                late.extend(run.iter().map(|piece| piece.index));
-                continue;
-            }
             for (i, piece) in run.iter().enumerate() {
+                if result.block_late(i) {
+                    late.insert(piece.index);
+                    continue;
+                }
                 let bytes = &buffer[i * BLOCK_BYTES..(i + 1) * BLOCK_BYTES];
                 read.insert(piece.index, result.block_read(i).then_some(bytes));
             }
@@ -762,8 +761,10 @@ impl Volume {
 
     /// Tell the owner of every failed request of `runs` (`place_of`: a piece's slot and shard):
     /// of a request read again block by block, each block that failed again, at its own
-    /// offset (and the request's error once if every block then read: the member did fail
-    /// it); else the request's error, at its first block.
+    /// offset; else the request's error, at its first block (also when none failed again but a
+    /// hedged retry gave up on some: the error may be theirs). A request whose blocks all read
+    /// when asked again found nothing to count (as a scrub's cell-by-cell reads): it is
+    /// logged, naming the member and the request.
     fn report_read_errors(
         &self,
         runs: &[Vec<Piece>],
@@ -774,19 +775,27 @@ impl Volume {
             let (Some(Err(error)), Some(first)) = (&result.outcome, run.first()) else {
                 continue;
             };
-            let again: Vec<(&Piece, &DeviceError)> = match &result.blocks {
+            let mut failed: Vec<(&Piece, &DeviceError)> = match &result.blocks {
                 Some(blocks) => run
                     .iter()
                     .zip(blocks)
                     .filter_map(|(piece, outcome)| outcome.as_ref().err().map(|e| (piece, e)))
                     .collect(),
-                None => Vec::new(),
+                None => vec![(first, error)],
             };
-            let failed = if again.is_empty() {
-                vec![(first, error)]
-            } else {
-                again
-            };
+            // Blocks a hedged retry gave up on may hold the error: it is the request's then.
+            if failed.is_empty() && (0..run.len()).any(|i| result.block_late(i)) {
+                failed.push((first, error));
+            }
+            if failed.is_empty() {
+                tracing::warn!(
+                    member = first.device,
+                    offset = first.offset,
+                    blocks = run.len(),
+                    %error,
+                    "a read request failed, then each of its blocks read on its own"
+                );
+            }
             for (piece, error) in failed {
                 let (slot, shard) = place_of(piece);
                 self.report(&MemberProblem {
@@ -1083,7 +1092,10 @@ pub(super) fn read_runs_hedged(
     for (r, (run, buffer)) in runs.iter().zip(buffers.0.iter_mut()).enumerate() {
         if let Some(Some(device)) = run.first().and_then(|p| devices.get(p.device)) {
             match hedge(run) {
-                Some(within) => hedged.push((r, device, run[0].offset, buffer, within)),
+                Some(within) => {
+                    results[r].within = Some(within);
+                    hedged.push((r, device, run[0].offset, buffer, within));
+                }
                 None => {
                     ops.push(BatchOp::read(device.as_ref(), run[0].offset, buffer));
                     issued.push(r);
@@ -1110,7 +1122,9 @@ pub(super) fn read_runs_hedged(
 }
 
 /// The runs of `results` whose request failed on a range, with more than one block: each of
-/// their blocks read again on its own, into its place in the run's buffer, all in one batch.
+/// their blocks read again on its own, into its place in the run's buffer, all in one batch;
+/// a hedged run's blocks one after another with its deadline, the rest of them late from the
+/// first that is (a slow member's retries cost one deadline more at most, never one each).
 fn read_blocks_again(
     devices: &[Option<SharedDevice>],
     runs: &[Vec<Piece>],
@@ -1120,15 +1134,33 @@ fn read_blocks_again(
     let mut ops = Vec::new();
     let mut whose = Vec::new();
     for (r, (run, buffer)) in runs.iter().zip(buffers.iter_mut()).enumerate() {
-        if run.len() < 2 || !matches!(results[r].outcome, Some(Err(DeviceError::Io(_)))) {
+        let result = &mut results[r];
+        if run.len() < 2 || !matches!(result.outcome, Some(Err(DeviceError::Io(_)))) {
             continue;
         }
         let Some(Some(device)) = run.first().and_then(|p| devices.get(p.device)) else {
             continue;
         };
-        for (piece, block) in run.iter().zip(buffer.chunks_mut(BLOCK_BYTES)) {
-            ops.push(BatchOp::read(device.as_ref(), piece.offset, block));
-            whose.push(r);
+        let blocks = run.iter().zip(buffer.chunks_mut(BLOCK_BYTES));
+        match result.within {
+            Some(within) => {
+                let mut each = Vec::with_capacity(run.len());
+                for (piece, block) in blocks {
+                    let late = matches!(each.last(), Some(Ok(ReadWithin::Late)));
+                    each.push(if late {
+                        Ok(ReadWithin::Late)
+                    } else {
+                        device.read_at_within(piece.offset, block, within)
+                    });
+                }
+                result.blocks = Some(each);
+            }
+            None => {
+                for (piece, block) in blocks {
+                    ops.push(BatchOp::read(device.as_ref(), piece.offset, block));
+                    whose.push(r);
+                }
+            }
         }
     }
     if ops.is_empty() {
@@ -1139,7 +1171,7 @@ fn read_blocks_again(
         results[r]
             .blocks
             .get_or_insert_with(Vec::new)
-            .push(op.result);
+            .push(op.result.map(|()| ReadWithin::Done));
     }
 }
 
@@ -1153,18 +1185,30 @@ pub(super) struct RunRead {
     pub outcome: Option<std::result::Result<ReadWithin, DeviceError>>,
     /// When the request failed on a range and the run has several blocks: each block's own
     /// read, in order.
-    pub blocks: Option<Vec<std::result::Result<(), DeviceError>>>,
+    pub blocks: Option<Vec<std::result::Result<ReadWithin, DeviceError>>>,
+    /// The run's deadline, when it was hedged.
+    pub within: Option<Duration>,
 }
 
 impl RunRead {
+    /// How block `i` of the run was read: its own read when the run's request failed and was
+    /// asked again block by block, else the request's.
+    fn block(&self, i: usize) -> Option<&std::result::Result<ReadWithin, DeviceError>> {
+        match (&self.outcome, &self.blocks) {
+            (Some(Err(_)), Some(blocks)) => blocks.get(i),
+            (outcome, _) => outcome.as_ref(),
+        }
+    }
+
     /// Whether block `i` of the run was read whole: only then may its bytes in the run's
     /// buffer be checked and used.
     pub fn block_read(&self, i: usize) -> bool {
-        match (&self.outcome, &self.blocks) {
-            (Some(Ok(ReadWithin::Done)), _) => true,
-            (Some(Err(_)), Some(blocks)) => blocks.get(i).is_some_and(Result::is_ok),
-            _ => false,
-        }
+        matches!(self.block(i), Some(Ok(ReadWithin::Done)))
+    }
+
+    /// Whether block `i`'s hedged read was late (its bytes are not there; not a fault).
+    pub fn block_late(&self, i: usize) -> bool {
+        matches!(self.block(i), Some(Ok(ReadWithin::Late)))
     }
 }
 
@@ -1212,8 +1256,9 @@ thread_local! {
 }
 
 /// A buffer of `len` bytes for a run's read: one this thread kept if one is large enough,
-/// holding whatever an earlier read left in it (not zeroed: a run's bytes are used only when
-/// its request read all of them, and each block only once it verified against its pointer, so
+/// holding whatever an earlier read left in it (not zeroed: a block's bytes are used only when
+/// a read of them succeeded, the run's request or the block's own when the request failed and
+/// was asked again block by block, and only once they verified against its pointer or row, so
 /// no earlier byte can be taken for data), else a new zeroed one.
 fn run_buffer(len: usize) -> AlignedBuf {
     let kept = RUN_BUFFERS.try_with(|kept| {
