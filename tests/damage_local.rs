@@ -894,17 +894,19 @@ impl Device for FailsLongReads {
     }
 }
 
-/// The blocks of 64..128 on a freshly filled rs:4+2 pool of six members (`seed`): the
-/// members, the model, where every block is, and a shard-block of one of them that a read of
-/// the range asks for inside a longer request (its block and place).
-fn filled_rs(
-    seed_no: u64,
-) -> (
-    Vec<Arc<MemDevice>>,
-    Model,
-    Vec<(u64, ShardLocation)>,
-    (u64, ShardLocation),
-) {
+/// A freshly filled rs:4+2 pool of six members, for reads of blocks 64..128.
+struct FilledRs {
+    mems: Vec<Arc<MemDevice>>,
+    model: Model,
+    /// The own shard-block of every block of 64..128.
+    owns: Vec<(u64, ShardLocation)>,
+    /// A block of them whose shard-block a read of the range asks for inside a longer
+    /// request, and that place.
+    key: u64,
+    place: ShardLocation,
+}
+
+fn filled_rs(seed_no: u64) -> FilledRs {
     let mems = mem_devices(6, DEVICE_BYTES);
     let pool = Pool::create(shared(&mems), vec![], &options("rs:4+2")).unwrap();
     let mut rng = rng(seed(seed_no));
@@ -916,8 +918,14 @@ fn filled_rs(
         .flat_map(|key| rows[key as usize].own.iter().map(move |p| (key, *p)))
         .collect();
     let all_own: Vec<ShardLocation> = owns.iter().map(|(_, p)| *p).collect();
-    let inside = inside_a_run(&owns, &all_own, &[]);
-    (mems, model, owns, inside)
+    let (key, place) = inside_a_run(&owns, &all_own, &[]);
+    FilledRs {
+        mems,
+        model,
+        owns,
+        key,
+        place,
+    }
 }
 
 /// Read blocks 64..128 whole and check them against `model`.
@@ -932,7 +940,13 @@ fn read_range_exact(pool: &Pool, model: &Model, what: &str) {
 /// read error is counted on the member (as a scrub's cell-by-cell reads count none).
 #[test]
 fn a_request_that_fails_whole_but_reads_block_by_block_costs_nothing() {
-    let (mems, model, _, (key, place)) = filled_rs(131);
+    let FilledRs {
+        mems,
+        model,
+        key,
+        place,
+        ..
+    } = filled_rs(131);
     let devices: Vec<SharedDevice> = mems
         .iter()
         .enumerate()
@@ -963,7 +977,13 @@ fn a_request_that_fails_whole_but_reads_block_by_block_costs_nothing() {
 /// blocks not asked may hold it), nothing is found bad, healed or lost.
 #[test]
 fn a_hedged_request_that_fails_is_asked_again_until_a_block_is_late() {
-    let (mems, model, owns, (key, place)) = filled_rs(132);
+    let FilledRs {
+        mems,
+        model,
+        owns,
+        key,
+        place,
+    } = filled_rs(132);
     let on_member = owns
         .iter()
         .filter(|(_, p)| p.device == place.device)
