@@ -652,7 +652,7 @@ fn found(pool: &Pool) -> (Vec<u64>, stripestore::volume::VolumeCounters) {
 fn found_since(
     before: &(Vec<u64>, stripestore::volume::VolumeCounters),
     after: &(Vec<u64>, stripestore::volume::VolumeCounters),
-) -> (Vec<u64>, [u64; 4]) {
+) -> Found {
     let errors = after.0.iter().zip(&before.0).map(|(a, b)| a - b).collect();
     let (a, b) = (&after.1, &before.1);
     (
@@ -687,6 +687,30 @@ fn inside_a_run(
                 && has(p.device, p.offset + BLOCK)
         })
         .expect("a shard-block inside a run of the read")
+}
+
+/// What changed.
+type Found = (Vec<u64>, [u64; 4]);
+
+/// `read` on `pool` twice, each giving `expected`: first as it is, then with a bad sector
+/// under `place`; what each found ([`found_since`]).
+fn clean_then_bad(
+    pool: &Pool,
+    plans: &[Arc<parking_lot::Mutex<stripestore::device::FaultPlan>>],
+    place: &ShardLocation,
+    read: &dyn Fn() -> Result<Vec<u8>, Error>,
+    expected: &[u8],
+    what: &str,
+) -> (Found, Found) {
+    let before = found(pool);
+    assert_eq!(read().unwrap(), expected, "{what}: clean");
+    let clean = found_since(&before, &found(pool));
+    plans[place.device]
+        .lock()
+        .add_bad_read_range(place.offset..place.offset + BLOCK);
+    let before = found(pool);
+    assert_eq!(read().unwrap(), expected, "{what}: with a bad sector");
+    (clean, found_since(&before, &found(pool)))
 }
 
 /// One bad sector under a large read costs its own shard-block, never the others its request
@@ -727,15 +751,14 @@ fn a_bad_sector_under_a_large_read_costs_only_its_own_block() {
         let (pool, plans) = open_behind_faults(&mems, &[]);
         let mut hit = 0;
         for place in &rows[key as usize].own {
-            let clean = found(&pool);
-            assert_eq!(read(&pool).unwrap(), expected, "{layout}");
-            let baseline = found_since(&clean, &found(&pool));
-            plans[place.device]
-                .lock()
-                .add_bad_read_range(place.offset..place.offset + BLOCK);
-            let before = found(&pool);
-            assert_eq!(read(&pool).unwrap(), expected, "{layout}: block {key}");
-            let (errors, counts) = found_since(&before, &found(&pool));
+            let (baseline, (errors, counts)) = clean_then_bad(
+                &pool,
+                &plans,
+                place,
+                &|| read(&pool),
+                &expected,
+                &format!("{layout}: block {key}"),
+            );
             plans[place.device].lock().clear();
             assert_eq!(baseline.1, [0; 4], "{layout}: a clean read finds nothing");
             if errors[place.device] == 0 {
@@ -775,19 +798,14 @@ fn a_bad_sector_under_a_large_read_costs_only_its_own_block() {
             let parity_places: Vec<ShardLocation> = parity.iter().map(|(_, p)| *p).collect();
             let (key, place) = inside_a_run(&parity, &parity_places, &[absent]);
             let (pool, plans) = open_behind_faults(&mems, &[absent]);
-            let clean = found(&pool);
-            assert_eq!(read(&pool).unwrap(), expected, "{layout} degraded");
-            let baseline = found_since(&clean, &found(&pool));
-            plans[place.device]
-                .lock()
-                .add_bad_read_range(place.offset..place.offset + BLOCK);
-            let before = found(&pool);
-            assert_eq!(
-                read(&pool).unwrap(),
-                expected,
-                "{layout} degraded: block {key}"
+            let (baseline, (errors, counts)) = clean_then_bad(
+                &pool,
+                &plans,
+                &place,
+                &|| read(&pool),
+                &expected,
+                &format!("{layout} degraded: block {key}"),
             );
-            let (errors, counts) = found_since(&before, &found(&pool));
             let mut one = vec![0u64; devices];
             one[place.device] = 1;
             assert_eq!(
