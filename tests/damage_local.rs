@@ -756,7 +756,7 @@ fn a_bad_sector_under_a_large_read_costs_only_its_own_block() {
                 &plans,
                 place,
                 &|| read(&pool),
-                &expected,
+                expected,
                 &format!("{layout}: block {key}"),
             );
             plans[place.device].lock().clear();
@@ -803,7 +803,7 @@ fn a_bad_sector_under_a_large_read_costs_only_its_own_block() {
                 &plans,
                 &place,
                 &|| read(&pool),
-                &expected,
+                expected,
                 &format!("{layout} degraded: block {key}"),
             );
             let mut one = vec![0u64; devices];
