@@ -310,14 +310,22 @@ impl PoolInner {
                         let mut copied = 0;
                         for (offset, _, skip, take) in &placed[mine.clone()] {
                             let from = offset + skip;
-                            out[copied..copied + take].copy_from_slice(&buf[from..from + take]);
+                            let (Some(to), Some(read)) = (
+                                out.get_mut(copied..copied + take),
+                                buf.get(from..from + take),
+                            ) else {
+                                copied = usize::MAX;
+                                break;
+                            };
+                            to.copy_from_slice(read);
                             copied += take;
                         }
                         if copied == out.len() {
                             continue;
                         }
-                        // The pieces did not cover the request (unreachable by construction):
-                        // read it the slow way rather than return bytes it did not read.
+                        // The pieces did not cover the request exactly (unreachable by
+                        // construction): read it the slow way rather than return bytes it did
+                        // not read.
                     }
                     // Whole shards already read are handed on; a part read good is read again
                     // whole; a bad one is handed on as bad (its error is counted once).
