@@ -308,19 +308,17 @@ impl PoolInner {
                     };
                     if got[mine.clone()].iter().all(|g| *g == Got::Good) {
                         let mut copied = 0;
-                        for (offset, _, skip, take) in &placed[mine.clone()] {
+                        let fits = placed[mine.clone()].iter().all(|(offset, _, skip, take)| {
                             let from = offset + skip;
-                            let (Some(to), Some(read)) = (
-                                out.get_mut(copied..copied + take),
-                                buf.get(from..from + take),
-                            ) else {
-                                copied = usize::MAX;
-                                break;
+                            let to = out.get_mut(copied..copied + take);
+                            let Some((to, read)) = to.zip(buf.get(from..from + take)) else {
+                                return false;
                             };
                             to.copy_from_slice(read);
                             copied += take;
-                        }
-                        if copied == out.len() {
+                            true
+                        });
+                        if fits && copied == out.len() {
                             continue;
                         }
                         // The pieces did not cover the request exactly (unreachable by
