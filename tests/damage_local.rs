@@ -689,7 +689,8 @@ fn inside_a_run(
         .expect("a shard-block inside a run of the read")
 }
 
-/// What changed.
+/// What a read found ([`found_since`]): read errors per member, then shard-blocks found bad,
+/// blocks rebuilt, shard-blocks healed and blocks lost.
 type Found = (Vec<u64>, [u64; 4]);
 
 /// `read` on `pool` twice, each giving `expected`: first as it is, then with a bad sector
