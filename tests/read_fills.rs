@@ -195,3 +195,49 @@ fn a_served_hole_never_returns_an_earlier_reads_bytes() {
         }
     }
 }
+
+/// A read that fails returns no bytes that did not verify. The pool reads runs of blocks
+/// straight into the caller's buffer when they are consecutive blocks of it (no run buffer, no
+/// copy), so a block that fails its check sits there until it is recovered; when nothing can
+/// recover it, the read fails and the block's place holds no byte of what was read (here:
+/// every copy, or every shard of the row, overwritten with a marker).
+#[test]
+fn a_read_that_fails_leaves_no_unverified_bytes_in_its_buffer() {
+    const MARKER: u8 = 0x3C;
+    let seed = seed(0xBAD_B10C);
+    for (layout, members) in [("mirror:2", 2), ("rs:4+2", 6)] {
+        let mut options = CreateOptions::new(layout.parse().unwrap());
+        options.chunk_bytes = 16 << 10;
+        options.open.background_rebuild = false;
+        options.format = FormatVersion::V4(small_v4());
+        let mems = mem_devices(members, 16 << 20);
+        let pool = Pool::create(shared(&mems), vec![], &options).unwrap();
+        let data = random_bytes(&mut rng(seed), 1 << 20);
+        pool.write_at(0, &data).unwrap();
+        pool.flush().unwrap();
+        let bad = 100 * BLOCK;
+        let places = pool.block_locations(bad);
+        assert!(!places.is_empty(), "{layout}: block 100 is written");
+        for place in &places {
+            mems[place.device].poke(place.offset, &[MARKER; BLOCK as usize]);
+        }
+        // Sixteen blocks around it, into a buffer of junk: the read fails, naming the block.
+        let start = bad - 4 * BLOCK;
+        let mut buf = vec![JUNK; 16 * BLOCK as usize];
+        let outcome = pool.read_at(start, &mut buf);
+        assert!(
+            matches!(outcome, Err(stripestore::Error::UnrecoverableBlock { .. })),
+            "{layout}: a block with every copy or shard overwritten is lost, got {outcome:?}"
+        );
+        for (i, block) in buf.chunks(BLOCK as usize).enumerate() {
+            assert!(
+                !block.iter().all(|b| *b == MARKER),
+                "{layout}: block {i} of a failed read holds bytes that did not verify"
+            );
+        }
+        // The other blocks still read exactly, alone.
+        let mut head = vec![JUNK; 4 * BLOCK as usize];
+        pool.read_at(start, &mut head).unwrap();
+        assert!(head[..] == data[start as usize..bad as usize], "{layout}");
+    }
+}

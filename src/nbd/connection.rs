@@ -53,9 +53,10 @@ pub const MAX_REQUEST_BYTES: u32 = 32 << 20;
 /// Threads serving one connection at most (requests beyond wait in the socket).
 const MAX_WORKERS: usize = 16;
 /// A serving thread keeps a buffer up to this size for the next request; larger ones (a big
-/// read or write) are given back. 1 MiB and a reply's header: a thread serving 1 MiB reads
-/// (fio's, QEMU's) keeps its buffer instead of allocating and zeroing one per read.
-const KEEP_BUFFER_BYTES: usize = (1 << 20) + 4096;
+/// read or write) are given back. 1 MiB, a reply's header and the room to align the data after
+/// it ([`aligned_reply_room`]): a thread serving 1 MiB reads (fio's, QEMU's) keeps its buffer
+/// instead of allocating and zeroing one per read.
+const KEEP_BUFFER_BYTES: usize = (1 << 20) + 8192;
 /// Replies up to this size may wait in the outbox for the thread writing (see [`Replies`]).
 const COMBINE_MAX_BYTES: usize = 64 << 10;
 /// The outbox takes no more once it holds this much; senders then wait for the socket.
@@ -1137,6 +1138,20 @@ fn reply_room(buffer: &mut Vec<u8>, len: usize) {
     }
 }
 
+/// [`reply_room`] for a read's reply of `prefix` header bytes and `len` data bytes, placed in
+/// `buffer` so that the data starts at a 4 KiB aligned address: the pool then reads `O_DIRECT`
+/// members straight into it instead of into a buffer of its own and copying (a copy of every
+/// byte served; `Volume::read`). Where the reply starts in `buffer`.
+fn aligned_reply_room(buffer: &mut Vec<u8>, prefix: usize, len: usize) -> usize {
+    const ALIGN: usize = crate::device::DIRECT_ALIGN;
+    // Exactly: a buffer grown past what a thread keeps would be given back after the request.
+    buffer.reserve_exact((ALIGN + prefix + len).saturating_sub(buffer.len()));
+    // The buffer does not move from here on: `reply_room` stays within its capacity.
+    let lead = buffer.as_ptr().wrapping_add(prefix).align_offset(ALIGN) % ALIGN;
+    reply_room(buffer, lead + prefix + len);
+    lead
+}
+
 /// Execute one accepted request and answer it: a read's header and data (built in `buffer`),
 /// a block status chunk, a success, or an error as its `NBD_E*` with no data.
 fn execute<R, W: Write>(
@@ -1154,14 +1169,16 @@ fn execute<R, W: Write>(
         Work::Read { offset, length } => {
             let length = usize::try_from(length).unwrap_or(0);
             let prefix = replies.read_prefix_bytes();
-            reply_room(buffer, prefix + length);
+            let lead = aligned_reply_room(buffer, prefix, length);
+            let data = &mut buffer[lead + prefix..];
             match &shared.config.recovery_point {
-                Some(point) => pool.read_recovery_point(point, offset, &mut buffer[prefix..]),
-                None => pool.read_at(offset, &mut buffer[prefix..]),
+                Some(point) => pool.read_recovery_point(point, offset, data),
+                None => pool.read_at(offset, data),
             }
             .map(|()| {
-                replies.read_header(buffer, cookie, offset);
-                replies.send(buffer);
+                let message = &mut buffer[lead..];
+                replies.read_header(message, cookie, offset);
+                replies.send(message);
             })
         }
         Work::Write { offset, fua } => pool

@@ -1,5 +1,11 @@
 //! Reads of a version-4 volume: each block's one shard-block, verified against its pointer;
 //! another copy or the rest of the row when that fails; the heal of what was found bad.
+//!
+//! A run of shard-blocks that are consecutive blocks of the caller's buffer is read straight
+//! into it (when the member can take that memory as it is: `O_DIRECT` wants it 4 KiB aligned),
+//! verified there and never copied; other runs go through a run buffer of this thread's. A
+//! block that fails in place is recovered over itself; a read that fails leaves no byte in the
+//! caller's buffer that did not verify (`tests/read_fills.rs`).
 
 use super::place::{runs, BlockPlace, Piece};
 use super::{MemberProblem, ProblemKind, Volume, BLOCK, BLOCK_BYTES};
@@ -449,15 +455,37 @@ impl Volume {
             }
             by_group.into_iter().flat_map(runs).collect()
         };
+        // A run whose blocks are consecutive blocks of `out` is read straight into its place
+        // there (`in_place`: where it starts), no copy afterwards; any other into a run buffer.
+        let in_place: Vec<Option<usize>> = runs
+            .iter()
+            .map(|run| in_place(devices, run, |piece| wanted[piece.index].index, out))
+            .collect();
+        let mut buffers = RunBuffers(
+            runs.iter()
+                .zip(&in_place)
+                .map(|(run, place)| match place {
+                    Some(_) => AlignedBuf::empty(),
+                    None => run_buffer(run.len() * BLOCK_BYTES),
+                })
+                .collect(),
+        );
         // Pieces are only planned on present members, so every run has its request.
-        let (buffers, results) = read_runs_hedged(devices, &runs, |run| {
-            self.first_read_hedge(devices, &wanted, run)
-        });
+        let results = {
+            let mut targets = targets_in(out, &runs, &in_place, &mut buffers.0);
+            read_runs_into(devices, &runs, &mut targets, |run| {
+                self.first_read_hedge(devices, &wanted, run)
+            })
+        };
         self.report_read_errors(&runs, &results, |piece| {
             let want = &wanted[piece.index];
             (want.place.slot, self.shard_at(want, piece.device))
         });
-        for ((run, buffer), result) in runs.iter().zip(&buffers).zip(&results) {
+        // Blocks read in place that failed: their bytes in `out` are not data until recovered.
+        let mut unverified_in_place = Vec::new();
+        for (((run, buffer), result), place) in
+            runs.iter().zip(&buffers).zip(&results).zip(&in_place)
+        {
             if matches!(result.outcome, Some(Ok(ReadWithin::Late))) {
                 tracing::debug!(
                     member = run[0].device,
@@ -469,22 +497,31 @@ impl Volume {
             for (i, piece) in run.iter().enumerate() {
                 let want = &wanted[piece.index];
                 let shard = self.shard_at(want, piece.device);
-                let bytes = &buffer[i * BLOCK_BYTES..(i + 1) * BLOCK_BYTES];
+                let at = want.index * BLOCK_BYTES..(want.index + 1) * BLOCK_BYTES;
+                let bytes = match place {
+                    Some(_) => &out[at.clone()],
+                    None => &buffer[i * BLOCK_BYTES..(i + 1) * BLOCK_BYTES],
+                };
                 let problem = if result.block_late(i) {
                     Problem::Late
                 } else if !result.block_read(i) {
                     Problem::Unreadable
                 } else if self.verifies(want, shard, bytes) {
-                    out[want.index * BLOCK_BYTES..(want.index + 1) * BLOCK_BYTES]
-                        .copy_from_slice(bytes);
+                    if place.is_none() {
+                        out[at].copy_from_slice(&buffer[i * BLOCK_BYTES..(i + 1) * BLOCK_BYTES]);
+                    }
                     verified[piece.index] = Some(shard);
                     continue;
                 } else {
                     self.mismatch(want, shard, bytes)
                 };
+                if place.is_some() {
+                    unverified_in_place.push(want.index);
+                }
                 failed.push((piece.index, Some((shard, problem))));
             }
         }
+        drop(buffers);
         self.counters
             .blocks_read
             .fetch_add(wanted.len() as u64, Ordering::Relaxed);
@@ -499,15 +536,22 @@ impl Volume {
                     *outcome = self.recover_rows(devices, &wanted, &verified, failed, out);
                 }
             }
-            return outcomes;
+        } else {
+            for (w, tried) in failed {
+                let want = &wanted[w];
+                let outcome = &mut outcomes[group_of(want.index)];
+                // A read stops at its first block nothing can return, as when it came alone.
+                if outcome.is_ok() {
+                    let block = &mut out[want.index * BLOCK_BYTES..(want.index + 1) * BLOCK_BYTES];
+                    *outcome = self.recover(devices, want, tried, block);
+                }
+            }
         }
-        for (w, tried) in failed {
-            let want = &wanted[w];
-            let outcome = &mut outcomes[group_of(want.index)];
-            // A read stops at its first block nothing can return, as when it came alone.
-            if outcome.is_ok() {
-                let block = &mut out[want.index * BLOCK_BYTES..(want.index + 1) * BLOCK_BYTES];
-                *outcome = self.recover(devices, want, tried, block);
+        // A read that fails returns no bytes that did not verify: what a bad block read in
+        // place left in `out` is cleared (a read that succeeds recovered every such block).
+        for index in unverified_in_place {
+            if outcomes[group_of(index)].is_err() {
+                out[index * BLOCK_BYTES..(index + 1) * BLOCK_BYTES].fill(0);
             }
         }
         outcomes
@@ -1084,12 +1128,27 @@ pub(super) fn read_runs_hedged(
             .map(|run| run_buffer(run.len() * BLOCK_BYTES))
             .collect(),
     );
+    let results = {
+        let mut targets: Vec<&mut [u8]> = buffers.0.iter_mut().map(|b| &mut b[..]).collect();
+        read_runs_into(devices, runs, &mut targets, hedge)
+    };
+    (buffers, results)
+}
+
+/// [`read_runs_hedged`] into the caller's `targets`, one per run and exactly its size (a run
+/// buffer, or the run's place in a read's own buffer).
+fn read_runs_into(
+    devices: &[Option<SharedDevice>],
+    runs: &[Vec<Piece>],
+    targets: &mut [&mut [u8]],
+    hedge: impl Fn(&[Piece]) -> Option<Duration>,
+) -> HedgedResults {
     let mut results: HedgedResults = Vec::with_capacity(runs.len());
     results.resize_with(runs.len(), RunRead::default);
     let mut ops = Vec::with_capacity(runs.len());
     let mut issued = Vec::with_capacity(runs.len());
     let mut hedged = Vec::new();
-    for (r, (run, buffer)) in runs.iter().zip(buffers.0.iter_mut()).enumerate() {
+    for (r, (run, buffer)) in runs.iter().zip(targets.iter_mut()).enumerate() {
         if let Some(Some(device)) = run.first().and_then(|p| devices.get(p.device)) {
             match hedge(run) {
                 Some(within) => {
@@ -1117,8 +1176,72 @@ pub(super) fn read_runs_hedged(
     for (op, r) in ops.into_iter().zip(issued) {
         results[r].outcome = Some(op.result.map(|()| ReadWithin::Done));
     }
-    read_blocks_again(devices, runs, &mut buffers.0, &mut results);
-    (buffers, results)
+    read_blocks_again(devices, runs, targets, &mut results);
+    results
+}
+
+/// Where run `run` can be read straight into `out`: the block of `out` it starts at, when its
+/// pieces are consecutive blocks of `out` (`block_of` says which block of `out` a piece is)
+/// and its member reads into that memory as it is (an `O_DIRECT` member needs the address
+/// 4 KiB aligned; through anything else it would be copied through a bounce buffer, which
+/// costs what a run buffer costs and allocates too).
+fn in_place(
+    devices: &[Option<SharedDevice>],
+    run: &[Piece],
+    block_of: impl Fn(&Piece) -> usize,
+    out: &[u8],
+) -> Option<usize> {
+    let first = block_of(run.first()?);
+    let consecutive = run
+        .iter()
+        .enumerate()
+        .all(|(i, p)| block_of(p) == first + i);
+    let end = (first + run.len()) * BLOCK_BYTES;
+    if !consecutive || end > out.len() {
+        return None;
+    }
+    let device = devices.get(run[0].device)?.as_ref()?;
+    let direct = device
+        .as_uring()
+        .is_some_and(crate::device::UringDevice::is_direct);
+    let aligned = out[first * BLOCK_BYTES..]
+        .as_ptr()
+        .align_offset(crate::device::DIRECT_ALIGN)
+        == 0;
+    (aligned || !direct).then_some(first)
+}
+
+/// Each run's target for [`read_runs_into`]: its place in `out` where `in_place` gives one
+/// (the places are disjoint: every block of `out` is one piece's at most), else its buffer.
+fn targets_in<'a>(
+    out: &'a mut [u8],
+    runs: &[Vec<Piece>],
+    in_place: &[Option<usize>],
+    buffers: &'a mut [AlignedBuf],
+) -> Vec<&'a mut [u8]> {
+    let mut places: Vec<(usize, usize)> = in_place
+        .iter()
+        .enumerate()
+        .filter_map(|(r, place)| place.map(|first| (first, r)))
+        .collect();
+    places.sort_unstable();
+    let mut from_out: Vec<Option<&'a mut [u8]>> = Vec::new();
+    from_out.resize_with(runs.len(), || None);
+    let mut rest = out;
+    let mut at = 0;
+    for (first, r) in places {
+        let len = runs[r].len() * BLOCK_BYTES;
+        let (_, tail) = std::mem::take(&mut rest).split_at_mut(first * BLOCK_BYTES - at);
+        let (mine, tail) = tail.split_at_mut(len);
+        from_out[r] = Some(mine);
+        rest = tail;
+        at = first * BLOCK_BYTES + len;
+    }
+    from_out
+        .into_iter()
+        .zip(buffers.iter_mut())
+        .map(|(place, buffer)| place.unwrap_or(&mut buffer[..]))
+        .collect()
 }
 
 /// The runs of `results` whose request failed on a range, with more than one block: each of
@@ -1128,7 +1251,7 @@ pub(super) fn read_runs_hedged(
 fn read_blocks_again(
     devices: &[Option<SharedDevice>],
     runs: &[Vec<Piece>],
-    buffers: &mut [AlignedBuf],
+    buffers: &mut [&mut [u8]],
     results: &mut [RunRead],
 ) {
     let mut ops = Vec::new();
@@ -1301,7 +1424,8 @@ impl Drop for RunBuffers {
                 return;
             };
             let mut bytes: usize = kept.iter().map(AlignedBuf::capacity).sum();
-            for buf in buffers {
+            // A run read in place had no buffer (an empty one stands in its slot).
+            for buf in buffers.into_iter().filter(|b| b.capacity() > 0) {
                 if kept.len() >= RUN_BUFFERS_KEPT || bytes + buf.capacity() > RUN_BUFFER_BYTES_KEPT
                 {
                     break;
