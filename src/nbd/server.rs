@@ -249,10 +249,12 @@ impl Server {
                     s.set_nonblocking(false)?;
                     // Replies are small and latency-bound: no Nagle delay.
                     s.set_nodelay(true)?;
+                    room_for_replies(&socket2::SockRef::from(&s));
                     Ok((Stream::Tcp(s), peer.to_string()))
                 }),
                 Listener::Unix(l, _) => l.accept().and_then(|(s, _)| {
                     s.set_nonblocking(false)?;
+                    room_for_replies(&socket2::SockRef::from(&s));
                     Ok((Stream::Unix(s), "unix socket".to_string()))
                 }),
             };
@@ -325,5 +327,15 @@ impl Server {
             let _ = std::fs::remove_file(path);
         }
         Ok(report)
+    }
+}
+
+/// Ask for a send buffer that holds a few 1 MiB replies (the kernel caps it at
+/// `net.core.wmem_max`): with Linux's default (208 KiB) a thread sending a 1 MiB read's reply
+/// sleeps five times until the client has taken it.
+fn room_for_replies(socket: &socket2::SockRef<'_>) {
+    const SEND_BUFFER_BYTES: usize = 4 << 20;
+    if let Err(err) = socket.set_send_buffer_size(SEND_BUFFER_BYTES) {
+        tracing::debug!(%err, "NBD socket keeps its default send buffer");
     }
 }
