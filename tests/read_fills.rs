@@ -241,3 +241,78 @@ fn a_read_that_fails_leaves_no_unverified_bytes_in_its_buffer() {
         assert!(head[..] == data[start as usize..bad as usize], "{layout}");
     }
 }
+
+/// The same on files opened with `O_DIRECT` (io_uring), where a run is read in place only into
+/// 4 KiB aligned memory: a bad copy under an aligned and an unaligned buffer is recovered over
+/// itself (its other copy), and a block lost on both copies fails the read with no byte of it in
+/// the buffer.
+#[test]
+fn reads_in_place_on_direct_members_recover_or_clear_a_bad_block() {
+    use std::os::unix::fs::FileExt;
+    use stripestore::device::{open_device, AlignedBuf, SharedDevice};
+    const MARKER: u8 = 0x3C;
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let paths: Vec<_> = (0..2).map(|i| dir.path().join(format!("d{i}"))).collect();
+    let devices: Vec<SharedDevice> = paths
+        .iter()
+        .map(|p| open_device(p, Some(16 << 20)).unwrap())
+        .collect();
+    println!(
+        "backend {}, wants aligned memory: {}",
+        devices[0].io_backend(),
+        devices[0].wants_aligned_memory()
+    );
+    let mut options = CreateOptions::new("mirror:2".parse().unwrap());
+    options.open.background_rebuild = false;
+    options.format = FormatVersion::V4(small_v4());
+    let pool = Pool::create(devices, vec![], &options).unwrap();
+    let data = random_bytes(&mut rng(seed(0xD1_2EC7)), 1 << 20);
+    pool.write_at(0, &data).unwrap();
+    pool.flush().unwrap();
+    let poke = |key: u64, copies: &[usize]| {
+        let places = pool.block_locations(key * BLOCK);
+        assert_eq!(places.len(), 2, "block {key} has two copies");
+        for place in places.iter().filter(|p| copies.contains(&p.device)) {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&paths[place.device])
+                .unwrap();
+            file.write_all_at(&[MARKER; BLOCK as usize], place.offset)
+                .unwrap();
+            file.sync_all().unwrap();
+        }
+    };
+    // One block bad on each copy: whichever copy a read takes first, one of them is bad there.
+    poke(100, &[0]);
+    poke(101, &[1]);
+    let mut aligned = AlignedBuf::zeroed(64 * BLOCK as usize);
+    aligned.fill(JUNK);
+    pool.read_at(64 * BLOCK, &mut aligned).unwrap();
+    assert!(
+        aligned[..] == data[64 * BLOCK as usize..128 * BLOCK as usize],
+        "aligned read over bad copies differs"
+    );
+    poke(110, &[0]);
+    poke(111, &[1]);
+    let mut unaligned = vec![JUNK; 64 * BLOCK as usize + 1];
+    pool.read_at(64 * BLOCK, &mut unaligned[1..]).unwrap();
+    assert!(
+        unaligned[1..] == data[64 * BLOCK as usize..128 * BLOCK as usize],
+        "unaligned read over bad copies differs"
+    );
+    // Both copies bad: the read fails and leaves nothing of them.
+    poke(200, &[0, 1]);
+    let mut buf = AlignedBuf::zeroed(16 * BLOCK as usize);
+    buf.fill(JUNK);
+    let outcome = pool.read_at(196 * BLOCK, &mut buf);
+    assert!(
+        matches!(outcome, Err(stripestore::Error::UnrecoverableBlock { .. })),
+        "a block bad on both copies is lost, got {outcome:?}"
+    );
+    for (i, block) in buf.chunks(BLOCK as usize).enumerate() {
+        assert!(
+            !block.iter().all(|b| *b == MARKER),
+            "block {i} of a failed read holds bytes that did not verify"
+        );
+    }
+}

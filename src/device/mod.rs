@@ -152,6 +152,13 @@ pub trait Device: Send + Sync + fmt::Debug {
     fn as_uring(&self) -> Option<&UringDevice> {
         None
     }
+    /// Whether reading into memory that is not 4 KiB aligned costs this device a bounce copy
+    /// (an `O_DIRECT` file or block device): a caller then reads into an aligned buffer of its
+    /// own rather than straight into such memory. Decorators that pass reads to one device
+    /// delegate it.
+    fn wants_aligned_memory(&self) -> bool {
+        self.as_uring().is_some_and(UringDevice::is_direct)
+    }
     /// Told by [`run_batch`] about each request it sent straight to [`Device::as_uring`]'s
     /// device: a decorator that only observes (metrics) delegates `as_uring` and counts here.
     fn batched(&self, _request: Batched) {}

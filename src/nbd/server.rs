@@ -249,7 +249,6 @@ impl Server {
                     s.set_nonblocking(false)?;
                     // Replies are small and latency-bound: no Nagle delay.
                     s.set_nodelay(true)?;
-                    room_for_replies(&socket2::SockRef::from(&s));
                     Ok((Stream::Tcp(s), peer.to_string()))
                 }),
                 Listener::Unix(l, _) => l.accept().and_then(|(s, _)| {
@@ -330,9 +329,11 @@ impl Server {
     }
 }
 
-/// Ask for a send buffer that holds a few 1 MiB replies (the kernel caps it at
+/// Ask a Unix socket for a send buffer that holds a few 1 MiB replies (the kernel caps it at
 /// `net.core.wmem_max`): with Linux's default (208 KiB) a thread sending a 1 MiB read's reply
-/// sleeps five times until the client has taken it.
+/// sleeps five times until the client has taken it. Not on TCP: setting `SO_SNDBUF` there
+/// switches off the kernel's send-buffer auto-tuning (up to `tcp_wmem`'s 4 MiB), and a stock
+/// `wmem_max` would then hold every connection at 416 KiB.
 fn room_for_replies(socket: &socket2::SockRef<'_>) {
     const SEND_BUFFER_BYTES: usize = 4 << 20;
     if let Err(err) = socket.set_send_buffer_size(SEND_BUFFER_BYTES) {

@@ -98,6 +98,12 @@ impl Device for FillDevice {
         self.member.as_ref().is_some_and(|m| m.reads_within())
     }
 
+    fn wants_aligned_memory(&self) -> bool {
+        self.member
+            .as_ref()
+            .is_some_and(|m| m.wants_aligned_memory())
+    }
+
     fn read_p99(&self) -> Option<std::time::Duration> {
         self.member.as_ref().and_then(|m| m.read_p99())
     }

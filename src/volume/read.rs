@@ -1182,9 +1182,10 @@ fn read_runs_into(
 
 /// Where run `run` can be read straight into `out`: the block of `out` it starts at, when its
 /// pieces are consecutive blocks of `out` (`block_of` says which block of `out` a piece is)
-/// and its member reads into that memory as it is (an `O_DIRECT` member needs the address
-/// 4 KiB aligned; through anything else it would be copied through a bounce buffer, which
-/// costs what a run buffer costs and allocates too).
+/// and its member can read into that memory as it is: a member that
+/// [`wants_aligned_memory`](crate::device::Device::wants_aligned_memory) (an `O_DIRECT` one)
+/// only when the address is 4 KiB aligned, else io_uring would bounce the read through a new
+/// buffer (an allocation and the copy this saves).
 fn in_place(
     devices: &[Option<SharedDevice>],
     run: &[Piece],
@@ -1201,9 +1202,7 @@ fn in_place(
         return None;
     }
     let device = devices.get(run[0].device)?.as_ref()?;
-    let direct = device
-        .as_uring()
-        .is_some_and(crate::device::UringDevice::is_direct);
+    let direct = device.wants_aligned_memory();
     let aligned = out[first * BLOCK_BYTES..]
         .as_ptr()
         .align_offset(crate::device::DIRECT_ALIGN)
@@ -1230,6 +1229,7 @@ fn targets_in<'a>(
     let mut rest = out;
     let mut at = 0;
     for (first, r) in places {
+        debug_assert!(first * BLOCK_BYTES >= at, "runs read in place overlap");
         let len = runs[r].len() * BLOCK_BYTES;
         let (_, tail) = std::mem::take(&mut rest).split_at_mut(first * BLOCK_BYTES - at);
         let (mine, tail) = tail.split_at_mut(len);
