@@ -196,6 +196,21 @@ fn a_served_hole_never_returns_an_earlier_reads_bytes() {
     }
 }
 
+/// `outcome` is the loss of a block whose every copy (or shard) holds `marker`, and no block of
+/// the failed read's buffer `buf` holds the marker.
+fn assert_lost_and_cleared(outcome: &stripestore::Result<()>, buf: &[u8], marker: u8, what: &str) {
+    assert!(
+        matches!(outcome, Err(stripestore::Error::UnrecoverableBlock { .. })),
+        "{what}: a block with every copy or shard overwritten is lost, got {outcome:?}"
+    );
+    for (i, block) in buf.chunks(BLOCK as usize).enumerate() {
+        assert!(
+            !block.iter().all(|b| *b == marker),
+            "{what}: block {i} of a failed read holds bytes that did not verify"
+        );
+    }
+}
+
 /// A read that fails returns no bytes that did not verify. The pool reads runs of blocks
 /// straight into the caller's buffer when they are consecutive blocks of it (no run buffer, no
 /// copy), so a block that fails its check sits there until it is recovered; when nothing can
@@ -225,16 +240,7 @@ fn a_read_that_fails_leaves_no_unverified_bytes_in_its_buffer() {
         let start = bad - 4 * BLOCK;
         let mut buf = vec![JUNK; 16 * BLOCK as usize];
         let outcome = pool.read_at(start, &mut buf);
-        assert!(
-            matches!(outcome, Err(stripestore::Error::UnrecoverableBlock { .. })),
-            "{layout}: a block with every copy or shard overwritten is lost, got {outcome:?}"
-        );
-        for (i, block) in buf.chunks(BLOCK as usize).enumerate() {
-            assert!(
-                !block.iter().all(|b| *b == MARKER),
-                "{layout}: block {i} of a failed read holds bytes that did not verify"
-            );
-        }
+        assert_lost_and_cleared(&outcome, &buf, MARKER, layout);
         // The other blocks still read exactly, alone.
         let mut head = vec![JUNK; 4 * BLOCK as usize];
         pool.read_at(start, &mut head).unwrap();
@@ -305,14 +311,5 @@ fn reads_in_place_on_direct_members_recover_or_clear_a_bad_block() {
     let mut buf = AlignedBuf::zeroed(16 * BLOCK as usize);
     buf.fill(JUNK);
     let outcome = pool.read_at(196 * BLOCK, &mut buf);
-    assert!(
-        matches!(outcome, Err(stripestore::Error::UnrecoverableBlock { .. })),
-        "a block bad on both copies is lost, got {outcome:?}"
-    );
-    for (i, block) in buf.chunks(BLOCK as usize).enumerate() {
-        assert!(
-            !block.iter().all(|b| *b == MARKER),
-            "block {i} of a failed read holds bytes that did not verify"
-        );
-    }
+    assert_lost_and_cleared(&outcome, &buf, MARKER, "mirror:2 on O_DIRECT files");
 }
