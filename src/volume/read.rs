@@ -361,8 +361,8 @@ impl Volume {
             // A buffer this thread kept, not zeroed and 4 KiB aligned (its runs are read into
             // it in place): every block of a read that succeeds is written by the read (data
             // verified or recovered, zeros for a hole), and a read that fails copies nothing.
-            // A fresh zeroed megabyte per round (sixteen 64 KiB reads) cost a page fault per
-            // 4 KiB.
+            // Before, each round allocated and zeroed a fresh buffer (a megabyte for sixteen
+            // 64 KiB reads).
             let mut out = RunBuffers(vec![run_buffer(pointers.len() * BLOCK_BYTES)]);
             let out = &mut out.0[0];
             let results = self.read_pointers_grouped(devices, &pointers, out, &groups);
