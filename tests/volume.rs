@@ -1587,6 +1587,86 @@ fn pipelined_groups_keep_the_last_bytes_and_land_in_order() {
     }
 }
 
+/// On io_uring members a small unit is written on the leader's own thread (no thread of its
+/// own), so it is done when its placement returns: the pipeline lands it, and tells its
+/// group's outcome, before it asks for the next group. Landing it only once four units were
+/// placed (as the pipeline did before) kept each group's writers waiting for three more groups
+/// to be written after theirs: about 12 % fewer 4 KiB writes per second over NBD. The bytes
+/// read back as the writes applied in order.
+#[test]
+fn small_units_on_io_uring_members_are_acknowledged_before_the_next_group_is_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let devices: Vec<Option<SharedDevice>> = (0..2)
+        .map(|i| {
+            let path = dir.path().join(format!("m{i}"));
+            Some(stripestore::device::open_device(&path, Some(DEVICE_BYTES)).unwrap())
+        })
+        .collect();
+    assert!(
+        devices.iter().flatten().all(|d| d.as_uring().is_some()),
+        "this test needs io_uring (the members opened as plain files)"
+    );
+    let geometry = geometry("mirror:2", 2, DEVICE_BYTES);
+    let mut volume = Volume::create(&devices, POOL, &geometry, TIMELINE, &options()).unwrap();
+    let encoder = volume.encoder();
+    let span = 64u64;
+    let mut lcg = Lcg(0x5a11);
+    let mut model = Model::default();
+    // Twenty groups of one to three 4 KiB writes (one whole mirror row each).
+    let mut queue: std::collections::VecDeque<Arc<OwnedGroup>> = (0..20u64)
+        .map(|id| {
+            let mut keys: Vec<u64> = (0..=(lcg.next() % 3)).map(|_| lcg.next() % span).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            let writes = keys
+                .iter()
+                .map(|&key| {
+                    let data = blocks_at(key, 1, 200 + id);
+                    model.write(key * B as u64, &data);
+                    OwnedWrite::Encoded(encoder.encode(key * B as u64, &data).unwrap())
+                })
+                .collect();
+            Arc::new(OwnedGroup(id, writes))
+        })
+        .collect();
+    let events = std::cell::RefCell::new(Vec::new());
+    volume.write_pipelined(
+        &|| devices.clone(),
+        |_| {
+            let next = queue.pop_front();
+            events.borrow_mut().push(format!(
+                "asked for {}",
+                next.as_ref()
+                    .map_or_else(|| "none".into(), |g| g.0.to_string())
+            ));
+            next
+        },
+        |_, group, results| {
+            assert!(
+                results.iter().all(Result::is_ok),
+                "group {}: {results:?}",
+                group.0
+            );
+            events.borrow_mut().push(format!("told {}", group.0));
+        },
+    );
+    let events = events.into_inner();
+    for id in 0..19u64 {
+        let told = events.iter().position(|e| *e == format!("told {id}"));
+        let next = events
+            .iter()
+            .position(|e| *e == format!("asked for {}", id + 1));
+        assert!(
+            told.is_some() && told < next,
+            "group {id} was told after group {} was taken: {events:?}",
+            id + 1
+        );
+    }
+    model
+        .exact(&volume, &devices, span)
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
 /// A unit that fails to land (more members fail its writes than tolerated) gives up every
 /// unit placed after it: its group's writes fail alone, the groups after it are written
 /// again and succeed, and every byte reads back as if the failed group was never written.

@@ -15,6 +15,9 @@
 //! devices while this thread lands earlier units); on other devices (memory, the simulation's
 //! faulty devices) it runs at once on this thread, which keeps the simulation deterministic
 //! while it still places units before earlier ones land.
+//! On io_uring members a unit too small for a thread is written on this thread too, and it is
+//! landed before the next group is taken: a finished unit at the front is never kept waiting
+//! for later placements (its writers are told at once).
 
 use super::{
     distinct_keys, encoded_only, EncodedWrite, GroupWrite, PlacedUnit, UnitBatch, Volume,
@@ -145,6 +148,15 @@ impl Volume {
             loop {
                 let mut idle = false;
                 while run.flights.len() < PIPELINE_UNITS {
+                    // On io_uring members a unit written on this thread (too small for one
+                    // of its own) is done already: land it, telling its writers, before taking
+                    // the next group, or they would wait for up to three more groups to be
+                    // written after theirs. (On other devices every unit is written here: the
+                    // simulation keeps placing units before earlier ones land.)
+                    if run.threaded && run.flights.front().is_some_and(|f| f.io.is_finished()) {
+                        self.land_oldest(&mut run, None);
+                        continue;
+                    }
                     match next(!run.flights.is_empty()) {
                         Some(group) => self.take_group(scope, &mut run, group),
                         None => {
