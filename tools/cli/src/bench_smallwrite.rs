@@ -3,6 +3,7 @@
 //!
 //! * **Raw**: fio, `io_uring`, direct, 4 KiB random writes at the queue depth given, over one
 //!   whole preallocated member file (with `--fsync=N` in the fsync case): what one disk does.
+//!   Every member file is written whole first (see [`write_whole`]), as a disk is.
 //! * **Library**: a `Volume` on the six (or two) preallocated member files opened with
 //!   io_uring and `O_DIRECT`, written with groups of `depth / 2` random 4 KiB writes (the
 //!   steady state of a server at that depth, docs/FORMAT.md V4.6 "Packer policy": half the
@@ -277,6 +278,33 @@ fn preallocate(dir: &Path, count: usize, bytes: u64) -> Result<Vec<PathBuf>, Str
         .collect()
 }
 
+/// Write every member file whole, once, before anything is measured: a preallocated extent
+/// that was never written costs ext4 a conversion (a journal update) at its first write, and
+/// an `fdatasync` after such writes commits the journal. Measured here with fio, 4 KiB
+/// random writes at depth 16 on a 1 GiB file: 42k IOPS freshly preallocated against 53k once
+/// written whole; with an fsync every 32 writes 20k against 35k (sync latency 1.56 against
+/// 0.64 ms). The raw baseline wrote over the first member file while it was still fresh, so
+/// its first run carried that cost and the ratios of that run were flattered; a block device
+/// (what a pool runs on) has no such cost. Now every file, the raw one included, is written
+/// first, so both sides meet the disk at its best.
+fn write_whole(paths: &[PathBuf], dir: &Path, bytes: u64) -> Result<(), String> {
+    Job {
+        pattern: Pattern::SeqWrite,
+        block_bytes: 1 << 20,
+        queue_depth: 8,
+        target: Target::EachFile {
+            paths: paths.to_vec(),
+            span_bytes: bytes,
+            direct: true,
+        },
+        seconds: None,
+        mixed_with: None,
+    }
+    .run(dir)
+    .map(|_| ())
+    .map_err(|e| format!("writing the member files whole: {e}"))
+}
+
 /// The bytes of block `key` written as version `tag`.
 fn block_of(key: u64, tag: u64, out: &mut [u8]) {
     let mut x = key.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ tag.wrapping_add(1);
@@ -490,6 +518,7 @@ pub fn run(args: &BenchSmallwriteArgs) -> Result<(), String> {
             .tempdir_in(&base)
             .map_err(|e| format!("{}: {e}", base.display()))?;
         let paths = preallocate(dir.path(), members_of(layout), args.member_size)?;
+        write_whole(&paths, dir.path(), args.member_size)?;
         for fsync_every in &args.fsync_every {
             let mut case = Case {
                 layout: name.clone(),
