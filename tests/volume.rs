@@ -1602,10 +1602,16 @@ fn small_units_on_io_uring_members_are_acknowledged_before_the_next_group_is_tak
             Some(stripestore::device::open_device(&path, Some(DEVICE_BYTES)).unwrap())
         })
         .collect();
-    assert!(
-        devices.iter().flatten().all(|d| d.as_uring().is_some()),
-        "this test needs io_uring (the members opened as plain files)"
-    );
+    if !devices.iter().flatten().all(|d| d.as_uring().is_some()) {
+        // io_uring refused here (a sandbox, `STRIPESTORE_IO=pread`): the order under test is
+        // that of io_uring members only. CI, which has io_uring, requires it.
+        assert!(
+            std::env::var_os("STRIPESTORE_REQUIRE_TOOLS").is_none(),
+            "the members opened without io_uring"
+        );
+        eprintln!("SKIPPED: the members opened without io_uring");
+        return;
+    }
     let geometry = geometry("mirror:2", 2, DEVICE_BYTES);
     let mut volume = Volume::create(&devices, POOL, &geometry, TIMELINE, &options()).unwrap();
     let encoder = volume.encoder();
@@ -1651,6 +1657,12 @@ fn small_units_on_io_uring_members_are_acknowledged_before_the_next_group_is_tak
         },
     );
     let events = events.into_inner();
+    let told: Vec<&String> = events.iter().filter(|e| e.starts_with("told")).collect();
+    let expected: Vec<String> = (0..20u64).map(|id| format!("told {id}")).collect();
+    assert!(
+        told.iter().copied().eq(expected.iter()),
+        "every group told once, in order: {events:?}"
+    );
     for id in 0..19u64 {
         let told = events.iter().position(|e| *e == format!("told {id}"));
         let next = events

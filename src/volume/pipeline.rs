@@ -151,9 +151,16 @@ impl Volume {
                     // On io_uring members a unit written on this thread (too small for one
                     // of its own) is done already: land it, telling its writers, before taking
                     // the next group, or they would wait for up to three more groups to be
-                    // written after theirs. (On other devices every unit is written here: the
-                    // simulation keeps placing units before earlier ones land.)
-                    if run.threaded && run.flights.front().is_some_and(|f| f.io.is_finished()) {
+                    // written after theirs. A unit on a thread of its own keeps the pipeline's
+                    // order (the next is placed while it is on the devices). On other devices
+                    // every unit is written here: the simulation keeps placing units before
+                    // earlier ones land.
+                    if run.threaded
+                        && run
+                            .flights
+                            .front()
+                            .is_some_and(|f| matches!(f.io, Io::Done(_)))
+                    {
                         self.land_oldest(&mut run, None);
                         continue;
                     }
