@@ -205,6 +205,17 @@ fn bench_metadata_reports_every_phase_with_the_expected_costs() {
 
 /// Whether fio is missing (the test then prints SKIPPED and passes, except where
 /// `STRIPESTORE_REQUIRE_TOOLS` says the tools must be there, as in CI).
+/// The benches that measure the disk run one at a time: one bench's writes must not starve
+/// another's reads. In CI (2026-12-07) `bench-cold-map --nbd` beside `bench-smallwrite`, which
+/// writes its member files whole at depth 8 each before measuring, got 30 reads per second
+/// (p50 99 ms), too few reads for its pages-per-read figure to leave the cold start.
+static DISK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn disk_to_myself() -> std::sync::MutexGuard<'static, ()> {
+    DISK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn fio_missing() -> bool {
     if std::process::Command::new("fio")
         .arg("--version")
@@ -231,6 +242,7 @@ fn bench_smallwrite_reports_raw_and_volume_iops_with_full_rows() {
     if fio_missing() {
         return;
     }
+    let _disk = disk_to_myself();
     let dir = tempfile::tempdir().unwrap();
     let stdout = succeed([
         "bench-smallwrite",
@@ -310,6 +322,7 @@ fn bench_smallwrite_soak_overwrites_a_filled_volume_with_the_cleaner_and_reads_i
     if fio_missing() {
         return;
     }
+    let _disk = disk_to_myself();
     let dir = tempfile::tempdir().unwrap();
     let stdout = succeed([
         "bench-smallwrite",
@@ -354,6 +367,7 @@ fn bench_cold_map_over_nbd_reports_pages_per_read_and_the_disks_ceiling() {
     if fio_missing() {
         return;
     }
+    let _disk = disk_to_myself();
     let dir = tempfile::tempdir().unwrap();
     let stdout = succeed([
         "bench-cold-map",
