@@ -203,19 +203,20 @@ fn bench_metadata_reports_every_phase_with_the_expected_costs() {
     );
 }
 
-/// Whether fio is missing (the test then prints SKIPPED and passes, except where
-/// `STRIPESTORE_REQUIRE_TOOLS` says the tools must be there, as in CI).
 /// The benches that measure the disk run one at a time: one bench's writes must not starve
 /// another's reads. In CI (2026-12-07) `bench-cold-map --nbd` beside `bench-smallwrite`, which
 /// writes its member files whole at depth 8 each before measuring, got 30 reads per second
 /// (p50 99 ms), too few reads for its pages-per-read figure to leave the cold start.
 static DISK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// Hold the disk for one bench test (released when the guard drops).
 fn disk_to_myself() -> std::sync::MutexGuard<'static, ()> {
     DISK.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Whether fio is missing (the test then prints SKIPPED and passes, except where
+/// `STRIPESTORE_REQUIRE_TOOLS` says the tools must be there, as in CI).
 fn fio_missing() -> bool {
     if std::process::Command::new("fio")
         .arg("--version")
