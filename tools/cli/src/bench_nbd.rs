@@ -1,6 +1,6 @@
-//! `stripestore bench --nbd`, the server's own cost: small random reads over NBD from a pool
-//! on memory-backed members against nbdkit's `memory` plugin, in the same run, through the
-//! same client (fio's `nbd` engine on a Unix socket).
+//! `stripestore bench --nbd`, the server's own cost: small random reads (and sequential 1 MiB
+//! reads) over NBD from a pool on memory-backed members against nbdkit's `memory` plugin, in
+//! the same run, through the same client (fio's `nbd` engine on a Unix socket).
 //!
 //! Owns: the memory-backed pool and its server, the nbdkit child process (started here,
 //! killed here by its handle), and the alternation of the two per workload and run. With no
@@ -18,8 +18,15 @@ use std::sync::Arc;
 use stripestore::device::{MemDevice, SharedDevice};
 use stripestore::{CreateOptions, Layout, Pool};
 
-/// (queue depth per connection, connections) of each workload.
-const WORKLOADS: [(u32, u32); 3] = [(16, 1), (64, 1), (16, 4)];
+/// (pattern, queue depth per connection, connections) of each workload: random 4 KiB reads,
+/// and sequential 1 MiB reads at the bench's depth (with no disk under either server, what
+/// the client and the socket carry, beside what the pool reads from its devices).
+const WORKLOADS: [(Pattern, u32, u32); 4] = [
+    (Pattern::RandRead, 16, 1),
+    (Pattern::RandRead, 64, 1),
+    (Pattern::RandRead, 16, 4),
+    (Pattern::SeqRead, SEQ_DEPTH, 1),
+];
 
 /// One workload over the runs.
 #[derive(Debug, Clone, Serialize)]
@@ -27,7 +34,7 @@ pub struct CostRow {
     workload: String,
     queue_depth: u32,
     connections: u32,
-    /// IOPS: median, min, max over the runs.
+    /// Requests per second (for 1 MiB requests: MiB/s): median, min, max over the runs.
     ours_iops: (f64, f64, f64),
     ours_p50_us: f64,
     ours_p99_us: f64,
@@ -125,12 +132,12 @@ pub fn server_cost(
     let mut results: Vec<(Vec<Outcome>, Vec<Outcome>)> =
         vec![(Vec::new(), Vec::new()); WORKLOADS.len()];
     for run in 0..args.runs.max(1) {
-        for (w, &(depth, connections)) in WORKLOADS.iter().enumerate() {
+        for (w, &(pattern, depth, connections)) in WORKLOADS.iter().enumerate() {
             let job = |socket: &Path| {
                 fio_job(
                     socket,
                     span,
-                    Pattern::RandRead,
+                    pattern,
                     depth,
                     connections,
                     Some(args.random_seconds),
@@ -139,14 +146,14 @@ pub fn server_cost(
             };
             let mine = job(&ours)?;
             progress(&format!(
-                "server cost, run {}: depth {depth} x {connections} connection(s): ours {:.0} IOPS",
+                "server cost, run {}: {pattern:?} depth {depth} x {connections} connection(s): ours {:.0} requests/s",
                 run + 1,
                 mine.iops
             ));
             results[w].0.push(mine);
             if kit.is_some() {
                 let reference = job(&theirs)?;
-                progress(&format!("  nbdkit memory {:.0} IOPS", reference.iops));
+                progress(&format!("  nbdkit memory {:.0} requests/s", reference.iops));
                 results[w].1.push(reference);
             }
         }
@@ -162,10 +169,15 @@ pub fn server_cost(
     let rows = WORKLOADS
         .iter()
         .zip(results)
-        .map(|(&(depth, connections), (mine, reference))| {
+        .map(|(&(pattern, depth, connections), (mine, reference))| {
             let have_reference = !reference.is_empty();
+            let what = if pattern == Pattern::RandRead {
+                "4 KiB random read"
+            } else {
+                "1 MiB seq. read (MiB/s)"
+            };
             CostRow {
-                workload: format!("4 KiB random read, depth {depth} x {connections} connection(s)"),
+                workload: format!("{what}, depth {depth} x {connections} connection(s)"),
                 queue_depth: depth,
                 connections,
                 ours_iops: spread(mine.iter().map(|o| o.iops).collect()),
@@ -208,7 +220,7 @@ pub fn print_server_cost(cost: &ServerCost) {
     );
     println!(
         "{:<48} {:>24} {:>12} {:>24} {:>12} {:>18}",
-        "workload", "ours IOPS", "p50/p99 us", "nbdkit IOPS", "p50/p99 us", "ratio"
+        "workload", "ours per s", "p50/p99 us", "nbdkit per s", "p50/p99 us", "ratio"
     );
     let cell = |s: (f64, f64, f64)| format!("{:.0} ({:.0}-{:.0})", s.0, s.1, s.2);
     for row in &cost.rows {

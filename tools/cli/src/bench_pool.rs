@@ -21,6 +21,13 @@
 //! served in this process on a Unix socket in the work directory, fio's `nbd` engine at the
 //! same block sizes and depths, with completion latency p50/p99 from fio's report.
 //!
+//! **The mounted path's own reference** (`--nbd`, when nbdkit is installed): right after the
+//! pool's reads, the same two fio `nbd` jobs against nbdkit's `file` plugin serving the first
+//! member file (`cache=none`, read-only), each as a ratio to raw fio on that one file at the
+//! same block size and depth (`nbdkit_seq_read`, `nbdkit_random_read_4k`): how much of the
+//! raw rate a server that only passes requests to a file carries through this client on this
+//! machine, to read the pool's own ratios against.
+//!
 //! Each figure is the median over the runs with its spread (min–max), as a ratio to the raw
 //! figure that bounds it measured in the same run, and per core for the library (bytes per
 //! CPU-second of this process, which on memory-backed devices compares with memcpy).
@@ -90,8 +97,9 @@ pub struct BenchArgs {
     pub runs: usize,
     /// Measure the mounted volume: serve each pool over NBD on a Unix socket and drive it
     /// with fio's nbd engine (needs fio); adds degraded random reads and reads during a
-    /// rebuild, with latency p50/p99, and the server's per-request cost against nbdkit's
-    /// memory plugin when nbdkit is installed.
+    /// rebuild, with latency p50/p99, and, when nbdkit is installed, the server's per-request
+    /// cost against nbdkit's memory plugin and nbdkit's `file` plugin read the same way as a
+    /// reference for the mounted path.
     #[arg(long)]
     pub nbd: bool,
     /// Machine-readable output.
@@ -663,6 +671,65 @@ impl Client<'_> {
     }
 }
 
+/// One reference figure: its metric, nbdkit's measurement, the raw bound and what it is.
+type Reference = (&'static str, Measured, (f64, Option<(f64, f64)>), String);
+
+/// `bench --nbd`'s reference for the mounted path: nbdkit's `file` plugin (`cache=none`:
+/// pages evicted after each request, so reads meet the disk; read-only) serving `member` on a
+/// Unix socket, read by fio's `nbd` engine exactly as the pool is (sequential 1 MiB at depth
+/// [`SEQ_DEPTH`], random 4 KiB at depth `--threads`), each against raw fio on that one file at
+/// the same block size and depth, measured just before it.
+fn nbdkit_reference(
+    raw: &RawDevices<'_>,
+    member: &Path,
+    dir: &Path,
+    args: &BenchArgs,
+) -> Result<Vec<Reference>, Box<dyn std::error::Error>> {
+    let socket = dir.join("bench-nbdkit-file.sock");
+    let kit = super::nbdkit::Nbdkit::start(
+        &socket,
+        &[
+            "-r".into(),
+            "file".into(),
+            member.as_os_str().to_owned(),
+            "cache=none".into(),
+        ],
+    )?;
+    let client = Client::Nbd {
+        socket: &socket,
+        span: raw.span,
+        scratch: dir,
+    };
+    let one = [member.to_path_buf()];
+    let raw_seq = raw.fio(Pattern::SeqRead, &one)?;
+    let mut seq = client.run(Pattern::SeqRead, SEQ_REQUEST, raw.span, args.threads, 0.0)?;
+    // This process's CPU time says nothing of nbdkit's.
+    seq.cpu = None;
+    let raw_random = raw.fio(Pattern::RandRead, &one)?;
+    let random = client.run(
+        Pattern::RandRead,
+        RANDOM_REQUEST,
+        raw.span,
+        args.threads,
+        args.random_seconds,
+    )?;
+    drop(kit);
+    Ok(vec![
+        (
+            "nbdkit_seq_read",
+            seq,
+            as_bound(&raw_seq, false),
+            "raw read of that one file".into(),
+        ),
+        (
+            "nbdkit_random_read_4k",
+            random,
+            as_bound(&raw_random, true),
+            format!("that file's, depth {}", args.threads),
+        ),
+    ])
+}
+
 /// A raw outcome as the bound of a figure: the value in the figure's unit, and the latency.
 fn as_bound(outcome: &Outcome, iops: bool) -> (f64, Option<(f64, f64)>) {
     let value = if iops {
@@ -831,6 +898,17 @@ fn bench_layout_once(
         random_bound_is.clone(),
         None,
     );
+    if args.nbd && matches!(baseline, Baseline::Fio(_)) && super::nbdkit::version().is_ok() {
+        // The same two reads through the same client, served by a minimal server (nbdkit's
+        // `file` plugin, page cache evicted, read-only) from one member file, against raw fio
+        // on that file at the same depth: how much of the raw rate the mounted path carries
+        // at all on this machine, beside the pool's own ratio.
+        let member = &members[0];
+        let reference = nbdkit_reference(&raw, member, dir, args)?;
+        for (metric, measured, bound, bound_is) in reference {
+            record(metric, &measured, bound, bound_is, None);
+        }
+    }
 
     pool.offline(&members[0].display().to_string())?;
     let degraded = measure(Pattern::SeqRead)?;
