@@ -1889,6 +1889,21 @@ fn bench_nbd_reports_the_mounted_path_against_raw_fio_as_json() {
             "rebuild"
         ]
     );
+    // The reference is read from one member file, its bound raw fio on that file.
+    for (metric, unit) in [
+        ("nbdkit_seq_read", "MiB/s"),
+        ("nbdkit_random_read_4k", "IOPS"),
+    ] {
+        let figure = figures.iter().find(|f| f["metric"] == metric).unwrap();
+        assert_eq!(figure["unit"], unit, "{figure}");
+        assert!(
+            figure["bound_is"]
+                .as_str()
+                .unwrap()
+                .contains("that one file"),
+            "{figure}"
+        );
+    }
     for figure in figures {
         assert!(figure["value"].as_f64().unwrap() > 0.0, "{figure}");
         assert!(figure["bound"].as_f64().unwrap() > 0.0, "{figure}");
@@ -1905,6 +1920,8 @@ fn bench_nbd_reports_the_mounted_path_against_raw_fio_as_json() {
     // Random 4 KiB reads at depth 16 and 64 on one connection and 16 on four, then
     // sequential 1 MiB reads.
     assert_eq!(rows.len(), 4, "{cost}");
+    let units: Vec<&str> = rows.iter().map(|r| r["unit"].as_str().unwrap()).collect();
+    assert_eq!(units, ["IOPS", "IOPS", "IOPS", "MiB/s"], "{cost}");
     for row in rows {
         assert!(row["ours_iops"][0].as_f64().unwrap() > 0.0, "{row}");
         assert!(row["nbdkit_iops"][0].as_f64().unwrap() > 0.0, "{row}");

@@ -32,9 +32,12 @@ const WORKLOADS: [(Pattern, u32, u32); 4] = [
 #[derive(Debug, Clone, Serialize)]
 pub struct CostRow {
     workload: String,
+    /// `IOPS` (4 KiB reads) or `MiB/s` (1 MiB reads): the unit of the rates below.
+    unit: &'static str,
     queue_depth: u32,
     connections: u32,
-    /// Requests per second (for 1 MiB requests: MiB/s): median, min, max over the runs.
+    /// Requests per second (`unit`; 1 MiB requests per second are MiB/s): median, min, max
+    /// over the runs.
     ours_iops: (f64, f64, f64),
     ours_p50_us: f64,
     ours_p99_us: f64,
@@ -178,6 +181,11 @@ pub fn server_cost(
             };
             CostRow {
                 workload: format!("{what}, depth {depth} x {connections} connection(s)"),
+                unit: if pattern == Pattern::RandRead {
+                    "IOPS"
+                } else {
+                    "MiB/s"
+                },
                 queue_depth: depth,
                 connections,
                 ours_iops: spread(mine.iter().map(|o| o.iops).collect()),

@@ -725,7 +725,7 @@ fn nbdkit_reference(
             "nbdkit_random_read_4k",
             random,
             as_bound(&raw_random, true),
-            format!("that file's, depth {}", args.threads),
+            format!("raw random read of that one file, depth {}", args.threads),
         ),
     ])
 }
@@ -752,6 +752,7 @@ fn bench_layout_once(
     dir: &Path,
     args: &BenchArgs,
     baseline: &Baseline,
+    reference: bool,
 ) -> Result<LayoutRun, Box<dyn std::error::Error>> {
     let count = super::demo::device_count(layout);
     let paths: Vec<PathBuf> = if args.devices.is_empty() {
@@ -898,7 +899,7 @@ fn bench_layout_once(
         random_bound_is.clone(),
         None,
     );
-    if args.nbd && matches!(baseline, Baseline::Fio(_)) && super::nbdkit::version().is_ok() {
+    if reference {
         // The same two reads through the same client, served by a minimal server (nbdkit's
         // `file` plugin, page cache evicted, read-only) from one member file, against raw fio
         // on that file at the same depth: how much of the raw rate the mounted path carries
@@ -1055,6 +1056,7 @@ fn bench_layout(
     dir: &Path,
     args: &BenchArgs,
     baseline: &Baseline,
+    reference: bool,
 ) -> Result<LayoutReport, Box<dyn std::error::Error>> {
     let mut raw_runs = Vec::new();
     let mut sample_runs: Vec<Vec<Sample>> = Vec::new();
@@ -1066,7 +1068,8 @@ fn bench_layout(
             run + 1,
             args.runs.max(1)
         ));
-        let (raw, samples, used, volume) = bench_layout_once(layout, dir, args, baseline)?;
+        let (raw, samples, used, volume) =
+            bench_layout_once(layout, dir, args, baseline, reference)?;
         raw_runs.push(raw);
         sample_runs.push(samples);
         backend = used;
@@ -1088,6 +1091,11 @@ fn bench_layout(
             .iter()
             .filter_map(|r| r.get(m).cloned())
             .collect();
+        // Every run measures the same figures in the same order (a mislabelled median would
+        // be worse than no report).
+        if runs.len() != sample_runs.len() || runs.iter().any(|r| r.metric != runs[0].metric) {
+            return Err(format!("{layout}: the runs measured different figures").into());
+        }
         let (value, value_min, value_max) = spread_of(runs.iter().map(|s| s.value));
         let (bound, bound_min, bound_max) = spread_of(runs.iter().map(|s| s.bound));
         let (ratio, ratio_min, ratio_max) =
@@ -1153,13 +1161,27 @@ pub fn run(args: &BenchArgs) -> CliResult {
             "warning: {why}; the raw baseline falls back to this command's own threads, which is WEAKER than fio io_uring (ratios are flattered)"
         );
     }
+    // The mounted path's reference (nbdkit's file plugin read like the pool), decided once so
+    // that every run measures the same figures.
+    let reference = args.nbd
+        && match (&baseline, super::nbdkit::version()) {
+            (Baseline::Fio(_), Ok(_)) => true,
+            (Baseline::Own(_), _) => {
+                eprintln!("warning: without fio's io_uring baseline, the mounted path's nbdkit reference is not measured");
+                false
+            }
+            (_, Err(why)) => {
+                eprintln!("warning: {why}; the mounted path's nbdkit reference is not measured");
+                false
+            }
+        };
     let (dir, _temp) = super::work_dir(args.dir.as_deref(), Path::new("/var/tmp"))?;
     progress("memcpy baseline (64 MiB, one thread)");
     let memcpy = memcpy_mib_s();
     progress(&format!("memcpy: {memcpy:.0} MiB/s"));
     let mut reports = Vec::new();
     for layout in &layouts {
-        reports.push(bench_layout(*layout, &dir, args, &baseline)?);
+        reports.push(bench_layout(*layout, &dir, args, &baseline, reference)?);
     }
     let server_cost = if args.nbd {
         Some(super::bench_nbd::server_cost(

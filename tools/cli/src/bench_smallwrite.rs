@@ -249,11 +249,12 @@ fn nbdkit_file_run(
     // measured then (the library's run, the pool's, the next case's raw baseline). Written
     // back now, outside every timing, and dropped (where allowed), so that the direct writes
     // that follow meet no cached page of that file either.
+    let measured = measured?;
     std::fs::File::open(file)
         .and_then(|f| f.sync_data())
         .map_err(|e| format!("cannot write back {}: {e}", file.display()))?;
     super::bench::drop_caches();
-    measured
+    Ok(measured)
 }
 
 fn members_of(layout: Layout) -> usize {
