@@ -21,12 +21,13 @@
 //! served in this process on a Unix socket in the work directory, fio's `nbd` engine at the
 //! same block sizes and depths, with completion latency p50/p99 from fio's report.
 //!
-//! **The mounted path's own reference** (`--nbd`, when nbdkit is installed): right after the
+//! **A reference on the mounted path** (`--nbd`, when nbdkit is installed): right after the
 //! pool's reads, the same two fio `nbd` jobs against nbdkit's `file` plugin serving the first
 //! member file (`cache=none`, read-only), each as a ratio to raw fio on that one file at the
-//! same block size and depth (`nbdkit_seq_read`, `nbdkit_random_read_4k`): how much of the
-//! raw rate a server that only passes requests to a file carries through this client on this
-//! machine, to read the pool's own ratios against.
+//! same block size and depth (`nbdkit_seq_read`, `nbdkit_random_read_4k`): what a common
+//! server reading the same disk gets through this client, to read the pool's figures beside.
+//! It is not a bound: its reads are buffered (read-ahead, pages evicted after each request),
+//! not `O_DIRECT`, and the pool may serve more.
 //!
 //! Each figure is the median over the runs with its spread (min–max), as a ratio to the raw
 //! figure that bounds it measured in the same run, and per core for the library (bytes per
@@ -674,8 +675,8 @@ impl Client<'_> {
 /// One reference figure: its metric, nbdkit's measurement, the raw bound and what it is.
 type Reference = (&'static str, Measured, (f64, Option<(f64, f64)>), String);
 
-/// `bench --nbd`'s reference for the mounted path: nbdkit's `file` plugin (`cache=none`:
-/// pages evicted after each request, so reads meet the disk; read-only) serving `member` on a
+/// `bench --nbd`'s reference on the mounted path: nbdkit's `file` plugin (`cache=none`:
+/// buffered reads, pages evicted after each request, so reads meet the disk; read-only) serving `member` on a
 /// Unix socket, read by fio's `nbd` engine exactly as the pool is (sequential 1 MiB at depth
 /// [`SEQ_DEPTH`], random 4 KiB at depth `--threads`), each against raw fio on that one file at
 /// the same block size and depth, measured just before it.
@@ -900,10 +901,10 @@ fn bench_layout_once(
         None,
     );
     if reference {
-        // The same two reads through the same client, served by a minimal server (nbdkit's
-        // `file` plugin, page cache evicted, read-only) from one member file, against raw fio
-        // on that file at the same depth: how much of the raw rate the mounted path carries
-        // at all on this machine, beside the pool's own ratio.
+        // The same two reads through the same client, served by nbdkit's `file` plugin
+        // (buffered, pages evicted after each request, read-only) from one member file, against
+        // raw fio on that file at the same depth: a common server on the same disk and path,
+        // beside the pool's own figures (a reference, not a bound).
         let member = &members[0];
         let reference = nbdkit_reference(&raw, member, dir, args)?;
         for (metric, measured, bound, bound_is) in reference {
