@@ -676,10 +676,10 @@ impl Client<'_> {
 type Reference = (&'static str, Measured, (f64, Option<(f64, f64)>), String);
 
 /// `bench --nbd`'s reference on the mounted path: nbdkit's `file` plugin (`cache=none`:
-/// buffered reads, pages evicted after each request, so reads meet the disk; read-only) serving `member` on a
-/// Unix socket, read by fio's `nbd` engine exactly as the pool is (sequential 1 MiB at depth
-/// [`SEQ_DEPTH`], random 4 KiB at depth `--threads`), each against raw fio on that one file at
-/// the same block size and depth, measured just before it.
+/// buffered reads, pages evicted after each request, so reads meet the disk; read-only)
+/// serving `member` on a Unix socket, read by fio's `nbd` engine exactly as the pool is
+/// (sequential 1 MiB at depth [`SEQ_DEPTH`], random 4 KiB at depth `--threads`), each against
+/// raw fio on that one file at the same block size and depth, measured just before it.
 fn nbdkit_reference(
     raw: &RawDevices<'_>,
     member: &Path,
