@@ -234,38 +234,49 @@ pub const HUGE_PAGE: usize = 2 << 20;
 
 /// Make room in `buffer` for `prefix` bytes followed by `len` bytes that start on a
 /// [`HUGE_PAGE`] boundary, and ask the kernel to back those huge pages with transparent huge
-/// pages (`MADV_HUGEPAGE`; advice only: where THP is off, or no huge page is free, the memory
-/// stays in 4 KiB pages and nothing else changes). Returns where the prefix starts in
-/// `buffer`; `buffer`'s length and contents are left as they are (its capacity grows).
+/// pages (`MADV_HUGEPAGE`). Returns where the prefix starts in `buffer`, and whether the kernel
+/// took the advice; `buffer`'s length and contents are left as they are (its capacity grows).
+///
+/// The advice changes no byte, but it is not free: where THP's `defrag` setting is `madvise`
+/// (Debian's default) a first touch of an advised range may compact memory before it returns,
+/// the advice stays on the address range after the buffer is freed (the allocator may reuse
+/// it for anything), and pages touched before the advice stay 4 KiB pages. So it is meant for a
+/// buffer kept and reused by one thread, advised when it is allocated.
 ///
 /// Why: a request's memory reaches a device as one segment per physically contiguous run of
 /// it, and a virtio disk without indirect descriptors (this project's test machines: feature
-/// bits without `VIRTIO_RING_F_INDIRECT_DESC`) spends a ring descriptor per segment, 256 in
-/// all: a 256 KiB read into scattered 4 KiB pages takes 66 of them, so three such requests
-/// fill the ring and the rest wait for the block layer's worker to dispatch them. Measured
-/// with fio on two member files (1 MiB sequential reads, depth 8 each, 2026-12-07 18:30):
-/// 689 MiB/s from `malloc`ed buffers, 3,502 MiB/s from huge pages.
-pub fn huge_aligned_room(buffer: &mut Vec<u8>, prefix: usize, len: usize) -> usize {
+/// bits without `VIRTIO_RING_F_INDIRECT_DESC`, `max_segments` 254, which suggests a ring of
+/// 256 descriptors) spends a ring descriptor per segment: a 256 KiB read into scattered 4 KiB
+/// pages takes 66 of them (64 pages, a header and a status), so a fourth such request does not
+/// fit and waits for the block layer's worker to dispatch it. Measured with fio on two member
+/// files (1 MiB sequential reads, depth 8 each, 2026-12-07 18:31): 689 MiB/s from `malloc`ed
+/// buffers, 3,502 MiB/s from huge pages (a hugetlbfs mount).
+///
+/// # Panics
+/// As [`Vec::reserve_exact`], if the room (`prefix + len` and up to two huge pages) exceeds
+/// `isize::MAX` bytes.
+pub fn huge_aligned_room(buffer: &mut Vec<u8>, prefix: usize, len: usize) -> (usize, bool) {
     let pages = len.div_ceil(HUGE_PAGE).max(1) * HUGE_PAGE;
     // Capacity for any placement: up to HUGE_PAGE - 1 bytes before the first boundary that
     // leaves room for the prefix, then the whole huge pages.
-    buffer.reserve_exact((prefix + HUGE_PAGE + pages).saturating_sub(buffer.len()));
-    let base = buffer.as_ptr();
-    let data = prefix + base.wrapping_add(prefix).align_offset(HUGE_PAGE);
-    debug_assert!(data + pages <= buffer.capacity());
-    // SAFETY: `madvise` is given a range inside `buffer`'s allocation (checked above: `data +
-    // pages` is within its capacity), which this function holds by `&mut`; `MADV_HUGEPAGE` is
-    // advice about how to back the range and neither reads, writes nor unmaps it, so no Rust
-    // reference or value is affected. Its failure (no THP in this kernel) is of no
-    // consequence and ignored.
-    unsafe {
+    let room = prefix.saturating_add(HUGE_PAGE).saturating_add(pages);
+    buffer.reserve_exact(room.saturating_sub(buffer.len()));
+    let skip = buffer.as_ptr().wrapping_add(prefix).align_offset(HUGE_PAGE);
+    let data = prefix + skip;
+    assert!(skip < HUGE_PAGE && data + pages <= buffer.capacity());
+    // SAFETY: `data + pages <= capacity` (asserted above), so the pointer `add` makes stays
+    // inside `buffer`'s allocation and `madvise` is given a range of it, page-aligned (a huge
+    // page boundary) and a whole number of huge pages long; `buffer` is held by `&mut` and its
+    // allocation does not change here. `MADV_HUGEPAGE` is advice about how to back the range:
+    // it neither changes its bytes nor unmaps it, so no Rust value is affected.
+    let advised = unsafe {
         libc::madvise(
-            base.wrapping_add(data).cast_mut().cast::<libc::c_void>(),
+            buffer.as_mut_ptr().add(data).cast::<libc::c_void>(),
             pages,
             libc::MADV_HUGEPAGE,
-        );
-    }
-    data - prefix
+        )
+    } == 0;
+    (data - prefix, advised)
 }
 
 /// A byte buffer whose start is [`DIRECT_ALIGN`]-aligned, so `O_DIRECT` can use it in place.
@@ -946,14 +957,19 @@ mod tests {
             (16, 3 << 20),
         ] {
             let mut buffer: Vec<u8> = b"kept".to_vec();
-            let lead = huge_aligned_room(&mut buffer, prefix, len);
+            let (lead, advised) = huge_aligned_room(&mut buffer, prefix, len);
+            // Taken wherever the kernel has transparent huge pages (this one's setting may
+            // be `never`: the advice is still accepted).
+            if std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists() {
+                assert!(advised, "madvise refused the range");
+            }
             assert_eq!(buffer, b"kept", "length and bytes unchanged");
             let data = lead + prefix;
             assert_eq!(buffer.as_ptr().wrapping_add(data) as usize % HUGE_PAGE, 0);
             assert!(data + len.div_ceil(HUGE_PAGE) * HUGE_PAGE <= buffer.capacity());
             // Kept: a second call on the same buffer finds the same place without growing it.
             let capacity = buffer.capacity();
-            assert_eq!(huge_aligned_room(&mut buffer, prefix, len), lead);
+            assert_eq!(huge_aligned_room(&mut buffer, prefix, len).0, lead);
             assert_eq!(buffer.capacity(), capacity);
         }
         let dir = tempfile::tempdir().unwrap();
@@ -967,7 +983,7 @@ mod tests {
         let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i * 13 % 251) as u8).collect();
         dev.write_at(1 << 20, &data).unwrap();
         let mut buffer = Vec::new();
-        let lead = huge_aligned_room(&mut buffer, 16, 1 << 20);
+        let (lead, _) = huge_aligned_room(&mut buffer, 16, 1 << 20);
         buffer.resize(lead + 16 + (1 << 20), 0);
         dev.read_at(1 << 20, &mut buffer[lead + 16..]).unwrap();
         assert!(buffer[lead + 16..] == data[..]);

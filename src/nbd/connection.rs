@@ -58,8 +58,11 @@ const MAX_WORKERS: usize = 16;
 /// reads (fio's, QEMU's) keeps its buffer instead of allocating and zeroing one per read.
 const KEEP_BUFFER_BYTES: usize = 2 * crate::device::HUGE_PAGE + 8192;
 /// Reads of at least this size are read into huge pages ([`crate::device::huge_aligned_room`]):
-/// each of their device requests is then one segment, not one per 4 KiB page.
-const HUGE_READ_MIN: usize = 128 << 10;
+/// each of their device requests is then one segment, not one per 4 KiB page. The cost: the
+/// serving thread's kept buffer grows to up to 4 MiB (2 MiB of huge page resident, and the
+/// bytes before the boundary, zeroed once, and again after a write or a smaller request
+/// shortened the buffer).
+const HUGE_READ_MIN: usize = 256 << 10;
 /// Replies up to this size may wait in the outbox for the thread writing (see [`Replies`]).
 const COMBINE_MAX_BYTES: usize = 64 << 10;
 /// The outbox takes no more once it holds this much; senders then wait for the socket.
@@ -980,7 +983,14 @@ fn serve_requests<'scope, 'env, 'p: 'env, R: Read + Send, W: Write + Send>(
                         };
                         let bytes = permit.detach();
                         let tag = shared.writes.open(request.cookie, bytes);
-                        let data = std::mem::take(&mut buffer);
+                        // The payload goes to the pool's queue; a buffer much larger than it
+                        // (kept for large reads: up to 4 MiB) stays with this thread, and the
+                        // queue gets a copy of just the payload.
+                        let data = if buffer.capacity() > 2 * buffer.len() + (64 << 10) {
+                            buffer.clone()
+                        } else {
+                            std::mem::take(&mut buffer)
+                        };
                         if let Some(duty) = shared.pool.write_queued(offset, data, sink, tag) {
                             let mut slot = shared.lead.lock();
                             slot.duty = Some(duty);
@@ -1150,9 +1160,9 @@ fn aligned_reply_room(buffer: &mut Vec<u8>, prefix: usize, len: usize) -> usize 
     const ALIGN: usize = crate::device::DIRECT_ALIGN;
     if len >= HUGE_READ_MIN {
         // Large reads into huge pages (see `huge_aligned_room`): measured over NBD, 1 MiB
-        // sequential reads of a mirror:2 pool at depth 8, 858 -> 1,420 MiB/s, and no request
-        // left to the block layer's worker (README, 2026-12-07 evening).
-        let lead = crate::device::huge_aligned_room(buffer, prefix, len);
+        // sequential reads of a mirror:2 pool at depth 8, 656-912 -> 1,449-1,539 MiB/s, and no
+        // request left to the block layer's worker (README, 2026-12-07 evening).
+        let (lead, _) = crate::device::huge_aligned_room(buffer, prefix, len);
         reply_room(buffer, lead + prefix + len);
         return lead;
     }
