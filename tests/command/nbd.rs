@@ -1867,6 +1867,12 @@ fn bench_nbd_reports_the_mounted_path_against_raw_fio_as_json() {
         "{}",
         report["baseline"]
     );
+    // The report says what fio's raw jobs read into: huge pages, or 4 KiB pages and why.
+    let buffers = report["raw_buffers"].as_str().unwrap_or_default();
+    assert!(
+        buffers.starts_with("huge pages") || buffers.starts_with("4 KiB pages for some raw jobs: "),
+        "{buffers:?}"
+    );
     let layout = &report["layouts"][0];
     assert_eq!(layout["layout"], "rs:2+1");
     let figures = layout["pool"].as_array().unwrap();

@@ -39,6 +39,9 @@ struct Report {
     device_bytes: u64,
     /// What measured the spare's raw write.
     baseline: String,
+    /// What fio's raw write read from: huge pages, or 4 KiB pages and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raw_buffers: Option<String>,
     runs: Vec<Run>,
     median_ratio: f64,
     min_ratio: f64,
@@ -253,6 +256,7 @@ pub fn run(
         layout: layout.to_string(),
         device_bytes,
         baseline: baseline.describe_spare(),
+        raw_buffers: super::fio::raw_buffers(),
         median_ratio: median,
         min_ratio: min,
         max_ratio: max,

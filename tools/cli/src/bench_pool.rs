@@ -206,6 +206,10 @@ struct Report {
     runs: usize,
     /// How the raw figures were measured.
     baseline: String,
+    /// What fio's raw jobs read and wrote from: huge pages, or 4 KiB pages and why (then the
+    /// baseline may be below the device's best; see the fio module).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raw_buffers: Option<String>,
     /// `library` or `nbd`.
     client: &'static str,
     memcpy_mib_s: f64,
@@ -1202,6 +1206,7 @@ pub fn run(args: &BenchArgs) -> CliResult {
         seq_depth: SEQ_DEPTH,
         runs: args.runs.max(1),
         baseline: baseline.describe(),
+        raw_buffers: fio::raw_buffers(),
         client: if args.nbd { "nbd" } else { "library" },
         memcpy_mib_s: memcpy,
         layouts: reports,
@@ -1231,6 +1236,9 @@ fn print_report(report: &Report) {
         report.runs,
         report.memcpy_mib_s,
     );
+    if let Some(buffers) = &report.raw_buffers {
+        println!("raw jobs' buffers: {buffers}\n");
+    }
     println!(
         "{:<9} {:<24} {:>22} {:>6} {:>10}  {:<28} {:>18} {:>16}",
         "layout", "metric", "value", "unit", "bound", "bound is", "ratio", "p50/p99 us"

@@ -612,7 +612,12 @@ pub fn run(args: &BenchSmallwriteArgs) -> Result<(), String> {
         }
     }
     if args.json {
-        let report = serde_json::json!({ "fio": version, "nbdkit": nbdkit, "cases": cases });
+        let report = serde_json::json!({
+            "fio": version,
+            "nbdkit": nbdkit,
+            "raw_buffers": super::fio::raw_buffers(),
+            "cases": cases
+        });
         println!(
             "{}",
             serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?

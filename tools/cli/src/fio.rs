@@ -9,9 +9,17 @@
 //! fio is the reference a user measures their disks with; with the `io_uring` engine and direct
 //! I/O at the same block size and queue depth it is the physical limit a pool on those devices
 //! is judged against. Its `nbd` engine (libnbd) is what a user runs against a mounted export.
+//!
+//! A raw job's buffers come from huge pages where the system can give them (see
+//! [`HugePages`]): a disk that spends a ring descriptor per physically contiguous run of a
+//! request's memory (virtio-blk without indirect descriptors, as on this project's test
+//! machines) serves 1 MiB reads from scattered 4 KiB pages at a fraction of its speed, so a
+//! baseline from `malloc`ed buffers would not be the device's best. The pool's large reads use
+//! huge pages too (`stripestore::device::huge_aligned_room`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 
 /// What fio does in a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +105,9 @@ pub struct Outcome {
     /// (one per 3.6 writes at depth 16, measured), so the figure is reported, not assumed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub writes_per_sync: Option<f64>,
+    /// A raw job's buffers came from huge pages (`--iomem=shmhuge`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub huge_pages: bool,
 }
 
 /// fio's version, or why it cannot be used (not installed, no `io_uring` or `nbd` engine).
@@ -207,9 +218,62 @@ impl Job {
     /// fio failed to start, exited with an error (its stderr is in the message), or wrote no
     /// report that parses.
     pub fn run(&self, scratch: &Path) -> Result<Outcome, Box<dyn std::error::Error>> {
+        let pages = self.huge_pages_needed();
+        if pages > 0 {
+            match HugePages::lease(pages) {
+                Ok(lease) => {
+                    let ran = self.run_with(scratch, Some("shmhuge"));
+                    drop(lease);
+                    match ran {
+                        Ok(mut outcome) => {
+                            outcome.huge_pages = true;
+                            note_raw_buffers(None);
+                            return Ok(outcome);
+                        }
+                        // The pages were counted free but fio could not have them (another
+                        // user took them first; fio then fails, or crashes): the same job
+                        // from ordinary memory, and say so. Any other failure fails again
+                        // there and is returned as that run's.
+                        Err(err) => {
+                            let first = err.to_string();
+                            let first = first.lines().last().unwrap_or_default().to_string();
+                            note_raw_buffers(Some(format!("fio failed with huge pages ({first})")));
+                        }
+                    }
+                }
+                Err(why) => note_raw_buffers(Some(why)),
+            }
+        }
+        self.run_with(scratch, None)
+    }
+
+    /// Huge pages a raw job's buffers take (fio allocates, per job section, its queue depth
+    /// times its largest block plus a page, rounded up to whole huge pages); 0 for a job whose
+    /// buffers do not reach a disk (the `nbd` engine's go to a socket).
+    fn huge_pages_needed(&self) -> u64 {
+        let sections = match &self.target {
+            Target::EachFile { paths, .. } => paths.len() as u64,
+            Target::AcrossFiles { .. } => 1,
+            Target::Nbd { .. } => return 0,
+        };
+        let largest = self
+            .mixed_with
+            .map_or(self.block_bytes, |(bytes, _)| bytes.max(self.block_bytes));
+        let per_section = (largest * u64::from(self.queue_depth.max(1)) + 4096).div_ceil(HUGE_PAGE);
+        sections * per_section
+    }
+
+    fn run_with(
+        &self,
+        scratch: &Path,
+        iomem: Option<&str>,
+    ) -> Result<Outcome, Box<dyn std::error::Error>> {
         let output = scratch.join("fio-report.json");
         let _ = std::fs::remove_file(&output);
-        let args = self.args(&output);
+        let mut args = self.args(&output);
+        if let Some(iomem) = iomem {
+            args.push(format!("--iomem={iomem}"));
+        }
         let ran = Command::new("fio").args(&args).output()?;
         if !ran.status.success() {
             return Err(format!(
@@ -224,6 +288,115 @@ impl Job {
         let _ = std::fs::remove_file(&output);
         parse_report(&text, self.pattern.writes())
             .map_err(|why| format!("fio {}: {why}", args.join(" ")).into())
+    }
+}
+
+/// The huge page size fio's `shmhuge` memory is counted in (x86-64's; other sizes are not used).
+const HUGE_PAGE: u64 = 2 << 20;
+
+/// What raw jobs' buffers came from so far in this process: `None` before any ran, then
+/// `Ok(())` while every one had huge pages, or why one did not.
+static RAW_BUFFERS: Mutex<Option<Result<(), String>>> = Mutex::new(None);
+
+fn note_raw_buffers(why_not: Option<String>) {
+    let mut seen = RAW_BUFFERS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match (why_not, seen.as_ref()) {
+        (_, Some(Err(_))) => {}
+        (Some(why), _) => {
+            eprintln!(
+                "warning: fio's raw baseline reads and writes from 4 KiB pages: {why}; on a disk that spends a ring descriptor per page (virtio-blk without indirect descriptors) it is then below the device's best (README: \"Large NBD reads into huge pages\")"
+            );
+            *seen = Some(Err(why));
+        }
+        (None, _) => *seen = Some(Ok(())),
+    }
+}
+
+/// What the raw baselines' buffers came from, for a report: `None` when no raw job ran.
+pub fn raw_buffers() -> Option<String> {
+    let seen = RAW_BUFFERS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    seen.as_ref().map(|seen| match seen {
+        Ok(()) => "huge pages (fio --iomem=shmhuge)".to_string(),
+        Err(why) => format!("4 KiB pages for some raw jobs: {why}"),
+    })
+}
+
+/// Huge pages held available for one fio run. The system's free ones are used when enough;
+/// otherwise, as root, `vm.nr_overcommit_hugepages` is raised by the shortfall for the run (the
+/// kernel then makes surplus huge pages on demand and frees them when fio exits) and lowered
+/// by as much when the lease drops (by as much, not back to a remembered value, so that
+/// benches running at once leave it as they found it). Nothing is reserved for longer than the
+/// run; a bench killed during one leaves the limit raised (which holds no memory by itself).
+/// Another user can take the pages between the count and fio's start: the run then falls back
+/// to ordinary memory ([`Job::run`]).
+struct HugePages {
+    /// How much the overcommit limit was raised.
+    raised: Option<u64>,
+}
+
+const OVERCOMMIT: &str = "/proc/sys/vm/nr_overcommit_hugepages";
+
+/// The system's limit of surplus huge pages, where it can be read.
+fn overcommit_limit() -> Option<u64> {
+    std::fs::read_to_string(OVERCOMMIT)
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+}
+
+impl HugePages {
+    /// Room for `pages` huge pages, or why there is none.
+    fn lease(pages: u64) -> Result<Self, String> {
+        let meminfo = std::fs::read_to_string("/proc/meminfo")
+            .map_err(|err| format!("/proc/meminfo: {err}"))?;
+        let overcommit = overcommit_limit().unwrap_or(0);
+        let available = Self::available(&meminfo, overcommit)?;
+        if available >= pages {
+            return Ok(Self { raised: None });
+        }
+        let shortfall = pages - available;
+        std::fs::write(OVERCOMMIT, (overcommit + shortfall).to_string()).map_err(|err| {
+            format!(
+                "{pages} huge pages needed, {available} available, and {OVERCOMMIT} cannot be raised ({err}; as root, or reserve them with vm.nr_hugepages)"
+            )
+        })?;
+        Ok(Self {
+            raised: Some(shortfall),
+        })
+    }
+}
+
+impl HugePages {
+    /// Huge pages a new user can have: the free ones not promised to a mapping, and the
+    /// surplus the overcommit limit still allows (from `/proc/meminfo`'s text).
+    fn available(meminfo: &str, overcommit: u64) -> Result<u64, String> {
+        let field = |name: &str| -> Option<u64> {
+            meminfo
+                .lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        };
+        if field("Hugepagesize") != Some(HUGE_PAGE >> 10) {
+            return Err("this system's huge pages are not 2 MiB".to_string());
+        }
+        let free = field("HugePages_Free").unwrap_or(0);
+        let reserved = field("HugePages_Rsvd").unwrap_or(0);
+        let surplus = field("HugePages_Surp").unwrap_or(0);
+        Ok(free.saturating_sub(reserved) + overcommit.saturating_sub(surplus))
+    }
+}
+
+impl Drop for HugePages {
+    fn drop(&mut self) {
+        if let Some(raised) = self.raised {
+            let now = overcommit_limit().unwrap_or(raised);
+            if let Err(err) = std::fs::write(OVERCOMMIT, now.saturating_sub(raised).to_string()) {
+                eprintln!("warning: could not lower {OVERCOMMIT} by {raised}: {err}");
+            }
+        }
     }
 }
 
@@ -292,6 +465,59 @@ mod tests {
         let none = r#"{"jobs": [{"jobname": "a", "error": 0, "write": {"bw_bytes": 1,
    "iops": 1, "total_ios": 5, "clat_ns": {"percentile": {}}}, "sync": {"total_ios": 0}}]}"#;
         assert_eq!(parse_report(none, true).unwrap().writes_per_sync, None);
+    }
+
+    #[test]
+    fn raw_jobs_count_their_huge_pages_and_nbd_jobs_none() {
+        let each = |paths: usize, block_bytes: u64, queue_depth: u32| Job {
+            pattern: Pattern::SeqRead,
+            block_bytes,
+            queue_depth,
+            target: Target::EachFile {
+                paths: vec!["/a".into(); paths],
+                span_bytes: 1 << 30,
+                direct: true,
+            },
+            seconds: None,
+            mixed_with: None,
+        };
+        // 8 x 1 MiB and a page: 5 huge pages per job section, one section per file.
+        assert_eq!(each(6, 1 << 20, 8).huge_pages_needed(), 30);
+        // 16 x 4 KiB and a page fit one.
+        assert_eq!(each(1, 4096, 16).huge_pages_needed(), 1);
+        let mut mixed = each(1, 4096, 16);
+        mixed.target = Target::AcrossFiles {
+            paths: vec!["/a".into(), "/b".into()],
+            span_bytes: 1 << 30,
+            direct: true,
+        };
+        mixed.mixed_with = Some((4 << 20, 10));
+        assert_eq!(
+            mixed.huge_pages_needed(),
+            33,
+            "the largest size counts, one section"
+        );
+        let mut nbd = each(1, 1 << 20, 8);
+        nbd.target = Target::Nbd {
+            socket: "/s".into(),
+            span_bytes: 1 << 30,
+            connections: 4,
+        };
+        assert_eq!(nbd.huge_pages_needed(), 0);
+    }
+
+    #[test]
+    fn huge_pages_available_are_the_free_unpromised_and_the_overcommit_left() {
+        let meminfo = "MemTotal: 1 kB\nHugePages_Total:     128\nHugePages_Free:      100\nHugePages_Rsvd:       10\nHugePages_Surp:        3\nHugepagesize:       2048 kB\n";
+        assert_eq!(HugePages::available(meminfo, 0), Ok(90));
+        assert_eq!(HugePages::available(meminfo, 8), Ok(95));
+        assert_eq!(
+            HugePages::available(meminfo, 2),
+            Ok(90),
+            "surplus beyond the limit"
+        );
+        let other = meminfo.replace("2048 kB", "1048576 kB");
+        assert!(HugePages::available(&other, 0).is_err());
     }
 
     #[test]
