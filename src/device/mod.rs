@@ -26,7 +26,7 @@ pub use nbd::{
 pub use signature::{probe as probe_signature, refuse_signature, Signature};
 pub use uring::{
     huge_aligned_room, open_device, open_device_for, open_device_with, run_batch, run_batch_while,
-    AlignedBuf, Backend, BatchOp, IoBuf, UringDevice, DIRECT_ALIGN, HUGE_PAGE,
+    AlignedBuf, Backend, BatchOp, IoBuf, UringDevice, DIRECT_ALIGN, HUGE_IO_MIN, HUGE_PAGE,
 };
 
 use std::fmt;

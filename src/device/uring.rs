@@ -232,6 +232,12 @@ impl Device for UringDevice {
 /// The size and alignment of a transparent huge page (x86-64, and arm64 with 4 KiB pages).
 pub const HUGE_PAGE: usize = 2 << 20;
 
+/// Buffers for device requests from this size go in huge pages ([`AlignedBuf::for_io`], the
+/// NBD server's read replies): from here a request into 4 KiB pages takes 64 ring
+/// descriptors or more on a disk without indirect descriptors (see [`huge_aligned_room`]),
+/// while a huge page's memory (2 MiB once touched) is at most 8 times the buffer's.
+pub const HUGE_IO_MIN: usize = 256 << 10;
+
 /// Make room in `buffer` for `prefix` bytes followed by `len` bytes that start on a
 /// [`HUGE_PAGE`] boundary, and ask the kernel to back those huge pages with transparent huge
 /// pages (`MADV_HUGEPAGE`). Returns where the prefix starts in `buffer`, and whether the kernel
@@ -280,12 +286,46 @@ pub fn huge_aligned_room(buffer: &mut Vec<u8>, prefix: usize, len: usize) -> (us
 }
 
 /// A byte buffer whose start is [`DIRECT_ALIGN`]-aligned, so `O_DIRECT` can use it in place.
-/// Safe code only: it over-allocates a `Vec` and starts at the first aligned byte.
-#[derive(Clone)]
+/// Safe code only: it over-allocates and starts at the first aligned byte. A large one can come
+/// from huge pages ([`AlignedBuf::huge`]).
 pub struct AlignedBuf {
-    backing: Vec<u8>,
+    backing: Backing,
     start: usize,
     len: usize,
+    /// Where the usable bytes of the backing end (capacity is `end - start`).
+    end: usize,
+}
+
+/// Where an [`AlignedBuf`]'s bytes live.
+enum Backing {
+    Heap(Vec<u8>),
+    /// An anonymous mapping whose range from the buffer's start is advised to be transparent
+    /// huge pages (memmap2: the mapping, its advice and its unmapping without `unsafe` here).
+    Huge(memmap2::MmapMut),
+}
+
+impl Backing {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Backing::Heap(v) => v,
+            Backing::Huge(m) => m,
+        }
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            Backing::Heap(v) => v,
+            Backing::Huge(m) => m,
+        }
+    }
+}
+
+impl Clone for AlignedBuf {
+    /// A copy on the heap (a huge-page buffer's copy is an ordinary one of the same bytes).
+    fn clone(&self) -> Self {
+        let mut copy = Self::zeroed(self.len);
+        copy.copy_from_slice(self);
+        copy
+    }
 }
 
 impl std::fmt::Debug for AlignedBuf {
@@ -305,7 +345,8 @@ impl AlignedBuf {
         fill(&mut backing);
         backing.resize(start + len, 0);
         let this = Self {
-            backing,
+            end: backing.len(),
+            backing: Backing::Heap(backing),
             start,
             len,
         };
@@ -322,16 +363,17 @@ impl AlignedBuf {
     #[must_use]
     pub const fn empty() -> Self {
         Self {
-            backing: Vec::new(),
+            backing: Backing::Heap(Vec::new()),
             start: 0,
             len: 0,
+            end: 0,
         }
     }
 
     /// Bytes this buffer can hold without a new allocation.
     #[must_use]
     pub fn capacity(&self) -> usize {
-        self.backing.len() - self.start
+        self.end - self.start
     }
 
     /// Make this `len` bytes in the allocation it has, holding whatever they held; `false`
@@ -350,23 +392,75 @@ impl AlignedBuf {
         let backing = vec![0u8; len + DIRECT_ALIGN];
         let start = backing.as_ptr().align_offset(DIRECT_ALIGN);
         Self {
-            backing,
+            end: backing.len(),
+            backing: Backing::Heap(backing),
             start,
             len,
         }
+    }
+
+    /// `len` zero bytes starting on a [`HUGE_PAGE`] boundary of an anonymous mapping whose
+    /// whole huge pages from there (its [`capacity`](AlignedBuf::capacity)) are advised to be
+    /// transparent huge pages, so that a device request into any part of it is one segment per
+    /// 2 MiB rather than one per 4 KiB page (see [`huge_aligned_room`] for why that matters).
+    /// For buffers a thread keeps and reuses: each takes at least one huge page of memory
+    /// once touched, and the first touch may compact memory. Where the mapping or the advice
+    /// fails (no THP), an ordinary [`AlignedBuf::zeroed`]; [`AlignedBuf::is_huge`] tells which.
+    #[must_use]
+    pub fn huge(len: usize) -> Self {
+        let pages = len.div_ceil(HUGE_PAGE).max(1) * HUGE_PAGE;
+        let Ok(map) = memmap2::MmapMut::map_anon(pages + HUGE_PAGE) else {
+            return Self::zeroed(len);
+        };
+        let start = map.as_ptr().align_offset(HUGE_PAGE);
+        // The mapping is page aligned, so the boundary is within the first huge page and the
+        // advised range ends inside the mapping. Its bytes are zero until written (anonymous
+        // memory), and nothing touched them before the advice.
+        if start >= HUGE_PAGE
+            || map
+                .advise_range(memmap2::Advice::HugePage, start, pages)
+                .is_err()
+        {
+            return Self::zeroed(len);
+        }
+        // Capacity is the advised range only, so a reuse never reaches the unadvised tail.
+        Self {
+            backing: Backing::Huge(map),
+            start,
+            len,
+            end: start + pages,
+        }
+    }
+
+    /// `len` zero bytes for device requests: in huge pages from [`HUGE_IO_MIN`]
+    /// ([`AlignedBuf::huge`]), else ordinary ones ([`AlignedBuf::zeroed`]).
+    #[must_use]
+    pub fn for_io(len: usize) -> Self {
+        if len >= HUGE_IO_MIN {
+            Self::huge(len)
+        } else {
+            Self::zeroed(len)
+        }
+    }
+
+    /// Whether this buffer's bytes are in an advised huge-page mapping.
+    #[must_use]
+    pub fn is_huge(&self) -> bool {
+        matches!(self.backing, Backing::Huge(_))
     }
 }
 
 impl std::ops::Deref for AlignedBuf {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        &self.backing[self.start..self.start + self.len]
+        &self.backing.bytes()[self.start..self.start + self.len]
     }
 }
 
 impl std::ops::DerefMut for AlignedBuf {
     fn deref_mut(&mut self) -> &mut [u8] {
-        &mut self.backing[self.start..self.start + self.len]
+        let (start, len) = (self.start, self.len);
+        &mut self.backing.bytes_mut()[start..start + len]
     }
 }
 
@@ -981,6 +1075,46 @@ mod tests {
         buffer.resize(lead + 16 + (1 << 20), 0);
         dev.read_at(0, &mut buffer[lead + 16..]).unwrap();
         assert!(buffer[lead + 16..] == data[..]);
+    }
+
+    #[test]
+    fn huge_buffers_start_on_a_huge_page_hold_zeros_and_take_direct_reads() {
+        let thp = std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists();
+        for len in [HUGE_IO_MIN, 1 << 20, HUGE_PAGE, 3 << 20] {
+            let mut buf = AlignedBuf::for_io(len);
+            assert_eq!(buf.len(), len);
+            assert!(buf.iter().all(|b| *b == 0), "{len}: zeros");
+            if thp {
+                assert!(
+                    buf.is_huge(),
+                    "{len}: the mapping or its advice was refused"
+                );
+            }
+            if buf.is_huge() {
+                assert_eq!(buf.as_ptr() as usize % HUGE_PAGE, 0, "{len}: on a boundary");
+                // Capacity is the advised whole huge pages, and a reuse stays inside them.
+                assert_eq!(buf.capacity(), len.div_ceil(HUGE_PAGE) * HUGE_PAGE);
+                assert!(buf.reuse(buf.capacity()));
+                assert!(!buf.reuse(buf.capacity() + 1));
+                buf.reuse(len);
+            }
+            // A copy is an ordinary buffer of the same bytes.
+            buf[len - 1] = 7;
+            let copy = buf.clone();
+            assert!(!copy.is_huge() && copy[..] == buf[..]);
+        }
+        // Below the threshold: ordinary pages.
+        assert!(!AlignedBuf::for_io(HUGE_IO_MIN - 4096).is_huge());
+        let dir = tempfile::tempdir().unwrap();
+        let dev = uring_file(dir.path());
+        let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i * 7 % 253) as u8).collect();
+        dev.write_at(0, &data).unwrap();
+        let mut buf = AlignedBuf::for_io(1 << 20);
+        let mut ops = [BatchOp::read(dev.as_ref(), 0, &mut buf)];
+        run_batch(&mut ops);
+        assert!(ops[0].result.is_ok());
+        drop(ops);
+        assert!(buf[..] == data[..], "read into the huge buffer byte-exact");
     }
 
     #[test]

@@ -62,7 +62,7 @@ const KEEP_BUFFER_BYTES: usize = 2 * crate::device::HUGE_PAGE + 8192;
 /// serving thread's kept buffer grows to up to 4 MiB (2 MiB of huge page resident, and the
 /// bytes before the boundary, zeroed once, and again after a write or a smaller request
 /// shortened the buffer).
-const HUGE_READ_MIN: usize = 256 << 10;
+const HUGE_READ_MIN: usize = crate::device::HUGE_IO_MIN;
 /// Replies up to this size may wait in the outbox for the thread writing (see [`Replies`]).
 const COMBINE_MAX_BYTES: usize = 64 << 10;
 /// The outbox takes no more once it holds this much; senders then wait for the socket.

@@ -242,7 +242,7 @@ impl BufferCache {
             Some(i) => free.swap_remove(i),
             None => {
                 drop(free);
-                AlignedBuf::zeroed(len)
+                AlignedBuf::for_io(len)
             }
         }
     }

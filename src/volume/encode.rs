@@ -163,7 +163,7 @@ fn shard_buffer(len: usize, data_bytes: usize) -> AlignedBuf {
             return buf;
         }
     }
-    AlignedBuf::zeroed(len)
+    AlignedBuf::for_io(len)
 }
 
 impl Drop for EncodedWrite {

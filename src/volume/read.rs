@@ -363,8 +363,8 @@ impl Volume {
             // verified or recovered, zeros for a hole), and a read that fails copies nothing.
             // Before, each round allocated and zeroed a fresh buffer (a megabyte for sixteen
             // 64 KiB reads).
-            let mut out = RunBuffers(vec![run_buffer(pointers.len() * BLOCK_BYTES)]);
-            let out = &mut out.0[0];
+            let mut slab = RunBuffers::new([pointers.len() * BLOCK_BYTES]);
+            let out = slab.targets().swap_remove(0);
             let results = self.read_pointers_grouped(devices, &pointers, out, &groups);
             for ((i, range), result) in whole.iter().zip(&groups).zip(results) {
                 match result {
@@ -467,18 +467,14 @@ impl Volume {
             .iter()
             .map(|run| in_place(devices, run, |piece| wanted[piece.index].index, out))
             .collect();
-        let mut buffers = RunBuffers(
-            runs.iter()
-                .zip(&in_place)
-                .map(|(run, place)| match place {
-                    Some(_) => AlignedBuf::empty(),
-                    None => run_buffer(run.len() * BLOCK_BYTES),
-                })
-                .collect(),
-        );
+        let mut buffers =
+            RunBuffers::new(runs.iter().zip(&in_place).map(|(run, place)| match place {
+                Some(_) => 0,
+                None => run.len() * BLOCK_BYTES,
+            }));
         // Pieces are only planned on present members, so every run has its request.
         let results = {
-            let mut targets = targets_in(out, &runs, &in_place, &mut buffers.0);
+            let mut targets = targets_in(out, &runs, &in_place, buffers.targets());
             read_runs_into(devices, &runs, &mut targets, |run| {
                 self.first_read_hedge(devices, &wanted, run)
             })
@@ -1129,13 +1125,9 @@ pub(super) fn read_runs_hedged(
     runs: &[Vec<Piece>],
     hedge: impl Fn(&[Piece]) -> Option<Duration>,
 ) -> (RunBuffers, HedgedResults) {
-    let mut buffers = RunBuffers(
-        runs.iter()
-            .map(|run| run_buffer(run.len() * BLOCK_BYTES))
-            .collect(),
-    );
+    let mut buffers = RunBuffers::new(runs.iter().map(|run| run.len() * BLOCK_BYTES));
     let results = {
-        let mut targets: Vec<&mut [u8]> = buffers.0.iter_mut().map(|b| &mut b[..]).collect();
+        let mut targets = buffers.targets();
         read_runs_into(devices, runs, &mut targets, hedge)
     };
     (buffers, results)
@@ -1222,7 +1214,7 @@ fn targets_in<'a>(
     out: &'a mut [u8],
     runs: &[Vec<Piece>],
     in_place: &[Option<usize>],
-    buffers: &'a mut [AlignedBuf],
+    buffers: Vec<&'a mut [u8]>,
 ) -> Vec<&'a mut [u8]> {
     let mut places: Vec<(usize, usize)> = in_place
         .iter()
@@ -1245,8 +1237,8 @@ fn targets_in<'a>(
     }
     from_out
         .into_iter()
-        .zip(buffers.iter_mut())
-        .map(|(place, buffer)| place.unwrap_or(&mut buffer[..]))
+        .zip(buffers)
+        .map(|(place, buffer)| place.unwrap_or(buffer))
         .collect()
 }
 
@@ -1351,15 +1343,12 @@ pub(super) fn read_runs_while<R>(
     runs: &[Vec<Piece>],
     meanwhile: impl FnOnce() -> R,
 ) -> (RunBuffers, RunResults, R) {
-    let mut buffers = RunBuffers(
-        runs.iter()
-            .map(|run| run_buffer(run.len() * BLOCK_BYTES))
-            .collect(),
-    );
+    let mut buffers = RunBuffers::new(runs.iter().map(|run| run.len() * BLOCK_BYTES));
     let mut results = Vec::with_capacity(runs.len());
     let mut ops = Vec::with_capacity(runs.len());
     let mut issued = Vec::with_capacity(runs.len());
-    for (r, (run, buffer)) in runs.iter().zip(buffers.0.iter_mut()).enumerate() {
+    let mut targets = buffers.targets();
+    for (r, (run, buffer)) in runs.iter().zip(targets.iter_mut()).enumerate() {
         if let Some(Some(device)) = run.first().and_then(|p| devices.get(p.device)) {
             ops.push(BatchOp::read(device.as_ref(), run[0].offset, buffer));
             issued.push(r);
@@ -1373,24 +1362,27 @@ pub(super) fn read_runs_while<R>(
     (buffers, results, outcome)
 }
 
-/// Most buffers of finished run reads one thread keeps for its next reads, and most bytes
-/// (1 MiB: a server runs a thread per connection, so this bounds what readers hold idle).
-const RUN_BUFFERS_KEPT: usize = 16;
-const RUN_BUFFER_BYTES_KEPT: usize = 1 << 20;
-
+/// Most slabs of finished run reads one thread keeps for its next reads (a scrub holds one
+/// read's while it reads the next), and most bytes: one huge page each, 4 MiB in all (a
+/// server runs a thread per connection, so this bounds what readers hold idle).
+const RUN_SLABS_KEPT: usize = 2;
+const RUN_SLAB_BYTES_KEPT: usize = 2 * crate::device::HUGE_PAGE;
 thread_local! {
-    /// Buffers of finished run reads, for this thread's next ones: a reader's steady state
+    /// Slabs of finished run reads, for this thread's next ones: a reader's steady state
     /// allocates none (tests/hot_path_alloc.rs).
-    static RUN_BUFFERS: RefCell<Vec<AlignedBuf>> = const { RefCell::new(Vec::new()) };
+    static RUN_SLABS: RefCell<Vec<AlignedBuf>> = const { RefCell::new(Vec::new()) };
 }
 
-/// A buffer of `len` bytes for a run's read: one this thread kept if one is large enough,
-/// holding whatever an earlier read left in it (not zeroed: a block's bytes are used only when
-/// a read of them succeeded, the run's request or the block's own when the request failed and
-/// was asked again block by block, and only once they verified against its pointer or row, so
-/// no earlier byte can be taken for data), else a new zeroed one.
-fn run_buffer(len: usize) -> AlignedBuf {
-    let kept = RUN_BUFFERS.try_with(|kept| {
+/// A slab of `len` bytes for the runs of one read: one this thread kept if one is large
+/// enough, holding whatever an earlier read left in it (not zeroed: a block's bytes are used
+/// only when a read of them succeeded, the run's request or the block's own when the request
+/// failed and was asked again block by block, and only once they verified against its pointer
+/// or row, so no earlier byte can be taken for data), else a new zeroed one: in huge pages
+/// from 256 KiB ([`AlignedBuf::for_io`]), so that on a disk that spends a ring descriptor per
+/// physically contiguous piece of a request (virtio-blk without indirect descriptors) a run
+/// is one piece per 2 MiB rather than one per 4 KiB page.
+fn run_slab(len: usize) -> AlignedBuf {
+    let kept = RUN_SLABS.try_with(|kept| {
         let mut kept = kept.try_borrow_mut().ok()?;
         let at = kept.iter().position(|b| b.capacity() >= len)?;
         Some(kept.swap_remove(at))
@@ -1400,44 +1392,82 @@ fn run_buffer(len: usize) -> AlignedBuf {
             return buf;
         }
     }
-    AlignedBuf::zeroed(len)
+    AlignedBuf::for_io(len)
 }
 
-/// The buffers of one [`read_runs_while`], one per run, given back to the thread that
-/// drops them (up to [`RUN_BUFFERS_KEPT`] and [`RUN_BUFFER_BYTES_KEPT`]).
-pub(super) struct RunBuffers(Vec<AlignedBuf>);
+/// The buffers of one read of runs: one slab holding every run's bytes one after another
+/// (each run's range in it, a multiple of the block size, so every run starts aligned for
+/// `O_DIRECT`; a run read in place elsewhere has an empty range), given back to the thread
+/// that drops it (up to [`RUN_SLABS_KEPT`] and [`RUN_SLAB_BYTES_KEPT`]).
+pub(super) struct RunBuffers {
+    slab: AlignedBuf,
+    ranges: Vec<std::ops::Range<usize>>,
+}
 
-impl std::ops::Deref for RunBuffers {
-    type Target = [AlignedBuf];
-    fn deref(&self) -> &[AlignedBuf] {
-        &self.0
+impl RunBuffers {
+    /// Room for runs of these byte lengths.
+    fn new(lens: impl IntoIterator<Item = usize>) -> Self {
+        let mut at = 0;
+        let ranges: Vec<std::ops::Range<usize>> = lens
+            .into_iter()
+            .map(|len| {
+                let range = at..at + len;
+                at += len;
+                range
+            })
+            .collect();
+        Self {
+            slab: if at == 0 {
+                AlignedBuf::empty()
+            } else {
+                run_slab(at)
+            },
+            ranges,
+        }
+    }
+
+    /// Each run's bytes, writable, one slice per run.
+    fn targets(&mut self) -> Vec<&mut [u8]> {
+        let mut rest: &mut [u8] = &mut self.slab;
+        let mut at = 0;
+        let mut out = Vec::with_capacity(self.ranges.len());
+        for range in &self.ranges {
+            let (_, tail) = std::mem::take(&mut rest).split_at_mut(range.start - at);
+            let (mine, tail) = tail.split_at_mut(range.len());
+            out.push(mine);
+            rest = tail;
+            at = range.end;
+        }
+        out
+    }
+
+    /// Each run's bytes in run order.
+    pub(super) fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        self.ranges.iter().map(|range| &self.slab[range.clone()])
     }
 }
 
 impl<'a> IntoIterator for &'a RunBuffers {
-    type Item = &'a AlignedBuf;
-    type IntoIter = std::slice::Iter<'a, AlignedBuf>;
+    type Item = &'a [u8];
+    type IntoIter = Box<dyn Iterator<Item = &'a [u8]> + 'a>;
     fn into_iter(self) -> Self::IntoIter {
-        self.0.iter()
+        Box::new(self.iter())
     }
 }
 
 impl Drop for RunBuffers {
     fn drop(&mut self) {
-        let buffers = std::mem::take(&mut self.0);
-        let _ = RUN_BUFFERS.try_with(|kept| {
+        let slab = std::mem::replace(&mut self.slab, AlignedBuf::empty());
+        if slab.capacity() == 0 {
+            return;
+        }
+        let _ = RUN_SLABS.try_with(|kept| {
             let Ok(mut kept) = kept.try_borrow_mut() else {
                 return;
             };
-            let mut bytes: usize = kept.iter().map(AlignedBuf::capacity).sum();
-            // A run read in place had no buffer (an empty one stands in its slot).
-            for buf in buffers.into_iter().filter(|b| b.capacity() > 0) {
-                if kept.len() >= RUN_BUFFERS_KEPT || bytes + buf.capacity() > RUN_BUFFER_BYTES_KEPT
-                {
-                    break;
-                }
-                bytes += buf.capacity();
-                kept.push(buf);
+            let bytes: usize = kept.iter().map(AlignedBuf::capacity).sum();
+            if kept.len() < RUN_SLABS_KEPT && bytes + slab.capacity() <= RUN_SLAB_BYTES_KEPT {
+                kept.push(slab);
             }
         });
     }

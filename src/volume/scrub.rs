@@ -30,7 +30,7 @@ use super::pass::PassItems;
 use super::place::{runs, Piece};
 use super::read::RunResults;
 use super::{write_runs, MemberProblem, ProblemKind, Volume, BLOCK_BYTES};
-use crate::device::{AlignedBuf, SharedDevice};
+use crate::device::SharedDevice;
 use crate::error::{Error, Result};
 use crate::format::v4::BlockPointer;
 use crate::format::DeviceScrubCounters;
@@ -477,7 +477,7 @@ impl Volume {
         &self,
         devices: &[Option<SharedDevice>],
         planned: PlannedSlots,
-        buffers: &[AlignedBuf],
+        buffers: &super::read::RunBuffers,
         results: RunResults,
         verify: bool,
     ) -> (Vec<Vec<RowRead>>, u64) {
