@@ -231,14 +231,14 @@ impl Job {
                             return Ok(outcome);
                         }
                         // The pages were counted free but fio could not have them (another
-                        // user took them first; fio then fails, or crashes): the same job
-                        // from ordinary memory, and say so. Any other failure fails again
-                        // there and is returned as that run's.
-                        Err(err) => {
-                            let first = err.to_string();
-                            let first = first.lines().last().unwrap_or_default().to_string();
-                            note_raw_buffers(Some(format!("fio failed with huge pages ({first})")));
+                        // user took them first): the same job from ordinary memory, and say
+                        // so. Any other failure is that run's, returned as it is.
+                        Err(err) if huge_pages_refused(&err.to_string()) => {
+                            note_raw_buffers(Some(
+                                "fio could not have the huge pages counted free".to_string(),
+                            ));
                         }
+                        Err(err) => return Err(err),
                     }
                 }
                 Err(why) => note_raw_buffers(Some(why)),
@@ -250,9 +250,10 @@ impl Job {
     /// Huge pages a raw job's buffers take: fio allocates, per job section, its queue depth
     /// times its largest block plus a page, rounded up to whole huge pages, and one page more
     /// is counted per section (fio 3.33 with one section of 8 x 1 MiB failed with 5 surplus
-    /// pages allowed and ran with 6; two such sections ran with 10). Allowing more surplus
-    /// than is used costs nothing. 0 for a job whose buffers do not reach a disk (the `nbd`
-    /// engine's go to a socket).
+    /// pages allowed and ran with 6; with direct I/O it adds a page of alignment once more
+    /// before the segment is rounded up; two such sections ran with 10, fewer than counted).
+    /// The count errs high, which costs nothing: surplus pages are made only when used. 0 for
+    /// a job whose buffers do not reach a disk (the `nbd` engine's go to a socket).
     fn huge_pages_needed(&self) -> u64 {
         let sections = match &self.target {
             Target::EachFile { paths, .. } => paths.len() as u64,
@@ -277,12 +278,15 @@ impl Job {
         let mut args = self.args(&output);
         if let Some(iomem) = iomem {
             args.push(format!("--iomem={iomem}"));
+            // Counted in 2 MiB pages (fio's default size is another on some machines).
+            args.push(format!("--hugepage-size={HUGE_PAGE}"));
         }
         let ran = Command::new("fio").args(&args).output()?;
         if !ran.status.success() {
             return Err(format!(
-                "fio {} failed: {}{}",
+                "fio {} failed ({}): {}{}",
                 args.join(" "),
+                ran.status,
                 String::from_utf8_lossy(&ran.stderr).trim(),
                 String::from_utf8_lossy(&ran.stdout).trim()
             )
@@ -297,6 +301,12 @@ impl Job {
 
 /// The huge page size fio's `shmhuge` memory is counted in (x86-64's; other sizes are not used).
 const HUGE_PAGE: u64 = 2 << 20;
+
+/// Whether fio's failure `message` says its huge-page buffers could not be had (fio 3.33:
+/// "no huge pages available" and a failed `shmget`; it may then crash as well).
+fn huge_pages_refused(message: &str) -> bool {
+    message.contains("no huge pages available") || message.contains("func=shmget")
+}
 
 /// What raw jobs' buffers came from so far in this process: `None` before any ran, then
 /// `Ok(())` while every one had huge pages, or why one did not.
@@ -354,6 +364,7 @@ fn overcommit_limit() -> Option<u64> {
 impl HugePages {
     /// Room for `pages` huge pages, or why there is none.
     fn lease(pages: u64) -> Result<Self, String> {
+        let _lock = OvercommitLock::take();
         let meminfo = std::fs::read_to_string("/proc/meminfo")
             .map_err(|err| format!("/proc/meminfo: {err}"))?;
         let overcommit = overcommit_limit().unwrap_or(0);
@@ -364,12 +375,40 @@ impl HugePages {
         let shortfall = pages - available;
         std::fs::write(OVERCOMMIT, (overcommit + shortfall).to_string()).map_err(|err| {
             format!(
-                "{pages} huge pages needed, {available} available, and {OVERCOMMIT} cannot be raised ({err}; as root, or reserve them with vm.nr_hugepages)"
+                "{pages} huge pages needed, {available} available, and {OVERCOMMIT} cannot be raised ({err}; as root; otherwise reserve them with vm.nr_hugepages and allow this user SHM_HUGETLB: vm.hugetlb_shm_group)"
             )
         })?;
         Ok(Self {
             raised: Some(shortfall),
         })
+    }
+}
+
+/// An exclusive lock on a file beside other benches' (held while the overcommit limit is read
+/// and written, so that benches running at once raise and lower it by exact amounts). Where
+/// the file cannot be made or locked, nothing is held: a race then costs a fallback to
+/// ordinary memory, never a wrong figure.
+struct OvercommitLock(Option<std::fs::File>);
+
+impl OvercommitLock {
+    fn take() -> Self {
+        let path = std::env::temp_dir().join("stripestore-bench-hugepages.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .ok()
+            .filter(|file| file.lock().is_ok());
+        Self(file)
+    }
+}
+
+impl Drop for OvercommitLock {
+    fn drop(&mut self) {
+        if let Some(file) = &self.0 {
+            let _ = file.unlock();
+        }
     }
 }
 
@@ -383,8 +422,12 @@ impl HugePages {
                 .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
                 .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
         };
-        if field("Hugepagesize") != Some(HUGE_PAGE >> 10) {
-            return Err("this system's huge pages are not 2 MiB".to_string());
+        match field("Hugepagesize") {
+            None => return Err("this kernel has no huge pages (hugetlbfs)".to_string()),
+            Some(kib) if kib != HUGE_PAGE >> 10 => {
+                return Err(format!("this system's huge pages are {kib} KiB, not 2 MiB"))
+            }
+            Some(_) => {}
         }
         let free = field("HugePages_Free").unwrap_or(0);
         let reserved = field("HugePages_Rsvd").unwrap_or(0);
@@ -395,11 +438,18 @@ impl HugePages {
 
 impl Drop for HugePages {
     fn drop(&mut self) {
-        if let Some(raised) = self.raised {
-            let now = overcommit_limit().unwrap_or(raised);
-            if let Err(err) = std::fs::write(OVERCOMMIT, now.saturating_sub(raised).to_string()) {
-                eprintln!("warning: could not lower {OVERCOMMIT} by {raised}: {err}");
-            }
+        let Some(raised) = self.raised else {
+            return;
+        };
+        let _lock = OvercommitLock::take();
+        let lowered = overcommit_limit()
+            .ok_or_else(|| "it cannot be read".to_string())
+            .and_then(|now| {
+                std::fs::write(OVERCOMMIT, now.saturating_sub(raised).to_string())
+                    .map_err(|err| err.to_string())
+            });
+        if let Err(why) = lowered {
+            eprintln!("warning: could not lower {OVERCOMMIT} by {raised}: {why}");
         }
     }
 }
