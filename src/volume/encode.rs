@@ -153,8 +153,12 @@ static SHARD_BUFFERS: parking_lot::Mutex<Vec<AlignedBuf>> = parking_lot::const_m
 fn shard_buffer(len: usize, data_bytes: usize) -> AlignedBuf {
     let kept = {
         let mut kept = SHARD_BUFFERS.lock();
+        // The smallest that is large enough: a small row does not take a huge buffer.
         kept.iter()
-            .position(|b| b.capacity() >= len)
+            .enumerate()
+            .filter(|(_, b)| b.capacity() >= len)
+            .min_by_key(|(_, b)| b.capacity())
+            .map(|(at, _)| at)
             .map(|at| kept.swap_remove(at))
     };
     if let Some(mut buf) = kept {

@@ -1362,9 +1362,10 @@ pub(super) fn read_runs_while<R>(
     (buffers, results, outcome)
 }
 
-/// Most slabs of finished run reads one thread keeps for its next reads (a scrub holds one
-/// read's while it reads the next), and most bytes: one huge page each, 4 MiB in all (a
-/// server runs a thread per connection, so this bounds what readers hold idle).
+/// Most slabs of finished run reads one thread keeps for its next reads, and most bytes of
+/// capacity: 4 MiB, two huge pages or one slab of up to 4 MiB (a scrub's read of a group
+/// while it checks the one before: a 3 MiB group of rs:4+2 at 64 KiB chunks fits once). A
+/// server runs a thread per connection, so this bounds what readers hold idle.
 const RUN_SLABS_KEPT: usize = 2;
 const RUN_SLAB_BYTES_KEPT: usize = 2 * crate::device::HUGE_PAGE;
 thread_local! {
@@ -1382,9 +1383,15 @@ thread_local! {
 /// physically contiguous piece of a request (virtio-blk without indirect descriptors) a run
 /// is one piece per 2 MiB rather than one per 4 KiB page.
 fn run_slab(len: usize) -> AlignedBuf {
+    // The smallest kept slab that is large enough, so a small read does not take the huge
+    // slab the next large one needs.
     let kept = RUN_SLABS.try_with(|kept| {
         let mut kept = kept.try_borrow_mut().ok()?;
-        let at = kept.iter().position(|b| b.capacity() >= len)?;
+        let (at, _) = kept
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.capacity() >= len)
+            .min_by_key(|(_, b)| b.capacity())?;
         Some(kept.swap_remove(at))
     });
     if let Ok(Some(mut buf)) = kept {
@@ -1442,16 +1449,32 @@ impl RunBuffers {
     }
 
     /// Each run's bytes in run order.
-    pub(super) fn iter(&self) -> impl Iterator<Item = &[u8]> {
-        self.ranges.iter().map(|range| &self.slab[range.clone()])
+    pub(super) fn iter(&self) -> RunBytes<'_> {
+        RunBytes {
+            slab: &self.slab,
+            ranges: self.ranges.iter(),
+        }
+    }
+}
+
+/// Each run's bytes of a [`RunBuffers`], in run order.
+pub(super) struct RunBytes<'a> {
+    slab: &'a [u8],
+    ranges: std::slice::Iter<'a, std::ops::Range<usize>>,
+}
+
+impl<'a> Iterator for RunBytes<'a> {
+    type Item = &'a [u8];
+    fn next(&mut self) -> Option<&'a [u8]> {
+        self.ranges.next().map(|range| &self.slab[range.clone()])
     }
 }
 
 impl<'a> IntoIterator for &'a RunBuffers {
     type Item = &'a [u8];
-    type IntoIter = Box<dyn Iterator<Item = &'a [u8]> + 'a>;
-    fn into_iter(self) -> Self::IntoIter {
-        Box::new(self.iter())
+    type IntoIter = RunBytes<'a>;
+    fn into_iter(self) -> RunBytes<'a> {
+        self.iter()
     }
 }
 
@@ -1465,10 +1488,23 @@ impl Drop for RunBuffers {
             let Ok(mut kept) = kept.try_borrow_mut() else {
                 return;
             };
-            let bytes: usize = kept.iter().map(AlignedBuf::capacity).sum();
-            if kept.len() < RUN_SLABS_KEPT && bytes + slab.capacity() <= RUN_SLAB_BYTES_KEPT {
-                kept.push(slab);
+            // Keep the largest: a full store gives up smaller slabs for a larger one (two
+            // small slabs kept first must not make every later large read map anew).
+            if slab.capacity() > RUN_SLAB_BYTES_KEPT {
+                return;
             }
+            kept.push(slab);
+            kept.sort_unstable_by_key(|b| std::cmp::Reverse(b.capacity()));
+            let mut bytes = 0;
+            let fits = kept
+                .iter()
+                .take(RUN_SLABS_KEPT)
+                .take_while(|b| {
+                    bytes += b.capacity();
+                    bytes <= RUN_SLAB_BYTES_KEPT
+                })
+                .count();
+            kept.truncate(fits);
         });
     }
 }
@@ -1495,5 +1531,65 @@ fn unrecoverable(volume: &Volume, want: &Wanted, tally: &Tally) -> Error {
         good: tally.good,
         needed: tally.needed,
         lost_devices,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Where run `r`'s bytes start (to tell which slab a read was given).
+    fn start_of(buffers: &mut RunBuffers, r: usize) -> usize {
+        buffers.targets()[r].as_ptr() as usize
+    }
+
+    #[test]
+    fn a_thread_keeps_its_large_slab_through_small_reads_and_runs_start_aligned() {
+        std::thread::spawn(|| {
+            let mut large = RunBuffers::new([BLOCK_BYTES * 64, 0, BLOCK_BYTES * 192]);
+            let at = start_of(&mut large, 0);
+            assert_eq!(at % crate::device::DIRECT_ALIGN, 0);
+            assert_eq!(
+                start_of(&mut large, 2),
+                at + 64 * BLOCK_BYTES,
+                "one after another"
+            );
+            assert!(
+                large.targets()[1].is_empty(),
+                "a run read in place has no bytes here"
+            );
+            let lens: Vec<usize> = large.iter().map(<[u8]>::len).collect();
+            assert_eq!(lens, [64 * BLOCK_BYTES, 0, 192 * BLOCK_BYTES]);
+            drop(large);
+            // Two small reads at once, each given back: the store is full of small slabs
+            // unless a larger one is kept before them.
+            let small = (
+                RunBuffers::new([BLOCK_BYTES]),
+                RunBuffers::new([2 * BLOCK_BYTES]),
+            );
+            drop(small);
+            let mut again = RunBuffers::new([BLOCK_BYTES * 256]);
+            assert_eq!(
+                start_of(&mut again, 0),
+                at,
+                "the large slab was kept and reused"
+            );
+            // A small read while the large one is out takes a small slab, never the large.
+            let mut small = RunBuffers::new([BLOCK_BYTES]);
+            assert_ne!(start_of(&mut small, 0), at);
+            drop(again);
+            drop(small);
+            let mut small = RunBuffers::new([BLOCK_BYTES]);
+            assert_ne!(
+                start_of(&mut small, 0),
+                at,
+                "best fit: the small slab, not the large"
+            );
+            // Nothing at all: no slab.
+            let mut none = RunBuffers::new([0, 0]);
+            assert!(none.targets().iter().all(|t| t.is_empty()));
+        })
+        .join()
+        .unwrap();
     }
 }
