@@ -3,8 +3,7 @@
 //! and a healthy pool does not) pass `promtool test rules`, every alert has a test, and every
 //! metric the rules use is one the endpoint exposes.
 
-#[path = "../common/mod.rs"]
-mod common;
+use crate::common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

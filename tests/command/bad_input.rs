@@ -1,8 +1,7 @@
 //! Bad input gets a clear error and loses nothing: foreign devices, mixed pools, missing
 //! members, corrupt superblocks and maps, out-of-range I/O, unknown layouts.
 
-#[path = "../common/mod.rs"]
-mod common;
+use crate::common;
 
 use common::*;
 use std::path::{Path, PathBuf};

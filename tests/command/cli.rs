@@ -1,8 +1,7 @@
 //! The `stripestore` command end to end: create, write, read, status (text and JSON), scrub,
 //! the demo, and clear failures for bad input.
 
-#[path = "../common/mod.rs"]
-mod common;
+use crate::common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

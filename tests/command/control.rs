@@ -3,8 +3,7 @@
 //! `--control`, are refused without it, and an administrator's `offline` never makes the
 //! server rebuild onto a spare.
 
-#[path = "../common/mod.rs"]
-mod common;
+use crate::common;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};

@@ -3,8 +3,7 @@
 //! rebuild used the last spare, and Prometheus counters that never go down when a member is
 //! replaced.
 
-#[path = "../common/mod.rs"]
-mod common;
+use crate::common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Output;

@@ -3,8 +3,7 @@
 //! listing every pool in a directory, relative member names in the admin commands, and (as
 //! root, with losetup) loop devices attached again in another order.
 
-#[path = "../common/mod.rs"]
-mod common;
+use crate::common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 

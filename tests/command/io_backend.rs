@@ -3,8 +3,7 @@
 //! fallback forced; `status` naming the backend in use; and the devices the command brings into
 //! a pool (`online`, `replace`) opened on the same backend.
 
-#[path = "../common/mod.rs"]
-mod common;
+use crate::common;
 
 use common::*;
 use std::path::{Path, PathBuf};

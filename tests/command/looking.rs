@@ -6,8 +6,7 @@
 //!   (what a user always types), opens the pool degraded with a warning saying what to do, for
 //!   `status`, `check`, `read` and `serve`; `clear` resyncs it and it serves again.
 
-#[path = "../common/mod.rs"]
-mod common;
+use crate::common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 

@@ -2,10 +2,8 @@
 //! `write`, `read` and `status` given the URIs (nbdkit's memory plugin on Unix sockets).
 //! nbdkit missing: SKIPPED (a failure with `STRIPESTORE_REQUIRE_TOOLS=1`).
 
-#[path = "../common/mod.rs"]
-mod common;
-#[path = "../common/nbdkit.rs"]
-mod nbdkit;
+use crate::common;
+use crate::nbdkit;
 
 use nbdkit::{have_nbdkit, Nbdkit};
 use std::process::Output;

@@ -2,8 +2,7 @@
 //! on a pool that cannot be opened, completions and the man page, decimal sizes, and `bench
 //! --device` taking several paths.
 
-#[path = "../common/mod.rs"]
-mod common;
+use crate::common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 

@@ -6,8 +6,7 @@
 //! A test whose tool is missing prints a SKIPPED line and returns, unless
 //! `STRIPESTORE_REQUIRE_TOOLS=1` (CI installs them all), where it fails.
 
-#[path = "../common/mod.rs"]
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -3,8 +3,7 @@
 //! moves on; `list` and `read --snapshot` write no byte; a held one is not deleted; bad names,
 //! unknown ones and a version-3 pool are refused with a message and nothing changed.
 
-#[path = "../common/mod.rs"]
-mod common;
+use crate::common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 

@@ -4,8 +4,7 @@
 //! the template `tools/zabbix/template_stripestore.yaml` parses, is consistent (master item,
 //! keys, macros, UUIDs), and every JSONPath it uses resolves in real status JSON.
 
-#[path = "../common/mod.rs"]
-mod common;
+use crate::common;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
