@@ -2,7 +2,7 @@
 //! block is caught by exactly the reads that touch it (and healed from redundancy), and a pool
 //! with one checksum per chunk still works the old way. Bytes are always checked against a model.
 
-mod common;
+use crate::common;
 
 use common::CountingDevice;
 use rand::Rng;

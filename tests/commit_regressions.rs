@@ -4,7 +4,7 @@
 //! member name slots that were reused; and the swap-in of a finished rebuild named the new
 //! device in the superblocks before it held the map.
 
-mod common;
+use crate::common;
 
 use common::*;
 use parking_lot::Mutex;

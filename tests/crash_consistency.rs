@@ -6,7 +6,7 @@
 //! The `crash_discard_*` tests mix discards (TRIM) into the workload: a discarded block reads as
 //! zeros once flushed, and as its old content or zeros before.
 
-mod common;
+use crate::common;
 
 use common::*;
 use rand::Rng;

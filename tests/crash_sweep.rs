@@ -16,7 +16,7 @@
 //! first wrong volume offset; `STRIPESTORE_SWEEP_RANDOM=n` adds n seeded random cache outcomes
 //! per window.
 
-mod common;
+use crate::common;
 
 use common::{subsets, v3_options, CacheLoss, Snapshot, Volatile};
 use rand::Rng;

@@ -5,7 +5,7 @@
 //! around discards are in `tests/crash_consistency.rs`, discards racing writes and crashes in
 //! the simulation.
 
-mod common;
+use crate::common;
 
 use common::*;
 use rand::Rng;

@@ -4,7 +4,7 @@
 //! the loss of a whole domain still reads back every byte (planted `domains_ignored` breaks
 //! exactly that).
 
-mod common;
+use crate::common;
 
 use common::{random_writes, reads_as, v4_options};
 use std::sync::Arc;

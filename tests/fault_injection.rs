@@ -2,7 +2,7 @@
 //! errors on some sectors, a device that vanishes. Every read must return the model's bytes,
 //! the damage must be counted and healed on disk.
 
-mod common;
+use crate::common;
 
 use common::*;
 use parking_lot::Mutex;

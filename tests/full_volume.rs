@@ -5,7 +5,7 @@
 //! six segments, and random overwrites of a full volume failed with `NoFreeSlot` while the
 //! whole volume was logical space.
 
-mod common;
+use crate::common;
 use common::*;
 use stripestore::pool::FormatVersion;
 use stripestore::testing::{mem_devices, random_bytes, shared, Model};

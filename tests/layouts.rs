@@ -2,7 +2,7 @@
 //! close and reopen; lose up to the tolerated number of devices and read back byte-exact; lose
 //! one more and get a clear error.
 
-mod common;
+use crate::common;
 
 use common::*;
 use stripestore::testing::{shared, Model};

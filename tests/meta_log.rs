@@ -14,6 +14,8 @@
 //!   planted bugs `rewind_without_log_invalidation`, `record_without_fit_check` and
 //!   `release_at_t_plus_1` are each caught.
 
+use crate::meta;
+use meta::{Hooked, Lcg, PowerMembers};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,9 +23,6 @@ use stripestore::device::{DeviceError, SharedDevice};
 use stripestore::format::v4::BlockPointer;
 use stripestore::geometry::{Geometry, Layout};
 use stripestore::meta::{CommitReport, MapOptions, MapStore, ReleaseRule, RewindPlan};
-#[path = "common/meta.rs"]
-mod meta;
-use meta::{Hooked, Lcg, PowerMembers};
 use stripestore::testing::MetaWriter as Writer;
 
 const POOL: [u8; 16] = [0x5a; 16];

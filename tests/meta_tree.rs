@@ -18,8 +18,7 @@ use stripestore::format::v4::BlockPointer;
 use stripestore::geometry::{Geometry, Layout};
 use stripestore::meta::{MapOptions, MapStore, ReleaseRule};
 
-#[path = "common/meta.rs"]
-mod meta;
+use crate::meta;
 use meta::{Hooked, Lcg};
 use stripestore::testing::MetaWriter as Writer;
 

@@ -3,7 +3,7 @@
 //! the target's bytes against a model written independently of the copy, and the source's
 //! devices byte for byte against their images from before (a copy writes nothing to it).
 
-mod common;
+use crate::common;
 
 use common::{random_writes, reads_as, v3_options, v4_open_options, v4_options};
 use rand::Rng;

@@ -3,7 +3,7 @@
 //! pools of other layouts and chain; and every bad stream or precondition is refused with
 //! every member's bytes unchanged.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::Cursor;

@@ -6,8 +6,6 @@
 //! untouched would send the previous request's bytes. Over NBD, a connection whose threads
 //! have just served data then serves holes of the same size: zeros, never the data again.
 
-mod common;
-
 use rand::Rng;
 use std::sync::Arc;
 use stripestore::nbd::client::Client;

@@ -11,7 +11,7 @@
 //! * a read error under one read costs only that read, never its neighbour on the device;
 //! * over NBD, pipelined reads sent in one piece are answered each with its own data or error.
 
-mod common;
+use crate::common;
 
 use common::*;
 use rand::seq::SliceRandom;

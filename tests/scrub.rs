@@ -8,7 +8,7 @@
 //! row lives is asked of `Pool::block_locations` and checked against the placement
 //! docs/FORMAT.md documents (see `row_places`).
 
-mod common;
+use crate::common;
 
 use common::*;
 use parking_lot::Mutex;

@@ -21,8 +21,7 @@ use stripestore::format::v4::{BlockPointer, LeafFormat, Tree, PAGE_BYTES, SECTOR
 use stripestore::geometry::Geometry;
 use stripestore::meta::{PageCache, PageKey, PageRef, PageStore, RadixTree};
 
-#[path = "common/meta.rs"]
-mod meta;
+use crate::meta;
 use meta::{volume_geometry, Hooked, Lcg};
 
 const POOL: [u8; 16] = [0x5e; 16];

@@ -9,14 +9,13 @@
 //! * the planted `cleaner_install_without_cas` (old bytes of overwritten blocks come back)
 //!   and `skip_block_verification` while cleaning (rot copied as good data) are caught.
 
+use crate::meta;
+use meta::{Lcg, PowerMembers};
 use stripestore::device::{Device, SharedDevice};
 use stripestore::geometry::{Geometry, Layout};
 use stripestore::meta::MapOptions;
 use stripestore::types::{ShardIndex, SlotId};
 use stripestore::volume::{Volume, VolumeOptions, BLOCK_BYTES};
-#[path = "common/meta.rs"]
-mod meta;
-use meta::{Lcg, PowerMembers};
 
 const POOL: [u8; 16] = [0x3c; 16];
 const TIMELINE: u64 = 0x7100;

@@ -18,13 +18,12 @@
 //!   `recovery_point_in_live_cache`, `pin_only_on_hold`, `delete_ignores_child` and
 //!   `rollback_keeps_live_cache` are caught.
 
+use crate::meta;
+use meta::{Lcg, PowerMembers};
 use stripestore::geometry::Geometry;
 use stripestore::meta::MapOptions;
 use stripestore::volume::{Volume, VolumeCounters, VolumeOptions, BLOCK_BYTES};
 use stripestore::Error;
-#[path = "common/meta.rs"]
-mod meta;
-use meta::{Lcg, PowerMembers};
 
 const POOL: [u8; 16] = [0x5e; 16];
 const TIMELINE: u64 = 0x7200;
