@@ -262,7 +262,7 @@ pub const HUGE_IO_MIN: usize = 256 << 10;
 /// As [`Vec::reserve_exact`], if the room (`prefix + len` and up to two huge pages) exceeds
 /// `isize::MAX` bytes.
 pub fn huge_aligned_room(buffer: &mut Vec<u8>, prefix: usize, len: usize) -> (usize, bool) {
-    let pages = len.div_ceil(HUGE_PAGE).max(1) * HUGE_PAGE;
+    let pages = whole_huge_pages(len);
     // Capacity for any placement: up to HUGE_PAGE - 1 bytes before the first boundary that
     // leaves room for the prefix, then the whole huge pages.
     let room = prefix.saturating_add(HUGE_PAGE).saturating_add(pages);
@@ -283,6 +283,11 @@ pub fn huge_aligned_room(buffer: &mut Vec<u8>, prefix: usize, len: usize) -> (us
         )
     } == 0;
     (data - prefix, advised)
+}
+
+/// Bytes of the whole huge pages that hold `len` bytes from a boundary (at least one).
+fn whole_huge_pages(len: usize) -> usize {
+    len.div_ceil(HUGE_PAGE).max(1) * HUGE_PAGE
 }
 
 /// A byte buffer whose start is [`DIRECT_ALIGN`]-aligned, so `O_DIRECT` can use it in place.
@@ -408,7 +413,7 @@ impl AlignedBuf {
     /// fails (no THP), an ordinary [`AlignedBuf::zeroed`]; [`AlignedBuf::is_huge`] tells which.
     #[must_use]
     pub fn huge(len: usize) -> Self {
-        let pages = len.div_ceil(HUGE_PAGE).max(1) * HUGE_PAGE;
+        let pages = whole_huge_pages(len);
         let Ok(map) = memmap2::MmapMut::map_anon(pages + HUGE_PAGE) else {
             return Self::zeroed(len);
         };
@@ -441,6 +446,20 @@ impl AlignedBuf {
         } else {
             Self::zeroed(len)
         }
+    }
+
+    /// Of the `kept` buffers, take the smallest that holds `len` bytes (best fit, so a small
+    /// request does not take the large buffer the next large one needs), made `len` bytes
+    /// long with whatever it held.
+    pub fn take_fitting(kept: &mut Vec<Self>, len: usize) -> Option<Self> {
+        let (at, _) = kept
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.capacity() >= len)
+            .min_by_key(|(_, b)| b.capacity())?;
+        let mut buf = kept.swap_remove(at);
+        buf.reuse(len);
+        Some(buf)
     }
 
     /// Whether this buffer's bytes are in an advised huge-page mapping.

@@ -151,21 +151,10 @@ static SHARD_BUFFERS: parking_lot::Mutex<Vec<AlignedBuf>> = parking_lot::const_m
 /// overwritten by the caller (a kept buffer's are not cleared first) and the rest, the
 /// parity regions, zero, as the encoder is given them in a fresh buffer.
 fn shard_buffer(len: usize, data_bytes: usize) -> AlignedBuf {
-    let kept = {
-        let mut kept = SHARD_BUFFERS.lock();
-        // The smallest that is large enough: a small row does not take a huge buffer.
-        kept.iter()
-            .enumerate()
-            .filter(|(_, b)| b.capacity() >= len)
-            .min_by_key(|(_, b)| b.capacity())
-            .map(|(at, _)| at)
-            .map(|at| kept.swap_remove(at))
-    };
+    let kept = AlignedBuf::take_fitting(&mut SHARD_BUFFERS.lock(), len);
     if let Some(mut buf) = kept {
-        if buf.reuse(len) {
-            buf[data_bytes..].fill(0);
-            return buf;
-        }
+        buf[data_bytes..].fill(0);
+        return buf;
     }
     AlignedBuf::for_io(len)
 }

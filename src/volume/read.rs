@@ -1368,6 +1368,7 @@ pub(super) fn read_runs_while<R>(
 /// server runs a thread per connection, so this bounds what readers hold idle.
 const RUN_SLABS_KEPT: usize = 2;
 const RUN_SLAB_BYTES_KEPT: usize = 2 * crate::device::HUGE_PAGE;
+
 thread_local! {
     /// Slabs of finished run reads, for this thread's next ones: a reader's steady state
     /// allocates none (tests/hot_path_alloc.rs).
@@ -1383,23 +1384,12 @@ thread_local! {
 /// physically contiguous piece of a request (virtio-blk without indirect descriptors) a run
 /// is one piece per 2 MiB rather than one per 4 KiB page.
 fn run_slab(len: usize) -> AlignedBuf {
-    // The smallest kept slab that is large enough, so a small read does not take the huge
-    // slab the next large one needs.
-    let kept = RUN_SLABS.try_with(|kept| {
-        let mut kept = kept.try_borrow_mut().ok()?;
-        let (at, _) = kept
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| b.capacity() >= len)
-            .min_by_key(|(_, b)| b.capacity())?;
-        Some(kept.swap_remove(at))
-    });
-    if let Ok(Some(mut buf)) = kept {
-        if buf.reuse(len) {
-            return buf;
-        }
+    let kept =
+        RUN_SLABS.try_with(|kept| AlignedBuf::take_fitting(&mut *kept.try_borrow_mut().ok()?, len));
+    match kept {
+        Ok(Some(slab)) => slab,
+        _ => AlignedBuf::for_io(len),
     }
-    AlignedBuf::for_io(len)
 }
 
 /// The buffers of one read of runs: one slab holding every run's bytes one after another
@@ -1561,30 +1551,58 @@ mod tests {
             let lens: Vec<usize> = large.iter().map(<[u8]>::len).collect();
             assert_eq!(lens, [64 * BLOCK_BYTES, 0, 192 * BLOCK_BYTES]);
             drop(large);
-            // Two small reads at once, each given back: the store is full of small slabs
-            // unless a larger one is kept before them.
+            let kept = || {
+                RUN_SLABS.with(|k| {
+                    k.borrow()
+                        .iter()
+                        .map(AlignedBuf::capacity)
+                        .collect::<Vec<_>>()
+                })
+            };
+            assert_eq!(kept().len(), 1);
+            let large_capacity = kept()[0];
+            // Two small reads at once, each given back: the first takes the large slab (the
+            // only one), the second a new one; both come back and are kept.
             let small = (
                 RunBuffers::new([BLOCK_BYTES]),
                 RunBuffers::new([2 * BLOCK_BYTES]),
             );
             drop(small);
+            assert_eq!(kept().len(), 2, "{:?}", kept());
+            assert!(kept().contains(&large_capacity), "{:?}", kept());
             let mut again = RunBuffers::new([BLOCK_BYTES * 256]);
             assert_eq!(
                 start_of(&mut again, 0),
                 at,
                 "the large slab was kept and reused"
             );
-            // A small read while the large one is out takes a small slab, never the large.
-            let mut small = RunBuffers::new([BLOCK_BYTES]);
-            assert_ne!(start_of(&mut small, 0), at);
-            drop(again);
-            drop(small);
-            let mut small = RunBuffers::new([BLOCK_BYTES]);
-            assert_ne!(
-                start_of(&mut small, 0),
-                at,
-                "best fit: the small slab, not the large"
+            // A full store of small slabs, then a large one given back: it is kept and a
+            // small one gives way.
+            let fresh = RunBuffers::new([BLOCK_BYTES * 200]);
+            let smalls = (
+                RunBuffers::new([BLOCK_BYTES]),
+                RunBuffers::new([BLOCK_BYTES]),
             );
+            drop(smalls);
+            assert_eq!(kept().len(), 2);
+            assert!(
+                kept().iter().all(|c| *c < BLOCK_BYTES * 200),
+                "{:?}",
+                kept()
+            );
+            drop(fresh);
+            assert_eq!(kept().len(), 2);
+            assert!(
+                kept()[0] >= BLOCK_BYTES * 200,
+                "a full store of small slabs gives one up for the larger: {:?}",
+                kept()
+            );
+            // Best fit: a small read takes the small slab, not the large one beside it.
+            let small = RunBuffers::new([BLOCK_BYTES]);
+            assert_eq!(kept().len(), 1);
+            assert!(kept()[0] >= BLOCK_BYTES * 200, "{:?}", kept());
+            drop(small);
+            drop(again);
             // Nothing at all: no slab.
             let mut none = RunBuffers::new([0, 0]);
             assert!(none.targets().iter().all(|t| t.is_empty()));

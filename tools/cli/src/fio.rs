@@ -105,9 +105,6 @@ pub struct Outcome {
     /// (one per 3.6 writes at depth 16, measured), so the figure is reported, not assumed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub writes_per_sync: Option<f64>,
-    /// A raw job's buffers came from huge pages (`--iomem=shmhuge`).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub huge_pages: bool,
 }
 
 /// fio's version, or why it cannot be used (not installed, no `io_uring` or `nbd` engine).
@@ -225,8 +222,7 @@ impl Job {
                     let ran = self.run_with(scratch, Some("shmhuge"));
                     drop(lease);
                     match ran {
-                        Ok(mut outcome) => {
-                            outcome.huge_pages = true;
+                        Ok(outcome) => {
                             note_raw_buffers(None);
                             return Ok(outcome);
                         }
@@ -382,37 +378,7 @@ impl HugePages {
             raised: Some(shortfall),
         })
     }
-}
 
-/// An exclusive lock on a file beside other benches' (held while the overcommit limit is read
-/// and written, so that benches running at once raise and lower it by exact amounts). Where
-/// the file cannot be made or locked, nothing is held: a race then costs a fallback to
-/// ordinary memory, never a wrong figure.
-struct OvercommitLock(Option<std::fs::File>);
-
-impl OvercommitLock {
-    fn take() -> Self {
-        let path = std::env::temp_dir().join("stripestore-bench-hugepages.lock");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .ok()
-            .filter(|file| file.lock().is_ok());
-        Self(file)
-    }
-}
-
-impl Drop for OvercommitLock {
-    fn drop(&mut self) {
-        if let Some(file) = &self.0 {
-            let _ = file.unlock();
-        }
-    }
-}
-
-impl HugePages {
     /// Huge pages a new user can have: the free ones not promised to a mapping, and the
     /// surplus the overcommit limit still allows (from `/proc/meminfo`'s text).
     fn available(meminfo: &str, overcommit: u64) -> Result<u64, String> {
@@ -433,6 +399,28 @@ impl HugePages {
         let reserved = field("HugePages_Rsvd").unwrap_or(0);
         let surplus = field("HugePages_Surp").unwrap_or(0);
         Ok(free.saturating_sub(reserved) + overcommit.saturating_sub(surplus))
+    }
+}
+
+/// An exclusive lock on a file beside other benches' (held while the overcommit limit is read
+/// and written, so that benches running at once raise and lower it by exact amounts; closing
+/// the file releases it). Where the file cannot be made or locked, nothing is held: a race
+/// then costs a fallback to ordinary memory, never a wrong figure.
+struct OvercommitLock {
+    _file: Option<std::fs::File>,
+}
+
+impl OvercommitLock {
+    fn take() -> Self {
+        let path = std::env::temp_dir().join("stripestore-bench-hugepages.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .ok()
+            .filter(|file| file.lock().is_ok());
+        Self { _file: file }
     }
 }
 
